@@ -1,0 +1,46 @@
+"""
+One array module for the whole trainer: NumPy on the CPU, CuPy on a CUDA GPU.
+
+Model code never imports numpy or cupy directly for math; it asks `xp_of(array)` (or holds the
+module it was built with) so the same lines run on both.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def array_module(device: str = "cpu"):
+    """The array module for a device name: 'cpu' -> numpy, 'cuda' -> cupy."""
+    if device == "cpu":
+        return np
+    if device == "cuda":
+        try:
+            import cupy
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                raise RuntimeError("no CUDA device visible")
+        except Exception as e:  # ImportError, CUDA driver errors, ...
+            raise ValueError(f"--device cuda: no usable CUDA GPU ({type(e).__name__}: {e}); "
+                             "install the 'gpu' extra on a machine with a GPU, or use --device cpu") from None
+        return cupy
+    raise ValueError(f"unknown device {device!r}; expected cpu or cuda")
+
+
+def xp_of(a):
+    """numpy or cupy, whichever owns this array."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    return np
+
+
+def to_numpy(a) -> np.ndarray:
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def scatter_add_rows(dst, idx, src):
+    """dst[idx[n]] += src[n] for every row n, repeated indices accumulating (embedding backward)."""
+    if xp_of(dst) is np:
+        np.add.at(dst, idx, src)
+    else:
+        import cupyx
+        cupyx.scatter_add(dst, idx, src)

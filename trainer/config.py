@@ -1,0 +1,162 @@
+"""
+The trainer's whole configuration: model shape, architecture switches and optimizer settings.
+
+Every ablation an org may run is one key here, set with `--set key=value` on the command line
+or `make_config(preset, key=value)` in Python. Two presets fill in the defaults:
+- nanochat: rotary, QK-norm, parameter-free RMSNorm, ReLU², untied head, no biases, logit
+  softcap 15, x0/residual lambdas, Muon for block matrices + AdamW for the rest.
+- gpt2: llm.c / nanoGPT GPT-2: learned positions, LayerNorm, GELU, biases, tied head, AdamW.
+Any key works with either preset.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+PRESETS = ("nanochat", "gpt2")
+
+
+@dataclass
+class Config:
+    # shape
+    vocab_size: int = 256
+    sequence_len: int = 256
+    n_layer: int = 4
+    n_embd: int = 256
+    n_head: int = 4
+    n_kv_head: int = 4
+    # architecture switches
+    pos: str = "rope"            # rope | learned
+    rope_base: float = 100000.0
+    norm: str = "rms"            # rms (parameter-free) | layer (gain + bias, eps 1e-5)
+    qk_norm: bool = True         # rmsnorm of q and k per head, after rotary
+    qk_gain: float = 1.2         # q and k are each multiplied by this
+    mlp: str = "relu2"           # relu2 | gelu (tanh form)
+    bias: bool = False           # biases in linears and LayerNorms
+    tie_embeddings: bool = False
+    softcap: float = 15.0        # logits = softcap*tanh(logits/softcap); 0 = off
+    lambdas: bool = True         # x = resid_lambdas[i]*x + x0_lambdas[i]*x0 before each block
+    embed_norm: bool = True      # norm right after the token embedding
+    fused_qkv: bool = False      # one c_attn (GPT-2 names) instead of c_q, c_k, c_v: same math
+    init: str = "nanochat"       # nanochat (zero projections, tiny head) | gpt2 (normal 0.02)
+    # optimizer (see trainer/optim.py for the parameter groups)
+    optimizer: str = "muon"      # muon (block matrices) + adamw (the rest) | adamw (everything)
+    matrix_lr: float = 0.02
+    embedding_lr: float = 0.3
+    unembedding_lr: float = 0.008
+    scalar_lr: float = 0.5
+    weight_decay: float = 0.2           # block matrices
+    embedding_weight_decay: float = 0.0  # wte, wpe, lm_head
+    adam_beta1: float = 0.8
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-10
+    muon_momentum: float = 0.95
+    muon_ns_steps: int = 5
+    # schedule, as fractions of the run's horizon
+    warmup_frac: float = 0.0
+    warmdown_frac: float = 0.5
+    final_lr_frac: float = 0.05
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        # llm.c pads the embedding table to a multiple of 128 for faster matmuls;
+        # the extra rows never receive a target and logits are sliced back before the loss
+        return -(-self.vocab_size // 128) * 128
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["head_dim"], d["padded_vocab_size"] = self.head_dim, self.padded_vocab_size
+        return d
+
+
+KEYS = tuple(f.name for f in dataclasses.fields(Config))
+CHOICES = {"pos": ("rope", "learned"), "norm": ("rms", "layer"), "mlp": ("relu2", "gelu"),
+           "optimizer": ("muon", "adamw"), "init": ("nanochat", "gpt2")}
+
+PRESET_DEFAULTS = {
+    "nanochat": {},  # the dataclass defaults are nanochat's
+    "gpt2": dict(pos="learned", norm="layer", qk_norm=False, qk_gain=1.0, mlp="gelu", bias=True,
+                 tie_embeddings=True, softcap=0.0, lambdas=False, embed_norm=False, fused_qkv=True, init="gpt2",
+                 optimizer="adamw", matrix_lr=6e-4, embedding_lr=6e-4, unembedding_lr=6e-4,
+                 scalar_lr=6e-4, weight_decay=0.1, embedding_weight_decay=0.1, adam_beta1=0.9,
+                 adam_beta2=0.95, adam_eps=1e-8, warmup_frac=0.05, warmdown_frac=0.9,
+                 final_lr_frac=0.1),
+}
+
+
+def make_config(preset: str = "nanochat", **overrides) -> Config:
+    """A validated Config: the preset's defaults, then `depth` (n_embd = 64*depth), then overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    values = dict(PRESET_DEFAULTS[preset])
+    depth = overrides.pop("depth", None)
+    if depth is not None:  # nanochat's one dial: width 64 per layer, heads of 64
+        depth = _coerce("depth", depth, int)
+        values.update(n_layer=depth, n_embd=64 * depth, n_head=depth, n_kv_head=depth)
+    unknown = sorted(set(overrides) - set(KEYS))
+    if unknown:
+        raise ValueError(f"unknown config key {unknown[0]!r}; valid keys: depth, {', '.join(KEYS)}")
+    if "n_head" in overrides and "n_kv_head" not in overrides:
+        overrides["n_kv_head"] = overrides["n_head"]  # GQA is opt-in
+    types = {f.name: type(getattr(Config, f.name)) for f in dataclasses.fields(Config)}
+    for key, value in overrides.items():
+        values[key] = _coerce(key, value, types[key])
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['softcap=0', 'pos=learned'] -> {'softcap': '0', 'pos': 'learned'} (coerced later)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def validate(cfg: Config) -> None:
+    for key, choices in CHOICES.items():
+        if getattr(cfg, key) not in choices:
+            raise ValueError(f"{key} must be one of {'|'.join(choices)}, got {getattr(cfg, key)!r}")
+    positive = ("vocab_size", "sequence_len", "n_layer", "n_embd", "n_head", "n_kv_head")
+    for key in positive:
+        if getattr(cfg, key) <= 0:
+            raise ValueError(f"{key} must be positive, got {getattr(cfg, key)}")
+    if cfg.n_embd % cfg.n_head:
+        raise ValueError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
+    if cfg.n_head % cfg.n_kv_head:
+        raise ValueError(f"n_head ({cfg.n_head}) must be divisible by n_kv_head ({cfg.n_kv_head})")
+    if cfg.pos == "rope" and cfg.head_dim % 2:
+        raise ValueError(f"rotary embeddings need an even head_dim, got {cfg.head_dim}")
+    if cfg.softcap < 0:
+        raise ValueError(f"softcap must be >= 0 (0 = off), got {cfg.softcap}")
+    if not 1 <= cfg.muon_ns_steps <= 5:
+        raise ValueError(f"muon_ns_steps must be in 1..5, got {cfg.muon_ns_steps}")
+    if cfg.warmup_frac + cfg.warmdown_frac > 1:
+        raise ValueError("warmup_frac + warmdown_frac must be at most 1")
+
+
+def _coerce(key, value, typ):
+    """Turn a command-line string into the key's type; anything else passes through checked."""
+    if typ is bool:
+        if isinstance(value, str):
+            lowered = value.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{key} expects a boolean (true/false), got {value!r}")
+        return bool(value)
+    try:
+        if typ is int and isinstance(value, str):
+            return int(float(value)) if float(value).is_integer() else int(value)
+        return typ(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} expects {typ.__name__}, got {value!r}") from None

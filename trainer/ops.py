@@ -1,0 +1,204 @@
+"""
+The GPT's ops, each a forward/backward pair with the math visible.
+
+Forward functions return (out, cache); backward functions take (dout, cache) and return the
+gradients of their inputs (and of their parameters, if any). Caches hold what the backward
+needs, computed once in the forward. Shapes: B batch, T time, C channels, H query heads,
+KV key/value heads, D head dim, V vocab. Everything works on numpy and cupy arrays alike.
+"""
+from __future__ import annotations
+
+import math
+
+from trainer.backend import xp_of
+
+# ----------------------------------------------------------------------------------------
+# linear: y = x W^T + b, weights in PyTorch layout (out, in)
+
+
+def linear_forward(x, w, b=None):
+    # x (..., in), w (out, in) -> y (..., out)
+    y = x @ w.T
+    if b is not None:
+        y += b
+    return y
+
+
+def linear_backward(dy, x, w, dw, db=None):
+    """Writes dW (and db) in place, returns dx. dy (..., out), x (..., in)."""
+    dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
+    xp_of(dy).matmul(dy2.T, x2, out=dw)     # dW = dy^T x
+    if db is not None:
+        dy2.sum(axis=0, out=db)
+    return dy @ w                           # dx = dy W
+
+# ----------------------------------------------------------------------------------------
+# norms over the last dim: parameter-free RMSNorm (nanochat) and LayerNorm (GPT-2)
+
+
+def rmsnorm_forward(x, eps):
+    # y = x / sqrt(mean(x^2) + eps)
+    rstd = 1.0 / xp_of(x).sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    y = x * rstd
+    return y, (y, rstd)
+
+
+def rmsnorm_backward(dy, cache):
+    # dx = rstd * (dy - y * mean(dy * y))
+    y, rstd = cache
+    return rstd * (dy - y * (dy * y).mean(axis=-1, keepdims=True))
+
+
+def layernorm_forward(x, w, b, eps=1e-5):
+    # y = (x - mean) / sqrt(var + eps) * w + b, biased variance as PyTorch
+    xp = xp_of(x)
+    mu = x.mean(axis=-1, keepdims=True)
+    xc = x - mu
+    rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    xhat = xc * rstd
+    y = xhat * w
+    if b is not None:
+        y += b
+    return y, (xhat, rstd, w)
+
+
+def layernorm_backward(dy, cache, dw, db=None):
+    xhat, rstd, w = cache
+    C = xhat.shape[-1]
+    (dy * xhat).reshape(-1, C).sum(axis=0, out=dw)
+    if db is not None:
+        dy.reshape(-1, C).sum(axis=0, out=db)
+    dxhat = dy * w
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    return rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True)
+                   - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+
+# ----------------------------------------------------------------------------------------
+# rotary embeddings, half-split layout: (x1, x2) = first and second half of each head
+
+
+def rotary_tables(T, D, base, xp, dtype):
+    # angle[t, j] = t * base^(-2j/D), j < D/2; tables (T, 1, D/2) broadcast over heads
+    inv_freq = base ** (-xp.arange(0, D, 2, dtype=xp.float64) / D)
+    angle = xp.arange(T, dtype=xp.float64)[:, None] * inv_freq[None, :]
+    return xp.cos(angle)[:, None, :].astype(dtype), xp.sin(angle)[:, None, :].astype(dtype)
+
+
+def rotary_forward(x, cos, sin):
+    # x (B, T, heads, D): y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    return xp_of(x).concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)
+
+
+def rotary_backward(dy, cos, sin):
+    # the transpose of a rotation: dx1 = dy1 cos - dy2 sin, dx2 = dy1 sin + dy2 cos
+    h = dy.shape[-1] // 2
+    dy1, dy2 = dy[..., :h], dy[..., h:]
+    return xp_of(dy).concatenate([dy1 * cos - dy2 * sin, dy1 * sin + dy2 * cos], axis=-1)
+
+# ----------------------------------------------------------------------------------------
+# causal self-attention with grouped key/value heads (GQA)
+# Query head h reads kv head h // G, G = H/KV. Grouping the G query heads of one kv head along
+# time, (B, KV, G*T, D), turns GQA into plain batched matmuls with no repeated k or v.
+
+
+def attention_forward(q, k, v, mask):
+    # q (B, T, H, D), k v (B, T, KV, D), mask (T, T) additive (0 or -inf) -> y (B, T, H, D)
+    xp = xp_of(q)
+    B, T, H, D = q.shape
+    KV = k.shape[2]
+    qg = q.transpose(0, 2, 1, 3).reshape(B, KV, H // KV * T, D)   # (B, KV, G*T, D)
+    kt = k.transpose(0, 2, 3, 1)                                   # (B, KV, D, T)
+    vt = v.transpose(0, 2, 1, 3)                                   # (B, KV, T, D)
+    s = (qg @ kt).reshape(B, H, T, T)                              # scores
+    s *= 1.0 / math.sqrt(D)
+    s += mask
+    s -= s.max(axis=-1, keepdims=True)
+    p = xp.exp(s, out=s)
+    p /= p.sum(axis=-1, keepdims=True)                             # (B, H, T, T) softmax
+    yg = p.reshape(B, KV, -1, T) @ vt                              # (B, KV, G*T, D)
+    y = yg.reshape(B, H, T, D).transpose(0, 2, 1, 3)
+    return y, (qg, kt, vt, p)
+
+
+def attention_backward(dy, cache):
+    qg, kt, vt, p = cache
+    B, H, T, _ = p.shape
+    KV, D = vt.shape[1], vt.shape[3]
+    dyg = dy.transpose(0, 2, 1, 3).reshape(B, KV, -1, D)          # (B, KV, G*T, D)
+    pg = p.reshape(B, KV, -1, T)
+    dv = pg.transpose(0, 1, 3, 2) @ dyg                            # (B, KV, T, D)
+    dp = dyg @ vt.transpose(0, 1, 3, 2)                            # (B, KV, G*T, T)
+    # softmax backward: ds = p * (dp - sum(dp * p)); masked entries have p = 0
+    ds = dp
+    ds -= (dp * pg).sum(axis=-1, keepdims=True)
+    ds *= pg
+    ds *= 1.0 / math.sqrt(D)
+    dqg = ds @ kt.transpose(0, 1, 3, 2)                            # (B, KV, G*T, D)
+    dk = ds.transpose(0, 1, 3, 2) @ qg                             # (B, KV, T, D)
+    dq = dqg.reshape(B, H, T, D).transpose(0, 2, 1, 3)
+    return dq, dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3)
+
+# ----------------------------------------------------------------------------------------
+# MLP nonlinearities
+
+
+def relu2_forward(h):
+    # a = relu(h)^2
+    r = xp_of(h).maximum(h, 0)
+    return r * r, r
+
+
+def relu2_backward(da, r):
+    return da * (2 * r)
+
+
+GELU_K = math.sqrt(2 / math.pi)
+
+
+def gelu_forward(h):
+    # a = 0.5 h (1 + tanh(k (h + 0.044715 h^3))), the tanh form of GPT-2
+    t = xp_of(h).tanh(GELU_K * (h + 0.044715 * h * h * h))
+    return 0.5 * h * (1 + t), (h, t)
+
+
+def gelu_backward(da, cache):
+    h, t = cache
+    dt = GELU_K * (1 + 3 * 0.044715 * h * h) * (1 - t * t)
+    return da * (0.5 * (1 + t) + 0.5 * h * dt)
+
+# ----------------------------------------------------------------------------------------
+# logit softcap and cross-entropy
+
+
+def softcap_forward(logits, cap):
+    # z = cap * tanh(logits / cap)
+    t = xp_of(logits).tanh(logits / cap)
+    return cap * t, t
+
+
+def softcap_backward(dz, t):
+    return dz * (1 - t * t)
+
+
+def cross_entropy_forward(z, targets):
+    # z (N, V) logits, targets (N,) -> per-token losses (N,) = logsumexp(z) - z[target]
+    xp = xp_of(z)
+    N = z.shape[0]
+    zmax = z.max(axis=-1, keepdims=True)
+    e = xp.exp(z - zmax)
+    s = e.sum(axis=-1, keepdims=True)
+    losses = (xp.log(s) + zmax)[:, 0] - z[xp.arange(N), targets]
+    probs = e / s
+    return losses, (probs, targets)
+
+
+def cross_entropy_backward(cache, scale):
+    # d(scale * sum losses)/dz = scale * (softmax(z) - onehot(target))
+    probs, targets = cache
+    xp = xp_of(probs)
+    dz = probs
+    dz[xp.arange(len(targets)), targets] -= 1
+    dz *= scale
+    return dz
