@@ -1,0 +1,184 @@
+"""
+`python -m trainer` (or `trainer`): train, eval, data, sample.
+
+Errors in what a person typed end in one line naming the flag, key or file, and exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from trainer.config import KEYS, parse_overrides
+
+TRAIN_EXAMPLE = """example:
+  python -m trainer train --preset nanochat --set depth=2 --set softcap=0 \\
+      --budget-flops 3e12 --seed 1 --out runs/softcap0-s1
+  python -m trainer train --resume runs/softcap0-s1          # continue a killed run"""
+
+OPTIM_FLAGS = ("optimizer", "matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "weight_decay",
+               "embedding_weight_decay", "warmup_frac", "warmdown_frac", "final_lr_frac")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as e:  # bad input: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainer", description="nanolab's hand-written GPT trainer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("train", help="train a model to a budget", epilog=TRAIN_EXAMPLE, formatter_class=fmt)
+    p.add_argument("--preset", default="nanochat", help="nanochat | gpt2 (default nanochat)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"config override, repeatable; keys: depth, {', '.join(KEYS)}")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML mapping of config keys (and optionally preset)")
+    p.add_argument("--seed", type=int, default=0, help="init and data-order seed (default 0)")
+    p.add_argument("--out", type=Path, help="run directory for config.json, metrics.jsonl, result.json")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (sets sequence_len)")
+    for key in OPTIM_FLAGS:
+        p.add_argument("--" + key.replace("_", "-"), dest=key, metavar="V", help=f"same as --set {key}=V")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-flops", type=float, metavar="F", help="train FLOPs (6N+12LCT convention)")
+    budget.add_argument("--budget-seconds", type=float, metavar="S", help="training wall-clock seconds")
+    budget.add_argument("--budget-tokens", type=float, metavar="N", help="training tokens")
+    budget.add_argument("--steps", type=int, metavar="N", help="optimizer steps")
+    add_data_flags(p)
+    p.add_argument("--val-tokens", type=int, default=65536, help="validation tokens for val_bpb (default 65536)")
+    p.add_argument("--confirm-tokens", type=int, default=0, help="also report confirm_bpb on this many held-out tokens")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: at the end)")
+    p.add_argument("--log-every", type=int, default=10, help="metrics and progress every N steps")
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (default: final only)")
+    p.add_argument("--no-save", action="store_true", help="skip the final checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress output (for machines)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="val_bpb of a trained run on a split", formatter_class=fmt,
+                       epilog="example:\n  python -m trainer eval runs/softcap0-s1 --split confirm")
+    p.add_argument("run_dir", type=Path, help="a run directory holding checkpoint.npz")
+    p.add_argument("--split", default="val", choices=["val", "confirm"])
+    p.add_argument("--tokens", type=int, default=65536, help="tokens to evaluate (default 65536)")
+    p.set_defaults(func=cmd_eval)
+
+    from trainer.data import add_data_arguments, run_data
+    p = sub.add_parser("data", help="prepare and inspect a dataset", formatter_class=fmt,
+                       epilog="examples:\n  python -m trainer data --data pystdlib --tokenizer bpe:4096\n"
+                              "  python -m trainer data --data my_texts/ --export-bin shards/")
+    add_data_arguments(p)
+    p.set_defaults(func=run_data)
+
+    p = sub.add_parser("sample", help="generate text from a trained run", formatter_class=fmt,
+                       epilog="example:\n  python -m trainer sample runs/softcap0-s1 --prompt 'def ' --tokens 200")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--prompt", default="\n", help="text to continue")
+    p.add_argument("--tokens", type=int, default=200, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
+
+    return parser
+
+
+def add_data_flags(p):
+    p.add_argument("--data", default="pystdlib",
+                   help="pystdlib (default, embedded), a text file or folder, or llm.c .bin shards")
+    p.add_argument("--tokenizer", default="bytes", help="bytes (default) or bpe:N")
+
+
+def cmd_train(args) -> int:
+    from trainer.train import EXIT_CODES, RunSpec, run
+    if args.resume:
+        spec = RunSpec(**json.loads((args.resume / "config.json").read_text())["spec"]) \
+            if (args.resume / "config.json").exists() else None
+        if spec is None:
+            raise ValueError(f"--resume {args.resume}: no config.json there")
+        result = run(spec, args.resume, resume=True, quiet=args.quiet)
+    else:
+        if args.out is None:
+            raise ValueError("--out DIR is required (where the run's files go)")
+        result = run(spec_from_args(args), args.out, quiet=args.quiet)
+    if result["status"] != "completed":
+        print(f"{result['status']}: {result['reason']}", file=sys.stderr)
+    return EXIT_CODES[result["status"]]
+
+
+def spec_from_args(args):
+    from trainer.train import RunSpec
+    overrides, preset = {}, args.preset
+    if args.config:
+        overrides, preset = read_config_file(args.config, preset)
+    overrides.update(parse_overrides(args.set))
+    overrides.update({k: getattr(args, k) for k in OPTIM_FLAGS if getattr(args, k) is not None})
+    if args.seq_len is not None:
+        overrides["sequence_len"] = args.seq_len
+    budgets = {"flops": args.budget_flops, "seconds": args.budget_seconds,
+               "tokens": args.budget_tokens, "steps": args.steps}
+    chosen = {k: v for k, v in budgets.items() if v is not None}
+    if len(chosen) != 1:
+        raise ValueError("give exactly one budget: --budget-flops, --budget-seconds, --budget-tokens or --steps")
+    (kind, value), = chosen.items()
+    return RunSpec(preset=preset, overrides=overrides, seed=args.seed, device=args.device, dtype=args.dtype,
+                   batch_size=args.batch_size, data=args.data, tokenizer=args.tokenizer, budget_kind=kind,
+                   budget=value, val_tokens=args.val_tokens, confirm_tokens=args.confirm_tokens,
+                   eval_every=args.eval_every, log_every=max(args.log_every, 1),
+                   save_every=args.save_every, save_final=not args.no_save)
+
+
+def read_config_file(path, preset):
+    import yaml
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"--config {path}: cannot read ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a mapping of config keys")
+    preset = data.pop("preset", preset)
+    return {k: str(v) if isinstance(v, bool) else v for k, v in data.items()}, preset
+
+
+def load_run(run_dir: Path):
+    """(spec, model, dataset) of a finished run, from its config.json and checkpoint.npz."""
+    from trainer.checkpoint import load_checkpoint
+    from trainer.data import load_dataset
+    from trainer.model import GPT
+    from trainer.train import RunSpec
+    from trainer.config import make_config
+    if not (run_dir / "config.json").exists() or not (run_dir / "checkpoint.npz").exists():
+        raise ValueError(f"{run_dir}: not a run directory with config.json and checkpoint.npz")
+    saved = json.loads((run_dir / "config.json").read_text())
+    spec = RunSpec(**saved["spec"])
+    cfg_dict = {k: v for k, v in saved["config"].items() if k not in ("head_dim", "padded_vocab_size")}
+    cfg = make_config(spec.preset, **cfg_dict)
+    params, _, _ = load_checkpoint(run_dir / "checkpoint.npz")
+    model = GPT(cfg, seed=0, dtype=spec.dtype, device=spec.device)
+    model.load_numpy(params)
+    return spec, model, load_dataset(spec.data, spec.tokenizer)
+
+
+def cmd_eval(args) -> int:
+    from trainer.eval import evaluate
+    spec, model, data = load_run(args.run_dir)
+    tokens = data.val if args.split == "val" else data.confirm
+    res = evaluate(model, tokens, data.token_bytes, args.tokens, spec.batch_size, model.cfg.sequence_len)
+    print(json.dumps({"split": args.split, **res}, indent=2))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from trainer.sample import generate
+    _, model, data = load_run(args.run_dir)
+    print(generate(model, data.tokenizer, args.prompt, args.tokens, args.temperature, args.top_k, args.seed))
+    return 0
