@@ -31,9 +31,16 @@ def main(argv=None) -> int:
         return 1
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the flag, not a usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainer", description="nanolab's hand-written GPT trainer")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="trainer", description="nanolab's hand-written GPT trainer")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     fmt = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser("train", help="train a model to a budget", epilog=TRAIN_EXAMPLE, formatter_class=fmt)

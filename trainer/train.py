@@ -176,8 +176,10 @@ def run(spec: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> 
                 metrics.write({"step": step, "tokens": step * B * T, **ev})
             if spec.save_every and step % spec.save_every == 0:
                 save_checkpoint(out / "checkpoint.npz", model, opt, step, {"elapsed_s": elapsed})
-    except Terminated:
+    except Terminated:  # keep the work: a resume continues from exactly this step
         status, reason = "killed", f"SIGTERM at step {step}"
+        if spec.save_every or spec.save_final:
+            save_checkpoint(out / "checkpoint.npz", model, opt, step, {"elapsed_s": elapsed})
     finally:
         log.close()
     result = base_result(spec, cfg, data, step, elapsed, warmup_seconds, status, reason)

@@ -1,0 +1,219 @@
+"""Trainer runs: budgets, the run contract, resume, diverged/killed statuses and bad input."""
+import json
+import math
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer.checkpoint import load_checkpoint
+from trainer.config import make_config
+from trainer.flops import flops_per_token
+from trainer.train import RunSpec, run
+
+TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "sequence_len": 32}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small text folder (30 stdlib modules) so every run starts in well under a second."""
+    root = tmp_path_factory.mktemp("corpus")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for src in sorted(stdlib.glob("*.py"))[:30]:
+        (root / src.name).write_text(src.read_text(encoding="utf-8", errors="replace"))
+    return str(root)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("NANOLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def spec(corpus, **kw):
+    base = dict(overrides=dict(TINY), data=corpus, budget_kind="steps", budget=4, val_tokens=2048,
+                batch_size=4, log_every=1)
+    base.update(kw)
+    return RunSpec(**base)
+
+
+def trainer_cli(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+def start_run(corpus, out, steps, extra=()):
+    args = ["train", "--data", corpus, "--steps", str(steps), "--batch-size", "4", "--val-tokens", "2048",
+            "--log-every", "1", "--out", str(out), "--quiet", *extra] + [f"--set={k}={v}" for k, v in TINY.items()]
+    return subprocess.Popen([sys.executable, "-m", "trainer", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_steps(out, n):
+    metrics, deadline = out / "metrics.jsonl", time.time() + 60
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= n):
+        time.sleep(0.01)
+
+
+def test_run_contract_files(corpus, tmp_path):
+    result = run(spec(corpus), tmp_path, quiet=True)
+    assert result["status"] == "completed"
+    on_disk = json.loads((tmp_path / "result.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    for key in ("val_bpb", "val_loss", "steps", "tokens", "flops", "flops_per_token", "params",
+                "train_seconds", "tokens_per_second", "device", "seed", "git_commit", "git_dirty",
+                "eval_fingerprint", "data_fingerprint", "trainer_version"):
+        assert key in on_disk, key
+    assert on_disk["params"]["matmul"] < on_disk["params"]["total"]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["config"]["n_embd"] == 32 and config["spec"]["seed"] == 0
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if "train_loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert {"step", "tokens", "flops", "elapsed_s", "train_loss", "lr"} <= set(steps[0])
+    assert "val_bpb" in lines[-1]
+
+
+def test_val_bpb_is_loss_over_ln2_for_bytes(corpus, tmp_path):
+    result = run(spec(corpus), tmp_path, quiet=True)
+    assert result["val_bpb"] == pytest.approx(result["val_loss"] / math.log(2), rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["flops", "tokens"])
+def test_budget_is_never_exceeded_and_used_to_within_one_step(corpus, tmp_path, kind):
+    cfg = make_config("nanochat", vocab_size=256, **TINY)
+    tokens_per_step = 4 * 32
+    per_step = {"flops": flops_per_token(cfg) * tokens_per_step, "tokens": tokens_per_step}[kind]
+    budget = 5.5 * per_step
+    result = run(spec(corpus, budget_kind=kind, budget=budget), tmp_path, quiet=True)
+    used = result[kind]
+    assert used <= budget
+    assert budget - used < per_step
+    assert result["steps"] == 5
+
+
+def test_budget_smaller_than_one_step_is_refused_before_anything_is_written(corpus, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="smaller than one step"):
+        run(spec(corpus, budget_kind="flops", budget=1e3), out, quiet=True)
+    assert not out.exists()
+
+
+def test_seconds_budget_stops_on_the_clock(corpus, tmp_path):
+    result = run(spec(corpus, budget_kind="seconds", budget=0.5), tmp_path, quiet=True)
+    assert result["status"] == "completed"
+    assert 0.5 <= result["train_seconds"] < 2.0
+    assert result["warmup_seconds"] > 0  # the first step is timed apart and reported
+
+
+def test_same_seed_same_losses_other_seed_other_losses(corpus, tmp_path):
+    losses = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        run(spec(corpus, seed=seed), tmp_path / name, quiet=True)
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        losses.append([json.loads(line)["train_loss"] for line in lines if "train_loss" in line])
+    assert losses[0] == losses[1]
+    assert losses[0] != losses[2]
+
+
+def test_resume_after_sigterm_is_bit_identical(corpus, tmp_path):
+    whole = tmp_path / "whole"
+    run(spec(corpus, budget=30), whole, quiet=True)
+
+    cut = tmp_path / "cut"
+    proc = start_run(corpus, cut, steps=30)
+    wait_for_steps(cut, 3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    killed = json.loads((cut / "result.json").read_text())
+    assert proc.returncode == 3, err
+    assert killed["status"] == "killed" and 3 <= killed["steps"] < 30
+    assert "killed" in err
+
+    resumed = trainer_cli("train", "--resume", str(cut), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    a, _, _ = load_checkpoint(whole / "checkpoint.npz")
+    b, _, _ = load_checkpoint(cut / "checkpoint.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    result = json.loads((cut / "result.json").read_text())
+    assert result["status"] == "completed" and result["steps"] == 30
+    steps = [json.loads(line)["step"] for line in (cut / "metrics.jsonl").read_text().splitlines()
+             if "train_loss" in line]
+    assert steps == list(range(1, 31))  # no step lost or logged twice
+
+
+def test_resume_after_sigkill_from_a_periodic_checkpoint_is_bit_identical(corpus, tmp_path):
+    run(spec(corpus, budget=60), tmp_path / "whole", quiet=True)
+    cut = tmp_path / "cut"
+    proc = start_run(corpus, cut, steps=60, extra=["--save-every", "4"])
+    wait_for_steps(cut, 10)
+    proc.kill()  # no handler runs: the last periodic checkpoint is all that survives
+    proc.communicate(timeout=60)
+    assert not (cut / "result.json").exists()
+
+    resumed = trainer_cli("train", "--resume", str(cut), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    a, oa, _ = load_checkpoint(tmp_path / "whole" / "checkpoint.npz")
+    b, ob, _ = load_checkpoint(cut / "checkpoint.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert all(np.array_equal(oa[k], ob[k]) for k in oa)
+    steps = [json.loads(line)["step"] for line in (cut / "metrics.jsonl").read_text().splitlines()
+             if "train_loss" in line]
+    assert steps == list(range(1, 61))
+
+
+def test_nan_loss_is_diverged_with_nonzero_exit(corpus, tmp_path):
+    out = tmp_path / "boom"
+    proc = trainer_cli("train", "--data", corpus, "--steps", "20", "--batch-size", "4", "--val-tokens", "2048",
+                       "--set", "n_layer=1", "--set", "n_embd=32", "--set", "n_head=2", "--set", "sequence_len=32",
+                       "--set", "softcap=0", "--embedding-lr", "1e36", "--matrix-lr", "1e36",
+                       "--out", str(out), "--quiet")
+    result = json.loads((out / "result.json").read_text())
+    assert proc.returncode == 2
+    assert result["status"] == "diverged" and "loss is" in result["reason"]
+    assert result["val_bpb"] is None
+
+
+def test_eval_and_sample_read_a_finished_run(corpus, tmp_path):
+    run(spec(corpus, budget=3), tmp_path, quiet=True)
+    ev = trainer_cli("eval", str(tmp_path), "--split", "confirm", "--tokens", "1024")
+    assert ev.returncode == 0, ev.stderr
+    out = json.loads(ev.stdout)
+    assert out["split"] == "confirm" and out["val_bpb"] > 0
+    sample = trainer_cli("sample", str(tmp_path), "--prompt", "def ", "--tokens", "20")
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.startswith("def ")
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "exactly one budget"),
+    (["--steps", "2", "--budget-flops", "1e9"], "not allowed with"),
+    (["--steps", "2", "--set", "softcapp=0"], "unknown config key 'softcapp'; valid keys"),
+    (["--steps", "2", "--set", "n_head=3"], "divisible by n_head"),
+    (["--steps", "2", "--data", "/nonexistent/corpus"], "/nonexistent/corpus"),
+    (["--steps", "2", "--device", "cuda"], "--device cuda"),
+    (["--budget-tokens", "3"], "smaller than one step"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(corpus, tmp_path, args, message):
+    out = tmp_path / "out"
+    base = ["train", "--out", str(out), "--quiet", "--set", "n_layer=1", "--set", "n_embd=32"]
+    if "--data" not in args:
+        base += ["--data", corpus]
+    proc = trainer_cli(*base, *args)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_out_is_one_line(corpus, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = trainer_cli("train", "--data", corpus, "--steps", "1", "--out", str(blocker / "run"), "--quiet",
+                       "--set", "n_layer=1", "--set", "n_embd=32")
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "not writable" in proc.stderr
