@@ -5,12 +5,15 @@ a tokenizer and a per-token byte count (for val_bpb) out. Nothing is ever downlo
 Sources
 - "pystdlib" (default): the running interpreter's standard-library .py sources plus the
   pydoc_data help topics, ~30 MB, always present.
-- a text file or a folder of text files.
-- llm.c .bin token shards (a file, a folder or a glob): header of 256 int32 (magic 20240520,
-  version 1, token count), then the tokens as little-endian uint16.
+- a text file or a folder of text files (binary files, those with a NUL byte, are skipped).
+- llm.c .bin token shards (a .bin file, a folder with .bin files at its top, or a glob): header
+  of 256 int32 (magic 20240520, version 1, token count), then the tokens as little-endian
+  uint16. Names with "val" are val, with "confirm" confirm (else confirm = val's second half),
+  the rest train; a gpt2_tokenizer.bin or tokenizer.bin beside them gives decode + token_bytes.
 Text is split by document: a fixed hash of each document's relative path puts ~90% in train,
-5% in val, 5% in confirm, so adding a file never moves another one. A single file is split
-into contiguous chunks instead (the last 5% confirm, the 5% before it val).
+5% in val, 5% in confirm, so adding a file never moves another one. A single file (or a
+folder too small for every split to get a file) is split into contiguous chunks instead:
+the last 5% confirm, the 5% before it val.
 Every document is prefixed with the tokenizer's end-of-text token, like llm.c.
 
 Tokenizers: "bytes" (vocab 256, the separator is byte 0) and "bpe:N", a byte-level BPE of
@@ -245,7 +248,8 @@ def bpe_tokenizer(spec: str, hf) -> Tokenizer:
 
 
 def train_bpe(spec: str, texts: list[str]):
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
@@ -309,11 +313,13 @@ def load_or_train_tokenizer(entry: Path, spec: str, train_texts: list[str], say)
     if spec == "bytes":
         return byte_tokenizer()
     from tokenizers import Tokenizer as HFTokenizer
-    try:  # a tokenizer that survived a corrupt entry is reused, not retrained
-        return bpe_tokenizer(spec, HFTokenizer.from_file(str(entry / "tokenizer.json")))
-    except Exception:  # missing or unreadable: train it
-        pass
-    say(f"training {spec} on {sum(map(len, train_texts)) / 1e6:.1f}M characters of the train split")
+    path = entry / "tokenizer.json"
+    if path.is_file():  # a tokenizer that survived a corrupt entry is reused, not retrained
+        try:
+            return bpe_tokenizer(spec, HFTokenizer.from_file(str(path)))
+        except Exception as e:  # noqa: BLE001 (tokenizers raises plain Exception on a bad file)
+            say(f"cached tokenizer unreadable ({e}); retraining")
+    say(f"training {spec} on {sum(map(len, train_texts)):,} characters of the train split")
     hf = train_bpe(spec, train_texts)
     try:
         atomic_write(entry / "tokenizer.json", hf.to_str().encode())
@@ -335,7 +341,7 @@ def read_cache(entry: Path, spec: str):
             from tokenizers import Tokenizer as HFTokenizer
             tok = bpe_tokenizer(spec, HFTokenizer.from_file(str(entry / "tokenizer.json")))
         return (meta, arrays, tok) if tok.vocab_size == meta["vocab_size"] else None
-    except Exception:  # any unreadable piece means: rebuild
+    except Exception:  # noqa: BLE001 (any unreadable piece, whatever it raises, means: rebuild)
         return None
 
 
@@ -445,12 +451,13 @@ def shard_split(path: Path) -> str:
 
 
 def load_shards(source: str, files: list[Path]) -> Dataset:
+    tokens = {f: read_llmc_shard(f) for f in files}  # every header is checked before anything else
     groups = {s: [f for f in files if shard_split(f) == s] for s in SPLITS}
     if not groups["val"]:
         raise ValueError(f"shards {source}: no file with 'val' in its name (llm.c names them *_val_*.bin)")
     if not groups["train"]:
         raise ValueError(f"shards {source}: no training shard (a .bin file without 'val' in its name)")
-    arrays = {s: _concat([read_llmc_shard(f) for f in fs]) for s, fs in groups.items()}
+    arrays = {s: _concat([tokens[f] for f in fs]) for s, fs in groups.items()}
     method = "by file name (*val* -> val"
     if not groups["confirm"]:
         # llm.c ships one val shard; its second half is held out as the confirm split

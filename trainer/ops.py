@@ -17,11 +17,11 @@ from trainer.backend import xp_of
 
 
 def linear_forward(x, w, b=None):
-    # x (..., in), w (out, in) -> y (..., out)
-    y = x @ w.T
+    # x (..., in), w (out, in) -> y (..., out); flattened to 2-D so it is one BLAS call
+    y = x.reshape(-1, x.shape[-1]) @ w.T
     if b is not None:
         y += b
-    return y
+    return y.reshape(*x.shape[:-1], w.shape[0])
 
 
 def linear_backward(dy, x, w, dw, db=None):
@@ -30,7 +30,7 @@ def linear_backward(dy, x, w, dw, db=None):
     xp_of(dy).matmul(dy2.T, x2, out=dw)     # dW = dy^T x
     if db is not None:
         dy2.sum(axis=0, out=db)
-    return dy @ w                           # dx = dy W
+    return (dy2 @ w).reshape(*dy.shape[:-1], w.shape[1])   # dx = dy W
 
 # ----------------------------------------------------------------------------------------
 # norms over the last dim: parameter-free RMSNorm (nanochat) and LayerNorm (GPT-2)
