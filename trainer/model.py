@@ -58,6 +58,24 @@ def param_shapes(cfg: Config) -> list[tuple[str, tuple]]:
     return shapes
 
 
+GROUP_ORDER = ("embedding", "unembedding", "scalar", "matrix")
+
+
+def param_group(name: str, ndim: int) -> str:
+    """The optimizer group of a parameter (see trainer/optim.py)."""
+    if ndim == 1:
+        return "scalar"          # biases, norm gains, lambdas
+    if name.startswith("transformer.h."):
+        return "matrix"          # 2-D weights inside blocks
+    return "unembedding" if name == "lm_head.weight" else "embedding"
+
+
+def buffer_order(shapes):
+    """Lay parameters out group by group so every optimizer group is one contiguous range
+    (a stable sort: q, k, v stay adjacent inside the matrix group)."""
+    return sorted(shapes, key=lambda s: GROUP_ORDER.index(param_group(s[0], len(s[1]))))
+
+
 class FlatBuffer:
     """One contiguous array and named views into it; `span` gives a view over adjacent names."""
 
@@ -73,6 +91,13 @@ class FlatBuffer:
         offset, shape = self.offsets[name]
         return self.data[offset:offset + math.prod(shape)].reshape(shape)
 
+    def range_of(self, names) -> tuple[int, int]:
+        """[start, end) of the buffer holding exactly these (adjacent) parameters."""
+        start = min(self.offsets[n][0] for n in names)
+        end = max(self.offsets[n][0] + math.prod(self.offsets[n][1]) for n in names)
+        assert end - start == sum(math.prod(self.offsets[n][1]) for n in names), "not contiguous"
+        return start, end
+
     def span(self, first, last, shape):
         start, end = self.offsets[first][0], self.offsets[last][0] + math.prod(self.offsets[last][1])
         return self.data[start:end].reshape(shape)
@@ -84,7 +109,7 @@ class GPT:
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
         self.cfg, self.device, self.dtype = cfg, device, dtype
         self.xp = xp = array_module(device)
-        shapes = param_shapes(cfg)
+        shapes = buffer_order(param_shapes(cfg))
         self.param_buf = FlatBuffer(shapes, xp, dtype)
         self.grad_buf = FlatBuffer(shapes, xp, dtype)
         self.params, self.grads = self.param_buf.views, self.grad_buf.views
@@ -183,7 +208,7 @@ class GPT:
             cache["blocks"].append(c)
         x, cache["norm_f"] = self._norm_forward(x, "transformer.ln_f")
         cache["x_f"] = x
-        logits = x @ self._head()[:cfg.vocab_size].T                 # (B, T, V), padding sliced off
+        logits = ops.linear_forward(x, self._head()[:cfg.vocab_size])  # (B, T, V), padding sliced off
         if cfg.softcap > 0:
             logits, cache["softcap"] = ops.softcap_forward(logits, cfg.softcap)
         self.logits = logits
@@ -252,8 +277,7 @@ class GPT:
         head, V = self._head(), cfg.vocab_size
         dhead = G["transformer.wte.weight" if cfg.tie_embeddings else "lm_head.weight"]
         dhead[V:] = 0
-        ops.linear_backward(dlogits, cache["x_f"], head[:V], dhead[:V])
-        dx = dlogits @ head[:V]                                        # (B, T, C)
+        dx = ops.linear_backward(dlogits, cache["x_f"], head[:V], dhead[:V])  # (B, T, C)
         dx = self._norm_backward(dx, cache["norm_f"], "transformer.ln_f")
         dx0 = xp.zeros_like(dx) if cfg.lambdas else None
         for i in reversed(range(cfg.n_layer)):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from trainer.backend import to_numpy, xp_of
+from trainer.model import param_group
 
 # Polar Express coefficients (a, b, c) for the quintic iterations orthogonalizing Muon's update
 POLAR_EXPRESS = [
@@ -27,16 +28,9 @@ POLAR_EXPRESS = [
 
 
 def param_groups(model) -> dict[str, list[str]]:
-    groups = {"matrix": [], "embedding": [], "unembedding": [], "scalar": []}
+    groups = {"embedding": [], "unembedding": [], "scalar": [], "matrix": []}
     for name, p in model.params.items():
-        if p.ndim == 1:
-            groups["scalar"].append(name)
-        elif name.startswith("transformer.h."):
-            groups["matrix"].append(name)
-        elif name == "lm_head.weight":
-            groups["unembedding"].append(name)
-        else:
-            groups["embedding"].append(name)
+        groups[param_group(name, p.ndim)].append(name)
     return groups
 
 
@@ -56,31 +50,47 @@ def make_optimizer(model):
 
 
 class Optimizer:
-    """AdamW over `adamw_groups`, Muon over `muon_group`; state is one buffer per parameter."""
+    """AdamW over `adamw_groups`, Muon over `muon_group`.
+
+    The model lays its flat buffer out group by group (embedding, unembedding, scalar, matrix),
+    so each group is one contiguous range and the optimizer state is flat buffers too.
+    """
 
     def __init__(self, model, adamw_groups, muon_group):
         self.model, self.xp = model, model.xp
         self.adamw_groups = [g for g in adamw_groups if g["names"]]
         self.muon_group = muon_group if muon_group and muon_group["names"] else None
-        zeros = lambda name: self.xp.zeros_like(model.params[name])
-        self.m = {n: zeros(n) for g in self.adamw_groups for n in g["names"]}
-        self.v = {n: zeros(n) for g in self.adamw_groups for n in g["names"]}
-        self.momentum = {n: zeros(n) for n in (self.muon_group or {"names": []})["names"]}
+        for g in self.adamw_groups + ([self.muon_group] if self.muon_group else []):
+            g["range"] = model.param_buf.range_of(g["names"])
+        adamw_end = max((g["range"][1] for g in self.adamw_groups), default=0)
+        self.m = self.xp.zeros(adamw_end, dtype=model.dtype)      # AdamW first moment
+        self.v = self.xp.zeros(adamw_end, dtype=model.dtype)      # AdamW second moment
+        n_muon = self.muon_group["range"][1] - self.muon_group["range"][0] if self.muon_group else 0
+        self.momentum = self.xp.zeros(n_muon, dtype=model.dtype)  # Muon momentum
+        # on the CPU, update in cache-sized chunks: the several passes of the update then hit
+        # cache instead of memory, and temporaries stay small
+        self.chunk = 1 << 15 if self.xp.__name__ == "numpy" else None
         self.t = 0
 
     def step(self, lr_mult: float = 1.0, muon_momentum: float | None = None):
         self.t += 1
+        P, G = self.model.param_buf.data, self.model.grad_buf.data
         for g in self.adamw_groups:
-            for name in g["names"]:
-                self._adamw(name, g["lr"] * lr_mult, g)
+            start, end = g["range"]
+            for s in range(start, end, self.chunk or end - start):
+                e = min(s + (self.chunk or end), end)
+                self._adamw(P[s:e], G[s:e], self.m[s:e], self.v[s:e], g["lr"] * lr_mult, g)
         if self.muon_group:
             g = self.muon_group
             mu = g["momentum"] if muon_momentum is None else muon_momentum
+            base = g["range"][0]
             for name in g["names"]:
-                self._muon(name, g["lr"] * lr_mult, g["wd"], mu, g["ns_steps"])
+                start, _ = self.model.param_buf.offsets[name]
+                p, grad = self.model.params[name], self.model.grads[name]
+                buf = self.momentum[start - base:start - base + p.size].reshape(p.shape)
+                self._muon(p, grad, buf, g["lr"] * lr_mult, g["wd"], mu, g["ns_steps"])
 
-    def _adamw(self, name, lr, g):
-        p, grad, m, v = self.model.params[name], self.model.grads[name], self.m[name], self.v[name]
+    def _adamw(self, p, grad, m, v, lr, g):
         b1, b2 = g["beta1"], g["beta2"]
         if g["wd"]:
             p *= 1 - lr * g["wd"]                      # decoupled weight decay
@@ -89,11 +99,12 @@ class Optimizer:
         v *= b2
         v += (1 - b2) * grad * grad                    # v = b2 v + (1-b2) g^2
         # p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps), as torch.optim.AdamW
-        denom = self.xp.sqrt(v) / math.sqrt(1 - b2 ** self.t) + g["eps"]
+        denom = self.xp.sqrt(v)
+        denom *= 1 / math.sqrt(1 - b2 ** self.t)
+        denom += g["eps"]
         p -= (lr / (1 - b1 ** self.t)) * m / denom
 
-    def _muon(self, name, lr, wd, mu, ns_steps):
-        p, grad, buf = self.model.params[name], self.model.grads[name], self.momentum[name]
+    def _muon(self, p, grad, buf, lr, wd, mu, ns_steps):
         buf *= mu
         buf += (1 - mu) * grad                         # buf = mu buf + (1-mu) g
         u = (1 - mu) * grad + mu * buf                 # Nesterov look-ahead
@@ -105,16 +116,12 @@ class Optimizer:
         p -= lr * x
 
     def state_dict(self) -> dict:
-        state = {"t": self.t}
-        for kind, bufs in (("m", self.m), ("v", self.v), ("momentum", self.momentum)):
-            state.update({f"{kind}/{n}": to_numpy(b) for n, b in bufs.items()})
-        return state
+        return {"t": self.t, "m": to_numpy(self.m), "v": to_numpy(self.v), "momentum": to_numpy(self.momentum)}
 
     def load_state_dict(self, state: dict):
         self.t = int(state["t"])
-        for kind, bufs in (("m", self.m), ("v", self.v), ("momentum", self.momentum)):
-            for n, b in bufs.items():
-                b[...] = self.xp.asarray(state[f"{kind}/{n}"])
+        for key in ("m", "v", "momentum"):
+            getattr(self, key)[...] = self.xp.asarray(state[key])
 
 
 def orthogonalize(g, steps: int = 5):
