@@ -327,3 +327,20 @@ def test_odd_head_dim_is_fine_with_learned_positions():
     model = GPT(cfg, seed=0, dtype="float64")
     idx, targets = batch(cfg, B=2, seed=7)
     assert math.isfinite(model.forward(idx, targets))
+
+
+@pytest.mark.parametrize("preset", ["nanochat", "gpt2"])
+def test_fast_torch_peer_is_the_same_model(preset):
+    """The bench's PyTorch peer (SDPA, F.rms_norm) computes what the plain reference computes."""
+    cfg = make_config(preset, n_layer=2, n_embd=32, n_head=4, n_kv_head=2, vocab_size=61, sequence_len=16)
+    model = GPT(cfg, seed=0, dtype="float64")
+    rng = np.random.default_rng(0)
+    idx, targets = rng.integers(0, 61, (2, 2, 16))
+    plain, fast = TorchGPT(cfg.to_dict()), TorchGPT(cfg.to_dict(), fast=True)
+    plain.load_numpy(model.state_numpy())
+    fast.load_numpy(model.state_numpy())
+    loss_plain, grads_plain = plain.loss_and_grads(idx, targets)
+    loss_fast, grads_fast = fast.loss_and_grads(idx, targets)
+    assert loss_fast == pytest.approx(loss_plain, rel=1e-12)
+    for name, g in grads_plain.items():
+        assert np.allclose(grads_fast[name], g, rtol=1e-9, atol=1e-12), name

@@ -1,5 +1,5 @@
 """
-`python -m trainer` (or `trainer`): train, eval, data, sample.
+`python -m trainer` (or `trainer`): train, eval, data, sample, bench.
 
 Errors in what a person typed end in one line naming the flag, key or file, and exit 1.
 """
@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
 
+    p = sub.add_parser("bench", help="ms/step, tokens/s, MFU and memory, beside PyTorch eager", formatter_class=fmt,
+                       epilog="example:\n  OMP_NUM_THREADS=2 python -m trainer bench --configs d4 gpt2 --steps 5")
+    p.add_argument("--configs", nargs="*", default=None, help="named bench configs: d4, gpt2 (default: all)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps; the median is shown")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -189,3 +196,8 @@ def cmd_sample(args) -> int:
     _, model, data = load_run(args.run_dir)
     print(generate(model, data.tokenizer, args.prompt, args.tokens, args.temperature, args.top_k, args.seed))
     return 0
+
+
+def cmd_bench(args) -> int:
+    from trainer.bench import run_bench
+    return run_bench(args)

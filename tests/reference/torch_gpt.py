@@ -88,7 +88,10 @@ def param_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
 class TorchGPT:
     """The contract's forward pass in plain torch ops; autograd supplies the backward."""
 
-    def __init__(self, cfg: dict, dtype=torch.float64, seed: int = 0):
+    def __init__(self, cfg: dict, dtype=torch.float64, seed: int = 0, fast: bool = False):
+        # fast=True: PyTorch's own fused ops (SDPA, F.rms_norm) — the strong eager peer that
+        # `python -m trainer bench` compares with; the tests use the plain ops
+        self.fast = fast
         self.cfg = dict(cfg)
         self.dtype = _dtype(dtype)
         c = self.cfg
@@ -143,6 +146,8 @@ class TorchGPT:
     # ---- ops -------------------------------------------------------------------------------
     def rmsnorm(self, x):
         eps = torch.finfo(x.dtype).eps
+        if self.fast:
+            return F.rms_norm(x, (x.shape[-1],), eps=eps)
         return x / torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
 
     def norm(self, x, name):
@@ -181,6 +186,10 @@ class TorchGPT:
         if c["qk_norm"]:
             q, k = self.rmsnorm(q), self.rmsnorm(k)  # always param-free RMS over D
         q, k = q * c["qk_gain"], k * c["qk_gain"]
+        if self.fast:
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV < H)
+            return self.linear(y.transpose(1, 2).reshape(B, T, H * D), p + "c_proj")
         # GQA: query head h reads kv head h // (H // KV)
         k = k.repeat_interleave(H // KV, dim=2)
         v = v.repeat_interleave(H // KV, dim=2)
@@ -293,7 +302,7 @@ class TorchMuon:
 class TorchOptimizer:
     """torch.optim.AdamW for the AdamW groups, TorchMuon for the matrix group when muon."""
 
-    def __init__(self, model: TorchGPT, cfg: dict):
+    def __init__(self, model: TorchGPT, cfg: dict, fused: bool = False):
         c = cfg
         groups = param_groups({n: tuple(t.shape) for n, t in model.params.items()})
         lrs = {"matrix": c["matrix_lr"], "embedding": c["embedding_lr"],
@@ -313,7 +322,7 @@ class TorchOptimizer:
                 adam_groups.append({"params": tensors, "lr": lrs[g], "weight_decay": wds[g],
                                     "base_lr": lrs[g], "group": g})
         self.adamw = torch.optim.AdamW(adam_groups, betas=(c["adam_beta1"], c["adam_beta2"]),
-                                       eps=c["adam_eps"], foreach=False)
+                                       eps=c["adam_eps"], foreach=False, fused=fused)
 
     def step(self, lr_mult=1.0):
         for group in self.adamw.param_groups:
@@ -323,5 +332,5 @@ class TorchOptimizer:
             self.muon.step(lr_mult)
 
 
-def make_torch_optimizer(model: TorchGPT, cfg: dict) -> TorchOptimizer:
-    return TorchOptimizer(model, cfg)
+def make_torch_optimizer(model: TorchGPT, cfg: dict, fused: bool = False) -> TorchOptimizer:
+    return TorchOptimizer(model, cfg, fused=fused)

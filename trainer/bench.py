@@ -1,0 +1,161 @@
+"""
+`python -m trainer bench`: how fast one training step is, beside PyTorch eager on the same model.
+
+Each (config, implementation) pair runs in its own fresh process, so peak memory is clean:
+peak RSS during the timed steps minus RSS before the model was built (libraries excluded).
+Steps are forward + backward + optimizer on one fixed batch, timed one by one after warm-up;
+the table shows the median. MFU = FLOPs/token (the trainer's 6N+12LCT convention) x tokens/s
+over the matmul peak measured on the spot in the same process.
+
+The PyTorch peer (tests/reference/torch_gpt.py, fast mode: SDPA, F.rms_norm, fused AdamW)
+loads the same weights; it needs torch (`pip install -e '.[test]'`) and a source checkout.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONFIGS = {
+    # issue 8's targets: nanochat depth 4 on bytes with AdamW, and llm.c's GPT-2 test shape
+    "d4": dict(preset="nanochat", batch=8, overrides=dict(depth=4, vocab_size=256, sequence_len=256,
+                                                          optimizer="adamw")),
+    "gpt2": dict(preset="gpt2", batch=4, overrides=dict(n_layer=12, n_embd=768, n_head=12,
+                                                        vocab_size=50257, sequence_len=64)),
+}
+IMPLS = ("nanolab", "torch-eager", "torch-compile")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_bench(args) -> int:
+    names = args.configs or list(CONFIGS)
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown bench config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
+    impls = ["nanolab"] if args.no_torch or not torch_available() else list(IMPLS)
+    rows = []
+    for name in names:
+        for impl in impls:
+            print(f"bench {name} {impl} ...", file=sys.stderr, flush=True)
+            rows.append(measure_in_subprocess(name, impl, args.device, args.steps))
+    print(format_table(rows, args.device))
+    return 0
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+        return (REPO / "tests" / "reference" / "torch_gpt.py").exists()
+    except ImportError:
+        return False
+
+
+def measure_in_subprocess(name, impl, device, steps) -> dict:
+    cmd = [sys.executable, "-m", "trainer.bench", name, impl, device, str(steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["failed"])[-1][:80]
+        return {"config": name, "impl": impl, "error": reason}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def format_table(rows, device) -> str:
+    import platform
+    lines = [f"device: {device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
+             f"float32, {time.strftime('%Y-%m-%d')}", "",
+             "| config | impl | ms/step | tokens/s | vs torch eager | MFU | peak GFLOP/s | peak mem MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    eager = {r["config"]: r for r in rows if r["impl"] == "torch-eager" and "error" not in r}
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['config']} | {r['impl']} | n/a: {r['error']} | | | | | |")
+            continue
+        ratio = r["tokens_per_s"] / eager[r["config"]]["tokens_per_s"] if r["config"] in eager else None
+        lines.append(f"| {r['config']} | {r['impl']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | "
+                     f"{'' if ratio is None else f'{ratio:.2f}x'} | {100 * r['mfu']:.1f}% | "
+                     f"{r['peak_flops'] / 1e9:.0f} | {r['peak_mem_mib']:.0f} |")
+    return "\n".join(lines)
+
+# ----------------------------------------------------------------------------------------
+# one measurement, in a fresh process: python -m trainer.bench CONFIG IMPL DEVICE STEPS
+
+
+def measure(name, impl, device, steps) -> dict:
+    from trainer.config import make_config
+    from trainer.flops import flops_per_token
+    from trainer.train import measure_matmul_peak
+    spec = CONFIGS[name]
+    cfg = make_config(spec["preset"], **spec["overrides"])
+    B, T = spec["batch"], cfg.sequence_len
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, cfg.vocab_size, (2, B, T))
+    threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))
+    if impl != "nanolab":
+        import torch
+        torch.set_num_threads(threads)
+    peak = measure_matmul_peak(device, "float32")
+    rss_before = rss_mib()
+    step = make_step(impl, cfg, device, x, y)
+    for _ in range(2):  # warm-up (and compilation, for torch.compile)
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    dt = float(np.median(times))
+    tok_s = B * T / dt
+    return {"config": name, "impl": impl, "ms_per_step": 1e3 * dt, "tokens_per_s": tok_s,
+            "mfu": tok_s * flops_per_token(cfg) / peak, "peak_flops": peak,
+            "peak_mem_mib": peak_rss_mib() - rss_before, "threads": threads}
+
+
+def make_step(impl, cfg, device, x, y):
+    from trainer.model import GPT
+    from trainer.optim import make_optimizer
+    model = GPT(cfg, seed=0, dtype="float32", device=device)
+    if impl == "nanolab":
+        opt = make_optimizer(model)
+        xs, ys = model.xp.asarray(x), model.xp.asarray(y)
+
+        def step():
+            model.forward(xs, ys)
+            model.backward()
+            opt.step()
+            if device == "cuda":
+                model.xp.cuda.Device().synchronize()
+        return step
+    import torch
+    sys.path.insert(0, str(REPO))
+    from tests.reference.torch_gpt import TorchGPT, make_torch_optimizer
+    ref = TorchGPT(cfg.to_dict(), dtype=torch.float32, fast=True)
+    ref.load_numpy(model.state_numpy())
+    del model
+    opt = make_torch_optimizer(ref, cfg.to_dict(), fused=True)
+    forward = torch.compile(ref.forward) if impl == "torch-compile" else ref.forward
+
+    def step():
+        ref.zero_grad()
+        forward(x, y).backward()
+        opt.step()
+    return step
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+if __name__ == "__main__":
+    name, impl, device, steps = sys.argv[1:5]
+    print(json.dumps(measure(name, impl, device, int(steps))))
