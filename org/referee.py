@@ -1,0 +1,605 @@
+"""
+The referee: did the variant beat the baseline? Decided from the runs alone.
+
+Pure functions of plain run dicts (ledger rows or result.json dicts, see Run.read), so the
+report, the tests and a person at a REPL call it the same way:
+
+    c = compare(baseline_runs, variant_runs, claim="non-inferiority", margin=0.01)
+    comparisons = adjust([c, ...])                 # every comparison of the program at once
+    c = confirm(comparisons[0], baseline_runs, variant_runs)   # re-check on the held-out split
+    c.final_verdict      # 'no regression', 'better (not confirmed on held-out split: ...)', ...
+
+The statistics. Runs are paired by seed (the same seed gives both arms the same init and
+data order, so the seed's luck cancels), d = variant - baseline in val_bpb per seed, and
+lower is better, so d < 0 is an improvement. With n pairs, mean m and std s:
+
+    lower, upper = m -/+ t(1 - alpha, n - 1) * s / sqrt(n)
+
+Each is a one-sided (1 - alpha) bound, 95% at the default alpha = 0.05 (together they make a
+two-sided 90% interval). A rule uses one bound, so each verdict is a one-sided test at alpha:
+
+    superiority      better         adjusted p of H0 "m >= 0" < alpha, and |m| >= the noise floor
+                     worse          lower > 0
+    non-inferiority  no regression  upper < margin
+                     better         no regression, and better as under superiority
+                     worse          lower > margin
+    otherwise        inconclusive (needs N more seeds), or (inside the noise floor) when a
+                     superiority mean leans better but is smaller than the floor
+
+The noise floor is max(the baseline's seed-to-seed std, |its drift over the program|), from
+the baseline's interleaved re-runs (see noise_floor): a difference smaller than what a seed
+change or the passing of time does to the baseline alone is never `better`.
+
+Only `better` is adjusted for the many comparisons an org makes (adjust(): Holm by default,
+or Benjamini-Hochberg), because "it got better" is the claim made over and over; `no
+regression` answers the program's one pre-registered question at its margin, and `worse`
+needs no protection from being found too often. A single comparison is its own family.
+
+Confound checks (Finding), from the arms' run manifests; each check's docstring says why:
+
+    invalid  budgets differ; the budgeted quantity differs; FLOPs, tokens or steps differ with
+             nothing to explain it; params differ undeclared; eval or data fingerprints
+             differ; only the seed changed (no-op); diverged or killed in one arm only;
+             devices differ under a seconds budget
+    warning  FLOPs, tokens or steps differ as the budget or the claim explains (seconds
+             budget; FLOP budget with FLOPs/token changed; declared); unequal seed sets;
+             devices differ otherwise; tokens/s differ at equal FLOPs/token (hidden
+             compute); error or invalid runs in one arm only
+
+A claim declares what it changes on purpose (declared={'params'} for "wider at equal FLOPs").
+Pairs and checks use main runs only; baseline re-runs (purpose 'repeat') feed the noise floor.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+import numpy as np
+from scipy import stats
+
+CLAIMS = ("non-inferiority", "superiority")
+DECLARABLE = ("params", "flops", "tokens", "steps")  # what a claim may say it changes
+MAX_MORE_SEEDS = 100     # beyond this the effect is too small to settle with seeds
+DROPPED = ("diverged", "killed")  # outcomes of the intervention: losing them biases an arm
+FAILED = ("error", "invalid")     # harness failures or broken rules: rerun them
+NEEDS_CONFIRMATION = ("better", "no regression")
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Relative differences between the arms' per-run medians that still count as equal."""
+    flops: float = 0.01      # a FLOP budget ends within one step of its value
+    tokens: float = 0.01
+    steps: float = 0.01
+    flops_per_token: float = 0.01
+    throughput: float = 0.25  # tokens/s: timing noise is a few percent; 25% is extra work
+
+
+# --- runs --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Run:
+    """One run, normalized from a ledger row (flat params_*, JSON strings, confirm_bpb inside
+    `result`) or a result.json dict (nested params, budget as {kind, value})."""
+    arm: str
+    seed: int
+    status: str
+    purpose: str            # main | repeat (an interleaved baseline re-run) | tune
+    val_bpb: float | None
+    confirm_bpb: float | None
+    flops: float | None
+    tokens: float | None
+    steps: float | None
+    params: tuple           # (total, matmul)
+    flops_per_token: float | None
+    tokens_per_second: float | None
+    device: str | None
+    eval_fingerprint: str | None
+    data_fingerprint: str | None
+    budget: tuple | None    # (kind, value)
+    overrides: str          # canonical JSON, so arms compare with ==
+    code: tuple             # (git_commit, dirty)
+    claim_seq: int | None   # the order runs were started in
+    finished_at: float | None
+
+    @classmethod
+    def read(cls, row: dict) -> Run:
+        result = _json(row.get("result")) or {}
+
+        def get(key):
+            return row[key] if row.get(key) is not None else result.get(key)
+
+        params = get("params") or {}
+        purpose = row.get("purpose") or ("repeat" if row.get("is_rerun") else "main")
+        return cls(
+            arm=row.get("arm", "?"), seed=row["seed"], status=row["status"], purpose=purpose,
+            val_bpb=get("val_bpb"), confirm_bpb=get("confirm_bpb"),
+            flops=get("flops"), tokens=get("tokens"), steps=get("steps"),
+            params=(params.get("total", get("params_total")), params.get("matmul", get("params_matmul"))),
+            flops_per_token=get("flops_per_token"), tokens_per_second=get("tokens_per_second"),
+            device=get("device"), eval_fingerprint=get("eval_fingerprint"),
+            data_fingerprint=get("data_fingerprint"), budget=_budget(get("budget")),
+            overrides=json.dumps(_json(row.get("overrides")) or {}, sort_keys=True),
+            code=(get("git_commit"), bool(get("git_dirty"))), claim_seq=row.get("claim_seq"),
+            finished_at=_timestamp(row.get("finished_at")))
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _timestamp(value) -> float | None:
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def _budget(value) -> tuple | None:
+    """{kind: flops, value: 3e12} (result.json) or {flops: 3e12} (the program's) -> (kind, value)."""
+    value = _json(value)
+    if not value:
+        return None
+    if "kind" in value:
+        return value["kind"], float(value["value"])
+    (kind, amount), = value.items()
+    return kind, float(amount)
+
+
+def read_arm(runs: list[dict]) -> tuple[list[Run], list[Run]]:
+    """(main runs, all runs). Pairs and checks use main runs; re-runs feed the noise floor."""
+    everything = [Run.read(r) for r in runs]
+    return [r for r in everything if r.purpose == "main"], everything
+
+
+def per_seed(runs: list[Run], metric: str) -> dict[int, float]:
+    """Each seed's value from its completed runs (their mean, if a seed ran twice)."""
+    values = {}
+    for r in runs:
+        if usable(r, metric):
+            values.setdefault(r.seed, []).append(getattr(r, metric))
+    return {seed: float(np.mean(v)) for seed, v in values.items()}
+
+
+def usable(r: Run, metric: str) -> bool:
+    value = getattr(r, metric)
+    return r.status == "completed" and value is not None and math.isfinite(value)
+
+
+# --- the noise floor ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """How much the baseline moves with no intervention at all."""
+    seed_std: float | None  # std of the baseline's per-seed values (main runs, ddof=1)
+    seeds: int
+    drift: float | None     # change of the baseline from its first run to its last (measure_drift)
+    reruns: int             # runs of seeds that ran more than once: what drift is measured on
+
+    @property
+    def floor(self) -> float:
+        """A mean difference smaller than this is never 'better': a seed change alone, or the
+        arms running at different times, moves the baseline by as much."""
+        return max(self.seed_std or 0.0, abs(self.drift or 0.0))
+
+
+def noise_floor(baseline_runs: list[dict], metric: str = "val_bpb") -> NoiseFloor:
+    """The baseline's seed-to-seed std (its main runs) and drift (its re-runs too)."""
+    main, everything = read_arm(baseline_runs)
+    values = list(per_seed(main, metric).values())
+    seed_std = float(np.std(values, ddof=1)) if len(values) >= 2 else None
+    drift, reruns = measure_drift([r for r in everything if r.purpose != "tune"], metric)
+    return NoiseFloor(seed_std, len(values), drift, reruns)
+
+
+def measure_drift(runs: list[Run], metric: str) -> tuple[float | None, int]:
+    """Least-squares slope of the metric on run order within seeds (each seed's own mean
+    removed, so seed luck is not read as drift), times the span of run order: how far the
+    baseline moved over the program. Only seeds run more than once carry information."""
+    runs = [r for r in runs if usable(r, metric)]
+    order = run_order(runs)
+    by_seed = {}
+    for r, t in zip(runs, order):
+        by_seed.setdefault(r.seed, []).append((t, getattr(r, metric)))
+    repeated = [np.array(v, dtype=float) for v in by_seed.values() if len(v) >= 2]
+    if not repeated:
+        return None, 0
+    u = np.concatenate([v[:, 0] - v[:, 0].mean() for v in repeated])  # centered order
+    y = np.concatenate([v[:, 1] - v[:, 1].mean() for v in repeated])  # centered metric
+    times = np.concatenate([v[:, 0] for v in repeated])
+    if not (u ** 2).sum():
+        return None, len(u)
+    slope = (u * y).sum() / (u ** 2).sum()
+    return float(slope * (times.max() - times.min())), len(u)
+
+
+def run_order(runs: list[Run]) -> list[float]:
+    """claim_seq where every run has one, else finished_at, else the order given."""
+    for key in ("claim_seq", "finished_at"):
+        values = [getattr(r, key) for r in runs]
+        if all(v is not None for v in values):
+            return [float(v) for v in values]
+    return [float(i) for i in range(len(runs))]
+
+
+# --- confound checks ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Finding:
+    check: str      # which check: budget, flops, tokens, steps, params, eval, data, seeds, ...
+    text: str       # what a person reads, short: it goes into the verdict
+    invalid: bool   # True: the comparison means nothing; False: a warning
+
+
+def find_confounds(base: list[Run], var: list[Run], declared: frozenset, tol: Tolerances) -> list[Finding]:
+    """Every check over the two arms' main runs."""
+    found = []
+    for check in (check_budget, check_spend, check_params, check_fingerprints, check_seeds,
+                  check_noop, check_devices, check_throughput, check_dropped):
+        found += check(base, var, declared, tol)
+    return found
+
+
+def completed(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.status == "completed"]
+
+
+def median(runs: list[Run], key: str) -> float | None:
+    values = [getattr(r, key) for r in completed(runs) if getattr(r, key) is not None]
+    return statistics.median(values) if values else None
+
+
+def change(base: list[Run], var: list[Run], key: str) -> float | None:
+    """Relative change of the variant's median over the baseline's; None when unknown."""
+    b, v = median(base, key), median(var, key)
+    return None if b is None or v is None or b == 0 else v / b - 1
+
+
+def budget_kind(runs: list[Run]) -> str | None:
+    kinds = {r.budget[0] for r in runs if r.budget}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def check_budget(base, var, declared, tol) -> list[Finding]:
+    """Invalid: arms (or runs within an arm) under different budgets measure different things."""
+    budgets = {r.budget for r in base + var if r.budget}
+    if len(budgets) <= 1:
+        return []
+    show = lambda runs: ", ".join(sorted(f"{k} {v:g}" for k, v in {r.budget for r in runs if r.budget}))
+    return [Finding("budget", f"budgets differ: baseline {show(base)} / variant {show(var)}", True)]
+
+
+def check_spend(base, var, declared, tol) -> list[Finding]:
+    """FLOPs, tokens and steps must match unless the budget or the claim explains it:
+    - the quantity the budget fixes differs: invalid, nothing can excuse it;
+    - under a seconds budget the arms spend equal wall time, the rest follows: warning;
+    - under a FLOP budget with FLOPs/token changed, tokens and steps follow: warning
+      (a compute-matched comparison; steps that differ at equal FLOPs/token are invalid);
+    - the claim declared it (e.g. 'flops' for "wider at equal steps"): warning;
+    - anything else: invalid (the spurious width result: more FLOPs, lower loss)."""
+    kind = budget_kind(base + var)
+    fpt = change(base, var, "flops_per_token")
+    fpt_changed = fpt is not None and abs(fpt) > tol.flops_per_token
+    found = []
+    for key in ("flops", "tokens", "steps"):
+        delta = change(base, var, key)
+        if delta is None or abs(delta) <= getattr(tol, key):
+            continue
+        text = f"{key} {delta:+.1%}"
+        if kind == key:
+            found.append(Finding(key, f"{text} under a {kind} budget", True))
+        elif kind == "seconds":
+            found.append(Finding(key, f"{text} (equal wall time)", False))
+        elif kind == "flops" and key != "flops" and fpt_changed:
+            found.append(Finding(key, f"{text} (equal FLOPs, FLOPs/token {fpt:+.1%})", False))
+        elif key in declared:
+            found.append(Finding(key, f"{text} (declared)", False))
+        else:
+            found.append(Finding(key, text, True))
+    return found
+
+
+def check_params(base, var, declared, tol) -> list[Finding]:
+    """Invalid when the parameter count (total or matmul) changed and the claim did not
+    declare 'params': a bigger model winning says nothing about the idea. Declared: silent."""
+    if "params" in declared:
+        return []
+    b = {r.params for r in completed(base) if r.params[0] is not None}
+    v = {r.params for r in completed(var) if r.params[0] is not None}
+    if not b or not v or b == v:
+        return []
+    (bt, bm), (vt, vm) = min(b), min(v)
+    text = f"params {vt / bt - 1:+.1%}" if bt != vt else f"matmul params {vm / bm - 1:+.1%}"
+    return [Finding("params", f"{text} (not declared)", True)]
+
+
+def check_fingerprints(base, var, declared, tol) -> list[Finding]:
+    """Invalid: a different evaluation or validation set makes the numbers incomparable."""
+    found = []
+    for name in ("eval", "data"):
+        key = f"{name}_fingerprint"
+        if len({getattr(r, key) for r in completed(base + var)}) > 1:
+            found.append(Finding(name, f"{name} fingerprints differ", True))
+    return found
+
+
+def check_seeds(base, var, declared, tol) -> list[Finding]:
+    """Warning: the arms were given different seeds. Pairs use the common ones only, so no
+    seed can be picked to win; a single seed is left to the verdict (inconclusive)."""
+    b, v = {r.seed for r in base}, {r.seed for r in var}
+    if not b or not v or b == v:
+        return []
+    common = len(b & v)
+    return [Finding("seeds", f"seeds differ: baseline {_seeds(b)} / variant {_seeds(v)}, "
+                             f"{common} in common", False)]
+
+
+def _seeds(seeds) -> str:
+    return ",".join(str(s) for s in sorted(seeds))
+
+
+def check_noop(base, var, declared, tol) -> list[Finding]:
+    """Invalid: the variant has the baseline's overrides and code, so any difference is the
+    seed's (a dirty working tree counts as different code: we cannot tell)."""
+    same_overrides = {r.overrides for r in base} == {r.overrides for r in var}
+    codes = {r.code for r in base + var}
+    same_code = len(codes) == 1 and not any(dirty for _, dirty in codes)
+    if not (base and var and same_overrides and same_code):
+        return []
+    only_seed = {r.seed for r in base} != {r.seed for r in var}
+    text = "only the seed changed" if only_seed else "no change: baseline's overrides and code"
+    return [Finding("noop", text, True)]
+
+
+def check_devices(base, var, declared, tol) -> list[Finding]:
+    """Different devices: invalid under a seconds budget (the device sets how much training
+    fits); a warning otherwise (same work, numerics differ only in rounding)."""
+    b = {r.device for r in completed(base)}
+    v = {r.device for r in completed(var)}
+    if not b or not v or b == v:
+        return []
+    show = lambda devices: ", ".join(sorted(map(str, devices)))
+    text = f"devices differ: baseline {show(b)} / variant {show(v)}"
+    return [Finding("device", text, budget_kind(base + var) == "seconds")]
+
+
+def check_throughput(base, var, declared, tol) -> list[Finding]:
+    """Warning: tokens/s moved by more than tol.throughput while FLOPs/token did not, so the
+    variant does work the FLOP count does not see (or skips work it claims)."""
+    fpt, tps = change(base, var, "flops_per_token"), change(base, var, "tokens_per_second")
+    if fpt is None or tps is None or abs(fpt) > tol.flops_per_token or abs(tps) <= tol.throughput:
+        return []
+    return [Finding("throughput", f"tokens/s {tps:+.0%} at equal FLOPs/token (hidden compute?)", False)]
+
+
+def check_dropped(base, var, declared, tol) -> list[Finding]:
+    """A seed that completed in one arm but not the other is dropped from the pairs.
+    Diverged or killed in one arm only: invalid, since dropping the failures hides them
+    (the survivors of a fragile variant look fine). Error or invalid: a warning, rerun it."""
+    found = []
+    for name, mine, other in (("variant", var, base), ("baseline", base, var)):
+        done_there = {r.seed for r in completed(other)}
+        done_here = {r.seed for r in completed(mine)}
+        for statuses, invalid in ((DROPPED, True), (FAILED, False)):
+            lost = {}
+            for r in mine:
+                if r.status in statuses and r.seed in done_there and r.seed not in done_here:
+                    lost.setdefault(r.status, set()).add(r.seed)
+            for status, seeds in sorted(lost.items()):
+                plural = "s" if len(seeds) > 1 else ""
+                found.append(Finding("dropped", f"{name} {status} on seed{plural} {_seeds(seeds)}", invalid))
+    return found
+
+
+# --- one comparison ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Comparison:
+    arm: str
+    claim: str                  # non-inferiority | superiority
+    margin: float
+    alpha: float
+    metric: str                 # val_bpb, or confirm_bpb for the held-out re-check
+    declared: frozenset
+    tolerances: Tolerances
+    seeds: tuple                # the paired seeds
+    baseline_mean: float | None  # over the paired seeds
+    variant_mean: float | None
+    n: int
+    mean: float | None          # of d = variant - baseline: negative means the variant is lower
+    std: float | None
+    lower: float | None         # one-sided (1 - alpha) lower bound of the mean difference
+    upper: float | None         # one-sided (1 - alpha) upper bound
+    p: float | None             # the rule's null: m >= margin (non-inferiority) or m >= 0
+    p_better: float | None      # the superiority null m >= 0 (the same as p under superiority)
+    p_better_adjusted: float | None
+    adjustment: str             # how p_better was adjusted: none | holm | bh
+    family: int                 # how many comparisons were adjusted together
+    noise: NoiseFloor
+    findings: tuple
+    shortfall: str | None       # why there is no interval: no runs, no pairs, one seed
+    verdict: str = ""
+    final_verdict: str = ""     # the verdict once the held-out split had its say
+    confirmation: Comparison | None = None
+
+    @property
+    def confounds(self) -> list[Finding]:
+        return [f for f in self.findings if f.invalid]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if not f.invalid]
+
+    @property
+    def threshold(self) -> float:
+        return self.margin if self.claim == "non-inferiority" else 0.0
+
+    @property
+    def alpha_better(self) -> float:
+        """The level p_better itself must pass once adjusted: alpha / (p_adjusted / p)."""
+        if not self.p_better or self.p_better_adjusted is None:
+            return self.alpha
+        return self.alpha * self.p_better / self.p_better_adjusted
+
+    @property
+    def inside_noise(self) -> bool:
+        return self.mean is not None and abs(self.mean) < self.noise.floor
+
+    @property
+    def is_better(self) -> bool:
+        return (self.mean is not None and self.mean < 0 and not self.inside_noise
+                and self.p_better_adjusted is not None and self.p_better_adjusted < self.alpha)
+
+
+def compare(baseline_runs: list[dict], variant_runs: list[dict], claim: str, margin: float = 0.0,
+            alpha: float = 0.05, declared: frozenset = frozenset(), tolerances: Tolerances = Tolerances(),
+            metric: str = "val_bpb") -> Comparison:
+    """One variant against the baseline, paired by seed, under the program's rule."""
+    if claim not in CLAIMS:
+        raise ValueError(f"claim: expected one of {', '.join(CLAIMS)}, got {claim!r}")
+    unknown = set(declared) - set(DECLARABLE)
+    if unknown:
+        raise ValueError(f"declared: unknown {sorted(unknown)}, expected some of {', '.join(DECLARABLE)}")
+    base, _ = read_arm(baseline_runs)
+    var, _ = read_arm(variant_runs)
+    b, v = per_seed(base, metric), per_seed(var, metric)
+    seeds = sorted(b.keys() & v.keys())
+    d = np.array([v[s] - b[s] for s in seeds])
+    paired = paired_stats(d, margin if claim == "non-inferiority" else 0.0, alpha)
+    c = Comparison(
+        arm=var[0].arm if var else "variant", claim=claim, margin=margin, alpha=alpha,
+        metric=metric, declared=frozenset(declared), tolerances=tolerances, seeds=tuple(seeds),
+        baseline_mean=float(np.mean([b[s] for s in seeds])) if seeds else None,
+        variant_mean=float(np.mean([v[s] for s in seeds])) if seeds else None,
+        **paired, p_better_adjusted=paired["p_better"], adjustment="none", family=1,  # alone
+        noise=noise_floor(baseline_runs, metric),
+        findings=tuple(find_confounds(base, var, frozenset(declared), tolerances)),
+        shortfall=shortfall(base, var, len(seeds), metric))
+    return decided(c)
+
+
+def paired_stats(d: np.ndarray, threshold: float, alpha: float) -> dict:
+    """n, mean, std, one-sided bounds and p-values of the paired differences d."""
+    n = len(d)
+    if n < 2:
+        mean = float(d.mean()) if n else None
+        return dict(n=n, mean=mean, std=None, lower=None, upper=None, p=None, p_better=None)
+    mean, std = float(d.mean()), float(d.std(ddof=1))
+    half = stats.t.ppf(1 - alpha, n - 1) * std / math.sqrt(n)
+    return dict(n=n, mean=mean, std=std, lower=mean - half, upper=mean + half,
+                p=p_below(d, threshold), p_better=p_below(d, 0.0))
+
+
+def p_below(d: np.ndarray, threshold: float) -> float:
+    """One-sided t-test p-value of H0 "mean >= threshold" against "mean < threshold"
+    (stats.ttest_1samp(d, threshold, alternative="less"), without its overhead)."""
+    se = d.std(ddof=1) / math.sqrt(len(d))
+    if se == 0:  # identical differences: the t statistic is infinite (or undefined)
+        return 0.0 if d.mean() < threshold else 1.0
+    return float(stats.t.cdf((d.mean() - threshold) / se, len(d) - 1))
+
+
+def shortfall(base: list[Run], var: list[Run], n: int, metric: str) -> str | None:
+    """Why the data cannot give an interval, in words; None when it can."""
+    if n >= 2:
+        return None
+    finished = [r for r in base + var if r.status in ("completed",) + DROPPED + FAILED]
+    if not finished:
+        return "no finished runs"
+    if n == 1:
+        return "one seed: an interval needs two"
+    nb, nv = len(per_seed(base, metric)), len(per_seed(var, metric))
+    return f"no seed with {metric} in both arms: baseline {nb}, variant {nv}"
+
+
+def decided(c: Comparison) -> Comparison:
+    verdict = decide(c)
+    final = f"{verdict} (awaiting held-out confirmation)" if verdict in NEEDS_CONFIRMATION else verdict
+    return replace(c, verdict=verdict, final_verdict=final, confirmation=None)
+
+
+def decide(c: Comparison) -> str:
+    """The verdict; see the module docstring for the rules. Never more than the data says."""
+    if c.shortfall == "no finished runs":
+        return "inconclusive (no finished runs)"
+    if c.confounds:
+        return f"invalid (confounded: {', '.join(f.text for f in c.confounds)})"
+    if c.shortfall:
+        return f"inconclusive ({c.shortfall})"
+    if c.lower > c.threshold:
+        return "worse"
+    if c.claim == "non-inferiority" and c.upper < c.margin:
+        return "better" if c.is_better else "no regression"
+    if c.claim == "superiority" and c.is_better:
+        return "better"
+    if c.claim == "superiority" and c.mean < 0 and c.inside_noise:  # more seeds cannot help
+        return f"inconclusive (inside the noise floor: |Δ| {abs(c.mean):.2g} < {c.noise.floor:.2g})"
+    return f"inconclusive (needs {more_seeds(c)} more seeds)"
+
+
+def more_seeds(c: Comparison) -> str:
+    """Seeds to add, if the mean and std stay as observed, for the bound the mean leans
+    toward to cross the threshold: the smallest n with t(1 - a, n - 1) * s / sqrt(n) <
+    |mean - threshold| (a: alpha_better when leaning to 'better', else alpha)."""
+    leans_better = c.claim == "superiority" and c.mean < 0
+    a = c.alpha_better if leans_better else c.alpha
+    n = np.arange(c.n + 1, c.n + MAX_MORE_SEEDS + 1)
+    settled = stats.t.ppf(1 - a, n - 1) * c.std / np.sqrt(n) < abs(c.mean - c.threshold)
+    return str(n[settled.argmax()] - c.n) if settled.any() else f">{MAX_MORE_SEEDS}"
+
+
+# --- many comparisons --------------------------------------------------------------------
+
+def adjust(comparisons: list[Comparison], method: str = "holm") -> list[Comparison]:
+    """Adjust p_better over the family (every comparison with a p-value, confounded ones
+    included: the org made them) and decide again. holm controls the chance of any false
+    'better' (family-wise error); bh the expected share of false ones among the 'better's
+    (false discovery rate). Call before confirm()."""
+    if any(c.confirmation for c in comparisons):
+        raise ValueError("adjust() before confirm(): the held-out check uses the adjusted level")
+    tested = [i for i, c in enumerate(comparisons) if c.p_better is not None]
+    p = np.array([comparisons[i].p_better for i in tested])
+    if method == "holm":
+        adjusted = holm(p)
+    elif method == "bh":
+        adjusted = stats.false_discovery_control(p, method="bh") if len(p) else p
+    else:
+        raise ValueError(f"method: expected holm or bh, got {method!r}")
+    out = [replace(c, adjustment=method, family=len(tested)) for c in comparisons]
+    for i, p_adj in zip(tested, adjusted):
+        out[i] = replace(out[i], p_better_adjusted=float(p_adj))
+    return [decided(c) for c in out]
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down: the k-th smallest p (k = 0, 1, ...) times m - k, kept non-decreasing
+    in that order, capped at 1."""
+    m = len(p)
+    order = np.argsort(p)
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted
+
+
+# --- held-out confirmation ---------------------------------------------------------------
+
+def confirm(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict]) -> Comparison:
+    """The same rule on confirm_bpb (the held-out split), at the same adjusted level. A
+    'better' or 'no regression' that does not hold there says so in final_verdict. Call it
+    last: compare -> adjust -> confirm."""
+    held_out = compare(baseline_runs, variant_runs, c.claim, c.margin, c.alpha, c.declared,
+                       c.tolerances, metric="confirm_bpb")
+    if held_out.p_better is not None:  # same multiplier as the validation p got
+        p_adj = min(1.0, held_out.p_better * c.alpha / c.alpha_better)
+        held_out = decided(replace(held_out, p_better_adjusted=p_adj, adjustment=c.adjustment,
+                                   family=c.family))
+    holds = held_out.verdict == c.verdict or (c.verdict, held_out.verdict) == ("no regression", "better")
+    if c.verdict in NEEDS_CONFIRMATION and not holds:
+        final = f"{c.verdict} (not confirmed on held-out split: {held_out.verdict})"
+    else:
+        final = c.verdict
+    return replace(c, final_verdict=final, confirmation=held_out)

@@ -1,0 +1,417 @@
+"""The referee on constructed runs: every rule, every confound check (a case that triggers it
+and one that does not), the noise floor, held-out confirmation, and a simulation of its
+false-positive rate and power."""
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from org.referee import Tolerances, adjust, compare, confirm, holm, noise_floor
+
+SEEDS = [0, 1, 2, 3, 4]
+BASELINE = [1.000, 1.010, 0.990, 1.005, 0.995]  # seed-to-seed std 0.0079
+JITTER = [0.001, -0.001, 0.0005, -0.0005, 0.0]  # the variant's own per-seed noise
+
+
+def run(arm, seed, val_bpb, **fields):
+    """One completed run as the ledger would hand it over (result.json's fields)."""
+    r = dict(arm=arm, seed=seed, status="completed", purpose="main", val_bpb=val_bpb,
+             confirm_bpb=val_bpb, flops=1e12, tokens=1e6, steps=100, flops_per_token=1e6,
+             params={"total": 1_000_000, "matmul": 800_000}, tokens_per_second=5e4, device="cpu",
+             eval_fingerprint="eval-1", data_fingerprint="data-1",
+             budget={"kind": "flops", "value": 1e12}, git_commit="abc123",
+             overrides={"depth": 2} if arm == "baseline" else {"depth": 2, "softcap": 0})
+    r.update(fields)
+    return r
+
+
+def baseline(values=BASELINE, seeds=SEEDS, **fields):
+    return [run("baseline", s, v, **fields) for s, v in zip(seeds, values)]
+
+
+def variant(delta, values=BASELINE, seeds=SEEDS, jitter=JITTER, **fields):
+    """The baseline's per-seed values moved by delta, plus a little noise of its own."""
+    return [run("no-softcap", s, v + delta + j, **fields) for s, v, j in zip(seeds, values, jitter)]
+
+
+def superiority(base, var, **kw):
+    return compare(base, var, "superiority", **kw)
+
+
+def non_inferiority(base, var, margin=0.01, **kw):
+    return compare(base, var, "non-inferiority", margin=margin, **kw)
+
+
+def checks(c):
+    return {f.check: f for f in c.findings}
+
+
+# --- the statistics ----------------------------------------------------------------------
+
+def test_paired_differences_and_one_sided_bounds():
+    c = superiority(baseline(), variant(-0.02))
+    d = np.array(JITTER) - 0.02
+    half = stats.t.ppf(0.95, 4) * d.std(ddof=1) / math.sqrt(5)
+    assert c.n == 5 and c.seeds == tuple(SEEDS)
+    assert c.mean == pytest.approx(d.mean()) and c.std == pytest.approx(d.std(ddof=1))
+    assert (c.lower, c.upper) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert c.p == c.p_better == pytest.approx(stats.ttest_1samp(d, 0, alternative="less").pvalue)
+    assert c.baseline_mean == pytest.approx(np.mean(BASELINE))
+
+
+def test_seed_pairing_cancels_seed_luck():
+    # seed-to-seed spread (0.0079) is 4x the effect; pairing sees through it
+    c = superiority(baseline(), variant(-0.002, jitter=[0.0002, -0.0002, 0.0001, -0.0001, 0]))
+    assert c.upper < 0
+
+
+# --- the rules ---------------------------------------------------------------------------
+
+def test_superiority_better_worse_inconclusive():
+    assert superiority(baseline(), variant(-0.02)).verdict == "better"
+    assert superiority(baseline(), variant(+0.02)).verdict == "worse"
+    noisy = [0.02, -0.02, 0.015, -0.01, 0.0]
+    c = superiority(baseline(), variant(-0.01, jitter=noisy))
+    assert c.verdict.startswith("inconclusive (needs ") and c.verdict.endswith(" more seeds)")
+
+
+def test_non_inferiority_no_regression_better_worse_inconclusive():
+    assert non_inferiority(baseline(), variant(+0.002)).verdict == "no regression"
+    assert non_inferiority(baseline(), variant(-0.02)).verdict == "better"
+    assert non_inferiority(baseline(), variant(+0.03)).verdict == "worse"
+    noisy = [0.01, -0.01, 0.008, -0.006, 0.0]
+    assert non_inferiority(baseline(), variant(+0.008, jitter=noisy)).verdict.startswith("inconclusive (needs")
+
+
+def test_worse_than_baseline_but_within_margin_is_no_regression():
+    c = non_inferiority(baseline(), variant(+0.004), margin=0.01)
+    assert c.lower > 0 and c.upper < 0.01 and c.verdict == "no regression"
+
+
+def test_seeds_needed_is_where_the_bound_would_cross():
+    noisy = [0.02, -0.02, 0.015, -0.01, 0.0]
+    c = superiority(baseline(), variant(-0.01, jitter=noisy))
+    more = int(c.verdict.split("needs ")[1].split()[0])
+    bound = lambda n: stats.t.ppf(0.95, n - 1) * c.std / math.sqrt(n)
+    assert bound(c.n + more) < abs(c.mean) <= bound(c.n + more - 1)
+
+
+def test_seeds_needed_beyond_the_cap():
+    noisy = [0.05, -0.05, 0.04, -0.04, 0.0]
+    c = non_inferiority(baseline(), variant(+0.0099, jitter=noisy), margin=0.01)
+    assert c.verdict == "inconclusive (needs >100 more seeds)"
+
+
+def test_inside_the_noise_floor_is_never_better():
+    tight = [0.0002, -0.0002, 0.0001, -0.0001, 0.0]
+    c = superiority(baseline(), variant(-0.004, jitter=tight))  # significant, but 0.004 < 0.0079
+    assert c.upper < 0 and c.p_better < 0.001
+    assert c.verdict.startswith("inconclusive (inside the noise floor")
+    assert non_inferiority(baseline(), variant(-0.004, jitter=tight)).verdict == "no regression"
+    assert superiority(baseline(), variant(-0.01, jitter=tight)).verdict == "better"  # outside
+
+
+def test_no_finished_runs_no_pairs_and_one_seed_are_never_a_verdict():
+    queued = lambda runs: [dict(r, status="queued", val_bpb=None) for r in runs]
+    c = superiority(queued(baseline()), queued(variant(-0.02)))
+    assert c.verdict == "inconclusive (no finished runs)" and c.n == 0
+    assert superiority([], []).verdict == "inconclusive (no finished runs)"
+    c = superiority(baseline(), queued(variant(-0.02)))
+    assert c.verdict == "inconclusive (no seed with val_bpb in both arms: baseline 5, variant 0)"
+    nan = [dict(r, val_bpb=float("nan")) for r in variant(-0.02)]
+    assert superiority(baseline(), nan).verdict.startswith("inconclusive (no seed with val_bpb")
+    c = superiority(baseline()[:1], variant(-0.02)[:1])
+    assert c.verdict == "inconclusive (one seed: an interval needs two)" and c.mean == pytest.approx(-0.019)
+
+
+def test_unknown_claim_or_declaration_is_an_error():
+    with pytest.raises(ValueError, match="claim"):
+        compare(baseline(), variant(-0.02), "lower-is-better")
+    with pytest.raises(ValueError, match="declared"):
+        superiority(baseline(), variant(-0.02), declared={"width"})
+
+
+# --- many comparisons --------------------------------------------------------------------
+
+def test_holm_by_hand():
+    p = np.array([0.01, 0.04, 0.03, 0.20])
+    # sorted 0.01, 0.03, 0.04, 0.20 times 4, 3, 2, 1 -> 0.04, 0.09, 0.08 -> 0.09 (monotone), 0.20
+    assert holm(p) == pytest.approx([0.04, 0.09, 0.09, 0.20])
+
+
+def test_a_better_alone_is_not_better_among_twenty():
+    winner = superiority(baseline(), variant(-0.012, jitter=[0.008, -0.008, 0.006, -0.004, 0.0]))
+    nulls = [superiority(baseline(), variant(0.0, jitter=np.roll(JITTER, k) * 5)) for k in range(19)]
+    assert winner.verdict == "better" and 0.05 / 20 < winner.p_better < 0.05
+    adjusted = adjust([winner] + nulls)  # Holm, the default
+    assert adjusted[0].adjustment == "holm" and adjusted[0].family == 20
+    assert adjusted[0].p_better_adjusted == pytest.approx(min(1, 20 * winner.p_better))
+    assert adjusted[0].verdict.startswith("inconclusive (needs")
+
+
+def test_benjamini_hochberg_matches_scipy():
+    comparisons = [superiority(baseline(), variant(delta)) for delta in (-0.02, -0.01, 0.0, 0.01)]
+    adjusted = adjust(comparisons, method="bh")
+    expected = stats.false_discovery_control([c.p_better for c in comparisons], method="bh")
+    assert [c.p_better_adjusted for c in adjusted] == pytest.approx(expected)
+    assert all(c.adjustment == "bh" for c in adjusted)
+
+
+def test_adjust_goes_before_confirm():
+    c = confirm(superiority(baseline(), variant(-0.02)), baseline(), variant(-0.02))
+    with pytest.raises(ValueError, match="before confirm"):
+        adjust([c])
+
+
+# --- the noise floor ---------------------------------------------------------------------
+
+def test_noise_floor_is_the_seed_std_without_reruns():
+    floor = noise_floor(baseline())
+    assert floor.seed_std == pytest.approx(np.std(BASELINE, ddof=1)) and floor.seeds == 5
+    assert floor.drift is None and floor.floor == floor.seed_std
+
+
+def test_drift_of_interleaved_reruns():
+    """The baseline creeps up 0.001 per run: re-runs of the same seeds reveal it."""
+    def at(seq, seed, purpose):
+        return run("baseline", seed, BASELINE[seed] + 0.001 * seq, purpose=purpose, claim_seq=seq)
+    runs = [at(seq, seed, "main") for seq, seed in zip(range(1, 6), SEEDS)]
+    runs += [at(seq, seed, "repeat") for seq, seed in zip(range(10, 15), SEEDS)]
+    floor = noise_floor(runs)
+    assert floor.drift == pytest.approx(0.001 * (14 - 1)) and floor.reruns == 10
+    steady = noise_floor([dict(r, val_bpb=BASELINE[r["seed"]]) for r in runs])
+    assert steady.drift == pytest.approx(0.0)
+
+
+def test_drift_orders_by_finished_at_without_claim_seq():
+    runs = [run("baseline", 0, 1.00, finished_at="2026-01-01T10:00:00+00:00"),
+            run("baseline", 0, 1.02, purpose="repeat", finished_at="2026-01-01T11:00:00+00:00"),
+            run("baseline", 1, 1.01, finished_at="2026-01-01T10:30:00+00:00")]
+    assert noise_floor(runs).drift == pytest.approx(0.02)
+
+
+def test_drift_raises_the_floor():
+    runs = baseline() + [run("baseline", s, v + 0.03, purpose="repeat") for s, v in zip(SEEDS, BASELINE)]
+    c = superiority(runs, variant(-0.02))
+    assert c.noise.floor > 0.02 and c.verdict.startswith("inconclusive (inside the noise floor")
+
+
+# --- confound checks ---------------------------------------------------------------------
+
+def test_flops_differ():
+    steps_budget = {"kind": "steps", "value": 100}
+    more = superiority(baseline(budget=steps_budget), variant(-0.02, budget=steps_budget, flops=1.05e12))
+    assert checks(more)["flops"].invalid and more.verdict == "invalid (confounded: flops +5.0%)"
+    within = superiority(baseline(budget=steps_budget), variant(-0.02, budget=steps_budget, flops=1.005e12))
+    assert "flops" not in checks(within) and within.verdict == "better"
+    declared = superiority(baseline(budget=steps_budget), variant(-0.02, budget=steps_budget, flops=1.05e12),
+                           declared={"flops"})
+    assert not checks(declared)["flops"].invalid
+    budget = superiority(baseline(), variant(-0.02, flops=1.05e12), declared={"flops"})
+    assert checks(budget)["flops"].text == "flops +5.0% under a flops budget" and budget.confounds
+
+
+def test_tokens_differ():
+    steps_budget = {"kind": "steps", "value": 100}
+    c = superiority(baseline(budget=steps_budget), variant(-0.02, budget=steps_budget, tokens=2e6))
+    assert checks(c)["tokens"].invalid
+    same = superiority(baseline(budget=steps_budget), variant(-0.02, budget=steps_budget))
+    assert "tokens" not in checks(same)
+
+
+def test_steps_differ_under_a_flop_budget():
+    c = superiority(baseline(), variant(-0.02, steps=120, tokens=1.2e6))
+    assert checks(c)["steps"].invalid and checks(c)["tokens"].invalid
+    assert "steps" not in checks(superiority(baseline(), variant(-0.02)))
+
+
+def test_params_differ_unless_declared():
+    wider = {"total": 1_500_000, "matmul": 1_200_000}
+    c = superiority(baseline(), variant(-0.02, params=wider))
+    assert checks(c)["params"].text == "params +50.0% (not declared)" and c.verdict.startswith("invalid")
+    assert "params" not in checks(superiority(baseline(), variant(-0.02, params=wider), declared={"params"}))
+    assert "params" not in checks(superiority(baseline(), variant(-0.02)))
+
+
+def test_the_spurious_width_result():
+    """A wider model at a fixed step count does more compute and looks better: invalid. At
+    equal FLOPs, declared as a change of parameters, it is a fair comparison."""
+    steps_budget = {"kind": "steps", "value": 100}
+    wider = dict(params={"total": 1_500_000, "matmul": 1_200_000}, flops_per_token=1.5e6)
+    fixed_steps = superiority(baseline(budget=steps_budget),
+                              variant(-0.02, budget=steps_budget, flops=1.5e12, **wider))
+    assert {f.check for f in fixed_steps.confounds} == {"flops", "params"}
+    assert fixed_steps.verdict == "invalid (confounded: flops +50.0%, params +50.0% (not declared))"
+    equal_flops = superiority(baseline(), variant(-0.02, steps=67, tokens=6.7e5, **wider), declared={"params"})
+    assert equal_flops.verdict == "better" and not equal_flops.confounds
+    assert {f.check for f in equal_flops.warnings} == {"tokens", "steps"}
+    assert checks(equal_flops)["tokens"].text == "tokens -33.0% (equal FLOPs, FLOPs/token +50.0%)"
+
+
+def test_seconds_budget_lets_spend_follow_speed():
+    seconds = {"kind": "seconds", "value": 60}
+    c = superiority(baseline(budget=seconds), variant(-0.02, budget=seconds, flops=1.2e12, tokens=1.2e6,
+                                                      steps=120, tokens_per_second=6e4))
+    assert not c.confounds and {"flops", "tokens", "steps"} <= set(checks(c))
+
+
+@pytest.mark.parametrize("name", ["eval", "data"])
+def test_fingerprints_differ(name):
+    c = superiority(baseline(), variant(-0.02, **{f"{name}_fingerprint": "other"}))
+    assert checks(c)[name].invalid and f"{name} fingerprints differ" in c.verdict
+    assert name not in checks(superiority(baseline(), variant(-0.02)))
+
+
+def test_unequal_seeds_are_paired_on_the_common_ones():
+    c = superiority(baseline(), variant(-0.02)[:4])
+    assert not checks(c)["seeds"].invalid and c.n == 4 and c.verdict == "better"
+    assert checks(c)["seeds"].text == "seeds differ: baseline 0,1,2,3,4 / variant 0,1,2,3, 4 in common"
+    assert "seeds" not in checks(superiority(baseline(), variant(-0.02)))
+
+
+def test_only_the_seed_changed():
+    same = {"depth": 2}
+    reseeded = superiority(baseline(), variant(-0.02, seeds=[5, 6, 7, 8, 9], overrides=same))
+    assert reseeded.verdict == "invalid (confounded: only the seed changed)"
+    unchanged = superiority(baseline(), variant(-0.02, overrides=same))
+    assert unchanged.verdict == "invalid (confounded: no change: baseline's overrides and code)"
+    new_code = superiority(baseline(), variant(-0.02, overrides=same, git_commit="def456"))
+    assert "noop" not in checks(new_code)
+    assert "noop" not in checks(superiority(baseline(), variant(-0.02)))
+
+
+def test_devices_differ():
+    c = superiority(baseline(), variant(-0.02, device="cuda:0"))
+    assert not checks(c)["device"].invalid and c.verdict == "better"
+    seconds = {"kind": "seconds", "value": 60}
+    timed = superiority(baseline(budget=seconds), variant(-0.02, budget=seconds, device="cuda:0"))
+    assert checks(timed)["device"].invalid
+    assert "device" not in checks(superiority(baseline(), variant(-0.02)))
+
+
+def test_throughput_differs_at_equal_flops_per_token():
+    slow = superiority(baseline(), variant(-0.02, tokens_per_second=3e4))
+    assert checks(slow)["throughput"].text == "tokens/s -40% at equal FLOPs/token (hidden compute?)"
+    assert not checks(slow)["throughput"].invalid
+    assert "throughput" not in checks(superiority(baseline(), variant(-0.02, tokens_per_second=4.5e4)))
+    heavier = superiority(baseline(), variant(-0.02, tokens_per_second=3e4, flops_per_token=1.5e6), declared={"params"})
+    assert "throughput" not in checks(heavier)
+
+
+def test_diverged_or_killed_in_one_arm_only():
+    var = variant(-0.02)
+    var[3] = dict(var[3], status="diverged", val_bpb=None)
+    var[4] = dict(var[4], status="killed", val_bpb=None)
+    c = superiority(baseline(), var)
+    assert c.verdict == "invalid (confounded: variant diverged on seed 3, variant killed on seed 4)"
+    base = baseline()
+    base[3] = dict(base[3], status="diverged", val_bpb=None)
+    both = superiority(base, var[:4])
+    assert "dropped" not in checks(both) and both.n == 3
+
+
+def test_errors_in_one_arm_are_a_warning():
+    var = variant(-0.02)
+    var[4] = dict(var[4], status="error", val_bpb=None)
+    c = superiority(baseline(), var)
+    assert checks(c)["dropped"].text == "variant error on seed 4" and not checks(c)["dropped"].invalid
+    assert c.verdict == "better" and c.n == 4
+
+
+def test_budgets_differ():
+    c = superiority(baseline(), variant(-0.02, budget={"kind": "flops", "value": 2e12}))
+    assert checks(c)["budget"].text == "budgets differ: baseline flops 1e+12 / variant flops 2e+12"
+    assert "budget" not in checks(superiority(baseline(), variant(-0.02)))
+
+
+def test_tolerances_are_settable():
+    loose = Tolerances(throughput=0.5)
+    assert "throughput" not in checks(superiority(baseline(), variant(-0.02, tokens_per_second=3e4),
+                                                  tolerances=loose))
+
+
+# --- held-out confirmation ---------------------------------------------------------------
+
+def test_confirmed_on_the_held_out_split():
+    c = superiority(baseline(), variant(-0.02))
+    assert c.final_verdict == "better (awaiting held-out confirmation)"
+    c = confirm(c, baseline(), variant(-0.02))
+    assert c.final_verdict == "better" and c.confirmation.metric == "confirm_bpb"
+
+
+def test_not_confirmed_on_the_held_out_split():
+    var = [dict(r, confirm_bpb=b["val_bpb"] + j) for r, b, j in zip(variant(-0.02), baseline(), JITTER)]
+    c = confirm(superiority(baseline(), var), baseline(), var)
+    assert c.verdict == "better"
+    assert c.final_verdict.startswith("better (not confirmed on held-out split: inconclusive")
+
+
+def test_no_regression_confirmed_even_if_better_there():
+    var = [dict(r, confirm_bpb=r["val_bpb"] - 0.02) for r in variant(+0.002)]
+    c = confirm(non_inferiority(baseline(), var), baseline(), var)
+    assert (c.verdict, c.confirmation.verdict, c.final_verdict) == ("no regression", "better", "no regression")
+
+
+def test_missing_confirm_split_is_said():
+    strip = lambda runs: [dict(r, confirm_bpb=None) for r in runs]
+    c = confirm(superiority(baseline(), variant(-0.02)), strip(baseline()), strip(variant(-0.02)))
+    assert c.final_verdict == ("better (not confirmed on held-out split: inconclusive "
+                               "(no seed with confirm_bpb in both arms: baseline 0, variant 0))")
+
+
+def test_verdicts_that_need_no_confirmation_are_final():
+    c = confirm(superiority(baseline(), variant(+0.02)), baseline(), variant(+0.02))
+    assert c.final_verdict == "worse"
+
+
+# --- ledger rows -------------------------------------------------------------------------
+
+def ledger_row(r: dict) -> dict:
+    """The same run as a row of the runs table: flat params, JSON text, confirm_bpb in result."""
+    row = {k: v for k, v in r.items() if k not in ("params", "confirm_bpb")}
+    row.update(params_total=r["params"]["total"], params_matmul=r["params"]["matmul"],
+               overrides=json.dumps(r["overrides"]), budget=json.dumps({r["budget"]["kind"]: r["budget"]["value"]}),
+               result=json.dumps({"confirm_bpb": r["confirm_bpb"], "params": r["params"]}), git_dirty=0)
+    return row
+
+
+def test_ledger_rows_read_like_result_dicts():
+    rows = lambda runs: [ledger_row(r) for r in runs]
+    from_dicts = confirm(superiority(baseline(), variant(-0.02)), baseline(), variant(-0.02))
+    from_rows = confirm(superiority(rows(baseline()), rows(variant(-0.02))), rows(baseline()), rows(variant(-0.02)))
+    assert from_rows.final_verdict == from_dicts.final_verdict == "better"
+    assert from_rows.mean == from_dicts.mean and from_rows.findings == from_dicts.findings
+
+
+# --- simulation --------------------------------------------------------------------------
+
+def simulate(seeds: int, effect: float, rng, trials=200, noise=0.01, shared=0.5) -> float:
+    """Share of `trials` comparisons called 'better' under the superiority rule. Each run's
+    val_bpb = 1 + seed component + own noise, both normal, the seed component holding a
+    `shared` fraction of the variance noise**2 (the seed fixes init and data order in both
+    arms); the variant is lower by `effect`."""
+    seed_std, own_std = noise * math.sqrt(shared), noise * math.sqrt(1 - shared)
+    better = 0
+    for _ in range(trials):
+        luck = rng.normal(0, seed_std, seeds)
+        base = 1 + luck + rng.normal(0, own_std, seeds)
+        var = 1 + luck + rng.normal(0, own_std, seeds) - effect
+        c = superiority(baseline(base, range(seeds)), variant(0.0, var, range(seeds), jitter=[0] * seeds))
+        better += c.verdict == "better"
+    return better / trials
+
+
+def test_simulated_false_positives_and_power():
+    """Noise std 0.01 per run, half its variance shared by both arms of a seed, so paired
+    differences have std 0.01 too; the planted effect is 0.03, 3x the noise std."""
+    rng = np.random.default_rng(20260101)
+    rates = {seeds: (simulate(seeds, 0.0, rng), simulate(seeds, 0.03, rng)) for seeds in (5, 3)}
+    no_shared = {seeds: (simulate(seeds, 0.0, rng, shared=0), simulate(seeds, 0.03, rng, shared=0)) for seeds in (5, 3)}
+    for seeds in (5, 3):
+        print(f"\n{seeds} seeds, 200 comparisons each: A/A 'better' {rates[seeds][0]:.1%}, "
+              f"3-sigma effect 'better' {rates[seeds][1]:.1%}; without a shared seed component "
+              f"(difference std 0.014): A/A {no_shared[seeds][0]:.1%}, effect {no_shared[seeds][1]:.1%}")
+    assert rates[5][0] <= 0.05 and rates[3][0] <= 0.05
+    assert rates[5][1] >= 0.80
