@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from trainer import ops
+from trainer import kernels, ops
 from trainer.backend import array_module, scatter_add_rows, to_numpy
 from trainer.config import Config
 
@@ -115,6 +115,9 @@ class GPT:
         self.params, self.grads = self.param_buf.views, self.grad_buf.views
         self.blocks = [self._block_views(self.param_buf, i) for i in range(cfg.n_layer)]
         self.grad_blocks = [self._block_views(self.grad_buf, i) for i in range(cfg.n_layer)]
+        # on a GPU the fused CUDA kernels (trainer/kernels.py) replace their NumPy twins in ops
+        self.fused = kernels.available(xp)
+        self.ew = kernels if self.fused else ops  # rmsnorm, rotary, relu2: same signatures
         self.eps = float(np.finfo(dtype).eps)  # RMSNorm eps as torch's F.rms_norm default
         if cfg.pos == "rope":
             self.cos, self.sin = ops.rotary_tables(cfg.sequence_len, cfg.head_dim, cfg.rope_base, xp, dtype)
@@ -209,6 +212,14 @@ class GPT:
         x, cache["norm_f"] = self._norm_forward(x, "transformer.ln_f")
         cache["x_f"] = x
         logits = ops.linear_forward(x, self._head()[:cfg.vocab_size])  # (B, T, V), padding sliced off
+        if targets is not None and self.fused:  # GPU: softcap + cross-entropy in one kernel pass
+            self.logits = None  # raw logits stay in the cache; the softcapped ones are never stored
+            targets = xp.asarray(targets).reshape(-1)
+            losses, cache["fused_ce"] = kernels.softcap_cross_entropy_forward(
+                logits.reshape(B * T, -1), targets, cfg.softcap)
+            self.token_losses = losses.reshape(B, T)
+            self.cache = cache
+            return float(losses.mean())
         if cfg.softcap > 0:
             logits, cache["softcap"] = ops.softcap_forward(logits, cfg.softcap)
         self.logits = logits
@@ -227,7 +238,7 @@ class GPT:
     def _norm_forward(self, x, where):
         """where: a (weight, bias) pair of a layer's LayerNorm, or a top-level norm's name."""
         if self.cfg.norm == "rms":
-            return ops.rmsnorm_forward(x, self.eps)
+            return self.ew.rmsnorm_forward(x, self.eps)
         w, b = where if isinstance(where, tuple) else (self.params[f"{where}.weight"], self.params.get(f"{where}.bias"))
         return ops.layernorm_forward(x, w, b)
 
@@ -241,11 +252,11 @@ class GPT:
         v = qkv[..., (H + KV) * D:].reshape(B, T, KV, D)
         c = {"x": x}
         if cfg.pos == "rope":
-            q = ops.rotary_forward(q, self.cos[:T], self.sin[:T])
-            k = ops.rotary_forward(k, self.cos[:T], self.sin[:T])
+            q = self.ew.rotary_forward(q, self.cos[:T], self.sin[:T])
+            k = self.ew.rotary_forward(k, self.cos[:T], self.sin[:T])
         if cfg.qk_norm:
-            q, c["q_norm"] = ops.rmsnorm_forward(q, self.eps)
-            k, c["k_norm"] = ops.rmsnorm_forward(k, self.eps)
+            q, c["q_norm"] = self.ew.rmsnorm_forward(q, self.eps)
+            k, c["k_norm"] = self.ew.rmsnorm_forward(k, self.eps)
         if cfg.qk_gain != 1.0:
             q, k = q * cfg.qk_gain, k * cfg.qk_gain
         y, c["sdpa"] = ops.attention_forward(q, k, v, self.mask[:T, :T])
@@ -256,7 +267,7 @@ class GPT:
     def _mlp_forward(self, x, blk):
         h = ops.linear_forward(x, blk["fc_w"], blk["fc_b"])           # (B, T, 4C)
         if self.cfg.mlp == "relu2":
-            a, act = ops.relu2_forward(h)
+            a, act = self.ew.relu2_forward(h)
         else:
             a, act = ops.gelu_forward(h)
         return ops.linear_forward(a, blk["proj_w"], blk["proj_b"]), {"x": x, "act": act, "a": a}
@@ -270,9 +281,13 @@ class GPT:
         cfg, xp, P, G, cache = self.cfg, self.xp, self.params, self.grads, self.cache
         idx = cache["idx"]
         B, T = idx.shape
-        dlogits = ops.cross_entropy_backward(cache["ce"], 1.0 / (B * T)).reshape(B, T, -1)
-        if cfg.softcap > 0:
-            dlogits = ops.softcap_backward(dlogits, cache["softcap"])
+        if "fused_ce" in cache:  # dlogits written over the cached raw logits
+            ce = cache["fused_ce"]
+            dlogits = kernels.softcap_cross_entropy_backward(ce, 1.0 / (B * T), out=ce[0]).reshape(B, T, -1)
+        else:
+            dlogits = ops.cross_entropy_backward(cache["ce"], 1.0 / (B * T)).reshape(B, T, -1)
+            if cfg.softcap > 0:
+                dlogits = ops.softcap_backward(dlogits, cache["softcap"])
         # head: logits = x_f W[:V]^T; padded rows of W get no gradient
         head, V = self._head(), cfg.vocab_size
         dhead = G["transformer.wte.weight" if cfg.tie_embeddings else "lm_head.weight"]
@@ -307,7 +322,7 @@ class GPT:
 
     def _norm_backward(self, dy, cache, where):
         if self.cfg.norm == "rms":
-            return ops.rmsnorm_backward(dy, cache)
+            return self.ew.rmsnorm_backward(dy, cache)
         dw, db = where if isinstance(where, tuple) else (self.grads[f"{where}.weight"], self.grads.get(f"{where}.bias"))
         return ops.layernorm_backward(dy, cache, dw, db)
 
@@ -320,11 +335,11 @@ class GPT:
         if cfg.qk_gain != 1.0:
             dq, dk = dq * cfg.qk_gain, dk * cfg.qk_gain
         if cfg.qk_norm:
-            dq = ops.rmsnorm_backward(dq, c["q_norm"])
-            dk = ops.rmsnorm_backward(dk, c["k_norm"])
+            dq = self.ew.rmsnorm_backward(dq, c["q_norm"])
+            dk = self.ew.rmsnorm_backward(dk, c["k_norm"])
         if cfg.pos == "rope":
-            dq = ops.rotary_backward(dq, self.cos[:T], self.sin[:T])
-            dk = ops.rotary_backward(dk, self.cos[:T], self.sin[:T])
+            dq = self.ew.rotary_backward(dq, self.cos[:T], self.sin[:T])
+            dk = self.ew.rotary_backward(dk, self.cos[:T], self.sin[:T])
         dqkv = self.xp.concatenate([dq.reshape(B, T, H * D), dk.reshape(B, T, KV * D),
                                     dv.reshape(B, T, KV * D)], axis=-1)
         return ops.linear_backward(dqkv, c["x"], blk["qkv_w"], gblk["qkv_w"], gblk["qkv_b"])
@@ -332,7 +347,7 @@ class GPT:
     def _mlp_backward(self, dout, c, blk, gblk):
         da = ops.linear_backward(dout, c["a"], blk["proj_w"], gblk["proj_w"], gblk["proj_b"])
         if self.cfg.mlp == "relu2":
-            dh = ops.relu2_backward(da, c["act"])
+            dh = self.ew.relu2_backward(da, c["act"])
         else:
             dh = ops.gelu_backward(da, c["act"])
         return ops.linear_backward(dh, c["x"], blk["fc_w"], gblk["fc_w"], gblk["fc_b"])

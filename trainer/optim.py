@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from trainer import kernels
 from trainer.backend import to_numpy, xp_of
 from trainer.model import param_group
 
@@ -69,17 +70,22 @@ class Optimizer:
         self.momentum = self.xp.zeros(n_muon, dtype=model.dtype)  # Muon momentum
         # on the CPU, update in cache-sized chunks: the several passes of the update then hit
         # cache instead of memory, and temporaries stay small
-        self.chunk = 1 << 15 if self.xp.__name__ == "numpy" else None
+        self.chunk = 1 << 15
+        self.fused = kernels.available(self.xp)
         self.t = 0
 
     def step(self, lr_mult: float = 1.0, muon_momentum: float | None = None):
         self.t += 1
         P, G = self.model.param_buf.data, self.model.grad_buf.data
         for g in self.adamw_groups:
+            # the AdamW math is kernels.np_adamw_update (a CUDA kernel on a GPU, one pass per
+            # group); on the CPU it runs in cache-sized chunks
             start, end = g["range"]
-            for s in range(start, end, self.chunk or end - start):
-                e = min(s + (self.chunk or end), end)
-                self._adamw(P[s:e], G[s:e], self.m[s:e], self.v[s:e], g["lr"] * lr_mult, g)
+            chunk = end - start if self.fused else self.chunk
+            hyper = dict(lr=g["lr"] * lr_mult, beta1=g["beta1"], beta2=g["beta2"], eps=g["eps"], wd=g["wd"], t=self.t)
+            for s in range(start, end, chunk):
+                e = min(s + chunk, end)
+                kernels.adamw_update(P[s:e], G[s:e], self.m[s:e], self.v[s:e], **hyper)
         if self.muon_group:
             g = self.muon_group
             mu = g["momentum"] if muon_momentum is None else muon_momentum
@@ -90,30 +96,14 @@ class Optimizer:
                 buf = self.momentum[start - base:start - base + p.size].reshape(p.shape)
                 self._muon(p, grad, buf, g["lr"] * lr_mult, g["wd"], mu, g["ns_steps"])
 
-    def _adamw(self, p, grad, m, v, lr, g):
-        b1, b2 = g["beta1"], g["beta2"]
-        if g["wd"]:
-            p *= 1 - lr * g["wd"]                      # decoupled weight decay
-        m *= b1
-        m += (1 - b1) * grad                           # m = b1 m + (1-b1) g
-        v *= b2
-        v += (1 - b2) * grad * grad                    # v = b2 v + (1-b2) g^2
-        # p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps), as torch.optim.AdamW
-        denom = self.xp.sqrt(v)
-        denom *= 1 / math.sqrt(1 - b2 ** self.t)
-        denom += g["eps"]
-        p -= (lr / (1 - b1 ** self.t)) * m / denom
-
     def _muon(self, p, grad, buf, lr, wd, mu, ns_steps):
-        buf *= mu
-        buf += (1 - mu) * grad                         # buf = mu buf + (1-mu) g
-        u = (1 - mu) * grad + mu * buf                 # Nesterov look-ahead
+        # buf = mu buf + (1-mu) g, then the Nesterov look-ahead u = (1-mu) g + mu buf
+        u = kernels.muon_momentum(grad, buf, mu)
         x = orthogonalize(u, ns_steps)
         rows, cols = p.shape
         lr = lr * math.sqrt(max(1.0, rows / cols))     # shape-aware: tall matrices step further
-        if wd:  # cautious weight decay: only where the update and the weight agree in sign
-            x += wd * p * (x * p >= 0)
-        p -= lr * x
+        # cautious weight decay (only where update and weight agree in sign), then p -= lr x
+        kernels.muon_apply(p, x, lr, wd)
 
     def state_dict(self) -> dict:
         return {"t": self.t, "m": to_numpy(self.m), "v": to_numpy(self.v), "momentum": to_numpy(self.momentum)}

@@ -1,0 +1,692 @@
+"""
+Fused CUDA kernels for the GPU path, each with a NumPy twin that defines what it computes.
+
+Every public function here has the signature and return values of its twin. It runs the CUDA
+kernel when its arrays are CuPy arrays (float32/float64) on a machine with a CUDA device, and the
+twin otherwise: NumPy arrays always take the twin, so importing and calling this module on a
+CPU-only machine without CuPy works (CuPy is imported lazily, only for CuPy arrays).
+
+    function                         twin                              what the kernel saves
+    rmsnorm_forward / _backward      ops.rmsnorm_forward / _backward   one warp per row: 1 read
+                                                                       of x (+1 from cache), 1 write
+    rotary_forward / _backward       ops.rotary_forward / _backward    reads q/k straight out of the
+                                                                       qkv slice, no concatenate
+    relu2_forward / _backward        ops.relu2_forward / _backward     one pass instead of two
+    softcap_cross_entropy_forward    np_softcap_cross_entropy_forward  one pass over the (N, V)
+                                     (= ops.softcap_forward +           logits, online max/sum; no
+                                        ops.cross_entropy_forward)      softcapped or probs copy
+    softcap_cross_entropy_backward   np_softcap_cross_entropy_backward one pass, dlogits recomputed
+                                     (= ops.cross_entropy_backward +    from logits and the cached
+                                        ops.softcap_backward)           per-row logsumexp
+    adamw_update                     np_adamw_update (= optim AdamW)   one pass over p, g, m, v
+    muon_momentum                    np_muon_momentum (= optim Muon)   momentum + Nesterov in one pass
+    muon_apply                       np_muon_apply (= optim Muon)      cautious decay + step, one pass
+
+Kernels are compiled lazily with cupy.RawModule, once per dtype (the CUDA source below with
+`real` typedef'd to float or double). `nvrtc_compile` compiles the same source with the
+low-level NVRTC library and needs no GPU: the tests use it to check every kernel compiles.
+`available(xp)` says whether the kernels will be used for that array module.
+Set NANOLAB_KERNELS=0 to force the twins everywhere.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from trainer import ops
+from trainer.backend import xp_of
+
+# ----------------------------------------------------------------------------------------
+# CUDA source: one module per dtype, `real` = float or double
+
+_PRELUDE = {
+    "float32": "typedef float real;\n"
+               "#define NEG_INF (-__int_as_float(0x7f800000))\n"
+               "#define QNAN __int_as_float(0x7fc00000)\n",
+    "float64": "typedef double real;\n"
+               "#define NEG_INF (-__longlong_as_double(0x7ff0000000000000LL))\n"
+               "#define QNAN __longlong_as_double(0x7ff8000000000000LL)\n",
+}
+
+SOURCE = r"""
+#define FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ float  k_exp(float x)   { return expf(x); }
+__device__ __forceinline__ double k_exp(double x)  { return exp(x); }
+__device__ __forceinline__ float  k_log(float x)   { return logf(x); }
+__device__ __forceinline__ double k_log(double x)  { return log(x); }
+__device__ __forceinline__ float  k_tanh(float x)  { return tanhf(x); }
+__device__ __forceinline__ double k_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float  k_sqrt(float x)  { return sqrtf(x); }
+__device__ __forceinline__ double k_sqrt(double x) { return sqrt(x); }
+
+__device__ __forceinline__ real warp_sum(real v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+// ---- RMSNorm over rows of length C, one warp per row -----------------------------------
+// y = x * rstd, rstd = 1 / sqrt(mean(x^2) + eps)
+extern "C" __global__ void rmsnorm_fwd(const real* __restrict__ x, real* __restrict__ y,
+                                       real* __restrict__ rstd, long long rows, int C, real eps) {
+    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= rows) return;                       // the whole warp leaves together
+    const real* xr = x + row * C;
+    real ss = 0;
+    for (int i = lane; i < C; i += 32) ss += xr[i] * xr[i];
+    const real r = (real)1 / k_sqrt(warp_sum(ss) / C + eps);
+    if (lane == 0) rstd[row] = r;
+    real* yr = y + row * C;
+    for (int i = lane; i < C; i += 32) yr[i] = xr[i] * r;
+}
+
+// dx = rstd * (dy - y * mean(dy * y)); dx may be dy
+extern "C" __global__ void rmsnorm_bwd(const real* dy, const real* __restrict__ y,
+                                       const real* __restrict__ rstd, real* dx, long long rows, int C) {
+    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const real* dyr = dy + row * C;
+    const real* yr = y + row * C;
+    real dot = 0;
+    for (int i = lane; i < C; i += 32) dot += dyr[i] * yr[i];
+    const real mean = warp_sum(dot) / C, r = rstd[row];
+    real* dxr = dx + row * C;
+    for (int i = lane; i < C; i += 32) dxr[i] = r * (dyr[i] - yr[i] * mean);
+}
+
+// ---- rotary, half-split layout, one thread per (row, head, j < D/2) ----------------------
+// x rows (b, t) are x_row_stride apart, heads D apart inside a row (so a q/k slice of the qkv
+// activations is read in place); y is contiguous (rows, H, D). sign = +1 forward, -1 backward:
+// y1 = x1 cos + sign x2 sin, y2 = x2 cos - sign x1 sin
+extern "C" __global__ void rotary(const real* __restrict__ x, long long x_row_stride,
+                                  real* __restrict__ y, const real* __restrict__ cos_t,
+                                  const real* __restrict__ sin_t, real sign,
+                                  long long rows, int T, int H, int half) {
+    const long long n = rows * H * half;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int j = (int)(i % half);
+        const long long rh = i / half;
+        const int h = (int)(rh % H);
+        const long long row = rh / H;
+        const int t = (int)(row % T);
+        const real* xh = x + row * x_row_stride + (long long)h * 2 * half;
+        const real x1 = xh[j], x2 = xh[j + half];
+        const real c = cos_t[(long long)t * half + j], s = sign * sin_t[(long long)t * half + j];
+        real* yh = y + rh * 2 * half;
+        yh[j] = x1 * c + x2 * s;
+        yh[j + half] = x2 * c - x1 * s;
+    }
+}
+
+// ---- ReLU^2 ------------------------------------------------------------------------------
+// r = max(h, 0), a = r^2
+extern "C" __global__ void relu2_fwd(const real* __restrict__ h, real* __restrict__ a,
+                                     real* __restrict__ r, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const real v = h[i] > 0 ? h[i] : (real)0;
+        r[i] = v;
+        a[i] = v * v;
+    }
+}
+
+// dh = da * 2r; dh may be da
+extern "C" __global__ void relu2_bwd(const real* da, const real* __restrict__ r, real* dh, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        dh[i] = da[i] * (r[i] + r[i]);
+}
+
+// ---- softcap + cross-entropy, one block per row of V logits --------------------------------
+// z = cap tanh(logit / cap) (cap > 0; z = logit when cap == 0)
+__device__ __forceinline__ real softcap(real x, real cap) { return cap > 0 ? cap * k_tanh(x / cap) : x; }
+
+// merge two online-softmax states (m: running max, s: sum of exp(z - m))
+__device__ __forceinline__ void lse_merge(real& m, real& s, real m2, real s2) {
+    const real mx = m > m2 ? m : m2;
+    if (mx == NEG_INF) return;                      // both empty
+    s = s * k_exp(m - mx) + s2 * k_exp(m2 - mx);
+    m = mx;
+}
+
+// losses[row] = logsumexp(z) - z[target], lse[row] = logsumexp(z), in one read of the row.
+// A target outside [0, V) gives a NaN loss (and no one-hot term in the backward).
+extern "C" __global__ void __launch_bounds__(1024) softcap_ce_fwd(const real* __restrict__ logits,
+                                          const long long* __restrict__ targets,
+                                          real* __restrict__ losses, real* __restrict__ lse,
+                                          int V, real cap) {
+    const long long row = blockIdx.x;
+    const real* l = logits + row * V;
+    real m = NEG_INF, s = 0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        const real z = softcap(l[i], cap);
+        if (z > m) { s = s * k_exp(m - z) + 1; m = z; }
+        else s += k_exp(z - m);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const real m2 = __shfl_xor_sync(FULL_MASK, m, o), s2 = __shfl_xor_sync(FULL_MASK, s, o);
+        lse_merge(m, s, m2, s2);
+    }
+    __shared__ real sm_m[32], sm_s[32];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    if (lane == 0) { sm_m[warp] = m; sm_s[warp] = s; }
+    __syncthreads();
+    if (warp != 0) return;
+    m = lane < nwarps ? sm_m[lane] : NEG_INF;
+    s = lane < nwarps ? sm_s[lane] : (real)0;
+    for (int o = 16; o > 0; o >>= 1) {
+        const real m2 = __shfl_xor_sync(FULL_MASK, m, o), s2 = __shfl_xor_sync(FULL_MASK, s, o);
+        lse_merge(m, s, m2, s2);
+    }
+    if (lane == 0) {
+        const real r = m + k_log(s);
+        const long long t = targets[row];
+        lse[row] = r;
+        losses[row] = (t >= 0 && t < V) ? r - softcap(l[t], cap) : QNAN;
+    }
+}
+
+// dlogits = scale * (exp(z - lse) - onehot(target)) * (1 - tanh^2); grid (rows, ceil(V / block));
+// dlogits may be logits
+extern "C" __global__ void softcap_ce_bwd(const real* logits, const long long* __restrict__ targets,
+                                          const real* __restrict__ lse, real* dlogits,
+                                          int V, real cap, real scale) {
+    const long long row = blockIdx.x;
+    const int i = blockIdx.y * blockDim.x + threadIdx.x;
+    if (i >= V) return;
+    const long long k = row * V + i;
+    const real x = logits[k];
+    real z = x, dcap = 1;
+    if (cap > 0) { const real t = k_tanh(x / cap); z = cap * t; dcap = 1 - t * t; }
+    real p = k_exp(z - lse[row]);
+    if (i == targets[row]) p -= 1;
+    dlogits[k] = p * scale * dcap;
+}
+
+// ---- AdamW, in place on p, m, v ----------------------------------------------------------
+// p *= decay (= 1 - lr wd); m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+// p -= step_size * m / (sqrt(v) * inv_bc2 + eps), step_size = lr / (1 - b1^t), inv_bc2 = 1 / sqrt(1 - b2^t)
+extern "C" __global__ void adamw(real* __restrict__ p, const real* __restrict__ g,
+                                 real* __restrict__ m, real* __restrict__ v, long long n,
+                                 real decay, real b1, real one_minus_b1, real b2, real one_minus_b2,
+                                 real step_size, real inv_bc2, real eps) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const real gi = g[i];
+        const real mi = m[i] * b1 + one_minus_b1 * gi;
+        const real vi = v[i] * b2 + one_minus_b2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        const real denom = k_sqrt(vi) * inv_bc2 + eps;
+        p[i] = p[i] * decay - step_size * mi / denom;
+    }
+}
+
+// ---- Muon's elementwise parts --------------------------------------------------------------
+// buf = mu buf + (1-mu) g; u = (1-mu) g + mu buf (Nesterov); u may be g
+extern "C" __global__ void muon_momentum(const real* g, real* __restrict__ buf, real* u, long long n,
+                                         real mu, real one_minus_mu) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const real gi = g[i];
+        const real b = buf[i] * mu + one_minus_mu * gi;
+        buf[i] = b;
+        u[i] = one_minus_mu * gi + mu * b;
+    }
+}
+
+// cautious weight decay and the step: x += wd p where x p >= 0; p -= lr x.
+// p (rows, cols) contiguous; x the same shape, contiguous or (x_transposed = 1) column-major.
+extern "C" __global__ void muon_apply(real* __restrict__ p, const real* __restrict__ x,
+                                      long long rows, long long cols, int x_transposed,
+                                      real lr, real wd) {
+    const long long n = rows * cols;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        real xi = x_transposed ? x[(i % cols) * rows + i / cols] : x[i];
+        const real pi = p[i];
+        if (wd != 0 && xi * pi >= 0) xi += wd * pi;
+        p[i] = pi - lr * xi;
+    }
+}
+"""
+
+KERNEL_NAMES = ("rmsnorm_fwd", "rmsnorm_bwd", "rotary", "relu2_fwd", "relu2_bwd",
+                "softcap_ce_fwd", "softcap_ce_bwd", "adamw", "muon_momentum", "muon_apply")
+DTYPES = ("float32", "float64")
+
+
+def cuda_source(dtype: str = "float32") -> str:
+    """The full CUDA source of the module for one dtype ('float32' or 'float64')."""
+    return _PRELUDE[np.dtype(dtype).name] + SOURCE
+
+# ----------------------------------------------------------------------------------------
+# compiling with no GPU: the low-level NVRTC library (CuPy's wrapper, or libnvrtc via ctypes)
+
+
+class NVRTCCompileError(RuntimeError):
+    """NVRTC rejected the source; the message is its program log."""
+
+
+def nvrtc_compile(source: str, arch: str = "compute_80", backend: str = "auto",
+                  name: str = "nanolab_kernels.cu") -> str:
+    """PTX of `source` for a virtual `arch` (e.g. compute_80), compiled with NVRTC alone.
+
+    No CUDA device or driver is needed. backend: 'cupy' (cupy_backends.cuda.libs.nvrtc),
+    'ctypes' (libnvrtc from the nvidia-cuda-nvrtc-cu12 wheel or the system), or 'auto' (cupy's
+    wrapper when cupy imports, else ctypes). Raises NVRTCCompileError with the log on a bad
+    source, ImportError/OSError when NVRTC itself can't be loaded.
+    """
+    options = [f"--gpu-architecture={arch}"]
+    if backend == "auto":
+        try:
+            from cupy_backends.cuda.libs import nvrtc  # noqa: F401
+            backend = "cupy"
+        except Exception:
+            backend = "ctypes"
+    if backend == "cupy":
+        return _nvrtc_cupy(source, name, options)
+    if backend == "ctypes":
+        return _nvrtc_ctypes(source, name, options)
+    raise ValueError(f"unknown NVRTC backend {backend!r}")
+
+
+def _nvrtc_cupy(source, name, options):
+    from cupy_backends.cuda.libs import nvrtc
+    prog = nvrtc.createProgram(source, name, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, options)
+        except nvrtc.NVRTCError as e:
+            raise NVRTCCompileError(f"{e}\n{nvrtc.getProgramLog(prog)}") from None
+        return nvrtc.getPTX(prog).decode().rstrip("\0")
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def libnvrtc_candidates() -> list[str]:
+    """Where libnvrtc may be: the nvidia-cuda-nvrtc-cu12/-cu13 wheels first, then the loader path."""
+    import glob
+    import importlib.util
+    paths = []
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for pattern in ("cuda_nvrtc/lib/libnvrtc.so.*", "cu*/lib/libnvrtc.so.*"):
+            paths += sorted(p for p in glob.glob(os.path.join(root, pattern))
+                            if "builtins" not in p and ".alt." not in p)
+    return paths + ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"]
+
+
+def _load_libnvrtc():
+    import ctypes
+    errors = []
+    for path in libnvrtc_candidates():
+        try:
+            return ctypes.CDLL(path)
+        except OSError as e:
+            errors.append(str(e))
+    raise OSError("libnvrtc not found (pip install nvidia-cuda-nvrtc-cu12): " + "; ".join(errors[-2:]))
+
+
+def _nvrtc_ctypes(source, name, options):
+    import ctypes
+    lib = _load_libnvrtc()
+    lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+
+    def check(result):
+        if result != 0:
+            raise NVRTCCompileError(lib.nvrtcGetErrorString(result).decode())
+
+    prog = ctypes.c_void_p()
+    check(lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None))
+    try:
+        opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+        result = lib.nvrtcCompileProgram(prog, len(options), opts)
+        if result != 0:
+            size = ctypes.c_size_t()
+            lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+            log = ctypes.create_string_buffer(size.value)
+            lib.nvrtcGetProgramLog(prog, log)
+            raise NVRTCCompileError(f"{lib.nvrtcGetErrorString(result).decode()}\n{log.value.decode()}")
+        size = ctypes.c_size_t()
+        check(lib.nvrtcGetPTXSize(prog, ctypes.byref(size)))
+        ptx = ctypes.create_string_buffer(size.value)
+        check(lib.nvrtcGetPTX(prog, ptx))
+        return ptx.value.decode()
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+# ----------------------------------------------------------------------------------------
+# runtime: lazy RawModules, launching, dispatch
+
+_modules: dict = {}
+_available: bool | None = None
+_THREADS = 256          # elementwise kernels
+_ROWS_PER_BLOCK = 8     # warp-per-row kernels: 256 threads
+
+
+def available(xp) -> bool:
+    """True when `xp` is CuPy with a CUDA device, i.e. the public functions run kernels."""
+    global _available
+    if getattr(xp, "__name__", "") != "cupy" or os.environ.get("NANOLAB_KERNELS", "1") == "0":
+        return False
+    if _available is None:
+        try:
+            _available = xp.cuda.runtime.getDeviceCount() > 0
+        except Exception:  # no driver, no device
+            _available = False
+    return _available
+
+
+def _function(name: str, dtype):
+    import cupy
+    key = np.dtype(dtype).name
+    if key not in _modules:
+        _modules[key] = cupy.RawModule(code=cuda_source(key))
+    return _modules[key].get_function(name)
+
+
+def _launch(name: str, dtype, grid: tuple, block: tuple, args: tuple):
+    """Run kernel `name` of the `dtype` module. Scalars in args must be typed numpy scalars
+    matching the C signature (np.int32 for int, np.int64 for long long, _real() for real)."""
+    _function(name, dtype)(grid, block, args)
+
+
+def _on_device(a) -> bool:
+    """A CuPy array on a machine with a CUDA device (the tests swap this for a host emulator)."""
+    return type(a).__module__.startswith("cupy") and available(xp_of(a))
+
+
+def _use_kernels(*arrays) -> bool:
+    a = arrays[0]
+    return (a.dtype.name in DTYPES and a.size > 0 and all(b.dtype == a.dtype for b in arrays)
+            and _on_device(a))
+
+
+def _contiguous(*arrays) -> bool:
+    return all(a.flags.c_contiguous for a in arrays)
+
+
+def _real(dtype, value):
+    return np.dtype(dtype).type(value)
+
+
+def _blocks(n: int) -> int:
+    """Grid for the elementwise kernels; their grid-stride loops cover the rest."""
+    return max(1, min(-(-n // _THREADS), 65535))
+
+# ----------------------------------------------------------------------------------------
+# RMSNorm, rotary, ReLU^2: twins in trainer/ops.py
+
+
+def rmsnorm_forward(x, eps):
+    """Parameter-free RMSNorm over the last dim. Twin: ops.rmsnorm_forward.
+    Returns (y, (y, rstd)), rstd of shape (..., 1)."""
+    if not _use_kernels(x):
+        return ops.rmsnorm_forward(x, eps)
+    xp = xp_of(x)
+    x = xp.ascontiguousarray(x)
+    C = x.shape[-1]
+    rows = x.size // C
+    y = xp.empty_like(x)
+    rstd = xp.empty(x.shape[:-1] + (1,), dtype=x.dtype)
+    _launch("rmsnorm_fwd", x.dtype, (-(-rows // _ROWS_PER_BLOCK),), (32 * _ROWS_PER_BLOCK,),
+            (x, y, rstd, np.int64(rows), np.int32(C), _real(x.dtype, eps)))
+    return y, (y, rstd)
+
+
+def rmsnorm_backward(dy, cache):
+    """Twin: ops.rmsnorm_backward. dx = rstd * (dy - y * mean(dy * y))."""
+    y, rstd = cache
+    if not _use_kernels(dy, y, rstd):
+        return ops.rmsnorm_backward(dy, cache)
+    xp = xp_of(dy)
+    dy, y, rstd = (xp.ascontiguousarray(a) for a in (dy, y, rstd))
+    C = y.shape[-1]
+    rows = y.size // C
+    dx = xp.empty_like(y)
+    _launch("rmsnorm_bwd", y.dtype, (-(-rows // _ROWS_PER_BLOCK),), (32 * _ROWS_PER_BLOCK,),
+            (dy, y, rstd, dx, np.int64(rows), np.int32(C)))
+    return dx
+
+
+def _rotary(x, cos, sin, sign):
+    xp = xp_of(x)
+    B, T, H, D = x.shape
+    half = D // 2
+    isz = x.dtype.itemsize
+    sB, sT, sH, sD = (s // isz for s in x.strides)
+    # read in place when each (b, t) row is H*D contiguous values at a fixed stride (a q or k
+    # slice of the fused qkv activations); otherwise copy first
+    if not (sD == 1 and sH == D and sT >= H * D and (B == 1 or sB == T * sT)):
+        x = xp.ascontiguousarray(x)
+        sT = H * D
+    cos = xp.ascontiguousarray(cos, dtype=x.dtype).reshape(-1, half)
+    sin = xp.ascontiguousarray(sin, dtype=x.dtype).reshape(-1, half)
+    if cos.shape[0] < T or sin.shape[0] < T:
+        raise ValueError(f"rotary tables have {cos.shape[0]} positions, need {T}")
+    y = xp.empty((B, T, H, D), dtype=x.dtype)
+    n = B * T * H * half
+    _launch("rotary", x.dtype, (_blocks(n),), (_THREADS,),
+            (x, np.int64(sT), y, cos, sin, _real(x.dtype, sign),
+             np.int64(B * T), np.int32(T), np.int32(H), np.int32(half)))
+    return y
+
+
+def rotary_forward(x, cos, sin):
+    """x (B, T, heads, D), tables (T, 1, D/2). Twin: ops.rotary_forward."""
+    if not _use_kernels(x) or x.ndim != 4:
+        return ops.rotary_forward(x, cos, sin)
+    return _rotary(x, cos, sin, 1.0)
+
+
+def rotary_backward(dy, cos, sin):
+    """Twin: ops.rotary_backward (the forward with sin negated)."""
+    if not _use_kernels(dy) or dy.ndim != 4:
+        return ops.rotary_backward(dy, cos, sin)
+    return _rotary(dy, cos, sin, -1.0)
+
+
+def relu2_forward(h):
+    """a = relu(h)^2. Twin: ops.relu2_forward. Returns (a, r = relu(h))."""
+    if not _use_kernels(h):
+        return ops.relu2_forward(h)
+    xp = xp_of(h)
+    h = xp.ascontiguousarray(h)
+    a, r = xp.empty_like(h), xp.empty_like(h)
+    _launch("relu2_fwd", h.dtype, (_blocks(h.size),), (_THREADS,), (h, a, r, np.int64(h.size)))
+    return a, r
+
+
+def relu2_backward(da, r):
+    """dh = da * 2r. Twin: ops.relu2_backward."""
+    if not _use_kernels(da, r):
+        return ops.relu2_backward(da, r)
+    xp = xp_of(da)
+    da, r = xp.ascontiguousarray(da), xp.ascontiguousarray(r)
+    dh = xp.empty_like(r)
+    _launch("relu2_bwd", r.dtype, (_blocks(r.size),), (_THREADS,), (da, r, dh, np.int64(r.size)))
+    return dh
+
+# ----------------------------------------------------------------------------------------
+# softcap + cross-entropy, fused over the vocab. Cache: (logits, lse, targets, cap), where
+# logits are the raw (pre-softcap) logits as (N, V) and lse (N,) the logsumexp of each row.
+
+
+def np_softcap_cross_entropy_forward(logits, targets, cap):
+    """Twin of softcap_cross_entropy_forward: ops.softcap_forward (when cap > 0) followed by
+    ops.cross_entropy_forward, caching the row logsumexp instead of the probabilities."""
+    xp = xp_of(logits)
+    V = logits.shape[-1]
+    l2, targets = logits.reshape(-1, V), targets.reshape(-1)
+    z = cap * xp.tanh(l2 / cap) if cap > 0 else l2
+    zmax = z.max(axis=-1, keepdims=True)
+    e = xp.exp(z - zmax)
+    lse = xp.log(e.sum(axis=-1)) + zmax[:, 0]
+    losses = lse - z[xp.arange(len(targets)), targets]
+    return losses.reshape(logits.shape[:-1]), (l2, lse, targets, cap)
+
+
+def np_softcap_cross_entropy_backward(cache, scale, out=None):
+    """Twin of softcap_cross_entropy_backward: ops.cross_entropy_backward then
+    ops.softcap_backward. Returns dlogits (N, V) of d(scale * sum(losses)); `out` may be the
+    cached logits (overwritten)."""
+    l2, lse, targets, cap = cache
+    xp = xp_of(l2)
+    if cap > 0:
+        t = xp.tanh(l2 / cap)
+        z = cap * t
+    else:
+        z = l2
+    d = xp.exp(z - lse[:, None])
+    d[xp.arange(len(targets)), targets] -= 1
+    d *= scale
+    if cap > 0:
+        d *= 1 - t * t
+    if out is None:
+        return d
+    out[...] = d
+    return out
+
+
+def softcap_cross_entropy_forward(logits, targets, cap):
+    """logits (..., V) raw, targets (...) ints -> (per-token losses (...), cache); cap 0 = no
+    softcap. Twin: np_softcap_cross_entropy_forward."""
+    if not _use_kernels(logits):
+        return np_softcap_cross_entropy_forward(logits, targets, cap)
+    xp = xp_of(logits)
+    V = logits.shape[-1]
+    l2 = xp.ascontiguousarray(logits).reshape(-1, V)
+    targets = xp.ascontiguousarray(targets.reshape(-1), dtype=xp.int64)
+    N = l2.shape[0]
+    if targets.shape[0] != N:
+        raise ValueError(f"{N} rows of logits but {targets.shape[0]} targets")
+    losses, lse = xp.empty(N, dtype=l2.dtype), xp.empty(N, dtype=l2.dtype)
+    threads = min(1024, 32 * -(-V // 32))
+    _launch("softcap_ce_fwd", l2.dtype, (N,), (threads,),
+            (l2, targets, losses, lse, np.int32(V), _real(l2.dtype, cap)))
+    return losses.reshape(logits.shape[:-1]), (l2, lse, targets, cap)
+
+
+def softcap_cross_entropy_backward(cache, scale, out=None):
+    """dlogits (N, V) of scale * sum(losses), through the softcap. `out` may be the cached
+    logits, to write dlogits over them. Twin: np_softcap_cross_entropy_backward."""
+    l2, lse, targets, cap = cache
+    if not _use_kernels(l2, lse) or (out is not None and not _contiguous(out)):
+        return np_softcap_cross_entropy_backward(cache, scale, out)
+    xp = xp_of(l2)
+    N, V = l2.shape
+    if out is not None and out.shape != l2.shape:
+        raise ValueError(f"out has shape {out.shape}, dlogits are {l2.shape}")
+    d = xp.empty_like(l2) if out is None else out
+    _launch("softcap_ce_bwd", l2.dtype, (N, -(-V // _THREADS)), (_THREADS,),
+            (l2, xp.ascontiguousarray(targets, dtype=xp.int64), lse, d, np.int32(V),
+             _real(l2.dtype, cap), _real(l2.dtype, scale)))
+    return d
+
+# ----------------------------------------------------------------------------------------
+# optimizer updates, in place. Twins restate trainer/optim.py's Optimizer._adamw / _muon.
+
+
+def np_adamw_update(p, grad, m, v, *, lr, beta1, beta2, eps, wd, t):
+    """Twin of adamw_update: AdamW step t (1-based) as torch.optim.AdamW, in place on p, m, v."""
+    if wd:
+        p *= 1 - lr * wd                               # decoupled weight decay
+    m *= beta1
+    m += (1 - beta1) * grad
+    v *= beta2
+    v += (1 - beta2) * grad * grad
+    denom = xp_of(v).sqrt(v)
+    denom *= 1 / math.sqrt(1 - beta2 ** t)
+    denom += eps
+    p -= (lr / (1 - beta1 ** t)) * m / denom          # as torch.optim.AdamW
+
+
+def adamw_update(p, grad, m, v, *, lr, beta1, beta2, eps, wd, t):
+    """In place on p, m, v. Twin: np_adamw_update."""
+    if not (_use_kernels(p, grad, m, v) and _contiguous(p, grad, m, v)):
+        return np_adamw_update(p, grad, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps, wd=wd, t=t)
+    def r(value):
+        return _real(p.dtype, value)
+    _launch("adamw", p.dtype, (_blocks(p.size),), (_THREADS,),
+            (p, grad, m, v, np.int64(p.size), r(1 - lr * wd if wd else 1.0), r(beta1), r(1 - beta1),
+             r(beta2), r(1 - beta2), r(lr / (1 - beta1 ** t)), r(1 / math.sqrt(1 - beta2 ** t)), r(eps)))
+
+
+def np_muon_momentum(grad, buf, mu, out=None):
+    """Twin of muon_momentum: buf = mu buf + (1-mu) grad in place; returns the Nesterov
+    look-ahead u = (1-mu) grad + mu buf (written to `out` if given; `out` may be grad)."""
+    buf *= mu
+    buf += (1 - mu) * grad
+    u = (1 - mu) * grad + mu * buf
+    if out is None:
+        return u
+    out[...] = u
+    return out
+
+
+def muon_momentum(grad, buf, mu, out=None):
+    """Twin: np_muon_momentum."""
+    if not (_use_kernels(grad, buf) and _contiguous(grad, buf)
+            and (out is None or _contiguous(out))):
+        return np_muon_momentum(grad, buf, mu, out)
+    u = xp_of(grad).empty_like(grad) if out is None else out
+    _launch("muon_momentum", grad.dtype, (_blocks(grad.size),), (_THREADS,),
+            (grad, buf, u, np.int64(grad.size), _real(grad.dtype, mu), _real(grad.dtype, 1 - mu)))
+    return u
+
+
+def np_muon_apply(p, x, lr, wd):
+    """Twin of muon_apply: cautious weight decay (x += wd p where x and p agree in sign) and
+    the step p -= lr x, in place on p. `lr` is the final one (shape factor included); x is
+    scratch and may be overwritten."""
+    if wd:
+        x += wd * p * (x * p >= 0)
+    p -= lr * x
+
+
+def muon_apply(p, x, lr, wd):
+    """p (rows, cols) in place; x (rows, cols), e.g. orthogonalize()'s result (possibly a
+    transposed view). Twin: np_muon_apply."""
+    if not (_use_kernels(p, x) and _contiguous(p) and p.ndim == 2):
+        return np_muon_apply(p, x, lr, wd)
+    transposed = 0
+    if not x.flags.c_contiguous:
+        if x.T.flags.c_contiguous:
+            transposed = 1
+        else:
+            x = xp_of(x).ascontiguousarray(x)
+    rows, cols = p.shape
+    _launch("muon_apply", p.dtype, (_blocks(p.size),), (_THREADS,),
+            (p, x, np.int64(rows), np.int64(cols), np.int32(transposed),
+             _real(p.dtype, lr), _real(p.dtype, wd)))
+
+# ----------------------------------------------------------------------------------------
+# the table: public function -> its twin
+
+
+TWINS = {
+    "rmsnorm_forward": ops.rmsnorm_forward,
+    "rmsnorm_backward": ops.rmsnorm_backward,
+    "rotary_forward": ops.rotary_forward,
+    "rotary_backward": ops.rotary_backward,
+    "relu2_forward": ops.relu2_forward,
+    "relu2_backward": ops.relu2_backward,
+    "softcap_cross_entropy_forward": np_softcap_cross_entropy_forward,
+    "softcap_cross_entropy_backward": np_softcap_cross_entropy_backward,
+    "adamw_update": np_adamw_update,
+    "muon_momentum": np_muon_momentum,
+    "muon_apply": np_muon_apply,
+}
+
+
+if __name__ == "__main__":  # python -m trainer.kernels: compile every kernel with NVRTC, no GPU needed
+    for dtype in DTYPES:
+        ptx = nvrtc_compile(cuda_source(dtype), "compute_80")
+        entries = [n for n in KERNEL_NAMES if f".entry {n}(" in ptx]
+        print(f"{dtype}: {len(ptx)} bytes of PTX, {len(entries)}/{len(KERNEL_NAMES)} kernels")
