@@ -1,0 +1,9 @@
+"""
+nanolab's research org: programs, the lab (git), the ledger (SQLite) and the budgeted runner.
+
+The harness, not the agent, owns the budget, the seeds, the evaluation and the verdict.
+"""
+
+
+class OrgError(Exception):
+    """A problem the user can fix: the CLI prints it as one line and exits non-zero."""

@@ -1,0 +1,183 @@
+"""
+The agents' subcommands of `org` (registered by org/cli.py through add_agent_commands):
+
+    org agent NAME --program P            the agent's loop (the process in its pane)
+    org tool NAME '{json}'                one tool call, as the agent in $NANOLAB_AGENT
+    org results [--experiment N] [--wait S]
+    org mail send TO TEXT | org mail read [--wait S] | org mail board
+    org agent-hook stop|notify            turn-end hooks of the claude and codex CLIs
+
+Inside an agent's shell (the claude-code and codex backends) NANOLAB_AGENT, NANOLAB_PROGRAM
+and NANOLAB_LAB say who and where the caller is, so `org tool` and friends need no flags.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from org import OrgError
+
+
+def add_agent_commands(sub):
+    p = sub.add_parser("agent", help="run one agent of a program (the process in its pane)")
+    p.add_argument("name", help="the agent's name in the program's org")
+    p.add_argument("--program", required=True, help="programs/<name>.yaml or <name>")
+    p.add_argument("--api", choices=["chat", "responses"], help="OpenAI API for an openai agent (default chat)")
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("tool", help="call one agent tool: org tool NAME '{json arguments}'")
+    p.add_argument("tool")
+    p.add_argument("arguments", nargs="?", default="{}", help="a JSON object")
+    _identity(p)
+    p.set_defaults(func=cmd_tool)
+
+    p = sub.add_parser("results", help="experiments, runs and verdicts of a program (JSON)")
+    p.add_argument("--experiment", type=int)
+    p.add_argument("--wait", type=float, default=0, help="wait up to this many seconds for its runs")
+    _identity(p)
+    p.set_defaults(func=lambda a: _tool_command(a, "results", {"experiment": a.experiment, "wait_seconds": a.wait}))
+
+    p = sub.add_parser("mail", help="agents' mail: send TO TEXT | read [--wait S] | board")
+    p.add_argument("action", choices=["send", "read", "board"])
+    p.add_argument("rest", nargs="*", help="send: TO TEXT...")
+    p.add_argument("--wait", type=float, default=0)
+    _identity(p)
+    p.set_defaults(func=cmd_mail)
+
+    p = sub.add_parser("agent-hook", help="(internal) turn-end hook of the claude and codex CLIs")
+    p.add_argument("event", choices=["stop", "notify"])
+    p.add_argument("payload", nargs="?", help="codex passes its JSON as an argument")
+    _identity(p)
+    p.set_defaults(func=cmd_hook)
+
+
+def _identity(p):
+    p.add_argument("--as", dest="agent", default=os.environ.get("NANOLAB_AGENT"), help="agent name ($NANOLAB_AGENT)")
+    p.add_argument("--program", dest="program", default=os.environ.get("NANOLAB_PROGRAM"),
+                   help="program ($NANOLAB_PROGRAM)")
+
+
+def open_program(arg: str, root: str | Path = "."):
+    """Validate and start a program (idempotently), as `org run` does; returns (program, lab)."""
+    from org.cli import preflight, start
+    with contextlib.chdir(root):
+        program, lab, path = preflight(arg)
+        start(program, lab, path).close()
+    return program, lab
+
+
+def lab_root() -> Path:
+    """The main checkout (also from inside an agent's worktree, whose .git points there)."""
+    if os.environ.get("NANOLAB_LAB"):
+        return Path(os.environ["NANOLAB_LAB"])
+    import git
+    try:
+        repo = git.Repo(".", search_parent_directories=True)
+    except git.InvalidGitRepositoryError:
+        raise OrgError(f"not inside a git checkout: {Path.cwd()}") from None
+    return Path(repo.common_dir).resolve().parent
+
+
+# --- commands ------------------------------------------------------------------------------
+
+def cmd_agent(args) -> int:
+    program, lab = open_program(args.program, lab_root())
+    lab.close()
+    reason = start_agent(args.name, program, lab_root(), api=args.api)
+    print(f"{args.name}: {reason}")
+    return 0
+
+
+def start_agent(name: str, program, root: Path, api: str | None = None, console=None) -> str:
+    """Make the agent's worktree and run its backend until it ends; returns why it ended."""
+    from org.lab import Lab
+    from org.agents.roles import agent_entry
+    try:
+        entry = agent_entry(program, name)
+    except KeyError as e:
+        raise OrgError(e.args[0]) from None
+    lab = Lab.open(root)
+    tree = lab.add_worktree(program.name, name)
+    lab.close()
+    if entry.backend in ("claude-code", "codex"):
+        from org.agents.clis import run_cli
+        return run_cli(entry, program, root, tree)
+    from org.agents.loop import Agent
+    from org.agents.models import Unavailable, make_model
+    from org.agents.scripted import ScriptedModel
+    try:
+        model = ScriptedModel(program, name) if entry.backend == "scripted" else make_model(entry, api)
+    except (Unavailable, ValueError) as e:
+        raise OrgError(str(e)) from None
+    return Agent(name, program, root, tree, model, console=console).run()
+
+
+def cmd_tool(args) -> int:
+    try:
+        arguments = json.loads(args.arguments)
+    except json.JSONDecodeError as e:
+        raise OrgError(f"arguments must be a JSON object: {e}") from None
+    return _tool_command(args, args.tool, arguments)
+
+
+def cmd_mail(args) -> int:
+    if args.action == "send":
+        if len(args.rest) < 2:
+            raise OrgError("usage: org mail send TO TEXT")
+        return _tool_command(args, "send_message", {"to": args.rest[0], "text": " ".join(args.rest[1:])})
+    if args.action == "read":
+        return _tool_command(args, "read_inbox", {"wait_seconds": args.wait})
+    program, _ = _who(args, need_agent=False)
+    from org.mail import Mail
+    print(Mail(lab_root() / ".lab" / program.name).board() or "(the board is empty)")
+    return 0
+
+
+def _tool_command(args, name: str, arguments: dict) -> int:
+    """Run one tool as the agent; mail is acknowledged once printed."""
+    from org.agents.roles import teammates
+    from org.agents.tools import Tools
+    program, agent = _who(args)
+    arguments = {k: v for k, v in arguments.items() if v is not None}
+    root = lab_root()
+    tree = root / "worktrees" / program.name / agent
+    tools = Tools(agent, program, root, tree, teammates(program, agent))
+    try:
+        result = tools.call(name, arguments)
+        print(result.output)
+        if result.refused:
+            from org.agents.transcript import Transcript
+            Transcript(tools.lab_dir / "transcripts" / f"{agent}.jsonl").event(
+                "refusal", tool=name, args=arguments, reason=result.output)
+        for message in result.acks:
+            tools.mail.ack(agent, message)
+        if result.finished is not None:  # a CLI agent is done: its supervisor ends the CLI
+            from org.agents.control import Control
+            Control(tools.lab_dir, agent).stop(f"finished: {result.finished}")
+    finally:
+        tools.close()
+    return 1 if result.error else 0
+
+
+def _who(args, need_agent: bool = True):
+    from org.program import load_program
+    if not args.program:
+        raise OrgError("which program? pass --program or set NANOLAB_PROGRAM")
+    if need_agent and not args.agent:
+        raise OrgError("which agent? pass --as NAME or set NANOLAB_AGENT")
+    root = lab_root()
+    path = Path(args.program) if Path(args.program).is_file() else root / "programs" / f"{args.program}.yaml"
+    return load_program(path), args.agent
+
+
+def cmd_hook(args) -> int:
+    from org.agents.clis import on_hook
+    program, agent = _who(args)
+    payload = args.payload if args.payload is not None else sys.stdin.read()
+    out = on_hook(args.event, program, agent, lab_root(), payload)
+    if out:
+        print(out)
+    return 0

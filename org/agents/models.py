@@ -1,0 +1,142 @@
+"""
+What every model backend returns, how its failures are sorted, and how a backend is chosen.
+
+A backend is an object with `name` (the model id) and
+    turn(system, history, tools, on_text) -> Reply
+where history is the transcript's neutral conversation (see transcript.py), tools is
+tools.TOOLS, and on_text(str) receives the reply's text as it streams.
+
+Failures come out as one of two exceptions:
+- Transient: worth retrying after a pause (429, 529 overloaded, 5xx, a dropped connection, a
+  reply that does not parse); with_backoff() retries these a bounded number of times;
+- Unavailable: retrying will not help (a 400 or 401, or the retries ran out): the agent
+  pauses with the reason on show until a person resumes it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import anthropic
+import openai
+
+RETRYABLE = (408, 409, 429, 500, 502, 503, 504, 529)
+
+
+@dataclass
+class Usage:
+    input: int = 0        # uncached input tokens
+    output: int = 0
+    cache_write: int = 0  # input tokens written to the prompt cache
+    cache_read: int = 0   # input tokens read from the prompt cache
+
+    @property
+    def tokens_in(self) -> int:
+        return self.input + self.cache_write + self.cache_read
+
+
+@dataclass
+class Reply:
+    text: str
+    calls: list[dict]          # [{"id", "name", "args": dict | None, "raw": str}]
+    usage: Usage = field(default_factory=Usage)
+    stop_reason: str | None = None
+
+
+class Transient(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(Exception):
+    pass
+
+
+def tool_call(call_id: str, name: str, raw: str) -> dict:
+    """A tool call with its arguments parsed; args is None when the model sent malformed JSON
+    (the loop answers that with a tool error instead of running anything)."""
+    try:
+        args = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError:
+        args = None
+    return {"id": call_id, "name": name, "args": args, "raw": raw}
+
+
+@contextmanager
+def api_errors():
+    """Sort the SDKs' exceptions (both SDKs name them alike) into Transient and Unavailable."""
+    try:
+        yield
+    except (anthropic.APIStatusError, openai.APIStatusError) as e:
+        text = f"{e.status_code} {str(e.message)[:300]}"
+        if e.status_code in RETRYABLE or any(w in text.lower() for w in ("overloaded", "rate_limit")):
+            raise Transient(text, retry_after(e.response)) from None
+        raise Unavailable(text) from None
+    except (anthropic.APIConnectionError, openai.APIConnectionError) as e:  # timeouts included
+        raise Transient(f"connection failed: {e}") from None
+    except (anthropic.APIResponseValidationError, openai.APIResponseValidationError, ValueError) as e:
+        raise Transient(f"the server's reply did not parse: {str(e)[:300]}") from None
+
+
+def retry_after(response) -> float | None:
+    headers = getattr(response, "headers", None) or {}
+    try:
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        if headers.get("retry-after"):
+            return float(headers["retry-after"])
+    except ValueError:
+        pass
+    return None
+
+
+def with_backoff(ask, attempts: int, base_seconds: float, max_seconds: float, on_retry) -> Reply:
+    """ask() until it succeeds; Transient failures wait (doubling, or as the server says) and
+    retry, at most `attempts` tries in all, then Unavailable."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return ask()
+        except Transient as e:
+            if attempt == attempts:
+                raise Unavailable(f"gave up after {attempts} tries; last: {e}") from None
+            delay = min(e.retry_after if e.retry_after is not None else base_seconds * 2 ** (attempt - 1),
+                        max_seconds)
+            on_retry(attempt, delay, str(e))
+            time.sleep(delay)
+
+
+# --- choosing a backend ---------------------------------------------------------------------
+
+API_KEYS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+
+
+def missing_credentials(program) -> list[str]:
+    """One line per agent whose backend needs a key the environment lacks (for `org launch`)."""
+    problems = []
+    for agent in program.org.agents:
+        var = API_KEYS.get(agent.backend) or {"claude-code": "ANTHROPIC_API_KEY",
+                                               "codex": "OPENAI_API_KEY"}.get(agent.backend)
+        if var and not os.environ.get(var):
+            problems.append(f"agent {agent.name} (backend {agent.backend}) needs {var} in the environment")
+    return problems
+
+
+def make_model(agent, api: str | None = None):
+    """The API backend for a program's agent entry. Keys and base URLs come from the
+    environment (ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL, OPENAI_API_KEY / OPENAI_BASE_URL);
+    `api` picks OpenAI's 'chat' (default) or 'responses' (env NANOLAB_OPENAI_API)."""
+    var = API_KEYS[agent.backend]
+    key = os.environ.get(var)
+    if not key:
+        raise Unavailable(f"agent {agent.name} (backend {agent.backend}) needs {var} in the environment")
+    base_url = getattr(agent, "base_url", None)
+    if agent.backend == "anthropic":
+        from org.agents.anthropic_api import AnthropicModel
+        return AnthropicModel(agent.model, key, base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL"))
+    from org.agents.openai_api import OpenAIModel
+    api = api or getattr(agent, "api", None) or os.environ.get("NANOLAB_OPENAI_API", "chat")
+    return OpenAIModel(agent.model, key, base_url=base_url or os.environ.get("OPENAI_BASE_URL"), api=api)

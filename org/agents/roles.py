@@ -1,0 +1,77 @@
+"""
+Roles: which prompt an agent gets, and who its teammates are.
+
+The prompts are the org's code and live as editable files in org/prompts/: rigor.md (every
+agent), then the role's file (researcher.md for solo work, chief.md, junior.md; or <role>.md
+for any other role a program names), then cli.md for agents driving the claude/codex CLIs.
+They are string.Template texts: $name, $program, $question, ... are filled from the program.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from string import Template
+
+from org.program import Program
+
+PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
+
+
+def role_of(program: Program, name: str) -> str:
+    """The prompt file an agent gets: its own role's if there is one, else by topology."""
+    role = agent_entry(program, name).role
+    if (PROMPTS / f"{role}.md").exists():
+        return role
+    return "junior" if program.org.topology == "chief" else "researcher"
+
+
+def agent_entry(program: Program, name: str):
+    for agent in program.org.agents:
+        if agent.name == name:
+            return agent
+    known = ", ".join(a.name for a in program.org.agents) or "none"
+    raise KeyError(f"program {program.name} has no agent {name!r} (agents: {known})")
+
+
+def teammates(program: Program, name: str) -> list[str]:
+    return [a.name for a in program.org.agents if a.name != name]
+
+
+def chief_of(program: Program) -> str | None:
+    return next((a.name for a in program.org.agents if a.role == "chief"), None)
+
+
+def system_prompt(program: Program, name: str, cli: bool = False, prompts: Path = PROMPTS) -> str:
+    files = ["rigor", role_of(program, name)] + (["cli"] if cli else [])
+    text = "\n\n".join((prompts / f"{f}.md").read_text().strip() for f in files)
+    return Template(text).safe_substitute(fields(program, name))
+
+
+def fields(program: Program, name: str) -> dict:
+    variants = "; ".join(f"{v.name} ({json.dumps(v.overrides)}{', ref ' + v.ref if v.ref else ''})"
+                         for v in program.variants) or "none"
+    claim = program.claim.kind + (f" with margin {program.claim.margin:g}"
+                                  if program.claim.kind == "non-inferiority" else "")
+    chief = chief_of(program)
+    return {
+        "name": name, "program": program.name, "question": program.question.strip(), "claim": claim,
+        "metric": program.metric, "preset": program.baseline.preset,
+        "baseline_overrides": json.dumps(program.baseline.overrides) or "{}", "variants": variants,
+        "per_run": f"{program.budget.per_run.kind} {program.budget.per_run.value:g}",
+        "seeds": program.budget.seeds, "llm_dollars": f"{program.budget.total_llm_dollars:g}",
+        "protected": ", ".join(program.protected), "teammates": ", ".join(teammates(program, name)) or "none",
+        "chief": chief or "none",
+        "juniors": ", ".join(a.name for a in program.org.agents if a.name != chief) or "none",
+    }
+
+
+def kickoff(program: Program, name: str, board: str) -> str:
+    return (f"Start work on program {program.name} as {name} ({role_of(program, name)}).\n\n"
+            + board_excerpt(board))
+
+
+def board_excerpt(board: str, chars: int = 6000) -> str:
+    if not board.strip():
+        return "The board is empty."
+    tail = board[-chars:]
+    return "The board so far" + (" (latest part)" if len(board) > chars else "") + f":\n\n{tail}"

@@ -1,0 +1,60 @@
+"""
+Every model call's tokens and dollars go into the ledger's llm_spend table; the program's
+budget.total_llm_dollars (shared by all its agents) stops an agent once it is reached.
+
+Prices are US dollars per million tokens, from org/prices.yaml (longest matching model-id
+prefix; `unknown` otherwise).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from org.ledger import Ledger
+from org.agents.models import Usage
+
+PRICES_FILE = Path(__file__).resolve().parents[1] / "prices.yaml"
+
+
+def load_prices(path: str | Path = PRICES_FILE) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def price_of(model: str, prices: dict) -> tuple[dict, bool]:
+    """(prices per million tokens, whether the model was found)."""
+    keys = [k for k in prices["models"] if model.startswith(k)]
+    if not keys:
+        return prices["unknown"], False
+    return prices["models"][max(keys, key=len)], True
+
+
+def dollars(model: str, usage: Usage, prices: dict) -> float:
+    p, _ = price_of(model, prices)
+    return (usage.input * p["input"] + usage.output * p["output"] + usage.cache_write * p["cache_write"]
+            + usage.cache_read * p["cache_read"]) / 1e6
+
+
+class Spend:
+    def __init__(self, ledger_path: str | Path, program: str, agent: str, budget_dollars: float,
+                 prices: dict | None = None):
+        self.ledger_path, self.program, self.agent = Path(ledger_path), program, agent
+        self.budget = budget_dollars
+        self.prices = prices or load_prices()
+
+    def record(self, model: str, usage: Usage) -> float:
+        cost = dollars(model, usage, self.prices)
+        with Ledger(self.ledger_path) as ledger:
+            ledger.record_spend(self.program, self.agent, model, usage.tokens_in, usage.output, cost)
+        return cost
+
+    def spent(self) -> float:
+        with Ledger(self.ledger_path) as ledger:
+            return ledger.spend(self.program)["dollars"]
+
+    def exhausted(self) -> str | None:
+        """Why no more calls may be made, or None."""
+        spent = self.spent()
+        if spent >= self.budget:
+            return f"the program's LLM budget is spent (${spent:.4f} of ${self.budget:g})"
+        return None

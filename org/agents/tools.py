@@ -1,0 +1,415 @@
+"""
+The tools an agent works with, one method each, and their JSON schemas (TOOLS).
+
+Every backend offers the same tools: the API backends as tool definitions, the scripted
+researcher by calling them directly, the CLI agents through `org tool NAME '{json}'`.
+
+    tools = Tools("junior-1", program, lab_root, worktree, teammates=["chief", "junior-2"])
+    result = tools.call("edit_file", {"path": "trainer/config.py", "old_text": ..., "new_text": ...})
+    result.output, result.error, result.refused
+
+A call never raises: bad arguments, an unknown tool, a refusal or a failing command all come
+back as an error result the model can read and act on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from org.lab import Lab
+from org.ledger import FINISHED, Ledger
+from org.mail import EVERYONE, Mail
+from org.program import NAME, PROGRAM_OWNED_KEYS, Program
+from org.agents.sandbox import SECRET_NAME, Refused, Workspace, cap, git_identity
+
+# an override naming any of these is a change of budget, seeds or evaluation, not of the model
+OWNED_WORDS = re.compile(r"budget|seed|eval|^val_|flops|^steps$|tokens|^data", re.I)
+# a command that names a credential variable is refused before it runs
+CREDENTIAL_REFERENCE = re.compile(r"\b[A-Z0-9_]*(API_?KEY|AUTH_TOKEN|ACCESS_TOKEN|SECRET)[A-Z0-9_]*\b"
+                                  r"|\b(ANTHROPIC|OPENAI)_[A-Z_]+")
+
+
+@dataclass
+class Limits:
+    output_chars: int = 16_000       # any tool output longer than this is cut (head + tail kept)
+    run_timeout_default: float = 120
+    run_timeout_max: float = 600
+    wait_max: float = 1800           # results / read_inbox wait at most this long per call
+    poll_seconds: float = 0.5
+
+
+@dataclass
+class ToolResult:
+    output: str
+    error: bool = False
+    refused: bool = False
+    finished: str | None = None                   # set by finish(): the agent's closing summary
+    acks: list = field(default_factory=list)      # messages to acknowledge once recorded
+
+
+class ToolError(Exception):
+    """Bad use of a tool (not a refusal): the message tells the model what to do instead."""
+
+
+def tool(name: str, description: str, required: dict, optional: dict | None = None) -> dict:
+    """A tool definition; parameters are {name: (json type, description)}."""
+    params = {**required, **(optional or {})}
+    return {"name": name, "description": description, "parameters": {
+        "type": "object",
+        "properties": {k: {"type": t, "description": d} for k, (t, d) in params.items()},
+        "required": list(required),
+    }}
+
+
+TOOLS = [
+    tool("read_file", "Read a text file in your worktree.",
+         {"path": ("string", "path relative to your worktree")},
+         {"offset": ("integer", "first line to read, 1-based (default 1)"),
+          "limit": ("integer", "number of lines (default 2000)")}),
+    tool("write_file", "Create or overwrite a file in your worktree.",
+         {"path": ("string", "path relative to your worktree"), "content": ("string", "the whole file")}),
+    tool("edit_file", "Replace an exact piece of text in a file (it must appear exactly once "
+         "unless replace_all is true).",
+         {"path": ("string", "path relative to your worktree"),
+          "old_text": ("string", "the exact text to replace, with enough context to be unique"),
+          "new_text": ("string", "the replacement")},
+         {"replace_all": ("boolean", "replace every occurrence (default false)")}),
+    tool("list_files", "List files under a directory of your worktree.", {},
+         {"path": ("string", "directory relative to your worktree (default '.')")}),
+    tool("run", "Run a bash command in your worktree (tests, a quick check, git log...). No "
+         "credentials are available to it. Experiments go through submit_experiment, not here.",
+         {"command": ("string", "the bash command")},
+         {"timeout_seconds": ("number", "kill it after this long (default 120, at most 600)")}),
+    tool("git_commit", "Commit every change in your worktree (git add -A). Runs use committed code.",
+         {"message": ("string", "what changed and why")}),
+    tool("submit_experiment", "Ask the runner to measure an idea against the program's baseline on "
+         "your current commit (plus config overrides). The budget, the seeds and the evaluation are "
+         "the program's and cannot be changed.",
+         {"arm": ("string", "a short new name for the idea, e.g. no-softcap"),
+          "hypothesis": ("string", "what you expect versus the baseline, and why")},
+         {"overrides": ("object", "config keys to set, e.g. {\"softcap\": 0}"),
+          "ref": ("string", "a git ref to measure instead of your current commit")}),
+    tool("results", "The program's status: experiments, their runs (val_bpb per seed) and the "
+         "referee's verdicts.", {},
+         {"experiment": ("integer", "only this experiment"),
+          "wait_seconds": ("number", "wait up to this long for its runs to finish")}),
+    tool("send_message", "Send a message to a teammate's inbox ('all' for everyone, 'human' for "
+         "the people running the org).",
+         {"to": ("string", "an agent name, 'all' or 'human'"), "text": ("string", "the message")}),
+    tool("read_inbox", "Read (and acknowledge) your new messages.", {},
+         {"wait_seconds": ("number", "wait up to this long for a message to arrive")}),
+    tool("write_standup", "Write your standup: what you did, what you learned, what is next.",
+         {"text": ("string", "the standup, a few lines")}),
+    tool("post_to_board", "Append a decision, verdict or conclusion to the org's board (everyone "
+         "reads it; it is never edited).", {"text": ("string", "the entry")}),
+    tool("finish", "Stop working: your part is done. Say what you concluded.",
+         {"summary": ("string", "your conclusion and where the evidence is")}),
+]
+TOOL_NAMES = [t["name"] for t in TOOLS]
+JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict}
+
+
+class Tools:
+    def __init__(self, agent: str, program: Program, lab_root: str | Path, worktree: str | Path,
+                 teammates: list[str] = (), limits: Limits | None = None,
+                 interrupted: Callable[[], bool] = lambda: False):
+        self.agent, self.program = agent, program
+        self.lab = Lab.open(lab_root)
+        self.lab_dir = self.lab.state_dir(program.name)
+        self.ledger_path = self.lab_dir / "ledger.sqlite"
+        self.ws = Workspace(worktree, program.protected, env=git_identity(agent))
+        self.mail = Mail(self.lab_dir)
+        self.teammates = [t for t in teammates if t != agent]
+        self.limits = limits or Limits()
+        self.interrupted = interrupted
+        self.handlers = {name: getattr(self, name) for name in TOOL_NAMES}
+
+    def close(self):
+        self.lab.close()
+
+    def call(self, name: str, args) -> ToolResult:
+        """Run one tool call; every failure is an error result, never an exception."""
+        if name not in self.handlers:
+            return ToolResult(f"error: unknown tool {name!r}; the tools are: {', '.join(TOOL_NAMES)}",
+                              error=True)
+        problem = check_args(name, args)
+        if problem:
+            return ToolResult(f"error: {name}: {problem}", error=True)
+        try:
+            result = self.handlers[name](**args)
+        except Refused as e:
+            return ToolResult(f"refused: {e}", error=True, refused=True)
+        except ToolError as e:
+            return ToolResult(f"error: {e}", error=True)
+        except Exception as e:  # a bug or an OS error in a tool must not end the agent
+            return ToolResult(f"error: {name} failed: {type(e).__name__}: {e}", error=True)
+        if isinstance(result, str):
+            result = ToolResult(result)
+        result.output = cap(result.output, self.limits.output_chars)
+        return result
+
+    # --- files ---------------------------------------------------------------------------
+
+    def read_file(self, path: str, offset: int = 1, limit: int = 2000) -> str:
+        real = self.ws.path(path)
+        if not real.is_file():
+            raise ToolError(f"{path}: no such file (list_files shows what exists)")
+        lines = real.read_text(errors="replace").splitlines(keepends=True)
+        start = max(offset, 1) - 1
+        chunk = "".join(lines[start:start + max(limit, 1)])
+        more = len(lines) - start - limit
+        return chunk + (f"\n[... {more} more lines; read on with offset={start + limit + 1}]" if more > 0 else "")
+
+    def write_file(self, path: str, content: str) -> str:
+        real = self.ws.path(path, write=True)
+        real.parent.mkdir(parents=True, exist_ok=True)
+        real.write_text(content)
+        return f"wrote {self.ws.relative(real)} ({len(content)} characters)"
+
+    def edit_file(self, path: str, old_text: str, new_text: str, replace_all: bool = False) -> str:
+        real = self.ws.path(path, write=True)
+        if not real.is_file():
+            raise ToolError(f"{path}: no such file")
+        text = real.read_text()
+        count = text.count(old_text) if old_text else 0
+        if count == 0:
+            raise ToolError(f"{path}: old_text not found; read the file and copy the text exactly")
+        if count > 1 and not replace_all:
+            raise ToolError(f"{path}: old_text appears {count} times; add context to make it "
+                            "unique, or set replace_all")
+        real.write_text(text.replace(old_text, new_text))
+        return f"edited {self.ws.relative(real)}: {count} replacement(s)"
+
+    def list_files(self, path: str = ".") -> str:
+        top = self.ws.path(path)
+        if not top.is_dir():
+            raise ToolError(f"{path}: not a directory")
+        entries = []
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = sorted(d for d in dirs if d not in (".git", "__pycache__", ".lab"))
+            rel = Path(folder).relative_to(self.ws.root)
+            entries += [f"{(rel / d).as_posix()}/" for d in dirs]
+            entries += [(rel / f).as_posix() for f in sorted(files)]
+            if len(entries) > 500:
+                return "\n".join(sorted(entries)[:500]) + "\n[... more; list a subdirectory]"
+        return "\n".join(sorted(entries)) or "(empty)"
+
+    # --- commands and git ----------------------------------------------------------------
+
+    def run(self, command: str, timeout_seconds: float = None) -> str:
+        named = CREDENTIAL_REFERENCE.search(command)
+        if named:
+            raise Refused(f"the command names {named.group(0)}: credentials are not available to "
+                          "agents' commands")
+        timeout = min(max(timeout_seconds or self.limits.run_timeout_default, 1), self.limits.run_timeout_max)
+        status, output = self.ws.run(command, timeout, self.limits.output_chars - 200)  # room for the header
+        leaked = [k for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8 and v in output]
+        if leaked:
+            raise Refused(f"the output contains the value of {leaked[0]}; it was withheld")
+        head = f"killed after {timeout:g}s (timeout)" if status is None else f"exit status {status}"
+        return f"{head}\n{output}"
+
+    def git_commit(self, message: str) -> str:
+        self._git("add", "-A")
+        staged = self._git("diff", "--cached", "--name-only").splitlines()
+        if not staged:
+            return "nothing to commit: the worktree matches HEAD"
+        protected = [p for p in staged if self.ws.protected_by(p)]
+        if protected:
+            self._git("reset", "-q")
+            raise Refused(f"the commit would change protected paths: {', '.join(protected)}; revert "
+                          f"them (git checkout HEAD -- PATH) and commit the rest")
+        self._git("commit", "-q", "-m", message)
+        return f"committed {self._git('rev-parse', 'HEAD')[:10]}: {len(staged)} file(s): {', '.join(staged[:10])}"
+
+    def _git(self, *args) -> str:
+        status, out = self.ws.run(["git", *args], 60, self.limits.output_chars)
+        if status != 0:
+            raise ToolError(f"git {' '.join(args[:2])} failed: {out.strip()[-500:]}")
+        return out.strip()
+
+    # --- experiments ---------------------------------------------------------------------
+
+    def submit_experiment(self, arm: str, hypothesis: str, overrides: dict | None = None,
+                          ref: str | None = None) -> str:
+        from org.runner import submit  # the runner imports the trainer's config lazily; keep it so
+        overrides = overrides or {}
+        owned = [k for k in overrides if k in PROGRAM_OWNED_KEYS or OWNED_WORDS.search(k)]
+        if owned:
+            raise Refused(f"override {owned[0]!r}: the budget, the seeds, the data and the evaluation "
+                          "are the program's; experiments change the model or the optimizer only")
+        if not hypothesis.strip():
+            raise ToolError("state the hypothesis: what you expect versus the baseline, and why")
+        if not re.match(NAME, arm) or arm == "baseline":
+            raise ToolError(f"arm {arm!r}: use a new lowercase name (letters, digits, - and _); "
+                            "'baseline' is the program's")
+        bad = [k for k, v in overrides.items() if not isinstance(v, (str, int, float, bool))]
+        if bad:
+            raise ToolError(f"override {bad[0]!r}: values are numbers, strings or booleans")
+        if ref is None:
+            dirty = self._git("status", "--porcelain")
+            if dirty:
+                raise ToolError(f"uncommitted changes ({dirty.splitlines()[0].strip()} ...): runs use "
+                                "committed code; git_commit first")
+        commit = self._git("rev-parse", "--verify", f"{ref or 'HEAD'}^{{commit}}")
+        with Ledger(self.ledger_path) as ledger:
+            source = self._source(ledger, arm, overrides, commit)
+            submit(ledger, self.lab, self.program, "baseline", {}, who="program",
+                   hypothesis="the program's baseline", source="declared")
+            experiment = submit(ledger, self.lab, self.program, arm, overrides, who=self.agent,
+                                hypothesis=hypothesis, ref=commit, source=source)
+            runs = ledger.runs(self.program.name, experiment_id=experiment["id"])
+        if experiment["stage"] == "refused":
+            raise Refused(f"experiment {experiment['id']}: {experiment['reason']}")
+        per_run = self.program.budget.per_run
+        return (f"experiment {experiment['id']} ({arm}, commit {commit[:10]}, overrides "
+                f"{json.dumps(overrides)}): {len(runs)} runs queued on seeds {self.program.budget.seeds} "
+                f"at {per_run.kind} {per_run.value:g} each. Check with results(experiment="
+                f"{experiment['id']}, wait_seconds=...).")
+
+    def _source(self, ledger: Ledger, arm: str, overrides: dict, commit: str) -> str:
+        """'declared' for one of the program's own variants (submitting it twice is harmless);
+        a submitted idea needs a name of its own, so the referee never mixes two ideas."""
+        declared = next((v for v in self.program.variants if v.name == arm), None)
+        base = ledger.program(self.program.name)["base_commit"]
+        if declared and declared.overrides == overrides and commit == self.lab.resolve(declared.ref or base):
+            return "declared"
+        taken = [e for e in ledger.experiments(self.program.name) if e["arm"] == arm]
+        if taken or declared:
+            who = taken[0]["who"] if taken else "the program"
+            raise ToolError(f"arm {arm!r} already exists (by {who}); give a new idea a new name")
+        return "submitted"
+
+    def results(self, experiment: int | None = None, wait_seconds: float = 0) -> str:
+        deadline = time.monotonic() + min(wait_seconds or 0, self.limits.wait_max)
+        with Ledger(self.ledger_path) as ledger:
+            while True:
+                status = program_status(ledger, self.program, experiment)
+                if status["pending_runs"] == 0 or time.monotonic() >= deadline or self.interrupted():
+                    return self._fit(status)
+                time.sleep(self.limits.poll_seconds)
+
+    def _fit(self, status: dict) -> str:
+        """The status as JSON; with too many runs to show, each experiment's runs are counted
+        instead of listed (results with experiment=N lists one), so the JSON stays whole."""
+        text = json.dumps(status, indent=1)
+        if len(text) <= self.limits.output_chars:
+            return text
+        for e in status["experiments"]:
+            counts = {}
+            for r in e["runs"]:
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            e["runs"] = counts
+        return json.dumps(status)
+
+    # --- comms ---------------------------------------------------------------------------
+
+    def send_message(self, to: str, text: str) -> str:
+        known = self.teammates + [EVERYONE, "human"]
+        if to not in known:
+            raise ToolError(f"no one called {to!r}; send to one of: {', '.join(known)}")
+        for name in (self.teammates if to == EVERYONE else [to]):
+            self.mail.send(self.agent, name, text)
+        return f"sent to {to}"
+
+    def read_inbox(self, wait_seconds: float = 0) -> ToolResult:
+        deadline = time.monotonic() + min(wait_seconds or 0, self.limits.wait_max)
+        messages = self.mail.inbox(self.agent)
+        while not messages and time.monotonic() < deadline and not self.interrupted():
+            time.sleep(self.limits.poll_seconds)
+            messages = self.mail.inbox(self.agent)
+        if not messages:
+            return ToolResult("no new messages")
+        return ToolResult(format_mail(messages), acks=messages)
+
+    def write_standup(self, text: str) -> str:
+        return f"standup written: {self.mail.write_standup(self.agent, text).name}"
+
+    def post_to_board(self, text: str) -> str:
+        self.mail.post(self.agent, text)
+        return "posted to the board"
+
+    def finish(self, summary: str) -> ToolResult:
+        return ToolResult("finished", finished=summary)
+
+
+def check_args(name: str, args) -> str | None:
+    """Why these arguments do not fit the tool's schema, or None."""
+    if not isinstance(args, dict):
+        return f"arguments must be a JSON object, got {str(args)[:200]!r}"
+    schema = next(t for t in TOOLS if t["name"] == name)["parameters"]
+    props = schema["properties"]
+    missing = [k for k in schema["required"] if k not in args]
+    unknown = [k for k in args if k not in props]
+    if missing or unknown:
+        return (f"missing {missing} " if missing else "") + (f"unknown {unknown} " if unknown else "") + \
+            f"(parameters: {', '.join(props)}; required: {', '.join(schema['required']) or 'none'})"
+    for key, value in args.items():
+        kind = props[key]["type"]
+        if value is None and key not in schema["required"]:
+            continue
+        if not isinstance(value, JSON_TYPES[kind]) or (kind != "boolean" and isinstance(value, bool)):
+            return f"{key} must be a JSON {kind}, got {type(value).__name__}"
+    return None
+
+
+def format_mail(messages: list[dict]) -> str:
+    return "\n\n".join(f"[message from {m['from']} at {m.get('sent_at', '?')}]\n{m['text']}" for m in messages)
+
+
+def program_status(ledger: Ledger, program: Program, experiment_id: int | None = None) -> dict:
+    """What an agent may know: experiments, their runs, the verdicts, and the spend so far."""
+    experiments = ledger.experiments(program.name)
+    if experiment_id is not None:
+        experiments = [e for e in experiments if e["id"] == experiment_id or e["arm"] == "baseline"]
+    out = []
+    pending = 0
+    for e in experiments:
+        runs = ledger.runs(program.name, experiment_id=e["id"])
+        pending += sum(r["status"] not in FINISHED for r in runs)
+        out.append({
+            "experiment": e["id"], "arm": e["arm"], "who": e["who"], "stage": e["stage"],
+            "commit": e["code_commit"][:10], "overrides": json.loads(e["overrides"]),
+            "hypothesis": e["hypothesis"], **({"reason": e["reason"]} if e["reason"] else {}),
+            "runs": [{"seed": r["seed"], "purpose": r["purpose"], "status": r["status"],
+                      "val_bpb": r["val_bpb"], **({"reason": r["reason"]} if r["reason"] else {})}
+                     for r in runs],
+        })
+    recorded = [{k: v[k] for k in ("arm", "versus", "verdict", "n", "delta", "ci_low", "ci_high")}
+                for v in ledger.verdicts(program.name)]
+    return {"program": program.name, "question": program.question,
+            "claim": program.claim.model_dump(), "experiments": out, "pending_runs": pending,
+            "verdicts": recorded or referee_verdicts(ledger, program),
+            "compute_seconds": {"spent": round(ledger.compute_seconds(program.name), 1),
+                                "total": program.budget.total_compute_seconds}}
+
+
+def referee_verdicts(ledger: Ledger, program: Program) -> list[dict]:
+    """The referee's verdict for every arm with runs, against the baseline, adjusted together
+    (computed from the ledger's runs; the referee is a pure function of them)."""
+    from org import referee
+    runs = [r for r in ledger.runs(program.name) if r["purpose"] != "tune"]
+    base = [r for r in runs if r["arm"] == "baseline"]
+    arms = sorted({r["arm"] for r in runs} - {"baseline"})
+    if not base or not arms:
+        return []
+    try:
+        comparisons = referee.adjust([referee.compare(base, [r for r in runs if r["arm"] == arm],
+                                                      program.claim.kind, program.claim.margin)
+                                      for arm in arms])
+    except Exception as e:  # the referee must never take an agent down with it
+        return [{"error": f"referee failed: {type(e).__name__}: {e}"}]
+    return [{"arm": arm, "versus": "baseline", "verdict": c.final_verdict, "n": c.n,
+             "delta": _round(c.mean), "lower": _round(c.lower), "upper": _round(c.upper),
+             "baseline_mean": _round(c.baseline_mean), "variant_mean": _round(c.variant_mean),
+             **({"warnings": [f.text for f in c.warnings]} if c.warnings else {})}
+            for arm, c in zip(arms, comparisons)]
+
+
+def _round(x):
+    return None if x is None else round(x, 5)

@@ -1,0 +1,253 @@
+"""
+`org`: the research org's command line.
+
+    org run programs/softcap.yaml                  # the declared baseline and variants, no agents
+    org submit softcap --arm lr2x --set matrix_lr=0.04 --hypothesis "..."   # enqueue one experiment
+    org runs softcap [--status completed] [--arm baseline] [--json]       # what the ledger holds
+
+PROGRAM is a program file or the name of one in programs/. Bad input (malformed YAML, unknown
+fields, a config the trainer rejects, a missing git ref, no git checkout, uncommitted changes
+to a protected path) is one line on stderr and exit status 2, before anything is created.
+
+To add a subcommand (report, launch, status, attach, takeover, release, say, stop): write a
+cmd_<name>(args) -> int below and register its parser in build_parser().
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from org import OrgError
+from org.lab import Lab, scrub_git_env
+from org.ledger import RUN_STATUSES, Ledger
+from org.program import PROGRAM_OWNED_KEYS, Program, ProgramError, check_with_trainer, load_program, trainer_rejects
+from org.runner import Runner, submit, submit_declared
+from org.agents.commands import add_agent_commands
+
+# the parts of a program that define its measurements: changing them mid-program would make
+# old and new runs incomparable, so a started program refuses the change
+MEASUREMENT_FIELDS = ("metric", "baseline", "data", "train", "tune", "tune_seeds", "protected")
+MEASUREMENT_BUDGET = ("per_run", "seeds")
+
+
+def main(argv: list[str] | None = None) -> int:
+    scrub_git_env()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except OrgError as e:
+        print(f"org: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("org: interrupted; `org run` again resumes", file=sys.stderr)
+        return 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line, like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"org: {self.prog}: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="org", description="nanolab's research org")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    p = sub.add_parser("run", help="run a program's declared baseline and variants (no agents)")
+    p.add_argument("program", help="programs/<name>.yaml or <name>")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("submit", help="enqueue one experiment; `org run` executes the queue")
+    p.add_argument("program")
+    p.add_argument("--arm", required=True, help="a name for the idea, e.g. no-softcap")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override on top of the baseline's, repeatable")
+    p.add_argument("--ref", help="a git ref with the code change to test (default: the program's base)")
+    p.add_argument("--hypothesis", help="what you expect and why")
+    p.add_argument("--who", default="human", help="who is asking (an agent's name)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("runs", help="list the ledger's runs")
+    p.add_argument("program")
+    p.add_argument("--status", choices=RUN_STATUSES)
+    p.add_argument("--arm")
+    p.add_argument("--json", action="store_true", help="JSON rows instead of a table")
+    p.set_defaults(func=cmd_runs)
+
+    add_agent_commands(sub)  # agent, tool, results, mail, agent-hook: org/agents/commands.py
+    p = sub.add_parser("report", help="write reports/<program>/ (README.md + plots) from the ledger")
+    p.add_argument("program")
+    p.add_argument("--format", choices=["text", "json"], default="text",
+                   help="text: a summary in the terminal; json: the verdicts and numbers")
+    p.set_defaults(func=cmd_report)
+
+    # later: launch, status, attach, takeover, release, say, stop
+    return parser
+
+
+# ----------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_run(args) -> int:
+    program, lab, path = preflight(args.program)
+    ledger = start(program, lab, path)
+    with ledger:
+        submit_declared(ledger, lab, program)
+        ledger_path = ledger.path
+    counts = Runner(lab, program, ledger_path).drain()
+    print(f"{program.name}: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    print(f"see `org runs {program.name}`; ledger {ledger_path}")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    overrides = parse_sets(args.set)
+    if args.arm == "baseline":
+        raise OrgError("--arm baseline is the program's own baseline; name your idea")
+    program, lab, path = preflight(args.program, ref=args.ref)
+    # keys the program owns are refused (and recorded) by submit(); the trainer judges the rest
+    ours = {k: v for k, v in overrides.items() if k not in PROGRAM_OWNED_KEYS}
+    problem = None if args.ref else trainer_rejects(program, ours)
+    if problem:
+        raise OrgError(f"--set: the trainer rejects it: {problem}")
+    with start(program, lab, path) as ledger:
+        experiment = submit(ledger, lab, program, args.arm, overrides, who=args.who,
+                            hypothesis=args.hypothesis, ref=args.ref)
+        runs = ledger.runs(program.name, experiment_id=experiment["id"])
+    if experiment["stage"] == "refused":
+        print(f"experiment {experiment['id']} refused: {experiment['reason']}", file=sys.stderr)
+        return 1
+    print(f"experiment {experiment['id']} ({args.arm}, commit {experiment['code_commit'][:10]}): "
+          f"{len(runs)} runs queued; `org run {program.name}` executes them")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    lab, name, path = find_ledger(args.program)
+    with Ledger(path) as ledger:
+        rows = ledger.runs(name, status=args.status, arm=args.arm)
+    if args.json:
+        for row in rows:
+            for key in ("overrides", "budget", "result", "command"):
+                row[key] = json.loads(row[key]) if row[key] else None
+        print(json.dumps(rows, indent=2))
+    else:
+        print_runs(name, rows)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from org.report import run_report  # matplotlib loads only for reports
+    lab, name, path = find_ledger(args.program)
+    return run_report(path, name, lab.root / "reports" / name, args.format)
+
+
+def print_runs(name: str, rows: list[dict]):
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"{name}: {len(rows)} runs")
+    for col in ("id", "arm", "purpose", "seed", "status", "val_bpb", "steps", "flops", "train s",
+                "wall s", "reason"):
+        table.add_column(col, justify="right" if col not in ("arm", "purpose", "status", "reason") else "left")
+    for r in rows:
+        table.add_row(str(r["id"]), r["arm"], r["purpose"], str(r["seed"]), r["status"],
+                      _fmt(r["val_bpb"], ".4f"), _fmt(r["steps"], "d"), _fmt(r["flops"], ".3g"),
+                      _fmt(r["train_seconds"], ".1f"), _fmt(r["wall_seconds"], ".1f"),
+                      (r["reason"] or "")[:60])
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def _fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+# ----------------------------------------------------------------------------------------
+# opening a program: every check first (preflight), then create what it needs (start)
+
+
+def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
+    """Every check that needs no state: the lab, the program file, the trainer's view of its
+    configs, uncommitted protected files and git refs. Creates nothing."""
+    lab = Lab.open(".")
+    path = program_path(arg, lab)
+    program = load_program(path)
+    check_with_trainer(program, source=str(path))
+    dirty = lab.dirty_paths(program.protected)
+    if dirty:
+        raise OrgError(f"protected path {dirty[0]} has uncommitted changes; commit or revert it "
+                       "first (runs use committed code, the harness must match it)")
+    for i, variant in enumerate(program.variants):
+        if variant.ref:
+            try:
+                lab.resolve(variant.ref)
+            except OrgError as e:
+                raise ProgramError(f"{path}: variants[{i}].ref: {e}") from None
+    if ref:
+        lab.resolve(ref)
+    ledger_path = lab.state_dir(program.name) / "ledger.sqlite"
+    if ledger_path.exists():
+        with Ledger(ledger_path) as ledger:
+            row = ledger.program(program.name)
+        if row:
+            check_unchanged(path, json.loads(row["spec"]), program.model_dump(mode="json"))
+    return program, lab, path
+
+
+def start(program: Program, lab: Lab, path: Path) -> Ledger:
+    """Start the program (idempotently): branch program/<name>, .lab/<name>/ and its ledger."""
+    base = lab.start_program(program.name)
+    ledger = Ledger(lab.state_dir(program.name) / "ledger.sqlite")
+    if not ledger.program(program.name):
+        ledger.add_program(program.name, program.model_dump(mode="json"), base, f"program/{program.name}")
+    return ledger
+
+
+def find_ledger(arg: str) -> tuple[Lab, str, Path]:
+    """(lab, program name, ledger path) of a started program, for read-only commands."""
+    lab = Lab.open(".")
+    name = load_program(arg).name if Path(arg).is_file() else arg
+    path = lab.state_dir(name) / "ledger.sqlite"
+    if not path.exists():
+        raise OrgError(f"no ledger for program {name!r} at {path}; `org run` starts one")
+    return lab, name, path
+
+
+def program_path(arg: str, lab: Lab) -> Path:
+    for candidate in (Path(arg), lab.root / "programs" / f"{arg}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise OrgError(f"no program file {arg!r} (nor {lab.root / 'programs' / (arg + '.yaml')})")
+
+
+def check_unchanged(path: Path, started: dict, now: dict):
+    changed = [f for f in MEASUREMENT_FIELDS if started.get(f) != now.get(f)]
+    changed += [f"budget.{f}" for f in MEASUREMENT_BUDGET
+                if started["budget"].get(f) != now["budget"].get(f)]
+    if changed:
+        raise ProgramError(f"{path}: {changed[0]}: changed since the program started; its runs "
+                           "would not be comparable: revert it, or give the program a new name")
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """['softcap=0', 'pos=learned'] -> {'softcap': 0, 'pos': 'learned'} (YAML scalars)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise OrgError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        out[key.strip()] = parsed if isinstance(parsed, (str, int, float, bool)) else value
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""
+The lab: the project's own git repository, seen as a place where programs run.
+
+- a program works on branch program/<name>, created from HEAD when the program starts;
+- each agent works on branch agent/<program>/<agent> in worktree worktrees/<program>/<agent>;
+- a run never executes a worktree: it executes a frozen snapshot of one commit
+  (`git archive` into .lab/<program>/snapshots/<sha>/), so edits during a run change nothing;
+- an experiment whose commit changes a protected path (eval, data, FLOP accounting, org/)
+  relative to the program's base commit is refused;
+- lab state (ledger, runs, mail, transcripts) lives in .lab/<program>/, ignored by git.
+
+GitPython has no worktree API, so worktrees go through the git CLI (repo.git.worktree).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+import git
+
+from org import OrgError
+
+# Set by git hooks and by some shells; a child that inherits them operates on the wrong repo.
+GIT_ENV_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
+                "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_PREFIX",
+                "GIT_NAMESPACE")
+STATE_DIRS = ("runs", "snapshots", "mail", "transcripts")
+
+
+class LabError(OrgError):
+    pass
+
+
+def child_env(extra: dict | None = None, base: dict | None = None) -> dict:
+    """An environment for a child process: ours, minus git's repo-pointing variables."""
+    env = {k: v for k, v in (base if base is not None else os.environ).items()
+           if k not in GIT_ENV_VARS}
+    env.update(extra or {})
+    return env
+
+
+def scrub_git_env():
+    """Strip git's repo-pointing variables from this process (e.g. when run from a hook)."""
+    for name in GIT_ENV_VARS:
+        os.environ.pop(name, None)
+
+
+class Lab:
+    def __init__(self, repo: git.Repo):
+        self.repo = repo
+        self.root = Path(repo.working_tree_dir)
+
+    @classmethod
+    def open(cls, path: str | Path = ".") -> "Lab":
+        """The lab around `path`; LabError outside a git checkout or before the first commit."""
+        try:
+            repo = git.Repo(Path(path).resolve(), search_parent_directories=True)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise LabError(f"not inside a git checkout: {Path(path).resolve()} "
+                           "(the lab is the project's git repository)") from None
+        if repo.bare:
+            raise LabError(f"{repo.git_dir} is a bare repository; run from a checkout")
+        if not repo.head.is_valid():
+            raise LabError(f"{repo.working_tree_dir} has no commits yet; commit the project first")
+        return cls(repo)
+
+    def close(self):
+        self.repo.close()  # GitPython keeps `git cat-file` children per Repo
+
+    # --- refs and diffs ------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> str:
+        """The full sha of a commit-ish; LabError naming the ref if it does not exist."""
+        try:
+            return self.repo.commit(ref).hexsha
+        except (git.BadName, git.BadObject, ValueError):
+            raise LabError(f"git ref {ref!r} does not exist in {self.root}") from None
+
+    def head(self) -> str:
+        return self.repo.head.commit.hexsha
+
+    def dirty_paths(self, paths: list[str]) -> list[str]:
+        """Paths under `paths` with uncommitted changes (staged, unstaged or untracked)."""
+        out = self.repo.git.status("--porcelain", "--untracked-files=all", "--", *paths)
+        return [line[3:] for line in out.splitlines() if line.strip()]
+
+    def changed_paths(self, base: str, commit: str, paths: list[str] | None = None) -> list[str]:
+        """Files that differ between two commits, optionally only under `paths`."""
+        args = ["--name-only", base, commit] + (["--", *paths] if paths else [])
+        return [p for p in self.repo.git.diff(*args).splitlines() if p]
+
+    def protected_violation(self, base: str, commit: str, protected: list[str]) -> str | None:
+        """Why a commit may not run (it changes protected paths), or None if it may."""
+        changed = self.changed_paths(base, commit, protected)
+        if not changed:
+            return None
+        return (f"protected paths differ from the program's base commit {base[:10]}: "
+                f"{', '.join(changed)}")
+
+    def diff(self, base: str, commit: str) -> str:
+        return self.repo.git.diff(base, commit) if base != commit else ""
+
+    # --- programs ------------------------------------------------------------------------
+
+    def state_dir(self, program: str) -> Path:
+        return self.root / ".lab" / program
+
+    def start_program(self, program: str) -> str:
+        """Create branch program/<name> from HEAD (if missing) and the program's state
+        directories; returns the branch's commit."""
+        branch = f"program/{program}"
+        if branch not in self.repo.heads:
+            self.repo.create_head(branch, self.repo.head.commit)
+        state = self.state_dir(program)
+        for sub in STATE_DIRS:
+            (state / sub).mkdir(parents=True, exist_ok=True)
+        self._ignore("/.lab/", "/worktrees/")
+        return self.repo.heads[branch].commit.hexsha
+
+    def _ignore(self, *patterns: str):
+        """Keep lab state out of `git status` without touching tracked files (.git/info/exclude)."""
+        exclude = Path(self.repo.common_dir) / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        lines = exclude.read_text().splitlines() if exclude.exists() else []
+        missing = [p for p in patterns if p not in lines]
+        if missing:
+            with exclude.open("a") as f:
+                f.write("".join(f"{p}\n" for p in missing))
+
+    # --- agent worktrees -----------------------------------------------------------------
+
+    def worktree_path(self, program: str, agent: str) -> Path:
+        return self.root / "worktrees" / program / agent
+
+    def add_worktree(self, program: str, agent: str, start: str | None = None) -> Path:
+        """Branch agent/<program>/<agent> (from `start`, default program/<program>) checked out
+        at worktrees/<program>/<agent>. Reuses both if they already exist."""
+        path = self.worktree_path(program, agent)
+        branch = f"agent/{program}/{agent}"
+        if path in {w["path"] for w in self.worktrees()}:
+            return path
+        self.prune_worktrees()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if branch in self.repo.heads:
+            self.repo.git.worktree("add", str(path), branch)
+        else:
+            self.repo.git.worktree("add", "-b", branch, str(path), start or f"program/{program}")
+        return path
+
+    def remove_worktree(self, program: str, agent: str, force: bool = False):
+        """Remove an agent's worktree; its branch (and every commit on it) stays."""
+        path = self.worktree_path(program, agent)
+        self.repo.git.worktree("remove", *(["--force"] if force else []), str(path))
+
+    def worktrees(self) -> list[dict]:
+        """`git worktree list --porcelain` as dicts: path, head, branch, prunable."""
+        out, current = [], {}
+        for line in self.repo.git.worktree("list", "--porcelain").splitlines() + [""]:
+            if not line:
+                if current:
+                    out.append(current)
+                current = {}
+                continue
+            key, _, value = line.partition(" ")
+            if key == "worktree":
+                current = {"path": Path(value), "head": None, "branch": None, "prunable": False}
+            elif key == "HEAD":
+                current["head"] = value
+            elif key == "branch":
+                current["branch"] = value.removeprefix("refs/heads/")
+            elif key == "prunable":
+                current["prunable"] = True
+        return out
+
+    def prune_worktrees(self) -> list[Path]:
+        """Forget worktrees whose directories are gone; returns the paths collected."""
+        orphans = [w["path"] for w in self.worktrees() if w["prunable"] or not w["path"].exists()]
+        self.repo.git.worktree("prune")
+        return orphans
+
+    # --- frozen snapshots ----------------------------------------------------------------
+
+    def snapshot(self, commit: str, program: str) -> Path:
+        """The tracked files of `commit`, extracted once into .lab/<program>/snapshots/<sha>/
+        and never modified afterwards. Extraction goes to a temporary directory that is
+        renamed into place, so a crash never leaves a half-made snapshot behind.
+        Like every Lab method, not thread-safe: callers with threads hold one lock."""
+        sha = self.resolve(commit)
+        dest = self.state_dir(program) / "snapshots" / sha
+        if dest.exists():
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:10]}-", dir=dest.parent))
+        try:
+            with tempfile.TemporaryFile() as tar:
+                self.repo.archive(tar, sha, format="tar")
+                tar.seek(0)
+                with tarfile.open(fileobj=tar) as archive:
+                    archive.extractall(tmp, filter="data")
+            (tmp / ".snapshot-commit").write_text(sha + "\n")
+            tmp.rename(dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # our own scratch, never a result
+            raise
+        return dest

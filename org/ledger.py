@@ -1,0 +1,402 @@
+"""
+The ledger: one SQLite file per program (.lab/<program>/ledger.sqlite) that never forgets.
+
+Tables: programs, experiments (who asked for what, on which commit), runs (one trainer
+invocation each: seed, slot, status, budget, every result.json field), verdicts and llm_spend.
+Rows are inserted and updated, never deleted, so a discarded idea stays queryable.
+
+Crash safety: every change is one transaction (WAL mode, BEGIN IMMEDIATE), a run is claimed
+atomically, and a run left 'running' by a runner whose process is gone is found by stale_runs()
+and handed back to the queue by the runner.
+
+    with Ledger(".lab/softcap/ledger.sqlite") as ledger:
+        ledger.runs("softcap", status="completed")
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+from org import OrgError
+
+SCHEMA_VERSION = 1
+
+RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
+FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
+
+SCHEMA = f"""
+CREATE TABLE schema_version (
+    version     INTEGER NOT NULL,
+    applied_at  TEXT NOT NULL
+);
+CREATE TABLE programs (
+    name              TEXT PRIMARY KEY,
+    spec              TEXT NOT NULL,   -- the validated program, JSON
+    base_commit       TEXT NOT NULL,   -- protected paths are compared with this commit
+    branch            TEXT NOT NULL,   -- program/<name>
+    eval_fingerprint  TEXT,            -- from the first completed run: later runs must match
+    data_fingerprint  TEXT,
+    created_at        TEXT NOT NULL
+);
+CREATE TABLE experiments (
+    id           INTEGER PRIMARY KEY,
+    program      TEXT NOT NULL REFERENCES programs(name),
+    arm          TEXT NOT NULL,
+    who          TEXT NOT NULL,
+    hypothesis   TEXT,
+    source       TEXT NOT NULL,        -- declared (in the program file) | submitted
+    base_commit  TEXT NOT NULL,
+    code_commit  TEXT NOT NULL,
+    diff         TEXT,                 -- git diff base_commit code_commit
+    overrides    TEXT NOT NULL,        -- JSON: config keys set on top of the baseline's
+    stage        TEXT NOT NULL,        -- tuning | measuring | refused | failed
+    chosen       TEXT,                 -- JSON: the tune grid point picked on validation
+    reason       TEXT,                 -- why refused or failed
+    created_at   TEXT NOT NULL
+);
+CREATE UNIQUE INDEX declared_once ON experiments(program, arm) WHERE source = 'declared';
+CREATE TABLE runs (
+    id                 INTEGER PRIMARY KEY,
+    experiment_id      INTEGER NOT NULL REFERENCES experiments(id),
+    program            TEXT NOT NULL,
+    arm                TEXT NOT NULL,
+    purpose            TEXT NOT NULL,  -- tune | main | repeat (an interleaved baseline re-run)
+    seed               INTEGER NOT NULL,
+    round              INTEGER NOT NULL,  -- queue order: tuning first, then by seed index
+    overrides          TEXT NOT NULL,  -- JSON: every --set of this run
+    budget             TEXT NOT NULL,  -- JSON: the program's per-run budget
+    status             TEXT NOT NULL DEFAULT 'queued' CHECK (status IN {RUN_STATUSES}),
+    reason             TEXT,
+    slot               INTEGER,
+    runner_host        TEXT,
+    runner_pid         INTEGER,
+    trainer_pid        INTEGER,
+    claim_seq          INTEGER,        -- order in which runs were claimed
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    attempt_log        TEXT,           -- why earlier attempts were re-queued, one line each
+    command            TEXT,           -- JSON argv
+    run_dir            TEXT,
+    metrics_path       TEXT,
+    log_path           TEXT,
+    val_bpb            REAL,
+    val_loss           REAL,
+    steps              INTEGER,
+    tokens             INTEGER,
+    flops              REAL,
+    flops_per_token    REAL,
+    params_total       INTEGER,
+    params_matmul      INTEGER,
+    train_seconds      REAL,
+    wall_seconds       REAL,           -- measured by the runner, not the trainer
+    tokens_per_second  REAL,
+    device             TEXT,
+    git_commit         TEXT,
+    git_dirty          INTEGER,
+    eval_fingerprint   TEXT,
+    data_fingerprint   TEXT,
+    trainer_version    TEXT,
+    result             TEXT,           -- result.json verbatim
+    created_at         TEXT NOT NULL,
+    started_at         TEXT,
+    finished_at        TEXT
+);
+CREATE UNIQUE INDEX runs_once ON runs(experiment_id, purpose, seed, overrides) WHERE purpose != 'repeat';
+CREATE INDEX runs_queue ON runs(program, status, round, id);
+CREATE TABLE verdicts (
+    id          INTEGER PRIMARY KEY,
+    program     TEXT NOT NULL,
+    arm         TEXT NOT NULL,
+    versus      TEXT NOT NULL,         -- usually 'baseline'
+    verdict     TEXT NOT NULL,         -- better | no regression | worse | inconclusive | invalid
+    metric      TEXT NOT NULL,
+    n           INTEGER,
+    delta       REAL,
+    ci_low      REAL,
+    ci_high     REAL,
+    details     TEXT,                  -- JSON
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE llm_spend (
+    id          INTEGER PRIMARY KEY,
+    program     TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    tokens_in   INTEGER NOT NULL,
+    tokens_out  INTEGER NOT NULL,
+    dollars     REAL NOT NULL,
+    created_at  TEXT NOT NULL
+);
+"""
+
+# result.json field -> runs column (params is nested: {total, matmul})
+RESULT_COLUMNS = {
+    "val_bpb": "val_bpb", "val_loss": "val_loss", "steps": "steps", "tokens": "tokens",
+    "flops": "flops", "flops_per_token": "flops_per_token", "train_seconds": "train_seconds",
+    "tokens_per_second": "tokens_per_second", "device": "device", "git_commit": "git_commit",
+    "git_dirty": "git_dirty", "eval_fingerprint": "eval_fingerprint",
+    "data_fingerprint": "data_fingerprint", "trainer_version": "trainer_version",
+}
+
+
+class LedgerError(OrgError):
+    pass
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True while the process exists and is not a zombie."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class Ledger:
+    """One connection to a ledger file. Not shared between threads: open one per thread."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)  # we BEGIN ourselves
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._depth = 0
+        self._migrate()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.db.close()
+
+    @contextlib.contextmanager
+    def tx(self):
+        """One atomic transaction; nested uses join the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+            return
+        self.db.execute("BEGIN IMMEDIATE")  # take the write lock now, so claims never race
+        self._depth = 1
+        try:
+            yield self
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    def _migrate(self):
+        with self.tx():
+            has = self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone()
+            if not has:
+                # not executescript: it would COMMIT mid-transaction
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute("INSERT INTO schema_version VALUES (?, ?)", (SCHEMA_VERSION, now()))
+            version = self.db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise LedgerError(f"{self.path}: ledger schema version {version}, this org knows {SCHEMA_VERSION}")
+
+    # --- small helpers -------------------------------------------------------------------
+
+    def _one(self, sql, *args) -> dict | None:
+        row = self.db.execute(sql, args).fetchone()
+        return dict(row) if row else None
+
+    def _all(self, sql, *args) -> list[dict]:
+        return [dict(row) for row in self.db.execute(sql, args)]
+
+    def _insert(self, table: str, fields: dict, or_ignore=False) -> int | None:
+        cols = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        # a duplicate is skipped; any other constraint (a bad status) still fails loudly
+        tail = " ON CONFLICT DO NOTHING" if or_ignore else ""
+        with self.tx():
+            cur = self.db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks}){tail}",
+                                  tuple(fields.values()))
+        return cur.lastrowid if cur.rowcount else None
+
+    def _update(self, table: str, row_id, fields: dict, key="id"):
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.tx():
+            self.db.execute(f"UPDATE {table} SET {sets} WHERE {key} = ?", (*fields.values(), row_id))
+
+    # --- programs ------------------------------------------------------------------------
+
+    def add_program(self, name: str, spec: dict, base_commit: str, branch: str):
+        self._insert("programs", dict(name=name, spec=json.dumps(spec, sort_keys=True),
+                                      base_commit=base_commit, branch=branch, created_at=now()))
+
+    def program(self, name: str) -> dict | None:
+        return self._one("SELECT * FROM programs WHERE name = ?", name)
+
+    def set_fingerprints(self, name: str, eval_fingerprint: str, data_fingerprint: str):
+        self._update("programs", name, dict(eval_fingerprint=eval_fingerprint,
+                                            data_fingerprint=data_fingerprint), key="name")
+
+    # --- experiments ---------------------------------------------------------------------
+
+    def add_experiment(self, program: str, arm: str, who: str, source: str, base_commit: str,
+                       code_commit: str, overrides: dict, stage: str, hypothesis: str = None,
+                       diff: str = None, reason: str = None) -> int | None:
+        """The new experiment's id; None if a declared arm is already there."""
+        return self._insert("experiments", dict(
+            program=program, arm=arm, who=who, hypothesis=hypothesis, source=source,
+            base_commit=base_commit, code_commit=code_commit, diff=diff,
+            overrides=json.dumps(overrides, sort_keys=True), stage=stage, reason=reason,
+            created_at=now()), or_ignore=True)
+
+    def experiment(self, experiment_id: int) -> dict | None:
+        return self._one("SELECT * FROM experiments WHERE id = ?", experiment_id)
+
+    def experiments(self, program: str, stage: str = None) -> list[dict]:
+        if stage:
+            return self._all("SELECT * FROM experiments WHERE program = ? AND stage = ? ORDER BY id",
+                             program, stage)
+        return self._all("SELECT * FROM experiments WHERE program = ? ORDER BY id", program)
+
+    def update_experiment(self, experiment_id: int, **fields):
+        if "chosen" in fields:
+            fields["chosen"] = json.dumps(fields["chosen"], sort_keys=True)
+        self._update("experiments", experiment_id, fields)
+
+    # --- runs ----------------------------------------------------------------------------
+
+    def add_run(self, experiment: dict, purpose: str, seed: int, round: int, overrides: dict,
+                budget: dict, status: str = "queued", reason: str = None) -> int | None:
+        """Enqueue one run; None if the same (experiment, purpose, seed, overrides) exists,
+        so planning can be repeated after a crash without duplicating anything."""
+        fields = dict(experiment_id=experiment["id"], program=experiment["program"],
+                      arm=experiment["arm"], purpose=purpose, seed=seed, round=round,
+                      overrides=json.dumps(overrides, sort_keys=True),
+                      budget=json.dumps(budget, sort_keys=True), status=status, reason=reason,
+                      created_at=now())
+        if status in FINISHED:
+            fields["finished_at"] = fields["created_at"]
+        return self._insert("runs", fields, or_ignore=True)
+
+    def run(self, run_id: int) -> dict | None:
+        return self._one("SELECT * FROM runs WHERE id = ?", run_id)
+
+    def runs(self, program: str, status: str = None, arm: str = None, purpose: str = None,
+             experiment_id: int = None) -> list[dict]:
+        where, args = ["program = ?"], [program]
+        for col, value in (("status", status), ("arm", arm), ("purpose", purpose),
+                           ("experiment_id", experiment_id)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        return self._all(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY id", *args)
+
+    def claim(self, program: str, slot: int, arm: str = None) -> dict | None:
+        """Atomically take the next queued run (tuning first, then seed by seed; only `arm`'s
+        if given) for this process; None when there is none."""
+        with self.tx():
+            run = self._one("SELECT * FROM runs WHERE program = ? AND status = 'queued' "
+                            "AND (? IS NULL OR arm = ?) ORDER BY round, id LIMIT 1", program, arm, arm)
+            if run is None:
+                return None
+            seq = self.db.execute("SELECT coalesce(max(claim_seq), 0) + 1 FROM runs "
+                                  "WHERE program = ?", (program,)).fetchone()[0]
+            self._update("runs", run["id"], dict(
+                status="running", slot=slot, runner_host=socket.gethostname(),
+                runner_pid=os.getpid(), trainer_pid=None, claim_seq=seq,
+                attempts=run["attempts"] + 1, started_at=now(), reason=None))
+        return self.run(run["id"])
+
+    def mark_started(self, run_id: int, trainer_pid: int, command: list[str], run_dir: Path,
+                     log_path: Path):
+        self._update("runs", run_id, dict(
+            trainer_pid=trainer_pid, command=json.dumps(command), run_dir=str(run_dir),
+            metrics_path=str(Path(run_dir) / "metrics.jsonl"), log_path=str(log_path)))
+
+    def finish(self, run_id: int, status: str, reason: str = None, result: dict = None,
+               wall_seconds: float = None):
+        """Record a run's outcome and, if there is one, every field of its result.json."""
+        assert status in FINISHED, status
+        fields = dict(status=status, reason=reason, wall_seconds=wall_seconds, finished_at=now())
+        if result:
+            fields.update({col: result.get(key) for key, col in RESULT_COLUMNS.items()})
+            params = result.get("params") or {}
+            fields.update(params_total=params.get("total"), params_matmul=params.get("matmul"),
+                          result=json.dumps(result, sort_keys=True))
+        self._update("runs", run_id, fields)
+
+    def requeue(self, run_id: int, reason: str):
+        """Hand a run back to the queue (its runner died); attempt_log keeps the reason."""
+        with self.tx():
+            self.db.execute("UPDATE runs SET attempt_log = coalesce(attempt_log, '') || ? WHERE id = ?",
+                            (f"{now()} attempt {self.run(run_id)['attempts']}: {reason}\n", run_id))
+            self._update("runs", run_id, dict(status="queued", reason=reason, slot=None,
+                                              runner_pid=None, trainer_pid=None))
+
+    def stale_runs(self, program: str) -> list[dict]:
+        """Runs marked running on this host whose runner process is gone."""
+        running = self.runs(program, status="running")
+        host = socket.gethostname()
+        return [r for r in running if r["runner_host"] == host and not pid_alive(r["runner_pid"])]
+
+    # --- verdicts and spend --------------------------------------------------------------
+
+    def add_verdict(self, program: str, arm: str, verdict: str, metric: str, versus="baseline",
+                    n: int = None, delta: float = None, ci_low: float = None,
+                    ci_high: float = None, details: dict = None) -> int:
+        return self._insert("verdicts", dict(
+            program=program, arm=arm, versus=versus, verdict=verdict, metric=metric, n=n,
+            delta=delta, ci_low=ci_low, ci_high=ci_high,
+            details=json.dumps(details or {}, sort_keys=True), created_at=now()))
+
+    def verdicts(self, program: str) -> list[dict]:
+        return self._all("SELECT * FROM verdicts WHERE program = ? ORDER BY id", program)
+
+    def record_spend(self, program: str, agent: str, model: str, tokens_in: int,
+                     tokens_out: int, dollars: float) -> int:
+        return self._insert("llm_spend", dict(
+            program=program, agent=agent, model=model, tokens_in=tokens_in,
+            tokens_out=tokens_out, dollars=dollars, created_at=now()))
+
+    def spend(self, program: str) -> dict:
+        """Dollars and tokens per agent, plus the program's total dollars."""
+        rows = self._all("SELECT agent, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out, "
+                         "sum(dollars) AS dollars FROM llm_spend WHERE program = ? GROUP BY agent",
+                         program)
+        return {"agents": {r.pop("agent"): r for r in rows},
+                "dollars": sum(r["dollars"] for r in rows)}
+
+    def compute_seconds(self, program: str) -> float:
+        """Runner wall time spent by the program so far."""
+        return self.db.execute("SELECT coalesce(sum(wall_seconds), 0) FROM runs WHERE program = ?",
+                               (program,)).fetchone()[0]
+
+    def counts(self) -> dict:
+        """Rows per table, for notes and sanity checks."""
+        return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("programs", "experiments", "runs", "verdicts", "llm_spend")}

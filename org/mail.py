@@ -1,0 +1,124 @@
+"""
+Comms between agents (and people): plain files under the program's lab directory.
+
+    .lab/<program>/mail/<agent>/inbox/<stamp>-<sender>-<id>.json   delivered, not yet read
+    .lab/<program>/mail/<agent>/read/...                           read (acknowledged)
+    .lab/<program>/board.md                                        append-only decisions and verdicts
+    .lab/<program>/standups/<agent>/<stamp>.md                     one file per standup
+
+A message is written to mail/<agent>/tmp/ and renamed into inbox/, so a reader never sees half
+a message. Reading is two steps, inbox() then ack(): the agent loop records a message in its
+transcript before acknowledging it, so a crash in between delivers it again (the transcript
+drops the duplicate by id) rather than losing it.
+
+    mail = Mail(lab.state_dir("softcap"))
+    mail.send("chief", "junior-1", "Please test softcap=0 against the baseline.")
+    for message in mail.inbox("junior-1"):
+        ...
+        mail.ack("junior-1", message)
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+EVERYONE = "all"  # send_message(to="all") writes one copy to every other agent's inbox
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def stamp() -> str:
+    """Sorts in creation order: UTC time plus nanoseconds."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 10**9:09d}"
+
+
+def write_atomically(path: Path, text: str):
+    """Write to a temporary name beside `path`, fsync, rename: all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+class Mail:
+    def __init__(self, lab_dir: str | Path):
+        self.dir = Path(lab_dir)
+        self.board_path = self.dir / "board.md"
+
+    # --- messages ------------------------------------------------------------------------
+
+    def send(self, sender: str, to: str, text: str) -> dict:
+        """Deliver one message to `to`'s inbox; returns it (with its id)."""
+        message = {"id": uuid.uuid4().hex[:12], "from": sender, "to": to, "text": text,
+                   "sent_at": now()}
+        name = f"{stamp()}-{sender}-{message['id']}.json"
+        staged = self._box(to, "tmp") / name
+        write_atomically(staged, json.dumps(message, indent=1))
+        self._box(to, "inbox").mkdir(parents=True, exist_ok=True)
+        os.rename(staged, self._box(to, "inbox") / name)
+        return message
+
+    def inbox(self, agent: str) -> list[dict]:
+        """Unread messages, oldest first; each keeps its file name for ack()."""
+        messages = []
+        for path in sorted(self._box(agent, "inbox").glob("*.json")):
+            try:
+                message = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as e:  # never happens with renames; never lose it
+                message = {"id": path.stem, "from": "?", "text": f"(unreadable message file: {e})"}
+            messages.append({**message, "file": path.name})
+        return messages
+
+    def ack(self, agent: str, message: dict):
+        """Acknowledge a message: move it from inbox/ to read/."""
+        read = self._box(agent, "read")
+        read.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(self._box(agent, "inbox") / message["file"], read / message["file"])
+        except FileNotFoundError:
+            pass  # already acknowledged
+
+    def read_messages(self, agent: str) -> list[dict]:
+        """Messages already read, oldest first (for people and reports)."""
+        return [json.loads(p.read_text()) for p in sorted(self._box(agent, "read").glob("*.json"))]
+
+    def _box(self, agent: str, box: str) -> Path:
+        return self.dir / "mail" / agent / box
+
+    # --- the board -----------------------------------------------------------------------
+
+    def post(self, who: str, text: str) -> str:
+        """Append one entry to board.md. One locked O_APPEND write: entries never interleave."""
+        entry = f"\n## {now()} · {who}\n\n{text.strip()}\n"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.board_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, entry.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return entry
+
+    def board(self) -> str:
+        return self.board_path.read_text() if self.board_path.exists() else ""
+
+    # --- standups ------------------------------------------------------------------------
+
+    def write_standup(self, agent: str, text: str) -> Path:
+        path = self.dir / "standups" / agent / f"{stamp()}.md"
+        write_atomically(path, f"# {agent} · {now()}\n\n{text.strip()}\n")
+        return path
+
+    def standups(self, agent: str) -> list[str]:
+        return [p.read_text() for p in sorted((self.dir / "standups" / agent).glob("*.md"))]

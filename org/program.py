@@ -1,0 +1,333 @@
+"""
+Research programs: programs/<name>.yaml, validated into a Program.
+
+A program fixes everything a comparison depends on: the question and the kind of claim, the
+baseline and the variants, the data, the per-run budget and the seeds, the trainer settings,
+and the files no experiment may touch. Agents change code and config keys; never these.
+
+    program = load_program("programs/softcap.yaml")   # raises ProgramError, one line
+
+Errors name the file, the field and what was expected, e.g.
+    programs/x.yaml: budget.per_run: expected exactly one of flops, seconds, tokens, steps
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from org import OrgError
+
+NAME = r"^[a-z0-9][a-z0-9_-]*$"  # used in branch names and directory names
+BUDGET_KINDS = ("flops", "seconds", "tokens", "steps")
+
+# Keys the program owns: an experiment's overrides may not name them, so no agent can buy
+# itself a bigger budget, other seeds, a different evaluation or different data.
+PROGRAM_OWNED_KEYS = frozenset({
+    "seed", "seeds", "steps", "flops", "tokens", "seconds", "budget", "budget_flops",
+    "budget_seconds", "budget_tokens", "data", "tokenizer", "vocab_size", "val_tokens",
+    "eval_tokens", "eval_every", "eval_batches", "batch_size", "seq_len", "sequence_len",
+    "device", "out",
+})
+
+# The trainer's evaluation, data and FLOP accounting, and the harness itself.
+DEFAULT_PROTECTED = ["trainer/eval.py", "trainer/data.py", "trainer/flops.py", "org/"]
+
+
+class ProgramError(OrgError):
+    pass
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _scalar_overrides(value: dict[str, Any]) -> dict[str, Any]:
+    """Overrides become `--set key=value`: each value must be one plain scalar."""
+    for key, v in value.items():
+        if not isinstance(v, (str, int, float, bool)):
+            raise ValueError(f"{key}: expected a number, string or boolean, got {v!r}")
+    owned = sorted(set(value) & PROGRAM_OWNED_KEYS)
+    if owned:
+        raise ValueError(f"{owned[0]!r} is owned by the program (budget, seeds, eval or data), "
+                         "expected a model or optimizer key")
+    return value
+
+
+class Claim(Strict):
+    kind: Literal["non-inferiority", "superiority"]
+    margin: float = Field(0.0, ge=0, description="in metric units; non-inferiority needs > 0")
+
+    @model_validator(mode="after")
+    def _margin(self):
+        if self.kind == "non-inferiority" and self.margin <= 0:
+            raise ValueError("a non-inferiority claim needs margin > 0 (in val_bpb)")
+        return self
+
+
+class Baseline(Strict):
+    preset: str
+    overrides: dict[str, Any] = {}
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, value):
+        return _scalar_overrides(value)
+
+
+class Variant(Strict):
+    name: str = Field(pattern=NAME)
+    overrides: dict[str, Any] = {}
+    ref: str | None = None  # a git ref holding a code change; overrides apply on top
+    # what the variant changes on purpose, e.g. [params] for "wider at equal FLOPs": the
+    # referee then notes the difference instead of calling the comparison confounded
+    declares: list[Literal["params", "flops", "tokens", "steps"]] = []
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, value):
+        return _scalar_overrides(value)
+
+    @model_validator(mode="after")
+    def _changes_something(self):
+        if not self.overrides and not self.ref:
+            raise ValueError("a variant needs overrides or a ref (or both)")
+        if self.name == "baseline":
+            raise ValueError("'baseline' is the name of the baseline arm; pick another name")
+        return self
+
+
+class Data(Strict):
+    source: str = "pystdlib"
+    tokenizer: str = "bytes"
+    val_tokens: int = Field(gt=0)
+
+
+class PerRun(Strict):
+    flops: float | None = Field(None, gt=0)
+    seconds: float | None = Field(None, gt=0)
+    tokens: int | None = Field(None, gt=0)
+    steps: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in BUDGET_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"expected exactly one of {', '.join(BUDGET_KINDS)}, "
+                             f"got {', '.join(given) or 'none'}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in BUDGET_KINDS if getattr(self, k) is not None)
+
+    @property
+    def value(self) -> float:
+        return getattr(self, self.kind)
+
+
+class Budget(Strict):
+    per_run: PerRun
+    seeds: list[int] = Field(min_length=1)
+    total_compute_seconds: float = Field(gt=0)  # summed runner wall time over all runs
+    total_llm_dollars: float = Field(0.0, ge=0)
+    run_timeout_seconds: float = Field(gt=0)  # a run past this is killed
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, seeds):
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"expected distinct seeds, got {seeds}")
+        return seeds
+
+
+class Agent(Strict):
+    name: str = Field(pattern=NAME)
+    role: str = "researcher"
+    backend: Literal["anthropic", "openai", "claude-code", "codex", "scripted"] = "scripted"
+    model: str | None = None
+
+    @model_validator(mode="after")
+    def _model_given(self):
+        if self.backend != "scripted" and not self.model:
+            raise ValueError(f"backend {self.backend} needs a model")
+        return self
+
+
+class Org(Strict):
+    topology: Literal["solo", "chief"] = "solo"
+    agents: list[Agent] = []
+
+    @model_validator(mode="after")
+    def _roles(self):
+        names = [a.name for a in self.agents]
+        if len(set(names)) != len(names):
+            raise ValueError(f"expected distinct agent names, got {names}")
+        chiefs = [a.name for a in self.agents if a.role == "chief"]
+        if self.topology == "chief" and len(chiefs) != 1:
+            raise ValueError(f"topology chief needs exactly one agent with role chief, got {len(chiefs)}")
+        return self
+
+
+class Runner(Strict):
+    slots: int = Field(1, ge=1)  # CPU slots; ignored when gpus are given (one slot per GPU)
+    threads_per_slot: int | None = Field(None, ge=1)  # default: CPU cores / slots
+    gpus: list[int] = []  # CUDA device indices, one timed run each
+    baseline_every: int = Field(4, ge=1)  # re-run the baseline after this many other runs
+
+
+class Train(Strict):
+    """Trainer settings every run of the program shares (passed as trainer flags)."""
+    batch_size: int = Field(gt=0)
+    seq_len: int = Field(gt=0)
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "float64"] = "float32"
+    eval_every: int | None = Field(None, ge=0)
+
+
+class Program(Strict):
+    name: str = Field(pattern=NAME)
+    question: str
+    claim: Claim
+    metric: Literal["val_bpb"] = "val_bpb"  # lower is better
+    baseline: Baseline
+    variants: list[Variant] = []
+    data: Data
+    budget: Budget
+    tune: dict[str, list[Any]] = {}  # a grid over config keys, e.g. {matrix_lr: [0.01, 0.02]}
+    tune_seeds: list[int] = []  # default: the first seed of budget.seeds
+    org: Org = Org()
+    runner: Runner = Runner()
+    train: Train
+    protected: list[str] = Field(default_factory=lambda: list(DEFAULT_PROTECTED))
+
+    @field_validator("tune")
+    @classmethod
+    def _grid(cls, grid):
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"{key}: expected a non-empty list of values")
+        _scalar_overrides({k: v for k, vs in grid.items() for v in vs})
+        return grid
+
+    @model_validator(mode="after")
+    def _arms(self):
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"expected distinct variant names, got {names}")
+        return self
+
+    @property
+    def arms(self) -> list[str]:
+        return ["baseline"] + [v.name for v in self.variants]
+
+    @property
+    def tuning_seeds(self) -> list[int]:
+        return self.tune_seeds or self.budget.seeds[:1]
+
+    def grid_points(self) -> list[dict]:
+        """Every combination of the tune grid ([{}] when there is nothing to tune)."""
+        keys = list(self.tune)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*self.tune.values())]
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+
+def load_program(path: str | Path) -> Program:
+    """Read and validate a program file; any problem is one ProgramError line."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ProgramError(f"{path}: cannot read program file ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ProgramError(f"{path}: malformed YAML {_yaml_where(e)}") from None
+    if not isinstance(raw, dict):
+        raise ProgramError(f"{path}: expected a mapping of program fields at the top level")
+    try:
+        return Program.model_validate(raw)
+    except ValidationError as e:
+        raise ProgramError(f"{path}: {_describe(e.errors()[0])}") from None
+
+
+def check_with_trainer(program: Program, source: str = "program") -> None:
+    """Ask the trainer's make_config whether the baseline and each override-only variant make a
+    valid config, so a typo fails now rather than in every run. A variant with a ref may add
+    config keys in its own code, so its overrides are checked by its runs instead."""
+    arms = [("baseline.overrides", {})] + [
+        (f"variants[{i}].overrides", v.overrides) for i, v in enumerate(program.variants) if not v.ref]
+    arms += [("tune", point) for point in program.grid_points() if point]
+    for field, overrides in arms:
+        problem = trainer_rejects(program, overrides)
+        if problem:
+            field = "baseline.preset" if "preset" in problem else field
+            raise ProgramError(f"{source}: {field}: the trainer rejects it: {problem}")
+
+
+def trainer_rejects(program: Program, overrides: dict) -> str | None:
+    """The trainer's complaint about baseline + these overrides, or None if they are valid
+    (or if no trainer is importable: then the run itself will say)."""
+    try:
+        from trainer.config import make_config
+    except ImportError:
+        return None
+    try:
+        make_config(program.baseline.preset, **{**program.baseline.overrides, **overrides})
+    except (ValueError, TypeError) as e:
+        return str(e)
+    return None
+
+
+def _yaml_where(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if mark is None:
+        return f"({problem})"
+    return f"at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _describe(err: dict) -> str:
+    """One pydantic error as 'field: expected ...'."""
+    loc = err["loc"]
+    field = _field_path(loc) or "(top level)"
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_fields(loc[:-1])
+        return f"{field}: unknown field; expected one of {', '.join(allowed)}"
+    if kind == "missing":
+        return f"{field}: missing; this field is required"
+    if kind == "string_pattern_mismatch":  # only NAME uses a pattern
+        return (f"{field}: expected lowercase letters, digits, '-' and '_' (it names branches "
+                f"and directories), got {err['input']!r}")
+    msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
+    msg = re.sub(r"^Input should be ", "expected ", msg)
+    if kind not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict):
+        msg += f", got {err['input']!r}"
+    return f"{field}: {msg}"
+
+
+def _field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    """The field names of the model at `loc` (walks Program's annotations through lists)."""
+    model = Program
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        args = getattr(annotation, "__args__", None) or ()
+        nested = [a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            break
+        model = nested[0]
+    return list(model.model_fields)

@@ -1,0 +1,826 @@
+"""
+Ablation reports: reports/<program>/README.md and PNG plots, generated from the ledger alone.
+
+No agent writes a report; `org report softcap` rebuilds it from what the runner recorded:
+
+    report = build(".lab/softcap/ledger.sqlite", "softcap")   # reads; never writes the ledger
+    readme = write(report, "reports/softcap")                  # README.md + *.png
+    print_summary(report, readme)                              # rich tables in the terminal
+    to_json(report)                                            # the same numbers for machines
+
+The README holds the question and the claim, the verdict table (the referee's: compare ->
+adjust (Holm) -> confirm on the held-out split), the noise floor, the budget and how it was
+enforced, the lineage of every experiment, and the spend (compute and LLM dollars).
+
+Bad input degrades, it does not crash: the ledger is opened read-only and may be from an
+older schema (a missing table or column is named, and what depends on it is left out); a
+metrics.jsonl with unreadable lines is read around them; an arm with one seed, or a program
+with no finished runs, gets the referee's `inconclusive (...)`, never an invented verdict.
+Everything missing is listed under "What is missing" at the top of the README.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+
+from org import OrgError
+from org.ledger import SCHEMA
+from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, adjust, compare, confirm,
+                         noise_floor, per_seed, read_arm)
+
+matplotlib.use("Agg")  # files only, never a window
+ADJUSTMENT = "holm"  # for the many comparisons an org makes: family-wise error, the strict one
+LEDGER_TABLES = ("programs", "experiments", "runs", "llm_spend")
+NOT_RUN_YET = ("queued", "running")
+
+
+class ReportError(OrgError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------
+# the report's data: everything read once, then rendered three ways (markdown, rich, JSON)
+
+
+@dataclass
+class Curve:
+    """One run's metrics.jsonl as arrays of (flops, seconds, value)."""
+    train: np.ndarray  # train_loss at logged steps
+    evals: np.ndarray  # val_bpb at eval steps
+
+
+@dataclass
+class Report:
+    program: str
+    ledger_path: Path
+    spec: dict                      # the program as the ledger recorded it ({} if absent)
+    base_commit: str | None
+    experiments: list[dict]
+    runs: list[dict]
+    llm: list[dict]                 # llm_spend rows
+    missing: list[str] = field(default_factory=list)  # what the ledger or the run files lack
+    arms: list[str] = field(default_factory=list)
+    comparisons: dict[str, Comparison] = field(default_factory=dict)  # arm -> the referee's
+    no_verdict: dict[str, str] = field(default_factory=dict)          # arm -> why there is none
+    noise: NoiseFloor | None = None
+    curves: dict[int, Curve] = field(default_factory=dict)            # run id -> its metrics
+    plots: list[str] = field(default_factory=list)                    # file names in the report dir
+
+    def arm_runs(self, arm: str) -> list[dict]:
+        return [r for r in self.runs if r.get("arm") == arm]
+
+    def finals(self, arm: str) -> dict[int, float]:
+        """Seed -> final val_bpb of the arm's completed main runs (the referee's reading)."""
+        main, _ = read_arm(self.arm_runs(arm))
+        return per_seed(main, "val_bpb")
+
+
+def build(ledger_path: str | Path, program: str) -> Report:
+    """Read the ledger (read-only) and each run's metrics, and ask the referee for verdicts."""
+    ledger_path = Path(ledger_path)
+    report = read_ledger(ledger_path, program)
+    report.arms = arms_in_order(report)
+    judge(report)
+    read_curves(report)
+    return report
+
+
+# ----------------------------------------------------------------------------------------
+# reading the ledger: read-only, any schema version
+
+
+def read_ledger(path: Path, program: str) -> Report:
+    db = open_readonly(path)
+    try:
+        have = {t: columns(db, t) for t in LEDGER_TABLES}
+        missing = schema_gaps(have)
+        rows = {t: select(db, t, have[t], program) for t in LEDGER_TABLES}
+    finally:
+        db.close()
+    program_row = rows["programs"][0] if rows["programs"] else {}
+    if not program_row:
+        missing.append(f"program {program!r} is not in the ledger's programs table: "
+                       "question, claim and budget unknown, so no verdicts")
+    spec = loads(program_row.get("spec")) or {}
+    runs = [dict(r, result=loads(r.get("result"))) for r in rows["runs"]]
+    return Report(program, path, spec, program_row.get("base_commit"), rows["experiments"],
+                  runs, rows["llm_spend"], missing)
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """The ledger, opened so that nothing (not even a migration) can write to it."""
+    if not path.is_file():
+        raise ReportError(f"no ledger at {path}")
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:  # WAL without a writable -shm: read the file as it is
+        db = sqlite3.connect(uri + "&immutable=1", uri=True)
+    except sqlite3.DatabaseError as e:
+        raise ReportError(f"{path}: not a readable SQLite ledger ({e})") from None
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def columns(db: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+
+
+def schema_gaps(have: dict[str, list[str]]) -> list[str]:
+    """Tables and columns of the current schema that this ledger lacks, in words."""
+    current = sqlite3.connect(":memory:")
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            current.execute(statement)
+    gaps = []
+    for table in LEDGER_TABLES:
+        if not have[table]:
+            gaps.append(f"the ledger has no {table} table (older schema): {MISSING_TABLE[table]}")
+            continue
+        lost = [c for c in columns(current, table) if c not in have[table]]
+        if lost:
+            gaps.append(f"the ledger's {table} table has no column {', '.join(lost)} (older schema): "
+                        "whatever depends on it is shown as not recorded")
+    return gaps
+
+
+MISSING_TABLE = {
+    "programs": "question, claim and budget unknown, so no verdicts",
+    "experiments": "no lineage (who proposed what, on which commit)",
+    "runs": "no runs, so no verdicts, noise floor or plots",
+    "llm_spend": "LLM dollars not recorded",
+}
+
+
+def select(db: sqlite3.Connection, table: str, cols: list[str], program: str) -> list[dict]:
+    if not cols:
+        return []
+    key = "name" if table == "programs" else "program"
+    where = f" WHERE {key} = ?" if key in cols else ""
+    order = " ORDER BY id" if "id" in cols else ""
+    return [dict(r) for r in db.execute(f"SELECT * FROM {table}{where}{order}",
+                                        (program,) if where else ())]
+
+
+def loads(text):
+    try:
+        return json.loads(text) if isinstance(text, str) else text
+    except json.JSONDecodeError:
+        return None
+
+
+def arms_in_order(report: Report) -> list[str]:
+    """The baseline first, then arms in the order they were proposed."""
+    seen = ["baseline"]
+    for row in report.experiments + report.runs:
+        arm = row.get("arm")
+        if arm and arm not in seen:
+            seen.append(arm)
+    return seen if report.runs or report.experiments else []
+
+
+# ----------------------------------------------------------------------------------------
+# the verdicts: the referee's, never ours
+
+
+def judge(report: Report):
+    """compare every arm with the baseline, adjust the family (Holm), confirm on held-out."""
+    runs = report.runs
+    if not runs:
+        report.missing.append("no runs in the ledger: nothing to compare")
+        return
+    absent = [c for c in ("arm", "seed", "status") if c not in runs[0]]
+    if absent:
+        report.missing.append(f"the runs table has no {', '.join(absent)}: runs cannot be paired, no verdicts")
+        return
+    report.noise = noise_floor(report.arm_runs("baseline"))
+    claim = report.spec.get("claim") or {}
+    variants = [a for a in report.arms if a != "baseline"]
+    if not claim.get("kind"):
+        report.no_verdict = {a: "no claim recorded for the program" for a in variants}
+        return
+    declares = {v.get("name"): v.get("declares") or [] for v in report.spec.get("variants", [])}
+    base = report.arm_runs("baseline")
+    raw = {}
+    for arm in variants:
+        try:
+            raw[arm] = compare(base, report.arm_runs(arm), claim["kind"], claim.get("margin", 0.0),
+                               declared=frozenset(declares.get(arm, [])))
+        except (KeyError, TypeError, ValueError) as e:  # a row the referee cannot read
+            report.no_verdict[arm] = f"the referee could not read its runs ({e})"
+    adjusted = adjust(list(raw.values()), ADJUSTMENT)
+    for arm, c in zip(raw, adjusted):
+        report.comparisons[arm] = confirm(c, base, report.arm_runs(arm))
+    if not any(r.get("status") == "completed" for r in runs):
+        report.missing.append("no finished runs: every verdict is inconclusive")
+
+
+# ----------------------------------------------------------------------------------------
+# metrics.jsonl: learning curves of the completed main runs
+
+
+def read_curves(report: Report):
+    for run in report.runs:
+        if run.get("status") != "completed" or run.get("purpose", "main") != "main":
+            continue
+        path = metrics_path(report, run)
+        who = f"run {run.get('id')} ({run.get('arm')}, seed {run.get('seed')})"
+        if path is None or not path.is_file():
+            report.missing.append(f"{who}: no metrics.jsonl{f' at {path}' if path else ''}; not plotted")
+            continue
+        records, bad = read_metrics(path)
+        if bad:
+            report.missing.append(f"{who}: {bad} unreadable line{'s' * (bad > 1)} in {path} skipped")
+        curve = to_curve(records, flops_per_token(run))
+        if len(curve.train) or len(curve.evals):
+            report.curves[run["id"]] = curve
+        else:
+            report.missing.append(f"{who}: no usable metrics in {path}; not plotted")
+
+
+def metrics_path(report: Report, run: dict) -> Path | None:
+    """As recorded; else in the run's directory beside the ledger (a lab moved as a whole)."""
+    recorded = run.get("metrics_path") or (run.get("run_dir") and str(Path(run["run_dir"]) / "metrics.jsonl"))
+    beside = report.ledger_path.parent / "runs" / str(run.get("id")) / "metrics.jsonl"
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    if beside.is_file():
+        return beside
+    return Path(recorded) if recorded else None
+
+
+def read_metrics(path: Path) -> tuple[list[dict], int]:
+    """(records, number of unreadable lines). A torn or garbled line costs only itself."""
+    records, bad = [], 0
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
+            records.append(record)
+        else:
+            bad += 1
+    return records, bad
+
+
+def flops_per_token(run: dict) -> float | None:
+    return run.get("flops_per_token") or (run.get("result") or {}).get("flops_per_token")
+
+
+def to_curve(records: list[dict], fpt: float | None) -> Curve:
+    """Train records carry flops and seconds; eval records only step and tokens, so theirs
+    come from tokens * FLOPs/token and from the train records' clock at that step."""
+    train = [r for r in records if finite(r.get("train_loss")) and finite(r.get("flops"))
+             and finite(r.get("elapsed_s"))]
+    steps = np.array([r["step"] for r in train], dtype=float)
+    flops = np.array([r["flops"] for r in train], dtype=float)
+    seconds = np.array([r["elapsed_s"] for r in train], dtype=float)
+
+    def at(step, ys):
+        return float(np.interp(step, steps, ys)) if len(steps) else math.nan
+
+    evals = []
+    for r in records:
+        if finite(r.get("val_bpb")):
+            f = r["tokens"] * fpt if fpt and finite(r.get("tokens")) else at(r["step"], flops)
+            evals.append((f, at(r["step"], seconds), r["val_bpb"]))
+    return Curve(np.array([(f, s, r["train_loss"]) for f, s, r in zip(flops, seconds, train)]).reshape(-1, 3),
+                 np.array(evals, dtype=float).reshape(-1, 3))
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# ----------------------------------------------------------------------------------------
+# writing: README.md and the plots
+
+
+def write(report: Report, out_dir: str | Path) -> Path:
+    """Render the report into out_dir; returns the README's path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report.plots = plot_all(report, out_dir)
+    readme = out_dir / "README.md"
+    tmp = readme.with_suffix(".md.tmp")
+    tmp.write_text(markdown(report))
+    tmp.replace(readme)  # a reader never sees half a report
+    return readme
+
+
+def plot_all(report: Report, out_dir: Path) -> list[str]:
+    made = []
+    for name, draw in (("curves_flops.png", lambda: plot_curves(report, x=0)),
+                       ("curves_time.png", lambda: plot_curves(report, x=1)),
+                       ("final.png", lambda: plot_final(report))):
+        fig = draw()
+        if fig is None:
+            (out_dir / name).unlink(missing_ok=True)  # no stale plot from an earlier report
+            continue
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        made.append(name)
+    return made
+
+
+X_LABELS = ("training compute (FLOPs)", "training time (seconds, excluding evaluation)")
+
+
+def colors(report: Report) -> dict[str, str]:
+    palette = plt.get_cmap("tab10").colors
+    variants = [a for a in report.arms if a != "baseline"]
+    return {"baseline": "black", **{a: palette[i % 10] for i, a in enumerate(variants)}}
+
+
+def plot_curves(report: Report, x: int):
+    """val_bpb (top) and train loss (bottom) against FLOPs (x=0) or seconds (x=1): per arm
+    the mean over seeds and a min-max band."""
+    by_arm = curves_by_arm(report)
+    if not by_arm:
+        return None
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
+    color = colors(report)
+    for i, (arm, curves) in enumerate(by_arm.items()):
+        label = f"{arm} ({len(curves)} seed{'s' * (len(curves) > 1)})"
+        band(top, [c.evals[:, [x, 2]] for c in curves], color[arm], label, dodge=i)
+        band(bottom, [ema(c.train[:, [x, 2]]) for c in curves], color[arm], label)
+    what = "FLOPs" if x == 0 else "training time"
+    top.set_title(f"{report.program}: validation bits per byte vs {what}\n"
+                  "line: mean over seeds; band / bar: min-max over seeds (completed main runs)")
+    top.set_ylabel("val_bpb (bits per byte, lower is better)")
+    bottom.set_title(f"training loss vs {what} (each seed smoothed: EMA {EMA_BETA} over logged steps)")
+    bottom.set_ylabel("train loss (nats per token)")
+    bottom.set_xlabel(X_LABELS[x])
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
+        if ax.has_data():
+            ax.legend(loc="upper right")
+        else:
+            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+    fig.tight_layout()
+    return fig
+
+
+def curves_by_arm(report: Report) -> dict[str, list[Curve]]:
+    out = {}
+    for run in report.runs:
+        if run.get("id") in report.curves:
+            out.setdefault(run["arm"], []).append(report.curves[run["id"]])
+    return {a: out[a] for a in report.arms if a in out}
+
+
+EMA_BETA = 0.8  # train loss is one batch's loss per logged step: noisy
+
+
+def ema(xy: np.ndarray, beta: float = EMA_BETA) -> np.ndarray:
+    """Exponential moving average of the y column, debiased like Adam's (no start-up dip)."""
+    out, avg = xy.copy(), 0.0
+    for i, y in enumerate(xy[:, 1]):
+        avg = beta * avg + (1 - beta) * y
+        out[i, 1] = avg / (1 - beta ** (i + 1))
+    return out
+
+
+def band(ax, series: list[np.ndarray], color, label: str, dodge: int = 0):
+    """Mean line and min-max band of several (x, y) series on their common x range; with one
+    point per series (evaluated only at the end), the mean point and a min-max error bar,
+    nudged right by `dodge` steps of 0.6% of the x value so that arms at equal FLOPs don't hide
+    each other."""
+    series = [s[np.isfinite(s).all(axis=1)] for s in series]
+    series = [s[np.argsort(s[:, 0], kind="stable")] for s in series if len(s)]
+    if not series:
+        return
+    lo, hi = max(s[0, 0] for s in series), min(s[-1, 0] for s in series)
+    if all(len(s) >= 2 for s in series) and lo < hi:
+        grid = np.linspace(lo, hi, 200)
+        ys = np.array([np.interp(grid, s[:, 0], s[:, 1]) for s in series])
+        ax.plot(grid, ys.mean(axis=0), color=color, lw=1.8, label=label)
+        if len(series) > 1:  # a faint fill with thin edges, so overlapping bands stay apart
+            ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.12, lw=0)
+            for edge in (ys.min(axis=0), ys.max(axis=0)):
+                ax.plot(grid, edge, color=color, lw=0.6, alpha=0.5)
+        return
+    last = np.array([s[-1] for s in series])  # the final eval of each seed
+    mean = last.mean(axis=0)
+    err = [[mean[1] - last[:, 1].min()], [last[:, 1].max() - mean[1]]]
+    only_end = all(len(s) == 1 for s in series)
+    ax.errorbar([mean[0] * (1 + 0.006 * dodge)], [mean[1]], yerr=err, fmt="o", color=color, capsize=4,
+                label=f"{label}: " + ("evaluated at the end only" if only_end else "final evals"))
+
+
+def plot_final(report: Report):
+    """Left: the final val_bpb of every seed per arm (box + points). Right: the paired
+    difference to the baseline per seed, its mean and the referee's one-sided bounds."""
+    finals = {arm: report.finals(arm) for arm in report.arms}
+    finals = {arm: f for arm, f in finals.items() if f}
+    if not finals:
+        return None
+    paired = [(a, c) for a, c in report.comparisons.items() if c.seeds]
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(12 if paired else 7, 5.5), squeeze=False)
+    color = colors(report)
+    ax = axes[0, 0]
+    names = list(finals)
+    ax.boxplot([list(finals[a].values()) for a in names], widths=0.5, showfliers=False)
+    for i, arm in enumerate(names, start=1):
+        seeds, values = zip(*sorted(finals[arm].items()))
+        xs = i + np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [i]
+        ax.scatter(xs, values, color=color[arm], zorder=3, label=arm)
+        for x, y, s in zip(xs, values, seeds):
+            ax.annotate(f"s{s}", (x, y), textcoords="offset points", xytext=(6, -3), fontsize=7)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=15)
+    ax.set_xlabel("arm (points: one per seed, labelled s<seed>; box: quartiles and median)")
+    ax.set_ylabel("final val_bpb (bits per byte, lower is better)")
+    ax.set_title(f"{report.program}: final val_bpb per arm")
+    ax.grid(alpha=0.3, axis="y")
+    if paired:
+        plot_deltas(axes[0, 1], report, paired, color)
+    fig.tight_layout()
+    return fig
+
+
+def plot_deltas(ax, report: Report, paired: list, color: dict):
+    base = report.finals("baseline")
+    for i, (arm, c) in enumerate(paired, start=1):
+        var = report.finals(arm)
+        d = [var[s] - base[s] for s in c.seeds]
+        xs = i + np.linspace(-0.15, 0.15, len(d)) if len(d) > 1 else [i]
+        ax.scatter(xs, d, color=color[arm], alpha=0.6, zorder=3)
+        for x, y, s in zip(xs, d, c.seeds):
+            ax.annotate(f"s{s}", (x, y), textcoords="offset points", xytext=(6, -3), fontsize=7)
+        if c.lower is not None:
+            ax.errorbar([i + 0.3], [c.mean], yerr=[[c.mean - c.lower], [c.upper - c.mean]], fmt="D",
+                        color=color[arm], capsize=5, label=f"{arm}: mean, one-sided 95% bounds")
+    ax.axhline(0, color="gray", lw=1, ls="--", label="no difference")
+    claim = report.spec.get("claim") or {}
+    if claim.get("kind") == "non-inferiority" and finite(claim.get("margin")):
+        ax.axhline(claim["margin"], color="red", lw=1, ls=":",
+                   label=f"non-inferiority margin (+{claim['margin']:g})")
+    ax.set_xticks(range(1, len(paired) + 1), [f"{a}\n({c.verdict.split(' (')[0]})" for a, c in paired])
+    ax.set_xlim(0.5, len(paired) + 0.6)
+    ax.set_xlabel("arm (verdict); points: per-seed differences, labelled s<seed>")
+    ax.set_ylabel("Δ val_bpb = variant − baseline, same seed\n(bits per byte; below 0 is better)")
+    ax.set_title("paired difference to the baseline, with the referee's bounds")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # off the data
+
+
+# ----------------------------------------------------------------------------------------
+# README.md
+
+
+def markdown(report: Report) -> str:
+    parts = [header(report), missing_section(report), verdict_section(report),
+             noise_section(report), plots_section(report), budget_section(report),
+             lineage_section(report), spend_section(report)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def header(report: Report) -> str:
+    spec = report.spec
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"# {report.program}: ablation report", "",
+             f"_Generated by `org report {report.program}` from the ledger `{report.ledger_path}` "
+             f"at {when}. Do not edit: it is rebuilt from the ledger, never written by an agent._", "",
+             f"**Question.** {spec.get('question') or 'not recorded'}", "",
+             f"**Claim.** {claim_text(spec)}"]
+    baseline = spec.get("baseline")
+    if baseline:
+        lines += ["", f"**Baseline.** preset `{baseline.get('preset')}` {overrides_text(baseline.get('overrides'))}"]
+    pending = Counter(r.get("status") for r in report.runs if r.get("status") in NOT_RUN_YET)
+    if pending:
+        lines += ["", f"**Still in progress:** {counts_text(pending)}; the verdicts below are provisional."]
+    return "\n".join(lines)
+
+
+def claim_text(spec: dict) -> str:
+    claim = spec.get("claim") or {}
+    metric = spec.get("metric", "val_bpb")
+    if claim.get("kind") == "non-inferiority":
+        return (f"non-inferiority with margin {g(claim.get('margin'))} {metric}: a variant shows `no regression` "
+                f"when the upper one-sided 95% bound of Δ = variant − baseline (paired by seed) is below "
+                f"the margin. Lower {metric} is better.")
+    if claim.get("kind") == "superiority":
+        return (f"superiority: a variant is `better` when the Holm-adjusted p of Δ = variant − baseline "
+                f"(paired by seed) < 0 is below 0.05 and |Δ| is above the noise floor. Lower {metric} is better.")
+    return "not recorded: no verdicts can be given"
+
+
+def missing_section(report: Report) -> str:
+    if not report.missing:
+        return ""
+    return "## What is missing\n\n" + "\n".join(f"- {m}" for m in report.missing)
+
+
+def verdict_section(report: Report) -> str:
+    if not report.arms:
+        return "## Verdicts\n\nNo experiments or runs in the ledger yet: nothing to judge."
+    head = ("| arm | seeds | val_bpb mean ± std | Δ vs baseline [one-sided 95% bounds] | p (rule) "
+            f"| p better ({ADJUSTMENT.capitalize()}) | verdict | final verdict (held-out) | confounds / warnings |")
+    rows = [head, "|" + "---|" * 9]
+    for arm in report.arms:
+        rows.append("| " + " | ".join(cell(v) for v in verdict_row(report, arm)) + " |")
+    family = next(iter(report.comparisons.values())).family if report.comparisons else 0
+    notes = [
+        "Δ = variant − baseline in val_bpb, paired by seed (negative: the variant is lower, i.e. better). "
+        "The two bounds are each one-sided at 95% (together a 90% two-sided interval), from Student's t.",
+        f"p (rule) tests the claim's null hypothesis; p better is adjusted with Holm's step-down over the "
+        f"{family} comparison{'s' * (family != 1)} with a p-value, and only `better` uses it.",
+        "`better` and `no regression` become final only once they hold on the held-out `confirm` split "
+        "(confirm_bpb); the final verdict says when they do not, or when that split was not measured.",
+    ]
+    return "## Verdicts\n\n" + "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes)
+
+
+def verdict_row(report: Report, arm: str) -> list[str]:
+    finals = report.finals(arm)
+    values = list(finals.values())
+    spread = f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else (
+        f"{values[0]:.4f} (one seed, no std)" if values else "no completed run")
+    seeds = ",".join(str(s) for s in sorted(finals)) or "none"
+    if arm == "baseline":
+        return [arm, seeds, spread, "reference", "", "", "", "", ""]
+    c = report.comparisons.get(arm)
+    if c is None:
+        why = report.no_verdict.get(arm, "not compared")
+        return [arm, seeds, spread, "", "", "", f"no verdict ({why})", "", ""]
+    delta = "" if c.mean is None else f"{c.mean:+.4f}"
+    if c.lower is not None:
+        delta += f" [{c.lower:+.4f}, {c.upper:+.4f}]"
+    findings = [f"invalid: {f.text}" for f in c.confounds] + [f"warning: {f.text}" for f in c.warnings]
+    return [arm, f"{seeds} ({c.n} paired)", spread, delta or "no pairs", p_text(c.p),
+            p_text(c.p_better_adjusted), c.verdict, final_text(c), "; ".join(findings) or "none"]
+
+
+def final_text(c: Comparison) -> str:
+    """The final verdict, saying what the held-out split said when it confirmed one."""
+    if c.final_verdict != c.verdict:
+        return c.final_verdict
+    if c.confirmation is not None and c.verdict in NEEDS_CONFIRMATION:
+        return f"{c.verdict} (confirmed: held-out split says {c.confirmation.verdict})"
+    return "same (needs no held-out check)"
+
+
+def p_text(p: float | None) -> str:
+    return "" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def noise_section(report: Report) -> str:
+    n = report.noise
+    if n is None:
+        return "## Noise floor\n\nNot measured: no baseline runs."
+    std = f"{n.seed_std:.4f} over {n.seeds} seeds" if n.seed_std is not None else f"not measured ({n.seeds} seed{'s' * (n.seeds != 1)}; needs 2)"
+    drift = (f"{n.drift:+.4f} over the program, from {n.reruns} runs of re-run seeds"
+             if n.drift is not None else "not measured (no interleaved baseline re-runs completed)")
+    return ("## Noise floor\n\n"
+            f"- baseline seed-to-seed std of val_bpb: {std}\n"
+            f"- drift of the baseline's interleaved re-runs: {drift}\n"
+            f"- noise floor = max(std, |drift|) = **{n.floor:.4f}** val_bpb: a mean difference smaller "
+            "than this is never called `better`.")
+
+
+def plots_section(report: Report) -> str:
+    captions = {
+        "curves_flops.png": "val_bpb and train loss vs training FLOPs (mean over seeds, min-max band, "
+                            "over the range every seed reaches)",
+        "curves_time.png": "val_bpb and train loss vs training time in seconds (mean over seeds, min-max band, "
+                           "over the range every seed reaches)",
+        "final.png": "final val_bpb per arm and seed, and the paired differences to the baseline",
+    }
+    if not report.plots:
+        return "## Plots\n\nNone: no completed run has readable metrics or a final val_bpb."
+    text = "## Plots\n\n"
+    if report.curves and all(len(c.evals) <= 1 for c in report.curves.values()):
+        text += ("val_bpb was measured only at the end of each run (the program sets no "
+                 "`train.eval_every`), so the val_bpb panels show one point per arm.\n\n")
+    return text + "\n\n".join(f"{captions[p]}:\n\n![{captions[p]}]({p})" for p in report.plots)
+
+
+def budget_section(report: Report) -> str:
+    budget = report.spec.get("budget") or {}
+    per_run = budget.get("per_run") or {}
+    kind, value = next(((k, v) for k, v in per_run.items() if v is not None), (None, None))
+    compute = sum(r.get("wall_seconds") or 0 for r in report.runs)
+    dollars = sum(r.get("dollars") or 0 for r in report.llm)
+    lines = ["## Budget and how it was enforced", ""]
+    if kind:
+        flag = {"flops": "--budget-flops", "seconds": "--budget-seconds", "tokens": "--budget-tokens"}.get(kind, "--steps")
+        lines.append(f"- per run: **{value:g} {kind}** (`{flag} {value:g}` on every run); seeds "
+                     f"{budget.get('seeds')} for every arm; a run past {g(budget.get('run_timeout_seconds'))} s "
+                     "of wall time (the runner's clock, not the trainer's) is killed")
+    else:
+        lines.append("- per-run budget: not recorded")
+    lines.append(f"- totals: compute {compute:.0f} s of {g(budget.get('total_compute_seconds'))} s "
+                 f"(runner wall time, all runs); LLM ${dollars:.2f} of ${g(budget.get('total_llm_dollars'))}")
+    lines.append("- enforced by the runner: the experiment sets only model and optimizer keys (the program owns "
+                 "budget, seeds, data and evaluation); each completed result is checked against the budget "
+                 "(to within one step), the seed, the shapes and the eval/data fingerprints, else recorded "
+                 "`invalid`; a commit that changes a protected path "
+                 f"({', '.join(report.spec.get('protected') or []) or 'not recorded'}) is `refused`")
+    lines += ["", spent_table(report), "", failures_table(report)]
+    return "\n".join(l for l in lines if l is not None)
+
+
+def g(value) -> str:
+    return f"{value:g}" if finite(value) else "(not recorded)"
+
+
+def spent_table(report: Report) -> str:
+    rows = ["| arm | runs by status | steps | tokens | FLOPs | train s (median) | wall s (sum) |", "|" + "---|" * 7]
+    for arm in report.arms:
+        runs = report.arm_runs(arm)
+        done = [r for r in runs if r.get("status") == "completed"]
+        rows.append("| " + " | ".join(cell(v) for v in (
+            arm, counts_text(Counter(r.get("status") for r in runs)), span(done, "steps"),
+            span(done, "tokens"), span(done, "flops"),
+            f"{np.median([r['train_seconds'] for r in done if r.get('train_seconds')]):.1f}"
+            if any(r.get("train_seconds") for r in done) else "",
+            f"{sum(r.get('wall_seconds') or 0 for r in runs):.0f}")) + " |")
+    return "\n".join(rows)
+
+
+def span(runs: list[dict], key: str) -> str:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    return f"{lo:.4g}" if lo == hi else f"{lo:.4g} – {hi:.4g}"
+
+
+def failures_table(report: Report) -> str:
+    bad = [r for r in report.runs if r.get("status") not in ("completed",) + NOT_RUN_YET]
+    retried = [r for r in report.runs if (r.get("attempts") or 0) > 1]
+    lines = [f"Run {r.get('id')} ({r.get('arm')}, seed {r.get('seed')}) took {r['attempts']} attempts: "
+             f"{(r.get('attempt_log') or 'reason not recorded').strip().replace(chr(10), '; ')}" for r in retried]
+    if not bad:
+        return "\n\n".join(["Every finished run completed: none killed, refused, invalid, diverged or failed."] + lines)
+    rows = ["Runs that did not complete:", "", "| run | arm | seed | purpose | status | reason |", "|" + "---|" * 6]
+    for r in bad:
+        rows.append("| " + " | ".join(cell(v) for v in (r.get("id"), r.get("arm"), r.get("seed"),
+                                                         r.get("purpose", ""), r.get("status"),
+                                                         r.get("reason") or "not recorded")) + " |")
+    return "\n\n".join(["\n".join(rows)] + lines)
+
+
+def lineage_section(report: Report) -> str:
+    if not report.experiments:
+        return "## Lineage\n\nNo experiments recorded in this ledger."
+    rows = ["| # | arm | who | source | stage | commit | what changed | hypothesis |", "|" + "---|" * 8]
+    for e in report.experiments:
+        commit = e.get("code_commit") or ""
+        same = commit and commit == (e.get("base_commit") or report.base_commit)
+        change = overrides_text(loads(e.get("overrides")))
+        code = diff_summary(e.get("diff"))
+        chosen = loads(e.get("chosen"))
+        what = "; ".join(x for x in (change, code and f"code: {code}", chosen and f"tuned: {overrides_text(chosen)}",
+                                      e.get("reason") and f"reason: {e['reason']}") if x)
+        rows.append("| " + " | ".join(cell(v) for v in (
+            e.get("id"), e.get("arm"), e.get("who", "?"), e.get("source", ""), e.get("stage", ""),
+            f"`{commit[:10]}`" + (" (base)" if same else ""), what or "nothing", e.get("hypothesis") or "")) + " |")
+    return "## Lineage\n\n" + "\n".join(rows)
+
+
+def overrides_text(overrides) -> str:
+    if not overrides:
+        return ""
+    return " ".join(f"`{k}={v}`" for k, v in overrides.items())
+
+
+def diff_summary(diff: str | None) -> str:
+    """'trainer/model.py +3 -1, ...' from a unified diff."""
+    if not diff:
+        return ""
+    files, current = {}, None
+    for line in diff.splitlines():
+        if line.startswith("diff --git "):
+            current = line.split(" b/", 1)[-1]
+            files[current] = [0, 0]
+        elif current and line.startswith("+") and not line.startswith("+++"):
+            files[current][0] += 1
+        elif current and line.startswith("-") and not line.startswith("---"):
+            files[current][1] += 1
+    return ", ".join(f"{f} +{a} -{d}" for f, (a, d) in files.items())
+
+
+def spend_section(report: Report) -> str:
+    who = {e.get("id"): e.get("who", "?") for e in report.experiments}
+    compute = {"arm": Counter(), "agent": Counter()}
+    for r in report.runs:
+        compute["arm"][r.get("arm")] += r.get("wall_seconds") or 0
+        compute["agent"][who.get(r.get("experiment_id"), "?")] += r.get("wall_seconds") or 0
+    seconds = lambda c: ", ".join(f"{k} {v:.0f} s" for k, v in c.items()) or "none"
+    lines = ["## Spend", "", f"Compute (runner wall time): by arm {seconds(compute['arm'])}; "
+             f"by who proposed it {seconds(compute['agent'])}.", ""]
+    if not report.llm:
+        lines.append("LLM spend: none recorded in the ledger.")
+        return "\n".join(lines)
+    per = {}
+    for r in report.llm:
+        p = per.setdefault(r.get("agent", "?"), {"models": set(), "in": 0, "out": 0, "dollars": 0.0})
+        p["models"].add(r.get("model", "?"))
+        p["in"] += r.get("tokens_in") or 0
+        p["out"] += r.get("tokens_out") or 0
+        p["dollars"] += r.get("dollars") or 0
+    lines += ["| agent | model | tokens in | tokens out | dollars |", "|---|---|---|---|---|"]
+    lines += [f"| {cell(a)} | {cell(', '.join(sorted(p['models'])))} | {p['in']:,} | {p['out']:,} | ${p['dollars']:.2f} |"
+              for a, p in per.items()]
+    return "\n".join(lines)
+
+
+def counts_text(counts: Counter) -> str:
+    """Counter({'completed': 5, 'killed': 1}) -> '5 completed, 1 killed'."""
+    return ", ".join(f"{n} {k}" for k, n in counts.items()) or "none"
+
+
+# ----------------------------------------------------------------------------------------
+# the terminal and JSON
+
+
+def print_summary(report: Report, readme: Path, file=None):
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+    console = Console(file=file, width=None if (file or sys.stdout).isatty() else 160, highlight=False)
+    console.print(f"[bold]{escape(report.program)}[/bold]: {escape(report.spec.get('question') or '')}")
+    console.print(f"claim: {escape(claim_text(report.spec))}")
+    table = Table(title="verdicts")
+    for col in ("arm", "seeds", "val_bpb mean ± std", "Δ [bounds]", f"p better ({ADJUSTMENT})",
+                "verdict", "final (held-out)"):
+        table.add_column(col)
+    for arm in report.arms:
+        row = verdict_row(report, arm)
+        table.add_row(*(escape(v) for v in row[:4] + row[5:8]))
+    console.print(table)
+    n = report.noise
+    if n:
+        console.print(f"noise floor {n.floor:.4f} val_bpb: baseline seed std "
+                      f"{'not measured' if n.seed_std is None else f'{n.seed_std:.4f}'} over {n.seeds} seeds, "
+                      f"drift {'not measured' if n.drift is None else f'{n.drift:+.4f}'} ({n.reruns} re-run runs)")
+    console.print("runs: " + counts_text(Counter(r.get("status") for r in report.runs)))
+    for m in report.missing:
+        console.print(f"[yellow]missing:[/yellow] {escape(m)}")
+    console.print(f"report: {escape(str(readme))}")
+
+
+def to_json(report: Report, readme: Path | None = None) -> dict:
+    def comparison(c: Comparison) -> dict:
+        keys = ("arm", "claim", "margin", "alpha", "metric", "n", "seeds", "baseline_mean", "variant_mean",
+                "mean", "std", "lower", "upper", "p", "p_better", "p_better_adjusted", "adjustment",
+                "family", "shortfall", "verdict", "final_verdict")
+        out = {k: getattr(c, k) for k in keys}
+        out.update(seeds=list(c.seeds), declared=sorted(c.declared),
+                   confounds=[f.text for f in c.confounds], warnings=[f.text for f in c.warnings],
+                   held_out=c.confirmation and {k: getattr(c.confirmation, k) for k in
+                                                ("n", "mean", "lower", "upper", "verdict")})
+        return out
+
+    n = report.noise
+    return {
+        "program": report.program, "ledger": str(report.ledger_path), "report": str(readme) if readme else None,
+        "question": report.spec.get("question"), "claim": report.spec.get("claim"),
+        "arms": {a: {"seeds": report.finals(a), "runs": dict(Counter(r.get("status") for r in report.arm_runs(a)))}
+                 for a in report.arms},
+        "verdicts": [comparison(c) for c in report.comparisons.values()],
+        "no_verdict": report.no_verdict,
+        "noise_floor": n and {"seed_std": n.seed_std, "seeds": n.seeds, "drift": n.drift,
+                              "reruns": n.reruns, "floor": n.floor},
+        "budget": report.spec.get("budget"),
+        "compute_seconds": sum(r.get("wall_seconds") or 0 for r in report.runs),
+        "llm_dollars": sum(r.get("dollars") or 0 for r in report.llm),
+        "plots": report.plots, "missing": report.missing,
+    }
+
+
+def run_report(ledger_path: Path, program: str, out_dir: Path, fmt: str = "text") -> int:
+    """`org report`: write the report, then print the summary (or JSON) and its path."""
+    report = build(ledger_path, program)
+    readme = write(report, out_dir)
+    if fmt == "json":
+        print(json.dumps(to_json(report, readme), indent=2, default=str))
+    else:
+        print_summary(report, readme)
+    return 0

@@ -1,0 +1,488 @@
+"""
+The budgeted runner: the one way an experiment becomes measurements.
+
+The program, not the experiment, decides the budget, the seeds, the data and the evaluation.
+An experiment only names an arm, config overrides and (optionally) a commit. For each one:
+
+    submit()  -> refused (owned keys, protected paths) or queued runs: every arm gets the
+                 program's seed list; with a tune grid, first tuning runs, then the best point
+    Runner.drain() -> each slot takes the next queued run, freezes the commit into a snapshot,
+                 runs `python -m trainer train ...` there with the program's budget flags,
+                 times it, kills it past run_timeout_seconds, checks its result against the
+                 program (budget, seed, eval and data fingerprints) and records it in the ledger;
+                 after every `baseline_every` other runs the baseline is run again (interleaved).
+
+Crash safety: SIGKILL the runner at any moment and drain() again: runs left 'running' by the
+dead runner are recovered (a finished result.json is recorded, a half-written run directory is
+kept aside as <id>.attempt<N> and the run re-queued), and nothing is run or counted twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from org.lab import Lab, child_env
+from org.ledger import FINISHED, Ledger, pid_alive
+from org.program import PROGRAM_OWNED_KEYS, Program
+
+BUDGET_FLAGS = {"flops": "--budget-flops", "seconds": "--budget-seconds",
+                "tokens": "--budget-tokens", "steps": "--steps"}
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+KILL_GRACE_SECONDS = 10  # after SIGTERM the trainer finishes its step and writes result.json
+IDLE_POLL_SECONDS = 1.0
+
+
+# ----------------------------------------------------------------------------------------
+# experiments: what to run
+
+
+def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict, who: str,
+           hypothesis: str | None = None, ref: str | None = None, source: str = "submitted") -> dict:
+    """Record an experiment and enqueue its runs (or record it refused). Returns the experiment.
+    A declared arm submitted twice returns the existing experiment, so `org run` is idempotent."""
+    base = ledger.program(program.name)["base_commit"]
+    commit = lab.resolve(ref) if ref else base
+    reason = refusal(lab, program, base, commit, overrides)
+    stage = "refused" if reason else ("tuning" if program.tune else "measuring")
+    diff = lab.diff(base, commit)
+    with ledger.tx():
+        experiment_id = ledger.add_experiment(
+            program.name, arm, who=who, source=source, base_commit=base, code_commit=commit,
+            overrides=overrides, stage=stage, hypothesis=hypothesis, diff=diff, reason=reason)
+        if experiment_id is None:  # this declared arm is already in the ledger
+            return next(e for e in ledger.experiments(program.name)
+                        if e["arm"] == arm and e["source"] == "declared")
+        experiment = ledger.experiment(experiment_id)
+        plan(ledger, program, experiment)
+    return ledger.experiment(experiment_id)
+
+
+def submit_declared(ledger: Ledger, lab: Lab, program: Program) -> list[dict]:
+    """The program file's baseline and variants, each once."""
+    arms = [("baseline", {}, None, "the program's baseline")]
+    arms += [(v.name, v.overrides, v.ref, f"declared variant {v.name}") for v in program.variants]
+    return [submit(ledger, lab, program, arm, overrides, who="program", hypothesis=text, ref=ref,
+                   source="declared") for arm, overrides, ref, text in arms]
+
+
+def refusal(lab: Lab, program: Program, base: str, commit: str, overrides: dict) -> str | None:
+    """Why an experiment may not run, or None."""
+    owned = sorted(set(overrides) & PROGRAM_OWNED_KEYS)
+    if owned:
+        return (f"override {owned[0]!r} is owned by the program (budget, seeds, eval or data); "
+                "experiments may only set model and optimizer keys")
+    return lab.protected_violation(base, commit, program.protected)
+
+
+def plan(ledger: Ledger, program: Program, experiment: dict):
+    """Enqueue whatever the experiment needs next. Idempotent (the ledger ignores a run it
+    already has), so it is safe to call again after any crash."""
+    seeds = program.budget.seeds
+    budget = program.budget.per_run.model_dump(exclude_none=True)
+    arm_overrides = {**program.baseline.overrides, **json.loads(experiment["overrides"])}
+    stage = experiment["stage"]
+    if stage == "refused":
+        for i, seed in enumerate(seeds):
+            ledger.add_run(experiment, "main", seed, 1 + i, arm_overrides, budget,
+                           status="refused", reason=experiment["reason"])
+        return
+    if stage == "tuning":
+        for point in program.grid_points():
+            for seed in program.tuning_seeds:
+                ledger.add_run(experiment, "tune", seed, 0, {**arm_overrides, **point}, budget)
+        stage = choose_tuned(ledger, program, experiment)
+    if stage == "measuring":
+        chosen = json.loads(ledger.experiment(experiment["id"])["chosen"] or "{}")
+        for i, seed in enumerate(seeds):
+            ledger.add_run(experiment, "main", seed, 1 + i, {**arm_overrides, **chosen}, budget)
+
+
+def choose_tuned(ledger: Ledger, program: Program, experiment: dict) -> str:
+    """Once all of an experiment's tuning runs are finished, pick the grid point with the best
+    mean val_bpb (on the validation split, over tune seeds) and move on to measuring."""
+    runs = ledger.runs(program.name, experiment_id=experiment["id"], purpose="tune")
+    if any(r["status"] not in FINISHED for r in runs):
+        return "tuning"
+    scores = {}
+    for point in program.grid_points():
+        values = [r["val_bpb"] for r in runs if r["status"] == "completed"
+                  and _point_of(r, point) and r["val_bpb"] is not None]
+        if values:
+            scores[json.dumps(point, sort_keys=True)] = sum(values) / len(values)
+    if not scores:
+        ledger.update_experiment(experiment["id"], stage="failed",
+                                 reason="no tuning run completed")
+        return "failed"
+    best = min(scores, key=scores.get)
+    ledger.update_experiment(experiment["id"], stage="measuring", chosen=json.loads(best))
+    return "measuring"
+
+
+def _point_of(run: dict, point: dict) -> bool:
+    overrides = json.loads(run["overrides"])
+    return all(overrides.get(k) == v for k, v in point.items())
+
+
+# ----------------------------------------------------------------------------------------
+# slots: where runs execute
+
+
+@dataclass
+class Slot:
+    index: int
+    env: dict = field(default_factory=dict)  # thread counts, CUDA_VISIBLE_DEVICES
+    cores: list[int] | None = None  # CPU affinity, so CPU slots never share cores
+
+
+def make_slots(program: Program) -> list[Slot]:
+    """One slot per GPU, or `runner.slots` CPU slots splitting the cores between them."""
+    cfg = program.runner
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    n_cores = len(cores) if cores else (os.cpu_count() or 1)
+    if cfg.gpus:
+        threads = cfg.threads_per_slot or max(1, n_cores // len(cfg.gpus))
+        return [Slot(i, {**_threads(threads), "CUDA_VISIBLE_DEVICES": str(gpu)})
+                for i, gpu in enumerate(cfg.gpus)]
+    threads = cfg.threads_per_slot or max(1, n_cores // cfg.slots)
+    slots = []
+    for i in range(cfg.slots):
+        mine = cores[i * threads:(i + 1) * threads] if cores and cfg.slots > 1 else None
+        slots.append(Slot(i, {**_threads(threads), "CUDA_VISIBLE_DEVICES": ""}, mine or None))
+    return slots
+
+
+def _threads(n: int) -> dict:
+    return {name: str(n) for name in THREAD_VARS}
+
+
+# ----------------------------------------------------------------------------------------
+# one run
+
+
+def train_command(program: Program, overrides: dict, seed: int, out: Path) -> list[str]:
+    """The trainer invocation: the experiment contributes only `--set` overrides; the budget,
+    seed, data, evaluation and shapes all come from the program."""
+    per_run, data, train = program.budget.per_run, program.data, program.train
+    cmd = [sys.executable, "-m", "trainer", "train", "--preset", program.baseline.preset]
+    for key, value in overrides.items():
+        cmd += ["--set", f"{key}={_flag_value(value)}"]
+    cmd += ["--seed", str(seed), "--out", str(out), "--quiet",
+            BUDGET_FLAGS[per_run.kind], _flag_value(per_run.value),
+            "--data", data.source, "--tokenizer", data.tokenizer, "--val-tokens", str(data.val_tokens),
+            "--batch-size", str(train.batch_size), "--seq-len", str(train.seq_len),
+            "--device", train.device, "--dtype", train.dtype]
+    if train.eval_every:
+        cmd += ["--eval-every", str(train.eval_every)]
+    return cmd
+
+
+def _flag_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1e6:
+        return f"{value:.0f}"
+    return str(value)
+
+
+def judge(program: Program, run: dict, result: dict, fingerprints: dict | None) -> tuple[str, str | None]:
+    """(status, reason) for a finished trainer result. A completed run whose budget, seed,
+    shapes, data or evaluation differ from what the program fixes is 'invalid'."""
+    status = result.get("status")
+    if status != "completed":
+        return (status if status in FINISHED else "error"), result.get("reason")
+    problems = [budget_problem(program, result)]
+    expected = {"seed": run["seed"], "batch_size": program.train.batch_size,
+                "sequence_len": program.train.seq_len, "val_tokens": program.data.val_tokens,
+                "data": program.data.source, "tokenizer": program.data.tokenizer,
+                "dtype": program.train.dtype}
+    problems += [f"{k} is {result.get(k)!r}, the program fixes {v!r}"
+                 for k, v in expected.items() if k in result and result[k] != v]
+    if fingerprints:
+        problems += [f"{k} {str(result.get(k))[:12]} differs from the program's {str(v)[:12]}"
+                     for k, v in fingerprints.items() if v and result.get(k) != v]
+    if result.get("val_bpb") is None:
+        problems.append("no val_bpb in result.json")
+    problems = [p for p in problems if p]
+    return ("invalid", "; ".join(problems)) if problems else ("completed", None)
+
+
+def budget_problem(program: Program, result: dict) -> str | None:
+    """The result's spend must match the program's per-run budget to within one step."""
+    per_run = program.budget.per_run
+    stated = result.get("budget") or {}
+    if stated and (stated.get("kind") != per_run.kind or float(stated.get("value")) != float(per_run.value)):
+        return f"budget {stated} is not the program's {per_run.kind} {per_run.value:g}"
+    steps = result.get("steps") or 0
+    if steps < 1:
+        return "no training steps"
+    if per_run.kind == "steps":
+        return None if steps == per_run.steps else f"{steps} steps, the program fixes {per_run.steps}"
+    if per_run.kind == "seconds":
+        over = result.get("train_seconds", 0) - per_run.seconds
+        per_step = result.get("train_seconds", 0) / steps
+        return None if over <= per_step + 1e-6 else f"trained {result['train_seconds']:.1f}s of {per_run.seconds:g}s"
+    spent = result.get(per_run.kind) or 0
+    per_step = spent / steps
+    if not (per_run.value - per_step < spent <= per_run.value * (1 + 1e-9)):
+        return f"spent {spent:.4g} {per_run.kind}, the program's budget is {per_run.value:.4g}"
+    return None
+
+
+def read_result(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "result.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # absent or (impossible with atomic writes, but cheap to handle) torn
+
+
+# ----------------------------------------------------------------------------------------
+# the runner
+
+
+class Runner:
+    """Drains a program's queue over its slots. One Runner per process; threads per slot."""
+
+    def __init__(self, lab: Lab, program: Program, ledger_path: Path, say=print):
+        self.lab, self.program, self.ledger_path = lab, program, Path(ledger_path)
+        self.runs_dir = lab.state_dir(program.name) / "runs"
+        self.say = say
+        self.git_lock = threading.Lock()  # GitPython's Repo is not thread-safe
+        self.cond = threading.Condition()  # guards claims and the count of busy slots
+        self.busy = 0
+        self.budget_spent = False
+        self.stopping = threading.Event()
+        self.children: dict[int, subprocess.Popen] = {}
+
+    def drain(self) -> dict:
+        """Run until nothing is queued (or the compute budget is spent); returns run counts by
+        status. Safe to call again after a crash: it recovers first."""
+        with Ledger(self.ledger_path) as ledger:
+            self.recover(ledger)
+            for experiment in ledger.experiments(self.program.name):
+                plan(ledger, self.program, experiment)  # finish planning a crash interrupted
+        threads = [threading.Thread(target=self._slot_loop, args=(slot,), daemon=True,
+                                    name=f"slot-{slot.index}") for slot in make_slots(self.program)]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)  # short joins keep Ctrl-C responsive
+        except KeyboardInterrupt:
+            self.stop()
+            raise
+        with Ledger(self.ledger_path) as ledger:
+            counts = {}
+            for run in ledger.runs(self.program.name):
+                counts[run["status"]] = counts.get(run["status"], 0) + 1
+        return counts
+
+    def stop(self):
+        """Stop claiming and kill running trainers; their runs are recovered by the next drain."""
+        self.stopping.set()
+        for proc in list(self.children.values()):
+            _kill_group(proc.pid, signal.SIGKILL)
+
+    # --- recovery --------------------------------------------------------------------------
+
+    def recover(self, ledger: Ledger):
+        """Runs whose runner died: keep a finished result, else set the partial directory
+        aside (never deleted) and put the run back in the queue."""
+        for run in ledger.stale_runs(self.program.name):
+            run_dir = Path(run["run_dir"]) if run["run_dir"] else self.runs_dir / str(run["id"])
+            if run["trainer_pid"] and _is_trainer_of(run["trainer_pid"], run_dir):
+                _kill_group(run["trainer_pid"], signal.SIGKILL)  # an orphan still running
+                _wait_gone(run["trainer_pid"])
+            result = read_result(run_dir)
+            if result is not None:
+                started = datetime.fromisoformat(run["started_at"]).timestamp()
+                wall = (run_dir / "result.json").stat().st_mtime - started
+                self._record(ledger, run, result, wall, killed_reason=None)
+                self.say(f"recovered run {run['id']}: result.json was written before the runner died")
+                continue
+            _set_aside(run_dir)
+            ledger.requeue(run["id"], f"runner pid {run['runner_pid']} died mid-run; re-queued")
+            self.say(f"re-queued run {run['id']} (its runner died mid-run)")
+
+    # --- claiming ------------------------------------------------------------------------
+
+    def _slot_loop(self, slot: Slot):
+        with Ledger(self.ledger_path) as ledger:
+            while not self.stopping.is_set():
+                with self.cond:
+                    run = self._claim(ledger, slot)
+                    if run is None:
+                        if self.busy == 0:
+                            self.cond.notify_all()
+                            return
+                        self.cond.wait(IDLE_POLL_SECONDS)  # a finishing run may enqueue more
+                        continue
+                    self.busy += 1
+                try:
+                    self._execute(ledger, run, slot)
+                finally:
+                    with self.cond:
+                        self.busy -= 1
+                        self.cond.notify_all()
+
+    def _claim(self, ledger: Ledger, slot: Slot) -> dict | None:
+        name = self.program.name
+        spent = ledger.compute_seconds(name)
+        if spent >= self.program.budget.total_compute_seconds:
+            if not self.budget_spent and ledger.runs(name, status="queued"):
+                self.say(f"compute budget spent ({spent:.0f}s of "
+                         f"{self.program.budget.total_compute_seconds:g}s); queued runs stay queued")
+            self.budget_spent = True
+            return None
+        with ledger.tx():
+            if self._baseline_due(ledger):
+                return ledger.claim(name, slot.index, arm="baseline") or self._claim_repeat(ledger, slot)
+            return ledger.claim(name, slot.index)
+
+    def _baseline_due(self, ledger: Ledger) -> bool:
+        """True when `baseline_every` measuring runs of other arms were claimed since the last
+        baseline run, and other work is still queued (so the baseline brackets it)."""
+        name = self.program.name
+        claimed = [r for r in ledger.runs(name) if r["claim_seq"] and r["purpose"] != "tune"]
+        claimed.sort(key=lambda r: r["claim_seq"])
+        since = 0
+        for r in reversed(claimed):
+            if r["arm"] == "baseline":
+                break
+            since += 1
+        return since >= self.program.runner.baseline_every and bool(ledger.runs(name, status="queued"))
+
+    def _claim_repeat(self, ledger: Ledger, slot: Slot) -> dict | None:
+        """Enqueue and claim a re-run of the baseline, cycling through the seeds."""
+        name = self.program.name
+        mains = ledger.runs(name, arm="baseline", purpose="main")
+        if not mains:  # the baseline is still tuning: nothing to repeat yet
+            return ledger.claim(name, slot.index)
+        repeats = ledger.runs(name, arm="baseline", purpose="repeat")
+        template = mains[len(repeats) % len(mains)]
+        experiment = ledger.experiment(template["experiment_id"])
+        ledger.add_run(experiment, "repeat", template["seed"], template["round"],
+                       json.loads(template["overrides"]), json.loads(template["budget"]))
+        return ledger.claim(name, slot.index, arm="baseline")
+
+    # --- executing -----------------------------------------------------------------------
+
+    def _execute(self, ledger: Ledger, run: dict, slot: Slot):
+        experiment = ledger.experiment(run["experiment_id"])
+        with self.git_lock:  # checked again at run time: the harness, not the queue, decides
+            reason = self.lab.protected_violation(experiment["base_commit"],
+                                                  experiment["code_commit"], self.program.protected)
+            snapshot = None if reason else self.lab.snapshot(experiment["code_commit"], self.program.name)
+        if reason:
+            ledger.finish(run["id"], "refused", reason)
+            return
+        run_dir = self.runs_dir / str(run["id"])
+        _set_aside(run_dir)  # left by an attempt that never recorded: kept, not reused
+        run_dir.mkdir(parents=True)
+        log_path = run_dir / "train.log"
+        cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir)
+        env = child_env({**slot.env, "PYTHONPATH": str(snapshot),
+                         "NANOLAB_GIT_COMMIT": experiment["code_commit"]})
+        self.say(f"run {run['id']}: {run['arm']} seed {run['seed']} ({run['purpose']}) on slot {slot.index}")
+        t0 = time.monotonic()
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, cwd=snapshot, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.children[run["id"]] = proc
+        if slot.cores:
+            os.sched_setaffinity(proc.pid, slot.cores)
+        ledger.mark_started(run["id"], proc.pid, cmd, run_dir, log_path)
+        killed_reason = self._wait(proc)
+        wall = time.monotonic() - t0
+        self.children.pop(run["id"], None)
+        if self.stopping.is_set() and killed_reason is None and proc.returncode < 0:
+            _set_aside(run_dir)  # we were stopped (Ctrl-C): the run goes back to the queue
+            ledger.requeue(run["id"], "runner stopped during the run; re-queued")
+            return
+        result = read_result(run_dir)
+        if result is None:
+            result = {"status": "killed" if killed_reason else "error",
+                      "reason": killed_reason or f"exit {proc.returncode}: {_last_line(log_path)}"}
+        self._record(ledger, run, result, wall, killed_reason)
+
+    def _wait(self, proc: subprocess.Popen) -> str | None:
+        """Wait for the trainer; past run_timeout_seconds, SIGTERM it (it writes a 'killed'
+        result.json after its current step) and SIGKILL it if it does not stop."""
+        timeout = self.program.budget.run_timeout_seconds
+        try:
+            proc.wait(timeout=timeout)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        _kill_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return f"wall time over run_timeout_seconds ({timeout:g}s), killed by the runner"
+
+    def _record(self, ledger: Ledger, run: dict, result: dict, wall: float, killed_reason: str | None):
+        """Judge and record a result in one transaction, then plan what its experiment needs next."""
+        name = self.program.name
+        with ledger.tx():
+            program_row = ledger.program(name)
+            fingerprints = {k: program_row[k] for k in ("eval_fingerprint", "data_fingerprint")}
+            status, reason = judge(self.program, run, result, fingerprints)
+            if killed_reason:
+                status, reason = "killed", killed_reason
+            ledger.finish(run["id"], status, reason, result, wall)
+            if status == "completed" and not program_row["eval_fingerprint"]:
+                ledger.set_fingerprints(name, result.get("eval_fingerprint"), result.get("data_fingerprint"))
+            plan(ledger, self.program, ledger.experiment(run["experiment_id"]))
+        bpb = f"val_bpb {result['val_bpb']:.4f}" if result.get("val_bpb") is not None else ""
+        self.say(f"run {run['id']}: {status} {bpb} in {wall:.1f}s" + (f" ({reason})" if reason else ""))
+
+
+def _set_aside(run_dir: Path):
+    """Rename a run directory that holds no recorded result to <id>.attempt<N> (the first free
+    N), so a re-run starts clean and the evidence of the failed attempt is kept."""
+    if not run_dir.exists():
+        return
+    n = 1
+    while run_dir.with_name(f"{run_dir.name}.attempt{n}").exists():
+        n += 1
+    run_dir.rename(run_dir.with_name(f"{run_dir.name}.attempt{n}"))
+
+
+def _kill_group(pid: int, sig: int):
+    try:
+        os.killpg(pid, sig)  # the trainer leads its own session (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_gone(pid: int, seconds: float = 10.0):
+    deadline = time.monotonic() + seconds
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _is_trainer_of(pid: int, run_dir: Path) -> bool:
+    """Guard against pid reuse: only a process whose command line names this run directory."""
+    try:
+        return str(run_dir) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip() if lines else "no output"

@@ -1,0 +1,128 @@
+"""The lab: program branches, agent worktrees, frozen snapshots and protected paths, on real git repos."""
+import shutil
+
+import git
+import pytest
+
+from org.lab import Lab, LabError, child_env
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A small project repo with one commit: a protected eval file and an editable model file."""
+    repo = git.Repo.init(tmp_path / "proj", initial_branch="main")
+    with repo.config_writer() as cw:
+        cw.set_value("user", "name", "Test").set_value("user", "email", "test@example.com")
+    root = tmp_path / "proj"
+    (root / "trainer").mkdir()
+    (root / "trainer" / "eval.py").write_text("METRIC = 'val_bpb'\n")
+    (root / "trainer" / "model.py").write_text("WIDTH = 64\n")
+    repo.git.add(A=True)
+    repo.git.commit("-m", "project")
+    lab = Lab.open(root)
+    yield lab
+    lab.close()
+
+
+def commit_file(repo_dir, relpath, text, message="change"):
+    repo = git.Repo(repo_dir)
+    (repo_dir / relpath).write_text(text)
+    repo.git.add(A=True)
+    repo.git.commit("-m", message)
+    sha = repo.head.commit.hexsha
+    repo.close()
+    return sha
+
+
+def test_open_refuses_outside_a_checkout_and_before_the_first_commit(tmp_path):
+    with pytest.raises(LabError, match="not inside a git checkout"):
+        Lab.open(tmp_path)
+    git.Repo.init(tmp_path / "empty")
+    with pytest.raises(LabError, match="no commits yet"):
+        Lab.open(tmp_path / "empty")
+
+
+def test_open_finds_the_repo_from_a_subdirectory(lab):
+    assert Lab.open(lab.root / "trainer").root == lab.root
+
+
+def test_resolve_names_a_missing_ref(lab):
+    assert lab.resolve("main") == lab.head()
+    with pytest.raises(LabError, match="git ref 'nope' does not exist"):
+        lab.resolve("nope")
+
+
+def test_start_program_makes_a_branch_and_an_ignored_state_dir(lab):
+    base = lab.start_program("softcap")
+    assert base == lab.head() and "program/softcap" in lab.repo.heads
+    for sub in ("runs", "snapshots", "mail", "transcripts"):
+        assert (lab.root / ".lab" / "softcap" / sub).is_dir()
+    assert lab.start_program("softcap") == base  # idempotent
+    assert not lab.repo.is_dirty(untracked_files=True)  # .lab/ is excluded, nothing tracked changed
+
+
+def test_agent_worktrees_on_their_own_branches(lab):
+    lab.start_program("softcap")
+    alice = lab.add_worktree("softcap", "alice")
+    bob = lab.add_worktree("softcap", "bob")
+    assert alice == lab.root / "worktrees" / "softcap" / "alice" and (alice / "trainer" / "model.py").exists()
+    branches = {w["branch"] for w in lab.worktrees()}
+    assert {"main", "agent/softcap/alice", "agent/softcap/bob"} <= branches
+    assert lab.add_worktree("softcap", "alice") == alice  # reused, not duplicated
+    sha = commit_file(alice, "trainer/model.py", "WIDTH = 128\n")
+    assert lab.resolve("agent/softcap/alice") == sha
+    assert (bob / "trainer" / "model.py").read_text() == "WIDTH = 64\n"  # bob's tree is his own
+
+
+def test_removing_a_worktree_keeps_its_branch_and_orphans_are_pruned(lab):
+    lab.start_program("softcap")
+    alice = lab.add_worktree("softcap", "alice")
+    sha = commit_file(alice, "trainer/model.py", "WIDTH = 96\n")
+    lab.remove_worktree("softcap", "alice")
+    assert not alice.exists() and lab.resolve("agent/softcap/alice") == sha
+    bob = lab.add_worktree("softcap", "bob")
+    shutil.rmtree(bob)  # a crash or a careless rm
+    assert lab.prune_worktrees() == [bob]
+    assert bob not in {w["path"] for w in lab.worktrees()}
+    assert lab.add_worktree("softcap", "bob") == bob  # the branch is picked up again
+
+
+def test_a_snapshot_is_frozen(lab):
+    lab.start_program("softcap")
+    alice = lab.add_worktree("softcap", "alice")
+    sha = commit_file(alice, "trainer/model.py", "WIDTH = 128\n")
+    (alice / "untracked.txt").write_text("not committed")
+    snap = lab.snapshot("agent/softcap/alice", "softcap")
+    assert snap == lab.root / ".lab" / "softcap" / "snapshots" / sha
+    assert (snap / "trainer" / "model.py").read_text() == "WIDTH = 128\n"
+    assert not (snap / "untracked.txt").exists() and not (snap / ".git").exists()
+    commit_file(alice, "trainer/model.py", "WIDTH = 256\n")  # later edits and commits...
+    (alice / "trainer" / "model.py").write_text("WIDTH = 512\n")
+    assert (snap / "trainer" / "model.py").read_text() == "WIDTH = 128\n"  # ...change nothing
+    assert lab.snapshot(sha, "softcap") == snap  # made once per commit
+
+
+def test_protected_paths_between_base_and_experiment(lab):
+    base = lab.start_program("softcap")
+    alice = lab.add_worktree("softcap", "alice")
+    ok = commit_file(alice, "trainer/model.py", "WIDTH = 128\n")
+    assert lab.protected_violation(base, ok, ["trainer/eval.py", "org/"]) is None
+    bad = commit_file(alice, "trainer/eval.py", "METRIC = 'train_loss'\n")
+    reason = lab.protected_violation(base, bad, ["trainer/eval.py", "org/"])
+    assert reason == f"protected paths differ from the program's base commit {base[:10]}: trainer/eval.py"
+    assert "+++ b/trainer/eval.py" in lab.diff(base, bad)
+
+
+def test_dirty_protected_paths(lab):
+    assert lab.dirty_paths(["trainer/eval.py", "org/"]) == []
+    (lab.root / "trainer" / "eval.py").write_text("METRIC = 'x'\n")
+    (lab.root / "org").mkdir()
+    (lab.root / "org" / "new.py").write_text("")
+    assert sorted(lab.dirty_paths(["trainer/eval.py", "org/"])) == ["org/new.py", "trainer/eval.py"]
+    assert lab.dirty_paths(["trainer/model.py"]) == []
+
+
+def test_child_env_drops_git_variables():
+    env = child_env({"OMP_NUM_THREADS": "2"}, base={"GIT_DIR": "/elsewhere/.git", "GIT_INDEX_FILE": "x",
+                                                    "GIT_WORK_TREE": "/w", "HOME": "/root"})
+    assert env == {"HOME": "/root", "OMP_NUM_THREADS": "2"}

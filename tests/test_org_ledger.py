@@ -1,0 +1,133 @@
+"""The ledger: an SQLite registry that never forgets, with claims that survive crashes."""
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from org.ledger import SCHEMA_VERSION, Ledger
+
+RESULT = {"status": "completed", "reason": None, "val_bpb": 2.5, "val_loss": 1.7, "steps": 10,
+          "tokens": 640, "flops": 1e9, "flops_per_token": 1.5e6, "params": {"total": 300, "matmul": 200},
+          "budget": {"kind": "steps", "value": 10}, "train_seconds": 1.5, "tokens_per_second": 426.7,
+          "device": "cpu:x86_64x2", "seed": 0, "git_commit": "abc", "git_dirty": False,
+          "eval_fingerprint": "e" * 64, "data_fingerprint": "d" * 64, "trainer_version": "0.1.0"}
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.add_program("softcap", {"name": "softcap"}, base_commit="base", branch="program/softcap")
+        yield ledger
+
+
+def add_experiment(ledger, arm, seeds=(0, 1, 2), source="submitted"):
+    experiment_id = ledger.add_experiment("softcap", arm, who="alice", source=source, base_commit="base",
+                                          code_commit="base", overrides={"softcap": 0}, stage="measuring",
+                                          hypothesis="no regression")
+    experiment = ledger.experiment(experiment_id)
+    for i, seed in enumerate(seeds):
+        ledger.add_run(experiment, "main", seed, 1 + i, {"softcap": 0}, {"steps": 10})
+    return experiment
+
+
+def claim_in_a_process_that_dies(path):
+    """A runner that claims a run and then vanishes without recording anything."""
+    code = f"from org.ledger import Ledger; print(Ledger({str(path)!r}).claim('softcap', 0)['id'])"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True).stdout)
+
+
+def test_schema_wal_and_version(ledger):
+    assert ledger.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert ledger.db.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    assert ledger.counts() == {"programs": 1, "experiments": 0, "runs": 0, "verdicts": 0, "llm_spend": 0}
+    with Ledger(ledger.path) as again:  # reopening migrates nothing and loses nothing
+        assert again.program("softcap")["base_commit"] == "base"
+
+
+def test_runs_are_claimed_round_by_round(ledger):
+    baseline = add_experiment(ledger, "baseline", source="declared")
+    add_experiment(ledger, "no-softcap")
+    order = []
+    while (run := ledger.claim("softcap", slot=0)) is not None:
+        order.append((run["arm"], run["seed"]))
+        assert run["status"] == "running" and run["attempts"] == 1 and run["claim_seq"] == len(order)
+    assert order == [("baseline", 0), ("no-softcap", 0), ("baseline", 1), ("no-softcap", 1),
+                     ("baseline", 2), ("no-softcap", 2)]
+    assert ledger.add_experiment("softcap", "baseline", who="x", source="declared", base_commit="b",
+                                 code_commit="b", overrides={}, stage="measuring") is None
+    assert ledger.add_run(baseline, "main", 0, 1, {"softcap": 0}, {"steps": 10}) is None  # no duplicates
+
+
+def test_claim_can_prefer_an_arm(ledger):
+    add_experiment(ledger, "no-softcap")
+    add_experiment(ledger, "baseline", source="declared")
+    assert ledger.claim("softcap", 0, arm="baseline")["arm"] == "baseline"
+    assert ledger.claim("softcap", 0, arm="missing") is None
+
+
+def test_finish_records_every_result_field(ledger):
+    add_experiment(ledger, "no-softcap", seeds=[0])
+    run = ledger.claim("softcap", 0)
+    ledger.finish(run["id"], "completed", result=RESULT, wall_seconds=2.25)
+    row = ledger.run(run["id"])
+    assert row["status"] == "completed" and row["wall_seconds"] == 2.25 and row["finished_at"]
+    assert (row["val_bpb"], row["steps"], row["flops"], row["params_total"], row["params_matmul"]) == \
+        (2.5, 10, 1e9, 300, 200)
+    assert row["eval_fingerprint"] == "e" * 64 and row["device"] == "cpu:x86_64x2"
+    assert ledger.runs("softcap", status="completed", arm="no-softcap") == [row]
+    assert ledger.compute_seconds("softcap") == 2.25
+
+
+def test_a_dead_runners_run_goes_back_to_the_queue(ledger):
+    add_experiment(ledger, "no-softcap", seeds=[0, 1])
+    run_id = claim_in_a_process_that_dies(ledger.path)
+    mine = ledger.claim("softcap", 0)  # this process is alive: its claim is not stale
+    stale = ledger.stale_runs("softcap")
+    assert [r["id"] for r in stale] == [run_id] and mine["id"] != run_id
+    ledger.requeue(run_id, "runner died")
+    again = ledger.claim("softcap", 0)
+    assert again["id"] == run_id and again["attempts"] == 2 and again["runner_pid"] != stale[0]["runner_pid"]
+    assert again["attempt_log"].endswith("attempt 1: runner died\n")
+
+
+def test_concurrent_claimers_never_share_a_run(ledger):
+    add_experiment(ledger, "no-softcap", seeds=range(40))
+    code = (f"from org.ledger import Ledger\nl = Ledger({str(ledger.path)!r})\n"
+            "while (r := l.claim('softcap', 0)) is not None: print(r['id'])")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    claimed = [int(line) for p in procs for line in p.communicate()[0].split()]
+    assert sorted(claimed) == sorted(r["id"] for r in ledger.runs("softcap"))  # each exactly once
+
+
+def test_a_failed_transaction_leaves_nothing(ledger):
+    with pytest.raises(RuntimeError):
+        with ledger.tx():
+            add_experiment(ledger, "half-done")
+            raise RuntimeError("crash mid-transaction")
+    assert ledger.experiments("softcap") == [] and ledger.runs("softcap") == []
+
+
+def test_refused_runs_verdicts_and_spend_stay_queryable(ledger):
+    experiment_id = ledger.add_experiment("softcap", "edit-eval", who="bob", source="submitted",
+                                          base_commit="base", code_commit="bad", overrides={},
+                                          stage="refused", reason="protected paths differ: trainer/eval.py")
+    ledger.add_run(ledger.experiment(experiment_id), "main", 0, 1, {}, {"steps": 10},
+                   status="refused", reason="protected paths differ: trainer/eval.py")
+    assert ledger.runs("softcap", status="refused")[0]["reason"].endswith("trainer/eval.py")
+    ledger.add_verdict("softcap", "no-softcap", "no regression", "val_bpb", n=3, delta=0.001,
+                       ci_low=-0.002, ci_high=0.004, details={"margin": 0.01})
+    assert ledger.verdicts("softcap")[0]["verdict"] == "no regression"
+    ledger.record_spend("softcap", "alice", "claude-x", 1000, 200, 0.02)
+    ledger.record_spend("softcap", "alice", "claude-x", 500, 100, 0.01)
+    ledger.record_spend("softcap", "bob", "gpt-x", 10, 10, 0.005)
+    spend = ledger.spend("softcap")
+    assert spend["agents"]["alice"] == {"tokens_in": 1500, "tokens_out": 300, "dollars": pytest.approx(0.03)}
+    assert spend["dollars"] == pytest.approx(0.035)
+
+
+def test_bad_status_is_rejected_by_the_schema(ledger):
+    experiment = add_experiment(ledger, "x", seeds=[0])
+    with pytest.raises(sqlite3.IntegrityError):
+        ledger.add_run(experiment, "main", 9, 1, {}, {}, status="lost")

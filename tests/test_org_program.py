@@ -1,0 +1,129 @@
+"""Program files: what a valid one looks like, and the one-line errors for bad ones."""
+from pathlib import Path
+
+import pytest
+
+from org.program import ProgramError, check_with_trainer, load_program
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MINIMAL = """\
+name: tiny
+question: does the softcap matter?
+claim: {kind: non-inferiority, margin: 0.01}
+baseline: {preset: nanochat, overrides: {depth: 1}}
+variants:
+  - {name: no-softcap, overrides: {softcap: 0}}
+data: {val_tokens: 2048}
+budget:
+  per_run: {steps: 3}
+  seeds: [0, 1]
+  total_compute_seconds: 60
+  run_timeout_seconds: 30
+train: {batch_size: 4, seq_len: 64}
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "prog.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_of(tmp_path, text) -> str:
+    with pytest.raises(ProgramError) as e:
+        load_program(write(tmp_path, text))
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(str(tmp_path / "prog.yaml") + ": ")
+    return message
+
+
+def test_softcap_program_is_valid_and_accepted_by_the_trainer():
+    program = load_program(ROOT / "programs" / "softcap.yaml")
+    assert program.name == "softcap" and program.claim.kind == "non-inferiority"
+    assert program.claim.margin > 0
+    assert program.arms == ["baseline", "no-softcap"]
+    assert program.variant("no-softcap").overrides == {"softcap": 0}
+    assert program.budget.per_run.kind in ("flops", "seconds")
+    assert len(program.budget.seeds) >= 2
+    assert program.org.agents[0].backend == "scripted"  # runs with no API key
+    assert "trainer/eval.py" in program.protected and "org/" in program.protected
+    check_with_trainer(program)
+
+
+def test_defaults_fill_in_the_rest(tmp_path):
+    program = load_program(write(tmp_path, MINIMAL))
+    assert program.metric == "val_bpb"
+    assert program.data.source == "pystdlib" and program.data.tokenizer == "bytes"
+    assert program.runner.slots == 1 and program.org.topology == "solo"
+    assert program.tuning_seeds == [0] and program.grid_points() == [{}]
+    assert program.protected == ["trainer/eval.py", "trainer/data.py", "trainer/flops.py", "org/"]
+
+
+def test_tune_grid_expands_to_every_combination(tmp_path):
+    program = load_program(write(tmp_path, MINIMAL + "tune: {matrix_lr: [0.01, 0.02], softcap: [10, 20]}\n"
+                                                     "tune_seeds: [5]\n"))
+    assert len(program.grid_points()) == 4 and {"matrix_lr": 0.02, "softcap": 10} in program.grid_points()
+    assert program.tuning_seeds == [5]
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    message = error_of(tmp_path, MINIMAL + "oops: [unclosed\n")
+    assert "malformed YAML" in message and "line" in message
+
+
+def test_unknown_top_level_field_lists_the_valid_ones(tmp_path):
+    message = error_of(tmp_path, MINIMAL + "budgett: {}\n")
+    assert "budgett: unknown field; expected one of name, question, claim" in message
+
+
+def test_unknown_nested_field(tmp_path):
+    message = error_of(tmp_path, MINIMAL.replace("{steps: 3}", "{steps: 3, epochs: 2}"))
+    assert "budget.per_run.epochs: unknown field; expected one of flops, seconds, tokens, steps" in message
+
+
+def test_unknown_field_in_a_list_item(tmp_path):
+    message = error_of(tmp_path, MINIMAL.replace("{name: no-softcap,", "{name: no-softcap, colour: red,"))
+    assert "variants[0].colour: unknown field; expected one of name, overrides, ref" in message
+
+
+def test_exactly_one_per_run_budget(tmp_path):
+    message = error_of(tmp_path, MINIMAL.replace("{steps: 3}", "{steps: 3, flops: 1.0e+9}"))
+    assert "budget.per_run: expected exactly one of flops, seconds, tokens, steps, got flops, steps" in message
+
+
+def test_missing_field(tmp_path):
+    message = error_of(tmp_path, MINIMAL.replace("  run_timeout_seconds: 30\n", ""))
+    assert "budget.run_timeout_seconds: missing" in message
+
+
+def test_claim_kind_and_margin(tmp_path):
+    message = error_of(tmp_path, MINIMAL.replace("kind: non-inferiority", "kind: equivalence"))
+    assert "claim.kind: expected 'non-inferiority' or 'superiority', got 'equivalence'" in message
+    message = error_of(tmp_path, MINIMAL.replace(", margin: 0.01", ""))
+    assert "claim: a non-inferiority claim needs margin > 0" in message
+
+
+def test_variant_may_not_touch_what_the_program_owns(tmp_path):
+    message = error_of(tmp_path, MINIMAL.replace("{softcap: 0}", "{softcap: 0, steps: 1000}"))
+    assert "variants[0].overrides: 'steps' is owned by the program" in message
+
+
+def test_seeds_must_be_distinct_and_numbers_typed(tmp_path):
+    assert "budget.seeds: expected distinct seeds" in error_of(tmp_path, MINIMAL.replace("[0, 1]", "[1, 1]"))
+    message = error_of(tmp_path, MINIMAL.replace("batch_size: 4", "batch_size: four"))
+    assert "train.batch_size: expected a valid integer" in message and "'four'" in message
+
+
+def test_the_trainer_judges_the_baseline_and_variants(tmp_path):
+    program = load_program(write(tmp_path, MINIMAL.replace("{softcap: 0}", "{softcapp: 0}")))
+    with pytest.raises(ProgramError, match=r"prog.yaml: variants\[0\].overrides: the trainer rejects "
+                                           r"it: unknown config key 'softcapp'"):
+        check_with_trainer(program, source="prog.yaml")
+    program = load_program(write(tmp_path, MINIMAL.replace("preset: nanochat", "preset: llama")))
+    with pytest.raises(ProgramError, match="baseline.preset: the trainer rejects it: unknown preset 'llama'"):
+        check_with_trainer(program)
+
+
+def test_a_top_level_list_is_not_a_program(tmp_path):
+    assert "expected a mapping" in error_of(tmp_path, "- name: x\n")

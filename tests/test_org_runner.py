@@ -1,0 +1,313 @@
+"""The budgeted runner end to end: real git repos, agent worktrees and the real trainer at tiny sizes.
+
+Each test builds a small project (a copy of this repo's trainer/ plus programs/tiny.yaml),
+commits it, and drives it the way people and agents do: `org run`, `org submit`, `org runs`.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import git
+import pytest
+import yaml
+
+from org.cli import main
+from org.lab import Lab
+from org.ledger import Ledger, pid_alive
+from org.program import load_program
+from org.runner import Runner, make_slots
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2}  # ~30k parameters: a run takes about a second
+
+
+def tiny_program(**changes) -> dict:
+    program = {
+        "name": "tiny", "question": "Does the softcap matter at tiny size?",
+        "claim": {"kind": "non-inferiority", "margin": 0.05},
+        "baseline": {"preset": "nanochat", "overrides": TINY},
+        "variants": [{"name": "no-softcap", "overrides": {"softcap": 0}}],
+        "data": {"val_tokens": 2048},
+        "budget": {"per_run": {"steps": 3}, "seeds": [0, 1], "total_compute_seconds": 600,
+                   "run_timeout_seconds": 60},
+        "train": {"batch_size": 4, "seq_len": 64},
+        "runner": {"threads_per_slot": 1},  # tiny matmuls: a second BLAS thread only adds overhead
+    }
+    program.update(changes)
+    return program
+
+
+@pytest.fixture
+def make_project(tmp_path, monkeypatch):
+    """make_project(program_dict) -> the root of a committed project, and cwd set to it."""
+    def make(program: dict) -> Path:
+        root = tmp_path / "proj"
+        shutil.copytree(ROOT / "trainer", root / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
+        (root / "programs").mkdir()
+        (root / "programs" / "tiny.yaml").write_text(yaml.safe_dump(program, sort_keys=False))
+        repo = git.Repo.init(root, initial_branch="main")
+        with repo.config_writer() as cw:
+            cw.set_value("user", "name", "Test").set_value("user", "email", "test@example.com")
+        repo.git.add(A=True)
+        repo.git.commit("-m", "project")
+        repo.close()
+        monkeypatch.chdir(root)
+        return root
+    return make
+
+
+def ledger_of(root: Path) -> Ledger:
+    return Ledger(root / ".lab" / "tiny" / "ledger.sqlite")
+
+
+def agent_commit(root: Path, agent: str, relpath: str, edit) -> str:
+    """An agent's worktree with one committed change to `relpath` (edit: old text -> new text)."""
+    lab = Lab.open(root)
+    lab.start_program("tiny")
+    tree = lab.add_worktree("tiny", agent)
+    lab.close()
+    path = tree / relpath
+    path.write_text(edit(path.read_text()))
+    repo = git.Repo(tree)
+    repo.git.commit("-am", f"{agent}: change {relpath}")
+    sha = repo.head.commit.hexsha
+    repo.close()
+    return sha
+
+
+def test_org_run_measures_every_arm_on_the_programs_seeds(make_project, capsys):
+    root = make_project(tiny_program())
+    assert main(["run", "programs/tiny.yaml"]) == 0
+    base = git.Repo(root).head.commit.hexsha
+    with ledger_of(root) as ledger:
+        runs = ledger.runs("tiny")
+        assert [(r["arm"], r["seed"], r["status"]) for r in runs if r["purpose"] == "main"] == [
+            ("baseline", 0, "completed"), ("baseline", 1, "completed"),
+            ("no-softcap", 0, "completed"), ("no-softcap", 1, "completed")]
+        for run in runs:
+            command = json.loads(run["command"])
+            assert command[command.index("--steps") + 1] == "3"
+            assert command[command.index("--seed") + 1] == str(run["seed"])
+            assert run["steps"] == 3 and run["val_bpb"] > 0 and run["wall_seconds"] > 0
+            assert run["git_commit"] == base  # the runner's word: the snapshot has no .git
+            assert Path(run["run_dir"], "result.json").exists() and Path(run["metrics_path"]).exists()
+        assert ledger.program("tiny")["eval_fingerprint"] == runs[0]["eval_fingerprint"]
+        before = ledger.counts()
+    assert main(["run", "tiny"]) == 0  # again: nothing new to do, nothing counted twice
+    with ledger_of(root) as ledger:
+        assert ledger.counts() == before == {"programs": 1, "experiments": 2, "runs": 4,
+                                             "verdicts": 0, "llm_spend": 0}
+    capsys.readouterr()
+    assert main(["runs", "tiny", "--json", "--arm", "no-softcap"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["seed"] for r in rows] == [0, 1] and rows[0]["overrides"] == {**TINY, "softcap": 0}
+    assert main(["runs", "tiny", "--status", "completed"]) == 0
+    assert "no-softcap" in capsys.readouterr().out
+
+
+def test_the_snapshot_runs_and_edits_during_a_run_change_nothing(make_project):
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"],
+                                                          "per_run": {"steps": 300}, "seeds": [0]}))
+    sha = agent_commit(root, "alice", "trainer/__init__.py",
+                       lambda text: text.replace('__version__ = "0.1.0"', '__version__ = "agent-A"'))
+    assert main(["submit", "tiny", "--arm", "alice-idea", "--ref", "agent/tiny/alice", "--who", "alice"]) == 0
+    program = load_program(root / "programs" / "tiny.yaml")
+    lab = Lab.open(root)
+    runner = threading.Thread(target=lambda: Runner(lab, program, root / ".lab/tiny/ledger.sqlite").drain())
+    runner.start()
+    with ledger_of(root) as ledger:  # wait until alice's run is under way, then keep editing
+        while not [r for r in ledger.runs("tiny", arm="alice-idea") if r["trainer_pid"]]:
+            time.sleep(0.05)
+    tree = root / "worktrees" / "tiny" / "alice"
+    (tree / "trainer" / "__init__.py").write_text('__version__ = "agent-B"\n')
+    repo = git.Repo(tree)
+    repo.git.commit("-am", "alice: another idea")
+    runner.join()
+    with ledger_of(root) as ledger:
+        run, = ledger.runs("tiny", arm="alice-idea")
+        experiment = ledger.experiment(run["experiment_id"])
+    assert run["status"] == "completed" and experiment["code_commit"] == sha
+    assert run["trainer_version"] == "agent-A"  # the snapshot's trainer ran, not the installed one
+    assert run["git_commit"] == sha and '+__version__ = "agent-A"' in experiment["diff"]
+    assert (root / ".lab" / "tiny" / "snapshots" / sha / "trainer" / "__init__.py").read_text().count("agent-A")
+
+
+def test_an_experiment_touching_protected_paths_is_refused_and_kept(make_project, capsys):
+    root = make_project(tiny_program(variants=[]))
+    agent_commit(root, "mallory", "trainer/eval.py", lambda text: text + "\n# a kinder metric\n")
+    assert main(["submit", "tiny", "--arm", "kind-eval", "--ref", "agent/tiny/mallory"]) == 1
+    assert "refused: protected paths differ from the program's base commit" in capsys.readouterr().err
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        refused = ledger.runs("tiny", arm="kind-eval")
+        experiment = ledger.experiment(refused[0]["experiment_id"])
+    assert [r["status"] for r in refused] == ["refused", "refused"]  # one per seed, none executed
+    assert all(r["reason"].endswith("trainer/eval.py") and r["run_dir"] is None for r in refused)
+    assert experiment["stage"] == "refused" and "a kinder metric" in experiment["diff"]
+
+
+def test_the_programs_budget_holds_whatever_the_experiment_asks(make_project, capsys):
+    budget = {**tiny_program()["budget"], "per_run": {"flops": 2.0e8}, "seeds": [0]}
+    root = make_project(tiny_program(variants=[], budget=budget))
+    # asking for more steps through an override is refused outright
+    assert main(["submit", "tiny", "--arm", "more-steps", "--set", "steps=1000"]) == 1
+    assert "'steps' is owned by the program" in capsys.readouterr().err
+    # a wider model gets the same FLOPs, hence fewer steps
+    assert main(["submit", "tiny", "--arm", "wider", "--set", "n_embd=64"]) == 0
+    # code that quietly trains twice as long is caught by the result check
+    greedy = ("\n_init = Budget.__init__\n\ndef _greedy(self, *args):\n    _init(self, *args)\n"
+              "    self.steps *= 2\n\nBudget.__init__ = _greedy\n")
+    agent_commit(root, "greedy", "trainer/train.py", lambda text: text + greedy)
+    assert main(["submit", "tiny", "--arm", "greedy", "--ref", "agent/tiny/greedy"]) == 0
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        baseline, = ledger.runs("tiny", arm="baseline")
+        wider, = ledger.runs("tiny", arm="wider")
+        greedy_run, = ledger.runs("tiny", arm="greedy")
+        assert ledger.runs("tiny", arm="more-steps")[0]["status"] == "refused"
+    for run in (baseline, wider):
+        assert run["status"] == "completed"
+        assert 2.0e8 - run["flops"] / run["steps"] < run["flops"] <= 2.0e8
+    assert wider["steps"] < baseline["steps"] and wider["params_total"] > baseline["params_total"]
+    assert greedy_run["status"] == "invalid" and "the program's budget is 2e+08" in greedy_run["reason"]
+
+
+def test_every_arm_gets_the_same_seeds_and_the_baseline_is_interleaved(make_project):
+    variants = [{"name": n, "overrides": {"softcap": s}} for n, s in (("cap10", 10), ("cap20", 20), ("nocap", 0))]
+    root = make_project(tiny_program(variants=variants, runner={"baseline_every": 2, "threads_per_slot": 1},
+                                     budget={**tiny_program()["budget"], "seeds": [3, 7]}))
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        runs = sorted(ledger.runs("tiny"), key=lambda r: r["claim_seq"])
+    for arm in ("baseline", "cap10", "cap20", "nocap"):
+        assert sorted(r["seed"] for r in runs if r["arm"] == arm and r["purpose"] == "main") == [3, 7]
+    order = [(r["arm"], r["seed"], r["purpose"]) for r in runs]
+    assert order == [("baseline", 3, "main"), ("cap10", 3, "main"), ("cap20", 3, "main"),
+                     ("baseline", 7, "main"),  # due after two other runs: the queued baseline goes first
+                     ("nocap", 3, "main"), ("cap10", 7, "main"),
+                     ("baseline", 3, "repeat"),  # none queued: the baseline is re-run
+                     ("cap20", 7, "main"), ("nocap", 7, "main")]
+    assert all(r["status"] == "completed" for r in runs)
+
+
+def test_a_run_past_its_timeout_is_killed_by_the_runner(make_project):
+    budget = {**tiny_program()["budget"], "per_run": {"steps": 1_000_000}, "seeds": [0],
+              "run_timeout_seconds": 2}
+    root = make_project(tiny_program(variants=[], budget=budget))
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        run, = ledger.runs("tiny")
+    assert run["status"] == "killed" and "run_timeout_seconds (2s)" in run["reason"]
+    assert 2 <= run["wall_seconds"] < 15 and 0 < run["steps"] < 1_000_000  # its result.json says how far
+
+
+def test_a_result_with_another_evaluation_is_invalid(make_project):
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    with ledger_of(root) as ledger:  # as if earlier runs had used a different eval or val split
+        ledger.set_fingerprints("tiny", "0" * 64, "1" * 64)
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        runs = ledger.runs("tiny")
+    assert [r["status"] for r in runs] == ["invalid", "invalid"]
+    assert "eval_fingerprint" in runs[0]["reason"] and "data_fingerprint" in runs[0]["reason"]
+
+
+def test_tuning_picks_each_arms_best_before_measuring(make_project):
+    root = make_project(tiny_program(tune={"matrix_lr": [0.002, 0.05]}, tune_seeds=[5]))
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        for experiment in ledger.experiments("tiny"):
+            tune = ledger.runs("tiny", experiment_id=experiment["id"], purpose="tune")
+            main_runs = ledger.runs("tiny", experiment_id=experiment["id"], purpose="main")
+            assert sorted(json.loads(r["overrides"])["matrix_lr"] for r in tune) == [0.002, 0.05]
+            assert [r["seed"] for r in tune] == [5, 5] and [r["seed"] for r in main_runs] == [0, 1]
+            best = min(tune, key=lambda r: r["val_bpb"])
+            chosen = json.loads(experiment["chosen"])
+            assert experiment["stage"] == "measuring"
+            assert chosen == {"matrix_lr": json.loads(best["overrides"])["matrix_lr"]}
+            assert all(json.loads(r["overrides"])["matrix_lr"] == chosen["matrix_lr"] for r in main_runs)
+            assert all(r["status"] == "completed" for r in tune + main_runs)
+
+
+def test_sigkill_the_runner_then_resume_loses_and_repeats_nothing(make_project):
+    budget = {**tiny_program()["budget"], "per_run": {"steps": 400}}
+    root = make_project(tiny_program(budget=budget))
+    runner = subprocess.Popen([sys.executable, "-m", "org.cli", "run", "tiny"], cwd=root,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if not (root / ".lab" / "tiny" / "ledger.sqlite").exists():
+            continue
+        with ledger_of(root) as ledger:  # wait for one finished run and one under way
+            running = [r for r in ledger.runs("tiny", status="running") if r["trainer_pid"]]
+            if ledger.runs("tiny", status="completed") and running:
+                victim = running[0]
+    assert victim is not None, "the runner never got under way"
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    assert main(["run", "tiny"]) == 0
+    assert not pid_alive(victim["trainer_pid"])  # no orphan trainer left behind
+    with ledger_of(root) as ledger:
+        runs = ledger.runs("tiny")
+        again = ledger.run(victim["id"])
+    assert sorted((r["arm"], r["seed"]) for r in runs) == [("baseline", 0), ("baseline", 1),
+                                                          ("no-softcap", 0), ("no-softcap", 1)]
+    assert all(r["status"] == "completed" for r in runs)
+    if again["attempts"] == 2:  # killed mid-run: the half-written directory was kept aside
+        aside = Path(again["run_dir"]).with_name(f"{victim['id']}.attempt1")
+        assert aside.is_dir() and not (aside / "result.json").exists()
+        assert "attempt 1: runner pid" in again["attempt_log"]
+    else:  # the trainer had just finished: its result was recorded, not re-run
+        assert again["attempts"] == 1 and again["trainer_pid"] == victim["trainer_pid"]
+
+
+def test_a_result_written_just_before_the_runner_died_is_recorded_not_rerun(make_project):
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    # a runner that claims a run, lets the trainer finish, and dies before recording it
+    code = """if True:
+        import json, subprocess, sys
+        from pathlib import Path
+        from org.lab import Lab, child_env
+        from org.ledger import Ledger
+        from org.program import load_program
+        from org.runner import train_command
+        ledger, lab = Ledger('.lab/tiny/ledger.sqlite'), Lab.open('.')
+        run = ledger.claim('tiny', 0)
+        snapshot = lab.snapshot(ledger.experiment(run['experiment_id'])['code_commit'], 'tiny')
+        out = Path('.lab/tiny/runs', str(run['id'])).resolve()
+        cmd = train_command(load_program('programs/tiny.yaml'), json.loads(run['overrides']), run['seed'], out)
+        proc = subprocess.Popen(cmd, cwd=snapshot, env=child_env({'PYTHONPATH': str(snapshot)}))
+        ledger.mark_started(run['id'], proc.pid, cmd, out, out / 'train.log')
+        proc.wait()
+        print(run['id'])
+    """
+    died = int(subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                              check=True).stdout)
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        run = ledger.run(died)
+        assert len(ledger.runs("tiny")) == 2
+    assert run["status"] == "completed" and run["attempts"] == 1 and run["wall_seconds"] > 0
+
+
+def test_slots_split_the_machine_one_run_each():
+    program = load_program(ROOT / "programs" / "softcap.yaml")
+    gpus = program.model_copy(update={"runner": program.runner.model_copy(update={"gpus": [0, 3]})})
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in make_slots(gpus)] == ["0", "3"]
+    cpu = program.model_copy(update={"runner": program.runner.model_copy(
+        update={"slots": 2, "threads_per_slot": 1})})
+    slots = make_slots(cpu)
+    assert [s.env["OMP_NUM_THREADS"] for s in slots] == ["1", "1"]
+    assert all(s.env["CUDA_VISIBLE_DEVICES"] == "" for s in slots)
+    if len(os.sched_getaffinity(0)) >= 2:  # each CPU slot pinned to cores of its own
+        assert slots[0].cores != slots[1].cores and len(slots[0].cores) == 1

@@ -1,0 +1,277 @@
+"""Reports from constructed ledgers: the verdict table, the plots, `org report`, and bad input
+(no finished runs, one seed, an older ledger schema, corrupt metrics) that still renders."""
+import json
+import sqlite3
+from pathlib import Path
+
+import git
+import matplotlib.image
+import pytest
+
+from org.cli import main
+from org.ledger import Ledger
+from org.program import Program
+from org.report import ReportError, build, write
+
+SEEDS = [0, 1, 2, 3, 4]
+BASELINE = [2.300, 2.310, 2.290, 2.305, 2.295]  # val_bpb per seed
+JITTER = [0.001, -0.001, 0.0005, -0.0005, 0.0]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+SPEC = Program.model_validate({
+    "name": "softcap", "question": "Can the logit softcap be removed without a regression?",
+    "claim": {"kind": "non-inferiority", "margin": 0.01},
+    "baseline": {"preset": "nanochat", "overrides": {"depth": 2}},
+    "variants": [{"name": "no-softcap", "overrides": {"softcap": 0}},
+                 {"name": "wider", "overrides": {"depth": 3}}],
+    "data": {"val_tokens": 4096},
+    "budget": {"per_run": {"flops": 1e12}, "seeds": SEEDS, "total_compute_seconds": 600,
+               "total_llm_dollars": 5, "run_timeout_seconds": 60},
+    "train": {"batch_size": 4, "seq_len": 64},
+}).model_dump(mode="json")
+
+
+def result(seed, val_bpb, params=1_000_000, **changes) -> dict:
+    """A trainer's result.json: 100 steps to the FLOP budget."""
+    r = {"status": "completed", "val_bpb": val_bpb, "confirm_bpb": val_bpb, "val_loss": val_bpb * 0.69,
+         "steps": 100, "tokens": 1_000_000, "flops": 1e12, "flops_per_token": 1e6,
+         "params": {"total": params, "matmul": params // 2}, "budget": {"kind": "flops", "value": 1e12},
+         "train_seconds": 10.0, "tokens_per_second": 1e5, "device": "cpu:x86_64x2", "seed": seed,
+         "git_commit": "base", "git_dirty": False, "eval_fingerprint": "e", "data_fingerprint": "d"}
+    r.update(changes)
+    return r
+
+
+def write_metrics(run_dir, final_bpb, lines=None):
+    """metrics.jsonl as the trainer writes it: train loss every 10 steps, an eval every 20."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for step in range(10, 101, 10):
+        records.append({"step": step, "tokens": step * 10_000, "flops": step * 1e10,
+                        "elapsed_s": step * 0.1, "train_loss": 1.6 + 2.0 / step, "lr": 1.0})
+        if step % 20 == 0:
+            records.append({"step": step, "tokens": step * 10_000, "val_bpb": final_bpb + 0.2 * (100 - step) / 100})
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    (run_dir / "metrics.jsonl").write_text(lines if lines is not None else text)
+
+
+def add_arm(ledger, tmp_path, arm, values, who="program", seeds=SEEDS, status="completed", **changes):
+    """An experiment and one run per seed, recorded the way the runner records them."""
+    overrides = {"softcap": 0} if arm == "no-softcap" else {"depth": 3} if arm == "wider" else {}
+    experiment = ledger.experiment(ledger.add_experiment(
+        "softcap", arm, who=who, source="declared" if who == "program" else "submitted",
+        base_commit="base", code_commit="base", overrides=overrides, stage="measuring",
+        hypothesis=f"{arm} changes nothing that matters"))
+    for i, (seed, value) in enumerate(zip(seeds, values)):
+        run_id = ledger.add_run(experiment, "main", seed, 1 + i, {"depth": 2, **overrides}, {"flops": 1e12})
+        if status == "queued":
+            continue
+        ledger.claim("softcap", slot=0)
+        run_dir = tmp_path / "runs" / str(run_id)
+        ledger.mark_started(run_id, 123, ["python", "-m", "trainer"], run_dir, run_dir / "train.log")
+        write_metrics(run_dir, value)
+        ledger.finish(run_id, "completed", result=result(seed, value, **changes), wall_seconds=12.0)
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    with Ledger(tmp_path / ".lab" / "softcap" / "ledger.sqlite") as ledger:
+        ledger.add_program("softcap", SPEC, base_commit="base", branch="program/softcap")
+        yield ledger
+
+
+def softcap_program(ledger, tmp_path):
+    """The baseline, a variant within the margin, and a wider model that did not declare it."""
+    add_arm(ledger, tmp_path, "baseline", BASELINE)
+    add_arm(ledger, tmp_path, "no-softcap", [b + 0.002 + j for b, j in zip(BASELINE, JITTER)])
+    add_arm(ledger, tmp_path, "wider", [b - 0.05 for b in BASELINE], who="alice", params=2_000_000)
+    ledger.record_spend("softcap", "alice", "claude-x", tokens_in=12_000, tokens_out=3_000, dollars=0.42)
+
+
+def is_png(path, min_bytes=20_000):
+    data = path.read_bytes()
+    height, width, _ = matplotlib.image.imread(path).shape
+    return data.startswith(PNG) and len(data) > min_bytes and width > 600 and height > 400
+
+
+# --- a report of a finished program ----------------------------------------------------
+
+def test_report_has_verdicts_noise_floor_budget_lineage_spend_and_plots(ledger, tmp_path):
+    softcap_program(ledger, tmp_path)
+    report = build(ledger.path, "softcap")
+    readme = write(report, tmp_path / "reports" / "softcap")
+    text = readme.read_text()
+
+    assert report.comparisons["no-softcap"].final_verdict == "no regression"  # confirmed on held-out
+    assert report.comparisons["wider"].verdict.startswith("invalid (confounded: params +100.0% (not declared)")
+    assert "Can the logit softcap be removed without a regression?" in text
+    assert "non-inferiority with margin 0.01" in text and "p better (Holm)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| no-softcap"))
+    assert "0,1,2,3,4 (5 paired)" in row
+    assert "| no regression | no regression (confirmed: held-out split says no regression) |" in row
+    assert "2.3020 ± 0.0074" in row  # the variant's mean and seed std
+    assert "invalid: params +100.0% (not declared)" in text
+    assert "baseline seed-to-seed std of val_bpb: 0.0079 over 5 seeds" in text
+    assert "**1e+12 flops** (`--budget-flops 1e+12` on every run)" in text
+    assert "compute 180 s of 600 s" in text and "LLM $0.42 of $5" in text
+    assert "| 3 | wider | alice | submitted | measuring | `base` (base) | `depth=3` |" in text
+    assert "| alice | claude-x | 12,000 | 3,000 | $0.42 |" in text
+    assert "What is missing" not in text  # nothing is
+    for name in ("curves_flops.png", "curves_time.png", "final.png"):
+        assert is_png(readme.parent / name) and f"]({name})" in text
+
+
+def test_org_report_prints_a_summary_and_json(ledger, tmp_path, monkeypatch, capsys):
+    softcap_program(ledger, tmp_path)
+    repo = git.Repo.init(tmp_path)  # `org` works inside the lab's git checkout
+    (tmp_path / "README.md").write_text("lab\n")
+    repo.index.add(["README.md"])
+    repo.index.commit("lab")
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["report", "softcap"]) == 0
+    out = capsys.readouterr().out
+    assert "no-softcap" in out and "no regression" in out and "invalid (confounded" in out
+    assert f"report: {tmp_path / 'reports' / 'softcap' / 'README.md'}" in out
+
+    assert main(["report", "softcap", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    verdicts = {v["arm"]: v for v in data["verdicts"]}
+    assert verdicts["no-softcap"]["final_verdict"] == "no regression" and verdicts["no-softcap"]["n"] == 5
+    assert verdicts["no-softcap"]["adjustment"] == "holm" and verdicts["no-softcap"]["family"] == 2
+    assert verdicts["wider"]["confounds"] == ["params +100.0% (not declared)"]
+    assert data["noise_floor"]["seeds"] == 5 and data["missing"] == []
+    assert sorted(data["plots"]) == ["curves_flops.png", "curves_time.png", "final.png"]
+
+    assert main(["report", "nonesuch"]) == 2
+    assert "no ledger for program 'nonesuch'" in capsys.readouterr().err
+
+
+def test_a_declared_change_is_not_a_confound(tmp_path):
+    spec = json.loads(json.dumps(SPEC))
+    spec["variants"][1]["declares"] = ["params"]  # "wider at equal FLOPs" is the claim
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.add_program("softcap", spec, base_commit="base", branch="program/softcap")
+        add_arm(ledger, tmp_path, "baseline", BASELINE)
+        add_arm(ledger, tmp_path, "wider", [b - 0.05 for b in BASELINE], params=2_000_000)
+    c = build(tmp_path / "ledger.sqlite", "softcap").comparisons["wider"]
+    assert c.confounds == [] and c.verdict == "better" and c.declared == {"params"}
+
+
+def test_killed_refused_invalid_and_retried_runs_are_listed_with_reasons(ledger, tmp_path):
+    add_arm(ledger, tmp_path, "baseline", BASELINE[:3], seeds=SEEDS[:3])
+    experiment = ledger.experiment(ledger.add_experiment(
+        "softcap", "greedy", who="mallory", source="submitted", base_commit="base", code_commit="c0ffee",
+        overrides={}, stage="measuring", diff="diff --git a/trainer/eval.py b/trainer/eval.py\n+kind = True\n"))
+    reasons = {0: ("killed", "wall time over run_timeout_seconds (60s), killed by the runner"),
+               1: ("invalid", "spent 2e+12 flops, the program's budget is 1e+12"),
+               2: ("refused", "protected paths differ from the program's base commit base: trainer/eval.py")}
+    for seed, (status, reason) in reasons.items():
+        run_id = ledger.add_run(experiment, "main", seed, 1 + seed, {"depth": 2}, {"flops": 1e12})
+        ledger.claim("softcap", slot=0)
+        if seed == 0:  # its first runner died: the run went back to the queue once
+            ledger.requeue(run_id, "runner pid 99 died during attempt 1; re-queued")
+            ledger.claim("softcap", slot=0)
+        ledger.finish(run_id, status, reason, result={"status": status, "steps": 50} if seed == 0 else None)
+
+    text = write(build(ledger.path, "softcap"), tmp_path / "out").read_text()
+    for seed, (status, reason) in reasons.items():
+        assert f"| greedy | {seed} | main | {status} | {reason} |" in text
+    assert "took 2 attempts: " in text and "attempt 1: runner pid 99 died during attempt 1; re-queued" in text
+    assert "| greedy | 1 killed, 1 invalid, 1 refused |" in text
+    assert "code: trainer/eval.py +1 -0" in text and "| mallory | submitted |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| greedy"))
+    assert "| invalid (confounded: variant killed on seed 0) |" in row  # dropping it would hide it
+    assert "warning: variant invalid on seed 1" in row
+
+
+# --- bad input: the report renders, says what is missing, invents nothing ---------------
+
+def test_no_finished_runs(ledger, tmp_path):
+    add_arm(ledger, tmp_path, "baseline", BASELINE, status="queued")
+    add_arm(ledger, tmp_path, "no-softcap", BASELINE, status="queued")
+    report = build(ledger.path, "softcap")
+    text = write(report, tmp_path / "out").read_text()
+    assert report.comparisons["no-softcap"].verdict == "inconclusive (no finished runs)"
+    assert "- no finished runs: every verdict is inconclusive" in text
+    assert "**Still in progress:** 10 queued; the verdicts below are provisional." in text
+    assert "| baseline | none | no completed run |" in text
+    assert "None: no completed run has readable metrics" in text
+    assert report.plots == [] and not list((tmp_path / "out").glob("*.png"))
+
+
+def test_an_arm_with_one_seed(ledger, tmp_path):
+    add_arm(ledger, tmp_path, "baseline", BASELINE)
+    add_arm(ledger, tmp_path, "no-softcap", [2.301], seeds=[0])
+    report = build(ledger.path, "softcap")
+    text = write(report, tmp_path / "out").read_text()
+    assert report.comparisons["no-softcap"].verdict == "inconclusive (one seed: an interval needs two)"
+    row = next(line for line in text.splitlines() if line.startswith("| no-softcap"))
+    assert "2.3010 (one seed, no std)" in row and "| +0.0010 |" in row  # a difference, no interval
+    assert "warning: seeds differ: baseline 0,1,2,3,4 / variant 0, 1 in common" in row
+    assert is_png(tmp_path / "out" / "final.png")
+
+
+def test_a_ledger_from_an_older_schema_is_read_not_migrated(tmp_path):
+    """No schema_version, no experiments or llm_spend table, runs without purpose,
+    claim_seq, wall_seconds or metrics_path: verdicts still come from what is there."""
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE programs (name TEXT, spec TEXT, base_commit TEXT)")
+    db.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, program TEXT, arm TEXT, seed INTEGER, "
+               "status TEXT, overrides TEXT, val_bpb REAL, flops REAL, steps INTEGER, run_dir TEXT, result TEXT)")
+    db.execute("INSERT INTO programs VALUES ('softcap', ?, 'base')", (json.dumps(SPEC),))
+    for arm, values in (("baseline", BASELINE), ("no-softcap", [b + 0.001 for b in BASELINE])):
+        for seed, value in zip(SEEDS, values):
+            run_dir = tmp_path / "runs" / f"{arm}-{seed}"
+            write_metrics(run_dir, value)
+            db.execute("INSERT INTO runs (program, arm, seed, status, overrides, val_bpb, flops, steps, "
+                       "run_dir, result) VALUES ('softcap', ?, ?, 'completed', ?, ?, 1e12, 100, ?, ?)",
+                       (arm, seed, json.dumps({"softcap": 0} if arm != "baseline" else {}), value,
+                        str(run_dir), json.dumps(result(seed, value))))
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+
+    report = build(path, "softcap")
+    text = write(report, tmp_path / "out").read_text()
+    assert path.read_bytes() == before  # opened read-only: no migration, no schema_version
+    assert report.comparisons["no-softcap"].verdict == "no regression"
+    assert "the ledger has no experiments table (older schema): no lineage" in text
+    assert "the ledger has no llm_spend table (older schema): LLM dollars not recorded" in text
+    assert "the ledger's runs table has no column experiment_id, purpose, round" in text
+    assert "wall_seconds" in text and "No experiments recorded in this ledger." in text
+    assert is_png(tmp_path / "out" / "curves_flops.png")
+
+
+def test_a_program_missing_from_the_ledger(ledger, tmp_path):
+    report = build(ledger.path, "other")
+    text = write(report, tmp_path / "out").read_text()
+    assert "program 'other' is not in the ledger's programs table" in text
+    assert "**Claim.** not recorded: no verdicts can be given" in text
+    assert report.comparisons == {} and "No experiments or runs in the ledger yet" in text
+
+
+def test_corrupt_and_missing_metrics_files(ledger, tmp_path):
+    add_arm(ledger, tmp_path, "baseline", BASELINE)
+    add_arm(ledger, tmp_path, "no-softcap", [b + 0.002 + j for b, j in zip(BASELINE, JITTER)])
+    runs = ledger.runs("softcap")
+    good = Path(runs[0]["metrics_path"])
+    lines = good.read_text().splitlines()
+    torn = "\n".join(lines[:4] + ["{not json", "[1, 2]"] + lines[4:]) + '\n{"step": 100, "val_b'
+    good.write_text(torn)
+    (tmp_path / "runs" / str(runs[1]["id"]) / "metrics.jsonl").unlink()
+
+    report = build(ledger.path, "softcap")
+    text = write(report, tmp_path / "out").read_text()
+    assert f"run {runs[0]['id']} (baseline, seed 0): 3 unreadable lines in {good} skipped" in text
+    assert f"run {runs[1]['id']} (baseline, seed 1): no metrics.jsonl at" in text
+    assert report.comparisons["no-softcap"].verdict == "no regression"  # verdicts come from result.json
+    assert len(report.curves) == 9 and len(report.curves[runs[0]["id"]].evals) == 5
+    assert is_png(tmp_path / "out" / "curves_time.png")
+
+
+def test_a_file_that_is_not_a_ledger(tmp_path):
+    (tmp_path / "ledger.sqlite").write_text("not a database, just text " * 100)
+    with pytest.raises(ReportError, match="not a readable SQLite ledger"):
+        build(tmp_path / "ledger.sqlite", "softcap")
