@@ -27,6 +27,7 @@ from org.ledger import RUN_STATUSES, Ledger
 from org.program import PROGRAM_OWNED_KEYS, Program, ProgramError, check_with_trainer, load_program, trainer_rejects
 from org.runner import Runner, submit, submit_declared
 from org.agents.commands import add_agent_commands
+from org.launch import add_launch_commands
 
 # the parts of a program that define its measurements: changing them mid-program would make
 # old and new runs incomparable, so a started program refuses the change
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text: a summary in the terminal; json: the verdicts and numbers")
     p.set_defaults(func=cmd_report)
 
-    # later: launch, status, attach, takeover, release, say, stop
+    add_launch_commands(sub)  # launch, status, attach, takeover, release, say, stop, serve: org/launch.py
     return parser
 
 

@@ -178,6 +178,7 @@ def train_command(program: Program, overrides: dict, seed: int, out: Path) -> li
     cmd += ["--seed", str(seed), "--out", str(out), "--quiet",
             BUDGET_FLAGS[per_run.kind], _flag_value(per_run.value),
             "--data", data.source, "--tokenizer", data.tokenizer, "--val-tokens", str(data.val_tokens),
+            "--confirm-tokens", str(data.val_tokens),  # the held-out split the referee confirms on
             "--batch-size", str(train.batch_size), "--seq-len", str(train.seq_len),
             "--device", train.device, "--dtype", train.dtype]
     if train.eval_every:

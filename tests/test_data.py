@@ -232,12 +232,16 @@ def test_get_batch_deterministic_windows():
     assert (edge == np.arange(1, 17)).all()
 
 
-def test_eval_batches_fixed_and_non_overlapping():
+def test_eval_batches_fixed_spread_and_non_overlapping():
     tokens = np.arange(1000, dtype=np.uint16)
     batches = list(D.eval_batches(tokens, 300, batch_size=4, seq_len=32))
     assert [x.shape for x, _ in batches] == [(4, 32), (4, 32), (1, 32)]  # 9 whole windows
-    ys = np.concatenate([y.ravel() for _, y in batches])
-    assert np.array_equal(ys, np.arange(1, 289))  # each target once, in order
+    xs = np.concatenate([x for x, _ in batches])
+    ys = np.concatenate([y for _, y in batches])
+    assert np.array_equal(ys, xs + 1)                                # next-token targets
+    starts = xs[:, 0].astype(int)
+    assert starts[0] == 0 and starts[-1] == 1000 - 33                # spread over the whole split
+    assert (np.diff(starts) >= 32).all()                             # each target once
     again = list(D.eval_batches(tokens, 300, batch_size=4, seq_len=32))
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(batches, again))
     clipped = list(D.eval_batches(tokens, 10**9, batch_size=64, seq_len=100))

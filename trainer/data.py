@@ -513,18 +513,25 @@ def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step
     return np.ascontiguousarray(buf[:, :-1]), np.ascontiguousarray(buf[:, 1:])
 
 
-def eval_batches(tokens: np.ndarray, n_tokens: int, batch_size: int, seq_len: int):
-    """Fixed non-overlapping windows whose targets cover the first n_tokens (clipped to what exists,
-    whole windows only); the last batch may have fewer rows. The same for every run."""
+def eval_windows(tokens: np.ndarray, n_tokens: int, seq_len: int) -> np.ndarray:
+    """Start offsets of the fixed evaluation windows: n_tokens // seq_len windows spread evenly
+    over the whole split (not its first files), never overlapping. The same for every run."""
     n_windows = min(n_tokens, len(tokens) - 1) // seq_len
     if n_windows < 1:
         raise ValueError(f"eval_batches: {len(tokens)} tokens (n_tokens {n_tokens}) hold no window of {seq_len}")
+    last = len(tokens) - seq_len - 1  # a window reads seq_len + 1 tokens
+    return np.linspace(0, last, n_windows).astype(np.int64)
+
+
+def eval_batches(tokens: np.ndarray, n_tokens: int, batch_size: int, seq_len: int):
+    """(x, y) batches over eval_windows; the last batch may have fewer rows."""
+    starts = eval_windows(tokens, n_tokens, seq_len)
 
     def batches():
-        for w in range(0, n_windows, batch_size):
-            rows = min(batch_size, n_windows - w)
-            buf = np.asarray(tokens[w * seq_len:(w + rows) * seq_len + 1], dtype=np.int64)
-            yield buf[:-1].reshape(rows, seq_len), buf[1:].reshape(rows, seq_len)
+        for w in range(0, len(starts), batch_size):
+            rows = starts[w:w + batch_size, None] + np.arange(seq_len + 1)
+            buf = np.asarray(tokens[rows], dtype=np.int64)             # (rows, T+1)
+            yield np.ascontiguousarray(buf[:, :-1]), np.ascontiguousarray(buf[:, 1:])
     return batches()
 
 

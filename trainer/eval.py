@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.backend import to_numpy, xp_of
-from trainer.data import eval_batches
+from trainer.data import eval_batches, eval_windows
 
 # what a run's result.json fingerprints as "the evaluation code": this file, the data pipeline
 # and the FLOP accounting that turns a budget into steps
@@ -60,6 +60,7 @@ def eval_fingerprint() -> str:
     return h.hexdigest()
 
 
-def tokens_fingerprint(tokens, n_tokens: int) -> str:
-    """sha256 of exactly the tokens an evaluation of n_tokens reads."""
-    return hashlib.sha256(np.ascontiguousarray(to_numpy(tokens[:n_tokens + 1])).tobytes()).hexdigest()
+def tokens_fingerprint(tokens, n_tokens: int, seq_len: int) -> str:
+    """sha256 of exactly the tokens an evaluation of n_tokens in windows of seq_len reads."""
+    rows = eval_windows(tokens, n_tokens, seq_len)[:, None] + np.arange(seq_len + 1)
+    return hashlib.sha256(np.ascontiguousarray(to_numpy(tokens[rows])).tobytes()).hexdigest()

@@ -222,7 +222,7 @@ def base_result(spec, cfg, data, step, elapsed, warmup_seconds, status, reason) 
         "batch_size": B, "sequence_len": T,
         "git_commit": commit, "git_dirty": dirty,
         "eval_fingerprint": eval_fingerprint(),
-        "data_fingerprint": tokens_fingerprint(data.val, spec.val_tokens),
+        "data_fingerprint": tokens_fingerprint(data.val, spec.val_tokens, T),
         "val_tokens": spec.val_tokens, "data": spec.data, "tokenizer": spec.tokenizer,
         "trainer_version": __version__,
     }

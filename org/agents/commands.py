@@ -26,6 +26,7 @@ def add_agent_commands(sub):
     p.add_argument("name", help="the agent's name in the program's org")
     p.add_argument("--program", required=True, help="programs/<name>.yaml or <name>")
     p.add_argument("--api", choices=["chat", "responses"], help="OpenAI API for an openai agent (default chat)")
+    p.add_argument("--backend", choices=["scripted"], help="run as this backend whatever the program says")
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("tool", help="call one agent tool: org tool NAME '{json arguments}'")
@@ -86,6 +87,9 @@ def lab_root() -> Path:
 def cmd_agent(args) -> int:
     program, lab = open_program(args.program, lab_root())
     lab.close()
+    if args.backend:  # org launch --backend scripted
+        from org.launch import with_backend
+        program = with_backend(program, args.backend)
     reason = start_agent(args.name, program, lab_root(), api=args.api)
     print(f"{args.name}: {reason}")
     return 0

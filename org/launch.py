@@ -1,0 +1,846 @@
+"""
+`org launch`: a program's org, running. Agents in a tmux grid, each in its own git worktree;
+the runner serving their experiments; a status pane; and the commands to watch and steer it.
+
+    org launch programs/softcap.yaml [--wait] [--attach] [--backend scripted]
+    org status [softcap] [--watch]          org attach [softcap]
+    org takeover junior-1                   org release junior-1 [--message TEXT]
+    org say junior-1 "try a lower lr"       org stop softcap
+
+Launching is checks first (tmux, the program, API keys, the agents' git branches; if one
+fails nothing is created), then the lab (program branch, ledger, one worktree per agent),
+then the grid. Every pane's command runs under a keeper (org/panes.py) that restarts it after
+a crash; the runner is `org serve` in a pane of its own. Nothing lives in the launching
+process, so it may die at any moment; `--wait` only watches.
+
+`org stop` asks agents and runner to stop at their next safe point, closes the tmux server
+and removes the clean worktrees (one with uncommitted work is kept, and said so); branches,
+ledger, mail and transcripts stay, so `org launch` again resumes: agents rehydrate from their
+transcripts, queued runs run, agents that had finished stay finished.
+
+Files, under .lab/<program>/: panes/<name>.json (each keeper's state; _runner, _status),
+panes/stop (a stop was asked: keepers restart nothing), panes/launch.json (the launch's
+options), takeover/<agent>.json (the worktree as it was when a person took it over).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from org import OrgError
+from org.agents.commands import lab_root
+from org.agents.control import Control
+from org.lab import Lab, child_env
+from org.ledger import FINISHED, Ledger, pid_alive
+from org.mail import Mail, now, write_atomically
+from org.panes import Grid, Pane, RELEASE_KEY, TAKEOVER_KEY, read_state, tmux_path
+from org.program import Program, load_program
+
+RUNNER, STATUS = "_runner", "_status"  # keeper names (agent names cannot start with "_")
+TAKEN_OVER = "taken over by a person"  # the pause reason `org status` shows as "taken over"
+WAITING_TOOLS = ("read_inbox", "results")
+STOP_SECONDS = 30.0  # `org stop`: how long agents get to reach a safe point before a signal
+
+
+def add_launch_commands(sub):
+    p = sub.add_parser("launch", help="start a program's org: agents in a tmux grid, the runner, a status pane")
+    p.add_argument("program", help="programs/<name>.yaml or <name>")
+    p.add_argument("--attach", action="store_true", help="attach to the grid once it is up")
+    p.add_argument("--wait", action="store_true", help="block until the program is done, then print the report")
+    p.add_argument("--backend", choices=["scripted"], help="run every agent as this backend (no model, no key)")
+    p.add_argument("--stagger", type=float, default=1.0, help="seconds between agents' starts (default 1)")
+    p.add_argument("--restarts", type=int, default=3, help="restarts of a crashed agent or runner (default 3)")
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("status", help="agents, runs, spend and verdicts of a launched program")
+    p.add_argument("program", nargs="?", help="default: the one program running here")
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument("--every", type=float, default=2.0, help="seconds between refreshes")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("attach", help="attach this terminal to a program's tmux grid")
+    p.add_argument("program", nargs="?")
+    p.set_defaults(func=cmd_attach)
+
+    for name, text in (("takeover", "pause an agent at its next safe point and take over its pane"),
+                       ("release", "hand a taken-over pane back; the agent is told what you changed")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("agent")
+        p.add_argument("--program", help="default: $NANOLAB_PROGRAM, or the one program running here")
+        if name == "takeover":
+            p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the safe point")
+        else:
+            p.add_argument("--message", help="a note for the agent, sent with the diff")
+        p.set_defaults(func=cmd_takeover if name == "takeover" else cmd_release)
+
+    p = sub.add_parser("say", help="drop a message from you into an agent's inbox")
+    p.add_argument("agent")
+    p.add_argument("text", nargs="+")
+    p.add_argument("--program")
+    p.set_defaults(func=cmd_say)
+
+    p = sub.add_parser("stop", help="stop a program's agents and runner; keep branches, ledger, transcripts")
+    p.add_argument("program")
+    p.add_argument("--timeout", type=float, default=STOP_SECONDS, help="seconds to wait for safe points")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("serve", help="(internal) the runner of a launched program: serve the queue until done")
+    p.add_argument("program")
+    p.set_defaults(func=cmd_serve)
+
+
+# ----------------------------------------------------------------------------------------
+# a launched program: where its things are
+
+
+@dataclass
+class Launch:
+    root: Path
+    program: Program     # as launched (with --backend applied)
+    path: Path | None    # the program file (None: known only from the ledger)
+
+    @property
+    def name(self) -> str:
+        return self.program.name
+
+    @property
+    def lab_dir(self) -> Path:
+        return self.root / ".lab" / self.name
+
+    @property
+    def panes_dir(self) -> Path:
+        return self.lab_dir / "panes"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.lab_dir / "ledger.sqlite"
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.root, self.name)
+
+    @property
+    def agents(self) -> list[str]:
+        return [a.name for a in self.program.org.agents]
+
+    def keeper(self, name: str) -> dict:
+        return read_state(self.panes_dir / f"{name}.json")
+
+    def control_state(self, agent: str) -> dict:
+        return read_state(self.lab_dir / "control" / agent / "state.json")  # read, never create
+
+    def worktree(self, agent: str) -> Path:
+        return self.root / "worktrees" / self.name / agent
+
+
+def open_launch(arg: str | None) -> Launch:
+    """The program a command is about: a file, a name in programs/, or (failing both) the
+    program recorded in .lab/<name>/ledger.sqlite. With no name: $NANOLAB_PROGRAM (set in
+    every pane), else the only program with a lab directory."""
+    from org.cli import program_path
+    root = lab_root()
+    arg = arg or os.environ.get("NANOLAB_PROGRAM") or only_program(root)
+    lab = Lab.open(root)
+    try:
+        path = program_path(arg, lab)
+        program = load_program(path)
+    except OrgError:
+        path, program = None, recorded_program(root, arg)
+    finally:
+        lab.close()
+    options = read_state(root / ".lab" / program.name / "panes" / "launch.json")
+    if options.get("backend"):
+        program = with_backend(program, options["backend"])
+    return Launch(root, program, path.resolve() if path else None)
+
+
+def only_program(root: Path) -> str:
+    names = sorted(p.name for p in (root / ".lab").glob("*") if (p / "ledger.sqlite").exists())
+    running = [n for n in names if Grid(root, n).running()]
+    if len(running) == 1 or len(names) == 1:
+        return (running or names)[0]
+    raise OrgError(f"which program? name one (programs here: {', '.join(names) or 'none'})")
+
+
+def recorded_program(root: Path, name: str) -> Program:
+    path = root / ".lab" / name / "ledger.sqlite"
+    if not path.exists():
+        raise OrgError(f"no program {name!r}: no programs/{name}.yaml and no ledger at {path}")
+    with Ledger(path) as ledger:
+        row = ledger.program(name)
+    if row is None:
+        raise OrgError(f"program {name!r} is not in {path}")
+    return Program.model_validate(json.loads(row["spec"]))
+
+
+def with_backend(program: Program, backend: str) -> Program:
+    """The program with every agent on `backend` (--backend scripted: no model, no key)."""
+    agents = [a.model_copy(update={"backend": backend}) for a in program.org.agents]
+    return program.model_copy(update={"org": program.org.model_copy(update={"agents": agents})})
+
+
+def org_argv(*args: str) -> list[str]:
+    # -P: never import the harness from the current directory (an agent's worktree holds a copy)
+    return [sys.executable, "-P", "-m", "org.cli", *map(str, args)]
+
+
+# ----------------------------------------------------------------------------------------
+# org launch
+
+
+def cmd_launch(args) -> int:
+    launch, program_as_filed = check(args.program, args.backend)
+    grid = launch.grid
+    if grid.running():
+        return relaunch_broken(launch)
+    if finished_before(launch):
+        print(f"{launch.name} is done: every agent has finished and every run is recorded; "
+              f"`org report {launch.name}` for the report")
+        return print_report(launch) if args.wait else 0
+    t0 = time.monotonic()
+    for note in build(launch, program_as_filed, args.stagger, args.restarts, args.backend):
+        print(note)
+    print(f"launched {launch.name}: {len(launch.agents)} agents, the runner and a status pane "
+          f"in tmux session {grid.session_name} ({time.monotonic() - t0:.1f}s)")
+    print(f"  watch:     org attach {launch.name}    (or: {shlex.join(grid.attach_argv())})")
+    print(f"  status:    org status {launch.name}")
+    print(f"  take over: org takeover AGENT  (or C-b {TAKEOVER_KEY} in its pane); "
+          f"org release AGENT (C-b {RELEASE_KEY})")
+    print(f"  stop:      org stop {launch.name}    (org launch again resumes)")
+    sys.stdout.flush()
+    if args.wait:
+        return wait_until_done(launch)
+    if args.attach:
+        attach(launch)
+    return 0
+
+
+def check(arg: str, backend: str | None) -> tuple[Launch, Program]:
+    """Every check that needs no state; raises OrgError (one line) and creates nothing."""
+    from org.agents.models import missing_credentials
+    from org.cli import preflight
+    if tmux_path() is None:
+        raise OrgError("tmux is not installed (or not on PATH): org launch runs every agent in a "
+                       "tmux pane; install it (e.g. apt-get install tmux) and launch again")
+    root = lab_root()
+    with contextlib.chdir(root):
+        program, lab, path = preflight(arg)
+    try:
+        launch = Launch(root, with_backend(program, backend) if backend else program, path.resolve())
+        if not program.org.agents:
+            raise OrgError(f"{path}: org.agents is empty: nobody to launch (`org run {program.name}` "
+                           "runs the declared arms without agents)")
+        missing = missing_credentials(launch.program)
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise OrgError(f"{missing[0]}{more}; or launch with --backend scripted (no model, no key)")
+        check_branches(lab, launch)
+    finally:
+        lab.close()
+    return launch, program
+
+
+def check_branches(lab: Lab, launch: Launch):
+    """Each agent's branch, if it exists, must grow from the program's branch, be checked out
+    nowhere but its worktree, and its worktree path must not be some other directory."""
+    name = launch.name
+    base = f"program/{name}" if f"program/{name}" in lab.repo.heads else "HEAD"
+    trees = {w["path"].resolve(): w["branch"] for w in lab.worktrees()}
+    for agent in launch.agents:
+        branch, path = f"agent/{name}/{agent}", launch.worktree(agent).resolve()
+        if branch in lab.repo.heads and not lab.repo.is_ancestor(base, branch):
+            raise OrgError(f"branch {branch} exists with other history (it does not contain {base} at "
+                           f"{lab.resolve(base)[:10]}): rename it (git branch -m {branch} old/{agent}) "
+                           "or delete it, and launch again")
+        elsewhere = [p for p, b in trees.items() if b == branch and p != path]
+        if elsewhere:
+            raise OrgError(f"branch {branch} is checked out at {elsewhere[0]}: switch that checkout to "
+                           "another branch (an agent's branch lives in its own worktree)")
+        if path.exists() and path not in trees:
+            raise OrgError(f"{path} exists but is not a git worktree of {lab.root}: move it away "
+                           "and launch again")
+
+
+def finished_before(launch: Launch) -> bool:
+    """Every agent finished in an earlier launch and nothing is left to run."""
+    return launch.ledger_path.exists() and all(
+        ended_for_good(launch.control_state(a)) for a in launch.agents) and not runs_left(launch)
+
+
+def ended_for_good(control: dict) -> bool:
+    """Finished or gave up idle: launching again must not redo its work (a stopped, crashed
+    or interrupted agent resumes)."""
+    reason = control.get("reason") or ""
+    return control.get("state") == "stopped" and reason.startswith(("finished", "idle"))
+
+
+def relaunch_broken(launch: Launch) -> int:
+    """A second launch of a running program: restart its dead or crashed panes if it has
+    any (a safe recovery), else refuse."""
+    grid = launch.grid
+    broken = [p for p in grid.panes() if p["dead"] or launch.keeper(keeper_name(p["label"])).get("state") == "crashed"]
+    if not broken:
+        raise OrgError(f"{launch.name} is already running (tmux session {grid.session_name}): "
+                       f"`org attach {launch.name}` to watch it, `org stop {launch.name}` to stop it")
+    for pane in broken:
+        grid.server.cmd("respawn-pane", "-k", "-t", pane["id"])  # its first command, under a new keeper
+    print(f"{launch.name} is already running; restarted its crashed panes: "
+          + ", ".join(p["label"] for p in broken))
+    return 0
+
+
+def keeper_name(label: str) -> str:
+    return {"runner": RUNNER, "status": STATUS}.get(label, label)
+
+
+def build(launch: Launch, program_as_filed: Program, stagger: float, restarts: int,
+          backend: str | None) -> list[str]:
+    """The lab, the worktrees and the grid; returns a line for each recovery it made. A
+    failure while the grid is being built kills it: no half-built org stays behind."""
+    from org.cli import start
+    notes, grid = [], launch.grid
+    if grid.stale_socket():
+        notes.append(f"removed a stale tmux socket (its server is gone): {grid.socket_path}")
+    elif grid.session() is not None:
+        notes.append(f"removed tmux session {grid.session_name}, half-built by a launch that was interrupted")
+    grid.kill()
+    if person_identity(launch.root):
+        notes.append("git: no user.name/email configured; agents commit as themselves "
+                     "(<agent>@nanolab.invalid), a person in a taken-over pane as 'human'")
+    with contextlib.chdir(launch.root):
+        lab = Lab.open(".")
+        start(program_as_filed, lab, launch.path).close()
+    try:
+        for agent in launch.agents:
+            notes += prepare_worktree(lab, launch, agent)
+    finally:
+        lab.close()
+    launch.panes_dir.mkdir(parents=True, exist_ok=True)
+    (launch.panes_dir / "stop").unlink(missing_ok=True)
+    write_atomically(launch.panes_dir / "launch.json", json.dumps({"backend": backend, "at": now()}))
+    for name in [*launch.agents, RUNNER, STATUS]:  # not the last launch's "ended": serve would think it done
+        write_atomically(launch.panes_dir / f"{name}.json", json.dumps({"name": name, "state": "waiting", "since": now()}))
+    panes = [agent_pane(launch, agent, i * stagger, restarts) for i, agent in enumerate(launch.agents)]
+    panes.append(keeper_pane(launch, STATUS, "status", "org status --watch", restarts,
+                             "status", launch.path or launch.name, "--watch"))
+    runner = keeper_pane(launch, RUNNER, "runner", "the runner: runs every experiment", restarts,
+                         "serve", launch.path or launch.name)
+    try:
+        grid.build(panes, runner, {TAKEOVER_KEY: key_command(launch, "takeover"),
+                                   RELEASE_KEY: key_command(launch, "release")})
+    except BaseException:
+        grid.kill()
+        raise
+    return notes
+
+
+def prepare_worktree(lab: Lab, launch: Launch, agent: str) -> list[str]:
+    """The agent's worktree (made, or kept as a crash or `org stop` left it), with what a
+    crash leaves behind cleaned up, and a takeover's pause lifted (its person is gone)."""
+    notes, path = [], launch.worktree(agent)
+    if path.exists():
+        lock = Path(git(path, "rev-parse", "--absolute-git-dir")) / "index.lock"
+        if lock.exists():  # nothing of this program runs now, so no git holds it
+            lock.unlink()
+            notes.append(f"removed a stale git lock left by a crash: {lock}")
+        dirty = git(path, "status", "--porcelain").splitlines()
+        if dirty:
+            notes.append(f"{agent}: kept the {len(dirty)} uncommitted change(s) in {path} from before")
+    lab.add_worktree(launch.name, agent)
+    control = Control(launch.lab_dir, agent)
+    if (control.pause_reason() or "").startswith(TAKEN_OVER):
+        control.resume()
+        notes.append(f"{agent}: lifted the pause of a takeover from before (nobody holds its pane now)")
+    return notes
+
+
+def agent_pane(launch: Launch, agent: str, delay: float, restarts: int) -> Pane:
+    from org.agents.roles import agent_entry
+    from org.agents.sandbox import git_identity
+    entry = agent_entry(launch.program, agent)
+    control = launch.control_state(agent)
+    env = {"NANOLAB_AGENT": agent, "NANOLAB_PROGRAM": launch.name, "NANOLAB_LAB": str(launch.root),
+           "PYTHONUNBUFFERED": "1", "PATH": pane_path(), **git_identity(agent)}  # CLIs' commits too
+    hint = f"{entry.role} · {entry.backend} · C-b {TAKEOVER_KEY} takes over"
+    if ended_for_good(control):  # finished before: show it, do not redo it
+        argv = keeper_argv(launch, agent, 0, restarts, ended=control["reason"])
+    else:
+        backend = ["--backend", entry.backend] if entry.backend == "scripted" else []
+        argv = keeper_argv(launch, agent, delay, restarts) + org_argv(
+            "agent", agent, "--program", launch.path or launch.name, *backend)
+    return Pane(agent, argv, launch.worktree(agent), env, hint)
+
+
+def keeper_pane(launch: Launch, keeper: str, label: str, hint: str, restarts: int, *command) -> Pane:
+    env = {"NANOLAB_PROGRAM": launch.name, "NANOLAB_LAB": str(launch.root), "PYTHONUNBUFFERED": "1",
+           "PATH": pane_path()}
+    return Pane(label, keeper_argv(launch, keeper, 0, restarts) + org_argv(*command), launch.root, env, hint)
+
+
+def keeper_argv(launch: Launch, name: str, delay: float, restarts: int, ended: str | None = None) -> list[str]:
+    argv = [sys.executable, "-P", "-m", "org.panes", "keep", "--state", str(launch.panes_dir / f"{name}.json"),
+            "--name", name.strip("_"), "--delay", f"{delay:g}", "--restarts", str(restarts)]
+    return argv + (["--ended", ended] if ended is not None else ["--"])
+
+
+def pane_path() -> str:
+    """This Python's bin first, so `org` and `python` in a pane are ours."""
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def key_command(launch: Launch, verb: str) -> str:
+    """The shell command a key runs: `org takeover|release <the pane's agent>`, its last line
+    shown in the tmux status line."""
+    log = launch.panes_dir / "keys.log"
+    org = shlex.join(org_argv(verb, "#{@agent}", "--program", launch.name))
+    tmux = shlex.join([tmux_path(), "-L", launch.grid.socket])
+    return (f"cd {shlex.quote(str(launch.root))} && {org} > {shlex.quote(str(log))} 2>&1; "
+            f"{tmux} display-message \"$(tail -n 1 {shlex.quote(str(log))})\"")
+
+
+# ----------------------------------------------------------------------------------------
+# the runner's pane: serve the queue until the program is done
+
+
+def cmd_serve(args) -> int:
+    return serve(open_launch(args.program))
+
+
+def serve(launch: Launch, poll: float = 1.0) -> int:
+    """Drain the queue again and again until every agent has ended and every run is
+    recorded, or a stop is asked (SIGTERM or panes/stop). Killed at any moment, the next
+    serve recovers: runs left running are re-queued or recorded, never run twice."""
+    from org.runner import Runner
+    signal.signal(signal.SIGTERM, _interrupt)
+    lab = Lab.open(launch.root)
+    say = lambda text: print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+    runner = Runner(lab, launch.program, launch.ledger_path, say=say)
+    say(f"serving {launch.name}'s queue")
+    try:
+        while not (launch.panes_dir / "stop").exists():
+            runner.drain()
+            if program_done(launch):
+                say("the program is done: every agent has ended and every run is recorded")
+                return 0
+            time.sleep(poll)
+        say("stopped (org stop)")
+    except KeyboardInterrupt:
+        say("stopped; a run it was running goes back to the queue")
+    finally:
+        lab.close()
+    return 0
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def program_done(launch: Launch) -> bool:
+    """Every agent has ended (or crashed for good) and no run is left to run."""
+    states = [launch.keeper(a).get("state") for a in launch.agents]
+    return all(s in ("ended", "crashed") for s in states) and not runs_left(launch)
+
+
+def runs_left(launch: Launch) -> bool:
+    with Ledger(launch.ledger_path) as ledger:
+        if ledger.runs(launch.name, status="running"):
+            return True
+        queued = ledger.runs(launch.name, status="queued")
+        return bool(queued) and ledger.compute_seconds(launch.name) < launch.program.budget.total_compute_seconds
+
+
+def wait_until_done(launch: Launch, poll: float = 2.0) -> int:
+    """--wait: watch (doing nothing the org depends on) until the program is done."""
+    print(f"waiting for {launch.name} to finish (Ctrl-C stops waiting, not the org)...", flush=True)
+    try:
+        while True:
+            runner = launch.keeper(RUNNER).get("state")
+            if runner == "ended" and program_done(launch):
+                return print_report(launch)
+            if runner == "crashed":
+                print(f"the runner crashed; see its pane (org attach {launch.name}); "
+                      f"`org launch {launch.name}` restarts it", file=sys.stderr)
+                return 1
+            if not launch.grid.running():
+                print(f"{launch.name} was stopped before it was done; `org launch` resumes it", file=sys.stderr)
+                return 1
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        print(f"\nstopped waiting; {launch.name} runs on (org status {launch.name})")
+        return 130
+
+
+def print_report(launch: Launch) -> int:
+    from org.report import run_report
+    code = run_report(launch.ledger_path, launch.name, launch.root / "reports" / launch.name)
+    if launch.grid.running():
+        print(f"the panes stay up for reading: org attach {launch.name}; org stop {launch.name} closes them")
+    return code
+
+
+# ----------------------------------------------------------------------------------------
+# org status
+
+
+def cmd_status(args) -> int:
+    from rich.console import Console
+    launch = open_launch(args.program)
+    console = Console()
+    if not args.watch:
+        console.print(status_view(launch))
+        return 0
+    try:
+        while True:
+            view = status_view(launch)
+            console.clear()
+            console.print(view)
+            time.sleep(args.every)
+    except KeyboardInterrupt:
+        return 0
+
+
+def status_view(launch: Launch):
+    """Agents' states, the runner, runs, spend against budget, the latest verdicts."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+    running = launch.grid.running()
+    head = Text.from_markup(f"[bold]{launch.name}[/] · " + ("[green]running[/]" if running else "[yellow]not running[/]")
+                            + f" · {time.strftime('%H:%M:%S')}")
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    widths = {"agent": max(map(len, launch.agents)), "state": len("out of budget"), "restarts": 8}
+    for col in ("agent", "state", "restarts", "doing"):  # one line per agent; "doing" gives way
+        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=widths.get(col), ratio=int(col == "doing"))
+    for agent in launch.agents:
+        state, doing = agent_state(launch, agent, running)
+        style = {"crashed": "bold red", "taken over": "bold magenta", "working": "green",
+                 "out of budget": "yellow"}.get(state, "")
+        table.add_row(agent, Text(state, style=style), str(launch.keeper(agent).get("restarts", "")), doing)
+    parts = [head, table, Text(runner_line(launch, running))]
+    if launch.ledger_path.exists():
+        parts += [Text(line) for line in ledger_lines(launch)]
+    return Group(*parts)
+
+
+def agent_state(launch: Launch, agent: str, running: bool) -> tuple[str, str]:
+    """(working | waiting | taken over | paused | out of budget | finished | stopped |
+    crashed | starting | restarting | not running, what it is doing or why)."""
+    keeper, control = launch.keeper(agent), launch.control_state(agent)
+    kstate, cstate, reason = keeper.get("state"), control.get("state"), control.get("reason") or ""
+    if kstate == "crashed":
+        return "crashed", keeper.get("note", "")
+    reason = reason.splitlines()[0] if reason else ""
+    if cstate == "paused":
+        return ("taken over" if reason.startswith(TAKEN_OVER) else "paused"), reason
+    if cstate == "stopped" or kstate == "ended":
+        if "LLM budget" in reason:
+            return "out of budget", reason
+        return ("finished" if reason.startswith("finished") else "stopped"), reason
+    if not running:
+        return "not running", reason
+    if kstate == "restarting":
+        return "restarting", keeper.get("note", "")
+    if kstate == "waiting" or cstate != "running":
+        return "starting", ""
+    call = last_call(launch.lab_dir / "transcripts" / f"{agent}.jsonl")
+    if call is None:
+        return "working", ""
+    args = call.get("args") or {}
+    doing = f"{call['name']}(" + ", ".join(f"{k}={json.dumps(v)[:30]}" for k, v in args.items()) + ")"
+    waits = call["name"] in WAITING_TOOLS and (args.get("wait_seconds") or 0) > 0 and call.get("open")
+    return ("waiting" if waits else "working"), doing
+
+
+def last_call(transcript: Path) -> dict | None:
+    """The agent's latest tool call, with open=True while its result is not in yet (the
+    transcript's tail only: transcripts grow long)."""
+    try:
+        with open(transcript, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            lines = f.read().decode(errors="replace").splitlines()[1:]
+    except OSError:
+        return None
+    answered = set()
+    for raw in reversed(lines):
+        try:
+            line = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        if line.get("kind") == "tool":
+            answered.add(line.get("id"))
+        elif line.get("kind") == "assistant" and line.get("calls"):
+            call = line["calls"][-1]
+            return {**call, "open": call.get("id") not in answered}
+    return None
+
+
+def runner_line(launch: Launch, running: bool) -> str:
+    keeper = launch.keeper(RUNNER)
+    state = keeper.get("state", "not started")
+    if not running and state not in ("ended", "crashed"):
+        state = "not running"
+    state = {"running": "serving the queue", "ended": "done"}.get(state, state)
+    restarts = f", {keeper['restarts']} restart(s)" if keeper.get("restarts") else ""
+    return f"runner: {state}{restarts}" + (f" ({keeper['note']})" if keeper.get("note") else "")
+
+
+def ledger_lines(launch: Launch) -> list[str]:
+    from org.agents.tools import referee_verdicts
+    name, budget = launch.name, launch.program.budget
+    with Ledger(launch.ledger_path) as ledger:
+        runs = Counter(r["status"] for r in ledger.runs(name))
+        compute, dollars = ledger.compute_seconds(name), ledger.spend(name)["dollars"]
+        verdicts = ledger.verdicts(name) or referee_verdicts(ledger, launch.program)
+    done = sum(n for s, n in runs.items() if s in FINISHED)
+    detail = ", ".join(f"{n} {s}" for s, n in sorted(runs.items()) if s in FINISHED)
+    lines = [f"runs: {runs.get('queued', 0)} queued · {runs.get('running', 0)} running · {done} done"
+             + (f" ({detail})" if detail else ""),
+             f"compute: {compute:.0f}s of {budget.total_compute_seconds:g}s · "
+             f"LLM: ${dollars:.4f} of ${budget.total_llm_dollars:g}"]
+    for v in verdicts[-8:]:
+        if "error" in v:
+            lines.append(f"verdicts: {v['error']}")
+            continue
+        delta = "" if v.get("delta") is None else f" (Δ {v['delta']:+.4f}, n={v['n']})"
+        lines.append(f"verdict: {v['arm']} vs {v['versus']}: {v['verdict']}{delta}")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------
+# attach, takeover, release, say
+
+
+def cmd_attach(args) -> int:
+    attach(open_launch(args.program))
+    return 0
+
+
+def attach(launch: Launch):
+    grid = launch.grid
+    if not grid.running():
+        raise OrgError(f"{launch.name} is not running; `org launch {launch.name}` starts it")
+    if not sys.stdin.isatty():
+        raise OrgError(f"attaching needs a terminal; from one: {shlex.join(grid.attach_argv())}")
+    env = {k: v for k, v in os.environ.items() if k != "TMUX"}  # from inside tmux too
+    os.execvpe(grid.attach_argv()[0], grid.attach_argv(), env)
+
+
+def cmd_takeover(args) -> int:
+    launch = open_launch(args.program)
+    agent = known_agent(launch, args.agent)
+    grid = launch.grid
+    if not grid.running():
+        raise OrgError(f"{launch.name} is not running; `org launch {launch.name}` first")
+    if grid.find(agent, taken=True):
+        raise OrgError(f"{agent} is already taken over; `org release {agent}` hands it back")
+    control, tree = Control(launch.lab_dir, agent), launch.worktree(agent)
+    write_atomically(launch.lab_dir / "takeover" / f"{agent}.json", json.dumps(
+        {"tree": snapshot_tree(tree), "head": git(tree, "rev-parse", "HEAD"), "at": now()}))
+    control.pause(TAKEN_OVER)
+    if launch.keeper(agent).get("state") == "running" and control.state().get("state") != "stopped":
+        print(f"asking {agent} to pause at its next safe point...", flush=True)
+        if not control.wait_for_state("paused", args.timeout):
+            raise OrgError(f"{agent} did not reach a safe point in {args.timeout:g}s; the pause stands: "
+                           f"`org takeover {agent}` again takes the pane once it has paused")
+    backend = next(a.backend for a in launch.program.org.agents if a.name == agent)
+    hint = f"TAKEN OVER · C-b {RELEASE_KEY} or `org release {agent}` hands it back"
+    if backend == "claude-code":  # the CLI itself is the person's: its Stop hook let it stop
+        grid.take_over(agent, None, hint)
+        print(f"{agent} is paused; its pane is yours: Claude Code waits at its prompt. "
+              f"`org release {agent}` hands it back.")
+        return 0
+    grid.take_over(agent, person_shell(launch, agent, backend), hint)
+    print(f"{agent} is paused; its pane is yours: a shell in {tree}. "
+          f"`org release {agent}` hands it back, telling {agent} what you changed.")
+    return 0
+
+
+def person_shell(launch: Launch, agent: str, backend: str) -> Pane:
+    """An interactive shell in the agent's worktree, with the person's git identity (or a
+    plain "human" one if none is configured) and `org` on PATH."""
+    tree = launch.worktree(agent)
+    banner = [f"── {agent} is paused: this pane is yours ──",
+              f"a shell in {tree} (branch agent/{launch.name}/{agent})",
+              f"`org release {agent}` (or C-b {RELEASE_KEY}) hands it back, with a note of what you changed"]
+    if backend == "codex":
+        banner.append("`codex resume --last` here continues the agent's own Codex session")
+    shell = os.environ.get("SHELL") or "/bin/bash"
+    script = "printf '%s\\n' " + " ".join(shlex.quote(line) for line in banner) + f"; exec {shlex.quote(shell)} -i"
+    env = {"NANOLAB_AGENT": agent, "NANOLAB_PROGRAM": launch.name, "NANOLAB_LAB": str(launch.root),
+           "PATH": pane_path(), **person_identity(launch.root)}
+    return Pane(agent, ["sh", "-c", script], tree, env)
+
+
+def person_identity(root: Path) -> dict:
+    """The person's git identity from git config, or a plain stand-in (git identity is not
+    configured on a fresh machine, and commits must still work)."""
+    name = subprocess.run(["git", "config", "user.name"], cwd=root, capture_output=True, text=True).stdout.strip()
+    email = subprocess.run(["git", "config", "user.email"], cwd=root, capture_output=True, text=True).stdout.strip()
+    if name and email:
+        return {}
+    return {"GIT_AUTHOR_NAME": "human", "GIT_AUTHOR_EMAIL": "human@nanolab.invalid",
+            "GIT_COMMITTER_NAME": "human", "GIT_COMMITTER_EMAIL": "human@nanolab.invalid"}
+
+
+def cmd_release(args) -> int:
+    launch = open_launch(args.program)
+    agent = known_agent(launch, args.agent)
+    if not (launch.lab_dir / "takeover" / f"{agent}.json").exists():
+        raise OrgError(f"{agent} is not taken over (`org takeover {agent}` takes it over)")
+    message = release(launch, agent, args.message)
+    launch.grid.hand_back(agent, f"C-b {TAKEOVER_KEY} takes over")
+    print(f"{agent} resumes; it was told: {message.splitlines()[0]}")
+    return 0
+
+
+def release(launch: Launch, agent: str, note: str | None = None) -> str:
+    """Resume the agent with a message saying what the person changed in its worktree
+    (commits and uncommitted edits, as one diff against the takeover's snapshot)."""
+    record_path = launch.lab_dir / "takeover" / f"{agent}.json"
+    taken = json.loads(record_path.read_text())
+    message = change_note(launch.worktree(agent), taken, note)
+    Control(launch.lab_dir, agent).resume(message)  # the mail first, then the pause lifts
+    record_path.unlink()
+    return message
+
+
+def change_note(tree: Path, taken: dict, note: str | None, limit: int = 8000) -> str:
+    diff = git(tree, "diff", "--stat", "--patch", taken["tree"], snapshot_tree(tree)) if tree.exists() else ""
+    commits = git(tree, "log", "--oneline", f"{taken['head']}..HEAD") if tree.exists() else ""
+    head = f"A person took over your pane at {taken['at']} and handed it back at {now()}."
+    text = head + (f"\nTheir note: {note}" if note else "")
+    if not diff and not commits:
+        return text + "\nThey changed nothing in your worktree; carry on."
+    if commits:
+        text += f"\nTheir commits on your branch:\n{commits}"
+    dirty = git(tree, "status", "--porcelain")
+    if dirty:
+        text += "\nSome of their changes are not committed (git status below): review them, then commit or revert.\n" + dirty
+    cut = f"\n[... diff cut at {limit} characters]" if len(diff) > limit else ""
+    return text + f"\nWhat they changed in your worktree (git diff):\n{diff[:limit]}{cut}"
+
+
+def snapshot_tree(tree: Path) -> str:
+    """A git tree object of everything in the worktree, committed or not (a scratch index:
+    the worktree's own index is left alone)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        git(tree, "read-tree", "HEAD", env=env)
+        git(tree, "add", "-A", env=env)
+        return git(tree, "write-tree", env=env)
+
+
+def cmd_say(args) -> int:
+    launch = open_launch(args.program)
+    agent = known_agent(launch, args.agent)
+    message = Mail(launch.lab_dir).send("human", agent, " ".join(args.text))
+    print(f"in {agent}'s inbox (message {message['id']}); it reads it at its next step")
+    return 0
+
+
+def known_agent(launch: Launch, agent: str) -> str:
+    if agent not in launch.agents:
+        raise OrgError(f"{launch.name} has no agent {agent!r} (agents: {', '.join(launch.agents)})")
+    return agent
+
+
+def git(cwd: Path, *args: str, env: dict | None = None) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd, env=child_env(env), capture_output=True, text=True)
+    if out.returncode != 0:
+        raise OrgError(f"git {' '.join(args[:2])} in {cwd} failed: {out.stderr.strip()[-300:]}")
+    return out.stdout.rstrip()
+
+
+# ----------------------------------------------------------------------------------------
+# org stop
+
+
+def cmd_stop(args) -> int:
+    launch = open_launch(args.program)
+    for line in stop(launch, args.timeout):
+        print(line)
+    return 0
+
+
+def stop(launch: Launch, timeout: float = STOP_SECONDS) -> list[str]:
+    """Agents and runner stop at a safe point (a signal after `timeout`), the tmux server
+    closes, clean worktrees go; branches, ledger, mail and transcripts stay."""
+    from org.runner import Runner
+    grid, lines = launch.grid, []
+    was_running = grid.running()
+    launch.panes_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(launch.panes_dir / "stop", now())  # keepers restart nothing from here on
+    for agent in launch.agents:
+        if (launch.lab_dir / "takeover" / f"{agent}.json").exists():
+            release(launch, agent, "the org was stopped while you were taken over")
+            lines.append(f"{agent} was taken over: the person's shell is closed; {agent} was told what they changed")
+        Control(launch.lab_dir, agent).stop("org stop")
+    runner = launch.keeper(RUNNER).get("pid")
+    if pid_alive(runner):
+        os.kill(runner, signal.SIGTERM)  # the runner kills its trainers; their runs go back to the queue
+    left = wait_for_exit(launch, timeout)
+    for pid in left:  # past the safe point's grace: an interrupt, then a kill
+        _signal(pid, signal.SIGINT)
+    for pid in wait_for_exit(launch, 5.0):
+        _signal(pid, signal.SIGKILL)
+    grid.kill()
+    if launch.ledger_path.exists():  # runs a killed runner left 'running' go back to the queue now
+        with contextlib.closing(Lab.open(launch.root)) as lab, Ledger(launch.ledger_path) as ledger:
+            Runner(lab, launch.program, launch.ledger_path, say=lambda text: None).recover(ledger)
+    lines += remove_worktrees(launch)
+    lines.insert(0, f"stopped {launch.name}" if was_running else f"{launch.name} was not running; cleaned up")
+    if launch.ledger_path.exists():
+        with Ledger(launch.ledger_path) as ledger:
+            queued = len(ledger.runs(launch.name, status="queued"))
+        lines.append(f"kept: branches agent/{launch.name}/*, the ledger ({queued} runs queued), mail and "
+                     f"transcripts in {launch.lab_dir}; `org launch {launch.name}` resumes")
+    return lines
+
+
+def wait_for_exit(launch: Launch, timeout: float) -> list[int]:
+    """Wait until no agent or runner process is alive; returns those still alive at the end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = [launch.keeper(n).get("pid") for n in [*launch.agents, RUNNER]]  # status goes with tmux
+        alive = [p for p in pids if pid_alive(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def _signal(pid: int, sig: int):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def remove_worktrees(launch: Launch) -> list[str]:
+    """Remove each agent's worktree, or keep it (and say so) if it holds uncommitted work."""
+    lines, removed = [], []
+    lab = Lab.open(launch.root)
+    try:
+        for agent in launch.agents:
+            path = launch.worktree(agent)
+            if not path.exists():
+                continue
+            dirty = git(path, "status", "--porcelain").splitlines()
+            if dirty:
+                lines.append(f"kept {path}: {len(dirty)} uncommitted change(s); `org launch` resumes with them")
+                continue
+            lab.remove_worktree(launch.name, agent)
+            removed.append(agent)
+        lab.prune_worktrees()
+    finally:
+        lab.close()
+    if removed:
+        lines.append(f"removed the worktrees of {', '.join(removed)} (their branches stay)")
+    return lines

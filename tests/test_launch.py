@@ -1,0 +1,317 @@
+"""`org launch` and the commands around it, on real tmux servers (a private socket per test) and
+real git repositories: the grid, bad input (nothing half-built, or a recovery that says what it
+did), `org stop`, `org say`, and a key in a pane that takes it over.
+
+Each test builds a small committed project (a copy of the trainer, programs/tiny.yaml, a tiny
+corpus) with scripted agents, so no model and no key is needed. Whatever a test launched is
+stopped afterwards and its tmux server killed.
+"""
+import contextlib
+import os
+import pty
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import git
+import pytest
+import yaml
+
+from agentlab import tiny_program
+from org.agents.control import Control
+from org.cli import main
+from org.ledger import pid_alive
+from org.mail import Mail
+from org.panes import Grid, read_state
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLO = [{"name": "solo", "role": "researcher", "backend": "scripted"}]
+
+
+@pytest.fixture
+def org_project(tmp_path, monkeypatch):
+    """org_project(agents, **program changes) -> the root of a committed project, not started;
+    the current directory is the root."""
+    made = []
+
+    def make(agents=SOLO, topology="solo", identity=True, **changes) -> Path:
+        root = tmp_path / "proj"
+        shutil.copytree(ROOT / "trainer", root / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
+        corpus = tmp_path / "corpus.txt"
+        corpus.write_text("the cat sat on the mat and the dog sat on the log. " * 400)
+        program = tiny_program(agents, topology=topology, corpus=str(corpus), **changes)
+        (root / "programs").mkdir()
+        (root / "programs" / "tiny.yaml").write_text(yaml.safe_dump(program, sort_keys=False))
+        (root / ".gitignore").write_text("__pycache__/\n")
+        repo = git.Repo.init(root, initial_branch="main")
+        if identity:
+            with repo.config_writer() as cw:
+                cw.set_value("user", "name", "Test").set_value("user", "email", "test@example.com")
+        repo.git.add(A=True)
+        repo.git.commit("-m", "project", env={"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "t@example.com",
+                                               "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.com"})
+        repo.close()
+        monkeypatch.chdir(root)
+        made.append(root)
+        return root
+
+    yield make
+    for root in made:  # stop whatever is still up: agents, runner, trainers, the tmux server
+        if Grid(root, "tiny").server.is_alive() or (root / ".lab" / "tiny" / "panes").exists():
+            main(["stop", "tiny", "--timeout", "5"])
+        Grid(root, "tiny").kill()
+
+
+def eventually(check, timeout=60.0, what="the condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("org: ") and err.count("\n") == 1, err
+    return err
+
+
+def branches(root: Path) -> list[str]:
+    with contextlib.closing(git.Repo(root)) as repo:
+        return sorted(h.name for h in repo.heads)
+
+
+def nothing_created(root: Path, branches_before: list[str]) -> bool:
+    with contextlib.closing(git.Repo(root)) as repo:
+        trees = repo.git.worktree("list").splitlines()
+    return (not (root / ".lab").exists() and not (root / "worktrees").exists() and len(trees) == 1
+            and branches(root) == branches_before and not Grid(root, "tiny").server.is_alive())
+
+
+# ----------------------------------------------------------------------------------------
+# checks first: a clear line, a non-zero exit, nothing created
+
+
+def no_tmux_on_path(root, monkeypatch, tmp_path):
+    bin_dir = tmp_path / "bin"  # git, but no tmux
+    bin_dir.mkdir()
+    (bin_dir / "git").symlink_to(shutil.which("git"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+
+def an_agent_without_its_key(root, monkeypatch, tmp_path):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    program = yaml.safe_load((root / "programs" / "tiny.yaml").read_text())
+    program["org"]["agents"].append({"name": "claude", "backend": "anthropic", "model": "claude-test"})
+    (root / "programs" / "tiny.yaml").write_text(yaml.safe_dump(program))
+    git.Repo(root).git.commit("-am", "an anthropic agent")
+
+
+def a_branch_with_other_history(root, monkeypatch, tmp_path):
+    repo = git.Repo(root)
+    repo.git.checkout("--orphan", "elsewhere")
+    repo.git.commit("-m", "unrelated history", "--allow-empty")
+    repo.git.branch("agent/tiny/solo")
+    repo.git.checkout("main")
+
+
+def no_agents(root, monkeypatch, tmp_path):
+    program = yaml.safe_load((root / "programs" / "tiny.yaml").read_text())
+    program["org"]["agents"] = []
+    (root / "programs" / "tiny.yaml").write_text(yaml.safe_dump(program))
+    git.Repo(root).git.commit("-am", "no agents")
+
+
+BAD_ENVIRONMENTS = {
+    "tmux missing": (no_tmux_on_path, "tmux is not installed (or not on PATH)"),
+    "an API key missing": (an_agent_without_its_key,
+                           "agent claude (backend anthropic) needs ANTHROPIC_API_KEY in the environment; "
+                           "or launch with --backend scripted"),
+    "a branch with other history": (a_branch_with_other_history,
+                                    "branch agent/tiny/solo exists with other history"),
+    "no agents": (no_agents, "org.agents is empty: nobody to launch"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ENVIRONMENTS)
+def test_launch_checks_everything_first_and_creates_nothing(case, org_project, monkeypatch, tmp_path, capsys):
+    root = org_project()
+    setup, expected = BAD_ENVIRONMENTS[case]
+    setup(root, monkeypatch, tmp_path)
+    before = branches(root)
+    assert main(["launch", "tiny"]) == 2
+    assert expected in one_line_error(capsys)
+    assert nothing_created(root, before)
+
+
+# ----------------------------------------------------------------------------------------
+# the grid
+
+
+def test_the_grid_has_a_labelled_pane_per_agent_in_its_worktree(org_project, capsys):
+    root = org_project(agents=SOLO + [{"name": "second", "backend": "scripted"}])
+    assert main(["launch", "tiny", "--stagger", "0"]) == 0
+    out = capsys.readouterr().out
+    grid = Grid(root, "tiny")
+    assert f"launched tiny: 2 agents" in out and "org attach tiny" in out and grid.socket in out
+    panes = {p["label"]: p for p in grid.panes()}
+    assert [p["label"] for p in grid.panes() if p["window"] == "org"] == ["solo", "second", "status"]
+    assert panes["runner"]["window"] == "runner"
+    for agent in ("solo", "second"):
+        assert Path(panes[agent]["cwd"]) == root / "worktrees" / "tiny" / agent
+        header = grid.server.cmd("display-message", "-p", "-t", panes[agent]["id"], "#{E:pane-border-format}").stdout[0]
+        assert header.strip() == f"{agent} · researcher · scripted · C-b T takes over"
+    assert "run-shell" in "".join(grid.server.cmd("list-keys", "-T", "prefix", "T").stdout)
+    # the agents run: the status pane (as a person sees it) and `org status` say so
+    eventually(lambda: "solo" in grid.capture("status") and "runner:" in grid.capture("status"), what="the status pane")
+    eventually(lambda: Control(root / ".lab" / "tiny", "solo").state()["state"] in ("running", "stopped"),
+               what="the agent to start")
+    assert main(["status", "tiny"]) == 0
+    status = capsys.readouterr().out
+    assert "tiny · running" in status and "solo" in status and "runner:" in status and "runs:" in status
+
+    # a second launch is refused; once a pane has died, launching again restarts that pane
+    assert main(["launch", "tiny"]) == 2
+    assert "tiny is already running (tmux session org-tiny)" in one_line_error(capsys)
+    os.kill(int(panes["status"]["pid"]), signal.SIGKILL)
+    eventually(lambda: grid.find("status")["dead"], what="the status pane to die")
+    assert main(["launch", "tiny"]) == 0
+    assert "restarted its crashed panes: status" in capsys.readouterr().out
+    eventually(lambda: not grid.find("status")["dead"] and "runner:" in grid.capture("status"), what="a new status pane")
+
+
+def test_a_stale_socket_and_a_half_built_session_are_cleaned_up(org_project, capsys):
+    root = org_project()
+    grid = Grid(root, "tiny")
+    tmux = ["tmux", "-L", grid.socket, "-f", "/dev/null"]
+    subprocess.run(tmux + ["new-session", "-d", "-s", "elsewhere"], check=True)
+    server = int(subprocess.run(tmux + ["display-message", "-p", "#{pid}"], capture_output=True, text=True).stdout)
+    os.kill(server, signal.SIGKILL)  # a crashed server leaves its socket behind
+    eventually(lambda: not pid_alive(server), what="tmux to die")
+    assert grid.stale_socket()
+    assert main(["launch", "tiny", "--stagger", "0"]) == 0
+    assert f"removed a stale tmux socket (its server is gone): {grid.socket_path}" in capsys.readouterr().out
+    assert grid.running()
+    main(["stop", "tiny"])
+
+    subprocess.run(tmux + ["new-session", "-d", "-s", "org-tiny"], check=True)  # a launch killed half-way
+    assert not grid.running()
+    assert main(["launch", "tiny", "--stagger", "0"]) == 0
+    assert "removed tmux session org-tiny, half-built by a launch that was interrupted" in capsys.readouterr().out
+    assert grid.running() and [p["label"] for p in grid.panes() if p["window"] == "org"] == ["solo", "status"]
+
+
+def test_after_a_crash_launch_keeps_a_dirty_worktree_and_removes_a_stale_git_lock(org_project, capsys):
+    root = org_project()
+    assert main(["launch", "tiny", "--stagger", "0"]) == 0
+    tree = root / "worktrees" / "tiny" / "solo"
+    (tree / "idea.py").write_text("# half-written when the machine died\n")
+    lock = Path(git.Repo(tree).git_dir) / "index.lock"
+    lock.write_text("")
+    Grid(root, "tiny").server.kill()  # the crash: tmux and every pane's process gone
+    capsys.readouterr()
+    assert main(["launch", "tiny", "--stagger", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "removed a stale tmux socket" in out
+    assert f"removed a stale git lock left by a crash: {lock}" in out
+    assert f"solo: kept the 1 uncommitted change(s) in {tree} from before" in out
+    assert (tree / "idea.py").exists() and not lock.exists()
+
+
+def test_stop_removes_clean_worktrees_and_keeps_branches_ledger_and_work(org_project, capsys):
+    root = org_project(agents=SOLO + [{"name": "second", "backend": "scripted"}])
+    assert main(["launch", "tiny", "--stagger", "0"]) == 0
+    grid = Grid(root, "tiny")
+    (root / "worktrees" / "tiny" / "second" / "draft.md").write_text("not committed yet\n")
+    keepers = [root / ".lab" / "tiny" / "panes" / f"{name}.json" for name in ("solo", "second", "_runner")]
+    pids = eventually(lambda: all(read_state(k).get("pid") for k in keepers) and [read_state(k)["pid"] for k in keepers],
+                      what="both agents and the runner to start")
+    capsys.readouterr()
+    assert main(["stop", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("stopped tiny\n")
+    assert "removed the worktrees of solo (their branches stay)" in out
+    assert f"kept {root / 'worktrees' / 'tiny' / 'second'}: 1 uncommitted change(s)" in out
+    assert not grid.server.is_alive() and not grid.socket_path.exists()
+    assert not any(pid_alive(p) for p in pids)
+    assert not (root / "worktrees" / "tiny" / "solo").exists()
+    assert (root / "worktrees" / "tiny" / "second" / "draft.md").exists()
+    with contextlib.closing(git.Repo(root)) as repo:
+        assert {"agent/tiny/solo", "agent/tiny/second", "program/tiny"} <= {h.name for h in repo.heads}
+    assert (root / ".lab" / "tiny" / "ledger.sqlite").exists()
+    assert (root / ".lab" / "tiny" / "transcripts" / "solo.jsonl").exists()
+    assert Control(root / ".lab" / "tiny", "solo").state()["state"] == "stopped"
+    assert main(["status", "tiny"]) == 0
+    assert "tiny · not running" in capsys.readouterr().out
+    assert main(["stop", "tiny"]) == 0  # stopping twice is harmless
+    assert "tiny was not running" in capsys.readouterr().out
+
+
+def test_say_drops_a_message_from_you_into_an_inbox(org_project, capsys):
+    root = org_project()
+    assert main(["say", "solo", "look", "at", "the", "warmup", "--program", "tiny"]) == 0
+    assert "in solo's inbox" in capsys.readouterr().out
+    [message] = Mail(root / ".lab" / "tiny").inbox("solo")
+    assert (message["from"], message["text"]) == ("human", "look at the warmup")
+    assert main(["say", "nobody", "hi", "--program", "tiny"]) == 2
+    assert "tiny has no agent 'nobody' (agents: solo)" in one_line_error(capsys)
+    assert main(["takeover", "solo", "--program", "tiny"]) == 2
+    assert "tiny is not running; `org launch tiny` first" in one_line_error(capsys)
+
+
+# ----------------------------------------------------------------------------------------
+# a key in a pane takes it over (and another hands it back), as a person at the terminal does
+
+
+def attach_terminal(grid: Grid) -> int:
+    """A tmux client on a pseudo-terminal, like a person's terminal; returns its input fd."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ.pop("TMUX", None)
+        os.environ["TERM"] = "xterm"
+        os.execvp(grid.attach_argv()[0], grid.attach_argv())
+    eventually(lambda: grid.server.cmd("list-clients").stdout, what="the client to attach")
+    return fd
+
+
+def test_a_key_takes_a_pane_over_and_another_hands_it_back(org_project, monkeypatch, tmp_path, capsys):
+    # a fresh machine: no git identity anywhere, so the person's commits are by "human"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    root = org_project(identity=False, budget={**tiny_program([])["budget"], "per_run": {"steps": 400}})
+    assert main(["launch", "tiny", "--stagger", "0"]) == 0
+    assert "git: no user.name/email configured" in capsys.readouterr().out
+    grid, control = Grid(root, "tiny"), Control(root / ".lab" / "tiny", "solo")
+    eventually(lambda: control.state()["state"] == "running", what="the agent to start")
+    grid.server.cmd("select-pane", "-t", grid.find("solo")["id"])
+    terminal = attach_terminal(grid)
+
+    os.write(terminal, b"\x02T")  # C-b T, in the agent's pane
+    eventually(lambda: control.state()["state"] == "paused", what="the agent to pause")
+    screen = eventually(lambda: "this pane is yours" in grid.capture("solo", taken=True)
+                        and grid.capture("solo", taken=True), what="the person's shell")
+    assert "── solo is paused: this pane is yours ──" in screen
+    assert control.state()["reason"] == "taken over by a person"
+    assert grid.find("solo", taken=True)["cwd"] == str(root / "worktrees" / "tiny" / "solo")
+    assert [p["label"] for p in grid.panes() if p["window"] == "org"] == ["solo", "status"]
+    eventually(lambda: "taken over" in grid.capture("status"), what="the status pane to say so")
+
+    os.write(terminal, b"echo '# the person was here' > NOTE.md && git add NOTE.md && git commit -qm note && echo committed\r")
+    eventually(lambda: "\ncommitted" in grid.capture("solo", taken=True), what="the person's commit")
+    with contextlib.closing(git.Repo(root / "worktrees" / "tiny" / "solo")) as repo:
+        assert repo.head.commit.author.name == "human"
+
+    os.write(terminal, b"\x02R")  # C-b R hands it back
+    eventually(lambda: control.state()["state"] == "running", what="the agent to resume")
+    assert grid.find("solo", taken=True) is None and grid.find("solo")["window"] == "org"
+    transcript = (root / ".lab" / "tiny" / "transcripts" / "solo.jsonl").read_text()
+    eventually(lambda: "A person took over your pane" in (root / ".lab" / "tiny" / "transcripts" / "solo.jsonl").read_text(),
+               what="the release message in the agent's transcript")
+    transcript = (root / ".lab" / "tiny" / "transcripts" / "solo.jsonl").read_text()
+    assert "Their commits on your branch" in transcript and "+# the person was here" in transcript
+    os.close(terminal)
