@@ -197,7 +197,7 @@ def a_run_in_flight(root: Path) -> dict:
 
 @pytest.mark.slow
 def test_sigkill_of_an_agent_the_runner_and_the_whole_org_loses_nothing(org_project):
-    budget = {"per_run": {"steps": 300}, "seeds": [0, 1, 2], "total_compute_seconds": 600,
+    budget = {"per_run": {"steps": 2000}, "seeds": [0, 1, 2], "total_compute_seconds": 600,
               "total_llm_dollars": 0, "run_timeout_seconds": 60}
     root = org_project(budget=budget)
     lab, keeper = root / ".lab" / "tiny", lambda name: read_state(root / ".lab" / "tiny" / "panes" / f"{name}.json")

@@ -108,11 +108,11 @@ def attention_forward(q, k, v, mask):
     xp = xp_of(q)
     B, T, H, D = q.shape
     KV = k.shape[2]
-    qg = q.transpose(0, 2, 1, 3).reshape(B, KV, H // KV * T, D)   # (B, KV, G*T, D)
+    # the 1/sqrt(D) scale goes on q, (B, KV, G*T, D), not on the (T, T) scores: a smaller pass
+    qg = q.transpose(0, 2, 1, 3).reshape(B, KV, H // KV * T, D) * (1.0 / math.sqrt(D))
     kt = k.transpose(0, 2, 3, 1)                                   # (B, KV, D, T)
     vt = v.transpose(0, 2, 1, 3)                                   # (B, KV, T, D)
-    s = (qg @ kt).reshape(B, H, T, T)                              # scores
-    s *= 1.0 / math.sqrt(D)
+    s = (qg @ kt).reshape(B, H, T, T)                              # scaled scores
     s += mask
     s -= s.max(axis=-1, keepdims=True)
     p = xp.exp(s, out=s)
@@ -123,7 +123,7 @@ def attention_forward(q, k, v, mask):
 
 
 def attention_backward(dy, cache):
-    qg, kt, vt, p = cache
+    qg, kt, vt, p = cache                                          # qg holds the scaled q
     B, H, T, _ = p.shape
     KV, D = vt.shape[1], vt.shape[3]
     dyg = dy.transpose(0, 2, 1, 3).reshape(B, KV, -1, D)          # (B, KV, G*T, D)
@@ -134,11 +134,12 @@ def attention_backward(dy, cache):
     ds = dp
     ds -= (dp * pg).sum(axis=-1, keepdims=True)
     ds *= pg
-    ds *= 1.0 / math.sqrt(D)
     dqg = ds @ kt.transpose(0, 1, 3, 2)                            # (B, KV, G*T, D)
+    dqg *= 1.0 / math.sqrt(D)                                      # through the scale on q
     dk = ds.transpose(0, 1, 3, 2) @ qg                             # (B, KV, T, D)
     dq = dqg.reshape(B, H, T, D).transpose(0, 2, 1, 3)
     return dq, dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3)
+
 
 # ----------------------------------------------------------------------------------------
 # MLP nonlinearities
@@ -185,17 +186,19 @@ def softcap_backward(dz, t):
 def cross_entropy_forward(z, targets):
     # z (N, V) logits, targets (N,) -> per-token losses (N,) = logsumexp(z) - z[target]
     xp = xp_of(z)
-    N = z.shape[0]
+    rows = xp.arange(z.shape[0])
     zmax = z.max(axis=-1, keepdims=True)
-    e = xp.exp(z - zmax)
+    target_logits = z[rows, targets]
+    e = z - zmax                                                   # one (N, V) temporary,
+    xp.exp(e, out=e)                                               # reused for exp and probs
     s = e.sum(axis=-1, keepdims=True)
-    losses = (xp.log(s) + zmax)[:, 0] - z[xp.arange(N), targets]
-    probs = e / s
-    return losses, (probs, targets)
+    losses = (xp.log(s) + zmax)[:, 0] - target_logits
+    e /= s
+    return losses, (e, targets)
 
 
 def cross_entropy_backward(cache, scale):
-    # d(scale * sum losses)/dz = scale * (softmax(z) - onehot(target))
+    # d(scale * sum losses)/dz = scale * (softmax(z) - onehot(target)), written over the probs
     probs, targets = cache
     xp = xp_of(probs)
     dz = probs

@@ -355,7 +355,7 @@ class Progress:
 _PEAKS: dict = {}
 
 
-def measure_matmul_peak(device: str = "cpu", dtype: str = "float32") -> float:
+def measure_matmul_peak(device: str = "cpu", dtype: str = "float32", seconds: float = 0.3) -> float:
     """FLOP/s of a large square matmul on this device, measured now (MFU's denominator)."""
     if (device, dtype) in _PEAKS:
         return _PEAKS[(device, dtype)]
@@ -365,7 +365,7 @@ def measure_matmul_peak(device: str = "cpu", dtype: str = "float32") -> float:
     a = xp.ones((n, n), dtype=dtype)
     b = xp.ones((n, n), dtype=dtype)
     (a @ b).sum()  # warm up
-    best, t_end = 0.0, time.perf_counter() + 0.3
+    best, t_end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < t_end:
         t0 = time.perf_counter()
         c = a @ b
