@@ -25,6 +25,7 @@ options), takeover/<agent>.json (the worktree as it was when a person took it ov
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -201,16 +202,19 @@ def org_argv(*args: str) -> list[str]:
 def cmd_launch(args) -> int:
     launch, program_as_filed = check(args.program, args.backend)
     grid = launch.grid
-    if grid.running():
-        return relaunch_broken(launch)
-    if finished_before(launch):
-        print(f"{launch.name} is done: every agent has finished and every run is recorded; "
-              f"`org report {launch.name}` for the report")
-        return print_report(launch) if args.wait else 0
     t0 = time.monotonic()
-    for note in build(launch, program_as_filed, args.stagger, args.restarts, args.backend):
+    with one_at_a_time(launch):
+        if grid.running():
+            return relaunch_broken(launch)
+        if finished_before(launch):
+            print(f"{launch.name} is done: every agent has finished and every run is recorded; "
+                  f"`org report {launch.name}` for the report")
+            return print_report(launch) if args.wait else 0
+        notes = build(launch, program_as_filed, args.stagger, args.restarts, args.backend)
+    for note in notes:
         print(note)
-    print(f"launched {launch.name}: {len(launch.agents)} agents, the runner and a status pane "
+    n = len(launch.agents)
+    print(f"launched {launch.name}: {n} agent{'s' * (n != 1)}, the runner and a status pane "
           f"in tmux session {grid.session_name} ({time.monotonic() - t0:.1f}s)")
     print(f"  watch:     org attach {launch.name}    (or: {shlex.join(grid.attach_argv())})")
     print(f"  status:    org status {launch.name}")
@@ -223,6 +227,16 @@ def cmd_launch(args) -> int:
     if args.attach:
         attach(launch)
     return 0
+
+
+@contextlib.contextmanager
+def one_at_a_time(launch: Launch):
+    """One `org launch` or `org stop` of a program at a time (the second waits, then finds
+    the first one's work done)."""
+    launch.panes_dir.mkdir(parents=True, exist_ok=True)
+    with open(launch.panes_dir / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def check(arg: str, backend: str | None) -> tuple[Launch, Program]:
@@ -293,6 +307,9 @@ def relaunch_broken(launch: Launch) -> int:
         raise OrgError(f"{launch.name} is already running (tmux session {grid.session_name}): "
                        f"`org attach {launch.name}` to watch it, `org stop {launch.name}` to stop it")
     for pane in broken:
+        orphan = launch.keeper(keeper_name(pane["label"])).get("pid")
+        if ours(orphan) and not pane["taken"]:  # its keeper died, it did not: never run an agent twice
+            _signal(orphan, signal.SIGKILL)
         grid.server.cmd("respawn-pane", "-k", "-t", pane["id"])  # its first command, under a new keeper
     print(f"{launch.name} is already running; restarted its crashed panes: "
           + ", ".join(p["label"] for p in broken))
@@ -325,7 +342,6 @@ def build(launch: Launch, program_as_filed: Program, stagger: float, restarts: i
             notes += prepare_worktree(lab, launch, agent)
     finally:
         lab.close()
-    launch.panes_dir.mkdir(parents=True, exist_ok=True)
     (launch.panes_dir / "stop").unlink(missing_ok=True)
     write_atomically(launch.panes_dir / "launch.json", json.dumps({"backend": backend, "at": now()}))
     for name in [*launch.agents, RUNNER, STATUS]:  # not the last launch's "ended": serve would think it done
@@ -647,17 +663,18 @@ def cmd_takeover(args) -> int:
     write_atomically(launch.lab_dir / "takeover" / f"{agent}.json", json.dumps(
         {"tree": snapshot_tree(tree), "head": git(tree, "rev-parse", "HEAD"), "at": now()}))
     control.pause(TAKEN_OVER)
-    if launch.keeper(agent).get("state") == "running" and control.state().get("state") != "stopped":
+    backend = next(a.backend for a in launch.program.org.agents if a.name == agent)
+    cli = backend in ("claude-code", "codex")  # they pause when their turn ends; no state to wait for
+    if not cli and launch.keeper(agent).get("state") == "running" and control.state().get("state") != "stopped":
         print(f"asking {agent} to pause at its next safe point...", flush=True)
         if not control.wait_for_state("paused", args.timeout):
             raise OrgError(f"{agent} did not reach a safe point in {args.timeout:g}s; the pause stands: "
                            f"`org takeover {agent}` again takes the pane once it has paused")
-    backend = next(a.backend for a in launch.program.org.agents if a.name == agent)
     hint = f"TAKEN OVER · C-b {RELEASE_KEY} or `org release {agent}` hands it back"
-    if backend == "claude-code":  # the CLI itself is the person's: its Stop hook let it stop
+    if backend == "claude-code":  # the CLI itself is the person's: its Stop hook lets it stop
         grid.take_over(agent, None, hint)
-        print(f"{agent} is paused; its pane is yours: Claude Code waits at its prompt. "
-              f"`org release {agent}` hands it back.")
+        print(f"{agent} pauses when its current turn ends; then its pane is yours: Claude Code "
+              f"waits at its prompt. `org release {agent}` hands it back.")
         return 0
     grid.take_over(agent, person_shell(launch, agent, backend), hint)
     print(f"{agent} is paused; its pane is yours: a shell in {tree}. "
@@ -698,7 +715,13 @@ def cmd_release(args) -> int:
     if not (launch.lab_dir / "takeover" / f"{agent}.json").exists():
         raise OrgError(f"{agent} is not taken over (`org takeover {agent}` takes it over)")
     message = release(launch, agent, args.message)
-    launch.grid.hand_back(agent, f"C-b {TAKEOVER_KEY} takes over")
+    grid = launch.grid
+    person = grid.find(agent, taken=True)
+    grid.hand_back(agent, f"C-b {TAKEOVER_KEY} takes over")
+    backend = next(a.backend for a in launch.program.org.agents if a.name == agent)
+    if backend == "claude-code" and person:  # idle at its prompt: wake it; its Stop hook hands it the mail
+        grid.type_into(person["id"], "(harness) You are handed back. Your inbox has a message saying what "
+                                     "the person changed; read it (org mail read) and carry on.")
     print(f"{agent} resumes; it was told: {message.splitlines()[0]}")
     return 0
 
@@ -773,12 +796,16 @@ def cmd_stop(args) -> int:
 
 
 def stop(launch: Launch, timeout: float = STOP_SECONDS) -> list[str]:
+    with one_at_a_time(launch):
+        return stop_now(launch, timeout)
+
+
+def stop_now(launch: Launch, timeout: float) -> list[str]:
     """Agents and runner stop at a safe point (a signal after `timeout`), the tmux server
     closes, clean worktrees go; branches, ledger, mail and transcripts stay."""
     from org.runner import Runner
     grid, lines = launch.grid, []
     was_running = grid.running()
-    launch.panes_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(launch.panes_dir / "stop", now())  # keepers restart nothing from here on
     for agent in launch.agents:
         if (launch.lab_dir / "takeover" / f"{agent}.json").exists():
@@ -786,8 +813,8 @@ def stop(launch: Launch, timeout: float = STOP_SECONDS) -> list[str]:
             lines.append(f"{agent} was taken over: the person's shell is closed; {agent} was told what they changed")
         Control(launch.lab_dir, agent).stop("org stop")
     runner = launch.keeper(RUNNER).get("pid")
-    if pid_alive(runner):
-        os.kill(runner, signal.SIGTERM)  # the runner kills its trainers; their runs go back to the queue
+    if ours(runner):
+        _signal(runner, signal.SIGTERM)  # the runner kills its trainers; their runs go back to the queue
     left = wait_for_exit(launch, timeout)
     for pid in left:  # past the safe point's grace: an interrupt, then a kill
         _signal(pid, signal.SIGINT)
@@ -812,10 +839,18 @@ def wait_for_exit(launch: Launch, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
         pids = [launch.keeper(n).get("pid") for n in [*launch.agents, RUNNER]]  # status goes with tmux
-        alive = [p for p in pids if pid_alive(p)]
+        alive = [p for p in pids if ours(p)]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.1)
+
+
+def ours(pid: int | None) -> bool:
+    """Alive and an `org` process: a pid from an old keeper record may since belong to another."""
+    try:
+        return pid_alive(pid) and b"org.cli" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _signal(pid: int, sig: int):

@@ -1,10 +1,11 @@
 """
 The org's panes: a private tmux server per program, and what runs in each of its panes.
 
-    grid = Grid(lab_root, "softcap")         # socket nanolab-softcap-<hash of the lab's path>
-    grid.build([Pane("junior-1", argv, cwd, env, hint), ...], runner=Pane("runner", ...))
-    grid.take_over("junior-1", shell_argv, cwd, env)   # a shell in the agent's grid slot
-    grid.hand_back("junior-1")                          # the agent's own pane back in its slot
+    grid = Grid(lab_root, "softcap")     # socket nanolab-softcap-<hash of the lab's path>
+    grid.build([Pane("junior-1", argv, cwd, env, hint), ...], Pane("runner", ...), keys)
+    grid.take_over("junior-1", Pane("junior-1", shell_argv, cwd, env), hint)  # a shell in its slot
+    grid.hand_back("junior-1", hint)                 # the agent's own pane back in its slot
+    grid.capture("junior-1")                         # what a person sees in that pane
     grid.kill()
 
 Session org-<program> holds window `org` (one pane per agent plus the status pane, tiled),
@@ -27,7 +28,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,20 +158,23 @@ class Grid:
     # --- taking a pane over and handing it back --------------------------------------------
 
     def take_over(self, label: str, person: Pane | None, hint: str) -> str:
-        """Give the person the agent's grid slot: `person` (a shell) is swapped in and the
-        agent's own pane, still running, moves to the `parked` window. With person=None (an
-        agent CLI the person types into directly) the pane itself is only marked."""
+        """Give the person the agent's grid slot: `person` (a shell) takes it and the agent's own
+        pane, still running, moves to the `parked` window. With person=None (an agent CLI the
+        person types into directly) the pane itself is only marked."""
         agent = self.find(label)
         if agent is None:
             raise LookupError(f"no pane for {label}")
-        if person is None:
-            target = agent["id"]
-        else:
-            target = self._parked_pane(person)
+        target = agent["id"]
+        if person is not None:
+            # split the slot, swap, then park the agent: the person's pane only ever grows,
+            # and a pane that shrinks pushes its top lines (the banner) out of sight
+            target = self.server.cmd("split-window", "-d", "-P", "-F", "#{pane_id}", "-t", agent["id"],
+                                     "-c", str(person.cwd), person.command()).stdout[0]
             self.server.cmd("swap-pane", "-d", "-s", target, "-t", agent["id"])
-        self.server.cmd("set-option", "-p", "-t", target, "@agent", label)
-        self.server.cmd("set-option", "-p", "-t", target, "@takeover", "1")
-        self.server.cmd("set-option", "-p", "-t", target, "@hint", hint)
+            self._park(agent["id"])
+            self.server.cmd("select-layout", "-t", f"{self.session_name}:{GRID}", "tiled")
+        for option, value in (("@agent", label), ("@takeover", "1"), ("@hint", hint)):
+            self.server.cmd("set-option", "-p", "-t", target, option, value)
         self.server.cmd("select-window", "-t", f"{self.session_name}:{GRID}")
         self.server.cmd("select-pane", "-t", target)
         return target
@@ -188,18 +191,23 @@ class Grid:
         self.server.cmd("swap-pane", "-d", "-s", agent["id"], "-t", person["id"])
         self.server.cmd("kill-pane", "-t", person["id"])
 
-    def _parked_pane(self, person: Pane) -> str:
-        """A new pane running `person`, in the parked window (made on first use)."""
-        session = self.session()
-        parked = session.windows.get(window_name=PARKED, default=None)
+    def type_into(self, pane_id: str, text: str):
+        """Type text into a pane and press Enter: pasted in one piece (bracketed, so a CLI
+        takes several lines as one message), then Enter on its own."""
+        self.server.cmd("send-keys", "-t", pane_id, "-X", "cancel")  # out of copy mode, if in it
+        self.server.cmd("set-buffer", "-b", "nanolab", text)
+        self.server.cmd("paste-buffer", "-p", "-d", "-b", "nanolab", "-t", pane_id)
+        self.server.cmd("send-keys", "-t", pane_id, "Enter")
+
+    def _park(self, pane_id: str):
+        """Move a pane to the parked window (made on first use)."""
+        parked = self.session().windows.get(window_name=PARKED, default=None)
         if parked is None:
-            parked = session.new_window(window_name=PARKED, start_directory=str(person.cwd),
-                                        window_shell=person.command(), attach=False)
-            self._style(parked)
-            return parked.panes[0].pane_id
-        pane = parked.panes[-1].split(start_directory=str(person.cwd), shell=person.command(), attach=False)
-        parked.select_layout("tiled")
-        return pane.pane_id
+            self.server.cmd("break-pane", "-d", "-s", pane_id, "-n", PARKED)
+            self._style(self.session().windows.get(window_name=PARKED))
+        else:
+            self.server.cmd("join-pane", "-d", "-s", pane_id, "-t", parked.window_id)
+            self.server.cmd("select-layout", "-t", parked.window_id, "tiled")
 
     def attach_argv(self) -> list[str]:
         return [tmux_path() or "tmux", "-L", self.socket, "attach", "-t", self.session_name]

@@ -12,6 +12,7 @@ import pty
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def test_the_grid_has_a_labelled_pane_per_agent_in_its_worktree(org_project, cap
     assert main(["launch", "tiny", "--stagger", "0"]) == 0
     out = capsys.readouterr().out
     grid = Grid(root, "tiny")
-    assert f"launched tiny: 2 agents" in out and "org attach tiny" in out and grid.socket in out
+    assert "launched tiny: 2 agents" in out and "org attach tiny" in out and grid.socket in out
     panes = {p["label"]: p for p in grid.panes()}
     assert [p["label"] for p in grid.panes() if p["window"] == "org"] == ["solo", "second", "status"]
     assert panes["runner"]["window"] == "runner"
@@ -182,6 +183,24 @@ def test_the_grid_has_a_labelled_pane_per_agent_in_its_worktree(org_project, cap
     assert main(["launch", "tiny"]) == 0
     assert "restarted its crashed panes: status" in capsys.readouterr().out
     eventually(lambda: not grid.find("status")["dead"] and "runner:" in grid.capture("status"), what="a new status pane")
+
+
+def test_an_agent_that_keeps_crashing_is_marked_crashed_and_launch_restarts_it(org_project, capsys):
+    root = org_project(budget={**tiny_program([])["budget"], "per_run": {"steps": 400}})
+    assert main(["launch", "tiny", "--stagger", "0", "--restarts", "1"]) == 0
+    grid, keeper = Grid(root, "tiny"), lambda: read_state(root / ".lab" / "tiny" / "panes" / "solo.json")
+    for restarts in (0, 1):  # one restart allowed, so the second crash is the last
+        pid = eventually(lambda: keeper().get("state") == "running" and keeper().get("restarts") == restarts
+                         and keeper()["pid"], what=f"the agent's start number {restarts + 1}")
+        os.kill(pid, signal.SIGKILL)
+    eventually(lambda: keeper().get("state") == "crashed", what="the keeper to give up")
+    assert "solo CRASHED: signal 9, after 1 restarts" in grid.capture("solo").replace("\n", "")
+    eventually(lambda: "crashed" in grid.capture("status"), what="the status pane to show it")
+    assert main(["status", "tiny"]) == 0
+    assert "crashed" in capsys.readouterr().out
+    assert main(["launch", "tiny"]) == 0
+    assert "restarted its crashed panes: solo" in capsys.readouterr().out
+    eventually(lambda: keeper().get("state") == "running", what="the agent to run again")
 
 
 def test_a_stale_socket_and_a_half_built_session_are_cleaned_up(org_project, capsys):
@@ -267,15 +286,20 @@ def test_say_drops_a_message_from_you_into_an_inbox(org_project, capsys):
 # a key in a pane takes it over (and another hands it back), as a person at the terminal does
 
 
-def attach_terminal(grid: Grid) -> int:
-    """A tmux client on a pseudo-terminal, like a person's terminal; returns its input fd."""
+@contextlib.contextmanager
+def attached_terminal(grid: Grid):
+    """`org attach tiny` in a pseudo-terminal, like a person's terminal; yields what they type into."""
     pid, fd = pty.fork()
     if pid == 0:
-        os.environ.pop("TMUX", None)
         os.environ["TERM"] = "xterm"
-        os.execvp(grid.attach_argv()[0], grid.attach_argv())
-    eventually(lambda: grid.server.cmd("list-clients").stdout, what="the client to attach")
-    return fd
+        os.execvp(sys.executable, [sys.executable, "-m", "org.cli", "attach", "tiny"])
+    try:
+        eventually(lambda: grid.server.cmd("list-clients").stdout, what="the client to attach")
+        yield fd
+    finally:
+        os.close(fd)
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
 
 
 def test_a_key_takes_a_pane_over_and_another_hands_it_back(org_project, monkeypatch, tmp_path, capsys):
@@ -289,29 +313,26 @@ def test_a_key_takes_a_pane_over_and_another_hands_it_back(org_project, monkeypa
     grid, control = Grid(root, "tiny"), Control(root / ".lab" / "tiny", "solo")
     eventually(lambda: control.state()["state"] == "running", what="the agent to start")
     grid.server.cmd("select-pane", "-t", grid.find("solo")["id"])
-    terminal = attach_terminal(grid)
+    with attached_terminal(grid) as terminal:
+        os.write(terminal, b"\x02T")  # C-b T, in the agent's pane
+        eventually(lambda: control.state()["state"] == "paused", what="the agent to pause")
+        screen = eventually(lambda: "this pane is yours" in grid.capture("solo", taken=True)
+                            and grid.capture("solo", taken=True), what="the person's shell")
+        assert "── solo is paused: this pane is yours ──" in screen
+        assert control.state()["reason"] == "taken over by a person"
+        assert grid.find("solo", taken=True)["cwd"] == str(root / "worktrees" / "tiny" / "solo")
+        assert [p["label"] for p in grid.panes() if p["window"] == "org"] == ["solo", "status"]
+        eventually(lambda: "taken over" in grid.capture("status"), what="the status pane to say so")
 
-    os.write(terminal, b"\x02T")  # C-b T, in the agent's pane
-    eventually(lambda: control.state()["state"] == "paused", what="the agent to pause")
-    screen = eventually(lambda: "this pane is yours" in grid.capture("solo", taken=True)
-                        and grid.capture("solo", taken=True), what="the person's shell")
-    assert "── solo is paused: this pane is yours ──" in screen
-    assert control.state()["reason"] == "taken over by a person"
-    assert grid.find("solo", taken=True)["cwd"] == str(root / "worktrees" / "tiny" / "solo")
-    assert [p["label"] for p in grid.panes() if p["window"] == "org"] == ["solo", "status"]
-    eventually(lambda: "taken over" in grid.capture("status"), what="the status pane to say so")
+        os.write(terminal, b"echo '# the person was here' > NOTE.md && git add NOTE.md && git commit -qm note && echo committed\r")
+        eventually(lambda: "\ncommitted" in grid.capture("solo", taken=True), what="the person's commit")
+        with contextlib.closing(git.Repo(root / "worktrees" / "tiny" / "solo")) as repo:
+            assert repo.head.commit.author.name == "human"
 
-    os.write(terminal, b"echo '# the person was here' > NOTE.md && git add NOTE.md && git commit -qm note && echo committed\r")
-    eventually(lambda: "\ncommitted" in grid.capture("solo", taken=True), what="the person's commit")
-    with contextlib.closing(git.Repo(root / "worktrees" / "tiny" / "solo")) as repo:
-        assert repo.head.commit.author.name == "human"
-
-    os.write(terminal, b"\x02R")  # C-b R hands it back
-    eventually(lambda: control.state()["state"] == "running", what="the agent to resume")
-    assert grid.find("solo", taken=True) is None and grid.find("solo")["window"] == "org"
-    transcript = (root / ".lab" / "tiny" / "transcripts" / "solo.jsonl").read_text()
-    eventually(lambda: "A person took over your pane" in (root / ".lab" / "tiny" / "transcripts" / "solo.jsonl").read_text(),
-               what="the release message in the agent's transcript")
-    transcript = (root / ".lab" / "tiny" / "transcripts" / "solo.jsonl").read_text()
-    assert "Their commits on your branch" in transcript and "+# the person was here" in transcript
-    os.close(terminal)
+        os.write(terminal, b"\x02R")  # C-b R hands it back
+        eventually(lambda: control.state()["state"] == "running", what="the agent to resume")
+        assert grid.find("solo", taken=True) is None and grid.find("solo")["window"] == "org"
+    transcript = root / ".lab" / "tiny" / "transcripts" / "solo.jsonl"
+    told = eventually(lambda: "A person took over your pane" in transcript.read_text() and transcript.read_text(),
+                      what="the release message in the agent's transcript")
+    assert "Their commits on your branch" in told and "+# the person was here" in told

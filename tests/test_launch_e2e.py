@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import git
@@ -23,7 +24,7 @@ import pytest
 from fakellm import Call, FakeLLM, Repeat, Text, said
 from org.agents.control import Control
 from org.cli import main
-from org.ledger import Ledger, pid_alive
+from org.ledger import Ledger
 from org.mail import Mail
 from org.panes import Grid, read_state
 from test_launch import eventually, org_project  # noqa: F401  (org_project is a fixture)
@@ -125,9 +126,7 @@ def test_an_org_is_watched_taken_over_stopped_resumed_and_reported(org_project, 
         eventually(lambda: any("junior-a" in line and "taken over" in line for line in grid.capture("status").splitlines()),
                    what="the status pane to show the takeover")
         person = grid.find("junior-a", taken=True)["id"]
-        grid.server.cmd("send-keys", "-t", person, "-l",
-                        "echo 'warmup looks short' > NOTE.md && git add NOTE.md && git commit -qm 'a note' && echo committed")
-        grid.server.cmd("send-keys", "-t", person, "Enter")
+        grid.type_into(person, "echo 'warmup looks short' > NOTE.md && git add NOTE.md && git commit -qm 'a note' && echo committed")
         eventually(lambda: "\ncommitted" in grid.capture("junior-a", taken=True), what="the person's commit")
         assert main(["release", "junior-a", "--message", "see NOTE.md"]) == 0
         assert grid.find("junior-a", taken=True) is None
@@ -191,8 +190,12 @@ def family(pid: int) -> list[int]:
 
 
 def a_run_in_flight(root: Path) -> dict:
-    return eventually(lambda: next((r for r in ledger_runs(root, status="running") if r["trainer_pid"]), None),
-                      90, "a run in flight")
+    """A run whose trainer started less than a second ago (so it is still running when killed)."""
+    def fresh(run):
+        started = datetime.fromisoformat(run["started_at"])
+        return run["trainer_pid"] and (datetime.now(timezone.utc) - started).total_seconds() < 1.0
+    return eventually(lambda: next((r for r in ledger_runs(root, status="running") if fresh(r)), None),
+                      90, "a run just started")
 
 
 @pytest.mark.slow
@@ -211,7 +214,7 @@ def test_sigkill_of_an_agent_the_runner_and_the_whole_org_loses_nothing(org_proj
     eventually(lambda: keeper("solo").get("restarts") == 1 and rehydrated(root, "solo") == 1, 60, "the agent's restart")
 
     # the runner, mid-run: restarted; the run goes back to the queue
-    run = a_run_in_flight(root)
+    killed = [a_run_in_flight(root)["id"]]
     os.kill(keeper("_runner")["pid"], signal.SIGKILL)
     eventually(lambda: keeper("_runner").get("restarts") == 1 and keeper("_runner")["state"] == "running",
                60, "the runner's restart")
@@ -223,7 +226,7 @@ def test_sigkill_of_an_agent_the_runner_and_the_whole_org_loses_nothing(org_proj
     eventually(lambda: len(ledger_runs(root, status="completed")) > done, 90, "a run to complete without it")
 
     # the whole org at once: tmux, keepers, agent, runner, trainer
-    a_run_in_flight(root)
+    killed.append(a_run_in_flight(root)["id"])
     grid = Grid(root, "tiny")
     server = int(grid.server.cmd("display-message", "-p", "#{pid}").stdout[0])
     for pid in family(server):
@@ -240,9 +243,9 @@ def test_sigkill_of_an_agent_the_runner_and_the_whole_org_loses_nothing(org_proj
     assert {r["status"] for r in runs} == {"completed"}
     mains = Counter((r["arm"], r["seed"]) for r in runs if r["purpose"] == "main")
     assert mains == {(arm, seed): 1 for arm in ("baseline", "no-softcap") for seed in (0, 1, 2)}
-    retried = [r for r in runs if r["attempts"] > 1]
-    assert len(retried) >= 2  # the runner's and the whole org's runs, run again once recorded nowhere
-    assert all(Path(f"{r['run_dir']}.attempt1").exists() for r in retried)
+    retried = [r for r in runs if r["id"] in killed]  # killed mid-run: recorded nowhere, run again
+    assert len(retried) == len(set(killed)) and all(r["attempts"] >= 2 and r["attempt_log"] for r in retried)
+    assert all(Path(f"{r['run_dir']}.attempt1").exists() for r in retried)  # the killed attempt, kept aside
     with Ledger(lab / "ledger.sqlite") as ledger:
         assert Counter(e["arm"] for e in ledger.experiments("tiny")) == {"baseline": 1, "no-softcap": 1}
     note = [line for line in transcript(root, "solo") if "a note from the person" in (line.get("text") or "")]

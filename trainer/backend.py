@@ -12,6 +12,7 @@ import numpy as np
 def array_module(device: str = "cpu"):
     """The array module for a device name: 'cpu' -> numpy, 'cuda' -> cupy."""
     if device == "cpu":
+        reuse_freed_memory()
         return np
     if device == "cuda":
         try:
@@ -44,3 +45,26 @@ def scatter_add_rows(dst, idx, src):
     else:
         import cupyx
         cupyx.scatter_add(dst, idx, src)
+
+
+_MALLOC_TUNED = False
+
+
+def reuse_freed_memory():
+    """Let glibc keep freed activation memory for the next step instead of returning it to the
+    OS. By default every array above a few MB is mmapped fresh each step and pays a page fault
+    per 4 KB page on first touch (~15% of a GPT-2 step on the CPU); llm.c avoids this by
+    allocating activations once, this gets the same effect for NumPy's per-step arrays."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)   # serve allocations up to 1 GiB from the heap
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 31)   # and keep up to 2 GiB of freed heap around
+
