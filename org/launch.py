@@ -664,8 +664,9 @@ def cmd_takeover(args) -> int:
         {"tree": snapshot_tree(tree), "head": git(tree, "rev-parse", "HEAD"), "at": now()}))
     control.pause(TAKEN_OVER)
     backend = next(a.backend for a in launch.program.org.agents if a.name == agent)
-    cli = backend in ("claude-code", "codex")  # they pause when their turn ends; no state to wait for
-    if not cli and launch.keeper(agent).get("state") == "running" and control.state().get("state") != "stopped":
+    # Claude Code's pane is handed over as it is (its Stop hook ends its turn for the person);
+    # every other agent is waited for, so the person's shell never races the agent's edits
+    if backend != "claude-code" and launch.keeper(agent).get("state") == "running" and control.state().get("state") != "stopped":
         print(f"asking {agent} to pause at its next safe point...", flush=True)
         if not control.wait_for_state("paused", args.timeout):
             raise OrgError(f"{agent} did not reach a safe point in {args.timeout:g}s; the pause stands: "

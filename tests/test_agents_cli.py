@@ -10,7 +10,7 @@ import pytest
 
 from agentlab import BackgroundRunner, lab_dir, make_project, tiny_program, worktree
 from fakellm import FakeLLM, Text
-from org.agents.clis import claude_argv, cli_env, codex_argv, on_hook
+from org.agents.clis import claude_argv, cli_env, codex_argv, next_codex_prompt, on_hook
 from org.agents.control import Control
 from org.agents.roles import agent_entry
 from org.agents.transcript import Transcript
@@ -102,6 +102,40 @@ def test_claude_codes_stop_hook_charges_the_turn_and_hands_over_new_mail(project
     assert on_hook("stop", program, "claude", root, payload) is None
     with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:  # the same messages are not charged twice
         assert ledger.spend("tiny")["agents"]["claude"]["tokens_in"] == 1000
+
+
+def test_claude_code_says_it_is_paused_once_its_turn_ends_and_running_once_handed_back(project):
+    root, program = project
+    control, mail = Control(lab_dir(root, program), "claude"), Mail(lab_dir(root, program))
+    control.set_state("running", "claude-code started")
+    control.pause("taken over")  # `org takeover` waits for "paused": the turn must be over first
+    assert control.state()["state"] == "running"
+    assert on_hook("stop", program, "claude", root, "{}") is None  # Claude stops at its prompt
+    assert (control.state()["state"], control.state()["reason"]) == ("paused", "taken over")
+    mail.send("human", "claude", "I fixed the loader.")
+    control.resume()  # `org release`; the person's prompt starts a turn, whose end calls the hook
+    assert "I fixed the loader." in json.loads(on_hook("stop", program, "claude", root, "{}"))["reason"]
+    assert control.state()["state"] == "running"
+
+
+def test_codex_never_reruns_its_prompt_while_paused_or_stopping(project):
+    root, program = project
+    control, mail = Control(lab_dir(root, program), "claude"), Mail(lab_dir(root, program))
+    transcript = Transcript(lab_dir(root, program) / "transcripts" / "claude.jsonl")
+    out = []
+    control.pause("taken over")
+    waiter = threading.Thread(target=lambda: out.append(next_codex_prompt(mail, control, transcript, "claude", 0.05)))
+    waiter.start()
+    assert control.wait_for_state("paused", 5)
+    mail.send("solo", "claude", "Verdict is in.")  # mail while paused waits for the resume
+    waiter.join(0.5)
+    assert waiter.is_alive() and out == []
+    control.resume("Carry on.")
+    waiter.join(5)
+    [(prompt, stop)] = out
+    assert stop is None and "Verdict is in." in prompt and "Carry on." in prompt and mail.inbox("claude") == []
+    control.stop("test over")  # stopping: no prompt, only the reason
+    assert next_codex_prompt(mail, control, transcript, "claude", 0.05) == (None, "test over")
 
 
 @pytest.mark.skipif(shutil.which("claude") is None,

@@ -87,17 +87,29 @@ def run_cli(entry, program, root: Path, tree: Path) -> str:
                             control, end_when_done=False)
         if reason:
             return reason
-        messages = []
-        while not messages:
-            stop = control.checkpoint()  # blocks while a person has the pane
-            if stop is not None:
-                control.set_state("stopped", stop)
-                return f"stopped: {stop}"
-            messages = _wait_for_mail(mail, control, entry.name, timeout=None)
-        prompt, resume = format_mail(messages), True
-        transcript.append("user", text=prompt, mail_ids=[m["id"] for m in messages])
-        for m in messages:
-            mail.ack(entry.name, m)
+        prompt, stop = next_codex_prompt(mail, control, transcript, entry.name)
+        if stop is not None:
+            control.set_state("stopped", stop)
+            return f"stopped: {stop}"
+        resume = True
+
+
+def next_codex_prompt(mail: Mail, control: Control, transcript: Transcript, agent: str,
+                      poll: float = 1.0) -> tuple[str | None, str | None]:
+    """Wait for the next codex turn: (its prompt: new mail, on record and acknowledged, None),
+    or (None, why it stops). Paused or stopping never yields a prompt, so the last prompt is
+    never run again: a pause blocks in checkpoint() (state "paused"), a stop returns."""
+    while True:
+        stop = control.checkpoint()  # blocks while a person has the pane
+        if stop is not None:
+            return None, stop
+        messages = _wait_for_mail(mail, control, agent, timeout=None, poll=poll)
+        if messages:  # empty: a pause or stop was asked for; the checkpoint above handles it
+            prompt = format_mail(messages)
+            transcript.append("user", text=prompt, mail_ids=[m["id"] for m in messages])
+            for m in messages:
+                mail.ack(agent, m)
+            return prompt, None
 
 
 def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = True) -> str | None:
@@ -119,7 +131,8 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
     return None
 
 
-def _wait_for_mail(mail: Mail, control: Control, agent: str, timeout: float | None) -> list[dict]:
+def _wait_for_mail(mail: Mail, control: Control, agent: str, timeout: float | None,
+                   poll: float = 1.0) -> list[dict]:
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
         if control.interrupted():
@@ -127,7 +140,7 @@ def _wait_for_mail(mail: Mail, control: Control, agent: str, timeout: float | No
         messages = mail.inbox(agent)
         if messages:
             return messages
-        time.sleep(1)
+        time.sleep(poll)
     return []
 
 
@@ -150,15 +163,26 @@ def on_hook(event: str, program, agent: str, root: Path, payload: str) -> str | 
     over = spend.exhausted()
     if over:
         control.stop(over)
-    if event != "stop" or over or control.interrupted():
+    if event != "stop" or over:
         return None
-    messages = _wait_for_mail(Mail(lab_dir), control, agent, HOOK_WAIT_SECONDS)
+    if control.pause_reason() is None and control.state()["state"] == "paused":
+        control.set_state("running", "resumed")  # handed back: this is its first turn since
+    messages = [] if control.interrupted() else _wait_for_mail(Mail(lab_dir), control, agent, HOOK_WAIT_SECONDS)
     if not messages:
+        _paused_at_prompt(control)
         return None
     transcript.append("user", text=format_mail(messages), mail_ids=[m["id"] for m in messages])
     for m in messages:
         Mail(lab_dir).ack(agent, m)
     return json.dumps({"decision": "block", "reason": format_mail(messages)})
+
+
+def _paused_at_prompt(control: Control):
+    """Claude stops at its prompt: a safe point. If a pause was asked for, say it is paused now,
+    so `org takeover` (waiting for "paused") hands over the pane only when the turn is over."""
+    reason = control.pause_reason()
+    if reason is not None and control.stop_reason() is None:
+        control.set_state("paused", reason)
 
 
 def _charge_claude(spend: Spend, transcript: Transcript, path: str | None, state_dir: Path):

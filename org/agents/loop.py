@@ -114,7 +114,8 @@ class Agent:
         self.show.note(f"rehydrated {len(self.history)} items from {self.transcript.path}")
 
     def ask(self) -> Reply:
-        visible = trim(self.history, self.settings.max_history_items)
+        whole = getattr(self.model, "whole_history", False)  # scripted: no context window to fit
+        visible = self.history if whole else trim(self.history, self.settings.max_history_items)
         s = self.settings
         reply = with_backoff(lambda: self.model.turn(self.system, visible, TOOLS, self.show.text),
                              s.retry_attempts, s.retry_base_seconds, s.retry_max_seconds, self.on_retry)

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-
-import anthropic
-import openai
 
 RETRYABLE = (408, 409, 429, 500, 502, 503, 504, 529)
 
@@ -71,15 +69,21 @@ def api_errors():
     """Sort the SDKs' exceptions (both SDKs name them alike) into Transient and Unavailable."""
     try:
         yield
-    except (anthropic.APIStatusError, openai.APIStatusError) as e:
+    except _sdk("APIStatusError") as e:
         text = f"{e.status_code} {str(e.message)[:300]}"
         if e.status_code in RETRYABLE or any(w in text.lower() for w in ("overloaded", "rate_limit")):
             raise Transient(text, retry_after(e.response)) from None
         raise Unavailable(text) from None
-    except (anthropic.APIConnectionError, openai.APIConnectionError) as e:  # timeouts included
+    except _sdk("APIConnectionError") as e:  # timeouts included
         raise Transient(f"connection failed: {e}") from None
-    except (anthropic.APIResponseValidationError, openai.APIResponseValidationError, ValueError) as e:
+    except (*_sdk("APIResponseValidationError"), ValueError) as e:
         raise Transient(f"the server's reply did not parse: {str(e)[:300]}") from None
+
+
+def _sdk(error: str) -> tuple:
+    """That exception class of each SDK already imported. This module never imports them
+    (scripted agents would pay ~3 s and ~100 MB); a backend imports its own SDK."""
+    return tuple(getattr(sys.modules[m], error) for m in ("anthropic", "openai") if m in sys.modules)
 
 
 def retry_after(response) -> float | None:

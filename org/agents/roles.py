@@ -41,6 +41,11 @@ def chief_of(program: Program) -> str | None:
     return next((a.name for a in program.org.agents if a.role == "chief"), None)
 
 
+def juniors(program: Program) -> list[str]:
+    """Who takes the chief's assignments: the juniors, not solo researchers beside them."""
+    return [a.name for a in program.org.agents if role_of(program, a.name) == "junior"]
+
+
 def system_prompt(program: Program, name: str, cli: bool = False, prompts: Path = PROMPTS) -> str:
     files = ["rigor", role_of(program, name)] + (["cli"] if cli else [])
     text = "\n\n".join((prompts / f"{f}.md").read_text().strip() for f in files)
@@ -61,7 +66,7 @@ def fields(program: Program, name: str) -> dict:
         "seeds": program.budget.seeds, "llm_dollars": f"{program.budget.total_llm_dollars:g}",
         "protected": ", ".join(program.protected), "teammates": ", ".join(teammates(program, name)) or "none",
         "chief": chief or "none",
-        "juniors": ", ".join(a.name for a in program.org.agents if a.name != chief) or "none",
+        "juniors": ", ".join(juniors(program)) or "none",
     }
 
 

@@ -10,8 +10,9 @@ and pauses look the same), and it is the control every LLM org is compared with.
 - junior: wait for an assignment naming declared variants, run them, report to the chief.
 
 A plan is a generator: it yields one tool call at a time and is sent what came back since
-(the tool's output plus any mail the loop delivered). After a restart it starts again from
-the top, which is safe: submitting a declared variant twice returns the same experiment.
+(the tool's output plus any mail the loop delivered). After a restart a fresh plan is replayed
+through the calls on record, each sent what came back then, so it carries on where it stopped:
+mail it read before the crash was acknowledged and now lives only in the transcript.
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ import re
 
 from org.program import Program
 from org.agents.models import Reply, tool_call
-from org.agents.roles import chief_of, role_of, teammates
+from org.agents.roles import chief_of, juniors, role_of
 
 
 class ScriptedModel:
     name = "scripted"
-    free = True  # spends no LLM dollars
+    free = True            # spends no LLM dollars
+    whole_history = True   # the loop does not trim what it sees: a restart replays all of it
 
     def __init__(self, program: Program, agent: str, wait_seconds: float = 60):
         self.program, self.agent, self.wait = program, agent, wait_seconds
@@ -33,26 +35,42 @@ class ScriptedModel:
         self.calls = 0
 
     def turn(self, system, history, tools, on_text) -> Reply:
-        since = _since_last_reply(history)
         try:
-            if self.plan is None:
-                self.plan = self._make_plan()
+            if self.plan is None:  # a fresh start, or a restart: replay the calls on record
+                rounds = _rounds(history)
+                self.calls = len(rounds) - 1  # call ids stay unique across restarts
+                self.plan = self._make_plan(rounds[0])
                 name, args = next(self.plan)
+                for since in rounds[1:]:
+                    name, args = self.plan.send(since)
             else:
-                name, args = self.plan.send(since)
+                name, args = self.plan.send(_since_last_reply(history))
         except StopIteration:
             name, args = "finish", {"summary": "the scripted plan is complete"}
         self.calls += 1
         return Reply("", [tool_call(f"scripted_{self.calls}", name, json.dumps(args))])
 
-    def _make_plan(self):
+    def _make_plan(self, before: list[dict]):
+        """`before`: the conversation before the first call (kickoff, and mail that came early)."""
         role = role_of(self.program, self.agent)
-        juniors = teammates(self.program, self.agent)
-        if role == "chief" and juniors:
-            return chief(self.program, juniors, self.wait)
+        team = juniors(self.program)  # solo researchers own their question: no assignments
+        if role == "chief" and team:
+            return chief(self.program, team, self.wait)
         if role == "junior" and chief_of(self.program):
-            return junior(self.program, chief_of(self.program), self.wait)
+            return junior(self.program, chief_of(self.program), self.wait, before)
         return researcher(self.program, self.wait)
+
+
+def _rounds(history: list[dict]) -> list[list[dict]]:
+    """The conversation split at this backend's replies: [before the first, after the first, ...];
+    an earlier backend's replies (the program switched to scripted) do not count."""
+    rounds = [[]]
+    for item in history:
+        if item["kind"] == "assistant" and any(c["id"].startswith("scripted_") for c in item.get("calls", [])):
+            rounds.append([])
+        else:
+            rounds[-1].append(item)
+    return rounds
 
 
 def _since_last_reply(history: list[dict]) -> list[dict]:
@@ -90,7 +108,7 @@ def chief(program: Program, juniors: list[str], wait: float):
     waiting = set(assigned)
     while waiting:
         received = yield "read_inbox", {"wait_seconds": wait}
-        waiting -= set(re.findall(r"\[message from ([\w-]+)", _text(received)))
+        waiting -= {sender for sender, _ in _messages(received)}
     status = yield from wait_for_runs(wait)
     yield "post_to_board", {"text": conclusion(program, status)}
     yield "send_message", {"to": "all", "text": "The conclusion is on the board. Thank you; we are done."}
@@ -98,12 +116,11 @@ def chief(program: Program, juniors: list[str], wait: float):
     yield "finish", {"summary": verdict_lines(status)}
 
 
-def junior(program: Program, chief_name: str, wait: float):
-    mine = []
+def junior(program: Program, chief_name: str, wait: float, before: list[dict]):
+    mine = assignment(program, chief_name, before)  # the chief's mail may come before our first call
     while not mine:
         received = yield "read_inbox", {"wait_seconds": wait}
-        text = _text(received)
-        mine = [v for v in program.variants if re.search(rf"(?<![\w-]){re.escape(v.name)}(?![\w-])", text)]
+        mine = assignment(program, chief_name, received)
     ids = yield from submit_all(program, mine)
     status = yield from wait_for_runs(wait)
     yield "send_message", {"to": chief_name, "text": f"Done: experiments {ids}.\n{verdict_lines(status)}"}
@@ -137,6 +154,24 @@ def wait_for_runs(wait: float):
 
 
 # --- reading what came back --------------------------------------------------------------
+
+MAIL_HEADER = re.compile(r"^\[message from ([\w-]+) at [^\]\n]*\]\n", re.M)  # tools.format_mail
+
+
+def _messages(items: list[dict]) -> list[tuple[str, str]]:
+    """(sender, text) of each message in what came back; board excerpts and notes are not mail."""
+    out = []
+    for item in items:  # one by one: a message's text ends with its item
+        parts = MAIL_HEADER.split(item.get("output") or item.get("text") or "")
+        out += [(parts[i], parts[i + 1]) for i in range(1, len(parts), 2)]
+    return out
+
+
+def assignment(program: Program, chief_name: str, items: list[dict]):
+    """The declared variants the chief's messages name (the board names everyone's)."""
+    text = "\n".join(body for sender, body in _messages(items) if sender == chief_name)
+    return [v for v in program.variants if re.search(rf"(?<![\w-]){re.escape(v.name)}(?![\w-])", text)]
+
 
 def _tool_output(items: list[dict]) -> str | None:
     return next((i["output"] for i in items if i["kind"] == "tool"), None)

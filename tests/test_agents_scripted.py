@@ -1,0 +1,118 @@
+"""The scripted backend's plans: who a chief assigns work to, and how a chief or junior carries on
+after a restart (a fresh plan replayed through its transcript). Plans are driven directly through
+ScriptedModel.turn with the conversation the loop would record; one org runs for real, stopped
+mid-way and resumed."""
+import subprocess
+import sys
+import threading
+import time
+
+from rich.console import Console
+
+from agentlab import ROOT, BackgroundRunner, lab_dir, make_project, tiny_program, worktree
+from org.agents.control import Control
+from org.agents.loop import Agent, Settings
+from org.agents.scripted import ScriptedModel
+from org.agents.tools import Limits
+from org.agents.transcript import Transcript
+from org.mail import Mail
+from org.program import Program
+
+FAST = Settings(retry_base_seconds=0.01, limits=Limits(poll_seconds=0.05))
+VARIANTS = [{"name": "no-softcap", "overrides": {"softcap": 0}}, {"name": "no-qk-norm", "overrides": {"qk_norm": False}}]
+ORG = [{"name": "chief", "role": "chief"}, {"name": "solo", "role": "researcher"},
+       {"name": "junior-a", "role": "junior"}, {"name": "junior-b", "role": "junior"}]
+
+
+def program(agents=ORG, variants=VARIANTS) -> Program:
+    spec = tiny_program(agents, topology="chief", variants=variants)
+    spec["data"]["source"] = "corpus.txt"
+    return Program.model_validate(spec)
+
+
+def step(model: ScriptedModel, history: list[dict], output: str) -> tuple[str, dict]:
+    """One turn of the plan; records its call and `output` as the loop would."""
+    call = model.turn("", history, [], lambda text: None).calls[0]
+    history += [{"kind": "assistant", "text": "", "calls": [call]},
+                {"kind": "tool", "id": call["id"], "name": call["name"], "output": output, "error": False}]
+    return call["name"], call["args"]
+
+
+def mail(sender: str, text: str) -> str:
+    return f"[message from {sender} at 2025-01-01T00:00:00]\n{text}"
+
+
+def test_a_scripted_chief_assigns_only_to_juniors_and_waits_only_for_them():
+    chief, history = ScriptedModel(program(), "chief"), [{"kind": "user", "text": "Start."}]
+    name, args = step(chief, history, "posted to the board")
+    assert name == "post_to_board" and "junior-a: no-softcap; junior-b: no-qk-norm." in args["text"]
+    sends = [step(chief, history, "sent") for _ in range(2)]
+    assert [(n, a["to"]) for n, a in sends] == [("send_message", "junior-a"), ("send_message", "junior-b")]
+    assert step(chief, history, mail("junior-a", "Done.") + "\n\n" + mail("junior-b", "Done."))[0] == "read_inbox"
+    assert step(chief, history, "{}")[0] == "results"  # no report awaited from solo
+
+
+def test_a_restarted_junior_recovers_the_assignment_it_had_read():
+    history = [{"kind": "user", "text": "Start."}]
+    step(ScriptedModel(program(), "junior-b"), history, mail("chief", "Please run:\n- no-qk-norm: overrides {}"))
+    # restarted: the mail was acknowledged, so only the transcript has it; the board names every arm
+    history.append({"kind": "user", "text": "(harness) You were restarted. The board so far:\n"
+                                            "Assignments: junior-a: no-softcap; junior-b: no-qk-norm."})
+    restarted = ScriptedModel(program(), "junior-b")
+    name, args = step(restarted, history, "submitted: experiment 3")
+    assert (name, args["arm"]) == ("submit_experiment", "no-qk-norm")
+    assert history[-2]["calls"][0]["id"] == "scripted_2"  # ids go on from the transcript's
+    assert step(restarted, history, "{}")[0] == "results"
+
+
+def test_a_junior_takes_an_assignment_that_came_before_its_first_call():
+    history = [{"kind": "user", "text": "Start."}, {"kind": "user", "text": mail("chief", "Run no-softcap.")}]
+    name, args = step(ScriptedModel(program(), "junior-a"), history, "submitted: experiment 2")
+    assert (name, args["arm"]) == ("submit_experiment", "no-softcap")
+
+
+def test_a_stopped_scripted_org_completes_when_resumed(tmp_path):
+    agents = [{"name": "chief", "role": "chief"}, {"name": "junior", "role": "junior"},
+              {"name": "solo", "role": "researcher"}]
+    root, prog = make_project(tmp_path, tiny_program(agents, topology="chief", corpus="corpus"))
+    lab = lab_dir(root, prog)
+    trees = {name: worktree(root, prog, name) for name in ("chief", "junior", "solo")}
+
+    def start(name: str, ended: dict) -> threading.Thread:
+        agent = Agent(name, prog, root, trees[name], ScriptedModel(prog, name, wait_seconds=0.5),
+                      console=Console(quiet=True), settings=FAST)
+        thread = threading.Thread(target=lambda: ended.__setitem__(name, agent.run()))
+        thread.start()
+        return thread
+
+    def read_assignment() -> bool:
+        return any("[message from chief" in (i.get("output") or i.get("text") or "")
+                   for i in Transcript(lab / "transcripts" / "junior.jsonl").conversation())
+
+    with BackgroundRunner(root, prog):
+        first: dict = {}
+        threads = [start("chief", first), start("junior", first)]
+        deadline = time.monotonic() + 30
+        while not read_assignment() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for name in ("chief", "junior"):  # stopped mid-way, the assignment mail acknowledged
+            Control(lab, name).stop("test: stop mid-way")
+        for t in threads:
+            t.join(30)
+        assert first == {"chief": "stopped: test: stop mid-way", "junior": "stopped: test: stop mid-way"}
+
+        ended: dict = {}
+        for t in [start(name, ended) for name in ("chief", "junior", "solo")]:
+            t.join(90)
+    assert set(ended) == {"chief", "junior", "solo"} and all(r.startswith("finished: ") for r in ended.values()), ended
+    board = Mail(lab).board()
+    assert board.count("Plan for tiny") == 1 and "Assignments: junior: no-softcap." in board
+    assert "- no-softcap vs baseline: " in board[board.index("Conclusion for tiny"):]
+    assert [m["from"] for m in Mail(lab).read_messages("chief")] == ["junior"]
+
+
+def test_a_scripted_agent_never_imports_the_model_sdks():
+    code = ("import sys, org.cli, org.agents.loop, org.agents.scripted, org.agents.clis;"
+            "print(sorted({'anthropic', 'openai'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
