@@ -395,12 +395,14 @@ class Runner:
                          "NANOLAB_GIT_COMMIT": experiment["code_commit"]})
         self.say(f"run {run['id']}: {run['arm']} seed {run['seed']} ({run['purpose']}) on slot {slot.index}")
         t0 = time.monotonic()
+        # pinned before exec, so every thread the trainer starts (BLAS pools) stays on the slot's cores
+        pin = (lambda: os.sched_setaffinity(0, slot.cores)) if slot.cores else None
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, cwd=snapshot, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=pin)
         self.children[run["id"]] = proc
-        if slot.cores:
-            os.sched_setaffinity(proc.pid, slot.cores)
+        if self.stopping.is_set():  # stop() ran between Popen and the line above: it missed this one
+            _kill_group(proc.pid, signal.SIGKILL)
         ledger.mark_started(run["id"], proc.pid, cmd, run_dir, log_path)
         killed_reason = self._wait(proc)
         wall = time.monotonic() - t0

@@ -10,6 +10,7 @@ from fakellm import Call, FakeLLM
 from org.agents.anthropic_api import AnthropicModel
 from org.agents.loop import Agent
 from org.agents.sandbox import Refused, Workspace, clean_env
+from org.agents.tools import Tools
 from org.agents.transcript import Transcript
 
 SECRET = "sk-ant-SECRET-0123456789abcdef"
@@ -105,3 +106,12 @@ def test_run_caps_output_and_kills_on_timeout(tmp_path):
     assert status == 0 and len(output) < 2300 and "bytes cut" in output
     status, output = ws.run("echo started; sleep 30", timeout=0.5, limit=2000)
     assert status is None and output.strip() == "started"
+
+
+def test_moving_a_protected_file_away_is_refused_at_commit(lab):
+    root, program, tree = lab
+    tools = Tools("solo", program, root, tree)
+    tools.run("git mv trainer/eval.py renamed.py")  # git would report only the new name
+    with pytest.raises(Refused, match="protected paths: trainer/eval.py"):
+        tools.git_commit("move the metric out of the way")
+    assert (tree / "renamed.py").exists()  # the agent's file is kept; nothing was committed

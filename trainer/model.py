@@ -177,9 +177,6 @@ class GPT:
                 val = rng.uniform(-s, s, p.shape)
             p[...] = self.xp.asarray(val, dtype=self.dtype)
 
-    def num_params(self) -> int:
-        return int(self.param_buf.data.size)
-
     # ------------------------------------------------------------------------------------
     # forward
 

@@ -192,6 +192,8 @@ def run(spec: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> 
             result.update(confirm_loss=cf["val_loss"], confirm_bpb=cf["val_bpb"])
         if spec.save_final:
             save_checkpoint(out / "checkpoint.npz", model, opt, step, {"elapsed_s": elapsed})
+    metrics.close()
+    stop.restore()
     write_json(out / "result.json", result)
     log.final(result)
     return result
@@ -284,9 +286,17 @@ class MetricsLog:
         self.f.write(json.dumps(record, default=_jsonable) + "\n")
         self.f.flush()
 
+    def close(self):
+        self.f.close()
+
 
 class SigtermFlag:
     requested = False
+    previous = None  # the handler to put back when the run is over
+
+    def restore(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def install_sigterm() -> SigtermFlag:
@@ -296,7 +306,7 @@ def install_sigterm() -> SigtermFlag:
     def handler(signum, frame):
         flag.requested = True
     try:
-        signal.signal(signal.SIGTERM, handler)
+        flag.previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (e.g. called from a notebook helper thread)
         pass
     return flag

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from org import OrgError
+from org.agents.sandbox import protect_own_environment
 
 
 def add_agent_commands(sub):
@@ -90,6 +91,7 @@ def cmd_agent(args) -> int:
     if args.backend:  # org launch --backend scripted
         from org.launch import with_backend
         program = with_backend(program, args.backend)
+    protect_own_environment()  # this process holds the API keys; its tools' commands must not
     reason = start_agent(args.name, program, lab_root(), api=args.api)
     print(f"{args.name}: {reason}")
     return 0

@@ -123,3 +123,16 @@ def _read_capped(f, limit: int) -> str:
     tail = f.read().decode(errors="replace")
     return (f"{head}\n[... {size - limit} bytes cut: output over {limit} bytes; narrow the "
             f"command or redirect it to a file and read a range ...]\n{tail}")
+
+
+def protect_own_environment() -> None:
+    """Make this process non-dumpable, so commands it runs (same user) cannot read its API keys
+    from /proc/<pid>/environ. clean_env keeps the keys out of the commands' own environment;
+    this closes the side door. (Root, as in a container, can still read everything.)"""
+    try:
+        import ctypes
+        PR_SET_DUMPABLE = 4
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux/glibc: nothing to do
+        pass
+

@@ -216,7 +216,8 @@ class Tools:
 
     def git_commit(self, message: str) -> str:
         self._git("add", "-A")
-        staged = self._git("diff", "--cached", "--name-only").splitlines()
+        # --no-renames: a protected file moved away must show up under its own (deleted) path
+        staged = self._git("diff", "--cached", "--name-only", "--no-renames").splitlines()
         if not staged:
             return "nothing to commit: the worktree matches HEAD"
         protected = [p for p in staged if self.ws.protected_by(p)]
@@ -380,11 +381,9 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
                       "val_bpb": r["val_bpb"], **({"reason": r["reason"]} if r["reason"] else {})}
                      for r in runs],
         })
-    recorded = [{k: v[k] for k in ("arm", "versus", "verdict", "n", "delta", "ci_low", "ci_high")}
-                for v in ledger.verdicts(program.name)]
     return {"program": program.name, "question": program.question,
             "claim": program.claim.model_dump(), "experiments": out, "pending_runs": pending,
-            "verdicts": recorded or referee_verdicts(ledger, program),
+            "verdicts": referee_verdicts(ledger, program),  # always live: a pure function of the runs
             "compute_seconds": {"spent": round(ledger.compute_seconds(program.name), 1),
                                 "total": program.budget.total_compute_seconds}}
 
@@ -398,10 +397,14 @@ def referee_verdicts(ledger: Ledger, program: Program) -> list[dict]:
     arms = sorted({r["arm"] for r in runs} - {"baseline"})
     if not base or not arms:
         return []
+    # the same steps as the report (org/report.py judge): declared changes, Holm, held-out confirm
+    declares = {v.name: frozenset(v.declares) for v in program.variants}
+    by_arm = {arm: [r for r in runs if r["arm"] == arm] for arm in arms}
     try:
-        comparisons = referee.adjust([referee.compare(base, [r for r in runs if r["arm"] == arm],
-                                                      program.claim.kind, program.claim.margin)
+        comparisons = referee.adjust([referee.compare(base, by_arm[arm], program.claim.kind, program.claim.margin,
+                                                      declared=declares.get(arm, frozenset()))
                                       for arm in arms])
+        comparisons = [referee.confirm(c, base, by_arm[arm]) for arm, c in zip(arms, comparisons)]
     except Exception as e:  # the referee must never take an agent down with it
         return [{"error": f"referee failed: {type(e).__name__}: {e}"}]
     return [{"arm": arm, "versus": "baseline", "verdict": c.final_verdict, "n": c.n,
