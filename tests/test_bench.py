@@ -4,7 +4,7 @@ import sys
 
 
 def test_bench_prints_a_markdown_table():
-    proc = subprocess.run([sys.executable, "-m", "trainer", "bench", "--configs", "d4", "--steps", "1", "--no-torch"],
+    proc = subprocess.run([sys.executable, "-m", "trainer", "bench", "--configs", "d4", "--steps", "1", "--rounds", "1", "--no-torch"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()

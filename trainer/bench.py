@@ -4,7 +4,7 @@
 Each (config, implementation) pair runs in its own fresh process, so peak memory is clean:
 peak RSS during the timed steps minus RSS before the model was built (libraries excluded).
 Steps are forward + backward + optimizer on one fixed batch, timed one by one after warm-up;
-the table shows the median. MFU = FLOPs/token (the trainer's 6N+12LCT convention) x tokens/s
+a measurement is the median step; the table shows the median over interleaved rounds. MFU = FLOPs/token (the trainer's 6N+12LCT convention) x tokens/s
 over the matmul peak measured on the spot in the same process.
 
 The PyTorch peer (tests/reference/torch_gpt.py, fast mode: SDPA, F.rms_norm, fused AdamW)
@@ -39,13 +39,24 @@ def run_bench(args) -> int:
     if unknown:
         raise ValueError(f"unknown bench config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
     impls = ["nanolab"] if args.no_torch or not torch_available() else list(IMPLS)
-    rows = []
-    for name in names:
-        for impl in impls:
-            print(f"bench {name} {impl} ...", file=sys.stderr, flush=True)
-            rows.append(measure_in_subprocess(name, impl, args.device, args.steps))
-    print(format_table(rows, args.device))
+    # rounds interleave the implementations (A B C A B C ...), so a slow spell of a shared
+    # machine hits them alike; each figure is the median over rounds
+    rounds = {(name, impl): [] for name in names for impl in impls}
+    for r in range(args.rounds):
+        for name in names:
+            for impl in impls:
+                print(f"bench round {r + 1}/{args.rounds}: {name} {impl} ...", file=sys.stderr, flush=True)
+                rounds[(name, impl)].append(measure_in_subprocess(name, impl, args.device, args.steps))
+    print(format_table([median_row(rs) for rs in rounds.values()], args.device, args.rounds))
     return 0
+
+
+def median_row(rows: list[dict]) -> dict:
+    ok = [r for r in rows if "error" not in r]
+    if not ok:
+        return rows[0]
+    ok.sort(key=lambda r: r["ms_per_step"])
+    return dict(ok[len(ok) // 2], peak_mem_mib=max(r["peak_mem_mib"] for r in ok))
 
 
 def torch_available() -> bool:
@@ -65,10 +76,10 @@ def measure_in_subprocess(name, impl, device, steps) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def format_table(rows, device) -> str:
+def format_table(rows, device, rounds=1) -> str:
     import platform
     lines = [f"device: {device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
-             f"float32, {time.strftime('%Y-%m-%d')}", "",
+             f"float32, {time.strftime('%Y-%m-%d')}, median of {rounds} interleaved round(s)", "",
              "| config | impl | ms/step | tokens/s | vs torch eager | MFU | peak GFLOP/s | peak mem MiB |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     eager = {r["config"]: r for r in rows if r["impl"] == "torch-eager" and "error" not in r}

@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", nargs="*", default=None, help="named bench configs: d4, gpt2 (default: all)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps; the median is shown")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is shown (default 3)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers")
     p.set_defaults(func=cmd_bench)
     return parser
