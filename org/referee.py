@@ -605,3 +605,23 @@ def confirm(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict]) 
     else:
         final = c.verdict
     return replace(c, final_verdict=final, confirmation=held_out)
+
+
+# --- the whole pipeline, as the report and the agents' `results` tool both use it ----------
+
+def judge_arms(baseline_runs: list[dict], arm_runs: dict[str, list[dict]], claim: str, margin: float,
+               declares: dict[str, frozenset] | None = None, method: str = "holm"
+               ) -> tuple[dict[str, Comparison], dict[str, str]]:
+    """Every arm against the baseline: compare -> adjust over the family -> confirm on the
+    held-out split. Returns ({arm: Comparison}, {arm: why there is no verdict}) — an arm whose
+    runs the referee cannot read gets a reason, never a made-up verdict."""
+    declares = declares or {}
+    raw, unreadable = {}, {}
+    for arm, runs in arm_runs.items():
+        try:
+            raw[arm] = compare(baseline_runs, runs, claim, margin, declared=frozenset(declares.get(arm, ())))
+        except (KeyError, TypeError, ValueError) as e:  # a row the referee cannot read
+            unreadable[arm] = f"the referee could not read its runs ({e})"
+    adjusted = adjust(list(raw.values()), method)
+    return ({arm: confirm(c, baseline_runs, arm_runs[arm]) for arm, c in zip(raw, adjusted)}, unreadable)
+

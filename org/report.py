@@ -36,8 +36,8 @@ import numpy as np
 
 from org import OrgError
 from org.ledger import SCHEMA
-from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, adjust, compare, confirm,
-                         noise_floor, per_seed, read_arm)
+from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, judge_arms, noise_floor, per_seed,
+                         read_arm)
 
 matplotlib.use("Agg")  # files only, never a window
 ADJUSTMENT = "holm"  # for the many comparisons an org makes: family-wise error, the strict one
@@ -211,18 +211,10 @@ def judge(report: Report):
     if not claim.get("kind"):
         report.no_verdict = {a: "no claim recorded for the program" for a in variants}
         return
-    declares = {v.get("name"): v.get("declares") or [] for v in report.spec.get("variants", [])}
-    base = report.arm_runs("baseline")
-    raw = {}
-    for arm in variants:
-        try:
-            raw[arm] = compare(base, report.arm_runs(arm), claim["kind"], claim.get("margin", 0.0),
-                               declared=frozenset(declares.get(arm, [])))
-        except (KeyError, TypeError, ValueError) as e:  # a row the referee cannot read
-            report.no_verdict[arm] = f"the referee could not read its runs ({e})"
-    adjusted = adjust(list(raw.values()), ADJUSTMENT)
-    for arm, c in zip(raw, adjusted):
-        report.comparisons[arm] = confirm(c, base, report.arm_runs(arm))
+    declares = {v.get("name"): frozenset(v.get("declares") or []) for v in report.spec.get("variants", [])}
+    report.comparisons, report.no_verdict = judge_arms(
+        report.arm_runs("baseline"), {arm: report.arm_runs(arm) for arm in variants},
+        claim["kind"], claim.get("margin", 0.0), declares, ADJUSTMENT)
     if not any(r.get("status") == "completed" for r in runs):
         report.missing.append("no finished runs: every verdict is inconclusive")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from org.referee import Tolerances, adjust, compare, confirm, holm, noise_floor
+from org.referee import Tolerances, adjust, compare, confirm, holm, judge_arms, noise_floor
 
 SEEDS = [0, 1, 2, 3, 4]
 BASELINE = [1.000, 1.010, 0.990, 1.005, 0.995]  # seed-to-seed std 0.0079
@@ -415,3 +415,16 @@ def test_simulated_false_positives_and_power():
               f"(difference std 0.014): A/A {no_shared[seeds][0]:.1%}, effect {no_shared[seeds][1]:.1%}")
     assert rates[5][0] <= 0.05 and rates[3][0] <= 0.05
     assert rates[5][1] >= 0.80
+
+
+def test_judge_arms_runs_the_whole_pipeline_and_names_unreadable_arms():
+    base = baseline()
+    wider = [dict(r, arm="wider", params={"total": 2_000_000, "matmul": 1_600_000}) for r in variant(-0.03)]
+    arms = {"no-softcap": variant(-0.03), "wider": wider, "broken": [{"arm": "broken"}]}
+    judged, unreadable = judge_arms(base, arms, "superiority", 0.0, declares={"wider": frozenset({"params"})})
+    assert set(judged) == {"no-softcap", "wider"} and set(unreadable) == {"broken"}
+    assert "could not read" in unreadable["broken"]
+    assert all(c.adjustment == "holm" and c.family == 2 for c in judged.values())  # one family
+    assert judged["no-softcap"].final_verdict == "better"                          # confirmed on held-out
+    assert judged["no-softcap"].confirmation is not None
+    assert not judged["wider"].confounds                                            # declared: not a confound

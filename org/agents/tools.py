@@ -397,21 +397,18 @@ def referee_verdicts(ledger: Ledger, program: Program) -> list[dict]:
     arms = sorted({r["arm"] for r in runs} - {"baseline"})
     if not base or not arms:
         return []
-    # the same steps as the report (org/report.py judge): declared changes, Holm, held-out confirm
     declares = {v.name: frozenset(v.declares) for v in program.variants}
-    by_arm = {arm: [r for r in runs if r["arm"] == arm] for arm in arms}
-    try:
-        comparisons = referee.adjust([referee.compare(base, by_arm[arm], program.claim.kind, program.claim.margin,
-                                                      declared=declares.get(arm, frozenset()))
-                                      for arm in arms])
-        comparisons = [referee.confirm(c, base, by_arm[arm]) for arm, c in zip(arms, comparisons)]
+    try:  # the same pipeline as the report: declared changes, Holm, held-out confirmation
+        judged, unreadable = referee.judge_arms(base, {arm: [r for r in runs if r["arm"] == arm] for arm in arms},
+                                                program.claim.kind, program.claim.margin, declares)
     except Exception as e:  # the referee must never take an agent down with it
         return [{"error": f"referee failed: {type(e).__name__}: {e}"}]
     return [{"arm": arm, "versus": "baseline", "verdict": c.final_verdict, "n": c.n,
              "delta": _round(c.mean), "lower": _round(c.lower), "upper": _round(c.upper),
              "baseline_mean": _round(c.baseline_mean), "variant_mean": _round(c.variant_mean),
              **({"warnings": [f.text for f in c.warnings]} if c.warnings else {})}
-            for arm, c in zip(arms, comparisons)]
+            for arm, c in judged.items()] + [{"arm": arm, "versus": "baseline", "verdict": None, "reason": why}
+                                             for arm, why in unreadable.items()]
 
 
 def _round(x):
