@@ -36,7 +36,7 @@ from org.program import PROGRAM_OWNED_KEYS, Program
 BUDGET_FLAGS = {"flops": "--budget-flops", "seconds": "--budget-seconds",
                 "tokens": "--budget-tokens", "steps": "--steps"}
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
 KILL_GRACE_SECONDS = 10  # after SIGTERM the trainer finishes its step and writes result.json
 IDLE_POLL_SECONDS = 1.0
 

@@ -6,6 +6,8 @@ module it was built with) so the same lines run on both.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -45,6 +47,14 @@ def scatter_add_rows(dst, idx, src):
     else:
         import cupyx
         cupyx.scatter_add(dst, idx, src)
+
+
+def cpu_threads() -> int:
+    """Threads for CPU kernels: what BLAS was told to use, else every core this process may run on."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        if os.environ.get(var, "").isdigit():
+            return max(1, int(os.environ[var]))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 _MALLOC_TUNED = False

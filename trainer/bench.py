@@ -98,6 +98,9 @@ def format_table(rows, device, rounds=1) -> str:
 
 
 def measure(name, impl, device, steps) -> dict:
+    if impl != "nanolab":  # the trainer only builds the weights: its CPU kernels stay unstarted
+        os.environ["NANOLAB_KERNELS"] = "0"
+        import torch
     from trainer.config import make_config
     from trainer.flops import flops_per_token
     from trainer.train import measure_matmul_peak
@@ -108,7 +111,6 @@ def measure(name, impl, device, steps) -> dict:
     x, y = rng.integers(0, cfg.vocab_size, (2, B, T))
     threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))
     if impl != "nanolab":
-        import torch
         torch.set_num_threads(threads)
     peak = measure_matmul_peak(device, "float32", seconds=1.0)  # the best 1024^3 sgemm in 1 s
     rss_before = rss_mib()

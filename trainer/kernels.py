@@ -1,5 +1,6 @@
 """
 Fused CUDA kernels for the GPU path, each with a NumPy twin that defines what it computes.
+(The CPU path's fused kernels are in trainer/cpu_kernels.py, with the same twins.)
 
 Every public function here has the signature and return values of its twin. It runs the CUDA
 kernel when its arrays are CuPy arrays (float32/float64) on a machine with a CUDA device, and the
@@ -665,6 +666,15 @@ def muon_apply(p, x, lr, wd):
     _launch("muon_apply", p.dtype, (_blocks(p.size),), (_THREADS,),
             (p, x, np.int64(rows), np.int64(cols), np.int32(transposed),
              _real(p.dtype, lr), _real(p.dtype, wd)))
+
+# ----------------------------------------------------------------------------------------
+# ops with no CUDA kernel of their own: CuPy runs ops.py's code (the model calls every op
+# through one module: this one on a GPU, cpu_kernels on the CPU, else ops)
+
+layernorm_forward, layernorm_backward = ops.layernorm_forward, ops.layernorm_backward
+gelu_forward, gelu_backward = ops.gelu_forward, ops.gelu_backward
+softmax_forward, softmax_backward = ops.softmax_forward, ops.softmax_backward
+scatter_add_rows = ops.scatter_add_rows
 
 # ----------------------------------------------------------------------------------------
 # the table: public function -> its twin

@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
-from trainer import kernels, ops
-from trainer.backend import array_module, scatter_add_rows, to_numpy
+from trainer import cpu_kernels, kernels, ops
+from trainer.backend import array_module, to_numpy
 from trainer.config import Config
 
 
@@ -56,6 +56,16 @@ def param_shapes(cfg: Config) -> list[tuple[str, tuple]]:
     if not cfg.tie_embeddings:
         shapes += [("lm_head.weight", (V, C))]
     return shapes
+
+
+def elementwise_ops(xp):
+    """Where the model's norms, rotary, activations, softmax and optimizer updates come from:
+    fused CUDA kernels on a GPU (trainer/kernels.py), fused Numba kernels on the CPU
+    (trainer/cpu_kernels.py), or their NumPy twins (trainer/ops.py) when neither is usable.
+    All three modules have the same functions with the same signatures."""
+    if kernels.available(xp):
+        return kernels
+    return cpu_kernels if xp is np and cpu_kernels.available() else ops
 
 
 GROUP_ORDER = ("embedding", "unembedding", "scalar", "matrix")
@@ -115,9 +125,8 @@ class GPT:
         self.params, self.grads = self.param_buf.views, self.grad_buf.views
         self.blocks = [self._block_views(self.param_buf, i) for i in range(cfg.n_layer)]
         self.grad_blocks = [self._block_views(self.grad_buf, i) for i in range(cfg.n_layer)]
-        # on a GPU the fused CUDA kernels (trainer/kernels.py) replace their NumPy twins in ops
-        self.fused = kernels.available(xp)
-        self.ew = kernels if self.fused else ops  # rmsnorm, rotary, relu2: same signatures
+        self.fused = kernels.available(xp)  # softcap + cross-entropy as one CUDA kernel
+        self.ew = elementwise_ops(xp)
         self.eps = float(np.finfo(dtype).eps)  # RMSNorm eps as torch's F.rms_norm default
         if cfg.pos == "rope":
             self.cos, self.sin = ops.rotary_tables(cfg.sequence_len, cfg.head_dim, cfg.rope_base, xp, dtype)
@@ -237,7 +246,7 @@ class GPT:
         if self.cfg.norm == "rms":
             return self.ew.rmsnorm_forward(x, self.eps)
         w, b = where if isinstance(where, tuple) else (self.params[f"{where}.weight"], self.params.get(f"{where}.bias"))
-        return ops.layernorm_forward(x, w, b)
+        return self.ew.layernorm_forward(x, w, b)
 
     def _attention_forward(self, x, blk):
         cfg = self.cfg
@@ -256,7 +265,7 @@ class GPT:
             k, c["k_norm"] = self.ew.rmsnorm_forward(k, self.eps)
         if cfg.qk_gain != 1.0:
             q, k = q * cfg.qk_gain, k * cfg.qk_gain
-        y, c["sdpa"] = ops.attention_forward(q, k, v, self.mask[:T, :T])
+        y, c["sdpa"] = ops.attention_forward(q, k, v, self.mask[:T, :T], self.ew.softmax_forward)
         y = y.reshape(B, T, H * D)
         c["y"] = y
         return ops.linear_forward(y, blk["attn_w"], blk["attn_b"]), c
@@ -266,7 +275,7 @@ class GPT:
         if self.cfg.mlp == "relu2":
             a, act = self.ew.relu2_forward(h)
         else:
-            a, act = ops.gelu_forward(h)
+            a, act = self.ew.gelu_forward(h)
         return ops.linear_forward(a, blk["proj_w"], blk["proj_b"]), {"x": x, "act": act, "a": a}
 
     # ------------------------------------------------------------------------------------
@@ -314,21 +323,21 @@ class GPT:
         dwte = G["transformer.wte.weight"]
         if not cfg.tie_embeddings:
             dwte[...] = 0
-        scatter_add_rows(dwte, idx.reshape(-1), dx2)
+        self.ew.scatter_add_rows(dwte, idx.reshape(-1), dx2)
         self.cache = None  # a second backward without a forward is an error, not a silent reuse
 
     def _norm_backward(self, dy, cache, where):
         if self.cfg.norm == "rms":
             return self.ew.rmsnorm_backward(dy, cache)
         dw, db = where if isinstance(where, tuple) else (self.grads[f"{where}.weight"], self.grads.get(f"{where}.bias"))
-        return ops.layernorm_backward(dy, cache, dw, db)
+        return self.ew.layernorm_backward(dy, cache, dw, db)
 
     def _attention_backward(self, dout, c, blk, gblk):
         cfg = self.cfg
         B, T, _ = dout.shape
         H, KV, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         dy = ops.linear_backward(dout, c["y"], blk["attn_w"], gblk["attn_w"], gblk["attn_b"])
-        dq, dk, dv = ops.attention_backward(dy.reshape(B, T, H, D), c["sdpa"])
+        dq, dk, dv = ops.attention_backward(dy.reshape(B, T, H, D), c["sdpa"], self.ew.softmax_backward)
         if cfg.qk_gain != 1.0:
             dq, dk = dq * cfg.qk_gain, dk * cfg.qk_gain
         if cfg.qk_norm:
@@ -346,7 +355,7 @@ class GPT:
         if self.cfg.mlp == "relu2":
             dh = self.ew.relu2_backward(da, c["act"])
         else:
-            dh = ops.gelu_backward(da, c["act"])
+            dh = self.ew.gelu_backward(da, c["act"])
         return ops.linear_backward(dh, c["x"], blk["fc_w"], gblk["fc_w"], gblk["fc_b"])
 
     # ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from trainer.backend import xp_of
+from trainer.backend import scatter_add_rows, xp_of  # noqa: F401 (an op, the twin of cpu_kernels')
 
 # ----------------------------------------------------------------------------------------
 # linear: y = x W^T + b, weights in PyTorch layout (out, in)
@@ -103,9 +103,24 @@ def rotary_backward(dy, cos, sin):
 # time, (B, KV, G*T, D), turns GQA into plain batched matmuls with no repeated k or v.
 
 
-def attention_forward(q, k, v, mask):
+def softmax_forward(s, mask):
+    # in place on the scores s (..., T, T): p = softmax(s + mask) over the last dim
+    s += mask
+    s -= s.max(axis=-1, keepdims=True)
+    p = xp_of(s).exp(s, out=s)
+    p /= p.sum(axis=-1, keepdims=True)
+    return p
+
+
+def softmax_backward(dp, p):
+    # in place on dp: ds = p * (dp - sum(dp * p)); masked entries have p = 0
+    dp -= (dp * p).sum(axis=-1, keepdims=True)
+    dp *= p
+    return dp
+
+
+def attention_forward(q, k, v, mask, softmax=softmax_forward):
     # q (B, T, H, D), k v (B, T, KV, D), mask (T, T) additive (0 or -inf) -> y (B, T, H, D)
-    xp = xp_of(q)
     B, T, H, D = q.shape
     KV = k.shape[2]
     # the 1/sqrt(D) scale goes on q, (B, KV, G*T, D), not on the (T, T) scores: a smaller pass
@@ -113,16 +128,13 @@ def attention_forward(q, k, v, mask):
     kt = k.transpose(0, 2, 3, 1)                                   # (B, KV, D, T)
     vt = v.transpose(0, 2, 1, 3)                                   # (B, KV, T, D)
     s = (qg @ kt).reshape(B, H, T, T)                              # scaled scores
-    s += mask
-    s -= s.max(axis=-1, keepdims=True)
-    p = xp.exp(s, out=s)
-    p /= p.sum(axis=-1, keepdims=True)                             # (B, H, T, T) softmax
+    p = softmax(s, mask)                                           # (B, H, T, T), in place
     yg = p.reshape(B, KV, -1, T) @ vt                              # (B, KV, G*T, D)
     y = yg.reshape(B, H, T, D).transpose(0, 2, 1, 3)
     return y, (qg, kt, vt, p)
 
 
-def attention_backward(dy, cache):
+def attention_backward(dy, cache, softmax_backward=softmax_backward):
     qg, kt, vt, p = cache                                          # qg holds the scaled q
     B, H, T, _ = p.shape
     KV, D = vt.shape[1], vt.shape[3]
@@ -130,10 +142,7 @@ def attention_backward(dy, cache):
     pg = p.reshape(B, KV, -1, T)
     dv = pg.transpose(0, 1, 3, 2) @ dyg                            # (B, KV, T, D)
     dp = dyg @ vt.transpose(0, 1, 3, 2)                            # (B, KV, G*T, T)
-    # softmax backward: ds = p * (dp - sum(dp * p)); masked entries have p = 0
-    ds = dp
-    ds -= (dp * pg).sum(axis=-1, keepdims=True)
-    ds *= pg
+    ds = softmax_backward(dp, pg)                                  # (B, KV, G*T, T), in place
     dqg = ds @ kt.transpose(0, 1, 3, 2)                            # (B, KV, G*T, D)
     dqg *= 1.0 / math.sqrt(D)                                      # through the scale on q
     dk = ds.transpose(0, 1, 3, 2) @ qg                             # (B, KV, T, D)

@@ -13,10 +13,8 @@ Groups, by parameter name:
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
-from trainer import kernels
+from trainer import cpu_kernels, kernels, ops
 from trainer.backend import to_numpy, xp_of
 from trainer.model import param_group
 
@@ -70,26 +68,24 @@ class Optimizer:
         self.v = self.xp.zeros(adamw_end, dtype=model.dtype)      # AdamW second moment
         n_muon = self.muon_group["range"][1] - self.muon_group["range"][0] if self.muon_group else 0
         self.momentum = self.xp.zeros(n_muon, dtype=model.dtype)  # Muon momentum
-        self.fused = kernels.available(self.xp)
-        # on the CPU: cache-sized chunks (the update's several passes then hit cache, not
-        # memory) spread over one thread per core (NumPy releases the GIL inside ufuncs)
-        self.chunk = 1 << 16
-        self.threads = 1 if self.fused else cpu_threads()
-        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        # one-pass update kernels: CUDA on a GPU, Numba on the CPU; with neither, kernels.py runs
+        # the NumPy twins, in cache-sized chunks so that their dozen passes hit cache, not memory
+        self.ew = cpu_kernels if model.ew is cpu_kernels else kernels
+        self.chunk = 1 << 16 if model.ew is ops else None
         self.t = 0
 
     def step(self, lr_mult: float = 1.0, muon_momentum: float | None = None):
         self.t += 1
         for g in self.adamw_groups:
-            # the AdamW math is kernels.np_adamw_update (on a GPU one kernel pass per group)
+            # the AdamW math is kernels.np_adamw_update
             hyper = dict(lr=g["lr"] * lr_mult, beta1=g["beta1"], beta2=g["beta2"], eps=g["eps"],
                          wd=g["wd"], t=self.t)
+            P, G = self.model.param_buf.data, self.model.grad_buf.data
             start, end = g["range"]
-            if self.pool is None:
-                self._adamw_span(start, end, hyper)
-                continue
-            bounds = [start + (end - start) * i // self.threads for i in range(self.threads + 1)]
-            list(self.pool.map(lambda i: self._adamw_span(bounds[i], bounds[i + 1], hyper), range(self.threads)))
+            step = self.chunk or end - start
+            for s in range(start, end, max(step, 1)):
+                e = min(s + step, end)
+                self.ew.adamw_update(P[s:e], G[s:e], self.m[s:e], self.v[s:e], **hyper)
         if self.muon_group:
             g = self.muon_group
             mu = g["momentum"] if muon_momentum is None else muon_momentum
@@ -100,21 +96,14 @@ class Optimizer:
                 buf = self.momentum[start - base:start - base + p.size].reshape(p.shape)
                 self._muon(p, grad, buf, g["lr"] * lr_mult, g["wd"], mu, g["ns_steps"])
 
-    def _adamw_span(self, start, end, hyper):
-        P, G = self.model.param_buf.data, self.model.grad_buf.data
-        chunk = end - start if self.fused else self.chunk
-        for s in range(start, end, max(chunk, 1)):
-            e = min(s + chunk, end)
-            kernels.adamw_update(P[s:e], G[s:e], self.m[s:e], self.v[s:e], **hyper)
-
     def _muon(self, p, grad, buf, lr, wd, mu, ns_steps):
         # buf = mu buf + (1-mu) g, then the Nesterov look-ahead u = (1-mu) g + mu buf
-        u = kernels.muon_momentum(grad, buf, mu)
+        u = self.ew.muon_momentum(grad, buf, mu)
         x = orthogonalize(u, ns_steps)
         rows, cols = p.shape
         lr = lr * math.sqrt(max(1.0, rows / cols))     # shape-aware: tall matrices step further
         # cautious weight decay (only where update and weight agree in sign), then p -= lr x
-        kernels.muon_apply(p, x, lr, wd)
+        self.ew.muon_apply(p, x, lr, wd)
 
     def state_dict(self) -> dict:
         return {"t": self.t, "m": to_numpy(self.m), "v": to_numpy(self.v), "momentum": to_numpy(self.momentum)}
@@ -123,14 +112,6 @@ class Optimizer:
         self.t = int(state["t"])
         for key in ("m", "v", "momentum"):
             getattr(self, key)[...] = self.xp.asarray(state[key])
-
-
-def cpu_threads() -> int:
-    """Threads for the elementwise update: what BLAS was told to use, else every core."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit():
-            return max(1, int(os.environ[var]))
-    return os.cpu_count() or 1
 
 
 def orthogonalize(g, steps: int = 5):
