@@ -100,6 +100,32 @@ def test_relu2_matches_twin(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_matches_twin(dtype):
+    rng = np.random.default_rng(8)
+    h = normal(rng, (3, 7, 50), dtype, 3)
+    da = normal(rng, h.shape, dtype)
+    a, cache = CK.gelu_forward(h)
+    want_a, want_cache = ops.gelu_forward(h)
+    close(a, want_a, dtype, "a")
+    close(CK.gelu_backward(da, cache), ops.gelu_backward(da, want_cache), dtype, "dh")
+    close(CK.gelu_forward(h[:, ::2])[0], ops.gelu_forward(h[:, ::2])[0], dtype, "strided")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_matches_twin_for_wide_and_narrow_vocabularies(dtype):
+    rng = np.random.default_rng(9)
+    for N, V in [(12, 257), (3, 5000)]:
+        z = normal(rng, (N, V), dtype, 10)
+        targets = rng.integers(0, V, N)
+        targets[0], targets[-1] = 0, V - 1
+        losses, cache = CK.cross_entropy_forward(z, targets)
+        want_losses, want_cache = ops.cross_entropy_forward(z, targets)
+        close(losses, want_losses, dtype, "losses")
+        close(cache[0], want_cache[0], dtype, "probs")
+        close(CK.cross_entropy_backward(cache, 1 / N), ops.cross_entropy_backward(want_cache, 1 / N), dtype, "dz")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_masked_softmax_matches_twin_in_place(dtype):
     rng = np.random.default_rng(4)
     T0, T = 9, 7
@@ -221,7 +247,8 @@ def test_nanolab_kernels_0_selects_the_twins_everywhere():
 def test_every_op_the_model_calls_exists_in_all_three_modules():
     names = ["rmsnorm_forward", "rmsnorm_backward", "layernorm_forward", "layernorm_backward",
              "rotary_forward", "rotary_backward", "relu2_forward", "relu2_backward", "gelu_forward",
-             "gelu_backward", "softmax_forward", "softmax_backward", "scatter_add_rows"]
+             "gelu_backward", "softmax_forward", "softmax_backward", "cross_entropy_forward",
+             "cross_entropy_backward", "scatter_add_rows"]
     for module in (CK, K, ops):
         missing = [n for n in names if not callable(getattr(module, n, None))]
         assert not missing, f"{module.__name__} lacks {missing}"

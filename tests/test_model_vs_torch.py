@@ -134,6 +134,8 @@ CASES = [
     ("nanochat-no_embed_norm", "nanochat", dict(embed_norm=False)),
     ("nanochat-fused_qkv_gqa", "nanochat", dict(fused_qkv=True, n_kv_head=2)),
     ("nanochat-vocab_128_unpadded", "nanochat", dict(vocab_size=128)),
+    ("nanochat-query_blocks_gqa", "nanochat", dict(sequence_len=128, n_kv_head=2)),  # causal blocks
+    ("nanochat-query_blocks", "nanochat", dict(sequence_len=128)),
     ("gpt2", "gpt2", {}),
     ("gpt2-softcap_3", "gpt2", dict(softcap=3.0)),
     ("gpt2-qk_norm", "gpt2", dict(qk_norm=True, qk_gain=1.3)),
@@ -160,6 +162,11 @@ def _case_params():
         for dtype in ("float64", "float32"):
             out.append(pytest.param(preset, {**shape, **overrides}, dtype, id=f"{name}-{dtype}"))
     return out
+
+
+def test_the_query_blocks_cases_take_the_causal_block_path():
+    from trainer import ops
+    assert ops.query_blocks(128) == 2 and ops.query_blocks(16) == 1
 
 
 @pytest.mark.parametrize("preset,overrides,dtype", _case_params())

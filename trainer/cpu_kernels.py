@@ -13,13 +13,17 @@ for AdamW (one pass over p, g, m, v instead of fourteen).
     layernorm_forward / _backward     ops.layernorm_forward / _backward
     rotary_forward / _backward        ops.rotary_forward / _backward
     relu2_forward / _backward         ops.relu2_forward / _backward
-    softmax_forward / _backward       ops.softmax_forward / _backward (exp stays NumPy's)
+    softmax_forward / _backward       ops.softmax_forward / _backward
+    cross_entropy_forward             ops.cross_entropy_forward
+    gelu_forward / _backward          ops.gelu_forward / _backward
     scatter_add_rows                  backend.scatter_add_rows
     adamw_update                      kernels.np_adamw_update
     muon_momentum / muon_apply        kernels.np_muon_momentum / np_muon_apply
 
-Ops whose cost is exp or tanh (GELU, softcap, cross-entropy) stay NumPy's: without Intel's SVML
-Numba calls the scalar libm per element, while NumPy's exp and tanh are SIMD.
+exp and tanh stay NumPy's (SIMD), called between kernels: without Intel's SVML, Numba would
+call the scalar libm per element, 5-10x slower. So softmax, cross-entropy and GELU are three
+passes (kernel, NumPy's exp or tanh in place, kernel) instead of six to nine. The softcap's
+tanh stays the twin (ops.softcap_forward).
 
 Kernels compile on first use, once per dtype and layout, and are cached on disk (`cache=True`,
 in trainer/__pycache__). `available()` is False when Numba can't be imported or
@@ -34,6 +38,7 @@ import numpy as np
 
 from trainer import ops
 from trainer.backend import cpu_threads
+from trainer.ops import GELU_K
 
 try:
     import numba
@@ -267,12 +272,13 @@ def _mask_and_shift(s, mask):                     # s (R, T, T) scores, mask (T,
 
 
 @_kernel
-def _normalize_rows(e):                           # e (N, T) exponentials -> rows summing to 1
+def _normalize_rows(e, totals):                   # e (N, T) exponentials -> rows summing to 1
     N, T = e.shape
     for i in prange(N):
         total = e[i, 0] * 0
         for j in range(T):
             total += e[i, j]
+        totals[i] = total
         for j in range(T):
             e[i, j] /= total
 
@@ -293,7 +299,7 @@ def softmax_forward(s, mask):
     T = s.shape[-1]
     _mask_and_shift(s.reshape(-1, *mask.shape), np.ascontiguousarray(mask, dtype=s.dtype))
     np.exp(s, out=s)
-    _normalize_rows(s.reshape(-1, T))
+    _normalize_rows(s.reshape(-1, T), np.empty(s.size // T, dtype=s.dtype))
     return s
 
 
@@ -301,6 +307,77 @@ def softmax_backward(dp, p):
     """Twin: ops.softmax_backward. dp (..., T) contiguous, overwritten with ds."""
     _softmax_bwd(dp.reshape(-1, dp.shape[-1]), p.reshape(-1, p.shape[-1]))
     return dp
+
+# ----------------------------------------------------------------------------------------
+# cross-entropy, the same three passes: shift by the row max, exp (NumPy's), normalize
+
+
+@_kernel
+def _shift_rows(z, e, zmax):                      # z, e (N, V): e = z - max(z); zmax (N,)
+    N, V = z.shape
+    for i in prange(N):
+        top = -np.inf
+        for j in range(V):
+            top = max(top, z[i, j])
+        zmax[i] = top
+        for j in range(V):
+            e[i, j] = z[i, j] - top
+
+
+def cross_entropy_forward(z, targets):
+    """Twin: ops.cross_entropy_forward. z (N, V) -> (losses (N,), (probs, targets))."""
+    z = np.ascontiguousarray(z)
+    N = z.shape[0]
+    e, zmax, totals = np.empty_like(z), np.empty(N, dtype=z.dtype), np.empty(N, dtype=z.dtype)
+    _shift_rows(z, e, zmax)
+    np.exp(e, out=e)
+    _normalize_rows(e, totals)
+    losses = np.log(totals) + zmax - z[np.arange(N), targets]
+    return losses, (e, targets)
+
+
+cross_entropy_backward = ops.cross_entropy_backward    # one scatter and one scaling pass
+
+# ----------------------------------------------------------------------------------------
+# GELU (tanh form): the polynomial around NumPy's tanh in one pass each side, and the backward
+# (pure arithmetic, given the cached tanh) in one pass
+
+
+@_kernel
+def _gelu_tanh_arg(h, u):                         # u = k (h + 0.044715 h^3), flat
+    for i in prange(h.size):
+        u[i] = GELU_K * (h[i] + 0.044715 * h[i] * h[i] * h[i])
+
+
+@_kernel
+def _gelu_out(h, t, a):                           # a = 0.5 h (1 + t)
+    for i in prange(h.size):
+        a[i] = 0.5 * h[i] * (1 + t[i])
+
+
+@_kernel
+def _gelu_bwd(da, h, t, dh):
+    for i in prange(h.size):
+        dt = GELU_K * (1 + 3 * 0.044715 * h[i] * h[i]) * (1 - t[i] * t[i])
+        dh[i] = da[i] * (0.5 * (1 + t[i]) + 0.5 * h[i] * dt)
+
+
+def gelu_forward(h):
+    """Twin: ops.gelu_forward. Returns (a, (h, t = tanh(...)))."""
+    h = np.ascontiguousarray(h)
+    t, a = np.empty_like(h), np.empty_like(h)
+    _gelu_tanh_arg(h.reshape(-1), t.reshape(-1))
+    np.tanh(t, out=t)
+    _gelu_out(h.reshape(-1), t.reshape(-1), a.reshape(-1))
+    return a, (h, t)
+
+
+def gelu_backward(da, cache):
+    """Twin: ops.gelu_backward."""
+    h, t = cache
+    dh = np.empty_like(h)
+    _gelu_bwd(np.ascontiguousarray(da).reshape(-1), h.reshape(-1), t.reshape(-1), dh.reshape(-1))
+    return dh
 
 # ----------------------------------------------------------------------------------------
 # embedding backward: dst[idx[n]] += src[n]. Each thread owns a band of columns, so repeated
@@ -370,11 +447,6 @@ def muon_apply(p, x, lr, wd):
     """Cautious weight decay and p -= lr x, in place on p. Twin: kernels.np_muon_apply."""
     _muon_apply(p, x, p.dtype.type(lr), p.dtype.type(wd))
 
-# ----------------------------------------------------------------------------------------
-# NumPy's SIMD exp and tanh beat Numba's scalar libm: these stay the twins
-
-
-gelu_forward, gelu_backward = ops.gelu_forward, ops.gelu_backward
 
 
 def _rows(a):

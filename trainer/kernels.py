@@ -674,6 +674,7 @@ def muon_apply(p, x, lr, wd):
 layernorm_forward, layernorm_backward = ops.layernorm_forward, ops.layernorm_backward
 gelu_forward, gelu_backward = ops.gelu_forward, ops.gelu_backward
 softmax_forward, softmax_backward = ops.softmax_forward, ops.softmax_backward
+cross_entropy_forward, cross_entropy_backward = ops.cross_entropy_forward, ops.cross_entropy_backward
 scatter_add_rows = ops.scatter_add_rows
 
 # ----------------------------------------------------------------------------------------

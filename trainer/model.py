@@ -233,7 +233,7 @@ class GPT:
             self.cache = None
             return logits
         targets = xp.asarray(targets).reshape(-1)
-        losses, cache["ce"] = ops.cross_entropy_forward(logits.reshape(B * T, -1), targets)
+        losses, cache["ce"] = self.ew.cross_entropy_forward(logits.reshape(B * T, -1), targets)
         self.token_losses = losses.reshape(B, T)                      # nats, for val_bpb
         self.cache = cache
         return float(losses.mean())
@@ -291,7 +291,7 @@ class GPT:
             ce = cache["fused_ce"]
             dlogits = kernels.softcap_cross_entropy_backward(ce, 1.0 / (B * T), out=ce[0]).reshape(B, T, -1)
         else:
-            dlogits = ops.cross_entropy_backward(cache["ce"], 1.0 / (B * T)).reshape(B, T, -1)
+            dlogits = self.ew.cross_entropy_backward(cache["ce"], 1.0 / (B * T)).reshape(B, T, -1)
             if cfg.softcap > 0:
                 dlogits = ops.softcap_backward(dlogits, cache["softcap"])
         # head: logits = x_f W[:V]^T; padded rows of W get no gradient
