@@ -73,7 +73,10 @@ def _kernel(f):
     """Compile f as a parallel Numba kernel (lazily; cached on disk). Without Numba: unusable."""
     if numba is None:
         return None
-    return njit(parallel=True, cache=True, fastmath=FAST)(f)
+    try:
+        return njit(parallel=True, cache=True, fastmath=FAST)(f)
+    except RuntimeError:  # no writable cache directory (e.g. a read-only install): compile each run
+        return njit(parallel=True, fastmath=FAST)(f)
 
 
 # ----------------------------------------------------------------------------------------
