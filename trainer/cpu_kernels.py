@@ -5,8 +5,8 @@ kernels.py. The CPU counterpart of trainer/kernels.py.
 Why: NumPy runs an op as a chain of ufuncs, each one pass over memory on one core, each with a
 fresh temporary (RMSNorm backward: six passes and three temporaries). A kernel here is one loop
 over rows, split over the cores with `prange`, that reads its inputs once and writes its
-outputs once. On 2 cores that is 10-30x less time for the norms, rotary and ReLU^2, and 4-5x
-for AdamW (one pass over p, g, m, v instead of fourteen).
+outputs once. On 2 cores that measured 5-30x less time for the norms, rotary and ReLU^2, and
+3-4x for AdamW (one pass over p, g, m, v instead of fourteen; now memory-bound).
 
     function                          twin
     rmsnorm_forward / _backward       ops.rmsnorm_forward / _backward
