@@ -217,3 +217,15 @@ def test_unwritable_out_is_one_line(corpus, tmp_path):
                        "--set", "n_layer=1", "--set", "n_embd=32")
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "not writable" in proc.stderr
+
+
+def test_a_slow_first_step_is_explained_once_and_left_out_of_the_budget(capsys):
+    from trainer.train import Budget, Progress
+    spec = RunSpec(preset="nanochat", overrides={"depth": 1}, budget_kind="steps", budget=3)
+    log = Progress(False, Budget(spec, 1, 1), make_config("nanochat", depth=1), spec)
+    capsys.readouterr()
+    log.first_step(0.3)                      # a warm cache: nothing to say
+    assert capsys.readouterr().err == ""
+    log.first_step(7.2)                      # a fresh checkout compiling the CPU kernels
+    err = capsys.readouterr().err
+    assert err.startswith("first step took 7.2s, not counted in the budget") and "compiling" in err

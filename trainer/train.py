@@ -161,8 +161,9 @@ def run(spec: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> 
             model.backward()
             opt.step(lr_mult=lr_mult)
             dt = time.perf_counter() - t0
-            if step == 0 and not resume:  # the first step pays for allocation and BLAS spin-up
-                warmup_seconds = dt
+            if step == 0 and not resume:  # the first step pays for allocation, BLAS spin-up
+                warmup_seconds = dt       # and, in a fresh checkout, compiling the CPU kernels
+                log.first_step(dt)
             else:
                 elapsed += dt
             step += 1
@@ -333,6 +334,11 @@ class Progress:
                            TimeRemainingColumn(), transient=True)
             self.task = self.bar.add_task("train", total=1000)
             self.bar.start()
+
+    def first_step(self, dt: float):
+        if not self.quiet and dt > 2.0:
+            print(f"first step took {dt:.1f}s, not counted in the budget (one-time setup; in a fresh "
+                  "checkout mostly compiling the CPU kernels, cached after)", file=sys.stderr)
 
     def step(self, rec: dict, dt: float):
         if self.quiet:
