@@ -5,6 +5,7 @@ kernels as on the twins.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -148,7 +149,7 @@ def test_scatter_add_accumulates_repeated_rows_like_add_at(dtype):
     rng = np.random.default_rng(5)
     idx = rng.integers(0, 6, 40)                                 # 40 rows into 6: many repeats
     src = normal(rng, (4, 10, 13), dtype).reshape(40, 13)
-    dst, want = normal(rng, (8, 13), dtype), None
+    dst = normal(rng, (8, 13), dtype)
     want = dst.copy()
     scatter_add_rows(want, idx, src)
     CK.scatter_add_rows(dst, idx, src)
@@ -240,7 +241,7 @@ def test_nanolab_kernels_0_selects_the_twins_everywhere():
         print("ok")
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**__import__("os").environ, "NANOLAB_KERNELS": "0"})
+                         env={**os.environ, "NANOLAB_KERNELS": "0"})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 

@@ -101,6 +101,7 @@ def measure(name, impl, device, steps) -> dict:
     if impl != "nanolab":  # the trainer only builds the weights: its CPU kernels stay unstarted
         os.environ["NANOLAB_KERNELS"] = "0"
         import torch
+    from trainer.backend import cpu_threads
     from trainer.config import make_config
     from trainer.flops import flops_per_token
     from trainer.train import measure_matmul_peak
@@ -109,7 +110,7 @@ def measure(name, impl, device, steps) -> dict:
     B, T = spec["batch"], cfg.sequence_len
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, cfg.vocab_size, (2, B, T))
-    threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))
+    threads = cpu_threads()
     if impl != "nanolab":
         torch.set_num_threads(threads)
     peak = measure_matmul_peak(device, "float32", seconds=1.0)  # the best 1024^3 sgemm in 1 s

@@ -56,8 +56,8 @@ def available() -> bool:
         return False
     # Numba's worker threads (OpenMP, started by the first kernel) would otherwise spin for a
     # while after each kernel and take the cores from the BLAS threads of the next matmul: 2x
-    # slower matmuls on 2 cores. Set here, not at import: other OpenMP users in this process
-    # (torch in the tests and the bench) read it when they load, and spin as they were built to.
+    # slower matmuls on 2 cores. Set here, not at import, so that an OpenMP user loaded before the
+    # model is built (torch in the bench's peers, which never build one on kernels) keeps its own.
     global _threads_started
     if not _threads_started:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -258,20 +258,19 @@ def relu2_backward(da, r):
 
 # ----------------------------------------------------------------------------------------
 # attention softmax over the last dim, in place on the scores. The exp is NumPy's (SIMD); the
-# kernels fuse what is around it: mask + max + subtract before, sum + normalize after.
+# kernels fuse what is around it: max + subtract before, sum + normalize after.
 
 
 @_kernel
-def _mask_and_shift(s, mask):                     # s (R, T, T) scores, mask (T, T) additive
-    R, Tq, Tk = s.shape
-    for rt in prange(R * Tq):
-        r, t = rt // Tq, rt % Tq
+def _shift_rows(z, e, zmax):                      # z, e (N, V): e = z - max(z), may be z; zmax (N,)
+    N, V = z.shape
+    for i in prange(N):
         top = -np.inf
-        for j in range(Tk):
-            s[r, t, j] += mask[t, j]
-            top = max(top, s[r, t, j])
-        for j in range(Tk):
-            s[r, t, j] -= top
+        for j in range(V):
+            top = max(top, z[i, j])
+        zmax[i] = top
+        for j in range(V):
+            e[i, j] = z[i, j] - top
 
 
 @_kernel
@@ -299,10 +298,12 @@ def _softmax_bwd(dp, p):                          # dp, p (N, T): ds = p * (dp -
 
 def softmax_forward(s, mask):
     """Twin: ops.softmax_forward. s (..., T, T) contiguous, overwritten with the probabilities."""
-    T = s.shape[-1]
-    _mask_and_shift(s.reshape(-1, *mask.shape), np.ascontiguousarray(mask, dtype=s.dtype))
+    rows = s.reshape(-1, s.shape[-1])
+    scratch = np.empty(rows.shape[0], dtype=s.dtype)
+    s += mask                                     # NumPy's broadcast add: one SIMD pass
+    _shift_rows(rows, rows, scratch)
     np.exp(s, out=s)
-    _normalize_rows(s.reshape(-1, T), np.empty(s.size // T, dtype=s.dtype))
+    _normalize_rows(rows, scratch)
     return s
 
 
@@ -312,19 +313,7 @@ def softmax_backward(dp, p):
     return dp
 
 # ----------------------------------------------------------------------------------------
-# cross-entropy, the same three passes: shift by the row max, exp (NumPy's), normalize
-
-
-@_kernel
-def _shift_rows(z, e, zmax):                      # z, e (N, V): e = z - max(z); zmax (N,)
-    N, V = z.shape
-    for i in prange(N):
-        top = -np.inf
-        for j in range(V):
-            top = max(top, z[i, j])
-        zmax[i] = top
-        for j in range(V):
-            e[i, j] = z[i, j] - top
+# cross-entropy, the softmax's three passes: shift by the row max, exp (NumPy's), normalize
 
 
 def cross_entropy_forward(z, targets):
@@ -451,7 +440,6 @@ def muon_apply(p, x, lr, wd):
     _muon_apply(p, x, p.dtype.type(lr), p.dtype.type(wd))
 
 
-
 def _rows(a):
-    """a (..., C) as (N, C), copied only if its rows aren't evenly strided."""
+    """a (..., C) as (N, C): a view when a is contiguous, else a contiguous copy."""
     return a.reshape(-1, a.shape[-1]) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(-1, a.shape[-1])
