@@ -31,7 +31,7 @@ PROGRAM_OWNED_KEYS = frozenset({
     "seed", "seeds", "steps", "flops", "tokens", "seconds", "budget", "budget_flops",
     "budget_seconds", "budget_tokens", "data", "tokenizer", "vocab_size", "val_tokens",
     "eval_tokens", "eval_every", "eval_batches", "batch_size", "seq_len", "sequence_len",
-    "device", "out",
+    "device", "dtype", "matmul", "out",
 })
 
 # The trainer's evaluation, data and FLOP accounting, and the harness itself.
@@ -186,6 +186,7 @@ class Train(Strict):
     seq_len: int = Field(gt=0)
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["float32", "float64"] = "float32"
+    matmul: Literal["fp32", "tf32", "bf16"] = "fp32"  # matmul inputs rounded to TF32 or bfloat16
     eval_every: int | None = Field(None, ge=0)
 
 

@@ -180,7 +180,7 @@ def train_command(program: Program, overrides: dict, seed: int, out: Path) -> li
             "--data", data.source, "--tokenizer", data.tokenizer, "--val-tokens", str(data.val_tokens),
             "--confirm-tokens", str(data.val_tokens),  # the held-out split the referee confirms on
             "--batch-size", str(train.batch_size), "--seq-len", str(train.seq_len),
-            "--device", train.device, "--dtype", train.dtype]
+            "--device", train.device, "--dtype", train.dtype, "--matmul", train.matmul]
     if train.eval_every:
         cmd += ["--eval-every", str(train.eval_every)]
     return cmd
@@ -204,7 +204,7 @@ def judge(program: Program, run: dict, result: dict, fingerprints: dict | None) 
     expected = {"seed": run["seed"], "batch_size": program.train.batch_size,
                 "sequence_len": program.train.seq_len, "val_tokens": program.data.val_tokens,
                 "data": program.data.source, "tokenizer": program.data.tokenizer,
-                "dtype": program.train.dtype}
+                "dtype": program.train.dtype, "matmul": program.train.matmul}
     problems += [f"{k} is {result.get(k)!r}, the program fixes {v!r}"
                  for k, v in expected.items() if k in result and result[k] != v]
     if fingerprints:

@@ -193,6 +193,21 @@ def test_muon_updates_match_twins_with_a_transposed_update(dtype):
 # the model and optimizer on the kernels vs on the twins
 
 
+@pytest.mark.parametrize("keep", [7, 10])
+def test_round_mantissa_matches_twin_bit_for_bit_and_keeps_a_transposed_layout(keep):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((60, 70)) * np.exp2(rng.uniform(-130, 120, (60, 70)))).astype(np.float32)
+    x[0, :5] = [np.inf, -np.inf, 0.0, 1e-45, 1.0 + 2.0 ** -(keep + 1)]
+    for a in (x, x.T, x[:, 1::3]):                     # contiguous, a weight's .T, a strided slice
+        got, want = CK.round_mantissa(a, keep), ops.round_mantissa(a, keep)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert CK.round_mantissa(x.T, keep).flags.f_contiguous
+    nan = CK.round_mantissa(np.full(3, np.nan, np.float32), keep)
+    assert np.isnan(nan).all()
+    x64 = x.astype(np.float64)                         # float64 takes the twin
+    assert np.array_equal(CK.round_mantissa(x64, keep), ops.round_mantissa(x64, keep))
+
+
 @pytest.mark.parametrize("preset, overrides", [
     ("nanochat", dict(n_layer=2, n_embd=32, n_head=4, n_kv_head=2, vocab_size=61, sequence_len=8)),
     ("nanochat", dict(n_layer=2, n_embd=32, n_head=4, vocab_size=61, sequence_len=8, optimizer="muon")),
@@ -249,7 +264,7 @@ def test_every_op_the_model_calls_exists_in_all_three_modules():
     names = ["rmsnorm_forward", "rmsnorm_backward", "layernorm_forward", "layernorm_backward",
              "rotary_forward", "rotary_backward", "relu2_forward", "relu2_backward", "gelu_forward",
              "gelu_backward", "softmax_forward", "softmax_backward", "cross_entropy_forward",
-             "cross_entropy_backward", "scatter_add_rows"]
+             "cross_entropy_backward", "scatter_add_rows", "round_mantissa"]
     for module in (CK, K, ops):
         missing = [n for n in names if not callable(getattr(module, n, None))]
         assert not missing, f"{module.__name__} lacks {missing}"

@@ -39,7 +39,7 @@ def assert_close(got, want, dtype, what=""):
 
 
 def kernel_signatures() -> dict[str, list[str]]:
-    """name -> parameter types ('real*', 'long long*', 'real', 'int', 'long long'), from SOURCE."""
+    """name -> parameter types ('real*', 'float*', 'long long*', 'real', 'int', 'long long'), from SOURCE."""
     sigs = {}
     for name, params in re.findall(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(([^)]*)\)',
                                    K.SOURCE):
@@ -301,6 +301,8 @@ static thread_local dim3 threadIdx;
 #define __shared__ static                           // one block at a time: static is per block
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 static inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, 8); return d; }
+static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
+static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 
 struct Warp { std::barrier<> bar{32}; double slot[32]; std::atomic<bool> gone[32] = {}; };
 static std::vector<std::unique_ptr<Warp>> g_warps;
@@ -383,7 +385,7 @@ class HostEmulator:
         for i, (a, ctype) in enumerate(zip(args, sig)):
             where = f"{name} argument {i} ({ctype})"
             if ctype.endswith("*"):
-                want = dtype if ctype == "real*" else np.dtype(np.int64)
+                want = {"real*": dtype, "float*": np.dtype(np.float32)}.get(ctype, np.dtype(np.int64))
                 assert isinstance(a, np.ndarray) and a.dtype == want, f"{where}: got {type(a)} {getattr(a, 'dtype', '')}"
                 values.append(ctypes.c_void_p(a.ctypes.data))
             else:  # cupy packs a scalar by its numpy type: it must be exactly the C type
@@ -423,6 +425,47 @@ def test_kernel_matches_twin_in_host_emulator(f, dtype, emulator, monkeypatch):
     got = run_case(f, np, dtype)
     assert launched == f.kernels
     compare(got, want, dtype, f.__name__)
+
+
+def rounding_inputs(rng):
+    """float32 values across the whole range: specials, subnormals, ties, huge, and random."""
+    x = (rng.standard_normal(4000) * np.exp2(rng.uniform(-140, 127, 4000))).astype(np.float32)
+    specials = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -3e-39, 3.4e38, -3.4e38, 1.0 + 2.0 ** -8,
+                1.0 + 3 * 2.0 ** -8, 1.0 + 2.0 ** -11, 1.0 + 3 * 2.0 ** -11, 65504.0]
+    x[:len(specials)] = specials
+    return x.reshape(40, 100)
+
+
+def round_all_layouts(x):
+    """K.round_mantissa on a contiguous array, a transposed view and a strided slice, both widths."""
+    return [K.round_mantissa(a, keep) for keep in (7, 10) for a in (x, x.T, x[:, ::3])]
+
+
+def assert_same_bits(got, want):
+    for g, w in zip(got, want, strict=True):
+        g, w = to_numpy(g), to_numpy(w)
+        assert g.shape == w.shape and g.dtype == w.dtype == np.float32
+        assert (np.isnan(g) == np.isnan(w)).all()
+        assert np.array_equal(g[~np.isnan(g)].view(np.uint32), w[~np.isnan(w)].view(np.uint32))
+
+
+def test_round_mantissa_kernel_is_bit_exact_in_host_emulator(kernels_on_host):
+    x = rounding_inputs(np.random.default_rng(0))
+    want = [ops.round_mantissa(a, keep) for keep in (7, 10) for a in (x, x.T, x[:, ::3])]
+    got = round_all_layouts(x)
+    assert kernels_on_host == {"round_mantissa"}
+    assert got[1].flags.f_contiguous                       # a transposed view keeps its layout
+    assert_same_bits(got, want)
+
+
+def test_round_mantissa_kernel_is_bit_exact_on_gpu(cupy_device, monkeypatch):
+    x = rounding_inputs(np.random.default_rng(0))
+    want = [ops.round_mantissa(a, keep) for keep in (7, 10) for a in (x, x.T, x[:, ::3])]
+    launched = set()
+    monkeypatch.setattr(K, "_launch", recording(K._launch, launched))
+    got = round_all_layouts(cupy_device.asarray(x))
+    assert launched == {"round_mantissa"}
+    assert_same_bits(got, want)
 
 
 def test_cross_entropy_kernel_gives_nan_for_a_target_out_of_range(kernels_on_host):

@@ -351,3 +351,89 @@ def test_fast_torch_peer_is_the_same_model(preset):
     assert loss_fast == pytest.approx(loss_plain, rel=1e-12)
     for name, g in grads_plain.items():
         assert np.allclose(grads_fast[name], g, rtol=1e-9, atol=1e-12), name
+
+# ---- --matmul tf32 / bf16: every matmul rounds its inputs ------------------------------------
+# The contract: each matmul of the forward and of the backward rounds both of its inputs (in a
+# backward matmul, the incoming gradient too) to bfloat16 or TF32 values, to nearest even. The
+# reference gets that as one autograd function in place of its matmuls, rounding with frexp. In
+# float64 both sides then agree to rounding noise; in float32 a last-bit difference between the two
+# flips a rounding now and then, so float64 is the exact check. Head dims are powers of 4, so the
+# 1/sqrt(D) scale (on q in the trainer, on the scores in the reference) is a power of 2 and
+# commutes with rounding.
+
+def rounded(t, keep):
+    m, e = torch.frexp(t)                                  # t = m 2^e, |m| in [0.5, 1)
+    return torch.ldexp(torch.round(m * 2.0 ** (keep + 1)), e - (keep + 1))   # round: half to even
+
+
+def sum_to(g, shape):
+    """A broadcast operand's gradient: summed over the leading dims it was broadcast along."""
+    return g.sum(dim=tuple(range(g.ndim - len(shape)))) if g.ndim > len(shape) else g
+
+
+def rounded_matmul(keep):
+    class RoundedMatmul(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b):
+            a, b = rounded(a, keep), rounded(b, keep)
+            ctx.save_for_backward(a, b)
+            return a @ b
+
+        @staticmethod
+        def backward(ctx, g):
+            a, b = ctx.saved_tensors
+            g = rounded(g, keep)
+            return sum_to(g @ b.transpose(-1, -2), a.shape), sum_to(a.transpose(-1, -2) @ g, b.shape)
+    return RoundedMatmul.apply
+
+
+def test_round_mantissa_gives_torchs_bfloat16_values_bit_for_bit():
+    from trainer import cpu_kernels, ops
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(200_000) * np.exp2(rng.uniform(-140, 120, 200_000))).astype(np.float32)
+    x[:6] = [np.inf, -np.inf, 3.4e38, 1e-45, 1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8]  # ties go to even
+    want = torch.from_numpy(x).to(torch.bfloat16).to(torch.float32).numpy()
+    for round_mantissa in (ops.round_mantissa, cpu_kernels.round_mantissa):
+        assert np.array_equal(round_mantissa(x, 7).view(np.uint32), want.view(np.uint32))
+    assert np.isnan(ops.round_mantissa(np.array([np.nan], np.float32), 7)).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("keep", [7, 10])
+def test_round_mantissa_is_round_half_even_on_the_kept_bits(keep, dtype):
+    from trainer import ops
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(100_000) * np.exp2(rng.uniform(-100, 100, 100_000))).astype(dtype)
+    ulp = 2.0 ** -keep
+    x[:2] = [1.0 + ulp / 2, 1.0 + 3 * ulp / 2]                           # ties: down to 1, up to 1 + 2 ulp
+    want = rounded(torch.from_numpy(x), keep).numpy()
+    assert np.array_equal(ops.round_mantissa(x, keep), want)
+    assert ops.round_mantissa(x, keep)[:2].tolist() == [1.0, 1.0 + 2 * ulp]
+
+
+@pytest.mark.parametrize("matmul", ["bf16", "tf32"])
+@pytest.mark.parametrize("preset,overrides", [
+    ("nanochat", WIDER), ("gpt2", WIDER),
+    ("nanochat", dict(WIDER, sequence_len=128, n_kv_head=2)),               # GQA, query blocks
+], ids=["nanochat", "gpt2", "nanochat-gqa-query_blocks"])
+def test_rounded_matmuls_match_torch_with_rounded_matmuls(preset, overrides, matmul):
+    cfg = make_config(preset, **overrides)
+    assert cfg.head_dim == 16
+    model = GPT(cfg, seed=0, dtype="float64", matmul=matmul)
+    randomize(model.params, 1)
+    ref = TorchGPT(cfg.to_dict(), dtype="float64", matmul=rounded_matmul({"bf16": 7, "tf32": 10}[matmul]))
+    ref.load_numpy(model.params)
+    idx, targets = batch(cfg, B=2, seed=2)
+    loss = model.forward(idx, targets)
+    model.backward()
+    ref_loss, ref_grads = ref.loss_and_grads(idx, targets)
+    report, bad = table(model.grads, ref_grads, 1e-9, zero_gradients(cfg))
+    assert abs(loss - ref_loss) / ref_loss < 1e-12, (loss, ref_loss)
+    assert not bad, f"{matmul} gradients over 1e-9 of the rounded reference: {bad}\n" + report
+    # and the rounding is there: the unrounded model is far from the rounded reference
+    plain = GPT(cfg, seed=0, dtype="float64")
+    plain.load_numpy(model.state_numpy())
+    plain_loss = plain.forward(idx, targets)
+    plain.backward()
+    _, plain_bad = table(plain.grads, ref_grads, 1e-5)
+    assert abs(plain_loss - ref_loss) / ref_loss > 1e-6 and len(plain_bad) > len(ref_grads) // 2

@@ -78,6 +78,15 @@ def test_run_contract_files(corpus, tmp_path):
     assert "val_bpb" in lines[-1]
 
 
+def test_bf16_matmuls_are_recorded_and_stay_near_the_float32_run(corpus, tmp_path):
+    fp32 = run(spec(corpus), tmp_path / "fp32", quiet=True)
+    bf16 = run(spec(corpus, matmul="bf16"), tmp_path / "bf16", quiet=True)
+    assert (fp32["matmul"], bf16["matmul"]) == ("fp32", "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["spec"]["matmul"] == "bf16"  # for --resume
+    assert bf16["val_loss"] != fp32["val_loss"]
+    assert bf16["val_loss"] == pytest.approx(fp32["val_loss"], rel=0.01)  # bf16 rounding, not another model
+
+
 def test_val_bpb_is_loss_over_ln2_for_bytes(corpus, tmp_path):
     result = run(spec(corpus), tmp_path, quiet=True)
     assert result["val_bpb"] == pytest.approx(result["val_loss"] / math.log(2), rel=1e-12)

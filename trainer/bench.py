@@ -2,16 +2,20 @@
 `python -m trainer bench`: how fast one training step is, beside PyTorch eager on the same model.
 
 Each (config, implementation) pair runs in its own fresh process, so peak memory is clean:
-peak RSS during the timed steps minus RSS before the model was built (libraries excluded).
+on the CPU, peak RSS during the timed steps minus RSS before the model was built (libraries
+excluded); on a GPU, the most device memory the allocator held (CuPy's pool, torch's reserved).
 Steps are forward + backward + optimizer on one fixed batch, timed one by one after warm-up;
 a measurement is the median step; the table shows the median over interleaved rounds. MFU = FLOPs/token (the trainer's 6N+12LCT convention) x tokens/s
 over the matmul peak measured on the spot in the same process.
 
 The PyTorch peer (tests/reference/torch_gpt.py, fast mode: SDPA, F.rms_norm, fused AdamW)
 loads the same weights; it needs torch (`pip install -e '.[test]'`) and a source checkout.
+On a GPU it runs on the same device, with TF32 matmuls for `--matmul tf32` and bfloat16 autocast
+for `--matmul bf16`; on the CPU the peers stay float32 (the CPU's tf32/bf16 is an emulation).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -46,8 +50,9 @@ def run_bench(args) -> int:
         for name in names:
             for impl in impls:
                 print(f"bench round {r + 1}/{args.rounds}: {name} {impl} ...", file=sys.stderr, flush=True)
-                rounds[(name, impl)].append(measure_in_subprocess(name, impl, args.device, args.steps))
-    print(format_table([median_row(rs) for rs in rounds.values()], args.device, args.rounds))
+                rounds[(name, impl)].append(measure_in_subprocess(name, impl, args.device, args.steps,
+                                                                  args.matmul))
+    print(format_table([median_row(rs) for rs in rounds.values()], args.device, args.rounds, args.matmul))
     return 0
 
 
@@ -67,8 +72,8 @@ def torch_available() -> bool:
         return False
 
 
-def measure_in_subprocess(name, impl, device, steps) -> dict:
-    cmd = [sys.executable, "-m", "trainer.bench", name, impl, device, str(steps)]
+def measure_in_subprocess(name, impl, device, steps, matmul="fp32") -> dict:
+    cmd = [sys.executable, "-m", "trainer.bench", name, impl, device, str(steps), matmul]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         reason = (proc.stderr.strip().splitlines() or ["failed"])[-1][:80]
@@ -76,10 +81,12 @@ def measure_in_subprocess(name, impl, device, steps) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def format_table(rows, device, rounds=1) -> str:
+def format_table(rows, device, rounds=1, matmul="fp32") -> str:
     import platform
+    peers = "" if matmul == "fp32" or device == "cuda" else " (torch peers fp32)"
     lines = [f"device: {device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
-             f"float32, {time.strftime('%Y-%m-%d')}, median of {rounds} interleaved round(s)", "",
+             f"float32, {matmul} matmuls{peers}, {time.strftime('%Y-%m-%d')}, "
+             f"median of {rounds} interleaved round(s)", "",
              "| config | impl | ms/step | tokens/s | vs torch eager | MFU | peak GFLOP/s | peak mem MiB |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     eager = {r["config"]: r for r in rows if r["impl"] == "torch-eager" and "error" not in r}
@@ -97,7 +104,7 @@ def format_table(rows, device, rounds=1) -> str:
 # one measurement, in a fresh process: python -m trainer.bench CONFIG IMPL DEVICE STEPS
 
 
-def measure(name, impl, device, steps) -> dict:
+def measure(name, impl, device, steps, matmul="fp32") -> dict:
     if impl != "nanolab":  # the trainer only builds the weights: its CPU kernels stay unstarted
         os.environ["NANOLAB_KERNELS"] = "0"
         import torch
@@ -113,9 +120,9 @@ def measure(name, impl, device, steps) -> dict:
     threads = cpu_threads()
     if impl != "nanolab":
         torch.set_num_threads(threads)
-    peak = measure_matmul_peak(device, "float32", seconds=1.0)  # the best 1024^3 sgemm in 1 s
-    rss_before = rss_mib()
-    step = make_step(impl, cfg, device, x, y)
+    peak = measure_matmul_peak(device, "float32", seconds=1.0, precision=matmul)  # best of 1 s
+    mem_before = memory_mib(device, impl, peak=False)
+    step = make_step(impl, cfg, device, x, y, matmul)
     for _ in range(2):  # warm-up (and compilation, for torch.compile)
         step()
     times = []
@@ -127,13 +134,13 @@ def measure(name, impl, device, steps) -> dict:
     tok_s = B * T / dt
     return {"config": name, "impl": impl, "ms_per_step": 1e3 * dt, "tokens_per_s": tok_s,
             "mfu": tok_s * flops_per_token(cfg) / peak, "peak_flops": peak,
-            "peak_mem_mib": peak_rss_mib() - rss_before, "threads": threads}
+            "peak_mem_mib": memory_mib(device, impl, peak=True) - mem_before, "threads": threads}
 
 
-def make_step(impl, cfg, device, x, y):
+def make_step(impl, cfg, device, x, y, matmul="fp32"):
     from trainer.model import GPT
     from trainer.optim import make_optimizer
-    model = GPT(cfg, seed=0, dtype="float32", device=device)
+    model = GPT(cfg, seed=0, dtype="float32", device=device, matmul=matmul if impl == "nanolab" else "fp32")
     if impl == "nanolab":
         opt = make_optimizer(model)
         xs, ys = model.xp.asarray(x), model.xp.asarray(y)
@@ -148,28 +155,48 @@ def make_step(impl, cfg, device, x, y):
     import torch
     sys.path.insert(0, str(REPO))
     from tests.reference.torch_gpt import TorchGPT, make_torch_optimizer
-    ref = TorchGPT(cfg.to_dict(), dtype=torch.float32, fast=True)
+    ref = TorchGPT(cfg.to_dict(), dtype=torch.float32, fast=True, device=device)
     ref.load_numpy(model.state_numpy())
     del model
     opt = make_torch_optimizer(ref, cfg.to_dict(), fused=True)
     forward = torch.compile(ref.forward) if impl == "torch-compile" else ref.forward
+    on_gpu = device == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = on_gpu and matmul == "tf32"
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu and matmul == "bf16"
+                else contextlib.nullcontext())
 
     def step():
         ref.zero_grad()
-        forward(x, y).backward()
+        with autocast:
+            loss = forward(x, y)
+        loss.backward()
         opt.step()
+        if on_gpu:
+            torch.cuda.synchronize()
     return step
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+def memory_mib(device, impl, peak: bool) -> float:
+    """CPU: (peak) resident memory of this process. GPU: the device memory held by the allocator
+    (CuPy's pool or torch's caching allocator): 0 before the model, its high-water mark after."""
+    if device == "cpu":
+        if peak:
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    if impl == "nanolab":  # CuPy's pool keeps what it ever held: its size is the high-water mark
+        import cupy
+        pool = cupy.get_default_memory_pool()
+        if not peak:
+            pool.free_all_blocks()
+        return pool.total_bytes() / 2**20
+    import torch
+    if not peak:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.max_memory_reserved() / 2**20
 
 
 if __name__ == "__main__":
-    name, impl, device, steps = sys.argv[1:5]
-    print(json.dumps(measure(name, impl, device, int(steps))))
+    name, impl, device, steps, matmul = sys.argv[1:6]
+    print(json.dumps(measure(name, impl, device, int(steps), matmul)))

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--matmul", default="fp32", choices=["fp32", "tf32", "bf16"],
+                   help="round matmul inputs to TF32 or bfloat16, float32 accumulation (default fp32: as stored)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (sets sequence_len)")
     for key in OPTIM_FLAGS:
@@ -102,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps; the median is shown")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is shown (default 3)")
+    p.add_argument("--matmul", default="fp32", choices=["fp32", "tf32", "bf16"],
+                   help="matmul inputs as for train; on a GPU the torch peers use TF32 / bf16 autocast too")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers")
     p.set_defaults(func=cmd_bench)
     return parser
@@ -146,8 +150,8 @@ def spec_from_args(args):
         raise ValueError("give exactly one budget: --budget-flops, --budget-seconds, --budget-tokens or --steps")
     (kind, value), = chosen.items()
     return RunSpec(preset=preset, overrides=overrides, seed=args.seed, device=args.device, dtype=args.dtype,
-                   batch_size=args.batch_size, data=args.data, tokenizer=args.tokenizer, budget_kind=kind,
-                   budget=value, val_tokens=args.val_tokens, confirm_tokens=args.confirm_tokens,
+                   matmul=args.matmul, batch_size=args.batch_size, data=args.data, tokenizer=args.tokenizer,
+                   budget_kind=kind, budget=value, val_tokens=args.val_tokens, confirm_tokens=args.confirm_tokens,
                    eval_every=args.eval_every, log_every=max(args.log_every, 1),
                    save_every=args.save_every, save_final=not args.no_save)
 
@@ -178,7 +182,7 @@ def load_run(run_dir: Path):
     cfg_dict = {k: v for k, v in saved["config"].items() if k not in ("head_dim", "padded_vocab_size")}
     cfg = make_config(spec.preset, **cfg_dict)
     params, _, _ = load_checkpoint(run_dir / "checkpoint.npz")
-    model = GPT(cfg, seed=0, dtype=spec.dtype, device=spec.device)
+    model = GPT(cfg, seed=0, dtype=spec.dtype, device=spec.device, matmul=spec.matmul)
     model.load_numpy(params)
     return spec, model, load_dataset(spec.data, spec.tokenizer)
 

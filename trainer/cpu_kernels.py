@@ -19,6 +19,7 @@ outputs once. On 2 cores that measured 5-30x less time for the norms, rotary and
     scatter_add_rows                  backend.scatter_add_rows
     adamw_update                      kernels.np_adamw_update
     muon_momentum / muon_apply        kernels.np_muon_momentum / np_muon_apply
+    round_mantissa                    ops.round_mantissa
 
 exp and tanh stay NumPy's (SIMD), called between kernels: without Intel's SVML, Numba would
 call the scalar libm per element, 5-10x slower. So softmax, cross-entropy and GELU are three
@@ -438,6 +439,35 @@ def _muon_apply(p, x, lr, wd):                    # p (rows, cols); x any layout
 def muon_apply(p, x, lr, wd):
     """Cautious weight decay and p -= lr x, in place on p. Twin: kernels.np_muon_apply."""
     _muon_apply(p, x, p.dtype.type(lr), p.dtype.type(wd))
+
+
+# ----------------------------------------------------------------------------------------
+# matmul inputs rounded to bfloat16 or TF32 values (--matmul), on the float32 bit patterns.
+# uint64 throughout: Numba would turn a mix of signed and unsigned integers into floats.
+
+
+@_kernel
+def _round_mantissa(u, out, drop):                # flat uint32 words of float32 values
+    one = np.uint64(1)
+    half, low = (one << (drop - one)) - one, (one << drop) - one
+    for i in prange(u.size):
+        w = np.uint64(u[i])
+        if (w & np.uint64(0x7FFFFFFF)) > np.uint64(0x7F800000):   # NaN stays itself
+            out[i] = u[i]
+        else:
+            out[i] = np.uint32((w + half + ((w >> drop) & one)) & ~low & np.uint64(0xFFFFFFFF))
+
+
+def round_mantissa(x, keep):
+    """Twin: ops.round_mantissa. Keeps a transposed view's layout (w.T, dy.T), so the matmul
+    after it reads memory the same way."""
+    if x.dtype != np.float32:                     # float64 (the exact tests) on the twin
+        return ops.round_mantissa(x, keep)
+    transposed = not x.flags.c_contiguous and x.T.flags.c_contiguous
+    src = x.T if transposed else np.ascontiguousarray(x)
+    y = np.empty_like(src)
+    _round_mantissa(src.reshape(-1).view(np.uint32), y.reshape(-1).view(np.uint32), np.uint64(23 - keep))
+    return y.T if transposed else y
 
 
 def _rows(a):

@@ -22,6 +22,8 @@ CPU-only machine without CuPy works (CuPy is imported lazily, only for CuPy arra
     adamw_update                     np_adamw_update (= optim AdamW)   one pass over p, g, m, v
     muon_momentum                    np_muon_momentum (= optim Muon)   momentum + Nesterov in one pass
     muon_apply                       np_muon_apply (= optim Muon)      cautious decay + step, one pass
+    round_mantissa                   ops.round_mantissa                one pass instead of five
+                                                                       (float32; --matmul)
 
 Kernels are compiled lazily with cupy.RawModule, once per dtype (the CUDA source below with
 `real` typedef'd to float or double). `nvrtc_compile` compiles the same source with the
@@ -255,10 +257,24 @@ extern "C" __global__ void muon_apply(real* __restrict__ p, const real* __restri
         p[i] = pi - lr * xi;
     }
 }
+
+// ---- matmul inputs rounded to bfloat16 (keep = 7) or TF32 (keep = 10) values, still float ----
+// to nearest, ties to even, on the bit pattern; NaN stays NaN. Float in both modules.
+extern "C" __global__ void round_mantissa(const float* __restrict__ x, float* __restrict__ y,
+                                          long long n, int keep) {
+    const unsigned drop = 23 - keep, half = (1u << (drop - 1)) - 1, low = (1u << drop) - 1;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const unsigned u = __float_as_uint(x[i]);
+        y[i] = (u & 0x7fffffffu) > 0x7f800000u ? x[i]
+                                               : __uint_as_float((u + half + ((u >> drop) & 1u)) & ~low);
+    }
+}
 """
 
 KERNEL_NAMES = ("rmsnorm_fwd", "rmsnorm_bwd", "rotary", "relu2_fwd", "relu2_bwd",
-                "softcap_ce_fwd", "softcap_ce_bwd", "adamw", "muon_momentum", "muon_apply")
+                "softcap_ce_fwd", "softcap_ce_bwd", "adamw", "muon_momentum", "muon_apply",
+                "round_mantissa")
 DTYPES = ("float32", "float64")
 
 
@@ -667,6 +683,20 @@ def muon_apply(p, x, lr, wd):
             (p, x, np.int64(rows), np.int64(cols), np.int32(transposed),
              _real(p.dtype, lr), _real(p.dtype, wd)))
 
+
+
+def round_mantissa(x, keep):
+    """float32 x rounded to `keep` mantissa bits (7: bfloat16, 10: TF32). Twin: ops.round_mantissa.
+    A transposed view keeps its layout."""
+    if not (_use_kernels(x) and x.dtype == np.float32):
+        return ops.round_mantissa(x, keep)
+    xp = xp_of(x)
+    transposed = not x.flags.c_contiguous and x.T.flags.c_contiguous
+    src = x.T if transposed else xp.ascontiguousarray(x)
+    y = xp.empty_like(src)
+    _launch("round_mantissa", x.dtype, (_blocks(y.size),), (_THREADS,), (src, y, np.int64(y.size), np.int32(keep)))
+    return y.T if transposed else y
+
 # ----------------------------------------------------------------------------------------
 # ops with no CUDA kernel of their own: CuPy runs ops.py's code (the model calls every op
 # through one module: this one on a GPU, cpu_kernels on the CPU, else ops)
@@ -693,6 +723,7 @@ TWINS = {
     "adamw_update": np_adamw_update,
     "muon_momentum": np_muon_momentum,
     "muon_apply": np_muon_apply,
+    "round_mantissa": ops.round_mantissa,
 }
 
 

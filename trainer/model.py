@@ -68,6 +68,42 @@ def elementwise_ops(xp):
     return cpu_kernels if xp is np and cpu_kernels.available() else ops
 
 
+MATMUL_PRECISIONS = {"fp32": 23, "tf32": 10, "bf16": 7}  # mantissa bits a matmul input keeps
+
+
+def model_matmul(precision: str, xp, ew):
+    """The matmul every op of the model uses (--matmul). 'fp32' takes the inputs as stored.
+    'tf32' and 'bf16' round both inputs to that format's values (ew.round_mantissa, to nearest
+    even) and accumulate in the storage dtype: in float32 that is what tensor cores compute,
+    since products of such values are exact in float32. Storage stays float32 (or float64, where
+    the tests check the rounding exactly). On a GPU, float32 matmuls then run on tensor cores in
+    TF32 mode (compute capability 8.0+; older GPUs give the same numbers without the speed); on
+    the CPU it is an emulation for studying the numerics, slower than fp32."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"--matmul must be one of {', '.join(MATMUL_PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return ops.matmul
+    keep = MATMUL_PRECISIONS[precision]
+
+    def rounded_matmul(a, b, out=None):
+        return xp.matmul(ew.round_mantissa(a, keep), ew.round_mantissa(b, keep), out=out)
+    if xp is np:
+        return rounded_matmul
+    import cupy._core
+    from cupy._core._routines_linalg import COMPUTE_TYPE_TF32  # CuPy's switch behind CUPY_TF32=1
+
+    def tensor_core_matmul(a, b, out=None):  # TF32 mode for these matmuls only, not Muon's
+        if a.dtype != xp.float32:
+            return rounded_matmul(a, b, out)
+        before = cupy._core.get_compute_type(a.dtype)
+        cupy._core.set_compute_type(a.dtype, COMPUTE_TYPE_TF32)
+        try:
+            return rounded_matmul(a, b, out)
+        finally:
+            cupy._core.set_compute_type(a.dtype, before)
+    return tensor_core_matmul
+
+
 GROUP_ORDER = ("embedding", "unembedding", "scalar", "matrix")
 
 
@@ -114,10 +150,11 @@ class FlatBuffer:
 
 
 class GPT:
-    def __init__(self, cfg: Config, seed: int = 0, dtype: str = "float32", device: str = "cpu"):
+    def __init__(self, cfg: Config, seed: int = 0, dtype: str = "float32", device: str = "cpu",
+                 matmul: str = "fp32"):
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-        self.cfg, self.device, self.dtype = cfg, device, dtype
+        self.cfg, self.device, self.dtype, self.precision = cfg, device, dtype, matmul
         self.xp = xp = array_module(device)
         shapes = buffer_order(param_shapes(cfg))
         self.param_buf = FlatBuffer(shapes, xp, dtype)
@@ -127,6 +164,7 @@ class GPT:
         self.grad_blocks = [self._block_views(self.grad_buf, i) for i in range(cfg.n_layer)]
         self.fused = kernels.available(xp)  # softcap + cross-entropy as one CUDA kernel
         self.ew = elementwise_ops(xp)
+        self.matmul = model_matmul(matmul, xp, self.ew)
         self.eps = float(np.finfo(dtype).eps)  # RMSNorm eps as torch's F.rms_norm default
         if cfg.pos == "rope":
             self.cos, self.sin = ops.rotary_tables(cfg.sequence_len, cfg.head_dim, cfg.rope_base, xp, dtype)
@@ -217,7 +255,7 @@ class GPT:
             cache["blocks"].append(c)
         x, cache["norm_f"] = self._norm_forward(x, "transformer.ln_f")
         cache["x_f"] = x
-        logits = ops.linear_forward(x, self._head()[:cfg.vocab_size])  # (B, T, V), padding sliced off
+        logits = ops.linear_forward(x, self._head()[:cfg.vocab_size], matmul=self.matmul)  # (B, T, V), padding sliced off
         if targets is not None and self.fused:  # GPU: softcap + cross-entropy in one kernel pass
             self.logits = None  # raw logits stay in the cache; the softcapped ones are never stored
             targets = xp.asarray(targets).reshape(-1)
@@ -252,7 +290,7 @@ class GPT:
         cfg = self.cfg
         B, T, _ = x.shape
         H, KV, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        qkv = ops.linear_forward(x, blk["qkv_w"], blk["qkv_b"])       # (B, T, (H+2KV)*D)
+        qkv = ops.linear_forward(x, blk["qkv_w"], blk["qkv_b"], self.matmul)       # (B, T, (H+2KV)*D)
         q = qkv[..., :H * D].reshape(B, T, H, D)
         k = qkv[..., H * D:(H + KV) * D].reshape(B, T, KV, D)
         v = qkv[..., (H + KV) * D:].reshape(B, T, KV, D)
@@ -265,18 +303,18 @@ class GPT:
             k, c["k_norm"] = self.ew.rmsnorm_forward(k, self.eps)
         if cfg.qk_gain != 1.0:
             q, k = q * cfg.qk_gain, k * cfg.qk_gain
-        y, c["sdpa"] = ops.attention_forward(q, k, v, self.mask[:T, :T], self.ew.softmax_forward)
+        y, c["sdpa"] = ops.attention_forward(q, k, v, self.mask[:T, :T], self.ew.softmax_forward, self.matmul)
         y = y.reshape(B, T, H * D)
         c["y"] = y
-        return ops.linear_forward(y, blk["attn_w"], blk["attn_b"]), c
+        return ops.linear_forward(y, blk["attn_w"], blk["attn_b"], self.matmul), c
 
     def _mlp_forward(self, x, blk):
-        h = ops.linear_forward(x, blk["fc_w"], blk["fc_b"])           # (B, T, 4C)
+        h = ops.linear_forward(x, blk["fc_w"], blk["fc_b"], self.matmul)           # (B, T, 4C)
         if self.cfg.mlp == "relu2":
             a, act = self.ew.relu2_forward(h)
         else:
             a, act = self.ew.gelu_forward(h)
-        return ops.linear_forward(a, blk["proj_w"], blk["proj_b"]), {"x": x, "act": act, "a": a}
+        return ops.linear_forward(a, blk["proj_w"], blk["proj_b"], self.matmul), {"x": x, "act": act, "a": a}
 
     # ------------------------------------------------------------------------------------
     # backward: the forward in reverse, writing every gradient in model.grads
@@ -298,7 +336,7 @@ class GPT:
         head, V = self._head(), cfg.vocab_size
         dhead = G["transformer.wte.weight" if cfg.tie_embeddings else "lm_head.weight"]
         dhead[V:] = 0
-        dx = ops.linear_backward(dlogits, cache["x_f"], head[:V], dhead[:V])  # (B, T, C)
+        dx = ops.linear_backward(dlogits, cache["x_f"], head[:V], dhead[:V], matmul=self.matmul)  # (B, T, C)
         dx = self._norm_backward(dx, cache["norm_f"], "transformer.ln_f")
         dx0 = xp.zeros_like(dx) if cfg.lambdas else None
         for i in reversed(range(cfg.n_layer)):
@@ -336,8 +374,9 @@ class GPT:
         cfg = self.cfg
         B, T, _ = dout.shape
         H, KV, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        dy = ops.linear_backward(dout, c["y"], blk["attn_w"], gblk["attn_w"], gblk["attn_b"])
-        dq, dk, dv = ops.attention_backward(dy.reshape(B, T, H, D), c["sdpa"], self.ew.softmax_backward)
+        dy = ops.linear_backward(dout, c["y"], blk["attn_w"], gblk["attn_w"], gblk["attn_b"], self.matmul)
+        dq, dk, dv = ops.attention_backward(dy.reshape(B, T, H, D), c["sdpa"], self.ew.softmax_backward,
+                                            self.matmul)
         if cfg.qk_gain != 1.0:
             dq, dk = dq * cfg.qk_gain, dk * cfg.qk_gain
         if cfg.qk_norm:
@@ -348,15 +387,15 @@ class GPT:
             dk = self.ew.rotary_backward(dk, self.cos[:T], self.sin[:T])
         dqkv = self.xp.concatenate([dq.reshape(B, T, H * D), dk.reshape(B, T, KV * D),
                                     dv.reshape(B, T, KV * D)], axis=-1)
-        return ops.linear_backward(dqkv, c["x"], blk["qkv_w"], gblk["qkv_w"], gblk["qkv_b"])
+        return ops.linear_backward(dqkv, c["x"], blk["qkv_w"], gblk["qkv_w"], gblk["qkv_b"], self.matmul)
 
     def _mlp_backward(self, dout, c, blk, gblk):
-        da = ops.linear_backward(dout, c["a"], blk["proj_w"], gblk["proj_w"], gblk["proj_b"])
+        da = ops.linear_backward(dout, c["a"], blk["proj_w"], gblk["proj_w"], gblk["proj_b"], self.matmul)
         if self.cfg.mlp == "relu2":
             dh = self.ew.relu2_backward(da, c["act"])
         else:
             dh = self.ew.gelu_backward(da, c["act"])
-        return ops.linear_backward(dh, c["x"], blk["fc_w"], gblk["fc_w"], gblk["fc_b"])
+        return ops.linear_backward(dh, c["x"], blk["fc_w"], gblk["fc_w"], gblk["fc_b"], self.matmul)
 
     # ------------------------------------------------------------------------------------
 

@@ -14,23 +14,47 @@ from trainer.backend import scatter_add_rows, xp_of  # noqa: F401 (an op, the tw
 
 # ----------------------------------------------------------------------------------------
 # linear: y = x W^T + b, weights in PyTorch layout (out, in)
+# Every matmul of the model goes through a `matmul(a, b, out=None)` argument: plain float32 by
+# default, or one that rounds its inputs to TF32 or bfloat16 first (trainer/model.py, --matmul).
 
 
-def linear_forward(x, w, b=None):
+def matmul(a, b, out=None):
+    return xp_of(a).matmul(a, b, out=out)
+
+
+def linear_forward(x, w, b=None, matmul=matmul):
     # x (..., in), w (out, in) -> y (..., out); flattened to 2-D so it is one BLAS call
-    y = x.reshape(-1, x.shape[-1]) @ w.T
+    y = matmul(x.reshape(-1, x.shape[-1]), w.T)
     if b is not None:
         y += b
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
-def linear_backward(dy, x, w, dw, db=None):
+def linear_backward(dy, x, w, dw, db=None, matmul=matmul):
     """Writes dW (and db) in place, returns dx. dy (..., out), x (..., in)."""
     dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
-    xp_of(dy).matmul(dy2.T, x2, out=dw)     # dW = dy^T x
+    matmul(dy2.T, x2, out=dw)               # dW = dy^T x
     if db is not None:
         dy2.sum(axis=0, out=db)
-    return (dy2 @ w).reshape(*dy.shape[:-1], w.shape[1])   # dx = dy W
+    return matmul(dy2, w).reshape(*dy.shape[:-1], w.shape[1])   # dx = dy W
+
+
+def round_mantissa(x, keep):
+    """x rounded to `keep` stored mantissa bits, to nearest with ties to even, in its own dtype:
+    keep=7 gives bfloat16's values, keep=10 TF32's. A matmul of rounded float32 inputs with
+    float32 accumulation is what tensor cores compute (products of two such values are exact in
+    float32); float64 serves the exact tests. NaN stays NaN; as in a conversion, the largest
+    finite values may round to inf. Works on the bit patterns: adding half an ulp of the kept
+    width (minus one, plus the kept last bit: ties to even) and clearing the dropped bits."""
+    xp = xp_of(x)
+    if x.dtype not in (xp.float32, xp.float64):
+        raise ValueError(f"rounding matmul inputs needs float32 or float64, got {x.dtype}")
+    bits, word = (23, xp.uint32) if x.dtype == xp.float32 else (52, xp.uint64)
+    drop, ones = bits - keep, (1 << (8 * x.itemsize)) - 1
+    u = x.view(word)
+    r = u + word((1 << (drop - 1)) - 1) + ((u >> word(drop)) & word(1))   # wraps only for NaNs
+    r &= word((ones << drop) & ones)
+    return xp.where(xp.isnan(x), x, r.view(x.dtype))
 
 # ----------------------------------------------------------------------------------------
 # norms over the last dim: parameter-free RMSNorm (nanochat) and LayerNorm (GPT-2)
@@ -128,7 +152,7 @@ def query_blocks(T: int) -> int:
     return 2 if T % 2 == 0 and T >= 128 else 1
 
 
-def attention_forward(q, k, v, mask, softmax=softmax_forward):
+def attention_forward(q, k, v, mask, softmax=softmax_forward, matmul=matmul):
     # q (B, T, H, D), k v (B, T, KV, D), mask (T, T) causal additive (0 or -inf) -> y (B, T, H, D)
     xp = xp_of(q)
     B, T, H, D = q.shape
@@ -144,15 +168,15 @@ def attention_forward(q, k, v, mask, softmax=softmax_forward):
     probs = []
     for i in range(nb):
         lo, hi = i * n, (i + 1) * n                                # queries [lo, hi) see keys [0, hi)
-        s = qb[:, :, i] @ kt[..., :hi]                             # (B, KV, G*n, hi) scaled scores
+        s = matmul(qb[:, :, i], kt[..., :hi])                      # (B, KV, G*n, hi) scaled scores
         p = softmax(s.reshape(B, KV, G, n, hi), mask[lo:hi, :hi]).reshape(B, KV, G * n, hi)
-        yb[:, :, i] = p @ vt[:, :, :hi]                            # (B, KV, G*n, D)
+        yb[:, :, i] = matmul(p, vt[:, :, :hi])                     # (B, KV, G*n, D)
         probs.append(p)
     y = yb.reshape(B, KV, nb, G, n, D).transpose(0, 2, 4, 1, 3, 5).reshape(B, T, H, D)
     return y, (qb, kt, vt, probs)
 
 
-def attention_backward(dy, cache, softmax_backward=softmax_backward):
+def attention_backward(dy, cache, softmax_backward=softmax_backward, matmul=matmul):
     qb, kt, vt, probs = cache                                      # qb holds the scaled q
     xp = xp_of(dy)
     B, T, H, D = dy.shape
@@ -163,11 +187,11 @@ def attention_backward(dy, cache, softmax_backward=softmax_backward):
     dk, dv = xp.zeros((B, KV, T, D), dtype=dy.dtype), xp.zeros((B, KV, T, D), dtype=dy.dtype)
     for i, p in enumerate(probs):
         hi = (i + 1) * n
-        dv[:, :, :hi] += p.transpose(0, 1, 3, 2) @ dyb[:, :, i]   # sums over the G heads too
-        dp = dyb[:, :, i] @ vt[:, :, :hi].transpose(0, 1, 3, 2)   # (B, KV, G*n, hi)
+        dv[:, :, :hi] += matmul(p.transpose(0, 1, 3, 2), dyb[:, :, i])   # sums over the G heads too
+        dp = matmul(dyb[:, :, i], vt[:, :, :hi].transpose(0, 1, 3, 2))   # (B, KV, G*n, hi)
         ds = softmax_backward(dp, p)                               # in place
-        dqb[:, :, i] = ds @ kt[..., :hi].transpose(0, 1, 3, 2)
-        dk[:, :, :hi] += ds.transpose(0, 1, 3, 2) @ qb[:, :, i]
+        dqb[:, :, i] = matmul(ds, kt[..., :hi].transpose(0, 1, 3, 2))
+        dk[:, :, :hi] += matmul(ds.transpose(0, 1, 3, 2), qb[:, :, i])
     dqb *= 1.0 / math.sqrt(D)                                      # through the scale on q
     dq = dqb.reshape(B, KV, nb, G, n, D).transpose(0, 2, 4, 1, 3, 5).reshape(B, T, H, D)
     return dq, dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3)

@@ -42,6 +42,7 @@ class RunSpec:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
+    matmul: str = "fp32"                # fp32 | tf32 | bf16: what a matmul input is rounded to
     batch_size: int = 8
     data: str = "pystdlib"
     tokenizer: str = "bytes"
@@ -114,7 +115,7 @@ def prepare(spec: RunSpec, out: Path | None):
         raise ValueError(f"the train split has {len(data.train)} tokens, fewer than one sequence of {T + 1}")
     fpt = flops_per_token(cfg)
     budget = Budget(spec, fpt * spec.batch_size * T, spec.batch_size * T)
-    model = GPT(cfg, seed=spec.seed, dtype=spec.dtype, device=spec.device)
+    model = GPT(cfg, seed=spec.seed, dtype=spec.dtype, device=spec.device, matmul=spec.matmul)
     if out is not None:
         check_writable(out)
     return data, cfg, model, make_optimizer(model), budget
@@ -221,7 +222,7 @@ def base_result(spec, cfg, data, step, elapsed, warmup_seconds, status, reason) 
         "budget": {"kind": spec.budget_kind, "value": spec.budget},
         "train_seconds": round(elapsed, 4), "warmup_seconds": round(warmup_seconds, 4),
         "tokens_per_second": round(step * B * T / elapsed, 2) if elapsed > 0 else None,
-        "device": device_name(spec.device), "dtype": spec.dtype, "seed": spec.seed,
+        "device": device_name(spec.device), "dtype": spec.dtype, "matmul": spec.matmul, "seed": spec.seed,
         "batch_size": B, "sequence_len": T,
         "git_commit": commit, "git_dirty": dirty,
         "eval_fingerprint": eval_fingerprint(),
@@ -322,11 +323,11 @@ class Progress:
         self.bar = None
         if quiet:
             return
-        self.peak = measure_matmul_peak(spec.device, spec.dtype)
+        self.peak = measure_matmul_peak(spec.device, spec.dtype, precision=spec.matmul)
         self.fpt = flops_per_token(cfg)
         horizon = f"{budget.steps} steps" if budget.steps else f"{budget.seconds:g} s"
         print(f"training {spec.preset} ({total_params(cfg):,} params, {self.fpt:.3g} FLOPs/token "
-              f"= 6*N_matmul + 12*L*C*T) on {spec.device}/{spec.dtype}, budget {budget.kind} "
+              f"= 6*N_matmul + 12*L*C*T) on {spec.device}/{spec.dtype}/{spec.matmul} matmuls, budget {budget.kind} "
               f"{budget.value:g} -> {horizon}; matmul peak {self.peak / 1e9:.0f} GFLOP/s", file=sys.stderr)
         if sys.stderr.isatty():
             from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeRemainingColumn
@@ -371,21 +372,26 @@ class Progress:
 _PEAKS: dict = {}
 
 
-def measure_matmul_peak(device: str = "cpu", dtype: str = "float32", seconds: float = 0.3) -> float:
-    """FLOP/s of a large square matmul on this device, measured now (MFU's denominator)."""
-    if (device, dtype) in _PEAKS:
-        return _PEAKS[(device, dtype)]
+def measure_matmul_peak(device: str = "cpu", dtype: str = "float32", seconds: float = 0.3,
+                        precision: str = "fp32") -> float:
+    """FLOP/s of a large square matmul on this device, measured now (MFU's denominator), with the
+    model's matmul for that --matmul precision."""
+    key = (device, dtype, precision)
+    if key in _PEAKS:
+        return _PEAKS[key]
     from trainer.backend import array_module
+    from trainer.model import elementwise_ops, model_matmul
     xp = array_module(device)
+    matmul = model_matmul(precision, xp, elementwise_ops(xp))
     n = 1024 if device == "cpu" else 8192
     a = xp.ones((n, n), dtype=dtype)
     b = xp.ones((n, n), dtype=dtype)
-    (a @ b).sum()  # warm up
+    matmul(a, b).sum()  # warm up
     best, t_end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < t_end:
         t0 = time.perf_counter()
-        c = a @ b
+        c = matmul(a, b)
         float(c[0, 0])  # synchronize on a GPU
         best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
-    _PEAKS[(device, dtype)] = best
+    _PEAKS[key] = best
     return best

@@ -88,12 +88,14 @@ def param_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
 class TorchGPT:
     """The contract's forward pass in plain torch ops; autograd supplies the backward."""
 
-    def __init__(self, cfg: dict, dtype=torch.float64, seed: int = 0, fast: bool = False):
+    def __init__(self, cfg: dict, dtype=torch.float64, seed: int = 0, fast: bool = False, device: str = "cpu",
+                 matmul=None):
         # fast=True: PyTorch's own fused ops (SDPA, F.rms_norm) — the strong eager peer that
         # `python -m trainer bench` compares with; the tests use the plain ops
         self.fast = fast
         self.cfg = dict(cfg)
-        self.dtype = _dtype(dtype)
+        self.dtype, self.device = _dtype(dtype), torch.device(device)  # the bench's peer runs on "cuda" too
+        self.matmul = matmul  # a replacement for every matmul (e.g. one rounding its inputs), or None
         c = self.cfg
         if c["n_embd"] % c["n_head"] or c["n_head"] % c["n_kv_head"]:
             raise ValueError("n_embd must divide by n_head and n_head by n_kv_head")
@@ -111,7 +113,7 @@ class TorchGPT:
             t = 0.3 * torch.randn(shape, generator=gen, dtype=torch.float64)
             if len(shape) == 1 and not name.endswith(".bias"):
                 t += 1.0  # gains and lambdas around 1
-            self.params[name] = t.to(self.dtype).requires_grad_(True)
+            self.params[name] = t.to(device=self.device, dtype=self.dtype).requires_grad_(True)
         self.logits = None
 
     # ---- weights ---------------------------------------------------------------------------
@@ -158,7 +160,14 @@ class TorchGPT:
         return F.layer_norm(x, (x.shape[-1],), p[name + ".weight"], p.get(name + ".bias"), eps=1e-5)
 
     def linear(self, x, name):
-        return F.linear(x, self.params[name + ".weight"], self.params.get(name + ".bias"))
+        w, b = self.params[name + ".weight"], self.params.get(name + ".bias")
+        if self.matmul is None:
+            return F.linear(x, w, b)
+        y = self.matmul(x, w.t())
+        return y if b is None else y + b
+
+    def mm(self, a, b):
+        return a @ b if self.matmul is None else self.matmul(a, b)
 
     def rotary(self, x):
         """x (B, T, nh, D), half-split layout, angle[t, j] = t * base^(-2j/D)."""
@@ -166,8 +175,8 @@ class TorchGPT:
         j = torch.arange(D // 2, dtype=torch.float64)
         inv_freq = float(self.cfg["rope_base"]) ** (-2.0 * j / D)
         angle = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq[None, :]  # (T, D/2)
-        cos = torch.cos(angle).to(x.dtype)[None, :, None, :]
-        sin = torch.sin(angle).to(x.dtype)[None, :, None, :]
+        cos = torch.cos(angle).to(x.device, x.dtype)[None, :, None, :]
+        sin = torch.sin(angle).to(x.device, x.dtype)[None, :, None, :]
         x1, x2 = x[..., : D // 2], x[..., D // 2:]
         return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=-1)
 
@@ -194,10 +203,10 @@ class TorchGPT:
         k = k.repeat_interleave(H // KV, dim=2)
         v = v.repeat_interleave(H // KV, dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))  # (B, H, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        att = self.mm(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(D))  # (B, H, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, H * D)
+        y = self.mm(att, v).transpose(1, 2).reshape(B, T, H * D)
         return self.linear(y, p + "c_proj")
 
     def mlp(self, x, i):
@@ -214,7 +223,7 @@ class TorchGPT:
         """idx, targets: int (B, T). Returns the mean cross-entropy (torch scalar), or the
         logits when targets is None. self.logits holds (B, T, vocab_size) post-softcap."""
         c, p = self.cfg, self.params
-        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.device)
         B, T = idx.shape
         x = p["transformer.wte.weight"][idx]  # (B, T, C)
         if c["pos"] == "learned":
@@ -229,13 +238,13 @@ class TorchGPT:
             x = x + self.mlp(self.norm(x, f"transformer.h.{i}.ln_2"), i)
         x = self.norm(x, "transformer.ln_f")
         w_head = p["transformer.wte.weight"] if c["tie_embeddings"] else p["lm_head.weight"]
-        logits = (x @ w_head.T)[..., : c["vocab_size"]]  # (B, T, Vp) sliced to (B, T, V)
+        logits = self.mm(x, w_head.T)[..., : c["vocab_size"]]  # (B, T, Vp) sliced to (B, T, V)
         if c["softcap"] > 0:
             logits = c["softcap"] * torch.tanh(logits / c["softcap"])
         self.logits = logits
         if targets is None:
             return logits
-        targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        targets = torch.as_tensor(targets, dtype=torch.long, device=self.device)
         return F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
 
     __call__ = forward
