@@ -227,12 +227,22 @@ def program_path(arg: str, lab: Lab) -> Path:
 
 
 def check_unchanged(path: Path, started: dict, now: dict):
+    started = as_current_schema(started)
     changed = [f for f in MEASUREMENT_FIELDS if started.get(f) != now.get(f)]
     changed += [f"budget.{f}" for f in MEASUREMENT_BUDGET
                 if started["budget"].get(f) != now["budget"].get(f)]
     if changed:
         raise ProgramError(f"{path}: {changed[0]}: changed since the program started; its runs "
                            "would not be comparable: revert it, or give the program a new name")
+
+
+def as_current_schema(spec: dict) -> dict:
+    """A program as an older nanolab recorded it, read by this one: fields added since (such as
+    train.matmul) take their defaults, so they do not count as changes."""
+    try:
+        return Program.model_validate(spec).model_dump(mode="json")
+    except ValueError:  # pydantic's ValidationError: compare what was recorded
+        return spec
 
 
 def parse_sets(pairs: list[str]) -> dict:

@@ -499,6 +499,12 @@ def header(report: Report) -> str:
     baseline = spec.get("baseline")
     if baseline:
         lines += ["", f"**Baseline.** preset `{baseline.get('preset')}` {overrides_text(baseline.get('overrides'))}"]
+    train, data = spec.get("train"), spec.get("data") or {}
+    if train:
+        lines += ["", f"**Every run.** batch {train.get('batch_size')} × {train.get('seq_len')} tokens on "
+                      f"{train.get('device', 'cpu')}, {train.get('dtype', 'float32')} with "
+                      f"{train.get('matmul', 'fp32')} matmuls; data `{data.get('source')}` "
+                      f"({data.get('tokenizer')}), val_bpb over {data.get('val_tokens')} tokens."]
     pending = Counter(r.get("status") for r in report.runs if r.get("status") in NOT_RUN_YET)
     if pending:
         lines += ["", f"**Still in progress:** {counts_text(pending)}; the verdicts below are provisional."]

@@ -93,6 +93,22 @@ def test_a_started_program_refuses_a_changed_budget(make_project, capsys):
     assert "budget.seeds: changed since the program started" in one_line_error(capsys)
 
 
+def test_a_program_started_by_an_older_nanolab_resumes_but_refuses_a_changed_matmul(make_project, capsys):
+    import json
+    import sqlite3
+    root = make_project(tiny_program())
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    with sqlite3.connect(root / ".lab" / "tiny" / "ledger.sqlite") as db:  # as recorded before train.matmul
+        spec = json.loads(db.execute("SELECT spec FROM programs").fetchone()[0])
+        del spec["train"]["matmul"]
+        db.execute("UPDATE programs SET spec = ?", (json.dumps(spec),))
+    assert main(["runs", "tiny"]) == 0
+    assert main(["submit", "tiny", "--arm", "lr2", "--set", "matrix_lr=0.01"]) == 0
+    rewrite(root, train={**tiny_program()["train"], "matmul": "bf16"})
+    assert main(["submit", "tiny", "--arm", "lr3", "--set", "matrix_lr=0.02"]) == 2
+    assert "train: changed since the program started" in one_line_error(capsys)
+
+
 def test_usage_errors_are_one_line_too(capsys):
     with pytest.raises(SystemExit) as e:
         main(["submit", "tiny"])

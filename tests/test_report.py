@@ -112,6 +112,7 @@ def test_report_has_verdicts_noise_floor_budget_lineage_spend_and_plots(ledger, 
     assert "2.3020 ± 0.0074" in row  # the variant's mean and seed std
     assert "invalid: params +100.0% (not declared)" in text
     assert "baseline seed-to-seed std of val_bpb: 0.0079 over 5 seeds" in text
+    assert "**Every run.** batch 4 × 64 tokens on cpu, float32 with fp32 matmuls" in text
     assert "**1e+12 flops** (`--budget-flops 1e+12` on every run)" in text
     assert "compute 180 s of 600 s" in text and "LLM $0.42 of $5" in text
     assert "| 3 | wider | alice | submitted | measuring | `base` (base) | `depth=3` |" in text

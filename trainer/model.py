@@ -154,7 +154,7 @@ class GPT:
                  matmul: str = "fp32"):
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-        self.cfg, self.device, self.dtype, self.precision = cfg, device, dtype, matmul
+        self.cfg, self.device, self.dtype = cfg, device, dtype
         self.xp = xp = array_module(device)
         shapes = buffer_order(param_shapes(cfg))
         self.param_buf = FlatBuffer(shapes, xp, dtype)
@@ -255,7 +255,8 @@ class GPT:
             cache["blocks"].append(c)
         x, cache["norm_f"] = self._norm_forward(x, "transformer.ln_f")
         cache["x_f"] = x
-        logits = ops.linear_forward(x, self._head()[:cfg.vocab_size], matmul=self.matmul)  # (B, T, V), padding sliced off
+        # (B, T, V), the padded vocab rows sliced off
+        logits = ops.linear_forward(x, self._head()[:cfg.vocab_size], matmul=self.matmul)
         if targets is not None and self.fused:  # GPU: softcap + cross-entropy in one kernel pass
             self.logits = None  # raw logits stay in the cache; the softcapped ones are never stored
             targets = xp.asarray(targets).reshape(-1)
@@ -290,7 +291,7 @@ class GPT:
         cfg = self.cfg
         B, T, _ = x.shape
         H, KV, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        qkv = ops.linear_forward(x, blk["qkv_w"], blk["qkv_b"], self.matmul)       # (B, T, (H+2KV)*D)
+        qkv = ops.linear_forward(x, blk["qkv_w"], blk["qkv_b"], self.matmul)  # (B, T, (H+2KV)*D)
         q = qkv[..., :H * D].reshape(B, T, H, D)
         k = qkv[..., H * D:(H + KV) * D].reshape(B, T, KV, D)
         v = qkv[..., (H + KV) * D:].reshape(B, T, KV, D)
@@ -303,13 +304,14 @@ class GPT:
             k, c["k_norm"] = self.ew.rmsnorm_forward(k, self.eps)
         if cfg.qk_gain != 1.0:
             q, k = q * cfg.qk_gain, k * cfg.qk_gain
-        y, c["sdpa"] = ops.attention_forward(q, k, v, self.mask[:T, :T], self.ew.softmax_forward, self.matmul)
+        y, c["sdpa"] = ops.attention_forward(q, k, v, self.mask[:T, :T], self.ew.softmax_forward,
+                                             self.matmul)
         y = y.reshape(B, T, H * D)
         c["y"] = y
         return ops.linear_forward(y, blk["attn_w"], blk["attn_b"], self.matmul), c
 
     def _mlp_forward(self, x, blk):
-        h = ops.linear_forward(x, blk["fc_w"], blk["fc_b"], self.matmul)           # (B, T, 4C)
+        h = ops.linear_forward(x, blk["fc_w"], blk["fc_b"], self.matmul)      # (B, T, 4C)
         if self.cfg.mlp == "relu2":
             a, act = self.ew.relu2_forward(h)
         else:
@@ -336,7 +338,7 @@ class GPT:
         head, V = self._head(), cfg.vocab_size
         dhead = G["transformer.wte.weight" if cfg.tie_embeddings else "lm_head.weight"]
         dhead[V:] = 0
-        dx = ops.linear_backward(dlogits, cache["x_f"], head[:V], dhead[:V], matmul=self.matmul)  # (B, T, C)
+        dx = ops.linear_backward(dlogits, cache["x_f"], head[:V], dhead[:V], matmul=self.matmul)
         dx = self._norm_backward(dx, cache["norm_f"], "transformer.ln_f")
         dx0 = xp.zeros_like(dx) if cfg.lambdas else None
         for i in reversed(range(cfg.n_layer)):
@@ -387,7 +389,8 @@ class GPT:
             dk = self.ew.rotary_backward(dk, self.cos[:T], self.sin[:T])
         dqkv = self.xp.concatenate([dq.reshape(B, T, H * D), dk.reshape(B, T, KV * D),
                                     dv.reshape(B, T, KV * D)], axis=-1)
-        return ops.linear_backward(dqkv, c["x"], blk["qkv_w"], gblk["qkv_w"], gblk["qkv_b"], self.matmul)
+        return ops.linear_backward(dqkv, c["x"], blk["qkv_w"], gblk["qkv_w"], gblk["qkv_b"],
+                                   self.matmul)
 
     def _mlp_backward(self, dout, c, blk, gblk):
         da = ops.linear_backward(dout, c["a"], blk["proj_w"], gblk["proj_w"], gblk["proj_b"], self.matmul)

@@ -187,7 +187,7 @@ def attention_backward(dy, cache, softmax_backward=softmax_backward, matmul=matm
     dk, dv = xp.zeros((B, KV, T, D), dtype=dy.dtype), xp.zeros((B, KV, T, D), dtype=dy.dtype)
     for i, p in enumerate(probs):
         hi = (i + 1) * n
-        dv[:, :, :hi] += matmul(p.transpose(0, 1, 3, 2), dyb[:, :, i])   # sums over the G heads too
+        dv[:, :, :hi] += matmul(p.transpose(0, 1, 3, 2), dyb[:, :, i])  # sums over the G heads too
         dp = matmul(dyb[:, :, i], vt[:, :, :hi].transpose(0, 1, 3, 2))   # (B, KV, G*n, hi)
         ds = softmax_backward(dp, p)                               # in place
         dqb[:, :, i] = matmul(ds, kt[..., :hi].transpose(0, 1, 3, 2))
