@@ -5,8 +5,10 @@ Each (config, implementation) pair runs in its own fresh process, so peak memory
 on the CPU, peak RSS during the timed steps minus RSS before the model was built (libraries
 excluded); on a GPU, the most device memory the allocator held (CuPy's pool, torch's reserved).
 Steps are forward + backward + optimizer on one fixed batch, timed one by one after warm-up;
-a measurement is the median step; the table shows the median over interleaved rounds. MFU = FLOPs/token (the trainer's 6N+12LCT convention) x tokens/s
-over the matmul peak measured on the spot in the same process.
+a measurement is the median step. The table shows the median over interleaved rounds with the
+range, and the speed against eager as the median of per-round ratios. MFU = FLOPs/token (the
+trainer's 6N+12LCT convention) x tokens/s over the matmul peak measured on the spot in the same
+process.
 
 The PyTorch peer (tests/reference/torch_gpt.py, fast mode: SDPA, F.rms_norm, fused AdamW)
 loads the same weights; it needs torch (`pip install -e '.[test]'`) and a source checkout.
@@ -52,16 +54,31 @@ def run_bench(args) -> int:
                 print(f"bench round {r + 1}/{args.rounds}: {name} {impl} ...", file=sys.stderr, flush=True)
                 rounds[(name, impl)].append(measure_in_subprocess(name, impl, args.device, args.steps,
                                                                   args.matmul))
-    print(format_table([median_row(rs) for rs in rounds.values()], args.device, args.rounds, args.matmul))
+    print(format_table(summarize(rounds), args.device, args.rounds, args.matmul))
     return 0
 
 
-def median_row(rows: list[dict]) -> dict:
-    ok = [r for r in rows if "error" not in r]
-    if not ok:
-        return rows[0]
-    ok.sort(key=lambda r: r["ms_per_step"])
-    return dict(ok[len(ok) // 2], peak_mem_mib=max(r["peak_mem_mib"] for r in ok))
+def summarize(rounds: dict) -> list[dict]:
+    """One row per (config, impl) from its rounds: the median round, the range of ms/step over the
+    rounds, and the speed against eager as the median of per-round ratios. A round's two
+    measurements ran back to back, so pairing them cancels most of a shared machine's slow spells
+    (as the referee pairs arms by seed)."""
+    rows = []
+    for (name, impl), measured in rounds.items():
+        ok = [r for r in measured if "error" not in r]
+        if not ok:
+            rows.append(measured[0])
+            continue
+        row = dict(sorted(ok, key=lambda r: r["ms_per_step"])[len(ok) // 2],
+                   peak_mem_mib=max(r["peak_mem_mib"] for r in ok),
+                   ms_range=(min(r["ms_per_step"] for r in ok), max(r["ms_per_step"] for r in ok)))
+        eager = rounds.get((name, "torch-eager"), [])
+        ratios = sorted(e["ms_per_step"] / r["ms_per_step"] for r, e in zip(measured, eager)
+                        if "error" not in r and "error" not in e)
+        if ratios:
+            row["vs_eager"] = (float(np.median(ratios)), ratios[0], ratios[-1])
+        rows.append(row)
+    return rows
 
 
 def torch_available() -> bool:
@@ -86,18 +103,22 @@ def format_table(rows, device, rounds=1, matmul="fp32") -> str:
     peers = "" if matmul == "fp32" or device == "cuda" else " (torch peers fp32)"
     lines = [f"device: {device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
              f"float32, {matmul} matmuls{peers}, {time.strftime('%Y-%m-%d')}, "
-             f"median of {rounds} interleaved round(s)", "",
-             "| config | impl | ms/step | tokens/s | vs torch eager | MFU | peak GFLOP/s | peak mem MiB |",
+             f"median of {rounds} interleaved round(s) [min-max over rounds]", "",
+             "| config | impl | ms/step | tokens/s | vs torch eager (paired by round) | MFU | peak GFLOP/s | "
+             "peak mem MiB |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    eager = {r["config"]: r for r in rows if r["impl"] == "torch-eager" and "error" not in r}
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['config']} | {r['impl']} | n/a: {r['error']} | | | | | |")
             continue
-        ratio = r["tokens_per_s"] / eager[r["config"]]["tokens_per_s"] if r["config"] in eager else None
-        lines.append(f"| {r['config']} | {r['impl']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | "
-                     f"{'' if ratio is None else f'{ratio:.2f}x'} | {100 * r['mfu']:.1f}% | "
-                     f"{r['peak_flops'] / 1e9:.0f} | {r['peak_mem_mib']:.0f} |")
+        lo, hi = r.get("ms_range", (r["ms_per_step"],) * 2)
+        ms = f"{r['ms_per_step']:.1f}" + (f" [{lo:.0f}-{hi:.0f}]" if hi > lo else "")
+        ratio = ""
+        if "vs_eager" in r:
+            mid, low, high = r["vs_eager"]
+            ratio = f"{mid:.2f}x" + (f" [{low:.2f}-{high:.2f}]" if high > low else "")
+        lines.append(f"| {r['config']} | {r['impl']} | {ms} | {r['tokens_per_s']:,.0f} | {ratio} | "
+                     f"{100 * r['mfu']:.1f}% | {r['peak_flops'] / 1e9:.0f} | {r['peak_mem_mib']:.0f} |")
     return "\n".join(lines)
 
 # ----------------------------------------------------------------------------------------
