@@ -684,7 +684,6 @@ def muon_apply(p, x, lr, wd):
              _real(p.dtype, lr), _real(p.dtype, wd)))
 
 
-
 def round_mantissa(x, keep):
     """float32 x rounded to `keep` mantissa bits (7: bfloat16, 10: TF32). Twin: ops.round_mantissa.
     A transposed view keeps its layout."""
