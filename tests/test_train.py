@@ -82,6 +82,9 @@ def test_bf16_matmuls_are_recorded_and_stay_near_the_float32_run(corpus, tmp_pat
     fp32 = run(spec(corpus), tmp_path / "fp32", quiet=True)
     bf16 = run(spec(corpus, matmul="bf16"), tmp_path / "bf16", quiet=True)
     assert (fp32["matmul"], bf16["matmul"]) == ("fp32", "bf16")
+    from trainer.cli import MATMUL_CHOICES
+    from trainer.model import MATMUL_PRECISIONS
+    assert MATMUL_CHOICES == tuple(MATMUL_PRECISIONS)  # the flag offers what the model knows
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["spec"]["matmul"] == "bf16"  # for --resume
     assert bf16["val_loss"] != fp32["val_loss"]
     assert bf16["val_loss"] == pytest.approx(fp32["val_loss"], rel=0.01)  # bf16 rounding, not another model

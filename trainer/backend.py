@@ -49,6 +49,14 @@ def scatter_add_rows(dst, idx, src):
         cupyx.scatter_add(dst, idx, src)
 
 
+def contiguous_or_transposed(a):
+    """(c, transposed): a C-contiguous array with a's values in memory order: a itself, or a.T
+    when a is a transposed view such as w.T (transposed True, no copy), else a contiguous copy."""
+    if a.flags.c_contiguous or not a.T.flags.c_contiguous:
+        return xp_of(a).ascontiguousarray(a), False
+    return a.T, True
+
+
 def cpu_threads() -> int:
     """Threads for CPU kernels: what BLAS was told to use, else every core this process may run on."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -17,6 +17,7 @@ TRAIN_EXAMPLE = """example:
       --budget-flops 3e12 --seed 1 --out runs/softcap0-s1
   python -m trainer train --resume runs/softcap0-s1          # continue a killed run"""
 
+MATMUL_CHOICES = ("fp32", "tf32", "bf16")  # trainer/model.py's MATMUL_PRECISIONS (not imported: no Numba here)
 OPTIM_FLAGS = ("optimizer", "matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "weight_decay",
                "embedding_weight_decay", "warmup_frac", "warmdown_frac", "final_lr_frac")
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--matmul", default="fp32", choices=["fp32", "tf32", "bf16"],
+    p.add_argument("--matmul", default="fp32", choices=MATMUL_CHOICES,
                    help="round matmul inputs to TF32 or bfloat16, float32 accumulation (default fp32: as stored)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (sets sequence_len)")
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps; the median is shown")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is shown (default 3)")
-    p.add_argument("--matmul", default="fp32", choices=["fp32", "tf32", "bf16"],
+    p.add_argument("--matmul", default="fp32", choices=MATMUL_CHOICES,
                    help="matmul inputs as for train; on a GPU the torch peers use TF32 / bf16 autocast too")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers")
     p.set_defaults(func=cmd_bench)

@@ -38,7 +38,7 @@ import os
 import numpy as np
 
 from trainer import ops
-from trainer.backend import cpu_threads
+from trainer.backend import contiguous_or_transposed, cpu_threads
 from trainer.ops import GELU_K
 
 try:
@@ -463,8 +463,7 @@ def round_mantissa(x, keep):
     after it reads memory the same way."""
     if x.dtype != np.float32:                     # float64 (the exact tests) on the twin
         return ops.round_mantissa(x, keep)
-    transposed = not x.flags.c_contiguous and x.T.flags.c_contiguous
-    src = x.T if transposed else np.ascontiguousarray(x)
+    src, transposed = contiguous_or_transposed(x)
     y = np.empty_like(src)
     _round_mantissa(src.reshape(-1).view(np.uint32), y.reshape(-1).view(np.uint32), np.uint64(23 - keep))
     return y.T if transposed else y

@@ -39,7 +39,7 @@ import os
 import numpy as np
 
 from trainer import ops
-from trainer.backend import xp_of
+from trainer.backend import contiguous_or_transposed, xp_of
 
 # ----------------------------------------------------------------------------------------
 # CUDA source: one module per dtype, `real` = float or double
@@ -672,12 +672,7 @@ def muon_apply(p, x, lr, wd):
     transposed view). Twin: np_muon_apply."""
     if not (_use_kernels(p, x) and _contiguous(p) and p.ndim == 2):
         return np_muon_apply(p, x, lr, wd)
-    transposed = 0
-    if not x.flags.c_contiguous:
-        if x.T.flags.c_contiguous:
-            transposed = 1
-        else:
-            x = xp_of(x).ascontiguousarray(x)
+    x, transposed = contiguous_or_transposed(x)
     rows, cols = p.shape
     _launch("muon_apply", p.dtype, (_blocks(p.size),), (_THREADS,),
             (p, x, np.int64(rows), np.int64(cols), np.int32(transposed),
@@ -689,10 +684,8 @@ def round_mantissa(x, keep):
     A transposed view keeps its layout."""
     if not (_use_kernels(x) and x.dtype == np.float32):
         return ops.round_mantissa(x, keep)
-    xp = xp_of(x)
-    transposed = not x.flags.c_contiguous and x.T.flags.c_contiguous
-    src = x.T if transposed else xp.ascontiguousarray(x)
-    y = xp.empty_like(src)
+    src, transposed = contiguous_or_transposed(x)
+    y = xp_of(x).empty_like(src)
     _launch("round_mantissa", x.dtype, (_blocks(y.size),), (_THREADS,), (src, y, np.int64(y.size), np.int32(keep)))
     return y.T if transposed else y
 

@@ -327,8 +327,9 @@ class Progress:
         self.fpt = flops_per_token(cfg)
         horizon = f"{budget.steps} steps" if budget.steps else f"{budget.seconds:g} s"
         print(f"training {spec.preset} ({total_params(cfg):,} params, {self.fpt:.3g} FLOPs/token "
-              f"= 6*N_matmul + 12*L*C*T) on {spec.device}/{spec.dtype}/{spec.matmul} matmuls, budget {budget.kind} "
-              f"{budget.value:g} -> {horizon}; matmul peak {self.peak / 1e9:.0f} GFLOP/s", file=sys.stderr)
+              f"= 6*N_matmul + 12*L*C*T) on {spec.device}/{spec.dtype}/{spec.matmul} matmuls, "
+              f"budget {budget.kind} {budget.value:g} -> {horizon}; matmul peak {self.peak / 1e9:.0f} GFLOP/s",
+              file=sys.stderr)
         if sys.stderr.isatty():
             from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeRemainingColumn
             self.bar = Bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
