@@ -6,7 +6,9 @@ The lab: the project's own git repository, seen as a place where programs run.
 - a run never executes a worktree: it executes a frozen snapshot of one commit
   (`git archive` into .lab/<program>/snapshots/<sha>/), so edits during a run change nothing;
 - an experiment whose commit changes a protected path (eval, data, FLOP accounting, org/)
-  relative to the program's base commit is refused;
+  relative to the program's base commit is refused, and so is one that adds what could
+  shadow code at import time (bytecode, compiled extensions, .pth, sitecustomize, a package
+  or module beside a protected one) or change what `git archive` extracts (.gitattributes);
 - lab state (ledger, runs, mail, transcripts) lives in .lab/<program>/, ignored by git.
 
 GitPython has no worktree API, so worktrees go through the git CLI (repo.git.worktree).
@@ -28,6 +30,9 @@ GIT_ENV_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
                 "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_PREFIX",
                 "GIT_NAMESPACE")
 STATE_DIRS = ("runs", "snapshots", "mail", "transcripts")
+# files that run or shadow code without being a module's source, wherever they are
+SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
+SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
 
 
 class LabError(OrgError):
@@ -87,9 +92,13 @@ class Lab:
         out = self.repo.git.status("--porcelain", "--untracked-files=all", "--", *paths)
         return [line[3:] for line in out.splitlines() if line.strip()]
 
-    def changed_paths(self, base: str, commit: str, paths: list[str] | None = None) -> list[str]:
-        """Files that differ between two commits, optionally only under `paths`."""
-        args = ["--name-only", base, commit] + (["--", *paths] if paths else [])
+    def changed_paths(self, base: str, commit: str, paths: list[str] | None = None,
+                      added_or_modified: bool = False) -> list[str]:
+        """Files that differ between two commits, optionally only under `paths` (or only those
+        the commit adds or modifies, renames counted as an add)."""
+        args = ["--name-only", "--no-ext-diff", "--no-textconv", "--no-renames"]
+        args += ["--diff-filter=ACMT"] if added_or_modified else []
+        args += [base, commit] + (["--", *paths] if paths else [])
         return [p for p in self.repo.git.diff(*args).splitlines() if p]
 
     def protected_violation(self, base: str, commit: str, protected: list[str]) -> str | None:
@@ -99,6 +108,24 @@ class Lab:
             return None
         return (f"protected paths differ from the program's base commit {base[:10]}: "
                 f"{', '.join(changed)}")
+
+    def shadowing(self, base: str, commit: str, protected: list[str]) -> str | None:
+        """Why a commit may not run because of what it adds (see SHADOWING_*), or None. A module
+        or package beside a protected file (trainer/eval/ or trainer/eval.so next to
+        trainer/eval.py) would be imported instead of it."""
+        shadows = [p[:-len(".py")] for p in protected if p.endswith(".py")]
+        bad = []
+        for path in self.changed_paths(base, commit, added_or_modified=True):
+            parts = path.split("/")
+            if (path.endswith(SHADOWING_SUFFIXES) or any(p in SHADOWING_NAMES for p in parts)
+                    or any(path.startswith(m + "/") or (path.startswith(m + ".") and path != m + ".py")
+                           for m in shadows)):
+                bad.append(path)
+        if not bad:
+            return None
+        return (f"the commit adds files that could shadow code at import time or change the snapshot "
+                f"(bytecode, compiled extensions, .pth, sitecustomize, .gitattributes, or a module "
+                f"beside a protected one): {', '.join(bad[:5])}")
 
     def diff(self, base: str, commit: str) -> str:
         return self.repo.git.diff(base, commit) if base != commit else ""

@@ -2,7 +2,8 @@
 The ledger: one SQLite file per program (.lab/<program>/ledger.sqlite) that never forgets.
 
 Tables: programs, experiments (who asked for what, on which commit), runs (one trainer
-invocation each: seed, slot, status, budget, every result.json field), verdicts and llm_spend.
+invocation each: seed, slot, status, budget; the harness's measurement as the record, the
+trainer's result.json beside it as a cross-check), verdicts and llm_spend.
 Rows are inserted and updated, never deleted, so a discarded idea stays queryable.
 
 Crash safety: every change is one transaction (WAL mode, BEGIN IMMEDIATE), a run is claimed
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from org import OrgError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
@@ -83,8 +84,9 @@ CREATE TABLE runs (
     run_dir            TEXT,
     metrics_path       TEXT,
     log_path           TEXT,
-    val_bpb            REAL,
+    val_bpb            REAL,           -- this and the figures below: the harness's measurement
     val_loss           REAL,
+    confirm_bpb        REAL,           -- the held-out split
     steps              INTEGER,
     tokens             INTEGER,
     flops              REAL,
@@ -93,14 +95,16 @@ CREATE TABLE runs (
     params_matmul      INTEGER,
     train_seconds      REAL,
     wall_seconds       REAL,           -- measured by the runner, not the trainer
-    tokens_per_second  REAL,
+    tokens_per_second  REAL,           -- tokens / wall_seconds
     device             TEXT,
     git_commit         TEXT,
     git_dirty          INTEGER,
     eval_fingerprint   TEXT,
     data_fingerprint   TEXT,
     trainer_version    TEXT,
-    result             TEXT,           -- result.json verbatim
+    result             TEXT,           -- result.json verbatim: the trainer's own figures
+    measurement        TEXT,           -- JSON: the harness's evaluation of the checkpoint (org/evaluator.py)
+    measure_seconds    REAL,           -- what the measurement took (runner wall time)
     created_at         TEXT NOT NULL,
     started_at         TEXT,
     finished_at        TEXT
@@ -133,13 +137,15 @@ CREATE TABLE llm_spend (
 );
 """
 
-# result.json field -> runs column (params is nested: {total, matmul})
-RESULT_COLUMNS = {
-    "val_bpb": "val_bpb", "val_loss": "val_loss", "steps": "steps", "tokens": "tokens",
-    "flops": "flops", "flops_per_token": "flops_per_token", "train_seconds": "train_seconds",
-    "tokens_per_second": "tokens_per_second", "device": "device", "git_commit": "git_commit",
-    "git_dirty": "git_dirty", "eval_fingerprint": "eval_fingerprint",
-    "data_fingerprint": "data_fingerprint", "trainer_version": "trainer_version",
+# the record's columns, from the harness's measurement (params is nested: {total, matmul})
+MEASURED_COLUMNS = ("val_bpb", "val_loss", "confirm_bpb", "steps", "tokens", "flops", "flops_per_token",
+                    "eval_fingerprint", "data_fingerprint")
+# the trainer's word: what only it can say (its clock, its device), or, for a run the harness did
+# not measure (killed, diverged, refused...), how far it says it got
+REPORTED_COLUMNS = ("train_seconds", "device", "git_commit", "git_dirty", "trainer_version")
+MIGRATIONS = {  # from version N to N + 1
+    1: ["ALTER TABLE runs ADD COLUMN confirm_bpb REAL", "ALTER TABLE runs ADD COLUMN measurement TEXT",
+        "ALTER TABLE runs ADD COLUMN measure_seconds REAL"],
 }
 
 
@@ -222,6 +228,11 @@ class Ledger:
                         self.db.execute(statement)
                 self.db.execute("INSERT INTO schema_version VALUES (?, ?)", (SCHEMA_VERSION, now()))
             version = self.db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+            while version in MIGRATIONS and version < SCHEMA_VERSION:  # an older ledger, brought up to date
+                for statement in MIGRATIONS[version]:
+                    self.db.execute(statement)
+                version += 1
+                self.db.execute("INSERT INTO schema_version VALUES (?, ?)", (version, now()))
         if version != SCHEMA_VERSION:
             raise LedgerError(f"{self.path}: ledger schema version {version}, this org knows {SCHEMA_VERSION}")
 
@@ -339,15 +350,22 @@ class Ledger:
             metrics_path=str(Path(run_dir) / "metrics.jsonl"), log_path=str(log_path)))
 
     def finish(self, run_id: int, status: str, reason: str = None, result: dict = None,
-               wall_seconds: float = None):
-        """Record a run's outcome and, if there is one, every field of its result.json."""
+               wall_seconds: float = None, measurement: dict = None, measure_seconds: float = None):
+        """Record a run's outcome: the harness's measurement as the record's columns (for a run
+        it measured), the trainer's result.json verbatim beside it."""
         assert status in FINISHED, status
-        fields = dict(status=status, reason=reason, wall_seconds=wall_seconds, finished_at=now())
-        if result:
-            fields.update({col: result.get(key) for key, col in RESULT_COLUMNS.items()})
-            params = result.get("params") or {}
-            fields.update(params_total=params.get("total"), params_matmul=params.get("matmul"),
-                          result=json.dumps(result, sort_keys=True))
+        fields = dict(status=status, reason=reason, wall_seconds=wall_seconds, finished_at=now(),
+                      measure_seconds=measure_seconds)
+        record = measurement or result or {}
+        fields.update({col: record.get(col) for col in MEASURED_COLUMNS})
+        fields.update({col: (result or {}).get(col) for col in REPORTED_COLUMNS})
+        params = record.get("params") or {}
+        fields.update(params_total=params.get("total"), params_matmul=params.get("matmul"))
+        tokens = record.get("tokens")
+        fields["tokens_per_second"] = (round(tokens / wall_seconds, 2) if measurement and tokens and wall_seconds
+                                       else (result or {}).get("tokens_per_second"))
+        fields["result"] = json.dumps(result, sort_keys=True) if result else None
+        fields["measurement"] = json.dumps(measurement, sort_keys=True) if measurement else None
         self._update("runs", run_id, fields)
 
     def requeue(self, run_id: int, reason: str):
@@ -392,9 +410,9 @@ class Ledger:
                 "dollars": sum(r["dollars"] for r in rows)}
 
     def compute_seconds(self, program: str) -> float:
-        """Runner wall time spent by the program so far."""
-        return self.db.execute("SELECT coalesce(sum(wall_seconds), 0) FROM runs WHERE program = ?",
-                               (program,)).fetchone()[0]
+        """Runner wall time spent by the program so far: the runs and their measurements."""
+        return self.db.execute("SELECT coalesce(sum(wall_seconds), 0) + coalesce(sum(measure_seconds), 0) "
+                               "FROM runs WHERE program = ?", (program,)).fetchone()[0]
 
     def counts(self) -> dict:
         """Rows per table, for notes and sanity checks."""

@@ -18,13 +18,23 @@ lower is better, so d < 0 is an improvement. With n pairs, mean m and std s:
 Each is a one-sided (1 - alpha) bound, 95% at the default alpha = 0.05 (together they make a
 two-sided 90% interval). A rule uses one bound, so each verdict is a one-sided test at alpha:
 
+    before the rule  refused (...)  the variant's runs were all refused (protected paths, shadowing,
+                                    owned keys): nothing was measured
+                     invalid (...)  its runs (or the baseline's) were all invalid: the reason
+                     no change (...) the variant is the baseline: same overrides and code,
+                                    bit-identical final parameters on every paired seed, or a code
+                                    change whose only effect is a redrawn init (the harness's
+                                    seed probe, org/evaluator.py)
     superiority      better         adjusted p of H0 "m >= 0" < alpha, and |m| >= the noise floor
                      worse          lower > 0
-    non-inferiority  no regression  upper < margin
+    non-inferiority  no regression  upper < margin ("worse by ..., within the margin" when lower > 0)
                      better         no regression, and better as under superiority
                      worse          lower > margin
     otherwise        inconclusive (needs N more seeds), or (inside the noise floor) when a
                      superiority mean leans better but is smaller than the floor
+
+A baseline whose val_bpb does not beat the data's unigram entropy (measured by the harness) is
+not learning: every verdict of the program says so, loudly, in brackets at its end.
 
 The noise floor is max(the baseline's seed-to-seed std, |its drift over the program|), from
 the baseline's interleaved re-runs (see noise_floor): a difference smaller than what a seed
@@ -35,58 +45,38 @@ or Benjamini-Hochberg), because "it got better" is the claim made over and over;
 regression` answers the program's one pre-registered question at its margin, and `worse`
 needs no protection from being found too often. A single comparison is its own family.
 
-Confound checks (Finding), from the arms' run manifests; each check's docstring says why:
-
-    invalid  budgets differ; the budgeted quantity differs; FLOPs, tokens or steps differ with
-             nothing to explain it; params differ undeclared; eval or data fingerprints
-             differ; only the seed changed (no-op); diverged or killed in one arm only;
-             devices differ under a seconds budget
-    warning  FLOPs, tokens or steps differ as the budget or the claim explains (seconds
-             budget; FLOP budget with FLOPs/token changed; declared); unequal seed sets;
-             devices differ otherwise; tokens/s differ at equal FLOPs/token (hidden
-             compute); error or invalid runs in one arm only
-
-A claim declares what it changes on purpose (declared={'params'} for "wider at equal FLOPs").
-Pairs and checks use main runs only; baseline re-runs (purpose 'repeat') feed the noise floor.
+Confound checks (org/confounds.py: invalid, no change, or a warning, one function each) run
+on the arms' records: the harness's measurements and the runner's clock. Pairs and checks use
+main runs only; baseline re-runs (purpose 'repeat') feed the noise floor.
 """
 from __future__ import annotations
 
 import json
 import math
-import statistics
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
 from scipy import stats
 
+from org.confounds import DECLARABLE, DROPPED, FAILED, NO_CHANGE, Finding, Tolerances, find_confounds
+
 CLAIMS = ("non-inferiority", "superiority")
-DECLARABLE = ("params", "flops", "tokens", "steps")  # what a claim may say it changes
 MAX_MORE_SEEDS = 100     # beyond this the effect is too small to settle with seeds
-DROPPED = ("diverged", "killed")  # outcomes of the intervention: losing them biases an arm
-FAILED = ("error", "invalid")     # harness failures or broken rules: rerun them
 NEEDS_CONFIRMATION = ("better", "no regression")
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    """Relative differences between the arms' per-run medians that still count as equal."""
-    flops: float = 0.01      # a FLOP budget ends within one step of its value
-    tokens: float = 0.01
-    steps: float = 0.01
-    flops_per_token: float = 0.01
-    throughput: float = 0.25  # tokens/s: timing noise is a few percent; 25% is extra work
 
 
 # --- runs --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Run:
-    """One run, normalized from a ledger row (flat params_*, JSON strings, confirm_bpb inside
-    `result`) or a result.json dict (nested params, budget as {kind, value})."""
+    """One run, normalized from a ledger row (the record's columns, flat params_*, the harness's
+    `measurement` and the trainer's `result` as JSON) or a plain dict of the same fields
+    (nested params, budget as {kind, value})."""
     arm: str
     seed: int
     status: str
+    reason: str | None      # why a run was refused, invalid, ...
     purpose: str            # main | repeat (an interleaved baseline re-run) | tune
     val_bpb: float | None
     confirm_bpb: float | None
@@ -104,18 +94,29 @@ class Run:
     code: tuple             # (git_commit, dirty)
     claim_seq: int | None   # the order runs were started in
     finished_at: float | None
+    wall_seconds: float | None      # the runner's clock
+    params_fingerprint: str | None  # of the final parameters, by the harness
+    seed_only: bool                 # the harness's seed probe: a redrawn init, the same training step
+    unigram_bpb: float | None       # the data's unigram entropy, by the harness
+    measured: bool                  # the record is the harness's (False: an older ledger's trainer figures)
 
     @classmethod
     def read(cls, row: dict) -> Run:
-        result = _json(row.get("result")) or {}
+        measurement = _json(row.get("measurement")) or {}
+        # the trainer's own figures only for a row recorded before the harness measured runs
+        result = {} if measurement else (_json(row.get("result")) or {})
 
         def get(key):
-            return row[key] if row.get(key) is not None else result.get(key)
+            for source in (row, measurement, result):
+                if source.get(key) is not None:
+                    return source[key]
+            return None
 
         params = get("params") or {}
         purpose = row.get("purpose") or ("repeat" if row.get("is_rerun") else "main")
         return cls(
-            arm=row.get("arm", "?"), seed=row["seed"], status=row["status"], purpose=purpose,
+            arm=row.get("arm", "?"), seed=row["seed"], status=row["status"], reason=row.get("reason"),
+            purpose=purpose,
             val_bpb=get("val_bpb"), confirm_bpb=get("confirm_bpb"),
             flops=get("flops"), tokens=get("tokens"), steps=get("steps"),
             params=(params.get("total", get("params_total")), params.get("matmul", get("params_matmul"))),
@@ -124,7 +125,10 @@ class Run:
             data_fingerprint=get("data_fingerprint"), budget=_budget(get("budget")),
             overrides=json.dumps(_json(row.get("overrides")) or {}, sort_keys=True),
             code=(get("git_commit"), bool(get("git_dirty"))), claim_seq=row.get("claim_seq"),
-            finished_at=_timestamp(row.get("finished_at")))
+            finished_at=_timestamp(row.get("finished_at")), wall_seconds=get("wall_seconds"),
+            params_fingerprint=get("params_fingerprint"), seed_only=bool(get("seed_only")),
+            unigram_bpb=get("unigram_bpb"),
+            measured=bool(measurement) or "measurement" not in row or row.get("status") != "completed")
 
 
 def _json(value):
@@ -225,177 +229,6 @@ def run_order(runs: list[Run]) -> list[float]:
     return [float(i) for i in range(len(runs))]
 
 
-# --- confound checks ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Finding:
-    check: str      # which check: budget, flops, tokens, steps, params, eval, data, seeds, ...
-    text: str       # what a person reads, short: it goes into the verdict
-    invalid: bool   # True: the comparison means nothing; False: a warning
-
-
-def find_confounds(base: list[Run], var: list[Run], declared: frozenset, tol: Tolerances) -> list[Finding]:
-    """Every check over the two arms' main runs."""
-    found = []
-    for check in (check_budget, check_spend, check_params, check_fingerprints, check_seeds,
-                  check_noop, check_devices, check_throughput, check_dropped):
-        found += check(base, var, declared, tol)
-    return found
-
-
-def completed(runs: list[Run]) -> list[Run]:
-    return [r for r in runs if r.status == "completed"]
-
-
-def median(runs: list[Run], key: str) -> float | None:
-    values = [getattr(r, key) for r in completed(runs) if getattr(r, key) is not None]
-    return statistics.median(values) if values else None
-
-
-def change(base: list[Run], var: list[Run], key: str) -> float | None:
-    """Relative change of the variant's median over the baseline's; None when unknown."""
-    b, v = median(base, key), median(var, key)
-    return None if b is None or v is None or b == 0 else v / b - 1
-
-
-def budget_kind(runs: list[Run]) -> str | None:
-    kinds = {r.budget[0] for r in runs if r.budget}
-    return kinds.pop() if len(kinds) == 1 else None
-
-
-def check_budget(base, var, declared, tol) -> list[Finding]:
-    """Invalid: arms (or runs within an arm) under different budgets measure different things."""
-    budgets = {r.budget for r in base + var if r.budget}
-    if len(budgets) <= 1:
-        return []
-    show = lambda runs: ", ".join(sorted(f"{k} {v:g}" for k, v in {r.budget for r in runs if r.budget}))
-    return [Finding("budget", f"budgets differ: baseline {show(base)} / variant {show(var)}", True)]
-
-
-def check_spend(base, var, declared, tol) -> list[Finding]:
-    """FLOPs, tokens and steps must match unless the budget or the claim explains it:
-    - the quantity the budget fixes differs: invalid, nothing can excuse it;
-    - under a seconds budget the arms spend equal wall time, the rest follows: warning;
-    - under a FLOP budget with FLOPs/token changed, tokens and steps follow: warning
-      (a compute-matched comparison; steps that differ at equal FLOPs/token are invalid);
-    - the claim declared it (e.g. 'flops' for "wider at equal steps"): warning;
-    - anything else: invalid (the spurious width result: more FLOPs, lower loss)."""
-    kind = budget_kind(base + var)
-    fpt = change(base, var, "flops_per_token")
-    fpt_changed = fpt is not None and abs(fpt) > tol.flops_per_token
-    found = []
-    for key in ("flops", "tokens", "steps"):
-        delta = change(base, var, key)
-        if delta is None or abs(delta) <= getattr(tol, key):
-            continue
-        text = f"{key} {delta:+.1%}"
-        if kind == key:
-            found.append(Finding(key, f"{text} under a {kind} budget", True))
-        elif kind == "seconds":
-            found.append(Finding(key, f"{text} (equal wall time)", False))
-        elif kind == "flops" and key != "flops" and fpt_changed:
-            found.append(Finding(key, f"{text} (equal FLOPs, FLOPs/token {fpt:+.1%})", False))
-        elif key in declared:
-            found.append(Finding(key, f"{text} (declared)", False))
-        else:
-            found.append(Finding(key, text, True))
-    return found
-
-
-def check_params(base, var, declared, tol) -> list[Finding]:
-    """Invalid when the parameter count (total or matmul) changed and the claim did not
-    declare 'params': a bigger model winning says nothing about the idea. Declared: silent."""
-    if "params" in declared:
-        return []
-    b = {r.params for r in completed(base) if r.params[0] is not None}
-    v = {r.params for r in completed(var) if r.params[0] is not None}
-    if not b or not v or b == v:
-        return []
-    (bt, bm), (vt, vm) = min(b), min(v)
-    if bt == vt and (bm is None or vm is None):  # an older row without the matmul count
-        return []
-    text = f"params {vt / bt - 1:+.1%}" if bt != vt else f"matmul params {vm / bm - 1:+.1%}"
-    return [Finding("params", f"{text} (not declared)", True)]
-
-
-def check_fingerprints(base, var, declared, tol) -> list[Finding]:
-    """Invalid: a different evaluation or validation set makes the numbers incomparable."""
-    found = []
-    for name in ("eval", "data"):
-        key = f"{name}_fingerprint"
-        if len({getattr(r, key) for r in completed(base + var)}) > 1:
-            found.append(Finding(name, f"{name} fingerprints differ", True))
-    return found
-
-
-def check_seeds(base, var, declared, tol) -> list[Finding]:
-    """Warning: the arms were given different seeds. Pairs use the common ones only, so no
-    seed can be picked to win; a single seed is left to the verdict (inconclusive)."""
-    b, v = {r.seed for r in base}, {r.seed for r in var}
-    if not b or not v or b == v:
-        return []
-    common = len(b & v)
-    return [Finding("seeds", f"seeds differ: baseline {_seeds(b)} / variant {_seeds(v)}, "
-                             f"{common} in common", False)]
-
-
-def _seeds(seeds) -> str:
-    return ",".join(str(s) for s in sorted(seeds))
-
-
-def check_noop(base, var, declared, tol) -> list[Finding]:
-    """Invalid: the variant has the baseline's overrides and code, so any difference is the
-    seed's (a dirty working tree counts as different code: we cannot tell)."""
-    same_overrides = {r.overrides for r in base} == {r.overrides for r in var}
-    codes = {r.code for r in base + var}
-    same_code = len(codes) == 1 and not any(dirty for _, dirty in codes)
-    if not (base and var and same_overrides and same_code):
-        return []
-    only_seed = {r.seed for r in base} != {r.seed for r in var}
-    text = "only the seed changed" if only_seed else "no change: baseline's overrides and code"
-    return [Finding("noop", text, True)]
-
-
-def check_devices(base, var, declared, tol) -> list[Finding]:
-    """Different devices: invalid under a seconds budget (the device sets how much training
-    fits); a warning otherwise (same work, numerics differ only in rounding)."""
-    b = {r.device for r in completed(base)}
-    v = {r.device for r in completed(var)}
-    if not b or not v or b == v:
-        return []
-    show = lambda devices: ", ".join(sorted(map(str, devices)))
-    text = f"devices differ: baseline {show(b)} / variant {show(v)}"
-    return [Finding("device", text, budget_kind(base + var) == "seconds")]
-
-
-def check_throughput(base, var, declared, tol) -> list[Finding]:
-    """Warning: tokens/s moved by more than tol.throughput while FLOPs/token did not, so the
-    variant does work the FLOP count does not see (or skips work it claims)."""
-    fpt, tps = change(base, var, "flops_per_token"), change(base, var, "tokens_per_second")
-    if fpt is None or tps is None or abs(fpt) > tol.flops_per_token or abs(tps) <= tol.throughput:
-        return []
-    return [Finding("throughput", f"tokens/s {tps:+.0%} at equal FLOPs/token (hidden compute?)", False)]
-
-
-def check_dropped(base, var, declared, tol) -> list[Finding]:
-    """A seed that completed in one arm but not the other is dropped from the pairs.
-    Diverged or killed in one arm only: invalid, since dropping the failures hides them
-    (the survivors of a fragile variant look fine). Error or invalid: a warning, rerun it."""
-    found = []
-    for name, mine, other in (("variant", var, base), ("baseline", base, var)):
-        done_there = {r.seed for r in completed(other)}
-        done_here = {r.seed for r in completed(mine)}
-        for statuses, invalid in ((DROPPED, True), (FAILED, False)):
-            lost = {}
-            for r in mine:
-                if r.status in statuses and r.seed in done_there and r.seed not in done_here:
-                    lost.setdefault(r.status, set()).add(r.seed)
-            for status, seeds in sorted(lost.items()):
-                plural = "s" if len(seeds) > 1 else ""
-                found.append(Finding("dropped", f"{name} {status} on seed{plural} {_seeds(seeds)}", invalid))
-    return found
-
-
 # --- one comparison ----------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -423,6 +256,7 @@ class Comparison:
     noise: NoiseFloor
     findings: tuple
     shortfall: str | None       # why there is no interval: no runs, no pairs, one seed
+    failed: str | None = None   # 'refused (...)' / 'invalid (...)': no run of an arm could be measured
     verdict: str = ""
     final_verdict: str = ""     # the verdict once the held-out split had its say
     confirmation: Comparison | None = None
@@ -465,7 +299,7 @@ def compare(baseline_runs: list[dict], variant_runs: list[dict], claim: str, mar
     unknown = set(declared) - set(DECLARABLE)
     if unknown:
         raise ValueError(f"declared: unknown {sorted(unknown)}, expected some of {', '.join(DECLARABLE)}")
-    base, _ = read_arm(baseline_runs)
+    base, base_all = read_arm(baseline_runs)
     var, _ = read_arm(variant_runs)
     b, v = per_seed(base, metric), per_seed(var, metric)
     seeds = sorted(b.keys() & v.keys())
@@ -478,8 +312,9 @@ def compare(baseline_runs: list[dict], variant_runs: list[dict], claim: str, mar
         variant_mean=float(np.mean([v[s] for s in seeds])) if seeds else None,
         **paired, p_better_adjusted=paired["p_better"], adjustment="none", family=1,  # alone
         noise=noise_floor(baseline_runs, metric),
-        findings=tuple(find_confounds(base, var, frozenset(declared), tolerances)),
-        shortfall=shortfall(base, var, len(seeds), metric))
+        findings=tuple(find_confounds(base, var, frozenset(declared), tolerances,
+                                      [r for r in base_all if r.purpose != "tune"])),
+        shortfall=shortfall(base, var, len(seeds), metric), failed=failed(base, var))
     return decided(c)
 
 
@@ -517,16 +352,48 @@ def shortfall(base: list[Run], var: list[Run], n: int, metric: str) -> str | Non
     return f"no seed with {metric} in both arms: baseline {nb}, variant {nv}"
 
 
+def failed(base: list[Run], var: list[Run]) -> str | None:
+    """'refused (why)' or 'invalid (why)' when every finished run of an arm was refused or
+    invalid: there is nothing to compare, and the reason says why. (Runs that diverged or were
+    killed are the intervention's outcome: check_dropped judges those.)"""
+    for name, runs in (("", var), ("baseline: ", base)):
+        finished = {r.status for r in runs if r.status not in ("queued", "running")}
+        if not finished or not finished <= {"invalid", "refused"}:
+            continue
+        for status in ("invalid", "refused"):
+            reasons = sorted({r.reason or "no reason recorded" for r in runs if r.status == status})
+            if reasons:
+                return f"{status} ({name}{'; '.join(reasons[:2])}{' ...' if len(reasons) > 2 else ''})"
+    return None
+
+
+def verdict_kind(verdict: str) -> str:
+    """'no regression (worse by ...) [WARNING ...]' -> 'no regression'."""
+    return verdict.split(" (")[0].split(" [")[0]
+
+
 def decided(c: Comparison) -> Comparison:
-    verdict = decide(c)
-    final = f"{verdict} (awaiting held-out confirmation)" if verdict in NEEDS_CONFIRMATION else verdict
+    verdict = decide(c) + alarm(c)
+    final = (f"{verdict} (awaiting held-out confirmation)" if verdict_kind(verdict) in NEEDS_CONFIRMATION
+             else verdict)
     return replace(c, verdict=verdict, final_verdict=final, confirmation=None)
+
+
+def alarm(c: Comparison) -> str:
+    """What every verdict of the program must say, whatever it is."""
+    loud = [f.text for f in c.findings if f.check == "learning"]
+    return f" [{loud[0]}]" if loud else ""
 
 
 def decide(c: Comparison) -> str:
     """The verdict; see the module docstring for the rules. Never more than the data says."""
+    if c.failed:
+        return c.failed
     if c.shortfall == "no finished runs":
         return "inconclusive (no finished runs)"
+    same = [f for f in c.findings if f.check in NO_CHANGE]
+    if same:
+        return f"no change ({same[0].text})"
     if c.confounds:
         return f"invalid (confounded: {', '.join(f.text for f in c.confounds)})"
     if c.shortfall:
@@ -534,7 +401,11 @@ def decide(c: Comparison) -> str:
     if c.lower > c.threshold:
         return "worse"
     if c.claim == "non-inferiority" and c.upper < c.margin:
-        return "better" if c.is_better else "no regression"
+        if c.is_better:
+            return "better"
+        if c.lower > 0:  # reliably worse, but by less than the margin allows
+            return f"no regression (worse by {c.mean:.3g}, within the margin {c.margin:g})"
+        return "no regression"
     if c.claim == "superiority" and c.is_better:
         return "better"
     if c.claim == "superiority" and c.mean < 0 and c.inside_noise:  # more seeds cannot help
@@ -599,9 +470,12 @@ def confirm(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict]) 
         p_adj = min(1.0, held_out.p_better * c.alpha / c.alpha_better)
         held_out = decided(replace(held_out, p_better_adjusted=p_adj, adjustment=c.adjustment,
                                    family=c.family))
-    holds = held_out.verdict == c.verdict or (c.verdict, held_out.verdict) == ("no regression", "better")
-    if c.verdict in NEEDS_CONFIRMATION and not holds:
-        final = f"{c.verdict} (not confirmed on held-out split: {held_out.verdict})"
+    kinds = verdict_kind(c.verdict), verdict_kind(held_out.verdict)
+    holds = kinds[0] == kinds[1] or kinds == ("no regression", "better")
+    if kinds[0] in NEEDS_CONFIRMATION and not holds:
+        loud = alarm(c)
+        final = (f"{c.verdict.removesuffix(loud)} (not confirmed on held-out split: "
+                 f"{held_out.verdict.removesuffix(alarm(held_out))}){loud}")
     else:
         final = c.verdict
     return replace(c, final_verdict=final, confirmation=held_out)

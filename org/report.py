@@ -37,7 +37,7 @@ import numpy as np
 from org import OrgError
 from org.ledger import SCHEMA
 from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, judge_arms, noise_floor, per_seed,
-                         read_arm)
+                         read_arm, verdict_kind)
 
 matplotlib.use("Agg")  # files only, never a window
 ADJUSTMENT = "holm"  # for the many comparisons an org makes: family-wise error, the strict one
@@ -468,7 +468,7 @@ def plot_deltas(ax, report: Report, paired: list, color: dict):
     if claim.get("kind") == "non-inferiority" and finite(claim.get("margin")):
         ax.axhline(claim["margin"], color="red", lw=1, ls=":",
                    label=f"non-inferiority margin (+{claim['margin']:g})")
-    ax.set_xticks(range(1, len(paired) + 1), [f"{a}\n({c.verdict.split(' (')[0]})" for a, c in paired])
+    ax.set_xticks(range(1, len(paired) + 1), [f"{a}\n({verdict_kind(c.verdict)})" for a, c in paired])
     ax.set_xlim(0.5, len(paired) + 0.6)
     ax.set_xlabel("arm (verdict); points: per-seed differences, labelled s<seed>")
     ax.set_ylabel("Δ val_bpb = variant − baseline, same seed\n(bits per byte; below 0 is better)")
@@ -505,10 +505,27 @@ def header(report: Report) -> str:
                       f"{train.get('device', 'cpu')}, {train.get('dtype', 'float32')} with "
                       f"{train.get('matmul', 'fp32')} matmuls; data `{data.get('source')}` "
                       f"({data.get('tokenizer')}), val_bpb over {data.get('val_tokens')} tokens."]
+    lines += ["", measured_text(report)]
     pending = Counter(r.get("status") for r in report.runs if r.get("status") in NOT_RUN_YET)
     if pending:
         lines += ["", f"**Still in progress:** {counts_text(pending)}; the verdicts below are provisional."]
     return "\n".join(lines)
+
+
+def measured_text(report: Report) -> str:
+    """Where the numbers come from: the harness's evaluation, never the trainer's word."""
+    done = [r for r in report.runs if r.get("status") == "completed"]
+    unmeasured = [r for r in done if not r.get("measurement")]
+    text = ("**Every number is the harness's.** val_bpb, confirm_bpb, FLOPs, tokens, steps and parameter "
+            "counts come from the harness's own evaluation of each run's final checkpoint, with the base "
+            "commit's evaluation, data and FLOP code in a fresh process (an experiment's code runs there only "
+            "as a forward pass whose logits harness code scores and probes for causality); time is the "
+            "runner's clock. The trainer's own figures are kept only as a cross-check: a disagreement makes "
+            "a run `invalid`. The learning curves are the trainer's logs.")
+    if unmeasured:
+        text += (f" **Except {len(unmeasured)} of {len(done)} completed runs**, recorded before the harness "
+                 f"measured runs: their numbers are the trainer's own; `org run {report.program}` measures them.")
+    return text
 
 
 def claim_text(spec: dict) -> str:
@@ -574,8 +591,8 @@ def final_text(c: Comparison) -> str:
     """The final verdict, saying what the held-out split said when it confirmed one."""
     if c.final_verdict != c.verdict:
         return c.final_verdict
-    if c.confirmation is not None and c.verdict in NEEDS_CONFIRMATION:
-        return f"{c.verdict} (confirmed: held-out split says {c.confirmation.verdict})"
+    if c.confirmation is not None and verdict_kind(c.verdict) in NEEDS_CONFIRMATION:
+        return f"{c.verdict} (confirmed: held-out split says {verdict_kind(c.confirmation.verdict)})"
     return "same (needs no held-out check)"
 
 
@@ -622,7 +639,7 @@ def budget_section(report: Report) -> str:
     budget = report.spec.get("budget") or {}
     per_run = budget.get("per_run") or {}
     kind, value = next(((k, v) for k, v in per_run.items() if v is not None), (None, None))
-    compute = sum(r.get("wall_seconds") or 0 for r in report.runs)
+    compute = sum((r.get("wall_seconds") or 0) + (r.get("measure_seconds") or 0) for r in report.runs)
     dollars = sum(r.get("dollars") or 0 for r in report.llm)
     lines = ["## Budget and how it was enforced", ""]
     if kind:
@@ -633,12 +650,22 @@ def budget_section(report: Report) -> str:
     else:
         lines.append("- per-run budget: not recorded")
     lines.append(f"- totals: compute {compute:.0f} s of {g(budget.get('total_compute_seconds'))} s "
-                 f"(runner wall time, all runs); LLM ${dollars:.2f} of ${g(budget.get('total_llm_dollars'))}")
+                 f"(runner wall time, all runs and their measurements); LLM ${dollars:.2f} of "
+                 f"${g(budget.get('total_llm_dollars'))}")
     lines.append("- enforced by the runner: the experiment sets only model and optimizer keys (the program owns "
-                 "budget, seeds, data and evaluation); each completed result is checked against the budget "
-                 "(to within one step), the seed, the shapes and the eval/data fingerprints, else recorded "
-                 "`invalid`; a commit that changes a protected path "
-                 f"({', '.join(report.spec.get('protected') or []) or 'not recorded'}) is `refused`")
+                 "budget, seeds, data and evaluation); each completed run is measured by the harness (FLOPs per "
+                 "token recounted from the checkpoint's shapes, the steps the budget allows, val and confirm "
+                 "scored by harness code) and the trainer's figures, the seed, the shapes and the eval/data "
+                 "fingerprints must agree with it, else the run is `invalid`; a commit that changes a protected "
+                 f"path ({', '.join(report.spec.get('protected') or []) or 'not recorded'}) or adds code that "
+                 "could shadow it (bytecode, extensions, .pth, a package beside a protected module) is `refused`")
+    measured = [r for r in report.runs if r.get("measure_seconds")]
+    if measured:
+        spent = sum(r["measure_seconds"] for r in measured)
+        trained = sum(r.get("wall_seconds") or 0 for r in measured)
+        lines.append(f"- the harness's measurements took {spent:.0f} s for {len(measured)} runs "
+                     f"({100 * spent / trained:.1f}% of their {trained:.0f} s of training)" if trained else
+                     f"- the harness's measurements took {spent:.0f} s for {len(measured)} runs")
     lines += ["", spent_table(report), "", failures_table(report)]
     return "\n".join(l for l in lines if l is not None)
 

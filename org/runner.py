@@ -9,8 +9,11 @@ An experiment only names an arm, config overrides and (optionally) a commit. For
     Runner.drain() -> each slot takes the next queued run, freezes the commit into a snapshot,
                  runs `python -m trainer train ...` there with the program's budget flags,
                  times it, kills it past run_timeout_seconds, checks its result against the
-                 program (budget, seed, eval and data fingerprints) and records it in the ledger;
-                 after every `baseline_every` other runs the baseline is run again (interleaved).
+                 program (budget, seed, eval and data fingerprints), then MEASURES it: the
+                 harness evaluates the checkpoint itself (org/measure.py, org/evaluator.py),
+                 and that measurement is the run's record; the trainer's figures only
+                 cross-check it. After every `baseline_every` other runs the baseline is run
+                 again (interleaved).
 
 Crash safety: SIGKILL the runner at any moment and drain() again: runs left 'running' by the
 dead runner are recovered (a finished result.json is recorded, a half-written run directory is
@@ -31,6 +34,7 @@ from pathlib import Path
 
 from org.lab import Lab, child_env
 from org.ledger import FINISHED, Ledger, pid_alive
+from org.measure import MeasureError, cross_check, evaluator_env, job_for, measure_run, source_only
 from org.program import PROGRAM_OWNED_KEYS, Program
 
 BUDGET_FLAGS = {"flops": "--budget-flops", "seconds": "--budget-seconds",
@@ -80,7 +84,7 @@ def refusal(lab: Lab, program: Program, base: str, commit: str, overrides: dict)
     if owned:
         return (f"override {owned[0]!r} is owned by the program (budget, seeds, eval or data); "
                 "experiments may only set model and optimizer keys")
-    return lab.protected_violation(base, commit, program.protected)
+    return lab.protected_violation(base, commit, program.protected) or lab.shadowing(base, commit, program.protected)
 
 
 def plan(ledger: Ledger, program: Program, experiment: dict):
@@ -268,6 +272,7 @@ class Runner:
         status. Safe to call again after a crash: it recovers first."""
         with Ledger(self.ledger_path) as ledger:
             self.recover(ledger)
+            self.remeasure(ledger)
             for experiment in ledger.experiments(self.program.name):
                 plan(ledger, self.program, experiment)  # finish planning a crash interrupted
         threads = [threading.Thread(target=self._slot_loop, args=(slot,), daemon=True,
@@ -307,12 +312,26 @@ class Runner:
             if result is not None:
                 started = datetime.fromisoformat(run["started_at"]).timestamp()
                 wall = (run_dir / "result.json").stat().st_mtime - started
-                self._record(ledger, run, result, wall, killed_reason=None)
+                self._record(ledger, run, result, wall, None, make_slots(self.program)[0])
                 self.say(f"recovered run {run['id']}: result.json was written before the runner died")
                 continue
             _set_aside(run_dir)
             ledger.requeue(run["id"], f"runner pid {run['runner_pid']} died mid-run; re-queued")
             self.say(f"re-queued run {run['id']} (its runner died mid-run)")
+
+    def remeasure(self, ledger: Ledger):
+        """Completed runs recorded without the harness's measurement (by an older nanolab) are
+        measured now from their checkpoints; one that cannot be measured becomes `invalid`."""
+        for run in ledger.runs(self.program.name, status="completed"):
+            if run["measurement"] is not None:
+                continue
+            result = json.loads(run["result"] or "{}")
+            t0 = time.monotonic()
+            status, reason, measurement = self._measure(ledger, run, result, make_slots(self.program)[0])
+            with ledger.tx():
+                ledger.finish(run["id"], status, reason, result, run["wall_seconds"], measurement,
+                              time.monotonic() - t0)
+            self.say(f"run {run['id']}: measured by the harness now (recorded before it measured runs): {status}")
 
     # --- claiming ------------------------------------------------------------------------
 
@@ -380,8 +399,7 @@ class Runner:
     def _execute(self, ledger: Ledger, run: dict, slot: Slot):
         experiment = ledger.experiment(run["experiment_id"])
         with self.git_lock:  # checked again at run time: the harness, not the queue, decides
-            reason = self.lab.protected_violation(experiment["base_commit"],
-                                                  experiment["code_commit"], self.program.protected)
+            reason = refusal(self.lab, self.program, experiment["base_commit"], experiment["code_commit"], {})
             snapshot = None if reason else self.lab.snapshot(experiment["code_commit"], self.program.name)
         if reason:
             ledger.finish(run["id"], "refused", reason)
@@ -391,8 +409,8 @@ class Runner:
         run_dir.mkdir(parents=True)
         log_path = run_dir / "train.log"
         cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir)
-        env = child_env({**slot.env, "PYTHONPATH": str(snapshot),
-                         "NANOLAB_GIT_COMMIT": experiment["code_commit"]})
+        env = child_env({**slot.env, "PYTHONPATH": str(snapshot), "NANOLAB_GIT_COMMIT": experiment["code_commit"],
+                         **source_only(snapshot)})
         self.say(f"run {run['id']}: {run['arm']} seed {run['seed']} ({run['purpose']}) on slot {slot.index}")
         t0 = time.monotonic()
         # pinned before exec, so every thread the trainer starts (BLAS pools) stays on the slot's cores
@@ -411,11 +429,12 @@ class Runner:
             _set_aside(run_dir)  # we were stopped (Ctrl-C): the run goes back to the queue
             ledger.requeue(run["id"], "runner stopped during the run; re-queued")
             return
+        _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it
         result = read_result(run_dir)
         if result is None:
             result = {"status": "killed" if killed_reason else "error",
                       "reason": killed_reason or f"exit {proc.returncode}: {_last_line(log_path)}"}
-        self._record(ledger, run, result, wall, killed_reason)
+        self._record(ledger, run, result, wall, killed_reason, slot)
 
     def _wait(self, proc: subprocess.Popen) -> str | None:
         """Wait for the trainer; past run_timeout_seconds, SIGTERM it (it writes a 'killed'
@@ -434,21 +453,52 @@ class Runner:
             proc.wait()
         return f"wall time over run_timeout_seconds ({timeout:g}s), killed by the runner"
 
-    def _record(self, ledger: Ledger, run: dict, result: dict, wall: float, killed_reason: str | None):
-        """Judge and record a result in one transaction, then plan what its experiment needs next."""
+    def _record(self, ledger: Ledger, run: dict, result: dict, wall: float, killed_reason: str | None,
+                slot: Slot):
+        """Judge the trainer's result, measure the run (outside any transaction: it takes seconds),
+        then record both in one transaction and plan what its experiment needs next."""
         name = self.program.name
+        fingerprints = {k: ledger.program(name)[k] for k in ("eval_fingerprint", "data_fingerprint")}
+        status, reason = judge(self.program, run, result, fingerprints)
+        if killed_reason:
+            status, reason = "killed", killed_reason
+        measurement, measure_seconds = None, None
+        if status == "completed":
+            t0 = time.monotonic()
+            status, reason, measurement = self._measure(ledger, run, result, slot)
+            measure_seconds = time.monotonic() - t0
         with ledger.tx():
-            program_row = ledger.program(name)
-            fingerprints = {k: program_row[k] for k in ("eval_fingerprint", "data_fingerprint")}
-            status, reason = judge(self.program, run, result, fingerprints)
-            if killed_reason:
-                status, reason = "killed", killed_reason
-            ledger.finish(run["id"], status, reason, result, wall)
-            if status == "completed" and not program_row["eval_fingerprint"]:
-                ledger.set_fingerprints(name, result.get("eval_fingerprint"), result.get("data_fingerprint"))
+            ledger.finish(run["id"], status, reason, result, wall, measurement, measure_seconds)
+            if measurement and not ledger.program(name)["eval_fingerprint"]:
+                ledger.set_fingerprints(name, measurement["eval_fingerprint"], measurement["data_fingerprint"])
             plan(ledger, self.program, ledger.experiment(run["experiment_id"]))
-        bpb = f"val_bpb {result['val_bpb']:.4f}" if result.get("val_bpb") is not None else ""
-        self.say(f"run {run['id']}: {status} {bpb} in {wall:.1f}s" + (f" ({reason})" if reason else ""))
+        bpb = f"val_bpb {measurement['val_bpb']:.4f} (harness)" if measurement and measurement.get("val_bpb") else ""
+        cost = f", measured in {measure_seconds:.1f}s" if measure_seconds else ""
+        self.say(f"run {run['id']}: {status} {bpb} in {wall:.1f}s{cost}" + (f" ({reason})" if reason else ""))
+
+    def _measure(self, ledger: Ledger, run: dict, result: dict, slot: Slot) -> tuple[str, str | None, dict | None]:
+        """(status, reason, measurement) of a run the trainer says completed: the harness's own
+        evaluation of its checkpoint, cross-checked with the trainer's figures."""
+        experiment = ledger.experiment(run["experiment_id"])
+        base, commit = experiment["base_commit"], experiment["code_commit"]
+        with self.git_lock:
+            base_code = self.lab.snapshot(base, self.program.name)
+            code = None if commit == base else self.lab.snapshot(commit, self.program.name)
+        run_dir = Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"]))
+        job = job_for(self.program, run, run_dir, base_code, code)
+        env = evaluator_env(self.lab.state_dir(self.program.name).parent / "harness-cache", slot.env)
+        pin = (lambda: os.sched_setaffinity(0, slot.cores)) if slot.cores else None
+        try:
+            outcome = measure_run(job, env, max(120.0, self.program.budget.run_timeout_seconds), pin)
+        except MeasureError as e:
+            return "error", str(e), None
+        if "invalid" in outcome:
+            return "invalid", f"harness measurement: {outcome['invalid']}", None
+        measurement = outcome["measurement"]
+        problems = cross_check(result, measurement)
+        if problems:
+            return "invalid", "; ".join(problems), measurement
+        return "completed", None, measurement
 
 
 def _set_aside(run_dir: Path):

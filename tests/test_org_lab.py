@@ -113,6 +113,30 @@ def test_protected_paths_between_base_and_experiment(lab):
     assert "+++ b/trainer/eval.py" in lab.diff(base, bad)
 
 
+@pytest.mark.parametrize("path", [
+    "trainer/eval/__init__.py",                 # a package beside the protected module wins the import
+    "trainer/eval.cpython-311-x86_64-linux-gnu.so", "trainer/eval.pyc",  # so do these
+    "trainer/__pycache__/model.cpython-311.pyc", "trainer/fast.so", "trainer/kernels.pyd",
+    "sitecustomize.py", "trainer/usercustomize.py", "site.pth",  # run at interpreter start
+    ".gitattributes", "trainer/.gitattributes",  # change what `git archive` puts in a snapshot
+])
+def test_what_could_shadow_code_is_refused(lab, path):
+    base = lab.start_program("softcap")
+    alice = lab.add_worktree("softcap", "alice")
+    (alice / path).parent.mkdir(parents=True, exist_ok=True)
+    commit = commit_file(alice, path, "x = 1\n")
+    reason = lab.shadowing(base, commit, ["trainer/eval.py", "org/"])
+    assert reason.startswith("the commit adds files that could shadow code") and reason.endswith(path)
+
+
+def test_new_modules_beside_protected_ones_are_not_shadowing(lab):
+    base = lab.start_program("softcap")
+    alice = lab.add_worktree("softcap", "alice")
+    commit = commit_file(alice, "trainer/evaluation_notes.py", "x = 1\n")  # beside eval.py, not shadowing it
+    commit = commit_file(alice, "trainer/model_v2.py", "WIDTH = 96\n")
+    assert lab.shadowing(base, commit, ["trainer/eval.py", "org/"]) is None
+
+
 def test_dirty_protected_paths(lab):
     assert lab.dirty_paths(["trainer/eval.py", "org/"]) == []
     (lab.root / "trainer" / "eval.py").write_text("METRIC = 'x'\n")

@@ -43,20 +43,25 @@ def tiny_program(**changes) -> dict:
     return program
 
 
+def create_project(root: Path, program: dict) -> Path:
+    """A committed project at root: this repo's trainer/ and programs/tiny.yaml."""
+    shutil.copytree(ROOT / "trainer", root / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "programs").mkdir()
+    (root / "programs" / "tiny.yaml").write_text(yaml.safe_dump(program, sort_keys=False))
+    repo = git.Repo.init(root, initial_branch="main")
+    with repo.config_writer() as cw:
+        cw.set_value("user", "name", "Test").set_value("user", "email", "test@example.com")
+    repo.git.add(A=True)
+    repo.git.commit("-m", "project")
+    repo.close()
+    return root
+
+
 @pytest.fixture
 def make_project(tmp_path, monkeypatch):
     """make_project(program_dict) -> the root of a committed project, and cwd set to it."""
     def make(program: dict) -> Path:
-        root = tmp_path / "proj"
-        shutil.copytree(ROOT / "trainer", root / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
-        (root / "programs").mkdir()
-        (root / "programs" / "tiny.yaml").write_text(yaml.safe_dump(program, sort_keys=False))
-        repo = git.Repo.init(root, initial_branch="main")
-        with repo.config_writer() as cw:
-            cw.set_value("user", "name", "Test").set_value("user", "email", "test@example.com")
-        repo.git.add(A=True)
-        repo.git.commit("-m", "project")
-        repo.close()
+        root = create_project(tmp_path / "proj", program)
         monkeypatch.chdir(root)
         return root
     return make

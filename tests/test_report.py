@@ -70,7 +70,8 @@ def add_arm(ledger, tmp_path, arm, values, who="program", seeds=SEEDS, status="c
         run_dir = tmp_path / "runs" / str(run_id)
         ledger.mark_started(run_id, 123, ["python", "-m", "trainer"], run_dir, run_dir / "train.log")
         write_metrics(run_dir, value)
-        ledger.finish(run_id, "completed", result=result(seed, value, **changes), wall_seconds=12.0)
+        measured = result(seed, value, **changes)  # the harness's measurement agrees with the trainer
+        ledger.finish(run_id, "completed", result=measured, wall_seconds=12.0, measurement=measured)
 
 
 @pytest.fixture
@@ -102,13 +103,14 @@ def test_report_has_verdicts_noise_floor_budget_lineage_spend_and_plots(ledger, 
     readme = write(report, tmp_path / "reports" / "softcap")
     text = readme.read_text()
 
-    assert report.comparisons["no-softcap"].final_verdict == "no regression"  # confirmed on held-out
+    assert report.comparisons["no-softcap"].final_verdict == "no regression (worse by 0.002, within the margin 0.01)"  # confirmed on held-out
     assert report.comparisons["wider"].verdict.startswith("invalid (confounded: params +100.0% (not declared)")
     assert "Can the logit softcap be removed without a regression?" in text
     assert "non-inferiority with margin 0.01" in text and "p better (Holm)" in text
     row = next(line for line in text.splitlines() if line.startswith("| no-softcap"))
     assert "0,1,2,3,4 (5 paired)" in row
-    assert "| no regression | no regression (confirmed: held-out split says no regression) |" in row
+    assert "| no regression (worse by 0.002, within the margin 0.01) | no regression (worse by 0.002, within the margin 0.01) (confirmed: held-out split says no regression) |" in row
+    assert "**Every number is the harness's.**" in text and "Except" not in text
     assert "2.3020 ± 0.0074" in row  # the variant's mean and seed std
     assert "invalid: params +100.0% (not declared)" in text
     assert "baseline seed-to-seed std of val_bpb: 0.0079 over 5 seeds" in text
@@ -138,7 +140,7 @@ def test_org_report_prints_a_summary_and_json(ledger, tmp_path, monkeypatch, cap
     assert main(["report", "softcap", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     verdicts = {v["arm"]: v for v in data["verdicts"]}
-    assert verdicts["no-softcap"]["final_verdict"] == "no regression" and verdicts["no-softcap"]["n"] == 5
+    assert verdicts["no-softcap"]["final_verdict"] == "no regression (worse by 0.002, within the margin 0.01)" and verdicts["no-softcap"]["n"] == 5
     assert verdicts["no-softcap"]["adjustment"] == "holm" and verdicts["no-softcap"]["family"] == 2
     assert verdicts["wider"]["confounds"] == ["params +100.0% (not declared)"]
     assert data["noise_floor"]["seeds"] == 5 and data["missing"] == []
@@ -237,7 +239,8 @@ def test_a_ledger_from_an_older_schema_is_read_not_migrated(tmp_path):
     report = build(path, "softcap")
     text = write(report, tmp_path / "out").read_text()
     assert path.read_bytes() == before  # opened read-only: no migration, no schema_version
-    assert report.comparisons["no-softcap"].verdict == "no regression"
+    assert report.comparisons["no-softcap"].verdict == "no regression (worse by 0.001, within the margin 0.01)"
+    assert "**Except 10 of 10 completed runs**, recorded before the harness measured runs" in text
     assert "the ledger has no experiments table (older schema): no lineage" in text
     assert "the ledger has no llm_spend table (older schema): LLM dollars not recorded" in text
     assert "the ledger's runs table has no column experiment_id, purpose, round" in text
@@ -267,7 +270,7 @@ def test_corrupt_and_missing_metrics_files(ledger, tmp_path):
     text = write(report, tmp_path / "out").read_text()
     assert f"run {runs[0]['id']} (baseline, seed 0): 3 unreadable lines in {good} skipped" in text
     assert f"run {runs[1]['id']} (baseline, seed 1): no metrics.jsonl at" in text
-    assert report.comparisons["no-softcap"].verdict == "no regression"  # verdicts come from result.json
+    assert report.comparisons["no-softcap"].verdict == "no regression (worse by 0.002, within the margin 0.01)"  # verdicts come from the ledger
     assert len(report.curves) == 9 and len(report.curves[runs[0]["id"]].evals) == 5
     assert is_png(tmp_path / "out" / "curves_time.png")
 

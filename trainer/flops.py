@@ -7,6 +7,10 @@ N_matmul counts the weights of every Linear layer (block matrices and the head, 
 vocab included; a tied head counts once as the head) and excludes embedding lookups, norms,
 biases and scalars. The attention term is PaLM's: full T x T scores and values, forward and
 backward, the causal half not subtracted. A FLOP budget is converted to steps with this number.
+
+The harness recounts it from a checkpoint's parameter shapes (matmul_params_of): every tensor
+of two or more dimensions but the embedding tables counts, wherever it sits, so a weight moved
+out of the blocks or renamed is still paid for.
 """
 from __future__ import annotations
 
@@ -14,12 +18,20 @@ from trainer.config import Config
 from trainer.model import param_shapes
 
 
+EMBEDDING_TABLES = ("transformer.wte.weight", "transformer.wpe.weight")
+
+
 def matmul_params(cfg: Config) -> int:
-    n = 0
-    for name, shape in param_shapes(cfg):
-        if name.startswith("transformer.h.") and len(shape) == 2:
-            n += shape[0] * shape[1]
-    return n + cfg.padded_vocab_size * cfg.n_embd  # the head: lm_head, or wte when tied
+    return matmul_params_of(dict(param_shapes(cfg)))
+
+
+def matmul_params_of(shapes: dict[str, tuple]) -> int:
+    """N_matmul from {name: shape}: every tensor of 2+ dims except the embedding tables, plus the
+    head (lm_head is such a tensor; a tied head is wte, counted once more as the head)."""
+    n = sum(_numel(s) for name, s in shapes.items() if len(s) >= 2 and name not in EMBEDDING_TABLES)
+    if "lm_head.weight" not in shapes:
+        n += _numel(shapes["transformer.wte.weight"])
+    return n
 
 
 def total_params(cfg: Config) -> int:
@@ -27,8 +39,11 @@ def total_params(cfg: Config) -> int:
 
 
 def flops_per_token(cfg: Config, seq_len: int | None = None) -> int:
-    T = seq_len or cfg.sequence_len
-    return 6 * matmul_params(cfg) + 12 * cfg.n_layer * cfg.n_embd * T
+    return flops_per_token_of(dict(param_shapes(cfg)), cfg.n_layer, cfg.n_embd, seq_len or cfg.sequence_len)
+
+
+def flops_per_token_of(shapes: dict[str, tuple], n_layer: int, n_embd: int, seq_len: int) -> int:
+    return 6 * matmul_params_of(shapes) + 12 * n_layer * n_embd * seq_len
 
 
 def _numel(shape) -> int:

@@ -1,0 +1,290 @@
+"""
+Confound checks: why a comparison of two arms may mean nothing, or less than it seems.
+
+Each check is one function over the two arms' main runs (referee.Run records: the harness's
+measurements and the runner's clock), returning Findings; its docstring says why it matters.
+The referee (org/referee.py) turns them into the verdict:
+
+    invalid    budgets differ; the budgeted quantity differs; FLOPs, tokens or steps differ with
+               nothing to explain it; params differ undeclared; eval or data fingerprints
+               differ; diverged or killed in one arm only; devices differ under a seconds
+               budget; wall time per unit of budget far above the baseline's (hidden compute)
+    no change  same overrides and code; bit-identical final parameters; a seed-only change
+    warning    FLOPs, tokens or steps differ as the budget or the claim explains (seconds
+               budget; FLOP budget with FLOPs/token changed; declared); unequal seed sets;
+               devices differ otherwise; wall time per unit of budget beyond the noise;
+               error or invalid runs in one arm only; the baseline is not learning
+
+A claim declares what it changes on purpose (declared={'params'} for "wider at equal FLOPs").
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import stats
+
+if TYPE_CHECKING:
+    from org.referee import Run
+
+DECLARABLE = ("params", "flops", "tokens", "steps")  # what a claim may say it changes
+DROPPED = ("diverged", "killed")  # outcomes of the intervention: losing them biases an arm
+FAILED = ("error", "invalid")     # harness failures or broken rules: rerun them
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Relative differences between the arms' per-run medians that still count as equal."""
+    flops: float = 0.01      # a FLOP budget ends within one step of its value
+    tokens: float = 0.01
+    steps: float = 0.01
+    flops_per_token: float = 0.01
+    # wall seconds per unit of budget as a log ratio to the baseline's (paired by seed, median over
+    # seeds), beyond these by more than its margin of error: a warning (+16%), invalid (+49%)
+    wall_time: float = 0.15
+    wall_time_invalid: float = 0.4
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str      # which check: budget, flops, tokens, steps, params, eval, data, seeds, ...
+    text: str       # what a person reads, short: it goes into the verdict
+    invalid: bool   # True: the comparison means nothing; False: a warning
+
+
+NO_CHANGE = ("noop", "identical", "seed-only")  # findings that make the verdict `no change`
+
+
+def find_confounds(base: list[Run], var: list[Run], declared: frozenset, tol: Tolerances,
+                   base_all: list[Run] = ()) -> list[Finding]:
+    """Every check over the two arms' main runs (base_all: the baseline's re-runs too, for the
+    spread of its wall time)."""
+    found = []
+    for check in (check_budget, check_spend, check_params, check_fingerprints, check_seeds,
+                  check_noop, check_identical, check_seed_only, check_devices, check_dropped,
+                  check_learning):
+        found += check(base, var, declared, tol)
+    return found + check_wall_time(base, var, tol, list(base_all) or base)
+
+
+def completed(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.status == "completed"]
+
+
+def median(runs: list[Run], key: str) -> float | None:
+    values = [getattr(r, key) for r in completed(runs) if getattr(r, key) is not None]
+    return statistics.median(values) if values else None
+
+
+def change(base: list[Run], var: list[Run], key: str) -> float | None:
+    """Relative change of the variant's median over the baseline's; None when unknown."""
+    b, v = median(base, key), median(var, key)
+    return None if b is None or v is None or b == 0 else v / b - 1
+
+
+def budget_kind(runs: list[Run]) -> str | None:
+    kinds = {r.budget[0] for r in runs if r.budget}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def check_budget(base, var, declared, tol) -> list[Finding]:
+    """Invalid: arms (or runs within an arm) under different budgets measure different things."""
+    budgets = {r.budget for r in base + var if r.budget}
+    if len(budgets) <= 1:
+        return []
+    show = lambda runs: ", ".join(sorted(f"{k} {v:g}" for k, v in {r.budget for r in runs if r.budget}))
+    return [Finding("budget", f"budgets differ: baseline {show(base)} / variant {show(var)}", True)]
+
+
+def check_spend(base, var, declared, tol) -> list[Finding]:
+    """FLOPs, tokens and steps must match unless the budget or the claim explains it:
+    - the quantity the budget fixes differs: invalid, nothing can excuse it;
+    - under a seconds budget the arms spend equal wall time, the rest follows: warning;
+    - under a FLOP budget with FLOPs/token changed, tokens and steps follow: warning
+      (a compute-matched comparison; steps that differ at equal FLOPs/token are invalid);
+    - the claim declared it (e.g. 'flops' for "wider at equal steps"): warning;
+    - anything else: invalid (the spurious width result: more FLOPs, lower loss)."""
+    kind = budget_kind(base + var)
+    fpt = change(base, var, "flops_per_token")
+    fpt_changed = fpt is not None and abs(fpt) > tol.flops_per_token
+    found = []
+    for key in ("flops", "tokens", "steps"):
+        delta = change(base, var, key)
+        if delta is None or abs(delta) <= getattr(tol, key):
+            continue
+        text = f"{key} {delta:+.1%}"
+        if kind == key:
+            found.append(Finding(key, f"{text} under a {kind} budget", True))
+        elif kind == "seconds":
+            found.append(Finding(key, f"{text} (equal wall time)", False))
+        elif kind == "flops" and key != "flops" and fpt_changed:
+            found.append(Finding(key, f"{text} (equal FLOPs, FLOPs/token {fpt:+.1%})", False))
+        elif key in declared:
+            found.append(Finding(key, f"{text} (declared)", False))
+        else:
+            found.append(Finding(key, text, True))
+    return found
+
+
+def check_params(base, var, declared, tol) -> list[Finding]:
+    """Invalid when the parameter count (total or matmul) changed and the claim did not
+    declare 'params': a bigger model winning says nothing about the idea. Declared: silent."""
+    if "params" in declared:
+        return []
+    b = {r.params for r in completed(base) if r.params[0] is not None}
+    v = {r.params for r in completed(var) if r.params[0] is not None}
+    if not b or not v or b == v:
+        return []
+    (bt, bm), (vt, vm) = min(b), min(v)
+    if bt == vt and (bm is None or vm is None):  # an older row without the matmul count
+        return []
+    text = f"params {vt / bt - 1:+.1%}" if bt != vt else f"matmul params {vm / bm - 1:+.1%}"
+    return [Finding("params", f"{text} (not declared)", True)]
+
+
+def check_fingerprints(base, var, declared, tol) -> list[Finding]:
+    """Invalid: a different evaluation or validation set makes the numbers incomparable."""
+    found = []
+    for name in ("eval", "data"):
+        key = f"{name}_fingerprint"
+        if len({getattr(r, key) for r in completed(base + var)}) > 1:
+            found.append(Finding(name, f"{name} fingerprints differ", True))
+    return found
+
+
+def check_seeds(base, var, declared, tol) -> list[Finding]:
+    """Warning: the arms were given different seeds. Pairs use the common ones only, so no
+    seed can be picked to win; a single seed is left to the verdict (inconclusive)."""
+    b, v = {r.seed for r in base}, {r.seed for r in var}
+    if not b or not v or b == v:
+        return []
+    common = len(b & v)
+    return [Finding("seeds", f"seeds differ: baseline {_seeds(b)} / variant {_seeds(v)}, "
+                             f"{common} in common", False)]
+
+
+def _seeds(seeds) -> str:
+    return ",".join(str(s) for s in sorted(seeds))
+
+
+def check_noop(base, var, declared, tol) -> list[Finding]:
+    """No change: the variant has the baseline's overrides and code, so any difference is the
+    seed's (a dirty working tree counts as different code: we cannot tell)."""
+    same_overrides = {r.overrides for r in base} == {r.overrides for r in var}
+    codes = {r.code for r in base + var}
+    same_code = len(codes) == 1 and not any(dirty for _, dirty in codes)
+    if not (base and var and same_overrides and same_code):
+        return []
+    only_seed = {r.seed for r in base} != {r.seed for r in var}
+    text = "only the seed changed" if only_seed else "the baseline's overrides and code"
+    return [Finding("noop", text, True)]
+
+
+def check_identical(base, var, declared, tol) -> list[Finding]:
+    """No change: on every seed both arms completed, the harness found the final parameters
+    bit-identical (a code change that changes nothing the training does)."""
+    b = {r.seed: r.params_fingerprint for r in completed(base)}
+    v = {r.seed: r.params_fingerprint for r in completed(var)}
+    seeds = b.keys() & v.keys()
+    if not seeds or any(b[s] is None or b[s] != v[s] for s in seeds):
+        return []
+    return [Finding("identical", f"final parameters bit-identical to the baseline's on "
+                                 f"seed{'s' * (len(seeds) > 1)} {_seeds(seeds)}", True)]
+
+
+def check_seed_only(base, var, declared, tol) -> list[Finding]:
+    """No change: the harness's seed probe found, for every completed run of the variant, an
+    initialisation only redrawn from the baseline's distributions and the baseline's training
+    step: a different seed in disguise, whose luck the pairing by seed would read as an effect."""
+    done = completed(var)
+    if not done or not all(r.seed_only for r in done):
+        return []
+    return [Finding("seed-only", "only the random initialisation differs from the baseline's (redrawn "
+                                 "from the same distributions; the same training step): a seed change", True)]
+
+
+def check_learning(base, var, declared, tol) -> list[Finding]:
+    """Warning, loud: the baseline's val_bpb does not beat the data's unigram entropy (what
+    counting tokens gives): nothing the program compares is learning, whatever the verdicts say."""
+    values = [r.val_bpb for r in completed(base) if r.val_bpb is not None]
+    entropy = [r.unigram_bpb for r in completed(base) if r.unigram_bpb is not None]
+    if not values or not entropy or np.mean(values) < min(entropy):
+        return []
+    return [Finding("learning", f"NOT LEARNING: the baseline's val_bpb {np.mean(values):.3f} does not beat "
+                                f"the data's unigram entropy {min(entropy):.3f} bits per byte", False)]
+
+
+def check_devices(base, var, declared, tol) -> list[Finding]:
+    """Different devices: invalid under a seconds budget (the device sets how much training
+    fits); a warning otherwise (same work, numerics differ only in rounding)."""
+    b = {r.device for r in completed(base)}
+    v = {r.device for r in completed(var)}
+    if not b or not v or b == v:
+        return []
+    show = lambda devices: ", ".join(sorted(map(str, devices)))
+    text = f"devices differ: baseline {show(b)} / variant {show(v)}"
+    return [Finding("device", text, budget_kind(base + var) == "seconds")]
+
+
+def check_wall_time(base, var, tol, base_all) -> list[Finding]:
+    """Hidden compute, judged by the runner's clock (the trainer's own can be stopped): wall
+    seconds per unit of the budget (per FLOP; per run under a seconds budget), as the log ratio
+    to the baseline's on the same seed; D = its median over seeds. Its margin of error comes
+    from the noise of a pair: the larger of the pairs' own spread and sqrt(2) x the baseline's
+    spread over all its runs (every seed and re-run does the same work), so a busy machine
+    widens the tolerance instead of raising alarms:
+    - D beyond tol.wall_time_invalid (+49%) by more than its margin: invalid (work the record
+      does not see: extra steps, a bigger model, training outside the timed loop);
+    - |D| beyond tol.wall_time (+16%) by more than its margin: a warning."""
+    kind = budget_kind(base + var)
+
+    def cost(r: Run) -> float | None:
+        work = 1.0 if kind == "seconds" else r.flops
+        return math.log(r.wall_seconds / work) if r.wall_seconds and work else None
+
+    b = {r.seed: cost(r) for r in completed(base) if cost(r) is not None}
+    v = {r.seed: cost(r) for r in completed(var) if cost(r) is not None}
+    seeds = sorted(b.keys() & v.keys())
+    if len(seeds) < 2:
+        return []
+    d = np.array([v[s] - b[s] for s in seeds])
+    D = float(np.median(d))
+    own = [cost(r) for r in completed(base_all) if cost(r) is not None]
+    noise = max(robust_std(d), math.sqrt(2) * robust_std(np.array(own)) if len(own) >= 3 else 0.0)
+    margin = stats.t.ppf(0.95, len(d) - 1) * 1.2533 * noise / math.sqrt(len(d))  # the median's error
+    text = (f"wall time {math.exp(D) - 1:+.0%} per {'run' if kind == 'seconds' else 'FLOP'} by the runner's "
+            f"clock (median over {len(seeds)} seeds, ±{math.exp(margin) - 1:.0%} at 95%)")
+    if D - margin > tol.wall_time_invalid:
+        return [Finding("wall time", f"{text}: hidden compute", True)]
+    if abs(D) - margin > tol.wall_time:
+        return [Finding("wall time", f"{text}: {'work the FLOP count does not see?' if D > 0 else 'skips work it claims?'}",
+                        False)]
+    return []
+
+
+def robust_std(x: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation: the std of normal data, deaf to one outlier
+    (a first run that compiles the kernels)."""
+    return 1.4826 * float(np.median(np.abs(x - np.median(x)))) if len(x) else 0.0
+
+
+def check_dropped(base, var, declared, tol) -> list[Finding]:
+    """A seed that completed in one arm but not the other is dropped from the pairs.
+    Diverged or killed in one arm only: invalid, since dropping the failures hides them
+    (the survivors of a fragile variant look fine). Error or invalid: a warning, rerun it."""
+    found = []
+    for name, mine, other in (("variant", var, base), ("baseline", base, var)):
+        done_there = {r.seed for r in completed(other)}
+        done_here = {r.seed for r in completed(mine)}
+        for statuses, invalid in ((DROPPED, True), (FAILED, False)):
+            lost = {}
+            for r in mine:
+                if r.status in statuses and r.seed in done_there and r.seed not in done_here:
+                    lost.setdefault(r.status, set()).add(r.seed)
+            for status, seeds in sorted(lost.items()):
+                plural = "s" if len(seeds) > 1 else ""
+                found.append(Finding("dropped", f"{name} {status} on seed{plural} {_seeds(seeds)}", invalid))
+    return found

@@ -1,0 +1,447 @@
+"""
+The harness's own measurement of a finished run, in a fresh process: the run's record.
+
+    python -I -B -m org.evaluator < job.json      # prints {"measurement": {...}} or {"invalid": "..."}
+
+The runner starts it once the trainer has exited (org/measure.py writes the job). Its code is
+the harness's and the program's base commit's: `trainer` is imported from the base snapshot
+(the referee's copy), never from the experiment's, with bytecode from source only and data
+and kernel caches of its own. For the run's final checkpoint it:
+
+1. reads the tensors itself (numpy, no pickles) and checks them: float, finite, and for a
+   config arm exactly the base model's names and shapes;
+2. recomputes compute: FLOPs per token from the checkpoint's shapes with the base commit's
+   trainer/flops.py, and the steps the program's budget allows at that rate (the runner
+   holds the checkpoint's own step count and the trainer's against it);
+3. evaluates the val and confirm windows with the base commit's data pipeline and loss
+   (trainer/eval.py): a config arm with the base model in this process; a code arm with the
+   experiment's forward pass in a worker process (org/model_worker.py), whose logits come back
+   over a pipe, are checked (shape, finite) and scored here. A second, fresh worker then
+   probes causality on some of those windows: with the tokens after position t replaced, the
+   logits at positions <= t must not move (and a row alone must score as in its batch);
+4. fingerprints the final parameters (bit-identical arms are `no change`) and, for a code arm,
+   compares the experiment's initial parameters at the run's seed with the base commit's. If
+   they are only redrawn from the same distributions, and two optimizer steps of the
+   experiment's code from the base init land where the base code's do, the change is a
+   reseed, not an idea (seed_only);
+5. measures the data's unigram entropy in bits per byte: a baseline above it is not learning.
+
+A problem with the run (an unreadable checkpoint, unexpected tensors, a forward pass that
+fails, hangs up or returns non-finite logits) is {"invalid": one line}; a failure of the
+harness itself is a traceback on stderr and a non-zero exit status.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from org.model_worker import receive, send
+
+PROBE_BATCHES = 2        # val batches whose logits the fresh worker re-checks
+PROBE_POSITIONS = 3      # positions t per probed batch, drawn at random
+CAUSAL_TOLERANCE = 1e-4  # |logit change| allowed at positions <= t, relative to max(1, |logits|)
+REPLAY_STEPS = 2
+REPLAY_TOLERANCE = 1e-4  # relative: numerics that differ in rounding only are the same step
+SAME_DISTRIBUTION_P = 1e-4  # a redrawn tensor whose two-sample KS p-value falls below this is not a redraw
+
+
+class Invalid(Exception):
+    """The run cannot be measured; the message is the ledger's one-line reason."""
+
+
+def main() -> int:
+    job = json.load(sys.stdin)
+    signal.alarm(int(job.get("deadline_seconds", 0)))  # ends us (and, by PDEATHSIG, our workers) even if the runner died
+    base = Path(job["base_code"]).resolve()
+    sys.path.insert(0, str(base))
+    import trainer
+    if not Path(trainer.__file__).resolve().is_relative_to(base):
+        raise RuntimeError(f"trainer imported from {trainer.__file__}, not from the base snapshot {base}")
+    try:
+        out = {"measurement": measure(job)}
+    except Invalid as e:
+        out = {"invalid": str(e)}
+    print(json.dumps(out))
+    return 0
+
+
+def measure(job: dict) -> dict:
+    from trainer.data import load_dataset
+    t0 = time.perf_counter()
+    data = load_dataset(job["data"], job["tokenizer"])
+    params, meta = read_checkpoint(Path(job["run_dir"]) / "checkpoint.npz")
+    job["max_param_bytes"] = 8 * sum(a.size for a in params.values()) + (1 << 20)  # what a worker may send
+    cfg = base_config(job, data.vocab_size)
+    out = {**compute(job, params, meta, cfg), **fingerprints(job, params, data)}
+    if job.get("worker"):
+        out.update(measure_experiment(job, params, cfg, data))
+    else:
+        out.update(score(base_model(cfg, job, params), data, job),
+                   forward="base", init="base", replay=None, seed_only=False, causal=None)
+    out["evaluator_seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def measure_experiment(job: dict, params: dict, cfg, data) -> dict:
+    """A code arm: its model's construction, training step and forward pass run in workers."""
+    V = data.vocab_size
+    with Worker(job, "a") as worker:  # a: construction, replay, scoring
+        init = worker.prepare(job, V)
+        if {n: a.shape for n, a in init.items()} != {n: a.shape for n, a in params.items()}:
+            raise Invalid(f"the checkpoint's tensors are not the experiment's model's: "
+                          f"{shape_diff({n: a.shape for n, a in params.items()}, init)}")
+        out = seed_probe(worker, init, cfg, job, data)
+        worker.load(params)
+        model = RemoteModel(worker, V, n_batches=val_batches(job, len(data.val)))
+        out.update(score(model, data, job))
+    probe_causality(job, params, model.kept, V)
+    return {**out, "forward": "experiment", "causal": True}
+
+
+# ----------------------------------------------------------------------------------------
+# the checkpoint and the config
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """{name: array} and meta from the trainer's checkpoint.npz, read without pickles."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            params = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
+            meta = json.loads(z["meta"].tobytes())
+    except FileNotFoundError:
+        raise Invalid("no checkpoint.npz in the run directory: nothing to evaluate") from None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise Invalid(f"checkpoint.npz cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
+    if not params:
+        raise Invalid("checkpoint.npz holds no parameters")
+    for name, a in params.items():
+        if a.dtype.kind != "f":
+            raise Invalid(f"checkpoint tensor {name} is {a.dtype}, not floating point")
+        if not np.isfinite(a).all():
+            raise Invalid(f"checkpoint tensor {name} holds non-finite values")
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise Invalid("checkpoint.npz has no integer step in its meta")
+    return params, meta
+
+
+def base_config(job: dict, vocab_size: int):
+    """The run's config as the base commit builds it from the run's overrides (the keys the base
+    knows; a code arm may add others); None if the base rejects even those."""
+    from trainer.config import KEYS, make_config
+    overrides = {k: v for k, v in job["overrides"].items() if k in KEYS or k == "depth"}
+    try:
+        return make_config(job["preset"], **{**overrides, "sequence_len": job["seq_len"],
+                                             "vocab_size": vocab_size})
+    except (ValueError, TypeError):
+        return None
+
+
+def base_model(cfg, job: dict, params: dict):
+    from trainer.model import GPT
+    if cfg is None:
+        raise Invalid("the base commit cannot build this run's config")
+    model = GPT(cfg, seed=0, dtype=job["dtype"], device=job["device"], matmul=job["matmul"])
+    try:
+        model.load_numpy(params)
+    except ValueError as e:
+        raise Invalid(f"the checkpoint's tensors do not match the run's config ({e})") from None
+    return model
+
+
+def shape_diff(expected: dict, got: dict) -> str:
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    wrong = [n for n in expected if n in got and tuple(got[n].shape) != tuple(expected[n])]
+    parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
+            ([f"unexpected {', '.join(extra[:3])}"] if extra else []) + \
+            [f"{n} {tuple(got[n].shape)} != {tuple(expected[n])}" for n in wrong[:3]]
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------
+# compute: recomputed from shapes, never reported
+
+
+def compute(job: dict, params: dict, meta: dict, cfg) -> dict:
+    """FLOPs per token from the checkpoint's shapes, the steps the budget allows at that rate (the
+    checkpoint's own step count beside them, for the runner to hold against), parameter counts."""
+    B, T = job["batch_size"], job["seq_len"]
+    shapes = {name: tuple(a.shape) for name, a in params.items()}
+    fpt = flops_per_token(shapes, cfg, T)
+    steps = budget_steps(job, fpt * B * T)
+    steps = meta["step"] if steps is None else steps  # under a seconds budget the clock decided
+    return {"flops_per_token": fpt, "steps": steps, "checkpoint_step": meta["step"], "tokens": steps * B * T,
+            "flops": steps * B * T * fpt,
+            "params": {"total": sum(int(np.prod(s)) for s in shapes.values()), "matmul": matmul_params(shapes)}}
+
+
+def matmul_params(shapes: dict) -> int:
+    from trainer import flops
+    if hasattr(flops, "matmul_params_of"):
+        return flops.matmul_params_of(shapes)
+    raise Invalid("the base commit's trainer/flops.py cannot count FLOPs from shapes (an older nanolab)")
+
+
+def flops_per_token(shapes: dict, cfg, seq_len: int) -> int:
+    """6 * N_matmul (from the checkpoint's shapes) + 12 * n_layer * n_embd * T, as flops.py."""
+    from trainer import flops
+    layers = {m.group(1) for name in shapes if (m := re.match(r"transformer\.h\.(\d+)\.", name))}
+    n_layer = max(cfg.n_layer if cfg else 0, len(layers))
+    n_embd = cfg.n_embd if cfg else shapes.get("transformer.wte.weight", (0, 0))[-1]
+    return flops.flops_per_token_of(shapes, n_layer, n_embd, seq_len) if hasattr(flops, "flops_per_token_of") \
+        else 6 * matmul_params(shapes) + 12 * n_layer * n_embd * seq_len
+
+
+def budget_steps(job: dict, flops_per_step: int) -> int | None:
+    """The steps the program's per-run budget buys (None under a seconds budget: the clock decides)."""
+    kind, value = job["budget_kind"], float(job["budget"])
+    tokens_per_step = job["batch_size"] * job["seq_len"]
+    return {"flops": lambda: int(value // flops_per_step), "tokens": lambda: int(value // tokens_per_step),
+            "steps": lambda: int(value), "seconds": lambda: None}[kind]()
+
+
+def fingerprints(job: dict, params: dict, data) -> dict:
+    from trainer.eval import eval_fingerprint, tokens_fingerprint
+    return {"params_fingerprint": params_fingerprint(params), "eval_fingerprint": eval_fingerprint(),
+            "data_fingerprint": tokens_fingerprint(data.val, job["val_tokens"], job["seq_len"]),
+            "unigram_bpb": unigram_bpb(data, job["val_tokens"], job["seq_len"])}
+
+
+def params_fingerprint(params: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(params):
+        a = np.ascontiguousarray(params[name])
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode() + a.tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------
+# scoring: the base commit's evaluate(), on the base commit's windows
+
+
+def score(model, data, job: dict) -> dict:
+    """val and confirm, each over the program's windows, by the base commit's evaluate()."""
+    from trainer.eval import evaluate
+    B, T, n = job["batch_size"], job["seq_len"], job["val_tokens"]
+    try:
+        val = evaluate(model, data.val, data.token_bytes, n, B, T)
+        if hasattr(model, "kept"):
+            model.keep = ()  # only val batches are probed
+        confirm = evaluate(model, data.confirm, data.token_bytes, n, B, T)
+    except (FloatingPointError, ValueError, IndexError) as e:
+        raise Invalid(f"evaluation failed: {type(e).__name__}: {str(e)[:200]}") from None
+    for name, value in (("val_loss", val["val_loss"]), ("confirm_loss", confirm["val_loss"])):
+        if not math.isfinite(value):
+            raise Invalid(f"{name} is {value}: the model's logits give a non-finite loss")
+    return {"val_loss": val["val_loss"], "val_bpb": val["val_bpb"], "eval_tokens": val["eval_tokens"],
+            "eval_bytes": val["eval_bytes"], "confirm_loss": confirm["val_loss"], "confirm_bpb": confirm["val_bpb"]}
+
+
+def unigram_bpb(data, n_tokens: int, seq_len: int) -> float | None:
+    """Bits per byte of the val windows' targets under the train split's token frequencies
+    (add-one smoothed): what a model that learned nothing but counts would score."""
+    from trainer.data import eval_windows
+    if data.token_bytes is None:
+        return None
+    starts = eval_windows(data.val, n_tokens, seq_len)
+    targets = np.asarray(data.val[starts[:, None] + np.arange(1, seq_len + 1)], dtype=np.int64).ravel()
+    counts = np.bincount(np.asarray(data.train, dtype=np.int64), minlength=data.vocab_size) + 1.0
+    bits = -np.log2(counts[targets] / counts.sum()).sum()
+    return float(bits / data.token_bytes[targets].sum())
+
+
+# ----------------------------------------------------------------------------------------
+# the experiment's model, in a worker process
+
+
+class Worker:
+    """org/model_worker.py in the experiment's snapshot; every answer is checked here."""
+
+    def __init__(self, job: dict, name: str):
+        w = job["worker"]
+        self.log = open(Path(job["log_dir"]) / f"measure-worker-{name}.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-I", "-B", "-m", "org.model_worker", w["code"]],
+                                     cwd=w["code"], env=w["env"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, preexec_fn=die_with_parent)
+        self.job = job
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+    def call(self, what: str, header: dict, arrays=(), max_bytes: int = 0) -> tuple[dict, list]:
+        try:
+            send(self.proc.stdin, header, arrays)
+            reply, out = receive(self.proc.stdout, max_bytes)
+        except (EOFError, BrokenPipeError, ValueError, OSError) as e:
+            self.proc.kill()
+            raise Invalid(f"the experiment's model process broke off during {what} ({e}): "
+                          f"{last_line(self.log.name)}") from None
+        if "error" in reply:
+            raise Invalid(f"the experiment's {what} failed: {reply['error']}")
+        return reply, out
+
+    def prepare(self, job: dict, vocab_size: int) -> dict:
+        spec = {"preset": job["preset"], "overrides": {**job["overrides"], "sequence_len": job["seq_len"]},
+                "seed": job["seed"], "device": job["device"], "dtype": job["dtype"], "matmul": job["matmul"],
+                "batch_size": job["batch_size"], "data": job["data"], "tokenizer": job["tokenizer"],
+                "budget_kind": job["budget_kind"], "budget": job["budget"], "val_tokens": job["val_tokens"],
+                "confirm_tokens": job["val_tokens"]}
+        reply, arrays = self.call("model construction", {"op": "prepare", "spec": spec, "vocab_size": vocab_size},
+                                  max_bytes=self.job["max_param_bytes"])
+        return dict(zip(reply["names"], arrays))
+
+    def load(self, params: dict):
+        self.call("checkpoint load", {"op": "load", "names": list(params)}, list(params.values()))
+
+    def replay(self, params: dict, batches: list, lr_mult: float) -> dict:
+        arrays = list(params.values()) + [a for xy in batches for a in xy]
+        reply, out = self.call("optimizer replay", {"op": "replay", "names": list(params), "batches": len(batches),
+                                                    "lr_mult": lr_mult}, arrays, self.job["max_param_bytes"])
+        return dict(zip(reply["names"], out))
+
+    def forward(self, x: np.ndarray, vocab_size: int) -> np.ndarray:
+        rows, T = x.shape
+        _, out = self.call("forward pass", {"op": "forward"}, [x], max_bytes=rows * T * vocab_size * 8 + 4096)
+        logits = out[0] if out else None
+        if logits is None or logits.shape != (rows, T, vocab_size) or logits.dtype.kind != "f":
+            got = "nothing" if logits is None else f"{logits.dtype} {logits.shape}"
+            raise Invalid(f"the experiment's forward pass returned {got} for {x.shape} tokens, "
+                          f"expected float logits ({rows}, {T}, {vocab_size})")
+        if not np.isfinite(logits).all():
+            raise Invalid("the experiment's forward pass returned non-finite logits")
+        return logits
+
+
+def val_batches(job: dict, n_val: int) -> int:
+    windows = min(job["val_tokens"], n_val - 1) // job["seq_len"]  # as trainer/data.py's eval_windows
+    return max(1, -(-windows // job["batch_size"]))
+
+
+class RemoteModel:
+    """The experiment's forward pass as the base evaluate() sees a model; keeps the logits of
+    a few randomly chosen val batches for the causality probe."""
+    xp = np
+
+    def __init__(self, worker: Worker, vocab_size: int, n_batches: int):
+        self.worker, self.vocab_size = worker, vocab_size
+        rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+        self.keep = set(rng.choice(n_batches, size=min(PROBE_BATCHES, n_batches), replace=False))
+        self.calls, self.kept = 0, []
+
+    def forward(self, x):
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.int64))
+        logits = self.worker.forward(x, self.vocab_size)
+        if self.calls in self.keep:
+            self.kept.append((x, logits))
+        self.calls += 1
+        return logits
+
+
+def probe_causality(job: dict, params: dict, kept: list, vocab_size: int):
+    """In a fresh worker (no state carried over from the scoring one), replace the tokens after
+    a random position t of each kept batch: the logits at positions <= t must be the ones the
+    scoring pass got; a batch's first row alone must score as it did in its batch."""
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    with Worker(job, "b") as worker:  # b: fresh, so nothing it answers was seen by a
+        worker.prepare(job, vocab_size)
+        worker.load(params)
+        for x, logits in kept:
+            T = x.shape[1]
+            scale = CAUSAL_TOLERANCE * max(1.0, float(np.abs(logits).max()))
+            for t in sorted(rng.choice(T - 1, size=min(PROBE_POSITIONS, T - 1), replace=False)):
+                changed = x.copy()
+                changed[:, t + 1:] = rng.integers(0, vocab_size, size=(x.shape[0], T - t - 1))
+                again = worker.forward(changed, vocab_size)
+                if np.abs(again[:, :t + 1] - logits[:, :t + 1]).max() > scale:
+                    raise Invalid(f"the experiment's forward pass is not causal: the logits at positions "
+                                  f"<= {t} change when the tokens after position {t} do")
+            alone = worker.forward(x[-1:], vocab_size)
+            if np.abs(alone - logits[-1:]).max() > scale:
+                raise Invalid("the experiment's forward pass is not row-independent: a window scores "
+                              "differently alone than in its batch (or differently in a fresh process)")
+
+
+# ----------------------------------------------------------------------------------------
+# seed-only changes
+
+
+def seed_probe(worker: Worker, init: dict, cfg, job: dict, data) -> dict:
+    """How the experiment's initial parameters at the run's seed relate to the base commit's,
+    and whether its training step is the base commit's (a replay from the base init)."""
+    from trainer.data import get_batch
+    from trainer.model import GPT
+    from trainer.optim import make_optimizer
+    if cfg is None:
+        return {"init": "unknown", "replay": None, "seed_only": False}
+    base = GPT(cfg, seed=job["seed"], dtype=job["dtype"], device=job["device"], matmul=job["matmul"])
+    base_init = base.state_numpy()
+    if {n: a.shape for n, a in base_init.items()} != {n: a.shape for n, a in init.items()}:
+        return {"init": "other tensors", "replay": None, "seed_only": False}
+    differ = [n for n in base_init if not np.array_equal(base_init[n], init[n])]
+    kind = "same" if not differ else (
+        "redrawn" if all(same_distribution(base_init[n], init[n]) for n in differ) else "changed")
+    batches = [get_batch(data.train, job["batch_size"], job["seq_len"], job["seed"], k) for k in range(REPLAY_STEPS)]
+    theirs = worker.replay(base_init, batches, lr_mult=1.0)
+    optimizer = make_optimizer(base)
+    for x, y in batches:
+        base.forward(x, y)
+        base.backward()
+        optimizer.step(lr_mult=1.0)
+    ours = base.state_numpy()
+    same_step = all(n in theirs and theirs[n].shape == ours[n].shape and
+                    np.abs(theirs[n] - ours[n]).max() <= REPLAY_TOLERANCE * max(1e-3, np.abs(ours[n]).max())
+                    for n in ours)
+    replay = "same" if same_step else "differs"
+    return {"init": kind, "replay": replay, "seed_only": kind == "redrawn" and replay == "same"}
+
+
+def same_distribution(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two draws of one init: the same sizes, and a two-sample Kolmogorov-Smirnov test that does
+    not tell them apart (constant or tiny tensors must be equal to count as the same)."""
+    from scipy import stats
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    if a.size < 64 or a.std() == 0 or b.std() == 0:
+        return False
+    rng = np.random.default_rng(0)
+    if a.size > 100_000:
+        a, b = rng.choice(a, 100_000, replace=False), rng.choice(b, 100_000, replace=False)
+    return stats.ks_2samp(a, b).pvalue > SAME_DISTRIBUTION_P
+
+
+def die_with_parent():
+    """In the worker, before exec: SIGKILL it when the evaluator goes, however it goes."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def last_line(path: str) -> str:
+    try:
+        lines = [l for l in Path(path).read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip()[:300] if lines else "it printed nothing"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

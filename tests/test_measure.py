@@ -1,0 +1,239 @@
+"""The harness's measurement of a finished run (org/measure.py, org/evaluator.py), on real run
+directories of the real trainer: the record is exact for a config arm, the experiment's forward
+pass is only ever run in a worker and checked there, and every kind of bad checkpoint or bad
+forward pass is `invalid` with one line that says why."""
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from org.cli import main
+from org.ledger import Ledger
+from org.measure import cross_check, evaluator_env, measure_run, worker_env
+from test_org_runner import agent_commit, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2}
+FLAGS = dict(batch_size=4, seq_len=64, val_tokens=2048, steps=5)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A base snapshot (the trainer as committed), a finished tiny run of it, a harness cache."""
+    root = tmp_path_factory.mktemp("measure")
+    base = root / "snapshots" / "base"
+    shutil.copytree(ROOT / "trainer", base / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
+    run_dir = root / "runs" / "1"
+    cmd = [sys.executable, "-m", "trainer", "train", "--preset", "nanochat", "--seed", "3", "--out", str(run_dir),
+           "--quiet", "--steps", str(FLAGS["steps"]), "--batch-size", "4", "--seq-len", "64",
+           "--val-tokens", "2048", "--confirm-tokens", "2048"]
+    for key, value in TINY.items():
+        cmd += ["--set", f"{key}={value}"]
+    subprocess.run(cmd, cwd=base, env={**worker_env(base), "PYTHONPATH": str(base)}, check=True)
+    return {"root": root, "base": base, "run_dir": run_dir}
+
+
+def job(lab, run_dir=None, code=None) -> dict:
+    run_dir = Path(run_dir or lab["run_dir"])
+    return {"base_code": str(lab["base"]), "run_dir": str(run_dir), "log_dir": str(run_dir),
+            "preset": "nanochat", "overrides": dict(TINY), "seed": 3, "data": "pystdlib", "tokenizer": "bytes",
+            "val_tokens": 2048, "batch_size": 4, "seq_len": 64, "device": "cpu", "dtype": "float32",
+            "matmul": "fp32", "budget_kind": "steps", "budget": FLAGS["steps"],
+            "worker": None if code is None else {"code": str(code), "env": worker_env(code)}}
+
+
+def measure(lab, timeout=120, **kw) -> dict:
+    env = evaluator_env(lab["root"] / "harness-cache", {"OMP_NUM_THREADS": "1"})
+    return measure_run(job(lab, **kw), env, timeout)
+
+
+def result_of(lab) -> dict:
+    return json.loads((lab["run_dir"] / "result.json").read_text())
+
+
+def experiment(lab, name: str, edit=None) -> Path:
+    """An experiment's snapshot: the base trainer, with `edit(model_py_text)` applied."""
+    code = lab["root"] / "snapshots" / name
+    if not code.exists():
+        shutil.copytree(lab["base"] / "trainer", code / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
+        if edit:
+            model = code / "trainer" / "model.py"
+            model.write_text(edit(model.read_text()))
+    return code
+
+
+def copy_run(lab, name: str) -> Path:
+    run_dir = lab["root"] / "runs" / name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    shutil.copytree(lab["run_dir"], run_dir)
+    return run_dir
+
+
+def rewrite_checkpoint(run_dir: Path, change):
+    path = run_dir / "checkpoint.npz"
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    change(arrays)
+    np.savez(path, **arrays)
+
+
+# --- the record ----------------------------------------------------------------------------
+
+
+def test_a_config_arm_is_measured_exactly_as_the_trainer_measured_it(lab):
+    m = measure(lab)["measurement"]
+    result = result_of(lab)
+    for key in ("val_loss", "val_bpb", "confirm_bpb", "flops_per_token", "steps", "tokens", "flops",
+                "eval_fingerprint", "data_fingerprint", "params"):
+        assert m[key] == result[key], key  # the same code on the same checkpoint: bit for bit
+    assert cross_check(result, m) == []
+    assert m["forward"] == "base" and m["causal"] is None and m["seed_only"] is False
+    assert 4.5 < m["unigram_bpb"] < 4.8  # the data's unigram entropy in bits per byte
+    assert len(m["params_fingerprint"]) == 64
+
+
+def test_a_code_arm_runs_its_forward_in_a_worker_and_is_scored_by_the_harness(lab):
+    same = experiment(lab, "unchanged")  # a code arm whose code is the base's: every check passes
+    m = measure(lab, code=same)["measurement"]
+    result = result_of(lab)
+    assert m["forward"] == "experiment" and m["causal"] is True
+    assert m["val_bpb"] == pytest.approx(result["val_bpb"], rel=1e-12)
+    assert (m["init"], m["replay"], m["seed_only"]) == ("same", "same", False)
+    assert cross_check(result, m) == []
+    assert (lab["run_dir"] / "measure-worker-a.log").exists()  # and a fresh worker probed causality
+    assert (lab["run_dir"] / "measure-worker-b.log").exists()
+
+
+def test_the_trainers_figures_are_a_cross_check_only(lab):
+    m = measure(lab)["measurement"]
+    result = result_of(lab)
+    lies = {"val_bpb": result["val_bpb"] * 0.95, "flops_per_token": result["flops_per_token"] // 2,
+            "steps": 10, "params": {"total": 1, "matmul": 1}, "data_fingerprint": "0" * 64}
+    for key, value in lies.items():
+        problems = cross_check({**result, key: value}, m)
+        assert problems and key.split("_")[0] in problems[0]
+    assert "the trainer reported confirm_bpb None" in cross_check({**result, "confirm_bpb": None}, m)[0]
+    assert cross_check(result, {**m, "checkpoint_step": 50}) == [
+        "the checkpoint is from step 50, the program's budget allows 5 at the FLOPs per token of its shapes"]
+
+
+def test_a_reseeded_init_is_found_and_a_real_init_change_is_not_called_one(lab):
+    reseed = experiment(lab, "reseed", lambda t: t.replace("np.random.default_rng(seed)", "np.random.default_rng(seed + 99)"))
+    m = measure(lab, code=reseed)["measurement"]
+    assert (m["init"], m["replay"], m["seed_only"]) == ("redrawn", "same", True)
+    wider = experiment(lab, "wider-init", lambda t: t.replace("rng.normal(0, 0.8, p.shape)", "rng.normal(0, 1.2, p.shape)"))
+    m = measure(lab, code=wider)["measurement"]
+    assert (m["init"], m["seed_only"]) == ("changed", False)
+    both = experiment(lab, "reseed-and-norm", lambda t: t.replace(  # a real change besides the reseed
+        "np.random.default_rng(seed)", "np.random.default_rng(seed + 99)").replace(
+        "self.eps = float(np.finfo(dtype).eps)", "self.eps = 0.5"))
+    m = measure(lab, code=both)["measurement"]  # the replay of its training step tells them apart
+    assert (m["init"], m["replay"], m["seed_only"]) == ("redrawn", "differs", False)
+
+
+# --- bad checkpoints and bad forward passes: invalid, with one line saying why ---------------
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda d: (d / "checkpoint.npz").write_bytes(b"not a zip file"), "checkpoint.npz cannot be read"),
+    (lambda d: (d / "checkpoint.npz").unlink(), "no checkpoint.npz"),
+    (lambda d: rewrite_checkpoint(d, lambda a: a.update({"param/extra.weight": np.ones((4, 4), np.float32)})),
+     "the checkpoint's tensors do not match the run's config"),
+    (lambda d: rewrite_checkpoint(d, lambda a: a.update({"param/lm_head.weight": a["param/lm_head.weight"][:, :8]})),
+     "lm_head.weight: shape"),
+    (lambda d: rewrite_checkpoint(d, lambda a: a["param/lm_head.weight"].__setitem__((0, 0), np.nan)),
+     "lm_head.weight holds non-finite values"),
+    (lambda d: rewrite_checkpoint(d, lambda a: a.pop("meta")), "cannot be read"),
+    (lambda d: rewrite_checkpoint(d, lambda a: a.update({"meta": np.frombuffer(b'{"step": 5.0}', np.uint8)})),
+     "no integer step"),
+])
+def test_a_damaged_checkpoint_is_invalid_with_its_reason(lab, damage, says):
+    run_dir = copy_run(lab, "damaged")
+    damage(run_dir)
+    out = measure(lab, run_dir=run_dir)
+    assert says in out["invalid"] and "\n" not in out["invalid"]
+
+
+FORWARD = "            self.cache = None\n            return logits\n"
+BAD_FORWARDS = {
+    "raises": (FORWARD.replace("return logits", 'raise RuntimeError("boom")'),
+               "the experiment's forward pass failed: RuntimeError: boom"),
+    "nan": (FORWARD.replace("return logits", 'return logits * float("nan")'),
+            "the experiment's forward pass returned non-finite logits"),
+    "shape": (FORWARD.replace("return logits", "return logits[:, :, :10]"),
+              "expected float logits (4, 64, 256)"),
+    "exits": (FORWARD.replace("return logits", "import os; os._exit(3)"),
+              "the experiment's model process broke off during forward pass"),
+    "peeks": (FORWARD.replace("return logits", "peek = xp.zeros_like(logits)\n"
+                              "            xp.put_along_axis(peek[:, :-1], idx[:, 1:, None], 8.0, axis=-1)\n"
+                              "            return logits + peek"),
+              "the experiment's forward pass is not causal"),
+    "noisy": (FORWARD.replace("return logits", "return logits + xp.random.normal(0, 1, logits.shape)"),
+              "the experiment's forward pass is not causal"),  # its logits move whatever changes
+    "batch-dependent": (FORWARD.replace("return logits", "return logits + logits.mean(axis=0, keepdims=True)"),
+                        "the experiment's forward pass is not row-independent"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FORWARDS))
+def test_a_bad_forward_pass_is_invalid_with_its_reason(lab, name):
+    patch, says = BAD_FORWARDS[name]
+    code = experiment(lab, f"forward-{name}", lambda t: t.replace(FORWARD, patch))
+    out = measure(lab, code=code)
+    assert says in out["invalid"] and "\n" not in out["invalid"]
+
+
+def test_a_forward_pass_that_hangs_is_stopped_and_invalid(lab):
+    code = experiment(lab, "forward-hangs", lambda t: t.replace(FORWARD, FORWARD.replace(
+        "return logits", "import time; time.sleep(600)")))
+    out = measure(lab, code=code, timeout=20)
+    assert "the measurement did not finish within 20s" in out["invalid"]
+
+
+# --- through the runner: what the ledger records ------------------------------------------------
+
+
+def test_a_run_the_harness_cannot_measure_is_invalid_named_and_nothing_else_is_lost(make_project, capsys):
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    garbage = "\n\ndef save_checkpoint(path, *args, **kwargs):  # a checkpoint nobody can read\n" \
+              "    Path(path).write_bytes(b'garbage')\n"
+    agent_commit(root, "mallory", "trainer/train.py", lambda text: text + garbage)
+    assert main(["submit", "tiny", "--arm", "broken", "--ref", "agent/tiny/mallory"]) == 0
+    assert main(["run", "tiny"]) == 0
+    with Ledger(root / ".lab" / "tiny" / "ledger.sqlite") as ledger:
+        broken, = ledger.runs("tiny", arm="broken")
+        baseline, = ledger.runs("tiny", arm="baseline")
+    said = capsys.readouterr().out
+    assert broken["status"] == "invalid" and broken["measurement"] is None
+    assert broken["reason"].startswith("harness measurement: checkpoint.npz cannot be read (")
+    assert f"run {broken['id']}: invalid" in said and "checkpoint.npz cannot be read" in said
+    assert json.loads(broken["result"])["status"] == "completed"  # the trainer's word, kept
+    assert baseline["status"] == "completed" and json.loads(baseline["measurement"])["val_bpb"] == baseline["val_bpb"]
+
+
+def test_runs_recorded_by_an_older_nanolab_are_measured_when_the_program_resumes(make_project):
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0, 1]}))
+    assert main(["run", "tiny"]) == 0
+    path = root / ".lab" / "tiny" / "ledger.sqlite"
+    db = sqlite3.connect(path)  # as schema version 1 had it: the trainer's figures, nothing measured
+    for column in ("confirm_bpb", "measurement", "measure_seconds"):
+        db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+    db.execute("DELETE FROM schema_version")
+    db.execute("INSERT INTO schema_version VALUES (1, 'then')")
+    db.commit()
+    db.close()
+    assert main(["run", "tiny"]) == 0  # migrates the ledger, then measures what it holds
+    with Ledger(path) as ledger:
+        runs = ledger.runs("tiny")
+        assert [r["version"] for r in ledger.db.execute("SELECT version FROM schema_version")] == [1, 2]
+    for run in runs:
+        measurement = json.loads(run["measurement"])
+        assert run["status"] == "completed" and run["measure_seconds"] > 0
+        assert run["val_bpb"] == measurement["val_bpb"] == json.loads(run["result"])["val_bpb"]
+        assert run["confirm_bpb"] == measurement["confirm_bpb"]
