@@ -272,8 +272,7 @@ class Worker:
     def __init__(self, job: dict, name: str):
         w = job["worker"]
         self.log = open(Path(job["log_dir"]) / f"measure-worker-{name}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-I", "-B", "-m", "org.model_worker", w["code"]],
-                                     cwd=w["code"], env=w["env"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen(w["argv"], cwd=w["code"], env=w["env"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, preexec_fn=die_with_parent)
         self.job = job
 

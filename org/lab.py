@@ -16,6 +16,7 @@ GitPython has no worktree API, so worktrees go through the git CLI (repo.git.wor
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -30,6 +31,9 @@ GIT_ENV_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
                 "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_PREFIX",
                 "GIT_NAMESPACE")
 STATE_DIRS = ("runs", "snapshots", "mail", "transcripts")
+# every git command of the harness runs with these on top of (and stronger than) any config
+# file: nothing written into .git (hooks, fsmonitor, attributes) runs through the harness
+HARDENED_GIT = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "core.attributesFile": "/dev/null"}
 # files that run or shadow code without being a module's source, wherever they are
 SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
 SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
@@ -47,6 +51,19 @@ def child_env(extra: dict | None = None, base: dict | None = None) -> dict:
     return env
 
 
+def hardened_git_env(filters: list[str] = ()) -> dict:
+    """GIT_CONFIG_* variables carrying HARDENED_GIT (command-line scope: they win over every file),
+    with every filter driver named in `filters` turned into `cat`, and no system-wide config."""
+    settings = dict(HARDENED_GIT)
+    for name in filters:  # a driver that attributes (say .git/info/attributes) may name
+        settings.update({f"filter.{name}.smudge": "cat", f"filter.{name}.clean": "cat",
+                         f"filter.{name}.process": "", f"filter.{name}.required": "false"})
+    env = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_COUNT": str(len(settings))}
+    for i, (key, value) in enumerate(settings.items()):
+        env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
+    return env
+
+
 def scrub_git_env():
     """Strip git's repo-pointing variables from this process (e.g. when run from a hook)."""
     for name in GIT_ENV_VARS:
@@ -57,6 +74,15 @@ class Lab:
     def __init__(self, repo: git.Repo):
         self.repo = repo
         self.root = Path(repo.working_tree_dir)
+        self.harden()
+
+    def harden(self):
+        """Our git commands ignore hooks and fsmonitor and run no filter driver the repo's config
+        defines now (called again before every checkout or archive: config can change)."""
+        with self.repo.config_reader() as config:
+            filters = [m.group(1) for section in config.sections()
+                       if (m := re.fullmatch(r'filter "(.+)"', section))]
+        self.repo.git.update_environment(**hardened_git_env(filters))
 
     @classmethod
     def open(cls, path: str | Path = ".") -> "Lab":
@@ -128,7 +154,7 @@ class Lab:
                 f"beside a protected one): {', '.join(bad[:5])}")
 
     def diff(self, base: str, commit: str) -> str:
-        return self.repo.git.diff(base, commit) if base != commit else ""
+        return self.repo.git.diff("--no-ext-diff", "--no-textconv", base, commit) if base != commit else ""
 
     # --- programs ------------------------------------------------------------------------
 
@@ -170,6 +196,7 @@ class Lab:
         if path in {w["path"] for w in self.worktrees()}:
             return path
         self.prune_worktrees()
+        self.harden()
         path.parent.mkdir(parents=True, exist_ok=True)
         if branch in self.repo.heads:
             self.repo.git.worktree("add", str(path), branch)
@@ -220,6 +247,7 @@ class Lab:
         if dest.exists():
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
+        self.harden()
         tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:10]}-", dir=dest.parent))
         try:
             with tempfile.TemporaryFile() as tar:

@@ -41,11 +41,12 @@ from pathlib import Path
 from org import OrgError
 from org.agents.commands import lab_root
 from org.agents.control import Control
-from org.lab import Lab, child_env
+from org.lab import Lab, child_env, hardened_git_env
 from org.ledger import FINISHED, Ledger, pid_alive
 from org.mail import Mail, now, write_atomically
 from org.panes import Grid, Pane, RELEASE_KEY, TAKEOVER_KEY, read_state, tmux_path
 from org.program import Program, load_program
+from org.sandbox import available as sandbox_available
 
 RUNNER, STATUS = "_runner", "_status"  # keeper names (agent names cannot start with "_")
 TAKEN_OVER = "taken over by a person"  # the pause reason `org status` shows as "taken over"
@@ -249,6 +250,7 @@ def check(arg: str, backend: str | None) -> tuple[Launch, Program]:
     root = lab_root()
     with contextlib.chdir(root):
         program, lab, path = preflight(arg)
+    check_sandbox(with_backend(program, backend) if backend else program)
     try:
         launch = Launch(root, with_backend(program, backend) if backend else program, path.resolve())
         if not program.org.agents:
@@ -262,6 +264,18 @@ def check(arg: str, backend: str | None) -> tuple[Launch, Program]:
     finally:
         lab.close()
     return launch, program
+
+
+def check_sandbox(program: Program):
+    """Agents write code and the org runs it: without a sandbox only scripted agents (our own
+    code, no model) may run, and the launch says so."""
+    why_not = sandbox_available()
+    if why_not is None:
+        return
+    if any(agent.backend != "scripted" for agent in program.org.agents):
+        raise OrgError(f"{why_not}. Agents' commands and runs must be sandboxed; install it, or launch "
+                       "with --backend scripted")
+    print(f"note: {why_not}; every agent is scripted, so the org runs without a sandbox")
 
 
 def check_branches(lab: Lab, launch: Launch):
@@ -779,7 +793,8 @@ def known_agent(launch: Launch, agent: str) -> str:
 
 
 def git(cwd: Path, *args: str, env: dict | None = None) -> str:
-    out = subprocess.run(["git", *args], cwd=cwd, env=child_env(env), capture_output=True, text=True)
+    out = subprocess.run(["git", *args], cwd=cwd, env=child_env({**hardened_git_env(), **(env or {})}),
+                         capture_output=True, text=True)
     if out.returncode != 0:
         raise OrgError(f"git {' '.join(args[:2])} in {cwd} failed: {out.stderr.strip()[-300:]}")
     return out.stdout.rstrip()

@@ -25,18 +25,16 @@ from org import OrgError
 VALUE_TOLERANCE = 1e-4  # relative: the same code on the same checkpoint differs only in rounding
 EXACT = ("flops_per_token", "steps", "eval_fingerprint", "data_fingerprint")
 CLOSE = ("val_loss", "val_bpb", "confirm_loss", "confirm_bpb")
-# what an experiment's code may see of the runner's environment: no keys, no tokens
-WORKER_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "NANOLAB_CACHE", "NANOLAB_KERNELS")
 
 
 class MeasureError(OrgError):
     """The harness could not measure (its own failure, not the run's): the run is `error`."""
 
 
-def job_for(program, run: dict, run_dir: Path, base_code: Path, code: Path | None) -> dict:
-    """What the evaluator needs: everything from the program and the ledger, nothing from the run's files
-    but its checkpoint. `code` is the experiment's snapshot for a code arm (its forward pass
-    runs in a worker there), None for a config arm."""
+def job_for(program, run: dict, run_dir: Path, base_code: Path, worker: dict | None) -> dict:
+    """What the evaluator needs: everything from the program and the ledger, nothing from the run's
+    files but its checkpoint. `worker` (worker_command) for a code arm, whose forward pass runs in
+    the experiment's snapshot; None for a config arm."""
     per_run, data, train = program.budget.per_run, program.data, program.train
     return {"base_code": str(base_code), "run_dir": str(run_dir), "log_dir": str(run_dir),
             "preset": program.baseline.preset, "overrides": json.loads(run["overrides"]),
@@ -44,12 +42,14 @@ def job_for(program, run: dict, run_dir: Path, base_code: Path, code: Path | Non
             "val_tokens": data.val_tokens, "batch_size": train.batch_size, "seq_len": train.seq_len,
             "device": train.device, "dtype": train.dtype, "matmul": train.matmul,
             "budget_kind": per_run.kind, "budget": per_run.value,
-            "worker": None if code is None else {"code": str(code), "env": worker_env(code)}}
+            "worker": worker}
 
 
-def worker_env(code: Path) -> dict:
-    """The environment of the experiment's model worker: the runner's minus anything secret."""
-    return {**{k: os.environ[k] for k in WORKER_ENV if k in os.environ}, **source_only(code)}
+def worker_command(code: Path, env: dict, box=None) -> dict:
+    """How the evaluator starts the experiment's model worker: in `box` (org.sandbox) when given."""
+    argv = [sys.executable, "-I", "-B", "-m", "org.model_worker", str(code)]
+    env = {**env, **source_only(code)}
+    return {"code": str(code), "argv": box.wrap(argv, cwd=code, env=env) if box else argv, "env": env}
 
 
 def source_only(code: Path) -> dict:
@@ -68,9 +68,6 @@ def evaluator_env(cache: Path, slot_env: dict) -> dict:
 def measure_run(job: dict, env: dict, timeout: float, pin=None) -> dict:
     """Run the evaluator; {"measurement": ...} or {"invalid": reason}. MeasureError if the
     harness itself failed (its traceback is in <run_dir>/measure.log)."""
-    if job["worker"]:
-        job["worker"]["env"] = {**{k: v for k, v in env.items() if k in _THREADS or k == "CUDA_VISIBLE_DEVICES"},
-                                **job["worker"]["env"]}
     job["deadline_seconds"] = timeout + 5  # the evaluator's own limit, should the runner die first
     log_path = Path(job["log_dir"]) / "measure.log"
     with open(log_path, "wb") as log:
@@ -93,10 +90,6 @@ def measure_run(job: dict, env: dict, timeout: float, pin=None) -> dict:
     if not isinstance(outcome, dict) or not ({"measurement", "invalid"} & set(outcome)):
         raise MeasureError(f"the harness's evaluator answered {str(outcome)[:100]}; see {log_path}")
     return outcome
-
-
-_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-            "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 def _kill_group(pid: int):

@@ -36,6 +36,7 @@ import numpy as np
 
 from org import OrgError
 from org.ledger import SCHEMA
+from org.confounds import NO_CHANGE
 from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, judge_arms, noise_floor, per_seed,
                          read_arm, verdict_kind)
 
@@ -582,7 +583,8 @@ def verdict_row(report: Report, arm: str) -> list[str]:
     delta = "" if c.mean is None else f"{c.mean:+.4f}"
     if c.lower is not None:
         delta += f" [{c.lower:+.4f}, {c.upper:+.4f}]"
-    findings = [f"invalid: {f.text}" for f in c.confounds] + [f"warning: {f.text}" for f in c.warnings]
+    findings = [f"{'no change' if f.check in NO_CHANGE else 'invalid'}: {f.text}" for f in c.confounds]
+    findings += [f"warning: {f.text}" for f in c.warnings]
     return [arm, f"{seeds} ({c.n} paired)", spread, delta or "no pairs", p_text(c.p),
             p_text(c.p_better_adjusted), c.verdict, final_text(c), "; ".join(findings) or "none"]
 

@@ -34,8 +34,9 @@ from pathlib import Path
 
 from org.lab import Lab, child_env
 from org.ledger import FINISHED, Ledger, pid_alive
-from org.measure import MeasureError, cross_check, evaluator_env, job_for, measure_run, source_only
+from org.measure import MeasureError, cross_check, evaluator_env, job_for, measure_run, source_only, worker_command
 from org.program import PROGRAM_OWNED_KEYS, Program
+from org.sandbox import available, run_box, untrusted_env, worker_box
 
 BUDGET_FLAGS = {"flops": "--budget-flops", "seconds": "--budget-seconds",
                 "tokens": "--budget-tokens", "steps": "--steps"}
@@ -254,18 +255,28 @@ def read_result(run_dir: Path) -> dict | None:
 
 
 class Runner:
-    """Drains a program's queue over its slots. One Runner per process; threads per slot."""
+    """Drains a program's queue over its slots. One Runner per process; threads per slot.
 
-    def __init__(self, lab: Lab, program: Program, ledger_path: Path, say=print):
+    Every trainer run and every model worker runs in a sandbox (org/sandbox.py) when boxes can
+    be made here; `sandboxed=False` (a person's own `org run` on a machine without bubblewrap)
+    runs them as plain processes, and says so."""
+
+    def __init__(self, lab: Lab, program: Program, ledger_path: Path, say=print, sandboxed: bool | None = None):
         self.lab, self.program, self.ledger_path = lab, program, Path(ledger_path)
         self.runs_dir = lab.state_dir(program.name) / "runs"
+        self.harness_cache = lab.state_dir(program.name).parent / "harness-cache"  # written by harness code only
         self.say = say
+        why_not = available() if sandboxed is None else (None if sandboxed else "sandbox turned off")
+        self.sandboxed = why_not is None
+        if why_not:
+            say(f"trainer runs are NOT sandboxed: {why_not}")
         self.git_lock = threading.Lock()  # GitPython's Repo is not thread-safe
         self.cond = threading.Condition()  # guards claims and the count of busy slots
         self.busy = 0
         self.budget_spent = False
         self.stopping = threading.Event()
         self.children: dict[int, subprocess.Popen] = {}
+        self.data_lock, self.data_ready = threading.Lock(), False  # prepare_data() before the first run
 
     def drain(self) -> dict:
         """Run until nothing is queued (or the compute budget is spent); returns run counts by
@@ -291,6 +302,27 @@ class Runner:
             for run in ledger.runs(self.program.name):
                 counts[run["status"]] = counts.get(run["status"], 0) + 1
         return counts
+
+    def prepare_data(self):
+        """Tokenize the program's data once, with the base commit's pipeline, into the harness's
+        cache: runs read it there (read-only), so no run can poison what the others read."""
+        with self.data_lock:
+            if not self.data_ready:
+                self._prepare_data()
+                self.data_ready = True
+
+    def _prepare_data(self):
+        with Ledger(self.ledger_path) as ledger:
+            base = ledger.program(self.program.name)["base_commit"]
+        with self.git_lock:
+            code = self.lab.snapshot(base, self.program.name)
+        data = self.program.data
+        env = child_env({"PYTHONPATH": str(code), "NANOLAB_CACHE": str(self.harness_cache / "data"),
+                         **source_only(code)})
+        done = subprocess.run([sys.executable, "-m", "trainer", "data", "--data", data.source,
+                               "--tokenizer", data.tokenizer], cwd=code, env=env, capture_output=True, text=True)
+        if done.returncode != 0:  # every run will say so too; the runner goes on
+            self.say(f"preparing the data failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
 
     def stop(self):
         """Stop claiming and kill running trainers; their runs are recovered by the next drain."""
@@ -404,20 +436,23 @@ class Runner:
         if reason:
             ledger.finish(run["id"], "refused", reason)
             return
+        self.prepare_data()
         run_dir = self.runs_dir / str(run["id"])
         _set_aside(run_dir)  # left by an attempt that never recorded: kept, not reused
         run_dir.mkdir(parents=True)
         log_path = run_dir / "train.log"
         cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir)
-        env = child_env({**slot.env, "PYTHONPATH": str(snapshot), "NANOLAB_GIT_COMMIT": experiment["code_commit"],
-                         **source_only(snapshot)})
+        env = untrusted_env({**slot.env, "PYTHONPATH": str(snapshot), "NANOLAB_GIT_COMMIT": experiment["code_commit"],
+                             "NANOLAB_CACHE": str(self.harness_cache / "data"),
+                             "NUMBA_CACHE_DIR": str(self.kernels(snapshot)), **source_only(snapshot)})
         self.say(f"run {run['id']}: {run['arm']} seed {run['seed']} ({run['purpose']}) on slot {slot.index}")
         t0 = time.monotonic()
         # pinned before exec, so every thread the trainer starts (BLAS pools) stays on the slot's cores
         pin = (lambda: os.sched_setaffinity(0, slot.cores)) if slot.cores else None
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, cwd=snapshot, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=pin)
+            how = dict(cwd=snapshot, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                       start_new_session=True, preexec_fn=pin)
+            proc = self._run_box(run_dir, snapshot).popen(cmd, **how) if self.sandboxed else subprocess.Popen(cmd, **how)
         self.children[run["id"]] = proc
         if self.stopping.is_set():  # stop() ran between Popen and the line above: it missed this one
             _kill_group(proc.pid, signal.SIGKILL)
@@ -445,13 +480,23 @@ class Runner:
             return None
         except subprocess.TimeoutExpired:
             pass
-        _kill_group(proc.pid, signal.SIGTERM)
+        _kill_group(getattr(proc, "inner_pid", proc.pid), signal.SIGTERM)  # the trainer itself, in its box
         try:
             proc.wait(timeout=KILL_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
             _kill_group(proc.pid, signal.SIGKILL)
             proc.wait()
         return f"wall time over run_timeout_seconds ({timeout:g}s), killed by the runner"
+
+    def kernels(self, snapshot: Path) -> Path:
+        """The compiled-kernel cache of one commit: written by that commit's runs, read by no other."""
+        return self.lab.state_dir(self.program.name) / "kernels" / snapshot.name
+
+    def _run_box(self, run_dir: Path, snapshot: Path):
+        threads = max(1, int(self.program.runner.threads_per_slot or os.cpu_count() or 1))
+        return run_box(self.lab.root, run_dir, snapshot, self.harness_cache / "data", self.program.data.source,
+                       self.kernels(snapshot), gpu=self.program.train.device == "cuda",
+                       cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60)
 
     def _record(self, ledger: Ledger, run: dict, result: dict, wall: float, killed_reason: str | None,
                 slot: Slot):
@@ -485,7 +530,14 @@ class Runner:
             base_code = self.lab.snapshot(base, self.program.name)
             code = None if commit == base else self.lab.snapshot(commit, self.program.name)
         run_dir = Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"]))
-        job = job_for(self.program, run, run_dir, base_code, code)
+        worker = None
+        if code is not None:  # the experiment's own model: in a worker, in a box
+            env = untrusted_env({**slot.env, "NANOLAB_CACHE": str(self.harness_cache / "data"),
+                                 "NUMBA_CACHE_DIR": str(self.kernels(code))})
+            box = worker_box(self.lab.root, code, self.harness_cache / "data", self.program.data.source,
+                             self.kernels(code), gpu=self.program.train.device == "cuda") if self.sandboxed else None
+            worker = worker_command(code, env, box)
+        job = job_for(self.program, run, run_dir, base_code, worker)
         env = evaluator_env(self.lab.state_dir(self.program.name).parent / "harness-cache", slot.env)
         pin = (lambda: os.sched_setaffinity(0, slot.cores)) if slot.cores else None
         try:

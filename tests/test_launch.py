@@ -120,6 +120,16 @@ def a_branch_with_other_history(root, monkeypatch, tmp_path):
     repo.git.checkout("main")
 
 
+def no_sandbox_for_a_model_agent(root, monkeypatch, tmp_path):
+    an_agent_without_its_key(root, monkeypatch, tmp_path)
+    bin_dir = tmp_path / "bin"  # git and tmux, but no bwrap
+    bin_dir.mkdir()
+    for tool in ("git", "tmux"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+
+
 def no_agents(root, monkeypatch, tmp_path):
     program = yaml.safe_load((root / "programs" / "tiny.yaml").read_text())
     program["org"]["agents"] = []
@@ -135,6 +145,8 @@ BAD_ENVIRONMENTS = {
     "a branch with other history": (a_branch_with_other_history,
                                     "branch agent/tiny/solo exists with other history"),
     "no agents": (no_agents, "org.agents is empty: nobody to launch"),
+    "no sandbox for a model agent": (no_sandbox_for_a_model_agent,
+                                     "no sandbox: the bwrap command is not installed; install bubblewrap"),
 }
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from org.cli import main
 from org.ledger import Ledger
-from org.measure import cross_check, evaluator_env, measure_run, worker_env
+from org.measure import cross_check, evaluator_env, measure_run, source_only, worker_command
+from org.sandbox import untrusted_env, worker_box
 from test_org_runner import agent_commit, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def lab(tmp_path_factory):
            "--val-tokens", "2048", "--confirm-tokens", "2048"]
     for key, value in TINY.items():
         cmd += ["--set", f"{key}={value}"]
-    subprocess.run(cmd, cwd=base, env={**worker_env(base), "PYTHONPATH": str(base)}, check=True)
+    subprocess.run(cmd, cwd=base, env=untrusted_env({"PYTHONPATH": str(base), **source_only(base)}), check=True)
     return {"root": root, "base": base, "run_dir": run_dir}
 
 
@@ -44,7 +45,8 @@ def job(lab, run_dir=None, code=None) -> dict:
             "preset": "nanochat", "overrides": dict(TINY), "seed": 3, "data": "pystdlib", "tokenizer": "bytes",
             "val_tokens": 2048, "batch_size": 4, "seq_len": 64, "device": "cpu", "dtype": "float32",
             "matmul": "fp32", "budget_kind": "steps", "budget": FLAGS["steps"],
-            "worker": None if code is None else {"code": str(code), "env": worker_env(code)}}
+            "worker": None if code is None else worker_command(code, untrusted_env({"OMP_NUM_THREADS": "1", "NANOLAB_CACHE": str(lab["root"] / "harness-cache" / "data")}), box=worker_box(
+                lab["root"], code, lab["root"] / "harness-cache" / "data", "pystdlib", code / "kernels", gpu=False))}
 
 
 def measure(lab, timeout=120, **kw) -> dict:

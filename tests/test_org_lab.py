@@ -150,3 +150,25 @@ def test_child_env_drops_git_variables():
     env = child_env({"OMP_NUM_THREADS": "2"}, base={"GIT_DIR": "/elsewhere/.git", "GIT_INDEX_FILE": "x",
                                                     "GIT_WORK_TREE": "/w", "HOME": "/root"})
     assert env == {"HOME": "/root", "OMP_NUM_THREADS": "2"}
+
+
+def test_what_an_agent_wrote_into_git_does_not_run_through_the_harness(lab, tmp_path):
+    """Hooks, fsmonitor and attribute filters in the shared .git (as an agent without a sandbox
+    could write them) run with every git command of whoever uses the repo: not the harness's."""
+    marks = {name: tmp_path / name for name in ("hook", "fsmonitor", "filter")}
+    hooks = lab.root / ".git" / "hooks"
+    for hook in ("post-checkout", "pre-commit", "reference-transaction"):
+        (hooks / hook).write_text(f"#!/bin/sh\ntouch {marks['hook']}\n")
+        (hooks / hook).chmod(0o755)
+    with lab.repo.config_writer() as cw:
+        cw.set_value("core", "fsmonitor", f"touch {marks['fsmonitor']}; true")
+        cw.set_value("filter \"evil\"", "smudge", f"sh -c 'touch {marks['filter']}; cat'")
+    (lab.root / ".git" / "info").mkdir(exist_ok=True)
+    (lab.root / ".git" / "info" / "attributes").write_text("* filter=evil\n")
+    base = lab.start_program("softcap")
+    alice = lab.add_worktree("softcap", "alice")  # a checkout: post-checkout, filters
+    snapshot = lab.snapshot(base, "softcap")      # git archive: filters
+    lab.dirty_paths(["trainer/"])                 # git status: fsmonitor
+    lab.protected_violation(base, base, ["trainer/eval.py"])
+    assert (alice / "trainer" / "eval.py").exists() and (snapshot / "trainer" / "eval.py").exists()
+    assert [name for name, mark in marks.items() if mark.exists()] == []

@@ -21,6 +21,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from org.sandbox import untrusted_env
+
 # environment variables a command must not see: credentials, and anything pointing git elsewhere
 SECRET_NAME = re.compile(r"(API_?KEY|TOKEN(?!IZERS)|SECRET|PASSW|CREDENTIAL|_KEY$|_AUTH)", re.I)
 SECRET_PREFIXES = ("ANTHROPIC_", "OPENAI_", "CLAUDE_", "CODEX_", "AWS_", "AZURE_", "GOOGLE_",
@@ -56,10 +58,11 @@ def cap(text: str, limit: int) -> str:
 
 
 class Workspace:
-    def __init__(self, root: str | Path, protected: list[str], env: dict | None = None):
+    def __init__(self, root: str | Path, protected: list[str], env: dict | None = None, box=None):
         self.root = Path(root).resolve()
         self.protected = [p.strip("/") for p in protected]
         self.env = env or {}  # added to every command's environment (git identity)
+        self.box = box  # org.sandbox.Sandbox: where commands run (None: as plain processes)
 
     # --- paths ---------------------------------------------------------------------------
 
@@ -101,8 +104,12 @@ class Workspace:
         file, not memory, so a command printing forever costs disk, not the agent."""
         argv = ["bash", "-c", command] if isinstance(command, str) else command
         with tempfile.TemporaryFile() as out:
-            proc = subprocess.Popen(argv, cwd=self.root, env=clean_env(self.env), stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            how = dict(cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                       start_new_session=True)
+            if self.box:
+                proc = self.box.popen(argv, env=untrusted_env(self.env), **how)
+            else:
+                proc = subprocess.Popen(argv, env=clean_env(self.env), **how)
             try:
                 status = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

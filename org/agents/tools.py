@@ -26,6 +26,7 @@ from org.ledger import FINISHED, Ledger
 from org.mail import EVERYONE, Mail
 from org.program import NAME, PROGRAM_OWNED_KEYS, Program
 from org.agents.sandbox import SECRET_NAME, Refused, Workspace, cap, git_identity
+from org.sandbox import agent_box, available
 
 # an override naming any of these is a change of budget, seeds or evaluation, not of the model
 OWNED_WORDS = re.compile(r"budget|seed|eval|^val_|flops|^steps$|tokens|^data", re.I)
@@ -114,6 +115,17 @@ TOOL_NAMES = [t["name"] for t in TOOLS]
 JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict}
 
 
+def command_box(lab: Lab, worktree: str | Path):
+    """The box an agent's commands run in, or None where boxes cannot be made (then `org launch`
+    runs only scripted agents, and says so)."""
+    if available() is not None:
+        return None
+    import git
+    with git.Repo(worktree) as repo:
+        git_dir = Path(repo.git_dir)
+    return agent_box(lab.root, Path(worktree).resolve(), git_dir, Path(lab.repo.common_dir))
+
+
 class Tools:
     def __init__(self, agent: str, program: Program, lab_root: str | Path, worktree: str | Path,
                  teammates: list[str] = (), limits: Limits | None = None,
@@ -122,7 +134,7 @@ class Tools:
         self.lab = Lab.open(lab_root)
         self.lab_dir = self.lab.state_dir(program.name)
         self.ledger_path = self.lab_dir / "ledger.sqlite"
-        self.ws = Workspace(worktree, program.protected, env=git_identity(agent))
+        self.ws = Workspace(worktree, program.protected, env=git_identity(agent), box=command_box(self.lab, worktree))
         self.mail = Mail(self.lab_dir)
         self.teammates = [t for t in teammates if t != agent]
         self.limits = limits or Limits()

@@ -1,0 +1,200 @@
+"""
+The sandbox: agent-written code runs in Linux namespaces made by bubblewrap (`bwrap`, the
+Debian package bubblewrap; what Claude Code and Codex use underneath). Every command an agent
+runs, every trainer run and every model worker of a measurement executes agent code, so each
+goes through here:
+
+    box = Sandbox(writable=[worktree], hidden=[lab / ".lab", lab / "worktrees"])
+    proc = box.popen(["bash", "-c", cmd], cwd=worktree, env=env, stdout=...)
+    proc.inner_pid       # the command itself (PID 1 of its namespace), for a polite SIGTERM
+
+Inside a box:
+- the whole filesystem is read-only; `hidden` trees are replaced by empty directories (absent),
+  `readonly` ones are bound back read-only (a snapshot inside a hidden tree), then `writable`
+  ones read-write (.git/objects inside a read-only .git); /tmp is private, empty and capped;
+- its own user, PID, IPC, UTS, cgroup and network namespaces: no other process is visible or
+  killable, no network at all (only its own loopback) unless `net`;
+- the environment is exactly `env` (nothing inherited); a new session (no typing into the
+  terminal it came from); it dies with the process that started it, and when the command (PID 1
+  there) exits, every process it started dies with it;
+- rlimits, inherited through exec: CPU seconds, file size, open files, address space.
+
+`check()` says in one line why a box cannot be made here (bwrap missing or failing), so a
+launch refuses before it starts anything.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import resource
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from org import OrgError
+
+INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
+GPU_DEVICES = ("/dev/nvidia*", "/dev/dri")
+
+
+class SandboxError(OrgError):
+    pass
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu_seconds: int | None = None        # RLIMIT_CPU, over all the box's threads together
+    file_bytes: int = 8 << 30             # RLIMIT_FSIZE: no single file larger (a checkpoint fits)
+    open_files: int = 4096                # RLIMIT_NOFILE
+    address_bytes: int | None = None      # RLIMIT_AS (None: what the machine allows; CUDA needs that)
+    tmp_bytes: int = 1 << 30              # the private /tmp (a tmpfs: RAM)
+
+
+class Sandbox:
+    def __init__(self, writable=(), readonly=(), hidden=(), net: bool = False, gpu: bool = False,
+                 limits: Limits | None = None):
+        self.writable = [Path(p) for p in writable]
+        self.readonly = [Path(p) for p in readonly]
+        self.hidden = [Path(p) for p in hidden]
+        self.net, self.gpu, self.limits = net, gpu, limits or Limits()
+
+    def wrap(self, argv: list[str], cwd: str | Path, env: dict) -> list[str]:
+        """bwrap's command line running argv in the box, in cwd, with exactly env."""
+        box = [bwrap(), "--die-with-parent", "--new-session", "--as-pid-1", "--unshare-all"]
+        box += ["--share-net"] if self.net else []
+        box += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp"]
+        for pattern in GPU_DEVICES if self.gpu else ():
+            for device in glob.glob(pattern):
+                box += ["--dev-bind", device, device]
+        hidden = [p for p in self.hidden if p.exists()]
+        for path in hidden:  # mounts apply in order: hide first, then expose what is needed
+            box += ["--size", "65536", "--tmpfs", str(path)]
+        for path in self.readonly:  # (a writable tree may lie inside a read-only one: .git/objects)
+            if path.exists():
+                box += ["--ro-bind", str(path), str(path)]
+        for path in self.writable:
+            box += ["--bind", str(path), str(path)]
+        for path in hidden:  # once what lies inside is bound: nothing new can be written there
+            box += ["--remount-ro", str(path)]
+        box += ["--clearenv"]
+        for key, value in env.items():
+            box += ["--setenv", key, str(value)]
+        return box + ["--chdir", str(cwd), "--", *argv]
+
+    def popen(self, argv: list[str], cwd, env: dict, preexec_fn=None, **kwargs) -> subprocess.Popen:
+        """Start argv in the box. The Popen is bwrap's (kill it and the box goes); .inner_pid is
+        the command's own pid, the one to send a SIGTERM it can catch."""
+        read, write = os.pipe()
+        wrapped = self.wrap(argv, cwd, env)
+        wrapped[1:1] = ["--info-fd", str(write)]
+
+        def before_exec():
+            self.set_limits()
+            if preexec_fn:
+                preexec_fn()
+        try:
+            proc = subprocess.Popen(wrapped, pass_fds=(write,), preexec_fn=before_exec, **kwargs)
+        finally:
+            os.close(write)
+        with os.fdopen(read, "rb") as info:  # bwrap writes it once the namespaces exist
+            try:
+                proc.inner_pid = json.loads(info.read().decode() or "{}").get("child-pid", proc.pid)
+            except ValueError:
+                proc.inner_pid = proc.pid
+        return proc
+
+    def set_limits(self):
+        lim = self.limits
+        for which, value in ((resource.RLIMIT_CPU, lim.cpu_seconds), (resource.RLIMIT_FSIZE, lim.file_bytes),
+                             (resource.RLIMIT_NOFILE, lim.open_files), (resource.RLIMIT_AS, lim.address_bytes)):
+            if value is not None:
+                hard = resource.getrlimit(which)[1]
+                value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+                resource.setrlimit(which, (value, value))
+
+
+def bwrap() -> str:
+    path = shutil.which("bwrap")
+    if path is None:
+        raise SandboxError(f"no sandbox: the bwrap command is not installed; {INSTALL_HINT}")
+    return path
+
+
+def check() -> None:
+    """SandboxError, one line, unless a box can be made and runs a command here."""
+    try:
+        proc = subprocess.run(Sandbox().wrap(["/bin/true"], cwd="/", env={"PATH": "/usr/bin:/bin"}),
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SandboxError(f"no sandbox: bwrap could not be started ({e}); {INSTALL_HINT}") from None
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SandboxError(f"no sandbox: bwrap fails here ({why}); it needs unprivileged user namespaces "
+                           "(sysctl kernel.unprivileged_userns_clone=1) or root")
+
+
+def available() -> str | None:
+    """None if boxes work here, else why not (one line)."""
+    try:
+        check()
+    except SandboxError as e:
+        return str(e)
+    return None
+
+
+# ----------------------------------------------------------------------------------------
+# the boxes nanolab makes: what each kind of agent code may see and write
+
+# of the harness's environment, agent code sees only these (never a key or a token)
+PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TERM", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH", "NANOLAB_KERNELS")
+
+
+def untrusted_env(extra: dict | None = None) -> dict:
+    """The whole environment of a process running agent code: HOME is its private /tmp."""
+    return {**{k: os.environ[k] for k in PASSED_ENV if k in os.environ}, "HOME": "/tmp", **(extra or {})}
+
+
+def lab_private(lab_root: Path) -> list[Path]:
+    """What agent code never sees: the lab's state (ledger, mail, runs, transcripts, caches) and
+    the agents' worktrees (an agent's own is bound back into its box)."""
+    return [Path(lab_root) / ".lab", Path(lab_root) / "worktrees"]
+
+
+def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, source: str, kernels: Path, gpu: bool,
+            cpu_seconds: int) -> Sandbox:
+    """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot,
+    the harness's prepared data and the data source are read-only; no network."""
+    kernels.mkdir(parents=True, exist_ok=True)
+    return Sandbox(writable=[run_dir, kernels], readonly=[snapshot, data, *data_source(source)],
+                   hidden=lab_private(lab_root), gpu=gpu, limits=Limits(cpu_seconds=cpu_seconds))
+
+
+def worker_box(lab_root: Path, snapshot: Path, data: Path, source: str, kernels: Path, gpu: bool) -> Sandbox:
+    """A model worker of a measurement: reads its snapshot and the data; writes only its commit's
+    kernel cache (Numba uses no cache it cannot write, and would compile every kernel again)."""
+    kernels.mkdir(parents=True, exist_ok=True)
+    return Sandbox(writable=[kernels], readonly=[snapshot, data, *data_source(source)], hidden=lab_private(lab_root),
+                   gpu=gpu)
+
+
+def data_source(source: str) -> list[Path]:
+    """The program's data files, when they are files (pystdlib is the interpreter's own, always
+    visible): bound read-only, since a box's /tmp is its own."""
+    if source == "pystdlib":
+        return []
+    return sorted({Path(p).resolve() for p in glob.glob(source)} | ({Path(source).resolve()} if Path(source).exists() else set()))
+
+
+def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path) -> Sandbox:
+    """An agent's command: its worktree, and what committing there writes in the shared .git
+    (objects, refs, logs, its worktree's own admin dir), are writable; the rest of .git (config,
+    hooks, info, the other worktrees' admin dirs) is read-only; the lab's state and the other
+    agents' worktrees are absent; no network."""
+    common = Path(common_dir)
+    (common / "logs").mkdir(exist_ok=True)
+    return Sandbox(writable=[worktree, common / "objects", common / "refs", common / "logs", git_dir],
+                   readonly=[common], hidden=lab_private(lab_root),
+                   limits=Limits(file_bytes=1 << 30, address_bytes=16 << 30))

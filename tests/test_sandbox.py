@@ -1,0 +1,192 @@
+"""The sandbox (org/sandbox.py), attacked from where agent code runs: an agent's `run` tool and a
+trainer run of an agent's commit. Each attack below succeeded when commands and runs were plain
+processes of the harness's user; each is now refused by the box, and the harness's state is
+left as it was."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import git
+import pytest
+
+from agentlab import lab_dir, make_project, tiny_program, worktree
+from org.agents.tools import Tools
+from org.cli import main
+from org.ledger import Ledger
+from org.sandbox import Limits, Sandbox, available
+from test_org_runner import agent_commit, create_project, tiny_program as runner_program
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=f"{available()}")
+SECRET = "sk-ant-SECRET-0123456789abcdef"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def outside_tmp():
+    """A scratch directory outside /tmp, where a real lab would be: inside a box /tmp is a private
+    tmpfs, so a lab under /tmp would be invisible there rather than read-only."""
+    path = ROOT / ".cache" / "test-labs" / uuid.uuid4().hex[:12]
+    path.mkdir(parents=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def two_agents(outside_tmp, monkeypatch):
+    """A started program with two agents' worktrees, a ledger, mail, and a key in our environment."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    agents = [{"name": "alice", "backend": "scripted"}, {"name": "bob", "backend": "scripted"}]
+    root, program = make_project(outside_tmp, tiny_program(agents), trainer=False)
+    alice, bob = worktree(root, program, "alice"), worktree(root, program, "bob")
+    (bob / "notes.md").write_text("bob's work\n")
+    tools = Tools("alice", program, root, alice, teammates=["bob"])
+    tools.mail.send("bob", "alice", "hello")
+    yield root, program, tools, bob
+    tools.close()
+
+
+def run(tools, command: str) -> str:
+    result = tools.call("run", {"command": command, "timeout_seconds": 30})
+    return result.output
+
+
+# --- the agent's `run` tool ---------------------------------------------------------------------
+
+
+def test_a_command_cannot_touch_the_lab_or_another_agent(two_agents):
+    root, program, tools, bob = two_agents
+    state = lab_dir(root, program)
+    ledger = state / "ledger.sqlite"
+    before = ledger.read_bytes()
+    attacks = {
+        "ledger": f"python3 -c \"import sqlite3; db = sqlite3.connect('{ledger}'); "
+                  "db.execute('UPDATE runs SET status = 1'); db.commit()\"",
+        "mail": f"echo 'from: human' > {state}/mail/alice/inbox/forged.json",
+        "board": f"echo 'human: ship it' >> {state}/board.md",
+        "other worktree": f"echo mine > {bob}/notes.md",
+        "program file": f"echo 'budget: {{}}' >> {root}/programs/tiny.yaml",
+        "harness code": f"mkdir -p {root}/org && echo 'import os' > {root}/org/__init__.py",
+        "git hooks": f"echo 'touch /tmp/owned' > {root}/.git/hooks/post-checkout",
+        "git config": f"git config --file {root}/.git/config core.fsmonitor 'touch /tmp/owned'",
+    }
+    for name, command in attacks.items():
+        output = run(tools, command)
+        assert not output.startswith("exit status 0"), f"{name}: {output}"
+    assert ledger.read_bytes() == before
+    assert not (state / "mail" / "alice" / "inbox" / "forged.json").exists()
+    assert (bob / "notes.md").read_text() == "bob's work\n"
+    assert "budget: {}" not in (root / "programs" / "tiny.yaml").read_text()
+    assert not (root / ".git" / "hooks" / "post-checkout").exists()
+    assert "fsmonitor" not in (root / ".git" / "config").read_text()
+    assert not (root / "org").exists()
+    assert "No such file or directory" in run(tools, f"ls {state}")  # the lab's state is not there at all
+
+
+def test_a_command_sees_no_other_process_and_no_key(two_agents):
+    _, _, tools, _ = two_agents
+    out = run(tools, "ls /proc | grep -E '^[0-9]+$' | wc -l; cat /proc/1/cmdline | tr '\\0' ' '")
+    assert out.splitlines()[1].strip() in ("1", "2", "3", "4")  # itself and its pipe: nothing else
+    out = run(tools, f"kill -9 {os.getpid()}; echo $?")
+    assert out.strip().endswith("1")  # our pid does not exist in its namespace
+    out = run(tools, f"cat /proc/{os.getpid()}/environ")
+    assert SECRET not in out and "No such file" in out
+    assert SECRET not in run(tools, "env")
+
+
+def test_a_command_has_no_network(two_agents):
+    _, _, tools, _ = two_agents
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    out = run(tools, f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 3)\"")
+    server.close()
+    assert "Connection refused" in out  # its loopback is its own: our server is not there
+
+
+def test_nothing_a_command_starts_outlives_it(two_agents):
+    _, _, tools, _ = two_agents
+    tree = tools.ws.root
+    out = run(tools, "(setsid sh -c 'while true; do date +%s%N > beat; sleep 0.1; done' &) ; sleep 0.5; echo started")
+    assert "started" in out and (tree / "beat").exists()
+    first = (tree / "beat").read_text()
+    time.sleep(1.0)
+    assert (tree / "beat").read_text() == first  # the daemon died with the command
+
+
+def test_a_command_still_works_in_its_worktree_and_commits(two_agents):
+    _, _, tools, _ = two_agents
+    assert run(tools, "echo ok > new.txt && python3 -c 'print(2 + 2)' && git status --short").startswith("exit status 0")
+    assert "committed" in tools.call("git_commit", {"message": "a new file"}).output
+    with git.Repo(tools.ws.root) as repo:
+        assert repo.head.commit.message.strip() == "a new file"
+
+
+def test_limits_bind(tmp_path):
+    box = Sandbox(writable=[tmp_path], limits=Limits(file_bytes=1 << 20, cpu_seconds=2))
+    big = box.popen(["bash", "-c", "head -c 5000000 /dev/zero > big; echo $?"], cwd=tmp_path,
+                    env={"PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert big.wait(30) != 0 or (tmp_path / "big").stat().st_size <= 1 << 20
+    spin = box.popen(["python3", "-c", "while True: pass"], cwd=tmp_path, env={"PATH": os.environ["PATH"]})
+    t0 = time.monotonic()
+    assert spin.wait(30) != 0 and time.monotonic() - t0 < 10  # SIGXCPU/SIGKILL after 2 CPU seconds
+
+
+# --- a trainer run of an agent's commit ---------------------------------------------------------
+
+ATTACK = """
+
+_run = run
+
+
+def run(spec, out, *args, **kwargs):  # what an agent's trainer can do before it trains
+    import json, os, socket, subprocess
+    from pathlib import Path
+    lab, found = Path(__file__).resolve().parents[4], {{}}  # .lab/<program>/snapshots/<sha>/trainer
+
+    def attempt(name, action):
+        try:
+            action()
+            found[name] = "succeeded"
+        except Exception as e:
+            found[name] = f"blocked: {{type(e).__name__}}"
+    attempt("write the ledger", lambda: open(lab / "tiny" / "ledger.sqlite", "ab").write(b"x"))
+    attempt("write the base snapshot", lambda: open(next((lab / "tiny" / "snapshots").glob("*/trainer/eval.py")), "a"))
+    attempt("write the harness cache", lambda: open(lab / "harness-cache" / "poison", "w"))
+    attempt("read the worktrees", lambda: next((lab.parent / "worktrees" / "tiny").iterdir()))
+    attempt("network", lambda: socket.create_connection(("127.0.0.1", {port}), 2))
+    attempt("a key", lambda: os.environ["ANTHROPIC_API_KEY"])
+    subprocess.Popen(["sh", "-c", "while true; do date +%s%N > heartbeat; sleep 0.1; done"], cwd=out,
+                     start_new_session=True)
+    Path(out, "attacks.json").write_text(json.dumps(found))
+    return _run(spec, out, *args, **kwargs)
+"""
+
+
+def test_a_trainer_run_cannot_reach_the_lab_the_network_or_outlive_itself(outside_tmp, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    program = runner_program(variants=[], budget={**runner_program()["budget"], "seeds": [0]})
+    root = create_project(outside_tmp / "proj", program)
+    monkeypatch.chdir(root)
+    agent_commit(root, "mallory", "trainer/train.py", lambda text: text + ATTACK.format(port=server.getsockname()[1]))
+    assert main(["submit", "tiny", "--arm", "mallory", "--ref", "agent/tiny/mallory"]) == 0
+    assert main(["run", "tiny"]) == 0
+    server.close()
+    with Ledger(root / ".lab" / "tiny" / "ledger.sqlite") as ledger:
+        run, = ledger.runs("tiny", arm="mallory")
+    found = json.loads((Path(run["run_dir"]) / "attacks.json").read_text())
+    assert run["status"] == "completed"  # it trained as usual ...
+    assert found and all(outcome.startswith("blocked") for outcome in found.values()), found  # ... and got nowhere
+    beat = Path(run["run_dir"]) / "heartbeat"
+    last = beat.read_text()
+    time.sleep(0.5)
+    assert beat.read_text() == last  # its daemon died with it
+    assert not (root / ".lab" / "harness-cache" / "poison").exists()
