@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from org import OrgError
 from org.lab import Lab, scrub_git_env
 from org.ledger import RUN_STATUSES, Ledger
-from org.program import PROGRAM_OWNED_KEYS, Program, ProgramError, check_with_trainer, load_program, trainer_rejects
+from org.program import PROGRAM_OWNED_KEYS, Budget, Program, ProgramError, check_with_trainer, load_program, trainer_rejects
 from org.runner import Runner, submit, submit_declared
 from org.agents.commands import add_agent_commands
 from org.launch import add_launch_commands
@@ -33,6 +35,8 @@ from org.launch import add_launch_commands
 # old and new runs incomparable, so a started program refuses the change
 MEASUREMENT_FIELDS = ("metric", "baseline", "data", "train", "tune", "tune_seeds", "protected")
 MEASUREMENT_BUDGET = ("per_run", "seeds")
+# the totals, fixed at start like the rest: only a person's `org budget` changes them, logged
+BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arm")
     p.add_argument("--json", action="store_true", help="JSON rows instead of a table")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("budget", help="show a started program's budget, or change its totals (logged)")
+    p.add_argument("program")
+    p.add_argument("changes", nargs="*", metavar="FIELD=VALUE",
+                   help=f"set one of {', '.join(BOUND_BUDGET)} (then edit the program file to match)")
+    p.add_argument("--who", default=os.environ.get("USER") or "human", help="who changes it (logged)")
+    p.set_defaults(func=cmd_budget)
 
     add_agent_commands(sub)  # agent, tool, results, mail, agent-hook: org/agents/commands.py
     p = sub.add_parser("report", help="write reports/<program>/ (README.md + plots) from the ledger")
@@ -141,6 +152,44 @@ def cmd_runs(args) -> int:
     else:
         print_runs(name, rows)
     return 0
+
+
+def cmd_budget(args) -> int:
+    lab, name, path = find_ledger(args.program)
+    with Ledger(path) as ledger:
+        changes = parse_budget_changes(args.changes, ledger.budget(name))
+        if changes:
+            for row in ledger.change_budget(name, changes, args.who):
+                print(f"{name}: budget.{row['field']}: {row['old']:g} -> {row['new']:g} (by {row['who']}, logged)")
+            print(f"edit programs/{name}.yaml to match: a program whose file disagrees with its budget "
+                  "does not start")
+        budget, log = ledger.budget(name), ledger.budget_changes(name)
+    if not changes:
+        print(f"{name}: " + ", ".join(f"{f} {budget[f]:g}" for f in BOUND_BUDGET))
+        for row in log:
+            print(f"  {row['created_at']} {row['who']}: {row['field']} {row['old']:g} -> {row['new']:g}")
+    return 0
+
+
+def parse_budget_changes(pairs: list[str], budget: dict) -> dict:
+    """['total_compute_seconds=1200'] -> {'total_compute_seconds': 1200.0}, checked as the program
+    file's budget is checked."""
+    changes = {}
+    for pair in pairs:
+        field, _, value = pair.partition("=")
+        if field.removeprefix("budget.") not in BOUND_BUDGET:
+            raise OrgError(f"{pair}: {field!r} cannot change in a started program; what can: "
+                           f"{', '.join(BOUND_BUDGET)}")
+        try:
+            changes[field.removeprefix("budget.")] = float(value)
+        except ValueError:
+            raise OrgError(f"{pair}: expected a number after '='") from None
+    try:
+        Budget.model_validate({**budget, **changes})
+    except ValidationError as e:
+        problem = e.errors()[0]
+        raise OrgError(f"budget.{problem['loc'][0]}: {problem['msg']}") from None
+    return changes
 
 
 def cmd_report(args) -> int:
@@ -234,6 +283,11 @@ def check_unchanged(path: Path, started: dict, now: dict):
     if changed:
         raise ProgramError(f"{path}: {changed[0]}: changed since the program started; its runs "
                            "would not be comparable: revert it, or give the program a new name")
+    for f in BOUND_BUDGET:
+        if started["budget"].get(f) != now["budget"].get(f):
+            raise ProgramError(f"{path}: budget.{f}: {now['budget'].get(f):g} in the file, "
+                               f"{started['budget'].get(f):g} fixed for the program; a person changes "
+                               f"it with `org budget {now['name']} {f}={now['budget'].get(f):g}` (logged)")
 
 
 def as_current_schema(spec: dict) -> dict:

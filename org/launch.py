@@ -38,12 +38,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from org import OrgError
+from org import OrgError, gateway
 from org.agents.commands import lab_root
 from org.agents.control import Control
+from org.agents.sandbox import SECRET_NAME
 from org.lab import Lab, child_env, hardened_git_env
 from org.ledger import FINISHED, Ledger, pid_alive
-from org.mail import Mail, now, write_atomically
+from org.mail import HUMAN, Mail, now, write_atomically
 from org.panes import Grid, Pane, RELEASE_KEY, TAKEOVER_KEY, read_state, tmux_path
 from org.program import Program, load_program
 from org.sandbox import available as sandbox_available
@@ -356,6 +357,9 @@ def build(launch: Launch, program_as_filed: Program, stagger: float, restarts: i
             notes += prepare_worktree(lab, launch, agent)
     finally:
         lab.close()
+    backends = {a.name: a.backend for a in launch.program.org.agents}
+    if any(b in gateway.BACKEND_PROVIDER for b in backends.values()):
+        gateway.prepare(launch.lab_dir, backends, dict(os.environ))  # keys to its file, tokens anew
     (launch.panes_dir / "stop").unlink(missing_ok=True)
     write_atomically(launch.panes_dir / "launch.json", json.dumps({"backend": backend, "at": now()}))
     for name in [*launch.agents, RUNNER, STATUS]:  # not the last launch's "ended": serve would think it done
@@ -366,12 +370,26 @@ def build(launch: Launch, program_as_filed: Program, stagger: float, restarts: i
     runner = keeper_pane(launch, RUNNER, "runner", "the runner: runs every experiment", restarts,
                          "serve", launch.path or launch.name)
     try:
-        grid.build(panes, runner, {TAKEOVER_KEY: key_command(launch, "takeover"),
-                                   RELEASE_KEY: key_command(launch, "release")})
+        with environment_without_keys():  # the tmux server, and so every pane, starts from it
+            grid.build(panes, runner, {TAKEOVER_KEY: key_command(launch, "takeover"),
+                                       RELEASE_KEY: key_command(launch, "release")})
     except BaseException:
         grid.kill()
         raise
     return notes
+
+
+@contextlib.contextmanager
+def environment_without_keys():
+    """This process's environment without credentials (and the keys file's name) for a while:
+    the keys stay with `org launch`, and reach the gateway through its 0600 file only."""
+    saved = {k: v for k, v in os.environ.items() if SECRET_NAME.search(k) or k == gateway.KEYS_FILE}
+    for k in saved:
+        del os.environ[k]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def prepare_worktree(lab: Lab, launch: Launch, agent: str) -> list[str]:
@@ -401,6 +419,8 @@ def agent_pane(launch: Launch, agent: str, delay: float, restarts: int) -> Pane:
     control = launch.control_state(agent)
     env = {"NANOLAB_AGENT": agent, "NANOLAB_PROGRAM": launch.name, "NANOLAB_LAB": str(launch.root),
            "PYTHONUNBUFFERED": "1", "PATH": pane_path(), **git_identity(agent)}  # CLIs' commits too
+    if entry.backend in gateway.BACKEND_PROVIDER:
+        env["NANOLAB_GATEWAY"] = "1"  # its model calls go through the org's gateway, with its token
     hint = f"{entry.role} · {entry.backend} · C-b {TAKEOVER_KEY} takes over"
     if ended_for_good(control):  # finished before: show it, do not redo it
         argv = keeper_argv(launch, agent, 0, restarts, ended=control["reason"])
@@ -455,7 +475,8 @@ def serve(launch: Launch, poll: float = 1.0) -> int:
     lab = Lab.open(launch.root)
     say = lambda text: print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
     runner = Runner(lab, launch.program, launch.ledger_path, say=say)
-    say(f"serving {launch.name}'s queue")
+    llm = start_gateway(launch, say)
+    say(f"serving {launch.name}'s queue" + (f" and its LLM gateway on {llm.url}" if llm else ""))
     try:
         while not (launch.panes_dir / "stop").exists():
             runner.drain()
@@ -467,8 +488,26 @@ def serve(launch: Launch, poll: float = 1.0) -> int:
     except KeyboardInterrupt:
         say("stopped; a run it was running goes back to the queue")
     finally:
+        if llm:  # agents stopping at a safe point may still be mid-call: serve them to the end
+            wait_for_exit(launch, STOP_SECONDS + 10, launch.agents)
+            llm.__exit__()
         lab.close()
     return 0
+
+
+def start_gateway(launch: Launch, say):
+    """The org's LLM gateway, in this (the runner's) process, when its agents call a model API:
+    the keys are read from the gateway's 0600 file into this process only."""
+    from org.agents.sandbox import protect_own_environment
+    backends = [a.backend for a in launch.program.org.agents]
+    if not any(b in gateway.BACKEND_PROVIDER for b in backends):
+        return None
+    protect_own_environment()  # no same-user process may read the keys from this one's memory
+    try:
+        return gateway.Gateway(launch.lab_dir, launch.name, say=say).__enter__()
+    except OSError as e:
+        raise OrgError(f"the LLM gateway cannot start: {e}; `org launch {launch.name}` again "
+                       "writes its files anew") from None
 
 
 def _interrupt(*_):
@@ -486,7 +525,7 @@ def runs_left(launch: Launch) -> bool:
         if ledger.runs(launch.name, status="running"):
             return True
         queued = ledger.runs(launch.name, status="queued")
-        return bool(queued) and ledger.compute_seconds(launch.name) < launch.program.budget.total_compute_seconds
+        return bool(queued) and ledger.compute_seconds(launch.name) < ledger.budget(launch.name)["total_compute_seconds"]
 
 
 def wait_until_done(launch: Launch, poll: float = 2.0) -> int:
@@ -626,17 +665,18 @@ def runner_line(launch: Launch, running: bool) -> str:
 
 def ledger_lines(launch: Launch) -> list[str]:
     from org.agents.tools import referee_verdicts
-    name, budget = launch.name, launch.program.budget
+    name = launch.name
     with Ledger(launch.ledger_path) as ledger:
         runs = Counter(r["status"] for r in ledger.runs(name))
         compute, dollars = ledger.compute_seconds(name), ledger.spend(name)["dollars"]
+        budget = ledger.budget(name)  # as fixed at start, with `org budget` changes
         verdicts = ledger.verdicts(name) or referee_verdicts(ledger, launch.program)
     done = sum(n for s, n in runs.items() if s in FINISHED)
     detail = ", ".join(f"{n} {s}" for s, n in sorted(runs.items()) if s in FINISHED)
     lines = [f"runs: {runs.get('queued', 0)} queued · {runs.get('running', 0)} running · {done} done"
              + (f" ({detail})" if detail else ""),
-             f"compute: {compute:.0f}s of {budget.total_compute_seconds:g}s · "
-             f"LLM: ${dollars:.4f} of ${budget.total_llm_dollars:g}"]
+             f"compute: {compute:.0f}s of {budget['total_compute_seconds']:g}s · "
+             f"LLM: ${dollars:.4f} of ${budget['total_llm_dollars']:g}"]
     for v in verdicts[-8:]:
         if "error" in v:
             lines.append(f"verdicts: {v['error']}")
@@ -781,7 +821,7 @@ def snapshot_tree(tree: Path) -> str:
 def cmd_say(args) -> int:
     launch = open_launch(args.program)
     agent = known_agent(launch, args.agent)
-    message = Mail(launch.lab_dir).send("human", agent, " ".join(args.text))
+    message = Mail(launch.lab_dir).send(HUMAN, agent, " ".join(args.text))
     print(f"in {agent}'s inbox (message {message['id']}); it reads it at its next step")
     return 0
 
@@ -850,11 +890,12 @@ def stop_now(launch: Launch, timeout: float) -> list[str]:
     return lines
 
 
-def wait_for_exit(launch: Launch, timeout: float) -> list[int]:
-    """Wait until no agent or runner process is alive; returns those still alive at the end."""
+def wait_for_exit(launch: Launch, timeout: float, names: list[str] | None = None) -> list[int]:
+    """Wait until no agent or runner process (or none of `names`) is alive; returns those still
+    alive at the end."""
     deadline = time.monotonic() + timeout
     while True:
-        pids = [launch.keeper(n).get("pid") for n in [*launch.agents, RUNNER]]  # status goes with tmux
+        pids = [launch.keeper(n).get("pid") for n in (names if names is not None else [*launch.agents, RUNNER])]
         alive = [p for p in pids if ours(p)]
         if not alive or time.monotonic() > deadline:
             return alive

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from org import OrgError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
@@ -125,6 +125,15 @@ CREATE TABLE verdicts (
     details     TEXT,                  -- JSON
     created_at  TEXT NOT NULL
 );
+CREATE TABLE budget_changes (        -- `org budget`: the only way a started program's totals change
+    id          INTEGER PRIMARY KEY,
+    program     TEXT NOT NULL,
+    field       TEXT NOT NULL,         -- total_compute_seconds | total_llm_dollars | run_timeout_seconds
+    old         REAL,
+    new         REAL NOT NULL,
+    who         TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
 CREATE TABLE llm_spend (
     id          INTEGER PRIMARY KEY,
     program     TEXT NOT NULL,
@@ -146,6 +155,7 @@ REPORTED_COLUMNS = ("train_seconds", "device", "git_commit", "git_dirty", "train
 MIGRATIONS = {  # from version N to N + 1
     1: ["ALTER TABLE runs ADD COLUMN confirm_bpb REAL", "ALTER TABLE runs ADD COLUMN measurement TEXT",
         "ALTER TABLE runs ADD COLUMN measure_seconds REAL"],
+    2: [SCHEMA[SCHEMA.index("CREATE TABLE budget_changes"):SCHEMA.index("CREATE TABLE llm_spend")].strip().rstrip(";")],
 }
 
 
@@ -268,6 +278,26 @@ class Ledger:
 
     def program(self, name: str) -> dict | None:
         return self._one("SELECT * FROM programs WHERE name = ?", name)
+
+    def budget(self, name: str) -> dict:
+        """The program's budget as fixed at start, with every `org budget` change since."""
+        return json.loads(self.program(name)["spec"])["budget"]
+
+    def change_budget(self, name: str, changes: dict, who: str) -> list[dict]:
+        """Set budget fields of a started program, each change logged; returns the log rows."""
+        with self.tx():
+            spec = json.loads(self.program(name)["spec"])
+            rows = []
+            for field, value in changes.items():
+                rows.append(dict(program=name, field=field, old=spec["budget"].get(field), new=value,
+                                 who=who, created_at=now()))
+                self._insert("budget_changes", rows[-1])
+                spec["budget"][field] = value
+            self._update("programs", name, dict(spec=json.dumps(spec, sort_keys=True)), key="name")
+        return rows
+
+    def budget_changes(self, name: str) -> list[dict]:
+        return self._all("SELECT * FROM budget_changes WHERE program = ? ORDER BY id", name)
 
     def set_fingerprints(self, name: str, eval_fingerprint: str, data_fingerprint: str):
         self._update("programs", name, dict(eval_fingerprint=eval_fingerprint,

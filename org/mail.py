@@ -6,6 +6,11 @@ Comms between agents (and people): plain files under the program's lab directory
     .lab/<program>/board.md                                        append-only decisions and verdicts
     .lab/<program>/standups/<agent>/<stamp>.md                     one file per standup
 
+A message is a JSON record whose sender the harness sets from the calling agent (an agent's
+tools) or the person (`org say` writes as "human"); it is never parsed from text. Wherever a body
+is shown, to a model or on the board, every line of it is quoted ("> "): the harness's header is
+the only unquoted line, so a body that imitates a header is shown as body.
+
 A message is written to mail/<agent>/tmp/ and renamed into inbox/, so a reader never sees half
 a message. Reading is two steps, inbox() then ack(): the agent loop records a message in its
 transcript before acknowledging it, so a crash in between delivers it again (the transcript
@@ -28,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 EVERYONE = "all"  # send_message(to="all") writes one copy to every other agent's inbox
+HUMAN = "human"   # the people running the org: only `org say` writes as them
 
 
 def now() -> str:
@@ -37,6 +43,16 @@ def now() -> str:
 def stamp() -> str:
     """Sorts in creation order: UTC time plus nanoseconds."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 10**9:09d}"
+
+
+def quote(text: str) -> str:
+    """Every line of a body prefixed with '> ' (blank lines with '>'), so no line of it can pass
+    for a header the harness writes."""
+    return "\n".join(f"> {line}" if line.strip() else ">" for line in text.strip().splitlines()) or ">"
+
+
+def unquote(text: str) -> str:
+    return "\n".join(line[2:] if line.startswith("> ") else line.lstrip(">") for line in text.splitlines())
 
 
 def write_atomically(path: Path, text: str):
@@ -98,8 +114,9 @@ class Mail:
     # --- the board -----------------------------------------------------------------------
 
     def post(self, who: str, text: str) -> str:
-        """Append one entry to board.md. One locked O_APPEND write: entries never interleave."""
-        entry = f"\n## {now()} · {who}\n\n{text.strip()}\n"
+        """Append one entry to board.md: the harness's header, then the text quoted. One locked
+        O_APPEND write: entries never interleave."""
+        entry = f"\n## {now()} · {who}\n\n{quote(text)}\n"
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.board_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

@@ -145,11 +145,22 @@ class Budget(Strict):
         return seeds
 
 
+RESERVED_AGENT_NAMES = ("human", "all", "program")  # mail's people, broadcast, the program's arms
+
+
 class Agent(Strict):
     name: str = Field(pattern=NAME)
     role: str = "researcher"
     backend: Literal["anthropic", "openai", "claude-code", "codex", "scripted"] = "scripted"
     model: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name):
+        if name in RESERVED_AGENT_NAMES:
+            raise ValueError(f"{name!r} is reserved (mail from people, to everyone, the program's own "
+                             "experiments); give the agent another name")
+        return name
 
     @model_validator(mode="after")
     def _model_given(self):

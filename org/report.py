@@ -70,6 +70,7 @@ class Report:
     experiments: list[dict]
     runs: list[dict]
     llm: list[dict]                 # llm_spend rows
+    budget_changes: list[dict] = field(default_factory=list)  # `org budget` log (schema 3 on)
     missing: list[str] = field(default_factory=list)  # what the ledger or the run files lack
     arms: list[str] = field(default_factory=list)
     comparisons: dict[str, Comparison] = field(default_factory=dict)  # arm -> the referee's
@@ -107,6 +108,7 @@ def read_ledger(path: Path, program: str) -> Report:
         have = {t: columns(db, t) for t in LEDGER_TABLES}
         missing = schema_gaps(have)
         rows = {t: select(db, t, have[t], program) for t in LEDGER_TABLES}
+        changes = select(db, "budget_changes", columns(db, "budget_changes"), program)  # none before v3
     finally:
         db.close()
     program_row = rows["programs"][0] if rows["programs"] else {}
@@ -116,7 +118,7 @@ def read_ledger(path: Path, program: str) -> Report:
     spec = loads(program_row.get("spec")) or {}
     runs = [dict(r, result=loads(r.get("result"))) for r in rows["runs"]]
     return Report(program, path, spec, program_row.get("base_commit"), rows["experiments"],
-                  runs, rows["llm_spend"], missing)
+                  runs, rows["llm_spend"], changes, missing)
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:
@@ -654,6 +656,9 @@ def budget_section(report: Report) -> str:
     lines.append(f"- totals: compute {compute:.0f} s of {g(budget.get('total_compute_seconds'))} s "
                  f"(runner wall time, all runs and their measurements); LLM ${dollars:.2f} of "
                  f"${g(budget.get('total_llm_dollars'))}")
+    for c in report.budget_changes:
+        lines.append(f"- changed by {c['who']} with `org budget` at {c['created_at']}: {c['field']} "
+                     f"{g(c['old'])} -> {g(c['new'])}")
     lines.append("- enforced by the runner: the experiment sets only model and optimizer keys (the program owns "
                  "budget, seeds, data and evaluation); each completed run is measured by the harness (FLOPs per "
                  "token recounted from the checkpoint's shapes, the steps the budget allows, val and confirm "

@@ -388,11 +388,10 @@ class Runner:
 
     def _claim(self, ledger: Ledger, slot: Slot) -> dict | None:
         name = self.program.name
-        spent = ledger.compute_seconds(name)
-        if spent >= self.program.budget.total_compute_seconds:
+        spent, total = ledger.compute_seconds(name), ledger.budget(name)["total_compute_seconds"]
+        if spent >= total:  # the ledger's total: `org budget` raises it while the org runs
             if not self.budget_spent and ledger.runs(name, status="queued"):
-                self.say(f"compute budget spent ({spent:.0f}s of "
-                         f"{self.program.budget.total_compute_seconds:g}s); queued runs stay queued")
+                self.say(f"compute budget spent ({spent:.0f}s of {total:g}s); queued runs stay queued")
             self.budget_spent = True
             return None
         with ledger.tx():

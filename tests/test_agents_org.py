@@ -80,7 +80,7 @@ def test_a_chief_and_two_juniors_reach_a_conclusion_on_the_board(tmp_path):
     mail = Mail(lab_dir(root, program))
     board = mail.board()
     assert board.index("Plan: junior-a tests no-softcap") < board.index("Conclusion: both arms")
-    assert re.search(r"## .* · chief\n\nConclusion", board)
+    assert re.search(r"## .* · chief\n\n> Conclusion", board)
     assert {m["from"] for m in mail.read_messages("chief")} == {"junior-a", "junior-b"}
     assert [m["text"] for m in mail.inbox("junior-a")] == ["Thanks, we are done."]
     with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:

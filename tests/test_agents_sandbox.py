@@ -18,11 +18,11 @@ SECRET = "sk-ant-SECRET-0123456789abcdef"
 ATTEMPTS = [  # (tool call, what the refusal says)
     (Call("read_file", {"path": "../../../etc/passwd"}), "'..' is refused"),
     (Call("read_file", {"path": "/etc/passwd"}), "absolute paths are refused"),
-    (Call("read_file", {"path": "escape/passwd"}), "outside your worktree"),        # symlink to /etc
-    (Call("write_file", {"path": "up/outside.txt", "content": "x"}), "outside your worktree"),  # symlink to ..
+    (Call("read_file", {"path": "escape/passwd"}), "a symbolic link"),        # symlink to /etc
+    (Call("write_file", {"path": "up/outside.txt", "content": "x"}), "a symbolic link"),  # symlink to ..
     (Call("write_file", {"path": "trainer/eval.py", "content": "def bpb(): return 0\n"}), "protected"),
     (Call("edit_file", {"path": "trainer/eval.py", "old_text": "#", "new_text": "# hacked"}), "protected"),
-    (Call("write_file", {"path": "alias.py", "content": "x"}), "protected"),         # symlink to eval.py
+    (Call("write_file", {"path": "alias.py", "content": "x"}), "a symbolic link"),   # symlink to eval.py
     (Call("write_file", {"path": ".git", "content": "gitdir: /tmp/elsewhere"}), "protected"),
     (Call("run", {"command": "echo $ANTHROPIC_API_KEY"}), "credentials are not available"),
     (Call("run", {"command": "cat .env"}), "was withheld"),  # a key that reached a file it can read: the output is checked
@@ -76,21 +76,23 @@ def test_every_way_out_is_refused_answered_and_logged(lab, tmp_path):
     assert not any(SECRET in json.dumps(r.body) or "ghp_SECRET" in json.dumps(r.body) for r in llm.requests)
 
 
-def test_paths_resolve_inside_the_worktree(tmp_path):
+def test_paths_stay_inside_the_worktree_and_protected_ones_are_read_only(tmp_path):
     (tmp_path / "tree" / "trainer").mkdir(parents=True)
-    (tmp_path / "tree" / "trainer" / "model.py").write_text("")
+    (tmp_path / "tree" / "trainer" / "model.py").write_text("model")
     (tmp_path / "tree" / "inner").symlink_to(tmp_path / "tree" / "trainer")
     ws = Workspace(tmp_path / "tree", ["trainer/eval.py", "org/"])
-    assert ws.path("trainer/model.py") == tmp_path / "tree" / "trainer" / "model.py"
-    assert ws.path("inner/model.py", write=True) == tmp_path / "tree" / "trainer" / "model.py"  # a symlink that stays in
-    assert ws.path("trainer/eval.py") == tmp_path / "tree" / "trainer" / "eval.py"  # protected is still readable
-    for bad in ("org/cli.py", "org", "trainer/eval.py", ".git/config"):
+    assert ws.check("./trainer//model.py") == "trainer/model.py"
+    assert ws.read_bytes("trainer/model.py") == (b"model", 5)
+    assert ws.check("trainer/eval.py") == "trainer/eval.py"  # protected is still readable
+    for bad in ("org/cli.py", "org", "trainer/eval.py", "./trainer/./eval.py", ".git/config"):
         with pytest.raises(Refused, match="protected"):
-            ws.path(bad, write=True)
+            ws.check(bad, write=True)
     with pytest.raises(Refused, match="'..'"):
-        ws.path("trainer/../../x")
+        ws.check("trainer/../../x")
     with pytest.raises(Refused, match="absolute"):
-        ws.path("~/.ssh/id_rsa")
+        ws.check("~/.ssh/id_rsa")
+    with pytest.raises(Refused, match="inner: a symbolic link"):  # even one that stays inside
+        ws.read_bytes("inner/model.py")
 
 
 def test_commands_get_no_credentials_and_no_git_redirection():

@@ -112,6 +112,13 @@ def an_agent_without_its_key(root, monkeypatch, tmp_path):
     git.Repo(root).git.commit("-am", "an anthropic agent")
 
 
+def a_keys_file_others_can_read(root, monkeypatch, tmp_path):
+    an_agent_without_its_key(root, monkeypatch, tmp_path)
+    (tmp_path / "keys.env").write_text("ANTHROPIC_API_KEY=sk-ant-test\n")
+    (tmp_path / "keys.env").chmod(0o644)
+    monkeypatch.setenv("NANOLAB_KEYS_FILE", str(tmp_path / "keys.env"))
+
+
 def a_branch_with_other_history(root, monkeypatch, tmp_path):
     repo = git.Repo(root)
     repo.git.checkout("--orphan", "elsewhere")
@@ -140,8 +147,9 @@ def no_agents(root, monkeypatch, tmp_path):
 BAD_ENVIRONMENTS = {
     "tmux missing": (no_tmux_on_path, "tmux is not installed (or not on PATH)"),
     "an API key missing": (an_agent_without_its_key,
-                           "agent claude (backend anthropic) needs ANTHROPIC_API_KEY in the environment; "
-                           "or launch with --backend scripted"),
+                           "agent claude (backend anthropic) needs ANTHROPIC_API_KEY in the environment (or "
+                           "in the file NANOLAB_KEYS_FILE names); or launch with --backend scripted"),
+    "a keys file others can read": (a_keys_file_others_can_read, "keys.env: readable by others (mode 644); chmod 600"),
     "a branch with other history": (a_branch_with_other_history,
                                     "branch agent/tiny/solo exists with other history"),
     "no agents": (no_agents, "org.agents is empty: nobody to launch"),

@@ -33,6 +33,8 @@ AGENTS = [{"name": "chief", "role": "chief", "backend": "anthropic", "model": "c
           {"name": "junior-a", "role": "junior", "backend": "openai", "model": "gpt-junior-a"},
           {"name": "junior-b", "role": "junior", "backend": "openai", "model": "gpt-junior-b"},
           {"name": "scripted-1", "role": "researcher", "backend": "scripted"}]
+SECRET = "E2E-SECRET"  # in both API keys: it must reach the model server and nothing an agent runs
+KEYS = {"ANTHROPIC_API_KEY": f"sk-ant-{SECRET}-1", "OPENAI_API_KEY": f"sk-openai-{SECRET}-2"}
 RELEASED = "A person took over your pane"
 CARRY_ON = "carry on after the restart"
 
@@ -97,9 +99,8 @@ def test_an_org_is_watched_taken_over_stopped_resumed_and_reported(org_project, 
                        variants=[{"name": "no-softcap", "overrides": {"softcap": 0}}])
     lab = root / ".lab" / "tiny"
     with FakeLLM(scripts()) as llm:
-        for name, value in {"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": llm.url,
-                            "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": llm.url + "/v1"}.items():
-            monkeypatch.setenv(name, value)  # the tmux server, and so every pane, inherits them
+        for name, value in {**KEYS, "ANTHROPIC_BASE_URL": llm.url, "OPENAI_BASE_URL": llm.url + "/v1"}.items():
+            monkeypatch.setenv(name, value)  # org launch's; the keys reach only the gateway
         assert main(["launch", "tiny", "--stagger", "0.5"]) == 0
         grid = Grid(root, "tiny")
 
@@ -109,6 +110,13 @@ def test_an_org_is_watched_taken_over_stopped_resumed_and_reported(org_project, 
         for pane in grid_panes[:-1]:
             assert pane["cwd"] == str(root / "worktrees" / "tiny" / pane["label"])
         eventually(lambda: "→ post_to_board" in grid.capture("chief"), what="the chief's plan on its pane")
+
+        # the keys: not in the tmux server's environment, nor in any process of the grid's
+        assert SECRET not in "".join(grid.server.cmd("show-environment", "-g").stdout)
+        tmux_pid = int(grid.server.cmd("display-message", "-p", "#{pid}").stdout[0])
+        for pid in family(tmux_pid):
+            with contextlib.suppress(OSError):
+                assert SECRET.encode() not in Path(f"/proc/{pid}/environ").read_bytes(), pid
 
         # experiments run through the runner
         eventually(lambda: len(ledger_runs(root, status="completed")) >= 2, 90, "runs to complete")
@@ -157,6 +165,14 @@ def test_an_org_is_watched_taken_over_stopped_resumed_and_reported(org_project, 
         assert head_of(root, "agent/tiny/junior-a") == branch_a
         with contextlib.closing(git.Repo(root)) as repo:
             assert repo.git.show(f"{branch_a}:NOTE.md") == "warmup looks short"
+
+        # every model call went through the gateway with the real key, and is metered once
+        assert all(KEYS["ANTHROPIC_API_KEY"] == r.headers.get("x-api-key") or
+                   f"Bearer {KEYS['OPENAI_API_KEY']}" == r.headers.get("authorization") for r in llm.requests)
+        with Ledger(root / ".lab" / "tiny" / "ledger.sqlite") as ledger:
+            metered = Counter(r["agent"] for r in ledger._all("SELECT agent FROM llm_spend"))
+        agent_of = {"claude-chief": "chief", "gpt-junior-a": "junior-a", "gpt-junior-b": "junior-b"}
+        assert metered == Counter(agent_of[r.body["model"]] for r in llm.requests)
 
     # the report, printed by --wait, and the ledger behind it: every run once, all done
     assert "verdicts" in out and "report: " in out and "gelu" in out and "learned-pos" in out

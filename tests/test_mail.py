@@ -52,7 +52,7 @@ def test_the_board_is_append_only_and_entries_never_interleave(tmp_path):
     for entry in entries:  # each entry is whole: its header, its line, its 3000 x's
         header, _, body = entry.partition("\n\n")
         who = header.split(" · ")[1]
-        assert body.startswith(f"entry {who.split('-')[1]}.") and body.rstrip().endswith("x" * 3000)
+        assert body.startswith(f"> entry {who.split('-')[1]}.") and body.rstrip().endswith("x" * 3000)
 
 
 def test_standups_are_one_file_each(tmp_path):

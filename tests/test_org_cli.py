@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from org.cli import main
+from org.ledger import Ledger
 from test_org_runner import make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
 
@@ -91,6 +92,35 @@ def test_a_started_program_refuses_a_changed_budget(make_project, capsys):
     rewrite(root, budget={**tiny_program()["budget"], "seeds": [0, 1, 2]})
     assert main(["run", "tiny"]) == 2
     assert "budget.seeds: changed since the program started" in one_line_error(capsys)
+
+
+def test_totals_are_fixed_at_start_and_change_only_through_a_logged_org_budget(make_project, capsys):
+    """Raising the program's totals in its file (an agent with a write into programs/, or a
+    person's stray edit) is refused; `org budget` is the one way, and it is logged."""
+    root = make_project(tiny_program())
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    budget = tiny_program()["budget"]
+    rewrite(root, budget={**budget, "total_compute_seconds": 99999})
+    assert main(["run", "tiny"]) == 2
+    err = one_line_error(capsys)
+    assert "budget.total_compute_seconds: 99999 in the file, 600 fixed for the program" in err
+    assert "org budget tiny total_compute_seconds=99999" in err
+
+    for bad, says in [("seeds=3", "'seeds' cannot change in a started program"),
+                      ("total_compute_seconds=-5", "budget.total_compute_seconds: Input should be greater than 0"),
+                      ("run_timeout_seconds=soon", "expected a number")]:
+        assert main(["budget", "tiny", bad]) == 2
+        assert says in one_line_error(capsys)
+    assert main(["budget", "tiny", "total_compute_seconds=99999", "--who", "ada"]) == 0
+    assert "total_compute_seconds: 600 -> 99999 (by ada, logged)" in capsys.readouterr().out
+    assert main(["submit", "tiny", "--arm", "lr2", "--set", "matrix_lr=0.01"]) == 0  # file and program agree
+    with Ledger(root / ".lab" / "tiny" / "ledger.sqlite") as ledger:
+        assert ledger.budget("tiny")["total_compute_seconds"] == 99999
+        [change] = ledger.budget_changes("tiny")
+        assert (change["field"], change["old"], change["new"], change["who"]) == ("total_compute_seconds", 600, 99999, "ada")
+    capsys.readouterr()
+    assert main(["budget", "tiny"]) == 0
+    assert "ada: total_compute_seconds 600 -> 99999" in capsys.readouterr().out
 
 
 def test_a_program_started_by_an_older_nanolab_resumes_but_refuses_a_changed_matmul(make_project, capsys):

@@ -50,6 +50,14 @@ def cli_env(agent: str, program, root: Path) -> dict:
         env["IS_SANDBOX"] = "1"  # Claude Code refuses to skip permissions as root otherwise
     for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR"):
         env.pop(name, None)
+    if os.environ.get("NANOLAB_GATEWAY"):  # launched: the CLI calls the org's gateway with its token
+        from org.agents.roles import agent_entry
+        from org.gateway import BACKEND_PROVIDER, PROVIDERS, client_config
+        backend = agent_entry(program, agent).backend
+        via = client_config(root / ".lab" / program.name, agent, backend)
+        if via:
+            key_var, url_var, _ = PROVIDERS[BACKEND_PROVIDER[backend]]
+            env.update({url_var: via[0], key_var: via[1]})
     return env
 
 

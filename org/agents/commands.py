@@ -115,7 +115,13 @@ def start_agent(name: str, program, root: Path, api: str | None = None, console=
     from org.agents.models import Unavailable, make_model
     from org.agents.scripted import ScriptedModel
     try:
-        model = ScriptedModel(program, name) if entry.backend == "scripted" else make_model(entry, api)
+        via = None
+        if os.environ.get("NANOLAB_GATEWAY"):  # set by `org launch` in an agent's pane
+            from org.gateway import client_config
+            via = client_config(root / ".lab" / program.name, name, entry.backend)
+            if via is None:
+                raise OrgError(f"agent {name}: the org's gateway has no token for it; `org launch` again")
+        model = ScriptedModel(program, name) if entry.backend == "scripted" else make_model(entry, api, via)
     except (Unavailable, ValueError) as e:
         raise OrgError(str(e)) from None
     return Agent(name, program, root, tree, model, console=console).run()
@@ -176,7 +182,14 @@ def _who(args, need_agent: bool = True):
         raise OrgError("which agent? pass --as NAME or set NANOLAB_AGENT")
     root = lab_root()
     path = Path(args.program) if Path(args.program).is_file() else root / "programs" / f"{args.program}.yaml"
-    return load_program(path), args.agent
+    program = load_program(path)
+    if need_agent:  # the tools act as this agent (sender of its mail, author of its experiments)
+        from org.agents.roles import agent_entry
+        try:
+            agent_entry(program, args.agent)
+        except KeyError as e:
+            raise OrgError(e.args[0]) from None
+    return program, args.agent
 
 
 def cmd_hook(args) -> int:

@@ -120,8 +120,9 @@ class Agent:
         reply = with_backoff(lambda: self.model.turn(self.system, visible, TOOLS, self.show.text),
                              s.retry_attempts, s.retry_base_seconds, s.retry_max_seconds, self.on_retry)
         self.show.end_text()
-        if self.spend:
-            cost = self.spend.record(self.model.name, reply.usage)
+        if self.spend:  # a model behind the org's gateway is metered there, once
+            record = self.spend.price if getattr(self.model, "metered", False) else self.spend.record
+            cost = record(self.model.name, reply.usage)
             self.transcript.event("spend", model=self.model.name, dollars=cost, **vars(reply.usage))
         return reply
 

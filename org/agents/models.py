@@ -119,28 +119,39 @@ API_KEYS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 
 
 def missing_credentials(program) -> list[str]:
-    """One line per agent whose backend needs a key the environment lacks (for `org launch`)."""
+    """One line per agent whose backend needs a key that neither the environment nor the keys
+    file (NANOLAB_KEYS_FILE) holds (for `org launch`)."""
+    from org.gateway import BACKEND_PROVIDER, PROVIDERS, read_keys
+    keys = read_keys(dict(os.environ))
     problems = []
     for agent in program.org.agents:
-        var = API_KEYS.get(agent.backend) or {"claude-code": "ANTHROPIC_API_KEY",
-                                               "codex": "OPENAI_API_KEY"}.get(agent.backend)
-        if var and not os.environ.get(var):
-            problems.append(f"agent {agent.name} (backend {agent.backend}) needs {var} in the environment")
+        provider = BACKEND_PROVIDER.get(agent.backend)
+        if provider and provider not in keys:
+            problems.append(f"agent {agent.name} (backend {agent.backend}) needs {PROVIDERS[provider][0]} "
+                            "in the environment (or in the file NANOLAB_KEYS_FILE names)")
     return problems
 
 
-def make_model(agent, api: str | None = None):
-    """The API backend for a program's agent entry. Keys and base URLs come from the
-    environment (ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL, OPENAI_API_KEY / OPENAI_BASE_URL);
-    `api` picks OpenAI's 'chat' (default) or 'responses' (env NANOLAB_OPENAI_API)."""
+def make_model(agent, api: str | None = None, gateway: tuple[str, str] | None = None):
+    """The API backend for a program's agent entry. In a launched org the model is called
+    through the org's gateway, `gateway` = (base URL, the agent's token), and the gateway
+    meters it; by hand, keys and base URLs come from the environment (ANTHROPIC_API_KEY /
+    ANTHROPIC_BASE_URL, OPENAI_API_KEY / OPENAI_BASE_URL). `api` picks OpenAI's 'chat'
+    (default) or 'responses' (env NANOLAB_OPENAI_API)."""
     var = API_KEYS[agent.backend]
-    key = os.environ.get(var)
-    if not key:
-        raise Unavailable(f"agent {agent.name} (backend {agent.backend}) needs {var} in the environment")
-    base_url = getattr(agent, "base_url", None)
+    if gateway:
+        base_url, key = gateway
+    else:
+        key = os.environ.get(var)
+        if not key:
+            raise Unavailable(f"agent {agent.name} (backend {agent.backend}) needs {var} in the environment")
+        base_url = getattr(agent, "base_url", None) or os.environ.get(var.replace("API_KEY", "BASE_URL"))
     if agent.backend == "anthropic":
         from org.agents.anthropic_api import AnthropicModel
-        return AnthropicModel(agent.model, key, base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL"))
-    from org.agents.openai_api import OpenAIModel
-    api = api or getattr(agent, "api", None) or os.environ.get("NANOLAB_OPENAI_API", "chat")
-    return OpenAIModel(agent.model, key, base_url=base_url or os.environ.get("OPENAI_BASE_URL"), api=api)
+        model = AnthropicModel(agent.model, key, base_url=base_url)
+    else:
+        from org.agents.openai_api import OpenAIModel
+        api = api or getattr(agent, "api", None) or os.environ.get("NANOLAB_OPENAI_API", "chat")
+        model = OpenAIModel(agent.model, key, base_url=base_url, api=api)
+    model.metered = gateway is not None  # the gateway records its spend; the loop must not again
+    return model

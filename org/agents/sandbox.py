@@ -1,25 +1,33 @@
 """
 The agent's workspace: its git worktree, and the limits on what its tools may do there.
 
-- paths are relative to the worktree: absolute paths, '..' and symlinks that lead out are refused;
+- the file tools take paths relative to the worktree and open them one component at a time from
+  the worktree's own descriptor, never following a link (O_NOFOLLOW on every step): absolute
+  paths, '..', and symbolic links anywhere on the way are refused, and so is a swap of a folder
+  for a link after a check, since nothing is looked up by name twice. A file with more than one
+  hard link is refused (it may be a file outside the worktree under a second name), and so is
+  anything that is not a regular file or folder (a FIFO, a device). Reads and writes are bounded
+  (MAX_FILE_BYTES);
 - protected paths (the program's: evaluation, data, FLOP accounting, the harness) and .git are
   read-only to the file tools; git_commit and the runner refuse commits that change them, which
   also covers edits made through the shell;
-- `run` executes a command in the worktree with a timeout and an output cap, in an environment
-  holding no credentials (*_API_KEY, *_TOKEN, ANTHROPIC_*, OPENAI_*, ...) and no git
-  redirection variables (GIT_DIR and friends).
-
-The shell is not a jail: it can read files outside the worktree like any process of this user.
-What it cannot do is spend the org's keys, or get a change to a protected file measured.
+- `run` executes a command in the agent's box (org/sandbox.py: only the worktree writable, no
+  network, its own processes only), in an environment holding no credentials (*_API_KEY,
+  *_TOKEN, ANTHROPIC_*, OPENAI_*, ...) and no git redirection variables (GIT_DIR and friends),
+  with a timeout and an output cap. Where no box can be made it is a plain process, and only
+  scripted agents are launched (org/launch.py).
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
+import stat
 import subprocess
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from org.sandbox import untrusted_env
 
@@ -27,6 +35,9 @@ from org.sandbox import untrusted_env
 SECRET_NAME = re.compile(r"(API_?KEY|TOKEN(?!IZERS)|SECRET|PASSW|CREDENTIAL|_KEY$|_AUTH)", re.I)
 SECRET_PREFIXES = ("ANTHROPIC_", "OPENAI_", "CLAUDE_", "CODEX_", "AWS_", "AZURE_", "GOOGLE_",
                    "GEMINI_", "HF_", "HUGGING", "GH_", "GITHUB_", "GIT_", "NANOLAB_")
+
+
+MAX_FILE_BYTES = 8 << 20  # the file tools read and write at most this much of one file
 
 
 class Refused(Exception):
@@ -64,25 +75,115 @@ class Workspace:
         self.env = env or {}  # added to every command's environment (git identity)
         self.box = box  # org.sandbox.Sandbox: where commands run (None: as plain processes)
 
-    # --- paths ---------------------------------------------------------------------------
+    # --- paths and files ------------------------------------------------------------------
 
-    def path(self, rel: str, write: bool = False) -> Path:
-        """The real path of `rel` inside the worktree, or Refused saying why not."""
+    def check(self, rel: str, write: bool = False) -> str:
+        """`rel` normalised ('a/b/c'), or Refused saying why the file tools will not touch it."""
         rel = (rel or ".").strip()
         if os.path.isabs(rel) or rel.startswith("~"):
             raise Refused(f"{rel}: absolute paths are refused; give a path relative to your worktree")
-        if ".." in Path(rel).parts:
+        parts = [p for p in PurePosixPath(rel).parts if p != "."]
+        if ".." in parts:
             raise Refused(f"{rel}: '..' is refused; paths stay inside your worktree")
-        real = (self.root / rel).resolve()
-        if not real.is_relative_to(self.root):
-            raise Refused(f"{rel}: resolves to {real}, outside your worktree (a symlink leads out)")
-        if write:
-            for name in {Path(rel).as_posix(), real.relative_to(self.root).as_posix()}:
-                owner = self.protected_by(name)
-                if owner:
-                    raise Refused(f"{name}: protected by the program ({owner}); it is read-only "
-                                  "so every arm is measured the same way")
-        return real
+        name = "/".join(parts) or "."
+        owner = self.protected_by(name) if write else None
+        if owner:
+            raise Refused(f"{name}: protected by the program ({owner}); it is read-only "
+                          "so every arm is measured the same way")
+        return name
+
+    def open(self, rel: str, flags: int, write: bool = False, make_parents: bool = False) -> int:
+        """A descriptor for `rel`, opened beneath the worktree without following any link."""
+        name = self.check(rel, write)
+        parts = [] if name == "." else name.split("/")
+        at = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        for i, part in enumerate(parts[:-1]):
+            at = self._step(at, part, "/".join(parts[:i + 1]), make_parents)  # consumes `at`
+        if not parts:
+            return at
+        try:  # O_NONBLOCK: opening a FIFO must not hang the agent; it is refused just below
+            fd = self._open_at(at, parts[-1], name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        finally:
+            os.close(at)
+        info = os.fstat(fd)
+        why = ("it has more than one hard link (it may be another file under a second name)"
+               if stat.S_ISREG(info.st_mode) and info.st_nlink > 1 else
+               None if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode) else
+               "not a regular file or folder")
+        if why:
+            os.close(fd)
+            raise Refused(f"{name}: {why}; the file tools refuse it")
+        return fd
+
+    def _step(self, at: int, part: str, so_far: str, make: bool) -> int:
+        """Go down one folder from descriptor `at` (and close it); never through a link."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            try:
+                return self._open_at(at, part, so_far, flags)
+            except FileNotFoundError:
+                if not make:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=at)
+                return self._open_at(at, part, so_far, flags)
+        finally:
+            os.close(at)
+
+    @staticmethod
+    def _open_at(at: int, part: str, so_far: str, flags: int) -> int:
+        try:
+            return os.open(part, flags, 0o644, dir_fd=at)
+        except OSError as e:
+            if e.errno == errno.ELOOP or os.path.islink(f"/proc/self/fd/{at}/{part}"):
+                raise Refused(f"{so_far}: a symbolic link; the file tools do not follow links "
+                              "(they could lead out of your worktree)") from None
+            if e.errno == errno.ENOTDIR and flags & os.O_DIRECTORY:
+                raise Refused(f"{so_far}: not a folder") from None
+            raise
+
+    def read_bytes(self, rel: str, limit: int = MAX_FILE_BYTES) -> tuple[bytes, int]:
+        """(at most `limit` bytes from the start of the file, the file's size)."""
+        fd = self.open(rel, os.O_RDONLY)
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError(f"{rel}: a folder, not a file")
+            size = info.st_size
+            chunks, got = [], 0
+            while got < limit and (chunk := os.read(fd, min(1 << 20, limit - got))):
+                chunks.append(chunk)
+                got += len(chunk)
+            return b"".join(chunks), size
+        finally:
+            os.close(fd)
+
+    def write_bytes(self, rel: str, data: bytes):
+        """Create or replace a file's content; its folders are made as needed."""
+        if len(data) > MAX_FILE_BYTES:
+            raise Refused(f"{rel}: {len(data)} bytes is over the file tools' limit of {MAX_FILE_BYTES}")
+        fd = self.open(rel, os.O_WRONLY | os.O_CREAT, write=True, make_parents=True)
+        try:  # truncated only after the link and type checks: a second name is never emptied
+            os.ftruncate(fd, 0)
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+
+    def rewrite(self, rel: str, change: Callable[[str], str]):
+        """Read a text file, apply `change`, write the result back through the same descriptor."""
+        fd = self.open(rel, os.O_RDWR, write=True)
+        try:
+            size = os.fstat(fd).st_size
+            if size > MAX_FILE_BYTES:
+                raise Refused(f"{rel}: {size} bytes is over the file tools' limit of {MAX_FILE_BYTES}")
+            data = b""
+            while chunk := os.read(fd, 1 << 20):
+                data += chunk
+            new = change(data.decode()).encode()
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            _write_all(fd, new)
+        finally:
+            os.close(fd)
 
     def protected_by(self, rel: str) -> str | None:
         """The protected entry covering `rel` (or '.git'), or None."""
@@ -93,9 +194,6 @@ class Workspace:
             if rel == entry or rel.startswith(entry + "/"):
                 return entry
         return None
-
-    def relative(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix() or "."
 
     # --- commands ------------------------------------------------------------------------
 
@@ -117,6 +215,12 @@ class Workspace:
                 proc.wait()
                 status = None
             return status, _read_capped(out, limit)
+
+
+def _write_all(fd: int, data: bytes):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _read_capped(f, limit: int) -> str:

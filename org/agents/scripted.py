@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 
+from org.mail import unquote
 from org.program import Program
 from org.agents.models import Reply, tool_call
 from org.agents.roles import chief_of, juniors, role_of
@@ -163,7 +164,7 @@ def _messages(items: list[dict]) -> list[tuple[str, str]]:
     out = []
     for item in items:  # one by one: a message's text ends with its item
         parts = MAIL_HEADER.split(item.get("output") or item.get("text") or "")
-        out += [(parts[i], parts[i + 1]) for i in range(1, len(parts), 2)]
+        out += [(parts[i], unquote(parts[i + 1])) for i in range(1, len(parts), 2)]
     return out
 
 

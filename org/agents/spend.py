@@ -42,8 +42,11 @@ class Spend:
         self.budget = budget_dollars
         self.prices = prices or load_prices()
 
+    def price(self, model: str, usage: Usage) -> float:
+        return dollars(model, usage, self.prices)
+
     def record(self, model: str, usage: Usage) -> float:
-        cost = dollars(model, usage, self.prices)
+        cost = self.price(model, usage)
         with Ledger(self.ledger_path) as ledger:
             ledger.record_spend(self.program, self.agent, model, usage.tokens_in, usage.output, cost)
         return cost
@@ -52,9 +55,15 @@ class Spend:
         with Ledger(self.ledger_path) as ledger:
             return ledger.spend(self.program)["dollars"]
 
+    def limit(self) -> float:
+        """The ledger's total (a person's `org budget` changes it while the org runs)."""
+        with Ledger(self.ledger_path) as ledger:
+            fixed = ledger.program(self.program) and ledger.budget(self.program)
+        return fixed["total_llm_dollars"] if fixed else self.budget
+
     def exhausted(self) -> str | None:
         """Why no more calls may be made, or None."""
-        spent = self.spent()
-        if spent >= self.budget:
-            return f"the program's LLM budget is spent (${spent:.4f} of ${self.budget:g})"
+        spent, limit = self.spent(), self.limit()
+        if spent >= limit:
+            return f"the program's LLM budget is spent (${spent:.4f} of ${limit:g})"
         return None

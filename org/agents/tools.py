@@ -23,7 +23,7 @@ from typing import Callable
 
 from org.lab import Lab
 from org.ledger import FINISHED, Ledger
-from org.mail import EVERYONE, Mail
+from org.mail import EVERYONE, HUMAN, Mail, quote
 from org.program import NAME, PROGRAM_OWNED_KEYS, Program
 from org.agents.sandbox import SECRET_NAME, Refused, Workspace, cap, git_identity
 from org.sandbox import agent_box, available
@@ -168,47 +168,60 @@ class Tools:
     # --- files ---------------------------------------------------------------------------
 
     def read_file(self, path: str, offset: int = 1, limit: int = 2000) -> str:
-        real = self.ws.path(path)
-        if not real.is_file():
-            raise ToolError(f"{path}: no such file (list_files shows what exists)")
-        lines = real.read_text(errors="replace").splitlines(keepends=True)
+        try:
+            data, size = self.ws.read_bytes(path)
+        except FileNotFoundError:
+            raise ToolError(f"{path}: no such file (list_files shows what exists)") from None
+        except IsADirectoryError:
+            raise ToolError(f"{path}: a folder; list_files shows what is in it") from None
+        lines = data.decode(errors="replace").splitlines(keepends=True)
         start = max(offset, 1) - 1
         chunk = "".join(lines[start:start + max(limit, 1)])
         more = len(lines) - start - limit
-        return chunk + (f"\n[... {more} more lines; read on with offset={start + limit + 1}]" if more > 0 else "")
+        note = f"\n[... {more} more lines; read on with offset={start + limit + 1}]" if more > 0 else ""
+        if size > len(data):
+            note += (f"\n[the file is {size} bytes; read_file reads its first {len(data)}: use run "
+                     "with sed -n or tail for the rest]")
+        return chunk + note
 
     def write_file(self, path: str, content: str) -> str:
-        real = self.ws.path(path, write=True)
-        real.parent.mkdir(parents=True, exist_ok=True)
-        real.write_text(content)
-        return f"wrote {self.ws.relative(real)} ({len(content)} characters)"
+        self.ws.write_bytes(path, content.encode())
+        return f"wrote {self.ws.check(path)} ({len(content)} characters)"
 
     def edit_file(self, path: str, old_text: str, new_text: str, replace_all: bool = False) -> str:
-        real = self.ws.path(path, write=True)
-        if not real.is_file():
-            raise ToolError(f"{path}: no such file")
-        text = real.read_text()
-        count = text.count(old_text) if old_text else 0
-        if count == 0:
-            raise ToolError(f"{path}: old_text not found; read the file and copy the text exactly")
-        if count > 1 and not replace_all:
-            raise ToolError(f"{path}: old_text appears {count} times; add context to make it "
-                            "unique, or set replace_all")
-        real.write_text(text.replace(old_text, new_text))
-        return f"edited {self.ws.relative(real)}: {count} replacement(s)"
+        counted = []
+
+        def change(text: str) -> str:
+            count = text.count(old_text) if old_text else 0
+            if count == 0:
+                raise ToolError(f"{path}: old_text not found; read the file and copy the text exactly")
+            if count > 1 and not replace_all:
+                raise ToolError(f"{path}: old_text appears {count} times; add context to make it "
+                                "unique, or set replace_all")
+            counted.append(count)
+            return text.replace(old_text, new_text)
+        try:
+            self.ws.rewrite(path, change)
+        except FileNotFoundError:
+            raise ToolError(f"{path}: no such file") from None
+        return f"edited {self.ws.check(path)}: {counted[0]} replacement(s)"
 
     def list_files(self, path: str = ".") -> str:
-        top = self.ws.path(path)
-        if not top.is_dir():
-            raise ToolError(f"{path}: not a directory")
+        try:
+            top = self.ws.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ToolError(f"{path}: not a directory") from None
         entries = []
-        for folder, dirs, files in os.walk(top):
-            dirs[:] = sorted(d for d in dirs if d not in (".git", "__pycache__", ".lab"))
-            rel = Path(folder).relative_to(self.ws.root)
-            entries += [f"{(rel / d).as_posix()}/" for d in dirs]
-            entries += [(rel / f).as_posix() for f in sorted(files)]
-            if len(entries) > 500:
-                return "\n".join(sorted(entries)[:500]) + "\n[... more; list a subdirectory]"
+        try:  # fwalk from the descriptor: never through a link, never re-resolved by name
+            for folder, dirs, files, _ in os.fwalk(".", dir_fd=top):
+                dirs[:] = sorted(d for d in dirs if d not in (".git", "__pycache__", ".lab"))
+                rel = Path(self.ws.check(path)) / folder
+                entries += [f"{(rel / d).as_posix()}/" for d in dirs]
+                entries += [(rel / f).as_posix() for f in sorted(files)]
+                if len(entries) > 500:
+                    return "\n".join(sorted(entries)[:500]) + "\n[... more; list a subdirectory]"
+        finally:
+            os.close(top)
         return "\n".join(sorted(entries)) or "(empty)"
 
     # --- commands and git ----------------------------------------------------------------
@@ -323,7 +336,7 @@ class Tools:
     # --- comms ---------------------------------------------------------------------------
 
     def send_message(self, to: str, text: str) -> str:
-        known = self.teammates + [EVERYONE, "human"]
+        known = self.teammates + [EVERYONE, HUMAN]
         if to not in known:
             raise ToolError(f"no one called {to!r}; send to one of: {', '.join(known)}")
         for name in (self.teammates if to == EVERYONE else [to]):
@@ -372,7 +385,10 @@ def check_args(name: str, args) -> str | None:
 
 
 def format_mail(messages: list[dict]) -> str:
-    return "\n\n".join(f"[message from {m['from']} at {m.get('sent_at', '?')}]\n{m['text']}" for m in messages)
+    """Each message as the harness's header from the record, then its body quoted: a body that
+    imitates a header stays inside its own message."""
+    return "\n\n".join(f"[message from {m['from']} at {m.get('sent_at', '?')}]\n{quote(str(m['text']))}"
+                       for m in messages)
 
 
 def program_status(ledger: Ledger, program: Program, experiment_id: int | None = None) -> dict:
@@ -397,7 +413,7 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
             "claim": program.claim.model_dump(), "experiments": out, "pending_runs": pending,
             "verdicts": referee_verdicts(ledger, program),  # always live: a pure function of the runs
             "compute_seconds": {"spent": round(ledger.compute_seconds(program.name), 1),
-                                "total": program.budget.total_compute_seconds}}
+                                "total": ledger.budget(program.name)["total_compute_seconds"]}}
 
 
 def referee_verdicts(ledger: Ledger, program: Program) -> list[dict]:
