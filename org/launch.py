@@ -47,7 +47,7 @@ from org.ledger import FINISHED, Ledger, pid_alive
 from org.mail import HUMAN, Mail, now, write_atomically
 from org.panes import Grid, Pane, RELEASE_KEY, TAKEOVER_KEY, read_state, tmux_path
 from org.program import Program, load_program
-from org.sandbox import available as sandbox_available
+from org.sandbox import available as sandbox_available, pids_root, process_limit
 
 RUNNER, STATUS = "_runner", "_status"  # keeper names (agent names cannot start with "_")
 TAKEN_OVER = "taken over by a person"  # the pause reason `org status` shows as "taken over"
@@ -272,6 +272,8 @@ def check_sandbox(program: Program):
     code, no model) may run, and the launch says so."""
     why_not = sandbox_available()
     if why_not is None:
+        if pids_root() is None:
+            print(f"note: the boxes' process limit: {process_limit()}")
         return
     if any(agent.backend != "scripted" for agent in program.org.agents):
         raise OrgError(f"{why_not}. Agents' commands and runs must be sandboxed; install it, or launch "

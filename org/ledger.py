@@ -155,7 +155,8 @@ REPORTED_COLUMNS = ("train_seconds", "device", "git_commit", "git_dirty", "train
 MIGRATIONS = {  # from version N to N + 1
     1: ["ALTER TABLE runs ADD COLUMN confirm_bpb REAL", "ALTER TABLE runs ADD COLUMN measurement TEXT",
         "ALTER TABLE runs ADD COLUMN measure_seconds REAL"],
-    2: [SCHEMA[SCHEMA.index("CREATE TABLE budget_changes"):SCHEMA.index("CREATE TABLE llm_spend")].strip().rstrip(";")],
+    2: [SCHEMA[SCHEMA.index("CREATE TABLE budget_changes"):SCHEMA.index("CREATE TABLE llm_spend")]
+        .strip().rstrip(";").replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)],
 }
 
 

@@ -17,7 +17,12 @@ Inside a box:
 - the environment is exactly `env` (nothing inherited); a new session (no typing into the
   terminal it came from); it dies with the process that started it, and when the command (PID 1
   there) exits, every process it started dies with it;
-- rlimits, inherited through exec: CPU seconds, file size, open files, address space.
+- rlimits, inherited through exec: CPU seconds, file size, open files, address space;
+- at most `Limits.processes` processes and threads, in a pids cgroup of its own where this
+  machine lets us make one (cgroup v1's pids hierarchy, or v2 with the pids controller
+  delegated to us). Elsewhere there is no process limit: RLIMIT_NPROC counts every process of
+  the harness's user at bwrap's first fork (and never binds root), so it cannot stand in.
+  `process_limit()` says which holds.
 
 `check()` says in one line why a box cannot be made here (bwrap missing or failing), so a
 launch refuses before it starts anything.
@@ -30,6 +35,8 @@ import os
 import resource
 import shutil
 import subprocess
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +57,7 @@ class Limits:
     open_files: int = 4096                # RLIMIT_NOFILE
     address_bytes: int | None = None      # RLIMIT_AS (None: what the machine allows; CUDA needs that)
     tmp_bytes: int = 1 << 30              # the private /tmp (a tmpfs: RAM)
+    processes: int = 512                  # processes and threads in the box, all together
 
 
 class Sandbox:
@@ -69,9 +77,12 @@ class Sandbox:
         for pattern in GPU_DEVICES if self.gpu else ():
             for device in glob.glob(pattern):
                 box += ["--dev-bind", device, device]
-        hidden = [p for p in self.hidden if p.exists()]
+        hidden = [p for p in self.hidden if p.is_dir()]
         for path in hidden:  # mounts apply in order: hide first, then expose what is needed
             box += ["--size", "65536", "--tmpfs", str(path)]
+        for path in self.hidden:  # a file: read as empty
+            if path.exists() and not path.is_dir():
+                box += ["--ro-bind", "/dev/null", str(path)]
         for path in self.readonly:  # (a writable tree may lie inside a read-only one: .git/objects)
             if path.exists():
                 box += ["--ro-bind", str(path), str(path)]
@@ -90,6 +101,9 @@ class Sandbox:
         read, write = os.pipe()
         wrapped = self.wrap(argv, cwd, env)
         wrapped[1:1] = ["--info-fd", str(write)]
+        group = pids_cgroup(self.limits.processes)
+        if group:  # bwrap starts inside it, so everything in the box counts against pids.max
+            wrapped = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(group / "cgroup.procs"), *wrapped]
 
         def before_exec():
             self.set_limits()
@@ -114,6 +128,59 @@ class Sandbox:
                 hard = resource.getrlimit(which)[1]
                 value = value if hard == resource.RLIM_INFINITY else min(value, hard)
                 resource.setrlimit(which, (value, value))
+
+
+# --- the process limit: a pids cgroup per box -------------------------------------------
+
+PIDS_ROOT: dict = {}  # {"path": Path | None}: where our boxes' cgroups go, found once
+CANDIDATES = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+
+
+def pids_root() -> Path | None:
+    """A folder we may make pids cgroups in (nanolab/ under the first hierarchy that has the
+    pids controller and lets us write), or None."""
+    if "path" not in PIDS_ROOT:
+        PIDS_ROOT["path"] = None
+        for base in map(Path, CANDIDATES):
+            probe = base / "nanolab" / f"probe-{uuid.uuid4().hex[:8]}"
+            try:
+                probe.mkdir(parents=True)
+                ok = (probe / "pids.max").exists()
+                probe.rmdir()
+            except OSError:
+                continue
+            if ok:
+                PIDS_ROOT["path"] = base / "nanolab"
+                break
+    return PIDS_ROOT["path"]
+
+
+def pids_cgroup(limit: int) -> Path | None:
+    """A new cgroup holding at most `limit` tasks, or None where none can be made. Empty ones
+    of earlier boxes are removed on the way (a cgroup can be removed only once it is empty)."""
+    root = pids_root()
+    if root is None:
+        return None
+    for old in root.glob("box-*"):
+        try:
+            if time.time() - old.stat().st_mtime > 60:
+                old.rmdir()
+        except OSError:
+            pass  # still in use
+    group = root / f"box-{uuid.uuid4().hex[:12]}"
+    try:
+        group.mkdir()
+        (group / "pids.max").write_text(str(limit))
+    except OSError:
+        return None
+    return group
+
+
+def process_limit() -> str:
+    """How the boxes' process limit is enforced on this machine, in words."""
+    if pids_root():
+        return f"at most {Limits.processes} tasks in a pids cgroup per box (under {pids_root()})"
+    return "none: no pids cgroup can be made here (cgroupfs read-only, or no pids controller delegated)"
 
 
 def bwrap() -> str:
@@ -157,10 +224,23 @@ def untrusted_env(extra: dict | None = None) -> dict:
     return {**{k: os.environ[k] for k in PASSED_ENV if k in os.environ}, "HOME": "/tmp", **(extra or {})}
 
 
+# where people keep credentials, under HOME: agent code would read them and a tool's output
+# would carry them to the model's provider
+CREDENTIALS = (".ssh", ".aws", ".azure", ".gnupg", ".docker", ".kube", ".netrc", ".git-credentials",
+               ".pypirc", ".npmrc", ".config/gh", ".config/gcloud", ".config/hub", ".claude", ".claude.json",
+               ".codex", ".anthropic", ".openai", ".huggingface", ".cache/huggingface/token",
+               ".bash_history", ".zsh_history", ".python_history")
+
+
 def lab_private(lab_root: Path) -> list[Path]:
-    """What agent code never sees: the lab's state (ledger, mail, runs, transcripts, caches) and
-    the agents' worktrees (an agent's own is bound back into its box)."""
-    return [Path(lab_root) / ".lab", Path(lab_root) / "worktrees"]
+    """What agent code never sees: the lab's state (ledger, mail, runs, transcripts, caches), the
+    agents' worktrees (an agent's own is bound back into its box), and the credentials of the
+    person running the org (HOME's usual places, and the keys file NANOLAB_KEYS_FILE names)."""
+    home = Path.home()
+    secrets = [home / name for name in CREDENTIALS]
+    if os.environ.get("NANOLAB_KEYS_FILE"):
+        secrets.append(Path(os.environ["NANOLAB_KEYS_FILE"]).expanduser())
+    return [Path(lab_root) / ".lab", Path(lab_root) / "worktrees", *secrets]
 
 
 def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, source: str, kernels: Path, gpu: bool,

@@ -18,7 +18,7 @@ from agentlab import lab_dir, make_project, tiny_program, worktree
 from org.agents.tools import Tools
 from org.cli import main
 from org.ledger import Ledger
-from org.sandbox import Limits, Sandbox, available
+from org.sandbox import Limits, Sandbox, available, pids_root, process_limit
 from test_org_runner import agent_commit, create_project, tiny_program as runner_program
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=f"{available()}")
@@ -117,6 +117,48 @@ def test_nothing_a_command_starts_outlives_it(two_agents):
     first = (tree / "beat").read_text()
     time.sleep(1.0)
     assert (tree / "beat").read_text() == first  # the daemon died with the command
+
+
+def test_a_command_cannot_read_the_persons_credentials(two_agents, outside_tmp, monkeypatch):
+    root, program, _, _ = two_agents
+    home = outside_tmp / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE-KEY-MATERIAL\n")
+    (home / ".netrc").write_text("machine api.example.com password NETRC-PASSWORD\n")
+    (home / "keys.env").write_text(f"ANTHROPIC_API_KEY={SECRET}\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NANOLAB_KEYS_FILE", str(home / "keys.env"))
+    tools = Tools("alice", program, root, worktree(root, program, "alice"))
+    try:
+        out = run(tools, f"cat {home}/.ssh/id_ed25519 {home}/.netrc {home}/keys.env; ls -a {home}/.ssh; echo done")
+    finally:
+        tools.close()
+    assert "done" in out and "id_ed25519: No such file" in out  # .ssh is an empty folder there
+    for secret in ("PRIVATE-KEY-MATERIAL", "NETRC-PASSWORD", SECRET):
+        assert secret not in out
+
+
+FORK_BOMB = """python3 -c '
+import os, time
+n = 0
+try:
+    for _ in range(3000):
+        if os.fork() == 0:
+            time.sleep(3)
+            os._exit(0)
+        n += 1
+    print("started", n)
+except OSError as e:
+    print("refused after", n, e.strerror)
+'"""
+
+
+@pytest.mark.skipif(pids_root() is None, reason=f"process limit: {process_limit()}")
+def test_a_runaway_command_hits_the_process_limit(two_agents):
+    _, _, tools, _ = two_agents
+    out = run(tools, FORK_BOMB)
+    assert "refused after" in out and "Resource temporarily unavailable" in out, out
+    assert int(out.split("refused after ")[1].split()[0]) < Limits.processes
 
 
 def test_a_command_still_works_in_its_worktree_and_commits(two_agents):
