@@ -251,7 +251,6 @@ def check(arg: str, backend: str | None) -> tuple[Launch, Program]:
     root = lab_root()
     with contextlib.chdir(root):
         program, lab, path = preflight(arg)
-    check_sandbox(with_backend(program, backend) if backend else program)
     try:
         launch = Launch(root, with_backend(program, backend) if backend else program, path.resolve())
         if not program.org.agents:
@@ -261,6 +260,7 @@ def check(arg: str, backend: str | None) -> tuple[Launch, Program]:
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise OrgError(f"{missing[0]}{more}; or launch with --backend scripted (no model, no key)")
+        check_sandbox(launch.program)
         check_branches(lab, launch)
     finally:
         lab.close()

@@ -27,6 +27,7 @@ from org.cli import main
 from org.ledger import Ledger
 from org.mail import Mail
 from org.panes import Grid, read_state
+from org.sandbox import available
 from test_launch import eventually, org_project  # noqa: F401  (org_project is a fixture)
 
 AGENTS = [{"name": "chief", "role": "chief", "backend": "anthropic", "model": "claude-chief"},
@@ -94,6 +95,7 @@ def org(root: Path, *args: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(available() is not None, reason=f"model agents launch only with a sandbox: {available()}")
 def test_an_org_is_watched_taken_over_stopped_resumed_and_reported(org_project, monkeypatch, capsys):
     root = org_project(agents=AGENTS, topology="chief",
                        variants=[{"name": "no-softcap", "overrides": {"softcap": 0}}])
