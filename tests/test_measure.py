@@ -15,7 +15,7 @@ import pytest
 from org.cli import main
 from org.ledger import Ledger
 from org.measure import cross_check, evaluator_env, measure_run, source_only, worker_command
-from org.sandbox import untrusted_env, worker_box
+from org.sandbox import available, untrusted_env, worker_box
 from test_org_runner import agent_commit, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +45,15 @@ def job(lab, run_dir=None, code=None) -> dict:
             "preset": "nanochat", "overrides": dict(TINY), "seed": 3, "data": "pystdlib", "tokenizer": "bytes",
             "val_tokens": 2048, "batch_size": 4, "seq_len": 64, "device": "cpu", "dtype": "float32",
             "matmul": "fp32", "budget_kind": "steps", "budget": FLAGS["steps"],
-            "worker": None if code is None else worker_command(code, untrusted_env({"OMP_NUM_THREADS": "1", "NANOLAB_CACHE": str(lab["root"] / "harness-cache" / "data")}), box=worker_box(
-                lab["root"], code, lab["root"] / "harness-cache" / "data", "pystdlib", code / "kernels", gpu=False))}
+            "worker": None if code is None else worker_command(code, untrusted_env(
+                {"OMP_NUM_THREADS": "1", "NANOLAB_CACHE": str(lab["root"] / "harness-cache" / "data")}), box=box_for(lab, code))}
+
+
+def box_for(lab, code: Path):
+    """The worker's box, as the runner makes it; a plain process where no box can be made here."""
+    if available() is not None:
+        return None
+    return worker_box(lab["root"], code, lab["root"] / "harness-cache" / "data", "pystdlib", code / "kernels", gpu=False)
 
 
 def measure(lab, timeout=120, **kw) -> dict:

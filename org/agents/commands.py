@@ -116,7 +116,7 @@ def start_agent(name: str, program, root: Path, api: str | None = None, console=
     from org.agents.scripted import ScriptedModel
     try:
         via = None
-        if os.environ.get("NANOLAB_GATEWAY"):  # set by `org launch` in an agent's pane
+        if os.environ.get("NANOLAB_GATEWAY") and entry.backend != "scripted":  # set by `org launch`
             from org.gateway import client_config
             via = client_config(root / ".lab" / program.name, name, entry.backend)
             if via is None:
