@@ -261,6 +261,7 @@ def check(arg: str, backend: str | None) -> tuple[Launch, Program]:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise OrgError(f"{missing[0]}{more}; or launch with --backend scripted (no model, no key)")
         check_sandbox(launch.program)
+        check_clis(launch.program)
         check_branches(lab, launch)
     finally:
         lab.close()
@@ -279,6 +280,15 @@ def check_sandbox(program: Program):
         raise OrgError(f"{why_not}. Agents' commands and runs must be sandboxed; install it, or launch "
                        "with --backend scripted")
     print(f"note: {why_not}; every agent is scripted, so the org runs without a sandbox")
+
+
+def check_clis(program: Program):
+    """Each claude-code or codex agent's CLI is installed, at the pinned version, and starts."""
+    from org.agents.clis import BACKEND_CLI, check_cli
+    for agent in program.org.agents:
+        why = check_cli(agent.name, agent.backend) if agent.backend in BACKEND_CLI else None
+        if why:
+            raise OrgError(why)
 
 
 def check_branches(lab: Lab, launch: Launch):
@@ -747,7 +757,8 @@ def person_shell(launch: Launch, agent: str, backend: str) -> Pane:
               f"a shell in {tree} (branch agent/{launch.name}/{agent})",
               f"`org release {agent}` (or C-b {RELEASE_KEY}) hands it back, with a note of what you changed"]
     if backend == "codex":
-        banner.append("`codex resume --last` here continues the agent's own Codex session")
+        home = launch.lab_dir / "clis" / agent / "home" / ".codex"
+        banner.append(f"the agent's own Codex session: CODEX_HOME={home} codex resume --last")
     shell = os.environ.get("SHELL") or "/bin/bash"
     script = "printf '%s\\n' " + " ".join(shlex.quote(line) for line in banner) + f"; exec {shlex.quote(shell)} -i"
     env = {"NANOLAB_AGENT": agent, "NANOLAB_PROGRAM": launch.name, "NANOLAB_LAB": str(launch.root),

@@ -37,7 +37,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from org import OrgError
@@ -67,6 +67,11 @@ class Sandbox:
         self.readonly = [Path(p) for p in readonly]
         self.hidden = [Path(p) for p in hidden]
         self.net, self.gpu, self.limits = net, gpu, limits or Limits()
+
+    def with_extra(self, writable=(), readonly=(), **limits) -> "Sandbox":
+        """This box with more trees bound in, and some of its limits changed."""
+        return Sandbox(self.writable + [Path(p) for p in writable], self.readonly + [Path(p) for p in readonly],
+                       self.hidden, net=self.net, gpu=self.gpu, limits=replace(self.limits, **limits))
 
     def wrap(self, argv: list[str], cwd: str | Path, env: dict) -> list[str]:
         """bwrap's command line running argv in the box, in cwd, with exactly env."""

@@ -1,22 +1,26 @@
 """The agents from the command line: `org agent` (the process in a pane), the `org tool`,
 `org results` and `org mail` commands a CLI agent uses from its shell, the turn-end hook of the
 claude and codex backends, and those two CLIs themselves where they are installed."""
+import contextlib
 import json
-import shutil
 import subprocess
 import threading
 
 import pytest
 
 from agentlab import BackgroundRunner, lab_dir, make_project, tiny_program, worktree
-from fakellm import FakeLLM, Text
-from org.agents.clis import claude_argv, cli_env, codex_argv, next_codex_prompt, on_hook
+from fakellm import Call, FakeLLM, Text
+from org.agents.clis import BACKEND_CLI, BoxedCLI, check_cli, claude_argv, codex_argv, next_codex_prompt, on_hook, \
+    port_handler
+from org.agents.port import PORT_VAR, Port, call
 from org.agents.control import Control
 from org.agents.roles import agent_entry
 from org.agents.transcript import Transcript
-from org.cli import main
+from org.cli import build_parser, main
+from org.gateway import Gateway, prepare
 from org.ledger import Ledger
 from org.mail import Mail
+from org.sandbox import available
 
 AGENTS = [{"name": "solo", "backend": "scripted"},
           {"name": "claude", "role": "junior", "backend": "claude-code", "model": "claude-sonnet-test"},
@@ -79,7 +83,7 @@ def test_the_org_command_gives_a_cli_agent_the_same_tools(project, monkeypatch, 
     assert Control(lab_dir(root, program), "claude").stop_reason() == "finished: done"
 
 
-def test_claude_codes_stop_hook_charges_the_turn_and_hands_over_new_mail(project, tmp_path):
+def test_claude_codes_stop_hook_hands_over_new_mail_and_leaves_spend_to_the_gateway(project, tmp_path):
     root, program = project
     claude_log = tmp_path / "session.jsonl"  # what Claude Code logs: usage per assistant message
     claude_log.write_text(json.dumps({"type": "user", "message": {"content": "hi"}}) + "\n" + json.dumps(
@@ -93,15 +97,13 @@ def test_claude_codes_stop_hook_charges_the_turn_and_hands_over_new_mail(project
     answer = json.loads(on_hook("stop", program, "claude", root, payload))
     assert answer == {"decision": "block", "reason": answer["reason"]} and "Verdict is in" in answer["reason"]
     assert mail.inbox("claude") == []
-    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
-        assert ledger.spend("tiny")["agents"]["claude"]["dollars"] == pytest.approx((1000 * 3 + 100 * 15) / 1e6)
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:  # the gateway meters calls, not this
+        assert "claude" not in ledger.spend("tiny")["agents"]
     transcript = Transcript(lab_dir(root, program) / "transcripts" / "claude.jsonl")
     assert transcript.events("turn_end")[0]["last_message"] == "Submitted no-softcap; waiting."
 
     Control(lab_dir(root, program), "claude").pause("taken over")  # a person has the pane: let Claude stop
     assert on_hook("stop", program, "claude", root, payload) is None
-    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:  # the same messages are not charged twice
-        assert ledger.spend("tiny")["agents"]["claude"]["tokens_in"] == 1000
 
 
 def test_claude_code_says_it_is_paused_once_its_turn_ends_and_running_once_handed_back(project):
@@ -138,45 +140,113 @@ def test_codex_never_reruns_its_prompt_while_paused_or_stopping(project):
     assert next_codex_prompt(mail, control, transcript, "claude", 0.05) == (None, "test over")
 
 
-@pytest.mark.skipif(shutil.which("claude") is None,
-                    reason="the Claude Code CLI is not installed (npm install -g @anthropic-ai/claude-code)")
-def test_claude_code_ends_its_turn_through_the_stop_hook_and_continues_with_mail(project, tmp_path):
+# --- the real CLIs, boxed, one turn each, through the port and a real gateway -------------------
+
+MISSING = {backend: check_cli("test", backend) for backend in BACKEND_CLI}
+
+
+@pytest.fixture
+def gateway(project, monkeypatch):
+    """The org's gateway as `org launch` sets it up, the fake model server as its upstream."""
+    root, program = project
+
+    def serve(scripts, backends=None):
+        stack = contextlib.ExitStack()
+        llm = stack.enter_context(FakeLLM(scripts))
+        env = {"ANTHROPIC_API_KEY": "sk-ant-REAL-KEY", "ANTHROPIC_BASE_URL": llm.url,
+               "OPENAI_API_KEY": "sk-openai-REAL-KEY", "OPENAI_BASE_URL": llm.url + "/v1"}
+        prepare(lab_dir(root, program), backends or {a["name"]: a["backend"] for a in AGENTS}, env)
+        stack.enter_context(Gateway(lab_dir(root, program), program.name, say=lambda line: None))
+        monkeypatch.setenv("NANOLAB_GATEWAY", "1")
+        return llm, stack
+    return serve
+
+
+def tool_results(llm) -> str:
+    return "\n".join(json.dumps(r.body) for r in llm.requests)
+
+
+@pytest.mark.skipif(available() is not None, reason=f"CLI agents run only in a sandbox: {available()}")
+@pytest.mark.skipif(bool(MISSING["claude-code"]), reason=f"{MISSING['claude-code']} (CI installs it)")
+def test_claude_code_boxed_edits_through_its_tools_and_reaches_only_the_org(project, gateway):
     root, program = project
     tree = worktree(root, program, "claude")
-    home = tmp_path / "home"
-    home.mkdir()
-    Mail(lab_dir(root, program)).send("solo", "claude", "Please say hello.")
-    with FakeLLM([[Text("Waiting for mail.")], [Text("Hello.")]]) as llm:
-        env = {**cli_env("claude", program, root), "HOME": str(home), "ANTHROPIC_BASE_URL": llm.url,
-               "ANTHROPIC_API_KEY": "sk-ant-test", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
-        argv = claude_argv(agent_entry(program, "claude"), program, root) + ["-p", "Start."]
+    evaluation = (tree / "trainer" / "eval.py").read_text()
+    probe = ("org mail send solo hello-from-the-box; echo token=${ANTHROPIC_AUTH_TOKEN:0:8}; "
+             f"ls {lab_dir(root, program)}; cat /proc/1/cmdline | tr '\\0' ' '")
+    llm, stack = gateway({"claude-sonnet-test": [
+        [Call("Edit", {"file_path": str(tree / "trainer" / "eval.py"), "old_string": "The evaluation every verdict",
+                       "new_string": "An evaluation"})],
+        [Call("Bash", {"command": probe, "description": "probe"})],
+        [Text("Done for now.")]]})
+    with stack:
+        entry = agent_entry(program, "claude")
         Control(lab_dir(root, program), "claude").clear_stop()
-        stopper = threading.Timer(30, lambda: Control(lab_dir(root, program), "claude").stop("test over"))
-        stopper.start()
-        try:
-            subprocess.run(argv, cwd=tree, env=env, timeout=120, capture_output=True)
-        finally:
-            stopper.cancel()
-    assert any("Please say hello." in json.dumps(r.body) for r in llm.requests)
+        with BoxedCLI(entry, program, root, tree) as cli:
+            proc = cli.start(claude_argv(entry, program, cli.tree) + ["-p", "Start."], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stopper = threading.Timer(20, lambda: Control(lab_dir(root, program), "claude").stop("test over"))
+            stopper.start()  # its Stop hook waits for mail: end the wait
+            try:
+                out = proc.communicate(timeout=120)[0].decode()
+            finally:
+                stopper.cancel()
+    results = tool_results(llm)
+    assert proc.returncode == 0, out
+    assert (tree / "trainer" / "eval.py").read_text() == evaluation  # Claude's own deny rule
+    assert "permission" in results.lower() or "denied" in results.lower()
+    assert "token=nanolab" in results  # a gateway token, never a key
+    assert "sk-ant-REAL" not in results and "sk-ant-REAL" not in out
+    assert "clis\\n" in results and "ledger.sqlite" not in results  # only its own port and home in .lab
+    assert [m["text"] for m in Mail(lab_dir(root, program)).inbox("solo")] == ["hello-from-the-box"]
+    assert Mail(lab_dir(root, program)).inbox("solo")[0]["from"] == "claude"
     assert Transcript(lab_dir(root, program) / "transcripts" / "claude.jsonl").events("turn_end")
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:  # metered by the gateway, once per call
+        assert [r["agent"] for r in ledger._all("SELECT agent FROM llm_spend")] == ["claude"] * len(llm.requests)
+    assert all(r.headers["x-api-key"] == "sk-ant-REAL-KEY" for r in llm.requests)
 
 
-@pytest.mark.skipif(shutil.which("codex") is None,
-                    reason="the Codex CLI is not installed (npm install -g @openai/codex)")
-def test_codex_reports_each_turn_through_notify(project, tmp_path):
-    # written from the notes on codex 0.169 (a custom provider on a Responses server); not yet
-    # run on a machine with codex installed
+@pytest.mark.skipif(available() is not None, reason=f"CLI agents run only in a sandbox: {available()}")
+@pytest.mark.skipif(bool(MISSING["codex"]), reason=f"{MISSING['codex']} (CI installs it)")
+def test_codex_boxed_reports_its_turn_through_notify_and_its_shell_holds_no_token(project, gateway):
     root, program = project
-    entry = agent_entry(program, "claude").model_copy(update={"backend": "codex"})
+    entry = agent_entry(program, "claude").model_copy(update={"backend": "codex", "model": "gpt-test"})
     tree = worktree(root, program, "claude")
-    with FakeLLM([[Text("Looked around; nothing to do yet.")]]) as llm:
-        provider = ["-c", "model_provider=fake", "-c", 'model_providers.fake.name="fake"',
-                    "-c", f'model_providers.fake.base_url="{llm.url}/v1"',
-                    "-c", 'model_providers.fake.env_key="FAKE_KEY"', "-c", 'model_providers.fake.wire_api="responses"']
-        env = {**cli_env("claude", program, root), "CODEX_HOME": str(tmp_path / "codex"), "FAKE_KEY": "k"}
-        (tmp_path / "codex").mkdir()
-        argv = codex_argv(entry, program, root, resume=False) + provider + ["Start."]
-        subprocess.run(argv, cwd=tree, env=env, timeout=120, capture_output=True)
-    assert llm.requests and llm.requests[0].path == "/v1/responses"
+    probe = "org mail send solo hi-from-codex; echo token=[$NANOLAB_OPENAI_TOKEN]; env | grep -ci key"
+    llm, stack = gateway({"gpt-test": [[Call("exec_command", {"cmd": probe})], [Text("Looked around; nothing to do yet.")]]},
+                         backends={"claude": "codex"})
+    with stack:
+        with BoxedCLI(entry, program, root, tree) as cli:
+            proc = cli.start(codex_argv(entry, resume=False) + ["Start."], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 0, out
+    assert [r.path for r in llm.requests] == ["/v1/responses"] * 2
+    results = tool_results(llm)
+    assert "token=[]" in results and "sk-openai-REAL" not in results  # its shell: no token, no key
     [turn] = Transcript(lab_dir(root, program) / "transcripts" / "claude.jsonl").events("turn_end")
     assert turn["backend"] == "codex" and "nothing to do yet" in turn["last_message"]
+    assert Mail(lab_dir(root, program)).inbox("solo")[0]["from"] == "claude"
+
+
+def test_the_port_says_who_calls_whatever_the_command_claims(project, monkeypatch, capsys):
+    """Inside a box, `org tool --as solo` still acts as the agent whose port it is."""
+    root, program = project
+    worktree(root, program, "claude")
+    with Port(lab_dir(root, program) / "clis" / "claude" / "port", port_handler(program, "claude", root), None) as port:
+        monkeypatch.setenv(PORT_VAR, str(port.org_socket))
+        monkeypatch.setenv("NANOLAB_AGENT", "solo")
+        assert main(["tool", "--as", "solo", "--program", "tiny", "send_message",
+                     json.dumps({"to": "solo", "text": "from whom?"})]) == 0
+        assert main(["mail", "--as", "solo", "send", "solo", "again"]) == 0
+        assert main(["tool", "write_file", json.dumps({"path": "trainer/eval.py", "content": "x"})]) == 1
+        assert "refused: trainer/eval.py: protected" in capsys.readouterr().out
+        assert call({"op": "shell", "cmd": "id"})["rc"] == 2  # nothing but the org's requests
+    inbox = Mail(lab_dir(root, program)).inbox("solo")
+    assert [(m["from"], m["text"]) for m in inbox] == [("claude", "from whom?"), ("claude", "again")]
+
+
+def test_codex_notify_takes_its_json_after_the_options():
+    """codex appends its JSON as the last argument of the notify command."""
+    args = build_parser().parse_args(["agent-hook", "--as", "a", "--program", "p", "notify", '{"type": "x"}'])
+    assert (args.event, args.payload, args.agent) == ("notify", '{"type": "x"}', "a")

@@ -137,6 +137,25 @@ def no_sandbox_for_a_model_agent(root, monkeypatch, tmp_path):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
 
 
+def a_claude_code_agent(root, monkeypatch, tmp_path, claude_says: str | None):
+    """A claude-code agent, its key set, and a CLI folder holding a `claude` that prints
+    `claude_says` for its version (None: no claude at all, on PATH or there)."""
+    program = yaml.safe_load((root / "programs" / "tiny.yaml").read_text())
+    program["org"]["agents"].append({"name": "cc", "backend": "claude-code", "model": "claude-test"})
+    (root / "programs" / "tiny.yaml").write_text(yaml.safe_dump(program))
+    git.Repo(root).git.commit("-am", "a claude-code agent")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    clis = tmp_path / "clis"
+    (clis / "node_modules" / ".bin").mkdir(parents=True)
+    monkeypatch.setenv("NANOLAB_CLIS", str(clis))
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                                if not (Path(p) / "claude").exists()))
+    if claude_says is not None:
+        fake = clis / "node_modules" / ".bin" / "claude"
+        fake.write_text(f"#!/bin/sh\necho '{claude_says}'\n")
+        fake.chmod(0o755)
+
+
 def no_agents(root, monkeypatch, tmp_path):
     program = yaml.safe_load((root / "programs" / "tiny.yaml").read_text())
     program["org"]["agents"] = []
@@ -155,6 +174,11 @@ BAD_ENVIRONMENTS = {
     "no agents": (no_agents, "org.agents is empty: nobody to launch"),
     "no sandbox for a model agent": (no_sandbox_for_a_model_agent,
                                      "no sandbox: the bwrap command is not installed; install bubblewrap"),
+    "a CLI missing": (lambda *a: a_claude_code_agent(*a, claude_says=None),
+                      "agent cc (backend claude-code) needs the claude CLI, which is not installed; "
+                      "run `org install-clis`"),
+    "a CLI of another version": (lambda *a: a_claude_code_agent(*a, claude_says="1.0.3 (Claude Code)"),
+                                 "agent cc (backend claude-code) needs claude 2.1.332, found '1.0.3 (Claude Code)'"),
 }
 
 

@@ -10,7 +10,8 @@ The org's researchers: one loop per agent, the tools it works with, and its back
     anthropic_api.py  Claude (Messages API, streaming, prompt caching)
     openai_api.py     OpenAI and compatible servers (Chat Completions or Responses)
     scripted.py       no model: the program's declared plan through the same tools
-    clis.py           the claude and codex CLIs in the pane (turn ends from their hooks)
+    clis.py           the claude and codex CLIs in the pane, boxed (turn ends from their hooks)
+    port.py           a boxed CLI's way out: its `org` commands and its gateway connection
     roles.py          prompts (org/prompts/*.md) and teammates by role and topology
     spend.py          dollars per call into the ledger (org/prices.yaml); the LLM budget
     control.py        pause / resume / stop from outside (what `org launch` uses)

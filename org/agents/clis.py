@@ -3,103 +3,295 @@ The claude-code and codex backends: the vendors' own agent CLIs, started in the 
 and worktree, with the org's tools reachable as the `org` command in their shell.
 
 - Claude Code runs interactively. The end of each turn comes from its Stop hook (never from
-  reading the screen): `org agent-hook stop` records the turn, charges its tokens, and then
-  waits for mail; new mail goes back as {"decision": "block", "reason": <mail>}, which makes
-  Claude carry on with it. While the agent is paused (a person took the pane over) or stopping,
-  the hook lets Claude stop, so the person has the prompt.
+  reading the screen): `org agent-hook stop` records the turn and then waits for mail; new mail
+  goes back as {"decision": "block", "reason": <mail>}, which makes Claude carry on with it.
+  While the agent is paused (a person took the pane over) or stopping, the hook lets Claude
+  stop, so the person has the prompt.
 - Codex runs one `codex exec` per turn (its `resume --last` continues the session). Its
   `notify` command, `org agent-hook notify`, records each finished turn; the next turn starts
   when mail arrives.
 
-Both get the role prompt, and NANOLAB_AGENT / NANOLAB_PROGRAM / NANOLAB_LAB so `org tool`,
-`org results` and `org mail` know who is calling. Caveat: the CLI needs its API key in its
-environment, so the key is visible to the shell commands the CLI runs (unlike the API
-backends, whose `run` tool strips it); give these agents keys you can afford to expose.
+Each CLI runs in the agent's box (org/sandbox.py: its worktree writable, no network, .lab/ and
+the other worktrees absent), with a home of its own in .lab/<program>/clis/<agent>/home that
+passes every first-run screen (onboarding, folder trust, the bypass warning) and turns off
+telemetry and updates. Its model calls reach the org's gateway, with the agent's own token,
+through the port (org/agents/port.py), which also carries its `org` commands out of the box
+as this agent. So it never holds a key, its spend is metered by the gateway like every other
+agent's, and it can write nothing of the lab's. On top of the box: Claude Code's
+`permissions.deny` on the protected paths, and Codex's `shell_environment_policy` keeping
+tokens out of its shell.
+
+The CLIs come from npm, pinned (CLI_PACKAGES); `org install-clis` puts them in cli_dir().
 """
 from __future__ import annotations
 
 import json
 import os
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
+from org import OrgError
 from org.agents.control import Control
 from org.agents.roles import kickoff, system_prompt
 from org.agents.spend import Spend
-from org.agents.models import Usage
 from org.agents.tools import format_mail
 from org.agents.transcript import Transcript
 from org.mail import Mail
 
 HOOK_WAIT_SECONDS = 3000  # Claude Code's hook timeout is set above this
+CLI_PACKAGES = {"claude": ("@anthropic-ai/claude-code", "2.1.332"), "codex": ("@openai/codex", "0.171.0")}
+BACKEND_CLI = {"claude-code": "claude", "codex": "codex"}
+OPENAI_TOKEN_VAR = "NANOLAB_OPENAI_TOKEN"  # codex reads its gateway token from this variable
 
+
+# --- where the CLIs are, and installing them -----------------------------------------------
+
+def cli_dir() -> Path:
+    """Where `org install-clis` puts the pinned CLIs (NANOLAB_CLIS, else a user cache folder)."""
+    if os.environ.get("NANOLAB_CLIS"):
+        return Path(os.environ["NANOLAB_CLIS"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanolab" / "clis"
+
+
+def find_cli(name: str) -> str | None:
+    """The CLI's binary: the pinned install first, then PATH."""
+    return shutil.which(name, path=str(cli_dir() / "node_modules" / ".bin")) or shutil.which(name)
+
+
+def check_cli(agent: str, backend: str) -> str | None:
+    """None if the agent's CLI is installed at its pinned version, else what to do (one line)."""
+    name = BACKEND_CLI[backend]
+    package, version = CLI_PACKAGES[name]
+    path = find_cli(name)
+    if path is None:
+        return f"agent {agent} (backend {backend}) needs the {name} CLI, which is not installed; run `org install-clis`"
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL, env=cli_probe_env()).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"agent {agent} (backend {backend}): {path} does not start ({e}); run `org install-clis`"
+    if version not in out.split() and f"{name}-cli {version}" not in out:
+        found = out.strip().splitlines()[0] if out.strip() else "no version"
+        return (f"agent {agent} (backend {backend}) needs {name} {version}, found {found!r} at {path}; "
+                "run `org install-clis`")
+    return None
+
+
+def cli_probe_env() -> dict:
+    return {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "DISABLE_AUTOUPDATER": "1"}
+
+
+def install_clis(say=print) -> Path:
+    """npm install the pinned CLIs into cli_dir() (about 800 MB, half a minute)."""
+    if not any(check_cli("-", backend) for backend in BACKEND_CLI):
+        say(f"the pinned CLIs are installed: {cli_dir() / 'node_modules' / '.bin'}")
+        return cli_dir()
+    npm = shutil.which("npm")
+    if npm is None:
+        raise OrgError("org install-clis needs npm (Node.js 20 or newer: apt-get install nodejs npm)")
+    target = cli_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    specs = [f"{package}@{version}" for package, version in CLI_PACKAGES.values()]
+    say(f"installing {' '.join(specs)} into {target} ...")
+    proc = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(target), *specs],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise OrgError(f"npm install failed: {why}")
+    for backend in BACKEND_CLI:
+        why = check_cli("-", backend)
+        if why:
+            raise OrgError(f"npm install finished, but: {why}")
+    say(f"installed: {target / 'node_modules' / '.bin'}")
+    return target
+
+
+# --- the CLI's own home, seeded past its first-run screens ---------------------------------
 
 def org_command(*args: str) -> str:
     """`org ARGS` as a shell command that works without the console script on PATH."""
     return shlex.join([sys.executable, "-m", "org.cli", *args])
 
 
-def cli_env(agent: str, program, root: Path) -> dict:
-    env = {**os.environ, "NANOLAB_AGENT": agent, "NANOLAB_PROGRAM": program.name, "NANOLAB_LAB": str(root),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1"}
+def claude_settings(program, tree: Path) -> dict:
+    """--settings: the Stop hook, no bypass warning, and edits of protected paths refused by Claude
+    itself (the box is what enforces; this keeps the agent from trying)."""
+    hook = org_command("agent-hook", "stop")
+    deny = [f"Edit(/{tree}/{p})" for p in program.protected] + [f"Edit(/{tree}/{p}/**)" for p in program.protected]
+    return {"hooks": {"Stop": [{"hooks": [{"type": "command", "command": hook, "timeout": HOOK_WAIT_SECONDS + 60}]}]},
+            "skipDangerousModePermissionPrompt": True, "permissions": {"deny": deny}}
+
+
+def seed_shell_profile(home: Path, path: str):
+    """Login shells (codex runs `bash -lc`) reset PATH from /etc/profile; ~/.bash_profile puts
+    the `org` command and the CLIs back."""
+    (home / ".bash_profile").write_text(f"export PATH={shlex.quote(path)}\n")
+
+
+def seed_claude_home(home: Path, tree: Path):
+    """~/.claude.json past onboarding and with the worktree trusted (Claude rewrites this file:
+    keep what it wrote, set our keys)."""
+    path = home / ".claude.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        state = {}
+    state["hasCompletedOnboarding"] = True
+    state.setdefault("projects", {}).setdefault(str(tree), {})["hasTrustDialogAccepted"] = True
+    path.write_text(json.dumps(state, indent=1))
+
+
+def codex_config(model: str, base_url: str, tree: Path) -> str:
+    """CODEX_HOME/config.toml: the gateway as its provider, the worktree trusted, the notify hook,
+    no update checks, analytics, plugins or daemon, and no token in its shell's environment."""
+    q = json.dumps  # a JSON string is a TOML basic string
+    notify = "[" + ", ".join(q(a) for a in [sys.executable, "-m", "org.cli", "agent-hook", "notify"]) + "]"
+    return "\n".join([
+        f"model = {q(model)}", 'model_provider = "nanolab"', "check_for_update_on_startup = false",
+        f"notify = {notify}", "",
+        "[analytics]", "enabled = false", "",
+        "[features]", "plugins = false", "daemon_auto_start = false", "",
+        "[model_providers.nanolab]", 'name = "nanolab gateway"', f"base_url = {q(base_url)}",
+        f"env_key = {q(OPENAI_TOKEN_VAR)}", 'wire_api = "responses"', "",
+        f"[projects.{q(str(tree))}]", 'trust_level = "trusted"', "",
+        "[shell_environment_policy]", 'exclude = ["*KEY*", "*TOKEN*", "*SECRET*"]', ""])
+
+
+def cli_env(entry, program, tree: Path, home: Path, port_dir: Path, via: tuple[str, str]) -> dict:
+    """The whole environment of the CLI in its box: no key, only the agent's gateway token."""
+    from org.agents.sandbox import git_identity
+    from org.agents.port import PORT_VAR
+    from org.sandbox import untrusted_env
+    env = untrusted_env({"HOME": str(home), "PATH": box_path(entry.backend), PORT_VAR: str(port_dir / "org.sock"),
+                         "NANOLAB_AGENT": entry.name, "NANOLAB_PROGRAM": program.name,
+                         "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
+                         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+                         "CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL": "1", **git_identity(entry.name)})
     if os.geteuid() == 0:
         env["IS_SANDBOX"] = "1"  # Claude Code refuses to skip permissions as root otherwise
-    for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR"):
-        env.pop(name, None)
-    if os.environ.get("NANOLAB_GATEWAY"):  # launched: the CLI calls the org's gateway with its token
-        from org.agents.roles import agent_entry
-        from org.gateway import BACKEND_PROVIDER, PROVIDERS, client_config
-        backend = agent_entry(program, agent).backend
-        via = client_config(root / ".lab" / program.name, agent, backend)
-        if via:
-            key_var, url_var, _ = PROVIDERS[BACKEND_PROVIDER[backend]]
-            env.update({url_var: via[0], key_var: via[1]})
+    url, token = via
+    if entry.backend == "claude-code":
+        env.update({"ANTHROPIC_BASE_URL": url, "ANTHROPIC_AUTH_TOKEN": token})  # a bearer token: no key prompt
+    else:
+        env.update({"CODEX_HOME": str(home / ".codex"), OPENAI_TOKEN_VAR: token})
     return env
 
 
-def claude_argv(entry, program, root: Path) -> list[str]:
-    hook = org_command("agent-hook", "stop", "--as", entry.name, "--program", program.name)
-    settings = {"hooks": {"Stop": [{"hooks": [{"type": "command", "command": hook,
-                                               "timeout": HOOK_WAIT_SECONDS + 60}]}]}}
-    return ["claude", "--model", entry.model, "--dangerously-skip-permissions",
+def box_path(backend: str) -> str:
+    """PATH in the box: the CLI, the interpreter with the `org` command, then the usual."""
+    return os.pathsep.join([str(Path(find_cli(BACKEND_CLI[backend]) or "claude").parent),
+                            str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
+
+
+def claude_argv(entry, program, tree: Path) -> list[str]:
+    return [find_cli("claude") or "claude", "--model", entry.model, "--dangerously-skip-permissions",
             "--append-system-prompt", system_prompt(program, entry.name, cli=True),
-            "--settings", json.dumps(settings)]
+            "--settings", json.dumps(claude_settings(program, tree))]
 
 
-def codex_argv(entry, program, root: Path, resume: bool) -> list[str]:
-    notify = json.dumps([sys.executable, "-m", "org.cli", "agent-hook", "notify", "--as", entry.name,
-                         "--program", program.name])
-    argv = ["codex", "exec"] + (["resume", "--last"] if resume else [])
-    return argv + ["-m", entry.model, "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check",
-                   "-c", f"notify={notify}"]
+def codex_argv(entry, resume: bool) -> list[str]:
+    argv = [find_cli("codex") or "codex", "exec"] + (["resume", "--last"] if resume else [])
+    return argv + ["--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check"]
+
+
+# --- running it ----------------------------------------------------------------------------
+
+class BoxedCLI:
+    """The agent's CLI, boxed, with its port served while this is open:
+
+        with BoxedCLI(entry, program, root, tree) as cli:
+            proc = cli.start(argv)      # argv runs in the box, in the worktree
+    """
+
+    def __init__(self, entry, program, root: Path, tree: Path):
+        from org.gateway import client_config
+        self.entry, self.program, self.root, self.tree = entry, program, Path(root), Path(tree).resolve()
+        self.lab_dir = self.root / ".lab" / program.name
+        self.via = client_config(self.lab_dir, entry.name, entry.backend)
+        if self.via is None:
+            raise OrgError(f"agent {entry.name} ({entry.backend}): the org's gateway has no token for it; "
+                           "CLI agents run under `org launch`")
+        self.gateway_port = urllib.parse.urlsplit(self.via[0]).port
+        self.folder = self.lab_dir / "clis" / entry.name
+        self.home, self.port_dir = self.folder / "home", self.folder / "port"
+
+    def __enter__(self):
+        from org.agents.port import Port
+        (self.home / ".codex").mkdir(parents=True, exist_ok=True)
+        seed_claude_home(self.home, self.tree)
+        seed_shell_profile(self.home, box_path(self.entry.backend))
+        (self.home / ".codex" / "config.toml").write_text(codex_config(self.entry.model, self.via[0], self.tree))
+        self.port = Port(self.port_dir, port_handler(self.program, self.entry.name, self.root),
+                         ("127.0.0.1", self.gateway_port)).__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.port.__exit__(*exc)
+
+    def box(self):
+        from org.lab import Lab
+        from org.agents.tools import command_box
+        lab = Lab.open(self.root)
+        try:
+            box = command_box(lab, self.tree)
+        finally:
+            lab.close()
+        if box is None:
+            raise OrgError(f"agent {self.entry.name} ({self.entry.backend}): no sandbox here, and CLI agents run only in one")
+        return box.with_extra(writable=[self.home], readonly=[self.port_dir], address_bytes=None)
+
+    def start(self, argv: list[str], **popen) -> subprocess.Popen:
+        env = cli_env(self.entry, self.program, self.tree, self.home, self.port_dir, self.via)
+        relay = [sys.executable, "-P", "-c", "import sys; from org.agents.port import main; sys.exit(main(sys.argv[1:]))",
+                 str(self.gateway_port), str(self.port.gateway_socket), "--"]
+        return self.box().popen(relay + argv, cwd=self.tree, env=env, **popen)
+
+
+def port_handler(program, agent: str, root: Path):
+    """Answer the box's requests as `agent`: the socket says who calls, nothing in the request."""
+    from org.agents.commands import run_tool
+
+    def handle(request: dict) -> dict:
+        op = request.get("op")
+        if op == "tool" and isinstance(request.get("name"), str) and isinstance(request.get("arguments"), dict):
+            output, rc = run_tool(program, agent, root, request["name"], request["arguments"])
+            return {"output": output, "rc": rc}
+        if op == "board":
+            return {"output": Mail(root / ".lab" / program.name).board() or "(the board is empty)", "rc": 0}
+        if op == "hook" and request.get("event") in ("stop", "notify"):
+            return {"output": on_hook(request["event"], program, agent, root, str(request.get("payload") or "")), "rc": 0}
+        return {"output": f"error: not a request of the org's port: {json.dumps(request)[:200]}", "rc": 2}
+    return handle
 
 
 def run_cli(entry, program, root: Path, tree: Path) -> str:
-    """Run the agent's CLI in this terminal until it finishes or is stopped; returns why."""
+    """Run the agent's CLI, boxed, in this terminal until it finishes or is stopped; returns why."""
     lab_dir = root / ".lab" / program.name
     control, mail = Control(lab_dir, entry.name), Mail(lab_dir)
     control.clear_stop()
     control.set_state("running", f"{entry.backend} started")
-    env = cli_env(entry.name, program, root)
     first = kickoff(program, entry.name, mail.board())
-    if entry.backend == "claude-code":
-        return _supervise(subprocess.Popen(claude_argv(entry, program, root) + [first], cwd=tree, env=env), control)
-    transcript = Transcript(lab_dir / "transcripts" / f"{entry.name}.jsonl")
-    prompt, resume = system_prompt(program, entry.name, cli=True) + "\n\n" + first, False
-    while True:  # codex: one exec per turn, the next one when mail arrives
-        reason = _supervise(subprocess.Popen(codex_argv(entry, program, root, resume) + [prompt], cwd=tree, env=env),
-                            control, end_when_done=False)
-        if reason:
-            return reason
-        prompt, stop = next_codex_prompt(mail, control, transcript, entry.name)
-        if stop is not None:
-            control.set_state("stopped", stop)
-            return f"stopped: {stop}"
-        resume = True
+    with BoxedCLI(entry, program, root, tree) as cli:
+        if entry.backend == "claude-code":
+            return _supervise(cli.start(claude_argv(entry, program, cli.tree) + [first]), control)
+        transcript = Transcript(lab_dir / "transcripts" / f"{entry.name}.jsonl")
+        prompt, resume = system_prompt(program, entry.name, cli=True) + "\n\n" + first, False
+        while True:  # codex: one exec per turn, the next one when mail arrives
+            reason = _supervise(cli.start(codex_argv(entry, resume) + [prompt], stdin=subprocess.DEVNULL),
+                                control, end_when_done=False)
+            if reason:
+                return reason
+            prompt, stop = next_codex_prompt(mail, control, transcript, entry.name)
+            if stop is not None:
+                control.set_state("stopped", stop)
+                return f"stopped: {stop}"
+            resume = True
 
 
 def next_codex_prompt(mail: Mail, control: Control, transcript: Transcript, agent: str,
@@ -126,8 +318,7 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
     while proc.poll() is None:
         stop = control.stop_reason()
         if stop:
-            proc.terminate()
-            proc.wait()
+            end(proc)
             control.set_state("stopped", stop)
             return f"stopped: {stop}"
         time.sleep(0.5)
@@ -137,6 +328,17 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
         control.set_state("stopped", reason)
         return reason
     return None
+
+
+def end(proc: subprocess.Popen, grace: float = 10):
+    """SIGTERM to the box's first process (it passes it on to the CLI, which saves its session),
+    then the box itself if it is still there after `grace` seconds."""
+    try:
+        os.kill(getattr(proc, "inner_pid", proc.pid), signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
 
 
 def _wait_for_mail(mail: Mail, control: Control, agent: str, timeout: float | None,
@@ -162,13 +364,12 @@ def on_hook(event: str, program, agent: str, root: Path, payload: str) -> str | 
         data = json.loads(payload or "{}")
     except json.JSONDecodeError:
         data = {"unparsed": payload[:2000]}
+    data = data if isinstance(data, dict) else {}
     last = data.get("last_assistant_message") or data.get("last-assistant-message")
     transcript.event("turn_end", backend="claude-code" if event == "stop" else "codex", last_message=last)
     spend = Spend(lab_dir / "ledger.sqlite", program.name, agent, program.budget.total_llm_dollars)
     control = Control(lab_dir, agent)
-    if event == "stop":
-        _charge_claude(spend, transcript, data.get("transcript_path"), control.dir)
-    over = spend.exhausted()
+    over = spend.exhausted()  # the gateway metered the turn's calls as they were made
     if over:
         control.stop(over)
     if event != "stop" or over:
@@ -191,27 +392,3 @@ def _paused_at_prompt(control: Control):
     reason = control.pause_reason()
     if reason is not None and control.stop_reason() is None:
         control.set_state("paused", reason)
-
-
-def _charge_claude(spend: Spend, transcript: Transcript, path: str | None, state_dir: Path):
-    """Charge the assistant messages Claude Code logged since the last hook (its own
-    transcript holds each message's usage)."""
-    if not path or not Path(path).exists():
-        return
-    mark = state_dir / "claude-charged"
-    done = int(mark.read_text()) if mark.exists() else 0
-    lines = Path(path).read_text().splitlines()
-    for raw in lines[done:]:
-        try:
-            entry = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
-        message = entry.get("message") or {}
-        u = message.get("usage") if entry.get("type") == "assistant" else None
-        if u:
-            usage = Usage(input=u.get("input_tokens", 0), output=u.get("output_tokens", 0),
-                          cache_write=u.get("cache_creation_input_tokens", 0),
-                          cache_read=u.get("cache_read_input_tokens", 0))
-            cost = spend.record(message.get("model", "unknown"), usage)
-            transcript.event("spend", model=message.get("model"), dollars=cost, **vars(usage))
-    mark.write_text(str(len(lines)))

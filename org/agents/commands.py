@@ -6,6 +6,7 @@ The agents' subcommands of `org` (registered by org/cli.py through add_agent_com
     org results [--experiment N] [--wait S]
     org mail send TO TEXT | org mail read [--wait S] | org mail board
     org agent-hook stop|notify            turn-end hooks of the claude and codex CLIs
+    org install-clis                      npm install the pinned claude and codex CLIs
 
 Inside an agent's shell (the claude-code and codex backends) NANOLAB_AGENT, NANOLAB_PROGRAM
 and NANOLAB_LAB say who and where the caller is, so `org tool` and friends need no flags.
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 from org import OrgError
+from org.agents.port import PORT_VAR, call
 from org.agents.sandbox import protect_own_environment
 
 
@@ -54,6 +56,9 @@ def add_agent_commands(sub):
     p.add_argument("payload", nargs="?", help="codex passes its JSON as an argument")
     _identity(p)
     p.set_defaults(func=cmd_hook)
+
+    p = sub.add_parser("install-clis", help="install the pinned claude and codex CLIs with npm (about 800 MB)")
+    p.set_defaults(func=cmd_install_clis)
 
 
 def _identity(p):
@@ -142,6 +147,9 @@ def cmd_mail(args) -> int:
         return _tool_command(args, "send_message", {"to": args.rest[0], "text": " ".join(args.rest[1:])})
     if args.action == "read":
         return _tool_command(args, "read_inbox", {"wait_seconds": args.wait})
+    if os.environ.get(PORT_VAR):
+        print(call({"op": "board"}).get("output", ""))
+        return 0
     program, _ = _who(args, need_agent=False)
     from org.mail import Mail
     print(Mail(lab_root() / ".lab" / program.name).board() or "(the board is empty)")
@@ -149,29 +157,39 @@ def cmd_mail(args) -> int:
 
 
 def _tool_command(args, name: str, arguments: dict) -> int:
-    """Run one tool as the agent; mail is acknowledged once printed."""
+    """Run one tool as the agent and print what it says. Inside a CLI agent's box the call goes
+    out through its port, which alone says who is calling."""
+    arguments = {k: v for k, v in arguments.items() if v is not None}
+    if os.environ.get(PORT_VAR):
+        answer = call({"op": "tool", "name": name, "arguments": arguments})
+        output, rc = answer.get("output", ""), answer.get("rc", 2)
+    else:
+        program, agent = _who(args)
+        output, rc = run_tool(program, agent, lab_root(), name, arguments)
+    print(output)
+    return rc
+
+
+def run_tool(program, agent: str, root: Path, name: str, arguments: dict) -> tuple[str, int]:
+    """One tool call as `agent`: (its output, exit status). Refusals go on the agent's record,
+    printed mail is acknowledged, and `finish` tells the CLI's supervisor to end the CLI."""
     from org.agents.roles import teammates
     from org.agents.tools import Tools
-    program, agent = _who(args)
-    arguments = {k: v for k, v in arguments.items() if v is not None}
-    root = lab_root()
-    tree = root / "worktrees" / program.name / agent
-    tools = Tools(agent, program, root, tree, teammates(program, agent))
+    tools = Tools(agent, program, root, root / "worktrees" / program.name / agent, teammates(program, agent))
     try:
         result = tools.call(name, arguments)
-        print(result.output)
         if result.refused:
             from org.agents.transcript import Transcript
             Transcript(tools.lab_dir / "transcripts" / f"{agent}.jsonl").event(
                 "refusal", tool=name, args=arguments, reason=result.output)
         for message in result.acks:
             tools.mail.ack(agent, message)
-        if result.finished is not None:  # a CLI agent is done: its supervisor ends the CLI
+        if result.finished is not None:
             from org.agents.control import Control
             Control(tools.lab_dir, agent).stop(f"finished: {result.finished}")
     finally:
         tools.close()
-    return 1 if result.error else 0
+    return result.output, 1 if result.error else 0
 
 
 def _who(args, need_agent: bool = True):
@@ -194,9 +212,18 @@ def _who(args, need_agent: bool = True):
 
 def cmd_hook(args) -> int:
     from org.agents.clis import on_hook
-    program, agent = _who(args)
     payload = args.payload if args.payload is not None else sys.stdin.read()
-    out = on_hook(args.event, program, agent, lab_root(), payload)
+    if os.environ.get(PORT_VAR):
+        out = call({"op": "hook", "event": args.event, "payload": payload}).get("output")
+    else:
+        program, agent = _who(args)
+        out = on_hook(args.event, program, agent, lab_root(), payload)
     if out:
         print(out)
+    return 0
+
+
+def cmd_install_clis(args) -> int:
+    from org.agents.clis import install_clis
+    install_clis()
     return 0

@@ -1,0 +1,168 @@
+"""
+The port: how a CLI agent (claude-code, codex), boxed, reaches the org and its model.
+
+The CLI runs in the agent's box (org/sandbox.py): no network, .lab/ and the other worktrees
+absent. Two unix sockets, in a folder of .lab/ bound read-only into the box, are its only way out:
+
+    outside (the agent's supervisor, `org agent` in its pane)     inside the box
+    org.sock      runs `org tool|mail|results|agent-hook`  <-    the `org` command (NANOLAB_PORT)
+                  as this agent: who calls is the socket,
+                  never a flag or a variable
+    gateway.sock  bytes both ways to the gateway's TCP port <-   127.0.0.1:PORT, relayed by
+                                                                 main() here, the box's PID 1
+
+The CLI is pointed at http://127.0.0.1:PORT/... inside its own network namespace, where the
+relay listens on the gateway's own port number, so URLs and tokens read the same in and out.
+
+org.sock speaks one JSON line each way per connection:
+    {"op": "tool", "name": ..., "arguments": {...}}   -> {"output": str, "rc": int}
+    {"op": "board"}                                    -> {"output": str, "rc": 0}
+    {"op": "hook", "event": "stop"|"notify", "payload": str} -> {"output": str|None, "rc": 0}
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+PORT_VAR = "NANOLAB_PORT"      # inside the box: the path of org.sock
+MAX_REQUEST = 16 << 20
+LINGER = 30  # seconds the box outlives its CLI for what the CLI left running
+
+
+# --- outside: the agent's supervisor serves both sockets ----------------------------------
+
+class Port:
+    """Serve an agent's two sockets in `folder` while the context is open.
+    handle(request: dict) -> dict answers org.sock; gateway.sock relays to `upstream`."""
+
+    def __init__(self, folder: Path, handle, upstream: tuple[str, int] | None):
+        self.folder, self.handle, self.upstream = Path(folder), handle, upstream
+        self.servers: list[socketserver.BaseServer] = []
+
+    @property
+    def org_socket(self) -> Path:
+        return self.folder / "org.sock"
+
+    @property
+    def gateway_socket(self) -> Path:
+        return self.folder / "gateway.sock"
+
+    def __enter__(self):
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        port = self
+
+        class Org(socketserver.StreamRequestHandler):
+            def handle(self):
+                try:
+                    request = json.loads(self.rfile.readline(MAX_REQUEST) or b"{}")
+                    answer = port.handle(request)
+                except Exception as e:  # noqa: BLE001 - one bad request must not end the port
+                    answer = {"output": f"error: {type(e).__name__}: {e}", "rc": 2}
+                self.wfile.write(json.dumps(answer).encode() + b"\n")
+
+        class Relay(socketserver.BaseRequestHandler):
+            def handle(self):
+                with socket.create_connection(port.upstream, timeout=30) as up:
+                    up.settimeout(None)
+                    pump(self.request, up)
+
+        for path, handler in ((self.org_socket, Org), (self.gateway_socket, Relay if self.upstream else None)):
+            if handler is None:
+                continue
+            path.unlink(missing_ok=True)
+            server = socketserver.ThreadingUnixStreamServer(str(path), handler)
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            self.servers.append(server)
+        return self
+
+    def __exit__(self, *exc):
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+        for path in (self.org_socket, self.gateway_socket):
+            path.unlink(missing_ok=True)
+
+
+def pump(a: socket.socket, b: socket.socket):
+    """Copy bytes both ways until both sides have closed."""
+    def one_way(src, dst):
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+    back = threading.Thread(target=one_way, args=(b, a), daemon=True)
+    back.start()
+    one_way(a, b)
+    back.join()
+
+
+# --- inside the box -------------------------------------------------------------------------
+
+def call(request: dict, path: str | None = None) -> dict:
+    """Send one request to the org through org.sock (the `org` command, inside a box)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path or os.environ[PORT_VAR])
+        s.sendall(json.dumps(request).encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return json.loads(data or b'{"output": "error: the org closed the port", "rc": 2}')
+
+
+def relay_and_run(listen_port: int, gateway_socket: str, argv: list[str]) -> int:
+    """Listen on 127.0.0.1:listen_port (the box's own loopback), relay each connection to the
+    gateway's socket, and run argv; its exit status is ours. A SIGTERM goes on to argv.
+    We are the box's PID 1: when we return, everything left in it dies. So first give what
+    argv left running (codex's notify hook, started as it exits) up to LINGER seconds."""
+    server = socket.create_server(("127.0.0.1", listen_port))
+
+    def serve():
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=_relay_one, args=(conn, gateway_socket), daemon=True).start()
+    threading.Thread(target=serve, daemon=True).start()
+    proc = subprocess.Popen(argv)
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+    signal.signal(signal.SIGHUP, lambda *_: proc.terminate())
+    status = proc.wait()
+    deadline = time.monotonic() + LINGER
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:  # orphans are ours to reap, as PID 1
+                time.sleep(0.05)
+        except ChildProcessError:  # none left
+            break
+    return status
+
+
+def _relay_one(conn: socket.socket, path: str):
+    with conn, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as up:
+        try:
+            up.connect(path)
+        except OSError:
+            return
+        pump(conn, up)
+
+
+def main(args: list[str]) -> int:
+    """LISTEN_PORT GATEWAY_SOCKET -- ARGV...: what the box runs first (see BoxedCLI.start)."""
+    if len(args) < 4 or args[2] != "--":
+        print("usage: LISTEN_PORT GATEWAY_SOCKET -- ARGV...", file=sys.stderr)
+        return 2
+    return relay_and_run(int(args[0]), args[1], args[3:])
