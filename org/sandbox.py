@@ -11,7 +11,8 @@ goes through here:
 Inside a box:
 - the whole filesystem is read-only; `hidden` trees are replaced by empty directories (absent),
   `readonly` ones are bound back read-only (a snapshot inside a hidden tree), then `writable`
-  ones read-write (.git/objects inside a read-only .git); /tmp is private, empty and capped;
+  ones read-write (.git/objects inside a read-only .git), then `frozen` ones read-only again
+  (protected files inside a worktree); /tmp is private, empty and capped;
 - its own user, PID, IPC, UTS, cgroup and network namespaces: no other process is visible or
   killable, no network at all (only its own loopback) unless `net`;
 - the environment is exactly `env` (nothing inherited); a new session (no typing into the
@@ -62,16 +63,18 @@ class Limits:
 
 class Sandbox:
     def __init__(self, writable=(), readonly=(), hidden=(), net: bool = False, gpu: bool = False,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, frozen=()):
         self.writable = [Path(p) for p in writable]
         self.readonly = [Path(p) for p in readonly]
         self.hidden = [Path(p) for p in hidden]
+        self.frozen = [Path(p) for p in frozen]  # read-only although inside a writable tree
         self.net, self.gpu, self.limits = net, gpu, limits or Limits()
 
-    def with_extra(self, writable=(), readonly=(), **limits) -> "Sandbox":
+    def with_extra(self, writable=(), readonly=(), frozen=(), **limits) -> "Sandbox":
         """This box with more trees bound in, and some of its limits changed."""
         return Sandbox(self.writable + [Path(p) for p in writable], self.readonly + [Path(p) for p in readonly],
-                       self.hidden, net=self.net, gpu=self.gpu, limits=replace(self.limits, **limits))
+                       self.hidden, net=self.net, gpu=self.gpu, limits=replace(self.limits, **limits),
+                       frozen=self.frozen + [Path(p) for p in frozen])
 
     def wrap(self, argv: list[str], cwd: str | Path, env: dict) -> list[str]:
         """bwrap's command line running argv in the box, in cwd, with exactly env."""
@@ -93,6 +96,9 @@ class Sandbox:
                 box += ["--ro-bind", str(path), str(path)]
         for path in self.writable:
             box += ["--bind", str(path), str(path)]
+        for path in self.frozen:
+            if path.exists():
+                box += ["--ro-bind", str(path), str(path)]
         for path in hidden:  # once what lies inside is bound: nothing new can be written there
             box += ["--remount-ro", str(path)]
         box += ["--clearenv"]

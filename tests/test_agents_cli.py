@@ -212,7 +212,9 @@ def test_codex_boxed_reports_its_turn_through_notify_and_its_shell_holds_no_toke
     root, program = project
     entry = agent_entry(program, "claude").model_copy(update={"backend": "codex", "model": "gpt-test"})
     tree = worktree(root, program, "claude")
-    probe = "org mail send solo hi-from-codex; echo token=[$NANOLAB_OPENAI_TOKEN]; env | grep -ci key"
+    probe = ("org mail send solo hi-from-codex; echo token=[$NANOLAB_OPENAI_TOKEN]; env | grep -ci key; "
+             "echo x >> trainer/eval.py || echo protected-refused; touch $HOME/x || echo home-refused; touch /tmp/x && echo tmp-ok; "
+             "echo note > notes.md && git add notes.md && git commit -qm notes && echo committed")
     llm, stack = gateway({"gpt-test": [[Call("exec_command", {"cmd": probe})], [Text("Looked around; nothing to do yet.")]]},
                          backends={"claude": "codex"})
     with stack:
@@ -224,6 +226,9 @@ def test_codex_boxed_reports_its_turn_through_notify_and_its_shell_holds_no_toke
     assert [r.path for r in llm.requests] == ["/v1/responses"] * 2
     results = tool_results(llm)
     assert "token=[]" in results and "sk-openai-REAL" not in results  # its shell: no token, no key
+    assert "protected-refused" in results and "home-refused" in results  # the box; codex's own sandbox
+    assert "tmp-ok" in results  # the box's /tmp is its own
+    assert "committed" in results and (tree / "notes.md").exists()
     [turn] = Transcript(lab_dir(root, program) / "transcripts" / "claude.jsonl").events("turn_end")
     assert turn["backend"] == "codex" and "nothing to do yet" in turn["last_message"]
     assert Mail(lab_dir(root, program)).inbox("solo")[0]["from"] == "claude"
@@ -244,6 +249,14 @@ def test_the_port_says_who_calls_whatever_the_command_claims(project, monkeypatc
         assert call({"op": "shell", "cmd": "id"})["rc"] == 2  # nothing but the org's requests
     inbox = Mail(lab_dir(root, program)).inbox("solo")
     assert [(m["from"], m["text"]) for m in inbox] == [("claude", "from whom?"), ("claude", "again")]
+
+
+def test_a_port_that_is_gone_is_one_line_not_a_traceback(project, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv(PORT_VAR, str(tmp_path / "gone.sock"))
+    assert main(["mail", "board"]) == 2
+    assert main(["tool", "read_inbox"]) == 2
+    out = capsys.readouterr()
+    assert out.out.count("error: cannot reach the org through") == 2 and "Traceback" not in out.out + out.err
 
 
 def test_codex_notify_takes_its_json_after_the_options():

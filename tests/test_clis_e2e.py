@@ -3,7 +3,7 @@ server, against the fake model server: each agent's CLI runs boxed in its pane, 
 file, commits, submits an experiment through the `org` command in its shell, and the runs
 complete in the ledger; every model call goes through the gateway, metered for the agent. From
 the same shells, the attacks a CLI agent would try: read the keys, write the lab, reach the
-network, raise the budget. Then a person takes the Claude pane over and hands it back, and the
+network, write a protected file in their own worktree, raise the budget. Then a person takes the Claude pane over and hands it back, and the
 org is stopped and launched again.
 
 Where the CLIs are not installed (`org install-clis`) these skip; CI installs them."""
@@ -44,6 +44,8 @@ def attacks(root: Path, other: str) -> str:
         f"cat {lab}/gateway/keys.json >/dev/null 2>&1 && echo BROKE-$((1+1))-keys:ok",
         f"echo x > {lab}/ledger.sqlite 2>/dev/null && echo BROKE-$((1+1))-ledger:ok",
         f"echo x > {root}/programs/tiny.yaml 2>/dev/null && echo BROKE-$((1+1))-program:ok",
+        # (in Python: Claude Code refuses a shell redirection to a protected path before running it)
+        f"{py} 'open(\"trainer/eval.py\", \"a\").write(\"x\")' 2>/dev/null && echo BROKE-$((1+1))-protected:ok",
         f"echo x > {root}/worktrees/tiny/OTHER/x 2>/dev/null && echo BROKE-$((1+1))-other-tree:ok",
         f"org budget tiny total_llm_dollars=1000 >/dev/null 2>&1 && echo BROKE-$((1+1))-budget:ok",
         f"{py} 'import socket; socket.create_connection((\"1.1.1.1\", 80), timeout=3)' 2>/dev/null && echo BROKE-$((1+1))-net:ok",

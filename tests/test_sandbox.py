@@ -179,6 +179,24 @@ def test_limits_bind(tmp_path):
     assert spin.wait(30) != 0 and time.monotonic() - t0 < 10  # SIGXCPU/SIGKILL after 2 CPU seconds
 
 
+def test_a_frozen_file_stays_read_only_inside_a_writable_tree(tmp_path):
+    """What a CLI agent's box does with the protected paths of its own worktree."""
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "eval.py").write_text("honest\n")
+    script = ("echo tuned >> trainer/eval.py; mv trainer/eval.py elsewhere.py; echo mine > notes.md; "
+              "cat trainer/eval.py notes.md")
+    for frozen, expected in (([], "honest\ntuned\n"), ([tmp_path / "trainer" / "eval.py"], "honest\n")):
+        (tmp_path / "trainer" / "eval.py").write_text("honest\n")
+        box = Sandbox(writable=[tmp_path], frozen=frozen)
+        out = box.popen(["bash", "-c", script], cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL).communicate(timeout=30)[0].decode()
+        if frozen:
+            assert out == "honest\nmine\n" and (tmp_path / "trainer" / "eval.py").read_text() == expected
+        else:  # unfrozen: the write and the move go through
+            assert not (tmp_path / "trainer" / "eval.py").exists() and (tmp_path / "elsewhere.py").read_text() == expected
+            (tmp_path / "elsewhere.py").unlink()
+
+
 # --- a trainer run of an agent's commit ---------------------------------------------------------
 
 ATTACK = """

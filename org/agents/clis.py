@@ -17,9 +17,13 @@ passes every first-run screen (onboarding, folder trust, the bypass warning) and
 telemetry and updates. Its model calls reach the org's gateway, with the agent's own token,
 through the port (org/agents/port.py), which also carries its `org` commands out of the box
 as this agent. So it never holds a key, its spend is metered by the gateway like every other
-agent's, and it can write nothing of the lab's. On top of the box: Claude Code's
-`permissions.deny` on the protected paths, and Codex's `shell_environment_policy` keeping
-tokens out of its shell.
+agent's, and it can write nothing of the lab's; in its box the protected paths are read-only
+even inside its worktree, since its own file tools are not the harness's. On top of the box:
+Claude Code's `permissions.deny` on the protected paths; Codex's own sandbox (workspace-write:
+its commands write the worktree, .git's objects and refs and the box's own /tmp, not its home
+or its config) and its `shell_environment_policy` keeping tokens out of its shell. (Claude
+Code's own sandbox does not engage inside the box: with it switched on, its commands still ran
+in the box's PID namespace, with HOME writable. So it stays off.)
 
 The CLIs come from npm, pinned (CLI_PACKAGES); `org install-clis` puts them in cli_dir().
 """
@@ -147,14 +151,20 @@ def seed_claude_home(home: Path, tree: Path):
     path.write_text(json.dumps(state, indent=1))
 
 
-def codex_config(model: str, base_url: str, tree: Path) -> str:
+def codex_config(model: str, base_url: str, tree: Path, git_dirs: list[Path]) -> str:
     """CODEX_HOME/config.toml: the gateway as its provider, the worktree trusted, the notify hook,
-    no update checks, analytics, plugins or daemon, and no token in its shell's environment."""
+    no update checks, analytics, plugins or daemon, and no token in its shell's environment.
+    Its own sandbox, inside the box: commands write only the worktree, what a commit writes in
+    .git, and the temp folders (the box's own, private to this agent), not its home or config;
+    "network" on, since the box has none but the port's socket."""
     q = json.dumps  # a JSON string is a TOML basic string
-    notify = "[" + ", ".join(q(a) for a in [sys.executable, "-m", "org.cli", "agent-hook", "notify"]) + "]"
+    toml_list = lambda items: "[" + ", ".join(q(str(i)) for i in items) + "]"
+    notify = toml_list([sys.executable, "-m", "org.cli", "agent-hook", "notify"])
     return "\n".join([
         f"model = {q(model)}", 'model_provider = "nanolab"', "check_for_update_on_startup = false",
-        f"notify = {notify}", "",
+        f"notify = {notify}", 'sandbox_mode = "workspace-write"', 'approval_policy = "never"', "",
+        "[sandbox_workspace_write]", f"writable_roots = {toml_list(git_dirs)}", "network_access = true",
+        "exclude_slash_tmp = false", "exclude_tmpdir_env_var = false", "",  # the box's /tmp is its own
         "[analytics]", "enabled = false", "",
         "[features]", "plugins = false", "daemon_auto_start = false", "",
         "[model_providers.nanolab]", 'name = "nanolab gateway"', f"base_url = {q(base_url)}",
@@ -179,7 +189,9 @@ def cli_env(entry, program, tree: Path, home: Path, port_dir: Path, via: tuple[s
     if entry.backend == "claude-code":
         env.update({"ANTHROPIC_BASE_URL": url, "ANTHROPIC_AUTH_TOKEN": token})  # a bearer token: no key prompt
     else:
-        env.update({"CODEX_HOME": str(home / ".codex"), OPENAI_TOKEN_VAR: token})
+        # its own temp folder: codex makes no sandbox helpers under the system's (a lab under /tmp)
+        (home / "tmp").mkdir(exist_ok=True)
+        env.update({"CODEX_HOME": str(home / ".codex"), OPENAI_TOKEN_VAR: token, "TMPDIR": str(home / "tmp")})
     return env
 
 
@@ -197,7 +209,7 @@ def claude_argv(entry, program, tree: Path) -> list[str]:
 
 def codex_argv(entry, resume: bool) -> list[str]:
     argv = [find_cli("codex") or "codex", "exec"] + (["resume", "--last"] if resume else [])
-    return argv + ["--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check"]
+    return argv + ["--skip-git-repo-check"]  # its sandbox and approvals: config.toml
 
 
 # --- running it ----------------------------------------------------------------------------
@@ -224,9 +236,11 @@ class BoxedCLI:
     def __enter__(self):
         from org.agents.port import Port
         (self.home / ".codex").mkdir(parents=True, exist_ok=True)
+        self.sandbox = self.box()
         seed_claude_home(self.home, self.tree)
         seed_shell_profile(self.home, box_path(self.entry.backend))
-        (self.home / ".codex" / "config.toml").write_text(codex_config(self.entry.model, self.via[0], self.tree))
+        git_dirs = [p for p in self.sandbox.writable if p not in (self.tree, self.home)]
+        (self.home / ".codex" / "config.toml").write_text(codex_config(self.entry.model, self.via[0], self.tree, git_dirs))
         self.port = Port(self.port_dir, port_handler(self.program, self.entry.name, self.root),
                          ("127.0.0.1", self.gateway_port)).__enter__()
         return self
@@ -244,13 +258,14 @@ class BoxedCLI:
             lab.close()
         if box is None:
             raise OrgError(f"agent {self.entry.name} ({self.entry.backend}): no sandbox here, and CLI agents run only in one")
-        return box.with_extra(writable=[self.home], readonly=[self.port_dir], address_bytes=None)
+        frozen = [self.tree / p for p in self.program.protected]  # its own Edit/Write tools are not ours
+        return box.with_extra(writable=[self.home], readonly=[self.port_dir], frozen=frozen, address_bytes=None)
 
     def start(self, argv: list[str], **popen) -> subprocess.Popen:
         env = cli_env(self.entry, self.program, self.tree, self.home, self.port_dir, self.via)
         relay = [sys.executable, "-P", "-c", "import sys; from org.agents.port import main; sys.exit(main(sys.argv[1:]))",
                  str(self.gateway_port), str(self.port.gateway_socket), "--"]
-        return self.box().popen(relay + argv, cwd=self.tree, env=env, **popen)
+        return self.sandbox.popen(relay + argv, cwd=self.tree, env=env, **popen)
 
 
 def port_handler(program, agent: str, root: Path):

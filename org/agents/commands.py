@@ -148,8 +148,9 @@ def cmd_mail(args) -> int:
     if args.action == "read":
         return _tool_command(args, "read_inbox", {"wait_seconds": args.wait})
     if os.environ.get(PORT_VAR):
-        print(call({"op": "board"}).get("output", ""))
-        return 0
+        answer = call({"op": "board"})
+        print(answer.get("output", ""))
+        return answer.get("rc", 2)
     program, _ = _who(args, need_agent=False)
     from org.mail import Mail
     print(Mail(lab_root() / ".lab" / program.name).board() or "(the board is empty)")

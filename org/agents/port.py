@@ -115,14 +115,18 @@ def pump(a: socket.socket, b: socket.socket):
 
 def call(request: dict, path: str | None = None) -> dict:
     """Send one request to the org through org.sock (the `org` command, inside a box)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(path or os.environ[PORT_VAR])
-        s.sendall(json.dumps(request).encode() + b"\n")
-        s.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return json.loads(data or b'{"output": "error: the org closed the port", "rc": 2}')
+    path = path or os.environ[PORT_VAR]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+            s.sendall(json.dumps(request).encode() + b"\n")
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return json.loads(data or b'{"output": "error: the org closed the port", "rc": 2}')
+    except (OSError, ValueError) as e:
+        return {"output": f"error: cannot reach the org through {path}: {e}", "rc": 2}
 
 
 def relay_and_run(listen_port: int, gateway_socket: str, argv: list[str]) -> int:
