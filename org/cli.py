@@ -30,6 +30,10 @@ from org.program import PROGRAM_OWNED_KEYS, Budget, Program, ProgramError, check
 from org.runner import Runner, submit, submit_declared
 from org.agents.commands import add_agent_commands
 from org.launch import add_launch_commands
+from org.serve import add_serve_command
+from org.status import add_status_command
+from org.stop import add_stop_command
+from org.takeover import add_takeover_commands
 
 # the parts of a program that define its measurements: changing them mid-program would make
 # old and new runs incomparable, so a started program refuses the change
@@ -98,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text: a summary in the terminal; json: the verdicts and numbers")
     p.set_defaults(func=cmd_report)
 
-    add_launch_commands(sub)  # launch, status, attach, takeover, release, say, stop, serve: org/launch.py
+    add_launch_commands(sub)     # org/launch.py
+    add_status_command(sub)      # org/status.py
+    add_takeover_commands(sub)   # attach, takeover, release, say: org/takeover.py
+    add_stop_command(sub)        # org/stop.py
+    add_serve_command(sub)       # the runner's pane: org/serve.py
     return parser
 
 

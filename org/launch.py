@@ -1,11 +1,12 @@
 """
 `org launch`: a program's org, running. Agents in a tmux grid, each in its own git worktree;
-the runner serving their experiments; a status pane; and the commands to watch and steer it.
+the runner serving their experiments; a status pane. And `org stop`.
 
     org launch programs/softcap.yaml [--wait] [--attach] [--backend scripted]
-    org status [softcap] [--watch]          org attach [softcap]
-    org takeover junior-1                   org release junior-1 [--message TEXT]
-    org say junior-1 "try a lower lr"       org stop softcap
+    org stop softcap
+
+The other commands of a launched org live beside this one: org/serve.py (the runner's pane,
+`org serve`), org/status.py (`org status`), org/takeover.py (`org attach|takeover|release|say`).
 
 Launching is checks first (tmux, the program, API keys, the agents' git branches; if one
 fails nothing is created), then the lab (program branch, ledger, one worktree per agent),
@@ -32,9 +33,7 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +42,8 @@ from org.agents.commands import lab_root
 from org.agents.control import Control
 from org.agents.sandbox import SECRET_NAME
 from org.lab import Lab, child_env, hardened_git_env
-from org.ledger import FINISHED, Ledger, pid_alive
-from org.mail import HUMAN, Mail, now, write_atomically
+from org.ledger import Ledger, pid_alive
+from org.mail import now, write_atomically
 from org.panes import Grid, Pane, RELEASE_KEY, TAKEOVER_KEY, read_state, tmux_path
 from org.program import Program, load_program
 from org.sandbox import available as sandbox_available, pids_root, process_limit
@@ -64,43 +63,6 @@ def add_launch_commands(sub):
     p.add_argument("--stagger", type=float, default=1.0, help="seconds between agents' starts (default 1)")
     p.add_argument("--restarts", type=int, default=3, help="restarts of a crashed agent or runner (default 3)")
     p.set_defaults(func=cmd_launch)
-
-    p = sub.add_parser("status", help="agents, runs, spend and verdicts of a launched program")
-    p.add_argument("program", nargs="?", help="default: the one program running here")
-    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    p.add_argument("--every", type=float, default=2.0, help="seconds between refreshes")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("attach", help="attach this terminal to a program's tmux grid")
-    p.add_argument("program", nargs="?")
-    p.set_defaults(func=cmd_attach)
-
-    for name, text in (("takeover", "pause an agent at its next safe point and take over its pane"),
-                       ("release", "hand a taken-over pane back; the agent is told what you changed")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("agent")
-        p.add_argument("--program", help="default: $NANOLAB_PROGRAM, or the one program running here")
-        if name == "takeover":
-            p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the safe point")
-        else:
-            p.add_argument("--message", help="a note for the agent, sent with the diff")
-        p.set_defaults(func=cmd_takeover if name == "takeover" else cmd_release)
-
-    p = sub.add_parser("say", help="drop a message from you into an agent's inbox")
-    p.add_argument("agent")
-    p.add_argument("text", nargs="+")
-    p.add_argument("--program")
-    p.set_defaults(func=cmd_say)
-
-    p = sub.add_parser("stop", help="stop a program's agents and runner; keep branches, ledger, transcripts")
-    p.add_argument("program")
-    p.add_argument("--timeout", type=float, default=STOP_SECONDS, help="seconds to wait for safe points")
-    p.set_defaults(func=cmd_stop)
-
-    p = sub.add_parser("serve", help="(internal) the runner of a launched program: serve the queue until done")
-    p.add_argument("program")
-    p.set_defaults(func=cmd_serve)
-
 
 # ----------------------------------------------------------------------------------------
 # a launched program: where its things are
@@ -336,7 +298,7 @@ def relaunch_broken(launch: Launch) -> int:
     for pane in broken:
         orphan = launch.keeper(keeper_name(pane["label"])).get("pid")
         if ours(orphan) and not pane["taken"]:  # its keeper died, it did not: never run an agent twice
-            _signal(orphan, signal.SIGKILL)
+            send_signal(orphan, signal.SIGKILL)
         grid.server.cmd("respawn-pane", "-k", "-t", pane["id"])  # its first command, under a new keeper
     print(f"{launch.name} is already running; restarted its crashed panes: "
           + ", ".join(p["label"] for p in broken))
@@ -471,59 +433,7 @@ def key_command(launch: Launch, verb: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------
-# the runner's pane: serve the queue until the program is done
-
-
-def cmd_serve(args) -> int:
-    return serve(open_launch(args.program))
-
-
-def serve(launch: Launch, poll: float = 1.0) -> int:
-    """Drain the queue again and again until every agent has ended and every run is
-    recorded, or a stop is asked (SIGTERM or panes/stop). Killed at any moment, the next
-    serve recovers: runs left running are re-queued or recorded, never run twice."""
-    from org.runner import Runner
-    signal.signal(signal.SIGTERM, _interrupt)
-    lab = Lab.open(launch.root)
-    say = lambda text: print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
-    runner = Runner(lab, launch.program, launch.ledger_path, say=say)
-    llm = start_gateway(launch, say)
-    say(f"serving {launch.name}'s queue" + (f" and its LLM gateway on {llm.url}" if llm else ""))
-    try:
-        while not (launch.panes_dir / "stop").exists():
-            runner.drain()
-            if program_done(launch):
-                say("the program is done: every agent has ended and every run is recorded")
-                return 0
-            time.sleep(poll)
-        say("stopped (org stop)")
-    except KeyboardInterrupt:
-        say("stopped; a run it was running goes back to the queue")
-    finally:
-        if llm:  # agents stopping at a safe point may still be mid-call: serve them to the end
-            wait_for_exit(launch, STOP_SECONDS + 10, launch.agents)
-            llm.__exit__()
-        lab.close()
-    return 0
-
-
-def start_gateway(launch: Launch, say):
-    """The org's LLM gateway, in this (the runner's) process, when its agents call a model API:
-    the keys are read from the gateway's 0600 file into this process only."""
-    from org.agents.sandbox import protect_own_environment
-    backends = [a.backend for a in launch.program.org.agents]
-    if not any(b in gateway.BACKEND_PROVIDER for b in backends):
-        return None
-    protect_own_environment()  # no same-user process may read the keys from this one's memory
-    try:
-        return gateway.Gateway(launch.lab_dir, launch.name, say=say).__enter__()
-    except OSError as e:
-        raise OrgError(f"the LLM gateway cannot start: {e}; `org launch {launch.name}` again "
-                       "writes its files anew") from None
-
-
-def _interrupt(*_):
-    raise KeyboardInterrupt
+# is the program done? (`org launch --wait` and the runner both ask)
 
 
 def program_done(launch: Launch) -> bool:
@@ -570,141 +480,15 @@ def print_report(launch: Launch) -> int:
 
 
 # ----------------------------------------------------------------------------------------
-# org status
+# shared with the org's other commands (status, takeover, stop, serve)
 
 
-def cmd_status(args) -> int:
-    from rich.console import Console
-    launch = open_launch(args.program)
-    console = Console()
-    if not args.watch:
-        console.print(status_view(launch))
-        return 0
-    try:
-        while True:
-            view = status_view(launch)
-            console.clear()
-            console.print(view)
-            time.sleep(args.every)
-    except KeyboardInterrupt:
-        return 0
-
-
-def status_view(launch: Launch):
-    """Agents' states, the runner, runs, spend against budget, the latest verdicts."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-    running = launch.grid.running()
-    head = Text.from_markup(f"[bold]{launch.name}[/] · " + ("[green]running[/]" if running else "[yellow]not running[/]")
-                            + f" · {time.strftime('%H:%M:%S')}")
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    widths = {"agent": max(map(len, launch.agents)), "state": len("out of budget"), "restarts": 8}
-    for col in ("agent", "state", "restarts", "doing"):  # one line per agent; "doing" gives way
-        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=widths.get(col), ratio=int(col == "doing"))
-    for agent in launch.agents:
-        state, doing = agent_state(launch, agent, running)
-        style = {"crashed": "bold red", "taken over": "bold magenta", "working": "green",
-                 "out of budget": "yellow"}.get(state, "")
-        table.add_row(agent, Text(state, style=style), str(launch.keeper(agent).get("restarts", "")), doing)
-    parts = [head, table, Text(runner_line(launch, running))]
-    if launch.ledger_path.exists():
-        parts += [Text(line) for line in ledger_lines(launch)]
-    return Group(*parts)
-
-
-def agent_state(launch: Launch, agent: str, running: bool) -> tuple[str, str]:
-    """(working | waiting | taken over | paused | out of budget | finished | stopped |
-    crashed | starting | restarting | not running, what it is doing or why)."""
-    keeper, control = launch.keeper(agent), launch.control_state(agent)
-    kstate, cstate, reason = keeper.get("state"), control.get("state"), control.get("reason") or ""
-    if kstate == "crashed":
-        return "crashed", keeper.get("note", "")
-    reason = reason.splitlines()[0] if reason else ""
-    if cstate == "paused":
-        return ("taken over" if reason.startswith(TAKEN_OVER) else "paused"), reason
-    if cstate == "stopped" or kstate == "ended":
-        if "LLM budget" in reason:
-            return "out of budget", reason
-        return ("finished" if reason.startswith("finished") else "stopped"), reason
-    if not running:
-        return "not running", reason
-    if kstate == "restarting":
-        return "restarting", keeper.get("note", "")
-    if kstate == "waiting" or cstate != "running":
-        return "starting", ""
-    call = last_call(launch.lab_dir / "transcripts" / f"{agent}.jsonl")
-    if call is None:
-        return "working", ""
-    args = call.get("args") or {}
-    doing = f"{call['name']}(" + ", ".join(f"{k}={json.dumps(v)[:30]}" for k, v in args.items()) + ")"
-    waits = call["name"] in WAITING_TOOLS and (args.get("wait_seconds") or 0) > 0 and call.get("open")
-    return ("waiting" if waits else "working"), doing
-
-
-def last_call(transcript: Path) -> dict | None:
-    """The agent's latest tool call, with open=True while its result is not in yet (the
-    transcript's tail only: transcripts grow long)."""
-    try:
-        with open(transcript, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
-            lines = f.read().decode(errors="replace").splitlines()[1:]
-    except OSError:
-        return None
-    answered = set()
-    for raw in reversed(lines):
-        try:
-            line = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
-        if line.get("kind") == "tool":
-            answered.add(line.get("id"))
-        elif line.get("kind") == "assistant" and line.get("calls"):
-            call = line["calls"][-1]
-            return {**call, "open": call.get("id") not in answered}
-    return None
-
-
-def runner_line(launch: Launch, running: bool) -> str:
-    keeper = launch.keeper(RUNNER)
-    state = keeper.get("state", "not started")
-    if not running and state not in ("ended", "crashed"):
-        state = "not running"
-    state = {"running": "serving the queue", "ended": "done"}.get(state, state)
-    restarts = f", {keeper['restarts']} restart(s)" if keeper.get("restarts") else ""
-    return f"runner: {state}{restarts}" + (f" ({keeper['note']})" if keeper.get("note") else "")
-
-
-def ledger_lines(launch: Launch) -> list[str]:
-    from org.agents.tools import referee_verdicts
-    name = launch.name
-    with Ledger(launch.ledger_path) as ledger:
-        runs = Counter(r["status"] for r in ledger.runs(name))
-        compute, dollars = ledger.compute_seconds(name), ledger.spend(name)["dollars"]
-        budget = ledger.budget(name)  # as fixed at start, with `org budget` changes
-        verdicts = ledger.verdicts(name) or referee_verdicts(ledger, launch.program)
-    done = sum(n for s, n in runs.items() if s in FINISHED)
-    detail = ", ".join(f"{n} {s}" for s, n in sorted(runs.items()) if s in FINISHED)
-    lines = [f"runs: {runs.get('queued', 0)} queued · {runs.get('running', 0)} running · {done} done"
-             + (f" ({detail})" if detail else ""),
-             f"compute: {compute:.0f}s of {budget['total_compute_seconds']:g}s · "
-             f"LLM: ${dollars:.4f} of ${budget['total_llm_dollars']:g}"]
-    for v in verdicts[-8:]:
-        if "error" in v:
-            lines.append(f"verdicts: {v['error']}")
-            continue
-        delta = "" if v.get("delta") is None else f" (Δ {v['delta']:+.4f}, n={v['n']})"
-        lines.append(f"verdict: {v['arm']} vs {v['versus']}: {v['verdict']}{delta}")
-    return lines
-
-
-# ----------------------------------------------------------------------------------------
-# attach, takeover, release, say
-
-
-def cmd_attach(args) -> int:
-    attach(open_launch(args.program))
-    return 0
+def git(cwd: Path, *args: str, env: dict | None = None) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd, env=child_env({**hardened_git_env(), **(env or {})}),
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise OrgError(f"git {' '.join(args[:2])} in {cwd} failed: {out.stderr.strip()[-300:]}")
+    return out.stdout.rstrip()
 
 
 def attach(launch: Launch):
@@ -715,55 +499,6 @@ def attach(launch: Launch):
         raise OrgError(f"attaching needs a terminal; from one: {shlex.join(grid.attach_argv())}")
     env = {k: v for k, v in os.environ.items() if k != "TMUX"}  # from inside tmux too
     os.execvpe(grid.attach_argv()[0], grid.attach_argv(), env)
-
-
-def cmd_takeover(args) -> int:
-    launch = open_launch(args.program)
-    agent = known_agent(launch, args.agent)
-    grid = launch.grid
-    if not grid.running():
-        raise OrgError(f"{launch.name} is not running; `org launch {launch.name}` first")
-    if grid.find(agent, taken=True):
-        raise OrgError(f"{agent} is already taken over; `org release {agent}` hands it back")
-    control, tree = Control(launch.lab_dir, agent), launch.worktree(agent)
-    write_atomically(launch.lab_dir / "takeover" / f"{agent}.json", json.dumps(
-        {"tree": snapshot_tree(tree), "head": git(tree, "rev-parse", "HEAD"), "at": now()}))
-    control.pause(TAKEN_OVER)
-    backend = next(a.backend for a in launch.program.org.agents if a.name == agent)
-    # Claude Code's pane is handed over as it is (its Stop hook ends its turn for the person);
-    # every other agent is waited for, so the person's shell never races the agent's edits
-    if backend != "claude-code" and launch.keeper(agent).get("state") == "running" and control.state().get("state") != "stopped":
-        print(f"asking {agent} to pause at its next safe point...", flush=True)
-        if not control.wait_for_state("paused", args.timeout):
-            raise OrgError(f"{agent} did not reach a safe point in {args.timeout:g}s; the pause stands: "
-                           f"`org takeover {agent}` again takes the pane once it has paused")
-    hint = f"TAKEN OVER · C-b {RELEASE_KEY} or `org release {agent}` hands it back"
-    if backend == "claude-code":  # the CLI itself is the person's: its Stop hook lets it stop
-        grid.take_over(agent, None, hint)
-        print(f"{agent} pauses when its current turn ends; then its pane is yours: Claude Code "
-              f"waits at its prompt. `org release {agent}` hands it back.")
-        return 0
-    grid.take_over(agent, person_shell(launch, agent, backend), hint)
-    print(f"{agent} is paused; its pane is yours: a shell in {tree}. "
-          f"`org release {agent}` hands it back, telling {agent} what you changed.")
-    return 0
-
-
-def person_shell(launch: Launch, agent: str, backend: str) -> Pane:
-    """An interactive shell in the agent's worktree, with the person's git identity (or a
-    plain "human" one if none is configured) and `org` on PATH."""
-    tree = launch.worktree(agent)
-    banner = [f"── {agent} is paused: this pane is yours ──",
-              f"a shell in {tree} (branch agent/{launch.name}/{agent})",
-              f"`org release {agent}` (or C-b {RELEASE_KEY}) hands it back, with a note of what you changed"]
-    if backend == "codex":
-        home = launch.lab_dir / "clis" / agent / "home" / ".codex"
-        banner.append(f"the agent's own Codex session: CODEX_HOME={home} codex resume --last")
-    shell = os.environ.get("SHELL") or "/bin/bash"
-    script = "printf '%s\\n' " + " ".join(shlex.quote(line) for line in banner) + f"; exec {shlex.quote(shell)} -i"
-    env = {"NANOLAB_AGENT": agent, "NANOLAB_PROGRAM": launch.name, "NANOLAB_LAB": str(launch.root),
-           "PATH": pane_path(), **person_identity(launch.root)}
-    return Pane(agent, ["sh", "-c", script], tree, env)
 
 
 def person_identity(root: Path) -> dict:
@@ -777,144 +512,6 @@ def person_identity(root: Path) -> dict:
             "GIT_COMMITTER_NAME": "human", "GIT_COMMITTER_EMAIL": "human@nanolab.invalid"}
 
 
-def cmd_release(args) -> int:
-    launch = open_launch(args.program)
-    agent = known_agent(launch, args.agent)
-    if not (launch.lab_dir / "takeover" / f"{agent}.json").exists():
-        raise OrgError(f"{agent} is not taken over (`org takeover {agent}` takes it over)")
-    message = release(launch, agent, args.message)
-    grid = launch.grid
-    person = grid.find(agent, taken=True)
-    grid.hand_back(agent, f"C-b {TAKEOVER_KEY} takes over")
-    backend = next(a.backend for a in launch.program.org.agents if a.name == agent)
-    if backend == "claude-code" and person:  # idle at its prompt: wake it; its Stop hook hands it the mail
-        grid.type_into(person["id"], "(harness) You are handed back. Your inbox has a message saying what "
-                                     "the person changed; read it (org mail read) and carry on.")
-    print(f"{agent} resumes; it was told: {message.splitlines()[0]}")
-    return 0
-
-
-def release(launch: Launch, agent: str, note: str | None = None) -> str:
-    """Resume the agent with a message saying what the person changed in its worktree
-    (commits and uncommitted edits, as one diff against the takeover's snapshot)."""
-    record_path = launch.lab_dir / "takeover" / f"{agent}.json"
-    taken = json.loads(record_path.read_text())
-    message = change_note(launch.worktree(agent), taken, note)
-    Control(launch.lab_dir, agent).resume(message)  # the mail first, then the pause lifts
-    record_path.unlink()
-    return message
-
-
-def change_note(tree: Path, taken: dict, note: str | None, limit: int = 8000) -> str:
-    diff = git(tree, "diff", "--stat", "--patch", taken["tree"], snapshot_tree(tree)) if tree.exists() else ""
-    commits = git(tree, "log", "--oneline", f"{taken['head']}..HEAD") if tree.exists() else ""
-    head = f"A person took over your pane at {taken['at']} and handed it back at {now()}."
-    text = head + (f"\nTheir note: {note}" if note else "")
-    if not diff and not commits:
-        return text + "\nThey changed nothing in your worktree; carry on."
-    if commits:
-        text += f"\nTheir commits on your branch:\n{commits}"
-    dirty = git(tree, "status", "--porcelain")
-    if dirty:
-        text += "\nSome of their changes are not committed (git status below): review them, then commit or revert.\n" + dirty
-    cut = f"\n[... diff cut at {limit} characters]" if len(diff) > limit else ""
-    return text + f"\nWhat they changed in your worktree (git diff):\n{diff[:limit]}{cut}"
-
-
-def snapshot_tree(tree: Path) -> str:
-    """A git tree object of everything in the worktree, committed or not (a scratch index:
-    the worktree's own index is left alone)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        git(tree, "read-tree", "HEAD", env=env)
-        git(tree, "add", "-A", env=env)
-        return git(tree, "write-tree", env=env)
-
-
-def cmd_say(args) -> int:
-    launch = open_launch(args.program)
-    agent = known_agent(launch, args.agent)
-    message = Mail(launch.lab_dir).send(HUMAN, agent, " ".join(args.text))
-    print(f"in {agent}'s inbox (message {message['id']}); it reads it at its next step")
-    return 0
-
-
-def known_agent(launch: Launch, agent: str) -> str:
-    if agent not in launch.agents:
-        raise OrgError(f"{launch.name} has no agent {agent!r} (agents: {', '.join(launch.agents)})")
-    return agent
-
-
-def git(cwd: Path, *args: str, env: dict | None = None) -> str:
-    out = subprocess.run(["git", *args], cwd=cwd, env=child_env({**hardened_git_env(), **(env or {})}),
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise OrgError(f"git {' '.join(args[:2])} in {cwd} failed: {out.stderr.strip()[-300:]}")
-    return out.stdout.rstrip()
-
-
-# ----------------------------------------------------------------------------------------
-# org stop
-
-
-def cmd_stop(args) -> int:
-    launch = open_launch(args.program)
-    for line in stop(launch, args.timeout):
-        print(line)
-    return 0
-
-
-def stop(launch: Launch, timeout: float = STOP_SECONDS) -> list[str]:
-    with one_at_a_time(launch):
-        return stop_now(launch, timeout)
-
-
-def stop_now(launch: Launch, timeout: float) -> list[str]:
-    """Agents and runner stop at a safe point (a signal after `timeout`), the tmux server
-    closes, clean worktrees go; branches, ledger, mail and transcripts stay."""
-    from org.runner import Runner
-    grid, lines = launch.grid, []
-    was_running = grid.running()
-    write_atomically(launch.panes_dir / "stop", now())  # keepers restart nothing from here on
-    for agent in launch.agents:
-        if (launch.lab_dir / "takeover" / f"{agent}.json").exists():
-            release(launch, agent, "the org was stopped while you were taken over")
-            lines.append(f"{agent} was taken over: the person's shell is closed; {agent} was told what they changed")
-        Control(launch.lab_dir, agent).stop("org stop")
-    runner = launch.keeper(RUNNER).get("pid")
-    if ours(runner):
-        _signal(runner, signal.SIGTERM)  # the runner kills its trainers; their runs go back to the queue
-    left = wait_for_exit(launch, timeout)
-    for pid in left:  # past the safe point's grace: an interrupt, then a kill
-        _signal(pid, signal.SIGINT)
-    for pid in wait_for_exit(launch, 5.0):
-        _signal(pid, signal.SIGKILL)
-    grid.kill()
-    if launch.ledger_path.exists():  # runs a killed runner left 'running' go back to the queue now
-        with contextlib.closing(Lab.open(launch.root)) as lab, Ledger(launch.ledger_path) as ledger:
-            Runner(lab, launch.program, launch.ledger_path, say=lambda text: None).recover(ledger)
-    lines += remove_worktrees(launch)
-    lines.insert(0, f"stopped {launch.name}" if was_running else f"{launch.name} was not running; cleaned up")
-    if launch.ledger_path.exists():
-        with Ledger(launch.ledger_path) as ledger:
-            queued = len(ledger.runs(launch.name, status="queued"))
-        lines.append(f"kept: branches agent/{launch.name}/*, the ledger ({queued} runs queued), mail and "
-                     f"transcripts in {launch.lab_dir}; `org launch {launch.name}` resumes")
-    return lines
-
-
-def wait_for_exit(launch: Launch, timeout: float, names: list[str] | None = None) -> list[int]:
-    """Wait until no agent or runner process (or none of `names`) is alive; returns those still
-    alive at the end."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pids = [launch.keeper(n).get("pid") for n in (names if names is not None else [*launch.agents, RUNNER])]
-        alive = [p for p in pids if ours(p)]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.1)
-
-
 def ours(pid: int | None) -> bool:
     """Alive and an `org` process: a pid from an old keeper record may since belong to another."""
     try:
@@ -923,29 +520,6 @@ def ours(pid: int | None) -> bool:
         return False
 
 
-def _signal(pid: int, sig: int):
+def send_signal(pid: int, sig: int):
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-
-
-def remove_worktrees(launch: Launch) -> list[str]:
-    """Remove each agent's worktree, or keep it (and say so) if it holds uncommitted work."""
-    lines, removed = [], []
-    lab = Lab.open(launch.root)
-    try:
-        for agent in launch.agents:
-            path = launch.worktree(agent)
-            if not path.exists():
-                continue
-            dirty = git(path, "status", "--porcelain").splitlines()
-            if dirty:
-                lines.append(f"kept {path}: {len(dirty)} uncommitted change(s); `org launch` resumes with them")
-                continue
-            lab.remove_worktree(launch.name, agent)
-            removed.append(agent)
-        lab.prune_worktrees()
-    finally:
-        lab.close()
-    if removed:
-        lines.append(f"removed the worktrees of {', '.join(removed)} (their branches stay)")
-    return lines

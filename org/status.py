@@ -1,0 +1,148 @@
+"""
+`org status`: what a launched program's agents are doing (working, waiting, taken over, out of
+budget, crashed), its runs, compute and dollars against budget, and its verdicts. The status
+pane runs `org status --watch`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+from org.launch import RUNNER, TAKEN_OVER, WAITING_TOOLS, Launch, open_launch
+from org.ledger import FINISHED, Ledger
+
+
+def add_status_command(sub):
+    p = sub.add_parser("status", help="agents, runs, spend and verdicts of a launched program")
+    p.add_argument("program", nargs="?", help="default: the one program running here")
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument("--every", type=float, default=2.0, help="seconds between refreshes")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_status(args) -> int:
+    from rich.console import Console
+    launch = open_launch(args.program)
+    console = Console()
+    if not args.watch:
+        console.print(status_view(launch))
+        return 0
+    try:
+        while True:
+            view = status_view(launch)
+            console.clear()
+            console.print(view)
+            time.sleep(args.every)
+    except KeyboardInterrupt:
+        return 0
+
+
+def status_view(launch: Launch):
+    """Agents' states, the runner, runs, spend against budget, the latest verdicts."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+    running = launch.grid.running()
+    head = Text.from_markup(f"[bold]{launch.name}[/] · " + ("[green]running[/]" if running else "[yellow]not running[/]")
+                            + f" · {time.strftime('%H:%M:%S')}")
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    widths = {"agent": max(map(len, launch.agents)), "state": len("out of budget"), "restarts": 8}
+    for col in ("agent", "state", "restarts", "doing"):  # one line per agent; "doing" gives way
+        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=widths.get(col), ratio=int(col == "doing"))
+    for agent in launch.agents:
+        state, doing = agent_state(launch, agent, running)
+        style = {"crashed": "bold red", "taken over": "bold magenta", "working": "green",
+                 "out of budget": "yellow"}.get(state, "")
+        table.add_row(agent, Text(state, style=style), str(launch.keeper(agent).get("restarts", "")), doing)
+    parts = [head, table, Text(runner_line(launch, running))]
+    if launch.ledger_path.exists():
+        parts += [Text(line) for line in ledger_lines(launch)]
+    return Group(*parts)
+
+
+def agent_state(launch: Launch, agent: str, running: bool) -> tuple[str, str]:
+    """(working | waiting | taken over | paused | out of budget | finished | stopped |
+    crashed | starting | restarting | not running, what it is doing or why)."""
+    keeper, control = launch.keeper(agent), launch.control_state(agent)
+    kstate, cstate, reason = keeper.get("state"), control.get("state"), control.get("reason") or ""
+    if kstate == "crashed":
+        return "crashed", keeper.get("note", "")
+    reason = reason.splitlines()[0] if reason else ""
+    if cstate == "paused":
+        return ("taken over" if reason.startswith(TAKEN_OVER) else "paused"), reason
+    if cstate == "stopped" or kstate == "ended":
+        if "LLM budget" in reason:
+            return "out of budget", reason
+        return ("finished" if reason.startswith("finished") else "stopped"), reason
+    if not running:
+        return "not running", reason
+    if kstate == "restarting":
+        return "restarting", keeper.get("note", "")
+    if kstate == "waiting" or cstate != "running":
+        return "starting", ""
+    call = last_call(launch.lab_dir / "transcripts" / f"{agent}.jsonl")
+    if call is None:
+        return "working", ""
+    args = call.get("args") or {}
+    doing = f"{call['name']}(" + ", ".join(f"{k}={json.dumps(v)[:30]}" for k, v in args.items()) + ")"
+    waits = call["name"] in WAITING_TOOLS and (args.get("wait_seconds") or 0) > 0 and call.get("open")
+    return ("waiting" if waits else "working"), doing
+
+
+def last_call(transcript: Path) -> dict | None:
+    """The agent's latest tool call, with open=True while its result is not in yet (the
+    transcript's tail only: transcripts grow long)."""
+    try:
+        with open(transcript, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            lines = f.read().decode(errors="replace").splitlines()[1:]
+    except OSError:
+        return None
+    answered = set()
+    for raw in reversed(lines):
+        try:
+            line = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        if line.get("kind") == "tool":
+            answered.add(line.get("id"))
+        elif line.get("kind") == "assistant" and line.get("calls"):
+            call = line["calls"][-1]
+            return {**call, "open": call.get("id") not in answered}
+    return None
+
+
+def runner_line(launch: Launch, running: bool) -> str:
+    keeper = launch.keeper(RUNNER)
+    state = keeper.get("state", "not started")
+    if not running and state not in ("ended", "crashed"):
+        state = "not running"
+    state = {"running": "serving the queue", "ended": "done"}.get(state, state)
+    restarts = f", {keeper['restarts']} restart(s)" if keeper.get("restarts") else ""
+    return f"runner: {state}{restarts}" + (f" ({keeper['note']})" if keeper.get("note") else "")
+
+
+def ledger_lines(launch: Launch) -> list[str]:
+    from org.agents.tools import referee_verdicts
+    name = launch.name
+    with Ledger(launch.ledger_path) as ledger:
+        runs = Counter(r["status"] for r in ledger.runs(name))
+        compute, dollars = ledger.compute_seconds(name), ledger.spend(name)["dollars"]
+        budget = ledger.budget(name)  # as fixed at start, with `org budget` changes
+        verdicts = ledger.verdicts(name) or referee_verdicts(ledger, launch.program)
+    done = sum(n for s, n in runs.items() if s in FINISHED)
+    detail = ", ".join(f"{n} {s}" for s, n in sorted(runs.items()) if s in FINISHED)
+    lines = [f"runs: {runs.get('queued', 0)} queued · {runs.get('running', 0)} running · {done} done"
+             + (f" ({detail})" if detail else ""),
+             f"compute: {compute:.0f}s of {budget['total_compute_seconds']:g}s · "
+             f"LLM: ${dollars:.4f} of ${budget['total_llm_dollars']:g}"]
+    for v in verdicts[-8:]:
+        if "error" in v:
+            lines.append(f"verdicts: {v['error']}")
+            continue
+        delta = "" if v.get("delta") is None else f" (Δ {v['delta']:+.4f}, n={v['n']})"
+        lines.append(f"verdict: {v['arm']} vs {v['versus']}: {v['verdict']}{delta}")
+    return lines

@@ -1,0 +1,105 @@
+"""
+`org stop`: agents and runner stop at their next safe point (a signal after the timeout), the
+tmux server closes, and the clean worktrees go (one with uncommitted work is kept, and said so).
+Branches, ledger, mail and transcripts stay, so `org launch` again resumes.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+
+from org.agents.control import Control
+from org.lab import Lab
+from org.launch import RUNNER, STOP_SECONDS, Launch, git, one_at_a_time, open_launch, ours, send_signal
+from org.ledger import Ledger
+from org.mail import now, write_atomically
+from org.takeover import release
+
+
+def add_stop_command(sub):
+    p = sub.add_parser("stop", help="stop a program's agents and runner; keep branches, ledger, transcripts")
+    p.add_argument("program")
+    p.add_argument("--timeout", type=float, default=STOP_SECONDS, help="seconds to wait for safe points")
+    p.set_defaults(func=cmd_stop)
+
+
+def cmd_stop(args) -> int:
+    launch = open_launch(args.program)
+    for line in stop(launch, args.timeout):
+        print(line)
+    return 0
+
+
+def stop(launch: Launch, timeout: float = STOP_SECONDS) -> list[str]:
+    with one_at_a_time(launch):
+        return stop_now(launch, timeout)
+
+
+def stop_now(launch: Launch, timeout: float) -> list[str]:
+    """Agents and runner stop at a safe point (a signal after `timeout`), the tmux server
+    closes, clean worktrees go; branches, ledger, mail and transcripts stay."""
+    from org.runner import Runner
+    grid, lines = launch.grid, []
+    was_running = grid.running()
+    write_atomically(launch.panes_dir / "stop", now())  # keepers restart nothing from here on
+    for agent in launch.agents:
+        if (launch.lab_dir / "takeover" / f"{agent}.json").exists():
+            release(launch, agent, "the org was stopped while you were taken over")
+            lines.append(f"{agent} was taken over: the person's shell is closed; {agent} was told what they changed")
+        Control(launch.lab_dir, agent).stop("org stop")
+    runner = launch.keeper(RUNNER).get("pid")
+    if ours(runner):
+        send_signal(runner, signal.SIGTERM)  # the runner kills its trainers; their runs go back to the queue
+    left = wait_for_exit(launch, timeout)
+    for pid in left:  # past the safe point's grace: an interrupt, then a kill
+        send_signal(pid, signal.SIGINT)
+    for pid in wait_for_exit(launch, 5.0):
+        send_signal(pid, signal.SIGKILL)
+    grid.kill()
+    if launch.ledger_path.exists():  # runs a killed runner left 'running' go back to the queue now
+        with contextlib.closing(Lab.open(launch.root)) as lab, Ledger(launch.ledger_path) as ledger:
+            Runner(lab, launch.program, launch.ledger_path, say=lambda text: None).recover(ledger)
+    lines += remove_worktrees(launch)
+    lines.insert(0, f"stopped {launch.name}" if was_running else f"{launch.name} was not running; cleaned up")
+    if launch.ledger_path.exists():
+        with Ledger(launch.ledger_path) as ledger:
+            queued = len(ledger.runs(launch.name, status="queued"))
+        lines.append(f"kept: branches agent/{launch.name}/*, the ledger ({queued} runs queued), mail and "
+                     f"transcripts in {launch.lab_dir}; `org launch {launch.name}` resumes")
+    return lines
+
+
+def wait_for_exit(launch: Launch, timeout: float, names: list[str] | None = None) -> list[int]:
+    """Wait until no agent or runner process (or none of `names`) is alive; returns those still
+    alive at the end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = [launch.keeper(n).get("pid") for n in (names if names is not None else [*launch.agents, RUNNER])]
+        alive = [p for p in pids if ours(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def remove_worktrees(launch: Launch) -> list[str]:
+    """Remove each agent's worktree, or keep it (and say so) if it holds uncommitted work."""
+    lines, removed = [], []
+    lab = Lab.open(launch.root)
+    try:
+        for agent in launch.agents:
+            path = launch.worktree(agent)
+            if not path.exists():
+                continue
+            dirty = git(path, "status", "--porcelain").splitlines()
+            if dirty:
+                lines.append(f"kept {path}: {len(dirty)} uncommitted change(s); `org launch` resumes with them")
+                continue
+            lab.remove_worktree(launch.name, agent)
+            removed.append(agent)
+        lab.prune_worktrees()
+    finally:
+        lab.close()
+    if removed:
+        lines.append(f"removed the worktrees of {', '.join(removed)} (their branches stay)")
+    return lines

@@ -1,0 +1,164 @@
+"""
+A person in a launched org: `org attach` (the grid in this terminal), `org takeover AGENT` (the
+agent pauses at its next safe point; its pane becomes the person's shell in its worktree, or,
+for Claude Code, its own prompt), `org release AGENT` (handed back, with a message saying what
+the person changed: their commits and the worktree's diff since the takeover), and `org say`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import tempfile
+from pathlib import Path
+
+from org import OrgError
+from org.agents.control import Control
+from org.launch import TAKEN_OVER, Launch, attach, git, open_launch, pane_path, person_identity
+from org.mail import HUMAN, Mail, now, write_atomically
+from org.panes import RELEASE_KEY, TAKEOVER_KEY, Pane
+
+
+def add_takeover_commands(sub):
+    p = sub.add_parser("attach", help="attach this terminal to a program's tmux grid")
+    p.add_argument("program", nargs="?")
+    p.set_defaults(func=cmd_attach)
+
+    for name, text in (("takeover", "pause an agent at its next safe point and take over its pane"),
+                       ("release", "hand a taken-over pane back; the agent is told what you changed")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("agent")
+        p.add_argument("--program", help="default: $NANOLAB_PROGRAM, or the one program running here")
+        if name == "takeover":
+            p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the safe point")
+        else:
+            p.add_argument("--message", help="a note for the agent, sent with the diff")
+        p.set_defaults(func=cmd_takeover if name == "takeover" else cmd_release)
+
+    p = sub.add_parser("say", help="drop a message from you into an agent's inbox")
+    p.add_argument("agent")
+    p.add_argument("text", nargs="+")
+    p.add_argument("--program")
+    p.set_defaults(func=cmd_say)
+
+
+def cmd_attach(args) -> int:
+    attach(open_launch(args.program))
+    return 0
+
+
+def cmd_takeover(args) -> int:
+    launch = open_launch(args.program)
+    agent = known_agent(launch, args.agent)
+    grid = launch.grid
+    if not grid.running():
+        raise OrgError(f"{launch.name} is not running; `org launch {launch.name}` first")
+    if grid.find(agent, taken=True):
+        raise OrgError(f"{agent} is already taken over; `org release {agent}` hands it back")
+    control, tree = Control(launch.lab_dir, agent), launch.worktree(agent)
+    write_atomically(launch.lab_dir / "takeover" / f"{agent}.json", json.dumps(
+        {"tree": snapshot_tree(tree), "head": git(tree, "rev-parse", "HEAD"), "at": now()}))
+    control.pause(TAKEN_OVER)
+    backend = next(a.backend for a in launch.program.org.agents if a.name == agent)
+    # Claude Code's pane is handed over as it is (its Stop hook ends its turn for the person);
+    # every other agent is waited for, so the person's shell never races the agent's edits
+    if backend != "claude-code" and launch.keeper(agent).get("state") == "running" and control.state().get("state") != "stopped":
+        print(f"asking {agent} to pause at its next safe point...", flush=True)
+        if not control.wait_for_state("paused", args.timeout):
+            raise OrgError(f"{agent} did not reach a safe point in {args.timeout:g}s; the pause stands: "
+                           f"`org takeover {agent}` again takes the pane once it has paused")
+    hint = f"TAKEN OVER · C-b {RELEASE_KEY} or `org release {agent}` hands it back"
+    if backend == "claude-code":  # the CLI itself is the person's: its Stop hook lets it stop
+        grid.take_over(agent, None, hint)
+        print(f"{agent} pauses when its current turn ends; then its pane is yours: Claude Code "
+              f"waits at its prompt. `org release {agent}` hands it back.")
+        return 0
+    grid.take_over(agent, person_shell(launch, agent, backend), hint)
+    print(f"{agent} is paused; its pane is yours: a shell in {tree}. "
+          f"`org release {agent}` hands it back, telling {agent} what you changed.")
+    return 0
+
+
+def person_shell(launch: Launch, agent: str, backend: str) -> Pane:
+    """An interactive shell in the agent's worktree, with the person's git identity (or a
+    plain "human" one if none is configured) and `org` on PATH."""
+    tree = launch.worktree(agent)
+    banner = [f"── {agent} is paused: this pane is yours ──",
+              f"a shell in {tree} (branch agent/{launch.name}/{agent})",
+              f"`org release {agent}` (or C-b {RELEASE_KEY}) hands it back, with a note of what you changed"]
+    if backend == "codex":
+        home = launch.lab_dir / "clis" / agent / "home" / ".codex"
+        banner.append(f"the agent's own Codex session: CODEX_HOME={home} codex resume --last")
+    shell = os.environ.get("SHELL") or "/bin/bash"
+    script = "printf '%s\\n' " + " ".join(shlex.quote(line) for line in banner) + f"; exec {shlex.quote(shell)} -i"
+    env = {"NANOLAB_AGENT": agent, "NANOLAB_PROGRAM": launch.name, "NANOLAB_LAB": str(launch.root),
+           "PATH": pane_path(), **person_identity(launch.root)}
+    return Pane(agent, ["sh", "-c", script], tree, env)
+
+
+def cmd_release(args) -> int:
+    launch = open_launch(args.program)
+    agent = known_agent(launch, args.agent)
+    if not (launch.lab_dir / "takeover" / f"{agent}.json").exists():
+        raise OrgError(f"{agent} is not taken over (`org takeover {agent}` takes it over)")
+    message = release(launch, agent, args.message)
+    grid = launch.grid
+    person = grid.find(agent, taken=True)
+    grid.hand_back(agent, f"C-b {TAKEOVER_KEY} takes over")
+    backend = next(a.backend for a in launch.program.org.agents if a.name == agent)
+    if backend == "claude-code" and person:  # idle at its prompt: wake it; its Stop hook hands it the mail
+        grid.type_into(person["id"], "(harness) You are handed back. Your inbox has a message saying what "
+                                     "the person changed; read it (org mail read) and carry on.")
+    print(f"{agent} resumes; it was told: {message.splitlines()[0]}")
+    return 0
+
+
+def release(launch: Launch, agent: str, note: str | None = None) -> str:
+    """Resume the agent with a message saying what the person changed in its worktree
+    (commits and uncommitted edits, as one diff against the takeover's snapshot)."""
+    record_path = launch.lab_dir / "takeover" / f"{agent}.json"
+    taken = json.loads(record_path.read_text())
+    message = change_note(launch.worktree(agent), taken, note)
+    Control(launch.lab_dir, agent).resume(message)  # the mail first, then the pause lifts
+    record_path.unlink()
+    return message
+
+
+def change_note(tree: Path, taken: dict, note: str | None, limit: int = 8000) -> str:
+    diff = git(tree, "diff", "--stat", "--patch", taken["tree"], snapshot_tree(tree)) if tree.exists() else ""
+    commits = git(tree, "log", "--oneline", f"{taken['head']}..HEAD") if tree.exists() else ""
+    head = f"A person took over your pane at {taken['at']} and handed it back at {now()}."
+    text = head + (f"\nTheir note: {note}" if note else "")
+    if not diff and not commits:
+        return text + "\nThey changed nothing in your worktree; carry on."
+    if commits:
+        text += f"\nTheir commits on your branch:\n{commits}"
+    dirty = git(tree, "status", "--porcelain")
+    if dirty:
+        text += "\nSome of their changes are not committed (git status below): review them, then commit or revert.\n" + dirty
+    cut = f"\n[... diff cut at {limit} characters]" if len(diff) > limit else ""
+    return text + f"\nWhat they changed in your worktree (git diff):\n{diff[:limit]}{cut}"
+
+
+def snapshot_tree(tree: Path) -> str:
+    """A git tree object of everything in the worktree, committed or not (a scratch index:
+    the worktree's own index is left alone)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        git(tree, "read-tree", "HEAD", env=env)
+        git(tree, "add", "-A", env=env)
+        return git(tree, "write-tree", env=env)
+
+
+def cmd_say(args) -> int:
+    launch = open_launch(args.program)
+    agent = known_agent(launch, args.agent)
+    message = Mail(launch.lab_dir).send(HUMAN, agent, " ".join(args.text))
+    print(f"in {agent}'s inbox (message {message['id']}); it reads it at its next step")
+    return 0
+
+
+def known_agent(launch: Launch, agent: str) -> str:
+    if agent not in launch.agents:
+        raise OrgError(f"{launch.name} has no agent {agent!r} (agents: {', '.join(launch.agents)})")
+    return agent
