@@ -8,8 +8,10 @@ The agents' subcommands of `org` (registered by org/cli.py through add_agent_com
     org agent-hook stop|notify            turn-end hooks of the claude and codex CLIs
     org install-clis                      npm install the pinned claude and codex CLIs
 
-Inside an agent's shell (the claude-code and codex backends) NANOLAB_AGENT, NANOLAB_PROGRAM
-and NANOLAB_LAB say who and where the caller is, so `org tool` and friends need no flags.
+Inside a CLI agent's box (the claude-code and codex backends) NANOLAB_PORT names the socket
+of its port (org/agents/port.py): `org tool` and friends send their call there, and the port,
+not a flag, says who is calling. Outside a box, --as/--program or NANOLAB_AGENT,
+NANOLAB_PROGRAM and NANOLAB_LAB say who and where the caller is.
 """
 from __future__ import annotations
 
