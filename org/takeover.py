@@ -14,7 +14,7 @@ from pathlib import Path
 
 from org import OrgError
 from org.agents.control import Control
-from org.launch import TAKEN_OVER, Launch, attach, git, open_launch, pane_path, person_identity
+from org.launch import TAKEN_OVER, Launch, attach, ended_for_good, git, open_launch, pane_path, person_identity
 from org.mail import HUMAN, Mail, now, write_atomically
 from org.panes import RELEASE_KEY, TAKEOVER_KEY, Pane
 
@@ -154,7 +154,12 @@ def cmd_say(args) -> int:
     launch = open_launch(args.program)
     agent = known_agent(launch, args.agent)
     message = Mail(launch.lab_dir).send(HUMAN, agent, " ".join(args.text))
-    print(f"in {agent}'s inbox (message {message['id']}); it reads it at its next step")
+    control = launch.control_state(agent)
+    if ended_for_good(control):  # nobody will read it: say so rather than promise
+        print(f"in {agent}'s inbox (message {message['id']}), but {agent} has ended ({control['reason']}) "
+              "and does not run again; the board and the report have what it concluded")
+    else:
+        print(f"in {agent}'s inbox (message {message['id']}); it reads it at its next step")
     return 0
 
 

@@ -322,6 +322,9 @@ def test_say_drops_a_message_from_you_into_an_inbox(org_project, capsys):
     assert (message["from"], message["text"]) == ("human", "look at the warmup")
     assert main(["say", "nobody", "hi", "--program", "tiny"]) == 2
     assert "tiny has no agent 'nobody' (agents: solo)" in one_line_error(capsys)
+    Control(root / ".lab" / "tiny", "solo").set_state("stopped", "finished: conclusion posted")
+    assert main(["say", "solo", "one more idea", "--program", "tiny"]) == 0  # delivered, and said for what
+    assert "but solo has ended (finished: conclusion posted) and does not run again" in capsys.readouterr().out
     assert main(["takeover", "solo", "--program", "tiny"]) == 2
     assert "tiny is not running; `org launch tiny` first" in one_line_error(capsys)
 

@@ -222,6 +222,20 @@ def test_bad_input_is_one_line_and_writes_nothing(corpus, tmp_path, args, messag
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_a_finished_run_is_never_overwritten_by_accident(corpus, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", corpus, "--steps", "1", "--batch-size", "2", "--val-tokens", "512", "--out", str(out),
+            "--quiet", "--set", "n_layer=1", "--set", "n_embd=32"]
+    assert trainer_cli(*args).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = trainer_cli(*args, "--seed", "1")
+    assert again.returncode == 1 and again.stderr.count("\n") == 1
+    assert f"--out {out} already holds a run (result.json, checkpoint.npz, metrics.jsonl, config.json)" in again.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    forced = trainer_cli(*args, "--seed", "1", "--force")
+    assert forced.returncode == 0 and json.loads((out / "result.json").read_text())["seed"] == 1
+
+
 def test_unwritable_out_is_one_line(corpus, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

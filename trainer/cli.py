@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="init and data-order seed (default 0)")
     p.add_argument("--out", type=Path, help="run directory for config.json, metrics.jsonl, result.json")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--force", action="store_true", help="overwrite the run already in --out (else refused)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--matmul", default="fp32", choices=MATMUL_CHOICES,
@@ -118,6 +119,9 @@ def add_data_flags(p):
     p.add_argument("--tokenizer", default="bytes", help="bytes (default) or bpe:N")
 
 
+RUN_FILES = ("result.json", "checkpoint.npz", "metrics.jsonl", "config.json")  # what a run writes in --out
+
+
 def cmd_train(args) -> int:
     from trainer.train import EXIT_CODES, RunSpec, run
     if args.resume:
@@ -129,6 +133,10 @@ def cmd_train(args) -> int:
     else:
         if args.out is None:
             raise ValueError("--out DIR is required (where the run's files go)")
+        held = [name for name in RUN_FILES if (args.out / name).exists()]
+        if held and not args.force:  # a finished run is data: never lose it to a typo
+            raise ValueError(f"--out {args.out} already holds a run ({', '.join(held)}): --resume {args.out} "
+                             "continues it, --force overwrites it, or pick another --out")
         result = run(spec_from_args(args), args.out, quiet=args.quiet)
     if result["status"] != "completed":
         print(f"{result['status']}: {result['reason']}", file=sys.stderr)
