@@ -36,6 +36,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -76,8 +77,10 @@ def check_cli(agent: str, backend: str) -> str | None:
     if path is None:
         return f"agent {agent} (backend {backend}) needs the {name} CLI, which is not installed; run `org install-clis`"
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60,
-                             stdin=subprocess.DEVNULL, env=cli_probe_env()).stdout
+        with tempfile.TemporaryDirectory() as home:  # `codex --version` makes ~/.codex: not the person's
+            out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60,
+                                 stdin=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", ""), "HOME": home,
+                                                                "DISABLE_AUTOUPDATER": "1"}).stdout
     except (OSError, subprocess.SubprocessError) as e:
         return f"agent {agent} (backend {backend}): {path} does not start ({e}); run `org install-clis`"
     if version not in out.split() and f"{name}-cli {version}" not in out:
@@ -85,10 +88,6 @@ def check_cli(agent: str, backend: str) -> str | None:
         return (f"agent {agent} (backend {backend}) needs {name} {version}, found {found!r} at {path}; "
                 "run `org install-clis`")
     return None
-
-
-def cli_probe_env() -> dict:
-    return {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "DISABLE_AUTOUPDATER": "1"}
 
 
 def install_clis(say=print) -> Path:
