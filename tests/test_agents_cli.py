@@ -234,6 +234,33 @@ def test_codex_boxed_reports_its_turn_through_notify_and_its_shell_holds_no_toke
     assert Mail(lab_dir(root, program)).inbox("solo")[0]["from"] == "claude"
 
 
+@pytest.mark.skipif(available() is not None, reason=f"CLI agents run only in a sandbox: {available()}")
+def test_links_planted_in_a_cli_home_never_turn_the_harness_writes(project, tmp_path):
+    """The CLI's home is the agent's to write; the harness seeds it from outside the box. Links
+    planted there (to the ledger, to a folder of the harness's) are replaced, never written
+    through, and their targets are neither read nor changed."""
+    root, program = project
+    tree = worktree(root, program, "claude")
+    prepare(lab_dir(root, program), {"claude": "claude-code"}, {"ANTHROPIC_API_KEY": "sk-ant-REAL-KEY"})
+    home = lab_dir(root, program) / "clis" / "claude" / "home"
+    home.mkdir(parents=True)
+    ledger = lab_dir(root, program) / "ledger.sqlite"
+    before = ledger.read_bytes()
+    elsewhere = tmp_path / "harness-folder"
+    elsewhere.mkdir()
+    (home / ".claude.json").symlink_to(ledger)
+    (home / ".bash_profile").symlink_to(ledger)
+    (home / ".codex").symlink_to(elsewhere)
+    (home / "tmp").symlink_to(elsewhere)
+    with BoxedCLI(agent_entry(program, "claude"), program, root, tree):
+        pass
+    assert ledger.read_bytes() == before and list(elsewhere.iterdir()) == []
+    for name in (".claude.json", ".bash_profile", ".codex", "tmp"):
+        assert not (home / name).is_symlink()
+    assert json.loads((home / ".claude.json").read_text())["hasCompletedOnboarding"] is True
+    assert (home / ".codex" / "config.toml").read_text().startswith('model = "claude-sonnet-test"')
+
+
 def test_the_port_says_who_calls_whatever_the_command_claims(project, monkeypatch, capsys):
     """Inside a box, `org tool --as solo` still acts as the agent whose port it is."""
     root, program = project

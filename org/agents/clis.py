@@ -34,6 +34,7 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -131,23 +132,60 @@ def claude_settings(program, tree: Path) -> dict:
             "skipDangerousModePermissionPrompt": True, "permissions": {"deny": deny}}
 
 
+# The home is the agent's to write (from its box); these run outside it, as the harness. So
+# nothing there is followed: a link planted at one of these names would otherwise have the
+# harness write through it (the ledger, the gateway's keys), or read through it.
+
+def own_folder(path: Path) -> Path:
+    """path as a real folder: whatever else is there (a link, a file) is removed first."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def write_own(path: Path, text: str):
+    """Write a fresh file at path, never through a link or into a file with other names."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.is_symlink() or path.exists():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def read_own_json(path: Path, limit: int = 1 << 20) -> dict:
+    """The JSON object in a regular file at path (not a link, at most `limit` bytes), else {}."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return {}
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return {}
+        try:
+            data = json.loads(f.read(limit + 1)[:limit])
+        except ValueError:
+            return {}
+    return data if isinstance(data, dict) else {}
+
+
 def seed_shell_profile(home: Path, path: str):
     """Login shells (codex runs `bash -lc`) reset PATH from /etc/profile; ~/.bash_profile puts
     the `org` command and the CLIs back."""
-    (home / ".bash_profile").write_text(f"export PATH={shlex.quote(path)}\n")
+    write_own(home / ".bash_profile", f"export PATH={shlex.quote(path)}\n")
 
 
 def seed_claude_home(home: Path, tree: Path):
     """~/.claude.json past onboarding and with the worktree trusted (Claude rewrites this file:
     keep what it wrote, set our keys)."""
-    path = home / ".claude.json"
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        state = {}
+    state = read_own_json(home / ".claude.json")
     state["hasCompletedOnboarding"] = True
-    state.setdefault("projects", {}).setdefault(str(tree), {})["hasTrustDialogAccepted"] = True
-    path.write_text(json.dumps(state, indent=1))
+    projects = state.get("projects") if isinstance(state.get("projects"), dict) else {}
+    entry = projects.get(str(tree)) if isinstance(projects.get(str(tree)), dict) else {}
+    state["projects"] = {**projects, str(tree): {**entry, "hasTrustDialogAccepted": True}}
+    write_own(home / ".claude.json", json.dumps(state, indent=1))
 
 
 def codex_config(model: str, base_url: str, tree: Path, git_dirs: list[Path]) -> str:
@@ -188,8 +226,7 @@ def cli_env(entry, program, tree: Path, home: Path, port_dir: Path, via: tuple[s
     if entry.backend == "claude-code":
         env.update({"ANTHROPIC_BASE_URL": url, "ANTHROPIC_AUTH_TOKEN": token})  # a bearer token: no key prompt
     else:
-        # its own temp folder: codex makes no sandbox helpers under the system's (a lab under /tmp)
-        (home / "tmp").mkdir(exist_ok=True)
+        # its own temp folder (made by BoxedCLI): codex makes no sandbox helpers under /tmp
         env.update({"CODEX_HOME": str(home / ".codex"), OPENAI_TOKEN_VAR: token, "TMPDIR": str(home / "tmp")})
     return env
 
@@ -234,12 +271,14 @@ class BoxedCLI:
 
     def __enter__(self):
         from org.agents.port import Port
-        (self.home / ".codex").mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        own_folder(self.home / ".codex")
+        own_folder(self.home / "tmp")
         self.sandbox = self.box()
         seed_claude_home(self.home, self.tree)
         seed_shell_profile(self.home, box_path(self.entry.backend))
         git_dirs = [p for p in self.sandbox.writable if p not in (self.tree, self.home)]
-        (self.home / ".codex" / "config.toml").write_text(codex_config(self.entry.model, self.via[0], self.tree, git_dirs))
+        write_own(self.home / ".codex" / "config.toml", codex_config(self.entry.model, self.via[0], self.tree, git_dirs))
         self.port = Port(self.port_dir, port_handler(self.program, self.entry.name, self.root),
                          ("127.0.0.1", self.gateway_port)).__enter__()
         return self
