@@ -20,7 +20,7 @@ def test_unknown_bench_config_is_one_line():
     proc = subprocess.run([sys.executable, "-m", "trainer", "bench", "--configs", "d99"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "error: unknown bench config 'd99'; choose from d4, gpt2"
+    assert proc.stderr.strip() == "error: unknown bench config 'd99'; choose from d4, gpt2, d12, gpt2-124m"
 
 
 def test_bench_names_the_matmul_precision_and_that_cpu_peers_stay_float32():

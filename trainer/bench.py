@@ -34,13 +34,20 @@ CONFIGS = {
                                                           optimizer="adamw")),
     "gpt2": dict(preset="gpt2", batch=4, overrides=dict(n_layer=12, n_embd=768, n_head=12,
                                                         vocab_size=50257, sequence_len=64)),
+    # GPU shapes (issue 20): nanochat's d12 at its sequence length and vocab, and GPT-2 124M at
+    # llm.c's 1024 tokens. AdamW everywhere, so the torch peers run the same optimizer math.
+    "d12": dict(preset="nanochat", batch=16, overrides=dict(depth=12, vocab_size=65536, sequence_len=2048,
+                                                           optimizer="adamw")),
+    "gpt2-124m": dict(preset="gpt2", batch=16, overrides=dict(n_layer=12, n_embd=768, n_head=12,
+                                                             vocab_size=50257, sequence_len=1024)),
 }
+DEFAULT_CONFIGS = {"cpu": ("d4", "gpt2"), "cuda": ("d12", "gpt2-124m")}
 IMPLS = ("nanolab", "torch-eager", "torch-compile")
 REPO = Path(__file__).resolve().parent.parent
 
 
 def run_bench(args) -> int:
-    names = args.configs or list(CONFIGS)
+    names = args.configs or list(DEFAULT_CONFIGS[args.device])
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise ValueError(f"unknown bench config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")

@@ -1,5 +1,5 @@
 """
-`python -m trainer` (or `trainer`): train, eval, data, sample, bench.
+`python -m trainer` (or `trainer`): train, eval, data, sample, bench, gpucheck.
 
 Errors in what a person typed end in one line naming the flag, key or file, and exit 1.
 """
@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="ms/step, tokens/s, MFU and memory, beside PyTorch eager", formatter_class=fmt,
                        epilog="example:\n  OMP_NUM_THREADS=2 python -m trainer bench --configs d4 gpt2 --steps 5")
-    p.add_argument("--configs", nargs="*", default=None, help="named bench configs: d4, gpt2 (default: all)")
+    p.add_argument("--configs", nargs="*", default=None, help="named bench configs: d4, gpt2, d12, gpt2-124m (default: d4 gpt2 on the CPU, "
+                        "d12 gpt2-124m on a GPU)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps; the median is shown")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is shown (default 3)")
@@ -110,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="matmul inputs as for train; on a GPU the torch peers use TF32 / bf16 autocast too")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("gpucheck", help="check the CUDA path on a GPU: kernels, steps against the CPU, resume, "
+                       "a d12 run, the bench", formatter_class=fmt,
+                       epilog="examples:\n  python -m trainer gpucheck --out gpucheck/      # all parts, ~10 min\n"
+                              "  python -m trainer gpucheck --parts device kernels steps resume\n"
+                              "exit status: 0 all passed, 1 a check failed, 2 no GPU (the line says what is missing)")
+    p.add_argument("--out", type=Path, default=Path("gpucheck"), help="where the table, rows and runs go (default gpucheck/)")
+    p.add_argument("--parts", nargs="+", metavar="PART",
+                   help="device, kernels, steps, resume, d12, bench (default: all, in that order)")
+    p.set_defaults(func=cmd_gpucheck)
     return parser
 
 
@@ -215,3 +226,8 @@ def cmd_sample(args) -> int:
 def cmd_bench(args) -> int:
     from trainer.bench import run_bench
     return run_bench(args)
+
+
+def cmd_gpucheck(args) -> int:
+    from trainer.gpucheck import run_gpucheck
+    return run_gpucheck(args)

@@ -24,9 +24,12 @@ CPU-only machine without CuPy works (CuPy is imported lazily, only for CuPy arra
     muon_apply                       np_muon_apply (= optim Muon)      cautious decay + step, one pass
     round_mantissa                   ops.round_mantissa                one pass instead of five
                                                                        (float32; --matmul)
+    scatter_add_rows                 backend.scatter_add_rows          not speed: the embedding
+                                                                       gradient summed in a fixed
+                                                                       order (atomics are not)
 
 Kernels are compiled lazily with cupy.RawModule, once per dtype (the CUDA source below with
-`real` typedef'd to float or double). `nvrtc_compile` compiles the same source with the
+`real` typedef'd to float or double). trainer/nvrtc.py compiles the same source with the
 low-level NVRTC library and needs no GPU: the tests use it to check every kernel compiles.
 `available(xp)` says whether the kernels will be used for that array module.
 Set NANOLAB_KERNELS=0 to force the twins everywhere.
@@ -270,113 +273,37 @@ extern "C" __global__ void round_mantissa(const float* __restrict__ x, float* __
                                                : __uint_as_float((u + half + ((u >> drop) & 1u)) & ~low);
     }
 }
+
+// ---- embedding backward: dst[idx[n]] += src[n] for every row n of src ---------------------
+// Rows are added in order of n, as np.add.at adds them, so the sums are the twin's to the bit
+// and the same on every run; atomicAdd's order changes from run to run, and a resumed or repeated
+// run must retrace the first exactly. order: the row numbers sorted by idx, stably; rows
+// order[starts[u]] .. order[starts[u+1] - 1] all go to row ids[u] of dst. One thread per (u, column).
+extern "C" __global__ void scatter_rows(real* __restrict__ dst, const real* __restrict__ src,
+                                        const long long* __restrict__ order,
+                                        const long long* __restrict__ starts,
+                                        const long long* __restrict__ ids, long long n_ids, int C) {
+    const long long n = n_ids * C;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long u = i / C, c = i % C;
+        real* d = dst + ids[u] * C + c;
+        real acc = *d;
+        for (long long k = starts[u]; k < starts[u + 1]; k++) acc += src[order[k] * C + c];
+        *d = acc;
+    }
+}
 """
 
 KERNEL_NAMES = ("rmsnorm_fwd", "rmsnorm_bwd", "rotary", "relu2_fwd", "relu2_bwd",
                 "softcap_ce_fwd", "softcap_ce_bwd", "adamw", "muon_momentum", "muon_apply",
-                "round_mantissa")
+                "round_mantissa", "scatter_rows")
 DTYPES = ("float32", "float64")
 
 
 def cuda_source(dtype: str = "float32") -> str:
     """The full CUDA source of the module for one dtype ('float32' or 'float64')."""
     return _PRELUDE[np.dtype(dtype).name] + SOURCE
-
-# ----------------------------------------------------------------------------------------
-# compiling with no GPU: the low-level NVRTC library (CuPy's wrapper, or libnvrtc via ctypes)
-
-
-class NVRTCCompileError(RuntimeError):
-    """NVRTC rejected the source; the message is its program log."""
-
-
-def nvrtc_compile(source: str, arch: str = "compute_80", backend: str = "auto",
-                  name: str = "nanolab_kernels.cu") -> str:
-    """PTX of `source` for a virtual `arch` (e.g. compute_80), compiled with NVRTC alone.
-
-    No CUDA device or driver is needed. backend: 'cupy' (cupy_backends.cuda.libs.nvrtc),
-    'ctypes' (libnvrtc from the nvidia-cuda-nvrtc-cu12 wheel or the system), or 'auto' (cupy's
-    wrapper when cupy imports, else ctypes). Raises NVRTCCompileError with the log on a bad
-    source, ImportError/OSError when NVRTC itself can't be loaded.
-    """
-    options = [f"--gpu-architecture={arch}"]
-    if backend == "auto":
-        try:
-            from cupy_backends.cuda.libs import nvrtc  # noqa: F401
-            backend = "cupy"
-        except Exception:
-            backend = "ctypes"
-    if backend == "cupy":
-        return _nvrtc_cupy(source, name, options)
-    if backend == "ctypes":
-        return _nvrtc_ctypes(source, name, options)
-    raise ValueError(f"unknown NVRTC backend {backend!r}")
-
-
-def _nvrtc_cupy(source, name, options):
-    from cupy_backends.cuda.libs import nvrtc
-    prog = nvrtc.createProgram(source, name, [], [])
-    try:
-        try:
-            nvrtc.compileProgram(prog, options)
-        except nvrtc.NVRTCError as e:
-            raise NVRTCCompileError(f"{e}\n{nvrtc.getProgramLog(prog)}") from None
-        return nvrtc.getPTX(prog).decode().rstrip("\0")
-    finally:
-        nvrtc.destroyProgram(prog)
-
-
-def libnvrtc_candidates() -> list[str]:
-    """Where libnvrtc may be: the nvidia-cuda-nvrtc-cu12/-cu13 wheels first, then the loader path."""
-    import glob
-    import importlib.util
-    paths = []
-    spec = importlib.util.find_spec("nvidia")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        for pattern in ("cuda_nvrtc/lib/libnvrtc.so.*", "cu*/lib/libnvrtc.so.*"):
-            paths += sorted(p for p in glob.glob(os.path.join(root, pattern))
-                            if "builtins" not in p and ".alt." not in p)
-    return paths + ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"]
-
-
-def _load_libnvrtc():
-    import ctypes
-    errors = []
-    for path in libnvrtc_candidates():
-        try:
-            return ctypes.CDLL(path)
-        except OSError as e:
-            errors.append(str(e))
-    raise OSError("libnvrtc not found (pip install nvidia-cuda-nvrtc-cu12): " + "; ".join(errors[-2:]))
-
-
-def _nvrtc_ctypes(source, name, options):
-    import ctypes
-    lib = _load_libnvrtc()
-    lib.nvrtcGetErrorString.restype = ctypes.c_char_p
-
-    def check(result):
-        if result != 0:
-            raise NVRTCCompileError(lib.nvrtcGetErrorString(result).decode())
-
-    prog = ctypes.c_void_p()
-    check(lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None))
-    try:
-        opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
-        result = lib.nvrtcCompileProgram(prog, len(options), opts)
-        if result != 0:
-            size = ctypes.c_size_t()
-            lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-            log = ctypes.create_string_buffer(size.value)
-            lib.nvrtcGetProgramLog(prog, log)
-            raise NVRTCCompileError(f"{lib.nvrtcGetErrorString(result).decode()}\n{log.value.decode()}")
-        size = ctypes.c_size_t()
-        check(lib.nvrtcGetPTXSize(prog, ctypes.byref(size)))
-        ptx = ctypes.create_string_buffer(size.value)
-        check(lib.nvrtcGetPTX(prog, ptx))
-        return ptx.value.decode()
-    finally:
-        lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 # ----------------------------------------------------------------------------------------
 # runtime: lazy RawModules, launching, dispatch
@@ -689,6 +616,28 @@ def round_mantissa(x, keep):
     _launch("round_mantissa", x.dtype, (_blocks(y.size),), (_THREADS,), (src, y, np.int64(y.size), np.int32(keep)))
     return y.T if transposed else y
 
+
+def scatter_add_rows(dst, idx, src):
+    """dst[idx[n]] += src[n] for every row n, in order of n: dst (V, C), idx (N,) ints, src
+    (N, C). The same bits on every run, unlike cupyx.scatter_add's atomics. Twin:
+    backend.scatter_add_rows."""
+    if not (_use_kernels(dst, src) and _contiguous(dst) and dst.ndim == 2):
+        return ops.scatter_add_rows(dst, idx, src)
+    xp = xp_of(dst)
+    C = dst.shape[1]
+    src = xp.ascontiguousarray(src).reshape(-1, C)
+    idx = xp.ascontiguousarray(idx, dtype=xp.int64).reshape(-1)
+    if idx.size != src.shape[0]:
+        raise ValueError(f"{idx.size} indices for {src.shape[0]} rows")
+    order = idx.argsort(kind="stable") if xp is np else idx.argsort()   # CuPy's sort is stable
+    ranked = idx[order]
+    starts = xp.flatnonzero(xp.concatenate([xp.ones(1, dtype=bool), ranked[1:] != ranked[:-1]]))
+    ids = ranked[starts]
+    starts = xp.concatenate([starts, xp.asarray([idx.size])]).astype(xp.int64)
+    n = ids.size * C
+    _launch("scatter_rows", dst.dtype, (_blocks(n),), (_THREADS,),
+            (dst, src, order, starts, ids, np.int64(ids.size), np.int32(C)))
+
 # ----------------------------------------------------------------------------------------
 # ops with no CUDA kernel of their own: CuPy runs ops.py's code (the model calls every op
 # through one module: this one on a GPU, cpu_kernels on the CPU, else ops)
@@ -697,7 +646,6 @@ layernorm_forward, layernorm_backward = ops.layernorm_forward, ops.layernorm_bac
 gelu_forward, gelu_backward = ops.gelu_forward, ops.gelu_backward
 softmax_forward, softmax_backward = ops.softmax_forward, ops.softmax_backward
 cross_entropy_forward, cross_entropy_backward = ops.cross_entropy_forward, ops.cross_entropy_backward
-scatter_add_rows = ops.scatter_add_rows
 
 # ----------------------------------------------------------------------------------------
 # the table: public function -> its twin
@@ -716,11 +664,6 @@ TWINS = {
     "muon_momentum": np_muon_momentum,
     "muon_apply": np_muon_apply,
     "round_mantissa": ops.round_mantissa,
+    "scatter_add_rows": ops.scatter_add_rows,
 }
 
-
-if __name__ == "__main__":  # python -m trainer.kernels: compile every kernel with NVRTC, no GPU needed
-    for dtype in DTYPES:
-        ptx = nvrtc_compile(cuda_source(dtype), "compute_80")
-        entries = [n for n in KERNEL_NAMES if f".entry {n}(" in ptx]
-        print(f"{dtype}: {len(ptx)} bytes of PTX, {len(entries)}/{len(KERNEL_NAMES)} kernels")
