@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -24,10 +25,12 @@ import yaml
 from pydantic import ValidationError
 
 from org import OrgError
+from org.experiments import check_arm_name, submission_source, submit, submit_declared
 from org.lab import Lab, scrub_git_env
-from org.ledger import RUN_STATUSES, Ledger
-from org.program import PROGRAM_OWNED_KEYS, Budget, Program, ProgramError, check_with_trainer, load_program, trainer_rejects
-from org.runner import Runner, submit, submit_declared
+from org.ledger import RUN_STATUSES, Ledger, corrupt
+from org.program import (PROGRAM_OWNED_KEYS, Budget, Program, ProgramError, check_with_trainer, data_source_problem,
+                         load_program, trainer_rejects)
+from org.runner import Runner
 from org.agents.commands import add_agent_commands
 from org.launch import add_launch_commands
 from org.serve import add_serve_command
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except OrgError as e:
         print(f"org: {e}", file=sys.stderr)
         return 2
+    except sqlite3.DatabaseError as e:  # damage found past opening (Ledger says which file when it can)
+        print(f"org: {corrupt('a ledger', e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("org: interrupted; `org run` again resumes", file=sys.stderr)
         return 130
@@ -63,9 +69,30 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"org: {self.prog}: {message} (see --help)\n")
 
 
+EXAMPLES = """examples:
+  org launch programs/softcap.yaml --wait   # an org: agents in a tmux grid, the runner, a status pane
+  org status softcap                        # agents, runs, spend and verdicts
+  org attach softcap                        # watch the grid (org takeover NAME to step into a pane)
+  org say scripted-1 try depth 3            # a message from you, read at the agent's next step
+  org stop softcap                          # agents and runner stop; branches and ledger stay
+  org run programs/softcap.yaml             # no agents: the declared arms on every seed
+  org submit softcap --arm wider --set depth=3 --hypothesis "more width helps"
+  org report softcap                        # reports/softcap/README.md and its plots
+  org clean softcap                         # a stopped program's worktrees and agent branches go
+
+A program file's fields: programs/softcap.yaml (annotated) and README.md, "Program files".
+Commands the org runs itself (not listed above): agent, tool, results, agent-hook, serve."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="org", description="nanolab's research org")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    parser = OneLineParser(prog="org", description="nanolab's research org", epilog=EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser, metavar="COMMAND",
+                                title="commands")
+    add_launch_commands(sub)     # org/launch.py
+    add_status_command(sub)      # org/status.py
+    add_takeover_commands(sub)   # attach, takeover, release, say: org/takeover.py
+    add_stop_command(sub)        # stop, clean: org/stop.py
 
     p = sub.add_parser("run", help="run a program's declared baseline and variants (no agents)")
     p.add_argument("program", help="programs/<name>.yaml or <name>")
@@ -102,10 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text: a summary in the terminal; json: the verdicts and numbers")
     p.set_defaults(func=cmd_report)
 
-    add_launch_commands(sub)     # org/launch.py
-    add_status_command(sub)      # org/status.py
-    add_takeover_commands(sub)   # attach, takeover, release, say: org/takeover.py
-    add_stop_command(sub)        # org/stop.py
     add_serve_command(sub)       # the runner's pane: org/serve.py
     return parser
 
@@ -128,23 +151,31 @@ def cmd_run(args) -> int:
 
 def cmd_submit(args) -> int:
     overrides = parse_sets(args.set)
-    if args.arm == "baseline":
-        raise OrgError("--arm baseline is the program's own baseline; name your idea")
+    check_arm_name(args.arm)
     program, lab, path = preflight(args.program, ref=args.ref)
+    if args.ref and lab.resolve(args.ref) == lab.head() and lab.repo.is_dirty(untracked_files=False):
+        raise OrgError(f"--ref {args.ref} is your checkout's HEAD, which has uncommitted changes: runs use "
+                       "committed code, so commit them first (or name another commit)")
     # keys the program owns are refused (and recorded) by submit(); the trainer judges the rest
     ours = {k: v for k, v in overrides.items() if k not in PROGRAM_OWNED_KEYS}
     problem = None if args.ref else trainer_rejects(program, ours)
     if problem:
         raise OrgError(f"--set: the trainer rejects it: {problem}")
     with start(program, lab, path) as ledger:
+        base = ledger.program(program.name)["base_commit"]
+        commit = lab.resolve(args.ref) if args.ref else base
+        source = submission_source(ledger, lab, program, args.arm, overrides, commit)
         experiment = submit(ledger, lab, program, args.arm, overrides, who=args.who,
-                            hypothesis=args.hypothesis, ref=args.ref)
+                            hypothesis=args.hypothesis, ref=args.ref, source=source)
         runs = ledger.runs(program.name, experiment_id=experiment["id"])
     if experiment["stage"] == "refused":
         print(f"experiment {experiment['id']} refused: {experiment['reason']}", file=sys.stderr)
         return 1
     print(f"experiment {experiment['id']} ({args.arm}, commit {experiment['code_commit'][:10]}): "
           f"{len(runs)} runs queued; `org run {program.name}` executes them")
+    if not args.ref and lab.head() != base:  # say which code is measured: not the checkout's newer commits
+        print(f"note: it measures the program's base commit {base[:10]}, not your HEAD {lab.head()[:10]}; "
+              "--ref HEAD measures the code as committed now")
     return 0
 
 
@@ -236,6 +267,9 @@ def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
     path = program_path(arg, lab)
     program = load_program(path)
     check_with_trainer(program, source=str(path))
+    problem = data_source_problem(program.data.source, lab.root)
+    if problem:
+        raise ProgramError(f"{path}: data.source: {problem}")
     dirty = lab.dirty_paths(program.protected)
     if dirty:
         raise OrgError(f"protected path {dirty[0]} has uncommitted changes; commit or revert it "

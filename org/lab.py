@@ -2,7 +2,8 @@
 The lab: the project's own git repository, seen as a place where programs run.
 
 - a program works on branch program/<name>, created from HEAD when the program starts;
-- each agent works on branch agent/<program>/<agent> in worktree worktrees/<program>/<agent>;
+- each agent works on branch agent/<program>/<agent>/work in worktree worktrees/<program>/<agent>
+  (its box may write refs only under agent/<program>/<agent>/);
 - a run never executes a worktree: it executes a frozen snapshot of one commit
   (`git archive` into .lab/<program>/snapshots/<sha>/), so edits during a run change nothing;
 - an experiment whose commit changes a protected path (eval, data, FLOP accounting, org/)
@@ -41,6 +42,18 @@ SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gita
 
 class LabError(OrgError):
     pass
+
+
+def agent_branch(program: str, agent: str) -> str:
+    """An agent's working branch, in a folder of refs/ that is the agent's alone."""
+    return f"{agent_refs(program, agent)}/work"
+
+
+def agent_refs(program: str, agent: str) -> str:
+    """The folder of an agent's branches under refs/heads/. Its box may write there and nowhere
+    else in refs/: git makes a ref's lock file beside the ref, so a writable folder is needed,
+    and a folder shared by two agents would let each move the other's branch."""
+    return f"agent/{program}/{agent}"
 
 
 def child_env(extra: dict | None = None, base: dict | None = None) -> dict:
@@ -189,10 +202,13 @@ class Lab:
         return self.root / "worktrees" / program / agent
 
     def add_worktree(self, program: str, agent: str, start: str | None = None) -> Path:
-        """Branch agent/<program>/<agent> (from `start`, default program/<program>) checked out
-        at worktrees/<program>/<agent>. Reuses both if they already exist."""
+        """Branch agent/<program>/<agent>/work (from `start`, default program/<program>) checked
+        out at worktrees/<program>/<agent>. Reuses both if they already exist; a branch of the
+        older layout (agent/<program>/<agent>, no folder of its own) is renamed first."""
         path = self.worktree_path(program, agent)
-        branch = f"agent/{program}/{agent}"
+        branch, legacy = agent_branch(program, agent), agent_refs(program, agent)
+        if legacy in self.repo.heads:
+            self.repo.git.branch("-m", legacy, branch)
         if path in {w["path"] for w in self.worktrees()}:
             return path
         self.prune_worktrees()

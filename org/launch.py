@@ -41,7 +41,7 @@ from org import OrgError, gateway
 from org.agents.commands import lab_root
 from org.agents.control import Control
 from org.agents.sandbox import SECRET_NAME
-from org.lab import Lab, child_env, hardened_git_env
+from org.lab import Lab, agent_branch, agent_refs, child_env, hardened_git_env
 from org.ledger import Ledger, pid_alive
 from org.mail import now, write_atomically
 from org.panes import Grid, Pane, RELEASE_KEY, TAKEOVER_KEY, read_state, tmux_path
@@ -260,18 +260,23 @@ def check_branches(lab: Lab, launch: Launch):
     base = f"program/{name}" if f"program/{name}" in lab.repo.heads else "HEAD"
     trees = {w["path"].resolve(): w["branch"] for w in lab.worktrees()}
     for agent in launch.agents:
-        branch, path = f"agent/{name}/{agent}", launch.worktree(agent).resolve()
-        if branch in lab.repo.heads and not lab.repo.is_ancestor(base, branch):
-            raise OrgError(f"branch {branch} exists with other history (it does not contain {base} at "
-                           f"{lab.resolve(base)[:10]}): rename it (git branch -m {branch} old/{agent}) "
-                           "or delete it, and launch again")
-        elsewhere = [p for p, b in trees.items() if b == branch and p != path]
-        if elsewhere:
-            raise OrgError(f"branch {branch} is checked out at {elsewhere[0]}: switch that checkout to "
-                           "another branch (an agent's branch lives in its own worktree)")
+        path = launch.worktree(agent).resolve()
+        for branch in (agent_branch(name, agent), agent_refs(name, agent)):  # the second: the older layout
+            check_agent_branch(lab, base, branch, agent, path, trees)
         if path.exists() and path not in trees:
             raise OrgError(f"{path} exists but is not a git worktree of {lab.root}: move it away "
                            "and launch again")
+
+
+def check_agent_branch(lab: Lab, base: str, branch: str, agent: str, path: Path, trees: dict):
+    if branch in lab.repo.heads and not lab.repo.is_ancestor(base, branch):
+        raise OrgError(f"branch {branch} exists with other history (it does not contain {base} at "
+                       f"{lab.resolve(base)[:10]}): rename it (git branch -m {branch} old/{agent}) "
+                       "or delete it, and launch again")
+    elsewhere = [p for p, b in trees.items() if b == branch and p != path]
+    if elsewhere:
+        raise OrgError(f"branch {branch} is checked out at {elsewhere[0]}: switch that checkout to "
+                       "another branch (an agent's branch lives in its own worktree)")
 
 
 def finished_before(launch: Launch) -> bool:

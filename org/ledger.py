@@ -184,6 +184,11 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def corrupt(path, error) -> str:
+    return (f"{path}: the ledger is corrupt or not a ledger ({error}); it was left as it is: restore it from a "
+            "copy, or move it away to start the program afresh")
+
+
 class Ledger:
     """One connection to a ledger file. Not shared between threads: open one per thread."""
 
@@ -192,10 +197,14 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)  # we BEGIN ourselves
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
-        self._migrate()
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:  # not SQLite, or damaged: say so, and touch nothing
+            self.db.close()
+            raise LedgerError(corrupt(self.path, e)) from None
 
     def __enter__(self):
         return self
@@ -400,7 +409,8 @@ class Ledger:
         self._update("runs", run_id, fields)
 
     def requeue(self, run_id: int, reason: str):
-        """Hand a run back to the queue (its runner died); attempt_log keeps the reason."""
+        """Hand a run back to the queue (its runner died, or its trainer died of a signal nobody
+        here sent); attempt_log keeps the reason."""
         with self.tx():
             self.db.execute("UPDATE runs SET attempt_log = coalesce(attempt_log, '') || ? WHERE id = ?",
                             (f"{now()} attempt {self.run(run_id)['attempts']}: {reason}\n", run_id))

@@ -12,6 +12,7 @@ Errors name the file, the field and what was expected, e.g.
 """
 from __future__ import annotations
 
+import glob
 import itertools
 import re
 from pathlib import Path
@@ -43,7 +44,7 @@ class ProgramError(OrgError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _scalar_overrides(value: dict[str, Any]) -> dict[str, Any]:
@@ -139,9 +140,11 @@ class Budget(Strict):
 
     @field_validator("seeds")
     @classmethod
-    def _unique(cls, seeds):
+    def _distinct_and_not_negative(cls, seeds):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"expected distinct seeds, got {seeds}")
+        if min(seeds) < 0:  # the trainer's generators take no negative seed: every run would fail
+            raise ValueError(f"expected seeds of 0 or more, got {seeds}")
         return seeds
 
 
@@ -254,9 +257,11 @@ def load_program(path: str | Path) -> Program:
     """Read and validate a program file; any problem is one ProgramError line."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=UniqueKeyLoader)
     except OSError as e:
         raise ProgramError(f"{path}: cannot read program file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ProgramError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     except yaml.YAMLError as e:
         raise ProgramError(f"{path}: malformed YAML {_yaml_where(e)}") from None
     if not isinstance(raw, dict):
@@ -265,6 +270,28 @@ def load_program(path: str | Path) -> Program:
         return Program.model_validate(raw)
     except ValidationError as e:
         raise ProgramError(f"{path}: {_describe(e.errors()[0])}") from None
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: by default
+    the second silently wins, and a program would run with a setting nobody meant."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def data_source_problem(source: str, root: Path) -> str | None:
+    """Why the program's data source cannot be read (every run would fail), or None. A relative
+    path is the lab's: runs see the committed tree."""
+    if source == "pystdlib" or glob.glob(source) or glob.glob(str(Path(root) / source)):
+        return None
+    return f"{source!r} matches no file or folder (expected pystdlib, a text file or folder, or llm.c .bin shards)"
 
 
 def check_with_trainer(program: Program, source: str = "program") -> None:
@@ -279,6 +306,30 @@ def check_with_trainer(program: Program, source: str = "program") -> None:
         if problem:
             field = "baseline.preset" if "preset" in problem else field
             raise ProgramError(f"{source}: {field}: the trainer rejects it: {problem}")
+    check_budget_fits_a_step(program, source)
+
+
+def check_budget_fits_a_step(program: Program, source: str) -> None:
+    """A FLOP or token budget smaller than one training step trains nothing: every run fails."""
+    per_run, train = program.budget.per_run, program.train
+    if per_run.kind not in ("flops", "tokens"):
+        return
+    tokens = train.batch_size * train.seq_len
+    step = tokens
+    if per_run.kind == "flops":
+        try:
+            from trainer.config import make_config
+            from trainer.flops import flops_per_token
+        except ImportError:
+            return
+        tokenizer = program.data.tokenizer
+        vocab = int(tokenizer.split(":")[1]) if tokenizer.startswith("bpe:") and tokenizer[4:].isdigit() else 256
+        overrides = {"vocab_size": vocab, **program.baseline.overrides, "sequence_len": train.seq_len}
+        step = tokens * flops_per_token(make_config(program.baseline.preset, **overrides))
+    if per_run.value < step:
+        raise ProgramError(f"{source}: budget.per_run.{per_run.kind}: {per_run.value:g} is smaller than one "
+                           f"step of the baseline ({step:.3g} {per_run.kind} at batch_size {train.batch_size} "
+                           f"x seq_len {train.seq_len})")
 
 
 def trainer_rejects(program: Program, overrides: dict) -> str | None:

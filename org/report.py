@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from org import OrgError
-from org.ledger import SCHEMA
+from org.ledger import SCHEMA, corrupt
 from org.confounds import NO_CHANGE
 from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, judge_arms, noise_floor, per_seed,
                          read_arm, verdict_kind)
@@ -132,7 +132,7 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     except sqlite3.OperationalError:  # WAL without a writable -shm: read the file as it is
         db = sqlite3.connect(uri + "&immutable=1", uri=True)
     except sqlite3.DatabaseError as e:
-        raise ReportError(f"{path}: not a readable SQLite ledger ({e})") from None
+        raise ReportError(corrupt(path, e)) from None
     db.row_factory = sqlite3.Row
     return db
 

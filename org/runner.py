@@ -2,10 +2,8 @@
 The budgeted runner: the one way an experiment becomes measurements.
 
 The program, not the experiment, decides the budget, the seeds, the data and the evaluation.
-An experiment only names an arm, config overrides and (optionally) a commit. For each one:
+Experiments fill the queue (org/experiments.py: submit(), plan()); the runner executes it:
 
-    submit()  -> refused (owned keys, protected paths) or queued runs: every arm gets the
-                 program's seed list; with a tune grid, first tuning runs, then the best point
     Runner.drain() -> each slot takes the next queued run, freezes the commit into a snapshot,
                  runs `python -m trainer train ...` there with the program's budget flags,
                  times it, kills it past run_timeout_seconds, checks its result against the
@@ -35,106 +33,17 @@ from pathlib import Path
 from org.lab import Lab, child_env
 from org.ledger import FINISHED, Ledger, pid_alive
 from org.measure import MeasureError, cross_check, evaluator_env, job_for, measure_run, source_only, worker_command
-from org.program import PROGRAM_OWNED_KEYS, Program
+from org.experiments import plan, refusal
+from org.program import Program
 from org.sandbox import available, run_box, untrusted_env, worker_box
 
 BUDGET_FLAGS = {"flops": "--budget-flops", "seconds": "--budget-seconds",
                 "tokens": "--budget-tokens", "steps": "--steps"}
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
+MAX_ATTEMPTS = 3        # a run whose trainer dies of a signal nobody here sent is tried this often
 KILL_GRACE_SECONDS = 10  # after SIGTERM the trainer finishes its step and writes result.json
 IDLE_POLL_SECONDS = 1.0
-
-
-# ----------------------------------------------------------------------------------------
-# experiments: what to run
-
-
-def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict, who: str,
-           hypothesis: str | None = None, ref: str | None = None, source: str = "submitted") -> dict:
-    """Record an experiment and enqueue its runs (or record it refused). Returns the experiment.
-    A declared arm submitted twice returns the existing experiment, so `org run` is idempotent."""
-    base = ledger.program(program.name)["base_commit"]
-    commit = lab.resolve(ref) if ref else base
-    reason = refusal(lab, program, base, commit, overrides)
-    stage = "refused" if reason else ("tuning" if program.tune else "measuring")
-    diff = lab.diff(base, commit)
-    with ledger.tx():
-        experiment_id = ledger.add_experiment(
-            program.name, arm, who=who, source=source, base_commit=base, code_commit=commit,
-            overrides=overrides, stage=stage, hypothesis=hypothesis, diff=diff, reason=reason)
-        if experiment_id is None:  # this declared arm is already in the ledger
-            return next(e for e in ledger.experiments(program.name)
-                        if e["arm"] == arm and e["source"] == "declared")
-        experiment = ledger.experiment(experiment_id)
-        plan(ledger, program, experiment)
-    return ledger.experiment(experiment_id)
-
-
-def submit_declared(ledger: Ledger, lab: Lab, program: Program) -> list[dict]:
-    """The program file's baseline and variants, each once."""
-    arms = [("baseline", {}, None, "the program's baseline")]
-    arms += [(v.name, v.overrides, v.ref, f"declared variant {v.name}") for v in program.variants]
-    return [submit(ledger, lab, program, arm, overrides, who="program", hypothesis=text, ref=ref,
-                   source="declared") for arm, overrides, ref, text in arms]
-
-
-def refusal(lab: Lab, program: Program, base: str, commit: str, overrides: dict) -> str | None:
-    """Why an experiment may not run, or None."""
-    owned = sorted(set(overrides) & PROGRAM_OWNED_KEYS)
-    if owned:
-        return (f"override {owned[0]!r} is owned by the program (budget, seeds, eval or data); "
-                "experiments may only set model and optimizer keys")
-    return lab.protected_violation(base, commit, program.protected) or lab.shadowing(base, commit, program.protected)
-
-
-def plan(ledger: Ledger, program: Program, experiment: dict):
-    """Enqueue whatever the experiment needs next. Idempotent (the ledger ignores a run it
-    already has), so it is safe to call again after any crash."""
-    seeds = program.budget.seeds
-    budget = program.budget.per_run.model_dump(exclude_none=True)
-    arm_overrides = {**program.baseline.overrides, **json.loads(experiment["overrides"])}
-    stage = experiment["stage"]
-    if stage == "refused":
-        for i, seed in enumerate(seeds):
-            ledger.add_run(experiment, "main", seed, 1 + i, arm_overrides, budget,
-                           status="refused", reason=experiment["reason"])
-        return
-    if stage == "tuning":
-        for point in program.grid_points():
-            for seed in program.tuning_seeds:
-                ledger.add_run(experiment, "tune", seed, 0, {**arm_overrides, **point}, budget)
-        stage = choose_tuned(ledger, program, experiment)
-    if stage == "measuring":
-        chosen = json.loads(ledger.experiment(experiment["id"])["chosen"] or "{}")
-        for i, seed in enumerate(seeds):
-            ledger.add_run(experiment, "main", seed, 1 + i, {**arm_overrides, **chosen}, budget)
-
-
-def choose_tuned(ledger: Ledger, program: Program, experiment: dict) -> str:
-    """Once all of an experiment's tuning runs are finished, pick the grid point with the best
-    mean val_bpb (on the validation split, over tune seeds) and move on to measuring."""
-    runs = ledger.runs(program.name, experiment_id=experiment["id"], purpose="tune")
-    if any(r["status"] not in FINISHED for r in runs):
-        return "tuning"
-    scores = {}
-    for point in program.grid_points():
-        values = [r["val_bpb"] for r in runs if r["status"] == "completed"
-                  and _point_of(r, point) and r["val_bpb"] is not None]
-        if values:
-            scores[json.dumps(point, sort_keys=True)] = sum(values) / len(values)
-    if not scores:
-        ledger.update_experiment(experiment["id"], stage="failed",
-                                 reason="no tuning run completed")
-        return "failed"
-    best = min(scores, key=scores.get)
-    ledger.update_experiment(experiment["id"], stage="measuring", chosen=json.loads(best))
-    return "measuring"
-
-
-def _point_of(run: dict, point: dict) -> bool:
-    overrides = json.loads(run["overrides"])
-    return all(overrides.get(k) == v for k, v in point.items())
 
 
 # ----------------------------------------------------------------------------------------
@@ -332,9 +241,9 @@ class Runner:
 
     # --- recovery --------------------------------------------------------------------------
 
-    def recover(self, ledger: Ledger):
-        """Runs whose runner died: keep a finished result, else set the partial directory
-        aside (never deleted) and put the run back in the queue."""
+    def recover(self, ledger: Ledger, why: str = "died mid-run"):
+        """Runs whose runner died (or was stopped: `why`): keep a finished result, else set the
+        partial directory aside (never deleted) and put the run back in the queue."""
         for run in ledger.stale_runs(self.program.name):
             run_dir = Path(run["run_dir"]) if run["run_dir"] else self.runs_dir / str(run["id"])
             if run["trainer_pid"] and _is_trainer_of(run["trainer_pid"], run_dir):
@@ -348,8 +257,8 @@ class Runner:
                 self.say(f"recovered run {run['id']}: result.json was written before the runner died")
                 continue
             _set_aside(run_dir)
-            ledger.requeue(run["id"], f"runner pid {run['runner_pid']} died mid-run; re-queued")
-            self.say(f"re-queued run {run['id']} (its runner died mid-run)")
+            ledger.requeue(run["id"], f"runner pid {run['runner_pid']} {why}; re-queued")
+            self.say(f"re-queued run {run['id']} (its runner {why})")
 
     def remeasure(self, ledger: Ledger):
         """Completed runs recorded without the harness's measurement (by an older nanolab) are
@@ -459,15 +368,24 @@ class Runner:
         killed_reason = self._wait(proc)
         wall = time.monotonic() - t0
         self.children.pop(run["id"], None)
-        if self.stopping.is_set() and killed_reason is None and proc.returncode < 0:
-            _set_aside(run_dir)  # we were stopped (Ctrl-C): the run goes back to the queue
-            ledger.requeue(run["id"], "runner stopped during the run; re-queued")
+        died = died_of(proc.returncode, self.sandboxed)
+        if self.stopping.is_set() and killed_reason is None and died:
+            _set_aside(run_dir)  # we were stopped (Ctrl-C, org stop): the run goes back to the queue
+            ledger.requeue(run["id"], "the runner was stopped during the run; re-queued")
             return
         _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it
         result = read_result(run_dir)
+        died = None if killed_reason or result is not None else died
+        attempts = ledger.run(run["id"])["attempts"]
+        if died and attempts < MAX_ATTEMPTS:  # not our signal (the OOM killer, a crash): try again
+            _set_aside(run_dir)
+            ledger.requeue(run["id"], f"the trainer died of {died}, a signal the runner did not send; re-queued")
+            self.say(f"run {run['id']}: the trainer died of {died}; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
+            return
         if result is None:
             result = {"status": "killed" if killed_reason else "error",
-                      "reason": killed_reason or f"exit {proc.returncode}: {_last_line(log_path)}"}
+                      "reason": killed_reason or (f"the trainer died of {died} on each of {attempts} attempts" if died
+                                                  else f"exit {proc.returncode}: {_last_line(log_path)}")}
         self._record(ledger, run, result, wall, killed_reason, slot)
 
     def _wait(self, proc: subprocess.Popen) -> str | None:
@@ -550,6 +468,19 @@ class Runner:
         if problems:
             return "invalid", "; ".join(problems), measurement
         return "completed", None, measurement
+
+
+def died_of(returncode: int | None, boxed: bool) -> str | None:
+    """The signal a trainer died of, by name, from its exit status; None for a plain exit. A
+    box's init reports a child's death by signal N as 128 + N (the trainer's own exits are 0-3)."""
+    number = -returncode if returncode is not None and returncode < 0 else \
+        returncode - 128 if boxed and returncode is not None and 128 < returncode < 128 + 65 else None
+    if number is None:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _set_aside(run_dir: Path):

@@ -279,13 +279,16 @@ def data_source(source: str) -> list[Path]:
     return sorted({Path(p).resolve() for p in glob.glob(source)} | ({Path(source).resolve()} if Path(source).exists() else set()))
 
 
-def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path) -> Sandbox:
+def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, own_refs: str) -> Sandbox:
     """An agent's command: its worktree, and what committing there writes in the shared .git
-    (objects, refs, logs, its worktree's own admin dir), are writable; the rest of .git (config,
-    hooks, info, the other worktrees' admin dirs) is read-only; the lab's state and the other
+    (objects, its worktree's own admin dir, and its own folder of branches `own_refs` under
+    refs/heads/ with their reflogs), are writable; the rest of .git (config, hooks, info, the
+    other branches, the other worktrees' admin dirs) is read-only; the lab's state and the other
     agents' worktrees are absent; no network."""
     common = Path(common_dir)
-    (common / "logs").mkdir(exist_ok=True)
-    return Sandbox(writable=[worktree, common / "objects", common / "refs", common / "logs", git_dir],
+    refs, reflogs = common / "refs" / "heads" / own_refs, common / "logs" / "refs" / "heads" / own_refs
+    for folder in (refs, reflogs):
+        folder.mkdir(parents=True, exist_ok=True)
+    return Sandbox(writable=[worktree, common / "objects", refs, reflogs, git_dir],
                    readonly=[common], hidden=lab_private(lab_root),
                    limits=Limits(file_bytes=1 << 30, address_bytes=16 << 30))

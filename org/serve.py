@@ -15,7 +15,7 @@ from org.stop import wait_for_exit
 
 
 def add_serve_command(sub):
-    p = sub.add_parser("serve", help="(internal) the runner of a launched program: serve the queue until done")
+    p = sub.add_parser("serve", description="(internal) the runner of a launched program: serve the queue until done")
     p.add_argument("program")
     p.set_defaults(func=cmd_serve)
 

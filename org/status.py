@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from org.launch import RUNNER, TAKEN_OVER, WAITING_TOOLS, Launch, open_launch
+from org.launch import RUNNER, TAKEN_OVER, WAITING_TOOLS, Launch, finished_before, open_launch
 from org.ledger import FINISHED, Ledger
 
 
@@ -46,8 +46,9 @@ def status_view(launch: Launch):
     from rich.table import Table
     from rich.text import Text
     running = launch.grid.running()
-    head = Text.from_markup(f"[bold]{launch.name}[/] · " + ("[green]running[/]" if running else "[yellow]not running[/]")
-                            + f" · {time.strftime('%H:%M:%S')}")
+    state = program_state(launch, running)
+    colour = {"running": "green", "done": "bold green"}.get(state, "yellow")
+    head = Text.from_markup(f"[bold]{launch.name}[/] · [{colour}]{state}[/] · {time.strftime('%H:%M:%S')}")
     table = Table(box=None, pad_edge=False, show_edge=False)
     widths = {"agent": max(map(len, launch.agents)), "state": len("out of budget"), "restarts": 8}
     for col in ("agent", "state", "restarts", "doing"):  # one line per agent; "doing" gives way
@@ -61,6 +62,16 @@ def status_view(launch: Launch):
     if launch.ledger_path.exists():
         parts += [Text(line) for line in ledger_lines(launch)]
     return Group(*parts)
+
+
+def program_state(launch: Launch, running: bool) -> str:
+    """done (every agent finished, nothing left to run: even while its grid is still open),
+    running, stopped (by `org stop`), or not running (e.g. the machine rebooted)."""
+    if launch.ledger_path.exists() and finished_before(launch):
+        return "done"
+    if running:
+        return "running"
+    return "stopped" if (launch.panes_dir / "stop").exists() else "not running"
 
 
 def agent_state(launch: Launch, agent: str, running: bool) -> tuple[str, str]:
@@ -118,11 +129,21 @@ def last_call(transcript: Path) -> dict | None:
 def runner_line(launch: Launch, running: bool) -> str:
     keeper = launch.keeper(RUNNER)
     state = keeper.get("state", "not started")
-    if not running and state not in ("ended", "crashed"):
-        state = "not running"
-    state = {"running": "serving the queue", "ended": "done"}.get(state, state)
+    if state == "ended" or (not running and state != "crashed"):  # stopped, done with the queue, or gone
+        state = "stopped" if (launch.panes_dir / "stop").exists() else "done" if state == "ended" else "not running"
+        queued = queued_runs(launch)
+        if queued:
+            state += f" with {queued} run(s) queued (`org launch {launch.name}` resumes)"
+    state = {"running": "serving the queue"}.get(state, state)
     restarts = f", {keeper['restarts']} restart(s)" if keeper.get("restarts") else ""
     return f"runner: {state}{restarts}" + (f" ({keeper['note']})" if keeper.get("note") else "")
+
+
+def queued_runs(launch: Launch) -> int:
+    if not launch.ledger_path.exists():
+        return 0
+    with Ledger(launch.ledger_path) as ledger:
+        return len(ledger.runs(launch.name, status="queued"))
 
 
 def ledger_lines(launch: Launch) -> list[str]:

@@ -9,6 +9,7 @@ import contextlib
 import signal
 import time
 
+from org import OrgError
 from org.agents.control import Control
 from org.lab import Lab
 from org.launch import RUNNER, STOP_SECONDS, Launch, git, one_at_a_time, open_launch, ours, send_signal
@@ -22,6 +23,11 @@ def add_stop_command(sub):
     p.add_argument("program")
     p.add_argument("--timeout", type=float, default=STOP_SECONDS, help="seconds to wait for safe points")
     p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("clean", help="remove a stopped program's worktrees and agent branches (the ledger and "
+                       "the commits it names stay)")
+    p.add_argument("program")
+    p.set_defaults(func=cmd_clean)
 
 
 def cmd_stop(args) -> int:
@@ -59,15 +65,49 @@ def stop_now(launch: Launch, timeout: float) -> list[str]:
     grid.kill()
     if launch.ledger_path.exists():  # runs a killed runner left 'running' go back to the queue now
         with contextlib.closing(Lab.open(launch.root)) as lab, Ledger(launch.ledger_path) as ledger:
-            Runner(lab, launch.program, launch.ledger_path, say=lambda text: None).recover(ledger)
+            Runner(lab, launch.program, launch.ledger_path, say=lambda text: None).recover(
+                ledger, why="was stopped by `org stop`")
     lines += remove_worktrees(launch)
     lines.insert(0, f"stopped {launch.name}" if was_running else f"{launch.name} was not running; cleaned up")
     if launch.ledger_path.exists():
         with Ledger(launch.ledger_path) as ledger:
             queued = len(ledger.runs(launch.name, status="queued"))
-        lines.append(f"kept: branches agent/{launch.name}/*, the ledger ({queued} runs queued), mail and "
+        lines.append(f"kept: branches agent/{launch.name}/*/work, the ledger ({queued} runs queued), mail and "
                      f"transcripts in {launch.lab_dir}; `org launch {launch.name}` resumes")
     return lines
+
+
+def cmd_clean(args) -> int:
+    for line in clean(open_launch(args.program)):
+        print(line)
+    return 0
+
+
+def clean(launch: Launch) -> list[str]:
+    """A stopped program's agent worktrees and branches go. Each branch's commit stays reachable
+    under refs/nanolab/<program>/ (the ledger names those commits, and git would otherwise
+    collect them); the program's branch, the ledger, mail and transcripts stay too."""
+    name = launch.name
+    with one_at_a_time(launch), contextlib.closing(Lab.open(launch.root)) as lab:
+        alive = [n for n in (*launch.agents, RUNNER) if ours(launch.keeper(n).get("pid"))]
+        if launch.grid.running() or alive:
+            raise OrgError(f"{name} is running: `org stop {name}` first")
+        agents = [a for a in launch.agents if launch.worktree(a).exists()]
+        dirty = [launch.worktree(a) for a in agents if git(launch.worktree(a), "status", "--porcelain").strip()]
+        if dirty:
+            raise OrgError(f"{dirty[0]} has uncommitted changes: commit or discard them, then clean again")
+        for agent in agents:
+            lab.remove_worktree(name, agent)
+        lab.prune_worktrees()
+        checked_out = {w["branch"] for w in lab.worktrees()}  # e.g. by a worktree made by hand: kept
+        branches = [b for b in lab.repo.heads if b.name.startswith(f"agent/{name}/") and b.name not in checked_out]
+        for branch in branches:
+            lab.repo.git.update_ref(f"refs/nanolab/{name}/{branch.name}", branch.commit.hexsha)
+            lab.repo.git.branch("-D", branch.name)
+    with contextlib.suppress(OSError):
+        (launch.root / "worktrees" / name).rmdir()
+    return [f"removed {len(agents)} worktree(s) and {len(branches)} branch(es) of {name}; their commits stay "
+            f"under refs/nanolab/{name}/", f"kept: program/{name}, the ledger, mail and transcripts in {launch.lab_dir}"]
 
 
 def wait_for_exit(launch: Launch, timeout: float, names: list[str] | None = None) -> list[int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from org import OrgError
 from org.agents.control import Control
 from org.launch import TAKEN_OVER, Launch, attach, ended_for_good, git, open_launch, pane_path, person_identity
+from org.lab import agent_branch
 from org.mail import HUMAN, Mail, now, write_atomically
 from org.panes import RELEASE_KEY, TAKEOVER_KEY, Pane
 
@@ -84,7 +85,7 @@ def person_shell(launch: Launch, agent: str, backend: str) -> Pane:
     plain "human" one if none is configured) and `org` on PATH."""
     tree = launch.worktree(agent)
     banner = [f"── {agent} is paused: this pane is yours ──",
-              f"a shell in {tree} (branch agent/{launch.name}/{agent})",
+              f"a shell in {tree} (branch {agent_branch(launch.name, agent)})",
               f"`org release {agent}` (or C-b {RELEASE_KEY}) hands it back, with a note of what you changed"]
     if backend == "codex":
         home = launch.lab_dir / "clis" / agent / "home" / ".codex"

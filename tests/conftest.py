@@ -13,3 +13,22 @@ os.environ["SHELL"] = "/bin/sh"
 
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+
+
+# The harness's tests run many trainer runs, each from a fresh snapshot of a fresh commit, and
+# each snapshot compiles the Numba CPU kernels anew: about 7 s per commit, over half of such a
+# test's time. There the kernels' NumPy twins run instead (NANOLAB_KERNELS=0: the same math, the
+# trainer's documented fallback; the harness under test is unchanged). The trainer's own tests
+# keep the kernels, and so do the sandbox's, which check a run compiling them inside its box.
+KERNELS_ON = {"test_bench.py", "test_checkpoint.py", "test_cpu_kernels.py", "test_data.py", "test_gpucheck.py",
+              "test_kernels.py", "test_model_vs_torch.py", "test_train.py", "test_sandbox.py"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def numpy_twins_for_the_harness_tests(request):
+    if request.path.name in KERNELS_ON:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NANOLAB_KERNELS", "0")
+        yield

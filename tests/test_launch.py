@@ -304,12 +304,13 @@ def test_stop_removes_clean_worktrees_and_keeps_branches_ledger_and_work(org_pro
     assert not (root / "worktrees" / "tiny" / "solo").exists()
     assert (root / "worktrees" / "tiny" / "second" / "draft.md").exists()
     with contextlib.closing(git.Repo(root)) as repo:
-        assert {"agent/tiny/solo", "agent/tiny/second", "program/tiny"} <= {h.name for h in repo.heads}
+        assert {"agent/tiny/solo/work", "agent/tiny/second/work", "program/tiny"} <= {h.name for h in repo.heads}
     assert (root / ".lab" / "tiny" / "ledger.sqlite").exists()
     assert (root / ".lab" / "tiny" / "transcripts" / "solo.jsonl").exists()
     assert Control(root / ".lab" / "tiny", "solo").state()["state"] == "stopped"
     assert main(["status", "tiny"]) == 0
-    assert "tiny · not running" in capsys.readouterr().out
+    status = capsys.readouterr().out
+    assert "tiny · stopped" in status and "runner: stopped" in status  # not "done": it did not finish
     assert main(["stop", "tiny"]) == 0  # stopping twice is harmless
     assert "tiny was not running" in capsys.readouterr().out
 

@@ -151,7 +151,7 @@ def test_an_org_is_watched_taken_over_stopped_resumed_and_reported(org_project, 
         assert not grid.server.is_alive() and not (root / "worktrees" / "tiny" / "chief").exists()
         queued = {r["id"] for r in ledger_runs(root, status="queued")}
         assert {r["id"] for r in gelu} <= queued
-        branch_a = head_of(root, "agent/tiny/junior-a")
+        branch_a = head_of(root, "agent/tiny/junior-a/work")
         assert Control(lab, "junior-a").state()["reason"] == "finished: gelu submitted"
         assert Control(lab, "junior-b").state()["reason"] == "stopped: org stop"
 
@@ -164,7 +164,7 @@ def test_an_org_is_watched_taken_over_stopped_resumed_and_reported(org_project, 
         assert "rehydrated" in grid.capture("junior-b")
         assert "junior-a: finished: gelu submitted" in grid.capture("junior-a")
         assert rehydrated(root, "junior-a") == 0 and rehydrated(root, "chief") == 1
-        assert head_of(root, "agent/tiny/junior-a") == branch_a
+        assert head_of(root, "agent/tiny/junior-a/work") == branch_a
         with contextlib.closing(git.Repo(root)) as repo:
             assert repo.git.show(f"{branch_a}:NOTE.md") == "warmup looks short"
 
@@ -180,6 +180,7 @@ def test_an_org_is_watched_taken_over_stopped_resumed_and_reported(org_project, 
     assert "verdicts" in out and "report: " in out and "gelu" in out and "learned-pos" in out
     assert (root / "reports" / "tiny" / "README.md").exists()
     assert "runner: done" in grid.capture("status")
+    assert "tiny · done" in grid.capture("status")   # finished, though its grid is still open to read
     runs = ledger_runs(root)
     assert {r["status"] for r in runs} == {"completed"}
     assert {r["id"] for r in runs if r["id"] in queued} == queued

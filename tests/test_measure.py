@@ -213,7 +213,7 @@ def test_a_run_the_harness_cannot_measure_is_invalid_named_and_nothing_else_is_l
     garbage = "\n\ndef save_checkpoint(path, *args, **kwargs):  # a checkpoint nobody can read\n" \
               "    Path(path).write_bytes(b'garbage')\n"
     agent_commit(root, "mallory", "trainer/train.py", lambda text: text + garbage)
-    assert main(["submit", "tiny", "--arm", "broken", "--ref", "agent/tiny/mallory"]) == 0
+    assert main(["submit", "tiny", "--arm", "broken", "--ref", "agent/tiny/mallory/work"]) == 0
     assert main(["run", "tiny"]) == 0
     with Ledger(root / ".lab" / "tiny" / "ledger.sqlite") as ledger:
         broken, = ledger.runs("tiny", arm="broken")

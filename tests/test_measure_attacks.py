@@ -174,7 +174,7 @@ def attacked(tmp_path_factory):
     try:
         for arm, edits in ATTACKS.items():
             plant(root, arm, edits)
-            main(["submit", "tiny", "--arm", arm, "--ref", f"agent/tiny/{arm}", "--who", arm])
+            main(["submit", "tiny", "--arm", arm, "--ref", f"agent/tiny/{arm}/work", "--who", arm])
         assert main(["run", "tiny"]) == 0
     finally:
         os.chdir(cwd)
@@ -259,7 +259,7 @@ def test_training_hidden_from_the_trainers_clock_is_invalid(make_project):
     root = make_project(program(per_run={"steps": 150}, baseline={"preset": "nanochat", "overrides": bigger},
                                 train={"batch_size": 8, "seq_len": 64}))
     plant(root, "mallory", {"trainer/train.py": replace(*HIDDEN_STEPS)})
-    main(["submit", "tiny", "--arm", "mallory", "--ref", "agent/tiny/mallory"])
+    main(["submit", "tiny", "--arm", "mallory", "--ref", "agent/tiny/mallory/work"])
     assert main(["run", "tiny"]) == 0
     record, said, runs = judged(root, ["mallory"])["mallory"]
     assert said.verdict == "better" and record.mean < 0  # five times the training: it does look better ...

@@ -1,11 +1,13 @@
 """Bad input to `org`: one line naming the cause, a non-zero exit, and nothing created."""
+import shlex
+
 import git
 import pytest
 import yaml
 
 from org.cli import main
 from org.ledger import Ledger
-from test_org_runner import make_project, tiny_program  # noqa: F401  (make_project is a fixture)
+from test_org_runner import ledger_of, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
 
 def nothing_created(root):
@@ -38,6 +40,11 @@ BAD_PROGRAMS = {
     "git ref that does not exist": (
         yaml.safe_dump(tiny_program(variants=[{"name": "code", "ref": "agent/nobody"}])),
         "variants[0].ref: git ref 'agent/nobody' does not exist"),
+    "data that does not exist": (
+        yaml.safe_dump(tiny_program(data={"source": "corpus/missing", "val_tokens": 512})),
+        "data.source: 'corpus/missing' matches no file or folder"),
+    "not UTF-8": (b"name: tiny\n# \xff\n", "not UTF-8 text (byte 0xff at offset 13)"),
+    "a key given twice": ("name: tiny\nname: other\n", "duplicate key 'name'"),
 }
 
 
@@ -45,7 +52,8 @@ BAD_PROGRAMS = {
 def test_bad_program_files(case, make_project, capsys):
     text, expected = BAD_PROGRAMS[case]
     root = make_project(tiny_program())
-    (root / "programs" / "bad.yaml").write_text(text)
+    path = root / "programs" / "bad.yaml"
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     assert main(["run", "programs/bad.yaml"]) == 2
     err = one_line_error(capsys)
     assert expected in err and ("bad.yaml" in err or case == "preset the trainer rejects")
@@ -82,8 +90,34 @@ def test_bad_submissions(make_project, capsys):
     assert "no program file 'missing'" in one_line_error(capsys)
     assert main(["runs", "tiny"]) == 2
     assert "no ledger for program 'tiny'" in one_line_error(capsys)
-    assert main(["submit", "tiny", "--arm", "baseline"]) == 2
-    assert "--arm baseline is the program's own baseline" in one_line_error(capsys)
+    for arm in ("baseline", "Bad Name", "../x", "x.y"):       # the agents' tool's rule, for people too
+        assert main(["submit", "tiny", "--arm", arm]) == 2
+        assert f"arm {arm!r}: use a new lowercase name" in one_line_error(capsys)
+    assert nothing_created(root)
+
+
+def test_a_submission_says_which_commit_it_measures_and_never_reuses_a_name(make_project, capsys):
+    root = make_project(tiny_program())
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    capsys.readouterr()
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.05"]) == 2   # a second idea, same name
+    assert "arm 'lr' already exists (by human, experiment 1)" in one_line_error(capsys)
+    for _ in range(2):                                   # the declared arm, as declared: its runs are reused
+        assert main(["submit", "tiny", "--arm", "no-softcap", "--set", "softcap=0"]) == 0
+        assert "experiment 2 (no-softcap" in capsys.readouterr().out
+    with ledger_of(root) as ledger:
+        assert [e["arm"] for e in ledger.experiments("tiny")] == ["lr", "no-softcap"]
+        assert len(ledger.runs("tiny", arm="no-softcap")) == 2                      # not queued twice
+
+    repo = git.Repo(root)
+    (root / "trainer" / "config.py").write_text((root / "trainer" / "config.py").read_text() + "\n# later\n")
+    repo.git.commit("-qam", "a change after the program started")
+    assert main(["submit", "tiny", "--arm", "later", "--set", "matrix_lr=0.04"]) == 0
+    out = capsys.readouterr().out
+    assert "note: it measures the program's base commit" in out and "--ref HEAD measures" in out
+    (root / "trainer" / "config.py").write_text((root / "trainer" / "config.py").read_text() + "# dirty\n")
+    assert main(["submit", "tiny", "--arm", "dirty", "--ref", "HEAD"]) == 2
+    assert "--ref HEAD is your checkout's HEAD, which has uncommitted changes" in one_line_error(capsys)
 
 
 def test_a_started_program_refuses_a_changed_budget(make_project, capsys):
@@ -144,3 +178,83 @@ def test_usage_errors_are_one_line_too(capsys):
         main(["submit", "tiny"])
     assert e.value.code == 2
     assert "the following arguments are required: --arm" in one_line_error(capsys)
+
+
+def test_help_lists_the_users_commands_with_examples_that_parse(capsys):
+    from org.cli import EXAMPLES, build_parser
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.split("commands:")[1].split("examples:")[0].splitlines()[2:]
+              if line.startswith("    ") and not line.startswith("     ")]
+    assert listed[:8] == ["launch", "status", "attach", "takeover", "release", "say", "stop", "clean"]
+    assert not {"agent", "tool", "results", "agent-hook", "serve"} & set(listed)   # the org's own
+    examples = [shlex.split(line.split("#")[0])[1:] for line in EXAMPLES.splitlines() if line.startswith("  org ")]
+    assert len(examples) >= 8
+    for argv in examples:                         # each example is a command org really takes
+        build_parser().parse_args(argv)
+    with pytest.raises(SystemExit) as e:          # hidden, not gone
+        main(["serve", "--help"])
+    assert e.value.code == 0 and "(internal)" in capsys.readouterr().out
+
+
+def test_readme_documents_every_program_field():
+    """README's "Program files" table names every field a program file may hold."""
+    from pathlib import Path
+    from pydantic import BaseModel
+    from org.program import Program
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("## Program files")[1].split("\n## ")[0]
+
+    def paths(model, prefix=""):
+        for name, field in model.model_fields.items():
+            inner = field.annotation
+            inner = next((a for a in getattr(inner, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)),
+                         inner)
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                yield from paths(inner, f"{prefix}{name}{'[]' if 'list' in str(field.annotation) else ''}.")
+            else:
+                yield prefix + name
+    documented = [p for p in paths(Program)         # budget.per_run's four share a row: `.seconds`
+                  if f"`{p}`" in table or (p.startswith("budget.per_run.") and f"`.{p.split('.')[-1]}`" in table)]
+    missing = sorted(set(paths(Program)) - set(documented))
+    assert not missing, f"README's Program files table lacks {missing}"
+
+
+def test_clean_removes_a_stopped_programs_worktrees_and_branches_but_keeps_their_commits(make_project, capsys):
+    from test_org_runner import agent_commit
+    agents = [{"name": "alice", "backend": "scripted"}, {"name": "bob", "backend": "scripted"}]
+    root = make_project(tiny_program(org={"agents": agents}))
+    sha = agent_commit(root, "alice", "trainer/config.py", lambda text: text + "\n# alice's idea\n")
+    agent_commit(root, "bob", "trainer/config.py", lambda text: text + "\n# bob's idea\n")
+    bob = root / "worktrees" / "tiny" / "bob"
+    (bob / "scratch.txt").write_text("not committed")
+    assert main(["clean", "tiny"]) == 2                                  # uncommitted work: nothing goes
+    assert "has uncommitted changes" in one_line_error(capsys)
+    assert (root / "worktrees" / "tiny" / "alice").exists()
+    (bob / "scratch.txt").unlink()
+
+    assert main(["clean", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 2 worktree(s) and 2 branch(es) of tiny" in out
+    repo = git.Repo(root)
+    assert not (root / "worktrees" / "tiny").exists()
+    assert not [h.name for h in repo.heads if h.name.startswith("agent/tiny/")] and "program/tiny" in repo.heads
+    assert repo.git.rev_parse("refs/nanolab/tiny/agent/tiny/alice/work") == sha   # the ledger can still name it
+    assert main(["clean", "tiny"]) == 0                                  # again: nothing left, no error
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_ledger_is_named_as_such_and_left_as_it_is(damage, make_project, capsys):
+    root = make_project(tiny_program())
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    path = root / ".lab" / "tiny" / "ledger.sqlite"
+    data = path.read_bytes()
+    path.write_bytes(b"not a database at all\n" * 100 if damage == "garbage" else data[:2048])
+    before = path.read_bytes()
+    for argv in (["runs", "tiny"], ["budget", "tiny"], ["report", "tiny"], ["run", "tiny"],
+                 ["submit", "tiny", "--arm", "other", "--set", "matrix_lr=0.05"]):
+        assert main(argv) == 2, argv
+        err = one_line_error(capsys)
+        assert "the ledger is corrupt or not a ledger" in err and "left as it is" in err, (argv, err)
+    assert path.read_bytes() == before

@@ -67,10 +67,10 @@ def test_agent_worktrees_on_their_own_branches(lab):
     bob = lab.add_worktree("softcap", "bob")
     assert alice == lab.root / "worktrees" / "softcap" / "alice" and (alice / "trainer" / "model.py").exists()
     branches = {w["branch"] for w in lab.worktrees()}
-    assert {"main", "agent/softcap/alice", "agent/softcap/bob"} <= branches
+    assert {"main", "agent/softcap/alice/work", "agent/softcap/bob/work"} <= branches
     assert lab.add_worktree("softcap", "alice") == alice  # reused, not duplicated
     sha = commit_file(alice, "trainer/model.py", "WIDTH = 128\n")
-    assert lab.resolve("agent/softcap/alice") == sha
+    assert lab.resolve("agent/softcap/alice/work") == sha
     assert (bob / "trainer" / "model.py").read_text() == "WIDTH = 64\n"  # bob's tree is his own
 
 
@@ -79,7 +79,7 @@ def test_removing_a_worktree_keeps_its_branch_and_orphans_are_pruned(lab):
     alice = lab.add_worktree("softcap", "alice")
     sha = commit_file(alice, "trainer/model.py", "WIDTH = 96\n")
     lab.remove_worktree("softcap", "alice")
-    assert not alice.exists() and lab.resolve("agent/softcap/alice") == sha
+    assert not alice.exists() and lab.resolve("agent/softcap/alice/work") == sha
     bob = lab.add_worktree("softcap", "bob")
     shutil.rmtree(bob)  # a crash or a careless rm
     assert lab.prune_worktrees() == [bob]
@@ -87,12 +87,26 @@ def test_removing_a_worktree_keeps_its_branch_and_orphans_are_pruned(lab):
     assert lab.add_worktree("softcap", "bob") == bob  # the branch is picked up again
 
 
+def test_a_branch_of_the_older_layout_is_renamed_into_its_agents_folder(lab):
+    """Before branch folders an agent's branch was agent/<program>/<agent>; its work carries on."""
+    lab.start_program("softcap")
+    alice = lab.add_worktree("softcap", "alice")
+    sha = commit_file(alice, "trainer/model.py", "WIDTH = 80\n")
+    lab.remove_worktree("softcap", "alice")
+    lab.repo.git.branch("-m", "agent/softcap/alice/work", "old")
+    lab.repo.git.branch("-m", "old", "agent/softcap/alice")              # as an older lab left it
+    assert lab.add_worktree("softcap", "alice") == alice
+    assert lab.resolve("agent/softcap/alice/work") == sha and "agent/softcap/alice" not in lab.repo.heads
+    assert {"path": alice, "branch": "agent/softcap/alice/work"}.items() <= \
+        next(w for w in lab.worktrees() if w["path"] == alice).items()
+
+
 def test_a_snapshot_is_frozen(lab):
     lab.start_program("softcap")
     alice = lab.add_worktree("softcap", "alice")
     sha = commit_file(alice, "trainer/model.py", "WIDTH = 128\n")
     (alice / "untracked.txt").write_text("not committed")
-    snap = lab.snapshot("agent/softcap/alice", "softcap")
+    snap = lab.snapshot("agent/softcap/alice/work", "softcap")
     assert snap == lab.root / ".lab" / "softcap" / "snapshots" / sha
     assert (snap / "trainer" / "model.py").read_text() == "WIDTH = 128\n"
     assert not (snap / "untracked.txt").exists() and not (snap / ".git").exists()

@@ -127,3 +127,43 @@ def test_the_trainer_judges_the_baseline_and_variants(tmp_path):
 
 def test_a_top_level_list_is_not_a_program(tmp_path):
     assert "expected a mapping" in error_of(tmp_path, "- name: x\n")
+
+
+@pytest.mark.parametrize("change, message", [
+    # each once loaded without a word, or failed with a traceback
+    (("margin: 0.01", "margin: .nan"), "claim.margin: expected a finite number, got nan"),
+    (("per_run: {steps: 3}", "per_run: {flops: .inf}"), "budget.per_run.flops: expected a finite number, got inf"),
+    (("run_timeout_seconds: 30", "run_timeout_seconds: .inf"), "budget.run_timeout_seconds: expected a finite number"),
+    (("seeds: [0, 1]", "seeds: [-1, 1]"), "budget.seeds: expected seeds of 0 or more, got [-1, 1]"),
+    (("name: tiny\n", "name: tiny\nname: other\n"), "malformed YAML at line 2, column 1: duplicate key 'name'"),
+    (("{steps: 3}", "{steps: 3, steps: 4}"), "duplicate key 'steps'"),
+])
+def test_non_finite_numbers_negative_seeds_and_duplicate_keys_are_refused(tmp_path, change, message):
+    assert message in error_of(tmp_path, MINIMAL.replace(*change))
+
+
+def test_a_program_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "prog.yaml"
+    path.write_bytes(b"# \xff\xfe\n" + MINIMAL.encode())
+    with pytest.raises(ProgramError, match=r"prog.yaml: not UTF-8 text \(byte 0xff at offset 2\)$"):
+        load_program(path)
+
+
+def test_a_flop_budget_smaller_than_one_step_is_refused_before_any_run(tmp_path):
+    program = load_program(write(tmp_path, MINIMAL.replace("{steps: 3}", "{flops: 1000}")))
+    with pytest.raises(ProgramError, match=r"^prog: budget.per_run.flops: 1000 is smaller than one step of the "
+                                           r"baseline \(.* flops at batch_size 4 x seq_len 64\)$"):
+        check_with_trainer(program, "prog")
+    tokens = load_program(write(tmp_path, MINIMAL.replace("{steps: 3}", "{tokens: 255}")))
+    with pytest.raises(ProgramError, match="255 is smaller than one step"):
+        check_with_trainer(tokens, "prog")
+    check_with_trainer(load_program(write(tmp_path, MINIMAL.replace("{steps: 3}", "{tokens: 256}"))), "prog")
+
+
+def test_a_data_source_that_matches_nothing_is_named(tmp_path):
+    from org.program import data_source_problem
+    assert data_source_problem("pystdlib", tmp_path) is None
+    (tmp_path / "texts").mkdir()
+    assert data_source_problem("texts", tmp_path) is None                       # the lab's, relative
+    assert data_source_problem(str(tmp_path / "texts"), Path("/")) is None       # absolute
+    assert "'shards/*.bin' matches no file or folder" in data_source_problem("shards/*.bin", tmp_path)

@@ -121,7 +121,7 @@ def test_the_snapshot_runs_and_edits_during_a_run_change_nothing(make_project):
                                                           "per_run": {"steps": 300}, "seeds": [0]}))
     sha = agent_commit(root, "alice", "trainer/__init__.py",
                        lambda text: text.replace('__version__ = "0.1.0"', '__version__ = "agent-A"'))
-    assert main(["submit", "tiny", "--arm", "alice-idea", "--ref", "agent/tiny/alice", "--who", "alice"]) == 0
+    assert main(["submit", "tiny", "--arm", "alice-idea", "--ref", "agent/tiny/alice/work", "--who", "alice"]) == 0
     program = load_program(root / "programs" / "tiny.yaml")
     lab = Lab.open(root)
     runner = threading.Thread(target=lambda: Runner(lab, program, root / ".lab/tiny/ledger.sqlite").drain())
@@ -146,7 +146,7 @@ def test_the_snapshot_runs_and_edits_during_a_run_change_nothing(make_project):
 def test_an_experiment_touching_protected_paths_is_refused_and_kept(make_project, capsys):
     root = make_project(tiny_program(variants=[]))
     agent_commit(root, "mallory", "trainer/eval.py", lambda text: text + "\n# a kinder metric\n")
-    assert main(["submit", "tiny", "--arm", "kind-eval", "--ref", "agent/tiny/mallory"]) == 1
+    assert main(["submit", "tiny", "--arm", "kind-eval", "--ref", "agent/tiny/mallory/work"]) == 1
     assert "refused: protected paths differ from the program's base commit" in capsys.readouterr().err
     assert main(["run", "tiny"]) == 0
     with ledger_of(root) as ledger:
@@ -169,7 +169,7 @@ def test_the_programs_budget_holds_whatever_the_experiment_asks(make_project, ca
     greedy = ("\n_init = Budget.__init__\n\ndef _greedy(self, *args):\n    _init(self, *args)\n"
               "    self.steps *= 2\n\nBudget.__init__ = _greedy\n")
     agent_commit(root, "greedy", "trainer/train.py", lambda text: text + greedy)
-    assert main(["submit", "tiny", "--arm", "greedy", "--ref", "agent/tiny/greedy"]) == 0
+    assert main(["submit", "tiny", "--arm", "greedy", "--ref", "agent/tiny/greedy/work"]) == 0
     assert main(["run", "tiny"]) == 0
     with ledger_of(root) as ledger:
         baseline, = ledger.runs("tiny", arm="baseline")
@@ -181,6 +181,26 @@ def test_the_programs_budget_holds_whatever_the_experiment_asks(make_project, ca
         assert 2.0e8 - run["flops"] / run["steps"] < run["flops"] <= 2.0e8
     assert wider["steps"] < baseline["steps"] and wider["params_total"] > baseline["params_total"]
     assert greedy_run["status"] == "invalid" and "the program's budget is 2e+08" in greedy_run["reason"]
+
+
+def test_a_trainer_that_dies_of_a_signal_nobody_sent_is_tried_again_then_recorded(make_project):
+    """A segfault or the OOM killer is not the run's verdict: the run is set aside and re-queued,
+    a bounded number of times; it once was recorded 'error' at once, its seed lost for good."""
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    crash = "\nimport ctypes as _ctypes\n\ndef run(*args, **kwargs):\n    _ctypes.string_at(0)  # SIGSEGV\n"
+    agent_commit(root, "crashy", "trainer/train.py", lambda text: text + crash)
+    assert main(["submit", "tiny", "--arm", "crashy", "--ref", "agent/tiny/crashy/work"]) == 0
+    said = []
+    Runner(Lab.open(root), load_program(root / "programs" / "tiny.yaml"), root / ".lab/tiny/ledger.sqlite",
+           say=said.append).drain()                                    # its runs alone: no baseline needed
+    with ledger_of(root) as ledger:
+        run, = ledger.runs("tiny")
+    assert sum("died of SIGSEGV; re-queued" in line for line in said) == 2
+    assert (run["status"], run["attempts"]) == ("error", 3)
+    assert run["reason"] == "the trainer died of SIGSEGV on each of 3 attempts"
+    assert run["attempt_log"].count("died of SIGSEGV, a signal the runner did not send; re-queued") == 2
+    kept = sorted(p.name for p in (root / ".lab" / "tiny" / "runs").glob(f"{run['id']}.attempt*"))
+    assert kept == [f"{run['id']}.attempt1", f"{run['id']}.attempt2"]   # each attempt's evidence stays
 
 
 def test_every_arm_gets_the_same_seeds_and_the_baseline_is_interleaved(make_project):

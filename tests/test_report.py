@@ -277,5 +277,5 @@ def test_corrupt_and_missing_metrics_files(ledger, tmp_path):
 
 def test_a_file_that_is_not_a_ledger(tmp_path):
     (tmp_path / "ledger.sqlite").write_text("not a database, just text " * 100)
-    with pytest.raises(ReportError, match="not a readable SQLite ledger"):
+    with pytest.raises(ReportError, match="the ledger is corrupt or not a ledger"):
         build(tmp_path / "ledger.sqlite", "softcap")

@@ -17,6 +17,7 @@ import pytest
 from agentlab import lab_dir, make_project, tiny_program, worktree
 from org.agents.tools import Tools
 from org.cli import main
+from org.lab import agent_branch
 from org.ledger import Ledger
 from org.sandbox import Limits, Sandbox, available, pids_root, process_limit
 from test_org_runner import agent_commit, create_project, tiny_program as runner_program
@@ -85,6 +86,34 @@ def test_a_command_cannot_touch_the_lab_or_another_agent(two_agents):
     assert "fsmonitor" not in (root / ".git" / "config").read_text()
     assert not (root / "org").exists()
     assert "No such file or directory" in run(tools, f"ls {state}")  # the lab's state is not there at all
+
+
+def test_a_command_cannot_move_another_agents_branch_or_the_programs(two_agents):
+    """Git keeps every branch in refs/, shared by the worktrees: a box may write only its own
+    agent's folder there (where git makes its lock files), not the other agents' branches."""
+    root, program, tools, _ = two_agents
+    refs = {name: head_of(root, name) for name in (agent_branch("tiny", "bob"), "program/tiny", "main")}
+    assert run(tools, "git commit -q --allow-empty -m mine").startswith("exit status 0")
+    attacks = {
+        "bob's branch to alice's commit": f"git update-ref refs/heads/{agent_branch('tiny', 'bob')} HEAD",
+        "bob's branch deleted": f"git update-ref -d refs/heads/{agent_branch('tiny', 'bob')}",
+        "the program's branch": "git branch -f program/tiny HEAD",
+        "main": "git update-ref refs/heads/main HEAD",
+        "a branch beside bob's": "git branch agent/tiny/bob/mine HEAD",
+    }
+    for name, command in attacks.items():
+        output = run(tools, command)
+        assert not output.startswith("exit status 0"), f"{name}: {output}"
+    assert {name: head_of(root, name) for name in refs} == refs
+    assert head_of(root, "agent/tiny/bob/mine") is None
+    # its own folder stays its own: more branches there, and its work branch moves
+    assert run(tools, "git branch agent/tiny/alice/idea-2 && git commit -q --allow-empty -m more").startswith("exit status 0")
+    assert head_of(root, "agent/tiny/alice/idea-2") is not None
+
+
+def head_of(root, branch):
+    with git.Repo(root) as repo:
+        return repo.heads[branch].commit.hexsha if branch in repo.heads else None
 
 
 def test_a_command_sees_no_other_process_and_no_key(two_agents):
@@ -237,7 +266,7 @@ def test_a_trainer_run_cannot_reach_the_lab_the_network_or_outlive_itself(outsid
     root = create_project(outside_tmp / "proj", program)
     monkeypatch.chdir(root)
     agent_commit(root, "mallory", "trainer/train.py", lambda text: text + ATTACK.format(port=server.getsockname()[1]))
-    assert main(["submit", "tiny", "--arm", "mallory", "--ref", "agent/tiny/mallory"]) == 0
+    assert main(["submit", "tiny", "--arm", "mallory", "--ref", "agent/tiny/mallory/work"]) == 0
     assert main(["run", "tiny"]) == 0
     server.close()
     with Ledger(root / ".lab" / "tiny" / "ledger.sqlite") as ledger:

@@ -209,6 +209,15 @@ def test_eval_and_sample_read_a_finished_run(corpus, tmp_path):
     (["--steps", "2", "--data", "/nonexistent/corpus"], "/nonexistent/corpus"),
     (["--steps", "2", "--device", "cuda"], "--device cuda"),
     (["--budget-tokens", "3"], "smaller than one step"),
+    # found before training, not after it (each of these once failed or passed only at the end)
+    (["--budget-flops", "nan"], "--budget-flops must be a positive finite number, got nan"),
+    (["--budget-seconds", "inf"], "--budget-seconds must be a positive finite number, got inf"),
+    (["--steps", "-3"], "--steps must be a positive finite number, got -3"),
+    (["--steps", "2", "--val-tokens", "0"], "--val-tokens 0 is less than one evaluation window"),
+    (["--steps", "2", "--confirm-tokens", "-4"], "--confirm-tokens -4 is less than one evaluation window"),
+    (["--steps", "2", "--log-every", "-1"], "--log-every must be at least 1, got -1"),
+    (["--steps", "2", "--eval-every", "-1"], "--eval-every must be 0 (off) or positive, got -1"),
+    (["--steps", "2", "--save-every", "-2"], "--save-every must be 0 (off) or positive, got -2"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(corpus, tmp_path, args, message):
     out = tmp_path / "out"
@@ -220,6 +229,29 @@ def test_bad_input_is_one_line_and_writes_nothing(corpus, tmp_path, args, messag
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_progress_says_it_resumed_shows_the_confirm_score_and_no_mfu_over_100(corpus, tmp_path, monkeypatch, capsys):
+    """A peak measured while the machine was busy once made the MFU read 300%: it is measured
+    again, and an MFU that still exceeds 100% is not shown."""
+    from trainer import train
+    peaks = iter([1e3, 1e4])                                  # FLOP/s: far below any real step
+    monkeypatch.setattr(train, "measure_matmul_peak", lambda *a, **k: next(peaks))
+    run(spec(corpus, budget=4, confirm_tokens=2048, save_every=2), tmp_path, quiet=False)
+    err = capsys.readouterr().err
+    steps = [line for line in err.splitlines() if line.startswith("step ")]
+    assert len(steps) == 4 and all("MFU n/a" in line for line in steps), err
+    assert next(peaks, None) is None                         # measured once more, not every step
+    final = err.strip().splitlines()[-1]
+    assert final.startswith("completed: 4 steps") and "confirm_bpb " in final
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["spec"]["budget"] = 6
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(train, "measure_matmul_peak", lambda *a, **k: 1e15)
+    run(RunSpec(**config["spec"]), tmp_path, resume=True, quiet=False)
+    err = capsys.readouterr().err
+    assert "resumed from step 4 (" in err and "MFU n/a" not in err
 
 
 def test_a_finished_run_is_never_overwritten_by_accident(corpus, tmp_path):
@@ -255,3 +287,24 @@ def test_a_slow_first_step_is_explained_once_and_left_out_of_the_budget(capsys):
     log.first_step(7.2)                      # a fresh checkout compiling the CPU kernels
     err = capsys.readouterr().err
     assert err.startswith("first step took 7.2s, not counted in the budget") and "compiling" in err
+
+
+def test_a_corrupt_run_is_named_as_such_and_left_as_it_is(corpus, tmp_path):
+    out = tmp_path / "run"
+    assert trainer_cli("train", "--data", corpus, "--steps", "2", "--batch-size", "2", "--val-tokens", "512",
+                       "--out", str(out), "--quiet", "--set", "n_layer=1", "--set", "n_embd=32").returncode == 0
+    checkpoint, config = out / "checkpoint.npz", out / "config.json"
+    good = {p: p.read_bytes() for p in (checkpoint, config)}
+    damages = {"truncated checkpoint": (checkpoint, good[checkpoint][:1000]), "garbage checkpoint": (checkpoint, b"junk\n"),
+               "corrupt config": (config, b'{"spec": 5'), "foreign config": (config, b"[1, 2]")}
+    for damage, (path, data) in damages.items():
+        for p, content in good.items():
+            p.write_bytes(content)
+        path.write_bytes(data)
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        for args in (["eval", str(out)], ["sample", str(out), "--tokens", "5"], ["train", "--resume", str(out), "--quiet"]):
+            proc = trainer_cli(*args)
+            assert proc.returncode == 1, (damage, args, proc.stderr)
+            line, = proc.stderr.strip().splitlines()          # one line, no traceback
+            assert line.startswith(f"error: {path}: not a ") and "corrupt" in line, (damage, line)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before, damage

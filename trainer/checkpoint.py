@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -129,14 +131,18 @@ def save_checkpoint(path, model, optimizer, step: int, extra: dict) -> None:
 
 
 def load_checkpoint(path) -> tuple[dict, dict, dict]:
-    """(params, optimizer state, meta) from save_checkpoint's file."""
+    """(params, optimizer state, meta) from save_checkpoint's file; a corrupt or truncated one is
+    one ValueError naming it (and it is left as it is)."""
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             params = {k[6:]: z[k] for k in z.files if k.startswith("param/")}
             opt = {k[4:]: z[k] for k in z.files if k.startswith("opt/")}
             meta = json.loads(z["meta"].tobytes())
-    except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable trainer checkpoint ({e})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read checkpoint ({e.strerror or e})") from None
+    except (KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # json errors are ValueErrors
+        raise ValueError(f"{path}: not a readable trainer checkpoint: corrupt or truncated "
+                         f"({type(e).__name__})") from None
     return params, opt, meta
 
 

@@ -136,10 +136,7 @@ RUN_FILES = ("result.json", "checkpoint.npz", "metrics.jsonl", "config.json")  #
 def cmd_train(args) -> int:
     from trainer.train import EXIT_CODES, RunSpec, run
     if args.resume:
-        spec = RunSpec(**json.loads((args.resume / "config.json").read_text())["spec"]) \
-            if (args.resume / "config.json").exists() else None
-        if spec is None:
-            raise ValueError(f"--resume {args.resume}: no config.json there")
+        spec = RunSpec(**read_run_config(args.resume)["spec"])
         result = run(spec, args.resume, resume=True, quiet=args.quiet)
     else:
         if args.out is None:
@@ -172,7 +169,7 @@ def spec_from_args(args):
     return RunSpec(preset=preset, overrides=overrides, seed=args.seed, device=args.device, dtype=args.dtype,
                    matmul=args.matmul, batch_size=args.batch_size, data=args.data, tokenizer=args.tokenizer,
                    budget_kind=kind, budget=value, val_tokens=args.val_tokens, confirm_tokens=args.confirm_tokens,
-                   eval_every=args.eval_every, log_every=max(args.log_every, 1),
+                   eval_every=args.eval_every, log_every=args.log_every,
                    save_every=args.save_every, save_final=not args.no_save)
 
 
@@ -188,6 +185,21 @@ def read_config_file(path, preset):
     return {k: str(v) if isinstance(v, bool) else v for k, v in data.items()}, preset
 
 
+def read_run_config(run_dir: Path) -> dict:
+    """A run directory's config.json, or one ValueError naming it (missing, corrupt, not a run's)."""
+    from trainer.train import RunSpec
+    path = run_dir / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+        if set(saved["spec"]) - set(RunSpec.__dataclass_fields__):
+            raise ValueError("unknown fields in spec")
+        return saved
+    except FileNotFoundError:
+        raise ValueError(f"{run_dir}: no config.json there (not a run directory)") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a run's config.json: corrupt or edited ({type(e).__name__})") from None
+
+
 def load_run(run_dir: Path):
     """(spec, model, dataset) of a finished run, from its config.json and checkpoint.npz."""
     from trainer.checkpoint import load_checkpoint
@@ -197,7 +209,7 @@ def load_run(run_dir: Path):
     from trainer.config import make_config
     if not (run_dir / "config.json").exists() or not (run_dir / "checkpoint.npz").exists():
         raise ValueError(f"{run_dir}: not a run directory with config.json and checkpoint.npz")
-    saved = json.loads((run_dir / "config.json").read_text())
+    saved = read_run_config(run_dir)
     spec = RunSpec(**saved["spec"])
     cfg_dict = {k: v for k, v in saved["config"].items() if k not in ("head_dim", "padded_vocab_size")}
     cfg = make_config(spec.preset, **cfg_dict)

@@ -108,17 +108,46 @@ def prepare(spec: RunSpec, out: Path | None):
     cfg = make_config(spec.preset, **overrides)
     if cfg.vocab_size < data.vocab_size:
         raise ValueError(f"vocab_size {cfg.vocab_size} is smaller than the data's vocabulary {data.vocab_size}")
-    if spec.batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, got {spec.batch_size}")
     T = cfg.sequence_len
+    check_counts(spec, T)
     if len(data.train) <= T + 1:
         raise ValueError(f"the train split has {len(data.train)} tokens, fewer than one sequence of {T + 1}")
+    for split in ("val", "confirm") if spec.confirm_tokens else ("val",):
+        if len(getattr(data, split)) <= T:  # evaluated after training: refuse now, not then
+            raise ValueError(f"the {split} split has {len(getattr(data, split))} tokens, fewer than one "
+                             f"evaluation window of {T + 1}")
     fpt = flops_per_token(cfg)
     budget = Budget(spec, fpt * spec.batch_size * T, spec.batch_size * T)
     model = GPT(cfg, seed=spec.seed, dtype=spec.dtype, device=spec.device, matmul=spec.matmul)
     if out is not None:
         check_writable(out)
     return data, cfg, model, make_optimizer(model), budget
+
+
+BUDGET_FLAGS = {"flops": "--budget-flops", "seconds": "--budget-seconds", "tokens": "--budget-tokens", "steps": "--steps"}
+
+
+def check_counts(spec: RunSpec, T: int):
+    """Every number of a run checked before it trains: a bad one found after training loses the run."""
+    flag = BUDGET_FLAGS.get(spec.budget_kind)
+    if flag is None:
+        raise ValueError(f"unknown budget kind {spec.budget_kind!r}; expected one of {', '.join(BUDGET_FLAGS)}")
+    if isinstance(spec.budget, bool) or not isinstance(spec.budget, (int, float)) or not math.isfinite(spec.budget) \
+            or spec.budget <= 0:
+        raise ValueError(f"{flag} must be a positive finite number, got {spec.budget}")
+    if spec.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {spec.batch_size}")
+    if spec.val_tokens < T:
+        raise ValueError(f"--val-tokens {spec.val_tokens} is less than one evaluation window (sequence_len {T})")
+    if spec.confirm_tokens and spec.confirm_tokens < T:
+        raise ValueError(f"--confirm-tokens {spec.confirm_tokens} is less than one evaluation window "
+                         f"(sequence_len {T}); 0 turns the confirm split off")
+    if spec.log_every < 1:
+        raise ValueError(f"--log-every must be at least 1, got {spec.log_every}")
+    for flag, value in (("--eval-every", spec.eval_every), ("--save-every", spec.save_every),
+                        ("--confirm-tokens", spec.confirm_tokens)):
+        if value < 0:
+            raise ValueError(f"{flag} must be 0 (off) or positive, got {value}")
 
 
 def check_writable(out: Path):
@@ -144,6 +173,8 @@ def run(spec: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> 
                                      "flops_per_token": flops_per_token(cfg)})
     metrics = MetricsLog(out / "metrics.jsonl", keep_until=step if resume else -1)
     log = Progress(quiet, budget, cfg, spec)
+    if resume:
+        log.resumed(step, elapsed)
     B, T = spec.batch_size, cfg.sequence_len
     fpt = flops_per_token(cfg)
     status, reason, warmup_seconds = "completed", None, 0.0
@@ -320,7 +351,7 @@ def install_sigterm() -> SigtermFlag:
 class Progress:
     def __init__(self, quiet: bool, budget: Budget, cfg, spec: RunSpec):
         self.quiet, self.budget, self.spec = quiet, budget, spec
-        self.bar = None
+        self.bar, self.remeasured = None, False
         if quiet:
             return
         self.peak = measure_matmul_peak(spec.device, spec.dtype, precision=spec.matmul)
@@ -337,6 +368,10 @@ class Progress:
             self.task = self.bar.add_task("train", total=1000)
             self.bar.start()
 
+    def resumed(self, step: int, elapsed: float):
+        if not self.quiet:
+            print(f"resumed from step {step} ({elapsed:.1f}s of training already done)", file=sys.stderr)
+
     def first_step(self, dt: float):
         if not self.quiet and dt > 2.0:
             print(f"first step took {dt:.1f}s, not counted in the budget (one-time setup; in a fresh "
@@ -346,11 +381,16 @@ class Progress:
         if self.quiet:
             return
         tok_s = rec["tokens"] / rec["step"] / max(dt, 1e-9)  # this step's throughput
+        if tok_s * self.fpt > self.peak and not self.remeasured:  # the peak was measured while
+            self.remeasured = True                                    # the machine was busy: again
+            self.peak = max(self.peak, measure_matmul_peak(self.spec.device, self.spec.dtype,
+                                                           precision=self.spec.matmul, fresh=True))
         mfu = tok_s * self.fpt / self.peak
         frac = self.budget.progress(rec["step"], rec["elapsed_s"])
         eta = rec["elapsed_s"] * (1 - frac) / frac if frac > 0 else float("nan")
         line = (f"step {rec['step']:6d} | loss {rec['train_loss']:.4f} | lr x{rec['lr']:.3f} | "
-                f"{tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | {rec['elapsed_s']:.1f}s | eta {eta:.1f}s")
+                f"{tok_s:,.0f} tok/s | MFU {f'{100 * mfu:.1f}%' if mfu <= 1 else 'n/a'} | {rec['elapsed_s']:.1f}s | "
+                f"eta {eta:.1f}s")
         if self.bar:
             self.bar.update(self.task, completed=1000 * frac, description=line)
         else:
@@ -364,21 +404,22 @@ class Progress:
     def final(self, result: dict):
         if self.quiet:
             return
-        bpb = result.get("val_bpb")
+        bpb, confirm = result.get("val_bpb"), result.get("confirm_bpb")
         print(f"{result['status']}: {result['steps']} steps, val_loss "
-              f"{result.get('val_loss') or float('nan'):.4f}, val_bpb {bpb if bpb is None else round(bpb, 4)}, "
-              f"{result['train_seconds']:.1f}s", file=sys.stderr)
+              f"{result.get('val_loss') or float('nan'):.4f}, val_bpb {bpb if bpb is None else round(bpb, 4)}"
+              + (f", confirm_bpb {confirm:.4f}" if confirm is not None else "")
+              + f", {result['train_seconds']:.1f}s", file=sys.stderr)
 
 
 _PEAKS: dict = {}
 
 
 def measure_matmul_peak(device: str = "cpu", dtype: str = "float32", seconds: float = 0.3,
-                        precision: str = "fp32") -> float:
+                        precision: str = "fp32", fresh: bool = False) -> float:
     """FLOP/s of a large square matmul on this device, measured now (MFU's denominator), with the
     model's matmul for that --matmul precision."""
     key = (device, dtype, precision)
-    if key in _PEAKS:
+    if key in _PEAKS and not fresh:
         return _PEAKS[key]
     from trainer.backend import array_module
     from trainer.model import elementwise_ops, model_matmul

@@ -20,8 +20,9 @@ as this agent. So it never holds a key, its spend is metered by the gateway like
 agent's, and it can write nothing of the lab's; in its box the protected paths are read-only
 even inside its worktree, since its own file tools are not the harness's. On top of the box:
 Claude Code's `permissions.deny` on the protected paths; Codex's own sandbox (workspace-write:
-its commands write the worktree, .git's objects and refs and the box's own /tmp, not its home
-or its config) and its `shell_environment_policy` keeping tokens out of its shell. (Claude
+its commands write the worktree, .git's objects, the agent's own folder of refs and the box's
+own /tmp, not its home or its config) and its `shell_environment_policy` keeping tokens out of
+its shell. (Claude
 Code's own sandbox does not engage inside the box: with it switched on, its commands still ran
 in the box's PID namespace, with HOME writable. So it stays off.)
 
@@ -291,7 +292,7 @@ class BoxedCLI:
         from org.agents.tools import command_box
         lab = Lab.open(self.root)
         try:
-            box = command_box(lab, self.tree)
+            box = command_box(lab, self.tree, self.program.name, self.entry.name)
         finally:
             lab.close()
         if box is None:

@@ -27,20 +27,20 @@ from org.agents.sandbox import protect_own_environment
 
 
 def add_agent_commands(sub):
-    p = sub.add_parser("agent", help="run one agent of a program (the process in its pane)")
+    p = sub.add_parser("agent", description="(internal) run one agent of a program: the process in its pane")
     p.add_argument("name", help="the agent's name in the program's org")
     p.add_argument("--program", required=True, help="programs/<name>.yaml or <name>")
     p.add_argument("--api", choices=["chat", "responses"], help="OpenAI API for an openai agent (default chat)")
     p.add_argument("--backend", choices=["scripted"], help="run as this backend whatever the program says")
     p.set_defaults(func=cmd_agent)
 
-    p = sub.add_parser("tool", help="call one agent tool: org tool NAME '{json arguments}'")
+    p = sub.add_parser("tool", description="(internal) call one agent tool: org tool NAME '{json arguments}'")
     p.add_argument("tool")
     p.add_argument("arguments", nargs="?", default="{}", help="a JSON object")
     _identity(p)
     p.set_defaults(func=cmd_tool)
 
-    p = sub.add_parser("results", help="experiments, runs and verdicts of a program (JSON)")
+    p = sub.add_parser("results", description="(internal) an agent's view of its experiments, runs and verdicts (JSON)")
     p.add_argument("--experiment", type=int)
     p.add_argument("--wait", type=float, default=0, help="wait up to this many seconds for its runs")
     _identity(p)
@@ -53,7 +53,7 @@ def add_agent_commands(sub):
     _identity(p)
     p.set_defaults(func=cmd_mail)
 
-    p = sub.add_parser("agent-hook", help="(internal) turn-end hook of the claude and codex CLIs")
+    p = sub.add_parser("agent-hook", description="(internal) turn-end hook of the claude and codex CLIs")
     p.add_argument("event", choices=["stop", "notify"])
     p.add_argument("payload", nargs="?", help="codex passes its JSON as an argument")
     _identity(p)

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from org.lab import Lab
+from org import OrgError
+from org.lab import Lab, agent_refs
 from org.ledger import FINISHED, Ledger
 from org.mail import EVERYONE, HUMAN, Mail, quote
-from org.program import NAME, PROGRAM_OWNED_KEYS, Program
+from org.program import PROGRAM_OWNED_KEYS, Program
 from org.agents.sandbox import SECRET_NAME, Refused, Workspace, cap, git_identity
 from org.sandbox import agent_box, available
 
@@ -115,7 +116,7 @@ TOOL_NAMES = [t["name"] for t in TOOLS]
 JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict}
 
 
-def command_box(lab: Lab, worktree: str | Path):
+def command_box(lab: Lab, worktree: str | Path, program: str, agent: str):
     """The box an agent's commands run in, or None where boxes cannot be made (then `org launch`
     runs only scripted agents, and says so)."""
     if available() is not None:
@@ -123,7 +124,7 @@ def command_box(lab: Lab, worktree: str | Path):
     import git
     with git.Repo(worktree) as repo:
         git_dir = Path(repo.git_dir)
-    return agent_box(lab.root, Path(worktree).resolve(), git_dir, Path(lab.repo.common_dir))
+    return agent_box(lab.root, Path(worktree).resolve(), git_dir, Path(lab.repo.common_dir), agent_refs(program, agent))
 
 
 class Tools:
@@ -134,7 +135,7 @@ class Tools:
         self.lab = Lab.open(lab_root)
         self.lab_dir = self.lab.state_dir(program.name)
         self.ledger_path = self.lab_dir / "ledger.sqlite"
-        self.ws = Workspace(worktree, program.protected, env=git_identity(agent), box=command_box(self.lab, worktree))
+        self.ws = Workspace(worktree, program.protected, env=git_identity(agent), box=command_box(self.lab, worktree, program.name, agent))
         self.mail = Mail(self.lab_dir)
         self.teammates = [t for t in teammates if t != agent]
         self.limits = limits or Limits()
@@ -263,7 +264,7 @@ class Tools:
 
     def submit_experiment(self, arm: str, hypothesis: str, overrides: dict | None = None,
                           ref: str | None = None) -> str:
-        from org.runner import submit  # the runner imports the trainer's config lazily; keep it so
+        from org.experiments import submission_source, submit
         overrides = overrides or {}
         owned = [k for k in overrides if k in PROGRAM_OWNED_KEYS or OWNED_WORDS.search(k)]
         if owned:
@@ -271,9 +272,6 @@ class Tools:
                           "are the program's; experiments change the model or the optimizer only")
         if not hypothesis.strip():
             raise ToolError("state the hypothesis: what you expect versus the baseline, and why")
-        if not re.match(NAME, arm) or arm == "baseline":
-            raise ToolError(f"arm {arm!r}: use a new lowercase name (letters, digits, - and _); "
-                            "'baseline' is the program's")
         bad = [k for k, v in overrides.items() if not isinstance(v, (str, int, float, bool))]
         if bad:
             raise ToolError(f"override {bad[0]!r}: values are numbers, strings or booleans")
@@ -284,7 +282,10 @@ class Tools:
                                 "committed code; git_commit first")
         commit = self._git("rev-parse", "--verify", f"{ref or 'HEAD'}^{{commit}}")
         with Ledger(self.ledger_path) as ledger:
-            source = self._source(ledger, arm, overrides, commit)
+            try:
+                source = submission_source(ledger, self.lab, self.program, arm, overrides, commit)
+            except OrgError as e:
+                raise ToolError(str(e)) from None
             submit(ledger, self.lab, self.program, "baseline", {}, who="program",
                    hypothesis="the program's baseline", source="declared")
             experiment = submit(ledger, self.lab, self.program, arm, overrides, who=self.agent,
@@ -297,19 +298,6 @@ class Tools:
                 f"{json.dumps(overrides)}): {len(runs)} runs queued on seeds {self.program.budget.seeds} "
                 f"at {per_run.kind} {per_run.value:g} each. Check with results(experiment="
                 f"{experiment['id']}, wait_seconds=...).")
-
-    def _source(self, ledger: Ledger, arm: str, overrides: dict, commit: str) -> str:
-        """'declared' for one of the program's own variants (submitting it twice is harmless);
-        a submitted idea needs a name of its own, so the referee never mixes two ideas."""
-        declared = next((v for v in self.program.variants if v.name == arm), None)
-        base = ledger.program(self.program.name)["base_commit"]
-        if declared and declared.overrides == overrides and commit == self.lab.resolve(declared.ref or base):
-            return "declared"
-        taken = [e for e in ledger.experiments(self.program.name) if e["arm"] == arm]
-        if taken or declared:
-            who = taken[0]["who"] if taken else "the program"
-            raise ToolError(f"arm {arm!r} already exists (by {who}); give a new idea a new name")
-        return "submitted"
 
     def results(self, experiment: int | None = None, wait_seconds: float = 0) -> str:
         deadline = time.monotonic() + min(wait_seconds or 0, self.limits.wait_max)

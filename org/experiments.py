@@ -1,0 +1,130 @@
+"""
+Experiments: what to run. An experiment names an arm, config overrides and (optionally) a
+commit; the program decides everything else.
+
+    submit()      -> refused (owned keys, protected paths) or queued runs: every arm gets the
+                     program's seed list; with a tune grid, first tuning runs, then the best point
+    plan()        -> whatever an experiment needs next (idempotent: safe after any crash)
+    submission_source() / check_arm_name() -> the one rule for arm names, for people and agents
+
+The runner (org/runner.py) executes the queue these fill.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from org import OrgError
+from org.lab import Lab
+from org.ledger import FINISHED, Ledger
+from org.program import NAME, PROGRAM_OWNED_KEYS, Program
+
+
+def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict, who: str,
+           hypothesis: str | None = None, ref: str | None = None, source: str = "submitted") -> dict:
+    """Record an experiment and enqueue its runs (or record it refused). Returns the experiment.
+    A declared arm submitted twice returns the existing experiment, so `org run` is idempotent."""
+    base = ledger.program(program.name)["base_commit"]
+    commit = lab.resolve(ref) if ref else base
+    reason = refusal(lab, program, base, commit, overrides)
+    stage = "refused" if reason else ("tuning" if program.tune else "measuring")
+    diff = lab.diff(base, commit)
+    with ledger.tx():
+        experiment_id = ledger.add_experiment(
+            program.name, arm, who=who, source=source, base_commit=base, code_commit=commit,
+            overrides=overrides, stage=stage, hypothesis=hypothesis, diff=diff, reason=reason)
+        if experiment_id is None:  # this declared arm is already in the ledger
+            return next(e for e in ledger.experiments(program.name)
+                        if e["arm"] == arm and e["source"] == "declared")
+        experiment = ledger.experiment(experiment_id)
+        plan(ledger, program, experiment)
+    return ledger.experiment(experiment_id)
+
+
+def check_arm_name(arm: str):
+    if not re.match(NAME, arm) or arm == "baseline":
+        raise OrgError(f"arm {arm!r}: use a new lowercase name (letters, digits, - and _); 'baseline' is the program's")
+
+
+def submission_source(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict, commit: str) -> str:
+    """The one rule for an arm's name, for `org submit` and the agents' tool alike: 'declared'
+    for one of the program's own arms exactly as the file declares it (submitting it again is
+    harmless: its runs are reused), else 'submitted', which needs a name of its own, so the
+    referee never mixes two ideas. Raises OrgError otherwise."""
+    check_arm_name(arm)
+    declared = next((v for v in program.variants if v.name == arm), None)
+    base = ledger.program(program.name)["base_commit"]
+    if declared and declared.overrides == overrides and commit == lab.resolve(declared.ref or base):
+        return "declared"
+    taken = [e for e in ledger.experiments(program.name) if e["arm"] == arm]
+    if taken or declared:
+        who = taken[0]["who"] if taken else "the program"
+        raise OrgError(f"arm {arm!r} already exists (by {who}, experiment {taken[0]['id'] if taken else 'declared'}); "
+                       "give a new idea a new name")
+    return "submitted"
+
+
+def submit_declared(ledger: Ledger, lab: Lab, program: Program) -> list[dict]:
+    """The program file's baseline and variants, each once."""
+    arms = [("baseline", {}, None, "the program's baseline")]
+    arms += [(v.name, v.overrides, v.ref, f"declared variant {v.name}") for v in program.variants]
+    return [submit(ledger, lab, program, arm, overrides, who="program", hypothesis=text, ref=ref,
+                   source="declared") for arm, overrides, ref, text in arms]
+
+
+def refusal(lab: Lab, program: Program, base: str, commit: str, overrides: dict) -> str | None:
+    """Why an experiment may not run, or None."""
+    owned = sorted(set(overrides) & PROGRAM_OWNED_KEYS)
+    if owned:
+        return (f"override {owned[0]!r} is owned by the program (budget, seeds, eval or data); "
+                "experiments may only set model and optimizer keys")
+    return lab.protected_violation(base, commit, program.protected) or lab.shadowing(base, commit, program.protected)
+
+
+def plan(ledger: Ledger, program: Program, experiment: dict):
+    """Enqueue whatever the experiment needs next. Idempotent (the ledger ignores a run it
+    already has), so it is safe to call again after any crash."""
+    seeds = program.budget.seeds
+    budget = program.budget.per_run.model_dump(exclude_none=True)
+    arm_overrides = {**program.baseline.overrides, **json.loads(experiment["overrides"])}
+    stage = experiment["stage"]
+    if stage == "refused":
+        for i, seed in enumerate(seeds):
+            ledger.add_run(experiment, "main", seed, 1 + i, arm_overrides, budget,
+                           status="refused", reason=experiment["reason"])
+        return
+    if stage == "tuning":
+        for point in program.grid_points():
+            for seed in program.tuning_seeds:
+                ledger.add_run(experiment, "tune", seed, 0, {**arm_overrides, **point}, budget)
+        stage = choose_tuned(ledger, program, experiment)
+    if stage == "measuring":
+        chosen = json.loads(ledger.experiment(experiment["id"])["chosen"] or "{}")
+        for i, seed in enumerate(seeds):
+            ledger.add_run(experiment, "main", seed, 1 + i, {**arm_overrides, **chosen}, budget)
+
+
+def choose_tuned(ledger: Ledger, program: Program, experiment: dict) -> str:
+    """Once all of an experiment's tuning runs are finished, pick the grid point with the best
+    mean val_bpb (on the validation split, over tune seeds) and move on to measuring."""
+    runs = ledger.runs(program.name, experiment_id=experiment["id"], purpose="tune")
+    if any(r["status"] not in FINISHED for r in runs):
+        return "tuning"
+    scores = {}
+    for point in program.grid_points():
+        values = [r["val_bpb"] for r in runs if r["status"] == "completed"
+                  and _point_of(r, point) and r["val_bpb"] is not None]
+        if values:
+            scores[json.dumps(point, sort_keys=True)] = sum(values) / len(values)
+    if not scores:
+        ledger.update_experiment(experiment["id"], stage="failed",
+                                 reason="no tuning run completed")
+        return "failed"
+    best = min(scores, key=scores.get)
+    ledger.update_experiment(experiment["id"], stage="measuring", chosen=json.loads(best))
+    return "measuring"
+
+
+def _point_of(run: dict, point: dict) -> bool:
+    overrides = json.loads(run["overrides"])
+    return all(overrides.get(k) == v for k, v in point.items())
