@@ -12,6 +12,9 @@ The README holds the question and the claim, the verdict table (the referee's: c
 adjust (Holm) -> confirm on the held-out split), the noise floor, the budget and how it was
 enforced, the lineage of every experiment, and the spend (compute and LLM dollars).
 
+The plots and the learning curves behind them are org/plots.py's; reading a ledger of any
+schema is org/ledger.py's (read_tables).
+
 Bad input degrades, it does not crash: the ledger is opened read-only and may be from an
 older schema (a missing table or column is named, and what depends on it is left out); a
 metrics.jsonl with unreadable lines is read around them; an arm with one seed, or a program
@@ -21,28 +24,23 @@ Everything missing is listed under "What is missing" at the top of the README.
 from __future__ import annotations
 
 import json
-import math
-import sqlite3
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 
 from org import OrgError
-from org.ledger import SCHEMA, corrupt
+from org.ledger import LedgerError, loads, read_tables
+from org.plots import Curve, finite, plot_all, read_curves
 from org.confounds import NO_CHANGE
 from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, judge_arms, noise_floor, per_seed,
                          read_arm, verdict_kind)
 
-matplotlib.use("Agg")  # files only, never a window
 ADJUSTMENT = "holm"  # for the many comparisons an org makes: family-wise error, the strict one
-LEDGER_TABLES = ("programs", "experiments", "runs", "llm_spend")
+LEDGER_TABLES = ("programs", "experiments", "runs", "llm_spend")  # what a report reads
 NOT_RUN_YET = ("queued", "running")
 
 
@@ -52,13 +50,6 @@ class ReportError(OrgError):
 
 # ----------------------------------------------------------------------------------------
 # the report's data: everything read once, then rendered three ways (markdown, rich, JSON)
-
-
-@dataclass
-class Curve:
-    """One run's metrics.jsonl as arrays of (flops, seconds, value)."""
-    train: np.ndarray  # train_loss at logged steps
-    evals: np.ndarray  # val_bpb at eval steps
 
 
 @dataclass
@@ -82,10 +73,10 @@ class Report:
     def arm_runs(self, arm: str) -> list[dict]:
         return [r for r in self.runs if r.get("arm") == arm]
 
-    def finals(self, arm: str) -> dict[int, float]:
-        """Seed -> final val_bpb of the arm's completed main runs (the referee's reading)."""
+    def finals(self, arm: str, metric: str = "val_bpb") -> dict[int, float]:
+        """Seed -> final val_bpb (or confirm_bpb) of the arm's completed main runs (the referee's reading)."""
         main, _ = read_arm(self.arm_runs(arm))
-        return per_seed(main, "val_bpb")
+        return per_seed(main, metric)
 
 
 def build(ledger_path: str | Path, program: str) -> Report:
@@ -103,14 +94,10 @@ def build(ledger_path: str | Path, program: str) -> Report:
 
 
 def read_ledger(path: Path, program: str) -> Report:
-    db = open_readonly(path)
     try:
-        have = {t: columns(db, t) for t in LEDGER_TABLES}
-        missing = schema_gaps(have)
-        rows = {t: select(db, t, have[t], program) for t in LEDGER_TABLES}
-        changes = select(db, "budget_changes", columns(db, "budget_changes"), program)  # none before v3
-    finally:
-        db.close()
+        rows, changes, missing = read_tables(path, program, LEDGER_TABLES)
+    except LedgerError as e:
+        raise ReportError(str(e)) from None
     program_row = rows["programs"][0] if rows["programs"] else {}
     if not program_row:
         missing.append(f"program {program!r} is not in the ledger's programs table: "
@@ -119,69 +106,6 @@ def read_ledger(path: Path, program: str) -> Report:
     runs = [dict(r, result=loads(r.get("result"))) for r in rows["runs"]]
     return Report(program, path, spec, program_row.get("base_commit"), rows["experiments"],
                   runs, rows["llm_spend"], changes, missing)
-
-
-def open_readonly(path: Path) -> sqlite3.Connection:
-    """The ledger, opened so that nothing (not even a migration) can write to it."""
-    if not path.is_file():
-        raise ReportError(f"no ledger at {path}")
-    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
-    try:
-        db = sqlite3.connect(uri, uri=True)
-        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.OperationalError:  # WAL without a writable -shm: read the file as it is
-        db = sqlite3.connect(uri + "&immutable=1", uri=True)
-    except sqlite3.DatabaseError as e:
-        raise ReportError(corrupt(path, e)) from None
-    db.row_factory = sqlite3.Row
-    return db
-
-
-def columns(db: sqlite3.Connection, table: str) -> list[str]:
-    return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
-
-
-def schema_gaps(have: dict[str, list[str]]) -> list[str]:
-    """Tables and columns of the current schema that this ledger lacks, in words."""
-    current = sqlite3.connect(":memory:")
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            current.execute(statement)
-    gaps = []
-    for table in LEDGER_TABLES:
-        if not have[table]:
-            gaps.append(f"the ledger has no {table} table (older schema): {MISSING_TABLE[table]}")
-            continue
-        lost = [c for c in columns(current, table) if c not in have[table]]
-        if lost:
-            gaps.append(f"the ledger's {table} table has no column {', '.join(lost)} (older schema): "
-                        "whatever depends on it is shown as not recorded")
-    return gaps
-
-
-MISSING_TABLE = {
-    "programs": "question, claim and budget unknown, so no verdicts",
-    "experiments": "no lineage (who proposed what, on which commit)",
-    "runs": "no runs, so no verdicts, noise floor or plots",
-    "llm_spend": "LLM dollars not recorded",
-}
-
-
-def select(db: sqlite3.Connection, table: str, cols: list[str], program: str) -> list[dict]:
-    if not cols:
-        return []
-    key = "name" if table == "programs" else "program"
-    where = f" WHERE {key} = ?" if key in cols else ""
-    order = " ORDER BY id" if "id" in cols else ""
-    return [dict(r) for r in db.execute(f"SELECT * FROM {table}{where}{order}",
-                                        (program,) if where else ())]
-
-
-def loads(text):
-    try:
-        return json.loads(text) if isinstance(text, str) else text
-    except json.JSONDecodeError:
-        return None
 
 
 def arms_in_order(report: Report) -> list[str]:
@@ -223,91 +147,6 @@ def judge(report: Report):
 
 
 # ----------------------------------------------------------------------------------------
-# metrics.jsonl: learning curves of the completed main runs
-
-
-def read_curves(report: Report):
-    for run in report.runs:
-        if run.get("status") != "completed" or run.get("purpose", "main") != "main":
-            continue
-        path = metrics_path(report, run)
-        who = f"run {run.get('id')} ({run.get('arm')}, seed {run.get('seed')})"
-        if path is None or not path.is_file():
-            report.missing.append(f"{who}: no metrics.jsonl{f' at {path}' if path else ''}; not plotted")
-            continue
-        records, bad = read_metrics(path)
-        if bad:
-            report.missing.append(f"{who}: {bad} unreadable line{'s' * (bad > 1)} in {path} skipped")
-        curve = to_curve(records, flops_per_token(run))
-        if len(curve.train) or len(curve.evals):
-            report.curves[run["id"]] = curve
-        else:
-            report.missing.append(f"{who}: no usable metrics in {path}; not plotted")
-
-
-def metrics_path(report: Report, run: dict) -> Path | None:
-    """As recorded; else in the run's directory beside the ledger (a lab moved as a whole)."""
-    recorded = run.get("metrics_path") or (run.get("run_dir") and str(Path(run["run_dir"]) / "metrics.jsonl"))
-    beside = report.ledger_path.parent / "runs" / str(run.get("id")) / "metrics.jsonl"
-    if recorded and Path(recorded).is_file():
-        return Path(recorded)
-    if beside.is_file():
-        return beside
-    return Path(recorded) if recorded else None
-
-
-def read_metrics(path: Path) -> tuple[list[dict], int]:
-    """(records, number of unreadable lines). A torn or garbled line costs only itself."""
-    records, bad = [], 0
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return [], 0
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
-            records.append(record)
-        else:
-            bad += 1
-    return records, bad
-
-
-def flops_per_token(run: dict) -> float | None:
-    return run.get("flops_per_token") or (run.get("result") or {}).get("flops_per_token")
-
-
-def to_curve(records: list[dict], fpt: float | None) -> Curve:
-    """Train records carry flops and seconds; eval records only step and tokens, so theirs
-    come from tokens * FLOPs/token and from the train records' clock at that step."""
-    train = [r for r in records if finite(r.get("train_loss")) and finite(r.get("flops"))
-             and finite(r.get("elapsed_s"))]
-    steps = np.array([r["step"] for r in train], dtype=float)
-    flops = np.array([r["flops"] for r in train], dtype=float)
-    seconds = np.array([r["elapsed_s"] for r in train], dtype=float)
-
-    def at(step, ys):
-        return float(np.interp(step, steps, ys)) if len(steps) else math.nan
-
-    evals = []
-    for r in records:
-        if finite(r.get("val_bpb")):
-            f = r["tokens"] * fpt if fpt and finite(r.get("tokens")) else at(r["step"], flops)
-            evals.append((f, at(r["step"], seconds), r["val_bpb"]))
-    return Curve(np.array([(f, s, r["train_loss"]) for f, s, r in zip(flops, seconds, train)]).reshape(-1, 3),
-                 np.array(evals, dtype=float).reshape(-1, 3))
-
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-# ----------------------------------------------------------------------------------------
 # writing: README.md and the plots
 
 
@@ -323,169 +162,12 @@ def write(report: Report, out_dir: str | Path) -> Path:
     return readme
 
 
-def plot_all(report: Report, out_dir: Path) -> list[str]:
-    made = []
-    for name, draw in (("curves_flops.png", lambda: plot_curves(report, x=0)),
-                       ("curves_time.png", lambda: plot_curves(report, x=1)),
-                       ("final.png", lambda: plot_final(report))):
-        fig = draw()
-        if fig is None:
-            (out_dir / name).unlink(missing_ok=True)  # no stale plot from an earlier report
-            continue
-        fig.savefig(out_dir / name, dpi=110)
-        plt.close(fig)
-        made.append(name)
-    return made
-
-
-X_LABELS = ("training compute (FLOPs)", "training time (seconds, excluding evaluation)")
-
-
-def colors(report: Report) -> dict[str, str]:
-    palette = plt.get_cmap("tab10").colors
-    variants = [a for a in report.arms if a != "baseline"]
-    return {"baseline": "black", **{a: palette[i % 10] for i, a in enumerate(variants)}}
-
-
-def plot_curves(report: Report, x: int):
-    """val_bpb (top) and train loss (bottom) against FLOPs (x=0) or seconds (x=1): per arm
-    the mean over seeds and a min-max band."""
-    by_arm = curves_by_arm(report)
-    if not by_arm:
-        return None
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
-    color = colors(report)
-    for i, (arm, curves) in enumerate(by_arm.items()):
-        label = f"{arm} ({len(curves)} seed{'s' * (len(curves) > 1)})"
-        band(top, [c.evals[:, [x, 2]] for c in curves], color[arm], label, dodge=i)
-        band(bottom, [ema(c.train[:, [x, 2]]) for c in curves], color[arm], label)
-    what = "FLOPs" if x == 0 else "training time"
-    top.set_title(f"{report.program}: validation bits per byte vs {what}\n"
-                  "line: mean over seeds; band / bar: min-max over seeds (completed main runs)")
-    top.set_ylabel("val_bpb (bits per byte, lower is better)")
-    bottom.set_title(f"training loss vs {what} (each seed smoothed: EMA {EMA_BETA} over logged steps)")
-    bottom.set_ylabel("train loss (nats per token)")
-    bottom.set_xlabel(X_LABELS[x])
-    for ax in (top, bottom):
-        ax.grid(alpha=0.3)
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
-        if ax.has_data():
-            ax.legend(loc="upper right")
-        else:
-            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
-    fig.tight_layout()
-    return fig
-
-
-def curves_by_arm(report: Report) -> dict[str, list[Curve]]:
-    out = {}
-    for run in report.runs:
-        if run.get("id") in report.curves:
-            out.setdefault(run["arm"], []).append(report.curves[run["id"]])
-    return {a: out[a] for a in report.arms if a in out}
-
-
-EMA_BETA = 0.8  # train loss is one batch's loss per logged step: noisy
-
-
-def ema(xy: np.ndarray, beta: float = EMA_BETA) -> np.ndarray:
-    """Exponential moving average of the y column, debiased like Adam's (no start-up dip)."""
-    out, avg = xy.copy(), 0.0
-    for i, y in enumerate(xy[:, 1]):
-        avg = beta * avg + (1 - beta) * y
-        out[i, 1] = avg / (1 - beta ** (i + 1))
-    return out
-
-
-def band(ax, series: list[np.ndarray], color, label: str, dodge: int = 0):
-    """Mean line and min-max band of several (x, y) series on their common x range; with one
-    point per series (evaluated only at the end), the mean point and a min-max error bar,
-    nudged right by `dodge` steps of 0.6% of the x value so that arms at equal FLOPs don't hide
-    each other."""
-    series = [s[np.isfinite(s).all(axis=1)] for s in series]
-    series = [s[np.argsort(s[:, 0], kind="stable")] for s in series if len(s)]
-    if not series:
-        return
-    lo, hi = max(s[0, 0] for s in series), min(s[-1, 0] for s in series)
-    if all(len(s) >= 2 for s in series) and lo < hi:
-        grid = np.linspace(lo, hi, 200)
-        ys = np.array([np.interp(grid, s[:, 0], s[:, 1]) for s in series])
-        ax.plot(grid, ys.mean(axis=0), color=color, lw=1.8, label=label)
-        if len(series) > 1:  # a faint fill with thin edges, so overlapping bands stay apart
-            ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.12, lw=0)
-            for edge in (ys.min(axis=0), ys.max(axis=0)):
-                ax.plot(grid, edge, color=color, lw=0.6, alpha=0.5)
-        return
-    last = np.array([s[-1] for s in series])  # the final eval of each seed
-    mean = last.mean(axis=0)
-    err = [[mean[1] - last[:, 1].min()], [last[:, 1].max() - mean[1]]]
-    only_end = all(len(s) == 1 for s in series)
-    ax.errorbar([mean[0] * (1 + 0.006 * dodge)], [mean[1]], yerr=err, fmt="o", color=color, capsize=4,
-                label=f"{label}: " + ("evaluated at the end only" if only_end else "final evals"))
-
-
-def plot_final(report: Report):
-    """Left: the final val_bpb of every seed per arm (box + points). Right: the paired
-    difference to the baseline per seed, its mean and the referee's one-sided bounds."""
-    finals = {arm: report.finals(arm) for arm in report.arms}
-    finals = {arm: f for arm, f in finals.items() if f}
-    if not finals:
-        return None
-    paired = [(a, c) for a, c in report.comparisons.items() if c.seeds]
-    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(12 if paired else 7, 5.5), squeeze=False)
-    color = colors(report)
-    ax = axes[0, 0]
-    names = list(finals)
-    ax.boxplot([list(finals[a].values()) for a in names], widths=0.5, showfliers=False)
-    for i, arm in enumerate(names, start=1):
-        seeds, values = zip(*sorted(finals[arm].items()))
-        xs = i + np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [i]
-        ax.scatter(xs, values, color=color[arm], zorder=3, label=arm)
-        for x, y, s in zip(xs, values, seeds):
-            ax.annotate(f"s{s}", (x, y), textcoords="offset points", xytext=(6, -3), fontsize=7)
-    ax.set_xticks(range(1, len(names) + 1), names, rotation=15)
-    ax.set_xlabel("arm (points: one per seed, labelled s<seed>; box: quartiles and median)")
-    ax.set_ylabel("final val_bpb (bits per byte, lower is better)")
-    ax.set_title(f"{report.program}: final val_bpb per arm")
-    ax.grid(alpha=0.3, axis="y")
-    if paired:
-        plot_deltas(axes[0, 1], report, paired, color)
-    fig.tight_layout()
-    return fig
-
-
-def plot_deltas(ax, report: Report, paired: list, color: dict):
-    base = report.finals("baseline")
-    for i, (arm, c) in enumerate(paired, start=1):
-        var = report.finals(arm)
-        d = [var[s] - base[s] for s in c.seeds]
-        xs = i + np.linspace(-0.15, 0.15, len(d)) if len(d) > 1 else [i]
-        ax.scatter(xs, d, color=color[arm], alpha=0.6, zorder=3)
-        for x, y, s in zip(xs, d, c.seeds):
-            ax.annotate(f"s{s}", (x, y), textcoords="offset points", xytext=(6, -3), fontsize=7)
-        if c.lower is not None:
-            ax.errorbar([i + 0.3], [c.mean], yerr=[[c.mean - c.lower], [c.upper - c.mean]], fmt="D",
-                        color=color[arm], capsize=5, label=f"{arm}: mean, one-sided 95% bounds")
-    ax.axhline(0, color="gray", lw=1, ls="--", label="no difference")
-    claim = report.spec.get("claim") or {}
-    if claim.get("kind") == "non-inferiority" and finite(claim.get("margin")):
-        ax.axhline(claim["margin"], color="red", lw=1, ls=":",
-                   label=f"non-inferiority margin (+{claim['margin']:g})")
-    ax.set_xticks(range(1, len(paired) + 1), [f"{a}\n({verdict_kind(c.verdict)})" for a, c in paired])
-    ax.set_xlim(0.5, len(paired) + 0.6)
-    ax.set_xlabel("arm (verdict); points: per-seed differences, labelled s<seed>")
-    ax.set_ylabel("Δ val_bpb = variant − baseline, same seed\n(bits per byte; below 0 is better)")
-    ax.set_title("paired difference to the baseline, with the referee's bounds")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # off the data
-
-
 # ----------------------------------------------------------------------------------------
 # README.md
 
 
 def markdown(report: Report) -> str:
-    parts = [header(report), missing_section(report), verdict_section(report),
+    parts = [header(report), missing_section(report), verdict_section(report), per_seed_section(report),
              noise_section(report), plots_section(report), budget_section(report),
              lineage_section(report), spend_section(report)]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -591,6 +273,37 @@ def verdict_row(report: Report, arm: str) -> list[str]:
             p_text(c.p_better_adjusted), c.verdict, final_text(c), "; ".join(findings) or "none"]
 
 
+def per_seed_section(report: Report) -> str:
+    """The numbers behind the verdicts: each arm's final val_bpb on each seed, the held-out
+    confirm_bpb beside it, and each variant's paired difference to the baseline."""
+    arms = [a for a in report.arms if report.finals(a)]
+    if not arms:
+        return ""
+    val = {a: report.finals(a) for a in arms}
+    held = {a: report.finals(a, "confirm_bpb") for a in arms}
+    variants = [a for a in arms if a != "baseline" and "baseline" in val]
+    rows = ["| seed | " + " | ".join(arms) + "".join(f" | Δ {a}" for a in variants) + " |",
+            "|---:|" + "---:|" * (len(arms) + len(variants))]
+    for seed in sorted({s for a in arms for s in val[a]}):
+        cells = [pair(val[a].get(seed), held[a].get(seed), "{:.4f}") for a in arms]
+        cells += [pair(difference(val, a, seed), difference(held, a, seed), "{:+.4f}") for a in variants]
+        rows.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return ("## Per seed\n\nval_bpb (confirm_bpb, the held-out split) of each completed main run, measured by "
+            "the harness; Δ = variant − baseline on the same seed. A seed that ran twice shows its mean.\n\n"
+            + "\n".join(rows))
+
+
+def pair(value, held, fmt: str) -> str:
+    if value is None:
+        return "not run"
+    return fmt.format(value) + (f" ({fmt.format(held)})" if held is not None else "")
+
+
+def difference(finals: dict, arm: str, seed: int) -> float | None:
+    v, b = finals[arm].get(seed), finals["baseline"].get(seed)
+    return None if v is None or b is None else v - b
+
+
 def final_text(c: Comparison) -> str:
     """The final verdict, saying what the held-out split said when it confirmed one."""
     if c.final_verdict != c.verdict:
@@ -624,10 +337,10 @@ def noise_section(report: Report) -> str:
 
 def plots_section(report: Report) -> str:
     captions = {
-        "curves_flops.png": "val_bpb and train loss vs training FLOPs (mean over seeds, min-max band, "
-                            "over the range every seed reaches)",
-        "curves_time.png": "val_bpb and train loss vs training time in seconds (mean over seeds, min-max band, "
-                           "over the range every seed reaches)",
+        "curves_flops.png": "val_bpb, each variant's paired difference to the baseline, and train loss vs "
+                            "training FLOPs (mean over seeds, min-max band, over the range every seed reaches)",
+        "curves_time.png": "val_bpb, each variant's paired difference to the baseline, and train loss vs "
+                           "training time in seconds (mean over seeds, min-max band, over the range every seed reaches)",
         "final.png": "final val_bpb per arm and seed, and the paired differences to the baseline",
     }
     if not report.plots:

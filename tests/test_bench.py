@@ -21,6 +21,10 @@ def test_unknown_bench_config_is_one_line():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: unknown bench config 'd99'; choose from d4, gpt2, d12, gpt2-124m"
+    for flag in ("--rounds", "--steps"):          # a zero once ended in an IndexError traceback
+        proc = subprocess.run([sys.executable, "-m", "trainer", "bench", "--configs", "d4", flag, "0"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1 and proc.stderr.strip() == f"error: {flag} must be at least 1, got 0"
 
 
 def test_bench_names_the_matmul_precision_and_that_cpu_peers_stay_float32():

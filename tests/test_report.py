@@ -6,6 +6,7 @@ from pathlib import Path
 
 import git
 import matplotlib.image
+import numpy as np
 import pytest
 
 from org.cli import main
@@ -122,6 +123,25 @@ def test_report_has_verdicts_noise_floor_budget_lineage_spend_and_plots(ledger, 
     assert "What is missing" not in text  # nothing is
     for name in ("curves_flops.png", "curves_time.png", "final.png"):
         assert is_png(readme.parent / name) and f"]({name})" in text
+    # the numbers behind the verdicts, seed by seed, with the held-out split's beside them
+    assert "## Per seed" in text
+    assert "| 0 | 2.3000 (2.3000) | 2.3030 (2.3030) | 2.2500 (2.2500) | +0.0030 (+0.0030) | -0.0500 (-0.0500) |" in text
+
+
+def test_the_curves_show_each_variants_paired_difference_where_a_small_effect_is_visible(ledger, tmp_path):
+    """On a val_bpb axis a 0.002 difference hides under the lines; the paired panel shows it."""
+    from org.plots import plot_curves
+    softcap_program(ledger, tmp_path)
+    report = build(ledger.path, "softcap")
+    for x in (0, 1):                                   # against FLOPs, and against seconds
+        top, middle, bottom = plot_curves(report, x).axes
+        lines = {line.get_label(): line for line in middle.get_lines()}
+        mean = lines["no-softcap − baseline (5 paired seeds)"].get_ydata()
+        assert np.allclose(mean, 0.002)                 # variant − baseline, the jitter averaged out
+        assert np.allclose(lines["wider − baseline (5 paired seeds)"].get_ydata(), -0.05)
+        assert middle.get_ylabel() == "Δ val_bpb (bits per byte)" and "nats" in bottom.get_ylabel()
+        low, high = middle.get_ylim()
+        assert high - low < 0.1                         # its own scale, not val_bpb's
 
 
 def test_org_report_prints_a_summary_and_json(ledger, tmp_path, monkeypatch, capsys):

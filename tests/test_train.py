@@ -218,6 +218,8 @@ def test_eval_and_sample_read_a_finished_run(corpus, tmp_path):
     (["--steps", "2", "--log-every", "-1"], "--log-every must be at least 1, got -1"),
     (["--steps", "2", "--eval-every", "-1"], "--eval-every must be 0 (off) or positive, got -1"),
     (["--steps", "2", "--save-every", "-2"], "--save-every must be 0 (off) or positive, got -2"),
+    (["--steps", "2", "--set", "softcap=nan"], "softcap must be a finite number, got 'nan'"),  # trained as off
+    (["--steps", "2", "--set", "matrix_lr=inf"], "matrix_lr must be a finite number, got 'inf'"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(corpus, tmp_path, args, message):
     out = tmp_path / "out"

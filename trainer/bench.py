@@ -48,6 +48,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_bench(args) -> int:
     names = args.configs or list(DEFAULT_CONFIGS[args.device])
+    for flag, value in (("--steps", args.steps), ("--rounds", args.rounds)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise ValueError(f"unknown bench config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")

@@ -11,6 +11,7 @@ Any key works with either preset.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 PRESETS = ("nanochat", "gpt2")
@@ -157,6 +158,9 @@ def _coerce(key, value, typ):
     try:
         if typ is int and isinstance(value, str):
             return int(float(value)) if float(value).is_integer() else int(value)
-        return typ(value)
-    except (TypeError, ValueError):
+        out = typ(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int('inf')
         raise ValueError(f"{key} expects {typ.__name__}, got {value!r}") from None
+    if typ is float and not math.isfinite(out):  # a NaN softcap once trained as if it were off
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
+    return out
