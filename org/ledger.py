@@ -3,7 +3,8 @@ The ledger: one SQLite file per program (.lab/<program>/ledger.sqlite) that neve
 
 Tables: programs, experiments (who asked for what, on which commit), runs (one trainer
 invocation each: seed, slot, status, budget; the harness's measurement as the record, the
-trainer's result.json beside it as a cross-check), verdicts and llm_spend.
+trainer's result.json beside it as a cross-check), budget_changes and llm_spend. Verdicts are never
+stored: the referee computes them from the runs whenever they are shown (report, status, agents).
 Rows are inserted and updated, never deleted, so a discarded idea stays queryable.
 
 Crash safety: every change is one transaction (WAL mode, BEGIN IMMEDIATE), a run is claimed
@@ -26,7 +27,7 @@ from urllib.parse import quote
 
 from org import OrgError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
@@ -112,20 +113,6 @@ CREATE TABLE runs (
 );
 CREATE UNIQUE INDEX runs_once ON runs(experiment_id, purpose, seed, overrides) WHERE purpose != 'repeat';
 CREATE INDEX runs_queue ON runs(program, status, round, id);
-CREATE TABLE verdicts (
-    id          INTEGER PRIMARY KEY,
-    program     TEXT NOT NULL,
-    arm         TEXT NOT NULL,
-    versus      TEXT NOT NULL,         -- usually 'baseline'
-    verdict     TEXT NOT NULL,         -- better | no regression | worse | inconclusive | invalid
-    metric      TEXT NOT NULL,
-    n           INTEGER,
-    delta       REAL,
-    ci_low      REAL,
-    ci_high     REAL,
-    details     TEXT,                  -- JSON
-    created_at  TEXT NOT NULL
-);
 CREATE TABLE budget_changes (        -- `org budget`: the only way a started program's totals change
     id          INTEGER PRIMARY KEY,
     program     TEXT NOT NULL,
@@ -158,6 +145,9 @@ MIGRATIONS = {  # from version N to N + 1
         "ALTER TABLE runs ADD COLUMN measure_seconds REAL"],
     2: [SCHEMA[SCHEMA.index("CREATE TABLE budget_changes"):SCHEMA.index("CREATE TABLE llm_spend")]
         .strip().rstrip(";").replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)],
+    # the verdicts table was read (by the status pane) but never written: verdicts are the
+    # referee's, computed from the runs each time they are shown, so there is nothing to keep
+    3: ["DROP TABLE IF EXISTS verdicts"],
 }
 
 
@@ -424,18 +414,7 @@ class Ledger:
         host = socket.gethostname()
         return [r for r in running if r["runner_host"] == host and not pid_alive(r["runner_pid"])]
 
-    # --- verdicts and spend --------------------------------------------------------------
-
-    def add_verdict(self, program: str, arm: str, verdict: str, metric: str, versus="baseline",
-                    n: int = None, delta: float = None, ci_low: float = None,
-                    ci_high: float = None, details: dict = None) -> int:
-        return self._insert("verdicts", dict(
-            program=program, arm=arm, versus=versus, verdict=verdict, metric=metric, n=n,
-            delta=delta, ci_low=ci_low, ci_high=ci_high,
-            details=json.dumps(details or {}, sort_keys=True), created_at=now()))
-
-    def verdicts(self, program: str) -> list[dict]:
-        return self._all("SELECT * FROM verdicts WHERE program = ? ORDER BY id", program)
+    # --- spend ----------------------------------------------------------------------------
 
     def record_spend(self, program: str, agent: str, model: str, tokens_in: int,
                      tokens_out: int, dollars: float) -> int:
@@ -459,7 +438,7 @@ class Ledger:
     def counts(self) -> dict:
         """Rows per table, for notes and sanity checks."""
         return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("programs", "experiments", "runs", "verdicts", "llm_spend")}
+                for t in ("programs", "experiments", "runs", "llm_spend")}
 
 
 # ----------------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def ledger_lines(launch: Launch) -> list[str]:
         runs = Counter(r["status"] for r in ledger.runs(name))
         compute, dollars = ledger.compute_seconds(name), ledger.spend(name)["dollars"]
         budget = ledger.budget(name)  # as fixed at start, with `org budget` changes
-        verdicts = ledger.verdicts(name) or referee_verdicts(ledger, launch.program)
+        verdicts = referee_verdicts(ledger, launch.program)
     done = sum(n for s, n in runs.items() if s in FINISHED)
     detail = ", ".join(f"{n} {s}" for s, n in sorted(runs.items()) if s in FINISHED)
     lines = [f"runs: {runs.get('queued', 0)} queued · {runs.get('running', 0)} running · {done} done"

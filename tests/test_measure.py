@@ -241,7 +241,7 @@ def test_runs_recorded_by_an_older_nanolab_are_measured_when_the_program_resumes
     assert main(["run", "tiny"]) == 0  # migrates the ledger, then measures what it holds
     with Ledger(path) as ledger:
         runs = ledger.runs("tiny")
-        assert [r["version"] for r in ledger.db.execute("SELECT version FROM schema_version")] == [1, 2, 3]
+        assert [r["version"] for r in ledger.db.execute("SELECT version FROM schema_version")] == [1, 2, 3, 4]
     for run in runs:
         measurement = json.loads(run["measurement"])
         assert run["status"] == "completed" and run["measure_seconds"] > 0

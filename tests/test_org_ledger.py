@@ -41,7 +41,7 @@ def claim_in_a_process_that_dies(path):
 def test_schema_wal_and_version(ledger):
     assert ledger.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert ledger.db.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
-    assert ledger.counts() == {"programs": 1, "experiments": 0, "runs": 0, "verdicts": 0, "llm_spend": 0}
+    assert ledger.counts() == {"programs": 1, "experiments": 0, "runs": 0, "llm_spend": 0}
     with Ledger(ledger.path) as again:  # reopening migrates nothing and loses nothing
         assert again.program("softcap")["base_commit"] == "base"
 
@@ -109,16 +109,13 @@ def test_a_failed_transaction_leaves_nothing(ledger):
     assert ledger.experiments("softcap") == [] and ledger.runs("softcap") == []
 
 
-def test_refused_runs_verdicts_and_spend_stay_queryable(ledger):
+def test_refused_runs_and_spend_stay_queryable(ledger):
     experiment_id = ledger.add_experiment("softcap", "edit-eval", who="bob", source="submitted",
                                           base_commit="base", code_commit="bad", overrides={},
                                           stage="refused", reason="protected paths differ: trainer/eval.py")
     ledger.add_run(ledger.experiment(experiment_id), "main", 0, 1, {}, {"steps": 10},
                    status="refused", reason="protected paths differ: trainer/eval.py")
     assert ledger.runs("softcap", status="refused")[0]["reason"].endswith("trainer/eval.py")
-    ledger.add_verdict("softcap", "no-softcap", "no regression", "val_bpb", n=3, delta=0.001,
-                       ci_low=-0.002, ci_high=0.004, details={"margin": 0.01})
-    assert ledger.verdicts("softcap")[0]["verdict"] == "no regression"
     ledger.record_spend("softcap", "alice", "claude-x", 1000, 200, 0.02)
     ledger.record_spend("softcap", "alice", "claude-x", 500, 100, 0.01)
     ledger.record_spend("softcap", "bob", "gpt-x", 10, 10, 0.005)
@@ -131,3 +128,19 @@ def test_bad_status_is_rejected_by_the_schema(ledger):
     experiment = add_experiment(ledger, "x", seeds=[0])
     with pytest.raises(sqlite3.IntegrityError):
         ledger.add_run(experiment, "main", 9, 1, {}, {}, status="lost")
+
+
+def test_a_version_3_ledger_loses_only_its_never_written_verdicts_table(tmp_path):
+    """Verdicts are the referee's, computed from the runs each time; the table that was meant to
+    store them was never written, so the migration drops it and keeps everything else."""
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        ledger.add_program("softcap", {"name": "softcap"}, base_commit="base", branch="program/softcap")
+        ledger.record_spend("softcap", "alice", "claude-x", 10, 10, 0.01)
+        ledger.db.execute("CREATE TABLE verdicts (id INTEGER PRIMARY KEY, program TEXT)")  # as version 3 had it
+        ledger.db.execute("UPDATE schema_version SET version = 3")
+    with Ledger(path) as ledger:
+        tables = {r[0] for r in ledger.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "verdicts" not in tables and ledger.program("softcap")["base_commit"] == "base"
+        assert ledger.db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert ledger.spend("softcap")["dollars"] == 0.01
