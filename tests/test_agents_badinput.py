@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -142,6 +143,11 @@ def test_an_agent_killed_mid_call_is_restarted_from_its_transcript_and_the_board
             time.sleep(0.05)
         proc.kill()
         proc.wait()
+    # nothing of its box outlives it: bwrap itself once stayed behind, for good
+    eventually_gone = time.monotonic() + 10
+    while boxes_in(tree) and time.monotonic() < eventually_gone:
+        time.sleep(0.1)
+    assert not boxes_in(tree)
     reason, llm, transcript = run_agent(lab, [FINISH])
     assert reason == "finished: done"
     messages = llm.requests[0].body["messages"]
@@ -150,6 +156,19 @@ def test_an_agent_killed_mid_call_is_restarted_from_its_transcript_and_the_board
     assert "interrupted: the agent restarted before this call returned" in text  # the open call, closed
     assert "You were restarted" in text and "Decision: test no-softcap first." in text  # the board
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
+
+
+def boxes_in(tree) -> list[int]:
+    """Pids of the bwrap processes whose command line names this worktree."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"bwrap") and str(tree).encode() in argv:
+            pids.append(int(cmdline.parent.name))
+    return pids
 
 
 AGENT_PROCESS = """

@@ -205,7 +205,7 @@ class Workspace:
             how = dict(cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                        start_new_session=True)
             if self.box:
-                proc = self.box.popen(argv, env=untrusted_env(self.env), **how)
+                proc = self.box.popen(argv, env=untrusted_env(self.env), preexec_fn=die_with_this_thread, **how)
             else:
                 proc = subprocess.Popen(argv, env=clean_env(self.env), **how)
             try:
@@ -215,6 +215,16 @@ class Workspace:
                 proc.wait()
                 status = None
             return status, _read_capped(out, limit)
+
+
+def die_with_this_thread():
+    """Run in the child before exec: SIGKILL it when the thread that started it ends. An agent
+    killed mid-command once left its box's bwrap behind for good (bwrap's --die-with-parent
+    covers what runs inside the box, not bwrap itself). The thread that starts a command waits
+    for it, so only the agent's death can trigger this."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _write_all(fd: int, data: bytes):
