@@ -22,6 +22,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from trainer import cuda_source as CS
 from trainer import kernels as K
 from trainer import nvrtc
 from trainer import ops
@@ -43,7 +44,7 @@ def kernel_signatures() -> dict[str, list[str]]:
     """name -> parameter types ('real*', 'float*', 'long long*', 'real', 'int', 'long long'), from SOURCE."""
     sigs = {}
     for name, params in re.findall(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(([^)]*)\)',
-                                   K.SOURCE):
+                                   CS.SOURCE):
         types = []
         for p in params.split(","):
             words = [w for w in p.replace("*", " * ").split() if w not in ("const", "__restrict__")]
@@ -56,7 +57,7 @@ def kernel_signatures() -> dict[str, list[str]]:
 
 
 def test_source_declares_exactly_the_listed_kernels():
-    assert sorted(kernel_signatures()) == sorted(K.KERNEL_NAMES)
+    assert sorted(kernel_signatures()) == sorted(CS.KERNEL_NAMES)
 
 
 def nvrtc_or_skip(backend):
@@ -77,12 +78,12 @@ def nvrtc_or_skip(backend):
 
 @pytest.mark.parametrize("backend", ["cupy", "ctypes"])
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
-@pytest.mark.parametrize("dtype", K.DTYPES)
+@pytest.mark.parametrize("dtype", CS.DTYPES)
 def test_every_kernel_compiles_with_nvrtc(backend, arch, dtype):
     nvrtc_or_skip(backend)
-    ptx = nvrtc.nvrtc_compile(K.cuda_source(dtype), arch, backend=backend)
+    ptx = nvrtc.nvrtc_compile(CS.cuda_source(dtype), arch, backend=backend)
     assert f".target sm_{arch.split('_')[1]}" in ptx
-    missing = [n for n in K.KERNEL_NAMES if f".entry {n}(" not in ptx]
+    missing = [n for n in CS.KERNEL_NAMES if f".entry {n}(" not in ptx]
     assert not missing, f"kernels missing from the PTX: {missing}"
     if dtype == "float64":  # the double module really computes in double
         assert ".f64" in ptx
@@ -93,7 +94,7 @@ def find_ptxas():
     return shutil.which("ptxas") or next(iter(sorted(glob.glob("/usr/local/cuda*/bin/ptxas"), reverse=True)), None)
 
 
-@pytest.mark.parametrize("dtype", K.DTYPES)
+@pytest.mark.parametrize("dtype", CS.DTYPES)
 def test_nvrtc_ptx_assembles_within_launch_limits(dtype, tmp_path):
     """A CUDA toolkit's ptxas, where there is one, assembles NVRTC's PTX for sm_90, and every
     kernel fits the block size kernels.py launches it with in registers, with no spills."""
@@ -101,7 +102,7 @@ def test_nvrtc_ptx_assembles_within_launch_limits(dtype, tmp_path):
     if ptxas is None:
         pytest.skip("no ptxas (CUDA toolkit) on this machine")
     nvrtc_or_skip("auto")
-    (tmp_path / "k.ptx").write_text(nvrtc.nvrtc_compile(K.cuda_source(dtype), "compute_90"))
+    (tmp_path / "k.ptx").write_text(nvrtc.nvrtc_compile(CS.cuda_source(dtype), "compute_90"))
     out = subprocess.run([ptxas, "-arch=sm_90", "-v", "k.ptx", "-o", "k.cubin"],
                          check=False, capture_output=True, text=True, cwd=tmp_path)
     if "Unsupported .version" in out.stderr:
@@ -112,7 +113,7 @@ def test_nvrtc_ptx_assembles_within_launch_limits(dtype, tmp_path):
         name = block.split("'")[1]
         info[name] = (int(re.search(r"Used (\d+) registers", block).group(1)),
                       int(re.search(r"(\d+) bytes spill stores", block).group(1)))
-    assert sorted(info) == sorted(K.KERNEL_NAMES)
+    assert sorted(info) == sorted(CS.KERNEL_NAMES)
     for name, (regs, spills) in info.items():
         threads = 1024 if name == "softcap_ce_fwd" else 256
         assert regs * threads <= 65536, f"{name}: {regs} registers x {threads} threads won't launch"
@@ -134,7 +135,7 @@ def test_nvrtc_checks_run_wherever_cupy_is_installed():
 def test_nvrtc_reports_compile_errors(backend):
     nvrtc_or_skip(backend)
     with pytest.raises(nvrtc.NVRTCCompileError, match="error"):
-        nvrtc.nvrtc_compile(K.cuda_source("float32") + "\nextern \"C\" __global__ void bad() { x = ; }",
+        nvrtc.nvrtc_compile(CS.cuda_source("float32") + "\nextern \"C\" __global__ void bad() { x = ; }",
                         "compute_80", backend=backend)
 
 # ----------------------------------------------------------------------------------------
@@ -290,7 +291,7 @@ def cupy_device():
     return cupy
 
 
-@pytest.mark.parametrize("dtype", K.DTYPES)
+@pytest.mark.parametrize("dtype", CS.DTYPES)
 @pytest.mark.parametrize("f", CASES, ids=lambda f: f.__name__)
 def test_kernel_matches_twin_on_gpu(f, dtype, cupy_device, monkeypatch):
     want = run_case(f, np, dtype)
@@ -381,10 +382,10 @@ class HostEmulator:
     def __init__(self, workdir):
         self.sigs, self.libs, self.builds = kernel_signatures(), {}, {}
         hosts = "".join(f'extern "C" int host_{n}(unsigned gx, unsigned gy, unsigned bx, void** a)'
-                        f" {{ return launch({n}, gx, gy, bx, a); }}\n" for n in K.KERNEL_NAMES)
-        for dtype in K.DTYPES:  # both builds at once
+                        f" {{ return launch({n}, gx, gy, bx, a); }}\n" for n in CS.KERNEL_NAMES)
+        for dtype in CS.DTYPES:  # both builds at once
             src, so = workdir / f"kernels_{dtype}.cpp", workdir / f"kernels_{dtype}.so"
-            src.write_text(EMULATOR + K.cuda_source(dtype) + hosts)
+            src.write_text(EMULATOR + CS.cuda_source(dtype) + hosts)
             cmd = ["g++", "-std=c++20", "-O0", "-ffp-contract=off", "-w", "-pthread", "-shared", "-fPIC",
                    str(src), "-o", str(so)]
             self.builds[dtype] = (subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True), so)
@@ -437,7 +438,7 @@ def kernels_on_host(emulator, monkeypatch):
     return launched
 
 
-@pytest.mark.parametrize("dtype", K.DTYPES)
+@pytest.mark.parametrize("dtype", CS.DTYPES)
 @pytest.mark.parametrize("f", CASES, ids=lambda f: f.__name__)
 def test_kernel_matches_twin_in_host_emulator(f, dtype, emulator, monkeypatch):
     want = run_case(f, np, dtype)
@@ -534,7 +535,7 @@ def test_cross_entropy_kernel_gives_nan_for_a_target_out_of_range(kernels_on_hos
 # (c) the twins in kernels.py against the code they restate, on the CPU
 
 
-@pytest.mark.parametrize("dtype", K.DTYPES)
+@pytest.mark.parametrize("dtype", CS.DTYPES)
 @pytest.mark.parametrize("cap", [15.0, 0.0])
 def test_cross_entropy_twin_matches_ops(cap, dtype):
     rng = np.random.default_rng(0)
@@ -557,7 +558,7 @@ def test_cross_entropy_twin_matches_ops(cap, dtype):
     assert_close(cache[0], want_d, dtype)
 
 
-@pytest.mark.parametrize("dtype", K.DTYPES)
+@pytest.mark.parametrize("dtype", CS.DTYPES)
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_optimizer_twins_match_optimizer(optimizer, dtype):
     """adamw_update / muon_momentum / muon_apply per parameter == Optimizer.step on a tiny GPT."""

@@ -100,8 +100,8 @@ def _nvrtc_ctypes(source, name, options):
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
-if __name__ == "__main__":  # python -m trainer.nvrtc: compile every kernel of kernels.py, no GPU needed
-    from trainer.kernels import DTYPES, KERNEL_NAMES, cuda_source
+if __name__ == "__main__":  # python -m trainer.nvrtc: compile every kernel of cuda_source.py, no GPU needed
+    from trainer.cuda_source import DTYPES, KERNEL_NAMES, cuda_source
     for dtype in DTYPES:
         ptx = nvrtc_compile(cuda_source(dtype), "compute_80")
         entries = [n for n in KERNEL_NAMES if f".entry {n}(" in ptx]

@@ -56,6 +56,9 @@ class RunSpec:
     save_final: bool = True
 
 
+BUDGET_FLAGS = {"flops": "--budget-flops", "seconds": "--budget-seconds", "tokens": "--budget-tokens", "steps": "--steps"}
+
+
 class Budget:
     """Turns a budget into a horizon: a fixed step count, or a deadline on the training clock."""
 
@@ -73,7 +76,7 @@ class Budget:
         else:
             raise ValueError(f"unknown budget kind {kind!r}")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"--budget-{kind} {value:g} is smaller than one step "
+            raise ValueError(f"{BUDGET_FLAGS[kind]} {value:g} is smaller than one step "
                              f"({flops_per_step:.3g} FLOPs, {tokens_per_step} tokens per step)")
         if self.seconds is not None and self.seconds <= 0:
             raise ValueError(f"--budget-seconds must be positive, got {value:g}")
@@ -122,9 +125,6 @@ def prepare(spec: RunSpec, out: Path | None):
     if out is not None:
         check_writable(out)
     return data, cfg, model, make_optimizer(model), budget
-
-
-BUDGET_FLAGS = {"flops": "--budget-flops", "seconds": "--budget-seconds", "tokens": "--budget-tokens", "steps": "--steps"}
 
 
 def check_counts(spec: RunSpec, T: int):
