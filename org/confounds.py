@@ -13,7 +13,8 @@ The referee (org/referee.py) turns them into the verdict:
     warning    FLOPs, tokens or steps differ as the budget or the claim explains (seconds
                budget; FLOP budget with FLOPs/token changed; declared); unequal seed sets;
                devices differ otherwise; wall time per unit of budget beyond the noise;
-               error or invalid runs in one arm only; the baseline is not learning
+               error or invalid runs in one arm only (invalid in a variant with code of its
+               own: it could fail on purpose); the baseline is not learning
 
 A claim declares what it changes on purpose (declared={'params'} for "wider at equal FLOPs").
 """
@@ -274,17 +275,27 @@ def robust_std(x: np.ndarray) -> float:
 def check_dropped(base, var, declared, tol) -> list[Finding]:
     """A seed that completed in one arm but not the other is dropped from the pairs.
     Diverged or killed in one arm only: invalid, since dropping the failures hides them
-    (the survivors of a fragile variant look fine). Error or invalid: a warning, rerun it."""
+    (the survivors of a fragile variant look fine). Error or invalid: a warning, rerun it;
+    but invalid where the variant runs code of its own, which could fail on purpose on the
+    seeds it would lose (its trainer and model run in every run) and so choose which count."""
     found = []
     for name, mine, other in (("variant", var, base), ("baseline", base, var)):
         done_there = {r.seed for r in completed(other)}
         done_here = {r.seed for r in completed(mine)}
-        for statuses, invalid in ((DROPPED, True), (FAILED, False)):
+        chooses = name == "variant" and runs_own_code(base, var)
+        for statuses, invalid in ((DROPPED, True), (FAILED, chooses)):
             lost = {}
             for r in mine:
                 if r.status in statuses and r.seed in done_there and r.seed not in done_here:
                     lost.setdefault(r.status, set()).add(r.seed)
             for status, seeds in sorted(lost.items()):
                 plural = "s" if len(seeds) > 1 else ""
-                found.append(Finding("dropped", f"{name} {status} on seed{plural} {_seeds(seeds)}", invalid))
+                why = " (in its own code, which could choose the seeds that count)" if chooses and status in FAILED else ""
+                found.append(Finding("dropped", f"{name} {status} on seed{plural} {_seeds(seeds)}{why}", invalid))
     return found
+
+
+def runs_own_code(base, var) -> bool:
+    """The variant ran code the baseline did not: a commit of its own, or a dirty tree."""
+    base_code = {r.code for r in base}
+    return any(r.code not in base_code or r.code[1] for r in var)

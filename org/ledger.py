@@ -138,8 +138,9 @@ CREATE TABLE llm_spend (
 MEASURED_COLUMNS = ("val_bpb", "val_loss", "confirm_bpb", "steps", "tokens", "flops", "flops_per_token",
                     "eval_fingerprint", "data_fingerprint")
 # the trainer's word: what only it can say (its clock, its device), or, for a run the harness did
-# not measure (killed, diverged, refused...), how far it says it got
-REPORTED_COLUMNS = ("train_seconds", "device", "git_commit", "git_dirty", "trainer_version")
+# not measure (killed, diverged, refused...), how far it says it got. Not the code it ran: that
+# is the experiment's commit, the harness's word (a trainer could claim the baseline's)
+REPORTED_COLUMNS = ("train_seconds", "device", "trainer_version")
 MIGRATIONS = {  # from version N to N + 1
     1: ["ALTER TABLE runs ADD COLUMN confirm_bpb REAL", "ALTER TABLE runs ADD COLUMN measurement TEXT",
         "ALTER TABLE runs ADD COLUMN measure_seconds REAL"],
@@ -390,6 +391,10 @@ class Ledger:
         record = measurement or result or {}
         fields.update({col: record.get(col) for col in MEASURED_COLUMNS})
         fields.update({col: (result or {}).get(col) for col in REPORTED_COLUMNS})
+        # the runner ran a clean snapshot of the experiment's commit, whatever the trainer says
+        fields.update(git_commit=self.db.execute(
+            "SELECT code_commit FROM experiments WHERE id = (SELECT experiment_id FROM runs WHERE id = ?)",
+            (run_id,)).fetchone()[0], git_dirty=0)
         params = record.get("params") or {}
         fields.update(params_total=params.get("total"), params_matmul=params.get("matmul"))
         tokens = record.get("tokens")

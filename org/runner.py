@@ -16,6 +16,9 @@ Experiments fill the queue (org/experiments.py: submit(), plan()); the runner ex
 Crash safety: SIGKILL the runner at any moment and drain() again: runs left 'running' by the
 dead runner are recovered (a finished result.json is recorded, a half-written run directory is
 kept aside as <id>.attempt<N> and the run re-queued), and nothing is run or counted twice.
+A trainer of the program's own code that dies of a signal nobody here sent (the OOM killer) is
+set aside and re-queued the same way, MAX_ATTEMPTS times at most. An experiment's own code is
+run once: code that may crash on purpose and be run again could choose among its outcomes.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ BUDGET_FLAGS = {"flops": "--budget-flops", "seconds": "--budget-seconds",
                 "tokens": "--budget-tokens", "steps": "--steps"}
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
-MAX_ATTEMPTS = 3        # a run whose trainer dies of a signal nobody here sent is tried this often
+MAX_ATTEMPTS = 3        # a run of the base code whose trainer dies of a signal nobody here sent: tries
 KILL_GRACE_SECONDS = 10  # after SIGTERM the trainer finishes its step and writes result.json
 IDLE_POLL_SECONDS = 1.0
 
@@ -377,14 +380,15 @@ class Runner:
         result = read_result(run_dir)
         died = None if killed_reason or result is not None else died
         attempts = ledger.run(run["id"])["attempts"]
-        if died and attempts < MAX_ATTEMPTS:  # not our signal (the OOM killer, a crash): try again
+        own_code = experiment["code_commit"] != experiment["base_commit"]
+        if died and not own_code and attempts < MAX_ATTEMPTS:  # not our signal (the OOM killer): try again
             _set_aside(run_dir)
             ledger.requeue(run["id"], f"the trainer died of {died}, a signal the runner did not send; re-queued")
             self.say(f"run {run['id']}: the trainer died of {died}; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
             return
         if result is None:
             result = {"status": "killed" if killed_reason else "error",
-                      "reason": killed_reason or (f"the trainer died of {died} on each of {attempts} attempts" if died
+                      "reason": killed_reason or (died_reason(died, attempts, own_code) if died
                                                   else f"exit {proc.returncode}: {_last_line(log_path)}")}
         self._record(ledger, run, result, wall, killed_reason, slot)
 
@@ -481,6 +485,12 @@ def died_of(returncode: int | None, boxed: bool) -> str | None:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+def died_reason(signal_name: str, attempts: int, own_code: bool) -> str:
+    if own_code:  # a second try would let nondeterministic code crash until it likes its outcome
+        return f"the trainer died of {signal_name}; the experiment's own code is not run again"
+    return f"the trainer died of {signal_name} on each of {attempts} attempts"
 
 
 def _set_aside(run_dir: Path):

@@ -182,24 +182,48 @@ def test_the_programs_budget_holds_whatever_the_experiment_asks(make_project, ca
     assert greedy_run["status"] == "invalid" and "the program's budget is 2e+08" in greedy_run["reason"]
 
 
-def test_a_trainer_that_dies_of_a_signal_nobody_sent_is_tried_again_then_recorded(make_project):
-    """A segfault or the OOM killer is not the run's verdict: the run is set aside and re-queued,
-    a bounded number of times; it once was recorded 'error' at once, its seed lost for good."""
+def test_a_trainer_of_the_programs_code_killed_by_a_signal_nobody_sent_is_tried_again(make_project, capsys):
+    """The OOM killer is not the run's verdict: the run is set aside and re-queued, a bounded
+    number of times; it once was recorded 'error' at once, its seed lost for good. (Here the
+    test plays the OOM killer: it SIGKILLs every trainer it sees.)"""
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    drain = threading.Thread(target=main, args=(["run", "tiny"],))
+    drain.start()
+    killed = set()
+    while drain.is_alive():
+        with ledger_of(root) as ledger:
+            pids = {r["trainer_pid"] for r in ledger.runs("tiny", status="running")} - {None} - killed
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        time.sleep(0.02)
+    with ledger_of(root) as ledger:
+        run, = ledger.runs("tiny")
+    said = capsys.readouterr().out.splitlines()
+    assert len(killed) == 3 and sum("died of SIGKILL; re-queued" in line for line in said) == 2
+    assert (run["status"], run["attempts"]) == ("error", 3)
+    assert run["reason"] == "the trainer died of SIGKILL on each of 3 attempts"
+    assert run["attempt_log"].count("died of SIGKILL, a signal the runner did not send; re-queued") == 2
+    kept = sorted(p.name for p in (root / ".lab" / "tiny" / "runs").glob(f"{run['id']}.attempt*"))
+    assert kept == [f"{run['id']}.attempt1", f"{run['id']}.attempt2"]   # each attempt's evidence stays
+
+
+def test_an_experiments_own_code_that_dies_of_a_signal_is_not_run_again(make_project):
+    """Code that could crash on purpose and be run again could crash until it likes its outcome
+    (see test_measure_attacks): an agent's commit gets one try, and the referee will not drop
+    the seed it lost (test_referee)."""
     root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
     crash = "\nimport ctypes as _ctypes\n\ndef run(*args, **kwargs):\n    _ctypes.string_at(0)  # SIGSEGV\n"
-    agent_commit(root, "crashy", "trainer/train.py", lambda text: text + crash)
+    sha = agent_commit(root, "crashy", "trainer/train.py", lambda text: text + crash)
     assert main(["submit", "tiny", "--arm", "crashy", "--ref", "agent/tiny/crashy/work"]) == 0
     said = []
     Runner(Lab.open(root), load_program(root / "programs" / "tiny.yaml"), root / ".lab/tiny/ledger.sqlite",
            say=said.append).drain()                                    # its runs alone: no baseline needed
     with ledger_of(root) as ledger:
         run, = ledger.runs("tiny")
-    assert sum("died of SIGSEGV; re-queued" in line for line in said) == 2
-    assert (run["status"], run["attempts"]) == ("error", 3)
-    assert run["reason"] == "the trainer died of SIGSEGV on each of 3 attempts"
-    assert run["attempt_log"].count("died of SIGSEGV, a signal the runner did not send; re-queued") == 2
-    kept = sorted(p.name for p in (root / ".lab" / "tiny" / "runs").glob(f"{run['id']}.attempt*"))
-    assert kept == [f"{run['id']}.attempt1", f"{run['id']}.attempt2"]   # each attempt's evidence stays
+    assert not any("re-queued" in line for line in said)
+    assert (run["status"], run["attempts"], run["git_commit"]) == ("error", 1, sha)
+    assert run["reason"] == "the trainer died of SIGSEGV; the experiment's own code is not run again"
 
 
 def test_every_arm_gets_the_same_seeds_and_the_baseline_is_interleaved(make_project):

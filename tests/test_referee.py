@@ -401,6 +401,23 @@ def test_errors_in_one_arm_are_a_warning():
     assert c.verdict == "better" and c.n == 4
 
 
+@pytest.mark.parametrize("status", ["error", "invalid"])
+def test_a_variant_whose_own_code_fails_on_a_seed_is_invalid(status):
+    """Code of the agent's own runs in every run of its arm: failing on the seeds it would lose
+    (a crash, an exit, a broken result) would leave only the seeds it likes in the pairs."""
+    var = variant(-0.02, git_commit="def456")
+    var[4] = dict(var[4], status=status, val_bpb=None)
+    c = superiority(baseline(), var)
+    assert c.verdict == (f"invalid (confounded: variant {status} on seed 4 "
+                         "(in its own code, which could choose the seeds that count))")
+    base = baseline()
+    base[4] = dict(base[4], status=status, val_bpb=None)  # the baseline's code is the program's
+    assert superiority(base, variant(-0.02, git_commit="def456")).verdict == "better"
+    dirty = variant(-0.02, git_dirty=True)  # code nobody can name is not the baseline's
+    dirty[4] = dict(dirty[4], status=status, val_bpb=None)
+    assert checks(superiority(baseline(), dirty))["dropped"].invalid
+
+
 def test_budgets_differ():
     c = superiority(baseline(), variant(-0.02, budget={"kind": "flops", "value": 2e12}))
     assert checks(c)["budget"].text == "budgets differ: baseline flops 1e+12 / variant flops 2e+12"
