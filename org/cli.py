@@ -19,17 +19,15 @@ import json
 import os
 import sqlite3
 import sys
-from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
 from org import OrgError
 from org.experiments import check_arm_name, submission_source, submit, submit_declared
-from org.lab import Lab, scrub_git_env
+from org.lab import scrub_git_env
 from org.ledger import RUN_STATUSES, Ledger, corrupt
-from org.program import (PROGRAM_OWNED_KEYS, Budget, Program, ProgramError, check_with_trainer, data_source_problem,
-                         load_program, trainer_rejects)
+from org.program import BOUND_BUDGET, Budget, owned_by_program, trainer_rejects
 from org.runner import Runner
 from org.agents.commands import add_agent_commands
 from org.launch import add_launch_commands
@@ -37,13 +35,7 @@ from org.serve import add_serve_command
 from org.status import add_status_command
 from org.stop import add_stop_command
 from org.takeover import add_takeover_commands
-
-# the parts of a program that define its measurements: changing them mid-program would make
-# old and new runs incomparable, so a started program refuses the change
-MEASUREMENT_FIELDS = ("metric", "baseline", "data", "train", "tune", "tune_seeds", "protected")
-MEASUREMENT_BUDGET = ("per_run", "seeds")
-# the totals, fixed at start like the rest: only a person's `org budget` changes them, logged
-BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds")
+from org.workspace import find_ledger, preflight, start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +149,7 @@ def cmd_submit(args) -> int:
         raise OrgError(f"--ref {args.ref} is your checkout's HEAD, which has uncommitted changes: runs use "
                        "committed code, so commit them first (or name another commit)")
     # keys the program owns are refused (and recorded) by submit(); the trainer judges the rest
-    ours = {k: v for k, v in overrides.items() if k not in PROGRAM_OWNED_KEYS}
+    ours = {k: v for k, v in overrides.items() if not owned_by_program({k: v})}
     problem = None if args.ref else trainer_rejects(program, ours)
     if problem:
         raise OrgError(f"--set: the trainer rejects it: {problem}")
@@ -254,91 +246,6 @@ def print_runs(name: str, rows: list[dict]):
 
 def _fmt(value, spec: str) -> str:
     return "" if value is None else format(value, spec)
-
-
-# ----------------------------------------------------------------------------------------
-# opening a program: every check first (preflight), then create what it needs (start)
-
-
-def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
-    """Every check that needs no state: the lab, the program file, the trainer's view of its
-    configs, uncommitted protected files and git refs. Creates nothing."""
-    lab = Lab.open(".")
-    path = program_path(arg, lab)
-    program = load_program(path)
-    check_with_trainer(program, source=str(path))
-    problem = data_source_problem(program.data.source, lab.root)
-    if problem:
-        raise ProgramError(f"{path}: data.source: {problem}")
-    dirty = lab.dirty_paths(program.protected)
-    if dirty:
-        raise OrgError(f"protected path {dirty[0]} has uncommitted changes; commit or revert it "
-                       "first (runs use committed code, the harness must match it)")
-    for i, variant in enumerate(program.variants):
-        if variant.ref:
-            try:
-                lab.resolve(variant.ref)
-            except OrgError as e:
-                raise ProgramError(f"{path}: variants[{i}].ref: {e}") from None
-    if ref:
-        lab.resolve(ref)
-    ledger_path = lab.state_dir(program.name) / "ledger.sqlite"
-    if ledger_path.exists():
-        with Ledger(ledger_path) as ledger:
-            row = ledger.program(program.name)
-        if row:
-            check_unchanged(path, json.loads(row["spec"]), program.model_dump(mode="json"))
-    return program, lab, path
-
-
-def start(program: Program, lab: Lab, path: Path) -> Ledger:
-    """Start the program (idempotently): branch program/<name>, .lab/<name>/ and its ledger."""
-    base = lab.start_program(program.name)
-    ledger = Ledger(lab.state_dir(program.name) / "ledger.sqlite")
-    if not ledger.program(program.name):
-        ledger.add_program(program.name, program.model_dump(mode="json"), base, f"program/{program.name}")
-    return ledger
-
-
-def find_ledger(arg: str) -> tuple[Lab, str, Path]:
-    """(lab, program name, ledger path) of a started program, for read-only commands."""
-    lab = Lab.open(".")
-    name = load_program(arg).name if Path(arg).is_file() else arg
-    path = lab.state_dir(name) / "ledger.sqlite"
-    if not path.exists():
-        raise OrgError(f"no ledger for program {name!r} at {path}; `org run` starts one")
-    return lab, name, path
-
-
-def program_path(arg: str, lab: Lab) -> Path:
-    for candidate in (Path(arg), lab.root / "programs" / f"{arg}.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise OrgError(f"no program file {arg!r} (nor {lab.root / 'programs' / (arg + '.yaml')})")
-
-
-def check_unchanged(path: Path, started: dict, now: dict):
-    started = as_current_schema(started)
-    changed = [f for f in MEASUREMENT_FIELDS if started.get(f) != now.get(f)]
-    changed += [f"budget.{f}" for f in MEASUREMENT_BUDGET
-                if started["budget"].get(f) != now["budget"].get(f)]
-    if changed:
-        raise ProgramError(f"{path}: {changed[0]}: changed since the program started; its runs "
-                           "would not be comparable: revert it, or give the program a new name")
-    for f in BOUND_BUDGET:
-        if started["budget"].get(f) != now["budget"].get(f):
-            raise ProgramError(f"{path}: budget.{f}: {now['budget'].get(f):g} in the file, "
-                               f"{started['budget'].get(f):g} fixed for the program; a person changes "
-                               f"it with `org budget {now['name']} {f}={now['budget'].get(f):g}` (logged)")
-
-
-def as_current_schema(spec: dict) -> dict:
-    """A program as an older nanolab recorded it, read by this one: fields added since (such as
-    train.matmul) take their defaults, so they do not count as changes."""
-    try:
-        return Program.model_validate(spec).model_dump(mode="json")
-    except ValueError:  # pydantic's ValidationError: compare what was recorded
-        return spec
 
 
 def parse_sets(pairs: list[str]) -> dict:

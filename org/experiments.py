@@ -17,7 +17,7 @@ import re
 from org import OrgError
 from org.lab import Lab
 from org.ledger import FINISHED, Ledger
-from org.program import NAME, PROGRAM_OWNED_KEYS, Program
+from org.program import NAME, Program, owned_by_program
 
 
 def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict, who: str,
@@ -74,10 +74,9 @@ def submit_declared(ledger: Ledger, lab: Lab, program: Program) -> list[dict]:
 
 def refusal(lab: Lab, program: Program, base: str, commit: str, overrides: dict) -> str | None:
     """Why an experiment may not run, or None."""
-    owned = sorted(set(overrides) & PROGRAM_OWNED_KEYS)
+    owned = owned_by_program(overrides)
     if owned:
-        return (f"override {owned[0]!r} is owned by the program (budget, seeds, eval or data); "
-                "experiments may only set model and optimizer keys")
+        return f"override {owned}"
     return lab.protected_violation(base, commit, program.protected) or lab.shadowing(base, commit, program.protected)
 
 
@@ -85,7 +84,7 @@ def plan(ledger: Ledger, program: Program, experiment: dict):
     """Enqueue whatever the experiment needs next. Idempotent (the ledger ignores a run it
     already has), so it is safe to call again after any crash."""
     seeds = program.budget.seeds
-    budget = program.budget.per_run.model_dump(exclude_none=True)
+    budget = program.budget.per_run.kind, program.budget.per_run.value
     arm_overrides = {**program.baseline.overrides, **json.loads(experiment["overrides"])}
     stage = experiment["stage"]
     if stage == "refused":

@@ -40,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from org import OrgError
-from org.ledger import Ledger
+from org.ledger import Ledger, ledger_path
 
 # provider -> (key variable, base URL variable, default upstream)
 PROVIDERS = {"anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
@@ -157,7 +157,7 @@ class Gateway:
         folder = gateway_dir(lab_dir)
         self.keys = json.loads((folder / "keys.json").read_text())
         self.tokens = json.loads((folder / "tokens.json").read_text())
-        self.ledger_path, self.program = Path(lab_dir) / "ledger.sqlite", program
+        self.ledger_path, self.program = ledger_path(lab_dir), program
         self.prices, self.say = prices or load_prices(), say
         self.server = ThreadingHTTPServer(("127.0.0.1", int((folder / "port").read_text())), _handler(self))
         self.server.daemon_threads = True

@@ -34,19 +34,18 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from org import OrgError, gateway
-from org.agents.commands import lab_root
 from org.agents.control import Control
 from org.agents.sandbox import SECRET_NAME
 from org.lab import Lab, agent_branch, agent_refs, child_env, hardened_git_env
 from org.ledger import Ledger, pid_alive
 from org.mail import now, write_atomically
-from org.panes import Grid, Pane, RELEASE_KEY, TAKEOVER_KEY, read_state, tmux_path
-from org.program import Program, load_program
+from org.panes import Pane, RELEASE_KEY, TAKEOVER_KEY, tmux_path
+from org.program import Program
 from org.sandbox import available as sandbox_available, pids_root, process_limit
+from org.workspace import ProgramSite, lab_root, preflight, start, with_backend
 
 RUNNER, STATUS = "_runner", "_status"  # keeper names (agent names cannot start with "_")
 TAKEN_OVER = "taken over by a person"  # the pause reason `org status` shows as "taken over"
@@ -63,96 +62,6 @@ def add_launch_commands(sub):
     p.add_argument("--stagger", type=float, default=1.0, help="seconds between agents' starts (default 1)")
     p.add_argument("--restarts", type=int, default=3, help="restarts of a crashed agent or runner (default 3)")
     p.set_defaults(func=cmd_launch)
-
-# ----------------------------------------------------------------------------------------
-# a launched program: where its things are
-
-
-@dataclass
-class Launch:
-    root: Path
-    program: Program     # as launched (with --backend applied)
-    path: Path | None    # the program file (None: known only from the ledger)
-
-    @property
-    def name(self) -> str:
-        return self.program.name
-
-    @property
-    def lab_dir(self) -> Path:
-        return self.root / ".lab" / self.name
-
-    @property
-    def panes_dir(self) -> Path:
-        return self.lab_dir / "panes"
-
-    @property
-    def ledger_path(self) -> Path:
-        return self.lab_dir / "ledger.sqlite"
-
-    @property
-    def grid(self) -> Grid:
-        return Grid(self.root, self.name)
-
-    @property
-    def agents(self) -> list[str]:
-        return [a.name for a in self.program.org.agents]
-
-    def keeper(self, name: str) -> dict:
-        return read_state(self.panes_dir / f"{name}.json")
-
-    def control_state(self, agent: str) -> dict:
-        return read_state(self.lab_dir / "control" / agent / "state.json")  # read, never create
-
-    def worktree(self, agent: str) -> Path:
-        return self.root / "worktrees" / self.name / agent
-
-
-def open_launch(arg: str | None) -> Launch:
-    """The program a command is about: a file, a name in programs/, or (failing both) the
-    program recorded in .lab/<name>/ledger.sqlite. With no name: $NANOLAB_PROGRAM (set in
-    every pane), else the only program with a lab directory."""
-    from org.cli import program_path
-    root = lab_root()
-    arg = arg or os.environ.get("NANOLAB_PROGRAM") or only_program(root)
-    lab = Lab.open(root)
-    try:
-        path = program_path(arg, lab)
-        program = load_program(path)
-    except OrgError:
-        path, program = None, recorded_program(root, arg)
-    finally:
-        lab.close()
-    options = read_state(root / ".lab" / program.name / "panes" / "launch.json")
-    if options.get("backend"):
-        program = with_backend(program, options["backend"])
-    return Launch(root, program, path.resolve() if path else None)
-
-
-def only_program(root: Path) -> str:
-    names = sorted(p.name for p in (root / ".lab").glob("*") if (p / "ledger.sqlite").exists())
-    running = [n for n in names if Grid(root, n).running()]
-    if len(running) == 1 or len(names) == 1:
-        return (running or names)[0]
-    raise OrgError(f"which program? name one (programs here: {', '.join(names) or 'none'})")
-
-
-def recorded_program(root: Path, name: str) -> Program:
-    path = root / ".lab" / name / "ledger.sqlite"
-    if not path.exists():
-        raise OrgError(f"no program {name!r}: no programs/{name}.yaml and no ledger at {path}")
-    with Ledger(path) as ledger:
-        row = ledger.program(name)
-    if row is None:
-        raise OrgError(f"program {name!r} is not in {path}")
-    return Program.model_validate(json.loads(row["spec"]))
-
-
-def with_backend(program: Program, backend: str) -> Program:
-    """The program with every agent on `backend` (--backend scripted: no model, no key)."""
-    agents = [a.model_copy(update={"backend": backend}) for a in program.org.agents]
-    return program.model_copy(update={"org": program.org.model_copy(update={"agents": agents})})
-
 
 def org_argv(*args: str) -> list[str]:
     # -P: never import the harness from the current directory (an agent's worktree holds a copy)
@@ -194,7 +103,7 @@ def cmd_launch(args) -> int:
 
 
 @contextlib.contextmanager
-def one_at_a_time(launch: Launch):
+def one_at_a_time(launch: ProgramSite):
     """One `org launch` or `org stop` of a program at a time (the second waits, then finds
     the first one's work done)."""
     launch.panes_dir.mkdir(parents=True, exist_ok=True)
@@ -203,10 +112,9 @@ def one_at_a_time(launch: Launch):
         yield
 
 
-def check(arg: str, backend: str | None) -> tuple[Launch, Program]:
+def check(arg: str, backend: str | None) -> tuple[ProgramSite, Program]:
     """Every check that needs no state; raises OrgError (one line) and creates nothing."""
     from org.agents.models import missing_credentials
-    from org.cli import preflight
     if tmux_path() is None:
         raise OrgError("tmux is not installed (or not on PATH): org launch runs every agent in a "
                        "tmux pane; install it (e.g. apt-get install tmux) and launch again")
@@ -214,7 +122,7 @@ def check(arg: str, backend: str | None) -> tuple[Launch, Program]:
     with contextlib.chdir(root):
         program, lab, path = preflight(arg)
     try:
-        launch = Launch(root, with_backend(program, backend) if backend else program, path.resolve())
+        launch = ProgramSite(root, with_backend(program, backend) if backend else program, path.resolve())
         if not program.org.agents:
             raise OrgError(f"{path}: org.agents is empty: nobody to launch (`org run {program.name}` "
                            "runs the declared arms without agents)")
@@ -253,7 +161,7 @@ def check_clis(program: Program):
             raise OrgError(why)
 
 
-def check_branches(lab: Lab, launch: Launch):
+def check_branches(lab: Lab, launch: ProgramSite):
     """Each agent's branch, if it exists, must grow from the program's branch, be checked out
     nowhere but its worktree, and its worktree path must not be some other directory."""
     name = launch.name
@@ -279,7 +187,7 @@ def check_agent_branch(lab: Lab, base: str, branch: str, agent: str, path: Path,
                        "another branch (an agent's branch lives in its own worktree)")
 
 
-def finished_before(launch: Launch) -> bool:
+def finished_before(launch: ProgramSite) -> bool:
     """Every agent finished in an earlier launch and nothing is left to run."""
     return launch.ledger_path.exists() and all(
         ended_for_good(launch.control_state(a)) for a in launch.agents) and not runs_left(launch)
@@ -292,7 +200,7 @@ def ended_for_good(control: dict) -> bool:
     return control.get("state") == "stopped" and reason.startswith(("finished", "idle"))
 
 
-def relaunch_broken(launch: Launch) -> int:
+def relaunch_broken(launch: ProgramSite) -> int:
     """A second launch of a running program: restart its dead or crashed panes if it has
     any (a safe recovery), else refuse."""
     grid = launch.grid
@@ -314,11 +222,10 @@ def keeper_name(label: str) -> str:
     return {"runner": RUNNER, "status": STATUS}.get(label, label)
 
 
-def build(launch: Launch, program_as_filed: Program, stagger: float, restarts: int,
+def build(launch: ProgramSite, program_as_filed: Program, stagger: float, restarts: int,
           backend: str | None) -> list[str]:
     """The lab, the worktrees and the grid; returns a line for each recovery it made. A
     failure while the grid is being built kills it: no half-built org stays behind."""
-    from org.cli import start
     notes, grid = [], launch.grid
     if grid.stale_socket():
         notes.append(f"removed a stale tmux socket (its server is gone): {grid.socket_path}")
@@ -371,7 +278,7 @@ def environment_without_keys():
         os.environ.update(saved)
 
 
-def prepare_worktree(lab: Lab, launch: Launch, agent: str) -> list[str]:
+def prepare_worktree(lab: Lab, launch: ProgramSite, agent: str) -> list[str]:
     """The agent's worktree (made, or kept as a crash or `org stop` left it), with what a
     crash leaves behind cleaned up, and a takeover's pause lifted (its person is gone)."""
     notes, path = [], launch.worktree(agent)
@@ -391,7 +298,7 @@ def prepare_worktree(lab: Lab, launch: Launch, agent: str) -> list[str]:
     return notes
 
 
-def agent_pane(launch: Launch, agent: str, delay: float, restarts: int) -> Pane:
+def agent_pane(launch: ProgramSite, agent: str, delay: float, restarts: int) -> Pane:
     from org.agents.roles import agent_entry
     from org.agents.sandbox import git_identity
     entry = agent_entry(launch.program, agent)
@@ -410,13 +317,13 @@ def agent_pane(launch: Launch, agent: str, delay: float, restarts: int) -> Pane:
     return Pane(agent, argv, launch.worktree(agent), env, hint)
 
 
-def keeper_pane(launch: Launch, keeper: str, label: str, hint: str, restarts: int, *command) -> Pane:
+def keeper_pane(launch: ProgramSite, keeper: str, label: str, hint: str, restarts: int, *command) -> Pane:
     env = {"NANOLAB_PROGRAM": launch.name, "NANOLAB_LAB": str(launch.root), "PYTHONUNBUFFERED": "1",
            "PATH": pane_path()}
     return Pane(label, keeper_argv(launch, keeper, 0, restarts) + org_argv(*command), launch.root, env, hint)
 
 
-def keeper_argv(launch: Launch, name: str, delay: float, restarts: int, ended: str | None = None) -> list[str]:
+def keeper_argv(launch: ProgramSite, name: str, delay: float, restarts: int, ended: str | None = None) -> list[str]:
     argv = [sys.executable, "-P", "-m", "org.panes", "keep", "--state", str(launch.panes_dir / f"{name}.json"),
             "--name", name.strip("_"), "--delay", f"{delay:g}", "--restarts", str(restarts)]
     return argv + (["--ended", ended] if ended is not None else ["--"])
@@ -427,7 +334,7 @@ def pane_path() -> str:
     return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-def key_command(launch: Launch, verb: str) -> str:
+def key_command(launch: ProgramSite, verb: str) -> str:
     """The shell command a key runs: `org takeover|release <the pane's agent>`, its last line
     shown in the tmux status line."""
     log = launch.panes_dir / "keys.log"
@@ -441,13 +348,13 @@ def key_command(launch: Launch, verb: str) -> str:
 # is the program done? (`org launch --wait` and the runner both ask)
 
 
-def program_done(launch: Launch) -> bool:
+def program_done(launch: ProgramSite) -> bool:
     """Every agent has ended (or crashed for good) and no run is left to run."""
     states = [launch.keeper(a).get("state") for a in launch.agents]
     return all(s in ("ended", "crashed") for s in states) and not runs_left(launch)
 
 
-def runs_left(launch: Launch) -> bool:
+def runs_left(launch: ProgramSite) -> bool:
     with Ledger(launch.ledger_path) as ledger:
         if ledger.runs(launch.name, status="running"):
             return True
@@ -455,7 +362,7 @@ def runs_left(launch: Launch) -> bool:
         return bool(queued) and ledger.compute_seconds(launch.name) < ledger.budget(launch.name)["total_compute_seconds"]
 
 
-def wait_until_done(launch: Launch, poll: float = 2.0) -> int:
+def wait_until_done(launch: ProgramSite, poll: float = 2.0) -> int:
     """--wait: watch (doing nothing the org depends on) until the program is done."""
     print(f"waiting for {launch.name} to finish (Ctrl-C stops waiting, not the org)...", flush=True)
     try:
@@ -476,7 +383,7 @@ def wait_until_done(launch: Launch, poll: float = 2.0) -> int:
         return 130
 
 
-def print_report(launch: Launch) -> int:
+def print_report(launch: ProgramSite) -> int:
     from org.report import run_report
     code = run_report(launch.ledger_path, launch.name, launch.root / "reports" / launch.name)
     if launch.grid.running():
@@ -496,7 +403,7 @@ def git(cwd: Path, *args: str, env: dict | None = None) -> str:
     return out.stdout.rstrip()
 
 
-def attach(launch: Launch):
+def attach(launch: ProgramSite):
     grid = launch.grid
     if not grid.running():
         raise OrgError(f"{launch.name} is not running; `org launch {launch.name}` starts it")

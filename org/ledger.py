@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from org import OrgError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
@@ -72,7 +72,7 @@ CREATE TABLE runs (
     seed               INTEGER NOT NULL,
     round              INTEGER NOT NULL,  -- queue order: tuning first, then by seed index
     overrides          TEXT NOT NULL,  -- JSON: every --set of this run
-    budget             TEXT NOT NULL,  -- JSON: the program's per-run budget
+    budget             TEXT NOT NULL,  -- JSON {{kind, value}}: the program's per-run budget, as result.json says it
     status             TEXT NOT NULL DEFAULT 'queued' CHECK (status IN {RUN_STATUSES}),
     reason             TEXT,
     slot               INTEGER,
@@ -149,6 +149,9 @@ MIGRATIONS = {  # from version N to N + 1
     # the verdicts table was read (by the status pane) but never written: verdicts are the
     # referee's, computed from the runs each time they are shown, so there is nothing to keep
     3: ["DROP TABLE IF EXISTS verdicts"],
+    # a run's budget was the program file's {flops: 3e12}; now (kind, value) everywhere, as in result.json
+    4: ["UPDATE runs SET budget = (SELECT json_object('kind', key, 'value', value) FROM json_each(runs.budget)) "
+        "WHERE json_extract(budget, '$.kind') IS NULL AND (SELECT count(*) FROM json_each(runs.budget)) = 1"],
 }
 
 
@@ -179,6 +182,11 @@ def pid_alive(pid: int | None) -> bool:
 def corrupt(path, error) -> str:
     return (f"{path}: the ledger is corrupt or not a ledger ({error}); it was left as it is: restore it from a "
             "copy, or move it away to start the program afresh")
+
+
+def ledger_path(lab_dir: Path | str) -> Path:
+    """The ledger of the program whose state lives in lab_dir (.lab/<program>/)."""
+    return Path(lab_dir) / "ledger.sqlite"
 
 
 class Ledger:
@@ -334,13 +342,14 @@ class Ledger:
     # --- runs ----------------------------------------------------------------------------
 
     def add_run(self, experiment: dict, purpose: str, seed: int, round: int, overrides: dict,
-                budget: dict, status: str = "queued", reason: str = None) -> int | None:
-        """Enqueue one run; None if the same (experiment, purpose, seed, overrides) exists,
-        so planning can be repeated after a crash without duplicating anything."""
+                budget: tuple[str, float], status: str = "queued", reason: str = None) -> int | None:
+        """Enqueue one run with its budget, (kind, value); None if the same (experiment, purpose,
+        seed, overrides) exists, so planning can be repeated after a crash without duplicating anything."""
+        kind, value = budget
         fields = dict(experiment_id=experiment["id"], program=experiment["program"],
                       arm=experiment["arm"], purpose=purpose, seed=seed, round=round,
                       overrides=json.dumps(overrides, sort_keys=True),
-                      budget=json.dumps(budget, sort_keys=True), status=status, reason=reason,
+                      budget=json.dumps({"kind": kind, "value": value}, sort_keys=True), status=status, reason=reason,
                       created_at=now())
         if status in FINISHED:
             fields["finished_at"] = fields["created_at"]
@@ -516,8 +525,23 @@ def select(db: sqlite3.Connection, table: str, cols: list[str], program: str) ->
     key = "name" if table == "programs" else "program"
     where = f" WHERE {key} = ?" if key in cols else ""
     order = " ORDER BY id" if "id" in cols else ""
-    return [dict(r) for r in db.execute(f"SELECT * FROM {table}{where}{order}",
-                                        (program,) if where else ())]
+    rows = [dict(r) for r in db.execute(f"SELECT * FROM {table}{where}{order}", (program,) if where else ())]
+    for row in rows if table == "runs" else ():  # as schema 5 spells a budget, whatever wrote it
+        budget = budget_of(row)
+        row["budget"] = budget and json.dumps({"kind": budget[0], "value": budget[1]}, sort_keys=True)
+    return rows
+
+
+def budget_of(run: dict) -> tuple[str, float] | None:
+    """A run's budget, (kind, value), from its row: {kind, value}, or {flops: 3e12} as a ledger
+    before schema 5 wrote it (migrated when a ledger is opened to write; a report reads as is)."""
+    budget = loads(run.get("budget"))
+    if not isinstance(budget, dict) or not budget:
+        return None
+    if "kind" in budget:
+        return budget["kind"], float(budget["value"])
+    (kind, value), = budget.items()
+    return kind, float(value)
 
 
 def loads(text):

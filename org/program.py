@@ -34,6 +34,15 @@ PROGRAM_OWNED_KEYS = frozenset({
     "eval_tokens", "eval_every", "eval_batches", "batch_size", "seq_len", "sequence_len",
     "device", "dtype", "matmul", "out",
 })
+# and any key whose name speaks of them: an experiment's own code could read a key of its own
+OWNED_WORDS = re.compile(r"budget|seed|eval|^val_|flops|^steps$|tokens|^data", re.I)
+
+# the parts of a program that define its measurements: changing them mid-program would make
+# old and new runs incomparable, so a started program refuses the change
+MEASUREMENT_FIELDS = ("metric", "baseline", "data", "train", "tune", "tune_seeds", "protected")
+MEASUREMENT_BUDGET = ("per_run", "seeds")
+# the totals, fixed at start like the rest: only a person's `org budget` changes them, logged
+BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds")
 
 # The trainer's evaluation, data and FLOP accounting, and the harness itself.
 DEFAULT_PROTECTED = ["trainer/eval.py", "trainer/data.py", "trainer/flops.py", "org/"]
@@ -52,11 +61,20 @@ def _scalar_overrides(value: dict[str, Any]) -> dict[str, Any]:
     for key, v in value.items():
         if not isinstance(v, (str, int, float, bool)):
             raise ValueError(f"{key}: expected a number, string or boolean, got {v!r}")
-    owned = sorted(set(value) & PROGRAM_OWNED_KEYS)
-    if owned:
-        raise ValueError(f"{owned[0]!r} is owned by the program (budget, seeds, eval or data), "
-                         "expected a model or optimizer key")
+    problem = owned_by_program(value)
+    if problem:
+        raise ValueError(problem)
     return value
+
+
+def owned_by_program(overrides: dict) -> str | None:
+    """The one rule for overrides, wherever they enter (program files, `org submit`, the agents'
+    tool, the runner's refusal): why they may not be used, or None."""
+    owned = sorted(k for k in overrides if k in PROGRAM_OWNED_KEYS or OWNED_WORDS.search(k))
+    if not owned:
+        return None
+    return (f"{owned[0]!r} is owned by the program: the budget, the seeds, the data and the evaluation "
+            "are the program's; experiments change the model or the optimizer only")
 
 
 class Claim(Strict):

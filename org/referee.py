@@ -143,14 +143,9 @@ def _timestamp(value) -> float | None:
 
 
 def _budget(value) -> tuple | None:
-    """{kind: flops, value: 3e12} (result.json) or {flops: 3e12} (the program's) -> (kind, value)."""
+    """{kind: flops, value: 3e12} (a ledger row's, result.json's) -> (kind, value)."""
     value = _json(value)
-    if not value:
-        return None
-    if "kind" in value:
-        return value["kind"], float(value["value"])
-    (kind, amount), = value.items()
-    return kind, float(amount)
+    return (value["kind"], float(value["value"])) if value else None
 
 
 def read_arm(runs: list[dict]) -> tuple[list[Run], list[Run]]:
@@ -481,7 +476,22 @@ def confirm(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict]) 
     return replace(c, final_verdict=final, confirmation=held_out)
 
 
-# --- the whole pipeline, as the report and the agents' `results` tool both use it ----------
+# --- the whole pipeline: the report, `org status` and the agents' `results` tool --------------
+
+def verdicts(runs: list[dict], claim: str, margin: float, declares: dict[str, frozenset] | None = None,
+             method: str = "holm", arms: list[str] | None = None) -> tuple[dict[str, Comparison], dict[str, str]]:
+    """Every arm of a program against its baseline, from all of the program's runs (ledger rows,
+    any purpose): what judge_arms() returns. arms: which to judge, in order (default: every arm
+    with a run past tuning, in the order first seen)."""
+    by_arm: dict[str, list[dict]] = {}
+    for r in runs:
+        by_arm.setdefault(r["arm"], []).append(r)
+    if arms is None:
+        arms = [a for a, rs in by_arm.items() if any(r.get("purpose") != "tune" for r in rs)]
+    arms = [a for a in arms if a != "baseline"]
+    return judge_arms(by_arm.get("baseline", []), {a: by_arm.get(a, []) for a in arms}, claim, margin,
+                      declares, method)
+
 
 def judge_arms(baseline_runs: list[dict], arm_runs: dict[str, list[dict]], claim: str, margin: float,
                declares: dict[str, frozenset] | None = None, method: str = "holm"

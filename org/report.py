@@ -36,8 +36,9 @@ from org import OrgError
 from org.ledger import LedgerError, loads, read_tables
 from org.plots import Curve, finite, plot_all, read_curves
 from org.confounds import NO_CHANGE
-from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, judge_arms, noise_floor, per_seed,
-                         read_arm, verdict_kind)
+from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, noise_floor, per_seed,
+                         read_arm, verdict_kind, verdicts)
+from trainer.config import BUDGET_FLAGS
 
 ADJUSTMENT = "holm"  # for the many comparisons an org makes: family-wise error, the strict one
 LEDGER_TABLES = ("programs", "experiments", "runs", "llm_spend")  # what a report reads
@@ -84,7 +85,7 @@ def build(ledger_path: str | Path, program: str) -> Report:
     ledger_path = Path(ledger_path)
     report = read_ledger(ledger_path, program)
     report.arms = arms_in_order(report)
-    judge(report)
+    add_verdicts(report)
     read_curves(report)
     return report
 
@@ -122,7 +123,7 @@ def arms_in_order(report: Report) -> list[str]:
 # the verdicts: the referee's, never ours
 
 
-def judge(report: Report):
+def add_verdicts(report: Report):
     """compare every arm with the baseline, adjust the family (Holm), confirm on held-out."""
     runs = report.runs
     if not runs:
@@ -139,9 +140,8 @@ def judge(report: Report):
         report.no_verdict = {a: "no claim recorded for the program" for a in variants}
         return
     declares = {v.get("name"): frozenset(v.get("declares") or []) for v in report.spec.get("variants", [])}
-    report.comparisons, report.no_verdict = judge_arms(
-        report.arm_runs("baseline"), {arm: report.arm_runs(arm) for arm in variants},
-        claim["kind"], claim.get("margin", 0.0), declares, ADJUSTMENT)
+    report.comparisons, report.no_verdict = verdicts(runs, claim["kind"], claim.get("margin", 0.0), declares,
+                                                     ADJUSTMENT, arms=variants)
     if not any(r.get("status") == "completed" for r in runs):
         report.missing.append("no finished runs: every verdict is inconclusive")
 
@@ -360,7 +360,7 @@ def budget_section(report: Report) -> str:
     dollars = sum(r.get("dollars") or 0 for r in report.llm)
     lines = ["## Budget and how it was enforced", ""]
     if kind:
-        flag = {"flops": "--budget-flops", "seconds": "--budget-seconds", "tokens": "--budget-tokens"}.get(kind, "--steps")
+        flag = BUDGET_FLAGS.get(kind, "--" + kind)
         lines.append(f"- per run: **{value:g} {kind}** (`{flag} {value:g}` on every run); seeds "
                      f"{budget.get('seeds')} for every arm; a run past {g(budget.get('run_timeout_seconds'))} s "
                      "of wall time (the runner's clock, not the trainer's) is killed")

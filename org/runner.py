@@ -34,14 +34,13 @@ from datetime import datetime
 from pathlib import Path
 
 from org.lab import Lab, child_env
-from org.ledger import FINISHED, Ledger, pid_alive
+from org.ledger import FINISHED, Ledger, budget_of, pid_alive
 from org.measure import MeasureError, cross_check, evaluator_env, job_for, measure_run, source_only, worker_command
 from org.experiments import plan, refusal
 from org.program import Program
 from org.sandbox import available, run_box, untrusted_env, worker_box
+from trainer.config import BUDGET_FLAGS
 
-BUDGET_FLAGS = {"flops": "--budget-flops", "seconds": "--budget-seconds",
-                "tokens": "--budget-tokens", "steps": "--steps"}
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
 MAX_ATTEMPTS = 3        # a run of the base code whose trainer dies of a signal nobody here sent: tries
@@ -111,7 +110,7 @@ def _flag_value(value) -> str:
     return str(value)
 
 
-def judge(program: Program, run: dict, result: dict, fingerprints: dict | None) -> tuple[str, str | None]:
+def check_result(program: Program, run: dict, result: dict, fingerprints: dict | None) -> tuple[str, str | None]:
     """(status, reason) for a finished trainer result. A completed run whose budget, seed,
     shapes, data or evaluation differ from what the program fixes is 'invalid'."""
     status = result.get("status")
@@ -334,7 +333,7 @@ class Runner:
         template = mains[len(repeats) % len(mains)]
         experiment = ledger.experiment(template["experiment_id"])
         ledger.add_run(experiment, "repeat", template["seed"], template["round"],
-                       json.loads(template["overrides"]), json.loads(template["budget"]))
+                       json.loads(template["overrides"]), budget_of(template))
         return ledger.claim(name, slot.index, arm="baseline")
 
     # --- executing -----------------------------------------------------------------------
@@ -421,11 +420,11 @@ class Runner:
 
     def _record(self, ledger: Ledger, run: dict, result: dict, wall: float, killed_reason: str | None,
                 slot: Slot):
-        """Judge the trainer's result, measure the run (outside any transaction: it takes seconds),
+        """Check the trainer's result, measure the run (outside any transaction: it takes seconds),
         then record both in one transaction and plan what its experiment needs next."""
         name = self.program.name
         fingerprints = {k: ledger.program(name)[k] for k in ("eval_fingerprint", "data_fingerprint")}
-        status, reason = judge(self.program, run, result, fingerprints)
+        status, reason = check_result(self.program, run, result, fingerprints)
         if killed_reason:
             status, reason = "killed", killed_reason
         measurement, measure_seconds = None, None

@@ -10,8 +10,9 @@ import time
 
 from org import OrgError, gateway
 from org.lab import Lab
-from org.launch import STOP_SECONDS, Launch, open_launch, program_done
+from org.launch import STOP_SECONDS, program_done
 from org.stop import wait_for_exit
+from org.workspace import ProgramSite, open_site
 
 
 def add_serve_command(sub):
@@ -21,10 +22,10 @@ def add_serve_command(sub):
 
 
 def cmd_serve(args) -> int:
-    return serve(open_launch(args.program))
+    return serve(open_site(args.program))
 
 
-def serve(launch: Launch, poll: float = 1.0) -> int:
+def serve(launch: ProgramSite, poll: float = 1.0) -> int:
     """Drain the queue again and again until every agent has ended and every run is
     recorded, or a stop is asked (SIGTERM or panes/stop). Killed at any moment, the next
     serve recovers: runs left running are re-queued or recorded, never run twice."""
@@ -53,7 +54,7 @@ def serve(launch: Launch, poll: float = 1.0) -> int:
     return 0
 
 
-def start_gateway(launch: Launch, say):
+def start_gateway(launch: ProgramSite, say):
     """The org's LLM gateway, in this (the runner's) process, when its agents call a model API:
     the keys are read from the gateway's 0600 file into this process only."""
     from org.agents.sandbox import protect_own_environment

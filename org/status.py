@@ -11,8 +11,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from org.launch import RUNNER, TAKEN_OVER, WAITING_TOOLS, Launch, finished_before, open_launch
+from org.launch import RUNNER, TAKEN_OVER, WAITING_TOOLS, finished_before
 from org.ledger import FINISHED, Ledger
+from org.workspace import ProgramSite, open_site
 
 
 def add_status_command(sub):
@@ -25,7 +26,7 @@ def add_status_command(sub):
 
 def cmd_status(args) -> int:
     from rich.console import Console
-    launch = open_launch(args.program)
+    launch = open_site(args.program)
     console = Console()
     if not args.watch:
         console.print(status_view(launch))
@@ -40,7 +41,7 @@ def cmd_status(args) -> int:
         return 0
 
 
-def status_view(launch: Launch):
+def status_view(launch: ProgramSite):
     """Agents' states, the runner, runs, spend against budget, the latest verdicts."""
     from rich.console import Group
     from rich.table import Table
@@ -64,7 +65,7 @@ def status_view(launch: Launch):
     return Group(*parts)
 
 
-def program_state(launch: Launch, running: bool) -> str:
+def program_state(launch: ProgramSite, running: bool) -> str:
     """done (every agent finished, nothing left to run: even while its grid is still open),
     running, stopped (by `org stop`), or not running (e.g. the machine rebooted)."""
     if launch.ledger_path.exists() and finished_before(launch):
@@ -74,7 +75,7 @@ def program_state(launch: Launch, running: bool) -> str:
     return "stopped" if (launch.panes_dir / "stop").exists() else "not running"
 
 
-def agent_state(launch: Launch, agent: str, running: bool) -> tuple[str, str]:
+def agent_state(launch: ProgramSite, agent: str, running: bool) -> tuple[str, str]:
     """(working | waiting | taken over | paused | out of budget | finished | stopped |
     crashed | starting | restarting | not running, what it is doing or why)."""
     keeper, control = launch.keeper(agent), launch.control_state(agent)
@@ -126,7 +127,7 @@ def last_call(transcript: Path) -> dict | None:
     return None
 
 
-def runner_line(launch: Launch, running: bool) -> str:
+def runner_line(launch: ProgramSite, running: bool) -> str:
     keeper = launch.keeper(RUNNER)
     state = keeper.get("state", "not started")
     if state == "ended" or (not running and state != "crashed"):  # stopped, done with the queue, or gone
@@ -139,14 +140,14 @@ def runner_line(launch: Launch, running: bool) -> str:
     return f"runner: {state}{restarts}" + (f" ({keeper['note']})" if keeper.get("note") else "")
 
 
-def queued_runs(launch: Launch) -> int:
+def queued_runs(launch: ProgramSite) -> int:
     if not launch.ledger_path.exists():
         return 0
     with Ledger(launch.ledger_path) as ledger:
         return len(ledger.runs(launch.name, status="queued"))
 
 
-def ledger_lines(launch: Launch) -> list[str]:
+def ledger_lines(launch: ProgramSite) -> list[str]:
     from org.agents.tools import referee_verdicts
     name = launch.name
     with Ledger(launch.ledger_path) as ledger:

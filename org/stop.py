@@ -12,10 +12,11 @@ import time
 from org import OrgError
 from org.agents.control import Control
 from org.lab import Lab
-from org.launch import RUNNER, STOP_SECONDS, Launch, git, one_at_a_time, open_launch, ours, send_signal
+from org.launch import RUNNER, STOP_SECONDS, git, one_at_a_time, ours, send_signal
 from org.ledger import Ledger
 from org.mail import now, write_atomically
 from org.takeover import release
+from org.workspace import ProgramSite, open_site
 
 
 def add_stop_command(sub):
@@ -31,18 +32,18 @@ def add_stop_command(sub):
 
 
 def cmd_stop(args) -> int:
-    launch = open_launch(args.program)
+    launch = open_site(args.program)
     for line in stop(launch, args.timeout):
         print(line)
     return 0
 
 
-def stop(launch: Launch, timeout: float = STOP_SECONDS) -> list[str]:
+def stop(launch: ProgramSite, timeout: float = STOP_SECONDS) -> list[str]:
     with one_at_a_time(launch):
         return stop_now(launch, timeout)
 
 
-def stop_now(launch: Launch, timeout: float) -> list[str]:
+def stop_now(launch: ProgramSite, timeout: float) -> list[str]:
     """Agents and runner stop at a safe point (a signal after `timeout`), the tmux server
     closes, clean worktrees go; branches, ledger, mail and transcripts stay."""
     from org.runner import Runner
@@ -78,12 +79,12 @@ def stop_now(launch: Launch, timeout: float) -> list[str]:
 
 
 def cmd_clean(args) -> int:
-    for line in clean(open_launch(args.program)):
+    for line in clean(open_site(args.program)):
         print(line)
     return 0
 
 
-def clean(launch: Launch) -> list[str]:
+def clean(launch: ProgramSite) -> list[str]:
     """A stopped program's agent worktrees and branches go. Each branch's commit stays reachable
     under refs/nanolab/<program>/ (the ledger names those commits, and git would otherwise
     collect them); the program's branch, the ledger, mail and transcripts stay too."""
@@ -110,7 +111,7 @@ def clean(launch: Launch) -> list[str]:
             f"under refs/nanolab/{name}/", f"kept: program/{name}, the ledger, mail and transcripts in {launch.lab_dir}"]
 
 
-def wait_for_exit(launch: Launch, timeout: float, names: list[str] | None = None) -> list[int]:
+def wait_for_exit(launch: ProgramSite, timeout: float, names: list[str] | None = None) -> list[int]:
     """Wait until no agent or runner process (or none of `names`) is alive; returns those still
     alive at the end."""
     deadline = time.monotonic() + timeout
@@ -122,7 +123,7 @@ def wait_for_exit(launch: Launch, timeout: float, names: list[str] | None = None
         time.sleep(0.1)
 
 
-def remove_worktrees(launch: Launch) -> list[str]:
+def remove_worktrees(launch: ProgramSite) -> list[str]:
     """Remove each agent's worktree, or keep it (and say so) if it holds uncommitted work."""
     lines, removed = [], []
     lab = Lab.open(launch.root)

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from org import OrgError
 from org.agents.control import Control
-from org.launch import TAKEN_OVER, Launch, attach, ended_for_good, git, open_launch, pane_path, person_identity
+from org.launch import TAKEN_OVER, attach, ended_for_good, git, pane_path, person_identity
 from org.lab import agent_branch
 from org.mail import HUMAN, Mail, now, write_atomically
 from org.panes import RELEASE_KEY, TAKEOVER_KEY, Pane
+from org.workspace import ProgramSite, open_site
 
 
 def add_takeover_commands(sub):
@@ -44,12 +45,12 @@ def add_takeover_commands(sub):
 
 
 def cmd_attach(args) -> int:
-    attach(open_launch(args.program))
+    attach(open_site(args.program))
     return 0
 
 
 def cmd_takeover(args) -> int:
-    launch = open_launch(args.program)
+    launch = open_site(args.program)
     agent = known_agent(launch, args.agent)
     grid = launch.grid
     if not grid.running():
@@ -80,7 +81,7 @@ def cmd_takeover(args) -> int:
     return 0
 
 
-def person_shell(launch: Launch, agent: str, backend: str) -> Pane:
+def person_shell(launch: ProgramSite, agent: str, backend: str) -> Pane:
     """An interactive shell in the agent's worktree, with the person's git identity (or a
     plain "human" one if none is configured) and `org` on PATH."""
     tree = launch.worktree(agent)
@@ -98,7 +99,7 @@ def person_shell(launch: Launch, agent: str, backend: str) -> Pane:
 
 
 def cmd_release(args) -> int:
-    launch = open_launch(args.program)
+    launch = open_site(args.program)
     agent = known_agent(launch, args.agent)
     if not (launch.lab_dir / "takeover" / f"{agent}.json").exists():
         raise OrgError(f"{agent} is not taken over (`org takeover {agent}` takes it over)")
@@ -114,7 +115,7 @@ def cmd_release(args) -> int:
     return 0
 
 
-def release(launch: Launch, agent: str, note: str | None = None) -> str:
+def release(launch: ProgramSite, agent: str, note: str | None = None) -> str:
     """Resume the agent with a message saying what the person changed in its worktree
     (commits and uncommitted edits, as one diff against the takeover's snapshot)."""
     record_path = launch.lab_dir / "takeover" / f"{agent}.json"
@@ -152,7 +153,7 @@ def snapshot_tree(tree: Path) -> str:
 
 
 def cmd_say(args) -> int:
-    launch = open_launch(args.program)
+    launch = open_site(args.program)
     agent = known_agent(launch, args.agent)
     message = Mail(launch.lab_dir).send(HUMAN, agent, " ".join(args.text))
     control = launch.control_state(agent)
@@ -164,7 +165,7 @@ def cmd_say(args) -> int:
     return 0
 
 
-def known_agent(launch: Launch, agent: str) -> str:
+def known_agent(launch: ProgramSite, agent: str) -> str:
     if agent not in launch.agents:
         raise OrgError(f"{launch.name} has no agent {agent!r} (agents: {', '.join(launch.agents)})")
     return agent

@@ -14,7 +14,7 @@ from pathlib import Path
 import git
 import yaml
 
-from org.agents.commands import open_program
+from org.workspace import open_program
 from org.lab import Lab
 from org.program import Program
 

@@ -15,7 +15,7 @@ import pytest
 
 from trainer import cpu_kernels as CK
 from trainer import kernels as K
-from trainer import ops
+from trainer import ops, optim
 from trainer.backend import scatter_add_rows
 from trainer.config import make_config
 from trainer.model import GPT, elementwise_ops
@@ -164,7 +164,7 @@ def test_adamw_matches_twin(dtype, wd, t):
     m, v = normal(rng, 231, dtype, 0.1), (0.01 * rng.random(231)).astype(dtype)
     want = [a.copy() for a in (p, m, v)]
     hyper = dict(lr=0.01, beta1=0.8, beta2=0.95, eps=1e-10, wd=wd, t=t)
-    K.np_adamw_update(*want[:1], g, *want[1:], **hyper)
+    optim.adamw_update(*want[:1], g, *want[1:], **hyper)
     CK.adamw_update(p, g, m, v, **hyper)
     for got, w, name in zip((p, m, v), want, "pmv"):
         close(got, w, dtype, name)
@@ -175,17 +175,17 @@ def test_muon_updates_match_twins_with_a_transposed_update(dtype):
     rng = np.random.default_rng(7)
     g, buf = normal(rng, (9, 20), dtype), normal(rng, (9, 20), dtype)
     want_buf = buf.copy()
-    close(CK.muon_momentum(g, buf, 0.95), K.np_muon_momentum(g, want_buf, 0.95), dtype, "u")
+    close(CK.muon_momentum(g, buf, 0.95), optim.muon_momentum(g, want_buf, 0.95), dtype, "u")
     close(buf, want_buf, dtype, "buf")
     g2 = g.copy()
     assert CK.muon_momentum(g2, buf, 0.9, out=g2) is g2                # into the gradient
-    close(g2, K.np_muon_momentum(g, want_buf, 0.9), dtype, "u into g")
+    close(g2, optim.muon_momentum(g, want_buf, 0.9), dtype, "u into g")
     for transposed, wd in [(True, 0.2), (False, 0.2), (False, 0.0)]:
         p = normal(rng, (12, 5), dtype)
         p[0, :3] = 0                                                # x p = 0 counts as agreeing
         x = np.ascontiguousarray(normal(rng, (5, 12), dtype)).T if transposed else normal(rng, (12, 5), dtype)
         want_p = p.copy()
-        K.np_muon_apply(want_p, x.copy(), 0.03, wd)
+        optim.muon_apply(want_p, x.copy(), 0.03, wd)
         CK.muon_apply(p, x, 0.03, wd)
         close(p, want_p, dtype, f"muon_apply transposed={transposed} wd={wd}")
 
@@ -226,7 +226,7 @@ def test_model_and_optimizer_on_kernels_equal_the_twins(preset, overrides):
         assert model.ew is CK                                  # the default on the CPU
         model.ew = ew
         opt = make_optimizer(model)
-        assert opt.ew is (CK if ew is CK else K)               # K: the NumPy twins, on NumPy arrays
+        assert opt.adamw_update is (CK.adamw_update if ew is CK else optim.adamw_update)  # the reference math
         model.init_weights(seed=1)
         model.param_buf.data[...] += 0.01 * np.random.default_rng(1).standard_normal(model.param_buf.data.size)
         loss = model.forward(x, y)
@@ -244,13 +244,14 @@ def test_model_and_optimizer_on_kernels_equal_the_twins(preset, overrides):
 def test_nanolab_kernels_0_selects_the_twins_everywhere():
     code = textwrap.dedent("""
         import numpy as np
-        from trainer import ops, kernels
+        from trainer import ops, optim
         from trainer.config import make_config
         from trainer.model import GPT, elementwise_ops
         from trainer.optim import make_optimizer
         model = GPT(make_config("nanochat", n_layer=1, n_embd=16, n_head=2, vocab_size=32, sequence_len=4))
         opt = make_optimizer(model)
-        assert elementwise_ops(np) is ops and model.ew is ops and opt.ew is kernels and opt.chunk
+        assert elementwise_ops(np) is ops and model.ew is ops and opt.ew is None and opt.chunk
+        assert opt.adamw_update is optim.adamw_update and opt.muon_apply is optim.muon_apply
         x = np.zeros((1, 4), dtype=np.int64)
         model.forward(x, x); model.backward(); opt.step()
         print("ok")

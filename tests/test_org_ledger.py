@@ -1,11 +1,12 @@
 """The ledger: an SQLite registry that never forgets, with claims that survive crashes."""
+import json
 import sqlite3
 import subprocess
 import sys
 
 import pytest
 
-from org.ledger import SCHEMA_VERSION, Ledger
+from org.ledger import SCHEMA_VERSION, Ledger, budget_of, read_tables
 
 RESULT = {"status": "completed", "reason": None, "val_bpb": 2.5, "val_loss": 1.7, "steps": 10,
           "tokens": 640, "flops": 1e9, "flops_per_token": 1.5e6, "params": {"total": 300, "matmul": 200},
@@ -27,7 +28,7 @@ def add_experiment(ledger, arm, seeds=(0, 1, 2), source="submitted"):
                                           hypothesis="no regression")
     experiment = ledger.experiment(experiment_id)
     for i, seed in enumerate(seeds):
-        ledger.add_run(experiment, "main", seed, 1 + i, {"softcap": 0}, {"steps": 10})
+        ledger.add_run(experiment, "main", seed, 1 + i, {"softcap": 0}, ("steps", 10))
     return experiment
 
 
@@ -57,7 +58,7 @@ def test_runs_are_claimed_round_by_round(ledger):
                      ("baseline", 2), ("no-softcap", 2)]
     assert ledger.add_experiment("softcap", "baseline", who="x", source="declared", base_commit="b",
                                  code_commit="b", overrides={}, stage="measuring") is None
-    assert ledger.add_run(baseline, "main", 0, 1, {"softcap": 0}, {"steps": 10}) is None  # no duplicates
+    assert ledger.add_run(baseline, "main", 0, 1, {"softcap": 0}, ("steps", 10)) is None  # no duplicates
 
 
 def test_claim_can_prefer_an_arm(ledger):
@@ -113,7 +114,7 @@ def test_refused_runs_and_spend_stay_queryable(ledger):
     experiment_id = ledger.add_experiment("softcap", "edit-eval", who="bob", source="submitted",
                                           base_commit="base", code_commit="bad", overrides={},
                                           stage="refused", reason="protected paths differ: trainer/eval.py")
-    ledger.add_run(ledger.experiment(experiment_id), "main", 0, 1, {}, {"steps": 10},
+    ledger.add_run(ledger.experiment(experiment_id), "main", 0, 1, {}, ("steps", 10),
                    status="refused", reason="protected paths differ: trainer/eval.py")
     assert ledger.runs("softcap", status="refused")[0]["reason"].endswith("trainer/eval.py")
     ledger.record_spend("softcap", "alice", "claude-x", 1000, 200, 0.02)
@@ -127,7 +128,7 @@ def test_refused_runs_and_spend_stay_queryable(ledger):
 def test_bad_status_is_rejected_by_the_schema(ledger):
     experiment = add_experiment(ledger, "x", seeds=[0])
     with pytest.raises(sqlite3.IntegrityError):
-        ledger.add_run(experiment, "main", 9, 1, {}, {}, status="lost")
+        ledger.add_run(experiment, "main", 9, 1, {}, ("steps", 10), status="lost")
 
 
 def test_a_version_3_ledger_loses_only_its_never_written_verdicts_table(tmp_path):
@@ -142,5 +143,20 @@ def test_a_version_3_ledger_loses_only_its_never_written_verdicts_table(tmp_path
     with Ledger(path) as ledger:
         tables = {r[0] for r in ledger.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert "verdicts" not in tables and ledger.program("softcap")["base_commit"] == "base"
-        assert ledger.db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert ledger.db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
         assert ledger.spend("softcap")["dollars"] == 0.01
+
+
+def test_a_version_4_ledger_spells_its_budgets_as_kind_and_value(ledger):
+    """Before schema 5 a run's budget was the program file's {steps: 10}; result.json's
+    {kind, value} is the one spelling now, for old runs too (the report reads old ledgers
+    without migrating them: read_tables gives them the same spelling)."""
+    experiment = add_experiment(ledger, "baseline", seeds=[0, 1])
+    ledger.db.execute("UPDATE runs SET budget = '{\"steps\": 10}'")
+    ledger.db.execute("UPDATE schema_version SET version = 4")
+    ledger.close()
+    rows, _, _ = read_tables(ledger.path, "softcap", ["runs"])
+    assert [json.loads(r["budget"]) for r in rows["runs"]] == [{"kind": "steps", "value": 10.0}] * 2
+    with Ledger(ledger.path) as again:
+        assert [json.loads(r["budget"]) for r in again.runs("softcap")] == [{"kind": "steps", "value": 10}] * 2
+        assert [budget_of(r) for r in again.runs("softcap", experiment_id=experiment["id"])] == [("steps", 10.0)] * 2

@@ -363,13 +363,13 @@ def test_slots_split_the_machine_one_run_each():
 
 def test_the_programs_matmul_precision_reaches_every_run_and_is_checked(tmp_path):
     from org.program import Program
-    from org.runner import judge, train_command
+    from org.runner import check_result, train_command
     program = Program.model_validate(tiny_program(train={"batch_size": 4, "seq_len": 64, "matmul": "bf16"}))
     cmd = train_command(program, {"softcap": 0}, seed=1, out=tmp_path / "run")
     assert cmd[cmd.index("--matmul") + 1] == "bf16"
     result = {"status": "completed", "steps": 3, "seed": 1, "batch_size": 4, "sequence_len": 64,
               "val_tokens": 2048, "matmul": "fp32", "val_bpb": 3.0}
-    status, reason = judge(program, {"seed": 1}, result, None)
+    status, reason = check_result(program, {"seed": 1}, result, None)
     assert status == "invalid" and "matmul is 'fp32', the program fixes 'bf16'" in reason
-    status, _ = judge(program, {"seed": 1}, {**result, "matmul": "bf16"}, None)
+    status, _ = check_result(program, {"seed": 1}, {**result, "matmul": "bf16"}, None)
     assert status == "completed"

@@ -64,7 +64,7 @@ def add_arm(ledger, tmp_path, arm, values, who="program", seeds=SEEDS, status="c
         base_commit="base", code_commit="base", overrides=overrides, stage="measuring",
         hypothesis=f"{arm} changes nothing that matters"))
     for i, (seed, value) in enumerate(zip(seeds, values)):
-        run_id = ledger.add_run(experiment, "main", seed, 1 + i, {"depth": 2, **overrides}, {"flops": 1e12})
+        run_id = ledger.add_run(experiment, "main", seed, 1 + i, {"depth": 2, **overrides}, ("flops", 1e12))
         if status == "queued":
             continue
         ledger.claim("softcap", slot=0)
@@ -190,7 +190,7 @@ def test_killed_refused_invalid_and_retried_runs_are_listed_with_reasons(ledger,
                1: ("invalid", "spent 2e+12 flops, the program's budget is 1e+12"),
                2: ("refused", "protected paths differ from the program's base commit base: trainer/eval.py")}
     for seed, (status, reason) in reasons.items():
-        run_id = ledger.add_run(experiment, "main", seed, 1 + seed, {"depth": 2}, {"flops": 1e12})
+        run_id = ledger.add_run(experiment, "main", seed, 1 + seed, {"depth": 2}, ("flops", 1e12))
         ledger.claim("softcap", slot=0)
         if seed == 0:  # its first runner died: the run went back to the queue once
             ledger.requeue(run_id, "runner pid 99 died during attempt 1; re-queued")

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from trainer.config import KEYS, parse_overrides
+from trainer.config import BUDGET_FLAGS, KEYS, parse_overrides
 
 TRAIN_EXAMPLE = """example:
   python -m trainer train --preset nanochat --set depth=2 --set softcap=0 \\
@@ -18,6 +18,9 @@ TRAIN_EXAMPLE = """example:
   python -m trainer train --resume runs/softcap0-s1          # continue a killed run"""
 
 MATMUL_CHOICES = ("fp32", "tf32", "bf16")  # trainer/model.py's MATMUL_PRECISIONS (not imported: no Numba here)
+BUDGET_HELP = {"flops": (float, "F", "train FLOPs (6N+12LCT convention)"),
+               "seconds": (float, "S", "training wall-clock seconds"),
+               "tokens": (float, "N", "training tokens"), "steps": (int, "N", "optimizer steps")}
 OPTIM_FLAGS = ("optimizer", "matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "weight_decay",
                "embedding_weight_decay", "warmup_frac", "warmdown_frac", "final_lr_frac")
 
@@ -62,10 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     for key in OPTIM_FLAGS:
         p.add_argument("--" + key.replace("_", "-"), dest=key, metavar="V", help=f"same as --set {key}=V")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget-flops", type=float, metavar="F", help="train FLOPs (6N+12LCT convention)")
-    budget.add_argument("--budget-seconds", type=float, metavar="S", help="training wall-clock seconds")
-    budget.add_argument("--budget-tokens", type=float, metavar="N", help="training tokens")
-    budget.add_argument("--steps", type=int, metavar="N", help="optimizer steps")
+    for kind, (kind_type, metavar, text) in BUDGET_HELP.items():
+        budget.add_argument(BUDGET_FLAGS[kind], dest=f"budget_{kind}", type=kind_type, metavar=metavar, help=text)
     add_data_flags(p)
     p.add_argument("--val-tokens", type=int, default=65536, help="validation tokens for val_bpb (default 65536)")
     p.add_argument("--confirm-tokens", type=int, default=0, help="also report confirm_bpb on this many held-out tokens")
@@ -160,11 +161,9 @@ def spec_from_args(args):
     overrides.update({k: getattr(args, k) for k in OPTIM_FLAGS if getattr(args, k) is not None})
     if args.seq_len is not None:
         overrides["sequence_len"] = args.seq_len
-    budgets = {"flops": args.budget_flops, "seconds": args.budget_seconds,
-               "tokens": args.budget_tokens, "steps": args.steps}
-    chosen = {k: v for k, v in budgets.items() if v is not None}
+    chosen = {k: getattr(args, f"budget_{k}") for k in BUDGET_FLAGS if getattr(args, f"budget_{k}") is not None}
     if len(chosen) != 1:
-        raise ValueError("give exactly one budget: --budget-flops, --budget-seconds, --budget-tokens or --steps")
+        raise ValueError(f"give exactly one budget: {', '.join(BUDGET_FLAGS.values())}")
     (kind, value), = chosen.items()
     return RunSpec(preset=preset, overrides=overrides, seed=args.seed, device=args.device, dtype=args.dtype,
                    matmul=args.matmul, batch_size=args.batch_size, data=args.data, tokenizer=args.tokenizer,

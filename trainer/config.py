@@ -14,6 +14,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+# A run's budget is (kind, value); the trainer's flag for each kind is this one table, read by
+# its command line and messages, and by the org's runner and report (org/runner.py, org/report.py)
+BUDGET_FLAGS = {"flops": "--budget-flops", "seconds": "--budget-seconds", "tokens": "--budget-tokens", "steps": "--steps"}
+
 PRESETS = ("nanochat", "gpt2")
 
 

@@ -17,8 +17,8 @@ outputs once. On 2 cores that measured 5-30x less time for the norms, rotary and
     cross_entropy_forward             ops.cross_entropy_forward
     gelu_forward / _backward          ops.gelu_forward / _backward
     scatter_add_rows                  backend.scatter_add_rows
-    adamw_update                      kernels.np_adamw_update
-    muon_momentum / muon_apply        kernels.np_muon_momentum / np_muon_apply
+    adamw_update                      optim.adamw_update
+    muon_momentum / muon_apply        optim.muon_momentum / muon_apply
     round_mantissa                    ops.round_mantissa
 
 exp and tanh stay NumPy's (SIMD), called between kernels: without Intel's SVML, Numba would
@@ -393,7 +393,7 @@ def scatter_add_rows(dst, idx, src):
                       numba.get_num_threads())
 
 # ----------------------------------------------------------------------------------------
-# optimizer updates, in place, one pass each; the math as kernels.np_adamw_update etc.
+# optimizer updates, in place, one pass each; the math as optim.adamw_update etc.
 
 
 @_kernel
@@ -405,7 +405,7 @@ def _adamw(p, g, m, v, decay, beta1, beta2, step, bias2, eps):  # flat arrays
 
 
 def adamw_update(p, grad, m, v, *, lr, beta1, beta2, eps, wd, t):
-    """AdamW step t (1-based) in place on flat p, m, v. Twin: kernels.np_adamw_update."""
+    """AdamW step t (1-based) in place on flat p, m, v. Twin: optim.adamw_update."""
     real = p.dtype.type
     _adamw(p, grad, m, v, real(1 - lr * wd), real(beta1), real(beta2), real(lr / (1 - beta1 ** t)),
            real(1 / np.sqrt(1 - beta2 ** t)), real(eps))
@@ -419,7 +419,7 @@ def _muon_momentum(g, buf, mu, u):                # flat: buf = mu buf + (1-mu) 
 
 
 def muon_momentum(grad, buf, mu, out=None):
-    """Twin: kernels.np_muon_momentum. `out` may be grad."""
+    """Twin: optim.muon_momentum. `out` may be grad."""
     u = np.empty_like(grad) if out is None else out
     _muon_momentum(grad.reshape(-1), buf.reshape(-1), grad.dtype.type(mu), u.reshape(-1))
     return u
@@ -437,7 +437,7 @@ def _muon_apply(p, x, lr, wd):                    # p (rows, cols); x any layout
 
 
 def muon_apply(p, x, lr, wd):
-    """Cautious weight decay and p -= lr x, in place on p. Twin: kernels.np_muon_apply."""
+    """Cautious weight decay and p -= lr x, in place on p. Twin: optim.muon_apply."""
     _muon_apply(p, x, p.dtype.type(lr), p.dtype.type(wd))
 
 

@@ -19,9 +19,9 @@ CPU-only machine without CuPy works (CuPy is imported lazily, only for CuPy arra
     softcap_cross_entropy_backward   np_softcap_cross_entropy_backward one pass, dlogits recomputed
                                      (= ops.cross_entropy_backward +    from logits and the cached
                                         ops.softcap_backward)           per-row logsumexp
-    adamw_update                     np_adamw_update (= optim AdamW)   one pass over p, g, m, v
-    muon_momentum                    np_muon_momentum (= optim Muon)   momentum + Nesterov in one pass
-    muon_apply                       np_muon_apply (= optim Muon)      cautious decay + step, one pass
+    adamw_update                     optim.adamw_update                one pass over p, g, m, v
+    muon_momentum                    optim.muon_momentum               momentum + Nesterov in one pass
+    muon_apply                       optim.muon_apply                  cautious decay + step, one pass
     round_mantissa                   ops.round_mantissa                one pass instead of five
                                                                        (float32; --matmul)
     scatter_add_rows                 backend.scatter_add_rows          not speed: the embedding
@@ -41,7 +41,7 @@ import os
 
 import numpy as np
 
-from trainer import ops
+from trainer import ops, optim
 from trainer.backend import contiguous_or_transposed, xp_of
 from trainer.cuda_source import DTYPES, cuda_source
 
@@ -274,27 +274,13 @@ def softcap_cross_entropy_backward(cache, scale, out=None):
     return d
 
 # ----------------------------------------------------------------------------------------
-# optimizer updates, in place. Twins restate trainer/optim.py's Optimizer._adamw / _muon.
-
-
-def np_adamw_update(p, grad, m, v, *, lr, beta1, beta2, eps, wd, t):
-    """Twin of adamw_update: AdamW step t (1-based) as torch.optim.AdamW, in place on p, m, v."""
-    if wd:
-        p *= 1 - lr * wd                               # decoupled weight decay
-    m *= beta1
-    m += (1 - beta1) * grad
-    v *= beta2
-    v += (1 - beta2) * grad * grad
-    denom = xp_of(v).sqrt(v)
-    denom *= 1 / math.sqrt(1 - beta2 ** t)
-    denom += eps
-    p -= (lr / (1 - beta1 ** t)) * m / denom          # as torch.optim.AdamW
+# optimizer updates, in place. Twins: the reference math in trainer/optim.py.
 
 
 def adamw_update(p, grad, m, v, *, lr, beta1, beta2, eps, wd, t):
-    """In place on p, m, v. Twin: np_adamw_update."""
+    """In place on p, m, v. Twin: optim.adamw_update."""
     if not (_use_kernels(p, grad, m, v) and _contiguous(p, grad, m, v)):
-        return np_adamw_update(p, grad, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps, wd=wd, t=t)
+        return optim.adamw_update(p, grad, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps, wd=wd, t=t)
     def r(value):
         return _real(p.dtype, value)
     _launch("adamw", p.dtype, (_blocks(p.size),), (_THREADS,),
@@ -302,43 +288,22 @@ def adamw_update(p, grad, m, v, *, lr, beta1, beta2, eps, wd, t):
              r(beta2), r(1 - beta2), r(lr / (1 - beta1 ** t)), r(1 / math.sqrt(1 - beta2 ** t)), r(eps)))
 
 
-def np_muon_momentum(grad, buf, mu, out=None):
-    """Twin of muon_momentum: buf = mu buf + (1-mu) grad in place; returns the Nesterov
-    look-ahead u = (1-mu) grad + mu buf (written to `out` if given; `out` may be grad)."""
-    buf *= mu
-    buf += (1 - mu) * grad
-    u = (1 - mu) * grad + mu * buf
-    if out is None:
-        return u
-    out[...] = u
-    return out
-
-
 def muon_momentum(grad, buf, mu, out=None):
-    """Twin: np_muon_momentum."""
+    """Twin: optim.muon_momentum."""
     if not (_use_kernels(grad, buf) and _contiguous(grad, buf)
             and (out is None or _contiguous(out))):
-        return np_muon_momentum(grad, buf, mu, out)
+        return optim.muon_momentum(grad, buf, mu, out)
     u = xp_of(grad).empty_like(grad) if out is None else out
     _launch("muon_momentum", grad.dtype, (_blocks(grad.size),), (_THREADS,),
             (grad, buf, u, np.int64(grad.size), _real(grad.dtype, mu), _real(grad.dtype, 1 - mu)))
     return u
 
 
-def np_muon_apply(p, x, lr, wd):
-    """Twin of muon_apply: cautious weight decay (x += wd p where x and p agree in sign) and
-    the step p -= lr x, in place on p. `lr` is the final one (shape factor included); x is
-    scratch and may be overwritten."""
-    if wd:
-        x += wd * p * (x * p >= 0)
-    p -= lr * x
-
-
 def muon_apply(p, x, lr, wd):
     """p (rows, cols) in place; x (rows, cols), e.g. orthogonalize()'s result (possibly a
-    transposed view). Twin: np_muon_apply."""
+    transposed view). Twin: optim.muon_apply."""
     if not (_use_kernels(p, x) and _contiguous(p) and p.ndim == 2):
-        return np_muon_apply(p, x, lr, wd)
+        return optim.muon_apply(p, x, lr, wd)
     x, transposed = contiguous_or_transposed(x)
     rows, cols = p.shape
     _launch("muon_apply", p.dtype, (_blocks(p.size),), (_THREADS,),
@@ -400,9 +365,9 @@ TWINS = {
     "relu2_backward": ops.relu2_backward,
     "softcap_cross_entropy_forward": np_softcap_cross_entropy_forward,
     "softcap_cross_entropy_backward": np_softcap_cross_entropy_backward,
-    "adamw_update": np_adamw_update,
-    "muon_momentum": np_muon_momentum,
-    "muon_apply": np_muon_apply,
+    "adamw_update": optim.adamw_update,
+    "muon_momentum": optim.muon_momentum,
+    "muon_apply": optim.muon_apply,
     "round_mantissa": ops.round_mantissa,
     "scatter_add_rows": ops.scatter_add_rows,
 }

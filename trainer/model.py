@@ -18,6 +18,7 @@ import numpy as np
 from trainer import cpu_kernels, kernels, ops
 from trainer.backend import array_module, to_numpy
 from trainer.config import Config
+from trainer.optim import GROUP_ORDER, param_group
 
 
 def param_shapes(cfg: Config) -> list[tuple[str, tuple]]:
@@ -59,10 +60,11 @@ def param_shapes(cfg: Config) -> list[tuple[str, tuple]]:
 
 
 def elementwise_ops(xp):
-    """Where the model's norms, rotary, activations, softmax and optimizer updates come from:
-    fused CUDA kernels on a GPU (trainer/kernels.py), fused Numba kernels on the CPU
-    (trainer/cpu_kernels.py), or their NumPy twins (trainer/ops.py) when neither is usable.
-    All three modules have the same functions with the same signatures."""
+    """The one choice of backend: where the model's norms, rotary, activations and softmax (and
+    the optimizer's updates) come from: fused CUDA kernels on a GPU (trainer/kernels.py), fused
+    Numba kernels on the CPU (trainer/cpu_kernels.py), or their NumPy twins (trainer/ops.py; the
+    optimizer's reference math in trainer/optim.py) when neither is usable. The kernel modules
+    have their twins' functions with the same signatures."""
     if kernels.available(xp):
         return kernels
     return cpu_kernels if xp is np and cpu_kernels.available() else ops
@@ -102,18 +104,6 @@ def model_matmul(precision: str, xp, ew):
         finally:
             cupy._core.set_compute_type(a.dtype, before)
     return tensor_core_matmul
-
-
-GROUP_ORDER = ("embedding", "unembedding", "scalar", "matrix")
-
-
-def param_group(name: str, ndim: int) -> str:
-    """The optimizer group of a parameter (see trainer/optim.py)."""
-    if ndim == 1:
-        return "scalar"          # biases, norm gains, lambdas
-    if name.startswith("transformer.h."):
-        return "matrix"          # 2-D weights inside blocks
-    return "unembedding" if name == "lm_head.weight" else "embedding"
 
 
 def buffer_order(shapes):
@@ -162,8 +152,8 @@ class GPT:
         self.params, self.grads = self.param_buf.views, self.grad_buf.views
         self.blocks = [self._block_views(self.param_buf, i) for i in range(cfg.n_layer)]
         self.grad_blocks = [self._block_views(self.grad_buf, i) for i in range(cfg.n_layer)]
-        self.fused = kernels.available(xp)  # softcap + cross-entropy as one CUDA kernel
         self.ew = elementwise_ops(xp)
+        self.fused = self.ew is kernels  # softcap + cross-entropy as one CUDA kernel
         self.matmul = model_matmul(matmul, xp, self.ew)
         self.eps = float(np.finfo(dtype).eps)  # RMSNorm eps as torch's F.rms_norm default
         if cfg.pos == "rope":

@@ -9,14 +9,17 @@ Groups, by parameter name:
 
     opt = make_optimizer(model)
     model.forward(x, y); model.backward(); opt.step(lr_mult=schedule(step))
+
+The update math is here, as plain array code (adamw_update, muon_momentum, muon_apply): the
+reference that the fused kernels of the model's backend (trainer/kernels.py on a GPU,
+trainer/cpu_kernels.py on the CPU) compute in one pass, and what runs when neither is usable.
 """
 from __future__ import annotations
 
 import math
 
-from trainer import cpu_kernels, kernels, ops
+from trainer import ops
 from trainer.backend import to_numpy, xp_of
-from trainer.model import param_group
 
 # Polar Express coefficients (a, b, c) for the quintic iterations orthogonalizing Muon's update
 POLAR_EXPRESS = [
@@ -26,6 +29,18 @@ POLAR_EXPRESS = [
     (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 ]
+
+
+GROUP_ORDER = ("embedding", "unembedding", "scalar", "matrix")  # the model's flat buffer, in this order
+
+
+def param_group(name: str, ndim: int) -> str:
+    """The optimizer group of a parameter."""
+    if ndim == 1:
+        return "scalar"          # biases, norm gains, lambdas
+    if name.startswith("transformer.h."):
+        return "matrix"          # 2-D weights inside blocks
+    return "unembedding" if name == "lm_head.weight" else "embedding"
 
 
 def param_groups(model) -> dict[str, list[str]]:
@@ -68,16 +83,19 @@ class Optimizer:
         self.v = self.xp.zeros(adamw_end, dtype=model.dtype)      # AdamW second moment
         n_muon = self.muon_group["range"][1] - self.muon_group["range"][0] if self.muon_group else 0
         self.momentum = self.xp.zeros(n_muon, dtype=model.dtype)  # Muon momentum
-        # one-pass update kernels: CUDA on a GPU, Numba on the CPU; with neither, kernels.py runs
-        # the NumPy twins, in cache-sized chunks so that their dozen passes hit cache, not memory
-        self.ew = cpu_kernels if model.ew is cpu_kernels else kernels
-        self.chunk = 1 << 16 if model.ew is ops else None
+        # the one-pass update kernels of the model's backend (CUDA on a GPU, Numba on the CPU);
+        # with neither, the reference math below, in cache-sized chunks so that its dozen passes
+        # hit cache, not memory
+        self.ew = None if model.ew is ops else model.ew
+        self.adamw_update = self.ew.adamw_update if self.ew else adamw_update
+        self.muon_momentum = self.ew.muon_momentum if self.ew else muon_momentum
+        self.muon_apply = self.ew.muon_apply if self.ew else muon_apply
+        self.chunk = None if self.ew else 1 << 16
         self.t = 0
 
     def step(self, lr_mult: float = 1.0, muon_momentum: float | None = None):
         self.t += 1
         for g in self.adamw_groups:
-            # the AdamW math is kernels.np_adamw_update
             hyper = dict(lr=g["lr"] * lr_mult, beta1=g["beta1"], beta2=g["beta2"], eps=g["eps"],
                          wd=g["wd"], t=self.t)
             P, G = self.model.param_buf.data, self.model.grad_buf.data
@@ -85,7 +103,7 @@ class Optimizer:
             step = self.chunk or end - start
             for s in range(start, end, max(step, 1)):
                 e = min(s + step, end)
-                self.ew.adamw_update(P[s:e], G[s:e], self.m[s:e], self.v[s:e], **hyper)
+                self.adamw_update(P[s:e], G[s:e], self.m[s:e], self.v[s:e], **hyper)
         if self.muon_group:
             g = self.muon_group
             mu = g["momentum"] if muon_momentum is None else muon_momentum
@@ -98,12 +116,12 @@ class Optimizer:
 
     def _muon(self, p, grad, buf, lr, wd, mu, ns_steps):
         # buf = mu buf + (1-mu) g, then the Nesterov look-ahead u = (1-mu) g + mu buf
-        u = self.ew.muon_momentum(grad, buf, mu)
+        u = self.muon_momentum(grad, buf, mu)
         x = orthogonalize(u, ns_steps)
         rows, cols = p.shape
         lr = lr * math.sqrt(max(1.0, rows / cols))     # shape-aware: tall matrices step further
         # cautious weight decay (only where update and weight agree in sign), then p -= lr x
-        self.ew.muon_apply(p, x, lr, wd)
+        self.muon_apply(p, x, lr, wd)
 
     def state_dict(self) -> dict:
         return {"t": self.t, "m": to_numpy(self.m), "v": to_numpy(self.v), "momentum": to_numpy(self.momentum)}
@@ -124,3 +142,39 @@ def orthogonalize(g, steps: int = 5):
         B = b * A + c * (A @ A)
         x = a * x + B @ x
     return x.T if transposed else x
+
+
+# --- the update math, in place ---------------------------------------------------------
+
+def adamw_update(p, grad, m, v, *, lr, beta1, beta2, eps, wd, t):
+    """AdamW step t (1-based) as torch.optim.AdamW, in place on p, m, v."""
+    if wd:
+        p *= 1 - lr * wd                               # decoupled weight decay
+    m *= beta1
+    m += (1 - beta1) * grad
+    v *= beta2
+    v += (1 - beta2) * grad * grad
+    denom = xp_of(v).sqrt(v)
+    denom *= 1 / math.sqrt(1 - beta2 ** t)
+    denom += eps
+    p -= (lr / (1 - beta1 ** t)) * m / denom          # as torch.optim.AdamW
+
+
+def muon_momentum(grad, buf, mu, out=None):
+    """buf = mu buf + (1-mu) grad in place; returns the Nesterov look-ahead
+    u = (1-mu) grad + mu buf (written to `out` if given; `out` may be grad)."""
+    buf *= mu
+    buf += (1 - mu) * grad
+    u = (1 - mu) * grad + mu * buf
+    if out is None:
+        return u
+    out[...] = u
+    return out
+
+
+def muon_apply(p, x, lr, wd):
+    """Cautious weight decay (x += wd p where x and p agree in sign) and the step p -= lr x, in
+    place on p. `lr` is the final one (shape factor included); x is scratch and may be overwritten."""
+    if wd:
+        x += wd * p * (x * p >= 0)
+    p -= lr * x

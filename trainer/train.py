@@ -24,7 +24,7 @@ import numpy as np
 
 from trainer import __version__
 from trainer.checkpoint import atomic_open, load_checkpoint, save_checkpoint
-from trainer.config import make_config
+from trainer.config import BUDGET_FLAGS, make_config
 from trainer.data import get_batch, load_dataset
 from trainer.eval import eval_fingerprint, evaluate, tokens_fingerprint
 from trainer.flops import flops_per_token, matmul_params, total_params
@@ -54,9 +54,6 @@ class RunSpec:
     log_every: int = 10
     save_every: int = 0                 # 0 = only the final checkpoint
     save_final: bool = True
-
-
-BUDGET_FLAGS = {"flops": "--budget-flops", "seconds": "--budget-seconds", "tokens": "--budget-tokens", "steps": "--steps"}
 
 
 class Budget:

@@ -49,6 +49,7 @@ from org.agents.roles import kickoff, system_prompt
 from org.agents.spend import Spend
 from org.agents.tools import format_mail
 from org.agents.transcript import Transcript
+from org.ledger import ledger_path
 from org.mail import Mail
 
 HOOK_WAIT_SECONDS = 3000  # Claude Code's hook timeout is set above this
@@ -421,7 +422,7 @@ def on_hook(event: str, program, agent: str, root: Path, payload: str) -> str | 
     data = data if isinstance(data, dict) else {}
     last = data.get("last_assistant_message") or data.get("last-assistant-message")
     transcript.event("turn_end", backend="claude-code" if event == "stop" else "codex", last_message=last)
-    spend = Spend(lab_dir / "ledger.sqlite", program.name, agent, program.budget.total_llm_dollars)
+    spend = Spend(ledger_path(lab_dir), program.name, agent, program.budget.total_llm_dollars)
     control = Control(lab_dir, agent)
     over = spend.exhausted()  # the gateway metered the turn's calls as they were made
     if over:

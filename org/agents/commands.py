@@ -15,7 +15,6 @@ NANOLAB_PROGRAM and NANOLAB_LAB say who and where the caller is.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from org import OrgError
 from org.agents.port import PORT_VAR, call
 from org.agents.sandbox import protect_own_environment
+from org.workspace import lab_root, open_program, with_backend
 
 
 def add_agent_commands(sub):
@@ -69,34 +69,12 @@ def _identity(p):
                    help="program ($NANOLAB_PROGRAM)")
 
 
-def open_program(arg: str, root: str | Path = "."):
-    """Validate and start a program (idempotently), as `org run` does; returns (program, lab)."""
-    from org.cli import preflight, start
-    with contextlib.chdir(root):
-        program, lab, path = preflight(arg)
-        start(program, lab, path).close()
-    return program, lab
-
-
-def lab_root() -> Path:
-    """The main checkout (also from inside an agent's worktree, whose .git points there)."""
-    if os.environ.get("NANOLAB_LAB"):
-        return Path(os.environ["NANOLAB_LAB"])
-    import git
-    try:
-        repo = git.Repo(".", search_parent_directories=True)
-    except git.InvalidGitRepositoryError:
-        raise OrgError(f"not inside a git checkout: {Path.cwd()}") from None
-    return Path(repo.common_dir).resolve().parent
-
-
 # --- commands ------------------------------------------------------------------------------
 
 def cmd_agent(args) -> int:
     program, lab = open_program(args.program, lab_root())
     lab.close()
     if args.backend:  # org launch --backend scripted
-        from org.launch import with_backend
         program = with_backend(program, args.backend)
     protect_own_environment()  # this process holds the API keys; its tools' commands must not
     reason = start_agent(args.name, program, lab_root(), api=args.api)

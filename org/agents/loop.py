@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from org.ledger import ledger_path
 from org.program import Program
 from org.agents.control import Control
 from org.agents.models import Reply, Unavailable, with_backoff
@@ -54,7 +55,7 @@ class Agent:
         self.mail = self.tools.mail
         self.transcript = Transcript(lab_dir / "transcripts" / f"{name}.jsonl")
         self.spend = None if getattr(model, "free", False) else Spend(
-            lab_dir / "ledger.sqlite", program.name, name, program.budget.total_llm_dollars, prices)
+            ledger_path(lab_dir), program.name, name, program.budget.total_llm_dollars, prices)
         self.system = system_prompt(program, name)
         self.show = Display(console or Console(), name)
         self.history: list[dict] = []

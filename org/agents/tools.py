@@ -23,14 +23,12 @@ from typing import Callable
 
 from org import OrgError
 from org.lab import Lab, agent_refs
-from org.ledger import FINISHED, Ledger
+from org.ledger import FINISHED, Ledger, ledger_path
 from org.mail import EVERYONE, HUMAN, Mail, quote
-from org.program import PROGRAM_OWNED_KEYS, Program
+from org.program import Program, owned_by_program
 from org.agents.sandbox import SECRET_NAME, Refused, Workspace, cap, git_identity
 from org.sandbox import agent_box, available
 
-# an override naming any of these is a change of budget, seeds or evaluation, not of the model
-OWNED_WORDS = re.compile(r"budget|seed|eval|^val_|flops|^steps$|tokens|^data", re.I)
 # a command that names a credential variable is refused before it runs
 CREDENTIAL_REFERENCE = re.compile(r"\b[A-Z0-9_]*(API_?KEY|AUTH_TOKEN|ACCESS_TOKEN|SECRET)[A-Z0-9_]*\b"
                                   r"|\b(ANTHROPIC|OPENAI)_[A-Z_]+")
@@ -134,7 +132,7 @@ class Tools:
         self.agent, self.program = agent, program
         self.lab = Lab.open(lab_root)
         self.lab_dir = self.lab.state_dir(program.name)
-        self.ledger_path = self.lab_dir / "ledger.sqlite"
+        self.ledger_path = ledger_path(self.lab_dir)
         self.ws = Workspace(worktree, program.protected, env=git_identity(agent), box=command_box(self.lab, worktree, program.name, agent))
         self.mail = Mail(self.lab_dir)
         self.teammates = [t for t in teammates if t != agent]
@@ -266,10 +264,9 @@ class Tools:
                           ref: str | None = None) -> str:
         from org.experiments import submission_source, submit
         overrides = overrides or {}
-        owned = [k for k in overrides if k in PROGRAM_OWNED_KEYS or OWNED_WORDS.search(k)]
+        owned = owned_by_program(overrides)  # the runner refuses it too; this answers before git is asked
         if owned:
-            raise Refused(f"override {owned[0]!r}: the budget, the seeds, the data and the evaluation "
-                          "are the program's; experiments change the model or the optimizer only")
+            raise Refused(f"override {owned}")
         if not hypothesis.strip():
             raise ToolError("state the hypothesis: what you expect versus the baseline, and why")
         bad = [k for k, v in overrides.items() if not isinstance(v, (str, int, float, bool))]
@@ -408,15 +405,12 @@ def referee_verdicts(ledger: Ledger, program: Program) -> list[dict]:
     """The referee's verdict for every arm with runs, against the baseline, adjusted together
     (computed from the ledger's runs; the referee is a pure function of them)."""
     from org import referee
-    runs = [r for r in ledger.runs(program.name) if r["purpose"] != "tune"]
-    base = [r for r in runs if r["arm"] == "baseline"]
-    arms = sorted({r["arm"] for r in runs} - {"baseline"})
-    if not base or not arms:
+    runs = ledger.runs(program.name)
+    if not any(r["arm"] == "baseline" and r["purpose"] != "tune" for r in runs):
         return []
     declares = {v.name: frozenset(v.declares) for v in program.variants}
     try:  # the same pipeline as the report: declared changes, Holm, held-out confirmation
-        judged, unreadable = referee.judge_arms(base, {arm: [r for r in runs if r["arm"] == arm] for arm in arms},
-                                                program.claim.kind, program.claim.margin, declares)
+        judged, unreadable = referee.verdicts(runs, program.claim.kind, program.claim.margin, declares)
     except Exception as e:  # the referee must never take an agent down with it
         return [{"error": f"referee failed: {type(e).__name__}: {e}"}]
     return [{"arm": arm, "versus": "baseline", "verdict": c.final_verdict, "n": c.n,

@@ -1,0 +1,218 @@
+"""
+Where a program's things live, and how a command opens one: the lab's root (also from inside an
+agent's worktree), the program file (a path or a name in programs/), the checks before anything
+is created (preflight), the program started (branch, .lab/<name>/, its ledger), and a launched
+program's paths (ProgramSite: panes, control, worktrees).
+
+    program, lab, path = preflight("softcap")     # raises OrgError / ProgramError, creates nothing
+    with start(program, lab, path) as ledger: ...
+    site = open_site("softcap")                   # a launched (or recorded) program
+    site.ledger_path, site.worktree("junior-1"), site.keeper("_runner")
+
+Every org command that opens a program comes through here, so none imports another's command
+module for it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from org import OrgError
+from org.lab import Lab
+from org.ledger import Ledger, ledger_path
+from org.panes import Grid, read_state
+from org.program import (BOUND_BUDGET, MEASUREMENT_BUDGET, MEASUREMENT_FIELDS, Program, ProgramError, check_with_trainer,
+                         data_source_problem, load_program)
+
+# --- opening a program: every check first (preflight), then create what it needs (start)
+
+def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
+    """Every check that needs no state: the lab, the program file, the trainer's view of its
+    configs, uncommitted protected files and git refs. Creates nothing."""
+    lab = Lab.open(".")
+    path = program_path(arg, lab)
+    program = load_program(path)
+    check_with_trainer(program, source=str(path))
+    problem = data_source_problem(program.data.source, lab.root)
+    if problem:
+        raise ProgramError(f"{path}: data.source: {problem}")
+    dirty = lab.dirty_paths(program.protected)
+    if dirty:
+        raise OrgError(f"protected path {dirty[0]} has uncommitted changes; commit or revert it "
+                       "first (runs use committed code, the harness must match it)")
+    for i, variant in enumerate(program.variants):
+        if variant.ref:
+            try:
+                lab.resolve(variant.ref)
+            except OrgError as e:
+                raise ProgramError(f"{path}: variants[{i}].ref: {e}") from None
+    if ref:
+        lab.resolve(ref)
+    recorded = ledger_path(lab.state_dir(program.name))
+    if recorded.exists():
+        with Ledger(recorded) as ledger:
+            row = ledger.program(program.name)
+        if row:
+            check_unchanged(path, json.loads(row["spec"]), program.model_dump(mode="json"))
+    return program, lab, path
+
+
+def start(program: Program, lab: Lab, path: Path) -> Ledger:
+    """Start the program (idempotently): branch program/<name>, .lab/<name>/ and its ledger."""
+    base = lab.start_program(program.name)
+    ledger = Ledger(ledger_path(lab.state_dir(program.name)))
+    if not ledger.program(program.name):
+        ledger.add_program(program.name, program.model_dump(mode="json"), base, f"program/{program.name}")
+    return ledger
+
+
+def find_ledger(arg: str) -> tuple[Lab, str, Path]:
+    """(lab, program name, ledger path) of a started program, for read-only commands."""
+    lab = Lab.open(".")
+    name = load_program(arg).name if Path(arg).is_file() else arg
+    path = ledger_path(lab.state_dir(name))
+    if not path.exists():
+        raise OrgError(f"no ledger for program {name!r} at {path}; `org run` starts one")
+    return lab, name, path
+
+
+def program_path(arg: str, lab: Lab) -> Path:
+    for candidate in (Path(arg), lab.root / "programs" / f"{arg}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise OrgError(f"no program file {arg!r} (nor {lab.root / 'programs' / (arg + '.yaml')})")
+
+
+def check_unchanged(path: Path, started: dict, now: dict):
+    started = as_current_schema(started)
+    changed = [f for f in MEASUREMENT_FIELDS if started.get(f) != now.get(f)]
+    changed += [f"budget.{f}" for f in MEASUREMENT_BUDGET
+                if started["budget"].get(f) != now["budget"].get(f)]
+    if changed:
+        raise ProgramError(f"{path}: {changed[0]}: changed since the program started; its runs "
+                           "would not be comparable: revert it, or give the program a new name")
+    for f in BOUND_BUDGET:
+        if started["budget"].get(f) != now["budget"].get(f):
+            raise ProgramError(f"{path}: budget.{f}: {now['budget'].get(f):g} in the file, "
+                               f"{started['budget'].get(f):g} fixed for the program; a person changes "
+                               f"it with `org budget {now['name']} {f}={now['budget'].get(f):g}` (logged)")
+
+
+def as_current_schema(spec: dict) -> dict:
+    """A program as an older nanolab recorded it, read by this one: fields added since (such as
+    train.matmul) take their defaults, so they do not count as changes."""
+    try:
+        return Program.model_validate(spec).model_dump(mode="json")
+    except ValueError:  # pydantic's ValidationError: compare what was recorded
+        return spec
+
+
+def open_program(arg: str, root: str | Path = "."):
+    """Validate and start a program (idempotently), as `org run` does; returns (program, lab)."""
+    with contextlib.chdir(root):
+        program, lab, path = preflight(arg)
+        start(program, lab, path).close()
+    return program, lab
+
+
+def lab_root() -> Path:
+    """The main checkout (also from inside an agent's worktree, whose .git points there)."""
+    if os.environ.get("NANOLAB_LAB"):
+        return Path(os.environ["NANOLAB_LAB"])
+    try:
+        repo = git.Repo(".", search_parent_directories=True)
+    except git.InvalidGitRepositoryError:
+        raise OrgError(f"not inside a git checkout: {Path.cwd()}") from None
+    return Path(repo.common_dir).resolve().parent
+
+
+# --- a launched program: where its things are
+
+@dataclass
+class ProgramSite:
+    root: Path
+    program: Program     # as launched (with --backend applied)
+    path: Path | None    # the program file (None: known only from the ledger)
+
+    @property
+    def name(self) -> str:
+        return self.program.name
+
+    @property
+    def lab_dir(self) -> Path:
+        return self.root / ".lab" / self.name
+
+    @property
+    def panes_dir(self) -> Path:
+        return self.lab_dir / "panes"
+
+    @property
+    def ledger_path(self) -> Path:
+        return ledger_path(self.lab_dir)
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.root, self.name)
+
+    @property
+    def agents(self) -> list[str]:
+        return [a.name for a in self.program.org.agents]
+
+    def keeper(self, name: str) -> dict:
+        return read_state(self.panes_dir / f"{name}.json")
+
+    def control_state(self, agent: str) -> dict:
+        return read_state(self.lab_dir / "control" / agent / "state.json")  # read, never create
+
+    def worktree(self, agent: str) -> Path:
+        return self.root / "worktrees" / self.name / agent
+
+
+def open_site(arg: str | None) -> ProgramSite:
+    """The program a command is about: a file, a name in programs/, or (failing both) the
+    program recorded in .lab/<name>/ledger.sqlite. With no name: $NANOLAB_PROGRAM (set in
+    every pane), else the only program with a lab directory."""
+    root = lab_root()
+    arg = arg or os.environ.get("NANOLAB_PROGRAM") or only_program(root)
+    lab = Lab.open(root)
+    try:
+        path = program_path(arg, lab)
+        program = load_program(path)
+    except OrgError:
+        path, program = None, recorded_program(root, arg)
+    finally:
+        lab.close()
+    options = read_state(root / ".lab" / program.name / "panes" / "launch.json")
+    if options.get("backend"):
+        program = with_backend(program, options["backend"])
+    return ProgramSite(root, program, path.resolve() if path else None)
+
+
+def only_program(root: Path) -> str:
+    names = sorted(p.name for p in (root / ".lab").glob("*") if ledger_path(p).exists())
+    running = [n for n in names if Grid(root, n).running()]
+    if len(running) == 1 or len(names) == 1:
+        return (running or names)[0]
+    raise OrgError(f"which program? name one (programs here: {', '.join(names) or 'none'})")
+
+
+def recorded_program(root: Path, name: str) -> Program:
+    path = ledger_path(root / ".lab" / name)
+    if not path.exists():
+        raise OrgError(f"no program {name!r}: no programs/{name}.yaml and no ledger at {path}")
+    with Ledger(path) as ledger:
+        row = ledger.program(name)
+    if row is None:
+        raise OrgError(f"program {name!r} is not in {path}")
+    return Program.model_validate(json.loads(row["spec"]))
+
+
+def with_backend(program: Program, backend: str) -> Program:
+    """The program with every agent on `backend` (--backend scripted: no model, no key)."""
+    agents = [a.model_copy(update={"backend": backend}) for a in program.org.agents]
+    return program.model_copy(update={"org": program.org.model_copy(update={"agents": agents})})
