@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a program's declared baseline and variants (no agents)")
     p.add_argument("program", help="programs/<name>.yaml or <name>")
+    p.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: its Jobs API, e.g. http://HEAD:8265 "
+                   "(as runner: {backend: ray, address: ...} in the program)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("submit", help="enqueue one experiment; `org run` executes the queue")
@@ -131,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     program, lab, path = preflight(args.program)
+    if args.ray:  # where runs execute is not part of what they measure: the program stays the same
+        runner = program.runner.model_copy(update={"backend": "ray", "address": args.ray})
+        program = program.model_copy(update={"runner": runner})
     ledger = start(program, lab, path)
     with ledger:
         submit_declared(ledger, lab, program)

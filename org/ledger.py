@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import sqlite3
 from datetime import datetime, timezone
@@ -27,7 +28,7 @@ from urllib.parse import quote
 
 from org import OrgError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
@@ -79,6 +80,8 @@ CREATE TABLE runs (
     runner_host        TEXT,
     runner_pid         INTEGER,
     trainer_pid        INTEGER,
+    job_id             TEXT,           -- a cluster's job (runner.backend ray), chosen when claimed
+    node               TEXT,           -- where the trainer ran: this host, or the cluster's node id
     claim_seq          INTEGER,        -- order in which runs were claimed
     attempts           INTEGER NOT NULL DEFAULT 0,
     attempt_log        TEXT,           -- why earlier attempts were re-queued, one line each
@@ -152,6 +155,7 @@ MIGRATIONS = {  # from version N to N + 1
     # a run's budget was the program file's {flops: 3e12}; now (kind, value) everywhere, as in result.json
     4: ["UPDATE runs SET budget = (SELECT json_object('kind', key, 'value', value) FROM json_each(runs.budget)) "
         "WHERE json_extract(budget, '$.kind') IS NULL AND (SELECT count(*) FROM json_each(runs.budget)) = 1"],
+    5: ["ALTER TABLE runs ADD COLUMN job_id TEXT", "ALTER TABLE runs ADD COLUMN node TEXT"],
 }
 
 
@@ -250,11 +254,17 @@ class Ledger:
             version = self.db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
             while version in MIGRATIONS and version < SCHEMA_VERSION:  # an older ledger, brought up to date
                 for statement in MIGRATIONS[version]:
-                    self.db.execute(statement)
+                    if not self._has_column_it_adds(statement):
+                        self.db.execute(statement)
                 version += 1
                 self.db.execute("INSERT INTO schema_version VALUES (?, ?)", (version, now()))
         if version != SCHEMA_VERSION:
             raise LedgerError(f"{self.path}: ledger schema version {version}, this org knows {SCHEMA_VERSION}")
+
+    def _has_column_it_adds(self, statement: str) -> bool:
+        """An ADD COLUMN whose column is there already (SQLite has no IF NOT EXISTS for it)."""
+        added = re.match(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", statement)
+        return bool(added) and added[2] in columns(self.db, added[1])
 
     # --- small helpers -------------------------------------------------------------------
 
@@ -384,11 +394,17 @@ class Ledger:
                 attempts=run["attempts"] + 1, started_at=now(), reason=None))
         return self.run(run["id"])
 
-    def mark_started(self, run_id: int, trainer_pid: int, command: list[str], run_dir: Path,
-                     log_path: Path):
+    def mark_started(self, run_id: int, trainer_pid: int | None, command: list[str], run_dir: Path,
+                     log_path: Path, node: str | None = None):
         self._update("runs", run_id, dict(
             trainer_pid=trainer_pid, command=json.dumps(command), run_dir=str(run_dir),
-            metrics_path=str(Path(run_dir) / "metrics.jsonl"), log_path=str(log_path)))
+            metrics_path=str(Path(run_dir) / "metrics.jsonl"), log_path=str(log_path),
+            node=node or socket.gethostname()))
+
+    def set_job(self, run_id: int, job_id: str | None = None, node: str | None = None):
+        """The cluster job of a claimed run (in the claim's transaction, before it is submitted),
+        and later the node it ran on."""
+        self._update("runs", run_id, {k: v for k, v in dict(job_id=job_id, node=node).items() if v})
 
     def finish(self, run_id: int, status: str, reason: str = None, result: dict = None,
                wall_seconds: float = None, measurement: dict = None, measure_seconds: float = None):

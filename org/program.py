@@ -207,9 +207,17 @@ class Org(Strict):
 
 class Runner(Strict):
     slots: int = Field(1, ge=1)  # CPU slots; ignored when gpus are given (one slot per GPU)
-    threads_per_slot: int | None = Field(None, ge=1)  # default: CPU cores / slots
+    threads_per_slot: int | None = Field(None, ge=1)  # default: CPU cores / slots (1 on a cluster)
     gpus: list[int] = []  # CUDA device indices, one timed run each
     baseline_every: int = Field(4, ge=1)  # re-run the baseline after this many other runs
+    backend: Literal["local", "ray"] = "local"  # ray: each run a Ray job (org/cluster.py)
+    address: str | None = None  # ray: the cluster's Jobs API, e.g. http://10.0.0.1:8265
+
+    @model_validator(mode="after")
+    def _address_for_ray(self):
+        if self.backend == "ray" and not self.address:
+            raise ValueError("backend ray needs address: the cluster's Jobs API, e.g. http://HEAD:8265")
+        return self
 
 
 class Train(Strict):

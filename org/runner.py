@@ -22,6 +22,7 @@ run once: code that may crash on purpose and be run again could choose among its
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -33,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from org import OrgError
+from org.cluster import GPU, RayJobs, job_id
 from org.lab import Lab, child_env
 from org.ledger import FINISHED, Ledger, budget_of, pid_alive
 from org.measure import MeasureError, cross_check, evaluator_env, job_for, measure_run, source_only, worker_command
@@ -188,6 +191,27 @@ class Runner:
         self.stopping = threading.Event()
         self.children: dict[int, subprocess.Popen] = {}
         self.data_lock, self.data_ready = threading.Lock(), False  # prepare_data() before the first run
+        self.jobs = self._cluster() if program.runner.backend == "ray" else None
+
+    def _cluster(self) -> RayJobs:
+        """The Ray cluster, checked before any run is claimed (OrgError: one line)."""
+        try:
+            jobs = RayJobs(self.program.runner.address, gpu=self.program.train.device == "cuda")
+            jobs.slots()
+        except OrgError as e:
+            raise OrgError(f"program {self.program.name}: {e}") from None
+        with Ledger(self.ledger_path) as ledger:  # job ids unique to this ledger, stable across restarts
+            started = ledger.program(self.program.name)["created_at"]
+        self.ledger_key = hashlib.sha1(f"{self.ledger_path.resolve()}:{started}".encode()).hexdigest()[:8]
+        return jobs
+
+    def slots(self) -> list[Slot]:
+        """This machine's slots, or one per run the cluster holds at once (threads_per_slot, 1 by
+        default, sets each run's thread counts; Ray places the run, so there is no pinning)."""
+        if not self.jobs:
+            return make_slots(self.program)
+        threads = self.program.runner.threads_per_slot or 1
+        return [Slot(i, {**_threads(threads), "CUDA_VISIBLE_DEVICES": ""}) for i in range(self.jobs.slots())]
 
     def drain(self) -> dict:
         """Run until nothing is queued (or the compute budget is spent); returns run counts by
@@ -198,7 +222,7 @@ class Runner:
             for experiment in ledger.experiments(self.program.name):
                 plan(ledger, self.program, experiment)  # finish planning a crash interrupted
         threads = [threading.Thread(target=self._slot_loop, args=(slot,), daemon=True,
-                                    name=f"slot-{slot.index}") for slot in make_slots(self.program)]
+                                    name=f"slot-{slot.index}") for slot in self.slots()]
         for t in threads:
             t.start()
         try:
@@ -236,7 +260,8 @@ class Runner:
             self.say(f"preparing the data failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
 
     def stop(self):
-        """Stop claiming and kill running trainers; their runs are recovered by the next drain."""
+        """Stop claiming and kill running trainers (a cluster's jobs stop as their waits see
+        `stopping`); their runs are recovered by the next drain."""
         self.stopping.set()
         for proc in list(self.children.values()):
             _kill_group(proc.pid, signal.SIGKILL)
@@ -248,6 +273,11 @@ class Runner:
         partial directory aside (never deleted) and put the run back in the queue."""
         for run in ledger.stale_runs(self.program.name):
             run_dir = Path(run["run_dir"]) if run["run_dir"] else self.runs_dir / str(run["id"])
+            if run["job_id"] and self.jobs and self.jobs.status(run["job_id"]) in ("PENDING", "RUNNING"):
+                self.say(f"run {run['id']}: its job {run['job_id']} still runs on the cluster; adopted")
+                self.jobs.wait(run["job_id"], self.program.budget.run_timeout_seconds, KILL_GRACE_SECONDS,
+                               self.stopping)
+                ledger.set_job(run["id"], node=self.jobs.node(run["job_id"]))
             if run["trainer_pid"] and _is_trainer_of(run["trainer_pid"], run_dir):
                 _kill_group(run["trainer_pid"], signal.SIGKILL)  # an orphan still running
                 _wait_gone(run["trainer_pid"])
@@ -307,8 +337,13 @@ class Runner:
             return None
         with ledger.tx():
             if self._baseline_due(ledger):
-                return ledger.claim(name, slot.index, arm="baseline") or self._claim_repeat(ledger, slot)
-            return ledger.claim(name, slot.index)
+                run = ledger.claim(name, slot.index, arm="baseline") or self._claim_repeat(ledger, slot)
+            else:
+                run = ledger.claim(name, slot.index)
+            if run and self.jobs:  # the job's id is on record before the job exists
+                ledger.set_job(run["id"], job_id(name, self.ledger_key, run["id"], run["attempts"]))
+                run = ledger.run(run["id"])
+            return run
 
     def _baseline_due(self, ledger: Ledger) -> bool:
         """True when `baseline_every` measuring runs of other arms were claimed since the last
@@ -357,6 +392,36 @@ class Runner:
                              "NUMBA_CACHE_DIR": str(self.kernels(snapshot)), **source_only(snapshot)})
         self.say(f"run {run['id']}: {run['arm']} seed {run['seed']} ({run['purpose']}) on slot {slot.index}")
         t0 = time.monotonic()
+        run_trainer = self._run_job if self.jobs else self._run_here
+        returncode, killed_reason = run_trainer(ledger, run, cmd, env, snapshot, run_dir, log_path, slot)
+        wall = time.monotonic() - t0
+        died = died_of(returncode, self.sandboxed)
+        if self.stopping.is_set() and killed_reason is None and died:
+            _set_aside(run_dir)  # we were stopped (Ctrl-C, org stop): the run goes back to the queue
+            ledger.requeue(run["id"], "the runner was stopped during the run; re-queued")
+            return
+        result = read_result(run_dir)
+        died = None if killed_reason or result is not None else died
+        attempts = ledger.run(run["id"])["attempts"]
+        if self.jobs and returncode is None and not killed_reason and result is None and attempts < MAX_ATTEMPTS:
+            _set_aside(run_dir)  # the job ended, its command never did: its node went away
+            ledger.requeue(run["id"], f"job {run['job_id']} ended with no exit status (its node lost?); re-queued")
+            self.say(f"run {run['id']}: its job was lost; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
+            return
+        own_code = experiment["code_commit"] != experiment["base_commit"]
+        if died and not own_code and attempts < MAX_ATTEMPTS:  # not our signal (the OOM killer): try again
+            _set_aside(run_dir)
+            ledger.requeue(run["id"], f"the trainer died of {died}, a signal the runner did not send; re-queued")
+            self.say(f"run {run['id']}: the trainer died of {died}; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
+            return
+        if result is None:
+            result = {"status": "killed" if killed_reason else "error",
+                      "reason": killed_reason or (died_reason(died, attempts, own_code) if died
+                                                  else f"exit {returncode}: {_last_line(log_path)}")}
+        self._record(ledger, run, result, wall, killed_reason, slot)
+
+    def _run_here(self, ledger, run, cmd, env, snapshot, run_dir, log_path, slot) -> tuple[int, str | None]:
+        """The trainer as a child process of this one, in its box: (exit status, why killed)."""
         # pinned before exec, so every thread the trainer starts (BLAS pools) stays on the slot's cores
         pin = (lambda: os.sched_setaffinity(0, slot.cores)) if slot.cores else None
         with open(log_path, "wb") as log:
@@ -368,28 +433,26 @@ class Runner:
             _kill_group(proc.pid, signal.SIGKILL)
         ledger.mark_started(run["id"], proc.pid, cmd, run_dir, log_path)
         killed_reason = self._wait(proc)
-        wall = time.monotonic() - t0
         self.children.pop(run["id"], None)
-        died = died_of(proc.returncode, self.sandboxed)
-        if self.stopping.is_set() and killed_reason is None and died:
-            _set_aside(run_dir)  # we were stopped (Ctrl-C, org stop): the run goes back to the queue
-            ledger.requeue(run["id"], "the runner was stopped during the run; re-queued")
-            return
         _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it
-        result = read_result(run_dir)
-        died = None if killed_reason or result is not None else died
-        attempts = ledger.run(run["id"])["attempts"]
-        own_code = experiment["code_commit"] != experiment["base_commit"]
-        if died and not own_code and attempts < MAX_ATTEMPTS:  # not our signal (the OOM killer): try again
-            _set_aside(run_dir)
-            ledger.requeue(run["id"], f"the trainer died of {died}, a signal the runner did not send; re-queued")
-            self.say(f"run {run['id']}: the trainer died of {died}; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
-            return
-        if result is None:
-            result = {"status": "killed" if killed_reason else "error",
-                      "reason": killed_reason or (died_reason(died, attempts, own_code) if died
-                                                  else f"exit {proc.returncode}: {_last_line(log_path)}")}
-        self._record(ledger, run, result, wall, killed_reason, slot)
+        return proc.returncode, killed_reason
+
+    def _run_job(self, ledger, run, cmd, env, snapshot, run_dir, log_path, slot) -> tuple[int, str | None]:
+        """The trainer as a Ray job (org/cluster.py), in the same box, with the same command line:
+        (exit status, why killed). The stop of a stopping runner reads as a signal, so the run
+        goes back to the queue as for local runs."""
+        job = run["job_id"]
+        if self.program.train.device == "cuda":
+            env = {**env, "CUDA_VISIBLE_DEVICES": GPU}
+        box = self._run_box(run_dir, snapshot) if self.sandboxed else None
+        timeout = self.program.budget.run_timeout_seconds
+        self.jobs.submit(job, cmd, snapshot, env, log_path, box, timeout, KILL_GRACE_SECONDS)
+        ledger.mark_started(run["id"], None, cmd, run_dir, log_path, node="(a cluster node)")
+        returncode, killed = self.jobs.wait(job, timeout, KILL_GRACE_SECONDS, self.stopping)
+        ledger.set_job(run["id"], node=self.jobs.node(job))
+        if killed == "stopping":
+            return -signal.SIGKILL, None
+        return returncode, killed
 
     def _wait(self, proc: subprocess.Popen) -> str | None:
         """Wait for the trainer; past run_timeout_seconds, SIGTERM it (it writes a 'killed'

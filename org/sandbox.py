@@ -38,7 +38,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from org import OrgError
@@ -69,6 +69,17 @@ class Sandbox:
         self.hidden = [Path(p) for p in hidden]
         self.frozen = [Path(p) for p in frozen]  # read-only although inside a writable tree
         self.net, self.gpu, self.limits = net, gpu, limits or Limits()
+
+    def spec(self) -> dict:
+        """The box as plain data, to make the same box elsewhere (a cluster's job: org/cluster.py)."""
+        return {"writable": [str(p) for p in self.writable], "readonly": [str(p) for p in self.readonly],
+                "hidden": [str(p) for p in self.hidden], "frozen": [str(p) for p in self.frozen],
+                "net": self.net, "gpu": self.gpu, "limits": asdict(self.limits)}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Sandbox":
+        return cls(spec["writable"], spec["readonly"], spec["hidden"], net=spec["net"], gpu=spec["gpu"],
+                   limits=Limits(**spec["limits"]), frozen=spec["frozen"])
 
     def with_extra(self, writable=(), readonly=(), frozen=(), **limits) -> "Sandbox":
         """This box with more trees bound in, and some of its limits changed."""

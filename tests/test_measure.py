@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from org.cli import main
-from org.ledger import Ledger
+from org.ledger import SCHEMA_VERSION, Ledger
 from org.measure import cross_check, evaluator_env, measure_run, source_only, worker_command
 from org.sandbox import available, untrusted_env, worker_box
 from test_org_runner import agent_commit, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
@@ -241,7 +241,8 @@ def test_runs_recorded_by_an_older_nanolab_are_measured_when_the_program_resumes
     assert main(["run", "tiny"]) == 0  # migrates the ledger, then measures what it holds
     with Ledger(path) as ledger:
         runs = ledger.runs("tiny")
-        assert [r["version"] for r in ledger.db.execute("SELECT version FROM schema_version")] == [1, 2, 3, 4]
+        assert [r["version"] for r in ledger.db.execute("SELECT version FROM schema_version")] == \
+            list(range(1, SCHEMA_VERSION + 1))
     for run in runs:
         measurement = json.loads(run["measurement"])
         assert run["status"] == "completed" and run["measure_seconds"] > 0

@@ -471,7 +471,7 @@ def ledger_row(r: dict) -> dict:
     """The same run as a row of the runs table: flat params, JSON text, confirm_bpb in result."""
     row = {k: v for k, v in r.items() if k not in ("params", "confirm_bpb")}
     row.update(params_total=r["params"]["total"], params_matmul=r["params"]["matmul"],
-               overrides=json.dumps(r["overrides"]), budget=json.dumps({r["budget"]["kind"]: r["budget"]["value"]}),
+               overrides=json.dumps(r["overrides"]), budget=json.dumps(r["budget"]),
                result=json.dumps({"confirm_bpb": r["confirm_bpb"], "params": r["params"]}), git_dirty=0)
     return row
 

@@ -1,0 +1,172 @@
+"""
+Runs on a Ray cluster (`runner: {backend: ray, address: http://HEAD:8265}`): each run is one Ray
+job, submitted through the Jobs API; the ledger stays the queue and the runner the only judge.
+
+    jobs = RayJobs("http://127.0.0.2:8265", gpu=False)   # OrgError (one line) if unusable
+    jobs.slots()                                         # runs the cluster holds at once
+    jobs.submit("nanolab-softcap-1a2b3c4d-run7-a1", argv, cwd, env, log, box, timeout, grace)
+    returncode, killed = jobs.wait(job_id, timeout, grace, stopping)
+
+Why jobs: a job belongs to the cluster, so a runner SIGKILLed mid-run leaves it running, and the
+next runner finds it again by its id (deterministic: program, ledger, run, attempt) and adopts
+it. A slot is a custom `slot` resource on CPU nodes (`ray start --resources '{"slot": 1}'`) or
+one GPU; the runner submits only when one of its slot threads is free, so jobs never queue in
+Ray. The run's snapshot, data and run directory are paths on a filesystem every node shares
+(one machine, or NFS): the job runs the same command line the local runner would, in the same
+box (bwrap), and writes result.json, metrics and the checkpoint where the runner reads them.
+The harness's measurement of each run happens on the runner's machine, as for local runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+from org import OrgError
+from org.sandbox import Sandbox
+
+POLL_SECONDS = 0.25
+GPU = "@RAY_GPU@"  # a run's CUDA_VISIBLE_DEVICES on a cluster: whichever GPU Ray gives its job
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class RayJobs:
+    def __init__(self, address: str, gpu: bool):
+        try:
+            from ray.job_submission import JobSubmissionClient
+        except ImportError:
+            raise OrgError("runner.backend ray needs Ray: pip install -e '.[ray]' (on the runner's "
+                           "machine and on every node)") from None
+        self.address, self.gpu = address, gpu
+        try:
+            self.client = JobSubmissionClient(address)
+        except Exception as e:  # ConnectionError, ValueError: Ray's words for an unreachable head
+            raise OrgError(f"runner.address {address}: no Ray cluster answers there "
+                           f"({_first_line(e)})") from None
+
+    def slots(self) -> int:
+        """How many runs the cluster holds at once: its `slot` resources (its GPUs for a GPU
+        program) over the nodes alive now. 0 is refused before any run is claimed."""
+        from ray.util.state import list_nodes
+        try:
+            nodes = list_nodes(address=self.address, detail=True)
+        except Exception as e:
+            raise OrgError(f"runner.address {self.address}: cannot list the cluster's nodes ({_first_line(e)})") from None
+        resource = "GPU" if self.gpu else "slot"
+        total = int(sum(n.resources_total.get(resource, 0) for n in nodes if n.state == "ALIVE"))
+        if total < 1:
+            how = "start nodes with GPUs" if self.gpu else "start nodes with `ray start --resources '{\"slot\": 1}'`"
+            raise OrgError(f"runner.address {self.address}: the cluster has no {resource!r} resource "
+                           f"for runs to take; {how}")
+        return total
+
+    def submit(self, job_id: str, argv: list[str], cwd, env: dict, log, box: Sandbox | None,
+               timeout: float, grace: float) -> str:
+        """Start argv as job `job_id` on a free slot: in `box` (the local runner's, rebuilt on the
+        node by launch() below), in cwd, with exactly `env`, its output in `log`, stopped past
+        `timeout` seconds (SIGTERM, SIGKILL `grace` seconds later). Submitting an id that already
+        exists adopts that job (a runner that died after submitting)."""
+        job = {"argv": argv, "cwd": str(cwd), "env": env, "log": str(log), "box": box.spec() if box else None,
+               "timeout": timeout, "grace": grace}
+        # exec: the job's process is launch() itself, so stop_job's SIGTERM reaches it, not a shell
+        entrypoint = "exec " + shlex.join([sys.executable, "-P", "-m", "org.cluster", json.dumps(job)])
+        slot = dict(entrypoint_num_gpus=1) if self.gpu else dict(entrypoint_resources={"slot": 1})
+        runtime_env = {"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(int(grace))}}
+        try:
+            return self.client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env,
+                                          metadata={"nanolab": job_id}, **slot)
+        except RuntimeError as e:
+            if "already exists" in str(e):
+                return job_id
+            raise OrgError(f"runner.address {self.address}: submitting {job_id} failed ({_first_line(e)})") from None
+
+    def status(self, job_id: str) -> str | None:
+        """PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED; None when the cluster has no such job."""
+        try:
+            return str(self.client.get_job_info(job_id).status)
+        except RuntimeError as e:
+            if "does not exist" in str(e):
+                return None
+            raise
+
+    def node(self, job_id: str) -> str | None:
+        info = self.client.get_job_info(job_id)
+        return info.driver_node_id or None
+
+    def wait(self, job_id: str, timeout: float, grace: float, stopping) -> tuple[int | None, str | None]:
+        """Wait for the job: (its exit status, None if the cluster lost it with its node; why it
+        was killed, or None). Its time cap is enforced on the node (launch() below: SIGTERM to the
+        trainer, which writes a 'killed' result after its step); stop_job only if that fails, or
+        when `stopping` (an Event: Ctrl-C, org stop) is set, which reads as 'stopping'."""
+        killed, started = None, None
+        while True:
+            info = self.client.get_job_info(job_id)
+            status = str(info.status)
+            if status == "RUNNING" and started is None:
+                started = time.monotonic()
+            ran = time.monotonic() - started if started is not None else 0.0
+            if status in TERMINAL:
+                if killed is None and ran >= timeout:
+                    killed = f"wall time over run_timeout_seconds ({timeout:g}s), killed by the runner"
+                code = getattr(info, "driver_exit_code", None)
+                return (0 if status == "SUCCEEDED" and code is None else code), killed
+            if killed is None and (stopping.is_set() or ran > timeout + grace + 30):
+                killed = "stopping" if stopping.is_set() else f"wall time over run_timeout_seconds ({timeout:g}s), " \
+                                                              "killed by the runner"
+                self.stop(job_id)
+            time.sleep(POLL_SECONDS)
+
+    def stop(self, job_id: str):
+        try:
+            self.client.stop_job(job_id)
+        except RuntimeError:  # finished meanwhile, or gone with its node
+            pass
+
+
+def job_id(program: str, ledger_key: str, run_id: int, attempt: int) -> str:
+    """The job's id, chosen by us: a runner that restarts finds the job of a claimed run again."""
+    return f"nanolab-{program}-{ledger_key}-run{run_id}-a{attempt}"
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+# --- on the node: the job's own process ------------------------------------------------------
+
+def launch(job: dict) -> int:
+    """The job's process (`python -m org.cluster JOB`): the run's command in the same box the
+    local runner makes (limits and process cgroup included), its output in the log, and its time
+    cap as the local runner keeps it: past `timeout` a SIGTERM to the trainer itself (stop_job
+    would signal the box too, and the box's death kills the trainer before it writes its `killed`
+    result), SIGKILL `grace` seconds later. The job ends as the command did (a signal, as one)."""
+    env = dict(job["env"])
+    if env.get("CUDA_VISIBLE_DEVICES") == GPU:  # the GPU Ray gave this job
+        env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    with open(job["log"], "wb") as log:
+        how = dict(stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        if job["box"]:
+            proc = Sandbox.from_spec(job["box"]).popen(job["argv"], job["cwd"], env, **how)
+        else:
+            proc = subprocess.Popen(job["argv"], cwd=job["cwd"], env=env, **how)
+    try:
+        code = proc.wait(timeout=job["timeout"])
+    except subprocess.TimeoutExpired:
+        os.kill(getattr(proc, "inner_pid", proc.pid), signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=job["grace"])
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait()
+    if code < 0:  # died of a signal: so does the job, and the runner reads it as such
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(launch(json.loads(sys.argv[1])))
