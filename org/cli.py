@@ -35,7 +35,7 @@ from org.serve import add_serve_command
 from org.status import add_status_command
 from org.stop import add_stop_command
 from org.takeover import add_takeover_commands
-from org.workspace import find_ledger, preflight, start
+from org.workspace import find_ledger, on_ray, preflight, start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,9 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     program, lab, path = preflight(args.program)
-    if args.ray:  # where runs execute is not part of what they measure: the program stays the same
-        runner = program.runner.model_copy(update={"backend": "ray", "address": args.ray})
-        program = program.model_copy(update={"runner": runner})
+    if args.ray:
+        program = on_ray(program, args.ray)
     ledger = start(program, lab, path)
     with ledger:
         submit_declared(ledger, lab, program)

@@ -30,6 +30,7 @@ from org import OrgError
 from org.sandbox import Sandbox
 
 POLL_SECONDS = 0.25
+UNANSWERED_SECONDS = 60  # the cluster silent this long: the runner stops (its jobs go on, adopted later)
 GPU = "@RAY_GPU@"  # a run's CUDA_VISIBLE_DEVICES on a cluster: whichever GPU Ray gives its job
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -86,16 +87,27 @@ class RayJobs:
 
     def status(self, job_id: str) -> str | None:
         """PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED; None when the cluster has no such job."""
-        try:
-            return str(self.client.get_job_info(job_id).status)
-        except RuntimeError as e:
-            if "does not exist" in str(e):
-                return None
-            raise
+        info = self.info(job_id)
+        return str(info.status) if info else None
 
     def node(self, job_id: str) -> str | None:
-        info = self.client.get_job_info(job_id)
-        return info.driver_node_id or None
+        info = self.info(job_id)
+        return (info.driver_node_id or None) if info else None
+
+    def info(self, job_id: str):
+        """The job's JobDetails, None if the cluster has no such job. A head that does not answer
+        is asked again for UNANSWERED_SECONDS, then OrgError: the runner stops, the jobs go on."""
+        deadline = time.monotonic() + UNANSWERED_SECONDS
+        while True:
+            try:
+                return self.client.get_job_info(job_id)
+            except Exception as e:  # requests' ConnectionError, or Ray's RuntimeError with HTTP status
+                if "does not exist" in str(e):
+                    return None
+                if time.monotonic() > deadline:
+                    raise OrgError(f"runner.address {self.address}: the cluster stopped answering "
+                                   f"({_first_line(e)}); its jobs go on, and `org run` again adopts them") from None
+            time.sleep(1.0)
 
     def wait(self, job_id: str, timeout: float, grace: float, stopping) -> tuple[int | None, str | None]:
         """Wait for the job: (its exit status, None if the cluster lost it with its node; why it
@@ -104,7 +116,9 @@ class RayJobs:
         when `stopping` (an Event: Ctrl-C, org stop) is set, which reads as 'stopping'."""
         killed, started = None, None
         while True:
-            info = self.client.get_job_info(job_id)
+            info = self.info(job_id)
+            if info is None:  # gone from the cluster's records with its head: as a lost job
+                return None, killed
             status = str(info.status)
             if status == "RUNNING" and started is None:
                 started = time.monotonic()

@@ -45,7 +45,7 @@ from org.mail import now, write_atomically
 from org.panes import Pane, RELEASE_KEY, TAKEOVER_KEY, tmux_path
 from org.program import Program
 from org.sandbox import available as sandbox_available, pids_root, process_limit
-from org.workspace import ProgramSite, lab_root, preflight, start, with_backend
+from org.workspace import ProgramSite, lab_root, on_ray, preflight, start, with_backend
 
 RUNNER, STATUS = "_runner", "_status"  # keeper names (agent names cannot start with "_")
 TAKEN_OVER = "taken over by a person"  # the pause reason `org status` shows as "taken over"
@@ -59,6 +59,8 @@ def add_launch_commands(sub):
     p.add_argument("--attach", action="store_true", help="attach to the grid once it is up")
     p.add_argument("--wait", action="store_true", help="block until the program is done, then print the report")
     p.add_argument("--backend", choices=["scripted"], help="run every agent as this backend (no model, no key)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the experiments on a Ray cluster (its Jobs API, "
+                   "e.g. http://HEAD:8265)")
     p.add_argument("--stagger", type=float, default=1.0, help="seconds between agents' starts (default 1)")
     p.add_argument("--restarts", type=int, default=3, help="restarts of a crashed agent or runner (default 3)")
     p.set_defaults(func=cmd_launch)
@@ -73,7 +75,7 @@ def org_argv(*args: str) -> list[str]:
 
 
 def cmd_launch(args) -> int:
-    launch, program_as_filed = check(args.program, args.backend)
+    launch, program_as_filed = check(args.program, args.backend, args.ray)
     grid = launch.grid
     t0 = time.monotonic()
     with one_at_a_time(launch):
@@ -83,7 +85,7 @@ def cmd_launch(args) -> int:
             print(f"{launch.name} is done: every agent has finished and every run is recorded; "
                   f"`org report {launch.name}` for the report")
             return print_report(launch) if args.wait else 0
-        notes = build(launch, program_as_filed, args.stagger, args.restarts, args.backend)
+        notes = build(launch, program_as_filed, args.stagger, args.restarts, args.backend, args.ray)
     for note in notes:
         print(note)
     n = len(launch.agents)
@@ -112,7 +114,7 @@ def one_at_a_time(launch: ProgramSite):
         yield
 
 
-def check(arg: str, backend: str | None) -> tuple[ProgramSite, Program]:
+def check(arg: str, backend: str | None, ray: str | None = None) -> tuple[ProgramSite, Program]:
     """Every check that needs no state; raises OrgError (one line) and creates nothing."""
     from org.agents.models import missing_credentials
     if tmux_path() is None:
@@ -122,7 +124,8 @@ def check(arg: str, backend: str | None) -> tuple[ProgramSite, Program]:
     with contextlib.chdir(root):
         program, lab, path = preflight(arg)
     try:
-        launch = ProgramSite(root, with_backend(program, backend) if backend else program, path.resolve())
+        launched = with_backend(program, backend) if backend else program
+        launch = ProgramSite(root, on_ray(launched, ray) if ray else launched, path.resolve())
         if not program.org.agents:
             raise OrgError(f"{path}: org.agents is empty: nobody to launch (`org run {program.name}` "
                            "runs the declared arms without agents)")
@@ -223,7 +226,7 @@ def keeper_name(label: str) -> str:
 
 
 def build(launch: ProgramSite, program_as_filed: Program, stagger: float, restarts: int,
-          backend: str | None) -> list[str]:
+          backend: str | None, ray: str | None = None) -> list[str]:
     """The lab, the worktrees and the grid; returns a line for each recovery it made. A
     failure while the grid is being built kills it: no half-built org stays behind."""
     notes, grid = [], launch.grid
@@ -247,7 +250,7 @@ def build(launch: ProgramSite, program_as_filed: Program, stagger: float, restar
     if any(b in gateway.BACKEND_PROVIDER for b in backends.values()):
         gateway.prepare(launch.lab_dir, backends, dict(os.environ))  # keys to its file, tokens anew
     (launch.panes_dir / "stop").unlink(missing_ok=True)
-    write_atomically(launch.panes_dir / "launch.json", json.dumps({"backend": backend, "at": now()}))
+    write_atomically(launch.panes_dir / "launch.json", json.dumps({"backend": backend, "ray": ray, "at": now()}))
     for name in [*launch.agents, RUNNER, STATUS]:  # not the last launch's "ended": serve would think it done
         write_atomically(launch.panes_dir / f"{name}.json", json.dumps({"name": name, "state": "waiting", "since": now()}))
     panes = [agent_pane(launch, agent, i * stagger, restarts) for i, agent in enumerate(launch.agents)]

@@ -191,6 +191,7 @@ class Runner:
         self.stopping = threading.Event()
         self.children: dict[int, subprocess.Popen] = {}
         self.data_lock, self.data_ready = threading.Lock(), False  # prepare_data() before the first run
+        self.failure: OrgError | None = None  # why a slot gave up (a cluster gone silent), said by drain()
         self.jobs = self._cluster() if program.runner.backend == "ray" else None
 
     def _cluster(self) -> RayJobs:
@@ -232,6 +233,8 @@ class Runner:
         except KeyboardInterrupt:
             self.stop()
             raise
+        if self.failure:
+            raise self.failure
         with Ledger(self.ledger_path) as ledger:
             counts = {}
             for run in ledger.runs(self.program.name):
@@ -310,7 +313,7 @@ class Runner:
 
     def _slot_loop(self, slot: Slot):
         with Ledger(self.ledger_path) as ledger:
-            while not self.stopping.is_set():
+            while not self.stopping.is_set() and not self.failure:
                 with self.cond:
                     run = self._claim(ledger, slot)
                     if run is None:
@@ -322,6 +325,8 @@ class Runner:
                     self.busy += 1
                 try:
                     self._execute(ledger, run, slot)
+                except OrgError as e:  # the cluster stopped answering: stop; its run stays claimed
+                    self.failure = e
                 finally:
                     with self.cond:
                         self.busy -= 1

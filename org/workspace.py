@@ -190,6 +190,8 @@ def open_site(arg: str | None) -> ProgramSite:
     options = read_state(root / ".lab" / program.name / "panes" / "launch.json")
     if options.get("backend"):
         program = with_backend(program, options["backend"])
+    if options.get("ray"):
+        program = on_ray(program, options["ray"])
     return ProgramSite(root, program, path.resolve() if path else None)
 
 
@@ -210,6 +212,13 @@ def recorded_program(root: Path, name: str) -> Program:
     if row is None:
         raise OrgError(f"program {name!r} is not in {path}")
     return Program.model_validate(json.loads(row["spec"]))
+
+
+def on_ray(program: Program, address: str) -> Program:
+    """The program with its runs on the Ray cluster at `address` (--ray): where runs execute is
+    not part of what they measure, so it is the same program."""
+    runner = program.runner.model_copy(update={"backend": "ray", "address": address})
+    return program.model_copy(update={"runner": runner})
 
 
 def with_backend(program: Program, backend: str) -> Program:

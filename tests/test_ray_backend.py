@@ -1,8 +1,10 @@
 """The runner on a real Ray cluster: two nodes on loopback addresses (127.0.0.2 and .3), each with
-one `slot`, started and torn down here (only this module's own processes). Each run is a Ray
+one `slot`, started and torn down here (only this module's own processes); the tests that kill
+a node or a whole cluster start clusters of their own on other addresses. Each run is a Ray
 job; the ledger is still the queue, and a runner SIGKILLed mid-run adopts its job on restart.
 
 Skipped only where Ray is not installed (`pip install -e '.[ray]'`); CI installs it."""
+import contextlib
 import json
 import os
 import signal
@@ -29,62 +31,105 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def ray_start(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    ray = Path(sys.executable).with_name("ray")
-    return subprocess.Popen([str(ray), "start", "--block", "--disable-usage-stats", "--num-cpus", "1",
-                             "--resources", '{"slot": 1}', "--object-store-memory", str(100 << 20), *args],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+class Cluster:
+    """A Ray cluster of this test's own processes, a head and nodes on loopback addresses of their
+    own (127.0.0.1 is silently replaced by the machine's address), each `ray start --block` in a
+    session of its own, killed by process group and by descent (a job's processes run in sessions
+    of their own): never `ray stop`, which kills by name. Ports are free ones, so two clusters
+    can live side by side."""
+
+    def __init__(self, head_ip: str, head_slots: int):
+        self.temp = Path(tempfile.mkdtemp(prefix="nlray", dir="/tmp"))  # short: Ray's socket paths must fit
+        self.head_ip, self.gcs, dashboard = head_ip, free_port(head_ip), free_port("127.0.0.1")
+        self.address = f"http://127.0.0.1:{dashboard}"
+        self.nodes: dict[str, subprocess.Popen] = {}
+        self.start(head_ip, head_slots, ["--head", "--port", str(self.gcs), "--temp-dir", str(self.temp),
+                                         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+                                         "--ray-client-server-port", str(free_port(head_ip))])
+
+    def start(self, ip: str, slots: int, args=()) -> None:
+        if self.nodes:
+            self.wait_for(len(self.nodes))  # a node joins a head that answers
+            args = ["--address", f"{self.head_ip}:{self.gcs}"]
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        self.nodes[ip] = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), "start", "--block", "--disable-usage-stats",
+             "--node-ip-address", ip, "--num-cpus", "1", "--resources", json.dumps({"slot": slots}),
+             "--object-store-memory", str(100 << 20), "--dashboard-agent-listen-port", str(free_port(ip)),
+             *args],
+            stdout=(self.temp / f"{ip}.log").open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def wait_for(self, alive: int):
+        from ray.util.state import list_nodes
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if sum(n.state == "ALIVE" for n in list_nodes(address=self.address)) >= alive:
+                    return
+            except Exception:  # the head is still coming up
+                pass
+            time.sleep(1)
+        pytest.fail(f"the Ray cluster did not come up: {(self.temp / f'{self.head_ip}.log').read_text()[-2000:]}")
+
+    def kill(self, ip: str, sig: int = signal.SIGKILL):
+        """The node and everything it started, as if its machine went away."""
+        proc = self.nodes.pop(ip)
+        doomed = descendants(proc.pid)
+        for pid, born in doomed.items():
+            if still(pid, born):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(20)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(still(pid, born) for pid, born in doomed.items()):
+            time.sleep(0.2)
+        for pid, born in doomed.items():  # what a SIGTERM did not end by now
+            if still(pid, born):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+
+    def close(self):
+        for ip in reversed(list(self.nodes)):
+            self.kill(ip, signal.SIGTERM)
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below pid, from /proc, whatever session it put itself in: {pid: its start
+    time}, so that a pid the system has given to someone else since is never signalled."""
+    parent, born = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)], born[int(stat.parent.name)] = int(fields[1]), fields[19]
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - found
+        found |= frontier
+    return {p: born[p] for p in found}
+
+
+def still(pid: int, born: str) -> bool:
+    """pid is the very process seen before (not a new one with its number)."""
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] == born
+    return False
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """The Jobs API address of a fresh two-node cluster (a head and one worker node)."""
-    from ray.util.state import list_nodes
-    temp = Path(tempfile.mkdtemp(prefix="nlray", dir="/tmp"))  # short: Ray's socket paths must fit
-    gcs, dashboard = free_port("127.0.0.2"), free_port("127.0.0.1")
-    head = ray_start(["--head", "--node-ip-address", "127.0.0.2", "--port", str(gcs), "--temp-dir", str(temp),
-                      "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)], temp / "head.log")
-    address = f"http://127.0.0.1:{dashboard}"
-    nodes = [head]
+    """The Jobs API address of a fresh two-node cluster (a head and one worker node, a slot each)."""
+    ray = Cluster("127.0.0.2", head_slots=1)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and len(nodes) < 2:
-            time.sleep(1)
-            try:
-                list_nodes(address=address)
-            except Exception:
-                continue
-            nodes.append(ray_start(["--address", f"127.0.0.2:{gcs}", "--node-ip-address", "127.0.0.3"],
-                                   temp / "node.log"))
-        while time.monotonic() < deadline:
-            try:
-                if sum(n.state == "ALIVE" for n in list_nodes(address=address)) == 2:
-                    break
-            except Exception:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail(f"the Ray cluster did not come up: {(temp / 'head.log').read_text()[-2000:]}")
-        yield address
+        ray.start("127.0.0.3", slots=1)
+        ray.wait_for(2)
+        yield ray.address
     finally:
-        for proc in reversed(nodes):  # ours only, by process group: never `ray stop`
-            with_group(proc, signal.SIGTERM)
-        for proc in nodes:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                with_group(proc, signal.SIGKILL)
-                proc.wait()
-        for proc in nodes:
-            with_group(proc, signal.SIGKILL)  # what the node left in its group
-
-
-def with_group(proc: subprocess.Popen, sig: int):
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        ray.close()
 
 
 def ray_program(address: str, **changes) -> dict:
@@ -99,11 +144,11 @@ def jobs_of(address: str, run: dict) -> list:
 
 def test_runs_spread_over_the_clusters_slots_one_at_a_time_with_the_local_backends_numbers(cluster, tmp_path,
                                                                                             monkeypatch, capsys):
-    root = create_project(tmp_path / "ray", ray_program(cluster))
+    root = create_project(tmp_path / "ray", tiny_program(runner={"threads_per_slot": 1}))
     local = create_project(tmp_path / "local", tiny_program(runner={"threads_per_slot": 1}))
-    for where in (root, local):
+    for where, flags in ((root, ["--ray", cluster]), (local, [])):   # the same program file, run twice
         monkeypatch.chdir(where)
-        assert main(["run", "tiny"]) == 0
+        assert main(["run", "tiny", *flags]) == 0
     with ledger_of(root) as ledger:
         runs = ledger.runs("tiny")
     with ledger_of(local) as ledger:
@@ -192,3 +237,86 @@ def test_a_program_on_ray_without_ray_installed_says_so(tmp_path, monkeypatch, c
     assert main(["run", "tiny"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("runner.backend ray needs Ray: pip install -e '.[ray]' (on the runner's machine and on every node)")
+
+
+def test_a_node_that_dies_mid_run_gives_its_run_back_to_the_queue(tmp_path):
+    """Its job ends with no exit status; the run goes back to the queue as a new attempt and
+    runs on the node that takes its place. The head offers no slot, so runs go to the nodes."""
+    ray = Cluster("127.0.0.5", head_slots=0)
+    try:
+        ray.start("127.0.0.6", slots=1)
+        ray.wait_for(2)
+        budget = {**tiny_program()["budget"], "per_run": {"steps": 2000}, "seeds": [0]}
+        root = create_project(tmp_path / "proj", ray_program(ray.address, variants=[], budget=budget))
+        metrics = root / ".lab" / "tiny" / "runs" / "1" / "metrics.jsonl"
+        runner = subprocess.Popen([sys.executable, "-m", "org.cli", "run", "tiny"], cwd=root,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        from ray.job_submission import JobSubmissionClient
+        client, job = JobSubmissionClient(ray.address), None
+        deadline = time.monotonic() + 120
+        while job is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            if (root / ".lab" / "tiny" / "ledger.sqlite").exists():
+                with ledger_of(root) as ledger:
+                    job = next((r["job_id"] for r in ledger.runs("tiny", status="running") if r["job_id"]), None)
+            if job and not (metrics.exists() and metrics.read_text().strip()):
+                job = None                          # not training yet
+        assert job, "no run got under way on the cluster"
+        ray.kill("127.0.0.6")                       # the node, the job's processes, the trainer
+        ray.start("127.0.0.7", slots=1)             # and another takes its place
+        out, _ = runner.communicate(timeout=300)
+        assert runner.returncode == 0, out
+        with ledger_of(root) as ledger:
+            run, = ledger.runs("tiny")
+        assert (run["status"], run["attempts"]) == ("completed", 2), (run["reason"], run["attempt_log"], out)
+        assert f"job {job} ended with no exit status (its node lost?); re-queued" in run["attempt_log"]
+        assert run["job_id"] != job and str(client.get_job_info(run["job_id"]).status) == "SUCCEEDED"
+        assert Path(run["run_dir"]).with_name(f"{run['id']}.attempt1").is_dir()    # the lost attempt, kept
+    finally:
+        ray.close()
+
+
+def test_org_launch_ray_keeps_the_cluster_for_the_runner_pane(tmp_path, monkeypatch):
+    """`org launch --ray ADDRESS` records it with the launch's options; `org serve` (the runner's
+    pane) opens the program through open_site, which applies it."""
+    from org.workspace import open_site
+    root = create_project(tmp_path / "proj", tiny_program())
+    monkeypatch.chdir(root)
+    panes = root / ".lab" / "tiny" / "panes"
+    panes.mkdir(parents=True)
+    (panes / "launch.json").write_text(json.dumps({"backend": None, "ray": "http://10.0.0.1:8265"}))
+    runner = open_site("tiny").program.runner
+    assert (runner.backend, runner.address) == ("ray", "http://10.0.0.1:8265")
+
+
+def test_a_cluster_that_stops_answering_stops_the_runner_in_one_line_and_loses_nothing(
+        tmp_path, monkeypatch, capsys):
+    """The head gone mid-run: the runner asks again for a while (here 3 s), then stops with one
+    line; the run stays claimed with its job id, for the next `org run` to adopt or re-queue."""
+    import threading
+    from org import cluster as ray_cluster
+    monkeypatch.setattr(ray_cluster, "UNANSWERED_SECONDS", 3)
+    ray = Cluster("127.0.0.8", head_slots=1)
+    try:
+        ray.wait_for(1)
+        budget = {**tiny_program()["budget"], "per_run": {"steps": 2000}, "seeds": [0]}
+        root = create_project(tmp_path / "proj", ray_program(ray.address, variants=[], budget=budget))
+        monkeypatch.chdir(root)
+        said = []
+        runner = threading.Thread(target=lambda: said.append(main(["run", "tiny"])))
+        runner.start()
+        metrics = root / ".lab" / "tiny" / "runs" / "1" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert metrics.exists(), "no run got under way on the cluster"
+    finally:
+        ray.close()                                  # the whole cluster, mid-run
+    runner.join(120)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert said == [2] and len(err) == 1 and "the cluster stopped answering" in err[0], err
+    with ledger_of(root) as ledger:
+        run, = ledger.runs("tiny")
+    assert run["status"] == "running" and run["job_id"]   # on record, not lost, not counted
+    assert main(["run", "tiny"]) == 2                      # no cluster there now: one line, nothing claimed
+    assert "no Ray cluster answers there" in capsys.readouterr().err
