@@ -220,7 +220,17 @@ def check_learning(base, var, declared, tol) -> list[Finding]:
 
 def check_devices(base, var, declared, tol) -> list[Finding]:
     """Different devices: invalid under a seconds budget (the device sets how much training
-    fits); a warning otherwise (same work, numerics differ only in rounding)."""
+    fits); a warning otherwise (same work, numerics differ only in rounding). Judged seed by
+    seed, as the arms are compared, on the device model harness code saw each run train on (a
+    cluster can mix kinds); on the trainer's word for runs recorded before the harness looked."""
+    b = {r.seed: r.machine for r in completed(base) if r.machine}
+    v = {r.seed: r.machine for r in completed(var) if r.machine}
+    apart = sorted(s for s in b.keys() & v.keys() if b[s] != v[s])
+    if apart:
+        text = "; ".join(f"seed {s}: baseline on {b[s]}, variant on {v[s]}" for s in apart)
+        return [Finding("device", f"devices differ: {text}", budget_kind(base + var) == "seconds")]
+    if b.keys() & v.keys():
+        return []
     b = {r.device for r in completed(base)}
     v = {r.device for r in completed(var)}
     if not b or not v or b == v:

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from org import OrgError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
@@ -82,6 +82,8 @@ CREATE TABLE runs (
     trainer_pid        INTEGER,
     job_id             TEXT,           -- a cluster's job (runner.backend ray), chosen when claimed
     node               TEXT,           -- where the trainer ran: this host, or the cluster's node id
+    kind               TEXT,           -- the cluster's kind of device it ran on (one per seed)
+    machine            TEXT,           -- the device model it trained on, named by harness code there
     claim_seq          INTEGER,        -- order in which runs were claimed
     attempts           INTEGER NOT NULL DEFAULT 0,
     attempt_log        TEXT,           -- why earlier attempts were re-queued, one line each
@@ -156,6 +158,7 @@ MIGRATIONS = {  # from version N to N + 1
     4: ["UPDATE runs SET budget = (SELECT json_object('kind', key, 'value', value) FROM json_each(runs.budget)) "
         "WHERE json_extract(budget, '$.kind') IS NULL AND (SELECT count(*) FROM json_each(runs.budget)) = 1"],
     5: ["ALTER TABLE runs ADD COLUMN job_id TEXT", "ALTER TABLE runs ADD COLUMN node TEXT"],
+    6: ["ALTER TABLE runs ADD COLUMN kind TEXT", "ALTER TABLE runs ADD COLUMN machine TEXT"],
 }
 
 
@@ -378,12 +381,17 @@ class Ledger:
                 args.append(value)
         return self._all(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY id", *args)
 
-    def claim(self, program: str, slot: int, arm: str = None) -> dict | None:
+    def claim(self, program: str, slot: int, arm: str = None, kind: str = None) -> dict | None:
         """Atomically take the next queued run (tuning first, then seed by seed; only `arm`'s
-        if given) for this process; None when there is none."""
+        if given) for this process; None when there is none. A slot of a `kind` of device takes
+        only runs of seeds no other kind has run (it becomes theirs): arms compare seed by seed,
+        so each seed's runs all train on one kind."""
         with self.tx():
             run = self._one("SELECT * FROM runs WHERE program = ? AND status = 'queued' "
-                            "AND (? IS NULL OR arm = ?) ORDER BY round, id LIMIT 1", program, arm, arm)
+                            "AND (? IS NULL OR arm = ?) AND (? IS NULL OR NOT EXISTS ("
+                            "  SELECT 1 FROM runs other WHERE other.program = runs.program "
+                            "  AND other.seed = runs.seed AND other.kind != ?)) "
+                            "ORDER BY round, id LIMIT 1", program, arm, arm, kind, kind)
             if run is None:
                 return None
             seq = self.db.execute("SELECT coalesce(max(claim_seq), 0) + 1 FROM runs "
@@ -391,20 +399,20 @@ class Ledger:
             self._update("runs", run["id"], dict(
                 status="running", slot=slot, runner_host=socket.gethostname(),
                 runner_pid=os.getpid(), trainer_pid=None, claim_seq=seq,
-                attempts=run["attempts"] + 1, started_at=now(), reason=None))
+                attempts=run["attempts"] + 1, started_at=now(), reason=None, kind=kind))
         return self.run(run["id"])
 
     def mark_started(self, run_id: int, trainer_pid: int | None, command: list[str], run_dir: Path,
-                     log_path: Path, node: str | None = None):
+                     log_path: Path, node: str | None = None, machine: str | None = None):
         self._update("runs", run_id, dict(
             trainer_pid=trainer_pid, command=json.dumps(command), run_dir=str(run_dir),
             metrics_path=str(Path(run_dir) / "metrics.jsonl"), log_path=str(log_path),
-            node=node or socket.gethostname()))
+            node=node or socket.gethostname(), machine=machine))
 
-    def set_job(self, run_id: int, job_id: str | None = None, node: str | None = None):
+    def set_job(self, run_id: int, job_id: str | None = None, node: str | None = None, machine: str | None = None):
         """The cluster job of a claimed run (in the claim's transaction, before it is submitted),
-        and later the node it ran on."""
-        self._update("runs", run_id, {k: v for k, v in dict(job_id=job_id, node=node).items() if v})
+        and later the node it ran on and the device model its job named there."""
+        self._update("runs", run_id, {k: v for k, v in dict(job_id=job_id, node=node, machine=machine).items() if v})
 
     def finish(self, run_id: int, status: str, reason: str = None, result: dict = None,
                wall_seconds: float = None, measurement: dict = None, measure_seconds: float = None):

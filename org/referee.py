@@ -86,7 +86,8 @@ class Run:
     params: tuple           # (total, matmul)
     flops_per_token: float | None
     tokens_per_second: float | None
-    device: str | None
+    device: str | None      # the trainer's word
+    machine: str | None     # the device model harness code saw the run train on
     eval_fingerprint: str | None
     data_fingerprint: str | None
     budget: tuple | None    # (kind, value)
@@ -121,7 +122,7 @@ class Run:
             flops=get("flops"), tokens=get("tokens"), steps=get("steps"),
             params=(params.get("total", get("params_total")), params.get("matmul", get("params_matmul"))),
             flops_per_token=get("flops_per_token"), tokens_per_second=get("tokens_per_second"),
-            device=get("device"), eval_fingerprint=get("eval_fingerprint"),
+            device=get("device"), machine=row.get("machine"), eval_fingerprint=get("eval_fingerprint"),
             data_fingerprint=get("data_fingerprint"), budget=_budget(get("budget")),
             overrides=json.dumps(_json(row.get("overrides")) or {}, sort_keys=True),
             code=(get("git_commit"), bool(get("git_dirty"))), claim_seq=row.get("claim_seq"),

@@ -190,6 +190,9 @@ def header(report: Report) -> str:
                       f"{train.get('device', 'cpu')}, {train.get('dtype', 'float32')} with "
                       f"{train.get('matmul', 'fp32')} matmuls; data `{data.get('source')}` "
                       f"({data.get('tokenizer')}), val_bpb over {data.get('val_tokens')} tokens."]
+    machines = Counter(r["machine"] for r in report.runs if r.get("machine"))
+    if machines:  # named by harness code where each run trained; a cluster can mix kinds
+        lines[-1] += " Trained on " + ", ".join(f"{m} ({n} run{'s' * (n > 1)})" for m, n in machines.most_common()) + "."
     lines += ["", measured_text(report)]
     pending = Counter(r.get("status") for r in report.runs if r.get("status") in NOT_RUN_YET)
     if pending:

@@ -22,7 +22,6 @@ run once: code that may crash on purpose and be run again could choose among its
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -35,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 
 from org import OrgError
-from org.cluster import GPU, RayJobs, job_id
+from org.cluster import GPU, connect, job_id, machine
 from org.lab import Lab, child_env
 from org.ledger import FINISHED, Ledger, budget_of, pid_alive
 from org.measure import MeasureError, cross_check, evaluator_env, job_for, measure_run, source_only, worker_command
@@ -60,6 +59,7 @@ class Slot:
     index: int
     env: dict = field(default_factory=dict)  # thread counts, CUDA_VISIBLE_DEVICES
     cores: list[int] | None = None  # CPU affinity, so CPU slots never share cores
+    kind: str | None = None  # a cluster's kind of device (org/cluster.py): each seed's runs keep to one
 
 
 def make_slots(program: Program) -> list[Slot]:
@@ -192,27 +192,17 @@ class Runner:
         self.children: dict[int, subprocess.Popen] = {}
         self.data_lock, self.data_ready = threading.Lock(), False  # prepare_data() before the first run
         self.failure: OrgError | None = None  # why a slot gave up (a cluster gone silent), said by drain()
-        self.jobs = self._cluster() if program.runner.backend == "ray" else None
-
-    def _cluster(self) -> RayJobs:
-        """The Ray cluster, checked before any run is claimed (OrgError: one line)."""
-        try:
-            jobs = RayJobs(self.program.runner.address, gpu=self.program.train.device == "cuda")
-            jobs.slots()
-        except OrgError as e:
-            raise OrgError(f"program {self.program.name}: {e}") from None
-        with Ledger(self.ledger_path) as ledger:  # job ids unique to this ledger, stable across restarts
-            started = ledger.program(self.program.name)["created_at"]
-        self.ledger_key = hashlib.sha1(f"{self.ledger_path.resolve()}:{started}".encode()).hexdigest()[:8]
-        return jobs
+        self.jobs, self.ledger_key = connect(program, ledger_path) if program.runner.backend == "ray" else (None, None)
 
     def slots(self) -> list[Slot]:
-        """This machine's slots, or one per run the cluster holds at once (threads_per_slot, 1 by
-        default, sets each run's thread counts; Ray places the run, so there is no pinning)."""
+        """This machine's slots, or one per run the cluster holds at once, each of a kind of
+        device (threads_per_slot, 1 by default, sets each run's thread counts; Ray places the
+        run on a node of its slot's kind, so there is no pinning)."""
         if not self.jobs:
             return make_slots(self.program)
-        threads = self.program.runner.threads_per_slot or 1
-        return [Slot(i, {**_threads(threads), "CUDA_VISIBLE_DEVICES": ""}) for i in range(self.jobs.slots())]
+        env = {**_threads(self.program.runner.threads_per_slot or 1), "CUDA_VISIBLE_DEVICES": ""}
+        kinds = [kind for kind, n in self.jobs.slots().items() for _ in range(n)]
+        return [Slot(i, env, kind=kind) for i, kind in enumerate(kinds)]
 
     def drain(self) -> dict:
         """Run until nothing is queued (or the compute budget is spent); returns run counts by
@@ -280,7 +270,7 @@ class Runner:
                 self.say(f"run {run['id']}: its job {run['job_id']} still runs on the cluster; adopted")
                 self.jobs.wait(run["job_id"], self.program.budget.run_timeout_seconds, KILL_GRACE_SECONDS,
                                self.stopping)
-                ledger.set_job(run["id"], node=self.jobs.node(run["job_id"]))
+                ledger.set_job(run["id"], node=self.jobs.node(run["job_id"]), machine=self.jobs.machine(run["job_id"]))
             if run["trainer_pid"] and _is_trainer_of(run["trainer_pid"], run_dir):
                 _kill_group(run["trainer_pid"], signal.SIGKILL)  # an orphan still running
                 _wait_gone(run["trainer_pid"])
@@ -342,9 +332,9 @@ class Runner:
             return None
         with ledger.tx():
             if self._baseline_due(ledger):
-                run = ledger.claim(name, slot.index, arm="baseline") or self._claim_repeat(ledger, slot)
+                run = ledger.claim(name, slot.index, "baseline", slot.kind) or self._claim_repeat(ledger, slot)
             else:
-                run = ledger.claim(name, slot.index)
+                run = ledger.claim(name, slot.index, kind=slot.kind)
             if run and self.jobs:  # the job's id is on record before the job exists
                 ledger.set_job(run["id"], job_id(name, self.ledger_key, run["id"], run["attempts"]))
                 run = ledger.run(run["id"])
@@ -368,13 +358,13 @@ class Runner:
         name = self.program.name
         mains = ledger.runs(name, arm="baseline", purpose="main")
         if not mains:  # the baseline is still tuning: nothing to repeat yet
-            return ledger.claim(name, slot.index)
+            return ledger.claim(name, slot.index, kind=slot.kind)
         repeats = ledger.runs(name, arm="baseline", purpose="repeat")
         template = mains[len(repeats) % len(mains)]
         experiment = ledger.experiment(template["experiment_id"])
         ledger.add_run(experiment, "repeat", template["seed"], template["round"],
                        json.loads(template["overrides"]), budget_of(template))
-        return ledger.claim(name, slot.index, arm="baseline")
+        return ledger.claim(name, slot.index, "baseline", slot.kind)
 
     # --- executing -----------------------------------------------------------------------
 
@@ -436,7 +426,7 @@ class Runner:
         self.children[run["id"]] = proc
         if self.stopping.is_set():  # stop() ran between Popen and the line above: it missed this one
             _kill_group(proc.pid, signal.SIGKILL)
-        ledger.mark_started(run["id"], proc.pid, cmd, run_dir, log_path)
+        ledger.mark_started(run["id"], proc.pid, cmd, run_dir, log_path, machine=machine(slot.env.get("CUDA_VISIBLE_DEVICES")))
         killed_reason = self._wait(proc)
         self.children.pop(run["id"], None)
         _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it
@@ -451,10 +441,10 @@ class Runner:
             env = {**env, "CUDA_VISIBLE_DEVICES": GPU}
         box = self._run_box(run_dir, snapshot) if self.sandboxed else None
         timeout = self.program.budget.run_timeout_seconds
-        self.jobs.submit(job, cmd, snapshot, env, log_path, box, timeout, KILL_GRACE_SECONDS)
+        self.jobs.submit(job, cmd, snapshot, env, log_path, box, timeout, KILL_GRACE_SECONDS, slot.kind)
         ledger.mark_started(run["id"], None, cmd, run_dir, log_path, node="(a cluster node)")
         returncode, killed = self.jobs.wait(job, timeout, KILL_GRACE_SECONDS, self.stopping)
-        ledger.set_job(run["id"], node=self.jobs.node(job))
+        ledger.set_job(run["id"], node=self.jobs.node(job), machine=self.jobs.machine(job))
         if killed == "stopping":
             return -signal.SIGKILL, None
         return returncode, killed

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from org.cli import main
+from org.cluster import machine
 from org.lab import Lab
 from org.ledger import Ledger, pid_alive
 from org.program import load_program
@@ -101,6 +102,7 @@ def test_org_run_measures_every_arm_on_the_programs_seeds(make_project, capsys):
             assert command[command.index("--seed") + 1] == str(run["seed"])
             assert run["steps"] == 3 and run["val_bpb"] > 0 and run["wall_seconds"] > 0
             assert run["git_commit"] == base  # the runner's word: the snapshot has no .git
+            assert run["machine"] == machine() and run["kind"] is None  # the CPU, named by the runner
             assert Path(run["run_dir"], "result.json").exists() and Path(run["metrics_path"]).exists()
         assert ledger.program("tiny")["eval_fingerprint"] == runs[0]["eval_fingerprint"]
         before = ledger.counts()
@@ -111,6 +113,7 @@ def test_org_run_measures_every_arm_on_the_programs_seeds(make_project, capsys):
     assert main(["runs", "tiny", "--json", "--arm", "no-softcap"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["seed"] for r in rows] == [0, 1] and rows[0]["overrides"] == {**TINY, "softcap": 0}
+    assert rows[0]["machine"] == machine()
     assert main(["runs", "tiny", "--status", "completed"]) == 0
     assert "no-softcap" in capsys.readouterr().out
 

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from org import OrgError
 from org.cli import main
+from org.cluster import machine, slots_by_kind
 from org.ledger import Ledger
 from test_org_runner import create_project, ledger_of, tiny_program
 
@@ -38,23 +40,24 @@ class Cluster:
     of their own): never `ray stop`, which kills by name. Ports are free ones, so two clusters
     can live side by side."""
 
-    def __init__(self, head_ip: str, head_slots: int):
+    def __init__(self, head_ip: str, head_slots: int, kind: str | None = None):
         self.temp = Path(tempfile.mkdtemp(prefix="nlray", dir="/tmp"))  # short: Ray's socket paths must fit
         self.head_ip, self.gcs, dashboard = head_ip, free_port(head_ip), free_port("127.0.0.1")
         self.address = f"http://127.0.0.1:{dashboard}"
         self.nodes: dict[str, subprocess.Popen] = {}
-        self.start(head_ip, head_slots, ["--head", "--port", str(self.gcs), "--temp-dir", str(self.temp),
+        self.start(head_ip, head_slots, kind, ["--head", "--port", str(self.gcs), "--temp-dir", str(self.temp),
                                          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
                                          "--ray-client-server-port", str(free_port(head_ip))])
 
-    def start(self, ip: str, slots: int, args=()) -> None:
+    def start(self, ip: str, slots: int, kind: str | None = None, args=()) -> None:
+        """A node with `slots` slots, declaring a kind of device if given (`kind:<name>`)."""
         if self.nodes:
             self.wait_for(len(self.nodes))  # a node joins a head that answers
             args = ["--address", f"{self.head_ip}:{self.gcs}"]
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         self.nodes[ip] = subprocess.Popen(
             [str(Path(sys.executable).with_name("ray")), "start", "--block", "--disable-usage-stats",
-             "--node-ip-address", ip, "--num-cpus", "1", "--resources", json.dumps({"slot": slots}),
+             "--node-ip-address", ip, "--num-cpus", "1", "--resources", json.dumps({"slot": slots, **({f"kind:{kind}": 1} if kind else {})}),
              "--object-store-memory", str(100 << 20), "--dashboard-agent-listen-port", str(free_port(ip)),
              *args],
             stdout=(self.temp / f"{ip}.log").open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -122,10 +125,11 @@ def still(pid: int, born: str) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """The Jobs API address of a fresh two-node cluster (a head and one worker node, a slot each)."""
-    ray = Cluster("127.0.0.2", head_slots=1)
+    """The Jobs API address of a fresh two-node cluster (a head and one worker node, a slot each),
+    declaring two kinds of device, so that a seed's runs must keep to one node."""
+    ray = Cluster("127.0.0.2", head_slots=1, kind="alpha")
     try:
-        ray.start("127.0.0.3", slots=1)
+        ray.start("127.0.0.3", slots=1, kind="beta")
         ray.wait_for(2)
         yield ray.address
     finally:
@@ -156,6 +160,10 @@ def test_runs_spread_over_the_clusters_slots_one_at_a_time_with_the_local_backen
         here = {(r["arm"], r["seed"], r["purpose"]): r["val_bpb"] for r in local_runs}
     assert all(r["status"] == "completed" and r["job_id"] for r in runs), [(r["status"], r["reason"]) for r in runs]
     assert len({r["node"] for r in runs}) == 2                       # both nodes took runs
+    for seed in (0, 1):  # yet each seed's baseline and variant ran on one kind (here: one node)
+        assert len({(r["kind"], r["node"]) for r in runs if r["seed"] == seed}) == 1, runs
+    assert {r["kind"] for r in runs} == {"kind:alpha", "kind:beta"}
+    assert {r["machine"] for r in runs} == {machine()}  # named on the node by the job's own process
     for r in runs:  # deterministic runs: the cluster changes nothing but where they ran
         assert r["val_bpb"] == here[(r["arm"], r["seed"], r["purpose"])]
     from ray.job_submission import JobSubmissionClient
@@ -218,6 +226,21 @@ def test_a_run_past_its_timeout_is_stopped_and_keeps_its_killed_result(cluster, 
     assert run["status"] == "killed" and "run_timeout_seconds (4s)" in run["reason"]
     result = json.loads(run["result"])
     assert result["status"] == "killed" and 0 < result["steps"] < 1_000_000   # the trainer wrote it, on SIGTERM
+
+
+def test_a_clusters_slots_by_kind_of_device_and_a_half_declared_cluster_refused():
+    cpu = {"a1": {"CPU": 8, "slot": 2, "kind:epyc": 1}, "b2": {"CPU": 8, "slot": 1, "kind:xeon": 1},
+           "c3": {"CPU": 8}}  # c3 takes no runs (no slot), so it need not declare anything
+    assert slots_by_kind("http://h:8265", cpu, gpu=False) == {"kind:epyc": 2, "kind:xeon": 1}
+    gpus = {"a1": {"GPU": 8, "accelerator_type:H100": 1}, "b2": {"GPU": 4, "accelerator_type:A100": 1}}
+    assert slots_by_kind("http://h:8265", gpus, gpu=True) == {"accelerator_type:H100": 8, "accelerator_type:A100": 4}
+    assert slots_by_kind("http://h:8265", {"a1": {"slot": 1}, "b2": {"slot": 3}}, gpu=False) == {None: 4}
+    with pytest.raises(OrgError) as refused:
+        slots_by_kind("http://h:8265", {**cpu, "d4": {"slot": 1}}, gpu=False)
+    assert str(refused.value) == ("runner.address http://h:8265: node d4 declares no kind of device while others "
+                                  "do (kind:epyc, kind:xeon); give every node a `kind:<name>` resource")
+    with pytest.raises(OrgError, match="has no 'GPU' resource"):
+        slots_by_kind("http://h:8265", cpu, gpu=True)
 
 
 def test_an_unreachable_cluster_is_one_line_and_nothing_is_claimed(tmp_path, monkeypatch, capsys):

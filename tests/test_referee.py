@@ -341,6 +341,23 @@ def test_devices_differ():
     assert "device" not in checks(superiority(baseline(), variant(-0.02)))
 
 
+def test_devices_differ_seed_by_seed_as_the_harness_saw_them():
+    """A mixed cluster: each arm ran on both kinds of device, so the sets agree, but seed 3's
+    baseline and variant did not; the trainers all claim the same device."""
+    on = lambda runs, machines: [dict(r, machine=m) for r, m in zip(runs, machines)]
+    base = on(baseline(), ["EPYC"] * 3 + ["Xeon"] * 2)
+    mixed = on(variant(-0.02), ["EPYC"] * 4 + ["Xeon"])
+    found = checks(superiority(base, mixed))["device"]
+    assert not found.invalid and found.text == "devices differ: seed 3: baseline on Xeon, variant on EPYC"
+    seconds = {"kind": "seconds", "value": 60}
+    timed = superiority([dict(r, budget=seconds) for r in base], [dict(r, budget=seconds) for r in mixed])
+    assert checks(timed)["device"].invalid and timed.verdict.startswith("invalid")
+    kept = on(variant(-0.02), ["EPYC"] * 3 + ["Xeon"] * 2)  # each seed's arms on one kind: nothing to flag
+    assert "device" not in checks(superiority(base, kept))
+    claimed = on(variant(-0.02, device="cuda:0"), ["EPYC"] * 3 + ["Xeon"] * 2)  # the harness's word wins
+    assert "device" not in checks(superiority(base, claimed))
+
+
 def timed(runs, walls):
     return [dict(r, wall_seconds=w) for r, w in zip(runs, walls)]
 
