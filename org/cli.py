@@ -19,6 +19,7 @@ import json
 import os
 import sqlite3
 import sys
+from dataclasses import asdict
 
 import yaml
 from pydantic import ValidationError
@@ -181,8 +182,10 @@ def cmd_runs(args) -> int:
         rows = ledger.runs(name, status=args.status, arm=args.arm)
     if args.json:
         for row in rows:
-            for key in ("overrides", "budget", "result", "command"):
+            for key in ("overrides", "budget", "command"):
                 row[key] = json.loads(row[key]) if row[key] else None
+            for key in ("result", "measurement"):  # records (trainer/record.py)
+                row[key] = row[key] and asdict(row[key])
         print(json.dumps(rows, indent=2))
     else:
         print_runs(name, rows)

@@ -2,8 +2,9 @@
 The ledger: one SQLite file per program (.lab/<program>/ledger.sqlite) that never forgets.
 
 Tables: programs, experiments (who asked for what, on which commit), runs (one trainer
-invocation each: seed, slot, status, budget; the harness's measurement as the record, the
-trainer's result.json beside it as a cross-check), budget_changes and llm_spend. Verdicts are never
+invocation each: seed, slot, status, budget, and the columns SQL filters on; the harness's
+measurement as the record and the trainer's result.json beside it as a cross-check, both in
+trainer/record.py's shape, which run_row() reads out for every reader), budget_changes and llm_spend. Verdicts are never
 stored: the referee computes them from the runs whenever they are shown (report, status, agents).
 Rows are inserted and updated, never deleted, so a discarded idea stays queryable.
 
@@ -22,13 +23,15 @@ import os
 import re
 import socket
 import sqlite3
+from dataclasses import asdict, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
 from org import OrgError
+from trainer.record import Measurement, Result, read
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
@@ -91,26 +94,11 @@ CREATE TABLE runs (
     run_dir            TEXT,
     metrics_path       TEXT,
     log_path           TEXT,
-    val_bpb            REAL,           -- this and the figures below: the harness's measurement
-    val_loss           REAL,
-    confirm_bpb        REAL,           -- the held-out split
-    steps              INTEGER,
-    tokens             INTEGER,
-    flops              REAL,
-    flops_per_token    REAL,
-    params_total       INTEGER,
-    params_matmul      INTEGER,
-    train_seconds      REAL,
     wall_seconds       REAL,           -- measured by the runner, not the trainer
-    tokens_per_second  REAL,           -- tokens / wall_seconds
-    device             TEXT,
-    git_commit         TEXT,
+    git_commit         TEXT,           -- the code it ran: the experiment's commit (the runner's word)
     git_dirty          INTEGER,
-    eval_fingerprint   TEXT,
-    data_fingerprint   TEXT,
-    trainer_version    TEXT,
-    result             TEXT,           -- result.json verbatim: the trainer's own figures
-    measurement        TEXT,           -- JSON: the harness's evaluation of the checkpoint (org/evaluator.py)
+    result             TEXT,           -- JSON trainer/record.py Result: result.json, the trainer's word
+    measurement        TEXT,           -- JSON trainer/record.py Measurement: the harness's, the run's record
     measure_seconds    REAL,           -- what the measurement took (runner wall time)
     created_at         TEXT NOT NULL,
     started_at         TEXT,
@@ -139,13 +127,10 @@ CREATE TABLE llm_spend (
 );
 """
 
-# the record's columns, from the harness's measurement (params is nested: {total, matmul})
-MEASURED_COLUMNS = ("val_bpb", "val_loss", "confirm_bpb", "steps", "tokens", "flops", "flops_per_token",
-                    "eval_fingerprint", "data_fingerprint")
-# the trainer's word: what only it can say (its clock, its device), or, for a run the harness did
-# not measure (killed, diverged, refused...), how far it says it got. Not the code it ran: that
-# is the experiment's commit, the harness's word (a trainer could claim the baseline's)
-REPORTED_COLUMNS = ("train_seconds", "device", "trainer_version")
+# columns before schema 8 that copied a run's record (an older ledger read as it is still has them)
+FIGURE_COLUMNS = ("val_bpb", "val_loss", "confirm_bpb", "steps", "tokens", "flops", "flops_per_token",
+                  "params_total", "params_matmul", "train_seconds", "tokens_per_second", "device",
+                  "eval_fingerprint", "data_fingerprint", "trainer_version")
 MIGRATIONS = {  # from version N to N + 1
     1: ["ALTER TABLE runs ADD COLUMN confirm_bpb REAL", "ALTER TABLE runs ADD COLUMN measurement TEXT",
         "ALTER TABLE runs ADD COLUMN measure_seconds REAL"],
@@ -159,6 +144,9 @@ MIGRATIONS = {  # from version N to N + 1
         "WHERE json_extract(budget, '$.kind') IS NULL AND (SELECT count(*) FROM json_each(runs.budget)) = 1"],
     5: ["ALTER TABLE runs ADD COLUMN job_id TEXT", "ALTER TABLE runs ADD COLUMN node TEXT"],
     6: ["ALTER TABLE runs ADD COLUMN kind TEXT", "ALTER TABLE runs ADD COLUMN machine TEXT"],
+    # a run's figures were columns too, copied from its record: now only the record (result and
+    # measurement, as JSON) holds them, and run_row() reads them out for everyone
+    7: [f"ALTER TABLE runs DROP COLUMN {c}" for c in FIGURE_COLUMNS],
 }
 
 
@@ -265,9 +253,10 @@ class Ledger:
             raise LedgerError(f"{self.path}: ledger schema version {version}, this org knows {SCHEMA_VERSION}")
 
     def _has_column_it_adds(self, statement: str) -> bool:
-        """An ADD COLUMN whose column is there already (SQLite has no IF NOT EXISTS for it)."""
-        added = re.match(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", statement)
-        return bool(added) and added[2] in columns(self.db, added[1])
+        """An ADD COLUMN whose column is there already, or a DROP COLUMN whose column is not
+        (SQLite has no IF [NOT] EXISTS for either): nothing to do."""
+        change = re.match(r"ALTER TABLE (\w+) (ADD|DROP) COLUMN (\w+)", statement)
+        return bool(change) and (change[3] in columns(self.db, change[1])) == (change[2] == "ADD")
 
     # --- small helpers -------------------------------------------------------------------
 
@@ -369,7 +358,8 @@ class Ledger:
         return self._insert("runs", fields, or_ignore=True)
 
     def run(self, run_id: int) -> dict | None:
-        return self._one("SELECT * FROM runs WHERE id = ?", run_id)
+        row = self._one("SELECT * FROM runs WHERE id = ?", run_id)
+        return row and run_row(row)
 
     def runs(self, program: str, status: str = None, arm: str = None, purpose: str = None,
              experiment_id: int = None) -> list[dict]:
@@ -379,7 +369,7 @@ class Ledger:
             if value is not None:
                 where.append(f"{col} = ?")
                 args.append(value)
-        return self._all(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY id", *args)
+        return [run_row(r) for r in self._all(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY id", *args)]
 
     def claim(self, program: str, slot: int, arm: str = None, kind: str = None) -> dict | None:
         """Atomically take the next queued run (tuning first, then seed by seed; only `arm`'s
@@ -414,28 +404,19 @@ class Ledger:
         and later the node it ran on and the device model its job named there."""
         self._update("runs", run_id, {k: v for k, v in dict(job_id=job_id, node=node, machine=machine).items() if v})
 
-    def finish(self, run_id: int, status: str, reason: str = None, result: dict = None,
-               wall_seconds: float = None, measurement: dict = None, measure_seconds: float = None):
-        """Record a run's outcome: the harness's measurement as the record's columns (for a run
-        it measured), the trainer's result.json verbatim beside it."""
+    def finish(self, run_id: int, status: str, reason: str = None, result: Result = None,
+               wall_seconds: float = None, measurement: Measurement = None, measure_seconds: float = None):
+        """Record a run's outcome: the trainer's result and, for a run it measured, the harness's
+        measurement (trainer/record.py), and the runner's clock."""
         assert status in FINISHED, status
-        fields = dict(status=status, reason=reason, wall_seconds=wall_seconds, finished_at=now(),
-                      measure_seconds=measure_seconds)
-        record = measurement or result or {}
-        fields.update({col: record.get(col) for col in MEASURED_COLUMNS})
-        fields.update({col: (result or {}).get(col) for col in REPORTED_COLUMNS})
         # the runner ran a clean snapshot of the experiment's commit, whatever the trainer says
-        fields.update(git_commit=self.db.execute(
-            "SELECT code_commit FROM experiments WHERE id = (SELECT experiment_id FROM runs WHERE id = ?)",
-            (run_id,)).fetchone()[0], git_dirty=0)
-        params = record.get("params") or {}
-        fields.update(params_total=params.get("total"), params_matmul=params.get("matmul"))
-        tokens = record.get("tokens")
-        fields["tokens_per_second"] = (round(tokens / wall_seconds, 2) if measurement and tokens and wall_seconds
-                                       else (result or {}).get("tokens_per_second"))
-        fields["result"] = json.dumps(result, sort_keys=True) if result else None
-        fields["measurement"] = json.dumps(measurement, sort_keys=True) if measurement else None
-        self._update("runs", run_id, fields)
+        commit = self.db.execute("SELECT code_commit FROM experiments WHERE id = "
+                                 "(SELECT experiment_id FROM runs WHERE id = ?)", (run_id,)).fetchone()[0]
+        self._update("runs", run_id, dict(
+            status=status, reason=reason, wall_seconds=wall_seconds, finished_at=now(),
+            measure_seconds=measure_seconds, git_commit=commit, git_dirty=0,
+            result=result and json.dumps(asdict(result), sort_keys=True),
+            measurement=measurement and json.dumps(asdict(measurement), sort_keys=True)))
 
     def requeue(self, run_id: int, reason: str):
         """Hand a run back to the queue (its runner died, or its trainer died of a signal nobody
@@ -553,7 +534,36 @@ def select(db: sqlite3.Connection, table: str, cols: list[str], program: str) ->
     for row in rows if table == "runs" else ():  # as schema 5 spells a budget, whatever wrote it
         budget = budget_of(row)
         row["budget"] = budget and json.dumps({"kind": budget[0], "value": budget[1]}, sort_keys=True)
-    return rows
+    return [run_row(r) for r in rows] if table == "runs" else rows
+
+
+FLAT_FIGURES = tuple(dict.fromkeys(f.name for kind in (Result, Measurement) for f in fields(kind)
+                                   if f.name not in ("status", "reason")))
+
+
+def run_row(row: dict) -> dict:
+    """A runs row as every reader takes it: its columns; `result` and `measurement` as records
+    (trainer/record.py; None where there is none or it cannot be read); and the run's figures
+    flat beside them, the harness's for a run it measured and the trainer's word otherwise, with
+    what only the trainer can say (its clock, its device) from its result and tokens per second
+    by the runner's clock. An older ledger's own figure columns, where it has them, stand."""
+    result, measurement = _record(Result, row.get("result")), _record(Measurement, row.get("measurement"))
+    flat = dict.fromkeys(FLAT_FIGURES)  # every reader finds every figure, None until known
+    flat.update({k: v for k, v in asdict(result).items() if k in flat} if result else {})
+    flat.update(asdict(measurement) if measurement else {})
+    if measurement and measurement.tokens and row.get("wall_seconds"):
+        flat["tokens_per_second"] = round(measurement.tokens / row["wall_seconds"], 2)
+    kept = {k: v for k, v in row.items() if v is not None or k not in flat}  # an empty column hides nothing
+    return {**flat, **kept, "result": result, "measurement": measurement}
+
+
+def _record(kind, text):
+    if text is None or isinstance(text, kind):
+        return text
+    try:
+        return read(kind, text, "the ledger's record", strict=False)  # strict when it was written
+    except ValueError:
+        return None
 
 
 def budget_of(run: dict) -> tuple[str, float] | None:

@@ -2,8 +2,8 @@
 The runner's side of the harness's measurement: every completed run is measured again by
 harness code, and that measurement, not the trainer's result.json, is the run's record.
 
-    outcome = measure_run(job, env, timeout, pin)       # {"measurement": {...}} or {"invalid": "..."}
-    problems = cross_check(result, outcome["measurement"])   # the trainer's figures as a cross-check
+    outcome = measure_run(job, env, timeout, pin)       # {"measurement": Measurement} or {"invalid": "..."}
+    problems = cross_check(result, outcome["measurement"])   # the trainer's figures (a Result) as a cross-check
 
 measure_run starts org/evaluator.py in a fresh process (the base commit's trainer on its path,
 caches of its own, bytecode from source only; see that file for what it measures). The
@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from org import OrgError
+from trainer.record import Measurement, Result, read
 
 VALUE_TOLERANCE = 1e-4  # relative: the same code on the same checkpoint differs only in rounding
 EXACT = ("flops_per_token", "steps", "eval_fingerprint", "data_fingerprint")
@@ -66,8 +67,8 @@ def evaluator_env(cache: Path, slot_env: dict) -> dict:
 
 
 def measure_run(job: dict, env: dict, timeout: float, pin=None) -> dict:
-    """Run the evaluator; {"measurement": ...} or {"invalid": reason}. MeasureError if the
-    harness itself failed (its traceback is in <run_dir>/measure.log)."""
+    """Run the evaluator; {"measurement": a Measurement} or {"invalid": reason}. MeasureError if
+    the harness itself failed (its traceback is in <run_dir>/measure.log)."""
     job["deadline_seconds"] = timeout + 5  # the evaluator's own limit, should the runner die first
     log_path = Path(job["log_dir"]) / "measure.log"
     with open(log_path, "wb") as log:
@@ -89,6 +90,11 @@ def measure_run(job: dict, env: dict, timeout: float, pin=None) -> dict:
         raise MeasureError(f"the harness's evaluator failed (exit {proc.returncode}); see {log_path}") from None
     if not isinstance(outcome, dict) or not ({"measurement", "invalid"} & set(outcome)):
         raise MeasureError(f"the harness's evaluator answered {str(outcome)[:100]}; see {log_path}")
+    if "measurement" in outcome:
+        try:
+            outcome["measurement"] = read(Measurement, outcome["measurement"], "the harness's measurement")
+        except ValueError as e:
+            raise MeasureError(f"{e}; see {log_path}") from None
     return outcome
 
 
@@ -99,24 +105,24 @@ def _kill_group(pid: int):
         pass
 
 
-def cross_check(result: dict, measurement: dict) -> list[str]:
+def cross_check(result: Result, measurement: Measurement) -> list[str]:
     """Where the trainer's own figures disagree with the harness's record. The trainer must report
     what the harness measures: a different loss, split, FLOP count or step count means the
     experiment's code changed what it reports (a missing figure is a disagreement too)."""
     problems = []
-    if measurement.get("checkpoint_step") != measurement["steps"]:
-        problems.append(f"the checkpoint is from step {measurement.get('checkpoint_step')}, the program's "
-                        f"budget allows {measurement['steps']} at the FLOPs per token of its shapes")
+    if measurement.checkpoint_step != measurement.steps:
+        problems.append(f"the checkpoint is from step {measurement.checkpoint_step}, the program's "
+                        f"budget allows {measurement.steps} at the FLOPs per token of its shapes")
     for key in EXACT:
-        if result.get(key) != measurement.get(key):
-            problems.append(f"the trainer reported {key} {_show(result.get(key))}, "
-                            f"the harness measures {_show(measurement.get(key))}")
+        if getattr(result, key) != getattr(measurement, key):
+            problems.append(f"the trainer reported {key} {_show(getattr(result, key))}, "
+                            f"the harness measures {_show(getattr(measurement, key))}")
     for key in ("total", "matmul"):
-        mine, theirs = measurement["params"][key], (result.get("params") or {}).get(key)
+        mine, theirs = getattr(measurement.params, key, None), getattr(result.params, key, None)
         if theirs != mine:
             problems.append(f"the trainer reported {theirs} {key} params, the checkpoint holds {mine}")
     for key in CLOSE:
-        mine, theirs = measurement.get(key), result.get(key)
+        mine, theirs = getattr(measurement, key), getattr(result, key)
         if mine is None and theirs is None:
             continue
         if not _close(theirs, mine):

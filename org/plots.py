@@ -87,7 +87,7 @@ def read_metrics(path: Path) -> tuple[list[dict], int]:
 
 
 def flops_per_token(run: dict) -> float | None:
-    return run.get("flops_per_token") or (run.get("result") or {}).get("flops_per_token")
+    return run.get("flops_per_token")  # the record's (ledger.run_row)
 
 
 def to_curve(records: list[dict], fpt: float | None) -> Curve:

@@ -60,6 +60,7 @@ import numpy as np
 from scipy import stats
 
 from org.confounds import DECLARABLE, DROPPED, FAILED, NO_CHANGE, Finding, Tolerances, find_confounds
+from org.ledger import run_row
 
 CLAIMS = ("non-inferiority", "superiority")
 MAX_MORE_SEEDS = 100     # beyond this the effect is too small to settle with seeds
@@ -103,33 +104,27 @@ class Run:
 
     @classmethod
     def read(cls, row: dict) -> Run:
-        measurement = _json(row.get("measurement")) or {}
-        # the trainer's own figures only for a row recorded before the harness measured runs
-        result = {} if measurement else (_json(row.get("result")) or {})
-
-        def get(key):
-            for source in (row, measurement, result):
-                if source.get(key) is not None:
-                    return source[key]
-            return None
-
+        """From a runs row as the ledger hands it over (ledger.run_row: the record's figures flat
+        beside the columns; a raw row is read the same way) or a plain dict of the same fields."""
+        row = run_row(row)
+        get = row.get
         params = get("params") or {}
-        purpose = row.get("purpose") or ("repeat" if row.get("is_rerun") else "main")
+        purpose = get("purpose") or ("repeat" if get("is_rerun") else "main")
         return cls(
-            arm=row.get("arm", "?"), seed=row["seed"], status=row["status"], reason=row.get("reason"),
+            arm=get("arm") or "?", seed=row["seed"], status=row["status"], reason=get("reason"),
             purpose=purpose,
             val_bpb=get("val_bpb"), confirm_bpb=get("confirm_bpb"),
             flops=get("flops"), tokens=get("tokens"), steps=get("steps"),
             params=(params.get("total", get("params_total")), params.get("matmul", get("params_matmul"))),
             flops_per_token=get("flops_per_token"), tokens_per_second=get("tokens_per_second"),
-            device=get("device"), machine=row.get("machine"), eval_fingerprint=get("eval_fingerprint"),
+            device=get("device"), machine=get("machine"), eval_fingerprint=get("eval_fingerprint"),
             data_fingerprint=get("data_fingerprint"), budget=_budget(get("budget")),
-            overrides=json.dumps(_json(row.get("overrides")) or {}, sort_keys=True),
-            code=(get("git_commit"), bool(get("git_dirty"))), claim_seq=row.get("claim_seq"),
-            finished_at=_timestamp(row.get("finished_at")), wall_seconds=get("wall_seconds"),
+            overrides=json.dumps(_json(get("overrides")) or {}, sort_keys=True),
+            code=(get("git_commit"), bool(get("git_dirty"))), claim_seq=get("claim_seq"),
+            finished_at=_timestamp(get("finished_at")), wall_seconds=get("wall_seconds"),
             params_fingerprint=get("params_fingerprint"), seed_only=bool(get("seed_only")),
             unigram_bpb=get("unigram_bpb"),
-            measured=bool(measurement) or "measurement" not in row or row.get("status") != "completed")
+            measured=get("measurement") is not None or "measurement" not in row or get("status") != "completed")
 
 
 def _json(value):

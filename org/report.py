@@ -104,9 +104,8 @@ def read_ledger(path: Path, program: str) -> Report:
         missing.append(f"program {program!r} is not in the ledger's programs table: "
                        "question, claim and budget unknown, so no verdicts")
     spec = loads(program_row.get("spec")) or {}
-    runs = [dict(r, result=loads(r.get("result"))) for r in rows["runs"]]
     return Report(program, path, spec, program_row.get("base_commit"), rows["experiments"],
-                  runs, rows["llm_spend"], changes, missing)
+                  rows["runs"], rows["llm_spend"], changes, missing)
 
 
 def arms_in_order(report: Report) -> list[str]:

@@ -42,6 +42,7 @@ from org.experiments import plan, refusal
 from org.program import Program
 from org.sandbox import available, run_box, untrusted_env, worker_box
 from trainer.config import BUDGET_FLAGS
+from trainer.record import Measurement, Result, read
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -113,55 +114,59 @@ def _flag_value(value) -> str:
     return str(value)
 
 
-def check_result(program: Program, run: dict, result: dict, fingerprints: dict | None) -> tuple[str, str | None]:
+def check_result(program: Program, run: dict, result: Result, fingerprints: dict | None) -> tuple[str, str | None]:
     """(status, reason) for a finished trainer result. A completed run whose budget, seed,
     shapes, data or evaluation differ from what the program fixes is 'invalid'."""
-    status = result.get("status")
-    if status != "completed":
-        return (status if status in FINISHED else "error"), result.get("reason")
+    if result.status != "completed":
+        return (result.status if result.status in FINISHED else "error"), result.reason
     problems = [budget_problem(program, result)]
     expected = {"seed": run["seed"], "batch_size": program.train.batch_size,
                 "sequence_len": program.train.seq_len, "val_tokens": program.data.val_tokens,
                 "data": program.data.source, "tokenizer": program.data.tokenizer,
                 "dtype": program.train.dtype, "matmul": program.train.matmul}
-    problems += [f"{k} is {result.get(k)!r}, the program fixes {v!r}"
-                 for k, v in expected.items() if k in result and result[k] != v]
+    problems += [f"{k} is {getattr(result, k)!r}, the program fixes {v!r}"
+                 for k, v in expected.items() if getattr(result, k) not in (None, v)]
     if fingerprints:
-        problems += [f"{k} {str(result.get(k))[:12]} differs from the program's {str(v)[:12]}"
-                     for k, v in fingerprints.items() if v and result.get(k) != v]
-    if result.get("val_bpb") is None:
+        problems += [f"{k} {str(getattr(result, k))[:12]} differs from the program's {str(v)[:12]}"
+                     for k, v in fingerprints.items() if v and getattr(result, k) != v]
+    if result.val_bpb is None:
         problems.append("no val_bpb in result.json")
     problems = [p for p in problems if p]
     return ("invalid", "; ".join(problems)) if problems else ("completed", None)
 
 
-def budget_problem(program: Program, result: dict) -> str | None:
+def budget_problem(program: Program, result: Result) -> str | None:
     """The result's spend must match the program's per-run budget to within one step."""
-    per_run = program.budget.per_run
-    stated = result.get("budget") or {}
-    if stated and (stated.get("kind") != per_run.kind or float(stated.get("value")) != float(per_run.value)):
-        return f"budget {stated} is not the program's {per_run.kind} {per_run.value:g}"
-    steps = result.get("steps") or 0
+    per_run, stated = program.budget.per_run, result.budget
+    if stated and (stated.kind != per_run.kind or stated.value != float(per_run.value)):
+        return f"budget {stated.kind} {stated.value:g} is not the program's {per_run.kind} {per_run.value:g}"
+    steps = result.steps or 0
     if steps < 1:
         return "no training steps"
     if per_run.kind == "steps":
         return None if steps == per_run.steps else f"{steps} steps, the program fixes {per_run.steps}"
+    seconds = result.train_seconds or 0.0
     if per_run.kind == "seconds":
-        over = result.get("train_seconds", 0) - per_run.seconds
-        per_step = result.get("train_seconds", 0) / steps
-        return None if over <= per_step + 1e-6 else f"trained {result['train_seconds']:.1f}s of {per_run.seconds:g}s"
-    spent = result.get(per_run.kind) or 0
+        return None if seconds - per_run.seconds <= seconds / steps + 1e-6 else \
+            f"trained {seconds:.1f}s of {per_run.seconds:g}s"
+    spent = getattr(result, per_run.kind) or 0
     per_step = spent / steps
     if not (per_run.value - per_step < spent <= per_run.value * (1 + 1e-9)):
         return f"spent {spent:.4g} {per_run.kind}, the program's budget is {per_run.value:.4g}"
     return None
 
 
-def read_result(run_dir: Path) -> dict | None:
+def read_result(run_dir: Path) -> Result | None:
+    """The trainer's result.json as a record (trainer/record.py); None when there is none. One
+    that does not fit the record reads as an invalid run that names the field."""
     try:
-        return json.loads((run_dir / "result.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # absent or (impossible with atomic writes, but cheap to handle) torn
+        text = (run_dir / "result.json").read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        return read(Result, text, "result.json")
+    except ValueError as e:
+        return Result(status="invalid", reason=str(e))
 
 
 # ----------------------------------------------------------------------------------------
@@ -291,7 +296,7 @@ class Runner:
         for run in ledger.runs(self.program.name, status="completed"):
             if run["measurement"] is not None:
                 continue
-            result = json.loads(run["result"] or "{}")
+            result = run["result"] or Result()
             t0 = time.monotonic()
             status, reason, measurement = self._measure(ledger, run, result, make_slots(self.program)[0])
             with ledger.tx():
@@ -410,9 +415,9 @@ class Runner:
             self.say(f"run {run['id']}: the trainer died of {died}; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
             return
         if result is None:
-            result = {"status": "killed" if killed_reason else "error",
-                      "reason": killed_reason or (died_reason(died, attempts, own_code) if died
-                                                  else f"exit {returncode}: {_last_line(log_path)}")}
+            result = Result(status="killed" if killed_reason else "error",
+                            reason=killed_reason or (died_reason(died, attempts, own_code) if died
+                                                     else f"exit {returncode}: {_last_line(log_path)}"))
         self._record(ledger, run, result, wall, killed_reason, slot)
 
     def _run_here(self, ledger, run, cmd, env, snapshot, run_dir, log_path, slot) -> tuple[int, str | None]:
@@ -476,7 +481,7 @@ class Runner:
                        self.kernels(snapshot), gpu=self.program.train.device == "cuda",
                        cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60)
 
-    def _record(self, ledger: Ledger, run: dict, result: dict, wall: float, killed_reason: str | None,
+    def _record(self, ledger: Ledger, run: dict, result: Result, wall: float, killed_reason: str | None,
                 slot: Slot):
         """Check the trainer's result, measure the run (outside any transaction: it takes seconds),
         then record both in one transaction and plan what its experiment needs next."""
@@ -493,13 +498,13 @@ class Runner:
         with ledger.tx():
             ledger.finish(run["id"], status, reason, result, wall, measurement, measure_seconds)
             if measurement and not ledger.program(name)["eval_fingerprint"]:
-                ledger.set_fingerprints(name, measurement["eval_fingerprint"], measurement["data_fingerprint"])
+                ledger.set_fingerprints(name, measurement.eval_fingerprint, measurement.data_fingerprint)
             plan(ledger, self.program, ledger.experiment(run["experiment_id"]))
-        bpb = f"val_bpb {measurement['val_bpb']:.4f} (harness)" if measurement and measurement.get("val_bpb") else ""
+        bpb = f"val_bpb {measurement.val_bpb:.4f} (harness)" if measurement and measurement.val_bpb else ""
         cost = f", measured in {measure_seconds:.1f}s" if measure_seconds else ""
         self.say(f"run {run['id']}: {status} {bpb} in {wall:.1f}s{cost}" + (f" ({reason})" if reason else ""))
 
-    def _measure(self, ledger: Ledger, run: dict, result: dict, slot: Slot) -> tuple[str, str | None, dict | None]:
+    def _measure(self, ledger: Ledger, run: dict, result: Result, slot: Slot) -> tuple[str, str | None, Measurement | None]:
         """(status, reason, measurement) of a run the trainer says completed: the harness's own
         evaluation of its checkpoint, cross-checked with the trainer's figures."""
         experiment = ledger.experiment(run["experiment_id"])

@@ -2,20 +2,21 @@
 directories of the real trainer: the record is exact for a config arm, the experiment's forward
 pass is only ever run in a worker and checked there, and every kind of bad checkpoint or bad
 forward pass is `invalid` with one line that says why."""
-import json
 import shutil
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from org.cli import main
-from org.ledger import SCHEMA_VERSION, Ledger
+from org.ledger import FIGURE_COLUMNS, SCHEMA_VERSION, Ledger
 from org.measure import cross_check, evaluator_env, measure_run, source_only, worker_command
 from org.sandbox import available, untrusted_env, worker_box
+from trainer.record import Params, Result, read
 from test_org_runner import agent_commit, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +62,8 @@ def measure(lab, timeout=120, **kw) -> dict:
     return measure_run(job(lab, **kw), env, timeout)
 
 
-def result_of(lab) -> dict:
-    return json.loads((lab["run_dir"] / "result.json").read_text())
+def result_of(lab) -> Result:
+    return read(Result, (lab["run_dir"] / "result.json").read_text(), "result.json")
 
 
 def experiment(lab, name: str, edit=None) -> Path:
@@ -100,20 +101,20 @@ def test_a_config_arm_is_measured_exactly_as_the_trainer_measured_it(lab):
     result = result_of(lab)
     for key in ("val_loss", "val_bpb", "confirm_bpb", "flops_per_token", "steps", "tokens", "flops",
                 "eval_fingerprint", "data_fingerprint", "params"):
-        assert m[key] == result[key], key  # the same code on the same checkpoint: bit for bit
+        assert getattr(m, key) == getattr(result, key), key  # the same code on the same checkpoint: bit for bit
     assert cross_check(result, m) == []
-    assert m["forward"] == "base" and m["causal"] is None and m["seed_only"] is False
-    assert 4.5 < m["unigram_bpb"] < 4.8  # the data's unigram entropy in bits per byte
-    assert len(m["params_fingerprint"]) == 64
+    assert m.forward == "base" and m.causal is None and m.seed_only is False
+    assert 4.5 < m.unigram_bpb < 4.8  # the data's unigram entropy in bits per byte
+    assert len(m.params_fingerprint) == 64
 
 
 def test_a_code_arm_runs_its_forward_in_a_worker_and_is_scored_by_the_harness(lab):
     same = experiment(lab, "unchanged")  # a code arm whose code is the base's: every check passes
     m = measure(lab, code=same)["measurement"]
     result = result_of(lab)
-    assert m["forward"] == "experiment" and m["causal"] is True
-    assert m["val_bpb"] == pytest.approx(result["val_bpb"], rel=1e-12)
-    assert (m["init"], m["replay"], m["seed_only"]) == ("same", "same", False)
+    assert m.forward == "experiment" and m.causal is True
+    assert m.val_bpb == pytest.approx(result.val_bpb, rel=1e-12)
+    assert (m.init, m.replay, m.seed_only) == ("same", "same", False)
     assert cross_check(result, m) == []
     assert (lab["run_dir"] / "measure-worker-a.log").exists()  # and a fresh worker probed causality
     assert (lab["run_dir"] / "measure-worker-b.log").exists()
@@ -122,28 +123,28 @@ def test_a_code_arm_runs_its_forward_in_a_worker_and_is_scored_by_the_harness(la
 def test_the_trainers_figures_are_a_cross_check_only(lab):
     m = measure(lab)["measurement"]
     result = result_of(lab)
-    lies = {"val_bpb": result["val_bpb"] * 0.95, "flops_per_token": result["flops_per_token"] // 2,
-            "steps": 10, "params": {"total": 1, "matmul": 1}, "data_fingerprint": "0" * 64}
+    lies = {"val_bpb": result.val_bpb * 0.95, "flops_per_token": result.flops_per_token // 2,
+            "steps": 10, "params": Params(total=1, matmul=1), "data_fingerprint": "0" * 64}
     for key, value in lies.items():
-        problems = cross_check({**result, key: value}, m)
+        problems = cross_check(replace(result, **{key: value}), m)
         assert problems and key.split("_")[0] in problems[0]
-    assert "the trainer reported confirm_bpb None" in cross_check({**result, "confirm_bpb": None}, m)[0]
-    assert cross_check(result, {**m, "checkpoint_step": 50}) == [
+    assert "the trainer reported confirm_bpb None" in cross_check(replace(result, confirm_bpb=None), m)[0]
+    assert cross_check(result, replace(m, checkpoint_step=50)) == [
         "the checkpoint is from step 50, the program's budget allows 5 at the FLOPs per token of its shapes"]
 
 
 def test_a_reseeded_init_is_found_and_a_real_init_change_is_not_called_one(lab):
     reseed = experiment(lab, "reseed", lambda t: t.replace("np.random.default_rng(seed)", "np.random.default_rng(seed + 99)"))
     m = measure(lab, code=reseed)["measurement"]
-    assert (m["init"], m["replay"], m["seed_only"]) == ("redrawn", "same", True)
+    assert (m.init, m.replay, m.seed_only) == ("redrawn", "same", True)
     wider = experiment(lab, "wider-init", lambda t: t.replace("rng.normal(0, 0.8, p.shape)", "rng.normal(0, 1.2, p.shape)"))
     m = measure(lab, code=wider)["measurement"]
-    assert (m["init"], m["seed_only"]) == ("changed", False)
+    assert (m.init, m.seed_only) == ("changed", False)
     both = experiment(lab, "reseed-and-norm", lambda t: t.replace(  # a real change besides the reseed
         "np.random.default_rng(seed)", "np.random.default_rng(seed + 99)").replace(
         "self.eps = float(np.finfo(dtype).eps)", "self.eps = 0.5"))
     m = measure(lab, code=both)["measurement"]  # the replay of its training step tells them apart
-    assert (m["init"], m["replay"], m["seed_only"]) == ("redrawn", "differs", False)
+    assert (m.init, m.replay, m.seed_only) == ("redrawn", "differs", False)
 
 
 # --- bad checkpoints and bad forward passes: invalid, with one line saying why ---------------
@@ -222,8 +223,8 @@ def test_a_run_the_harness_cannot_measure_is_invalid_named_and_nothing_else_is_l
     assert broken["status"] == "invalid" and broken["measurement"] is None
     assert broken["reason"].startswith("harness measurement: checkpoint.npz cannot be read (")
     assert f"run {broken['id']}: invalid" in said and "checkpoint.npz cannot be read" in said
-    assert json.loads(broken["result"])["status"] == "completed"  # the trainer's word, kept
-    assert baseline["status"] == "completed" and json.loads(baseline["measurement"])["val_bpb"] == baseline["val_bpb"]
+    assert broken["result"].status == "completed"  # the trainer's word, kept
+    assert baseline["status"] == "completed" and baseline["measurement"].val_bpb == baseline["val_bpb"]
 
 
 def test_runs_recorded_by_an_older_nanolab_are_measured_when_the_program_resumes(make_project):
@@ -231,8 +232,12 @@ def test_runs_recorded_by_an_older_nanolab_are_measured_when_the_program_resumes
     assert main(["run", "tiny"]) == 0
     path = root / ".lab" / "tiny" / "ledger.sqlite"
     db = sqlite3.connect(path)  # as schema version 1 had it: the trainer's figures, nothing measured
-    for column in ("confirm_bpb", "measurement", "measure_seconds"):
+    for column in ("measurement", "measure_seconds"):
         db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+    for column in FIGURE_COLUMNS:  # copied from result.json into columns of their own, then
+        if column != "confirm_bpb":
+            db.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+            db.execute(f"UPDATE runs SET {column} = json_extract(result, '$.{column}')")
     db.execute("DROP TABLE budget_changes")
     db.execute("DELETE FROM schema_version")
     db.execute("INSERT INTO schema_version VALUES (1, 'then')")
@@ -244,7 +249,7 @@ def test_runs_recorded_by_an_older_nanolab_are_measured_when_the_program_resumes
         assert [r["version"] for r in ledger.db.execute("SELECT version FROM schema_version")] == \
             list(range(1, SCHEMA_VERSION + 1))
     for run in runs:
-        measurement = json.loads(run["measurement"])
+        measurement = run["measurement"]
         assert run["status"] == "completed" and run["measure_seconds"] > 0
-        assert run["val_bpb"] == measurement["val_bpb"] == json.loads(run["result"])["val_bpb"]
-        assert run["confirm_bpb"] == measurement["confirm_bpb"]
+        assert run["val_bpb"] == measurement.val_bpb == run["result"].val_bpb
+        assert run["confirm_bpb"] == measurement.confirm_bpb

@@ -7,11 +7,11 @@ code run as real ideas. Judged on the harness's record, each reads `invalid`, `r
 
 One lab holds most of the attackers (each an arm of its own, on a FLOP budget of 60 baseline
 steps), so the baseline runs once; hidden compute and the false-alarm check have labs of their own."""
-import json
 import os
 import py_compile
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import git
@@ -74,7 +74,7 @@ def trainers_word(rows: list[dict]) -> list[dict]:
     measured runs itself."""
     out = []
     for r in rows:
-        result = json.loads(r["result"]) if r["result"] else None
+        result = asdict(r["result"]) if r["result"] else None
         if result:
             out.append({"arm": r["arm"], "seed": r["seed"], "purpose": r["purpose"], "status": result["status"],
                         "result": result, "overrides": r["overrides"], "budget": r["budget"],
@@ -294,7 +294,7 @@ def test_code_that_fails_on_the_seeds_it_would_lose_is_invalid(attacked):
     record, _, runs = attacked["fails-its-bad-seed"]
     lost, = [r for r in runs if r["seed"] == 1]
     assert lost["status"] == "error" and lost["reason"] == "CUDA out of memory"
-    claimed = json.loads(lost["result"])["git_commit"]  # the baseline's: "only the program's code failed"
+    claimed = lost["result"].git_commit  # the baseline's: "only the program's code failed"
     assert lost["git_commit"] == runs[0]["git_commit"] != claimed  # the harness's word, not the trainer's
     assert record.verdict.startswith("invalid (confounded: ")  # once a warning: the pairs kept seeds 0 and 2
     assert "variant error on seed 1 (in its own code, which could choose the seeds that count)" in record.verdict

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from org.ledger import SCHEMA_VERSION, Ledger, budget_of, read_tables
+from trainer.record import Result, read
 
 RESULT = {"status": "completed", "reason": None, "val_bpb": 2.5, "val_loss": 1.7, "steps": 10,
           "tokens": 640, "flops": 1e9, "flops_per_token": 1.5e6, "params": {"total": 300, "matmul": 200},
@@ -71,11 +72,11 @@ def test_claim_can_prefer_an_arm(ledger):
 def test_finish_records_every_result_field(ledger):
     add_experiment(ledger, "no-softcap", seeds=[0])
     run = ledger.claim("softcap", 0)
-    ledger.finish(run["id"], "completed", result=RESULT, wall_seconds=2.25)
+    ledger.finish(run["id"], "completed", result=read(Result, RESULT, "result.json"), wall_seconds=2.25)
     row = ledger.run(run["id"])
     assert row["status"] == "completed" and row["wall_seconds"] == 2.25 and row["finished_at"]
-    assert (row["val_bpb"], row["steps"], row["flops"], row["params_total"], row["params_matmul"]) == \
-        (2.5, 10, 1e9, 300, 200)
+    assert (row["val_bpb"], row["steps"], row["flops"], row["params"]) == \
+        (2.5, 10, 1e9, {"total": 300, "matmul": 200})  # the record's figures, flat in the row
     assert row["eval_fingerprint"] == "e" * 64 and row["device"] == "cpu:x86_64x2"
     assert ledger.runs("softcap", status="completed", arm="no-softcap") == [row]
     assert ledger.compute_seconds("softcap") == 2.25
@@ -160,3 +161,24 @@ def test_a_version_4_ledger_spells_its_budgets_as_kind_and_value(ledger):
     with Ledger(ledger.path) as again:
         assert [json.loads(r["budget"]) for r in again.runs("softcap")] == [{"kind": "steps", "value": 10}] * 2
         assert [budget_of(r) for r in again.runs("softcap", experiment_id=experiment["id"])] == [("steps", 10.0)] * 2
+
+
+def test_a_version_7_ledger_keeps_its_runs_figures_in_the_record_alone(ledger):
+    """Before schema 8 a run's figures were copied into columns beside its record; the
+    migration drops the copies, and every reader gets the same figures from the record."""
+    add_experiment(ledger, "baseline", seeds=[0])
+    run = ledger.claim("softcap", 0)
+    ledger.finish(run["id"], "completed", result=read(Result, RESULT, "result.json"), wall_seconds=2.0)
+    before = ledger.run(run["id"])
+    for column, kind in (("val_bpb", "REAL"), ("steps", "INTEGER"), ("params_total", "INTEGER")):  # as version 7 had them
+        ledger.db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+    ledger.db.execute("UPDATE runs SET val_bpb = 2.5, steps = 10, params_total = 300")
+    ledger.db.execute("UPDATE schema_version SET version = 7")
+    ledger.close()
+    rows, _, _ = read_tables(ledger.path, "softcap", ["runs"])  # a report reads it as it is
+    assert (rows["runs"][0]["val_bpb"], rows["runs"][0]["params"]) == (2.5, {"total": 300, "matmul": 200})
+    with Ledger(ledger.path) as again:
+        assert not {"val_bpb", "steps", "params_total"} & {r[1] for r in again.db.execute("PRAGMA table_info(runs)")}
+        after = again.run(run["id"])
+        assert after == before and after["result"].val_bpb == after["val_bpb"] == 2.5
+        assert after["tokens_per_second"] == 426.7  # unmeasured: the trainer's word, as recorded

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import git
@@ -23,6 +24,7 @@ from org.lab import Lab
 from org.ledger import Ledger, pid_alive
 from org.program import load_program
 from org.runner import Runner, make_slots
+from trainer.record import Result
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2}  # ~30k parameters: a run takes about a second
@@ -181,7 +183,7 @@ def test_the_programs_budget_holds_whatever_the_experiment_asks(make_project, ca
     for run in (baseline, wider):
         assert run["status"] == "completed"
         assert 2.0e8 - run["flops"] / run["steps"] < run["flops"] <= 2.0e8
-    assert wider["steps"] < baseline["steps"] and wider["params_total"] > baseline["params_total"]
+    assert wider["steps"] < baseline["steps"] and wider["params"]["total"] > baseline["params"]["total"]
     assert greedy_run["status"] == "invalid" and "the program's budget is 2e+08" in greedy_run["reason"]
 
 
@@ -364,15 +366,36 @@ def test_slots_split_the_machine_one_run_each():
         assert slots[0].cores != slots[1].cores and len(slots[0].cores) == 1
 
 
+def test_a_result_json_that_does_not_fit_the_record_is_an_invalid_run_named_not_a_crash(tmp_path):
+    """The trainer is the experiment's code: its result.json is read as trainer/record.py's
+    Result, field by field. Before, `"steps": "3"` or a list for params reached the runner's
+    arithmetic and killed its slot with a TypeError, run after run."""
+    from org.program import Program
+    from org.runner import check_result, read_result
+    program = Program.model_validate(tiny_program())
+    good = {"status": "completed", "steps": 3, "seed": 1, "val_bpb": 3.0, "budget": {"kind": "steps", "value": 3}}
+    (tmp_path / "result.json").write_text(json.dumps(good))
+    assert check_result(program, {"seed": 1}, read_result(tmp_path), None) == ("completed", None)
+    for field, bad, named in (("steps", "3", "steps: Input should be a valid integer (it holds '3')"),
+                              ("params", [1, 2], "params: Input should be an object"),
+                              ("budget", {"kind": "steps"}, "budget.value: Field required"),
+                              ("val_bpb", True, "val_bpb: Input should be a valid number")):
+        (tmp_path / "result.json").write_text(json.dumps({**good, field: bad}))
+        status, reason = check_result(program, {"seed": 1}, read_result(tmp_path), None)
+        assert status == "invalid" and reason.startswith(f"result.json: {named}"), reason
+    (tmp_path / "result.json").write_text("[1, 2]")
+    assert check_result(program, {"seed": 1}, read_result(tmp_path), None)[0] == "invalid"
+
+
 def test_the_programs_matmul_precision_reaches_every_run_and_is_checked(tmp_path):
     from org.program import Program
     from org.runner import check_result, train_command
     program = Program.model_validate(tiny_program(train={"batch_size": 4, "seq_len": 64, "matmul": "bf16"}))
     cmd = train_command(program, {"softcap": 0}, seed=1, out=tmp_path / "run")
     assert cmd[cmd.index("--matmul") + 1] == "bf16"
-    result = {"status": "completed", "steps": 3, "seed": 1, "batch_size": 4, "sequence_len": 64,
-              "val_tokens": 2048, "matmul": "fp32", "val_bpb": 3.0}
+    result = Result(status="completed", steps=3, seed=1, batch_size=4, sequence_len=64, val_tokens=2048,
+                    matmul="fp32", val_bpb=3.0)
     status, reason = check_result(program, {"seed": 1}, result, None)
     assert status == "invalid" and "matmul is 'fp32', the program fixes 'bf16'" in reason
-    status, _ = check_result(program, {"seed": 1}, {**result, "matmul": "bf16"}, None)
+    status, _ = check_result(program, {"seed": 1}, replace(result, matmul="bf16"), None)
     assert status == "completed"

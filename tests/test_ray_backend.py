@@ -224,8 +224,8 @@ def test_a_run_past_its_timeout_is_stopped_and_keeps_its_killed_result(cluster, 
     with ledger_of(root) as ledger:
         run, = ledger.runs("tiny")
     assert run["status"] == "killed" and "run_timeout_seconds (4s)" in run["reason"]
-    result = json.loads(run["result"])
-    assert result["status"] == "killed" and 0 < result["steps"] < 1_000_000   # the trainer wrote it, on SIGTERM
+    result = run["result"]
+    assert result.status == "killed" and 0 < result.steps < 1_000_000   # the trainer wrote it, on SIGTERM
 
 
 def test_a_clusters_slots_by_kind_of_device_and_a_half_declared_cluster_refused():

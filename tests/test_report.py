@@ -2,6 +2,7 @@
 (no finished runs, one seed, an older ledger schema, corrupt metrics) that still renders."""
 import json
 import sqlite3
+from dataclasses import fields
 from pathlib import Path
 
 import git
@@ -13,6 +14,7 @@ from org.cli import main
 from org.ledger import Ledger
 from org.program import Program
 from org.report import ReportError, build, write
+from trainer.record import Measurement, Result, read
 
 SEEDS = [0, 1, 2, 3, 4]
 BASELINE = [2.300, 2.310, 2.290, 2.305, 2.295]  # val_bpb per seed
@@ -71,8 +73,10 @@ def add_arm(ledger, tmp_path, arm, values, who="program", seeds=SEEDS, status="c
         run_dir = tmp_path / "runs" / str(run_id)
         ledger.mark_started(run_id, 123, ["python", "-m", "trainer"], run_dir, run_dir / "train.log")
         write_metrics(run_dir, value)
-        measured = result(seed, value, **changes)  # the harness's measurement agrees with the trainer
-        ledger.finish(run_id, "completed", result=measured, wall_seconds=12.0, measurement=measured)
+        said = result(seed, value, **changes)  # the harness's measurement agrees with the trainer
+        measured = {k: v for k, v in said.items() if k in {f.name for f in fields(Measurement)}}
+        ledger.finish(run_id, "completed", result=read(Result, said, "result.json"), wall_seconds=12.0,
+                      measurement=read(Measurement, measured, "measurement"))
 
 
 @pytest.fixture
@@ -195,7 +199,7 @@ def test_killed_refused_invalid_and_retried_runs_are_listed_with_reasons(ledger,
         if seed == 0:  # its first runner died: the run went back to the queue once
             ledger.requeue(run_id, "runner pid 99 died during attempt 1; re-queued")
             ledger.claim("softcap", slot=0)
-        ledger.finish(run_id, status, reason, result={"status": status, "steps": 50} if seed == 0 else None)
+        ledger.finish(run_id, status, reason, result=Result(status=status, steps=50) if seed == 0 else None)
 
     text = write(build(ledger.path, "softcap"), tmp_path / "out").read_text()
     for seed, (status, reason) in reasons.items():

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from trainer.eval import eval_fingerprint, evaluate, tokens_fingerprint
 from trainer.flops import flops_per_token, matmul_params, total_params
 from trainer.model import GPT
 from trainer.optim import make_optimizer
+from trainer.record import Budget as RunBudget, Params, Result
 
 EXIT_CODES = {"completed": 0, "error": 1, "diverged": 2, "killed": 3}
 
@@ -216,17 +217,18 @@ def run(spec: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> 
     if status == "completed":
         ev = evaluate(model, data.val, data.token_bytes, spec.val_tokens, B, T)
         metrics.write({"step": step, "tokens": step * B * T, **ev})
-        result.update(val_loss=ev["val_loss"], val_bpb=ev["val_bpb"], eval_tokens=ev["eval_tokens"])
+        result = replace(result, val_loss=ev["val_loss"], val_bpb=ev["val_bpb"], eval_tokens=ev["eval_tokens"])
         if spec.confirm_tokens:
             cf = evaluate(model, data.confirm, data.token_bytes, spec.confirm_tokens, B, T)
-            result.update(confirm_loss=cf["val_loss"], confirm_bpb=cf["val_bpb"])
+            result = replace(result, confirm_loss=cf["val_loss"], confirm_bpb=cf["val_bpb"])
         if spec.save_final:
             save_checkpoint(out / "checkpoint.npz", model, opt, step, {"elapsed_s": elapsed})
     metrics.close()
     stop.restore()
-    write_json(out / "result.json", result)
-    log.final(result)
-    return result
+    written = asdict(result)  # trainer/record.py: the shape the runner reads back
+    write_json(out / "result.json", written)
+    log.final(written)
+    return written
 
 
 def restore(out: Path, model, opt) -> tuple[int, float]:
@@ -239,25 +241,25 @@ def restore(out: Path, model, opt) -> tuple[int, float]:
     return int(meta["step"]), float(meta.get("elapsed_s", 0.0))
 
 
-def base_result(spec, cfg, data, step, elapsed, warmup_seconds, status, reason) -> dict:
+def base_result(spec, cfg, data, step, elapsed, warmup_seconds, status, reason) -> Result:
     B, T = spec.batch_size, cfg.sequence_len
     fpt = flops_per_token(cfg)
     commit, dirty = git_state()
-    return {
-        "status": status, "reason": reason, "val_bpb": None, "val_loss": None,
-        "steps": step, "tokens": step * B * T, "flops": step * B * T * fpt, "flops_per_token": fpt,
-        "params": {"total": total_params(cfg), "matmul": matmul_params(cfg)},
-        "budget": {"kind": spec.budget_kind, "value": spec.budget},
-        "train_seconds": round(elapsed, 4), "warmup_seconds": round(warmup_seconds, 4),
-        "tokens_per_second": round(step * B * T / elapsed, 2) if elapsed > 0 else None,
-        "device": device_name(spec.device), "dtype": spec.dtype, "matmul": spec.matmul, "seed": spec.seed,
-        "batch_size": B, "sequence_len": T,
-        "git_commit": commit, "git_dirty": dirty,
-        "eval_fingerprint": eval_fingerprint(),
-        "data_fingerprint": tokens_fingerprint(data.val, spec.val_tokens, T),
-        "val_tokens": spec.val_tokens, "data": spec.data, "tokenizer": spec.tokenizer,
-        "trainer_version": __version__,
-    }
+    return Result(
+        status=status, reason=reason,
+        steps=step, tokens=step * B * T, flops=step * B * T * fpt, flops_per_token=fpt,
+        params=Params(total=total_params(cfg), matmul=matmul_params(cfg)),
+        budget=RunBudget(kind=spec.budget_kind, value=spec.budget),
+        train_seconds=round(elapsed, 4), warmup_seconds=round(warmup_seconds, 4),
+        tokens_per_second=round(step * B * T / elapsed, 2) if elapsed > 0 else None,
+        device=device_name(spec.device), dtype=spec.dtype, matmul=spec.matmul, seed=spec.seed,
+        batch_size=B, sequence_len=T,
+        git_commit=commit, git_dirty=dirty,
+        eval_fingerprint=eval_fingerprint(),
+        data_fingerprint=tokens_fingerprint(data.val, spec.val_tokens, T),
+        val_tokens=spec.val_tokens, data=spec.data, tokenizer=spec.tokenizer,
+        trainer_version=__version__,
+    )
 
 
 def git_state() -> tuple[str | None, bool | None]:
