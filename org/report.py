@@ -251,7 +251,27 @@ def verdict_section(report: Report) -> str:
         "`better` and `no regression` become final only once they hold on the held-out `confirm` split "
         "(confirm_bpb); the final verdict says when they do not, or when that split was not measured.",
     ]
-    return "## Verdicts\n\n" + "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes)
+    checks = "".join(f"\n\n{line}" for line in control_lines(report))
+    return "## Verdicts\n\n" + "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes) + checks
+
+
+def control_lines(report: Report) -> list[str]:
+    """Each positive control's verdict against the effect it is known to have: the evidence that
+    the program could see an effect of that size at all."""
+    lines = []
+    for v in report.spec.get("variants") or []:
+        known, c = v.get("control"), report.comparisons.get(v.get("name"))
+        if not known:
+            continue
+        what = f"Positive control `{v['name']}` (known to be {known})"
+        if c is None:
+            lines.append(f"{what}: not measured yet.")
+        elif c.verdict.startswith(known):
+            lines.append(f"{what}: **{known}**, Δ {c.mean:+.4f}: the program can see an effect of this size.")
+        else:
+            lines.append(f"**{what} reads `{c.verdict}`: the program could not see a known effect, so its "
+                         "other verdicts prove little. More seeds, or a larger budget per run.**")
+    return lines
 
 
 def verdict_row(report: Report, arm: str) -> list[str]:
@@ -527,6 +547,8 @@ def print_summary(report: Report, readme: Path, file=None):
         console.print(f"noise floor {n.floor:.4f} val_bpb: baseline seed std "
                       f"{'not measured' if n.seed_std is None else f'{n.seed_std:.4f}'} over {n.seeds} seeds, "
                       f"drift {'not measured' if n.drift is None else f'{n.drift:+.4f}'} ({n.reruns} re-run runs)")
+    for line in control_lines(report):
+        console.print(escape(line.replace("**", "").replace("`", "")))
     console.print("runs: " + counts_text(Counter(r.get("status") for r in report.runs)))
     for m in report.missing:
         console.print(f"[yellow]missing:[/yellow] {escape(m)}")
@@ -553,6 +575,7 @@ def to_json(report: Report, readme: Path | None = None) -> dict:
                  for a in report.arms},
         "verdicts": [comparison(c) for c in report.comparisons.values()],
         "no_verdict": report.no_verdict,
+        "controls": [line.replace("**", "").replace("`", "") for line in control_lines(report)],
         "noise_floor": n and {"seed_std": n.seed_std, "seeds": n.seeds, "drift": n.drift,
                               "reruns": n.reruns, "floor": n.floor},
         "budget": report.spec.get("budget"),

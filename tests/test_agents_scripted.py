@@ -52,6 +52,22 @@ def test_a_scripted_chief_assigns_only_to_juniors_and_waits_only_for_them():
     assert step(chief, history, "{}")[0] == "results"  # no report awaited from solo
 
 
+def test_a_junior_with_no_arm_is_released_and_finishes_instead_of_waiting_forever():
+    three = ORG + [{"name": "junior-c", "role": "junior"}]  # three juniors, two arms
+    chief, history = ScriptedModel(program(three), "chief"), [{"kind": "user", "text": "Start."}]
+    step(chief, history, "posted to the board")
+    sends = [step(chief, history, "sent") for _ in range(3)]
+    assert [a["to"] for _, a in sends] == ["junior-a", "junior-b", "junior-c"]
+    assert sends[2][1]["text"].startswith("No arm for you in this program")
+    assert step(chief, history, mail("junior-a", "Done.") + "\n\n" + mail("junior-b", "Done."))[0] == "read_inbox"
+    assert step(chief, history, "{}")[0] == "results"  # it waits for the juniors it gave arms to only
+    junior, mine = ScriptedModel(program(three), "junior-c"), [{"kind": "user", "text": "Start."}]
+    assert step(junior, mine, mail("junior-a", "no arm for you in this program (a joke)"))[0] == "read_inbox"
+    assert step(junior, mine, mail("chief", sends[2][1]["text"]))[0] == "read_inbox"  # the joke read: waits on
+    assert step(junior, mine, "noted")[0] == "write_standup"  # the chief's release read
+    assert step(junior, mine, "") == ("finish", {"summary": "released by chief: no arm to run"})
+
+
 def test_a_restarted_junior_recovers_the_assignment_it_had_read():
     history = [{"kind": "user", "text": "Start."}]
     step(ScriptedModel(program(), "junior-b"), history, mail("chief", "Please run:\n- no-qk-norm: overrides {}"))

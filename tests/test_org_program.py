@@ -42,11 +42,13 @@ def test_softcap_program_is_valid_and_accepted_by_the_trainer():
     program = load_program(ROOT / "programs" / "softcap.yaml")
     assert program.name == "softcap" and program.claim.kind == "non-inferiority"
     assert program.claim.margin > 0
-    assert program.arms == ["baseline", "no-softcap"]
+    assert program.arms == ["baseline", "no-softcap", "softcap-5"]
     assert program.variant("no-softcap").overrides == {"softcap": 0}
+    assert program.variant("softcap-5").control == "worse"  # the positive control
+    assert program.org.topology == "chief" and len(program.org.agents) == 3
     assert program.budget.per_run.kind in ("flops", "seconds")
     assert len(program.budget.seeds) >= 2
-    assert program.org.agents[0].backend == "scripted"  # runs with no API key
+    assert {a.backend for a in program.org.agents} == {"scripted"}  # runs with no API key
     assert "trainer/eval.py" in program.protected and "org/" in program.protected
     check_with_trainer(program)
 

@@ -13,7 +13,7 @@ import pytest
 from org.cli import main
 from org.ledger import Ledger
 from org.program import Program
-from org.report import ReportError, build, write
+from org.report import ReportError, build, to_json, write
 from trainer.record import Measurement, Result, read
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -60,7 +60,8 @@ def write_metrics(run_dir, final_bpb, lines=None):
 
 def add_arm(ledger, tmp_path, arm, values, who="program", seeds=SEEDS, status="completed", **changes):
     """An experiment and one run per seed, recorded the way the runner records them."""
-    overrides = {"softcap": 0} if arm == "no-softcap" else {"depth": 3} if arm == "wider" else {}
+    overrides = {"no-softcap": {"softcap": 0}, "wider": {"depth": 3}, "softcap-5": {"softcap": 5},
+                 "cap-4": {"softcap": 4}}.get(arm, {})
     experiment = ledger.experiment(ledger.add_experiment(
         "softcap", arm, who=who, source="declared" if who == "program" else "submitted",
         base_commit="base", code_commit="base", overrides=overrides, stage="measuring",
@@ -183,6 +184,24 @@ def test_a_declared_change_is_not_a_confound(tmp_path):
         add_arm(ledger, tmp_path, "wider", [b - 0.05 for b in BASELINE], params=2_000_000)
     c = build(tmp_path / "ledger.sqlite", "softcap").comparisons["wider"]
     assert c.confounds == [] and c.verdict == "better" and c.declared == {"params"}
+
+
+def test_a_positive_control_shows_whether_the_program_could_see_a_known_effect(tmp_path):
+    spec = json.loads(json.dumps(SPEC))
+    spec["variants"] = [{"name": "softcap-5", "overrides": {"softcap": 5}, "control": "worse"},
+                        {"name": "cap-4", "overrides": {"softcap": 4}, "control": "worse"}]
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.add_program("softcap", spec, base_commit="base", branch="program/softcap")
+        add_arm(ledger, tmp_path, "baseline", BASELINE)
+        add_arm(ledger, tmp_path, "softcap-5", [b + 0.05 + j for b, j in zip(BASELINE, JITTER)])
+        add_arm(ledger, tmp_path, "cap-4", [b + 0.003 + j for b, j in zip(BASELINE, JITTER)])  # too small to see
+    report = build(tmp_path / "ledger.sqlite", "softcap")
+    text = write(report, tmp_path / "out").read_text()
+    assert "Positive control `softcap-5` (known to be worse): **worse**, Δ +0.0500: the program can see" in text
+    assert ("**Positive control `cap-4` (known to be worse) reads `no regression (worse by 0.003, within the "
+            "margin 0.01)`: the program could not see a known effect, so its other verdicts prove little.") in text
+    assert [line.split(":")[0] for line in to_json(report)["controls"]] == [
+        "Positive control softcap-5 (known to be worse)", "Positive control cap-4 (known to be worse) reads no regression (worse by 0.003, within the margin 0.01)"]
 
 
 def test_killed_refused_invalid_and_retried_runs_are_listed_with_reasons(ledger, tmp_path):

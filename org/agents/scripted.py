@@ -106,6 +106,8 @@ def chief(program: Program, juniors: list[str], wait: float):
                  for v in variants]
         yield "send_message", {"to": junior_name, "text": "Please run these arms against the "
                                "baseline and report the experiment id and the verdict:\n" + "\n".join(lines)}
+    for junior_name in (j for j in juniors if j not in assigned):  # more juniors than arms
+        yield "send_message", {"to": junior_name, "text": f"{RELEASE}: every arm is taken. Thank you."}
     waiting = set(assigned)
     while waiting:
         received = yield "read_inbox", {"wait_seconds": wait}
@@ -119,9 +121,14 @@ def chief(program: Program, juniors: list[str], wait: float):
 
 def junior(program: Program, chief_name: str, wait: float, before: list[dict]):
     mine = assignment(program, chief_name, before)  # the chief's mail may come before our first call
-    while not mine:
+    released = released_by(chief_name, before)
+    while not mine and not released:
         received = yield "read_inbox", {"wait_seconds": wait}
-        mine = assignment(program, chief_name, received)
+        mine, released = assignment(program, chief_name, received), released_by(chief_name, received)
+    if not mine:
+        yield "write_standup", {"text": f"{chief_name} had no arm for me; nothing to run."}
+        yield "finish", {"summary": f"released by {chief_name}: no arm to run"}
+        return
     ids = yield from submit_all(program, mine)
     status = yield from wait_for_runs(wait)
     yield "send_message", {"to": chief_name, "text": f"Done: experiments {ids}.\n{verdict_lines(status)}"}
@@ -156,6 +163,7 @@ def wait_for_runs(wait: float):
 
 # --- reading what came back --------------------------------------------------------------
 
+RELEASE = "No arm for you in this program"  # the chief's words to a junior it has nothing for
 MAIL_HEADER = re.compile(r"^\[message from ([\w-]+) at [^\]\n]*\]\n", re.M)  # tools.format_mail
 
 
@@ -172,6 +180,11 @@ def assignment(program: Program, chief_name: str, items: list[dict]):
     """The declared variants the chief's messages name (the board names everyone's)."""
     text = "\n".join(body for sender, body in _messages(items) if sender == chief_name)
     return [v for v in program.variants if re.search(rf"(?<![\w-]){re.escape(v.name)}(?![\w-])", text)]
+
+
+def released_by(chief_name: str, items: list[dict]) -> bool:
+    """The chief said it has no arm for us (the words its plan uses, so chatter does not count)."""
+    return any(sender == chief_name and RELEASE.lower() in body.lower() for sender, body in _messages(items))
 
 
 def _tool_output(items: list[dict]) -> str | None:
