@@ -25,10 +25,10 @@ import yaml
 from pydantic import ValidationError
 
 from org import OrgError
-from org.experiments import check_arm_name, submission_source, submit, submit_declared
+from org.experiments import check_arm_name, plan, submission_source, submit, submit_declared
 from org.lab import scrub_git_env
 from org.ledger import RUN_STATUSES, Ledger, corrupt
-from org.program import BOUND_BUDGET, Budget, owned_by_program, trainer_rejects
+from org.program import BOUND_BUDGET, Budget, Program, owned_by_program, trainer_rejects
 from org.runner import Runner
 from org.agents.commands import add_agent_commands
 from org.launch import add_launch_commands
@@ -66,11 +66,12 @@ EXAMPLES = """examples:
   org launch programs/softcap.yaml --wait   # an org: agents in a tmux grid, the runner, a status pane
   org status softcap                        # agents, runs, spend and verdicts
   org attach softcap                        # watch the grid (org takeover NAME to step into a pane)
-  org say scripted-1 try depth 3            # a message from you, read at the agent's next step
+  org say junior-1 try depth 3              # a message from you, read at the agent's next step
   org stop softcap                          # agents and runner stop; branches and ledger stay
   org run programs/softcap.yaml             # no agents: the declared arms on every seed
   org submit softcap --arm wider --set depth=3 --hypothesis "more width helps"
   org report softcap                        # reports/softcap/README.md and its plots
+  org extend softcap --seeds 5,6,7          # more seeds for every arm (logged), without renaming
   org clean softcap                         # a stopped program's worktrees and agent branches go
 
 A program file's fields: programs/softcap.yaml (annotated) and README.md, "Program files".
@@ -116,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"set one of {', '.join(BOUND_BUDGET)} (then edit the program file to match)")
     p.add_argument("--who", default=os.environ.get("USER") or "human", help="who changes it (logged)")
     p.set_defaults(func=cmd_budget)
+
+    p = sub.add_parser("extend", help="add seeds to every arm of a started program (logged)")
+    p.add_argument("program")
+    p.add_argument("--seeds", required=True, help="the seeds to add, e.g. 5,6,7")
+    p.add_argument("--who", default=os.environ.get("USER") or "human", help="who adds them (logged)")
+    p.set_defaults(func=cmd_extend)
 
     add_agent_commands(sub)  # agent, tool, results, mail, agent-hook: org/agents/commands.py
     p = sub.add_parser("report", help="write reports/<program>/ (README.md + plots) from the ledger")
@@ -205,8 +212,38 @@ def cmd_budget(args) -> int:
     if not changes:
         print(f"{name}: " + ", ".join(f"{f} {budget[f]:g}" for f in BOUND_BUDGET))
         for row in log:
-            print(f"  {row['created_at']} {row['who']}: {row['field']} {row['old']:g} -> {row['new']:g}")
+            change = f"+ {row['new']:g}" if row["old"] is None else f"{row['old']:g} -> {row['new']:g}"
+            print(f"  {row['created_at']} {row['who']}: {row['field']} {change}")
     return 0
+
+
+def cmd_extend(args) -> int:
+    """More seeds for a finished (or running) comparison, without renaming the program: every
+    measured arm gets runs on them, queued now; a person's act, logged beside `org budget`'s."""
+    lab, name, path = find_ledger(args.program)
+    with Ledger(path) as ledger:
+        seeds = parse_seeds(args.seeds, ledger.budget(name)["seeds"])
+        ledger.add_seeds(name, seeds, args.who)
+        program = Program.model_validate(json.loads(ledger.program(name)["spec"]))
+        for experiment in ledger.experiments(name, stage="measuring"):
+            plan(ledger, program, experiment)
+        queued = len(ledger.runs(name, status="queued"))
+    print(f"{name}: seeds + {', '.join(map(str, seeds))} for every arm (by {args.who}, logged); {queued} runs queued")
+    print(f"edit programs/{name}.yaml to match (budget.seeds: {program.budget.seeds}), then `org run {name}` "
+          f"or `org launch` measures them")
+    return 0
+
+
+def parse_seeds(text: str, have: list[int]) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise OrgError(f"--seeds {text}: expected seeds as integers, e.g. 5,6,7") from None
+    known = sorted(set(seeds) & set(have))
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds) or known:
+        why = f"seed {known[0]} is already the program's" if known else "expected new seeds, each once, none negative"
+        raise OrgError(f"--seeds {text}: {why} (it has {have})")
+    return seeds
 
 
 def parse_budget_changes(pairs: list[str], budget: dict) -> dict:
@@ -217,7 +254,7 @@ def parse_budget_changes(pairs: list[str], budget: dict) -> dict:
         field, _, value = pair.partition("=")
         if field.removeprefix("budget.") not in BOUND_BUDGET:
             raise OrgError(f"{pair}: {field!r} cannot change in a started program; what can: "
-                           f"{', '.join(BOUND_BUDGET)}")
+                           f"{', '.join(BOUND_BUDGET)} (and `org extend` adds seeds)")
         try:
             changes[field.removeprefix("budget.")] = float(value)
         except ValueError:

@@ -308,6 +308,18 @@ class Ledger:
             self._update("programs", name, dict(spec=json.dumps(spec, sort_keys=True)), key="name")
         return rows
 
+    def add_seeds(self, name: str, seeds: list[int], who: str) -> list[dict]:
+        """More seeds for every arm of a started program (`org extend`), each logged as a budget
+        change of `seeds` (old None: the program had no such seed); returns the log rows."""
+        with self.tx():
+            spec = json.loads(self.program(name)["spec"])
+            rows = [dict(program=name, field="seeds", old=None, new=seed, who=who, created_at=now()) for seed in seeds]
+            for row in rows:
+                self._insert("budget_changes", row)
+            spec["budget"]["seeds"] += seeds
+            self._update("programs", name, dict(spec=json.dumps(spec, sort_keys=True)), key="name")
+        return rows
+
     def budget_changes(self, name: str) -> list[dict]:
         return self._all("SELECT * FROM budget_changes WHERE program = ? ORDER BY id", name)
 

@@ -392,8 +392,10 @@ def budget_section(report: Report) -> str:
                  f"(runner wall time, all runs and their measurements); LLM ${dollars:.2f} of "
                  f"${g(budget.get('total_llm_dollars'))}")
     for c in report.budget_changes:
-        lines.append(f"- changed by {c['who']} with `org budget` at {c['created_at']}: {c['field']} "
-                     f"{g(c['old'])} -> {g(c['new'])}")
+        lines.append(f"- seed {g(c['new'])} added for every arm by {c['who']} with `org extend` at {c['created_at']} "
+                     "(after the program started: its verdicts are re-tested on more seeds, not pre-registered)"
+                     if c["field"] == "seeds" else f"- changed by {c['who']} with `org budget` at "
+                     f"{c['created_at']}: {c['field']} {g(c['old'])} -> {g(c['new'])}")
     lines.append("- enforced by the runner: the experiment sets only model and optimizer keys (the program owns "
                  "budget, seeds, data and evaluation); each completed run is measured by the harness (FLOPs per "
                  "token recounted from the checkpoint's shapes, the steps the budget allows, val and confirm "

@@ -90,6 +90,10 @@ def program_path(arg: str, lab: Lab) -> Path:
 
 def check_unchanged(path: Path, started: dict, now: dict):
     started = as_current_schema(started)
+    if started["budget"].get("seeds") != now["budget"].get("seeds"):
+        raise ProgramError(f"{path}: budget.seeds: {now['budget'].get('seeds')} in the file, "
+                           f"{started['budget'].get('seeds')} for the program; only `org extend "
+                           f"{now['name']} --seeds ...` adds seeds to a started program (logged): make the file say so")
     changed = [f for f in MEASUREMENT_FIELDS if started.get(f) != now.get(f)]
     changed += [f"budget.{f}" for f in MEASUREMENT_BUDGET
                 if started["budget"].get(f) != now["budget"].get(f)]

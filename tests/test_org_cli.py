@@ -125,7 +125,8 @@ def test_a_started_program_refuses_a_changed_budget(make_project, capsys):
     assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
     rewrite(root, budget={**tiny_program()["budget"], "seeds": [0, 1, 2]})
     assert main(["run", "tiny"]) == 2
-    assert "budget.seeds: changed since the program started" in one_line_error(capsys)
+    assert "budget.seeds: [0, 1, 2] in the file, [0, 1] for the program; only `org extend tiny --seeds ...`" \
+        in one_line_error(capsys)
 
 
 def test_totals_are_fixed_at_start_and_change_only_through_a_logged_org_budget(make_project, capsys):
@@ -155,6 +156,35 @@ def test_totals_are_fixed_at_start_and_change_only_through_a_logged_org_budget(m
     capsys.readouterr()
     assert main(["budget", "tiny"]) == 0
     assert "ada: total_compute_seconds 600 -> 99999" in capsys.readouterr().out
+
+
+def test_org_extend_adds_seeds_to_every_arm_of_a_finished_comparison_logged(make_project, capsys):
+    """`inconclusive (needs N more seeds)`: a person adds seeds without renaming the program;
+    every measured arm gets runs on them, and the report says they came after the start."""
+    root = make_project(tiny_program())
+    assert main(["run", "tiny"]) == 0
+    for bad, says in [("1", "--seeds 1: seed 1 is already the program's (it has [0, 1])"),
+                      ("2,x", "--seeds 2,x: expected seeds as integers"),
+                      ("2,2", "--seeds 2,2: expected new seeds, each once, none negative")]:
+        assert main(["extend", "tiny", "--seeds", bad]) == 2
+        assert says in one_line_error(capsys)
+    capsys.readouterr()
+    assert main(["extend", "tiny", "--seeds", "2,3", "--who", "ada"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny: seeds + 2, 3 for every arm (by ada, logged); 4 runs queued" in out
+    assert "budget.seeds: [0, 1, 2, 3]" in out
+    assert main(["run", "tiny"]) == 2  # the file still says [0, 1]
+    assert "only `org extend tiny --seeds ...` adds seeds" in one_line_error(capsys)
+    rewrite(root, budget={**tiny_program()["budget"], "seeds": [0, 1, 2, 3]})
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        main_runs = [(r["arm"], r["seed"], r["status"]) for r in ledger.runs("tiny") if r["purpose"] == "main"]
+        log = [(c["field"], c["old"], c["new"], c["who"]) for c in ledger.budget_changes("tiny")]
+    assert sorted(main_runs) == [(arm, seed, "completed") for arm in ("baseline", "no-softcap") for seed in range(4)]
+    assert log == [("seeds", None, 2, "ada"), ("seeds", None, 3, "ada")]
+    assert main(["report", "tiny"]) == 0
+    text = (root / "reports" / "tiny" / "README.md").read_text()
+    assert "seed 3 added for every arm by ada with `org extend`" in text and "(4 paired)" in text
 
 
 def test_a_program_started_by_an_older_nanolab_resumes_but_refuses_a_changed_matmul(make_project, capsys):
