@@ -35,7 +35,7 @@ from pathlib import Path
 
 from org import OrgError
 from org.cluster import GPU, connect, job_id, machine
-from org.lab import Lab, child_env
+from org.lab import Lab, child_env, copy_kernel_cache
 from org.ledger import FINISHED, Ledger, budget_of, pid_alive
 from org.measure import MeasureError, cross_check, evaluator_env, job_for, measure_run, source_only, worker_command
 from org.experiments import plan, refusal
@@ -196,6 +196,7 @@ class Runner:
         self.stopping = threading.Event()
         self.children: dict[int, subprocess.Popen] = {}
         self.data_lock, self.data_ready = threading.Lock(), False  # prepare_data() before the first run
+        self.kernel_lock, self.base_snapshot = threading.Lock(), None  # set by prepare_data()
         self.failure: OrgError | None = None  # why a slot gave up (a cluster gone silent), said by drain()
         self.jobs, self.ledger_key = connect(program, ledger_path) if program.runner.backend == "ray" else (None, None)
 
@@ -248,7 +249,7 @@ class Runner:
         with Ledger(self.ledger_path) as ledger:
             base = ledger.program(self.program.name)["base_commit"]
         with self.git_lock:
-            code = self.lab.snapshot(base, self.program.name)
+            code = self.base_snapshot = self.lab.snapshot(base, self.program.name)
         data = self.program.data
         env = child_env({"PYTHONPATH": str(code), "NANOLAB_CACHE": str(self.harness_cache / "data"),
                          **source_only(code)})
@@ -472,8 +473,12 @@ class Runner:
         return f"wall time over run_timeout_seconds ({timeout:g}s), killed by the runner"
 
     def kernels(self, snapshot: Path) -> Path:
-        """The compiled-kernel cache of one commit: written by that commit's runs, read by no other."""
-        return self.lab.state_dir(self.program.name) / "kernels" / snapshot.name
+        """One commit's compiled kernels, its runs' alone (a new one starts as lab.copy_kernel_cache says)."""
+        cache = self.lab.state_dir(self.program.name) / "kernels" / snapshot.name
+        with self.kernel_lock:
+            if self.base_snapshot not in (None, snapshot) and not cache.exists():
+                copy_kernel_cache(self.base_snapshot, cache.with_name(self.base_snapshot.name), snapshot, cache)
+        return cache
 
     def _run_box(self, run_dir: Path, snapshot: Path):
         threads = max(1, int(self.program.runner.threads_per_slot or os.cpu_count() or 1))

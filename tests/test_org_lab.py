@@ -186,3 +186,25 @@ def test_what_an_agent_wrote_into_git_does_not_run_through_the_harness(lab, tmp_
     lab.protected_violation(base, base, ["trainer/eval.py"])
     assert (alice / "trainer" / "eval.py").exists() and (snapshot / "trainer" / "eval.py").exists()
     assert [name for name, mark in marks.items() if mark.exists()] == []
+
+
+def test_the_kernel_sources_are_what_the_cpu_kernels_import_and_numba_files_them_where_we_look():
+    """copy_kernel_cache trusts a copy only when these files are the base's: every trainer module
+    the CPU kernels import (Numba bakes their globals in) must be on the list."""
+    import ast
+    from pathlib import Path
+
+    from numba.core.caching import _CacheLocator
+    from org.lab import KERNEL_SOURCES, numba_subdir
+    trainer = Path(__file__).resolve().parents[1] / "trainer"
+    found, todo = set(), ["cpu_kernels"]
+    while todo:
+        name = todo.pop()
+        found.add(f"trainer/{name}.py")
+        for node in ast.walk(ast.parse((trainer / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "trainer":
+                todo += [a.name for a in node.names if f"trainer/{a.name}.py" not in found]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("trainer."):
+                todo += [node.module.split(".", 1)[1]] if f"trainer/{node.module.split('.', 1)[1]}.py" not in found else []
+    assert found == set(KERNEL_SOURCES)
+    assert numba_subdir(trainer) == _CacheLocator.get_suitable_cache_subpath(str(trainer / "cpu_kernels.py"))

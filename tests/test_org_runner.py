@@ -399,3 +399,34 @@ def test_the_programs_matmul_precision_reaches_every_run_and_is_checked(tmp_path
     assert status == "invalid" and "matmul is 'fp32', the program fixes 'bf16'" in reason
     status, _ = check_result(program, {"seed": 1}, replace(result, matmul="bf16"), None)
     assert status == "completed"
+
+
+@pytest.mark.slow
+def test_a_commit_with_the_base_kernels_starts_from_their_compiled_cache(make_project, monkeypatch, capsys):
+    """Code arms are common: a commit whose kernel sources are the base's gets a copy of the base
+    commit's compiled kernels (filed under its own snapshot's path), so its runs compile nothing;
+    one that changes what the kernels bake in (ops.GELU_K) compiles its own."""
+    monkeypatch.setenv("NANOLAB_KERNELS", "1")  # the real kernels, which these tests usually skip
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    assert main(["run", "tiny"]) == 0
+    agent_commit(root, "alice", "trainer/model.py", lambda text: text + "\n# a comment: the same kernels\n")
+    agent_commit(root, "bob", "trainer/ops.py", lambda text: text.replace("GELU_K = ", "GELU_K = 1.0001 * "))
+    for arm, who in (("comment", "alice"), ("gelu", "bob")):
+        assert main(["submit", "tiny", "--arm", arm, "--ref", f"agent/tiny/{who}/work", "--set", "softcap=0"]) == 0
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        runs = {r["arm"]: r for r in ledger.runs("tiny")}
+        commits = {arm: ledger.experiment(r["experiment_id"])["code_commit"] for arm, r in runs.items()}
+    assert {r["status"] for r in runs.values()} == {"completed"}
+
+    def compiled(arm: str) -> dict:
+        """{file: mtime} of the arm's commit's kernel cache (copies keep their source's mtime)."""
+        cache = root / ".lab" / "tiny" / "kernels" / commits[arm]
+        return {p.name: p.stat().st_mtime for p in cache.rglob("*") if p.suffix in (".nbi", ".nbc")}
+    base, same, own = compiled("baseline"), compiled("comment"), compiled("gelu")
+    assert base and same == base  # copied, and nothing compiled again (Numba would rewrite an index)
+    assert own and min(own.values()) > max(base.values())  # compiled by the gelu commit's own runs
+    with capsys.disabled():
+        print(f"\nfirst run of a commit: {runs['baseline']['wall_seconds']:.1f}s compiling the kernels, "
+              f"{runs['comment']['wall_seconds']:.1f}s with the base's copied, "
+              f"{runs['gelu']['wall_seconds']:.1f}s compiling its own")
