@@ -23,7 +23,7 @@ import os
 import re
 import socket
 import sqlite3
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -555,21 +555,24 @@ FLAT_FIGURES = tuple(dict.fromkeys(f.name for kind in (Result, Measurement) for 
 
 def run_row(row: dict) -> dict:
     """A runs row as every reader takes it: its columns; `result` and `measurement` as records
-    (trainer/record.py; None where there is none or it cannot be read); and the run's figures
-    flat beside them, the harness's for a run it measured and the trainer's word otherwise, with
-    what only the trainer can say (its clock, its device) from its result and tokens per second
-    by the runner's clock. An older ledger's own figure columns, where it has them, stand."""
+    (trainer/record.py); the run's figures flat beside them, the harness's for a run it measured,
+    else the trainer's word, and what only the trainer says (its clock, its device) from its
+    result; tokens per second by the runner's clock. An older ledger's figure columns stand."""
     result, measurement = _record(Result, row.get("result")), _record(Measurement, row.get("measurement"))
     flat = dict.fromkeys(FLAT_FIGURES)  # every reader finds every figure, None until known
-    flat.update({k: v for k, v in asdict(result).items() if k in flat} if result else {})
-    flat.update(asdict(measurement) if measurement else {})
+    flat.update({k: _plain(v) for k, v in vars(result).items() if k in flat} if result else {})
+    flat.update({k: _plain(v) for k, v in vars(measurement).items()} if measurement else {})
     if measurement and measurement.tokens and row.get("wall_seconds"):
         flat["tokens_per_second"] = round(measurement.tokens / row["wall_seconds"], 2)
     kept = {k: v for k, v in row.items() if v is not None or k not in flat}  # an empty column hides nothing
     return {**flat, **kept, "result": result, "measurement": measurement}
 
 
-def _record(kind, text):
+def _plain(value):  # a record's field as its JSON has it (vars: asdict's deep copies were 80% of runs())
+    return dict(vars(value)) if is_dataclass(value) else value
+
+
+def _record(kind, text):  # None where there is none or it cannot be read
     if text is None or isinstance(text, kind):
         return text
     try:
