@@ -15,6 +15,7 @@ import json
 import re
 
 from org import OrgError
+from org.improve import check_try, decide_ready, frontier, merged_try
 from org.lab import Lab
 from org.ledger import FINISHED, Ledger
 from org.program import NAME, Program, owned_by_program
@@ -26,13 +27,21 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
     A declared arm submitted twice returns the existing experiment, so `org run` is idempotent."""
     base = ledger.program(program.name)["base_commit"]
     commit = lab.resolve(ref) if ref else base
-    reason = refusal(lab, program, base, commit, overrides)
+    versus, since, merge_problem = None, base, None
+    if program.claim.kind == "improve" and arm != "baseline":  # a try, against the frontier of the moment
+        front = frontier(ledger.experiments(program.name)) or submit(
+            ledger, lab, program, "baseline", {}, who="program", hypothesis="the program's baseline", source="declared")
+        merged, merge_problem = merged_try(lab, program.name, arm, front["code_commit"], commit)
+        commit, overrides = merged or commit, {**json.loads(front["overrides"]), **overrides}
+        versus, since = front["arm"], front["code_commit"]
+        merge_problem = merge_problem or check_try(program, overrides, commit, front)
+    reason = merge_problem or refusal(lab, program, base, commit, overrides)
     stage = "refused" if reason else ("tuning" if program.tune else "measuring")
-    diff = lab.diff(base, commit)
+    diff = lab.diff(since, commit)
     with ledger.tx():
         experiment_id = ledger.add_experiment(
             program.name, arm, who=who, source=source, base_commit=base, code_commit=commit,
-            overrides=overrides, stage=stage, hypothesis=hypothesis, diff=diff, reason=reason)
+            overrides=overrides, stage=stage, hypothesis=hypothesis, diff=diff, reason=reason, versus=versus)
         if experiment_id is None:  # this declared arm is already in the ledger
             return next(e for e in ledger.experiments(program.name)
                         if e["arm"] == arm and e["source"] == "declared")
@@ -42,8 +51,9 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
 
 
 def check_arm_name(arm: str):
-    if not re.match(NAME, arm) or arm == "baseline":
-        raise OrgError(f"arm {arm!r}: use a new lowercase name (letters, digits, - and _); 'baseline' is the program's")
+    if not re.match(NAME, arm) or arm == "baseline" or arm.startswith("frontier-"):
+        raise OrgError(f"arm {arm!r}: use a new lowercase name (letters, digits, - and _); 'baseline' and "
+                       "'frontier-N' are the program's")
 
 
 def submission_source(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict, commit: str) -> str:
@@ -81,8 +91,15 @@ def refusal(lab: Lab, program: Program, base: str, commit: str, overrides: dict)
 
 
 def plan(ledger: Ledger, program: Program, experiment: dict):
-    """Enqueue whatever the experiment needs next. Idempotent (the ledger ignores a run it
-    already has), so it is safe to call again after any crash."""
+    """Enqueue whatever the experiment needs next, and decide the tries of an improvement
+    program that are ready (org/improve.py), planning the frontier a keep makes. Idempotent (the
+    ledger ignores a run it already has), so it is safe to call again after any crash."""
+    plan_runs(ledger, program, experiment)
+    for front in decide_ready(ledger, program):
+        plan_runs(ledger, program, front)
+
+
+def plan_runs(ledger: Ledger, program: Program, experiment: dict):
     seeds = program.budget.seeds
     budget = program.budget.per_run.kind, program.budget.per_run.value
     arm_overrides = {**program.baseline.overrides, **json.loads(experiment["overrides"])}

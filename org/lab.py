@@ -279,6 +279,22 @@ class Lab:
         return dest
 
 
+def diff_summary(diff: str | None) -> str:
+    """'trainer/model.py +3 -1, ...' from a unified diff."""
+    if not diff:
+        return ""
+    files, current = {}, None
+    for line in diff.splitlines():
+        if line.startswith("diff --git "):
+            current = line.split(" b/", 1)[-1]
+            files[current] = [0, 0]
+        elif current and line.startswith("+") and not line.startswith("+++"):
+            files[current][0] += 1
+        elif current and line.startswith("-") and not line.startswith("---"):
+            files[current][1] += 1
+    return ", ".join(f"{f} +{a} -{d}" for f, (a, d) in files.items())
+
+
 # --- compiled kernels ----------------------------------------------------------------------
 
 # what Numba compiles into the CPU kernels: cpu_kernels.py, and the trainer modules whose globals

@@ -169,6 +169,9 @@ def check_branches(lab: Lab, launch: ProgramSite):
     nowhere but its worktree, and its worktree path must not be some other directory."""
     name = launch.name
     base = f"program/{name}" if f"program/{name}" in lab.repo.heads else "HEAD"
+    if launch.ledger_path.exists():  # an improvement program's branch has moved on: agents grew from its base
+        with Ledger(launch.ledger_path) as ledger:
+            base = (ledger.program(name) or {}).get("base_commit") or base
     trees = {w["path"].resolve(): w["branch"] for w in lab.worktrees()}
     for agent in launch.agents:
         path = launch.worktree(agent).resolve()

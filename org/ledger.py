@@ -26,12 +26,11 @@ import sqlite3
 from dataclasses import asdict, fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import quote
 
 from org import OrgError
 from trainer.record import Measurement, Result, read
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
@@ -64,6 +63,8 @@ CREATE TABLE experiments (
     stage        TEXT NOT NULL,        -- tuning | measuring | refused | failed
     chosen       TEXT,                 -- JSON: the tune grid point picked on validation
     reason       TEXT,                 -- why refused or failed
+    versus       TEXT,                 -- improve: the frontier arm it is measured against
+    decision     TEXT,                 -- improve: JSON, the keep decision (org/improve.py)
     created_at   TEXT NOT NULL
 );
 CREATE UNIQUE INDEX declared_once ON experiments(program, arm) WHERE source = 'declared';
@@ -147,6 +148,7 @@ MIGRATIONS = {  # from version N to N + 1
     # a run's figures were columns too, copied from its record: now only the record (result and
     # measurement, as JSON) holds them, and run_row() reads them out for everyone
     7: [f"ALTER TABLE runs DROP COLUMN {c}" for c in FIGURE_COLUMNS],
+    8: ["ALTER TABLE experiments ADD COLUMN versus TEXT", "ALTER TABLE experiments ADD COLUMN decision TEXT"],
 }
 
 
@@ -331,13 +333,13 @@ class Ledger:
 
     def add_experiment(self, program: str, arm: str, who: str, source: str, base_commit: str,
                        code_commit: str, overrides: dict, stage: str, hypothesis: str = None,
-                       diff: str = None, reason: str = None) -> int | None:
+                       diff: str = None, reason: str = None, versus: str = None) -> int | None:
         """The new experiment's id; None if a declared arm is already there."""
         return self._insert("experiments", dict(
             program=program, arm=arm, who=who, hypothesis=hypothesis, source=source,
             base_commit=base_commit, code_commit=code_commit, diff=diff,
             overrides=json.dumps(overrides, sort_keys=True), stage=stage, reason=reason,
-            created_at=now()), or_ignore=True)
+            versus=versus, created_at=now()), or_ignore=True)
 
     def experiment(self, experiment_id: int) -> dict | None:
         return self._one("SELECT * FROM experiments WHERE id = ?", experiment_id)
@@ -349,8 +351,9 @@ class Ledger:
         return self._all("SELECT * FROM experiments WHERE program = ? ORDER BY id", program)
 
     def update_experiment(self, experiment_id: int, **fields):
-        if "chosen" in fields:
-            fields["chosen"] = json.dumps(fields["chosen"], sort_keys=True)
+        for key in ("chosen", "decision"):
+            if key in fields:
+                fields[key] = json.dumps(fields[key], sort_keys=True)
         self._update("experiments", experiment_id, fields)
 
     # --- runs ----------------------------------------------------------------------------
@@ -472,81 +475,8 @@ class Ledger:
                 for t in ("programs", "experiments", "runs", "llm_spend")}
 
 
-# ----------------------------------------------------------------------------------------
-# reading a ledger for a report: read-only, any schema version (a ledger from an older nanolab
-# is read as it is, never migrated)
-
-
-def read_tables(path: Path, program: str, tables) -> tuple[dict, list[dict], list[str]]:
-    """({table: the program's rows}, the `org budget` log, what this ledger's schema lacks, in words)."""
-    db = open_readonly(path)
-    try:
-        have = {t: columns(db, t) for t in tables}
-        missing = schema_gaps(have, tables)
-        rows = {t: select(db, t, have[t], program) for t in tables}
-        changes = select(db, "budget_changes", columns(db, "budget_changes"), program)  # none before v3
-    finally:
-        db.close()
-    return rows, changes, missing
-
-
-def open_readonly(path: Path) -> sqlite3.Connection:
-    """The ledger, opened so that nothing (not even a migration) can write to it."""
-    if not path.is_file():
-        raise LedgerError(f"no ledger at {path}")
-    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
-    try:
-        db = sqlite3.connect(uri, uri=True)
-        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.OperationalError:  # WAL without a writable -shm: read the file as it is
-        db = sqlite3.connect(uri + "&immutable=1", uri=True)
-    except sqlite3.DatabaseError as e:
-        raise LedgerError(corrupt(path, e)) from None
-    db.row_factory = sqlite3.Row
-    return db
-
-
 def columns(db: sqlite3.Connection, table: str) -> list[str]:
     return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
-
-
-def schema_gaps(have: dict[str, list[str]], tables) -> list[str]:
-    """Tables and columns of the current schema that this ledger lacks, in words."""
-    current = sqlite3.connect(":memory:")
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            current.execute(statement)
-    gaps = []
-    for table in tables:
-        if not have[table]:
-            gaps.append(f"the ledger has no {table} table (older schema): {MISSING_TABLE[table]}")
-            continue
-        lost = [c for c in columns(current, table) if c not in have[table]]
-        if lost:
-            gaps.append(f"the ledger's {table} table has no column {', '.join(lost)} (older schema): "
-                        "whatever depends on it is shown as not recorded")
-    return gaps
-
-
-MISSING_TABLE = {
-    "programs": "question, claim and budget unknown, so no verdicts",
-    "experiments": "no lineage (who proposed what, on which commit)",
-    "runs": "no runs, so no verdicts, noise floor or plots",
-    "llm_spend": "LLM dollars not recorded",
-}
-
-
-def select(db: sqlite3.Connection, table: str, cols: list[str], program: str) -> list[dict]:
-    if not cols:
-        return []
-    key = "name" if table == "programs" else "program"
-    where = f" WHERE {key} = ?" if key in cols else ""
-    order = " ORDER BY id" if "id" in cols else ""
-    rows = [dict(r) for r in db.execute(f"SELECT * FROM {table}{where}{order}", (program,) if where else ())]
-    for row in rows if table == "runs" else ():  # as schema 5 spells a budget, whatever wrote it
-        budget = budget_of(row)
-        row["budget"] = budget and json.dumps({"kind": budget[0], "value": budget[1]}, sort_keys=True)
-    return [run_row(r) for r in rows] if table == "runs" else rows
 
 
 FLAT_FIGURES = tuple(dict.fromkeys(f.name for kind in (Result, Measurement) for f in fields(kind)

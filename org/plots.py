@@ -2,7 +2,8 @@
 The report's plots, and the learning curves they draw from each run's metrics.jsonl.
 
     read_curves(report)            # report.curves: run id -> Curve (a torn line costs only itself)
-    plot_all(report, out_dir)      # curves_flops.png, curves_time.png, final.png; returns the names
+    plot_all(report, out_dir)      # curves_flops.png, curves_time.png, final.png, progress.png
+                                   # (an improvement program's); returns the names
 
 Every panel has one unit per axis. Arms that differ by less than their spread would sit on top of
 each other on a val_bpb axis, so each curves plot also draws the paired difference to the
@@ -20,6 +21,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from org.improve import progress
 from org.referee import verdict_kind
 
 matplotlib.use("Agg")
@@ -124,7 +126,8 @@ def plot_all(report, out_dir: Path) -> list[str]:
     made = []
     for name, draw in (("curves_flops.png", lambda: plot_curves(report, x=0)),
                        ("curves_time.png", lambda: plot_curves(report, x=1)),
-                       ("final.png", lambda: plot_final(report))):
+                       ("final.png", lambda: plot_final(report)),
+                       ("progress.png", lambda: plot_progress(report))):
         fig = draw()
         if fig is None:
             (out_dir / name).unlink(missing_ok=True)  # no stale plot from an earlier report
@@ -316,3 +319,42 @@ def plot_deltas(ax, report, paired: list, color: dict):
     ax.set_title("paired difference to the baseline, with the referee's bounds")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # off the data
+
+
+OUTCOME_STYLE = {"baseline": ("black", "s"), "kept": ("tab:green", "o"), "discarded": ("tab:gray", "o"),
+                 "untested": ("tab:red", "x"), "stale": ("tab:orange", "v")}
+
+
+def plot_progress(report):
+    """An improvement program's frontier (a step line) against runner hours and wall hours, with
+    every try as a point at its own mean val_bpb, by outcome (org/improve.py: progress)."""
+    if (report.spec.get("claim") or {}).get("kind") != "improve":
+        return None
+    points = progress(report.experiments, report.runs, report.llm)
+    if not points:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    short = max(p["wall_hours"] for p in points) < 2  # minutes read better than 0.01 hours
+    unit, scale = ("minutes", 60) if short else ("hours", 1)
+    for p in points:
+        p.update(compute=p["compute_hours"] * scale, wall=p["wall_hours"] * scale)
+    for ax, key, label in ((axes[0], "compute", f"runner {unit} spent (trainer runs and measurements)"),
+                           (axes[1], "wall", f"wall {unit} since the program's first experiment")):
+        front = [(p[key], p["frontier_bpb"]) for p in points if p["frontier_bpb"] is not None]
+        if front:
+            xs, ys = zip(*front)
+            ax.step(xs, ys, where="post", color="tab:green", lw=2, label="confirmed frontier (mean over seeds)")
+        for outcome, (color, marker) in OUTCOME_STYLE.items():
+            mine = [p for p in points if p["outcome"] == outcome and p["val_bpb"] is not None]
+            if mine:
+                ax.scatter([p[key] for p in mine], [p["val_bpb"] for p in mine], color=color, marker=marker,
+                           s=50, zorder=3, label=f"{outcome} ({len(mine)})")
+                for p in mine:
+                    ax.annotate(p["arm"], (p[key], p["val_bpb"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("val_bpb (bits per byte, lower is better):\nthe frontier, and each try's mean over seeds")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{report.program}: the frontier's progress; every try, kept or not")
+    fig.tight_layout()
+    return fig

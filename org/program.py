@@ -39,7 +39,7 @@ OWNED_WORDS = re.compile(r"budget|seed|eval|^val_|flops|^steps$|tokens|^data", r
 
 # the parts of a program that define its measurements: changing them mid-program would make
 # old and new runs incomparable, so a started program refuses the change
-MEASUREMENT_FIELDS = ("metric", "baseline", "data", "train", "tune", "tune_seeds", "protected")
+MEASUREMENT_FIELDS = ("claim", "metric", "baseline", "data", "train", "tune", "tune_seeds", "protected")
 MEASUREMENT_BUDGET = ("per_run", "seeds")
 # the totals, fixed at start like the rest: only a person's `org budget` changes them, logged
 BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds")
@@ -78,8 +78,16 @@ def owned_by_program(overrides: dict) -> str | None:
 
 
 class Claim(Strict):
-    kind: Literal["non-inferiority", "superiority"]
+    # improve: an open-ended program (org/improve.py): tries against a frontier that only
+    # confirmed gains move, with the false-discovery rate of its keeps held at alpha
+    kind: Literal["non-inferiority", "superiority", "improve"]
     margin: float = Field(0.0, ge=0, description="in metric units; non-inferiority needs > 0")
+    alpha: float = Field(0.05, gt=0, lt=1, description="improve: the FDR level of the keep decisions")
+
+    @property
+    def rule(self) -> str:
+        """The referee's rule for one arm against another: a keep is a superiority claim."""
+        return "superiority" if self.kind == "improve" else self.kind
 
     @model_validator(mode="after")
     def _margin(self):
@@ -120,6 +128,28 @@ class Variant(Strict):
             raise ValueError("a variant needs overrides or a ref (or both)")
         if self.name == "baseline":
             raise ValueError("'baseline' is the name of the baseline arm; pick another name")
+        return self
+
+
+class Candidate(Strict):
+    """A try the scripted researcher makes in an improvement program (an LLM org makes its own):
+    config overrides, a patch file (applied in its worktree, committed), or both."""
+    name: str = Field(pattern=NAME)
+    overrides: dict[str, Any] = {}
+    patch: str | None = None  # a path in the lab, e.g. programs/improve/reseed.patch
+    hypothesis: str | None = None
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, value):
+        return _scalar_overrides(value)
+
+    @model_validator(mode="after")
+    def _changes_something(self):
+        if not self.overrides and not self.patch:
+            raise ValueError("a candidate needs overrides or a patch (or both)")
+        if self.name == "baseline" or self.name.startswith("frontier-"):
+            raise ValueError("'baseline' and 'frontier-N' name the program's own arms; pick another name")
         return self
 
 
@@ -240,6 +270,7 @@ class Program(Strict):
     metric: Literal["val_bpb"] = "val_bpb"  # lower is better
     baseline: Baseline
     variants: list[Variant] = []
+    candidates: list[Candidate] = []  # improve: the scripted researcher's tries, in order
     data: Data
     budget: Budget
     tune: dict[str, list[Any]] = {}  # a grid over config keys, e.g. {matrix_lr: [0.01, 0.02]}
@@ -263,6 +294,14 @@ class Program(Strict):
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"expected distinct variant names, got {names}")
+        tries = [c.name for c in self.candidates]
+        if len(set(tries)) != len(tries):
+            raise ValueError(f"expected distinct candidate names, got {tries}")
+        improve = self.claim.kind == "improve"
+        if improve and (self.variants or self.tune):  # tries are judged against the frontier, one by one
+            raise ValueError("a claim of kind improve takes candidates, not variants or a tune grid")
+        if self.candidates and not improve:
+            raise ValueError("candidates are tries of an improvement program: set claim.kind to improve")
         return self
 
     @property

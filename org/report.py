@@ -13,7 +13,7 @@ adjust (Holm) -> confirm on the held-out split), the noise floor, the budget and
 enforced, the lineage of every experiment, and the spend (compute and LLM dollars).
 
 The plots and the learning curves behind them are org/plots.py's; reading a ledger of any
-schema is org/ledger.py's (read_tables).
+schema is org/ledger_read.py's (read_tables).
 
 Bad input degrades, it does not crash: the ledger is opened read-only and may be from an
 older schema (a missing table or column is named, and what depends on it is left out); a
@@ -33,7 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from org import OrgError
-from org.ledger import LedgerError, loads, read_tables
+from org import improve
+from org.lab import diff_summary
+from org.ledger import LedgerError, loads
+from org.ledger_read import read_tables
 from org.plots import Curve, finite, plot_all, read_curves
 from org.confounds import NO_CHANGE
 from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, noise_floor, per_seed,
@@ -139,8 +142,9 @@ def add_verdicts(report: Report):
         report.no_verdict = {a: "no claim recorded for the program" for a in variants}
         return
     declares = {v.get("name"): frozenset(v.get("declares") or []) for v in report.spec.get("variants", [])}
-    report.comparisons, report.no_verdict = verdicts(runs, claim["kind"], claim.get("margin", 0.0), declares,
-                                                     ADJUSTMENT, arms=variants)
+    rule = "superiority" if claim["kind"] == "improve" else claim["kind"]  # every arm against the baseline
+    report.comparisons, report.no_verdict = verdicts(runs, rule, claim.get("margin", 0.0), declares, ADJUSTMENT,
+                                                     arms=variants)
     if not any(r.get("status") == "completed" for r in runs):
         report.missing.append("no finished runs: every verdict is inconclusive")
 
@@ -166,9 +170,9 @@ def write(report: Report, out_dir: str | Path) -> Path:
 
 
 def markdown(report: Report) -> str:
-    parts = [header(report), missing_section(report), verdict_section(report), per_seed_section(report),
-             noise_section(report), plots_section(report), budget_section(report),
-             lineage_section(report), spend_section(report)]
+    parts = [header(report), missing_section(report), improve.section(report.spec, report.experiments, report.runs,
+             report.llm), verdict_section(report), per_seed_section(report), noise_section(report),
+             plots_section(report), budget_section(report), lineage_section(report), spend_section(report)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -222,9 +226,11 @@ def claim_text(spec: dict) -> str:
         return (f"non-inferiority with margin {g(claim.get('margin'))} {metric}: a variant shows `no regression` "
                 f"when the upper one-sided 95% bound of Δ = variant − baseline (paired by seed) is below "
                 f"the margin. Lower {metric} is better.")
-    if claim.get("kind") == "superiority":
-        return (f"superiority: a variant is `better` when the Holm-adjusted p of Δ = variant − baseline "
-                f"(paired by seed) < 0 is below 0.05 and |Δ| is above the noise floor. Lower {metric} is better.")
+    if claim.get("kind") in ("superiority", "improve"):
+        return ("improve: open-ended tries against a frontier (see The frontier); below, every arm against the "
+                "first baseline, " * (claim["kind"] == "improve") + f"superiority: a variant is `better` when the "
+                f"Holm-adjusted p of Δ = variant − baseline (paired by seed) < 0 is below 0.05 and |Δ| is above the "
+                f"noise floor. Lower {metric} is better.")
     return "not recorded: no verdicts can be given"
 
 
@@ -364,6 +370,7 @@ def plots_section(report: Report) -> str:
         "curves_time.png": "val_bpb, each variant's paired difference to the baseline, and train loss vs "
                            "training time in seconds (mean over seeds, min-max band, over the range every seed reaches)",
         "final.png": "final val_bpb per arm and seed, and the paired differences to the baseline",
+        "progress.png": "the frontier against runner hours and wall hours, with every try by its outcome",
     }
     if not report.plots:
         return "## Plots\n\nNone: no completed run has readable metrics or a final val_bpb."
@@ -479,22 +486,6 @@ def overrides_text(overrides) -> str:
     return " ".join(f"`{k}={v}`" for k, v in overrides.items())
 
 
-def diff_summary(diff: str | None) -> str:
-    """'trainer/model.py +3 -1, ...' from a unified diff."""
-    if not diff:
-        return ""
-    files, current = {}, None
-    for line in diff.splitlines():
-        if line.startswith("diff --git "):
-            current = line.split(" b/", 1)[-1]
-            files[current] = [0, 0]
-        elif current and line.startswith("+") and not line.startswith("+++"):
-            files[current][0] += 1
-        elif current and line.startswith("-") and not line.startswith("---"):
-            files[current][1] += 1
-    return ", ".join(f"{f} +{a} -{d}" for f, (a, d) in files.items())
-
-
 def spend_section(report: Report) -> str:
     who = {e.get("id"): e.get("who", "?") for e in report.experiments}
     compute = {"arm": Counter(), "agent": Counter()}
@@ -578,6 +569,7 @@ def to_json(report: Report, readme: Path | None = None) -> dict:
         "verdicts": [comparison(c) for c in report.comparisons.values()],
         "no_verdict": report.no_verdict,
         "controls": [line.replace("**", "").replace("`", "") for line in control_lines(report)],
+        "frontier": improve.progress(report.experiments, report.runs, report.llm),
         "noise_floor": n and {"seed_std": n.seed_std, "seeds": n.seeds, "drift": n.drift,
                               "reruns": n.reruns, "floor": n.floor},
         "budget": report.spec.get("budget"),

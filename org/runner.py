@@ -11,8 +11,7 @@ Experiments fill the queue (org/experiments.py: submit(), plan()); the runner ex
                  harness evaluates the checkpoint itself (org/measure.py, org/evaluator.py),
                  and that measurement is the run's record; the trainer's figures only
                  cross-check it. After every `baseline_every` other runs the baseline is run
-                 again (interleaved).
-
+                 again (interleaved). An improvement program's branch follows its frontier.
 Crash safety: SIGKILL the runner at any moment and drain() again: runs left 'running' by the
 dead runner are recovered (a finished result.json is recorded, a half-written run directory is
 kept aside as <id>.attempt<N> and the run re-queued), and nothing is run or counted twice.
@@ -29,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +39,7 @@ from org.lab import Lab, child_env, copy_kernel_cache
 from org.ledger import FINISHED, Ledger, budget_of, pid_alive
 from org.measure import MeasureError, cross_check, evaluator_env, job_for, measure_run, source_only, worker_command
 from org.experiments import plan, refusal
+from org.improve import sync_branch
 from org.program import Program
 from org.sandbox import available, run_box, untrusted_env, worker_box
 from trainer.config import BUDGET_FLAGS
@@ -232,10 +233,7 @@ class Runner:
         if self.failure:
             raise self.failure
         with Ledger(self.ledger_path) as ledger:
-            counts = {}
-            for run in ledger.runs(self.program.name):
-                counts[run["status"]] = counts.get(run["status"], 0) + 1
-        return counts
+            return dict(Counter(run["status"] for run in ledger.runs(self.program.name)))
 
     def prepare_data(self):
         """Tokenize the program's data once, with the base commit's pipeline, into the harness's
@@ -504,7 +502,9 @@ class Runner:
             ledger.finish(run["id"], status, reason, result, wall, measurement, measure_seconds)
             if measurement and not ledger.program(name)["eval_fingerprint"]:
                 ledger.set_fingerprints(name, measurement.eval_fingerprint, measurement.data_fingerprint)
-            plan(ledger, self.program, ledger.experiment(run["experiment_id"]))
+            plan(ledger, self.program, ledger.experiment(run["experiment_id"]))  # decides ready tries too
+        with self.git_lock:
+            sync_branch(self.lab, ledger, self.program)  # an improvement program's frontier moved?
         bpb = f"val_bpb {measurement.val_bpb:.4f} (harness)" if measurement and measurement.val_bpb else ""
         cost = f", measured in {measure_seconds:.1f}s" if measure_seconds else ""
         self.say(f"run {run['id']}: {status} {bpb} in {wall:.1f}s{cost}" + (f" ({reason})" if reason else ""))

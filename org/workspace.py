@@ -23,6 +23,7 @@ from pathlib import Path
 import git
 
 from org import OrgError
+from org.improve import check_candidates
 from org.lab import Lab
 from org.ledger import Ledger, ledger_path
 from org.panes import Grid, read_state
@@ -53,12 +54,15 @@ def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
                 raise ProgramError(f"{path}: variants[{i}].ref: {e}") from None
     if ref:
         lab.resolve(ref)
-    recorded = ledger_path(lab.state_dir(program.name))
+    recorded, row = ledger_path(lab.state_dir(program.name)), None
     if recorded.exists():
         with Ledger(recorded) as ledger:
             row = ledger.program(program.name)
         if row:
             check_unchanged(path, json.loads(row["spec"]), program.model_dump(mode="json"))
+    branch = f"program/{program.name}"
+    base = row["base_commit"] if row else lab.resolve(branch if branch in lab.repo.heads else "HEAD")
+    check_candidates(lab, program, base, str(path))
     return program, lab, path
 
 

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from org.ledger import SCHEMA_VERSION, Ledger, budget_of, read_tables
+from org.ledger import SCHEMA_VERSION, Ledger, budget_of
+from org.ledger_read import read_tables
 from trainer.record import Result, read
 
 RESULT = {"status": "completed", "reason": None, "val_bpb": 2.5, "val_loss": 1.7, "steps": 10,

@@ -101,7 +101,7 @@ def test_missing_field(tmp_path):
 
 def test_claim_kind_and_margin(tmp_path):
     message = error_of(tmp_path, MINIMAL.replace("kind: non-inferiority", "kind: equivalence"))
-    assert "claim.kind: expected 'non-inferiority' or 'superiority', got 'equivalence'" in message
+    assert "claim.kind: expected 'non-inferiority', 'superiority' or 'improve', got 'equivalence'" in message
     message = error_of(tmp_path, MINIMAL.replace(", margin: 0.01", ""))
     assert "claim: a non-inferiority claim needs margin > 0" in message
 

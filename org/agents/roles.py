@@ -57,6 +57,11 @@ def fields(program: Program, name: str) -> dict:
                          for v in program.variants) or "none"
     claim = program.claim.kind + (f" with margin {program.claim.margin:g}"
                                   if program.claim.kind == "non-inferiority" else "")
+    if program.claim.kind == "improve":
+        claim += (f" (open-ended: each experiment is a try against the current frontier, which results() "
+                  f"names with its commit; build on that commit. A try is kept only if the referee says better "
+                  f"under an online false-discovery rule at FDR {program.claim.alpha:g}, on the held-out split "
+                  "too; a try measured against a frontier that has since moved is stale: submit it again)")
     chief = chief_of(program)
     return {
         "name": name, "program": program.name, "question": program.question.strip(), "claim": claim,

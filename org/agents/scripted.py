@@ -7,7 +7,11 @@ and pauses look the same), and it is the control every LLM org is compared with.
   verdicts to the board, write a standup, finish;
 - chief: split the variants among the juniors by message, wait for their reports, then post
   the conclusion to the board and tell everyone;
-- junior: wait for an assignment naming declared variants, run them, report to the chief.
+- junior: wait for an assignment naming declared variants, run them, report to the chief;
+- improver (an improvement program's researcher, or its chief, who releases the juniors): try
+  the program's candidates one at a time against the frontier: reset the worktree to the
+  frontier's commit, apply the candidate's patch and commit it, submit its overrides, wait for
+  the keep decision (a stale try is submitted again), and post the frontier's story.
 
 A plan is a generator: it yields one tool call at a time and is sent what came back since
 (the tool's output plus any mail the loop delivered). After a restart a fresh plan is replayed
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 
 from org.mail import unquote
 from org.program import Program
@@ -55,6 +60,8 @@ class ScriptedModel:
         """`before`: the conversation before the first call (kickoff, and mail that came early)."""
         role = role_of(self.program, self.agent)
         team = juniors(self.program)  # solo researchers own their question: no assignments
+        if self.program.claim.kind == "improve" and not (role == "junior" and chief_of(self.program)):
+            return improver(self.program, team if role == "chief" else [], self.wait)
         if role == "chief" and team:
             return chief(self.program, team, self.wait)
         if role == "junior" and chief_of(self.program):
@@ -134,6 +141,77 @@ def junior(program: Program, chief_name: str, wait: float, before: list[dict]):
     yield "send_message", {"to": chief_name, "text": f"Done: experiments {ids}.\n{verdict_lines(status)}"}
     yield "write_standup", {"text": f"Ran {', '.join(v.name for v in mine)} as assigned; reported to {chief_name}."}
     yield "finish", {"summary": verdict_lines(status)}
+
+
+def improver(program: Program, release: list[str], wait: float):
+    for name in release:  # the candidates are tried one at a time: nothing to hand out
+        yield "send_message", {"to": name, "text": f"{RELEASE}: I try the candidates one by one. Thank you."}
+    yield "write_standup", {"text": f"Plan: try {', '.join(c.name for c in program.candidates) or 'nothing'} "
+                                    "one at a time against the frontier; keep what the referee keeps."}
+    notes = []
+    for candidate in program.candidates:
+        for attempt in range(1, 4):  # again only if the frontier moved under it (stale)
+            arm = candidate.name if attempt == 1 else f"{candidate.name}-again{attempt}"
+            status = yield from read_status()
+            compute = status["compute_seconds"]
+            if compute["spent"] >= compute["total"]:
+                notes.append(f"- {arm}: not tried: the compute budget is spent")
+                break
+            outcome = yield from try_candidate(candidate, arm, status["frontier"], wait)
+            notes.append(f"- {arm}: {outcome}")
+            if not outcome.startswith("stale"):
+                break
+    status = yield from read_status()
+    text = (f"Conclusion for {program.name}: {program.question.strip()}\nThe frontier is "
+            f"{status['frontier']['arm']} (kept: {', '.join(status['frontier']['kept']) or 'nothing'}).\n"
+            + "\n".join(notes))
+    yield "post_to_board", {"text": text}
+    yield "write_standup", {"text": "Done: every candidate tried against the frontier; the story is on the board."}
+    yield "finish", {"summary": text}
+
+
+def try_candidate(candidate, arm: str, front: dict, wait: float):
+    """One try: the worktree at the frontier's commit, the patch committed, the overrides
+    submitted; returns its decision in words."""
+    yield "run", {"command": f"git reset -q --hard {front['commit']}"}
+    if candidate.patch:
+        received = yield "run", {"command": f"git apply {shlex.quote(candidate.patch)}"}
+        if not (_tool_output(received) or "").startswith("exit status 0"):
+            return f"the patch {candidate.patch} does not apply on the frontier ({front['arm']}): not tried"
+        yield "git_commit", {"message": f"{candidate.name}: {candidate.patch}"}
+    received = yield "submit_experiment", {
+        "arm": arm, "overrides": dict(candidate.overrides),
+        "hypothesis": candidate.hypothesis or f"{candidate.name} lowers val_bpb against {front['arm']}"}
+    found = re.search(r"experiment (\d+)", _text(received))
+    if not found:
+        return f"not submitted: {(_tool_output(received) or '?').strip()[:300]}"
+    while True:
+        received = yield "results", {"experiment": int(found.group(1)), "wait_seconds": wait}
+        try:
+            status = json.loads(_tool_output(received))
+        except (TypeError, json.JSONDecodeError):
+            continue
+        mine = next(e for e in status["experiments"] if e["experiment"] == int(found.group(1)))
+        decision = mine.get("decision")
+        if decision:
+            numbers = "" if decision["delta"] is None else f" (Δ {decision['delta']:+.4f}, n={decision['n']}"
+            numbers += "" if decision["p"] is None or not numbers else f", p {decision['p']:.2g}"
+            numbers += "" if decision["level"] is None or not numbers else f" against level {decision['level']:.2g}"
+            return f"{decision['outcome']}{numbers + ')' if numbers else ''}: {decision['verdict']}"
+        compute = status["compute_seconds"]
+        if status["pending_runs"] and compute["spent"] >= compute["total"]:
+            return "undecided: the compute budget ran out before its runs"
+        if not status["pending_runs"]:  # decided in the transaction that finished its last run
+            return f"undecided: its runs are finished, but the harness recorded no decision ({mine['stage']})"
+
+
+def read_status():
+    while True:
+        received = yield "results", {}
+        try:
+            return json.loads(_tool_output(received))
+        except (TypeError, json.JSONDecodeError):
+            continue
 
 
 def submit_all(program: Program, variants):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from org import OrgError
+from org.improve import frontier, lineage
 from org.lab import Lab, agent_refs
 from org.ledger import FINISHED, Ledger, ledger_path
 from org.mail import EVERYONE, HUMAN, Mail, quote
@@ -293,7 +294,10 @@ class Tools:
         per_run = self.program.budget.per_run
         return (f"experiment {experiment['id']} ({arm}, commit {commit[:10]}, overrides "
                 f"{json.dumps(overrides)}): {len(runs)} runs queued on seeds {self.program.budget.seeds} "
-                f"at {per_run.kind} {per_run.value:g} each. Check with results(experiment="
+                f"at {per_run.kind} {per_run.value:g} each"
+                + (f", against the frontier {experiment['versus']} (kept only if the referee says better "
+                   "at the keep rule's level, on the held-out split too)" if experiment["versus"] else "")
+                + f". Check with results(experiment="
                 f"{experiment['id']}, wait_seconds=...).")
 
     def results(self, experiment: int | None = None, wait_seconds: float = 0) -> str:
@@ -378,9 +382,10 @@ def format_mail(messages: list[dict]) -> str:
 
 def program_status(ledger: Ledger, program: Program, experiment_id: int | None = None) -> dict:
     """What an agent may know: experiments, their runs, the verdicts, and the spend so far."""
-    experiments = ledger.experiments(program.name)
-    if experiment_id is not None:
-        experiments = [e for e in experiments if e["id"] == experiment_id or e["arm"] == "baseline"]
+    experiments = every = ledger.experiments(program.name)
+    if experiment_id is not None:  # with the baseline, and the frontier it is measured against
+        versus = {e["versus"] for e in experiments if e["id"] == experiment_id}
+        experiments = [e for e in experiments if e["id"] == experiment_id or e["arm"] in {"baseline", *versus}]
     out = []
     pending = 0
     for e in experiments:
@@ -390,15 +395,27 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
             "experiment": e["id"], "arm": e["arm"], "who": e["who"], "stage": e["stage"],
             "commit": e["code_commit"][:10], "overrides": json.loads(e["overrides"]),
             "hypothesis": e["hypothesis"], **({"reason": e["reason"]} if e["reason"] else {}),
+            **({"versus": e["versus"], "decision": json.loads(e["decision"] or "null")} if e["versus"] else {}),
             "runs": [{"seed": r["seed"], "purpose": r["purpose"], "status": r["status"],
                       "val_bpb": r["val_bpb"], **({"reason": r["reason"]} if r["reason"] else {})}
                      for r in runs],
         })
     return {"program": program.name, "question": program.question,
             "claim": program.claim.model_dump(), "experiments": out, "pending_runs": pending,
+            **({"frontier": frontier_status(ledger, program, every)} if program.claim.kind == "improve" else {}),
             "verdicts": referee_verdicts(ledger, program),  # always live: a pure function of the runs
             "compute_seconds": {"spent": round(ledger.compute_seconds(program.name), 1),
                                 "total": ledger.budget(program.name)["total_compute_seconds"]}}
+
+
+def frontier_status(ledger: Ledger, program: Program, experiments: list[dict]) -> dict:
+    """An improvement program's frontier: what a try builds on (its commit, its overrides); the
+    baseline at the base commit until anything was submitted."""
+    front = frontier(experiments) or {"arm": "baseline", "id": None, "overrides": "{}",
+                                      "code_commit": ledger.program(program.name)["base_commit"]}
+    return {"arm": front["arm"], "experiment": front["id"], "commit": front["code_commit"],
+            "overrides": json.loads(front["overrides"]),
+            "kept": [e["arm"] for e in lineage(experiments) if e["decision"]["outcome"] == "kept"]}
 
 
 def referee_verdicts(ledger: Ledger, program: Program) -> list[dict]:
@@ -410,7 +427,7 @@ def referee_verdicts(ledger: Ledger, program: Program) -> list[dict]:
         return []
     declares = {v.name: frozenset(v.declares) for v in program.variants}
     try:  # the same pipeline as the report: declared changes, Holm, held-out confirmation
-        judged, unreadable = referee.verdicts(runs, program.claim.kind, program.claim.margin, declares)
+        judged, unreadable = referee.verdicts(runs, program.claim.rule, program.claim.margin, declares)
     except Exception as e:  # the referee must never take an agent down with it
         return [{"error": f"referee failed: {type(e).__name__}: {e}"}]
     return [{"arm": arm, "versus": "baseline", "verdict": c.final_verdict, "n": c.n,

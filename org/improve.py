@@ -1,0 +1,325 @@
+"""
+Improvement programs: open-ended research against a frontier that only confirmed gains move.
+
+A program with `claim: {kind: improve, alpha: 0.05}` asks "lower val_bpb at this budget". The
+frontier is the best configuration so far (code on the program branch, plus config overrides);
+it starts as the baseline. Agents submit tries against it, and each try is
+
+  submitted  its commit merged onto the frontier's (a merge the harness makes; a conflict refuses
+             the try), its overrides put on top of the frontier's, and measured on the program's
+             seeds against the frontier arm of the moment (`versus`);
+  decided    once its runs and that frontier's are finished, in the transaction that finishes
+             the last of them (so a crash leaves either no decision or the whole of it):
+               stale      the frontier moved since it was submitted: not a test; resubmit it
+               untested   nothing to test (refused, failed, fewer than two paired seeds)
+               kept       the referee's `better` at the level LORD++ gives this test
+                          (org/frontier.py), confirmed on the held-out split at that level
+               discarded  otherwise, with the referee's verdict saying why
+             A kept try becomes the next frontier, arm frontier-N (its code and overrides), is
+             re-measured on every seed, and the program branch moves to its commit.
+
+The rule's state is rebuilt from the decisions on record. At the program's budget a try may
+change anything but the budget itself: params, tokens and steps count as declared ("lower loss
+at equal FLOPs" may use a wider model or more steps), and the budget's own kind must match.
+
+    frontier(experiments)                      -> the current frontier experiment
+    merged_try(lab, program, arm, front, commit) -> (the commit to run, or why not)
+    decide_ready(ledger, program)              -> new frontier experiments (for plan())
+    sync_branch(lab, ledger, program)          -> program/<name> at the frontier's commit
+    check_candidates(lab, program, base, source) -> every patch applies and is allowed
+    lineage(experiments)                       -> the decided tries, in decision order
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import git
+
+from org.confounds import DECLARABLE
+from org.frontier import Lord
+from org.lab import Lab, diff_summary
+from org.ledger import FINISHED, Ledger, now
+from org.program import Program, ProgramError
+from org.referee import compare, confirm, verdict_kind
+
+HARNESS = {"GIT_AUTHOR_NAME": "nanolab harness", "GIT_AUTHOR_EMAIL": "harness@nanolab.local",
+           "GIT_COMMITTER_NAME": "nanolab harness", "GIT_COMMITTER_EMAIL": "harness@nanolab.local"}
+OUTCOMES = ("kept", "discarded", "stale", "untested")
+
+
+# --- the frontier ------------------------------------------------------------------------
+
+def frontiers(experiments: list[dict]) -> list[dict]:
+    """The baseline, then each frontier-N, in order."""
+    return [e for e in experiments if (e["arm"] == "baseline" and e["source"] == "declared")
+            or e["source"] == "frontier"]
+
+
+def frontier(experiments: list[dict]) -> dict | None:
+    return (frontiers(experiments) or [None])[-1]
+
+
+def tries(experiments: list[dict]) -> list[dict]:
+    return [e for e in experiments if e.get("versus")]
+
+
+def lineage(experiments: list[dict]) -> list[dict]:
+    """The decided tries in decision order, each with its decision read."""
+    decided = [dict(e, decision=json.loads(e["decision"])) for e in tries(experiments) if e.get("decision")]
+    return sorted(decided, key=lambda e: e["decision"]["seq"])
+
+
+def rule_of(program: Program, experiments: list[dict]) -> Lord:
+    """LORD++ after the tests on record."""
+    return Lord.rebuild([e["decision"]["outcome"] == "kept" for e in lineage(experiments)
+                         if e["decision"]["test"] is not None], alpha=program.claim.alpha)
+
+
+# --- submitting a try --------------------------------------------------------------------
+
+def merged_try(lab: Lab, program: str, arm: str, front: str, commit: str) -> tuple[str | None, str | None]:
+    """The code a try runs: its commit merged onto the frontier's commit front, or (None, why)."""
+    repo = lab.repo
+    lab.harden()
+    if commit == front or repo.is_ancestor(commit, front):  # nothing of its own: the frontier's code
+        return front, None
+    if repo.is_ancestor(front, commit):                     # built on the frontier
+        return commit, None
+    try:
+        tree = repo.git.merge_tree("--write-tree", "--name-only", "--no-messages", front, commit).split()[0]
+    except git.GitCommandError as e:
+        conflicts = [line for line in (e.stdout or "").strip("' \n").splitlines()[1:] if line.strip()]
+        return None, (f"its commit {commit[:10]} does not merge onto the frontier's {front[:10]}"
+                      + (f": conflict in {', '.join(conflicts[:3])}" if conflicts else "")
+                      + "; rebase it on the frontier (results() names its commit)")
+    merged = repo.git.commit_tree(tree, "-p", front, "-p", commit, "-m", f"try {arm}: {commit[:10]} onto "
+                                  f"the frontier {front[:10]}", env={**os.environ, **HARNESS})
+    repo.git.update_ref(f"refs/nanolab/{program}/tries/{arm}", merged)  # kept: the ledger names it
+    return merged, None
+
+
+# --- deciding ----------------------------------------------------------------------------
+
+def decide_ready(ledger: Ledger, program: Program) -> list[dict]:
+    """Decide every try whose runs (and its frontier's) are finished, in one transaction;
+    returns the frontier experiments a keep created, whose runs the caller plans."""
+    if program.claim.kind != "improve":
+        return []
+    created = []
+    with ledger.tx():
+        experiments = ledger.experiments(program.name)
+        for e in [e for e in tries(experiments) if not e["decision"]]:
+            front = next((f for f in frontiers(experiments) if f["arm"] == e["versus"]), None)
+            decision = decide(ledger, program, experiments, e, front)
+            if decision is None:
+                continue
+            if decision["outcome"] == "kept":
+                arm = f"frontier-{len(frontiers(experiments))}"
+                decision["frontier_after"] = arm
+                new_id = ledger.add_experiment(
+                    program.name, arm, who="program", source="frontier", base_commit=e["base_commit"],
+                    code_commit=e["code_commit"], overrides=json.loads(e["overrides"]), stage="measuring",
+                    hypothesis=f"the frontier after keeping {e['arm']} (experiment {e['id']})", diff=e["diff"])
+                created.append(ledger.experiment(new_id))
+            ledger.update_experiment(e["id"], decision=decision)
+            experiments = ledger.experiments(program.name)
+    return created
+
+
+def decide(ledger: Ledger, program: Program, experiments: list[dict], e: dict, front: dict | None) -> dict | None:
+    """One try's decision, or None while it is not ready."""
+    seq = len(lineage(experiments)) + 1
+    record = dict(seq=seq, test=None, level=None, p=None, p_held_out=None, delta=None, n=0,
+                  frontier=e["versus"], decided_at=now())
+    if e["stage"] in ("refused", "failed"):
+        return dict(record, outcome="untested", verdict=f"{e['stage']} ({e['reason']})")
+    runs = ledger.runs(program.name, experiment_id=e["id"])
+    front_runs = ledger.runs(program.name, experiment_id=front["id"]) if front else []
+    if e["stage"] != "measuring" or any(r["status"] not in FINISHED for r in runs + front_runs
+                                        if r["purpose"] == "main"):
+        return None
+    current = frontier(experiments)
+    if front is None or front["id"] != current["id"]:
+        return dict(record, outcome="stale", verdict=f"stale (measured against {e['versus']}; {current['arm']} "
+                                                     "is the frontier now: submit it again against that)")
+    rule = rule_of(program, experiments)
+    level = rule.level()
+    declared = frozenset(DECLARABLE) - {program.budget.per_run.kind}
+    c = compare(front_runs, runs, "superiority", alpha=level, declared=declared)
+    c = confirm(c, front_runs, runs)
+    tested = c.p_better is not None and not c.failed
+    kept = tested and verdict_kind(c.verdict) == "better" and c.final_verdict == c.verdict
+    return dict(record, test=rule.tries + 1 if tested else None, level=level if tested else None,
+                p=c.p_better, p_held_out=c.confirmation and c.confirmation.p_better, delta=c.mean, n=c.n,
+                outcome="kept" if kept else ("discarded" if tested else "untested"), verdict=c.final_verdict)
+
+
+# --- the program branch ------------------------------------------------------------------
+
+def sync_branch(lab: Lab, ledger: Ledger, program: Program) -> str | None:
+    """Move program/<name> to the frontier's commit (idempotent: after a crash, the next call
+    does it). Not while the branch is checked out somewhere: a person's checkout stays as it is."""
+    front = frontier(ledger.experiments(program.name)) if program.claim.kind == "improve" else None
+    branch = f"program/{program.name}"
+    if not front or branch not in lab.repo.heads or lab.resolve(branch) == front["code_commit"]:
+        return None
+    if any(w["branch"] == branch for w in lab.worktrees()):
+        return None
+    lab.harden()
+    lab.repo.git.update_ref(f"refs/heads/{branch}", front["code_commit"])
+    return front["code_commit"]
+
+
+# --- the program file's candidates -------------------------------------------------------
+
+def check_candidates(lab: Lab, program: Program, base: str, source: str):
+    """Each candidate's patch: committed in the lab (the agents' worktrees have only what is),
+    applies to the base commit, and changes no protected path. One ProgramError line if not."""
+    for i, c in enumerate(program.candidates):
+        if not c.patch:
+            continue
+        where = f"{source}: candidates[{i}].patch ({c.name})"
+        path = Path(c.patch)
+        if path.is_absolute() or not (lab.root / path).is_file():
+            raise ProgramError(f"{where}: no file {c.patch} in the lab (a path relative to {lab.root})")
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", c.patch], cwd=lab.root,
+                                 capture_output=True, text=True).returncode == 0
+        if not tracked:
+            raise ProgramError(f"{where}: {c.patch} is not committed; the agents' worktrees would not have it")
+        commit, why = patched(lab, base, lab.root / path)
+        if why:
+            raise ProgramError(f"{where}: does not apply to the base commit {base[:10]}: {why}")
+        problem = lab.protected_violation(base, commit, program.protected) or \
+            lab.shadowing(base, commit, program.protected)
+        if problem:
+            raise ProgramError(f"{where}: changes what no experiment may: {problem}")
+
+
+def patched(lab: Lab, base: str, patch: Path) -> tuple[str | None, str | None]:
+    """A commit of base with the patch applied (made in a scratch index: nothing checked out
+    changes), or (None, git's complaint)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, **HARNESS, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        lab.harden()
+        try:
+            lab.repo.git.read_tree(base, env=env)
+            lab.repo.git.apply("--cached", str(patch), env=env)
+            tree = lab.repo.git.write_tree(env=env)
+        except git.GitCommandError as e:
+            lines = [s for s in (e.stderr or "").strip("' \n").splitlines() if s.strip()]
+            return None, (lines[0].strip() if lines else "git apply failed")
+        return lab.repo.git.commit_tree(tree, "-p", base, "-m", f"check {patch.name}", env=env), None
+
+
+def check_try(program: Program, overrides: dict, commit: str, front: dict) -> str | None:
+    """Why a try is no try at all: it changes nothing against the frontier."""
+    if commit == front["code_commit"] and json.loads(front["overrides"]) == overrides:
+        return f"it changes nothing against the frontier ({front['arm']}): same code, same overrides"
+    return None
+
+
+# --- the story, for reports --------------------------------------------------------------
+
+def mean_bpb(runs: list[dict]) -> float | None:
+    values = [r["val_bpb"] for r in runs if r.get("status") == "completed" and r.get("purpose") == "main"
+              and r.get("val_bpb") is not None]
+    return sum(values) / len(values) if values else None
+
+
+def progress(experiments: list[dict], runs: list[dict], llm: list[dict]) -> list[dict]:
+    """One point per decided try, in order: when (wall hours since the program's first
+    experiment, runner hours spent by then, LLM dollars by then), the try's own mean val_bpb,
+    its outcome, and the frontier's mean val_bpb after it. The first point is the baseline, at
+    the program's start."""
+    fronts = frontiers(experiments)
+    if not fronts:
+        return []
+    by_experiment: dict[int, list[dict]] = {}
+    for r in runs:
+        by_experiment.setdefault(r["experiment_id"], []).append(r)
+    start = _time(min(e["created_at"] for e in experiments))
+    front_bpb = {f["arm"]: mean_bpb(by_experiment.get(f["id"], [])) for f in fronts}
+    steps = lineage(experiments)
+
+    def at(when: str, outcome: str, arm: str, bpb, frontier_arm: str) -> dict:
+        t = _time(when)
+        spent = sum((r.get("wall_seconds") or 0) + (r.get("measure_seconds") or 0) for r in runs
+                    if r.get("finished_at") and _time(r["finished_at"]) <= t)
+        dollars = sum(s.get("dollars") or 0 for s in llm if s.get("created_at") and _time(s["created_at"]) <= t)
+        return dict(arm=arm, outcome=outcome, val_bpb=bpb, frontier=frontier_arm,
+                    frontier_bpb=front_bpb.get(frontier_arm), wall_hours=(t - start) / 3600,
+                    compute_hours=spent / 3600, dollars=dollars)
+
+    points = [at(fronts[0]["created_at"], "baseline", "baseline", front_bpb["baseline"], "baseline")
+              ] if fronts[0]["arm"] == "baseline" else []  # where the program starts: nothing spent
+    current = "baseline"
+    for e in steps:
+        d = e["decision"]
+        current = d.get("frontier_after") or current
+        own = mean_bpb(by_experiment.get(e["id"], []))
+        point = at(d["decided_at"], d["outcome"], e["arm"], own, current)
+        if point["frontier_bpb"] is None and d["outcome"] == "kept":  # not re-measured yet: its own runs
+            point["frontier_bpb"] = own
+        points.append(point)
+    return points
+
+
+def _time(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dict]) -> str:
+    """The report's frontier section (markdown): the rule, the path, every try, the progress."""
+    claim = spec.get("claim") or {}
+    if claim.get("kind") != "improve":
+        return ""
+    steps, points = lineage(experiments), progress(experiments, runs, llm)
+    counts = {o: sum(e["decision"]["outcome"] == o for e in steps) for o in OUTCOMES}
+    waiting = [e["arm"] for e in tries(experiments) if not e.get("decision")]
+    lines = ["## The frontier", "",
+             f"Open-ended: each try is measured against the frontier of its time (paired seeds) and kept only "
+             f"when the referee says `better` at the level LORD++ gives it (online FDR {claim.get('alpha', 0.05):g} "
+             "over every keep decision; org/frontier.py) and the held-out split agrees at that level. A kept "
+             "try becomes the next frontier, re-measured on every seed, and the program branch moves to it.", "",
+             f"{len(steps)} tries decided: " + ", ".join(f"{counts[o]} {o}" for o in OUTCOMES)
+             + (f"; waiting: {', '.join(waiting)}" if waiting else "") + "."]
+    path = [p for p in points if p["outcome"] in ("baseline", "kept")]
+    if path:
+        lines += ["", "Path: " + " → ".join(
+            f"{p['frontier']} ({_g(p['frontier_bpb'])})" + (f" [kept {p['arm']}]" if p["outcome"] == "kept" else "")
+            for p in path)]
+    if steps:
+        lines += ["", "| # | try | who | versus | change | n | Δ val_bpb | p | level | decision |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for e in steps:
+            d = e["decision"]
+            lines.append(f"| {d['seq']} | {e['arm']} | {e['who']} | {d['frontier']} | {change_text(e, experiments)} "
+                         f"| {d['n']} | {_g(d['delta'], '+.4f')} | {_g(d['p'], '.2g')} | {_g(d['level'], '.2g')} "
+                         f"| **{d['outcome']}**: {d['verdict'].replace('|', '/')} |")
+    if len(path) > 0 and points:
+        first, last = points[0], points[-1]
+        gain = (last["frontier_bpb"] - first["frontier_bpb"]) if None not in (last["frontier_bpb"], first["frontier_bpb"]) else None
+        lines += ["", f"Progress: the frontier moved {_g(gain, '+.4f')} val_bpb in {last['compute_hours']:.2f} runner hours "
+                  f"({_g(gain / last['compute_hours'] if gain is not None and last['compute_hours'] else None, '+.4f')} "
+                  f"per runner hour) and {last['wall_hours']:.2f} wall hours; LLM dollars "
+                  + (f"${last['dollars']:.2f} ({_g(gain / last['dollars'], '+.4f')} per dollar)." if last["dollars"]
+                     else "$0 (a scripted org: per dollar is not defined).")]
+    return "\n".join(lines)
+
+
+def change_text(e: dict, experiments: list[dict]) -> str:
+    """What a try changes against its frontier: its own overrides, and files of its diff."""
+    front = next((f for f in frontiers(experiments) if f["arm"] == e["versus"]), None)
+    mine, theirs = json.loads(e["overrides"]), json.loads(front["overrides"]) if front else {}
+    keys = [f"`{k}={v}`" for k, v in mine.items() if theirs.get(k) != v]
+    code = diff_summary(e.get("diff"))
+    return ", ".join(keys + [f"code: {code}"] * bool(code)) or "nothing"
+
+
+def _g(value, fmt: str = ".4f") -> str:
+    return "—" if value is None else format(value, fmt)

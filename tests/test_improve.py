@@ -1,0 +1,303 @@
+"""Improvement programs (org/improve.py): tries against a frontier that only confirmed gains move.
+
+A real lab (git repo, program branch, ledger); the runs' outcomes are recorded the way the runner
+records them (finish, then plan(), in one transaction), with chosen val_bpb, so each decision is
+known in advance. The scripted org that runs a real program end to end is at the bottom."""
+import json
+import subprocess
+import threading
+
+import pytest
+import yaml
+from rich.console import Console
+
+from agentlab import BackgroundRunner, lab_dir, make_project, tiny_program, worktree
+from org.agents.loop import Agent, Settings
+from org.agents.scripted import ScriptedModel
+from org.agents.tools import Limits
+from org.experiments import plan, submit
+from org.frontier import Lord
+from org.improve import frontier, lineage, rule_of, sync_branch
+from org.lab import Lab
+from org.ledger import Ledger
+from org.mail import Mail
+from org.program import Program, ProgramError
+from org.report import build, to_json, write
+from org.workspace import preflight
+from trainer.record import Measurement, Result
+
+SEEDS = [0, 1, 2, 3, 4]
+BASE = [2.20, 2.21, 2.19, 2.22, 2.20]   # the baseline's val_bpb per seed
+JITTER = [0.001, -0.002, 0.0005, 0.0015, -0.001]
+
+
+def improve_program(**changes) -> dict:
+    spec = tiny_program([{"name": "solo", "role": "researcher"}], corpus="corpus", variants=[],
+                        claim={"kind": "improve", "alpha": 0.05})
+    spec["name"] = "climb"
+    spec["budget"]["seeds"] = SEEDS
+    spec.update(changes)
+    return spec
+
+
+@pytest.fixture
+def lab(tmp_path):
+    root, program = make_project(tmp_path, improve_program())
+    lab = Lab.open(root)
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+        yield lab, program, ledger
+    lab.close()
+
+
+def measured(value: float, seed: int, held_out: float | None = None) -> Measurement:
+    return Measurement(val_bpb=value, val_loss=value * 0.69, confirm_bpb=value if held_out is None else held_out,
+                       steps=3, tokens=192, flops=1e9, flops_per_token=5e6, eval_tokens=512,
+                       eval_fingerprint="e", data_fingerprint="d")
+
+
+def finish(ledger: Ledger, program: Program, arm: str, values, held_out=None):
+    """Every queued main run of the arm, finished with these val_bpb per seed (confirm_bpb the
+    same, or held_out), each in one transaction with plan(), as the runner records a run."""
+    for run in [r for r in ledger.runs(program.name, arm=arm, status="queued") if r["purpose"] == "main"]:
+        claimed = ledger.claim(program.name, slot=0, arm=arm)
+        i = SEEDS.index(claimed["seed"])
+        with ledger.tx():
+            ledger.finish(claimed["id"], "completed", result=Result(status="completed", val_bpb=values[i], seed=claimed["seed"]),
+                          wall_seconds=1.0, measurement=measured(values[i], claimed["seed"], held_out and held_out[i]))
+            plan(ledger, program, ledger.experiment(claimed["experiment_id"]))
+
+
+def try_(ledger, lab, program, arm, overrides=None, ref=None):
+    submit(ledger, lab, program, "baseline", {}, who="program", hypothesis="the baseline", source="declared")
+    return submit(ledger, lab, program, arm, overrides or {}, who="solo", hypothesis=f"{arm} helps", ref=ref)
+
+
+def decision(ledger, program, arm) -> dict:
+    e = next(e for e in ledger.experiments(program.name) if e["arm"] == arm)
+    return json.loads(e["decision"]) if e["decision"] else None
+
+
+# --- the frontier moves only for a confirmed gain ----------------------------------------
+
+def test_a_real_gain_is_kept_becomes_the_frontier_and_moves_the_program_branch(lab):
+    lab, program, ledger = lab
+    e = try_(ledger, lab, program, "wd-up", {"weight_decay": 0.3})
+    assert e["versus"] == "baseline" and json.loads(e["overrides"]) == {"weight_decay": 0.3}
+    finish(ledger, program, "baseline", BASE)
+    assert decision(ledger, program, "wd-up") is None  # its runs are not finished: nothing decided
+    finish(ledger, program, "wd-up", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
+    d = decision(ledger, program, "wd-up")
+    assert d["outcome"] == "kept" and d["test"] == 1 and d["p"] <= d["level"] == pytest.approx(Lord().level())
+    assert d["frontier_after"] == "frontier-1" and d["n"] == 5 and d["delta"] == pytest.approx(-0.03, abs=1e-3)
+    front = frontier(ledger.experiments(program.name))
+    assert front["arm"] == "frontier-1" and front["source"] == "frontier"
+    assert json.loads(front["overrides"]) == {"weight_decay": 0.3}
+    # re-measured on every seed: its runs are queued with the try's overrides
+    queued = ledger.runs(program.name, arm="frontier-1")
+    assert sorted(r["seed"] for r in queued) == SEEDS and all(r["status"] == "queued" for r in queued)
+    # the next try builds on the frontier: its overrides on top, measured against frontier-1
+    nxt = try_(ledger, lab, program, "lr-up", {"matrix_lr": 0.03})
+    assert nxt["versus"] == "frontier-1" and json.loads(nxt["overrides"]) == {"weight_decay": 0.3, "matrix_lr": 0.03}
+    # the program branch follows the frontier (here its code is the base's: the branch stays)
+    assert sync_branch(lab, ledger, program) is None
+
+
+def test_noise_a_harmful_change_and_a_gain_inside_the_seed_spread_are_all_discarded(lab):
+    lab, program, ledger = lab
+    for arm, k in (("neutral", "softcap"), ("worse", "qk_gain"), ("tiny-gain", "rope_base")):
+        try_(ledger, lab, program, arm, {k: 10.0})
+    finish(ledger, program, "baseline", BASE)
+    finish(ledger, program, "neutral", [b + j for b, j in zip(BASE, JITTER)])
+    finish(ledger, program, "worse", [b + 0.05 for b in BASE])
+    # consistently lower on every seed (p tiny), but by less than the baseline's seed-to-seed std
+    finish(ledger, program, "tiny-gain", [b - 0.004 + j / 100 for b, j in zip(BASE, JITTER)])
+    outcomes = {arm: decision(ledger, program, arm) for arm in ("neutral", "worse", "tiny-gain")}
+    assert {a: d["outcome"] for a, d in outcomes.items()} == dict.fromkeys(outcomes, "discarded")
+    assert "inside the noise floor" in outcomes["tiny-gain"]["verdict"]
+    assert [d["test"] for d in outcomes.values()] == [1, 2, 3]  # each one a test the rule spent on
+    assert frontier(ledger.experiments(program.name))["arm"] == "baseline"
+
+
+def test_a_gain_the_held_out_split_does_not_confirm_is_not_kept(lab):
+    lab, program, ledger = lab
+    try_(ledger, lab, program, "overfit", {"softcap": 30.0})
+    finish(ledger, program, "baseline", BASE)
+    finish(ledger, program, "overfit", [b - 0.03 + j for b, j in zip(BASE, JITTER)],
+           held_out=[b + 0.01 + j for b, j in zip(BASE, JITTER)])
+    d = decision(ledger, program, "overfit")
+    assert d["outcome"] == "discarded" and "not confirmed on held-out split" in d["verdict"]
+    assert d["p_held_out"] > d["level"]
+
+
+def test_a_try_measured_against_a_frontier_that_moved_is_stale_and_spends_nothing(lab):
+    lab, program, ledger = lab
+    try_(ledger, lab, program, "first", {"weight_decay": 0.3})
+    try_(ledger, lab, program, "second", {"matrix_lr": 0.03})
+    finish(ledger, program, "baseline", BASE)
+    finish(ledger, program, "first", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
+    finish(ledger, program, "second", [b - 0.05 + j for b, j in zip(BASE, JITTER)])
+    d = decision(ledger, program, "second")
+    assert d["outcome"] == "stale" and d["test"] is None and "frontier-1 is the frontier now" in d["verdict"]
+    assert rule_of(program, ledger.experiments(program.name)) == Lord.rebuild([True], alpha=0.05)
+
+
+def test_the_rule_spends_its_wealth_over_the_sequence_and_is_rebuilt_from_the_ledger(lab):
+    lab, program, ledger = lab
+    finish_plan = []
+    for i in range(6):  # six null tries: each is tested at a smaller level than the one before
+        try_(ledger, lab, program, f"null-{i}", {"qk_gain": 1.0 + i / 10})
+        finish_plan.append(f"null-{i}")
+    finish(ledger, program, "baseline", BASE)
+    for i, arm in enumerate(finish_plan):
+        finish(ledger, program, arm, [b + JITTER[(s + i) % 5] for s, b in enumerate(BASE)])
+    levels = [decision(ledger, program, a)["level"] for a in finish_plan]
+    assert levels == sorted(levels, reverse=True) and levels[0] < 0.05 / 2
+    assert [e["arm"] for e in lineage(ledger.experiments(program.name))] == finish_plan
+    assert rule_of(program, ledger.experiments(program.name)) == Lord.rebuild([False] * 6, alpha=0.05)
+
+
+# --- code tries: merged onto the frontier by the harness ---------------------------------
+
+def commit_change(root, program, agent, path, old, new, message) -> str:
+    tree = Lab.open(root).worktree_path(program.name, agent)
+    target = tree / path
+    target.write_text(target.read_text().replace(old, new, 1))
+    subprocess.run(["git", "-c", "user.name=T", "-c", "user.email=t@t", "commit", "-qam", message], cwd=tree, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_kept_code_try_is_merged_onto_the_program_branch_and_a_conflicting_one_is_refused(lab):
+    lab, program, ledger = lab
+    root = lab.root
+    for agent in ("alice", "bob", "carol"):  # each works from the base commit
+        worktree(root, program, agent)
+    mine = commit_change(root, program, "alice", "trainer/model.py", "import numpy as np",
+                         "import numpy as np  # alice's idea", "alice: an idea")
+    e = try_(ledger, lab, program, "alice-idea", ref=mine)
+    assert e["code_commit"] == mine and "trainer/model.py" in e["diff"]  # built on the frontier: its own
+    finish(ledger, program, "baseline", BASE)
+    finish(ledger, program, "alice-idea", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
+    assert decision(ledger, program, "alice-idea")["outcome"] == "kept"
+    assert sync_branch(lab, ledger, program) == mine and lab.resolve("program/climb") == mine
+    # bob worked from the base commit on another file: merged onto the frontier by the harness
+    theirs = commit_change(root, program, "bob", "trainer/optim.py", "import math",
+                           "import math  # bob's idea", "bob: another idea")
+    e = try_(ledger, lab, program, "bob-idea", ref=theirs)
+    merged = lab.repo.commit(e["code_commit"])
+    assert e["versus"] == "frontier-1" and e["stage"] == "measuring"
+    assert {p.hexsha for p in merged.parents} == {mine, theirs} and "bob's idea" in e["diff"] and "alice" not in e["diff"]
+    assert lab.resolve("refs/nanolab/climb/tries/bob-idea") == merged.hexsha  # the ledger names it: kept
+    # carol changed alice's line another way: it does not merge, and says so; nothing moves
+    clash = commit_change(root, program, "carol", "trainer/model.py", "import numpy as np",
+                          "import numpy as np  # carol's idea", "carol: a clash")
+    e = try_(ledger, lab, program, "carol-idea", ref=clash)
+    assert e["stage"] == "refused" and "does not merge onto the frontier" in e["reason"]
+    assert "conflict in trainer/model.py" in e["reason"]
+    assert decision(ledger, program, "carol-idea")["outcome"] == "untested"
+    assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1" and lab.resolve("program/climb") == mine
+
+
+def test_a_try_that_changes_nothing_or_takes_a_frontier_name_is_refused(lab):
+    from org.experiments import check_arm_name
+    from org import OrgError
+    lab, program, ledger = lab
+    e = try_(ledger, lab, program, "same", {})
+    assert e["stage"] == "refused" and "changes nothing against the frontier (baseline)" in e["reason"]
+    with pytest.raises(OrgError, match="'frontier-N' are the program's"):
+        check_arm_name("frontier-1")
+
+
+# --- the program file ---------------------------------------------------------------------
+
+def diff_of(root, path, old, new) -> str:
+    """The patch that would change old to new in path (the file is left as it was)."""
+    target = root / path
+    text = target.read_text()
+    target.write_text(text.replace(old, new, 1))
+    out = subprocess.run(["git", "diff"], cwd=root, capture_output=True, text=True).stdout
+    target.write_text(text)
+    return out
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("protected", "candidates[0].patch (idea): changes what no experiment may: protected paths differ"),
+    ("stale", "candidates[0].patch (idea): does not apply to the base commit"),
+    ("uncommitted", "candidates[0].patch (idea): programs/idea.patch is not committed"),
+])
+def test_a_bad_candidate_patch_is_one_line_naming_the_program_and_the_candidate(tmp_path, monkeypatch, case, expected):
+    root, _ = make_project(tmp_path, tiny_program([{"name": "solo"}], corpus="corpus"))
+    patch = {"protected": diff_of(root, "trainer/eval.py", "import", "import os  # mine\nimport"),
+             "stale": diff_of(root, "trainer/model.py", "import numpy as np", "import numpy as np  # x")
+             .replace("-import numpy as np\n", "-import numpy as nope\n"),
+             "uncommitted": diff_of(root, "trainer/model.py", "import numpy as np", "import numpy as np  # x")}[case]
+    spec = improve_program(candidates=[{"name": "idea", "patch": "programs/idea.patch"}])
+    spec["data"]["source"] = "pystdlib"
+    (root / "programs" / "climb.yaml").write_text(yaml.safe_dump(spec))
+    (root / "programs" / "idea.patch").write_text(patch)
+    subprocess.run(["git", "add", "programs/climb.yaml"] + (["programs/idea.patch"] if case != "uncommitted" else []),
+                   cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "the program"], cwd=root, check=True)
+    monkeypatch.chdir(root)
+    with pytest.raises(ProgramError) as e:
+        preflight("climb")
+    assert "programs/climb.yaml: candidates[0]" in str(e.value) and expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_improve_claim_takes_candidates_not_variants():
+    with pytest.raises(ValueError, match="takes candidates, not variants"):
+        Program.model_validate(improve_program(variants=[{"name": "x", "overrides": {"softcap": 0}}]))
+    with pytest.raises(ValueError, match="set claim.kind to improve"):
+        Program.model_validate(tiny_program([], candidates=[{"name": "x", "overrides": {"softcap": 0}}]))
+
+
+# --- a scripted org runs a real improvement program ----------------------------------------
+
+def test_a_scripted_researcher_keeps_a_real_gain_and_discards_a_reseed_and_a_harmful_change(tmp_path):
+    """Real runs of a 1-layer model: a learning rate 10x too small is the baseline, so raising it is a
+    real gain; a patch that only redraws the init is a seed change; a learning rate that small
+    again is harmful. The scripted researcher applies the patch in its worktree and commits it."""
+    candidates = [{"name": "reseed", "patch": "programs/reseed.patch"},
+                  {"name": "lr-up", "overrides": {"matrix_lr": 0.02, "embedding_lr": 0.3, "unembedding_lr": 0.008}},
+                  {"name": "lr-down", "overrides": {"matrix_lr": 0.0002}}]
+    spec = improve_program(candidates=candidates, baseline={"preset": "nanochat", "overrides": {
+        "n_layer": 1, "n_embd": 32, "n_head": 1, "matrix_lr": 0.002, "embedding_lr": 0.03, "unembedding_lr": 0.0008}})
+    spec["budget"]["per_run"] = {"steps": 30}
+    root, _ = make_project(tmp_path, improve_program(), trainer=True)
+    spec["data"]["source"] = str(tmp_path / "corpus.txt")  # make_project wrote it
+    model_py = (root / "trainer" / "model.py").read_text()
+    (root / "trainer" / "model.py").write_text(model_py.replace("np.random.default_rng(seed)", "np.random.default_rng(seed + 1000)", 1))
+    reseed = subprocess.run(["git", "diff"], cwd=root, capture_output=True, text=True).stdout
+    (root / "trainer" / "model.py").write_text(model_py)
+    assert "seed + 1000" in reseed
+    (root / "programs" / "reseed.patch").write_text(reseed)
+    (root / "programs" / "climb2.yaml").write_text(yaml.safe_dump({**spec, "name": "climb2"}, sort_keys=False))
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "the program"], cwd=root, check=True)
+    from org.workspace import open_program
+    prog, lab = open_program("climb2", root)
+    lab.close()
+    tree = worktree(root, prog, "solo")
+    settings = Settings(retry_base_seconds=0.01, limits=Limits(poll_seconds=0.05))
+    ended = {}
+    with BackgroundRunner(root, prog):
+        agent = Agent("solo", prog, root, tree, ScriptedModel(prog, "solo", wait_seconds=1),
+                      console=Console(quiet=True), settings=settings)
+        thread = threading.Thread(target=lambda: ended.setdefault("solo", agent.run()))
+        thread.start()
+        thread.join(600)
+    assert ended.get("solo", "").startswith("finished: "), ended
+    with Ledger(lab_dir(root, prog) / "ledger.sqlite") as ledger:
+        steps = {e["arm"]: e["decision"] for e in lineage(ledger.experiments("climb2"))}
+        assert {a: d["outcome"] for a, d in steps.items()} == {"reseed": "discarded", "lr-up": "kept",
+                                                                "lr-down": "discarded"}, steps
+        assert steps["reseed"]["verdict"].startswith("no change") and steps["lr-up"]["delta"] < 0
+        assert steps["lr-down"]["frontier"] == "frontier-1"
+    board = Mail(lab_dir(root, prog)).board()
+    assert "The frontier is frontier-1 (kept: lr-up)" in board
+    report = build(lab_dir(root, prog) / "ledger.sqlite", "climb2")
+    readme = write(report, tmp_path / "report")
+    text = readme.read_text()
+    assert "## The frontier" in text and "3 tries decided: 1 kept, 2 discarded" in text and "progress.png" in report.plots
+    points = to_json(report)["frontier"]
+    assert [p["outcome"] for p in points] == ["baseline", "discarded", "kept", "discarded"]
+    assert points[-1]["frontier_bpb"] < points[0]["frontier_bpb"]
