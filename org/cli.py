@@ -25,6 +25,8 @@ import yaml
 from pydantic import ValidationError
 
 from org import OrgError
+from org.compare_orgs import add_compare_command
+from org.improve import leave_one_out
 from org.experiments import check_arm_name, plan, submission_source, submit, submit_declared
 from org.lab import scrub_git_env
 from org.ledger import RUN_STATUSES, Ledger, corrupt
@@ -72,6 +74,8 @@ EXAMPLES = """examples:
   org submit softcap --arm wider --set depth=3 --hypothesis "more width helps"
   org report softcap                        # reports/softcap/README.md and its plots
   org extend softcap --seeds 5,6,7          # more seeds for every arm (logged), without renaming
+  org compare improve improve-claude        # one table: each org's confirmed progress on one question
+  org ablate improve                        # the frontier without each kept change (leave-one-out)
   org clean softcap                         # a stopped program's worktrees and agent branches go
 
 A program file's fields: programs/softcap.yaml (annotated) and README.md, "Program files".
@@ -124,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--who", default=os.environ.get("USER") or "human", help="who adds them (logged)")
     p.set_defaults(func=cmd_extend)
 
+    p = sub.add_parser("ablate", help="an improvement program's leave-one-out pass: the frontier without "
+                       "each kept change, on every seed")
+    p.add_argument("program")
+    p.add_argument("--who", default=os.environ.get("USER") or "human", help="who asks for it (recorded)")
+    p.set_defaults(func=cmd_ablate)
+
     add_agent_commands(sub)  # agent, tool, results, mail, agent-hook: org/agents/commands.py
     p = sub.add_parser("report", help="write reports/<program>/ (README.md + plots) from the ledger")
     p.add_argument("program")
@@ -131,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text: a summary in the terminal; json: the verdicts and numbers")
     p.set_defaults(func=cmd_report)
 
+    add_compare_command(sub)     # org-vs-org on one question: org/compare_orgs.py
     add_serve_command(sub)       # the runner's pane: org/serve.py
     return parser
 
@@ -180,6 +191,25 @@ def cmd_submit(args) -> int:
     if not args.ref and lab.head() != base:  # say which code is measured: not the checkout's newer commits
         print(f"note: it measures the program's base commit {base[:10]}, not your HEAD {lab.head()[:10]}; "
               "--ref HEAD measures the code as committed now")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    program, lab, path = preflight(args.program)
+    if program.claim.kind != "improve":
+        raise OrgError(f"ablate: {program.name} is not an improvement program (claim.kind improve): it keeps nothing")
+    with start(program, lab, path) as ledger:
+        made = leave_one_out(ledger, lab, program, args.who)
+        for experiment in made:
+            plan(ledger, program, experiment)
+        queued = {e["id"]: len(ledger.runs(program.name, experiment_id=e["id"], status="queued")) for e in made}
+    if not made:
+        print(f"{program.name}: nothing to ablate: no kept change, or each already has its leave-one-out")
+        return 0
+    for e in made:
+        print(f"experiment {e['id']} ({e['arm']}): " + (f"refused: {e['reason']}" if e["stage"] == "refused"
+                                                         else f"{queued[e['id']]} runs queued"))
+    print(f"`org run {program.name}` (or the org's runner) runs them; `org report {program.name}` shows the result")
     return 0
 
 

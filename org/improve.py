@@ -28,6 +28,13 @@ at equal FLOPs" may use a wider model or more steps), and the budget's own kind 
     sync_branch(lab, ledger, program)          -> program/<name> at the frontier's commit
     check_candidates(lab, program, base, source) -> every patch applies and is allowed
     lineage(experiments)                       -> the decided tries, in decision order
+    leave_one_out(ledger, lab, program, who)   -> `org ablate`: the frontier without each kept change
+    progress(...), section(...)                -> the report's points (progress.png) and markdown
+
+A kept try's re-measured frontier runs the same code and config on the same seeds as the try
+did, so (the trainer being deterministic) it reproduces the try's numbers bit for bit: the
+report says whether it did. Later tries all pair with those same frontier runs, so their
+p-values are not independent, as LORD++'s guarantee assumes (org/frontier.py says how far that goes).
 """
 from __future__ import annotations
 
@@ -45,11 +52,11 @@ from org.frontier import Lord
 from org.lab import Lab, diff_summary
 from org.ledger import FINISHED, Ledger, now
 from org.program import Program, ProgramError
-from org.referee import compare, confirm, verdict_kind
+from org.referee import adjust, compare, confirm, verdict_kind
 
 HARNESS = {"GIT_AUTHOR_NAME": "nanolab harness", "GIT_AUTHOR_EMAIL": "harness@nanolab.local",
            "GIT_COMMITTER_NAME": "nanolab harness", "GIT_COMMITTER_EMAIL": "harness@nanolab.local"}
-OUTCOMES = ("kept", "discarded", "stale", "untested")
+OUTCOMES = ("kept", "discarded", "stale", "untested", "climbing")  # climbing: passed, now at the ladder's rungs
 
 
 # --- the frontier ------------------------------------------------------------------------
@@ -65,7 +72,11 @@ def frontier(experiments: list[dict]) -> dict | None:
 
 
 def tries(experiments: list[dict]) -> list[dict]:
-    return [e for e in experiments if e.get("versus")]
+    return [e for e in experiments if e.get("versus") and e["source"] != "ablation"]
+
+
+def ablations(experiments: list[dict]) -> list[dict]:
+    return [e for e in experiments if e["source"] == "ablation"]
 
 
 def lineage(experiments: list[dict]) -> list[dict]:
@@ -76,7 +87,7 @@ def lineage(experiments: list[dict]) -> list[dict]:
 
 def rule_of(program: Program, experiments: list[dict]) -> Lord:
     """LORD++ after the tests on record."""
-    return Lord.rebuild([e["decision"]["outcome"] == "kept" for e in lineage(experiments)
+    return Lord.rebuild([e["decision"].get("passed", e["decision"]["outcome"] == "kept") for e in lineage(experiments)
                          if e["decision"]["test"] is not None], alpha=program.claim.alpha)
 
 
@@ -113,9 +124,11 @@ def decide_ready(ledger: Ledger, program: Program) -> list[dict]:
     created = []
     with ledger.tx():
         experiments = ledger.experiments(program.name)
-        for e in [e for e in tries(experiments) if not e["decision"]]:
+        for e in [e for e in tries(experiments) if not e["decision"] or json.loads(e["decision"])["outcome"] == "climbing"]:
             front = next((f for f in frontiers(experiments) if f["arm"] == e["versus"]), None)
-            decision = decide(ledger, program, experiments, e, front)
+            decision = decide(ledger, program, experiments, e, front) if not e["decision"] else json.loads(e["decision"])
+            if decision is not None and decision["outcome"] == "climbing":
+                decision = climb(ledger, program, experiments, e, front, decision)
             if decision is None:
                 continue
             if decision["outcome"] == "kept":
@@ -153,10 +166,52 @@ def decide(ledger: Ledger, program: Program, experiments: list[dict], e: dict, f
     c = compare(front_runs, runs, "superiority", alpha=level, declared=declared)
     c = confirm(c, front_runs, runs)
     tested = c.p_better is not None and not c.failed
-    kept = tested and verdict_kind(c.verdict) == "better" and c.final_verdict == c.verdict
-    return dict(record, test=rule.tries + 1 if tested else None, level=level if tested else None,
+    passed = tested and verdict_kind(c.verdict) == "better" and c.final_verdict == c.verdict
+    outcome = ("climbing" if program.ladder else "kept") if passed else ("discarded" if tested else "untested")
+    return dict(record, test=rule.tries + 1 if tested else None, level=level if tested else None, passed=passed,
                 p=c.p_better, p_held_out=c.confirmation and c.confirmation.p_better, delta=c.mean, n=c.n,
-                outcome="kept" if kept else ("discarded" if tested else "untested"), verdict=c.final_verdict)
+                outcome=outcome, verdict=c.final_verdict, rung=1 if outcome == "climbing" else None, rungs=[])
+
+
+def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, front: dict, d: dict) -> dict:
+    """A try that passed at the program's scale, at the ladder's rungs in turn: its runs and its
+    frontier's at each rung's overrides, every seed; kept once `better` holds at every rung
+    (at alpha: the keep test was the first scale's), discarded at the first rung it does not.
+    Its LORD++ test (passed) stands either way."""
+    declared = frozenset(DECLARABLE) - {program.budget.per_run.kind}
+    while True:
+        rung, purpose = d["rung"], f"rung{d['rung']}"
+        pair = [[r for r in ledger.runs(program.name, experiment_id=x["id"]) if r["purpose"] == purpose]
+                for x in (front, e)]
+        if not all(pair):
+            for x in (front, e):
+                plan_rung(ledger, program, x, rung)
+            return d
+        if any(r["status"] not in FINISHED for runs in pair for r in runs):
+            return d
+        front_runs, runs = ([dict(r, purpose="main") for r in rs] for rs in pair)  # the referee pairs main runs
+        c = compare(front_runs, runs, "superiority", alpha=program.claim.alpha, declared=declared)
+        held = dict(rung=rung, overrides=program.ladder[rung - 1], delta=c.mean, n=c.n, p=c.p_better, verdict=c.verdict)
+        d = dict(d, rungs=d["rungs"] + [held], decided_at=now())
+        where = f"rung {rung} ({', '.join(f'{k}={v}' for k, v in program.ladder[rung - 1].items())})"
+        if verdict_kind(c.verdict) != "better":
+            return dict(d, outcome="discarded", verdict=f"{d['verdict']} at the program's scale, but not at {where}: "
+                                                        f"{c.verdict}")
+        if rung == len(program.ladder):
+            current = frontier(ledger.experiments(program.name))
+            if current["id"] != front["id"]:
+                return dict(d, outcome="stale", verdict=f"stale (held at every rung, against {front['arm']}; "
+                                                        f"{current['arm']} is the frontier now: submit it again)")
+            return dict(d, outcome="kept", verdict=f"{d['verdict']}; held at {where} (Δ {c.mean:+.4f})")
+        d = dict(d, rung=rung + 1)
+
+
+def plan_rung(ledger: Ledger, program: Program, experiment: dict, rung: int):
+    """The experiment's runs at a rung of the ladder: its config plus the rung's overrides."""
+    overrides = {**program.baseline.overrides, **json.loads(experiment["overrides"]), **program.ladder[rung - 1]}
+    budget = program.budget.per_run.kind, program.budget.per_run.value
+    for i, seed in enumerate(program.budget.seeds):
+        ledger.add_run(experiment, f"rung{rung}", seed, 1 + i, overrides, budget)
 
 
 # --- the program branch ------------------------------------------------------------------
@@ -200,20 +255,57 @@ def check_candidates(lab: Lab, program: Program, base: str, source: str):
             raise ProgramError(f"{where}: changes what no experiment may: {problem}")
 
 
-def patched(lab: Lab, base: str, patch: Path) -> tuple[str | None, str | None]:
-    """A commit of base with the patch applied (made in a scratch index: nothing checked out
-    changes), or (None, git's complaint)."""
+def patched(lab: Lab, base: str, patch: Path, reverse: bool = False) -> tuple[str | None, str | None]:
+    """A commit of base with the patch applied (or taken out: reverse), made in a scratch index
+    (nothing checked out changes), or (None, git's complaint)."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, **HARNESS, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
         lab.harden()
         try:
             lab.repo.git.read_tree(base, env=env)
-            lab.repo.git.apply("--cached", str(patch), env=env)
+            lab.repo.git.apply("--cached", *["-R"] * reverse, str(patch), env=env)
             tree = lab.repo.git.write_tree(env=env)
         except git.GitCommandError as e:
             lines = [s for s in (e.stderr or "").strip("' \n").splitlines() if s.strip()]
             return None, (lines[0].strip() if lines else "git apply failed")
         return lab.repo.git.commit_tree(tree, "-p", base, "-m", f"check {patch.name}", env=env), None
+
+
+def leave_one_out(ledger: Ledger, lab: Lab, program: Program, who: str) -> list[dict]:
+    """For each kept try K, the frontier without K (arm without-K): K's code change taken out of
+    the frontier's commit and K's own overrides set back to what the frontier before it had, run
+    on every seed beside the frontier. Does each kept change still help in the stack? (A change
+    later tries build on may not come out: refused, saying so.) Returns the new experiments."""
+    experiments = ledger.experiments(program.name)
+    front, made = frontier(experiments), []
+    for kept in [e for e in lineage(experiments) if e["decision"]["outcome"] == "kept"]:
+        before = next(f for f in frontiers(experiments) if f["arm"] == kept["versus"])
+        theirs, mine = json.loads(before["overrides"]), json.loads(kept["overrides"])
+        overrides = json.loads(front["overrides"])
+        for key in [k for k in mine if theirs.get(k) != mine[k]]:  # K's own keys, as they were
+            overrides.pop(key) if key not in theirs else overrides.__setitem__(key, theirs[key])
+        commit, why = front["code_commit"], None
+        if kept["code_commit"] != before["code_commit"]:
+            with tempfile.NamedTemporaryFile("w", suffix=".patch") as f:
+                f.write(lab.repo.git.diff("--binary", "--no-ext-diff", "--no-textconv", before["code_commit"],
+                                          kept["code_commit"]) + "\n")
+                f.flush()
+                commit, why = patched(lab, front["code_commit"], Path(f.name), reverse=True)
+        why = why and f"{kept['arm']}'s code cannot be taken out of {front['arm']}'s ({why}): later tries build on it"
+        arm = f"{front['arm']}-without-{kept['arm']}"
+        if all(e["arm"] != arm for e in experiments):  # once per frontier: again, it is the same question
+            made.append(submit_ablation(ledger, program, arm, front, commit or front["code_commit"], overrides,
+                                        who, why, kept))
+    return made
+
+
+def submit_ablation(ledger, program, arm, front, commit, overrides, who, why, kept) -> dict:
+    with ledger.tx():
+        new_id = ledger.add_experiment(
+            program.name, arm, who=who, source="ablation", base_commit=front["base_commit"], code_commit=commit,
+            overrides=overrides, stage="refused" if why else "measuring", reason=why, versus=front["arm"],
+            hypothesis=f"{front['arm']} without {kept['arm']} (experiment {kept['id']}): does it still help?")
+    return ledger.experiment(new_id)
 
 
 def check_try(program: Program, overrides: dict, commit: str, front: dict) -> str | None:
@@ -293,6 +385,7 @@ def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dic
         lines += ["", "Path: " + " → ".join(
             f"{p['frontier']} ({_g(p['frontier_bpb'])})" + (f" [kept {p['arm']}]" if p["outcome"] == "kept" else "")
             for p in path)]
+        lines += [remeasured(e, experiments, runs) for e in steps if e["decision"]["outcome"] == "kept"]
     if steps:
         lines += ["", "| # | try | who | versus | change | n | Δ val_bpb | p | level | decision |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -301,6 +394,7 @@ def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dic
             lines.append(f"| {d['seq']} | {e['arm']} | {e['who']} | {d['frontier']} | {change_text(e, experiments)} "
                          f"| {d['n']} | {_g(d['delta'], '+.4f')} | {_g(d['p'], '.2g')} | {_g(d['level'], '.2g')} "
                          f"| **{d['outcome']}**: {d['verdict'].replace('|', '/')} |")
+    lines += ablation_lines(experiments, runs)
     if len(path) > 0 and points:
         first, last = points[0], points[-1]
         gain = (last["frontier_bpb"] - first["frontier_bpb"]) if None not in (last["frontier_bpb"], first["frontier_bpb"]) else None
@@ -310,6 +404,45 @@ def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dic
                   + (f"${last['dollars']:.2f} ({_g(gain / last['dollars'], '+.4f')} per dollar)." if last["dollars"]
                      else "$0 (a scripted org: per dollar is not defined).")]
     return "\n".join(lines)
+
+
+def remeasured(kept: dict, experiments: list[dict], runs: list[dict]) -> str:
+    """The new frontier's runs against the kept try's own, seed by seed: the same code and config
+    on the same seeds, so a deterministic trainer gives the same bits (a difference is said)."""
+    arm = kept["decision"].get("frontier_after")
+    front = next((f for f in frontiers(experiments) if f["arm"] == arm), None)
+    finals = lambda e: {r["seed"]: r["val_bpb"] for r in runs if e and r["experiment_id"] == e["id"]
+                        and r.get("purpose") == "main" and r.get("status") == "completed"}
+    mine, theirs = finals(kept), finals(front)
+    seeds = sorted(mine.keys() & theirs.keys())
+    if not seeds:
+        return f"- {arm}: not re-measured yet."
+    gap = max(abs(mine[s] - theirs[s]) for s in seeds)
+    same = sum(mine[s] == theirs[s] for s in seeds)
+    return (f"- {arm} re-measured on {len(seeds)} seeds: " + (f"identical to {kept['arm']}'s runs on every seed (bit "
+            "for bit: the trainer is deterministic)" if same == len(seeds) else
+            f"differs from {kept['arm']}'s runs by up to {gap:.2g} ({same} of {len(seeds)} identical)") + ".")
+
+
+def ablation_lines(experiments: list[dict], runs: list[dict]) -> list[str]:
+    """`org ablate`: each kept change taken out of the frontier, the frontier against that, Holm
+    over the family: does each still help in the stack?"""
+    done = ablations(experiments)
+    if not done:
+        return []
+    arms = {f["arm"]: f for f in frontiers(experiments)}
+    of = lambda e: [r for r in runs if r["experiment_id"] == e["id"]]
+    raw = [compare(of(e), of(arms[e["versus"]]), "superiority") for e in done]
+    lines = ["", "Leave-one-out (`org ablate`): each kept change taken out of the frontier; Δ = frontier − "
+             "without it, paired by seed, Holm over the kept changes:"]
+    for e, c in zip(done, adjust(raw)):
+        if e["stage"] == "refused":
+            lines.append(f"- {e['arm']}: not run: {e['reason']}")
+            continue
+        numbers = "" if c.mean is None else f"Δ {c.mean:+.4f} (n={c.n}): "
+        helps = "still helps" if verdict_kind(c.verdict) == "better" else "not shown to still help"
+        lines.append(f"- {e['arm']}: {numbers}{helps} ({c.verdict})")
+    return lines
 
 
 def change_text(e: dict, experiments: list[dict]) -> str:

@@ -39,7 +39,7 @@ OWNED_WORDS = re.compile(r"budget|seed|eval|^val_|flops|^steps$|tokens|^data", r
 
 # the parts of a program that define its measurements: changing them mid-program would make
 # old and new runs incomparable, so a started program refuses the change
-MEASUREMENT_FIELDS = ("claim", "metric", "baseline", "data", "train", "tune", "tune_seeds", "protected")
+MEASUREMENT_FIELDS = ("claim", "ladder", "metric", "baseline", "data", "train", "tune", "tune_seeds", "protected")
 MEASUREMENT_BUDGET = ("per_run", "seeds")
 # the totals, fixed at start like the rest: only a person's `org budget` changes them, logged
 BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds")
@@ -106,9 +106,18 @@ class Baseline(Strict):
         return _scalar_overrides(value)
 
 
-class Variant(Strict):
+class Change(Strict):
+    """What a variant or a candidate has in common: a name and config overrides."""
     name: str = Field(pattern=NAME)
     overrides: dict[str, Any] = {}
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, value):
+        return _scalar_overrides(value)
+
+
+class Variant(Change):
     ref: str | None = None  # a git ref holding a code change; overrides apply on top
     # what the variant changes on purpose, e.g. [params] for "wider at equal FLOPs": the
     # referee then notes the difference instead of calling the comparison confounded
@@ -116,11 +125,6 @@ class Variant(Strict):
     # a positive control: a change known to have this effect (softcap 5 "terrible" in nanochat's
     # runs). The report checks the verdict: a program that cannot see a known effect proves little
     control: Literal["worse", "better"] | None = None
-
-    @field_validator("overrides")
-    @classmethod
-    def _overrides(cls, value):
-        return _scalar_overrides(value)
 
     @model_validator(mode="after")
     def _changes_something(self):
@@ -131,18 +135,11 @@ class Variant(Strict):
         return self
 
 
-class Candidate(Strict):
+class Candidate(Change):
     """A try the scripted researcher makes in an improvement program (an LLM org makes its own):
     config overrides, a patch file (applied in its worktree, committed), or both."""
-    name: str = Field(pattern=NAME)
-    overrides: dict[str, Any] = {}
     patch: str | None = None  # a path in the lab, e.g. programs/improve/reseed.patch
     hypothesis: str | None = None
-
-    @field_validator("overrides")
-    @classmethod
-    def _overrides(cls, value):
-        return _scalar_overrides(value)
 
     @model_validator(mode="after")
     def _changes_something(self):
@@ -271,6 +268,7 @@ class Program(Strict):
     baseline: Baseline
     variants: list[Variant] = []
     candidates: list[Candidate] = []  # improve: the scripted researcher's tries, in order
+    ladder: list[dict[str, Any]] = []  # improve: rungs (overrides, e.g. {depth: 4}) a keep must also hold at
     data: Data
     budget: Budget
     tune: dict[str, list[Any]] = {}  # a grid over config keys, e.g. {matrix_lr: [0.01, 0.02]}
@@ -289,6 +287,15 @@ class Program(Strict):
         _scalar_overrides({k: v for k, vs in grid.items() for v in vs})
         return grid
 
+    @field_validator("ladder")
+    @classmethod
+    def _rungs(cls, rungs):
+        for rung in rungs:
+            if not rung:
+                raise ValueError("a rung needs overrides, e.g. {depth: 4}")
+            _scalar_overrides(rung)
+        return rungs
+
     @model_validator(mode="after")
     def _arms(self):
         names = [v.name for v in self.variants]
@@ -300,8 +307,8 @@ class Program(Strict):
         improve = self.claim.kind == "improve"
         if improve and (self.variants or self.tune):  # tries are judged against the frontier, one by one
             raise ValueError("a claim of kind improve takes candidates, not variants or a tune grid")
-        if self.candidates and not improve:
-            raise ValueError("candidates are tries of an improvement program: set claim.kind to improve")
+        if (self.candidates or self.ladder) and not improve:
+            raise ValueError("candidates and a ladder belong to an improvement program: set claim.kind to improve")
         return self
 
     @property
@@ -369,15 +376,19 @@ def check_with_trainer(program: Program, source: str = "program") -> None:
     arms = [("baseline.overrides", {})] + [
         (f"variants[{i}].overrides", v.overrides) for i, v in enumerate(program.variants) if not v.ref]
     arms += [("tune", point) for point in program.grid_points() if point]
+    arms += [(f"ladder[{i}]", rung) for i, rung in enumerate(program.ladder)]
     for field, overrides in arms:
         problem = trainer_rejects(program, overrides)
         if problem:
             field = "baseline.preset" if "preset" in problem else field
             raise ProgramError(f"{source}: {field}: the trainer rejects it: {problem}")
     check_budget_fits_a_step(program, source)
+    for i, rung in enumerate(program.ladder):  # a rung no run can take a step at: every rung run fails
+        check_budget_fits_a_step(program, f"{source}: ladder[{i}]", rung, "at this rung")
 
 
-def check_budget_fits_a_step(program: Program, source: str) -> None:
+def check_budget_fits_a_step(program: Program, source: str, rung: dict | None = None,
+                             where: str = "of the baseline") -> None:
     """A FLOP or token budget smaller than one training step trains nothing: every run fails."""
     per_run, train = program.budget.per_run, program.train
     if per_run.kind not in ("flops", "tokens"):
@@ -392,11 +403,11 @@ def check_budget_fits_a_step(program: Program, source: str) -> None:
             return
         tokenizer = program.data.tokenizer
         vocab = int(tokenizer.split(":")[1]) if tokenizer.startswith("bpe:") and tokenizer[4:].isdigit() else 256
-        overrides = {"vocab_size": vocab, **program.baseline.overrides, "sequence_len": train.seq_len}
+        overrides = {"vocab_size": vocab, **program.baseline.overrides, **(rung or {}), "sequence_len": train.seq_len}
         step = tokens * flops_per_token(make_config(program.baseline.preset, **overrides))
     if per_run.value < step:
         raise ProgramError(f"{source}: budget.per_run.{per_run.kind}: {per_run.value:g} is smaller than one "
-                           f"step of the baseline ({step:.3g} {per_run.kind} at batch_size {train.batch_size} "
+                           f"step {where} ({step:.3g} {per_run.kind} at batch_size {train.batch_size} "
                            f"x seq_len {train.seq_len})")
 
 

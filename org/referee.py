@@ -184,7 +184,7 @@ def noise_floor(baseline_runs: list[dict], metric: str = "val_bpb") -> NoiseFloo
     main, everything = read_arm(baseline_runs)
     values = list(per_seed(main, metric).values())
     seed_std = float(np.std(values, ddof=1)) if len(values) >= 2 else None
-    drift, reruns = measure_drift([r for r in everything if r.purpose != "tune"], metric)
+    drift, reruns = measure_drift([r for r in everything if r.purpose in ("main", "repeat")], metric)
     return NoiseFloor(seed_std, len(values), drift, reruns)
 
 
@@ -302,7 +302,7 @@ def compare(baseline_runs: list[dict], variant_runs: list[dict], claim: str, mar
         **paired, p_better_adjusted=paired["p_better"], adjustment="none", family=1,  # alone
         noise=noise_floor(baseline_runs, metric),
         findings=tuple(find_confounds(base, var, frozenset(declared), tolerances,
-                                      [r for r in base_all if r.purpose != "tune"])),
+                                      [r for r in base_all if r.purpose in ("main", "repeat")])),
         shortfall=shortfall(base, var, len(seeds), metric), failed=failed(base, var))
     return decided(c)
 

@@ -2,6 +2,7 @@
 after a restart (a fresh plan replayed through its transcript). Plans are driven directly through
 ScriptedModel.turn with the conversation the loop would record; one org runs for real, stopped
 mid-way and resumed."""
+import json
 import subprocess
 import sys
 import threading
@@ -132,3 +133,39 @@ def test_a_scripted_agent_never_imports_the_model_sdks():
             "print(sorted({'anthropic', 'openai'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_in_an_improvement_program_a_chief_hands_out_candidates_and_a_junior_tries_its_share():
+    candidates = [{"name": "lr-up", "overrides": {"matrix_lr": 0.03}},
+                  {"name": "reseed", "patch": "programs/reseed.patch"}, {"name": "eps", "overrides": {"adam_eps": 1e-8}}]
+    spec = tiny_program(ORG, topology="chief", variants=[], claim={"kind": "improve"}, candidates=candidates)
+    improve = Program.model_validate(spec)
+    chief, history = ScriptedModel(improve, "chief"), [{"kind": "user", "text": "Start."}]
+    name, args = step(chief, history, "posted to the board")
+    assert name == "post_to_board" and "junior-a: lr-up, eps; junior-b: reseed." in args["text"]
+    sends = [step(chief, history, "sent") for _ in range(2)]
+    assert [a["to"] for _, a in sends] == ["junior-a", "junior-b"]
+    assert "patch programs/reseed.patch" in sends[1][1]["text"]
+    junior, mine = ScriptedModel(improve, "junior-b"), [{"kind": "user", "text": "Start."}]
+    assert step(junior, mine, mail("chief", sends[1][1]["text"]))[0] == "read_inbox"
+    frontier = {"arm": "baseline", "experiment": 1, "commit": "abc123", "overrides": {}, "kept": []}
+    status = json.dumps({"compute_seconds": {"spent": 1, "total": 100}, "frontier": frontier})
+    assert step(junior, mine, status) == ("results", {})  # where is the frontier now?
+    assert step(junior, mine, "exit status 0\n") == ("run", {"command": "git reset -q --hard abc123"})
+    assert step(junior, mine, "exit status 0\n") == ("run", {"command": "git apply programs/reseed.patch"})
+    name, args = step(junior, mine, "committed 1234567890: 1 file(s): trainer/model.py")
+    assert name == "git_commit" and args["message"].startswith("reseed")
+    name, args = step(junior, mine, "experiment 7 (reseed, ...): 2 runs queued")
+    assert name == "submit_experiment" and args["arm"] == "reseed" and args["overrides"] == {}
+    stale = {"outcome": "stale", "verdict": "stale (measured against baseline; frontier-1 is the frontier now: "
+             "submit it again against that)", "delta": None, "n": 0, "p": None, "level": None}
+    answer = {"compute_seconds": {"spent": 2, "total": 100}, "pending_runs": 0,
+              "experiments": [{"experiment": 7, "decision": stale}]}
+    assert step(junior, mine, json.dumps(answer)) == ("results", {"experiment": 7, "wait_seconds": 60})
+    # the frontier moved under it: tried again, under a new name, on the new frontier
+    assert step(junior, mine, status)[0] == "results"
+    assert step(junior, mine, "exit status 0\n")[1]["command"] == "git reset -q --hard abc123"
+    assert step(junior, mine, "exit status 0\n")[0] == "run"   # the patch again
+    assert step(junior, mine, "committed 2345678901: 1 file(s): trainer/model.py")[0] == "git_commit"
+    name, args = step(junior, mine, "experiment 9 (reseed-again2, ...): 2 runs queued")
+    assert name == "submit_experiment" and args["arm"] == "reseed-again2"

@@ -5,6 +5,7 @@ records them (finish, then plan(), in one transaction), with chosen val_bpb, so 
 known in advance. The scripted org that runs a real program end to end is at the bottom."""
 import json
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -55,11 +56,12 @@ def measured(value: float, seed: int, held_out: float | None = None) -> Measurem
                        eval_fingerprint="e", data_fingerprint="d")
 
 
-def finish(ledger: Ledger, program: Program, arm: str, values, held_out=None):
-    """Every queued main run of the arm, finished with these val_bpb per seed (confirm_bpb the
-    same, or held_out), each in one transaction with plan(), as the runner records a run."""
-    for run in [r for r in ledger.runs(program.name, arm=arm, status="queued") if r["purpose"] == "main"]:
+def finish(ledger: Ledger, program: Program, arm: str, values, held_out=None, purpose="main"):
+    """Every queued run of the arm (main, or a rung's), finished with these val_bpb per seed
+    (confirm_bpb the same, or held_out), each in one transaction with plan(), as the runner does."""
+    for run in [r for r in ledger.runs(program.name, arm=arm, status="queued") if r["purpose"] == purpose]:
         claimed = ledger.claim(program.name, slot=0, arm=arm)
+        assert claimed["id"] == run["id"], "the queue's order: finish the arm's earlier runs first"
         i = SEEDS.index(claimed["seed"])
         with ledger.tx():
             ledger.finish(claimed["id"], "completed", result=Result(status="completed", val_bpb=values[i], seed=claimed["seed"]),
@@ -301,3 +303,140 @@ def test_a_scripted_researcher_keeps_a_real_gain_and_discards_a_reseed_and_a_har
     points = to_json(report)["frontier"]
     assert [p["outcome"] for p in points] == ["baseline", "discarded", "kept", "discarded"]
     assert points[-1]["frontier_bpb"] < points[0]["frontier_bpb"]
+
+
+# --- org against org on one question --------------------------------------------------------
+
+def test_org_compare_puts_two_orgs_progress_on_one_question_in_one_table(tmp_path):
+    root, climb = make_project(tmp_path, improve_program())
+    other = improve_program(org={"topology": "chief", "agents": [{"name": "boss", "role": "chief"},
+                                                                  {"name": "junior", "role": "junior"}]})
+    other["data"]["source"] = climb.data.source
+    bad = dict(other, budget={**other["budget"], "seeds": [0, 1, 2]})
+    for name, spec in (("climb-chief", other), ("climb-3", bad)):
+        (root / "programs" / f"{name}.yaml").write_text(yaml.safe_dump({**spec, "name": name}))
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "two more orgs"], cwd=root, check=True)
+    from org.workspace import open_program
+    lab = Lab.open(root)
+    for name, gain in (("climb", 0.03), ("climb-chief", 0.0)):
+        program, _ = open_program(name, root)
+        with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+            try_(ledger, lab, program, "wd-up", {"weight_decay": 0.3})
+            finish(ledger, program, "baseline", BASE)
+            finish(ledger, program, "wd-up", [b - gain + j for b, j in zip(BASE, JITTER)])
+            finish(ledger, program, "frontier-1", [b - gain + j for b, j in zip(BASE, JITTER)])
+    open_program("climb-3", root)
+    lab.close()
+    org = [sys.executable, "-m", "org.cli"]
+    done = subprocess.run(org + ["compare", "climb", "climb-chief", "--json"], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = {r["program"]: r for r in json.loads(done.stdout)}
+    assert rows["climb"]["kept"] == 1 and rows["climb"]["kept_tries"] == ["wd-up"]
+    assert rows["climb"]["gain"] == pytest.approx(-0.03, abs=1e-3) and rows["climb"]["gain_per_runner_hour"] < 0
+    assert rows["climb-chief"]["kept"] == 0 and rows["climb-chief"]["discarded"] == 1 and rows["climb-chief"]["gain"] == 0
+    assert rows["climb-chief"]["org"] == "chief: boss (scripted), junior (scripted)"
+    table = subprocess.run(org + ["compare", "climb", "climb-chief"], cwd=root, capture_output=True, text=True)
+    assert table.returncode == 0 and "climb-chief" in table.stdout and "-0.0300" in table.stdout
+    refused = subprocess.run(org + ["compare", "climb", "climb-3"], cwd=root, capture_output=True, text=True)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines() == ["org: compare: climb-3's budget.seeds differs from climb's: "
+                                                   "their gains are not measured the same way (only the org may differ)"]
+
+
+# --- does each kept change still help in the stack? ------------------------------------------
+
+def test_org_ablate_takes_each_kept_change_out_of_the_frontier_and_says_which_still_help(lab):
+    lab, program, ledger = lab
+    try_(ledger, lab, program, "wd-up", {"weight_decay": 0.3})
+    finish(ledger, program, "baseline", BASE)
+    finish(ledger, program, "wd-up", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
+    finish(ledger, program, "frontier-1", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
+    try_(ledger, lab, program, "lr-up", {"matrix_lr": 0.03})
+    finish(ledger, program, "lr-up", [b - 0.06 - j for b, j in zip(BASE, JITTER)])
+    assert frontier(ledger.experiments(program.name))["arm"] == "frontier-2"
+    org = [sys.executable, "-m", "org.cli", "ablate", "climb", "--who", "alice"]
+    done = subprocess.run(org, cwd=lab.root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "(frontier-2-without-wd-up): 5 runs queued" in done.stdout and "frontier-2-without-lr-up" in done.stdout
+    again = subprocess.run(org, cwd=lab.root, capture_output=True, text=True)
+    assert "nothing to ablate" in again.stdout  # once per frontier
+    made = {e["arm"]: e for e in ledger.experiments(program.name) if e["source"] == "ablation"}
+    assert json.loads(made["frontier-2-without-wd-up"]["overrides"]) == {"matrix_lr": 0.03}
+    assert json.loads(made["frontier-2-without-lr-up"]["overrides"]) == {"weight_decay": 0.3}
+    assert all(e["versus"] == "frontier-2" and e["who"] == "alice" for e in made.values())
+    finish(ledger, program, "frontier-2", [b - 0.06 - j for b, j in zip(BASE, JITTER)])
+    finish(ledger, program, "frontier-2-without-wd-up", [b - 0.03 - j for b, j in zip(BASE, JITTER)])
+    finish(ledger, program, "frontier-2-without-lr-up", [b - 0.06 + j / 2 for b, j in zip(BASE, JITTER)])
+    assert len(lineage(ledger.experiments(program.name))) == 2  # ablations are no tries: nothing decided
+    text = build(ledger.path, "climb")
+    from org.improve import section
+    story = section(text.spec, text.experiments, text.runs, text.llm)
+    assert "- frontier-2-without-wd-up: Δ -0.0300 (n=5): still helps (better)" in story
+    assert "- frontier-2-without-lr-up: Δ -0.0000 (n=5): not shown to still help (inconclusive (inside the noise" in story
+
+
+def test_a_kept_code_change_is_taken_out_by_reversing_its_diff(lab):
+    lab, program, ledger = lab
+    worktree(lab.root, program, "alice")
+    mine = commit_change(lab.root, program, "alice", "trainer/model.py", "import numpy as np",
+                         "import numpy as np  # alice's idea", "alice: an idea")
+    try_(ledger, lab, program, "alice-idea", {"softcap": 20.0}, ref=mine)
+    finish(ledger, program, "baseline", BASE)
+    finish(ledger, program, "alice-idea", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
+    from org.improve import leave_one_out
+    without, = leave_one_out(ledger, lab, program, who="bob")
+    assert without["stage"] == "measuring" and json.loads(without["overrides"]) == {}
+    code = lab.repo.commit(without["code_commit"])
+    assert code.parents[0].hexsha == mine and "alice's idea" not in (code.tree / "trainer/model.py").data_stream.read().decode()
+    assert code.tree == lab.repo.commit(lab.resolve("main")).tree  # the frontier without it: the base's code
+
+
+# --- a ladder: a keep must also hold at the next scale ----------------------------------------
+
+def test_a_try_is_kept_only_once_it_also_holds_at_the_next_rung_of_the_ladder(tmp_path):
+    root, program = make_project(tmp_path, improve_program(ladder=[{"n_layer": 2}]))
+    lab = Lab.open(root)
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+        try_(ledger, lab, program, "wd-up", {"weight_decay": 0.3})
+        finish(ledger, program, "baseline", BASE)
+        finish(ledger, program, "wd-up", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
+        d = decision(ledger, program, "wd-up")
+        assert d["outcome"] == "climbing" and d["passed"] and d["rung"] == 1  # passed here; now the rung
+        rung = {arm: ledger.runs(program.name, arm=arm, purpose="rung1") for arm in ("baseline", "wd-up")}
+        assert all(sorted(r["seed"] for r in runs) == SEEDS for runs in rung.values())
+        assert all(json.loads(r["overrides"])["n_layer"] == 2 for runs in rung.values() for r in runs)
+        finish(ledger, program, "baseline", [b + 0.1 for b in BASE], purpose="rung1")
+        assert decision(ledger, program, "wd-up")["outcome"] == "climbing"  # its own rung runs still queued
+        finish(ledger, program, "wd-up", [b + 0.08 + j for b, j in zip(BASE, JITTER)], purpose="rung1")
+        d = decision(ledger, program, "wd-up")
+        assert d["outcome"] == "kept" and "held at rung 1 (n_layer=2)" in d["verdict"] and d["rungs"][0]["n"] == 5
+        assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
+        # the next passes at the program's scale, but its gain is gone at the rung: discarded
+        finish(ledger, program, "frontier-1", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
+        try_(ledger, lab, program, "lr-up", {"matrix_lr": 0.03})
+        finish(ledger, program, "lr-up", [b - 0.06 - j for b, j in zip(BASE, JITTER)])
+        finish(ledger, program, "frontier-1", [b + 0.08 for b in BASE], purpose="rung1")
+        finish(ledger, program, "lr-up", [b + 0.08 + j for b, j in zip(BASE, JITTER)], purpose="rung1")
+        d = decision(ledger, program, "lr-up")
+        assert d["outcome"] == "discarded" and "but not at rung 1 (n_layer=2)" in d["verdict"]
+        assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
+        # both were discoveries of the keep rule at the program's scale: its wealth says so
+        assert rule_of(program, ledger.experiments(program.name)) == Lord.rebuild([True, True], alpha=0.05)
+        # the ladder's runs are no re-runs: the baseline's noise floor has no drift from them
+        from org.referee import noise_floor
+        assert noise_floor(ledger.runs(program.name, arm="baseline")).drift is None
+    lab.close()
+
+
+def test_a_ladder_rung_no_run_can_take_a_step_at_is_one_line(tmp_path, monkeypatch):
+    spec = improve_program(ladder=[{"n_layer": 8, "n_embd": 512, "n_head": 8}])
+    spec["budget"]["per_run"] = {"flops": 1e8}
+    spec["data"]["source"] = "pystdlib"
+    root, _ = make_project(tmp_path, tiny_program([{"name": "solo"}], corpus="corpus"))
+    (root / "programs" / "climb.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(root)
+    with pytest.raises(ProgramError) as e:
+        preflight("climb")
+    assert "programs/climb.yaml: ladder[0]: budget.per_run.flops: 1e+08 is smaller than one step at this rung" \
+        in str(e.value) and "\n" not in str(e.value)

@@ -8,10 +8,12 @@ and pauses look the same), and it is the control every LLM org is compared with.
 - chief: split the variants among the juniors by message, wait for their reports, then post
   the conclusion to the board and tell everyone;
 - junior: wait for an assignment naming declared variants, run them, report to the chief;
-- improver (an improvement program's researcher, or its chief, who releases the juniors): try
-  the program's candidates one at a time against the frontier: reset the worktree to the
-  frontier's commit, apply the candidate's patch and commit it, submit its overrides, wait for
-  the keep decision (a stale try is submitted again), and post the frontier's story.
+- in an improvement program (claim improve), the researcher tries the program's candidates one
+  at a time against the frontier: reset the worktree to the frontier's commit, apply the
+  candidate's patch and commit it, submit its overrides, wait for the keep decision (a try the
+  frontier moved under is stale: submitted again), and post the frontier's story; a chief
+  hands the candidates out round-robin, and each junior tries its share so (until the compute
+  budget is spent) and reports the decisions.
 
 A plan is a generator: it yields one tool call at a time and is sent what came back since
 (the tool's output plus any mail the loop delivered). After a restart a fresh plan is replayed
@@ -60,8 +62,13 @@ class ScriptedModel:
         """`before`: the conversation before the first call (kickoff, and mail that came early)."""
         role = role_of(self.program, self.agent)
         team = juniors(self.program)  # solo researchers own their question: no assignments
-        if self.program.claim.kind == "improve" and not (role == "junior" and chief_of(self.program)):
-            return improver(self.program, team if role == "chief" else [], self.wait)
+        improve = self.program.claim.kind == "improve"
+        if improve and role == "chief" and team:
+            return improve_chief(self.program, team, self.wait)
+        if improve and role == "junior" and chief_of(self.program):
+            return improve_junior(self.program, chief_of(self.program), self.wait, before)
+        if improve:
+            return improver(self.program, self.wait)
         if role == "chief" and team:
             return chief(self.program, team, self.wait)
         if role == "junior" and chief_of(self.program):
@@ -103,18 +110,10 @@ def researcher(program: Program, wait: float):
 
 
 def chief(program: Program, juniors: list[str], wait: float):
-    assigned = {j: program.variants[i::len(juniors)] for i, j in enumerate(juniors)}
-    assigned = {j: vs for j, vs in assigned.items() if vs}
-    plan = "; ".join(f"{j}: {', '.join(v.name for v in vs)}" for j, vs in assigned.items())
-    yield "post_to_board", {"text": f"Plan for {program.name}: each declared variant against the "
-                                    f"baseline, one change per arm. Assignments: {plan or 'none'}."}
-    for junior_name, variants in assigned.items():
-        lines = [f"- {v.name}: overrides {json.dumps(v.overrides)}" + (f", ref {v.ref}" if v.ref else "")
-                 for v in variants]
-        yield "send_message", {"to": junior_name, "text": "Please run these arms against the "
-                               "baseline and report the experiment id and the verdict:\n" + "\n".join(lines)}
-    for junior_name in (j for j in juniors if j not in assigned):  # more juniors than arms
-        yield "send_message", {"to": junior_name, "text": f"{RELEASE}: every arm is taken. Thank you."}
+    assigned = yield from hand_out(
+        program.name, juniors, program.variants, "arm", "each declared variant against the baseline, one change "
+        "per arm.", "Please run these arms against the baseline and report the experiment id and the verdict:",
+        lambda v: f"- {v.name}: overrides {json.dumps(v.overrides)}" + (f", ref {v.ref}" if v.ref else ""))
     waiting = set(assigned)
     while waiting:
         received = yield "read_inbox", {"wait_seconds": wait}
@@ -124,6 +123,20 @@ def chief(program: Program, juniors: list[str], wait: float):
     yield "send_message", {"to": "all", "text": "The conclusion is on the board. Thank you; we are done."}
     yield "write_standup", {"text": "Collected every junior's report; conclusion posted to the board."}
     yield "finish", {"summary": verdict_lines(status)}
+
+
+def hand_out(program: str, juniors: list[str], items: list, what: str, plan: str, ask: str, describe) -> dict:
+    """Split the items round-robin among the juniors: post the plan, send each its share with
+    `ask`, release the juniors left without one; returns {junior: its items}."""
+    assigned = {j: items[i::len(juniors)] for i, j in enumerate(juniors)}
+    assigned = {j: xs for j, xs in assigned.items() if xs}
+    shares = "; ".join(f"{j}: {', '.join(x.name for x in xs)}" for j, xs in assigned.items())
+    yield "post_to_board", {"text": f"Plan for {program}: {plan} Assignments: {shares or 'none'}."}
+    for name, share in assigned.items():
+        yield "send_message", {"to": name, "text": ask + "\n" + "\n".join(describe(x) for x in share)}
+    for name in (j for j in juniors if j not in assigned):  # more juniors than items
+        yield "send_message", {"to": name, "text": f"{RELEASE}: every {what} is taken. Thank you."}
+    return assigned
 
 
 def junior(program: Program, chief_name: str, wait: float, before: list[dict]):
@@ -143,13 +156,67 @@ def junior(program: Program, chief_name: str, wait: float, before: list[dict]):
     yield "finish", {"summary": verdict_lines(status)}
 
 
-def improver(program: Program, release: list[str], wait: float):
-    for name in release:  # the candidates are tried one at a time: nothing to hand out
-        yield "send_message", {"to": name, "text": f"{RELEASE}: I try the candidates one by one. Thank you."}
+def improver(program: Program, wait: float):
     yield "write_standup", {"text": f"Plan: try {', '.join(c.name for c in program.candidates) or 'nothing'} "
                                     "one at a time against the frontier; keep what the referee keeps."}
+    notes = yield from try_all(program.candidates, wait)
+    status = yield from read_status()
+    text = frontier_story(program, status, notes)
+    yield "post_to_board", {"text": text}
+    yield "write_standup", {"text": "Done: every candidate tried against the frontier; the story is on the board."}
+    yield "finish", {"summary": text}
+
+
+def improve_chief(program: Program, juniors: list[str], wait: float):
+    """Hand the candidates out round-robin; each junior tries its share against the frontier
+    (their tries race: one measured against a frontier that moved is stale and tried again)."""
+    assigned = yield from hand_out(
+        program.name, juniors, program.candidates, "candidate", "the candidates against the frontier, each kept "
+        "only if the referee keeps it.", "Please try these candidates against the frontier, one at a time, and "
+        "report each decision:",
+        lambda c: f"- {c.name}: overrides {json.dumps(c.overrides)}" + (f", patch {c.patch}" if c.patch else ""))
+    waiting, reports = set(assigned), []
+    while waiting:
+        received = yield "read_inbox", {"wait_seconds": wait}
+        for sender, body in _messages(received):
+            if sender in waiting:
+                waiting.discard(sender)
+                reports.append(body.strip())
+    status = yield from read_status()
+    text = frontier_story(program, status, reports)
+    yield "post_to_board", {"text": text}
+    yield "send_message", {"to": "all", "text": "The conclusion is on the board. Thank you; we are done."}
+    yield "write_standup", {"text": "Collected every junior's tries; the frontier's story is on the board."}
+    yield "finish", {"summary": text}
+
+
+def improve_junior(program: Program, chief_name: str, wait: float, before: list[dict]):
+    mine = assignment(program, chief_name, before, program.candidates)
+    released = released_by(chief_name, before)
+    while not mine and not released:
+        received = yield "read_inbox", {"wait_seconds": wait}
+        mine = assignment(program, chief_name, received, program.candidates)
+        released = released_by(chief_name, received)
+    if not mine:
+        yield "write_standup", {"text": f"{chief_name} had no candidate for me; nothing to try."}
+        yield "finish", {"summary": f"released by {chief_name}: no candidate to try"}
+        return
+    notes = yield from try_all(mine, wait)
+    yield "send_message", {"to": chief_name, "text": "\n".join(notes)}
+    yield "write_standup", {"text": f"Tried {', '.join(c.name for c in mine)} as assigned; reported to {chief_name}."}
+    yield "finish", {"summary": "\n".join(notes)}
+
+
+def frontier_story(program: Program, status: dict, notes: list[str]) -> str:
+    front = status["frontier"]
+    return (f"Conclusion for {program.name}: {program.question.strip()}\nThe frontier is {front['arm']} "
+            f"(kept: {', '.join(front['kept']) or 'nothing'}).\n" + "\n".join(notes))
+
+
+def try_all(candidates, wait: float):
+    """Each candidate against the frontier of the moment; returns a line per try."""
     notes = []
-    for candidate in program.candidates:
+    for candidate in candidates:
         for attempt in range(1, 4):  # again only if the frontier moved under it (stale)
             arm = candidate.name if attempt == 1 else f"{candidate.name}-again{attempt}"
             status = yield from read_status()
@@ -161,13 +228,7 @@ def improver(program: Program, release: list[str], wait: float):
             notes.append(f"- {arm}: {outcome}")
             if not outcome.startswith("stale"):
                 break
-    status = yield from read_status()
-    text = (f"Conclusion for {program.name}: {program.question.strip()}\nThe frontier is "
-            f"{status['frontier']['arm']} (kept: {', '.join(status['frontier']['kept']) or 'nothing'}).\n"
-            + "\n".join(notes))
-    yield "post_to_board", {"text": text}
-    yield "write_standup", {"text": "Done: every candidate tried against the frontier; the story is on the board."}
-    yield "finish", {"summary": text}
+    return notes
 
 
 def try_candidate(candidate, arm: str, front: dict, wait: float):
@@ -254,10 +315,11 @@ def _messages(items: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
-def assignment(program: Program, chief_name: str, items: list[dict]):
-    """The declared variants the chief's messages name (the board names everyone's)."""
+def assignment(program: Program, chief_name: str, items: list[dict], named=None):
+    """The declared variants (or the candidates: `named`) the chief's messages name (the board
+    names everyone's)."""
     text = "\n".join(body for sender, body in _messages(items) if sender == chief_name)
-    return [v for v in program.variants if re.search(rf"(?<![\w-]){re.escape(v.name)}(?![\w-])", text)]
+    return [v for v in (program.variants if named is None else named) if re.search(rf"(?<![\w-]){re.escape(v.name)}(?![\w-])", text)]
 
 
 def released_by(chief_name: str, items: list[dict]) -> bool:
