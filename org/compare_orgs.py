@@ -22,7 +22,7 @@ from org.ledger_read import read_tables
 from org.program import MEASUREMENT_BUDGET
 from org.workspace import as_current_schema, find_ledger
 
-SAME = ("claim", "ladder", "metric", "baseline", "data", "train", "protected")  # what the gains are measured by
+SAME = ("claim", "ladder", "compute_multiplier", "metric", "baseline", "data", "train", "protected")  # what the gains are measured by
 
 
 def add_compare_command(sub):

@@ -39,6 +39,7 @@ p-values are not independent, as LORD++'s guarantee assumes (org/frontier.py say
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -46,6 +47,7 @@ from datetime import datetime
 from pathlib import Path
 
 import git
+import numpy as np
 
 from org.confounds import DECLARABLE
 from org.frontier import Lord
@@ -139,6 +141,7 @@ def decide_ready(ledger: Ledger, program: Program) -> list[dict]:
                     code_commit=e["code_commit"], overrides=json.loads(e["overrides"]), stage="measuring",
                     hypothesis=f"the frontier after keeping {e['arm']} (experiment {e['id']})", diff=e["diff"])
                 created.append(ledger.experiment(new_id))
+                plan_multiplier(ledger, program, front)  # how much compute is the keep worth to it?
             ledger.update_experiment(e["id"], decision=decision)
             experiments = ledger.experiments(program.name)
     return created
@@ -204,6 +207,51 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
                                                         f"{current['arm']} is the frontier now: submit it again)")
             return dict(d, outcome="kept", verdict=f"{d['verdict']}; held at {where} (Δ {c.mean:+.4f})")
         d = dict(d, rung=rung + 1)
+
+
+def plan_multiplier(ledger: Ledger, program: Program, experiment: dict):
+    """The frontier's runs at the compute multiplier's multiples of the per-run budget (purpose
+    x0.5, x2, ...: the referee pairs none of them), on its first seeds."""
+    m = program.compute_multiplier
+    overrides = {**program.baseline.overrides, **json.loads(experiment["overrides"])}
+    kind, value = program.budget.per_run.kind, program.budget.per_run.value
+    for factor in (m.budgets if m else []):
+        amount = max(1, round(value * factor)) if kind in ("steps", "tokens") else value * factor
+        for i, seed in enumerate(program.budget.seeds[:m.seeds]):
+            ledger.add_run(experiment, f"x{factor:g}", seed, 1 + i, overrides, (kind, amount))
+
+
+def multiplier(curve: dict[float, float], loss: float) -> tuple[float, bool] | None:
+    """The multiple of the budget at which a frontier whose mean val_bpb at each multiple is
+    `curve` reaches `loss`: linear in log2(multiple) between measured points, and along the
+    nearest segment beyond them (extrapolated: True). None without two points."""
+    if len(curve) < 2:
+        return None
+    y, x = zip(*sorted((bpb, math.log2(f)) for f, bpb in curve.items()))  # by loss: compute falls
+    if y[0] <= loss <= y[-1]:
+        return 2 ** float(np.interp(loss, y, x)), False
+    i, j = (0, 1) if loss < y[0] else (-2, -1)
+    if y[j] == y[i]:
+        return None
+    return 2 ** (x[i] + (x[j] - x[i]) * (loss - y[i]) / (y[j] - y[i])), True
+
+
+def kept_multiplier(spec: dict, runs: list[dict], kept: dict, front: dict | None) -> tuple[float, bool] | str | None:
+    """A kept try's compute multiplier against the frontier before it (compute_multiplier.seeds
+    first seeds, means over them); 'pending' while those runs are not all finished."""
+    m = spec.get("compute_multiplier")
+    if not m or not front:
+        return None
+    seeds = set(spec["budget"]["seeds"][:m.get("seeds", 3)])
+    def mean(experiment, purpose):
+        values = [r.get("val_bpb") for r in runs if r["experiment_id"] == experiment["id"] and r["seed"] in seeds
+                  and r.get("purpose") == purpose and r.get("status") == "completed"]
+        return sum(values) / len(values) if len(values) == len(seeds) and None not in values else None
+    curve = {1.0: mean(front, "main"), **{f: mean(front, f"x{f:g}") for f in m["budgets"]}}
+    loss = mean(kept, "main")
+    if loss is None or None in curve.values():
+        return "pending"
+    return multiplier(curve, loss)
 
 
 def plan_rung(ledger: Ledger, program: Program, experiment: dict, rung: int):
@@ -366,7 +414,8 @@ def _time(stamp: str) -> float:
 
 
 def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dict]) -> str:
-    """The report's frontier section (markdown): the rule, the path, every try, the progress."""
+    """The report's frontier section (markdown): the rule, the path, every try (its effect on
+    val_bpb and on training time, separately), the leave-one-out pass, the progress."""
     claim = spec.get("claim") or {}
     if claim.get("kind") != "improve":
         return ""
@@ -378,7 +427,7 @@ def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dic
              f"when the referee says `better` at the level LORD++ gives it (online FDR {claim.get('alpha', 0.05):g} "
              "over every keep decision; org/frontier.py) and the held-out split agrees at that level. A kept "
              "try becomes the next frontier, re-measured on every seed, and the program branch moves to it.", "",
-             f"{len(steps)} tries decided: " + ", ".join(f"{counts[o]} {o}" for o in OUTCOMES)
+             f"{len(steps)} tries decided: " + (", ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts[o]) or "none")
              + (f"; waiting: {', '.join(waiting)}" if waiting else "") + "."]
     path = [p for p in points if p["outcome"] in ("baseline", "kept")]
     if path:
@@ -387,13 +436,22 @@ def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dic
             for p in path)]
         lines += [remeasured(e, experiments, runs) for e in steps if e["decision"]["outcome"] == "kept"]
     if steps:
-        lines += ["", "| # | try | who | versus | change | n | Δ val_bpb | p | level | decision |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| # | try | who | versus | change | n | Δ val_bpb | compute × | train time Δ | p | level | decision |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        arms = {f["arm"]: f for f in frontiers(experiments)}
         for e in steps:
             d = e["decision"]
+            slower = time_change(runs, e, arms.get(d["frontier"]))
+            worth = kept_multiplier(spec, runs, e, arms.get(d["frontier"])) if d["outcome"] == "kept" else None
+            worth = worth if worth in (None, "pending") else f"×{worth[0]:.2f}" + " (extrapolated)" * worth[1]
             lines.append(f"| {d['seq']} | {e['arm']} | {e['who']} | {d['frontier']} | {change_text(e, experiments)} "
-                         f"| {d['n']} | {_g(d['delta'], '+.4f')} | {_g(d['p'], '.2g')} | {_g(d['level'], '.2g')} "
-                         f"| **{d['outcome']}**: {d['verdict'].replace('|', '/')} |")
+                         f"| {d['n']} | {_g(d['delta'], '+.4f')} | {worth or '—'} | {_g(slower, '+.1%')} | {_g(d['p'], '.2g')} "
+                         f"| {_g(d['level'], '.2g')} | **{d['outcome']}**: {d['verdict'].replace('|', '/')} |")
+    if spec.get("compute_multiplier") and steps:
+        lines += ["", "compute ×: the multiple of the per-run budget at which the frontier before a kept try reaches "
+                  "the try's val_bpb (its runs at " + ", ".join(f"{f:g}" for f in spec["compute_multiplier"]["budgets"])
+                  + "x the budget, linear in log budget; means over the first "
+                  f"{spec['compute_multiplier'].get('seeds', 3)} seeds). Train time Δ is its effect on the clock, apart."]
     lines += ablation_lines(experiments, runs)
     if len(path) > 0 and points:
         first, last = points[0], points[-1]
@@ -443,6 +501,18 @@ def ablation_lines(experiments: list[dict], runs: list[dict]) -> list[str]:
         helps = "still helps" if verdict_kind(c.verdict) == "better" else "not shown to still help"
         lines.append(f"- {e['arm']}: {numbers}{helps} ({c.verdict})")
     return lines
+
+
+def time_change(runs: list[dict], e: dict, front: dict | None) -> float | None:
+    """The try's training time against its frontier's, paired by seed (trainer seconds, the
+    runner's clock where the trainer's is missing): a change that lowers the loss at equal FLOPs
+    but slows every step shows both."""
+    def seconds(x):
+        return {r["seed"]: r.get("train_seconds") or r.get("wall_seconds") for r in runs if x and
+                r["experiment_id"] == x["id"] and r.get("purpose") == "main" and r.get("status") == "completed"}
+    mine, theirs = seconds(e), seconds(front)
+    seeds = [s for s in mine.keys() & theirs.keys() if mine[s] and theirs[s]]
+    return sum(mine[s] for s in seeds) / sum(theirs[s] for s in seeds) - 1 if seeds else None
 
 
 def change_text(e: dict, experiments: list[dict]) -> str:

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from org import OrgError
+from org.ledger import budget_of
 from trainer.record import Measurement, Result, read
 
 VALUE_TOLERANCE = 1e-4  # relative: the same code on the same checkpoint differs only in rounding
@@ -36,13 +37,14 @@ def job_for(program, run: dict, run_dir: Path, base_code: Path, worker: dict | N
     """What the evaluator needs: everything from the program and the ledger, nothing from the run's
     files but its checkpoint. `worker` (worker_command) for a code arm, whose forward pass runs in
     the experiment's snapshot; None for a config arm."""
-    per_run, data, train = program.budget.per_run, program.data, program.train
+    (kind, value), data, train = budget_of(run) or (program.budget.per_run.kind, program.budget.per_run.value), \
+        program.data, program.train
     return {"base_code": str(base_code), "run_dir": str(run_dir), "log_dir": str(run_dir),
             "preset": program.baseline.preset, "overrides": json.loads(run["overrides"]),
             "seed": run["seed"], "data": data.source, "tokenizer": data.tokenizer,
             "val_tokens": data.val_tokens, "batch_size": train.batch_size, "seq_len": train.seq_len,
             "device": train.device, "dtype": train.dtype, "matmul": train.matmul,
-            "budget_kind": per_run.kind, "budget": per_run.value,
+            "budget_kind": kind, "budget": value,  # the run's: a multiple of the program's for a compute multiplier
             "worker": worker}
 
 

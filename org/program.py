@@ -39,7 +39,7 @@ OWNED_WORDS = re.compile(r"budget|seed|eval|^val_|flops|^steps$|tokens|^data", r
 
 # the parts of a program that define its measurements: changing them mid-program would make
 # old and new runs incomparable, so a started program refuses the change
-MEASUREMENT_FIELDS = ("claim", "ladder", "metric", "baseline", "data", "train", "tune", "tune_seeds", "protected")
+MEASUREMENT_FIELDS = ("claim", "ladder", "compute_multiplier", "metric", "baseline", "data", "train", "tune", "tune_seeds", "protected")
 MEASUREMENT_BUDGET = ("per_run", "seeds")
 # the totals, fixed at start like the rest: only a person's `org budget` changes them, logged
 BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds")
@@ -148,6 +148,21 @@ class Candidate(Change):
         if self.name == "baseline" or self.name.startswith("frontier-"):
             raise ValueError("'baseline' and 'frontier-N' name the program's own arms; pick another name")
         return self
+
+
+class Multiplier(Strict):
+    """Each kept change's compute multiplier: the frontier before it also runs at these multiples
+    of the per-run budget (on the first `seeds` seeds), and the report reads off the budget at
+    which that frontier reaches the kept change's loss (nanochat's comparison convention)."""
+    budgets: list[float] = Field(min_length=1)  # e.g. [0.5, 2]: half and twice the per-run budget
+    seeds: int = Field(3, ge=2)
+
+    @field_validator("budgets")
+    @classmethod
+    def _factors(cls, budgets):
+        if any(f <= 0 or f == 1 for f in budgets) or len(set(budgets)) != len(budgets):
+            raise ValueError(f"expected distinct multiples of the per-run budget, above 0 and not 1, got {budgets}")
+        return budgets
 
 
 class Data(Strict):
@@ -269,6 +284,7 @@ class Program(Strict):
     variants: list[Variant] = []
     candidates: list[Candidate] = []  # improve: the scripted researcher's tries, in order
     ladder: list[dict[str, Any]] = []  # improve: rungs (overrides, e.g. {depth: 4}) a keep must also hold at
+    compute_multiplier: Multiplier | None = None  # improve: budgets the frontier before a keep also runs at
     data: Data
     budget: Budget
     tune: dict[str, list[Any]] = {}  # a grid over config keys, e.g. {matrix_lr: [0.01, 0.02]}
@@ -307,8 +323,12 @@ class Program(Strict):
         improve = self.claim.kind == "improve"
         if improve and (self.variants or self.tune):  # tries are judged against the frontier, one by one
             raise ValueError("a claim of kind improve takes candidates, not variants or a tune grid")
-        if (self.candidates or self.ladder) and not improve:
-            raise ValueError("candidates and a ladder belong to an improvement program: set claim.kind to improve")
+        if (self.candidates or self.ladder or self.compute_multiplier) and not improve:
+            raise ValueError("candidates, a ladder and a compute multiplier belong to an improvement program: "
+                             "set claim.kind to improve")
+        if self.compute_multiplier and self.compute_multiplier.seeds > len(self.budget.seeds):
+            raise ValueError(f"compute_multiplier.seeds: {self.compute_multiplier.seeds} is more than the "
+                             f"program's {len(self.budget.seeds)} seeds")
         return self
 
     @property
@@ -385,10 +405,13 @@ def check_with_trainer(program: Program, source: str = "program") -> None:
     check_budget_fits_a_step(program, source)
     for i, rung in enumerate(program.ladder):  # a rung no run can take a step at: every rung run fails
         check_budget_fits_a_step(program, f"{source}: ladder[{i}]", rung, "at this rung")
+    for i, factor in enumerate(program.compute_multiplier.budgets if program.compute_multiplier else []):
+        check_budget_fits_a_step(program, f"{source}: compute_multiplier.budgets[{i}]", None,
+                                 f"of the baseline at {factor:g}x the budget", factor)
 
 
 def check_budget_fits_a_step(program: Program, source: str, rung: dict | None = None,
-                             where: str = "of the baseline") -> None:
+                             where: str = "of the baseline", factor: float = 1.0) -> None:
     """A FLOP or token budget smaller than one training step trains nothing: every run fails."""
     per_run, train = program.budget.per_run, program.train
     if per_run.kind not in ("flops", "tokens"):
@@ -405,8 +428,8 @@ def check_budget_fits_a_step(program: Program, source: str, rung: dict | None = 
         vocab = int(tokenizer.split(":")[1]) if tokenizer.startswith("bpe:") and tokenizer[4:].isdigit() else 256
         overrides = {"vocab_size": vocab, **program.baseline.overrides, **(rung or {}), "sequence_len": train.seq_len}
         step = tokens * flops_per_token(make_config(program.baseline.preset, **overrides))
-    if per_run.value < step:
-        raise ProgramError(f"{source}: budget.per_run.{per_run.kind}: {per_run.value:g} is smaller than one "
+    if per_run.value * factor < step:
+        raise ProgramError(f"{source}: budget.per_run.{per_run.kind}: {per_run.value * factor:g} is smaller than one "
                            f"step {where} ({step:.3g} {per_run.kind} at batch_size {train.batch_size} "
                            f"x seq_len {train.seq_len})")
 

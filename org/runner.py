@@ -21,6 +21,7 @@ run once: code that may crash on purpose and be run again could choose among its
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -89,15 +90,16 @@ def _threads(n: int) -> dict:
 # one run
 
 
-def train_command(program: Program, overrides: dict, seed: int, out: Path) -> list[str]:
-    """The trainer invocation: the experiment contributes only `--set` overrides; the budget,
-    seed, data, evaluation and shapes all come from the program."""
-    per_run, data, train = program.budget.per_run, program.data, program.train
+def train_command(program: Program, overrides: dict, seed: int, out: Path, budget: tuple | None = None) -> list[str]:
+    """The trainer invocation: the experiment contributes only `--set` overrides; the budget (the
+    run's: a multiple of the program's for a compute multiplier), seed, data and shapes are the program's."""
+    kind, amount = budget or (program.budget.per_run.kind, program.budget.per_run.value)
+    amount, data, train = int(amount) if kind in ("steps", "tokens") else amount, program.data, program.train
     cmd = [sys.executable, "-m", "trainer", "train", "--preset", program.baseline.preset]
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={_flag_value(value)}"]
     cmd += ["--seed", str(seed), "--out", str(out), "--quiet",
-            BUDGET_FLAGS[per_run.kind], _flag_value(per_run.value),
+            BUDGET_FLAGS[kind], _flag_value(amount),
             "--data", data.source, "--tokenizer", data.tokenizer, "--val-tokens", str(data.val_tokens),
             "--confirm-tokens", str(data.val_tokens),  # the held-out split the referee confirms on
             "--batch-size", str(train.batch_size), "--seq-len", str(train.seq_len),
@@ -120,7 +122,7 @@ def check_result(program: Program, run: dict, result: Result, fingerprints: dict
     shapes, data or evaluation differ from what the program fixes is 'invalid'."""
     if result.status != "completed":
         return (result.status if result.status in FINISHED else "error"), result.reason
-    problems = [budget_problem(program, result)]
+    problems = [budget_problem(program, result, budget_of(run))]
     expected = {"seed": run["seed"], "batch_size": program.train.batch_size,
                 "sequence_len": program.train.seq_len, "val_tokens": program.data.val_tokens,
                 "data": program.data.source, "tokenizer": program.data.tokenizer,
@@ -136,24 +138,23 @@ def check_result(program: Program, run: dict, result: Result, fingerprints: dict
     return ("invalid", "; ".join(problems)) if problems else ("completed", None)
 
 
-def budget_problem(program: Program, result: Result) -> str | None:
-    """The result's spend must match the program's per-run budget to within one step."""
-    per_run, stated = program.budget.per_run, result.budget
-    if stated and (stated.kind != per_run.kind or stated.value != float(per_run.value)):
-        return f"budget {stated.kind} {stated.value:g} is not the program's {per_run.kind} {per_run.value:g}"
+def budget_problem(program: Program, result: Result, budget: tuple | None = None) -> str | None:
+    """The result's spend must match the run's budget (the program's per-run budget unless the
+    harness set a multiple of it) to within one step."""
+    (kind, value), stated = budget or (program.budget.per_run.kind, program.budget.per_run.value), result.budget
+    if stated and (stated.kind != kind or stated.value != float(value)):
+        return f"budget {stated.kind} {stated.value:g} is not the program's {kind} {value:g}"
     steps = result.steps or 0
     if steps < 1:
         return "no training steps"
-    if per_run.kind == "steps":
-        return None if steps == per_run.steps else f"{steps} steps, the program fixes {per_run.steps}"
+    if kind == "steps":
+        return None if steps == value else f"{steps} steps, the program fixes {value:g}"
     seconds = result.train_seconds or 0.0
-    if per_run.kind == "seconds":
-        return None if seconds - per_run.seconds <= seconds / steps + 1e-6 else \
-            f"trained {seconds:.1f}s of {per_run.seconds:g}s"
-    spent = getattr(result, per_run.kind) or 0
-    per_step = spent / steps
-    if not (per_run.value - per_step < spent <= per_run.value * (1 + 1e-9)):
-        return f"spent {spent:.4g} {per_run.kind}, the program's budget is {per_run.value:.4g}"
+    if kind == "seconds":
+        return None if seconds - value <= seconds / steps + 1e-6 else f"trained {seconds:.1f}s of {value:g}s"
+    spent = getattr(result, kind) or 0
+    if not (value - spent / steps < spent <= value * (1 + 1e-9)):
+        return f"spent {spent:.4g} {kind}, the program's budget is {value:.4g}"
     return None
 
 
@@ -164,7 +165,7 @@ def read_result(run_dir: Path) -> Result | None:
         text = (run_dir / "result.json").read_text()
     except (OSError, UnicodeDecodeError):
         return None
-    try:
+    try:  # read() raises ValueError naming the field
         return read(Result, text, "result.json")
     except ValueError as e:
         return Result(status="invalid", reason=str(e))
@@ -219,6 +220,7 @@ class Runner:
             self.remeasure(ledger)
             for experiment in ledger.experiments(self.program.name):
                 plan(ledger, self.program, experiment)  # finish planning a crash interrupted
+            sync_branch(self.lab, ledger, self.program)  # and moving the frontier's branch
         threads = [threading.Thread(target=self._slot_loop, args=(slot,), daemon=True,
                                     name=f"slot-{slot.index}") for slot in self.slots()]
         for t in threads:
@@ -385,7 +387,7 @@ class Runner:
         _set_aside(run_dir)  # left by an attempt that never recorded: kept, not reused
         run_dir.mkdir(parents=True)
         log_path = run_dir / "train.log"
-        cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir)
+        cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir, budget_of(run))
         env = untrusted_env({**slot.env, "PYTHONPATH": str(snapshot), "NANOLAB_GIT_COMMIT": experiment["code_commit"],
                              "NANOLAB_CACHE": str(self.harness_cache / "data"),
                              "NUMBA_CACHE_DIR": str(self.kernels(snapshot)), **source_only(snapshot)})
@@ -503,8 +505,8 @@ class Runner:
             if measurement and not ledger.program(name)["eval_fingerprint"]:
                 ledger.set_fingerprints(name, measurement.eval_fingerprint, measurement.data_fingerprint)
             plan(ledger, self.program, ledger.experiment(run["experiment_id"]))  # decides ready tries too
-        with self.git_lock:
-            sync_branch(self.lab, ledger, self.program)  # an improvement program's frontier moved?
+        with self.git_lock:  # an improvement program's frontier moved? its branch follows
+            sync_branch(self.lab, ledger, self.program)
         bpb = f"val_bpb {measurement.val_bpb:.4f} (harness)" if measurement and measurement.val_bpb else ""
         cost = f", measured in {measure_seconds:.1f}s" if measure_seconds else ""
         self.say(f"run {run['id']}: {status} {bpb} in {wall:.1f}s{cost}" + (f" ({reason})" if reason else ""))
@@ -565,9 +567,7 @@ def _set_aside(run_dir: Path):
     N), so a re-run starts clean and the evidence of the failed attempt is kept."""
     if not run_dir.exists():
         return
-    n = 1
-    while run_dir.with_name(f"{run_dir.name}.attempt{n}").exists():
-        n += 1
+    n = next(n for n in itertools.count(1) if not run_dir.with_name(f"{run_dir.name}.attempt{n}").exists())
     run_dir.rename(run_dir.with_name(f"{run_dir.name}.attempt{n}"))
 
 

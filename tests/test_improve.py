@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import yaml
@@ -60,13 +61,11 @@ def finish(ledger: Ledger, program: Program, arm: str, values, held_out=None, pu
     """Every queued run of the arm (main, or a rung's), finished with these val_bpb per seed
     (confirm_bpb the same, or held_out), each in one transaction with plan(), as the runner does."""
     for run in [r for r in ledger.runs(program.name, arm=arm, status="queued") if r["purpose"] == purpose]:
-        claimed = ledger.claim(program.name, slot=0, arm=arm)
-        assert claimed["id"] == run["id"], "the queue's order: finish the arm's earlier runs first"
-        i = SEEDS.index(claimed["seed"])
+        i = SEEDS.index(run["seed"])
         with ledger.tx():
-            ledger.finish(claimed["id"], "completed", result=Result(status="completed", val_bpb=values[i], seed=claimed["seed"]),
-                          wall_seconds=1.0, measurement=measured(values[i], claimed["seed"], held_out and held_out[i]))
-            plan(ledger, program, ledger.experiment(claimed["experiment_id"]))
+            ledger.finish(run["id"], "completed", result=Result(status="completed", val_bpb=values[i], seed=run["seed"]),
+                          wall_seconds=1.0, measurement=measured(values[i], run["seed"], held_out and held_out[i]))
+            plan(ledger, program, ledger.experiment(run["experiment_id"]))
 
 
 def try_(ledger, lab, program, arm, overrides=None, ref=None):
@@ -429,8 +428,59 @@ def test_a_try_is_kept_only_once_it_also_holds_at_the_next_rung_of_the_ladder(tm
     lab.close()
 
 
-def test_a_ladder_rung_no_run_can_take_a_step_at_is_one_line(tmp_path, monkeypatch):
-    spec = improve_program(ladder=[{"n_layer": 8, "n_embd": 512, "n_head": 8}])
+# --- compute multipliers -------------------------------------------------------------------
+
+def test_a_multiplier_is_read_off_the_frontier_before_in_log_budget():
+    from org.improve import multiplier
+    curve = {0.5: 2.30, 1.0: 2.25, 2.0: 2.20}
+    assert multiplier(curve, 2.20) == (2.0, False)
+    assert multiplier(curve, 2.225)[0] == pytest.approx(2 ** 0.5) and not multiplier(curve, 2.225)[1]
+    assert multiplier(curve, 2.15) == (pytest.approx(4.0), True)   # beyond the runs: extrapolated, and said
+    assert multiplier(curve, 2.35) == (pytest.approx(0.25), True)  # a try worse than the frontier: below 1
+    assert multiplier({1.0: 2.25}, 2.2) is None
+
+
+def test_a_kept_try_gets_its_compute_multiplier_from_runs_of_the_frontier_before_at_other_budgets(tmp_path):
+    root, program = make_project(tmp_path, improve_program(compute_multiplier={"budgets": [0.5, 2], "seeds": 2}))
+    lab = Lab.open(root)
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+        try_(ledger, lab, program, "wd-up", {"weight_decay": 0.3})
+        finish(ledger, program, "baseline", BASE)
+        finish(ledger, program, "wd-up", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
+        extra = {p: ledger.runs(program.name, arm="baseline", purpose=p) for p in ("x0.5", "x2")}
+        assert {p: [(r["seed"], json.loads(r["budget"])) for r in runs] for p, runs in extra.items()} == {
+            "x0.5": [(0, {"kind": "steps", "value": 2}), (1, {"kind": "steps", "value": 2})],   # 3 steps x 0.5, rounded
+            "x2": [(0, {"kind": "steps", "value": 6}), (1, {"kind": "steps", "value": 6})]}
+        report = build(ledger.path, "climb")
+        from org.improve import section
+        assert "| pending |" in section(report.spec, report.experiments, report.runs, report.llm)
+        finish(ledger, program, "baseline", [b + 0.05 for b in BASE], purpose="x0.5")
+        finish(ledger, program, "baseline", [b - 0.03 + j for b, j in zip(BASE, JITTER)], purpose="x2")
+        report = build(ledger.path, "climb")
+        text = section(report.spec, report.experiments, report.runs, report.llm)
+    lab.close()
+    assert "| ×2.00 |" in text and "compute ×: the multiple of the per-run budget" in text
+
+
+def test_a_run_at_a_multiple_of_the_budget_is_commanded_and_checked_at_that_budget():
+    from org.runner import budget_problem, train_command
+    spec = improve_program()
+    spec["data"]["source"] = "pystdlib"
+    program = Program.model_validate(spec)
+    cmd = train_command(program, {}, 0, Path("/tmp/x"), ("steps", 6.0))
+    assert cmd[cmd.index("--steps") + 1] == "6"
+    assert budget_problem(program, Result(status="completed", steps=6), ("steps", 6.0)) is None
+    assert "6 steps, the program fixes 3" in budget_problem(program, Result(status="completed", steps=6))
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"ladder": [{"n_layer": 8, "n_embd": 512, "n_head": 8}]},
+     "ladder[0]: budget.per_run.flops: 1e+08 is smaller than one step at this rung"),
+    ({"compute_multiplier": {"budgets": [0.01, 2]}},
+     "compute_multiplier.budgets[0]: budget.per_run.flops: 1e+06 is smaller than one step of the baseline at 0.01x the budget"),
+])
+def test_a_ladder_rung_or_a_multiple_of_the_budget_no_step_fits_is_one_line(tmp_path, monkeypatch, changes, expected):
+    spec = improve_program(**changes)
     spec["budget"]["per_run"] = {"flops": 1e8}
     spec["data"]["source"] = "pystdlib"
     root, _ = make_project(tmp_path, tiny_program([{"name": "solo"}], corpus="corpus"))
@@ -438,5 +488,9 @@ def test_a_ladder_rung_no_run_can_take_a_step_at_is_one_line(tmp_path, monkeypat
     monkeypatch.chdir(root)
     with pytest.raises(ProgramError) as e:
         preflight("climb")
-    assert "programs/climb.yaml: ladder[0]: budget.per_run.flops: 1e+08 is smaller than one step at this rung" \
-        in str(e.value) and "\n" not in str(e.value)
+    assert f"programs/climb.yaml: {expected}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_compute_multiplier_budgets_are_multiples_other_than_one():
+    with pytest.raises(ValueError, match="above 0 and not 1"):
+        Program.model_validate(improve_program(compute_multiplier={"budgets": [1.0]}))
