@@ -22,7 +22,8 @@ from org.ledger_read import read_tables
 from org.program import MEASUREMENT_BUDGET
 from org.workspace import as_current_schema, find_ledger
 
-SAME = ("claim", "ladder", "compute_multiplier", "metric", "baseline", "data", "train", "protected")  # what the gains are measured by
+# what the gains are measured by: the rest of a program (its org, its candidates) may differ
+SAME = ("claim", "ladder", "compute_multiplier", "metric", "baseline", "data", "train", "protected")
 
 
 def add_compare_command(sub):

@@ -436,7 +436,8 @@ def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dic
             for p in path)]
         lines += [remeasured(e, experiments, runs) for e in steps if e["decision"]["outcome"] == "kept"]
     if steps:
-        lines += ["", "| # | try | who | versus | change | n | Δ val_bpb | compute × | train time Δ | p | level | decision |",
+        lines += ["", "| # | try | who | versus | change | n | Δ val_bpb | compute × | train time Δ | p | level "
+                  "| decision |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         arms = {f["arm"]: f for f in frontiers(experiments)}
         for e in steps:
@@ -445,7 +446,8 @@ def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dic
             worth = kept_multiplier(spec, runs, e, arms.get(d["frontier"])) if d["outcome"] == "kept" else None
             worth = worth if worth in (None, "pending") else f"×{worth[0]:.2f}" + " (extrapolated)" * worth[1]
             lines.append(f"| {d['seq']} | {e['arm']} | {e['who']} | {d['frontier']} | {change_text(e, experiments)} "
-                         f"| {d['n']} | {_g(d['delta'], '+.4f')} | {worth or '—'} | {_g(slower, '+.1%')} | {_g(d['p'], '.2g')} "
+                         f"| {d['n']} | {_g(d['delta'], '+.4f')} | {worth or '—'} | {_g(slower, '+.1%')} "
+                         f"| {_g(d['p'], '.2g')} "
                          f"| {_g(d['level'], '.2g')} | **{d['outcome']}**: {d['verdict'].replace('|', '/')} |")
     if spec.get("compute_multiplier") and steps:
         lines += ["", "compute ×: the multiple of the per-run budget at which the frontier before a kept try reaches "
@@ -455,7 +457,8 @@ def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dic
     lines += ablation_lines(experiments, runs)
     if len(path) > 0 and points:
         first, last = points[0], points[-1]
-        gain = (last["frontier_bpb"] - first["frontier_bpb"]) if None not in (last["frontier_bpb"], first["frontier_bpb"]) else None
+        ends = first["frontier_bpb"], last["frontier_bpb"]
+        gain = ends[1] - ends[0] if None not in ends else None
         lines += ["", f"Progress: the frontier moved {_g(gain, '+.4f')} val_bpb in {last['compute_hours']:.2f} runner hours "
                   f"({_g(gain / last['compute_hours'] if gain is not None and last['compute_hours'] else None, '+.4f')} "
                   f"per runner hour) and {last['wall_hours']:.2f} wall hours; LLM dollars "

@@ -39,7 +39,8 @@ OWNED_WORDS = re.compile(r"budget|seed|eval|^val_|flops|^steps$|tokens|^data", r
 
 # the parts of a program that define its measurements: changing them mid-program would make
 # old and new runs incomparable, so a started program refuses the change
-MEASUREMENT_FIELDS = ("claim", "ladder", "compute_multiplier", "metric", "baseline", "data", "train", "tune", "tune_seeds", "protected")
+MEASUREMENT_FIELDS = ("claim", "ladder", "compute_multiplier", "metric", "baseline", "data", "train", "tune",
+                      "tune_seeds", "protected")
 MEASUREMENT_BUDGET = ("per_run", "seeds")
 # the totals, fixed at start like the rest: only a person's `org budget` changes them, logged
 BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds")

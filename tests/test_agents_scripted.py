@@ -169,3 +169,18 @@ def test_in_an_improvement_program_a_chief_hands_out_candidates_and_a_junior_tri
     assert step(junior, mine, "committed 2345678901: 1 file(s): trainer/model.py")[0] == "git_commit"
     name, args = step(junior, mine, "experiment 9 (reseed-again2, ...): 2 runs queued")
     assert name == "submit_experiment" and args["arm"] == "reseed-again2"
+
+
+def test_a_verdict_that_needs_more_seeds_makes_the_scripted_researcher_ask_the_person_for_them():
+    solo = Program.model_validate(tiny_program([{"name": "solo", "role": "researcher"}]))
+    model, history = ScriptedModel(solo, "solo"), [{"kind": "user", "text": "Start."}]
+    assert step(model, history, "standup written")[0] == "write_standup"
+    assert step(model, history, "experiment 2 (no-softcap, ...): 2 runs queued")[0] == "submit_experiment"
+    status = {"pending_runs": 0, "compute_seconds": {"spent": 10, "total": 600},
+              "verdicts": [{"arm": "no-softcap", "versus": "baseline", "verdict": "inconclusive (needs 3 more seeds)",
+                            "delta": -0.01, "n": 2}]}
+    assert step(model, history, json.dumps(status))[0] == "results"
+    name, args = step(model, history, "sent to human")
+    assert (name, args["to"]) == ("send_message", "human")
+    assert "no-softcap needs 3 more seeds" in args["text"] and "`org extend tiny --seeds 2,3,4`" in args["text"]
+    assert step(model, history, "posted")[0] == "post_to_board"  # then the verdicts as they stand

@@ -3,8 +3,9 @@ The scripted researcher: a backend with no model. It runs the program's declared
 the same tools and the same loop as the LLM agents (so its transcript, mail, standups, spend
 and pauses look the same), and it is the control every LLM org is compared with.
 
-- solo (researcher): submit every declared variant, wait for the runs, post the referee's
-  verdicts to the board, write a standup, finish;
+- solo (researcher): submit every declared variant, wait for the runs, ask the person for the
+  seeds a verdict needs (`org extend`, theirs to run), post the referee's verdicts to the board,
+  write a standup, finish;
 - chief: split the variants among the juniors by message, wait for their reports, then post
   the conclusion to the board and tell everyone;
 - junior: wait for an assignment naming declared variants, run them, report to the chief;
@@ -104,6 +105,7 @@ def researcher(program: Program, wait: float):
                                     "at the program's budget; then report the referee's verdicts."}
     yield from submit_all(program, program.variants)
     status = yield from wait_for_runs(wait)
+    yield from ask_for_seeds(program, status)
     yield "post_to_board", {"text": conclusion(program, status)}
     yield "write_standup", {"text": "Done: every declared arm measured; the verdicts are on the board."}
     yield "finish", {"summary": verdict_lines(status)}
@@ -119,10 +121,25 @@ def chief(program: Program, juniors: list[str], wait: float):
         received = yield "read_inbox", {"wait_seconds": wait}
         waiting -= {sender for sender, _ in _messages(received)}
     status = yield from wait_for_runs(wait)
+    yield from ask_for_seeds(program, status)
     yield "post_to_board", {"text": conclusion(program, status)}
     yield "send_message", {"to": "all", "text": "The conclusion is on the board. Thank you; we are done."}
     yield "write_standup", {"text": "Collected every junior's report; conclusion posted to the board."}
     yield "finish", {"summary": verdict_lines(status)}
+
+
+def ask_for_seeds(program: Program, status: dict):
+    """A verdict that needs N more seeds: ask the person for them, with the command (seeds are the
+    program's: only a person adds them, logged, with `org extend`; the runs then queue at once)."""
+    needs = {v["arm"]: int(m[1]) for v in status["verdicts"]
+             if (m := re.search(r"needs (\d+) more seeds", v.get("verdict") or ""))}
+    if not needs:
+        return
+    first = max(program.budget.seeds) + 1
+    seeds = ",".join(str(s) for s in range(first, first + max(needs.values())))
+    yield "send_message", {"to": "human", "text": "; ".join(f"{arm} needs {n} more seeds" for arm, n in needs.items())
+                           + f" to settle its verdict. `org extend {program.name} --seeds {seeds}` would add them "
+                           "to every arm (logged); the verdicts on the board are as they stand now."}
 
 
 def hand_out(program: str, juniors: list[str], items: list, what: str, plan: str, ask: str, describe) -> dict:
@@ -319,7 +336,8 @@ def assignment(program: Program, chief_name: str, items: list[dict], named=None)
     """The declared variants (or the candidates: `named`) the chief's messages name (the board
     names everyone's)."""
     text = "\n".join(body for sender, body in _messages(items) if sender == chief_name)
-    return [v for v in (program.variants if named is None else named) if re.search(rf"(?<![\w-]){re.escape(v.name)}(?![\w-])", text)]
+    return [v for v in (program.variants if named is None else named)
+            if re.search(rf"(?<![\w-]){re.escape(v.name)}(?![\w-])", text)]
 
 
 def released_by(chief_name: str, items: list[dict]) -> bool:
