@@ -43,6 +43,7 @@ import math
 import os
 import subprocess
 import tempfile
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -465,6 +466,15 @@ def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dic
                   + (f"${last['dollars']:.2f} ({_g(gain / last['dollars'], '+.4f')} per dollar)." if last["dollars"]
                      else "$0 (a scripted org: per dollar is not defined).")]
     return "\n".join(lines)
+
+
+def frontier_line(experiments: list[dict]) -> str:
+    """'frontier: frontier-1 (kept: matrix-lr) · 4 tries decided: 1 kept, 3 discarded'."""
+    steps, front = lineage(experiments), frontier(experiments)
+    told = Counter(e["decision"]["outcome"] for e in steps)
+    kept = ", ".join(e["arm"] for e in steps if e["decision"]["outcome"] == "kept") or "nothing"
+    return (f"frontier: {front['arm'] if front else 'baseline'} (kept: {kept}) · {len(steps)} tries decided"
+            + (": " + ", ".join(f"{n} {o}" for o, n in told.items()) if told else ""))
 
 
 def remeasured(kept: dict, experiments: list[dict], runs: list[dict]) -> str:

@@ -527,6 +527,8 @@ def print_summary(report: Report, readme: Path, file=None):
     console = Console(file=file, width=None if (file or sys.stdout).isatty() else 160, highlight=False)
     console.print(f"[bold]{escape(report.program)}[/bold]: {escape(report.spec.get('question') or '')}")
     console.print(f"claim: {escape(claim_text(report.spec))}")
+    if (report.spec.get("claim") or {}).get("kind") == "improve":
+        console.print(escape(improve.frontier_line(report.experiments)))
     table = Table(title="verdicts")
     for col in ("arm", "seeds", "val_bpb mean ± std", "Δ [bounds]", f"p better ({ADJUSTMENT})",
                 "verdict", "final (held-out)"):

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from org.launch import RUNNER, TAKEN_OVER, WAITING_TOOLS, finished_before
-from org.improve import frontier, lineage
+from org.improve import frontier_line
 from org.ledger import FINISHED, Ledger
 from org.workspace import ProgramSite, open_site
 
@@ -156,8 +156,7 @@ def ledger_lines(launch: ProgramSite) -> list[str]:
         compute, dollars = ledger.compute_seconds(name), ledger.spend(name)["dollars"]
         budget = ledger.budget(name)  # as fixed at start, with `org budget` changes
         verdicts = referee_verdicts(ledger, launch.program)
-        steps = lineage(ledger.experiments(name))
-        front = frontier(ledger.experiments(name))
+        experiments = ledger.experiments(name)
     done = sum(n for s, n in runs.items() if s in FINISHED)
     detail = ", ".join(f"{n} {s}" for s, n in sorted(runs.items()) if s in FINISHED)
     lines = [f"runs: {runs.get('queued', 0)} queued · {runs.get('running', 0)} running · {done} done"
@@ -165,10 +164,7 @@ def ledger_lines(launch: ProgramSite) -> list[str]:
              f"compute: {compute:.0f}s of {budget['total_compute_seconds']:g}s · "
              f"LLM: ${dollars:.4f} of ${budget['total_llm_dollars']:g}"]
     if launch.program.claim.kind == "improve":  # the frontier first: what the org has confirmed so far
-        told = Counter(e["decision"]["outcome"] for e in steps)
-        lines.append(f"frontier: {front['arm'] if front else 'baseline'} (kept: "
-                     f"{', '.join(e['arm'] for e in steps if e['decision']['outcome'] == 'kept') or 'nothing'}) · "
-                     f"{len(steps)} tries decided" + (f": {', '.join(f'{n} {o}' for o, n in told.items())}" if told else ""))
+        lines.append(frontier_line(experiments))
     for v in verdicts[-8:]:
         if "error" in v:
             lines.append(f"verdicts: {v['error']}")

@@ -293,6 +293,9 @@ def test_a_scripted_researcher_keeps_a_real_gain_and_discards_a_reseed_and_a_har
                                                                 "lr-down": "discarded"}, steps
         assert steps["reseed"]["verdict"].startswith("no change") and steps["lr-up"]["delta"] < 0
         assert steps["lr-down"]["frontier"] == "frontier-1"
+        from org.improve import frontier_line  # what org status and org report print
+        assert frontier_line(ledger.experiments("climb2")) == \
+            "frontier: frontier-1 (kept: lr-up) · 3 tries decided: 2 discarded, 1 kept"
     board = Mail(lab_dir(root, prog)).board()
     assert "The frontier is frontier-1 (kept: lr-up)" in board
     report = build(lab_dir(root, prog) / "ledger.sqlite", "climb2")
