@@ -14,6 +14,7 @@ it starts as the baseline. Agents submit tries against it, and each try is
                untested   nothing to test (refused, failed, fewer than two paired seeds)
                kept       the referee's `better` at the level LORD++ gives this test
                           (org/frontier.py), confirmed on the held-out split at that level
+                          (with a `ladder`: climbing first, until `better` at every rung)
                discarded  otherwise, with the referee's verdict saying why
              A kept try becomes the next frontier, arm frontier-N (its code and overrides), is
              re-measured on every seed, and the program branch moves to its commit.
@@ -40,8 +41,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import tempfile
 from collections import Counter
 from datetime import datetime
@@ -112,7 +111,7 @@ def merged_try(lab: Lab, program: str, arm: str, front: str, commit: str) -> tup
                       + (f": conflict in {', '.join(conflicts[:3])}" if conflicts else "")
                       + "; rebase it on the frontier (results() names its commit)")
     merged = repo.git.commit_tree(tree, "-p", front, "-p", commit, "-m", f"try {arm}: {commit[:10]} onto "
-                                  f"the frontier {front[:10]}", env={**os.environ, **HARNESS})
+                                  f"the frontier {front[:10]}", env=HARNESS)  # added to the hardened env
     repo.git.update_ref(f"refs/nanolab/{program}/tries/{arm}", merged)  # kept: the ledger names it
     return merged, None
 
@@ -239,20 +238,22 @@ def multiplier(curve: dict[float, float], loss: float) -> tuple[float, bool] | N
 
 def kept_multiplier(spec: dict, runs: list[dict], kept: dict, front: dict | None) -> tuple[float, bool] | str | None:
     """A kept try's compute multiplier against the frontier before it (compute_multiplier.seeds
-    first seeds, means over them); 'pending' while those runs are not all finished."""
+    first seeds, means over them); 'pending' while those runs run; None if one of them failed."""
     m = spec.get("compute_multiplier")
     if not m or not front:
         return None
     seeds = set(spec["budget"]["seeds"][:m.get("seeds", 3)])
+    ours = [r for r in runs if r["experiment_id"] in (front["id"], kept["id"]) and r["seed"] in seeds]
+    if any(r.get("status") in ("queued", "running") for r in ours):
+        return "pending"
+
     def mean(experiment, purpose):
-        values = [r.get("val_bpb") for r in runs if r["experiment_id"] == experiment["id"] and r["seed"] in seeds
+        values = [r.get("val_bpb") for r in ours if r["experiment_id"] == experiment["id"]
                   and r.get("purpose") == purpose and r.get("status") == "completed"]
         return sum(values) / len(values) if len(values) == len(seeds) and None not in values else None
     curve = {1.0: mean(front, "main"), **{f: mean(front, f"x{f:g}") for f in m["budgets"]}}
     loss = mean(kept, "main")
-    if loss is None or None in curve.values():
-        return "pending"
-    return multiplier(curve, loss)
+    return None if loss is None or None in curve.values() else multiplier(curve, loss)
 
 
 def plan_rung(ledger: Ledger, program: Program, experiment: dict, rung: int):
@@ -291,10 +292,10 @@ def check_candidates(lab: Lab, program: Program, base: str, source: str):
         path = Path(c.patch)
         if path.is_absolute() or not (lab.root / path).is_file():
             raise ProgramError(f"{where}: no file {c.patch} in the lab (a path relative to {lab.root})")
-        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", c.patch], cwd=lab.root,
-                                 capture_output=True, text=True).returncode == 0
-        if not tracked:
-            raise ProgramError(f"{where}: {c.patch} is not committed; the agents' worktrees would not have it")
+        try:
+            lab.repo.git.ls_files("--error-unmatch", c.patch)
+        except git.GitCommandError:
+            raise ProgramError(f"{where}: {c.patch} is not committed; the agents' worktrees would not have it") from None
         commit, why = patched(lab, base, lab.root / path)
         if why:
             raise ProgramError(f"{where}: does not apply to the base commit {base[:10]}: {why}")
@@ -308,7 +309,7 @@ def patched(lab: Lab, base: str, patch: Path, reverse: bool = False) -> tuple[st
     """A commit of base with the patch applied (or taken out: reverse), made in a scratch index
     (nothing checked out changes), or (None, git's complaint)."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, **HARNESS, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        env = {**HARNESS, "GIT_INDEX_FILE": str(Path(tmp) / "index")}  # on top of the hardened env
         lab.harden()
         try:
             lab.repo.git.read_tree(base, env=env)
@@ -321,7 +322,7 @@ def patched(lab: Lab, base: str, patch: Path, reverse: bool = False) -> tuple[st
 
 
 def leave_one_out(ledger: Ledger, lab: Lab, program: Program, who: str) -> list[dict]:
-    """For each kept try K, the frontier without K (arm without-K): K's code change taken out of
+    """For each kept try K, the frontier without K (arm frontier-N-without-K): K's code change taken out of
     the frontier's commit and K's own overrides set back to what the frontier before it had, run
     on every seed beside the frontier. Does each kept change still help in the stack? (A change
     later tries build on may not come out: refused, saying so.) Returns the new experiments."""
@@ -332,7 +333,10 @@ def leave_one_out(ledger: Ledger, lab: Lab, program: Program, who: str) -> list[
         theirs, mine = json.loads(before["overrides"]), json.loads(kept["overrides"])
         overrides = json.loads(front["overrides"])
         for key in [k for k in mine if theirs.get(k) != mine[k]]:  # K's own keys, as they were
-            overrides.pop(key) if key not in theirs else overrides.__setitem__(key, theirs[key])
+            if key in theirs:
+                overrides[key] = theirs[key]
+            else:
+                overrides.pop(key, None)
         commit, why = front["code_commit"], None
         if kept["code_commit"] != before["code_commit"]:
             with tempfile.NamedTemporaryFile("w", suffix=".patch") as f:
