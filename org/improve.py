@@ -478,7 +478,7 @@ def frontier_line(experiments: list[dict]) -> str:
     told = Counter(e["decision"]["outcome"] for e in steps)
     kept = ", ".join(e["arm"] for e in steps if e["decision"]["outcome"] == "kept") or "nothing"
     return (f"frontier: {front['arm'] if front else 'baseline'} (kept: {kept}) · {len(steps)} tries decided"
-            + (": " + ", ".join(f"{n} {o}" for o, n in told.items()) if told else ""))
+            + (": " + ", ".join(f"{told[o]} {o}" for o in OUTCOMES if told[o]) if told else ""))
 
 
 def remeasured(kept: dict, experiments: list[dict], runs: list[dict]) -> str:

@@ -4,6 +4,7 @@ A real lab (git repo, program branch, ledger); the runs' outcomes are recorded t
 records them (finish, then plan(), in one transaction), with chosen val_bpb, so each decision is
 known in advance. The scripted org that runs a real program end to end is at the bottom."""
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -256,13 +257,17 @@ def test_an_improve_claim_takes_candidates_not_variants():
 def test_a_scripted_researcher_keeps_a_real_gain_and_discards_a_reseed_and_a_harmful_change(tmp_path):
     """Real runs of a 1-layer model: a learning rate 10x too small is the baseline, so raising it is a
     real gain; a patch that only redraws the init is a seed change; a learning rate that small
-    again is harmful. The scripted researcher applies the patch in its worktree and commits it."""
+    again is harmful. The scripted researcher applies the patch in its worktree and commits it.
+    The gain must also hold at 2 layers (the ladder), and the baseline runs at half and twice the
+    budget for its compute multiplier: real runs at budgets of their own, which the runner
+    commands and checks, and the harness measures, at that budget."""
     candidates = [{"name": "reseed", "patch": "programs/reseed.patch"},
                   {"name": "lr-up", "overrides": {"matrix_lr": 0.02, "embedding_lr": 0.3, "unembedding_lr": 0.008}},
                   {"name": "lr-down", "overrides": {"matrix_lr": 0.0002}}]
     spec = improve_program(candidates=candidates, baseline={"preset": "nanochat", "overrides": {
         "n_layer": 1, "n_embd": 32, "n_head": 1, "matrix_lr": 0.002, "embedding_lr": 0.03, "unembedding_lr": 0.0008}})
     spec["budget"]["per_run"] = {"steps": 30}
+    spec.update(ladder=[{"n_layer": 2}], compute_multiplier={"budgets": [0.5, 2], "seeds": 2})
     root, _ = make_project(tmp_path, improve_program(), trainer=True)
     spec["data"]["source"] = str(tmp_path / "corpus.txt")  # make_project wrote it
     model_py = (root / "trainer" / "model.py").read_text()
@@ -292,16 +297,22 @@ def test_a_scripted_researcher_keeps_a_real_gain_and_discards_a_reseed_and_a_har
         assert {a: d["outcome"] for a, d in steps.items()} == {"reseed": "discarded", "lr-up": "kept",
                                                                 "lr-down": "discarded"}, steps
         assert steps["reseed"]["verdict"].startswith("no change") and steps["lr-up"]["delta"] < 0
+        assert "held at rung 1 (n_layer=2)" in steps["lr-up"]["verdict"] and steps["lr-up"]["rungs"][0]["n"] == 5
+        extra = [r for r in ledger.runs("climb2", arm="baseline") if r["purpose"] in ("x0.5", "x2")]
+        assert sorted((r["purpose"], r["seed"], r["status"], r["steps"]) for r in extra) == [
+            ("x0.5", 0, "completed", 15), ("x0.5", 1, "completed", 15), ("x2", 0, "completed", 60),
+            ("x2", 1, "completed", 60)]  # measured by the harness at their own budgets
         assert steps["lr-down"]["frontier"] == "frontier-1"
         from org.improve import frontier_line  # what org status and org report print
         assert frontier_line(ledger.experiments("climb2")) == \
-            "frontier: frontier-1 (kept: lr-up) · 3 tries decided: 2 discarded, 1 kept"
+            "frontier: frontier-1 (kept: lr-up) · 3 tries decided: 1 kept, 2 discarded"
     board = Mail(lab_dir(root, prog)).board()
     assert "The frontier is frontier-1 (kept: lr-up)" in board
     report = build(lab_dir(root, prog) / "ledger.sqlite", "climb2")
     readme = write(report, tmp_path / "report")
     text = readme.read_text()
     assert "## The frontier" in text and "3 tries decided: 1 kept, 2 discarded" in text and "progress.png" in report.plots
+    assert re.search(r"\| lr-up \|.*\| ×\d+\.\d\d( \(extrapolated\))? \|", text)  # its compute multiplier
     points = to_json(report)["frontier"]
     assert [p["outcome"] for p in points] == ["baseline", "discarded", "kept", "discarded"]
     assert points[-1]["frontier_bpb"] < points[0]["frontier_bpb"]

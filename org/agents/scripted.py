@@ -271,7 +271,7 @@ def try_candidate(candidate, arm: str, front: dict, wait: float):
             continue
         mine = next(e for e in status["experiments"] if e["experiment"] == int(found.group(1)))
         decision = mine.get("decision")
-        if decision:
+        if decision and decision["outcome"] != "climbing":  # climbing: passed here, now at the ladder's rungs
             numbers = "" if decision["delta"] is None else f" (Δ {decision['delta']:+.4f}, n={decision['n']}"
             numbers += "" if decision["p"] is None or not numbers else f", p {decision['p']:.2g}"
             numbers += "" if decision["level"] is None or not numbers else f" against level {decision['level']:.2g}"
