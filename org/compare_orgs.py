@@ -92,7 +92,7 @@ def print_table(rows: list[dict]):
     from rich.console import Console
     from rich.table import Table
     table = Table(title="the confirmed frontier's progress, per org (lower val_bpb is better)")
-    for col in ("program", "org", "tries: kept / discarded / stale / untested", "frontier val_bpb",
+    for col in ("program", "org", "tries: " + " / ".join(OUTCOMES), "frontier val_bpb",
                 "gain (Δ val_bpb)", "runner h", "wall h", "Δ per runner h", "LLM $", "Δ per $"):
         table.add_column(col)
     for r in rows:

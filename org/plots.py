@@ -322,7 +322,7 @@ def plot_deltas(ax, report, paired: list, color: dict):
 
 
 OUTCOME_STYLE = {"baseline": ("black", "s"), "kept": ("tab:green", "o"), "discarded": ("tab:gray", "o"),
-                 "untested": ("tab:red", "x"), "stale": ("tab:orange", "v")}
+                 "untested": ("tab:red", "x"), "stale": ("tab:orange", "v"), "climbing": ("tab:blue", "^")}
 
 
 def plot_progress(report):
