@@ -100,6 +100,8 @@ def plan(ledger: Ledger, program: Program, experiment: dict):
 
 
 def plan_runs(ledger: Ledger, program: Program, experiment: dict):
+    if experiment.get("decision"):  # an improvement program's decided try: its runs are done with
+        return                      # (seeds added later, by `org extend`, would change nothing)
     seeds = program.budget.seeds
     budget = program.budget.per_run.kind, program.budget.per_run.value
     arm_overrides = {**program.baseline.overrides, **json.loads(experiment["overrides"])}

@@ -508,3 +508,18 @@ def test_a_ladder_rung_or_a_multiple_of_the_budget_no_step_fits_is_one_line(tmp_
 def test_compute_multiplier_budgets_are_multiples_other_than_one():
     with pytest.raises(ValueError, match="above 0 and not 1"):
         Program.model_validate(improve_program(compute_multiplier={"budgets": [1.0]}))
+
+
+def test_org_extend_gives_new_seeds_to_the_frontier_and_to_tries_still_open_not_to_decided_ones(lab):
+    lab, program, ledger = lab
+    try_(ledger, lab, program, "wd-up", {"weight_decay": 0.3})
+    finish(ledger, program, "baseline", BASE)
+    finish(ledger, program, "wd-up", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
+    try_(ledger, lab, program, "lr-up", {"matrix_lr": 0.03})  # against frontier-1, not decided yet
+    done = subprocess.run([sys.executable, "-m", "org.cli", "extend", "climb", "--seeds", "5,6"],
+                          cwd=lab.root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    seeds = {arm: sorted(r["seed"] for r in ledger.runs(program.name, arm=arm, purpose="main"))
+             for arm in ("baseline", "wd-up", "frontier-1", "lr-up")}
+    assert seeds == {"baseline": SEEDS + [5, 6], "wd-up": SEEDS, "frontier-1": SEEDS + [5, 6],
+                     "lr-up": SEEDS + [5, 6]}  # a decided try's verdict is final: more seeds would be waste
