@@ -85,7 +85,7 @@ def measure(job: dict) -> dict:
     job["max_param_bytes"] = 8 * sum(a.size for a in params.values()) + (1 << 20)  # what a worker may send
     cfg = base_config(job, data.vocab_size)
     out = {**compute(job, params, meta, cfg), **fingerprints(job, params, data)}
-    if job.get("worker"):
+    if job.get("workers"):
         out.update(measure_experiment(job, params, cfg, data))
     else:
         out.update(score(base_model(cfg, job, params), data, job),
@@ -270,8 +270,9 @@ class Worker:
     """org/model_worker.py in the experiment's snapshot; every answer is checked here."""
 
     def __init__(self, job: dict, name: str):
-        w = job["worker"]
-        self.log = open(Path(job["log_dir"]) / f"measure-worker-{name}.log", "wb")
+        w = job["workers"][name]  # each with its own kernel cache: nothing passes from a to b
+        log = Path(job["log_dir"]) / f"measure-worker-{name}.log"  # never through a link the run left
+        self.log = open(log, "wb", opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW))
         self.proc = subprocess.Popen(w["argv"], cwd=w["code"], env=w["env"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, preexec_fn=die_with_parent)
         self.job = job

@@ -16,12 +16,14 @@ import json
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 from org import OrgError
-from org.ledger import budget_of
+from org.ledger import FINISHED, budget_of
+from org.program import Program
 from trainer.record import Measurement, Result, read
 
 VALUE_TOLERANCE = 1e-4  # relative: the same code on the same checkpoint differs only in rounding
@@ -33,10 +35,11 @@ class MeasureError(OrgError):
     """The harness could not measure (its own failure, not the run's): the run is `error`."""
 
 
-def job_for(program, run: dict, run_dir: Path, base_code: Path, worker: dict | None) -> dict:
+def job_for(program, run: dict, run_dir: Path, base_code: Path, workers: dict | None) -> dict:
     """What the evaluator needs: everything from the program and the ledger, nothing from the run's
-    files but its checkpoint. `worker` (worker_command) for a code arm, whose forward pass runs in
-    the experiment's snapshot; None for a config arm."""
+    files but its checkpoint. `workers` for a code arm, whose forward pass runs in the experiment's
+    snapshot: {"a": worker_command(...), "b": ...}, the first worker and the fresh one that checks
+    it; None for a config arm."""
     (kind, value), data, train = budget_of(run) or (program.budget.per_run.kind, program.budget.per_run.value), \
         program.data, program.train
     return {"base_code": str(base_code), "run_dir": str(run_dir), "log_dir": str(run_dir),
@@ -45,7 +48,7 @@ def job_for(program, run: dict, run_dir: Path, base_code: Path, worker: dict | N
             "val_tokens": data.val_tokens, "batch_size": train.batch_size, "seq_len": train.seq_len,
             "device": train.device, "dtype": train.dtype, "matmul": train.matmul,
             "budget_kind": kind, "budget": value,  # the run's: a multiple of the program's for a compute multiplier
-            "worker": worker}
+            "workers": workers}
 
 
 def worker_command(code: Path, env: dict, box=None) -> dict:
@@ -73,7 +76,7 @@ def measure_run(job: dict, env: dict, timeout: float, pin=None) -> dict:
     the harness itself failed (its traceback is in <run_dir>/measure.log)."""
     job["deadline_seconds"] = timeout + 5  # the evaluator's own limit, should the runner die first
     log_path = Path(job["log_dir"]) / "measure.log"
-    with open(log_path, "wb") as log:
+    with open(log_path, "wb", opener=no_follow) as log:
         proc = subprocess.Popen([sys.executable, "-I", "-B", "-m", "org.evaluator"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=log, env=env, cwd=job["log_dir"],
                                 start_new_session=True, preexec_fn=pin)
@@ -98,6 +101,11 @@ def measure_run(job: dict, env: dict, timeout: float, pin=None) -> dict:
         except ValueError as e:
             raise MeasureError(f"{e}; see {log_path}") from None
     return outcome
+
+
+def no_follow(path, flags):
+    """open()'s opener for a file the harness writes in a run's directory: never through a link."""
+    return os.open(path, flags | os.O_NOFOLLOW)
 
 
 def _kill_group(pid: int):
@@ -145,3 +153,83 @@ def _show(value) -> str:
     if isinstance(value, str) and len(value) > 16:
         return value[:12]
     return str(value)
+
+
+# ----------------------------------------------------------------------------------------
+# what a run left: read and checked before it is measured
+
+
+def check_result(program: Program, run: dict, result: Result, fingerprints: dict | None) -> tuple[str, str | None]:
+    """(status, reason) for a finished trainer result. A completed run whose budget, seed,
+    shapes, data or evaluation differ from what the program fixes is 'invalid'."""
+    if result.status != "completed":
+        return (result.status if result.status in FINISHED else "error"), result.reason
+    problems = [budget_problem(program, result, budget_of(run))]
+    expected = {"seed": run["seed"], "batch_size": program.train.batch_size,
+                "sequence_len": program.train.seq_len, "val_tokens": program.data.val_tokens,
+                "data": program.data.source, "tokenizer": program.data.tokenizer,
+                "dtype": program.train.dtype, "matmul": program.train.matmul}
+    problems += [f"{k} is {getattr(result, k)!r}, the program fixes {v!r}"
+                 for k, v in expected.items() if getattr(result, k) not in (None, v)]
+    if fingerprints:
+        problems += [f"{k} {str(getattr(result, k))[:12]} differs from the program's {str(v)[:12]}"
+                     for k, v in fingerprints.items() if v and getattr(result, k) != v]
+    if result.val_bpb is None:
+        problems.append("no val_bpb in result.json")
+    problems = [p for p in problems if p]
+    return ("invalid", "; ".join(problems)) if problems else ("completed", None)
+
+
+def budget_problem(program: Program, result: Result, budget: tuple | None = None) -> str | None:
+    """The result's spend must match the run's budget (the program's per-run budget unless the
+    harness set a multiple of it) to within one step."""
+    (kind, value), stated = budget or (program.budget.per_run.kind, program.budget.per_run.value), result.budget
+    if stated and (stated.kind != kind or stated.value != float(value)):
+        return f"budget {stated.kind} {stated.value:g} is not the program's {kind} {value:g}"
+    steps = result.steps or 0
+    if steps < 1:
+        return "no training steps"
+    if kind == "steps":
+        return None if steps == value else f"{steps} steps, the program fixes {value:g}"
+    seconds = result.train_seconds or 0.0
+    if kind == "seconds":
+        return None if seconds - value <= seconds / steps + 1e-6 else f"trained {seconds:.1f}s of {value:g}s"
+    spent = getattr(result, kind) or 0
+    if not (value - spent / steps < spent <= value * (1 + 1e-9)):
+        return f"spent {spent:.4g} {kind}, the program's budget is {value:.4g}"
+    return None
+
+
+def planted(run_dir: Path) -> str | None:
+    """Remove what in a run's directory is not a plain file or folder (a symbolic link, a FIFO,
+    a socket), left there by the run's code, and say what it was: the harness opens files there
+    once the run has ended (result.json, the checkpoint; its measure logs are written there), and a
+    link would carry those reads and writes anywhere outside the box, a FIFO hang them. None when
+    the directory holds plain files only; else the reason the run is invalid."""
+    found = []
+    for folder, dirs, files in os.walk(run_dir):  # links to folders are listed, never entered
+        for name in dirs + files:
+            path = Path(folder, name)
+            mode = path.lstat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                what = f"a link to {os.readlink(path)}" if stat.S_ISLNK(mode) else "not a plain file"
+                found.append(f"{path.relative_to(run_dir)} ({what})")
+                path.unlink()
+        dirs[:] = [d for d in dirs if Path(folder, d).is_dir() and not Path(folder, d).is_symlink()]
+    if not found:
+        return None
+    return (f"the run left what is not a plain file in its directory: {', '.join(found)[:300]}; the harness "
+            "removed it and does not read that run (a run's directory holds plain files only)")
+
+
+def read_result(run_dir: Path) -> Result | None:
+    """The trainer's result.json as a record (trainer/record.py); None when there is none. One
+    that does not fit the record reads as an invalid run that names the field."""
+    try:
+        text = (run_dir / "result.json").read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:  # read() raises ValueError naming the field
+        return read(Result, text, "result.json")
+    except ValueError as e:
+        return Result(status="invalid", reason=str(e))

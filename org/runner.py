@@ -24,11 +24,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,15 +38,17 @@ from pathlib import Path
 
 from org import OrgError
 from org.cluster import GPU, connect, job_id, machine
+from org.evaluator import last_line
 from org.lab import Lab, child_env, copy_kernel_cache
-from org.ledger import FINISHED, Ledger, budget_of, pid_alive
-from org.measure import MeasureError, cross_check, evaluator_env, job_for, measure_run, source_only, worker_command
+from org.ledger import Ledger, budget_of, pid_alive
+from org.measure import (MeasureError, check_result, cross_check, evaluator_env, job_for, measure_run, planted,
+                          read_result, source_only, worker_command)
 from org.experiments import plan, refusal
 from org.improve import sync_branch
 from org.program import Program
 from org.sandbox import available, run_box, untrusted_env, worker_box
 from trainer.config import BUDGET_FLAGS
-from trainer.record import Measurement, Result, read
+from trainer.record import Measurement, Result
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -117,60 +121,6 @@ def _flag_value(value) -> str:
     return str(value)
 
 
-def check_result(program: Program, run: dict, result: Result, fingerprints: dict | None) -> tuple[str, str | None]:
-    """(status, reason) for a finished trainer result. A completed run whose budget, seed,
-    shapes, data or evaluation differ from what the program fixes is 'invalid'."""
-    if result.status != "completed":
-        return (result.status if result.status in FINISHED else "error"), result.reason
-    problems = [budget_problem(program, result, budget_of(run))]
-    expected = {"seed": run["seed"], "batch_size": program.train.batch_size,
-                "sequence_len": program.train.seq_len, "val_tokens": program.data.val_tokens,
-                "data": program.data.source, "tokenizer": program.data.tokenizer,
-                "dtype": program.train.dtype, "matmul": program.train.matmul}
-    problems += [f"{k} is {getattr(result, k)!r}, the program fixes {v!r}"
-                 for k, v in expected.items() if getattr(result, k) not in (None, v)]
-    if fingerprints:
-        problems += [f"{k} {str(getattr(result, k))[:12]} differs from the program's {str(v)[:12]}"
-                     for k, v in fingerprints.items() if v and getattr(result, k) != v]
-    if result.val_bpb is None:
-        problems.append("no val_bpb in result.json")
-    problems = [p for p in problems if p]
-    return ("invalid", "; ".join(problems)) if problems else ("completed", None)
-
-
-def budget_problem(program: Program, result: Result, budget: tuple | None = None) -> str | None:
-    """The result's spend must match the run's budget (the program's per-run budget unless the
-    harness set a multiple of it) to within one step."""
-    (kind, value), stated = budget or (program.budget.per_run.kind, program.budget.per_run.value), result.budget
-    if stated and (stated.kind != kind or stated.value != float(value)):
-        return f"budget {stated.kind} {stated.value:g} is not the program's {kind} {value:g}"
-    steps = result.steps or 0
-    if steps < 1:
-        return "no training steps"
-    if kind == "steps":
-        return None if steps == value else f"{steps} steps, the program fixes {value:g}"
-    seconds = result.train_seconds or 0.0
-    if kind == "seconds":
-        return None if seconds - value <= seconds / steps + 1e-6 else f"trained {seconds:.1f}s of {value:g}s"
-    spent = getattr(result, kind) or 0
-    if not (value - spent / steps < spent <= value * (1 + 1e-9)):
-        return f"spent {spent:.4g} {kind}, the program's budget is {value:.4g}"
-    return None
-
-
-def read_result(run_dir: Path) -> Result | None:
-    """The trainer's result.json as a record (trainer/record.py); None when there is none. One
-    that does not fit the record reads as an invalid run that names the field."""
-    try:
-        text = (run_dir / "result.json").read_text()
-    except (OSError, UnicodeDecodeError):
-        return None
-    try:  # read() raises ValueError naming the field
-        return read(Result, text, "result.json")
-    except ValueError as e:
-        return Result(status="invalid", reason=str(e))
-
-
 # ----------------------------------------------------------------------------------------
 # the runner
 
@@ -199,7 +149,7 @@ class Runner:
         self.children: dict[int, subprocess.Popen] = {}
         self.data_lock, self.data_ready = threading.Lock(), False  # prepare_data() before the first run
         self.kernel_lock, self.base_snapshot = threading.Lock(), None  # set by prepare_data()
-        self.failure: OrgError | None = None  # why a slot gave up (a cluster gone silent), said by drain()
+        self.failure: OrgError | None = None  # why a slot gave up (a cluster gone silent, a bug), said by drain()
         self.jobs, self.ledger_key = connect(program, ledger_path) if program.runner.backend == "ray" else (None, None)
 
     def slots(self) -> list[Slot]:
@@ -280,10 +230,12 @@ class Runner:
             if run["trainer_pid"] and _is_trainer_of(run["trainer_pid"], run_dir):
                 _kill_group(run["trainer_pid"], signal.SIGKILL)  # an orphan still running
                 _wait_gone(run["trainer_pid"])
-            result = read_result(run_dir)
+            left = planted(run_dir)  # before anything there is opened
+            result = Result(status="invalid", reason=left) if left else read_result(run_dir)
             if result is not None:
                 started = datetime.fromisoformat(run["started_at"]).timestamp()
-                wall = (run_dir / "result.json").stat().st_mtime - started
+                done = run_dir / "result.json"  # (gone when the run planted something there)
+                wall = (done.stat().st_mtime if done.exists() else time.time()) - started
                 self._record(ledger, run, result, wall, None, make_slots(self.program)[0])
                 self.say(f"recovered run {run['id']}: result.json was written before the runner died")
                 continue
@@ -323,6 +275,10 @@ class Runner:
                     self._execute(ledger, run, slot)
                 except OrgError as e:  # the cluster stopped answering: stop; its run stays claimed
                     self.failure = e
+                except Exception as e:  # a bug: stop loudly, never end as if the queue were done
+                    self.say(traceback.format_exc().rstrip())
+                    self.failure = OrgError(f"run {run['id']} stopped the runner ({type(e).__name__}: {e}; a nanolab bug, "
+                                            "its traceback is above); the run stays claimed: `org run` again recovers it")
                 finally:
                     with self.cond:
                         self.busy -= 1
@@ -388,20 +344,23 @@ class Runner:
         run_dir.mkdir(parents=True)
         log_path = run_dir / "train.log"
         cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir, budget_of(run))
+        own_code = experiment["code_commit"] != experiment["base_commit"]
+        kernels = self.kernels(snapshot, run_dir / "kernels" if own_code else None)
         env = untrusted_env({**slot.env, "PYTHONPATH": str(snapshot), "NANOLAB_GIT_COMMIT": experiment["code_commit"],
                              "NANOLAB_CACHE": str(self.harness_cache / "data"),
-                             "NUMBA_CACHE_DIR": str(self.kernels(snapshot)), **source_only(snapshot)})
+                             "NUMBA_CACHE_DIR": str(kernels), **source_only(snapshot)})
         self.say(f"run {run['id']}: {run['arm']} seed {run['seed']} ({run['purpose']}) on slot {slot.index}")
         t0 = time.monotonic()
         run_trainer = self._run_job if self.jobs else self._run_here
-        returncode, killed_reason = run_trainer(ledger, run, cmd, env, snapshot, run_dir, log_path, slot)
+        returncode, killed_reason = run_trainer(ledger, run, cmd, env, (snapshot, kernels), run_dir, log_path, slot)
         wall = time.monotonic() - t0
+        left = planted(run_dir)  # before anything there is opened
         died = died_of(returncode, self.sandboxed)
         if self.stopping.is_set() and killed_reason is None and died:
             _set_aside(run_dir)  # we were stopped (Ctrl-C, org stop): the run goes back to the queue
             ledger.requeue(run["id"], "the runner was stopped during the run; re-queued")
             return
-        result = read_result(run_dir)
+        result = Result(status="invalid", reason=left) if left else read_result(run_dir)
         died = None if killed_reason or result is not None else died
         attempts = ledger.run(run["id"])["attempts"]
         if self.jobs and returncode is None and not killed_reason and result is None and attempts < MAX_ATTEMPTS:
@@ -409,7 +368,6 @@ class Runner:
             ledger.requeue(run["id"], f"job {run['job_id']} ended with no exit status (its node lost?); re-queued")
             self.say(f"run {run['id']}: its job was lost; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
             return
-        own_code = experiment["code_commit"] != experiment["base_commit"]
         if died and not own_code and attempts < MAX_ATTEMPTS:  # not our signal (the OOM killer): try again
             _set_aside(run_dir)
             ledger.requeue(run["id"], f"the trainer died of {died}, a signal the runner did not send; re-queued")
@@ -418,17 +376,17 @@ class Runner:
         if result is None:
             result = Result(status="killed" if killed_reason else "error",
                             reason=killed_reason or (died_reason(died, attempts, own_code) if died
-                                                     else f"exit {returncode}: {_last_line(log_path)}"))
+                                                     else f"exit {returncode}: {last_line(log_path)}"))
         self._record(ledger, run, result, wall, killed_reason, slot)
 
-    def _run_here(self, ledger, run, cmd, env, snapshot, run_dir, log_path, slot) -> tuple[int, str | None]:
+    def _run_here(self, ledger, run, cmd, env, code, run_dir, log_path, slot) -> tuple[int, str | None]:
         """The trainer as a child process of this one, in its box: (exit status, why killed)."""
         # pinned before exec, so every thread the trainer starts (BLAS pools) stays on the slot's cores
         pin = (lambda: os.sched_setaffinity(0, slot.cores)) if slot.cores else None
         with open(log_path, "wb") as log:
-            how = dict(cwd=snapshot, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            how = dict(cwd=code[0], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                        start_new_session=True, preexec_fn=pin)
-            proc = self._run_box(run_dir, snapshot).popen(cmd, **how) if self.sandboxed else subprocess.Popen(cmd, **how)
+            proc = self._run_box(run_dir, *code).popen(cmd, **how) if self.sandboxed else subprocess.Popen(cmd, **how)
         self.children[run["id"]] = proc
         if self.stopping.is_set():  # stop() ran between Popen and the line above: it missed this one
             _kill_group(proc.pid, signal.SIGKILL)
@@ -438,16 +396,16 @@ class Runner:
         _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it
         return proc.returncode, killed_reason
 
-    def _run_job(self, ledger, run, cmd, env, snapshot, run_dir, log_path, slot) -> tuple[int, str | None]:
+    def _run_job(self, ledger, run, cmd, env, code, run_dir, log_path, slot) -> tuple[int, str | None]:
         """The trainer as a Ray job (org/cluster.py), in the same box, with the same command line:
         (exit status, why killed). The stop of a stopping runner reads as a signal, so the run
         goes back to the queue as for local runs."""
         job = run["job_id"]
         if self.program.train.device == "cuda":
             env = {**env, "CUDA_VISIBLE_DEVICES": GPU}
-        box = self._run_box(run_dir, snapshot) if self.sandboxed else None
+        box = self._run_box(run_dir, *code) if self.sandboxed else None
         timeout = self.program.budget.run_timeout_seconds
-        self.jobs.submit(job, cmd, snapshot, env, log_path, box, timeout, KILL_GRACE_SECONDS, slot.kind)
+        self.jobs.submit(job, cmd, code[0], env, log_path, box, timeout, KILL_GRACE_SECONDS, slot.kind)
         ledger.mark_started(run["id"], None, cmd, run_dir, log_path, node="(a cluster node)")
         returncode, killed = self.jobs.wait(job, timeout, KILL_GRACE_SECONDS, self.stopping)
         ledger.set_job(run["id"], node=self.jobs.node(job), machine=self.jobs.machine(job))
@@ -472,18 +430,24 @@ class Runner:
             proc.wait()
         return f"wall time over run_timeout_seconds ({timeout:g}s), killed by the runner"
 
-    def kernels(self, snapshot: Path) -> Path:
-        """One commit's compiled kernels, its runs' alone (a new one starts as lab.copy_kernel_cache says)."""
-        cache = self.lab.state_dir(self.program.name) / "kernels" / snapshot.name
+    def kernels(self, snapshot: Path, private: Path | None = None) -> Path:
+        """A commit's compiled kernels (Numba's cache). The base commit's runs share one: its code
+        is the program's. A run or a measuring worker of another commit gets a fresh one at
+        `private`: a cache its code writes and its next run (or the fresh worker that checks it)
+        reads would carry state between them. A new one starts as lab.copy_kernel_cache says."""
+        cache = private or self.lab.state_dir(self.program.name) / "kernels" / snapshot.name
         with self.kernel_lock:
+            if private:
+                shutil.rmtree(private, ignore_errors=True)  # left by an attempt that never finished
             if self.base_snapshot not in (None, snapshot) and not cache.exists():
-                copy_kernel_cache(self.base_snapshot, cache.with_name(self.base_snapshot.name), snapshot, cache)
+                base = self.lab.state_dir(self.program.name) / "kernels" / self.base_snapshot.name
+                copy_kernel_cache(self.base_snapshot, base, snapshot, cache)
         return cache
 
-    def _run_box(self, run_dir: Path, snapshot: Path):
+    def _run_box(self, run_dir: Path, snapshot: Path, kernels: Path):
         threads = max(1, int(self.program.runner.threads_per_slot or os.cpu_count() or 1))
         return run_box(self.lab.root, run_dir, snapshot, self.harness_cache / "data", self.program.data.source,
-                       self.kernels(snapshot), gpu=self.program.train.device == "cuda",
+                       kernels, gpu=self.program.train.device == "cuda",
                        cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60)
 
     def _record(self, ledger: Ledger, run: dict, result: Result, wall: float, killed_reason: str | None,
@@ -520,20 +484,19 @@ class Runner:
             base_code = self.lab.snapshot(base, self.program.name)
             code = None if commit == base else self.lab.snapshot(commit, self.program.name)
         run_dir = Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"]))
-        worker = None
-        if code is not None:  # the experiment's own model: in a worker, in a box
-            env = untrusted_env({**slot.env, "NANOLAB_CACHE": str(self.harness_cache / "data"),
-                                 "NUMBA_CACHE_DIR": str(self.kernels(code))})
-            box = worker_box(self.lab.root, code, self.harness_cache / "data", self.program.data.source,
-                             self.kernels(code), gpu=self.program.train.device == "cuda") if self.sandboxed else None
-            worker = worker_command(code, env, box)
-        job = job_for(self.program, run, run_dir, base_code, worker)
+        kernels = self.lab.state_dir(self.program.name) / "kernels"
+        caches = {name: kernels / f"{commit}.measuring-run{run['id']}-{name}" for name in "ab"} if code else {}
+        workers = {name: self._worker(code, slot, cache) for name, cache in caches.items()} or None
+        job = job_for(self.program, run, run_dir, base_code, workers)
         env = evaluator_env(self.lab.state_dir(self.program.name).parent / "harness-cache", slot.env)
         pin = (lambda: os.sched_setaffinity(0, slot.cores)) if slot.cores else None
         try:
             outcome = measure_run(job, env, max(120.0, self.program.budget.run_timeout_seconds), pin)
         except MeasureError as e:
             return "error", str(e), None
+        finally:
+            for cache in caches.values():
+                shutil.rmtree(cache, ignore_errors=True)
         if "invalid" in outcome:
             return "invalid", f"harness measurement: {outcome['invalid']}", None
         measurement = outcome["measurement"]
@@ -541,6 +504,15 @@ class Runner:
         if problems:
             return "invalid", "; ".join(problems), measurement
         return "completed", None, measurement
+
+    def _worker(self, code: Path, slot: Slot, cache: Path) -> dict:
+        """How the evaluator starts one worker of the experiment's own model: in a box, with a
+        fresh kernel cache of its own."""
+        kernels = self.kernels(code, cache)
+        env = untrusted_env({**slot.env, "NANOLAB_CACHE": str(self.harness_cache / "data"), "NUMBA_CACHE_DIR": str(kernels)})
+        box = worker_box(self.lab.root, code, self.harness_cache / "data", self.program.data.source, kernels,
+                         gpu=self.program.train.device == "cuda") if self.sandboxed else None
+        return worker_command(code, env, box)
 
 
 def died_of(returncode: int | None, boxed: bool) -> str | None:
@@ -590,11 +562,3 @@ def _is_trainer_of(pid: int, run_dir: Path) -> bool:
         return str(run_dir) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no log"
-    return lines[-1].strip() if lines else "no output"

@@ -477,7 +477,8 @@ def test_a_kept_try_gets_its_compute_multiplier_from_runs_of_the_frontier_before
 
 
 def test_a_run_at_a_multiple_of_the_budget_is_commanded_and_checked_at_that_budget():
-    from org.runner import budget_problem, train_command
+    from org.measure import budget_problem
+    from org.runner import train_command
     spec = improve_program()
     spec["data"]["source"] = "pystdlib"
     program = Program.model_validate(spec)

@@ -46,8 +46,9 @@ def job(lab, run_dir=None, code=None) -> dict:
             "preset": "nanochat", "overrides": dict(TINY), "seed": 3, "data": "pystdlib", "tokenizer": "bytes",
             "val_tokens": 2048, "batch_size": 4, "seq_len": 64, "device": "cpu", "dtype": "float32",
             "matmul": "fp32", "budget_kind": "steps", "budget": FLAGS["steps"],
-            "worker": None if code is None else worker_command(code, untrusted_env(
-                {"OMP_NUM_THREADS": "1", "NANOLAB_CACHE": str(lab["root"] / "harness-cache" / "data")}), box=box_for(lab, code))}
+            "workers": None if code is None else {name: worker_command(code, untrusted_env(
+                {"OMP_NUM_THREADS": "1", "NANOLAB_CACHE": str(lab["root"] / "harness-cache" / "data")}),
+                box=box_for(lab, code)) for name in "ab"}}
 
 
 def box_for(lab, code: Path):

@@ -213,6 +213,34 @@ def test_a_trainer_of_the_programs_code_killed_by_a_signal_nobody_sent_is_tried_
     assert kept == [f"{run['id']}.attempt1", f"{run['id']}.attempt2"]   # each attempt's evidence stays
 
 
+def test_a_bug_that_kills_a_slot_stops_the_runner_loudly_and_the_next_run_recovers(make_project):
+    """An exception no one planned for, in the harness's own code after the trainer finished
+    (here check_result, made to raise): the slot's thread once died of it quietly, and `org run`
+    said the queue was done (exit 0) with the run left 'running'. Now the runner stops with one
+    line naming the run, the traceback goes to its log, and the next `org run` records the run
+    from the result.json the trainer left."""
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    buggy = ("import sys; import org.runner as r\n"
+             "def check_result(*args): raise KeyError('a field nobody wrote')\n"
+             "r.check_result = check_result\n"
+             "from org.cli import main; sys.exit(main(['run', 'tiny']))")
+    first = subprocess.run([sys.executable, "-c", buggy], cwd=root, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 2, first.stdout + first.stderr
+    assert first.stderr.splitlines()[-1] == (
+        "org: run 1 stopped the runner (KeyError: 'a field nobody wrote'; a nanolab bug, its traceback is above); "
+        "the run stays claimed: `org run` again recovers it")
+    assert "Traceback (most recent call last)" in first.stdout and "check_result" in first.stdout
+    with ledger_of(root) as ledger:
+        assert ledger.run(1)["status"] == "running"
+    again = subprocess.run([sys.executable, "-m", "org.cli", "run", "tiny"], cwd=root, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "recovered run 1: result.json was written before the runner died" in again.stdout
+    with ledger_of(root) as ledger:
+        run = ledger.run(1)
+    assert (run["status"], run["attempts"]) == ("completed", 1) and run["measurement"] is not None
+
+
 def test_an_experiments_own_code_that_dies_of_a_signal_is_not_run_again(make_project):
     """Code that could crash on purpose and be run again could crash until it likes its outcome
     (see test_measure_attacks): an agent's commit gets one try, and the referee will not drop
@@ -371,7 +399,7 @@ def test_a_result_json_that_does_not_fit_the_record_is_an_invalid_run_named_not_
     Result, field by field. Before, `"steps": "3"` or a list for params reached the runner's
     arithmetic and killed its slot with a TypeError, run after run."""
     from org.program import Program
-    from org.runner import check_result, read_result
+    from org.measure import check_result, read_result
     program = Program.model_validate(tiny_program())
     good = {"status": "completed", "steps": 3, "seed": 1, "val_bpb": 3.0, "budget": {"kind": "steps", "value": 3}}
     (tmp_path / "result.json").write_text(json.dumps(good))
@@ -389,7 +417,8 @@ def test_a_result_json_that_does_not_fit_the_record_is_an_invalid_run_named_not_
 
 def test_the_programs_matmul_precision_reaches_every_run_and_is_checked(tmp_path):
     from org.program import Program
-    from org.runner import check_result, train_command
+    from org.measure import check_result
+    from org.runner import train_command
     program = Program.model_validate(tiny_program(train={"batch_size": 4, "seq_len": 64, "matmul": "bf16"}))
     cmd = train_command(program, {"softcap": 0}, seed=1, out=tmp_path / "run")
     assert cmd[cmd.index("--matmul") + 1] == "bf16"
@@ -420,8 +449,9 @@ def test_a_commit_with_the_base_kernels_starts_from_their_compiled_cache(make_pr
     assert {r["status"] for r in runs.values()} == {"completed"}
 
     def compiled(arm: str) -> dict:
-        """{file: mtime} of the arm's commit's kernel cache (copies keep their source's mtime)."""
-        cache = root / ".lab" / "tiny" / "kernels" / commits[arm]
+        """{file: mtime} of the arm's run's kernel cache (copies keep their source's mtime): the
+        base commit's, or the one an agent's run got for itself, kept in its run directory."""
+        cache = root / ".lab" / "tiny" / "kernels" / commits[arm] if arm == "baseline" else Path(runs[arm]["run_dir"]) / "kernels"
         return {p.name: p.stat().st_mtime for p in cache.rglob("*") if p.suffix in (".nbi", ".nbc")}
     base, same, own = compiled("baseline"), compiled("comment"), compiled("gelu")
     assert base and same == base  # copied, and nothing compiled again (Numba would rewrite an index)

@@ -288,6 +288,7 @@ def test_a_node_that_dies_mid_run_gives_its_run_back_to_the_queue(tmp_path):
         ray.kill("127.0.0.6")                       # the node, the job's processes, the trainer
         ray.start("127.0.0.7", slots=1)             # and another takes its place
         out, _ = runner.communicate(timeout=300)
+        print(out)  # the runner's log, whole, when the test fails (an assertion's message is cut)
         assert runner.returncode == 0, out
         with ledger_of(root) as ledger:
             run, = ledger.runs("tiny")

@@ -391,6 +391,16 @@ def test_the_wall_time_tolerance_follows_the_baselines_own_spread():
     assert "wall time" not in checks(noisy)  # the re-runs showed how much the machine moves
 
 
+def test_a_variant_cannot_widen_its_own_wall_time_margin_by_padding_some_seeds():
+    """Twice the work on every seed, and sleeps so the seeds' wall times spread from 2x to 10x
+    the baseline's: judged by the pairs' own spread, the margin grew past the +100% and nothing
+    was said; the machine's spread (the baseline's) bounds that margin now."""
+    padded = superiority(timed(baseline(), QUIET), timed(variant(-0.02), [200, 200, 450, 1000, 1000]))
+    assert checks(padded)["wall time"].invalid and "hidden compute" in padded.verdict
+    honest = superiority(timed(baseline(), QUIET), timed(variant(-0.02), [96, 108, 100, 94, 103]))
+    assert "wall time" not in checks(honest)  # a spread of its own, on equal work: no alarm
+
+
 def test_a_seconds_budget_compares_wall_time_per_run():
     seconds = {"kind": "seconds", "value": 60}
     base = timed(baseline(budget=seconds), [70, 71, 70, 69, 70])
