@@ -30,7 +30,7 @@ from org.improve import leave_one_out
 from org.experiments import check_arm_name, plan, submission_source, submit, submit_declared
 from org.lab import scrub_git_env
 from org.ledger import RUN_STATUSES, Ledger, corrupt
-from org.program import BOUND_BUDGET, Budget, Program, owned_by_program, trainer_rejects
+from org.program import BOUND_BUDGET, MAX_SEED, Budget, Program, owned_by_program, trainer_rejects
 from org.runner import Runner
 from org.agents.commands import add_agent_commands
 from org.launch import add_launch_commands
@@ -43,8 +43,10 @@ from org.workspace import find_ledger, on_ray, preflight, start
 
 def main(argv: list[str] | None = None) -> int:
     scrub_git_env()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        check_text(args, parser)
         return args.func(args)
     except OrgError as e:
         print(f"org: {e}", file=sys.stderr)
@@ -55,6 +57,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("org: interrupted; `org run` again resumes", file=sys.stderr)
         return 130
+
+
+def check_text(args, parser):
+    """A shell passes bytes; those that are not UTF-8 reach Python as surrogates, which no
+    ledger, file or branch name can hold: one line naming the argument, before anything is done."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            try:
+                text.encode() if isinstance(text, str) else None
+            except UnicodeEncodeError:
+                raise OrgError(f"{flags(parser).get(name, name)} {text.encode(errors='replace').decode()!r}: "
+                               "not UTF-8 text") from None
+
+
+def flags(parser) -> dict[str, str]:
+    """{dest: its longest option string} over the parser and its subcommands' parsers."""
+    found = {}
+    for action in parser._actions:  # argparse names its actions only privately
+        if action.option_strings:
+            found.setdefault(action.dest, max(action.option_strings, key=len))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found.update({k: v for k, v in flags(sub).items() if k not in found})
+    return found
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -270,8 +296,8 @@ def parse_seeds(text: str, have: list[int]) -> list[int]:
     except ValueError:
         raise OrgError(f"--seeds {text}: expected seeds as integers, e.g. 5,6,7") from None
     known = sorted(set(seeds) & set(have))
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds) or known:
-        why = f"seed {known[0]} is already the program's" if known else "expected new seeds, each once, none negative"
+    if not seeds or not 0 <= min(seeds) <= max(seeds) <= MAX_SEED or len(set(seeds)) != len(seeds) or known:
+        why = f"seed {known[0]} is already the program's" if known else "expected new seeds, each once, from 0 to 2**63-1"
         raise OrgError(f"--seeds {text}: {why} (it has {have})")
     return seeds
 

@@ -120,7 +120,7 @@ class Lab:
         """The full sha of a commit-ish; LabError naming the ref if it does not exist."""
         try:
             return self.repo.commit(ref).hexsha
-        except (git.BadName, git.BadObject, ValueError):
+        except (git.BadName, git.BadObject, ValueError, IndexError):  # IndexError: GitPython's '@{-1}'
             raise LabError(f"git ref {ref!r} does not exist in {self.root}") from None
 
     def head(self) -> str:
@@ -177,12 +177,14 @@ class Lab:
     def start_program(self, program: str) -> str:
         """Create branch program/<name> from HEAD (if missing) and the program's state
         directories; returns the branch's commit."""
-        branch = f"program/{program}"
+        branch, state = f"program/{program}", self.state_dir(program)
+        try:  # the folders first: a file in their way leaves no branch behind
+            for sub in STATE_DIRS:
+                (state / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LabError(f"the program's state cannot be made in {state}: {e.strerror}: {e.filename}") from None
         if branch not in self.repo.heads:
             self.repo.create_head(branch, self.repo.head.commit)
-        state = self.state_dir(program)
-        for sub in STATE_DIRS:
-            (state / sub).mkdir(parents=True, exist_ok=True)
         self._ignore("/.lab/", "/worktrees/")
         return self.repo.heads[branch].commit.hexsha
 

@@ -75,6 +75,10 @@ def org_argv(*args: str) -> list[str]:
 
 
 def cmd_launch(args) -> int:
+    if not 0 <= args.stagger <= 3600:  # (nan fails too) a keeper sleeps that long before its agent starts
+        raise OrgError(f"--stagger {args.stagger}: expected seconds from 0 to 3600")
+    if not 0 <= args.restarts <= 1000:
+        raise OrgError(f"--restarts {args.restarts}: expected 0 to 1000")
     launch, program_as_filed = check(args.program, args.backend, args.ray)
     grid = launch.grid
     t0 = time.monotonic()

@@ -192,6 +192,8 @@ class Ledger:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise LedgerError(f"{self.path} is a folder, not a ledger: move it away (`org run` makes a new ledger)")
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)  # we BEGIN ourselves
         self.db.row_factory = sqlite3.Row
         self._depth = 0

@@ -12,6 +12,7 @@ Errors name the file, the field and what was expected, e.g.
 """
 from __future__ import annotations
 
+import collections.abc
 import glob
 import itertools
 import re
@@ -171,6 +172,12 @@ class Data(Strict):
     tokenizer: str = "bytes"
     val_tokens: int = Field(gt=0)
 
+    @field_validator("tokenizer")
+    @classmethod
+    def _the_trainers(cls, spec):  # a name it does not know fails every run, and data cannot change later
+        from trainer.data import parse_tokenizer_spec
+        return parse_tokenizer_spec(spec)
+
 
 class PerRun(Strict):
     flops: float | None = Field(None, gt=0)
@@ -205,11 +212,18 @@ class Budget(Strict):
     @field_validator("seeds")
     @classmethod
     def _distinct_and_not_negative(cls, seeds):
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"expected distinct seeds, got {seeds}")
-        if min(seeds) < 0:  # the trainer's generators take no negative seed: every run would fail
-            raise ValueError(f"expected seeds of 0 or more, got {seeds}")
-        return seeds
+        return check_seeds(seeds)
+
+
+MAX_SEED = 2**63 - 1  # the ledger's INTEGER
+
+
+def check_seeds(seeds: list[int]) -> list[int]:
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"expected distinct seeds, got {seeds}")
+    if seeds and not 0 <= min(seeds) <= max(seeds) <= MAX_SEED:  # the trainer's generators take no negative seed
+        raise ValueError(f"expected seeds from 0 to 2**63-1, got {seeds}")
+    return seeds
 
 
 RESERVED_AGENT_NAMES = ("human", "all", "program")  # mail's people, broadcast, the program's arms
@@ -295,6 +309,19 @@ class Program(Strict):
     train: Train
     protected: list[str] = Field(default_factory=lambda: list(DEFAULT_PROTECTED))
 
+    @field_validator("tune_seeds")
+    @classmethod
+    def _tune_seeds(cls, seeds):
+        return check_seeds(seeds)
+
+    @field_validator("protected")
+    @classmethod
+    def _paths_in_the_repo(cls, paths):
+        for path in paths:  # git pathspecs relative to the repository's root
+            if not path.strip() or Path(path).is_absolute() or ".." in Path(path).parts:
+                raise ValueError(f"{path!r}: expected a path inside the repository, e.g. trainer/eval.py")
+        return paths
+
     @field_validator("tune")
     @classmethod
     def _grid(cls, grid):
@@ -376,6 +403,9 @@ class UniqueKeyLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, collections.abc.Hashable):  # `? [a, b]`: YAML allows it, a program cannot use it
+                raise yaml.constructor.ConstructorError(None, None, f"a key that is a {type(key).__name__}",
+                                                        key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
@@ -398,6 +428,8 @@ def check_with_trainer(program: Program, source: str = "program") -> None:
         (f"variants[{i}].overrides", v.overrides) for i, v in enumerate(program.variants) if not v.ref]
     arms += [("tune", point) for point in program.grid_points() if point]
     arms += [(f"ladder[{i}]", rung) for i, rung in enumerate(program.ladder)]
+    arms += [(f"candidates[{i}].overrides", c.overrides) for i, c in enumerate(program.candidates)
+             if c.overrides and not c.patch]  # a patch may add the keys it sets
     for field, overrides in arms:
         problem = trainer_rejects(program, overrides)
         if problem:

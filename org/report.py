@@ -584,7 +584,10 @@ def to_json(report: Report, readme: Path | None = None) -> dict:
 def run_report(ledger_path: Path, program: str, out_dir: Path, fmt: str = "text") -> int:
     """`org report`: write the report, then print the summary (or JSON) and its path."""
     report = build(ledger_path, program)
-    readme = write(report, out_dir)
+    try:
+        readme = write(report, out_dir)
+    except OSError as e:  # a file where its folder goes, a folder where a file goes, no permission
+        raise OrgError(f"the report cannot be written in {out_dir}: {e.strerror}: {e.filename}") from None
     if fmt == "json":
         print(json.dumps(to_json(report, readme), indent=2, default=str))
     else:

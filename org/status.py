@@ -5,6 +5,7 @@ pane runs `org status --watch`.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -21,8 +22,15 @@ def add_status_command(sub):
     p = sub.add_parser("status", help="agents, runs, spend and verdicts of a launched program")
     p.add_argument("program", nargs="?", help="default: the one program running here")
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    p.add_argument("--every", type=float, default=2.0, help="seconds between refreshes")
+    p.add_argument("--every", type=refresh_seconds, default=2.0, help="seconds between refreshes")
     p.set_defaults(func=cmd_status)
+
+
+def refresh_seconds(text: str) -> float:
+    seconds = float(text)  # ValueError: argparse says "invalid refresh_seconds value"
+    if not 0.1 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{text}: expected seconds from 0.1 to 3600")
+    return seconds
 
 
 def cmd_status(args) -> int:
@@ -52,7 +60,7 @@ def status_view(launch: ProgramSite):
     colour = {"running": "green", "done": "bold green"}.get(state, "yellow")
     head = Text.from_markup(f"[bold]{launch.name}[/] · [{colour}]{state}[/] · {time.strftime('%H:%M:%S')}")
     table = Table(box=None, pad_edge=False, show_edge=False)
-    widths = {"agent": max(map(len, launch.agents)), "state": len("out of budget"), "restarts": 8}
+    widths = {"agent": max(map(len, launch.agents), default=len("agent")), "state": len("out of budget"), "restarts": 8}
     for col in ("agent", "state", "restarts", "doing"):  # one line per agent; "doing" gives way
         table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=widths.get(col), ratio=int(col == "doing"))
     for agent in launch.agents:

@@ -82,6 +82,9 @@ def find_ledger(arg: str) -> tuple[Lab, str, Path]:
     path = ledger_path(lab.state_dir(name))
     if not path.exists():
         raise OrgError(f"no ledger for program {name!r} at {path}; `org run` starts one")
+    with Ledger(path) as ledger:
+        if ledger.program(name) is None:
+            raise OrgError(f"program {name!r} is not in {path}; `org run` starts it")
     return lab, name, path
 
 
@@ -190,11 +193,17 @@ def open_site(arg: str | None) -> ProgramSite:
     lab = Lab.open(root)
     try:
         path = program_path(arg, lab)
-        program = load_program(path)
-    except OrgError:
-        path, program = None, recorded_program(root, arg)
+    except OrgError:  # no file: the program the ledger recorded
+        path = None
     finally:
         lab.close()
+    try:
+        program = load_program(path) if path else None
+    except OrgError:
+        if not ledger_path(root / ".lab" / arg).exists():
+            raise  # nothing recorded to fall back on: the file's own error, naming it
+        path, program = None, None
+    program = program or recorded_program(root, arg)
     options = read_state(root / ".lab" / program.name / "panes" / "launch.json")
     if options.get("backend"):
         program = with_backend(program, options["backend"])

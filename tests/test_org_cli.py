@@ -45,6 +45,19 @@ BAD_PROGRAMS = {
         "data.source: 'corpus/missing' matches no file or folder"),
     "not UTF-8": (b"name: tiny\n# \xff\n", "not UTF-8 text (byte 0xff at offset 13)"),
     "a key given twice": ("name: tiny\nname: other\n", "duplicate key 'name'"),
+    "a key that is a list": ("? [a, b]\n: 1\n", "a key that is a list"),
+    "a seed no ledger holds": (yaml.safe_dump(tiny_program(budget={**tiny_program()["budget"], "seeds": [10**30]})),
+                               "budget.seeds: expected seeds from 0 to 2**63-1"),
+    "a negative tuning seed": (yaml.safe_dump(tiny_program(tune_seeds=[-1])), "tune_seeds: expected seeds from 0"),
+    "a protected path outside the repository": (yaml.safe_dump(tiny_program(protected=["/etc/passwd"])),
+                                                "protected: '/etc/passwd': expected a path inside the repository"),
+    "a tokenizer the trainer does not know": (
+        yaml.safe_dump(tiny_program(data={"tokenizer": "bogus", "val_tokens": 512})),
+        "data.tokenizer: unknown tokenizer 'bogus'"),
+    "a candidate's override the trainer rejects": (
+        yaml.safe_dump(tiny_program(claim={"kind": "improve"}, variants=[],
+                                    candidates=[{"name": "c1", "overrides": {"bogus": 1}}])),
+        "candidates[0].overrides: the trainer rejects it: unknown config key 'bogus'"),
 }
 
 
@@ -165,7 +178,7 @@ def test_org_extend_adds_seeds_to_every_arm_of_a_finished_comparison_logged(make
     assert main(["run", "tiny"]) == 0
     for bad, says in [("1", "--seeds 1: seed 1 is already the program's (it has [0, 1])"),
                       ("2,x", "--seeds 2,x: expected seeds as integers"),
-                      ("2,2", "--seeds 2,2: expected new seeds, each once, none negative")]:
+                      ("2,2", "--seeds 2,2: expected new seeds, each once, from 0 to 2**63-1")]:
         assert main(["extend", "tiny", "--seeds", bad]) == 2
         assert says in one_line_error(capsys)
     capsys.readouterr()
@@ -272,6 +285,62 @@ def test_clean_removes_a_stopped_programs_worktrees_and_branches_but_keeps_their
     assert not [h.name for h in repo.heads if h.name.startswith("agent/tiny/")] and "program/tiny" in repo.heads
     assert repo.git.rev_parse("refs/nanolab/tiny/agent/tiny/alice/work") == sha   # the ledger can still name it
     assert main(["clean", "tiny"]) == 0                                  # again: nothing left, no error
+
+
+def test_arguments_that_are_not_utf8_the_wrong_shape_or_out_of_range(make_project, capsys):
+    """A shell passes bytes: one that is not UTF-8 once reached the ledger as a traceback. Each
+    case here once printed one."""
+    root = make_project(tiny_program(org={"agents": [{"name": "a"}]}))
+    for argv, expected in [
+            (["tool", "results", "{}", "--program", "tiny", "--as", "a"], "agent a has no worktree yet"),
+            (["submit", "tiny", "--arm", "y", "--set", "softcap=1", "--hypothesis", "\udcff"], "--hypothesis '?': not UTF-8"),
+            (["submit", "tiny", "--arm", "y", "--set", "softcap=1", "--who", "\udcff"], "--who '?': not UTF-8"),
+            (["submit", "tiny", "--arm", "y", "--ref", "@{-1}"], "git ref '@{-1}' does not exist"),
+            (["tool", "submit_experiment", "[]", "--program", "tiny", "--as", "a"], "a JSON object, not list"),
+            (["launch", "tiny", "--stagger", "nan"], "--stagger nan: expected seconds from 0 to 3600")]:
+        assert main(argv) == 2, argv
+        assert expected in one_line_error(capsys), argv
+    assert nothing_created(root)
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    capsys.readouterr()
+    for argv, expected in [
+            (["runs", "tiny", "--arm", "\udcff"], "--arm '?': not UTF-8"),
+            (["extend", "tiny", "--seeds", str(10**26)], "expected new seeds, each once, from 0 to 2**63-1"),
+            (["tool", "results", "{}", "--program", "tiny", "--as", "nobody"], "nobody")]:
+        assert main(argv) == 2, argv
+        assert expected in one_line_error(capsys), argv
+    with pytest.raises(SystemExit, match="2"):  # a usage error, said by the parser
+        main(["status", "tiny", "--watch", "--every", "-1"])
+    assert "--every: -1: expected seconds from 0.1 to 3600" in one_line_error(capsys)
+    assert main(["status", "tiny"]) == 0  # a program with no agents (org run's) has a status too
+
+
+def test_state_in_the_way_is_named_and_nothing_is_half_made(make_project, capsys):
+    root = make_project(tiny_program())
+    (root / ".lab").mkdir()
+    (root / ".lab" / "tiny").write_text("a file where the program's state goes")
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 2
+    assert "the program's state cannot be made in" in one_line_error(capsys)
+    assert "program/tiny" not in [h.name for h in git.Repo(root).heads]  # no branch left behind
+    (root / ".lab" / "tiny").unlink()
+    (root / ".lab" / "tiny").mkdir()
+    (root / ".lab" / "tiny" / "ledger.sqlite").write_bytes(b"")  # an empty file: a ledger without the program
+    assert main(["budget", "tiny"]) == 2
+    assert "program 'tiny' is not in" in one_line_error(capsys)
+    (root / ".lab" / "tiny" / "ledger.sqlite").unlink()
+    (root / ".lab" / "tiny" / "ledger.sqlite").mkdir()
+    assert main(["runs", "tiny"]) == 2
+    assert "ledger.sqlite is a folder, not a ledger" in one_line_error(capsys)
+    (root / ".lab" / "tiny" / "ledger.sqlite").rmdir()
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    (root / "reports").mkdir()
+    (root / "reports" / "tiny").write_text("a file where the report goes")
+    capsys.readouterr()
+    assert main(["report", "tiny"]) == 2
+    assert "the report cannot be written in" in one_line_error(capsys)
+    (root / "programs" / "broken.yaml").write_text("name: [unclosed\n")
+    assert main(["status", "programs/broken.yaml"]) == 2
+    assert "broken.yaml: malformed YAML" in one_line_error(capsys)  # not "no program ..."
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])

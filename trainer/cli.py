@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -84,12 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=65536, help="tokens to evaluate (default 65536)")
     p.set_defaults(func=cmd_eval)
 
-    from trainer.data import add_data_arguments, run_data
+    from trainer.data import add_data_arguments
     p = sub.add_parser("data", help="prepare and inspect a dataset", formatter_class=fmt,
                        epilog="examples:\n  python -m trainer data --data pystdlib --tokenizer bpe:4096\n"
                               "  python -m trainer data --data my_texts/ --export-bin shards/")
     add_data_arguments(p)
-    p.set_defaults(func=run_data)
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("sample", help="generate text from a trained run", formatter_class=fmt,
                        epilog="example:\n  python -m trainer sample runs/softcap0-s1 --prompt 'def ' --tokens 200")
@@ -154,6 +155,7 @@ def cmd_train(args) -> int:
 
 def spec_from_args(args):
     from trainer.train import RunSpec
+    check_seed(args.seed)
     overrides, preset = {}, args.preset
     if args.config:
         overrides, preset = read_config_file(args.config, preset)
@@ -176,12 +178,20 @@ def read_config_file(path, preset):
     import yaml
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ValueError(f"--config {path}: cannot read ({type(e).__name__})") from None
     if not isinstance(data, dict):
         raise ValueError(f"--config {path}: expected a mapping of config keys")
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:  # YAML reads `1:` or `true:` as a number or a bool, which no config key is
+        raise ValueError(f"--config {path}: key {odd[0]!r} is not a config key name (keys are names like n_layer)")
     preset = data.pop("preset", preset)
     return {k: str(v) if isinstance(v, bool) else v for k, v in data.items()}, preset
+
+
+def check_seed(seed: int) -> None:
+    if seed < 0:  # numpy's generators take no negative seed; say so before any work
+        raise ValueError(f"--seed must be 0 or more, got {seed}")
 
 
 def read_run_config(run_dir: Path) -> dict:
@@ -221,17 +231,53 @@ def load_run(run_dir: Path):
 def cmd_eval(args) -> int:
     from trainer.eval import evaluate
     spec, model, data = load_run(args.run_dir)
+    T = model.cfg.sequence_len
+    if args.tokens < T:  # else the evaluation finds no window and names its own internals
+        raise ValueError(f"--tokens {args.tokens} is less than one evaluation window (sequence_len {T})")
     tokens = data.val if args.split == "val" else data.confirm
-    res = evaluate(model, tokens, data.token_bytes, args.tokens, spec.batch_size, model.cfg.sequence_len)
+    res = evaluate(model, tokens, data.token_bytes, args.tokens, spec.batch_size, T)
     print(json.dumps({"split": args.split, **res}, indent=2))
     return 0
 
 
+def cmd_data(args) -> int:
+    from trainer.data import run_data
+    if args.export_bin:
+        check_export_dir(Path(args.export_bin))
+    return run_data(args)
+
+
+def check_export_dir(path: Path) -> None:
+    """Here, not in trainer/data.py: data.py is fingerprinted as evaluation code, and its OS error
+    would name the path but not the flag."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"--export-bin {path}: {p} is a file, not a folder")
+            return
+
+
 def cmd_sample(args) -> int:
     from trainer.sample import generate
+    check_sample_args(args)
     _, model, data = load_run(args.run_dir)
     print(generate(model, data.tokenizer, args.prompt, args.tokens, args.temperature, args.top_k, args.seed))
     return 0
+
+
+def check_sample_args(args) -> None:
+    """sample's flags, checked before the run loads: numpy would fail on some and take others silently."""
+    check_seed(args.seed)
+    if args.tokens < 1:
+        raise ValueError(f"--tokens must be at least 1, got {args.tokens}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k < 0:
+        raise ValueError(f"--top-k must be 0 (off) or positive, got {args.top_k}")
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8 arrive as lone surrogates
+        raise ValueError("--prompt is not valid UTF-8 text") from None
 
 
 def cmd_bench(args) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 
 # A run's budget is (kind, value); the trainer's flag for each kind is this one table, read by
@@ -19,6 +20,9 @@ from dataclasses import dataclass
 BUDGET_FLAGS = {"flops": "--budget-flops", "seconds": "--budget-seconds", "tokens": "--budget-tokens", "steps": "--steps"}
 
 PRESETS = ("nanochat", "gpt2")
+# ~4 TB of float32 weights: past any one device, so a typo (n_layer=1e30), not a model; checked
+# before the model is built, which would otherwise hang or fail deep in numpy
+MAX_PARAMS = 10**12
 
 
 @dataclass
@@ -134,6 +138,7 @@ def validate(cfg: Config) -> None:
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ValueError(f"{key} must be positive, got {getattr(cfg, key)}")
+    check_size(cfg)
     if cfg.n_embd % cfg.n_head:
         raise ValueError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
     if cfg.n_head % cfg.n_kv_head:
@@ -148,17 +153,20 @@ def validate(cfg: Config) -> None:
         raise ValueError("warmup_frac + warmdown_frac must be at most 1")
 
 
+def check_size(cfg: Config) -> None:
+    """A rough parameter count (blocks, embeddings and head, positions) against MAX_PARAMS."""
+    n = 12 * cfg.n_layer * cfg.n_embd ** 2 + (2 * cfg.vocab_size + cfg.sequence_len) * cfg.n_embd
+    if n > MAX_PARAMS:
+        raise ValueError(f"n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, vocab_size {cfg.vocab_size} and sequence_len "
+                         f"{cfg.sequence_len} make a model of more than {MAX_PARAMS:.0e} parameters")
+
+
 def _coerce(key, value, typ):
     """Turn a command-line string into the key's type; anything else passes through checked."""
     if typ is bool:
-        if isinstance(value, str):
-            lowered = value.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"{key} expects a boolean (true/false), got {value!r}")
-        return bool(value)
+        return _coerce_bool(key, value)
+    if typ is int and not isinstance(value, str):
+        return _exact_int(key, value)
     try:
         if typ is int and isinstance(value, str):
             return int(float(value)) if float(value).is_integer() else int(value)
@@ -168,3 +176,25 @@ def _coerce(key, value, typ):
     if typ is float and not math.isfinite(out):  # a NaN softcap once trained as if it were off
         raise ValueError(f"{key} must be a finite number, got {value!r}")
     return out
+
+
+def _coerce_bool(key, value) -> bool:
+    if isinstance(value, str):
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+    elif isinstance(value, numbers.Real) and value in (0, 1):  # YAML's true, 0 or 1; a 5 is a typo, not "on"
+        return bool(value)
+    raise ValueError(f"{key} expects a boolean (true/false), got {value!r}")
+
+
+def _exact_int(key, value) -> int:
+    """A number (from YAML or Python) for an int key: 4 and 4.0 are 4; 1.7 and True are mistakes,
+    which int() would silently make 1."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"{key} expects int, got {value!r}")

@@ -117,6 +117,8 @@ def cmd_tool(args) -> int:
         arguments = json.loads(args.arguments)
     except json.JSONDecodeError as e:
         raise OrgError(f"arguments must be a JSON object: {e}") from None
+    if not isinstance(arguments, dict):
+        raise OrgError(f"arguments must be a JSON object, not {type(arguments).__name__}: {args.arguments}")
     return _tool_command(args, args.tool, arguments)
 
 
@@ -188,6 +190,9 @@ def _who(args, need_agent: bool = True):
             agent_entry(program, args.agent)
         except KeyError as e:
             raise OrgError(e.args[0]) from None
+        tree = root / "worktrees" / program.name / args.agent
+        if not tree.is_dir():
+            raise OrgError(f"agent {args.agent} has no worktree yet ({tree}); `org launch {program.name}` makes it")
     return program, args.agent
 
 

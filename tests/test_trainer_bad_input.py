@@ -1,0 +1,123 @@
+"""Bad input to `python -m trainer`: one line naming the flag, file or key, no traceback, nothing lost."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer.config import make_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "n_layer=1", "--set", "n_embd=32", "--set", "n_head=2", "--set", "sequence_len=32"]
+SMALL = ["--steps", "1", "--data", "pystdlib", "--tokenizer", "bytes", "--batch-size", "2", "--val-tokens", "64"]
+
+
+def trainer(cwd, *args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NANOLAB_CACHE": str(Path(cwd) / "cache")}
+    return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+def assert_one_line(proc, *names):
+    """Failed, without a traceback, in one line that names each of `names`."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for name in names:
+        assert name in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder holding one tiny finished run, `run/`, for eval and sample."""
+    cwd = tmp_path_factory.mktemp("bad_input")
+    proc = trainer(cwd, "train", *SMALL, *TINY, "--out", "run", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return cwd
+
+
+def train_with_config(cwd, text: bytes):
+    (Path(cwd) / "c.yaml").write_bytes(text)
+    return trainer(cwd, "train", *SMALL, "--config", "c.yaml", "--out", "new")
+
+
+def test_config_non_string_key(workdir):
+    proc = train_with_config(workdir, b"{1: 2}\n")
+    assert_one_line(proc, "--config c.yaml", "1")
+    assert not (workdir / "new").exists()
+
+
+def test_config_not_utf8(workdir):
+    assert_one_line(train_with_config(workdir, b"n_layer: 1\n\xff\xfe: 2\n"), "--config c.yaml")
+
+
+def test_config_non_integral_int_key(workdir):
+    assert_one_line(train_with_config(workdir, b"n_layer: 1.7\n"), "n_layer", "1.7")
+
+
+def test_config_bool_key_not_0_or_1(workdir):
+    assert_one_line(train_with_config(workdir, b"qk_norm: 5\n"), "qk_norm", "5")
+
+
+def test_config_integral_values_still_train(workdir):
+    yaml = b"n_layer: 1.0\nn_embd: 32\nn_head: 2\nsequence_len: 32\nqk_norm: 1\nbias: true\nmatrix_lr: 0.02\n"
+    (workdir / "ok.yaml").write_bytes(yaml)
+    proc = trainer(workdir, "train", *SMALL, "--config", "ok.yaml", "--out", "ok", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_harness_value_forms_accepted():
+    """What the org passes: --set strings and YAML numbers and booleans."""
+    cfg = make_config("nanochat", n_layer="2", n_embd=32.0, n_head=2, qk_norm="True", bias=True,
+                      lambdas=0, matrix_lr="0.02", softcap=0)
+    assert (cfg.n_layer, cfg.n_embd, cfg.qk_norm, cfg.bias, cfg.lambdas) == (2, 32, True, True, False)
+    for bad in (dict(n_layer=1.7), dict(n_layer=True), dict(qk_norm=5), dict(qk_norm=None)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            make_config("nanochat", **bad)
+
+
+def test_train_negative_seed(workdir):
+    proc = trainer(workdir, "train", *SMALL, *TINY, "--seed", "-1", "--out", "neg")
+    assert_one_line(proc, "--seed")
+    assert not (workdir / "neg").exists()
+
+
+@pytest.mark.parametrize("flags, name", [
+    (["--seed", "-1"], "--seed"),
+    (["--temperature", "nan"], "--temperature"),
+    (["--temperature", "-1"], "--temperature"),
+    (["--top-k", "-3"], "--top-k"),
+    (["--tokens", "-1"], "--tokens"),
+    (["--tokens", "0"], "--tokens"),
+    (["--prompt", "\udcff"], "--prompt"),  # how Python hands over a non-UTF-8 argv byte (0xff)
+])
+def test_sample_bad_flags(workdir, flags, name):
+    assert_one_line(trainer(workdir, "sample", "run", "--tokens", "3", *flags), name)
+
+
+def test_sample_greedy_and_no_top_k_still_work(workdir):
+    proc = trainer(workdir, "sample", "run", "--tokens", "3", "--temperature", "0", "--top-k", "0")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_eval_tokens_too_few(workdir):
+    proc = trainer(workdir, "eval", "run", "--tokens", "0")
+    assert_one_line(proc, "--tokens")
+    assert "eval_batches" not in proc.stderr
+
+
+def test_data_export_bin_is_a_file(workdir):
+    (workdir / "taken").write_text("keep me")
+    for target in ("taken", "taken/sub"):
+        assert_one_line(trainer(workdir, "data", "--export-bin", target), f"--export-bin {target}")
+    assert (workdir / "taken").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("setting, key", [("n_embd=1000000000000", "n_embd"), ("n_layer=1e30", "n_layer"),
+                                          ("depth=1e30", "n_layer")])
+def test_absurd_model_size(workdir, setting, key):
+    proc = trainer(workdir, "train", *SMALL, "--set", "n_head=2", "--set", setting, "--out", "huge")
+    assert_one_line(proc, key)
+    assert not (workdir / "huge").exists()
