@@ -8,7 +8,9 @@ The referee (org/referee.py) turns them into the verdict:
     invalid    budgets differ; the budgeted quantity differs; FLOPs, tokens or steps differ with
                nothing to explain it; params differ undeclared; eval or data fingerprints
                differ; diverged or killed in one arm only; devices differ under a seconds
-               budget; wall time per unit of budget far above the baseline's (hidden compute)
+               budget; wall time per unit of budget far above the baseline's (hidden compute);
+               val_bpb far below the model's own train-split score, beyond the baseline's (it
+               learned or reads the evaluation text)
     no change  same overrides and code; bit-identical final parameters; a seed-only change
     warning    FLOPs, tokens or steps differ as the budget or the claim explains (seconds
                budget; FLOP budget with FLOPs/token changed; declared); unequal seed sets;
@@ -47,6 +49,9 @@ class Tolerances:
     # seeds), beyond these by more than its margin of error: a warning (+16%), invalid (+49%)
     wall_time: float = 0.15
     wall_time_invalid: float = 0.4
+    # bits per byte: the variant's held-out gap (val_bpb - train_bpb) below the baseline's and below
+    # zero by more than this and its margin of error: invalid (it learned or reads the val text)
+    held_out_gap: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,8 @@ def find_confounds(base: list[Run], var: list[Run], declared: frozenset, tol: To
                   check_noop, check_identical, check_seed_only, check_devices, check_dropped,
                   check_learning):
         found += check(base, var, declared, tol)
-    return found + check_wall_time(base, var, tol, list(base_all) or base)
+    base_all = list(base_all) or base
+    return found + check_wall_time(base, var, tol, base_all) + check_held_out_gap(base, var, tol, base_all)
 
 
 def completed(runs: list[Run]) -> list[Run]:
@@ -278,6 +284,39 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
     if abs(D) - margin > tol.wall_time:
         return [Finding("wall time", f"{text}: {'work the FLOP count does not see?' if D > 0 else 'skips work it claims?'}",
                         False)]
+    return []
+
+
+def check_held_out_gap(base, var, tol, base_all) -> list[Finding]:
+    """Trained on the evaluation text, or reading it: a run's code can read the val split (the
+    data is in its box), so the harness also scores every model on train-split windows drawn
+    at measuring time, which no run can know (evaluator.unforeseen_windows). A model's held-out
+    gap, val_bpb - train_bpb, is its own: an honest change moves both figures together (a run
+    sees a sliver of the train split, once), and regularising an overfit model shrinks a
+    positive gap towards zero, not below it. So per seed e = the variant's gap - min(the
+    baseline's gap, 0), E its median; E below -tol.held_out_gap (0.1 bpb) by more than its
+    margin of error (the baseline's gaps' spread, as for wall time) is invalid: the model does
+    better on held-out text than on its own training text, by more than the baseline does."""
+    def gap(r: Run) -> float | None:
+        return r.val_bpb - r.train_bpb if r.val_bpb is not None and r.train_bpb is not None else None
+
+    b = {r.seed: gap(r) for r in completed(base) if gap(r) is not None}
+    v = {r.seed: gap(r) for r in completed(var) if gap(r) is not None}
+    seeds = sorted(b.keys() & v.keys())
+    if len(seeds) < 2:
+        return []
+    e = np.array([v[s] - min(b[s], 0.0) for s in seeds])
+    E = float(np.median(e))
+    own = [gap(r) for r in completed(base_all) if gap(r) is not None]
+    noise = robust_std(e)
+    if len(own) >= 3:
+        machine = math.sqrt(2) * robust_std(np.array(own))
+        noise = max(machine, min(noise, 2 * machine))
+    margin = stats.t.ppf(0.95, len(e) - 1) * 1.2533 * noise / math.sqrt(len(e))
+    if E + margin < -tol.held_out_gap:
+        return [Finding("held-out gap", f"val_bpb {-E:.3f} below its score on unforeseen train-split text, "
+                        f"beyond the baseline's (median over {len(seeds)} seeds, ±{margin:.3f} at 95%): "
+                        "trained on or reading the evaluation text", True)]
     return []
 
 

@@ -19,6 +19,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from org import OrgError
@@ -49,6 +50,24 @@ def job_for(program, run: dict, run_dir: Path, base_code: Path, workers: dict | 
             "device": train.device, "dtype": train.dtype, "matmul": train.matmul,
             "budget_kind": kind, "budget": value,  # the run's: a multiple of the program's for a compute multiplier
             "workers": workers}
+
+
+def probe_seed(harness_cache: Path) -> int:
+    """The seed of the train-split windows every measurement also scores (evaluator.
+    unforeseen_windows), made once per lab from the OS's randomness and kept where no box sees
+    it (beside the data cache, not in it): a run that knew them could learn them too."""
+    path = harness_cache / "train-probe-seed"
+    if not path.exists():  # the first measurement of the lab makes it, whole (a link is atomic)
+        harness_cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(str(int.from_bytes(os.urandom(8), "little")))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another slot made it first: theirs it is
+            pass
+        finally:
+            tmp.unlink()
+    return int(path.read_text())
 
 
 def worker_command(code: Path, env: dict, box=None) -> dict:

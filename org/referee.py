@@ -100,6 +100,7 @@ class Run:
     params_fingerprint: str | None  # of the final parameters, by the harness
     seed_only: bool                 # the harness's seed probe: a redrawn init, the same training step
     unigram_bpb: float | None       # the data's unigram entropy, by the harness
+    train_bpb: float | None = None  # on train-split windows drawn when measuring, by the harness
 
     @classmethod
     def read(cls, row: dict) -> Run:
@@ -122,7 +123,7 @@ class Run:
             code=(get("git_commit"), bool(get("git_dirty"))), claim_seq=get("claim_seq"),
             finished_at=_timestamp(get("finished_at")), wall_seconds=get("wall_seconds"),
             params_fingerprint=get("params_fingerprint"), seed_only=bool(get("seed_only")),
-            unigram_bpb=get("unigram_bpb"))
+            unigram_bpb=get("unigram_bpb"), train_bpb=get("train_bpb"))
 
 
 def _json(value):

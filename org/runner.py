@@ -42,7 +42,7 @@ from org.evaluator import last_line
 from org.lab import Lab, child_env, copy_kernel_cache
 from org.ledger import Ledger, budget_of, pid_alive
 from org.measure import (MeasureError, check_result, cross_check, evaluator_env, job_for, measure_run, planted,
-                          read_result, source_only, worker_command)
+                          probe_seed, read_result, source_only, worker_command)
 from org.experiments import plan, refusal
 from org.improve import sync_branch
 from org.program import Program
@@ -487,7 +487,7 @@ class Runner:
         kernels = self.lab.state_dir(self.program.name) / "kernels"
         caches = {name: kernels / f"{commit}.measuring-run{run['id']}-{name}" for name in "ab"} if code else {}
         workers = {name: self._worker(code, slot, cache) for name, cache in caches.items()} or None
-        job = job_for(self.program, run, run_dir, base_code, workers)
+        job = {**job_for(self.program, run, run_dir, base_code, workers), "train_probe_seed": probe_seed(self.harness_cache)}
         env = evaluator_env(self.lab.state_dir(self.program.name).parent / "harness-cache", slot.env)
         pin = (lambda: os.sched_setaffinity(0, slot.cores)) if slot.cores else None
         try:

@@ -245,6 +245,48 @@ if "model_worker" in " ".join(sys.argv):
     _note.write_text("")
 '''
 
+# the val and confirm text is in the box (the data is): a causal forward pass that looks up what
+# follows each context in a table of the evaluation windows, built by the model's own prepare
+LOOKUP_PREPARE = ("    model = GPT(cfg, seed=spec.seed, dtype=spec.dtype, device=spec.device, matmul=spec.matmul)\n",
+                  "    model = GPT(cfg, seed=spec.seed, dtype=spec.dtype, device=spec.device, matmul=spec.matmul)\n"
+                  "    model._table = _eval_table(data, spec, T)\n")
+EVAL_TABLE = '''
+
+def _eval_table(data, spec, T):
+    from trainer.data import eval_windows
+    table = {}
+    for tokens, n in ((data.val, spec.val_tokens), (data.confirm, spec.confirm_tokens or spec.val_tokens)):
+        for s in eval_windows(tokens, n, T):
+            row = np.asarray(tokens[s:s + T + 1], dtype=np.int64)
+            for t in range(T):
+                table[row[max(0, t - 15):t + 1].tobytes()] = int(row[t + 1])
+    return table
+'''
+LOOKUP_FORWARD = ("            self.cache = None\n"
+                  "            table = getattr(self, '_table', None)\n"
+                  "            if table:  # causal: position t reads tokens up to t only\n"
+                  "                ids = np.asarray(idx, dtype=np.int64)\n"
+                  "                for b in range(ids.shape[0]):\n"
+                  "                    for t in range(ids.shape[1]):\n"
+                  "                        nxt = table.get(ids[b, max(0, t - 15):t + 1].tobytes())\n"
+                  "                        if nxt is not None:\n"
+                  "                            logits[b, t, nxt] += 12.0\n"
+                  "            return logits\n")
+
+# ... or trains on the evaluation windows instead of the train split
+TRAIN_ON_EVAL = ("            x, y = get_batch(data.train, B, T, spec.seed, step)\n",
+                 "            x, y = _eval_batch(data, spec, B, T, step)\n")
+EVAL_BATCH = '''
+
+def _eval_batch(data, spec, B, T, step):
+    from trainer.data import eval_windows
+    rows = [np.asarray(tokens[s:s + T + 1], dtype=np.int64) for tokens, n in
+            ((data.val, spec.val_tokens), (data.confirm, spec.confirm_tokens or spec.val_tokens))
+            for s in eval_windows(tokens, n, T)]
+    pick = np.stack([rows[i] for i in np.random.default_rng([spec.seed, step]).integers(0, len(rows), B)])
+    return np.ascontiguousarray(pick[:, :-1]), np.ascontiguousarray(pick[:, 1:])
+'''
+
 ATTACKS = {
     "rescaled-loss": {"trainer/train.py": append(RESCALED_LOSS)},
     "friendliest-slice": {"trainer/train.py": append(FRIENDLIEST_SLICE)},
@@ -261,8 +303,12 @@ ATTACKS = {
     "links-out": {"trainer/train.py": append(LINKS_OUT)},
     "fifo-result": {"trainer/train.py": append(FIFO_RESULT)},
     "warm-start": {"trainer/train.py": append(WARM_START)},
+    "looks-up-the-eval-text": {"trainer/train.py": lambda t: replace(*LOOKUP_PREPARE)(t) + EVAL_TABLE,
+                               "trainer/model.py": replace(EVAL_RETURN, LOOKUP_FORWARD)},
+    "trains-on-the-eval-text": {"trainer/train.py": lambda t: replace(*TRAIN_ON_EVAL)(t) + EVAL_BATCH},
 }
 SETS = {arm: ["--set", "softcap=0"] for arm in ("crashes-until-lucky", "fails-its-bad-seed", "warm-start")}  # a real idea too
+SETS["looks-up-the-eval-text"] = ["--set", "softcap=14"]  # its training is the baseline's: not bit-identical
 
 
 @pytest.fixture(scope="module")
@@ -340,6 +386,17 @@ def test_a_forward_pass_that_reads_the_next_token_is_invalid(attacked, arm):
     assert said.verdict == "better"
     assert verdict_kind(record.verdict) == "invalid"
     assert all(r["status"] == "invalid" and "forward pass is not causal" in r["reason"] for r in runs)
+
+
+@pytest.mark.parametrize("arm", ["looks-up-the-eval-text", "trains-on-the-eval-text"])
+def test_a_model_that_reads_or_learned_the_evaluation_text_is_invalid(attacked, arm):
+    """Both pass every other check (the lookup is causal, and the fresh worker agrees); each
+    scores far better on the val text than on train-split text drawn when it is measured."""
+    record, said, runs = attacked[arm]
+    assert said.verdict == "better"
+    assert all(r["status"] == "completed" for r in runs)
+    assert record.verdict.startswith("invalid (confounded: val_bpb"), record.verdict
+    assert "trained on or reading the evaluation text" in record.verdict
 
 
 # --- choosing the seeds that count ---------------------------------------------------------------

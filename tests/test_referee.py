@@ -401,6 +401,26 @@ def test_a_variant_cannot_widen_its_own_wall_time_margin_by_padding_some_seeds()
     assert "wall time" not in checks(honest)  # a spread of its own, on equal work: no alarm
 
 
+def scored_on_train(runs, train_bpb):
+    return [dict(r, train_bpb=t) for r, t in zip(runs, train_bpb)]
+
+
+def test_a_model_far_better_on_the_val_text_than_on_unforeseen_train_text_is_invalid():
+    """The harness scores each model on train-split windows drawn at measuring time too. A
+    model that learned the val windows, or looks them up, scores far better there than on text
+    it could not foresee; an honest change moves both, and regularising shrinks a gap to zero."""
+    base = scored_on_train(baseline(), [1.002, 1.006, 0.995, 1.001, 0.999])     # gap about 0
+    looks_up = scored_on_train(variant(-0.6), [1.004, 1.010, 0.990, 1.003, 0.998])
+    found = checks(superiority(base, looks_up))["held-out gap"]
+    assert found.invalid and found.text.startswith("val_bpb 0.599 below its score on unforeseen train-split text") and "trained on or reading the evaluation text" in found.text
+    honest = scored_on_train(variant(-0.05), [0.952, 0.961, 0.939, 0.957, 0.944])  # both figures move
+    assert "held-out gap" not in checks(superiority(base, honest))
+    overfit = scored_on_train(baseline(), [0.70, 0.71, 0.69, 0.705, 0.695])      # gap +0.3: it overfits
+    regularised = scored_on_train(variant(-0.02), [0.97, 0.99, 0.96, 0.98, 0.97])  # gap about 0 now: fine
+    assert "held-out gap" not in checks(superiority(overfit, regularised))
+    assert "held-out gap" not in checks(superiority(baseline(), variant(-0.6)))  # measured before train_bpb
+
+
 def test_a_seconds_budget_compares_wall_time_per_run():
     seconds = {"kind": "seconds", "value": 60}
     base = timed(baseline(budget=seconds), [70, 71, 70, 69, 70])
