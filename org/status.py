@@ -50,25 +50,35 @@ def cmd_status(args) -> int:
         return 0
 
 
+def agents_table(rows: list[tuple[str, str, str, str]]):
+    """One line per agent: (agent, state, doing, restarts). The table spans the terminal and only
+    "doing" gives way (cut with an ellipsis): sized to its content, a long "doing" once squeezed
+    the agent's name out of the line."""
+    from rich.table import Table
+    from rich.text import Text
+    table = Table(box=None, pad_edge=False, show_edge=False, expand=True)
+    widths = {"agent": max((len(r[0]) for r in rows), default=len("agent")), "state": len("out of budget"), "restarts": 8}
+    for col in ("agent", "state", "restarts", "doing"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=widths.get(col),
+                         ratio=1 if col == "doing" else None)
+    for agent, state, doing, restarts in rows:
+        style = {"crashed": "bold red", "taken over": "bold magenta", "working": "green",
+                 "out of budget": "yellow"}.get(state, "")
+        table.add_row(agent, Text(state, style=style), restarts, doing)
+    return table
+
+
 def status_view(launch: ProgramSite):
     """Agents' states, the runner, runs, spend against budget, the latest verdicts."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
     running = launch.grid.running()
     state = program_state(launch, running)
     colour = {"running": "green", "done": "bold green"}.get(state, "yellow")
     head = Text.from_markup(f"[bold]{launch.name}[/] · [{colour}]{state}[/] · {time.strftime('%H:%M:%S')}")
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    widths = {"agent": max(map(len, launch.agents), default=len("agent")), "state": len("out of budget"), "restarts": 8}
-    for col in ("agent", "state", "restarts", "doing"):  # one line per agent; "doing" gives way
-        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=widths.get(col), ratio=int(col == "doing"))
-    for agent in launch.agents:
-        state, doing = agent_state(launch, agent, running)
-        style = {"crashed": "bold red", "taken over": "bold magenta", "working": "green",
-                 "out of budget": "yellow"}.get(state, "")
-        table.add_row(agent, Text(state, style=style), str(launch.keeper(agent).get("restarts", "")), doing)
-    parts = [head, table, Text(runner_line(launch, running))]
+    rows = [(agent, *agent_state(launch, agent, running), str(launch.keeper(agent).get("restarts", "")))
+            for agent in launch.agents]
+    parts = [head, agents_table(rows), Text(runner_line(launch, running))]
     if launch.ledger_path.exists():
         parts += [Text(line) for line in ledger_lines(launch)]
     return Group(*parts)

@@ -197,6 +197,21 @@ def test_launch_checks_everything_first_and_creates_nothing(case, org_project, m
 # the grid
 
 
+def test_the_status_table_keeps_every_agents_name_however_long_what_it_does():
+    """Sized to its content, a long "doing" once squeezed the agent column out of the line (it
+    failed a CI run: `org status` printed no agent's name)."""
+    import io
+    from rich.console import Console
+    from org.status import agents_table
+    rows = [("solo", "working", "run(" + "x" * 200 + ")", "0"), ("second", "waiting", "results(wait_seconds=60)", "1")]
+    for width in (80, 50):
+        out = io.StringIO()
+        Console(file=out, width=width).print(agents_table(rows))
+        lines = out.getvalue().splitlines()
+        assert lines[0].startswith("agent") and lines[1].startswith("solo    working") and lines[2].startswith("second")
+        assert lines[1].endswith("…") and max(map(len, lines)) <= width  # only "doing" gave way
+
+
 def test_the_grid_has_a_labelled_pane_per_agent_in_its_worktree(org_project, capsys):
     root = org_project(agents=SOLO + [{"name": "second", "backend": "scripted"}])
     assert main(["launch", "tiny", "--stagger", "0"]) == 0
