@@ -271,12 +271,7 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
         return []
     d = np.array([v[s] - b[s] for s in seeds])
     D = float(np.median(d))
-    own = [cost(r) for r in completed(base_all) if cost(r) is not None]
-    noise = robust_std(d)
-    if len(own) >= 3:  # the pairs' spread counts up to twice the machine's: more is the variant's own
-        machine = math.sqrt(2) * robust_std(np.array(own))  # doing (hidden work on some seeds, not all)
-        noise = max(machine, min(noise, 2 * machine))
-    margin = stats.t.ppf(0.95, len(d) - 1) * 1.2533 * noise / math.sqrt(len(d))  # the median's error
+    margin = median_margin(d, [cost(r) for r in completed(base_all) if cost(r) is not None])
     text = (f"wall time {math.exp(D) - 1:+.0%} per {'run' if kind == 'seconds' else 'FLOP'} by the runner's "
             f"clock (median over {len(seeds)} seeds, ±{math.exp(margin) - 1:.0%} at 95%)")
     if D - margin > tol.wall_time_invalid:
@@ -307,17 +302,24 @@ def check_held_out_gap(base, var, tol, base_all) -> list[Finding]:
         return []
     e = np.array([v[s] - min(b[s], 0.0) for s in seeds])
     E = float(np.median(e))
-    own = [gap(r) for r in completed(base_all) if gap(r) is not None]
-    noise = robust_std(e)
-    if len(own) >= 3:
-        machine = math.sqrt(2) * robust_std(np.array(own))
-        noise = max(machine, min(noise, 2 * machine))
-    margin = stats.t.ppf(0.95, len(e) - 1) * 1.2533 * noise / math.sqrt(len(e))
+    margin = median_margin(e, [gap(r) for r in completed(base_all) if gap(r) is not None])
     if E + margin < -tol.held_out_gap:
         return [Finding("held-out gap", f"val_bpb {-E:.3f} below its score on unforeseen train-split text, "
                         f"beyond the baseline's (median over {len(seeds)} seeds, ±{margin:.3f} at 95%): "
                         "trained on or reading the evaluation text", True)]
     return []
+
+
+def median_margin(d: np.ndarray, own: list[float]) -> float:
+    """The 95% margin of error of median(d), d a paired difference per seed: from the pairs' own
+    spread, widened to the machine's (sqrt(2) x the spread of `own`, the baseline's figure over
+    all its runs) and capped at twice that: more spread is the variant's own doing (hidden work
+    on some seeds, not all), and would otherwise widen the margin until it hid."""
+    noise = robust_std(d)
+    if len(own) >= 3:
+        machine = math.sqrt(2) * robust_std(np.array(own))
+        noise = max(machine, min(noise, 2 * machine))
+    return stats.t.ppf(0.95, len(d) - 1) * 1.2533 * noise / math.sqrt(len(d))  # 1.2533: a median's error
 
 
 def robust_std(x: np.ndarray) -> float:

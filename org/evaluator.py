@@ -264,6 +264,7 @@ def unforeseen_windows(tokens: np.ndarray, n_tokens: int, seq_len: int, seed: in
     starts = np.random.default_rng(seed).integers(0, len(tokens) - seq_len, k)
     return np.concatenate([np.asarray(tokens[s:s + seq_len + 1]) for s in starts])
 
+
 def unigram_bpb(data, n_tokens: int, seq_len: int) -> float | None:
     """Bits per byte of the val windows' targets under the train split's token frequencies
     (add-one smoothed): what a model that learned nothing but counts would score."""
@@ -287,7 +288,7 @@ class Worker:
     def __init__(self, job: dict, name: str):
         w = job["workers"][name]  # each with its own kernel cache: nothing passes from a to b
         log = Path(job["log_dir"]) / f"measure-worker-{name}.log"  # never through a link the run left
-        self.log = open(log, "wb", opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW))
+        self.log = open(log, "wb", opener=no_follow)
         self.proc = subprocess.Popen(w["argv"], cwd=w["code"], env=w["env"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, preexec_fn=die_with_parent)
         self.job = job
@@ -448,6 +449,11 @@ def die_with_parent():
     """In the worker, before exec: SIGKILL it when the evaluator goes, however it goes."""
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def no_follow(path, flags):
+    """open()'s opener for a file the harness writes in a run's directory: never through a link."""
+    return os.open(path, flags | os.O_NOFOLLOW)
 
 
 def last_line(path: str) -> str:

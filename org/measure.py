@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 
 from org import OrgError
+from org.evaluator import no_follow
 from org.ledger import FINISHED, budget_of
 from org.program import Program
 from trainer.record import Measurement, Result, read
@@ -120,11 +121,6 @@ def measure_run(job: dict, env: dict, timeout: float, pin=None) -> dict:
         except ValueError as e:
             raise MeasureError(f"{e}; see {log_path}") from None
     return outcome
-
-
-def no_follow(path, flags):
-    """open()'s opener for a file the harness writes in a run's directory: never through a link."""
-    return os.open(path, flags | os.O_NOFOLLOW)
 
 
 def _kill_group(pid: int):

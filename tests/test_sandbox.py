@@ -19,6 +19,7 @@ from org.agents.tools import Tools
 from org.cli import main
 from org.lab import agent_branch
 from org.ledger import Ledger
+from org.measure import probe_seed
 from org.sandbox import Limits, Sandbox, available, pids_root, process_limit
 from test_org_runner import agent_commit, create_project, tiny_program as runner_program
 
@@ -247,6 +248,7 @@ def run(spec, out, *args, **kwargs):  # what an agent's trainer can do before it
     attempt("write the ledger", lambda: open(lab / "tiny" / "ledger.sqlite", "ab").write(b"x"))
     attempt("write the base snapshot", lambda: open(next((lab / "tiny" / "snapshots").glob("*/trainer/eval.py")), "a"))
     attempt("write the harness cache", lambda: open(lab / "harness-cache" / "poison", "w"))
+    attempt("read the seed of the unforeseen windows", lambda: (lab / "harness-cache" / "train-probe-seed").read_text())
     attempt("read the worktrees", lambda: next((lab.parent / "worktrees" / "tiny").iterdir()))
     attempt("network", lambda: socket.create_connection(("127.0.0.1", {port}), 2))
     attempt("a key", lambda: os.environ["ANTHROPIC_API_KEY"])
@@ -267,6 +269,7 @@ def test_a_trainer_run_cannot_reach_the_lab_the_network_or_outlive_itself(outsid
     monkeypatch.chdir(root)
     agent_commit(root, "mallory", "trainer/train.py", lambda text: text + ATTACK.format(port=server.getsockname()[1]))
     assert main(["submit", "tiny", "--arm", "mallory", "--ref", "agent/tiny/mallory/work"]) == 0
+    probe_seed(root / ".lab" / "harness-cache")  # there to be read: the train windows a run must not know
     assert main(["run", "tiny"]) == 0
     server.close()
     with Ledger(root / ".lab" / "tiny" / "ledger.sqlite") as ledger:
