@@ -16,6 +16,7 @@ from org.agents.openai_api import OpenAIModel
 from org.gateway import Gateway, GatewayError, client_config, gateway_dir, prepare, read_keys, usage_of
 from org.ledger import Ledger
 from org.program import Agent
+from test_launch import eventually
 
 KEYS = {"ANTHROPIC_API_KEY": "sk-ant-REAL-0123456789", "OPENAI_API_KEY": "sk-openai-REAL-0123456789"}
 AGENTS = {"claude": "anthropic", "gpt": "openai", "solo": "scripted"}
@@ -33,9 +34,14 @@ def org(tmp_path):
             yield root, program, llm, gw, tokens
 
 
-def spend(root, program) -> list[dict]:
-    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
-        return ledger._all("SELECT agent, model, tokens_in, tokens_out, dollars FROM llm_spend")
+def spend(root, program, calls: int = 0) -> list[dict]:
+    """The metered calls, once `calls` of them are in: the gateway meters a call as the reply
+    closes, which can be a moment after the agent's client has read the reply's last event."""
+    def rows() -> list[dict]:
+        with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+            return ledger._all("SELECT agent, model, tokens_in, tokens_out, dollars FROM llm_spend")
+    eventually(lambda: len(rows()) >= calls, 10, f"{calls} metered calls")
+    return rows()
 
 
 def ask(model) -> str:
@@ -58,7 +64,7 @@ def test_each_agent_calls_through_its_token_and_is_metered_once(org):
     assert sent == [KEYS["ANTHROPIC_API_KEY"], f"Bearer {KEYS['OPENAI_API_KEY']}", f"Bearer {KEYS['OPENAI_API_KEY']}"]
     assert claude.client.api_key == tokens["claude"] and KEYS["ANTHROPIC_API_KEY"] not in json.dumps(tokens)
 
-    rows = spend(root, program)
+    rows = spend(root, program, calls=3)
     assert [(r["agent"], r["model"], r["tokens_in"], r["tokens_out"]) for r in rows] == [
         ("claude", "claude-sonnet-test", 1000, 200), ("gpt", "gpt-5-test", 1000, 200), ("gpt", "gpt-5-test", 1000, 200)]
     assert all(r["dollars"] > 0 for r in rows)
@@ -69,7 +75,7 @@ def test_a_non_streamed_call_is_metered_too(org):
     client = anthropic.Anthropic(api_key=tokens["claude"], base_url=gw.url + "/anthropic", max_retries=0)
     reply = client.messages.create(model="claude-sonnet-test", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
     assert reply.content[0].text == "hello"
-    assert [(r["agent"], r["tokens_in"], r["tokens_out"]) for r in spend(root, program)] == [("claude", 1000, 200)]
+    assert [(r["agent"], r["tokens_in"], r["tokens_out"]) for r in spend(root, program, calls=1)] == [("claude", 1000, 200)]
 
 
 def test_unknown_tokens_and_the_real_key_itself_are_refused(org):

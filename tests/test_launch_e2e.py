@@ -179,7 +179,9 @@ def test_an_org_is_watched_taken_over_stopped_resumed_and_reported(org_project, 
     # the report, printed by --wait, and the ledger behind it: every run once, all done
     assert "verdicts" in out and "report: " in out and "gelu" in out and "learned-pos" in out
     assert (root / "reports" / "tiny" / "README.md").exists()
-    assert "runner: done" in grid.capture("status")
+    # the status pane redraws every 2 s, and the runner's keeper marks it ended a moment after the
+    # ledger says the program is done (what `--wait` waits for)
+    eventually(lambda: "runner: done" in grid.capture("status"), 20, "the status pane to show the runner done")
     assert "tiny · done" in grid.capture("status")   # finished, though its grid is still open to read
     runs = ledger_runs(root)
     assert {r["status"] for r in runs} == {"completed"}
