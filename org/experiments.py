@@ -67,6 +67,10 @@ def submission_source(ledger: Ledger, lab: Lab, program: Program, arm: str, over
     if declared and declared.overrides == overrides and commit == lab.resolve(declared.ref or base):
         return "declared"
     taken = [e for e in ledger.experiments(program.name) if e["arm"] == arm]
+    if taken and taken[0]["stage"] == "refused":  # the record keeps what was refused, under its name
+        why = (taken[0]["reason"] or "no reason recorded").splitlines()[0]
+        raise OrgError(f"arm {arm!r} was refused (experiment {taken[0]['id']}: {why}); "
+                       "the record keeps it under that name, so submit the fixed idea under a new one")
     if taken or declared:
         who = taken[0]["who"] if taken else "the program"
         raise OrgError(f"arm {arm!r} already exists (by {who}, experiment {taken[0]['id'] if taken else 'declared'}); "

@@ -44,7 +44,7 @@ from org.ledger import Ledger, pid_alive
 from org.mail import now, write_atomically
 from org.panes import Pane, RELEASE_KEY, TAKEOVER_KEY, tmux_path
 from org.program import Program
-from org.sandbox import available as sandbox_available, pids_root, process_limit
+from org.sandbox import available as sandbox_available, cgroup_root, core_limit, pids_root, process_limit
 from org.workspace import ProgramSite, lab_root, on_ray, preflight, start, with_backend
 
 RUNNER, STATUS = "_runner", "_status"  # keeper names (agent names cannot start with "_")
@@ -129,7 +129,7 @@ def check(arg: str, backend: str | None, ray: str | None = None) -> tuple[Progra
         program, lab, path = preflight(arg)
     try:
         launched = with_backend(program, backend) if backend else program
-        launch = ProgramSite(root, on_ray(launched, ray) if ray else launched, path.resolve())
+        launch = ProgramSite(root, on_ray(launched, ray) if ray is not None else launched, path.resolve())
         if not program.org.agents:
             raise OrgError(f"{path}: org.agents is empty: nobody to launch (`org run {program.name}` "
                            "runs the declared arms without agents)")
@@ -152,6 +152,8 @@ def check_sandbox(program: Program):
     if why_not is None:
         if pids_root() is None:
             print(f"note: the boxes' process limit: {process_limit()}")
+        if cgroup_root("cpuset") is None:
+            print(f"note: runs keep to their slot's cores by {core_limit()}")
         return
     if any(agent.backend != "scripted" for agent in program.org.agents):
         raise OrgError(f"{why_not}. Agents' commands and runs must be sandboxed; install it, or launch "

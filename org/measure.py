@@ -75,7 +75,7 @@ def worker_command(code: Path, env: dict, box=None) -> dict:
     """How the evaluator starts the experiment's model worker: in `box` (org.sandbox) when given."""
     argv = [sys.executable, "-I", "-B", "-m", "org.model_worker", str(code)]
     env = {**env, **source_only(code)}
-    return {"code": str(code), "argv": box.wrap(argv, cwd=code, env=env) if box else argv, "env": env}
+    return {"code": str(code), "argv": box.command(argv, cwd=code, env=env) if box else argv, "env": env}
 
 
 def source_only(code: Path) -> dict:

@@ -65,29 +65,37 @@ IDLE_POLL_SECONDS = 1.0
 class Slot:
     index: int
     env: dict = field(default_factory=dict)  # thread counts, CUDA_VISIBLE_DEVICES
-    cores: list[int] | None = None  # CPU affinity, so CPU slots never share cores
+    cores: list[int] | None = None  # where its runs may run: `threads` cores of its share
+    share: list[int] | None = None  # its part of the machine: where its runs are measured
     kind: str | None = None  # a cluster's kind of device (org/cluster.py): each seed's runs keep to one
 
 
 def make_slots(program: Program) -> list[Slot]:
-    """One slot per GPU, or `runner.slots` CPU slots splitting the cores between them."""
+    """One slot per GPU, or `runner.slots` CPU slots splitting the cores between them. A run is
+    kept to `threads` cores of its slot's share: it cannot take another slot's cores, nor more
+    than its threads (a time budget would pay it for them). Its measurement, which no budget
+    times, may use the whole share."""
     cfg = program.runner
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     n_cores = len(cores) if cores else (os.cpu_count() or 1)
-    if cfg.gpus:
-        threads = cfg.threads_per_slot or max(1, n_cores // len(cfg.gpus))
-        return [Slot(i, {**_threads(threads), "CUDA_VISIBLE_DEVICES": str(gpu)})
-                for i, gpu in enumerate(cfg.gpus)]
-    threads = cfg.threads_per_slot or max(1, n_cores // cfg.slots)
-    slots = []
-    for i in range(cfg.slots):
-        mine = cores[i * threads:(i + 1) * threads] if cores and cfg.slots > 1 else None
-        slots.append(Slot(i, {**_threads(threads), "CUDA_VISIBLE_DEVICES": ""}, mine or None))
-    return slots
+    devices = [str(gpu) for gpu in cfg.gpus] if cfg.gpus else [""] * cfg.slots
+    per_slot = max(1, n_cores // len(devices))
+    threads = cfg.threads_per_slot or per_slot
+    return [Slot(i, {**_threads(threads), "CUDA_VISIBLE_DEVICES": device},
+                 pick(cores, i * per_slot, threads), pick(cores, i * per_slot, per_slot))
+            for i, device in enumerate(devices)]
 
 
 def _threads(n: int) -> dict:
     return {name: str(n) for name in THREAD_VARS}
+
+
+def pick(cores: list[int] | None, start: int, n: int) -> list[int] | None:
+    """n of the machine's cores from the start-th on, round them (shared only when the slots ask
+    for more than there are); None where the affinity is unknown."""
+    if not cores:
+        return None
+    return sorted({cores[(start + k) % len(cores)] for k in range(n)})
 
 
 # ----------------------------------------------------------------------------------------
@@ -381,12 +389,14 @@ class Runner:
 
     def _run_here(self, ledger, run, cmd, env, code, run_dir, log_path, slot) -> tuple[int, str | None]:
         """The trainer as a child process of this one, in its box: (exit status, why killed)."""
-        # pinned before exec, so every thread the trainer starts (BLAS pools) stays on the slot's cores
+        # pinned before exec, so every thread the trainer starts (BLAS pools) stays on the slot's cores;
+        # the box's cpuset keeps it there (an affinity alone, its code could widen)
         pin = (lambda: os.sched_setaffinity(0, slot.cores)) if slot.cores else None
+        box = self._run_box(run_dir, *code, slot.cores) if self.sandboxed else None
         with open(log_path, "wb") as log:
             how = dict(cwd=code[0], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                        start_new_session=True, preexec_fn=pin)
-            proc = self._run_box(run_dir, *code).popen(cmd, **how) if self.sandboxed else subprocess.Popen(cmd, **how)
+            proc = box.popen(cmd, **how) if box else subprocess.Popen(cmd, **how)
         self.children[run["id"]] = proc
         if self.stopping.is_set():  # stop() ran between Popen and the line above: it missed this one
             _kill_group(proc.pid, signal.SIGKILL)
@@ -403,7 +413,7 @@ class Runner:
         job = run["job_id"]
         if self.program.train.device == "cuda":
             env = {**env, "CUDA_VISIBLE_DEVICES": GPU}
-        box = self._run_box(run_dir, *code) if self.sandboxed else None
+        box = self._run_box(run_dir, *code, slot.cores) if self.sandboxed else None
         timeout = self.program.budget.run_timeout_seconds
         self.jobs.submit(job, cmd, code[0], env, log_path, box, timeout, KILL_GRACE_SECONDS, slot.kind)
         ledger.mark_started(run["id"], None, cmd, run_dir, log_path, node="(a cluster node)")
@@ -444,11 +454,11 @@ class Runner:
                 copy_kernel_cache(self.base_snapshot, base, snapshot, cache)
         return cache
 
-    def _run_box(self, run_dir: Path, snapshot: Path, kernels: Path):
+    def _run_box(self, run_dir: Path, snapshot: Path, kernels: Path, cores: list[int] | None):
         threads = max(1, int(self.program.runner.threads_per_slot or os.cpu_count() or 1))
         return run_box(self.lab.root, run_dir, snapshot, self.harness_cache / "data", self.program.data.source,
                        kernels, gpu=self.program.train.device == "cuda",
-                       cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60)
+                       cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60, cores=cores)
 
     def _record(self, ledger: Ledger, run: dict, result: Result, wall: float, killed_reason: str | None,
                 slot: Slot):
@@ -489,7 +499,7 @@ class Runner:
         workers = {name: self._worker(code, slot, cache) for name, cache in caches.items()} or None
         job = {**job_for(self.program, run, run_dir, base_code, workers), "train_probe_seed": probe_seed(self.harness_cache)}
         env = evaluator_env(self.lab.state_dir(self.program.name).parent / "harness-cache", slot.env)
-        pin = (lambda: os.sched_setaffinity(0, slot.cores)) if slot.cores else None
+        pin = (lambda: os.sched_setaffinity(0, slot.share)) if slot.share else None
         try:
             outcome = measure_run(job, env, max(120.0, self.program.budget.run_timeout_seconds), pin)
         except MeasureError as e:
@@ -511,7 +521,7 @@ class Runner:
         kernels = self.kernels(code, cache)
         env = untrusted_env({**slot.env, "NANOLAB_CACHE": str(self.harness_cache / "data"), "NUMBA_CACHE_DIR": str(kernels)})
         box = worker_box(self.lab.root, code, self.harness_cache / "data", self.program.data.source, kernels,
-                         gpu=self.program.train.device == "cuda") if self.sandboxed else None
+                         gpu=self.program.train.device == "cuda", cores=slot.share) if self.sandboxed else None
         return worker_command(code, env, box)
 
 

@@ -15,6 +15,11 @@ Inside a box:
   (protected files inside a worktree); /tmp is private, empty and capped;
 - its own user, PID, IPC, UTS, cgroup and network namespaces: no other process is visible or
   killable, no network at all (only its own loopback) unless `net`;
+- no capabilities, even where the harness runs as root (a box that kept root's remounted /
+  read-write and unmounted what hides the lab), and no user namespace of its own to get them
+  back in (bwrap 0.8+) unless `user_namespaces` (a CLI whose own sandbox is bwrap). The limits
+  below sit on a cgroup one level above the box's cgroup-namespace root, so even a box that
+  mounts its cgroups in a namespace of its own cannot raise them;
 - the environment is exactly `env` (nothing inherited); a new session (no typing into the
   terminal it came from); it dies with the process that started it, and when the command (PID 1
   there) exits, every process it started dies with it;
@@ -23,7 +28,10 @@ Inside a box:
   machine lets us make one (cgroup v1's pids hierarchy, or v2 with the pids controller
   delegated to us). Elsewhere there is no process limit: RLIMIT_NPROC counts every process of
   the harness's user at bwrap's first fork (and never binds root), so it cannot stand in.
-  `process_limit()` says which holds.
+  `process_limit()` says which holds;
+- only `Limits.cores`, when given (a runner's slot), in a cpuset cgroup of its own where one can
+  be made: an affinity alone is advice, which the code inside widens with one
+  sched_setaffinity call and then runs on the other slots' cores. `core_limit()` says which holds.
 
 `check()` says in one line why a box cannot be made here (bwrap missing or failing), so a
 launch refuses before it starts anything.
@@ -59,37 +67,48 @@ class Limits:
     address_bytes: int | None = None      # RLIMIT_AS (None: what the machine allows; CUDA needs that)
     tmp_bytes: int = 1 << 30              # the private /tmp (a tmpfs: RAM)
     processes: int = 512                  # processes and threads in the box, all together
+    cores: tuple[int, ...] | None = None  # the only CPUs it may run on (None: any)
 
 
 class Sandbox:
     def __init__(self, writable=(), readonly=(), hidden=(), net: bool = False, gpu: bool = False,
-                 limits: Limits | None = None, frozen=()):
+                 limits: Limits | None = None, frozen=(), user_namespaces: bool = False):
         self.writable = [Path(p) for p in writable]
         self.readonly = [Path(p) for p in readonly]
         self.hidden = [Path(p) for p in hidden]
         self.frozen = [Path(p) for p in frozen]  # read-only although inside a writable tree
         self.net, self.gpu, self.limits = net, gpu, limits or Limits()
+        # may the code inside make user namespaces? Only for a sandbox of its own (Codex's is bwrap):
+        # the mounts it makes there cannot touch the box's, nor its cgroups' limits (one level up)
+        self.user_namespaces = user_namespaces
 
     def spec(self) -> dict:
         """The box as plain data, to make the same box elsewhere (a cluster's job: org/cluster.py)."""
         return {"writable": [str(p) for p in self.writable], "readonly": [str(p) for p in self.readonly],
                 "hidden": [str(p) for p in self.hidden], "frozen": [str(p) for p in self.frozen],
-                "net": self.net, "gpu": self.gpu, "limits": asdict(self.limits)}
+                "net": self.net, "gpu": self.gpu, "limits": asdict(self.limits),
+                "user_namespaces": self.user_namespaces}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Sandbox":
+        limits = {**spec["limits"], "cores": tuple(spec["limits"]["cores"] or ()) or None}
         return cls(spec["writable"], spec["readonly"], spec["hidden"], net=spec["net"], gpu=spec["gpu"],
-                   limits=Limits(**spec["limits"]), frozen=spec["frozen"])
+                   limits=Limits(**limits), frozen=spec["frozen"], user_namespaces=spec["user_namespaces"])
 
-    def with_extra(self, writable=(), readonly=(), frozen=(), **limits) -> "Sandbox":
+    def with_extra(self, writable=(), readonly=(), frozen=(), user_namespaces=None, **limits) -> "Sandbox":
         """This box with more trees bound in, and some of its limits changed."""
         return Sandbox(self.writable + [Path(p) for p in writable], self.readonly + [Path(p) for p in readonly],
                        self.hidden, net=self.net, gpu=self.gpu, limits=replace(self.limits, **limits),
-                       frozen=self.frozen + [Path(p) for p in frozen])
+                       frozen=self.frozen + [Path(p) for p in frozen],
+                       user_namespaces=self.user_namespaces if user_namespaces is None else user_namespaces)
 
     def wrap(self, argv: list[str], cwd: str | Path, env: dict) -> list[str]:
         """bwrap's command line running argv in the box, in cwd, with exactly env."""
-        box = [bwrap(), "--die-with-parent", "--new-session", "--as-pid-1", "--unshare-all"]
+        # no capabilities, and no user namespace of its own to get them back in: as root, a box
+        # that kept them remounted / read-write, unmounted what hides the lab, and rewrote the
+        # limits of its own cgroups
+        box = [bwrap(), "--die-with-parent", "--new-session", "--as-pid-1", "--unshare-all", "--cap-drop", "ALL",
+               *(nobody_inside() if self.user_namespaces else no_nested_userns())]
         box += ["--share-net"] if self.net else []
         box += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp"]
@@ -117,15 +136,22 @@ class Sandbox:
             box += ["--setenv", key, str(value)]
         return box + ["--chdir", str(cwd), "--", *argv]
 
+    def command(self, argv: list[str], cwd, env: dict, info_fd: int | None = None) -> list[str]:
+        """wrap()'s command line, started inside cgroups of the box's own (made now): bwrap starts
+        in them, so everything in the box counts against its pids.max and keeps to its cores."""
+        wrapped = self.wrap(argv, cwd, env)
+        if info_fd is not None:
+            wrapped[1:1] = ["--info-fd", str(info_fd)]
+        groups = box_cgroups(self.limits)
+        if not groups:
+            return wrapped
+        return ["/bin/sh", "-c", JOIN, "nanolab-box", *(str(g / "cgroup.procs") for g in groups), "--", *wrapped]
+
     def popen(self, argv: list[str], cwd, env: dict, preexec_fn=None, **kwargs) -> subprocess.Popen:
         """Start argv in the box. The Popen is bwrap's (kill it and the box goes); .inner_pid is
         the command's own pid, the one to send a SIGTERM it can catch."""
         read, write = os.pipe()
-        wrapped = self.wrap(argv, cwd, env)
-        wrapped[1:1] = ["--info-fd", str(write)]
-        group = pids_cgroup(self.limits.processes)
-        if group:  # bwrap starts inside it, so everything in the box counts against pids.max
-            wrapped = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(group / "cgroup.procs"), *wrapped]
+        wrapped = self.command(argv, cwd, env, info_fd=write)
 
         def before_exec():
             self.set_limits()
@@ -150,49 +176,104 @@ class Sandbox:
                 hard = resource.getrlimit(which)[1]
                 value = value if hard == resource.RLIM_INFINITY else min(value, hard)
                 resource.setrlimit(which, (value, value))
+        if lim.cores:  # where no cpuset can be made, at least the box starts on its cores
+            os.sched_setaffinity(0, lim.cores)
 
 
-# --- the process limit: a pids cgroup per box -------------------------------------------
+# --- cgroups: the box's process limit and its cores ---------------------------------------
 
-PIDS_ROOT: dict = {}  # {"path": Path | None}: where our boxes' cgroups go, found once
-CANDIDATES = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+CGROUP_ROOTS: dict = {}  # {controller: Path | None}: where our boxes' cgroups go, found once
+HIERARCHIES = {"pids": ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"),
+               "cpuset": ("/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")}
+PROBES = {"pids": "pids.max", "cpuset": "cpuset.cpus"}
+# the box's shell joins each cgroup named before "--", then becomes bwrap (the rest)
+JOIN = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 126; shift; done; shift; exec "$@"'
 
 
-def pids_root() -> Path | None:
-    """A folder we may make pids cgroups in (nanolab/ under the first hierarchy that has the
-    pids controller and lets us write), or None."""
-    if "path" not in PIDS_ROOT:
-        PIDS_ROOT["path"] = None
-        for base in map(Path, CANDIDATES):
+def cgroup_root(controller: str) -> Path | None:
+    """A folder we may make `controller`'s cgroups in (nanolab/ under the first hierarchy that has
+    it and lets us write), or None."""
+    if controller not in CGROUP_ROOTS:
+        CGROUP_ROOTS[controller] = None
+        for base in map(Path, HIERARCHIES[controller]):
             probe = base / "nanolab" / f"probe-{uuid.uuid4().hex[:8]}"
             try:
-                probe.mkdir(parents=True)
-                ok = (probe / "pids.max").exists()
+                probe.parent.mkdir(exist_ok=True)
+                inherit_cpuset(probe.parent)
+                probe.mkdir()
+                ok = (probe / PROBES[controller]).exists()
                 probe.rmdir()
             except OSError:
                 continue
             if ok:
-                PIDS_ROOT["path"] = base / "nanolab"
+                CGROUP_ROOTS[controller] = base / "nanolab"
                 break
-    return PIDS_ROOT["path"]
+    return CGROUP_ROOTS[controller]
 
 
-def pids_cgroup(limit: int) -> Path | None:
-    """A new cgroup holding at most `limit` tasks, or None where none can be made. Empty ones
-    of earlier boxes are removed on the way (a cgroup can be removed only once it is empty)."""
-    root = pids_root()
-    if root is None:
+def pids_root() -> Path | None:
+    return cgroup_root("pids")
+
+
+def inherit_cpuset(group: Path):
+    """cgroup v1 starts a cpuset empty, and an empty one can hold no task: give it its parent's
+    CPUs and memory nodes (v2 reads an empty one as its parent's already)."""
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        mine, parents = group / name, group.parent / name
+        if mine.exists() and not mine.read_text().strip() and parents.read_text().strip():
+            mine.write_text(parents.read_text())
+
+
+def box_cgroups(limits: Limits) -> list[Path]:
+    """The new cgroups a box starts in: one per hierarchy that can enforce its limits (v1 has a
+    hierarchy per controller, v2 one for all). Where a controller has none, that limit is not
+    enforced (process_limit() and core_limit() say so)."""
+    wanted = {"pids": {"pids.max": str(limits.processes)}}
+    if limits.cores:
+        wanted["cpuset"] = {"cpuset.cpus": ",".join(map(str, limits.cores))}
+    groups: dict[Path, Path] = {}  # {hierarchy's nanolab/: the box's group there}
+    for controller, settings in wanted.items():
+        root = cgroup_root(controller)
+        group = groups.get(root) or (new_cgroup(root) if root else None)
+        if group is None:
+            continue
+        try:
+            inherit_cpuset(group)
+            for name, value in settings.items():
+                (group / name).write_text(value)
+        except OSError:
+            continue  # e.g. cores this machine no longer has: that limit is not enforced
+        groups[root] = group
+    return [inner for inner in map(inner_cgroup, groups.values()) if inner]
+
+
+def inner_cgroup(group: Path) -> Path | None:
+    """The group the box starts in: a child of the one holding its limits. Its cgroup namespace
+    is rooted there, so what the box can ever mount shows the child: limits it could raise only
+    below its parent's, which it cannot see."""
+    inner = group / "box"
+    try:
+        inner.mkdir()
+        inherit_cpuset(inner)
+    except OSError:
         return None
+    return inner
+
+
+def new_cgroup(root: Path) -> Path | None:
+    """A new, empty cgroup under root. Empty ones of earlier boxes are removed on the way (a
+    cgroup can be removed only once it is empty)."""
     for old in root.glob("box-*"):
         try:
             if time.time() - old.stat().st_mtime > 60:
+                for group in sorted((p for p in old.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                    group.rmdir()  # the deepest first (what the box made, then "box")
                 old.rmdir()
         except OSError:
             pass  # still in use
     group = root / f"box-{uuid.uuid4().hex[:12]}"
     try:
         group.mkdir()
-        (group / "pids.max").write_text(str(limit))
     except OSError:
         return None
     return group
@@ -205,11 +286,43 @@ def process_limit() -> str:
     return "none: no pids cgroup can be made here (cgroupfs read-only, or no pids controller delegated)"
 
 
+def core_limit() -> str:
+    """How a box is kept to its slot's cores on this machine, in words."""
+    if cgroup_root("cpuset"):
+        return f"a cpuset cgroup per box (under {cgroup_root('cpuset')})"
+    return ("an affinity only, which the code inside can widen: no cpuset cgroup can be made here "
+            "(cgroupfs read-only, or no cpuset controller delegated)")
+
+
 def bwrap() -> str:
     path = shutil.which("bwrap")
     if path is None:
         raise SandboxError(f"no sandbox: the bwrap command is not installed; {INSTALL_HINT}")
     return path
+
+
+NESTED_USERNS: dict = {}  # {"flags": [...]}: found once
+
+
+def no_nested_userns() -> list[str]:
+    """bwrap's flags that stop a box from making user namespaces (bwrap 0.8+), or [] where this
+    bwrap cannot: there, cgroups nested one deeper than the box's root still keep its limits."""
+    if "flags" not in NESTED_USERNS:
+        flags = ["--unshare-user", "--disable-userns"]
+        try:
+            ok = subprocess.run([bwrap(), *flags, "--ro-bind", "/", "/", "/bin/true"], capture_output=True,
+                                timeout=30).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+        NESTED_USERNS["flags"] = flags if ok else []
+    return NESTED_USERNS["flags"]
+
+
+def nobody_inside() -> list[str]:
+    """For a box whose code makes user namespaces, where the harness runs as root: the box's user
+    is nobody inside (the harness's user outside, as for every box). A namespace may map its
+    parent's root only with CAP_SETFCAP, which no box has, so root inside could make none."""
+    return ["--unshare-user", "--uid", "65534", "--gid", "65534"] if os.geteuid() == 0 else []
 
 
 def check() -> None:
@@ -266,20 +379,24 @@ def lab_private(lab_root: Path) -> list[Path]:
 
 
 def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, source: str, kernels: Path, gpu: bool,
-            cpu_seconds: int) -> Sandbox:
+            cpu_seconds: int, cores=None) -> Sandbox:
     """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot,
-    the harness's prepared data and the data source are read-only; no network."""
+    the harness's prepared data and the data source are read-only; no network; on its slot's
+    cores only."""
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[run_dir, kernels], readonly=[snapshot, data, *data_source(source)],
-                   hidden=lab_private(lab_root), gpu=gpu, limits=Limits(cpu_seconds=cpu_seconds))
+                   hidden=lab_private(lab_root), gpu=gpu,
+                   limits=Limits(cpu_seconds=cpu_seconds, cores=tuple(cores) if cores else None))
 
 
-def worker_box(lab_root: Path, snapshot: Path, data: Path, source: str, kernels: Path, gpu: bool) -> Sandbox:
+def worker_box(lab_root: Path, snapshot: Path, data: Path, source: str, kernels: Path, gpu: bool,
+               cores=None) -> Sandbox:
     """A model worker of a measurement: reads its snapshot and the data; writes only its commit's
-    kernel cache (Numba uses no cache it cannot write, and would compile every kernel again)."""
+    kernel cache (Numba uses no cache it cannot write, and would compile every kernel again); on
+    its slot's cores only."""
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[kernels], readonly=[snapshot, data, *data_source(source)], hidden=lab_private(lab_root),
-                   gpu=gpu)
+                   gpu=gpu, limits=Limits(cores=tuple(cores) if cores else None))
 
 
 def data_source(source: str) -> list[Path]:

@@ -152,6 +152,9 @@ def test_an_experiment_touching_protected_paths_is_refused_and_kept(make_project
     agent_commit(root, "mallory", "trainer/eval.py", lambda text: text + "\n# a kinder metric\n")
     assert main(["submit", "tiny", "--arm", "kind-eval", "--ref", "agent/tiny/mallory/work"]) == 1
     assert "refused: protected paths differ from the program's base commit" in capsys.readouterr().err
+    assert main(["submit", "tiny", "--arm", "kind-eval", "--set", "softcap=0"]) == 2  # the name stays with the record
+    assert ("arm 'kind-eval' was refused (experiment 1: protected paths differ from the program's base commit"
+            in capsys.readouterr().err)
     assert main(["run", "tiny"]) == 0
     with ledger_of(root) as ledger:
         refused = ledger.runs("tiny", arm="kind-eval")
@@ -285,7 +288,8 @@ def test_a_run_past_its_timeout_is_killed_by_the_runner(make_project):
     with ledger_of(root) as ledger:
         run, = ledger.runs("tiny")
     assert run["status"] == "killed" and "run_timeout_seconds (2s)" in run["reason"]
-    assert 2 <= run["wall_seconds"] < 15 and 0 < run["steps"] < 1_000_000  # its result.json says how far
+    assert run["steps"] is not None and 0 <= run["steps"] < 1_000_000  # its result.json says how far
+    assert 2 <= run["wall_seconds"] < 10  # not SIGKILLed 10 s on: a SIGTERM while it loaded is kept too
 
 
 def test_a_result_with_another_evaluation_is_invalid(make_project):
@@ -392,6 +396,11 @@ def test_slots_split_the_machine_one_run_each():
     assert all(s.env["CUDA_VISIBLE_DEVICES"] == "" for s in slots)
     if len(os.sched_getaffinity(0)) >= 2:  # each CPU slot pinned to cores of its own
         assert slots[0].cores != slots[1].cores and len(slots[0].cores) == 1
+        assert [s.share for s in slots] == [s.cores for s in slots]
+        one = make_slots(program.model_copy(update={"runner": program.runner.model_copy(
+            update={"slots": 1, "threads_per_slot": 1})}))[0]
+        assert len(one.cores) == 1  # its runs: as many cores as threads; its measurements: the machine
+        assert one.share == sorted(os.sched_getaffinity(0))
 
 
 def test_a_result_json_that_does_not_fit_the_record_is_an_invalid_run_named_not_a_crash(tmp_path):

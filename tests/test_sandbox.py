@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +21,7 @@ from org.cli import main
 from org.lab import agent_branch
 from org.ledger import Ledger
 from org.measure import probe_seed
-from org.sandbox import Limits, Sandbox, available, pids_root, process_limit
+from org.sandbox import Limits, Sandbox, available, cgroup_root, core_limit, pids_root, process_limit
 from test_org_runner import agent_commit, create_project, tiny_program as runner_program
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=f"{available()}")
@@ -168,7 +169,7 @@ def test_a_command_cannot_read_the_persons_credentials(two_agents, outside_tmp, 
         assert secret not in out
 
 
-FORK_BOMB = """python3 -c '
+FORKS = """
 import os, time
 n = 0
 try:
@@ -180,7 +181,8 @@ try:
     print("started", n)
 except OSError as e:
     print("refused after", n, e.strerror)
-'"""
+"""
+FORK_BOMB = f"python3 -c '{FORKS}'"
 
 
 @pytest.mark.skipif(pids_root() is None, reason=f"process limit: {process_limit()}")
@@ -189,6 +191,107 @@ def test_a_runaway_command_hits_the_process_limit(two_agents):
     out = run(tools, FORK_BOMB)
     assert "refused after" in out and "Resource temporarily unavailable" in out, out
     assert int(out.split("refused after ")[1].split()[0]) < Limits.processes
+
+
+# What a command can do with mount(2) where it runs as root with capabilities in its user
+# namespace, as the box's command did when the harness ran as root: remount / read-write, unmount
+# what hides the lab, and (in a user namespace of its own, where it gets capabilities back) mount
+# its own cgroups and rewrite their limits. It prints what it got, one JSON line.
+ESCAPES = """
+import ctypes, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+MS_RDONLY, MS_REMOUNT, MS_BIND = 0x1, 0x20, 0x1000
+CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWCGROUP = 0x10000000, 0x20000, 0x2000000
+lab, project, found = sys.argv[1], sys.argv[2], {}  # .lab/ (hidden) and the project (read-only)
+
+def call(status):
+    if status != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+def attempt(name, action):
+    try:
+        action()
+        found[name] = "succeeded"
+    except Exception as e:
+        found[name] = f"blocked: {e}"
+
+def write_the_lab():
+    call(libc.mount(b"none", b"/", None, MS_REMOUNT | MS_BIND, None))
+    with open(os.path.join(project, "written-from-a-box"), "w") as f:
+        f.write("x")
+
+def unhide_the_lab():
+    call(libc.umount2(lab.encode(), 2))  # MNT_DETACH
+    if "ledger.sqlite" not in str(list(os.walk(lab))):
+        raise OSError("still hidden")
+
+def raise_own_limits():
+    os.makedirs("/tmp/cg", exist_ok=True)
+    call(libc.mount(b"none", b"/tmp/cg", b"cgroup", 0, b"pids"))
+    with open("/tmp/cg/pids.max", "w") as f:
+        f.write("100000")
+
+for where in ("in the box", "in a user namespace of its own"):
+    if where != "in the box":
+        attempt("make a user namespace", lambda: call(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWCGROUP)))
+    attempt(f"{where}: remount / read-write and write the lab", write_the_lab)
+    attempt(f"{where}: unmount what hides the lab", unhide_the_lab)
+attempt("mount its own cgroup and write its process limit", raise_own_limits)
+print(json.dumps(found))
+"""
+
+
+def test_a_command_cannot_mount_its_way_out(two_agents):
+    root, program, tools, _ = two_agents
+    (tools.ws.root / "escape.py").write_text(ESCAPES)
+    out = run(tools, f"python3 escape.py {root / '.lab'} {root}")
+    found = json.loads(out.splitlines()[-1])
+    assert all(outcome.startswith("blocked") for name, outcome in found.items()
+               if name != "make a user namespace"), found
+    assert not (root / "written-from-a-box").exists()
+
+
+@pytest.mark.skipif(pids_root() is None, reason=f"process limit: {process_limit()}")
+def test_a_runaway_command_that_raises_its_own_limit_still_hits_it(two_agents):
+    _, _, tools, _ = two_agents
+    (tools.ws.root / "escape.py").write_text(ESCAPES + FORKS)
+    out = run(tools, "python3 escape.py /nowhere /nowhere")
+    assert "refused after" in out and int(out.split("refused after ")[1].split()[0]) < Limits.processes, out
+
+
+def test_a_box_whose_code_makes_user_namespaces_still_cannot(outside_tmp):
+    """Codex's box: its own sandbox is bwrap, so its code may make user namespaces, and gets
+    capabilities there. The mounts it inherits stay locked, and its limits sit above its reach."""
+    lab = outside_tmp / ".lab"
+    (lab / "tiny").mkdir(parents=True)
+    (lab / "tiny" / "ledger.sqlite").write_text("the record\n")
+    (outside_tmp / "escape.py").write_text(ESCAPES + FORKS)
+    box = Sandbox(hidden=[lab], user_namespaces=True, limits=Limits(processes=64))
+    out = box.popen([sys.executable, str(outside_tmp / "escape.py"), str(lab), str(outside_tmp)], cwd=outside_tmp,
+                    env={"PATH": os.environ["PATH"]}, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode()
+    found = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    assert found.pop("make a user namespace") == "succeeded"
+    found.pop("mount its own cgroup and write its process limit")  # its own: the limit holds one level up
+    assert all(outcome.startswith("blocked") for outcome in found.values()), found
+    assert not (outside_tmp / "written-from-a-box").exists()
+    if pids_root():
+        assert "refused after" in out and int(out.split("refused after ")[1].split()[0]) < 64, out
+
+
+@pytest.mark.skipif(cgroup_root("cpuset") is None or len(os.sched_getaffinity(0)) < 2,
+                    reason=f"two cores and a cpuset cgroup: {core_limit()}")
+def test_a_box_keeps_to_its_cores(tmp_path):
+    """A runner's slot: one core. The code inside asks for them all, plainly and from a cgroup of
+    its own that it mounts in a user namespace of its own."""
+    mine = min(os.sched_getaffinity(0))
+    widen = ESCAPES.replace('"pids"', '"cpuset"').replace("pids.max", "cpuset.cpus").replace('"100000"', '"0-63"')
+    widen += "os.sched_setaffinity(0, range(os.cpu_count()))\nprint(sorted(os.sched_getaffinity(0)))\n"
+    (tmp_path / "widen.py").write_text(widen)
+    box = Sandbox(readonly=[tmp_path], limits=Limits(cores=(mine,)))
+    out = box.popen([sys.executable, str(tmp_path / "widen.py"), "/nowhere", "/nowhere"], cwd=tmp_path, env={"PATH": os.environ["PATH"]},
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode()
+    assert out.splitlines()[-1] == f"[{mine}]", out
 
 
 def test_a_command_still_works_in_its_worktree_and_commits(two_agents):
@@ -252,6 +355,12 @@ def run(spec, out, *args, **kwargs):  # what an agent's trainer can do before it
     attempt("read the worktrees", lambda: next((lab.parent / "worktrees" / "tiny").iterdir()))
     attempt("network", lambda: socket.create_connection(("127.0.0.1", {port}), 2))
     attempt("a key", lambda: os.environ["ANTHROPIC_API_KEY"])
+
+    def more_cores():  # a time budget would pay it for them; a FLOP budget, in wall time
+        os.sched_setaffinity(0, range(os.cpu_count()))
+        if len(os.sched_getaffinity(0)) <= int(os.environ["OMP_NUM_THREADS"]):
+            raise PermissionError("kept to its slot's cores")
+    attempt("more cores than its slot's threads", more_cores)
     subprocess.Popen(["sh", "-c", "while true; do date +%s%N > heartbeat; sleep 0.1; done"], cwd=out,
                      start_new_session=True)
     Path(out, "attacks.json").write_text(json.dumps(found))
@@ -275,6 +384,8 @@ def test_a_trainer_run_cannot_reach_the_lab_the_network_or_outlive_itself(outsid
     with Ledger(root / ".lab" / "tiny" / "ledger.sqlite") as ledger:
         run, = ledger.runs("tiny", arm="mallory")
     found = json.loads((Path(run["run_dir"]) / "attacks.json").read_text())
+    if cgroup_root("cpuset") is None:  # an affinity alone is advice (org status and launch say so)
+        found.pop("more cores than its slot's threads")
     assert run["status"] == "completed"  # it trained as usual ...
     assert found and all(outcome.startswith("blocked") for outcome in found.values()), found  # ... and got nowhere
     beat = Path(run["run_dir"]) / "heartbeat"

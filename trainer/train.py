@@ -160,7 +160,14 @@ def check_writable(out: Path):
 
 def run(spec: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> dict:
     """Train to the budget; return (and write) result.json's dict."""
-    data, cfg, model, opt, budget = prepare(spec, out)
+    # first: a SIGTERM while the data loads is kept for the loop (in a box the trainer is PID 1,
+    # and PID 1 ignores a signal it has no handler for: the runner's SIGKILL came 10 s later)
+    stop = install_sigterm()
+    try:
+        data, cfg, model, opt, budget = prepare(spec, out)
+    except BaseException:
+        stop.restore()
+        raise
     step, elapsed = 0, 0.0
     if resume:
         step, elapsed = restore(out, model, opt)
@@ -176,7 +183,6 @@ def run(spec: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> 
     B, T = spec.batch_size, cfg.sequence_len
     fpt = flops_per_token(cfg)
     status, reason, warmup_seconds = "completed", None, 0.0
-    stop = install_sigterm()
     try:
         while not budget.done(step, elapsed):
             if stop.requested:
