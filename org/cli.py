@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     program, lab, path = preflight(args.program)
-    if args.ray:
+    if args.ray is not None:
         program = on_ray(program, args.ray)
     ledger = start(program, lab, path)
     with ledger:
@@ -243,6 +243,9 @@ def cmd_runs(args) -> int:
     lab, name, path = find_ledger(args.program)
     with Ledger(path) as ledger:
         rows = ledger.runs(name, status=args.status, arm=args.arm)
+        arms = sorted({"baseline"} | {e["arm"] for e in ledger.experiments(name)})
+    if args.arm is not None and args.arm not in arms:  # an empty table would read as "no runs yet"
+        raise OrgError(f"--arm {args.arm}: no such arm in {name} (its arms: {', '.join(arms) or 'none yet'})")
     if args.json:
         for row in rows:
             for key in ("overrides", "budget", "command"):

@@ -234,6 +234,8 @@ def recorded_program(root: Path, name: str) -> Program:
 def on_ray(program: Program, address: str) -> Program:
     """The program with its runs on the Ray cluster at `address` (--ray): where runs execute is
     not part of what they measure, so it is the same program."""
+    if not address.strip():  # an empty --ray once ran everything here instead
+        raise OrgError("--ray: expected the Ray cluster's Jobs API address, e.g. http://HEAD:8265")
     runner = program.runner.model_copy(update={"backend": "ray", "address": address})
     return program.model_copy(update={"runner": runner})
 

@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+from trainer.backend import array_module
+
 
 def test_bench_prints_a_markdown_table():
     proc = subprocess.run([sys.executable, "-m", "trainer", "bench", "--configs", "d4", "--steps", "1", "--rounds", "1", "--no-torch"],
@@ -21,6 +23,11 @@ def test_unknown_bench_config_is_one_line():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: unknown bench config 'd99'; choose from d4, gpt2, d12, gpt2-124m"
+    if no_gpu():                                  # it once printed a table of n/a, and exited 0
+        proc = subprocess.run([sys.executable, "-m", "trainer", "bench", "--device", "cuda"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1 and proc.stderr.startswith("error: --device cuda: no usable CUDA GPU (")
+        assert proc.stderr.count("\n") == 1
     for flag in ("--rounds", "--steps"):          # a zero once ended in an IndexError traceback
         proc = subprocess.run([sys.executable, "-m", "trainer", "bench", "--configs", "d4", flag, "0"],
                               capture_output=True, text=True, timeout=60)
@@ -54,3 +61,11 @@ def test_speed_against_eager_is_paired_by_round():
     table = format_table(rows, "cpu", rounds=3)
     assert "| d4 | nanolab | 330.0 [300-480] | 6,206 | 1.04x [0.91-1.33] |" in table
     assert "| d4 | torch-eager | 400.0 [300-500] | 5,120 | 1.00x |" in table
+
+
+def no_gpu() -> bool:
+    try:
+        array_module("cuda")
+        return False
+    except ValueError:
+        return True

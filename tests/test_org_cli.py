@@ -115,6 +115,10 @@ def test_a_submission_says_which_commit_it_measures_and_never_reuses_a_name(make
     capsys.readouterr()
     assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.05"]) == 2   # a second idea, same name
     assert "arm 'lr' already exists (by human, experiment 1)" in one_line_error(capsys)
+    assert main(["runs", "tiny", "--arm", "l"]) == 2     # not an empty table, as if no run had been queued
+    assert "--arm l: no such arm in tiny (its arms: baseline, lr)" in one_line_error(capsys)
+    assert main(["run", "tiny", "--ray", ""]) == 2       # not a local run
+    assert "--ray: expected the Ray cluster's Jobs API address" in one_line_error(capsys)
     for _ in range(2):                                   # the declared arm, as declared: its runs are reused
         assert main(["submit", "tiny", "--arm", "no-softcap", "--set", "softcap=0"]) == 0
         assert "experiment 2 (no-softcap" in capsys.readouterr().out

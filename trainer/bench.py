@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.backend import array_module
+
 CONFIGS = {
     # issue 8's targets: nanochat depth 4 on bytes with AdamW, and llm.c's GPT-2 test shape
     "d4": dict(preset="nanochat", batch=8, overrides=dict(depth=4, vocab_size=256, sequence_len=256,
@@ -54,6 +56,7 @@ def run_bench(args) -> int:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise ValueError(f"unknown bench config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
+    array_module(args.device)  # no GPU: one line now, not a table of n/a and exit 0
     impls = ["nanolab"] if args.no_torch or not torch_available() else list(IMPLS)
     # rounds interleave the implementations (A B C A B C ...), so a slow spell of a shared
     # machine hits them alike; each figure is the median over rounds
@@ -64,8 +67,9 @@ def run_bench(args) -> int:
                 print(f"bench round {r + 1}/{args.rounds}: {name} {impl} ...", file=sys.stderr, flush=True)
                 rounds[(name, impl)].append(measure_in_subprocess(name, impl, args.device, args.steps,
                                                                   args.matmul))
-    print(format_table(summarize(rounds), args.device, args.rounds, args.matmul))
-    return 0
+    rows = summarize(rounds)
+    print(format_table(rows, args.device, args.rounds, args.matmul))
+    return 1 if any("error" in row and row["impl"] == "nanolab" for row in rows) else 0
 
 
 def summarize(rounds: dict) -> list[dict]:
