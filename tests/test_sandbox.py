@@ -200,9 +200,11 @@ def test_a_runaway_command_hits_the_process_limit(two_agents):
 ESCAPES = """
 import ctypes, json, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
-MS_RDONLY, MS_REMOUNT, MS_BIND = 0x1, 0x20, 0x1000
+MS_REMOUNT, MS_BIND = 0x20, 0x1000
 CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWCGROUP = 0x10000000, 0x20000, 0x2000000
 lab, project, found = sys.argv[1], sys.argv[2], {}  # .lab/ (hidden) and the project (read-only)
+controller = sys.argv[3] if len(sys.argv) > 3 else "pids"  # the limit it raises: processes or cores
+LIMITS = {"pids": ("pids.max", "100000"), "cpuset": ("cpuset.cpus", f"0-{os.cpu_count() - 1}")}
 
 def call(status):
     if status != 0:
@@ -215,7 +217,7 @@ def attempt(name, action):
     except Exception as e:
         found[name] = f"blocked: {e}"
 
-def write_the_lab():
+def write_the_project():
     call(libc.mount(b"none", b"/", None, MS_REMOUNT | MS_BIND, None))
     with open(os.path.join(project, "written-from-a-box"), "w") as f:
         f.write("x")
@@ -225,18 +227,19 @@ def unhide_the_lab():
     if "ledger.sqlite" not in str(list(os.walk(lab))):
         raise OSError("still hidden")
 
-def raise_own_limits():
+def raise_own_limit():
+    name, value = LIMITS[controller]
     os.makedirs("/tmp/cg", exist_ok=True)
-    call(libc.mount(b"none", b"/tmp/cg", b"cgroup", 0, b"pids"))
-    with open("/tmp/cg/pids.max", "w") as f:
-        f.write("100000")
+    call(libc.mount(b"none", b"/tmp/cg", b"cgroup", 0, controller.encode()))
+    with open(f"/tmp/cg/{name}", "w") as f:
+        f.write(value)
 
 for where in ("in the box", "in a user namespace of its own"):
     if where != "in the box":
         attempt("make a user namespace", lambda: call(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWCGROUP)))
-    attempt(f"{where}: remount / read-write and write the lab", write_the_lab)
+    attempt(f"{where}: remount / read-write and write the project", write_the_project)
     attempt(f"{where}: unmount what hides the lab", unhide_the_lab)
-attempt("mount its own cgroup and write its process limit", raise_own_limits)
+attempt("mount its own cgroup and write its limit", raise_own_limit)
 print(json.dumps(found))
 """
 
@@ -272,7 +275,7 @@ def test_a_box_whose_code_makes_user_namespaces_still_cannot(outside_tmp):
                     stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode()
     found = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     assert found.pop("make a user namespace") == "succeeded"
-    found.pop("mount its own cgroup and write its process limit")  # its own: the limit holds one level up
+    found.pop("mount its own cgroup and write its limit")  # its own: the limit holds one level up
     assert all(outcome.startswith("blocked") for outcome in found.values()), found
     assert not (outside_tmp / "written-from-a-box").exists()
     if pids_root():
@@ -285,11 +288,10 @@ def test_a_box_keeps_to_its_cores(tmp_path):
     """A runner's slot: one core. The code inside asks for them all, plainly and from a cgroup of
     its own that it mounts in a user namespace of its own."""
     mine = min(os.sched_getaffinity(0))
-    widen = ESCAPES.replace('"pids"', '"cpuset"').replace("pids.max", "cpuset.cpus").replace('"100000"', '"0-63"')
-    widen += "os.sched_setaffinity(0, range(os.cpu_count()))\nprint(sorted(os.sched_getaffinity(0)))\n"
+    widen = ESCAPES + "os.sched_setaffinity(0, range(os.cpu_count()))\nprint(sorted(os.sched_getaffinity(0)))\n"
     (tmp_path / "widen.py").write_text(widen)
     box = Sandbox(readonly=[tmp_path], limits=Limits(cores=(mine,)))
-    out = box.popen([sys.executable, str(tmp_path / "widen.py"), "/nowhere", "/nowhere"], cwd=tmp_path, env={"PATH": os.environ["PATH"]},
+    out = box.popen([sys.executable, str(tmp_path / "widen.py"), "/nowhere", "/nowhere", "cpuset"], cwd=tmp_path, env={"PATH": os.environ["PATH"]},
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode()
     assert out.splitlines()[-1] == f"[{mine}]", out
 
