@@ -282,6 +282,8 @@ class Ledger:
         return cur.lastrowid if cur.rowcount else None
 
     def _update(self, table: str, row_id, fields: dict, key="id"):
+        if not fields:  # nothing known to set (a lost Ray job names no node): not an empty SET clause
+            return
         sets = ", ".join(f"{k} = ?" for k in fields)
         with self.tx():
             self.db.execute(f"UPDATE {table} SET {sets} WHERE {key} = ?", (*fields.values(), row_id))

@@ -63,6 +63,16 @@ def test_runs_are_claimed_round_by_round(ledger):
     assert ledger.add_run(baseline, "main", 0, 1, {"softcap": 0}, ("steps", 10)) is None  # no duplicates
 
 
+def test_a_lost_cluster_job_that_names_no_node_changes_nothing(ledger):
+    """A Ray job lost with its node names neither node nor device: the runner once died of the
+    empty UPDATE this made (`near "WHERE": syntax error`), the flake of the node-death test."""
+    add_experiment(ledger, "no-softcap", seeds=(0,))
+    run = ledger.claim("softcap", slot=0)
+    ledger.set_job(run["id"], job_id="nanolab-1")
+    ledger.set_job(run["id"], node=None, machine=None)
+    assert ledger.run(run["id"])["job_id"] == "nanolab-1" and ledger.run(run["id"])["node"] is None
+
+
 def test_claim_can_prefer_an_arm(ledger):
     add_experiment(ledger, "no-softcap")
     add_experiment(ledger, "baseline", source="declared")
