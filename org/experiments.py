@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 
 from org import OrgError
 from org.improve import check_try, decide_ready, frontier, merged_try
@@ -91,7 +92,10 @@ def refusal(lab: Lab, program: Program, base: str, commit: str, overrides: dict)
     owned = owned_by_program(overrides)
     if owned:
         return f"override {owned}"
-    return lab.protected_violation(base, commit, program.protected) or lab.shadowing(base, commit, program.protected)
+    carried = len(zlib.compress(json.dumps(overrides).encode(), 9)) if overrides else 0  # a string value could hold weights
+    if carried > program.max_change_kb * 1024:
+        return f"the overrides carry {carried / 1024:.0f} KB (compressed), more than max_change_kb: {program.max_change_kb:g}"
+    return lab.code_refusal(base, commit, program.protected, program.max_change_kb)
 
 
 def plan(ledger: Ledger, program: Program, experiment: dict):

@@ -299,8 +299,7 @@ def check_candidates(lab: Lab, program: Program, base: str, source: str):
         commit, why = patched(lab, base, lab.root / path)
         if why:
             raise ProgramError(f"{where}: does not apply to the base commit {base[:10]}: {why}")
-        problem = lab.protected_violation(base, commit, program.protected) or \
-            lab.shadowing(base, commit, program.protected)
+        problem = lab.code_refusal(base, commit, program.protected, program.max_change_kb)
         if problem:
             raise ProgramError(f"{where}: changes what no experiment may: {problem}")
 

@@ -9,7 +9,9 @@ The lab: the project's own git repository, seen as a place where programs run.
 - an experiment whose commit changes a protected path (eval, data, FLOP accounting, org/)
   relative to the program's base commit is refused, and so is one that adds what could
   shadow code at import time (bytecode, compiled extensions, .pth, sitecustomize, a package
-  or module beside a protected one) or change what `git archive` extracts (.gitattributes);
+  or module beside a protected one) or change what `git archive` extracts (.gitattributes),
+  and so is one that carries more than the program's max_change_kb (compressed) of new
+  content: code is small, and trained weights in a commit would be a head start no budget counts;
 - lab state (ledger, runs, mail, transcripts) lives in .lab/<program>/, ignored by git.
 
 GitPython has no worktree API, so worktrees go through the git CLI (repo.git.worktree).
@@ -21,6 +23,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 import git
@@ -147,6 +150,31 @@ class Lab:
             return None
         return (f"protected paths differ from the program's base commit {base[:10]}: "
                 f"{', '.join(changed)}")
+
+    def code_refusal(self, base: str, commit: str, protected: list[str], max_change_kb: float) -> str | None:
+        """Why an experiment's commit may not run, or None: it changes a protected path, adds what
+        could shadow code, or carries more than max_change_kb."""
+        return (self.protected_violation(base, commit, protected) or self.shadowing(base, commit, protected)
+                or self.oversized(base, commit, max_change_kb))
+
+    def oversized(self, base: str, commit: str, max_change_kb: float) -> str | None:
+        """Why a commit carries too much into its runs, or None. What it carries is what it adds:
+        its added lines and binary patches, zlib-compressed (so base64, hex or a Python literal
+        of the same weights weigh what the weights do); removed lines carry nothing in."""
+        carried = self.carried_bytes(base, commit)
+        if carried <= max_change_kb * 1024:
+            return None
+        return (f"the commit carries {carried / 1024:.0f} KB of new content (compressed) over the program's base "
+                f"commit {base[:10]}, more than max_change_kb: {max_change_kb:g}. Experiments change code; data "
+                f"such as trained weights would be a head start that no budget counts")
+
+    def carried_bytes(self, base: str, commit: str) -> int:
+        if base == commit:
+            return 0
+        patch = self.repo.git.diff("--binary", "--unified=0", "--no-ext-diff", "--no-textconv", "--no-renames",
+                                   "--diff-filter=ACMT", base, commit, stdout_as_string=False)
+        added = b"\n".join(line for line in patch.split(b"\n") if not line.startswith(b"-"))
+        return len(zlib.compress(added, 9))
 
     def shadowing(self, base: str, commit: str, protected: list[str]) -> str | None:
         """Why a commit may not run because of what it adds (see SHADOWING_*), or None. A module

@@ -41,7 +41,7 @@ OWNED_WORDS = re.compile(r"budget|seed|eval|^val_|flops|^steps$|tokens|^data", r
 # the parts of a program that define its measurements: changing them mid-program would make
 # old and new runs incomparable, so a started program refuses the change
 MEASUREMENT_FIELDS = ("claim", "ladder", "compute_multiplier", "metric", "baseline", "data", "train", "tune",
-                      "tune_seeds", "protected")
+                      "tune_seeds", "protected", "max_change_kb")
 MEASUREMENT_BUDGET = ("per_run", "seeds")
 # the totals, fixed at start like the rest: only a person's `org budget` changes them, logged
 BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds")
@@ -308,6 +308,7 @@ class Program(Strict):
     runner: Runner = Runner()
     train: Train
     protected: list[str] = Field(default_factory=lambda: list(DEFAULT_PROTECTED))
+    max_change_kb: float = Field(64, gt=0)  # what a commit may carry over the base, compressed (org/lab.py)
 
     @field_validator("tune_seeds")
     @classmethod

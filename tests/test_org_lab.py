@@ -1,10 +1,13 @@
 """The lab: program branches, agent worktrees, frozen snapshots and protected paths, on real git repos."""
 import shutil
+from pathlib import Path
 
 import git
 import pytest
 
 from org.lab import Lab, LabError, child_env
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -208,3 +211,43 @@ def test_the_kernel_sources_are_what_the_cpu_kernels_import_and_numba_files_them
                 todo += [node.module.split(".", 1)[1]] if f"trainer/{node.module.split('.', 1)[1]}.py" not in found else []
     assert found == set(KERNEL_SOURCES)
     assert numba_subdir(trainer) == _CacheLocator.get_suitable_cache_subpath(str(trainer / "cpu_kernels.py"))
+
+
+def test_a_commit_carries_code_not_weights(lab):
+    """What a commit adds, compressed, is what it carries into its runs: the repo's whole model
+    file is a few KB; 30,000 float32 weights are ~115 KB however they are written; a deletion
+    carries nothing."""
+    import base64
+
+    import numpy as np
+    base = lab.start_program("softcap")
+    alice = lab.add_worktree("softcap", "alice")
+    rewrite = commit_file(alice, "trainer/model.py", (ROOT / "trainer" / "model.py").read_text())
+    assert lab.carried_bytes(base, rewrite) < 8 * 1024
+    assert lab.oversized(base, rewrite, 64) is None
+    weights = np.random.default_rng(0).standard_normal(30_000).astype(np.float32).tobytes()
+    (alice / "trainer" / "init.bin").write_bytes(weights)
+    binary = commit_file(alice, "trainer/model.py", "WIDTH = 64\n")  # (commits init.bin with it)
+    literal = commit_file(alice, "trainer/init.py", f"W = {base64.b64encode(weights).decode()!r}\n")
+    for commit, least in ((binary, 110), (literal, 2 * 110)):  # the literal's commit has both
+        assert lab.carried_bytes(base, commit) > least * 1024
+        reason = lab.oversized(base, commit, 64)
+        assert reason.startswith("the commit carries ") and reason.endswith("no budget counts"), reason
+    (alice / "trainer" / "init.bin").unlink()
+    gone = commit_file(alice, "trainer/init.py", "")
+    assert lab.carried_bytes(literal, gone) < 1024  # taking the weights out again
+    assert lab.code_refusal(base, binary, ["trainer/eval.py"], 64) == lab.oversized(base, binary, 64)
+
+
+def test_overrides_carry_no_weights_either(lab):
+    """A string override could hold what a commit may not."""
+    import base64
+    import os
+    from org.experiments import refusal
+    from org.program import Program
+    from test_org_runner import tiny_program
+    base = lab.start_program("softcap")
+    program = Program.model_validate(tiny_program())
+    assert refusal(lab, program, base, base, {"note": "x" * 100_000}) is None  # compresses to nothing
+    blob = base64.b64encode(os.urandom(80_000)).decode()  # 80 KB of weights, 107 KB of text
+    assert refusal(lab, program, base, base, {"note": blob}).startswith("the overrides carry 79 KB (compressed)")
