@@ -10,7 +10,8 @@ The referee (org/referee.py) turns them into the verdict:
                differ; diverged or killed in one arm only; devices differ under a seconds
                budget; wall time per unit of budget far above the baseline's (hidden compute);
                val_bpb far below the model's own train-split score, beyond the baseline's (it
-               learned or reads the evaluation text)
+               learned or reads the evaluation text); an initial model below the data's
+               unigram entropy (it started trained)
     no change  same overrides and code; bit-identical final parameters; a seed-only change
     warning    FLOPs, tokens or steps differ as the budget or the claim explains (seconds
                budget; FLOP budget with FLOPs/token changed; declared); unequal seed sets;
@@ -52,6 +53,8 @@ class Tolerances:
     # bits per byte: the variant's held-out gap (val_bpb - train_bpb) below the baseline's and below
     # zero by more than this and its margin of error: invalid (it learned or reads the val text)
     held_out_gap: float = 0.1
+    # bits per byte: an initial model this far below the data's unigram entropy started trained
+    head_start: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def find_confounds(base: list[Run], var: list[Run], declared: frozenset, tol: To
     found = []
     for check in (check_budget, check_spend, check_params, check_fingerprints, check_seeds,
                   check_noop, check_identical, check_seed_only, check_devices, check_dropped,
-                  check_learning):
+                  check_learning, check_head_start):
         found += check(base, var, declared, tol)
     base_all = list(base_all) or base
     return found + check_wall_time(base, var, tol, base_all) + check_held_out_gap(base, var, tol, base_all)
@@ -222,6 +225,23 @@ def check_learning(base, var, declared, tol) -> list[Finding]:
         return []
     return [Finding("learning", f"NOT LEARNING: the baseline's val_bpb {np.mean(values):.3f} does not beat "
                                 f"the data's unigram entropy {min(entropy):.3f} bits per byte", False)]
+
+
+def check_head_start(base, var, declared, tol) -> list[Finding]:
+    """Invalid: the variant's initial model, built by its own code at the run's seed, already
+    scores below the data's unigram entropy on text it could not foresee. Nothing untrained
+    does better than counting tokens: it was trained before its budget began (weights in its
+    commit, trained in an agent's box that no budget meters). Code that builds a different model
+    for the harness's probe than for its run is not caught here (README)."""
+    ahead = [r for r in completed(var) if r.init_bpb is not None and r.unigram_bpb is not None
+             and r.init_bpb < r.unigram_bpb - tol.head_start]
+    if not ahead:
+        return []
+    first = min(ahead, key=lambda r: r.init_bpb)
+    return [Finding("head-start", f"starts trained: its initial model scores {first.init_bpb:.3f} bits per byte "
+                                  f"(seed{'s' * (len(ahead) > 1)} {_seeds(r.seed for r in ahead)}) on text it could "
+                                  f"not foresee, below the data's unigram entropy {first.unigram_bpb:.3f}: training "
+                                  f"no budget counted", True)]
 
 
 def check_devices(base, var, declared, tol) -> list[Finding]:

@@ -23,7 +23,8 @@ and kernel caches of its own. For the run's final checkpoint it:
    compares the experiment's initial parameters at the run's seed with the base commit's. If
    they are only redrawn from the same distributions, and two optimizer steps of the
    experiment's code from the base init land where the base code's do, the change is a
-   reseed, not an idea (seed_only);
+   reseed, not an idea (seed_only); an initial model that is not the base's is scored too:
+   one that starts below the data's unigram entropy was trained before its budget began;
 5. measures the data's unigram entropy in bits per byte: a baseline above it is not learning.
 
 A problem with the run (an unreadable checkpoint, unexpected tensors, a forward pass that
@@ -103,6 +104,8 @@ def measure_experiment(job: dict, params: dict, cfg, data) -> dict:
             raise Invalid(f"the checkpoint's tensors are not the experiment's model's: "
                           f"{shape_diff({n: a.shape for n, a in params.items()}, init)}")
         out = seed_probe(worker, init, cfg, job, data)
+        if out["init"] != "same":  # only an init that is not the base's could start ahead
+            out["init_bpb"] = init_score(worker, init, data, job)
         worker.load(params)
         model = RemoteModel(worker, V, n_batches=val_batches(job, len(data.val)))
         out.update(score(model, data, job))
@@ -430,6 +433,25 @@ def seed_probe(worker: Worker, init: dict, cfg, job: dict, data) -> dict:
                     for n in ours)
     replay = "same" if same_step else "differs"
     return {"init": kind, "replay": replay, "seed_only": kind == "redrawn" and replay == "same"}
+
+
+def init_score(worker: Worker, init: dict, data, job: dict) -> float | None:
+    """Bits per byte of the experiment's initial model, as its own code builds it at the run's
+    seed, on the unforeseen train windows. A model no budget has trained yet scores about
+    log2(vocab) per token, at best the data's unigram entropy (its output bias set to the
+    counts); below that, it started trained (the referee's head-start check)."""
+    from trainer.eval import evaluate
+    if data.token_bytes is None:
+        return None
+    B, T, n = job["batch_size"], job["seq_len"], job["val_tokens"]
+    worker.load(init)
+    model = RemoteModel(worker, data.vocab_size, n_batches=1)
+    model.keep = set()  # the causality probe keeps val batches of the final model only
+    try:
+        return evaluate(model, unforeseen_windows(data.train, n, T, job.get("train_probe_seed")),
+                        data.token_bytes, n, B, T)["val_bpb"]
+    except (FloatingPointError, ValueError, IndexError):
+        return None
 
 
 def same_distribution(a: np.ndarray, b: np.ndarray) -> bool:

@@ -19,7 +19,7 @@ Each is a one-sided (1 - alpha) bound, 95% at the default alpha = 0.05 (together
 two-sided 90% interval). A rule uses one bound, so each verdict is a one-sided test at alpha:
 
     before the rule  refused (...)  the variant's runs were all refused (protected paths, shadowing,
-                                    owned keys): nothing was measured
+                                    owned keys, more than max_change_kb): nothing was measured
                      invalid (...)  its runs (or the baseline's) were all invalid: the reason
                      no change (...) the variant is the baseline: same overrides and code,
                                     bit-identical final parameters on every paired seed, or a code
@@ -101,6 +101,7 @@ class Run:
     seed_only: bool                 # the harness's seed probe: a redrawn init, the same training step
     unigram_bpb: float | None       # the data's unigram entropy, by the harness
     train_bpb: float | None = None  # on train-split windows drawn when measuring, by the harness
+    init_bpb: float | None = None   # a code arm's initial model on those windows, by the harness
 
     @classmethod
     def read(cls, row: dict) -> Run:
@@ -123,7 +124,7 @@ class Run:
             code=(get("git_commit"), bool(get("git_dirty"))), claim_seq=get("claim_seq"),
             finished_at=_timestamp(get("finished_at")), wall_seconds=get("wall_seconds"),
             params_fingerprint=get("params_fingerprint"), seed_only=bool(get("seed_only")),
-            unigram_bpb=get("unigram_bpb"), train_bpb=get("train_bpb"))
+            unigram_bpb=get("unigram_bpb"), train_bpb=get("train_bpb"), init_bpb=get("init_bpb"))
 
 
 def _json(value):

@@ -421,6 +421,21 @@ def test_a_model_far_better_on_the_val_text_than_on_unforeseen_train_text_is_inv
     assert "held-out gap" not in checks(superiority(baseline(), variant(-0.6)))  # measured before train_bpb
 
 
+def test_a_variant_whose_initial_model_already_scores_below_counting_is_invalid():
+    """Untrained, a model scores about log2(V) per token, at best the data's unigram entropy (its
+    output bias set to the token counts); below that, its weights were trained before its budget
+    began. An init change of the honest kind is far above it."""
+    entropy = {"unigram_bpb": 4.9}
+    warm = variant(-0.4, **entropy, init_bpb=3.1)
+    warm[0] = dict(warm[0], init_bpb=3.05)
+    found = checks(superiority(baseline(**entropy), warm))["head-start"]
+    assert found.invalid and found.text.startswith("starts trained: its initial model scores 3.050 bits per byte (seeds 0,1,2,3,4)")
+    assert "below the data's unigram entropy 4.900" in found.text
+    for honest in (8.02, 4.9, 4.7):  # a zero-init head; the bias set to the counts; within 0.25 of them
+        assert "head-start" not in checks(superiority(baseline(**entropy), variant(-0.02, **entropy, init_bpb=honest)))
+    assert "head-start" not in checks(superiority(baseline(**entropy), variant(-0.02, **entropy)))  # init not probed
+
+
 def test_a_seconds_budget_compares_wall_time_per_run():
     seconds = {"kind": "seconds", "value": 60}
     base = timed(baseline(budget=seconds), [70, 71, 70, 69, 70])
