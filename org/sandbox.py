@@ -31,7 +31,11 @@ Inside a box:
   `process_limit()` says which holds;
 - only `Limits.cores`, when given (a runner's slot), in a cpuset cgroup of its own where one can
   be made: an affinity alone is advice, which the code inside widens with one
-  sched_setaffinity call and then runs on the other slots' cores. `core_limit()` says which holds.
+  sched_setaffinity call and then runs on the other slots' cores. `core_limit()` says which holds;
+- a CPU weight (`Limits.cpu_weight`), in a cpu cgroup of its own: an agent's box has the
+  lowest, so a command it spins on a run's core takes almost nothing from the run (it would
+  take half: time a seconds budget counts, or a baseline's slowness that hides compute).
+  `cpu_share()` says whether it holds.
 
 `check()` says in one line why a box cannot be made here (bwrap missing or failing), so a
 launch refuses before it starts anything.
@@ -68,6 +72,8 @@ class Limits:
     tmp_bytes: int = 1 << 30              # the private /tmp (a tmpfs: RAM)
     processes: int = 512                  # processes and threads in the box, all together
     cores: tuple[int, ...] | None = None  # the only CPUs it may run on (None: any)
+    cpu_weight: int = 100                 # its CPU time against other boxes' on a busy core (cgroup v2's
+                                          # scale: 1-10000, 100 the default); agents' boxes get 1
 
 
 class Sandbox:
@@ -184,8 +190,9 @@ class Sandbox:
 
 CGROUP_ROOTS: dict = {}  # {controller: Path | None}: where our boxes' cgroups go, found once
 HIERARCHIES = {"pids": ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"),
-               "cpuset": ("/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")}
-PROBES = {"pids": "pids.max", "cpuset": "cpuset.cpus"}
+               "cpuset": ("/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"),
+               "cpu": ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")}
+PROBES = {"pids": ("pids.max",), "cpuset": ("cpuset.cpus",), "cpu": ("cpu.weight", "cpu.shares")}  # (v2, v1)
 # the box's shell joins each cgroup named before "--", then becomes bwrap (the rest)
 JOIN = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 126; shift; done; shift; exec "$@"'
 
@@ -201,7 +208,7 @@ def cgroup_root(controller: str) -> Path | None:
                 probe.parent.mkdir(exist_ok=True)
                 inherit_cpuset(probe.parent)
                 probe.mkdir()
-                ok = (probe / PROBES[controller]).exists()
+                ok = any((probe / name).exists() for name in PROBES[controller])
                 probe.rmdir()
             except OSError:
                 continue
@@ -227,8 +234,9 @@ def inherit_cpuset(group: Path):
 def box_cgroups(limits: Limits) -> list[Path]:
     """The new cgroups a box starts in: one per hierarchy that can enforce its limits (v1 has a
     hierarchy per controller, v2 one for all). Where a controller has none, that limit is not
-    enforced (process_limit() and core_limit() say so)."""
-    wanted = {"pids": {"pids.max": str(limits.processes)}}
+    enforced (process_limit(), core_limit() and cpu_share() say so). Every box gets a CPU weight,
+    so that the runs' boxes and the agents' are siblings that share a core by their weights."""
+    wanted = {"pids": {"pids.max": str(limits.processes)}, "cpu": {}}
     if limits.cores:
         wanted["cpuset"] = {"cpuset.cpus": ",".join(map(str, limits.cores))}
     groups: dict[Path, Path] = {}  # {hierarchy's nanolab/: the box's group there}
@@ -237,6 +245,8 @@ def box_cgroups(limits: Limits) -> list[Path]:
         group = groups.get(root) or (new_cgroup(root) if root else None)
         if group is None:
             continue
+        if controller == "cpu":
+            settings = cpu_weight_setting(group, limits.cpu_weight)
         try:
             inherit_cpuset(group)
             for name, value in settings.items():
@@ -245,6 +255,14 @@ def box_cgroups(limits: Limits) -> list[Path]:
             continue  # e.g. cores this machine no longer has: that limit is not enforced
         groups[root] = group
     return [inner for inner in map(inner_cgroup, groups.values()) if inner]
+
+
+def cpu_weight_setting(group: Path, weight: int) -> dict:
+    """v2's cpu.weight (1-10000, 100 by default), or v1's cpu.shares to match (1024 by default,
+    2 at least)."""
+    if (group / "cpu.weight").exists():
+        return {"cpu.weight": str(weight)}
+    return {"cpu.shares": str(max(2, weight * 1024 // 100))}
 
 
 def inner_cgroup(group: Path) -> Path | None:
@@ -292,6 +310,14 @@ def core_limit() -> str:
         return f"a cpuset cgroup per box (under {cgroup_root('cpuset')})"
     return ("an affinity only, which the code inside can widen: no cpuset cgroup can be made here "
             "(cgroupfs read-only, or no cpuset controller delegated)")
+
+
+def cpu_share() -> str:
+    """How agents' commands are kept from taking the runs' CPU time on this machine, in words."""
+    if cgroup_root("cpu"):
+        return f"a cpu cgroup per box, agents' at the lowest weight (under {cgroup_root('cpu')})"
+    return ("none: no cpu cgroup can be made here (cgroupfs read-only, or no cpu controller delegated), so an "
+            "agent's command competes with the runs for their cores")
 
 
 def bwrap() -> str:
@@ -412,11 +438,12 @@ def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, o
     (objects, its worktree's own admin dir, and its own folder of branches `own_refs` under
     refs/heads/ with their reflogs), are writable; the rest of .git (config, hooks, info, the
     other branches, the other worktrees' admin dirs) is read-only; the lab's state and the other
-    agents' worktrees are absent; no network."""
+    agents' worktrees are absent; no network; the lowest CPU weight, so it runs on what the runs
+    leave of a core."""
     common = Path(common_dir)
     refs, reflogs = common / "refs" / "heads" / own_refs, common / "logs" / "refs" / "heads" / own_refs
     for folder in (refs, reflogs):
         folder.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[worktree, common / "objects", refs, reflogs, git_dir],
                    readonly=[common], hidden=lab_private(lab_root),
-                   limits=Limits(file_bytes=1 << 30, address_bytes=16 << 30))
+                   limits=Limits(file_bytes=1 << 30, address_bytes=16 << 30, cpu_weight=1))

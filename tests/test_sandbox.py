@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +22,7 @@ from org.cli import main
 from org.lab import agent_branch
 from org.ledger import Ledger
 from org.measure import probe_seed
-from org.sandbox import Limits, Sandbox, available, cgroup_root, core_limit, pids_root, process_limit
+from org.sandbox import Limits, Sandbox, available, cgroup_root, core_limit, cpu_share, pids_root, process_limit
 from test_org_runner import agent_commit, create_project, tiny_program as runner_program
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=f"{available()}")
@@ -294,6 +295,35 @@ def test_a_box_keeps_to_its_cores(tmp_path):
     out = box.popen([sys.executable, str(tmp_path / "widen.py"), "/nowhere", "/nowhere", "cpuset"], cwd=tmp_path, env={"PATH": os.environ["PATH"]},
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode()
     assert out.splitlines()[-1] == f"[{mine}]", out
+
+
+WORK = "import time\nt = time.perf_counter()\nsum(range(20_000_000))\nprint(time.perf_counter() - t)\n"
+HOG = "import os, time\nos.sched_setaffinity(0, {core})\nt = time.time()\nwhile time.time() - t < {seconds}: pass\n"
+
+
+@pytest.mark.skipif(cgroup_root("cpu") is None, reason=f"a cpu cgroup: {cpu_share()}")
+def test_an_agents_command_takes_no_time_from_a_run_on_its_core(two_agents, tmp_path):
+    """A run's slot is one core. An agent's command that spins on that core (to slow the
+    baseline's runs, so that its own look fast under a seconds budget or hide their compute
+    under a FLOP budget; or only its own test run) would halve the run's share of it. Agents'
+    boxes get the smallest CPU weight: a run loses almost nothing to them."""
+    _, _, tools, _ = two_agents
+    core = max(os.sched_getaffinity(0))
+    (tmp_path / "work.py").write_text(WORK)
+    run_box = Sandbox(readonly=[tmp_path], limits=Limits(cores=(core,)))  # as the runner makes a slot's
+
+    def timed() -> float:
+        out = run_box.popen([sys.executable, str(tmp_path / "work.py")], cwd=tmp_path, env={"PATH": os.environ["PATH"]},
+                            stdout=subprocess.PIPE).communicate(timeout=120)[0]
+        return float(out)
+    quiet = min(timed() for _ in range(3))
+    hog = threading.Thread(target=run, args=(tools, f"python3 -c '{HOG.format(core={core}, seconds=8 * quiet + 4)}'"))
+    hog.start()
+    time.sleep(2)
+    busy = min(timed() for _ in range(3))
+    hog.join()
+    print(f"a run's work beside an agent's command spinning on its core: {busy:.2f}s, alone {quiet:.2f}s")
+    assert busy < 1.3 * quiet, f"{busy:.2f}s beside the agent's command, {quiet:.2f}s alone"
 
 
 def test_a_command_still_works_in_its_worktree_and_commits(two_agents):
