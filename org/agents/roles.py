@@ -69,7 +69,8 @@ def fields(program: Program, name: str) -> dict:
         "baseline_overrides": json.dumps(program.baseline.overrides) or "{}", "variants": variants,
         "per_run": f"{program.budget.per_run.kind} {program.budget.per_run.value:g}",
         "seeds": program.budget.seeds, "llm_dollars": f"{program.budget.total_llm_dollars:g}",
-        "protected": ", ".join(program.protected), "max_change_kb": f"{program.max_change_kb:g}", "teammates": ", ".join(teammates(program, name)) or "none",
+        "protected": ", ".join(program.protected), "max_change_kb": f"{program.max_change_kb:g}",
+        "teammates": ", ".join(teammates(program, name)) or "none",
         "chief": chief or "none",
         "juniors": ", ".join(juniors(program)) or "none",
     }
