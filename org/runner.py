@@ -242,8 +242,7 @@ class Runner:
             result = Result(status="invalid", reason=left) if left else read_result(run_dir)
             if result is not None:
                 started = datetime.fromisoformat(run["started_at"]).timestamp()
-                done = run_dir / "result.json"  # (gone when the run planted something there)
-                wall = (done.stat().st_mtime if done.exists() else time.time()) - started
+                wall = last_change(run_dir) - started
                 self._record(ledger, run, result, wall, None, make_slots(self.program)[0])
                 self.say(f"recovered run {run['id']}: result.json was written before the runner died")
                 continue
@@ -542,6 +541,14 @@ def died_reason(signal_name: str, attempts: int, own_code: bool) -> str:
     if own_code:  # a second try would let nondeterministic code crash until it likes its outcome
         return f"the trainer died of {signal_name}; the experiment's own code is not run again"
     return f"the trainer died of {signal_name} on each of {attempts} attempts"
+
+
+def last_change(run_dir: Path) -> float:
+    """When the run last changed anything in its directory (the checkpoint it is measured on
+    included): the latest inode change time there. Unlike a modification time, no code in a box
+    can set it back (utime sets a file's times and moves its change time to now)."""
+    times = [p.lstat().st_ctime for p in run_dir.rglob("*")] + [run_dir.lstat().st_ctime]
+    return min(max(times), time.time())
 
 
 def _set_aside(run_dir: Path):
