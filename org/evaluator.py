@@ -104,11 +104,12 @@ def measure_experiment(job: dict, params: dict, cfg, data) -> dict:
             raise Invalid(f"the checkpoint's tensors are not the experiment's model's: "
                           f"{shape_diff({n: a.shape for n, a in params.items()}, init)}")
         out = seed_probe(worker, init, cfg, job, data)
-        if out["init"] != "same":  # only an init that is not the base's could start ahead
-            out["init_bpb"] = init_score(worker, init, data, job)
         worker.load(params)
         model = RemoteModel(worker, V, n_batches=val_batches(job, len(data.val)))
         out.update(score(model, data, job))
+        if out["init"] != "same":  # only an init that is not the base's could start ahead; scored
+            # last, so the worker meets the unforeseen windows no sooner than the final model does
+            out["init_bpb"] = init_score(worker, init, data, job)
     probe_causality(job, params, model.kept, V)
     return {**out, "forward": "experiment", "causal": True}
 
