@@ -17,8 +17,9 @@ and kernel caches of its own. For the run's final checkpoint it:
    (trainer/eval.py): a config arm with the base model in this process; a code arm with the
    experiment's forward pass in a worker process (org/model_worker.py), whose logits come back
    over a pipe, are checked (shape, finite) and scored here. A second, fresh worker then
-   probes causality on some of those windows: with the tokens after position t replaced, the
-   logits at positions <= t must not move (and a row alone must score as in its batch);
+   probes causality on batches drawn at random from every pass (val, confirm and the
+   unforeseen train windows): with the tokens after position t replaced, the logits at
+   positions <= t must not move (and a row alone must score as in its batch);
 4. fingerprints the final parameters (bit-identical arms are `no change`) and, for a code arm,
    compares the experiment's initial parameters at the run's seed with the base commit's. If
    they are only redrawn from the same distributions, and two optimizer steps of the
@@ -50,7 +51,7 @@ import numpy as np
 
 from org.model_worker import receive, send
 
-PROBE_BATCHES = 2        # val batches whose logits the fresh worker re-checks
+PROBE_BATCHES = 2        # batches of each scoring pass whose logits the fresh worker re-checks
 PROBE_POSITIONS = 3      # positions t per probed batch, drawn at random
 CAUSAL_TOLERANCE = 1e-4  # |logit change| allowed at positions <= t, relative to max(1, |logits|)
 REPLAY_STEPS = 2
@@ -105,7 +106,7 @@ def measure_experiment(job: dict, params: dict, cfg, data) -> dict:
                           f"{shape_diff({n: a.shape for n, a in params.items()}, init)}")
         out = seed_probe(worker, init, cfg, job, data)
         worker.load(params)
-        model = RemoteModel(worker, V, n_batches=val_batches(job, len(data.val)))
+        model = RemoteModel(worker, V)
         out.update(score(model, data, job))
         if out["init"] != "same":  # only an init that is not the base's could start ahead; scored
             # last, so the worker meets the unforeseen windows no sooner than the final model does
@@ -236,16 +237,22 @@ def params_fingerprint(params: dict) -> str:
 
 
 def score(model, data, job: dict) -> dict:
-    """val and confirm, each over the program's windows, by the base commit's evaluate()."""
+    """val, confirm and the unforeseen train windows, each over the program's number of tokens,
+    by the base commit's evaluate(). For an experiment's model, a few batches of every pass are
+    kept for the causality probe: were only val batches probed, a forward pass could answer
+    those causally (it can look the val text up) and read the next token on the train windows,
+    which would close the held-out gap."""
+    from trainer.data import eval_windows
     from trainer.eval import evaluate
     B, T, n = job["batch_size"], job["seq_len"], job["val_tokens"]
     try:
-        val = evaluate(model, data.val, data.token_bytes, n, B, T)
-        if hasattr(model, "kept"):
-            model.keep = ()  # only val batches are probed
-        confirm = evaluate(model, data.confirm, data.token_bytes, n, B, T)
         unforeseen = unforeseen_windows(data.train, n, T, job.get("train_probe_seed"))
-        train = evaluate(model, unforeseen, data.token_bytes, n, B, T)
+        passes = []
+        for name, tokens in (("val", data.val), ("confirm", data.confirm), ("train-split", unforeseen)):
+            if isinstance(model, RemoteModel):
+                model.probe_next(name, len(eval_windows(tokens, n, T)), B)
+            passes.append(evaluate(model, tokens, data.token_bytes, n, B, T))
+        val, confirm, train = passes
     except (FloatingPointError, ValueError, IndexError) as e:
         raise Invalid(f"evaluation failed: {type(e).__name__}: {str(e)[:200]}") from None
     for name, value in (("val_loss", val["val_loss"]), ("confirm_loss", confirm["val_loss"])):
@@ -353,27 +360,28 @@ class Worker:
         return logits
 
 
-def val_batches(job: dict, n_val: int) -> int:
-    windows = min(job["val_tokens"], n_val - 1) // job["seq_len"]  # as trainer/data.py's eval_windows
-    return max(1, -(-windows // job["batch_size"]))
-
-
 class RemoteModel:
     """The experiment's forward pass as the base evaluate() sees a model; keeps the logits of
-    a few randomly chosen val batches for the causality probe."""
+    a few batches of each pass, drawn at random, for the causality probe."""
     xp = np
 
-    def __init__(self, worker: Worker, vocab_size: int, n_batches: int):
+    def __init__(self, worker: Worker, vocab_size: int):
         self.worker, self.vocab_size = worker, vocab_size
-        rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
-        self.keep = set(rng.choice(n_batches, size=min(PROBE_BATCHES, n_batches), replace=False))
-        self.calls, self.kept = 0, []
+        self.rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+        self.keep, self.calls, self.kept, self.pass_name = set(), 0, [], None
+
+    def probe_next(self, name: str, n_windows: int, batch_size: int):
+        """The next evaluate() pass reads n_windows windows in batches of batch_size: keep
+        PROBE_BATCHES of its batches (drawn here, so no forward pass can know which)."""
+        n_batches = -(-n_windows // batch_size)
+        self.keep = set(self.rng.choice(n_batches, size=min(PROBE_BATCHES, n_batches), replace=False))
+        self.calls, self.pass_name = 0, name
 
     def forward(self, x):
         x = np.ascontiguousarray(np.asarray(x, dtype=np.int64))
         logits = self.worker.forward(x, self.vocab_size)
         if self.calls in self.keep:
-            self.kept.append((x, logits))
+            self.kept.append((self.pass_name, x, logits))
         self.calls += 1
         return logits
 
@@ -386,7 +394,7 @@ def probe_causality(job: dict, params: dict, kept: list, vocab_size: int):
     with Worker(job, "b") as worker:  # b: fresh, so nothing it answers was seen by a
         worker.prepare(job, vocab_size)
         worker.load(params)
-        for x, logits in kept:
+        for pass_name, x, logits in kept:
             T = x.shape[1]
             scale = CAUSAL_TOLERANCE * max(1.0, float(np.abs(logits).max()))
             for t in sorted(rng.choice(T - 1, size=min(PROBE_POSITIONS, T - 1), replace=False)):
@@ -395,11 +403,13 @@ def probe_causality(job: dict, params: dict, kept: list, vocab_size: int):
                 again = worker.forward(changed, vocab_size)
                 if np.abs(again[:, :t + 1] - logits[:, :t + 1]).max() > scale:
                     raise Invalid(f"the experiment's forward pass is not causal: the logits at positions "
-                                  f"<= {t} change when the tokens after position {t} do")
+                                  f"<= {t} change when the tokens after position {t} do (a batch of "
+                                  f"the {pass_name} windows)")
             alone = worker.forward(x[-1:], vocab_size)
             if np.abs(alone - logits[-1:]).max() > scale:
-                raise Invalid("the experiment's forward pass is not row-independent: a window scores "
-                              "differently alone than in its batch (or differently in a fresh process)")
+                raise Invalid(f"the experiment's forward pass is not row-independent: a window of the "
+                              f"{pass_name} text scores differently alone than in its batch (or "
+                              f"differently in a fresh process)")
 
 
 # ----------------------------------------------------------------------------------------
@@ -446,8 +456,7 @@ def init_score(worker: Worker, init: dict, data, job: dict) -> float | None:
         return None
     B, T, n = job["batch_size"], job["seq_len"], job["val_tokens"]
     worker.load(init)
-    model = RemoteModel(worker, data.vocab_size, n_batches=1)
-    model.keep = set()  # the causality probe keeps val batches of the final model only
+    model = RemoteModel(worker, data.vocab_size)  # keeps nothing: the probe is of the final model
     try:
         return evaluate(model, unforeseen_windows(data.train, n, T, job.get("train_probe_seed")),
                         data.token_bytes, n, B, T)["val_bpb"]
