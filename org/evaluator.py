@@ -246,13 +246,16 @@ def score(model, data, job: dict) -> dict:
     from trainer.eval import evaluate
     B, T, n = job["batch_size"], job["seq_len"], job["val_tokens"]
     try:
-        unforeseen = unforeseen_windows(data.train, n, T, job.get("train_probe_seed"))
         passes = []
-        for name, tokens in (("val", data.val), ("confirm", data.confirm), ("train-split", unforeseen)):
+        for name, tokens in (("val", data.val), ("confirm", data.confirm)):
             if isinstance(model, RemoteModel):
                 model.probe_next(name, len(eval_windows(tokens, n, T)), B)
             passes.append(evaluate(model, tokens, data.token_bytes, n, B, T))
-        val, confirm, train = passes
+        val, confirm = passes
+        unforeseen = unforeseen_windows(data.train, n, T, job.get("train_probe_seed"))
+        if isinstance(model, RemoteModel):
+            model.probe_next("train-split", len(unforeseen), B)
+        train = window_bpb(model, unforeseen, data.token_bytes, B)
     except (FloatingPointError, ValueError, IndexError) as e:
         raise Invalid(f"evaluation failed: {type(e).__name__}: {str(e)[:200]}") from None
     for name, value in (("val_loss", val["val_loss"]), ("confirm_loss", confirm["val_loss"])):
@@ -260,20 +263,42 @@ def score(model, data, job: dict) -> dict:
             raise Invalid(f"{name} is {value}: the model's logits give a non-finite loss")
     return {"val_loss": val["val_loss"], "val_bpb": val["val_bpb"], "eval_tokens": val["eval_tokens"],
             "eval_bytes": val["eval_bytes"], "confirm_loss": confirm["val_loss"], "confirm_bpb": confirm["val_bpb"],
-            "train_bpb": train["val_bpb"]}
+            "train_bpb": train and train[0], "train_window_bpb": train and train[1]}
 
 
 def unforeseen_windows(tokens: np.ndarray, n_tokens: int, seq_len: int, seed: int | None) -> np.ndarray:
-    """n_tokens // seq_len windows of `tokens` at offsets drawn from a seed only harness code
-    can read (measure.probe_seed: the same windows for every run of the lab, so arms compare
-    seed by seed; the OS's randomness when none is given), laid end to end (T + 1 tokens each,
-    so evaluate()'s even spacing reads exactly these windows): text of the train split no run
-    could know it would be scored on. A model that learned the val windows, or looks them up,
-    does far worse here than there (the referee's held-out gap)."""
+    """(n_tokens // seq_len, seq_len + 1) windows of `tokens` at offsets drawn from a seed only
+    harness code can read (measure.probe_seed: the same windows for every run of the lab, so arms
+    compare seed by seed; the OS's randomness when none is given): text of the train split no
+    run could know it would be scored on. A model that learned the val windows, or looks them
+    up, does far worse here than there (the referee's held-out gap)."""
     k = max(1, min(n_tokens, len(tokens) - 1) // seq_len)
     seed = seed if seed is not None else int.from_bytes(os.urandom(8), "little")
     starts = np.random.default_rng(seed).integers(0, len(tokens) - seq_len, k)
-    return np.concatenate([np.asarray(tokens[s:s + seq_len + 1]) for s in starts])
+    return np.stack([np.asarray(tokens[s:s + seq_len + 1], dtype=np.int64) for s in starts])
+
+
+def window_bpb(model, windows: np.ndarray, token_bytes, batch_size: int) -> tuple[float, tuple] | None:
+    """(bits per byte over all the windows, each window's own), windows (k, T + 1): the next-token
+    loss by the base commit's cross_entropy_sum, as evaluate() computes it, per row. The windows
+    are a random draw, so the referee needs each one's figure: how much two models' difference
+    on them moves from one draw to the next is their spread over windows (confounds.
+    check_held_out_gap). None when the tokenizer's bytes are unknown."""
+    from trainer.backend import to_numpy
+    from trainer.eval import cross_entropy_sum
+    if token_bytes is None:
+        return None
+    tb, bits, nbytes = np.asarray(token_bytes), [], []
+    for i in range(0, len(windows), batch_size):
+        x, y = windows[i:i + batch_size, :-1], windows[i:i + batch_size, 1:]   # (b, T) each
+        logits = model.forward(model.xp.asarray(x))                             # (b, T, V)
+        for r in range(len(x)):
+            bits.append(float(to_numpy(cross_entropy_sum(logits[r], model.xp.asarray(y[r])))) / math.log(2))
+            nbytes.append(int(tb[y[r]].sum()))
+    if not all(map(math.isfinite, bits)):
+        raise ValueError("a train-split window scores a non-finite loss")
+    per_window = tuple(round(b / max(n, 1), 5) for b, n in zip(bits, nbytes))
+    return sum(bits) / sum(nbytes), per_window
 
 
 def unigram_bpb(data, n_tokens: int, seq_len: int) -> float | None:
@@ -451,17 +476,15 @@ def init_score(worker: Worker, init: dict, data, job: dict) -> float | None:
     seed, on the unforeseen train windows. A model no budget has trained yet scores about
     log2(vocab) per token, at best the data's unigram entropy (its output bias set to the
     counts); below that, it started trained (the referee's head-start check)."""
-    from trainer.eval import evaluate
-    if data.token_bytes is None:
-        return None
     B, T, n = job["batch_size"], job["seq_len"], job["val_tokens"]
     worker.load(init)
     model = RemoteModel(worker, data.vocab_size)  # keeps nothing: the probe is of the final model
     try:
-        return evaluate(model, unforeseen_windows(data.train, n, T, job.get("train_probe_seed")),
-                        data.token_bytes, n, B, T)["val_bpb"]
+        scored = window_bpb(model, unforeseen_windows(data.train, n, T, job.get("train_probe_seed")),
+                            data.token_bytes, B)
     except (FloatingPointError, ValueError, IndexError):
         return None
+    return scored and scored[0]
 
 
 def same_distribution(a: np.ndarray, b: np.ndarray) -> bool:

@@ -101,6 +101,7 @@ class Run:
     seed_only: bool                 # the harness's seed probe: a redrawn init, the same training step
     unigram_bpb: float | None       # the data's unigram entropy, by the harness
     train_bpb: float | None = None  # on train-split windows drawn when measuring, by the harness
+    train_window_bpb: tuple | None = None  # each of those windows' own
     init_bpb: float | None = None   # a code arm's initial model on those windows, by the harness
 
     @classmethod
@@ -124,7 +125,8 @@ class Run:
             code=(get("git_commit"), bool(get("git_dirty"))), claim_seq=get("claim_seq"),
             finished_at=_timestamp(get("finished_at")), wall_seconds=get("wall_seconds"),
             params_fingerprint=get("params_fingerprint"), seed_only=bool(get("seed_only")),
-            unigram_bpb=get("unigram_bpb"), train_bpb=get("train_bpb"), init_bpb=get("init_bpb"))
+            unigram_bpb=get("unigram_bpb"), train_bpb=get("train_bpb"), init_bpb=get("init_bpb"),
+            train_window_bpb=tuple(get("train_window_bpb") or ()) or None)
 
 
 def _json(value):

@@ -109,6 +109,27 @@ def test_a_config_arm_is_measured_exactly_as_the_trainer_measured_it(lab):
     assert len(m.params_fingerprint) == 64
 
 
+
+def test_the_unforeseen_train_windows_are_scored_one_by_one_as_evaluate_scores_them(lab):
+    """train_bpb over the windows, and each window's own figure (the referee's margin for the
+    draw): the same loss as the protected evaluate() gives on those windows laid end to end."""
+    from org.evaluator import base_config, base_model, read_checkpoint, unforeseen_windows, window_bpb
+    from trainer.data import load_dataset
+    from trainer.eval import evaluate
+    data = load_dataset("pystdlib", "bytes")
+    params, _ = read_checkpoint(lab["run_dir"] / "checkpoint.npz")
+    model = base_model(base_config(job(lab), data.vocab_size), job(lab), params)
+    windows = unforeseen_windows(data.train, 2048, 64, seed=7)
+    assert windows.shape == (32, 65) and np.array_equal(windows, unforeseen_windows(data.train, 2048, 64, seed=7))
+    train_bpb, per_window = window_bpb(model, windows, data.token_bytes, batch_size=4)
+    whole = evaluate(model, windows.ravel(), data.token_bytes, 2048, 4, 64)  # even spacing reads exactly these
+    assert train_bpb == pytest.approx(whole["val_bpb"], rel=1e-9)
+    assert len(per_window) == 32 and np.mean(per_window) == pytest.approx(train_bpb, abs=1e-5)  # 64 bytes each
+    assert np.std(per_window) > 0.1  # kinds of text differ: the draw matters
+
+    m = measure(lab)["measurement"]  # the record keeps both
+    assert len(m.train_window_bpb) == 32 and m.train_bpb == pytest.approx(np.mean(m.train_window_bpb), abs=1e-5)
+
 def test_a_code_arm_runs_its_forward_in_a_worker_and_is_scored_by_the_harness(lab):
     same = experiment(lab, "unchanged")  # a code arm whose code is the base's: every check passes
     m = measure(lab, code=same)["measurement"]

@@ -471,8 +471,8 @@ def test_a_model_that_looks_up_the_evaluation_text_is_invalid(attacked):
     """It passes every other check (the lookup is causal, and the fresh worker agrees), and
     scores far better on the val text than on train-split text it could not foresee. (Training
     on the evaluation windows instead of the train split is caught only when it moves the gap by
-    more than 0.1 bpb and the margin: at this size it moved it by 0.105 to 0.18, caught in two
-    labs of three, so it is not an attack this test can hold to.)"""
+    more than 0.1 bpb and the margin: at this size it was caught on 145 of 200 draws of the
+    windows, so it is not an attack this test can hold to.)"""
     record, said, runs = attacked["looks-up-the-eval-text"]
     assert said.verdict == "better"
     assert all(r["status"] == "completed" for r in runs)

@@ -421,6 +421,31 @@ def test_a_model_far_better_on_the_val_text_than_on_unforeseen_train_text_is_inv
     assert "held-out gap" not in checks(superiority(baseline(), variant(-0.6)))  # measured before train_bpb
 
 
+
+def on_windows(runs, spread, seed=0):
+    """The runs scored on 32 train-split windows (the same draw for all), each window's figure
+    off the run's train_bpb by a fixed pattern times `spread`: how differently the arm does by
+    kind of text."""
+    pattern = np.random.default_rng(seed).standard_normal(32)
+    pattern -= pattern.mean()
+    return [dict(r, train_window_bpb=[round(r["train_bpb"] + spread * x, 5) for x in pattern]) for r in runs]
+
+
+def test_the_held_out_gap_allows_for_the_draw_of_the_windows():
+    """The train-split windows are one draw for the whole lab, so every seed shares its luck. A
+    variant that does much better than the baseline on some kinds of text and worse on others
+    (barely trained, say) has a gap that moves by draw: its windows' spread widens the margin.
+    One that differs from the baseline the same way on every window keeps a narrow margin."""
+    base = scored_on_train(baseline(), [1.002, 1.006, 0.995, 1.001, 0.999])
+    lower = scored_on_train(variant(-0.2), [1.004, 1.010, 0.990, 1.003, 0.998])  # 0.2 better on val only
+    assert checks(superiority(base, lower))["held-out gap"].invalid  # without the windows' figures
+    steady = superiority(on_windows(base, 0.1), on_windows(lower, 0.1))  # the same pattern: differences 0
+    assert checks(steady)["held-out gap"].invalid and "±0.0" in checks(steady)["held-out gap"].text
+    by_kind = superiority(on_windows(base, 0.1), on_windows(lower, 1.5, seed=1))  # another pattern
+    assert "held-out gap" not in checks(by_kind)  # a draw's luck could give that much
+    looks_up = scored_on_train(variant(-0.6), [1.004, 1.010, 0.990, 1.003, 0.998])
+    assert checks(superiority(on_windows(base, 0.1), on_windows(looks_up, 1.5, seed=1)))["held-out gap"].invalid
+
 def test_a_variant_whose_initial_model_already_scores_below_counting_is_invalid():
     """Untrained, a model scores about log2(V) per token, at best the data's unigram entropy (its
     output bias set to the token counts); below that, its weights were trained before its budget
