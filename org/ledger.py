@@ -4,7 +4,8 @@ The ledger: one SQLite file per program (.lab/<program>/ledger.sqlite) that neve
 Tables: programs, experiments (who asked for what, on which commit), runs (one trainer
 invocation each: seed, slot, status, budget, and the columns SQL filters on; the harness's
 measurement as the record and the trainer's result.json beside it as a cross-check, both in
-trainer/record.py's shape, which run_row() reads out for every reader), budget_changes and llm_spend. Verdicts are never
+trainer/record.py's shape, which run_row() reads out for every reader), budget_changes, llm_spend and
+agent_cpu (the CPU time of the agents' own boxes, outside every run's budget). Verdicts are never
 stored: the referee computes them from the runs whenever they are shown (report, status, agents).
 Rows are inserted and updated, never deleted, so a discarded idea stays queryable.
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from org import OrgError
 from trainer.record import Measurement, Result, read
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
@@ -126,6 +127,14 @@ CREATE TABLE llm_spend (
     dollars     REAL NOT NULL,
     created_at  TEXT NOT NULL
 );
+CREATE TABLE agent_cpu (             -- the CPU time of an agent's box: one row per command or CLI stretch
+    id          INTEGER PRIMARY KEY,
+    program     TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    seconds     REAL NOT NULL,         -- all its processes' CPU seconds, by the box's cgroup
+    what        TEXT NOT NULL,         -- run | git | claude-code | codex
+    created_at  TEXT NOT NULL
+);
 """
 
 # columns before schema 8 that copied a run's record (an older ledger read as it is still has them)
@@ -149,6 +158,7 @@ MIGRATIONS = {  # from version N to N + 1
     # measurement, as JSON) holds them, and run_row() reads them out for everyone
     7: [f"ALTER TABLE runs DROP COLUMN {c}" for c in FIGURE_COLUMNS],
     8: ["ALTER TABLE experiments ADD COLUMN versus TEXT", "ALTER TABLE experiments ADD COLUMN decision TEXT"],
+    9: [SCHEMA[SCHEMA.index("CREATE TABLE agent_cpu"):].strip().rstrip(";").replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)],
 }
 
 
@@ -468,6 +478,15 @@ class Ledger:
         return {"agents": {r.pop("agent"): r for r in rows},
                 "dollars": sum(r["dollars"] for r in rows)}
 
+    def record_agent_cpu(self, program: str, agent: str, seconds: float, what: str) -> int:
+        return self._insert("agent_cpu", dict(program=program, agent=agent, seconds=round(seconds, 3),
+                                              what=what, created_at=now()))
+
+    def agent_cpu(self, program: str) -> dict[str, float]:
+        """CPU seconds each agent's own box has used, {agent: seconds}."""
+        rows = self._all("SELECT agent, sum(seconds) AS seconds FROM agent_cpu WHERE program = ? GROUP BY agent", program)
+        return {r["agent"]: r["seconds"] for r in rows}
+
     def compute_seconds(self, program: str) -> float:
         """Runner wall time spent by the program so far: the runs and their measurements."""
         return self.db.execute("SELECT coalesce(sum(wall_seconds), 0) + coalesce(sum(measure_seconds), 0) "
@@ -476,7 +495,7 @@ class Ledger:
     def counts(self) -> dict:
         """Rows per table, for notes and sanity checks."""
         return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("programs", "experiments", "runs", "llm_spend")}
+                for t in ("programs", "experiments", "runs", "llm_spend", "agent_cpu")}
 
 
 def columns(db: sqlite3.Connection, table: str) -> list[str]:

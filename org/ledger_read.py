@@ -66,6 +66,7 @@ MISSING_TABLE = {
     "experiments": "no lineage (who proposed what, on which commit)",
     "runs": "no runs, so no verdicts, noise floor or plots",
     "llm_spend": "LLM dollars not recorded",
+    "agent_cpu": "the agents' own compute not recorded",
 }
 
 

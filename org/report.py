@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from org import OrgError
-from org import improve
+from org import OrgError, improve
 from org.lab import diff_summary
 from org.ledger import LedgerError, loads
 from org.ledger_read import read_tables
@@ -44,7 +43,7 @@ from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, noise_floor
 from trainer.config import BUDGET_FLAGS
 
 ADJUSTMENT = "holm"  # for the many comparisons an org makes: family-wise error, the strict one
-LEDGER_TABLES = ("programs", "experiments", "runs", "llm_spend")  # what a report reads
+LEDGER_TABLES = ("programs", "experiments", "runs", "llm_spend", "agent_cpu")  # what a report reads
 NOT_RUN_YET = ("queued", "running")
 
 
@@ -65,6 +64,7 @@ class Report:
     experiments: list[dict]
     runs: list[dict]
     llm: list[dict]                 # llm_spend rows
+    agent_cpu: Counter              # agent -> CPU seconds its own boxes used (agent_cpu rows)
     budget_changes: list[dict] = field(default_factory=list)  # `org budget` log (schema 3 on)
     missing: list[str] = field(default_factory=list)  # what the ledger or the run files lack
     arms: list[str] = field(default_factory=list)
@@ -107,8 +107,9 @@ def read_ledger(path: Path, program: str) -> Report:
         missing.append(f"program {program!r} is not in the ledger's programs table: "
                        "question, claim and budget unknown, so no verdicts")
     spec = loads(program_row.get("spec")) or {}
+    agent_cpu = sum((Counter({r["agent"]: r["seconds"]}) for r in rows["agent_cpu"]), Counter())
     return Report(program, path, spec, program_row.get("base_commit"), rows["experiments"],
-                  rows["runs"], rows["llm_spend"], changes, missing)
+                  rows["runs"], rows["llm_spend"], agent_cpu, changes, missing)
 
 
 def arms_in_order(report: Report) -> list[str]:
@@ -493,8 +494,11 @@ def spend_section(report: Report) -> str:
         compute["arm"][r.get("arm")] += r.get("wall_seconds") or 0
         compute["agent"][who.get(r.get("experiment_id"), "?")] += r.get("wall_seconds") or 0
     seconds = lambda c: ", ".join(f"{k} {v:.0f} s" for k, v in c.items()) or "none"
+    # what agents' boxes ran, which no budget counts: far more than the runs is a model trained there, or seeds tried
+    cpu = ", ".join(f"{a} {s:.0f} CPU-s" for a, s in report.agent_cpu.most_common()) or "none recorded"
     lines = ["## Spend", "", f"Compute (runner wall time): by arm {seconds(compute['arm'])}; "
-             f"by who proposed it {seconds(compute['agent'])}.", ""]
+             f"by who proposed it {seconds(compute['agent'])}.", "",
+             f"Agents' own compute (CPU time in their boxes, outside every run's budget): {cpu}.", ""]
     if not report.llm:
         lines.append("LLM spend: none recorded in the ledger.")
         return "\n".join(lines)
@@ -577,6 +581,7 @@ def to_json(report: Report, readme: Path | None = None) -> dict:
         "budget": report.spec.get("budget"),
         "compute_seconds": sum(r.get("wall_seconds") or 0 for r in report.runs),
         "llm_dollars": sum(r.get("dollars") or 0 for r in report.llm),
+        "agent_cpu_seconds": dict(report.agent_cpu),
         "plots": report.plots, "missing": report.missing,
     }
 

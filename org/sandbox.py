@@ -35,7 +35,11 @@ Inside a box:
 - a CPU weight (`Limits.cpu_weight`), in a cpu cgroup of its own: an agent's box has the
   lowest, so a command it spins on a run's core takes almost nothing from the run (it would
   take half: time a seconds budget counts, or a baseline's slowness that hides compute).
-  `cpu_share()` says whether it holds.
+  `cpu_share()` says whether it holds;
+- metered: `cpu_seconds(proc)` is the CPU time of everything the box ran, from a cpuacct (v1)
+  or cpu (v2) cgroup of its own, which nothing inside can leave. An agent's own box runs what
+  it likes outside every run's budget (training a model to commit, say), so the harness puts
+  what each agent's box used on record. `cpu_meter()` says whether it holds.
 
 `check()` says in one line why a box cannot be made here (bwrap missing or failing), so a
 launch refuses before it starts anything.
@@ -142,22 +146,26 @@ class Sandbox:
             box += ["--setenv", key, str(value)]
         return box + ["--chdir", str(cwd), "--", *argv]
 
-    def command(self, argv: list[str], cwd, env: dict, info_fd: int | None = None) -> list[str]:
-        """wrap()'s command line, started inside cgroups of the box's own (made now): bwrap starts
-        in them, so everything in the box counts against its pids.max and keeps to its cores."""
+    def command(self, argv: list[str], cwd, env: dict, info_fd: int | None = None,
+                groups: list[Path] | None = None) -> list[str]:
+        """wrap()'s command line, started inside cgroups of the box's own (made now, unless given):
+        bwrap starts in them, so everything in the box counts against its pids.max, keeps to its
+        cores and is metered."""
         wrapped = self.wrap(argv, cwd, env)
         if info_fd is not None:
             wrapped[1:1] = ["--info-fd", str(info_fd)]
-        groups = box_cgroups(self.limits)
+        groups = box_cgroups(self.limits) if groups is None else groups
         if not groups:
             return wrapped
         return ["/bin/sh", "-c", JOIN, "nanolab-box", *(str(g / "cgroup.procs") for g in groups), "--", *wrapped]
 
     def popen(self, argv: list[str], cwd, env: dict, preexec_fn=None, **kwargs) -> subprocess.Popen:
         """Start argv in the box. The Popen is bwrap's (kill it and the box goes); .inner_pid is
-        the command's own pid, the one to send a SIGTERM it can catch."""
+        the command's own pid, the one to send a SIGTERM it can catch; cpu_seconds(it) is the CPU
+        time of everything the box has run so far."""
         read, write = os.pipe()
-        wrapped = self.command(argv, cwd, env, info_fd=write)
+        groups = box_cgroups(self.limits)
+        wrapped = self.command(argv, cwd, env, info_fd=write, groups=groups)
 
         def before_exec():
             self.set_limits()
@@ -172,6 +180,7 @@ class Sandbox:
                 proc.inner_pid = json.loads(info.read().decode() or "{}").get("child-pid", proc.pid)
             except ValueError:
                 proc.inner_pid = proc.pid
+        proc.cpu_group = next((g for g in groups if g.is_relative_to(cgroup_root("cpuacct") or "/nowhere")), None)
         return proc
 
     def set_limits(self):
@@ -191,8 +200,10 @@ class Sandbox:
 CGROUP_ROOTS: dict = {}  # {controller: Path | None}: where our boxes' cgroups go, found once
 HIERARCHIES = {"pids": ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"),
                "cpuset": ("/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"),
-               "cpu": ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")}
-PROBES = {"pids": ("pids.max",), "cpuset": ("cpuset.cpus",), "cpu": ("cpu.weight", "cpu.shares")}  # (v2, v1)
+               "cpu": ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"),
+               "cpuacct": ("/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")}
+PROBES = {"pids": ("pids.max",), "cpuset": ("cpuset.cpus",), "cpu": ("cpu.weight", "cpu.shares"),  # (v2, v1)
+          "cpuacct": ("cpuacct.usage", "cpu.stat")}  # (v1, v2: cpu.stat's usage_usec)
 # the box's shell joins each cgroup named before "--", then becomes bwrap (the rest)
 JOIN = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 126; shift; done; shift; exec "$@"'
 
@@ -236,7 +247,7 @@ def box_cgroups(limits: Limits) -> list[Path]:
     hierarchy per controller, v2 one for all). Where a controller has none, that limit is not
     enforced (process_limit(), core_limit() and cpu_share() say so). Every box gets a CPU weight,
     so that the runs' boxes and the agents' are siblings that share a core by their weights."""
-    wanted = {"pids": {"pids.max": str(limits.processes)}, "cpu": {}}
+    wanted = {"pids": {"pids.max": str(limits.processes)}, "cpu": {}, "cpuacct": {}}
     if limits.cores:
         wanted["cpuset"] = {"cpuset.cpus": ",".join(map(str, limits.cores))}
     groups: dict[Path, Path] = {}  # {hierarchy's nanolab/: the box's group there}
@@ -255,6 +266,22 @@ def box_cgroups(limits: Limits) -> list[Path]:
             continue  # e.g. cores this machine no longer has: that limit is not enforced
         groups[root] = group
     return [inner for inner in map(inner_cgroup, groups.values()) if inner]
+
+
+def cpu_seconds(proc: subprocess.Popen) -> float | None:
+    """CPU seconds that everything in proc's box has used, all threads and processes together
+    (its cgroup's: v1 cpuacct.usage in ns, v2 cpu.stat's usage_usec); None where the box has no
+    such group (cpu_meter() says why) or it is gone."""
+    group = getattr(proc, "cpu_group", None)
+    try:
+        if group is not None and (group / "cpuacct.usage").exists():
+            return int((group / "cpuacct.usage").read_text()) / 1e9
+        if group is not None:
+            stat = dict(line.split() for line in (group / "cpu.stat").read_text().splitlines())
+            return int(stat["usage_usec"]) / 1e6
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
 
 
 def cpu_weight_setting(group: Path, weight: int) -> dict:
@@ -318,6 +345,14 @@ def cpu_share() -> str:
         return f"a cpu cgroup per box, agents' at the lowest weight (under {cgroup_root('cpu')})"
     return ("none: no cpu cgroup can be made here (cgroupfs read-only, or no cpu controller delegated), so an "
             "agent's command competes with the runs for their cores")
+
+
+def cpu_meter() -> str:
+    """How the CPU time of agents' boxes is metered on this machine, in words."""
+    if cgroup_root("cpuacct"):
+        return f"a cpu accounting cgroup per box (under {cgroup_root('cpuacct')})"
+    return ("none: no cpu accounting cgroup can be made here (cgroupfs read-only, or no cpuacct/cpu "
+            "controller delegated), so the agents' own compute is not on record")
 
 
 def bwrap() -> str:

@@ -44,7 +44,7 @@ def claim_in_a_process_that_dies(path):
 def test_schema_wal_and_version(ledger):
     assert ledger.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert ledger.db.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
-    assert ledger.counts() == {"programs": 1, "experiments": 0, "runs": 0, "llm_spend": 0}
+    assert ledger.counts() == {"programs": 1, "experiments": 0, "runs": 0, "llm_spend": 0, "agent_cpu": 0}
     with Ledger(ledger.path) as again:  # reopening migrates nothing and loses nothing
         assert again.program("softcap")["base_commit"] == "base"
 

@@ -110,7 +110,7 @@ def test_org_run_measures_every_arm_on_the_programs_seeds(make_project, capsys):
         before = ledger.counts()
     assert main(["run", "tiny"]) == 0  # again: nothing new to do, nothing counted twice
     with ledger_of(root) as ledger:
-        assert ledger.counts() == before == {"programs": 1, "experiments": 2, "runs": 4, "llm_spend": 0}
+        assert ledger.counts() == before == {"programs": 1, "experiments": 2, "runs": 4, "llm_spend": 0, "agent_cpu": 0}
     capsys.readouterr()
     assert main(["runs", "tiny", "--json", "--arm", "no-softcap"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -287,6 +287,7 @@ def test_a_ledger_from_an_older_schema_is_read_not_migrated(tmp_path):
     assert "**Except 10 of 10 completed runs**, recorded before the harness measured runs" in text
     assert "the ledger has no experiments table (older schema): no lineage" in text
     assert "the ledger has no llm_spend table (older schema): LLM dollars not recorded" in text
+    assert "the ledger has no agent_cpu table (older schema): the agents' own compute not recorded" in text
     assert "the ledger's runs table has no column experiment_id, purpose, round" in text
     assert "wall_seconds" in text and "No experiments recorded in this ledger." in text
     assert is_png(tmp_path / "out" / "curves_flops.png")

@@ -17,12 +17,15 @@ import git
 import pytest
 
 from agentlab import lab_dir, make_project, tiny_program, worktree
+from org.agents.clis import _supervise
+from org.agents.control import Control
 from org.agents.tools import Tools
 from org.cli import main
 from org.lab import agent_branch
 from org.ledger import Ledger
 from org.measure import probe_seed
-from org.sandbox import Limits, Sandbox, available, cgroup_root, core_limit, cpu_share, pids_root, process_limit
+from org.report import build, spend_section
+from org.sandbox import Limits, Sandbox, available, cgroup_root, core_limit, cpu_meter, cpu_share, pids_root, process_limit
 from test_org_runner import agent_commit, create_project, tiny_program as runner_program
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=f"{available()}")
@@ -59,6 +62,13 @@ def run(tools, command: str) -> str:
     return result.output
 
 
+def ledger_rows(path: Path) -> dict:
+    """Every table's rows but agent_cpu's, which the harness adds to for each command."""
+    with Ledger(path) as ledger:
+        tables = [r[0] for r in ledger.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: ledger.db.execute(f"SELECT * FROM {t}").fetchall() for t in tables if t != "agent_cpu"}
+
+
 # --- the agent's `run` tool ---------------------------------------------------------------------
 
 
@@ -66,7 +76,7 @@ def test_a_command_cannot_touch_the_lab_or_another_agent(two_agents):
     root, program, tools, bob = two_agents
     state = lab_dir(root, program)
     ledger = state / "ledger.sqlite"
-    before = ledger.read_bytes()
+    before = ledger_rows(ledger)
     attacks = {
         "ledger": f"python3 -c \"import sqlite3; db = sqlite3.connect('{ledger}'); "
                   "db.execute('UPDATE runs SET status = 1'); db.commit()\"",
@@ -81,7 +91,7 @@ def test_a_command_cannot_touch_the_lab_or_another_agent(two_agents):
     for name, command in attacks.items():
         output = run(tools, command)
         assert not output.startswith("exit status 0"), f"{name}: {output}"
-    assert ledger.read_bytes() == before
+    assert ledger_rows(ledger) == before  # only the harness wrote: each command's CPU time, on record
     assert not (state / "mail" / "alice" / "inbox" / "forged.json").exists()
     assert (bob / "notes.md").read_text() == "bob's work\n"
     assert "budget: {}" not in (root / "programs" / "tiny.yaml").read_text()
@@ -325,6 +335,34 @@ def test_an_agents_command_takes_no_time_from_a_run_on_its_core(two_agents, tmp_
     print(f"a run's work beside an agent's command spinning on its core: {busy:.2f}s, alone {quiet:.2f}s")
     assert busy < 1.3 * quiet, f"{busy:.2f}s beside the agent's command, {quiet:.2f}s alone"
 
+
+
+SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {seconds}: pass\n"
+
+
+@pytest.mark.skipif(cgroup_root("cpuacct") is None, reason=f"a cpu accounting cgroup: {cpu_meter()}")
+def test_an_agents_own_compute_is_on_record_however_it_spreads_it(two_agents, outside_tmp):
+    """An agent's box runs what it likes outside every run's budget: it could train a model there
+    for its runs to start from, or try seeds to pick from. No box can hide its CPU time: what a
+    command starts in the background, or leaves to a child that outlives its shell, is counted
+    by the box's cgroup (the command's own rusage would miss it). Before, none of it was on
+    record. So is a CLI's (its box, every METER_EVERY_SECONDS and at its end)."""
+    root, program, tools, _ = two_agents
+    spin = f"python3 -c '{SPIN.format(seconds=1)}'"
+    out = run(tools, f"({spin} &) ; nohup {spin} > /dev/null 2>&1 & {spin}; wait; sleep 1.5")
+    assert out.startswith("exit status 0"), out
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+        used = ledger.agent_cpu(program.name)
+    assert set(used) == {"alice"} and 2.8 < used["alice"] < 6, used  # three processes, a CPU second each
+    report = build(lab_dir(root, program) / "ledger.sqlite", program.name)
+    assert f"Agents' own compute (CPU time in their boxes, outside every run's budget): alice {used['alice']:.0f} CPU-s" \
+        in spend_section(report)
+
+    booked = []  # a CLI's box: the same meter, as the pane's supervisor books it
+    cli = Sandbox(limits=Limits(cpu_weight=1)).popen([sys.executable, "-c", SPIN.format(seconds=1.5)], cwd=outside_tmp,
+                                                     env={"PATH": os.environ["PATH"]})
+    assert _supervise(cli, Control(lab_dir(root, program), "alice"), meter=booked.append) is not None
+    assert 1.4 < sum(booked) < 3, booked
 
 def test_a_command_still_works_in_its_worktree_and_commits(two_agents):
     _, _, tools, _ = two_agents

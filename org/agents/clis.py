@@ -49,10 +49,12 @@ from org.agents.roles import kickoff, system_prompt
 from org.agents.spend import Spend
 from org.agents.tools import format_mail
 from org.agents.transcript import Transcript
-from org.ledger import ledger_path
+from org.ledger import Ledger, ledger_path
 from org.mail import Mail
+from org.sandbox import cpu_seconds
 
 HOOK_WAIT_SECONDS = 3000  # Claude Code's hook timeout is set above this
+METER_EVERY_SECONDS = 30  # how often a running CLI's box's CPU time goes on record
 CLI_PACKAGES = {"claude": ("@anthropic-ai/claude-code", "2.1.332"), "codex": ("@openai/codex", "0.171.0")}
 BACKEND_CLI = {"claude-code": "claude", "codex": "codex"}
 OPENAI_TOKEN_VAR = "NANOLAB_OPENAI_TOKEN"  # codex reads its gateway token from this variable
@@ -333,14 +335,18 @@ def run_cli(entry, program, root: Path, tree: Path) -> str:
     control.clear_stop()
     control.set_state("running", f"{entry.backend} started")
     first = kickoff(program, entry.name, mail.board())
+
+    def meter(cpu_seconds: float):  # the CLI and every command it ran in its box: no run's budget counts it
+        with Ledger(ledger_path(lab_dir)) as ledger:
+            ledger.record_agent_cpu(program.name, entry.name, cpu_seconds, entry.backend)
     with BoxedCLI(entry, program, root, tree) as cli:
         if entry.backend == "claude-code":
-            return _supervise(cli.start(claude_argv(entry, program, cli.tree) + [first]), control)
+            return _supervise(cli.start(claude_argv(entry, program, cli.tree) + [first]), control, meter=meter)
         transcript = Transcript(lab_dir / "transcripts" / f"{entry.name}.jsonl")
         prompt, resume = system_prompt(program, entry.name, cli=True) + "\n\n" + first, False
         while True:  # codex: one exec per turn, the next one when mail arrives
             reason = _supervise(cli.start(codex_argv(entry, resume) + [prompt], stdin=subprocess.DEVNULL),
-                                control, end_when_done=False)
+                                control, end_when_done=False, meter=meter)
             if reason:
                 return reason
             prompt, stop = next_codex_prompt(mail, control, transcript, entry.name)
@@ -368,16 +374,32 @@ def next_codex_prompt(mail: Mail, control: Control, transcript: Transcript, agen
             return prompt, None
 
 
-def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = True) -> str | None:
+def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = True,
+               meter=lambda cpu_seconds: None) -> str | None:
     """Wait for the CLI; a stop request ends it. Returns why the agent ended, or None when
-    the process ended a turn and the agent goes on (codex)."""
-    while proc.poll() is None:
-        stop = control.stop_reason()
-        if stop:
-            end(proc)
-            control.set_state("stopped", stop)
-            return f"stopped: {stop}"
-        time.sleep(0.5)
+    the process ended a turn and the agent goes on (codex). Its box's CPU time goes to `meter`
+    as it grows (every METER_EVERY_SECONDS, and at the end)."""
+    booked, last = 0.0, time.monotonic()
+
+    def book():
+        nonlocal booked
+        used = cpu_seconds(proc)
+        if used is not None and used > booked:
+            meter(used - booked)
+            booked = used
+    try:
+        while proc.poll() is None:
+            stop = control.stop_reason()
+            if stop:
+                end(proc)
+                control.set_state("stopped", stop)
+                return f"stopped: {stop}"
+            if time.monotonic() - last > METER_EVERY_SECONDS:
+                book()
+                last = time.monotonic()
+            time.sleep(0.5)
+    finally:
+        book()
     stop = control.stop_reason()
     if stop or end_when_done or proc.returncode != 0:
         reason = f"stopped: {stop}" if stop else f"the CLI exited with status {proc.returncode}"

@@ -14,8 +14,9 @@ The agent's workspace: its git worktree, and the limits on what its tools may do
 - `run` executes a command in the agent's box (org/sandbox.py: only the worktree writable, no
   network, its own processes only), in an environment holding no credentials (*_API_KEY,
   *_TOKEN, ANTHROPIC_*, OPENAI_*, ...) and no git redirection variables (GIT_DIR and friends),
-  with a timeout and an output cap. Where no box can be made it is a plain process, and only
-  scripted agents are launched (org/launch.py).
+  with a timeout and an output cap; its box's CPU time goes to `meter` (the ledger's agent_cpu).
+  Where no box can be made it is a plain process, and only scripted agents are launched
+  (org/launch.py).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from org.sandbox import untrusted_env
+from org.sandbox import cpu_seconds, untrusted_env
 
 # environment variables a command must not see: credentials, and anything pointing git elsewhere
 SECRET_NAME = re.compile(r"(API_?KEY|TOKEN(?!IZERS)|SECRET|PASSW|CREDENTIAL|_KEY$|_AUTH)", re.I)
@@ -69,11 +70,13 @@ def cap(text: str, limit: int) -> str:
 
 
 class Workspace:
-    def __init__(self, root: str | Path, protected: list[str], env: dict | None = None, box=None):
+    def __init__(self, root: str | Path, protected: list[str], env: dict | None = None, box=None,
+                 meter: Callable[[float], None] | None = None):
         self.root = Path(root).resolve()
         self.protected = [p.strip("/") for p in protected]
         self.env = env or {}  # added to every command's environment (git identity)
         self.box = box  # org.sandbox.Sandbox: where commands run (None: as plain processes)
+        self.meter = meter  # given each boxed command's CPU seconds, to put on record
 
     # --- paths and files ------------------------------------------------------------------
 
@@ -214,6 +217,9 @@ class Workspace:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 status = None
+            used = cpu_seconds(proc) if self.box else None
+            if used is not None and self.meter:
+                self.meter(used)
             return status, _read_capped(out, limit)
 
 

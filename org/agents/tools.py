@@ -134,7 +134,8 @@ class Tools:
         self.lab = Lab.open(lab_root)
         self.lab_dir = self.lab.state_dir(program.name)
         self.ledger_path = ledger_path(self.lab_dir)
-        self.ws = Workspace(worktree, program.protected, env=git_identity(agent), box=command_box(self.lab, worktree, program.name, agent))
+        self.ws = Workspace(worktree, program.protected, env=git_identity(agent),
+                            box=command_box(self.lab, worktree, program.name, agent), meter=self.meter)
         self.mail = Mail(self.lab_dir)
         self.teammates = [t for t in teammates if t != agent]
         self.limits = limits or Limits()
@@ -143,6 +144,11 @@ class Tools:
 
     def close(self):
         self.lab.close()
+
+    def meter(self, cpu_seconds: float):
+        """A command's CPU time in the agent's box, on record: no run's budget counts it."""
+        with Ledger(self.ledger_path) as ledger:
+            ledger.record_agent_cpu(self.program.name, self.agent, cpu_seconds, "command")
 
     def call(self, name: str, args) -> ToolResult:
         """Run one tool call; every failure is an error result, never an exception."""
