@@ -264,12 +264,12 @@ def cmd_budget(args) -> int:
         changes = parse_budget_changes(args.changes, ledger.budget(name))
         if changes:
             for row in ledger.change_budget(name, changes, args.who):
-                print(f"{name}: budget.{row['field']}: {row['old']:g} -> {row['new']:g} (by {row['who']}, logged)")
+                print(f"{name}: budget.{row['field']}: {number(row['old'])} -> {row['new']:g} (by {row['who']}, logged)")
             print(f"edit programs/{name}.yaml to match: a program whose file disagrees with its budget "
                   "does not start")
         budget, log = ledger.budget(name), ledger.budget_changes(name)
     if not changes:
-        print(f"{name}: " + ", ".join(f"{f} {budget[f]:g}" for f in BOUND_BUDGET))
+        print(f"{name}: " + ", ".join(f"{f} {number(budget.get(f))}" for f in BOUND_BUDGET))
         for row in log:
             change = f"+ {row['new']:g}" if row["old"] is None else f"{row['old']:g} -> {row['new']:g}"
             print(f"  {row['created_at']} {row['who']}: {row['field']} {change}")
@@ -303,6 +303,10 @@ def parse_seeds(text: str, have: list[int]) -> list[int]:
         why = f"seed {known[0]} is already the program's" if known else "expected new seeds, each once, from 0 to 2**63-1"
         raise OrgError(f"--seeds {text}: {why} (it has {have})")
     return seeds
+
+
+def number(value) -> str:
+    return "unset" if value is None else f"{value:g}"
 
 
 def parse_budget_changes(pairs: list[str], budget: dict) -> dict:

@@ -44,7 +44,7 @@ MEASUREMENT_FIELDS = ("claim", "ladder", "compute_multiplier", "metric", "baseli
                       "tune_seeds", "protected", "max_change_kb")
 MEASUREMENT_BUDGET = ("per_run", "seeds")
 # the totals, fixed at start like the rest: only a person's `org budget` changes them, logged
-BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds")
+BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds", "agent_cpu_seconds")
 
 # The trainer's evaluation, data and FLOP accounting, and the harness itself.
 DEFAULT_PROTECTED = ["trainer/eval.py", "trainer/data.py", "trainer/flops.py", "org/"]
@@ -208,6 +208,9 @@ class Budget(Strict):
     total_compute_seconds: float = Field(gt=0)  # summed runner wall time over all runs
     total_llm_dollars: float = Field(0.0, ge=0)
     run_timeout_seconds: float = Field(gt=0)  # a run past this is killed
+    # CPU seconds each agent's own box may use, all its commands (or its CLI) together: work no
+    # run's budget counts (None: as much as total_compute_seconds)
+    agent_cpu_seconds: float | None = Field(None, gt=0)
 
     @field_validator("seeds")
     @classmethod

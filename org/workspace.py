@@ -109,9 +109,9 @@ def check_unchanged(path: Path, started: dict, now: dict):
                            "would not be comparable: revert it, or give the program a new name")
     for f in BOUND_BUDGET:
         if started["budget"].get(f) != now["budget"].get(f):
-            raise ProgramError(f"{path}: budget.{f}: {now['budget'].get(f):g} in the file, "
-                               f"{started['budget'].get(f):g} fixed for the program; a person changes "
-                               f"it with `org budget {now['name']} {f}={now['budget'].get(f):g}` (logged)")
+            file, fixed = (f"{b.get(f):g}" if b.get(f) is not None else "unset" for b in (now["budget"], started["budget"]))
+            raise ProgramError(f"{path}: budget.{f}: {file} in the file, {fixed} fixed for the program; a person "
+                               f"changes it with `org budget {now['name']} {f}={file}` (logged)")
 
 
 def as_current_schema(spec: dict) -> dict:

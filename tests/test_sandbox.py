@@ -341,13 +341,15 @@ SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s
 
 
 @pytest.mark.skipif(cgroup_root("cpuacct") is None, reason=f"a cpu accounting cgroup: {cpu_meter()}")
-def test_an_agents_own_compute_is_on_record_however_it_spreads_it(two_agents, outside_tmp):
+def test_an_agents_own_compute_is_on_record_and_capped_however_it_spreads_it(two_agents, outside_tmp, monkeypatch):
     """An agent's box runs what it likes outside every run's budget: it could train a model there
     for its runs to start from, or try seeds to pick from. No box can hide its CPU time: what a
     command starts in the background, or leaves to a child that outlives its shell, is counted
     by the box's cgroup (the command's own rusage would miss it). Before, none of it was on
-    record. So is a CLI's (its box, every METER_EVERY_SECONDS and at its end)."""
+    record, and nothing bounded it: now budget.agent_cpu_seconds ends an agent's commands."""
     root, program, tools, _ = two_agents
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+        ledger.change_budget(program.name, {"agent_cpu_seconds": 2.5}, "ada")  # as `org budget` does
     spin = f"python3 -c '{SPIN.format(seconds=1)}'"
     out = run(tools, f"({spin} &) ; nohup {spin} > /dev/null 2>&1 & {spin}; wait; sleep 1.5")
     assert out.startswith("exit status 0"), out
@@ -357,12 +359,18 @@ def test_an_agents_own_compute_is_on_record_however_it_spreads_it(two_agents, ou
     report = build(lab_dir(root, program) / "ledger.sqlite", program.name)
     assert f"Agents' own compute (CPU time in their boxes, outside every run's budget): alice {used['alice']:.0f} CPU-s" \
         in spend_section(report)
+    refused = tools.call("run", {"command": "echo one more"})
+    assert refused.refused and "your box's CPU time is spent (3 of the program's budget.agent_cpu_seconds 2.5" \
+        in refused.output
 
-    booked = []  # a CLI's box: the same meter, as the pane's supervisor books it
-    cli = Sandbox(limits=Limits(cpu_weight=1)).popen([sys.executable, "-c", SPIN.format(seconds=1.5)], cwd=outside_tmp,
+    booked = []  # a CLI's box: the same meter, as the pane's supervisor books it while the CLI runs
+    monkeypatch.setattr("org.agents.clis.METER_EVERY_SECONDS", 0.2)
+    busy_cli = "import signal, sys\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\nwhile True: pass\n"
+    cli = Sandbox(limits=Limits(cpu_weight=1)).popen([sys.executable, "-c", busy_cli], cwd=outside_tmp,
                                                      env={"PATH": os.environ["PATH"]})
-    assert _supervise(cli, Control(lab_dir(root, program), "alice"), meter=booked.append) is not None
-    assert 1.4 < sum(booked) < 3, booked
+    why = _supervise(cli, Control(lab_dir(root, program), "alice"),
+                     meter=lambda seconds: booked.append(seconds) or ("spent" if sum(booked) > 1.5 else None))
+    assert why == "stopped: spent" and cli.returncode is not None and 1.5 < sum(booked) < 3, (why, booked)
 
 def test_a_command_still_works_in_its_worktree_and_commits(two_agents):
     _, _, tools, _ = two_agents

@@ -46,7 +46,7 @@ from pathlib import Path
 from org import OrgError
 from org.agents.control import Control
 from org.agents.roles import kickoff, system_prompt
-from org.agents.spend import Spend
+from org.agents.spend import Spend, cpu_exhausted
 from org.agents.tools import format_mail
 from org.agents.transcript import Transcript
 from org.ledger import Ledger, ledger_path
@@ -336,9 +336,14 @@ def run_cli(entry, program, root: Path, tree: Path) -> str:
     control.set_state("running", f"{entry.backend} started")
     first = kickoff(program, entry.name, mail.board())
 
-    def meter(cpu_seconds: float):  # the CLI and every command it ran in its box: no run's budget counts it
+    def meter(cpu_seconds: float) -> str | None:  # the CLI and every command it ran: no run's budget counts it
         with Ledger(ledger_path(lab_dir)) as ledger:
             ledger.record_agent_cpu(program.name, entry.name, cpu_seconds, entry.backend)
+        return cpu_exhausted(ledger_path(lab_dir), program.name, entry.name)
+    spent = cpu_exhausted(ledger_path(lab_dir), program.name, entry.name)
+    if spent:
+        control.set_state("stopped", spent)
+        return f"stopped: {spent}"
     with BoxedCLI(entry, program, root, tree) as cli:
         if entry.backend == "claude-code":
             return _supervise(cli.start(claude_argv(entry, program, cli.tree) + [first]), control, meter=meter)
@@ -376,31 +381,32 @@ def next_codex_prompt(mail: Mail, control: Control, transcript: Transcript, agen
 
 def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = True,
                meter=lambda cpu_seconds: None) -> str | None:
-    """Wait for the CLI; a stop request ends it. Returns why the agent ended, or None when
-    the process ended a turn and the agent goes on (codex). Its box's CPU time goes to `meter`
-    as it grows (every METER_EVERY_SECONDS, and at the end)."""
+    """Wait for the CLI; a stop request ends it, and so does its box's CPU budget. Returns why
+    the agent ended, or None when the process ended a turn and the agent goes on (codex). The
+    box's CPU time goes to `meter` as it grows (every METER_EVERY_SECONDS, and at the end),
+    which returns why the box may compute no more, or None."""
     booked, last = 0.0, time.monotonic()
 
-    def book():
+    def book() -> str | None:
         nonlocal booked
         used = cpu_seconds(proc)
-        if used is not None and used > booked:
-            meter(used - booked)
-            booked = used
+        if used is None or used <= booked:
+            return None
+        spent, booked = meter(used - booked), used
+        return spent
     try:
         while proc.poll() is None:
             stop = control.stop_reason()
+            if not stop and time.monotonic() - last > METER_EVERY_SECONDS:
+                stop, last = book(), time.monotonic()
             if stop:
                 end(proc)
                 control.set_state("stopped", stop)
                 return f"stopped: {stop}"
-            if time.monotonic() - last > METER_EVERY_SECONDS:
-                book()
-                last = time.monotonic()
             time.sleep(0.5)
     finally:
-        book()
-    stop = control.stop_reason()
+        spent = book()
+    stop = control.stop_reason() or spent
     if stop or end_when_done or proc.returncode != 0:
         reason = f"stopped: {stop}" if stop else f"the CLI exited with status {proc.returncode}"
         control.set_state("stopped", reason)

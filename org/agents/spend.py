@@ -1,6 +1,8 @@
 """
 Every model call's tokens and dollars go into the ledger's llm_spend table; the program's
-budget.total_llm_dollars (shared by all its agents) stops an agent once it is reached.
+budget.total_llm_dollars (shared by all its agents) stops an agent once it is reached. The CPU
+time of each agent's own box goes into agent_cpu (org/agents/sandbox.py meters it); its
+budget.agent_cpu_seconds (each agent's own) ends its commands once reached (cpu_exhausted).
 
 Prices are US dollars per million tokens, from org/prices.yaml (longest matching model-id
 prefix; `unknown` otherwise).
@@ -67,3 +69,19 @@ class Spend:
         if spent >= limit:
             return f"the program's LLM budget is spent (${spent:.4f} of ${limit:g})"
         return None
+
+
+def cpu_exhausted(ledger_path: str | Path, program: str, agent: str) -> str | None:
+    """Why the agent's box may compute no more, or None: its CPU seconds so far against the
+    program's budget.agent_cpu_seconds as the ledger holds it (`org budget` changes it), which
+    is total_compute_seconds where unset. Work done there is outside every run's budget: a model
+    trained for the runs to start from, seeds tried to pick from."""
+    with Ledger(ledger_path) as ledger:
+        if not ledger.program(program):
+            return None
+        budget, used = ledger.budget(program), ledger.agent_cpu(program).get(agent, 0.0)
+    limit = budget.get("agent_cpu_seconds") or budget["total_compute_seconds"]
+    if used >= limit:
+        return (f"your box's CPU time is spent ({used:.0f} of the program's budget.agent_cpu_seconds "
+                f"{limit:g} CPU-s): submit experiments, which the runner runs on the budget")
+    return None

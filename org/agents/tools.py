@@ -28,6 +28,7 @@ from org.ledger import FINISHED, Ledger, ledger_path
 from org.mail import EVERYONE, HUMAN, Mail, quote
 from org.program import Program, owned_by_program
 from org.agents.sandbox import SECRET_NAME, Refused, Workspace, cap, git_identity
+from org.agents.spend import cpu_exhausted
 from org.sandbox import agent_box, available
 
 # a command that names a credential variable is refused before it runs
@@ -237,6 +238,9 @@ class Tools:
         if named:
             raise Refused(f"the command names {named.group(0)}: credentials are not available to "
                           "agents' commands")
+        spent = cpu_exhausted(self.ledger_path, self.program.name, self.agent)
+        if spent:
+            raise Refused(spent)
         timeout = min(max(timeout_seconds or self.limits.run_timeout_default, 1), self.limits.run_timeout_max)
         status, output = self.ws.run(command, timeout, self.limits.output_chars - 200)  # room for the header
         leaked = [k for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8 and v in output]
