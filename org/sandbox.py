@@ -223,8 +223,8 @@ def cgroup_root(controller: str) -> Path | None:
                 probe.rmdir()
             except OSError:
                 continue
-            if ok:
-                CGROUP_ROOTS[controller] = base / "nanolab"
+            if ok:  # resolved: v1 often mounts cpu,cpuacct once, behind two links, and a box needs one group there
+                CGROUP_ROOTS[controller] = (base / "nanolab").resolve()
                 break
     return CGROUP_ROOTS[controller]
 

@@ -110,8 +110,9 @@ def check_unchanged(path: Path, started: dict, now: dict):
     for f in BOUND_BUDGET:
         if started["budget"].get(f) != now["budget"].get(f):
             file, fixed = (f"{b.get(f):g}" if b.get(f) is not None else "unset" for b in (now["budget"], started["budget"]))
-            raise ProgramError(f"{path}: budget.{f}: {file} in the file, {fixed} fixed for the program; a person "
-                               f"changes it with `org budget {now['name']} {f}={file}` (logged)")
+            how = (f"a person changes it with `org budget {now['name']} {f}={file}` (logged)" if file != "unset"
+                   else f"write {fixed} in the file")
+            raise ProgramError(f"{path}: budget.{f}: {file} in the file, {fixed} fixed for the program; {how}")
 
 
 def as_current_schema(spec: dict) -> dict:

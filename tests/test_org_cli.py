@@ -172,7 +172,15 @@ def test_totals_are_fixed_at_start_and_change_only_through_a_logged_org_budget(m
         assert (change["field"], change["old"], change["new"], change["who"]) == ("total_compute_seconds", 600, 99999, "ada")
     capsys.readouterr()
     assert main(["budget", "tiny"]) == 0
-    assert "ada: total_compute_seconds 600 -> 99999" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ada: total_compute_seconds 600 -> 99999" in out
+    assert "agent_cpu_seconds unset" in out  # each agent's own box: as much as total_compute_seconds
+    assert main(["budget", "tiny", "agent_cpu_seconds=120", "--who", "ada"]) == 0
+    assert "budget.agent_cpu_seconds: unset -> 120 (by ada, logged)" in capsys.readouterr().out
+    rewrite(root, budget={**budget, "total_compute_seconds": 99999})  # the file lacks the cap the program has
+    assert main(["run", "tiny"]) == 2
+    assert "budget.agent_cpu_seconds: unset in the file, 120 fixed for the program; write 120 in the file" \
+        in one_line_error(capsys)
 
 
 def test_org_extend_adds_seeds_to_every_arm_of_a_finished_comparison_logged(make_project, capsys):

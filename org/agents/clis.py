@@ -340,6 +340,7 @@ def run_cli(entry, program, root: Path, tree: Path) -> str:
         with Ledger(ledger_path(lab_dir)) as ledger:
             ledger.record_agent_cpu(program.name, entry.name, cpu_seconds, entry.backend)
         return cpu_exhausted(ledger_path(lab_dir), program.name, entry.name)
+
     spent = cpu_exhausted(ledger_path(lab_dir), program.name, entry.name)
     if spent:
         control.set_state("stopped", spent)
