@@ -495,7 +495,7 @@ def spend_section(report: Report) -> str:
         compute["agent"][who.get(r.get("experiment_id"), "?")] += r.get("wall_seconds") or 0
     seconds = lambda c: ", ".join(f"{k} {v:.0f} s" for k, v in c.items()) or "none"
     # what agents' boxes ran, which no budget counts: far more than the runs is a model trained there, or seeds tried
-    cpu = ", ".join(f"{a} {s:.0f} CPU-s" for a, s in report.agent_cpu.most_common()) or "none recorded"
+    cpu = ", ".join(f"{a} {s:.1f} CPU-s" for a, s in report.agent_cpu.most_common()) or "none recorded"
     lines = ["## Spend", "", f"Compute (runner wall time): by arm {seconds(compute['arm'])}; "
              f"by who proposed it {seconds(compute['agent'])}.", "",
              f"Agents' own compute (CPU time in their boxes, outside every run's budget): {cpu}.", ""]

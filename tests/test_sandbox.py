@@ -357,7 +357,7 @@ def test_an_agents_own_compute_is_on_record_and_capped_however_it_spreads_it(two
         used = ledger.agent_cpu(program.name)
     assert set(used) == {"alice"} and 2.8 < used["alice"] < 6, used  # three processes, a CPU second each
     report = build(lab_dir(root, program) / "ledger.sqlite", program.name)
-    assert f"Agents' own compute (CPU time in their boxes, outside every run's budget): alice {used['alice']:.0f} CPU-s" \
+    assert f"Agents' own compute (CPU time in their boxes, outside every run's budget): alice {used['alice']:.1f} CPU-s" \
         in spend_section(report)
     refused = tools.call("run", {"command": "echo one more"})
     assert refused.refused and "your box's CPU time is spent (3 of the program's budget.agent_cpu_seconds 2.5" \
