@@ -338,9 +338,10 @@ def draw_margin(base: list[Run], var: list[Run]) -> float:
     difference of train_bpb: the windows' own differences (variant - baseline, window by window,
     averaged over the paired seeds) spread over the windows, as a mean of them. Two models that
     differ much by kind of text (one barely trained, say) differ much by draw too: at equal FLOPs
-    a 3x wider tiny model's gap moved by 0.27 bpb (std) between draws of 32 windows, and 8 and
-    12 of 300 draws (two counts) read `invalid` without this part, none with it. 0 where the
-    runs lack the windows' figures (measured before they were kept)."""
+    a 3x wider tiny model's gap moved by 0.27 bpb (std) between draws of 32 windows, and 6 to
+    12 of 300 draws (three counts, two labs; tests/held_out_draws.py) read `invalid` without
+    this part, none with it. 0 where the runs lack the windows' figures (measured before they
+    were kept)."""
     windows = [r.train_window_bpb for r in base + var]
     if not all(windows) or len({len(w) for w in windows}) != 1 or len(windows[0]) < 2:
         return 0.0
