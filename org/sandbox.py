@@ -180,7 +180,8 @@ class Sandbox:
                 proc.inner_pid = json.loads(info.read().decode() or "{}").get("child-pid", proc.pid)
             except ValueError:
                 proc.inner_pid = proc.pid
-        proc.cpu_group = next((g for g in groups if g.is_relative_to(cgroup_root("cpuacct") or "/nowhere")), None)
+        metered = cgroup_root("cpuacct")  # the box's group in that hierarchy holds its CPU time
+        proc.cpu_group = next((g for g in groups if metered and g.is_relative_to(metered)), None)
         return proc
 
     def set_limits(self):
@@ -273,15 +274,15 @@ def cpu_seconds(proc: subprocess.Popen) -> float | None:
     (its cgroup's: v1 cpuacct.usage in ns, v2 cpu.stat's usage_usec); None where the box has no
     such group (cpu_meter() says why) or it is gone."""
     group = getattr(proc, "cpu_group", None)
+    if group is None:
+        return None
     try:
-        if group is not None and (group / "cpuacct.usage").exists():
+        if (group / "cpuacct.usage").exists():
             return int((group / "cpuacct.usage").read_text()) / 1e9
-        if group is not None:
-            stat = dict(line.split() for line in (group / "cpu.stat").read_text().splitlines())
-            return int(stat["usage_usec"]) / 1e6
+        stat = dict(line.split() for line in (group / "cpu.stat").read_text().splitlines())
+        return int(stat["usage_usec"]) / 1e6
     except (OSError, ValueError, KeyError):
-        pass
-    return None
+        return None
 
 
 def cpu_weight_setting(group: Path, weight: int) -> dict:
