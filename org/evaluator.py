@@ -13,13 +13,14 @@ and kernel caches of its own. For the run's final checkpoint it:
 2. recomputes compute: FLOPs per token from the checkpoint's shapes with the base commit's
    trainer/flops.py, and the steps the program's budget allows at that rate (the runner
    holds the checkpoint's own step count and the trainer's against it);
-3. evaluates the val and confirm windows with the base commit's data pipeline and loss
-   (trainer/eval.py): a config arm with the base model in this process; a code arm with the
+3. evaluates the val and confirm windows of the lab's own split (its key: text no box can tell
+   from train) with the base commit's data pipeline and loss (trainer/eval.py): a config arm with the base model in this process; a code arm with the
    experiment's forward pass in a worker process (org/model_worker.py), whose logits come back
    over a pipe, are checked (shape, finite) and scored here. A second, fresh worker then
    probes causality on batches drawn at random from every pass (val, confirm and the
    unforeseen train windows): with the tokens after position t replaced, the logits at
-   positions <= t must not move (and a row alone must score as in its batch);
+   positions <= t must not move (and a row alone must score as in its batch). What a worker
+   says once it has been shown those windows is withheld from the reason its agent reads;
 4. fingerprints the final parameters (bit-identical arms are `no change`) and, for a code arm,
    compares the experiment's initial parameters at the run's seed with the base commit's. If
    they are only redrawn from the same distributions, and two optimizer steps of the
@@ -82,7 +83,7 @@ def main() -> int:
 def measure(job: dict) -> dict:
     from trainer.data import load_dataset
     t0 = time.perf_counter()
-    data = load_dataset(job["data"], job["tokenizer"])
+    data = load_dataset(job["data"], job["tokenizer"], split_key=lab_split_key(job))
     params, meta = read_checkpoint(Path(job["run_dir"]) / "checkpoint.npz")
     job["max_param_bytes"] = 8 * sum(a.size for a in params.values()) + (1 << 20)  # what a worker may send
     cfg = base_config(job, data.vocab_size)
@@ -94,6 +95,14 @@ def measure(job: dict) -> dict:
                    forward="base", init="base", replay=None, seed_only=False, causal=None)
     out["evaluator_seconds"] = round(time.perf_counter() - t0, 3)
     return out
+
+
+def lab_split_key(job: dict) -> bytes | None:
+    """The lab's own split (measure.split_key_file); None for a job from no lab (a test's)."""
+    if not job.get("split_key_file"):
+        return None
+    from trainer.data import read_split_key
+    return read_split_key(job["split_key_file"])
 
 
 def measure_experiment(job: dict, params: dict, cfg, data) -> dict:
@@ -327,7 +336,7 @@ class Worker:
         self.log = open(log, "wb", opener=no_follow)
         self.proc = subprocess.Popen(w["argv"], cwd=w["code"], env=w["env"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, preexec_fn=die_with_parent)
-        self.job = job
+        self.job, self.seen_text = job, False
 
     def __enter__(self):
         return self
@@ -342,21 +351,28 @@ class Worker:
         self.log.close()
 
     def call(self, what: str, header: dict, arrays=(), max_bytes: int = 0) -> tuple[dict, list]:
+        self.seen_text |= what == "forward pass"
         try:
             send(self.proc.stdin, header, arrays)
             reply, out = receive(self.proc.stdout, max_bytes)
         except (EOFError, BrokenPipeError, ValueError, OSError) as e:
             self.proc.kill()
             raise Invalid(f"the experiment's model process broke off during {what} ({e}): "
-                          f"{last_line(self.log.name)}") from None
+                          f"{self.said(last_line(self.log.name))}") from None
         if "error" in reply:
-            raise Invalid(f"the experiment's {what} failed: {reply['error']}")
+            raise Invalid(f"the experiment's {what} failed: {self.said(reply['error'])}")
         return reply, out
+
+    def said(self, words: str) -> str:
+        """What the experiment's code said, for the run's reason, which its agent reads: withheld
+        once it has been shown evaluation text, which it could spell out there."""
+        return "(withheld: it has seen the evaluation text)" if self.seen_text else words
 
     def prepare(self, job: dict, vocab_size: int) -> dict:
         spec = {"preset": job["preset"], "overrides": {**job["overrides"], "sequence_len": job["seq_len"]},
                 "seed": job["seed"], "device": job["device"], "dtype": job["dtype"], "matmul": job["matmul"],
-                "batch_size": job["batch_size"], "data": job["data"], "tokenizer": job["tokenizer"],
+                "batch_size": job["batch_size"], "data": job.get("runs_data") or job["data"],
+                "tokenizer": "bytes" if job.get("runs_data") else job["tokenizer"],
                 "budget_kind": job["budget_kind"], "budget": job["budget"], "val_tokens": job["val_tokens"],
                 "confirm_tokens": job["val_tokens"]}
         reply, arrays = self.call("model construction", {"op": "prepare", "spec": spec, "vocab_size": vocab_size},
@@ -378,7 +394,7 @@ class Worker:
         logits = out[0] if out else None
         if logits is None or logits.shape != (rows, T, vocab_size) or logits.dtype.kind != "f":
             got = "nothing" if logits is None else f"{logits.dtype} {logits.shape}"
-            raise Invalid(f"the experiment's forward pass returned {got} for {x.shape} tokens, "
+            raise Invalid(f"the experiment's forward pass returned {self.said(got)} for {x.shape} tokens, "
                           f"expected float logits ({rows}, {T}, {vocab_size})")
         if not np.isfinite(logits).all():
             raise Invalid("the experiment's forward pass returned non-finite logits")

@@ -7,13 +7,13 @@ harness code, and that measurement, not the trainer's result.json, is the run's 
 
 measure_run starts org/evaluator.py in a fresh process (the base commit's trainer on its path,
 caches of its own, bytecode from source only; see that file for what it measures). The
-trainer's own figures are kept in the ledger beside the record; where they disagree with it
-beyond float tolerance the run is `invalid`, with both numbers in the reason.
+trainer's own figures are kept in the ledger beside the record; where its FLOPs, steps,
+evaluation code or parameters disagree with it the run is `invalid`, with both in the reason.
+(Its val and confirm figures are on the runs' own dev text, not the lab's: kept, not compared.)
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import stat
@@ -28,20 +28,22 @@ from org.ledger import FINISHED, budget_of
 from org.program import Program
 from trainer.record import Measurement, Result, read
 
-VALUE_TOLERANCE = 1e-4  # relative: the same code on the same checkpoint differs only in rounding
-EXACT = ("flops_per_token", "steps", "eval_fingerprint", "data_fingerprint")
-CLOSE = ("val_loss", "val_bpb", "confirm_loss", "confirm_bpb")
+# the trainer's val and confirm figures are on its dev text (the lab's val is hidden from runs):
+# they are kept, not compared
+EXACT = ("flops_per_token", "steps", "eval_fingerprint")
 
 
 class MeasureError(OrgError):
     """The harness could not measure (its own failure, not the run's): the run is `error`."""
 
 
-def job_for(program, run: dict, run_dir: Path, base_code: Path, workers: dict | None) -> dict:
+def job_for(program, run: dict, run_dir: Path, base_code: Path, workers: dict | None,
+            harness_cache: Path | None = None) -> dict:
     """What the evaluator needs: everything from the program and the ledger, nothing from the run's
     files but its checkpoint. `workers` for a code arm, whose forward pass runs in the experiment's
     snapshot: {"a": worker_command(...), "b": ...}, the first worker and the fresh one that checks
-    it; None for a config arm."""
+    it; None for a config arm. With the lab's `harness_cache`, the lab's own split (its key) and
+    what its runs read (the experiment's model is built on that, as in its runs)."""
     (kind, value), data, train = budget_of(run) or (program.budget.per_run.kind, program.budget.per_run.value), \
         program.data, program.train
     return {"base_code": str(base_code), "run_dir": str(run_dir), "log_dir": str(run_dir),
@@ -50,25 +52,46 @@ def job_for(program, run: dict, run_dir: Path, base_code: Path, workers: dict | 
             "val_tokens": data.val_tokens, "batch_size": train.batch_size, "seq_len": train.seq_len,
             "device": train.device, "dtype": train.dtype, "matmul": train.matmul,
             "budget_kind": kind, "budget": value,  # the run's: a multiple of the program's for a compute multiplier
-            "workers": workers}
+            "workers": workers,
+            **({"split_key_file": str(split_key_file(harness_cache)), "runs_data": str(runs_data(harness_cache)),
+                "train_probe_seed": probe_seed(harness_cache)} if harness_cache else {})}
+
+
+def runs_data(harness_cache: Path) -> Path:
+    """What a lab's runs read (trainer/data.py's export_runs): its train split, and its dev split
+    as their val and confirm. The lab's val and confirm are beside it, in harness_cache/data,
+    where no box sees them."""
+    return harness_cache / "runs-data"
+
+
+def split_key_file(harness_cache: Path) -> Path:
+    """The key of the lab's own split (trainer/data.py): which documents are its val and confirm.
+    Every box can read the data's source; without the key none can tell them from train."""
+    return lab_secret(harness_cache, "split-key", os.urandom(32))
 
 
 def probe_seed(harness_cache: Path) -> int:
     """The seed of the train-split windows every measurement also scores (evaluator.
     unforeseen_windows), made once per lab from the OS's randomness and kept where no box sees
     it (beside the data cache, not in it): a run that knew them could learn them too."""
-    path = harness_cache / "train-probe-seed"
-    if not path.exists():  # the first measurement of the lab makes it, whole (a link is atomic)
+    return int(lab_secret(harness_cache, "train-probe-seed",
+                          str(int.from_bytes(os.urandom(8), "little")).encode()).read_text())
+
+
+def lab_secret(harness_cache: Path, name: str, content: bytes) -> Path:
+    """harness_cache/name, written with `content` by the first to ask (whole: a link is atomic)."""
+    path = harness_cache / name
+    if not path.exists():
         harness_cache.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(str(int.from_bytes(os.urandom(8), "little")))
+        tmp.write_bytes(content)
         try:
             os.link(tmp, path)
         except FileExistsError:  # another slot made it first: theirs it is
             pass
         finally:
             tmp.unlink()
-    return int(path.read_text())
+    return path
 
 
 def worker_command(code: Path, env: dict, box=None) -> dict:
@@ -146,20 +169,7 @@ def cross_check(result: Result, measurement: Measurement) -> list[str]:
         mine, theirs = getattr(measurement.params, key, None), getattr(result.params, key, None)
         if theirs != mine:
             problems.append(f"the trainer reported {theirs} {key} params, the checkpoint holds {mine}")
-    for key in CLOSE:
-        mine, theirs = getattr(measurement, key), getattr(result, key)
-        if mine is None and theirs is None:
-            continue
-        if not _close(theirs, mine):
-            problems.append(f"the trainer reported {key} {_show(theirs)}, the harness measures "
-                            f"{_show(mine)} from its checkpoint")
     return problems
-
-
-def _close(a, b) -> bool:
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (a, b)):
-        return False
-    return abs(a - b) <= VALUE_TOLERANCE * max(1.0, abs(b))
 
 
 def _show(value) -> str:
@@ -174,15 +184,17 @@ def _show(value) -> str:
 # what a run left: read and checked before it is measured
 
 
-def check_result(program: Program, run: dict, result: Result, fingerprints: dict | None) -> tuple[str, str | None]:
+def check_result(program: Program, run: dict, result: Result, fingerprints: dict | None,
+                 data: str | None = None) -> tuple[str, str | None]:
     """(status, reason) for a finished trainer result. A completed run whose budget, seed,
-    shapes, data or evaluation differ from what the program fixes is 'invalid'."""
+    shapes, data (`data`: the lab's runs' folder; else the program's source) or evaluation differ
+    from what the program fixes is 'invalid'."""
     if result.status != "completed":
         return (result.status if result.status in FINISHED else "error"), result.reason
     problems = [budget_problem(program, result, budget_of(run))]
     expected = {"seed": run["seed"], "batch_size": program.train.batch_size,
                 "sequence_len": program.train.seq_len, "val_tokens": program.data.val_tokens,
-                "data": program.data.source, "tokenizer": program.data.tokenizer,
+                "data": data or program.data.source, "tokenizer": "bytes" if data else program.data.tokenizer,
                 "dtype": program.train.dtype, "matmul": program.train.matmul}
     problems += [f"{k} is {getattr(result, k)!r}, the program fixes {v!r}"
                  for k, v in expected.items() if getattr(result, k) not in (None, v)]

@@ -7,7 +7,9 @@ The report's plots, and the learning curves they draw from each run's metrics.js
 
 Every panel has one unit per axis. Arms that differ by less than their spread would sit on top of
 each other on a val_bpb axis, so each curves plot also draws the paired difference to the
-baseline (same seed, same x), where a 0.005 bpb effect is as tall as the panel. Points at equal
+baseline (same seed, same x), where a 0.005 bpb effect is as tall as the panel. The curves are
+the runs' own evaluations, on their dev text (a lab's val is hidden from runs); final.png's
+figures are the harness's, on the lab's val. Points at equal
 compute are drawn at equal x, never nudged apart.
 """
 from __future__ import annotations
@@ -163,7 +165,7 @@ def plot_curves(report, x: int):
         band(bottom, [ema(c.train[:, [x, 2]]) for c in curves.values()], color[arm], label)
     plot_paired(middle, report, by_arm, x, color)
     what = "FLOPs" if x == 0 else "training time"
-    top.set_title(f"{report.program}: validation bits per byte vs {what}\n"
+    top.set_title(f"{report.program}: the runs' own validation bits per byte (their dev text) vs {what}\n"
                   "line: mean over seeds; band / bar: min-max over seeds (completed main runs)")
     top.set_ylabel("val_bpb (bits per byte)\nlower is better")
     middle.set_title("paired difference: variant − baseline on the same seed (below 0: the variant is better;\n"

@@ -42,7 +42,7 @@ from org.evaluator import last_line
 from org.lab import Lab, child_env, copy_kernel_cache
 from org.ledger import Ledger, budget_of, pid_alive
 from org.measure import (MeasureError, check_result, cross_check, evaluator_env, job_for, measure_run, planted,
-                          probe_seed, read_result, source_only, worker_command)
+                          read_result, runs_data, source_only, split_key_file, worker_command)
 from org.experiments import plan, refusal
 from org.improve import sync_branch
 from org.program import Program
@@ -102,17 +102,21 @@ def pick(cores: list[int] | None, start: int, n: int) -> list[int] | None:
 # one run
 
 
-def train_command(program: Program, overrides: dict, seed: int, out: Path, budget: tuple | None = None) -> list[str]:
+def train_command(program: Program, overrides: dict, seed: int, out: Path, budget: tuple | None = None,
+                  data_dir: Path | None = None) -> list[str]:
     """The trainer invocation: the experiment contributes only `--set` overrides; the budget (the
-    run's: a multiple of the program's for a compute multiplier), seed, data and shapes are the program's."""
+    run's: a multiple of the program's for a compute multiplier), seed, data and shapes are the
+    program's. A lab's run reads `data_dir` (measure.runs_data: the lab's train split, never its
+    val); by hand, the program's source."""
     kind, amount = budget or (program.budget.per_run.kind, program.budget.per_run.value)
     amount, data, train = int(amount) if kind in ("steps", "tokens") else amount, program.data, program.train
+    source, tokenizer = (str(data_dir), "bytes") if data_dir else (data.source, data.tokenizer)
     cmd = [sys.executable, "-m", "trainer", "train", "--preset", program.baseline.preset]
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={_flag_value(value)}"]
     cmd += ["--seed", str(seed), "--out", str(out), "--quiet",
             BUDGET_FLAGS[kind], _flag_value(amount),
-            "--data", data.source, "--tokenizer", data.tokenizer, "--val-tokens", str(data.val_tokens),
+            "--data", source, "--tokenizer", tokenizer, "--val-tokens", str(data.val_tokens),
             "--confirm-tokens", str(data.val_tokens),  # the held-out split the referee confirms on
             "--batch-size", str(train.batch_size), "--seq-len", str(train.seq_len),
             "--device", train.device, "--dtype", train.dtype, "--matmul", train.matmul]
@@ -196,8 +200,9 @@ class Runner:
             return dict(Counter(run["status"] for run in ledger.runs(self.program.name)))
 
     def prepare_data(self):
-        """Tokenize the program's data once, with the base commit's pipeline, into the harness's
-        cache: runs read it there (read-only), so no run can poison what the others read."""
+        """Tokenize the program's data once, with the base commit's pipeline and the lab's own
+        split (its key), into the harness's cache, where no box sees it; runs read only the
+        export of their part (measure.runs_data, read-only: no run can poison what the others read)."""
         with self.data_lock:
             if not self.data_ready:
                 self._prepare_data()
@@ -212,7 +217,9 @@ class Runner:
         env = child_env({"PYTHONPATH": str(code), "NANOLAB_CACHE": str(self.harness_cache / "data"),
                          **source_only(code)})
         done = subprocess.run([sys.executable, "-m", "trainer", "data", "--data", data.source,
-                               "--tokenizer", data.tokenizer], cwd=code, env=env, capture_output=True, text=True)
+                               "--tokenizer", data.tokenizer, "--split-key-file", str(split_key_file(self.harness_cache)),
+                               "--export-runs", str(runs_data(self.harness_cache))],
+                              cwd=code, env=env, capture_output=True, text=True)
         if done.returncode != 0:  # every run will say so too; the runner goes on
             self.say(f"preparing the data failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
 
@@ -350,11 +357,12 @@ class Runner:
         _set_aside(run_dir)  # left by an attempt that never recorded: kept, not reused
         run_dir.mkdir(parents=True)
         log_path = run_dir / "train.log"
-        cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir, budget_of(run))
+        cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir, budget_of(run),
+                            runs_data(self.harness_cache))
         own_code = experiment["code_commit"] != experiment["base_commit"]
         kernels = self.kernels(snapshot, run_dir / "kernels" if own_code else None)
         env = untrusted_env({**slot.env, "PYTHONPATH": str(snapshot), "NANOLAB_GIT_COMMIT": experiment["code_commit"],
-                             "NANOLAB_CACHE": str(self.harness_cache / "data"),
+                             "NANOLAB_CACHE": str(runs_data(self.harness_cache)),  # (read-only: shards need none)
                              "NUMBA_CACHE_DIR": str(kernels), **source_only(snapshot)})
         self.say(f"run {run['id']}: {run['arm']} seed {run['seed']} ({run['purpose']}) on slot {slot.index}")
         t0 = time.monotonic()
@@ -455,7 +463,7 @@ class Runner:
 
     def _run_box(self, run_dir: Path, snapshot: Path, kernels: Path, cores: list[int] | None):
         threads = max(1, int(self.program.runner.threads_per_slot or os.cpu_count() or 1))
-        return run_box(self.lab.root, run_dir, snapshot, self.harness_cache / "data", self.program.data.source,
+        return run_box(self.lab.root, run_dir, snapshot, runs_data(self.harness_cache),
                        kernels, gpu=self.program.train.device == "cuda",
                        cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60, cores=cores)
 
@@ -464,8 +472,9 @@ class Runner:
         """Check the trainer's result, measure the run (outside any transaction: it takes seconds),
         then record both in one transaction and plan what its experiment needs next."""
         name = self.program.name
-        fingerprints = {k: ledger.program(name)[k] for k in ("eval_fingerprint", "data_fingerprint")}
-        status, reason = check_result(self.program, run, result, fingerprints)
+        # (the trainer's data fingerprint is of its dev text; the program's, of the lab's val)
+        fingerprints = {"eval_fingerprint": ledger.program(name)["eval_fingerprint"]}
+        status, reason = check_result(self.program, run, result, fingerprints, str(runs_data(self.harness_cache)))
         if killed_reason:
             status, reason = "killed", killed_reason
         measurement, measure_seconds = None, None
@@ -496,7 +505,7 @@ class Runner:
         kernels = self.lab.state_dir(self.program.name) / "kernels"
         caches = {name: kernels / f"{commit}.measuring-run{run['id']}-{name}" for name in "ab"} if code else {}
         workers = {name: self._worker(code, slot, cache) for name, cache in caches.items()} or None
-        job = {**job_for(self.program, run, run_dir, base_code, workers), "train_probe_seed": probe_seed(self.harness_cache)}
+        job = job_for(self.program, run, run_dir, base_code, workers, self.harness_cache)
         env = evaluator_env(self.lab.state_dir(self.program.name).parent / "harness-cache", slot.env)
         pin = (lambda: os.sched_setaffinity(0, slot.share)) if slot.share else None
         try:
@@ -518,9 +527,10 @@ class Runner:
         """How the evaluator starts one worker of the experiment's own model: in a box, with a
         fresh kernel cache of its own."""
         kernels = self.kernels(code, cache)
-        env = untrusted_env({**slot.env, "NANOLAB_CACHE": str(self.harness_cache / "data"), "NUMBA_CACHE_DIR": str(kernels)})
-        box = worker_box(self.lab.root, code, self.harness_cache / "data", self.program.data.source, kernels,
-                         gpu=self.program.train.device == "cuda", cores=slot.share) if self.sandboxed else None
+        data = runs_data(self.harness_cache)
+        env = untrusted_env({**slot.env, "NANOLAB_CACHE": str(data), "NUMBA_CACHE_DIR": str(kernels)})
+        box = worker_box(self.lab.root, code, data, kernels, gpu=self.program.train.device == "cuda",
+                         cores=slot.share) if self.sandboxed else None
         return worker_command(code, env, box)
 
 

@@ -440,33 +440,25 @@ def lab_private(lab_root: Path) -> list[Path]:
     return [Path(lab_root) / ".lab", Path(lab_root) / "worktrees", *secrets]
 
 
-def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, source: str, kernels: Path, gpu: bool,
+def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool,
             cpu_seconds: int, cores=None) -> Sandbox:
-    """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot,
-    the harness's prepared data and the data source are read-only; no network; on its slot's
-    cores only."""
+    """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot
+    and the runs' data (the lab's train split, never its val) are read-only; no network; on its
+    slot's cores only."""
     kernels.mkdir(parents=True, exist_ok=True)
-    return Sandbox(writable=[run_dir, kernels], readonly=[snapshot, data, *data_source(source)],
+    return Sandbox(writable=[run_dir, kernels], readonly=[snapshot, data],
                    hidden=lab_private(lab_root), gpu=gpu,
                    limits=Limits(cpu_seconds=cpu_seconds, cores=tuple(cores) if cores else None))
 
 
-def worker_box(lab_root: Path, snapshot: Path, data: Path, source: str, kernels: Path, gpu: bool,
-               cores=None) -> Sandbox:
-    """A model worker of a measurement: reads its snapshot and the data; writes only its commit's
-    kernel cache (Numba uses no cache it cannot write, and would compile every kernel again); on
-    its slot's cores only."""
+def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool, cores=None) -> Sandbox:
+    """A model worker of a measurement: reads its snapshot and the runs' data (its model is built
+    as in its runs); writes only its commit's kernel cache (Numba uses no cache it cannot write,
+    and would compile every kernel again), which is removed once it is done: what it is shown
+    to score stays in no place a later box can read; on its slot's cores only."""
     kernels.mkdir(parents=True, exist_ok=True)
-    return Sandbox(writable=[kernels], readonly=[snapshot, data, *data_source(source)], hidden=lab_private(lab_root),
+    return Sandbox(writable=[kernels], readonly=[snapshot, data], hidden=lab_private(lab_root),
                    gpu=gpu, limits=Limits(cores=tuple(cores) if cores else None))
-
-
-def data_source(source: str) -> list[Path]:
-    """The program's data files, when they are files (pystdlib is the interpreter's own, always
-    visible): bound read-only, since a box's /tmp is its own."""
-    if source == "pystdlib":
-        return []
-    return sorted({Path(p).resolve() for p in glob.glob(source)} | ({Path(source).resolve()} if Path(source).exists() else set()))
 
 
 def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, own_refs: str) -> Sandbox:

@@ -26,7 +26,8 @@ from org.cli import main as org  # noqa: E402
 from org.confounds import Tolerances, check_held_out_gap  # noqa: E402
 from org.ledger import Ledger  # noqa: E402
 from org.referee import Run  # noqa: E402
-from trainer.data import load_dataset  # noqa: E402
+from org.measure import split_key_file  # noqa: E402
+from trainer.data import load_dataset, read_split_key  # noqa: E402
 
 B, T, N = 4, 64, 2048  # tiny_program's batch, sequence and val tokens
 
@@ -54,7 +55,8 @@ def models(root: Path, vocab_size: int) -> dict:
 
 def main(draws: int, root: Path | None):
     root = root or lab()
-    data = load_dataset("pystdlib", "bytes")
+    cache = root / ".lab" / "harness-cache"  # the lab's own split, as its runs were scored on it
+    data = load_dataset("pystdlib", "bytes", cache_dir=cache / "data", split_key=read_split_key(split_key_file(cache)))
     arms = models(root, data.vocab_size)
     rng, flagged, flagged_seeds_only = np.random.default_rng(), 0, 0
     for _ in range(draws):

@@ -169,6 +169,62 @@ def test_export_bin_round_trip(tmp_path, bpe_cache):
         assert back.tokenizer.decode(back.val[:200]) == ds.tokenizer.decode(ds.val[:200])
 
 
+# -- a lab's own split ---------------------------------------------------------------
+
+def test_a_labs_split_is_its_keys_and_no_one_elses(corpus, tmp_path):
+    """Every box can read the source, and our split rule: a split anyone can compute is evaluation
+    text anyone can train on. Keyed, the val documents are the key's own: another key's val (what
+    an agent who guesses a key, or takes the public split, would train on) meets it only by chance."""
+    key, other = b"k" * 32, b"o" * 32
+    a = D.load_dataset(str(corpus), cache_dir=tmp_path / "c", split_key=key)
+    again = D.load_dataset(str(corpus), cache_dir=tmp_path / "c2", split_key=key)
+    b = D.load_dataset(str(corpus), cache_dir=tmp_path / "c", split_key=other)
+    public = D.load_dataset(str(corpus), cache_dir=tmp_path / "c")
+    docs = {s: set(a.documents[s]) for s in D.KEYED_SPLITS}
+    assert all(docs.values()) and sum(map(len, docs.values())) == len(set().union(*docs.values())) == 80
+    assert all(D.split_of(n, key) == s for s, ns in docs.items() for n in ns)
+    assert again.documents == a.documents and np.array_equal(again.val, a.val)
+    assert a.documents["val"] != b.documents["val"] and a.fingerprints["val"] != b.fingerprints["val"]
+    assert a.documents["val"] != public.documents["val"]
+    assert "keyed" in a.split_method and a.dev is not None and public.dev is None
+
+
+def test_the_runs_read_the_train_split_and_the_dev_split_only(corpus, tmp_path):
+    """export_runs: what a lab's runs load (llm.c shards): the lab's train split as theirs, its
+    dev split's halves as their val and confirm; none of the lab's val or confirm text."""
+    for spec in ("bytes", "bpe:300"):
+        lab = D.load_dataset(str(corpus), spec, cache_dir=tmp_path / "c", split_key=b"k" * 32)
+        D.export_runs(lab, tmp_path / spec.replace(":", ""))
+        runs = D.load_dataset(str(tmp_path / spec.replace(":", "")))
+        assert np.array_equal(runs.train, lab.train)
+        assert np.array_equal(np.concatenate([runs.val, runs.confirm]), lab.dev)
+        assert runs.vocab_size == lab.vocab_size and np.array_equal(runs.token_bytes, lab.token_bytes)
+        seen = np.concatenate([runs.train, runs.val, runs.confirm]).tobytes()
+        for split in (lab.val, lab.confirm):  # no 64-token stretch of the lab's eval text is there
+            for start in range(0, len(split) - 64, max(1, len(split) // 20)):
+                assert bytes(split[start:start + 64].tobytes()) not in seen
+    with pytest.raises(ValueError, match="no dev split"):
+        D.export_runs(D.load_dataset(str(corpus), cache_dir=tmp_path / "c"), tmp_path / "public")
+
+
+def test_a_labs_split_of_one_file_and_of_shards(tmp_path):
+    text = "".join(f"line {i} of the file\n" for i in range(4000))
+    (tmp_path / "one.txt").write_text(text)
+    one = D.load_dataset(str(tmp_path / "one.txt"), cache_dir=tmp_path / "c", split_key=b"k" * 32)
+    parts = {s: one.documents[s] for s in D.KEYED_SPLITS}
+    assert [len(parts[s]) for s in ("val", "confirm", "dev")] == [5, 5, 5] and len(parts["train"]) == 85
+    assert parts != {s: D.load_dataset(str(tmp_path / "one.txt"), cache_dir=tmp_path / "c",
+                                       split_key=b"o" * 32).documents[s] for s in D.KEYED_SPLITS}
+    D.export_llmc(one, tmp_path / "shards")  # 95 of its pieces, each a document
+    shards = D.load_dataset(str(tmp_path / "shards"), split_key=b"k" * 32)
+    pooled = sum(len(shards.split(s)) for s in D.SPLITS) + len(shards.dev)
+    assert pooled == sum(len(one.split(s)) for s in D.SPLITS)  # every shard's tokens, each once
+    assert all(len(shards.split(s)) for s in D.SPLITS) and len(shards.dev)
+    with pytest.raises(ValueError, match="split key file .* shorter than 16 bytes"):
+        (tmp_path / "key").write_bytes(b"short")
+        D.read_split_key(tmp_path / "key")
+
+
 # -- BPE ---------------------------------------------------------------------------
 
 def test_bpe_cache_reuse_and_corrupt_entry_rebuilt(corpus, tmp_path, monkeypatch):

@@ -55,7 +55,7 @@ def box_for(lab, code: Path):
     """The worker's box, as the runner makes it; a plain process where no box can be made here."""
     if available() is not None:
         return None
-    return worker_box(lab["root"], code, lab["root"] / "harness-cache" / "data", "pystdlib", code / "kernels", gpu=False)
+    return worker_box(lab["root"], code, lab["root"] / "harness-cache" / "data", code / "kernels", gpu=False)
 
 
 def measure(lab, timeout=120, **kw) -> dict:
@@ -143,14 +143,18 @@ def test_a_code_arm_runs_its_forward_in_a_worker_and_is_scored_by_the_harness(la
 
 
 def test_the_trainers_figures_are_a_cross_check_only(lab):
+    """Its FLOPs, steps and parameters must be what the harness counts; its val and confirm
+    figures are on the runs' own dev text (a lab's val is hidden from runs), so they are kept
+    and not compared."""
     m = measure(lab)["measurement"]
     result = result_of(lab)
-    lies = {"val_bpb": result.val_bpb * 0.95, "flops_per_token": result.flops_per_token // 2,
-            "steps": 10, "params": Params(total=1, matmul=1), "data_fingerprint": "0" * 64}
+    lies = {"flops_per_token": result.flops_per_token // 2, "steps": 10, "params": Params(total=1, matmul=1),
+            "eval_fingerprint": "0" * 64}
     for key, value in lies.items():
         problems = cross_check(replace(result, **{key: value}), m)
         assert problems and key.split("_")[0] in problems[0]
-    assert "the trainer reported confirm_bpb None" in cross_check(replace(result, confirm_bpb=None), m)[0]
+    other_text = {"val_bpb": result.val_bpb * 0.95, "confirm_bpb": None, "data_fingerprint": "0" * 64}
+    assert cross_check(replace(result, **other_text), m) == []
     assert cross_check(result, replace(m, checkpoint_step=50)) == [
         "the checkpoint is from step 50, the program's budget allows 5 at the FLOPs per token of its shapes"]
 
@@ -194,8 +198,9 @@ def test_a_damaged_checkpoint_is_invalid_with_its_reason(lab, damage, says):
 
 FORWARD = "            self.cache = None\n            return logits\n"
 BAD_FORWARDS = {
+    # what it says once it has been shown evaluation text is withheld: its agent reads the reason
     "raises": (FORWARD.replace("return logits", 'raise RuntimeError("boom")'),
-               "the experiment's forward pass failed: RuntimeError: boom"),
+               "the experiment's forward pass failed: (withheld: it has seen the evaluation text)"),
     "nan": (FORWARD.replace("return logits", 'return logits * float("nan")'),
             "the experiment's forward pass returned non-finite logits"),
     "shape": (FORWARD.replace("return logits", "return logits[:, :, :10]"),
@@ -273,5 +278,5 @@ def test_runs_recorded_by_an_older_nanolab_are_measured_when_the_program_resumes
     for run in runs:
         measurement = run["measurement"]
         assert run["status"] == "completed" and run["measure_seconds"] > 0
-        assert run["val_bpb"] == measurement.val_bpb == run["result"].val_bpb
+        assert run["val_bpb"] == measurement.val_bpb  # (the trainer's own is on its dev text)
         assert run["confirm_bpb"] == measurement.confirm_bpb

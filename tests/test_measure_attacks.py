@@ -385,11 +385,13 @@ def attacked(tmp_path_factory):
 
 
 @pytest.mark.parametrize("arm", ["rescaled-loss", "friendliest-slice"])
-def test_a_trainer_that_reports_kinder_numbers_is_invalid(attacked, arm):
+def test_a_trainer_that_reports_kinder_numbers_changes_nothing_on_the_record(attacked, arm):
+    """Its own val figures (on the runs' dev text) are kept beside the record, not compared: the
+    record is the harness's, and its training is the baseline's."""
     record, said, runs = attacked[arm]
     assert said.verdict == "better"
-    assert record.verdict.startswith("invalid (the trainer reported val_")
-    assert all(r["status"] == "invalid" and "the harness measures" in r["reason"] for r in runs)
+    assert record.verdict.startswith("no change (final parameters bit-identical"), record.verdict
+    assert all(r["status"] == "completed" and r["measurement"].val_bpb > r["result"].val_bpb for r in runs)
 
 
 def test_half_the_flops_per_token_is_invalid(attacked):
@@ -467,17 +469,18 @@ def test_a_forward_pass_that_reads_the_next_token_is_invalid(attacked, arm):
     assert all(r["status"] == "invalid" and "forward pass is not causal" in r["reason"] for r in runs)
 
 
-def test_a_model_that_looks_up_the_evaluation_text_is_invalid(attacked):
-    """It passes every other check (the lookup is causal, and the fresh worker agrees), and
-    scores far better on the val text than on train-split text it could not foresee. (Training
-    on the evaluation windows instead of the train split is caught only when it moves the gap by
-    more than 0.1 bpb and the margin: at this size it was caught on 145 of 200 draws of the
-    windows, so it is not an attack this test can hold to.)"""
+def test_a_model_that_looks_up_the_evaluation_text_finds_none_of_it(attacked):
+    """It looks up the val and confirm windows of the data its run is given (causally: every
+    other check passes). When runs read the program's own split, that was the evaluation text:
+    val_bpb 0.23 on the record, caught only by the held-out gap (README). A lab's runs read its
+    train split and their own dev text; the lab's val and confirm are drawn by a key no box
+    reads. The lookup scores its own figures (`better` on the trainer's word) and nothing on
+    the record."""
     record, said, runs = attacked["looks-up-the-eval-text"]
-    assert said.verdict == "better"
+    assert said.verdict == "better" and all(r["result"].val_bpb < 1.0 for r in runs)
     assert all(r["status"] == "completed" for r in runs)
-    assert record.verdict.startswith("invalid (confounded: val_bpb"), record.verdict
-    assert "trained on or reading the evaluation text" in record.verdict
+    assert verdict_kind(record.verdict) not in ("better", "invalid"), record.verdict
+    assert all(r["measurement"].val_bpb > 3.0 for r in runs)  # the baseline's level: found nothing
 
 
 
@@ -489,9 +492,8 @@ def test_a_model_causal_only_on_the_evaluation_text_is_invalid(attacked):
     record, said, runs = attacked["looks-up-and-peeks-elsewhere"]
     assert said.verdict == "better"
     assert verdict_kind(record.verdict) == "invalid", record.verdict
-    for r in runs:
+    for r in runs:  # (its lookup finds none of the lab's val text now: it peeks there too)
         assert r["status"] == "invalid" and "forward pass is not causal" in r["reason"], r["reason"]
-        assert "(a batch of the train-split windows)" in r["reason"]
 
 # --- choosing the seeds that count ---------------------------------------------------------------
 

@@ -430,6 +430,8 @@ def run(spec, out, *args, **kwargs):  # what an agent's trainer can do before it
     attempt("write the base snapshot", lambda: open(next((lab / "tiny" / "snapshots").glob("*/trainer/eval.py")), "a"))
     attempt("write the harness cache", lambda: open(lab / "harness-cache" / "poison", "w"))
     attempt("read the seed of the unforeseen windows", lambda: (lab / "harness-cache" / "train-probe-seed").read_text())
+    attempt("read the key of the lab's split", lambda: (lab / "harness-cache" / "split-key").read_bytes())
+    attempt("read the lab's val text", lambda: next((lab / "harness-cache").rglob("val.npy")).read_bytes())
     attempt("read the worktrees", lambda: next((lab.parent / "worktrees" / "tiny").iterdir()))
     attempt("network", lambda: socket.create_connection(("127.0.0.1", {port}), 2))
     attempt("a key", lambda: os.environ["ANTHROPIC_API_KEY"])

@@ -16,8 +16,15 @@ folder too small for every split to get a file) is split into contiguous chunks 
 the last 5% confirm, the 5% before it val.
 Every document is prefixed with the tokenizer's end-of-text token, like llm.c.
 
-Tokenizers: "bytes" (vocab 256, the separator is byte 0) and "bpe:N", a byte-level BPE of
-N ids trained by `tokenizers` on the train split only (the separator is its own id, N-1).
+A lab's own split (`--split-key-file`): every box can read the source (pystdlib is the
+interpreter's own files), so a split anyone can compute is evaluation text anyone can train on.
+With a secret key, a keyed hash (HMAC-SHA256) of each document's name puts ~85% in train, 5% in
+dev, 5% in val and 5% in confirm; a single file's 100 pieces are ranked by it; llm.c shards are
+pooled and their documents (cut at end-of-text) drawn by a generator seeded from the key. Runs
+get only `export_runs`' folder: the train split, and the dev split's halves as their val and
+confirm. The harness alone scores val and confirm, text no box can tell from train.
+
+Tokenizers (trainer/tokenizer.py): "bytes" and "bpe:N", trained on the train split only.
 
 Prepared arrays are cached under NANOLAB_CACHE (default ~/.cache/nanolab)/data/<key>, where
 the key hashes the documents' names and contents, the tokenizer spec and FORMAT_VERSION; a
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -40,14 +48,17 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.tokenizer import Tokenizer, bpe_tokenizer, byte_tokenizer, token_dtype, train_bpe  # noqa: F401
+
 FORMAT_VERSION = 1  # bump when the prepared arrays would change for the same input
 SPLITS = ("train", "val", "confirm")
+KEYED_SPLITS = SPLITS + ("dev",)  # with a lab's key: dev is the runs' own val and confirm
+KEYED_PIECES = 100                # a single file, keyed: cut in this many pieces
 SHARD_MAGIC, SHARD_VERSION = 20240520, 1       # llm.c dev/data/data_common.py
 TOKENIZER_MAGIC = 20240328                      # llm.c gpt2_tokenizer.bin
 TOKENIZER_FILES = ("gpt2_tokenizer.bin", "tokenizer.bin")
 HEADER_BYTES = 256 * 4
 GPT2_VOCAB, GPT2_EOT = 50257, 50256
-EOT_TEXT = "<|endoftext|>"
 
 
 # -----------------------------------------------------------------------------
@@ -67,6 +78,7 @@ class Dataset:
     documents: dict                  # split -> names of the documents (or shard files) in it
     split_method: str                # how the splits were made, in words
     cache_path: str | None = None
+    dev: np.ndarray | None = None    # a lab's split only: text the runs may evaluate on
 
     def split(self, name: str) -> np.ndarray:
         if name not in SPLITS:
@@ -88,18 +100,28 @@ class Dataset:
 
 
 def load_dataset(source: str = "pystdlib", tokenizer: str = "bytes", cache_dir: str | None = None,
-                 quiet: bool = True) -> Dataset:
-    """Load (or prepare and cache) a dataset. Bad input raises ValueError with one line."""
+                 quiet: bool = True, split_key: bytes | None = None) -> Dataset:
+    """Load (or prepare and cache) a dataset; with `split_key`, a lab's own split (above). Bad
+    input raises ValueError with one line."""
     say = (lambda msg: None) if quiet else (lambda msg: print(f"data: {msg}", file=sys.stderr))
     spec = parse_tokenizer_spec(tokenizer)
     shards = find_shards(source)
     if shards is not None:
         if spec != "bytes":  # "bytes" is the default, so it is accepted and means "as stored"
             raise ValueError(f"tokenizer {tokenizer!r} does not apply to llm.c shards: they are already tokenized")
-        return load_shards(source, shards)
-    name, docs, method = read_text_source(source)
+        ds = load_shards(source, shards)
+        return ds if split_key is None else split_shards_by_key(ds, split_key)
+    name, docs, method = read_text_source(source, split_key)
     say(f"{name}: {sum(len(d) for d in docs.values())} documents, split {method}")
     return prepare_text(name, source, docs, method, spec, cache_root(cache_dir), say)
+
+
+def read_split_key(path) -> bytes:
+    """A lab's split key: the bytes of a file only the harness reads."""
+    key = Path(path).read_bytes() if Path(path).is_file() else b""
+    if len(key) < 16:
+        raise ValueError(f"split key file {path}: missing or shorter than 16 bytes")
+    return key
 
 
 def parse_tokenizer_spec(spec: str) -> str:
@@ -118,9 +140,13 @@ def cache_root(cache_dir: str | None) -> Path:
 # -----------------------------------------------------------------------------
 # text sources -> {split: [(name, text), ...]}
 
-def read_text_source(source: str) -> tuple[str, dict, str]:
+def read_text_source(source: str, key: bytes | None = None) -> tuple[str, dict, str]:
+    by_hash = ("by sha256 of relative path (90/5/5)" if key is None else
+               "by a lab's keyed hash of relative path (train/dev/val/confirm 85/5/5/5)")
+    by_chunks = ("contiguous chunks (90/5/5)" if key is None else
+                 f"{KEYED_PIECES} contiguous pieces ranked by a lab's keyed hash (85/5/5/5)")
     if source == "pystdlib":
-        return "pystdlib", split_by_hash(stdlib_documents()), "by sha256 of relative path (90/5/5)"
+        return "pystdlib", split_by_hash(stdlib_documents(), key), by_hash
     path = Path(source)
     if not path.exists():
         raise ValueError(f"data path {source} does not exist")
@@ -128,16 +154,16 @@ def read_text_source(source: str) -> tuple[str, dict, str]:
         text = read_text(path)
         if text is None or not text.strip():
             raise ValueError(f"data file {source} is empty or not text")
-        return path.name, split_by_chunks(path.name, text), "contiguous chunks (90/5/5)"
+        return path.name, split_by_chunks(path.name, text, key), by_chunks
     docs = folder_documents(path)
     if not docs:
         raise ValueError(f"data folder {source} holds no text files")
-    splits = split_by_hash(docs)
+    splits = split_by_hash(docs, key)
     if all(splits.values()):
-        return path.name, splits, "by sha256 of relative path (90/5/5)"
+        return path.name, splits, by_hash
     # too few files for every split to get one: fall back to chunks of the concatenation
     text = "".join(t for _, t in docs)
-    return path.name, split_by_chunks(path.name, text), f"contiguous chunks (90/5/5) of all {len(docs)} files"
+    return path.name, split_by_chunks(path.name, text, key), f"{by_chunks} of all {len(docs)} files"
 
 
 def stdlib_documents() -> list[tuple[str, str]]:
@@ -172,19 +198,28 @@ def read_text(path: Path) -> str | None:
     return None if b"\0" in data[:8192] else data.decode("utf-8", errors="replace")
 
 
-def split_of(name: str) -> str:
-    bucket = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % 100
-    return "train" if bucket < 90 else "val" if bucket < 95 else "confirm"
+def split_of(name: str, key: bytes | None = None) -> str:
+    if key is None:
+        bucket = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % 100
+        return "train" if bucket < 90 else "val" if bucket < 95 else "confirm"
+    bucket = keyed_rank(key, name) % 100
+    return "train" if bucket < 85 else "dev" if bucket < 90 else "val" if bucket < 95 else "confirm"
 
 
-def split_by_hash(docs: list[tuple[str, str]]) -> dict:
-    splits = {s: [] for s in SPLITS}
+def keyed_rank(key: bytes, name: str) -> int:
+    return int.from_bytes(hmac.new(key, name.encode(), hashlib.sha256).digest()[:8], "big")
+
+
+def split_by_hash(docs: list[tuple[str, str]], key: bytes | None = None) -> dict:
+    splits = {s: [] for s in (SPLITS if key is None else KEYED_SPLITS)}
     for name, text in docs:
-        splits[split_of(name)].append((name, text))
+        splits[split_of(name, key)].append((name, text))
     return splits
 
 
-def split_by_chunks(name: str, text: str) -> dict:
+def split_by_chunks(name: str, text: str, key: bytes | None = None) -> dict:
+    if key is not None:
+        return split_pieces_by_key(name, text, key)
     n = len(text)
     a = _line_cut(text, int(0.90 * n), int(0.95 * n))
     b = _line_cut(text, int(0.95 * n), n - 1)
@@ -194,85 +229,27 @@ def split_by_chunks(name: str, text: str) -> dict:
     return {s: [(f"{name}[{s}]", t)] for s, t in parts.items()}
 
 
+def split_pieces_by_key(name: str, text: str, key: bytes) -> dict:
+    """A single text cut in KEYED_PIECES pieces (at line ends where near), ranked by the keyed
+    hash: the first 5% val, the next 5% confirm, the next 5% dev, the rest train, in text order."""
+    n, k = len(text), KEYED_PIECES
+    cuts = [0] + [_line_cut(text, n * i // k, n * (i + 1) // k) for i in range(1, k)] + [n]
+    pieces = [(f"{name}[{i}]", text[a:b]) for i, (a, b) in enumerate(zip(cuts, cuts[1:])) if b > a]
+    if len(pieces) < 20:
+        raise ValueError(f"data {name} is too small to split into a lab's train/dev/val/confirm ({n} characters)")
+    ranked = sorted(range(len(pieces)), key=lambda i: keyed_rank(key, pieces[i][0]))
+    share = len(pieces) // 20
+    where = {i: s for s, chunk in zip(("val", "confirm", "dev"), (ranked[:share], ranked[share:2 * share],
+                                                                  ranked[2 * share:3 * share])) for i in chunk}
+    splits = {s: [] for s in KEYED_SPLITS}
+    for i, piece in enumerate(pieces):
+        splits[where.get(i, "train")].append(piece)
+    return splits
+
+
 def _line_cut(text: str, i: int, limit: int) -> int:
     j = text.find("\n", i, limit)  # cut after a newline when one is near, so lines stay whole
     return i if j < 0 else j + 1
-
-
-# -----------------------------------------------------------------------------
-# tokenizers
-
-class Tokenizer:
-    """Ids <-> text through a table of each id's raw bytes; encoding by bytes or by a trained BPE."""
-
-    def __init__(self, name: str, id_bytes: list[bytes], eot: int | None, specials=(), bpe=None):
-        self.name, self.id_bytes, self.eot, self.specials, self.bpe = name, id_bytes, eot, tuple(specials), bpe
-        self.vocab_size = len(id_bytes)
-
-    def encode(self, text: str) -> list[int]:
-        if self.name == "bytes":
-            return list(text.encode("utf-8"))
-        if self.bpe is None:
-            raise ValueError(f"tokenizer {self.name} is decode-only (llm.c tokenizer files hold no merges)")
-        return self.bpe.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids) -> str:
-        return b"".join(self.id_bytes[int(i)] for i in ids).decode("utf-8", errors="replace")
-
-    def token_bytes(self) -> np.ndarray:
-        """Raw byte length of each id (not a str round-trip: ids may hold part of a character)."""
-        tb = np.array([len(b) for b in self.id_bytes], dtype=np.int64)
-        tb[list(self.specials)] = 0  # specials stand for no text: excluded from bpb's byte count
-        return tb
-
-    def encode_documents(self, texts: list[str]) -> np.ndarray:
-        """One token stream: every document prefixed by the end-of-text id."""
-        if self.name == "bytes":
-            data = b"".join(b"\0" + t.encode("utf-8") for t in texts)
-            return np.frombuffer(data, dtype=np.uint8).astype(token_dtype(256))
-        ids = [[self.eot] + e.ids for e in self.bpe.encode_batch(texts, add_special_tokens=False)]
-        return np.fromiter((i for doc in ids for i in doc), dtype=token_dtype(self.vocab_size))
-
-
-def byte_tokenizer() -> Tokenizer:
-    # the separator is byte 0 (absent from text); it is a real byte, so token_bytes is all 1
-    return Tokenizer("bytes", [bytes([i]) for i in range(256)], eot=0)
-
-
-def bpe_tokenizer(spec: str, hf) -> Tokenizer:
-    """Wrap a trained `tokenizers` byte-level BPE; the end-of-text id is appended after its ids."""
-    from_char = {c: b for b, c in _byte_to_char().items()}
-    id_bytes = [bytes(from_char[c] for c in hf.id_to_token(i)) for i in range(hf.get_vocab_size())]
-    # eot lives outside the HF model, so "<|endoftext|>" inside a text encodes as plain text
-    return Tokenizer(spec, id_bytes + [EOT_TEXT.encode()], eot=len(id_bytes), specials=[len(id_bytes)], bpe=hf)
-
-
-def train_bpe(spec: str, texts: list[str]):
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=int(spec.split(":")[1]) - 1,  # minus the end-of-text id we add
-        min_frequency=2, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        max_token_length=255)  # llm.c tokenizer files store each token's length in one byte
-    hf.train_from_iterator(texts, trainer, length=len(texts))
-    return hf
-
-
-def _byte_to_char() -> dict:
-    # GPT-2's byte -> printable char map, which `tokenizers`' ByteLevel uses: printable latin-1
-    # bytes stand for themselves, the 68 others for chr(256), chr(257), ... in byte order
-    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    table = {b: chr(b) for b in keep}
-    for k, b in enumerate(b for b in range(256) if b not in table):
-        table[b] = chr(256 + k)
-    return table
-
-
-def token_dtype(vocab_size: int):
-    return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<i4")
 
 
 def fingerprint(tokens: np.ndarray) -> str:
@@ -296,14 +273,15 @@ def prepare_text(name, source, docs, method, spec, root: Path, say) -> Dataset:
     else:
         tok = load_or_train_tokenizer(entry, spec, [t for _, t in docs["train"]], say)
         say(f"tokenizing with {spec}")
-        arrays = {s: tok.encode_documents([t for _, t in docs[s]]) for s in SPLITS}
+        arrays = {s: tok.encode_documents([t for _, t in docs[s]]) for s in docs}
         meta = {"format": FORMAT_VERSION, "tokenizer": spec, "vocab_size": tok.vocab_size, "split": method,
-                "documents": {s: [n for n, _ in docs[s]] for s in SPLITS},
+                "documents": {s: [n for n, _ in docs[s]] for s in docs},
                 "fingerprints": {s: fingerprint(a) for s, a in arrays.items()}}
         entry = write_cache(entry, arrays, meta, say)
     if source == "pystdlib":
         method += f", Python {sys.version.split()[0]}"
-    return Dataset(name=name, source=label, **arrays, vocab_size=meta["vocab_size"],
+    return Dataset(name=name, source=label, **{s: arrays[s] for s in SPLITS}, dev=arrays.get("dev"),
+                   vocab_size=meta["vocab_size"],
                    token_bytes=tok.token_bytes(), tokenizer=tok, fingerprints=meta["fingerprints"],
                    documents=meta["documents"], split_method=method,
                    cache_path=str(entry) if entry else None)
@@ -332,9 +310,9 @@ def read_cache(entry: Path, spec: str):
     """(meta, arrays, tokenizer), or None when the entry is missing or corrupt (then it is rebuilt)."""
     try:
         meta = json.loads((entry / "meta.json").read_text())
-        arrays = {s: np.load(entry / f"{s}.npy", allow_pickle=False) for s in SPLITS}
+        arrays = {s: np.load(entry / f"{s}.npy", allow_pickle=False) for s in meta["documents"]}
         if meta["format"] != FORMAT_VERSION or any(fingerprint(arrays[s]) != meta["fingerprints"][s]
-                                                   for s in SPLITS):
+                                                   for s in arrays):
             return None
         tok = byte_tokenizer()
         if spec != "bytes":
@@ -479,6 +457,27 @@ def load_shards(source: str, files: list[Path]) -> Dataset:
                    documents={s: [f.name for f in fs] for s, fs in groups.items()}, split_method=method)
 
 
+def split_shards_by_key(ds: Dataset, key: bytes) -> Dataset:
+    """A lab's split of shards: every shard pooled (a val shard is as readable as the rest), cut
+    into documents at each end-of-text id, each drawn train/dev/val/confirm 85/5/5/5 by a
+    generator seeded from the key."""
+    pool = np.concatenate([ds.train, ds.val, ds.confirm])  # (a confirm half of val is disjoint from it)
+    eot = ds.tokenizer.eot if ds.tokenizer is not None and ds.tokenizer.eot is not None else \
+        0 if ds.vocab_size == 256 else GPT2_EOT  # bytes' separator is byte 0, which llm.c's file cannot say
+    doc = np.cumsum(pool == eot)  # (N,) the document each token is in
+    draw = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "big")).random(int(doc[-1]) + 1)
+    bucket = np.searchsorted([0.85, 0.90, 0.95], draw[doc], side="right")  # 0 train, 1 dev, 2 val, 3 confirm
+    arrays = {s: np.ascontiguousarray(pool[bucket == i]) for i, s in enumerate(("train", "dev", "val", "confirm"))}
+    if empty := [s for s, a in arrays.items() if not len(a)]:
+        raise ValueError(f"shards {ds.source}: too few documents (end-of-text id {eot}) for a lab's split: "
+                         f"no {', '.join(empty)} text")
+    return Dataset(name=ds.name, source=ds.source, **{s: arrays[s] for s in SPLITS}, dev=arrays["dev"],
+                   vocab_size=ds.vocab_size, token_bytes=ds.token_bytes, tokenizer=ds.tokenizer,
+                   fingerprints={s: fingerprint(a) for s, a in arrays.items()},
+                   documents={s: [f"{s} documents"] for s in KEYED_SPLITS},
+                   split_method="every shard's documents drawn by a lab's key (train/dev/val/confirm 85/5/5/5)")
+
+
 def _concat(arrays: list[np.ndarray]) -> np.ndarray:
     # one shard stays a memmap (no copy); several are read into memory
     if not arrays:
@@ -538,11 +537,16 @@ def eval_batches(tokens: np.ndarray, n_tokens: int, batch_size: int, seq_len: in
 # -----------------------------------------------------------------------------
 # the `data` subcommand
 
-DATA_EPILOG = """examples:
-  python -m trainer data                                   # pystdlib, bytes
-  python -m trainer data --data ~/texts --tokenizer bpe:4096
-  python -m trainer data --tokenizer bpe:8192 --export-bin out/pystdlib_bpe8k
-  python -m trainer data --data 'fineweb10B/fineweb_*.bin'  # llm.c shards"""
+def export_runs(ds: Dataset, out_dir) -> list[Path]:
+    """What a lab's runs may read, as llm.c shards in out_dir: the train split, and the dev split's
+    two halves as their val and confirm (curves, their own figures). Never the lab's val or confirm."""
+    if ds.dev is None:
+        raise ValueError("export for runs: the dataset has no dev split (it needs a lab's split key)")
+    half = len(ds.dev) // 2
+    runs = Dataset(name=ds.name, source=ds.source, train=ds.train, val=ds.dev[:half], confirm=ds.dev[half:],
+                   vocab_size=ds.vocab_size, token_bytes=ds.token_bytes, tokenizer=ds.tokenizer or byte_tokenizer(),
+                   fingerprints={}, documents={}, split_method="")
+    return export_llmc(runs, out_dir)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, export: bool = True) -> None:
@@ -558,14 +562,23 @@ def add_data_arguments(parser: argparse.ArgumentParser, export: bool = True) -> 
     if export:
         parser.add_argument("--export-bin", default=None, metavar="DIR",
                             help="also write train/val/confirm as llm.c .bin shards (+ tokenizer.bin) in DIR")
+        parser.add_argument("--split-key-file", default=None, metavar="FILE",
+                            help="a lab's own split, keyed by the bytes of FILE: train/dev/val/confirm 85/5/5/5")
+        parser.add_argument("--export-runs", default=None, metavar="DIR",
+                            help="with --split-key-file: write what runs may read in DIR as llm.c shards (the "
+                                 "train split; the dev split's halves as val and confirm)")
 
 
 def run_data(args) -> int:
     try:
-        ds = load_dataset(args.data, args.tokenizer, args.cache_dir, quiet=getattr(args, "quiet", False))
+        key = read_split_key(args.split_key_file) if getattr(args, "split_key_file", None) else None
+        if getattr(args, "export_runs", None) and key is None:
+            raise ValueError("--export-runs needs --split-key-file: runs get a lab's own split only")
+        ds = load_dataset(args.data, args.tokenizer, args.cache_dir, quiet=getattr(args, "quiet", False),
+                          split_key=key)
         print(format_description(ds.describe()))
-        if getattr(args, "export_bin", None):
-            for p in export_llmc(ds, args.export_bin):
+        for flag, export in (("export_bin", export_llmc), ("export_runs", export_runs)):
+            for p in export(ds, getattr(args, flag)) if getattr(args, flag, None) else ():
                 print(f"wrote {p}")
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
