@@ -465,7 +465,8 @@ class Runner:
         threads = max(1, int(self.program.runner.threads_per_slot or os.cpu_count() or 1))
         return run_box(self.lab.root, run_dir, snapshot, runs_data(self.harness_cache),
                        kernels, gpu=self.program.train.device == "cuda",
-                       cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60, cores=cores)
+                       cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60, cores=cores,
+                       source=self.program.data.source)
 
     def _record(self, ledger: Ledger, run: dict, result: Result, wall: float, killed_reason: str | None,
                 slot: Slot):
@@ -530,7 +531,7 @@ class Runner:
         data = runs_data(self.harness_cache)
         env = untrusted_env({**slot.env, "NANOLAB_CACHE": str(data), "NUMBA_CACHE_DIR": str(kernels)})
         box = worker_box(self.lab.root, code, data, kernels, gpu=self.program.train.device == "cuda",
-                         cores=slot.share) if self.sandboxed else None
+                         cores=slot.share, source=self.program.data.source) if self.sandboxed else None
         return worker_command(code, env, box)
 
 

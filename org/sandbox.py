@@ -52,6 +52,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
@@ -125,7 +126,7 @@ class Sandbox:
         for pattern in GPU_DEVICES if self.gpu else ():
             for device in glob.glob(pattern):
                 box += ["--dev-bind", device, device]
-        hidden = [p for p in self.hidden if p.is_dir()]
+        hidden = sorted((p for p in self.hidden if p.is_dir()), key=lambda p: len(p.parts))  # outer first
         for path in hidden:  # mounts apply in order: hide first, then expose what is needed
             box += ["--size", "65536", "--tmpfs", str(path)]
         for path in self.hidden:  # a file: read as empty
@@ -441,24 +442,37 @@ def lab_private(lab_root: Path) -> list[Path]:
 
 
 def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool,
-            cpu_seconds: int, cores=None) -> Sandbox:
+            cpu_seconds: int, cores=None, source: str = "pystdlib") -> Sandbox:
     """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot
-    and the runs' data (the lab's train split, never its val) are read-only; no network; on its
-    slot's cores only."""
+    and the runs' data (the lab's train split, never its val) are read-only; the program's data
+    source is absent; no network; on its slot's cores only."""
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[run_dir, kernels], readonly=[snapshot, data],
-                   hidden=lab_private(lab_root), gpu=gpu,
+                   hidden=lab_private(lab_root) + source_files(source), gpu=gpu,
                    limits=Limits(cpu_seconds=cpu_seconds, cores=tuple(cores) if cores else None))
 
 
-def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool, cores=None) -> Sandbox:
+def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool, cores=None,
+               source: str = "pystdlib") -> Sandbox:
     """A model worker of a measurement: reads its snapshot and the runs' data (its model is built
-    as in its runs); writes only its commit's kernel cache (Numba uses no cache it cannot write,
-    and would compile every kernel again), which is removed once it is done: what it is shown
-    to score stays in no place a later box can read; on its slot's cores only."""
+    as in its runs), not the data source; writes only its commit's kernel cache (Numba uses no
+    cache it cannot write, and would compile every kernel again), which is removed once it is
+    done: what it is shown to score stays in no place a later box can read; on its slot's cores."""
     kernels.mkdir(parents=True, exist_ok=True)
-    return Sandbox(writable=[kernels], readonly=[snapshot, data], hidden=lab_private(lab_root),
+    return Sandbox(writable=[kernels], readonly=[snapshot, data], hidden=lab_private(lab_root) + source_files(source),
                    gpu=gpu, limits=Limits(cores=tuple(cores) if cores else None))
+
+
+def source_files(source: str) -> list[Path]:
+    """The program's data files or folders (a glob's matches), absent from runs and their workers:
+    they read the lab's export of its train split, and the source holds the lab's val text too (a
+    run could train on all of it). Not pystdlib, nor a path that holds the interpreter: every
+    Python process reads those."""
+    if source == "pystdlib":
+        return []
+    found = {Path(p).resolve() for p in glob.glob(source)} | ({Path(source).resolve()} if Path(source).exists() else set())
+    python = Path(sys.prefix).resolve()
+    return sorted(p for p in found if not python.is_relative_to(p))
 
 
 def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, own_refs: str) -> Sandbox:

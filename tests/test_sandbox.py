@@ -25,7 +25,7 @@ from org.lab import agent_branch
 from org.ledger import Ledger
 from org.measure import probe_seed
 from org.report import build, spend_section
-from org.sandbox import Limits, Sandbox, available, cgroup_root, core_limit, cpu_meter, cpu_share, pids_root, process_limit
+from org.sandbox import Limits, Sandbox, available, source_files, cgroup_root, core_limit, cpu_meter, cpu_share, pids_root, process_limit
 from test_org_runner import agent_commit, create_project, tiny_program as runner_program
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=f"{available()}")
@@ -388,6 +388,39 @@ def test_limits_bind(tmp_path):
     spin = box.popen(["python3", "-c", "while True: pass"], cwd=tmp_path, env={"PATH": os.environ["PATH"]})
     t0 = time.monotonic()
     assert spin.wait(30) != 0 and time.monotonic() - t0 < 10  # SIGXCPU/SIGKILL after 2 CPU seconds
+
+
+def test_a_run_reads_the_labs_export_and_not_the_data_source(outside_tmp):
+    """The source holds the lab's val text too (drawn by a key no box reads): a run that read it
+    could train on all of it. Absent from runs and workers, a file or a folder, even one the lab
+    lies in; the runs' export of the train split is there."""
+    from org.sandbox import run_box, worker_box
+    tmp_path = outside_tmp  # (a box's /tmp is its own)
+    corpus = tmp_path / "corpus"
+    lab = corpus / "proj"  # the lab inside the data folder: hidden outside, bound back inside
+    data = lab / ".lab" / "harness-cache" / "runs-data"
+    run_dir, snapshot = lab / ".lab" / "tiny" / "runs" / "1", lab / ".lab" / "tiny" / "snapshots" / "abc"
+    for folder in (data, run_dir, snapshot):
+        folder.mkdir(parents=True)
+    (data / "train_000000.bin").write_text("train text")
+    (corpus / "val-doc.txt").write_text("the lab's val text")
+    (tmp_path / "one.txt").write_text("a single-file source")
+    read = ("cat $DATA/train_000000.bin; echo; (cat $CORPUS/val-doc.txt 2>/dev/null || printf absent); echo; "
+            "(cat $ONE 2>/dev/null || printf absent); echo; touch $RUN/ok && echo wrote")
+    env = {"PATH": os.environ["PATH"], "DATA": str(data), "CORPUS": str(corpus), "ONE": str(tmp_path / "one.txt"),
+           "RUN": str(run_dir)}
+    for source in (str(corpus), str(tmp_path / "one.txt")):
+        for box in (run_box(lab, run_dir, snapshot, data, lab / "kernels", gpu=False, cpu_seconds=60, source=source),
+                    worker_box(lab, snapshot, data, run_dir, gpu=False, source=source)):
+            out = box.popen(["bash", "-c", read], cwd=snapshot, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT).communicate(timeout=30)[0].decode()
+            lines = out.splitlines()
+            assert lines[0] == "train text" and lines[-1] == "wrote", out
+            if source == str(corpus):
+                assert lines[1:3] == ["absent", "a single-file source"], out
+            else:
+                assert lines[1:3] == ["the lab's val text", "absent"], out  # (bound over: cannot be opened)
+    assert source_files("pystdlib") == [] and source_files(sys.prefix) == []  # every Python reads those
 
 
 def test_a_frozen_file_stays_read_only_inside_a_writable_tree(tmp_path):
