@@ -211,9 +211,9 @@ def measured_text(report: Report) -> str:
     text = ("**Every number is the harness's.** val_bpb, confirm_bpb, FLOPs, tokens, steps and parameter "
             "counts come from the harness's own evaluation of each run's final checkpoint, with the base "
             "commit's evaluation, data and FLOP code in a fresh process (an experiment's code runs there only "
-            "as a forward pass whose logits harness code scores and probes for causality); time is the "
-            "runner's clock. The trainer's own figures are kept only as a cross-check: a disagreement makes "
-            "a run `invalid`. The learning curves are the trainer's logs.")
+            "as a forward pass whose logits harness code scores and probes for causality), on the lab's own "
+            "val and confirm split, drawn by a key no run or agent reads; time is the runner's clock. The trainer's "
+            "FLOPs, steps and parameters are a cross-check (a disagreement: `invalid`); its curves are on its dev text.")
     if unmeasured:
         text += (f" **Except {len(unmeasured)} of {len(done)} completed runs**, recorded before the harness "
                  f"measured runs: their numbers are the trainer's own; `org run {report.program}` measures them.")
@@ -407,8 +407,8 @@ def budget_section(report: Report) -> str:
     lines.append("- enforced by the runner: the experiment sets only model and optimizer keys (the program owns "
                  "budget, seeds, data and evaluation); each completed run is measured by the harness (FLOPs per "
                  "token recounted from the checkpoint's shapes, the steps the budget allows, val and confirm "
-                 "scored by harness code) and the trainer's figures, the seed, the shapes and the eval/data "
-                 "fingerprints must agree with it, else the run is `invalid`; a commit that changes a protected "
+                 "scored by harness code on the lab's own split) and the trainer's FLOPs, steps, seed, shapes and "
+                 "eval fingerprint must agree with it, else the run is `invalid`; a commit that changes a protected "
                  f"path ({', '.join(report.spec.get('protected') or []) or 'not recorded'}) or adds code that "
                  "could shadow it (bytecode, extensions, .pth, a package beside a protected module) is `refused`")
     measured = [r for r in report.runs if r.get("measure_seconds")]
