@@ -14,9 +14,10 @@ and kernel caches of its own. For the run's final checkpoint it:
    trainer/flops.py, and the steps the program's budget allows at that rate (the runner
    holds the checkpoint's own step count and the trainer's against it);
 3. evaluates the val and confirm windows of the lab's own split (its key: text no box can tell
-   from train) with the base commit's data pipeline and loss (trainer/eval.py): a config arm with the base model in this process; a code arm with the
-   experiment's forward pass in a worker process (org/model_worker.py), whose logits come back
-   over a pipe, are checked (shape, finite) and scored here. A second, fresh worker then
+   from train) with the base commit's data pipeline and loss (trainer/eval.py): a config arm
+   with the base model in this process; a code arm with the experiment's forward pass in a
+   worker process (org/model_worker.py), whose logits come back over a pipe, are checked
+   (shape, finite) and scored here. A second, fresh worker then
    probes causality on batches drawn at random from every pass (val, confirm and the
    unforeseen train windows): with the tokens after position t replaced, the logits at
    positions <= t must not move (and a row alone must score as in its batch). What a worker

@@ -471,8 +471,8 @@ def source_files(source: str) -> list[Path]:
     if source == "pystdlib":
         return []
     found = {Path(p).resolve() for p in glob.glob(source)} | ({Path(source).resolve()} if Path(source).exists() else set())
-    python = Path(sys.prefix).resolve()
-    return sorted(p for p in found if not python.is_relative_to(p))
+    pythons = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}  # a venv's, and the one it runs on
+    return sorted(p for p in found if not any(python.is_relative_to(p) for python in pythons))
 
 
 def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, own_refs: str) -> Sandbox:

@@ -420,7 +420,7 @@ def test_a_run_reads_the_labs_export_and_not_the_data_source(outside_tmp):
                 assert lines[1:3] == ["absent", "a single-file source"], out
             else:
                 assert lines[1:3] == ["the lab's val text", "absent"], out  # (bound over: cannot be opened)
-    assert source_files("pystdlib") == [] and source_files(sys.prefix) == []  # every Python reads those
+    assert source_files("pystdlib") == [] and source_files(sys.base_prefix) == []  # every Python reads those
 
 
 def test_a_frozen_file_stays_read_only_inside_a_writable_tree(tmp_path):
