@@ -64,14 +64,16 @@ def plant(root: Path, agent: str, edits: dict) -> str:
 
 
 def judged(root: Path, arms) -> dict:
-    """{arm: (the referee on the record, the referee on the trainer's own figures, the arm's runs)}."""
+    """{arm: (the referee on the record, the referee on the trainer's own figures, the arm's runs)}, and
+    the baseline's runs under "baseline" (with no verdicts)."""
     ledger_path = root / ".lab" / "tiny" / "ledger.sqlite"
     record = build(ledger_path, "tiny").comparisons
     with Ledger(ledger_path) as ledger:
         base = ledger.runs("tiny", arm="baseline")
         runs = {arm: ledger.runs("tiny", arm=arm) for arm in arms}
-    return {arm: (record[arm], compare(trainers_word(base), trainers_word(runs[arm]), "superiority"), runs[arm])
-            for arm in arms}
+    return {"baseline": (None, None, base),
+            **{arm: (record[arm], compare(trainers_word(base), trainers_word(runs[arm]), "superiority"), runs[arm])
+               for arm in arms}}
 
 
 def trainers_word(rows: list[dict]) -> list[dict]:
@@ -391,7 +393,10 @@ def test_a_trainer_that_reports_kinder_numbers_changes_nothing_on_the_record(att
     record, said, runs = attacked[arm]
     assert said.verdict == "better"
     assert record.verdict.startswith("no change (final parameters bit-identical"), record.verdict
-    assert all(r["status"] == "completed" and r["measurement"].val_bpb > r["result"].val_bpb for r in runs)
+    base = {r["seed"]: r for r in attacked["baseline"][2] if r["purpose"] == "main"}
+    for r in runs:  # the baseline's figure on the record, seed by seed; a kinder one on its own word
+        assert r["status"] == "completed" and r["measurement"].val_bpb == base[r["seed"]]["measurement"].val_bpb
+        assert r["result"].val_bpb < base[r["seed"]]["result"].val_bpb
 
 
 def test_half_the_flops_per_token_is_invalid(attacked):
