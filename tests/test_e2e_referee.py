@@ -37,7 +37,8 @@ def test_the_spurious_width_result_is_caught_and_equal_flops_is_valid(make_proje
     assert main(["run", "programs/width-flops.yaml"]) == 0
     equal = build(root / ".lab" / "width-flops" / "ledger.sqlite", "width-flops").comparisons["wider"]
     assert equal.confounds == [] and not equal.verdict.startswith("invalid")  # a valid comparison
-    assert {f.check for f in equal.warnings} == {"tokens", "steps"}  # fewer steps of a bigger model
+    warned = {f.check for f in equal.warnings}  # fewer steps of a bigger model; and, by the machine's
+    assert {"tokens", "steps"} <= warned <= {"tokens", "steps", "wall time"}  # load, its time per FLOP may differ
     assert equal.n == len(SEEDS) and equal.lower is not None  # a real interval, whatever it says
 
 
