@@ -319,7 +319,9 @@ def unigram_bpb(data, n_tokens: int, seq_len: int) -> float | None:
         return None
     starts = eval_windows(data.val, n_tokens, seq_len)
     targets = np.asarray(data.val[starts[:, None] + np.arange(1, seq_len + 1)], dtype=np.int64).ravel()
-    counts = np.bincount(np.asarray(data.train, dtype=np.int64), minlength=data.vocab_size) + 1.0
+    counts = np.ones(data.vocab_size)  # (a chunk at a time: the train split may be a memmap of billions)
+    for a in range(0, len(data.train), 1 << 22):
+        counts += np.bincount(data.train[a:a + (1 << 22)], minlength=data.vocab_size)
     bits = -np.log2(counts[targets] / counts.sum()).sum()
     return float(bits / data.token_bytes[targets].sum())
 

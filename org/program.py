@@ -47,7 +47,8 @@ MEASUREMENT_BUDGET = ("per_run", "seeds")
 BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds", "agent_cpu_seconds")
 
 # The trainer's evaluation, data and FLOP accounting, and the harness itself.
-DEFAULT_PROTECTED = ["trainer/eval.py", "trainer/data.py", "trainer/tokenizer.py", "trainer/flops.py", "org/"]
+DEFAULT_PROTECTED = ["trainer/eval.py", "trainer/data.py", "trainer/shards.py", "trainer/tokenizer.py",
+                     "trainer/flops.py", "org/"]
 
 
 class ProgramError(OrgError):

@@ -1,11 +1,14 @@
-"""trainer/data.py: sources, splits, tokenizers, cache, llm.c shards, batches, the `data` CLI."""
+"""trainer/data.py and trainer/shards.py: sources, splits, tokenizers, cache, llm.c shards, batches, the `data` CLI."""
 import argparse
+import hashlib
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from trainer import data as D
+from trainer import shards as S
 
 WORDS = ("the quick brown fox jumps over a lazy dog while héllo wörld naïve café 日本語 ✓ def return "
          "import class self lambda yield").split()
@@ -36,7 +39,7 @@ def bpe_cache(tmp_path_factory):
 
 
 def write_shard_by_hand(path, tokens, magic=20240520, version=1, count=None):
-    """The published llm.c layout, written independently of trainer/data.py."""
+    """The published llm.c layout, written independently of trainer/shards.py."""
     header = np.zeros(256, dtype=np.int32)
     header[0], header[1], header[2] = magic, version, len(tokens) if count is None else count
     with open(path, "wb") as f:
@@ -117,8 +120,8 @@ def test_binary_files_skipped_undecodable_replaced(corpus, tmp_path):
 def test_llmc_shard_from_published_layout_reads_back(tmp_path):
     tokens = np.random.default_rng(0).integers(0, 50257, size=1000)
     write_shard_by_hand(tmp_path / "x_train_000001.bin", tokens)
-    assert np.array_equal(D.read_llmc_shard(tmp_path / "x_train_000001.bin"), tokens)
-    D.write_llmc_shard(tmp_path / "ours.bin", tokens)
+    assert np.array_equal(S.read_llmc_shard(tmp_path / "x_train_000001.bin"), tokens)
+    S.write_llmc_shard(tmp_path / "ours.bin", tokens)
     assert (tmp_path / "ours.bin").read_bytes() == (tmp_path / "x_train_000001.bin").read_bytes()
 
 
@@ -149,13 +152,13 @@ def test_bad_shard_raises(tmp_path, magic, version, count, match):
     path = tmp_path / "bad_val.bin"
     write_shard_by_hand(path, np.arange(10), magic=magic, version=version, count=count)
     with pytest.raises(ValueError, match=match) as e:
-        D.read_llmc_shard(path)
+        S.read_llmc_shard(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ValueError, match=match):
         D.load_dataset(str(path))
     (tmp_path / "short.bin").write_bytes(b"\x00" * 100)
     with pytest.raises(ValueError, match="magic"):
-        D.read_llmc_shard(tmp_path / "short.bin")
+        S.read_llmc_shard(tmp_path / "short.bin")
 
 
 def test_export_bin_round_trip(tmp_path, bpe_cache):
@@ -216,13 +219,56 @@ def test_a_labs_split_of_one_file_and_of_shards(tmp_path):
     assert parts != {s: D.load_dataset(str(tmp_path / "one.txt"), cache_dir=tmp_path / "c",
                                        split_key=b"o" * 32).documents[s] for s in D.KEYED_SPLITS}
     D.export_llmc(one, tmp_path / "shards")  # 95 of its pieces, each a document
-    shards = D.load_dataset(str(tmp_path / "shards"), split_key=b"k" * 32)
+    shards = D.load_dataset(str(tmp_path / "shards"), cache_dir=tmp_path / "c", split_key=b"k" * 32)
     pooled = sum(len(shards.split(s)) for s in D.SPLITS) + len(shards.dev)
     assert pooled == sum(len(one.split(s)) for s in D.SPLITS)  # every shard's tokens, each once
     assert all(len(shards.split(s)) for s in D.SPLITS) and len(shards.dev)
     with pytest.raises(ValueError, match="split key file .* shorter than 16 bytes"):
         (tmp_path / "key").write_bytes(b"short")
         D.read_split_key(tmp_path / "key")
+
+
+def test_a_labs_split_of_shards_is_streamed_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """fineweb10B is ~100 shards of 100M tokens: pooled in memory, with a document id per token,
+    its split took ~20 bytes per token. Streamed into a cache entry, it is the same split whatever
+    the chunk (document d, after the d-th end-of-text, gets the key's generator's d-th draw), held
+    in memory a chunk at a time, and read back as memmaps."""
+    rng, eot, key = np.random.default_rng(3), 50256, b"k" * 32
+    pool, folder = [], tmp_path / "shards"
+    folder.mkdir()
+    for name in ("a_train_000001.bin", "a_train_000002.bin", "a_val_000000.bin"):
+        tokens = rng.integers(0, 1000, size=200_000)
+        tokens[rng.random(tokens.size) < 0.002] = eot  # ~400 documents a shard
+        write_shard_by_hand(folder / name, tokens)
+        pool.append(tokens)
+    # the rule, whole in memory
+    pool = np.concatenate(pool)
+    doc = np.cumsum(pool == eot)
+    draw = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "big")).random(doc[-1] + 1)
+    bucket = np.searchsorted([0.85, 0.90, 0.95], draw[doc], side="right")
+    expected = {s: pool[bucket == i] for i, s in enumerate(("train", "dev", "val", "confirm"))}
+
+    monkeypatch.setattr(S, "CHUNK", 4096)  # a document spans chunks, and a chunk holds documents
+    tracemalloc.start()
+    lab = D.load_dataset(str(folder), cache_dir=tmp_path / "c", split_key=key)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert all(np.array_equal(getattr(lab, s), expected[s]) for s in D.KEYED_SPLITS)
+    assert all(isinstance(getattr(lab, s), np.memmap) for s in D.KEYED_SPLITS)
+    assert lab.fingerprints["val"] == D.fingerprint(expected["val"].astype(np.uint16))
+    assert peak < 1_000_000, f"{peak:,} bytes at the peak: the pool alone is 1,200,000, its document ids 4,800,000"
+    # the entry is the key's and the shards': read again, not redrawn; another key draws its own
+    entry = tmp_path / "c" / "data"
+    assert len(list(entry.iterdir())) == 1 and lab.cache_path
+    again = D.load_dataset(str(folder), cache_dir=tmp_path / "c", split_key=key)
+    assert again.fingerprints == lab.fingerprints and len(list(entry.iterdir())) == 1
+    other = D.load_dataset(str(folder), cache_dir=tmp_path / "c", split_key=b"o" * 32)
+    assert other.fingerprints["val"] != lab.fingerprints["val"] and len(list(entry.iterdir())) == 2
+    assert not any(key in f.read_bytes() for f in entry.rglob("*") if f.is_file())  # the key's hash names it
+    # what the runs read: GPT-2 ids with no tokenizer file beside them (it was given a bytes one, vocab 256)
+    D.export_runs(lab, tmp_path / "runs")
+    runs = D.load_dataset(str(tmp_path / "runs"))
+    assert runs.vocab_size == 50257 and np.array_equal(runs.train, expected["train"])
 
 
 # -- BPE ---------------------------------------------------------------------------

@@ -59,7 +59,8 @@ def test_defaults_fill_in_the_rest(tmp_path):
     assert program.data.source == "pystdlib" and program.data.tokenizer == "bytes"
     assert program.runner.slots == 1 and program.org.topology == "solo"
     assert program.tuning_seeds == [0] and program.grid_points() == [{}]
-    assert program.protected == ["trainer/eval.py", "trainer/data.py", "trainer/tokenizer.py", "trainer/flops.py", "org/"]
+    assert program.protected == ["trainer/eval.py", "trainer/data.py", "trainer/shards.py", "trainer/tokenizer.py",
+                                 "trainer/flops.py", "org/"]
 
 
 def test_tune_grid_expands_to_every_combination(tmp_path):

@@ -6,10 +6,9 @@ Sources
 - "pystdlib" (default): the running interpreter's standard-library .py sources plus the
   pydoc_data help topics, ~30 MB, always present.
 - a text file or a folder of text files (binary files, those with a NUL byte, are skipped).
-- llm.c .bin token shards (a .bin file, a folder with .bin files at its top, or a glob): header
-  of 256 int32 (magic 20240520, version 1, token count), then the tokens as little-endian
-  uint16. Names with "val" are val, with "confirm" confirm (else confirm = val's second half),
-  the rest train; a gpt2_tokenizer.bin or tokenizer.bin beside them gives decode + token_bytes.
+- llm.c .bin token shards (a .bin file, a folder with .bin files at its top, or a glob), read
+  and written by trainer/shards.py: names with "val" are val, with "confirm" confirm (else
+  confirm = val's second half), the rest train.
 Text is split by document: a fixed hash of each document's relative path puts ~90% in train,
 5% in val, 5% in confirm, so adding a file never moves another one. A single file (or a
 folder too small for every split to get a file) is split into contiguous chunks instead:
@@ -20,9 +19,10 @@ A lab's own split (`--split-key-file`): every box can read the source (pystdlib 
 interpreter's own files), so a split anyone can compute is evaluation text anyone can train on.
 With a secret key, a keyed hash (HMAC-SHA256) of each document's name puts ~85% in train, 5% in
 dev, 5% in val and 5% in confirm; a single file's 100 pieces are ranked by it; llm.c shards are
-pooled and their documents (cut at end-of-text) drawn by a generator seeded from the key. Runs
-get only `export_runs`' folder: the train split, and the dev split's halves as their val and
-confirm. The harness alone scores val and confirm, text no box can tell from train.
+pooled and their documents (cut at end-of-text) drawn by a generator seeded from the key,
+streamed into a cache entry a chunk at a time (trainer/shards.py). Runs get only
+`export_runs`' folder: the train split, and the dev split's halves as their val and confirm.
+The harness alone scores val and confirm, text no box can tell from train.
 
 Tokenizers (trainer/tokenizer.py): "bytes" and "bpe:N", trained on the train split only.
 
@@ -34,7 +34,6 @@ files share one entry, and a touched file costs nothing) and loads the arrays.
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import hmac
 import json
@@ -42,23 +41,18 @@ import os
 import re
 import sys
 import sysconfig
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from trainer.shards import (GPT2_VOCAB, KEYED_SPLITS, SPLITS, atomic_write, check_vocab, find_shards,
+                            load_keyed_shards, read_llmc_shard, shard_split, shards_tokenizer, write_llmc_shard,
+                            write_llmc_tokenizer)
 from trainer.tokenizer import Tokenizer, bpe_tokenizer, byte_tokenizer, token_dtype, train_bpe  # noqa: F401
 
 FORMAT_VERSION = 1  # bump when the prepared arrays would change for the same input
-SPLITS = ("train", "val", "confirm")
-KEYED_SPLITS = SPLITS + ("dev",)  # with a lab's key: dev is the runs' own val and confirm
 KEYED_PIECES = 100                # a single file, keyed: cut in this many pieces
-SHARD_MAGIC, SHARD_VERSION = 20240520, 1       # llm.c dev/data/data_common.py
-TOKENIZER_MAGIC = 20240328                      # llm.c gpt2_tokenizer.bin
-TOKENIZER_FILES = ("gpt2_tokenizer.bin", "tokenizer.bin")
-HEADER_BYTES = 256 * 4
-GPT2_VOCAB, GPT2_EOT = 50257, 50256
 
 
 # -----------------------------------------------------------------------------
@@ -86,8 +80,8 @@ class Dataset:
         return getattr(self, name)
 
     def describe(self) -> dict:
-        nbytes = {s: (None if self.token_bytes is None else int(self.token_bytes[self.split(s)].sum()))
-                  for s in SPLITS}
+        nbytes = {s: (None if self.token_bytes is None else
+                      int(token_counts(self.split(s), self.vocab_size) @ self.token_bytes)) for s in SPLITS}
         return {"name": self.name, "source": self.source,
                 "tokenizer": self.tokenizer.name if self.tokenizer else None,
                 "vocab_size": self.vocab_size, "split": self.split_method,
@@ -97,6 +91,15 @@ class Dataset:
                 "val_bpb": "available" if self.token_bytes is not None else
                            "unavailable: no llm.c tokenizer file beside the shards",
                 "cache": self.cache_path}
+
+
+def token_counts(tokens: np.ndarray, vocab_size: int, chunk: int = 1 << 22) -> np.ndarray:
+    """(vocab_size,) how often each id occurs, a chunk at a time: a split of billions of tokens
+    stays a memmap on disk (indexing a table by it whole would hold 8 bytes per token)."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for a in range(0, len(tokens), chunk):
+        counts += np.bincount(tokens[a:a + chunk], minlength=vocab_size)
+    return counts
 
 
 def load_dataset(source: str = "pystdlib", tokenizer: str = "bytes", cache_dir: str | None = None,
@@ -109,8 +112,8 @@ def load_dataset(source: str = "pystdlib", tokenizer: str = "bytes", cache_dir: 
     if shards is not None:
         if spec != "bytes":  # "bytes" is the default, so it is accepted and means "as stored"
             raise ValueError(f"tokenizer {tokenizer!r} does not apply to llm.c shards: they are already tokenized")
-        ds = load_shards(source, shards)
-        return ds if split_key is None else split_shards_by_key(ds, split_key)
+        return load_shards(source, shards) if split_key is None else \
+            keyed_shards(source, shards, split_key, cache_root(cache_dir), say)
     name, docs, method = read_text_source(source, split_key)
     say(f"{name}: {sum(len(d) for d in docs.values())} documents, split {method}")
     return prepare_text(name, source, docs, method, spec, cache_root(cache_dir), say)
@@ -335,98 +338,8 @@ def write_cache(entry: Path, arrays: dict, meta: dict, say) -> Path | None:
         return None
 
 
-def atomic_write(path: Path, content) -> None:
-    """Write to a unique temp file, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(content) if isinstance(content, bytes) else content(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # -----------------------------------------------------------------------------
-# llm.c token shards and tokenizer files
-
-def write_llmc_shard(path, tokens) -> None:
-    tokens = np.asarray(tokens)
-    if tokens.size and (tokens.min() < 0 or tokens.max() > 65535):
-        raise ValueError(f"shard {path}: llm.c shards hold uint16 tokens; got ids up to {tokens.max()}")
-    header = np.zeros(256, dtype="<i4")
-    header[:3] = SHARD_MAGIC, SHARD_VERSION, tokens.size
-    atomic_write(Path(path), header.tobytes() + tokens.astype("<u2").tobytes())
-
-
-def read_llmc_shard(path) -> np.ndarray:
-    """The tokens of a shard as a read-only uint16 memmap, after checking its header and size."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"shard {path} does not exist")
-    size = path.stat().st_size
-    header = np.fromfile(path, dtype="<i4", count=256) if size >= HEADER_BYTES else None
-    if header is None or header[0] != SHARD_MAGIC:
-        raise ValueError(f"shard {path}: not an llm.c token shard (magic "
-                         f"{None if header is None else int(header[0])}, expected {SHARD_MAGIC})")
-    if header[1] != SHARD_VERSION:
-        raise ValueError(f"shard {path}: version {header[1]}, expected {SHARD_VERSION} (uint16 tokens)")
-    count = int(header[2])
-    if size != HEADER_BYTES + 2 * count:
-        raise ValueError(f"shard {path}: file size {size} != 1024 + 2 * {count} tokens in its header")
-    if count == 0:
-        return np.zeros(0, dtype="<u2")
-    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(count,))
-
-
-def write_llmc_tokenizer(path, tok: Tokenizer) -> None:
-    """llm.c's decode-only file: version 2 records the eot id; bytes has no special, so version 1."""
-    if any(len(b) > 255 for b in tok.id_bytes):
-        raise ValueError(f"tokenizer {tok.name}: a token longer than 255 bytes does not fit llm.c's format")
-    header = np.zeros(256, dtype="<i4")
-    header[:4] = TOKENIZER_MAGIC, (2 if tok.specials else 1), tok.vocab_size, (tok.eot if tok.specials else 0)
-    body = b"".join(bytes([len(b)]) + b for b in tok.id_bytes)
-    atomic_write(Path(path), header.tobytes() + body)
-
-
-def read_llmc_tokenizer(path) -> Tokenizer:
-    data = Path(path).read_bytes()
-    header = np.frombuffer(data[:HEADER_BYTES], dtype="<i4") if len(data) >= HEADER_BYTES else None
-    if header is None or header[0] != TOKENIZER_MAGIC or header[1] not in (1, 2):
-        raise ValueError(f"tokenizer file {path}: not an llm.c tokenizer (magic {TOKENIZER_MAGIC}, version 1 or 2)")
-    vocab, pos, id_bytes = int(header[2]), HEADER_BYTES, []
-    for _ in range(vocab):
-        if pos >= len(data):
-            raise ValueError(f"tokenizer file {path}: truncated after {len(id_bytes)} of {vocab} tokens")
-        n = data[pos]
-        id_bytes.append(data[pos + 1:pos + 1 + n])
-        pos += 1 + n
-    # version 1 has no eot field; llm.c then assumes GPT-2's 50256
-    eot = int(header[3]) if header[1] == 2 else (GPT2_EOT if vocab == GPT2_VOCAB else None)
-    return Tokenizer(f"llm.c:{Path(path).name}", id_bytes, eot, specials=() if eot is None else [eot])
-
-
-def find_shards(source: str) -> list[Path] | None:
-    """The .bin shard files `source` names (a glob, a .bin file, a folder of .bin files), else None."""
-    if source == "pystdlib":
-        return None
-    if any(c in source for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(source) if Path(p).name not in TOKENIZER_FILES)
-        if not files:
-            raise ValueError(f"data glob {source} matches no files")
-        return files
-    path = Path(source)
-    if path.is_file():
-        return [path] if path.suffix == ".bin" else None
-    if path.is_dir():
-        return sorted(p for p in path.glob("*.bin") if p.name not in TOKENIZER_FILES) or None
-    return None
-
-
-def shard_split(path: Path) -> str:
-    words = set(re.split(r"[^a-z0-9]+", path.name.lower()))
-    return "confirm" if "confirm" in words else "val" if words & {"val", "valid", "validation"} else "train"
-
+# llm.c shards (trainer/shards.py) -> a Dataset
 
 def load_shards(source: str, files: list[Path]) -> Dataset:
     tokens = {f: read_llmc_shard(f) for f in files}  # every header is checked before anything else
@@ -445,36 +358,23 @@ def load_shards(source: str, files: list[Path]) -> Dataset:
         method += ", confirm = its second half)"
     else:
         method += ", *confirm* -> confirm)"
-    tok_file = next((files[0].parent / n for n in TOKENIZER_FILES if (files[0].parent / n).is_file()), None)
-    tok = read_llmc_tokenizer(tok_file) if tok_file else None
+    tok = shards_tokenizer(files)
     vocab = tok.vocab_size if tok else GPT2_VOCAB
-    for s, a in arrays.items():
-        if len(a) and int(a.max()) >= vocab:
-            raise ValueError(f"shards {source}: {s} holds token id {int(a.max())} >= vocab size {vocab}")
+    check_vocab(source, arrays, vocab)
     return Dataset(name=Path(files[0]).parent.name or "shards", source=str(source), **arrays, vocab_size=vocab,
                    token_bytes=tok.token_bytes() if tok else None, tokenizer=tok,
                    fingerprints={s: fingerprint(a) for s, a in arrays.items()},
                    documents={s: [f.name for f in fs] for s, fs in groups.items()}, split_method=method)
 
 
-def split_shards_by_key(ds: Dataset, key: bytes) -> Dataset:
-    """A lab's split of shards: every shard pooled (a val shard is as readable as the rest), cut
-    into documents at each end-of-text id, each drawn train/dev/val/confirm 85/5/5/5 by a
-    generator seeded from the key."""
-    pool = np.concatenate([ds.train, ds.val, ds.confirm])  # (a confirm half of val is disjoint from it)
-    eot = ds.tokenizer.eot if ds.tokenizer is not None and ds.tokenizer.eot is not None else \
-        0 if ds.vocab_size == 256 else GPT2_EOT  # bytes' separator is byte 0, which llm.c's file cannot say
-    doc = np.cumsum(pool == eot)  # (N,) the document each token is in
-    draw = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "big")).random(int(doc[-1]) + 1)
-    bucket = np.searchsorted([0.85, 0.90, 0.95], draw[doc], side="right")  # 0 train, 1 dev, 2 val, 3 confirm
-    arrays = {s: np.ascontiguousarray(pool[bucket == i]) for i, s in enumerate(("train", "dev", "val", "confirm"))}
-    if empty := [s for s, a in arrays.items() if not len(a)]:
-        raise ValueError(f"shards {ds.source}: too few documents (end-of-text id {eot}) for a lab's split: "
-                         f"no {', '.join(empty)} text")
-    return Dataset(name=ds.name, source=ds.source, **{s: arrays[s] for s in SPLITS}, dev=arrays["dev"],
-                   vocab_size=ds.vocab_size, token_bytes=ds.token_bytes, tokenizer=ds.tokenizer,
-                   fingerprints={s: fingerprint(a) for s, a in arrays.items()},
-                   documents={s: [f"{s} documents"] for s in KEYED_SPLITS},
+def keyed_shards(source: str, files: list[Path], key: bytes, root: Path, say) -> Dataset:
+    """A lab's split of shards (trainer/shards.py: streamed into a cache entry, read as memmaps)."""
+    arrays, meta = load_keyed_shards(source, files, key, root, say)
+    tok = shards_tokenizer(files)
+    return Dataset(name=Path(files[0]).parent.name or "shards", source=str(source), **{s: arrays[s] for s in SPLITS},
+                   dev=arrays["dev"], vocab_size=tok.vocab_size if tok else GPT2_VOCAB,
+                   token_bytes=tok.token_bytes() if tok else None, tokenizer=tok, fingerprints=meta["fingerprints"],
+                   documents={s: [f"{s} documents"] for s in KEYED_SPLITS}, cache_path=meta["cache"],
                    split_method="every shard's documents drawn by a lab's key (train/dev/val/confirm 85/5/5/5)")
 
 
@@ -544,7 +444,7 @@ def export_runs(ds: Dataset, out_dir) -> list[Path]:
         raise ValueError("export for runs: the dataset has no dev split (it needs a lab's split key)")
     half = len(ds.dev) // 2
     runs = Dataset(name=ds.name, source=ds.source, train=ds.train, val=ds.dev[:half], confirm=ds.dev[half:],
-                   vocab_size=ds.vocab_size, token_bytes=ds.token_bytes, tokenizer=ds.tokenizer or byte_tokenizer(),
+                   vocab_size=ds.vocab_size, token_bytes=ds.token_bytes, tokenizer=ds.tokenizer,
                    fingerprints={}, documents={}, split_method="")
     return export_llmc(runs, out_dir)
 

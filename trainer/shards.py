@@ -1,0 +1,271 @@
+"""
+llm.c token shards: their files (and llm.c's tokenizer file), read and written, and a lab's own
+split of them.
+
+A shard: a header of 256 int32 (magic 20240520, version 1, token count), then the tokens as
+little-endian uint16. Names with "val" are val, with "confirm" confirm (else confirm = val's
+second half), the rest train; a gpt2_tokenizer.bin or tokenizer.bin beside them gives decode and
+token_bytes.
+
+A lab's split of shards (`load_keyed_shards`): every shard pooled (a `*val*` shard is as readable
+as the rest), cut into documents at each end-of-text id, each document drawn train/dev/val/confirm
+85/5/5/5 by a generator seeded from the key. It is streamed a chunk of tokens at a time into four
+shards in a cache entry, and read back as memmaps: memory stays one chunk's worth at any size
+(fineweb10B is ~100 shards of 100M tokens; pooled in memory, with a document id per token, its
+split took ~20 bytes per token). The entry is keyed by the key's own hash and the shards' contents.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from trainer.tokenizer import Tokenizer
+
+SHARD_MAGIC, SHARD_VERSION = 20240520, 1       # llm.c dev/data/data_common.py
+TOKENIZER_MAGIC = 20240328                      # llm.c gpt2_tokenizer.bin
+TOKENIZER_FILES = ("gpt2_tokenizer.bin", "tokenizer.bin")
+HEADER_BYTES = 256 * 4
+GPT2_VOCAB, GPT2_EOT = 50257, 50256
+SPLITS = ("train", "val", "confirm")
+KEYED_SPLITS = SPLITS + ("dev",)
+KEYED_CUTS = (0.85, 0.90, 0.95)  # a document's draw below 0.85: train, below 0.90: dev, 0.95: val, else confirm
+CHUNK = 1 << 22                  # tokens streamed at a time (~100 MB of working arrays)
+KEYED_FORMAT = 1                 # bump when a keyed entry would change for the same shards and key
+
+
+# -----------------------------------------------------------------------------
+# files
+
+def find_shards(source: str) -> list[Path] | None:
+    """The .bin shard files `source` names (a glob, a .bin file, a folder of .bin files), else None."""
+    if source == "pystdlib":
+        return None
+    if any(c in source for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(source) if Path(p).name not in TOKENIZER_FILES)
+        if not files:
+            raise ValueError(f"data glob {source} matches no files")
+        return files
+    path = Path(source)
+    if path.is_file():
+        return [path] if path.suffix == ".bin" else None
+    if path.is_dir():
+        return sorted(p for p in path.glob("*.bin") if p.name not in TOKENIZER_FILES) or None
+    return None
+
+
+def shard_split(path: Path) -> str:
+    words = set(re.split(r"[^a-z0-9]+", path.name.lower()))
+    return "confirm" if "confirm" in words else "val" if words & {"val", "valid", "validation"} else "train"
+
+
+def read_llmc_shard(path) -> np.ndarray:
+    """The tokens of a shard as a read-only uint16 memmap, after checking its header and size."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"shard {path} does not exist")
+    size = path.stat().st_size
+    header = np.fromfile(path, dtype="<i4", count=256) if size >= HEADER_BYTES else None
+    if header is None or header[0] != SHARD_MAGIC:
+        raise ValueError(f"shard {path}: not an llm.c token shard (magic "
+                         f"{None if header is None else int(header[0])}, expected {SHARD_MAGIC})")
+    if header[1] != SHARD_VERSION:
+        raise ValueError(f"shard {path}: version {header[1]}, expected {SHARD_VERSION} (uint16 tokens)")
+    count = int(header[2])
+    if size != HEADER_BYTES + 2 * count:
+        raise ValueError(f"shard {path}: file size {size} != 1024 + 2 * {count} tokens in its header")
+    if count == 0:
+        return np.zeros(0, dtype="<u2")
+    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+class ShardWriter:
+    """Appends tokens to a new shard a chunk at a time; the header's count is written on close,
+    and the file appears under its name only then (a reader never sees half a shard)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        self.file, self.count, self.sha = open(self.tmp, "wb"), 0, hashlib.sha256()
+        self.file.write(bytes(HEADER_BYTES))
+
+    def write(self, tokens: np.ndarray) -> None:
+        tokens = np.asarray(tokens)
+        if tokens.size and (tokens.min() < 0 or tokens.max() > 65535):
+            raise ValueError(f"shard {self.path}: llm.c shards hold uint16 tokens; got ids up to {tokens.max()}")
+        body = tokens.astype("<u2").tobytes()
+        self.file.write(body)
+        self.sha.update(body)  # = data.fingerprint of the whole split
+        self.count += tokens.size
+
+    def close(self) -> str:
+        header = np.zeros(256, dtype="<i4")
+        header[:3] = SHARD_MAGIC, SHARD_VERSION, self.count
+        self.file.seek(0)
+        self.file.write(header.tobytes())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return self.sha.hexdigest()
+
+    def abandon(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, content) -> None:
+    """Write to a unique temp file, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(content) if isinstance(content, bytes) else content(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_llmc_shard(path, tokens) -> None:
+    writer = ShardWriter(path)
+    try:
+        for a in range(0, max(len(tokens), 1), CHUNK):  # a memmap of any size, a chunk at a time
+            writer.write(tokens[a:a + CHUNK])
+        writer.close()
+    except BaseException:
+        writer.abandon()
+        raise
+
+
+def write_llmc_tokenizer(path, tok: Tokenizer) -> None:
+    """llm.c's decode-only file: version 2 records the eot id; bytes has no special, so version 1."""
+    if any(len(b) > 255 for b in tok.id_bytes):
+        raise ValueError(f"tokenizer {tok.name}: a token longer than 255 bytes does not fit llm.c's format")
+    header = np.zeros(256, dtype="<i4")
+    header[:4] = TOKENIZER_MAGIC, (2 if tok.specials else 1), tok.vocab_size, (tok.eot if tok.specials else 0)
+    body = b"".join(bytes([len(b)]) + b for b in tok.id_bytes)
+    atomic_write(Path(path), header.tobytes() + body)
+
+
+def read_llmc_tokenizer(path) -> Tokenizer:
+    data = Path(path).read_bytes()
+    header = np.frombuffer(data[:HEADER_BYTES], dtype="<i4") if len(data) >= HEADER_BYTES else None
+    if header is None or header[0] != TOKENIZER_MAGIC or header[1] not in (1, 2):
+        raise ValueError(f"tokenizer file {path}: not an llm.c tokenizer (magic {TOKENIZER_MAGIC}, version 1 or 2)")
+    vocab, pos, id_bytes = int(header[2]), HEADER_BYTES, []
+    for _ in range(vocab):
+        if pos >= len(data):
+            raise ValueError(f"tokenizer file {path}: truncated after {len(id_bytes)} of {vocab} tokens")
+        n = data[pos]
+        id_bytes.append(data[pos + 1:pos + 1 + n])
+        pos += 1 + n
+    # version 1 has no eot field; llm.c then assumes GPT-2's 50256
+    eot = int(header[3]) if header[1] == 2 else (GPT2_EOT if vocab == GPT2_VOCAB else None)
+    return Tokenizer(f"llm.c:{Path(path).name}", id_bytes, eot, specials=() if eot is None else [eot])
+
+
+def shards_tokenizer(files: list[Path]) -> Tokenizer | None:
+    """The llm.c tokenizer file beside the shards, if there is one."""
+    found = next((files[0].parent / n for n in TOKENIZER_FILES if (files[0].parent / n).is_file()), None)
+    return read_llmc_tokenizer(found) if found else None
+
+
+def check_vocab(source, arrays: dict, vocab: int) -> None:
+    for s, a in arrays.items():
+        if len(a) and int(a.max()) >= vocab:
+            raise ValueError(f"shards {source}: {s} holds token id {int(a.max())} >= vocab size {vocab}")
+
+
+# -----------------------------------------------------------------------------
+# a lab's own split of shards
+
+def load_keyed_shards(source: str, files: list[Path], key: bytes, root: Path, say) -> tuple[dict, dict]:
+    """({split: memmap} for train/dev/val/confirm, the entry's meta), made once per key and shards."""
+    tokens = {f: read_llmc_shard(f) for f in files}  # every header is checked before anything else
+    pool = [f for s in SPLITS for f in files if shard_split(f) == s]  # train shards, then val, then confirm
+    tok = shards_tokenizer(files)
+    eot = tok.eot if tok is not None and tok.eot is not None else \
+        0 if tok is not None and tok.vocab_size == 256 else GPT2_EOT  # bytes' separator is byte 0
+    entry = root / "data" / keyed_entry_name(pool, key)
+    meta = read_keyed_entry(entry)
+    if meta is None:
+        say(f"drawing a lab's split of {len(pool)} shards ({sum(len(tokens[f]) for f in pool):,} tokens) into {entry}")
+        meta = write_keyed_split([tokens[f] for f in pool], key, eot, entry)
+    arrays = {s: read_llmc_shard(entry / f"{s}.bin") for s in KEYED_SPLITS}
+    if empty := [s for s, a in arrays.items() if not len(a)]:
+        raise ValueError(f"shards {source}: too few documents (end-of-text id {eot}) for a lab's split: "
+                         f"no {', '.join(empty)} text")
+    check_vocab(source, arrays, tok.vocab_size if tok else GPT2_VOCAB)
+    return arrays, {**meta, "cache": str(entry)}
+
+
+def keyed_entry_name(pool: list[Path], key: bytes) -> str:
+    """The shards' contents (hashed a file at a time) and the key's own hash, never the key."""
+    contents = []
+    for f in pool:
+        with open(f, "rb") as fh:
+            contents.append(hashlib.file_digest(fh, "sha256").hexdigest())
+    key_id = hmac.new(key, b"nanolab keyed shards", hashlib.sha256).hexdigest()
+    spec = json.dumps({"format": KEYED_FORMAT, "key": key_id, "shards": contents})
+    return "keyed-shards-" + hashlib.sha256(spec.encode()).hexdigest()[:24]
+
+
+def read_keyed_entry(entry: Path) -> dict | None:
+    """The entry's meta, or None when it is missing or does not match its shards (then it is redrawn)."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        if all(len(read_llmc_shard(entry / f"{s}.bin")) == meta["tokens"][s] for s in KEYED_SPLITS):
+            return meta
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def write_keyed_split(pool: list[np.ndarray], key: bytes, eot: int, entry: Path) -> dict:
+    """Stream the pooled tokens through draw_documents into one shard per split; meta.json last,
+    as the mark that the entry is whole."""
+    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    writers = {}
+    try:
+        writers = {s: ShardWriter(tmp / f"{s}.bin") for s in KEYED_SPLITS}
+        for part, bucket in draw_documents(pool, key, eot):
+            for i, s in enumerate(("train", "dev", "val", "confirm")):
+                writers[s].write(part[bucket == i])
+        fingerprints = {s: w.close() for s, w in writers.items()}
+        meta = {"format": KEYED_FORMAT, "eot": eot, "tokens": {s: w.count for s, w in writers.items()},
+                "fingerprints": fingerprints}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        shutil.rmtree(entry, ignore_errors=True)  # a broken entry of the same name
+        os.replace(tmp, entry)
+        return meta
+    except OSError as e:
+        raise ValueError(f"cannot write a lab's split of shards at {entry} ({e})") from e
+    finally:
+        for w in writers.values():
+            if not w.file.closed:
+                w.abandon()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def draw_documents(pool: list[np.ndarray], key: bytes, eot: int):
+    """Yield (tokens, bucket) a chunk at a time: bucket 0 train, 1 dev, 2 val, 3 confirm for each
+    token, by its document's draw. Document d is the tokens after the d-th end-of-text id (d = 0:
+    before the first); its draw is the d-th number of a generator seeded from the key, so the
+    split is the same whatever the chunking."""
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
+    doc_now, drawn = 0, np.zeros(0)  # the current document's id; drawn[i] is document (first + i)'s draw
+    first = 0
+    for tokens in pool:
+        for a in range(0, len(tokens), CHUNK):
+            part = np.asarray(tokens[a:a + CHUNK])
+            doc = doc_now + np.cumsum(part == eot)                  # (n,) the document of each token
+            drawn = np.concatenate([drawn[doc_now - first:], rng.random(int(doc[-1]) + 1 - first - len(drawn))])
+            first, doc_now = doc_now, int(doc[-1])
+            yield part, np.searchsorted(KEYED_CUTS, drawn[doc - first], side="right")
