@@ -13,6 +13,7 @@ evaluation code or parameters disagree with it the run is `invalid`, with both i
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -38,12 +39,13 @@ class MeasureError(OrgError):
 
 
 def job_for(program, run: dict, run_dir: Path, base_code: Path, workers: dict | None,
-            harness_cache: Path | None = None) -> dict:
+            harness_cache: Path | None = None, data_dir: Path | None = None) -> dict:
     """What the evaluator needs: everything from the program and the ledger, nothing from the run's
     files but its checkpoint. `workers` for a code arm, whose forward pass runs in the experiment's
     snapshot: {"a": worker_command(...), "b": ...}, the first worker and the fresh one that checks
     it; None for a config arm. With the lab's `harness_cache`, the lab's own split (its key) and
-    what its runs read (the experiment's model is built on that, as in its runs)."""
+    `data_dir`, what the program's runs read (runs_data: the experiment's model is built on that,
+    as in its runs)."""
     (kind, value), data, train = budget_of(run) or (program.budget.per_run.kind, program.budget.per_run.value), \
         program.data, program.train
     return {"base_code": str(base_code), "run_dir": str(run_dir), "log_dir": str(run_dir),
@@ -53,15 +55,18 @@ def job_for(program, run: dict, run_dir: Path, base_code: Path, workers: dict | 
             "device": train.device, "dtype": train.dtype, "matmul": train.matmul,
             "budget_kind": kind, "budget": value,  # the run's: a multiple of the program's for a compute multiplier
             "workers": workers,
-            **({"split_key_file": str(split_key_file(harness_cache)), "runs_data": str(runs_data(harness_cache)),
+            **({"split_key_file": str(split_key_file(harness_cache)), "runs_data": str(data_dir),
                 "train_probe_seed": probe_seed(harness_cache)} if harness_cache else {})}
 
 
-def runs_data(harness_cache: Path) -> Path:
-    """What a lab's runs read (trainer/data.py's export_runs): its train split, and its dev split
-    as their val and confirm. The lab's val and confirm are beside it, in harness_cache/data,
-    where no box sees them."""
-    return harness_cache / "runs-data"
+def runs_data(harness_cache: Path, data, base_commit: str) -> Path:
+    """What a program's runs read (trainer/data.py's export_runs): the lab's train split of its
+    data, and its dev split as their val and confirm; the lab's val and confirm are in
+    harness_cache/data, where no box sees them. A folder per data source, tokenizer and base
+    commit (whose pipeline made it): two programs of a lab on other data never read, or
+    overwrite, each other's."""
+    name = json.dumps([data.source, data.tokenizer, base_commit])
+    return harness_cache / "runs-data" / hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def split_key_file(harness_cache: Path) -> Path:

@@ -21,6 +21,7 @@ run once: code that may crash on purpose and be run again could choose among its
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -199,6 +200,12 @@ class Runner:
         with Ledger(self.ledger_path) as ledger:
             return dict(Counter(run["status"] for run in ledger.runs(self.program.name)))
 
+    @functools.cached_property
+    def runs_data(self) -> Path:
+        """What this program's runs read (measure.runs_data), made by prepare_data()."""
+        with Ledger(self.ledger_path) as ledger:
+            return runs_data(self.harness_cache, self.program.data, ledger.program(self.program.name)["base_commit"])
+
     def prepare_data(self):
         """Tokenize the program's data once, with the base commit's pipeline and the lab's own
         split (its key), into the harness's cache, where no box sees it; runs read only the
@@ -218,7 +225,7 @@ class Runner:
                          **source_only(code)})
         done = subprocess.run([sys.executable, "-m", "trainer", "data", "--data", data.source,
                                "--tokenizer", data.tokenizer, "--split-key-file", str(split_key_file(self.harness_cache)),
-                               "--export-runs", str(runs_data(self.harness_cache))],
+                               "--export-runs", str(self.runs_data)],
                               cwd=code, env=env, capture_output=True, text=True)
         if done.returncode != 0:  # every run will say so too; the runner goes on
             self.say(f"preparing the data failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -358,11 +365,11 @@ class Runner:
         run_dir.mkdir(parents=True)
         log_path = run_dir / "train.log"
         cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir, budget_of(run),
-                            runs_data(self.harness_cache))
+                            self.runs_data)
         own_code = experiment["code_commit"] != experiment["base_commit"]
         kernels = self.kernels(snapshot, run_dir / "kernels" if own_code else None)
         env = untrusted_env({**slot.env, "PYTHONPATH": str(snapshot), "NANOLAB_GIT_COMMIT": experiment["code_commit"],
-                             "NANOLAB_CACHE": str(runs_data(self.harness_cache)),  # (read-only: shards need none)
+                             "NANOLAB_CACHE": str(self.runs_data),  # (read-only: shards need none)
                              "NUMBA_CACHE_DIR": str(kernels), **source_only(snapshot)})
         self.say(f"run {run['id']}: {run['arm']} seed {run['seed']} ({run['purpose']}) on slot {slot.index}")
         t0 = time.monotonic()
@@ -463,7 +470,7 @@ class Runner:
 
     def _run_box(self, run_dir: Path, snapshot: Path, kernels: Path, cores: list[int] | None):
         threads = max(1, int(self.program.runner.threads_per_slot or os.cpu_count() or 1))
-        return run_box(self.lab.root, run_dir, snapshot, runs_data(self.harness_cache),
+        return run_box(self.lab.root, run_dir, snapshot, self.runs_data,
                        kernels, gpu=self.program.train.device == "cuda",
                        cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60, cores=cores,
                        source=self.program.data.source)
@@ -475,7 +482,7 @@ class Runner:
         name = self.program.name
         # (the trainer's data fingerprint is of its dev text; the program's, of the lab's val)
         fingerprints = {"eval_fingerprint": ledger.program(name)["eval_fingerprint"]}
-        status, reason = check_result(self.program, run, result, fingerprints, str(runs_data(self.harness_cache)))
+        status, reason = check_result(self.program, run, result, fingerprints, str(self.runs_data))
         if killed_reason:
             status, reason = "killed", killed_reason
         measurement, measure_seconds = None, None
@@ -506,7 +513,7 @@ class Runner:
         kernels = self.lab.state_dir(self.program.name) / "kernels"
         caches = {name: kernels / f"{commit}.measuring-run{run['id']}-{name}" for name in "ab"} if code else {}
         workers = {name: self._worker(code, slot, cache) for name, cache in caches.items()} or None
-        job = job_for(self.program, run, run_dir, base_code, workers, self.harness_cache)
+        job = job_for(self.program, run, run_dir, base_code, workers, self.harness_cache, self.runs_data)
         env = evaluator_env(self.lab.state_dir(self.program.name).parent / "harness-cache", slot.env)
         pin = (lambda: os.sched_setaffinity(0, slot.share)) if slot.share else None
         try:
@@ -528,7 +535,7 @@ class Runner:
         """How the evaluator starts one worker of the experiment's own model: in a box, with a
         fresh kernel cache of its own."""
         kernels = self.kernels(code, cache)
-        data = runs_data(self.harness_cache)
+        data = self.runs_data
         env = untrusted_env({**slot.env, "NANOLAB_CACHE": str(data), "NUMBA_CACHE_DIR": str(kernels)})
         box = worker_box(self.lab.root, code, data, kernels, gpu=self.program.train.device == "cuda",
                          cores=slot.share, source=self.program.data.source) if self.sandboxed else None

@@ -306,6 +306,33 @@ def test_a_result_with_another_evaluation_is_invalid(make_project):
     assert "data_fingerprint" not in runs[0]["reason"]
 
 
+def test_two_programs_of_a_lab_on_other_data_each_read_their_own(make_project, tmp_path):
+    """A program's runs read the export of its own data (measure.runs_data: a folder per source,
+    tokenizer and base commit). A lab had one folder for all: a second program on other data
+    replaced the first's, and the first program's next runs trained and were built on it."""
+    one_seed = {**tiny_program()["budget"], "seeds": [0]}
+    root = make_project(tiny_program(variants=[], budget=one_seed))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"line {i}: the cat sat on the mat\n" for i in range(3000)))
+    other = tiny_program(name="other", variants=[], budget=one_seed, data={"source": str(corpus), "val_tokens": 512})
+    (root / "programs" / "other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    repo = git.Repo(root)
+    repo.git.add("programs/other.yaml")
+    repo.git.commit("-m", "another program")
+    assert main(["run", "tiny"]) == 0
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    runner = Runner(Lab.open(root), load_program(root / "programs" / "tiny.yaml"), root / ".lab/tiny/ledger.sqlite")
+    runner.prepare_data()  # this program's org is up ...
+    assert main(["run", "programs/other.yaml"]) == 0  # ... when another program of the lab starts
+    runner.drain()
+    with ledger_of(root) as ledger:
+        first, later = [run["result"] for run in ledger.runs("tiny")]
+    with Ledger(root / ".lab" / "other" / "ledger.sqlite") as ledger:
+        theirs, = [run["result"] for run in ledger.runs("other")]
+    assert later.data_fingerprint == first.data_fingerprint != theirs.data_fingerprint
+    assert later.data == first.data != theirs.data
+
+
 def test_tuning_picks_each_arms_best_before_measuring(make_project):
     root = make_project(tiny_program(tune={"matrix_lr": [0.002, 0.05]}, tune_seeds=[5]))
     assert main(["run", "tiny"]) == 0
@@ -376,11 +403,12 @@ def test_a_result_written_just_before_the_runner_died_is_recorded_not_rerun(make
         snapshot = lab.snapshot(ledger.experiment(run['experiment_id'])['code_commit'], 'tiny')
         out = Path('.lab/tiny/runs', str(run['id'])).resolve()
         cache = Path('.lab/harness-cache').resolve()  # the lab's split, as the runner prepares it
+        program = load_program('programs/tiny.yaml')
+        data = runs_data(cache, program.data, ledger.program('tiny')['base_commit'])
         subprocess.run([sys.executable, '-m', 'trainer', 'data', '--cache-dir', str(cache / 'data'),
-                        '--split-key-file', str(split_key_file(cache)), '--export-runs', str(runs_data(cache))],
+                        '--split-key-file', str(split_key_file(cache)), '--export-runs', str(data)],
                        cwd=snapshot, env=child_env({'PYTHONPATH': str(snapshot)}), check=True, capture_output=True)
-        cmd = train_command(load_program('programs/tiny.yaml'), json.loads(run['overrides']), run['seed'], out,
-                            data_dir=runs_data(cache))
+        cmd = train_command(program, json.loads(run['overrides']), run['seed'], out, data_dir=data)
         t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=snapshot, env=child_env({'PYTHONPATH': str(snapshot)}))
         ledger.mark_started(run['id'], proc.pid, cmd, out, out / 'train.log')
