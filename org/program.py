@@ -420,9 +420,21 @@ class UniqueKeyLoader(yaml.SafeLoader):
 def data_source_problem(source: str, root: Path) -> str | None:
     """Why the program's data source cannot be read (every run would fail), or None. A relative
     path is the lab's: runs see the committed tree."""
-    if source == "pystdlib" or glob.glob(source) or glob.glob(str(Path(root) / source)):
+    if source == "pystdlib":
         return None
-    return f"{source!r} matches no file or folder (expected pystdlib, a text file or folder, or llm.c .bin shards)"
+    found = next((s for s in (str(Path(root) / source), source) if glob.glob(s)), None)
+    if found is None:
+        return f"{source!r} matches no file or folder (expected pystdlib, a text file or folder, or llm.c .bin shards)"
+    from trainer.shards import TOKENIZER_FILES, find_shards
+    try:
+        shards = find_shards(found)
+    except ValueError as e:
+        return str(e)
+    if shards and not any((shards[0].parent / name).is_file() for name in TOKENIZER_FILES):
+        # (every run would train, and then have no val_bpb to be judged on)
+        return (f"{source!r} is llm.c shards with no {' or '.join(TOKENIZER_FILES)} beside them: val_bpb needs "
+                f"the bytes of each token id (llm.c's data scripts write gpt2_tokenizer.bin)")
+    return None
 
 
 def check_with_trainer(program: Program, source: str = "program") -> None:

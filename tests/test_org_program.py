@@ -1,9 +1,12 @@
 """Program files: what a valid one looks like, and the one-line errors for bad ones."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from org.program import ProgramError, check_with_trainer, load_program
+from trainer.shards import write_llmc_shard, write_llmc_tokenizer
+from trainer.tokenizer import byte_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,3 +173,13 @@ def test_a_data_source_that_matches_nothing_is_named(tmp_path):
     assert data_source_problem("texts", tmp_path) is None                       # the lab's, relative
     assert data_source_problem(str(tmp_path / "texts"), Path("/")) is None       # absolute
     assert "'shards/*.bin' matches no file or folder" in data_source_problem("shards/*.bin", tmp_path)
+    # llm.c shards of GPT-2 ids with no tokenizer file: every run trained, and had no val_bpb
+    (tmp_path / "shards").mkdir()
+    write_llmc_shard(tmp_path / "shards" / "x_train_000001.bin", np.arange(100))
+    write_llmc_shard(tmp_path / "shards" / "x_val_000000.bin", np.arange(100))
+    assert data_source_problem("shards/*.bin", tmp_path) == (
+        "'shards/*.bin' is llm.c shards with no gpt2_tokenizer.bin or tokenizer.bin beside them: val_bpb needs "
+        "the bytes of each token id (llm.c's data scripts write gpt2_tokenizer.bin)")
+    assert "no gpt2_tokenizer.bin" in data_source_problem(str(tmp_path / "shards"), Path("/"))
+    write_llmc_tokenizer(tmp_path / "shards" / "tokenizer.bin", byte_tokenizer())
+    assert data_source_problem("shards/*.bin", tmp_path) is None
