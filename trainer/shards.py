@@ -242,8 +242,12 @@ def write_keyed_split(pool: list[np.ndarray], key: bytes, eot: int, entry: Path)
         meta = {"format": KEYED_FORMAT, "eot": eot, "tokens": {s: w.count for s, w in writers.items()},
                 "fingerprints": fingerprints}
         (tmp / "meta.json").write_text(json.dumps(meta))
-        shutil.rmtree(entry, ignore_errors=True)  # a broken entry of the same name
-        os.replace(tmp, entry)
+        try:
+            os.replace(tmp, entry)
+        except OSError:  # an entry is there: the same, drawn meanwhile by another process, or a broken one
+            if read_keyed_entry(entry) is None:
+                shutil.rmtree(entry, ignore_errors=True)
+                os.replace(tmp, entry)
         return meta
     except OSError as e:
         raise ValueError(f"cannot write a lab's split of shards at {entry} ({e})") from e
