@@ -206,6 +206,10 @@ def test_the_runs_read_the_train_split_and_the_dev_split_only(corpus, tmp_path):
         for split in (lab.val, lab.confirm):  # no 64-token stretch of the lab's eval text is there
             for start in range(0, len(split) - 64, max(1, len(split) // 20)):
                 assert bytes(split[start:start + 64].tobytes()) not in seen
+        # exported once: every start of a runner asks again (fineweb10B's train split is 19 GB)
+        assert D.export_runs(lab, tmp_path / spec.replace(":", "")) == []
+        (tmp_path / spec.replace(":", "") / "val_000000.bin").unlink()
+        assert len(D.export_runs(lab, tmp_path / spec.replace(":", ""))) == 5  # 3 shards, tokenizer, stamp
     with pytest.raises(ValueError, match="no dev split"):
         D.export_runs(D.load_dataset(str(corpus), cache_dir=tmp_path / "c"), tmp_path / "public")
 
