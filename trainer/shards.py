@@ -37,6 +37,7 @@ HEADER_BYTES = 256 * 4
 GPT2_VOCAB, GPT2_EOT = 50257, 50256
 SPLITS = ("train", "val", "confirm")
 KEYED_SPLITS = SPLITS + ("dev",)
+BUCKETS = ("train", "dev", "val", "confirm")
 KEYED_CUTS = (0.85, 0.90, 0.95)  # a document's draw below 0.85: train, below 0.90: dev, 0.95: val, else confirm
 CHUNK = 1 << 22                  # tokens streamed at a time (~100 MB of working arrays)
 KEYED_FORMAT = 1                 # bump when a keyed entry would change for the same shards and key
@@ -236,7 +237,7 @@ def write_keyed_split(pool: list[np.ndarray], key: bytes, eot: int, entry: Path)
     try:
         writers = {s: ShardWriter(tmp / f"{s}.bin") for s in KEYED_SPLITS}
         for part, bucket in draw_documents(pool, key, eot):
-            for i, s in enumerate(("train", "dev", "val", "confirm")):
+            for i, s in enumerate(BUCKETS):
                 writers[s].write(part[bucket == i])
         fingerprints = {s: w.close() for s, w in writers.items()}
         meta = {"format": KEYED_FORMAT, "eot": eot, "tokens": {s: w.count for s, w in writers.items()},
@@ -259,13 +260,12 @@ def write_keyed_split(pool: list[np.ndarray], key: bytes, eot: int, entry: Path)
 
 
 def draw_documents(pool: list[np.ndarray], key: bytes, eot: int):
-    """Yield (tokens, bucket) a chunk at a time: bucket 0 train, 1 dev, 2 val, 3 confirm for each
-    token, by its document's draw. Document d is the tokens after the d-th end-of-text id (d = 0:
-    before the first); its draw is the d-th number of a generator seeded from the key, so the
-    split is the same whatever the chunking."""
+    """Yield (tokens, bucket) a chunk at a time: each token's index in BUCKETS, by its document's
+    draw. Document d is the tokens after the d-th end-of-text id (d = 0: before the first); its
+    draw is the d-th number of a generator seeded from the key, so the split is the same whatever
+    the chunking."""
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
-    doc_now, drawn = 0, np.zeros(0)  # the current document's id; drawn[i] is document (first + i)'s draw
-    first = 0
+    doc_now, first, drawn = 0, 0, np.zeros(0)  # the current document's id; drawn[i] is document (first + i)'s draw
     for tokens in pool:
         for a in range(0, len(tokens), CHUNK):
             part = np.asarray(tokens[a:a + CHUNK])
