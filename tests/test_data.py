@@ -273,6 +273,11 @@ def test_a_labs_split_of_shards_is_streamed_a_chunk_at_a_time(tmp_path, monkeypa
     D.export_runs(lab, tmp_path / "runs")
     runs = D.load_dataset(str(tmp_path / "runs"))
     assert runs.vocab_size == 50257 and np.array_equal(runs.train, expected["train"])
+    # ids past the tokenizer's vocabulary are named (counted while drawing, not by a pass at each load)
+    S.write_llmc_tokenizer(folder / "tokenizer.bin", D.byte_tokenizer())
+    with pytest.raises(ValueError, match=r"train holds token id \d+ >= vocab size 256"):
+        D.load_dataset(str(folder), cache_dir=tmp_path / "c", split_key=key)
+    assert len(list(entry.iterdir())) == 3  # cut at its end-of-text id (byte 0): not the entry cut at 50256
 
 
 # -- BPE ---------------------------------------------------------------------------

@@ -369,8 +369,8 @@ def load_shards(source: str, files: list[Path]) -> Dataset:
 
 def keyed_shards(source: str, files: list[Path], key: bytes, root: Path, say) -> Dataset:
     """A lab's split of shards (trainer/shards.py: streamed into a cache entry, read as memmaps)."""
-    arrays, meta = load_keyed_shards(source, files, key, root, say)
     tok = shards_tokenizer(files)
+    arrays, meta = load_keyed_shards(source, files, key, tok, root, say)
     return Dataset(name=Path(files[0]).parent.name or "shards", source=str(source), **{s: arrays[s] for s in SPLITS},
                    dev=arrays["dev"], vocab_size=tok.vocab_size if tok else GPT2_VOCAB,
                    token_bytes=tok.token_bytes() if tok else None, tokenizer=tok, fingerprints=meta["fingerprints"],

@@ -40,7 +40,7 @@ KEYED_SPLITS = SPLITS + ("dev",)
 BUCKETS = ("train", "dev", "val", "confirm")
 KEYED_CUTS = (0.85, 0.90, 0.95)  # a document's draw below 0.85: train, below 0.90: dev, 0.95: val, else confirm
 CHUNK = 1 << 22                  # tokens streamed at a time (~100 MB of working arrays)
-KEYED_FORMAT = 1                 # bump when a keyed entry would change for the same shards and key
+KEYED_FORMAT = 2                 # bump when a keyed entry would change for the same shards and key
 
 
 # -----------------------------------------------------------------------------
@@ -88,6 +88,11 @@ def read_llmc_shard(path) -> np.ndarray:
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(count,))
 
 
+def temp_beside(path: Path) -> Path:
+    """A unique name beside `path` to write under, then rename: readers never see half of it."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 class ShardWriter:
     """Appends tokens to a new shard a chunk at a time; the header's count is written on close,
     and the file appears under its name only then (a reader never sees half a shard)."""
@@ -95,18 +100,19 @@ class ShardWriter:
     def __init__(self, path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        self.file, self.count, self.sha = open(self.tmp, "wb"), 0, hashlib.sha256()
+        self.tmp = temp_beside(self.path)
+        self.file, self.count, self.sha, self.max_id = open(self.tmp, "wb"), 0, hashlib.sha256(), -1
         self.file.write(bytes(HEADER_BYTES))
 
     def write(self, tokens: np.ndarray) -> None:
         tokens = np.asarray(tokens)
-        if tokens.size and (tokens.min() < 0 or tokens.max() > 65535):
+        if tokens.dtype != np.uint16 and tokens.size and (tokens.min() < 0 or tokens.max() > 65535):
             raise ValueError(f"shard {self.path}: llm.c shards hold uint16 tokens; got ids up to {tokens.max()}")
         body = tokens.astype("<u2").tobytes()
         self.file.write(body)
         self.sha.update(body)  # = data.fingerprint of the whole split
         self.count += tokens.size
+        self.max_id = max(self.max_id, int(tokens.max())) if tokens.size else self.max_id
 
     def close(self) -> str:
         header = np.zeros(256, dtype="<i4")
@@ -123,9 +129,9 @@ class ShardWriter:
 
 
 def atomic_write(path: Path, content) -> None:
-    """Write to a unique temp file, then rename: readers never see half a file."""
+    """Write a file whole, or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temp_beside(path)
     try:
         with open(tmp, "wb") as f:
             f.write(content) if isinstance(content, bytes) else content(f)
@@ -187,14 +193,15 @@ def check_vocab(source, arrays: dict, vocab: int) -> None:
 # -----------------------------------------------------------------------------
 # a lab's own split of shards
 
-def load_keyed_shards(source: str, files: list[Path], key: bytes, root: Path, say) -> tuple[dict, dict]:
-    """({split: memmap} for train/dev/val/confirm, the entry's meta), made once per key and shards."""
+def load_keyed_shards(source: str, files: list[Path], key: bytes, tok: Tokenizer | None, root: Path,
+                      say) -> tuple[dict, dict]:
+    """({split: memmap} for train/dev/val/confirm, the entry's meta), made once per key and shards;
+    `tok`: shards_tokenizer(files)."""
     tokens = {f: read_llmc_shard(f) for f in files}  # every header is checked before anything else
     pool = [f for s in SPLITS for f in files if shard_split(f) == s]  # train shards, then val, then confirm
-    tok = shards_tokenizer(files)
     eot = tok.eot if tok is not None and tok.eot is not None else \
         0 if tok is not None and tok.vocab_size == 256 else GPT2_EOT  # bytes' separator is byte 0
-    entry = root / "data" / keyed_entry_name(pool, key)
+    entry = root / "data" / keyed_entry_name(pool, key, eot)
     meta = read_keyed_entry(entry)
     if meta is None:
         say(f"drawing a lab's split of {len(pool)} shards ({sum(len(tokens[f]) for f in pool):,} tokens) into {entry}")
@@ -203,18 +210,22 @@ def load_keyed_shards(source: str, files: list[Path], key: bytes, root: Path, sa
     if empty := [s for s, a in arrays.items() if not len(a)]:
         raise ValueError(f"shards {source}: too few documents (end-of-text id {eot}) for a lab's split: "
                          f"no {', '.join(empty)} text")
-    check_vocab(source, arrays, tok.vocab_size if tok else GPT2_VOCAB)
+    vocab = tok.vocab_size if tok else GPT2_VOCAB
+    for s, n in meta["max_id"].items():  # (counted while drawing: no pass over the splits here)
+        if n >= vocab:
+            raise ValueError(f"shards {source}: {s} holds token id {n} >= vocab size {vocab}")
     return arrays, {**meta, "cache": str(entry)}
 
 
-def keyed_entry_name(pool: list[Path], key: bytes) -> str:
-    """The shards' contents (hashed a file at a time) and the key's own hash, never the key."""
+def keyed_entry_name(pool: list[Path], key: bytes, eot: int) -> str:
+    """The shards' contents (hashed a file at a time), the end-of-text id that cuts them into
+    documents (a tokenizer file put beside them changes it) and the key's own hash, never the key."""
     contents = []
     for f in pool:
         with open(f, "rb") as fh:
             contents.append(hashlib.file_digest(fh, "sha256").hexdigest())
     key_id = hmac.new(key, b"nanolab keyed shards", hashlib.sha256).hexdigest()
-    spec = json.dumps({"format": KEYED_FORMAT, "key": key_id, "shards": contents})
+    spec = json.dumps({"format": KEYED_FORMAT, "key": key_id, "eot": eot, "shards": contents})
     return "keyed-shards-" + hashlib.sha256(spec.encode()).hexdigest()[:24]
 
 
@@ -232,7 +243,7 @@ def read_keyed_entry(entry: Path) -> dict | None:
 def write_keyed_split(pool: list[np.ndarray], key: bytes, eot: int, entry: Path) -> dict:
     """Stream the pooled tokens through draw_documents into one shard per split; meta.json last,
     as the mark that the entry is whole."""
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temp_beside(entry)
     writers = {}
     try:
         writers = {s: ShardWriter(tmp / f"{s}.bin") for s in KEYED_SPLITS}
@@ -241,7 +252,7 @@ def write_keyed_split(pool: list[np.ndarray], key: bytes, eot: int, entry: Path)
                 writers[s].write(part[bucket == i])
         fingerprints = {s: w.close() for s, w in writers.items()}
         meta = {"format": KEYED_FORMAT, "eot": eot, "tokens": {s: w.count for s, w in writers.items()},
-                "fingerprints": fingerprints}
+                "max_id": {s: w.max_id for s, w in writers.items()}, "fingerprints": fingerprints}
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
             os.replace(tmp, entry)
