@@ -1,4 +1,7 @@
-"""Shared test setup: fast tests run first, tests marked slow run last."""
+"""Shared test setup: in one process, fast tests run first and tests marked slow last; across
+pytest-xdist's workers (README's command), the slow ones first, so that none starts last while
+the other workers idle. A module whose tests share a costly module fixture is one xdist_group,
+built once on one worker (--dist loadgroup, in pyproject.toml)."""
 import os
 
 import pytest
@@ -11,8 +14,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["SHELL"] = "/bin/sh"
 
 
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+def pytest_collection_modifyitems(config, items):
+    slow_first = hasattr(config, "workerinput")  # collected by an xdist worker
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None) == slow_first)
 
 
 # The harness's tests run many trainer runs, each from a fresh snapshot of a fresh commit, and

@@ -3,6 +3,7 @@
 claude and codex backends, and those two CLIs themselves where they are installed."""
 import contextlib
 import json
+import socket
 import subprocess
 import threading
 
@@ -12,7 +13,7 @@ from agentlab import BackgroundRunner, lab_dir, make_project, tiny_program, work
 from fakellm import Call, FakeLLM, Text
 from org.agents.clis import BACKEND_CLI, BoxedCLI, check_cli, claude_argv, codex_argv, next_codex_prompt, on_hook, \
     port_handler
-from org.agents.port import PORT_VAR, Port, call
+from org.agents.port import PORT_VAR, Port, call, relay_one
 from org.agents.control import Control
 from org.agents.roles import agent_entry
 from org.agents.transcript import Transcript
@@ -276,6 +277,27 @@ def test_the_port_says_who_calls_whatever_the_command_claims(project, monkeypatc
         assert call({"op": "shell", "cmd": "id"})["rc"] == 2  # nothing but the org's requests
     inbox = Mail(lab_dir(root, program)).inbox("solo")
     assert [(m["from"], m["text"]) for m in inbox] == [("claude", "from whom?"), ("claude", "again")]
+
+
+def test_a_lab_in_a_deep_folder_keeps_its_ports(tmp_path):
+    """A socket's address holds 107 bytes, a lab's folder may be deeper: both sockets still serve,
+    and the `org` command and the box's relay still reach them."""
+    folder = tmp_path / ("deep" * 15) / ("deeper" * 10) / "port"
+    assert len(str(folder / "gateway.sock")) > 107
+    upstream = socket.create_server(("127.0.0.1", 0))  # the gateway: echoes what it is sent
+
+    def echo():
+        conn, _ = upstream.accept()
+        with conn:
+            conn.sendall(conn.recv(100))
+    threading.Thread(target=echo, daemon=True).start()
+    with upstream, Port(folder, lambda request: {"output": request["op"], "rc": 0}, upstream.getsockname()) as port:
+        assert call({"op": "board"}, str(port.org_socket)) == {"output": "board", "rc": 0}
+        inside, relayed = socket.socketpair()  # the CLI's connection to the box's 127.0.0.1:PORT
+        threading.Thread(target=relay_one, args=(relayed, str(port.gateway_socket)), daemon=True).start()
+        with inside:
+            inside.sendall(b"POST /v1/responses")
+            assert inside.recv(100) == b"POST /v1/responses"
 
 
 def test_a_port_that_is_gone_is_one_line_not_a_traceback(project, monkeypatch, capsys, tmp_path):

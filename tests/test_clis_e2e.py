@@ -37,10 +37,11 @@ pytestmark = [pytest.mark.skipif(available() is not None, reason=f"CLI agents ru
 def attacks(root: Path, other: str) -> str:
     """A shell command trying what a CLI agent should not manage; a line prints BROKE-2-<what>
     only if its attack worked, and the last prints PROBED-4 (so the command's text, which the
-    model server sees too, never matches)."""
+    model server sees too, never matches). What it prints is also kept in its home's probe.out:
+    on a busy machine it can take longer than codex waits for a command before it answers."""
     lab = root / ".lab" / "tiny"
     py = f"{sys.executable} -c"
-    return "; ".join([
+    return "{ " + "; ".join([
         f"cat {lab}/gateway/keys.json >/dev/null 2>&1 && echo BROKE-$((1+1))-keys:ok",
         f"echo x > {lab}/ledger.sqlite 2>/dev/null && echo BROKE-$((1+1))-ledger:ok",
         f"echo x > {root}/programs/tiny.yaml 2>/dev/null && echo BROKE-$((1+1))-program:ok",
@@ -51,7 +52,7 @@ def attacks(root: Path, other: str) -> str:
         f"org extend tiny --seeds 7 >/dev/null 2>&1 && echo BROKE-$((1+1))-seeds:ok",
         f"{py} 'import socket; socket.create_connection((\"1.1.1.1\", 80), timeout=3)' 2>/dev/null && echo BROKE-$((1+1))-net:ok",
         f"env | grep -q {SECRET} && echo BROKE-$((1+1))-env:ok",
-        "echo PROBED-$((2+2))"]).replace("OTHER", other)
+        "echo PROBED-$((2+2))"]).replace("OTHER", other) + "; } > $HOME/probe.out 2>&1; cat $HOME/probe.out"
 
 
 def edit_commit_submit(arm: str, line: str) -> str:
@@ -70,9 +71,9 @@ def scripts(root: Path) -> dict:
             Repeat([Text("Still waiting.")], until=lambda body: said(body, "handed back")),
             [Call("Bash", {"command": "org mail read", "description": "mail"})],
             [Text("Read it; carrying on.")]],
-        "gpt-cx": [
-            [Call("exec_command", {"cmd": edit_commit_submit("cx-comment", "from codex")})],
-            [Call("exec_command", {"cmd": attacks(root, other="cc")})],
+        "gpt-cx": [  # (codex answers with what a command printed in its first 10 s, or at most 30)
+            [Call("exec_command", {"cmd": edit_commit_submit("cx-comment", "from codex"), "yield_time_ms": 30000})],
+            [Call("exec_command", {"cmd": attacks(root, other="cc"), "yield_time_ms": 30000})],
             [Text("Submitted cx-comment.")]],
     }
 
@@ -100,8 +101,10 @@ def test_claude_and_codex_agents_work_boxed_in_a_launched_org(org_project, monke
         # each CLI edits, commits and submits from its box; the runs complete
         eventually(lambda: {r["arm"] for r in ledger_runs(root, status="completed")} >= {"cc-comment", "cx-comment"},
                    240, "both CLI agents' runs to complete")
-        eventually(lambda: tool_outputs(llm).count("PROBED-4") >= 2, 60, "both agents' attacks to run")
-        assert "BROKE-2" not in tool_outputs(llm)
+        probed = [lab / "clis" / agent / "home" / "probe.out" for agent in ("cc", "cx")]
+        eventually(lambda: all(p.exists() and "PROBED-4" in p.read_text() for p in probed), 180,
+                   "both agents' attacks to run")
+        assert "BROKE-2" not in tool_outputs(llm) + "".join(p.read_text() for p in probed)
 
         # every call reached the model server with the real key; the CLIs held only tokens
         assert llm.requests and all(KEYS["ANTHROPIC_API_KEY"] == r.headers.get("x-api-key") or

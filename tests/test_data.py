@@ -10,6 +10,7 @@ import pytest
 from trainer import data as D
 from trainer import shards as S
 
+pytestmark = pytest.mark.xdist_group("data")  # one worker builds its module fixture
 WORDS = ("the quick brown fox jumps over a lazy dog while héllo wörld naïve café 日本語 ✓ def return "
          "import class self lambda yield").split()
 

@@ -31,6 +31,7 @@ from trainer.config import make_config
 from trainer.model import GPT
 from trainer.optim import make_optimizer, orthogonalize
 
+pytestmark = pytest.mark.xdist_group("kernels")  # one worker builds its module fixture
 TOL = {"float32": {"rtol": 5e-5, "atol": 5e-6}, "float64": {"rtol": 1e-11, "atol": 1e-12}}
 
 

@@ -19,6 +19,7 @@ from org.sandbox import available, untrusted_env, worker_box
 from trainer.record import Params, Result, read
 from test_org_runner import agent_commit, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
+pytestmark = pytest.mark.xdist_group("measure")  # one worker builds its module fixture
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2}
 FLAGS = dict(batch_size=4, seq_len=64, val_tokens=2048, steps=5)

@@ -29,7 +29,7 @@ from org.referee import compare, verdict_kind
 from org.report import build
 from test_org_runner import create_project, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("measure_attacks")]  # one worker builds its module fixture
 SEEDS = [0, 1, 2]
 ROOT = Path(__file__).resolve().parents[1]
 FLOPS_PER_STEP = 147456 * 4 * 64  # the tiny model's FLOPs per token x tokens per step
@@ -572,13 +572,15 @@ HIDDEN_STEPS = ("            t0 = time.perf_counter()\n",
 def test_training_hidden_from_the_trainers_clock_is_invalid(make_project):
     bigger = {"n_layer": 2, "n_embd": 64, "n_head": 2}
     root = make_project(program(per_run={"steps": 150}, baseline={"preset": "nanochat", "overrides": bigger},
-                                train={"batch_size": 8, "seq_len": 64}))
+                                train={"batch_size": 8, "seq_len": 64}, seeds=[0, 1, 2, 3, 4]))
     plant(root, "mallory", {"trainer/train.py": replace(*HIDDEN_STEPS)})
     main(["submit", "tiny", "--arm", "mallory", "--ref", "agent/tiny/mallory/work"])
     assert main(["run", "tiny"]) == 0
     record, said, runs = judged(root, ["mallory"])["mallory"]
-    assert said.verdict == "better" and record.mean < 0  # five times the training: it does look better ...
-    assert verdict_kind(record.verdict) == "invalid" and "hidden compute" in record.verdict  # ... by the runner's clock
+    # five times the training; five seeds, as a busy machine spreads the baseline's wall times (by
+    # up to x1.7 seen in CI): with three, the margin of error once swallowed the hidden work
+    assert said.verdict == "better" and record.mean < 0, (said, record)  # it does look better ...
+    assert verdict_kind(record.verdict) == "invalid" and "hidden compute" in record.verdict, record  # ... by the runner's clock
     assert all(r["status"] == "completed" for r in runs)  # each run alone looks fine
 
 

@@ -24,7 +24,7 @@ from org.ledger import Ledger
 from test_org_runner import create_project, ledger_of, tiny_program
 
 pytest.importorskip("ray.job_submission", reason="Ray is not installed: pip install -e '.[ray]'")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_backend")]  # one worker builds its module fixture
 
 
 def free_port(host: str) -> int:
@@ -295,8 +295,12 @@ def test_a_node_that_dies_mid_run_gives_its_run_back_to_the_queue(tmp_path):
         assert runner.returncode == 0, out
         with ledger_of(root) as ledger:
             run, = ledger.runs("tiny")
-        assert (run["status"], run["attempts"]) == ("completed", 2), (run["reason"], run["attempt_log"], out)
-        assert f"job {job} ended with no exit status (its node lost?); re-queued" in run["attempt_log"]
+        # the retry can be lost as well (seen once in CI; Ray said no more than that the job ended
+        # with no exit status): it is the third attempt then, the last the runner allows
+        lost = run["attempt_log"].splitlines()
+        assert run["status"] == "completed" and run["attempts"] == len(lost) + 1 in (2, 3), (run["attempt_log"], out)
+        assert lost[0].endswith(f"attempt 1: job {job} ended with no exit status (its node lost?); re-queued"), lost
+        assert all("ended with no exit status (its node lost?); re-queued" in line for line in lost), lost
         assert run["job_id"] != job and str(client.get_job_info(run["job_id"]).status) == "SUCCEEDED"
         assert Path(run["run_dir"]).with_name(f"{run['id']}.attempt1").is_dir()    # the lost attempt, kept
     finally:

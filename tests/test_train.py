@@ -158,6 +158,20 @@ def test_resume_after_sigterm_is_bit_identical(corpus, tmp_path):
     assert steps == list(range(1, 31))  # no step lost or logged twice
 
 
+def test_a_sigterm_while_the_trainer_imports_ends_the_run_with_a_result(corpus, tmp_path):
+    """The runner's timeout can land before the run has begun (seconds of imports on a busy
+    machine): the run still ends at its first step, with a result saying so."""
+    proc = start_run(corpus, tmp_path, steps=30)
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.time() + 60
+    while "numpy" not in maps.read_text() and time.time() < deadline:  # importing its modules
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "killed" and result["steps"] <= 1, result
+
+
 def test_resume_after_sigkill_from_a_periodic_checkpoint_is_bit_identical(corpus, tmp_path):
     run(spec(corpus, budget=60), tmp_path / "whole", quiet=True)
     cut = tmp_path / "cut"

@@ -8,6 +8,7 @@ import pytest
 
 from trainer.config import make_config
 
+pytestmark = pytest.mark.xdist_group("trainer_bad_input")  # one worker builds its module fixture
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "n_layer=1", "--set", "n_embd=32", "--set", "n_head=2", "--set", "sequence_len=32"]
 SMALL = ["--steps", "1", "--data", "pystdlib", "--tokenizer", "bytes", "--batch-size", "2", "--val-tokens", "64"]

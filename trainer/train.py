@@ -347,6 +347,7 @@ def install_sigterm() -> SigtermFlag:
         flag.previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (e.g. called from a notebook helper thread)
         pass
+    flag.requested = bool(getattr(flag.previous, "requested", False))  # one while importing (__main__.py)
     return flag
 
 # ----------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ org.sock speaks one JSON line each way per connection:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -78,8 +79,11 @@ class Port:
             if handler is None:
                 continue
             path.unlink(missing_ok=True)
-            server = socketserver.ThreadingUnixStreamServer(str(path), handler)
+            server = socketserver.ThreadingUnixStreamServer(str(path), handler, bind_and_activate=False)
             server.daemon_threads = True
+            with socket_name(path) as name:
+                server.socket.bind(name)
+            server.server_activate()
             threading.Thread(target=server.serve_forever, daemon=True).start()
             self.servers.append(server)
         return self
@@ -90,6 +94,22 @@ class Port:
             server.server_close()
         for path in (self.org_socket, self.gateway_socket):
             path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def socket_name(path: Path | str):
+    """A name bind() and connect() take for the unix socket at `path`: the path itself, or where
+    it is longer than a socket address holds (107 bytes: a lab in a deep folder), the same file
+    through a descriptor of its folder, /proc/self/fd/N/NAME, while the context is open."""
+    path = Path(path)
+    if len(os.fsencode(path)) <= 107:
+        yield str(path)
+        return
+    folder = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{folder}/{path.name}"
+    finally:
+        os.close(folder)
 
 
 def pump(a: socket.socket, b: socket.socket):
@@ -117,8 +137,8 @@ def call(request: dict, path: str | None = None) -> dict:
     """Send one request to the org through org.sock (the `org` command, inside a box)."""
     path = path or os.environ[PORT_VAR]
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, socket_name(path) as name:
+            s.connect(name)
             s.sendall(json.dumps(request).encode() + b"\n")
             s.shutdown(socket.SHUT_WR)
             data = b""
@@ -139,7 +159,7 @@ def relay_and_run(listen_port: int, gateway_socket: str, argv: list[str]) -> int
     def serve():
         while True:
             conn, _ = server.accept()
-            threading.Thread(target=_relay_one, args=(conn, gateway_socket), daemon=True).start()
+            threading.Thread(target=relay_one, args=(conn, gateway_socket), daemon=True).start()
     threading.Thread(target=serve, daemon=True).start()
     proc = subprocess.Popen(argv)
     signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
@@ -155,10 +175,11 @@ def relay_and_run(listen_port: int, gateway_socket: str, argv: list[str]) -> int
     return status
 
 
-def _relay_one(conn: socket.socket, path: str):
+def relay_one(conn: socket.socket, path: str):
     with conn, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as up:
         try:
-            up.connect(path)
+            with socket_name(path) as name:
+                up.connect(name)
         except OSError:
             return
         pump(conn, up)
