@@ -71,9 +71,12 @@ def scripts(root: Path) -> dict:
             Repeat([Text("Still waiting.")], until=lambda body: said(body, "handed back")),
             [Call("Bash", {"command": "org mail read", "description": "mail"})],
             [Text("Read it; carrying on.")]],
-        "gpt-cx": [  # (codex answers with what a command printed in its first 10 s, or at most 30)
+        "gpt-cx": [  # (codex answers with what a command printed in its first 10 s, or at most 30: on a
+                     # busy machine the attacks take longer, so it looks again until they are done)
             [Call("exec_command", {"cmd": edit_commit_submit("cx-comment", "from codex"), "yield_time_ms": 30000})],
             [Call("exec_command", {"cmd": attacks(root, other="cc"), "yield_time_ms": 30000})],
+            Repeat([Call("exec_command", {"cmd": "sleep 10; cat $HOME/probe.out", "yield_time_ms": 30000})],
+                   until=lambda body: said(body, "PROBED-4")),
             [Text("Submitted cx-comment.")]],
     }
 
