@@ -137,7 +137,7 @@ def test_llmc_shard_folder_glob_and_tokenizer(tmp_path):
         # confirm is the second half of the (only) val shard
         assert np.array_equal(np.concatenate([ds.val, ds.confirm]), val) and len(ds.val) == 50
         assert ds.token_bytes is None and ds.tokenizer is None
-        assert ds.fingerprints["val"] == D.fingerprint(val[:50].astype(np.uint16))
+        assert ds.split_fingerprint("val") == D.fingerprint(val[:50].astype(np.uint16))
     # a tokenizer file beside the shards gives decode and token_bytes (eot counts 0 bytes)
     write_tokenizer_by_hand(tmp_path / "gpt2_tokenizer.bin", [b"a", b"bc", b"\xc3", b"\xa9", b" ", b"<|eot|>"], eot=5)
     ds = D.load_dataset(str(tmp_path), cache_dir=tmp_path / "c")
@@ -145,6 +145,45 @@ def test_llmc_shard_folder_glob_and_tokenizer(tmp_path):
     assert ds.tokenizer.decode([0, 1, 4, 2, 3]) == "abc é"
     with pytest.raises(ValueError, match="decode-only"):
         ds.tokenizer.encode("abc")
+
+
+def test_a_folder_of_shards_is_read_in_place_not_joined_in_memory(tmp_path):
+    """fineweb10B's train split is 103 shards, 19 GB: joined with np.concatenate at every start, a
+    hand run needed that much memory before its first step. The shards stay memmaps, read as one
+    split: the same batches, windows, counts and fingerprints as the joined array."""
+    rng, folder = np.random.default_rng(2), tmp_path / "fw"
+    folder.mkdir()
+    pieces = [rng.integers(0, 50257, size=n) for n in (300_000, 7, 250_000, 300_000)]  # a shard shorter than a window
+    for i, tokens in enumerate(pieces):
+        write_shard_by_hand(folder / f"fw_train_{i + 1:06d}.bin", tokens)
+    write_shard_by_hand(folder / "fw_val_000000.bin", rng.integers(0, 50257, size=20_000))
+    joined = np.concatenate(pieces).astype(np.uint16)
+
+    D.get_batch(joined, 1, 8, seed=0, step=0)  # numpy.random's first import, before the count
+    tracemalloc.start()
+    ds = D.load_dataset(str(folder))
+    batches = [D.get_batch(ds.train, 8, 64, seed=0, step=k) for k in range(10)]
+    windows = list(D.eval_batches(ds.train, 4096, 8, 64))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 400_000, f"{peak:,} bytes at the peak (the batches: 150,000): the train split is {joined.nbytes:,}"
+    assert len(ds.train) == len(joined) and ds.describe()["files"]["train"] == 4
+
+    for k, (x, y) in enumerate(batches):  # windows that cross from one shard into the next included
+        want_x, want_y = D.get_batch(joined, 8, 64, seed=0, step=k)
+        assert np.array_equal(x, want_x) and np.array_equal(y, want_y)
+    for (x, y), (want_x, want_y) in zip(windows, D.eval_batches(joined, 4096, 8, 64), strict=True):
+        assert np.array_equal(x, want_x) and np.array_equal(y, want_y)
+    seam = 300_000
+    assert np.array_equal(ds.train[seam - 3:seam + 10], joined[seam - 3:seam + 10])
+    assert ds.train[-1] == joined[-1] and ds.train.max() == joined.max()
+    assert np.array_equal(D.token_counts(ds.train, 50257, chunk=100_000), np.bincount(joined, minlength=50257))
+    assert ds.split_fingerprint("train") == hashlib.sha256(joined.tobytes()).hexdigest()
+    with pytest.raises(IndexError):
+        ds.train[np.array([len(joined)])]
+    # written out (the runs' export) and read back: one shard, the same tokens
+    D.export_llmc(ds, tmp_path / "out")
+    assert np.array_equal(D.load_dataset(str(tmp_path / "out")).train, joined)
 
 
 @pytest.mark.parametrize("magic, version, count, match", [
@@ -168,7 +207,8 @@ def test_export_bin_round_trip(tmp_path, bpe_cache):
         ds = D.load_dataset(str(corpus_dir), spec, cache_dir=cache)
         D.export_llmc(ds, tmp_path / spec.replace(":", ""))
         back = D.load_dataset(str(tmp_path / spec.replace(":", "")), cache_dir=cache)
-        assert back.fingerprints == ds.fingerprints and back.vocab_size == ds.vocab_size
+        assert all(back.split_fingerprint(s) == ds.split_fingerprint(s) for s in D.SPLITS)
+        assert back.vocab_size == ds.vocab_size
         assert np.array_equal(back.token_bytes, ds.token_bytes)
         assert back.tokenizer.decode(back.val[:200]) == ds.tokenizer.decode(ds.val[:200])
 

@@ -47,8 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from trainer.shards import (GPT2_VOCAB, KEYED_SPLITS, SPLITS, atomic_write, check_vocab, find_shards,
-                            load_keyed_shards, read_llmc_shard, shard_split, shards_tokenizer, write_llmc_shard,
-                            write_llmc_tokenizer)
+                            CHUNK, chain, load_keyed_shards, read_llmc_shard, shard_split, shards_tokenizer,
+                            write_llmc_shard, write_llmc_tokenizer)
 from trainer.tokenizer import Tokenizer, bpe_tokenizer, byte_tokenizer, token_dtype, train_bpe  # noqa: F401
 
 FORMAT_VERSION = 1  # bump when the prepared arrays would change for the same input
@@ -62,13 +62,13 @@ KEYED_PIECES = 100                # a single file, keyed: cut in this many piece
 class Dataset:
     name: str
     source: str
-    train: np.ndarray
+    train: np.ndarray                # each split: a 1-D array, a memmap, or a shards.Chain of memmaps
     val: np.ndarray
     confirm: np.ndarray
     vocab_size: int
     token_bytes: np.ndarray | None   # bytes of each id (int64); None: bpb unavailable
     tokenizer: Tokenizer | None      # None for shards with no tokenizer file beside them
-    fingerprints: dict               # split -> sha256 of that split's token bytes
+    fingerprints: dict               # split -> sha256 of that split's token bytes (see split_fingerprint)
     documents: dict                  # split -> names of the documents (or shard files) in it
     split_method: str                # how the splits were made, in words
     cache_path: str | None = None
@@ -79,6 +79,12 @@ class Dataset:
             raise ValueError(f"unknown split {name!r}: use one of {', '.join(SPLITS)}")
         return getattr(self, name)
 
+    def split_fingerprint(self, name: str) -> str:
+        # shards' are hashed when asked, not at every load: fineweb10B's train split is 19 GB
+        if name not in self.fingerprints:
+            self.fingerprints[name] = fingerprint(getattr(self, name))
+        return self.fingerprints[name]
+
     def describe(self) -> dict:
         nbytes = {s: (None if self.token_bytes is None else
                       int(token_counts(self.split(s), self.vocab_size) @ self.token_bytes)) for s in SPLITS}
@@ -87,7 +93,7 @@ class Dataset:
                 "vocab_size": self.vocab_size, "split": self.split_method,
                 "tokens": {s: len(self.split(s)) for s in SPLITS},
                 "bytes": nbytes, "files": {s: len(self.documents[s]) for s in SPLITS},
-                "fingerprints": dict(self.fingerprints),
+                "fingerprints": {s: self.split_fingerprint(s) for s in SPLITS},
                 "val_bpb": "available" if self.token_bytes is not None else
                            "unavailable: no llm.c tokenizer file beside the shards",
                 "cache": self.cache_path}
@@ -256,7 +262,11 @@ def _line_cut(text: str, i: int, limit: int) -> int:
 
 
 def fingerprint(tokens: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(tokens).view(np.uint8)).hexdigest()
+    """sha256 of the tokens' bytes, read a chunk at a time (a memmap or a Chain of any size)."""
+    sha = hashlib.sha256()
+    for a in range(0, len(tokens), CHUNK):
+        sha.update(np.ascontiguousarray(tokens[a:a + CHUNK]).view(np.uint8))
+    return sha.hexdigest()
 
 
 # -----------------------------------------------------------------------------
@@ -348,7 +358,7 @@ def load_shards(source: str, files: list[Path]) -> Dataset:
         raise ValueError(f"shards {source}: no file with 'val' in its name (llm.c names them *_val_*.bin)")
     if not groups["train"]:
         raise ValueError(f"shards {source}: no training shard (a .bin file without 'val' in its name)")
-    arrays = {s: _concat([tokens[f] for f in fs]) for s, fs in groups.items()}
+    arrays = {s: chain([tokens[f] for f in fs]) for s, fs in groups.items()}
     method = "by file name (*val* -> val"
     if not groups["confirm"]:
         # llm.c ships one val shard; its second half is held out as the confirm split
@@ -363,8 +373,8 @@ def load_shards(source: str, files: list[Path]) -> Dataset:
     check_vocab(source, arrays, vocab)
     return Dataset(name=Path(files[0]).parent.name or "shards", source=str(source), **arrays, vocab_size=vocab,
                    token_bytes=tok.token_bytes() if tok else None, tokenizer=tok,
-                   fingerprints={s: fingerprint(a) for s, a in arrays.items()},
-                   documents={s: [f.name for f in fs] for s, fs in groups.items()}, split_method=method)
+                   fingerprints={}, documents={s: [f.name for f in fs] for s, fs in groups.items()},
+                   split_method=method)
 
 
 def keyed_shards(source: str, files: list[Path], key: bytes, root: Path, say) -> Dataset:
@@ -376,13 +386,6 @@ def keyed_shards(source: str, files: list[Path], key: bytes, root: Path, say) ->
                    token_bytes=tok.token_bytes() if tok else None, tokenizer=tok, fingerprints=meta["fingerprints"],
                    documents={s: [f"{s} documents"] for s in KEYED_SPLITS}, cache_path=meta["cache"],
                    split_method="every shard's documents drawn by a lab's key (train/dev/val/confirm 85/5/5/5)")
-
-
-def _concat(arrays: list[np.ndarray]) -> np.ndarray:
-    # one shard stays a memmap (no copy); several are read into memory
-    if not arrays:
-        return np.zeros(0, dtype="<u2")
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def export_llmc(ds: Dataset, out_dir) -> list[Path]:
@@ -444,7 +447,7 @@ def export_runs(ds: Dataset, out_dir) -> list[Path]:
         raise ValueError("export for runs: the dataset has no dev split (it needs a lab's split key)")
     # the stamp is written last and compared first: every start of a runner (a resumed org) rewrote
     # the export, 19 GB of fineweb10B's train split, unchanged
-    stamp, mark = json.dumps({s: ds.fingerprints[s] for s in ("train", "dev")}), Path(out_dir) / "export.json"
+    stamp, mark = json.dumps({s: ds.split_fingerprint(s) for s in ("train", "dev")}), Path(out_dir) / "export.json"
     whole = all((mark.parent / f"{s}_000000.bin").is_file() for s in SPLITS)
     if whole and mark.is_file() and mark.read_text() == stamp:
         return []
