@@ -272,10 +272,17 @@ class Org(Strict):
 class Runner(Strict):
     slots: int = Field(1, ge=1)  # CPU slots; ignored when gpus are given (one slot per GPU)
     threads_per_slot: int | None = Field(None, ge=1)  # default: CPU cores / slots (1 on a cluster)
-    gpus: list[int] = []  # CUDA device indices, one timed run each
+    gpus: list[int] = []  # GPU indices (nvidia-smi's), one timed run each, in a box holding only that GPU
     baseline_every: int = Field(4, ge=1)  # re-run the baseline after this many other runs
     backend: Literal["local", "ray"] = "local"  # ray: each run a Ray job (org/cluster.py)
     address: str | None = None  # ray: the cluster's Jobs API, e.g. http://10.0.0.1:8265
+
+    @field_validator("gpus")
+    @classmethod
+    def _distinct_gpus(cls, gpus):
+        if len(set(gpus)) != len(gpus) or any(g < 0 for g in gpus):
+            raise ValueError(f"expected distinct GPU indices from 0, got {gpus}")
+        return gpus
 
     @model_validator(mode="after")
     def _address_for_ray(self):
@@ -362,6 +369,9 @@ class Program(Strict):
         if self.compute_multiplier and self.compute_multiplier.seeds > len(self.budget.seeds):
             raise ValueError(f"compute_multiplier.seeds: {self.compute_multiplier.seeds} is more than the "
                              f"program's {len(self.budget.seeds)} seeds")
+        if self.train.device == "cuda" and self.runner.backend == "local" and not self.runner.gpus:
+            raise ValueError("train.device cuda needs runner.gpus, the GPUs its runs take one each (e.g. [0]): "
+                             "a run's box holds only its slot's GPU")
         return self
 
     @property

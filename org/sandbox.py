@@ -24,6 +24,8 @@ Inside a box:
   terminal it came from); it dies with the process that started it, and when the command (PID 1
   there) exits, every process it started dies with it;
 - rlimits, inherited through exec: CPU seconds, file size, open files, address space;
+- a GPU box (`gpu`) gets only the GPUs its CUDA_VISIBLE_DEVICES names: their /dev/nvidiaN and
+  the driver's shared files, no other GPU's (`gpu_devices`);
 - at most `Limits.processes` processes and threads, in a pids cgroup of its own where this
   machine lets us make one (cgroup v1's pids hierarchy, or v2 with the pids controller
   delegated to us). Elsewhere there is no process limit: RLIMIT_NPROC counts every process of
@@ -61,7 +63,9 @@ from pathlib import Path
 from org import OrgError
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
-GPU_DEVICES = ("/dev/nvidia*", "/dev/dri")
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # a folder per GPU (its PCI address), with its `information`
+DEVICES = Path("/dev")
+GPU_SHARED = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset", "nvidia-caps")  # every GPU's
 
 
 class SandboxError(OrgError):
@@ -115,6 +119,7 @@ class Sandbox:
 
     def wrap(self, argv: list[str], cwd: str | Path, env: dict) -> list[str]:
         """bwrap's command line running argv in the box, in cwd, with exactly env."""
+        env = dict(env)
         # no capabilities, and no user namespace of its own to get them back in: as root, a box
         # that kept them remounted / read-write, unmounted what hides the lab, and rewrote the
         # limits of its own cgroups
@@ -123,9 +128,10 @@ class Sandbox:
         box += ["--share-net"] if self.net else []
         box += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp"]
-        for pattern in GPU_DEVICES if self.gpu else ():
-            for device in glob.glob(pattern):
-                box += ["--dev-bind", device, device]
+        if self.gpu:
+            devices, env["CUDA_VISIBLE_DEVICES"] = gpu_devices(env.get("CUDA_VISIBLE_DEVICES"))
+            for device in devices:
+                box += ["--dev-bind", str(device), str(Path("/dev") / device.relative_to(DEVICES))]
         hidden = sorted((p for p in self.hidden if p.is_dir()), key=lambda p: len(p.parts))  # outer first
         for path in hidden:  # mounts apply in order: hide first, then expose what is needed
             box += ["--size", "65536", "--tmpfs", str(path)]
@@ -195,6 +201,44 @@ class Sandbox:
                 resource.setrlimit(which, (value, value))
         if lim.cores:  # where no cpuset can be made, at least the box starts on its cores
             os.sched_setaffinity(0, lim.cores)
+
+
+# --- GPUs: only the box's own ------------------------------------------------------------
+
+def gpu_devices(visible: str | None) -> tuple[list[Path], str]:
+    """The device files a GPU box binds, and its CUDA_VISIBLE_DEVICES inside. `visible` is the
+    slot's CUDA_VISIBLE_DEVICES: GPU indices in nvidia-smi's order (the PCI bus's) or their UUIDs.
+    The variable alone is advice the run's own code can drop before CUDA starts, and a box that
+    bound every /dev/nvidia* let a run train on every GPU of the machine, other slots' included,
+    with one on the record. With only its own device files there, CUDA finds only its GPUs, as
+    0..n-1 inside. A name this machine has no GPU for binds nothing: CUDA then finds none, and the
+    trainer says so. None (no variable): every GPU."""
+    gpus = nvidia_gpus()
+    if visible is None:
+        chosen = gpus
+    else:
+        names = [v.strip() for v in visible.split(",") if v.strip()]
+        by_name = {**{str(i): g for i, g in enumerate(gpus)}, **{g["uuid"]: g for g in gpus if g["uuid"]}}
+        chosen = [by_name[n] for n in names if n in by_name]
+    chosen = [g for g in chosen if g["minor"] is not None]
+    if not chosen:
+        return [], ""
+    shared = [DEVICES / name for name in GPU_SHARED if (DEVICES / name).exists()]
+    return [DEVICES / f"nvidia{g['minor']}" for g in chosen] + shared, ",".join(map(str, range(len(chosen))))
+
+
+def nvidia_gpus() -> list[dict]:
+    """The machine's NVIDIA GPUs in PCI bus order (nvidia-smi's), each {"minor": N of its
+    /dev/nvidiaN, "uuid": "GPU-..."}, from the driver's /proc files; [] without the driver."""
+    gpus = []
+    for folder in sorted(NVIDIA_GPUS.iterdir()) if NVIDIA_GPUS.is_dir() else ():
+        try:
+            fields = {k.strip(): v for k, v in (line.split(":", 1) for line in
+                                                (folder / "information").read_text().splitlines() if ":" in line)}
+            gpus.append({"minor": int(fields["Device Minor"]), "uuid": fields.get("GPU UUID", "").strip()})
+        except (OSError, KeyError, ValueError):  # described otherwise: keeps its place, bound by none
+            gpus.append({"minor": None, "uuid": ""})
+    return gpus
 
 
 # --- cgroups: the box's process limit and its cores ---------------------------------------

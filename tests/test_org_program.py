@@ -143,6 +143,10 @@ def test_a_top_level_list_is_not_a_program(tmp_path):
     (("seeds: [0, 1]", "seeds: [-1, 1]"), "budget.seeds: expected seeds from 0 to 2**63-1, got [-1, 1]"),
     (("name: tiny\n", "name: tiny\nname: other\n"), "malformed YAML at line 2, column 1: duplicate key 'name'"),
     (("{steps: 3}", "{steps: 3, steps: 4}"), "duplicate key 'steps'"),
+    # a GPU program with no GPU named: every run failed ("no usable CUDA GPU"), one after another
+    (("seq_len: 64}", "seq_len: 64, device: cuda}"), "train.device cuda needs runner.gpus"),
+    (("seq_len: 64}", "seq_len: 64}\nrunner: {gpus: [1, 1]}"), "runner.gpus: expected distinct GPU indices from 0, got [1, 1]"),
+    (("seq_len: 64}", "seq_len: 64}\nrunner: {gpus: [-1]}"), "runner.gpus: expected distinct GPU indices from 0"),
 ])
 def test_non_finite_numbers_negative_seeds_and_duplicate_keys_are_refused(tmp_path, change, message):
     assert message in error_of(tmp_path, MINIMAL.replace(*change))

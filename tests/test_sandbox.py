@@ -25,6 +25,7 @@ from org.lab import agent_branch
 from org.ledger import Ledger
 from org.measure import probe_seed
 from org.report import build, spend_section
+from org import sandbox
 from org.sandbox import Limits, Sandbox, available, source_files, cgroup_root, core_limit, cpu_meter, cpu_share, pids_root, process_limit
 from test_org_runner import agent_commit, create_project, tiny_program as runner_program
 
@@ -305,6 +306,72 @@ def test_a_box_keeps_to_its_cores(tmp_path):
     out = box.popen([sys.executable, str(tmp_path / "widen.py"), "/nowhere", "/nowhere", "cpuset"], cwd=tmp_path, env={"PATH": os.environ["PATH"]},
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode()
     assert out.splitlines()[-1] == f"[{mine}]", out
+
+
+def fake_gpus(root: Path, minors: list[int]) -> None:
+    """A machine's NVIDIA GPUs as the driver describes them (/proc/driver/nvidia/gpus/<PCI
+    address>/information, in bus order) and their device files (/dev/nvidiaN, here files that
+    name themselves). The minors are out of order: nvidia-smi's index is the bus's, not N."""
+    for i, minor in enumerate(minors):
+        (root / "gpus" / f"0000:{0x18 + i:02x}:00.0").mkdir(parents=True)
+        (root / "gpus" / f"0000:{0x18 + i:02x}:00.0" / "information").write_text(
+            f"Model: \t\t NVIDIA H200\nGPU UUID: \t GPU-{i}aaa\nBus Location: \t 0000:{0x18 + i:02x}:00.0\n"
+            f"Device Minor: \t {minor}\nGPU Excluded:\t No\n")
+        (root / "dev").mkdir(exist_ok=True)
+        (root / "dev" / f"nvidia{minor}").write_text(f"gpu {i}")
+    for shared in ("nvidiactl", "nvidia-uvm"):
+        (root / "dev" / shared).write_text(shared)
+
+
+def test_a_gpu_box_holds_only_its_slots_gpus(tmp_path, monkeypatch):
+    """A runner's GPU slot: CUDA_VISIBLE_DEVICES=2, a variable the run's code can drop or widen
+    before CUDA starts. Its box bound every /dev/nvidia*, so a run could train on all four GPUs
+    (the other slots' too) with one on the record. Now only its GPU's device file is there, with
+    the driver's shared ones, and CUDA finds it as device 0."""
+    fake_gpus(tmp_path, minors=[1, 0, 3, 2])
+    monkeypatch.setattr(sandbox, "NVIDIA_GPUS", tmp_path / "gpus")
+    monkeypatch.setattr(sandbox, "DEVICES", tmp_path / "dev")
+    widen = "export CUDA_VISIBLE_DEVICES=0,1,2,3; echo $CUDA_VISIBLE_DEVICES; ls /dev | grep nvidia; cat /dev/nvidia[0-9]"
+
+    def inside(visible):
+        box = Sandbox(gpu=True)
+        env = {"PATH": "/usr/bin:/bin"} if visible is None else {"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": visible}
+        proc = box.popen(["sh", "-c", "echo $CUDA_VISIBLE_DEVICES; " + widen], cwd="/", env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return proc.communicate(timeout=60)[0].decode().splitlines()
+
+    assert inside("2") == ["0", "0,1,2,3", "nvidia-uvm", "nvidia3", "nvidiactl", "gpu 2"]
+    assert inside("GPU-3aaa,1") == ["0,1", "0,1,2,3", "nvidia-uvm", "nvidia0", "nvidia2", "nvidiactl", "gpu 1gpu 3"]
+    assert inside("")[:3] == ["", "0,1,2,3", "cat: '/dev/nvidia[0-9]': No such file or directory"]
+    assert inside("7")[0] == "" and not any(line.startswith("nvidia") for line in inside("7"))
+    assert inside(None)[0] == "0,1,2,3" and inside(None)[-1] == "gpu 1gpu 0gpu 3gpu 2"  # no variable: every GPU
+    assert Sandbox(gpu=False).wrap(["true"], tmp_path, {}).count("--dev-bind") == 0
+
+
+def cuda_here() -> str | None:
+    """Why CUDA cannot be tried in a box here, or None."""
+    if not sandbox.nvidia_gpus():
+        return "no NVIDIA GPU (the driver's /proc/driver/nvidia/gpus)"
+    try:
+        import cupy
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # ImportError, or CuPy's runtime error without a usable driver
+        return f"no usable CuPy ({type(e).__name__})"
+    return None
+
+
+@pytest.mark.skipif(cuda_here() is not None, reason=f"{cuda_here()}")
+def test_a_gpu_box_runs_cuda_on_its_gpu_alone(tmp_path):
+    """On a real GPU: the box's device files are enough for CUDA, and code that drops its
+    CUDA_VISIBLE_DEVICES still finds one GPU."""
+    last = len(sandbox.nvidia_gpus()) - 1
+    code = ("import os; os.environ.pop('CUDA_VISIBLE_DEVICES'); import cupy as cp; x = cp.ones((256, 256), cp.float32); "
+            "print(cp.cuda.runtime.getDeviceCount(), int((x @ x).sum()))")
+    box = Sandbox(gpu=True)
+    proc = box.popen([sys.executable, "-c", code], cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                     env={"PATH": os.environ["PATH"], "HOME": "/tmp", "CUDA_VISIBLE_DEVICES": str(last)})
+    out = proc.communicate(timeout=300)[0].decode()
+    assert out.splitlines()[-1:] == [f"1 {256 ** 3}"], out
 
 
 WORK = "import time\nt = time.perf_counter()\nsum(range(20_000_000))\nprint(time.perf_counter() - t)\n"
