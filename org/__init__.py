@@ -3,7 +3,15 @@ nanolab's research org: programs, the lab (git), the ledger (SQLite) and the bud
 
 The harness, not the agent, owns the budget, the seeds, the evaluation and the verdict.
 """
+import argparse
 
 
 class OrgError(Exception):
     """A problem the user can fix: the CLI prints it as one line and exits non-zero."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line, like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"org: {self.prog}: {message} (see --help)\n")

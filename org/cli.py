@@ -24,7 +24,7 @@ from dataclasses import asdict
 import yaml
 from pydantic import ValidationError
 
-from org import OrgError
+from org import OneLineParser, OrgError
 from org.compare_orgs import add_compare_command
 from org.improve import leave_one_out
 from org.experiments import check_arm_name, plan, submission_source, submit, submit_declared
@@ -81,13 +81,6 @@ def flags(parser) -> dict[str, str]:
             for sub in action.choices.values():
                 found.update({k: v for k, v in flags(sub).items() if k not in found})
     return found
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """A usage error is one line, like every other error."""
-
-    def error(self, message):
-        self.exit(2, f"org: {self.prog}: {message} (see --help)\n")
 
 
 EXAMPLES = """examples:

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats
+# scipy.stats is imported where it is used: it takes over a second to import, and every `org`
+# command imports this module (an agent's `org tool`, in a box whose CPU weight is the lowest)
 
 if TYPE_CHECKING:
     from org.referee import Run
@@ -342,6 +343,7 @@ def draw_margin(base: list[Run], var: list[Run]) -> float:
     12 of 300 draws (three counts, two labs; tests/held_out_draws.py) read `invalid` without
     this part, none with it. 0 where the runs lack the windows' figures (measured before they
     were kept)."""
+    from scipy import stats
     windows = [r.train_window_bpb for r in base + var]
     if not all(windows) or len({len(w) for w in windows}) != 1 or len(windows[0]) < 2:
         return 0.0
@@ -355,6 +357,7 @@ def median_margin(d: np.ndarray, own: list[float]) -> float:
     spread, widened to the machine's (sqrt(2) x the spread of `own`, the baseline's figure over
     all its runs) and capped at twice that: more spread is the variant's own doing (hidden work
     on some seeds, not all), and would otherwise widen the margin until it hid."""
+    from scipy import stats
     noise = robust_std(d)
     if len(own) >= 3:
         machine = math.sqrt(2) * robust_std(np.array(own))

@@ -51,7 +51,8 @@ from functools import cache
 from typing import Iterable
 
 import numpy as np
-from scipy import stats
+# scipy.stats is imported where it is used: it takes over a second to import, and every `org`
+# command imports this module (an agent's `org tool`, in a box whose CPU weight is the lowest)
 
 HORIZON = 10**6  # tries gamma is spread over
 
@@ -157,6 +158,7 @@ def power(n: int, delta: float, sigma: float, level: float) -> float:
     difference is delta (try - frontier in val_bpb: negative = better) and the per-pair
     differences have std sigma. t = mean / (s / sqrt(n)) is noncentral t with n - 1 degrees
     of freedom and noncentrality delta * sqrt(n) / sigma; p <= level when t <= t_level."""
+    from scipy import stats
     if n < 2:
         raise ValueError(f"n: expected at least 2 paired seeds, got {n!r}")
     df, nc = n - 1, delta * math.sqrt(n) / sigma
@@ -179,6 +181,7 @@ def simulate(effects: Iterable[float], rule: Lord | Fixed | None = None, n: int 
     """A synthetic program: try i's n paired differences ~ Normal(effects[i], sigma), its
     p-value from the referee's one-sided paired t-test, all fed in order through rule
     (default Lord()). effects[i] = 0 is a null try; < 0 a planted improvement."""
+    from scipy import stats
     effects = np.asarray(list(effects), dtype=float)
     rng = np.random.default_rng(seed)
     d = effects[:, None] + sigma * rng.standard_normal((len(effects), n))

@@ -57,7 +57,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
-from scipy import stats
+# scipy.stats is imported where it is used: it takes over a second to import, and every `org`
+# command imports this module (an agent's `org tool`, in a box whose CPU weight is the lowest)
 
 from org.confounds import DECLARABLE, DROPPED, FAILED, NO_CHANGE, Finding, Tolerances, find_confounds
 from org.ledger import run_row
@@ -313,6 +314,7 @@ def compare(baseline_runs: list[dict], variant_runs: list[dict], claim: str, mar
 
 def paired_stats(d: np.ndarray, threshold: float, alpha: float) -> dict:
     """n, mean, std, one-sided bounds and p-values of the paired differences d."""
+    from scipy import stats
     n = len(d)
     if n < 2:
         mean = float(d.mean()) if n else None
@@ -326,6 +328,7 @@ def paired_stats(d: np.ndarray, threshold: float, alpha: float) -> dict:
 def p_below(d: np.ndarray, threshold: float) -> float:
     """One-sided t-test p-value of H0 "mean >= threshold" against "mean < threshold"
     (stats.ttest_1samp(d, threshold, alternative="less"), without its overhead)."""
+    from scipy import stats
     se = d.std(ddof=1) / math.sqrt(len(d))
     if se == 0:  # identical differences: the t statistic is infinite (or undefined)
         return 0.0 if d.mean() < threshold else 1.0
@@ -410,6 +413,7 @@ def more_seeds(c: Comparison) -> str:
     """Seeds to add, if the mean and std stay as observed, for the bound the mean leans
     toward to cross the threshold: the smallest n with t(1 - a, n - 1) * s / sqrt(n) <
     |mean - threshold| (a: alpha_better when leaning to 'better', else alpha)."""
+    from scipy import stats
     leans_better = c.claim == "superiority" and c.mean < 0
     a = c.alpha_better if leans_better else c.alpha
     n = np.arange(c.n + 1, c.n + MAX_MORE_SEEDS + 1)
@@ -424,6 +428,7 @@ def adjust(comparisons: list[Comparison], method: str = "holm") -> list[Comparis
     included: the org made them) and decide again. holm controls the chance of any false
     'better' (family-wise error); bh the expected share of false ones among the 'better's
     (false discovery rate). Call before confirm()."""
+    from scipy import stats
     if any(c.confirmation for c in comparisons):
         raise ValueError("adjust() before confirm(): the held-out check uses the adjusted level")
     tested = [i for i, c in enumerate(comparisons) if c.p_better is not None]

@@ -61,3 +61,20 @@ def test_no_module_is_over_the_length_a_reader_can_hold():
     long = {str(p.relative_to(ROOT)): n for package in ("org", "trainer") for p in (ROOT / package).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > LONGEST}
     assert set(long) <= set(OVER), {f: n for f, n in long.items() if f not in OVER}
+
+
+def test_an_agents_org_command_in_its_box_imports_its_port_and_nothing_heavy():
+    """Every `org` call of a CLI agent starts a Python in its box, whose CPU weight is the
+    lowest: with runs on every core, the whole CLI's imports (scipy.stats alone 1.2 s) made one
+    call take 126 s. In the box `org` is its port's commands alone (org/entry.py); outside it,
+    the CLI still leaves scipy.stats until a verdict needs it."""
+    heavy = ("numpy", "scipy", "pydantic", "git", "yaml", "rich", "libtmux", "anthropic", "openai")
+    show = f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy} or m.startswith('org')))"
+    in_box = subprocess.run([sys.executable, "-c", f"import sys\nfrom org.entry import main\nmain(['mail', 'board'])\n{show}"],
+                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NANOLAB_PORT": "/nowhere/org.sock"})
+    assert "cannot reach the org through /nowhere/org.sock" in in_box.stdout
+    assert in_box.stdout.splitlines()[-1] == str(["org", "org.agents", "org.agents.commands", "org.agents.port",
+                                                  "org.agents.sandbox", "org.entry", "org.sandbox"])
+    outside = subprocess.run([sys.executable, "-c", "import sys, org.cli; print('scipy.stats' in sys.modules)"],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert outside.stdout.strip() == "False", outside.stderr

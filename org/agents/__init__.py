@@ -19,15 +19,11 @@ The org's researchers: one loop per agent, the tools it works with, and its back
 
 Starting, pausing and resuming an agent from the outside:
 
-    start_agent("junior-1", program, lab_root)            # or, in a pane: org agent junior-1 --program P
-    Control(lab_dir, "junior-1").pause("taken over")      # at its next safe point
-    Control(lab_dir, "junior-1").resume("carry on from commit abc")
-    org.agents.models.missing_credentials(program)        # before launch: keys the agents need
+    commands.start_agent("junior-1", program, lab_root)   # or, in a pane: org agent junior-1 --program P
+    control.Control(lab_dir, "junior-1").pause("taken over")      # at its next safe point
+    control.Control(lab_dir, "junior-1").resume("carry on from commit abc")
+    models.missing_credentials(program)                   # before launch: keys the agents need
 
-(Kept light on purpose: `org` imports this package for every command, the SDKs only when an
-agent starts.)
+(This package imports nothing itself: the `org` command in a CLI agent's box imports port.py
+and commands.py alone, org/entry.py.)
 """
-from org.agents.commands import start_agent
-from org.agents.control import Control
-
-__all__ = ["start_agent", "Control"]

@@ -124,7 +124,7 @@ def install_clis(say=print) -> Path:
 
 def org_command(*args: str) -> str:
     """`org ARGS` as a shell command that works without the console script on PATH."""
-    return shlex.join([sys.executable, "-m", "org.cli", *args])
+    return shlex.join([sys.executable, "-m", "org.entry", *args])
 
 
 def claude_settings(program, tree: Path) -> dict:
@@ -200,7 +200,7 @@ def codex_config(model: str, base_url: str, tree: Path, git_dirs: list[Path]) ->
     "network" on, since the box has none but the port's socket."""
     q = json.dumps  # a JSON string is a TOML basic string
     toml_list = lambda items: "[" + ", ".join(q(str(i)) for i in items) + "]"
-    notify = toml_list([sys.executable, "-m", "org.cli", "agent-hook", "notify"])
+    notify = toml_list([sys.executable, "-m", "org.entry", "agent-hook", "notify"])
     return "\n".join([
         f"model = {q(model)}", 'model_provider = "nanolab"', "check_for_update_on_startup = false",
         f"notify = {notify}", 'sandbox_mode = "workspace-write"', 'approval_policy = "never"', "",

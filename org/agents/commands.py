@@ -20,19 +20,20 @@ import os
 import sys
 from pathlib import Path
 
-from org import OrgError
+from org import OneLineParser, OrgError
 from org.agents.port import PORT_VAR, call
 from org.agents.sandbox import protect_own_environment
-from org.workspace import lab_root, open_program, with_backend
 
 
-def add_agent_commands(sub):
-    p = sub.add_parser("agent", description="(internal) run one agent of a program: the process in its pane")
-    p.add_argument("name", help="the agent's name in the program's org")
-    p.add_argument("--program", required=True, help="programs/<name>.yaml or <name>")
-    p.add_argument("--api", choices=["chat", "responses"], help="OpenAI API for an openai agent (default chat)")
-    p.add_argument("--backend", choices=["scripted"], help="run as this backend whatever the program says")
-    p.set_defaults(func=cmd_agent)
+def add_agent_commands(sub, in_box: bool = False):
+    """The agents' subcommands; in a CLI agent's box, only those that go through its port."""
+    if not in_box:
+        p = sub.add_parser("agent", description="(internal) run one agent of a program: the process in its pane")
+        p.add_argument("name", help="the agent's name in the program's org")
+        p.add_argument("--program", required=True, help="programs/<name>.yaml or <name>")
+        p.add_argument("--api", choices=["chat", "responses"], help="OpenAI API for an openai agent (default chat)")
+        p.add_argument("--backend", choices=["scripted"], help="run as this backend whatever the program says")
+        p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("tool", description="(internal) call one agent tool: org tool NAME '{json arguments}'")
     p.add_argument("tool")
@@ -59,8 +60,9 @@ def add_agent_commands(sub):
     _identity(p)
     p.set_defaults(func=cmd_hook)
 
-    p = sub.add_parser("install-clis", help="install the pinned claude and codex CLIs with npm (about 800 MB)")
-    p.set_defaults(func=cmd_install_clis)
+    if not in_box:
+        p = sub.add_parser("install-clis", help="install the pinned claude and codex CLIs with npm (about 800 MB)")
+        p.set_defaults(func=cmd_install_clis)
 
 
 def _identity(p):
@@ -71,7 +73,22 @@ def _identity(p):
 
 # --- commands ------------------------------------------------------------------------------
 
+def box_main(argv: list[str] | None = None) -> int:
+    """`org` inside a CLI agent's box (org/entry.py): its own commands alone, each a call
+    through its port."""
+    parser = OneLineParser(prog="org", description="the org's commands for an agent in its box")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser, metavar="COMMAND")
+    add_agent_commands(sub, in_box=True)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except OrgError as e:
+        print(f"org: {e}", file=sys.stderr)
+        return 2
+
+
 def cmd_agent(args) -> int:
+    from org.workspace import lab_root, open_program, with_backend
     program, lab = open_program(args.program, lab_root())
     lab.close()
     if args.backend:  # org launch --backend scripted
@@ -135,6 +152,7 @@ def cmd_mail(args) -> int:
         return answer.get("rc", 2)
     program, _ = _who(args, need_agent=False)
     from org.mail import Mail
+    from org.workspace import lab_root
     print(Mail(lab_root() / ".lab" / program.name).board() or "(the board is empty)")
     return 0
 
@@ -147,6 +165,7 @@ def _tool_command(args, name: str, arguments: dict) -> int:
         answer = call({"op": "tool", "name": name, "arguments": arguments})
         output, rc = answer.get("output", ""), answer.get("rc", 2)
     else:
+        from org.workspace import lab_root
         program, agent = _who(args)
         output, rc = run_tool(program, agent, lab_root(), name, arguments)
     print(output)
@@ -177,6 +196,7 @@ def run_tool(program, agent: str, root: Path, name: str, arguments: dict) -> tup
 
 def _who(args, need_agent: bool = True):
     from org.program import load_program
+    from org.workspace import lab_root
     if not args.program:
         raise OrgError("which program? pass --program or set NANOLAB_PROGRAM")
     if need_agent and not args.agent:
@@ -197,11 +217,12 @@ def _who(args, need_agent: bool = True):
 
 
 def cmd_hook(args) -> int:
-    from org.agents.clis import on_hook
     payload = args.payload if args.payload is not None else sys.stdin.read()
     if os.environ.get(PORT_VAR):
         out = call({"op": "hook", "event": args.event, "payload": payload}).get("output")
     else:
+        from org.agents.clis import on_hook
+        from org.workspace import lab_root
         program, agent = _who(args)
         out = on_hook(args.event, program, agent, lab_root(), payload)
     if out:
