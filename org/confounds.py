@@ -335,20 +335,27 @@ def check_held_out_gap(base, var, tol, base_all) -> list[Finding]:
 
 
 def draw_margin(base: list[Run], var: list[Run]) -> float:
-    """The 95% margin of error that the draw of the train-split windows puts on the two arms'
-    difference of train_bpb: the windows' own differences (variant - baseline, window by window,
-    averaged over the paired seeds) spread over the windows, as a mean of them. Two models that
-    differ much by kind of text (one barely trained, say) differ much by draw too: at equal FLOPs
-    a 3x wider tiny model's gap moved by 0.27 bpb (std) between draws of 32 windows, and 6 to
-    12 of 300 draws (three counts, two labs; tests/held_out_draws.py) read `invalid` without
-    this part, none with it. 0 where the runs lack the windows' figures (measured before they
-    were kept)."""
+    """The 95% margin of error that the draw of the windows puts on the two arms' difference of
+    gaps: the train-split windows are one draw for the whole lab, and the val windows one draw
+    of the lab's split, so no number of seeds averages either away. Two models that differ much
+    by kind of text (one barely trained, say) differ much by draw too: at equal FLOPs a 3x wider
+    tiny model's gap moved by 0.27 bpb (std) between draws of 32 train windows, and 6 to 12 of
+    300 draws (three counts, two labs; tests/held_out_draws.py) read `invalid` without the train
+    part; with it but without the val part, 2 of 7 new labs did (test_e2e_referee)."""
+    return math.hypot(window_margin([r.train_window_bpb for r in base], [r.train_window_bpb for r in var]),
+                      window_margin([r.val_window_bpb for r in base], [r.val_window_bpb for r in var]))
+
+
+def window_margin(base: list, var: list) -> float:
+    """The 95% margin of a mean over windows of the arms' difference (variant - baseline, window
+    by window, averaged over the paired seeds): their spread over the windows. 0 where the runs
+    lack the windows' figures (measured before they were kept)."""
     from scipy import stats
-    windows = [r.train_window_bpb for r in base + var]
+    windows = base + var
     if not all(windows) or len({len(w) for w in windows}) != 1 or len(windows[0]) < 2:
         return 0.0
     k = len(windows[0])
-    delta = np.mean([np.subtract(v.train_window_bpb, b.train_window_bpb) for b, v in zip(base, var)], axis=0)
+    delta = np.mean([np.subtract(v, b) for b, v in zip(base, var)], axis=0)
     return float(stats.t.ppf(0.95, k - 1) * delta.std(ddof=1) / math.sqrt(k))
 
 

@@ -256,16 +256,18 @@ def score(model, data, job: dict) -> dict:
     from trainer.eval import evaluate
     B, T, n = job["batch_size"], job["seq_len"], job["val_tokens"]
     try:
-        passes = []
-        for name, tokens in (("val", data.val), ("confirm", data.confirm)):
-            if isinstance(model, RemoteModel):
-                model.probe_next(name, len(eval_windows(tokens, n, T)), B)
-            passes.append(evaluate(model, tokens, data.token_bytes, n, B, T))
-        val, confirm = passes
+        if isinstance(model, RemoteModel):
+            model.probe_next("val", len(eval_windows(data.val, n, T)), B)
+        val_scores = WindowScores(model, val_windows(data.val, n, T), data.token_bytes)
+        val = evaluate(val_scores, data.val, data.token_bytes, n, B, T)  # each window scored from the same logits
+        if isinstance(model, RemoteModel):
+            model.probe_next("confirm", len(eval_windows(data.confirm, n, T)), B)
+        confirm = evaluate(model, data.confirm, data.token_bytes, n, B, T)
         unforeseen = unforeseen_windows(data.train, n, T, job.get("train_probe_seed"))
         if isinstance(model, RemoteModel):
             model.probe_next("train-split", len(unforeseen), B)
         train = window_bpb(model, unforeseen, data.token_bytes, B)
+        val_per_window = (val_scores.result() or (None, None))[1]
     except (FloatingPointError, ValueError, IndexError) as e:
         raise Invalid(f"evaluation failed: {type(e).__name__}: {str(e)[:200]}") from None
     for name, value in (("val_loss", val["val_loss"]), ("confirm_loss", confirm["val_loss"])):
@@ -273,7 +275,8 @@ def score(model, data, job: dict) -> dict:
             raise Invalid(f"{name} is {value}: the model's logits give a non-finite loss")
     return {"val_loss": val["val_loss"], "val_bpb": val["val_bpb"], "eval_tokens": val["eval_tokens"],
             "eval_bytes": val["eval_bytes"], "confirm_loss": confirm["val_loss"], "confirm_bpb": confirm["val_bpb"],
-            "train_bpb": train and train[0], "train_window_bpb": train and train[1]}
+            "train_bpb": train and train[0], "train_window_bpb": train and train[1],
+            "val_window_bpb": val_per_window}
 
 
 def unforeseen_windows(tokens: np.ndarray, n_tokens: int, seq_len: int, seed: int | None) -> np.ndarray:
@@ -294,31 +297,60 @@ def window_bpb(model, windows: np.ndarray, token_bytes, batch_size: int) -> tupl
     are a random draw, so the referee needs each one's figure: how much two models' difference
     on them moves from one draw to the next is their spread over windows (confounds.
     check_held_out_gap). None when the tokenizer's bytes are unknown."""
-    from trainer.backend import to_numpy
-    from trainer.eval import cross_entropy_sum
-    if token_bytes is None:
-        return None
-    tb, bits, nbytes = np.asarray(token_bytes), [], []
+    scores = WindowScores(model, windows, token_bytes)
     for i in range(0, len(windows), batch_size):
-        x, y = windows[i:i + batch_size, :-1], windows[i:i + batch_size, 1:]   # (b, T) each
-        logits = model.forward(model.xp.asarray(x))                             # (b, T, V)
-        for r in range(len(x)):
-            bits.append(float(to_numpy(cross_entropy_sum(logits[r], model.xp.asarray(y[r])))) / math.log(2))
-            nbytes.append(int(tb[y[r]].sum()))
-    if not all(map(math.isfinite, bits)):
-        raise ValueError("a train-split window scores a non-finite loss")
-    per_window = tuple(round(b / max(n, 1), 5) for b, n in zip(bits, nbytes))
-    return sum(bits) / sum(nbytes), per_window
+        scores.forward(model.xp.asarray(windows[i:i + batch_size, :-1]))
+    return scores.result()
+
+
+def val_windows(tokens, n_tokens: int, seq_len: int) -> np.ndarray:
+    """(k, T + 1) the val windows evaluate() reads, in its order."""
+    from trainer.data import eval_windows
+    starts = eval_windows(tokens, n_tokens, seq_len)
+    return np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+
+
+class WindowScores:
+    """A model as a pass over `windows` (k, T + 1), in order, gives it: each window's bits and
+    bytes are kept as its logits come back. window_bpb drives it over the unforeseen train
+    windows; score() hands it to evaluate() in the model's place for the val pass, so that each
+    val window's figure (the referee's margin for the draw of the val windows) comes from the
+    very logits val_bpb is summed from: a second pass could be answered otherwise, to widen it."""
+
+    def __init__(self, model, windows: np.ndarray, token_bytes):
+        self.model, self.xp, self.windows = model, model.xp, windows
+        self.tb = None if token_bytes is None else np.asarray(token_bytes)
+        self.bits, self.nbytes, self.in_order = [], [], True
+
+    def forward(self, x):
+        from trainer.backend import to_numpy
+        from trainer.eval import cross_entropy_sum
+        logits = self.model.forward(x)                                          # (b, T, V)
+        rows = self.windows[len(self.bits):len(self.bits) + len(x)]             # (b, T + 1)
+        self.in_order &= rows.shape[0] == len(x) and np.array_equal(to_numpy(x), rows[:, :-1])
+        if self.tb is not None and self.in_order:
+            for r, row in enumerate(rows):
+                self.bits.append(float(to_numpy(cross_entropy_sum(logits[r], self.xp.asarray(row[1:])))) / math.log(2))
+                self.nbytes.append(int(self.tb[row[1:]].sum()))
+        return logits
+
+    def result(self) -> tuple[float, tuple] | None:
+        """(bits per byte over all the windows, each window's own); None without the tokenizer's
+        bytes, or when the pass did not read exactly the windows, in order."""
+        if self.tb is None or not self.in_order or len(self.bits) != len(self.windows):
+            return None
+        if not all(map(math.isfinite, self.bits)):
+            raise ValueError("a window scores a non-finite loss")
+        per_window = tuple(round(b / max(n, 1), 5) for b, n in zip(self.bits, self.nbytes))
+        return sum(self.bits) / sum(self.nbytes), per_window
 
 
 def unigram_bpb(data, n_tokens: int, seq_len: int) -> float | None:
     """Bits per byte of the val windows' targets under the train split's token frequencies
     (add-one smoothed): what a model that learned nothing but counts would score."""
-    from trainer.data import eval_windows
     if data.token_bytes is None:
         return None
-    starts = eval_windows(data.val, n_tokens, seq_len)
-    targets = np.asarray(data.val[starts[:, None] + np.arange(1, seq_len + 1)], dtype=np.int64).ravel()
+    targets = val_windows(data.val, n_tokens, seq_len)[:, 1:].ravel()
     counts = np.ones(data.vocab_size)  # (a chunk at a time: the train split may be a memmap of billions)
     for a in range(0, len(data.train), 1 << 22):
         counts += np.bincount(data.train[a:a + (1 << 22)], minlength=data.vocab_size)

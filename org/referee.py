@@ -103,6 +103,7 @@ class Run:
     unigram_bpb: float | None       # the data's unigram entropy, by the harness
     train_bpb: float | None = None  # on train-split windows drawn when measuring, by the harness
     train_window_bpb: tuple | None = None  # each of those windows' own
+    val_window_bpb: tuple | None = None    # each val window's own
     init_bpb: float | None = None   # a code arm's initial model on those windows, by the harness
 
     @classmethod
@@ -127,7 +128,8 @@ class Run:
             finished_at=_timestamp(get("finished_at")), wall_seconds=get("wall_seconds"),
             params_fingerprint=get("params_fingerprint"), seed_only=bool(get("seed_only")),
             unigram_bpb=get("unigram_bpb"), train_bpb=get("train_bpb"), init_bpb=get("init_bpb"),
-            train_window_bpb=tuple(get("train_window_bpb") or ()) or None)
+            train_window_bpb=tuple(get("train_window_bpb") or ()) or None,
+            val_window_bpb=tuple(get("val_window_bpb") or ()) or None)
 
 
 def _json(value):

@@ -130,6 +130,7 @@ def test_the_unforeseen_train_windows_are_scored_one_by_one_as_evaluate_scores_t
 
     m = measure(lab)["measurement"]  # the record keeps both
     assert len(m.train_window_bpb) == 32 and m.train_bpb == pytest.approx(np.mean(m.train_window_bpb), abs=1e-5)
+    assert len(m.val_window_bpb) == 32 and m.val_bpb == pytest.approx(np.mean(m.val_window_bpb), abs=1e-3)
 
 def test_a_code_arm_runs_its_forward_in_a_worker_and_is_scored_by_the_harness(lab):
     same = experiment(lab, "unchanged")  # a code arm whose code is the base's: every check passes

@@ -446,6 +446,30 @@ def test_the_held_out_gap_allows_for_the_draw_of_the_windows():
     looks_up = scored_on_train(variant(-0.6), [1.004, 1.010, 0.990, 1.003, 0.998])
     assert checks(superiority(on_windows(base, 0.1), on_windows(looks_up, 1.5, seed=1)))["held-out gap"].invalid
 
+
+def on_val_windows(runs, spread, seed=0):
+    """The runs' 32 val windows, each off the run's val_bpb by a fixed pattern times `spread`."""
+    pattern = np.random.default_rng(seed).standard_normal(32)
+    pattern -= pattern.mean()
+    return [dict(r, val_window_bpb=[round(r["val_bpb"] + spread * x, 5) for x in pattern]) for r in runs]
+
+
+def test_the_held_out_gap_allows_for_the_draw_of_the_val_windows_too():
+    """The val windows are one draw of the lab's split, as the train-split windows are of the
+    train text: in a new lab each time, an honest 3x wider tiny model at equal FLOPs (barely
+    trained) read `invalid` in 2 of 7 labs with the train windows' part of the margin alone. A
+    variant that differs from the baseline by kind of text on the val windows gets their part
+    too; one that differs the same way on every val window does not."""
+    base = on_windows(scored_on_train(baseline(), [1.002, 1.006, 0.995, 1.001, 0.999]), 0.1)
+    lower = on_windows(scored_on_train(variant(-0.35), [1.004, 1.010, 0.990, 1.003, 0.998]), 0.4, seed=1)
+    assert checks(superiority(base, lower))["held-out gap"].invalid  # the train windows' part alone
+    by_kind = superiority(on_val_windows(base, 0.1), on_val_windows(lower, 1.5, seed=2))
+    assert "held-out gap" not in checks(by_kind)
+    steady = superiority(on_val_windows(base, 0.1), on_val_windows(lower, 0.1))  # the same pattern on val
+    assert checks(steady)["held-out gap"].invalid
+    looks_up = on_windows(scored_on_train(variant(-0.6), [1.004, 1.010, 0.990, 1.003, 0.998]), 0.4, seed=1)
+    assert checks(superiority(on_val_windows(base, 0.1), on_val_windows(looks_up, 1.5, seed=2)))["held-out gap"].invalid
+
 def test_a_variant_whose_initial_model_already_scores_below_counting_is_invalid():
     """Untrained, a model scores about log2(V) per token, at best the data's unigram entropy (its
     output bias set to the token counts); below that, its weights were trained before its budget

@@ -83,6 +83,7 @@ class Measurement(Figures):
     unigram_bpb: float | None = None      # what counting tokens gives: the bar for learning
     train_bpb: float | None = None        # on train-split windows drawn when measuring: the held-out gap's other side
     train_window_bpb: tuple[float, ...] | None = None  # each of those windows' own: how much the draw moves it
+    val_window_bpb: tuple[float, ...] | None = None    # each val window's own: the val windows are a draw too
     init_bpb: float | None = None         # a code arm's initial model (its own code, the run's seed) on those windows
     params_fingerprint: str | None = None  # of the final parameters
     forward: str | None = None            # base | experiment: whose forward pass was scored
