@@ -3,6 +3,8 @@ draws of the train-split windows: README's figure, by hand (not a test):
 
     python tests/held_out_draws.py 300              # runs the lab first (about 2 minutes)
     python tests/held_out_draws.py 300 LAB_ROOT     # or re-scores a lab it ran before
+    python tests/held_out_draws.py --labs 20        # or runs 20 new labs, each with its own split
+                                                    # key and windows, and reads the harness's verdict
 
 The lab is test_e2e_referee's equal-FLOPs program: a 3x wider tiny model (barely trained at
 the baseline's FLOPs) against the baseline, 3 seeds. Every run's checkpoint is scored again on
@@ -23,9 +25,9 @@ from test_e2e_referee import program  # noqa: E402
 from test_org_runner import create_project  # noqa: E402
 from org import evaluator  # noqa: E402
 from org.cli import main as org  # noqa: E402
-from org.confounds import Tolerances, check_held_out_gap  # noqa: E402
+from org.confounds import Tolerances, check_held_out_gap, draw_margin  # noqa: E402
 from org.ledger import Ledger  # noqa: E402
-from org.referee import Run  # noqa: E402
+from org.referee import Run, read_arm  # noqa: E402
 from org.measure import split_key_file  # noqa: E402
 from trainer.data import load_dataset, read_split_key  # noqa: E402
 
@@ -71,5 +73,26 @@ def main(draws: int, root: Path | None):
           f"of the windows; on {flagged_seeds_only} without the draw's part of the margin")
 
 
+def new_labs(count: int):
+    """The rate the harness itself shows: each new lab draws its own split key (so its own val
+    text) and its own windows, and the referee reads them as recorded in that lab's ledger."""
+    from org.report import build
+    invalid = 0
+    for i in range(count):
+        root = lab()
+        ledger = root / ".lab" / "tiny" / "ledger.sqlite"
+        report = build(ledger, "tiny")
+        runs = {arm: read_arm(report.arm_runs(arm))[0] for arm in ("baseline", "wider")}
+        b, v = ({r.seed: r for r in runs[arm]} for arm in ("baseline", "wider"))
+        e = [(v[s].val_bpb - v[s].train_bpb) - min(b[s].val_bpb - b[s].train_bpb, 0.0) for s in sorted(b.keys() & v.keys())]
+        verdict = report.comparisons["wider"].verdict
+        invalid += "held-out gap" in verdict
+        print(f"lab {i + 1}/{count} {root}: E {np.median(e):+.3f}, draw margin "
+              f"{draw_margin(list(b.values()), list(v.values())):.3f}: {verdict}", flush=True)
+    print(f"{invalid} of {count} new labs read the honest wider arm `invalid (... held-out gap ...)`")
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--labs"]:
+        sys.exit(new_labs(int(sys.argv[2])))
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 300, Path(sys.argv[2]) if len(sys.argv) > 2 else None)
