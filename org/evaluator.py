@@ -56,6 +56,7 @@ from org.model_worker import receive, send
 PROBE_BATCHES = 2        # batches of each scoring pass whose logits the fresh worker re-checks
 PROBE_POSITIONS = 3      # positions t per probed batch, drawn at random
 CAUSAL_TOLERANCE = 1e-4  # |logit change| allowed at positions <= t, relative to max(1, |logits|)
+FREE_ALLOWANCE = 8       # vectors of n_embd a layer that a code arm may add uncharged (charged)
 REPLAY_STEPS = 2
 REPLAY_TOLERANCE = 1e-4  # relative: numerics that differ in rounding only are the same step
 SAME_DISTRIBUTION_P = 1e-4  # a redrawn tensor whose two-sample KS p-value falls below this is not a redraw
@@ -193,13 +194,35 @@ def compute(job: dict, params: dict, meta: dict, cfg) -> dict:
     """FLOPs per token from the checkpoint's shapes, the steps the budget allows at that rate (the
     checkpoint's own step count beside them, for the runner to hold against), parameter counts."""
     B, T = job["batch_size"], job["seq_len"]
-    shapes = {name: tuple(a.shape) for name, a in params.items()}
+    shapes = charged({name: tuple(a.shape) for name, a in params.items()}, cfg)
     fpt = flops_per_token(shapes, cfg, T)
     steps = budget_steps(job, fpt * B * T)
     steps = meta["step"] if steps is None else steps  # under a seconds budget the clock decided
     return {"flops_per_token": fpt, "steps": steps, "checkpoint_step": meta["step"], "tokens": steps * B * T,
             "flops": steps * B * T * fpt,
-            "params": {"total": sum(int(np.prod(s)) for s in shapes.values()), "matmul": matmul_params(shapes)}}
+            "params": {"total": sum(int(a.size) for a in params.values()), "matmul": matmul_params(shapes)}}
+
+
+def charged(shapes: dict, cfg) -> dict:
+    """The shapes the recount charges. flops.py lets off embedding tables and tensors of under two
+    dims (norms, biases, scalars); read off names and shapes alone, that let a forward pass
+    multiply by a matrix stored flat, or kept in a table's extra rows, for free. So what such
+    tensors hold beyond the base model's is charged as a matrix of that size, past FREE_ALLOWANCE
+    (a few vectors a layer: a gain of a code arm's own stays free). A table of a code arm's own
+    is charged too: the harness cannot tell a lookup from a product."""
+    from trainer import flops
+    from trainer.model import param_shapes
+    if cfg is None:
+        return shapes
+    tables = getattr(flops, "EMBEDDING_TABLES", ("transformer.wte.weight", "transformer.wpe.weight"))
+
+    def free(items) -> int:
+        return sum(int(np.prod(s)) for name, s in items if len(s) < 2 or name in tables)
+
+    extra = free(shapes.items()) - free(param_shapes(cfg))
+    if extra <= FREE_ALLOWANCE * cfg.n_layer * cfg.n_embd:
+        return shapes
+    return {**shapes, "(tensors flops.py lets off, beyond the base model's)": (extra, 1)}
 
 
 def matmul_params(shapes: dict) -> int:
@@ -406,7 +429,7 @@ class Worker:
     def prepare(self, job: dict, vocab_size: int) -> dict:
         spec = {"preset": job["preset"], "overrides": {**job["overrides"], "sequence_len": job["seq_len"]},
                 "seed": job["seed"], "device": job["device"], "dtype": job["dtype"], "matmul": job["matmul"],
-                "batch_size": job["batch_size"], "data": job.get("runs_data") or job["data"],
+                "batch_size": job["batch_size"], "data": job.get("models_data") or job.get("runs_data") or job["data"],
                 "tokenizer": "bytes" if job.get("runs_data") else job["tokenizer"],
                 "budget_kind": job["budget_kind"], "budget": job["budget"], "val_tokens": job["val_tokens"],
                 "confirm_tokens": job["val_tokens"]}

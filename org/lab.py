@@ -5,11 +5,12 @@ The lab: the project's own git repository, seen as a place where programs run.
 - each agent works on branch agent/<program>/<agent>/work in worktree worktrees/<program>/<agent>
   (its box may write refs only under agent/<program>/<agent>/);
 - a run never executes a worktree: it executes a frozen snapshot of one commit
-  (`git archive` into .lab/<program>/snapshots/<sha>/), so edits during a run change nothing;
+  (.lab/<program>/snapshots/<sha>/, written from objects checked against their names), so
+  edits during a run change nothing; the base commit's is taken when the program starts;
 - an experiment whose commit changes a protected path (eval, data, FLOP accounting, org/)
   relative to the program's base commit is refused, and so is one that adds what could
   shadow code at import time (bytecode, compiled extensions, .pth, sitecustomize, a package
-  or module beside a protected one) or change what `git archive` extracts (.gitattributes),
+  or module beside a protected one) or change what a checkout writes (.gitattributes), or a link,
   and so is one that carries more than the program's max_change_kb (compressed) of new
   content: code is small, and trained weights in a commit would be a head start no budget counts;
 - lab state (ledger, runs, mail, transcripts) lives in .lab/<program>/, ignored by git.
@@ -18,10 +19,11 @@ GitPython has no worktree API, so worktrees go through the git CLI (repo.git.wor
 """
 from __future__ import annotations
 
+import contextlib
+import difflib
+import hashlib
 import os
-import re
 import shutil
-import tarfile
 import tempfile
 import zlib
 from pathlib import Path
@@ -74,7 +76,7 @@ def hardened_git_env(filters: list[str] = ()) -> dict:
     for name in filters:  # a driver that attributes (say .git/info/attributes) may name
         settings.update({f"filter.{name}.smudge": "cat", f"filter.{name}.clean": "cat",
                          f"filter.{name}.process": "", f"filter.{name}.required": "false"})
-    env = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_COUNT": str(len(settings))}
+    env = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_NO_REPLACE_OBJECTS": "1", "GIT_CONFIG_COUNT": str(len(settings))}
     for i, (key, value) in enumerate(settings.items()):
         env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
     return env
@@ -90,14 +92,17 @@ class Lab:
     def __init__(self, repo: git.Repo):
         self.repo = repo
         self.root = Path(repo.working_tree_dir)
+        self._files = {}  # commit -> files(commit)
         self.harden()
 
     def harden(self):
         """Our git commands ignore hooks and fsmonitor and run no filter driver the repo's config
         defines now (called again before every checkout or archive: config can change)."""
-        with self.repo.config_reader() as config:
-            filters = [m.group(1) for section in config.sections()
-                       if (m := re.fullmatch(r'filter "(.+)"', section))]
+        try:  # git's own reading: `[filter "x"]` and `[filter.x]` alike, and included files
+            keys = self.repo.git.config("--name-only", "--get-regexp", r"^filter\.").split()
+        except git.GitCommandError:  # exit status 1: no filter configured
+            keys = []
+        filters = sorted({key[len("filter."):key.rindex(".")] for key in keys})
         self.repo.git.update_environment(**hardened_git_env(filters))
 
     @classmethod
@@ -137,11 +142,13 @@ class Lab:
     def changed_paths(self, base: str, commit: str, paths: list[str] | None = None,
                       added_or_modified: bool = False) -> list[str]:
         """Files that differ between two commits, optionally only under `paths` (or only those
-        the commit adds or modifies, renames counted as an add)."""
-        args = ["--name-only", "--no-ext-diff", "--no-textconv", "--no-renames"]
-        args += ["--diff-filter=ACMT"] if added_or_modified else []
-        args += [base, commit] + (["--", *paths] if paths else [])
-        return [p for p in self.repo.git.diff(*args).splitlines() if p]
+        the commit adds or modifies). Read from checked objects (files()), not `git diff`: what
+        the checks see is then what a snapshot of the commit holds, even if a box swaps an
+        object between the two."""
+        old, new = self.files(base), self.files(commit)
+        names = new.keys() if added_or_modified else old.keys() | new.keys()
+        return sorted(p for p in names if old.get(p) != new.get(p)
+                      and (not paths or any(p == e.rstrip("/") or p.startswith(e.rstrip("/") + "/") for e in paths)))
 
     def protected_violation(self, base: str, commit: str, protected: list[str]) -> str | None:
         """Why a commit may not run (it changes protected paths), or None if it may."""
@@ -155,11 +162,20 @@ class Lab:
         """Why an experiment's commit may not run, or None: it changes a protected path, adds what
         could shadow code, or carries more than max_change_kb."""
         return (self.protected_violation(base, commit, protected) or self.shadowing(base, commit, protected)
-                or self.oversized(base, commit, max_change_kb))
+                or self.links(base, commit) or self.oversized(base, commit, max_change_kb))
+
+    def links(self, base: str, commit: str) -> str | None:
+        """Why a commit may not run because it adds symbolic links (a snapshot holds regular files
+        only: see snapshot), or None."""
+        new = self.files(commit)
+        added = [p for p in self.changed_paths(base, commit, added_or_modified=True) if new[p][0] == "120000"]
+        if not added:
+            return None
+        return f"the commit adds a symbolic link (a snapshot holds regular files only): {', '.join(added[:5])}"
 
     def oversized(self, base: str, commit: str, max_change_kb: float) -> str | None:
         """Why a commit carries too much into its runs, or None. What it carries is what it adds:
-        its added lines and binary patches, zlib-compressed (so base64, hex or a Python literal
+        its added lines and binary files, zlib-compressed (so base64, hex or a Python literal
         of the same weights weigh what the weights do); removed lines carry nothing in."""
         carried = self.carried_bytes(base, commit)
         if carried <= max_change_kb * 1024:
@@ -169,12 +185,16 @@ class Lab:
                 f"such as trained weights would be a head start that no budget counts")
 
     def carried_bytes(self, base: str, commit: str) -> int:
-        if base == commit:
-            return 0
-        patch = self.repo.git.diff("--binary", "--unified=0", "--no-ext-diff", "--no-textconv", "--no-renames",
-                                   "--diff-filter=ACMT", base, commit, stdout_as_string=False)
-        added = b"\n".join(line for line in patch.split(b"\n") if not line.startswith(b"-"))
-        return len(zlib.compress(added, 9))
+        old, new = self.files(base), self.files(commit)
+        added = [path.encode() + b"\n" + added_lines(self.blob(old.get(path)), self.blob(new[path]))
+                 for path in self.changed_paths(base, commit, added_or_modified=True)]
+        return len(zlib.compress(b"\n".join(added), 9)) if added else 0
+
+    def blob(self, entry: tuple[str, str] | None) -> bytes:
+        """A files() entry's content, checked (a gitlink's: the commit it names)."""
+        if entry is None or entry[0] == "160000":
+            return entry[1].encode() if entry else b""
+        return self.verified(entry[1], b"blob")
 
     def shadowing(self, base: str, commit: str, protected: list[str]) -> str | None:
         """Why a commit may not run because of what it adds (see SHADOWING_*), or None. A module
@@ -214,7 +234,9 @@ class Lab:
         if branch not in self.repo.heads:
             self.repo.create_head(branch, self.repo.head.commit)
         self._ignore("/.lab/", "/worktrees/")
-        return self.repo.heads[branch].commit.hexsha
+        base = self.repo.heads[branch].commit.hexsha
+        self.snapshot(base, program)  # now, before any agent's box could swap an object of it
+        return base
 
     def _ignore(self, *patterns: str):
         """Keep lab state out of `git status` without touching tracked files (.git/info/exclude)."""
@@ -250,6 +272,24 @@ class Lab:
             self.repo.git.worktree("add", "-b", branch, str(path), start or f"program/{program}")
         return path
 
+    def admin_dir(self, worktree: str | Path) -> Path:
+        """The folder of the shared .git that git made for `worktree` (.git/worktrees/<name>), checked:
+        the worktree's .git file names it, and it names the worktree and this repository back. An
+        agent's box may write there (HEAD, index), so a .git file pointing elsewhere (at the shared
+        .git itself, say) would make all of that writable: it is refused."""
+        tree, common = Path(worktree).resolve(), Path(self.repo.common_dir).resolve()
+        text = (tree / ".git").read_text(errors="replace").strip() if (tree / ".git").is_file() else "(no file)"
+        admin = (tree / text.removeprefix("gitdir:").strip()).resolve()
+
+        def points_to(name: str) -> Path | None:
+            with contextlib.suppress(OSError):
+                return (admin / (admin / name).read_text().strip()).resolve()  # absolute or relative to it
+
+        if admin.parent != common / "worktrees" or points_to("gitdir") != tree / ".git" or points_to("commondir") != common:
+            raise LabError(f"{tree}/.git does not point to its own folder in {common}/worktrees (it reads {text[:120]!r}); "
+                           f"no box is made over it. `git worktree repair {tree}` restores it")
+        return admin
+
     def remove_worktree(self, program: str, agent: str, force: bool = False):
         """Remove an agent's worktree; its branch (and every commit on it) stays."""
         path = self.worktree_path(program, agent)
@@ -284,29 +324,111 @@ class Lab:
     # --- frozen snapshots ----------------------------------------------------------------
 
     def snapshot(self, commit: str, program: str) -> Path:
-        """The tracked files of `commit`, extracted once into .lab/<program>/snapshots/<sha>/
-        and never modified afterwards. Extraction goes to a temporary directory that is
-        renamed into place, so a crash never leaves a half-made snapshot behind.
-        Like every Lab method, not thread-safe: callers with threads hold one lock."""
+        """The tracked files of `commit`, written once into .lab/<program>/snapshots/<sha>/ and
+        never modified afterwards. Written by us from objects checked against their names, not
+        by `git archive` and tar: every agent's box may write .git/objects (to commit), so an
+        object can be swapped under its name, and git does not check when it reads; and links
+        that a tar extraction checks one at a time can chain out of the snapshot. A snapshot
+        holds regular files (gitlinks as empty folders, as `git archive` makes them) and refuses
+        a commit with a link. It goes to a temporary directory that is renamed into place, so a
+        crash never leaves a half-made one. Not thread-safe: callers with threads hold one lock."""
         sha = self.resolve(commit)
         dest = self.state_dir(program) / "snapshots" / sha
         if dest.exists():
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
-        self.harden()
+        files = self.files(sha)  # every check before anything is written
+        links = [path for path, (mode, _) in files.items() if mode == "120000"]
+        if links:
+            raise LabError(f"commit {sha[:10]} holds a symbolic link ({links[0]}); a snapshot holds "
+                           "regular files only")
         tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:10]}-", dir=dest.parent))
         try:
-            with tempfile.TemporaryFile() as tar:
-                self.repo.archive(tar, sha, format="tar")
-                tar.seek(0)
-                with tarfile.open(fileobj=tar) as archive:
-                    archive.extractall(tmp, filter="data")
-            (tmp / ".snapshot-commit").write_text(sha + "\n")
+            write_new(tmp / ".snapshot-commit", (sha + "\n").encode(), 0o644)
+            for path, (mode, oid) in files.items():
+                (tmp / path).parent.mkdir(parents=True, exist_ok=True)  # our folders: no link on the way
+                if mode == "160000":
+                    (tmp / path).mkdir()
+                else:
+                    write_new(tmp / path, self.verified(oid, b"blob"), 0o755 if mode == "100755" else 0o644)
             tmp.rename(dest)
+        except FileExistsError as e:  # a crafted tree naming one path twice, or the marker
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise LabError(f"commit {sha[:10]} names {Path(e.filename).relative_to(tmp)} twice") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # our own scratch, never a result
             raise
         return dest
+
+    def files(self, commit: str) -> dict[str, tuple[str, str]]:
+        """{path: (mode, object name)} of a commit's tree, every tree on the way checked (kept:
+        what a name holds, once checked, is what it holds for good)."""
+        commit = self.resolve(commit)
+        if commit not in self._files:
+            self._files[commit] = self._walk(commit)
+        return self._files[commit]
+
+    def _walk(self, commit: str) -> dict[str, tuple[str, str]]:
+        tree = self.verified(commit, b"commit").split(b"\n", 1)[0].removeprefix(b"tree ").decode()
+        out = {}
+
+        def walk(oid: str, prefix: str):
+            for mode, name, child in tree_entries(self.verified(oid, b"tree"), len(oid) // 2):
+                if name in ("", ".", "..", ".git") or "/" in name or "\\" in name:
+                    raise LabError(f"commit {commit[:10]}: tree {oid[:10]} names {name!r}; git refuses such a path")
+                if mode == "40000":
+                    walk(child, prefix + name + "/")
+                elif mode in ("100644", "100755", "120000", "160000"):
+                    out[prefix + name] = (mode, child)
+                else:
+                    raise LabError(f"commit {commit[:10]}: {prefix + name} has mode {mode}, which git does not make")
+
+        walk(tree, "")
+        return out
+
+    def verified(self, oid: str, kind: bytes) -> bytes:
+        """An object's content, checked against its name (the hash of its kind, size and content)."""
+        try:
+            stream = self.repo.odb.stream(bytes.fromhex(oid))
+            data = stream.read()
+        except (ValueError, git.GitCommandError, OSError) as e:
+            raise LabError(f"object {oid[:10]} cannot be read from {self.root}/.git: {e}") from None
+        digest = hashlib.new("sha1" if len(oid) == 40 else "sha256", b"%s %d\0" % (stream.type, len(data)) + data)
+        if stream.type != kind or digest.hexdigest() != oid:
+            raise LabError(f"object {oid[:10]} in {self.root}/.git does not hold what its name says (a {kind.decode()} "
+                           "hashing to it): the lab's object store was changed behind git, as a box that may "
+                           "commit can; nothing of that commit runs")
+        return data
+
+
+def tree_entries(data: bytes, oid_bytes: int):
+    """(mode, name, object name) of each entry of a tree object: `<mode> <name>\\0<binary oid>`."""
+    i = 0
+    while i < len(data):
+        space = data.index(b" ", i)
+        nul = data.index(b"\0", space)
+        yield (data[i:space].decode(), data[space + 1:nul].decode(errors="surrogateescape"),
+               data[nul + 1:nul + 1 + oid_bytes].hex())
+        i = nul + 1 + oid_bytes
+
+
+def added_lines(before: bytes, after: bytes) -> bytes:
+    """What `after` adds to `before`: its inserted or replacing lines (as `git diff --unified=0`
+    shows them); all of it for binary content, or past 1 MB, where a line diff is no measure."""
+    binary = b"\0" in before[:8000] or b"\0" in after[:8000]
+    if binary or max(len(before), len(after)) > 1 << 20:
+        return after
+    a, b = before.splitlines(keepends=True), after.splitlines(keepends=True)
+    return b"".join(line for tag, _, _, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes()
+                    if tag in ("insert", "replace") for line in b[j1:j2])
+
+
+def write_new(path: Path, data: bytes, mode: int):
+    """Create a file that must not exist yet, never through a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)  # the umask's bits back
 
 
 def diff_summary(diff: str | None) -> str:

@@ -299,7 +299,7 @@ def prepare_worktree(lab: Lab, launch: ProgramSite, agent: str) -> list[str]:
     crash leaves behind cleaned up, and a takeover's pause lifted (its person is gone)."""
     notes, path = [], launch.worktree(agent)
     if path.exists():
-        lock = Path(git(path, "rev-parse", "--absolute-git-dir")) / "index.lock"
+        lock = lab.admin_dir(path) / "index.lock"  # checked: git below follows its pointers
         if lock.exists():  # nothing of this program runs now, so no git holds it
             lock.unlink()
             notes.append(f"removed a stale git lock left by a crash: {lock}")

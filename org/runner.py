@@ -21,6 +21,7 @@ run once: code that may crash on purpose and be run again could choose among its
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -40,10 +41,11 @@ from pathlib import Path
 from org import OrgError
 from org.cluster import GPU, connect, job_id, machine
 from org.evaluator import last_line
-from org.lab import Lab, child_env, copy_kernel_cache
+from org.lab import Lab, LabError, child_env, copy_kernel_cache
 from org.ledger import Ledger, budget_of, pid_alive
-from org.measure import (MeasureError, check_result, cross_check, evaluator_env, job_for, measure_run, planted,
-                          read_result, runs_data, source_only, split_key_file, worker_command)
+from org.measure import (MeasureError, check_result, cross_check, evaluator_env, export_for_models, job_for,
+                          measure_run, models_data, planted, read_result, runs_data, source_only, split_key_file,
+                          worker_command)
 from org.experiments import plan, refusal
 from org.improve import sync_branch
 from org.program import Program
@@ -94,9 +96,7 @@ def _threads(n: int) -> dict:
 def pick(cores: list[int] | None, start: int, n: int) -> list[int] | None:
     """n of the machine's cores from the start-th on, round them (shared only when the slots ask
     for more than there are); None where the affinity is unknown."""
-    if not cores:
-        return None
-    return sorted({cores[(start + k) % len(cores)] for k in range(n)})
+    return sorted({cores[(start + k) % len(cores)] for k in range(n)}) if cores else None
 
 
 # ----------------------------------------------------------------------------------------
@@ -207,9 +207,8 @@ class Runner:
             return runs_data(self.harness_cache, self.program.data, ledger.program(self.program.name)["base_commit"])
 
     def prepare_data(self):
-        """Tokenize the program's data once, with the base commit's pipeline and the lab's own
-        split (its key), into the harness's cache, where no box sees it; runs read only the
-        export of their part (measure.runs_data, read-only: no run can poison what the others read)."""
+        """Tokenize the program's data once (base commit's pipeline, lab's own split) into the harness's
+        cache, where no box sees it; runs read only their part's read-only export (measure.runs_data)."""
         with self.data_lock:
             if not self.data_ready:
                 self._prepare_data()
@@ -228,7 +227,8 @@ class Runner:
                                "--export-runs", str(self.runs_data)],
                               cwd=code, env=env, capture_output=True, text=True)
         if done.returncode != 0:  # every run will say so too; the runner goes on
-            self.say(f"preparing the data failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+            return self.say(f"preparing the data failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        export_for_models(self.runs_data, self.program.train.seq_len)
 
     def stop(self):
         """Stop claiming and kill running trainers (a cluster's jobs stop as their waits see
@@ -354,8 +354,11 @@ class Runner:
     def _execute(self, ledger: Ledger, run: dict, slot: Slot):
         experiment = ledger.experiment(run["experiment_id"])
         with self.git_lock:  # checked again at run time: the harness, not the queue, decides
-            reason = refusal(self.lab, self.program, experiment["base_commit"], experiment["code_commit"], {})
-            snapshot = None if reason else self.lab.snapshot(experiment["code_commit"], self.program.name)
+            try:
+                reason = refusal(self.lab, self.program, experiment["base_commit"], experiment["code_commit"], {})
+                snapshot = None if reason else self.lab.snapshot(experiment["code_commit"], self.program.name)
+            except LabError as e:  # its objects are not what their names say (Lab.verified)
+                reason = str(e)
         if reason:
             ledger.finish(run["id"], "refused", reason)
             return
@@ -535,7 +538,7 @@ class Runner:
         """How the evaluator starts one worker of the experiment's own model: in a box, with a
         fresh kernel cache of its own."""
         kernels = self.kernels(code, cache)
-        data = self.runs_data
+        data = models_data(self.runs_data)  # a few windows: a worker's compute is no run's budget
         env = untrusted_env({**slot.env, "NANOLAB_CACHE": str(data), "NUMBA_CACHE_DIR": str(kernels)})
         box = worker_box(self.lab.root, code, data, kernels, gpu=self.program.train.device == "cuda",
                          cores=slot.share, source=self.program.data.source) if self.sandboxed else None
@@ -579,10 +582,8 @@ def _set_aside(run_dir: Path):
 
 
 def _kill_group(pid: int, sig: int):
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)  # the trainer leads its own session (start_new_session)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _wait_gone(pid: int, seconds: float = 10.0):

@@ -282,3 +282,33 @@ def test_runs_recorded_by_an_older_nanolab_are_measured_when_the_program_resumes
         assert run["status"] == "completed" and run["measure_seconds"] > 0
         assert run["val_bpb"] == measurement.val_bpb  # (the trainer's own is on its dev text)
         assert run["confirm_bpb"] == measurement.confirm_bpb
+
+
+def test_the_flop_recount_charges_any_tensor_the_base_model_lacks_as_a_matrix():
+    """flops.py lets off embedding tables and tensors of under two dims (norms, biases, scalars).
+    Read off a checkpoint's names and shapes alone, that let a forward pass multiply by a matrix
+    it stored flat, or kept in an embedding table's extra rows, for free: half the FLOPs per token
+    and twice the steps. What such tensors hold beyond the base model's is charged, but for a few
+    vectors a layer (a code arm's own gains stay free, so its trainer's count agrees)."""
+    from org.evaluator import compute
+    from trainer.config import make_config
+    from trainer.flops import flops_per_token
+    from trainer.model import param_shapes
+    cfg = make_config("nanochat", depth=2, sequence_len=64, vocab_size=256)
+    params = {name: np.zeros(shape, np.float32) for name, shape in param_shapes(cfg)}
+    job = {"batch_size": 4, "seq_len": 64, "budget_kind": "flops", "budget": 1e12}
+    honest = compute(job, params, {"step": 0}, cfg)
+    assert honest["flops_per_token"] == flops_per_token(cfg)  # the base model: as the trainer counts it
+
+    mlp = [name for name in params if ".mlp." in name]
+    flat = {name: a.reshape(-1) if name in mlp else a for name, a in params.items()}
+    wte = params["transformer.wte.weight"]
+    hidden = {**{n: a for n, a in params.items() if n not in mlp},  # the MLPs in the table's extra rows
+              "transformer.wte.weight": np.zeros((wte.shape[0] + sum(params[n].size for n in mlp) // wte.shape[1],
+                                                  wte.shape[1]), np.float32)}
+    for attack in (flat, hidden):
+        charged = compute(job, attack, {"step": 0}, cfg)
+        assert charged["params"]["total"] == honest["params"]["total"]
+        assert charged["flops_per_token"] >= honest["flops_per_token"] and charged["steps"] <= honest["steps"]
+    gains = {**params, **{f"transformer.h.{i}.gain": np.ones(cfg.n_embd, np.float32) for i in range(cfg.n_layer)}}
+    assert compute(job, gains, {"step": 0}, cfg)["flops_per_token"] == honest["flops_per_token"]

@@ -1,5 +1,6 @@
 """The lab: program branches, agent worktrees, frozen snapshots and protected paths, on real git repos."""
 import shutil
+import zlib
 from pathlib import Path
 
 import git
@@ -191,6 +192,80 @@ def test_what_an_agent_wrote_into_git_does_not_run_through_the_harness(lab, tmp_
     assert [name for name, mark in marks.items() if mark.exists()] == []
 
 
+def test_a_filter_in_the_older_spelling_does_not_run_through_the_harness_either(lab, tmp_path):
+    """git reads `[filter.evil]` as it reads `[filter "evil"]`: both name a driver to neutralise."""
+    mark = tmp_path / "filter"
+    with (lab.root / ".git" / "config").open("a") as f:
+        f.write(f"[filter.evil]\n\tsmudge = \"sh -c 'touch {mark}; cat'\"\n\tclean = \"sh -c 'touch {mark}; cat'\"\n")
+    (lab.root / ".git" / "info").mkdir(exist_ok=True)
+    (lab.root / ".git" / "info" / "attributes").write_text("* filter=evil\n")
+    lab.start_program("softcap")
+    alice = lab.add_worktree("softcap", "alice")  # a checkout: smudge
+    (alice / "trainer" / "model.py").write_text("WIDTH = 96\n")
+    lab.repo.git.status()  # clean
+    assert (alice / "trainer" / "eval.py").exists() and not mark.exists()
+
+
+def commit_links(worktree: Path, links: dict) -> str:
+    for name, target in links.items():
+        (worktree / name).parent.mkdir(parents=True, exist_ok=True)
+        (worktree / name).symlink_to(target)
+    with git.Repo(worktree) as repo:
+        repo.git.add(A=True)
+        repo.git.commit("-m", "links")
+        return repo.head.commit.hexsha
+
+
+def test_a_snapshot_writes_nothing_outside_itself_whatever_links_a_commit_holds(lab):
+    """Links a tar extraction checks one at a time, before the next exists, can chain out of the
+    snapshot (`t -> .` twice makes `t/../t/../..` climb): the marker written into it would then
+    have overwritten the ledger. A snapshot holds regular files only, and a commit with a link
+    is refused before it runs."""
+    base = lab.start_program("softcap")
+    ledger = lab.state_dir("softcap") / "ledger.sqlite"
+    ledger.write_bytes(b"SQLite format 3\x00 the lab's records")
+    alice = lab.add_worktree("softcap", "alice")
+    commit = commit_links(alice, {"a/s": "t/../t/../../ledger.sqlite", "a/t": ".", "t": ".",
+                                  ".snapshot-commit": "a/s"})
+    assert "a symbolic link" in lab.code_refusal(base, commit, ["trainer/eval.py"], 1000)
+    with pytest.raises(LabError, match="symbolic link"):
+        lab.snapshot(commit, "softcap")
+    assert ledger.read_bytes() == b"SQLite format 3\x00 the lab's records"
+    assert not (lab.state_dir("softcap") / "snapshots" / commit).exists()
+
+
+def swap_object(lab: Lab, sha: str, body: bytes):
+    """What a box that may write .git/objects (to commit) can do to any object there: replace its
+    file under the same name. Git does not check names against contents when it reads."""
+    path = Path(lab.repo.common_dir) / "objects" / sha[:2] / sha[2:]
+    path.unlink()
+    path.write_bytes(zlib.compress(b"blob %d\x00" % len(body) + body))
+
+
+def test_an_object_swapped_under_its_name_is_caught_not_run(lab):
+    lab.start_program("softcap")
+    alice = lab.add_worktree("softcap", "alice")
+    commit = commit_file(alice, "trainer/model.py", "WIDTH = 128\n")  # reviewed, queued, not yet run
+    blob = lab.repo.git.rev_parse(f"{commit}:trainer/model.py")
+    swap_object(lab, blob, b"WIDTH = 128; import os  # and whatever else\n")
+    assert "import os" in lab.repo.git.show(blob)  # git itself reads it under the old name
+    for check in (lambda: lab.code_refusal(lab.resolve("program/softcap"), commit, ["trainer/eval.py"], 64),
+                  lambda: lab.snapshot(commit, "softcap")):
+        with pytest.raises(LabError, match=f"object {blob[:10]} .* does not hold what its name says"):
+            check()
+    assert not (lab.state_dir("softcap") / "snapshots" / commit).exists()
+
+
+def test_the_base_snapshot_is_taken_when_the_program_starts(lab):
+    """Before any agent has a box: later, an object swapped under the base's names changes
+    nothing that the harness runs from the base commit."""
+    base = lab.start_program("softcap")
+    snapshot = lab.state_dir("softcap") / "snapshots" / base
+    assert (snapshot / "trainer" / "eval.py").read_text() == "METRIC = 'val_bpb'\n"
+    swap_object(lab, lab.repo.git.rev_parse(f"{base}:trainer/eval.py"), b"METRIC = 'x'\n")
+    assert (lab.snapshot(base, "softcap") / "trainer" / "eval.py").read_text() == "METRIC = 'val_bpb'\n"
+
+
 def test_the_kernel_sources_are_what_the_cpu_kernels_import_and_numba_files_them_where_we_look():
     """copy_kernel_cache trusts a copy only when these files are the base's: every trainer module
     the CPU kernels import (Numba bakes their globals in) must be on the list."""
@@ -215,7 +290,7 @@ def test_the_kernel_sources_are_what_the_cpu_kernels_import_and_numba_files_them
 
 def test_a_commit_carries_code_not_weights(lab):
     """What a commit adds, compressed, is what it carries into its runs: the repo's whole model
-    file is a few KB; 30,000 float32 weights are ~115 KB however they are written; a deletion
+    file is a few KB; 30,000 float32 weights are ~110 KB however they are written; a deletion
     carries nothing."""
     import base64
 
@@ -229,7 +304,7 @@ def test_a_commit_carries_code_not_weights(lab):
     (alice / "trainer" / "init.bin").write_bytes(weights)
     binary = commit_file(alice, "trainer/model.py", "WIDTH = 64\n")  # (commits init.bin with it)
     literal = commit_file(alice, "trainer/init.py", f"W = {base64.b64encode(weights).decode()!r}\n")
-    for commit, least in ((binary, 110), (literal, 2 * 110)):  # the literal's commit has both
+    for commit, least in ((binary, 100), (literal, 2 * 100)):  # the literal's commit has both
         assert lab.carried_bytes(base, commit) > least * 1024
         reason = lab.oversized(base, commit, 64)
         assert reason.startswith("the commit carries ") and reason.endswith("no budget counts"), reason

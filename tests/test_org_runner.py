@@ -164,6 +164,29 @@ def test_an_experiment_touching_protected_paths_is_refused_and_kept(make_project
     assert experiment["stage"] == "refused" and "a kinder metric" in experiment["diff"]
 
 
+def test_a_commit_whose_objects_were_swapped_after_review_is_refused_at_run_time(make_project, capsys):
+    """Every agent's box may write .git/objects (to commit), so a queued commit's file can be
+    replaced under its object name after it was accepted: git would hand the runner the new
+    content. The runner reads objects checked against their names, and refuses, on record."""
+    import zlib
+    root = make_project(tiny_program(variants=[]))
+    sha = agent_commit(root, "mallory", "trainer/model.py", lambda text: text + "\n# reviewed\n")
+    assert main(["submit", "tiny", "--arm", "reviewed", "--ref", "agent/tiny/mallory/work"]) == 0
+    with git.Repo(root) as repo:
+        blob = repo.git.rev_parse(f"{sha}:trainer/model.py")
+    obj = root / ".git" / "objects" / blob[:2] / blob[2:]
+    obj.unlink()
+    body = b"raise SystemExit('not what was reviewed')\n"
+    obj.write_bytes(zlib.compress(b"blob %d\x00" % len(body) + body))
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        runs = ledger.runs("tiny", arm="reviewed")
+        baseline = ledger.runs("tiny", arm="baseline")
+    assert {r["status"] for r in runs} == {"refused"} and all(r["run_dir"] is None for r in runs)
+    assert all(f"object {blob[:10]}" in r["reason"] and "does not hold what its name says" in r["reason"] for r in runs)
+    assert {r["status"] for r in baseline} == {"completed"}  # the rest of the program ran
+
+
 def test_the_programs_budget_holds_whatever_the_experiment_asks(make_project, capsys):
     budget = {**tiny_program()["budget"], "per_run": {"flops": 2.0e8}, "seeds": [0]}
     root = make_project(tiny_program(variants=[], budget=budget))

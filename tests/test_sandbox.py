@@ -20,14 +20,16 @@ from agentlab import lab_dir, make_project, tiny_program, worktree
 from org.agents.clis import _supervise
 from org.agents.control import Control
 from org.agents.tools import Tools
+from org import OrgError
 from org.cli import main
-from org.lab import agent_branch
+from org.lab import Lab, agent_branch
 from org.ledger import Ledger
 from org.measure import probe_seed
 from org.report import build, spend_section
 from org import sandbox
 from org.sandbox import Limits, Sandbox, available, source_files, cgroup_root, core_limit, cpu_meter, cpu_share, pids_root, process_limit
 from test_org_runner import agent_commit, create_project, tiny_program as runner_program
+from trainer.shards import read_llmc_shard as read_llmc
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=f"{available()}")
 SECRET = "sk-ant-SECRET-0123456789abcdef"
@@ -123,6 +125,33 @@ def test_a_command_cannot_move_another_agents_branch_or_the_programs(two_agents)
     # its own folder stays its own: more branches there, and its work branch moves
     assert run(tools, "git branch agent/tiny/alice/idea-2 && git commit -q --allow-empty -m more").startswith("exit status 0")
     assert head_of(root, "agent/tiny/alice/idea-2") is not None
+
+
+def test_a_command_cannot_point_its_worktree_at_the_shared_git(two_agents):
+    """A worktree's .git file names its own folder in the shared .git, which its box may write.
+    Pointed at the shared .git itself, its next box (a CLI agent's next `org tool` call) would
+    have made all of .git writable: hooks, config, every branch. That file, and the folder's
+    pointers back, are read-only in the box; and a box is made only over the folder the lab
+    made for the worktree."""
+    root, program, tools, _ = two_agents
+    alice = tools.ws.root
+    pointer = (alice / ".git").read_text()
+    attacks = {
+        "the .git file": f"echo 'gitdir: {root}/.git' > .git",
+        "the .git file moved away": f"mv .git gone && echo 'gitdir: {root}/.git' > .git",
+        "its folder's commondir": "echo /tmp > $(git rev-parse --git-dir)/commondir",
+        "its folder's gitdir": "echo /tmp/x > $(git rev-parse --git-dir)/gitdir",
+    }
+    for name, command in attacks.items():
+        output = run(tools, command)
+        assert not output.startswith("exit status 0"), f"{name}: {output}"
+    assert (alice / ".git").read_text() == pointer
+    assert run(tools, "git commit -q --allow-empty -m still-works").startswith("exit status 0")
+
+    (alice / ".git").write_text(f"gitdir: {root}/.git\n")  # as a box of an older harness could
+    with pytest.raises(OrgError, match="does not point to its own folder"):
+        Tools("alice", program, root, alice)
+    assert not (root / ".git" / "hooks" / "pre-commit").exists()
 
 
 def head_of(root, branch):
@@ -488,6 +517,34 @@ def test_a_run_reads_the_labs_export_and_not_the_data_source(outside_tmp):
             else:
                 assert lines[1:3] == ["the lab's val text", "absent"], out  # (bound over: cannot be opened)
     assert source_files("pystdlib") == [] and source_files(sys.base_prefix) == []  # every Python reads those
+
+
+def test_a_model_worker_reads_a_few_windows_of_each_split_not_the_runs_training_text(outside_tmp, monkeypatch):
+    """A measurement's compute is no run's budget: a worker that had the runs' train split at hand
+    built a trigram model of it there, blended it into its logits, and read val_bpb 2.77 against
+    its run's 6.70. A worker's trainer builds its model from a few windows of each split (what
+    its checks of split lengths ask), and the runs' export is not in its box."""
+    from org.program import load_program
+    from org.runner import Runner, make_slots
+    spec = runner_program(variants=[], budget={**runner_program()["budget"], "seeds": [0]})
+    root = create_project(outside_tmp / "proj", spec)
+    monkeypatch.chdir(root)
+    assert main(["run", "tiny"]) == 0
+    lab, program = Lab.open(root), load_program(root / "programs" / "tiny.yaml")
+    runner = Runner(lab, program, lab.state_dir("tiny") / "ledger.sqlite", say=lambda message: None)
+    code = next((lab.state_dir("tiny") / "snapshots").iterdir())
+    worker = runner._worker(code, make_slots(program)[0], outside_tmp / "kernels")
+    lab.close()
+    argv = worker["argv"]
+    script = ("import numpy as np, os; from trainer.shards import read_llmc_shard as r; d = os.environ['NANOLAB_CACHE']; "
+              f"print(*(len(r(f'{{d}}/{{s}}_000000.bin')) for s in ('train', 'val', 'confirm')), "
+              f"os.path.exists('{runner.runs_data}/train_000000.bin'))")
+    argv = argv[:len(argv) - argv[::-1].index("--")] + [sys.executable, "-c", script]  # the box, our command
+    out = subprocess.run(argv, env=worker["env"], capture_output=True, text=True, timeout=60)
+    T = program.train.seq_len
+    train_tokens = len(read_llmc(runner.runs_data / "train_000000.bin"))
+    assert out.stdout.split() == [str(4 * (T + 1))] * 3 + ["False"], out.stderr
+    assert train_tokens > 100 * 4 * (T + 1)  # what the runs read
 
 
 def test_a_frozen_file_stays_read_only_inside_a_writable_tree(tmp_path):

@@ -121,10 +121,8 @@ def command_box(lab: Lab, worktree: str | Path, program: str, agent: str):
     runs only scripted agents, and says so)."""
     if available() is not None:
         return None
-    import git
-    with git.Repo(worktree) as repo:
-        git_dir = Path(repo.git_dir)
-    return agent_box(lab.root, Path(worktree).resolve(), git_dir, Path(lab.repo.common_dir), agent_refs(program, agent))
+    return agent_box(lab.root, Path(worktree).resolve(), lab.admin_dir(worktree), Path(lab.repo.common_dir),
+                     agent_refs(program, agent))
 
 
 class Tools:
