@@ -215,8 +215,9 @@ BAD_FORWARDS = {
               "the experiment's forward pass is not causal"),
     "noisy": (FORWARD.replace("return logits", "return logits + xp.random.normal(0, 1, logits.shape)"),
               "the experiment's forward pass is not causal"),  # its logits move whatever changes
+    # its rows read each other: the probe changes each row's tokens after a position of its own
     "batch-dependent": (FORWARD.replace("return logits", "return logits + logits.mean(axis=0, keepdims=True)"),
-                        "the experiment's forward pass is not row-independent"),
+                        "or with other rows' later tokens"),
 }
 
 
@@ -290,14 +291,14 @@ def test_the_flop_recount_charges_any_tensor_the_base_model_lacks_as_a_matrix():
     it stored flat, or kept in an embedding table's extra rows, for free: half the FLOPs per token
     and twice the steps. What such tensors hold beyond the base model's is charged, but for a few
     vectors a layer (a code arm's own gains stay free, so its trainer's count agrees)."""
-    from org.evaluator import compute
+    from org.recount import recount
     from trainer.config import make_config
     from trainer.flops import flops_per_token
     from trainer.model import param_shapes
     cfg = make_config("nanochat", depth=2, sequence_len=64, vocab_size=256)
     params = {name: np.zeros(shape, np.float32) for name, shape in param_shapes(cfg)}
     job = {"batch_size": 4, "seq_len": 64, "budget_kind": "flops", "budget": 1e12}
-    honest = compute(job, params, {"step": 0}, cfg)
+    honest = recount(job, params, {"step": 0}, cfg)
     assert honest["flops_per_token"] == flops_per_token(cfg)  # the base model: as the trainer counts it
 
     mlp = [name for name in params if ".mlp." in name]
@@ -307,8 +308,8 @@ def test_the_flop_recount_charges_any_tensor_the_base_model_lacks_as_a_matrix():
               "transformer.wte.weight": np.zeros((wte.shape[0] + sum(params[n].size for n in mlp) // wte.shape[1],
                                                   wte.shape[1]), np.float32)}
     for attack in (flat, hidden):
-        charged = compute(job, attack, {"step": 0}, cfg)
+        charged = recount(job, attack, {"step": 0}, cfg)
         assert charged["params"]["total"] == honest["params"]["total"]
         assert charged["flops_per_token"] >= honest["flops_per_token"] and charged["steps"] <= honest["steps"]
     gains = {**params, **{f"transformer.h.{i}.gain": np.ones(cfg.n_embd, np.float32) for i in range(cfg.n_layer)}}
-    assert compute(job, gains, {"step": 0}, cfg)["flops_per_token"] == honest["flops_per_token"]
+    assert recount(job, gains, {"step": 0}, cfg)["flops_per_token"] == honest["flops_per_token"]

@@ -6,7 +6,9 @@ code run as real ideas. Judged on the harness's record, each reads `invalid`, `r
 `no change`.
 
 One lab holds most of the attackers (each an arm of its own, on a FLOP budget of 60 baseline
-steps), so the baseline runs once; hidden compute and the false-alarm check have labs of their own."""
+steps), so the baseline runs once; hidden compute and the false-alarm check have labs of their own.
+The attacks on the causality probe's reach are measured one run at a time (test_measure's tiny
+run), where the positions the probe checks can be counted."""
 import base64
 import functools
 import io
@@ -27,6 +29,7 @@ from org.lab import Lab
 from org.ledger import Ledger
 from org.referee import compare, verdict_kind
 from org.report import build
+from test_measure import FORWARD, experiment, lab, measure  # noqa: F401  (lab is a fixture)
 from test_org_runner import create_project, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("measure_attacks")]  # one worker builds its module fixture
@@ -499,6 +502,53 @@ def test_a_model_causal_only_on_the_evaluation_text_is_invalid(attacked):
     assert verdict_kind(record.verdict) == "invalid", record.verdict
     for r in runs:  # (its lookup finds none of the lab's val text now: it peeks there too)
         assert r["status"] == "invalid" and "forward pass is not causal" in r["reason"], r["reason"]
+
+
+# --- a forward pass that reads the answer where the probe does not look --------------------------
+# One measurement of test_measure's tiny run: windows of T = 64 tokens in batches of B = 4; 8
+# batches per pass, 2 of each of its 3 passes kept for the probe.
+
+# softmax does not see a constant added to a row's logits: 1e6 more (in float64) scores the same.
+# The old probe's tolerance grew with the logits (1e-4 of the largest: 100 here), and under it
+# +50 on the logit of the next token, read from the input: val_bpb 0.11, causal
+OFFSET_PEEK = FORWARD.replace("return logits", "peek = xp.zeros(logits.shape)\n"
+                              "            xp.put_along_axis(peek[:, :-1], idx[:, 1:, None], 50.0, axis=-1)\n"
+                              "            return logits.astype(xp.float64) + 1e6 + peek")
+# the next token, read at one position of every window only (30, which predicts token 31)
+ONE_POSITION_PEEK = FORWARD.replace("return logits", "logits[xp.arange(len(idx)), 30, idx[:, 31]] += 30.0\n"
+                                    "            return logits")
+# the next row's first token, read at the last position of every row but the batch's last (where
+# windows lie end to end, the row's last target); the probe never changes a row's first token
+READS_THE_NEXT_ROW = FORWARD.replace("return logits", "logits[xp.arange(len(idx) - 1), -1, idx[1:, 0]] += 30.0\n"
+                                     "            return logits")
+
+
+def test_a_peek_under_a_constant_offset_is_not_causal(lab):
+    """The probe compares log-probabilities (the harness's log-softmax, in float64) within a
+    tolerance in nats: what the score reads of the logits, which no offset moves."""
+    code = experiment(lab, "offset-peek", lambda t: t.replace(FORWARD, OFFSET_PEEK))
+    out = measure(lab, code=code)
+    assert "the experiment's forward pass is not causal" in out.get("invalid", ""), out
+
+
+def test_a_peek_at_one_position_of_each_window_is_not_causal(lab):
+    """Each row of a probe forward has a position t of its own, dealt from shuffled decks of the
+    63 a window of 64 has (every one before any twice): 6 kept batches x 6 forwards x 4 rows = 144
+    checks reach every position, so a peek at any one is found for certain. (The old probe drew
+    3 positions per kept batch, one for all its rows, 18 a run: it missed this one with
+    probability (60/63)^6 = 0.75.)"""
+    code = experiment(lab, "one-position-peek", lambda t: t.replace(FORWARD, ONE_POSITION_PEEK))
+    out = measure(lab, code=code)
+    assert "the experiment's forward pass is not causal" in out.get("invalid", ""), out
+
+
+def test_a_forward_that_reads_other_rows_is_not_row_independent(lab):
+    """Every row of each kept batch is run alone (the old probe ran its last row, which this
+    attack leaves alone; a row drawn at random would miss it with probability (1/4)^6 a run)."""
+    code = experiment(lab, "reads-the-next-row", lambda t: t.replace(FORWARD, READS_THE_NEXT_ROW))
+    out = measure(lab, code=code)
+    assert "the experiment's forward pass is not row-independent" in out.get("invalid", ""), out
+
 
 # --- choosing the seeds that count ---------------------------------------------------------------
 
