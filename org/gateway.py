@@ -9,12 +9,19 @@ Agents never see a key. Each gets its own token, and its model client talks to t
 
 For every call the gateway
 - finds the agent by its token (401 for any other token);
+- forwards only the calls the backends and the CLIs make, each of which it knows how to meter
+  (ENDPOINTS; 403 naming the path for any other: a batch of 200 calls in one request, files,
+  fine-tuning would spend where no reply shows it);
 - refuses the call once the program's LLM spend has reached budget.total_llm_dollars, the
-  ledger's (403, an error body the SDKs read);
-- forwards it with the real key, streaming the reply back as it arrives;
+  ledger's (403, an error body the SDKs read); while a call is in flight its worst case (its
+  max_tokens of output, its input estimated from its size) is held against the budget, so calls
+  sent at once cannot all pass the check before any is metered;
+- forwards it with the real key, streaming the reply back as it arrives (and reading on to its
+  end if the agent hangs up: a stream's usage comes last);
 - reads the tokens used from the reply (its JSON, or the usage in its server-sent events) and
-  records them, priced, for that agent in the ledger's llm_spend. Spend is measured here, once,
-  for every backend, not parsed from transcripts.
+  records them, priced, for that agent in the ledger's llm_spend; a reply that shows no usage is
+  charged the call's worst case. Spend is measured here, once, for every backend, not parsed
+  from transcripts.
 
 `org launch` writes its files, in .lab/<program>/gateway/ (0700; no box can see .lab):
 
@@ -35,6 +42,7 @@ import secrets
 import socket
 import stat
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,6 +58,23 @@ KEYS_FILE = "NANOLAB_KEYS_FILE"
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "te", "trailer",
               "upgrade", "proxy-authorization", "proxy-connection", "accept-encoding"}
 MAX_BODY = 32 << 20  # a request body past this is refused; a reply past this is passed on unparsed
+
+# What the gateway forwards, (provider, method, path) -> whether the call spends (and is metered
+# from its reply's usage). The backends call v1/messages, chat/completions and responses; Claude
+# Code calls v1/messages?beta=true and counts tokens, which Anthropic does not charge for; codex
+# calls responses. Anything else is refused unforwarded: message batches, files, OpenAI's batches,
+# fine-tuning, images, stored responses... spend where no reply shows it, or reach what is not
+# the agent's (the account's files, batches, fine-tuned models).
+ENDPOINTS = {("anthropic", "POST", "v1/messages"): True,
+             ("anthropic", "POST", "v1/messages/count_tokens"): False,
+             ("openai", "POST", "chat/completions"): True,
+             ("openai", "POST", "responses"): True}
+# A call's worst case, held against the budget while it is in flight (Gateway.reserve): its input
+# is estimated from the body's size (English runs ~4 bytes a token, code and JSON ~3: 2 leaves
+# room), its output is the body's max_tokens, or this where it sets none (codex's calls)
+BYTES_PER_TOKEN = 2
+DEFAULT_MAX_OUTPUT = 128_000
+WAIT_S = 60  # how long a call near the cap waits for the calls in flight to be metered
 
 
 class GatewayError(OrgError):
@@ -149,6 +174,14 @@ def client_config(lab_dir: Path, agent: str, backend: str) -> tuple[str, str] | 
 
 # --- serving -------------------------------------------------------------------------------------
 
+class Refused(Exception):
+    """A call the gateway answers itself, forwarding nothing."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.message, self.headers = status, kind, message, headers or {}
+
+
 class Gateway:
     """The server, in a thread of the process that holds the keys."""
 
@@ -159,6 +192,8 @@ class Gateway:
         self.tokens = json.loads((folder / "tokens.json").read_text())
         self.ledger_path, self.program = ledger_path(lab_dir), program
         self.prices, self.say = prices or load_prices(), say
+        self.held: dict[int, float] = {}  # what each call in flight may still cost, in dollars
+        self.settled = threading.Condition()
         self.server = ThreadingHTTPServer(("127.0.0.1", int((folder / "port").read_text())), _handler(self))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="gateway")
@@ -175,19 +210,78 @@ class Gateway:
         self.server.shutdown()
         self.server.server_close()
 
-    def refusal(self) -> str | None:
+    def budget(self) -> tuple[float, float]:
+        """(spent, limit) as the ledger has them now: a person's `org budget` changes the limit."""
         with Ledger(self.ledger_path) as ledger:
-            spent, limit = ledger.spend(self.program)["dollars"], ledger.budget(self.program)["total_llm_dollars"]
-        if spent >= limit:
-            return f"the program's LLM budget is spent (${spent:.4f} of ${limit:g})"
-        return None
+            return ledger.spend(self.program)["dollars"], ledger.budget(self.program)["total_llm_dollars"]
 
-    def record(self, agent: str, model: str, usage) -> float:
+    def reserve(self, worst: float) -> int:
+        """Hold `worst` dollars of the budget for a call about to go upstream; the key to settle
+        it with. A call goes ahead while the spend plus what the calls in flight may still cost is
+        under the cap, so calls sent at once cannot all pass before any is metered: together they
+        pass the cap by one call's cost at most, as calls made one at a time do. Near the cap a
+        call waits for those in flight to be metered (WAIT_S at most, then a 429 to retry)."""
+        deadline = time.monotonic() + WAIT_S
+        with self.settled:
+            while True:
+                spent, limit = self.budget()
+                if spent >= limit:
+                    raise Refused(403, "permission_error",
+                                  f"the program's LLM budget is spent (${spent:.4f} of ${limit:g})")
+                if spent + sum(self.held.values()) < limit or worst == 0:  # a free call cannot pass the cap
+                    key = max(self.held, default=0) + 1
+                    self.held[key] = worst
+                    return key
+                if time.monotonic() >= deadline:
+                    raise Refused(429, "rate_limit_error", f"calls in flight may spend the rest of the program's "
+                                  f"LLM budget (${limit - spent:.4f} left): try again once they end",
+                                  {"retry-after": "10"})
+                self.settled.wait(1.0)
+
+    def settle(self, key: int):
+        with self.settled:
+            del self.held[key]
+            self.settled.notify_all()
+
+    def price(self, model: str, usage) -> float:
         from org.agents.spend import dollars
-        cost = dollars(model, usage, self.prices)
+        return dollars(model, usage, self.prices)
+
+    def meter(self, agent: str, model: str, usage, worst):
+        """Record a call's usage for its agent. A reply that shows none (a stream that did not ask
+        for it, a body that does not parse) is charged the call's worst case."""
+        note = ""
+        if not (usage.tokens_in or usage.output):
+            usage, note = worst, " (its reply showed no usage: charged its worst case)"
+        cost = self.price(model, usage)
         with Ledger(self.ledger_path) as ledger:
             ledger.record_spend(self.program, agent, model, usage.tokens_in, usage.output, cost)
-        return cost
+        self.say(f"gateway: {agent} {model}: {usage.tokens_in} in, {usage.output} out, ${cost:.4f}{note}")
+
+
+def endpoint(method: str, path: str) -> tuple[str, str, bool]:
+    """(provider, the path upstream with its query, whether the call spends) for a call the
+    gateway forwards; Refused for any other."""
+    where, _, query = path.partition("?")
+    provider, _, rest = where.lstrip("/").partition("/")
+    spends = ENDPOINTS.get((provider, method, rest))
+    if spends is None:
+        allowed = ", ".join(f"{m} /{p}/{r}" for (p, m, r) in ENDPOINTS)
+        raise Refused(403, "permission_error", f"the gateway does not forward {method} {path[:300]}: "
+                      f"it forwards only {allowed}")
+    return provider, rest + (f"?{query}" if query else ""), spends
+
+
+def worst_case(fields: dict, size: int):
+    """The most a call may use: the output its body allows (max_tokens, OpenAI's
+    max_completion_tokens or max_output_tokens, times its n choices; DEFAULT_MAX_OUTPUT where it
+    sets none) and its input estimated from the body's size, all priced as cache writes (the
+    dearest input)."""
+    from org.agents.models import Usage
+    count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
+    limits = [fields[k] for k in ("max_tokens", "max_completion_tokens", "max_output_tokens") if count(fields.get(k))]
+    choices = fields["n"] if count(fields.get("n")) else 1
+    return Usage(cache_write=size // BYTES_PER_TOKEN + 1, output=max(limits, default=DEFAULT_MAX_OUTPUT) * choices)
 
 
 def _handler(gateway: Gateway):
@@ -197,32 +291,52 @@ def _handler(gateway: Gateway):
         def log_message(self, *args):
             pass
 
-        def do_GET(self):
-            self.do_POST()
-
         def do_POST(self):
-            provider, _, rest = self.path.lstrip("/").partition("/")
+            try:
+                self.call()
+            except Refused as r:
+                gateway.say(f"gateway: refused {self.command} {self.path[:200]}: {r.message}")
+                self.error(r)
+
+        do_GET = do_PUT = do_PATCH = do_DELETE = do_POST  # refused, but with an answer an SDK reads
+
+        def call(self):
             token = self.headers.get("x-api-key") or self.headers.get("authorization", "").removeprefix("Bearer ").strip()
             agent = gateway.tokens.get(token)
             if agent is None:
-                return self.error(401, "authentication_error", "unknown gateway token")
+                raise Refused(401, "authentication_error", "unknown gateway token")
+            provider = self.path.lstrip("/").partition("/")[0]
             if provider not in gateway.keys:
-                return self.error(404, "not_found_error", f"the gateway has no key for {provider!r}")
+                raise Refused(404, "not_found_error", f"the gateway has no key for {provider!r}")
+            body = self.body()  # read before any refusal, so that the agent's client reads the refusal
+            provider, upstream_path, spends = endpoint(self.command, self.path)
+            try:
+                fields = json.loads(body or b"{}")
+            except ValueError:
+                fields = None
+            fields = fields if isinstance(fields, dict) else {}
+            if spends and fields.get("background"):
+                raise Refused(400, "invalid_request_error", "background responses are not forwarded: the "
+                              "gateway meters a call from its reply, and theirs comes later")
+            model = fields.get("model") if isinstance(fields.get("model"), str) else "unknown"
+            worst = worst_case(fields, len(body))
+            key = gateway.reserve(gateway.price(model, worst) if spends else 0.0)
+            try:
+                status, content_type, seen = self.forward(provider, upstream_path, body)
+                if spends and status == 200:
+                    gateway.meter(agent, model, usage_of(seen, content_type, provider), worst)
+            finally:
+                gateway.settle(key)
+
+        def body(self) -> bytes:
             length = int(self.headers.get("content-length") or 0)
             if length > MAX_BODY:
-                return self.error(413, "request_too_large", f"request body over {MAX_BODY} bytes")
-            body = self.rfile.read(length)
-            why = gateway.refusal()
-            if why:
-                gateway.say(f"gateway: refused {agent}: {why}")
-                return self.error(403, "permission_error", why)
-            try:
-                model = json.loads(body or b"{}").get("model", "unknown")
-            except (ValueError, AttributeError):
-                model = "unknown"
-            self.forward(agent, provider, rest, body, model)
+                raise Refused(413, "request_too_large", f"request body over {MAX_BODY} bytes")
+            return self.rfile.read(length)
 
-        def forward(self, agent: str, provider: str, rest: str, body: bytes, model: str):
+        def forward(self, provider: str, path: str, body: bytes) -> tuple[int, str, bytes]:
+            """Send the call upstream with the real key and pass the reply on as it arrives:
+            (status, content type, the reply's first MAX_BODY bytes)."""
             upstream = urllib.parse.urlsplit(gateway.keys[provider]["upstream"])
             key = gateway.keys[provider]["key"]
             conn = (http.client.HTTPSConnection if upstream.scheme == "https" else http.client.HTTPConnection)(
@@ -232,37 +346,58 @@ def _handler(gateway: Gateway):
             headers.update({"x-api-key": key} if provider == "anthropic" else {"authorization": f"Bearer {key}"})
             headers["accept-encoding"] = "identity"  # the usage is read from the reply as it passes
             try:
-                conn.request(self.command, upstream.path.rstrip("/") + "/" + rest, body=body, headers=headers)
+                conn.request(self.command, upstream.path.rstrip("/") + "/" + path, body=body, headers=headers)
                 reply = conn.getresponse()
             except OSError as e:
-                return self.error(502, "api_error", f"the gateway could not reach {provider}: {e}")
+                raise Refused(502, "api_error", f"the gateway could not reach {provider}: {e}") from None
             try:
-                self.send_response(reply.status)
-                for k, v in reply.getheaders():
+                return reply.status, reply.getheader("content-type", ""), self.relay(reply)
+            finally:
+                conn.close()
+
+        def relay(self, reply) -> bytes:
+            """Pass the reply on; keep what the usage is read from. If the agent hangs up, read on
+            to the end all the same: a stream's usage comes last (Anthropic's output count), and
+            a client that hung up just before it would have had the call charged nothing."""
+            seen, listening = bytearray(), self.send(reply.status, reply.getheaders())
+            try:
+                while chunk := reply.read1(65536):
+                    if len(seen) < MAX_BODY:
+                        seen += chunk
+                    if listening:
+                        listening = self.send_chunk(chunk)
+            except OSError:
+                pass  # upstream broke off: what it said of its usage so far is what is metered
+            return bytes(seen)
+
+        def send(self, status: int, headers) -> bool:
+            """The reply's status and headers to the agent; whether it is still listening."""
+            try:
+                self.send_response(status)
+                for k, v in headers:
                     if k.lower() not in HOP_BY_HOP:
                         self.send_header(k, v)
                 self.send_header("connection", "close")
                 self.end_headers()
-                seen = bytearray()
-                while chunk := reply.read1(65536):
-                    self.wfile.write(chunk)
-                    self.wfile.flush()
-                    if len(seen) < MAX_BODY:
-                        seen += chunk
+                return True
             except OSError:
-                pass  # the agent hung up; what was used is still recorded
-            finally:
-                conn.close()
-            if reply.status == 200:
-                usage = usage_of(bytes(seen), reply.getheader("content-type", ""), provider)
-                cost = gateway.record(agent, model, usage)
-                gateway.say(f"gateway: {agent} {model}: {usage.tokens_in} in, {usage.output} out, ${cost:.4f}")
+                return False
 
-        def error(self, status: int, kind: str, message: str):
-            data = json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
-            self.send_response(status)
+        def send_chunk(self, chunk: bytes) -> bool:
+            try:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                return True
+            except OSError:
+                return False
+
+        def error(self, refused: Refused):
+            data = json.dumps({"type": "error", "error": {"type": refused.kind, "message": refused.message}}).encode()
+            self.send_response(refused.status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
+            for k, v in refused.headers.items():
+                self.send_header(k, v)
             self.end_headers()
             self.wfile.write(data)
 

@@ -1,7 +1,7 @@
 """
 A fake LLM server for tests: real SDK clients talk HTTP to it on 127.0.0.1.
 
-It speaks the Anthropic Messages API (/v1/messages) and OpenAI's Chat Completions
+It speaks the Anthropic Messages API (/v1/messages, and its free /v1/messages/count_tokens) and OpenAI's Chat Completions
 (/v1/chat/completions) and Responses (/v1/responses), streamed (SSE) or not, and replays
 scripted turns: each request takes the next turn of the script for its model.
 
@@ -15,8 +15,9 @@ A turn is a list of Text and Call (one reply), a Fail (an HTTP error status), a 
 whose body is not what the API promises) or a Repeat (a turn replayed until a condition on
 the request holds). A Call's args may be a string: it is sent
 as-is, so a test can send malformed JSON. After the script runs out, every reply is the text
-"(script exhausted)". Both SDKs run on httpx2, which HTTP-mocking libraries do not intercept,
-hence a real server.
+"(script exhausted)". `hold` (an Event) keeps every reply until it is set, so a test can have
+calls in flight at once; `pause` is seconds between the events of a stream. Both SDKs run on
+httpx2, which HTTP-mocking libraries do not intercept, hence a real server.
 """
 from __future__ import annotations
 
@@ -73,7 +74,9 @@ ERROR_TYPES = {429: "rate_limit_error", 529: "overloaded_error", 500: "api_error
 
 
 class FakeLLM:
-    def __init__(self, scripts: dict[str, list] | list, usage: dict | None = None):
+    def __init__(self, scripts: dict[str, list] | list, usage: dict | None = None,
+                 hold: threading.Event | None = None, pause: float = 0):
+        self.hold, self.pause = hold, pause
         self.scripts = {"*": list(scripts)} if isinstance(scripts, list) else {k: list(v) for k, v in scripts.items()}
         self.usage = {"input": 100, "output": 20, "cache_write": 0, "cache_read": 0, **(usage or {})}
         self.requests: list[Recorded] = []
@@ -117,6 +120,10 @@ def _handler(fake: FakeLLM):
             path = self.path.split("?")[0]
             with fake.lock:
                 fake.requests.append(Recorded(path, {k.lower(): v for k, v in self.headers.items()}, body))
+            if path == "/v1/messages/count_tokens":
+                return self.send_json({"input_tokens": len(raw) // 4})
+            if fake.hold:
+                fake.hold.wait(30)
             turn = fake.next_turn(body.get("model", ""), body)
             if isinstance(turn, Fail):
                 kind = ERROR_TYPES.get(turn.status, "api_error")
@@ -130,6 +137,9 @@ def _handler(fake: FakeLLM):
             if api is None:
                 return self.send_json({"error": {"message": f"no such endpoint {path}"}}, status=404)
             events = api(body.get("model", "fake"), reply, fake.usage)
+            if api is chat_reply and not (body.get("stream_options") or {}).get("include_usage"):
+                # as OpenAI's: a streamed completion reports its usage only when asked to
+                events["stream"] = [e for e in events["stream"] if not (isinstance(e[1], dict) and "usage" in e[1])]
             if body.get("stream"):
                 self.send_sse(events["stream"])
             else:
@@ -157,7 +167,8 @@ def _handler(fake: FakeLLM):
             for name, data in events:
                 frame = (f"event: {name}\n" if name else "") + f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
                 self.wfile.write(frame.encode())
-            self.wfile.flush()
+                self.wfile.flush()
+                time.sleep(fake.pause)
 
     return Handler
 

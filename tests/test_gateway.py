@@ -1,18 +1,24 @@
 """The LLM gateway: real SDK clients with an agent's token talk to it on 127.0.0.1, it calls the
 fake model server with the real key, meters every call for the agent that made it, and refuses
 unknown tokens and calls past the program's LLM budget."""
+import contextlib
 import json
 import socket
+import threading
+import time
+import urllib.error
+import urllib.request
 
 import anthropic
 import openai
 import pytest
 
 from agentlab import lab_dir, make_project, tiny_program
-from fakellm import Call, FakeLLM, Text
+from fakellm import FakeLLM, Text
 from org.agents.anthropic_api import AnthropicModel
-from org.agents.models import make_model
+from org.agents.models import Usage, make_model
 from org.agents.openai_api import OpenAIModel
+from org.agents.spend import dollars, load_prices
 from org.gateway import Gateway, GatewayError, client_config, gateway_dir, prepare, read_keys, usage_of
 from org.ledger import Ledger
 from org.program import Agent
@@ -22,16 +28,22 @@ KEYS = {"ANTHROPIC_API_KEY": "sk-ant-REAL-0123456789", "OPENAI_API_KEY": "sk-ope
 AGENTS = {"claude": "anthropic", "gpt": "openai", "solo": "scripted"}
 
 
-@pytest.fixture
-def org(tmp_path):
+@contextlib.contextmanager
+def serving(tmp_path, script=None, **fake):
     """A started program, the gateway's files written as `org launch` writes them, and the fake
-    model server as the upstream of both providers."""
+    model server (FakeLLM(script, **fake)) as the upstream of both providers."""
     root, program = make_project(tmp_path, tiny_program([]), trainer=False)
-    with FakeLLM([[Text("hello")]] * 50, usage={"input": 1000, "output": 200}) as llm:
+    with FakeLLM(script or [[Text("hello")]] * 50, **fake) as llm:
         env = {**KEYS, "ANTHROPIC_BASE_URL": llm.url, "OPENAI_BASE_URL": llm.url + "/v1"}
         tokens = prepare(lab_dir(root, program), AGENTS, env)
         with Gateway(lab_dir(root, program), program.name, say=lambda line: None) as gw:
             yield root, program, llm, gw, tokens
+
+
+@pytest.fixture
+def org(tmp_path):
+    with serving(tmp_path, usage={"input": 1000, "output": 200}) as started:
+        yield started
 
 
 def spend(root, program, calls: int = 0) -> list[dict]:
@@ -102,6 +114,129 @@ def test_past_the_llm_budget_every_call_is_refused_until_a_person_raises_it(org)
     with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
         ledger.change_budget(program.name, {"total_llm_dollars": 2 * program.budget.total_llm_dollars}, "ada")
     assert ask(model) == "hello"
+
+
+# --- what a token holder's own code can send -------------------------------------------------------
+
+def call(gw, method: str, path: str, token: str, body=None) -> tuple[int, bytes]:
+    """A raw HTTP call to the gateway, as an agent's own code can make one: (status, reply body)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(gw.url + path, data=data, method=method,
+                                     headers={"x-api-key": token, "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+OPUS = {"model": "claude-opus-4-1", "max_tokens": 32000, "messages": [{"role": "user", "content": "x" * 1000}]}
+
+
+def test_endpoints_whose_spend_no_reply_shows_are_refused_and_nothing_is_forwarded(org):
+    """A batch of 200 Opus calls in one request, OpenAI's batches, files and fine-tuning: upstream
+    would spend and no reply would say how much. The gateway forwards only the calls the backends
+    and the CLIs make, however the path is spelled."""
+    root, program, llm, gw, tokens = org
+    batch = {"requests": [{"custom_id": str(i), "params": OPUS} for i in range(200)]}
+    claude, gpt = tokens["claude"], tokens["gpt"]
+    for method, path, token, body in [
+            ("POST", "/anthropic/v1/messages/batches", claude, batch),
+            ("POST", "/anthropic/v1/messages/../messages/batches", claude, batch),
+            ("POST", "/anthropic/v1/messages%2Fbatches", claude, batch),
+            ("POST", "/anthropic//v1/messages", claude, OPUS),
+            ("GET", "/anthropic/v1/messages/batches/msgbatch_1/results", claude, None),
+            ("POST", "/anthropic/v1/files", claude, {}),
+            ("POST", "/openai/batches", gpt, {"input_file_id": "file-1", "endpoint": "/v1/responses"}),
+            ("POST", "/openai/files", gpt, {}),
+            ("POST", "/openai/fine_tuning/jobs", gpt, {"model": "gpt-4.1", "training_file": "file-1"}),
+            ("POST", "/openai/images/generations", gpt, {"prompt": "a cat", "n": 10}),
+            ("GET", "/openai/responses/resp_1", gpt, None)]:
+        status, reply = call(gw, method, path, token, body)
+        assert status == 403, (method, path, status, reply)
+        assert f"{method} {path}" in json.loads(reply)["error"]["message"]
+
+    # a background response is answered before it is generated: its usage never passes by
+    status, reply = call(gw, "POST", "/openai/responses", gpt,
+                         {"model": "gpt-5-test", "input": "hi", "background": True})
+    assert status == 400 and "background" in json.loads(reply)["error"]["message"]
+    assert llm.requests == [] and spend(root, program) == []
+
+
+def test_claude_codes_calls_go_through_and_counting_tokens_is_free(org):
+    """Claude Code calls POST /v1/messages?beta=true (the beta client's path) and may count
+    tokens, which Anthropic does not charge for."""
+    root, program, llm, gw, tokens = org
+    client = anthropic.Anthropic(api_key=tokens["claude"], base_url=gw.url + "/anthropic", max_retries=0)
+    reply = client.beta.messages.create(model="claude-sonnet-test", max_tokens=10,
+                                        messages=[{"role": "user", "content": "hi"}])
+    assert reply.content[0].text == "hello"
+    assert client.messages.count_tokens(model="claude-sonnet-test",
+                                        messages=[{"role": "user", "content": "hi"}]).input_tokens > 0
+    assert [r.path for r in llm.requests] == ["/v1/messages", "/v1/messages/count_tokens"]
+    assert [(r["agent"], r["tokens_out"]) for r in spend(root, program, calls=1)] == [("claude", 200)]
+
+
+def test_an_agent_that_hangs_up_before_the_last_event_is_charged_for_the_whole_reply(tmp_path):
+    """An Anthropic stream gives the output's size in its last event but one: a client that read
+    the text and hung up before it had the call charged 1 output token. The gateway reads the
+    stream to its end."""
+    with serving(tmp_path, usage={"input": 1000, "output": 200}, pause=0.2) as (root, program, llm, gw, tokens):
+        body = json.dumps({"model": "claude-sonnet-test", "max_tokens": 200, "stream": True,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+        with socket.create_connection(("127.0.0.1", gw.server.server_address[1])) as s:
+            s.sendall(b"POST /anthropic/v1/messages HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+                      b"x-api-key: %s\r\ncontent-length: %d\r\n\r\n%s" % (tokens["claude"].encode(), len(body), body))
+            received = b""
+            while b"content_block_delta" not in received:
+                received += s.recv(65536)
+        assert [(r["tokens_in"], r["tokens_out"]) for r in spend(root, program, calls=1)] == [(1000, 200)]
+
+
+def test_a_reply_that_shows_no_usage_is_charged_its_worst_case(tmp_path):
+    """A streamed chat completion reports its usage only when asked (stream_options): one that
+    does not ask is charged what it could have cost, its max_completion_tokens of output."""
+    with serving(tmp_path, usage={"input": 1000, "output": 200}) as (root, program, llm, gw, tokens):
+        client = openai.OpenAI(api_key=tokens["gpt"], base_url=gw.url + "/openai", max_retries=0)
+        stream = client.chat.completions.create(model="gpt-5-test", stream=True, max_completion_tokens=3000,
+                                                messages=[{"role": "user", "content": "hi"}])
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "hello"
+        [row] = spend(root, program, calls=1)
+        assert row["tokens_out"] == 3000
+        assert row["dollars"] >= dollars("gpt-5-test", Usage(output=3000), load_prices())
+
+
+def test_calls_sent_at_once_pass_the_cap_by_one_call_at_most(tmp_path):
+    """Eight calls sent at once while the budget has room for three: each call's worst case is
+    held against the budget while it is in flight, so the rest wait for those to be metered and
+    are then refused, instead of all passing the check before any was recorded."""
+    hold = threading.Event()  # the model server answers nothing until it is set
+    with serving(tmp_path, usage={"input": 10, "output": 200}, hold=hold) as (root, program, llm, gw, tokens):
+        one = dollars("claude-sonnet-test", Usage(input=10, output=200), load_prices())
+        limit = program.budget.total_llm_dollars
+        with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+            ledger.record_spend(program.name, "gpt", "gpt-5-test", 0, 0, limit - 3 * one)
+        client = anthropic.Anthropic(api_key=tokens["claude"], base_url=gw.url + "/anthropic", max_retries=0)
+        outcomes = []
+
+        def ask_once():
+            try:
+                client.messages.create(model="claude-sonnet-test", max_tokens=200,
+                                       messages=[{"role": "user", "content": "hi"}])
+                outcomes.append("answered")
+            except anthropic.PermissionDeniedError:
+                outcomes.append("refused")
+        threads = [threading.Thread(target=ask_once) for _ in range(8)]
+        for t in threads:
+            t.start()
+        eventually(lambda: len(llm.requests) >= 3, 10, "three calls in flight")
+        time.sleep(1)  # time for the others to pass the check too, were they let through
+        hold.set()
+        for t in threads:
+            t.join(60)
+        assert len(outcomes) == 8 and outcomes.count("answered") == len(llm.requests) < 8
+        rows = spend(root, program, calls=1 + len(llm.requests))
+        assert sum(r["dollars"] for r in rows) <= limit + one + 1e-9
 
 
 def test_the_gateway_files_are_private_and_the_keys_file_must_be(tmp_path, org):
