@@ -13,6 +13,10 @@ Inside a box:
   `readonly` ones are bound back read-only (a snapshot inside a hidden tree), then `writable`
   ones read-write (.git/objects inside a read-only .git), then `frozen` ones read-only again
   (protected files inside a worktree); /tmp is private, empty and capped;
+- no host unix socket but its own (connect() works through a read-only mount: docker's, the
+  org's tmux server, whose run-shell runs commands outside every box): runtime folders are empty
+  and each other socket bound at its start is /dev/null, but those in its writable trees and in
+  `sockets` (a CLI's port: its way to the org and the gateway);
 - its own user, PID, IPC, UTS, cgroup and network namespaces: no other process is visible or
   killable, no network at all (only its own loopback) unless `net`;
 - no capabilities, even where the harness runs as root (a box that kept root's remounted /
@@ -87,8 +91,9 @@ class Limits:
 
 class Sandbox:
     def __init__(self, writable=(), readonly=(), hidden=(), net: bool = False, gpu: bool = False,
-                 limits: Limits | None = None, frozen=(), user_namespaces: bool = False):
+                 limits: Limits | None = None, frozen=(), user_namespaces: bool = False, sockets=()):
         self.writable = [Path(p) for p in writable]
+        self.sockets = [Path(p) for p in sockets]  # read-only, and the unix sockets there reachable
         self.readonly = [Path(p) for p in readonly]
         self.hidden = [Path(p) for p in hidden]
         self.frozen = [Path(p) for p in frozen]  # read-only although inside a writable tree
@@ -102,20 +107,22 @@ class Sandbox:
         return {"writable": [str(p) for p in self.writable], "readonly": [str(p) for p in self.readonly],
                 "hidden": [str(p) for p in self.hidden], "frozen": [str(p) for p in self.frozen],
                 "net": self.net, "gpu": self.gpu, "limits": asdict(self.limits),
-                "user_namespaces": self.user_namespaces}
+                "user_namespaces": self.user_namespaces, "sockets": [str(p) for p in self.sockets]}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Sandbox":
         limits = {**spec["limits"], "cores": tuple(spec["limits"]["cores"] or ()) or None}
         return cls(spec["writable"], spec["readonly"], spec["hidden"], net=spec["net"], gpu=spec["gpu"],
-                   limits=Limits(**limits), frozen=spec["frozen"], user_namespaces=spec["user_namespaces"])
+                   limits=Limits(**limits), frozen=spec["frozen"], user_namespaces=spec["user_namespaces"],
+                   sockets=spec.get("sockets", ()))
 
-    def with_extra(self, writable=(), readonly=(), frozen=(), user_namespaces=None, **limits) -> "Sandbox":
+    def with_extra(self, writable=(), readonly=(), frozen=(), sockets=(), user_namespaces=None, **limits) -> "Sandbox":
         """This box with more trees bound in, and some of its limits changed."""
         return Sandbox(self.writable + [Path(p) for p in writable], self.readonly + [Path(p) for p in readonly],
                        self.hidden, net=self.net, gpu=self.gpu, limits=replace(self.limits, **limits),
                        frozen=self.frozen + [Path(p) for p in frozen],
-                       user_namespaces=self.user_namespaces if user_namespaces is None else user_namespaces)
+                       user_namespaces=self.user_namespaces if user_namespaces is None else user_namespaces,
+                       sockets=self.sockets + [Path(p) for p in sockets])
 
     def wrap(self, argv: list[str], cwd: str | Path, env: dict) -> list[str]:
         """bwrap's command line running argv in the box, in cwd, with exactly env."""
@@ -132,13 +139,16 @@ class Sandbox:
             devices, env["CUDA_VISIBLE_DEVICES"] = gpu_devices(env.get("CUDA_VISIBLE_DEVICES"))
             for device in devices:
                 box += ["--dev-bind", str(device), str(Path("/dev") / device.relative_to(DEVICES))]
-        hidden = sorted((p for p in self.hidden if p.is_dir()), key=lambda p: len(p.parts))  # outer first
+        runtime = runtime_dirs()
+        used = used_within(runtime, env)
+        hidden = sorted({p for p in self.hidden if p.is_dir()} | set(runtime), key=lambda p: len(p.parts))  # outer first
         for path in hidden:  # mounts apply in order: hide first, then expose what is needed
             box += ["--size", "65536", "--tmpfs", str(path)]
         for path in self.hidden:  # a file: read as empty
             if path.exists() and not path.is_dir():
                 box += ["--ro-bind", "/dev/null", str(path)]
-        for path in self.readonly:  # (a writable tree may lie inside a read-only one: .git/objects)
+        # (a writable tree may lie inside a read-only one: .git/objects); what the box runs, back
+        for path in self.readonly + self.sockets + used:
             if path.exists():
                 box += ["--ro-bind", str(path), str(path)]
         for path in self.writable:
@@ -146,12 +156,21 @@ class Sandbox:
         for path in self.frozen:
             if path.exists():
                 box += ["--ro-bind", str(path), str(path)]
+        for path in self.host_sockets(hidden, used):
+            box += ["--ro-bind", "/dev/null", str(path)]
         for path in hidden:  # once what lies inside is bound: nothing new can be written there
             box += ["--remount-ro", str(path)]
         box += ["--clearenv"]
         for key, value in env.items():
             box += ["--setenv", key, str(value)]
         return box + ["--chdir", str(cwd), "--", *argv]
+
+    def host_sockets(self, emptied: list[Path], brought_back: list[Path]) -> list[Path]:
+        """The host's unix sockets the box would see: not those of its own (its writable trees and
+        its `sockets`), nor those in what it sees empty (/tmp, `emptied`) that no bind brings back."""
+        own = resolved(self.writable + self.sockets)
+        empty, back = resolved([Path("/tmp"), *emptied]), resolved(self.readonly + self.frozen + brought_back)
+        return [s for s in bound_sockets() if not inside(s, own) and (inside(s, back) or not inside(s, empty))]
 
     def command(self, argv: list[str], cwd, env: dict, info_fd: int | None = None,
                 groups: list[Path] | None = None) -> list[str]:
@@ -201,6 +220,48 @@ class Sandbox:
                 resource.setrlimit(which, (value, value))
         if lim.cores:  # where no cpuset can be made, at least the box starts on its cores
             os.sched_setaffinity(0, lim.cores)
+
+
+# --- unix sockets: none of the host's ----------------------------------------------------
+
+def runtime_dirs() -> list[Path]:
+    """Where daemons and sessions keep their sockets, empty in every box: /run, /var/run (mostly a
+    link to it), XDG_RUNTIME_DIR, tmux's folder (TMUX_TMPDIR's tmux-UID: the org's tmux server);
+    under /tmp, private already. GPU boxes use /dev/nvidia*, /proc, /sys and the driver's libraries."""
+    tmux = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.getuid()}"
+    found: list[Path] = []
+    for path in (Path("/run"), Path("/var/run"), os.environ.get("XDG_RUNTIME_DIR"), tmux):
+        real = Path(os.path.realpath(path)) if path else None
+        if real and real.is_dir() and not inside(real, [Path("/tmp"), *found]):
+            found.append(real)
+    return found
+
+
+def used_within(runtime: list[Path], env: dict) -> list[Path]:
+    """What the box runs that lies in a runtime folder (its PATH's and LD_LIBRARY_PATH's folders,
+    the interpreter's prefix: all of NixOS's programs are under /run/current-system), bound back."""
+    wanted = [*env.get("PATH", "").split(":"), *env.get("LD_LIBRARY_PATH", "").split(":"), sys.prefix, sys.base_prefix]
+    return sorted({Path(os.path.normpath(p)) for p in wanted if p.startswith("/") and inside(Path(p), runtime)})
+
+
+def bound_sockets() -> list[Path]:
+    """The unix sockets with a name in the filesystem that processes of this network namespace
+    have bound, as they stand now (/proc/net/unix; a relative name cannot be placed)."""
+    try:
+        lines = Path("/proc/net/unix").read_text(errors="replace").splitlines()[1:]
+    except OSError:
+        return []
+    names = {fields[7] for fields in (line.split(maxsplit=7) for line in lines)
+             if len(fields) == 8 and fields[7].startswith("/")}
+    return sorted({p for p in resolved(names) if p.is_socket()})  # (a name stays while a connection lives)
+
+
+def resolved(paths) -> list[Path]:
+    return [Path(os.path.realpath(p)) for p in paths]
+
+
+def inside(path: Path, trees: list[Path]) -> bool:
+    return any(path.is_relative_to(tree) for tree in trees)
 
 
 # --- GPUs: only the box's own ------------------------------------------------------------

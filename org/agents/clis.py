@@ -301,7 +301,7 @@ class BoxedCLI:
         if box is None:
             raise OrgError(f"agent {self.entry.name} ({self.entry.backend}): no sandbox here, and CLI agents run only in one")
         frozen = [self.tree / p for p in self.program.protected]  # its own Edit/Write tools are not ours
-        return box.with_extra(writable=[self.home], readonly=[self.port_dir], frozen=frozen, address_bytes=None,
+        return box.with_extra(writable=[self.home], sockets=[self.port_dir], frozen=frozen, address_bytes=None,
                               user_namespaces=self.entry.backend == "codex")  # Codex's own sandbox is bwrap
 
     def start(self, argv: list[str], **popen) -> subprocess.Popen:

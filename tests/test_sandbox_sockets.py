@@ -1,0 +1,124 @@
+"""A box and the host's unix sockets. Every box sees / read-only, and connect() to a unix socket
+works through a read-only mount: a box could drive any daemon whose socket lies outside its
+private /tmp (docker's in /run, the user's bus in /run/user/..., the org's own tmux server where
+TMUX_TMPDIR is elsewhere, whose run-shell runs a command as the harness, outside every box).
+Now /run and the tmux and runtime folders are empty in a box, and every other socket the host
+has bound is masked, but those of the box's own trees and its port."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from org.sandbox import Sandbox, available
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=f"{available()}")
+
+# connect to each socket named and print what it answers, or why it could not
+CONNECT = """
+import socket, sys
+for path in sys.argv[1:]:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        print(path, s.recv(100).decode().strip())
+    except OSError as e:
+        print(path, "refused:", e.strerror)
+"""
+
+
+@pytest.fixture
+def host_dirs():
+    """Folders outside /tmp where daemons keep their sockets: one in /run (where we may write
+    there), one in /var/tmp; removed after."""
+    made = []
+    for base in ("/run", "/var/tmp"):
+        try:
+            made.append(Path(tempfile.mkdtemp(prefix="nanolab-test-", dir=base)))
+        except OSError:
+            pass
+    yield made
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def serve(path: Path) -> Path:
+    """A daemon on the unix socket `path` (until the test ends) that answers every connection."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+
+    def answer():
+        while True:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"ANSWERED\n")
+    threading.Thread(target=answer, daemon=True).start()
+    return path
+
+
+def boxed(box: Sandbox, argv: list[str], env: dict | None = None) -> str:
+    proc = box.popen(argv, cwd="/", env={"PATH": os.environ["PATH"], "HOME": "/tmp", **(env or {})},
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return proc.communicate(timeout=60)[0].decode()
+
+
+def test_a_box_cannot_connect_to_the_hosts_sockets(host_dirs, tmp_path):
+    """Sockets in /run, in /var/tmp, and in a tree bound in read-only (as .git is: git's
+    fsmonitor daemon keeps its socket there), even one under /tmp."""
+    daemons = [serve(folder / "daemon.sock") for folder in host_dirs] + [serve(tmp_path / "fsmonitor.ipc")]
+    out = boxed(Sandbox(readonly=[tmp_path]), [sys.executable, "-c", CONNECT, *map(str, daemons)])
+    lines = out.splitlines()
+    assert len(lines) == len(daemons) and all(" refused: " in line for line in lines), out
+    assert boxed(Sandbox(), ["ls", "-A", "/run"]) == ""  # the host's runtime folder is empty there
+
+
+def test_a_box_still_reaches_its_port_and_the_sockets_of_its_own_trees(host_dirs):
+    """A CLI agent's box reaches the org and the gateway only through the sockets of its port;
+    what it binds in its own worktree is its own."""
+    port, tree = host_dirs[-1] / "port", host_dirs[-1] / "worktree"
+    port.mkdir()
+    tree.mkdir()
+    reachable = [serve(port / "org.sock"), serve(port / "gateway.sock"), serve(tree / "own.sock")]
+    stranger = serve(host_dirs[-1] / "daemon.sock")
+    box = Sandbox(writable=[tree], sockets=[port])
+    out = boxed(box, [sys.executable, "-c", CONNECT, *map(str, reachable + [stranger])])
+    assert out.splitlines() == [f"{path} ANSWERED" for path in reachable] + [f"{stranger} refused: Connection refused"]
+
+
+def test_a_box_cannot_drive_the_orgs_tmux_server(host_dirs, monkeypatch):
+    """The org's tmux server, its socket where TMUX_TMPDIR says (outside /tmp): from a box,
+    `tmux run-shell` ran its command as the harness, outside the box."""
+    base = host_dirs[-1]
+    monkeypatch.setenv("TMUX_TMPDIR", str(base))
+    tmux = ["tmux", "-S", str(base / f"tmux-{os.getuid()}" / f"nanolab-test-{uuid.uuid4().hex[:8]}")]
+    (base / f"tmux-{os.getuid()}").mkdir(mode=0o700)
+    subprocess.run(tmux + ["-f", "/dev/null", "new-session", "-d", "sleep 120"], check=True)
+    proof = base / "ran-outside-the-box"
+    try:
+        out = boxed(Sandbox(), tmux + ["run-shell", f"touch {proof}"], env={"TMUX_TMPDIR": str(base)})
+        assert subprocess.run(tmux + ["has-session"]).returncode == 0  # the server was there all along
+    finally:
+        subprocess.run(tmux + ["kill-server"], capture_output=True)  # ours alone: its own socket
+    assert not proof.exists(), out
+
+
+def test_programs_the_box_runs_from_run_are_still_there(host_dirs):
+    """NixOS keeps every program under /run/current-system/sw/bin: the folders of a box's PATH
+    that lie in /run are bound back, read-only; the rest of /run stays empty."""
+    if not host_dirs or not host_dirs[0].is_relative_to("/run"):
+        pytest.skip("/run is not ours to write here")
+    bin_dir = host_dirs[0] / "sw" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "hello").write_text("#!/bin/sh\necho hello from /run\n")
+    (bin_dir / "hello").chmod(0o755)
+    serve(host_dirs[0] / "daemon.sock")
+    out = boxed(Sandbox(), ["sh", "-c", f"hello; ls -A {host_dirs[0]}; touch {bin_dir}/x 2>/dev/null || echo read-only"],
+                env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert out.splitlines() == ["hello from /run", "sw", "read-only"]
