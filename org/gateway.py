@@ -69,6 +69,10 @@ ENDPOINTS = {("anthropic", "POST", "v1/messages"): True,
              ("anthropic", "POST", "v1/messages/count_tokens"): False,
              ("openai", "POST", "chat/completions"): True,
              ("openai", "POST", "responses"): True}
+# Tools the provider runs on the agent's behalf (by type prefix; Anthropic's carry a date), and the
+# fields that ask for them: they reach the network from outside the box and charge per use
+HOSTED = ("web_search", "web_fetch", "code_execution", "code_interpreter", "file_search", "image_generation", "mcp")
+HOSTED_FIELDS = ("mcp_servers", "web_search_options")
 # A call's worst case, held against the budget while it is in flight (Gateway.reserve): its input
 # is estimated from the body's size (English runs ~4 bytes a token, code and JSON ~3: 2 leaves
 # room), its output is the body's max_tokens, or this where it sets none (codex's calls)
@@ -272,6 +276,16 @@ def endpoint(method: str, path: str) -> tuple[str, str, bool]:
     return provider, rest + (f"?{query}" if query else ""), spends
 
 
+def hosted_tools(fields: dict) -> list[str]:
+    """The tools of a call that the provider runs itself (HOSTED: web search and fetch, code
+    execution, file search, MCP servers), by type; those the client runs (functions, custom
+    tools, Claude Code's and codex's own) pass."""
+    tools = fields.get("tools") if isinstance(fields.get("tools"), list) else []
+    kinds = [t.get("type") for t in tools if isinstance(t, dict) and isinstance(t.get("type"), str)]
+    asked = {k for k in HOSTED_FIELDS if fields.get(k) not in (None, [])}  # `web_search_options: {}` asks for search
+    return sorted({k for k in kinds if k.startswith(HOSTED)} | asked)
+
+
 def worst_case(fields: dict, size: int):
     """The most a call may use: the output its body allows (max_tokens, OpenAI's
     max_completion_tokens or max_output_tokens, times its n choices; DEFAULT_MAX_OUTPUT where it
@@ -318,6 +332,11 @@ def _handler(gateway: Gateway):
             if spends and fields.get("background"):
                 raise Refused(400, "invalid_request_error", "background responses are not forwarded: the "
                               "gateway meters a call from its reply, and theirs comes later")
+            hosted = hosted_tools(fields)
+            if hosted:
+                raise Refused(400, "invalid_request_error", f"the gateway does not forward hosted tools ({', '.join(hosted)}): "
+                              "the provider would reach the network for the agent, outside its box, for fees no "
+                              "reply's usage shows; tools the agent's own client runs are forwarded")
             model = fields.get("model") if isinstance(fields.get("model"), str) else "unknown"
             worst = worst_case(fields, len(body))
             key = gateway.reserve(gateway.price(model, worst) if spends else 0.0)

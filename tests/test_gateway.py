@@ -160,6 +160,14 @@ def test_endpoints_whose_spend_no_reply_shows_are_refused_and_nothing_is_forward
     status, reply = call(gw, "POST", "/openai/responses", gpt,
                          {"model": "gpt-5-test", "input": "hi", "background": True})
     assert status == 400 and "background" in json.loads(reply)["error"]["message"]
+    # nor tools the provider runs: they reach the network for the agent, outside its box
+    for path, token, body in [
+            ("/openai/responses", gpt, {"model": "gpt-5-test", "input": "hi", "tools": [{"type": "web_search"}]}),
+            ("/openai/chat/completions", gpt, {"model": "gpt-5-test", "messages": [], "web_search_options": {}}),
+            ("/anthropic/v1/messages", claude, {**OPUS, "tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}]}),
+            ("/anthropic/v1/messages", claude, {**OPUS, "mcp_servers": [{"type": "url", "url": "https://x"}]})]:
+        status, reply = call(gw, "POST", path, token, body)
+        assert status == 400 and "hosted tools" in json.loads(reply)["error"]["message"], (path, reply)
     assert llm.requests == [] and spend(root, program) == []
 
 

@@ -203,6 +203,7 @@ def codex_config(model: str, base_url: str, tree: Path, git_dirs: list[Path]) ->
     notify = toml_list([sys.executable, "-m", "org.entry", "agent-hook", "notify"])
     return "\n".join([
         f"model = {q(model)}", 'model_provider = "nanolab"', "check_for_update_on_startup = false",
+        'web_search = "disabled"',  # the provider's search: the network, outside the box (the gateway refuses it)
         f"notify = {notify}", 'sandbox_mode = "workspace-write"', 'approval_policy = "never"', "",
         "[sandbox_workspace_write]", f"writable_roots = {toml_list(git_dirs)}", "network_access = true",
         "exclude_slash_tmp = false", "exclude_tmpdir_env_var = false", "",  # the box's /tmp is its own
