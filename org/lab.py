@@ -29,6 +29,7 @@ import zlib
 from pathlib import Path
 
 import git
+from git.objects.fun import tree_entries_from_data
 
 from org import OrgError
 
@@ -373,7 +374,8 @@ class Lab:
         out = {}
 
         def walk(oid: str, prefix: str):
-            for mode, name, child in tree_entries(self.verified(oid, b"tree"), len(oid) // 2):
+            for binsha, mode, name in tree_entries_from_data(self.verified(oid, b"tree")):
+                mode, child = f"{mode:o}", binsha.hex()
                 if name in ("", ".", "..", ".git") or "/" in name or "\\" in name:
                     raise LabError(f"commit {commit[:10]}: tree {oid[:10]} names {name!r}; git refuses such a path")
                 if mode == "40000":
@@ -393,23 +395,12 @@ class Lab:
             data = stream.read()
         except (ValueError, git.GitCommandError, OSError) as e:
             raise LabError(f"object {oid[:10]} cannot be read from {self.root}/.git: {e}") from None
-        digest = hashlib.new("sha1" if len(oid) == 40 else "sha256", b"%s %d\0" % (stream.type, len(data)) + data)
+        digest = hashlib.sha1(b"%s %d\0" % (stream.type, len(data)) + data)  # (GitPython reads SHA-1 repos only)
         if stream.type != kind or digest.hexdigest() != oid:
             raise LabError(f"object {oid[:10]} in {self.root}/.git does not hold what its name says (a {kind.decode()} "
                            "hashing to it): the lab's object store was changed behind git, as a box that may "
                            "commit can; nothing of that commit runs")
         return data
-
-
-def tree_entries(data: bytes, oid_bytes: int):
-    """(mode, name, object name) of each entry of a tree object: `<mode> <name>\\0<binary oid>`."""
-    i = 0
-    while i < len(data):
-        space = data.index(b" ", i)
-        nul = data.index(b"\0", space)
-        yield (data[i:space].decode(), data[space + 1:nul].decode(errors="surrogateescape"),
-               data[nul + 1:nul + 1 + oid_bytes].hex())
-        i = nul + 1 + oid_bytes
 
 
 def added_lines(before: bytes, after: bytes) -> bytes:
