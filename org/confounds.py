@@ -8,7 +8,9 @@ The referee (org/referee.py) turns them into the verdict:
     invalid    budgets differ; the budgeted quantity differs; FLOPs, tokens or steps differ with
                nothing to explain it; params differ undeclared; eval or data fingerprints
                differ; diverged or killed in one arm only; devices differ under a seconds
-               budget; wall time per unit of budget far above the baseline's (hidden compute);
+               budget; wall time per unit of budget far above the baseline's (hidden compute),
+               or per run above it under a seconds budget in a variant whose trainer, and
+               so whose clock, is its own;
                val_bpb far below the model's own train-split score, beyond the baseline's (it
                learned or reads the evaluation text); an initial model below the data's
                unigram entropy (it started trained)
@@ -48,7 +50,8 @@ class Tolerances:
     steps: float = 0.01
     flops_per_token: float = 0.01
     # wall seconds per unit of budget as a log ratio to the baseline's (paired by seed, median over
-    # seeds), beyond these by more than its margin of error: a warning (+16%), invalid (+49%)
+    # seeds), beyond these by more than its margin of error: a warning (+16%), invalid (+49%;
+    # under a seconds budget +16%: the budgeted quantity itself)
     wall_time: float = 0.15
     wall_time_invalid: float = 0.4
     # bits per byte: the variant's held-out gap (val_bpb - train_bpb) below the baseline's and below
@@ -278,6 +281,13 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
     otherwise widen its own margin until the work hid in it:
     - D beyond tol.wall_time_invalid (+49%) by more than its margin: invalid (work the record
       does not see: extra steps, a bigger model, training outside the timed loop);
+    - under a seconds budget, a variant that runs code of its own with D beyond tol.wall_time
+      (+16%) by more than its margin: invalid. The budget is time, and that trainer keeps its
+      own clock: one that reports train_seconds within the budget while it trains longer (or
+      trains before its clock starts, or after it stops) shows here and nowhere else. A config
+      arm's clock is the base trainer's, and the rest of its wall time (start-up, the first
+      step, the final evaluation) honestly grows with the model: +21% for depth 4 against depth
+      2 at a 30 s budget (measured), a few percent at the budgets programs use;
     - |D| beyond tol.wall_time (+16%) by more than its margin: a warning."""
     kind = budget_kind(base + var)
 
@@ -297,6 +307,8 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
             f"clock (median over {len(seeds)} seeds, ±{math.exp(margin) - 1:.0%} at 95%)")
     if D - margin > tol.wall_time_invalid:
         return [Finding("wall time", f"{text}: hidden compute", True)]
+    if kind == "seconds" and D - margin > tol.wall_time and runs_own_code(base, var):
+        return [Finding("wall time", f"{text}: over its time budget", True)]
     if abs(D) - margin > tol.wall_time:
         return [Finding("wall time", f"{text}: {'work the FLOP count does not see?' if D > 0 else 'skips work it claims?'}",
                         False)]

@@ -492,6 +492,25 @@ def test_a_seconds_budget_compares_wall_time_per_run():
     assert checks(hidden)["wall time"].invalid and "per run by the runner's clock" in hidden.verdict
 
 
+def test_a_trainer_that_winds_its_clock_back_is_over_its_time_budget():
+    """The attack: a code arm's trainer trains 60 s by its clock and reports 45 (or trains before
+    its clock starts): result.json says train_seconds 45 of 60, so the trainer's own check passes,
+    and the runner sees +21% a run. Under a FLOP budget that is a warning (work per FLOP may differ
+    honestly); here the budget is time, and it was spent: invalid."""
+    seconds = {"kind": "seconds", "value": 60}
+    base = timed(baseline(budget=seconds), [70, 71, 70, 69, 70])
+    own = dict(budget=seconds, train_seconds=59.9, git_commit="c0de", git_dirty=False)
+    longer = superiority(base, timed(variant(-0.02, **own), [85, 86, 84, 85, 85]))
+    assert checks(longer)["wall time"].invalid and longer.verdict.startswith("invalid (confounded: wall time +21% per run")
+    assert "over its time budget" in longer.verdict
+    bigger = superiority(base, timed(variant(-0.02, budget=seconds), [85, 86, 84, 85, 85]))  # the base trainer's clock
+    assert not checks(bigger)["wall time"].invalid  # a bigger model's first step and final evaluation: a warning
+    flops = superiority(timed(baseline(), [70, 71, 70, 69, 70]), timed(variant(-0.02), [85, 86, 84, 85, 85]))
+    assert not checks(flops)["wall time"].invalid and flops.verdict == "better"  # per FLOP: a warning
+    honest = superiority(base, timed(variant(-0.02, **own), [73, 72, 74, 71, 73]))  # a slower final evaluation
+    assert "wall time" not in checks(honest) and honest.verdict == "better"
+
+
 def test_diverged_or_killed_in_one_arm_only():
     var = variant(-0.02)
     var[3] = dict(var[3], status="diverged", val_bpb=None)
