@@ -242,6 +242,9 @@ def launch(job: dict) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             code = proc.wait()
+    if getattr(proc, "stopped", None):  # its disk (org/diskwatch.py): the log's last line says so
+        with open(job["log"], "a") as log:
+            print(proc.stopped, file=log)
     if code < 0:  # died of a signal: so does the job, and the runner reads it as such
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)

@@ -44,7 +44,8 @@ from org.ledger import Ledger, pid_alive
 from org.mail import now, write_atomically
 from org.panes import Pane, RELEASE_KEY, TAKEOVER_KEY, tmux_path
 from org.program import Program
-from org.sandbox import available as sandbox_available, cgroup_root, core_limit, cpu_meter, cpu_share, pids_root, process_limit
+from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_share, memory_limit, pids_root, process_limit
+from org.sandbox import available as sandbox_available
 from org.workspace import ProgramSite, lab_root, on_ray, preflight, start, with_backend
 
 RUNNER, STATUS = "_runner", "_status"  # keeper names (agent names cannot start with "_")
@@ -158,6 +159,8 @@ def check_sandbox(program: Program):
             print(f"note: the agents' share of the runs' cores: {cpu_share()}")
         if cgroup_root("cpuacct") is None:
             print(f"note: the agents' own compute: {cpu_meter()}")
+        if cgroup_root("memory") is None:
+            print(f"note: the boxes' memory: {memory_limit()}")
         return
     if any(agent.backend != "scripted" for agent in program.org.agents):
         raise OrgError(f"{why_not}. Agents' commands and runs must be sandboxed; install it, or launch "

@@ -418,7 +418,7 @@ class Runner:
         if self.stopping.is_set():  # stop() ran between Popen and the line above: it missed this one
             _kill_group(proc.pid, signal.SIGKILL)
         ledger.mark_started(run["id"], proc.pid, cmd, run_dir, log_path, machine=machine(slot.env.get("CUDA_VISIBLE_DEVICES")))
-        killed_reason = self._wait(proc)
+        killed_reason = self._wait(proc) or getattr(proc, "stopped", None)  # the box's disk (org/diskwatch.py)
         self.children.pop(run["id"], None)
         _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it
         return proc.returncode, killed_reason

@@ -12,7 +12,8 @@ Inside a box:
 - the whole filesystem is read-only; `hidden` trees are replaced by empty directories (absent),
   `readonly` ones are bound back read-only (a snapshot inside a hidden tree), then `writable`
   ones read-write (.git/objects inside a read-only .git), then `frozen` ones read-only again
-  (protected files inside a worktree); /tmp is private, empty and capped;
+  (protected files inside a worktree); /tmp and /dev/shm are private, empty and capped, the rest
+  of /dev read-only;
 - no host unix socket but its own (connect() works through a read-only mount: docker's, the
   org's tmux server, whose run-shell runs commands outside every box): runtime folders are empty
   and each other socket bound at its start is /dev/null, but those in its writable trees and in
@@ -27,7 +28,13 @@ Inside a box:
 - the environment is exactly `env` (nothing inherited); a new session (no typing into the
   terminal it came from); it dies with the process that started it, and when the command (PID 1
   there) exits, every process it started dies with it;
-- rlimits, inherited through exec: CPU seconds, file size, open files, address space;
+- disk: its writable trees may grow by `Limits.disk_bytes` and `disk_files` at most, and not at
+  all into the last `disk_reserve` of the disk (org/diskwatch.py: a thread watches, and kills it);
+- rlimits, inherited through exec: CPU seconds, file size, open files, address space; and an
+  OOM score of 1000: when the machine runs out of memory, a box's processes die first (pinned
+  where the harness holds CAP_SYS_RESOURCE; elsewhere the box may lower it);
+- at most `Limits.memory_bytes` of memory (its tmpfs mounts and memfds included), in a memory
+  cgroup of its own where one can be made. `memory_limit()` says whether it holds;
 - a GPU box (`gpu`) gets only the GPUs its CUDA_VISIBLE_DEVICES names: their /dev/nvidiaN and
   the driver's shared files, no other GPU's (`gpu_devices`);
 - at most `Limits.processes` processes and threads, in a pids cgroup of its own where this
@@ -59,12 +66,12 @@ import resource
 import shutil
 import subprocess
 import sys
-import time
-import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from org import OrgError
+from org.cgroups import JOIN, box_cgroups, cgroup_root
+from org.diskwatch import watch
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # a folder per GPU (its PCI address), with its `information`
@@ -83,6 +90,11 @@ class Limits:
     open_files: int = 4096                # RLIMIT_NOFILE
     address_bytes: int | None = None      # RLIMIT_AS (None: what the machine allows; CUDA needs that)
     tmp_bytes: int = 1 << 30              # the private /tmp (a tmpfs: RAM)
+    shm_bytes: int = 256 << 20            # its /dev/shm (a tmpfs: RAM); the rest of /dev is read-only
+    memory_bytes: int | None = None       # memory cgroup: RAM, tmpfs and memfds together (None: half the machine's)
+    disk_bytes: int = 16 << 30            # what its writable trees may grow by (org/diskwatch.py)
+    disk_files: int = 100_000             # files and folders it may add there
+    disk_reserve: int = 1 << 30           # free disk it may not write into: the harness's
     processes: int = 512                  # processes and threads in the box, all together
     cores: tuple[int, ...] | None = None  # the only CPUs it may run on (None: any)
     cpu_weight: int = 100                 # its CPU time against other boxes' on a busy core (cgroup v2's
@@ -133,8 +145,11 @@ class Sandbox:
         box = [bwrap(), "--die-with-parent", "--new-session", "--as-pid-1", "--unshare-all", "--cap-drop", "ALL",
                *(nobody_inside() if self.user_namespaces else no_nested_userns())]
         box += ["--share-net"] if self.net else []
+        # bwrap's /dev is a tmpfs of its own, of half the machine's RAM: a box that filled it held
+        # memory no process of its own shows, so the kernel's OOM killer took the harness's
         box += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp"]
+                "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp",
+                "--size", str(self.limits.shm_bytes), "--tmpfs", "/dev/shm"]
         if self.gpu:
             devices, env["CUDA_VISIBLE_DEVICES"] = gpu_devices(env.get("CUDA_VISIBLE_DEVICES"))
             for device in devices:
@@ -158,7 +173,7 @@ class Sandbox:
                 box += ["--ro-bind", str(path), str(path)]
         for path in self.host_sockets(hidden, used):
             box += ["--ro-bind", "/dev/null", str(path)]
-        for path in hidden:  # once what lies inside is bound: nothing new can be written there
+        for path in [*hidden, Path("/dev")]:  # once what lies inside is bound: nothing new can be written there
             box += ["--remount-ro", str(path)]
         box += ["--clearenv"]
         for key, value in env.items():
@@ -208,6 +223,7 @@ class Sandbox:
                 proc.inner_pid = proc.pid
         metered = cgroup_root("cpuacct")  # the box's group in that hierarchy holds its CPU time
         proc.cpu_group = next((g for g in groups if metered and g.is_relative_to(metered)), None)
+        watch(proc, self.writable, self.limits)  # proc.stopped: why the harness killed it, if it did
         return proc
 
     def set_limits(self):
@@ -220,6 +236,10 @@ class Sandbox:
                 resource.setrlimit(which, (value, value))
         if lim.cores:  # where no cpuset can be made, at least the box starts on its cores
             os.sched_setaffinity(0, lim.cores)
+        # the first the kernel kills when memory runs out, before any process of the harness. Written
+        # with CAP_SYS_RESOURCE (root's, outside a container that drops it) it is also the least the
+        # box may set: only that capability, which no box has, lowers it again
+        Path("/proc/self/oom_score_adj").write_text("1000")
 
 
 # --- unix sockets: none of the host's ----------------------------------------------------
@@ -300,166 +320,6 @@ def nvidia_gpus() -> list[dict]:
         except (OSError, KeyError, ValueError):  # described otherwise: keeps its place, bound by none
             gpus.append({"minor": None, "uuid": ""})
     return gpus
-
-
-# --- cgroups: the box's process limit and its cores ---------------------------------------
-
-CGROUP_ROOTS: dict = {}  # {controller: Path | None}: where our boxes' cgroups go, found once
-HIERARCHIES = {"pids": ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"),
-               "cpuset": ("/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"),
-               "cpu": ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"),
-               "cpuacct": ("/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")}
-PROBES = {"pids": ("pids.max",), "cpuset": ("cpuset.cpus",), "cpu": ("cpu.weight", "cpu.shares"),  # (v2, v1)
-          "cpuacct": ("cpuacct.usage", "cpu.stat")}  # (v1, v2: cpu.stat's usage_usec)
-# the box's shell joins each cgroup named before "--", then becomes bwrap (the rest)
-JOIN = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 126; shift; done; shift; exec "$@"'
-
-
-def cgroup_root(controller: str) -> Path | None:
-    """A folder we may make `controller`'s cgroups in (nanolab/ under the first hierarchy that has
-    it and lets us write), or None."""
-    if controller not in CGROUP_ROOTS:
-        CGROUP_ROOTS[controller] = None
-        for base in map(Path, HIERARCHIES[controller]):
-            probe = base / "nanolab" / f"probe-{uuid.uuid4().hex[:8]}"
-            try:
-                probe.parent.mkdir(exist_ok=True)
-                inherit_cpuset(probe.parent)
-                probe.mkdir()
-                ok = any((probe / name).exists() for name in PROBES[controller])
-                probe.rmdir()
-            except OSError:
-                continue
-            if ok:  # resolved: v1 often mounts cpu,cpuacct once, behind two links, and a box needs one group there
-                CGROUP_ROOTS[controller] = (base / "nanolab").resolve()
-                break
-    return CGROUP_ROOTS[controller]
-
-
-def pids_root() -> Path | None:
-    return cgroup_root("pids")
-
-
-def inherit_cpuset(group: Path):
-    """cgroup v1 starts a cpuset empty, and an empty one can hold no task: give it its parent's
-    CPUs and memory nodes (v2 reads an empty one as its parent's already)."""
-    for name in ("cpuset.cpus", "cpuset.mems"):
-        mine, parents = group / name, group.parent / name
-        if mine.exists() and not mine.read_text().strip() and parents.read_text().strip():
-            mine.write_text(parents.read_text())
-
-
-def box_cgroups(limits: Limits) -> list[Path]:
-    """The new cgroups a box starts in: one per hierarchy that can enforce its limits (v1 has a
-    hierarchy per controller, v2 one for all). Where a controller has none, that limit is not
-    enforced (process_limit(), core_limit() and cpu_share() say so). Every box gets a CPU weight,
-    so that the runs' boxes and the agents' are siblings that share a core by their weights."""
-    wanted = {"pids": {"pids.max": str(limits.processes)}, "cpu": {}, "cpuacct": {}}
-    if limits.cores:
-        wanted["cpuset"] = {"cpuset.cpus": ",".join(map(str, limits.cores))}
-    groups: dict[Path, Path] = {}  # {hierarchy's nanolab/: the box's group there}
-    for controller, settings in wanted.items():
-        root = cgroup_root(controller)
-        group = groups.get(root) or (new_cgroup(root) if root else None)
-        if group is None:
-            continue
-        if controller == "cpu":
-            settings = cpu_weight_setting(group, limits.cpu_weight)
-        try:
-            inherit_cpuset(group)
-            for name, value in settings.items():
-                (group / name).write_text(value)
-        except OSError:
-            continue  # e.g. cores this machine no longer has: that limit is not enforced
-        groups[root] = group
-    return [inner for inner in map(inner_cgroup, groups.values()) if inner]
-
-
-def cpu_seconds(proc: subprocess.Popen) -> float | None:
-    """CPU seconds that everything in proc's box has used, all threads and processes together
-    (its cgroup's: v1 cpuacct.usage in ns, v2 cpu.stat's usage_usec); None where the box has no
-    such group (cpu_meter() says why) or it is gone."""
-    group = getattr(proc, "cpu_group", None)
-    if group is None:
-        return None
-    try:
-        if (group / "cpuacct.usage").exists():
-            return int((group / "cpuacct.usage").read_text()) / 1e9
-        stat = dict(line.split() for line in (group / "cpu.stat").read_text().splitlines())
-        return int(stat["usage_usec"]) / 1e6
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def cpu_weight_setting(group: Path, weight: int) -> dict:
-    """v2's cpu.weight (1-10000, 100 by default), or v1's cpu.shares to match (1024 by default,
-    2 at least)."""
-    if (group / "cpu.weight").exists():
-        return {"cpu.weight": str(weight)}
-    return {"cpu.shares": str(max(2, weight * 1024 // 100))}
-
-
-def inner_cgroup(group: Path) -> Path | None:
-    """The group the box starts in: a child of the one holding its limits. Its cgroup namespace
-    is rooted there, so what the box can ever mount shows the child: limits it could raise only
-    below its parent's, which it cannot see."""
-    inner = group / "box"
-    try:
-        inner.mkdir()
-        inherit_cpuset(inner)
-    except OSError:
-        return None
-    return inner
-
-
-def new_cgroup(root: Path) -> Path | None:
-    """A new, empty cgroup under root. Empty ones of earlier boxes are removed on the way (a
-    cgroup can be removed only once it is empty)."""
-    for old in root.glob("box-*"):
-        try:
-            if time.time() - old.stat().st_mtime > 60:
-                for group in sorted((p for p in old.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                    group.rmdir()  # the deepest first (what the box made, then "box")
-                old.rmdir()
-        except OSError:
-            pass  # still in use
-    group = root / f"box-{uuid.uuid4().hex[:12]}"
-    try:
-        group.mkdir()
-    except OSError:
-        return None
-    return group
-
-
-def process_limit() -> str:
-    """How the boxes' process limit is enforced on this machine, in words."""
-    if pids_root():
-        return f"at most {Limits.processes} tasks in a pids cgroup per box (under {pids_root()})"
-    return "none: no pids cgroup can be made here (cgroupfs read-only, or no pids controller delegated)"
-
-
-def core_limit() -> str:
-    """How a box is kept to its slot's cores on this machine, in words."""
-    if cgroup_root("cpuset"):
-        return f"a cpuset cgroup per box (under {cgroup_root('cpuset')})"
-    return ("an affinity only, which the code inside can widen: no cpuset cgroup can be made here "
-            "(cgroupfs read-only, or no cpuset controller delegated)")
-
-
-def cpu_share() -> str:
-    """How agents' commands are kept from taking the runs' CPU time on this machine, in words."""
-    if cgroup_root("cpu"):
-        return f"a cpu cgroup per box, agents' at the lowest weight (under {cgroup_root('cpu')})"
-    return ("none: no cpu cgroup can be made here (cgroupfs read-only, or no cpu controller delegated), so an "
-            "agent's command competes with the runs for their cores")
-
-
-def cpu_meter() -> str:
-    """How the CPU time of agents' boxes is metered on this machine, in words."""
-    if cgroup_root("cpuacct"):
-        return f"a cpu accounting cgroup per box (under {cgroup_root('cpuacct')})"
-    return ("none: no cpu accounting cgroup can be made here (cgroupfs read-only, or no cpuacct/cpu "
-            "controller delegated), so the agents' own compute is not on record")
 
 
 def bwrap() -> str:

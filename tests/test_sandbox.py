@@ -27,7 +27,8 @@ from org.ledger import Ledger
 from org.measure import probe_seed
 from org.report import build, spend_section
 from org import sandbox
-from org.sandbox import Limits, Sandbox, available, source_files, cgroup_root, core_limit, cpu_meter, cpu_share, pids_root, process_limit
+from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_share, memory_limit, pids_root, process_limit
+from org.sandbox import Limits, Sandbox, available, source_files
 from test_org_runner import agent_commit, create_project, tiny_program as runner_program
 from trainer.shards import read_llmc_shard as read_llmc
 
@@ -484,6 +485,59 @@ def test_limits_bind(tmp_path):
     spin = box.popen(["python3", "-c", "while True: pass"], cwd=tmp_path, env={"PATH": os.environ["PATH"]})
     t0 = time.monotonic()
     assert spin.wait(30) != 0 and time.monotonic() - t0 < 10  # SIGXCPU/SIGKILL after 2 CPU seconds
+
+
+def in_box(box: Sandbox, where: Path, command: str) -> tuple[int, str]:
+    proc = box.popen(["bash", "-c", command], cwd=where, env={"PATH": os.environ["PATH"]},
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.communicate(timeout=60)[0].decode()
+    return proc.returncode, out
+
+
+def test_a_box_cannot_hoard_the_machines_memory_in_dev(tmp_path):
+    """The attack: bwrap's /dev is a tmpfs of its own, sized at half the machine's RAM, and what a
+    file there holds belongs to no process, so the kernel's OOM killer weighed none of the box's
+    and took the harness's. It wrote 64 MB to /dev/shm and made files in /dev itself."""
+    box = Sandbox(writable=[tmp_path], limits=Limits(shm_bytes=8 << 20))
+    _, out = in_box(box, tmp_path, "head -c 64000000 /dev/zero > /dev/shm/hoard; echo kb=$(du -k /dev/shm/hoard | cut -f1); "
+                                   "touch /dev/hoard && echo made; echo fine > /dev/null && echo null-works")
+    assert int(out.split("kb=")[1].split()[0]) <= 8 << 10 and "No space left on device" in out, out
+    assert "made" not in out and "Read-only file system" in out and "null-works" in out, out
+    _, out = in_box(Sandbox(writable=[tmp_path]), tmp_path,
+                    "python3 -c 'import multiprocessing as m; m.Lock(); print(\"semaphores work\")'")
+    assert "semaphores work" in out, out  # what /dev/shm is for
+
+
+def test_a_boxs_processes_are_the_first_the_kernel_kills(tmp_path):
+    _, out = in_box(Sandbox(writable=[tmp_path]), tmp_path, "cat /proc/self/oom_score_adj")
+    assert out.split() == ["1000"], out
+
+
+def holds_cap_sys_resource() -> bool:
+    """Whether this process may pin a child's OOM score (a container often drops the capability)."""
+    status = dict(line.split(":\t") for line in Path("/proc/self/status").read_text().splitlines() if ":\t" in line)
+    return bool(int(status["CapEff"], 16) >> 24 & 1)
+
+
+@pytest.mark.skipif(not holds_cap_sys_resource(), reason="without CAP_SYS_RESOURCE the harness cannot pin a box's OOM "
+                                                         "score: the box may lower it to 0 (its memory cgroup still bounds it)")
+def test_a_box_cannot_lower_its_oom_score(tmp_path):
+    _, out = in_box(Sandbox(writable=[tmp_path]), tmp_path, "echo 0 > /proc/self/oom_score_adj || echo refused")
+    assert "refused" in out, out
+
+
+@pytest.mark.skipif(cgroup_root("memory") is None, reason=f"a memory cgroup: {memory_limit()}")
+def test_a_box_past_its_memory_is_killed_and_nothing_else(tmp_path):
+    """256 MB held where no process shows it (a memfd, written, never mapped), in a box of 64 MB:
+    the kernel kills the box's process, and the harness (this test) goes on."""
+    hoard = ("import os; fd = os.memfd_create('hoard'); "
+             "[os.write(fd, bytes(1 << 20)) for _ in range(256)]; print('held 256 MB')")
+    code, out = in_box(Sandbox(writable=[tmp_path], limits=Limits(memory_bytes=64 << 20)), tmp_path,
+                       f"exec python3 -c \"{hoard}\"")
+    assert code != 0 and "held 256 MB" not in out, (code, out)
+    code, out = in_box(Sandbox(writable=[tmp_path], limits=Limits(memory_bytes=512 << 20)), tmp_path,
+                       f"exec python3 -c \"{hoard}\"")
+    assert code == 0 and "held 256 MB" in out, (code, out)  # under its limit: nothing happens
 
 
 def test_a_run_reads_the_labs_export_and_not_the_data_source(outside_tmp):

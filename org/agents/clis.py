@@ -49,9 +49,9 @@ from org.agents.roles import kickoff, system_prompt
 from org.agents.spend import Spend, cpu_exhausted
 from org.agents.tools import format_mail
 from org.agents.transcript import Transcript
+from org.cgroups import cpu_seconds
 from org.ledger import Ledger, ledger_path
 from org.mail import Mail
-from org.sandbox import cpu_seconds
 
 HOOK_WAIT_SECONDS = 3000  # Claude Code's hook timeout is set above this
 METER_EVERY_SECONDS = 30  # how often a running CLI's box's CPU time goes on record

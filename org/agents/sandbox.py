@@ -30,7 +30,8 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from org.sandbox import cpu_seconds, untrusted_env
+from org.cgroups import cpu_seconds
+from org.sandbox import untrusted_env
 
 # environment variables a command must not see: credentials, and anything pointing git elsewhere
 SECRET_NAME = re.compile(r"(API_?KEY|TOKEN(?!IZERS)|SECRET|PASSW|CREDENTIAL|_KEY$|_AUTH)", re.I)
@@ -220,7 +221,8 @@ class Workspace:
             used = cpu_seconds(proc) if self.box else None
             if used is not None and self.meter:
                 self.meter(used)
-            return status, _read_capped(out, limit)
+            stopped = getattr(proc, "stopped", None)  # its disk (org/diskwatch.py)
+            return status, _read_capped(out, limit) + (f"\n[{stopped}]" if stopped else "")
 
 
 def die_with_this_thread():

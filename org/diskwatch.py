@@ -1,0 +1,102 @@
+"""
+What a box may write to disk. No cgroup bounds it, and RLIMIT_FSIZE only bounds each file, so
+the harness watches: Sandbox.popen starts a thread for every box with writable trees, which
+every POLL_SECONDS adds up those trees (the blocks each file takes, a hard-linked one once, and
+the number of entries) and kills the box, saying why on proc.stopped, when
+
+- they hold more than Limits.disk_bytes, or more than Limits.disk_files entries, beyond what
+  they held when it started: no box fills the disk, nor its table of files, on its own;
+- the filesystem under them has less than Limits.disk_reserve free and they grew by more than
+  GROWTH_SLACK since it started: boxes one after another (an agent's commands), or side by
+  side, cannot take the last of the disk the harness writes its ledger and reports to. A box
+  that only deletes files goes on.
+
+    watch(proc, box.writable, box.limits)     # once the box has started
+    proc.stopped                              # None, or the one line saying why it was killed
+
+Between two looks a box writes at the disk's speed, so the bounds hold to within POLL_SECONDS
+of writing (or ten times a look's own time, for trees of many files: the watch takes a tenth of
+a core at most). Trees two boxes share (an agent's .git/objects) count for both.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import threading
+import time
+from pathlib import Path
+
+POLL_SECONDS = 1.0
+GROWTH_SLACK = 64 << 20  # a run's log and metrics, an agent's small edits: never the reason a box dies
+
+
+def watch(proc, trees: list[Path], limits) -> threading.Thread | None:
+    """Start watching proc's box (a Popen whose death kills it) until it exits."""
+    proc.stopped = None
+    trees = [Path(t) for t in trees if Path(t).exists()]
+    if not trees:
+        return None
+    start = usage(trees)
+    thread = threading.Thread(target=_watch, args=(proc, trees, limits, start), daemon=True,
+                              name=f"diskwatch-{proc.pid}")
+    thread.start()
+    return thread
+
+
+def _watch(proc, trees: list[Path], limits, start: tuple[int, int]):
+    took = 0.0
+    while time.sleep(max(POLL_SECONDS, 10 * took)) or proc.poll() is None:  # a tenth of a core at most
+        t0 = time.monotonic()
+        why = over(start, usage(trees), min(free_bytes(t) for t in trees), limits)
+        took = time.monotonic() - t0
+        if why and proc.poll() is None:
+            proc.stopped = f"killed by the harness: {why}"
+            try:
+                os.kill(proc.pid, signal.SIGKILL)  # bwrap's: the box dies with it
+            except ProcessLookupError:
+                pass
+            return
+
+
+def over(start: tuple[int, int], now: tuple[int, int], free: int, limits) -> str | None:
+    """Why a box must stop, from (bytes, entries) in its trees when it started and now, and the
+    bytes free under them; None while it keeps within its bounds."""
+    grew, more = now[0] - start[0], now[1] - start[1]
+    if grew > limits.disk_bytes:
+        return f"its writable trees grew by {gib(grew)}, more than the {gib(limits.disk_bytes)} a box may write"
+    if more > limits.disk_files:
+        return f"it made {more} files and folders, more than the {limits.disk_files} a box may make"
+    if free < limits.disk_reserve and grew > GROWTH_SLACK:
+        return (f"it wrote {gib(grew)} while the disk has {gib(free)} free, less than the {gib(limits.disk_reserve)} "
+                "the harness keeps for its ledger (delete files to go on)")
+    return None
+
+
+def usage(trees: list[Path]) -> tuple[int, int]:
+    """(bytes the trees' files take on disk, their entries): each inode once, links not followed."""
+    seen, blocks, entries = set(), 0, 0
+    for tree in trees:
+        for folder, dirs, files in os.walk(tree):
+            for name in dirs + files:
+                try:
+                    st = os.lstat(os.path.join(folder, name))
+                except OSError:  # deleted while we looked
+                    continue
+                entries += 1
+                if (st.st_dev, st.st_ino) not in seen and not stat.S_ISDIR(st.st_mode):
+                    seen.add((st.st_dev, st.st_ino))
+                    blocks += st.st_blocks
+    return blocks * 512, entries
+
+
+def free_bytes(path: Path) -> int:
+    try:
+        fs = os.statvfs(path)
+    except OSError:
+        return 1 << 62
+    return fs.f_bavail * fs.f_frsize
+
+
+def gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MB"
