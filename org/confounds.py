@@ -13,13 +13,15 @@ The referee (org/referee.py) turns them into the verdict:
                so whose clock, is its own;
                val_bpb far below the model's own train-split score, beyond the baseline's (it
                learned or reads the evaluation text); an initial model below the data's
-               unigram entropy (it started trained)
+               unigram entropy (it started trained); a code arm's forward pass far slower per
+               FLOP when scored than the base's (compute at evaluation)
     no change  same overrides and code; bit-identical final parameters; a seed-only change
     warning    FLOPs, tokens or steps differ as the budget or the claim explains (seconds
                budget; FLOP budget with FLOPs/token changed; declared); unequal seed sets;
                devices differ otherwise; wall time per unit of budget beyond the noise;
                error or invalid runs in one arm only (invalid in a variant with code of its
-               own: it could fail on purpose); the baseline is not learning
+               own: it could fail on purpose); the baseline is not learning; a code arm's
+               forward pass somewhat slower per FLOP when scored than the base's
 
 A claim declares what it changes on purpose (declared={'params'} for "wider at equal FLOPs").
 """
@@ -59,6 +61,10 @@ class Tolerances:
     held_out_gap: float = 0.1
     # bits per byte: an initial model this far below the data's unigram entropy started trained
     head_start: float = 0.25
+    # a code arm's scored forward pass, its time per FLOP over the base's forward pass on the same
+    # batches (median over its runs): a warning (x1.5), invalid (x2.5: dynamic evaluation is x3+)
+    eval_compute: float = 1.5
+    eval_compute_invalid: float = 2.5
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,8 @@ def find_confounds(base: list[Run], var: list[Run], declared: frozenset, tol: To
                   check_learning, check_head_start):
         found += check(base, var, declared, tol)
     base_all = list(base_all) or base
-    return found + check_wall_time(base, var, tol, base_all) + check_held_out_gap(base, var, tol, base_all)
+    return (found + check_wall_time(base, var, tol, base_all) + check_held_out_gap(base, var, tol, base_all)
+            + check_eval_compute(base, var, tol))
 
 
 def completed(runs: list[Run]) -> list[Run]:
@@ -312,6 +319,32 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
     if abs(D) - margin > tol.wall_time:
         return [Finding("wall time", f"{text}: {'work the FLOP count does not see?' if D > 0 else 'skips work it claims?'}",
                         False)]
+    return []
+
+
+def check_eval_compute(base, var, tol) -> list[Finding]:
+    """Compute at evaluation alone: a code arm's model is scored in a worker, and each batch it
+    scores is run right after by the base commit's forward pass in a worker of the same kind;
+    Run.forward_time_ratio is the median of the two times' ratio, per FLOP of each recount
+    (org/remote.py's Yardstick), and R its median over the arm's runs. About 1 for a forward
+    pass that does the work its FLOPs say; more for work that only evaluation does, which no
+    budget paid for and no probe sees: training on each window while scoring it (dynamic
+    evaluation, causal and row-local: a backward pass a token, R of 3 or more), an ensemble of
+    passes. Code that is honestly slower per FLOP is slower in training too, where more than
+    +49% is invalid already (check_wall_time), so R is not excused by the training's time: an
+    excuse would be a budget for padding the training's wall time.
+    - R beyond tol.eval_compute_invalid (x2.5): invalid;
+    - R beyond tol.eval_compute (x1.5): a warning."""
+    ratios = [r.forward_time_ratio for r in completed(var) if r.forward_time_ratio]
+    if not ratios:
+        return []
+    R = statistics.median(ratios)
+    text = (f"its forward pass took x{R:.2f} the base's time per FLOP when scored (the harness's clock, median "
+            f"over {len(ratios)} runs)")
+    if R > tol.eval_compute_invalid:
+        return [Finding("eval compute", f"{text}: compute at evaluation that no budget paid for", True)]
+    if R > tol.eval_compute:
+        return [Finding("eval compute", f"{text}: work at evaluation?", False)]
     return []
 
 

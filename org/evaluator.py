@@ -21,7 +21,10 @@ and kernel caches of its own. For the run's final checkpoint it:
    drawn at random from every pass (val, confirm and the unforeseen train windows): with the
    tokens after a position t of each row's own changed, its log-probabilities at positions
    <= t must not move (and a row alone must score as in its batch). What a worker says once
-   it has been shown those windows is withheld from the reason its agent reads;
+   it has been shown those windows is withheld from the reason its agent reads. Each scored
+   batch is also run, right after, by the base commit's forward pass in a worker of the same
+   kind: the two times' ratio per FLOP (forward_time_ratio, org/remote.py's Yardstick) shows
+   compute at evaluation that no training step paid for;
 4. fingerprints the final parameters (bit-identical arms are `no change`) and, for a code arm,
    compares the experiment's initial parameters at the run's seed with the base commit's. If
    they are only redrawn from the same distributions, and two optimizer steps of the
@@ -36,13 +39,11 @@ harness itself is a traceback on stderr and a non-zero exit status.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 import zipfile
@@ -51,19 +52,14 @@ from pathlib import Path
 
 import numpy as np
 
-from org.model_worker import receive, send
 from org.recount import recount
+from org.remote import Invalid, RemoteModel, Worker, Yardstick
 
-PROBE_BATCHES = 2        # batches of each scoring pass whose logits the fresh worker re-checks
 PROBE_FORWARDS = 6       # probe forwards per kept batch, each of its rows with a position t of its own
 CAUSAL_TOLERANCE = 1e-3  # nats a log-probability at positions <= t may move (rounding); a peek under it gains less
 REPLAY_STEPS = 2
 REPLAY_TOLERANCE = 1e-4  # relative: numerics that differ in rounding only are the same step
 SAME_DISTRIBUTION_P = 1e-4  # a redrawn tensor whose two-sample KS p-value falls below this is not a redraw
-
-
-class Invalid(Exception):
-    """The run cannot be measured; the message is the ledger's one-line reason."""
 
 
 def main() -> int:
@@ -95,7 +91,7 @@ def measure(job: dict) -> dict:
         raise Invalid(str(e)) from None
     out.update(fingerprints(job, params, data))
     if job.get("workers"):
-        out.update(measure_experiment(job, params, cfg, data))
+        out.update(measure_experiment(job, params, cfg, data, out["flops_per_token"]))
     else:
         out.update(score(base_model(cfg, job, params), data, job),
                    forward="base", init="base", replay=None, seed_only=False, causal=None)
@@ -111,23 +107,24 @@ def lab_split_key(job: dict) -> bytes | None:
     return read_split_key(job["split_key_file"])
 
 
-def measure_experiment(job: dict, params: dict, cfg, data) -> dict:
+def measure_experiment(job: dict, params: dict, cfg, data, fpt: float) -> dict:
     """A code arm: its model's construction, training step and forward pass run in workers."""
     V = data.vocab_size
-    with Worker(job, "a") as worker:  # a: construction, replay, scoring
+    with Worker(job, "a") as worker, Yardstick(job, cfg, V) as base:  # a: construction, replay, scoring
         init = worker.prepare(job, V)
         if {n: a.shape for n, a in init.items()} != {n: a.shape for n, a in params.items()}:
             raise Invalid(f"the checkpoint's tensors are not the experiment's model's: "
                           f"{shape_diff({n: a.shape for n, a in params.items()}, init)}")
         out = seed_probe(worker, init, cfg, job, data)
         worker.load(params)
-        model = RemoteModel(worker, V)
+        model = RemoteModel(worker, V, base)
         out.update(score(model, data, job))
         if out["init"] != "same":  # only an init that is not the base's could start ahead; scored
             # last, so the worker meets the unforeseen windows no sooner than the final model does
             out["init_bpb"] = init_score(worker, init, data, job)
     probe_causality(job, params, model.kept, V)
-    return {**out, "forward": "experiment", "causal": True}
+    ratio = base.time_ratio(fpt)
+    return {**out, "forward": "experiment", "causal": True, "forward_time_ratio": ratio}
 
 
 # ----------------------------------------------------------------------------------------
@@ -329,106 +326,6 @@ def unigram_bpb(data, n_tokens: int, seq_len: int) -> float | None:
 # the experiment's model, in a worker process
 
 
-class Worker:
-    """org/model_worker.py in the experiment's snapshot; every answer is checked here."""
-
-    def __init__(self, job: dict, name: str):
-        w = job["workers"][name]  # each with its own kernel cache: nothing passes from a to b
-        log = Path(job["log_dir"]) / f"measure-worker-{name}.log"  # never through a link the run left
-        self.log = open(log, "wb", opener=no_follow)
-        self.proc = subprocess.Popen(w["argv"], cwd=w["code"], env=w["env"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.log, preexec_fn=die_with_parent)
-        self.job, self.seen_text = job, False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-    def call(self, what: str, header: dict, arrays=(), max_bytes: int = 0) -> tuple[dict, list]:
-        self.seen_text |= what == "forward pass"
-        try:
-            send(self.proc.stdin, header, arrays)
-            reply, out = receive(self.proc.stdout, max_bytes)
-        except (EOFError, BrokenPipeError, ValueError, OSError) as e:
-            self.proc.kill()
-            raise Invalid(f"the experiment's model process broke off during {what} ({e}): "
-                          f"{self.said(last_line(self.log.name))}") from None
-        if "error" in reply:
-            raise Invalid(f"the experiment's {what} failed: {self.said(reply['error'])}")
-        return reply, out
-
-    def said(self, words: str) -> str:
-        """What the experiment's code said, for the run's reason, which its agent reads: withheld
-        once it has been shown evaluation text, which it could spell out there."""
-        return "(withheld: it has seen the evaluation text)" if self.seen_text else words
-
-    def prepare(self, job: dict, vocab_size: int) -> dict:
-        spec = {"preset": job["preset"], "overrides": {**job["overrides"], "sequence_len": job["seq_len"]},
-                "seed": job["seed"], "device": job["device"], "dtype": job["dtype"], "matmul": job["matmul"],
-                "batch_size": job["batch_size"], "data": job.get("models_data") or job.get("runs_data") or job["data"],
-                "tokenizer": "bytes" if job.get("runs_data") else job["tokenizer"],
-                "budget_kind": job["budget_kind"], "budget": job["budget"], "val_tokens": job["val_tokens"],
-                "confirm_tokens": job["val_tokens"]}
-        reply, arrays = self.call("model construction", {"op": "prepare", "spec": spec, "vocab_size": vocab_size},
-                                  max_bytes=self.job["max_param_bytes"])
-        return dict(zip(reply["names"], arrays))
-
-    def load(self, params: dict):
-        self.call("checkpoint load", {"op": "load", "names": list(params)}, list(params.values()))
-
-    def replay(self, params: dict, batches: list, lr_mult: float) -> dict:
-        arrays = list(params.values()) + [a for xy in batches for a in xy]
-        reply, out = self.call("optimizer replay", {"op": "replay", "names": list(params), "batches": len(batches),
-                                                    "lr_mult": lr_mult}, arrays, self.job["max_param_bytes"])
-        return dict(zip(reply["names"], out))
-
-    def forward(self, x: np.ndarray, vocab_size: int) -> np.ndarray:
-        rows, T = x.shape
-        _, out = self.call("forward pass", {"op": "forward"}, [x], max_bytes=rows * T * vocab_size * 8 + 4096)
-        logits = out[0] if out else None
-        if logits is None or logits.shape != (rows, T, vocab_size) or logits.dtype.kind != "f":
-            got = "nothing" if logits is None else f"{logits.dtype} {logits.shape}"
-            raise Invalid(f"the experiment's forward pass returned {self.said(got)} for {x.shape} tokens, "
-                          f"expected float logits ({rows}, {T}, {vocab_size})")
-        if not np.isfinite(logits).all():
-            raise Invalid("the experiment's forward pass returned non-finite logits")
-        return logits
-
-
-class RemoteModel:
-    """The experiment's forward pass as the base evaluate() sees a model; keeps the logits of
-    a few batches of each pass, drawn at random, for the causality probe."""
-    xp = np
-
-    def __init__(self, worker: Worker, vocab_size: int):
-        self.worker, self.vocab_size = worker, vocab_size
-        self.rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
-        self.keep, self.calls, self.kept, self.pass_name = set(), 0, [], None
-
-    def probe_next(self, name: str, n_windows: int, batch_size: int):
-        """The next evaluate() pass reads n_windows windows in batches of batch_size: keep
-        PROBE_BATCHES of its batches (drawn here, so no forward pass can know which)."""
-        n_batches = -(-n_windows // batch_size)
-        self.keep = set(self.rng.choice(n_batches, size=min(PROBE_BATCHES, n_batches), replace=False))
-        self.calls, self.pass_name = 0, name
-
-    def forward(self, x):
-        x = np.ascontiguousarray(np.asarray(x, dtype=np.int64))
-        logits = self.worker.forward(x, self.vocab_size)
-        if self.calls in self.keep:
-            self.kept.append((self.pass_name, x, logits))
-        self.calls += 1
-        return logits
-
-
 def probe_causality(job: dict, params: dict, kept: list, vocab_size: int):
     """In a fresh worker (no state carried over from the scoring one), run each kept batch again
     PROBE_FORWARDS times, each row with the tokens after a position t of its own changed: its
@@ -541,25 +438,6 @@ def same_distribution(a: np.ndarray, b: np.ndarray) -> bool:
     if a.size > 100_000:
         a, b = rng.choice(a, 100_000, replace=False), rng.choice(b, 100_000, replace=False)
     return stats.ks_2samp(a, b).pvalue > SAME_DISTRIBUTION_P
-
-
-def die_with_parent():
-    """In the worker, before exec: SIGKILL it when the evaluator goes, however it goes."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def no_follow(path, flags):
-    """open()'s opener for a file the harness writes in a run's directory: never through a link."""
-    return os.open(path, flags | os.O_NOFOLLOW)
-
-
-def last_line(path: str) -> str:
-    try:
-        lines = [l for l in Path(path).read_text(errors="replace").splitlines() if l.strip()]
-    except OSError:
-        return "no log"
-    return lines[-1].strip()[:300] if lines else "it printed nothing"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 
 from org import OrgError
-from org.evaluator import no_follow
+from org.remote import no_follow
 from org.ledger import FINISHED, budget_of
 from org.program import Program
 from trainer.record import Measurement, Result, read

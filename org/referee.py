@@ -105,6 +105,7 @@ class Run:
     train_window_bpb: tuple | None = None  # each of those windows' own
     val_window_bpb: tuple | None = None    # each val window's own
     init_bpb: float | None = None   # a code arm's initial model on those windows, by the harness
+    forward_time_ratio: float | None = None  # a code arm's scored forward pass: time per FLOP over the base's
 
     @classmethod
     def read(cls, row: dict) -> Run:
@@ -128,6 +129,7 @@ class Run:
             finished_at=_timestamp(get("finished_at")), wall_seconds=get("wall_seconds"),
             params_fingerprint=get("params_fingerprint"), seed_only=bool(get("seed_only")),
             unigram_bpb=get("unigram_bpb"), train_bpb=get("train_bpb"), init_bpb=get("init_bpb"),
+            forward_time_ratio=get("forward_time_ratio"),
             train_window_bpb=tuple(get("train_window_bpb") or ()) or None,
             val_window_bpb=tuple(get("val_window_bpb") or ()) or None)
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from org import OrgError
 from org.cluster import GPU, connect, job_id, machine
-from org.evaluator import last_line
+from org.remote import last_line
 from org.lab import Lab, LabError, child_env, copy_kernel_cache
 from org.ledger import Ledger, budget_of, pid_alive
 from org.measure import (MeasureError, check_result, cross_check, evaluator_env, export_for_models, job_for,
@@ -516,6 +516,7 @@ class Runner:
         kernels = self.lab.state_dir(self.program.name) / "kernels"
         caches = {name: kernels / f"{commit}.measuring-run{run['id']}-{name}" for name in "ab"} if code else {}
         workers = {name: self._worker(code, slot, cache) for name, cache in caches.items()} or None
+        workers = workers and {**workers, "base": self._worker(base_code, slot, None)}  # evaluator.forward_time_ratio
         job = job_for(self.program, run, run_dir, base_code, workers, self.harness_cache, self.runs_data)
         env = evaluator_env(self.lab.state_dir(self.program.name).parent / "harness-cache", slot.env)
         pin = (lambda: os.sched_setaffinity(0, slot.share)) if slot.share else None
@@ -575,10 +576,9 @@ def last_change(run_dir: Path) -> float:
 def _set_aside(run_dir: Path):
     """Rename a run directory that holds no recorded result to <id>.attempt<N> (the first free
     N), so a re-run starts clean and the evidence of the failed attempt is kept."""
-    if not run_dir.exists():
-        return
-    n = next(n for n in itertools.count(1) if not run_dir.with_name(f"{run_dir.name}.attempt{n}").exists())
-    run_dir.rename(run_dir.with_name(f"{run_dir.name}.attempt{n}"))
+    if run_dir.exists():
+        n = next(n for n in itertools.count(1) if not run_dir.with_name(f"{run_dir.name}.attempt{n}").exists())
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.attempt{n}"))
 
 
 def _kill_group(pid: int, sig: int):

@@ -205,7 +205,7 @@ def test_takeover_pauses_a_waiting_agent_promptly_and_release_resumes_it_with_a_
                       settings=FAST)
         thread = threading.Thread(target=lambda: ended.append(agent.run()))
         thread.start()
-        assert control.wait_for_state("running", timeout=10)
+        assert control.wait_for_state("running", timeout=10) and asked(llm, 1)
         control.pause("taken over by a person")  # the agent is inside a 600-second wait
         assert control.wait_for_state("paused", timeout=10)
         assert control.state()["reason"] == "taken over by a person" and len(llm.requests) == 1
@@ -213,6 +213,15 @@ def test_takeover_pauses_a_waiting_agent_promptly_and_release_resumes_it_with_a_
         thread.join(20)
     assert ended == ["finished: done"]
     assert said(llm.requests[1].body, "I renamed the arm to no-cap; carry on.")
+
+
+def asked(llm: FakeLLM, n: int, timeout: float = 10.0) -> bool:
+    """Whether the model has been asked n times within timeout: "running" is said before the
+    first request, and a busy machine once let a stop arrive in between."""
+    deadline = time.monotonic() + timeout
+    while len(llm.requests) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return len(llm.requests) >= n
 
 
 def test_stop_ends_the_agent_at_the_next_safe_point(lab):
@@ -224,7 +233,7 @@ def test_stop_ends_the_agent_at_the_next_safe_point(lab):
                       settings=FAST)
         thread = threading.Thread(target=lambda: ended.append(agent.run()))
         thread.start()
-        assert control.wait_for_state("running", timeout=10)
+        assert control.wait_for_state("running", timeout=10) and asked(llm, 1)  # in its 600-second wait
         control.stop("the org is shutting down")
         thread.join(20)
     assert ended == ["stopped: the org is shutting down"] and len(llm.requests) == 1

@@ -15,6 +15,8 @@ import pytest
 from org.cli import main
 from org.ledger import FIGURE_COLUMNS, SCHEMA_VERSION, Ledger
 from org.measure import cross_check, evaluator_env, measure_run, source_only, worker_command
+from org.confounds import Tolerances
+from org.referee import compare
 from org.sandbox import available, untrusted_env, worker_box
 from trainer.record import Params, Result, read
 from test_org_runner import agent_commit, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
@@ -47,9 +49,9 @@ def job(lab, run_dir=None, code=None) -> dict:
             "preset": "nanochat", "overrides": dict(TINY), "seed": 3, "data": "pystdlib", "tokenizer": "bytes",
             "val_tokens": 2048, "batch_size": 4, "seq_len": 64, "device": "cpu", "dtype": "float32",
             "matmul": "fp32", "budget_kind": "steps", "budget": FLAGS["steps"],
-            "workers": None if code is None else {name: worker_command(code, untrusted_env(
+            "workers": None if code is None else {name: worker_command(where, untrusted_env(
                 {"OMP_NUM_THREADS": "1", "NANOLAB_CACHE": str(lab["root"] / "harness-cache" / "data")}),
-                box=box_for(lab, code)) for name in "ab"}}
+                box=box_for(lab, where)) for name, where in (("a", code), ("b", code), ("base", lab["base"]))}}
 
 
 def box_for(lab, code: Path):
@@ -227,6 +229,34 @@ def test_a_bad_forward_pass_is_invalid_with_its_reason(lab, name):
     code = experiment(lab, f"forward-{name}", lambda t: t.replace(FORWARD, patch))
     out = measure(lab, code=code)
     assert says in out["invalid"] and "\n" not in out["invalid"]
+
+
+# The attack: a forward pass that, when it is scored (no targets), does work no training step
+# does, at a training step's cost or more: here three forward and backward passes whose results
+# it drops, as dynamic evaluation would spend them (causal and row-local, so the probe passes it;
+# its val and train windows gain alike, so the held-out gap does too). Before the harness timed
+# the scored forward pass against the base's, nothing on the record showed it.
+DYNAMIC_EVALUATION = FORWARD.replace("return logits", "for _ in range(3):  # what adapting to each window costs\n"
+                                     "                self.forward(idx, xp.roll(idx, -1, axis=1))\n"
+                                     "                self.backward()\n"
+                                     "            self.cache = None\n"
+                                     "            return logits")
+
+
+def test_compute_at_evaluation_alone_shows_in_the_scored_forward_passs_time(lab):
+    honest = measure(lab, code=experiment(lab, "unchanged"))["measurement"]
+    adapting = measure(lab, code=experiment(lab, "evaluation-work", lambda t: t.replace(FORWARD, DYNAMIC_EVALUATION)))
+    adapting = adapting["measurement"]
+    assert adapting.causal is True and adapting.val_bpb == honest.val_bpb  # every other check passes it
+    bar = Tolerances()  # x1.5 a warning, x2.5 invalid; here about 1.0 and 4 (tiny: the pipe's share is large)
+    assert honest.forward_time_ratio < bar.eval_compute < bar.eval_compute_invalid < adapting.forward_time_ratio, \
+        (honest.forward_time_ratio, adapting.forward_time_ratio)
+    runs = lambda arm, m: [dict(arm=arm, seed=s, status="completed", val_bpb=m.val_bpb - (0.01 if arm != "baseline" else 0),
+                                git_commit=arm, forward_time_ratio=m.forward_time_ratio) for s in range(3)]
+    base = [dict(r, forward_time_ratio=None) for r in runs("baseline", honest)]
+    c = compare(base, runs("evaluation-work", adapting), "superiority")
+    assert c.verdict.startswith("invalid (confounded: its forward pass took x") and "no budget paid for" in c.verdict
+    assert "eval compute" not in {f.check for f in compare(base, runs("unchanged", honest), "superiority").findings}
 
 
 def test_a_forward_pass_that_hangs_is_stopped_and_invalid(lab):

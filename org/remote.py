@@ -1,0 +1,204 @@
+"""
+The experiment's model in a worker process (org/model_worker.py, in the experiment's snapshot and
+a box), as the evaluator (org/evaluator.py) talks to it: every answer is checked here, and a
+problem with one is the run's Invalid, one line.
+
+    with Worker(job, "a") as worker, Yardstick(job, cfg, V) as base:
+        init = worker.prepare(job, V); worker.load(params)
+        model = RemoteModel(worker, V, base)    # what the base evaluate() scores
+        base.time_ratio(flops_per_token)        # its forward pass's time per FLOP over the base's
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from org.model_worker import receive, send
+from org.recount import flops_per_token
+
+PROBE_BATCHES = 2        # batches of each scoring pass whose logits the fresh worker re-checks
+
+
+class Invalid(Exception):
+    """The run cannot be measured; the message is the ledger's one-line reason."""
+
+
+class Worker:
+    """org/model_worker.py in the experiment's snapshot; every answer is checked here."""
+
+    def __init__(self, job: dict, name: str):
+        w = job["workers"][name]  # each with its own kernel cache: nothing passes from a to b
+        log = Path(job["log_dir"]) / f"measure-worker-{name}.log"  # never through a link the run left
+        self.log = open(log, "wb", opener=no_follow)
+        self.proc = subprocess.Popen(w["argv"], cwd=w["code"], env=w["env"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, preexec_fn=die_with_parent)
+        self.job, self.seen_text = job, False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+    def call(self, what: str, header: dict, arrays=(), max_bytes: int = 0) -> tuple[dict, list]:
+        self.seen_text |= what == "forward pass"
+        try:
+            send(self.proc.stdin, header, arrays)
+            reply, out = receive(self.proc.stdout, max_bytes)
+        except (EOFError, BrokenPipeError, ValueError, OSError) as e:
+            self.proc.kill()
+            raise Invalid(f"the experiment's model process broke off during {what} ({e}): "
+                          f"{self.said(last_line(self.log.name))}") from None
+        if "error" in reply:
+            raise Invalid(f"the experiment's {what} failed: {self.said(reply['error'])}")
+        return reply, out
+
+    def said(self, words: str) -> str:
+        """What the experiment's code said, for the run's reason, which its agent reads: withheld
+        once it has been shown evaluation text, which it could spell out there."""
+        return "(withheld: it has seen the evaluation text)" if self.seen_text else words
+
+    def prepare(self, job: dict, vocab_size: int) -> dict:
+        spec = {"preset": job["preset"], "overrides": {**job["overrides"], "sequence_len": job["seq_len"]},
+                "seed": job["seed"], "device": job["device"], "dtype": job["dtype"], "matmul": job["matmul"],
+                "batch_size": job["batch_size"], "data": job.get("models_data") or job.get("runs_data") or job["data"],
+                "tokenizer": "bytes" if job.get("runs_data") else job["tokenizer"],
+                "budget_kind": job["budget_kind"], "budget": job["budget"], "val_tokens": job["val_tokens"],
+                "confirm_tokens": job["val_tokens"]}
+        reply, arrays = self.call("model construction", {"op": "prepare", "spec": spec, "vocab_size": vocab_size},
+                                  max_bytes=self.job["max_param_bytes"])
+        return dict(zip(reply["names"], arrays))
+
+    def load(self, params: dict):
+        self.call("checkpoint load", {"op": "load", "names": list(params)}, list(params.values()))
+
+    def replay(self, params: dict, batches: list, lr_mult: float) -> dict:
+        arrays = list(params.values()) + [a for xy in batches for a in xy]
+        reply, out = self.call("optimizer replay", {"op": "replay", "names": list(params), "batches": len(batches),
+                                                    "lr_mult": lr_mult}, arrays, self.job["max_param_bytes"])
+        return dict(zip(reply["names"], out))
+
+    def forward(self, x: np.ndarray, vocab_size: int) -> np.ndarray:
+        rows, T = x.shape
+        _, out = self.call("forward pass", {"op": "forward"}, [x], max_bytes=rows * T * vocab_size * 8 + 4096)
+        logits = out[0] if out else None
+        if logits is None or logits.shape != (rows, T, vocab_size) or logits.dtype.kind != "f":
+            got = "nothing" if logits is None else f"{logits.dtype} {logits.shape}"
+            raise Invalid(f"the experiment's forward pass returned {self.said(got)} for {x.shape} tokens, "
+                          f"expected float logits ({rows}, {T}, {vocab_size})")
+        if not np.isfinite(logits).all():
+            raise Invalid("the experiment's forward pass returned non-finite logits")
+        return logits
+
+
+class RemoteModel:
+    """The experiment's forward pass as the base evaluate() sees a model; keeps the logits of
+    a few batches of each pass, drawn at random, for the causality probe."""
+    xp = np
+
+    def __init__(self, worker: Worker, vocab_size: int, yardstick: Yardstick | None = None):
+        self.worker, self.vocab_size, self.yardstick = worker, vocab_size, yardstick
+        self.rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+        self.keep, self.calls, self.kept, self.pass_name = set(), 0, [], None
+
+    def probe_next(self, name: str, n_windows: int, batch_size: int):
+        """The next evaluate() pass reads n_windows windows in batches of batch_size: keep
+        PROBE_BATCHES of its batches (drawn here, so no forward pass can know which)."""
+        n_batches = -(-n_windows // batch_size)
+        self.keep = set(self.rng.choice(n_batches, size=min(PROBE_BATCHES, n_batches), replace=False))
+        self.calls, self.pass_name = 0, name
+
+    def forward(self, x):
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.int64))
+        t0 = time.perf_counter()
+        logits = self.worker.forward(x, self.vocab_size)
+        if self.yardstick:
+            self.yardstick.after(x, time.perf_counter() - t0)
+        if self.calls in self.keep:
+            self.kept.append((self.pass_name, x, logits))
+        self.calls += 1
+        return logits
+
+
+class Yardstick:
+    """The base commit's forward pass, in a worker of the same kind as the experiment's (box, pipe,
+    cores), run on each batch the experiment's forward pass scores, right after it: R, the median
+    over batches of their times' ratio, per FLOP of each recount, is about 1 for a forward pass
+    that does the work its FLOPs say. Compute at evaluation that no training step paid for (a model
+    that trains on each window as it scores it, dynamic evaluation: causal and row-local, so the
+    probe passes it) makes it more: the referee's confounds.check_eval_compute judges it. The
+    scored calls themselves are timed: calls made only to time could be told from them, by their
+    count, and answered cheaply; and the base's run right after each, so a machine that gets busier
+    or quieter moves both. Without a base worker or a config the base can build, or once the base
+    worker fails, there is no R."""
+
+    def __init__(self, job: dict, cfg, vocab_size: int):
+        from trainer.config import KEYS
+        from trainer.model import param_shapes
+        self.worker, self.V, self.ratios = None, vocab_size, []
+        if cfg is None or "base" not in job["workers"]:
+            return
+        shapes = dict(param_shapes(cfg))
+        self.fpt = flops_per_token(shapes, cfg, job["seq_len"])
+        base_job = {**job, "overrides": {k: v for k, v in job["overrides"].items() if k in KEYS or k == "depth"},
+                    "max_param_bytes": 8 * sum(int(np.prod(s)) for s in shapes.values()) + (1 << 20)}
+        self.worker = Worker(base_job, "base")
+        self.call(lambda: self.worker.prepare(base_job, vocab_size))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.worker:
+            self.worker.__exit__(*exc)
+
+    def after(self, x: np.ndarray, seconds: float):
+        """The experiment took `seconds` on x: time the base on it."""
+        t0 = time.perf_counter()
+        if self.call(lambda: self.worker.forward(x, self.V)):
+            self.ratios.append(seconds / (time.perf_counter() - t0))
+
+    def call(self, what) -> bool:
+        if self.worker is None:
+            return False
+        try:
+            what()
+            return True
+        except Invalid:  # the yardstick's failure is not the run's
+            self.worker.__exit__(None, None, None)
+            self.worker = None
+            return False
+
+    def time_ratio(self, fpt: float) -> float | None:
+        return round(float(np.median(self.ratios)) * self.fpt / fpt, 3) if self.ratios and fpt else None
+
+
+def die_with_parent():
+    """In the worker, before exec: SIGKILL it when the evaluator goes, however it goes."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def no_follow(path, flags):
+    """open()'s opener for a file the harness writes in a run's directory: never through a link."""
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def last_line(path: str) -> str:
+    try:
+        lines = [l for l in Path(path).read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip()[:300] if lines else "it printed nothing"
