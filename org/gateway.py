@@ -73,6 +73,11 @@ ENDPOINTS = {("anthropic", "POST", "v1/messages"): True,
 # fields that ask for them: they reach the network from outside the box and charge per use
 HOSTED = ("web_search", "web_fetch", "code_execution", "code_interpreter", "file_search", "image_generation", "mcp")
 HOSTED_FIELDS = ("mcp_servers", "web_search_options")
+# What asks for a dearer rate than prices.yaml's, which the gateway would charge at the standard
+# one: Anthropic's 1M-token context (a higher rate past 200k input) and fast output, by beta
+# header or field; a service tier other than the standard ones (OpenAI's priority and scale)
+DEARER_BETAS = ("context-1m", "fast-mode")
+STANDARD_TIERS = ("auto", "default", "standard_only", "flex")  # (flex is cheaper: charged as standard)
 # A call's worst case, held against the budget while it is in flight (Gateway.reserve): its input
 # is estimated from the body's size (English runs ~4 bytes a token, code and JSON ~3: 2 leaves
 # room), its output is the body's max_tokens, or this where it sets none (codex's calls)
@@ -286,6 +291,18 @@ def hosted_tools(fields: dict) -> list[str]:
     return sorted({k for k in kinds if k.startswith(HOSTED)} | asked)
 
 
+def dearer_rate(fields: dict, betas: list[str]) -> list[str]:
+    """What in a call asks for a dearer rate than the gateway prices (DEARER_BETAS in its
+    anthropic-beta headers, a service tier not in STANDARD_TIERS, a speed not the standard one)."""
+    tokens = [t.strip() for header in betas for t in header.split(",")]
+    found = [f"anthropic-beta {t}" for t in tokens if t.startswith(DEARER_BETAS)]
+    if fields.get("service_tier") not in (None, *STANDARD_TIERS):
+        found.append(f"service_tier {str(fields['service_tier'])[:40]}")
+    if fields.get("speed") not in (None, "standard"):
+        found.append(f"speed {str(fields['speed'])[:40]}")
+    return found
+
+
 def worst_case(fields: dict, size: int):
     """The most a call may use: the output its body allows (max_tokens, OpenAI's
     max_completion_tokens or max_output_tokens, times its n choices; DEFAULT_MAX_OUTPUT where it
@@ -337,6 +354,10 @@ def _handler(gateway: Gateway):
                 raise Refused(400, "invalid_request_error", f"the gateway does not forward hosted tools ({', '.join(hosted)}): "
                               "the provider would reach the network for the agent, outside its box, for fees no "
                               "reply's usage shows; tools the agent's own client runs are forwarded")
+            dearer = dearer_rate(fields, self.headers.get_all("anthropic-beta") or [])
+            if dearer:
+                raise Refused(400, "invalid_request_error", f"the gateway does not forward calls at a dearer rate than "
+                              f"its prices ({', '.join(dearer)}): the budget would be charged less than was spent")
             model = fields.get("model") if isinstance(fields.get("model"), str) else "unknown"
             worst = worst_case(fields, len(body))
             key = gateway.reserve(gateway.price(model, worst) if spends else 0.0)

@@ -118,11 +118,11 @@ def test_past_the_llm_budget_every_call_is_refused_until_a_person_raises_it(org)
 
 # --- what a token holder's own code can send -------------------------------------------------------
 
-def call(gw, method: str, path: str, token: str, body=None) -> tuple[int, bytes]:
+def call(gw, method: str, path: str, token: str, body=None, headers=None) -> tuple[int, bytes]:
     """A raw HTTP call to the gateway, as an agent's own code can make one: (status, reply body)."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(gw.url + path, data=data, method=method,
-                                     headers={"x-api-key": token, "content-type": "application/json"})
+                                     headers={"x-api-key": token, "content-type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=30) as reply:
             return reply.status, reply.read()
@@ -169,6 +169,26 @@ def test_endpoints_whose_spend_no_reply_shows_are_refused_and_nothing_is_forward
         status, reply = call(gw, "POST", path, token, body)
         assert status == 400 and "hosted tools" in json.loads(reply)["error"]["message"], (path, reply)
     assert llm.requests == [] and spend(root, program) == []
+
+
+def test_a_call_at_a_dearer_rate_than_the_gateway_prices_is_refused(org):
+    """The attack: the same call at a rate the gateway did not price. Anthropic's 1M-token context
+    (a higher rate past 200k input tokens) and fast output, asked for by a beta header or a field,
+    and OpenAI's priority tier, were forwarded and charged to the budget at the standard rate."""
+    root, program, llm, gw, tokens = org
+    claude, gpt = tokens["claude"], tokens["gpt"]
+    for path, token, body, headers in [
+            ("/anthropic/v1/messages", claude, OPUS, {"anthropic-beta": "claude-code-20250219,context-1m-2025-08-07"}),
+            ("/anthropic/v1/messages?beta=true", claude, OPUS, {"anthropic-beta": "fast-mode-2026-02-01"}),
+            ("/anthropic/v1/messages", claude, {**OPUS, "speed": "fast"}, None),
+            ("/openai/responses", gpt, {"model": "gpt-5-test", "input": "hi", "service_tier": "priority"}, None),
+            ("/openai/chat/completions", gpt, {"model": "gpt-5-test", "messages": [], "service_tier": "scale"}, None)]:
+        status, reply = call(gw, "POST", path, token, body, headers)
+        assert status == 400 and "dearer rate" in json.loads(reply)["error"]["message"], (path, reply)
+    assert llm.requests == [] and spend(root, program) == []
+    status, _ = call(gw, "POST", "/anthropic/v1/messages", claude, {**OPUS, "service_tier": "standard_only"},
+                     {"anthropic-beta": "interleaved-thinking-2025-05-14"})
+    assert status == 200 and len(llm.requests) == 1  # the standard rate, and betas that price nothing
 
 
 def test_claude_codes_calls_go_through_and_counting_tokens_is_free(org):
