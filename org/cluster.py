@@ -47,6 +47,7 @@ GPU = "@RAY_GPU@"  # a run's CUDA_VISIBLE_DEVICES on a cluster: whichever GPU Ra
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 KIND_SHARE = 0.001  # a job's request of its node's kind resource: placement only, never scarce
 MACHINE_LINE = "nanolab machine: "  # how a job's own process names its device, in the job's log
+STOPPED_LINE = "nanolab stopped: "  # and why the harness killed the run's box, if it did (org/diskwatch.py)
 
 
 class RayJobs:
@@ -110,11 +111,16 @@ class RayJobs:
     def machine(self, job_id: str) -> str | None:
         """The device the job's node trained on, as the job's own process (launch(), harness
         code outside the run's box) named it in the job's log; None if it never got that far."""
+        return self.said(job_id, MACHINE_LINE)
+
+    def said(self, job_id: str, mark: str) -> str | None:
+        """The first line of the job's own output (launch()'s, harness code) that starts with mark,
+        without it; None if there is none, or no log."""
         try:
             logs = self.client.get_job_logs(job_id)
         except Exception:  # gone with its node or its head
             return None
-        named = [line[len(MACHINE_LINE):].strip() for line in logs.splitlines() if line.startswith(MACHINE_LINE)]
+        named = [line[len(mark):].strip() for line in logs.splitlines() if line.startswith(mark)]
         return named[0] if named else None
 
     def info(self, job_id: str):
@@ -149,6 +155,7 @@ class RayJobs:
             if status in TERMINAL:
                 if killed is None and ran >= timeout:
                     killed = f"wall time over run_timeout_seconds ({timeout:g}s), killed by the runner"
+                killed = killed or self.said(job_id, STOPPED_LINE)  # its disk, on the node
                 code = getattr(info, "driver_exit_code", None)
                 return (0 if status == "SUCCEEDED" and code is None else code), killed
             if killed is None and (stopping.is_set() or ran > timeout + grace + 30):
@@ -242,9 +249,8 @@ def launch(job: dict) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             code = proc.wait()
-    if getattr(proc, "stopped", None):  # its disk (org/diskwatch.py): the log's last line says so
-        with open(job["log"], "a") as log:
-            print(proc.stopped, file=log)
+    if getattr(proc, "stopped", None):  # its disk (org/diskwatch.py): for the runner's record
+        print(STOPPED_LINE + proc.stopped, flush=True)
     if code < 0:  # died of a signal: so does the job, and the runner reads it as such
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)

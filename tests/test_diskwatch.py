@@ -1,13 +1,17 @@
 """What a box may write to disk (org/diskwatch.py), attacked from inside a box: a box that writes
 without end, one that makes files without end, and boxes that write into the last of the disk.
-Before the watch, each of these wrote all it tried: the disk is the harness's too (its ledger)."""
+Before the watch, each of these wrote all it tried: the disk is the harness's too (its ledger).
+Last, the runner's side: a run so killed reads `killed`, with the reason."""
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from org.cli import main
+from org.ledger import Ledger
 from org.sandbox import Limits, Sandbox, available
+from test_org_runner import agent_commit, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=f"{available()}")
 
@@ -58,3 +62,28 @@ def test_a_box_within_its_bounds_is_left_alone(tmp_path):
     proc = box_runs(tmp_path, WRITE)  # the defaults: 16 GB, 100k files, 1 GB kept free
     assert proc.returncode == 0 and "wrote it all" in proc.out and proc.stopped is None, proc.out
     assert written(tmp_path) == 400 << 20
+
+
+FILLS_ITS_DIRECTORY = ('    """Train to the budget; return (and write) result.json\'s dict."""\n',
+                       '    """Train to the budget; return (and write) result.json\'s dict."""\n'
+                       '    import time as _t  # a checkpoint every moment, kept forever\n'
+                       '    for i in range(100):\n'
+                       '        (Path(out) / f"junk{i}").write_bytes(bytes(4 << 20)); _t.sleep(0.04)\n')
+
+
+def test_a_run_that_fills_its_disk_is_killed_and_its_record_says_why(make_project, monkeypatch):
+    """The runner's side: a run's box past its bound is killed, and the run reads `killed` with the
+    harness's reason (not a crash, nor a signal to retry on). The bound is 16 GB; here 32 MB."""
+    import org.runner
+    real = org.runner.run_box
+    monkeypatch.setattr(org.runner, "run_box", lambda *a, **k: real(*a, **k).with_extra(disk_bytes=32 << 20))
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    agent_commit(root, "mallory", "trainer/train.py", lambda text: text.replace(*FILLS_ITS_DIRECTORY))
+    assert main(["submit", "tiny", "--arm", "mallory", "--ref", "agent/tiny/mallory/work"]) == 0
+    assert main(["run", "tiny"]) == 0
+    with Ledger(root / ".lab" / "tiny" / "ledger.sqlite") as ledger:
+        runs = {r["arm"]: r for r in ledger.runs("tiny") if r["purpose"] == "main"}
+    assert runs["baseline"]["status"] == "completed"
+    assert runs["mallory"]["status"] == "killed", runs["mallory"]
+    assert runs["mallory"]["reason"].startswith("killed by the harness: its writable trees grew by")
+    assert sum(p.stat().st_size for p in Path(runs["mallory"]["run_dir"]).glob("junk*")) < 300 << 20
