@@ -294,7 +294,7 @@ def hosted_tools(fields: dict) -> list[str]:
 def dearer_rate(fields: dict, betas: list[str]) -> list[str]:
     """What in a call asks for a dearer rate than the gateway prices (DEARER_BETAS in its
     anthropic-beta headers, a service tier not in STANDARD_TIERS, a speed not the standard one)."""
-    tokens = [t.strip() for header in betas for t in header.split(",")]
+    tokens = [t.strip().lower() for header in betas for t in header.split(",")]
     found = [f"anthropic-beta {t}" for t in tokens if t.startswith(DEARER_BETAS)]
     if fields.get("service_tier") not in (None, *STANDARD_TIERS):
         found.append(f"service_tier {str(fields['service_tier'])[:40]}")
