@@ -66,6 +66,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -356,13 +357,20 @@ def nobody_inside() -> list[str]:
     return ["--unshare-user", "--uid", "65534", "--gid", "65534"] if os.geteuid() == 0 else []
 
 
-def check() -> None:
-    """SandboxError, one line, unless a box can be made and runs a command here."""
-    try:
-        proc = subprocess.run(Sandbox().wrap(["/bin/true"], cwd="/", env={"PATH": "/usr/bin:/bin"}),
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise SandboxError(f"no sandbox: bwrap could not be started ({e}); {INSTALL_HINT}") from None
+def check(tries: int = 3) -> None:
+    """SandboxError, one line, unless a box can be made and runs a command here. Tried again: a
+    host socket masked in the box (host_sockets) that went away before bwrap bound over it failed
+    the box once, and `org run` then ran a program's trainers unboxed (it warns, for machines
+    with no bwrap)."""
+    for attempt in range(tries):
+        try:
+            proc = subprocess.run(Sandbox().wrap(["/bin/true"], cwd="/", env={"PATH": "/usr/bin:/bin"}),
+                                  capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise SandboxError(f"no sandbox: bwrap could not be started ({e}); {INSTALL_HINT}") from None
+        if proc.returncode == 0:
+            return
+        time.sleep(0.2 * (attempt + 1))
     if proc.returncode != 0:
         why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise SandboxError(f"no sandbox: bwrap fails here ({why}); it needs unprivileged user namespaces "
