@@ -48,7 +48,10 @@ def _watch(proc, trees: list[Path], limits, start: tuple[int, int]):
     took = 0.0
     while time.sleep(max(POLL_SECONDS, 10 * took)) or proc.poll() is None:  # a tenth of a core at most
         t0 = time.monotonic()
-        why = over(start, usage(trees), min(free_bytes(t) for t in trees), limits)
+        try:
+            why = over(start, usage(trees), min(free_bytes(t) for t in trees), limits)
+        except (OSError, RecursionError) as e:  # a tree made to be unmeasurable (too deep, too long a path)
+            why = f"its writable trees cannot be measured ({type(e).__name__}: {str(e)[:120]})"
         took = time.monotonic() - t0
         if why and proc.poll() is None:
             proc.stopped = f"killed by the harness: {why}"
@@ -77,17 +80,25 @@ def usage(trees: list[Path]) -> tuple[int, int]:
     """(bytes the trees' files take on disk, their entries): each inode once, links not followed."""
     seen, blocks, entries = set(), 0, 0
     for tree in trees:
-        for folder, dirs, files in os.walk(tree):
+        for folder, dirs, files in os.walk(tree, onerror=unless_gone):
             for name in dirs + files:
                 try:
                     st = os.lstat(os.path.join(folder, name))
-                except OSError:  # deleted while we looked
+                except FileNotFoundError:  # deleted while we looked
                     continue
                 entries += 1
                 if (st.st_dev, st.st_ino) not in seen and not stat.S_ISDIR(st.st_mode):
                     seen.add((st.st_dev, st.st_ino))
                     blocks += st.st_blocks
     return blocks * 512, entries
+
+
+def unless_gone(error: OSError):
+    """os.walk's error: a folder deleted while we looked is skipped; any other (a path past the
+    kernel's length, a folder we may not read) leaves what lies below unseen, so it is raised and
+    the box is killed: fail closed."""
+    if not isinstance(error, FileNotFoundError):
+        raise error
 
 
 def free_bytes(path: Path) -> int:

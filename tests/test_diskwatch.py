@@ -48,6 +48,19 @@ def test_a_box_that_makes_files_without_end_is_stopped(tmp_path):
     assert len(list(tmp_path.iterdir())) < 50_000
 
 
+# Python's os.walk recursed once per folder, and a path past 4096 bytes cannot be looked at by
+# name: 1,200 nested folders of 8-byte names give both, and then the writing starts. Before, the
+# watch's thread died of RecursionError (or skipped what lay below) and the box wrote all it tried.
+DEEP = ("import os, time\nfor i in range(1200):\n    os.mkdir('deepdeep'); os.chdir('deepdeep')\n" + WRITE.replace(
+    "import time\n", ""))
+
+
+def test_a_tree_too_deep_to_measure_stops_the_box(tmp_path):
+    proc = box_runs(tmp_path, DEEP, disk_bytes=32 << 20)
+    assert proc.returncode == -9 and "wrote it all" not in proc.out, proc.out
+    assert proc.stopped.startswith("killed by the harness: its writable trees")
+
+
 def test_no_box_writes_into_the_harnesss_reserve_but_one_may_delete(tmp_path):
     everything = 1 << 60  # more than this disk has free: every byte free is in the reserve
     proc = box_runs(tmp_path, WRITE, disk_reserve=everything)
