@@ -48,11 +48,12 @@ def test_a_box_that_makes_files_without_end_is_stopped(tmp_path):
     assert len(list(tmp_path.iterdir())) < 50_000
 
 
-# Python's os.walk recursed once per folder, and a path past 4096 bytes cannot be looked at by
-# name: 1,200 nested folders of 8-byte names give both, and then the writing starts. Before, the
-# watch's thread died of RecursionError (or skipped what lay below) and the box wrote all it tried.
-DEEP = ("import os, time\nfor i in range(1200):\n    os.mkdir('deepdeep'); os.chdir('deepdeep')\n" + WRITE.replace(
-    "import time\n", ""))
+# A path past the kernel's 4096 bytes cannot be looked at by name: 20 nested folders of 250-byte
+# names give one, and then the writing starts. Before, the watch skipped what lay below (its
+# errors were ignored) and the box wrote all it tried. (Deep nesting, which ended the watch's
+# thread with a RecursionError, fails closed the same way.)
+DEEP = ("import os\nfor i in range(20):\n    os.mkdir('d' * 250); os.chdir('d' * 250)\n" + WRITE.replace(
+    "import time\n", "import time\n", 1))
 
 
 def test_a_tree_too_deep_to_measure_stops_the_box(tmp_path):
