@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("program", help="programs/<name>.yaml or <name>")
     p.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: its Jobs API, e.g. http://HEAD:8265 "
                    "(as runner: {backend: ray, address: ...} in the program)")
+    p.add_argument("--no-sandbox", action="store_true", help="run every trainer and model worker as a plain "
+                   "process, an experiment's own code included (only code you trust: where no box can be made, "
+                   "`org run` runs the program's own code unboxed but not an agent's)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("submit", help="enqueue one experiment; `org run` executes the queue")
@@ -177,7 +180,7 @@ def cmd_run(args) -> int:
     with ledger:
         submit_declared(ledger, lab, program)
         ledger_path = ledger.path
-    counts = Runner(lab, program, ledger_path).drain()
+    counts = Runner(lab, program, ledger_path, sandboxed=False if args.no_sandbox else None).drain()
     print(f"{program.name}: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     print(f"see `org runs {program.name}`; ledger {ledger_path}")
     return 0

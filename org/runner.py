@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import json
 import os
 import shutil
@@ -42,14 +41,15 @@ from org import OrgError
 from org.cluster import GPU, connect, job_id, machine
 from org.remote import last_line
 from org.lab import Lab, LabError, child_env, copy_kernel_cache
-from org.ledger import Ledger, budget_of, pid_alive
+from org.ledger import Ledger, budget_of
 from org.measure import (MeasureError, check_result, cross_check, evaluator_env, export_for_models, job_for,
                           measure_run, models_data, planted, read_result, runs_data, source_only, split_key_file,
                           worker_command)
 from org.experiments import plan, refusal
 from org.improve import sync_branch
 from org.program import Program
-from org.sandbox import available, run_box, untrusted_env, worker_box
+from org.reaper import last_change, reap, set_aside
+from org.sandbox import INSTALL_HINT, available, check, run_box, untrusted_env, worker_box
 from trainer.config import BUDGET_FLAGS
 from trainer.record import Measurement, Result
 
@@ -141,19 +141,28 @@ def _flag_value(value) -> str:
 class Runner:
     """Drains a program's queue over its slots. One Runner per process; threads per slot.
 
-    Every trainer run and every model worker runs in a sandbox (org/sandbox.py) when boxes can
-    be made here; `sandboxed=False` (a person's own `org run` on a machine without bubblewrap)
-    runs them as plain processes, and says so."""
+    Every trainer run and every model worker runs in a sandbox (org/sandbox.py):
+      sandboxed=None   where boxes can be made here; where not, the program's own code runs as
+                       plain processes (a person's `org run` on a machine without bubblewrap),
+                       and says so, but an experiment's own code (an agent's commit) does not:
+                       nothing runs, and drain() says why in one line
+      sandboxed=True   boxes are required (an org of model agents): none, no runner
+      sandboxed=False  boxes are off, by the caller's word (`org run --no-sandbox`)
+    `trust_code` lets an experiment's own code run unboxed all the same (scripted agents: our code)."""
 
-    def __init__(self, lab: Lab, program: Program, ledger_path: Path, say=print, sandboxed: bool | None = None):
+    def __init__(self, lab: Lab, program: Program, ledger_path: Path, say=print, sandboxed: bool | None = None,
+                 trust_code: bool = False):
         self.lab, self.program, self.ledger_path = lab, program, Path(ledger_path)
         self.runs_dir = lab.state_dir(program.name) / "runs"
         self.harness_cache = lab.state_dir(program.name).parent / "harness-cache"  # written by harness code only
         self.say = say
-        why_not = available() if sandboxed is None else (None if sandboxed else "sandbox turned off")
-        self.sandboxed = why_not is None
-        if why_not:
-            say(f"trainer runs are NOT sandboxed: {why_not}")
+        if sandboxed:
+            check()  # SandboxError (an OrgError), one line
+        self.why_unboxed = available() if sandboxed is None else (None if sandboxed else "sandbox turned off")
+        self.sandboxed = self.why_unboxed is None
+        self.code_may_run = self.sandboxed or sandboxed is False or trust_code  # an experiment's own
+        if self.why_unboxed:
+            say(f"trainer runs are NOT sandboxed: {self.why_unboxed}")
         self.git_lock = threading.Lock()  # GitPython's Repo is not thread-safe
         self.cond = threading.Condition()  # guards claims and the count of busy slots
         self.busy = 0
@@ -184,6 +193,8 @@ class Runner:
             for experiment in ledger.experiments(self.program.name):
                 plan(ledger, self.program, experiment)  # finish planning a crash interrupted
             sync_branch(self.lab, ledger, self.program)  # and moving the frontier's branch
+            if not self.code_may_run:
+                self._check_unboxed(ledger.runs(self.program.name, status="queued"), ledger)
         threads = [threading.Thread(target=self._slot_loop, args=(slot,), daemon=True,
                                     name=f"slot-{slot.index}") for slot in self.slots()]
         for t in threads:
@@ -199,6 +210,15 @@ class Runner:
             raise self.failure
         with Ledger(self.ledger_path) as ledger:
             return dict(Counter(run["status"] for run in ledger.runs(self.program.name)))
+
+    def _check_unboxed(self, runs: list[dict], ledger: Ledger):
+        """OrgError, one line, if any of runs would run an experiment's own code without a box."""
+        experiments = {e["id"]: e for e in ledger.experiments(self.program.name)}
+        theirs = sorted({e["arm"] for r in runs if runs_own_code(e := experiments[r["experiment_id"]])})
+        if theirs:
+            raise OrgError(f"runs of {', '.join(theirs)} run code of their own, and no box can be made here "
+                           f"({self.why_unboxed}); nothing of theirs ran. {INSTALL_HINT}, or run code you "
+                           "trust unboxed with `org run --no-sandbox`")
 
     @functools.cached_property
     def runs_data(self) -> Path:
@@ -249,9 +269,9 @@ class Runner:
                 self.jobs.wait(run["job_id"], self.program.budget.run_timeout_seconds, KILL_GRACE_SECONDS,
                                self.stopping)
                 ledger.set_job(run["id"], node=self.jobs.node(run["job_id"]), machine=self.jobs.machine(run["job_id"]))
-            if run["trainer_pid"] and _is_trainer_of(run["trainer_pid"], run_dir):
-                _kill_group(run["trainer_pid"], signal.SIGKILL)  # an orphan still running
-                _wait_gone(run["trainer_pid"])
+            if stuck := reap(run["trainer_pid"], run_dir):  # orphans of the run, gone before it is read
+                self.say(f"run {run['id']}: processes {sorted(stuck)} of its dead runner do not die; "
+                         "its directory is read all the same")
             left = planted(run_dir)  # before anything there is opened
             result = Result(status="invalid", reason=left) if left else read_result(run_dir)
             if result is not None:
@@ -260,7 +280,7 @@ class Runner:
                 self._record(ledger, run, result, wall, None, make_slots(self.program)[0])
                 self.say(f"recovered run {run['id']}: result.json was written before the runner died")
                 continue
-            _set_aside(run_dir)
+            set_aside(run_dir)
             ledger.requeue(run["id"], f"runner pid {run['runner_pid']} {why}; re-queued")
             self.say(f"re-queued run {run['id']} (its runner {why})")
 
@@ -362,14 +382,17 @@ class Runner:
         if reason:
             ledger.finish(run["id"], "refused", reason)
             return
+        if not self.code_may_run and runs_own_code(experiment):  # queued as we ran: back to the queue, and stop
+            ledger.requeue(run["id"], "not run: its code is its own and this runner has no box")
+            self._check_unboxed([run], ledger)
         self.prepare_data()
         run_dir = self.runs_dir / str(run["id"])
-        _set_aside(run_dir)  # left by an attempt that never recorded: kept, not reused
+        set_aside(run_dir)  # left by an attempt that never recorded: kept, not reused
         run_dir.mkdir(parents=True)
         log_path = run_dir / "train.log"
         cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir, budget_of(run),
                             self.runs_data)
-        own_code = experiment["code_commit"] != experiment["base_commit"]
+        own_code = runs_own_code(experiment)
         kernels = self.kernels(snapshot, run_dir / "kernels" if own_code else None)
         env = untrusted_env({**slot.env, "PYTHONPATH": str(snapshot), "NANOLAB_GIT_COMMIT": experiment["code_commit"],
                              "NANOLAB_CACHE": str(self.runs_data),  # (read-only: shards need none)
@@ -382,19 +405,19 @@ class Runner:
         left = planted(run_dir)  # before anything there is opened
         died = died_of(returncode, self.sandboxed)
         if self.stopping.is_set() and killed_reason is None and died:
-            _set_aside(run_dir)  # we were stopped (Ctrl-C, org stop): the run goes back to the queue
+            set_aside(run_dir)  # we were stopped (Ctrl-C, org stop): the run goes back to the queue
             ledger.requeue(run["id"], "the runner was stopped during the run; re-queued")
             return
         result = Result(status="invalid", reason=left) if left else read_result(run_dir)
         died = None if killed_reason or result is not None else died
         attempts = ledger.run(run["id"])["attempts"]
         if self.jobs and returncode is None and not killed_reason and result is None and attempts < MAX_ATTEMPTS:
-            _set_aside(run_dir)  # the job ended, its command never did: its node went away
+            set_aside(run_dir)  # the job ended, its command never did: its node went away
             ledger.requeue(run["id"], f"job {run['job_id']} ended with no exit status (its node lost?); re-queued")
             self.say(f"run {run['id']}: its job was lost; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
             return
         if died and not own_code and attempts < MAX_ATTEMPTS:  # not our signal (the OOM killer): try again
-            _set_aside(run_dir)
+            set_aside(run_dir)
             ledger.requeue(run["id"], f"the trainer died of {died}, a signal the runner did not send; re-queued")
             self.say(f"run {run['id']}: the trainer died of {died}; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
             return
@@ -420,7 +443,8 @@ class Runner:
         ledger.mark_started(run["id"], proc.pid, cmd, run_dir, log_path, machine=machine(slot.env.get("CUDA_VISIBLE_DEVICES")))
         killed_reason = self._wait(proc) or getattr(proc, "stopped", None)  # the box's disk (org/diskwatch.py)
         self.children.pop(run["id"], None)
-        _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it
+        _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it,
+        reap(None, run_dir)  # nor writes there once it is read (a box's processes die just after bwrap)
         return proc.returncode, killed_reason
 
     def _run_job(self, ledger, run, cmd, env, code, run_dir, log_path, slot) -> tuple[int, str | None]:
@@ -546,6 +570,11 @@ class Runner:
         return worker_command(code, env, box)
 
 
+def runs_own_code(experiment: dict) -> bool:
+    """Whether an experiment runs a commit other than the program's base (an agent's code)."""
+    return experiment["code_commit"] != experiment["base_commit"]
+
+
 def died_of(returncode: int | None, boxed: bool) -> str | None:
     """The signal a trainer died of, by name, from its exit status; None for a plain exit. A
     box's init reports a child's death by signal N as 128 + N (the trainer's own exits are 0-3)."""
@@ -565,36 +594,6 @@ def died_reason(signal_name: str, attempts: int, own_code: bool) -> str:
     return f"the trainer died of {signal_name} on each of {attempts} attempts"
 
 
-def last_change(run_dir: Path) -> float:
-    """When the run last changed anything in its directory (the checkpoint it is measured on
-    included): the latest inode change time there. Unlike a modification time, no code in a box
-    can set it back (utime sets a file's times and moves its change time to now)."""
-    times = [p.lstat().st_ctime for p in run_dir.rglob("*")] + [run_dir.lstat().st_ctime]
-    return min(max(times), time.time())
-
-
-def _set_aside(run_dir: Path):
-    """Rename a run directory that holds no recorded result to <id>.attempt<N> (the first free
-    N), so a re-run starts clean and the evidence of the failed attempt is kept."""
-    if run_dir.exists():
-        n = next(n for n in itertools.count(1) if not run_dir.with_name(f"{run_dir.name}.attempt{n}").exists())
-        run_dir.rename(run_dir.with_name(f"{run_dir.name}.attempt{n}"))
-
-
 def _kill_group(pid: int, sig: int):
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)  # the trainer leads its own session (start_new_session)
-
-
-def _wait_gone(pid: int, seconds: float = 10.0):
-    deadline = time.monotonic() + seconds
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def _is_trainer_of(pid: int, run_dir: Path) -> bool:
-    """Guard against pid reuse: only a process whose command line names this run directory."""
-    try:
-        return str(run_dir) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False

@@ -33,7 +33,9 @@ def serve(launch: ProgramSite, poll: float = 1.0) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     lab = Lab.open(launch.root)
     say = lambda text: print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
-    runner = Runner(lab, launch.program, launch.ledger_path, say=say)
+    scripted = all(agent.backend == "scripted" for agent in launch.program.org.agents)  # code of ours only
+    runner = Runner(lab, launch.program, launch.ledger_path, say=say, sandboxed=None if scripted else True,
+                    trust_code=scripted)
     llm = start_gateway(launch, say)
     say(f"serving {launch.name}'s queue" + (f" and its LLM gateway on {llm.url}" if llm else ""))
     try:

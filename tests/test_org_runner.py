@@ -3,6 +3,7 @@
 Each test builds a small project (a copy of this repo's trainer/ plus programs/tiny.yaml),
 commits it, and drives it the way people and agents do: `org run`, `org submit`, `org runs`.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -450,6 +451,63 @@ def test_a_result_written_just_before_the_runner_died_is_recorded_not_rerun(make
         assert len(ledger.runs("tiny")) == 2
     assert run["status"] == "completed" and run["attempts"] == 1
     assert run["wall_seconds"] >= float(took), (run["wall_seconds"], took)
+
+
+def test_a_process_of_the_run_that_outlives_its_trainer_writes_nothing_after_recovery(make_project):
+    """Recovery reads a dead runner's run directory only once every process the run started is
+    gone. A box's processes die a moment after bwrap (its PID 1 goes, then the kernel kills the
+    rest); here a child in a session of its own, holding the directory open as a bind mount
+    does, writes result.json a moment after its trainer is killed. Had recovery read the
+    directory first, that file would land in the attempt it set aside, or the run's result
+    would be one no trainer of the harness's finished."""
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    lingering = r"""if True:
+        import os, sys, time
+        out = sys.argv[1]
+        if os.fork() == 0:
+            os.setsid()  # out of the trainer's process group: its killpg misses this one
+            folder, parent = os.open(out, os.O_RDONLY), os.getppid()
+            open(os.path.join(out, 'lingering.pid'), 'w').write(str(os.getpid()))
+            while os.getppid() == parent:
+                time.sleep(0.01)
+            time.sleep(1.0)
+            fd = os.open('result.json', os.O_WRONLY | os.O_CREAT, dir_fd=folder)
+            os.write(fd, b'{"status": "completed", "final_val_loss": 0.1}')
+            sys.exit(0)
+        time.sleep(600)
+    """
+    code = f"""if True:
+        import json, subprocess, sys, time
+        from pathlib import Path
+        from org.ledger import Ledger
+        ledger = Ledger('.lab/tiny/ledger.sqlite')
+        run = ledger.claim('tiny', 0)
+        out = Path('.lab/tiny/runs', str(run['id'])).resolve()
+        out.mkdir(parents=True)
+        cmd = [sys.executable, '-c', {lingering!r}, str(out)]
+        trainer = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        while not (out / 'lingering.pid').exists():
+            time.sleep(0.01)
+        ledger.mark_started(run['id'], trainer.pid, cmd, out, out / 'train.log')
+        print(run['id'], trainer.pid, (out / 'lingering.pid').read_text())
+    """
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    died, trainer, child = map(int, subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                                                  text=True, check=True).stdout.split())
+    try:
+        assert main(["run", "tiny"]) == 0  # recovers the run of the dead runner, then runs it again
+        time.sleep(2.0)  # past the moment the child would write
+        with ledger_of(root) as ledger:
+            run = ledger.run(died)
+        aside = Path(run["run_dir"]).with_name(f"{died}.attempt1")
+        assert not pid_alive(trainer) and not pid_alive(child)
+        assert run["status"] == "completed" and run["attempts"] == 2
+        assert aside.is_dir() and not (aside / "result.json").exists()
+    finally:
+        for pid in (trainer, child):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_slots_split_the_machine_one_run_each():

@@ -1,0 +1,114 @@
+"""
+An attempt at a run that ended: every process it left behind, found, killed, and waited for
+until gone; its directory dated and set aside.
+
+A runner that dies (SIGKILL, a crash) cannot kill its trainers; the next runner does, before it
+reads what their run directories hold (org/runner.py: Runner.recover). Reading first is a race:
+a process still running, or one still in the middle of its last system call, can write
+result.json a moment later into the directory just read and set aside (a box's bind mount
+follows the folder when it is renamed).
+
+    run_processes(pid, run_dir)  the recorded pid if it still names run_dir (pids are reused),
+                                 any trainer writing there (a box's is reparented once bwrap is
+                                 gone), and all they started
+    reap(pid, run_dir)           stop them all (SIGSTOP: a stopped process forks no more),
+                                 SIGKILL them, and wait until the kernel has finished each
+    last_change(run_dir)         when the attempt last wrote there (a time it cannot set back)
+    set_aside(run_dir)           <id> -> <id>.attempt<N>: kept, never deleted, never reused
+
+A process that rewrites its own command line and has lost its parent escapes the search. In a
+box it cannot outlive the box's PID 1 (the trainer): the kernel ends a PID namespace's processes
+before its PID 1 is finished, and reap() waits for that.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import time
+from pathlib import Path
+
+from org.ledger import pid_alive
+
+
+def run_processes(pid: int | None, run_dir: Path) -> set[int]:
+    """The live processes of the run at run_dir: the recorded one (bwrap, or the trainer where
+    no box is made) if its command line still names run_dir, any trainer writing there (`--out
+    run_dir`: a box's, reparented once bwrap is gone), and all they started. Someone's `tail`
+    of the run's log is none of them."""
+    table = process_table()  # {pid: (parent pid, argv)}
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    frontier = [p for p, (_, argv) in table.items()
+                if (p == pid and any(names(arg, run_dir) for arg in argv)) or trains_into(argv, run_dir)]
+    found = set()
+    while frontier:
+        p = frontier.pop()
+        if p not in found:
+            found.add(p)
+            frontier += children.get(p, [])
+    return found
+
+
+def names(arg: str, run_dir: Path) -> bool:
+    """Whether an argument is run_dir or a path in it (runs/3 is not runs/30)."""
+    return arg == str(run_dir) or arg.startswith(f"{run_dir}/")
+
+
+def trains_into(argv: list[str], run_dir: Path) -> bool:
+    return any(flag == "--out" and path == str(run_dir) for flag, path in zip(argv, argv[1:]))
+
+
+def process_table() -> dict[int, tuple[int, list[str]]]:
+    """{pid: (parent pid, argv)} of every process this one can see, zombies left out."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ValueError):
+            continue  # gone while we looked
+        if state != "Z":
+            table[int(entry.name)] = (int(parent), argv)
+    return table
+
+
+def reap(pid: int | None, run_dir: Path, seconds: float = 10.0) -> set[int]:
+    """Stop, kill and wait for the processes of the run at run_dir (`pid`: the one recorded);
+    those still there after `seconds` (stuck in the kernel), for the caller to say."""
+    stopped: set[int] = set()
+    while found := run_processes(pid, run_dir) - stopped:  # a stopped one forks no more: this ends
+        for p in found:
+            _signal(p, signal.SIGSTOP)
+        stopped |= found
+    for p in stopped:
+        _signal(p, signal.SIGKILL)
+    deadline = time.monotonic() + seconds
+    while any(map(pid_alive, stopped)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return {p for p in stopped if pid_alive(p)}
+
+
+def _signal(pid: int, sig: int):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def last_change(run_dir: Path) -> float:
+    """When the run last changed anything in its directory (the checkpoint it is measured on
+    included): the latest inode change time there. Unlike a modification time, no code in a box
+    can set it back (utime sets a file's times and moves its change time to now)."""
+    times = [p.lstat().st_ctime for p in run_dir.rglob("*")] + [run_dir.lstat().st_ctime]
+    return min(max(times), time.time())
+
+
+def set_aside(run_dir: Path):
+    """Rename a run directory that holds no recorded result to <id>.attempt<N> (the first free
+    N), so a re-run starts clean and the evidence of the failed attempt is kept."""
+    if run_dir.exists():
+        n = next(n for n in itertools.count(1) if not run_dir.with_name(f"{run_dir.name}.attempt{n}").exists())
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.attempt{n}"))

@@ -1,0 +1,59 @@
+"""What recovery kills of a dead runner's run (org/reaper.py): its trainer wherever it went, all
+that trainer started, and nothing else that happens to name the run's folder."""
+import subprocess
+import sys
+import time
+
+from org.ledger import pid_alive
+from org.reaper import reap, run_processes
+
+SLEEP = "import os, sys, time\nif sys.argv[1] == 'fork' and os.fork() == 0:\n    os.setsid()\ntime.sleep(600)"
+
+
+def start(*argv) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SLEEP, *map(str, argv)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def orphan_trainer(run_dir) -> int:
+    """A trainer whose parent is gone (as a box's, once bwrap is killed): no tree leads to it."""
+    code = ("import subprocess, sys\n"
+            f"p = subprocess.Popen([sys.executable, '-c', {SLEEP!r}, 'no', '--out', {str(run_dir)!r}],"
+            " start_new_session=True, stdout=subprocess.DEVNULL,"
+            " stderr=subprocess.DEVNULL)\nprint(p.pid)")
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def test_recovery_kills_the_runs_processes_and_only_those(tmp_path):
+    run, other = tmp_path / "runs" / "3", tmp_path / "runs" / "30"
+    for d in (run, other):
+        d.mkdir(parents=True)
+        (d / "train.log").write_text("")
+    recorded = start("fork", "--out", run)  # the pid the runner recorded, and a child in a session of its own
+    orphan = orphan_trainer(run)
+    bystanders = [start("no", "--out", other),                 # another run's trainer: runs/30 is not runs/3
+                  start("no", "tail", "-f", run / "train.log")]  # someone reading the run's log
+    try:
+        time.sleep(0.5)  # the forked child exists
+        found = run_processes(recorded.pid, run)
+        assert {recorded.pid, orphan} < found and len(found) == 3  # and the forked child
+        assert not found & {b.pid for b in bystanders}
+        assert reap(recorded.pid, run) == set()
+        assert not any(map(pid_alive, found))
+        assert all(b.poll() is None for b in bystanders)
+        assert run_processes(recorded.pid, run) == set()
+    finally:
+        for p in [recorded, *bystanders]:
+            p.kill()
+            p.wait()
+
+
+def test_a_recorded_pid_now_someone_elses_is_left_alone(tmp_path):
+    """pids are reused: the one the dead runner recorded may be any process by now."""
+    someone = start("no", "--out", tmp_path / "elsewhere")
+    try:
+        assert run_processes(someone.pid, tmp_path / "runs" / "3") == set()
+        assert reap(someone.pid, tmp_path / "runs" / "3") == set() and someone.poll() is None
+    finally:
+        someone.kill()
+        someone.wait()
