@@ -46,7 +46,7 @@ def run_processes(pid: int | None, run_dir: Path) -> set[int]:
     found = set()
     while frontier:
         p = frontier.pop()
-        if p not in found:
+        if p not in found and p != os.getpid():  # (a pid reused by the runner reading it)
             found.add(p)
             frontier += children.get(p, [])
     return found

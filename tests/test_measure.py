@@ -39,7 +39,9 @@ def lab(tmp_path_factory):
            "--val-tokens", "2048", "--confirm-tokens", "2048"]
     for key, value in TINY.items():
         cmd += ["--set", f"{key}={value}"]
-    subprocess.run(cmd, cwd=base, env=untrusted_env({"PYTHONPATH": str(base), **source_only(base)}), check=True)
+    # one BLAS thread, as the evaluator below: a sum split over two threads adds up in another order
+    env = untrusted_env({"PYTHONPATH": str(base), "OMP_NUM_THREADS": "1", **source_only(base)})
+    subprocess.run(cmd, cwd=base, env=env, check=True)
     return {"root": root, "base": base, "run_dir": run_dir}
 
 
