@@ -158,7 +158,7 @@ class Runner:
         self.say = say
         if sandboxed:
             check()  # SandboxError (an OrgError), one line
-        self.why_unboxed = available() if sandboxed is None else (None if sandboxed else "sandbox turned off")
+        self.why_unboxed = None if sandboxed else (available() if sandboxed is None else "sandbox turned off")
         self.sandboxed = self.why_unboxed is None
         self.code_may_run = self.sandboxed or sandboxed is False or trust_code  # an experiment's own
         if self.why_unboxed:
