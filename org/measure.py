@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 
 from org import OrgError
+from org.bytecode import source_only
 from org.remote import no_follow
 from org.ledger import FINISHED, budget_of
 from org.program import Program
@@ -135,21 +136,15 @@ def lab_secret(harness_cache: Path, name: str, content: bytes) -> Path:
 def worker_command(code: Path, env: dict, box=None) -> dict:
     """How the evaluator starts the experiment's model worker: in `box` (org.sandbox) when given."""
     argv = [sys.executable, "-I", "-B", "-m", "org.model_worker", str(code)]
-    env = {**env, **source_only(code)}
+    env = {**env, **source_only()}
     return {"code": str(code), "argv": box.command(argv, cwd=code, env=env) if box else argv, "env": env}
-
-
-def source_only(code: Path) -> dict:
-    """Bytecode from source only: whatever .pyc lies beside a snapshot's sources is never read
-    (Python keeps its own under a prefix of ours instead)."""
-    return {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(code.parent / ".pycache" / code.name)}
 
 
 def evaluator_env(cache: Path, slot_env: dict) -> dict:
     """Caches of the harness's own, so nothing a run wrote is ever loaded into the measuring process."""
     from org.lab import child_env
     return child_env({**slot_env, "NANOLAB_CACHE": str(cache / "data"), "NUMBA_CACHE_DIR": str(cache / "numba"),
-                      "PYTHONPYCACHEPREFIX": str(cache / "pycache"), "PYTHONDONTWRITEBYTECODE": "1"})
+                      **source_only()})
 
 
 def measure_run(job: dict, env: dict, timeout: float, pin=None) -> dict:

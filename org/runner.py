@@ -38,12 +38,13 @@ from datetime import datetime
 from pathlib import Path
 
 from org import OrgError
+from org.bytecode import fill as fill_bytecode, source_only
 from org.cluster import GPU, connect, job_id, machine
 from org.remote import last_line
 from org.lab import Lab, LabError, child_env, copy_kernel_cache
 from org.ledger import Ledger, budget_of
 from org.measure import (MeasureError, check_result, cross_check, evaluator_env, export_for_models, job_for,
-                          measure_run, models_data, planted, read_result, runs_data, source_only, split_key_file,
+                          measure_run, models_data, planted, read_result, runs_data, split_key_file,
                           worker_command)
 from org.experiments import plan, refusal
 from org.improve import sync_branch
@@ -235,13 +236,13 @@ class Runner:
                 self.data_ready = True
 
     def _prepare_data(self):
+        fill_bytecode(self.say)  # what every run and measurement reads: 2.7 s less per tiny run
         with Ledger(self.ledger_path) as ledger:
             base = ledger.program(self.program.name)["base_commit"]
         with self.git_lock:
             code = self.base_snapshot = self.lab.snapshot(base, self.program.name)
         data = self.program.data
-        env = child_env({"PYTHONPATH": str(code), "NANOLAB_CACHE": str(self.harness_cache / "data"),
-                         **source_only(code)})
+        env = child_env({"PYTHONPATH": str(code), "NANOLAB_CACHE": str(self.harness_cache / "data"), **source_only()})
         done = subprocess.run([sys.executable, "-m", "trainer", "data", "--data", data.source,
                                "--tokenizer", data.tokenizer, "--split-key-file", str(split_key_file(self.harness_cache)),
                                "--export-runs", str(self.runs_data)],
@@ -396,7 +397,7 @@ class Runner:
         kernels = self.kernels(snapshot, run_dir / "kernels" if own_code else None)
         env = untrusted_env({**slot.env, "PYTHONPATH": str(snapshot), "NANOLAB_GIT_COMMIT": experiment["code_commit"],
                              "NANOLAB_CACHE": str(self.runs_data),  # (read-only: shards need none)
-                             "NUMBA_CACHE_DIR": str(kernels), **source_only(snapshot)})
+                             "NUMBA_CACHE_DIR": str(kernels), **source_only()})
         self.say(f"run {run['id']}: {run['arm']} seed {run['seed']} ({run['purpose']}) on slot {slot.index}")
         t0 = time.monotonic()
         run_trainer = self._run_job if self.jobs else self._run_here

@@ -14,7 +14,8 @@ import pytest
 
 from org.cli import main
 from org.ledger import FIGURE_COLUMNS, SCHEMA_VERSION, Ledger
-from org.measure import cross_check, evaluator_env, measure_run, source_only, worker_command
+from org.bytecode import source_only
+from org.measure import cross_check, evaluator_env, measure_run, worker_command
 from org.confounds import Tolerances
 from org.referee import compare
 from org.sandbox import available, untrusted_env, worker_box
@@ -40,7 +41,7 @@ def lab(tmp_path_factory):
     for key, value in TINY.items():
         cmd += ["--set", f"{key}={value}"]
     # one BLAS thread, as the evaluator below: a sum split over two threads adds up in another order
-    env = untrusted_env({"PYTHONPATH": str(base), "OMP_NUM_THREADS": "1", **source_only(base)})
+    env = untrusted_env({"PYTHONPATH": str(base), "OMP_NUM_THREADS": "1", **source_only()})
     subprocess.run(cmd, cwd=base, env=env, check=True)
     return {"root": root, "base": base, "run_dir": run_dir}
 

@@ -26,7 +26,7 @@ from org.lab import Lab, agent_branch
 from org.ledger import Ledger
 from org.measure import probe_seed
 from org.report import build, spend_section
-from org import sandbox
+from org import bytecode, sandbox
 from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_share, memory_limit, pids_root, process_limit
 from org.sandbox import Limits, Sandbox, available, source_files
 from test_org_runner import agent_commit, create_project, tiny_program as runner_program
@@ -663,6 +663,9 @@ def run(spec, out, *args, **kwargs):  # what an agent's trainer can do before it
     attempt("read the key of the lab's split", lambda: (lab / "harness-cache" / "split-key").read_bytes())
     attempt("read the lab's val text", lambda: next((lab / "harness-cache").rglob("val.npy")).read_bytes())
     attempt("read the worktrees", lambda: next((lab.parent / "worktrees" / "tiny").iterdir()))
+    bytecode = Path(os.environ["PYTHONPYCACHEPREFIX"])  # every run's numpy and json load from there
+    attempt("rewrite the bytecode cache", lambda: open(next(bytecode.rglob("json/__init__.*.pyc")), "r+b"))
+    attempt("add to the bytecode cache", lambda: open(bytecode / "poison.pyc", "wb"))
     attempt("network", lambda: socket.create_connection(("127.0.0.1", {port}), 2))
     attempt("a key", lambda: os.environ["ANTHROPIC_API_KEY"])
 
@@ -698,8 +701,9 @@ def test_a_trainer_run_cannot_reach_the_lab_the_network_or_outlive_itself(outsid
         found.pop("more cores than its slot's threads")
     assert run["status"] == "completed"  # it trained as usual ...
     assert found and all(outcome.startswith("blocked") for outcome in found.values()), found  # ... and got nowhere
+    assert found["rewrite the bytecode cache"] == found["add to the bytecode cache"] == "blocked: OSError"  # read-only
     beat = Path(run["run_dir"]) / "heartbeat"
     last = beat.read_text()
     time.sleep(0.5)
     assert beat.read_text() == last  # its daemon died with it
-    assert not (root / ".lab" / "harness-cache" / "poison").exists()
+    assert not (root / ".lab" / "harness-cache" / "poison").exists() and not (bytecode.cache_dir() / "poison.pyc").exists()

@@ -33,6 +33,7 @@ was given (backend.cpu_threads).
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -41,11 +42,8 @@ from trainer import ops
 from trainer.backend import contiguous_or_transposed, cpu_threads
 from trainer.ops import GELU_K
 
-try:
-    import numba
-    from numba import njit, prange
-except ImportError:  # numba is a dependency; a broken install still trains, on the twins
-    numba = None
+numba = None    # loaded by available(): a run on the twins (NANOLAB_KERNELS=0, or a GPU's) never imports it (0.5 s)
+prange = range  # numba.prange once loaded: each kernel's parallel loop, resolved when it compiles
 
 # reassociation lets LLVM vectorize the row sums; no-NaN/no-inf flags stay off (masks are -inf)
 FAST = {"reassoc", "contract", "nsz"}
@@ -53,7 +51,7 @@ FAST = {"reassoc", "contract", "nsz"}
 
 def available() -> bool:
     """Whether the kernels can run here. The model calls it before the first kernel runs."""
-    if numba is None or os.environ.get("NANOLAB_KERNELS", "1") == "0":
+    if os.environ.get("NANOLAB_KERNELS", "1") == "0" or not _load_numba():
         return False
     # Numba's worker threads (OpenMP, started by the first kernel) would otherwise spin for a
     # while after each kernel and take the cores from the BLAS threads of the next matmul: 2x
@@ -70,14 +68,36 @@ def available() -> bool:
 _threads_started = False
 
 
-def _kernel(f):
-    """Compile f as a parallel Numba kernel (lazily; cached on disk). Without Numba: unusable."""
+def _load_numba() -> bool:
+    global numba, prange
     if numba is None:
-        return None
+        try:
+            import numba as loaded
+        except ImportError:  # numba is a dependency; a broken install still trains, on the twins
+            return False
+        numba, prange = loaded, loaded.prange
+    return True
+
+
+def _kernel(f):
+    """f as a parallel Numba kernel, compiled on its first call and cached on disk. Kernels are
+    called only where available() said so, which loaded Numba."""
+    compiled = None
+
+    @functools.wraps(f)
+    def kernel(*args):
+        nonlocal compiled
+        if compiled is None:
+            compiled = _compile(f)
+        return compiled(*args)
+    return kernel
+
+
+def _compile(f):
     try:
-        return njit(parallel=True, cache=True, fastmath=FAST)(f)
+        return numba.njit(parallel=True, cache=True, fastmath=FAST)(f)
     except RuntimeError:  # no writable cache directory (e.g. a read-only install): compile each run
-        return njit(parallel=True, fastmath=FAST)(f)
+        return numba.njit(parallel=True, fastmath=FAST)(f)
 
 
 # ----------------------------------------------------------------------------------------
