@@ -17,7 +17,9 @@ Inside a box:
 - no host unix socket but its own (connect() works through a read-only mount: docker's, the
   org's tmux server, whose run-shell runs commands outside every box): runtime folders are empty
   and each other socket bound at its start is /dev/null, but those in its writable trees and in
-  `sockets` (a CLI's port: its way to the org and the gateway);
+  `sockets` (a CLI's port: its way to the org and the gateway). A box with `unix_sockets` off
+  (a trainer run, a model worker) cannot make one at all (org/seccomp.py), so a socket bound after
+  it started is out of its reach too;
 - its own user, PID, IPC, UTS, cgroup and network namespaces: no other process is visible or
   killable, no network at all (only its own loopback) unless `net`;
 - no capabilities, even where the harness runs as root (a box that kept root's remounted /
@@ -73,6 +75,7 @@ from pathlib import Path
 from org import OrgError
 from org.cgroups import JOIN, box_cgroups, cgroup_root
 from org.diskwatch import watch
+from org.seccomp import no_unix_sockets
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # a folder per GPU (its PCI address), with its `information`
@@ -104,7 +107,8 @@ class Limits:
 
 class Sandbox:
     def __init__(self, writable=(), readonly=(), hidden=(), net: bool = False, gpu: bool = False,
-                 limits: Limits | None = None, frozen=(), user_namespaces: bool = False, sockets=()):
+                 limits: Limits | None = None, frozen=(), user_namespaces: bool = False, sockets=(),
+                 unix_sockets: bool = True):
         self.writable = [Path(p) for p in writable]
         self.sockets = [Path(p) for p in sockets]  # read-only, and the unix sockets there reachable
         self.readonly = [Path(p) for p in readonly]
@@ -114,20 +118,22 @@ class Sandbox:
         # may the code inside make user namespaces? Only for a sandbox of its own (Codex's is bwrap):
         # the mounts it makes there cannot touch the box's, nor its cgroups' limits (one level up)
         self.user_namespaces = user_namespaces
+        self.unix_sockets = unix_sockets  # False: no socket(AF_UNIX) in the box (org/seccomp.py)
 
     def spec(self) -> dict:
         """The box as plain data, to make the same box elsewhere (a cluster's job: org/cluster.py)."""
         return {"writable": [str(p) for p in self.writable], "readonly": [str(p) for p in self.readonly],
                 "hidden": [str(p) for p in self.hidden], "frozen": [str(p) for p in self.frozen],
                 "net": self.net, "gpu": self.gpu, "limits": asdict(self.limits),
-                "user_namespaces": self.user_namespaces, "sockets": [str(p) for p in self.sockets]}
+                "user_namespaces": self.user_namespaces, "sockets": [str(p) for p in self.sockets],
+                "unix_sockets": self.unix_sockets}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Sandbox":
         limits = {**spec["limits"], "cores": tuple(spec["limits"]["cores"] or ()) or None}
         return cls(spec["writable"], spec["readonly"], spec["hidden"], net=spec["net"], gpu=spec["gpu"],
                    limits=Limits(**limits), frozen=spec["frozen"], user_namespaces=spec["user_namespaces"],
-                   sockets=spec.get("sockets", ()))
+                   sockets=spec.get("sockets", ()), unix_sockets=spec.get("unix_sockets", True))
 
     def with_extra(self, writable=(), readonly=(), frozen=(), sockets=(), user_namespaces=None, **limits) -> "Sandbox":
         """This box with more trees bound in, and some of its limits changed."""
@@ -135,10 +141,11 @@ class Sandbox:
                        self.hidden, net=self.net, gpu=self.gpu, limits=replace(self.limits, **limits),
                        frozen=self.frozen + [Path(p) for p in frozen],
                        user_namespaces=self.user_namespaces if user_namespaces is None else user_namespaces,
-                       sockets=self.sockets + [Path(p) for p in sockets])
+                       sockets=self.sockets + [Path(p) for p in sockets], unix_sockets=self.unix_sockets)
 
-    def wrap(self, argv: list[str], cwd: str | Path, env: dict) -> list[str]:
-        """bwrap's command line running argv in the box, in cwd, with exactly env."""
+    def wrap(self, argv: list[str], cwd: str | Path, env: dict, seccomp_fd: int | None = None) -> list[str]:
+        """bwrap's command line running argv in the box, in cwd, with exactly env (and the seccomp
+        filter bwrap reads from seccomp_fd, which command() opens)."""
         env = dict(env)
         # no capabilities, and no user namespace of its own to get them back in: as root, a box
         # that kept them remounted / read-write, unmounted what hides the lab, and rewrote the
@@ -146,6 +153,7 @@ class Sandbox:
         box = [bwrap(), "--die-with-parent", "--new-session", "--as-pid-1", "--unshare-all", "--cap-drop", "ALL",
                *(nobody_inside() if self.user_namespaces else no_nested_userns())]
         box += ["--share-net"] if self.net else []
+        box += ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
         # bwrap's /dev is a tmpfs of its own, of half the machine's RAM: a box that filled it held
         # memory no process of its own shows, so the kernel's OOM killer took the harness's
         box += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
@@ -172,7 +180,9 @@ class Sandbox:
         for path in self.frozen:
             if path.exists():
                 box += ["--ro-bind", str(path), str(path)]
-        for path in self.host_sockets(hidden, used):
+        # a box that can make no unix socket needs no masks: nor can it lose the race with a host
+        # socket that goes away as bwrap binds over it (its start then failed)
+        for path in self.host_sockets(hidden, used) if seccomp_fd is None else []:
             box += ["--ro-bind", "/dev/null", str(path)]
         for path in [*hidden, Path("/dev")]:  # once what lies inside is bound: nothing new can be written there
             box += ["--remount-ro", str(path)]
@@ -193,13 +203,17 @@ class Sandbox:
         """wrap()'s command line, started inside cgroups of the box's own (made now, unless given):
         bwrap starts in them, so everything in the box counts against its pids.max, keeps to its
         cores and is metered."""
-        wrapped = self.wrap(argv, cwd, env)
+        seccomp = None if self.unix_sockets else no_unix_sockets()
+        fd = 8 if info_fd == 9 else 9  # the shell opens the filter there, for bwrap to read
+        wrapped = self.wrap(argv, cwd, env, seccomp_fd=fd if seccomp else None)
         if info_fd is not None:
             wrapped[1:1] = ["--info-fd", str(info_fd)]
         groups = box_cgroups(self.limits) if groups is None else groups
-        if not groups:
+        if not groups and not seccomp:
             return wrapped
-        return ["/bin/sh", "-c", JOIN, "nanolab-box", *(str(g / "cgroup.procs") for g in groups), "--", *wrapped]
+        opens, named = (f'exec {fd}< "$1" || exit 126; shift; ', [str(seccomp)]) if seccomp else ("", [])
+        return ["/bin/sh", "-c", opens + JOIN, "nanolab-box", *named, *(str(g / "cgroup.procs") for g in groups),
+                "--", *wrapped]
 
     def popen(self, argv: list[str], cwd, env: dict, preexec_fn=None, **kwargs) -> subprocess.Popen:
         """Start argv in the box. The Popen is bwrap's (kill it and the box goes); .inner_pid is
@@ -421,10 +435,10 @@ def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: 
             cpu_seconds: int, cores=None, source: str = "pystdlib") -> Sandbox:
     """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot
     and the runs' data (the lab's train split, never its val) are read-only; the program's data
-    source is absent; no network; on its slot's cores only."""
+    source is absent; no network, no unix socket; on its slot's cores only."""
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[run_dir, kernels], readonly=[snapshot, data],
-                   hidden=lab_private(lab_root) + source_files(source), gpu=gpu,
+                   hidden=lab_private(lab_root) + source_files(source), gpu=gpu, unix_sockets=False,
                    limits=Limits(cpu_seconds=cpu_seconds, cores=tuple(cores) if cores else None))
 
 
@@ -433,10 +447,11 @@ def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: b
     """A model worker of a measurement: reads its snapshot and the runs' data (its model is built
     as in its runs), not the data source; writes only its commit's kernel cache (Numba uses no
     cache it cannot write, and would compile every kernel again), which is removed once it is
-    done: what it is shown to score stays in no place a later box can read; on its slot's cores."""
+    done: what it is shown to score stays in no place a later box can read; no network, no unix
+    socket; on its slot's cores."""
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[kernels], readonly=[snapshot, data], hidden=lab_private(lab_root) + source_files(source),
-                   gpu=gpu, limits=Limits(cores=tuple(cores) if cores else None))
+                   gpu=gpu, unix_sockets=False, limits=Limits(cores=tuple(cores) if cores else None))
 
 
 def source_files(source: str) -> list[Path]:
