@@ -29,10 +29,20 @@ pytest.importorskip("ray.job_submission", reason="Ray is not installed: pip inst
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_backend")]  # one worker builds its module fixture
 
 
+HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free on `host`, and never one handed out before in this process: ports free on two
+    addresses can be the same number, and Ray refused a head whose dashboard and client server
+    got one port (seen in CI)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in HANDED_OUT:
+            HANDED_OUT.add(port)
+            return port
 
 
 class Cluster:
