@@ -76,15 +76,19 @@ def compiled(machine: str | None = None) -> bytes | None:
 
 def no_unix_sockets() -> Path | None:
     """The compiled program in a file of the harness's (named by its content; no box writes
-    there: it lies under the person's home, read-only in every box), or None."""
+    there: it lies under the person's home, read-only in every box), or None (an ABI we do not
+    know, or a home we cannot write)."""
     code = compiled()
     if code is None:
         return None
     folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanolab" / "seccomp"
     path = folder / f"no-unix-sockets-{hashlib.sha256(code).hexdigest()[:12]}.bpf"
-    if not path.exists() or path.read_bytes() != code:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_bytes(code)
-        tmp.replace(path)
+    try:
+        if not path.exists() or path.read_bytes() != code:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(code)
+            tmp.replace(path)
+    except OSError:  # a home we cannot write (a cluster node's): the box masks sockets as it starts
+        return None
     return path
