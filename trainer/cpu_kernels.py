@@ -69,14 +69,16 @@ _threads_started = False
 
 
 def _load_numba() -> bool:
+    """Whether Numba loads; tried once (available() runs each time the model picks its ops)."""
     global numba, prange
     if numba is None:
         try:
             import numba as loaded
         except ImportError:  # numba is a dependency; a broken install still trains, on the twins
+            numba = False
             return False
         numba, prange = loaded, loaded.prange
-    return True
+    return numba is not False
 
 
 def _kernel(f):
