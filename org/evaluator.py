@@ -85,6 +85,10 @@ def measure(job: dict) -> dict:
     params, meta = read_checkpoint(Path(job["run_dir"]) / "checkpoint.npz")
     job["max_param_bytes"] = 8 * sum(a.size for a in params.values()) + (1 << 20)  # what a worker may send
     cfg = base_config(job, data.vocab_size)
+    if cfg is None and job.get("workers"):  # fail closed: no base model to time or charge it against
+        raise Invalid(f"the base commit rejects this run's overrides ({config_problem(job, data.vocab_size)}): "
+                      "the harness builds the base's model beside a code arm's, to time its forward pass, "
+                      "charge its tensors and probe its seed, so a code arm's new option takes a key of its own")
     try:
         out = recount(job, params, meta, cfg)
     except ValueError as e:  # (org/recount.py: the run's problem, one line)
@@ -156,13 +160,24 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
 def base_config(job: dict, vocab_size: int):
     """The run's config as the base commit builds it from the run's overrides (the keys the base
     knows; a code arm may add others); None if the base rejects even those."""
-    from trainer.config import KEYS, make_config
-    overrides = {k: v for k, v in job["overrides"].items() if k in KEYS or k == "depth"}
     try:
-        return make_config(job["preset"], **{**overrides, "sequence_len": job["seq_len"],
-                                             "vocab_size": vocab_size})
+        return make_base_config(job, vocab_size)
     except (ValueError, TypeError):
         return None
+
+
+def config_problem(job: dict, vocab_size: int) -> str:
+    try:
+        make_base_config(job, vocab_size)
+    except (ValueError, TypeError) as e:
+        return str(e)[:200]
+    return "none"
+
+
+def make_base_config(job: dict, vocab_size: int):
+    from trainer.config import KEYS, make_config
+    overrides = {k: v for k, v in job["overrides"].items() if k in KEYS or k == "depth"}
+    return make_config(job["preset"], **{**overrides, "sequence_len": job["seq_len"], "vocab_size": vocab_size})
 
 
 def base_model(cfg, job: dict, params: dict):

@@ -35,6 +35,7 @@ from trainer.record import Measurement, Result, read
 # the trainer's val and confirm figures are on its dev text (the lab's val is hidden from runs):
 # they are kept, not compared
 EXACT = ("flops_per_token", "steps", "eval_fingerprint")
+HARNESS_LOGS = "measure*.log"  # the harness's logs in a run's directory (this file's, remote.py's workers')
 MODEL_DATA_WINDOWS = 4  # windows of seq_len + 1 tokens a split that a model worker reads (export_for_models)
 
 
@@ -152,7 +153,11 @@ def measure_run(job: dict, env: dict, timeout: float, pin=None) -> dict:
     the harness itself failed (its traceback is in <run_dir>/measure.log)."""
     job["deadline_seconds"] = timeout + 5  # the evaluator's own limit, should the runner die first
     log_path = Path(job["log_dir"]) / "measure.log"
-    with open(log_path, "wb", opener=no_follow) as log:
+    try:
+        log = open(log_path, "wb", opener=no_follow)
+    except OSError as e:  # (planted() clears the harness's names; should something still stand there)
+        raise MeasureError(f"the harness cannot write its log {log_path}: {e.strerror}") from None
+    with log:
         proc = subprocess.Popen([sys.executable, "-I", "-B", "-m", "org.evaluator"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=log, env=env, cwd=job["log_dir"],
                                 start_new_session=True, preexec_fn=pin)
@@ -261,25 +266,41 @@ def budget_problem(program: Program, result: Result, budget: tuple | None = None
 
 
 def planted(run_dir: Path) -> str | None:
-    """Remove what in a run's directory is not a plain file or folder (a symbolic link, a FIFO,
-    a socket), left there by the run's code, and say what it was: the harness opens files there
-    once the run has ended (result.json, the checkpoint; its measure logs are written there), and a
-    link would carry those reads and writes anywhere outside the box, a FIFO hang them. None when
-    the directory holds plain files only; else the reason the run is invalid."""
+    """Take a run's directory back from the run's code, before the harness opens anything there
+    (result.json, the checkpoint; it writes its measure logs there):
+    - what is not a plain file or folder (a symbolic link, a FIFO, a socket) is removed: a link
+      would carry those reads and writes anywhere outside the box, a FIFO hang them. None when
+      the directory holds plain files only; else the reason the run is invalid;
+    - every file and folder gets its owner's permissions back: the box's user is the harness's,
+      and a folder it made unreadable (chmod 0) would stop a harness that is not root;
+    - whatever stands at the harness's log names (HARNESS_LOGS) goes: a folder there would stop
+      its write, and with it the runner, at each restart."""
     found = []
+    if run_dir.is_dir() and not run_dir.is_symlink():
+        owners(run_dir, 0o700)
     for folder, dirs, files in os.walk(run_dir):  # links to folders are listed, never entered
         for name in dirs + files:
             path = Path(folder, name)
             mode = path.lstat().st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                what = f"a link to {os.readlink(path)}" if stat.S_ISLNK(mode) else "not a plain file"
-                found.append(f"{path.relative_to(run_dir)} ({what})")
-                path.unlink()
+            if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+                owners(path, 0o700 if stat.S_ISDIR(mode) else 0o600)  # (a folder before os.walk lists it)
+                continue
+            what = f"a link to {os.readlink(path)}" if stat.S_ISLNK(mode) else "not a plain file"
+            found.append(f"{path.relative_to(run_dir)} ({what})")
+            path.unlink()
         dirs[:] = [d for d in dirs if Path(folder, d).is_dir() and not Path(folder, d).is_symlink()]
+    for path in run_dir.glob(HARNESS_LOGS):  # links are gone: a file or a folder the run made
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     if not found:
         return None
     return (f"the run left what is not a plain file in its directory: {', '.join(found)[:300]}; the harness "
             "removed it and does not read that run (a run's directory holds plain files only)")
+
+
+def owners(path: Path, bits: int):
+    mode = stat.S_IMODE(path.lstat().st_mode)
+    if mode & bits != bits:
+        os.chmod(path, mode | bits)
 
 
 def read_result(run_dir: Path) -> Result | None:

@@ -10,9 +10,7 @@ problem with one is the run's Invalid, one line.
 """
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from org.model_worker import receive, send
+from org.sandbox import dies_with
 from org.recount import flops_per_token
 
 PROBE_BATCHES = 2        # batches of each scoring pass whose logits the fresh worker re-checks
@@ -37,7 +36,7 @@ class Worker:
         log = Path(job["log_dir"]) / f"measure-worker-{name}.log"  # never through a link the run left
         self.log = open(log, "wb", opener=no_follow)
         self.proc = subprocess.Popen(w["argv"], cwd=w["code"], env=w["env"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.log, preexec_fn=die_with_parent)
+                                     stdout=subprocess.PIPE, stderr=self.log, preexec_fn=dies_with(os.getpid()))
         self.job, self.seen_text = job, False
 
     def __enter__(self):
@@ -183,12 +182,6 @@ class Yardstick:
 
     def time_ratio(self, fpt: float) -> float | None:
         return round(float(np.median(self.ratios)) * self.fpt / fpt, 3) if self.ratios and fpt else None
-
-
-def die_with_parent():
-    """In the worker, before exec: SIGKILL it when the evaluator goes, however it goes."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def no_follow(path, flags):

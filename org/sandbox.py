@@ -18,8 +18,8 @@ Inside a box:
   org's tmux server, whose run-shell runs commands outside every box): runtime folders are empty
   and each other socket bound at its start is /dev/null, but those in its writable trees and in
   `sockets` (a CLI's port: its way to the org and the gateway). A box with `unix_sockets` off
-  (a trainer run, a model worker) cannot make one at all (org/seccomp.py), so a socket bound after
-  it started is out of its reach too;
+  (a trainer run, a model worker, an agent's command) cannot make one at all (org/seccomp.py), so
+  a socket bound after it started is out of its reach too;
 - its own user, PID, IPC, UTS, cgroup and network namespaces: no other process is visible or
   killable, no network at all (only its own loopback) unless `net`;
 - no capabilities, even where the harness runs as root (a box that kept root's remounted /
@@ -66,6 +66,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -136,12 +137,13 @@ class Sandbox:
                    sockets=spec.get("sockets", ()), unix_sockets=spec.get("unix_sockets", True))
 
     def with_extra(self, writable=(), readonly=(), frozen=(), sockets=(), user_namespaces=None, **limits) -> "Sandbox":
-        """This box with more trees bound in, and some of its limits changed."""
+        """This box with more trees bound in, and some of its limits changed. A box given `sockets`
+        makes unix sockets (to connect to them): the host's it sees are masked as it starts."""
         return Sandbox(self.writable + [Path(p) for p in writable], self.readonly + [Path(p) for p in readonly],
                        self.hidden, net=self.net, gpu=self.gpu, limits=replace(self.limits, **limits),
                        frozen=self.frozen + [Path(p) for p in frozen],
                        user_namespaces=self.user_namespaces if user_namespaces is None else user_namespaces,
-                       sockets=self.sockets + [Path(p) for p in sockets], unix_sockets=self.unix_sockets)
+                       sockets=self.sockets + [Path(p) for p in sockets], unix_sockets=self.unix_sockets or bool(sockets))
 
     def wrap(self, argv: list[str], cwd: str | Path, env: dict, seccomp_fd: int | None = None) -> list[str]:
         """bwrap's command line running argv in the box, in cwd, with exactly env (and the seccomp
@@ -258,6 +260,22 @@ class Sandbox:
             Path("/proc/self/oom_score_adj").write_text("1000")
         except OSError:  # a /proc we may not write: the box starts all the same
             pass
+
+
+def dies_with(parent: int):
+    """The function to run in a child before exec: SIGKILL it when the thread that started it
+    ends, however it ends. An agent killed mid-command once left its box's bwrap behind (bwrap's
+    --die-with-parent covers what runs inside the box, not bwrap itself). A parent that died
+    between the fork and the prctl never sends the signal: the child sees another parent, and
+    ends there."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+
+    def arm():
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+    return arm
 
 
 # --- unix sockets: none of the host's ----------------------------------------------------
@@ -471,8 +489,8 @@ def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, o
     (objects, its worktree's own admin dir but its pointers, and its own folder of branches `own_refs` under
     refs/heads/ with their reflogs), are writable; the rest of .git (config, hooks, info, the
     other branches, the other worktrees' admin dirs) is read-only; the lab's state and the other
-    agents' worktrees are absent; no network; the lowest CPU weight, so it runs on what the runs
-    leave of a core."""
+    agents' worktrees are absent; no network, no unix socket (a CLI's box, given its port, makes
+    them: org/agents/clis.py); the lowest CPU weight, so it runs on what the runs leave of a core."""
     common = Path(common_dir)
     refs, reflogs = common / "refs" / "heads" / own_refs, common / "logs" / "refs" / "heads" / own_refs
     for folder in (refs, reflogs):
@@ -481,5 +499,5 @@ def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, o
                    readonly=[common], hidden=lab_private(lab_root),
                    # the pointers between the worktree and git_dir: rewritten, the next box's git_dir
                    # (Lab.admin_dir) could be any folder, and the harness's git calls would follow them
-                   frozen=[worktree / ".git", git_dir / "gitdir", git_dir / "commondir"],
+                   frozen=[worktree / ".git", git_dir / "gitdir", git_dir / "commondir"], unix_sockets=False,
                    limits=Limits(file_bytes=1 << 30, address_bytes=16 << 30, cpu_weight=1))

@@ -1,6 +1,6 @@
 """
-A seccomp filter for boxes that need no unix socket (a trainer run, a model worker): what keeps
-them from the host's daemons after the box has started (org/sandbox.py).
+A seccomp filter for boxes that need no unix socket (a trainer run, a model worker, an agent's
+command): what keeps them from the host's daemons after the box has started (org/sandbox.py).
 
 A box's network namespace cuts it off from every TCP port, but not from a unix socket with a name
 in the filesystem: connect() reaches it through a read-only mount. The box masks each one bound

@@ -15,7 +15,7 @@ import pytest
 from org.cli import main
 from org.ledger import FIGURE_COLUMNS, SCHEMA_VERSION, Ledger
 from org.bytecode import source_only
-from org.measure import cross_check, evaluator_env, measure_run, worker_command
+from org.measure import MeasureError, cross_check, evaluator_env, measure_run, planted, read_result, worker_command
 from org.confounds import Tolerances
 from org.referee import compare
 from org.sandbox import available, untrusted_env, worker_box
@@ -46,10 +46,10 @@ def lab(tmp_path_factory):
     return {"root": root, "base": base, "run_dir": run_dir}
 
 
-def job(lab, run_dir=None, code=None) -> dict:
+def job(lab, run_dir=None, code=None, overrides=None) -> dict:
     run_dir = Path(run_dir or lab["run_dir"])
     return {"base_code": str(lab["base"]), "run_dir": str(run_dir), "log_dir": str(run_dir),
-            "preset": "nanochat", "overrides": dict(TINY), "seed": 3, "data": "pystdlib", "tokenizer": "bytes",
+            "preset": "nanochat", "overrides": {**TINY, **(overrides or {})}, "seed": 3, "data": "pystdlib", "tokenizer": "bytes",
             "val_tokens": 2048, "batch_size": 4, "seq_len": 64, "device": "cpu", "dtype": "float32",
             "matmul": "fp32", "budget_kind": "steps", "budget": FLAGS["steps"],
             "workers": None if code is None else {name: worker_command(where, untrusted_env(
@@ -203,6 +203,30 @@ def test_a_damaged_checkpoint_is_invalid_with_its_reason(lab, damage, says):
     assert says in out["invalid"] and "\n" not in out["invalid"]
 
 
+def test_what_a_run_leaves_at_the_harness_log_names_or_locks_away_stops_no_measurement(lab):
+    """The attack: a run about to read `worse` leaves folders where the harness writes its
+    measure logs, and locks its own files and folders (chmod 0; the box's user is the harness's),
+    so the harness's write fails and stops the runner, again at each restart. The harness takes
+    the directory back first (planted), and measures the run as any other."""
+    run_dir = copy_run(lab, "left-folders")
+    for name in ("measure.log", "measure-worker-a.log"):
+        (run_dir / name).unlink(missing_ok=True)  # (the logs of an earlier measurement, copied)
+        (run_dir / name / "inside").mkdir(parents=True)
+        (run_dir / name / "inside" / "note").write_text("the run's")
+        (run_dir / name / "inside").chmod(0)
+    (run_dir / "result.json").chmod(0)
+    with pytest.raises(MeasureError, match="the harness cannot write its log .*measure.log"):
+        measure(lab, run_dir=run_dir)  # (before planted: one line for the ledger, never a crash)
+    run_dir.chmod(0o500)
+
+    assert planted(run_dir) is None  # nothing but plain files and folders: no reason to refuse it
+    assert oct(run_dir.stat().st_mode & 0o700) == "0o700" and read_result(run_dir) == result_of(lab)
+    m = measure(lab, run_dir=run_dir, code=experiment(lab, "unchanged"))["measurement"]
+    assert m.val_bpb == pytest.approx(result_of(lab).val_bpb, rel=1e-12)
+    for name in ("measure.log", "measure-worker-a.log", "measure-worker-b.log"):
+        assert (run_dir / name).is_file()  # the harness's own, written afresh
+
+
 FORWARD = "            self.cache = None\n            return logits\n"
 BAD_FORWARDS = {
     # what it says once it has been shown evaluation text is withheld: its agent reads the reason
@@ -260,6 +284,20 @@ def test_compute_at_evaluation_alone_shows_in_the_scored_forward_passs_time(lab)
     c = compare(base, runs("evaluation-work", adapting), "superiority")
     assert c.verdict.startswith("invalid (confounded: its forward pass took x") and "no budget paid for" in c.verdict
     assert "eval compute" not in {f.check for f in compare(base, runs("unchanged", honest), "superiority").findings}
+
+
+def test_a_code_arm_whose_override_the_base_rejects_is_invalid_not_measured_unchecked(lab):
+    """The attack: a code arm widens a key the base knows (muon_ns_steps up to 9) and sets it. The
+    base cannot build that config, so there would be no base model to time its forward pass
+    against, to charge its tensors by, or to probe its seed with: every such check silently off.
+    A code arm's new option takes a key of its own; this one is invalid, saying why."""
+    code = experiment(lab, "widened-key")
+    config = code / "trainer" / "config.py"
+    config.write_text(config.read_text().replace("1 <= cfg.muon_ns_steps <= 5", "1 <= cfg.muon_ns_steps <= 9"))
+    out = measure(lab, code=code, overrides={"muon_ns_steps": 6})
+    assert out["invalid"].startswith("the base commit rejects this run's overrides (muon_ns_steps must be in 1..5, "
+                                     "got 6)") and "a code arm's new option takes a key of its own" in out["invalid"]
+    assert "measurement" in measure(lab, code=code, overrides={"muon_ns_steps": 4})  # a value the base takes
 
 
 def test_a_forward_pass_that_hangs_is_stopped_and_invalid(lab):

@@ -1,11 +1,13 @@
 """What recovery kills of a dead runner's run (org/reaper.py): its trainer wherever it went, all
 that trainer started, and nothing else that happens to name the run's folder."""
+import os
 import subprocess
 import sys
 import time
 
 from org.ledger import pid_alive
 from org.reaper import reap, run_processes
+from org.sandbox import dies_with
 
 SLEEP = "import os, sys, time\nif sys.argv[1] == 'fork' and os.fork() == 0:\n    os.setsid()\ntime.sleep(600)"
 
@@ -57,3 +59,26 @@ def test_a_recorded_pid_now_someone_elses_is_left_alone(tmp_path):
     finally:
         someone.kill()
         someone.wait()
+
+
+def test_a_child_ends_with_the_process_that_started_it_even_one_that_died_as_it_forked():
+    """A box's bwrap and a model worker die with their parent (PR_SET_PDEATHSIG), however it ends.
+    A parent SIGKILLed between the fork and the child's prctl never sends that signal (CI once saw
+    an agent's box outlive the agent so): the child finds its parent is another, and ends."""
+    code = ("import subprocess, sys\nfrom org.sandbox import dies_with\nimport os\n"
+            "p = subprocess.Popen(['sleep', '600'], preexec_fn=dies_with(os.getpid()))\n"
+            "print(p.pid, flush=True)\nimport time; time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    child = int(parent.stdout.readline())
+    assert pid_alive(child)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while pid_alive(child) and time.monotonic() < deadline:  # (a zombie until init reaps it)
+        time.sleep(0.05)
+    assert not pid_alive(child)
+
+    t0 = time.monotonic()  # the race, as the child sees it: a parent pid other than the one that armed it
+    orphaned = subprocess.run(["sleep", "600"], preexec_fn=dies_with(parent.pid))
+    assert orphaned.returncode == 1 and time.monotonic() - t0 < 5
+    assert subprocess.run(["true"], preexec_fn=dies_with(os.getpid())).returncode == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from org.sandbox import Sandbox, available
+from org.sandbox import Sandbox, available, run_box
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=f"{available()}")
 
@@ -152,21 +152,34 @@ except OSError as e:
 """
 
 
-def test_a_runs_box_cannot_reach_a_socket_bound_after_it_started(host_dirs):
+def test_no_box_but_a_clis_reaches_a_socket_bound_after_it_started(host_dirs, tmp_path):
     """The masks are made as a box starts. A daemon started while a run trains (minutes to
-    hours), its socket in a folder the box sees, was reachable for the rest of the run: a run's
-    box (and a model worker's) cannot make a unix socket at all. An agent's command box still
-    can (a command's test may use one; each command gets a fresh box, masked as it starts)."""
+    hours), or while an agent's command runs, its socket in a folder the box sees, was reachable
+    for the rest of it: a run's box, a model worker's and an agent's command box cannot make a
+    unix socket at all. A CLI's box still can: it reaches its port through one."""
+    from agentlab import make_project, tiny_program, worktree
+    from org.agents.tools import command_box
+    from org.lab import Lab
     folder = host_dirs[-1] if host_dirs else pytest.skip("no folder outside /tmp to bind in")
+    root, program = make_project(tmp_path, tiny_program([{"name": "solo", "backend": "scripted"}]), trainer=False)
+    tree = worktree(root, program, "solo")
+    lab = Lab.open(root)
+    command = command_box(lab, tree, program.name, "solo")
+    lab.close()
+    for folder_of_run in ("run", "snapshot", "data", "port"):
+        (tmp_path / folder_of_run).mkdir()
+    boxes = {"an agent's command": command, "a CLI's": command.with_extra(sockets=[tmp_path / "port"]),
+             "a run's": run_box(root, tmp_path / "run", tmp_path / "snapshot", tmp_path / "data", tmp_path / "kernels",
+                                gpu=False, cpu_seconds=60)}
     outcomes = {}
-    for unix_sockets in (True, False):
-        path = folder / f"late-{unix_sockets}.sock"
-        box = Sandbox(unix_sockets=unix_sockets)
+    for name, box in boxes.items():
+        path = folder / f"late-{len(outcomes)}.sock"
         proc = box.popen([sys.executable, "-c", CONNECT_LATER, str(path)], cwd="/", env={"PATH": os.environ["PATH"]},
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         serve(path)  # after the box has started: no mask for it
-        outcomes[unix_sockets] = proc.communicate(timeout=60)[0].decode().strip()
-    assert outcomes == {True: "ANSWERED", False: "refused: Address family not supported by protocol"}, outcomes
+        outcomes[name] = proc.communicate(timeout=60)[0].decode().strip()
+    refused = "refused: Address family not supported by protocol"
+    assert outcomes == {"an agent's command": refused, "a CLI's": "ANSWERED", "a run's": refused}, outcomes
 
 
 IO_URING_AND_DGRAM = """

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from org.cgroups import cpu_seconds
-from org.sandbox import untrusted_env
+from org.sandbox import dies_with, untrusted_env
 
 # environment variables a command must not see: credentials, and anything pointing git elsewhere
 SECRET_NAME = re.compile(r"(API_?KEY|TOKEN(?!IZERS)|SECRET|PASSW|CREDENTIAL|_KEY$|_AUTH)", re.I)
@@ -209,7 +209,7 @@ class Workspace:
             how = dict(cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                        start_new_session=True)
             if self.box:
-                proc = self.box.popen(argv, env=untrusted_env(self.env), preexec_fn=die_with_this_thread, **how)
+                proc = self.box.popen(argv, env=untrusted_env(self.env), preexec_fn=dies_with(os.getpid()), **how)
             else:
                 proc = subprocess.Popen(argv, env=clean_env(self.env), **how)
             try:
@@ -223,16 +223,6 @@ class Workspace:
                 self.meter(used)
             stopped = getattr(proc, "stopped", None)  # its disk (org/diskwatch.py)
             return status, _read_capped(out, limit) + (f"\n[{stopped}]" if stopped else "")
-
-
-def die_with_this_thread():
-    """Run in the child before exec: SIGKILL it when the thread that started it ends. An agent
-    killed mid-command once left its box's bwrap behind for good (bwrap's --die-with-parent
-    covers what runs inside the box, not bwrap itself). The thread that starts a command waits
-    for it, so only the agent's death can trigger this."""
-    import ctypes
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _write_all(fd: int, data: bytes):
