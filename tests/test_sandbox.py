@@ -18,6 +18,7 @@ import pytest
 
 from agentlab import lab_dir, make_project, tiny_program, worktree
 from org.agents.clis import _supervise
+from org.agents.commands import run_tool
 from org.agents.control import Control
 from org.agents.tools import Tools
 from org import OrgError
@@ -487,6 +488,30 @@ def test_an_agents_own_compute_is_on_record_and_capped_however_it_spreads_it(two
     why = _supervise(cli, Control(lab_dir(root, program), "alice"),
                      meter=lambda seconds: booked.append(seconds) or ("spent" if sum(booked) > 1.5 else None))
     assert why == "stopped: spent" and cli.returncode is not None and 1.5 < sum(booked) < 3, (why, booked)
+
+@pytest.mark.skipif(cgroup_root("cpuacct") is None, reason=f"a cpu accounting cgroup: {cpu_meter()}")
+def test_commands_sent_at_once_run_one_at_a_time_so_the_cap_holds(two_agents):
+    """The attack: a CLI agent sends many `org tool run` calls at once (its port serves each
+    connection in a thread of its own). Each checked the cap as it started, and a box's CPU time is
+    booked when it ends, so all ran: the cap, times the calls. Now an agent's commands run one at
+    a time, each after the last one's time is booked."""
+    root, program, tools, _ = two_agents
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+        ledger.change_budget(program.name, {"agent_cpu_seconds": 0.5}, "ada")
+    spin = f"python3 -c '{SPIN.format(seconds=1)}'"
+    answers = []  # as the port answers each: in a thread, by run_tool
+    calls = [threading.Thread(target=lambda: answers.append(run_tool(program, "alice", root, "run", {"command": spin})))
+             for _ in range(3)]
+    for call in calls:
+        call.start()
+    for call in calls:
+        call.join()
+    ran = [output for output, _ in answers if output.startswith("exit status")]
+    refused = [output for output, _ in answers if "your box's CPU time is spent" in output]
+    assert (len(ran), len(refused)) == (1, 2), answers
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+        assert ledger.agent_cpu(program.name)["alice"] < 2, "one command's second, not three"
+
 
 def test_a_command_still_works_in_its_worktree_and_commits(two_agents):
     _, _, tools, _ = two_agents

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import contextlib
+import fcntl
 import re
 import time
 from dataclasses import dataclass, field
@@ -124,6 +126,17 @@ def command_box(lab: Lab, worktree: str | Path, program: str, agent: str):
     return agent_box(lab.root, Path(worktree).resolve(), lab.admin_dir(worktree), Path(lab.repo.common_dir),
                      agent_refs(program, agent))
 
+
+@contextlib.contextmanager
+def one_at_a_time(path: Path):
+    """An agent's commands run one at a time, however they come (a CLI's port answers each call
+    in a thread, with Tools of its own): a box's CPU time is booked as it ends, so calls sent at
+    once would each pass the cap before any was booked. A file lock: held by any thread or
+    process, and let go when its holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
 
 class Tools:
     def __init__(self, agent: str, program: Program, lab_root: str | Path, worktree: str | Path,
@@ -236,11 +249,12 @@ class Tools:
         if named:
             raise Refused(f"the command names {named.group(0)}: credentials are not available to "
                           "agents' commands")
-        spent = cpu_exhausted(self.ledger_path, self.program.name, self.agent)
-        if spent:
-            raise Refused(spent)
         timeout = min(max(timeout_seconds or self.limits.run_timeout_default, 1), self.limits.run_timeout_max)
-        status, output = self.ws.run(command, timeout, self.limits.output_chars - 200)  # room for the header
+        with one_at_a_time(self.lab_dir / "locks" / f"{self.agent}.command"):
+            spent = cpu_exhausted(self.ledger_path, self.program.name, self.agent)
+            if spent:
+                raise Refused(spent)
+            status, output = self.ws.run(command, timeout, self.limits.output_chars - 200)  # room for the header
         leaked = [k for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8 and v in output]
         if leaked:
             raise Refused(f"the output contains the value of {leaked[0]}; it was withheld")
