@@ -24,12 +24,15 @@ import difflib
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import zlib
 from pathlib import Path
 
 import git
+import gitdb.exc
 from git.objects.fun import tree_entries_from_data
+from gitdb.db.pack import PackedDB
 
 from org import OrgError
 
@@ -44,6 +47,7 @@ HARDENED_GIT = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "core.
 # files that run or shadow code without being a module's source, wherever they are
 SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
 SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
+MAX_OBJECT_BYTES = 1 << 30  # a loose object's file, and what it inflates to
 
 
 class LabError(OrgError):
@@ -94,6 +98,7 @@ class Lab:
         self.repo = repo
         self.root = Path(repo.working_tree_dir)
         self._files = {}  # commit -> files(commit)
+        self._packs = PackedDB(str(Path(repo.common_dir) / "objects" / "pack"))  # (read in Python: never through git)
         self.harden()
 
     def harden(self):
@@ -237,6 +242,7 @@ class Lab:
         self._ignore("/.lab/", "/worktrees/")
         base = self.repo.heads[branch].commit.hexsha
         self.snapshot(base, program)  # now, before any agent's box could swap an object of it
+        self.pack_loose()  # and out of reach of any box that would delete one
         return base
 
     def _ignore(self, *patterns: str):
@@ -359,6 +365,7 @@ class Lab:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # our own scratch, never a result
             raise
+        self.pack_loose()
         return dest
 
     def files(self, commit: str) -> dict[str, tuple[str, str]]:
@@ -390,17 +397,57 @@ class Lab:
 
     def verified(self, oid: str, kind: bytes) -> bytes:
         """An object's content, checked against its name (the hash of its kind, size and content)."""
-        try:
-            stream = self.repo.odb.stream(bytes.fromhex(oid))
-            data = stream.read()
-        except (ValueError, git.GitCommandError, OSError) as e:
+        try:  # as git reads: a pack's copy first (the packs are the harness's, read-only in every box)
+            found = self.packed(oid) or self.loose(oid)
+        except (ValueError, OSError, zlib.error, gitdb.exc.ODBError) as e:
             raise LabError(f"object {oid[:10]} cannot be read from {self.root}/.git: {e}") from None
-        digest = hashlib.sha1(b"%s %d\0" % (stream.type, len(data)) + data)  # (GitPython reads SHA-1 repos only)
-        if stream.type != kind or digest.hexdigest() != oid:
+        if found is None:
+            raise LabError(f"object {oid[:10]} is not in {self.root}/.git")
+        read_kind, data = found
+        digest = hashlib.sha1(b"%s %d\0" % (read_kind, len(data)) + data)  # (GitPython reads SHA-1 repos only)
+        if read_kind != kind or digest.hexdigest() != oid:
             raise LabError(f"object {oid[:10]} in {self.root}/.git does not hold what its name says (a {kind.decode()} "
                            "hashing to it): the lab's object store was changed behind git, as a box that may "
                            "commit can; nothing of that commit runs")
         return data
+
+
+    def packed(self, oid: str) -> tuple[bytes, bytes] | None:
+        """A packed object's (kind, content), or None where no pack holds it."""
+        self._packs.update_cache()  # packs made since (pack_loose, another process's)
+        if not self._packs.has_object(bytes.fromhex(oid)):
+            return None
+        stream = self._packs.stream(bytes.fromhex(oid))
+        return stream.type, stream.read()
+
+    def loose(self, oid: str) -> tuple[bytes, bytes] | None:
+        """A loose object's (kind, content), read here rather than by git: its file lies where every
+        agent's box may write (.git/objects/xx/), so it may be a FIFO, on which git would wait for
+        good (and the runner with it), or a small file that inflates to fill the memory. None where
+        the object is not loose."""
+        path = Path(self.repo.common_dir) / "objects" / oid[:2] / oid[2:]
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_OBJECT_BYTES:
+                raise ValueError(f"its file {path} is not a plain file of at most {MAX_OBJECT_BYTES >> 20} MB")
+            inflate = zlib.decompressobj()
+            data = inflate.decompress(f.read(), MAX_OBJECT_BYTES + 64)
+        header, _, content = data.partition(b"\0")
+        kind, _, size = header.partition(b" ")
+        if inflate.unconsumed_tail or not size.isdigit() or int(size) != len(content):
+            raise ValueError(f"its file {path} is not a loose object of at most {MAX_OBJECT_BYTES >> 20} MB")
+        return kind, content
+
+    def pack_loose(self):
+        """Move the loose objects into a pack of their own (git repack, incremental). Every agent's
+        box writes .git/objects to commit, so it could delete any loose object there, another
+        agent's commit or the person's history; the packs are read-only in every box. Done as a
+        program starts and once a commit is snapshotted (its objects, and all made before it)."""
+        self.repo.git.repack("-d", "-q")
 
 
 def added_lines(before: bytes, after: bytes) -> bytes:

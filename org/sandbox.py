@@ -486,18 +486,22 @@ def source_files(source: str) -> list[Path]:
 
 def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, own_refs: str) -> Sandbox:
     """An agent's command: its worktree, and what committing there writes in the shared .git
-    (objects, its worktree's own admin dir but its pointers, and its own folder of branches `own_refs` under
-    refs/heads/ with their reflogs), are writable; the rest of .git (config, hooks, info, the
+    (loose objects, its worktree's own admin dir but its pointers, and its own folder of branches
+    `own_refs` under refs/heads/ with their reflogs), are writable; the rest of .git (config, hooks, info, the
     other branches, the other worktrees' admin dirs) is read-only; the lab's state and the other
     agents' worktrees are absent; no network, no unix socket (a CLI's box, given its port, makes
     them: org/agents/clis.py); the lowest CPU weight, so it runs on what the runs leave of a core."""
     common = Path(common_dir)
     refs, reflogs = common / "refs" / "heads" / own_refs, common / "logs" / "refs" / "heads" / own_refs
-    for folder in (refs, reflogs):
+    packs, info = common / "objects" / "pack", common / "objects" / "info"
+    for folder in (refs, reflogs, packs, info):
         folder.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[worktree, common / "objects", refs, reflogs, git_dir],
                    readonly=[common], hidden=lab_private(lab_root),
                    # the pointers between the worktree and git_dir: rewritten, the next box's git_dir
-                   # (Lab.admin_dir) could be any folder, and the harness's git calls would follow them
-                   frozen=[worktree / ".git", git_dir / "gitdir", git_dir / "commondir"], unix_sockets=False,
+                   # (Lab.admin_dir) could be any folder, and the harness's git calls would follow them;
+                   # the packs (every object the harness has taken in: Lab.pack_loose) and the object
+                   # store's info (its alternates: where else git would read objects)
+                   frozen=[worktree / ".git", git_dir / "gitdir", git_dir / "commondir", packs, info],
+                   unix_sockets=False,
                    limits=Limits(file_bytes=1 << 30, address_bytes=16 << 30, cpu_weight=1))

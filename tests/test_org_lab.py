@@ -1,5 +1,7 @@
 """The lab: program branches, agent worktrees, frozen snapshots and protected paths, on real git repos."""
+import os
 import shutil
+import threading
 import zlib
 from pathlib import Path
 
@@ -238,7 +240,8 @@ def swap_object(lab: Lab, sha: str, body: bytes):
     """What a box that may write .git/objects (to commit) can do to any object there: replace its
     file under the same name. Git does not check names against contents when it reads."""
     path = Path(lab.repo.common_dir) / "objects" / sha[:2] / sha[2:]
-    path.unlink()
+    path.parent.mkdir(exist_ok=True)
+    path.unlink(missing_ok=True)  # (or beside its packed copy: the harness packs what it takes in)
     path.write_bytes(zlib.compress(b"blob %d\x00" % len(body) + body))
 
 
@@ -254,6 +257,39 @@ def test_an_object_swapped_under_its_name_is_caught_not_run(lab):
         with pytest.raises(LabError, match=f"object {blob[:10]} .* does not hold what its name says"):
             check()
     assert not (lab.state_dir("softcap") / "snapshots" / commit).exists()
+
+
+def test_an_object_made_a_fifo_or_a_bomb_stops_nothing(lab):
+    """A box that commits may also leave a FIFO under an object's name: git, asked for it, waited
+    for a writer for good, and the runner (which reads a submitted commit holding its git lock)
+    with it. Or a loose object whose few compressed bytes inflate to fill the memory. The harness
+    reads loose objects itself: a plain file, of bounded size, opened without waiting."""
+    lab.start_program("softcap")
+    alice = lab.add_worktree("softcap", "alice")
+    commit = commit_file(alice, "trainer/model.py", "WIDTH = 128\n")
+    blob = lab.repo.git.rev_parse(f"{commit}:trainer/model.py")
+    path = Path(lab.repo.common_dir) / "objects" / blob[:2] / blob[2:]
+    path.unlink()
+    os.mkfifo(path)
+    outcome = []
+    reader = threading.Thread(target=lambda: outcome.append(catch(lambda: lab.snapshot(commit, "softcap"))), daemon=True)
+    reader.start()
+    reader.join(20)
+    assert outcome and f"object {blob[:10]} cannot be read" in outcome[0] and "not a plain file" in outcome[0], outcome
+
+    path.unlink()
+    bomb = zlib.compressobj()
+    path.write_bytes(bomb.compress(b"blob %d\x00" % (4 << 30)) + b"".join(bomb.compress(bytes(1 << 24)) for _ in range(80))
+                     + bomb.flush())  # 1.3 GB of zeros in about 1.3 MB
+    assert "is not a loose object of at most 1024 MB" in catch(lambda: lab.snapshot(commit, "softcap"))
+
+
+def catch(action) -> str:
+    try:
+        action()
+    except LabError as e:
+        return str(e)
+    return "no error"
 
 
 def test_the_base_snapshot_is_taken_when_the_program_starts(lab):

@@ -20,6 +20,7 @@ from agentlab import lab_dir, make_project, tiny_program, worktree
 from org.agents.clis import _supervise
 from org.agents.commands import run_tool
 from org.agents.control import Control
+from org.agents.sandbox import git_identity
 from org.agents.tools import Tools
 from org import OrgError
 from org.cli import main
@@ -127,6 +128,30 @@ def test_a_command_cannot_move_another_agents_branch_or_the_programs(two_agents)
     # its own folder stays its own: more branches there, and its work branch moves
     assert run(tools, "git branch agent/tiny/alice/idea-2 && git commit -q --allow-empty -m more").startswith("exit status 0")
     assert head_of(root, "agent/tiny/alice/idea-2") is not None
+
+
+def test_a_command_cannot_delete_the_history_or_the_work_the_harness_took_in(two_agents):
+    """Every box writes .git/objects (to commit), and an object deleted there is gone: one command
+    erased the person's history, the program's branch and the other agents' submitted work (their
+    refs stay, naming nothing). The harness packs the objects it takes in (as a program starts,
+    and with each commit it snapshots), and the packs are read-only in every box."""
+    root, program, tools, bob = two_agents
+    with git.Repo(bob) as repo:
+        repo.git.add("notes.md")
+        repo.git.commit("-q", "-m", "bob's work", env={**os.environ, **git_identity("bob")})
+        submitted = repo.head.commit.hexsha
+    lab = Lab.open(root)
+    lab.snapshot(submitted, program.name)  # as the runner does, once bob submits it
+    lab.close()
+    wipe = ('common=$(git rev-parse --git-common-dir); rm -f "$common"/objects/pack/* "$common"/objects/??/*; '
+            'echo "objects/info/alternates" > "$common"/objects/info/alternates')
+    run(tools, wipe)
+    with git.Repo(root) as repo:
+        for name in ("main", "program/tiny", submitted):
+            assert len(repo.git.rev_list(name).split()) >= 1, name  # its commits, and each one's tree:
+            repo.git.ls_tree("-r", name)
+        assert not (Path(repo.common_dir) / "objects" / "info" / "alternates").exists()
+    assert run(tools, "git commit -q --allow-empty -m 'still works'").startswith("exit status 0")
 
 
 def test_a_command_cannot_point_its_worktree_at_the_shared_git(two_agents):
