@@ -73,6 +73,7 @@ ENDPOINTS = {("anthropic", "POST", "v1/messages"): True,
 # fields that ask for them: they reach the network from outside the box and charge per use
 HOSTED = ("web_search", "web_fetch", "code_execution", "code_interpreter", "file_search", "image_generation", "mcp")
 HOSTED_FIELDS = ("mcp_servers", "web_search_options")
+URL_FIELDS = ("url", "image_url", "file_url")  # content the provider would fetch (fetched_urls)
 # What asks for a dearer rate than prices.yaml's, which the gateway would charge at the standard
 # one: Anthropic's 1M-token context (a higher rate past 200k input) and fast output, by beta
 # header or field; a service tier other than the standard ones (OpenAI's priority and scale)
@@ -256,6 +257,10 @@ class Gateway:
         from org.agents.spend import dollars
         return dollars(model, usage, self.prices)
 
+    def unpriced_variant(self, model: str) -> str | None:
+        from org.agents.spend import unpriced_variant
+        return unpriced_variant(model, self.prices)
+
     def meter(self, agent: str, model: str, usage, worst):
         """Record a call's usage for its agent. A reply that shows none (a stream that did not ask
         for it, a body that does not parse) is charged the call's worst case."""
@@ -289,6 +294,23 @@ def hosted_tools(fields: dict) -> list[str]:
     kinds = [t.get("type") for t in tools if isinstance(t, dict) and isinstance(t.get("type"), str)]
     asked = {k for k in HOSTED_FIELDS if fields.get(k) not in (None, [])}  # `web_search_options: {}` asks for search
     return sorted({k for k in kinds if k.startswith(HOSTED)} | asked)
+
+
+def fetched_urls(value) -> list[str]:
+    """The http(s) URLs of a call's content (an image, a document or a file given by URL: Anthropic's
+    `source: {type: url, url}`, OpenAI's `image_url` and `file_url`), which the provider fetches."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                if key in URL_FIELDS and isinstance(inner, str) and inner.strip().lower().startswith(("http:", "https:")):
+                    found.append(inner.strip())
+                else:
+                    stack.append(inner)
+    return found
 
 
 def dearer_rate(fields: dict, betas: list[str]) -> list[str]:
@@ -359,6 +381,16 @@ def _handler(gateway: Gateway):
                 raise Refused(400, "invalid_request_error", f"the gateway does not forward calls at a dearer rate than "
                               f"its prices ({', '.join(dearer)}): the budget would be charged less than was spent")
             model = fields.get("model") if isinstance(fields.get("model"), str) else "unknown"
+            variant = gateway.unpriced_variant(model)
+            if spends and variant:
+                raise Refused(400, "invalid_request_error", f"the gateway does not forward {model[:80]!r}: org/prices.yaml "
+                              f"prices it only as its family, and {variant!r} names a dearer variant (or one that "
+                              "searches the web); give it a price of its own there to allow it")
+            fetched = fetched_urls(fields)
+            if fetched:
+                raise Refused(400, "invalid_request_error", f"the gateway does not forward content given by URL "
+                              f"({fetched[0][:100]}): the provider would fetch it for the agent, outside its box; "
+                              "send the content itself")
             worst = worst_case(fields, len(body))
             key = gateway.reserve(gateway.price(model, worst) if spends else 0.0)
             try:

