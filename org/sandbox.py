@@ -28,8 +28,9 @@ Inside a box:
   below sit on a cgroup one level above the box's cgroup-namespace root, so even a box that
   mounts its cgroups in a namespace of its own cannot raise them;
 - the environment is exactly `env` (nothing inherited); a new session (no typing into the
-  terminal it came from); it dies with the process that started it, and when the command (PID 1
-  there) exits, every process it started dies with it;
+  terminal it came from); it dies with the process that started it (even one that died while
+  bwrap was still making the box: the command's first step checks, ALIVE_CHECK), and when the
+  command (PID 1 there) exits, every process it started dies with it;
 - disk: its writable trees may grow by `Limits.disk_bytes` and `disk_files` at most, and not at
   all into the last `disk_reserve` of the disk (org/diskwatch.py: a thread watches, and kills it);
 - rlimits, inherited through exec: CPU seconds, file size, open files, address space; and an
@@ -61,6 +62,7 @@ launch refuses before it starts anything.
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
@@ -70,6 +72,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -222,17 +225,21 @@ class Sandbox:
         the command's own pid, the one to send a SIGTERM it can catch; cpu_seconds(it) is the CPU
         time of everything the box has run so far."""
         read, write = os.pipe()
+        alive, held = harness_alive()
         groups = box_cgroups(self.limits)
-        wrapped = self.command(argv, cwd, env, info_fd=write, groups=groups)
+        wrapped = self.command(["bash", "-c", ALIVE_CHECK.format(fd=alive), "nanolab-box", *argv], cwd, env,
+                               info_fd=write, groups=groups)
 
         def before_exec():
             self.set_limits()
             if preexec_fn:
                 preexec_fn()
         try:
-            proc = subprocess.Popen(wrapped, pass_fds=(write,), preexec_fn=before_exec, **kwargs)
+            proc = subprocess.Popen(wrapped, pass_fds=(write, alive), preexec_fn=before_exec, **kwargs)
         finally:
             os.close(write)
+            os.close(alive)
+        weakref.finalize(proc, os.close, held)
         with os.fdopen(read, "rb") as info:  # bwrap writes it once the namespaces exist
             try:
                 proc.inner_pid = json.loads(info.read().decode() or "{}").get("child-pid", proc.pid)
@@ -277,6 +284,23 @@ def dies_with(parent: int):
             os._exit(1)
     return arm
 
+
+# The box's command starts here: when the process that started the box died while bwrap was still
+# making it (its mounts take a while), bwrap's own --die-with-parent was armed too late and the box
+# ran on, its parent gone, its command never timed out nor metered (CI saw an agent's box outlive
+# the agent). By the time this runs every such signal is armed, so a parent alive now is one whose
+# death will end the box; a dead one has closed the pipe's other end, which reads as input here.
+ALIVE_CHECK = 'if read -r -t 0 -u {fd}; then exit 125; fi; exec {fd}<&-; exec "$@"'
+
+
+def harness_alive() -> tuple[int, int]:
+    """(the end the box reads, the end the harness holds while it lives), above the descriptors
+    the box's shell opens (Sandbox.command: 8, 9)."""
+    read, write = os.pipe()
+    try:
+        return fcntl.fcntl(read, fcntl.F_DUPFD_CLOEXEC, 10), write
+    finally:
+        os.close(read)
 
 # --- unix sockets: none of the host's ----------------------------------------------------
 

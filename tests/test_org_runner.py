@@ -165,10 +165,11 @@ def test_an_experiment_touching_protected_paths_is_refused_and_kept(make_project
     assert experiment["stage"] == "refused" and "a kinder metric" in experiment["diff"]
 
 
-def test_a_commit_whose_objects_were_swapped_after_review_is_refused_at_run_time(make_project, capsys):
-    """Every agent's box may write .git/objects (to commit), so a queued commit's file can be
+def test_a_commit_whose_objects_were_swapped_after_review_runs_what_was_reviewed(make_project, capsys):
+    """Every agent's box may write .git/objects (to commit), so a queued commit's file could be
     replaced under its object name after it was accepted: git would hand the runner the new
-    content. The runner reads objects checked against their names, and refuses, on record."""
+    content. The harness packs what it takes in (the packs are read-only in every box) and reads
+    a pack's copy first; a loose object swapped before then is refused (tests/test_org_lab.py)."""
     import zlib
     root = make_project(tiny_program(variants=[]))
     sha = agent_commit(root, "mallory", "trainer/model.py", lambda text: text + "\n# reviewed\n")
@@ -176,16 +177,16 @@ def test_a_commit_whose_objects_were_swapped_after_review_is_refused_at_run_time
     with git.Repo(root) as repo:
         blob = repo.git.rev_parse(f"{sha}:trainer/model.py")
     obj = root / ".git" / "objects" / blob[:2] / blob[2:]
-    obj.unlink()
+    assert not obj.exists()  # packed as the program started (submit starts it)
+    obj.parent.mkdir(exist_ok=True)
     body = b"raise SystemExit('not what was reviewed')\n"
-    obj.write_bytes(zlib.compress(b"blob %d\x00" % len(body) + body))
+    obj.write_bytes(zlib.compress(b"blob %d\x00" % len(body) + body))  # beside the pack, as a box can
     assert main(["run", "tiny"]) == 0
     with ledger_of(root) as ledger:
         runs = ledger.runs("tiny", arm="reviewed")
-        baseline = ledger.runs("tiny", arm="baseline")
-    assert {r["status"] for r in runs} == {"refused"} and all(r["run_dir"] is None for r in runs)
-    assert all(f"object {blob[:10]}" in r["reason"] and "does not hold what its name says" in r["reason"] for r in runs)
-    assert {r["status"] for r in baseline} == {"completed"}  # the rest of the program ran
+    assert {r["status"] for r in runs} == {"completed"}
+    snapshot = root / ".lab" / "tiny" / "snapshots" / sha / "trainer" / "model.py"
+    assert snapshot.read_text().endswith("# reviewed\n")
 
 
 def test_the_programs_budget_holds_whatever_the_experiment_asks(make_project, capsys):

@@ -5,6 +5,7 @@ left as it was."""
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -544,6 +545,44 @@ def test_a_command_still_works_in_its_worktree_and_commits(two_agents):
     assert "committed" in tools.call("git_commit", {"message": "a new file"}).output
     with git.Repo(tools.ws.root) as repo:
         assert repo.head.commit.message.strip() == "a new file"
+
+
+# a process that starts a box (as an agent's supervisor starts its command's), waits for it on a
+# thread of its own (as Workspace.run does), and is SIGKILLed `delay` seconds after it began to
+STARTER = """
+import os, sys, threading, time
+from org.sandbox import Sandbox, dies_with
+marker, delay = sys.argv[1], float(sys.argv[2])
+box = Sandbox()
+threading.Thread(target=lambda: box.popen([sys.executable, "-c", "import time; time.sleep(60)", marker], cwd="/",
+                 env={"PATH": os.environ["PATH"]}, preexec_fn=dies_with(os.getpid())).wait()).start()
+time.sleep(delay)
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_box_never_outlives_the_process_that_started_it_whenever_that_dies():
+    """bwrap arms --die-with-parent for the box's command only once it has made the box: a
+    starter that died just before (an agent killed as its command began) left the command
+    running, its parent gone, never timed out nor metered (CI saw it). Killed at any moment of the
+    box's making, the starter leaves nothing behind."""
+    marker = f"nanolab-orphan-{uuid.uuid4().hex}"
+    for delay in [i * 0.005 for i in range(30)]:
+        subprocess.run([sys.executable, "-c", STARTER, marker, str(delay)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    left = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if marker.encode() in read_or_empty(Path(f"/proc/{pid}/cmdline"))]
+    for pid in left:  # (ours, by the marker: the test's own orphans, should there be any)
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"{len(left)} boxes outlived their starter"
+
+
+def read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def test_limits_bind(tmp_path):
