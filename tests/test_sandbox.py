@@ -570,12 +570,16 @@ def test_a_box_never_outlives_the_process_that_started_it_whenever_that_dies():
     for delay in [i * 0.005 for i in range(30)]:
         subprocess.run([sys.executable, "-c", STARTER, marker, str(delay)], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
-    time.sleep(1)
-    left = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-            if marker.encode() in read_or_empty(Path(f"/proc/{pid}/cmdline"))]
-    for pid in left:  # (ours, by the marker: the test's own orphans, should there be any)
+    left = lambda: [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                    if marker.encode() in read_or_empty(Path(f"/proc/{pid}/cmdline"))]
+    deadline = time.monotonic() + 15  # (a box killed as it starts may take a moment to end on a busy machine)
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = {pid: (read_or_empty(Path(f"/proc/{pid}/stat")).split(b") ")[-1][:12],
+                       read_or_empty(Path(f"/proc/{pid}/cmdline")).replace(b"\0", b" ")[:90]) for pid in left()}
+    for pid in survivors:  # (ours, by the marker: the test's own orphans, should there be any)
         os.kill(pid, signal.SIGKILL)
-    assert left == [], f"{len(left)} boxes outlived their starter"
+    assert survivors == {}, f"{len(survivors)} boxes outlived their starter (state, ppid; command): {survivors}"
 
 
 def read_or_empty(path: Path) -> bytes:
