@@ -50,7 +50,7 @@ from org.experiments import plan, refusal
 from org.improve import sync_branch
 from org.program import Program
 from org.reaper import last_change, reap, set_aside
-from org.sandbox import INSTALL_HINT, available, check, run_box, untrusted_env, worker_box
+from org.sandbox import INSTALL_HINT, available, check, end_box, run_box, untrusted_env, worker_box
 from trainer.config import BUDGET_FLAGS
 from trainer.record import Measurement, Result
 
@@ -445,6 +445,7 @@ class Runner:
         killed_reason = self._wait(proc) or getattr(proc, "stopped", None)  # the box's disk (org/diskwatch.py)
         self.children.pop(run["id"], None)
         _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it,
+        end_box(proc)
         reap(None, run_dir)  # nor writes there once it is read (a box's processes die just after bwrap)
         return proc.returncode, killed_reason
 

@@ -62,6 +62,7 @@ launch refuses before it starts anything.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import json
@@ -247,6 +248,7 @@ class Sandbox:
                 proc.inner_pid = proc.pid
         metered = cgroup_root("cpuacct")  # the box's group in that hierarchy holds its CPU time
         proc.cpu_group = next((g for g in groups if metered and g.is_relative_to(metered)), None)
+        proc.box_groups = groups
         watch(proc, self.writable, self.limits)  # proc.stopped: why the harness killed it, if it did
         return proc
 
@@ -284,6 +286,24 @@ def dies_with(parent: int):
             os._exit(1)
     return arm
 
+
+def end_box(proc: subprocess.Popen, tries: int = 100):
+    """Kill what is left of a box whose bwrap has ended: every process in its cgroups, which none
+    can leave. bwrap killed while it was still making the box (the OOM killer, a timeout) left its
+    inner half running on: it finished the box and ran the command, a trainer that wrote its
+    result after the runner had read the run as dead (CI saw one counted `completed`)."""
+    group = next(iter(getattr(proc, "box_groups", None) or []), None)
+    for _ in range(tries if group else 0):
+        try:
+            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            return
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
 
 # The box's command starts here: when the process that started the box died while bwrap was still
 # making it (its mounts take a while), bwrap's own --die-with-parent was armed too late and the box

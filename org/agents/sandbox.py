@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from org.cgroups import cpu_seconds
-from org.sandbox import dies_with, untrusted_env
+from org.sandbox import dies_with, end_box, untrusted_env
 
 # environment variables a command must not see: credentials, and anything pointing git elsewhere
 SECRET_NAME = re.compile(r"(API_?KEY|TOKEN(?!IZERS)|SECRET|PASSW|CREDENTIAL|_KEY$|_AUTH)", re.I)
@@ -218,6 +218,8 @@ class Workspace:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 status = None
+            if self.box:
+                end_box(proc)  # (what a bwrap killed mid-making left running)
             used = cpu_seconds(proc) if self.box else None
             if used is not None and self.meter:
                 self.meter(used)
