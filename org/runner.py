@@ -95,8 +95,7 @@ def _threads(n: int) -> dict:
 
 
 def pick(cores: list[int] | None, start: int, n: int) -> list[int] | None:
-    """n of the machine's cores from the start-th on, round them (shared only when the slots ask
-    for more than there are); None where the affinity is unknown."""
+    """n of the machine's cores from the start-th on, round them (shared if slots ask too many), or None."""
     return sorted({cores[(start + k) % len(cores)] for k in range(n)}) if cores else None
 
 
