@@ -273,10 +273,9 @@ class Sandbox:
 
 def dies_with(parent: int):
     """The function to run in a child before exec: SIGKILL it when the thread that started it
-    ends, however it ends. An agent killed mid-command once left its box's bwrap behind (bwrap's
-    --die-with-parent covers what runs inside the box, not bwrap itself). A parent that died
-    between the fork and the prctl never sends the signal: the child sees another parent, and
-    ends there."""
+    ends, however it ends (bwrap arms its own --die-with-parent only once its setup is done, and
+    ALIVE_CHECK covers the gap). A parent that died between the fork and the prctl never sends
+    the signal: the child sees another parent, and ends there."""
     import ctypes
     PR_SET_PDEATHSIG = 1
 
