@@ -25,6 +25,7 @@ import hashlib
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 import zlib
 from pathlib import Path
@@ -48,6 +49,7 @@ HARDENED_GIT = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "core.
 SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
 SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
 MAX_OBJECT_BYTES = 1 << 30  # a loose object's file, and what it inflates to
+PACK_SECONDS = 600  # packing what a snapshot took in: minutes only for a huge history
 
 
 class LabError(OrgError):
@@ -136,6 +138,24 @@ class Lab:
             return self.repo.commit(ref).hexsha
         except (git.BadName, git.BadObject, ValueError, IndexError):  # IndexError: GitPython's '@{-1}'
             raise LabError(f"git ref {ref!r} does not exist in {self.root}") from None
+
+    def branch_problem(self, branch: str) -> str | None:
+        """None if `branch` is missing or names a commit; else a line saying what its file holds
+        and how to mend it. An agent's box writes its own branches, so one may hold anything."""
+        if branch not in self.repo.heads:
+            return None
+        with contextlib.suppress(git.GitCommandError):
+            self.repo.git.rev_parse("--verify", "-q", f"refs/heads/{branch}^{{commit}}")
+            return None
+        path = Path(self.repo.common_dir) / "refs" / "heads" / branch
+        try:  # (a box makes no FIFO or link: org/seccomp.py; still, never wait on one)
+            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW), "rb") as f:
+                held = repr(f.read(60).decode(errors="replace").strip())
+        except OSError as e:
+            held = f"nothing git can read ({e.strerror})"
+        return (f"branch {branch} names no commit: {path} holds {held} (git can neither move nor delete it). "
+                f"Remove that file, then make the branch again at its last good commit if you want it "
+                f"(`git reflog {branch}` may list them; `git branch {branch} <commit>`)")
 
     def head(self) -> str:
         return self.repo.head.commit.hexsha
@@ -242,7 +262,7 @@ class Lab:
         self._ignore("/.lab/", "/worktrees/")
         base = self.repo.heads[branch].commit.hexsha
         self.snapshot(base, program)  # now, before any agent's box could swap an object of it
-        self.pack_loose()  # and out of reach of any box that would delete one
+        self.pack_loose(self.harness_refs())  # and out of reach of any box that would delete one
         return base
 
     def _ignore(self, *patterns: str):
@@ -365,7 +385,7 @@ class Lab:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # our own scratch, never a result
             raise
-        self.pack_loose()
+        self.pack_loose([sha])
         return dest
 
     def files(self, commit: str) -> dict[str, tuple[str, str]]:
@@ -442,12 +462,31 @@ class Lab:
             raise ValueError(f"its file {path} is not a loose object of at most {MAX_OBJECT_BYTES >> 20} MB")
         return kind, content
 
-    def pack_loose(self):
-        """Move the loose objects into a pack of their own (git repack, incremental). Every agent's
-        box writes .git/objects to commit, so it could delete any loose object there, another
-        agent's commit or the person's history; the packs are read-only in every box. Done as a
-        program starts and once a commit is snapshotted (its objects, and all made before it)."""
-        self.repo.git.repack("-d", "-q")
+    def pack_loose(self, commits: list[str]):
+        """Move the loose objects of `commits` (and of their history) into a pack of their own.
+        Every agent's box writes .git/objects to commit, so it could delete any loose object there,
+        another agent's commit or the person's history; the packs are read-only in every box. Done
+        as a program starts (the refs but the agents') and once a commit is snapshotted. Named
+        commits, not `git repack`'s every ref: a box writes its own branches, and one broken ref
+        there (`echo x > .git/refs/heads/agent/...`) failed every repack, and so every run."""
+        revs = "".join(f"{commit}\n" for commit in commits)
+        pack = Path(self.repo.common_dir) / "objects" / "pack" / "pack"
+        for argv, stdin in ((["pack-objects", "--revs", "--unpacked", "--incremental", "-q", str(pack)], revs),
+                            (["prune-packed", "-q"], "")):
+            try:
+                done = subprocess.run(["git", *argv], cwd=self.root, input=stdin, capture_output=True, text=True,
+                                      env=child_env(self.repo.git.environment()), timeout=PACK_SECONDS)
+            except subprocess.TimeoutExpired:
+                raise LabError(f"git {argv[0]} in {self.root} took over {PACK_SECONDS} s") from None
+            if done.returncode:
+                raise LabError(f"git {argv[0]} in {self.root} failed: {done.stderr.strip()[:300]}")
+
+    def harness_refs(self) -> list[str]:
+        """The commits of every ref but the agents' own (refs/heads/agent/: their boxes write
+        those), for pack_loose. A ref git cannot read is skipped (git says so on stderr)."""
+        lines = self.repo.git.for_each_ref("--format=%(objectname) %(refname)").splitlines()
+        return [self.head(), *(sha for sha, _, name in (line.partition(" ") for line in lines)
+                               if not name.startswith("refs/heads/agent/"))]
 
 
 def added_lines(before: bytes, after: bytes) -> bytes:

@@ -30,6 +30,7 @@ import fcntl
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,6 +197,9 @@ def check_branches(lab: Lab, launch: ProgramSite):
 
 
 def check_agent_branch(lab: Lab, base: str, branch: str, agent: str, path: Path, trees: dict):
+    broken = lab.branch_problem(branch)  # its agent's box wrote junk there
+    if broken:
+        raise OrgError(f"{broken}, and launch again")
     if branch in lab.repo.heads and not lab.repo.is_ancestor(base, branch):
         raise OrgError(f"branch {branch} exists with other history (it does not contain {base} at "
                        f"{lab.resolve(base)[:10]}): rename it (git branch -m {branch} old/{agent}) "
@@ -306,6 +310,7 @@ def prepare_worktree(lab: Lab, launch: ProgramSite, agent: str) -> list[str]:
         if lock.exists():  # nothing of this program runs now, so no git holds it
             lock.unlink()
             notes.append(f"removed a stale git lock left by a crash: {lock}")
+        notes += mend_worktree(lab, path, agent_branch(launch.name, agent))
         dirty = git(path, "status", "--porcelain").splitlines()
         if dirty:
             notes.append(f"{agent}: kept the {len(dirty)} uncommitted change(s) in {path} from before")
@@ -315,6 +320,39 @@ def prepare_worktree(lab: Lab, launch: ProgramSite, agent: str) -> list[str]:
         control.resume()
         notes.append(f"{agent}: lifted the pause of a takeover from before (nobody holds its pane now)")
     return notes
+
+
+def mend_worktree(lab: Lab, path: Path, branch: str) -> list[str]:
+    """What an agent's box may leave broken in its worktree's git, mended (its files stay as they
+    are): a HEAD naming no commit points at its branch again; an index git cannot read is made
+    again from HEAD. Each mend says so. OrgError if its branch names no commit: nothing of it
+    can be mended until that is."""
+    problem = lab.branch_problem(branch)
+    if problem:
+        raise OrgError(problem)
+    notes, admin = [], lab.admin_dir(path)  # checked: git below follows its pointers
+    try:
+        git(path, "rev-parse", "-q", "--verify", "HEAD^{commit}")
+    except OrgError:
+        replace_file(admin / "HEAD", f"ref: refs/heads/{branch}\n")
+        notes.append(f"{path}: its HEAD named no commit; it points at {branch} again")
+    try:
+        git(path, "status", "--porcelain")
+    except OrgError:
+        replace_file(admin / "index", None)
+        git(path, "reset", "-q")
+        notes.append(f"{path}: git could not read its index; it was made again from HEAD")
+    return notes
+
+
+def replace_file(path: Path, text: str | None):
+    """Whatever is at path (a file, a folder a box made there) replaced by a file of text, or gone."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    if text is not None:
+        path.write_text(text)
 
 
 def agent_pane(launch: ProgramSite, agent: str, delay: float, restarts: int) -> Pane:

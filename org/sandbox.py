@@ -20,11 +20,13 @@ Inside a box:
   `sockets` (a CLI's port: its way to the org and the gateway). A box with `unix_sockets` off
   (a trainer run, a model worker, an agent's command) cannot make one at all (org/seccomp.py), so
   a socket bound after it started is out of its reach too;
+- it makes only regular files and folders (and, where it may, sockets): no FIFO and no link,
+  which the harness's git would open and wait on, or read without end (org/seccomp.py);
 - its own user, PID, IPC, UTS, cgroup and network namespaces: no other process is visible or
   killable, no network at all (only its own loopback) unless `net`;
 - no capabilities, even where the harness runs as root (a box that kept root's remounted /
   read-write and unmounted what hides the lab), and no user namespace of its own to get them
-  back in (bwrap 0.8+) unless `user_namespaces` (a CLI whose own sandbox is bwrap). The limits
+  back in (bwrap 0.8+; a CLI's own sandbox stays off: org/agents/clis.py). The limits
   below sit on a cgroup one level above the box's cgroup-namespace root, so even a box that
   mounts its cgroups in a namespace of its own cannot raise them;
 - the environment is exactly `env` (nothing inherited); a new session (no typing into the
@@ -80,7 +82,7 @@ from pathlib import Path
 from org import OrgError
 from org.cgroups import JOIN, box_cgroups, cgroup_root
 from org.diskwatch import watch
-from org.seccomp import no_unix_sockets
+from org.seccomp import box_filter
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # a folder per GPU (its PCI address), with its `information`
@@ -112,17 +114,13 @@ class Limits:
 
 class Sandbox:
     def __init__(self, writable=(), readonly=(), hidden=(), net: bool = False, gpu: bool = False,
-                 limits: Limits | None = None, frozen=(), user_namespaces: bool = False, sockets=(),
-                 unix_sockets: bool = True):
+                 limits: Limits | None = None, frozen=(), sockets=(), unix_sockets: bool = True):
         self.writable = [Path(p) for p in writable]
         self.sockets = [Path(p) for p in sockets]  # read-only, and the unix sockets there reachable
         self.readonly = [Path(p) for p in readonly]
         self.hidden = [Path(p) for p in hidden]
         self.frozen = [Path(p) for p in frozen]  # read-only although inside a writable tree
         self.net, self.gpu, self.limits = net, gpu, limits or Limits()
-        # may the code inside make user namespaces? Only for a sandbox of its own (Codex's is bwrap):
-        # the mounts it makes there cannot touch the box's, nor its cgroups' limits (one level up)
-        self.user_namespaces = user_namespaces
         self.unix_sockets = unix_sockets  # False: no socket(AF_UNIX) in the box (org/seccomp.py)
 
     def spec(self) -> dict:
@@ -130,23 +128,22 @@ class Sandbox:
         return {"writable": [str(p) for p in self.writable], "readonly": [str(p) for p in self.readonly],
                 "hidden": [str(p) for p in self.hidden], "frozen": [str(p) for p in self.frozen],
                 "net": self.net, "gpu": self.gpu, "limits": asdict(self.limits),
-                "user_namespaces": self.user_namespaces, "sockets": [str(p) for p in self.sockets],
+                "sockets": [str(p) for p in self.sockets],
                 "unix_sockets": self.unix_sockets}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Sandbox":
         limits = {**spec["limits"], "cores": tuple(spec["limits"]["cores"] or ()) or None}
         return cls(spec["writable"], spec["readonly"], spec["hidden"], net=spec["net"], gpu=spec["gpu"],
-                   limits=Limits(**limits), frozen=spec["frozen"], user_namespaces=spec["user_namespaces"],
+                   limits=Limits(**limits), frozen=spec["frozen"],
                    sockets=spec.get("sockets", ()), unix_sockets=spec.get("unix_sockets", True))
 
-    def with_extra(self, writable=(), readonly=(), frozen=(), sockets=(), user_namespaces=None, **limits) -> "Sandbox":
+    def with_extra(self, writable=(), readonly=(), frozen=(), sockets=(), **limits) -> "Sandbox":
         """This box with more trees bound in, and some of its limits changed. A box given `sockets`
         makes unix sockets (to connect to them): the host's it sees are masked as it starts."""
         return Sandbox(self.writable + [Path(p) for p in writable], self.readonly + [Path(p) for p in readonly],
                        self.hidden, net=self.net, gpu=self.gpu, limits=replace(self.limits, **limits),
                        frozen=self.frozen + [Path(p) for p in frozen],
-                       user_namespaces=self.user_namespaces if user_namespaces is None else user_namespaces,
                        sockets=self.sockets + [Path(p) for p in sockets], unix_sockets=self.unix_sockets or bool(sockets))
 
     def wrap(self, argv: list[str], cwd: str | Path, env: dict, seccomp_fd: int | None = None) -> list[str]:
@@ -157,7 +154,7 @@ class Sandbox:
         # that kept them remounted / read-write, unmounted what hides the lab, and rewrote the
         # limits of its own cgroups
         box = [bwrap(), "--die-with-parent", "--new-session", "--as-pid-1", "--unshare-all", "--cap-drop", "ALL",
-               *(nobody_inside() if self.user_namespaces else no_nested_userns())]
+               *no_nested_userns()]
         box += ["--share-net"] if self.net else []
         box += ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
         # bwrap's /dev is a tmpfs of its own, of half the machine's RAM: a box that filled it held
@@ -186,9 +183,9 @@ class Sandbox:
         for path in self.frozen:
             if path.exists():
                 box += ["--ro-bind", str(path), str(path)]
-        # a box that can make no unix socket needs no masks: nor can it lose the race with a host
-        # socket that goes away as bwrap binds over it (its start then failed)
-        for path in self.host_sockets(hidden, used) if seccomp_fd is None else []:
+        # a box whose filter forbids unix sockets needs no masks: nor can it lose the race with a
+        # host socket that goes away as bwrap binds over it (its start then failed)
+        for path in self.host_sockets(hidden, used) if self.unix_sockets or seccomp_fd is None else []:
             box += ["--ro-bind", "/dev/null", str(path)]
         for path in [*hidden, Path("/dev")]:  # once what lies inside is bound: nothing new can be written there
             box += ["--remount-ro", str(path)]
@@ -209,7 +206,7 @@ class Sandbox:
         """wrap()'s command line, started inside cgroups of the box's own (made now, unless given):
         bwrap starts in them, so everything in the box counts against its pids.max, keeps to its
         cores and is metered."""
-        seccomp = None if self.unix_sockets else no_unix_sockets()
+        seccomp = box_filter(self.unix_sockets)
         fd = 8 if info_fd == 9 else 9  # the shell opens the filter there, for bwrap to read
         wrapped = self.wrap(argv, cwd, env, seccomp_fd=fd if seccomp else None)
         if info_fd is not None:
@@ -423,13 +420,6 @@ def no_nested_userns() -> list[str]:
             ok = False
         NESTED_USERNS["flags"] = flags if ok else []
     return NESTED_USERNS["flags"]
-
-
-def nobody_inside() -> list[str]:
-    """For a box whose code makes user namespaces, where the harness runs as root: the box's user
-    is nobody inside (the harness's user outside, as for every box). A namespace may map its
-    parent's root only with CAP_SETFCAP, which no box has, so root inside could make none."""
-    return ["--unshare-user", "--uid", "65534", "--gid", "65534"] if os.geteuid() == 0 else []
 
 
 def check(tries: int = 3) -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from pathlib import Path
 
 from org import OrgError
 from org.agents.control import Control
-from org.lab import Lab
-from org.launch import RUNNER, STOP_SECONDS, git, one_at_a_time, ours, send_signal
+from org.lab import Lab, agent_branch
+from org.launch import RUNNER, STOP_SECONDS, git, mend_worktree, one_at_a_time, ours, send_signal
 from org.ledger import Ledger
 from org.mail import now, write_atomically
 from org.takeover import release
@@ -94,6 +95,8 @@ def clean(launch: ProgramSite) -> list[str]:
         if launch.grid.running() or alive:
             raise OrgError(f"{name} is running: `org stop {name}` first")
         agents = [a for a in launch.agents if launch.worktree(a).exists()]
+        for agent in agents:
+            mend_worktree(lab, launch.worktree(agent), agent_branch(name, agent))
         dirty = [launch.worktree(a) for a in agents if git(launch.worktree(a), "status", "--porcelain").strip()]
         if dirty:
             raise OrgError(f"{dirty[0]} has uncommitted changes: commit or discard them, then clean again")
@@ -102,6 +105,9 @@ def clean(launch: ProgramSite) -> list[str]:
         lab.prune_worktrees()
         checked_out = {w["branch"] for w in lab.worktrees()}  # e.g. by a worktree made by hand: kept
         branches = [b for b in lab.repo.heads if b.name.startswith(f"agent/{name}/") and b.name not in checked_out]
+        for broken in [b for b in branches if lab.branch_problem(b.name)]:  # junk its agent's box wrote: no commit to keep
+            (Path(lab.repo.common_dir) / "refs" / "heads" / broken.name).unlink()  # (git refuses to)
+            branches.remove(broken)
         for branch in branches:
             lab.repo.git.update_ref(f"refs/nanolab/{name}/{branch.name}", branch.commit.hexsha)
             lab.repo.git.branch("-D", branch.name)
@@ -132,7 +138,12 @@ def remove_worktrees(launch: ProgramSite) -> list[str]:
             path = launch.worktree(agent)
             if not path.exists():
                 continue
-            dirty = git(path, "status", "--porcelain").splitlines()
+            try:
+                lines += mend_worktree(lab, path, agent_branch(launch.name, agent))  # what its box left broken
+                dirty = git(path, "status", "--porcelain").splitlines()
+            except OrgError as e:
+                lines.append(f"kept {path}: {e}")
+                continue
             if dirty:
                 lines.append(f"kept {path}: {len(dirty)} uncommitted change(s); `org launch` resumes with them")
                 continue

@@ -214,7 +214,8 @@ def test_codex_boxed_reports_its_turn_through_notify_and_its_shell_holds_no_toke
     entry = agent_entry(program, "claude").model_copy(update={"backend": "codex", "model": "gpt-test"})
     tree = worktree(root, program, "claude")
     probe = ("org mail send solo hi-from-codex; echo token=[$NANOLAB_OPENAI_TOKEN]; env | grep -ci key; "
-             "echo x >> trainer/eval.py || echo protected-refused; touch $HOME/x || echo home-refused; touch /tmp/x && echo tmp-ok; "
+             "echo x >> trainer/eval.py || echo protected-refused; echo y >> $CODEX_HOME/config.toml || echo config-refused; "
+             "touch /tmp/x && echo tmp-ok; ln -s /dev/zero zero || echo link-refused; "
              "echo note > notes.md && git add notes.md && git commit -qm notes && echo committed")
     llm, stack = gateway({"gpt-test": [[Call("exec_command", {"cmd": probe})], [Text("Looked around; nothing to do yet.")]]},
                          backends={"claude": "codex"})
@@ -227,7 +228,8 @@ def test_codex_boxed_reports_its_turn_through_notify_and_its_shell_holds_no_toke
     assert [r.path for r in llm.requests] == ["/v1/responses"] * 2
     results = tool_results(llm)
     assert "token=[]" in results and "sk-openai-REAL" not in results  # its shell: no token, no key
-    assert "protected-refused" in results and "home-refused" in results  # the box; codex's own sandbox
+    assert "protected-refused" in results and "config-refused" in results  # the box (codex's own sandbox is off)
+    assert "link-refused" in results  # as in every box: org/seccomp.py
     assert "tmp-ok" in results  # the box's /tmp is its own
     assert "committed" in results and (tree / "notes.md").exists()
     [turn] = Transcript(lab_dir(root, program) / "transcripts" / "claude.jsonl").events("turn_end")

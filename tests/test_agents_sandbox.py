@@ -49,7 +49,10 @@ def lab(tmp_path, monkeypatch):
 
 def test_every_way_out_is_refused_answered_and_logged(lab, tmp_path):
     root, program, tree = lab
-    setup = [Call("run", {"command": "ln -s /etc escape && ln -s .. up && ln -s trainer/eval.py alias.py"})]
+    # links a person left (no box makes one: org/seccomp.py), which the file tools still refuse to follow
+    for name, target in (("escape", "/etc"), ("up", ".."), ("alias.py", "trainer/eval.py")):
+        (tree / name).symlink_to(target)
+    setup = [Call("run", {"command": "ln -s /etc escape-2 || echo no link made"})]
     shell_edit = [Call("run", {"command": "echo '# tuned' >> trainer/eval.py"})]
     allowed = [Call("run", {"command": "env"})]
     script = ([setup] + [[call] for call, _ in ATTEMPTS[:-1]] + [shell_edit, [ATTEMPTS[-1][0]]]
@@ -65,6 +68,7 @@ def test_every_way_out_is_refused_answered_and_logged(lab, tmp_path):
     for event, (call, says) in zip(refusals, ATTEMPTS):
         assert event["tool"] == call.name and event["reason"].startswith("refused: ") and says in event["reason"], event
     outputs = [l for l in transcript.lines() if l["kind"] == "tool"]
+    assert "no link made" in outputs[0]["output"]
     assert sum(o["output"].startswith("refused: ") for o in outputs) == len(ATTEMPTS)
 
     assert not (tmp_path / "proj" / "worktrees" / "tiny" / "outside.txt").exists()

@@ -399,3 +399,39 @@ def test_a_key_takes_a_pane_over_and_another_hands_it_back(org_project, monkeypa
     told = eventually(lambda: "A person took over your pane" in transcript.read_text() and transcript.read_text(),
                       what="the release message in the agent's transcript")
     assert "Their commits on your branch" in told and "+# the person was here" in told
+
+
+def test_what_an_agent_leaves_broken_in_git_stops_no_stop_launch_or_clean(org_project, capsys):
+    """An agent's box writes its branches, their reflogs and its worktree's HEAD and index: it
+    can leave any of them holding junk. `org stop` and `org launch` (resuming) mend the worktree,
+    and say so; a branch naming no commit is a line saying how to mend it; `org clean` drops a
+    junk branch (it names no commit to keep). Never a traceback."""
+    root = org_project(agents=SOLO + [{"name": "second", "backend": "scripted"}])
+    assert main(["launch", "tiny", "--stagger", "0"]) == 0
+    common, admin, tree = root / ".git", root / ".git" / "worktrees" / "solo", root / "worktrees" / "tiny" / "solo"
+    for path in (common / "refs/heads/agent/tiny/solo/work", common / "refs/heads/agent/tiny/solo/idea",
+                 common / "logs/refs/heads/agent/tiny/solo/work", admin / "HEAD", admin / "index"):
+        path.write_text("junk\n")
+    capsys.readouterr()
+
+    assert main(["stop", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert f"kept {tree}: branch agent/tiny/solo/work names no commit" in out
+    assert main(["launch", "tiny", "--stagger", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"branch agent/tiny/solo/work names no commit: {common}/refs/heads/agent/tiny/solo/work holds 'junk'" in err
+    assert "Remove that file" in err and "`git branch agent/tiny/solo/work <commit>`" in err and "Traceback" not in err
+
+    (common / "refs/heads/agent/tiny/solo/work").unlink()  # as the line says
+    with contextlib.closing(git.Repo(root)) as repo:
+        repo.git.branch("agent/tiny/solo/work", "program/tiny")
+    assert main(["launch", "tiny", "--stagger", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"{tree}: its HEAD named no commit; it points at agent/tiny/solo/work again" in out
+    assert f"{tree}: git could not read its index; it was made again from HEAD" in out
+    assert main(["stop", "tiny"]) == 0
+    assert "removed the worktrees of solo, second" in capsys.readouterr().out
+    assert main(["clean", "tiny"]) == 0
+    with contextlib.closing(git.Repo(root)) as repo:
+        assert not [h for h in repo.heads if h.name.startswith("agent/")]
+        assert "refs/nanolab/tiny/agent/tiny/solo/work" in repo.git.for_each_ref("refs/nanolab")

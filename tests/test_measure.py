@@ -2,6 +2,7 @@
 directories of the real trainer: the record is exact for a config arm, the experiment's forward
 pass is only ever run in a worker and checked there, and every kind of bad checkpoint or bad
 forward pass is `invalid` with one line that says why."""
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -225,6 +226,26 @@ def test_what_a_run_leaves_at_the_harness_log_names_or_locks_away_stops_no_measu
     assert m.val_bpb == pytest.approx(result_of(lab).val_bpb, rel=1e-12)
     for name in ("measure.log", "measure-worker-a.log", "measure-worker-b.log"):
         assert (run_dir / name).is_file()  # the harness's own, written afresh
+
+
+def test_what_is_not_a_plain_file_in_a_run_directory_is_removed_and_named(lab, tmp_path):
+    """No box makes a link or a FIFO (org/seccomp.py), nor a run's a socket; a run directory is
+    still taken back as if one could: a link would carry the harness's reads and log writes out
+    of it, a FIFO hang them."""
+    import socket
+    run_dir = copy_run(lab, "left-links")
+    (run_dir / "measure.log").unlink(missing_ok=True)
+    (run_dir / "measure.log").symlink_to(tmp_path / "written-through-a-link")
+    os.mkfifo(run_dir / "result.json.pipe")
+    (run_dir / "sub").mkdir()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(run_dir / "sub" / "sock"))
+    reason = planted(run_dir)
+    assert reason.startswith("the run left what is not a plain file in its directory: ")
+    assert f"measure.log (a link to {tmp_path / 'written-through-a-link'})" in reason
+    assert "result.json.pipe (not a plain file)" in reason and "sub/sock (not a plain file)" in reason
+    assert sorted(p.name for p in run_dir.rglob("*") if not (p.is_file() or p.is_dir()) or p.is_symlink()) == []
+    assert not (tmp_path / "written-through-a-link").exists()
 
 
 FORWARD = "            self.cache = None\n            return logits\n"

@@ -177,7 +177,7 @@ def test_a_commit_whose_objects_were_swapped_after_review_runs_what_was_reviewed
     with git.Repo(root) as repo:
         blob = repo.git.rev_parse(f"{sha}:trainer/model.py")
     obj = root / ".git" / "objects" / blob[:2] / blob[2:]
-    assert not obj.exists()  # packed as the program started (submit starts it)
+    assert not obj.exists()  # packed once submitted
     obj.parent.mkdir(exist_ok=True)
     body = b"raise SystemExit('not what was reviewed')\n"
     obj.write_bytes(zlib.compress(b"blob %d\x00" % len(body) + body))  # beside the pack, as a box can

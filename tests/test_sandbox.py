@@ -155,6 +155,101 @@ def test_a_command_cannot_delete_the_history_or_the_work_the_harness_took_in(two
     assert run(tools, "git commit -q --allow-empty -m 'still works'").startswith("exit status 0")
 
 
+def test_a_command_leaves_nothing_in_git_that_hangs_the_harness(two_agents):
+    """What a box writes in the shared .git (its branches, their reflogs, its worktree's HEAD and
+    index), the harness's git reads: packing what it took in (every branch), listing the worktrees
+    (every HEAD), `org stop` (every index). Git opens a ref that is a FIFO and waits for a writer
+    forever; one that links to /dev/zero it reads until the memory is gone. Either made there, the
+    runner's next pack hung, and the org with it. A box makes no FIFO, device or link at all."""
+    root, program, tools, _ = two_agents
+    own = f"$(git rev-parse --git-common-dir)/refs/heads/{agent_branch(program.name, 'alice')}"
+    attacks = {
+        "a FIFO for its branch": f"rm {own} && mkfifo {own}",
+        "a FIFO beside it": f"mkfifo {own}-2",
+        "a FIFO by mknod": f"python3 -c 'import os, stat; os.mknod(\"{own}-3\", stat.S_IFIFO | 0o644)'",
+        "its branch a link to /dev/zero": f"ln -sf /dev/zero {own}",
+        "its HEAD a link": "ln -sf /dev/zero $(git rev-parse --git-dir)/HEAD.new && mv $(git rev-parse --git-dir)/HEAD.new $(git rev-parse --git-dir)/HEAD",
+        "a link in its worktree": "ln -s /dev/zero zero",
+    }
+    for name, command in attacks.items():
+        output = run(tools, command)
+        assert not output.startswith("exit status 0"), f"{name}: {output}"
+    lab = Lab.open(root)
+    try:
+        done = []
+        worker = threading.Thread(target=lambda: done.extend([lab.pack_loose(lab.harness_refs()), lab.worktrees()]), daemon=True)
+        worker.start()
+        worker.join(60)
+        assert done, "the harness's git hung on what a box left in .git"
+    finally:
+        lab.close()
+    assert run(tools, "git commit -q --allow-empty -m still-works && git log --oneline | wc -l").startswith("exit status 0")
+
+
+MAKE_SPECIAL_FILES = """
+import ctypes, errno, os, stat
+libc = ctypes.CDLL(None, use_errno=True)
+attempts = {"fifo": lambda: os.mkfifo("fifo"), "node": lambda: os.mknod("node", stat.S_IFIFO | 0o600),
+            "link": lambda: os.symlink("/dev/zero", "link")}
+for name, make in attempts.items():
+    try:
+        make()
+        print(name, "made")
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
+params = ctypes.create_string_buffer(120)  # struct io_uring_params: its ops make links unseen
+print("io_uring", "made" if libc.syscall(425, 1, params) >= 0 else errno.errorcode[ctypes.get_errno()])
+print("user namespace", "made" if libc.unshare(0x10000000) == 0 else errno.errorcode[ctypes.get_errno()])
+"""
+
+
+def test_no_box_makes_a_fifo_or_a_link(two_agents, tmp_path):
+    """Every box nanolab makes, a CLI's too (it may make unix sockets, for its port). Nor does any
+    make a user namespace (where bwrap can forbid it: 0.8+), a CLI's included: Codex's own
+    sandbox, bwrap, needed one, and is off."""
+    from org.agents.tools import command_box
+    from org.sandbox import run_box, worker_box
+    root, program, tools, _ = two_agents
+    for folder in ("run", "snapshot", "data", "port"):
+        (tmp_path / folder).mkdir()
+    command = command_box(tools.lab, tools.ws.root, program.name, "alice")
+    boxes = {"an agent's command": command, "a CLI's": command.with_extra(sockets=[tmp_path / "port"]),
+             "a run's": run_box(root, tmp_path / "run", tmp_path / "snapshot", tmp_path / "data", tmp_path / "kernels",
+                                gpu=False, cpu_seconds=60),
+             "a model worker's": worker_box(root, tmp_path / "snapshot", tmp_path / "data", tmp_path / "kernels", gpu=False)}
+    for name, box in boxes.items():
+        proc = box.popen([sys.executable, "-c", MAKE_SPECIAL_FILES], cwd="/tmp", env={"PATH": os.environ["PATH"]},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out = proc.communicate(timeout=60)[0].decode().split("\n")
+        assert out[:4] == ["fifo EPERM", "node EPERM", "link EPERM", "io_uring ENOSYS"], (name, out)
+        assert out[4] in (("user namespace ENOSPC", "user namespace EPERM") if sandbox.no_nested_userns() else
+                          ("user namespace made",)), (name, out)
+
+
+def test_a_broken_branch_of_an_agents_stops_no_snapshot(two_agents):
+    """A box writes its own branches: one holding no commit (`echo x > ...`) failed `git repack`,
+    which the harness ran after each snapshot, so every run of every agent was a runner's crash.
+    The harness packs the commits it took in by name, never by walking the branches."""
+    root, program, tools, bob = two_agents
+    own = f"$(git rev-parse --git-common-dir)/refs/heads/{agent_branch(program.name, 'alice')}"
+    log = f"$(git rev-parse --git-common-dir)/logs/refs/heads/{agent_branch(program.name, 'alice')}"
+    assert run(tools, f"echo broken > {own}-2 && echo junk > {log} && echo junk > {own}").startswith("exit status 0")
+    with git.Repo(bob) as repo:
+        repo.git.add("notes.md")
+        repo.git.commit("-q", "-m", "bob's work", env={**os.environ, **git_identity("bob")})
+        submitted = repo.head.commit.hexsha
+    lab = Lab.open(root)
+    try:
+        lab.snapshot(submitted, program.name)
+        lab.start_program(program.name)  # again, as `org launch` resuming: the harness's refs packed
+    finally:
+        lab.close()
+    run(tools, 'rm -f "$(git rev-parse --git-common-dir)"/objects/??/*')  # nothing loose of it left to lose
+    with git.Repo(root) as repo:
+        assert repo.git.rev_list(submitted).split()[0] == submitted
+        repo.git.ls_tree("-r", submitted)
+
+
 def test_a_command_cannot_point_its_worktree_at_the_shared_git(two_agents):
     """A worktree's .git file names its own folder in the shared .git, which its box may write.
     Pointed at the shared .git itself, its next box (a CLI agent's next `org tool` call) would
@@ -329,26 +424,6 @@ def test_a_runaway_command_that_raises_its_own_limit_still_hits_it(two_agents):
     (tools.ws.root / "escape.py").write_text(ESCAPES + FORKS)
     out = run(tools, "python3 escape.py /nowhere /nowhere")
     assert "refused after" in out and int(out.split("refused after ")[1].split()[0]) < Limits.processes, out
-
-
-def test_a_box_whose_code_makes_user_namespaces_still_cannot(outside_tmp):
-    """Codex's box: its own sandbox is bwrap, so its code may make user namespaces, and gets
-    capabilities there. The mounts it inherits stay locked, and its limits sit above its reach."""
-    lab = outside_tmp / ".lab"
-    (lab / "tiny").mkdir(parents=True)
-    (lab / "tiny" / "ledger.sqlite").write_text("the record\n")
-    (outside_tmp / "escape.py").write_text(ESCAPES + FORKS)
-    box = Sandbox(hidden=[lab], user_namespaces=True, limits=Limits(processes=64))
-    out = box.popen([sys.executable, str(outside_tmp / "escape.py"), str(lab), str(outside_tmp)], cwd=outside_tmp,
-                    env={"PATH": os.environ["PATH"]}, stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode()
-    found = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
-    assert found.pop("make a user namespace") == "succeeded"
-    found.pop("mount its own cgroup and write its limit")  # its own: the limit holds one level up
-    assert all(outcome.startswith("blocked") for outcome in found.values()), found
-    assert not (outside_tmp / "written-from-a-box").exists()
-    if pids_root():
-        assert "refused after" in out and int(out.split("refused after ")[1].split()[0]) < 64, out
 
 
 @pytest.mark.skipif(cgroup_root("cpuset") is None or len(os.sched_getaffinity(0)) < 2,

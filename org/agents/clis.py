@@ -18,13 +18,13 @@ telemetry and updates. Its model calls reach the org's gateway, with the agent's
 through the port (org/agents/port.py), which also carries its `org` commands out of the box
 as this agent. So it never holds a key, its spend is metered by the gateway like every other
 agent's, and it can write nothing of the lab's; in its box the protected paths are read-only
-even inside its worktree, since its own file tools are not the harness's. On top of the box:
-Claude Code's `permissions.deny` on the protected paths; Codex's own sandbox (workspace-write:
-its commands write the worktree, .git's objects, the agent's own folder of refs and the box's
-own /tmp, not its home or its config) and its `shell_environment_policy` keeping tokens out of
-its shell. (Claude
-Code's own sandbox does not engage inside the box: with it switched on, its commands still ran
-in the box's PID namespace, with HOME writable. So it stays off.)
+even inside its worktree, since its own file tools are not the harness's, and so is Codex's
+config. On top of the box: Claude Code's `permissions.deny` on the protected paths, and Codex's
+`shell_environment_policy` keeping tokens out of its shell. Neither CLI's own sandbox is on: the
+box is the boundary. (Claude Code's does not engage inside the box: with it switched on, its
+commands still ran in the box's PID namespace, with HOME writable. Codex's is bwrap: it needed
+user namespaces inside the box, a kernel's worth of attack surface, and it makes links as it
+builds its mounts, which no box may: org/seccomp.py.)
 
 The CLIs come from npm, pinned (CLI_PACKAGES); `org install-clis` puts them in cli_dir().
 """
@@ -192,21 +192,17 @@ def seed_claude_home(home: Path, tree: Path):
     write_own(home / ".claude.json", json.dumps(state, indent=1))
 
 
-def codex_config(model: str, base_url: str, tree: Path, git_dirs: list[Path]) -> str:
+def codex_config(model: str, base_url: str, tree: Path) -> str:
     """CODEX_HOME/config.toml: the gateway as its provider, the worktree trusted, the notify hook,
-    no update checks, analytics, plugins or daemon, and no token in its shell's environment.
-    Its own sandbox, inside the box: commands write only the worktree, what a commit writes in
-    .git, and the temp folders (the box's own, private to this agent), not its home or config;
-    "network" on, since the box has none but the port's socket."""
+    no update checks, analytics, plugins or daemon, and no token in its shell's environment. Its
+    own sandbox off (danger-full-access: the box is its sandbox); read-only in the box."""
     q = json.dumps  # a JSON string is a TOML basic string
     toml_list = lambda items: "[" + ", ".join(q(str(i)) for i in items) + "]"
     notify = toml_list([sys.executable, "-m", "org.entry", "agent-hook", "notify"])
     return "\n".join([
         f"model = {q(model)}", 'model_provider = "nanolab"', "check_for_update_on_startup = false",
         'web_search = "disabled"',  # the provider's search: the network, outside the box (the gateway refuses it)
-        f"notify = {notify}", 'sandbox_mode = "workspace-write"', 'approval_policy = "never"', "",
-        "[sandbox_workspace_write]", f"writable_roots = {toml_list(git_dirs)}", "network_access = true",
-        "exclude_slash_tmp = false", "exclude_tmpdir_env_var = false", "",  # the box's /tmp is its own
+        f"notify = {notify}", 'sandbox_mode = "danger-full-access"', 'approval_policy = "never"', "",
         "[analytics]", "enabled = false", "",
         "[features]", "plugins = false", "daemon_auto_start = false", "",
         "[model_providers.nanolab]", 'name = "nanolab gateway"', f"base_url = {q(base_url)}",
@@ -282,8 +278,7 @@ class BoxedCLI:
         self.sandbox = self.box()
         seed_claude_home(self.home, self.tree)
         seed_shell_profile(self.home, box_path(self.entry.backend))
-        git_dirs = [p for p in self.sandbox.writable if p not in (self.tree, self.home)]
-        write_own(self.home / ".codex" / "config.toml", codex_config(self.entry.model, self.via[0], self.tree, git_dirs))
+        write_own(self.home / ".codex" / "config.toml", codex_config(self.entry.model, self.via[0], self.tree))
         self.port = Port(self.port_dir, port_handler(self.program, self.entry.name, self.root),
                          ("127.0.0.1", self.gateway_port)).__enter__()
         return self
@@ -302,8 +297,8 @@ class BoxedCLI:
         if box is None:
             raise OrgError(f"agent {self.entry.name} ({self.entry.backend}): no sandbox here, and CLI agents run only in one")
         frozen = [self.tree / p for p in self.program.protected]  # its own Edit/Write tools are not ours
-        return box.with_extra(writable=[self.home], sockets=[self.port_dir], frozen=frozen, address_bytes=None,
-                              user_namespaces=self.entry.backend == "codex")  # Codex's own sandbox is bwrap
+        frozen.append(self.home / ".codex" / "config.toml")  # what Codex's own sandbox kept from its commands
+        return box.with_extra(writable=[self.home], sockets=[self.port_dir], frozen=frozen, address_bytes=None)
 
     def start(self, argv: list[str], **popen) -> subprocess.Popen:
         env = cli_env(self.entry, self.program, self.tree, self.home, self.port_dir, self.via)
