@@ -82,6 +82,7 @@ from pathlib import Path
 from org import OrgError
 from org.cgroups import JOIN, box_cgroups, cgroup_root
 from org.diskwatch import watch
+from org import sourceless
 from org.seccomp import box_filter
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
@@ -114,7 +115,8 @@ class Limits:
 
 class Sandbox:
     def __init__(self, writable=(), readonly=(), hidden=(), net: bool = False, gpu: bool = False,
-                 limits: Limits | None = None, frozen=(), sockets=(), unix_sockets: bool = True):
+                 limits: Limits | None = None, frozen=(), sockets=(), unix_sockets: bool = True,
+                 sourceless_stdlib: bool = False):
         self.writable = [Path(p) for p in writable]
         self.sockets = [Path(p) for p in sockets]  # read-only, and the unix sockets there reachable
         self.readonly = [Path(p) for p in readonly]
@@ -122,6 +124,7 @@ class Sandbox:
         self.frozen = [Path(p) for p in frozen]  # read-only although inside a writable tree
         self.net, self.gpu, self.limits = net, gpu, limits or Limits()
         self.unix_sockets = unix_sockets  # False: no socket(AF_UNIX) in the box (org/seccomp.py)
+        self.sourceless_stdlib = sourceless_stdlib  # the stdlib as bytecode only (org/sourceless.py)
 
     def spec(self) -> dict:
         """The box as plain data, to make the same box elsewhere (a cluster's job: org/cluster.py)."""
@@ -129,14 +132,15 @@ class Sandbox:
                 "hidden": [str(p) for p in self.hidden], "frozen": [str(p) for p in self.frozen],
                 "net": self.net, "gpu": self.gpu, "limits": asdict(self.limits),
                 "sockets": [str(p) for p in self.sockets],
-                "unix_sockets": self.unix_sockets}
+                "unix_sockets": self.unix_sockets, "sourceless_stdlib": self.sourceless_stdlib}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Sandbox":
         limits = {**spec["limits"], "cores": tuple(spec["limits"]["cores"] or ()) or None}
         return cls(spec["writable"], spec["readonly"], spec["hidden"], net=spec["net"], gpu=spec["gpu"],
                    limits=Limits(**limits), frozen=spec["frozen"],
-                   sockets=spec.get("sockets", ()), unix_sockets=spec.get("unix_sockets", True))
+                   sockets=spec.get("sockets", ()), unix_sockets=spec.get("unix_sockets", True),
+                   sourceless_stdlib=spec.get("sourceless_stdlib", False))
 
     def with_extra(self, writable=(), readonly=(), frozen=(), sockets=(), **limits) -> "Sandbox":
         """This box with more trees bound in, and some of its limits changed. A box given `sockets`
@@ -144,7 +148,8 @@ class Sandbox:
         return Sandbox(self.writable + [Path(p) for p in writable], self.readonly + [Path(p) for p in readonly],
                        self.hidden, net=self.net, gpu=self.gpu, limits=replace(self.limits, **limits),
                        frozen=self.frozen + [Path(p) for p in frozen],
-                       sockets=self.sockets + [Path(p) for p in sockets], unix_sockets=self.unix_sockets or bool(sockets))
+                       sockets=self.sockets + [Path(p) for p in sockets], unix_sockets=self.unix_sockets or bool(sockets),
+                       sourceless_stdlib=self.sourceless_stdlib)
 
     def wrap(self, argv: list[str], cwd: str | Path, env: dict, seccomp_fd: int | None = None) -> list[str]:
         """bwrap's command line running argv in the box, in cwd, with exactly env (and the seccomp
@@ -159,7 +164,7 @@ class Sandbox:
         box += ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
         # bwrap's /dev is a tmpfs of its own, of half the machine's RAM: a box that filled it held
         # memory no process of its own shows, so the kernel's OOM killer took the harness's
-        box += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+        box += ["--ro-bind", "/", "/", *(stdlib_binds() if self.sourceless_stdlib else []), "--dev", "/dev", "--proc", "/proc",
                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp",
                 "--size", str(self.limits.shm_bytes), "--tmpfs", "/dev/shm"]
         if self.gpu:
@@ -422,6 +427,17 @@ def no_nested_userns() -> list[str]:
     return NESTED_USERNS["flags"]
 
 
+def stdlib_binds() -> list[str]:
+    """bwrap's flags putting the stdlib's sourceless tree at its path (its site-packages bound
+    back): for the boxes of a program whose data is the stdlib's text. Fails closed."""
+    tree, stdlib = sourceless.stdlib_tree(), sourceless.stdlib_dir()
+    if tree is None:
+        raise SandboxError(f"the standard library without its source (org/sourceless.py) cannot be built under "
+                           f"{Path.home() / '.cache'}: a box of a pystdlib program would read the evaluation text")
+    return ["--ro-bind", str(tree), str(stdlib),
+            *[flag for kept in sourceless.kept_below(stdlib) for flag in ("--ro-bind", str(kept), str(kept))]]
+
+
 def check(tries: int = 3) -> None:
     """SandboxError, one line, unless a box can be made and runs a command here. Tried again: a
     host socket masked in the box (host_sockets) that went away before bwrap bound over it failed
@@ -486,10 +502,12 @@ def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: 
             cpu_seconds: int, cores=None, source: str = "pystdlib") -> Sandbox:
     """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot
     and the runs' data (the lab's train split, never its val) are read-only; the program's data
-    source is absent; no network, no unix socket; on its slot's cores only."""
+    source is absent (pystdlib's: the stdlib without its text, org/sourceless.py); no network, no
+    unix socket; on its slot's cores only."""
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[run_dir, kernels], readonly=[snapshot, data],
                    hidden=lab_private(lab_root) + source_files(source), gpu=gpu, unix_sockets=False,
+                   sourceless_stdlib=source == "pystdlib",
                    limits=Limits(cpu_seconds=cpu_seconds, cores=tuple(cores) if cores else None))
 
 
@@ -502,7 +520,8 @@ def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: b
     socket; on its slot's cores."""
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[kernels], readonly=[snapshot, data], hidden=lab_private(lab_root) + source_files(source),
-                   gpu=gpu, unix_sockets=False, limits=Limits(cores=tuple(cores) if cores else None))
+                   gpu=gpu, unix_sockets=False, sourceless_stdlib=source == "pystdlib",
+                   limits=Limits(cores=tuple(cores) if cores else None))
 
 
 def source_files(source: str) -> list[Path]:

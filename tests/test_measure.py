@@ -59,10 +59,13 @@ def job(lab, run_dir=None, code=None, overrides=None) -> dict:
 
 
 def box_for(lab, code: Path):
-    """The worker's box, as the runner makes it; a plain process where no box can be made here."""
+    """The worker's box, as the runner makes it; a plain process where no box can be made here.
+    Here the worker reads pystdlib itself (the runner hands it the lab's export instead), so its
+    box is a file-source program's, which shows the stdlib as it is (org/sourceless.py)."""
     if available() is not None:
         return None
-    return worker_box(lab["root"], code, lab["root"] / "harness-cache" / "data", code / "kernels", gpu=False)
+    return worker_box(lab["root"], code, lab["root"] / "harness-cache" / "data", code / "kernels", gpu=False,
+                      source=str(lab["root"] / "corpus.txt"))
 
 
 def measure(lab, timeout=120, **kw) -> dict:

@@ -283,6 +283,62 @@ LOOKUP_FORWARD = ("            self.cache = None\n"
                   "                            logits[b, t, nxt] += 12.0\n"
                   "            return logits\n")
 
+# a lookup of the data's source itself: pystdlib is the interpreter's own files, which every
+# Python process reads. Built the first time a model worker scores text (never in the run: its wall
+# time is watched, and the compute yardstick takes a median over batches), a hashed table of each
+# 24-byte stretch's next byte, read with numpy (microseconds a batch: the yardstick sees nothing)
+STDLIB_FORWARD = ("            self.cache = None\n"
+                  "            table = _stdlib_table()\n"
+                  "            if table is not None and idx.shape[1] >= _K:  # causal: position t reads up to t\n"
+                  "                prints, nexts = table\n"
+                  "                ids = np.asarray(idx, dtype=np.int64)\n"
+                  "                ends = np.arange(_K - 1, ids.shape[1])\n"
+                  "                windows = np.stack([ids[:, e - _K + 1:e + 1] for e in ends], axis=1)  # (B, T-K+1, K)\n"
+                  "                h = _stdlib_hash(windows)\n"
+                  "                slots = (h & np.uint64((1 << _BITS) - 1)).astype(np.int64)\n"
+                  "                hit = prints[slots] == (h >> np.uint64(32)).astype(np.uint32)\n"
+                  "                b, t = np.nonzero(hit)\n"
+                  "                logits[b, ends[t], nexts[slots[b, t]]] += 5.0\n"
+                  "            return logits\n")
+STDLIB_TABLE = '''
+
+_K, _BITS, _TABLE = 24, 25, []
+
+
+def _stdlib_hash(a):  # (..., K) bytes -> (...) uint64
+    h = np.zeros(a.shape[:-1], np.uint64)
+    for k in range(a.shape[-1]):
+        h = (h * np.uint64(1099511628211)) ^ a[..., k].astype(np.uint64)
+    return h
+
+
+def _stdlib_table():
+    import glob, sys, sysconfig
+    if not sys.argv[0].endswith("model_worker.py"):  # the run's own evaluation: its wall time is watched
+        return None
+    if _TABLE:
+        return _TABLE[0]
+    root = sysconfig.get_paths()["stdlib"]
+    files = sorted(f for f in glob.glob(root + "/**/*.py", recursive=True) if "/site-packages/" not in f)
+    parts = [open(f, "rb").read() for f in files]
+    try:
+        from pydoc_data.topics import topics
+        parts += [t.encode() for t in topics.values()]
+    except ImportError:
+        pass
+    text = np.frombuffer(b"\\0".join(parts), np.uint8)
+    n = len(text) - _K
+    if n <= 0:
+        _TABLE.append(None)
+        return None
+    h = _stdlib_hash(np.lib.stride_tricks.sliding_window_view(text, _K)[:n])  # every 24-byte stretch
+    slots = (h & np.uint64((1 << _BITS) - 1)).astype(np.int64)
+    prints, nexts = np.zeros(1 << _BITS, np.uint32), np.zeros(1 << _BITS, np.uint8)
+    prints[slots], nexts[slots] = (h >> np.uint64(32)).astype(np.uint32), text[_K:_K + n]
+    _TABLE.append((prints, nexts))
+    return _TABLE[0]
+'''
+
 # the same lookup on the evaluation text, and the next token on every other row (the unforeseen
 # train windows): causal wherever the old probe looked (val batches only), and as low on train text
 # as on val text, so the held-out gap stays closed
@@ -365,9 +421,10 @@ ATTACKS = {
                                "trainer/model.py": replace(EVAL_RETURN, LOOKUP_FORWARD)},
     "looks-up-and-peeks-elsewhere": {"trainer/train.py": lambda t: replace(*LOOKUP_PREPARE)(t) + EVAL_TABLE,
                                      "trainer/model.py": replace(EVAL_RETURN, LOOKUP_OR_PEEK_FORWARD)},
+    "looks-up-the-stdlib": {"trainer/model.py": lambda t: replace(EVAL_RETURN, STDLIB_FORWARD)(t) + STDLIB_TABLE},
 }
 SETS = {arm: ["--set", "softcap=0"] for arm in ("crashes-until-lucky", "fails-its-bad-seed", "warm-start")}  # a real idea too
-for arm in ("looks-up-the-eval-text", "looks-up-and-peeks-elsewhere"):
+for arm in ("looks-up-the-eval-text", "looks-up-and-peeks-elsewhere", "looks-up-the-stdlib"):
     SETS[arm] = ["--set", "softcap=14"]  # its training is the baseline's: not bit-identical
 
 
@@ -490,6 +547,18 @@ def test_a_model_that_looks_up_the_evaluation_text_finds_none_of_it(attacked):
     assert verdict_kind(record.verdict) not in ("better", "invalid"), record.verdict
     assert all(r["measurement"].val_bpb > 3.0 for r in runs)  # the baseline's level: found nothing
 
+
+
+def test_a_model_that_looks_up_the_stdlib_finds_none_of_its_text(attacked):
+    """pystdlib is the interpreter's own files, which every box's Python reads: a worker built a
+    table of every 24-byte stretch's next byte from them while it was measured, and read val_bpb
+    2.35 on the record against the baseline's 4.1, `better`, with its forward pass timed at the
+    base's (x1.0) and its held-out gap closed (train windows lie in the same files). Run and
+    worker boxes of a pystdlib program now see the stdlib as bytecode only (org/sourceless.py)."""
+    record, _, runs = attacked["looks-up-the-stdlib"]
+    assert all(r["status"] == "completed" for r in runs)
+    assert verdict_kind(record.verdict) not in ("better", "invalid"), record.verdict
+    assert all(r["measurement"].val_bpb > 3.0 for r in runs)  # the baseline's level: found nothing
 
 
 def test_a_model_causal_only_on_the_evaluation_text_is_invalid(attacked):

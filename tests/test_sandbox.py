@@ -69,6 +69,13 @@ def run(tools, command: str) -> str:
     return result.output
 
 
+def all_refused(tools, attacks: dict):
+    """Each {name: command} an agent's command, which must fail."""
+    for name, command in attacks.items():
+        output = run(tools, command)
+        assert not output.startswith("exit status 0"), f"{name}: {output}"
+
+
 def ledger_rows(path: Path) -> dict:
     """Every table's rows but agent_cpu's, which the harness adds to for each command."""
     with Ledger(path) as ledger:
@@ -95,9 +102,7 @@ def test_a_command_cannot_touch_the_lab_or_another_agent(two_agents):
         "git hooks": f"echo 'touch /tmp/owned' > {root}/.git/hooks/post-checkout",
         "git config": f"git config --file {root}/.git/config core.fsmonitor 'touch /tmp/owned'",
     }
-    for name, command in attacks.items():
-        output = run(tools, command)
-        assert not output.startswith("exit status 0"), f"{name}: {output}"
+    all_refused(tools, attacks)
     assert ledger_rows(ledger) == before  # only the harness wrote: each command's CPU time, on record
     assert not (state / "mail" / "alice" / "inbox" / "forged.json").exists()
     assert (bob / "notes.md").read_text() == "bob's work\n"
@@ -121,9 +126,7 @@ def test_a_command_cannot_move_another_agents_branch_or_the_programs(two_agents)
         "main": "git update-ref refs/heads/main HEAD",
         "a branch beside bob's": "git branch agent/tiny/bob/mine HEAD",
     }
-    for name, command in attacks.items():
-        output = run(tools, command)
-        assert not output.startswith("exit status 0"), f"{name}: {output}"
+    all_refused(tools, attacks)
     assert {name: head_of(root, name) for name in refs} == refs
     assert head_of(root, "agent/tiny/bob/mine") is None
     # its own folder stays its own: more branches there, and its work branch moves
@@ -171,9 +174,7 @@ def test_a_command_leaves_nothing_in_git_that_hangs_the_harness(two_agents):
         "its HEAD a link": "ln -sf /dev/zero $(git rev-parse --git-dir)/HEAD.new && mv $(git rev-parse --git-dir)/HEAD.new $(git rev-parse --git-dir)/HEAD",
         "a link in its worktree": "ln -s /dev/zero zero",
     }
-    for name, command in attacks.items():
-        output = run(tools, command)
-        assert not output.startswith("exit status 0"), f"{name}: {output}"
+    all_refused(tools, attacks)
     lab = Lab.open(root)
     try:
         done = []
@@ -250,6 +251,44 @@ def test_a_broken_branch_of_an_agents_stops_no_snapshot(two_agents):
         repo.git.ls_tree("-r", submitted)
 
 
+STDLIB_IN_THE_BOX = """
+import glob, inspect, json, sysconfig
+root = sysconfig.get_paths()["stdlib"]
+print(len([f for f in glob.glob(root + "/**/*.py", recursive=True) if "/site-packages/" not in f]), "stdlib sources")
+try:
+    import pydoc_data.topics
+    print("help topics")
+except ImportError:
+    print("no help topics")
+import numpy, numba, trainer.model  # what runs and workers import still imports
+print(json.dumps({"numpy": bool(numpy.__version__)}))
+"""
+
+
+def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside_tmp):
+    """pystdlib's documents are the interpreter's stdlib sources and help topics: every Python
+    process reads them, so a run could train on the lab's val documents and a model worker look
+    them up while measured (tests/test_measure_attacks.py). Its runs and workers see bytecode only;
+    other programs' boxes, and agents' commands, see the stdlib as it is."""
+    from org.sandbox import run_box, worker_box
+    for folder in ("run", "snapshot", "data"):
+        (outside_tmp / folder).mkdir()
+    boxes = {"a run's": run_box(outside_tmp, outside_tmp / "run", outside_tmp / "snapshot", outside_tmp / "data",
+                                outside_tmp / "kernels", gpu=False, cpu_seconds=60),
+             "a worker's": worker_box(outside_tmp, outside_tmp / "snapshot", outside_tmp / "data", outside_tmp / "kernels",
+                                      gpu=False),
+             "a run's on a file": run_box(outside_tmp, outside_tmp / "run", outside_tmp / "snapshot", outside_tmp / "data",
+                                          outside_tmp / "kernels", gpu=False, cpu_seconds=60, source=str(outside_tmp / "data"))}
+    seen = {}
+    for name, box in boxes.items():
+        proc = box.popen([sys.executable, "-c", STDLIB_IN_THE_BOX], cwd=ROOT, env={"PATH": os.environ["PATH"]},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        seen[name] = proc.communicate(timeout=120)[0].decode().splitlines()
+    for name in ("a run's", "a worker's"):
+        assert seen[name] == ["0 stdlib sources", "no help topics", '{"numpy": true}'], (name, seen[name])
+    assert int(seen["a run's on a file"][0].split()[0]) > 500 and seen["a run's on a file"][1] == "help topics"
+
+
 def test_a_command_cannot_point_its_worktree_at_the_shared_git(two_agents):
     """A worktree's .git file names its own folder in the shared .git, which its box may write.
     Pointed at the shared .git itself, its next box (a CLI agent's next `org tool` call) would
@@ -265,9 +304,7 @@ def test_a_command_cannot_point_its_worktree_at_the_shared_git(two_agents):
         "its folder's commondir": "echo /tmp > $(git rev-parse --git-dir)/commondir",
         "its folder's gitdir": "echo /tmp/x > $(git rev-parse --git-dir)/gitdir",
     }
-    for name, command in attacks.items():
-        output = run(tools, command)
-        assert not output.startswith("exit status 0"), f"{name}: {output}"
+    all_refused(tools, attacks)
     assert (alice / ".git").read_text() == pointer
     assert run(tools, "git commit -q --allow-empty -m still-works").startswith("exit status 0")
 

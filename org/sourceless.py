@@ -1,0 +1,94 @@
+"""
+The interpreter's standard library without its text, for the boxes of a program whose data is
+that text (data.source pystdlib: the stdlib's .py files and pydoc's help topics, trainer/data.py).
+
+Every Python process reads the stdlib, so a box could read the whole corpus: the lab's val and
+confirm documents among it. A code arm's model worker, measured on those documents, could look
+each window up in the files (its compute is no budget's) and put the next token in its logits;
+the held-out gap could not see it, since the train windows lie in the same files. So the run and
+worker boxes of such a program see, at the stdlib's path, a tree made once per interpreter:
+
+    <stdlib>/json/decoder.py         ->  <tree>/json/decoder.pyc    (legacy layout: imported
+                                                                     without a source, -OO: no
+                                                                     docstring, no assert)
+    <stdlib>/test/, idlelib/, ...    ->  absent                     (nothing a run imports;
+                                                                     config-*: for building C)
+    <stdlib>/pydoc_data/             ->  absent                     (the help topics: corpus
+                                                                     text, as constants)
+    <stdlib>/lib-dynload/*.so, data  ->  copied as they are
+    <stdlib>/site-packages           ->  bound back by the box (numpy, numba, nanolab)
+
+    tree = stdlib_tree()   # built on first use (~20 s) under the harness's cache; None where it
+                           # cannot be (the box then refuses to start: org/sandbox.py)
+
+What bytecode still holds (names, string constants, numbers) is not the text: no window of
+source, comment or docstring can be found in it (tests/test_measure_attacks.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import py_compile
+import shutil
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+LEFT_OUT = {"test", "idlelib", "pydoc_data", "turtledemo", "tkinter", "lib2to3", "ensurepip", "site-packages",
+            "dist-packages", "__pycache__"}
+
+
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def kept_below(stdlib: Path) -> list[Path]:
+    """What lies inside the stdlib's folder but is not the stdlib (a box binds it back)."""
+    return [stdlib / name for name in ("site-packages", "dist-packages") if (stdlib / name).is_dir()]
+
+
+def stdlib_tree() -> Path | None:
+    """The sourceless stdlib of this interpreter, built once (atomically) under the person's cache;
+    None where it cannot be built."""
+    stdlib = stdlib_dir()
+    key = hashlib.sha256(f"{sys.version}\n{stdlib}\n{sorted(LEFT_OUT)}".encode()).hexdigest()[:12]
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanolab" / "stdlib"
+    tree = folder / f"{sys.implementation.cache_tag}-{key}"
+    if (tree / ".complete").exists():
+        return tree
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=folder))
+        try:
+            build(stdlib, scratch)
+            (scratch / ".complete").write_text(f"{sys.version}\n")
+            scratch.rename(tree)
+        except OSError:
+            shutil.rmtree(scratch, ignore_errors=True)
+            if not (tree / ".complete").exists():  # (another process's build won the rename: use it)
+                raise
+    except OSError:
+        return None
+    return tree
+
+
+def build(stdlib: Path, into: Path):
+    """Each .py of the stdlib as a legacy .pyc at optimize level 2, every other file as it is."""
+    for folder, dirs, files in os.walk(stdlib):
+        dirs[:] = sorted(d for d in dirs if d not in LEFT_OUT and not d.startswith("config-")  # (libpython.a)
+                         and not Path(folder, d).is_symlink())
+        here = into / Path(folder).relative_to(stdlib)
+        here.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            source = Path(folder, name)
+            if name.endswith(".py"):
+                try:
+                    py_compile.compile(str(source), cfile=str(here / (name + "c")), dfile=str(source),
+                                       doraise=True, optimize=2)
+                except py_compile.PyCompileError:  # (a few deliberately broken files, in tests)
+                    pass
+            elif not name.endswith((".pyc", ".pyo")):
+                shutil.copy2(source, here / name, follow_symlinks=True)
+    for kept in kept_below(stdlib):  # the mount points the box binds back
+        (into / kept.name).mkdir(exist_ok=True)
