@@ -8,7 +8,9 @@ Agents never see a key. Each gets its own token, and its model client talks to t
     POST http://127.0.0.1:PORT/openai/chat/completions      -> OPENAI_BASE_URL/chat/completions
 
 For every call the gateway
-- finds the agent by its token (401 for any other token);
+- finds the agent by its token (401 for any other token), and refuses a call for another model
+  than the one its program gives that agent (403): its shell can read the token from its CLI's
+  process, and an org of one model that called another would be compared as the first;
 - forwards only the calls the backends and the CLIs make, each of which it knows how to meter
   (ENDPOINTS; 403 naming the path for any other: a batch of 200 calls in one request, files,
   fine-tuning would spend where no reply shows it);
@@ -27,6 +29,7 @@ For every call the gateway
 
     keys.json     {"anthropic": {"key": ..., "upstream": ...}, ...}   0600
     tokens.json   {"<token>": "<agent>"}                               0600
+    models.json   {"<agent>": "<model>"}: the one model each may call   0600
     port          the port it serves on, the same after a restart
 
 and the runner's process (`org serve`, in the runner's pane) serves it while the org runs.
@@ -119,9 +122,10 @@ def read_keys(environ: dict) -> dict[str, str]:
     return {p: values[key] for p, (key, _, _) in PROVIDERS.items() if values.get(key)}
 
 
-def prepare(lab_dir: Path, agents: dict[str, str], environ: dict) -> dict[str, str]:
+def prepare(lab_dir: Path, agents: dict[str, str], environ: dict, models: dict[str, str] | None = None) -> dict[str, str]:
     """Write the gateway's files for `agents` ({name: backend}); returns {agent: token}. The
-    tokens are new at every launch: an agent's old token dies with the launch that gave it."""
+    tokens are new at every launch: an agent's old token dies with the launch that gave it. With
+    `models` ({name: model}, as `org launch` gives), each token calls its agent's model only."""
     keys = read_keys(environ)
     needed = {BACKEND_PROVIDER[b] for b in agents.values() if b in BACKEND_PROVIDER}
     folder = gateway_dir(lab_dir)
@@ -133,6 +137,7 @@ def prepare(lab_dir: Path, agents: dict[str, str], environ: dict) -> dict[str, s
               if b in BACKEND_PROVIDER}
     _write_private(folder / "keys.json", json.dumps(upstreams))
     _write_private(folder / "tokens.json", json.dumps({t: a for a, t in tokens.items()}))
+    _write_private(folder / "models.json", json.dumps(models or {}))
     try:  # the last launch's port, if it is still free
         kept = int((folder / "port").read_text())
     except (OSError, ValueError):
@@ -200,6 +205,8 @@ class Gateway:
         folder = gateway_dir(lab_dir)
         self.keys = json.loads((folder / "keys.json").read_text())
         self.tokens = json.loads((folder / "tokens.json").read_text())
+        models = folder / "models.json"
+        self.models = json.loads(models.read_text()) if models.exists() else {}
         self.ledger_path, self.program = ledger_path(lab_dir), program
         self.prices, self.say = prices or load_prices(), say
         self.held: dict[int, float] = {}  # what each call in flight may still cost, in dollars
@@ -284,6 +291,12 @@ def endpoint(method: str, path: str) -> tuple[str, str, bool]:
         raise Refused(403, "permission_error", f"the gateway does not forward {method} {path[:300]}: "
                       f"it forwards only {allowed}")
     return provider, rest + (f"?{query}" if query else ""), spends
+
+
+def same_model(model: str, given: str) -> bool:
+    """The model given, or a dated id of it (claude-sonnet-4-5-20250929, gpt-5-2025-08-07)."""
+    date = model.removeprefix(given + "-") if model.startswith(given + "-") else None
+    return model == given or (date is not None and date.replace("-", "").isdigit() and len(date.replace("-", "")) == 8)
 
 
 def hosted_tools(fields: dict) -> list[str]:
@@ -386,6 +399,10 @@ def _handler(gateway: Gateway):
                 raise Refused(400, "invalid_request_error", f"the gateway does not forward {model[:80]!r}: org/prices.yaml "
                               f"prices it only as its family, and {variant!r} names a dearer variant (or one that "
                               "searches the web); give it a price of its own there to allow it")
+            given = gateway.models.get(agent)
+            if spends and given and not same_model(model, given):
+                raise Refused(403, "permission_error", f"agent {agent} is given {given!r}: the gateway does not forward "
+                              f"its calls for {model[:80]!r} (an org is judged by the models it was given)")
             fetched = fetched_urls(fields)
             if fetched:
                 raise Refused(400, "invalid_request_error", f"the gateway does not forward content given by URL "

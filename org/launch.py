@@ -268,7 +268,8 @@ def build(launch: ProgramSite, program_as_filed: Program, stagger: float, restar
         lab.close()
     backends = {a.name: a.backend for a in launch.program.org.agents}
     if any(b in gateway.BACKEND_PROVIDER for b in backends.values()):
-        gateway.prepare(launch.lab_dir, backends, dict(os.environ))  # keys to its file, tokens anew
+        models = {a.name: a.model for a in launch.program.org.agents}
+        gateway.prepare(launch.lab_dir, backends, dict(os.environ), models)  # keys to its file, tokens anew
     (launch.panes_dir / "stop").unlink(missing_ok=True)
     write_atomically(launch.panes_dir / "launch.json", json.dumps({"backend": backend, "ray": ray, "at": now()}))
     for name in [*launch.agents, RUNNER, STATUS]:  # not the last launch's "ended": serve would think it done

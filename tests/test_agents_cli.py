@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -279,6 +280,41 @@ def test_the_port_says_who_calls_whatever_the_command_claims(project, monkeypatc
         assert call({"op": "shell", "cmd": "id"})["rc"] == 2  # nothing but the org's requests
     inbox = Mail(lab_dir(root, program)).inbox("solo")
     assert [(m["from"], m["text"]) for m in inbox] == [("claude", "from whom?"), ("claude", "again")]
+
+
+def test_a_box_that_opens_connections_by_the_hundred_holds_a_few_threads(tmp_path, monkeypatch):
+    """A CLI's box reaches its port's two sockets, and each connection was a thread of its
+    supervisor for as long as the box held it open (two for the gateway's relay, and one more in
+    the gateway, in the runner's process): 200 connections to each held 600 threads here. Each
+    socket now serves MAX_CONNECTIONS at once and closes what comes past them; a request line
+    never sent to org.sock ends after ORG_READ_SECONDS."""
+    from org.agents import port as port_module
+    upstream = socket.create_server(("127.0.0.1", 0))  # a gateway that accepts and waits
+    held, answered = [], []
+    threading.Thread(target=lambda: [held.append(upstream.accept()) for _ in iter(int, 1)], daemon=True).start()
+    with Port(tmp_path / "port", lambda request: {"output": "ok", "rc": 0}, upstream.getsockname()) as port:
+        before = threading.active_count()
+        for path in (port.org_socket, port.gateway_socket):
+            for _ in range(200):
+                conn = socket.socket(socket.AF_UNIX)
+                conn.connect(str(path))
+                answered.append(conn)
+        time.sleep(1.0)
+        grown = threading.active_count() - before
+        assert grown <= 3 * port_module.MAX_CONNECTIONS + 4, grown
+        for conn in answered:
+            conn.close()
+        time.sleep(0.5)
+        assert call({"op": "board"}, str(port.org_socket))["output"] == "ok"  # the port serves on
+    upstream.close()
+    monkeypatch.setattr(port_module, "ORG_READ_SECONDS", 1)
+    with Port(tmp_path / "port", lambda request: {"output": "ok", "rc": 0}, None) as port:
+        silent = socket.socket(socket.AF_UNIX)
+        silent.connect(str(port.org_socket))
+        silent.settimeout(10)
+        started = time.monotonic()
+        assert b"error: TimeoutError" in silent.recv(1000) and time.monotonic() - started < 5  # let go
+        silent.close()
 
 
 def test_a_lab_in_a_deep_folder_keeps_its_ports(tmp_path):

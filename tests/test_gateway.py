@@ -222,6 +222,30 @@ def test_another_model_priced_as_its_family_and_content_fetched_by_url_are_refus
     assert len(llm.requests) == 2
 
 
+def test_a_token_calls_only_its_agents_model(tmp_path):
+    """A CLI's shell can read its agent's token from the CLI's process (same user, same box), and
+    call the gateway with any model id: an org given a small model called a large one, and would
+    have been compared as the small one's. `org launch` gives the gateway each agent's model."""
+    root, program = make_project(tmp_path, tiny_program([]), trainer=False)
+    with FakeLLM([[Text("hello")]] * 10) as llm:
+        env = {**KEYS, "ANTHROPIC_BASE_URL": llm.url, "OPENAI_BASE_URL": llm.url + "/v1"}
+        tokens = prepare(lab_dir(root, program), AGENTS, env, models={"claude": "claude-haiku-test", "gpt": "gpt-5-mini"})
+        with Gateway(lab_dir(root, program), program.name, say=lambda line: None) as gw:
+            refused = [("/anthropic/v1/messages", tokens["claude"], {**OPUS}),
+                       ("/anthropic/v1/messages", tokens["claude"], {**OPUS, "model": "claude-haiku-test-2"}),
+                       ("/openai/responses", tokens["gpt"], {"model": "gpt-5", "input": "hi"})]
+            for path, token, body in refused:
+                status, reply = call(gw, "POST", path, token, body)
+                assert status == 403 and "the gateway does not forward its calls for" in json.loads(reply)["error"]["message"]
+            assert llm.requests == [] and spend(root, program) == []
+            passed = [("/anthropic/v1/messages", tokens["claude"], {**OPUS, "model": "claude-haiku-test", "max_tokens": 10}),
+                      ("/openai/responses", tokens["gpt"], {"model": "gpt-5-mini-2025-08-07", "input": "hi"}),
+                      ("/anthropic/v1/messages/count_tokens", tokens["claude"], {**OPUS})]  # free: any model
+            for path, token, body in passed:
+                assert call(gw, "POST", path, token, body)[0] == 200, (path, body)
+    assert len(llm.requests) == 3
+
+
 def test_claude_codes_calls_go_through_and_counting_tokens_is_free(org):
     """Claude Code calls POST /v1/messages?beta=true (the beta client's path) and may count
     tokens, which Anthropic does not charge for."""

@@ -226,6 +226,10 @@ def cli_env(entry, program, tree: Path, home: Path, port_dir: Path, via: tuple[s
     url, token = via
     if entry.backend == "claude-code":
         env.update({"ANTHROPIC_BASE_URL": url, "ANTHROPIC_AUTH_TOKEN": token})  # a bearer token: no key prompt
+        # its background and subagent calls on its own model too: the gateway forwards no other
+        env.update({name: entry.model for name in ("ANTHROPIC_SMALL_FAST_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL",
+                                                   "ANTHROPIC_DEFAULT_SONNET_MODEL", "ANTHROPIC_DEFAULT_OPUS_MODEL",
+                                                   "CLAUDE_CODE_SUBAGENT_MODEL")})
     else:
         # its own temp folder (made by BoxedCLI): codex makes no sandbox helpers under /tmp
         env.update({"CODEX_HOME": str(home / ".codex"), OPENAI_TOKEN_VAR: token, "TMPDIR": str(home / "tmp")})

@@ -36,6 +36,10 @@ from pathlib import Path
 PORT_VAR = "NANOLAB_PORT"      # inside the box: the path of org.sock
 MAX_REQUEST = 16 << 20
 LINGER = 30  # seconds the box outlives its CLI for what the CLI left running
+# each connection is a thread here (two for the relay, and one in the gateway), held as long as
+# the box keeps it open: past these, a socket closes what comes in (a CLI's pool opens a few)
+MAX_CONNECTIONS = 32
+ORG_READ_SECONDS = 60  # for org.sock's request line (its answer may take as long as a command)
 
 
 # --- outside: the agent's supervisor serves both sockets ----------------------------------
@@ -61,6 +65,8 @@ class Port:
         port = self
 
         class Org(socketserver.StreamRequestHandler):
+            timeout = ORG_READ_SECONDS
+
             def handle(self):
                 try:
                     request = json.loads(self.rfile.readline(MAX_REQUEST) or b"{}")
@@ -79,8 +85,7 @@ class Port:
             if handler is None:
                 continue
             path.unlink(missing_ok=True)
-            server = socketserver.ThreadingUnixStreamServer(str(path), handler, bind_and_activate=False)
-            server.daemon_threads = True
+            server = CappedServer(str(path), handler, bind_and_activate=False)
             with socket_name(path) as name:
                 server.socket.bind(name)
             server.server_activate()
@@ -94,6 +99,27 @@ class Port:
             server.server_close()
         for path in (self.org_socket, self.gateway_socket):
             path.unlink(missing_ok=True)
+
+
+class CappedServer(socketserver.ThreadingUnixStreamServer):
+    """A thread a connection, MAX_CONNECTIONS at once: one past them is closed as it comes."""
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 @contextlib.contextmanager
