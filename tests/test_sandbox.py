@@ -227,7 +227,7 @@ def test_no_box_makes_a_fifo_or_a_link(two_agents, tmp_path):
                           ("user namespace made",)), (name, out)
 
 
-def test_a_broken_branch_of_an_agents_stops_no_snapshot(two_agents):
+def test_a_broken_branch_an_agent_leaves_stops_no_snapshot(two_agents):
     """A box writes its own branches: one holding no commit (`echo x > ...`) failed `git repack`,
     which the harness ran after each snapshot, so every run of every agent was a runner's crash.
     The harness packs the commits it took in by name, never by walking the branches."""
