@@ -17,15 +17,20 @@ worker boxes of such a program see, at the stdlib's path, a tree made once per i
                                                                      text, as constants)
     <stdlib>/lib-dynload/*.so, data  ->  copied as they are
     <stdlib>/site-packages           ->  bound back by the box (numpy, numba, nanolab)
+    other Pythons' stdlibs           ->  absent (other_stdlibs: /usr/lib/python3.11 beside
+                                                 pyenv's is much the same text)
 
-    tree = stdlib_tree()   # built on first use (~20 s) under the harness's cache; None where it
-                           # cannot be (the box then refuses to start: org/sandbox.py)
+    tree = stdlib_tree()   # built on first use (~3 s, 26 MB) under the harness's cache; None where
+                           # it cannot be (the box then refuses to start: org/sandbox.py)
 
-What bytecode still holds (names, string constants, numbers) is not the text: no window of
-source, comment or docstring can be found in it (tests/test_measure_attacks.py).
+What bytecode still holds (names, string constants, numbers) is not the text: the lookup attack
+in tests/test_measure_attacks.py finds nothing in it. A decompiler would get identifiers and
+literals back in order, a weaker lookup that no test here measures.
 """
 from __future__ import annotations
 
+import functools
+import glob
 import hashlib
 import os
 import py_compile
@@ -46,6 +51,20 @@ def stdlib_dir() -> Path:
 def kept_below(stdlib: Path) -> list[Path]:
     """What lies inside the stdlib's folder but is not the stdlib (a box binds it back)."""
     return [stdlib / name for name in ("site-packages", "dist-packages") if (stdlib / name).is_dir()]
+
+
+@functools.lru_cache(maxsize=1)
+def other_stdlibs() -> tuple[Path, ...]:
+    """Every other Python's stdlib in the usual places (a folder holding os.py): much the same
+    text as this one's (a worker that read Debian's python3.11 beside pyenv's 3.11.7 still read
+    `better`), so absent from the same boxes. One installed elsewhere is not found."""
+    home, versions = Path.home(), Path(sys.base_prefix).resolve().parent
+    patterns = ["/usr/lib/python*", "/usr/lib64/python*", "/usr/local/lib/python*", "/opt/*/lib/python*",
+                f"{versions}/*/lib/python*", f"{versions}/*/lib/pypy*", f"{home}/.pyenv/versions/*/lib/python*",
+                f"{home}/.local/share/uv/python/*/lib/python*", f"{home}/*conda3/lib/python*",
+                f"{home}/*conda3/envs/*/lib/python*"]
+    found = {Path(p).resolve() for pattern in patterns for p in glob.glob(pattern) if Path(p, "os.py").is_file()}
+    return tuple(sorted(found - {stdlib_dir()}))
 
 
 def stdlib_tree() -> Path | None:

@@ -313,13 +313,16 @@ def _stdlib_hash(a):  # (..., K) bytes -> (...) uint64
 
 
 def _stdlib_table():
-    import glob, sys, sysconfig
+    import glob, os, sys, sysconfig
     if not sys.argv[0].endswith("model_worker.py"):  # the run's own evaluation: its wall time is watched
         return None
     if _TABLE:
         return _TABLE[0]
-    root = sysconfig.get_paths()["stdlib"]
-    files = sorted(f for f in glob.glob(root + "/**/*.py", recursive=True) if "/site-packages/" not in f)
+    version = "python%d.%d" % sys.version_info[:2]  # this stdlib, and any other copy of its version
+    roots = [sysconfig.get_paths()["stdlib"], *glob.glob("/usr/lib/" + version), *glob.glob("/usr/local/lib/" + version),
+             *glob.glob(os.path.dirname(sys.base_prefix) + "/*/lib/" + version)]
+    files = sorted({f for root in roots for f in glob.glob(root + "/**/*.py", recursive=True)
+                    if "/site-packages/" not in f and "/dist-packages/" not in f})
     parts = [open(f, "rb").read() for f in files]
     try:
         from pydoc_data.topics import topics

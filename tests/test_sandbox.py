@@ -260,6 +260,9 @@ try:
     print("help topics")
 except ImportError:
     print("no help topics")
+import sys
+others = [f for root in sys.argv[1:] for f in glob.glob(root + "/**/*.py", recursive=True)]
+print(len(others), "sources of other Pythons' stdlibs")
 import numpy, numba, trainer.model  # what runs and workers import still imports
 print(json.dumps({"numpy": bool(numpy.__version__)}))
 """
@@ -268,9 +271,12 @@ print(json.dumps({"numpy": bool(numpy.__version__)}))
 def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside_tmp):
     """pystdlib's documents are the interpreter's stdlib sources and help topics: every Python
     process reads them, so a run could train on the lab's val documents and a model worker look
-    them up while measured (tests/test_measure_attacks.py). Its runs and workers see bytecode only;
-    other programs' boxes, and agents' commands, see the stdlib as it is."""
+    them up while measured (tests/test_measure_attacks.py). Its runs and workers see bytecode only,
+    and no other Python's stdlib (much the same text); other programs' boxes, and agents'
+    commands, see them as they are."""
     from org.sandbox import run_box, worker_box
+    from org.sourceless import other_stdlibs
+    others = other_stdlibs()  # here: Debian's python3.11 beside pyenv's, and pyenv's other versions
     for folder in ("run", "snapshot", "data"):
         (outside_tmp / folder).mkdir()
     boxes = {"a run's": run_box(outside_tmp, outside_tmp / "run", outside_tmp / "snapshot", outside_tmp / "data",
@@ -281,12 +287,15 @@ def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside
                                           outside_tmp / "kernels", gpu=False, cpu_seconds=60, source=str(outside_tmp / "data"))}
     seen = {}
     for name, box in boxes.items():
-        proc = box.popen([sys.executable, "-c", STDLIB_IN_THE_BOX], cwd=ROOT, env={"PATH": os.environ["PATH"]},
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = box.popen([sys.executable, "-c", STDLIB_IN_THE_BOX, *map(str, others)], cwd=ROOT,
+                         env={"PATH": os.environ["PATH"]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         seen[name] = proc.communicate(timeout=120)[0].decode().splitlines()
     for name in ("a run's", "a worker's"):
-        assert seen[name] == ["0 stdlib sources", "no help topics", '{"numpy": true}'], (name, seen[name])
-    assert int(seen["a run's on a file"][0].split()[0]) > 500 and seen["a run's on a file"][1] == "help topics"
+        assert seen[name] == ["0 stdlib sources", "no help topics", "0 sources of other Pythons' stdlibs",
+                              '{"numpy": true}'], (name, seen[name])
+    on_a_file = seen["a run's on a file"]
+    assert int(on_a_file[0].split()[0]) > 500 and on_a_file[1] == "help topics"
+    assert (int(on_a_file[2].split()[0]) > 500) == bool(others), on_a_file  # (where this machine has others)
 
 
 def test_a_command_cannot_point_its_worktree_at_the_shared_git(two_agents):
