@@ -4,6 +4,13 @@ nanolab's research org: programs, the lab (git), the ledger (SQLite) and the bud
 The harness, not the agent, owns the budget, the seeds, the evaluation and the verdict.
 """
 import argparse
+import os
+from pathlib import Path
+
+
+def user_cache(name: str) -> Path:
+    """A folder of the harness's under the person's cache (read-only in every box)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanolab" / name
 
 
 class OrgError(Exception):

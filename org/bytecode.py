@@ -29,6 +29,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from org import user_cache
+
 # what fill() imports: the harness's trainer (every module: the kernels' numba, the data's
 # tokenizers) and the measuring processes' own modules
 FILL = """
@@ -43,7 +45,7 @@ for name in ["org.evaluator", "org.model_worker", "trainer.cli"] + modules:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanolab" / "bytecode"
+    return user_cache("bytecode")
 
 
 def source_only() -> dict:

@@ -45,6 +45,8 @@ import threading
 from pathlib import Path
 from typing import NamedTuple
 
+from org import user_cache
+
 
 class Abi(NamedTuple):
     """An ABI we know: its AUDIT_ARCH_*, and the numbers of the calls the filter looks at (None:
@@ -123,7 +125,7 @@ def box_filter(unix_sockets: bool) -> Path | None:
     code = compiled(unix_sockets)
     if code is None:
         return None
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanolab" / "seccomp"
+    folder = user_cache("seccomp")
     path = folder / f"box-{hashlib.sha256(code).hexdigest()[:12]}.bpf"
     try:
         if not path.exists() or path.read_bytes() != code:

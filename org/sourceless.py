@@ -40,6 +40,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from org import user_cache
+
 LEFT_OUT = {"test", "idlelib", "pydoc_data", "turtledemo", "tkinter", "lib2to3", "ensurepip", "site-packages",
             "dist-packages", "__pycache__"}
 
@@ -72,7 +74,7 @@ def stdlib_tree() -> Path | None:
     None where it cannot be built."""
     stdlib = stdlib_dir()
     key = hashlib.sha256(f"{sys.version}\n{stdlib}\n{sorted(LEFT_OUT)}".encode()).hexdigest()[:12]
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanolab" / "stdlib"
+    folder = user_cache("stdlib")
     tree = folder / f"{sys.implementation.cache_tag}-{key}"
     if (tree / ".complete").exists():
         return tree

@@ -43,7 +43,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from org import OrgError
+from org import OrgError, user_cache
 from org.agents.control import Control
 from org.agents.roles import kickoff, system_prompt
 from org.agents.spend import Spend, cpu_exhausted
@@ -66,7 +66,7 @@ def cli_dir() -> Path:
     """Where `org install-clis` puts the pinned CLIs (NANOLAB_CLIS, else a user cache folder)."""
     if os.environ.get("NANOLAB_CLIS"):
         return Path(os.environ["NANOLAB_CLIS"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanolab" / "clis"
+    return user_cache("clis")
 
 
 def find_cli(name: str) -> str | None:
