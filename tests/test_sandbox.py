@@ -806,7 +806,9 @@ def test_a_run_reads_the_labs_export_and_not_the_data_source(outside_tmp):
                 assert lines[1:3] == ["absent", "a single-file source"], out
             else:
                 assert lines[1:3] == ["the lab's val text", "absent"], out  # (bound over: cannot be opened)
-    assert source_files("pystdlib") == [] and source_files(sys.base_prefix) == []  # every Python reads those
+    assert source_files(sys.base_prefix) == []  # every Python reads those
+    from org.sourceless import other_stdlibs, stdlib_dir  # pystdlib: this Python's own is made sourceless
+    assert source_files("pystdlib") == list(other_stdlibs()) and stdlib_dir() not in source_files("pystdlib")
 
 
 def test_a_model_worker_reads_a_few_windows_of_each_split_not_the_runs_training_text(outside_tmp, monkeypatch):
