@@ -56,6 +56,10 @@ class Tolerances:
     # under a seconds budget +16%: the budgeted quantity itself)
     wall_time: float = 0.15
     wall_time_invalid: float = 0.4
+    # seconds: the runner's clock swings by about this much on equal work whatever the run's length
+    # (its start-up and the scheduler on a busy machine: 0.5 to 1.0 s for the same sub-second run
+    # in CI), so a short run's wall time per unit of budget means less than a long one's
+    wall_jitter: float = 0.25
     # bits per byte: the variant's held-out gap (val_bpb - train_bpb) below the baseline's and below
     # zero by more than this and its margin of error: invalid (it learned or reads the val text)
     held_out_gap: float = 0.1
@@ -283,7 +287,9 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
     to the baseline's on the same seed; D = its median over seeds. Its margin of error comes
     from the noise of a pair: the larger of the pairs' own spread and sqrt(2) x the baseline's
     spread over all its runs (every seed and re-run does the same work), so a busy machine
-    widens the tolerance instead of raising alarms. The pairs' spread counts only up to twice
+    widens the tolerance instead of raising alarms; that spread is taken as at least
+    tol.wall_jitter over the baseline's median wall time, since three runs of a second or less
+    can read alike and say nothing of a clock that swings by half a second. The pairs' spread counts only up to twice
     the baseline's: a variant that hides work on some seeds and pads others' wall time would
     otherwise widen its own margin until the work hid in it:
     - D beyond tol.wall_time_invalid (+49%) by more than its margin: invalid (work the record
@@ -309,7 +315,9 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
         return []
     d = np.array([v[s] - b[s] for s in seeds])
     D = float(np.median(d))
-    margin = median_margin(d, [cost(r) for r in completed(base_all) if cost(r) is not None])
+    walls = [r.wall_seconds for r in completed(base_all) if r.wall_seconds]
+    floor = tol.wall_jitter / float(np.median(walls)) if walls else 0.0  # that swing as a log ratio
+    margin = median_margin(d, [cost(r) for r in completed(base_all) if cost(r) is not None], floor)
     text = (f"wall time {math.exp(D) - 1:+.0%} per {'run' if kind == 'seconds' else 'FLOP'} by the runner's "
             f"clock (median over {len(seeds)} seeds, ±{math.exp(margin) - 1:.0%} at 95%)")
     if D - margin > tol.wall_time_invalid:
@@ -404,16 +412,20 @@ def window_margin(base: list, var: list) -> float:
     return float(stats.t.ppf(0.95, k - 1) * delta.std(ddof=1) / math.sqrt(k))
 
 
-def median_margin(d: np.ndarray, own: list[float]) -> float:
+def median_margin(d: np.ndarray, own: list[float], floor: float = 0.0) -> float:
     """The 95% margin of error of median(d), d a paired difference per seed: from the pairs' own
     spread, widened to the machine's (sqrt(2) x the spread of `own`, the baseline's figure over
-    all its runs) and capped at twice that: more spread is the variant's own doing (hidden work
-    on some seeds, not all), and would otherwise widen the margin until it hid."""
+    all its runs, or of `floor`, a run's known noise, whichever is larger) and capped at twice
+    that: more spread is the variant's own doing (hidden work on some seeds, not all), and would
+    otherwise widen the margin until it hid. The floor is the baseline's alone, so a variant
+    cannot raise it; it matters where three runs' spread says little (two of them alike read 0)."""
     from scipy import stats
     noise = robust_std(d)
+    machine = math.sqrt(2) * max(robust_std(np.array(own)) if len(own) >= 3 else 0.0, floor)
     if len(own) >= 3:
-        machine = math.sqrt(2) * robust_std(np.array(own))
         noise = max(machine, min(noise, 2 * machine))
+    else:
+        noise = max(noise, machine)
     return stats.t.ppf(0.95, len(d) - 1) * 1.2533 * noise / math.sqrt(len(d))  # 1.2533: a median's error
 
 

@@ -282,6 +282,15 @@ def test_the_port_says_who_calls_whatever_the_command_claims(project, monkeypatc
     assert [(m["from"], m["text"]) for m in inbox] == [("claude", "from whom?"), ("claude", "again")]
 
 
+def hold_every_connection(server: socket.socket, held: list):
+    """A gateway that accepts and never answers, until it is closed."""
+    try:
+        while True:
+            held.append(server.accept())
+    except OSError:  # closed
+        pass
+
+
 def test_a_box_that_opens_connections_by_the_hundred_holds_a_few_threads(tmp_path, monkeypatch):
     """A CLI's box reaches its port's two sockets, and each connection was a thread of its
     supervisor for as long as the box held it open (two for the gateway's relay, and one more in
@@ -291,7 +300,7 @@ def test_a_box_that_opens_connections_by_the_hundred_holds_a_few_threads(tmp_pat
     from org.agents import port as port_module
     upstream = socket.create_server(("127.0.0.1", 0))  # a gateway that accepts and waits
     held, answered = [], []
-    threading.Thread(target=lambda: [held.append(upstream.accept()) for _ in iter(int, 1)], daemon=True).start()
+    threading.Thread(target=hold_every_connection, args=(upstream, held), daemon=True).start()
     with Port(tmp_path / "port", lambda request: {"output": "ok", "rc": 0}, upstream.getsockname()) as port:
         before = threading.active_count()
         for path in (port.org_socket, port.gateway_socket):
