@@ -69,6 +69,7 @@ import fcntl
 import glob
 import json
 import os
+import platform
 import resource
 import shutil
 import signal
@@ -83,7 +84,7 @@ from org import OrgError
 from org.cgroups import JOIN, box_cgroups, cgroup_root
 from org.diskwatch import watch
 from org import sourceless
-from org.seccomp import box_filter
+from org.seccomp import ABIS, box_filter
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # a folder per GPU (its PCI address), with its `information`
@@ -212,16 +213,15 @@ class Sandbox:
         bwrap starts in them, so everything in the box counts against its pids.max, keeps to its
         cores and is metered."""
         seccomp = box_filter(self.unix_sockets)
+        if seccomp is None:
+            raise SandboxError(no_filter())
         fd = 8 if info_fd == 9 else 9  # the shell opens the filter there, for bwrap to read
-        wrapped = self.wrap(argv, cwd, env, seccomp_fd=fd if seccomp else None)
+        wrapped = self.wrap(argv, cwd, env, seccomp_fd=fd)
         if info_fd is not None:
             wrapped[1:1] = ["--info-fd", str(info_fd)]
         groups = box_cgroups(self.limits) if groups is None else groups
-        if not groups and not seccomp:
-            return wrapped
-        opens, named = (f'exec {fd}< "$1" || exit 126; shift; ', [str(seccomp)]) if seccomp else ("", [])
-        return ["/bin/sh", "-c", opens + JOIN, "nanolab-box", *named, *(str(g / "cgroup.procs") for g in groups),
-                "--", *wrapped]
+        return ["/bin/sh", "-c", f'exec {fd}< "$1" || exit 126; shift; ' + JOIN, "nanolab-box", str(seccomp),
+                *(str(g / "cgroup.procs") for g in groups), "--", *wrapped]
 
     def popen(self, argv: list[str], cwd, env: dict, preexec_fn=None, **kwargs) -> subprocess.Popen:
         """Start argv in the box. The Popen is bwrap's (kill it and the box goes); .inner_pid is
@@ -443,6 +443,8 @@ def check(tries: int = 3) -> None:
     host socket masked in the box (host_sockets) that went away before bwrap bound over it failed
     the box once, and `org run` then ran a program's trainers unboxed (it warns, for machines
     with no bwrap)."""
+    if platform.machine() not in ABIS:
+        raise SandboxError(no_filter())
     for attempt in range(tries):
         try:
             proc = subprocess.run(Sandbox().wrap(["/bin/true"], cwd="/", env={"PATH": "/usr/bin:/bin"}),
@@ -456,6 +458,13 @@ def check(tries: int = 3) -> None:
         why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise SandboxError(f"no sandbox: bwrap fails here ({why}); it needs unprivileged user namespaces "
                            "(sysctl kernel.unprivileged_userns_clone=1) or root")
+
+
+def no_filter() -> str:
+    """Why no box starts on a machine whose ABI org/seccomp.py does not know: without its filter
+    a box makes FIFOs and links, on which the harness's git would hang (it fails closed)."""
+    return (f"no sandbox: org/seccomp.py has no filter for this machine's ABI ({platform.machine()}; it knows "
+            f"{', '.join(ABIS)}), and a box without one could hang the harness")
 
 
 def available() -> str | None:

@@ -30,17 +30,22 @@ trains: docker's, a database's) would be reachable for the rest of the run. So, 
     everything else                   allowed
 
     path = box_filter(unix_sockets=False)   # the compiled program in a file, for bwrap --seccomp
-                                            # FD; None where this machine's ABI is not one we know
+                                            # FD; None where this machine's ABI is not one we know,
+                                            # and there no box starts (org/sandbox.py)
 
 The program is classic BPF over struct seccomp_data {int nr; u32 arch; u64 ip; u64 args[6]}, as
 `bwrap --seccomp` reads it (libseccomp's seccomp_export_bpf format): 8 bytes an instruction.
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import os
 import platform
+import shutil
 import struct
+import tempfile
 import threading
 from pathlib import Path
 from typing import NamedTuple
@@ -120,19 +125,31 @@ def compiled(unix_sockets: bool, machine: str | None = None) -> bytes | None:
 
 def box_filter(unix_sockets: bool) -> Path | None:
     """The compiled program in a file of the harness's (named by its content; no box writes
-    there: it lies under the person's home, read-only in every box), or None (an ABI we do not
-    know, or a home we cannot write)."""
+    there: it lies under the person's home, read-only in every box, or where that home cannot
+    be written, as a cluster node's, in a private folder of this process's), or None for an ABI
+    we do not know (the sandbox then starts no box)."""
     code = compiled(unix_sockets)
     if code is None:
         return None
-    folder = user_cache("seccomp")
-    path = folder / f"box-{hashlib.sha256(code).hexdigest()[:12]}.bpf"
     try:
-        if not path.exists() or path.read_bytes() != code:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-            tmp.write_bytes(code)
-            tmp.replace(path)
-    except OSError:  # a home we cannot write (a cluster node's): the box masks sockets as it starts
-        return None
+        return written(user_cache("seccomp"), code)
+    except OSError:
+        return written(private_folder(), code)
+
+
+def written(folder: Path, code: bytes) -> Path:
+    path = folder / f"box-{hashlib.sha256(code).hexdigest()[:12]}.bpf"
+    if not path.exists() or path.read_bytes() != code:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_bytes(code)
+        tmp.replace(path)
     return path
+
+
+@functools.cache
+def private_folder() -> Path:
+    """A folder only this user reads and writes (mkdtemp's 0700), for as long as the process lives."""
+    folder = Path(tempfile.mkdtemp(prefix="nanolab-seccomp-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
