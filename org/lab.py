@@ -44,7 +44,10 @@ GIT_ENV_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
 STATE_DIRS = ("runs", "snapshots", "mail", "transcripts")
 # every git command of the harness runs with these on top of (and stronger than) any config
 # file: nothing written into .git (hooks, fsmonitor, attributes) runs through the harness
-HARDENED_GIT = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "core.attributesFile": "/dev/null"}
+# (a repository an agent nests in its worktree has a config of its own, its filters commands:
+# git's status looks inside every submodule, and would run them as whoever runs it)
+HARDENED_GIT = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "core.attributesFile": "/dev/null",
+                "diff.ignoreSubmodules": "all", "submodule.recurse": "false"}
 # files that run or shadow code without being a module's source, wherever they are
 SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
 SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
@@ -317,10 +320,12 @@ class Lab:
                            f"no box is made over it. `git worktree repair {tree}` restores it")
         return admin
 
-    def remove_worktree(self, program: str, agent: str, force: bool = False):
-        """Remove an agent's worktree; its branch (and every commit on it) stays."""
+    def remove_worktree(self, program: str, agent: str):
+        """Remove an agent's worktree; its branch (and every commit on it) stays. Its callers find
+        it clean first, by a status of ours (hardened); git's own check (without --force) looks
+        inside a repository nested there, so runs its filters, and refuses a worktree holding one."""
         path = self.worktree_path(program, agent)
-        self.repo.git.worktree("remove", *(["--force"] if force else []), str(path))
+        self.repo.git.worktree("remove", "--force", str(path))
 
     def worktrees(self) -> list[dict]:
         """`git worktree list --porcelain` as dicts: path, head, branch, prunable."""

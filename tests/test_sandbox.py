@@ -4,6 +4,7 @@ processes of the harness's user; each is now refused by the box, and the harness
 left as it was."""
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -225,6 +226,53 @@ def test_no_box_makes_a_fifo_or_a_link(two_agents, tmp_path):
         assert out[:4] == ["fifo EPERM", "node EPERM", "link EPERM", "io_uring ENOSYS"], (name, out)
         assert out[4] in (("user namespace ENOSPC", "user namespace EPERM") if sandbox.no_nested_userns() else
                           ("user namespace made",)), (name, out)
+
+
+def test_a_repository_nested_in_a_worktree_runs_nothing_of_its_own_in_the_harness(two_agents):
+    """A box makes a repository in its worktree whose config names a clean filter (any command),
+    attributes a file to it, dates that file ahead (so git hashes it again at every look) and
+    commits the repository as a submodule. Git's status looks inside every submodule and runs the
+    filter: `org stop`, `org clean`, `org launch` (resuming) and `org release` run `git status`
+    there, outside any box, so the command ran as the person (the keys, the ledger: all theirs).
+    And `git worktree remove` refused the worktree (`org stop`: a traceback). The harness's git
+    never looks inside a nested repository now."""
+    from org.launch import git as harness_git
+    root, program, tools, _ = two_agents
+    escaped = root / "escaped"  # the project's root: read-only in the box
+    attack = ("git init -q sub && cd sub && echo hi > f && echo 'f filter=pwn' > .gitattributes && git add . && "
+              f"git commit -qm s && git config filter.pwn.clean 'sh -c \"touch {escaped}; cat\"' && "
+              "touch -d 2099-01-01 f && cd .. && git add sub && git commit -qm nested")
+    assert run(tools, attack).startswith("exit status 0")
+    assert harness_git(tools.ws.root, "status", "--porcelain") == "" and not escaped.exists()
+    lab = Lab.open(root)
+    try:
+        lab.remove_worktree(program.name, "alice")
+    finally:
+        lab.close()
+    assert not tools.ws.root.exists() and not escaped.exists()
+
+
+def test_a_box_keeps_its_filter_where_the_home_is_not_writable_and_none_starts_without_one(tmp_path, monkeypatch):
+    """The filter is a file bwrap reads. Where the person's cache could not be written (a cluster
+    node's home), boxes started with no filter, and FIFOs and links were back: it goes in a
+    private folder of the harness then. On a machine whose ABI org/seccomp.py does not know, no
+    box starts: `org run` and `org launch` are told why in one line (sandbox.available)."""
+    from org import seccomp
+    taken = tmp_path / "cache"
+    taken.write_text("a file where the cache's folder would be")
+    monkeypatch.setattr(seccomp, "user_cache", lambda name: taken / name)
+    (tmp_path / "box").mkdir()
+    box = Sandbox(writable=[tmp_path / "box"])
+    proc = box.popen([sys.executable, "-c", MAKE_SPECIAL_FILES], cwd=tmp_path / "box", env={"PATH": os.environ["PATH"]},
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.communicate(timeout=60)[0].decode().split("\n")
+    assert out[:4] == ["fifo EPERM", "node EPERM", "link EPERM", "io_uring ENOSYS"], out
+    assert not list((tmp_path / "box").iterdir())
+
+    monkeypatch.setattr(platform, "machine", lambda: "riscv64")
+    assert available().startswith("no sandbox: org/seccomp.py has no filter for this machine's ABI (riscv64;")
+    with pytest.raises(sandbox.SandboxError, match=r"ABI \(riscv64"):
+        box.command(["true"], "/", {})
 
 
 def test_a_broken_branch_an_agent_leaves_stops_no_snapshot(two_agents):
