@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import hashlib
 import os
 import shutil
@@ -52,6 +53,7 @@ HARDENED_GIT = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "core.
 SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
 SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
 MAX_OBJECT_BYTES = 1 << 30  # a loose object's file, and what it inflates to
+MAX_NAME_BYTES = 255  # a file's name, on every file system a lab lies on
 PACK_SECONDS = 600  # packing what a snapshot took in: minutes only for a huge history
 
 
@@ -190,6 +192,10 @@ class Lab:
     def code_refusal(self, base: str, commit: str, protected: list[str], max_change_kb: float) -> str | None:
         """Why an experiment's commit may not run, or None: it changes a protected path, adds what
         could shadow code, or carries more than max_change_kb."""
+        try:
+            self.files(commit)  # a tree git would not check out, or an object not what its name says
+        except LabError as e:
+            return str(e)
         return (self.protected_violation(base, commit, protected) or self.shadowing(base, commit, protected)
                 or self.links(base, commit) or self.oversized(base, commit, max_change_kb))
 
@@ -384,9 +390,15 @@ class Lab:
                 else:
                     write_new(tmp / path, self.verified(oid, b"blob"), 0o755 if mode == "100755" else 0o644)
             tmp.rename(dest)
-        except FileExistsError as e:  # a crafted tree naming one path twice, or the marker
+        except FileExistsError as e:  # the marker's name
             shutil.rmtree(tmp, ignore_errors=True)
             raise LabError(f"commit {sha[:10]} names {Path(e.filename).relative_to(tmp)} twice") from None
+        except OSError as e:  # what the checks above missed of a name no folder can hold: the commit's, not ours
+            shutil.rmtree(tmp, ignore_errors=True)
+            if e.errno not in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, errno.EILSEQ):
+                raise
+            raise LabError(f"commit {sha[:10]}: {Path(e.filename or tmp).relative_to(tmp)} cannot be written "
+                           f"({e.strerror})") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # our own scratch, never a result
             raise
@@ -406,10 +418,19 @@ class Lab:
         out = {}
 
         def walk(oid: str, prefix: str):
+            names = set()
             for binsha, mode, name in tree_entries_from_data(self.verified(oid, b"tree")):
                 mode, child = f"{mode:o}", binsha.hex()
                 if name in ("", ".", "..", ".git") or "/" in name or "\\" in name:
                     raise LabError(f"commit {commit[:10]}: tree {oid[:10]} names {name!r}; git refuses such a path")
+                # trees git writes when asked (update-index, mktree) that no folder can hold: the
+                # snapshot would meet ENAMETOOLONG, or a file where a folder goes
+                if len(os.fsencode(name)) > MAX_NAME_BYTES:
+                    raise LabError(f"commit {commit[:10]}: {prefix}{name[:40]}... is a name of {len(os.fsencode(name))} "
+                                   f"bytes; a file's name holds {MAX_NAME_BYTES} at most")
+                if name in names:
+                    raise LabError(f"commit {commit[:10]} names {prefix + name} twice")
+                names.add(name)
                 if mode == "40000":
                     walk(child, prefix + name + "/")
                 elif mode in ("100644", "100755", "120000", "160000"):

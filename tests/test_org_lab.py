@@ -1,6 +1,7 @@
 """The lab: program branches, agent worktrees, frozen snapshots and protected paths, on real git repos."""
 import os
 import shutil
+import subprocess
 import threading
 import zlib
 from pathlib import Path
@@ -234,6 +235,39 @@ def test_a_snapshot_writes_nothing_outside_itself_whatever_links_a_commit_holds(
         lab.snapshot(commit, "softcap")
     assert ledger.read_bytes() == b"SQLite format 3\x00 the lab's records"
     assert not (lab.state_dir("softcap") / "snapshots" / commit).exists()
+
+
+def crafted_commit(lab: Lab, parent: str, entries: list[tuple[bytes, str]]) -> str:
+    """A commit of parent's tree with `entries` ((mode, name): a one-line file, or a folder holding
+    one) added to its root, in that order, as a box can write it (git hash-object --literally)."""
+    def git_(*args, data=b""):
+        return subprocess.run(["git", *args], cwd=lab.root, input=data, capture_output=True, check=True).stdout
+    blob = git_("hash-object", "-w", "--stdin", data=b"x\n").decode().strip()
+    folder = git_("mktree", data=f"100644 blob {blob}\tf\n".encode()).decode().strip()
+    body = b""
+    for line in git_("ls-tree", "-z", parent).split(b"\0")[:-1]:  # "<mode> <kind> <sha>\t<name>"
+        info, name = line.split(b"\t", 1)
+        mode, _, sha = info.split(b" ")
+        body += mode.lstrip(b"0") + b" " + name + b"\0" + bytes.fromhex(sha.decode())
+    for mode, name in entries:
+        body += mode + b" " + name.encode() + b"\0" + bytes.fromhex(folder if mode == b"40000" else blob)
+    tree = git_("hash-object", "-w", "-t", "tree", "--literally", "--stdin", data=body).decode().strip()
+    return lab.repo.git.commit_tree(tree, "-p", parent, "-m", "crafted")
+
+
+def test_a_tree_no_folder_can_hold_is_refused_before_it_runs(lab):
+    """Git writes trees no folder can hold when asked (update-index, hash-object): a file name of
+    300 bytes, or `a` both a file and a folder. The submit checks read objects only and passed;
+    the snapshot met ENAMETOOLONG (or NotADirectoryError), which the runner took for a bug of its
+    own: it stopped, the run still claimed, and stopped again at every restart."""
+    base = lab.start_program("softcap")
+    for entries, why in (([(b"100644", "x" * 300)], "is a name of 300 bytes"),
+                         ([(b"100644", "a"), (b"40000", "a")], "names a twice")):
+        commit = crafted_commit(lab, base, entries)
+        assert why in lab.code_refusal(base, commit, ["trainer/eval.py"], 1000)
+        with pytest.raises(LabError, match=why):
+            lab.snapshot(commit, "softcap")
+        assert not (lab.state_dir("softcap") / "snapshots" / commit).exists()
 
 
 def swap_object(lab: Lab, sha: str, body: bytes):
