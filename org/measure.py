@@ -37,6 +37,7 @@ from trainer.record import Measurement, Result, read
 EXACT = ("flops_per_token", "steps", "eval_fingerprint")
 HARNESS_LOGS = "measure*.log"  # the harness's logs in a run's directory (this file's, remote.py's workers')
 MODEL_DATA_WINDOWS = 4  # windows of seq_len + 1 tokens a split that a model worker reads (export_for_models)
+MAX_RESULT_BYTES = 1 << 20  # a trainer's result.json (read_result)
 
 
 class MeasureError(OrgError):
@@ -307,7 +308,12 @@ def read_result(run_dir: Path) -> Result | None:
     """The trainer's result.json as a record (trainer/record.py); None when there is none. One
     that does not fit the record reads as an invalid run that names the field."""
     try:
-        text = (run_dir / "result.json").read_text()
+        with open(run_dir / "result.json", "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_RESULT_BYTES:  # read in the runner's memory, which no box bounds
+                return Result(status="invalid", reason=f"result.json holds {size >> 20} MB; a result "
+                                                         f"is {MAX_RESULT_BYTES >> 20} MB at most")
+            text = f.read().decode()
     except (OSError, UnicodeDecodeError):
         return None
     try:  # read() raises ValueError naming the field

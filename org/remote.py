@@ -22,6 +22,7 @@ from org.sandbox import dies_with
 from org.recount import flops_per_token
 
 PROBE_BATCHES = 2        # batches of each scoring pass whose logits the fresh worker re-checks
+LOG_TAIL_BYTES = 64 << 10  # what last_line reads of a log
 
 
 class Invalid(Exception):
@@ -190,8 +191,13 @@ def no_follow(path, flags):
 
 
 def last_line(path: str) -> str:
+    """A log's last words, read from its last LOG_TAIL_BYTES: a run may leave gigabytes of log,
+    and the runner reads them in its own memory, which no box bounds."""
     try:
-        lines = [l for l in Path(path).read_text(errors="replace").splitlines() if l.strip()]
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL_BYTES))
+            tail = f.read(LOG_TAIL_BYTES).decode(errors="replace")
     except OSError:
         return "no log"
+    lines = [l for l in tail.splitlines() if l.strip()]
     return lines[-1].strip()[:300] if lines else "it printed nothing"

@@ -231,6 +231,31 @@ def test_what_a_run_leaves_at_the_harness_log_names_or_locks_away_stops_no_measu
         assert (run_dir / name).is_file()  # the harness's own, written afresh
 
 
+READ_IN_A_PROCESS = """
+import sys
+from pathlib import Path
+from org.measure import read_result
+from org.remote import last_line
+run = Path(sys.argv[1])
+print(last_line(str(run / "train.log")), "|", read_result(run).reason)
+print(next(int(l.split()[1]) >> 10 for l in open("/proc/self/status") if l.startswith("VmHWM")))  # MB at most
+"""
+
+
+def test_what_a_run_leaves_is_read_in_little_of_the_runners_memory(tmp_path):
+    """The runner reads a failed run's log for its last line, and its result.json, in its own
+    memory, which no box bounds (the box lets a run write files of 1 GB). 100 MB of newlines took
+    944 MB of the runner's memory to find the last line (1 GB of them, about the machine's); a
+    result.json is read whole."""
+    with open(tmp_path / "train.log", "wb") as f:
+        f.write(b"\n" * (100 << 20) + b"the last words\n\n")
+    (tmp_path / "result.json").write_bytes(b"{" + b" " * (8 << 20) + b"}")
+    out = subprocess.run([sys.executable, "-c", READ_IN_A_PROCESS, str(tmp_path)], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout.splitlines()
+    assert out[0] == "the last words | result.json holds 8 MB; a result is 1 MB at most"
+    assert int(out[1]) < 150, f"{out[1]} MB"
+
+
 def test_what_is_not_a_plain_file_in_a_run_directory_is_removed_and_named(lab, tmp_path):
     """No box makes a link or a FIFO (org/seccomp.py), nor a run's a socket; a run directory is
     still taken back as if one could: a link would carry the harness's reads and log writes out
