@@ -335,6 +335,7 @@ def cmd_report(args) -> int:
 def print_runs(name: str, rows: list[dict]):
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
     table = Table(title=f"{name}: {len(rows)} runs")
     for col in ("id", "arm", "purpose", "seed", "status", "val_bpb", "steps", "flops", "train s",
                 "wall s", "reason"):
@@ -343,7 +344,7 @@ def print_runs(name: str, rows: list[dict]):
         table.add_row(str(r["id"]), r["arm"], r["purpose"], str(r["seed"]), r["status"],
                       _fmt(r["val_bpb"], ".4f"), _fmt(r["steps"], "d"), _fmt(r["flops"], ".3g"),
                       _fmt(r["train_seconds"], ".1f"), _fmt(r["wall_seconds"], ".1f"),
-                      (r["reason"] or "")[:60])
+                      Text((r["reason"] or "")[:60]))  # a run's words: not markup
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 

@@ -64,7 +64,7 @@ def agents_table(rows: list[tuple[str, str, str, str]]):
     for agent, state, doing, restarts in rows:
         style = {"crashed": "bold red", "taken over": "bold magenta", "working": "green",
                  "out of budget": "yellow"}.get(state, "")
-        table.add_row(agent, Text(state, style=style), restarts, doing)
+        table.add_row(Text(agent), Text(state, style=style), restarts, Text(doing))  # an agent's words: not markup
     return table
 
 
@@ -117,7 +117,7 @@ def agent_state(launch: ProgramSite, agent: str, running: bool) -> tuple[str, st
     call = last_call(launch.lab_dir / "transcripts" / f"{agent}.jsonl")
     if call is None:
         return "working", ""
-    args = call.get("args") or {}
+    args = call.get("args") if isinstance(call.get("args"), dict) else {}  # a model may send a list
     doing = f"{call['name']}(" + ", ".join(f"{k}={json.dumps(v)[:30]}" for k, v in args.items()) + ")"
     waits = call["name"] in WAITING_TOOLS and (args.get("wait_seconds") or 0) > 0 and call.get("open")
     return ("waiting" if waits else "working"), doing

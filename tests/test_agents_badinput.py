@@ -79,22 +79,29 @@ def test_when_retries_run_out_the_agent_pauses_with_the_reason_and_resumes_with_
 
 
 def test_malformed_arguments_unknown_tools_and_wrong_types_get_tool_errors(lab):
+    """And what a model writes is never the pane's markup: a tool named `[/x]`, or a command
+    `echo [/x]`, raised rich's MarkupError in the agent's own loop (it crashed), as did a JSON
+    list for the arguments (AttributeError)."""
     script = [[Call("read_file", '{"path": "trainer/config.py"'),  # truncated JSON
                Call("delete_everything", {}),
                Call("read_file", {"path": 42}),
-               Call("edit_file", {"path": "trainer/config.py"})],
+               Call("edit_file", {"path": "trainer/config.py"}),
+               Call("run", '["ls"]'),
+               Call("[/x]", {}),
+               Call("run", {"command": "echo '[/x]'"})],
               FINISH]
     reason, llm, transcript = run_agent(lab, script)
     assert reason == "finished: done"
-    outputs = [l["output"] for l in transcript.lines() if l["kind"] == "tool"][:4]
-    assert "not valid JSON" in outputs[0]
+    outputs = [l["output"] for l in transcript.lines() if l["kind"] == "tool"][:7]
+    assert "not one JSON object" in outputs[0] and "not one JSON object" in outputs[4]
     assert "unknown tool 'delete_everything'" in outputs[1] and "read_file" in outputs[1]
     assert "path must be a JSON string" in outputs[2]
     assert "missing ['old_text', 'new_text']" in outputs[3]
-    assert all(o.startswith("error: ") for o in outputs)
+    assert "unknown tool '[/x]'" in outputs[5] and "[/x]" in outputs[6]
+    assert all(o.startswith("error: ") for o in outputs[:6])
     tool_results = [b for m in llm.requests[1].body["messages"] for b in m["content"]
                     if isinstance(b, dict) and b["type"] == "tool_result"]
-    assert len(tool_results) == 4 and all(b["is_error"] for b in tool_results)
+    assert len(tool_results) == 7 and all(b["is_error"] for b in tool_results[:6])
 
 
 def test_oversized_output_is_cut_with_a_note(lab):

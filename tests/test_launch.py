@@ -203,13 +203,15 @@ def test_the_status_table_keeps_every_agents_name_however_long_what_it_does():
     import io
     from rich.console import Console
     from org.status import agents_table
-    rows = [("solo", "working", "run(" + "x" * 200 + ")", "0"), ("second", "waiting", "results(wait_seconds=60)", "1")]
+    rows = [("solo", "working", "run(" + "x" * 200 + ")", "0"), ("second", "waiting", "results(wait_seconds=60)", "1"),
+            ("third", "finished", "finished: [/x]", "0")]  # an agent's words, not rich's markup (MarkupError)
     for width in (80, 50):
         out = io.StringIO()
         Console(file=out, width=width).print(agents_table(rows))
         lines = out.getvalue().splitlines()
         assert lines[0].startswith("agent") and lines[1].startswith("solo    working") and lines[2].startswith("second")
         assert lines[1].endswith("…") and max(map(len, lines)) <= width  # only "doing" gave way
+        assert lines[3].rstrip().endswith("finished: [/x]")
 
 
 def test_the_grid_has_a_labelled_pane_per_agent_in_its_worktree(org_project, capsys):

@@ -369,3 +369,13 @@ def test_a_corrupt_ledger_is_named_as_such_and_left_as_it_is(damage, make_projec
         err = one_line_error(capsys)
         assert "the ledger is corrupt or not a ledger" in err and "left as it is" in err, (argv, err)
     assert path.read_bytes() == before
+
+
+def test_a_runs_reason_is_printed_as_it_was_written(capsys):
+    """A failed run's reason ends with its trainer's last log line: `[/x]` there was rich's
+    markup, and `org runs` crashed with a MarkupError."""
+    from org.cli import print_runs
+    row = dict(id=1, arm="a", purpose="main", seed=0, status="error", val_bpb=None, steps=None, flops=None,
+               train_seconds=None, wall_seconds=1.0, reason="exit status 1: [/x]")
+    print_runs("tiny", [row])
+    assert "exit status 1: [/x]" in capsys.readouterr().out

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from org.ledger import ledger_path
 from org.program import Program
@@ -133,7 +134,7 @@ class Agent:
         for call in calls:
             self.show.call(call)
             if call["args"] is None:
-                result = ToolResult(f"error: the arguments of {call['name']} are not valid JSON "
+                result = ToolResult(f"error: the arguments of {call['name']} are not one JSON object "
                                     f"({call['raw'][:200]!r}); send one JSON object", error=True)
             else:
                 result = self.tools.call(call["name"], call["args"])
@@ -204,7 +205,7 @@ class Display:
     def call(self, call: dict):
         args = call["raw"][:200] if call["args"] is None else ", ".join(
             f"{k}={_short(v)}" for k, v in call["args"].items())
-        self.console.print(f"[bold cyan]→ {call['name']}[/]({args})", highlight=False)
+        self.console.print(f"[bold cyan]→ {escape(str(call['name']))}[/]({escape(args)})", highlight=False)
 
     def result(self, result: ToolResult):
         style = "red" if result.error else "dim"

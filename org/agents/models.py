@@ -55,12 +55,14 @@ class Unavailable(Exception):
 
 
 def tool_call(call_id: str, name: str, raw: str) -> dict:
-    """A tool call with its arguments parsed; args is None when the model sent malformed JSON
-    (the loop answers that with a tool error instead of running anything)."""
+    """A tool call with its arguments parsed; args is None when the model sent malformed JSON,
+    or JSON that is not an object (the loop answers that with a tool error instead of running
+    anything)."""
     try:
         args = json.loads(raw) if raw.strip() else {}
     except json.JSONDecodeError:
         args = None
+    args = args if isinstance(args, dict) else None
     return {"id": call_id, "name": name, "args": args, "raw": raw}
 
 
