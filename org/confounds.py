@@ -79,6 +79,7 @@ class Finding:
 
 
 NO_CHANGE = ("noop", "identical", "seed-only")  # findings that make the verdict `no change`
+UNSEEN_WORK = "work the FLOP count does not see?"  # a wall-time warning's words for a slower variant
 
 
 def find_confounds(base: list[Run], var: list[Run], declared: frozenset, tol: Tolerances,
@@ -325,8 +326,7 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
     if kind == "seconds" and D - margin > tol.wall_time and runs_own_code(base, var):
         return [Finding("wall time", f"{text}: over its time budget", True)]
     if abs(D) - margin > tol.wall_time:
-        return [Finding("wall time", f"{text}: {'work the FLOP count does not see?' if D > 0 else 'skips work it claims?'}",
-                        False)]
+        return [Finding("wall time", f"{text}: {UNSEEN_WORK if D > 0 else 'skips work it claims?'}", False)]
     return []
 
 

@@ -49,7 +49,7 @@ from pathlib import Path
 import git
 import numpy as np
 
-from org.confounds import DECLARABLE
+from org.confounds import DECLARABLE, UNSEEN_WORK
 from org.frontier import Lord
 from org.lab import Lab, diff_summary
 from org.ledger import FINISHED, Ledger, now
@@ -170,10 +170,26 @@ def decide(ledger: Ledger, program: Program, experiments: list[dict], e: dict, f
     c = confirm(c, front_runs, runs)
     tested = c.p_better is not None and not c.failed
     passed = tested and verdict_kind(c.verdict) == "better" and c.final_verdict == c.verdict
-    outcome = ("climbing" if program.ladder else "kept") if passed else ("discarded" if tested else "untested")
+    slower = unseen_work(program, c)
+    outcome = ("climbing" if program.ladder else "kept") if passed and not slower else ("discarded" if tested else "untested")
     return dict(record, test=rule.tries + 1 if tested else None, level=level if tested else None, passed=passed,
                 p=c.p_better, p_held_out=c.confirmation and c.confirmation.p_better, delta=c.mean, n=c.n,
-                outcome=outcome, verdict=c.final_verdict, rung=1 if outcome == "climbing" else None, rungs=[])
+                outcome=outcome, verdict=c.final_verdict + (f"; not kept: {slower}" if passed and slower else ""),
+                rung=1 if outcome == "climbing" else None, rungs=[])
+
+
+def unseen_work(program: Program, c) -> str | None:
+    """Why a `better` is not kept all the same: under a budget of FLOPs (or steps, or tokens), a
+    try whose runs took more wall time per FLOP than the frontier's, beyond the machine's noise
+    (the referee's wall-time warning, +16% to +49%). The referee calls it `better` with a warning,
+    as honest code can be slower per FLOP; but so is one that trains 1.4x what it is charged for,
+    and nothing else tells them apart. A keep moves the frontier every later try is judged
+    against, with no person to read the warning: it waits for the runner's clock to agree.
+    (Under a seconds budget the time is the budget, and a code arm over it is invalid already.)"""
+    if program.budget.per_run.kind == "seconds":
+        return None
+    return next((f"{f.text} (a keep needs the runner's clock to agree with the FLOP count)" for f in c.warnings
+                 if f.check == "wall time" and f.text.endswith(UNSEEN_WORK)), None)
 
 
 def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, front: dict, d: dict) -> dict:
@@ -197,9 +213,10 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
         held = dict(rung=rung, overrides=program.ladder[rung - 1], delta=c.mean, n=c.n, p=c.p_better, verdict=c.verdict)
         d = dict(d, rungs=d["rungs"] + [held], decided_at=now())
         where = f"rung {rung} ({', '.join(f'{k}={v}' for k, v in program.ladder[rung - 1].items())})"
-        if verdict_kind(c.verdict) != "better":
+        slower = unseen_work(program, c)
+        if verdict_kind(c.verdict) != "better" or slower:
             return dict(d, outcome="discarded", verdict=f"{d['verdict']} at the program's scale, but not at {where}: "
-                                                        f"{c.verdict}")
+                                                        f"{c.verdict}" + (f"; not kept: {slower}" if slower else ""))
         if rung == len(program.ladder):
             current = frontier(ledger.experiments(program.name))
             if current["id"] != front["id"]:

@@ -58,14 +58,16 @@ def measured(value: float, seed: int, held_out: float | None = None) -> Measurem
                        eval_fingerprint="e", data_fingerprint="d")
 
 
-def finish(ledger: Ledger, program: Program, arm: str, values, held_out=None, purpose="main"):
+def finish(ledger: Ledger, program: Program, arm: str, values, held_out=None, purpose="main", walls=None):
     """Every queued run of the arm (main, or a rung's), finished with these val_bpb per seed
-    (confirm_bpb the same, or held_out), each in one transaction with plan(), as the runner does."""
+    (confirm_bpb the same, or held_out) and wall seconds, each in one transaction with plan(), as
+    the runner does."""
     for run in [r for r in ledger.runs(program.name, arm=arm, status="queued") if r["purpose"] == purpose]:
         i = SEEDS.index(run["seed"])
         with ledger.tx():
             ledger.finish(run["id"], "completed", result=Result(status="completed", val_bpb=values[i], seed=run["seed"]),
-                          wall_seconds=1.0, measurement=measured(values[i], run["seed"], held_out and held_out[i]))
+                          wall_seconds=walls[i] if walls else 1.0,
+                          measurement=measured(values[i], run["seed"], held_out and held_out[i]))
             plan(ledger, program, ledger.experiment(run["experiment_id"]))
 
 
@@ -129,6 +131,20 @@ def test_a_gain_the_held_out_split_does_not_confirm_is_not_kept(lab):
     d = decision(ledger, program, "overfit")
     assert d["outcome"] == "discarded" and "not confirmed on held-out split" in d["verdict"]
     assert d["p_held_out"] > d["level"]
+
+
+def test_a_gain_on_more_wall_time_per_flop_than_the_frontiers_is_not_kept(lab):
+    """The referee calls a variant 30% slower per FLOP by the runner's clock `better` with a
+    warning: honest code may be slower, but so is a trainer that trains 1.3x what it is charged
+    for. A keep moves the frontier every later try is judged against, and no person reads it."""
+    lab, program, ledger = lab
+    try_(ledger, lab, program, "slow-gain", {"weight_decay": 0.3})
+    finish(ledger, program, "baseline", BASE, walls=[60.0, 60.5, 59.8, 60.2, 60.1])
+    finish(ledger, program, "slow-gain", [b - 0.03 + j for b, j in zip(BASE, JITTER)], walls=[78.0, 78.6, 77.7, 78.3, 78.1])
+    d = decision(ledger, program, "slow-gain")
+    assert d["passed"] and d["outcome"] == "discarded", d
+    assert "; not kept: wall time +30% per FLOP by the runner's clock" in d["verdict"]
+    assert frontier(ledger.experiments(program.name))["arm"] == "baseline"
 
 
 def test_a_try_measured_against_a_frontier_that_moved_is_stale_and_spends_nothing(lab):
