@@ -7,6 +7,7 @@ Skipped only where Ray is not installed (`pip install -e '.[ray]'`); CI installs
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,17 +33,25 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_backend")]  # one w
 HANDED_OUT: set[int] = set()
 
 
-def free_port(host: str) -> int:
-    """A port free on `host`, and never one handed out before in this process: ports free on two
-    addresses can be the same number, and Ray refused a head whose dashboard and client server
-    got one port (seen in CI)."""
+def free_port() -> int:
+    """A port free on every address (bound on 0.0.0.0 for a moment), below the kernel's range for
+    ephemeral ports, and never one handed out before in this process. Ray binds them seconds
+    later, its client server on 127.0.0.1 whatever the node's address: a port found free on
+    127.0.0.2 alone, from the ephemeral range, was by then another test's server's on 127.0.0.1
+    (`Address already in use`, seen in CI); two handed out alike, Ray refused its head."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
     while True:
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in HANDED_OUT:
+            continue
         with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        if port not in HANDED_OUT:
-            HANDED_OUT.add(port)
-            return port
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        HANDED_OUT.add(port)
+        return port
 
 
 class Cluster:
@@ -54,12 +63,12 @@ class Cluster:
 
     def __init__(self, head_ip: str, head_slots: int, kind: str | None = None):
         self.temp = Path(tempfile.mkdtemp(prefix="nlray", dir="/tmp"))  # short: Ray's socket paths must fit
-        self.head_ip, self.gcs, dashboard = head_ip, free_port(head_ip), free_port("127.0.0.1")
+        self.head_ip, self.gcs, dashboard = head_ip, free_port(), free_port()
         self.address = f"http://127.0.0.1:{dashboard}"
         self.nodes: dict[str, subprocess.Popen] = {}
         self.start(head_ip, head_slots, kind, ["--head", "--port", str(self.gcs), "--temp-dir", str(self.temp),
                                          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-                                         "--ray-client-server-port", str(free_port(head_ip))])
+                                         "--ray-client-server-port", str(free_port())])
 
     def start(self, ip: str, slots: int, kind: str | None = None, args=()) -> None:
         """A node with `slots` slots, declaring a kind of device if given (`kind:<name>`)."""
@@ -70,7 +79,7 @@ class Cluster:
         self.nodes[ip] = subprocess.Popen(
             [str(Path(sys.executable).with_name("ray")), "start", "--block", "--disable-usage-stats",
              "--node-ip-address", ip, "--num-cpus", "1", "--resources", json.dumps({"slot": slots, **({f"kind:{kind}": 1} if kind else {})}),
-             "--object-store-memory", str(100 << 20), "--dashboard-agent-listen-port", str(free_port(ip)),
+             "--object-store-memory", str(100 << 20), "--dashboard-agent-listen-port", str(free_port()),
              *args],
             stdout=(self.temp / f"{ip}.log").open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
@@ -282,7 +291,7 @@ def test_a_clusters_slots_by_kind_of_device_and_a_half_declared_cluster_refused(
 
 
 def test_an_unreachable_cluster_is_one_line_and_nothing_is_claimed(tmp_path, monkeypatch, capsys):
-    root = create_project(tmp_path / "proj", ray_program(f"http://127.0.0.1:{free_port('127.0.0.1')}"))
+    root = create_project(tmp_path / "proj", ray_program(f"http://127.0.0.1:{free_port()}"))
     monkeypatch.chdir(root)
     assert main(["run", "tiny"]) == 2
     err = capsys.readouterr().err.strip()
