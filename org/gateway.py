@@ -326,6 +326,15 @@ def fetched_urls(value) -> list[str]:
     return found
 
 
+def each_key_once(pairs: list[tuple]) -> dict:
+    """json.loads's object_pairs_hook: an object naming a key twice is a ValueError (Python keeps
+    the last; `{"model": <dear>, ..., "model": <given>}` passed the model check as the given one)."""
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) < len(keys):
+        raise ValueError(f"a key named twice: {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
 def dearer_rate(fields: dict, betas: list[str]) -> list[str]:
     """What in a call asks for a dearer rate than the gateway prices (DEARER_BETAS in its
     anthropic-beta headers, a service tier not in STANDARD_TIERS, a speed not the standard one)."""
@@ -341,13 +350,14 @@ def dearer_rate(fields: dict, betas: list[str]) -> list[str]:
 def worst_case(fields: dict, size: int):
     """The most a call may use: the output its body allows (max_tokens, OpenAI's
     max_completion_tokens or max_output_tokens, times its n choices; DEFAULT_MAX_OUTPUT where it
-    sets none) and its input estimated from the body's size, all priced as cache writes (the
-    dearest input)."""
+    sets none) and its input estimated from the body's size, all priced as hour-long cache writes
+    (the dearest input)."""
     from org.agents.models import Usage
     count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
     limits = [fields[k] for k in ("max_tokens", "max_completion_tokens", "max_output_tokens") if count(fields.get(k))]
     choices = fields["n"] if count(fields.get("n")) else 1
-    return Usage(cache_write=size // BYTES_PER_TOKEN + 1, output=max(limits, default=DEFAULT_MAX_OUTPUT) * choices)
+    tokens = size // BYTES_PER_TOKEN + 1
+    return Usage(cache_write=tokens, cache_write_1h=tokens, output=max(limits, default=DEFAULT_MAX_OUTPUT) * choices)
 
 
 def _handler(gateway: Gateway):
@@ -377,9 +387,13 @@ def _handler(gateway: Gateway):
             body = self.body()  # read before any refusal, so that the agent's client reads the refusal
             provider, upstream_path, spends = endpoint(self.command, self.path)
             try:
-                fields = json.loads(body or b"{}")
+                fields = json.loads(body or b"{}", object_pairs_hook=each_key_once)
             except ValueError:
                 fields = None
+            if spends and not isinstance(fields, dict):
+                raise Refused(400, "invalid_request_error", "the gateway forwards a call that spends only as one JSON "
+                              "object naming each key once: it must read the call as the provider will (of a key "
+                              "named twice, its parser may take the other)")
             fields = fields if isinstance(fields, dict) else {}
             if spends and fields.get("background"):
                 raise Refused(400, "invalid_request_error", "background responses are not forwarded: the "
@@ -522,6 +536,7 @@ def usage_of(raw: bytes, content_type: str, provider: str):
     if provider == "anthropic":
         return Usage(input=seen.get("input_tokens", 0), output=seen.get("output_tokens", 0),
                      cache_write=seen.get("cache_creation_input_tokens", 0),
+                     cache_write_1h=seen.get("cache_creation.ephemeral_1h_input_tokens", 0),
                      cache_read=seen.get("cache_read_input_tokens", 0))
     cached = seen.get("prompt_tokens_details.cached_tokens", 0) or seen.get("input_tokens_details.cached_tokens", 0)
     prompt = seen.get("prompt_tokens", 0) or seen.get("input_tokens", 0)

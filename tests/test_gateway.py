@@ -120,7 +120,7 @@ def test_past_the_llm_budget_every_call_is_refused_until_a_person_raises_it(org)
 
 def call(gw, method: str, path: str, token: str, body=None, headers=None) -> tuple[int, bytes]:
     """A raw HTTP call to the gateway, as an agent's own code can make one: (status, reply body)."""
-    data = None if body is None else json.dumps(body).encode()
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(gw.url + path, data=data, method=method,
                                      headers={"x-api-key": token, "content-type": "application/json", **(headers or {})})
     try:
@@ -237,6 +237,10 @@ def test_a_token_calls_only_its_agents_model(tmp_path):
             for path, token, body in refused:
                 status, reply = call(gw, "POST", path, token, body)
                 assert status == 403 and "the gateway does not forward its calls for" in json.loads(reply)["error"]["message"]
+            twice = b'{"model": "claude-opus-4-1", "max_tokens": 10, "messages": [], "model": "claude-haiku-test"}'
+            for body in (twice, b"not json", b'["a list"]'):  # the provider's parser may read another model
+                status, reply = call(gw, "POST", "/anthropic/v1/messages", tokens["claude"], body)
+                assert status == 400 and "one JSON object naming each key once" in reply.decode(), reply
             assert llm.requests == [] and spend(root, program) == []
             passed = [("/anthropic/v1/messages", tokens["claude"], {**OPUS, "model": "claude-haiku-test", "max_tokens": 10}),
                       ("/openai/responses", tokens["gpt"], {"model": "gpt-5-mini-2025-08-07", "input": "hi"}),
@@ -363,3 +367,16 @@ def test_usage_is_read_from_each_api_shape():
     u = usage_of(b'{"usage":{"input_tokens":9,"output_tokens":3}}', "application/json", "openai")
     assert (u.input, u.output) == (9, 3)
     assert usage_of(b"<html>", "text/html", "openai").tokens_in == 0
+
+
+def test_a_cache_written_for_an_hour_is_charged_as_anthropic_bills_it():
+    """`cache_control: {type: ephemeral, ttl: 1h}` writes cost 2x input, not the 5-minute 1.25x: a
+    CLI's shell, which holds its token, paid 62.5% of what its calls cost (claude-sonnet: $3.75
+    a million tokens against $6)."""
+    reply = (b'{"usage":{"input_tokens":10,"output_tokens":0,"cache_creation_input_tokens":1000000,'
+             b'"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":1000000}}}')
+    u = usage_of(reply, "application/json", "anthropic")
+    assert (u.cache_write, u.cache_write_1h) == (1_000_000, 1_000_000)
+    assert dollars("claude-sonnet-4-5", u, load_prices()) == pytest.approx((10 * 3 + 1_000_000 * 6) / 1e6)
+    half = Usage(cache_write=2_000_000, cache_write_1h=1_000_000)
+    assert dollars("claude-sonnet-4-5", half, load_prices()) == pytest.approx(3.75 + 6.0)

@@ -76,6 +76,7 @@ def collect(stream, on_text) -> Reply:
             u = event.message.usage
             usage = Usage(input=u.input_tokens or 0, output=u.output_tokens or 0,
                           cache_write=u.cache_creation_input_tokens or 0,
+                          cache_write_1h=(u.cache_creation and u.cache_creation.ephemeral_1h_input_tokens) or 0,
                           cache_read=u.cache_read_input_tokens or 0)
         elif event.type == "content_block_start":
             b = event.content_block

@@ -29,6 +29,7 @@ class Usage:
     input: int = 0        # uncached input tokens
     output: int = 0
     cache_write: int = 0  # input tokens written to the prompt cache
+    cache_write_1h: int = 0  # of those, the ones cached for an hour (Anthropic: 2x input, not 1.25x)
     cache_read: int = 0   # input tokens read from the prompt cache
 
     @property

@@ -41,8 +41,9 @@ def unpriced_variant(model: str, prices: dict) -> str | None:
 
 def dollars(model: str, usage: Usage, prices: dict) -> float:
     p, _ = price_of(model, prices)
-    return (usage.input * p["input"] + usage.output * p["output"] + usage.cache_write * p["cache_write"]
-            + usage.cache_read * p["cache_read"]) / 1e6
+    five_minutes = usage.cache_write - usage.cache_write_1h
+    return (usage.input * p["input"] + usage.output * p["output"] + five_minutes * p["cache_write"]
+            + usage.cache_write_1h * 2 * p["input"] + usage.cache_read * p["cache_read"]) / 1e6
 
 
 class Spend:
