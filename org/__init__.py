@@ -13,6 +13,13 @@ def user_cache(name: str) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanolab" / name
 
 
+def one_line(text) -> str:
+    """Text an agent or its code wrote, as one line of a markdown report: every kind of line break
+    a space (CommonMark ends a line at a lone \\r too, so a hypothesis could start headings of its
+    own), and no raw HTML (`<!--` hid the rest of the report)."""
+    return " ".join(str(text).splitlines()).replace("<", "&lt;")
+
+
 class OrgError(Exception):
     """A problem the user can fix: the CLI prints it as one line and exits non-zero."""
 

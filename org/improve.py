@@ -34,8 +34,9 @@ at equal FLOPs" may use a wider model or more steps), and the budget's own kind 
 
 A kept try's re-measured frontier runs the same code and config on the same seeds as the try
 did, so (the trainer being deterministic) it reproduces the try's numbers bit for bit: the
-report says whether it did. Later tries all pair with those same frontier runs, so their
-p-values are not independent, as LORD++'s guarantee assumes (org/frontier.py says how far that goes).
+report says whether it did. Later tries pair with the kept try's own runs (judged_against: the
+re-runs are the agent's code again, which may tell them apart), so their p-values are not
+independent, as LORD++'s guarantee assumes (org/frontier.py says how far that goes).
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ from pathlib import Path
 import git
 import numpy as np
 
+from org import one_line
 from org.confounds import DECLARABLE, UNSEEN_WORK
 from org.frontier import Lord
 from org.lab import Lab, diff_summary
@@ -155,7 +157,7 @@ def decide(ledger: Ledger, program: Program, experiments: list[dict], e: dict, f
     if e["stage"] in ("refused", "failed"):
         return dict(record, outcome="untested", verdict=f"{e['stage']} ({e['reason']})")
     runs = ledger.runs(program.name, experiment_id=e["id"])
-    front_runs = ledger.runs(program.name, experiment_id=front["id"]) if front else []
+    front_runs = judged_against(ledger, program, experiments, front) if front else []
     if e["stage"] != "measuring" or any(r["status"] not in FINISHED for r in runs + front_runs
                                         if r["purpose"] == "main"):
         return None
@@ -176,6 +178,22 @@ def decide(ledger: Ledger, program: Program, experiments: list[dict], e: dict, f
                 p=c.p_better, p_held_out=c.confirmation and c.confirmation.p_better, delta=c.mean, n=c.n,
                 outcome=outcome, verdict=c.final_verdict + (f"; not kept: {slower}" if passed and slower else ""),
                 rung=1 if outcome == "climbing" else None, rungs=[])
+
+
+def judged_against(ledger: Ledger, program: Program, experiments: list[dict], front: dict) -> list[dict]:
+    """The runs a try is paired with: the frontier's main runs, where the frontier is a kept try
+    re-measured, that try's own runs on every seed it ran (the same code, config and seeds).
+    The re-runs run the agent's code again, and it may tell them apart (its run's folder, the
+    time): trained worse there, every later try read `better` against them; padded with sleeps,
+    their wall times widened every later try's margin for hidden compute. They still show in
+    the report (remeasured: bit for bit, or not), and count for seeds added since (org extend)."""
+    runs = ledger.runs(program.name, experiment_id=front["id"])
+    kept = next((e for e in lineage(experiments) if e["decision"].get("frontier_after") == front["arm"]), None)
+    if kept is None:  # the baseline: the program's own code, its re-runs too
+        return runs
+    own = [r for r in ledger.runs(program.name, experiment_id=kept["id"]) if r["purpose"] == "main"]
+    seeds = {r["seed"] for r in own}
+    return own + [r for r in runs if r["purpose"] == "main" and r["seed"] not in seeds]
 
 
 def unseen_work(program: Program, c) -> str | None:
@@ -466,10 +484,11 @@ def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dic
             slower = time_change(runs, e, arms.get(d["frontier"]))
             worth = kept_multiplier(spec, runs, e, arms.get(d["frontier"])) if d["outcome"] == "kept" else None
             worth = worth if worth in (None, "pending") else f"×{worth[0]:.2f}" + " (extrapolated)" * worth[1]
-            lines.append(f"| {d['seq']} | {e['arm']} | {e['who']} | {d['frontier']} | {change_text(e, experiments)} "
+            lines.append(f"| {d['seq']} | {e['arm']} | {one_line(e['who'])} | {d['frontier']} | "
+                         f"{one_line(change_text(e, experiments)).replace('|', '/')} "
                          f"| {d['n']} | {_g(d['delta'], '+.4f')} | {worth or '—'} | {_g(slower, '+.1%')} "
                          f"| {_g(d['p'], '.2g')} "
-                         f"| {_g(d['level'], '.2g')} | **{d['outcome']}**: {d['verdict'].replace('|', '/')} |")
+                         f"| {_g(d['level'], '.2g')} | **{d['outcome']}**: {one_line(d['verdict']).replace('|', '/')} |")
     if spec.get("compute_multiplier") and steps:
         lines += ["", "compute ×: the multiple of the per-run budget at which the frontier before a kept try reaches "
                   "the try's val_bpb (its runs at " + ", ".join(f"{f:g}" for f in spec["compute_multiplier"]["budgets"])
@@ -528,7 +547,7 @@ def ablation_lines(experiments: list[dict], runs: list[dict]) -> list[str]:
              "without it, paired by seed, Holm over the kept changes:"]
     for e, c in zip(done, adjust(raw)):
         if e["stage"] == "refused":
-            lines.append(f"- {e['arm']}: not run: {e['reason']}")
+            lines.append(f"- {e['arm']}: not run: {one_line(e['reason'])}")
             continue
         numbers = "" if c.mean is None else f"Δ {c.mean:+.4f} (n={c.n}): "
         helps = "still helps" if verdict_kind(c.verdict) == "better" else "not shown to still help"

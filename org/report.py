@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from org import OrgError, improve
+from org import OrgError, improve, one_line
 from org.lab import diff_summary
 from org.ledger import LedgerError, loads
 from org.ledger_read import read_tables
@@ -347,7 +347,7 @@ def p_text(p: float | None) -> str:
 
 
 def cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return one_line(text).replace("|", "\\|")
 
 
 def noise_section(report: Report) -> str:
@@ -452,7 +452,7 @@ def failures_table(report: Report) -> str:
     bad = [r for r in report.runs if r.get("status") not in ("completed",) + NOT_RUN_YET]
     retried = [r for r in report.runs if (r.get("attempts") or 0) > 1]
     lines = [f"Run {r.get('id')} ({r.get('arm')}, seed {r.get('seed')}) took {r['attempts']} attempts: "
-             f"{(r.get('attempt_log') or 'reason not recorded').strip().replace(chr(10), '; ')}" for r in retried]
+             f"{one_line('; '.join((r.get('attempt_log') or 'reason not recorded').strip().splitlines()))}" for r in retried]
     if not bad:
         return "\n\n".join(["Every finished run completed: none killed, refused, invalid, diverged or failed."] + lines)
     rows = ["Runs that did not complete:", "", "| run | arm | seed | purpose | status | reason |", "|" + "---|" * 6]

@@ -20,7 +20,7 @@ from org.agents.scripted import ScriptedModel
 from org.agents.tools import Limits
 from org.experiments import plan, submit
 from org.frontier import Lord
-from org.improve import frontier, lineage, rule_of, sync_branch
+from org.improve import frontier, lineage, rule_of, section, sync_branch
 from org.lab import Lab
 from org.ledger import Ledger
 from org.mail import Mail
@@ -145,6 +145,27 @@ def test_a_gain_on_more_wall_time_per_flop_than_the_frontiers_is_not_kept(lab):
     assert d["passed"] and d["outcome"] == "discarded", d
     assert "; not kept: wall time +30% per FLOP by the runner's clock" in d["verdict"]
     assert frontier(ledger.experiments(program.name))["arm"] == "baseline"
+
+
+def test_later_tries_are_judged_against_the_kept_trys_own_runs_not_its_re_runs(lab):
+    """A kept try's code runs again as frontier-1's re-runs, and can tell them apart (its run's
+    folder, the time): here it trains worse there. Every later try was paired with those runs,
+    so a try that changes nothing that matters (the kept try's own numbers) read `better` and
+    was kept. Later tries pair with the kept try's own runs; the re-runs show in the report."""
+    lab, program, ledger = lab
+    try_(ledger, lab, program, "wd-up", {"weight_decay": 0.3})
+    finish(ledger, program, "baseline", BASE)
+    kept = [b - 0.03 + j for b, j in zip(BASE, JITTER)]
+    finish(ledger, program, "wd-up", kept)
+    assert decision(ledger, program, "wd-up")["outcome"] == "kept"
+    finish(ledger, program, "frontier-1", [k + 0.05 for k in kept])  # its re-runs, trained worse on purpose
+    try_(ledger, lab, program, "nothing-new", {"matrix_lr": 0.0201})
+    finish(ledger, program, "nothing-new", [k + j / 3 for k, j in zip(kept, JITTER)])
+    d = decision(ledger, program, "nothing-new")
+    assert d["outcome"] == "discarded" and abs(d["delta"]) < 0.01, d
+    report = build(ledger.path, "climb")
+    story = section(report.spec, report.experiments, report.runs, report.llm)
+    assert "frontier-1 re-measured on 5 seeds: differs from wd-up's runs by up to 0.05" in story
 
 
 def test_a_try_measured_against_a_frontier_that_moved_is_stale_and_spends_nothing(lab):
@@ -399,7 +420,6 @@ def test_org_ablate_takes_each_kept_change_out_of_the_frontier_and_says_which_st
     finish(ledger, program, "frontier-2-without-lr-up", [b - 0.06 + j / 2 for b, j in zip(BASE, JITTER)])
     assert len(lineage(ledger.experiments(program.name))) == 2  # ablations are no tries: nothing decided
     text = build(ledger.path, "climb")
-    from org.improve import section
     story = section(text.spec, text.experiments, text.runs, text.llm)
     assert "- frontier-2-without-wd-up: Δ -0.0300 (n=5): still helps (better)" in story
     assert "- frontier-2-without-lr-up: Δ -0.0000 (n=5): not shown to still help (inconclusive (inside the noise" in story
@@ -482,7 +502,6 @@ def test_a_kept_try_gets_its_compute_multiplier_from_runs_of_the_frontier_before
             "x0.5": [(0, {"kind": "steps", "value": 2}), (1, {"kind": "steps", "value": 2})],   # 3 steps x 0.5, rounded
             "x2": [(0, {"kind": "steps", "value": 6}), (1, {"kind": "steps", "value": 6})]}
         report = build(ledger.path, "climb")
-        from org.improve import section
         assert "| pending |" in section(report.spec, report.experiments, report.runs, report.llm)
         finish(ledger, program, "baseline", [b + 0.05 for b in BASE], purpose="x0.5")
         finish(ledger, program, "baseline", [b - 0.03 + j for b, j in zip(BASE, JITTER)], purpose="x2")

@@ -1,6 +1,7 @@
 """Reports from constructed ledgers: the verdict table, the plots, `org report`, and bad input
 (no finished runs, one seed, an older ledger schema, corrupt metrics) that still renders."""
 import json
+import re
 import sqlite3
 from dataclasses import fields
 from pathlib import Path
@@ -131,6 +132,21 @@ def test_report_has_verdicts_noise_floor_budget_lineage_spend_and_plots(ledger, 
     # the numbers behind the verdicts, seed by seed, with the held-out split's beside them
     assert "## Per seed" in text
     assert "| 0 | 2.3000 (2.3000) | 2.3030 (2.3030) | 2.2500 (2.2500) | +0.0030 (+0.0030) | -0.0500 (-0.0500) |" in text
+
+
+def test_an_agents_words_stay_in_their_cell_of_the_report(ledger, tmp_path):
+    """A hypothesis is an agent's: `cell()` took out `|` and `\\n` only, and CommonMark ends a
+    line at a lone `\\r` too, so this one wrote a heading of its own and hid the rest of the
+    report in an HTML comment."""
+    softcap_program(ledger, tmp_path)
+    ledger.add_experiment("softcap", "forged", who="alice", source="submitted", base_commit="base",
+                          code_commit="base", overrides={"softcap": 3}, stage="measuring",
+                          hypothesis="x\r## Verdicts (corrected)\rforged: better\u2028<!--")
+    text = write(build(ledger.path, "softcap"), tmp_path / "reports" / "softcap").read_text()
+    lines = re.split(r"\r\n|\r|\n", text)  # CommonMark's line endings
+    assert not any(line.startswith("## Verdicts (corrected)") for line in lines) and "<!--" not in text
+    row = next(line for line in lines if line.startswith("| 4 | forged"))
+    assert row.endswith("| x ## Verdicts (corrected) forged: better &lt;!-- |")
 
 
 def test_the_curves_show_each_variants_paired_difference_where_a_small_effect_is_visible(ledger, tmp_path):
