@@ -5,6 +5,8 @@ The harness, not the agent, owns the budget, the seeds, the evaluation and the v
 """
 import argparse
 import os
+import re
+import subprocess
 from pathlib import Path
 
 
@@ -18,6 +20,26 @@ def one_line(text) -> str:
     a space (CommonMark ends a line at a lone \\r too, so a hypothesis could start headings of its
     own), and no raw HTML (`<!--` hid the rest of the report)."""
     return " ".join(str(text).splitlines()).replace("<", "&lt;")
+
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text) -> str:
+    """Text an agent or its code wrote, as a terminal may show it: every control character but
+    newline and tab a `?`. An escape sequence could write the person's clipboard (OSC 52), move
+    the cursor over what the harness printed, or retitle the window; a backspace could turn a
+    quoted line of the board into a heading of the person's."""
+    return CONTROL.sub("?", str(text))
+
+
+def remove_tree(path: Path, ignore_errors: bool = False):
+    """Remove a folder a box made, however deep: shutil.rmtree recurses once a level, and 1100
+    nested folders raised RecursionError (past its ignore_errors, which covers OSError only);
+    GNU rm walks any depth. Raises OSError when something is left, unless told to ignore it."""
+    subprocess.run(["rm", "-rf", "--", str(path)], stdin=subprocess.DEVNULL, capture_output=True)
+    if os.path.lexists(path) and not ignore_errors:
+        raise OSError(f"{path} could not be removed")
 
 
 class OrgError(Exception):

@@ -24,7 +24,7 @@ from dataclasses import asdict
 import yaml
 from pydantic import ValidationError
 
-from org import OneLineParser, OrgError
+from org import OneLineParser, OrgError, shown
 from org.compare_orgs import add_compare_command
 from org.improve import leave_one_out
 from org.experiments import check_arm_name, plan, submission_source, submit, submit_declared
@@ -344,7 +344,7 @@ def print_runs(name: str, rows: list[dict]):
         table.add_row(str(r["id"]), r["arm"], r["purpose"], str(r["seed"]), r["status"],
                       _fmt(r["val_bpb"], ".4f"), _fmt(r["steps"], "d"), _fmt(r["flops"], ".3g"),
                       _fmt(r["train_seconds"], ".1f"), _fmt(r["wall_seconds"], ".1f"),
-                      Text((r["reason"] or "")[:60]))  # a run's words: not markup
+                      Text(shown(r["reason"] or "")[:60]))  # a run's words: no markup, no escapes
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 

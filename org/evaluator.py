@@ -60,6 +60,8 @@ CAUSAL_TOLERANCE = 1e-3  # nats a log-probability at positions <= t may move (ro
 REPLAY_STEPS = 2
 REPLAY_TOLERANCE = 1e-4  # relative: numerics that differ in rounding only are the same step
 SAME_DISTRIBUTION_P = 1e-4  # a redrawn tensor whose two-sample KS p-value falls below this is not a redraw
+MAX_CHECKPOINT_BYTES = 8 << 30  # what a checkpoint.npz unpacks to: a box writes no larger file
+UNPACK_RATIO = 64  # and no more than this times its own size (floats deflate to about their size)
 
 
 def main() -> int:
@@ -136,14 +138,21 @@ def measure_experiment(job: dict, params: dict, cfg, data, fpt: float) -> dict:
 
 
 def read_checkpoint(path: Path) -> tuple[dict, dict]:
-    """{name: array} and meta from the trainer's checkpoint.npz, read without pickles."""
+    """{name: array} and meta from the trainer's checkpoint.npz, read without pickles, and only
+    once what it unpacks to is bounded: this process has no box, and a few MB of zeros deflated
+    unpack to gigabytes."""
     try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())  # (zipfile reads no more)
+        if unpacked > min(MAX_CHECKPOINT_BYTES, UNPACK_RATIO * max(path.stat().st_size, 1 << 20)):
+            raise Invalid(f"checkpoint.npz unpacks to {unpacked >> 20} MB from {path.stat().st_size >> 20} MB; "
+                          f"a checkpoint unpacks to {UNPACK_RATIO}x its size at most")
         with np.load(path, allow_pickle=False) as z:
             params = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
             meta = json.loads(z["meta"].tobytes())
     except FileNotFoundError:
         raise Invalid("no checkpoint.npz in the run directory: nothing to evaluate") from None
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, MemoryError) as e:
         raise Invalid(f"checkpoint.npz cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
     if not params:
         raise Invalid("checkpoint.npz holds no parameters")

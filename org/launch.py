@@ -30,14 +30,13 @@ import fcntl
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from org import OrgError, gateway
+from org import OrgError, gateway, remove_tree, shown
 from org.agents.control import Control
 from org.agents.sandbox import SECRET_NAME
 from org.lab import Lab, agent_branch, agent_refs, child_env, hardened_git_env
@@ -349,7 +348,7 @@ def mend_worktree(lab: Lab, path: Path, branch: str) -> list[str]:
 def replace_file(path: Path, text: str | None):
     """Whatever is at path (a file, a folder a box made there) replaced by a file of text, or gone."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        remove_tree(path)
     else:
         path.unlink(missing_ok=True)
     if text is not None:
@@ -367,7 +366,7 @@ def agent_pane(launch: ProgramSite, agent: str, delay: float, restarts: int) -> 
         env["NANOLAB_GATEWAY"] = "1"  # its model calls go through the org's gateway, with its token
     hint = f"{entry.role} · {entry.backend} · C-b {TAKEOVER_KEY} takes over"
     if ended_for_good(control):  # finished before: show it, do not redo it
-        argv = keeper_argv(launch, agent, 0, restarts, ended=control["reason"])
+        argv = keeper_argv(launch, agent, 0, restarts, ended=shown(control["reason"])[:500])  # (tmux's command line)
     else:
         backend = ["--backend", entry.backend] if entry.backend == "scripted" else []
         argv = keeper_argv(launch, agent, delay, restarts) + org_argv(
@@ -399,7 +398,7 @@ def key_command(launch: ProgramSite, verb: str) -> str:
     org = shlex.join(org_argv(verb, "#{@agent}", "--program", launch.name))
     tmux = shlex.join([tmux_path(), "-L", launch.grid.socket])
     return (f"cd {shlex.quote(str(launch.root))} && {org} > {shlex.quote(str(log))} 2>&1; "
-            f"{tmux} display-message \"$(tail -n 1 {shlex.quote(str(log))})\"")
+            f"{tmux} display-message \"$(tail -n 1 {shlex.quote(str(log))} | sed 's/#/##/g')\"")  # ## : no #(...) run
 
 
 # ----------------------------------------------------------------------------------------
@@ -455,7 +454,7 @@ def print_report(launch: ProgramSite) -> int:
 
 def git(cwd: Path, *args: str, env: dict | None = None) -> str:
     out = subprocess.run(["git", *args], cwd=cwd, env=child_env({**hardened_git_env(), **(env or {})}),
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, errors="replace")  # a file name a box chose may be any bytes
     if out.returncode != 0:
         raise OrgError(f"git {' '.join(args[:2])} in {cwd} failed: {out.stderr.strip()[-300:]}")
     return out.stdout.rstrip()

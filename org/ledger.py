@@ -166,6 +166,13 @@ class LedgerError(OrgError):
     pass
 
 
+def storable(value):
+    """A value SQLite takes: a str's lone surrogates (an agent's bytes, decoded with escapes, or
+    sent back by its code as JSON's \\udXXX) as backslash escapes, since sqlite3 refuses to encode
+    them; the runner stopped on such a run's reason, at each restart again."""
+    return value.encode("utf-8", "backslashreplace").decode() if isinstance(value, str) else value
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -288,7 +295,7 @@ class Ledger:
         tail = " ON CONFLICT DO NOTHING" if or_ignore else ""
         with self.tx():
             cur = self.db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks}){tail}",
-                                  tuple(fields.values()))
+                                  tuple(map(storable, fields.values())))
         return cur.lastrowid if cur.rowcount else None
 
     def _update(self, table: str, row_id, fields: dict, key="id"):
@@ -296,7 +303,7 @@ class Ledger:
             return
         sets = ", ".join(f"{k} = ?" for k in fields)
         with self.tx():
-            self.db.execute(f"UPDATE {table} SET {sets} WHERE {key} = ?", (*fields.values(), row_id))
+            self.db.execute(f"UPDATE {table} SET {sets} WHERE {key} = ?", (*map(storable, fields.values()), row_id))
 
     # --- programs ------------------------------------------------------------------------
 
@@ -452,7 +459,7 @@ class Ledger:
         here sent); attempt_log keeps the reason."""
         with self.tx():
             self.db.execute("UPDATE runs SET attempt_log = coalesce(attempt_log, '') || ? WHERE id = ?",
-                            (f"{now()} attempt {self.run(run_id)['attempts']}: {reason}\n", run_id))
+                            (storable(f"{now()} attempt {self.run(run_id)['attempts']}: {reason}\n"), run_id))
             self._update("runs", run_id, dict(status="queued", reason=reason, slot=None,
                                               runner_pid=None, trainer_pid=None))
 

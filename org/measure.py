@@ -23,9 +23,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
-from org import OrgError
+from org import OrgError, remove_tree
 from org.bytecode import source_only
 from org.remote import no_follow
 from org.ledger import FINISHED, budget_of
@@ -38,6 +39,7 @@ EXACT = ("flops_per_token", "steps", "eval_fingerprint")
 HARNESS_LOGS = "measure*.log"  # the harness's logs in a run's directory (this file's, remote.py's workers')
 MODEL_DATA_WINDOWS = 4  # windows of seq_len + 1 tokens a split that a model worker reads (export_for_models)
 MAX_RESULT_BYTES = 1 << 20  # a trainer's result.json (read_result)
+MAX_RUN_PATH = 1024  # bytes of a path in a run's directory: what lies deeper goes (planted)
 
 
 class MeasureError(OrgError):
@@ -139,7 +141,10 @@ def worker_command(code: Path, env: dict, box=None) -> dict:
     """How the evaluator starts the experiment's model worker: in `box` (org.sandbox) when given."""
     argv = [sys.executable, "-I", "-B", "-m", "org.model_worker", str(code)]
     env = {**env, **source_only()}
-    return {"code": str(code), "argv": box.command(argv, cwd=code, env=env) if box else argv, "env": env}
+    if box is None:
+        return {"code": str(code), "argv": argv, "env": env}
+    return {"code": str(code), "argv": box.command(argv, cwd=code, env=env), "env": env,
+            "limits": asdict(box.limits), "writable": [str(p) for p in box.writable]}  # (remote.Worker sets them)
 
 
 def evaluator_env(cache: Path, slot_env: dict) -> dict:
@@ -275,23 +280,32 @@ def planted(run_dir: Path) -> str | None:
     - every file and folder gets its owner's permissions back: the box's user is the harness's,
       and a folder it made unreadable (chmod 0) would stop a harness that is not root;
     - whatever stands at the harness's log names (HARNESS_LOGS) goes: a folder there would stop
-      its write, and with it the runner, at each restart."""
+      its write, and with it the runner, at each restart;
+    - what lies past MAX_RUN_PATH bytes of path goes too: os.walk raised RecursionError on 1100
+      nested folders, and lstat ENAMETOOLONG on 17 of 255-byte names, at each restart again.
+    Names are read with their bytes escaped (a FIFO named b"\\xff" made a reason SQLite refused)."""
     found = []
-    if run_dir.is_dir() and not run_dir.is_symlink():
-        owners(run_dir, 0o700)
-    for folder, dirs, files in os.walk(run_dir):  # links to folders are listed, never entered
-        for name in dirs + files:
-            path = Path(folder, name)
-            mode = path.lstat().st_mode
-            if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
-                owners(path, 0o700 if stat.S_ISDIR(mode) else 0o600)  # (a folder before os.walk lists it)
-                continue
-            what = f"a link to {os.readlink(path)}" if stat.S_ISLNK(mode) else "not a plain file"
-            found.append(f"{path.relative_to(run_dir)} ({what})")
-            path.unlink()
-        dirs[:] = [d for d in dirs if Path(folder, d).is_dir() and not Path(folder, d).is_symlink()]
+    if not run_dir.is_dir() or run_dir.is_symlink():
+        return None
+    owners(run_dir, 0o700)
+    folders = [run_dir]
+    while folders:  # a stack, not os.walk's recursion: a run may nest folders a thousand deep
+        with os.scandir(folders.pop()) as entries:
+            for entry in list(entries):
+                path, mode = Path(entry.path), entry.stat(follow_symlinks=False).st_mode
+                name = os.fsencode(path.relative_to(run_dir)).decode(errors="replace")
+                if len(os.fsencode(path.relative_to(run_dir))) > MAX_RUN_PATH:  # its own path, and below it
+                    found.append(f"{name[:60]}... (a path of over {MAX_RUN_PATH} bytes)")
+                    remove_tree(path) if stat.S_ISDIR(mode) else path.unlink()
+                elif stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+                    owners(path, 0o700 if stat.S_ISDIR(mode) else 0o600)  # (a folder before it is listed)
+                    folders += [path] if stat.S_ISDIR(mode) else []
+                else:
+                    link = os.fsencode(os.readlink(path)).decode(errors="replace") if stat.S_ISLNK(mode) else ""
+                    found.append(f"{name} ({f'a link to {link}' if link else 'not a plain file'})")
+                    path.unlink()
     for path in run_dir.glob(HARNESS_LOGS):  # links are gone: a file or a folder the run made
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        remove_tree(path) if path.is_dir() else path.unlink()
     if not found:
         return None
     return (f"the run left what is not a plain file in its directory: {', '.join(found)[:300]}; the harness "

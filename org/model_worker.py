@@ -51,22 +51,39 @@ def send(f, header: dict, arrays=()) -> None:
 
 
 def receive(f, max_bytes: int) -> tuple[dict, list[np.ndarray]]:
-    """One frame; ValueError if it is malformed or its arrays exceed max_bytes in all."""
+    """One frame; ValueError if it is malformed or its arrays exceed max_bytes in all. The other
+    side may be the experiment's code: no size it names is allocated before it is checked (the
+    sizes [60e9, -60e9] summed to 0, and 60 GB were asked for)."""
     n, = struct.unpack("<Q", read_exact(f, 8))
     if n > MAX_HEADER:
         raise ValueError(f"a frame header of {n} bytes")
     header = json.loads(read_exact(f, n))
+    if not isinstance(header, dict):
+        raise ValueError("a frame header that is not a JSON object")
     sizes = header.pop("sizes", [])
-    if not isinstance(sizes, list) or sum(int(s) for s in sizes) > max_bytes:
-        raise ValueError(f"arrays of {sum(int(s) for s in sizes)} bytes, more than the {max_bytes} expected")
-    arrays = [np.load(io.BytesIO(read_exact(f, int(s))), allow_pickle=False) for s in sizes]
-    return header, arrays
+    if not isinstance(sizes, list) or not all(type(s) is int and s >= 0 for s in sizes):
+        raise ValueError("a frame whose sizes are not counts of bytes")
+    if sum(sizes) > max_bytes:
+        raise ValueError(f"arrays of {sum(sizes)} bytes, more than the {max_bytes} expected")
+    return header, [array_of(read_exact(f, s)) for s in sizes]
+
+
+def array_of(blob: bytes) -> np.ndarray:
+    """An .npy blob as an array, once its header is checked against its length: np.load makes
+    an array of the shape a header names before it reads a byte of data."""
+    buf = io.BytesIO(blob)
+    major, _ = np.lib.format.read_magic(buf)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(buf)
+    if dtype.hasobject or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > len(blob):
+        raise ValueError(f"an array header naming {shape} of {dtype} in {len(blob)} bytes")
+    return np.load(io.BytesIO(blob), allow_pickle=False)
 
 
 def read_exact(f, n: int) -> bytes:
     out = bytearray()
     while len(out) < n:
-        chunk = f.read(n - len(out))
+        chunk = f.read(min(n - len(out), 1 << 20))
         if not chunk:
             raise EOFError("the other side closed the pipe")
         out += chunk

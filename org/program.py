@@ -36,6 +36,18 @@ PROGRAM_OWNED_KEYS = frozenset({
     "device", "dtype", "matmul", "out",
 })
 # and any key whose name speaks of them: an experiment's own code could read a key of its own
+OVERRIDE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
+
+def command_line_text(text: str) -> bool:
+    """Text a command line carries as it is: printable, and UTF-8 (no lone surrogate)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return text.isprintable()
+
+
 OWNED_WORDS = re.compile(r"budget|seed|eval|^val_|flops|^steps$|tokens|^data", re.I)
 
 # the parts of a program that define its measurements: changing them mid-program would make
@@ -72,7 +84,14 @@ def _scalar_overrides(value: dict[str, Any]) -> dict[str, Any]:
 
 def owned_by_program(overrides: dict) -> str | None:
     """The one rule for overrides, wherever they enter (program files, `org submit`, the agents'
-    tool, the runner's refusal): why they may not be used, or None."""
+    tool, the runner's refusal): why they may not be used, or None. Each is a trainer's
+    command-line flag too (`--set key=value`): a NUL or a lone surrogate there made the runner's
+    Popen raise, which stopped it (a harness bug, it thought), and again at every restart."""
+    unfit = next((f"{k}={v!r}" for k, v in overrides.items() if not OVERRIDE_KEY.fullmatch(str(k)) or not
+                  (isinstance(v, (int, float, bool)) or (isinstance(v, str) and command_line_text(v)))), None)
+    if unfit:
+        return (f"override {unfit[:80]}: a key is a name (letters, digits, _ and .), a value a number, a boolean "
+                "or printable text")
     owned = sorted(k for k in overrides if k in PROGRAM_OWNED_KEYS or OWNED_WORDS.search(k))
     if not owned:
         return None

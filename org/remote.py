@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from org.model_worker import receive, send
-from org.sandbox import dies_with
+from org.diskwatch import watch
+from org.sandbox import Limits, Sandbox, dies_with
 from org.recount import flops_per_token
 
 PROBE_BATCHES = 2        # batches of each scoring pass whose logits the fresh worker re-checks
@@ -36,8 +37,15 @@ class Worker:
         w = job["workers"][name]  # each with its own kernel cache: nothing passes from a to b
         log = Path(job["log_dir"]) / f"measure-worker-{name}.log"  # never through a link the run left
         self.log = open(log, "wb", opener=no_follow)
+        # a box's rlimits and disk watch, as Sandbox.popen gives a run's: its log and kernel cache
+        # are files of the harness's disk (boxless, as measure.py's tests start it: none)
+        box = Sandbox(limits=Limits(**w["limits"])) if w.get("limits") else None
+        dies = dies_with(os.getpid())
         self.proc = subprocess.Popen(w["argv"], cwd=w["code"], env=w["env"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.log, preexec_fn=dies_with(os.getpid()))
+                                     stdout=subprocess.PIPE, stderr=self.log,
+                                     preexec_fn=(lambda: (dies(), box.set_limits())) if box else dies)
+        if box:
+            watch(self.proc, [Path(p) for p in w["writable"]], box.limits)
         self.job, self.seen_text = job, False
 
     def __enter__(self):
@@ -59,10 +67,13 @@ class Worker:
             reply, out = receive(self.proc.stdout, max_bytes)
         except (EOFError, BrokenPipeError, ValueError, OSError) as e:
             self.proc.kill()
-            raise Invalid(f"the experiment's model process broke off during {what} ({e}): "
-                          f"{self.said(last_line(self.log.name))}") from None
+            why = getattr(self.proc, "stopped", None) or self.said(last_line(self.log.name))
+            raise Invalid(f"the experiment's model process broke off during {what} ({e}): {why}") from None
         if "error" in reply:
-            raise Invalid(f"the experiment's {what} failed: {self.said(reply['error'])}")
+            raise Invalid(f"the experiment's {what} failed: {self.said(str(reply['error'])[:300])}")
+        names = reply.get("names", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) not in (0, len(out)):
+            raise Invalid(f"the experiment's model process answered {what} with names that do not fit its arrays")
         return reply, out
 
     def said(self, words: str) -> str:

@@ -25,7 +25,6 @@ import contextlib
 import functools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from org import OrgError
+from org import OrgError, remove_tree
 from org.bytecode import fill as fill_bytecode, source_only
 from org.cluster import GPU, connect, job_id, machine
 from org.remote import last_line
@@ -375,7 +374,8 @@ class Runner:
         experiment = ledger.experiment(run["experiment_id"])
         with self.git_lock:  # checked again at run time: the harness, not the queue, decides
             try:
-                reason = refusal(self.lab, self.program, experiment["base_commit"], experiment["code_commit"], {})
+                reason = refusal(self.lab, self.program, experiment["base_commit"], experiment["code_commit"],
+                                 json.loads(run["overrides"]))  # (an older ledger's too)
                 snapshot = None if reason else self.lab.snapshot(experiment["code_commit"], self.program.name)
             except LabError as e:  # its objects are not what their names say (Lab.verified)
                 reason = str(e)
@@ -490,7 +490,7 @@ class Runner:
         cache = private or self.lab.state_dir(self.program.name) / "kernels" / snapshot.name
         with self.kernel_lock:
             if private:
-                shutil.rmtree(private, ignore_errors=True)  # left by an attempt that never finished
+                remove_tree(private, ignore_errors=True)  # left by an attempt that never finished
             if self.base_snapshot not in (None, snapshot) and not cache.exists():
                 base = self.lab.state_dir(self.program.name) / "kernels" / self.base_snapshot.name
                 copy_kernel_cache(self.base_snapshot, base, snapshot, cache)
@@ -550,8 +550,8 @@ class Runner:
         except MeasureError as e:
             return "error", str(e), None
         finally:
-            for cache in caches.values():
-                shutil.rmtree(cache, ignore_errors=True)
+            for cache in caches.values():  # a worker's: it may have nested folders a thousand deep
+                remove_tree(cache, ignore_errors=True)
         if "invalid" in outcome:
             return "invalid", f"harness measurement: {outcome['invalid']}", None
         measurement = outcome["measurement"]

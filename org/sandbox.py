@@ -530,7 +530,8 @@ def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: b
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[kernels], readonly=[snapshot, data], hidden=lab_private(lab_root) + source_files(source),
                    gpu=gpu, unix_sockets=False, sourceless_stdlib=source == "pystdlib",
-                   limits=Limits(cores=tuple(cores) if cores else None))
+                   # (its log and its kernel cache: nothing else it writes is the disk's)
+                   limits=Limits(cores=tuple(cores) if cores else None, file_bytes=1 << 30, disk_bytes=2 << 30))
 
 
 def source_files(source: str) -> list[Path]:

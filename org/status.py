@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from org import shown
 from org.launch import RUNNER, TAKEN_OVER, WAITING_TOOLS, finished_before
 from org.improve import frontier_line
 from org.ledger import FINISHED, Ledger
@@ -64,7 +65,7 @@ def agents_table(rows: list[tuple[str, str, str, str]]):
     for agent, state, doing, restarts in rows:
         style = {"crashed": "bold red", "taken over": "bold magenta", "working": "green",
                  "out of budget": "yellow"}.get(state, "")
-        table.add_row(Text(agent), Text(state, style=style), restarts, Text(doing))  # an agent's words: not markup
+        table.add_row(Text(agent), Text(state, style=style), restarts, Text(shown(doing)))  # an agent's words: no markup
     return table
 
 
@@ -80,7 +81,7 @@ def status_view(launch: ProgramSite):
             for agent in launch.agents]
     parts = [head, agents_table(rows), Text(runner_line(launch, running))]
     if launch.ledger_path.exists():
-        parts += [Text(line) for line in ledger_lines(launch)]
+        parts += [Text(shown(line)) for line in ledger_lines(launch)]
     return Group(*parts)
 
 
@@ -119,7 +120,8 @@ def agent_state(launch: ProgramSite, agent: str, running: bool) -> tuple[str, st
         return "working", ""
     args = call.get("args") if isinstance(call.get("args"), dict) else {}  # a model may send a list
     doing = f"{call['name']}(" + ", ".join(f"{k}={json.dumps(v)[:30]}" for k, v in args.items()) + ")"
-    waits = call["name"] in WAITING_TOOLS and (args.get("wait_seconds") or 0) > 0 and call.get("open")
+    wait = args.get("wait_seconds")
+    waits = call["name"] in WAITING_TOOLS and isinstance(wait, (int, float)) and wait > 0 and call.get("open")
     return ("waiting" if waits else "working"), doing
 
 

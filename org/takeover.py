@@ -12,7 +12,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from org import OrgError
+from org import OrgError, shown
 from org.agents.control import Control
 from org.launch import TAKEN_OVER, attach, ended_for_good, git, pane_path, person_identity
 from org.lab import agent_branch
@@ -158,7 +158,7 @@ def cmd_say(args) -> int:
     message = Mail(launch.lab_dir).send(HUMAN, agent, " ".join(args.text))
     control = launch.control_state(agent)
     if ended_for_good(control):  # nobody will read it: say so rather than promise
-        print(f"in {agent}'s inbox (message {message['id']}), but {agent} has ended ({control['reason']}) "
+        print(f"in {agent}'s inbox (message {message['id']}), but {agent} has ended ({shown(control['reason'])}) "
               "and does not run again; the board and the report have what it concluded")
     else:
         print(f"in {agent}'s inbox (message {message['id']}); it reads it at its next step")

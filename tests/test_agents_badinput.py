@@ -88,11 +88,15 @@ def test_malformed_arguments_unknown_tools_and_wrong_types_get_tool_errors(lab):
                Call("edit_file", {"path": "trainer/config.py"}),
                Call("run", '["ls"]'),
                Call("[/x]", {}),
-               Call("run", {"command": "echo '[/x]'"})],
+               Call("run", {"command": "echo '[/x]'"}),
+               Call("send_message", '{"to": "all", "text": "hi \\ud800"}'),  # no request body encodes it
+               Call("run", '{"command": "sleep 1", "timeout_seconds": NaN}'),    # a timeout that never ends
+               Call("run", '{"command": ' + "[" * 5000 + "]" * 5000 + "}")],      # deeper than Python recurses
               FINISH]
     reason, llm, transcript = run_agent(lab, script)
     assert reason == "finished: done"
-    outputs = [l["output"] for l in transcript.lines() if l["kind"] == "tool"][:7]
+    outputs = [l["output"] for l in transcript.lines() if l["kind"] == "tool"][:10]
+    assert all("not one JSON object a request can carry" in o for o in outputs[7:10]), outputs[7:]
     assert "not one JSON object" in outputs[0] and "not one JSON object" in outputs[4]
     assert "unknown tool 'delete_everything'" in outputs[1] and "read_file" in outputs[1]
     assert "path must be a JSON string" in outputs[2]
@@ -101,7 +105,7 @@ def test_malformed_arguments_unknown_tools_and_wrong_types_get_tool_errors(lab):
     assert all(o.startswith("error: ") for o in outputs[:6])
     tool_results = [b for m in llm.requests[1].body["messages"] for b in m["content"]
                     if isinstance(b, dict) and b["type"] == "tool_result"]
-    assert len(tool_results) == 7 and all(b["is_error"] for b in tool_results[:6])
+    assert len(tool_results) == 10 and all(b["is_error"] for b in tool_results[:6] + tool_results[7:])
 
 
 def test_oversized_output_is_cut_with_a_note(lab):

@@ -7,6 +7,7 @@ corpus) with scripted agents, so no model and no key is needed. Whatever a test 
 stopped afterwards and its tmux server killed.
 """
 import contextlib
+import json
 import os
 import pty
 import shutil
@@ -212,6 +213,23 @@ def test_the_status_table_keeps_every_agents_name_however_long_what_it_does():
         assert lines[0].startswith("agent") and lines[1].startswith("solo    working") and lines[2].startswith("second")
         assert lines[1].endswith("…") and max(map(len, lines)) <= width  # only "doing" gave way
         assert lines[3].rstrip().endswith("finished: [/x]")
+
+
+def test_an_agents_state_is_read_whatever_its_last_call_holds(tmp_path):
+    """`org status` reads each agent's last tool call from its transcript, written before the
+    call is checked: `wait_seconds: "x"` there raised TypeError, and the status pane crashed
+    until its keeper gave up; an escape sequence in it reached the person's terminal."""
+    from types import SimpleNamespace
+    from org.status import agent_state
+    (tmp_path / "transcripts").mkdir()
+    calls = [{"id": "1", "name": "read_inbox", "args": {"wait_seconds": 1800}},
+             {"id": "2", "name": "read_inbox", "args": {"wait_seconds": "x", "note": "\x1b]52;c;eA==\x07"}}]
+    lines = [{"kind": "system"}, {"kind": "assistant", "text": "", "calls": calls}]
+    (tmp_path / "transcripts" / "solo.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    site = SimpleNamespace(keeper=lambda agent: {"state": "running"}, control_state=lambda agent: {"state": "running"},
+                           lab_dir=tmp_path)
+    state, doing = agent_state(site, "solo", True)
+    assert state == "working" and doing.startswith('read_inbox(wait_seconds="x"')
 
 
 def test_the_grid_has_a_labelled_pane_per_agent_in_its_worktree(org_project, capsys):

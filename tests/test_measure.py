@@ -2,20 +2,26 @@
 directories of the real trainer: the record is exact for a config arm, the experiment's forward
 pass is only ever run in a worker and checked there, and every kind of bad checkpoint or bad
 forward pass is `invalid` with one line that says why."""
+import io
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
+import struct
 import sys
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from org import remove_tree
 from org.cli import main
 from org.ledger import FIGURE_COLUMNS, SCHEMA_VERSION, Ledger
 from org.bytecode import source_only
+from org.model_worker import receive
 from org.measure import MeasureError, cross_check, evaluator_env, measure_run, planted, read_result, worker_command
 from org.confounds import Tolerances
 from org.referee import compare
@@ -102,6 +108,51 @@ def rewrite_checkpoint(run_dir: Path, change):
         arrays = {k: z[k] for k in z.files}
     change(arrays)
     np.savez(path, **arrays)
+
+
+def add_deflated_zeros(path: Path, size: int):
+    """A parameter of `size` bytes of zeros, deflated into the checkpoint (about 1/1000 of that):
+    the evaluator, which has no box, unpacked it whole."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (size // 4,)})
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive, archive.open("param/zeros.npy", "w") as f:
+        f.write(header.getvalue())
+        for _ in range(size >> 20):
+            f.write(bytes(1 << 20))
+
+
+def test_a_model_worker_has_a_boxs_limits_on_what_it_writes(lab):
+    """A worker's box was made without the limits Sandbox.popen gives a run's (Sandbox.command
+    only wraps the command): no RLIMIT_FSIZE on its log (a file of the run's directory) and
+    none of the disk watch on its kernel cache, nor the OOM score that has the kernel take it
+    first. The worker says what it has (before it is shown any evaluation text)."""
+    if available() is not None:
+        pytest.skip(f"no box here: {available()}")
+    said = ("        import resource\n"
+            "        raise RuntimeError('fsize %d oom %s' % (resource.getrlimit(resource.RLIMIT_FSIZE)[0],\n"
+            "                           open('/proc/self/oom_score_adj').read().strip()))\n")
+    code = experiment(lab, "says-its-limits", lambda t: t.replace(
+        "        self.eps = float(np.finfo(dtype).eps)", said + "        self.eps = float(np.finfo(dtype).eps)"))
+    out = measure(lab, code=code)
+    assert f"fsize {1 << 30} oom 1000" in out["invalid"], out
+
+
+def test_a_workers_frame_names_no_size_it_does_not_check():
+    """What a model worker sends back is the experiment's code's: a header that is a list, sizes
+    that sum to nothing ([60e9, -60e9]: 60 GB asked for), or an array header naming more than its
+    bytes were a harness failure (AttributeError) or memory the evaluator does not have."""
+    def frame(header, payload=b"") -> io.BytesIO:
+        head = json.dumps(header).encode()
+        return io.BytesIO(struct.pack("<Q", len(head)) + head + payload)
+    big = io.BytesIO()
+    np.lib.format.write_array_header_1_0(big, {"descr": "<f8", "fortran_order": False, "shape": (10**10,)})
+    for bad in (frame([1, 2]), frame({"sizes": [60 * 10**9, -60 * 10**9]}), frame({"sizes": ["8"]}, b"x" * 8),
+                frame({"sizes": [len(big.getvalue())]}, big.getvalue())):
+        with pytest.raises(ValueError):
+            receive(bad, 1 << 20)
+    good = io.BytesIO()
+    np.save(good, np.arange(3.0))
+    assert receive(frame({"op": "x", "sizes": [len(good.getvalue())]}, good.getvalue()), 1 << 20)[1][0].tolist() == [0, 1, 2]
 
 
 # --- the record ----------------------------------------------------------------------------
@@ -197,6 +248,7 @@ def test_a_reseeded_init_is_found_and_a_real_init_change_is_not_called_one(lab):
     (lambda d: rewrite_checkpoint(d, lambda a: a["param/lm_head.weight"].__setitem__((0, 0), np.nan)),
      "lm_head.weight holds non-finite values"),
     (lambda d: rewrite_checkpoint(d, lambda a: a.pop("meta")), "cannot be read"),
+    (lambda d: add_deflated_zeros(d / "checkpoint.npz", 100 << 20), "a checkpoint unpacks to 64x its size at most"),
     (lambda d: rewrite_checkpoint(d, lambda a: a.update({"meta": np.frombuffer(b'{"step": 5.0}', np.uint8)})),
      "no integer step"),
 ])
@@ -274,6 +326,45 @@ def test_what_is_not_a_plain_file_in_a_run_directory_is_removed_and_named(lab, t
     assert "result.json.pipe (not a plain file)" in reason and "sub/sock (not a plain file)" in reason
     assert sorted(p.name for p in run_dir.rglob("*") if not (p.is_file() or p.is_dir()) or p.is_symlink()) == []
     assert not (tmp_path / "written-through-a-link").exists()
+
+
+def test_a_run_directory_however_deep_or_oddly_named_is_taken_back_and_its_reason_kept(lab, tmp_path):
+    """1100 nested folders (os.walk: RecursionError), 17 of 255-byte names (lstat: ENAMETOOLONG),
+    and a FIFO named by a byte that is not UTF-8 (its reason held a lone surrogate, which SQLite
+    refused): each stopped the runner, and again at every restart, as it takes a run's directory
+    back first thing. What lies past MAX_RUN_PATH goes; the reason is kept, escaped."""
+    run_dir = copy_run(lab, "left-deep")
+    deep = run_dir / "deep"
+    deep.mkdir()
+    fd = os.open(deep, os.O_RDONLY)
+    for _ in range(1100):  # one level at a time, relative to the last: no path is ever long
+        os.mkdir("a", dir_fd=fd)
+        fd, old = os.open("a", os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+    os.close(fd)
+    wide = run_dir / "wide"
+    wide.mkdir()
+    fd = os.open(wide, os.O_RDONLY)
+    for _ in range(17):
+        os.mkdir("n" * 255, dir_fd=fd)
+        fd, old = os.open("n" * 255, os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+    os.close(fd)
+    os.mkfifo(os.fsencode(run_dir) + b"/\xff")
+    try:
+        reason = planted(run_dir)
+    finally:  # (pytest's own cleanup recurses too)
+        remove_tree(deep / ("a/" * 400)), remove_tree(wide / "/".join(["n" * 255] * 3))
+    assert "(a path of over 1024 bytes)" in reason and "\udcff" not in reason and "\ufffd (not a plain file)" in reason
+    assert sorted(p.name for p in run_dir.iterdir() if p.name in ("deep", "wide")) == ["deep", "wide"]  # what is shallow stays
+    assert (deep / ("a/" * 399)).is_dir() and not (wide / "/".join(["n" * 255] * 3)).exists()
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:  # a worker's own error may hold one too, as JSON sent it
+        ledger.add_program("p", {}, base_commit="b", branch="program/p")
+        e = ledger.experiment(ledger.add_experiment("p", "a", who="x", source="submitted", base_commit="b",
+                                                    code_commit="b", overrides={}, stage="measuring"))
+        run_id = ledger.add_run(e, "main", 0, 1, {}, ("steps", 1))
+        ledger.finish(run_id, "invalid", reason=json.loads('"the model failed: x\\ud800"'))
+        assert ledger.run(run_id)["reason"] == "the model failed: x\\ud800"
 
 
 FORWARD = "            self.cache = None\n            return logits\n"

@@ -187,3 +187,13 @@ def test_a_data_source_that_matches_nothing_is_named(tmp_path):
     assert "no gpt2_tokenizer.bin" in data_source_problem(str(tmp_path / "shards"), Path("/"))
     write_llmc_tokenizer(tmp_path / "shards" / "tokenizer.bin", byte_tokenizer())
     assert data_source_problem("shards/*.bin", tmp_path) is None
+
+
+def test_an_override_is_a_name_and_text_a_command_line_carries():
+    """Overrides become the trainer's `--set key=value`: a NUL or a lone surrogate there (an
+    agent's submit_experiment, whose values were checked for their type only) made the runner's
+    Popen raise, which stopped the runner, again at every restart."""
+    from org.program import owned_by_program
+    for bad in ({"softcap": "a\x00b"}, {"softcap": "a\ud800"}, {"soft cap": 1}, {"softcap": "a\x1b]52;c;eA==\x07"}):
+        assert "a key is a name (letters, digits, _ and .), a value a number" in owned_by_program(bad), bad
+    assert owned_by_program({"softcap": 15, "matrix_lr": 0.02, "activation": "relu2", "qk_norm": True}) is None

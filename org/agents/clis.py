@@ -43,7 +43,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from org import OrgError, user_cache
+from org import OrgError, remove_tree, user_cache
 from org.agents.control import Control
 from org.agents.roles import kickoff, system_prompt
 from org.agents.spend import Spend, cpu_exhausted
@@ -151,7 +151,7 @@ def own_folder(path: Path) -> Path:
 def write_own(path: Path, text: str):
     """Write a fresh file at path, never through a link or into a file with other names."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        remove_tree(path)
     elif path.is_symlink() or path.exists():
         path.unlink()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from org import OneLineParser, OrgError
+from org import OneLineParser, OrgError, shown
 from org.agents.port import PORT_VAR, call
 from org.agents.sandbox import protect_own_environment
 
@@ -153,7 +153,7 @@ def cmd_mail(args) -> int:
     program, _ = _who(args, need_agent=False)
     from org.mail import Mail
     from org.workspace import lab_root
-    print(Mail(lab_root() / ".lab" / program.name).board() or "(the board is empty)")
+    print(shown(Mail(lab_root() / ".lab" / program.name).board()) or "(the board is empty)")
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from org import shown
 from org.ledger import ledger_path
 from org.program import Program
 from org.agents.control import Control
@@ -134,7 +135,7 @@ class Agent:
         for call in calls:
             self.show.call(call)
             if call["args"] is None:
-                result = ToolResult(f"error: the arguments of {call['name']} are not one JSON object "
+                result = ToolResult(f"error: the arguments of {call['name']} are not one JSON object a request can carry "
                                     f"({call['raw'][:200]!r}); send one JSON object", error=True)
             else:
                 result = self.tools.call(call["name"], call["args"])
@@ -194,7 +195,7 @@ class Display:
         self.console, self.name, self.streaming = console, name, False
 
     def text(self, delta: str):
-        self.console.print(delta, end="", markup=False, highlight=False, soft_wrap=True)
+        self.console.print(shown(delta), end="", markup=False, highlight=False, soft_wrap=True)
         self.streaming = True
 
     def end_text(self):
@@ -205,16 +206,16 @@ class Display:
     def call(self, call: dict):
         args = call["raw"][:200] if call["args"] is None else ", ".join(
             f"{k}={_short(v)}" for k, v in call["args"].items())
-        self.console.print(f"[bold cyan]→ {escape(str(call['name']))}[/]({escape(args)})", highlight=False)
+        self.console.print(f"[bold cyan]→ {escape(shown(call['name']))}[/]({escape(shown(args))})", highlight=False)
 
     def result(self, result: ToolResult):
         style = "red" if result.error else "dim"
         lines = result.output.splitlines() or [""]
         glimpse = "\n".join(lines[:6]) + (f"\n… {len(lines) - 6} more lines" if len(lines) > 6 else "")
-        self.console.print(glimpse, style=style, markup=False, highlight=False)
+        self.console.print(shown(glimpse), style=style, markup=False, highlight=False)
 
     def note(self, text: str, style: str = "magenta"):
-        self.console.print(f"[{self.name}] {text}", style=style, markup=False, highlight=False)
+        self.console.print(f"[{self.name}] {shown(text)}", style=style, markup=False, highlight=False)
 
 
 def _short(value, chars: int = 80) -> str:

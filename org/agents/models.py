@@ -57,11 +57,14 @@ class Unavailable(Exception):
 
 def tool_call(call_id: str, name: str, raw: str) -> dict:
     """A tool call with its arguments parsed; args is None when the model sent malformed JSON,
-    or JSON that is not an object (the loop answers that with a tool error instead of running
-    anything)."""
+    JSON that is not an object, or JSON no request can carry on: a lone surrogate (`"\\ud800"`,
+    which no UTF-8 request body encodes: sent on to a teammate by mail, it stopped every later
+    call of that teammate's), NaN or Infinity, or nesting deeper than Python recurses (the loop
+    answers that with a tool error instead of running anything)."""
     try:
         args = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError:
+        json.dumps(args, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, RecursionError):  # (JSONDecodeError and UnicodeEncodeError are ValueErrors)
         args = None
     args = args if isinstance(args, dict) else None
     return {"id": call_id, "name": name, "args": args, "raw": raw}

@@ -86,4 +86,6 @@ def board_excerpt(board: str, chars: int = 6000) -> str:
     if not board.strip():
         return "The board is empty."
     tail = board[-chars:]
+    if len(board) > chars and "\n" in tail:  # whole lines only: a cut mid-line could begin with the end
+        tail = tail[tail.index("\n") + 1:]     # of a quoted line (`> ## ... · human`), read as a heading
     return "The board so far" + (" (latest part)" if len(board) > chars else "") + f":\n\n{tail}"
