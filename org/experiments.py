@@ -42,6 +42,10 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
     stage = "refused" if reason else ("tuning" if program.tune else "measuring")
     diff = lab.diff(since, commit)
     with ledger.tx():
+        # again under the write lock: two submits sent at once both passed the check before it
+        # (git work between), and two experiments shared one arm (its runs averaged per seed)
+        if source == "submitted" and any(x["arm"] == arm for x in ledger.experiments(program.name)):
+            raise OrgError(f"arm {arm!r} already exists; give a new idea a new name")
         experiment_id = ledger.add_experiment(
             program.name, arm, who=who, source=source, base_commit=base, code_commit=commit,
             overrides=overrides, stage=stage, hypothesis=hypothesis, diff=diff, reason=reason, versus=versus)

@@ -326,6 +326,9 @@ def fetched_urls(value) -> list[str]:
     return found
 
 
+SERVER_CONTEXT = ("previous_response_id", "conversation")  # Responses input the provider keeps (and a prompt's id)
+
+
 def each_key_once(pairs: list[tuple]) -> dict:
     """json.loads's object_pairs_hook: an object naming a key twice is a ValueError (Python keeps
     the last; `{"model": <dear>, ..., "model": <given>}` passed the model check as the given one)."""
@@ -395,6 +398,11 @@ def _handler(gateway: Gateway):
                               "object naming each key once: it must read the call as the provider will (of a key "
                               "named twice, its parser may take the other)")
             fields = fields if isinstance(fields, dict) else {}
+            stored = [k for k in SERVER_CONTEXT if fields.get(k)] + ["prompt"] * isinstance(fields.get("prompt"), dict)
+            if spends and stored:
+                raise Refused(400, "invalid_request_error", f"the gateway does not forward calls that name context "
+                              f"kept by the provider ({', '.join(stored)}): it holds a call's worst case from its "
+                              "body, and the provider charges for the context too; send the input itself")
             if spends and fields.get("background"):
                 raise Refused(400, "invalid_request_error", "background responses are not forwarded: the "
                               "gateway meters a call from its reply, and theirs comes later")

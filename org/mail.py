@@ -32,8 +32,11 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from org import OrgError
+
 EVERYONE = "all"  # send_message(to="all") writes one copy to every other agent's inbox
 HUMAN = "human"   # the people running the org: only `org say` writes as them
+MAX_MESSAGE_CHARS = 16_000  # a message (and a board entry): its reader's model is charged for each one
 
 
 def now() -> str:
@@ -66,6 +69,12 @@ def write_atomically(path: Path, text: str):
     os.rename(tmp, path)
 
 
+def check_length(text: str):
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise OrgError(f"a message of {len(text)} characters: one holds {MAX_MESSAGE_CHARS} at most (write the "
+                       "rest in a file of your worktree and name it)")
+
+
 class Mail:
     def __init__(self, lab_dir: str | Path):
         self.dir = Path(lab_dir)
@@ -74,7 +83,10 @@ class Mail:
     # --- messages ------------------------------------------------------------------------
 
     def send(self, sender: str, to: str, text: str) -> dict:
-        """Deliver one message to `to`'s inbox; returns it (with its id)."""
+        """Deliver one message to `to`'s inbox; returns it (with its id). A message is short:
+        130 KB to a Codex agent went whole into its command line (E2BIG: its pane crashed), and
+        every message is charged to its reader's budget at every later turn."""
+        check_length(text)
         message = {"id": uuid.uuid4().hex[:12], "from": sender, "to": to, "text": text,
                    "sent_at": now()}
         name = f"{stamp()}-{sender}-{message['id']}.json"
@@ -116,6 +128,7 @@ class Mail:
     def post(self, who: str, text: str) -> str:
         """Append one entry to board.md: the harness's header, then the text quoted. One locked
         O_APPEND write: entries never interleave."""
+        check_length(text)
         entry = f"\n## {now()} · {who}\n\n{quote(text)}\n"
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.board_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

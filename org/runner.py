@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from org import OrgError, remove_tree
+from org import OrgError, remove_tree, shown
 from org.bytecode import fill as fill_bytecode, source_only
 from org.cluster import GPU, connect, job_id, machine
 from org.remote import last_line
@@ -154,7 +154,7 @@ class Runner:
         self.lab, self.program, self.ledger_path = lab, program, Path(ledger_path)
         self.runs_dir = lab.state_dir(program.name) / "runs"
         self.harness_cache = lab.state_dir(program.name).parent / "harness-cache"  # written by harness code only
-        self.say = say
+        self.say = lambda text: say(shown(text))  # a run's reason is its code's words: no escapes
         if sandboxed:
             check()  # SandboxError (an OrgError), one line
         self.why_unboxed = None if sandboxed else (available() if sandboxed is None else "sandbox turned off")

@@ -15,6 +15,7 @@ from fakellm import Call, FakeLLM, Text
 from org.agents.clis import BACKEND_CLI, BoxedCLI, check_cli, claude_argv, codex_argv, next_codex_prompt, on_hook, \
     port_handler
 from org.agents.port import PORT_VAR, Port, call, relay_one
+from org import OrgError
 from org.agents.control import Control
 from org.agents.roles import agent_entry
 from org.agents.transcript import Transcript
@@ -140,6 +141,24 @@ def test_codex_never_reruns_its_prompt_while_paused_or_stopping(project):
     assert stop is None and "Verdict is in." in prompt and "Carry on." in prompt and mail.inbox("claude") == []
     control.stop("test over")  # stopping: no prompt, only the reason
     assert next_codex_prompt(mail, control, transcript, "claude", 0.05) == (None, "test over")
+
+
+def test_codex_gets_its_mail_in_turns_that_fit_one_argument_and_a_message_is_short(project):
+    """Codex takes its prompt as one command-line argument (128 KiB at most): 130 KB of mail went
+    whole into it, Popen failed with E2BIG, and its pane crashed until its keeper gave up. A
+    message holds MAX_MESSAGE_CHARS; a turn takes what fits, and the rest waits, unread."""
+    from org.mail import MAX_MESSAGE_CHARS
+    root, program = project
+    control, mail = Control(lab_dir(root, program), "claude"), Mail(lab_dir(root, program))
+    transcript = Transcript(lab_dir(root, program) / "transcripts" / "claude.jsonl")
+    with pytest.raises(OrgError, match=f"one holds {MAX_MESSAGE_CHARS} at most"):
+        mail.send("solo", "claude", "x" * (MAX_MESSAGE_CHARS + 1))
+    for i in range(6):
+        mail.send("solo", "claude", str(i) * MAX_MESSAGE_CHARS)
+    first, _ = next_codex_prompt(mail, control, transcript, "claude", 0.05)
+    assert len(first.encode()) < 128 << 10 and first.count("[message from solo") == 4 and len(mail.inbox("claude")) == 2
+    second, _ = next_codex_prompt(mail, control, transcript, "claude", 0.05)
+    assert second.count("[message from solo") == 2 and mail.inbox("claude") == []
 
 
 # --- the real CLIs, boxed, one turn each, through the port and a real gateway -------------------

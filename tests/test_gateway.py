@@ -241,6 +241,12 @@ def test_a_token_calls_only_its_agents_model(tmp_path):
             for body in (twice, b"not json", b'["a list"]'):  # the provider's parser may read another model
                 status, reply = call(gw, "POST", "/anthropic/v1/messages", tokens["claude"], body)
                 assert status == 400 and "one JSON object naming each key once" in reply.decode(), reply
+            kept = [{"model": "gpt-5-mini", "input": "hi", "previous_response_id": "resp_1"},
+                    {"model": "gpt-5-mini", "input": "hi", "conversation": "conv_1"},
+                    {"model": "gpt-5-mini", "prompt": {"id": "pmpt_1"}}]
+            for body in kept:  # the provider's stored context: billed, and unseen in the body the hold is made from
+                status, reply = call(gw, "POST", "/openai/responses", tokens["gpt"], body)
+                assert status == 400 and "context kept by the provider" in reply.decode(), reply
             assert llm.requests == [] and spend(root, program) == []
             passed = [("/anthropic/v1/messages", tokens["claude"], {**OPUS, "model": "claude-haiku-test", "max_tokens": 10}),
                       ("/openai/responses", tokens["gpt"], {"model": "gpt-5-mini-2025-08-07", "input": "hi"}),

@@ -19,6 +19,7 @@ import git
 import pytest
 import yaml
 
+from org import OrgError
 from org.cli import main
 from org.cluster import machine
 from org.lab import Lab
@@ -595,3 +596,31 @@ def test_a_commit_with_the_base_kernels_starts_from_their_compiled_cache(make_pr
         print(f"\nfirst run of a commit: {runs['baseline']['wall_seconds']:.1f}s compiling the kernels, "
               f"{runs['comment']['wall_seconds']:.1f}s with the base's copied, "
               f"{runs['gelu']['wall_seconds']:.1f}s compiling its own")
+
+
+def test_a_runs_last_words_reach_the_runners_pane_without_their_escapes(make_project, capsys):
+    """A failed run's reason ends with its trainer's last log line, which the runner prints in its
+    pane: an escape sequence there (OSC 52 writes the person's clipboard; others move the
+    cursor over the harness's lines) reached the person's terminal."""
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    agent_commit(root, "mallory", "trainer/train.py", lambda text: text + (
+        "\nimport sys\nprint('\\x1b]52;c;cm0gLXJmIH4=\\x07 done', flush=True)\nsys.exit(1)\n"))
+    assert main(["submit", "tiny", "--arm", "escapes", "--ref", "agent/tiny/mallory/work"]) == 0
+    assert main(["run", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "?]52;c;cm0gLXJmIH4=? done" in out and "\x1b" not in out and "\x07" not in out
+
+
+def test_two_submits_of_one_arm_sent_at_once_make_one_experiment(make_project):
+    """Both passed the name check (submission_source), made outside the transaction that adds the
+    experiment, with git work between: two experiments shared one arm, and the referee averaged
+    their runs seed by seed. Both submits below are past that check."""
+    from org.experiments import submit
+    from org.program import Program
+    root = make_project(tiny_program(variants=[]))
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03", "--who", "alice"]) == 0
+    program = Program.model_validate(tiny_program(variants=[]))
+    with ledger_of(root) as ledger, contextlib.closing(Lab.open(root)) as lab:
+        with pytest.raises(OrgError, match="arm 'lr' already exists"):
+            submit(ledger, lab, program, "lr", {"matrix_lr": 0.01}, who="bob")
+        assert [e["who"] for e in ledger.experiments("tiny") if e["arm"] == "lr"] == ["alice"]

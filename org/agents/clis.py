@@ -30,6 +30,7 @@ The CLIs come from npm, pinned (CLI_PACKAGES); `org install-clis` puts them in c
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -55,6 +56,7 @@ from org.mail import Mail
 
 HOOK_WAIT_SECONDS = 3000  # Claude Code's hook timeout is set above this
 METER_EVERY_SECONDS = 30  # how often a running CLI's box's CPU time goes on record
+CODEX_PROMPT_BYTES = 64_000  # the mail of one codex turn (its prompt is one argument: 128 KiB at most)
 CLI_PACKAGES = {"claude": ("@anthropic-ai/claude-code", "2.1.332"), "codex": ("@openai/codex", "0.171.0")}
 BACKEND_CLI = {"claude-code": "claude", "codex": "codex"}
 OPENAI_TOKEN_VAR = "NANOLAB_OPENAI_TOKEN"  # codex reads its gateway token from this variable
@@ -373,6 +375,9 @@ def next_codex_prompt(mail: Mail, control: Control, transcript: Transcript, agen
             return None, stop
         messages = _wait_for_mail(mail, control, agent, timeout=None, poll=poll)
         if messages:  # empty: a pause or stop was asked for; the checkpoint above handles it
+            # codex takes its prompt as one argument (128 KiB at most): the rest waits for the next turn
+            sizes = itertools.accumulate(len(str(m["text"]).encode(errors="replace")) for m in messages)
+            messages = [m for i, (m, size) in enumerate(zip(messages, sizes)) if i == 0 or size <= CODEX_PROMPT_BYTES]
             prompt = format_mail(messages)
             transcript.append("user", text=prompt, mail_ids=[m["id"] for m in messages])
             for m in messages:
