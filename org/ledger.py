@@ -407,6 +407,13 @@ class Ledger:
                 args.append(value)
         return [run_row(r) for r in self._all(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY id", *args)]
 
+    def pending(self, program: str, experiment_ids: list[int]) -> int:
+        """How many runs of these experiments are not finished yet (one query: a wait polls it)."""
+        marks = ", ".join("?" * len(experiment_ids)) or "NULL"
+        return self.db.execute(f"SELECT count(*) FROM runs WHERE program = ? AND experiment_id IN ({marks}) "
+                               f"AND status NOT IN ({', '.join('?' * len(FINISHED))})",
+                               (program, *experiment_ids, *FINISHED)).fetchone()[0]
+
     def claim(self, program: str, slot: int, arm: str = None, kind: str = None) -> dict | None:
         """Atomically take the next queued run (tuning first, then seed by seed; only `arm`'s
         if given) for this process; None when there is none. A slot of a `kind` of device takes

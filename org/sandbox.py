@@ -96,6 +96,9 @@ class SandboxError(OrgError):
     pass
 
 
+AGENT_DISK_RESERVE = 8 << 30  # free disk an agent's box may not write into (a run's: Limits.disk_reserve)
+
+
 @dataclass(frozen=True)
 class Limits:
     cpu_seconds: int | None = None        # RLIMIT_CPU, over all the box's threads together
@@ -566,4 +569,8 @@ def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, o
                    # store's info (its alternates: where else git would read objects)
                    frozen=[worktree / ".git", git_dir / "gitdir", git_dir / "commondir", packs, info],
                    unix_sockets=False,
-                   limits=Limits(file_bytes=1 << 30, address_bytes=16 << 30, cpu_weight=1))
+                   # what it writes stays (its worktree): a few commands of 16 GB each brought the
+                   # disk to the runs' reserve, and every run that wrote then was killed; an agent's
+                   # boxes stop 8 GB short of full, and the runs keep the rest
+                   limits=Limits(file_bytes=1 << 30, address_bytes=16 << 30, cpu_weight=1,
+                                 disk_bytes=4 << 30, disk_reserve=AGENT_DISK_RESERVE))

@@ -176,3 +176,23 @@ def test_an_agent_cannot_be_named_after_the_people_or_everyone(tmp_path, name):
     path.write_text(yaml.safe_dump(tiny_program([{"name": name}])))
     with pytest.raises(ProgramError, match=re.escape(f"org.agents[0].name: {name!r} is reserved")):
         load_program(path)
+
+
+def test_a_wait_for_results_builds_the_status_once(lab, monkeypatch):
+    """results(wait_seconds=...) built the whole status (every run, every verdict) at each poll
+    while runs were pending: 32 waits sent at once from a CLI's shell took a core of the
+    harness's, unmetered and unweighted, while the baseline's runs trained. It polls one count."""
+    from org.agents import tools as tools_module
+    from org.agents.tools import Limits, Tools
+    root, program, mine, _ = lab
+    built = []
+    real = tools_module.program_status
+    monkeypatch.setattr(tools_module, "program_status", lambda *a, **k: built.append(1) or real(*a, **k))
+    tools = Tools("junior-a", program, root, mine, limits=Limits(poll_seconds=0.05))
+    assert tools.call("submit_experiment", {"arm": "lr", "hypothesis": "h", "overrides": {"matrix_lr": 0.03}}).error is False
+    tools.call("results", {})  # (the first status imports the referee's statistics: a second or so)
+    built.clear()
+    started = time.monotonic()
+    out = tools.call("results", {"wait_seconds": 2})  # nothing runs them here: it waits it out
+    assert time.monotonic() - started >= 2 and '"pending_runs": 4' in out.output
+    assert len(built) == 1, len(built)

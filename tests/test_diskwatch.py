@@ -102,3 +102,21 @@ def test_a_run_that_fills_its_disk_is_killed_and_its_record_says_why(make_projec
     assert runs["mallory"]["status"] == "killed", runs["mallory"]
     assert runs["mallory"]["reason"].startswith("killed by the harness: its writable trees grew by")
     assert sum(p.stat().st_size for p in Path(runs["mallory"]["run_dir"]).glob("junk*")) < 300 << 20
+
+
+def test_an_agents_box_stops_short_of_the_disk_the_runs_need(tmp_path):
+    """What an agent's command writes stays in its worktree: a few commands of 16 GB each (each
+    box's own bound) brought the disk to the 1 GB a run may not write into, and every run that
+    then wrote was killed (`killed` is not retried), other agents' included. An agent's box
+    writes 4 GB a command at most, and stops while 8 GB are free; a run's box goes on to 1 GB."""
+    from org.diskwatch import over
+    from org.sandbox import agent_box, run_box
+    for folder in ("lab", "tree", "git/worktrees/a", "run", "snapshot", "data", "kernels"):
+        (tmp_path / folder).mkdir(parents=True)
+    agent = agent_box(tmp_path / "lab", tmp_path / "tree", tmp_path / "git/worktrees/a", tmp_path / "git", "agent/p/a")
+    run = run_box(tmp_path / "lab", tmp_path / "run", tmp_path / "snapshot", tmp_path / "data", tmp_path / "kernels",
+                  gpu=False, cpu_seconds=60)
+    wrote, free = (200 << 20, 10), 5 << 30
+    assert "less than the 8.0 GB the harness keeps" in over((0, 0), wrote, free, agent.limits)
+    assert over((0, 0), wrote, free, run.limits) is None
+    assert "more than the 4.0 GB a box may write" in over((0, 0), (5 << 30, 10), 100 << 30, agent.limits)

@@ -325,11 +325,13 @@ class Tools:
     def results(self, experiment: int | None = None, wait_seconds: float = 0) -> str:
         deadline = time.monotonic() + min(wait_seconds or 0, self.limits.wait_max)
         with Ledger(self.ledger_path) as ledger:
-            while True:
-                status = program_status(ledger, self.program, experiment)
-                if status["pending_runs"] == 0 or time.monotonic() >= deadline or self.interrupted():
-                    return self._fit(status)
+            # the wait polls one count; the status (every run, every verdict) is built once at its
+            # end: built at each poll, 32 waits sent at once from a CLI's shell took a core of the
+            # harness's, unmetered, while the baseline's runs trained
+            ids = [e["id"] for e in shown_experiments(ledger.experiments(self.program.name), experiment)]
+            while ledger.pending(self.program.name, ids) and time.monotonic() < deadline and not self.interrupted():
                 time.sleep(self.limits.poll_seconds)
+            return self._fit(program_status(ledger, self.program, experiment))
 
     def _fit(self, status: dict) -> str:
         """The status as JSON; with too many runs to show, each experiment's runs are counted
@@ -402,12 +404,18 @@ def format_mail(messages: list[dict]) -> str:
                        for m in messages)
 
 
+def shown_experiments(experiments: list[dict], experiment_id: int | None) -> list[dict]:
+    """All of them; or one, with the baseline and the frontier it is measured against."""
+    if experiment_id is None:
+        return experiments
+    versus = {e["versus"] for e in experiments if e["id"] == experiment_id}
+    return [e for e in experiments if e["id"] == experiment_id or e["arm"] in {"baseline", *versus}]
+
+
 def program_status(ledger: Ledger, program: Program, experiment_id: int | None = None) -> dict:
     """What an agent may know: experiments, their runs, the verdicts, and the spend so far."""
-    experiments = every = ledger.experiments(program.name)
-    if experiment_id is not None:  # with the baseline, and the frontier it is measured against
-        versus = {e["versus"] for e in experiments if e["id"] == experiment_id}
-        experiments = [e for e in experiments if e["id"] == experiment_id or e["arm"] in {"baseline", *versus}]
+    every = ledger.experiments(program.name)
+    experiments = shown_experiments(every, experiment_id)
     out = []
     pending = 0
     for e in experiments:
