@@ -36,8 +36,10 @@ def shown(text) -> str:
 def remove_tree(path: Path, ignore_errors: bool = False):
     """Remove a folder a box made, however deep: shutil.rmtree recurses once a level, and 1100
     nested folders raised RecursionError (past its ignore_errors, which covers OSError only);
-    GNU rm walks any depth. Raises OSError when something is left, unless told to ignore it."""
-    subprocess.run(["rm", "-rf", "--", str(path)], stdin=subprocess.DEVNULL, capture_output=True)
+    GNU rm walks any depth (and chmod first: a folder the box made unreadable, rm cannot empty
+    unless it runs as root). Raises OSError when something is left, unless told to ignore it."""
+    for argv in (["chmod", "-R", "u+rwx", "--", str(path)], ["rm", "-rf", "--", str(path)]):
+        subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True)
     if os.path.lexists(path) and not ignore_errors:
         raise OSError(f"{path} could not be removed")
 
