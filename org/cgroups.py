@@ -10,9 +10,23 @@ memory_limit() say which do, in words (`org launch` prints them).
 Each box gets a group of its own under nanolab/ in each hierarchy, with the limits set there, and
 starts in a child of it ("box"): its cgroup namespace is rooted at that child, so a box that
 mounts its cgroups sees only the child, and cannot raise the limits one level above it.
+
+Memory is shared out, so that no box can take another's (`Limits.memory_pools`, from pools()):
+
+    nanolab/                          the machine's memory less the harness's (HARNESS_MEMORY)
+      org-<lab>/                      runner.memory_gb, or all of nanolab/'s
+        slot-<i>/box-*/box            a slot's runs and their measurement's workers
+        agent-<name>/box-*/box        an agent's commands and its CLI
+
+A box caps only what it holds itself, and the kernel's OOM killer picks its victim by resident
+memory: boxes that together held more than the machine (memfds, which no process shows) made it
+kill another box's trainer. The shares add up to the org's, and the org's fits the machine, so
+a box past its share is killed within its own slot or agent: nothing of the harness's or another
+agent's, and no run of another slot, is ever the victim.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
@@ -21,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from org.program import Program
     from org.sandbox import Limits
 
 CGROUP_ROOTS: dict = {}  # {controller: Path | None}: where our boxes' cgroups go, found once
@@ -82,13 +97,13 @@ def box_cgroups(limits: Limits) -> list[Path]:
     groups: dict[Path, Path] = {}  # {hierarchy's nanolab/: the box's group there}
     for controller, settings in wanted.items():
         root = cgroup_root(controller)
-        group = groups.get(root) or (new_cgroup(root) if root else None)
+        group = groups.get(root) or (box_group(root, limits) if root else None)
         if group is None:
             continue
         if controller == "cpu":
             settings = cpu_weight_setting(group, limits.cpu_weight)
         if controller == "memory":
-            settings = memory_setting(group, limits.memory_bytes or machine_memory() // 2)
+            settings = memory_setting(group, min(limits.memory_bytes or machine_memory() // 2, boxes_memory()))
         try:
             inherit_cpuset(group)
             for name, value in settings.items():
@@ -97,6 +112,89 @@ def box_cgroups(limits: Limits) -> list[Path]:
             continue  # e.g. cores this machine no longer has: that limit is not enforced
         groups[root] = group
     return [inner for inner in map(inner_cgroup, groups.values()) if inner]
+
+
+# --- memory: shared out between the org's slots and agents -------------------------------------
+
+HARNESS_MEMORY = 4  # a quarter of the machine's memory (1 GB at least) is never the boxes': the
+                    # harness, its evaluator, tmux and the system's own
+
+
+def boxes_memory() -> int:
+    """What every box on this machine may hold together: nanolab/'s memory cap."""
+    ram = machine_memory()
+    return ram - max(ram // HARNESS_MEMORY, 1 << 30)
+
+
+def pools(lab_root: str | Path, program: Program, share: str) -> tuple[tuple[str, int], ...]:
+    """The memory groups above a box of this org, outermost first, each with what it may hold:
+    the org's (runner.memory_gb, or all the boxes may hold), then the share's: a slot's
+    ("slot-<i>") or an agent's ("agent-<name>"). Agents' boxes share half of the org's, split
+    evenly (a quarter where every agent is scripted: they run no commands of their own), and the
+    runs the rest, split evenly between the slots."""
+    total = min(int(program.runner.memory_gb * 2**30) if program.runner.memory_gb else boxes_memory(), boxes_memory())
+    agents = program.org.agents
+    for_agents = total // 2 if any(a.backend != "scripted" for a in agents) else total // 4
+    slots = len(program.runner.gpus) or program.runner.slots
+    each = (total - for_agents) // slots if share.startswith("slot-") else for_agents // max(1, len(agents))
+    org = "org-" + hashlib.sha1(str(Path(lab_root).resolve()).encode()).hexdigest()[:12]
+    return (org, total), (share, each)
+
+
+def box_group(root: Path, limits: Limits) -> Path | None:
+    """A new group for a box in root's hierarchy, in its pools. Another org's sweep may remove an
+    idle pool between its making and the box's: then it is made again (and where it never can be,
+    the box goes in root, under its own cap)."""
+    for _ in range(3):
+        pool = pool_group(root, limits)
+        group = new_cgroup(pool) if pool else None
+        if group:
+            return group
+    return new_cgroup(root)
+
+
+def pool_group(root: Path, limits: Limits) -> Path | None:
+    """The folder a box's group goes in: its innermost pool, made now with the caps of all
+    (root itself for another hierarchy than memory's, or a box with no pools); None where one
+    could not be made."""
+    if root != cgroup_root("memory"):
+        return root
+    cap_once(root, boxes_memory())
+    sweep(root, "org-*")  # those of orgs gone (a test's)
+    group = root
+    for name, limit in limits.memory_pools:
+        try:
+            (group / name).mkdir(exist_ok=True)
+        except OSError:
+            return None
+        group = group / name
+        inherit_cpuset(group)
+        cap(group, memory_setting(group, limit))
+        if (group / "cgroup.subtree_control").exists():  # v2: one tree for all; boxes below need them all
+            cap(group, {"cgroup.subtree_control": " ".join(f"+{c}" for c in (group.parent / "cgroup.subtree_control").read_text().split()),
+                        **cpu_weight_setting(group, limits.cpu_weight)})  # (an agent's pool at its boxes' low weight)
+    return group
+
+
+def cap(group: Path, settings: dict):
+    """Write settings in order, or in reverse where that fails (v1 keeps memsw at least the memory
+    limit: raising both needs memsw first, lowering memory first); what cannot be set is not enforced."""
+    for order in (list(settings.items()), list(settings.items())[::-1]):
+        try:
+            for name, value in order:
+                (group / name).write_text(value)
+            return
+        except OSError:
+            continue
+
+
+CAPPED: set = set()  # the nanolab/ roots this process has capped
+
+
+def cap_once(root: Path, limit: int):
+    if root not in CAPPED:
+        cap(root, memory_setting(root, limit))
+        CAPPED.add(root)
 
 
 def memory_setting(group: Path, limit: int) -> dict:
@@ -152,22 +250,27 @@ def inner_cgroup(group: Path) -> Path | None:
 
 
 def new_cgroup(root: Path) -> Path | None:
-    """A new, empty cgroup under root. Empty ones of earlier boxes are removed on the way (a
-    cgroup can be removed only once it is empty)."""
-    for old in root.glob("box-*"):
-        try:
-            if time.time() - old.stat().st_mtime > 60:
-                for group in sorted((p for p in old.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                    group.rmdir()  # the deepest first (what the box made, then "box")
-                old.rmdir()
-        except OSError:
-            pass  # still in use
+    """A new, empty cgroup under root. Empty ones of earlier boxes are removed on the way."""
+    sweep(root, "box-*")
     group = root / f"box-{uuid.uuid4().hex[:12]}"
     try:
         group.mkdir()
     except OSError:
         return None
     return group
+
+
+def sweep(root: Path, pattern: str):
+    """Remove the groups under root matching pattern that no box uses now, the deepest first (what
+    a box made, then "box", then its group; a pool, then its org's). A cgroup can be removed only
+    once empty, and one made in the last minute may be one a box is about to join: it stays."""
+    for old in root.glob(pattern):
+        try:
+            for group in [*sorted((p for p in old.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)), old]:
+                if time.time() - group.stat().st_mtime > 60:
+                    group.rmdir()
+        except OSError:
+            pass  # still in use
 
 
 def process_limit() -> str:
@@ -202,10 +305,19 @@ def cpu_meter() -> str:
             "controller delegated), so the agents' own compute is not on record")
 
 
-def memory_limit() -> str:
-    """How a box's memory is bounded on this machine, in words."""
-    if cgroup_root("memory"):
-        return (f"a memory cgroup per box, at most half of this machine's memory by default, tmpfs and memfds "
-                f"included (under {cgroup_root('memory')})")
-    return ("none: no memory cgroup can be made here (cgroupfs read-only, or no memory controller delegated); "
-            "every box's processes are still the first the kernel kills when memory runs out")
+def memory_limit(program: Program | None = None) -> str:
+    """How the boxes' memory is bounded on this machine (and shared out in program's org), in words."""
+    if not cgroup_root("memory"):
+        return ("none: no memory cgroup can be made here (cgroupfs read-only, or no memory controller delegated); "
+                "every box's processes are still the first the kernel kills when memory runs out")
+    shares = ""
+    if program:
+        (_, org), (_, slot) = pools("", program, "slot-0")
+        agent = pools("", program, "agent-")[1][1]
+        shares = f": this org's {gb(org)} of them, {gb(slot)} a slot's runs and {gb(agent)} an agent's commands"
+    return (f"a memory cgroup per box, tmpfs and memfds included (under {cgroup_root('memory')}); all boxes "
+            f"together hold {gb(boxes_memory())} of this machine's {gb(machine_memory())}{shares}")
+
+
+def gb(n: int) -> str:
+    return f"{n / 2**30:.1f} GB"

@@ -159,8 +159,7 @@ def check_sandbox(program: Program):
             print(f"note: the agents' share of the runs' cores: {cpu_share()}")
         if cgroup_root("cpuacct") is None:
             print(f"note: the agents' own compute: {cpu_meter()}")
-        if cgroup_root("memory") is None:
-            print(f"note: the boxes' memory: {memory_limit()}")
+        print(f"note: the boxes' memory: {memory_limit(program)}")
         return
     if any(agent.backend != "scripted" for agent in program.org.agents):
         raise OrgError(f"{why_not}. Agents' commands and runs must be sandboxed; install it, or launch "

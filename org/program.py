@@ -295,6 +295,8 @@ class Runner(Strict):
     baseline_every: int = Field(4, ge=1)  # re-run the baseline after this many other runs
     backend: Literal["local", "ray"] = "local"  # ray: each run a Ray job (org/cluster.py)
     address: str | None = None  # ray: the cluster's Jobs API, e.g. http://10.0.0.1:8265
+    memory_gb: float | None = Field(None, gt=0)  # all the org's boxes together (default: the machine's less a
+                                                 # quarter); runs and agents each get a share (org/cgroups.py)
 
     @field_validator("gpus")
     @classmethod

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from org import OrgError, remove_tree, shown
 from org.bytecode import fill as fill_bytecode, source_only
+from org.cgroups import pools
 from org.cluster import GPU, connect, job_id, machine
 from org.remote import last_line
 from org.lab import Lab, LabError, child_env, copy_kernel_cache
@@ -60,8 +61,7 @@ KILL_GRACE_SECONDS = 10  # after SIGTERM the trainer finishes its step and write
 IDLE_POLL_SECONDS = 1.0
 
 
-# ----------------------------------------------------------------------------------------
-# slots: where runs execute
+# --- slots: where runs execute --------------------------------------------------------
 
 
 @dataclass
@@ -98,8 +98,7 @@ def pick(cores: list[int] | None, start: int, n: int) -> list[int] | None:
     return sorted({cores[(start + k) % len(cores)] for k in range(n)}) if cores else None
 
 
-# ----------------------------------------------------------------------------------------
-# one run
+# --- one run --------------------------------------------------------------------------
 
 
 def train_command(program: Program, overrides: dict, seed: int, out: Path, budget: tuple | None = None,
@@ -133,8 +132,7 @@ def _flag_value(value) -> str:
     return str(value)
 
 
-# ----------------------------------------------------------------------------------------
-# the runner
+# --- the runner -----------------------------------------------------------------------
 
 
 class Runner:
@@ -432,7 +430,7 @@ class Runner:
         # pinned before exec, so every thread the trainer starts (BLAS pools) stays on the slot's cores;
         # the box's cpuset keeps it there (an affinity alone, its code could widen)
         pin = (lambda: os.sched_setaffinity(0, slot.cores)) if slot.cores else None
-        box = self._run_box(run_dir, *code, slot.cores) if self.sandboxed else None
+        box = self._run_box(run_dir, *code, slot) if self.sandboxed else None
         with open(log_path, "wb") as log:
             how = dict(cwd=code[0], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                        start_new_session=True, preexec_fn=pin)
@@ -455,7 +453,7 @@ class Runner:
         job = run["job_id"]
         if self.program.train.device == "cuda":
             env = {**env, "CUDA_VISIBLE_DEVICES": GPU}
-        box = self._run_box(run_dir, *code, slot.cores) if self.sandboxed else None
+        box = self._run_box(run_dir, *code, slot) if self.sandboxed else None
         timeout = self.program.budget.run_timeout_seconds
         self.jobs.submit(job, cmd, code[0], env, log_path, box, timeout, KILL_GRACE_SECONDS, slot.kind)
         ledger.mark_started(run["id"], None, cmd, run_dir, log_path, node="(a cluster node)")
@@ -496,12 +494,11 @@ class Runner:
                 copy_kernel_cache(self.base_snapshot, base, snapshot, cache)
         return cache
 
-    def _run_box(self, run_dir: Path, snapshot: Path, kernels: Path, cores: list[int] | None):
+    def _run_box(self, run_dir: Path, snapshot: Path, kernels: Path, slot: Slot):
         threads = max(1, int(self.program.runner.threads_per_slot or os.cpu_count() or 1))
-        return run_box(self.lab.root, run_dir, snapshot, self.runs_data,
-                       kernels, gpu=self.program.train.device == "cuda",
-                       cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60, cores=cores,
-                       source=self.program.data.source)
+        return run_box(self.lab.root, run_dir, snapshot, self.runs_data, kernels, gpu=self.program.train.device == "cuda",
+                       cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60, cores=slot.cores,
+                       source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}"))
 
     def _record(self, ledger: Ledger, run: dict, result: Result, wall: float, killed_reason: str | None,
                 slot: Slot):
@@ -566,8 +563,9 @@ class Runner:
         kernels = self.kernels(code, cache)
         data = models_data(self.runs_data)  # a few windows: a worker's compute is no run's budget
         env = untrusted_env({**slot.env, "NANOLAB_CACHE": str(data), "NUMBA_CACHE_DIR": str(kernels)})
-        box = worker_box(self.lab.root, code, data, kernels, gpu=self.program.train.device == "cuda",
-                         cores=slot.share, source=self.program.data.source) if self.sandboxed else None
+        box = worker_box(self.lab.root, code, data, kernels, gpu=self.program.train.device == "cuda", cores=slot.share,
+                         source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}")
+                         ) if self.sandboxed else None
         return worker_command(code, env, box)
 
 

@@ -108,6 +108,8 @@ class Limits:
     tmp_bytes: int = 1 << 30              # the private /tmp (a tmpfs: RAM)
     shm_bytes: int = 256 << 20            # its /dev/shm (a tmpfs: RAM); the rest of /dev is read-only
     memory_bytes: int | None = None       # memory cgroup: RAM, tmpfs and memfds together (None: half the machine's)
+    memory_pools: tuple = ()              # ((group, bytes), ...): the groups above its own, outermost first, and
+                                          # what each holds with every box in it (org/cgroups.py: pools())
     disk_bytes: int = 16 << 30            # what its writable trees may grow by (org/diskwatch.py)
     disk_files: int = 100_000             # files and folders it may add there
     disk_reserve: int = 1 << 30           # free disk it may not write into: the harness's
@@ -140,7 +142,8 @@ class Sandbox:
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Sandbox":
-        limits = {**spec["limits"], "cores": tuple(spec["limits"]["cores"] or ()) or None}
+        limits = {**spec["limits"], "cores": tuple(spec["limits"]["cores"] or ()) or None,
+                  "memory_pools": tuple(map(tuple, spec["limits"].get("memory_pools", ())))}
         return cls(spec["writable"], spec["readonly"], spec["hidden"], net=spec["net"], gpu=spec["gpu"],
                    limits=Limits(**limits), frozen=spec["frozen"],
                    sockets=spec.get("sockets", ()), unix_sockets=spec.get("unix_sockets", True),
@@ -511,7 +514,7 @@ def lab_private(lab_root: Path) -> list[Path]:
 
 
 def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool,
-            cpu_seconds: int, cores=None, source: str = "pystdlib") -> Sandbox:
+            cpu_seconds: int, cores=None, source: str = "pystdlib", pools=()) -> Sandbox:
     """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot
     and the runs' data (the lab's train split, never its val) are read-only; the program's data
     source is absent (pystdlib's: the stdlib without its text, org/sourceless.py); no network, no
@@ -520,11 +523,11 @@ def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: 
     return Sandbox(writable=[run_dir, kernels], readonly=[snapshot, data],
                    hidden=lab_private(lab_root) + source_files(source), gpu=gpu, unix_sockets=False,
                    sourceless_stdlib=source == "pystdlib",
-                   limits=Limits(cpu_seconds=cpu_seconds, cores=tuple(cores) if cores else None))
+                   limits=Limits(cpu_seconds=cpu_seconds, cores=tuple(cores) if cores else None, memory_pools=pools))
 
 
 def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool, cores=None,
-               source: str = "pystdlib") -> Sandbox:
+               source: str = "pystdlib", pools=()) -> Sandbox:
     """A model worker of a measurement: reads its snapshot and the runs' data (its model is built
     as in its runs), not the data source; writes only its commit's kernel cache (Numba uses no
     cache it cannot write, and would compile every kernel again), which is removed once it is
@@ -534,7 +537,8 @@ def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: b
     return Sandbox(writable=[kernels], readonly=[snapshot, data], hidden=lab_private(lab_root) + source_files(source),
                    gpu=gpu, unix_sockets=False, sourceless_stdlib=source == "pystdlib",
                    # (its log and its kernel cache: nothing else it writes is the disk's)
-                   limits=Limits(cores=tuple(cores) if cores else None, file_bytes=1 << 30, disk_bytes=2 << 30))
+                   limits=Limits(cores=tuple(cores) if cores else None, file_bytes=1 << 30, disk_bytes=2 << 30,
+                                 memory_pools=pools))
 
 
 def source_files(source: str) -> list[Path]:
@@ -549,7 +553,7 @@ def source_files(source: str) -> list[Path]:
     return sorted(p for p in found if not any(python.is_relative_to(p) for python in pythons))
 
 
-def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, own_refs: str) -> Sandbox:
+def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, own_refs: str, pools=()) -> Sandbox:
     """An agent's command: its worktree, and what committing there writes in the shared .git
     (loose objects, its worktree's own admin dir but its pointers, and its own folder of branches
     `own_refs` under refs/heads/ with their reflogs), are writable; the rest of .git (config, hooks, info, the
@@ -573,4 +577,4 @@ def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, o
                    # disk to the runs' reserve, and every run that wrote then was killed; an agent's
                    # boxes stop 8 GB short of full, and the runs keep the rest
                    limits=Limits(file_bytes=1 << 30, address_bytes=16 << 30, cpu_weight=1,
-                                 disk_bytes=4 << 30, disk_reserve=AGENT_DISK_RESERVE))
+                                 disk_bytes=4 << 30, disk_reserve=AGENT_DISK_RESERVE, memory_pools=pools))

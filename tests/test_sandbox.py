@@ -32,6 +32,7 @@ from org.measure import probe_seed
 from org.report import build, spend_section
 from org import bytecode, sandbox
 from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_share, memory_limit, pids_root, process_limit
+from org.program import Program
 from org.sandbox import Limits, Sandbox, available, source_files
 from test_org_runner import agent_commit, create_project, tiny_program as runner_program
 from trainer.shards import read_llmc_shard as read_llmc
@@ -63,6 +64,18 @@ def two_agents(outside_tmp, monkeypatch):
     tools.mail.send("bob", "alice", "hello")
     yield root, program, tools, bob
     tools.close()
+
+
+@pytest.fixture
+def two_model_agents(outside_tmp):
+    """An org of 1 GB with two model agents' worktrees: (root, program, an open lab, {agent: worktree})."""
+    agents = [{"name": name, "backend": "anthropic", "model": "claude-sonnet-4-5"} for name in ("alice", "bob")]
+    root, program = make_project(outside_tmp, tiny_program(agents, runner={"threads_per_slot": 1, "memory_gb": 1}),
+                                 trainer=False)
+    trees = {name: worktree(root, program, name) for name in ("alice", "bob")}
+    lab = Lab.open(root)
+    yield root, program, lab, trees
+    lab.close()
 
 
 def run(tools, command: str) -> str:
@@ -214,7 +227,7 @@ def test_no_box_makes_a_fifo_or_a_link(two_agents, tmp_path):
     root, program, tools, _ = two_agents
     for folder in ("run", "snapshot", "data", "port"):
         (tmp_path / folder).mkdir()
-    command = command_box(tools.lab, tools.ws.root, program.name, "alice")
+    command = command_box(tools.lab, tools.ws.root, program, "alice")
     boxes = {"an agent's command": command, "a CLI's": command.with_extra(sockets=[tmp_path / "port"]),
              "a run's": run_box(root, tmp_path / "run", tmp_path / "snapshot", tmp_path / "data", tmp_path / "kernels",
                                 gpu=False, cpu_seconds=60),
@@ -822,6 +835,55 @@ def test_a_box_past_its_memory_is_killed_and_nothing_else(tmp_path):
     code, out = in_box(Sandbox(writable=[tmp_path], limits=Limits(memory_bytes=512 << 20)), tmp_path,
                        f"exec python3 -c \"{hoard}\"")
     assert code == 0 and "held 256 MB" in out, (code, out)  # under its limit: nothing happens
+
+
+def test_the_orgs_memory_is_shared_out_and_the_shares_fit_the_machine():
+    """Each slot's runs and each agent's boxes hold a share; the shares add up to the org's, and
+    the org's to what the machine leaves its boxes, so that no box can take what another holds."""
+    from org.cgroups import boxes_memory, machine_memory, pools
+    models = [{"name": f"a{i}", "backend": "anthropic", "model": "claude-sonnet-4-5"} for i in range(3)]
+    for agents, runner in ([models, {"slots": 2}], [models[:1], {"gpus": [0, 1, 2, 3]}],
+                           [[{"name": "s", "backend": "scripted"}], {"slots": 3, "memory_gb": 2}]):
+        program = Program.model_validate(tiny_program(agents, runner=runner))
+        slots = [pools("/lab", program, f"slot-{i}") for i in range(len(runner.get("gpus", [])) or runner["slots"])]
+        mine = [pools("/lab", program, f"agent-{a['name']}") for a in agents]
+        (org, total), _ = slots[0]
+        assert {share[0] for share in slots + mine} == {(org, total)}  # one org, one total
+        assert sum(share[1][1] for share in slots + mine) <= total <= boxes_memory() < machine_memory()
+        assert org != pools("/another/lab", program, "slot-0")[0][0]  # another org's boxes share nothing
+    assert total == 2 << 30 and mine[0][1][1] == total // 4  # scripted agents run no commands: a quarter
+
+
+@pytest.mark.skipif(cgroup_root("memory") is None, reason=f"a memory cgroup: {memory_limit()}")
+def test_a_box_hoarding_past_its_share_dies_alone(two_model_agents, tmp_path):
+    """The OOM killer takes the largest resident process, and a memfd shows in none. Before the
+    shares, two boxes each hoarding 11 GB of memfds on a 24 GB machine (each under its own cap,
+    half the machine) made the kernel kill a third box, a run holding 2 GB. Now, in an org of
+    1 GB: each agent's boxes hold 256 MB together, the slot's 512 MB. Alice hoards 400 MB unseen;
+    only her command dies, while bob's command and a run hold what is theirs through it."""
+    from org.agents.tools import command_box
+    from org.cgroups import pools
+    from org.sandbox import run_box
+    root, program, lab, trees = two_model_agents
+    hold = ("import time; b = bytearray({mb} << 20); b[::4096] = b'x' * len(b[::4096]); "
+            "print('holds', flush=True); time.sleep(8); print('alive', flush=True)")
+    hoard = ("import os; fd = os.memfd_create('hoard'); [os.write(fd, bytes(1 << 20)) for _ in range(400)]; "
+             "print('hoarded 400 MB', flush=True)")
+    for folder in ("run", "snapshot", "data"):
+        (tmp_path / folder).mkdir()
+    run = run_box(root, tmp_path / "run", tmp_path / "snapshot", tmp_path / "data", tmp_path / "kernels",
+                  gpu=False, cpu_seconds=60, pools=pools(root, program, "slot-0"))
+    boxes = {"bob": (command_box(lab, trees["bob"], program, "bob"), hold.format(mb=200)),
+             "run": (run, hold.format(mb=400)), "alice": (command_box(lab, trees["alice"], program, "alice"), hoard)}
+    procs = {}
+    for name, (box, code) in boxes.items():
+        procs[name] = box.popen([sys.executable, "-c", code], cwd="/tmp", env={"PATH": os.environ["PATH"]},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(1.5 if name == "run" else 0)  # both hold theirs before alice starts
+    out = {name: proc.communicate(timeout=60)[0].decode() for name, proc in procs.items()}
+    assert procs["alice"].returncode != 0 and "hoarded" not in out["alice"], out
+    assert procs["bob"].returncode == 0 and out["bob"] == "holds\nalive\n", out
+    assert procs["run"].returncode == 0 and out["run"] == "holds\nalive\n", out
 
 
 def test_a_run_reads_the_labs_export_and_not_the_data_source(outside_tmp):

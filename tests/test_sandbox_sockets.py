@@ -164,7 +164,7 @@ def test_no_box_but_a_clis_reaches_a_socket_bound_after_it_started(host_dirs, tm
     root, program = make_project(tmp_path, tiny_program([{"name": "solo", "backend": "scripted"}]), trainer=False)
     tree = worktree(root, program, "solo")
     lab = Lab.open(root)
-    command = command_box(lab, tree, program.name, "solo")
+    command = command_box(lab, tree, program, "solo")
     lab.close()
     for folder_of_run in ("run", "snapshot", "data", "port"):
         (tmp_path / folder_of_run).mkdir()

@@ -297,7 +297,7 @@ class BoxedCLI:
         from org.agents.tools import command_box
         lab = Lab.open(self.root)
         try:
-            box = command_box(lab, self.tree, self.program.name, self.entry.name)
+            box = command_box(lab, self.tree, self.program, self.entry.name)
         finally:
             lab.close()
         if box is None:

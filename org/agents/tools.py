@@ -31,6 +31,7 @@ from org.mail import EVERYONE, HUMAN, Mail, quote
 from org.program import Program, owned_by_program
 from org.agents.sandbox import SECRET_NAME, Refused, Workspace, cap, git_identity
 from org.agents.spend import cpu_exhausted
+from org.cgroups import pools
 from org.sandbox import agent_box, available
 
 # a command that names a credential variable is refused before it runs
@@ -118,13 +119,13 @@ TOOL_NAMES = [t["name"] for t in TOOLS]
 JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict}
 
 
-def command_box(lab: Lab, worktree: str | Path, program: str, agent: str):
+def command_box(lab: Lab, worktree: str | Path, program: Program, agent: str):
     """The box an agent's commands run in, or None where boxes cannot be made (then `org launch`
-    runs only scripted agents, and says so)."""
+    runs only scripted agents, and says so). Its memory is the agent's share, with its CLI's."""
     if available() is not None:
         return None
     return agent_box(lab.root, Path(worktree).resolve(), lab.admin_dir(worktree), Path(lab.repo.common_dir),
-                     agent_refs(program, agent))
+                     agent_refs(program.name, agent), pools=pools(lab.root, program, f"agent-{agent}"))
 
 
 @contextlib.contextmanager
@@ -147,7 +148,7 @@ class Tools:
         self.lab_dir = self.lab.state_dir(program.name)
         self.ledger_path = ledger_path(self.lab_dir)
         self.ws = Workspace(worktree, program.protected, env=git_identity(agent),
-                            box=command_box(self.lab, worktree, program.name, agent), meter=self.meter)
+                            box=command_box(self.lab, worktree, program, agent), meter=self.meter)
         self.mail = Mail(self.lab_dir)
         self.teammates = [t for t in teammates if t != agent]
         self.limits = limits or Limits()
