@@ -14,15 +14,17 @@ mounts its cgroups sees only the child, and cannot raise the limits one level ab
 Memory is shared out, so that no box can take another's (`Limits.memory_pools`, from pools()):
 
     nanolab/                          the machine's memory less the harness's (HARNESS_MEMORY)
-      org-<lab>/                      runner.memory_gb, or all of nanolab/'s
+      org-<lab, program>/             runner.memory_gb, or all of nanolab/'s
         slot-<i>/box-*/box            a slot's runs and their measurement's workers
         agent-<name>/box-*/box        an agent's commands and its CLI
 
 A box caps only what it holds itself, and the kernel's OOM killer picks its victim by resident
 memory: boxes that together held more than the machine (memfds, which no process shows) made it
-kill another box's trainer. The shares add up to the org's, and the org's fits the machine, so
-a box past its share is killed within its own slot or agent: nothing of the harness's or another
-agent's, and no run of another slot, is ever the victim.
+kill another box's trainer. The shares add up to the org's, and the org's fits the machine, so a
+share past its cap loses a process of its own (the largest there, not always the hoarder's):
+nothing of the harness's, another agent's or another slot's. Two orgs on one machine each take
+all of nanolab/ unless runner.memory_gb says less: between them, it is nanolab/'s cap that holds.
+No box starts without its memory group, capped (box_cgroups raises).
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from org import OrgError
 
 if TYPE_CHECKING:
     from org.program import Program
@@ -98,12 +102,13 @@ def box_cgroups(limits: Limits) -> list[Path]:
     for controller, settings in wanted.items():
         root = cgroup_root(controller)
         group = groups.get(root) or (box_group(root, limits) if root else None)
+        if controller == "memory" and root and not (group and capped(group, box_memory(limits))):
+            raise OrgError(f"no memory cgroup could be made and capped for a box under {root}: no box starts "
+                           "without one (its share would be unbounded)")
         if group is None:
             continue
         if controller == "cpu":
             settings = cpu_weight_setting(group, limits.cpu_weight)
-        if controller == "memory":
-            settings = memory_setting(group, min(limits.memory_bytes or machine_memory() // 2, boxes_memory()))
         try:
             inherit_cpuset(group)
             for name, value in settings.items():
@@ -120,43 +125,49 @@ HARNESS_MEMORY = 4  # a quarter of the machine's memory (1 GB at least) is never
                     # harness, its evaluator, tmux and the system's own
 
 
+def box_memory(limits: Limits) -> int:
+    """What one box may hold: its own limit (half the machine by default), within all boxes'."""
+    return min(limits.memory_bytes or machine_memory() // 2, boxes_memory())
+
+
 def boxes_memory() -> int:
     """What every box on this machine may hold together: nanolab/'s memory cap."""
     ram = machine_memory()
     return ram - max(ram // HARNESS_MEMORY, 1 << 30)
 
 
-def pools(lab_root: str | Path, program: Program, share: str) -> tuple[tuple[str, int], ...]:
-    """The memory groups above a box of this org, outermost first, each with what it may hold:
-    the org's (runner.memory_gb, or all the boxes may hold), then the share's: a slot's
-    ("slot-<i>") or an agent's ("agent-<name>"). Agents' boxes share half of the org's, split
-    evenly (a quarter where every agent is scripted: they run no commands of their own), and the
-    runs the rest, split evenly between the slots."""
+def pools(lab_root: str | Path, program: Program, share: str, slots: int | None = None) -> tuple[tuple[str, int], ...]:
+    """The memory groups above a box of this org (a lab's program), outermost first, each with
+    what it may hold: the org's (runner.memory_gb, or all the boxes may hold), then the share's:
+    a slot's ("slot-<i>", one of `slots`: the program's by default) or an agent's
+    ("agent-<name>"). Agents' boxes share half of the org's, split evenly (a quarter where every
+    agent is scripted: they run no commands of their own), and the runs the rest, split evenly
+    between the slots."""
     total = min(int(program.runner.memory_gb * 2**30) if program.runner.memory_gb else boxes_memory(), boxes_memory())
     agents = program.org.agents
     for_agents = total // 2 if any(a.backend != "scripted" for a in agents) else total // 4
-    slots = len(program.runner.gpus) or program.runner.slots
+    slots = slots or len(program.runner.gpus) or program.runner.slots
     each = (total - for_agents) // slots if share.startswith("slot-") else for_agents // max(1, len(agents))
-    org = "org-" + hashlib.sha1(str(Path(lab_root).resolve()).encode()).hexdigest()[:12]
+    org = "org-" + hashlib.sha1(f"{Path(lab_root).resolve()}\0{program.name}".encode()).hexdigest()[:12]
     return (org, total), (share, each)
 
 
 def box_group(root: Path, limits: Limits) -> Path | None:
-    """A new group for a box in root's hierarchy, in its pools. Another org's sweep may remove an
-    idle pool between its making and the box's: then it is made again (and where it never can be,
-    the box goes in root, under its own cap)."""
+    """A new group for a box in root's hierarchy, in its pools; None where none can be made.
+    Another org's sweep may remove an idle pool (or org) between its making and the box's: then
+    it is made again, and young, it stays."""
     for _ in range(3):
         pool = pool_group(root, limits)
         group = new_cgroup(pool) if pool else None
         if group:
             return group
-    return new_cgroup(root)
+    return None
 
 
 def pool_group(root: Path, limits: Limits) -> Path | None:
-    """The folder a box's group goes in: its innermost pool, made now with the caps of all
-    (root itself for another hierarchy than memory's, or a box with no pools); None where one
-    could not be made."""
+    """The folder a box's group goes in: its innermost pool, made now and held to its cap (root
+    itself for another hierarchy than memory's, or a box with no pools); None where a pool could
+    not be made or capped."""
     if root != cgroup_root("memory"):
         return root
     cap_once(root, boxes_memory())
@@ -169,16 +180,31 @@ def pool_group(root: Path, limits: Limits) -> Path | None:
             return None
         group = group / name
         inherit_cpuset(group)
-        cap(group, memory_setting(group, limit))
-        if (group / "cgroup.subtree_control").exists():  # v2: one tree for all; boxes below need them all
-            cap(group, {"cgroup.subtree_control": " ".join(f"+{c}" for c in (group.parent / "cgroup.subtree_control").read_text().split()),
-                        **cpu_weight_setting(group, limits.cpu_weight)})  # (an agent's pool at its boxes' low weight)
+        if (group / "cgroup.subtree_control").exists():  # v2: one tree for all; boxes below need each controller
+            enabled = (group.parent / "cgroup.subtree_control").read_text().split()
+            write(group, {"cgroup.subtree_control": " ".join(f"+{c}" for c in enabled)})
+            if name.startswith("agent-"):  # v2 weighs siblings: an agent's pool at its boxes' low weight
+                write(group, cpu_weight_setting(group, limits.cpu_weight))
+        if not capped(group, limit):
+            return None
     return group
 
 
-def cap(group: Path, settings: dict):
+def capped(group: Path, limit: int) -> bool:
+    """Set group's memory limit, and whether it holds now: v1 refuses to lower a limit below what
+    the group holds (EBUSY), and the old one stands."""
+    write(group, memory_setting(group, limit))
+    name = "memory.max" if (group / "memory.max").exists() else "memory.limit_in_bytes"
+    try:
+        value = (group / name).read_text().strip()
+        return value != "max" and int(value) <= limit
+    except (OSError, ValueError):
+        return False
+
+
+def write(group: Path, settings: dict):
     """Write settings in order, or in reverse where that fails (v1 keeps memsw at least the memory
-    limit: raising both needs memsw first, lowering memory first); what cannot be set is not enforced."""
+    limit: raising both needs memsw first, lowering memory first)."""
     for order in (list(settings.items()), list(settings.items())[::-1]):
         try:
             for name, value in order:
@@ -193,7 +219,7 @@ CAPPED: set = set()  # the nanolab/ roots this process has capped
 
 def cap_once(root: Path, limit: int):
     if root not in CAPPED:
-        cap(root, memory_setting(root, limit))
+        write(root, memory_setting(root, limit))
         CAPPED.add(root)
 
 
@@ -314,7 +340,7 @@ def memory_limit(program: Program | None = None) -> str:
     if program:
         (_, org), (_, slot) = pools("", program, "slot-0")
         agent = pools("", program, "agent-")[1][1]
-        shares = f": this org's {gb(org)} of them, {gb(slot)} a slot's runs and {gb(agent)} an agent's commands"
+        shares = f": this org's {gb(org)} of them, {gb(slot)} a slot's runs and {gb(agent)} an agent's commands and CLI"
     return (f"a memory cgroup per box, tmpfs and memfds included (under {cgroup_root('memory')}); all boxes "
             f"together hold {gb(boxes_memory())} of this machine's {gb(machine_memory())}{shares}")
 

@@ -277,7 +277,8 @@ def cmd_extend(args) -> int:
     measured arm gets runs on them, queued now; a person's act, logged beside `org budget`'s."""
     lab, name, path = find_ledger(args.program)
     with Ledger(path) as ledger:
-        seeds = parse_seeds(args.seeds, ledger.budget(name)["seeds"])
+        fresh = [r["seed"] for r in ledger.runs(name, purpose="replicate")]  # (a seed once: its runs pair)
+        seeds = parse_seeds(args.seeds, ledger.budget(name)["seeds"] + sorted(set(fresh)))
         ledger.add_seeds(name, seeds, args.who)
         program = Program.model_validate(json.loads(ledger.program(name)["spec"]))
         for experiment in ledger.experiments(name, stage="measuring"):
@@ -296,7 +297,7 @@ def parse_seeds(text: str, have: list[int]) -> list[int]:
         raise OrgError(f"--seeds {text}: expected seeds as integers, e.g. 5,6,7") from None
     known = sorted(set(seeds) & set(have))
     if not seeds or not 0 <= min(seeds) <= max(seeds) <= MAX_SEED or len(set(seeds)) != len(seeds) or known:
-        why = f"seed {known[0]} is already the program's" if known else "expected new seeds, each once, from 0 to 2**63-1"
+        why = f"seed {known[0]} is already used" if known else "expected new seeds, each once, from 0 to 2**63-1"
         raise OrgError(f"--seeds {text}: {why} (it has {have})")
     return seeds
 

@@ -4,7 +4,8 @@ commit; the program decides everything else.
 
     submit()      -> refused (owned keys, protected paths) or queued runs: every arm gets the
                      program's seed list; with a tune grid, first tuning runs, then the best point
-    plan()        -> whatever an experiment needs next (idempotent: safe after any crash)
+    plan()        -> whatever an experiment needs next (idempotent: safe after any crash), and
+                     fresh seeds for an arm whose claim stands on its main ones
     submission_source() / check_arm_name() -> the one rule for arm names, for people and agents
 
 The runner (org/runner.py) executes the queue these fill.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import zlib
 
 from org import OrgError
@@ -111,6 +113,45 @@ def plan(ledger: Ledger, program: Program, experiment: dict):
     plan_runs(ledger, program, experiment)
     for front in decide_ready(ledger, program):
         plan_runs(ledger, program, front)
+    plan_replication(ledger, program)
+
+
+def plan_replication(ledger: Ledger, program: Program):
+    """Fresh seeds for every arm whose claim stands on its main seeds (better or no regression,
+    confirmed on the held-out split) and has none yet: program.fresh_seeds of them, drawn now, so
+    that no code committed before could know them, each run by the arm and by the baseline
+    (referee.replicate judges them). Only once every main run of the arm and the baseline is
+    finished: a verdict still moving is not yet a claim."""
+    runs = ledger.runs(program.name)
+    mains = [r for r in runs if r["purpose"] == "main"]
+    done = {arm for arm in {r["arm"] for r in mains} if all(r["status"] in FINISHED for r in mains if r["arm"] == arm)}
+    ready = done - {r["arm"] for r in runs if r["purpose"] == "replicate"} - {"baseline"}
+    if not program.fresh_seeds or "baseline" not in done or not ready:
+        return
+    from org.referee import NEEDS_CONFIRMATION, verdict_kind, verdicts  # (scipy: only where it is used)
+    declares = {v.name: frozenset(v.declares) for v in program.variants}
+    try:
+        judged, _ = verdicts(runs, program.claim.rule, program.claim.margin, declares)
+    except Exception:  # the referee's bug must not stop the runner: the claim is awaited (report, results)
+        return
+    used = {r["seed"] for r in runs}
+    base = next(r for r in mains if r["arm"] == "baseline")
+    budget = program.budget.per_run.kind, program.budget.per_run.value
+    for arm in sorted(ready & judged.keys()):
+        c = judged[arm]
+        if verdict_kind(c.verdict) not in NEEDS_CONFIRMATION or c.final_verdict != c.verdict:
+            continue
+        seeds = []
+        while len(seeds) < program.fresh_seeds:
+            seed = secrets.randbelow(2**31)
+            if seed not in used:
+                seeds.append(seed)
+                used.add(seed)
+        own = next(r for r in mains if r["arm"] == arm)
+        for i, seed in enumerate(seeds):
+            for template in (base, own):  # (its overrides: the tuned point, where a grid was tuned)
+                ledger.add_run(ledger.experiment(template["experiment_id"]), "replicate", seed, 1 + i,
+                               json.loads(template["overrides"]), budget)
 
 
 def plan_runs(ledger: Ledger, program: Program, experiment: dict):

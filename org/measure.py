@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import asdict
 from pathlib import Path
 
 from org import OrgError, remove_tree
@@ -138,13 +137,11 @@ def lab_secret(harness_cache: Path, name: str, content: bytes) -> Path:
 
 
 def worker_command(code: Path, env: dict, box=None) -> dict:
-    """How the evaluator starts the experiment's model worker: in `box` (org.sandbox) when given."""
+    """How the evaluator starts the experiment's model worker: in `box` (org.sandbox) when given,
+    made as it starts (remote.Worker): its cgroups, made now, would be swept as abandoned by the
+    time a later worker starts, minutes into a measurement."""
     argv = [sys.executable, "-I", "-B", "-m", "org.model_worker", str(code)]
-    env = {**env, **source_only()}
-    if box is None:
-        return {"code": str(code), "argv": argv, "env": env}
-    return {"code": str(code), "argv": box.command(argv, cwd=code, env=env), "env": env,
-            "limits": asdict(box.limits), "writable": [str(p) for p in box.writable]}  # (remote.Worker sets them)
+    return {"code": str(code), "argv": argv, "env": {**env, **source_only()}, "box": box.spec() if box else None}
 
 
 def evaluator_env(cache: Path, slot_env: dict) -> dict:

@@ -105,6 +105,9 @@ class Claim(Strict):
     kind: Literal["non-inferiority", "superiority", "improve"]
     margin: float = Field(0.0, ge=0, description="in metric units; non-inferiority needs > 0")
     alpha: float = Field(0.05, gt=0, lt=1, description="improve: the FDR level of the keep decisions")
+    # fresh seeds the harness draws for an arm whose claim stands on the main ones (referee.replicate):
+    # None, as many as budget.seeds; 0, none. An improve program's keeps have rungs instead
+    fresh_seeds: int | None = Field(None, ge=0)
 
     @property
     def rule(self) -> str:
@@ -115,6 +118,10 @@ class Claim(Strict):
     def _margin(self):
         if self.kind == "non-inferiority" and self.margin <= 0:
             raise ValueError("a non-inferiority claim needs margin > 0 (in val_bpb)")
+        if self.kind == "improve" and self.fresh_seeds:
+            raise ValueError("fresh_seeds: an improve program's keeps hold at its ladder's rungs instead; leave it out")
+        if self.fresh_seeds == 1:
+            raise ValueError("fresh_seeds: expected 0 (none) or 2 and more: one seed gives no interval")
         return self
 
 
@@ -247,6 +254,16 @@ def check_seeds(seeds: list[int]) -> list[int]:
     if seeds and not 0 <= min(seeds) <= max(seeds) <= MAX_SEED:  # the trainer's generators take no negative seed
         raise ValueError(f"expected seeds from 0 to 2**63-1, got {seeds}")
     return seeds
+
+
+def fresh_seed_count(claim: dict, seeds: list) -> int:
+    """How many fresh seeds a standing claim is replicated on: claim.fresh_seeds, or as many as
+    the program's seeds (two at least: one seed gives no interval); none in an improve program.
+    From a program, or a spec as a ledger recorded it (the report's)."""
+    if claim.get("kind") == "improve":
+        return 0
+    given = claim.get("fresh_seeds")
+    return max(2, len(seeds or ())) if given is None else given
 
 
 RESERVED_AGENT_NAMES = ("human", "all", "program")  # mail's people, broadcast, the program's arms
@@ -398,6 +415,10 @@ class Program(Strict):
     @property
     def arms(self) -> list[str]:
         return ["baseline"] + [v.name for v in self.variants]
+
+    @property
+    def fresh_seeds(self) -> int:
+        return fresh_seed_count(self.claim.model_dump(), self.budget.seeds)
 
     @property
     def tuning_seeds(self) -> list[int]:

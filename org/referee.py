@@ -7,6 +7,7 @@ report, the tests and a person at a REPL call it the same way:
     c = compare(baseline_runs, variant_runs, claim="non-inferiority", margin=0.01)
     comparisons = adjust([c, ...])                 # every comparison of the program at once
     c = confirm(comparisons[0], baseline_runs, variant_runs)   # re-check on the held-out split
+    c = replicate(c, baseline_runs, variant_runs, 5)  # and on 5 fresh seeds the harness draws
     c.final_verdict      # 'no regression', 'better (not confirmed on held-out split: ...)', ...
 
 The statistics. Runs are paired by seed (the same seed gives both arms the same init and
@@ -32,6 +33,10 @@ two-sided 90% interval). A rule uses one bound, so each verdict is a one-sided t
                      worse          lower > margin
     otherwise        inconclusive (needs N more seeds), or (inside the noise floor) when a
                      superiority mean leans better but is smaller than the floor
+
+A `better` or `no regression` then has to hold twice more, or final_verdict says where it did not:
+on the held-out split (confirm()), and on fresh seeds alone, which the harness drew once the arm's
+main runs were done (replicate()): no code committed before could know them.
 
 A baseline whose val_bpb does not beat the data's unigram entropy (measured by the harness) is
 not learning: every verdict of the program says so, loudly, in brackets at its end.
@@ -79,7 +84,7 @@ class Run:
     seed: int
     status: str
     reason: str | None      # why a run was refused, invalid, ...
-    purpose: str            # main | repeat (an interleaved baseline re-run) | tune
+    purpose: str            # main | repeat (an interleaved baseline re-run) | tune | replicate (a fresh seed)
     val_bpb: float | None
     confirm_bpb: float | None
     flops: float | None
@@ -256,8 +261,9 @@ class Comparison:
     shortfall: str | None       # why there is no interval: no runs, no pairs, one seed
     failed: str | None = None   # 'refused (...)' / 'invalid (...)': no run of an arm could be measured
     verdict: str = ""
-    final_verdict: str = ""     # the verdict once the held-out split had its say
+    final_verdict: str = ""     # the verdict once the held-out split and the fresh seeds had their say
     confirmation: Comparison | None = None
+    replication: Comparison | None = None  # main and fresh seeds pooled (replicate())
 
     @property
     def confounds(self) -> list[Finding]:
@@ -483,10 +489,57 @@ def confirm(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict]) 
     return replace(c, final_verdict=final, confirmation=held_out)
 
 
+# --- replication on fresh seeds --------------------------------------------------------------
+
+def replicate(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict], wanted: int = 0) -> Comparison:
+    """The claim again on fresh seeds alone (runs of purpose 'replicate'), which the harness drew
+    once the arm's main runs were done (experiments.plan_replication): its code was committed
+    before they existed. Code that reads its seed and trains each seed it knows its own best way
+    (a data order picked per seed from exploratory arms) wins on the program's seeds, and loses
+    the edge on these. The claim stands if the same rule, at the same adjusted level, gives it on
+    them: a second test, which a seed-keyed gain passes at its level and a real effect at its
+    power. A fresh seed with no pair (a run failed) fails it; while runs are pending, or none were
+    drawn though the program `wanted` some, it is awaited. Call it after confirm()."""
+    fresh = [r for r in map(Run.read, variant_runs) if r.purpose == "replicate"]
+    kind = verdict_kind(c.verdict)
+    if (not fresh and not wanted) or kind not in NEEDS_CONFIRMATION or c.final_verdict != c.verdict:
+        return c
+    seeds = {r.seed for r in fresh}
+    theirs = [r for r in map(Run.read, baseline_runs) if r.purpose == "replicate" and r.seed in seeds]
+    b, v = per_seed(theirs, c.metric), per_seed(fresh, c.metric)
+    paired = sorted(b.keys() & v.keys())
+    loud = alarm(c)
+    plain, n = c.verdict.removesuffix(loud), len(seeds) or wanted
+    if not fresh or any(r.status in ("queued", "running") for r in fresh + theirs):
+        return replace(c, final_verdict=f"{plain} (awaiting replication on {n} fresh seeds){loud}")
+    if len(paired) < n:
+        return replace(c, final_verdict=f"{plain} (not replicated: {n - len(paired)} of {n} fresh seeds have "
+                                        f"no pair of completed runs){loud}")
+    again = compare(fresh_only(baseline_runs, seeds), fresh_only(variant_runs, seeds), c.claim, c.margin, c.alpha,
+                    c.declared, c.tolerances)
+    if again.p_better is not None:  # same multiplier as the main p got
+        again = decided(replace(again, p_better_adjusted=min(1.0, again.p_better * c.alpha / c.alpha_better),
+                                adjustment=c.adjustment, family=c.family))
+    kinds = kind, verdict_kind(again.verdict)
+    holds = kinds[0] == kinds[1] or kinds == ("no regression", "better")
+    there = again.verdict.removesuffix(alarm(again))
+    final = c.verdict if holds else (f"{plain} (not replicated on {n} fresh seeds: {there} there, "
+                                     f"Δ {round(again.mean, 4) + 0:+.4f} against {c.mean:+.4f}){loud}")  # (no -0.0000)
+    return replace(c, final_verdict=final, replication=again)
+
+
+def fresh_only(runs: list[dict], seeds: set) -> list[dict]:
+    """The fresh seeds' runs as main ones, the rest as they were (the baseline's other runs still
+    give the noise floor and the confound checks their spread; only fresh seeds pair)."""
+    return [dict(r, purpose="main") if r.get("purpose") == "replicate" and r["seed"] in seeds
+            else (r if r.get("arm") == "baseline" else dict(r, purpose="program")) for r in runs]
+
+
 # --- the whole pipeline: the report, `org status` and the agents' `results` tool --------------
 
 def verdicts(runs: list[dict], claim: str, margin: float, declares: dict[str, frozenset] | None = None,
-             method: str = "holm", arms: list[str] | None = None) -> tuple[dict[str, Comparison], dict[str, str]]:
+             method: str = "holm", arms: list[str] | None = None, fresh_seeds: int = 0
+             ) -> tuple[dict[str, Comparison], dict[str, str]]:
     """Every arm of a program against its baseline, from all of the program's runs (ledger rows,
     any purpose): what judge_arms() returns. arms: which to judge, in order (default: every arm
     with a run past tuning, in the order first seen)."""
@@ -497,15 +550,17 @@ def verdicts(runs: list[dict], claim: str, margin: float, declares: dict[str, fr
         arms = [a for a, rs in by_arm.items() if any(r.get("purpose") != "tune" for r in rs)]
     arms = [a for a in arms if a != "baseline"]
     return judge_arms(by_arm.get("baseline", []), {a: by_arm.get(a, []) for a in arms}, claim, margin,
-                      declares, method)
+                      declares, method, fresh_seeds)
 
 
 def judge_arms(baseline_runs: list[dict], arm_runs: dict[str, list[dict]], claim: str, margin: float,
-               declares: dict[str, frozenset] | None = None, method: str = "holm"
+               declares: dict[str, frozenset] | None = None, method: str = "holm", fresh_seeds: int = 0
                ) -> tuple[dict[str, Comparison], dict[str, str]]:
     """Every arm against the baseline: compare -> adjust over the family -> confirm on the
-    held-out split. Returns ({arm: Comparison}, {arm: why there is no verdict}) — an arm whose
-    runs the referee cannot read gets a reason, never a made-up verdict."""
+    held-out split -> replicate on fresh seeds (`fresh_seeds`: how many the program draws, so
+    that a claim with none yet is awaited; 0: judged on the runs there are). Returns
+    ({arm: Comparison}, {arm: why there is no verdict}): an arm whose runs the referee cannot
+    read gets a reason, never a made-up verdict."""
     declares = declares or {}
     raw, unreadable = {}, {}
     for arm, runs in arm_runs.items():
@@ -514,5 +569,6 @@ def judge_arms(baseline_runs: list[dict], arm_runs: dict[str, list[dict]], claim
         except (KeyError, TypeError, ValueError) as e:  # a row the referee cannot read
             unreadable[arm] = f"the referee could not read its runs ({e})"
     adjusted = adjust(list(raw.values()), method)
-    return ({arm: confirm(c, baseline_runs, arm_runs[arm]) for arm, c in zip(raw, adjusted)}, unreadable)
+    return ({arm: replicate(confirm(c, baseline_runs, arm_runs[arm]), baseline_runs, arm_runs[arm], fresh_seeds)
+             for arm, c in zip(raw, adjusted)}, unreadable)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from org.model_worker import receive, send
 from org.diskwatch import watch
-from org.sandbox import Limits, Sandbox, dies_with
+from org.sandbox import Sandbox, dies_with
 from org.recount import flops_per_token
 
 PROBE_BATCHES = 2        # batches of each scoring pass whose logits the fresh worker re-checks
@@ -39,13 +39,14 @@ class Worker:
         self.log = open(log, "wb", opener=no_follow)
         # a box's rlimits and disk watch, as Sandbox.popen gives a run's: its log and kernel cache
         # are files of the harness's disk (boxless, as measure.py's tests start it: none)
-        box = Sandbox(limits=Limits(**w["limits"])) if w.get("limits") else None
+        box = Sandbox.from_spec(w["box"]) if w.get("box") else None
+        argv = box.command(w["argv"], cwd=w["code"], env=w["env"]) if box else w["argv"]
         dies = dies_with(os.getpid())
-        self.proc = subprocess.Popen(w["argv"], cwd=w["code"], env=w["env"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen(argv, cwd=w["code"], env=w["env"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log,
                                      preexec_fn=(lambda: (dies(), box.set_limits())) if box else dies)
         if box:
-            watch(self.proc, [Path(p) for p in w["writable"]], box.limits)
+            watch(self.proc, box.writable, box.limits)
         self.job, self.seen_text = job, False
 
     def __enter__(self):

@@ -37,6 +37,7 @@ from org.lab import diff_summary
 from org.ledger import LedgerError, loads
 from org.ledger_read import read_tables
 from org.plots import Curve, finite, plot_all, read_curves
+from org.program import fresh_seed_count
 from org.confounds import NO_CHANGE
 from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, noise_floor, per_seed,
                          read_arm, verdict_kind, verdicts)
@@ -51,8 +52,7 @@ class ReportError(OrgError):
     pass
 
 
-# ----------------------------------------------------------------------------------------
-# the report's data: everything read once, then rendered three ways (markdown, rich, JSON)
+# --- the report's data: everything read once, then rendered three ways (markdown, rich, JSON) ---
 
 
 @dataclass
@@ -93,8 +93,7 @@ def build(ledger_path: str | Path, program: str) -> Report:
     return report
 
 
-# ----------------------------------------------------------------------------------------
-# reading the ledger: read-only, any schema version
+# --- reading the ledger: read-only, any schema version --------------------------------
 
 
 def read_ledger(path: Path, program: str) -> Report:
@@ -122,8 +121,7 @@ def arms_in_order(report: Report) -> list[str]:
     return seen if report.runs or report.experiments else []
 
 
-# ----------------------------------------------------------------------------------------
-# the verdicts: the referee's, never ours
+# --- the verdicts: the referee's, never ours ------------------------------------------
 
 
 def add_verdicts(report: Report):
@@ -144,14 +142,14 @@ def add_verdicts(report: Report):
         return
     declares = {v.get("name"): frozenset(v.get("declares") or []) for v in report.spec.get("variants", [])}
     rule = "superiority" if claim["kind"] == "improve" else claim["kind"]  # every arm against the baseline
+    fresh = fresh_seed_count(claim, (report.spec.get("budget") or {}).get("seeds"))  # (a claim with none yet: awaited)
     report.comparisons, report.no_verdict = verdicts(runs, rule, claim.get("margin", 0.0), declares, ADJUSTMENT,
-                                                     arms=variants)
+                                                     variants, fresh)
     if not any(r.get("status") == "completed" for r in runs):
         report.missing.append("no finished runs: every verdict is inconclusive")
 
 
-# ----------------------------------------------------------------------------------------
-# writing: README.md and the plots
+# --- writing: README.md and the plots -------------------------------------------------
 
 
 def write(report: Report, out_dir: str | Path) -> Path:
@@ -166,8 +164,7 @@ def write(report: Report, out_dir: str | Path) -> Path:
     return readme
 
 
-# ----------------------------------------------------------------------------------------
-# README.md
+# --- README.md ------------------------------------------------------------------------
 
 
 def markdown(report: Report) -> str:
@@ -338,7 +335,8 @@ def final_text(c: Comparison) -> str:
     if c.final_verdict != c.verdict:
         return c.final_verdict
     if c.confirmation is not None and verdict_kind(c.verdict) in NEEDS_CONFIRMATION:
-        return f"{c.verdict} (confirmed: held-out split says {verdict_kind(c.confirmation.verdict)})"
+        fresh = f"; so do {c.replication.n} fresh seeds" if c.replication else ""
+        return f"{c.verdict} (confirmed: held-out split says {verdict_kind(c.confirmation.verdict)}{fresh})"
     return "same (needs no held-out check)"
 
 
@@ -520,8 +518,7 @@ def counts_text(counts: Counter) -> str:
     return ", ".join(f"{n} {k}" for k, n in counts.items()) or "none"
 
 
-# ----------------------------------------------------------------------------------------
-# the terminal and JSON
+# --- the terminal and JSON ------------------------------------------------------------
 
 
 def print_summary(report: Report, readme: Path, file=None):

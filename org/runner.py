@@ -71,6 +71,7 @@ class Slot:
     cores: list[int] | None = None  # where its runs may run: `threads` cores of its share
     share: list[int] | None = None  # its part of the machine: where its runs are measured
     kind: str | None = None  # a cluster's kind of device (org/cluster.py): each seed's runs keep to one
+    of: int = 1  # how many slots share the runs' memory (org/cgroups.py: pools)
 
 
 def make_slots(program: Program) -> list[Slot]:
@@ -85,7 +86,7 @@ def make_slots(program: Program) -> list[Slot]:
     per_slot = max(1, n_cores // len(devices))
     threads = cfg.threads_per_slot or per_slot
     return [Slot(i, {**_threads(threads), "CUDA_VISIBLE_DEVICES": device},
-                 pick(cores, i * per_slot, threads), pick(cores, i * per_slot, per_slot))
+                 pick(cores, i * per_slot, threads), pick(cores, i * per_slot, per_slot), of=len(devices))
             for i, device in enumerate(devices)]
 
 
@@ -179,7 +180,7 @@ class Runner:
             return make_slots(self.program)
         env = {**_threads(self.program.runner.threads_per_slot or 1), "CUDA_VISIBLE_DEVICES": ""}
         kinds = [kind for kind, n in self.jobs.slots().items() for _ in range(n)]
-        return [Slot(i, env, kind=kind) for i, kind in enumerate(kinds)]
+        return [Slot(i, env, kind=kind, of=len(kinds)) for i, kind in enumerate(kinds)]
 
     def drain(self) -> dict:
         """Run until nothing is queued (or the compute budget is spent); returns run counts by
@@ -498,7 +499,7 @@ class Runner:
         threads = max(1, int(self.program.runner.threads_per_slot or os.cpu_count() or 1))
         return run_box(self.lab.root, run_dir, snapshot, self.runs_data, kernels, gpu=self.program.train.device == "cuda",
                        cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60, cores=slot.cores,
-                       source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}"))
+                       source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of))
 
     def _record(self, ledger: Ledger, run: dict, result: Result, wall: float, killed_reason: str | None,
                 slot: Slot):
@@ -564,7 +565,7 @@ class Runner:
         data = models_data(self.runs_data)  # a few windows: a worker's compute is no run's budget
         env = untrusted_env({**slot.env, "NANOLAB_CACHE": str(data), "NUMBA_CACHE_DIR": str(kernels)})
         box = worker_box(self.lab.root, code, data, kernels, gpu=self.program.train.device == "cuda", cores=slot.share,
-                         source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}")
+                         source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of)
                          ) if self.sandboxed else None
         return worker_command(code, env, box)
 

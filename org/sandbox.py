@@ -513,6 +513,19 @@ def lab_private(lab_root: Path) -> list[Path]:
     return [Path(lab_root) / ".lab", Path(lab_root) / "worktrees", *secrets]
 
 
+def code_private(lab_root: Path) -> list[Path]:
+    """What a run and a model worker never see: what no agent code sees, the lab's git, and the
+    cgroups. An agent's box writes git objects (it commits), and its cgroups' figures move as it
+    likes (memory.usage_in_bytes): a run that read either could be handed what its agent worked out
+    after submitting it, such as a table for the fresh seeds its claim is replicated on."""
+    git_dir = Path(lab_root) / ".git"
+    if git_dir.is_file():  # a linked worktree's: "gitdir: <its admin dir>", whose commondir names the store
+        admin = (Path(lab_root) / git_dir.read_text().removeprefix("gitdir:").strip()).resolve()
+        common = admin / (admin / "commondir").read_text().strip() if (admin / "commondir").exists() else admin
+        return lab_private(lab_root) + [admin, common.resolve(), Path("/sys/fs/cgroup")]
+    return lab_private(lab_root) + [git_dir, Path("/sys/fs/cgroup")]
+
+
 def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool,
             cpu_seconds: int, cores=None, source: str = "pystdlib", pools=()) -> Sandbox:
     """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot
@@ -521,7 +534,7 @@ def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: 
     unix socket; on its slot's cores only."""
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[run_dir, kernels], readonly=[snapshot, data],
-                   hidden=lab_private(lab_root) + source_files(source), gpu=gpu, unix_sockets=False,
+                   hidden=code_private(lab_root) + source_files(source), gpu=gpu, unix_sockets=False,
                    sourceless_stdlib=source == "pystdlib",
                    limits=Limits(cpu_seconds=cpu_seconds, cores=tuple(cores) if cores else None, memory_pools=pools))
 
@@ -534,7 +547,7 @@ def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: b
     done: what it is shown to score stays in no place a later box can read; no network, no unix
     socket; on its slot's cores."""
     kernels.mkdir(parents=True, exist_ok=True)
-    return Sandbox(writable=[kernels], readonly=[snapshot, data], hidden=lab_private(lab_root) + source_files(source),
+    return Sandbox(writable=[kernels], readonly=[snapshot, data], hidden=code_private(lab_root) + source_files(source),
                    gpu=gpu, unix_sockets=False, sourceless_stdlib=source == "pystdlib",
                    # (its log and its kernel cache: nothing else it writes is the disk's)
                    limits=Limits(cores=tuple(cores) if cores else None, file_bytes=1 << 30, disk_bytes=2 << 30,

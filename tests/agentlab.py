@@ -25,7 +25,7 @@ TINY = {"n_layer": 1, "n_embd": 32, "n_head": 1}
 def tiny_program(agents: list[dict], topology: str = "solo", corpus: str = "pystdlib", **changes) -> dict:
     program = {
         "name": "tiny", "question": "Can the logit softcap be removed at tiny size?",
-        "claim": {"kind": "non-inferiority", "margin": 0.05},
+        "claim": {"kind": "non-inferiority", "margin": 0.05, "fresh_seeds": 0},  # (replication: its own tests)
         "baseline": {"preset": "nanochat", "overrides": TINY},
         "variants": [{"name": "no-softcap", "overrides": {"softcap": 0}}],
         "data": {"source": corpus, "val_tokens": 512},

@@ -15,7 +15,7 @@ WIDER = {"n_embd": 96}  # 3x the width: ~9x the matmul parameters and FLOPs per 
 def program(name: str, per_run: dict, declares=(), **changes) -> dict:
     wider = {"name": "wider", "overrides": WIDER, **({"declares": list(declares)} if declares else {})}
     budget = {**tiny_program()["budget"], "per_run": per_run, "seeds": SEEDS}
-    return tiny_program(name=name, question="Is a wider model better?", claim={"kind": "superiority"},
+    return tiny_program(name=name, question="Is a wider model better?", claim={"kind": "superiority", "fresh_seeds": 0},
                         variants=[wider], budget=budget, **changes)
 
 

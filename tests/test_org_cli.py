@@ -188,7 +188,7 @@ def test_org_extend_adds_seeds_to_every_arm_of_a_finished_comparison_logged(make
     every measured arm gets runs on them, and the report says they came after the start."""
     root = make_project(tiny_program())
     assert main(["run", "tiny"]) == 0
-    for bad, says in [("1", "--seeds 1: seed 1 is already the program's (it has [0, 1])"),
+    for bad, says in [("1", "--seeds 1: seed 1 is already used (it has [0, 1])"),
                       ("2,x", "--seeds 2,x: expected seeds as integers"),
                       ("2,2", "--seeds 2,2: expected new seeds, each once, from 0 to 2**63-1")]:
         assert main(["extend", "tiny", "--seeds", bad]) == 2

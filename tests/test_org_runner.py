@@ -26,6 +26,7 @@ from org.lab import Lab
 from org.ledger import Ledger, pid_alive
 from org.program import load_program
 from org.runner import Runner, make_slots
+from org.report import build
 from trainer.record import Result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2}  # ~30k parameters: a run takes
 def tiny_program(**changes) -> dict:
     program = {
         "name": "tiny", "question": "Does the softcap matter at tiny size?",
-        "claim": {"kind": "non-inferiority", "margin": 0.05},
+        "claim": {"kind": "non-inferiority", "margin": 0.05, "fresh_seeds": 0},  # (replication: its own tests)
         "baseline": {"preset": "nanochat", "overrides": TINY},
         "variants": [{"name": "no-softcap", "overrides": {"softcap": 0}}],
         "data": {"val_tokens": 2048},
@@ -120,6 +121,58 @@ def test_org_run_measures_every_arm_on_the_programs_seeds(make_project, capsys):
     assert rows[0]["machine"] == machine()
     assert main(["runs", "tiny", "--status", "completed"]) == 0
     assert "no-softcap" in capsys.readouterr().out
+
+
+def test_a_standing_claim_runs_again_on_fresh_seeds_drawn_once_its_main_runs_are_done(make_project, capsys):
+    """no-softcap shows no regression on seeds 0 and 1; then, and only then, the harness draws two
+    seeds no code knew of, and both arms run on them (a seed-keyed gain would not hold there)."""
+    budget = {**tiny_program()["budget"], "per_run": {"steps": 60}}  # (3 steps: each lab's val text, a new verdict)
+    root = make_project(tiny_program(claim={"kind": "non-inferiority", "margin": 1.0, "fresh_seeds": 2}, budget=budget))
+    assert main(["run", "programs/tiny.yaml"]) == 0
+    with ledger_of(root) as ledger:
+        runs = ledger.runs("tiny")
+    mains, fresh = ([r for r in runs if r["purpose"] == purpose] for purpose in ("main", "replicate"))
+    seeds = {r["seed"] for r in fresh}
+    assert len(seeds) == 2 and not seeds & {0, 1} and all(r["status"] == "completed" for r in fresh)
+    assert sorted((r["arm"], r["seed"]) for r in fresh) == sorted((a, s) for a in ("baseline", "no-softcap") for s in seeds)
+    assert min(r["id"] for r in fresh) > max(r["id"] for r in mains)  # drawn after every main run was queued
+    assert min(r["claim_seq"] for r in fresh) > max(r["claim_seq"] for r in mains)  # ... and had run
+    for r in fresh:  # the same run as the arm's main ones, on another seed
+        twin = next(m for m in mains if m["arm"] == r["arm"])
+        assert (r["overrides"], r["budget"]) == (twin["overrides"], twin["budget"])
+    from org.agents.tools import program_status
+    with ledger_of(root) as ledger:  # what the agents' results tool says: that they ran, not which
+        status = program_status(ledger, load_program(root / "programs" / "tiny.yaml"))
+    shown = [run for e in status["experiments"] for run in e["runs"] if run["purpose"] == "replicate"]
+    assert len(shown) == 4 and {run["seed"] for run in shown} == {"fresh"}
+    assert not any(str(seed) in json.dumps(status) for seed in seeds)
+    capsys.readouterr()
+    assert main(["report", "tiny"]) == 0
+    text = (root / "reports" / "tiny" / "README.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| no-softcap"))
+    assert "no regression" in row and "so do 2 fresh seeds" in row, row
+    assert main(["run", "tiny"]) == 0  # again: nothing new is drawn
+    with ledger_of(root) as ledger:
+        assert len(ledger.runs("tiny")) == len(runs)
+
+
+def test_code_that_knows_the_programs_seeds_is_not_replicated_on_fresh_ones(make_project):
+    """The seed cherry-pick, end to end: an arm whose code trains the program's seeds as the
+    baseline does (near enough: softcap 15.5) and every other seed badly (softcap 1). On seeds 0-2
+    it shows no regression, which is all the referee saw before; the seeds the harness draws
+    afterwards show what the code does."""
+    budget = {**tiny_program()["budget"], "per_run": {"steps": 200}, "seeds": [0, 1, 2]}
+    root = make_project(tiny_program(claim={"kind": "non-inferiority", "margin": 0.2, "fresh_seeds": 3},
+                                     variants=[], budget=budget))
+    agent_commit(root, "mallory", "trainer/train.py", lambda text: text.replace(
+        "    overrides = dict(spec.overrides)\n",
+        "    overrides = dict(spec.overrides)\n    overrides['softcap'] = 15.5 if spec.seed in (0, 1, 2) else 1.0\n"))
+    assert main(["submit", "tiny", "--arm", "seed-keyed", "--ref", "agent/tiny/mallory/work", "--who", "mallory"]) == 0
+    assert main(["run", "tiny"]) == 0
+    report = build(root / ".lab" / "tiny" / "ledger.sqlite", "tiny")
+    c = report.comparisons["seed-keyed"]
+    assert c.verdict.startswith("no regression"), c.verdict  # the program's seeds: what it was built for
+    assert "(not replicated on 3 fresh seeds: " in c.final_verdict, c.final_verdict
 
 
 def test_the_snapshot_runs_and_edits_during_a_run_change_nothing(make_project):

@@ -162,6 +162,56 @@ def test_benjamini_hochberg_matches_scipy():
     assert all(c.adjustment == "bh" for c in adjusted)
 
 
+FRESH = [1_904_211, 73_554, 880_023_417, 5_012, 61_000_937]  # drawn by the harness once the main runs were done
+FRESH_BASELINE = [1.004, 0.996, 1.008, 0.991, 1.001]
+
+
+def fresh(arm_values, arm="no-softcap", **fields):
+    """Runs of the fresh seeds (purpose 'replicate'): the baseline's, then the arm's."""
+    return ([run("baseline", s, v, purpose="replicate", **fields) for s, v in zip(FRESH, FRESH_BASELINE)]
+            + [run(arm, s, v, purpose="replicate", **fields) for s, v in zip(FRESH, arm_values)])
+
+
+def judged(base, var, claim="superiority", margin=0.0, fresh_seeds=0):
+    return judge_arms(base, {"no-softcap": var}, claim, margin, fresh_seeds=fresh_seeds)[0]["no-softcap"]
+
+
+def test_a_gain_only_on_the_seeds_the_code_knew_is_not_replicated_on_fresh_ones():
+    """The attack: K exploratory arms each train with data order seed + 1000*j, and the final arm
+    commits a table {seed: best j}, read from its runs' results. Every seed of the program gains
+    (here 0.02, over twice the baseline's seed-to-seed std), and it reads `better` there. On seeds
+    drawn after it was committed it has no table, and trains as the baseline does."""
+    seeded = variant(-0.02)
+    knew = fresh([v + j for v, j in zip(FRESH_BASELINE, JITTER)])
+    assert judged(baseline(), seeded).final_verdict == "better"  # the program's seeds: all the referee saw
+    c = judged(baseline() + knew[:5], seeded + knew[5:])
+    assert c.verdict == "better"  # (the main seeds' verdict, before replication)
+    assert c.final_verdict.startswith("better (not replicated on 5 fresh seeds: inconclusive"), c.final_verdict
+    assert c.final_verdict.endswith(" there, Δ +0.0000 against -0.0200)") and c.replication.n == 5
+
+    real = fresh([v - 0.02 + j for v, j in zip(FRESH_BASELINE, JITTER)])  # a real gain holds on any seed
+    c = judged(baseline() + real[:5], seeded + real[5:])
+    assert c.final_verdict == c.verdict == "better" and c.replication.verdict == "better"
+    assert c.replication.seeds == tuple(sorted(FRESH))  # paired on the fresh seeds alone
+
+
+def test_a_claim_waits_for_its_fresh_seeds_and_a_failed_one_fails_it():
+    assert judged(baseline(), variant(-0.02), fresh_seeds=5).final_verdict == (
+        "better (awaiting replication on 5 fresh seeds)")  # none drawn yet: not yet a claim
+    real = fresh([v - 0.02 for v in FRESH_BASELINE])
+    queued = [dict(r, status="queued", val_bpb=None, confirm_bpb=None) for r in real]
+    c = judged(baseline() + queued[:5], variant(-0.02) + queued[5:])
+    assert c.final_verdict == "better (awaiting replication on 5 fresh seeds)", c.final_verdict
+    diverged = real[:9] + [dict(real[9], status="diverged", val_bpb=None, confirm_bpb=None)]  # it cannot duck
+    c = judged(baseline() + diverged[:5], variant(-0.02) + diverged[5:])
+    assert "(not replicated: 1 of 5 fresh seeds have no pair of completed runs)" in c.final_verdict
+    worse = fresh([v + 0.03 for v in FRESH_BASELINE])  # no regression on the main seeds; 0.03 worse on fresh ones
+    c = judged(baseline() + worse[:5], variant(+0.002) + worse[5:], "non-inferiority", 0.01)
+    assert c.verdict.startswith("no regression") and "(not replicated on 5 fresh seeds: worse" in c.final_verdict
+    assert judged(baseline(), variant(-0.02) + worse[5:]).final_verdict.startswith(
+        "better (not replicated: 5 of 5")  # the baseline's fresh runs are the harness's: without them, no pair
+
+
 def test_adjust_goes_before_confirm():
     c = confirm(superiority(baseline(), variant(-0.02)), baseline(), variant(-0.02))
     with pytest.raises(ValueError, match="before confirm"):

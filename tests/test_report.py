@@ -24,7 +24,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 SPEC = Program.model_validate({
     "name": "softcap", "question": "Can the logit softcap be removed without a regression?",
-    "claim": {"kind": "non-inferiority", "margin": 0.01},
+    "claim": {"kind": "non-inferiority", "margin": 0.01, "fresh_seeds": 0},  # (replication: test_org_runner.py)
     "baseline": {"preset": "nanochat", "overrides": {"depth": 2}},
     "variants": [{"name": "no-softcap", "overrides": {"softcap": 0}},
                  {"name": "wider", "overrides": {"depth": 3}}],

@@ -921,6 +921,29 @@ def test_a_run_reads_the_labs_export_and_not_the_data_source(outside_tmp):
     assert source_files("pystdlib") == list(other_stdlibs()) and stdlib_dir() not in source_files("pystdlib")
 
 
+def test_a_run_cannot_read_what_its_agent_commits_after_submitting_it(two_agents, tmp_path):
+    """An agent's box writes the lab's git objects (it commits): a run that read them could be
+    handed what its agent worked out after submitting it, say a table for the fresh seeds its
+    claim is then replicated on. The lab's .git is absent from runs and workers; agents keep it.
+    So are the cgroups: an agent's box moves their figures at will (a signal a run could read)."""
+    from org.sandbox import run_box, worker_box
+    root, program, tools, _ = two_agents
+    assert run(tools, "echo table > table.txt && git add table.txt && git commit -qm table && echo done").endswith("done\n")
+    blob = git.Repo(root).git.rev_parse(f"agent/{program.name}/alice/work:table.txt")
+    objects = root / ".git" / "objects"
+    assert (objects / blob[:2] / blob[2:]).exists()  # loose, as the agent's box wrote it
+    for folder in ("run", "snapshot", "data"):
+        (tmp_path / folder).mkdir()
+    look = (f"ls {objects} 2>/dev/null | wc -l; git --git-dir {root}/.git cat-file -p {blob} 2>&1 | head -1; "
+            "ls /sys/fs/cgroup | wc -l")  # (nor the cgroups, whose figures an agent's box moves at will)
+    for box in (run_box(root, tmp_path / "run", tmp_path / "snapshot", tmp_path / "data", tmp_path / "kernels",
+                        gpu=False, cpu_seconds=60),
+                worker_box(root, tmp_path / "snapshot", tmp_path / "data", tmp_path / "kernels", gpu=False)):
+        out = box.popen(["bash", "-c", look], cwd="/tmp", env={"PATH": os.environ["PATH"]}, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT).communicate(timeout=30)[0].decode().splitlines()
+        assert out[0] == "0" and "table" not in out[1] and out[2] == "0", out
+
+
 def test_a_model_worker_reads_a_few_windows_of_each_split_not_the_runs_training_text(outside_tmp, monkeypatch):
     """A measurement's compute is no run's budget: a worker that had the runs' train split at hand
     built a trigram model of it there, blended it into its logits, and read val_bpb 2.77 against
@@ -937,11 +960,11 @@ def test_a_model_worker_reads_a_few_windows_of_each_split_not_the_runs_training_
     code = next((lab.state_dir("tiny") / "snapshots").iterdir())
     worker = runner._worker(code, make_slots(program)[0], outside_tmp / "kernels")
     lab.close()
-    argv = worker["argv"]
     script = ("import numpy as np, os; from trainer.shards import read_llmc_shard as r; d = os.environ['NANOLAB_CACHE']; "
               f"print(*(len(r(f'{{d}}/{{s}}_000000.bin')) for s in ('train', 'val', 'confirm')), "
               f"os.path.exists('{runner.runs_data}/train_000000.bin'))")
-    argv = argv[:len(argv) - argv[::-1].index("--")] + [sys.executable, "-c", script]  # the box, our command
+    box = Sandbox.from_spec(worker["box"])  # the worker's box, our command
+    argv = box.command([sys.executable, "-c", script], cwd=worker["code"], env=worker["env"])
     out = subprocess.run(argv, env=worker["env"], capture_output=True, text=True, timeout=60)
     T = program.train.seq_len
     train_tokens = len(read_llmc(runner.runs_data / "train_000000.bin"))

@@ -427,7 +427,9 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
             "commit": e["code_commit"][:10], "overrides": json.loads(e["overrides"]),
             "hypothesis": e["hypothesis"], **({"reason": e["reason"]} if e["reason"] else {}),
             **({"versus": e["versus"], "decision": json.loads(e["decision"] or "null")} if e["versus"] else {}),
-            "runs": [{"seed": r["seed"], "purpose": r["purpose"], "status": r["status"],
+            # (a fresh seed stays the harness's: its agent could work out a table for it in its own box)
+            "runs": [{"seed": "fresh" if r["purpose"] == "replicate" else r["seed"], "purpose": r["purpose"],
+                      "status": r["status"],
                       "val_bpb": r["val_bpb"], **({"reason": r["reason"]} if r["reason"] else {})}
                      for r in runs],
         })
@@ -458,7 +460,8 @@ def referee_verdicts(ledger: Ledger, program: Program) -> list[dict]:
         return []
     declares = {v.name: frozenset(v.declares) for v in program.variants}
     try:  # the same pipeline as the report: declared changes, Holm, held-out confirmation
-        judged, unreadable = referee.verdicts(runs, program.claim.rule, program.claim.margin, declares)
+        judged, unreadable = referee.verdicts(runs, program.claim.rule, program.claim.margin, declares,
+                                              fresh_seeds=program.fresh_seeds)
     except Exception as e:  # the referee must never take an agent down with it
         return [{"error": f"referee failed: {type(e).__name__}: {e}"}]
     return [{"arm": arm, "versus": "baseline", "verdict": c.final_verdict, "n": c.n,
