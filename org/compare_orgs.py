@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 
 from org import OrgError
-from org.improve import OUTCOMES, lineage, progress
+from org.improve import OUTCOMES, lineage
+from org.improve_story import progress
 from org.ledger import LedgerError
 from org.ledger_read import read_tables
 from org.program import MEASUREMENT_BUDGET

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import zlib
 
 from org import OrgError
-from org.improve import check_try, decide_ready, frontier, merged_try
+from org.improve import check_try, decide_ready, draw_seeds, frontier, merged_try
 from org.lab import Lab
 from org.ledger import FINISHED, Ledger
 from org.program import NAME, Program, owned_by_program
@@ -126,7 +125,7 @@ def plan_replication(ledger: Ledger, program: Program):
     mains = [r for r in runs if r["purpose"] == "main"]
     done = {arm for arm in {r["arm"] for r in mains} if all(r["status"] in FINISHED for r in mains if r["arm"] == arm)}
     ready = done - {r["arm"] for r in runs if r["purpose"] == "replicate"} - {"baseline"}
-    if not program.fresh_seeds or "baseline" not in done or not ready:
+    if not program.fresh_seeds or program.claim.kind == "improve" or "baseline" not in done or not ready:
         return
     from org.referee import NEEDS_CONFIRMATION, verdict_kind, verdicts  # (scipy: only where it is used)
     declares = {v.name: frozenset(v.declares) for v in program.variants}
@@ -134,21 +133,14 @@ def plan_replication(ledger: Ledger, program: Program):
         judged, _ = verdicts(runs, program.claim.rule, program.claim.margin, declares)
     except Exception:  # the referee's bug must not stop the runner: the claim is awaited (report, results)
         return
-    used = {r["seed"] for r in runs}
     base = next(r for r in mains if r["arm"] == "baseline")
     budget = program.budget.per_run.kind, program.budget.per_run.value
     for arm in sorted(ready & judged.keys()):
         c = judged[arm]
         if verdict_kind(c.verdict) not in NEEDS_CONFIRMATION or c.final_verdict != c.verdict:
             continue
-        seeds = []
-        while len(seeds) < program.fresh_seeds:
-            seed = secrets.randbelow(2**31)
-            if seed not in used:
-                seeds.append(seed)
-                used.add(seed)
         own = next(r for r in mains if r["arm"] == arm)
-        for i, seed in enumerate(seeds):
+        for i, seed in enumerate(draw_seeds(ledger.runs(program.name), program.fresh_seeds)):
             for template in (base, own):  # (its overrides: the tuned point, where a grid was tuned)
                 ledger.add_run(ledger.experiment(template["experiment_id"]), "replicate", seed, 1 + i,
                                json.loads(template["overrides"]), budget)

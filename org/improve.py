@@ -13,8 +13,9 @@ it starts as the baseline. Agents submit tries against it, and each try is
                stale      the frontier moved since it was submitted: not a test; resubmit it
                untested   nothing to test (refused, failed, fewer than two paired seeds)
                kept       the referee's `better` at the level LORD++ gives this test
-                          (org/frontier.py), confirmed on the held-out split at that level
-                          (with a `ladder`: climbing first, until `better` at every rung)
+                          (org/frontier.py), confirmed on the held-out split at that level,
+                          then climbing: `better` at every rung of a `ladder`, and on fresh
+                          seeds drawn then (claim.fresh_seeds), which no try's code could know
                discarded  otherwise, with the referee's verdict saying why
              A kept try becomes the next frontier, arm frontier-N (its code and overrides), is
              re-measured on every seed, and the program branch moves to its commit.
@@ -30,7 +31,7 @@ at equal FLOPs" may use a wider model or more steps), and the budget's own kind 
     check_candidates(lab, program, base, source) -> every patch applies and is allowed
     lineage(experiments)                       -> the decided tries, in decision order
     leave_one_out(ledger, lab, program, who)   -> `org ablate`: the frontier without each kept change
-    progress(...), section(...)                -> the report's points (progress.png) and markdown
+    (org/improve_story.py tells it: the report's points, progress.png, and markdown)
 
 A kept try's re-measured frontier runs the same code and config on the same seeds as the try
 did, so (the trainer being deterministic) it reproduces the try's numbers bit for bit: the
@@ -42,21 +43,19 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import tempfile
-from collections import Counter
-from datetime import datetime
 from pathlib import Path
 
 import git
 import numpy as np
 
-from org import one_line
 from org.confounds import DECLARABLE, UNSEEN_WORK
 from org.frontier import Lord
-from org.lab import Lab, diff_summary
+from org.lab import Lab
 from org.ledger import FINISHED, Ledger, now
 from org.program import Program, ProgramError
-from org.referee import adjust, compare, confirm, verdict_kind
+from org.referee import compare, confirm, verdict_kind
 
 HARNESS = {"GIT_AUTHOR_NAME": "nanolab harness", "GIT_AUTHOR_EMAIL": "harness@nanolab.local",
            "GIT_COMMITTER_NAME": "nanolab harness", "GIT_COMMITTER_EMAIL": "harness@nanolab.local"}
@@ -173,7 +172,8 @@ def decide(ledger: Ledger, program: Program, experiments: list[dict], e: dict, f
     tested = c.p_better is not None and not c.failed
     passed = tested and verdict_kind(c.verdict) == "better" and c.final_verdict == c.verdict
     slower = unseen_work(program, c)
-    outcome = ("climbing" if program.ladder else "kept") if passed and not slower else ("discarded" if tested else "untested")
+    outcome = ("climbing" if program.ladder or program.fresh_seeds else "kept") if passed and not slower else (
+        "discarded" if tested else "untested")
     return dict(record, test=rule.tries + 1 if tested else None, level=level if tested else None, passed=passed,
                 p=c.p_better, p_held_out=c.confirmation and c.confirmation.p_better, delta=c.mean, n=c.n,
                 outcome=outcome, verdict=c.final_verdict + (f"; not kept: {slower}" if passed and slower else ""),
@@ -211,37 +211,56 @@ def unseen_work(program: Program, c) -> str | None:
 
 
 def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, front: dict, d: dict) -> dict:
-    """A try that passed at the program's scale, at the ladder's rungs in turn: its runs and its
-    frontier's at each rung's overrides, every seed; kept once `better` holds at every rung
-    (at alpha: the keep test was the first scale's), discarded at the first rung it does not.
-    Its LORD++ test (passed) stands either way."""
+    """A try that passed at the program's scale, at the ladder's rungs in turn (its runs and its
+    frontier's at each rung's overrides, every seed), then on fresh seeds drawn now (the last
+    rung: the program's config, program.fresh_seeds of them, which no code committed before could
+    know: a seed-keyed gain, referee.replicate). Kept once `better` holds at every rung (at alpha:
+    the keep test was the first scale's), discarded at the first where it does not. Its LORD++
+    test (passed) stands either way."""
     declared = frozenset(DECLARABLE) - {program.budget.per_run.kind}
     while True:
-        rung, purpose = d["rung"], f"rung{d['rung']}"
+        rung = d["rung"]
+        fresh = rung > len(program.ladder)
+        purpose = "replicate" if fresh else f"rung{rung}"
         pair = [[r for r in ledger.runs(program.name, experiment_id=x["id"]) if r["purpose"] == purpose]
                 for x in (front, e)]
+        if fresh:  # the frontier's fresh runs of this try's seeds (another try climbing against it draws its own)
+            pair[0] = [r for r in pair[0] if r["seed"] in {r["seed"] for r in pair[1]}]
         if not all(pair):
+            seeds = draw_seeds(ledger.runs(program.name), program.fresh_seeds) if fresh else program.budget.seeds
             for x in (front, e):
-                plan_rung(ledger, program, x, rung)
+                plan_rung(ledger, program, x, rung, seeds)
             return d
         if any(r["status"] not in FINISHED for runs in pair for r in runs):
             return d
         front_runs, runs = ([dict(r, purpose="main") for r in rs] for rs in pair)  # the referee pairs main runs
         c = compare(front_runs, runs, "superiority", alpha=program.claim.alpha, declared=declared)
-        held = dict(rung=rung, overrides=program.ladder[rung - 1], delta=c.mean, n=c.n, p=c.p_better, verdict=c.verdict)
+        overrides = {} if fresh else program.ladder[rung - 1]
+        held = dict(rung=rung, overrides=overrides, delta=c.mean, n=c.n, p=c.p_better, verdict=c.verdict)
         d = dict(d, rungs=d["rungs"] + [held], decided_at=now())
-        where = f"rung {rung} ({', '.join(f'{k}={v}' for k, v in program.ladder[rung - 1].items())})"
+        where = (f"{len(pair[1])} fresh seeds" if fresh else
+                 f"rung {rung} ({', '.join(f'{k}={v}' for k, v in overrides.items())})")
         slower = unseen_work(program, c)
-        if verdict_kind(c.verdict) != "better" or slower:
+        if verdict_kind(c.verdict) != "better" or slower or (fresh and c.n < len(pair[1])):  # (a run failed there)
             return dict(d, outcome="discarded", verdict=f"{d['verdict']} at the program's scale, but not at {where}: "
                                                         f"{c.verdict}" + (f"; not kept: {slower}" if slower else ""))
-        if rung == len(program.ladder):
+        if rung == len(program.ladder) + (1 if program.fresh_seeds else 0):
             current = frontier(ledger.experiments(program.name))
             if current["id"] != front["id"]:
                 return dict(d, outcome="stale", verdict=f"stale (held at every rung, against {front['arm']}; "
                                                         f"{current['arm']} is the frontier now: submit it again)")
             return dict(d, outcome="kept", verdict=f"{d['verdict']}; held at {where} (Δ {c.mean:+.4f})")
         d = dict(d, rung=rung + 1)
+
+
+def draw_seeds(runs: list[dict], n: int) -> list[int]:
+    """n seeds no run of the program has used, drawn now (secrets: no agent predicts them)."""
+    used, seeds = {r["seed"] for r in runs}, []
+    while len(seeds) < n:
+        seed = secrets.randbelow(2**31)
+        if seed not in used | set(seeds):
+            seeds.append(seed)
+    return seeds
 
 
 def plan_multiplier(ledger: Ledger, program: Program, experiment: dict):
@@ -291,12 +310,15 @@ def kept_multiplier(spec: dict, runs: list[dict], kept: dict, front: dict | None
     return None if loss is None or None in curve.values() else multiplier(curve, loss)
 
 
-def plan_rung(ledger: Ledger, program: Program, experiment: dict, rung: int):
-    """The experiment's runs at a rung of the ladder: its config plus the rung's overrides."""
-    overrides = {**program.baseline.overrides, **json.loads(experiment["overrides"]), **program.ladder[rung - 1]}
+def plan_rung(ledger: Ledger, program: Program, experiment: dict, rung: int, seeds: list[int]):
+    """The experiment's runs at a rung of the ladder (its config plus the rung's overrides), or
+    past the ladder, on fresh seeds (its config as it is)."""
+    fresh = rung > len(program.ladder)
+    overrides = {**program.baseline.overrides, **json.loads(experiment["overrides"]),
+                 **({} if fresh else program.ladder[rung - 1])}
     budget = program.budget.per_run.kind, program.budget.per_run.value
-    for i, seed in enumerate(program.budget.seeds):
-        ledger.add_run(experiment, f"rung{rung}", seed, 1 + i, overrides, budget)
+    for i, seed in enumerate(seeds):
+        ledger.add_run(experiment, "replicate" if fresh else f"rung{rung}", seed, 1 + i, overrides, budget)
 
 
 # --- the program branch ------------------------------------------------------------------
@@ -400,181 +422,3 @@ def check_try(program: Program, overrides: dict, commit: str, front: dict) -> st
     if commit == front["code_commit"] and json.loads(front["overrides"]) == overrides:
         return f"it changes nothing against the frontier ({front['arm']}): same code, same overrides"
     return None
-
-
-# --- the story, for reports --------------------------------------------------------------
-
-def mean_bpb(runs: list[dict]) -> float | None:
-    values = [r["val_bpb"] for r in runs if r.get("status") == "completed" and r.get("purpose") == "main"
-              and r.get("val_bpb") is not None]
-    return sum(values) / len(values) if values else None
-
-
-def progress(experiments: list[dict], runs: list[dict], llm: list[dict]) -> list[dict]:
-    """One point per decided try, in order: when (wall hours since the program's first
-    experiment, runner hours spent by then, LLM dollars by then), the try's own mean val_bpb,
-    its outcome, and the frontier's mean val_bpb after it. The first point is the baseline, at
-    the program's start."""
-    fronts = frontiers(experiments)
-    if not fronts:
-        return []
-    by_experiment: dict[int, list[dict]] = {}
-    for r in runs:
-        by_experiment.setdefault(r["experiment_id"], []).append(r)
-    start = _time(min(e["created_at"] for e in experiments))
-    front_bpb = {f["arm"]: mean_bpb(by_experiment.get(f["id"], [])) for f in fronts}
-    steps = lineage(experiments)
-
-    def at(when: str, outcome: str, arm: str, bpb, frontier_arm: str) -> dict:
-        t = _time(when)
-        spent = sum((r.get("wall_seconds") or 0) + (r.get("measure_seconds") or 0) for r in runs
-                    if r.get("finished_at") and _time(r["finished_at"]) <= t)
-        dollars = sum(s.get("dollars") or 0 for s in llm if s.get("created_at") and _time(s["created_at"]) <= t)
-        return dict(arm=arm, outcome=outcome, val_bpb=bpb, frontier=frontier_arm,
-                    frontier_bpb=front_bpb.get(frontier_arm), wall_hours=(t - start) / 3600,
-                    compute_hours=spent / 3600, dollars=dollars)
-
-    points = [at(fronts[0]["created_at"], "baseline", "baseline", front_bpb["baseline"], "baseline")
-              ] if fronts[0]["arm"] == "baseline" else []  # where the program starts: nothing spent
-    current = "baseline"
-    for e in steps:
-        d = e["decision"]
-        current = d.get("frontier_after") or current
-        own = mean_bpb(by_experiment.get(e["id"], []))
-        point = at(d["decided_at"], d["outcome"], e["arm"], own, current)
-        if point["frontier_bpb"] is None and d["outcome"] == "kept":  # not re-measured yet: its own runs
-            point["frontier_bpb"] = own
-        points.append(point)
-    return points
-
-
-def _time(stamp: str) -> float:
-    return datetime.fromisoformat(stamp).timestamp()
-
-
-def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dict]) -> str:
-    """The report's frontier section (markdown): the rule, the path, every try (its effect on
-    val_bpb and on training time, separately), the leave-one-out pass, the progress."""
-    claim = spec.get("claim") or {}
-    if claim.get("kind") != "improve":
-        return ""
-    steps, points = lineage(experiments), progress(experiments, runs, llm)
-    counts = {o: sum(e["decision"]["outcome"] == o for e in steps) for o in OUTCOMES}
-    waiting = [e["arm"] for e in tries(experiments) if not e.get("decision")]
-    lines = ["## The frontier", "",
-             f"Open-ended: each try is measured against the frontier of its time (paired seeds) and kept only "
-             f"when the referee says `better` at the level LORD++ gives it (online FDR {claim.get('alpha', 0.05):g} "
-             "over every keep decision; org/frontier.py) and the held-out split agrees at that level. A kept "
-             "try becomes the next frontier, re-measured on every seed, and the program branch moves to it.", "",
-             f"{len(steps)} tries decided: " + (", ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts[o]) or "none")
-             + (f"; waiting: {', '.join(waiting)}" if waiting else "") + "."]
-    path = [p for p in points if p["outcome"] in ("baseline", "kept")]
-    if path:
-        lines += ["", "Path: " + " → ".join(
-            f"{p['frontier']} ({_g(p['frontier_bpb'])})" + (f" [kept {p['arm']}]" if p["outcome"] == "kept" else "")
-            for p in path)]
-        lines += [remeasured(e, experiments, runs) for e in steps if e["decision"]["outcome"] == "kept"]
-    if steps:
-        lines += ["", "| # | try | who | versus | change | n | Δ val_bpb | compute × | train time Δ | p | level "
-                  "| decision |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        arms = {f["arm"]: f for f in frontiers(experiments)}
-        for e in steps:
-            d = e["decision"]
-            slower = time_change(runs, e, arms.get(d["frontier"]))
-            worth = kept_multiplier(spec, runs, e, arms.get(d["frontier"])) if d["outcome"] == "kept" else None
-            worth = worth if worth in (None, "pending") else f"×{worth[0]:.2f}" + " (extrapolated)" * worth[1]
-            lines.append(f"| {d['seq']} | {e['arm']} | {one_line(e['who'])} | {d['frontier']} | "
-                         f"{one_line(change_text(e, experiments)).replace('|', '/')} "
-                         f"| {d['n']} | {_g(d['delta'], '+.4f')} | {worth or '—'} | {_g(slower, '+.1%')} "
-                         f"| {_g(d['p'], '.2g')} "
-                         f"| {_g(d['level'], '.2g')} | **{d['outcome']}**: {one_line(d['verdict']).replace('|', '/')} |")
-    if spec.get("compute_multiplier") and steps:
-        lines += ["", "compute ×: the multiple of the per-run budget at which the frontier before a kept try reaches "
-                  "the try's val_bpb (its runs at " + ", ".join(f"{f:g}" for f in spec["compute_multiplier"]["budgets"])
-                  + "x the budget, linear in log budget; means over the first "
-                  f"{spec['compute_multiplier'].get('seeds', 3)} seeds). Train time Δ is its effect on the clock, apart."]
-    lines += ablation_lines(experiments, runs)
-    if len(path) > 0 and points:
-        first, last = points[0], points[-1]
-        ends = first["frontier_bpb"], last["frontier_bpb"]
-        gain = ends[1] - ends[0] if None not in ends else None
-        lines += ["", f"Progress: the frontier moved {_g(gain, '+.4f')} val_bpb in {last['compute_hours']:.2f} runner hours "
-                  f"({_g(gain / last['compute_hours'] if gain is not None and last['compute_hours'] else None, '+.4f')} "
-                  f"per runner hour) and {last['wall_hours']:.2f} wall hours; LLM dollars "
-                  + (f"${last['dollars']:.2f} ({_g(gain / last['dollars'], '+.4f')} per dollar)." if last["dollars"]
-                     else "$0 (a scripted org: per dollar is not defined).")]
-    return "\n".join(lines)
-
-
-def frontier_line(experiments: list[dict]) -> str:
-    """'frontier: frontier-1 (kept: matrix-lr) · 4 tries decided: 1 kept, 3 discarded'."""
-    steps, front = lineage(experiments), frontier(experiments)
-    told = Counter(e["decision"]["outcome"] for e in steps)
-    kept = ", ".join(e["arm"] for e in steps if e["decision"]["outcome"] == "kept") or "nothing"
-    return (f"frontier: {front['arm'] if front else 'baseline'} (kept: {kept}) · {len(steps)} tries decided"
-            + (": " + ", ".join(f"{told[o]} {o}" for o in OUTCOMES if told[o]) if told else ""))
-
-
-def remeasured(kept: dict, experiments: list[dict], runs: list[dict]) -> str:
-    """The new frontier's runs against the kept try's own, seed by seed: the same code and config
-    on the same seeds, so a deterministic trainer gives the same bits (a difference is said)."""
-    arm = kept["decision"].get("frontier_after")
-    front = next((f for f in frontiers(experiments) if f["arm"] == arm), None)
-    finals = lambda e: {r["seed"]: r["val_bpb"] for r in runs if e and r["experiment_id"] == e["id"]
-                        and r.get("purpose") == "main" and r.get("status") == "completed"}
-    mine, theirs = finals(kept), finals(front)
-    seeds = sorted(mine.keys() & theirs.keys())
-    if not seeds:
-        return f"- {arm}: not re-measured yet."
-    gap = max(abs(mine[s] - theirs[s]) for s in seeds)
-    same = sum(mine[s] == theirs[s] for s in seeds)
-    return (f"- {arm} re-measured on {len(seeds)} seeds: " + (f"identical to {kept['arm']}'s runs on every seed (bit "
-            "for bit: the trainer is deterministic)" if same == len(seeds) else
-            f"differs from {kept['arm']}'s runs by up to {gap:.2g} ({same} of {len(seeds)} identical)") + ".")
-
-
-def ablation_lines(experiments: list[dict], runs: list[dict]) -> list[str]:
-    """`org ablate`: each kept change taken out of the frontier, the frontier against that, Holm
-    over the family: does each still help in the stack?"""
-    done = ablations(experiments)
-    if not done:
-        return []
-    arms = {f["arm"]: f for f in frontiers(experiments)}
-    of = lambda e: [r for r in runs if r["experiment_id"] == e["id"]]
-    raw = [compare(of(e), of(arms[e["versus"]]), "superiority") for e in done]
-    lines = ["", "Leave-one-out (`org ablate`): each kept change taken out of the frontier; Δ = frontier − "
-             "without it, paired by seed, Holm over the kept changes:"]
-    for e, c in zip(done, adjust(raw)):
-        if e["stage"] == "refused":
-            lines.append(f"- {e['arm']}: not run: {one_line(e['reason'])}")
-            continue
-        numbers = "" if c.mean is None else f"Δ {c.mean:+.4f} (n={c.n}): "
-        helps = "still helps" if verdict_kind(c.verdict) == "better" else "not shown to still help"
-        lines.append(f"- {e['arm']}: {numbers}{helps} ({c.verdict})")
-    return lines
-
-
-def time_change(runs: list[dict], e: dict, front: dict | None) -> float | None:
-    """The try's training time against its frontier's, paired by seed (trainer seconds, the
-    runner's clock where the trainer's is missing): a change that lowers the loss at equal FLOPs
-    but slows every step shows both."""
-    def seconds(x):
-        return {r["seed"]: r.get("train_seconds") or r.get("wall_seconds") for r in runs if x and
-                r["experiment_id"] == x["id"] and r.get("purpose") == "main" and r.get("status") == "completed"}
-    mine, theirs = seconds(e), seconds(front)
-    seeds = [s for s in mine.keys() & theirs.keys() if mine[s] and theirs[s]]
-    return sum(mine[s] for s in seeds) / sum(theirs[s] for s in seeds) - 1 if seeds else None
-
-
-def change_text(e: dict, experiments: list[dict]) -> str:
-    """What a try changes against its frontier: its own overrides, and files of its diff."""
-    front = next((f for f in frontiers(experiments) if f["arm"] == e["versus"]), None)
-    mine, theirs = json.loads(e["overrides"]), json.loads(front["overrides"]) if front else {}
-    keys = [f"`{k}={v}`" for k, v in mine.items() if theirs.get(k) != v]
-    code = diff_summary(e.get("diff"))
-    return ", ".join(keys + [f"code: {code}"] * bool(code)) or "nothing"
-
-
-def _g(value, fmt: str = ".4f") -> str:
-    return "—" if value is None else format(value, fmt)

@@ -23,7 +23,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from org.improve import progress
+from org.improve_story import progress
 from org.referee import verdict_kind
 
 matplotlib.use("Agg")

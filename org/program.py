@@ -105,8 +105,8 @@ class Claim(Strict):
     kind: Literal["non-inferiority", "superiority", "improve"]
     margin: float = Field(0.0, ge=0, description="in metric units; non-inferiority needs > 0")
     alpha: float = Field(0.05, gt=0, lt=1, description="improve: the FDR level of the keep decisions")
-    # fresh seeds the harness draws for an arm whose claim stands on the main ones (referee.replicate):
-    # None, as many as budget.seeds; 0, none. An improve program's keeps have rungs instead
+    # fresh seeds the harness draws for an arm whose claim stands on the main ones (referee.replicate),
+    # or for a try an improve program would keep: None, as many as budget.seeds; 0, none
     fresh_seeds: int | None = Field(None, ge=0)
 
     @property
@@ -118,8 +118,6 @@ class Claim(Strict):
     def _margin(self):
         if self.kind == "non-inferiority" and self.margin <= 0:
             raise ValueError("a non-inferiority claim needs margin > 0 (in val_bpb)")
-        if self.kind == "improve" and self.fresh_seeds:
-            raise ValueError("fresh_seeds: an improve program's keeps hold at its ladder's rungs instead; leave it out")
         if self.fresh_seeds == 1:
             raise ValueError("fresh_seeds: expected 0 (none) or 2 and more: one seed gives no interval")
         return self
@@ -257,11 +255,9 @@ def check_seeds(seeds: list[int]) -> list[int]:
 
 
 def fresh_seed_count(claim: dict, seeds: list) -> int:
-    """How many fresh seeds a standing claim is replicated on: claim.fresh_seeds, or as many as
-    the program's seeds (two at least: one seed gives no interval); none in an improve program.
-    From a program, or a spec as a ledger recorded it (the report's)."""
-    if claim.get("kind") == "improve":
-        return 0
+    """How many fresh seeds a standing claim (an improve program's keep) is replicated on:
+    claim.fresh_seeds, or as many as the program's seeds (two at least: one seed gives no
+    interval). From a program, or a spec as a ledger recorded it (the report's)."""
     given = claim.get("fresh_seeds")
     return max(2, len(seeds or ())) if given is None else given
 

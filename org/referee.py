@@ -491,7 +491,7 @@ def confirm(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict]) 
 
 # --- replication on fresh seeds --------------------------------------------------------------
 
-def replicate(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict], wanted: int = 0) -> Comparison:
+def replicate(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict], wanted: int | None = 0) -> Comparison:
     """The claim again on fresh seeds alone (runs of purpose 'replicate'), which the harness drew
     once the arm's main runs were done (experiments.plan_replication): its code was committed
     before they existed. Code that reads its seed and trains each seed it knows its own best way
@@ -499,10 +499,11 @@ def replicate(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict]
     the edge on these. The claim stands if the same rule, at the same adjusted level, gives it on
     them: a second test, which a seed-keyed gain passes at its level and a real effect at its
     power. A fresh seed with no pair (a run failed) fails it; while runs are pending, or none were
-    drawn though the program `wanted` some, it is awaited. Call it after confirm()."""
+    drawn though the program `wanted` some, it is awaited (None: not here; an improve program's
+    tries replicate against their frontier, improve.climb). Call it after confirm()."""
     fresh = [r for r in map(Run.read, variant_runs) if r.purpose == "replicate"]
     kind = verdict_kind(c.verdict)
-    if (not fresh and not wanted) or kind not in NEEDS_CONFIRMATION or c.final_verdict != c.verdict:
+    if wanted is None or (not fresh and not wanted) or kind not in NEEDS_CONFIRMATION or c.final_verdict != c.verdict:
         return c
     seeds = {r.seed for r in fresh}
     theirs = [r for r in map(Run.read, baseline_runs) if r.purpose == "replicate" and r.seed in seeds]
@@ -538,7 +539,7 @@ def fresh_only(runs: list[dict], seeds: set) -> list[dict]:
 # --- the whole pipeline: the report, `org status` and the agents' `results` tool --------------
 
 def verdicts(runs: list[dict], claim: str, margin: float, declares: dict[str, frozenset] | None = None,
-             method: str = "holm", arms: list[str] | None = None, fresh_seeds: int = 0
+             method: str = "holm", arms: list[str] | None = None, fresh_seeds: int | None = 0
              ) -> tuple[dict[str, Comparison], dict[str, str]]:
     """Every arm of a program against its baseline, from all of the program's runs (ledger rows,
     any purpose): what judge_arms() returns. arms: which to judge, in order (default: every arm
@@ -554,11 +555,12 @@ def verdicts(runs: list[dict], claim: str, margin: float, declares: dict[str, fr
 
 
 def judge_arms(baseline_runs: list[dict], arm_runs: dict[str, list[dict]], claim: str, margin: float,
-               declares: dict[str, frozenset] | None = None, method: str = "holm", fresh_seeds: int = 0
+               declares: dict[str, frozenset] | None = None, method: str = "holm", fresh_seeds: int | None = 0
                ) -> tuple[dict[str, Comparison], dict[str, str]]:
     """Every arm against the baseline: compare -> adjust over the family -> confirm on the
     held-out split -> replicate on fresh seeds (`fresh_seeds`: how many the program draws, so
-    that a claim with none yet is awaited; 0: judged on the runs there are). Returns
+    that a claim with none yet is awaited; 0: judged on the runs there are; None: no replication
+    step, as for an improve program's arms against the baseline). Returns
     ({arm: Comparison}, {arm: why there is no verdict}): an arm whose runs the referee cannot
     read gets a reason, never a made-up verdict."""
     declares = declares or {}

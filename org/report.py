@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from org import OrgError, improve, one_line
+from org import OrgError, improve_story, one_line
 from org.lab import diff_summary
 from org.ledger import LedgerError, loads
 from org.ledger_read import read_tables
@@ -142,7 +142,7 @@ def add_verdicts(report: Report):
         return
     declares = {v.get("name"): frozenset(v.get("declares") or []) for v in report.spec.get("variants", [])}
     rule = "superiority" if claim["kind"] == "improve" else claim["kind"]  # every arm against the baseline
-    fresh = fresh_seed_count(claim, (report.spec.get("budget") or {}).get("seeds"))  # (a claim with none yet: awaited)
+    fresh = None if claim["kind"] == "improve" else fresh_seed_count(claim, (report.spec.get("budget") or {}).get("seeds"))
     report.comparisons, report.no_verdict = verdicts(runs, rule, claim.get("margin", 0.0), declares, ADJUSTMENT,
                                                      variants, fresh)
     if not any(r.get("status") == "completed" for r in runs):
@@ -168,7 +168,7 @@ def write(report: Report, out_dir: str | Path) -> Path:
 
 
 def markdown(report: Report) -> str:
-    parts = [header(report), missing_section(report), improve.section(report.spec, report.experiments, report.runs,
+    parts = [header(report), missing_section(report), improve_story.section(report.spec, report.experiments, report.runs,
              report.llm), verdict_section(report), per_seed_section(report), noise_section(report),
              plots_section(report), budget_section(report), lineage_section(report), spend_section(report)]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -529,7 +529,7 @@ def print_summary(report: Report, readme: Path, file=None):
     console.print(f"[bold]{escape(report.program)}[/bold]: {escape(report.spec.get('question') or '')}")
     console.print(f"claim: {escape(claim_text(report.spec))}")
     if (report.spec.get("claim") or {}).get("kind") == "improve":
-        console.print(escape(improve.frontier_line(report.experiments)))
+        console.print(escape(improve_story.frontier_line(report.experiments)))
     table = Table(title="verdicts")
     for col in ("arm", "seeds", "val_bpb mean ± std", "Δ [bounds]", f"p better ({ADJUSTMENT})",
                 "verdict", "final (held-out)"):
@@ -572,7 +572,7 @@ def to_json(report: Report, readme: Path | None = None) -> dict:
         "verdicts": [comparison(c) for c in report.comparisons.values()],
         "no_verdict": report.no_verdict,
         "controls": [line.replace("**", "").replace("`", "") for line in control_lines(report)],
-        "frontier": improve.progress(report.experiments, report.runs, report.llm),
+        "frontier": improve_story.progress(report.experiments, report.runs, report.llm),
         "noise_floor": n and {"seed_std": n.seed_std, "seeds": n.seeds, "drift": n.drift,
                               "reruns": n.reruns, "floor": n.floor},
         "budget": report.spec.get("budget"),

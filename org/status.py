@@ -14,7 +14,7 @@ from pathlib import Path
 
 from org import shown
 from org.launch import RUNNER, TAKEN_OVER, WAITING_TOOLS, finished_before
-from org.improve import frontier_line
+from org.improve_story import frontier_line
 from org.ledger import FINISHED, Ledger
 from org.workspace import ProgramSite, open_site
 

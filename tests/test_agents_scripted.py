@@ -138,7 +138,7 @@ def test_a_scripted_agent_never_imports_the_model_sdks():
 def test_in_an_improvement_program_a_chief_hands_out_candidates_and_a_junior_tries_its_share():
     candidates = [{"name": "lr-up", "overrides": {"matrix_lr": 0.03}},
                   {"name": "reseed", "patch": "programs/reseed.patch"}, {"name": "eps", "overrides": {"adam_eps": 1e-8}}]
-    spec = tiny_program(ORG, topology="chief", variants=[], claim={"kind": "improve"}, candidates=candidates)
+    spec = tiny_program(ORG, topology="chief", variants=[], claim={"kind": "improve", "fresh_seeds": 0}, candidates=candidates)
     improve = Program.model_validate(spec)
     chief, history = ScriptedModel(improve, "chief"), [{"kind": "user", "text": "Start."}]
     name, args = step(chief, history, "posted to the board")

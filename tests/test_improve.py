@@ -20,7 +20,8 @@ from org.agents.scripted import ScriptedModel
 from org.agents.tools import Limits
 from org.experiments import plan, submit
 from org.frontier import Lord
-from org.improve import frontier, lineage, rule_of, section, sync_branch
+from org.improve import frontier, lineage, rule_of, sync_branch
+from org.improve_story import section
 from org.lab import Lab
 from org.ledger import Ledger
 from org.mail import Mail
@@ -36,7 +37,7 @@ JITTER = [0.001, -0.002, 0.0005, 0.0015, -0.001]
 
 def improve_program(**changes) -> dict:
     spec = tiny_program([{"name": "solo", "role": "researcher"}], corpus="corpus", variants=[],
-                        claim={"kind": "improve", "alpha": 0.05})
+                        claim={"kind": "improve", "alpha": 0.05, "fresh_seeds": 0})  # (fresh seeds: their own test)
     spec["name"] = "climb"
     spec["budget"]["seeds"] = SEEDS
     spec.update(changes)
@@ -61,9 +62,9 @@ def measured(value: float, seed: int, held_out: float | None = None) -> Measurem
 def finish(ledger: Ledger, program: Program, arm: str, values, held_out=None, purpose="main", walls=None):
     """Every queued run of the arm (main, or a rung's), finished with these val_bpb per seed
     (confirm_bpb the same, or held_out) and wall seconds, each in one transaction with plan(), as
-    the runner does."""
-    for run in [r for r in ledger.runs(program.name, arm=arm, status="queued") if r["purpose"] == purpose]:
-        i = SEEDS.index(run["seed"])
+    the runner does. Fresh seeds ('replicate') take the values in the order they were drawn."""
+    for n, run in enumerate([r for r in ledger.runs(program.name, arm=arm, status="queued") if r["purpose"] == purpose]):
+        i = n if purpose == "replicate" else SEEDS.index(run["seed"])
         with ledger.tx():
             ledger.finish(run["id"], "completed", result=Result(status="completed", val_bpb=values[i], seed=run["seed"]),
                           wall_seconds=walls[i] if walls else 1.0,
@@ -340,7 +341,7 @@ def test_a_scripted_researcher_keeps_a_real_gain_and_discards_a_reseed_and_a_har
             ("x0.5", 0, "completed", 15), ("x0.5", 1, "completed", 15), ("x2", 0, "completed", 60),
             ("x2", 1, "completed", 60)]  # measured by the harness at their own budgets
         assert steps["lr-down"]["frontier"] == "frontier-1"
-        from org.improve import frontier_line  # what org status and org report print
+        from org.improve_story import frontier_line  # what org status and org report print
         assert frontier_line(ledger.experiments("climb2")) == \
             "frontier: frontier-1 (kept: lr-up) · 3 tries decided: 1 kept, 2 discarded"
     board = Mail(lab_dir(root, prog)).board()
@@ -475,6 +476,36 @@ def test_a_try_is_kept_only_once_it_also_holds_at_the_next_rung_of_the_ladder(tm
         # the ladder's runs are no re-runs: the baseline's noise floor has no drift from them
         from org.referee import noise_floor
         assert noise_floor(ledger.runs(program.name, arm="baseline")).drift is None
+    lab.close()
+
+
+def test_a_try_is_kept_only_once_its_gain_holds_on_fresh_seeds_too(tmp_path):
+    """A try's code may know the program's seeds (a table of the best data order for each, from
+    exploratory tries): before a keep, it and its frontier run on seeds drawn then."""
+    root, program = make_project(tmp_path, improve_program(claim={"kind": "improve", "alpha": 0.05, "fresh_seeds": 3}))
+    lab = Lab.open(root)
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+        try_(ledger, lab, program, "seed-keyed", {"weight_decay": 0.3})
+        finish(ledger, program, "baseline", BASE)
+        finish(ledger, program, "seed-keyed", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
+        d = decision(ledger, program, "seed-keyed")
+        assert d["outcome"] == "climbing" and d["passed"] and d["rung"] == 1  # passed on the program's seeds
+        fresh = {arm: ledger.runs(program.name, arm=arm, purpose="replicate") for arm in ("baseline", "seed-keyed")}
+        seeds = [r["seed"] for r in fresh["baseline"]]
+        assert len(set(seeds)) == 3 and not set(seeds) & set(SEEDS) and [r["seed"] for r in fresh["seed-keyed"]] == seeds
+        finish(ledger, program, "baseline", BASE[:3], purpose="replicate")
+        finish(ledger, program, "seed-keyed", [b + j for b, j in zip(BASE[:3], JITTER)], purpose="replicate")
+        d = decision(ledger, program, "seed-keyed")
+        assert d["outcome"] == "discarded" and "but not at 3 fresh seeds: " in d["verdict"], d["verdict"]
+        assert frontier(ledger.experiments(program.name))["arm"] == "baseline"  # the frontier did not move
+
+        try_(ledger, lab, program, "wd-up", {"weight_decay": 0.2})  # a real gain holds on any seed
+        finish(ledger, program, "wd-up", [b - 0.06 + j for b, j in zip(BASE, JITTER)])
+        finish(ledger, program, "baseline", [2.21, 2.18, 2.23], purpose="replicate")
+        finish(ledger, program, "wd-up", [b - 0.06 + j for b, j in zip([2.21, 2.18, 2.23], JITTER)], purpose="replicate")
+        d = decision(ledger, program, "wd-up")
+        assert d["outcome"] == "kept" and d["verdict"].endswith("held at 3 fresh seeds (Δ -0.0602)"), d["verdict"]
+        assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
     lab.close()
 
 

@@ -461,7 +461,7 @@ def referee_verdicts(ledger: Ledger, program: Program) -> list[dict]:
     declares = {v.name: frozenset(v.declares) for v in program.variants}
     try:  # the same pipeline as the report: declared changes, Holm, held-out confirmation
         judged, unreadable = referee.verdicts(runs, program.claim.rule, program.claim.margin, declares,
-                                              fresh_seeds=program.fresh_seeds)
+                                              fresh_seeds=None if program.claim.kind == "improve" else program.fresh_seeds)
     except Exception as e:  # the referee must never take an agent down with it
         return [{"error": f"referee failed: {type(e).__name__}: {e}"}]
     return [{"arm": arm, "versus": "baseline", "verdict": c.final_verdict, "n": c.n,
