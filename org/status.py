@@ -130,8 +130,8 @@ def last_call(transcript: Path) -> dict | None:
     transcript's tail only: transcripts grow long)."""
     try:
         with open(transcript, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
-            lines = f.read().decode(errors="replace").splitlines()[1:]
+            start = f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            lines = f.read().decode(errors="replace").splitlines()[1 if start else 0:]  # (a cut line goes)
     except OSError:
         return None
     answered = set()

@@ -230,6 +230,11 @@ def test_an_agents_state_is_read_whatever_its_last_call_holds(tmp_path):
                            lab_dir=tmp_path)
     state, doing = agent_state(site, "solo", True)
     assert state == "working" and doing.startswith('read_inbox(wait_seconds="x"')
+    (tmp_path / "transcripts" / "solo.jsonl").write_text(json.dumps(lines[1]) + "\n")  # its first line: not a cut one
+    assert agent_state(site, "solo", True)[1].startswith('read_inbox(wait_seconds="x"')
+    long = [{"kind": "system", "text": "x" * 70_000}, lines[1]]  # a tail starts mid-line: that line goes
+    (tmp_path / "transcripts" / "solo.jsonl").write_text("".join(json.dumps(line) + "\n" for line in long))
+    assert agent_state(site, "solo", True)[1].startswith('read_inbox(wait_seconds="x"')
 
 
 def test_the_grid_has_a_labelled_pane_per_agent_in_its_worktree(org_project, capsys):
