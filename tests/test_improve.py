@@ -444,15 +444,20 @@ def test_a_kept_code_change_is_taken_out_by_reversing_its_diff(lab):
 
 # --- a ladder: a keep must also hold at the next scale ----------------------------------------
 
+def passes(ledger, lab, program, arm):
+    """A try 0.03 better than the baseline on the program's seeds: it passes, and climbs."""
+    try_(ledger, lab, program, arm, {"weight_decay": 0.3})
+    finish(ledger, program, "baseline", BASE)
+    finish(ledger, program, arm, [b - 0.03 + j for b, j in zip(BASE, JITTER)])
+    d = decision(ledger, program, arm)
+    assert d["outcome"] == "climbing" and d["passed"] and d["rung"] == 1
+
+
 def test_a_try_is_kept_only_once_it_also_holds_at_the_next_rung_of_the_ladder(tmp_path):
     root, program = make_project(tmp_path, improve_program(ladder=[{"n_layer": 2}]))
     lab = Lab.open(root)
     with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
-        try_(ledger, lab, program, "wd-up", {"weight_decay": 0.3})
-        finish(ledger, program, "baseline", BASE)
-        finish(ledger, program, "wd-up", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
-        d = decision(ledger, program, "wd-up")
-        assert d["outcome"] == "climbing" and d["passed"] and d["rung"] == 1  # passed here; now the rung
+        passes(ledger, lab, program, "wd-up")  # here; now the rung
         rung = {arm: ledger.runs(program.name, arm=arm, purpose="rung1") for arm in ("baseline", "wd-up")}
         assert all(sorted(r["seed"] for r in runs) == SEEDS for runs in rung.values())
         assert all(json.loads(r["overrides"])["n_layer"] == 2 for runs in rung.values() for r in runs)
@@ -485,11 +490,7 @@ def test_a_try_is_kept_only_once_its_gain_holds_on_fresh_seeds_too(tmp_path):
     root, program = make_project(tmp_path, improve_program(claim={"kind": "improve", "alpha": 0.05, "fresh_seeds": 3}))
     lab = Lab.open(root)
     with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
-        try_(ledger, lab, program, "seed-keyed", {"weight_decay": 0.3})
-        finish(ledger, program, "baseline", BASE)
-        finish(ledger, program, "seed-keyed", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
-        d = decision(ledger, program, "seed-keyed")
-        assert d["outcome"] == "climbing" and d["passed"] and d["rung"] == 1  # passed on the program's seeds
+        passes(ledger, lab, program, "seed-keyed")  # on the program's seeds; now the fresh ones
         fresh = {arm: ledger.runs(program.name, arm=arm, purpose="replicate") for arm in ("baseline", "seed-keyed")}
         seeds = [r["seed"] for r in fresh["baseline"]]
         assert len(set(seeds)) == 3 and not set(seeds) & set(SEEDS) and [r["seed"] for r in fresh["seed-keyed"]] == seeds
