@@ -235,7 +235,36 @@ def memory_setting(group: Path, limit: int) -> dict:
 
 
 def machine_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """The memory this machine gives the harness: its RAM, or less where the harness's own
+    memory cgroup (a container's, or one above it) is capped below that."""
+    return min([os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), *own_memory_limits()])
+
+
+def own_memory_limits(proc_cgroup: Path = Path("/proc/self/cgroup"), fs: Path = Path("/sys/fs/cgroup")) -> list[int]:
+    """The memory limits of this process's cgroup and of each above it: v1's memory hierarchy
+    ("4:memory:/path") or v2's one ("0::/path"); "max" and unreadable ones are no limit."""
+    limits = []
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return limits
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            base, name = fs / "memory", "memory.limit_in_bytes"
+        elif controllers == "":
+            base, name = fs, "memory.max"
+        else:
+            continue
+        group = base / path.strip("/")
+        for folder in [group, *group.parents]:
+            try:
+                limits.append(int((folder / name).read_text()))
+            except (OSError, ValueError):
+                pass
+            if folder == base:
+                break
+    return limits
 
 
 def cpu_seconds(proc: subprocess.Popen) -> float | None:

@@ -854,6 +854,24 @@ def test_the_orgs_memory_is_shared_out_and_the_shares_fit_the_machine():
     assert total == 2 << 30 and mine[0][1][1] == total // 4  # scripted agents run no commands: a quarter
 
 
+def test_a_container_capped_below_the_machine_gives_its_boxes_less(tmp_path):
+    """In a container whose cgroup holds 8 GB of a 128 GB machine, the boxes' total comes from
+    the 8 GB: from the RAM, the shares would add up to more than the harness can have."""
+    from org.cgroups import machine_memory, own_memory_limits
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    for folder, name, limit in ((v1 / "memory" / "docker", "memory.limit_in_bytes", 9223372036854771712),
+                                (v1 / "memory" / "docker" / "abc", "memory.limit_in_bytes", 8 << 30),
+                                (v2 / "user.slice", "memory.max", 12 << 30), (v2 / "user.slice" / "me", "memory.max", "max")):
+        folder.mkdir(parents=True)
+        (folder / name).write_text(f"{limit}\n")
+    (tmp_path / "cgroup-v1").write_text("7:pids:/docker/abc\n4:memory:/docker/abc\n0::/\n")
+    (tmp_path / "cgroup-v2").write_text("0::/user.slice/me\n")
+    assert min(own_memory_limits(tmp_path / "cgroup-v1", v1)) == 8 << 30
+    assert own_memory_limits(tmp_path / "cgroup-v2", v2) == [12 << 30]  # "max" is no limit
+    assert own_memory_limits(tmp_path / "absent", v1) == []
+    assert machine_memory() <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 @pytest.mark.skipif(cgroup_root("memory") is None, reason=f"a memory cgroup: {memory_limit()}")
 def test_a_box_hoarding_past_its_share_dies_alone(two_model_agents, tmp_path):
     """The OOM killer takes the largest resident process, and a memfd shows in none. Before the
