@@ -28,6 +28,7 @@ No box starts without its memory group, capped (box_cgroups raises).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -234,9 +235,11 @@ def memory_setting(group: Path, limit: int) -> dict:
     return {"memory.limit_in_bytes": str(limit), **swap}
 
 
+@functools.cache
 def machine_memory() -> int:
     """The memory this machine gives the harness: its RAM, or less where the harness's own
-    memory cgroup (a container's, or one above it) is capped below that."""
+    memory cgroup (a container's, or one above it) is capped below that. Read once: every box's
+    start asks it a few times."""
     return min([os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), *own_memory_limits()])
 
 

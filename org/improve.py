@@ -225,7 +225,8 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
         pair = [[r for r in ledger.runs(program.name, experiment_id=x["id"]) if r["purpose"] == purpose]
                 for x in (front, e)]
         if fresh:  # the frontier's fresh runs of this try's seeds (another try climbing against it draws its own)
-            pair[0] = [r for r in pair[0] if r["seed"] in {r["seed"] for r in pair[1]}]
+            mine = {r["seed"] for r in pair[1]}
+            pair[0] = [r for r in pair[0] if r["seed"] in mine]
         if not all(pair):
             seeds = draw_seeds(ledger.runs(program.name), program.fresh_seeds) if fresh else program.budget.seeds
             for x in (front, e):

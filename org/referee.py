@@ -263,7 +263,7 @@ class Comparison:
     verdict: str = ""
     final_verdict: str = ""     # the verdict once the held-out split and the fresh seeds had their say
     confirmation: Comparison | None = None
-    replication: Comparison | None = None  # main and fresh seeds pooled (replicate())
+    replication: Comparison | None = None  # the same rule on the fresh seeds alone (replicate())
 
     @property
     def confounds(self) -> list[Finding]:

@@ -518,12 +518,12 @@ def code_private(lab_root: Path) -> list[Path]:
     cgroups. An agent's box writes git objects (it commits), and its cgroups' figures move as it
     likes (memory.usage_in_bytes): a run that read either could be handed what its agent worked out
     after submitting it, such as a table for the fresh seeds its claim is replicated on."""
-    git_dir = Path(lab_root) / ".git"
-    if git_dir.is_file():  # a linked worktree's: "gitdir: <its admin dir>", whose commondir names the store
-        admin = (Path(lab_root) / git_dir.read_text().removeprefix("gitdir:").strip()).resolve()
+    git_dirs = [Path(lab_root) / ".git"]
+    if git_dirs[0].is_file():  # a linked worktree's: "gitdir: <its admin dir>", whose commondir names the store
+        admin = (Path(lab_root) / git_dirs[0].read_text().removeprefix("gitdir:").strip()).resolve()
         common = admin / (admin / "commondir").read_text().strip() if (admin / "commondir").exists() else admin
-        return lab_private(lab_root) + [admin, common.resolve(), Path("/sys/fs/cgroup")]
-    return lab_private(lab_root) + [git_dir, Path("/sys/fs/cgroup")]
+        git_dirs = [admin, common.resolve()]
+    return lab_private(lab_root) + git_dirs + [Path("/sys/fs/cgroup")]
 
 
 def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool,
