@@ -10,8 +10,9 @@ Experiments fill the queue (org/experiments.py: submit(), plan()); the runner ex
                  program (budget, seed, eval and data fingerprints), then MEASURES it: the
                  harness evaluates the checkpoint itself (org/measure.py, org/evaluator.py),
                  and that measurement is the run's record; the trainer's figures only
-                 cross-check it. After every `baseline_every` other runs the baseline is run
-                 again (interleaved). An improvement program's branch follows its frontier.
+                 cross-check it. After every `baseline_every` runs of other arms the baseline
+                 re-runs one of its seeds (interleaved: its drift over the program). An
+                 improvement program's branch follows its frontier.
 Crash safety: SIGKILL the runner at any moment and drain() again: runs left 'running' by the
 dead runner are recovered (a finished result.json is recorded, a half-written run directory is
 kept aside as <id>.attempt<N> and the run re-queued), and nothing is run or counted twice.
@@ -332,39 +333,39 @@ class Runner:
             self.budget_spent = True
             return None
         with ledger.tx():
-            if self._baseline_due(ledger):
-                run = ledger.claim(name, slot.index, "baseline", slot.kind) or self._claim_repeat(ledger, slot)
-            else:
-                run = ledger.claim(name, slot.index, kind=slot.kind)
+            run = self._repeat_due(ledger) and self._claim_repeat(ledger, slot)
+            run = run or ledger.claim(name, slot.index, kind=slot.kind)
             if run and self.jobs:  # the job's id is on record before the job exists
                 ledger.set_job(run["id"], job_id(name, self.ledger_key, run["id"], run["attempts"]))
                 run = ledger.run(run["id"])
             return run
 
-    def _baseline_due(self, ledger: Ledger) -> bool:
-        """True when `baseline_every` measuring runs of other arms were claimed since the last
-        baseline run, and other work is still queued (so the baseline brackets it)."""
+    def _repeat_due(self, ledger: Ledger) -> bool:
+        """True when `baseline_every` measuring runs of other arms were claimed since the
+        baseline last re-ran a seed, and other work is still queued (so the re-runs bracket it).
+        Counted from its last re-run, not its last run: the queue goes seed by seed, so a
+        baseline run of the next seed comes every few runs, and it measures no drift."""
         name = self.program.name
-        claimed = [r for r in ledger.runs(name) if r["claim_seq"] and r["purpose"] != "tune"]
-        claimed.sort(key=lambda r: r["claim_seq"])
         since = 0
-        for r in reversed(claimed):
-            if r["arm"] == "baseline":
+        for r in sorted((r for r in ledger.runs(name) if r["claim_seq"] and r["purpose"] != "tune"),
+                        key=lambda r: r["claim_seq"], reverse=True):
+            if r["purpose"] == "repeat":
                 break
-            since += 1
+            since += r["arm"] != "baseline"
         return since >= self.program.runner.baseline_every and bool(ledger.runs(name, status="queued"))
 
     def _claim_repeat(self, ledger: Ledger, slot: Slot) -> dict | None:
-        """Enqueue and claim a re-run of the baseline, cycling through the seeds."""
+        """Enqueue and claim a re-run of one of the baseline's seeds, cycling through them in
+        the order they were queued (the first seed ran first: the longest span of time)."""
         name = self.program.name
         mains = ledger.runs(name, arm="baseline", purpose="main")
         if not mains:  # the baseline is still tuning: nothing to repeat yet
-            return ledger.claim(name, slot.index, kind=slot.kind)
+            return None
         repeats = ledger.runs(name, arm="baseline", purpose="repeat")
-        template = mains[len(repeats) % len(mains)]
-        experiment = ledger.experiment(template["experiment_id"])
-        ledger.add_run(experiment, "repeat", template["seed"], template["round"],
-                       json.loads(template["overrides"]), budget_of(template))
+        if not any(r["status"] == "queued" for r in repeats):  # (one a slot of another kind left)
+            template = mains[len(repeats) % len(mains)]
+            ledger.add_run(ledger.experiment(template["experiment_id"]), "repeat", template["seed"],
+                           template["round"], json.loads(template["overrides"]), budget_of(template))
         return ledger.claim(name, slot.index, "baseline", slot.kind)
 
     # --- executing -----------------------------------------------------------------------
