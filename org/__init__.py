@@ -52,4 +52,5 @@ class OneLineParser(argparse.ArgumentParser):
     """A usage error is one line, like every other error."""
 
     def error(self, message):
-        self.exit(2, f"org: {self.prog}: {message} (see --help)\n")
+        command = self.prog.removeprefix("org").strip()  # "org launch": "org: launch: ...", as OrgError's
+        self.exit(2, f"org: {command + ': ' if command else ''}{message} (see --help)\n")

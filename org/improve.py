@@ -11,7 +11,8 @@ it starts as the baseline. Agents submit tries against it, and each try is
   decided    once its runs and that frontier's are finished, in the transaction that finishes
              the last of them (so a crash leaves either no decision or the whole of it):
                stale      the frontier moved since it was submitted: not a test; resubmit it
-               untested   nothing to test (refused, failed, fewer than two paired seeds)
+               untested   nothing to test (refused, failed, fewer than two paired seeds), or a
+                          frontier that did not reproduce its own run (climb's canary)
                kept       the referee's `better` at the level LORD++ gives this test
                           (org/frontier.py), confirmed on the held-out split at that level,
                           then climbing: `better` at every rung of a `ladder`, and on fresh
@@ -55,10 +56,11 @@ from org.frontier import Lord
 from org.lab import Lab
 from org.ledger import FINISHED, Ledger, now
 from org.program import Program, ProgramError
-from org.referee import compare, confirm, verdict_kind
+from org.referee import compare, confirm, noise_floor, verdict_kind
 
 HARNESS = {"GIT_AUTHOR_NAME": "nanolab harness", "GIT_AUTHOR_EMAIL": "harness@nanolab.local",
            "GIT_COMMITTER_NAME": "nanolab harness", "GIT_COMMITTER_EMAIL": "harness@nanolab.local"}
+REPRODUCED = 1e-6  # val_bpb a deterministic run of the same code, config and seed may move by (none is seen)
 OUTCOMES = ("kept", "discarded", "stale", "untested", "climbing")  # climbing: passed, now at the ladder's rungs
 
 
@@ -180,6 +182,11 @@ def decide(ledger: Ledger, program: Program, experiments: list[dict], e: dict, f
                 rung=1 if outcome == "climbing" else None, rungs=[])
 
 
+def origin(experiments: list[dict], front: dict) -> dict | None:
+    """The kept try a frontier-N is (its code and config), or None: the baseline."""
+    return next((e for e in lineage(experiments) if e["decision"].get("frontier_after") == front["arm"]), None)
+
+
 def judged_against(ledger: Ledger, program: Program, experiments: list[dict], front: dict) -> list[dict]:
     """The runs a try is paired with: the frontier's main runs, where the frontier is a kept try
     re-measured, that try's own runs on every seed it ran (the same code, config and seeds).
@@ -188,7 +195,7 @@ def judged_against(ledger: Ledger, program: Program, experiments: list[dict], fr
     their wall times widened every later try's margin for hidden compute. They still show in
     the report (remeasured: bit for bit, or not), and count for seeds added since (org extend)."""
     runs = ledger.runs(program.name, experiment_id=front["id"])
-    kept = next((e for e in lineage(experiments) if e["decision"].get("frontier_after") == front["arm"]), None)
+    kept = origin(experiments, front)
     if kept is None:  # the baseline: the program's own code, its re-runs too
         return runs
     own = [r for r in ledger.runs(program.name, experiment_id=kept["id"]) if r["purpose"] == "main"]
@@ -216,23 +223,32 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
     rung: the program's config, program.fresh_seeds of them, which no code committed before could
     know: a seed-keyed gain, referee.replicate). Kept once `better` holds at every rung (at alpha:
     the keep test was the first scale's), discarded at the first where it does not. Its LORD++
-    test (passed) stands either way."""
+    test (passed) stands either way.
+
+    A frontier that is a kept try is an agent's code, which may train worse when it runs again
+    later (the time tells it): at a ladder rung its kept try's own runs stand for it, as in
+    judged_against; on fresh seeds it must run again, and a canary goes with those runs (plan_canary)."""
     declared = frozenset(DECLARABLE) - {program.budget.per_run.kind}
+    kept = origin(experiments, front)
     while True:
         rung = d["rung"]
         fresh = rung > len(program.ladder)
         purpose = "replicate" if fresh else f"rung{rung}"
-        pair = [[r for r in ledger.runs(program.name, experiment_id=x["id"]) if r["purpose"] == purpose]
-                for x in (front, e)]
+        runs_of = lambda x: [r for r in ledger.runs(program.name, experiment_id=x["id"]) if r["purpose"] == purpose]
+        pair = [runs_of(front), runs_of(e)]
         if fresh:  # the frontier's fresh runs of this try's seeds (another try climbing against it draws its own)
             mine = {r["seed"] for r in pair[1]}
             pair[0] = [r for r in pair[0] if r["seed"] in mine]
+        elif kept:  # the kept try's own runs at this rung, then the frontier's of seeds added since
+            own = runs_of(kept)
+            pair[0] = own + [r for r in pair[0] if r["seed"] not in {r["seed"] for r in own}]
         if not all(pair):
             seeds = draw_seeds(ledger.runs(program.name), program.fresh_seeds) if fresh else program.budget.seeds
-            for x in (front, e):
-                plan_rung(ledger, program, x, rung, seeds)
-            return d
-        if any(r["status"] not in FINISHED for runs in pair for r in runs):
+            plan_rung(ledger, program, e, rung, seeds)
+            plan_rung(ledger, program, front, rung, [s for s in seeds if s not in {r["seed"] for r in pair[0]}])
+            return dict(d, canary=plan_canary(ledger, program, front, runs_of(kept), len(seeds))) if fresh and kept else d
+        canary = ledger.run(d["canary"]) if fresh and d.get("canary") else None
+        if any(r["status"] not in FINISHED for r in pair[0] + pair[1] + ([canary] if canary else [])):
             return d
         front_runs, runs = ([dict(r, purpose="main") for r in rs] for rs in pair)  # the referee pairs main runs
         c = compare(front_runs, runs, "superiority", alpha=program.claim.alpha, declared=declared)
@@ -245,6 +261,11 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
         if verdict_kind(c.verdict) != "better" or slower or (fresh and c.n < len(pair[1])):  # (a run failed there)
             return dict(d, outcome="discarded", verdict=f"{d['verdict']} at the program's scale, but not at {where}: "
                                                         f"{c.verdict}" + (f"; not kept: {slower}" if slower else ""))
+        moved = canary and canary_moved(canary, runs_of(kept), program, ledger.runs(program.name, arm="baseline"))
+        if moved:
+            return dict(d, outcome="untested", verdict=f"{d['verdict']} at the program's scale; {c.verdict} at {where}, "
+                        f"but {front['arm']} did not reproduce a run of its kept try {kept['arm']} there ({moved}): its "
+                        "code tells runs apart, so its re-runs are no yardstick")
         if rung == len(program.ladder) + (1 if program.fresh_seeds else 0):
             current = frontier(ledger.experiments(program.name))
             if current["id"] != front["id"]:
@@ -252,6 +273,32 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
                                                         f"{current['arm']} is the frontier now: submit it again)")
             return dict(d, outcome="kept", verdict=f"{d['verdict']}; held at {where} (Δ {c.mean:+.4f})")
         d = dict(d, rung=rung + 1)
+
+
+def plan_canary(ledger: Ledger, program: Program, front: dict, kept_fresh: list[dict], rounds: int) -> int | None:
+    """A canary: the frontier's code once more on one of the fresh seeds its kept try ran before
+    the keep, at random among them and in a random round among this try's fresh runs. No agent was
+    told those seeds, so the code cannot tell the canary from the runs this try is judged against;
+    the trainer being deterministic, it must land where the kept try's run did (canary_moved)."""
+    done = [r for r in kept_fresh if r["status"] == "completed" and r["val_bpb"] is not None]
+    if not done:  # (its fresh runs failed, or it was kept with none: nothing to reproduce)
+        return None
+    r = secrets.choice(done)
+    return ledger.add_run(front, "canary", r["seed"], 1 + secrets.randbelow(rounds), json.loads(r["overrides"]),
+                          (program.budget.per_run.kind, program.budget.per_run.value))
+
+
+def canary_moved(canary: dict, kept_fresh: list[dict], program: Program, baseline_runs: list[dict]) -> str | None:
+    """How the canary missed its kept try's run of the same seed, or None. Under a budget of
+    FLOPs, steps or tokens the runs are the same bits (REPRODUCED); under a budget of seconds the
+    steps differ with the machine's load, and a miss is one past the baseline's seed-to-seed std."""
+    first = next(r for r in kept_fresh if r["seed"] == canary["seed"])
+    if canary["status"] != "completed" or canary["val_bpb"] is None:
+        return f"its re-run ended {canary['status']}"
+    gap = canary["val_bpb"] - first["val_bpb"]
+    timed = program.budget.per_run.kind == "seconds"
+    tolerance = (noise_floor(baseline_runs).seed_std or 0.0) if timed else REPRODUCED
+    return None if abs(gap) <= tolerance else f"val_bpb {first['val_bpb']:.4f} then, {canary['val_bpb']:.4f} now"
 
 
 def draw_seeds(runs: list[dict], n: int) -> list[int]:

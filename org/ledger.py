@@ -31,10 +31,17 @@ from pathlib import Path
 from org import OrgError
 from trainer.record import Measurement, Result, read
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
+SECRET_SEEDS = ("replicate", "canary")  # purposes whose seeds the harness drew and tells no agent
+
+
+def shown_seed(run: dict) -> int | str:
+    """A run's seed as an agent, or a report in the lab, may see it: a fresh seed is "fresh" (its
+    agent could work out a table for it in its own box)."""
+    return "fresh" if run.get("purpose") in SECRET_SEEDS else run.get("seed")
 
 SCHEMA = f"""
 CREATE TABLE schema_version (
@@ -74,7 +81,7 @@ CREATE TABLE runs (
     experiment_id      INTEGER NOT NULL REFERENCES experiments(id),
     program            TEXT NOT NULL,
     arm                TEXT NOT NULL,
-    purpose            TEXT NOT NULL,  -- tune | main | repeat (an interleaved baseline re-run)
+    purpose            TEXT NOT NULL,  -- tune | main | repeat (an interleaved baseline re-run) | replicate | rungN | xF | canary
     seed               INTEGER NOT NULL,
     round              INTEGER NOT NULL,  -- queue order: tuning first, then by seed index
     overrides          TEXT NOT NULL,  -- JSON: every --set of this run
@@ -106,7 +113,7 @@ CREATE TABLE runs (
     started_at         TEXT,
     finished_at        TEXT
 );
-CREATE UNIQUE INDEX runs_once ON runs(experiment_id, purpose, seed, overrides) WHERE purpose != 'repeat';
+CREATE UNIQUE INDEX runs_once ON runs(experiment_id, purpose, seed, overrides) WHERE purpose NOT IN ('repeat', 'canary');
 CREATE INDEX runs_queue ON runs(program, status, round, id);
 CREATE TABLE budget_changes (        -- `org budget`: the only way a started program's totals change
     id          INTEGER PRIMARY KEY,
@@ -159,6 +166,8 @@ MIGRATIONS = {  # from version N to N + 1
     7: [f"ALTER TABLE runs DROP COLUMN {c}" for c in FIGURE_COLUMNS],
     8: ["ALTER TABLE experiments ADD COLUMN versus TEXT", "ALTER TABLE experiments ADD COLUMN decision TEXT"],
     9: [SCHEMA[SCHEMA.index("CREATE TABLE agent_cpu"):].strip().rstrip(";").replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)],
+    # an improvement program's canary (org/improve.py) runs a seed again for each try that climbs
+    10: ["DROP INDEX IF EXISTS runs_once", SCHEMA[SCHEMA.index("CREATE UNIQUE INDEX runs_once"):].split(";")[0]],
 }
 
 

@@ -118,9 +118,14 @@ class Claim(Strict):
     def _margin(self):
         if self.kind == "non-inferiority" and self.margin <= 0:
             raise ValueError("a non-inferiority claim needs margin > 0 (in val_bpb)")
-        if self.fresh_seeds == 1:
-            raise ValueError("fresh_seeds: expected 0 (none) or 2 and more: one seed gives no interval")
         return self
+
+    @field_validator("fresh_seeds")
+    @classmethod
+    def _not_one(cls, n):
+        if n == 1:
+            raise ValueError("expected 0 (none) or 2 and more: one seed gives no interval")
+        return n
 
 
 class Baseline(Strict):
@@ -255,9 +260,8 @@ def check_seeds(seeds: list[int]) -> list[int]:
 
 
 def fresh_seed_count(claim: dict, seeds: list) -> int:
-    """How many fresh seeds a standing claim (an improve program's keep) is replicated on:
-    claim.fresh_seeds, or as many as the program's seeds (two at least: one seed gives no
-    interval). From a program, or a spec as a ledger recorded it (the report's)."""
+    """How many fresh seeds a standing claim (an improve program's keep) is replicated on: claim.fresh_seeds,
+    or as many as the program's seeds and 2 at least. From a program, or a spec a ledger recorded."""
     given = claim.get("fresh_seeds")
     return max(2, len(seeds or ())) if given is None else given
 
@@ -570,7 +574,7 @@ def _describe(err: dict) -> str:
     msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
     msg = re.sub(r"^Input should be ", "expected ", msg)
     if kind not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict):
-        msg += f", got {err['input']!r}"
+        msg = re.sub(r", got .*$", "", msg) + f", got {err['input']!r}"  # (pydantic's own "got ..." said twice)
     return f"{field}: {msg}"
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from org import OrgError, improve_story, one_line
 from org.lab import diff_summary
-from org.ledger import LedgerError, loads
+from org.ledger import LedgerError, loads, shown_seed
 from org.ledger_read import read_tables
 from org.plots import Curve, finite, plot_all, read_curves
 from org.program import fresh_seed_count
@@ -449,13 +449,13 @@ def span(runs: list[dict], key: str) -> str:
 def failures_table(report: Report) -> str:
     bad = [r for r in report.runs if r.get("status") not in ("completed",) + NOT_RUN_YET]
     retried = [r for r in report.runs if (r.get("attempts") or 0) > 1]
-    lines = [f"Run {r.get('id')} ({r.get('arm')}, seed {r.get('seed')}) took {r['attempts']} attempts: "
+    lines = [f"Run {r.get('id')} ({r.get('arm')}, seed {shown_seed(r)}) took {r['attempts']} attempts: "
              f"{one_line('; '.join((r.get('attempt_log') or 'reason not recorded').strip().splitlines()))}" for r in retried]
     if not bad:
         return "\n\n".join(["Every finished run completed: none killed, refused, invalid, diverged or failed."] + lines)
     rows = ["Runs that did not complete:", "", "| run | arm | seed | purpose | status | reason |", "|" + "---|" * 6]
     for r in bad:
-        rows.append("| " + " | ".join(cell(v) for v in (r.get("id"), r.get("arm"), r.get("seed"),
+        rows.append("| " + " | ".join(cell(v) for v in (r.get("id"), r.get("arm"), shown_seed(r),
                                                          r.get("purpose", ""), r.get("status"),
                                                          r.get("reason") or "not recorded")) + " |")
     return "\n\n".join(["\n".join(rows)] + lines)

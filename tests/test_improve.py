@@ -467,14 +467,17 @@ def test_a_try_is_kept_only_once_it_also_holds_at_the_next_rung_of_the_ladder(tm
         d = decision(ledger, program, "wd-up")
         assert d["outcome"] == "kept" and "held at rung 1 (n_layer=2)" in d["verdict"] and d["rungs"][0]["n"] == 5
         assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
-        # the next passes at the program's scale, but its gain is gone at the rung: discarded
+        # the next passes at the program's scale, but its gain is gone at the rung: discarded. The
+        # frontier is wd-up's code, which may train worse when run again at the rung (here: 0.05
+        # worse, had it run), and every later try read `better` there: wd-up's own runs stand for it
         finish(ledger, program, "frontier-1", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
         try_(ledger, lab, program, "lr-up", {"matrix_lr": 0.03})
         finish(ledger, program, "lr-up", [b - 0.06 - j for b, j in zip(BASE, JITTER)])
-        finish(ledger, program, "frontier-1", [b + 0.08 for b in BASE], purpose="rung1")
+        finish(ledger, program, "frontier-1", [b + 0.08 + j + 0.05 for b, j in zip(BASE, JITTER)], purpose="rung1")
+        assert not ledger.runs(program.name, arm="frontier-1", purpose="rung1")  # it is never run again there
         finish(ledger, program, "lr-up", [b + 0.08 + j for b, j in zip(BASE, JITTER)], purpose="rung1")
         d = decision(ledger, program, "lr-up")
-        assert d["outcome"] == "discarded" and "but not at rung 1 (n_layer=2)" in d["verdict"]
+        assert d["outcome"] == "discarded" and "but not at rung 1 (n_layer=2)" in d["verdict"], d["verdict"]
         assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
         # both were discoveries of the keep rule at the program's scale: its wealth says so
         assert rule_of(program, ledger.experiments(program.name)) == Lord.rebuild([True, True], alpha=0.05)
@@ -507,6 +510,58 @@ def test_a_try_is_kept_only_once_its_gain_holds_on_fresh_seeds_too(tmp_path):
         d = decision(ledger, program, "wd-up")
         assert d["outcome"] == "kept" and d["verdict"].endswith("held at 3 fresh seeds (Δ -0.0602)"), d["verdict"]
         assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
+    lab.close()
+
+
+def finish_canary(ledger, program, shift: float = 0.0):
+    """The frontier's canary, finished as its kept try's run of the same seed did, moved by shift."""
+    canary, = ledger.runs(program.name, purpose="canary", status="queued")
+    first = next(r for r in ledger.runs(program.name, purpose="replicate", status="completed")
+                 if r["seed"] == canary["seed"] and r["arm"] not in ("baseline", canary["arm"]))
+    with ledger.tx():
+        ledger.finish(canary["id"], "completed", result=Result(status="completed", val_bpb=first["val_bpb"] + shift,
+                                                               seed=canary["seed"]),
+                      wall_seconds=1.0, measurement=measured(first["val_bpb"] + shift, canary["seed"]))
+        plan(ledger, program, ledger.experiment(canary["experiment_id"]))
+
+
+@pytest.mark.parametrize("sabotage", [0.0, 0.05])
+def test_a_frontier_whose_code_trains_worse_when_run_again_is_caught_by_a_canary(tmp_path, sabotage):
+    """The frontier is a kept try's code, and on fresh seeds it has to run again (no run of it
+    knows them). Code that trains worse once it is the frontier (the time tells it) made every
+    later try `better` there: here a try that gains only on the program's seeds (a table). With
+    it goes a canary, the frontier on a fresh seed its kept try ran before, which it must reproduce."""
+    root, program = make_project(tmp_path, improve_program(claim={"kind": "improve", "alpha": 0.05, "fresh_seeds": 3}))
+    lab = Lab.open(root)
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+        passes(ledger, lab, program, "wd-up")
+        fresh = [2.21, 2.18, 2.23]
+        finish(ledger, program, "baseline", fresh, purpose="replicate")
+        finish(ledger, program, "wd-up", [f - 0.03 + j for f, j in zip(fresh, JITTER)], purpose="replicate")
+        assert decision(ledger, program, "wd-up")["outcome"] == "kept" and not ledger.runs(program.name, purpose="canary")
+        kept = [b - 0.03 + j for b, j in zip(BASE, JITTER)]
+        finish(ledger, program, "frontier-1", kept)  # re-measured: the same bits
+
+        try_(ledger, lab, program, "seed-table", {"matrix_lr": 0.0201})  # better on the program's seeds only
+        finish(ledger, program, "seed-table", [k - 0.03 - j for k, j in zip(kept, JITTER)])
+        assert decision(ledger, program, "seed-table")["outcome"] == "climbing"
+        on_fresh = [2.20, 2.22, 2.19]  # the frontier's val_bpb on this try's fresh seeds, trained honestly
+        finish(ledger, program, "frontier-1", [f + sabotage for f in on_fresh], purpose="replicate")
+        finish(ledger, program, "seed-table", [f + j for f, j in zip(on_fresh, JITTER)], purpose="replicate")
+        assert decision(ledger, program, "seed-table")["outcome"] == "climbing"  # the canary is not done yet
+        finish_canary(ledger, program, sabotage)
+        d = decision(ledger, program, "seed-table")
+        if sabotage:  # `better` on the sabotaged runs, and so kept before the canary
+            assert d["outcome"] == "untested" and "better" in d["rungs"][-1]["verdict"], d
+            assert "frontier-1 did not reproduce a run of its kept try wd-up there (val_bpb " in d["verdict"], d["verdict"]
+        else:
+            assert d["outcome"] == "discarded" and "but not at 3 fresh seeds" in d["verdict"], d["verdict"]
+        assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
+        # no agent is told the canary's seed: it is one of wd-up's fresh ones
+        from org.agents.tools import program_status
+        shown = json.dumps(program_status(ledger, program))
+        assert '"purpose": "canary"' in shown and all(str(r["seed"]) not in shown for r in ledger.runs(
+            program.name, purpose="replicate"))
     lab.close()
 
 

@@ -232,7 +232,10 @@ def test_usage_errors_are_one_line_too(capsys):
     with pytest.raises(SystemExit) as e:
         main(["submit", "tiny"])
     assert e.value.code == 2
-    assert "the following arguments are required: --arm" in one_line_error(capsys)
+    assert one_line_error(capsys).startswith("org: submit: the following arguments are required: --arm")
+    with pytest.raises(SystemExit):
+        main(["chek", "tiny"])
+    assert one_line_error(capsys).startswith("org: argument COMMAND: invalid choice: 'chek'")  # (not "org: org: ")
 
 
 def test_help_lists_the_users_commands_with_examples_that_parse(capsys):

@@ -159,6 +159,24 @@ def test_a_version_3_ledger_loses_only_its_never_written_verdicts_table(tmp_path
         assert ledger.spend("softcap")["dollars"] == 0.01
 
 
+def test_a_version_10_ledger_runs_a_canary_again_for_each_try_and_anything_else_once(tmp_path):
+    """An improvement program's canary re-runs a seed its frontier ran before, once per try that
+    climbs against it; the index that makes planning idempotent let it run only once."""
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        ledger.add_program("softcap", {"name": "softcap"}, base_commit="base", branch="program/softcap")
+        experiment = add_experiment(ledger, "frontier-1", seeds=[7])
+        ledger.db.execute("DROP INDEX runs_once")  # as version 10 had it
+        ledger.db.execute("CREATE UNIQUE INDEX runs_once ON runs(experiment_id, purpose, seed, overrides) "
+                          "WHERE purpose != 'repeat'")
+        ledger.db.execute("UPDATE schema_version SET version = 10")
+    with Ledger(path) as ledger:
+        assert ledger.db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+        twice = [ledger.add_run(experiment, "canary", 9, 1, {"softcap": 0}, ("steps", 10)) for _ in range(2)]
+        assert None not in twice and len(set(twice)) == 2
+        assert ledger.add_run(experiment, "main", 7, 1, {"softcap": 0}, ("steps", 10)) is None  # planned already
+
+
 def test_a_version_4_ledger_spells_its_budgets_as_kind_and_value(ledger):
     """Before schema 5 a run's budget was the program file's {steps: 10}; result.json's
     {kind, value} is the one spelling now, for old runs too (the report reads old ledgers

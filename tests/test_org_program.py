@@ -147,6 +147,9 @@ def test_a_top_level_list_is_not_a_program(tmp_path):
     (("seq_len: 64}", "seq_len: 64, device: cuda}"), "train.device cuda needs runner.gpus"),
     (("seq_len: 64}", "seq_len: 64}\nrunner: {gpus: [1, 1]}"), "runner.gpus: expected distinct GPU indices from 0, got [1, 1]"),
     (("seq_len: 64}", "seq_len: 64}\nrunner: {gpus: [-1]}"), "runner.gpus: expected distinct GPU indices from 0"),
+    # each once named the wrong place ("claim: fresh_seeds: ...") or said "got" twice
+    (("margin: 0.01}", "margin: 0.01, fresh_seeds: 1}"), "claim.fresh_seeds: expected 0 (none) or 2 and more"),
+    (("margin: 0.01}", "margin: 0.01, fresh_seeds: 2.5}"), "claim.fresh_seeds: expected a valid integer, got 2.5"),
 ])
 def test_non_finite_numbers_negative_seeds_and_duplicate_keys_are_refused(tmp_path, change, message):
     assert message in error_of(tmp_path, MINIMAL.replace(*change))

@@ -247,6 +247,12 @@ def test_killed_refused_invalid_and_retried_runs_are_listed_with_reasons(ledger,
     assert ("| invalid (confounded: variant killed on seed 0, variant invalid on seed 1 "
             "(in its own code, which could choose the seeds that count)) |") in row
 
+    fresh = ledger.add_run(experiment, "replicate", 918_273_645, 1, {"depth": 2}, ("flops", 1e12))
+    ledger.claim("softcap", slot=0)  # a fresh seed's run failed: the lab's report (agents read it) says "fresh"
+    ledger.finish(fresh, "killed", "wall time over run_timeout_seconds (60s), killed by the runner")
+    text = write(build(ledger.path, "softcap"), tmp_path / "out").read_text()
+    assert "| greedy | fresh | replicate | killed |" in text and "918273645" not in text
+
 
 # --- bad input: the report renders, says what is missing, invents nothing ---------------
 

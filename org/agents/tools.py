@@ -26,7 +26,7 @@ from typing import Callable
 from org import OrgError
 from org.improve import frontier, lineage
 from org.lab import Lab, agent_refs
-from org.ledger import FINISHED, Ledger, ledger_path
+from org.ledger import FINISHED, Ledger, ledger_path, shown_seed
 from org.mail import EVERYONE, HUMAN, Mail, quote
 from org.program import Program, owned_by_program
 from org.agents.sandbox import SECRET_NAME, Refused, Workspace, cap, git_identity
@@ -427,8 +427,7 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
             "commit": e["code_commit"][:10], "overrides": json.loads(e["overrides"]),
             "hypothesis": e["hypothesis"], **({"reason": e["reason"]} if e["reason"] else {}),
             **({"versus": e["versus"], "decision": json.loads(e["decision"] or "null")} if e["versus"] else {}),
-            # (a fresh seed stays the harness's: its agent could work out a table for it in its own box)
-            "runs": [{"seed": "fresh" if r["purpose"] == "replicate" else r["seed"], "purpose": r["purpose"],
+            "runs": [{"seed": shown_seed(r), "purpose": r["purpose"],
                       "status": r["status"],
                       "val_bpb": r["val_bpb"], **({"reason": r["reason"]} if r["reason"] else {})}
                      for r in runs],
