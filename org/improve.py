@@ -12,11 +12,12 @@ it starts as the baseline. Agents submit tries against it, and each try is
              the last of them (so a crash leaves either no decision or the whole of it):
                stale      the frontier moved since it was submitted: not a test; resubmit it
                untested   nothing to test (refused, failed, fewer than two paired seeds), or a
-                          frontier that did not reproduce its own run (climb's canary)
+                          frontier that did not reproduce its own runs (plan_canaries)
                kept       the referee's `better` at the level LORD++ gives this test
                           (org/frontier.py), confirmed on the held-out split at that level,
                           then climbing: `better` at every rung of a `ladder`, and on fresh
-                          seeds drawn then (claim.fresh_seeds), which no try's code could know
+                          seeds drawn then (claim.fresh_seeds), which no try's code could know,
+                          where it also reproduces a run of its own
                discarded  otherwise, with the referee's verdict saying why
              A kept try becomes the next frontier, arm frontier-N (its code and overrides), is
              re-measured on every seed, and the program branch moves to its commit.
@@ -56,7 +57,7 @@ from org.frontier import Lord
 from org.lab import Lab
 from org.ledger import FINISHED, Ledger, now
 from org.program import Program, ProgramError
-from org.referee import compare, confirm, noise_floor, verdict_kind
+from org.referee import compare, confirm, verdict_kind
 
 HARNESS = {"GIT_AUTHOR_NAME": "nanolab harness", "GIT_AUTHOR_EMAIL": "harness@nanolab.local",
            "GIT_COMMITTER_NAME": "nanolab harness", "GIT_COMMITTER_EMAIL": "harness@nanolab.local"}
@@ -227,7 +228,9 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
 
     A frontier that is a kept try is an agent's code, which may train worse when it runs again
     later (the time tells it): at a ladder rung its kept try's own runs stand for it, as in
-    judged_against; on fresh seeds it must run again, and a canary goes with those runs (plan_canary)."""
+    judged_against; on fresh seeds it must run again, and canaries go with those runs
+    (plan_canaries): a frontier that does not reproduce itself is no yardstick, and a try that
+    does not could not be one."""
     declared = frozenset(DECLARABLE) - {program.budget.per_run.kind}
     kept = origin(experiments, front)
     while True:
@@ -242,30 +245,39 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
         elif kept:  # the kept try's own runs at this rung, then the frontier's of seeds added since
             own = runs_of(kept)
             pair[0] = own + [r for r in pair[0] if r["seed"] not in {r["seed"] for r in own}]
+        where = (f"{len(pair[1])} fresh seeds" if fresh else
+                 f"rung {rung} ({', '.join(f'{k}={v}' for k, v in program.ladder[rung - 1].items())})")
+        moved = fresh and kept and unreproduced(ledger, program, experiments, front)  # (every canary of it so far,
+        if moved:  # this try's once they are done: a miss is for good, no try is judged against it again)
+            return dict(d, outcome="untested", verdict=f"{d['verdict']} at the program's scale, untested at fresh "
+                        f"seeds: {front['arm']} did not reproduce a run of {kept['arm']}, its kept try ({moved}): "
+                        "its code tells runs apart, so its re-runs are no yardstick")
         if not all(pair):
             seeds = draw_seeds(ledger.runs(program.name), program.fresh_seeds) if fresh else program.budget.seeds
             plan_rung(ledger, program, e, rung, seeds)
             plan_rung(ledger, program, front, rung, [s for s in seeds if s not in {r["seed"] for r in pair[0]}])
-            return dict(d, canary=plan_canary(ledger, program, front, runs_of(kept), len(seeds))) if fresh and kept else d
-        canary = ledger.run(d["canary"]) if fresh and d.get("canary") else None
-        if any(r["status"] not in FINISHED for r in pair[0] + pair[1] + ([canary] if canary else [])):
+            return dict(d, canaries=plan_canaries(ledger, program, e, front, kept, seeds)) if fresh else d
+        canaries = [ledger.run(i) for i in d.get("canaries", []) if fresh]
+        if any(r["status"] not in FINISHED for r in pair[0] + pair[1] + canaries):
             return d
+        lost = [r for r in pair[0] if r["status"] != "completed"] if fresh else []
+        if lost:
+            return dict(d, outcome="untested", verdict=f"{d['verdict']} at the program's scale, untested at {where}: "
+                        f"{front['arm']}'s run of a fresh seed ended {lost[0]['status']}")
         front_runs, runs = ([dict(r, purpose="main") for r in rs] for rs in pair)  # the referee pairs main runs
         c = compare(front_runs, runs, "superiority", alpha=program.claim.alpha, declared=declared)
-        overrides = {} if fresh else program.ladder[rung - 1]
-        held = dict(rung=rung, overrides=overrides, delta=c.mean, n=c.n, p=c.p_better, verdict=c.verdict)
+        held = dict(rung=rung, overrides={} if fresh else program.ladder[rung - 1], delta=c.mean, n=c.n,
+                    p=c.p_better, verdict=c.verdict)
         d = dict(d, rungs=d["rungs"] + [held], decided_at=now())
-        where = (f"{len(pair[1])} fresh seeds" if fresh else
-                 f"rung {rung} ({', '.join(f'{k}={v}' for k, v in overrides.items())})")
         slower = unseen_work(program, c)
         if verdict_kind(c.verdict) != "better" or slower or (fresh and c.n < len(pair[1])):  # (a run failed there)
             return dict(d, outcome="discarded", verdict=f"{d['verdict']} at the program's scale, but not at {where}: "
                                                         f"{c.verdict}" + (f"; not kept: {slower}" if slower else ""))
-        moved = canary and canary_moved(canary, runs_of(kept), program, ledger.runs(program.name, arm="baseline"))
+        moved = fresh and unreproduced(ledger, program, experiments, e)
         if moved:
-            return dict(d, outcome="untested", verdict=f"{d['verdict']} at the program's scale; {c.verdict} at {where}, "
-                        f"but {front['arm']} did not reproduce a run of its kept try {kept['arm']} there ({moved}): its "
-                        "code tells runs apart, so its re-runs are no yardstick")
+            return dict(d, outcome="discarded", verdict=f"{d['verdict']} at the program's scale, {c.verdict} at {where}; "
+                        f"not kept: it did not reproduce its own run of a fresh seed ({moved}), and a frontier's "
+                        "re-runs must, for the tries after it to be judged against them")
         if rung == len(program.ladder) + (1 if program.fresh_seeds else 0):
             current = frontier(ledger.experiments(program.name))
             if current["id"] != front["id"]:
@@ -275,30 +287,57 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
         d = dict(d, rung=rung + 1)
 
 
-def plan_canary(ledger: Ledger, program: Program, front: dict, kept_fresh: list[dict], rounds: int) -> int | None:
-    """A canary: the frontier's code once more on one of the fresh seeds its kept try ran before
-    the keep, at random among them and in a random round among this try's fresh runs. No agent was
-    told those seeds, so the code cannot tell the canary from the runs this try is judged against;
-    the trainer being deterministic, it must land where the kept try's run did (canary_moved)."""
-    done = [r for r in kept_fresh if r["status"] == "completed" and r["val_bpb"] is not None]
-    if not done:  # (its fresh runs failed, or it was kept with none: nothing to reproduce)
-        return None
-    r = secrets.choice(done)
-    return ledger.add_run(front, "canary", r["seed"], 1 + secrets.randbelow(rounds), json.loads(r["overrides"]),
-                          (program.budget.per_run.kind, program.budget.per_run.value))
+CANARIES = 2  # a frontier's canaries per try: code that spoils a share q of its re-runs is seen with 1-(1-q)^2
 
 
-def canary_moved(canary: dict, kept_fresh: list[dict], program: Program, baseline_runs: list[dict]) -> str | None:
-    """How the canary missed its kept try's run of the same seed, or None. Under a budget of
-    FLOPs, steps or tokens the runs are the same bits (REPRODUCED); under a budget of seconds the
-    steps differ with the machine's load, and a miss is one past the baseline's seed-to-seed std."""
-    first = next(r for r in kept_fresh if r["seed"] == canary["seed"])
-    if canary["status"] != "completed" or canary["val_bpb"] is None:
-        return f"its re-run ended {canary['status']}"
-    gap = canary["val_bpb"] - first["val_bpb"]
-    timed = program.budget.per_run.kind == "seconds"
-    tolerance = (noise_floor(baseline_runs).seed_std or 0.0) if timed else REPRODUCED
-    return None if abs(gap) <= tolerance else f"val_bpb {first['val_bpb']:.4f} then, {canary['val_bpb']:.4f} now"
+def plan_canaries(ledger: Ledger, program: Program, e: dict, front: dict, kept: dict | None, seeds: list[int]) -> list[int]:
+    """Runs of code again on a seed it ran before, which must land where that run did (unreproduced):
+    the try once more on one of the fresh seeds just drawn (code that does not reproduce itself
+    could not be a frontier), and a frontier that is a kept try on CANARIES of the fresh seeds that
+    try ran before its keep. Each at random, in a random round among this try's fresh runs: no agent
+    was told those seeds, so the code cannot tell a canary from the runs the try is judged against."""
+    budget = program.budget.per_run.kind, program.budget.per_run.value
+    overrides = lambda x: {**program.baseline.overrides, **json.loads(x["overrides"])}
+    plans = [(e, secrets.choice(seeds))]
+    if kept:
+        done = [r["seed"] for r in ledger.runs(program.name, experiment_id=kept["id"])
+                if r["purpose"] == "replicate" and r["status"] == "completed"]
+        plans += [(front, done.pop(secrets.randbelow(len(done)))) for _ in range(min(CANARIES, len(done)))]
+    return [ledger.add_run(x, "canary", seed, 1 + secrets.randbelow(len(seeds)), overrides(x), budget)
+            for x, seed in plans]
+
+
+def unreproduced(ledger: Ledger, program: Program, experiments: list[dict], x: dict) -> str | None:
+    """How the first of x's finished canaries missed the run it repeats (the kept try's, for a
+    frontier), or None. A miss is one past tolerance(); a canary that did not complete misses."""
+    runs = ledger.runs(program.name)
+    first = {r["seed"]: r for r in runs if r["experiment_id"] == (origin(experiments, x) or x)["id"]
+             and r["purpose"] == "replicate"}
+    limit = tolerance(program, [r for r in runs if r["arm"] == "baseline"])
+    for canary in [r for r in runs if r["experiment_id"] == x["id"] and r["purpose"] == "canary"]:
+        was = first.get(canary["seed"])
+        if canary["status"] not in FINISHED or was is None or was["val_bpb"] is None:
+            continue
+        if canary["status"] != "completed" or canary["val_bpb"] is None:
+            return f"a re-run of a fresh seed ended {canary['status']}"
+        if limit is not None and abs(canary["val_bpb"] - was["val_bpb"]) > limit:
+            return f"val_bpb {was['val_bpb']:.4f}, then {canary['val_bpb']:.4f} on the same seed"
+    return None
+
+
+def tolerance(program: Program, baseline_runs: list[dict]) -> float | None:
+    """How far a run of the same code, config and seed may land from the first: nowhere under a
+    budget of FLOPs, steps or tokens (the trainer is deterministic: REPRODUCED); under one of
+    seconds the steps follow the machine's load, and the baseline's own re-runs of a seed show how
+    far (3x the most one moved), or None: nothing measured yet, no canary is judged."""
+    if program.budget.per_run.kind != "seconds":
+        return REPRODUCED
+    by_seed = {}
+    for r in baseline_runs:
+        if r["purpose"] in ("main", "repeat") and r["status"] == "completed" and r["val_bpb"] is not None:
+            by_seed.setdefault(r["seed"], []).append(r["val_bpb"])
+    moved = [max(v) - min(v) for v in by_seed.values() if len(v) > 1]
+    return 3 * max(moved) + REPRODUCED if moved else None
 
 
 def draw_seeds(runs: list[dict], n: int) -> list[int]:

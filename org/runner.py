@@ -366,7 +366,7 @@ class Runner:
             template = mains[len(repeats) % len(mains)]
             ledger.add_run(ledger.experiment(template["experiment_id"]), "repeat", template["seed"],
                            template["round"], json.loads(template["overrides"]), budget_of(template))
-        return ledger.claim(name, slot.index, "baseline", slot.kind)
+        return ledger.claim(name, slot.index, "baseline", slot.kind, "repeat")  # (None: its seed is another kind's)
 
     # --- executing -----------------------------------------------------------------------
 

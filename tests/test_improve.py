@@ -499,6 +499,8 @@ def test_a_try_is_kept_only_once_its_gain_holds_on_fresh_seeds_too(tmp_path):
         assert len(set(seeds)) == 3 and not set(seeds) & set(SEEDS) and [r["seed"] for r in fresh["seed-keyed"]] == seeds
         finish(ledger, program, "baseline", BASE[:3], purpose="replicate")
         finish(ledger, program, "seed-keyed", [b + j for b, j in zip(BASE[:3], JITTER)], purpose="replicate")
+        assert decision(ledger, program, "seed-keyed")["outcome"] == "climbing"  # its canary is not done yet
+        finish_canaries(ledger, program, "seed-keyed")
         d = decision(ledger, program, "seed-keyed")
         assert d["outcome"] == "discarded" and "but not at 3 fresh seeds: " in d["verdict"], d["verdict"]
         assert frontier(ledger.experiments(program.name))["arm"] == "baseline"  # the frontier did not move
@@ -507,61 +509,98 @@ def test_a_try_is_kept_only_once_its_gain_holds_on_fresh_seeds_too(tmp_path):
         finish(ledger, program, "wd-up", [b - 0.06 + j for b, j in zip(BASE, JITTER)])
         finish(ledger, program, "baseline", [2.21, 2.18, 2.23], purpose="replicate")
         finish(ledger, program, "wd-up", [b - 0.06 + j for b, j in zip([2.21, 2.18, 2.23], JITTER)], purpose="replicate")
+        finish_canaries(ledger, program, "wd-up")
         d = decision(ledger, program, "wd-up")
         assert d["outcome"] == "kept" and d["verdict"].endswith("held at 3 fresh seeds (Δ -0.0602)"), d["verdict"]
         assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
     lab.close()
 
 
-def finish_canary(ledger, program, shift: float = 0.0):
-    """The frontier's canary, finished as its kept try's run of the same seed did, moved by shift."""
-    canary, = ledger.runs(program.name, purpose="canary", status="queued")
-    first = next(r for r in ledger.runs(program.name, purpose="replicate", status="completed")
-                 if r["seed"] == canary["seed"] and r["arm"] not in ("baseline", canary["arm"]))
-    with ledger.tx():
-        ledger.finish(canary["id"], "completed", result=Result(status="completed", val_bpb=first["val_bpb"] + shift,
-                                                               seed=canary["seed"]),
-                      wall_seconds=1.0, measurement=measured(first["val_bpb"] + shift, canary["seed"]))
-        plan(ledger, program, ledger.experiment(canary["experiment_id"]))
+def finish_canaries(ledger, program, arm, shift: float = 0.0):
+    """The arm's queued canaries, finished where the run each repeats landed (the arm's own run of
+    its seed; for a frontier, its kept try's), moved by shift."""
+    for canary in ledger.runs(program.name, arm=arm, purpose="canary", status="queued"):
+        same = [r for r in ledger.runs(program.name, purpose="replicate", status="completed") if r["seed"] == canary["seed"]]
+        first = next((r for r in same if r["arm"] == arm), None) or next(r for r in same if r["arm"] != "baseline")
+        value = first["val_bpb"] + shift
+        with ledger.tx():
+            ledger.finish(canary["id"], "completed", result=Result(status="completed", val_bpb=value, seed=canary["seed"]),
+                          wall_seconds=1.0, measurement=measured(value, canary["seed"]))
+            plan(ledger, program, ledger.experiment(canary["experiment_id"]))
 
 
-@pytest.mark.parametrize("sabotage", [0.0, 0.05])
-def test_a_frontier_whose_code_trains_worse_when_run_again_is_caught_by_a_canary(tmp_path, sabotage):
-    """The frontier is a kept try's code, and on fresh seeds it has to run again (no run of it
-    knows them). Code that trains worse once it is the frontier (the time tells it) made every
-    later try `better` there: here a try that gains only on the program's seeds (a table). With
-    it goes a canary, the frontier on a fresh seed its kept try ran before, which it must reproduce."""
+def kept_on_fresh_seeds(tmp_path):
+    """A program with 3 fresh seeds, whose frontier-1 is wd-up, kept after its fresh rung."""
     root, program = make_project(tmp_path, improve_program(claim={"kind": "improve", "alpha": 0.05, "fresh_seeds": 3}))
     lab = Lab.open(root)
-    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
-        passes(ledger, lab, program, "wd-up")
-        fresh = [2.21, 2.18, 2.23]
-        finish(ledger, program, "baseline", fresh, purpose="replicate")
-        finish(ledger, program, "wd-up", [f - 0.03 + j for f, j in zip(fresh, JITTER)], purpose="replicate")
-        assert decision(ledger, program, "wd-up")["outcome"] == "kept" and not ledger.runs(program.name, purpose="canary")
-        kept = [b - 0.03 + j for b, j in zip(BASE, JITTER)]
-        finish(ledger, program, "frontier-1", kept)  # re-measured: the same bits
+    ledger = Ledger(lab_dir(root, program) / "ledger.sqlite")
+    passes(ledger, lab, program, "wd-up")
+    fresh = [2.21, 2.18, 2.23]
+    finish(ledger, program, "baseline", fresh, purpose="replicate")
+    finish(ledger, program, "wd-up", [f - 0.03 + j for f, j in zip(fresh, JITTER)], purpose="replicate")
+    finish_canaries(ledger, program, "wd-up")  # it reproduces itself
+    assert decision(ledger, program, "wd-up")["outcome"] == "kept"
+    finish(ledger, program, "frontier-1", [b - 0.03 + j for b, j in zip(BASE, JITTER)])  # re-measured: the same bits
+    return lab, program, ledger
 
-        try_(ledger, lab, program, "seed-table", {"matrix_lr": 0.0201})  # better on the program's seeds only
-        finish(ledger, program, "seed-table", [k - 0.03 - j for k, j in zip(kept, JITTER)])
-        assert decision(ledger, program, "seed-table")["outcome"] == "climbing"
-        on_fresh = [2.20, 2.22, 2.19]  # the frontier's val_bpb on this try's fresh seeds, trained honestly
-        finish(ledger, program, "frontier-1", [f + sabotage for f in on_fresh], purpose="replicate")
-        finish(ledger, program, "seed-table", [f + j for f, j in zip(on_fresh, JITTER)], purpose="replicate")
-        assert decision(ledger, program, "seed-table")["outcome"] == "climbing"  # the canary is not done yet
-        finish_canary(ledger, program, sabotage)
-        d = decision(ledger, program, "seed-table")
-        if sabotage:  # `better` on the sabotaged runs, and so kept before the canary
-            assert d["outcome"] == "untested" and "better" in d["rungs"][-1]["verdict"], d
-            assert "frontier-1 did not reproduce a run of its kept try wd-up there (val_bpb " in d["verdict"], d["verdict"]
-        else:
-            assert d["outcome"] == "discarded" and "but not at 3 fresh seeds" in d["verdict"], d["verdict"]
-        assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
-        # no agent is told the canary's seed: it is one of wd-up's fresh ones
-        from org.agents.tools import program_status
-        shown = json.dumps(program_status(ledger, program))
-        assert '"purpose": "canary"' in shown and all(str(r["seed"]) not in shown for r in ledger.runs(
-            program.name, purpose="replicate"))
+
+@pytest.mark.parametrize("shift", [0.05, -0.05, 0.0])
+def test_a_frontier_whose_code_trains_otherwise_when_run_again_is_caught_by_its_canaries(tmp_path, shift):
+    """The frontier is a kept try's code, and on fresh seeds it has to run again (no run of it
+    knows them). Code that trained worse once it was the frontier (the time tells it) made every
+    later try `better` there: here a try that gains only on the program's seeds (a table); code
+    that trained better then (it held back before its keep) had every later try discarded. With
+    those runs go canaries, the frontier on fresh seeds its kept try ran, which it must reproduce;
+    once it misses, no try is judged against its re-runs again."""
+    lab, program, ledger = kept_on_fresh_seeds(tmp_path)
+    kept = [b - 0.03 + j for b, j in zip(BASE, JITTER)]
+    try_(ledger, lab, program, "seed-table", {"matrix_lr": 0.0201})  # better on the program's seeds only
+    finish(ledger, program, "seed-table", [k - 0.03 - j for k, j in zip(kept, JITTER)])
+    assert decision(ledger, program, "seed-table")["outcome"] == "climbing"
+    assert len(ledger.runs(program.name, arm="frontier-1", purpose="canary")) == 2
+    on_fresh = [2.20, 2.22, 2.19]  # the frontier's val_bpb on this try's fresh seeds, trained honestly
+    finish(ledger, program, "frontier-1", [f + shift for f in on_fresh], purpose="replicate")
+    finish(ledger, program, "seed-table", [f + j for f, j in zip(on_fresh, JITTER)], purpose="replicate")
+    finish_canaries(ledger, program, "seed-table")
+    assert decision(ledger, program, "seed-table")["outcome"] == "climbing"  # the frontier's canaries are not done
+    finish_canaries(ledger, program, "frontier-1", shift)
+    d = decision(ledger, program, "seed-table")
+    if shift:
+        assert d["outcome"] == "untested", d
+        assert "frontier-1 did not reproduce a run of wd-up, its kept try (val_bpb " in d["verdict"], d["verdict"]
+        try_(ledger, lab, program, "next", {"matrix_lr": 0.0202})  # and the next try is not measured there at all
+        finish(ledger, program, "next", [k - 0.03 - j for k, j in zip(kept, JITTER)])
+        assert decision(ledger, program, "next")["outcome"] == "untested"
+        assert not ledger.runs(program.name, arm="next", purpose="replicate")
+    else:
+        assert d["outcome"] == "discarded" and "but not at 3 fresh seeds" in d["verdict"], d["verdict"]
+    assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
+    # no agent is told a canary's seed: each is a fresh one
+    from org.agents.tools import program_status
+    shown = json.dumps(program_status(ledger, program))
+    assert '"purpose": "canary"' in shown and all(str(r["seed"]) not in shown for r in ledger.runs(
+        program.name, purpose="replicate"))
+    ledger.close()
+    lab.close()
+
+
+def test_a_try_that_does_not_reproduce_itself_is_not_kept(tmp_path):
+    """A frontier's re-runs are the yardstick of the tries after it: code whose runs of one seed
+    land apart (noise of its own, or a GPU reduction in no fixed order) could never be one."""
+    lab, program, ledger = kept_on_fresh_seeds(tmp_path)
+    kept = [b - 0.03 + j for b, j in zip(BASE, JITTER)]
+    try_(ledger, lab, program, "noisy", {"matrix_lr": 0.03})  # a real gain, everywhere
+    finish(ledger, program, "noisy", [k - 0.05 - j for k, j in zip(kept, JITTER)])
+    on_fresh = [2.20, 2.22, 2.19]
+    finish(ledger, program, "frontier-1", on_fresh, purpose="replicate")
+    finish(ledger, program, "noisy", [f - 0.05 + j for f, j in zip(on_fresh, JITTER)], purpose="replicate")
+    finish_canaries(ledger, program, "frontier-1")
+    finish_canaries(ledger, program, "noisy", 0.004)
+    d = decision(ledger, program, "noisy")
+    assert d["outcome"] == "discarded" and d["rungs"][-1]["verdict"].startswith("better"), d
+    assert "not kept: it did not reproduce its own run of a fresh seed (val_bpb " in d["verdict"], d["verdict"]
+    assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
+    ledger.close()
     lab.close()
 
 

@@ -360,6 +360,9 @@ def test_every_arm_gets_the_same_seeds_and_the_baseline_is_interleaved(make_proj
                      ("baseline", 9, "main"), ("cap10", 9, "main"), ("nocap", 9, "main")]
     assert all(r["status"] == "completed" for r in runs)
     assert build(root / ".lab" / "tiny" / "ledger.sqlite", "tiny").noise.reruns == 4  # the drift is measured
+    first = {r["seed"]: r["val_bpb"] for r in runs if r["arm"] == "baseline" and r["purpose"] == "main"}
+    assert all(r["val_bpb"] == first[r["seed"]] for r in runs if r["purpose"] == "repeat")  # bit for bit: what
+    # an improvement program's canaries stand on (org/improve.py: tolerance)
 
 
 def test_a_run_past_its_timeout_is_killed_by_the_runner(make_project):
