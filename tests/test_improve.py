@@ -577,9 +577,12 @@ def test_a_frontier_whose_code_trains_otherwise_when_run_again_is_caught_by_its_
     assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
     # no agent is told a canary's seed: each is a fresh one
     from org.agents.tools import program_status
-    shown = json.dumps(program_status(ledger, program))
+    status = program_status(ledger, program)
+    shown = json.dumps(status)
     assert '"purpose": "canary"' in shown and all(str(r["seed"]) not in shown for r in ledger.runs(
         program.name, purpose="replicate"))
+    # and every agent is told why a try against this frontier cannot be kept
+    assert ("no_yardstick" in status["frontier"]) == bool(shift), status["frontier"]
     ledger.close()
     lab.close()
 
