@@ -39,7 +39,7 @@ from org.ledger_read import read_tables
 from org.plots import Curve, finite, plot_all, read_curves
 from org.program import fresh_seed_count
 from org.confounds import NO_CHANGE
-from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, noise_floor, per_seed,
+from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, more_seeds, noise_floor, per_seed,
                          read_arm, verdict_kind, verdicts)
 from trainer.config import BUDGET_FLAGS
 
@@ -85,8 +85,7 @@ class Report:
 
 def build(ledger_path: str | Path, program: str) -> Report:
     """Read the ledger (read-only) and each run's metrics, and ask the referee for verdicts."""
-    ledger_path = Path(ledger_path)
-    report = read_ledger(ledger_path, program)
+    report = read_ledger(Path(ledger_path), program)
     report.arms = arms_in_order(report)
     add_verdicts(report)
     read_curves(report)
@@ -273,8 +272,12 @@ def control_lines(report: Report) -> list[str]:
         elif c.verdict.startswith(known):
             lines.append(f"{what}: **{known}**, Δ {c.mean:+.4f}: the program can see an effect of this size.")
         else:
+            more = more_seeds(c) if verdict_kind(c.verdict) == "inconclusive" and c.n >= 2 else ""  # (what settles it)
+            start = 1 + max((r["seed"] for r in report.runs if r.get("purpose") == "main"), default=-1)
+            hint = (f"{more} more seeds (`org extend {report.program} --seeds {','.join(map(str, range(start, start + int(more))))}"
+                    "`: every arm runs on them), or a larger budget per run" if more.isdigit() else "A larger budget per run")
             lines.append(f"**{what} reads `{c.verdict}`: the program could not see a known effect, so its "
-                         "other verdicts prove little. More seeds, or a larger budget per run.**")
+                         f"other verdicts prove little. {hint}.**")
     return lines
 
 
