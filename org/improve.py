@@ -260,10 +260,12 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
         canaries = [ledger.run(i) for i in d.get("canaries", []) if fresh]
         if any(r["status"] not in FINISHED for r in pair[0] + pair[1] + canaries):
             return d
-        lost = [r for r in pair[0] if r["status"] != "completed"] if fresh else []
+        # a frontier run or a canary that did not complete is not the try's to answer for (and code that
+        # fails some of its re-runs spoils none of them: no canary misses for good there)
+        lost = [r for r in pair[0] + canaries if r["status"] != "completed"] if fresh else []
         if lost:
             return dict(d, outcome="untested", verdict=f"{d['verdict']} at the program's scale, untested at {where}: "
-                        f"{front['arm']}'s run of a fresh seed ended {lost[0]['status']}")
+                        f"{lost[0]['arm']}'s {lost[0]['purpose']} run of a fresh seed ended {lost[0]['status']}")
         front_runs, runs = ([dict(r, purpose="main") for r in rs] for rs in pair)  # the referee pairs main runs
         c = compare(front_runs, runs, "superiority", alpha=program.claim.alpha, declared=declared)
         held = dict(rung=rung, overrides={} if fresh else program.ladder[rung - 1], delta=c.mean, n=c.n,
@@ -308,18 +310,16 @@ def plan_canaries(ledger: Ledger, program: Program, e: dict, front: dict, kept: 
 
 
 def unreproduced(ledger: Ledger, program: Program, experiments: list[dict], x: dict) -> str | None:
-    """How the first of x's finished canaries missed the run it repeats (the kept try's, for a
-    frontier), or None. A miss is one past tolerance(); a canary that did not complete misses."""
+    """How the first of x's completed canaries missed the run it repeats (the kept try's, for a
+    frontier), or None. A miss is one past tolerance() (one that did not complete: climb)."""
     runs = ledger.runs(program.name)
     first = {r["seed"]: r for r in runs if r["experiment_id"] == (origin(experiments, x) or x)["id"]
              and r["purpose"] == "replicate"}
     limit = tolerance(program, [r for r in runs if r["arm"] == "baseline"])
     for canary in [r for r in runs if r["experiment_id"] == x["id"] and r["purpose"] == "canary"]:
         was = first.get(canary["seed"])
-        if canary["status"] not in FINISHED or was is None or was["val_bpb"] is None:
+        if canary["status"] != "completed" or canary["val_bpb"] is None or was is None or was["val_bpb"] is None:
             continue
-        if canary["status"] != "completed" or canary["val_bpb"] is None:
-            return f"a re-run of a fresh seed ended {canary['status']}"
         if limit is not None and abs(canary["val_bpb"] - was["val_bpb"]) > limit:
             return f"val_bpb {was['val_bpb']:.4f}, then {canary['val_bpb']:.4f} on the same seed"
     return None

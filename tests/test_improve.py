@@ -516,16 +516,19 @@ def test_a_try_is_kept_only_once_its_gain_holds_on_fresh_seeds_too(tmp_path):
     lab.close()
 
 
-def finish_canaries(ledger, program, arm, shift: float = 0.0):
+def finish_canaries(ledger, program, arm, shift: float = 0.0, status: str = "completed"):
     """The arm's queued canaries, finished where the run each repeats landed (the arm's own run of
-    its seed; for a frontier, its kept try's), moved by shift."""
+    its seed; for a frontier, its kept try's), moved by shift; or killed."""
     for canary in ledger.runs(program.name, arm=arm, purpose="canary", status="queued"):
         same = [r for r in ledger.runs(program.name, purpose="replicate", status="completed") if r["seed"] == canary["seed"]]
         first = next((r for r in same if r["arm"] == arm), None) or next(r for r in same if r["arm"] != "baseline")
         value = first["val_bpb"] + shift
         with ledger.tx():
-            ledger.finish(canary["id"], "completed", result=Result(status="completed", val_bpb=value, seed=canary["seed"]),
-                          wall_seconds=1.0, measurement=measured(value, canary["seed"]))
+            if status == "completed":
+                ledger.finish(canary["id"], status, result=Result(status=status, val_bpb=value, seed=canary["seed"]),
+                              wall_seconds=1.0, measurement=measured(value, canary["seed"]))
+            else:
+                ledger.finish(canary["id"], status, "wall time over run_timeout_seconds, killed by the runner")
             plan(ledger, program, ledger.experiment(canary["experiment_id"]))
 
 
@@ -583,6 +586,26 @@ def test_a_frontier_whose_code_trains_otherwise_when_run_again_is_caught_by_its_
         program.name, purpose="replicate"))
     # and every agent is told why a try against this frontier cannot be kept
     assert ("no_yardstick" in status["frontier"]) == bool(shift), status["frontier"]
+    ledger.close()
+    lab.close()
+
+
+def test_a_canary_that_did_not_complete_leaves_its_try_untested_and_its_frontier_a_yardstick(tmp_path):
+    """A canary killed (a loaded machine, a glitch) is no miss: the try it went with is untested,
+    not blamed, and the next try against that frontier is judged as usual."""
+    lab, program, ledger = kept_on_fresh_seeds(tmp_path)
+    kept = [b - 0.03 + j for b, j in zip(BASE, JITTER)]
+    for arm, status in (("first", "killed"), ("second", "completed")):
+        try_(ledger, lab, program, arm, {"matrix_lr": 0.03 if arm == "first" else 0.031})  # a real gain, everywhere
+        finish(ledger, program, arm, [k - 0.05 - j for k, j in zip(kept, JITTER)])
+        on_fresh = [2.20, 2.22, 2.19]
+        finish(ledger, program, "frontier-1", on_fresh, purpose="replicate")
+        finish(ledger, program, arm, [f - 0.05 + j for f, j in zip(on_fresh, JITTER)], purpose="replicate")
+        finish_canaries(ledger, program, arm)
+        finish_canaries(ledger, program, "frontier-1", status=status)
+    first, second = decision(ledger, program, "first"), decision(ledger, program, "second")
+    assert first["outcome"] == "untested" and "frontier-1's canary run of a fresh seed ended killed" in first["verdict"]
+    assert second["outcome"] == "kept", second["verdict"]
     ledger.close()
     lab.close()
 
