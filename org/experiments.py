@@ -17,7 +17,7 @@ import re
 import zlib
 
 from org import OrgError
-from org.improve import check_try, decide_ready, draw_seeds, frontier, merged_try
+from org.improve import check_try, config, decide_ready, draw_seeds, frontier, merged_try
 from org.lab import Lab
 from org.ledger import FINISHED, Ledger
 from org.program import NAME, Program, owned_by_program
@@ -151,7 +151,7 @@ def plan_runs(ledger: Ledger, program: Program, experiment: dict):
         return                      # (seeds added later, by `org extend`, would change nothing)
     seeds = program.budget.seeds
     budget = program.budget.per_run.kind, program.budget.per_run.value
-    arm_overrides = {**program.baseline.overrides, **json.loads(experiment["overrides"])}
+    arm_overrides = config(program, experiment)
     stage = experiment["stage"]
     if stage == "refused":
         for i, seed in enumerate(seeds):

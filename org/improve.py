@@ -299,33 +299,33 @@ def plan_canaries(ledger: Ledger, program: Program, e: dict, front: dict, kept: 
     try ran before its keep. Each at random, in a random round among this try's fresh runs: no agent
     was told those seeds, so the code cannot tell a canary from the runs the try is judged against."""
     budget = program.budget.per_run.kind, program.budget.per_run.value
-    overrides = lambda x: {**program.baseline.overrides, **json.loads(x["overrides"])}
     plans = [(e, secrets.choice(seeds))]
     if kept:
         done = [r["seed"] for r in ledger.runs(program.name, experiment_id=kept["id"])
                 if r["purpose"] == "replicate" and r["status"] == "completed"]
         plans += [(front, done.pop(secrets.randbelow(len(done)))) for _ in range(min(CANARIES, len(done)))]
-    return [ledger.add_run(x, "canary", seed, 1 + secrets.randbelow(len(seeds)), overrides(x), budget)
+    return [ledger.add_run(x, "canary", seed, 1 + secrets.randbelow(len(seeds)), config(program, x), budget)
             for x, seed in plans]
 
 
 def unreproduced(ledger: Ledger, program: Program, experiments: list[dict], x: dict) -> str | None:
     """How the first of x's completed canaries missed the run it repeats (the kept try's, for a
     frontier), or None. A miss is one past tolerance() (one that did not complete: climb)."""
-    runs = ledger.runs(program.name)
-    first = {r["seed"]: r for r in runs if r["experiment_id"] == (origin(experiments, x) or x)["id"]
-             and r["purpose"] == "replicate"}
-    limit = tolerance(program, [r for r in runs if r["arm"] == "baseline"])
-    for canary in [r for r in runs if r["experiment_id"] == x["id"] and r["purpose"] == "canary"]:
+    canaries = [r for r in ledger.runs(program.name, experiment_id=x["id"], purpose="canary")
+                if r["status"] == "completed" and r["val_bpb"] is not None]
+    if not canaries:  # (the usual case, and a cheap one: climb asks on every recorded run)
+        return None
+    first = {r["seed"]: r for r in ledger.runs(program.name, experiment_id=(origin(experiments, x) or x)["id"],
+                                               purpose="replicate") if r["val_bpb"] is not None}
+    limit = tolerance(program, ledger)
+    for canary in canaries:
         was = first.get(canary["seed"])
-        if canary["status"] != "completed" or canary["val_bpb"] is None or was is None or was["val_bpb"] is None:
-            continue
-        if limit is not None and abs(canary["val_bpb"] - was["val_bpb"]) > limit:
+        if was is not None and limit is not None and abs(canary["val_bpb"] - was["val_bpb"]) > limit:
             return f"val_bpb {was['val_bpb']:.4f}, then {canary['val_bpb']:.4f} on the same seed"
     return None
 
 
-def tolerance(program: Program, baseline_runs: list[dict]) -> float | None:
+def tolerance(program: Program, ledger: Ledger) -> float | None:
     """How far a run of the same code, config and seed may land from the first: nowhere under a
     budget of FLOPs, steps or tokens (the trainer is deterministic: REPRODUCED); under one of
     seconds the steps follow the machine's load, and the baseline's own re-runs of a seed show how
@@ -333,8 +333,8 @@ def tolerance(program: Program, baseline_runs: list[dict]) -> float | None:
     if program.budget.per_run.kind != "seconds":
         return REPRODUCED
     by_seed = {}
-    for r in baseline_runs:
-        if r["purpose"] in ("main", "repeat") and r["status"] == "completed" and r["val_bpb"] is not None:
+    for r in ledger.runs(program.name, arm="baseline", status="completed"):
+        if r["purpose"] in ("main", "repeat") and r["val_bpb"] is not None:
             by_seed.setdefault(r["seed"], []).append(r["val_bpb"])
     moved = [max(v) - min(v) for v in by_seed.values() if len(v) > 1]
     return 3 * max(moved) + REPRODUCED if moved else None
@@ -350,11 +350,16 @@ def draw_seeds(runs: list[dict], n: int) -> list[int]:
     return seeds
 
 
+def config(program: Program, experiment: dict) -> dict:
+    """The overrides an experiment's runs train with: the baseline's, then its own."""
+    return {**program.baseline.overrides, **json.loads(experiment["overrides"])}
+
+
 def plan_multiplier(ledger: Ledger, program: Program, experiment: dict):
     """The frontier's runs at the compute multiplier's multiples of the per-run budget (purpose
     x0.5, x2, ...: the referee pairs none of them), on its first seeds."""
     m = program.compute_multiplier
-    overrides = {**program.baseline.overrides, **json.loads(experiment["overrides"])}
+    overrides = config(program, experiment)
     kind, value = program.budget.per_run.kind, program.budget.per_run.value
     for factor in (m.budgets if m else []):
         amount = max(1, round(value * factor)) if kind in ("steps", "tokens") else value * factor
@@ -401,8 +406,7 @@ def plan_rung(ledger: Ledger, program: Program, experiment: dict, rung: int, see
     """The experiment's runs at a rung of the ladder (its config plus the rung's overrides), or
     past the ladder, on fresh seeds (its config as it is)."""
     fresh = rung > len(program.ladder)
-    overrides = {**program.baseline.overrides, **json.loads(experiment["overrides"]),
-                 **({} if fresh else program.ladder[rung - 1])}
+    overrides = {**config(program, experiment), **({} if fresh else program.ladder[rung - 1])}
     budget = program.budget.per_run.kind, program.budget.per_run.value
     for i, seed in enumerate(seeds):
         ledger.add_run(experiment, "replicate" if fresh else f"rung{rung}", seed, 1 + i, overrides, budget)

@@ -586,6 +586,8 @@ def test_a_frontier_whose_code_trains_otherwise_when_run_again_is_caught_by_its_
         program.name, purpose="replicate"))
     # and every agent is told why a try against this frontier cannot be kept
     assert ("no_yardstick" in status["frontier"]) == bool(shift), status["frontier"]
+    shown_decision = next(x["decision"] for x in status["experiments"] if x["arm"] == "seed-table")
+    assert "canaries" not in shown_decision and decision(ledger, program, "seed-table")["canaries"]  # (their run ids)
     ledger.close()
     lab.close()
 

@@ -422,11 +422,13 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
     for e in experiments:
         runs = ledger.runs(program.name, experiment_id=e["id"])
         pending += sum(r["status"] not in FINISHED for r in runs)
+        decision = json.loads(e["decision"] or "null")  # less its canaries' run ids: a running run knows its own
+        decision = decision and {k: v for k, v in decision.items() if k != "canaries"}
         out.append({
             "experiment": e["id"], "arm": e["arm"], "who": e["who"], "stage": e["stage"],
             "commit": e["code_commit"][:10], "overrides": json.loads(e["overrides"]),
             "hypothesis": e["hypothesis"], **({"reason": e["reason"]} if e["reason"] else {}),
-            **({"versus": e["versus"], "decision": json.loads(e["decision"] or "null")} if e["versus"] else {}),
+            **({"versus": e["versus"], "decision": decision} if e["versus"] else {}),
             "runs": [{"seed": shown_seed(r), "purpose": r["purpose"],
                       "status": r["status"],
                       "val_bpb": r["val_bpb"], **({"reason": r["reason"]} if r["reason"] else {})}
