@@ -16,7 +16,8 @@ the number of entries) and kills the box, saying why on proc.stopped, when
 
 Between two looks a box writes at the disk's speed, so the bounds hold to within POLL_SECONDS
 of writing (or ten times a look's own time, for trees of many files: the watch takes a tenth of
-a core at most). Trees two boxes share (an agent's .git/objects) count for both.
+a core at most). Trees two boxes share (an agent's objects folder, written by its CLI's box and
+its commands' boxes) count for both.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
     """Record an experiment and enqueue its runs (or record it refused). Returns the experiment.
     A declared arm submitted twice returns the existing experiment, so `org run` is idempotent."""
     base = ledger.program(program.name)["base_commit"]
-    commit = lab.resolve(ref) if ref else base
+    commit = lab.take_in(ref) if ref else base  # copied, checked, where no box can write
     versus, since, merge_problem = None, base, None
     if program.claim.kind == "improve" and arm != "baseline":  # a try, against the frontier of the moment
         front = frontier(ledger.experiments(program.name)) or submit(
@@ -38,8 +38,6 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
         versus, since = front["arm"], front["code_commit"]
         merge_problem = merge_problem or check_try(program, overrides, commit, front)
     reason = merge_problem or refusal(lab, program, base, commit, overrides)
-    if not reason:  # taken in as reviewed: its objects packed, out of reach of every box (Lab.pack_loose)
-        lab.pack_loose([commit])
     stage = "refused" if reason else ("tuning" if program.tune else "measuring")
     diff = lab.diff(since, commit)
     with ledger.tx():

@@ -3,7 +3,8 @@ The lab: the project's own git repository, seen as a place where programs run.
 
 - a program works on branch program/<name>, created from HEAD when the program starts;
 - each agent works on branch agent/<program>/<agent>/work in worktree worktrees/<program>/<agent>
-  (its box may write refs only under agent/<program>/<agent>/);
+  (its box may write refs only under agent/<program>/<agent>/, and objects only in a folder of its
+  own; a commit it submits is taken into the shared store, out of every box's reach: org/objects.py);
 - a run never executes a worktree: it executes a frozen snapshot of one commit
   (.lab/<program>/snapshots/<sha>/, written from objects checked against their names), so
   edits during a run change nothing; the base commit's is taken when the program starts;
@@ -22,21 +23,17 @@ from __future__ import annotations
 import contextlib
 import difflib
 import errno
-import hashlib
 import os
 import shutil
-import stat
-import subprocess
 import tempfile
 import zlib
 from pathlib import Path
 
 import git
-import gitdb.exc
 from git.objects.fun import tree_entries_from_data
-from gitdb.db.pack import PackedDB
 
 from org import OrgError
+from org.objects import ObjectError, ObjectStore
 
 # Set by git hooks and by some shells; a child that inherits them operates on the wrong repo.
 GIT_ENV_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
@@ -52,9 +49,7 @@ HARDENED_GIT = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "core.
 # files that run or shadow code without being a module's source, wherever they are
 SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
 SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
-MAX_OBJECT_BYTES = 1 << 30  # a loose object's file, and what it inflates to
 MAX_NAME_BYTES = 255  # a file's name, on every file system a lab lies on
-PACK_SECONDS = 600  # packing what a snapshot took in: minutes only for a huge history
 
 
 class LabError(OrgError):
@@ -105,7 +100,7 @@ class Lab:
         self.repo = repo
         self.root = Path(repo.working_tree_dir)
         self._files = {}  # commit -> files(commit)
-        self._packs = PackedDB(str(Path(repo.common_dir) / "objects" / "pack"))  # (read in Python: never through git)
+        self.objects = ObjectStore(repo.common_dir)
         self.harden()
 
     def harden(self):
@@ -270,8 +265,8 @@ class Lab:
             self.repo.create_head(branch, self.repo.head.commit)
         self._ignore("/.lab/", "/worktrees/")
         base = self.repo.heads[branch].commit.hexsha
-        self.snapshot(base, program)  # now, before any agent's box could swap an object of it
-        self.pack_loose(self.harness_refs())  # and out of reach of any box that would delete one
+        self.snapshot(base, program)  # from objects checked now, before any agent's box exists
+        self.pack_loose(self.harness_refs())
         return base
 
     def _ignore(self, *patterns: str):
@@ -295,6 +290,7 @@ class Lab:
         older layout (agent/<program>/<agent>, no folder of its own) is renamed first."""
         path = self.worktree_path(program, agent)
         branch, legacy = agent_branch(program, agent), agent_refs(program, agent)
+        self.agent_objects(program, agent)  # (listed as an alternate before its box first commits)
         if legacy in self.repo.heads:
             self.repo.git.branch("-m", legacy, branch)
         if path in {w["path"] for w in self.worktrees()}:
@@ -307,6 +303,10 @@ class Lab:
         else:
             self.repo.git.worktree("add", "-b", branch, str(path), start or f"program/{program}")
         return path
+
+    def agent_objects(self, program: str, agent: str) -> Path:
+        """The folder the agent's box writes its git objects into (org/objects.py)."""
+        return self.objects.agent_folder(program, agent)
 
     def admin_dir(self, worktree: str | Path) -> Path:
         """The folder of the shared .git that git made for `worktree` (.git/worktrees/<name>), checked:
@@ -364,8 +364,8 @@ class Lab:
     def snapshot(self, commit: str, program: str) -> Path:
         """The tracked files of `commit`, written once into .lab/<program>/snapshots/<sha>/ and
         never modified afterwards. Written by us from objects checked against their names, not
-        by `git archive` and tar: every agent's box may write .git/objects (to commit), so an
-        object can be swapped under its name, and git does not check when it reads; and links
+        by `git archive` and tar: git does not check an object against its name when it reads it
+        (where every box wrote, one was swapped), and links
         that a tar extraction checks one at a time can chain out of the snapshot. A snapshot
         holds regular files (gitlinks as empty folders, as `git archive` makes them) and refuses
         a commit with a link. It goes to a temporary directory that is renamed into place, so a
@@ -442,70 +442,35 @@ class Lab:
         return out
 
     def verified(self, oid: str, kind: bytes) -> bytes:
-        """An object's content, checked against its name (the hash of its kind, size and content)."""
-        try:  # as git reads: a pack's copy first (the packs are the harness's, read-only in every box)
-            found = self.packed(oid) or self.loose(oid)
-        except (ValueError, OSError, zlib.error, gitdb.exc.ODBError) as e:
-            raise LabError(f"object {oid[:10]} cannot be read from {self.root}/.git: {e}") from None
-        if found is None:
-            raise LabError(f"object {oid[:10]} is not in {self.root}/.git")
-        read_kind, data = found
-        digest = hashlib.sha1(b"%s %d\0" % (read_kind, len(data)) + data)  # (GitPython reads SHA-1 repos only)
-        if read_kind != kind or digest.hexdigest() != oid:
-            raise LabError(f"object {oid[:10]} in {self.root}/.git does not hold what its name says (a {kind.decode()} "
-                           "hashing to it): the lab's object store was changed behind git, as a box that may "
-                           "commit can; nothing of that commit runs")
-        return data
-
-
-    def packed(self, oid: str) -> tuple[bytes, bytes] | None:
-        """A packed object's (kind, content), or None where no pack holds it."""
-        self._packs.update_cache()  # packs made since (pack_loose, another process's)
-        if not self._packs.has_object(bytes.fromhex(oid)):
-            return None
-        stream = self._packs.stream(bytes.fromhex(oid))
-        return stream.type, stream.read()
-
-    def loose(self, oid: str) -> tuple[bytes, bytes] | None:
-        """A loose object's (kind, content), read here rather than by git: its file lies where every
-        agent's box may write (.git/objects/xx/), so it may be a FIFO, on which git would wait for
-        good (and the runner with it), or a small file that inflates to fill the memory. None where
-        the object is not loose."""
-        path = Path(self.repo.common_dir) / "objects" / oid[:2] / oid[2:]
+        """An object's content from the shared store, checked against its name (org/objects.py)."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return None
-        with os.fdopen(fd, "rb") as f:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_OBJECT_BYTES:
-                raise ValueError(f"its file {path} is not a plain file of at most {MAX_OBJECT_BYTES >> 20} MB")
-            inflate = zlib.decompressobj()
-            data = inflate.decompress(f.read(), MAX_OBJECT_BYTES + 64)
-        header, _, content = data.partition(b"\0")
-        kind, _, size = header.partition(b" ")
-        if inflate.unconsumed_tail or not size.isdigit() or int(size) != len(content):
-            raise ValueError(f"its file {path} is not a loose object of at most {MAX_OBJECT_BYTES >> 20} MB")
-        return kind, content
+            return self.objects.verified(oid, kind)
+        except ObjectError as e:
+            raise LabError(str(e)) from None
+
+    def take_in(self, ref: str) -> str:
+        """The commit `ref` names, its objects copied into the shared store, each checked against
+        its name (org/objects.py), out of reach of every box; its full sha. Git reads the ref only
+        until then: of an object in no shared store, it may read a junk copy in another agent's
+        folder first."""
+        try:
+            sha = self.repo.git.rev_parse("--verify", "--end-of-options", ref)
+        except git.GitCommandError:
+            raise LabError(f"git ref {ref!r} does not exist in {self.root}") from None
+        try:
+            self.objects.take_in(sha)  # (nothing to do for an object of the shared store: a tag, say)
+        except ObjectError as e:
+            raise LabError(f"git ref {ref!r}: {e}") from None
+        commit = self.resolve(sha)  # read from the shared store now, a tag peeled
+        self.pack_loose([commit])
+        return commit
 
     def pack_loose(self, commits: list[str]):
-        """Move the loose objects of `commits` (and of their history) into a pack of their own.
-        Every agent's box writes .git/objects to commit, so it could delete any loose object there,
-        another agent's commit or the person's history; the packs are read-only in every box. Done
-        as a program starts (the refs but the agents') and once a commit is snapshotted. Named
-        commits, not `git repack`'s every ref: a box writes its own branches, and one broken ref
-        there (`echo x > .git/refs/heads/agent/...`) failed every repack, and so every run."""
-        revs = "".join(f"{commit}\n" for commit in commits)
-        pack = Path(self.repo.common_dir) / "objects" / "pack" / "pack"
-        for argv, stdin in ((["pack-objects", "--revs", "--unpacked", "--incremental", "-q", str(pack)], revs),
-                            (["prune-packed", "-q"], "")):
-            try:
-                done = subprocess.run(["git", *argv], cwd=self.root, input=stdin, capture_output=True, text=True,
-                                      env=child_env(self.repo.git.environment()), timeout=PACK_SECONDS)
-            except subprocess.TimeoutExpired:
-                raise LabError(f"git {argv[0]} in {self.root} took over {PACK_SECONDS} s") from None
-            if done.returncode:
-                raise LabError(f"git {argv[0]} in {self.root} failed: {done.stderr.strip()[:300]}")
+        """Move the shared store's loose objects of `commits` (and their history) into a pack."""
+        try:
+            self.objects.pack(commits, self.root, child_env(self.repo.git.environment()))
+        except ObjectError as e:
+            raise LabError(str(e)) from None
 
     def harness_refs(self) -> list[str]:
         """The commits of every ref but the agents' own (refs/heads/agent/: their boxes write

@@ -11,7 +11,7 @@ goes through here:
 Inside a box:
 - the whole filesystem is read-only; `hidden` trees are replaced by empty directories (absent),
   `readonly` ones are bound back read-only (a snapshot inside a hidden tree), then `writable`
-  ones read-write (.git/objects inside a read-only .git), then `frozen` ones read-only again
+  ones read-write (an agent's objects inside a read-only .git), then `frozen` ones read-only again
   (protected files inside a worktree); /tmp and /dev/shm are private, empty and capped, the rest
   of /dev read-only;
 - no host unix socket but its own (connect() works through a read-only mount: docker's, the
@@ -122,7 +122,7 @@ class Limits:
 class Sandbox:
     def __init__(self, writable=(), readonly=(), hidden=(), net: bool = False, gpu: bool = False,
                  limits: Limits | None = None, frozen=(), sockets=(), unix_sockets: bool = True,
-                 sourceless_stdlib: bool = False):
+                 sourceless_stdlib: bool = False, env: dict | None = None):
         self.writable = [Path(p) for p in writable]
         self.sockets = [Path(p) for p in sockets]  # read-only, and the unix sockets there reachable
         self.readonly = [Path(p) for p in readonly]
@@ -131,6 +131,7 @@ class Sandbox:
         self.net, self.gpu, self.limits = net, gpu, limits or Limits()
         self.unix_sockets = unix_sockets  # False: no socket(AF_UNIX) in the box (org/seccomp.py)
         self.sourceless_stdlib = sourceless_stdlib  # the stdlib as bytecode only (org/sourceless.py)
+        self.env = dict(env or {})  # variables the box sets over its command's own
 
     def spec(self) -> dict:
         """The box as plain data, to make the same box elsewhere (a cluster's job: org/cluster.py)."""
@@ -138,7 +139,7 @@ class Sandbox:
                 "hidden": [str(p) for p in self.hidden], "frozen": [str(p) for p in self.frozen],
                 "net": self.net, "gpu": self.gpu, "limits": asdict(self.limits),
                 "sockets": [str(p) for p in self.sockets],
-                "unix_sockets": self.unix_sockets, "sourceless_stdlib": self.sourceless_stdlib}
+                "unix_sockets": self.unix_sockets, "sourceless_stdlib": self.sourceless_stdlib, "env": self.env}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Sandbox":
@@ -147,7 +148,7 @@ class Sandbox:
         return cls(spec["writable"], spec["readonly"], spec["hidden"], net=spec["net"], gpu=spec["gpu"],
                    limits=Limits(**limits), frozen=spec["frozen"],
                    sockets=spec.get("sockets", ()), unix_sockets=spec.get("unix_sockets", True),
-                   sourceless_stdlib=spec.get("sourceless_stdlib", False))
+                   sourceless_stdlib=spec.get("sourceless_stdlib", False), env=spec.get("env"))
 
     def with_extra(self, writable=(), readonly=(), frozen=(), sockets=(), **limits) -> "Sandbox":
         """This box with more trees bound in, and some of its limits changed. A box given `sockets`
@@ -156,12 +157,12 @@ class Sandbox:
                        self.hidden, net=self.net, gpu=self.gpu, limits=replace(self.limits, **limits),
                        frozen=self.frozen + [Path(p) for p in frozen],
                        sockets=self.sockets + [Path(p) for p in sockets], unix_sockets=self.unix_sockets or bool(sockets),
-                       sourceless_stdlib=self.sourceless_stdlib)
+                       sourceless_stdlib=self.sourceless_stdlib, env=self.env)
 
     def wrap(self, argv: list[str], cwd: str | Path, env: dict, seccomp_fd: int | None = None) -> list[str]:
         """bwrap's command line running argv in the box, in cwd, with exactly env (and the seccomp
         filter bwrap reads from seccomp_fd, which command() opens)."""
-        env = dict(env)
+        env = {**env, **self.env}
         # no capabilities, and no user namespace of its own to get them back in: as root, a box
         # that kept them remounted / read-write, unmounted what hides the lab, and rewrote the
         # limits of its own cgroups
@@ -186,7 +187,7 @@ class Sandbox:
         for path in self.hidden:  # a file: read as empty
             if path.exists() and not path.is_dir():
                 box += ["--ro-bind", "/dev/null", str(path)]
-        # (a writable tree may lie inside a read-only one: .git/objects); what the box runs, back
+        # (a writable tree may lie inside a read-only one: .git/agent-objects/...); what the box runs, back
         for path in self.readonly + self.sockets + used:
             if path.exists():
                 box += ["--ro-bind", str(path), str(path)]
@@ -566,25 +567,31 @@ def source_files(source: str) -> list[Path]:
     return sorted(p for p in found if not any(python.is_relative_to(p) for python in pythons))
 
 
-def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, own_refs: str, pools=()) -> Sandbox:
+def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, own_refs: str, own_objects: Path,
+              pools=()) -> Sandbox:
     """An agent's command: its worktree, and what committing there writes in the shared .git
-    (loose objects, its worktree's own admin dir but its pointers, and its own folder of branches
-    `own_refs` under refs/heads/ with their reflogs), are writable; the rest of .git (config, hooks, info, the
-    other branches, the other worktrees' admin dirs) is read-only; the lab's state and the other
-    agents' worktrees are absent; no network, no unix socket (a CLI's box, given its port, makes
-    them: org/agents/clis.py); the lowest CPU weight, so it runs on what the runs leave of a core."""
+    (objects, into `own_objects`, a folder of its own that the shared store lists as an alternate;
+    its worktree's own admin dir but its pointers; its own folder of branches `own_refs` under
+    refs/heads/ with their reflogs), are writable; the rest of .git (the shared objects, config,
+    hooks, info, the other branches, the other worktrees' admin dirs and the other agents' objects)
+    is read-only; the lab's state and the other agents' worktrees are absent; no network, no unix
+    socket (a CLI's box, given its port, makes them: org/agents/clis.py); the lowest CPU weight, so
+    it runs on what the runs leave of a core."""
     common = Path(common_dir)
     refs, reflogs = common / "refs" / "heads" / own_refs, common / "logs" / "refs" / "heads" / own_refs
-    packs, info = common / "objects" / "pack", common / "objects" / "info"
-    for folder in (refs, reflogs, packs, info):
+    for folder in (refs, reflogs, own_objects / "pack", own_objects / "info"):
         folder.mkdir(parents=True, exist_ok=True)
-    return Sandbox(writable=[worktree, common / "objects", refs, reflogs, git_dir],
+    return Sandbox(writable=[worktree, own_objects, refs, reflogs, git_dir],
                    readonly=[common], hidden=lab_private(lab_root),
                    # the pointers between the worktree and git_dir: rewritten, the next box's git_dir
                    # (Lab.admin_dir) could be any folder, and the harness's git calls would follow them;
-                   # the packs (every object the harness has taken in: Lab.pack_loose) and the object
-                   # store's info (its alternates: where else git would read objects)
-                   frozen=[worktree / ".git", git_dir / "gitdir", git_dir / "commondir", packs, info],
+                   # its folder's packs and info (its alternates: where else git would read objects),
+                   # which every git reading the shared store reads too
+                   frozen=[worktree / ".git", git_dir / "gitdir", git_dir / "commondir",
+                           own_objects / "pack", own_objects / "info"],
+                   # git in the box writes objects there, and reads the shared store after them
+                   env={"GIT_OBJECT_DIRECTORY": str(own_objects),
+                        "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(common / "objects")},
                    unix_sockets=False,
                    # what it writes stays (its worktree): a few commands of 16 GB each brought the
                    # disk to the runs' reserve, and every run that wrote then was killed; an agent's

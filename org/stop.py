@@ -105,6 +105,9 @@ def clean(launch: ProgramSite) -> list[str]:
         lab.prune_worktrees()
         checked_out = {w["branch"] for w in lab.worktrees()}  # e.g. by a worktree made by hand: kept
         branches = [b for b in lab.repo.heads if b.name.startswith(f"agent/{name}/") and b.name not in checked_out]
+        for branch in branches:  # kept by the harness (a junk copy in another agent's folder read as none)
+            with contextlib.suppress(OrgError):
+                lab.take_in(f"refs/heads/{branch.name}")
         for broken in [b for b in branches if lab.branch_problem(b.name)]:  # junk its agent's box wrote: no commit to keep
             (Path(lab.repo.common_dir) / "refs" / "heads" / broken.name).unlink()  # (git refuses to)
             branches.remove(broken)

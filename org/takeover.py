@@ -6,6 +6,7 @@ the person changed: their commits and the worktree's diff since the takeover), a
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -14,8 +15,8 @@ from pathlib import Path
 
 from org import OrgError, shown
 from org.agents.control import Control
-from org.launch import TAKEN_OVER, attach, ended_for_good, git, pane_path, person_identity
-from org.lab import agent_branch
+from org.launch import TAKEN_OVER, attach, ended_for_good, git, pane_path, person_identity, take_in_work
+from org.lab import Lab, agent_branch
 from org.mail import HUMAN, Mail, now, write_atomically
 from org.panes import RELEASE_KEY, TAKEOVER_KEY, Pane
 from org.workspace import ProgramSite, open_site
@@ -58,6 +59,8 @@ def cmd_takeover(args) -> int:
     if grid.find(agent, taken=True):
         raise OrgError(f"{agent} is already taken over; `org release {agent}` hands it back")
     control, tree = Control(launch.lab_dir, agent), launch.worktree(agent)
+    with contextlib.closing(Lab.open(launch.root)) as lab:  # what the person's git reads of its work: its own
+        take_in_work(lab, tree, agent_branch(launch.name, agent))
     write_atomically(launch.lab_dir / "takeover" / f"{agent}.json", json.dumps(
         {"tree": snapshot_tree(tree), "head": git(tree, "rev-parse", "HEAD"), "at": now()}))
     control.pause(TAKEN_OVER)

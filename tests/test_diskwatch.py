@@ -113,7 +113,8 @@ def test_an_agents_box_stops_short_of_the_disk_the_runs_need(tmp_path):
     from org.sandbox import agent_box, run_box
     for folder in ("lab", "tree", "git/worktrees/a", "run", "snapshot", "data", "kernels"):
         (tmp_path / folder).mkdir(parents=True)
-    agent = agent_box(tmp_path / "lab", tmp_path / "tree", tmp_path / "git/worktrees/a", tmp_path / "git", "agent/p/a")
+    agent = agent_box(tmp_path / "lab", tmp_path / "tree", tmp_path / "git/worktrees/a", tmp_path / "git", "agent/p/a",
+                      tmp_path / "git/agent-objects/p/a")
     run = run_box(tmp_path / "lab", tmp_path / "run", tmp_path / "snapshot", tmp_path / "data", tmp_path / "kernels",
                   gpu=False, cpu_seconds=60)
     wrote, free = (200 << 20, 10), 5 << 30

@@ -1,4 +1,5 @@
 """The lab: program branches, agent worktrees, frozen snapshots and protected paths, on real git repos."""
+import hashlib
 import os
 import shutil
 import subprocess
@@ -291,6 +292,61 @@ def test_an_object_swapped_under_its_name_is_caught_not_run(lab):
         with pytest.raises(LabError, match=f"object {blob[:10]} .* does not hold what its name says"):
             check()
     assert not (lab.state_dir("softcap") / "snapshots" / commit).exists()
+
+
+def commit_in_own_folder(lab: Lab, worktree: Path, folder: Path, relpath: str, text: str) -> str:
+    """A commit as an agent's box makes it: its objects in its own folder (org/objects.py)."""
+    env = child_env({"GIT_OBJECT_DIRECTORY": str(folder), "GIT_ALTERNATE_OBJECT_DIRECTORIES":
+                     str(Path(lab.repo.common_dir) / "objects")})
+    (worktree / relpath).write_text(text)
+    for argv in (["add", relpath], ["commit", "-qm", "own folder"]):
+        subprocess.run(["git", *argv], cwd=worktree, env=env, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=worktree, env=env, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def write_loose(folder: Path, kind: bytes, body: bytes, name: str | None = None) -> str:
+    """What a box can leave in its own folder: any bytes, under any object's name."""
+    data = b"%s %d\x00" % (kind, len(body)) + body
+    name = name or hashlib.sha1(data).hexdigest()
+    (folder / name[:2]).mkdir(exist_ok=True)
+    (folder / name[:2] / name[2:]).unlink(missing_ok=True)
+    (folder / name[:2] / name[2:]).write_bytes(zlib.compress(data))
+    return name
+
+
+def test_a_commit_is_taken_in_from_the_copy_that_holds_what_its_name_says(lab):
+    """take_in copies what the shared store lacks from the agents' folders, the first copy of each
+    object that hashes to its name: mallory's junk under alice's names, listed first, is passed
+    over. With junk only, or a commit no git writes, it refuses in one line and the commit is not
+    taken in."""
+    base = lab.start_program("softcap")
+    mallory, alice = lab.agent_objects("softcap", "mallory"), lab.agent_objects("softcap", "alice")
+    commit = commit_in_own_folder(lab, lab.add_worktree("softcap", "alice"), alice, "trainer/model.py", "WIDTH = 96\n")
+    blob = lab.repo.git.rev_parse(f"{commit}:trainer/model.py")
+    names = [line.split()[0] for line in lab.repo.git.rev_list("--objects", f"{base}..{commit}").splitlines()]
+    for name in names:
+        write_loose(mallory, b"blob", b"junk", name)
+    shared = Path(lab.repo.common_dir) / "objects"
+    kept = (alice / blob[:2] / blob[2:]).read_bytes()
+    (alice / blob[:2] / blob[2:]).unlink()  # alice's own copy gone: junk only
+    with pytest.raises(LabError, match=f"object {blob[:10]}: no copy in .* holds what its name says"):
+        lab.take_in(commit)
+    assert not lab.objects.has(commit)
+    (alice / blob[:2] / blob[2:]).write_bytes(kept)
+    assert lab.take_in(commit) == commit and all(lab.objects.has(name) for name in names)
+    for name in names:  # all of it the harness's now: alice's folder and mallory's emptied lose nothing
+        for folder in (alice, mallory):
+            (folder / name[:2] / name[2:]).unlink()
+    assert (lab.snapshot(commit, "softcap") / "trainer" / "model.py").read_text() == "WIDTH = 96\n"
+    assert not list(shared.glob("??/*")), "taken in, then packed"
+
+    tree = lab.repo.git.rev_parse(f"{base}^{{tree}}")
+    odd = write_loose(alice, b"commit", f"tree {tree}\nparent {'g' * 40}\n\nodd\n".encode())
+    with pytest.raises(LabError, match=f"commit {odd[:10]} is not one git writes"):
+        lab.take_in(odd)
+    with pytest.raises(LabError, match=f"object {'1' * 10} \\(commit\\) is not in"):
+        lab.take_in("1" * 40)
 
 
 def test_an_object_made_a_fifo_or_a_bomb_stops_nothing(lab):

@@ -27,6 +27,7 @@ from org.agents.tools import Tools
 from org import OrgError
 from org.cli import main
 from org.lab import Lab, agent_branch
+from org.objects import agent_objects
 from org.ledger import Ledger
 from org.measure import probe_seed
 from org.report import build, spend_section
@@ -149,10 +150,10 @@ def test_a_command_cannot_move_another_agents_branch_or_the_programs(two_agents)
 
 
 def test_a_command_cannot_delete_the_history_or_the_work_the_harness_took_in(two_agents):
-    """Every box writes .git/objects (to commit), and an object deleted there is gone: one command
+    """Every box wrote .git/objects (to commit), and an object deleted there is gone: one command
     erased the person's history, the program's branch and the other agents' submitted work (their
-    refs stay, naming nothing). The harness packs the objects it takes in (as a program starts,
-    and with each commit it snapshots), and the packs are read-only in every box."""
+    refs stay, naming nothing). The shared store is read-only in every box, its list of alternates
+    too (each agent's box commits into a folder of its own: org/objects.py)."""
     root, program, tools, bob = two_agents
     with git.Repo(bob) as repo:
         repo.git.add("notes.md")
@@ -161,6 +162,8 @@ def test_a_command_cannot_delete_the_history_or_the_work_the_harness_took_in(two
     lab = Lab.open(root)
     lab.snapshot(submitted, program.name)  # as the runner does, once bob submits it
     lab.close()
+    alternates = root / ".git" / "objects" / "info" / "alternates"  # (the agents' own folders)
+    listed = alternates.read_text()
     wipe = ('common=$(git rev-parse --git-common-dir); rm -f "$common"/objects/pack/* "$common"/objects/??/*; '
             'echo "objects/info/alternates" > "$common"/objects/info/alternates')
     run(tools, wipe)
@@ -168,8 +171,57 @@ def test_a_command_cannot_delete_the_history_or_the_work_the_harness_took_in(two
         for name in ("main", "program/tiny", submitted):
             assert len(repo.git.rev_list(name).split()) >= 1, name  # its commits, and each one's tree:
             repo.git.ls_tree("-r", name)
-        assert not (Path(repo.common_dir) / "objects" / "info" / "alternates").exists()
+    assert alternates.read_text() == listed
     assert run(tools, "git commit -q --allow-empty -m 'still works'").startswith("exit status 0")
+
+
+def test_a_command_cannot_delete_or_spoil_another_agents_unsubmitted_work(two_agents):
+    """Until it is submitted, an agent's work is loose objects only: in the shared .git/objects,
+    alice's box deleted bob's (his branch then named nothing, his index neither). Each agent's box
+    writes objects into a folder of its own (.git/agent-objects/<program>/<agent>), which every
+    other box and git read as an alternate; the shared store is read-only in every box. What
+    alice leaves in her own folder under bob's objects' names (junk) spoils nothing: the harness
+    takes a submitted commit in by copying each object it checks against its name into the shared
+    store, which bob's box cannot delete either; and so are an agent's branch and HEAD before the
+    harness (`org stop`, `launch`) or a person (`org takeover`) reads them."""
+    from org.launch import mend_worktree
+    root, program, alice, bob = two_agents
+    bob_tools = Tools("bob", program, root, bob, teammates=["alice"])
+    try:
+        assert run(bob_tools, "git add notes.md && git commit -qm 'bob: work' && echo done").endswith("done\n")
+        branch = agent_branch(program.name, "bob")
+        with git.Repo(root) as repo:
+            work = repo.commit(branch).hexsha
+            objects = repo.git.rev_list("--objects", f"program/{program.name}..{branch}").split()
+            assert repo.git.show(f"{branch}:notes.md") == "bob's work"  # the person sees it as git does
+        wipe = 'find "$(git rev-parse --git-common-dir)" -type f -path "*/[0-9a-f][0-9a-f]/*" -delete'
+        run(alice, wipe)
+        with git.Repo(root) as repo:
+            assert repo.git.show(f"{branch}:notes.md") == "bob's work", "alice deleted bob's unsubmitted work"
+        assert run(bob_tools, "git status --short && git log -1 --format=%s").endswith("bob: work\n")
+        spoil = "".join(f'o={o}; d="${{GIT_OBJECT_DIRECTORY:-$(git rev-parse --git-common-dir)/objects}}/${{o:0:2}}"; '
+                        f'mkdir -p "$d"; printf junk > "$d/${{o:2}}"; ' for o in objects if len(o) == 40)
+        run(alice, spoil)
+        lab = Lab.open(root)  # `org stop` or `launch` mends bob's worktree: git read alice's junk first
+        try:
+            assert mend_worktree(lab, bob, branch) == []  # (was: "branch ... names no commit")
+        finally:
+            lab.close()
+        with git.Repo(root) as repo:
+            assert repo.git.show(f"{branch}:notes.md") == "bob's work"
+        out = bob_tools.call("submit_experiment", {"arm": "bobs-idea", "hypothesis": "notes help"}).output
+        assert "refused" not in out and f"commit {work[:10]}" in out, out
+        lab = Lab.open(root)
+        try:
+            assert (lab.snapshot(work, program.name) / "notes.md").read_text() == "bob's work\n"
+        finally:
+            lab.close()
+        # once taken in, it is the harness's: bob's own folder emptied loses none of it
+        run(bob_tools, 'rm -rf "$GIT_OBJECT_DIRECTORY"/??')
+        with git.Repo(root) as repo:
+            assert repo.git.show(f"{work}:notes.md") == "bob's work"
+    finally:
+        bob_tools.close()
 
 
 def test_a_command_leaves_nothing_in_git_that_hangs_the_harness(two_agents):
@@ -948,7 +1000,7 @@ def test_a_run_cannot_read_what_its_agent_commits_after_submitting_it(two_agents
     root, program, tools, _ = two_agents
     assert run(tools, "echo table > table.txt && git add table.txt && git commit -qm table && echo done").endswith("done\n")
     blob = git.Repo(root).git.rev_parse(f"agent/{program.name}/alice/work:table.txt")
-    objects = root / ".git" / "objects"
+    objects = agent_objects(root / ".git", program.name, "alice")
     assert (objects / blob[:2] / blob[2:]).exists()  # loose, as the agent's box wrote it
     for folder in ("run", "snapshot", "data"):
         (tmp_path / folder).mkdir()

@@ -125,7 +125,8 @@ def command_box(lab: Lab, worktree: str | Path, program: Program, agent: str):
     if available() is not None:
         return None
     return agent_box(lab.root, Path(worktree).resolve(), lab.admin_dir(worktree), Path(lab.repo.common_dir),
-                     agent_refs(program.name, agent), pools=pools(lab.root, program, f"agent-{agent}"))
+                     agent_refs(program.name, agent), lab.agent_objects(program.name, agent),
+                     pools=pools(lab.root, program, f"agent-{agent}"))
 
 
 @contextlib.contextmanager
