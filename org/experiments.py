@@ -28,7 +28,7 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
     """Record an experiment and enqueue its runs (or record it refused). Returns the experiment.
     A declared arm submitted twice returns the existing experiment, so `org run` is idempotent."""
     base = ledger.program(program.name)["base_commit"]
-    commit = lab.take_in(ref) if ref else base  # copied, checked, where no box can write
+    commit = lab.take_in(ref, (program.name, who)) if ref else base  # copied, checked, where no box writes
     versus, since, merge_problem = None, base, None
     if program.claim.kind == "improve" and arm != "baseline":  # a try, against the frontier of the moment
         front = frontier(ledger.experiments(program.name)) or submit(

@@ -33,7 +33,7 @@ import git
 from git.objects.fun import tree_entries_from_data
 
 from org import OrgError
-from org.objects import ObjectError, ObjectStore
+from org.objects import ObjectError, ObjectStore, agent_objects
 
 # Set by git hooks and by some shells; a child that inherits them operates on the wrong repo.
 GIT_ENV_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
@@ -45,7 +45,8 @@ STATE_DIRS = ("runs", "snapshots", "mail", "transcripts")
 # (a repository an agent nests in its worktree has a config of its own, its filters commands:
 # git's status looks inside every submodule, and would run them as whoever runs it)
 HARDENED_GIT = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "core.attributesFile": "/dev/null",
-                "diff.ignoreSubmodules": "all", "submodule.recurse": "false"}
+                "diff.ignoreSubmodules": "all", "submodule.recurse": "false",
+                "core.commitGraph": "false"}  # (written by a person's gc: the objects, never their summary)
 # files that run or shadow code without being a module's source, wherever they are
 SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
 SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
@@ -66,6 +67,12 @@ def agent_refs(program: str, agent: str) -> str:
     else in refs/: git makes a ref's lock file beside the ref, so a writable folder is needed,
     and a folder shared by two agents would let each move the other's branch."""
     return f"agent/{program}/{agent}"
+
+
+def branch_owner(ref: str) -> tuple[str, str] | None:
+    """(program, agent) of a ref in an agent's folder of branches (agent_refs), else None."""
+    parts = ref.removeprefix("refs/heads/").split("/")
+    return (parts[1], parts[2]) if len(parts) >= 4 and parts[0] == "agent" else None
 
 
 def child_env(extra: dict | None = None, base: dict | None = None) -> dict:
@@ -290,7 +297,6 @@ class Lab:
         older layout (agent/<program>/<agent>, no folder of its own) is renamed first."""
         path = self.worktree_path(program, agent)
         branch, legacy = agent_branch(program, agent), agent_refs(program, agent)
-        self.agent_objects(program, agent)  # (listed as an alternate before its box first commits)
         if legacy in self.repo.heads:
             self.repo.git.branch("-m", legacy, branch)
         if path in {w["path"] for w in self.worktrees()}:
@@ -299,13 +305,15 @@ class Lab:
         self.harden()
         path.parent.mkdir(parents=True, exist_ok=True)
         if branch in self.repo.heads:
+            with contextlib.suppress(LabError):  # its agent's work, for the checkout to read (git says if not)
+                self.take_in(branch, (program, agent))
             self.repo.git.worktree("add", str(path), branch)
         else:
             self.repo.git.worktree("add", "-b", branch, str(path), start or f"program/{program}")
         return path
 
     def agent_objects(self, program: str, agent: str) -> Path:
-        """The folder the agent's box writes its git objects into (org/objects.py)."""
+        """The folder the agent's box writes its git objects into (org/objects.py), made."""
         return self.objects.agent_folder(program, agent)
 
     def admin_dir(self, worktree: str | Path) -> Path:
@@ -448,22 +456,42 @@ class Lab:
         except ObjectError as e:
             raise LabError(str(e)) from None
 
-    def take_in(self, ref: str) -> str:
-        """The commit `ref` names, its objects copied into the shared store, each checked against
-        its name (org/objects.py), out of reach of every box; its full sha. Git reads the ref only
-        until then: of an object in no shared store, it may read a junk copy in another agent's
-        folder first."""
+    def take_in(self, ref: str, owner: tuple[str, str] | None = None) -> str:
+        """The commit `ref` names, its objects copied into the shared store from the folder of the
+        agent whose box made them, `owner` = (program, agent) (or the one whose branch `ref` names;
+        any agent's where neither says), each checked against its name (org/objects.py); its full
+        sha. Git reads the ref only: no git outside a box reads an agent's folder."""
         try:
             sha = self.repo.git.rev_parse("--verify", "--end-of-options", ref)
         except git.GitCommandError:
             raise LabError(f"git ref {ref!r} does not exist in {self.root}") from None
+        owner = owner or branch_owner(ref)
+        folder = agent_objects(self.repo.common_dir, *owner) if owner else None
         try:
-            self.objects.take_in(sha)  # (nothing to do for an object of the shared store: a tag, say)
+            written = self.objects.take_in(sha, folder if folder and folder.is_dir() else None)
         except ObjectError as e:
             raise LabError(f"git ref {ref!r}: {e}") from None
-        commit = self.resolve(sha)  # read from the shared store now, a tag peeled
-        self.pack_loose([commit])
+        commit = self.resolve(sha)  # read from the shared store now (a tag peeled)
+        if written or not self.objects.is_packed(commit):  # (a person's commit is loose)
+            self.pack_loose([commit])
         return commit
+
+    def take_in_work(self, worktree: Path, branch: str):
+        """An agent's branch and its worktree's HEAD taken in where they can be (take_in), for the
+        harness's git or a person's to read: no git outside the agent's box reads its folder.
+        Read from the files, not through git in the worktree; what cannot be taken in is left as
+        it is, for whoever reads it next to say so."""
+        owner = branch_owner(branch)
+        try:
+            head = os.open(self.admin_dir(worktree) / "HEAD", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            with os.fdopen(head, "rb") as f:
+                named = f.read(300).decode(errors="replace").strip().removeprefix("ref: ")
+        except (OSError, LabError):
+            named = None
+        for ref in dict.fromkeys([f"refs/heads/{branch}", named]):
+            with contextlib.suppress(LabError):
+                if ref and not ref.startswith("-"):
+                    self.take_in(ref, owner)
 
     def pack_loose(self, commits: list[str]):
         """Move the shared store's loose objects of `commits` (and their history) into a pack."""

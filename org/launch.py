@@ -326,11 +326,11 @@ def mend_worktree(lab: Lab, path: Path, branch: str) -> list[str]:
     are): a HEAD naming no commit points at its branch again; an index git cannot read is made
     again from HEAD. Each mend says so. OrgError if its branch names no commit: nothing of it
     can be mended until that is."""
-    take_in_work(lab, path, branch)
+    notes, admin = [], lab.admin_dir(path)  # checked: git below follows its pointers
+    lab.take_in_work(path, branch)  # (no git outside the agent's box reads its own objects)
     problem = lab.branch_problem(branch)
     if problem:
         raise OrgError(problem)
-    notes, admin = [], lab.admin_dir(path)  # checked: git below follows its pointers
     try:
         git(path, "rev-parse", "-q", "--verify", "HEAD^{commit}")
     except OrgError:
@@ -343,17 +343,6 @@ def mend_worktree(lab: Lab, path: Path, branch: str) -> list[str]:
         git(path, "reset", "-q")
         notes.append(f"{path}: git could not read its index; it was made again from HEAD")
     return notes
-
-
-def take_in_work(lab: Lab, path: Path, branch: str):
-    """An agent's branch and its worktree's HEAD copied into the shared object store where they
-    can be (Lab.take_in, which checks each object against its name), before git reads them for the
-    harness or a person: git reads an object it lacks from the alternates in their order, and a
-    junk copy another agent left under its name in its own folder, listed first, read as the
-    branch naming no commit. What cannot be taken in is left as it is, for the checks after."""
-    for ref in (f"refs/heads/{branch}", "HEAD"):
-        with contextlib.suppress(OrgError):
-            lab.take_in(git(path, "rev-parse", "-q", "--verify", ref))
 
 
 def replace_file(path: Path, text: str | None):

@@ -4,27 +4,32 @@ The lab's git objects, as the harness keeps and reads them:
     .git/objects                              the shared store: the person's history, the
                                               harness's refs and every commit it took in;
                                               read-only in every box
-    .git/agent-objects/<program>/<agent>/     where that agent's box commits (its
-                                              GIT_OBJECT_DIRECTORY): writable by that box alone,
-                                              an alternate of the shared store (listed in
-                                              objects/info/alternates), so every git reads it
+    .git/agent-objects/<program>/<agent>/     where that agent's box commits: its
+                                              GIT_OBJECT_DIRECTORY, the shared store its
+                                              alternate; writable by that box alone, and read
+                                              by no other box and by no git outside one
 
 An agent's unsubmitted work is loose objects: in one shared folder, any other agent's box could
 delete it (`find .git -delete`), and with it that agent's branch and index. In its own folder only
-its own box can. When a commit is submitted the harness takes it in (`take_in`): every object it
-reaches that the shared store lacks is copied there from the agents' folders, each copy checked
-against its name (the hash of its kind, size and content), so junk another agent left under that
-name in its own folder spoils nothing, and the agent cannot delete it afterwards either. From then
-on the harness reads only the shared store (`verified`), itself rather than through git: a pack's
-copy first, as git does, then a loose one read as a plain file of bounded size.
+its own box can. No git outside that box reads the folder: git reads an object from the first
+store holding a file under its name, and checks no name, so a junk copy in one agent's folder
+would stand for another's work; and before it writes an object git looks in every store it
+reads, and writes nothing where one has a file under that name, so the harness's merges and the
+person's commits would have stood on files an agent can change. The harness takes an agent's
+commit in instead (`take_in`): when it is submitted, and before `org stop`, `launch`, `clean` or
+`takeover` reads the agent's branch, every object it reaches that the shared store lacks is
+copied there from the agent's folder, checked against its name (the hash of its kind, size and
+content), children first. The harness reads the shared store itself (`verified`): a pack's copy
+first, as git does, then a loose one read as a plain file of bounded size.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
+import re
 import stat
 import subprocess
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -34,10 +39,13 @@ from gitdb.db.pack import PackedDB
 
 from org import OrgError
 
-MAX_OBJECT_BYTES = 1 << 30  # a loose object's file, and what it inflates to
+MAX_OBJECT_BYTES = 1 << 30    # a loose object's file, and what it inflates to
+MAX_LISTING_BYTES = 64 << 20  # a commit or a tree (git writes far smaller ones): what a walk holds
+MAX_TAKEN_BYTES = 8 << 30     # what one take_in inflates in all, junk copies included
 PACK_SECONDS = 600  # packing what a snapshot took in: minutes only for a huge history
 AGENT_OBJECTS = "agent-objects"
-HEX = "0123456789abcdef"
+NAMED = re.compile(rb"^(tree|parent) ([0-9a-f]{40})$", re.M)  # the objects a commit's header names
+FIELDS = re.compile(rb"^(tree|parent) ", re.M)                  # ... every line that would name one
 
 
 class ObjectError(OrgError):
@@ -54,86 +62,95 @@ class ObjectStore:
         self.common = Path(common_dir)
         self.shared = self.common / "objects"
         self._packs = PackedDB(str(self.shared / "pack"))  # (read in Python: never through git)
-
-    # --- the agents' folders -------------------------------------------------------------
+        self.taken = 0
 
     def agent_folder(self, program: str, agent: str) -> Path:
-        """agent_objects(), made and listed in the shared store's alternates (once, under a lock:
-        every agent's process asks as its box is made). Its pack/ and info/ are read-only in its
-        box: git reads an alternate's alternates too, and its packs, which no harness code parses."""
+        """agent_objects(), made, with its pack/ and info/ (read-only in its box: packs and
+        alternates its own git would read). A folder its box made unreadable is mended."""
         folder = agent_objects(self.common, program, agent)
+        if folder.is_dir() and not folder.is_symlink():
+            folder.chmod(0o755)
         for sub in ("pack", "info"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
-        alternates = self.shared / "info" / "alternates"
-        alternates.parent.mkdir(parents=True, exist_ok=True)
-        line = os.path.relpath(folder, self.shared)  # relative to the store, as git reads it: the lab may move
-        with open(self.common / AGENT_OBJECTS / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            listed = alternates.read_text().splitlines() if alternates.exists() else []
-            if line not in listed:
-                tmp = alternates.with_name(f".alternates.{os.getpid()}")
-                tmp.write_text("".join(f"{entry}\n" for entry in [*listed, line]))
-                tmp.replace(alternates)
         return folder
 
     # --- taking a commit in --------------------------------------------------------------
 
-    def take_in(self, commit: str):
+    def take_in(self, commit: str, owner: Path | None = None) -> int:
         """Copy `commit` and every object it reaches that the shared store lacks into the shared
-        store, from the agents' folders, each copy checked against its name. Written children
-        first: an object in the shared store has all it reaches there too, so the walk stops at
-        the first it meets (the program's base, a commit taken in before)."""
-        self._packs.update_cache()
-        stack, seen = [(commit, b"commit", None)], set()
+        store: from the folder `owner` of the agent whose box made it (which reads no other
+        agent's), or, where that is not known, any agent's; the first copy that is what its name
+        says. Written children first: an object in the shared store has all it reaches there too,
+        so the walk stops at the first it meets (the program's base, a commit taken in before).
+        The walk holds names only: each object is read again as it is written. How many it wrote."""
+        folders = [owner] if owner else sorted((self.common / AGENT_OBJECTS).glob("*/*"))
+        stack, seen, self.taken, written = [(commit, b"commit", False)], set(), 0, 0
         while stack:
-            oid, kind, data = stack.pop()
-            if data is not None:  # its children are in: now it
-                self.write_loose(oid, kind, data)
+            oid, kind, expanded = stack.pop()
+            if expanded:  # all it names is in: now it
+                self.write_loose(oid, kind, self.agents_copy(oid, kind, folders))
+                written += 1
                 continue
             if oid in seen or self.has(oid):
                 continue
             seen.add(oid)
-            data = self.agents_copy(oid, kind)
-            stack.append((oid, kind, data))
-            stack += [(child, child_kind, None) for child, child_kind in children(oid, kind, data)]
+            stack.append((oid, kind, True))
+            if kind != b"blob":
+                stack += [(child, child_kind, False)
+                          for child, child_kind in children(oid, kind, self.agents_copy(oid, kind, folders))]
+        return written
 
     def has(self, oid: str) -> bool:
-        return (self._packs.has_object(bytes.fromhex(oid))
-                or (self.shared / oid[:2] / oid[2:]).exists())
+        return (self.shared / oid[:2] / oid[2:]).exists() or self.is_packed(oid)
 
-    def agents_copy(self, oid: str, kind: bytes) -> bytes:
-        """A copy of `oid` from an agent's folder that holds what its name says."""
-        copies = sorted((self.common / AGENT_OBJECTS).glob(f"*/*/{oid[:2]}/{oid[2:]}"))
+    def is_packed(self, oid: str) -> bool:
+        if self._packs.has_object(bytes.fromhex(oid)):
+            return True
+        self._packs.update_cache()  # a pack made since (another process's)
+        return self._packs.has_object(bytes.fromhex(oid))
+
+    def agents_copy(self, oid: str, kind: bytes, folders: list[Path]) -> bytes:
+        """A copy of `oid` in one of `folders` that holds what its name says. What every copy
+        read inflates to counts against MAX_TAKEN_BYTES, junk included."""
+        copies = [path for path in (folder / oid[:2] / oid[2:] for folder in folders) if path.exists()]
         for path in copies:
             try:
-                found = read_loose(path)
+                found = read_loose(path, MAX_OBJECT_BYTES if kind == b"blob" else MAX_LISTING_BYTES)
             except (ValueError, OSError, zlib.error):
                 continue
+            self.taken += len(found[1]) if found else 0
+            if self.taken > MAX_TAKEN_BYTES:
+                raise ObjectError(f"taking in {oid[:10]} read over {MAX_TAKEN_BYTES >> 30} GB of objects; "
+                                  "nothing of that commit runs")
             if found is not None and found[0] == kind and hash_of(*found) == oid:
                 return found[1]
         if copies:
-            raise ObjectError(f"object {oid[:10]}: no copy in {self.common / AGENT_OBJECTS} holds what its "
-                              f"name says (a {kind.decode()} hashing to it); nothing of that commit runs")
+            raise ObjectError(f"object {oid[:10]}: no copy in {copies[0].parent.parent} holds what its name "
+                              f"says (a {kind.decode()} hashing to it); nothing of that commit runs")
         raise ObjectError(f"object {oid[:10]} ({kind.decode()}) is not in {self.common}")
 
     def write_loose(self, oid: str, kind: bytes, data: bytes):
         """A loose object in the shared store, whole or not at all (a link is atomic)."""
         path = self.shared / oid[:2] / oid[2:]
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{oid[2:]}.{os.getpid()}")
-        tmp.write_bytes(zlib.compress(b"%s %d\0" % (kind, len(data)) + data))
-        tmp.chmod(0o444)
         try:
-            os.link(tmp, path)
-        except FileExistsError:  # taken in meanwhile by another process
-            pass
-        finally:
-            tmp.unlink()
+            path.parent.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{oid[2:12]}.", dir=path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(zlib.compress(b"%s %d\0" % (kind, len(data)) + data))
+            os.chmod(tmp, 0o444)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:  # taken in meanwhile by another thread or process
+                pass
+            finally:
+                os.unlink(tmp)
+        except OSError as e:
+            raise ObjectError(f"object {oid[:10]} cannot be written into {self.shared}: {e.strerror}") from None
 
     def pack(self, commits: list[str], root: Path, env: dict):
         """Move the shared store's loose objects of `commits` (and of their history) into a pack
         of their own (named commits, not `git repack`'s every ref: a box writes its own branches,
-        and one broken there failed every repack). Borrowed objects stay where they are."""
+        and one broken there failed every repack)."""
         revs = "".join(f"{commit}\n" for commit in commits)
         for argv, stdin in ((["pack-objects", "--revs", "--unpacked", "--incremental", "--local", "-q",
                               str(self.shared / "pack" / "pack")], revs),
@@ -171,24 +188,24 @@ class ObjectStore:
         return stream.type, stream.read()
 
 
-def read_loose(path: Path) -> tuple[bytes, bytes] | None:
-    """A loose object's (kind, content), read here rather than by git: a FIFO under its name
-    would have git wait for good, and a small file may inflate to fill the memory. None where
-    there is no such file."""
+def read_loose(path: Path, limit: int = MAX_OBJECT_BYTES) -> tuple[bytes, bytes] | None:
+    """A loose object's (kind, content) of at most `limit` bytes, read here rather than by git: a
+    FIFO under its name would have git wait for good, and a small file may inflate to fill the
+    memory. None where there is no such file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_OBJECT_BYTES:
-            raise ValueError(f"its file {path} is not a plain file of at most {MAX_OBJECT_BYTES >> 20} MB")
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            raise ValueError(f"its file {path} is not a plain file of at most {limit >> 20} MB")
         inflate = zlib.decompressobj()
-        data = inflate.decompress(f.read(), MAX_OBJECT_BYTES + 64)
+        data = inflate.decompress(f.read(), limit + 64)
     header, _, content = data.partition(b"\0")
     kind, _, size = header.partition(b" ")
     if inflate.unconsumed_tail or not size.isdigit() or int(size) != len(content):
-        raise ValueError(f"its file {path} is not a loose object of at most {MAX_OBJECT_BYTES >> 20} MB")
+        raise ValueError(f"its file {path} is not a loose object of at most {limit >> 20} MB")
     return kind, content
 
 
@@ -199,19 +216,18 @@ def hash_of(kind: bytes, data: bytes) -> str:
 
 def children(oid: str, kind: bytes, data: bytes) -> list[tuple[str, bytes]]:
     """The objects a commit or tree names: (name, kind). A gitlink names another repository's.
-    An object can hold anything that hashes to its name: one git would not have written is refused."""
+    An object holds anything that hashes to its name: one that git would not write is refused."""
     try:
         if kind == b"commit":
-            header = [line.split(b" ") for line in data.split(b"\n\n", 1)[0].split(b"\n")]
-            named = [(words[1].decode(), b"tree" if words[0] == b"tree" else b"commit")
-                     for words in header if words[0] in (b"tree", b"parent")]
-            if all(len(name) == 40 and set(name) <= set(HEX) for name, _ in named):
-                return named
+            header = data.split(b"\n\n", 1)[0]
+            named, fields = NAMED.findall(header), FIELDS.findall(header)
+            if header.startswith(b"tree ") and len(named) == len(fields) and fields.count(b"tree") == 1:
+                return [(name.decode(), b"tree" if field == b"tree" else b"commit") for field, name in named]
         elif kind == b"tree":
             return [(binsha.hex(), b"tree" if mode == 0o40000 else b"blob")
                     for binsha, mode, _ in tree_entries_from_data(data) if mode != 0o160000]
         else:
             return []
-    except (ValueError, IndexError, UnicodeDecodeError):
+    except (ValueError, IndexError):
         pass
     raise ObjectError(f"{kind.decode()} {oid[:10]} is not one git writes; nothing of that commit runs")

@@ -113,6 +113,7 @@ class Limits:
     disk_bytes: int = 16 << 30            # what its writable trees may grow by (org/diskwatch.py)
     disk_files: int = 100_000             # files and folders it may add there
     disk_reserve: int = 1 << 30           # free disk it may not write into: the harness's
+    disk_total: int | None = None         # what its writable trees may hold in all (an agent's work)
     processes: int = 512                  # processes and threads in the box, all together
     cores: tuple[int, ...] | None = None  # the only CPUs it may run on (None: any)
     cpu_weight: int = 100                 # its CPU time against other boxes' on a busy core (cgroup v2's
@@ -570,7 +571,7 @@ def source_files(source: str) -> list[Path]:
 def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, own_refs: str, own_objects: Path,
               pools=()) -> Sandbox:
     """An agent's command: its worktree, and what committing there writes in the shared .git
-    (objects, into `own_objects`, a folder of its own that the shared store lists as an alternate;
+    (objects, into `own_objects`, a folder of its own that no other box or git reads: org/objects.py;
     its worktree's own admin dir but its pointers; its own folder of branches `own_refs` under
     refs/heads/ with their reflogs), are writable; the rest of .git (the shared objects, config,
     hooks, info, the other branches, the other worktrees' admin dirs and the other agents' objects)
@@ -585,16 +586,15 @@ def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, o
                    readonly=[common], hidden=lab_private(lab_root),
                    # the pointers between the worktree and git_dir: rewritten, the next box's git_dir
                    # (Lab.admin_dir) could be any folder, and the harness's git calls would follow them;
-                   # its folder's packs and info (its alternates: where else git would read objects),
-                   # which every git reading the shared store reads too
+                   # its folder's packs and info (its alternates: where else its git would read objects),
+                   # what the harness takes in is read object by object (org/objects.py)
                    frozen=[worktree / ".git", git_dir / "gitdir", git_dir / "commondir",
                            own_objects / "pack", own_objects / "info"],
-                   # git in the box writes objects there, and reads the shared store after them
-                   env={"GIT_OBJECT_DIRECTORY": str(own_objects),
-                        "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(common / "objects")},
+                   env={"GIT_OBJECT_DIRECTORY": str(own_objects),  # then the shared store (quoted: a path's ':')
+                        "GIT_ALTERNATE_OBJECT_DIRECTORIES": json.dumps(str(common / "objects"), ensure_ascii=False)},
                    unix_sockets=False,
-                   # what it writes stays (its worktree): a few commands of 16 GB each brought the
-                   # disk to the runs' reserve, and every run that wrote then was killed; an agent's
-                   # boxes stop 8 GB short of full, and the runs keep the rest
-                   limits=Limits(file_bytes=1 << 30, address_bytes=16 << 30, cpu_weight=1,
-                                 disk_bytes=4 << 30, disk_reserve=AGENT_DISK_RESERVE, memory_pools=pools))
+                   # what it writes stays (its worktree): commands of 16 GB each took the disk to the runs'
+                   # reserve (every run that wrote was killed), and one agent's could take it from the others':
+                   # an agent's boxes stop 8 GB short of full (the runs keep the rest), its trees at 16 GB
+                   limits=Limits(file_bytes=1 << 30, address_bytes=16 << 30, cpu_weight=1, disk_bytes=4 << 30,
+                                 disk_total=16 << 30, disk_reserve=AGENT_DISK_RESERVE, memory_pools=pools))

@@ -10,9 +10,11 @@ import signal
 import time
 from pathlib import Path
 
+from git.exc import GitCommandError
+
 from org import OrgError
 from org.agents.control import Control
-from org.lab import Lab, agent_branch
+from org.lab import Lab, agent_branch, branch_owner
 from org.launch import RUNNER, STOP_SECONDS, git, mend_worktree, one_at_a_time, ours, send_signal
 from org.ledger import Ledger
 from org.mail import now, write_atomically
@@ -105,19 +107,26 @@ def clean(launch: ProgramSite) -> list[str]:
         lab.prune_worktrees()
         checked_out = {w["branch"] for w in lab.worktrees()}  # e.g. by a worktree made by hand: kept
         branches = [b for b in lab.repo.heads if b.name.startswith(f"agent/{name}/") and b.name not in checked_out]
-        for branch in branches:  # kept by the harness (a junk copy in another agent's folder read as none)
-            with contextlib.suppress(OrgError):
-                lab.take_in(f"refs/heads/{branch.name}")
-        for broken in [b for b in branches if lab.branch_problem(b.name)]:  # junk its agent's box wrote: no commit to keep
-            (Path(lab.repo.common_dir) / "refs" / "heads" / broken.name).unlink()  # (git refuses to)
-            branches.remove(broken)
+        kept = []
+        for branch in list(branches):  # the harness's now: no git outside a box reads an agent's folder
+            try:
+                sha = lab.repo.git.rev_parse("--verify", "-q", f"refs/heads/{branch.name}")
+            except GitCommandError:  # junk its agent's box wrote in the ref: no commit to keep
+                (Path(lab.repo.common_dir) / "refs" / "heads" / branch.name).unlink()  # (git refuses to)
+                branches.remove(branch)
+                continue
+            try:
+                lab.take_in(sha, branch_owner(branch.name))
+            except OrgError as e:  # a commit that cannot be taken in (its objects gone, or junk): the person decides
+                kept.append(f"kept branch {branch.name}: {e}")
+                branches.remove(branch)
         for branch in branches:
             lab.repo.git.update_ref(f"refs/nanolab/{name}/{branch.name}", branch.commit.hexsha)
             lab.repo.git.branch("-D", branch.name)
     with contextlib.suppress(OSError):
         (launch.root / "worktrees" / name).rmdir()
     return [f"removed {len(agents)} worktree(s) and {len(branches)} branch(es) of {name}; their commits stay "
-            f"under refs/nanolab/{name}/", f"kept: program/{name}, the ledger, mail and transcripts in {launch.lab_dir}"]
+            f"under refs/nanolab/{name}/", *kept, f"kept: program/{name}, the ledger, mail and transcripts in {launch.lab_dir}"]
 
 
 def wait_for_exit(launch: ProgramSite, timeout: float, names: list[str] | None = None) -> list[int]:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from org import OrgError, shown
 from org.agents.control import Control
-from org.launch import TAKEN_OVER, attach, ended_for_good, git, pane_path, person_identity, take_in_work
+from org.launch import TAKEN_OVER, attach, ended_for_good, git, pane_path, person_identity
 from org.lab import Lab, agent_branch
+from org.objects import agent_objects
 from org.mail import HUMAN, Mail, now, write_atomically
 from org.panes import RELEASE_KEY, TAKEOVER_KEY, Pane
 from org.workspace import ProgramSite, open_site
@@ -60,7 +61,7 @@ def cmd_takeover(args) -> int:
         raise OrgError(f"{agent} is already taken over; `org release {agent}` hands it back")
     control, tree = Control(launch.lab_dir, agent), launch.worktree(agent)
     with contextlib.closing(Lab.open(launch.root)) as lab:  # what the person's git reads of its work: its own
-        take_in_work(lab, tree, agent_branch(launch.name, agent))
+        lab.take_in_work(tree, agent_branch(launch.name, agent))
     write_atomically(launch.lab_dir / "takeover" / f"{agent}.json", json.dumps(
         {"tree": snapshot_tree(tree), "head": git(tree, "rev-parse", "HEAD"), "at": now()}))
     control.pause(TAKEN_OVER)
@@ -97,7 +98,10 @@ def person_shell(launch: ProgramSite, agent: str, backend: str) -> Pane:
     shell = os.environ.get("SHELL") or "/bin/bash"
     script = "printf '%s\\n' " + " ".join(shlex.quote(line) for line in banner) + f"; exec {shlex.quote(shell)} -i"
     env = {"NANOLAB_AGENT": agent, "NANOLAB_PROGRAM": launch.name, "NANOLAB_LAB": str(launch.root),
-           "PATH": pane_path(), **person_identity(launch.root)}
+           "PATH": pane_path(), **person_identity(launch.root),
+           # what the agent staged and did not commit is in its own folder only (org/objects.py)
+           "GIT_ALTERNATE_OBJECT_DIRECTORIES": json.dumps(str(agent_objects(launch.root / ".git", launch.name, agent)),
+                                                          ensure_ascii=False)}
     return Pane(agent, ["sh", "-c", script], tree, env)
 
 

@@ -73,6 +73,25 @@ def test_no_box_writes_into_the_harnesss_reserve_but_one_may_delete(tmp_path):
     assert written(tmp_path) == 0
 
 
+# 40 MB, then a look of the watch (1 s apart) before it ends
+CHUNK = "import time, uuid\nopen(uuid.uuid4().hex, 'wb').write(bytes(40 << 20)); time.sleep(2.5)\nprint('wrote')"
+
+
+def test_an_agents_commands_one_after_another_stop_at_its_total(tmp_path):
+    """Each of an agent's commands may write Limits.disk_bytes: one after another they took the
+    disk down to the harness's reserve, and from then on every other agent's command that wrote
+    was killed (they cannot delete that agent's files). An agent's trees hold Limits.disk_total at
+    most: a command that writes past it is killed; one that deletes goes on."""
+    bounds = {"disk_bytes": 64 << 20, "disk_total": 100 << 20}
+    first, second, third = (box_runs(tmp_path, CHUNK, **bounds) for _ in range(3))
+    assert first.returncode == second.returncode == 0 and first.stopped is None and second.stopped is None
+    assert third.returncode == -9 and "wrote" not in third.out, third.out
+    assert "its writable trees hold 120 MB, more than the 100 MB an agent's work may take" in third.stopped
+    cleanup = box_runs(tmp_path, "import glob, os\nos.remove(sorted(glob.glob('*'))[0])\nprint('deleted')", **bounds)
+    assert cleanup.returncode == 0 and cleanup.stopped is None
+    assert box_runs(tmp_path, "print('reads')", **bounds).stopped is None
+
+
 def test_a_box_within_its_bounds_is_left_alone(tmp_path):
     proc = box_runs(tmp_path, WRITE)  # the defaults: 16 GB, 100k files, 1 GB kept free
     assert proc.returncode == 0 and "wrote it all" in proc.out and proc.stopped is None, proc.out
@@ -121,3 +140,6 @@ def test_an_agents_box_stops_short_of_the_disk_the_runs_need(tmp_path):
     assert "less than the 8.0 GB the harness keeps" in over((0, 0), wrote, free, agent.limits)
     assert over((0, 0), wrote, free, run.limits) is None
     assert "more than the 4.0 GB a box may write" in over((0, 0), (5 << 30, 10), 100 << 30, agent.limits)
+    assert "more than the 16.0 GB an agent's work may take" in over((15 << 30, 0), (17 << 30, 10), 100 << 30, agent.limits)
+    assert over((17 << 30, 0), (16 << 30, 10), 100 << 30, agent.limits) is None  # deleting, over it
+    assert over((15 << 30, 0), (17 << 30, 10), 100 << 30, run.limits) is None

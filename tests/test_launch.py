@@ -428,24 +428,25 @@ def test_a_key_takes_a_pane_over_and_another_hands_it_back(org_project, monkeypa
 
 
 def test_a_junk_copy_in_another_agents_folder_drops_no_branch_at_clean(org_project, capsys):
-    """Each agent's box commits into a folder of its own, which git reads as an alternate, in
-    order. solo's box can leave junk there under the name of second's unsubmitted commit: git read
-    it first, second's branch named no commit, and `org clean` dropped it as junk its own box
-    wrote. Clean takes each branch in (copies that hash to their names) before it judges one."""
+    """Each agent's box commits into a folder of its own, which no git outside it reads: second's
+    unsubmitted commit read to `org clean` as a branch naming no commit, which it dropped as junk
+    its box wrote (and so would a junk copy in solo's folder, were the folders git's alternates).
+    Clean takes each branch in from its owner's folder (copies that hash to their names) first."""
     from org.lab import child_env
     from org.objects import agent_objects
     root = org_project(agents=SOLO + [{"name": "second", "backend": "scripted"}])
     assert main(["launch", "tiny", "--stagger", "0"]) == 0
     assert main(["stop", "tiny"]) == 0
     common = root / ".git"
+    agent_objects(common, "tiny", "second").mkdir(parents=True, exist_ok=True)  # (as its first box makes it)
     own = child_env({"GIT_OBJECT_DIRECTORY": str(agent_objects(common, "tiny", "second")),
                      "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(common / "objects"), "GIT_AUTHOR_NAME": "second",
                      "GIT_AUTHOR_EMAIL": "s@example.com", "GIT_COMMITTER_NAME": "second",
                      "GIT_COMMITTER_EMAIL": "s@example.com"})
     work = subprocess.run(["git", "commit-tree", "program/tiny^{tree}", "-p", "program/tiny", "-m", "second's work"],
                           cwd=root, env=own, check=True, capture_output=True, text=True).stdout.strip()
-    subprocess.run(["git", "update-ref", "refs/heads/agent/tiny/second/work", work], cwd=root, check=True)
-    junk = agent_objects(common, "tiny", "solo") / work[:2] / work[2:]  # solo's folder is listed first
+    subprocess.run(["git", "update-ref", "refs/heads/agent/tiny/second/work", work], cwd=root, env=own, check=True)
+    junk = agent_objects(common, "tiny", "solo") / work[:2] / work[2:]
     junk.parent.mkdir(exist_ok=True)
     junk.write_bytes(zlib.compress(b"blob 4\x00junk"))
     capsys.readouterr()

@@ -294,15 +294,18 @@ def test_an_object_swapped_under_its_name_is_caught_not_run(lab):
     assert not (lab.state_dir("softcap") / "snapshots" / commit).exists()
 
 
-def commit_in_own_folder(lab: Lab, worktree: Path, folder: Path, relpath: str, text: str) -> str:
-    """A commit as an agent's box makes it: its objects in its own folder (org/objects.py)."""
+def commit_in_own_folder(lab: Lab, worktree: Path, folder: Path, relpath: str, text: str) -> tuple[str, list[str]]:
+    """A commit as an agent's box makes it, its objects in its own folder (org/objects.py): (the
+    commit, every object it adds to the program's branch)."""
     env = child_env({"GIT_OBJECT_DIRECTORY": str(folder), "GIT_ALTERNATE_OBJECT_DIRECTORIES":
                      str(Path(lab.repo.common_dir) / "objects")})
     (worktree / relpath).write_text(text)
-    for argv in (["add", relpath], ["commit", "-qm", "own folder"]):
-        subprocess.run(["git", *argv], cwd=worktree, env=env, check=True)
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=worktree, env=env, check=True,
-                          capture_output=True, text=True).stdout.strip()
+
+    def git_(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=worktree, env=env, check=True, capture_output=True, text=True).stdout
+    git_("add", relpath)
+    git_("commit", "-qm", "own folder")
+    return git_("rev-parse", "HEAD").strip(), [line.split()[0] for line in git_("rev-list", "--objects", "program/softcap..HEAD").splitlines()]
 
 
 def write_loose(folder: Path, kind: bytes, body: bytes, name: str | None = None) -> str:
@@ -316,18 +319,19 @@ def write_loose(folder: Path, kind: bytes, body: bytes, name: str | None = None)
 
 
 def test_a_commit_is_taken_in_from_the_copy_that_holds_what_its_name_says(lab):
-    """take_in copies what the shared store lacks from the agents' folders, the first copy of each
-    object that hashes to its name: mallory's junk under alice's names, listed first, is passed
-    over. With junk only, or a commit no git writes, it refuses in one line and the commit is not
-    taken in."""
+    """take_in copies what the shared store lacks from its owner's folder, or where none is named
+    from any agent's, the first copy of each object that hashes to its name: aaron's junk under
+    alice's names, in a folder read first, is passed over. With junk only, or a commit no git
+    writes, it refuses in one line and the commit is not taken in. No git outside a box reads an
+    agent's folder, so the harness's git sees alice's commit only once it is taken in."""
     base = lab.start_program("softcap")
-    mallory, alice = lab.agent_objects("softcap", "mallory"), lab.agent_objects("softcap", "alice")
-    commit = commit_in_own_folder(lab, lab.add_worktree("softcap", "alice"), alice, "trainer/model.py", "WIDTH = 96\n")
-    blob = lab.repo.git.rev_parse(f"{commit}:trainer/model.py")
-    names = [line.split()[0] for line in lab.repo.git.rev_list("--objects", f"{base}..{commit}").splitlines()]
+    aaron, alice = lab.agent_objects("softcap", "aaron"), lab.agent_objects("softcap", "alice")
+    commit, names = commit_in_own_folder(lab, lab.add_worktree("softcap", "alice"), alice, "trainer/model.py", "WIDTH = 96\n")
+    with pytest.raises(git.GitCommandError):
+        lab.repo.git.cat_file("-e", commit)
     for name in names:
-        write_loose(mallory, b"blob", b"junk", name)
-    shared = Path(lab.repo.common_dir) / "objects"
+        write_loose(aaron, b"blob", b"junk", name)
+    blob = names[-1]
     kept = (alice / blob[:2] / blob[2:]).read_bytes()
     (alice / blob[:2] / blob[2:]).unlink()  # alice's own copy gone: junk only
     with pytest.raises(LabError, match=f"object {blob[:10]}: no copy in .* holds what its name says"):
@@ -335,16 +339,17 @@ def test_a_commit_is_taken_in_from_the_copy_that_holds_what_its_name_says(lab):
     assert not lab.objects.has(commit)
     (alice / blob[:2] / blob[2:]).write_bytes(kept)
     assert lab.take_in(commit) == commit and all(lab.objects.has(name) for name in names)
-    for name in names:  # all of it the harness's now: alice's folder and mallory's emptied lose nothing
-        for folder in (alice, mallory):
+    for name in names:  # all of it the harness's now: alice's folder and aaron's emptied lose nothing
+        for folder in (alice, aaron):
             (folder / name[:2] / name[2:]).unlink()
     assert (lab.snapshot(commit, "softcap") / "trainer" / "model.py").read_text() == "WIDTH = 96\n"
-    assert not list(shared.glob("??/*")), "taken in, then packed"
+    assert not list((Path(lab.repo.common_dir) / "objects").glob("??/*")), "taken in, then packed"
 
     tree = lab.repo.git.rev_parse(f"{base}^{{tree}}")
-    odd = write_loose(alice, b"commit", f"tree {tree}\nparent {'g' * 40}\n\nodd\n".encode())
-    with pytest.raises(LabError, match=f"commit {odd[:10]} is not one git writes"):
-        lab.take_in(odd)
+    for body in (f"tree {tree}\nparent {'g' * 40}\n\nodd\n", f"tree {tree}\ntree {tree}\n\nodd\n", "parent x\n" * 1000):
+        odd = write_loose(alice, b"commit", body.encode())
+        with pytest.raises(LabError, match=f"commit {odd[:10]} is not one git writes"):
+            lab.take_in(odd, ("softcap", "alice"))
     with pytest.raises(LabError, match=f"object {'1' * 10} \\(commit\\) is not in"):
         lab.take_in("1" * 40)
 

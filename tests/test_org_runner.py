@@ -220,10 +220,10 @@ def test_an_experiment_touching_protected_paths_is_refused_and_kept(make_project
 
 
 def test_a_commit_whose_objects_were_swapped_after_review_runs_what_was_reviewed(make_project, capsys):
-    """Every agent's box may write .git/objects (to commit), so a queued commit's file could be
+    """Every agent's box wrote .git/objects (to commit), so a queued commit's file could be
     replaced under its object name after it was accepted: git would hand the runner the new
-    content. The harness packs what it takes in (the packs are read-only in every box) and reads
-    a pack's copy first; a loose object swapped before then is refused (tests/test_org_lab.py)."""
+    content. No box writes there now (org/objects.py); still, the harness packs what it takes in
+    and reads a pack's copy first; a loose object swapped before then is refused (tests/test_org_lab.py)."""
     import zlib
     root = make_project(tiny_program(variants=[]))
     sha = agent_commit(root, "mallory", "trainer/model.py", lambda text: text + "\n# reviewed\n")

@@ -25,7 +25,7 @@ from typing import Callable
 
 from org import OrgError
 from org.improve import frontier, lineage, origin, unreproduced
-from org.lab import Lab, agent_refs
+from org.lab import Lab, agent_branch, agent_refs
 from org.ledger import FINISHED, Ledger, ledger_path, shown_seed
 from org.mail import EVERYONE, HUMAN, Mail, quote
 from org.program import Program, owned_by_program
@@ -180,6 +180,9 @@ class Tools:
             return ToolResult(f"error: {e}", error=True)
         except Exception as e:  # a bug or an OS error in a tool must not end the agent
             return ToolResult(f"error: {name} failed: {type(e).__name__}: {e}", error=True)
+        finally:  # its commits, made in its box, where the person's git and the harness's read them
+            with contextlib.suppress(OrgError, OSError):
+                self.lab.take_in_work(self.ws.root, agent_branch(self.program.name, self.agent))
         if isinstance(result, str):
             result = ToolResult(result)
         result.output = cap(result.output, self.limits.output_chars)
