@@ -7,7 +7,7 @@ the number of entries) and kills the box, saying why on proc.stopped, when
 - they hold more than Limits.disk_bytes, or more than Limits.disk_files entries, beyond what
   they held when it started: no box fills the disk, nor its table of files, on its own;
 - they hold more than Limits.disk_total in all (an agent's: its commands one after another) and
-  grew since it started;
+  grew by more than GROWTH_SLACK since it started (so one may always start, and delete);
 - the filesystem under them has less than Limits.disk_reserve free and they grew by more than
   GROWTH_SLACK since it started: boxes one after another (an agent's commands), or side by
   side, cannot take the last of the disk the harness writes its ledger and reports to. A box
@@ -73,7 +73,7 @@ def over(start: tuple[int, int], now: tuple[int, int], free: int, limits) -> str
         return f"its writable trees grew by {gib(grew)}, more than the {gib(limits.disk_bytes)} a box may write"
     if more > limits.disk_files:
         return f"it made {more} files and folders, more than the {limits.disk_files} a box may make"
-    if limits.disk_total is not None and now[0] > limits.disk_total and grew > 0:
+    if limits.disk_total is not None and now[0] > limits.disk_total and grew > GROWTH_SLACK:
         return (f"its writable trees hold {gib(now[0])}, more than the {gib(limits.disk_total)} an agent's work "
                 "may take (delete files to go on)")
     if free < limits.disk_reserve and grew > GROWTH_SLACK:

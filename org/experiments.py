@@ -38,6 +38,8 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
         versus, since = front["arm"], front["code_commit"]
         merge_problem = merge_problem or check_try(program, overrides, commit, front)
     reason = merge_problem or refusal(lab, program, base, commit, overrides)
+    if not reason:  # taken in as reviewed: its objects in a pack of their own
+        lab.pack_loose([commit])
     stage = "refused" if reason else ("tuning" if program.tune else "measuring")
     diff = lab.diff(since, commit)
     with ledger.tx():

@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import difflib
 import errno
+import fcntl
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -51,6 +53,7 @@ HARDENED_GIT = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "core.
 SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
 SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
 MAX_NAME_BYTES = 255  # a file's name, on every file system a lab lies on
+AGENT_TAKEN = 16 << 30  # what an agent's work may add to the shared objects over a program (its trees' bound)
 
 
 class LabError(OrgError):
@@ -456,42 +459,70 @@ class Lab:
         except ObjectError as e:
             raise LabError(str(e)) from None
 
-    def take_in(self, ref: str, owner: tuple[str, str] | None = None) -> str:
-        """The commit `ref` names, its objects copied into the shared store from the folder of the
-        agent whose box made them, `owner` = (program, agent) (or the one whose branch `ref` names;
-        any agent's where neither says), each checked against its name (org/objects.py); its full
-        sha. Git reads the ref only: no git outside a box reads an agent's folder."""
+    def take_in(self, ref: str, owner: tuple[str, str] | None = None, kind: bytes = b"commit") -> str:
+        """The object `ref` names (a commit, or a `kind`), and all it reaches, copied into the shared
+        store from the folder of the agent whose box made it: the one whose branch `ref` names,
+        else `owner` = (program, agent); none where neither says (a person's ref: its objects are
+        the shared store's already). Each is checked against its name, and an agent adds
+        AGENT_TAKEN bytes at most over a program (org/objects.py). Its full sha. Git reads the ref
+        only: no git outside a box reads an agent's folder."""
         try:
             sha = self.repo.git.rev_parse("--verify", "--end-of-options", ref)
         except git.GitCommandError:
             raise LabError(f"git ref {ref!r} does not exist in {self.root}") from None
-        owner = owner or branch_owner(ref)
+        owner = branch_owner(ref) or owner
         folder = agent_objects(self.repo.common_dir, *owner) if owner else None
         try:
-            written = self.objects.take_in(sha, folder if folder and folder.is_dir() else None)
-        except ObjectError as e:
+            with self.taken_by(owner) as (allowance, add):
+                add(self.objects.take_in(sha, folder if folder and folder.is_dir() else None, allowance, kind))
+        except (ObjectError, OSError) as e:  # (OSError: a pack half made by another process, say)
             raise LabError(f"git ref {ref!r}: {e}") from None
-        commit = self.resolve(sha)  # read from the shared store now (a tag peeled)
-        if written or not self.objects.is_packed(commit):  # (a person's commit is loose)
-            self.pack_loose([commit])
-        return commit
+        return self.resolve(sha) if kind == b"commit" else sha  # read from the shared store now (a tag peeled)
 
-    def take_in_work(self, worktree: Path, branch: str):
-        """An agent's branch and its worktree's HEAD taken in where they can be (take_in), for the
-        harness's git or a person's to read: no git outside the agent's box reads its folder.
-        Read from the files, not through git in the worktree; what cannot be taken in is left as
-        it is, for whoever reads it next to say so."""
+    @contextlib.contextmanager
+    def taken_by(self, owner: tuple[str, str] | None):
+        """(what the agent `owner` may still add to the shared store, a function adding to its
+        count), its count locked: what a box writes in its own folder counts against its disk,
+        and once taken in, no longer does."""
+        if owner is None:
+            yield 0, lambda n: None
+            return
+        path = self.state_dir(owner[0]) / "taken-in" / owner[1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            count = int(f.read().strip() or 0)
+            added = []
+            yield max(0, AGENT_TAKEN - count), added.append
+            f.seek(0)
+            f.truncate()
+            f.write(str(count + sum(added)))
+
+    def take_in_work(self, worktree: Path, branch: str, index: bool = False):
+        """An agent's branch and its worktree's HEAD (and with `index`, what it staged) taken in
+        where they can be (take_in), for the harness's git or a person's to read: no git outside
+        the agent's box reads its folder. HEAD is read from its file, and only a branch of the
+        agent's or a commit's name is taken; what cannot be taken in is left as it is, for whoever
+        reads it next to say so."""
         owner = branch_owner(branch)
+        if owner is None:
+            return
+        refs = [f"refs/heads/{branch}"]
         try:
             head = os.open(self.admin_dir(worktree) / "HEAD", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
             with os.fdopen(head, "rb") as f:
                 named = f.read(300).decode(errors="replace").strip().removeprefix("ref: ")
-        except (OSError, LabError):
-            named = None
-        for ref in dict.fromkeys([f"refs/heads/{branch}", named]):
+            if re.fullmatch(r"[0-9a-f]{40}", named) or named.startswith(f"refs/heads/{agent_refs(*owner)}/"):
+                refs.append(named)
+            staged = self.repo.git.ls_files("-s", "-z", env={"GIT_INDEX_FILE": str(self.admin_dir(worktree) / "index")}) \
+                if index else ""
+        except (OSError, LabError, git.GitCommandError):
+            staged = ""
+        blobs = [line.split(" ")[1] for line in staged.split("\0") if line.startswith("100")]
+        for ref, kind in [*((r, b"commit") for r in dict.fromkeys(refs)), *((b, b"blob") for b in blobs)]:
             with contextlib.suppress(LabError):
-                if ref and not ref.startswith("-"):
-                    self.take_in(ref, owner)
+                self.take_in(ref, owner, kind)
 
     def pack_loose(self, commits: list[str]):
         """Move the shared store's loose objects of `commits` (and their history) into a pack."""
@@ -544,38 +575,3 @@ def diff_summary(diff: str | None) -> str:
 
 
 # --- compiled kernels ----------------------------------------------------------------------
-
-# what Numba compiles into the CPU kernels: cpu_kernels.py, and the trainer modules whose globals
-# it bakes in (Numba checks only the first's hash; tests/test_org_lab.py checks this list)
-KERNEL_SOURCES = ("trainer/cpu_kernels.py", "trainer/ops.py", "trainer/backend.py")
-
-
-def copy_kernel_cache(base_code: Path, base_cache: Path, code: Path, cache: Path):
-    """Create `code`'s compiled-kernel cache, starting from a copy of the base commit's when the
-    kernels' sources are the base's byte for byte: Numba files a cache under its source's
-    directory and checks the source's hash, so the copy, filed under `code`'s directory, is found
-    and valid, and the commit's runs compile nothing (7-14 s a run on 2 cores). Only what the
-    base commit's own runs compiled is copied (the program's code, trusted), as bytes: the
-    harness never loads it. Kernels of sources of their own start empty, as before."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
-    found = base_cache / numba_subdir(base_code / "trainer")
-    if found.is_dir() and all(_bytes(base_code / f) == _bytes(code / f) for f in KERNEL_SOURCES):
-        shutil.copytree(found, tmp / numba_subdir(code / "trainer"))
-    tmp.rename(cache)
-
-
-def numba_subdir(directory: Path) -> str:
-    """Where under NUMBA_CACHE_DIR Numba keeps the cache of the modules in `directory` (its
-    UserProvidedCacheLocator: the directory's name and the SHA-1 of its absolute path)."""
-    import hashlib
-    path = os.path.abspath(directory)
-    return f"{os.path.basename(path)}_{hashlib.sha1(path.encode()).hexdigest()}"
-
-
-def _bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
-

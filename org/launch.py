@@ -195,6 +195,7 @@ def check_branches(lab: Lab, launch: ProgramSite):
 
 
 def check_agent_branch(lab: Lab, base: str, branch: str, agent: str, path: Path, trees: dict):
+    lab.take_in_work(path, branch)  # (no git outside the agent's box reads its own objects)
     broken = lab.branch_problem(branch)  # its agent's box wrote junk there
     if broken:
         raise OrgError(f"{broken}, and launch again")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -40,8 +41,10 @@ from gitdb.db.pack import PackedDB
 from org import OrgError
 
 MAX_OBJECT_BYTES = 1 << 30    # a loose object's file, and what it inflates to
-MAX_LISTING_BYTES = 64 << 20  # a commit or a tree (git writes far smaller ones): what a walk holds
+MAX_LISTING_BYTES = 8 << 20   # a commit or a tree (300,000 entries): git writes far smaller ones
 MAX_TAKEN_BYTES = 8 << 30     # what one take_in inflates in all, junk copies included
+MAX_TAKEN_OBJECTS = 500_000   # what one take_in walks (names on its stack)
+DISK_RESERVE = 8 << 30        # free disk no take_in writes into (an agent's box's: org/sandbox.py)
 PACK_SECONDS = 600  # packing what a snapshot took in: minutes only for a huge history
 AGENT_OBJECTS = "agent-objects"
 NAMED = re.compile(rb"^(tree|parent) ([0-9a-f]{40})$", re.M)  # the objects a commit's header names
@@ -76,28 +79,38 @@ class ObjectStore:
 
     # --- taking a commit in --------------------------------------------------------------
 
-    def take_in(self, commit: str, owner: Path | None = None) -> int:
-        """Copy `commit` and every object it reaches that the shared store lacks into the shared
-        store: from the folder `owner` of the agent whose box made it (which reads no other
-        agent's), or, where that is not known, any agent's; the first copy that is what its name
-        says. Written children first: an object in the shared store has all it reaches there too,
-        so the walk stops at the first it meets (the program's base, a commit taken in before).
-        The walk holds names only: each object is read again as it is written. How many it wrote."""
-        folders = [owner] if owner else sorted((self.common / AGENT_OBJECTS).glob("*/*"))
-        stack, seen, self.taken, written = [(commit, b"commit", False)], set(), 0, 0
+    def take_in(self, oid: str, owner: Path | None, allowance: int, kind: bytes = b"commit") -> int:
+        """Copy `oid` (a commit, or a `kind`) and every object it reaches that the shared store
+        lacks into the shared store, from the folder `owner` of the agent whose box made them (no
+        folder: nothing is copied), each copy checked against its name; `allowance` bytes at most.
+        Written children first: an object in the shared store has all it reaches there too, so the
+        walk stops at the first it meets (the program's base, a commit taken in before). The walk
+        holds names only, each object read again as it is written. Returns the bytes it wrote."""
+        folders = [owner] if owner else []
+        stack, seen, self.taken, written, pushed = [(oid, kind, False)], set(), 0, 0, 1
         while stack:
-            oid, kind, expanded = stack.pop()
+            name, kind, expanded = stack.pop()
+            if not expanded and (name in seen or self.has(name)):
+                continue
+            if kind == b"blob" and not expanded:  # it names nothing: read once, as it is written
+                seen.add(name)
+                stack.append((name, kind, True))
+                continue
+            data = self.agents_copy(name, kind, folders)
             if expanded:  # all it names is in: now it
-                self.write_loose(oid, kind, self.agents_copy(oid, kind, folders))
-                written += 1
+                if written + len(data) > allowance:
+                    raise ObjectError(f"taking in {oid[:10]} would put more than the {gib(allowance)} this agent "
+                                      "may still add into the lab's objects; nothing more of its work is taken in")
+                self.write_loose(name, kind, data)
+                written += len(data)
                 continue
-            if oid in seen or self.has(oid):
-                continue
-            seen.add(oid)
-            stack.append((oid, kind, True))
-            if kind != b"blob":
-                stack += [(child, child_kind, False)
-                          for child, child_kind in children(oid, kind, self.agents_copy(oid, kind, folders))]
+            seen.add(name)
+            named = [(child, child_kind, False) for child, child_kind in children(name, kind, data)
+                     if child not in seen and not self.has(child)]
+            pushed += len(named)
+            if pushed > MAX_TAKEN_OBJECTS:
+                raise ObjectError(f"taking in {oid[:10]} reached over {MAX_TAKEN_OBJECTS} objects; nothing of it runs")
+            stack += [(name, kind, True), *named]
         return written
 
     def has(self, oid: str) -> bool:
@@ -130,9 +143,12 @@ class ObjectStore:
         raise ObjectError(f"object {oid[:10]} ({kind.decode()}) is not in {self.common}")
 
     def write_loose(self, oid: str, kind: bytes, data: bytes):
-        """A loose object in the shared store, whole or not at all (a link is atomic)."""
+        """A loose object in the shared store, whole or not at all (a link is atomic), never into
+        the disk an agent's box keeps clear (org/sandbox.py's AGENT_DISK_RESERVE)."""
         path = self.shared / oid[:2] / oid[2:]
         try:
+            if shutil.disk_usage(self.shared).free < DISK_RESERVE + len(data):
+                raise ObjectError(f"object {oid[:10]} is not taken in: the disk has less than {gib(DISK_RESERVE)} free")
             path.parent.mkdir(exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{oid[2:12]}.", dir=path.parent)
             with os.fdopen(fd, "wb") as f:
@@ -207,6 +223,10 @@ def read_loose(path: Path, limit: int = MAX_OBJECT_BYTES) -> tuple[bytes, bytes]
     if inflate.unconsumed_tail or not size.isdigit() or int(size) != len(content):
         raise ValueError(f"its file {path} is not a loose object of at most {limit >> 20} MB")
     return kind, content
+
+
+def gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GB"
 
 
 def hash_of(kind: bytes, data: bytes) -> str:

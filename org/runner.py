@@ -42,7 +42,8 @@ from org.bytecode import fill as fill_bytecode, source_only
 from org.cgroups import pools
 from org.cluster import GPU, connect, job_id, machine
 from org.remote import last_line
-from org.lab import Lab, LabError, child_env, copy_kernel_cache
+from org.kernelcache import copy_kernel_cache
+from org.lab import Lab, LabError, child_env
 from org.ledger import Ledger, budget_of
 from org.measure import (MeasureError, check_result, cross_check, evaluator_env, export_for_models, job_for,
                           measure_run, models_data, planted, read_result, runs_data, split_key_file,
@@ -483,10 +484,9 @@ class Runner:
         return f"wall time over run_timeout_seconds ({timeout:g}s), killed by the runner"
 
     def kernels(self, snapshot: Path, private: Path | None = None) -> Path:
-        """A commit's compiled kernels (Numba's cache). The base commit's runs share one: its code
-        is the program's. A run or a measuring worker of another commit gets a fresh one at
-        `private`: a cache its code writes and its next run (or the fresh worker that checks it)
-        reads would carry state between them. A new one starts as lab.copy_kernel_cache says."""
+        """A commit's compiled kernels (Numba's cache; org/kernelcache.py). The base commit's runs
+        share one: its code is the program's. A run or a measuring worker of another commit gets a
+        fresh one at `private`: a cache its code writes and its next run (or the worker that checks it) reads would carry state."""
         cache = private or self.lab.state_dir(self.program.name) / "kernels" / snapshot.name
         with self.kernel_lock:
             if private:

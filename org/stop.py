@@ -55,8 +55,11 @@ def stop_now(launch: ProgramSite, timeout: float) -> list[str]:
     write_atomically(launch.panes_dir / "stop", now())  # keepers restart nothing from here on
     for agent in launch.agents:
         if (launch.lab_dir / "takeover" / f"{agent}.json").exists():
-            release(launch, agent, "the org was stopped while you were taken over")
-            lines.append(f"{agent} was taken over: the person's shell is closed; {agent} was told what they changed")
+            try:
+                release(launch, agent, "the org was stopped while you were taken over")
+                lines.append(f"{agent} was taken over: the person's shell is closed; {agent} was told what they changed")
+            except OrgError as e:  # (the stop goes on: what its worktree holds stays for the next launch)
+                lines.append(f"{agent} was taken over: the person's shell is closed; what they changed could not be read: {e}")
         Control(launch.lab_dir, agent).stop("org stop")
     runner = launch.keeper(RUNNER).get("pid")
     if ours(runner):

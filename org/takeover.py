@@ -17,7 +17,6 @@ from org import OrgError, shown
 from org.agents.control import Control
 from org.launch import TAKEN_OVER, attach, ended_for_good, git, pane_path, person_identity
 from org.lab import Lab, agent_branch
-from org.objects import agent_objects
 from org.mail import HUMAN, Mail, now, write_atomically
 from org.panes import RELEASE_KEY, TAKEOVER_KEY, Pane
 from org.workspace import ProgramSite, open_site
@@ -60,8 +59,7 @@ def cmd_takeover(args) -> int:
     if grid.find(agent, taken=True):
         raise OrgError(f"{agent} is already taken over; `org release {agent}` hands it back")
     control, tree = Control(launch.lab_dir, agent), launch.worktree(agent)
-    with contextlib.closing(Lab.open(launch.root)) as lab:  # what the person's git reads of its work: its own
-        lab.take_in_work(tree, agent_branch(launch.name, agent))
+    take_in(launch, agent)
     write_atomically(launch.lab_dir / "takeover" / f"{agent}.json", json.dumps(
         {"tree": snapshot_tree(tree), "head": git(tree, "rev-parse", "HEAD"), "at": now()}))
     control.pause(TAKEN_OVER)
@@ -79,10 +77,18 @@ def cmd_takeover(args) -> int:
         print(f"{agent} pauses when its current turn ends; then its pane is yours: Claude Code "
               f"waits at its prompt. `org release {agent}` hands it back.")
         return 0
+    take_in(launch, agent)  # what it did until it paused
     grid.take_over(agent, person_shell(launch, agent, backend), hint)
     print(f"{agent} is paused; its pane is yours: a shell in {tree}. "
           f"`org release {agent}` hands it back, telling {agent} what you changed.")
     return 0
+
+
+def take_in(launch: ProgramSite, agent: str):
+    """The agent's branch, HEAD and what it staged, into the shared object store: the person's
+    git reads no agent's own objects (org/objects.py), and their commit needs what it staged."""
+    with contextlib.closing(Lab.open(launch.root)) as lab:
+        lab.take_in_work(launch.worktree(agent), agent_branch(launch.name, agent), index=True)
 
 
 def person_shell(launch: ProgramSite, agent: str, backend: str) -> Pane:
@@ -98,10 +104,7 @@ def person_shell(launch: ProgramSite, agent: str, backend: str) -> Pane:
     shell = os.environ.get("SHELL") or "/bin/bash"
     script = "printf '%s\\n' " + " ".join(shlex.quote(line) for line in banner) + f"; exec {shlex.quote(shell)} -i"
     env = {"NANOLAB_AGENT": agent, "NANOLAB_PROGRAM": launch.name, "NANOLAB_LAB": str(launch.root),
-           "PATH": pane_path(), **person_identity(launch.root),
-           # what the agent staged and did not commit is in its own folder only (org/objects.py)
-           "GIT_ALTERNATE_OBJECT_DIRECTORIES": json.dumps(str(agent_objects(launch.root / ".git", launch.name, agent)),
-                                                          ensure_ascii=False)}
+           "PATH": pane_path(), **person_identity(launch.root)}
     return Pane(agent, ["sh", "-c", script], tree, env)
 
 
@@ -127,6 +130,7 @@ def release(launch: ProgramSite, agent: str, note: str | None = None) -> str:
     (commits and uncommitted edits, as one diff against the takeover's snapshot)."""
     record_path = launch.lab_dir / "takeover" / f"{agent}.json"
     taken = json.loads(record_path.read_text())
+    take_in(launch, agent)  # a CLI's commits since (its pane was handed over as it was)
     message = change_note(launch.worktree(agent), taken, note)
     Control(launch.lab_dir, agent).resume(message)  # the mail first, then the pause lifts
     record_path.unlink()

@@ -73,8 +73,8 @@ def test_no_box_writes_into_the_harnesss_reserve_but_one_may_delete(tmp_path):
     assert written(tmp_path) == 0
 
 
-# 40 MB, then a look of the watch (1 s apart) before it ends
-CHUNK = "import time, uuid\nopen(uuid.uuid4().hex, 'wb').write(bytes(40 << 20)); time.sleep(2.5)\nprint('wrote')"
+# 80 MB (more than the 64 MB of small edits a box may always make), then a look of the watch
+CHUNK = "import time, uuid\nopen(uuid.uuid4().hex, 'wb').write(bytes(80 << 20)); time.sleep(2.5)\nprint('wrote')"
 
 
 def test_an_agents_commands_one_after_another_stop_at_its_total(tmp_path):
@@ -82,11 +82,11 @@ def test_an_agents_commands_one_after_another_stop_at_its_total(tmp_path):
     disk down to the harness's reserve, and from then on every other agent's command that wrote
     was killed (they cannot delete that agent's files). An agent's trees hold Limits.disk_total at
     most: a command that writes past it is killed; one that deletes goes on."""
-    bounds = {"disk_bytes": 64 << 20, "disk_total": 100 << 20}
+    bounds = {"disk_bytes": 128 << 20, "disk_total": 200 << 20}
     first, second, third = (box_runs(tmp_path, CHUNK, **bounds) for _ in range(3))
     assert first.returncode == second.returncode == 0 and first.stopped is None and second.stopped is None
     assert third.returncode == -9 and "wrote" not in third.out, third.out
-    assert "its writable trees hold 120 MB, more than the 100 MB an agent's work may take" in third.stopped
+    assert "its writable trees hold 240 MB, more than the 200 MB an agent's work may take" in third.stopped
     cleanup = box_runs(tmp_path, "import glob, os\nos.remove(sorted(glob.glob('*'))[0])\nprint('deleted')", **bounds)
     assert cleanup.returncode == 0 and cleanup.stopped is None
     assert box_runs(tmp_path, "print('reads')", **bounds).stopped is None

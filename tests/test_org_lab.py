@@ -10,7 +10,7 @@ from pathlib import Path
 import git
 import pytest
 
-from org.lab import Lab, LabError, child_env
+from org.lab import AGENT_TAKEN, Lab, LabError, child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -318,12 +318,12 @@ def write_loose(folder: Path, kind: bytes, body: bytes, name: str | None = None)
     return name
 
 
-def test_a_commit_is_taken_in_from_the_copy_that_holds_what_its_name_says(lab):
-    """take_in copies what the shared store lacks from its owner's folder, or where none is named
-    from any agent's, the first copy of each object that hashes to its name: aaron's junk under
-    alice's names, in a folder read first, is passed over. With junk only, or a commit no git
-    writes, it refuses in one line and the commit is not taken in. No git outside a box reads an
-    agent's folder, so the harness's git sees alice's commit only once it is taken in."""
+def test_a_commit_is_taken_in_from_its_owners_folder_checked_and_bounded(lab):
+    """take_in copies what the shared store lacks from the folder of the agent whose box made it,
+    each object checked against its name, and no other folder: aaron's junk under alice's names
+    is never read. A junk copy, a commit no git writes, or more than the agent may still add is
+    one line, and the commit is not taken in. No git outside a box reads an agent's folder, so
+    the harness's git sees alice's commit only once it is taken in."""
     base = lab.start_program("softcap")
     aaron, alice = lab.agent_objects("softcap", "aaron"), lab.agent_objects("softcap", "alice")
     commit, names = commit_in_own_folder(lab, lab.add_worktree("softcap", "alice"), alice, "trainer/model.py", "WIDTH = 96\n")
@@ -331,27 +331,56 @@ def test_a_commit_is_taken_in_from_the_copy_that_holds_what_its_name_says(lab):
         lab.repo.git.cat_file("-e", commit)
     for name in names:
         write_loose(aaron, b"blob", b"junk", name)
+    with pytest.raises(LabError, match=f"object {commit[:10]} \\(commit\\) is not in"):
+        lab.take_in(commit)  # whose it is, nobody says: no folder is read
     blob = names[-1]
     kept = (alice / blob[:2] / blob[2:]).read_bytes()
-    (alice / blob[:2] / blob[2:]).unlink()  # alice's own copy gone: junk only
-    with pytest.raises(LabError, match=f"object {blob[:10]}: no copy in .* holds what its name says"):
-        lab.take_in(commit)
+    write_loose(alice, b"blob", b"junk", blob)  # alice's own copy junk
+    with pytest.raises(LabError, match=f"object {blob[:10]}: no copy in {alice} holds what its name says"):
+        lab.take_in(commit, ("softcap", "alice"))
     assert not lab.objects.has(commit)
     (alice / blob[:2] / blob[2:]).write_bytes(kept)
-    assert lab.take_in(commit) == commit and all(lab.objects.has(name) for name in names)
-    for name in names:  # all of it the harness's now: alice's folder and aaron's emptied lose nothing
-        for folder in (alice, aaron):
-            (folder / name[:2] / name[2:]).unlink()
+    taken = lab.state_dir("softcap") / "taken-in" / "alice"
+    taken.write_text(str(AGENT_TAKEN - 10))  # what alice may still add: 10 bytes
+    with pytest.raises(LabError, match="would put more than the 0.0 GB this agent may still add"):
+        lab.take_in(commit, ("softcap", "alice"))
+    taken.write_text("0")
+    assert lab.take_in(commit, ("softcap", "alice")) == commit and all(lab.objects.has(name) for name in names)
+    assert 0 < int(taken.read_text()) < 1000
+    for name in names:  # all of it the harness's now: alice's folder emptied loses nothing
+        (alice / name[:2] / name[2:]).unlink()
     assert (lab.snapshot(commit, "softcap") / "trainer" / "model.py").read_text() == "WIDTH = 96\n"
-    assert not list((Path(lab.repo.common_dir) / "objects").glob("??/*")), "taken in, then packed"
 
     tree = lab.repo.git.rev_parse(f"{base}^{{tree}}")
     for body in (f"tree {tree}\nparent {'g' * 40}\n\nodd\n", f"tree {tree}\ntree {tree}\n\nodd\n", "parent x\n" * 1000):
         odd = write_loose(alice, b"commit", body.encode())
         with pytest.raises(LabError, match=f"commit {odd[:10]} is not one git writes"):
             lab.take_in(odd, ("softcap", "alice"))
-    with pytest.raises(LabError, match=f"object {'1' * 10} \\(commit\\) is not in"):
-        lab.take_in("1" * 40)
+
+
+def test_an_agents_branch_head_and_staged_files_are_taken_in_whatever_its_head_holds(lab):
+    """Before the harness or a person reads an agent's worktree (org stop, launch, takeover, and
+    as each tool call ends), its branch and HEAD are taken in, and for a takeover what it staged:
+    the person's commit needs those blobs. HEAD is a file its box writes: whatever it holds, the
+    take-in is quiet, and only a name of the agent's branches or a commit's is ever handed to git."""
+    lab.start_program("softcap")
+    folder, tree = lab.agent_objects("softcap", "alice"), lab.add_worktree("softcap", "alice")
+    commit, _ = commit_in_own_folder(lab, tree, folder, "trainer/model.py", "WIDTH = 96\n")
+    (tree / "staged.txt").write_text("staged, not committed\n")
+    env = child_env({"GIT_OBJECT_DIRECTORY": str(folder),
+                     "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(Path(lab.repo.common_dir) / "objects")})
+    subprocess.run(["git", "add", "staged.txt"], cwd=tree, env=env, check=True)
+    staged = subprocess.run(["git", "rev-parse", ":staged.txt"], cwd=tree, env=env, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    head = lab.admin_dir(tree) / "HEAD"
+    for junk in ("ref: refs/heads/main\0x\n", ":/WIDTH\n", "--output=/tmp/x\n", "\xff" * 400):
+        head.write_text(junk)
+        lab.take_in_work(tree, "agent/softcap/alice/work")  # quiet, whatever HEAD holds
+    assert lab.objects.has(commit) and not lab.objects.has(staged)
+    head.write_text(f"{commit}\n")
+    lab.take_in_work(tree, "agent/softcap/alice/work", index=True)
+    assert lab.objects.has(staged)
+    assert lab.repo.git.cat_file("-p", staged) == "staged, not committed"
 
 
 def test_an_object_made_a_fifo_or_a_bomb_stops_nothing(lab):
@@ -404,7 +433,7 @@ def test_the_kernel_sources_are_what_the_cpu_kernels_import_and_numba_files_them
     from pathlib import Path
 
     from numba.core.caching import _CacheLocator
-    from org.lab import KERNEL_SOURCES, numba_subdir
+    from org.kernelcache import KERNEL_SOURCES, numba_subdir
     trainer = Path(__file__).resolve().parents[1] / "trainer"
     found, todo = set(), ["cpu_kernels"]
     while todo:
