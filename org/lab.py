@@ -474,7 +474,10 @@ class Lab:
         folder = agent_objects(self.repo.common_dir, *owner) if owner else None
         try:
             with self.taken_by(owner) as (allowance, add):
-                add(self.objects.take_in(sha, folder if folder and folder.is_dir() else None, allowance, kind))
+                try:
+                    self.objects.take_in(sha, folder if folder and folder.is_dir() else None, allowance, kind)
+                finally:
+                    add(self.objects.written)
         except (ObjectError, OSError) as e:  # (OSError: a pack half made by another process, say)
             raise LabError(f"git ref {ref!r}: {e}") from None
         return self.resolve(sha) if kind == b"commit" else sha  # read from the shared store now (a tag peeled)
@@ -494,10 +497,12 @@ class Lab:
             f.seek(0)
             count = int(f.read().strip() or 0)
             added = []
-            yield max(0, AGENT_TAKEN - count), added.append
-            f.seek(0)
-            f.truncate()
-            f.write(str(count + sum(added)))
+            try:
+                yield max(0, AGENT_TAKEN - count), added.append
+            finally:  # (a take-in that failed part way wrote what it wrote)
+                f.seek(0)
+                f.truncate()
+                f.write(str(count + sum(added)))
 
     def take_in_work(self, worktree: Path, branch: str, index: bool = False):
         """An agent's branch and its worktree's HEAD (and with `index`, what it staged) taken in

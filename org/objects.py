@@ -65,7 +65,7 @@ class ObjectStore:
         self.common = Path(common_dir)
         self.shared = self.common / "objects"
         self._packs = PackedDB(str(self.shared / "pack"))  # (read in Python: never through git)
-        self.taken = 0
+        self.taken = self.written = 0  # what the last take_in read, and wrote
 
     def agent_folder(self, program: str, agent: str) -> Path:
         """agent_objects(), made, with its pack/ and info/ (read-only in its box: packs and
@@ -87,7 +87,7 @@ class ObjectStore:
         walk stops at the first it meets (the program's base, a commit taken in before). The walk
         holds names only, each object read again as it is written. Returns the bytes it wrote."""
         folders = [owner] if owner else []
-        stack, seen, self.taken, written, pushed = [(oid, kind, False)], set(), 0, 0, 1
+        stack, seen, self.taken, self.written, pushed = [(oid, kind, False)], set(), 0, 0, 1
         while stack:
             name, kind, expanded = stack.pop()
             if not expanded and (name in seen or self.has(name)):
@@ -98,11 +98,11 @@ class ObjectStore:
                 continue
             data = self.agents_copy(name, kind, folders)
             if expanded:  # all it names is in: now it
-                if written + len(data) > allowance:
+                if self.written + len(data) > allowance:
                     raise ObjectError(f"taking in {oid[:10]} would put more than the {gib(allowance)} this agent "
                                       "may still add into the lab's objects; nothing more of its work is taken in")
                 self.write_loose(name, kind, data)
-                written += len(data)
+                self.written += len(data)  # (counted as it goes: a take-in that fails later wrote this)
                 continue
             seen.add(name)
             named = [(child, child_kind, False) for child, child_kind in children(name, kind, data)
@@ -111,7 +111,7 @@ class ObjectStore:
             if pushed > MAX_TAKEN_OBJECTS:
                 raise ObjectError(f"taking in {oid[:10]} reached over {MAX_TAKEN_OBJECTS} objects; nothing of it runs")
             stack += [(name, kind, True), *named]
-        return written
+        return self.written
 
     def has(self, oid: str) -> bool:
         return (self.shared / oid[:2] / oid[2:]).exists() or self.is_packed(oid)

@@ -339,8 +339,9 @@ def test_a_commit_is_taken_in_from_its_owners_folder_checked_and_bounded(lab):
     with pytest.raises(LabError, match=f"object {blob[:10]}: no copy in {alice} holds what its name says"):
         lab.take_in(commit, ("softcap", "alice"))
     assert not lab.objects.has(commit)
-    (alice / blob[:2] / blob[2:]).write_bytes(kept)
     taken = lab.state_dir("softcap") / "taken-in" / "alice"
+    assert taken.read_text() == "0"  # (what a take-in that fails part way wrote counts too: here nothing)
+    (alice / blob[:2] / blob[2:]).write_bytes(kept)
     taken.write_text(str(AGENT_TAKEN - 10))  # what alice may still add: 10 bytes
     with pytest.raises(LabError, match="would put more than the 0.0 GB this agent may still add"):
         lab.take_in(commit, ("softcap", "alice"))
