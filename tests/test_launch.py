@@ -447,7 +447,7 @@ def test_a_junk_copy_in_another_agents_folder_drops_no_branch_at_clean(org_proje
                           cwd=root, env=own, check=True, capture_output=True, text=True).stdout.strip()
     subprocess.run(["git", "update-ref", "refs/heads/agent/tiny/second/work", work], cwd=root, env=own, check=True)
     junk = agent_objects(common, "tiny", "solo") / work[:2] / work[2:]
-    junk.parent.mkdir(exist_ok=True)
+    junk.parent.mkdir(parents=True, exist_ok=True)  # (solo's folder: made by its first box, if it ran one)
     junk.write_bytes(zlib.compress(b"blob 4\x00junk"))
     capsys.readouterr()
     assert main(["clean", "tiny"]) == 0
