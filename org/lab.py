@@ -470,7 +470,14 @@ class Lab:
             sha = self.repo.git.rev_parse("--verify", "--end-of-options", ref)
         except git.GitCommandError:
             raise LabError(f"git ref {ref!r} does not exist in {self.root}") from None
-        owner = branch_owner(ref) or owner
+        self.copy_in(ref, sha, branch_owner(ref) or owner, kind)
+        return self.resolve(sha) if kind == b"commit" else sha  # read from the shared store now (a tag peeled)
+
+    def copy_in(self, ref: str, sha: str, owner: tuple[str, str] | None, kind: bytes):
+        """take_in's copy, past its first test: an object in the shared store has all it reaches
+        there too (as each tool call ends, that is most often all there is to it)."""
+        if self.objects.has(sha):
+            return
         folder = agent_objects(self.repo.common_dir, *owner) if owner else None
         try:
             with self.taken_by(owner) as (allowance, add):
@@ -480,7 +487,6 @@ class Lab:
                     add(self.objects.written)
         except (ObjectError, OSError) as e:  # (OSError: a pack half made by another process, say)
             raise LabError(f"git ref {ref!r}: {e}") from None
-        return self.resolve(sha) if kind == b"commit" else sha  # read from the shared store now (a tag peeled)
 
     @contextlib.contextmanager
     def taken_by(self, owner: tuple[str, str] | None):
@@ -500,9 +506,10 @@ class Lab:
             try:
                 yield max(0, AGENT_TAKEN - count), added.append
             finally:  # (a take-in that failed part way wrote what it wrote)
-                f.seek(0)
-                f.truncate()
-                f.write(str(count + sum(added)))
+                if sum(added):
+                    f.seek(0)
+                    f.truncate()
+                    f.write(str(count + sum(added)))
 
     def take_in_work(self, worktree: Path, branch: str, index: bool = False):
         """An agent's branch and its worktree's HEAD (and with `index`, what it staged) taken in
@@ -526,8 +533,8 @@ class Lab:
             staged = ""
         blobs = [line.split(" ")[1] for line in staged.split("\0") if line.startswith("100")]
         for ref, kind in [*((r, b"commit") for r in dict.fromkeys(refs)), *((b, b"blob") for b in blobs)]:
-            with contextlib.suppress(LabError):
-                self.take_in(ref, owner, kind)
+            with contextlib.suppress(LabError, git.GitCommandError):  # (no such ref: nothing to take in)
+                self.copy_in(ref, self.repo.git.rev_parse("--verify", "--end-of-options", ref), owner, kind)
 
     def pack_loose(self, commits: list[str]):
         """Move the shared store's loose objects of `commits` (and their history) into a pack."""

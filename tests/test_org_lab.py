@@ -294,16 +294,18 @@ def test_an_object_swapped_under_its_name_is_caught_not_run(lab):
     assert not (lab.state_dir("softcap") / "snapshots" / commit).exists()
 
 
-def commit_in_own_folder(lab: Lab, worktree: Path, folder: Path, relpath: str, text: str) -> tuple[str, list[str]]:
+def commit_in_own_folder(lab: Lab, worktree: Path, folder: Path, relpath: str, text: str,
+                         more: dict[str, str] = {}) -> tuple[str, list[str]]:
     """A commit as an agent's box makes it, its objects in its own folder (org/objects.py): (the
-    commit, every object it adds to the program's branch)."""
+    commit, every object it adds to the program's branch). `more`: other files it adds."""
     env = child_env({"GIT_OBJECT_DIRECTORY": str(folder), "GIT_ALTERNATE_OBJECT_DIRECTORIES":
                      str(Path(lab.repo.common_dir) / "objects")})
-    (worktree / relpath).write_text(text)
+    for path, body in {relpath: text, **more}.items():
+        (worktree / path).write_text(body)
 
     def git_(*argv: str) -> str:
         return subprocess.run(["git", *argv], cwd=worktree, env=env, check=True, capture_output=True, text=True).stdout
-    git_("add", relpath)
+    git_("add", relpath, *more)
     git_("commit", "-qm", "own folder")
     return git_("rev-parse", "HEAD").strip(), [line.split()[0] for line in git_("rev-list", "--objects", "program/softcap..HEAD").splitlines()]
 
@@ -340,7 +342,7 @@ def test_a_commit_is_taken_in_from_its_owners_folder_checked_and_bounded(lab):
         lab.take_in(commit, ("softcap", "alice"))
     assert not lab.objects.has(commit)
     taken = lab.state_dir("softcap") / "taken-in" / "alice"
-    assert taken.read_text() == "0"  # (what a take-in that fails part way wrote counts too: here nothing)
+    assert not taken.read_text()  # nothing written, nothing counted
     (alice / blob[:2] / blob[2:]).write_bytes(kept)
     taken.write_text(str(AGENT_TAKEN - 10))  # what alice may still add: 10 bytes
     with pytest.raises(LabError, match="would put more than the 0.0 GB this agent may still add"):
@@ -357,6 +359,30 @@ def test_a_commit_is_taken_in_from_its_owners_folder_checked_and_bounded(lab):
         odd = write_loose(alice, b"commit", body.encode())
         with pytest.raises(LabError, match=f"commit {odd[:10]} is not one git writes"):
             lab.take_in(odd, ("softcap", "alice"))
+
+
+def test_a_take_in_that_fails_part_way_counts_what_it_wrote(lab):
+    """A commit whose last object is junk: what was written before it stays in the shared store,
+    and counts against the agent's 16 GB. Were it free, a commit of 1 GB of good objects and one
+    junk one could be taken in again and again. A take-in of what is in already locks and writes
+    nothing (it runs as every tool call ends)."""
+    lab.start_program("softcap")
+    alice = lab.agent_objects("softcap", "alice")
+    commit, names = commit_in_own_folder(lab, lab.add_worktree("softcap", "alice"), alice, "trainer/model.py",
+                                         "WIDTH = 96\n", {"a.txt": "junk here\n"})
+    junk = hashlib.sha1(b"blob 10\x00junk here\n").hexdigest()  # a.txt's name
+    write_loose(alice, b"blob", b"not what its name says", junk)
+    with pytest.raises(LabError, match=f"object {junk[:10]}: no copy in {alice} holds what its name says"):
+        lab.take_in(commit, ("softcap", "alice"))
+    written = [name for name in names if lab.objects.has(name)]
+    assert written and commit not in written  # the tree walk wrote trainer/ before it met a.txt
+    sizes = sum(int(lab.repo.git.cat_file("-s", name)) for name in written)
+    taken = lab.state_dir("softcap") / "taken-in" / "alice"
+    assert int(taken.read_text()) == sizes > 0
+
+    base = lab.resolve("program/softcap")
+    lab.take_in(base, ("softcap", "bob"))  # in already: bob's count is not even made
+    assert not (lab.state_dir("softcap") / "taken-in" / "bob").exists()
 
 
 def test_an_agents_branch_head_and_staged_files_are_taken_in_whatever_its_head_holds(lab):
