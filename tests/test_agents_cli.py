@@ -13,7 +13,7 @@ import pytest
 from agentlab import BackgroundRunner, lab_dir, make_project, tiny_program, worktree
 from fakellm import Call, FakeLLM, Text
 from org.agents.clis import BACKEND_CLI, BoxedCLI, check_cli, claude_argv, codex_argv, next_codex_prompt, on_hook, \
-    port_handler
+    port_handler, run_cli
 from org.agents.port import PORT_VAR, Port, call, relay_one
 from org import OrgError
 from org.agents.control import Control
@@ -255,6 +255,47 @@ def test_codex_boxed_reports_its_turn_through_notify_and_its_shell_holds_no_toke
     [turn] = Transcript(lab_dir(root, program) / "transcripts" / "claude.jsonl").events("turn_end")
     assert turn["backend"] == "codex" and "nothing to do yet" in turn["last_message"]
     assert Mail(lab_dir(root, program)).inbox("solo")[0]["from"] == "claude"
+
+
+@pytest.mark.skipif(available() is not None, reason=f"CLI agents run only in a sandbox: {available()}")
+@pytest.mark.skipif(bool(MISSING["codex"]), reason=f"{MISSING['codex']} (CI installs it)")
+def test_a_commit_a_cli_makes_in_its_own_shell_is_read_by_the_lab_while_it_works(project, gateway):
+    """A CLI agent's box writes its commits into a folder no git outside its box reads
+    (org/objects.py). An SDK agent's are taken in as each tool call ends; a CLI's shell commits
+    with no `org` command after it, so the pane's supervisor takes them in every few seconds:
+    the person's `git log --all` and the agent's teammates read its branch while its turn goes
+    on. Before, it said "bad object" until the agent's next `org` command."""
+    root, program = project
+    entry = agent_entry(program, "claude").model_copy(update={"backend": "codex", "model": "gpt-test"})
+    tree = worktree(root, program, "claude")
+    work = "echo note > notes.md && git add notes.md && git commit -qm notes && echo committed && sleep 8"
+    llm, stack = gateway({"gpt-test": [[Call("exec_command", {"cmd": work, "yield_time_ms": 30000})],
+                                       [Text("Committed my notes.")]]}, backends={"claude": "codex"})
+    control = Control(lab_dir(root, program), "claude")
+    transcript = Transcript(lab_dir(root, program) / "transcripts" / "claude.jsonl")
+    seen_mid_turn = []
+
+    def watch():  # the person's git, which reads the shared store only
+        while not control.stop_reason():
+            if subprocess.run(["git", "log", "-1", "--format=%s", "agent/tiny/claude/work"], cwd=root,
+                              capture_output=True, text=True).stdout.strip() == "notes":
+                seen_mid_turn.append(not transcript.events("turn_end"))
+                control.stop("test over")  # run_cli then ends where it waits for mail
+                return
+            time.sleep(0.2)
+    watcher = threading.Thread(target=watch)
+    with stack:
+        watcher.start()
+        stopper = threading.Timer(30, lambda: control.stop("timed out"))
+        stopper.start()
+        try:
+            why = run_cli(entry, program, root, tree)
+        finally:
+            stopper.cancel()
+            watcher.join()
+    assert seen_mid_turn == [True], (why, tool_results(llm))
+    log = subprocess.run(["git", "log", "--all", "--format=%s"], cwd=root, capture_output=True, text=True)
+    assert log.returncode == 0 and "notes" in log.stdout.split(), log.stderr
 
 
 @pytest.mark.skipif(available() is not None, reason=f"CLI agents run only in a sandbox: {available()}")

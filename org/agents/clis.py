@@ -30,6 +30,7 @@ The CLIs come from npm, pinned (CLI_PACKAGES); `org install-clis` puts them in c
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -51,11 +52,13 @@ from org.agents.spend import Spend, cpu_exhausted
 from org.agents.tools import format_mail
 from org.agents.transcript import Transcript
 from org.cgroups import cpu_seconds
+from org.lab import Lab, agent_branch
 from org.ledger import Ledger, ledger_path
 from org.mail import Mail
 
 HOOK_WAIT_SECONDS = 3000  # Claude Code's hook timeout is set above this
 METER_EVERY_SECONDS = 30  # how often a running CLI's box's CPU time goes on record
+TAKE_IN_EVERY_SECONDS = 2  # how often its commits are taken in (org/objects.py): no org command need follow them
 CODEX_PROMPT_BYTES = 64_000  # the mail of one codex turn (its prompt is one argument: 128 KiB at most)
 CLI_PACKAGES = {"claude": ("@anthropic-ai/claude-code", "2.1.332"), "codex": ("@openai/codex", "0.171.0")}
 BACKEND_CLI = {"claude-code": "claude", "codex": "codex"}
@@ -347,14 +350,18 @@ def run_cli(entry, program, root: Path, tree: Path) -> str:
     if spent:
         control.set_state("stopped", spent)
         return f"stopped: {spent}"
-    with BoxedCLI(entry, program, root, tree) as cli:
+    with BoxedCLI(entry, program, root, tree) as cli, contextlib.closing(Lab.open(root)) as lab:
+        def take_in():  # the commits it makes in its own shell, where the person's git and its teammates' read them
+            with contextlib.suppress(OrgError, OSError):
+                lab.take_in_work(cli.tree, agent_branch(program.name, entry.name))
         if entry.backend == "claude-code":
-            return _supervise(cli.start(claude_argv(entry, program, cli.tree) + [first]), control, meter=meter)
+            return _supervise(cli.start(claude_argv(entry, program, cli.tree) + [first]), control, meter=meter,
+                              take_in=take_in)
         transcript = Transcript(lab_dir / "transcripts" / f"{entry.name}.jsonl")
         prompt, resume = system_prompt(program, entry.name, cli=True) + "\n\n" + first, False
         while True:  # codex: one exec per turn, the next one when mail arrives
             reason = _supervise(cli.start(codex_argv(entry, resume) + [prompt], stdin=subprocess.DEVNULL),
-                                control, end_when_done=False, meter=meter)
+                                control, end_when_done=False, meter=meter, take_in=take_in)
             if reason:
                 return reason
             prompt, stop = next_codex_prompt(mail, control, transcript, entry.name)
@@ -386,12 +393,13 @@ def next_codex_prompt(mail: Mail, control: Control, transcript: Transcript, agen
 
 
 def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = True,
-               meter=lambda cpu_seconds: None) -> str | None:
+               meter=lambda cpu_seconds: None, take_in=lambda: None) -> str | None:
     """Wait for the CLI; a stop request ends it, and so does its box's CPU budget. Returns why
     the agent ended, or None when the process ended a turn and the agent goes on (codex). The
     box's CPU time goes to `meter` as it grows (every METER_EVERY_SECONDS, and at the end),
-    which returns why the box may compute no more, or None."""
-    booked, last = 0.0, time.monotonic()
+    which returns why the box may compute no more, or None; `take_in` runs every
+    TAKE_IN_EVERY_SECONDS, and at the end."""
+    booked, last, taken = 0.0, time.monotonic(), time.monotonic()
 
     def book() -> str | None:
         nonlocal booked
@@ -405,6 +413,9 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
             stop = control.stop_reason()
             if not stop and time.monotonic() - last > METER_EVERY_SECONDS:
                 stop, last = book(), time.monotonic()
+            if time.monotonic() - taken > TAKE_IN_EVERY_SECONDS:
+                take_in()
+                taken = time.monotonic()
             if stop:
                 end(proc)
                 control.set_state("stopped", stop)
@@ -412,6 +423,7 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
             time.sleep(0.5)
     finally:
         spent = book()
+        take_in()
     stop = control.stop_reason() or spent
     if stop or end_when_done or proc.returncode != 0:
         reason = f"stopped: {stop}" if stop else f"the CLI exited with status {proc.returncode}"
