@@ -468,7 +468,7 @@ class Lab:
         only: no git outside a box reads an agent's folder."""
         try:
             sha = self.repo.git.rev_parse("--verify", "--end-of-options", ref)
-        except git.GitCommandError:
+        except (git.GitCommandError, ValueError):  # (ValueError: a NUL in it)
             raise LabError(f"git ref {ref!r} does not exist in {self.root}") from None
         self.copy_in(ref, sha, branch_owner(ref) or owner, kind)
         return self.resolve(sha) if kind == b"commit" else sha  # read from the shared store now (a tag peeled)
@@ -525,8 +525,8 @@ class Lab:
             head = os.open(self.admin_dir(worktree) / "HEAD", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
             with os.fdopen(head, "rb") as f:
                 named = f.read(300).decode(errors="replace").strip().removeprefix("ref: ")
-            if re.fullmatch(r"[0-9a-f]{40}", named) or named.startswith(f"refs/heads/{agent_refs(*owner)}/"):
-                refs.append(named)
+            if re.fullmatch(rf"[0-9a-f]{{40}}|refs/heads/{re.escape(agent_refs(*owner))}/[\w./-]+", named, re.ASCII):
+                refs.append(named)  # (nothing else reaches git: a NUL is no argument, `:/x` a search)
             staged = self.repo.git.ls_files("-s", "-z", env={"GIT_INDEX_FILE": str(self.admin_dir(worktree) / "index")}) \
                 if index else ""
         except (OSError, LabError, git.GitCommandError):

@@ -400,10 +400,13 @@ def test_an_agents_branch_head_and_staged_files_are_taken_in_whatever_its_head_h
     staged = subprocess.run(["git", "rev-parse", ":staged.txt"], cwd=tree, env=env, check=True,
                             capture_output=True, text=True).stdout.strip()
     head = lab.admin_dir(tree) / "HEAD"
-    for junk in ("ref: refs/heads/main\0x\n", ":/WIDTH\n", "--output=/tmp/x\n", "\xff" * 400):
+    for junk in ("ref: refs/heads/main\0x\n", "ref: refs/heads/agent/softcap/alice/x\0y\n", ":/WIDTH\n",
+                 "ref: refs/heads/agent/softcap/alice/:/WIDTH\n", "--output=/tmp/x\n", "\xff" * 400):
         head.write_text(junk)
         lab.take_in_work(tree, "agent/softcap/alice/work")  # quiet, whatever HEAD holds
     assert lab.objects.has(commit) and not lab.objects.has(staged)
+    with pytest.raises(LabError, match="does not exist"):
+        lab.take_in("agent/softcap/alice/work\0x")  # as a submit names it: one line
     head.write_text(f"{commit}\n")
     lab.take_in_work(tree, "agent/softcap/alice/work", index=True)
     assert lab.objects.has(staged)
