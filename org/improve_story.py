@@ -15,7 +15,6 @@ from datetime import datetime
 
 from org import one_line
 from org.improve import OUTCOMES, ablations, frontier, frontiers, kept_multiplier, lineage, tries
-from org.lab import diff_summary
 from org.referee import adjust, compare, verdict_kind
 
 def mean_bpb(runs: list[dict]) -> float | None:
@@ -192,3 +191,19 @@ def change_text(e: dict, experiments: list[dict]) -> str:
 
 def _g(value, fmt: str = ".4f") -> str:
     return "—" if value is None else format(value, fmt)
+
+
+def diff_summary(diff: str | None) -> str:
+    """'trainer/model.py +3 -1, ...' from a unified diff."""
+    if not diff:
+        return ""
+    files, current = {}, None
+    for line in diff.splitlines():
+        if line.startswith("diff --git "):
+            current = line.split(" b/", 1)[-1]
+            files[current] = [0, 0]
+        elif current and line.startswith("+") and not line.startswith("+++"):
+            files[current][0] += 1
+        elif current and line.startswith("-") and not line.startswith("---"):
+            files[current][1] += 1
+    return ", ".join(f"{f} +{a} -{d}" for f, (a, d) in files.items())

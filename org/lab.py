@@ -24,10 +24,13 @@ import contextlib
 import difflib
 import errno
 import fcntl
+import itertools
 import os
 import re
 import shutil
+import subprocess
 import tempfile
+import time
 import zlib
 from pathlib import Path
 
@@ -53,6 +56,9 @@ HARDENED_GIT = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "core.
 SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
 SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
 MAX_NAME_BYTES = 255  # a file's name, on every file system a lab lies on
+MAX_DEPTH = 256  # folders in folders: no project nests deeper, and a walk of ours recurses
+MAX_STAGED = 100_000  # the staged blobs a takeover takes in
+RETRY_SECONDS = 60  # before a take-in that failed is tried again as tool calls end
 AGENT_TAKEN = 16 << 30  # what an agent's work may add to the shared objects over a program (its trees' bound)
 
 
@@ -110,6 +116,7 @@ class Lab:
         self.repo = repo
         self.root = Path(repo.working_tree_dir)
         self._files = {}  # commit -> files(commit)
+        self.refused = {}  # sha -> when its take-in (take_in_work) last failed
         self.objects = ObjectStore(repo.common_dir)
         self.harden()
 
@@ -342,7 +349,11 @@ class Lab:
         it clean first, by a status of ours (hardened); git's own check (without --force) looks
         inside a repository nested there, so runs its filters, and refuses a worktree holding one."""
         path = self.worktree_path(program, agent)
-        self.repo.git.worktree("remove", "--force", str(path))
+        (self.admin_dir(path) / "locked").unlink(missing_ok=True)  # (its box may lock it: git then keeps it)
+        try:
+            self.repo.git.worktree("remove", "--force", str(path))
+        except git.GitCommandError as e:
+            raise LabError(f"git could not remove the worktree {path}: {e.stderr.strip()[-300:]}") from None
 
     def worktrees(self) -> list[dict]:
         """`git worktree list --porcelain` as dicts: path, head, branch, prunable."""
@@ -429,6 +440,8 @@ class Lab:
         out = {}
 
         def walk(oid: str, prefix: str):
+            if prefix.count("/") > MAX_DEPTH:  # (and Python's own stack: 1000 frames)
+                raise LabError(f"commit {commit[:10]}: {prefix[:60]}... nests folders over {MAX_DEPTH} deep")
             names = set()
             for binsha, mode, name in tree_entries_from_data(self.verified(oid, b"tree")):
                 mode, child = f"{mode:o}", binsha.hex()
@@ -475,66 +488,78 @@ class Lab:
 
     def copy_in(self, ref: str, sha: str, owner: tuple[str, str] | None, kind: bytes):
         """take_in's copy, past its first test: an object in the shared store has all it reaches
-        there too (as each tool call ends, that is most often all there is to it)."""
+        there too (as each tool call ends, that is most often all there is to it). What it
+        writes counts against its agent's AGENT_TAKEN, in .lab/<program>/taken-in/<agent> (what a
+        box writes in its own folder counts against its disk, and once taken in, no longer does)."""
         if self.objects.has(sha):
             return
         folder = agent_objects(self.repo.common_dir, *owner) if owner else None
+        count_file = self.state_dir(owner[0]) / "taken-in" / owner[1] if owner else Path(os.devnull)
         try:
-            with self.taken_by(owner) as (allowance, add):
+            count_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(count_file, "a+") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                f.seek(0)
+                count = int(f.read().strip() or 0)
                 try:
-                    self.objects.take_in(sha, folder if folder and folder.is_dir() else None, allowance, kind)
-                finally:
-                    add(self.objects.written)
+                    self.objects.take_in(sha, folder if folder and folder.is_dir() else None,
+                                         max(0, AGENT_TAKEN - count) if owner else 0, kind)
+                finally:  # (a take-in that failed part way wrote what it wrote)
+                    if self.objects.written:
+                        f.seek(0)
+                        f.truncate()
+                        f.write(str(count + self.objects.written))
         except (ObjectError, OSError) as e:  # (OSError: a pack half made by another process, say)
             raise LabError(f"git ref {ref!r}: {e}") from None
-
-    @contextlib.contextmanager
-    def taken_by(self, owner: tuple[str, str] | None):
-        """(what the agent `owner` may still add to the shared store, a function adding to its
-        count), its count locked: what a box writes in its own folder counts against its disk,
-        and once taken in, no longer does."""
-        if owner is None:
-            yield 0, lambda n: None
-            return
-        path = self.state_dir(owner[0]) / "taken-in" / owner[1]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            f.seek(0)
-            count = int(f.read().strip() or 0)
-            added = []
-            try:
-                yield max(0, AGENT_TAKEN - count), added.append
-            finally:  # (a take-in that failed part way wrote what it wrote)
-                if sum(added):
-                    f.seek(0)
-                    f.truncate()
-                    f.write(str(count + sum(added)))
 
     def take_in_work(self, worktree: Path, branch: str, index: bool = False):
         """An agent's branch and its worktree's HEAD (and with `index`, what it staged) taken in
         where they can be (take_in), for the harness's git or a person's to read: no git outside
-        the agent's box reads its folder. HEAD is read from its file, and only a branch of the
-        agent's or a commit's name is taken; what cannot be taken in is left as it is, for whoever
-        reads it next to say so."""
+        the agent's box reads its folder. What cannot be taken in is left as it is, for whoever
+        reads it next to say so; tried again here only after RETRY_SECONDS (a take-in that fails
+        may read a GB first, and this runs as every tool call ends)."""
         owner = branch_owner(branch)
         if owner is None:
             return
-        refs = [f"refs/heads/{branch}"]
+        commits = [f"refs/heads/{branch}", *filter(None, [self.worktree_head(worktree, owner)])]
+        named = [(ref, b"commit") for ref in dict.fromkeys(commits)]
+        for ref, kind in named + [(blob, b"blob") for blob in (self.staged_blobs(worktree) if index else [])]:
+            try:
+                sha = ref if re.fullmatch(r"[0-9a-f]{40}", ref) else \
+                    self.repo.git.rev_parse("--verify", "--end-of-options", ref)
+                if time.monotonic() - self.refused.get(sha, -RETRY_SECONDS) >= RETRY_SECONDS:
+                    self.copy_in(ref, sha, owner, kind)
+                    self.refused.pop(sha, None)
+            except LabError:
+                self.refused[sha] = time.monotonic()
+            except git.GitCommandError:  # no such ref: nothing to take in
+                pass
+
+    def worktree_head(self, worktree: Path, owner: tuple[str, str]) -> str | None:
+        """What an agent's worktree's HEAD names, where that is a branch of the agent's or a
+        commit's name; None for anything else its box wrote there (another's branch, a NUL, `:/x`:
+        nothing else reaches git)."""
         try:
             head = os.open(self.admin_dir(worktree) / "HEAD", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
             with os.fdopen(head, "rb") as f:
                 named = f.read(300).decode(errors="replace").strip().removeprefix("ref: ")
-            if re.fullmatch(rf"[0-9a-f]{{40}}|refs/heads/{re.escape(agent_refs(*owner))}/[\w./-]+", named, re.ASCII):
-                refs.append(named)  # (nothing else reaches git: a NUL is no argument, `:/x` a search)
-            staged = self.repo.git.ls_files("-s", "-z", env={"GIT_INDEX_FILE": str(self.admin_dir(worktree) / "index")}) \
-                if index else ""
-        except (OSError, LabError, git.GitCommandError):
-            staged = ""
-        blobs = [line.split(" ")[1] for line in staged.split("\0") if line.startswith("100")]
-        for ref, kind in [*((r, b"commit") for r in dict.fromkeys(refs)), *((b, b"blob") for b in blobs)]:
-            with contextlib.suppress(LabError, git.GitCommandError):  # (no such ref: nothing to take in)
-                self.copy_in(ref, self.repo.git.rev_parse("--verify", "--end-of-options", ref), owner, kind)
+        except (OSError, LabError):
+            return None
+        mine = rf"[0-9a-f]{{40}}|refs/heads/{re.escape(agent_refs(*owner))}/[\w./-]+"
+        return named if re.fullmatch(mine, named, re.ASCII) else None
+
+    def staged_blobs(self, worktree: Path) -> list[str]:
+        """The blobs an agent's index (a file its box writes) stages: MAX_STAGED, in a minute at
+        most, a sparse index's folders as they are (expanded, 10 KB of them named 4M files)."""
+        try:
+            listed = subprocess.run(["git", "ls-files", "--sparse", "-s", "-z"], cwd=self.root, capture_output=True,
+                                    env=child_env({**hardened_git_env(),
+                                                   "GIT_INDEX_FILE": str(self.admin_dir(worktree) / "index")}),
+                                    timeout=60).stdout
+        except (OSError, LabError, subprocess.TimeoutExpired):
+            return []
+        blobs = (line.split(b" ")[1].decode() for line in listed.split(b"\0") if line.startswith(b"100"))
+        return list(dict.fromkeys(itertools.islice(blobs, MAX_STAGED)))
 
     def pack_loose(self, commits: list[str]):
         """Move the shared store's loose objects of `commits` (and their history) into a pack."""
@@ -568,22 +593,3 @@ def write_new(path: Path, data: bytes, mode: int):
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.chmod(path, mode)  # the umask's bits back
-
-
-def diff_summary(diff: str | None) -> str:
-    """'trainer/model.py +3 -1, ...' from a unified diff."""
-    if not diff:
-        return ""
-    files, current = {}, None
-    for line in diff.splitlines():
-        if line.startswith("diff --git "):
-            current = line.split(" b/", 1)[-1]
-            files[current] = [0, 0]
-        elif current and line.startswith("+") and not line.startswith("+++"):
-            files[current][0] += 1
-        elif current and line.startswith("-") and not line.startswith("---"):
-            files[current][1] += 1
-    return ", ".join(f"{f} +{a} -{d}" for f, (a, d) in files.items())
-
-
-# --- compiled kernels ----------------------------------------------------------------------

@@ -39,7 +39,7 @@ from pathlib import Path
 from org import OrgError, gateway, remove_tree, shown
 from org.agents.control import Control
 from org.agents.sandbox import SECRET_NAME
-from org.lab import Lab, agent_branch, agent_refs, child_env, hardened_git_env
+from org.lab import Lab, agent_branch, agent_refs, branch_owner, child_env, hardened_git_env
 from org.ledger import Ledger, pid_alive
 from org.mail import now, write_atomically
 from org.panes import Pane, RELEASE_KEY, TAKEOVER_KEY, tmux_path
@@ -52,6 +52,7 @@ RUNNER, STATUS = "_runner", "_status"  # keeper names (agent names cannot start 
 TAKEN_OVER = "taken over by a person"  # the pause reason `org status` shows as "taken over"
 WAITING_TOOLS = ("read_inbox", "results")
 STOP_SECONDS = 30.0  # `org stop`: how long agents get to reach a safe point before a signal
+GIT_SECONDS = 120  # a git command in an agent's worktree (status, reset, add)
 
 
 def add_launch_commands(sub):
@@ -307,8 +308,8 @@ def prepare_worktree(lab: Lab, launch: ProgramSite, agent: str) -> list[str]:
     notes, path = [], launch.worktree(agent)
     if path.exists():
         lock = lab.admin_dir(path) / "index.lock"  # checked: git below follows its pointers
-        if lock.exists():  # nothing of this program runs now, so no git holds it
-            lock.unlink()
+        if os.path.lexists(lock):  # nothing of this program runs now, so no git holds it
+            replace_file(lock, None)  # (a folder, if its box made one there)
             notes.append(f"removed a stale git lock left by a crash: {lock}")
         notes += mend_worktree(lab, path, agent_branch(launch.name, agent))
         dirty = git(path, "status", "--porcelain").splitlines()
@@ -332,6 +333,9 @@ def mend_worktree(lab: Lab, path: Path, branch: str) -> list[str]:
     problem = lab.branch_problem(branch)
     if problem:
         raise OrgError(problem)
+    if lab.worktree_head(path, branch_owner(branch)) is None:  # the program's branch, another's, junk
+        replace_file(admin / "HEAD", f"ref: refs/heads/{branch}\n")
+        notes.append(f"{path}: its HEAD named none of its branches; it points at {branch} again")
     try:
         git(path, "rev-parse", "-q", "--verify", "HEAD^{commit}")
     except OrgError:
@@ -454,8 +458,14 @@ def print_report(launch: ProgramSite) -> int:
 
 
 def git(cwd: Path, *args: str, env: dict | None = None) -> str:
-    out = subprocess.run(["git", *args], cwd=cwd, env=child_env({**hardened_git_env(), **(env or {})}),
-                         capture_output=True, text=True, errors="replace")  # a file name a box chose may be any bytes
+    """git in an agent's worktree, GIT_SECONDS at most: its box may leave files or an index that
+    make a status hash or list for hours (sparse 1 GB files, a sparse index of 4M entries)."""
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, env=child_env({**hardened_git_env(), **(env or {})}),
+                             capture_output=True, text=True, errors="replace",  # a file name a box chose: any bytes
+                             timeout=GIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise OrgError(f"git {' '.join(args[:2])} in {cwd} took over {GIT_SECONDS} s") from None
     if out.returncode != 0:
         raise OrgError(f"git {' '.join(args[:2])} in {cwd} failed: {out.stderr.strip()[-300:]}")
     return out.stdout.rstrip()

@@ -47,6 +47,7 @@ MAX_TAKEN_OBJECTS = 500_000   # what one take_in walks (names on its stack)
 DISK_RESERVE = 8 << 30        # free disk no take_in writes into (an agent's box's: org/sandbox.py)
 PACK_SECONDS = 600  # packing what a snapshot took in: minutes only for a huge history
 AGENT_OBJECTS = "agent-objects"
+TREE_MODES = {0o100644: b"blob", 0o100755: b"blob", 0o120000: b"blob", 0o40000: b"tree", 0o160000: b"commit"}
 NAMED = re.compile(rb"^(tree|parent) ([0-9a-f]{40})$", re.M)  # the objects a commit's header names
 FIELDS = re.compile(rb"^(tree|parent) ", re.M)                  # ... every line that would name one
 
@@ -87,13 +88,13 @@ class ObjectStore:
         walk stops at the first it meets (the program's base, a commit taken in before). The walk
         holds names only, each object read again as it is written. Returns the bytes it wrote."""
         folders = [owner] if owner else []
-        stack, seen, self.taken, self.written, pushed = [(oid, kind, False)], set(), 0, 0, 1
+        stack, seen, self.taken, self.written, pushed = [(oid, kind, False)], {}, 0, 0, 1
         while stack:
             name, kind, expanded = stack.pop()
-            if not expanded and (name in seen or self.has(name)):
+            if not expanded and self.met_before(name, kind, seen):
                 continue
             if kind == b"blob" and not expanded:  # it names nothing: read once, as it is written
-                seen.add(name)
+                seen[name] = kind
                 stack.append((name, kind, True))
                 continue
             data = self.agents_copy(name, kind, folders)
@@ -104,14 +105,34 @@ class ObjectStore:
                 self.write_loose(name, kind, data)
                 self.written += len(data)  # (counted as it goes: a take-in that fails later wrote this)
                 continue
-            seen.add(name)
+            seen[name] = kind
             named = [(child, child_kind, False) for child, child_kind in children(name, kind, data)
-                     if child not in seen and not self.has(child)]
+                     if not self.met_before(child, child_kind, seen)]
             pushed += len(named)
             if pushed > MAX_TAKEN_OBJECTS:
                 raise ObjectError(f"taking in {oid[:10]} reached over {MAX_TAKEN_OBJECTS} objects; nothing of it runs")
             stack += [(name, kind, True), *named]
         return self.written
+
+    def met_before(self, oid: str, kind: bytes, seen: dict[str, bytes]) -> bool:
+        """Whether the walk has `oid` already, as the `kind` its parent names: a commit naming a
+        blob as its parent was taken in, and every pack of the lab's history failed after."""
+        found = seen.get(oid) or self.kind_of(oid)
+        if found is not None and found != kind:
+            raise ObjectError(f"object {oid[:10]} is a {found.decode()}, named as a {kind.decode()}; "
+                              "nothing of that commit runs")
+        return found is not None
+
+    def kind_of(self, oid: str) -> bytes | None:
+        """The kind of an object in the shared store (its header only), or None where it lacks it."""
+        if self.is_packed(oid):
+            return self._packs.info(bytes.fromhex(oid)).type
+        try:
+            return read_loose(self.shared / oid[:2] / oid[2:], header_only=True)[0]
+        except TypeError:  # (None: no such file)
+            return None
+        except (ValueError, OSError, zlib.error) as e:
+            raise ObjectError(f"object {oid[:10]} cannot be read from {self.common}: {e}") from None
 
     def has(self, oid: str) -> bool:
         return (self.shared / oid[:2] / oid[2:]).exists() or self.is_packed(oid)
@@ -204,10 +225,10 @@ class ObjectStore:
         return stream.type, stream.read()
 
 
-def read_loose(path: Path, limit: int = MAX_OBJECT_BYTES) -> tuple[bytes, bytes] | None:
+def read_loose(path: Path, limit: int = MAX_OBJECT_BYTES, header_only: bool = False) -> tuple[bytes, bytes] | None:
     """A loose object's (kind, content) of at most `limit` bytes, read here rather than by git: a
     FIFO under its name would have git wait for good, and a small file may inflate to fill the
-    memory. None where there is no such file."""
+    memory. None where there is no such file. `header_only`: (kind, b"")."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -217,9 +238,11 @@ def read_loose(path: Path, limit: int = MAX_OBJECT_BYTES) -> tuple[bytes, bytes]
         if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
             raise ValueError(f"its file {path} is not a plain file of at most {limit >> 20} MB")
         inflate = zlib.decompressobj()
-        data = inflate.decompress(f.read(), limit + 64)
+        data = inflate.decompress(f.read(4096) if header_only else f.read(), 64 if header_only else limit + 64)
     header, _, content = data.partition(b"\0")
     kind, _, size = header.partition(b" ")
+    if header_only and size.isdigit():
+        return kind, b""
     if inflate.unconsumed_tail or not size.isdigit() or int(size) != len(content):
         raise ValueError(f"its file {path} is not a loose object of at most {limit >> 20} MB")
     return kind, content
@@ -244,8 +267,9 @@ def children(oid: str, kind: bytes, data: bytes) -> list[tuple[str, bytes]]:
             if header.startswith(b"tree ") and len(named) == len(fields) and fields.count(b"tree") == 1:
                 return [(name.decode(), b"tree" if field == b"tree" else b"commit") for field, name in named]
         elif kind == b"tree":
-            return [(binsha.hex(), b"tree" if mode == 0o40000 else b"blob")
-                    for binsha, mode, _ in tree_entries_from_data(data) if mode != 0o160000]
+            entries = tree_entries_from_data(data)
+            if all(mode in TREE_MODES for _, mode, _ in entries):
+                return [(binsha.hex(), TREE_MODES[mode]) for binsha, mode, _ in entries if mode != 0o160000]
         else:
             return []
     except (ValueError, IndexError):

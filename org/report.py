@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from org import OrgError, improve_story, one_line
-from org.lab import diff_summary
+from org.improve_story import diff_summary
 from org.ledger import LedgerError, loads, shown_seed
 from org.ledger_read import read_tables
 from org.plots import Curve, finite, plot_all, read_curves

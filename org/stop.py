@@ -10,7 +10,6 @@ import signal
 import time
 from pathlib import Path
 
-from git.exc import GitCommandError
 
 from org import OrgError
 from org.agents.control import Control
@@ -109,27 +108,35 @@ def clean(launch: ProgramSite) -> list[str]:
             lab.remove_worktree(name, agent)
         lab.prune_worktrees()
         checked_out = {w["branch"] for w in lab.worktrees()}  # e.g. by a worktree made by hand: kept
-        branches = [b for b in lab.repo.heads if b.name.startswith(f"agent/{name}/") and b.name not in checked_out]
-        kept = []
-        for branch in list(branches):  # the harness's now: no git outside a box reads an agent's folder
+        branches, kept = agent_branches(lab, name, checked_out), []
+        for branch, sha in list(branches.items()):  # the harness's now: no git outside a box reads an agent's folder
             try:
-                sha = lab.repo.git.rev_parse("--verify", "-q", f"refs/heads/{branch.name}")
-            except GitCommandError:  # junk its agent's box wrote in the ref: no commit to keep
-                (Path(lab.repo.common_dir) / "refs" / "heads" / branch.name).unlink()  # (git refuses to)
-                branches.remove(branch)
-                continue
-            try:
-                lab.take_in(sha, branch_owner(branch.name))
+                lab.take_in(sha, branch_owner(branch))
             except OrgError as e:  # a commit that cannot be taken in (its objects gone, or junk): the person decides
-                kept.append(f"kept branch {branch.name}: {e}")
-                branches.remove(branch)
-        for branch in branches:
-            lab.repo.git.update_ref(f"refs/nanolab/{name}/{branch.name}", branch.commit.hexsha)
-            lab.repo.git.branch("-D", branch.name)
+                kept.append(f"kept branch {branch}: {e}")
+                del branches[branch]
+        for branch, sha in branches.items():
+            lab.repo.git.update_ref(f"refs/nanolab/{name}/{branch}", sha)
+            lab.repo.git.branch("-D", branch)
     with contextlib.suppress(OSError):
         (launch.root / "worktrees" / name).rmdir()
     return [f"removed {len(agents)} worktree(s) and {len(branches)} branch(es) of {name}; their commits stay "
             f"under refs/nanolab/{name}/", *kept, f"kept: program/{name}, the ledger, mail and transcripts in {launch.lab_dir}"]
+
+
+def agent_branches(lab: Lab, name: str, checked_out: set[str]) -> dict[str, str]:
+    """{branch: sha} of the program's agents' branches, as git lists them (a ref file whose name
+    or content git refuses, which its agent's box may write, is deleted: git refuses to, and a
+    name such as `x^{/(.*)(.*)\\2\\1x}` handed to rev-parse searched commit messages for good)."""
+    prefix = f"refs/heads/agent/{name}/"
+    listed = dict(line.split(" ", 1) for line in
+                  lab.repo.git.for_each_ref("--format=%(refname) %(objectname)", prefix).splitlines())
+    for head in lab.repo.heads:
+        if head.path.startswith(prefix) and head.path not in listed:
+            with contextlib.suppress(OSError):  # (in packed-refs: git's to mend)
+                (Path(lab.repo.common_dir) / head.path).unlink()
+    return {ref.removeprefix("refs/heads/"): sha for ref, sha in listed.items()
+            if ref.removeprefix("refs/heads/") not in checked_out}
 
 
 def wait_for_exit(launch: ProgramSite, timeout: float, names: list[str] | None = None) -> list[int]:
@@ -156,13 +163,13 @@ def remove_worktrees(launch: ProgramSite) -> list[str]:
             try:
                 lines += mend_worktree(lab, path, agent_branch(launch.name, agent))  # what its box left broken
                 dirty = git(path, "status", "--porcelain").splitlines()
+                if dirty:
+                    lines.append(f"kept {path}: {len(dirty)} uncommitted change(s); `org launch` resumes with them")
+                    continue
+                lab.remove_worktree(launch.name, agent)
             except OrgError as e:
                 lines.append(f"kept {path}: {e}")
                 continue
-            if dirty:
-                lines.append(f"kept {path}: {len(dirty)} uncommitted change(s); `org launch` resumes with them")
-                continue
-            lab.remove_worktree(launch.name, agent)
             removed.append(agent)
         lab.prune_worktrees()
     finally:

@@ -482,13 +482,24 @@ def test_what_an_agent_leaves_broken_in_git_stops_no_stop_launch_or_clean(org_pr
     (common / "refs/heads/agent/tiny/solo/work").unlink()  # as the line says
     with contextlib.closing(git.Repo(root)) as repo:
         repo.git.branch("agent/tiny/solo/work", "program/tiny")
+    (admin / "index.lock").mkdir()  # (unlink() raised IsADirectoryError: a traceback, every launch)
     assert main(["launch", "tiny", "--stagger", "0"]) == 0
     out = capsys.readouterr().out
-    assert f"{tree}: its HEAD named no commit; it points at agent/tiny/solo/work again" in out
+    assert f"removed a stale git lock left by a crash: {admin / 'index.lock'}" in out
+    assert f"{tree}: its HEAD named none of its branches; it points at agent/tiny/solo/work again" in out
     assert f"{tree}: git could not read its index; it was made again from HEAD" in out
-    assert main(["stop", "tiny"]) == 0
-    assert "removed the worktrees of solo, second" in capsys.readouterr().out
+
+    second = root / "worktrees" / "tiny" / "second"
+    (admin / "locked").write_text("mine\n")  # git keeps a locked worktree: `remove --force` failed, a traceback
+    (common / "worktrees" / "second" / "HEAD").write_text("ref: refs/heads/program/tiny\n")  # the program's branch
+    assert main(["stop", "tiny"]) == 0  # (checked out there, it never moved, and the person could not check it out)
+    out = capsys.readouterr().out
+    assert f"{second}: its HEAD named none of its branches; it points at agent/tiny/second/work again" in out
+    assert "removed the worktrees of solo, second" in out
+    named = common / "refs/heads/agent/tiny/solo/x^{" / "(.*)(.*)(.*)(.*)(.*)\\5\\4\\3\\2\\1x}"
+    named.parent.mkdir()  # a name git refuses, which rev-parse read as a search of commit messages
+    named.write_text((common / "refs/heads/agent/tiny/solo/work").read_text())
     assert main(["clean", "tiny"]) == 0
     with contextlib.closing(git.Repo(root)) as repo:
-        assert not [h for h in repo.heads if h.name.startswith("agent/")]
+        assert not [h for h in repo.heads if h.name.startswith("agent/")] and not named.exists()
         assert "refs/nanolab/tiny/agent/tiny/solo/work" in repo.git.for_each_ref("refs/nanolab")

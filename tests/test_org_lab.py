@@ -361,6 +361,32 @@ def test_a_commit_is_taken_in_from_its_owners_folder_checked_and_bounded(lab):
             lab.take_in(odd, ("softcap", "alice"))
 
 
+def test_an_object_the_lab_has_is_taken_as_the_kind_it_is(lab):
+    """A commit whose parent is a blob the lab already has, or a tree naming that blob as a
+    folder: the walk stopped at any object the shared store held, whatever its kind, so it was
+    taken in, and every pack of the lab's refs failed after ("not a commit"): `org clean` keeps
+    the branch under refs/nanolab/, and each program start packs those. Modes git never writes
+    (a folder's 40755, read by git as a folder) are refused too."""
+    base = lab.start_program("softcap")
+    alice = lab.agent_objects("softcap", "alice")
+    tree = lab.repo.git.rev_parse(f"{base}^{{tree}}")
+    blob = lab.repo.git.rev_parse(f"{base}:trainer/model.py")  # in the lab already, packed
+    loose = write_loose(Path(lab.repo.common_dir) / "objects", b"blob", b"a loose blob of the lab's\n")
+    for named in (blob, loose):
+        odd = write_loose(alice, b"commit", f"tree {tree}\nparent {named}\nauthor a <a> 0 +0000\n"
+                                            f"committer a <a> 0 +0000\n\nodd\n".encode())
+        with pytest.raises(LabError, match=f"object {named[:10]} is a blob, named as a commit"):
+            lab.take_in(odd, ("softcap", "alice"))
+    for mode, named in ((b"40000", blob), (b"40755", tree)):
+        odd_tree = write_loose(alice, b"tree", mode + b" dir\0" + bytes.fromhex(named))
+        odd = write_loose(alice, b"commit", f"tree {odd_tree}\nauthor a <a> 0 +0000\n"
+                                            f"committer a <a> 0 +0000\n\nodd\n".encode())
+        with pytest.raises(LabError, match="is a blob, named as a tree|is not one git writes"):
+            lab.take_in(odd, ("softcap", "alice"))
+        assert not lab.objects.has(odd)
+    lab.pack_loose(lab.harness_refs())  # as each program start does
+
+
 def test_a_take_in_that_fails_part_way_counts_what_it_wrote(lab):
     """A commit whose last object is junk: what was written before it stays in the shared store,
     and counts against the agent's 16 GB. Were it free, a commit of 1 GB of good objects and one
