@@ -387,6 +387,33 @@ def test_an_object_the_lab_has_is_taken_as_the_kind_it_is(lab):
     lab.pack_loose(lab.harness_refs())  # as each program start does
 
 
+def test_a_failed_take_in_waits_before_it_is_read_again_and_deep_trees_are_refused(lab, monkeypatch):
+    """A take-in that fails may inflate a GB of junk first, and take_in_work runs as every tool
+    call ends (every 2 s for a CLI): it is tried again only after RETRY_SECONDS. A tree nested
+    over MAX_DEPTH deep is one line (the walk recursed: RecursionError past 1000)."""
+    from org.lab import MAX_DEPTH, RETRY_SECONDS
+    lab.start_program("softcap")
+    alice, tree = lab.agent_objects("softcap", "alice"), lab.add_worktree("softcap", "alice")
+    commit, names = commit_in_own_folder(lab, tree, alice, "trainer/model.py", "WIDTH = 96\n")
+    write_loose(alice, b"blob", b"junk", names[-1])
+    reads, take_in = [], lab.objects.take_in
+    monkeypatch.setattr(lab.objects, "take_in", lambda *a: reads.append(a) or take_in(*a))  # junk: it fails
+    for _ in range(3):
+        lab.take_in_work(tree, "agent/softcap/alice/work")
+    assert len(reads) == 1 and commit in lab.refused
+    lab.refused[commit] -= RETRY_SECONDS
+    lab.take_in_work(tree, "agent/softcap/alice/work")
+    assert len(reads) == 2
+
+    deep = lab.repo.git.rev_parse("program/softcap:trainer")
+    for _ in range(MAX_DEPTH + 2):
+        deep = subprocess.run(["git", "mktree"], cwd=lab.root, input=f"040000 tree {deep}\td\n", text=True,
+                              capture_output=True, check=True).stdout.strip()
+    top = lab.repo.git.commit_tree(deep, "-m", "deep")
+    with pytest.raises(LabError, match=f"nests folders over {MAX_DEPTH} deep"):
+        lab.files(top)
+
+
 def test_a_take_in_that_fails_part_way_counts_what_it_wrote(lab):
     """A commit whose last object is junk: what was written before it stays in the shared store,
     and counts against the agent's 16 GB. Were it free, a commit of 1 GB of good objects and one
