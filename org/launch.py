@@ -459,9 +459,12 @@ def print_report(launch: ProgramSite) -> int:
 
 def git(cwd: Path, *args: str, env: dict | None = None) -> str:
     """git in an agent's worktree, GIT_SECONDS at most: its box may leave files or an index that
-    make a status hash or list for hours (sparse 1 GB files, a sparse index of 4M entries)."""
+    make a status hash or list for hours (sparse 1 GB files, a sparse index of 4M entries). The
+    person's own config is not read: a .gitattributes there would run its filters and diff
+    drivers (git-lfs's, say) on what the agent wrote."""
     try:
-        out = subprocess.run(["git", *args], cwd=cwd, env=child_env({**hardened_git_env(), **(env or {})}),
+        out = subprocess.run(["git", *args], cwd=cwd, env=child_env({**hardened_git_env(), "GIT_CONFIG_GLOBAL": os.devnull,
+                                                                      **(env or {})}),
                              capture_output=True, text=True, errors="replace",  # a file name a box chose: any bytes
                              timeout=GIT_SECONDS)
     except subprocess.TimeoutExpired:

@@ -458,6 +458,29 @@ def test_a_junk_copy_in_another_agents_folder_drops_no_branch_at_clean(org_proje
         assert repo.commit(work).message.strip() == "second's work"
 
 
+def test_git_in_an_agents_worktree_runs_no_driver_of_the_persons_config(tmp_path, monkeypatch):
+    """The harness's git in an agent's worktree (status, add -A and diff for a takeover, stop,
+    launch) read the person's ~/.gitconfig: a .gitattributes the agent wrote there could name
+    any filter or diff driver in it (git-lfs's, a textconv) to run on the agent's files."""
+    from org.launch import git as worktree_git
+    from org.takeover import snapshot_tree
+    tree, ran, home = tmp_path / "tree", tmp_path / "ran", tmp_path / "home"
+    subprocess.run(["git", "init", "-q", str(tree)], check=True)
+    (tree / ".gitattributes").write_text("* filter=lfs diff=lfs\n")
+    (tree / "a.txt").write_text("one\n")
+    subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@b", "add", "-A"], cwd=tree, check=True)
+    subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "x"], cwd=tree, check=True)
+    home.mkdir()
+    (home / ".gitconfig").write_text(f'[filter "lfs"]\n\tclean = touch {ran} && cat\n'
+                                     f'[diff "lfs"]\n\ttextconv = touch {ran} && cat\n')
+    monkeypatch.setenv("HOME", str(home))
+    (tree / "a.txt").write_text("two, as the agent left it\n")
+    worktree_git(tree, "status", "--porcelain")
+    before = snapshot_tree(tree)
+    worktree_git(tree, "diff", "--patch", "HEAD", before)
+    assert not ran.exists()
+
+
 def test_what_an_agent_leaves_broken_in_git_stops_no_stop_launch_or_clean(org_project, capsys):
     """An agent's box writes its branches, their reflogs and its worktree's HEAD and index: it
     can leave any of them holding junk. `org stop` and `org launch` (resuming) mend the worktree,
