@@ -44,6 +44,23 @@ def remove_tree(path: Path, ignore_errors: bool = False):
         raise OSError(f"{path} could not be removed")
 
 
+def replace_file(path: Path, text: str | None):
+    """Whatever is at path (a file, a folder a box made there) replaced by a file of text, or gone."""
+    if path.is_dir() and not path.is_symlink():
+        remove_tree(path)
+    else:
+        path.unlink(missing_ok=True)
+    if text is not None:
+        path.write_text(text)
+
+
+def empty_file(path: Path):
+    """path an empty file, whatever a box left there. One that is empty already stays: unlinked,
+    the read-only bind of it in a box running now (its `frozen`) would go with it."""
+    if not (path.is_file() and not path.is_symlink() and path.stat().st_size == 0):
+        replace_file(path, "")
+
+
 class OrgError(Exception):
     """A problem the user can fix: the CLI prints it as one line and exits non-zero."""
 

@@ -549,14 +549,15 @@ class Lab:
         return named if re.fullmatch(mine, named, re.ASCII) else None
 
     def staged_blobs(self, worktree: Path) -> list[str]:
-        """The blobs an agent's index (a file its box writes) stages: MAX_STAGED, in a minute at
-        most, a sparse index's folders as they are (expanded, 10 KB of them named 4M files)."""
+        """The blobs an agent's index (a file its box writes) stages: the first MAX_STAGED, read
+        as git lists them (a sparse index's folders expanded: 10 KB of them named 4M files)."""
         try:
-            listed = subprocess.run(["git", "ls-files", "--sparse", "-s", "-z"], cwd=self.root, capture_output=True,
-                                    env=child_env({**hardened_git_env(),
-                                                   "GIT_INDEX_FILE": str(self.admin_dir(worktree) / "index")}),
-                                    timeout=60).stdout
-        except (OSError, LabError, subprocess.TimeoutExpired):
+            env = child_env({**hardened_git_env(), "GIT_INDEX_FILE": str(self.admin_dir(worktree) / "index")})
+            with subprocess.Popen(["git", "ls-files", "-s", "-z"], cwd=self.root, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL) as git_:
+                listed = git_.stdout.read(MAX_STAGED * 512)
+                git_.kill()
+        except (OSError, LabError):
             return []
         blobs = (line.split(b" ")[1].decode() for line in listed.split(b"\0") if line.startswith(b"100"))
         return list(dict.fromkeys(itertools.islice(blobs, MAX_STAGED)))

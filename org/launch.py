@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import json
 import os
+import struct
 import shlex
 import signal
 import subprocess
@@ -36,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from org import OrgError, gateway, remove_tree, shown
+from org import OrgError, empty_file, gateway, replace_file, shown
 from org.agents.control import Control
 from org.agents.sandbox import SECRET_NAME
 from org.lab import Lab, agent_branch, agent_refs, branch_owner, child_env, hardened_git_env
@@ -53,6 +54,7 @@ TAKEN_OVER = "taken over by a person"  # the pause reason `org status` shows as 
 WAITING_TOOLS = ("read_inbox", "results")
 STOP_SECONDS = 30.0  # `org stop`: how long agents get to reach a safe point before a signal
 GIT_SECONDS = 120  # a git command in an agent's worktree (status, reset, add)
+MAX_INDEX_BYTES = 64 << 20  # an agent's index: 600,000 files
 
 
 def add_launch_commands(sub):
@@ -329,6 +331,7 @@ def mend_worktree(lab: Lab, path: Path, branch: str) -> list[str]:
     again from HEAD. Each mend says so. OrgError if its branch names no commit: nothing of it
     can be mended until that is."""
     notes, admin = [], lab.admin_dir(path)  # checked: git below follows its pointers
+    empty_file(admin / "config.worktree")  # (its filters ran in our git, where the lab reads worktree configs)
     lab.take_in_work(path, branch)  # (no git outside the agent's box reads its own objects)
     problem = lab.branch_problem(branch)
     if problem:
@@ -342,6 +345,8 @@ def mend_worktree(lab: Lab, path: Path, branch: str) -> list[str]:
         replace_file(admin / "HEAD", f"ref: refs/heads/{branch}\n")
         notes.append(f"{path}: its HEAD named no commit; it points at {branch} again")
     try:
+        if not plain_index(admin / "index"):
+            raise OrgError("an index of a kind no box's git writes")
         git(path, "status", "--porcelain")
     except OrgError:
         replace_file(admin / "index", None)
@@ -350,14 +355,32 @@ def mend_worktree(lab: Lab, path: Path, branch: str) -> list[str]:
     return notes
 
 
-def replace_file(path: Path, text: str | None):
-    """Whatever is at path (a file, a folder a box made there) replaced by a file of text, or gone."""
-    if path.is_dir() and not path.is_symlink():
-        remove_tree(path)
-    else:
-        path.unlink(missing_ok=True)
-    if text is not None:
-        path.write_text(text)
+def plain_index(path: Path) -> bool:
+    """Whether an index file is one an agent's git writes (version 2 or 3, every entry a file's),
+    or missing. Not so: a sparse index (its `sdir` extension: git expands each folder entry, and
+    10 KB of them named 4M files), a split one (`link`: it reads another file), version 4."""
+    try:
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK | os.O_NOFOLLOW)) as f:
+            data = f.read(MAX_INDEX_BYTES + 1)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        sign, version, count = struct.unpack_from(">4sII", data)
+        at = 12
+        for _ in range(count):  # a 62-byte header (64 with v3's extended flags), the name, NULs to 8 bytes
+            start = at + 62 + (2 if struct.unpack_from(">H", data, at + 60)[0] & 0x4000 else 0)
+            at += (data.index(b"\0", start) - at + 8) & ~7
+        extensions = []
+        while at < len(data) - 20:
+            name, size = struct.unpack_from(">4sI", data, at)
+            extensions.append(name)
+            at += 8 + size
+    except (struct.error, ValueError):
+        return False
+    return sign == b"DIRC" and version in (2, 3) and len(data) <= MAX_INDEX_BYTES and \
+        not {b"sdir", b"link"} & set(extensions)
 
 
 def agent_pane(launch: ProgramSite, agent: str, delay: float, restarts: int) -> Pane:

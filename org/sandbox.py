@@ -80,7 +80,7 @@ import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from org import OrgError
+from org import OrgError, empty_file
 from org.cgroups import JOIN, box_cgroups, cgroup_root
 from org.diskwatch import watch
 from org import sourceless
@@ -582,14 +582,14 @@ def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, o
     refs, reflogs = common / "refs" / "heads" / own_refs, common / "logs" / "refs" / "heads" / own_refs
     for folder in (refs, reflogs, own_objects / "pack", own_objects / "info"):
         folder.mkdir(parents=True, exist_ok=True)
+    empty_file(Path(git_dir) / "config.worktree")  # read by every git there if the lab has extensions.worktreeConfig
     return Sandbox(writable=[worktree, own_objects, refs, reflogs, git_dir],
                    readonly=[common], hidden=lab_private(lab_root),
-                   # the pointers between the worktree and git_dir: rewritten, the next box's git_dir
-                   # (Lab.admin_dir) could be any folder, and the harness's git calls would follow them;
-                   # its folder's packs and info (its alternates: where else its git would read objects),
-                   # what the harness takes in is read object by object (org/objects.py)
-                   frozen=[worktree / ".git", git_dir / "gitdir", git_dir / "commondir",
-                           own_objects / "pack", own_objects / "info"],
+                   # the pointers between the worktree and git_dir: rewritten, the next box's git_dir (Lab.admin_dir)
+                   # could be any folder, and the harness's git calls would follow them; its folder's packs and
+                   # info (its alternates): what the harness takes in is read object by object (org/objects.py)
+                   frozen=[worktree / ".git", git_dir / "gitdir", git_dir / "commondir", git_dir / "config.worktree",
+                           own_objects / "pack", own_objects / "info"],  # (a filter there ran in the harness's git)
                    env={"GIT_OBJECT_DIRECTORY": str(own_objects),  # then the shared store (quoted: a path's ':')
                         "GIT_ALTERNATE_OBJECT_DIRECTORIES": json.dumps(str(common / "objects"), ensure_ascii=False)},
                    unix_sockets=False,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from org import OrgError, shown
 from org.agents.control import Control
-from org.launch import TAKEN_OVER, attach, ended_for_good, git, pane_path, person_identity
+from org.launch import TAKEN_OVER, attach, ended_for_good, git, pane_path, person_identity, plain_index
 from org.lab import Lab, agent_branch
 from org.mail import HUMAN, Mail, now, write_atomically
 from org.panes import RELEASE_KEY, TAKEOVER_KEY, Pane
@@ -88,7 +88,10 @@ def take_in(launch: ProgramSite, agent: str):
     """The agent's branch, HEAD and what it staged, into the shared object store: the person's
     git reads no agent's own objects (org/objects.py), and their commit needs what it staged."""
     with contextlib.closing(Lab.open(launch.root)) as lab:
-        lab.take_in_work(launch.worktree(agent), agent_branch(launch.name, agent), index=True)
+        tree, staged = launch.worktree(agent), False
+        with contextlib.suppress(OrgError):  # (an index no box's git writes: its blobs are not listed)
+            staged = plain_index(lab.admin_dir(tree) / "index")
+        lab.take_in_work(tree, agent_branch(launch.name, agent), index=staged)
 
 
 def person_shell(launch: ProgramSite, agent: str, backend: str) -> Pane:

@@ -458,6 +458,33 @@ def test_a_junk_copy_in_another_agents_folder_drops_no_branch_at_clean(org_proje
         assert repo.commit(work).message.strip() == "second's work"
 
 
+def test_only_an_index_an_agents_git_writes_is_read_as_it_is(tmp_path):
+    """An agent's box writes its worktree's index. A sparse one names folders, which every git
+    of the harness's expands (10 KB of them named 4 million files: a status of hours, GBs of
+    memory), and a split one reads another file: `org stop`/`launch` make such an index again
+    from HEAD (mend_worktree), as they do an index git cannot read."""
+    from org.launch import plain_index
+    tree = tmp_path / "tree"
+    subprocess.run(["git", "init", "-q", str(tree)], check=True)
+    for name in ("a/x", "b/y"):
+        (tree / name).parent.mkdir()
+        (tree / name).write_text(name)
+    run = lambda *argv: subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@b", *argv], cwd=tree, check=True)
+    run("add", "-A")
+    run("commit", "-qm", "x")
+    (tree / "c").write_text("c")
+    run("add", "-N", "c")  # (an extended entry: version 3)
+    index = tree / ".git" / "index"
+    assert plain_index(index) and plain_index(tmp_path / "none")
+    run("-c", "index.sparse=true", "sparse-checkout", "set", "--cone", "--sparse-index", "a")
+    assert not plain_index(index)
+    run("sparse-checkout", "disable")
+    run("update-index", "--index-version", "4")
+    assert not plain_index(index)
+    index.write_bytes(b"DIRC junk")
+    assert not plain_index(index)
+
+
 def test_git_in_an_agents_worktree_runs_no_driver_of_the_persons_config(tmp_path, monkeypatch):
     """The harness's git in an agent's worktree (status, add -A and diff for a takeover, stop,
     launch) read the person's ~/.gitconfig: a .gitattributes the agent wrote there could name

@@ -173,6 +173,36 @@ def test_a_command_cannot_delete_the_history_or_the_work_the_harness_took_in(two
     assert run(tools, "git commit -q --allow-empty -m 'still works'").startswith("exit status 0")
 
 
+def test_a_worktree_config_an_agent_writes_runs_nothing_in_the_harness_or_the_persons_git(two_agents, tmp_path):
+    """Where the lab reads worktree configs (extensions.worktreeConfig: `git sparse-checkout`
+    turns it on), every git in a linked worktree reads its admin dir's config.worktree, which an
+    agent's box writes: a filter there, named by a .gitattributes in its worktree, ran outside
+    every box, as the harness (`org takeover`'s snapshot of the worktree, its `git add -A`) and
+    as the person in the takeover shell. The file is now empty and read-only in the box, and
+    the harness empties what an older box left before its own git reads the worktree."""
+    from org.launch import git as worktree_git, mend_worktree
+    from org.takeover import snapshot_tree
+    root, program, tools, _ = two_agents
+    subprocess.run(["git", "config", "extensions.worktreeConfig", "true"], cwd=root, check=True)
+    tree, ran = tools.ws.root, tmp_path / "ran"  # (outside the box: its /tmp is its own)
+    evil = f'[filter "x"]\n\tclean = touch {ran} && cat\n'
+    out = run(tools, f"printf '{evil}' > \"$(git rev-parse --git-dir)/config.worktree\"; echo '* filter=x' > .gitattributes; "
+                     "echo changed > f.txt; git add -A && git commit -qm attributes; cat \"$(git rev-parse --git-dir)/config.worktree\"")
+    assert "Read-only file system" in out and "filter" not in out.split("\n", 1)[1], out
+    (tree / "f.txt").write_text("changed again\n")
+    snapshot_tree(tree)
+    assert not ran.exists()
+
+    admin = Path(tools.lab.admin_dir(tree))
+    (admin / "config.worktree").write_text(evil)  # as an older box left it
+    with git.Repo(root) as repo:
+        assert "touch" in repo.git.config("--file", str(admin / "config.worktree"), "filter.x.clean")
+    mend_worktree(tools.lab, tree, agent_branch(program.name, "alice"))
+    worktree_git(tree, "status", "--porcelain")
+    snapshot_tree(tree)
+    assert not ran.exists()
+
+
 def test_a_command_cannot_delete_or_spoil_another_agents_unsubmitted_work(two_agents):
     """Until it is submitted, an agent's work is loose objects only: in the shared .git/objects,
     alice's box deleted bob's (his branch then named nothing, his index neither). Each agent's box
