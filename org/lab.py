@@ -483,19 +483,21 @@ class Lab:
             sha = self.repo.git.rev_parse("--verify", "--end-of-options", ref)
         except (git.GitCommandError, ValueError):  # (ValueError: a NUL in it)
             raise LabError(f"git ref {ref!r} does not exist in {self.root}") from None
+        if kind == b"commit" and self.objects.has(sha):
+            sha = self.resolve(sha)  # (a tag the lab has, peeled: GitPython reads the shared store only)
         self.copy_in(ref, sha, branch_owner(ref) or owner, kind)
-        return self.resolve(sha) if kind == b"commit" else sha  # read from the shared store now (a tag peeled)
+        return self.resolve(sha) if kind == b"commit" else sha  # read from the shared store now
 
     def copy_in(self, ref: str, sha: str, owner: tuple[str, str] | None, kind: bytes):
         """take_in's copy, past its first test: an object in the shared store has all it reaches
         there too (as each tool call ends, that is most often all there is to it). What it
         writes counts against its agent's AGENT_TAKEN, in .lab/<program>/taken-in/<agent> (what a
         box writes in its own folder counts against its disk, and once taken in, no longer does)."""
-        if self.objects.has(sha):
-            return
         folder = agent_objects(self.repo.common_dir, *owner) if owner else None
         count_file = self.state_dir(owner[0]) / "taken-in" / owner[1] if owner else Path(os.devnull)
         try:
+            if self.objects.met_before(sha, kind, {}):  # (as the kind it is named as: a branch naming a blob)
+                return
             count_file.parent.mkdir(parents=True, exist_ok=True)
             with open(count_file, "a+") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)

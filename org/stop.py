@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 
 from org import OrgError
 from org.agents.control import Control
-from org.lab import Lab, agent_branch, branch_owner
+from org.lab import Lab, agent_branch, branch_owner, child_env
 from org.launch import RUNNER, STOP_SECONDS, git, mend_worktree, one_at_a_time, ours, send_signal
 from org.ledger import Ledger
 from org.mail import now, write_atomically
@@ -111,13 +112,16 @@ def clean(launch: ProgramSite) -> list[str]:
         branches, kept = agent_branches(lab, name, checked_out), []
         for branch, sha in list(branches.items()):  # the harness's now: no git outside a box reads an agent's folder
             try:
-                lab.take_in(sha, branch_owner(branch))
+                lab.copy_in(branch, sha, branch_owner(branch), b"commit")
             except OrgError as e:  # a commit that cannot be taken in (its objects gone, or junk): the person decides
                 kept.append(f"kept branch {branch}: {e}")
                 del branches[branch]
-        for branch, sha in branches.items():
-            lab.repo.git.update_ref(f"refs/nanolab/{name}/{branch}", sha)
-            lab.repo.git.branch("-D", branch)
+        moves = "".join(f"update refs/nanolab/{name}/{branch} {sha}\ndelete refs/heads/{branch} {sha}\n"
+                        for branch, sha in branches.items())  # (one git for all: an agent may have made thousands)
+        moved = subprocess.run(["git", "update-ref", "--stdin"], cwd=lab.root, input=moves, text=True,
+                               capture_output=True, env=child_env(lab.repo.git.environment()))
+        if moved.returncode:
+            raise OrgError(f"git update-ref in {lab.root} failed: {moved.stderr.strip()[-300:]}")
     with contextlib.suppress(OSError):
         (launch.root / "worktrees" / name).rmdir()
     return [f"removed {len(agents)} worktree(s) and {len(branches)} branch(es) of {name}; their commits stay "

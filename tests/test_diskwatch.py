@@ -41,6 +41,17 @@ def test_a_box_that_writes_without_end_is_stopped_at_its_bound(tmp_path):
     assert written(tmp_path) < 300 << 20  # caught within a look or two, of 400 MB
 
 
+def test_a_box_that_makes_sparse_files_is_stopped_at_what_they_hold(tmp_path):
+    """A sparse file of 1 GB takes no block: counted by blocks, a box made as many as it liked,
+    and each one that git's status met (the harness's, in `org stop`, `launch`, `takeover`) it
+    hashed whole. Each file now counts its size."""
+    sparse = ("import time\nfor i in range(40):\n    f = open(f's{i}', 'wb'); f.truncate(256 << 20); f.close()\n"
+              "    time.sleep(0.1)\nprint('made them all')")
+    proc = box_runs(tmp_path, sparse, disk_bytes=1 << 30)
+    assert proc.returncode == -9 and "made them all" not in proc.out, proc.out
+    assert "more than the 1.0 GB a box may write" in proc.stopped, proc.stopped
+
+
 def test_a_box_that_makes_files_without_end_is_stopped(tmp_path):
     proc = box_runs(tmp_path, FILES, disk_files=2_000)
     assert proc.returncode == -9 and "made them all" not in proc.out, proc.out

@@ -25,6 +25,7 @@ import yaml
 from agentlab import tiny_program
 from org.agents.control import Control
 from org.cli import main
+from org.lab import Lab
 from org.ledger import pid_alive
 from org.mail import Mail
 from org.panes import Grid, read_state
@@ -549,7 +550,15 @@ def test_what_an_agent_leaves_broken_in_git_stops_no_stop_launch_or_clean(org_pr
     named = common / "refs/heads/agent/tiny/solo/x^{" / "(.*)(.*)(.*)(.*)(.*)\\5\\4\\3\\2\\1x}"
     named.parent.mkdir()  # a name git refuses, which rev-parse read as a search of commit messages
     named.write_text((common / "refs/heads/agent/tiny/solo/work").read_text())
+    with contextlib.closing(git.Repo(root)) as repo:  # a branch naming a file of the lab's: no commit to keep
+        blob = repo.git.ls_tree("-r", "program/tiny").split()[2]
+    (common / "refs/heads/agent/tiny/solo/blob").write_text(blob + "\n")
     assert main(["clean", "tiny"]) == 0
+    assert f"kept branch agent/tiny/solo/blob: git ref 'agent/tiny/solo/blob': object {blob[:10]} is a blob" \
+        in capsys.readouterr().out
     with contextlib.closing(git.Repo(root)) as repo:
-        assert not [h for h in repo.heads if h.name.startswith("agent/")] and not named.exists()
+        assert [h.name for h in repo.heads if h.name.startswith("agent/")] == ["agent/tiny/solo/blob"]
+        assert not named.exists()
         assert "refs/nanolab/tiny/agent/tiny/solo/work" in repo.git.for_each_ref("refs/nanolab")
+    with contextlib.closing(Lab.open(root)) as lab:
+        lab.pack_loose(lab.harness_refs())  # as each program start does
