@@ -37,7 +37,7 @@ from pathlib import Path
 import git
 from git.objects.fun import tree_entries_from_data
 
-from org import OrgError
+from org import OrgError, replace_file
 from org.objects import ObjectError, ObjectStore, agent_objects
 
 # Set by git hooks and by some shells; a child that inherits them operates on the wrong repo.
@@ -51,7 +51,8 @@ STATE_DIRS = ("runs", "snapshots", "mail", "transcripts")
 # git's status looks inside every submodule, and would run them as whoever runs it)
 HARDENED_GIT = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "core.attributesFile": "/dev/null",
                 "diff.ignoreSubmodules": "all", "submodule.recurse": "false",
-                "core.commitGraph": "false"}  # (written by a person's gc: the objects, never their summary)
+                "core.commitGraph": "false",  # (written by a person's gc: the objects, never their summary)
+                "index.version": "2", "core.splitIndex": "false"}  # (what plain_index reads: org/launch.py)
 # files that run or shadow code without being a module's source, wherever they are
 SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
 SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
@@ -349,7 +350,7 @@ class Lab:
         it clean first, by a status of ours (hardened); git's own check (without --force) looks
         inside a repository nested there, so runs its filters, and refuses a worktree holding one."""
         path = self.worktree_path(program, agent)
-        (self.admin_dir(path) / "locked").unlink(missing_ok=True)  # (its box may lock it: git then keeps it)
+        replace_file(self.admin_dir(path) / "locked", None)  # (its box may lock it: git then keeps it)
         try:
             self.repo.git.worktree("remove", "--force", str(path))
         except git.GitCommandError as e:

@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import hashlib
 import os
+import resource
 import struct
 import shlex
 import signal
@@ -54,6 +56,7 @@ TAKEN_OVER = "taken over by a person"  # the pause reason `org status` shows as 
 WAITING_TOOLS = ("read_inbox", "results")
 STOP_SECONDS = 30.0  # `org stop`: how long agents get to reach a safe point before a signal
 GIT_SECONDS = 120  # a git command in an agent's worktree (status, reset, add)
+GIT_MEMORY = 4 << 30  # ... and its address space
 MAX_INDEX_BYTES = 64 << 20  # an agent's index: 600,000 files
 
 
@@ -356,9 +359,10 @@ def mend_worktree(lab: Lab, path: Path, branch: str) -> list[str]:
 
 
 def plain_index(path: Path) -> bool:
-    """Whether an index file is one an agent's git writes (version 2 or 3, every entry a file's),
-    or missing. Not so: a sparse index (its `sdir` extension: git expands each folder entry, and
-    10 KB of them named 4M files), a split one (`link`: it reads another file), version 4."""
+    """Whether an index file is one an agent's git writes (version 2 or 3, every entry a file's,
+    read as git reads it: each name's length from its flags, its checksum right), or missing. Not
+    so: a sparse index (folder entries git expands: 10 KB of them named 4M files), a split one
+    (`link`: it reads another file), version 4, junk."""
     try:
         with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK | os.O_NOFOLLOW)) as f:
             data = f.read(MAX_INDEX_BYTES + 1)
@@ -368,19 +372,24 @@ def plain_index(path: Path) -> bool:
         return False
     try:
         sign, version, count = struct.unpack_from(">4sII", data)
-        at = 12
-        for _ in range(count):  # a 62-byte header (64 with v3's extended flags), the name, NULs to 8 bytes
-            start = at + 62 + (2 if struct.unpack_from(">H", data, at + 60)[0] & 0x4000 else 0)
-            at += (data.index(b"\0", start) - at + 8) & ~7
-        extensions = []
-        while at < len(data) - 20:
+        at, end = 12, len(data) - 20
+        for _ in range(count):  # 62 bytes (64 with v3's extended flags), the name, 1-8 NULs to 8 bytes
+            mode, flags = struct.unpack_from(">I", data, at + 24)[0], struct.unpack_from(">H", data, at + 60)[0]
+            named = at + (64 if flags & 0x4000 else 62)
+            length = flags & 0xFFF if flags & 0xFFF < 0xFFF else data.index(b"\0", named) - named
+            size = (named - at + length + 8) & ~7
+            if mode >> 12 == 0o04 or b"\0" in data[named:named + length] or data[named + length:at + size].strip(b"\0"):
+                return False  # (a folder's entry: a sparse index)
+            at += size
+        extensions = set()
+        while at < end:
             name, size = struct.unpack_from(">4sI", data, at)
-            extensions.append(name)
+            extensions.add(name)
             at += 8 + size
     except (struct.error, ValueError):
         return False
-    return sign == b"DIRC" and version in (2, 3) and len(data) <= MAX_INDEX_BYTES and \
-        not {b"sdir", b"link"} & set(extensions)
+    return sign == b"DIRC" and version in (2, 3) and len(data) <= MAX_INDEX_BYTES and at == end and \
+        hashlib.sha1(data[:end]).digest() == data[end:] and not {b"sdir", b"link"} & extensions
 
 
 def agent_pane(launch: ProgramSite, agent: str, delay: float, restarts: int) -> Pane:
@@ -481,20 +490,30 @@ def print_report(launch: ProgramSite) -> int:
 
 
 def git(cwd: Path, *args: str, env: dict | None = None) -> str:
-    """git in an agent's worktree, GIT_SECONDS at most: its box may leave files or an index that
-    make a status hash or list for hours (sparse 1 GB files, a sparse index of 4M entries). The
-    person's own config is not read: a .gitattributes there would run its filters and diff
-    drivers (git-lfs's, say) on what the agent wrote."""
-    try:
-        out = subprocess.run(["git", *args], cwd=cwd, env=child_env({**hardened_git_env(), "GIT_CONFIG_GLOBAL": os.devnull,
-                                                                      **(env or {})}),
-                             capture_output=True, text=True, errors="replace",  # a file name a box chose: any bytes
-                             timeout=GIT_SECONDS)
-    except subprocess.TimeoutExpired:
-        raise OrgError(f"git {' '.join(args[:2])} in {cwd} took over {GIT_SECONDS} s") from None
+    """git in an agent's worktree, bounded: its box may leave files, a HEAD or an index that make
+    a status hash, list or expand for hours (sparse 1 GB files, a sparse index of 4M entries, a
+    tree of 52 KB nesting 10^9 files that `reset` read at 500 MB/s). No filter or diff driver runs
+    on what the agent wrote: the person's global config is not read (git-lfs's, say), and the
+    lab's own filters are `cat`, as for every git of the harness's (Lab.harden)."""
+    base = {"GIT_CONFIG_GLOBAL": os.devnull, **(env or {})}
+    listed = bounded_git(cwd, ["config", "--name-only", "--get-regexp", r"^filter\."], {**hardened_git_env(), **base})
+    filters = sorted({key[len("filter."):key.rindex(".")] for key in listed.stdout.split()})  # (exit 1: none)
+    out = bounded_git(cwd, list(args), {**hardened_git_env(filters), **base})
     if out.returncode != 0:
         raise OrgError(f"git {' '.join(args[:2])} in {cwd} failed: {out.stderr.strip()[-300:]}")
     return out.stdout.rstrip()
+
+
+def bounded_git(cwd: Path, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """git, GIT_SECONDS and GIT_MEMORY at most (its packs mapped a GB at a time to fit)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (GIT_MEMORY, GIT_MEMORY))
+    try:
+        return subprocess.run(["git", "-c", "core.packedGitLimit=1g", *args], cwd=cwd, env=child_env(env),
+                              capture_output=True, text=True, errors="replace",  # a file name a box chose: any bytes
+                              timeout=GIT_SECONDS, preexec_fn=limit)
+    except subprocess.TimeoutExpired:
+        raise OrgError(f"git {' '.join(args[:2])} in {cwd} took over {GIT_SECONDS} s") from None
 
 
 def attach(launch: ProgramSite):

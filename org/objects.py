@@ -67,6 +67,7 @@ class ObjectStore:
         self.shared = self.common / "objects"
         self._packs = PackedDB(str(self.shared / "pack"))  # (read in Python: never through git)
         self.taken = self.written = 0  # what the last take_in read, and wrote
+        self.junk = set()  # (path, inode, size, mtime) of each agent's copy found junk, never read again
 
     def agent_folder(self, program: str, agent: str) -> Path:
         """agent_objects(), made, with its pack/ and info/ (read-only in its box: packs and
@@ -149,6 +150,13 @@ class ObjectStore:
         copies = [path for path in (folder / oid[:2] / oid[2:] for folder in folders) if path.exists()]
         for path in copies:
             try:
+                info = path.stat()
+                seen = (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
+                if seen in self.junk:  # (a GB inflated, maybe: not again for each new commit naming it)
+                    continue
+                if len(self.junk) > MAX_TAKEN_OBJECTS:
+                    self.junk.clear()
+                self.junk.add(seen)  # until it proves not to be
                 found = read_loose(path, MAX_OBJECT_BYTES if kind == b"blob" else MAX_LISTING_BYTES)
             except (ValueError, OSError, zlib.error):
                 continue
@@ -157,6 +165,7 @@ class ObjectStore:
                 raise ObjectError(f"taking in {oid[:10]} read over {MAX_TAKEN_BYTES >> 30} GB of objects; "
                                   "nothing of that commit runs")
             if found is not None and found[0] == kind and hash_of(*found) == oid:
+                self.junk.discard(seen)
                 return found[1]
         if copies:
             raise ObjectError(f"object {oid[:10]}: no copy in {copies[0].parent.parent} holds what its name "

@@ -118,7 +118,7 @@ def clean(launch: ProgramSite) -> list[str]:
                 del branches[branch]
         moves = "".join(f"update refs/nanolab/{name}/{branch} {sha}\ndelete refs/heads/{branch} {sha}\n"
                         for branch, sha in branches.items())  # (one git for all: an agent may have made thousands)
-        moved = subprocess.run(["git", "update-ref", "--stdin"], cwd=lab.root, input=moves, text=True,
+        moved = subprocess.run(["git", "update-ref", "--no-deref", "--stdin"], cwd=lab.root, input=moves, text=True,
                                capture_output=True, env=child_env(lab.repo.git.environment()))
         if moved.returncode:
             raise OrgError(f"git update-ref in {lab.root} failed: {moved.stderr.strip()[-300:]}")
@@ -131,10 +131,11 @@ def clean(launch: ProgramSite) -> list[str]:
 def agent_branches(lab: Lab, name: str, checked_out: set[str]) -> dict[str, str]:
     """{branch: sha} of the program's agents' branches, as git lists them (a ref file whose name
     or content git refuses, which its agent's box may write, is deleted: git refuses to, and a
-    name such as `x^{/(.*)(.*)\\2\\1x}` handed to rev-parse searched commit messages for good)."""
+    name such as `x^{/(.*)(.*)\\2\\1x}` handed to rev-parse searched commit messages for good;
+    so is a symbolic one: `ref: refs/heads/main` there, deleted as a branch, deleted main)."""
     prefix = f"refs/heads/agent/{name}/"
-    listed = dict(line.split(" ", 1) for line in
-                  lab.repo.git.for_each_ref("--format=%(refname) %(objectname)", prefix).splitlines())
+    lines = lab.repo.git.for_each_ref("--format=%(refname) %(objectname) %(symref)", prefix).splitlines()
+    listed = dict(line.split(" ")[:2] for line in lines if line.endswith(" "))  # (a symbolic one: a box's too)
     for head in lab.repo.heads:
         if head.path.startswith(prefix) and head.path not in listed:
             with contextlib.suppress(OSError):  # (in packed-refs: git's to mend)

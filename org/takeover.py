@@ -141,7 +141,7 @@ def release(launch: ProgramSite, agent: str, note: str | None = None) -> str:
 
 
 def change_note(tree: Path, taken: dict, note: str | None, limit: int = 8000) -> str:
-    diff = git(tree, "diff", "--stat", "--patch", taken["tree"], snapshot_tree(tree)) if tree.exists() else ""
+    diff = git(tree, "diff", "--no-ext-diff", "--no-textconv", "--stat", "--patch", taken["tree"], snapshot_tree(tree)) if tree.exists() else ""
     commits = git(tree, "log", "--oneline", f"{taken['head']}..HEAD") if tree.exists() else ""
     head = f"A person took over your pane at {taken['at']} and handed it back at {now()}."
     text = head + (f"\nTheir note: {note}" if note else "")

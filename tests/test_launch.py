@@ -488,24 +488,31 @@ def test_only_an_index_an_agents_git_writes_is_read_as_it_is(tmp_path):
 
 def test_git_in_an_agents_worktree_runs_no_driver_of_the_persons_config(tmp_path, monkeypatch):
     """The harness's git in an agent's worktree (status, add -A and diff for a takeover, stop,
-    launch) read the person's ~/.gitconfig: a .gitattributes the agent wrote there could name
-    any filter or diff driver in it (git-lfs's, a textconv) to run on the agent's files."""
+    launch) read the person's ~/.gitconfig, and the lab's filters ran: a .gitattributes the agent
+    wrote there could name any filter or diff driver of theirs (git-lfs's, nbstripout's, a
+    textconv) to run on the agent's files, outside every box."""
     from org.launch import git as worktree_git
-    from org.takeover import snapshot_tree
+    from org.takeover import change_note, snapshot_tree
     tree, ran, home = tmp_path / "tree", tmp_path / "ran", tmp_path / "home"
     subprocess.run(["git", "init", "-q", str(tree)], check=True)
-    (tree / ".gitattributes").write_text("* filter=lfs diff=lfs\n")
+    (tree / ".gitattributes").write_text("a.txt filter=lfs diff=lfs\nb.txt filter=nb diff=nb\n")
     (tree / "a.txt").write_text("one\n")
+    (tree / "b.txt").write_text("one\n")
     subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@b", "add", "-A"], cwd=tree, check=True)
     subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "x"], cwd=tree, check=True)
     home.mkdir()
     (home / ".gitconfig").write_text(f'[filter "lfs"]\n\tclean = touch {ran} && cat\n'
                                      f'[diff "lfs"]\n\ttextconv = touch {ran} && cat\n')
     monkeypatch.setenv("HOME", str(home))
+    for key, value in (("filter.nb.clean", f"touch {ran} && cat"), ("diff.nb.textconv", f"touch {ran} && cat")):
+        subprocess.run(["git", "config", key, value], cwd=tree, check=True)  # the lab's own (nbstripout's, say)
     (tree / "a.txt").write_text("two, as the agent left it\n")
+    (tree / "b.txt").write_text("two, as the agent left it\n")
     worktree_git(tree, "status", "--porcelain")
     before = snapshot_tree(tree)
-    worktree_git(tree, "diff", "--patch", "HEAD", before)
+    (tree / "b.txt").write_text("three\n")
+    head = worktree_git(tree, "rev-parse", "HEAD")
+    assert "+three" in change_note(tree, {"tree": before, "head": head, "at": "then"}, None)  # (its diff)
     assert not ran.exists()
 
 
@@ -541,7 +548,7 @@ def test_what_an_agent_leaves_broken_in_git_stops_no_stop_launch_or_clean(org_pr
     assert f"{tree}: git could not read its index; it was made again from HEAD" in out
 
     second = root / "worktrees" / "tiny" / "second"
-    (admin / "locked").write_text("mine\n")  # git keeps a locked worktree: `remove --force` failed, a traceback
+    (admin / "locked").mkdir()  # git keeps a locked worktree: `remove --force` failed (or unlink()), a traceback
     (common / "worktrees" / "second" / "HEAD").write_text("ref: refs/heads/program/tiny\n")  # the program's branch
     assert main(["stop", "tiny"]) == 0  # (checked out there, it never moved, and the person could not check it out)
     out = capsys.readouterr().out
@@ -553,12 +560,15 @@ def test_what_an_agent_leaves_broken_in_git_stops_no_stop_launch_or_clean(org_pr
     with contextlib.closing(git.Repo(root)) as repo:  # a branch naming a file of the lab's: no commit to keep
         blob = repo.git.ls_tree("-r", "program/tiny").split()[2]
     (common / "refs/heads/agent/tiny/solo/blob").write_text(blob + "\n")
+    (common / "refs/heads/agent/tiny/solo/main").write_text("ref: refs/heads/program/tiny\n")  # deleted as a
+    program_tip = (common / "refs/heads/program/tiny").read_text()  # branch, it deleted the program's
     assert main(["clean", "tiny"]) == 0
     assert f"kept branch agent/tiny/solo/blob: git ref 'agent/tiny/solo/blob': object {blob[:10]} is a blob" \
         in capsys.readouterr().out
     with contextlib.closing(git.Repo(root)) as repo:
         assert [h.name for h in repo.heads if h.name.startswith("agent/")] == ["agent/tiny/solo/blob"]
-        assert not named.exists()
+        assert not named.exists() and not (common / "refs/heads/agent/tiny/solo/main").exists()
         assert "refs/nanolab/tiny/agent/tiny/solo/work" in repo.git.for_each_ref("refs/nanolab")
+        assert repo.git.rev_parse("program/tiny") == program_tip.strip()
     with contextlib.closing(Lab.open(root)) as lab:
         lab.pack_loose(lab.harness_refs())  # as each program start does

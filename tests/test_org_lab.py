@@ -4,13 +4,16 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 import zlib
 from pathlib import Path
 
 import git
 import pytest
 
+from org import OrgError
 from org.lab import AGENT_TAKEN, Lab, LabError, child_env
+from org.objects import ObjectError, ObjectStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -404,6 +407,11 @@ def test_a_failed_take_in_waits_before_it_is_read_again_and_deep_trees_are_refus
     lab.refused[commit] -= RETRY_SECONDS
     lab.take_in_work(tree, "agent/softcap/alice/work")
     assert len(reads) == 2
+    fresh = ObjectStore(lab.repo.common_dir)  # one that never read the junk copy reads it
+    for store in (lab.objects, fresh):
+        with pytest.raises(ObjectError, match="no copy .* holds what its name says"):
+            store.take_in(commit, alice, AGENT_TAKEN)
+    assert fresh.taken == lab.objects.taken + len(b"junk")  # (the same file: a rewritten one is read again)
 
     deep = lab.repo.git.rev_parse("program/softcap:trainer")
     for _ in range(MAX_DEPTH + 2):
@@ -412,6 +420,31 @@ def test_a_failed_take_in_waits_before_it_is_read_again_and_deep_trees_are_refus
     top = lab.repo.git.commit_tree(deep, "-m", "deep")
     with pytest.raises(LabError, match=f"nests folders over {MAX_DEPTH} deep"):
         lab.files(top)
+
+
+def test_a_commit_of_a_few_kb_naming_a_billion_files_runs_no_git_of_ours_out_of_memory(lab, monkeypatch):
+    """Three trees of 1000 entries each, nested, name 10^9 files in 60 KB: an agent commits
+    them, and leaves an index git cannot read. `org stop` makes that index again from HEAD
+    (`git reset`), which read them at 500 MB/s, with no bound. Now every git of ours in an
+    agent's worktree has GIT_MEMORY of address space (and GIT_SECONDS): one line, not the
+    machine's memory."""
+    from org import launch
+    monkeypatch.setattr(launch, "GIT_MEMORY", 512 << 20)
+    lab.start_program("softcap")
+    tree = lab.add_worktree("softcap", "alice")
+
+    def mktree(entries: str) -> str:
+        return subprocess.run(["git", "mktree"], cwd=lab.root, input=entries, text=True, capture_output=True,
+                              check=True).stdout.strip()
+    level = lab.repo.git.rev_parse("program/softcap:trainer/model.py")
+    for mode, kind in (("100644", "blob"), ("040000", "tree"), ("040000", "tree")):
+        level = mktree("".join(f"{mode} {kind} {level}\tf{i}\n" for i in range(1000)))
+    lab.repo.git.update_ref("refs/heads/agent/softcap/alice/work", lab.repo.git.commit_tree(level, "-m", "10^9 files"))
+    (lab.admin_dir(tree) / "index").write_bytes(b"junk")
+    started = time.monotonic()
+    with pytest.raises(OrgError, match="git reset -q in .* failed"):
+        launch.mend_worktree(lab, tree, "agent/softcap/alice/work")
+    assert time.monotonic() - started < 60
 
 
 def test_a_take_in_that_fails_part_way_counts_what_it_wrote(lab):
