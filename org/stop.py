@@ -11,7 +11,6 @@ import subprocess
 import time
 from pathlib import Path
 
-
 from org import OrgError
 from org.agents.control import Control
 from org.lab import Lab, agent_branch, branch_owner, child_env
