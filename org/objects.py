@@ -149,24 +149,25 @@ class ObjectStore:
         read inflates to counts against MAX_TAKEN_BYTES, junk included."""
         copies = [path for path in (folder / oid[:2] / oid[2:] for folder in folders) if path.exists()]
         for path in copies:
+            seen = None
             try:
                 info = path.stat()
                 seen = (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
                 if seen in self.junk:  # (a GB inflated, maybe: not again for each new commit naming it)
                     continue
-                if len(self.junk) > MAX_TAKEN_OBJECTS:
-                    self.junk.clear()
-                self.junk.add(seen)  # until it proves not to be
                 found = read_loose(path, MAX_OBJECT_BYTES if kind == b"blob" else MAX_LISTING_BYTES)
             except (ValueError, OSError, zlib.error):
-                continue
+                found = None
             self.taken += len(found[1]) if found else 0
             if self.taken > MAX_TAKEN_BYTES:
                 raise ObjectError(f"taking in {oid[:10]} read over {MAX_TAKEN_BYTES >> 30} GB of objects; "
                                   "nothing of that commit runs")
             if found is not None and found[0] == kind and hash_of(*found) == oid:
-                self.junk.discard(seen)
                 return found[1]
+            if seen:  # junk: not read again while its file is the same
+                if len(self.junk) > MAX_TAKEN_OBJECTS:
+                    self.junk.clear()
+                self.junk.add(seen)
         if copies:
             raise ObjectError(f"object {oid[:10]}: no copy in {copies[0].parent.parent} holds what its name "
                               f"says (a {kind.decode()} hashing to it); nothing of that commit runs")
