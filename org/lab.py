@@ -484,8 +484,8 @@ class Lab:
             sha = self.repo.git.rev_parse("--verify", "--end-of-options", ref)
         except (git.GitCommandError, ValueError):  # (ValueError: a NUL in it)
             raise LabError(f"git ref {ref!r} does not exist in {self.root}") from None
-        if kind == b"commit" and self.objects.has(sha):
-            sha = self.resolve(sha)  # (a tag the lab has, peeled: GitPython reads the shared store only)
+        if kind == b"commit" and self.objects.has(sha):  # in already, and all it reaches (a tag the lab has,
+            return self.resolve(sha)                       # peeled; a blob, refused: GitPython reads the lab's only)
         self.copy_in(ref, sha, branch_owner(ref) or owner, kind)
         return self.resolve(sha) if kind == b"commit" else sha  # read from the shared store now
 
@@ -494,19 +494,20 @@ class Lab:
         there too (as each tool call ends, that is most often all there is to it). What it
         writes counts against its agent's AGENT_TAKEN, in .lab/<program>/taken-in/<agent> (what a
         box writes in its own folder counts against its disk, and once taken in, no longer does)."""
-        folder = agent_objects(self.repo.common_dir, *owner) if owner else None
-        count_file = self.state_dir(owner[0]) / "taken-in" / owner[1] if owner else Path(os.devnull)
         try:
             if self.objects.met_before(sha, kind, {}):  # (as the kind it is named as: a branch naming a blob)
                 return
+            if owner is None:  # a person's ref: no folder to copy from, so this says what is missing
+                self.objects.take_in(sha, None, 0, kind)
+                return
+            folder, count_file = agent_objects(self.repo.common_dir, *owner), self.state_dir(owner[0]) / "taken-in" / owner[1]
             count_file.parent.mkdir(parents=True, exist_ok=True)
             with open(count_file, "a+") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)
                 f.seek(0)
                 count = int(f.read().strip() or 0)
                 try:
-                    self.objects.take_in(sha, folder if folder and folder.is_dir() else None,
-                                         max(0, AGENT_TAKEN - count) if owner else 0, kind)
+                    self.objects.take_in(sha, folder if folder.is_dir() else None, max(0, AGENT_TAKEN - count), kind)
                 finally:  # (a take-in that failed part way wrote what it wrote)
                     if self.objects.written:
                         f.seek(0)
