@@ -185,7 +185,7 @@ def pool_group(root: Path, limits: Limits) -> Path | None:
             enabled = (group.parent / "cgroup.subtree_control").read_text().split()
             write(group, {"cgroup.subtree_control": " ".join(f"+{c}" for c in enabled)})
             if name.startswith("agent-"):  # v2 weighs siblings: an agent's pool at its boxes' low weight
-                write(group, cpu_weight_setting(group, limits.cpu_weight))
+                write(group, cpu_weight_setting(group, max(limits.cpu_weight, pool_weight(group))))
         if not capped(group, limit):
             return None
     return group
@@ -292,6 +292,15 @@ def cpu_weight_setting(group: Path, weight: int) -> dict:
     if (group / "cpu.weight").exists():
         return {"cpu.weight": str(weight)}
     return {"cpu.shares": str(max(2, weight * 1024 // 100))}
+
+
+def pool_weight(group: Path) -> int:
+    """A v2 agent pool's weight while it holds a box (0 when it holds none): a CLI's box holds it at the CLI's weight while
+    the commands it sends through its port (boxes of their own, at 1) come and go."""
+    try:
+        return int((group / "cpu.weight").read_text()) if any(child.is_dir() for child in group.iterdir()) else 0
+    except (OSError, ValueError):
+        return 0
 
 
 def inner_cgroup(group: Path) -> Path | None:

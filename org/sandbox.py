@@ -50,10 +50,10 @@ Inside a box:
 - only `Limits.cores`, when given (a runner's slot), in a cpuset cgroup of its own where one can
   be made: an affinity alone is advice, which the code inside widens with one
   sched_setaffinity call and then runs on the other slots' cores. `core_limit()` says which holds;
-- a CPU weight (`Limits.cpu_weight`), in a cpu cgroup of its own: an agent's box has the
-  lowest, so a command it spins on a run's core takes almost nothing from the run (it would
-  take half: time a seconds budget counts, or a baseline's slowness that hides compute).
-  `cpu_share()` says whether it holds;
+- a CPU weight (`Limits.cpu_weight`), in a cpu cgroup of its own: an agent's command box has
+  the lowest, so what it spins on a run's core takes almost nothing from the run (at a run's
+  weight, half: time a seconds budget counts, or a baseline's slowness that hides compute); a
+  CLI's box a little more (CLI_CPU_WEIGHT, org/agents/clis.py). `cpu_share()` says if it holds;
 - metered: `cpu_seconds(proc)` is the CPU time of everything the box ran, from a cpuacct (v1)
   or cpu (v2) cgroup of its own, which nothing inside can leave. An agent's own box runs what
   it likes outside every run's budget (training a model to commit, say), so the harness puts
@@ -117,7 +117,7 @@ class Limits:
     processes: int = 512                  # processes and threads in the box, all together
     cores: tuple[int, ...] | None = None  # the only CPUs it may run on (None: any)
     cpu_weight: int = 100                 # its CPU time against other boxes' on a busy core (cgroup v2's
-                                          # scale: 1-10000, 100 the default); agents' boxes get 1
+                                          # scale: 1-10000, 100 the default); agents' command boxes 1
 
 
 class Sandbox:

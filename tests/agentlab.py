@@ -6,7 +6,10 @@ draining the queue in a background thread so submitted experiments really run (a
 """
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +20,7 @@ import yaml
 from org.workspace import open_program
 from org.lab import Lab
 from org.program import Program
+from org.sandbox import Limits, Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 1}
@@ -108,3 +112,41 @@ class BackgroundRunner:
             self.errors.append(e)
         finally:
             lab.close()
+
+
+# --- a run's core, shared: what a box that spins there gets of it -------------------------------
+
+# the run's work prints its window on the wall clock and the CPU time it got in it
+WORK = ("import time\nt, c = time.time(), time.process_time()\nsum(range(20_000_000))\n"
+        "print(t, time.time(), time.process_time() - c)\n")
+# a box's process spins on the run's core and logs (wall clock, its CPU time) every 5 ms
+HOG = ("import os, time\nos.sched_setaffinity(0, {core})\nt = last = time.time()\nlog = []\n"
+       "while last - t < {seconds}:\n"
+       "    now = time.time()\n"
+       "    if now - last > 0.005: log.append(f'{{now}} {{time.process_time()}}'); last = now\n"
+       "open('hog.log', 'w').write(chr(10).join(log))\n")
+
+
+def cpu_in(log: list[tuple[float, float]], start: float, end: float) -> float:
+    """The CPU seconds a logged process got between two wall-clock times: its last sample
+    before each (a process that was not running takes no samples and gains no CPU time)."""
+    def at(t):
+        return max((cpu for wall, cpu in log if wall <= t), default=0.0)
+    return at(end) - at(start)
+
+
+def run_windows(folder: Path, core: int, n: int = 3) -> list[tuple[float, float, float]]:
+    """n runs of WORK in a box as the runner makes a slot's (one core): each one's window on the
+    wall clock and the CPU time it got in it."""
+    (folder / "work.py").write_text(WORK)
+    box = Sandbox(readonly=[folder], limits=Limits(cores=(core,)))
+    outs = [box.popen([sys.executable, str(folder / "work.py")], cwd=folder, env={"PATH": os.environ["PATH"]},
+                      stdout=subprocess.PIPE).communicate(timeout=120)[0] for _ in range(n)]
+    return [tuple(map(float, out.split())) for out in outs]
+
+
+def shares_of_the_core(hog_log: Path, windows: list) -> tuple[float, float]:
+    """The CPU seconds the run and the spinning box (HOG's log) each got in the run's windows."""
+    log = [tuple(map(float, line.split())) for line in hog_log.read_text().splitlines()]
+    assert log and log[-1][1] > 1.0, f"the box did not spin: {log[-1:]}"  # it ran, and got CPU outside the windows
+    return sum(cpu for _, _, cpu in windows), sum(cpu_in(log, start, end) for start, end, _ in windows)

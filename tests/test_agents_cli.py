@@ -3,14 +3,17 @@
 claude and codex backends, and those two CLIs themselves where they are installed."""
 import contextlib
 import json
+import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from agentlab import BackgroundRunner, lab_dir, make_project, tiny_program, worktree
+from agentlab import HOG, BackgroundRunner, lab_dir, make_project, run_windows, shares_of_the_core, tiny_program, \
+    worktree
 from fakellm import Call, FakeLLM, Text
 from org.agents.clis import BACKEND_CLI, BoxedCLI, check_cli, claude_argv, codex_argv, next_codex_prompt, on_hook, \
     port_handler, run_cli
@@ -23,6 +26,7 @@ from org.cli import build_parser, main
 from org.gateway import Gateway, prepare
 from org.ledger import Ledger
 from org.mail import Mail
+from org.cgroups import cgroup_root, cpu_share
 from org.sandbox import available
 
 AGENTS = [{"name": "solo", "backend": "scripted"},
@@ -296,6 +300,27 @@ def test_a_commit_a_cli_makes_in_its_own_shell_is_read_by_the_lab_while_it_works
     assert seen_mid_turn == [True], (why, tool_results(llm))
     log = subprocess.run(["git", "log", "--all", "--format=%s"], cwd=root, capture_output=True, text=True)
     assert log.returncode == 0 and "notes" in log.stdout.split(), log.stderr
+
+
+@pytest.mark.skipif(available() is not None, reason=f"CLI agents run only in a sandbox: {available()}")
+@pytest.mark.skipif(cgroup_root("cpu") is None, reason=f"a cpu cgroup: {cpu_share()}")
+def test_a_cli_box_gets_enough_of_a_core_a_run_holds_to_work_and_little_more(project, gateway, tmp_path):
+    """A CLI's box holds the CLI itself, not only its commands. At a command box's CPU weight it
+    got 1% of a core a run held: while runs trained on every core, a codex turn (0.6 CPU-s) made
+    no request in a minute, and the commit test above failed. Its box gets about a tenth of such
+    a core: what it spins there takes little more from the run. Measured as in
+    test_sandbox.py's test of a command box: the CPU time each got in the run's windows."""
+    root, program = project
+    core = max(os.sched_getaffinity(0))
+    llm, stack = gateway({})
+    with stack, BoxedCLI(agent_entry(program, "claude"), program, root, worktree(root, program, "claude")) as cli:
+        hog = cli.start([sys.executable, "-c", HOG.format(core={core}, seconds=8)], stdin=subprocess.DEVNULL)
+        time.sleep(1)
+        windows = run_windows(tmp_path, core)
+        assert hog.wait(timeout=60) == 0
+    run_cpu, cli_cpu = shares_of_the_core(cli.tree / "hog.log", windows)
+    print(f"in the run's windows: the run got {run_cpu:.2f} CPU s, the CLI's box {cli_cpu:.3f}")
+    assert 0.03 * run_cpu < cli_cpu < 0.15 * run_cpu, (run_cpu, cli_cpu)
 
 
 @pytest.mark.skipif(available() is not None, reason=f"CLI agents run only in a sandbox: {available()}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import git
 import pytest
 
-from agentlab import lab_dir, make_project, tiny_program, worktree
+from agentlab import HOG, lab_dir, make_project, run_windows, shares_of_the_core, tiny_program, worktree
 from org.agents.clis import _supervise
 from org.agents.commands import run_tool
 from org.agents.control import Control
@@ -693,51 +693,22 @@ def test_a_gpu_box_runs_cuda_on_its_gpu_alone(tmp_path):
     assert out.splitlines()[-1:] == [f"1 {256 ** 3}"], out
 
 
-# the run's work prints its window on the wall clock and the CPU time it got in it
-WORK = ("import time\nt, c = time.time(), time.process_time()\nsum(range(20_000_000))\n"
-        "print(t, time.time(), time.process_time() - c)\n")
-# the agent's command spins on the run's core and logs (wall clock, its CPU time) every 5 ms
-HOG = ("import os, time\nos.sched_setaffinity(0, {core})\nt = last = time.time()\nlog = []\n"
-       "while last - t < {seconds}:\n"
-       "    now = time.time()\n"
-       "    if now - last > 0.005: log.append(f'{{now}} {{time.process_time()}}'); last = now\n"
-       "open('hog.log', 'w').write(chr(10).join(log))\n")
-
-
-def cpu_in(log: list[tuple[float, float]], start: float, end: float) -> float:
-    """The CPU seconds a logged process got between two wall-clock times: its last sample
-    before each (a process that was not running takes no samples and gains no CPU time)."""
-    def at(t):
-        return max((cpu for wall, cpu in log if wall <= t), default=0.0)
-    return at(end) - at(start)
-
-
 @pytest.mark.skipif(cgroup_root("cpu") is None, reason=f"a cpu cgroup: {cpu_share()}")
 def test_an_agents_command_takes_no_time_from_a_run_on_its_core(two_agents, tmp_path):
     """A run's slot is one core. An agent's command that spins on that core (to slow the
     baseline's runs, so that its own look fast under a seconds budget or hide their compute
-    under a FLOP budget; or only its own test run) would halve the run's share of it. Agents'
-    boxes get the smallest CPU weight: while a run works, the agent's command gets almost none
-    of the core. Measured as the CPU time each got in the run's windows, which whatever else
+    under a FLOP budget; or only its own test run) would halve the run's share of it. An agent's
+    command box gets the smallest CPU weight: while a run works, the command gets almost none of
+    the core. Measured as the CPU time each got in the run's windows, which whatever else
     this machine runs on that core takes from both alike."""
     _, _, tools, _ = two_agents
     core = max(os.sched_getaffinity(0))
-    (tmp_path / "work.py").write_text(WORK)
-    run_box = Sandbox(readonly=[tmp_path], limits=Limits(cores=(core,)))  # as the runner makes a slot's
-
-    def window() -> tuple[float, float, float]:
-        out = run_box.popen([sys.executable, str(tmp_path / "work.py")], cwd=tmp_path, env={"PATH": os.environ["PATH"]},
-                            stdout=subprocess.PIPE).communicate(timeout=120)[0]
-        return tuple(map(float, out.split()))
     hog = threading.Thread(target=run, args=(tools, f"python3 -c \"{HOG.format(core={core}, seconds=12)}\""))
     hog.start()
     time.sleep(2)
-    windows = [window() for _ in range(3)]
+    windows = run_windows(tmp_path, core)
     hog.join()
-    log = [tuple(map(float, line.split())) for line in (tools.ws.root / "hog.log").read_text().splitlines()]
-    assert log and log[-1][1] > 1.0, f"the agent's command did not spin: {log[-1:]}"  # it ran, and got CPU outside the windows
-    run_cpu = sum(cpu for _, _, cpu in windows)
-    hog_cpu = sum(cpu_in(log, start, end) for start, end, _ in windows)
+    run_cpu, hog_cpu = shares_of_the_core(tools.ws.root / "hog.log", windows)
     print(f"in the run's windows: the run got {run_cpu:.2f} CPU s, the agent's command {hog_cpu:.3f}")
     assert hog_cpu < 0.1 * run_cpu, f"the agent's command got {hog_cpu:.2f} CPU s of the run's core beside its {run_cpu:.2f}"
 

@@ -59,6 +59,11 @@ from org.mail import Mail
 HOOK_WAIT_SECONDS = 3000  # Claude Code's hook timeout is set above this
 METER_EVERY_SECONDS = 30  # how often a running CLI's box's CPU time goes on record
 TAKE_IN_EVERY_SECONDS = 2  # how often its commits are taken in (org/objects.py): no org command need follow them
+# the CLI box's CPU weight, against a run's 100 on a core they share: the CLI itself works there
+# (its start-up, each tool call's shell: about 0.6 CPU-s a codex turn), and at a command box's 1
+# it got 1% of a busy core, so while runs held every core a CLI made no request for a minute.
+# At 10 a CLI works at about its own pace, and what it spins takes at most 9% of a run's core.
+CLI_CPU_WEIGHT = 10
 CODEX_PROMPT_BYTES = 64_000  # the mail of one codex turn (its prompt is one argument: 128 KiB at most)
 CLI_PACKAGES = {"claude": ("@anthropic-ai/claude-code", "2.1.332"), "codex": ("@openai/codex", "0.171.0")}
 BACKEND_CLI = {"claude-code": "claude", "codex": "codex"}
@@ -307,7 +312,8 @@ class BoxedCLI:
             raise OrgError(f"agent {self.entry.name} ({self.entry.backend}): no sandbox here, and CLI agents run only in one")
         frozen = [self.tree / p for p in self.program.protected]  # its own Edit/Write tools are not ours
         frozen.append(self.home / ".codex" / "config.toml")  # what Codex's own sandbox kept from its commands
-        return box.with_extra(writable=[self.home], sockets=[self.port_dir], frozen=frozen, address_bytes=None)
+        return box.with_extra(writable=[self.home], sockets=[self.port_dir], frozen=frozen, address_bytes=None,
+                              cpu_weight=CLI_CPU_WEIGHT)
 
     def start(self, argv: list[str], **popen) -> subprocess.Popen:
         env = cli_env(self.entry, self.program, self.tree, self.home, self.port_dir, self.via)
