@@ -489,29 +489,31 @@ def print_report(launch: ProgramSite) -> int:
 # shared with the org's other commands (status, takeover, stop, serve)
 
 
-def git(cwd: Path, *args: str, env: dict | None = None) -> str:
+def git(cwd: Path, *args: str, env: dict | None = None, raw: bool = False) -> str | bytes:
     """git in an agent's worktree, bounded: its box may leave files, a HEAD or an index that make
     a status hash, list or expand for hours (sparse 1 GB files, a sparse index of 4M entries, a
     tree of 52 KB nesting 10^9 files that `reset` read at 500 MB/s). No filter or diff driver runs
     on what the agent wrote: the person's global config is not read (git-lfs's, say), and the
-    lab's own filters are `cat`, as for every git of the harness's (Lab.harden)."""
+    lab's own filters are `cat`, as for every git of the harness's (Lab.harden). `raw`: its output
+    as bytes, as it printed them (a file name a box chose: any bytes)."""
     base = {"GIT_CONFIG_GLOBAL": os.devnull, **(env or {})}
     listed = bounded_git(cwd, ["config", "--name-only", "--get-regexp", r"^filter\."], {**hardened_git_env(), **base})
     filters = sorted({key[len("filter."):key.rindex(".")] for key in listed.stdout.split()})  # (exit 1: none)
-    out = bounded_git(cwd, list(args), {**hardened_git_env(filters), **base})
+    out = bounded_git(cwd, list(args), {**hardened_git_env(filters), **base}, raw)
     if out.returncode != 0:
-        raise OrgError(f"git {' '.join(args[:2])} in {cwd} failed: {out.stderr.strip()[-300:]}")
-    return out.stdout.rstrip()
+        stderr = out.stderr.decode(errors="replace") if raw else out.stderr
+        raise OrgError(f"git {' '.join(args[:2])} in {cwd} failed: {stderr.strip()[-300:]}")
+    return out.stdout if raw else out.stdout.rstrip()
 
 
-def bounded_git(cwd: Path, args: list[str], env: dict) -> subprocess.CompletedProcess:
+def bounded_git(cwd: Path, args: list[str], env: dict, raw: bool = False) -> subprocess.CompletedProcess:
     """git, GIT_SECONDS and GIT_MEMORY at most (its packs mapped a GB at a time to fit)."""
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (GIT_MEMORY, GIT_MEMORY))
+    text = {} if raw else {"text": True, "errors": "replace"}  # a file name a box chose: any bytes
     try:
         return subprocess.run(["git", "-c", "core.packedGitLimit=1g", *args], cwd=cwd, env=child_env(env),
-                              capture_output=True, text=True, errors="replace",  # a file name a box chose: any bytes
-                              timeout=GIT_SECONDS, preexec_fn=limit)
+                              capture_output=True, timeout=GIT_SECONDS, preexec_fn=limit, **text)
     except subprocess.TimeoutExpired:
         raise OrgError(f"git {' '.join(args[:2])} in {cwd} took over {GIT_SECONDS} s") from None
 

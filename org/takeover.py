@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -60,8 +61,11 @@ def cmd_takeover(args) -> int:
         raise OrgError(f"{agent} is already taken over; `org release {agent}` hands it back")
     control, tree = Control(launch.lab_dir, agent), launch.worktree(agent)
     take_in(launch, agent)
+    objects = snapshot_objects(launch, agent)
+    shutil.rmtree(objects, ignore_errors=True)  # (a crash's, from before)
+    snapshot, left_out = snapshot_tree(tree, objects)
     write_atomically(launch.lab_dir / "takeover" / f"{agent}.json", json.dumps(
-        {"tree": snapshot_tree(tree), "head": git(tree, "rev-parse", "HEAD"), "at": now()}))
+        {"tree": snapshot, "left_out": left_out, "head": git(tree, "rev-parse", "HEAD"), "at": now()}))
     control.pause(TAKEN_OVER)
     backend = next(a.backend for a in launch.program.org.agents if a.name == agent)
     # Claude Code's pane is handed over as it is (its Stop hook ends its turn for the person);
@@ -134,19 +138,34 @@ def release(launch: ProgramSite, agent: str, note: str | None = None) -> str:
     record_path = launch.lab_dir / "takeover" / f"{agent}.json"
     taken = json.loads(record_path.read_text())
     take_in(launch, agent)  # a CLI's commits since (its pane was handed over as it was)
-    message = change_note(launch.worktree(agent), taken, note)
+    objects = snapshot_objects(launch, agent)
+    message = change_note(launch.worktree(agent), taken, note, objects)
     Control(launch.lab_dir, agent).resume(message)  # the mail first, then the pause lifts
     record_path.unlink()
+    shutil.rmtree(objects, ignore_errors=True)
     return message
 
 
-def change_note(tree: Path, taken: dict, note: str | None, limit: int = 8000) -> str:
-    diff = git(tree, "diff", "--no-ext-diff", "--no-textconv", "--stat", "--patch", taken["tree"], snapshot_tree(tree)) if tree.exists() else ""
+def snapshot_objects(launch: ProgramSite, agent: str) -> Path:
+    return launch.lab_dir / "takeover" / f"{agent}.objects"
+
+
+def change_note(tree: Path, taken: dict, note: str | None, objects: Path, limit: int = 8000) -> str:
+    diff, left_out = "", set(taken.get("left_out", ()))
+    if tree.exists():
+        snapshot, left_now = snapshot_tree(tree, objects)
+        diff = git(tree, "diff", "--no-ext-diff", "--no-textconv", "--stat", "--patch", taken["tree"], snapshot,
+                   env=scratch_store(tree, objects))
+        left_out.update(left_now)
     commits = git(tree, "log", "--oneline", f"{taken['head']}..HEAD") if tree.exists() else ""
     head = f"A person took over your pane at {taken['at']} and handed it back at {now()}."
     text = head + (f"\nTheir note: {note}" if note else "")
+    if left_out:
+        names = ", ".join(sorted(left_out)[:20]) + (f" and {len(left_out) - 20} more" if len(left_out) > 20 else "")
+        text += (f"\nFiles the diff below does not show (over {SNAPSHOT_FILE_BYTES >> 20} MB, or past "
+                 f"{SNAPSHOT_BYTES >> 20} MB in all): {names}")
     if not diff and not commits:
-        return text + "\nThey changed nothing in your worktree; carry on."
+        return text + f"\nThey changed nothing in your worktree{' that a diff shows' if left_out else ''}; carry on."
     if commits:
         text += f"\nTheir commits on your branch:\n{commits}"
     dirty = git(tree, "status", "--porcelain")
@@ -156,14 +175,50 @@ def change_note(tree: Path, taken: dict, note: str | None, limit: int = 8000) ->
     return text + f"\nWhat they changed in your worktree (git diff):\n{diff[:limit]}{cut}"
 
 
-def snapshot_tree(tree: Path) -> str:
-    """A git tree object of everything in the worktree, committed or not (a scratch index:
-    the worktree's own index is left alone)."""
+SNAPSHOT_FILE_BYTES = 8 << 20  # a file larger than this is left out of a takeover's snapshot (and its diff),
+SNAPSHOT_BYTES = 256 << 20     # and then the largest, until what is left holds this much at most
+
+
+def snapshot_tree(tree: Path, objects: Path) -> tuple[str, list[str]]:
+    """A git tree object of the worktree, committed or not, and the files left out of it. A
+    scratch index (the worktree's own is left alone) and a scratch object store, `objects`, that
+    the release removes: what the agent left there went into the lab's shared store before, uncounted
+    and for good (16 GB of worktree, an agent's bound). A file past SNAPSHOT_FILE_BYTES, or past
+    SNAPSHOT_BYTES in all, stays as HEAD has it (or out, if HEAD has none)."""
+    objects.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), **scratch_store(tree, objects)}
         git(tree, "read-tree", "HEAD", env=env)
-        git(tree, "add", "-A", env=env)
-        return git(tree, "write-tree", env=env)
+        listed = git(tree, "ls-files", "-z", "--cached", "--others", "--exclude-standard", env=env, raw=True)
+        left_out = too_large(os.fsencode(tree), sorted(set(filter(None, listed.split(b"\0")))))
+        specs = Path(tmp) / "pathspecs"
+        specs.write_bytes(b"\0".join([b".", *(b":(exclude,literal)" + name for name in left_out)]))
+        git(tree, "add", "-A", f"--pathspec-from-file={specs}", "--pathspec-file-nul", env=env)
+        return git(tree, "write-tree", env=env), [name.decode(errors="replace") for name in left_out]
+
+
+def scratch_store(tree: Path, objects: Path) -> dict:
+    """git's environment to write into `objects`, and read the lab's shared store too."""
+    common = Path(tree, git(tree, "rev-parse", "--git-common-dir")) / "objects"  # (the worktree's pointers are frozen)
+    return {"GIT_OBJECT_DIRECTORY": str(objects),
+            "GIT_ALTERNATE_OBJECT_DIRECTORIES": json.dumps(str(common), ensure_ascii=False)}  # (quoted: a path's ':')
+
+
+def too_large(tree: bytes, names: list[bytes]) -> list[bytes]:
+    """The files a snapshot leaves out: each past SNAPSHOT_FILE_BYTES, then the largest of the rest
+    until they hold SNAPSHOT_BYTES at most (a sparse file by its size: git reads all of it)."""
+    sizes = {}
+    for name in names:
+        with contextlib.suppress(OSError):
+            sizes[name] = os.lstat(os.path.join(tree, name)).st_size
+    out = {name for name, size in sizes.items() if size > SNAPSHOT_FILE_BYTES}
+    total = sum(size for name, size in sizes.items() if name not in out)
+    for name in sorted(set(sizes) - out, key=lambda n: -sizes[n]):
+        if total <= SNAPSHOT_BYTES:
+            break
+        out.add(name)
+        total -= sizes[name]
+    return sorted(out)
 
 
 def cmd_say(args) -> int:

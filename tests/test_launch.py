@@ -424,6 +424,7 @@ def test_a_key_takes_a_pane_over_and_another_hands_it_back(org_project, monkeypa
         # (`org release` resumes the agent, then hands the pane back: on a loaded machine, a moment later)
         eventually(lambda: grid.find("solo", taken=True) is None, what="the pane to be handed back")
         assert grid.find("solo")["window"] == "org"
+        assert not (root / ".lab" / "tiny" / "takeover" / "solo.objects").exists()  # the snapshots' scratch store
     transcript = root / ".lab" / "tiny" / "transcripts" / "solo.jsonl"
     told = eventually(lambda: "A person took over your pane" in transcript.read_text() and transcript.read_text(),
                       what="the release message in the agent's transcript")
@@ -509,11 +510,42 @@ def test_git_in_an_agents_worktree_runs_no_driver_of_the_persons_config(tmp_path
     (tree / "a.txt").write_text("two, as the agent left it\n")
     (tree / "b.txt").write_text("two, as the agent left it\n")
     worktree_git(tree, "status", "--porcelain")
-    before = snapshot_tree(tree)
+    before, _ = snapshot_tree(tree, tmp_path / "objects")
     (tree / "b.txt").write_text("three\n")
     head = worktree_git(tree, "rev-parse", "HEAD")
-    assert "+three" in change_note(tree, {"tree": before, "head": head, "at": "then"}, None)  # (its diff)
+    assert "+three" in change_note(tree, {"tree": before, "head": head, "at": "then"}, None, tmp_path / "objects")
     assert not ran.exists()
+
+
+def test_a_takeovers_snapshot_writes_nothing_into_the_labs_store_and_leaves_large_files_out(tmp_path, monkeypatch):
+    """A takeover snapshots the worktree (`git add -A` into a scratch index) to tell the agent, at
+    release, what the person changed. It wrote every file the agent left there into the lab's
+    shared store, uncounted and for good: 16 GB of worktree, an agent's bound, copied again at
+    each takeover and release. Now the snapshot's objects go to a scratch store the release
+    removes, and files past a size (each, and in all) are left out and named."""
+    from org import takeover
+    monkeypatch.setattr(takeover, "SNAPSHOT_FILE_BYTES", 1 << 20)
+    monkeypatch.setattr(takeover, "SNAPSHOT_BYTES", 2 << 20)
+    tree = tmp_path / "tree"
+    subprocess.run(["git", "init", "-q", str(tree)], check=True)
+    (tree / "train.py").write_text("lr = 1\n")
+    (tree / "weights.bin").write_bytes(os.urandom(1 << 20))
+    for args in (["add", "-A"], ["commit", "-qm", "x"]):
+        subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@b", *args], cwd=tree, check=True)
+    store = sorted((tree / ".git" / "objects").rglob("*"))
+    (tree / "checkpoint.pt").write_bytes(os.urandom(3 << 20))  # past the bound for one file
+    for k in range(4):
+        (tree / f"shard{k}.npy").write_bytes(os.urandom((600 + k) << 10))  # past the bound for all: the largest go
+    (tree / "weights.bin").write_bytes(os.urandom(1 << 20))
+    objects = tmp_path / "objects"
+    before, left_out = takeover.snapshot_tree(tree, objects)
+    assert left_out == ["checkpoint.pt", "shard3.npy", "weights.bin"]  # (weights.bin stays as HEAD has it)
+    (tree / "train.py").write_text("lr = 2\n")  # the person's edit
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True).stdout.strip()
+    note = takeover.change_note(tree, {"tree": before, "left_out": left_out, "head": head, "at": "then"}, None, objects)
+    assert "-lr = 1\n+lr = 2" in note and ": checkpoint.pt, shard3.npy, weights.bin\n" in note
+    assert "shard0.npy |" not in note  # (in the diff's stat): in both snapshots, as it was
+    assert sorted((tree / ".git" / "objects").rglob("*")) == store  # the lab's store: not one object more
 
 
 def test_what_an_agent_leaves_broken_in_git_stops_no_stop_launch_or_clean(org_project, capsys):

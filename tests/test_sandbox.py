@@ -190,7 +190,7 @@ def test_a_worktree_config_an_agent_writes_runs_nothing_in_the_harness_or_the_pe
                      "echo changed > f.txt; git add -A && git commit -qm attributes; cat \"$(git rev-parse --git-dir)/config.worktree\"")
     assert "Read-only file system" in out and "filter" not in out.split("\n", 1)[1], out
     (tree / "f.txt").write_text("changed again\n")
-    snapshot_tree(tree)
+    snapshot_tree(tree, tmp_path / "objects")
     assert not ran.exists()
 
     admin = Path(tools.lab.admin_dir(tree))
@@ -199,7 +199,7 @@ def test_a_worktree_config_an_agent_writes_runs_nothing_in_the_harness_or_the_pe
         assert "touch" in repo.git.config("--file", str(admin / "config.worktree"), "filter.x.clean")
     mend_worktree(tools.lab, tree, agent_branch(program.name, "alice"))
     worktree_git(tree, "status", "--porcelain")
-    snapshot_tree(tree)
+    snapshot_tree(tree, tmp_path / "objects")
     assert not ran.exists()
 
 
