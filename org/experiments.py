@@ -6,6 +6,8 @@ commit; the program decides everything else.
                      program's seed list; with a tune grid, first tuning runs, then the best point
     plan()        -> whatever an experiment needs next (idempotent: safe after any crash), and
                      fresh seeds for an arm whose claim stands on its main ones
+    budget_state() -> which queued runs the compute budget lets start: the last of it is held
+                     for the harness's checks of a claim (its fresh seeds, an improve try's canaries)
     submission_source() / check_arm_name() -> the one rule for arm names, for people and agents
 
 The runner (org/runner.py) executes the queue these fill.
@@ -14,12 +16,13 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import zlib
 
 from org import OrgError
 from org.improve import check_try, config, decide_ready, draw_seeds, frontier, merged_try
 from org.lab import Lab
-from org.ledger import FINISHED, Ledger
+from org.ledger import FINISHED, SECRET_SEEDS, Ledger
 from org.program import NAME, Program, owned_by_program
 
 
@@ -94,6 +97,11 @@ def submit_declared(ledger: Ledger, lab: Lab, program: Program) -> list[dict]:
                    source="declared") for arm, overrides, ref, text in arms]
 
 
+def runs_own_code(experiment: dict) -> bool:
+    """Whether an experiment runs a commit other than the program's base (an agent's code)."""
+    return experiment["code_commit"] != experiment["base_commit"]
+
+
 def refusal(lab: Lab, program: Program, base: str, commit: str, overrides: dict) -> str | None:
     """Why an experiment may not run, or None."""
     owned = owned_by_program(overrides)
@@ -144,6 +152,43 @@ def plan_replication(ledger: Ledger, program: Program):
             for template in (base, own):  # (its overrides: the tuned point, where a grid was tuned)
                 ledger.add_run(ledger.experiment(template["experiment_id"]), "replicate", seed, 1 + i,
                                json.loads(template["overrides"]), budget)
+
+
+CHECKS = SECRET_SEEDS  # the runs the harness adds to check a claim (on seeds it drew): what the budget holds for
+
+
+def budget_state(ledger: Ledger, program: Program) -> str:
+    """Which queued runs the compute budget lets the runner start: "open" (any), "held" (only the
+    harness's CHECKS: agents' work would reach into held_for_checks()), or "spent". Without the
+    hold, agents spent the whole budget, and a claim that stood late stayed "awaiting replication"
+    for good. A run of theirs starts only if one more, at the typical cost, leaves the hold whole."""
+    spent, total = ledger.compute_seconds(program.name), ledger.budget(program.name)["total_compute_seconds"]
+    if spent >= total:
+        return "spent"
+    held, cost = held_for_checks(ledger, program)
+    return "held" if held and spent + cost > total - held else "open"
+
+
+def budget_note(ledger: Ledger, program: Program, state: str) -> str:
+    spent, total = ledger.compute_seconds(program.name), ledger.budget(program.name)["total_compute_seconds"]
+    if state == "spent":
+        return f"compute budget spent ({spent:.0f}s of {total:g}s); queued runs stay queued"
+    return (f"compute budget: {spent:.0f}s of {total:g}s spent; the rest is held for checking a claim on fresh "
+            "seeds, and only those runs start")
+
+
+def held_for_checks(ledger: Ledger, program: Program) -> tuple[float, float]:
+    """The compute seconds held back for one standing claim's fresh seeds, each run by the arm and
+    by what it is judged against (0 where the program draws none), and the run cost they count."""
+    cost = run_cost(ledger, program)
+    return 2 * program.fresh_seeds * cost, cost
+
+
+def run_cost(ledger: Ledger, program: Program) -> float:
+    """The median runner time (training and measurement) of the program's finished main runs, or 0."""
+    costs = [r["wall_seconds"] + (r["measure_seconds"] or 0) for r in ledger.runs(program.name, purpose="main")
+             if r["status"] in FINISHED and r["wall_seconds"]]
+    return statistics.median(costs) if costs else 0.0
 
 
 def plan_runs(ledger: Ledger, program: Program, experiment: dict):

@@ -43,6 +43,7 @@ from org import OrgError, empty_file, gateway, replace_file, shown
 from org.agents.control import Control
 from org.agents.sandbox import SECRET_NAME
 from org.lab import Lab, agent_branch, agent_refs, branch_owner, child_env, hardened_git_env
+from org.experiments import CHECKS, budget_state
 from org.ledger import Ledger, pid_alive
 from org.mail import now, write_atomically
 from org.panes import Pane, RELEASE_KEY, TAKEOVER_KEY, tmux_path
@@ -452,8 +453,8 @@ def runs_left(launch: ProgramSite) -> bool:
     with Ledger(launch.ledger_path) as ledger:
         if ledger.runs(launch.name, status="running"):
             return True
-        queued = ledger.runs(launch.name, status="queued")
-        return bool(queued) and ledger.compute_seconds(launch.name) < ledger.budget(launch.name)["total_compute_seconds"]
+        queued, state = ledger.runs(launch.name, status="queued"), budget_state(ledger, launch.program)
+        return any(state == "open" or (state == "held" and r["purpose"] in CHECKS) for r in queued)
 
 
 def wait_until_done(launch: ProgramSite, poll: float = 2.0) -> int:

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from org import shown
+from org.experiments import held_for_checks
 from org.launch import RUNNER, TAKEN_OVER, WAITING_TOOLS, finished_before
 from org.improve_story import frontier_line
 from org.ledger import FINISHED, Ledger
@@ -177,11 +178,13 @@ def ledger_lines(launch: ProgramSite) -> list[str]:
         budget = ledger.budget(name)  # as fixed at start, with `org budget` changes
         verdicts = referee_verdicts(ledger, launch.program)
         experiments = ledger.experiments(name)
+        held = held_for_checks(ledger, launch.program)[0]
+    held = f" ({held:.0f}s held for fresh seeds)" if held else ""
     done = sum(n for s, n in runs.items() if s in FINISHED)
     detail = ", ".join(f"{n} {s}" for s, n in sorted(runs.items()) if s in FINISHED)
     lines = [f"runs: {runs.get('queued', 0)} queued · {runs.get('running', 0)} running · {done} done"
              + (f" ({detail})" if detail else ""),
-             f"compute: {compute:.0f}s of {budget['total_compute_seconds']:g}s · "
+             f"compute: {compute:.0f}s of {budget['total_compute_seconds']:g}s{held} · "
              f"LLM: ${dollars:.4f} of ${budget['total_llm_dollars']:g}"]
     if launch.program.claim.kind == "improve":  # the frontier first: what the org has confirmed so far
         lines.append(frontier_line(experiments))

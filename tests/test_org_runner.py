@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -154,6 +155,37 @@ def test_a_standing_claim_runs_again_on_fresh_seeds_drawn_once_its_main_runs_are
     assert main(["run", "tiny"]) == 0  # again: nothing new is drawn
     with ledger_of(root) as ledger:
         assert len(ledger.runs("tiny")) == len(runs)
+
+
+def test_the_last_of_the_budget_is_held_for_a_claims_fresh_seeds(make_project, capsys):
+    """Agents' runs spent the whole compute budget, and a claim that stood late stayed "awaiting
+    replication" for good: its fresh seeds queued behind their work, which the budget ran out on.
+    The runner holds the last of it for the harness's checks: one claim's fresh seeds (two runs a
+    seed, at the median cost of the main runs); an agent's run starts only if one more at that
+    cost leaves the hold whole."""
+    budget = {**tiny_program()["budget"], "per_run": {"steps": 60}}
+    root = make_project(tiny_program(claim={"kind": "non-inferiority", "margin": 1.0, "fresh_seeds": 0}, budget=budget))
+    assert main(["run", "programs/tiny.yaml"]) == 0  # no-softcap's claim stands on seeds 0 and 1
+    assert main(["submit", "tiny", "--arm", "late", "--set", "softcap=20"]) == 0  # an agent's next idea, queued
+    program = load_program(root / "programs" / "tiny.yaml")
+    program = program.model_copy(update={"claim": program.claim.model_copy(update={"fresh_seeds": 2})})
+    with ledger_of(root) as ledger:
+        spent, cost = ledger.compute_seconds("tiny"), statistics.median(
+            r["wall_seconds"] + r["measure_seconds"] for r in ledger.runs("tiny", purpose="main", status="completed"))
+        ledger.change_budget("tiny", {"total_compute_seconds": spent + 4 * cost + 0.99 * cost}, "test")
+    capsys.readouterr()
+    with contextlib.closing(Lab.open(root)) as lab:
+        Runner(lab, program, root / ".lab" / "tiny" / "ledger.sqlite").drain()
+    assert "the rest is held for checking a claim on fresh seeds" in capsys.readouterr().out
+    with ledger_of(root) as ledger:
+        fresh = ledger.runs("tiny", purpose="replicate")
+        late = ledger.runs("tiny", arm="late")
+    assert len(fresh) == 4 and {r["status"] for r in fresh} == {"completed"}, [(r["status"], r["wall_seconds"]) for r in fresh]
+    assert [r["status"] for r in late] == ["queued", "queued"]
+    assert main(["report", "tiny"]) == 0
+    row = next(line for line in (root / "reports" / "tiny" / "README.md").read_text().splitlines()
+               if line.startswith("| no-softcap"))
+    assert "so do 2 fresh seeds" in row, row
 
 
 def test_code_that_knows_the_programs_seeds_is_not_replicated_on_fresh_ones(make_project):

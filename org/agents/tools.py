@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from org import OrgError
+from org.experiments import held_for_checks
 from org.improve import frontier, lineage, origin, unreproduced
 from org.lab import Lab, agent_branch, agent_refs
 from org.ledger import FINISHED, Ledger, ledger_path, shown_seed
@@ -443,7 +444,9 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
             **({"frontier": frontier_status(ledger, program, every)} if program.claim.kind == "improve" else {}),
             "verdicts": referee_verdicts(ledger, program),  # always live: a pure function of the runs
             "compute_seconds": {"spent": round(ledger.compute_seconds(program.name), 1),
-                                "total": ledger.budget(program.name)["total_compute_seconds"]}}
+                                "total": ledger.budget(program.name)["total_compute_seconds"],
+                                # the last of it: your runs start only while this stays whole
+                                "held_for_fresh_seeds": round(held_for_checks(ledger, program)[0], 1)}}
 
 
 def frontier_status(ledger: Ledger, program: Program, experiments: list[dict]) -> dict:
