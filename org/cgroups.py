@@ -15,7 +15,7 @@ Memory is shared out, so that no box can take another's (`Limits.memory_pools`, 
 
     nanolab/                          the machine's memory less the harness's (HARNESS_MEMORY)
       org-<lab, program>/             runner.memory_gb, or all of nanolab/'s
-        slot-<i>/box-*/box            a slot's runs and their measurement's workers
+        slot-<i>/box-*/box            a slot's runs, their measurement's evaluator and workers
         agent-<name>/box-*/box        an agent's commands and its CLI
 
 A box caps only what it holds itself, and the kernel's OOM killer picks its victim by resident
@@ -28,6 +28,7 @@ No box starts without its memory group, capped (box_cgroups raises).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -123,7 +124,7 @@ def box_cgroups(limits: Limits) -> list[Path]:
 # --- memory: shared out between the org's slots and agents -------------------------------------
 
 HARNESS_MEMORY = 4  # a quarter of the machine's memory (1 GB at least) is never the boxes': the
-                    # harness, its evaluator, tmux and the system's own
+                    # harness, tmux and the system's own
 
 
 def box_memory(limits: Limits) -> int:
@@ -292,6 +293,18 @@ def cpu_weight_setting(group: Path, weight: int) -> dict:
     if (group / "cpu.weight").exists():
         return {"cpu.weight": str(weight)}
     return {"cpu.shares": str(max(2, weight * 1024 // 100))}
+
+
+def oom_kills(groups: list[Path]) -> int:
+    """How many processes the OOM killer took in these groups' memory one (v2's memory.events,
+    v1's memory.oom_control), or 0."""
+    memory = cgroup_root("memory")
+    for group in (g for g in groups if memory and g.is_relative_to(memory)):
+        for name in ("memory.events", "memory.oom_control"):
+            with contextlib.suppress(OSError, ValueError):
+                counts = dict(line.split() for line in (group / name).read_text().splitlines())
+                return int(counts.get("oom_kill", 0))
+    return 0
 
 
 def pool_weight(group: Path) -> int:

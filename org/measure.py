@@ -2,11 +2,12 @@
 The runner's side of the harness's measurement: every completed run is measured again by
 harness code, and that measurement, not the trainer's result.json, is the run's record.
 
-    outcome = measure_run(job, env, timeout, pin)       # {"measurement": Measurement} or {"invalid": "..."}
+    outcome = measure_run(job, env, timeout, cores, pools)  # {"measurement": Measurement} or {"invalid": "..."}
     problems = cross_check(result, outcome["measurement"])   # the trainer's figures (a Result) as a cross-check
 
 measure_run starts org/evaluator.py in a fresh process (the base commit's trainer on its path,
-caches of its own, bytecode from source only; see that file for what it measures). The
+caches of its own, bytecode from source only; see that file for what it measures), on its slot's
+cores and, where boxes are made, in cgroups of its own in its slot's memory pool. The
 trainer's own figures are kept in the ledger beside the record; where its FLOPs, steps,
 evaluation code or parameters disagree with it the run is `invalid`, with both in the reason.
 (Its val and confirm figures are on the runs' own dev text, not the lab's: kept, not compared.)
@@ -27,9 +28,11 @@ from pathlib import Path
 
 from org import OrgError, remove_tree
 from org.bytecode import source_only
+from org.cgroups import JOIN, box_cgroups, oom_kills
 from org.remote import no_follow
 from org.ledger import FINISHED, budget_of
 from org.program import Program
+from org.sandbox import Limits
 from trainer.record import Measurement, Result, read
 
 # the trainer's val and confirm figures are on its dev text (the lab's val is hidden from runs):
@@ -151,19 +154,25 @@ def evaluator_env(cache: Path, slot_env: dict) -> dict:
                       **source_only()})
 
 
-def measure_run(job: dict, env: dict, timeout: float, pin=None) -> dict:
+def measure_run(job: dict, env: dict, timeout: float, cores: list[int] | None = None, pools: tuple | None = None) -> dict:
     """Run the evaluator; {"measurement": a Measurement} or {"invalid": reason}. MeasureError if
-    the harness itself failed (its traceback is in <run_dir>/measure.log)."""
+    the harness itself failed (its traceback is in <run_dir>/measure.log). `pools`: the slot's
+    memory pools (org/cgroups.py), where the evaluator holds what it reads: a code arm's checkpoint
+    may unpack to 8 GB, and outside every cgroup it took the machine's memory, whose OOM killer
+    takes a box's process first (another slot's trainer, an agent's CLI)."""
     job["deadline_seconds"] = timeout + 5  # the evaluator's own limit, should the runner die first
     log_path = Path(job["log_dir"]) / "measure.log"
+    groups = box_cgroups(Limits(memory_pools=pools, cores=tuple(cores) if cores else None)) if pools else []
+    argv = [sys.executable, "-I", "-B", "-m", "org.evaluator"]
     try:
         log = open(log_path, "wb", opener=no_follow)
     except OSError as e:  # (planted() clears the harness's names; should something still stand there)
         raise MeasureError(f"the harness cannot write its log {log_path}: {e.strerror}") from None
+    join = ["/bin/sh", "-c", JOIN, "nanolab-evaluator", *(str(g / "cgroup.procs") for g in groups), "--"] if groups else []
     with log:
-        proc = subprocess.Popen([sys.executable, "-I", "-B", "-m", "org.evaluator"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=log, env=env, cwd=job["log_dir"],
-                                start_new_session=True, preexec_fn=pin)
+        proc = subprocess.Popen(join + argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
+                                cwd=job["log_dir"], start_new_session=True,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
         try:
             out, _ = proc.communicate(json.dumps(job).encode(), timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -173,6 +182,9 @@ def measure_run(job: dict, env: dict, timeout: float, pin=None) -> dict:
                                "(the experiment's forward pass hung?)"}
         finally:
             _kill_group(proc.pid)  # a worker that outlived the evaluator goes with it
+    if proc.returncode and oom_kills(groups):
+        return {"invalid": f"the measurement ran out of memory: its slot's share is {pools[-1][1] / 2**30:.1f} GB "
+                           "(a checkpoint or forward pass that large cannot be measured here)"}
     try:
         outcome = json.loads(out.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):

@@ -546,9 +546,9 @@ class Runner:
         workers = workers and {**workers, "base": self._worker(base_code, slot, None)}  # evaluator.forward_time_ratio
         job = job_for(self.program, run, run_dir, base_code, workers, self.harness_cache, self.runs_data)
         env = evaluator_env(self.lab.state_dir(self.program.name).parent / "harness-cache", slot.env)
-        pin = (lambda: os.sched_setaffinity(0, slot.share)) if slot.share else None
+        memory = pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of) if self.sandboxed else None
         try:
-            outcome = measure_run(job, env, max(120.0, self.program.budget.run_timeout_seconds), pin)
+            outcome = measure_run(job, env, max(120.0, self.program.budget.run_timeout_seconds), slot.share, memory)
         except MeasureError as e:
             return "error", str(e), None
         finally:

@@ -25,6 +25,7 @@ from org.model_worker import receive
 from org.measure import MeasureError, cross_check, evaluator_env, measure_run, planted, read_result, worker_command
 from org.confounds import Tolerances
 from org.referee import compare
+from org.cgroups import cgroup_root, memory_limit
 from org.sandbox import available, untrusted_env, worker_box
 from trainer.record import Params, Result, read
 from test_org_runner import agent_commit, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
@@ -257,6 +258,20 @@ def test_a_damaged_checkpoint_is_invalid_with_its_reason(lab, damage, says):
     damage(run_dir)
     out = measure(lab, run_dir=run_dir)
     assert says in out["invalid"] and "\n" not in out["invalid"]
+
+
+@pytest.mark.skipif(cgroup_root("memory") is None, reason=f"a memory cgroup: {memory_limit()}")
+def test_a_checkpoint_past_its_slots_memory_is_read_in_its_slots_share_alone(lab):
+    """The evaluator is the harness's code, and ran outside every cgroup: a code arm's checkpoint
+    may unpack to 8 GB, and what it read took the machine's memory, whose OOM killer takes a box's
+    process first (another slot's trainer, an agent's CLI: oom_score_adj 1000). It reads in its
+    slot's memory pool now, and past the slot's share its run is invalid, saying so."""
+    run_dir = copy_run(lab, "hoard")
+    rewrite_checkpoint(run_dir, lambda a: a.update({"param/hoard": np.ones(100 << 20, np.float32)}))  # 400 MB
+    slot = (("org-test-" + run_dir.parent.parent.name[-12:], 1 << 30), ("slot-0", 256 << 20))
+    env = evaluator_env(lab["root"] / "harness-cache", {"OMP_NUM_THREADS": "1"})
+    out = measure_run(job(lab, run_dir=run_dir, code=experiment(lab, "unchanged")), env, 120, pools=slot)
+    assert out.get("invalid", "").startswith("the measurement ran out of memory: its slot's share is 0.2 GB"), out
 
 
 def test_what_a_run_leaves_at_the_harness_log_names_or_locks_away_stops_no_measurement(lab):
