@@ -6,8 +6,8 @@ commit; the program decides everything else.
                      program's seed list; with a tune grid, first tuning runs, then the best point
     plan()        -> whatever an experiment needs next (idempotent: safe after any crash), and
                      fresh seeds for an arm whose claim stands on its main ones
-    budget_state() -> which queued runs the compute budget lets start: the last of it is held
-                     for the harness's checks of a claim (its fresh seeds, an improve try's canaries)
+    waiting_for_budget() -> submitted experiments that may not start yet: the budget holds one
+                     claim's fresh seeds back from them
     submission_source() / check_arm_name() -> the one rule for arm names, for people and agents
 
 The runner (org/runner.py) executes the queue these fill.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 import statistics
 import zlib
 
@@ -154,27 +155,39 @@ def plan_replication(ledger: Ledger, program: Program):
                                json.loads(template["overrides"]), budget)
 
 
-CHECKS = SECRET_SEEDS  # the runs the harness adds to check a claim (on seeds it drew): what the budget holds for
+CHECKS = SECRET_SEEDS  # the runs the harness adds to check a claim, on seeds it drew (fresh seeds, canaries)
 
 
-def budget_state(ledger: Ledger, program: Program) -> str:
-    """Which queued runs the compute budget lets the runner start: "open" (any), "held" (only the
-    harness's CHECKS: agents' work would reach into held_for_checks()), or "spent". Without the
-    hold, agents spent the whole budget, and a claim that stood late stayed "awaiting replication"
-    for good. A run of theirs starts only if one more, at the typical cost, leaves the hold whole."""
+def waiting_for_budget(ledger: Ledger, program: Program) -> list[int]:
+    """The experiments whose runs may not start yet: one submitted (by an agent, or `org submit`)
+    that has not started, where the budget left cannot pay for its runs besides every run of what
+    has started and one claim's fresh seeds (held_for_checks). Without that hold, agents' queued
+    work spent the whole budget, and a claim that stood late stayed "awaiting replication" for
+    good. What has started, and the program's own arms, always go on; the first to come, first."""
+    held, cost = held_for_checks(ledger, program)
+    if not held:
+        return []
+    runs = ledger.runs(program.name)
+    started = {r["experiment_id"] for r in runs if r["claim_seq"]}
+    pending = Counter(r["experiment_id"] for r in runs if r["status"] in ("queued", "running") and r["purpose"] not in CHECKS)
+    new = [e for e in ledger.experiments(program.name) if e["source"] == "submitted" and e["id"] not in started]
+    left = ledger.budget(program.name)["total_compute_seconds"] - ledger.compute_seconds(program.name) - held \
+        - cost * (sum(pending.values()) - sum(pending[e["id"]] for e in new))  # (a running run: at its full cost)
+    waiting = []
+    for e in new:
+        if cost * pending[e["id"]] <= left:
+            left -= cost * pending[e["id"]]
+        else:
+            waiting.append(e["id"])
+    return waiting
+
+
+def budget_note(ledger: Ledger, program: Program, waiting: list[int]) -> str:
     spent, total = ledger.compute_seconds(program.name), ledger.budget(program.name)["total_compute_seconds"]
     if spent >= total:
-        return "spent"
-    held, cost = held_for_checks(ledger, program)
-    return "held" if held and spent + cost > total - held else "open"
-
-
-def budget_note(ledger: Ledger, program: Program, state: str) -> str:
-    spent, total = ledger.compute_seconds(program.name), ledger.budget(program.name)["total_compute_seconds"]
-    if state == "spent":
         return f"compute budget spent ({spent:.0f}s of {total:g}s); queued runs stay queued"
-    return (f"compute budget: {spent:.0f}s of {total:g}s spent; the rest is held for checking a claim on fresh "
-            "seeds, and only those runs start")
+    return (f"experiment(s) {', '.join(map(str, waiting))} wait: {spent:.0f}s of {total:g}s is spent, and what has "
+            f"started and one claim's fresh seeds ({held_for_checks(ledger, program)[0]:.0f}s) leave too little for their runs")
 
 
 def held_for_checks(ledger: Ledger, program: Program) -> tuple[float, float]:
@@ -185,10 +198,11 @@ def held_for_checks(ledger: Ledger, program: Program) -> tuple[float, float]:
 
 
 def run_cost(ledger: Ledger, program: Program) -> float:
-    """The median runner time (training and measurement) of the program's finished main runs, or 0."""
-    costs = [r["wall_seconds"] + (r["measure_seconds"] or 0) for r in ledger.runs(program.name, purpose="main")
-             if r["status"] in FINISHED and r["wall_seconds"]]
-    return statistics.median(costs) if costs else 0.0
+    """The median runner time (training and measurement) of the baseline's completed runs, the
+    program's own code (an agent's could be made to cost anything), or 0 before one completes."""
+    costs = [r["wall_seconds"] + (r["measure_seconds"] or 0) for r in ledger.runs(program.name, arm="baseline")
+             if r["status"] == "completed" and r["purpose"] in ("main", "repeat") and r["wall_seconds"]]
+    return min(statistics.median(costs), program.budget.run_timeout_seconds) if costs else 0.0
 
 
 def plan_runs(ledger: Ledger, program: Program, experiment: dict):

@@ -43,7 +43,7 @@ from org import OrgError, empty_file, gateway, replace_file, shown
 from org.agents.control import Control
 from org.agents.sandbox import SECRET_NAME
 from org.lab import Lab, agent_branch, agent_refs, branch_owner, child_env, hardened_git_env
-from org.experiments import CHECKS, budget_state
+from org.experiments import waiting_for_budget
 from org.ledger import Ledger, pid_alive
 from org.mail import now, write_atomically
 from org.panes import Pane, RELEASE_KEY, TAKEOVER_KEY, tmux_path
@@ -453,8 +453,10 @@ def runs_left(launch: ProgramSite) -> bool:
     with Ledger(launch.ledger_path) as ledger:
         if ledger.runs(launch.name, status="running"):
             return True
-        queued, state = ledger.runs(launch.name, status="queued"), budget_state(ledger, launch.program)
-        return any(state == "open" or (state == "held" and r["purpose"] in CHECKS) for r in queued)
+        if ledger.compute_seconds(launch.name) >= ledger.budget(launch.name)["total_compute_seconds"]:
+            return False
+        waiting = waiting_for_budget(ledger, launch.program)
+        return any(r["experiment_id"] not in waiting for r in ledger.runs(launch.name, status="queued"))
 
 
 def wait_until_done(launch: ProgramSite, poll: float = 2.0) -> int:

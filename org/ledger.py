@@ -423,17 +423,19 @@ class Ledger:
                                f"AND status NOT IN ({', '.join('?' * len(FINISHED))})",
                                (program, *experiment_ids, *FINISHED)).fetchone()[0]
 
-    def claim(self, program: str, slot: int, arm: str = None, kind: str = None, purpose: str = None) -> dict | None:
+    def claim(self, program: str, slot: int, arm: str = None, kind: str = None, purpose: str = None,
+              waiting: list[int] = ()) -> dict | None:
         """Atomically take the next queued run (tuning first, then seed by seed; only `arm`'s
-        and `purpose`'s if given) for this process; None when there is none. A slot of a `kind`
-        of device takes only runs of seeds no other kind has run (it becomes theirs): arms
-        compare seed by seed, so each seed's runs all train on one kind."""
+        and `purpose`'s if given, none of the `waiting` experiments') for this process; None when
+        there is none. A slot of a `kind` of device takes only runs of seeds no other kind has run
+        (it becomes theirs): arms compare seed by seed, so each seed's runs all train on one kind."""
         with self.tx():
             run = self._one("SELECT * FROM runs WHERE program = ? AND status = 'queued' "
                             "AND (? IS NULL OR arm = ?) AND (? IS NULL OR purpose = ?) AND (? IS NULL OR NOT EXISTS ("
                             "  SELECT 1 FROM runs other WHERE other.program = runs.program "
                             "  AND other.seed = runs.seed AND other.kind != ?)) "
-                            "ORDER BY round, id LIMIT 1", program, arm, arm, purpose, purpose, kind, kind)
+                            f"AND experiment_id NOT IN ({', '.join('?' * len(waiting))}) "
+                            "ORDER BY round, id LIMIT 1", program, arm, arm, purpose, purpose, kind, kind, *waiting)
             if run is None:
                 return None
             seq = self.db.execute("SELECT coalesce(max(claim_seq), 0) + 1 FROM runs "

@@ -48,7 +48,7 @@ from org.ledger import Ledger, budget_of
 from org.measure import (MeasureError, check_result, cross_check, evaluator_env, export_for_models, job_for,
                           measure_run, models_data, planted, read_result, runs_data, split_key_file,
                           worker_command)
-from org.experiments import CHECKS, budget_note, budget_state, plan, refusal, runs_own_code
+from org.experiments import budget_note, plan, refusal, runs_own_code, waiting_for_budget
 from org.improve import sync_branch
 from org.program import Program
 from org.reaper import last_change, reap, set_aside
@@ -166,7 +166,7 @@ class Runner:
         self.git_lock = threading.Lock()  # GitPython's Repo is not thread-safe
         self.cond = threading.Condition()  # guards claims and the count of busy slots
         self.busy = 0
-        self.budget_said: set[str] = set()  # what of the budget's state this runner has said
+        self.budget_said = ""  # what this runner last said of the budget
         self.stopping = threading.Event()
         self.children: dict[int, subprocess.Popen] = {}
         self.data_lock, self.data_ready = threading.Lock(), False  # prepare_data() before the first run
@@ -327,18 +327,17 @@ class Runner:
 
     def _claim(self, ledger: Ledger, slot: Slot) -> dict | None:
         name = self.program.name
-        state = budget_state(ledger, self.program)  # the ledger's total: `org budget` raises it while the org runs
-        if state != "open" and state not in self.budget_said and ledger.runs(name, status="queued"):
-            self.say(budget_note(ledger, self.program, state))
-            self.budget_said.add(state)
-        if state == "spent":
+        spent, total = ledger.compute_seconds(name), ledger.budget(name)["total_compute_seconds"]
+        waiting = [] if spent >= total else waiting_for_budget(ledger, self.program)
+        said = "spent" if spent >= total else str(waiting) if waiting else ""
+        if said and said != self.budget_said and ledger.runs(name, status="queued"):
+            self.say(budget_note(ledger, self.program, waiting))
+        self.budget_said = said
+        if spent >= total:  # the ledger's total: `org budget` raises it while the org runs
             return None
         with ledger.tx():
-            if state == "held":
-                run = next(filter(None, (ledger.claim(name, slot.index, kind=slot.kind, purpose=p) for p in CHECKS)), None)
-            else:
-                run = self._repeat_due(ledger) and self._claim_repeat(ledger, slot)
-                run = run or ledger.claim(name, slot.index, kind=slot.kind)
+            run = self._repeat_due(ledger) and self._claim_repeat(ledger, slot)
+            run = run or ledger.claim(name, slot.index, kind=slot.kind, waiting=waiting)
             if run and self.jobs:  # the job's id is on record before the job exists
                 ledger.set_job(run["id"], job_id(name, self.ledger_key, run["id"], run["attempts"]))
                 run = ledger.run(run["id"])

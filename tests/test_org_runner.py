@@ -157,12 +157,12 @@ def test_a_standing_claim_runs_again_on_fresh_seeds_drawn_once_its_main_runs_are
         assert len(ledger.runs("tiny")) == len(runs)
 
 
-def test_the_last_of_the_budget_is_held_for_a_claims_fresh_seeds(make_project, capsys):
-    """Agents' runs spent the whole compute budget, and a claim that stood late stayed "awaiting
-    replication" for good: its fresh seeds queued behind their work, which the budget ran out on.
-    The runner holds the last of it for the harness's checks: one claim's fresh seeds (two runs a
-    seed, at the median cost of the main runs); an agent's run starts only if one more at that
-    cost leaves the hold whole."""
+def test_the_budget_holds_a_claims_fresh_seeds_back_from_work_not_yet_started(make_project, capsys):
+    """Agents' queued runs spent the whole compute budget, and a claim that stood late stayed
+    "awaiting replication" for good: its fresh seeds queued behind their work. A submitted
+    experiment now starts only if the budget left pays for its runs besides all that has started
+    and one claim's fresh seeds (two runs a seed, at the median cost of the baseline's runs); the
+    program's own arms, and what has started, always go on."""
     budget = {**tiny_program()["budget"], "per_run": {"steps": 60}}
     root = make_project(tiny_program(claim={"kind": "non-inferiority", "margin": 1.0, "fresh_seeds": 0}, budget=budget))
     assert main(["run", "programs/tiny.yaml"]) == 0  # no-softcap's claim stands on seeds 0 and 1
@@ -171,15 +171,16 @@ def test_the_last_of_the_budget_is_held_for_a_claims_fresh_seeds(make_project, c
     program = program.model_copy(update={"claim": program.claim.model_copy(update={"fresh_seeds": 2})})
     with ledger_of(root) as ledger:
         spent, cost = ledger.compute_seconds("tiny"), statistics.median(
-            r["wall_seconds"] + r["measure_seconds"] for r in ledger.runs("tiny", purpose="main", status="completed"))
-        ledger.change_budget("tiny", {"total_compute_seconds": spent + 4 * cost + 0.99 * cost}, "test")
+            r["wall_seconds"] + r["measure_seconds"] for r in ledger.runs("tiny", arm="baseline", status="completed"))
+        # 4 fresh-seed runs held, and not the 2 of `late` besides
+        ledger.change_budget("tiny", {"total_compute_seconds": spent + 4 * cost + 1.5 * cost}, "test")
     capsys.readouterr()
     with contextlib.closing(Lab.open(root)) as lab:
         Runner(lab, program, root / ".lab" / "tiny" / "ledger.sqlite").drain()
-    assert "the rest is held for checking a claim on fresh seeds" in capsys.readouterr().out
     with ledger_of(root) as ledger:
         fresh = ledger.runs("tiny", purpose="replicate")
         late = ledger.runs("tiny", arm="late")
+    assert f"experiment(s) {late[0]['experiment_id']} wait" in capsys.readouterr().out
     assert len(fresh) == 4 and {r["status"] for r in fresh} == {"completed"}, [(r["status"], r["wall_seconds"]) for r in fresh]
     assert [r["status"] for r in late] == ["queued", "queued"]
     assert main(["report", "tiny"]) == 0
