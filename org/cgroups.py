@@ -308,12 +308,15 @@ def oom_kills(groups: list[Path]) -> int:
 
 
 def pool_weight(group: Path) -> int:
-    """A v2 agent pool's weight while it holds a box (0 when it holds none): a CLI's box holds it at the CLI's weight while
-    the commands it sends through its port (boxes of their own, at 1) come and go."""
-    try:
-        return int((group / "cpu.weight").read_text()) if any(child.is_dir() for child in group.iterdir()) else 0
-    except (OSError, ValueError):
-        return 0
+    """The highest weight of the boxes a v2 agent pool holds (0 when none): a CLI's box holds it at
+    the CLI's weight while the commands it sends through its port (boxes of their own, at 1) come
+    and go, and an agent's later boxes at 1 bring it down once the CLI's is gone."""
+    weights = []
+    with contextlib.suppress(OSError):
+        for child in (c for c in group.iterdir() if c.is_dir()):
+            with contextlib.suppress(OSError, ValueError):
+                weights.append(int((child / "cpu.weight").read_text()))
+    return max(weights, default=0)
 
 
 def inner_cgroup(group: Path) -> Path | None:

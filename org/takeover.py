@@ -60,13 +60,7 @@ def cmd_takeover(args) -> int:
     if grid.find(agent, taken=True):
         raise OrgError(f"{agent} is already taken over; `org release {agent}` hands it back")
     control, tree = Control(launch.lab_dir, agent), launch.worktree(agent)
-    take_in(launch, agent)
-    objects = snapshot_objects(launch, agent)
-    shutil.rmtree(objects, ignore_errors=True)  # (a crash's, from before)
-    snapshot, left_out = snapshot_tree(tree, objects)
-    write_atomically(launch.lab_dir / "takeover" / f"{agent}.json", json.dumps(
-        {"tree": snapshot, "left_out": left_out, "head": git(tree, "rev-parse", "HEAD"), "at": now()}))
-    control.pause(TAKEN_OVER)
+    control.pause(TAKEN_OVER)  # first: nothing the agent left in its worktree can keep it from pausing
     backend = next(a.backend for a in launch.program.org.agents if a.name == agent)
     # Claude Code's pane is handed over as it is (its Stop hook ends its turn for the person);
     # every other agent is waited for, so the person's shell never races the agent's edits
@@ -75,13 +69,22 @@ def cmd_takeover(args) -> int:
         if not control.wait_for_state("paused", args.timeout):
             raise OrgError(f"{agent} did not reach a safe point in {args.timeout:g}s; the pause stands: "
                            f"`org takeover {agent}` again takes the pane once it has paused")
+    try:
+        take_in(launch, agent)
+        head = git(tree, "rev-parse", "HEAD")
+    except OrgError:
+        control.resume()  # (no record: `org release` could not lift the pause)
+        raise
+    objects = snapshot_objects(launch, agent)
+    shutil.rmtree(objects, ignore_errors=True)  # (a crash's, or an earlier try's)
+    write_atomically(launch.lab_dir / "takeover" / f"{agent}.json", json.dumps(
+        {**snapshot_or_why(tree, objects), "head": head, "at": now()}))
     hint = f"TAKEN OVER · C-b {RELEASE_KEY} or `org release {agent}` hands it back"
     if backend == "claude-code":  # the CLI itself is the person's: its Stop hook lets it stop
         grid.take_over(agent, None, hint)
         print(f"{agent} pauses when its current turn ends; then its pane is yours: Claude Code "
               f"waits at its prompt. `org release {agent}` hands it back.")
         return 0
-    take_in(launch, agent)  # what it did until it paused
     grid.take_over(agent, person_shell(launch, agent, backend), hint)
     print(f"{agent} is paused; its pane is yours: a shell in {tree}. "
           f"`org release {agent}` hands it back, telling {agent} what you changed.")
@@ -151,32 +154,91 @@ def snapshot_objects(launch: ProgramSite, agent: str) -> Path:
 
 
 def change_note(tree: Path, taken: dict, note: str | None, objects: Path, limit: int = 8000) -> str:
-    diff, left_out = "", set(taken.get("left_out", ()))
-    if tree.exists():
-        snapshot, left_now = snapshot_tree(tree, objects)
-        diff = git(tree, "diff", "--no-ext-diff", "--no-textconv", "--stat", "--patch", taken["tree"], snapshot,
-                   env=scratch_store(tree, objects))
-        left_out.update(left_now)
-    commits = git(tree, "log", "--oneline", f"{taken['head']}..HEAD") if tree.exists() else ""
     head = f"A person took over your pane at {taken['at']} and handed it back at {now()}."
     text = head + (f"\nTheir note: {note}" if note else "")
+    if not tree.exists():
+        return text + "\nYour worktree is gone (`org launch` makes it again from your branch)."
+    diff, left_out, why = uncommitted_diff(tree, taken, objects)
+    commits = git(tree, "log", "--oneline", f"{taken['head']}..HEAD")
+    if why:
+        text += f"\nTheir uncommitted changes cannot be shown as a diff ({why}); git status below has their names."
     if left_out:
-        names = ", ".join(sorted(left_out)[:20]) + (f" and {len(left_out) - 20} more" if len(left_out) > 20 else "")
+        names = sorted(os.fsencode(n).decode(errors="replace") for n in left_out)
+        more = f" and {len(names) - 20} more" if len(names) > 20 else ""
         text += (f"\nFiles the diff below does not show (over {SNAPSHOT_FILE_BYTES >> 20} MB, or past "
-                 f"{SNAPSHOT_BYTES >> 20} MB in all): {names}")
-    if not diff and not commits:
+                 f"{SNAPSHOT_BYTES >> 20} MB in all): {', '.join(names[:20])}{more}")
+    dirty = git(tree, "status", "--porcelain")
+    if not diff and not commits and not (why and dirty):
         return text + f"\nThey changed nothing in your worktree{' that a diff shows' if left_out else ''}; carry on."
     if commits:
         text += f"\nTheir commits on your branch:\n{commits}"
-    dirty = git(tree, "status", "--porcelain")
     if dirty:
         text += "\nSome of their changes are not committed (git status below): review them, then commit or revert.\n" + dirty
+    if not diff:
+        return text
     cut = f"\n[... diff cut at {limit} characters]" if len(diff) > limit else ""
     return text + f"\nWhat they changed in your worktree (git diff):\n{diff[:limit]}{cut}"
 
 
+def uncommitted_diff(tree: Path, taken: dict, objects: Path) -> tuple[str, set[str], str | None]:
+    """(the diff from the takeover's snapshot to one made now, the files either left out, why there
+    is no diff). Both sides go without what either left out: a file that only grew past the bounds
+    is no change of the person's (nor one a record of older code holds whole)."""
+    left_out, why = set(taken.get("left_out", ())), taken.get("why")
+    if not taken.get("tree") or why:
+        return "", left_out, why or "no snapshot was made at the takeover"
+    now_taken = snapshot_or_why(tree, objects)
+    left_out.update(now_taken.get("left_out", ()))
+    if now_taken.get("why"):
+        return "", left_out, now_taken["why"]
+    env = scratch_store(tree, objects)
+    before, after = (without(tree, t, left_out, env) for t in (taken["tree"], now_taken["tree"]))
+    return git_diff(tree, before, after, env), left_out, None
+
+
+def git_diff(tree: Path, before: str, after: str, env: dict) -> str:
+    """The diff between two snapshots; its names alone where the patch takes past GIT_SECONDS (git's
+    diff of two files of random lines grows with the square of their length: 26 s at 2 MB)."""
+    try:  # (a file past 1 MB is a binary one here: its patch is a line)
+        return git(tree, "-c", "core.bigFileThreshold=1m", "diff", "--no-ext-diff", "--no-textconv", "--stat",
+                   "--patch", before, after, env=env)
+    except OrgError:
+        return git(tree, "diff", "--no-ext-diff", "--name-status", before, after, env=env)
+
+
+def without(tree: Path, snapshot: str, names: set[str], env: dict) -> str:
+    """The snapshot's tree with these names taken out."""
+    if not names:
+        return snapshot
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**env, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        specs = Path(tmp) / "pathspecs"
+        specs.write_bytes(b"\0".join(b":(literal)" + os.fsencode(n) for n in sorted(names)))
+        git(tree, "read-tree", snapshot, env=env)
+        git(tree, "rm", "-q", "-f", "--cached", "--ignore-unmatch", "-r", f"--pathspec-from-file={specs}",
+            "--pathspec-file-nul", env=env)
+        return git(tree, "write-tree", env=env)
+
+
 SNAPSHOT_FILE_BYTES = 8 << 20  # a file larger than this is left out of a takeover's snapshot (and its diff),
-SNAPSHOT_BYTES = 256 << 20     # and then the largest, until what is left holds this much at most
+SNAPSHOT_BYTES = 256 << 20     # and then the largest, until what is left holds this much at most,
+SNAPSHOT_LEFT_OUT = 1000       # unless more than this many are left out: then the snapshot is none
+SNAPSHOT_LISTING = 64 << 20    # nor where listing the worktree's files takes more bytes than this
+
+
+def snapshot_or_why(tree: Path, objects: Path) -> dict:
+    """{"tree", "left_out"} of a new snapshot in `objects`, or {"why": it cannot be made}: the
+    worktree is the agent's, and a name git refuses, a nested repository with no commit, a tree
+    of a million files or one that grew while it was read must not keep the person out."""
+    try:
+        snapshot, left_out = snapshot_tree(tree, objects)
+        held = sum(f.stat().st_size for f in objects.rglob("*") if f.is_file())
+        if held > 4 * SNAPSHOT_BYTES:  # two snapshots' worth, and more (read after its sizes were: the box lives on)
+            raise OrgError(f"the worktree grew while it was read: {held >> 20} MB of it")
+        return {"tree": snapshot, "left_out": left_out}
+    except (OrgError, OSError, MemoryError) as e:
+        shutil.rmtree(objects, ignore_errors=True)
+        return {"tree": None, "why": str(e)[:300]}
 
 
 def snapshot_tree(tree: Path, objects: Path) -> tuple[str, list[str]]:
@@ -190,17 +252,22 @@ def snapshot_tree(tree: Path, objects: Path) -> tuple[str, list[str]]:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), **scratch_store(tree, objects)}
         git(tree, "read-tree", "HEAD", env=env)
         listed = git(tree, "ls-files", "-z", "--cached", "--others", "--exclude-standard", env=env, raw=True)
+        if len(listed) > SNAPSHOT_LISTING:
+            raise OrgError(f"its files' names alone take {len(listed) >> 20} MB")
         left_out = too_large(os.fsencode(tree), sorted(set(filter(None, listed.split(b"\0")))))
+        if len(left_out) > SNAPSHOT_LEFT_OUT:
+            raise OrgError(f"{len(left_out)} of its files are past {SNAPSHOT_FILE_BYTES >> 20} MB, or "
+                           f"{SNAPSHOT_BYTES >> 20} MB in all")
         specs = Path(tmp) / "pathspecs"
         specs.write_bytes(b"\0".join([b".", *(b":(exclude,literal)" + name for name in left_out)]))
         git(tree, "add", "-A", f"--pathspec-from-file={specs}", "--pathspec-file-nul", env=env)
-        return git(tree, "write-tree", env=env), [name.decode(errors="replace") for name in left_out]
+        return git(tree, "write-tree", env=env), [os.fsdecode(name) for name in left_out]  # (its bytes, in JSON)
 
 
 def scratch_store(tree: Path, objects: Path) -> dict:
     """git's environment to write into `objects`, and read the lab's shared store too."""
     common = Path(tree, git(tree, "rev-parse", "--git-common-dir")) / "objects"  # (the worktree's pointers are frozen)
-    return {"GIT_OBJECT_DIRECTORY": str(objects),
+    return {"GIT_OBJECT_DIRECTORY": str(objects.resolve()),
             "GIT_ALTERNATE_OBJECT_DIRECTORIES": json.dumps(str(common), ensure_ascii=False)}  # (quoted: a path's ':')
 
 

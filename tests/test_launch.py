@@ -547,6 +547,17 @@ def test_a_takeovers_snapshot_writes_nothing_into_the_labs_store_and_leaves_larg
     assert "shard0.npy |" not in note  # (in the diff's stat): in both snapshots, as it was
     assert sorted((tree / ".git" / "objects").rglob("*")) == store  # the lab's store: not one object more
 
+    (tree / "shard0.npy").write_bytes(os.urandom(2 << 20))  # past the bound now, not then: no change shown
+    note = takeover.change_note(tree, {"tree": before, "left_out": left_out, "head": head, "at": "then"}, None, objects)
+    assert "shard0.npy |" not in note and "checkpoint.pt, shard0.npy, shard3.npy, weights.bin" in note
+
+    (tree / "x" / ".GIT").mkdir(parents=True)  # a name git refuses to add: no snapshot, and no traceback
+    (tree / "x" / ".GIT" / "f").write_text("x")
+    taken = takeover.snapshot_or_why(tree, tmp_path / "other")
+    assert taken["tree"] is None and "x/.GIT/f" in taken["why"] and not (tmp_path / "other").exists()
+    note = takeover.change_note(tree, {**taken, "head": head, "at": "then"}, None, tmp_path / "other")
+    assert "cannot be shown as a diff" in note and "?? x/" in note
+
 
 def test_what_an_agent_leaves_broken_in_git_stops_no_stop_launch_or_clean(org_project, capsys):
     """An agent's box writes its branches, their reflogs and its worktree's HEAD and index: it

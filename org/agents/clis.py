@@ -62,7 +62,8 @@ TAKE_IN_EVERY_SECONDS = 2  # how often its commits are taken in (org/objects.py)
 # the CLI box's CPU weight, against a run's 100 on a core they share: the CLI itself works there
 # (its start-up, each tool call's shell: about 0.6 CPU-s a codex turn), and at a command box's 1
 # it got 1% of a busy core, so while runs held every core a CLI made no request for a minute.
-# At 10 a CLI works at about its own pace, and what it spins takes at most 9% of a run's core.
+# At 10 a CLI works at about its own pace, and what it spins takes 9% of a core a one-thread run
+# holds; a run of k threads weighs 1/k on each of its cores, so there a CLI takes 102/(102 + 1024/k).
 CLI_CPU_WEIGHT = 10
 CODEX_PROMPT_BYTES = 64_000  # the mail of one codex turn (its prompt is one argument: 128 KiB at most)
 CLI_PACKAGES = {"claude": ("@anthropic-ai/claude-code", "2.1.332"), "codex": ("@openai/codex", "0.171.0")}
