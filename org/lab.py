@@ -41,10 +41,9 @@ from org import OrgError, replace_file
 from org.objects import ObjectError, ObjectStore, agent_objects
 
 # Set by git hooks and by some shells; a child that inherits them operates on the wrong repo.
-GIT_ENV_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
-                "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_PREFIX",
-                "GIT_NAMESPACE", "GIT_LITERAL_PATHSPECS", "GIT_GLOB_PATHSPECS", "GIT_NOGLOB_PATHSPECS",
-                "GIT_ICASE_PATHSPECS")  # (these change what a pathspec of ours names)
+GIT_ENV_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY",
+                "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_PREFIX", "GIT_NAMESPACE", "GIT_LITERAL_PATHSPECS",
+                "GIT_GLOB_PATHSPECS", "GIT_NOGLOB_PATHSPECS", "GIT_ICASE_PATHSPECS")  # (the last: what a pathspec names)
 STATE_DIRS = ("runs", "snapshots", "mail", "transcripts")
 # every git command of the harness runs with these on top of (and stronger than) any config
 # file: nothing written into .git (hooks, fsmonitor, attributes) runs through the harness
