@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 import statistics
 import zlib
+from collections import Counter
 
 from org import OrgError
 from org.improve import check_try, config, decide_ready, draw_seeds, frontier, merged_try

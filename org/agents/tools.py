@@ -445,7 +445,7 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
             "verdicts": referee_verdicts(ledger, program),  # always live: a pure function of the runs
             "compute_seconds": {"spent": round(ledger.compute_seconds(program.name), 1),
                                 "total": ledger.budget(program.name)["total_compute_seconds"],
-                                # the last of it: your runs start only while this stays whole
+                                # a new experiment starts only if what is left pays for its runs besides this
                                 "held_for_fresh_seeds": round(held_for_checks(ledger, program)[0], 1)}}
 
 
