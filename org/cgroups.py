@@ -246,7 +246,9 @@ def machine_memory() -> int:
 
 def own_memory_limits(proc_cgroup: Path = Path("/proc/self/cgroup"), fs: Path = Path("/sys/fs/cgroup")) -> list[int]:
     """The memory limits of this process's cgroup and of each above it: v1's memory hierarchy
-    ("4:memory:/path") or v2's one ("0::/path"); "max" and unreadable ones are no limit."""
+    ("4:memory:/path") or v2's one ("0::/path"); "max" and unreadable ones are no limit, and so
+    are our own (nanolab/ and below): the evaluator runs in a slot's, and from its cap it lowered
+    nanolab/'s, every box's, to what it could see (no worker box could be made then)."""
     limits = []
     try:
         lines = proc_cgroup.read_text().splitlines()
@@ -262,6 +264,8 @@ def own_memory_limits(proc_cgroup: Path = Path("/proc/self/cgroup"), fs: Path = 
             continue
         group = base / path.strip("/")
         for folder in [group, *group.parents]:
+            if "nanolab" in folder.relative_to(base).parts:
+                continue
             try:
                 limits.append(int((folder / name).read_text()))
             except (OSError, ValueError):

@@ -25,7 +25,7 @@ from org.model_worker import receive
 from org.measure import MeasureError, cross_check, evaluator_env, measure_run, planted, read_result, worker_command
 from org.confounds import Tolerances
 from org.referee import compare
-from org.cgroups import cgroup_root, memory_limit
+from org.cgroups import boxes_memory, cgroup_root, memory_limit
 from org.sandbox import available, untrusted_env, worker_box
 from trainer.record import Params, Result, read
 from test_org_runner import agent_commit, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
@@ -272,6 +272,14 @@ def test_a_checkpoint_past_its_slots_memory_is_read_in_its_slots_share_alone(lab
     env = evaluator_env(lab["root"] / "harness-cache", {"OMP_NUM_THREADS": "1"})
     out = measure_run(job(lab, run_dir=run_dir, code=experiment(lab, "unchanged")), env, 120, pools=slot)
     assert out.get("invalid", "").startswith("the measurement ran out of memory: its slot's share is 0.2 GB"), out
+
+    # a run that fits is measured there, its workers' boxes made from inside the slot's group: the
+    # evaluator took that group's cap for the machine's, and lowered every box's (nanolab/'s) to it
+    root = cgroup_root("memory")
+    out = measure_run(job(lab, code=experiment(lab, "unchanged")), env, 120, pools=((slot[0][0], 6 << 30), ("slot-0", 4 << 30)))
+    assert "measurement" in out, out
+    cap = root / ("memory.max" if (root / "memory.max").exists() else "memory.limit_in_bytes")
+    assert int(cap.read_text()) == boxes_memory()
 
 
 def test_what_a_run_leaves_at_the_harness_log_names_or_locks_away_stops_no_measurement(lab):

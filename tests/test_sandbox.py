@@ -921,6 +921,16 @@ def test_a_container_capped_below_the_machine_gives_its_boxes_less(tmp_path):
     assert own_memory_limits(tmp_path / "cgroup-v2", v2) == [12 << 30]  # "max" is no limit
     assert own_memory_limits(tmp_path / "absent", v1) == []
     assert machine_memory() <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    # the evaluator runs in a slot's group of ours: the caps we set are not the machine's
+    for folder, limit in (("nanolab", 17 << 30), ("nanolab/org-x/slot-0", 6 << 30), ("nanolab/org-x/slot-0/box-y", 4 << 30)):
+        (v1 / "memory" / "docker" / "abc" / folder).mkdir(parents=True)
+        (v1 / "memory" / "docker" / "abc" / folder / "memory.limit_in_bytes").write_text(f"{limit}\n")
+    (tmp_path / "cgroup-v1").write_text("4:memory:/docker/abc/nanolab/org-x/slot-0/box-y\n")
+    assert min(own_memory_limits(tmp_path / "cgroup-v1", v1)) == 8 << 30
+    (v1 / "memory" / "nanolab" / "box-z").mkdir(parents=True)
+    (v1 / "memory" / "nanolab" / "box-z" / "memory.limit_in_bytes").write_text(f"{1 << 30}\n")
+    (tmp_path / "cgroup-v1").write_text("4:memory:/nanolab/box-z\n")
+    assert own_memory_limits(tmp_path / "cgroup-v1", v1) == []
 
 
 @pytest.mark.skipif(cgroup_root("memory") is None, reason=f"a memory cgroup: {memory_limit()}")
