@@ -162,7 +162,10 @@ def measure_run(job: dict, env: dict, timeout: float, cores: list[int] | None = 
     takes a box's process first (another slot's trainer, an agent's CLI)."""
     job["deadline_seconds"] = timeout + 5  # the evaluator's own limit, should the runner die first
     log_path = Path(job["log_dir"]) / "measure.log"
-    groups = box_cgroups(Limits(memory_pools=pools, cores=tuple(cores) if cores else None)) if pools else []
+    try:
+        groups = box_cgroups(Limits(memory_pools=pools, cores=tuple(cores) if cores else None)) if pools else []
+    except OrgError as e:  # (a runner that boxes its runs has made such groups already)
+        raise MeasureError(f"the harness cannot place its evaluator: {e}") from None
     argv = [sys.executable, "-I", "-B", "-m", "org.evaluator"]
     try:
         log = open(log_path, "wb", opener=no_follow)
