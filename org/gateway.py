@@ -58,6 +58,7 @@ PROVIDERS = {"anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "https://a
              "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL", "https://api.openai.com/v1")}
 BACKEND_PROVIDER = {"anthropic": "anthropic", "claude-code": "anthropic", "openai": "openai", "codex": "openai"}
 KEYS_FILE = "NANOLAB_KEYS_FILE"
+KEYS_FILE_RECORD = "keys-file.json"  # the last launch's keys file, for the boxes to hide
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "te", "trailer",
               "upgrade", "proxy-authorization", "proxy-connection", "accept-encoding"}
 MAX_BODY = 32 << 20  # a request body past this is refused; a reply past this is passed on unparsed
@@ -136,6 +137,9 @@ def prepare(lab_dir: Path, agents: dict[str, str], environ: dict, models: dict[s
     tokens = {name: f"nanolab-{name}-{secrets.token_urlsafe(24)}" for name, b in agents.items()
               if b in BACKEND_PROVIDER}
     _write_private(folder / "keys.json", json.dumps(upstreams))
+    if environ.get(KEYS_FILE):  # for every box to hide (org/sandbox.py): no pane has its name
+        named = Path(environ[KEYS_FILE]).expanduser()
+        _write_private(folder / KEYS_FILE_RECORD, json.dumps(sorted({str(named.absolute()), str(named.resolve())})))
     _write_private(folder / "tokens.json", json.dumps({t: a for a, t in tokens.items()}))
     _write_private(folder / "models.json", json.dumps(models or {}))
     try:  # the last launch's port, if it is still free

@@ -80,10 +80,10 @@ import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from org import OrgError, empty_file
+from org import OrgError, empty_file, user_cache
 from org.cgroups import JOIN, box_cgroups, cgroup_root
 from org.diskwatch import watch
-from org import sourceless
+from org import bytecode, sourceless
 from org.seccomp import ABIS, box_filter
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
@@ -442,8 +442,11 @@ def stdlib_binds() -> list[str]:
     if tree is None:
         raise SandboxError(f"the standard library without its source (org/sourceless.py) cannot be built under "
                            f"{Path.home() / '.cache'}: a box of a pystdlib program would read the evaluation text")
-    return ["--ro-bind", str(tree), str(stdlib),
-            *[flag for kept in sourceless.kept_below(stdlib) for flag in ("--ro-bind", str(kept), str(kept))]]
+    # the harness's bytecode of the stdlib (org/bytecode.py) holds its docstrings: corpus text too
+    mirror = bytecode.cache_dir() / stdlib.relative_to(stdlib.anchor)
+    return [flag for path in (stdlib, mirror) if path == stdlib or path.is_dir()
+            for flag in ("--ro-bind", str(tree), str(path),
+                         *[f for kept in sourceless.kept_below(path) for f in ("--ro-bind", str(kept), str(kept))])]
 
 
 def check(tries: int = 3) -> None:
@@ -501,7 +504,9 @@ def untrusted_env(extra: dict | None = None) -> dict:
 CREDENTIALS = (".ssh", ".aws", ".azure", ".gnupg", ".docker", ".kube", ".netrc", ".git-credentials",
                ".pypirc", ".npmrc", ".config/gh", ".config/gcloud", ".config/hub", ".claude", ".claude.json",
                ".codex", ".anthropic", ".openai", ".huggingface", ".cache/huggingface/token",
-               ".bash_history", ".zsh_history", ".python_history")
+               ".bash_history", ".zsh_history", ".python_history",
+               # where people export their keys
+               ".bashrc", ".bash_profile", ".profile", ".zshrc", ".zshenv", ".zprofile", ".config/fish", ".env")
 
 
 def lab_private(lab_root: Path) -> list[Path]:
@@ -512,6 +517,10 @@ def lab_private(lab_root: Path) -> list[Path]:
     secrets = [home / name for name in CREDENTIALS]
     if os.environ.get("NANOLAB_KEYS_FILE"):
         secrets.append(Path(os.environ["NANOLAB_KEYS_FILE"]).expanduser())
+    # `org launch` keeps the name from every pane, so the boxes' makers read it where its gateway put it
+    for record in (Path(lab_root) / ".lab").glob("*/gateway/keys-file.json"):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            secrets += [Path(p) for p in json.loads(record.read_text())]
     return [Path(lab_root) / ".lab", Path(lab_root) / "worktrees", *secrets]
 
 
@@ -525,7 +534,16 @@ def code_private(lab_root: Path) -> list[Path]:
         admin = (Path(lab_root) / git_dirs[0].read_text().removeprefix("gitdir:").strip()).resolve()
         common = admin / (admin / "commondir").read_text().strip() if (admin / "commondir").exists() else admin
         git_dirs = [admin, common.resolve()]
-    return lab_private(lab_root) + git_dirs + [Path("/sys/fs/cgroup")]
+    return lab_private(lab_root) + git_dirs + [Path("/sys/fs/cgroup"), *prepared_data()]
+
+
+def prepared_data() -> list[Path]:
+    """The person's caches of prepared data (`python -m trainer train` by hand): every document of
+    a source tokenized, the lab's val and confirm among them, where no data source is hidden."""
+    folders = {user_cache("data"), Path.home() / ".cache" / "nanolab" / "data"}
+    if os.environ.get("NANOLAB_CACHE"):  # (trainer/data.py's cache_dir)
+        folders.add(Path(os.environ["NANOLAB_CACHE"]).expanduser() / "data")
+    return sorted(folders)
 
 
 def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool,

@@ -502,22 +502,30 @@ def test_nothing_a_command_starts_outlives_it(two_agents):
 
 
 def test_a_command_cannot_read_the_persons_credentials(two_agents, outside_tmp, monkeypatch):
+    """HOME's usual places, and the keys file `org launch` was given: its panes (the agents' and
+    the runner's) have neither the keys nor the file's name, so the name comes from the gateway's
+    own folder. Nor can the output check see what it would withhold: the pane has no keys."""
+    from org import gateway
     root, program, _, _ = two_agents
-    home = outside_tmp / "home"
+    home, keys = outside_tmp / "home", outside_tmp / "elsewhere" / "keys.env"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id_ed25519").write_text("PRIVATE-KEY-MATERIAL\n")
     (home / ".netrc").write_text("machine api.example.com password NETRC-PASSWORD\n")
-    (home / "keys.env").write_text(f"ANTHROPIC_API_KEY={SECRET}\n")
+    (home / ".bashrc").write_text("export OPENAI_API_KEY=sk-BASHRC-0123456789\n")
+    keys.parent.mkdir()
+    keys.write_text(f"ANTHROPIC_API_KEY={SECRET}\n")
+    keys.chmod(0o600)
+    gateway.prepare(lab_dir(root, program), {"alice": "claude-code"}, {"NANOLAB_KEYS_FILE": str(keys)})
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("NANOLAB_KEYS_FILE", str(home / "keys.env"))
+    monkeypatch.delenv("ANTHROPIC_API_KEY")  # as in a pane
     tools = Tools("alice", program, root, worktree(root, program, "alice"))
     try:
-        out = run(tools, f"cat {home}/.ssh/id_ed25519 {home}/.netrc {home}/keys.env; ls -a {home}/.ssh; echo done")
+        out = run(tools, f"cat {home}/.ssh/id_ed25519 {home}/.netrc {home}/.bashrc {keys}; ls -a {home}/.ssh; echo done")
     finally:
         tools.close()
     assert "done" in out and "id_ed25519: No such file" in out  # .ssh is an empty folder there
-    for secret in ("PRIVATE-KEY-MATERIAL", "NETRC-PASSWORD", SECRET):
-        assert secret not in out
+    for secret in ("PRIVATE-KEY-MATERIAL", "NETRC-PASSWORD", "sk-BASHRC", SECRET):
+        assert secret not in out, out
 
 
 FORKS = """
@@ -998,6 +1006,37 @@ def test_a_run_reads_the_labs_export_and_not_the_data_source(outside_tmp):
     assert source_files(sys.base_prefix) == []  # every Python reads those
     from org.sourceless import other_stdlibs, stdlib_dir  # pystdlib: this Python's own is made sourceless
     assert source_files("pystdlib") == list(other_stdlibs()) and stdlib_dir() not in source_files("pystdlib")
+
+
+def test_a_run_reads_none_of_the_persons_prepared_data(outside_tmp, monkeypatch):
+    """`python -m trainer train` by hand caches every document of its source tokenized, the lab's
+    val and confirm among them, under ~/.cache/nanolab/data (or $NANOLAB_CACHE/data): a run could
+    train on them, a worker look them up, though the source itself is hidden. And the harness's
+    bytecode of the stdlib keeps its docstrings, pystdlib's text. Absent from runs and workers;
+    the bytecode of what the stdlib holds besides (site-packages) is still read."""
+    from org.bytecode import cache_dir
+    from org.sandbox import run_box, worker_box
+    from org.sourceless import stdlib_dir
+    monkeypatch.setenv("XDG_CACHE_HOME", str(outside_tmp / "xdg"))
+    monkeypatch.setenv("NANOLAB_CACHE", str(outside_tmp / "mine"))
+    mirror = cache_dir() / stdlib_dir().relative_to("/")
+    files = {"prepared": outside_tmp / "xdg" / "nanolab" / "data" / "k" / "val.npy",
+             "NANOLAB_CACHE's": outside_tmp / "mine" / "data" / "k" / "val.npy",
+             "docstrings": mirror / "__pycache__" / "json.cpython-311.pyc",
+             "site-packages": mirror / "site-packages" / "numpy" / "__pycache__" / "x.pyc"}
+    for name, path in files.items():
+        path.parent.mkdir(parents=True)
+        path.write_text(f"{name} text")
+    for folder in ("run", "snapshot", "data"):
+        (outside_tmp / folder).mkdir()
+    boxes = [run_box(outside_tmp, outside_tmp / "run", outside_tmp / "snapshot", outside_tmp / "data",
+                     outside_tmp / "kernels", gpu=False, cpu_seconds=60),
+             worker_box(outside_tmp, outside_tmp / "snapshot", outside_tmp / "data", outside_tmp / "kernels", gpu=False)]
+    read = "; ".join(f"(cat {path} 2>/dev/null || echo absent)" for path in files.values())
+    for box in boxes:
+        out = box.popen(["bash", "-c", read], cwd="/", env={"PATH": os.environ["PATH"]}, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode()
+        assert out.splitlines() == ["absent", "absent", "absent", "site-packages text"], out
 
 
 def test_a_run_cannot_read_what_its_agent_commits_after_submitting_it(two_agents, tmp_path):
