@@ -444,10 +444,12 @@ def _handler(gateway: Gateway):
                 gateway.settle(key)
 
         def body(self) -> bytes:
-            length = int(self.headers.get("content-length") or 0)
-            if length > MAX_BODY:
+            given = (self.headers.get("content-length") or "0").strip()
+            if not (given.isascii() and given.isdigit()):  # (-1 read the body to its end, past MAX_BODY: the runner's memory)
+                raise Refused(400, "invalid_request_error", f"Content-Length {given[:40]!r} is not a count of bytes")
+            if int(given) > MAX_BODY:
                 raise Refused(413, "request_too_large", f"request body over {MAX_BODY} bytes")
-            return self.rfile.read(length)
+            return self.rfile.read(int(given))
 
         def forward(self, provider: str, path: str, body: bytes) -> tuple[int, str, bytes]:
             """Send the call upstream with the real key and pass the reply on as it arrives:

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import anthropic
@@ -169,6 +170,23 @@ def test_endpoints_whose_spend_no_reply_shows_are_refused_and_nothing_is_forward
         status, reply = call(gw, "POST", path, token, body)
         assert status == 400 and "hosted tools" in json.loads(reply)["error"]["message"], (path, reply)
     assert llm.requests == [] and spend(root, program) == []
+
+
+def test_a_body_whose_length_is_no_count_of_bytes_is_refused_unread(org):
+    """The attack: `Content-Length: -1` passed the body's cap (-1 < 32 MB) and was read to the
+    connection's end: any size, in the memory of the runner's process. Refused before a byte of
+    the body is read: the reply comes while the sender is still sending."""
+    _, _, llm, gw, tokens = org
+    host, port = urllib.parse.urlsplit(gw.url).netloc.split(":")
+    for length in ("-1", "+5", "0x10", "٣"):
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(f"POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: {tokens['claude']}\r\n"
+                         f"content-type: application/json\r\nContent-Length: {length}\r\n\r\n".encode()
+                         + b"x" * (1 << 20))  # and no end: the old gateway waited for it
+            reply = conn.recv(4096).decode(errors="replace")
+        assert reply.startswith("HTTP/1.0 400") or reply.startswith("HTTP/1.1 400"), (length, reply)
+        assert "is not a count of bytes" in reply, reply
+    assert llm.requests == []
 
 
 def test_a_call_at_a_dearer_rate_than_the_gateway_prices_is_refused(org):
