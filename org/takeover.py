@@ -17,7 +17,7 @@ from pathlib import Path
 from org import OrgError, shown
 from org.agents.control import Control
 from org.launch import TAKEN_OVER, attach, ended_for_good, git, pane_path, person_identity, plain_index
-from org.lab import Lab, agent_branch
+from org.lab import Lab, agent_branch, hardened_git_env
 from org.mail import HUMAN, Mail, now, write_atomically
 from org.panes import RELEASE_KEY, TAKEOVER_KEY, Pane
 from org.workspace import ProgramSite, open_site
@@ -85,7 +85,7 @@ def cmd_takeover(args) -> int:
         print(f"{agent} pauses when its current turn ends; then its pane is yours: Claude Code "
               f"waits at its prompt. `org release {agent}` hands it back.")
         return 0
-    grid.take_over(agent, person_shell(launch, agent, backend), hint)
+    grid.take_over(agent, person_shell(launch, agent), hint)
     print(f"{agent} is paused; its pane is yours: a shell in {tree}. "
           f"`org release {agent}` hands it back, telling {agent} what you changed.")
     return 0
@@ -101,21 +101,27 @@ def take_in(launch: ProgramSite, agent: str):
         lab.take_in_work(tree, agent_branch(launch.name, agent), index=staged)
 
 
-def person_shell(launch: ProgramSite, agent: str, backend: str) -> Pane:
+def person_shell(launch: ProgramSite, agent: str) -> Pane:
     """An interactive shell in the agent's worktree, with the person's git identity (or a
     plain "human" one if none is configured) and `org` on PATH."""
     tree = launch.worktree(agent)
     banner = [f"── {agent} is paused: this pane is yours ──",
               f"a shell in {tree} (branch {agent_branch(launch.name, agent)})",
               f"`org release {agent}` (or C-b {RELEASE_KEY}) hands it back, with a note of what you changed"]
-    if backend == "codex":
-        home = launch.lab_dir / "clis" / agent / "home" / ".codex"
-        banner.append(f"the agent's own Codex session: CODEX_HOME={home} codex resume --last")
+    # (not the agent's Codex session: its home is the box's to write, .env and all, and a Codex
+    # started here from it would run what the agent left there, unboxed, as the person)
     shell = os.environ.get("SHELL") or "/bin/bash"
     script = "printf '%s\\n' " + " ".join(shlex.quote(line) for line in banner) + f"; exec {shlex.quote(shell)} -i"
     env = {"NANOLAB_AGENT": agent, "NANOLAB_PROGRAM": launch.name, "NANOLAB_LAB": str(launch.root),
-           "PATH": pane_path(), **person_identity(launch.root)}
+           "PATH": pane_path(), **person_identity(launch.root), **person_git_env()}
     return Pane(agent, ["sh", "-c", script], tree, env)
+
+
+def person_git_env() -> dict:
+    """The person's git in a taken-over pane, as hardened as the harness's own (the system's config
+    kept): the worktree is the agent's. A repository it nests there, its gitlink in the index its
+    box wrote, ran its own fsmonitor or filter through the person's `git status`, as the person."""
+    return {k: v for k, v in hardened_git_env().items() if k != "GIT_CONFIG_NOSYSTEM"}
 
 
 def cmd_release(args) -> int:

@@ -26,6 +26,8 @@ from org.agents.sandbox import git_identity
 from org.agents.tools import Tools
 from org import OrgError
 from org.cli import main
+from org.takeover import person_shell
+from org.workspace import ProgramSite
 from org.lab import Lab, agent_branch
 from org.objects import agent_objects
 from org.ledger import Ledger
@@ -332,11 +334,19 @@ def test_a_repository_nested_in_a_worktree_runs_nothing_of_its_own_in_the_harnes
     from org.launch import git as harness_git
     root, program, tools, _ = two_agents
     escaped = root / "escaped"  # the project's root: read-only in the box
-    attack = ("git init -q sub && cd sub && echo hi > f && echo 'f filter=pwn' > .gitattributes && git add . && "
-              f"git commit -qm s && git config filter.pwn.clean 'sh -c \"touch {escaped}; cat\"' && "
-              "touch -d 2099-01-01 f && cd .. && git add sub && git commit -qm nested")
+    # (its objects in its own .git, not the box's folder of them: a repository there too)
+    attack = ("(unset GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES && git init -q sub && cd sub && "
+              "echo hi > f && echo 'f filter=pwn' > .gitattributes && git add . && git commit -qm s && "
+              f"git config filter.pwn.clean 'sh -c \"touch {escaped}; cat\"' && "
+              f"git config core.fsmonitor 'touch {escaped}; false' && touch -d 2099-01-01 f) && "
+              "git add sub && git commit -qm nested")
     assert run(tools, attack).startswith("exit status 0")
     assert harness_git(tools.ws.root, "status", "--porcelain") == "" and not escaped.exists()
+    # nor a person's, who took the pane over: their shell's git (and a prompt that shows its status)
+    shell = person_shell(ProgramSite(root, program, None), "alice")
+    for look in (["status"], ["diff"], ["diff", "--stat", "HEAD"]):
+        done = subprocess.run(["git", *look], cwd=tools.ws.root, env={**os.environ, **shell.env}, capture_output=True)
+        assert done.returncode == 0 and not escaped.exists(), (look, done.stderr)
     lab = Lab.open(root)
     try:
         lab.remove_worktree(program.name, "alice")
