@@ -125,9 +125,10 @@ def measure_experiment(job: dict, params: dict, cfg, data, fpt: float) -> dict:
         worker.load(params)
         model = RemoteModel(worker, V, base)
         out.update(score(model, data, job))
-        if out["init"] != "same":  # only an init that is not the base's could start ahead; scored
-            # last, so the worker meets the unforeseen windows no sooner than the final model does
-            out["init_bpb"] = init_score(worker, init, data, job)
+        # scored at any init: the base's weights under a forward pass that adds a prior built in
+        # an agent's box (an n-gram table in its code) start ahead too; last, so the worker meets
+        # the unforeseen windows no sooner than the final model does
+        out["init_bpb"] = init_score(worker, init, data, job)
     probe_causality(job, params, model.kept, V)
     ratio = base.time_ratio(fpt)
     return {**out, "forward": "experiment", "causal": True, "forward_time_ratio": ratio}
@@ -257,7 +258,8 @@ def score(model, data, job: dict) -> dict:
         train = window_bpb(model, unforeseen, data.token_bytes, B)
         val_per_window = (val_scores.result() or (None, None))[1]
     except (FloatingPointError, ValueError, IndexError) as e:
-        raise Invalid(f"evaluation failed: {type(e).__name__}: {str(e)[:200]}") from None
+        words = f"{type(e).__name__}: {str(e)[:200]}"  # (of figures the experiment's logits chose)
+        raise Invalid(f"evaluation failed: {model.worker.said(words) if isinstance(model, RemoteModel) else words}") from None
     for name, value in (("val_loss", val["val_loss"]), ("confirm_loss", confirm["val_loss"])):
         if not math.isfinite(value):
             raise Invalid(f"{name} is {value}: the model's logits give a non-finite loss")
@@ -374,9 +376,9 @@ def probe_causality(job: dict, params: dict, kept: list, vocab_size: int):
                 again = worker.forward(changed_after(x, ts, rng, vocab_size), vocab_size)
                 for i, t in enumerate(ts):
                     if moved(again[i, :t + 1], logits[i, :t + 1]):
-                        raise Invalid(f"the experiment's forward pass is not causal: a window's logits at positions "
-                                      f"<= {t} change with its tokens after position {t}, or with other rows' later "
-                                      f"tokens (a batch of the {pass_name} text)")
+                        raise Invalid(f"the experiment's forward pass is not causal: a window's logits at some "
+                                      f"position change with its later tokens, or with other rows' later tokens (a "
+                                      f"batch of the {pass_name} text)")  # (not which: a number it would choose)
             for r in range(len(x)):  # every row (one row at random missed one that read the next row 1/B of times)
                 if moved(worker.forward(x[r:r + 1], vocab_size)[0], logits[r]):
                     raise Invalid(f"the experiment's forward pass is not row-independent: a window of the {pass_name} "

@@ -69,7 +69,9 @@ class Worker:
         except (EOFError, BrokenPipeError, ValueError, OSError) as e:
             self.proc.kill()
             why = getattr(self.proc, "stopped", None) or self.said(last_line(self.log.name))
-            raise Invalid(f"the experiment's model process broke off during {what} ({e}): {why}") from None
+            # (a frame's header names a shape and a dtype of the code's choosing: words it said, too)
+            raise Invalid(f"the experiment's model process broke off during {what} ({self.said(str(e)[:200])}): "
+                          f"{why}") from None
         if "error" in reply:
             raise Invalid(f"the experiment's {what} failed: {self.said(str(reply['error'])[:300])}")
         names = reply.get("names", [])

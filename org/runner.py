@@ -80,7 +80,7 @@ def make_slots(program: Program) -> list[Slot]:
     """One slot per GPU, or `runner.slots` CPU slots splitting the cores between them. A run is
     kept to `threads` cores of its slot's share: it cannot take another slot's cores, nor more
     than its threads (a time budget would pay it for them). Its measurement, which no budget
-    times, may use the whole share."""
+    times, may use the whole share; the experiment's model workers in it, its runs' cores."""
     cfg = program.runner
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     n_cores = len(cores) if cores else (os.cpu_count() or 1)
@@ -567,7 +567,9 @@ class Runner:
         kernels = self.kernels(code, cache)
         data = models_data(self.runs_data)  # a few windows: a worker's compute is no run's budget
         env = untrusted_env({**slot.env, "NANOLAB_CACHE": str(data), "NUMBA_CACHE_DIR": str(kernels)})
-        box = worker_box(self.lab.root, code, data, kernels, gpu=self.program.train.device == "cuda", cores=slot.share,
+        # on its runs' cores, as many as their threads: on the share, Python threads of its own did
+        # x8 the base's work in the base's time (Yardstick's R, the only check of it, is wall time)
+        box = worker_box(self.lab.root, code, data, kernels, gpu=self.program.train.device == "cuda", cores=slot.cores,
                          source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of)
                          ) if self.sandboxed else None
         return worker_command(code, env, box)

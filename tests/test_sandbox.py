@@ -2,6 +2,7 @@
 trainer run of an agent's commit. Each attack below succeeded when commands and runs were plain
 processes of the harness's user; each is now refused by the box, and the harness's state is
 left as it was."""
+import dataclasses
 import json
 import os
 import platform
@@ -1098,6 +1099,14 @@ def test_a_model_worker_reads_a_few_windows_of_each_split_not_the_runs_training_
     train_tokens = len(read_llmc(runner.runs_data / "train_000000.bin"))
     assert out.stdout.split() == [str(4 * (T + 1))] * 3 + ["False"], out.stderr
     assert train_tokens > 100 * 4 * (T + 1)  # what the runs read
+    # on its runs' cores, not its slot's share: threads of its own would do more than the base's
+    # forward pass in its time, where the share has more cores than the runs' threads
+    slot = dataclasses.replace(make_slots(program)[0], cores=[min(os.sched_getaffinity(0))],
+                               share=sorted(os.sched_getaffinity(0)))
+    worker = runner._worker(code, slot, outside_tmp / "kernels")
+    argv = Sandbox.from_spec(worker["box"]).command([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                                                    cwd=worker["code"], env=worker["env"])
+    assert subprocess.run(argv, env=worker["env"], capture_output=True, text=True, timeout=60).stdout.strip() == str(slot.cores)
 
 
 def test_a_frozen_file_stays_read_only_inside_a_writable_tree(tmp_path):

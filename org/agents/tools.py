@@ -337,7 +337,7 @@ class Tools:
             ids = [e["id"] for e in shown_experiments(ledger.experiments(self.program.name), experiment)]
             while ledger.pending(self.program.name, ids) and time.monotonic() < deadline and not self.interrupted():
                 time.sleep(self.limits.poll_seconds)
-            return self._fit(program_status(ledger, self.program, experiment))
+            return self._fit(figures_rounded(program_status(ledger, self.program, experiment)))
 
     def _fit(self, status: dict) -> str:
         """The status as JSON; with too many runs to show, each experiment's runs are counted
@@ -408,6 +408,19 @@ def format_mail(messages: list[dict]) -> str:
     imitates a header stays inside its own message."""
     return "\n\n".join(f"[message from {m['from']} at {m.get('sent_at', '?')}]\n{quote(str(m['text']))}"
                        for m in messages)
+
+
+def figures_rounded(status, digits: int = 5):
+    """Every float to `digits` significant digits: its low-order ones are figures of a model worker
+    that has seen the evaluation text, which it could spell out there (30 bits a run at full
+    precision); what a verdict turns on is in the first few."""
+    if isinstance(status, float):
+        return float(f"{status:.{digits}g}")
+    if isinstance(status, dict):
+        return {k: figures_rounded(v, digits) for k, v in status.items()}
+    if isinstance(status, list):
+        return [figures_rounded(v, digits) for v in status]
+    return status
 
 
 def shown_experiments(experiments: list[dict], experiment_id: int | None) -> list[dict]:
