@@ -2,7 +2,8 @@
 What a box may write to disk. No cgroup bounds it, and RLIMIT_FSIZE only bounds each file, so
 the harness watches: Sandbox.popen starts a thread for every box with writable trees, which
 every POLL_SECONDS adds up those trees (the blocks each file takes, or its size where more: a
-sparse file's; a hard-linked one once; and the number of entries) and kills the box, saying
+sparse file's; a block at least, a folder's or an empty file's; a hard-linked one once; and the
+number of entries) and kills the box, saying
 why on proc.stopped, when
 
 - they hold more than Limits.disk_bytes, or more than Limits.disk_files entries, beyond what
@@ -12,7 +13,7 @@ why on proc.stopped, when
 - the filesystem under them has less than Limits.disk_reserve free and they grew by more than
   GROWTH_SLACK since it started: boxes one after another (an agent's commands), or side by
   side, cannot take the last of the disk the harness writes its ledger and reports to. A box
-  that only deletes files goes on.
+  that only deletes files goes on. So with the filesystem's inodes: ENTRY_RESERVE.
 
     watch(proc, box.writable, box.limits)     # once the box has started
     proc.stopped                              # None, or the one line saying why it was killed
@@ -33,6 +34,10 @@ from pathlib import Path
 
 POLL_SECONDS = 1.0
 GROWTH_SLACK = 64 << 20  # a run's log and metrics, an agent's small edits: never the reason a box dies
+# an entry takes a block or an inode, whatever it holds: counted as nothing, empty files and
+# folders made 100,000 at a command (each box's bound) took 400 MB of disk, or every inode
+ENTRY_BYTES = 4096
+ENTRY_RESERVE = 100_000  # free inodes no box makes entries into: the harness's ledger, runs, reports
 
 
 def watch(proc, trees: list[Path], limits) -> threading.Thread | None:
@@ -53,7 +58,8 @@ def _watch(proc, trees: list[Path], limits, start: tuple[int, int]):
     while time.sleep(max(POLL_SECONDS, 10 * took)) or proc.poll() is None:  # a tenth of a core at most
         t0 = time.monotonic()
         try:
-            why = over(start, usage(trees), min(free_bytes(t) for t in trees), limits)
+            why = over(start, usage(trees), min(free_bytes(t) for t in trees), limits,
+                       min(free_entries(t) for t in trees))
         except (OSError, RecursionError) as e:  # a tree made to be unmeasurable (too deep, too long a path)
             why = f"its writable trees cannot be measured ({type(e).__name__}: {str(e)[:120]})"
         took = time.monotonic() - t0
@@ -66,9 +72,9 @@ def _watch(proc, trees: list[Path], limits, start: tuple[int, int]):
             return
 
 
-def over(start: tuple[int, int], now: tuple[int, int], free: int, limits) -> str | None:
+def over(start: tuple[int, int], now: tuple[int, int], free: int, limits, entries_free: int = 1 << 62) -> str | None:
     """Why a box must stop, from (bytes, entries) in its trees when it started and now, and the
-    bytes free under them; None while it keeps within its bounds."""
+    bytes and inodes free under them; None while it keeps within its bounds."""
     grew, more = now[0] - start[0], now[1] - start[1]
     if grew > limits.disk_bytes:
         return f"its writable trees grew by {gib(grew)}, more than the {gib(limits.disk_bytes)} a box may write"
@@ -80,13 +86,17 @@ def over(start: tuple[int, int], now: tuple[int, int], free: int, limits) -> str
     if free < limits.disk_reserve and grew > GROWTH_SLACK:
         return (f"it wrote {gib(grew)} while the disk has {gib(free)} free, less than the {gib(limits.disk_reserve)} "
                 "the harness keeps for its ledger (delete files to go on)")
+    if entries_free < ENTRY_RESERVE and more > 1000:
+        return (f"it made {more} files and folders while the disk has room for {entries_free} more, fewer than the "
+                f"{ENTRY_RESERVE} the harness keeps (delete files to go on)")
     return None
 
 
 def usage(trees: list[Path]) -> tuple[int, int]:
-    """(bytes the trees' files hold, their entries): each inode once, links not followed. A file
+    """(bytes the trees' entries hold, their number): each inode once, links not followed. A file
     counts its size where that is more than the blocks it takes: a sparse file of 1 GB takes
-    none, and every git of the harness's hashed it whole (a status of 4 took 9 s)."""
+    none, and every git of the harness's hashed it whole (a status of 4 took 9 s). Any entry, a
+    folder or an empty file, counts ENTRY_BYTES at least."""
     seen, held, entries = set(), 0, 0
     for tree in trees:
         for folder, dirs, files in os.walk(tree, onerror=unless_gone):
@@ -96,9 +106,9 @@ def usage(trees: list[Path]) -> tuple[int, int]:
                 except FileNotFoundError:  # deleted while we looked
                     continue
                 entries += 1
-                if (st.st_dev, st.st_ino) not in seen and not stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) not in seen:
                     seen.add((st.st_dev, st.st_ino))
-                    held += max(st.st_blocks * 512, st.st_size if stat.S_ISREG(st.st_mode) else 0)
+                    held += max(st.st_blocks * 512, st.st_size if stat.S_ISREG(st.st_mode) else 0, ENTRY_BYTES)
     return held, entries
 
 
@@ -116,6 +126,14 @@ def free_bytes(path: Path) -> int:
     except OSError:
         return 1 << 62
     return fs.f_bavail * fs.f_frsize
+
+
+def free_entries(path: Path) -> int:
+    try:
+        fs = os.statvfs(path)
+    except OSError:
+        return 1 << 62
+    return fs.f_favail if fs.f_files else 1 << 62  # (no fixed table of inodes: btrfs, say)
 
 
 def gib(n: int) -> str:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import subprocess
 import zlib
 from collections import Counter
 
 from org import OrgError
 from org.improve import check_try, config, decide_ready, draw_seeds, frontier, merged_try
-from org.lab import Lab
+from org.lab import Lab, child_env
 from org.ledger import FINISHED, SECRET_SEEDS, Ledger
 from org.program import NAME, Program, owned_by_program
 
@@ -45,7 +46,7 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
     if not reason:  # taken in as reviewed: its objects in a pack of their own
         lab.pack_loose([commit])
     stage = "refused" if reason else ("tuning" if program.tune else "measuring")
-    diff = lab.diff(since, commit)
+    diff = shown_diff(lab, since, commit, 64 << 10 if reason else 1 << 20)  # (refused: as many as an agent likes)
     with ledger.tx():
         # again under the write lock: two submits sent at once both passed the check before it
         # (git work between), and two experiments shared one arm (its runs averaged per seed)
@@ -60,6 +61,21 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
         experiment = ledger.experiment(experiment_id)
         plan(ledger, program, experiment)
     return ledger.experiment(experiment_id)
+
+
+def shown_diff(lab: Lab, base: str, commit: str, most: int) -> str:
+    """The change as git shows it, its first `most` bytes: a commit of a few KB compressed can be
+    a diff of hundreds of MB (400 MB of one line repeated: 2 MB), which went whole into the
+    harness's memory and the ledger, and was read again at every refresh of the status."""
+    if base == commit:
+        return ""
+    env = child_env(lab.repo.git.environment())  # (a file past 1 MB: "Binary files differ")
+    with subprocess.Popen(["git", "-c", "core.bigFileThreshold=1m", "diff", "--no-ext-diff", "--no-textconv", base,
+                           commit], cwd=lab.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as git_:
+        shown = git_.stdout.read(most + 1)
+        git_.kill()
+    text = shown[:most].decode(errors="replace")
+    return text if len(shown) <= most else text + f"\n... (cut: the diff goes on past {most >> 10} KB)\n"
 
 
 def check_arm_name(arm: str):

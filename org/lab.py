@@ -262,9 +262,6 @@ class Lab:
                 f"(bytecode, compiled extensions, .pth, sitecustomize, .gitattributes, or a module "
                 f"beside a protected one): {', '.join(bad[:5])}")
 
-    def diff(self, base: str, commit: str) -> str:
-        return self.repo.git.diff("--no-ext-diff", "--no-textconv", base, commit) if base != commit else ""
-
     # --- programs ------------------------------------------------------------------------
 
     def state_dir(self, program: str) -> Path:

@@ -134,6 +134,21 @@ def test_a_run_that_fills_its_disk_is_killed_and_its_record_says_why(make_projec
     assert sum(p.stat().st_size for p in Path(runs["mallory"]["run_dir"]).glob("junk*")) < 300 << 20
 
 
+def test_empty_folders_made_command_after_command_count_toward_an_agents_work(tmp_path):
+    """Counted as nothing, empty folders and files passed every bound but the entries a box may
+    make: 100,000 a command took 400 MB of disk (a block each) or the filesystem's inodes, over
+    as many commands as an agent liked. Each counts a block now: an agent's work holds them too."""
+    folders = ("import os, time\nfor i in range(60_000):\n    os.mkdir(f'd{i}')\n    i % 100 or time.sleep(0.01)\n"
+               "print('made them all')")  # (6 s: a look or two would stop it)
+    proc = box_runs(tmp_path, folders, disk_total=64 << 20)
+    assert proc.returncode == -9 and "made them all" not in proc.out, proc.out
+    assert "an agent's work may take" in proc.stopped, proc.stopped
+    from org.diskwatch import ENTRY_RESERVE, over
+    limits = Limits()
+    assert "fewer than the 100000 the harness keeps" in over((0, 0), (0, 5000), 100 << 30, limits, ENTRY_RESERVE - 1)
+    assert over((0, 5000), (0, 4000), 100 << 30, limits, 10) is None  # deleting, past it
+
+
 def test_an_agents_box_stops_short_of_the_disk_the_runs_need(tmp_path):
     """What an agent's command writes stays in its worktree: a few commands of 16 GB each (each
     box's own bound) brought the disk to the 1 GB a run may not write into, and every run that

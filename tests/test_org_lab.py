@@ -12,6 +12,7 @@ import git
 import pytest
 
 from org import OrgError
+from org.experiments import shown_diff
 from org.lab import AGENT_TAKEN, Lab, LabError, child_env
 from org.objects import ObjectError, ObjectStore
 
@@ -135,7 +136,22 @@ def test_protected_paths_between_base_and_experiment(lab):
     bad = commit_file(alice, "trainer/eval.py", "METRIC = 'train_loss'\n")
     reason = lab.protected_violation(base, bad, ["trainer/eval.py", "org/"])
     assert reason == f"protected paths differ from the program's base commit {base[:10]}: trainer/eval.py"
-    assert "+++ b/trainer/eval.py" in lab.diff(base, bad)
+    assert "+++ b/trainer/eval.py" in shown_diff(lab, base, bad, 1 << 20)
+
+
+def test_the_diff_an_experiment_keeps_is_cut_and_a_large_file_named_not_shown(lab):
+    """A file of one line repeated compresses 1000-fold: a 40 MB one is 40 KB in a commit, and its
+    diff went whole into the harness's memory and the ledger (read at every status refresh)."""
+    base = lab.start_program("softcap")
+    alice = lab.add_worktree("softcap", "alice")
+    big = commit_file(alice, "trainer/table.txt", "a\n" * (20 << 20))
+    shown = shown_diff(lab, base, big, 1 << 20)
+    assert "Binary files" in shown and "trainer/table.txt" in shown and len(shown) < 1000
+    for i in range(3):  # files under the 1 MB a file is shown to, 2.7 MB together
+        (alice / f"lines{i}.txt").write_text("b\n" * (450 << 10))
+    many = commit_file(alice, "trainer/x.txt", "x\n")
+    shown = shown_diff(lab, big, many, 1 << 20)
+    assert len(shown.encode()) < (1 << 20) + 100 and shown.endswith("(cut: the diff goes on past 1024 KB)\n")
 
 
 @pytest.mark.parametrize("path", [
