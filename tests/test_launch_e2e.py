@@ -145,6 +145,8 @@ def test_an_org_is_watched_taken_over_stopped_resumed_and_reported(org_project, 
 
         # stop while junior-b waits and junior-a's runs are queued
         gelu = eventually(lambda: ledger_runs(root, arm="gelu"), what="junior-a's experiment")
+        eventually(lambda: Control(lab, "junior-a").state()["reason"] == "finished: gelu submitted",
+                   what="junior-a to end its turn")  # (a moment after the ledger has its runs)
         assert main(["stop", "tiny"]) == 0
         stopped = capsys.readouterr().out
         assert "stopped tiny" in stopped and "removed the worktrees of" in stopped
