@@ -88,6 +88,10 @@ STANDARD_TIERS = ("auto", "default", "standard_only", "flex")  # (flex is cheape
 # room), its output is the body's max_tokens, or this where it sets none (codex's calls)
 BYTES_PER_TOKEN = 2
 DEFAULT_MAX_OUTPUT = 128_000
+# an image or a document bills by its pixels or pages, not its bytes (a 6 KB PDF of 100 blank
+# pages: some 150k tokens): a call that carries one holds the largest input a forwarded model takes
+MEDIA_TYPES = ("image", "document", "input_image", "input_file", "image_url", "file", "input_audio")
+MEDIA_INPUT_TOKENS = 400_000
 WAIT_S = 60  # how long a call near the cap waits for the calls in flight to be metered
 
 
@@ -330,6 +334,20 @@ def fetched_urls(value) -> list[str]:
     return found
 
 
+def carries_media(value) -> bool:
+    """Whether a call's content holds a block of one of MEDIA_TYPES, at any depth."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("type") in MEDIA_TYPES:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 SERVER_CONTEXT = ("previous_response_id", "conversation")  # Responses input the provider keeps (and a prompt's id)
 
 
@@ -357,13 +375,13 @@ def dearer_rate(fields: dict, betas: list[str]) -> list[str]:
 def worst_case(fields: dict, size: int):
     """The most a call may use: the output its body allows (max_tokens, OpenAI's
     max_completion_tokens or max_output_tokens, times its n choices; DEFAULT_MAX_OUTPUT where it
-    sets none) and its input estimated from the body's size, all priced as hour-long cache writes
-    (the dearest input)."""
+    sets none) and its input estimated from the body's size (or MEDIA_INPUT_TOKENS, with media),
+    all priced as hour-long cache writes (the dearest input)."""
     from org.agents.models import Usage
     count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
     limits = [fields[k] for k in ("max_tokens", "max_completion_tokens", "max_output_tokens") if count(fields.get(k))]
     choices = fields["n"] if count(fields.get("n")) else 1
-    tokens = size // BYTES_PER_TOKEN + 1
+    tokens = max(size // BYTES_PER_TOKEN + 1, MEDIA_INPUT_TOKENS if carries_media(fields) else 0)
     return Usage(cache_write=tokens, cache_write_1h=tokens, output=max(limits, default=DEFAULT_MAX_OUTPUT) * choices)
 
 

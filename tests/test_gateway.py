@@ -189,6 +189,21 @@ def test_a_body_whose_length_is_no_count_of_bytes_is_refused_unread(org):
     assert llm.requests == []
 
 
+def test_a_call_with_an_image_or_a_document_holds_the_largest_input_while_in_flight():
+    """A call's input was held at its body's size: a 6 KB PDF of 100 blank pages bills some 150k
+    tokens, and 32 such calls at once passed the cap by far more than one call. One that carries
+    media holds MEDIA_INPUT_TOKENS; text alone, its size."""
+    from org.gateway import MEDIA_INPUT_TOKENS, worst_case
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBER" * 1200}}
+    calls = {"anthropic": {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [pdf]}]},
+             "openai": {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:"}]}]},
+             "chat": {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:"}}]}]}}
+    for name, fields in calls.items():
+        assert worst_case(fields, 6000).cache_write >= MEDIA_INPUT_TOKENS, name
+    text = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x" * 6000}]}
+    assert worst_case(text, 6000).cache_write == 3001
+
+
 def test_a_call_at_a_dearer_rate_than_the_gateway_prices_is_refused(org):
     """The attack: the same call at a rate the gateway did not price. Anthropic's 1M-token context
     (a higher rate past 200k input tokens) and fast output, asked for by a beta header or a field,
