@@ -32,6 +32,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -289,6 +290,39 @@ def cpu_seconds(proc: subprocess.Popen) -> float | None:
         return int(stat["usage_usec"]) / 1e6
     except (OSError, ValueError, KeyError):
         return None
+
+
+@contextlib.contextmanager
+def stopped(groups: list[Path]):
+    """Nothing in these cgroups, or below them, runs for a while: SIGSTOP to every process there,
+    again until no new one shows (one forked as we looked), SIGCONT to them all at the end.
+    Nothing where there is no group."""
+    pids: set[int] = set()
+    try:
+        for _ in range(16):
+            found = set()
+            for group in groups:
+                for procs in [group / "cgroup.procs", *group.rglob("*/cgroup.procs")]:
+                    with contextlib.suppress(OSError, ValueError):
+                        found |= {int(pid) for pid in procs.read_text().split()}
+            if not found - pids:
+                break
+            for pid in found - pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            pids |= found
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def agent_pool(lab_root: str | Path, program: Program, agent: str) -> Path | None:
+    """The memory group every box of an agent's is in (its CLI's, its commands'), or None."""
+    root = cgroup_root("memory")
+    group = root.joinpath(*(name for name, _ in pools(lab_root, program, f"agent-{agent}"))) if root else None
+    return group if group and group.is_dir() else None
 
 
 def cpu_weight_setting(group: Path, weight: int) -> dict:

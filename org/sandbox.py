@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import json
 import os
 import platform
@@ -83,7 +82,8 @@ from pathlib import Path
 from org import OrgError, empty_file, user_cache
 from org.cgroups import JOIN, box_cgroups, cgroup_root
 from org.diskwatch import watch
-from org import bytecode, sourceless
+from org import sourceless
+from org.unseen import code_private, lab_private, source_files
 from org.seccomp import ABIS, box_filter
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
@@ -443,7 +443,7 @@ def stdlib_binds() -> list[str]:
         raise SandboxError(f"the standard library without its source (org/sourceless.py) cannot be built under "
                            f"{Path.home() / '.cache'}: a box of a pystdlib program would read the evaluation text")
     # the harness's bytecode of the stdlib (org/bytecode.py) holds its docstrings: corpus text too
-    mirror = bytecode.cache_dir() / stdlib.relative_to(stdlib.anchor)
+    mirror = user_cache("bytecode") / stdlib.relative_to(stdlib.anchor)  # (bytecode.cache_dir(): an import too many)
     return [flag for path in (stdlib, mirror) if path == stdlib or path.is_dir()
             for flag in ("--ro-bind", str(tree), str(path),
                          *[f for kept in sourceless.kept_below(path) for f in ("--ro-bind", str(kept), str(kept))])]
@@ -499,53 +499,6 @@ def untrusted_env(extra: dict | None = None) -> dict:
     return {**{k: os.environ[k] for k in PASSED_ENV if k in os.environ}, "HOME": "/tmp", **(extra or {})}
 
 
-# where people keep credentials, under HOME: agent code would read them and a tool's output
-# would carry them to the model's provider
-CREDENTIALS = (".ssh", ".aws", ".azure", ".gnupg", ".docker", ".kube", ".netrc", ".git-credentials",
-               ".pypirc", ".npmrc", ".config/gh", ".config/gcloud", ".config/hub", ".claude", ".claude.json",
-               ".codex", ".anthropic", ".openai", ".huggingface", ".cache/huggingface/token",
-               ".bash_history", ".zsh_history", ".python_history",
-               # where people export their keys
-               ".bashrc", ".bash_profile", ".profile", ".zshrc", ".zshenv", ".zprofile", ".config/fish", ".env")
-
-
-def lab_private(lab_root: Path) -> list[Path]:
-    """What agent code never sees: the lab's state (ledger, mail, runs, transcripts, caches), the
-    agents' worktrees (an agent's own is bound back into its box), and the credentials of the
-    person running the org (HOME's usual places, and the keys file NANOLAB_KEYS_FILE names)."""
-    home = Path.home()
-    secrets = [home / name for name in CREDENTIALS]
-    if os.environ.get("NANOLAB_KEYS_FILE"):
-        secrets.append(Path(os.environ["NANOLAB_KEYS_FILE"]).expanduser())
-    # `org launch` keeps the name from every pane, so the boxes' makers read it where its gateway put it
-    for record in (Path(lab_root) / ".lab").glob("*/gateway/keys-file.json"):
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            secrets += [Path(p) for p in json.loads(record.read_text())]
-    return [Path(lab_root) / ".lab", Path(lab_root) / "worktrees", *secrets]
-
-
-def code_private(lab_root: Path) -> list[Path]:
-    """What a run and a model worker never see: what no agent code sees, the lab's git, and the
-    cgroups. An agent's box writes git objects (it commits), and its cgroups' figures move as it
-    likes (memory.usage_in_bytes): a run that read either could be handed what its agent worked out
-    after submitting it, such as a table for the fresh seeds its claim is replicated on."""
-    git_dirs = [Path(lab_root) / ".git"]
-    if git_dirs[0].is_file():  # a linked worktree's: "gitdir: <its admin dir>", whose commondir names the store
-        admin = (Path(lab_root) / git_dirs[0].read_text().removeprefix("gitdir:").strip()).resolve()
-        common = admin / (admin / "commondir").read_text().strip() if (admin / "commondir").exists() else admin
-        git_dirs = [admin, common.resolve()]
-    return lab_private(lab_root) + git_dirs + [Path("/sys/fs/cgroup"), *prepared_data()]
-
-
-def prepared_data() -> list[Path]:
-    """The person's caches of prepared data (`python -m trainer train` by hand): every document of
-    a source tokenized, the lab's val and confirm among them, where no data source is hidden."""
-    folders = {user_cache("data"), Path.home() / ".cache" / "nanolab" / "data"}
-    if os.environ.get("NANOLAB_CACHE"):  # (trainer/data.py's cache_dir)
-        folders.add(Path(os.environ["NANOLAB_CACHE"]).expanduser() / "data")
-    return sorted(folders)
-
-
 def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool,
             cpu_seconds: int, cores=None, source: str = "pystdlib", pools=()) -> Sandbox:
     """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot
@@ -572,18 +525,6 @@ def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: b
                    # (its log and its kernel cache: nothing else it writes is the disk's)
                    limits=Limits(cores=tuple(cores) if cores else None, file_bytes=1 << 30, disk_bytes=2 << 30,
                                  memory_pools=pools))
-
-
-def source_files(source: str) -> list[Path]:
-    """The program's data files or folders (a glob's matches), absent from runs and their workers:
-    they read the lab's export of its train split, and the source holds the lab's val text too (a
-    run could train on all of it). For pystdlib, the other Pythons' stdlibs (this one's is made
-    sourceless). Never a path that holds the interpreter: every Python process reads those."""
-    if source == "pystdlib":  # its own interpreter's is made sourceless (stdlib_binds); other copies go
-        return list(sourceless.other_stdlibs())
-    found = {Path(p).resolve() for p in glob.glob(source)} | ({Path(source).resolve()} if Path(source).exists() else set())
-    pythons = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}  # a venv's, and the one it runs on
-    return sorted(p for p in found if not any(python.is_relative_to(p) for python in pythons))
 
 
 def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, own_refs: str, own_objects: Path,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from org import OrgError, shown
 from org.agents.control import Control
+from org.cgroups import agent_pool, stopped
 from org.launch import TAKEN_OVER, attach, ended_for_good, git, pane_path, person_identity, plain_index
 from org.lab import Lab, agent_branch, hardened_git_env
 from org.mail import HUMAN, Mail, now, write_atomically
@@ -69,16 +70,20 @@ def cmd_takeover(args) -> int:
         if not control.wait_for_state("paused", args.timeout):
             raise OrgError(f"{agent} did not reach a safe point in {args.timeout:g}s; the pause stands: "
                            f"`org takeover {agent}` again takes the pane once it has paused")
-    try:
-        take_in(launch, agent)
-        head = git(tree, "rev-parse", "HEAD")
-    except OrgError:
-        control.resume()  # (no record: `org release` could not lift the pause)
-        raise
-    objects = snapshot_objects(launch, agent)
-    shutil.rmtree(objects, ignore_errors=True)  # (a crash's, or an earlier try's)
-    write_atomically(launch.lab_dir / "takeover" / f"{agent}.json", json.dumps(
-        {**snapshot_or_why(tree, objects), "head": head, "at": now()}))
+    # what it has is read with nothing of its boxes running: Claude Code's lives on (and the
+    # snapshot's git could write what a process of it grew meanwhile, 16 GB at most)
+    pool = agent_pool(launch.root, launch.program, agent)
+    with stopped([pool] if pool else []):
+        try:
+            take_in(launch, agent)
+            head = git(tree, "rev-parse", "HEAD")
+        except OrgError:
+            control.resume()  # (no record: `org release` could not lift the pause)
+            raise
+        objects = snapshot_objects(launch, agent)
+        shutil.rmtree(objects, ignore_errors=True)  # (a crash's, or an earlier try's)
+        taken = snapshot_or_why(tree, objects)
+    write_atomically(launch.lab_dir / "takeover" / f"{agent}.json", json.dumps({**taken, "head": head, "at": now()}))
     hint = f"TAKEN OVER · C-b {RELEASE_KEY} or `org release {agent}` hands it back"
     if backend == "claude-code":  # the CLI itself is the person's: its Stop hook lets it stop
         grid.take_over(agent, None, hint)
@@ -239,7 +244,7 @@ def snapshot_or_why(tree: Path, objects: Path) -> dict:
     try:
         snapshot, left_out = snapshot_tree(tree, objects)
         held = sum(f.stat().st_size for f in objects.rglob("*") if f.is_file())
-        if held > 4 * SNAPSHOT_BYTES:  # two snapshots' worth, and more (read after its sizes were: the box lives on)
+        if held > 4 * SNAPSHOT_BYTES:  # two snapshots' worth, and more (read after its sizes were: where no cgroup stopped its boxes)
             raise OrgError(f"the worktree grew while it was read: {held >> 20} MB of it")
         return {"tree": snapshot, "left_out": left_out}
     except (OrgError, OSError, MemoryError) as e:

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import struct
 import sys
+import time
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -504,6 +505,47 @@ def test_compute_at_evaluation_alone_shows_in_the_scored_forward_passs_time(lab)
     c = compare(base, runs("evaluation-work", adapting), "superiority")
     assert c.verdict.startswith("invalid (confounded: its forward pass took x") and "no budget paid for" in c.verdict
     assert "eval compute" not in {f.check for f in compare(base, runs("unchanged", honest), "superiority").findings}
+
+
+# The attack: while the harness times the base's forward pass on a batch, right after the
+# experiment's, on the same cores, a process of the experiment's spins there: the base's time
+# grows, the ratio falls, and work at evaluation hides in the difference.
+SPINNER = """
+
+import os as _os
+if _os.fork() == 0:  # (in the box, a process of its own)
+    while True:
+        pass
+"""
+
+
+def box_cpu_seconds(pid: int) -> float:
+    """What every process of the box whose first process is `pid` has used (its cpuacct group)."""
+    line = next(x for x in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if "cpuacct" in x.split(":")[1])
+    return int((Path("/sys/fs/cgroup/cpuacct") / line.split(":")[2].strip("/") / "cpuacct.usage").read_text()) / 1e9
+
+
+@pytest.mark.skipif(available() is not None or cgroup_root("cpuacct") is None or cgroup_root("cpuacct").parent.name
+                    != "cpuacct", reason="a box with a cgroup v1 cpuacct group, where its CPU time is read here")
+def test_nothing_of_the_experiments_box_runs_while_the_base_is_timed(lab):
+    from org.remote import RemoteModel, Worker
+    code = experiment(lab, "spins", lambda t: t + SPINNER)
+    measured = {**job(lab, code=code), "max_param_bytes": 64 << 20}
+
+    class Yardstick:  # the base's pass, timed: here, the CPU the experiment's box uses meanwhile
+        def after(self, x, seconds):
+            before = box_cpu_seconds(worker.proc.pid)
+            time.sleep(0.5)
+            self.used = box_cpu_seconds(worker.proc.pid) - before
+
+    yardstick = Yardstick()
+    with Worker(measured, "a") as worker:
+        worker.prepare(measured, 256)
+        RemoteModel(worker, 256, yardstick).forward(np.zeros((1, 8), np.int64))
+        before = box_cpu_seconds(worker.proc.pid)
+        time.sleep(0.5)
+        spun = box_cpu_seconds(worker.proc.pid) - before
+    assert spun > 0.3 and yardstick.used < 0.02, (spun, yardstick.used)  # it spins, but not then
 
 
 def test_a_code_arm_whose_override_the_base_rejects_is_invalid_not_measured_unchecked(lab):

@@ -37,7 +37,8 @@ from org.report import build, spend_section
 from org import bytecode, sandbox
 from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_share, memory_limit, pids_root, process_limit
 from org.program import Program
-from org.sandbox import Limits, Sandbox, available, source_files
+from org.sandbox import Limits, Sandbox, available
+from org.unseen import source_files
 from test_org_runner import agent_commit, create_project, tiny_program as runner_program
 from trainer.shards import read_llmc_shard as read_llmc
 
@@ -322,6 +323,36 @@ def test_no_box_makes_a_fifo_or_a_link(two_agents, tmp_path):
         assert out[:4] == ["fifo EPERM", "node EPERM", "link EPERM", "io_uring ENOSYS"], (name, out)
         assert out[4] in (("user namespace ENOSPC", "user namespace EPERM") if sandbox.no_nested_userns() else
                           ("user namespace made",)), (name, out)
+
+
+@pytest.mark.skipif(cgroup_root("memory") is None, reason=f"no memory cgroup to find an agent's boxes by: {memory_limit()}")
+def test_nothing_of_an_agents_boxes_runs_while_a_takeover_reads_its_worktree(two_agents):
+    """Claude Code's box lives on through `org takeover`, and a process of it could grow a file
+    while the snapshot's `git add` read it (up to the agent's 16 GB, into the scratch store). Every
+    process of every box of the agent is stopped while its work is read (org/takeover.py)."""
+    from org.agents.tools import command_box
+    from org.cgroups import agent_pool, stopped
+    root, program, tools, _ = two_agents
+    grows = tools.ws.root / "grows.txt"
+    box = command_box(tools.lab, tools.ws.root, program, "alice")
+    proc = box.popen(["bash", "-c", "while true; do echo x >> grows.txt; done"], cwd=tools.ws.root,
+                     env={"PATH": os.environ["PATH"]})
+    try:
+        deadline = time.monotonic() + 30
+        while not grows.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pool = agent_pool(root, program, "alice")
+        assert pool is not None and pool.name == "agent-alice"
+        with stopped([pool]):
+            time.sleep(0.1)  # (a write under way ends)
+            held = grows.stat().st_size
+            time.sleep(0.5)
+            assert grows.stat().st_size == held
+        time.sleep(0.3)
+        assert grows.stat().st_size > held  # and on again
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_a_repository_nested_in_a_worktree_runs_nothing_of_its_own_in_the_harness(two_agents):
@@ -1152,8 +1183,8 @@ def run(spec, out, *args, **kwargs):  # what an agent's trainer can do before it
     attempt("read the key of the lab's split", lambda: (lab / "harness-cache" / "split-key").read_bytes())
     attempt("read the lab's val text", lambda: next((lab / "harness-cache").rglob("val.npy")).read_bytes())
     attempt("read the worktrees", lambda: next((lab.parent / "worktrees" / "tiny").iterdir()))
-    bytecode = Path(os.environ["PYTHONPYCACHEPREFIX"])  # every run's numpy and json load from there
-    attempt("rewrite the bytecode cache", lambda: open(next(bytecode.rglob("json/__init__.*.pyc")), "r+b"))
+    bytecode = Path(os.environ["PYTHONPYCACHEPREFIX"])  # every run's numpy loads from there
+    attempt("rewrite the bytecode cache", lambda: open(next(bytecode.rglob("numpy/__init__.*.pyc")), "r+b"))
     attempt("add to the bytecode cache", lambda: open(bytecode / "poison.pyc", "wb"))
     attempt("network", lambda: socket.create_connection(("127.0.0.1", {port}), 2))
     attempt("a key", lambda: os.environ["ANTHROPIC_API_KEY"])

@@ -1,0 +1,74 @@
+"""
+What agent code never sees, as the paths a box hides (org/sandbox.py): the lab's state, the
+person's credentials and keys, and, from runs and model workers, the lab's git, the cgroups, the
+program's data source and every prepared copy of it.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+
+from org import sourceless, user_cache
+
+
+# where people keep credentials, under HOME: agent code would read them and a tool's output
+# would carry them to the model's provider
+CREDENTIALS = (".ssh", ".aws", ".azure", ".gnupg", ".docker", ".kube", ".netrc", ".git-credentials",
+               ".pypirc", ".npmrc", ".config/gh", ".config/gcloud", ".config/hub", ".claude", ".claude.json",
+               ".codex", ".anthropic", ".openai", ".huggingface", ".cache/huggingface/token",
+               ".bash_history", ".zsh_history", ".python_history",
+               # where people export their keys
+               ".bashrc", ".bash_profile", ".profile", ".zshrc", ".zshenv", ".zprofile", ".config/fish", ".env")
+
+
+def lab_private(lab_root: Path) -> list[Path]:
+    """What agent code never sees: the lab's state (ledger, mail, runs, transcripts, caches), the
+    agents' worktrees (an agent's own is bound back into its box), and the credentials of the
+    person running the org (HOME's usual places, and the keys file NANOLAB_KEYS_FILE names)."""
+    home = Path.home()
+    secrets = [home / name for name in CREDENTIALS]
+    if os.environ.get("NANOLAB_KEYS_FILE"):
+        secrets.append(Path(os.environ["NANOLAB_KEYS_FILE"]).expanduser())
+    # `org launch` keeps the name from every pane, so the boxes' makers read it where its gateway put it
+    for record in (Path(lab_root) / ".lab").glob("*/gateway/keys-file.json"):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            secrets += [Path(p) for p in json.loads(record.read_text())]
+    return [Path(lab_root) / ".lab", Path(lab_root) / "worktrees", *secrets]
+
+
+def code_private(lab_root: Path) -> list[Path]:
+    """What a run and a model worker never see: what no agent code sees, the lab's git, and the
+    cgroups. An agent's box writes git objects (it commits), and its cgroups' figures move as it
+    likes (memory.usage_in_bytes): a run that read either could be handed what its agent worked out
+    after submitting it, such as a table for the fresh seeds its claim is replicated on."""
+    git_dirs = [Path(lab_root) / ".git"]
+    if git_dirs[0].is_file():  # a linked worktree's: "gitdir: <its admin dir>", whose commondir names the store
+        admin = (Path(lab_root) / git_dirs[0].read_text().removeprefix("gitdir:").strip()).resolve()
+        common = admin / (admin / "commondir").read_text().strip() if (admin / "commondir").exists() else admin
+        git_dirs = [admin, common.resolve()]
+    return lab_private(lab_root) + git_dirs + [Path("/sys/fs/cgroup"), *prepared_data()]
+
+
+def prepared_data() -> list[Path]:
+    """The person's caches of prepared data (`python -m trainer train` by hand): every document of
+    a source tokenized, the lab's val and confirm among them, where no data source is hidden."""
+    folders = {user_cache("data"), Path.home() / ".cache" / "nanolab" / "data"}
+    if os.environ.get("NANOLAB_CACHE"):  # (trainer/data.py's cache_dir)
+        folders.add(Path(os.environ["NANOLAB_CACHE"]).expanduser() / "data")
+    return sorted(folders)
+
+
+def source_files(source: str) -> list[Path]:
+    """The program's data files or folders (a glob's matches), absent from runs and their workers:
+    they read the lab's export of its train split, and the source holds the lab's val text too (a
+    run could train on all of it). For pystdlib, the other Pythons' stdlibs (this one's is made
+    sourceless). Never a path that holds the interpreter: every Python process reads those."""
+    if source == "pystdlib":  # its own interpreter's is made sourceless (stdlib_binds); other copies go
+        return list(sourceless.other_stdlibs())
+    found = {Path(p).resolve() for p in glob.glob(source)} | ({Path(source).resolve()} if Path(source).exists() else set())
+    pythons = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}  # a venv's, and the one it runs on
+    return sorted(p for p in found if not any(python.is_relative_to(p) for python in pythons))
