@@ -50,10 +50,11 @@ HIERARCHIES = {"pids": ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/f
                "cpuset": ("/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"),
                "cpu": ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"),
                "cpuacct": ("/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"),
-               "memory": ("/sys/fs/cgroup/memory", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")}
+               "memory": ("/sys/fs/cgroup/memory", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"),
+               "freezer": ("/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")}
 PROBES = {"pids": ("pids.max",), "cpuset": ("cpuset.cpus",), "cpu": ("cpu.weight", "cpu.shares"),  # (v2, v1)
           "cpuacct": ("cpuacct.usage", "cpu.stat"),  # (v1, v2: cpu.stat's usage_usec)
-          "memory": ("memory.max", "memory.limit_in_bytes")}
+          "memory": ("memory.max", "memory.limit_in_bytes"), "freezer": ("freezer.state", "cgroup.freeze")}
 # the box's shell joins each cgroup named before "--", then becomes bwrap (the rest)
 JOIN = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 126; shift; done; shift; exec "$@"'
 
@@ -98,7 +99,7 @@ def box_cgroups(limits: Limits) -> list[Path]:
     enforced (process_limit(), core_limit(), cpu_share() and memory_limit() say so). Every box
     gets a CPU weight, so that the runs' boxes and the agents' are siblings that share a core by
     their weights, and a memory limit, which counts what its tmpfs mounts and memfds hold too."""
-    wanted = {"pids": {"pids.max": str(limits.processes)}, "cpu": {}, "cpuacct": {}, "memory": {}}
+    wanted = {"pids": {"pids.max": str(limits.processes)}, "cpu": {}, "cpuacct": {}, "memory": {}, "freezer": {}}
     if limits.cores:
         wanted["cpuset"] = {"cpuset.cpus": ",".join(map(str, limits.cores))}
     groups: dict[Path, Path] = {}  # {hierarchy's nanolab/: the box's group there}
@@ -294,28 +295,74 @@ def cpu_seconds(proc: subprocess.Popen) -> float | None:
 
 @contextlib.contextmanager
 def stopped(groups: list[Path]):
-    """Nothing in these cgroups, or below them, runs for a while: SIGSTOP to every process there,
-    again until no new one shows (one forked as we looked), SIGCONT to them all at the end.
-    Nothing where there is no group."""
-    pids: set[int] = set()
+    """Nothing in these cgroups, or below them, runs for a while: every box's freezer group there
+    frozen (what no signal undoes: a process of the box sent SIGCONT to its stopped neighbours);
+    a process in none of ours gets SIGSTOP, again until no new one shows, SIGCONT at the end."""
+    frozen, pids = [], set()
     try:
         for _ in range(16):
-            found = set()
-            for group in groups:
-                for procs in [group / "cgroup.procs", *group.rglob("*/cgroup.procs")]:
-                    with contextlib.suppress(OSError, ValueError):
-                        found |= {int(pid) for pid in procs.read_text().split()}
-            if not found - pids:
+            found = members(groups) - pids
+            if not found:
                 break
-            for pid in found - pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGSTOP)
+            for group in {freezer_of(pid) for pid in found} - {None} - set(frozen):
+                frozen.append(group)
+                freeze(group, True)
+            for pid in found:
+                if freezer_of(pid) is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
             pids |= found
         yield
     finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        thaw(frozen, pids)
+
+
+def thaw(groups: list[Path], pids: set[int]):
+    """Undo stopped(): also what an `org takeover` killed mid-freeze left (org release calls it)."""
+    for group in groups:
+        with contextlib.suppress(OSError):
+            freeze(group, False)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def members(groups: list[Path]) -> set[int]:
+    """The processes in groups and every group below them."""
+    found = set()
+    for group in groups:
+        for procs in [group / "cgroup.procs", *group.rglob("*/cgroup.procs")]:
+            with contextlib.suppress(OSError, ValueError):
+                found |= {int(pid) for pid in procs.read_text().split()}
+    return found
+
+
+def freezer_of(pid: int) -> Path | None:
+    """The freezer group of a box's process (v1 "N:freezer:/path", v2 "0::/path"), if it is one of ours."""
+    root = cgroup_root("freezer")
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for _, controllers, path in (line.split(":", 2) for line in lines):
+        if "freezer" in controllers.split(",") or (controllers == "" and root and (root / "cgroup.freeze").exists()):
+            group = root.parent / path.strip("/") if root else None  # (root: <hierarchy>/nanolab)
+            if group and group.is_relative_to(root) and group != root:
+                return group
+    return None
+
+
+def freeze(group: Path, on: bool, wait: float = 5.0):
+    """Freeze or thaw one group, and wait (a while) until the kernel says it is so."""
+    if (group / "freezer.state").exists():
+        (group / "freezer.state").write_text("FROZEN" if on else "THAWED")
+        done = lambda: (group / "freezer.state").read_text().strip() == ("FROZEN" if on else "THAWED")
+    else:
+        (group / "cgroup.freeze").write_text("1" if on else "0")
+        done = lambda: f"frozen {int(on)}" in (group / "cgroup.events").read_text()
+    deadline = time.monotonic() + wait
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 def agent_pool(lab_root: str | Path, program: Program, agent: str) -> Path | None:

@@ -90,7 +90,8 @@ BYTES_PER_TOKEN = 2
 DEFAULT_MAX_OUTPUT = 128_000
 # an image or a document bills by its pixels or pages, not its bytes (a 6 KB PDF of 100 blank
 # pages: some 150k tokens): a call that carries one holds the largest input a forwarded model takes
-MEDIA_TYPES = ("image", "document", "input_image", "input_file", "image_url", "file", "input_audio")
+MEDIA_TYPES = ("image", "document", "input_image", "input_file", "image_url", "file", "input_audio",
+               "computer_screenshot")
 MEDIA_INPUT_TOKENS = 400_000
 WAIT_S = 60  # how long a call near the cap waits for the calls in flight to be metered
 

@@ -206,4 +206,5 @@ def diff_summary(diff: str | None) -> str:
             files[current][0] += 1
         elif current and line.startswith("-") and not line.startswith("---"):
             files[current][1] += 1
-    return ", ".join(f"{f} +{a} -{d}" for f, (a, d) in files.items())
+    cut = ", and more: the diff kept was cut" if "\n... (cut: the diff goes on past" in diff else ""  # (org/experiments.py)
+    return ", ".join(f"{f} +{a} -{d}" for f, (a, d) in files.items()) + cut

@@ -52,10 +52,11 @@ def charged(shapes: dict, cfg) -> dict:
         shapes = {**shapes, "(tensors flops.py lets off, beyond the base model's)": (extra, 1)}
     # flops.py charges wte as the head (tied) where no lm_head.weight is: one named so, a (1,) of
     # no use, made the head free (8.6% of a d2's FLOPs a token; 19.5% of a d12's at 32K words)
-    wte, head = shapes.get("transformer.wte.weight"), shapes.get("lm_head.weight")
-    matrix = int(np.prod(head)) if head is not None and len(head) >= 2 else 0
-    if wte is not None and head is not None and matrix < int(np.prod(wte)):
-        shapes = {**shapes, "(the head, as wte: lm_head.weight is no matrix of its size)": (int(np.prod(wte)) - matrix, 1)}
+    # (a head of its own maps to every word: its rows are the base's wte's, however it is factored)
+    head, words = shapes.get("lm_head.weight"), dict(param_shapes(cfg)).get("transformer.wte.weight")
+    if head is not None and words is not None and (len(head) < 2 or head[0] < words[0]):
+        matrix = int(np.prod(head)) if len(head) >= 2 else 0
+        shapes = {**shapes, "(the head, as wte: lm_head.weight is no head)": (max(0, int(np.prod(words)) - matrix), 1)}
     return shapes
 
 

@@ -127,7 +127,8 @@ class Sandbox:
         self.writable = [Path(p) for p in writable]
         self.sockets = [Path(p) for p in sockets]  # read-only, and the unix sockets there reachable
         self.readonly = [Path(p) for p in readonly]
-        self.hidden = [Path(p) for p in hidden]
+        # (a link's target: bwrap cannot mount over an absolute link, ~/.bashrc -> ~/dotfiles/bashrc)
+        self.hidden = [Path(p).resolve() if Path(p).is_symlink() else Path(p) for p in hidden]
         self.frozen = [Path(p) for p in frozen]  # read-only although inside a writable tree
         self.net, self.gpu, self.limits = net, gpu, limits or Limits()
         self.unix_sockets = unix_sockets  # False: no socket(AF_UNIX) in the box (org/seccomp.py)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from org import OrgError, shown
 from org.agents.control import Control
-from org.cgroups import agent_pool, stopped
+from org.cgroups import agent_pool, freezer_of, members, stopped, thaw
 from org.launch import TAKEN_OVER, attach, ended_for_good, git, pane_path, person_identity, plain_index
 from org.lab import Lab, agent_branch, hardened_git_env
 from org.mail import HUMAN, Mail, now, write_atomically
@@ -151,6 +151,9 @@ def release(launch: ProgramSite, agent: str, note: str | None = None) -> str:
     (commits and uncommitted edits, as one diff against the takeover's snapshot)."""
     record_path = launch.lab_dir / "takeover" / f"{agent}.json"
     taken = json.loads(record_path.read_text())
+    pool = agent_pool(launch.root, launch.program, agent)  # (an `org takeover` killed mid-snapshot left it frozen)
+    held = members([pool]) if pool else set()
+    thaw(list({freezer_of(pid) for pid in held} - {None}), held)
     take_in(launch, agent)  # a CLI's commits since (its pane was handed over as it was)
     objects = snapshot_objects(launch, agent)
     message = change_note(launch.worktree(agent), taken, note, objects)

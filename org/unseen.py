@@ -22,7 +22,7 @@ CREDENTIALS = (".ssh", ".aws", ".azure", ".gnupg", ".docker", ".kube", ".netrc",
                ".codex", ".anthropic", ".openai", ".huggingface", ".cache/huggingface/token",
                ".bash_history", ".zsh_history", ".python_history",
                # where people export their keys
-               ".bashrc", ".bash_profile", ".profile", ".zshrc", ".zshenv", ".zprofile", ".config/fish", ".env")
+               ".bashrc", ".bash_profile", ".profile", ".zshrc", ".zshenv", ".zprofile", ".config/fish")
 
 
 def lab_private(lab_root: Path) -> list[Path]:

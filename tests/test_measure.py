@@ -653,3 +653,7 @@ def test_the_flop_recount_charges_any_tensor_the_base_model_lacks_as_a_matrix():
     for stand_in in (np.zeros(1, np.float32), np.zeros((1, 1), np.float32)):
         charged = recount(job, {**tied, "lm_head.weight": stand_in}, {"step": 0}, cfg)
         assert charged["flops_per_token"] >= honest["flops_per_token"], stand_in.shape
+    r = 16  # a head factored in two, (V, r) and (r, C): both counted as they are, nothing more
+    factored = {**tied, "lm_head.weight": np.zeros((wte.shape[0], r), np.float32),
+                "lm_head.proj": np.zeros((r, wte.shape[1]), np.float32)}
+    assert recount(job, factored, {"step": 0}, cfg)["flops_per_token"] < honest["flops_per_token"]

@@ -152,6 +152,8 @@ def test_the_diff_an_experiment_keeps_is_cut_and_a_large_file_named_not_shown(la
     many = commit_file(alice, "trainer/x.txt", "x\n")
     shown = shown_diff(lab, big, many, 1 << 20)
     assert len(shown.encode()) < (1 << 20) + 100 and shown.endswith("(cut: the diff goes on past 1024 KB)\n")
+    from org.improve_story import diff_summary  # the report's line says so
+    assert diff_summary(shown).endswith(", and more: the diff kept was cut")
 
 
 @pytest.mark.parametrize("path", [

@@ -329,13 +329,16 @@ def test_no_box_makes_a_fifo_or_a_link(two_agents, tmp_path):
 def test_nothing_of_an_agents_boxes_runs_while_a_takeover_reads_its_worktree(two_agents):
     """Claude Code's box lives on through `org takeover`, and a process of it could grow a file
     while the snapshot's `git add` read it (up to the agent's 16 GB, into the scratch store). Every
-    process of every box of the agent is stopped while its work is read (org/takeover.py)."""
+    process of every box of the agent is stopped while its work is read (org/takeover.py): frozen
+    (its freezer group), where SIGSTOP alone could be undone by a process of the box not yet stopped."""
     from org.agents.tools import command_box
-    from org.cgroups import agent_pool, stopped
+    from org.cgroups import agent_pool, freezer_of, members, stopped
     root, program, tools, _ = two_agents
     grows = tools.ws.root / "grows.txt"
     box = command_box(tools.lab, tools.ws.root, program, "alice")
-    proc = box.popen(["bash", "-c", "while true; do echo x >> grows.txt; done"], cwd=tools.ws.root,
+    # and wakers: each sends SIGCONT to every process of the box, stopped ones included
+    wakers = "for i in 1 2 3 4 5 6 7 8; do (while true; do kill -CONT -1 2>/dev/null; done) & done; "
+    proc = box.popen(["bash", "-c", wakers + "while true; do echo x >> grows.txt; done"], cwd=tools.ws.root,
                      env={"PATH": os.environ["PATH"]})
     try:
         deadline = time.monotonic() + 30
@@ -343,6 +346,7 @@ def test_nothing_of_an_agents_boxes_runs_while_a_takeover_reads_its_worktree(two
             time.sleep(0.05)
         pool = agent_pool(root, program, "alice")
         assert pool is not None and pool.name == "agent-alice"
+        assert all(freezer_of(pid) for pid in members([pool])) == (cgroup_root("freezer") is not None)
         with stopped([pool]):
             time.sleep(0.1)  # (a write under way ends)
             held = grows.stat().st_size
@@ -553,7 +557,9 @@ def test_a_command_cannot_read_the_persons_credentials(two_agents, outside_tmp, 
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id_ed25519").write_text("PRIVATE-KEY-MATERIAL\n")
     (home / ".netrc").write_text("machine api.example.com password NETRC-PASSWORD\n")
-    (home / ".bashrc").write_text("export OPENAI_API_KEY=sk-BASHRC-0123456789\n")
+    (home / "dotfiles").mkdir()  # an absolute link, as home-manager makes: bwrap cannot mount over one
+    (home / "dotfiles" / "bashrc").write_text("export OPENAI_API_KEY=sk-BASHRC-0123456789\n")
+    (home / ".bashrc").symlink_to(home / "dotfiles" / "bashrc")
     keys.parent.mkdir()
     keys.write_text(f"ANTHROPIC_API_KEY={SECRET}\n")
     keys.chmod(0o600)
