@@ -17,7 +17,7 @@ from org.lab import Lab, agent_branch, branch_owner, child_env
 from org.launch import RUNNER, STOP_SECONDS, git, mend_worktree, one_at_a_time, ours, send_signal
 from org.ledger import Ledger
 from org.mail import now, write_atomically
-from org.takeover import release
+from org.takeover import release, thaw_agent
 from org.workspace import ProgramSite, open_site
 
 
@@ -53,6 +53,7 @@ def stop_now(launch: ProgramSite, timeout: float) -> list[str]:
     was_running = grid.running()
     write_atomically(launch.panes_dir / "stop", now())  # keepers restart nothing from here on
     for agent in launch.agents:
+        thaw_agent(launch, agent)  # (frozen, a box would outlive its kill on cgroup v1)
         if (launch.lab_dir / "takeover" / f"{agent}.json").exists():
             try:
                 release(launch, agent, "the org was stopped while you were taken over")

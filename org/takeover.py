@@ -106,6 +106,13 @@ def take_in(launch: ProgramSite, agent: str):
         lab.take_in_work(tree, agent_branch(launch.name, agent), index=staged)
 
 
+def thaw_agent(launch: ProgramSite, agent: str):
+    """What an `org takeover` killed mid-snapshot left frozen (org/cgroups.py: stopped)."""
+    pool = agent_pool(launch.root, launch.program, agent)
+    held = members([pool]) if pool else set()
+    thaw(list({freezer_of(pid) for pid in held} - {None}), held)
+
+
 def person_shell(launch: ProgramSite, agent: str) -> Pane:
     """An interactive shell in the agent's worktree, with the person's git identity (or a
     plain "human" one if none is configured) and `org` on PATH."""
@@ -151,9 +158,7 @@ def release(launch: ProgramSite, agent: str, note: str | None = None) -> str:
     (commits and uncommitted edits, as one diff against the takeover's snapshot)."""
     record_path = launch.lab_dir / "takeover" / f"{agent}.json"
     taken = json.loads(record_path.read_text())
-    pool = agent_pool(launch.root, launch.program, agent)  # (an `org takeover` killed mid-snapshot left it frozen)
-    held = members([pool]) if pool else set()
-    thaw(list({freezer_of(pid) for pid in held} - {None}), held)
+    thaw_agent(launch, agent)
     take_in(launch, agent)  # a CLI's commits since (its pane was handed over as it was)
     objects = snapshot_objects(launch, agent)
     message = change_note(launch.worktree(agent), taken, note, objects)
