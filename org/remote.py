@@ -143,7 +143,7 @@ class RemoteModel:
         if self.yardstick:
             seconds = time.perf_counter() - t0
             # nothing of the experiment's box runs while the base's pass is timed on the same cores: a
-            # process of its own that spun there meanwhile made the base's time x2, its ratio half
+            # process of its own could spin there meanwhile, lengthen the base's time, lower the ratio
             with stopped(self.worker.groups):
                 self.yardstick.after(x, seconds)
         if self.calls in self.keep:
