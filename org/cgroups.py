@@ -305,10 +305,11 @@ def stopped(groups: list[Path]):
             if not found:
                 break
             for group in {freezer_of(pid) for pid in found} - {None} - set(frozen):
-                frozen.append(group)
-                freeze(group, True)
+                with contextlib.suppress(OSError):  # (else its processes are signalled, below)
+                    freeze(group, True)
+                    frozen.append(group)
             for pid in found:
-                if freezer_of(pid) is None:
+                if freezer_of(pid) not in frozen:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGSTOP)
             pids |= found

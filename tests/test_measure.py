@@ -545,7 +545,7 @@ def test_nothing_of_the_experiments_box_runs_while_the_base_is_timed(lab):
         before = box_cpu_seconds(worker.proc.pid)
         time.sleep(0.5)
         spun = box_cpu_seconds(worker.proc.pid) - before
-    assert spun > 0.3 and yardstick.used < 0.02, (spun, yardstick.used)  # it spins, but not then
+    assert spun > 0.1 and yardstick.used < 0.02, (spun, yardstick.used)  # it spins (a busy machine: a share), but not then
 
 
 def test_a_code_arm_whose_override_the_base_rejects_is_invalid_not_measured_unchecked(lab):
