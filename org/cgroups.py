@@ -366,10 +366,22 @@ def freeze(group: Path, on: bool, wait: float = 5.0):
         time.sleep(0.001)
 
 
+def thaw_left(pids: set[int]):
+    """Thaw what a process killed inside stopped() left stopped of these processes' boxes (an
+    `org takeover` killed mid-snapshot, an evaluator killed while it timed the base): a frozen
+    process does not die even of SIGKILL until thawed (v1), and its memory stays in its pool."""
+    thaw(list({freezer_of(pid) for pid in pids} - {None}), pids)
+
+
 def agent_pool(lab_root: str | Path, program: Program, agent: str) -> Path | None:
     """The memory group every box of an agent's is in (its CLI's, its commands'), or None."""
+    return existing_pool(pools(lab_root, program, f"agent-{agent}"))
+
+
+def existing_pool(memory_pools: tuple) -> Path | None:
+    """The innermost memory group of these pools (pools()), if it is there."""
     root = cgroup_root("memory")
-    group = root.joinpath(*(name for name, _ in pools(lab_root, program, f"agent-{agent}"))) if root else None
+    group = root.joinpath(*(name for name, _ in memory_pools)) if root and memory_pools else None
     return group if group and group.is_dir() else None
 
 

@@ -14,6 +14,7 @@ evaluation code or parameters disagree with it the run is `invalid`, with both i
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,7 +29,8 @@ from pathlib import Path
 
 from org import OrgError, remove_tree
 from org.bytecode import source_only
-from org.cgroups import JOIN, box_cgroups, oom_kills
+from org.cgroups import JOIN, box_cgroups, existing_pool, members, oom_kills, thaw_left
+from org.reaper import process_table, with_descendants
 from org.remote import no_follow
 from org.ledger import FINISHED, budget_of
 from org.program import Program
@@ -161,6 +163,8 @@ def measure_run(job: dict, env: dict, timeout: float, cores: list[int] | None = 
     may unpack to 8 GB, and outside every cgroup it took the machine's memory, whose OOM killer
     takes a box's process first (another slot's trainer, an agent's CLI)."""
     job["deadline_seconds"] = timeout + 5  # the evaluator's own limit, should the runner die first
+    if pools:  # (and one that met it inside stopped() left its worker frozen: end_evaluator)
+        thaw_left(members([pool]) if (pool := existing_pool(pools)) else set())
     log_path = Path(job["log_dir"]) / "measure.log"
     try:
         groups = box_cgroups(Limits(memory_pools=pools, cores=tuple(cores) if cores else None)) if pools else []
@@ -179,12 +183,12 @@ def measure_run(job: dict, env: dict, timeout: float, cores: list[int] | None = 
         try:
             out, _ = proc.communicate(json.dumps(job).encode(), timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
+            end_evaluator(proc.pid)
             proc.communicate()
             return {"invalid": f"the measurement did not finish within {timeout:g}s "
                                "(the experiment's forward pass hung?)"}
         finally:
-            _kill_group(proc.pid)  # a worker that outlived the evaluator goes with it
+            end_evaluator(proc.pid)  # a worker that outlived the evaluator goes with it
     if proc.returncode and oom_kills(groups):
         return {"invalid": f"the measurement ran out of memory: its slot's share is {pools[-1][1] / 2**30:.1f} GB "
                            "(a checkpoint or forward pass that large cannot be measured here)"}
@@ -202,11 +206,15 @@ def measure_run(job: dict, env: dict, timeout: float, cores: list[int] | None = 
     return outcome
 
 
-def _kill_group(pid: int):
-    try:
+def end_evaluator(pid: int):
+    """Kill the evaluator (its process group: it and its workers' bwraps). Killed while it timed
+    the base (org/remote.py), it left the experiment's worker frozen, which not even SIGKILL ends
+    until thawed (cgroup v1): its box would stay, its memory held in the slot's pool for good."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGSTOP)  # (it starts and freezes nothing more)
+        workers = with_descendants(process_table(), [pid])
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+        thaw_left(workers)
 
 
 def cross_check(result: Result, measurement: Measurement) -> list[str]:

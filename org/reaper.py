@@ -38,15 +38,19 @@ def run_processes(pid: int | None, run_dir: Path) -> set[int]:
     run_dir`: a box's, reparented once bwrap is gone), and all they started. Someone's `tail`
     of the run's log is none of them."""
     table = process_table()  # {pid: (parent pid, argv)}
+    return with_descendants(table, [p for p, (_, argv) in table.items()
+                                    if (p == pid and any(names(arg, run_dir) for arg in argv)) or trains_into(argv, run_dir)])
+
+
+def with_descendants(table: dict[int, tuple[int, list[str]]], roots: list[int]) -> set[int]:
+    """roots and every process they started (and those started), in a process_table()."""
     children: dict[int, list[int]] = {}
     for child, (parent, _) in table.items():
         children.setdefault(parent, []).append(child)
-    frontier = [p for p, (_, argv) in table.items()
-                if (p == pid and any(names(arg, run_dir) for arg in argv)) or trains_into(argv, run_dir)]
-    found = set()
+    frontier, found = list(roots), set()
     while frontier:
         p = frontier.pop()
-        if p not in found and p != os.getpid():  # (a pid reused by the runner reading it)
+        if p not in found and p != os.getpid():  # (a pid reused by the process reading it)
             found.add(p)
             frontier += children.get(p, [])
     return found

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from org import OrgError, shown
 from org.agents.control import Control
-from org.cgroups import agent_pool, freezer_of, members, stopped, thaw
+from org.cgroups import agent_pool, members, stopped, thaw_left
 from org.launch import TAKEN_OVER, attach, ended_for_good, git, pane_path, person_identity, plain_index
 from org.lab import Lab, agent_branch, hardened_git_env
 from org.mail import HUMAN, Mail, now, write_atomically
@@ -109,8 +109,7 @@ def take_in(launch: ProgramSite, agent: str):
 def thaw_agent(launch: ProgramSite, agent: str):
     """What an `org takeover` killed mid-snapshot left frozen (org/cgroups.py: stopped)."""
     pool = agent_pool(launch.root, launch.program, agent)
-    held = members([pool]) if pool else set()
-    thaw(list({freezer_of(pid) for pid in held} - {None}), held)
+    thaw_left(members([pool]) if pool else set())
 
 
 def person_shell(launch: ProgramSite, agent: str) -> Pane:

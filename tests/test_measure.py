@@ -569,6 +569,30 @@ def test_a_forward_pass_that_hangs_is_stopped_and_invalid(lab):
     assert "the measurement did not finish within 20s" in out["invalid"]
 
 
+@pytest.mark.skipif(available() is not None or cgroup_root("freezer") is None,
+                    reason="boxed workers with a freezer group each, which the evaluator freezes while it times the base")
+def test_a_measurement_stopped_while_it_times_the_base_leaves_no_worker_behind(lab):
+    """The experiment's worker is frozen while the base's forward pass is timed (org/remote.py).
+    Here the base's pass takes longer than the measurement may: the runner kills the evaluator
+    there, and on cgroup v1 a frozen process does not die even of SIGKILL until thawed. The
+    worker's box stayed, frozen for good, its memory in the slot's pool (an agent whose forward
+    pass is slow enough to time out could leave one a run, until its slot's runs had none)."""
+    from org.reaper import process_table
+    code = experiment(lab, "stopped-while-frozen")
+    slow = experiment(lab, "base-takes-long", lambda t: t.replace(FORWARD, FORWARD.replace(
+        "return logits", "import time; time.sleep(600)")))
+    measured = job(lab, code=code)
+    measured["workers"]["base"] = worker_command(slow, untrusted_env(
+        {"OMP_NUM_THREADS": "1", "NANOLAB_CACHE": str(lab["root"] / "harness-cache" / "data")}), box=box_for(lab, slow))
+    boxes = lambda: [pid for pid, (_, argv) in process_table().items() if str(code) in argv]  # (its bwrap's binds)
+    out = measure_run(measured, evaluator_env(lab["root"] / "harness-cache", {"OMP_NUM_THREADS": "1"}), 20)
+    assert "the measurement did not finish within 20s" in out["invalid"]
+    deadline = time.monotonic() + 10
+    while boxes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not boxes(), [Path(f"/proc/{pid}/stat").read_text() for pid in boxes()]
+
+
 # --- through the runner: what the ledger records ------------------------------------------------
 
 
