@@ -17,7 +17,7 @@ from pathlib import Path
 from org import OrgError, shown
 from org.agents.control import Control
 from org.cgroups import agent_pool, members, stopped, thaw_left
-from org.launch import TAKEN_OVER, attach, ended_for_good, git, pane_path, person_identity, plain_index
+from org.launch import TAKEN_OVER, attach, ended_for_good, git, mend_worktree, pane_path, person_identity, plain_index
 from org.lab import Lab, agent_branch, hardened_git_env
 from org.mail import HUMAN, Mail, now, write_atomically
 from org.panes import RELEASE_KEY, TAKEOVER_KEY, Pane
@@ -75,7 +75,7 @@ def cmd_takeover(args) -> int:
     pool = agent_pool(launch.root, launch.program, agent)
     with stopped([pool] if pool else []):
         try:
-            take_in(launch, agent)
+            mended = take_in(launch, agent)
             head = git(tree, "rev-parse", "HEAD")
         except OrgError:
             control.resume()  # (no record: `org release` could not lift the pause)
@@ -84,6 +84,8 @@ def cmd_takeover(args) -> int:
         shutil.rmtree(objects, ignore_errors=True)  # (a crash's, or an earlier try's)
         taken = snapshot_or_why(tree, objects)
     write_atomically(launch.lab_dir / "takeover" / f"{agent}.json", json.dumps({**taken, "head": head, "at": now()}))
+    for line in mended:
+        print(f"mended: {line}")
     hint = f"TAKEN OVER · C-b {RELEASE_KEY} or `org release {agent}` hands it back"
     if backend == "claude-code":  # the CLI itself is the person's: its Stop hook lets it stop
         grid.take_over(agent, None, hint)
@@ -96,14 +98,18 @@ def cmd_takeover(args) -> int:
     return 0
 
 
-def take_in(launch: ProgramSite, agent: str):
+def take_in(launch: ProgramSite, agent: str) -> list[str]:
     """The agent's branch, HEAD and what it staged, into the shared object store: the person's
-    git reads no agent's own objects (org/objects.py), and their commit needs what it staged."""
+    git reads no agent's own objects (org/objects.py), and their commit needs what it staged.
+    And its worktree's git mended (launch.mend_worktree), each mend said: the person's git is
+    not boxed, and commits wherever HEAD points, which a box may have set to the program's
+    branch or a teammate's."""
     with contextlib.closing(Lab.open(launch.root)) as lab:
-        tree, staged = launch.worktree(agent), False
+        tree, staged, branch = launch.worktree(agent), False, agent_branch(launch.name, agent)
         with contextlib.suppress(OrgError):  # (an index no box's git writes: its blobs are not listed)
             staged = plain_index(lab.admin_dir(tree) / "index")
-        lab.take_in_work(tree, agent_branch(launch.name, agent), index=staged)
+        lab.take_in_work(tree, branch, index=staged)
+        return mend_worktree(lab, tree, branch)
 
 
 def thaw_agent(launch: ProgramSite, agent: str):
@@ -158,9 +164,9 @@ def release(launch: ProgramSite, agent: str, note: str | None = None) -> str:
     record_path = launch.lab_dir / "takeover" / f"{agent}.json"
     taken = json.loads(record_path.read_text())
     thaw_agent(launch, agent)
-    take_in(launch, agent)  # a CLI's commits since (its pane was handed over as it was)
+    mended = take_in(launch, agent)  # a CLI's commits since (its pane was handed over as it was)
     objects = snapshot_objects(launch, agent)
-    message = change_note(launch.worktree(agent), taken, note, objects)
+    message = "\n".join([change_note(launch.worktree(agent), taken, note, objects), *mended])
     Control(launch.lab_dir, agent).resume(message)  # the mail first, then the pause lifts
     record_path.unlink()
     shutil.rmtree(objects, ignore_errors=True)

@@ -383,6 +383,28 @@ def running(pid: int) -> bool:
         return False
 
 
+def test_a_person_who_took_a_pane_over_commits_to_the_agents_branch_whatever_head_its_box_left(two_agents):
+    """The attack: the agent's box points its worktree's HEAD (its admin dir is the box's to
+    write) at the program's branch. The person's shell after `org takeover` runs git unboxed,
+    as the person: their commit moved program/tiny, past the referee's gate, with the agent's
+    files in it. The takeover mends HEAD (and says so) before the shell is theirs."""
+    from org.launch import git as harness_git
+    from org.takeover import take_in
+    root, program, tools, _ = two_agents
+    tree = tools.ws.root
+    assert run(tools, "echo 'ref: refs/heads/program/tiny' > \"$(git rev-parse --git-dir)/HEAD\"").startswith("exit status 0")
+    program_head = harness_git(root, "rev-parse", "program/tiny")
+    site = ProgramSite(root, program, None)
+    assert take_in(site, "alice") == [f"{tree}: its HEAD named none of its branches; it points at agent/tiny/alice/work again"]
+    shell = person_shell(site, "alice")
+    (tree / "NOTE.md").write_text("the person was here\n")
+    for look in (["add", "NOTE.md"], ["commit", "-qm", "the person's note"]):
+        done = subprocess.run(["git", *look], cwd=tree, env={**os.environ, **shell.env}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert harness_git(root, "rev-parse", "program/tiny") == program_head
+    assert harness_git(root, "log", "-1", "--format=%s", "agent/tiny/alice/work") == "the person's note"
+
+
 def test_a_repository_nested_in_a_worktree_runs_nothing_of_its_own_in_the_harness(two_agents):
     """A box makes a repository in its worktree whose config names a clean filter (any command),
     attributes a file to it, dates that file ahead (so git hashes it again at every look) and
