@@ -27,8 +27,10 @@ CREDENTIALS = (".ssh", ".aws", ".azure", ".gnupg", ".docker", ".kube", ".netrc",
 
 def lab_private(lab_root: Path) -> list[Path]:
     """What agent code never sees: the lab's state (ledger, mail, runs, transcripts, caches), the
-    agents' worktrees (an agent's own is bound back into its box), and the credentials of the
-    person running the org (HOME's usual places, and the keys file NANOLAB_KEYS_FILE names)."""
+    agents' worktrees (an agent's own is bound back into its box), the credentials of the
+    person running the org (HOME's usual places, and the keys file NANOLAB_KEYS_FILE names), and
+    the cgroups: a model worker, shown the evaluation text, moves its box's figures as it likes
+    (pids.current: a thread more or less), and its agent's box read them, bits a second."""
     home = Path.home()
     secrets = [home / name for name in CREDENTIALS]
     if os.environ.get("NANOLAB_KEYS_FILE"):
@@ -37,20 +39,20 @@ def lab_private(lab_root: Path) -> list[Path]:
     for record in (Path(lab_root) / ".lab").glob("*/gateway/keys-file.json"):
         with contextlib.suppress(OSError, ValueError, TypeError):
             secrets += [Path(p) for p in json.loads(record.read_text())]
-    return [Path(lab_root) / ".lab", Path(lab_root) / "worktrees", *secrets]
+    return [Path(lab_root) / ".lab", Path(lab_root) / "worktrees", Path("/sys/fs/cgroup"), *secrets]
 
 
 def code_private(lab_root: Path) -> list[Path]:
-    """What a run and a model worker never see: what no agent code sees, the lab's git, and the
-    cgroups. An agent's box writes git objects (it commits), and its cgroups' figures move as it
-    likes (memory.usage_in_bytes): a run that read either could be handed what its agent worked out
-    after submitting it, such as a table for the fresh seeds its claim is replicated on."""
+    """What a run and a model worker never see: what no agent code sees (the cgroups among it),
+    and the lab's git. An agent's box writes git objects (it commits), and its cgroups' figures
+    move as it likes (memory.usage_in_bytes): a run that read either could be handed what its agent
+    worked out after submitting it, such as a table for the fresh seeds its claim is replicated on."""
     git_dirs = [Path(lab_root) / ".git"]
     if git_dirs[0].is_file():  # a linked worktree's: "gitdir: <its admin dir>", whose commondir names the store
         admin = (Path(lab_root) / git_dirs[0].read_text().removeprefix("gitdir:").strip()).resolve()
         common = admin / (admin / "commondir").read_text().strip() if (admin / "commondir").exists() else admin
         git_dirs = [admin, common.resolve()]
-    return lab_private(lab_root) + git_dirs + [Path("/sys/fs/cgroup"), *prepared_data()]
+    return lab_private(lab_root) + git_dirs + prepared_data()
 
 
 def prepared_data() -> list[Path]:

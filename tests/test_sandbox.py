@@ -1154,6 +1154,8 @@ def test_a_run_cannot_read_what_its_agent_commits_after_submitting_it(two_agents
         out = box.popen(["bash", "-c", look], cwd="/tmp", env={"PATH": os.environ["PATH"]}, stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT).communicate(timeout=30)[0].decode().splitlines()
         assert out[0] == "0" and "table" not in out[1] and out[2] == "0", out
+    # nor the agent's own box: a worker shown the evaluation text moves its figures (pids.current)
+    assert run(tools, "ls -A /sys/fs/cgroup | wc -l").endswith("\n0\n")
 
 
 def test_a_model_worker_reads_a_few_windows_of_each_split_not_the_runs_training_text(outside_tmp, monkeypatch):
