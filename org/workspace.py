@@ -35,7 +35,7 @@ from org.program import (BOUND_BUDGET, MEASUREMENT_BUDGET, MEASUREMENT_FIELDS, P
 def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
     """Every check that needs no state: the lab, the program file, the trainer's view of its
     configs, uncommitted protected files and git refs. Creates nothing."""
-    lab = Lab.open(".")
+    lab = Lab.open(lab_root())
     path = program_path(arg, lab)
     program = load_program(path)
     check_with_trainer(program, source=str(path))
@@ -77,8 +77,8 @@ def start(program: Program, lab: Lab, path: Path) -> Ledger:
 
 def find_ledger(arg: str) -> tuple[Lab, str, Path]:
     """(lab, program name, ledger path) of a started program, for read-only commands."""
-    lab = Lab.open(".")
-    name = load_program(arg).name if Path(arg).is_file() else arg
+    lab = Lab.open(lab_root())
+    name = load_program(program_path(arg, lab)).name if Path(arg).is_file() else arg
     path = ledger_path(lab.state_dir(name))
     if not path.exists():
         raise OrgError(f"no ledger for program {name!r} at {path}; `org run` starts one")
@@ -89,8 +89,13 @@ def find_ledger(arg: str) -> tuple[Lab, str, Path]:
 
 
 def program_path(arg: str, lab: Lab) -> Path:
-    for candidate in (Path(arg), lab.root / "programs" / f"{arg}.yaml"):
+    """The lab's programs/<arg>.yaml, else the file arg names. Never one in an agent's worktree:
+    a person whose pane was taken over works there, and the agent wrote what it holds."""
+    for candidate in (lab.root / "programs" / f"{arg}.yaml", Path(arg)):
         if candidate.is_file():
+            if candidate.resolve().is_relative_to((lab.root / "worktrees").resolve()):
+                raise OrgError(f"{arg}: a program file in an agent's worktree is the agent's to write; "
+                               f"name the lab's ({lab.root / 'programs'}/<name>.yaml)")
             return candidate
     raise OrgError(f"no program file {arg!r} (nor {lab.root / 'programs' / (arg + '.yaml')})")
 

@@ -1,4 +1,5 @@
 """Bad input to `org`: one line naming the cause, a non-zero exit, and nothing created."""
+import contextlib
 import shlex
 
 import git
@@ -382,3 +383,33 @@ def test_a_runs_reason_is_printed_as_it_was_written(capsys):
                train_seconds=None, wall_seconds=1.0, reason="exit status 1: [/x]")
     print_runs("tiny", [row])
     assert "exit status 1: [/x]" in capsys.readouterr().out
+
+
+def test_org_in_an_agents_worktree_reads_the_labs_state_not_what_the_agent_planted_there(make_project, monkeypatch, capsys):
+    """The attack: the agent leaves a ledger of its making in its worktree (.lab/tiny/ledger.sqlite,
+    built by our own code in its box) and a program file. A person who took its pane over works
+    there (the shell starts in the worktree): `org runs`, `org report`, `org budget` read the
+    worktree as the lab, and `org submit evil.yaml` took the agent's program file."""
+    from org.lab import Lab
+    import shutil
+    import sqlite3
+    root = make_project(tiny_program())
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    with contextlib.closing(Lab.open(root)) as lab:
+        tree = lab.add_worktree("tiny", "mallory")
+    planted = tree / ".lab" / "tiny" / "ledger.sqlite"
+    planted.parent.mkdir(parents=True)
+    shutil.copy(root / ".lab" / "tiny" / "ledger.sqlite", planted)
+    with contextlib.closing(sqlite3.connect(planted)) as db:
+        for table in ("experiments", "runs"):
+            db.execute(f"UPDATE {table} SET arm = 'forged'")
+        db.commit()
+    shutil.copy(root / "programs" / "tiny.yaml", tree / "evil.yaml")
+    monkeypatch.chdir(tree)
+    monkeypatch.delenv("NANOLAB_LAB", raising=False)
+    capsys.readouterr()
+    assert main(["runs", "tiny"]) == 0
+    shown = capsys.readouterr().out
+    assert " lr " in shown and "forged" not in shown
+    assert main(["submit", "evil.yaml", "--arm", "y"]) == 2
+    assert "evil.yaml: a program file in an agent's worktree is the agent's to write" in one_line_error(capsys)
