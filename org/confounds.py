@@ -333,7 +333,7 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
 def check_eval_compute(base, var, tol) -> list[Finding]:
     """Compute at evaluation alone: a code arm's model is scored in a worker, and each batch it
     scores is run right after by the base commit's forward pass in a worker of the same kind;
-    Run.forward_time_ratio is the median of the two times' ratio, per FLOP of each recount
+    Run.forward_time_ratio is the (trimmed) mean of the two times' ratio, per FLOP of each recount
     (org/remote.py's Yardstick), and R its median over the arm's runs. About 1 for a forward
     pass that does the work its FLOPs say; more for work that only evaluation does, which no
     budget paid for and no probe sees: training on each window while scoring it (dynamic

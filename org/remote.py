@@ -24,6 +24,7 @@ from org.sandbox import Sandbox, dies_with
 from org.recount import flops_per_token
 
 PROBE_BATCHES = 2        # batches of each scoring pass whose logits the fresh worker re-checks
+TRIM = 0.1               # of the time ratios, the share at either end left out of their mean
 LOG_TAIL_BYTES = 64 << 10  # what last_line reads of a log
 
 
@@ -37,7 +38,7 @@ class Worker:
     def __init__(self, job: dict, name: str):
         w = job["workers"][name]  # each with its own kernel cache: nothing passes from a to b
         log = Path(job["log_dir"]) / f"measure-worker-{name}.log"  # never through a link the run left
-        self.log = open(log, "wb", opener=no_follow)
+        self.log = open(log, "w+b", opener=no_follow)
         # a box's rlimits and disk watch, as Sandbox.popen gives a run's: its log and kernel cache
         # are files of the harness's disk (boxless, as measure.py's tests start it: none)
         box = Sandbox.from_spec(w["box"]) if w.get("box") else None
@@ -50,6 +51,7 @@ class Worker:
         if box:
             watch(self.proc, box.writable, box.limits)
         self.job, self.seen_text = job, False
+        self.whose = "the base's" if name == "base" else "the experiment's"
 
     def __enter__(self):
         return self
@@ -61,7 +63,8 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        self.log.close()
+        with self.log:  # (no disk watch sees it: the box's bound on a file, WORKER_FILE_BYTES, holds it meanwhile)
+            keep_tail(self.log, LOG_TAIL_BYTES)
 
     def call(self, what: str, header: dict, arrays=(), max_bytes: int = 0) -> tuple[dict, list]:
         self.seen_text |= what == "forward pass"
@@ -72,13 +75,13 @@ class Worker:
             self.proc.kill()
             why = getattr(self.proc, "stopped", None) or self.said(last_line(self.log.name))
             # (a frame's header names a shape and a dtype of the code's choosing: words it said, too)
-            raise Invalid(f"the experiment's model process broke off during {what} ({self.said(str(e)[:200])}): "
+            raise Invalid(f"{self.whose} model process broke off during {what} ({self.said(str(e)[:200])}): "
                           f"{why}") from None
         if "error" in reply:
-            raise Invalid(f"the experiment's {what} failed: {self.said(str(reply['error'])[:300])}")
+            raise Invalid(f"{self.whose} {what} failed: {self.said(str(reply['error'])[:300])}")
         names = reply.get("names", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) not in (0, len(out)):
-            raise Invalid(f"the experiment's model process answered {what} with names that do not fit its arrays")
+            raise Invalid(f"{self.whose} model process answered {what} with names that do not fit its arrays")
         return reply, out
 
     def said(self, words: str) -> str:
@@ -112,10 +115,10 @@ class Worker:
         logits = out[0] if out else None
         if logits is None or logits.shape != (rows, T, vocab_size) or logits.dtype.kind != "f":
             got = "nothing" if logits is None else f"{logits.dtype} {logits.shape}"
-            raise Invalid(f"the experiment's forward pass returned {self.said(got)} for {x.shape} tokens, "
+            raise Invalid(f"{self.whose} forward pass returned {self.said(got)} for {x.shape} tokens, "
                           f"expected float logits ({rows}, {T}, {vocab_size})")
         if not np.isfinite(logits).all():
-            raise Invalid("the experiment's forward pass returned non-finite logits")
+            raise Invalid(f"{self.whose} forward pass returned non-finite logits")
         return logits
 
 
@@ -154,20 +157,22 @@ class RemoteModel:
 
 class Yardstick:
     """The base commit's forward pass, in a worker of the same kind as the experiment's (box, pipe,
-    cores), run on each batch the experiment's forward pass scores, right after it: R, the median
-    over batches of their times' ratio, per FLOP of each recount, is about 1 for a forward pass
+    cores), run on each batch the experiment's forward pass scores, right after it: R, the mean
+    over batches of their times' ratio (less the highest and lowest TRIM of them: a stall either
+    side), per FLOP of each recount, is about 1 for a forward pass
     that does the work its FLOPs say. Compute at evaluation that no training step paid for (a model
     that trains on each window as it scores it, dynamic evaluation: causal and row-local, so the
     probe passes it) makes it more: the referee's confounds.check_eval_compute judges it. The
     scored calls themselves are timed: calls made only to time could be told from them, by their
     count, and answered cheaply; and the base's run right after each, so a machine that gets busier
-    or quieter moves both. Without a base worker or a config the base can build, or once the base
-    worker fails, there is no R."""
+    or quieter moves both. (A median let extra work on 2 of every 5 batches through.) Without a
+    base worker or a config the base can build, there is no R; a base worker that fails makes
+    the run Invalid: its failure can be the experiment's doing (GPU memory it holds, frozen)."""
 
     def __init__(self, job: dict, cfg, vocab_size: int):
         from trainer.config import KEYS
         from trainer.model import param_shapes
-        self.worker, self.V, self.ratios = None, vocab_size, []
+        self.worker, self.V, self.ratios, self.failed = None, vocab_size, [], None
         if cfg is None or "base" not in job["workers"]:
             return
         shapes = dict(param_shapes(cfg))
@@ -196,18 +201,37 @@ class Yardstick:
         try:
             what()
             return True
-        except Invalid:  # the yardstick's failure is not the run's
+        except Invalid as e:  # said by time_ratio(), once the experiment's scoring is done
             self.worker.__exit__(None, None, None)
-            self.worker = None
+            self.worker, self.failed = None, str(e)
             return False
 
     def time_ratio(self, fpt: float) -> float | None:
-        return round(float(np.median(self.ratios)) * self.fpt / fpt, 3) if self.ratios and fpt else None
+        if self.failed:
+            raise Invalid(f"the harness's base worker, which times the experiment's forward pass against the "
+                          f"base's, failed ({self.failed[:300]}): its compute at evaluation cannot be checked")
+        if not self.ratios or not fpt:
+            return None
+        ratios = np.sort(self.ratios)
+        cut = int(len(ratios) * TRIM)
+        return round(float(ratios[cut:len(ratios) - cut].mean()) * self.fpt / fpt, 3)
 
 
 def no_follow(path, flags):
     """open()'s opener for a file the harness writes in a run's directory: never through a link."""
     return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def keep_tail(f, n: int):
+    """Cut an open log (read and write) to its last n bytes: a worker's is the run's for good,
+    and each measured run would keep one as large as the box let it write."""
+    size = os.fstat(f.fileno()).st_size
+    if size > n:
+        f.seek(size - n)
+        tail = f.read(n)
+        f.seek(0)
+        f.truncate()
+        f.write(tail)
 
 
 def last_line(path: str) -> str:

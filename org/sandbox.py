@@ -97,6 +97,9 @@ class SandboxError(OrgError):
 
 
 AGENT_DISK_RESERVE = 8 << 30  # free disk an agent's box may not write into (a run's: Limits.disk_reserve)
+# a model worker's largest file: its log, which no disk watch sees (the harness opens it, in the
+# run's folder; org/remote.py cuts it to its tail after), or one of its kernel cache's (a few MB)
+WORKER_FILE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -524,7 +527,7 @@ def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: b
     return Sandbox(writable=[kernels], readonly=[snapshot, data], hidden=code_private(lab_root) + source_files(source),
                    gpu=gpu, unix_sockets=False, sourceless_stdlib=source == "pystdlib",
                    # (its log and its kernel cache: nothing else it writes is the disk's)
-                   limits=Limits(cores=tuple(cores) if cores else None, file_bytes=1 << 30, disk_bytes=2 << 30,
+                   limits=Limits(cores=tuple(cores) if cores else None, file_bytes=WORKER_FILE_BYTES, disk_bytes=2 << 30,
                                  memory_pools=pools))
 
 

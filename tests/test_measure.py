@@ -27,7 +27,7 @@ from org.measure import MeasureError, cross_check, evaluator_env, measure_run, p
 from org.confounds import Tolerances
 from org.referee import compare
 from org.cgroups import boxes_memory, cgroup_root, memory_limit
-from org.sandbox import available, untrusted_env, worker_box
+from org.sandbox import WORKER_FILE_BYTES, available, untrusted_env, worker_box
 from trainer.record import Params, Result, read
 from test_org_runner import agent_commit, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
@@ -136,7 +136,7 @@ def test_a_model_worker_has_a_boxs_limits_on_what_it_writes(lab):
     code = experiment(lab, "says-its-limits", lambda t: t.replace(
         "        self.eps = float(np.finfo(dtype).eps)", said + "        self.eps = float(np.finfo(dtype).eps)"))
     out = measure(lab, code=code)
-    assert f"fsize {1 << 30} oom 1000" in out["invalid"], out
+    assert f"fsize {WORKER_FILE_BYTES} oom 1000" in out["invalid"], out
 
 
 def test_a_workers_frame_names_no_size_it_does_not_check():
@@ -507,6 +507,39 @@ def test_compute_at_evaluation_alone_shows_in_the_scored_forward_passs_time(lab)
     assert "eval compute" not in {f.check for f in compare(base, runs("unchanged", honest), "superiority").findings}
 
 
+# The attack: the same work at evaluation, on 2 of every 5 scored batches only. The median of the
+# batches' time ratios was an honest batch's, about 1.0: the run passed, its val windows and its
+# train windows gaining alike (so the held-out gap did too).
+SOMETIMES = FORWARD.replace("return logits", "_SCORED[0] += 1\n"
+                            "            if _SCORED[0] % 5 < 2:  # two scored batches of every five\n"
+                            "                for _ in range(3):\n"
+                            "                    self.forward(idx, xp.roll(idx, -1, axis=1))\n"
+                            "                    self.backward()\n"
+                            "                self.cache = None\n"
+                            "            return logits")
+
+
+def test_compute_at_evaluation_on_a_few_batches_shows_too(lab):
+    code = experiment(lab, "evaluation-work-sometimes", lambda t: t.replace(FORWARD, SOMETIMES) + "\n_SCORED = [0]\n")
+    adapting = measure(lab, code=code)["measurement"]
+    assert adapting.forward_time_ratio > Tolerances().eval_compute, adapting.forward_time_ratio
+
+
+def test_a_base_worker_that_fails_makes_a_code_arm_invalid_not_unchecked(lab):
+    """Its time ratio was then None, which check_eval_compute passed: the experiment's worker can
+    make the base's fail (on a GPU, by holding the memory the base's forward pass needs)."""
+    code = experiment(lab, "base-fails-under-it")
+    failing = experiment(lab, "base-fails", lambda t: t.replace(FORWARD, FORWARD.replace(
+        "return logits", "_SCORED[0] += 1\n            if _SCORED[0] > 2:\n"
+                         "                raise MemoryError('out of memory')\n            return logits")) + "\n_SCORED = [0]\n")
+    measured = job(lab, code=code)
+    measured["workers"]["base"] = worker_command(failing, untrusted_env(
+        {"OMP_NUM_THREADS": "1", "NANOLAB_CACHE": str(lab["root"] / "harness-cache" / "data")}), box=box_for(lab, failing))
+    out = measure_run(measured, evaluator_env(lab["root"] / "harness-cache", {"OMP_NUM_THREADS": "1"}), 120)
+    assert out["invalid"].startswith("the harness's base worker, which times the experiment's forward pass against "
+                                     "the base's, failed (the base's forward pass failed: (withheld: it has seen the evaluation text)")
+
+
 # The attack: while the harness times the base's forward pass on a batch, right after the
 # experiment's, on the same cores, a process of the experiment's spins there: the base's time
 # grows, the ratio falls, and work at evaluation hides in the difference.
@@ -591,6 +624,26 @@ def test_a_measurement_stopped_while_it_times_the_base_leaves_no_worker_behind(l
     while boxes() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not boxes(), [Path(f"/proc/{pid}/stat").read_text() for pid in boxes()]
+
+
+def test_a_workers_log_is_bounded_and_cut_to_its_tail_once_measured(lab):
+    """The attack: the experiment's code writes junk to its stderr in the worker. The worker's log
+    is the harness's file in the run's folder, which no disk watch sees and which each measured
+    run kept: up to 1 GB a worker (its box's bound on a file), a run. Now 64 MB at most while it
+    is written (WORKER_FILE_BYTES), and its last 64 KB once the measurement is done."""
+    from org.remote import LOG_TAIL_BYTES
+    chatty = experiment(lab, "chatty", lambda t: t + "\nimport sys as _sys\n_sys.stderr.write('said\\n')\n")
+    flooding = experiment(lab, "flooding", lambda t: t + "\nimport sys as _sys\nfor _ in range(100):\n"
+                                                         "    _sys.stderr.buffer.write(b'x' * (1 << 20))\n")
+    run_dir = copy_run(lab, "logs")
+    assert "measurement" in measure(lab, run_dir=run_dir, code=chatty)
+    assert (run_dir / "measure-worker-a.log").read_text().startswith("said")  # a small log, kept whole
+    out = measure(lab, run_dir=run_dir, code=flooding)
+    if box_for(lab, flooding) is not None:  # (boxed: the bound on a file stopped it, at 64 MB)
+        assert WORKER_FILE_BYTES < 100 << 20 and "File too large" in out["invalid"]
+    for name in ("a", "b"):
+        log = run_dir / f"measure-worker-{name}.log"
+        assert not log.exists() or log.stat().st_size <= LOG_TAIL_BYTES
 
 
 # --- through the runner: what the ledger records ------------------------------------------------
