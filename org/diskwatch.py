@@ -58,7 +58,9 @@ def _watch(proc, trees: list[Path], limits, start: tuple[int, int]):
     while time.sleep(max(POLL_SECONDS, 10 * took)) or proc.poll() is None:  # a tenth of a core at most
         t0 = time.monotonic()
         try:
-            why = over(start, usage(trees), min(free_bytes(t) for t in trees), limits,
+            held, entries = usage(trees)
+            held += held_open(box_pids(proc), {os.stat(t).st_dev for t in trees})
+            why = over(start, (held, entries), min(free_bytes(t) for t in trees), limits,
                        min(free_entries(t) for t in trees))
         except (OSError, RecursionError) as e:  # a tree made to be unmeasurable (too deep, too long a path)
             why = f"its writable trees cannot be measured ({type(e).__name__}: {str(e)[:120]})"
@@ -110,6 +112,38 @@ def usage(trees: list[Path]) -> tuple[int, int]:
                     seen.add((st.st_dev, st.st_ino))
                     held += max(st.st_blocks * 512, st.st_size if stat.S_ISREG(st.st_mode) else 0, ENTRY_BYTES)
     return held, entries
+
+
+def box_pids(proc) -> set[int]:
+    """The box's processes: those in its cgroup (Sandbox.popen's box_groups), or its first."""
+    from org.cgroups import members
+    groups = getattr(proc, "box_groups", None) or []
+    return members(groups[:1]) if groups else {proc.pid}
+
+
+def held_open(pids: set[int], devices: set[int]) -> int:
+    """What the processes hold open on these filesystems that no name there reaches: a file
+    deleted while open, or made nameless (O_TMPFILE). Its blocks are the disk's until the last
+    descriptor closes, and no walk of the trees sees them: a box that wrote 1 GB into each of
+    thousands of such files filled the disk unseen."""
+    seen, held = set(), 0
+    for pid in pids:
+        fds = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(fds)
+        except OSError:  # gone while we looked
+            continue
+        for fd in names:
+            try:
+                if not os.readlink(f"{fds}/{fd}").endswith(" (deleted)"):
+                    continue
+                st = os.stat(f"{fds}/{fd}")
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 0 and st.st_dev in devices and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                held += max(st.st_blocks * 512, st.st_size)
+    return held
 
 
 def unless_gone(error: OSError):

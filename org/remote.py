@@ -49,6 +49,7 @@ class Worker:
                                      stdout=subprocess.PIPE, stderr=self.log,
                                      preexec_fn=(lambda: (dies(), box.set_limits())) if box else dies)
         if box:
+            self.proc.box_groups = self.groups
             watch(self.proc, box.writable, box.limits)
         self.job, self.seen_text = job, False
         self.whose = "the base's" if name == "base" else "the experiment's"

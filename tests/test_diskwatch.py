@@ -52,6 +52,21 @@ def test_a_box_that_makes_sparse_files_is_stopped_at_what_they_hold(tmp_path):
     assert "more than the 1.0 GB a box may write" in proc.stopped, proc.stopped
 
 
+def test_a_box_that_writes_into_files_no_name_reaches_is_stopped_at_its_bound(tmp_path):
+    """The attack: each file deleted while the box holds it open (or made nameless: O_TMPFILE).
+    Its blocks are the disk's until the box lets go, and the walk of its trees saw none of them:
+    400 MB written, the box untouched, and so the whole disk. They count now, as they are held."""
+    hidden = ("import os, time\nheld = []\nfor i in range(100):\n"
+              "    fd = os.open('.', os.O_TMPFILE | os.O_WRONLY) if i % 2 else os.open(f'c{i}', os.O_CREAT | os.O_WRONLY)\n"
+              "    os.write(fd, bytes(4 << 20)); held.append(fd)\n"
+              "    if not i % 2: os.unlink(f'c{i}')\n"
+              "    time.sleep(0.04)\nprint('wrote it all')")
+    proc = box_runs(tmp_path, hidden, disk_bytes=32 << 20)
+    assert proc.returncode == -9 and "wrote it all" not in proc.out, proc.out
+    assert "more than the 32 MB a box may write" in proc.stopped, proc.stopped
+    assert len(list(tmp_path.iterdir())) <= 1  # (nothing a walk could have found, but one it was killed writing)
+
+
 def test_a_box_that_makes_files_without_end_is_stopped(tmp_path):
     proc = box_runs(tmp_path, FILES, disk_files=2_000)
     assert proc.returncode == -9 and "made them all" not in proc.out, proc.out
