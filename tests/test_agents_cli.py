@@ -367,6 +367,29 @@ def test_the_port_says_who_calls_whatever_the_command_claims(project, monkeypatc
     assert [(m["from"], m["text"]) for m in inbox] == [("claude", "from whom?"), ("claude", "again")]
 
 
+def test_what_a_box_says_through_its_port_is_recorded_in_bounds(project, monkeypatch):
+    """The attack: a CLI's box sends its port, at no model's cost, hook calls with a 16 MB last
+    message and tool calls refused with 16 MB of arguments: each went whole, fsynced, into the
+    agent's transcript, on the harness's disk, which no box's watch sees. Each is clipped now; and
+    with the disk down to the agents' reserve, the port refuses what would write."""
+    from org.agents import clis
+    from org.agents.transcript import RECORD_CHARS
+    root, program = project
+    worktree(root, program, "claude")
+    handle = port_handler(program, "claude", root)
+    huge = "x" * (4 << 20)
+    handle({"op": "hook", "event": "notify", "payload": json.dumps({"last_assistant_message": huge})})
+    answer = handle({"op": "tool", "name": "write_file", "arguments": {"path": "trainer/eval.py", "content": huge}})
+    assert answer["rc"] == 1 and "protected" in answer["output"]
+    transcript = Transcript(lab_dir(root, program) / "transcripts" / "claude.jsonl")
+    assert transcript.path.stat().st_size < 4 * RECORD_CHARS
+    assert transcript.events("turn_end")[0]["last_message"].endswith(f"... ({4 << 20} characters)")
+    monkeypatch.setattr(clis, "AGENT_DISK_RESERVE", 1 << 62)  # (a disk as good as full)
+    answer = handle({"op": "tool", "name": "send_message", "arguments": {"to": "solo", "text": "hi"}})
+    assert answer["rc"] == 2 and answer["output"].startswith("refused: the disk has") and "delete files" in answer["output"]
+    assert Mail(lab_dir(root, program)).inbox("solo") == []
+
+
 def hold_every_connection(server: socket.socket, held: list):
     """A gateway that accepts and never answers, until it is closed."""
     try:

@@ -50,11 +50,13 @@ from org.agents.control import Control
 from org.agents.roles import kickoff, system_prompt
 from org.agents.spend import Spend, cpu_exhausted
 from org.agents.tools import format_mail
-from org.agents.transcript import Transcript
+from org.agents.transcript import Transcript, clipped
 from org.cgroups import cpu_seconds
+from org.diskwatch import free_bytes, gib
 from org.lab import Lab, agent_branch
 from org.ledger import Ledger, ledger_path
 from org.mail import Mail
+from org.sandbox import AGENT_DISK_RESERVE
 
 HOOK_WAIT_SECONDS = 3000  # Claude Code's hook timeout is set above this
 METER_EVERY_SECONDS = 30  # how often a running CLI's box's CPU time goes on record
@@ -328,6 +330,10 @@ def port_handler(program, agent: str, root: Path):
     from org.agents.commands import run_tool
 
     def handle(request: dict) -> dict:
+        free = free_bytes(root / ".lab")
+        if free < AGENT_DISK_RESERVE:  # (each request may write: the transcript, mail, the ledger)
+            return {"output": f"refused: the disk has {gib(free)} free, less than the {gib(AGENT_DISK_RESERVE)} "
+                              "the harness keeps for the runs and its ledger; delete files of your own to go on", "rc": 2}
         op = request.get("op")
         if op == "tool" and isinstance(request.get("name"), str) and isinstance(request.get("arguments"), dict):
             output, rc = run_tool(program, agent, root, request["name"], request["arguments"])
@@ -475,7 +481,7 @@ def on_hook(event: str, program, agent: str, root: Path, payload: str) -> str | 
         data = {"unparsed": payload[:2000]}
     data = data if isinstance(data, dict) else {}
     last = data.get("last_assistant_message") or data.get("last-assistant-message")
-    transcript.event("turn_end", backend="claude-code" if event == "stop" else "codex", last_message=last)
+    transcript.event("turn_end", backend="claude-code" if event == "stop" else "codex", last_message=clipped(last))
     spend = Spend(ledger_path(lab_dir), program.name, agent, program.budget.total_llm_dollars)
     control = Control(lab_dir, agent)
     over = spend.exhausted()  # the gateway metered the turn's calls as they were made

@@ -181,9 +181,9 @@ def run_tool(program, agent: str, root: Path, name: str, arguments: dict) -> tup
     try:
         result = tools.call(name, arguments)
         if result.refused:
-            from org.agents.transcript import Transcript
+            from org.agents.transcript import Transcript, clipped
             Transcript(tools.lab_dir / "transcripts" / f"{agent}.jsonl").event(
-                "refusal", tool=name, args=arguments, reason=result.output)
+                "refusal", tool=name, args=clipped(arguments), reason=clipped(result.output))
         for message in result.acks:
             tools.mail.ack(agent, message)
         if result.finished is not None:

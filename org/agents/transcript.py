@@ -20,6 +20,15 @@ from pathlib import Path
 from org.mail import now
 
 CONVERSATION = ("user", "assistant", "tool")
+# what an event keeps of a field a box wrote, through its port, at no model's cost (a CLI's last
+# message, a refused call's arguments): 16 MB a request went whole onto the harness's disk
+RECORD_CHARS = 8_000
+
+
+def clipped(value):
+    """value, or the first RECORD_CHARS of its JSON, saying how long it was."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return value if len(text) <= RECORD_CHARS else f"{text[:RECORD_CHARS]}... ({len(text)} characters)"
 
 
 class Transcript:
