@@ -353,6 +353,13 @@ def freezer_of(pid: int) -> Path | None:
     return None
 
 
+def freezer_group(groups: list[Path]) -> Path | None:
+    """Of a box's groups (box_cgroups), the one that freezes it, if it has one."""
+    root = cgroup_root("freezer")
+    return next((g for g in groups if root and g.is_relative_to(root)
+                 and ((g / "freezer.state").exists() or (g / "cgroup.freeze").exists())), None)
+
+
 def freeze(group: Path, on: bool, wait: float = 5.0):
     """Freeze or thaw one group, and wait (a while) until the kernel says it is so."""
     if (group / "freezer.state").exists():

@@ -24,7 +24,9 @@ and kernel caches of its own. For the run's final checkpoint it:
    it has been shown those windows is withheld from the reason its agent reads. Each scored
    batch is also run, right after, by the base commit's forward pass in a worker of the same
    kind: the two times' ratio per FLOP (forward_time_ratio, org/remote.py's Yardstick) shows
-   compute at evaluation that no training step paid for;
+   compute at evaluation that no training step paid for. The experiment's worker runs only
+   while a call of ours is under way (frozen between), and what its other calls take
+   (construction, replayed steps, loads) is held to the base's (check_setup_time);
 4. fingerprints the final parameters (bit-identical arms are `no change`) and, for a code arm,
    compares the experiment's initial parameters at the run's seed with the base commit's. If
    they are only redrawn from the same distributions, and two optimizer steps of the
@@ -58,6 +60,7 @@ from org.remote import Invalid, RemoteModel, Worker, Yardstick
 PROBE_FORWARDS = 6       # probe forwards per kept batch, each of its rows with a position t of its own
 CAUSAL_TOLERANCE = 1e-3  # nats a log-probability at positions <= t may move (rounding); a peek under it gains less
 REPLAY_STEPS = 2
+SETUP_FACTOR, SETUP_GRACE = 3, 5.0  # the experiment worker's calls but forward passes, against the base's
 REPLAY_TOLERANCE = 1e-4  # relative: numerics that differ in rounding only are the same step
 SAME_DISTRIBUTION_P = 1e-4  # a redrawn tensor whose two-sample KS p-value falls below this is not a redraw
 MAX_CHECKPOINT_BYTES = 8 << 30  # what a checkpoint.npz unpacks to: a box writes no larger file
@@ -122,13 +125,15 @@ def measure_experiment(job: dict, params: dict, cfg, data, fpt: float) -> dict:
             raise Invalid(f"the checkpoint's tensors are not the experiment's model's: "
                           f"{shape_diff({n: a.shape for n, a in params.items()}, init)}")
         out = seed_probe(worker, init, cfg, job, data)
+        base_replay = out.pop("base_replay_seconds", 0.0)
         worker.load(params)
         model = RemoteModel(worker, V, base)
         out.update(score(model, data, job))
         # scored at any init: the base's weights under a forward pass that adds a prior built in
         # an agent's box (an n-gram table in its code) start ahead too; last, so the worker meets
         # the unforeseen windows no sooner than the final model does
-        out["init_bpb"] = init_score(worker, init, data, job)
+        out["init_bpb"] = init_score(worker, init, data, job, base)
+        check_setup_time(worker, base, base_replay)
     probe_causality(job, params, model.kept, V)
     ratio = base.time_ratio(fpt)
     return {**out, "forward": "experiment", "causal": True, "forward_time_ratio": ratio}
@@ -200,6 +205,21 @@ def base_model(cfg, job: dict, params: dict):
     except ValueError as e:
         raise Invalid(f"the checkpoint's tensors do not match the run's config ({e})") from None
     return model
+
+
+def check_setup_time(worker: Worker, base: Yardstick, base_replay: float):
+    """Compute in the experiment's worker that no budget paid for and no clock of the scored
+    passes saw: a model that, as its checkpoint is loaded, builds a table from the text in its
+    box (site-packages holds near-copies of stdlib modules) or trains on. Its calls but its
+    forward passes (construction, replayed steps, loads) may take SETUP_FACTOR times what the
+    base's take (its worker's construction, its replay here), and SETUP_GRACE seconds more."""
+    if base.prepare_seconds is None:
+        return
+    allowed = SETUP_FACTOR * (base.prepare_seconds + base_replay) + SETUP_GRACE
+    if worker.setup_seconds > allowed:
+        raise Invalid(f"its model's construction, checkpoint loads and replayed steps took {worker.setup_seconds:.1f}s "
+                      f"in its worker, the base's {base.prepare_seconds + base_replay:.1f}s: compute at measurement "
+                      f"that no budget paid for (x{SETUP_FACTOR} the base's and {SETUP_GRACE:g}s more at most)")
 
 
 def shape_diff(expected: dict, got: dict) -> str:
@@ -424,27 +444,30 @@ def seed_probe(worker: Worker, init: dict, cfg, job: dict, data) -> dict:
         "redrawn" if all(same_distribution(base_init[n], init[n]) for n in differ) else "changed")
     batches = [get_batch(data.train, job["batch_size"], job["seq_len"], job["seed"], k) for k in range(REPLAY_STEPS)]
     theirs = worker.replay(base_init, batches, lr_mult=1.0)
+    t0 = time.perf_counter()
     optimizer = make_optimizer(base)
     for x, y in batches:
         base.forward(x, y)
         base.backward()
         optimizer.step(lr_mult=1.0)
     ours = base.state_numpy()
+    base_replay = time.perf_counter() - t0
     same_step = all(n in theirs and theirs[n].shape == ours[n].shape and
                     np.abs(theirs[n] - ours[n]).max() <= REPLAY_TOLERANCE * max(1e-3, np.abs(ours[n]).max())
                     for n in ours)
     replay = "same" if same_step else "differs"
-    return {"init": kind, "replay": replay, "seed_only": kind == "redrawn" and replay == "same"}
+    return {"init": kind, "replay": replay, "seed_only": kind == "redrawn" and replay == "same",
+            "base_replay_seconds": base_replay}
 
 
-def init_score(worker: Worker, init: dict, data, job: dict) -> float | None:
+def init_score(worker: Worker, init: dict, data, job: dict, base: Yardstick | None = None) -> float | None:
     """Bits per byte of the experiment's initial model, as its own code builds it at the run's
     seed, on the unforeseen train windows. A model no budget has trained yet scores about
     log2(vocab) per token, at best the data's unigram entropy (its output bias set to the
     counts); below that, it started trained (the referee's head-start check)."""
     B, T, n = job["batch_size"], job["seq_len"], job["val_tokens"]
     worker.load(init)
-    model = RemoteModel(worker, data.vocab_size)  # keeps nothing: the probe is of the final model
+    model = RemoteModel(worker, data.vocab_size, base)  # timed too; keeps nothing: the probe is of the final model
     try:
         scored = window_bpb(model, unforeseen_windows(data.train, n, T, job.get("train_probe_seed")),
                             data.token_bytes, B)

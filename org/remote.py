@@ -10,6 +10,7 @@ problem with one is the run's Invalid, one line.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from org.cgroups import box_cgroups, stopped
+from org.cgroups import box_cgroups, freeze, freezer_group, stopped
 from org.model_worker import receive, send
 from org.diskwatch import watch
 from org.sandbox import Sandbox, dies_with
@@ -33,7 +34,11 @@ class Invalid(Exception):
 
 
 class Worker:
-    """org/model_worker.py in the experiment's snapshot; every answer is checked here."""
+    """org/model_worker.py in the experiment's snapshot; every answer is checked here. It runs
+    only while a call of ours is under way: frozen from its start (its freezer group, where it
+    has one) and again as each answer is in, so no work of its own goes on while we score what
+    it answered, time the base, or replay the base's steps (a thread it left spinning had half
+    the measurement's time, no budget's). setup_seconds: what its calls but forward passes took."""
 
     def __init__(self, job: dict, name: str):
         w = job["workers"][name]  # each with its own kernel cache: nothing passes from a to b
@@ -43,6 +48,8 @@ class Worker:
         # are files of the harness's disk (boxless, as measure.py's tests start it: none)
         box = Sandbox.from_spec(w["box"]) if w.get("box") else None
         self.groups = box_cgroups(box.limits) if box else []  # (everything it starts is in them)
+        self.freezer, self.setup_seconds, self.call_seconds = freezer_group(self.groups), 0.0, 0.0
+        self.hold(True)  # (its shell joins the group before it becomes bwrap: frozen there)
         argv = box.command(w["argv"], cwd=w["code"], env=w["env"], groups=self.groups) if box else w["argv"]
         dies = dies_with(os.getpid())
         self.proc = subprocess.Popen(argv, cwd=w["code"], env=w["env"], stdin=subprocess.PIPE,
@@ -58,6 +65,7 @@ class Worker:
         return self
 
     def __exit__(self, *exc):
+        self.hold(False)  # (a frozen process does not even die of SIGKILL)
         self.proc.stdin.close()
         try:
             self.proc.wait(timeout=10)
@@ -69,21 +77,33 @@ class Worker:
 
     def call(self, what: str, header: dict, arrays=(), max_bytes: int = 0) -> tuple[dict, list]:
         self.seen_text |= what == "forward pass"
+        self.hold(False)
+        t0 = time.perf_counter()  # (the call's time, its freezing and thawing left out: the base's is too)
         try:
             send(self.proc.stdin, header, arrays)
             reply, out = receive(self.proc.stdout, max_bytes)
+            self.call_seconds = time.perf_counter() - t0
+            self.hold(True)
         except (EOFError, BrokenPipeError, ValueError, OSError) as e:
             self.proc.kill()
             why = getattr(self.proc, "stopped", None) or self.said(last_line(self.log.name))
             # (a frame's header names a shape and a dtype of the code's choosing: words it said, too)
             raise Invalid(f"{self.whose} model process broke off during {what} ({self.said(str(e)[:200])}): "
                           f"{why}") from None
+        finally:
+            self.setup_seconds += (time.perf_counter() - t0) if what != "forward pass" else 0.0
         if "error" in reply:
             raise Invalid(f"{self.whose} {what} failed: {self.said(str(reply['error'])[:300])}")
         names = reply.get("names", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) not in (0, len(out)):
             raise Invalid(f"{self.whose} model process answered {what} with names that do not fit its arrays")
         return reply, out
+
+    def hold(self, on: bool):
+        """Freeze (or thaw) the worker's box, where it has a freezer group; else nothing."""
+        if self.freezer:
+            with contextlib.suppress(OSError):
+                freeze(self.freezer, on)
 
     def said(self, words: str) -> str:
         """What the experiment's code said, for the run's reason, which its agent reads: withheld
@@ -142,13 +162,13 @@ class RemoteModel:
 
     def forward(self, x):
         x = np.ascontiguousarray(np.asarray(x, dtype=np.int64))
-        t0 = time.perf_counter()
         logits = self.worker.forward(x, self.vocab_size)
         if self.yardstick:
-            seconds = time.perf_counter() - t0
+            seconds = self.worker.call_seconds
             # nothing of the experiment's box runs while the base's pass is timed on the same cores: a
             # process of its own could spin there meanwhile, lengthen the base's time, lower the ratio
-            with stopped(self.worker.groups):
+            # (frozen already, where it has a freezer group; else stopped by signals)
+            with contextlib.nullcontext() if self.worker.freezer else stopped(self.worker.groups):
                 self.yardstick.after(x, seconds)
         if self.calls in self.keep:
             self.kept.append((self.pass_name, x, logits))
@@ -173,7 +193,7 @@ class Yardstick:
     def __init__(self, job: dict, cfg, vocab_size: int):
         from trainer.config import KEYS
         from trainer.model import param_shapes
-        self.worker, self.V, self.ratios, self.failed = None, vocab_size, [], None
+        self.worker, self.V, self.ratios, self.failed, self.prepare_seconds = None, vocab_size, [], None, None
         if cfg is None or "base" not in job["workers"]:
             return
         shapes = dict(param_shapes(cfg))
@@ -181,7 +201,8 @@ class Yardstick:
         base_job = {**job, "overrides": {k: v for k, v in job["overrides"].items() if k in KEYS or k == "depth"},
                     "max_param_bytes": 8 * sum(int(np.prod(s)) for s in shapes.values()) + (1 << 20)}
         self.worker = Worker(base_job, "base")
-        self.call(lambda: self.worker.prepare(base_job, vocab_size))
+        if self.call(lambda: self.worker.prepare(base_job, vocab_size)):
+            self.prepare_seconds = self.worker.setup_seconds
 
     def __enter__(self):
         return self
@@ -192,9 +213,8 @@ class Yardstick:
 
     def after(self, x: np.ndarray, seconds: float):
         """The experiment took `seconds` on x: time the base on it."""
-        t0 = time.perf_counter()
         if self.call(lambda: self.worker.forward(x, self.V)):
-            self.ratios.append(seconds / (time.perf_counter() - t0))
+            self.ratios.append(seconds / self.worker.call_seconds)
 
     def call(self, what) -> bool:
         if self.worker is None:

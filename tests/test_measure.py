@@ -560,7 +560,7 @@ def box_cpu_seconds(pid: int) -> float:
 
 @pytest.mark.skipif(available() is not None or cgroup_root("cpuacct") is None or cgroup_root("cpuacct").parent.name
                     != "cpuacct", reason="a box with a cgroup v1 cpuacct group, where its CPU time is read here")
-def test_nothing_of_the_experiments_box_runs_while_the_base_is_timed(lab):
+def test_nothing_of_the_experiments_box_runs_while_the_base_is_timed_nor_between_its_calls(lab):
     from org.remote import RemoteModel, Worker
     code = experiment(lab, "spins", lambda t: t + SPINNER)
     measured = {**job(lab, code=code), "max_param_bytes": 64 << 20}
@@ -576,9 +576,26 @@ def test_nothing_of_the_experiments_box_runs_while_the_base_is_timed(lab):
         worker.prepare(measured, 256)
         RemoteModel(worker, 256, yardstick).forward(np.zeros((1, 8), np.int64))
         before = box_cpu_seconds(worker.proc.pid)
+        time.sleep(0.5)  # nor between its calls, while the evaluator scores what it answered
+        between = box_cpu_seconds(worker.proc.pid) - before
+        worker.hold(False)  # (as it was before: it spins, on a busy machine a share)
+        before = box_cpu_seconds(worker.proc.pid)
         time.sleep(0.5)
         spun = box_cpu_seconds(worker.proc.pid) - before
-    assert spun > 0.1 and yardstick.used < 0.02, (spun, yardstick.used)  # it spins (a busy machine: a share), but not then
+        worker.hold(True)
+    assert spun > 0.1 and yardstick.used < 0.02 and between < 0.02, (spun, yardstick.used, between)
+
+
+def test_work_at_load_time_is_compute_at_measurement_and_invalid(lab):
+    """The attack: the experiment's model, as its checkpoint is loaded in the measuring worker,
+    spends minutes building a table from the text in its box (site-packages holds near-copies of
+    stdlib modules) that its forward pass then reads: no clock of the scored passes saw it, and
+    the init's load could skip it. Here the work is a sleep, 12 s a load, twice."""
+    code = experiment(lab, "works-at-load", lambda t: t.replace(
+        "    def load_numpy(self, state: dict):\n", "    def load_numpy(self, state: dict):\n        import time; time.sleep(12)\n"))
+    out = measure(lab, code=code)
+    assert out["invalid"].startswith("its model's construction, checkpoint loads and replayed steps took "), out
+    assert "compute at measurement that no budget paid for (x3 the base's and 5s more at most)" in out["invalid"]
 
 
 def test_a_code_arm_whose_override_the_base_rejects_is_invalid_not_measured_unchecked(lab):
