@@ -194,6 +194,7 @@ class Yardstick:
         from trainer.config import KEYS
         from trainer.model import param_shapes
         self.worker, self.V, self.ratios, self.failed, self.prepare_seconds = None, vocab_size, [], None, None
+        self.seconds = [0.0, 0.0]  # the scored passes' times, summed: the experiment's, the base's
         if cfg is None or "base" not in job["workers"]:
             return
         shapes = dict(param_shapes(cfg))
@@ -215,6 +216,7 @@ class Yardstick:
         """The experiment took `seconds` on x: time the base on it."""
         if self.call(lambda: self.worker.forward(x, self.V)):
             self.ratios.append(seconds / self.worker.call_seconds)
+            self.seconds = [self.seconds[0] + seconds, self.seconds[1] + self.worker.call_seconds]
 
     def call(self, what) -> bool:
         if self.worker is None:

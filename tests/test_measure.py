@@ -595,7 +595,22 @@ def test_work_at_load_time_is_compute_at_measurement_and_invalid(lab):
         "    def load_numpy(self, state: dict):\n", "    def load_numpy(self, state: dict):\n        import time; time.sleep(25)\n"))
     out = measure(lab, code=code)
     assert out["invalid"].startswith("its model's construction, checkpoint loads and replayed steps took "), out
-    assert "compute at measurement that no budget paid for (x3 the base's and 30s more at most)" in out["invalid"]
+    assert "compute at measurement that no budget paid for (x3 the base's for its other calls, x2.5 for its scored " \
+           "passes, and 30s more in all at most)" in out["invalid"]
+
+
+def test_work_on_a_few_scored_batches_is_held_to_the_base_too(lab):
+    """The attack: the same table, built lazily by the first scored forward pass (35 s here, a
+    sleep). The time ratio leaves out the slowest tenth of the scored batches (a stall on a busy
+    machine is no one's doing), so work on fewer batches than that was no clock's: the run was
+    measured, its ratio about 1. All the scored passes together may take x2.5 the base's, and
+    with the worker's other calls 30 s more at most."""
+    code = experiment(lab, "works-on-its-first-batch", lambda t: t.replace(FORWARD, FORWARD.replace(
+        "return logits", "_SCORED[0] += 1\n            if _SCORED[0] == 1:\n                import time; time.sleep(35)\n"
+                         "            return logits")) + "\n_SCORED = [0]\n")
+    out = measure(lab, code=code)
+    assert out["invalid"].startswith("its model's scored forward passes took "), out
+    assert "compute at measurement that no budget paid for" in out["invalid"]
 
 
 def test_a_code_arm_whose_override_the_base_rejects_is_invalid_not_measured_unchecked(lab):
