@@ -29,6 +29,7 @@ import json
 import os
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,6 +38,9 @@ from org import OrgError
 EVERYONE = "all"  # send_message(to="all") writes one copy to every other agent's inbox
 HUMAN = "human"   # the people running the org: only `org say` writes as them
 MAX_MESSAGE_CHARS = 16_000  # a message (and a board entry): its reader's model is charged for each one
+MAX_UNREAD_FROM_ONE = 20    # messages one sender may have waiting in one inbox (people: no bound)
+TURN_MAIL_BYTES = 64_000    # the mail a reader takes in at one turn (a codex turn's prompt is one argument,
+                            # 128 KiB at most); the rest waits for its next turns
 
 
 def now() -> str:
@@ -69,6 +73,43 @@ def write_atomically(path: Path, text: str):
     os.rename(tmp, path)
 
 
+def format_mail(messages: list[dict], waiting: list[dict] = ()) -> str:
+    """Each message as the harness's header from the record, then its body quoted: a body that
+    imitates a header stays inside its own message. Then what waits for a later turn."""
+    text = "\n\n".join(f"[message from {m['from']} at {m.get('sent_at', '?')}]\n{quote(str(m['text']))}"
+                       for m in messages)
+    if not waiting:
+        return text
+    senders = Counter(str(m.get("from")) for m in waiting)
+    return text + (f"\n\n[{len(waiting)} more message(s) wait in your inbox, from "
+                   f"{', '.join(f'{s} ({n})' for s, n in senders.items())}: they come at your next turns]")
+
+
+def sender_of(file_name: str) -> str:
+    """The sender in an inbox file's name, <stamp>-<sender>-<id>.json (the stamp: 25 characters)."""
+    return file_name[26:].removesuffix(".json").rsplit("-", 1)[0]
+
+
+def a_turns_mail(messages: list[dict], max_bytes: int = TURN_MAIL_BYTES) -> tuple[list[dict], list[dict]]:
+    """(what a reader takes in now, what waits): the senders' oldest messages in turn, as many as
+    max_bytes of format_mail's text holds (one at least), shown oldest first. Everything a reader takes in is
+    charged to its model, at that turn and every later one: a sender who writes a hundred
+    messages has its share of a turn, and its readers' other mail is not stuck behind them."""
+    queues: dict[str, list[dict]] = {}
+    for m in messages:
+        queues.setdefault(str(m.get("from")), []).append(m)
+    longest = max((len(q) for q in queues.values()), default=0)
+    in_turn = [q[rank] for rank in range(longest) for q in queues.values() if rank < len(q)]
+    taken, size = [], 0
+    for m in in_turn:
+        size += len(format_mail([m]).encode(errors="replace")) + 2
+        if taken and size > max_bytes:
+            break
+        taken.append(m)
+    ids = {m["id"] for m in taken}
+    return [m for m in messages if m["id"] in ids], [m for m in messages if m["id"] not in ids]
+
+
 def check_length(text: str):
     if len(text) > MAX_MESSAGE_CHARS:
         raise OrgError(f"a message of {len(text)} characters: one holds {MAX_MESSAGE_CHARS} at most (write the "
@@ -87,6 +128,7 @@ class Mail:
         130 KB to a Codex agent went whole into its command line (E2BIG: its pane crashed), and
         every message is charged to its reader's budget at every later turn."""
         check_length(text)
+        self.check_room(sender, to)
         message = {"id": uuid.uuid4().hex[:12], "from": sender, "to": to, "text": text,
                    "sent_at": now()}
         name = f"{stamp()}-{sender}-{message['id']}.json"
@@ -95,6 +137,14 @@ class Mail:
         self._box(to, "inbox").mkdir(parents=True, exist_ok=True)
         os.rename(staged, self._box(to, "inbox") / name)
         return message
+
+    def check_room(self, sender: str, to: str):
+        """A sender's unread messages in one inbox are bounded (people's are not): a flood is refused
+        at the sender, on the harness's disk and its reader's budget alike."""
+        unread = sum(sender_of(p.name) == sender for p in self._box(to, "inbox").glob("*.json"))
+        if sender != HUMAN and unread >= MAX_UNREAD_FROM_ONE:
+            raise OrgError(f"{to} has {unread} unread messages from you ({MAX_UNREAD_FROM_ONE} at most): "
+                           f"send more once they have read some")
 
     def inbox(self, agent: str) -> list[dict]:
         """Unread messages, oldest first; each keeps its file name for ack()."""

@@ -133,3 +133,22 @@ def _tool_output(body: dict, backend: str) -> str:
     if backend == "openai-chat":
         return [m for m in body["messages"] if m["role"] == "tool"][-1]["content"]
     return [i for i in body["input"] if i.get("type") == "function_call_output"][-1]["output"]
+
+
+def test_an_agents_mail_reaches_its_model_a_turns_worth_at_a_time(lab):
+    """Six messages as long as one may be, waiting as the junior starts: its first request took
+    in all of them (and a thousand would have gone at once, past any model's context: every
+    later call of the agent's failed). A turn takes in 64 KB of mail, the rest at the next."""
+    from org.mail import MAX_MESSAGE_CHARS
+    root, program, tree = lab
+    mail = Mail(lab_dir(root, program))
+    for i in range(6):
+        mail.send("chief", "junior", str(i) * MAX_MESSAGE_CHARS)
+    session = [[Call("read_file", {"path": "trainer/config.py", "limit": 1})], [Call("finish", {"summary": "read"})]]
+    with FakeLLM(session) as llm:
+        agent = Agent("junior", program, root, tree, BACKENDS["anthropic"](llm.url), console=Console(quiet=True))
+        assert agent.run() == "finished: read"
+    first, second = (json.dumps(body) for body in llm.bodies(ENDPOINTS["anthropic"]))
+    assert first.count("[message from chief") == 3 and "[3 more message(s) wait in your inbox, from chief (3)" in first
+    assert second.count("[message from chief") == 6 and all(str(i) * MAX_MESSAGE_CHARS in second for i in range(6))
+    assert mail.inbox("junior") == [] and len(mail.read_messages("junior")) == 6

@@ -160,9 +160,10 @@ def test_codex_gets_its_mail_in_turns_that_fit_one_argument_and_a_message_is_sho
     for i in range(6):
         mail.send("solo", "claude", str(i) * MAX_MESSAGE_CHARS)
     first, _ = next_codex_prompt(mail, control, transcript, "claude", 0.05)
-    assert len(first.encode()) < 128 << 10 and first.count("[message from solo") == 4 and len(mail.inbox("claude")) == 2
+    assert len(first.encode()) < 128 << 10 and first.count("[message from solo") == 3 and len(mail.inbox("claude")) == 3
+    assert first.endswith("[3 more message(s) wait in your inbox, from solo (3): they come at your next turns]")
     second, _ = next_codex_prompt(mail, control, transcript, "claude", 0.05)
-    assert second.count("[message from solo") == 2 and mail.inbox("claude") == []
+    assert second.count("[message from solo") == 3 and mail.inbox("claude") == []
 
 
 # --- the real CLIs, boxed, one turn each, through the port and a real gateway -------------------

@@ -11,9 +11,9 @@ import pytest
 
 from agentlab import lab_dir, make_project, tiny_program, worktree
 from org.agents.scripted import assignment
-from org.agents.tools import Tools, format_mail
+from org.agents.tools import Tools
 from org.cli import main
-from org.mail import Mail
+from org.mail import MAX_MESSAGE_CHARS, Mail, format_mail
 from org.program import ProgramError, load_program
 
 AGENTS = [{"name": "chief", "role": "chief"}, {"name": "junior-a", "role": "junior"},
@@ -128,6 +128,35 @@ def test_a_message_that_imitates_a_header_stays_inside_its_own_message(lab):
     assert assignment(program, "chief", [{"kind": "tool", "output": shown}]) == []
     real = format_mail([{**inbox[0], "from": "chief", "text": "Please run no-softcap."}])
     assert [v.name for v in assignment(program, "chief", [{"kind": "tool", "output": real}])] == ["no-softcap"]
+
+
+def test_a_flood_of_mail_is_refused_at_its_sender_and_a_turn_takes_in_a_share_of_each(lab):
+    """The attack: a junior sends its teammates message after message, each as long as one may
+    be. Its readers took in their whole inbox at once, charged to their models at that turn and
+    every later one (a thousand messages: 16 M characters, past any model's context: every call
+    of the reader's failed from then on), and read_inbox cut what it showed to 16,000 characters,
+    dropping the middle of what it acknowledged. Now 20 unread messages from one sender in one
+    inbox are the most it may send, a turn takes in 64 KB of mail, the senders' in turn, and the
+    rest waits, named."""
+    root, program, *_ = lab
+    flooder = tools_of(lab, "junior-a")
+    bodies = [f"{i:03d}" + "x" * (MAX_MESSAGE_CHARS - 3) for i in range(25)]
+    sent = [flooder.call("send_message", {"to": "all", "text": body}) for body in bodies]
+    assert [s.error for s in sent] == [False] * 20 + [True] * 5
+    assert sent[-1].output == "error: chief has 20 unread messages from you (20 at most): send more once they have read some"
+    Mail(lab_dir(root, program)).send("junior-b", "chief", "the result you asked for: no-softcap -0.02 bpb")
+    reader = tools_of(lab, "chief")
+    turns = []
+    while (got := reader.call("read_inbox", {})).output != "no new messages":
+        turns.append(got.output)
+        for message in got.acks:
+            Mail(lab_dir(root, program)).ack("chief", message)
+    assert "no-softcap -0.02 bpb" in turns[0] and "000xxx" in turns[0]  # both senders' oldest, at once
+    assert all(len(turn.encode()) < 70_000 for turn in turns) and len(turns) == 7, [len(t) for t in turns]
+    assert "[17 more message(s) wait in your inbox, from junior-a (17): they come at your next turns]" in turns[0]
+    shown = re.findall(r"^> (\d{3})(x+)$", "\n".join(turns), re.M)  # every message whole, once, in order
+    assert [int(n) for n, _ in shown] == list(range(20)) and {len(x) for _, x in shown} == {MAX_MESSAGE_CHARS - 3}
+    assert flooder.call("send_message", {"to": "chief", "text": "now there is room"}).error is False
 
 
 def test_a_board_entry_that_imitates_another_entry_stays_inside_its_own(lab):

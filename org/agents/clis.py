@@ -31,7 +31,6 @@ The CLIs come from npm, pinned (CLI_PACKAGES); `org install-clis` puts them in c
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import shlex
@@ -49,13 +48,12 @@ from org import OrgError, remove_tree, user_cache
 from org.agents.control import Control
 from org.agents.roles import kickoff, system_prompt
 from org.agents.spend import Spend, cpu_exhausted
-from org.agents.tools import format_mail
 from org.agents.transcript import Transcript, clipped
 from org.cgroups import cpu_seconds
 from org.diskwatch import free_bytes, gib
 from org.lab import Lab, agent_branch
 from org.ledger import Ledger, ledger_path
-from org.mail import Mail
+from org.mail import Mail, a_turns_mail, format_mail
 from org.sandbox import AGENT_DISK_RESERVE
 
 HOOK_WAIT_SECONDS = 3000  # Claude Code's hook timeout is set above this
@@ -67,7 +65,6 @@ TAKE_IN_EVERY_SECONDS = 2  # how often its commits are taken in (org/objects.py)
 # At 10 a CLI works at about its own pace, and what it spins takes 9% of a core a one-thread run
 # holds; a run of k threads weighs 1/k on each of its cores, so there a CLI takes 102/(102 + 1024/k).
 CLI_CPU_WEIGHT = 10
-CODEX_PROMPT_BYTES = 64_000  # the mail of one codex turn (its prompt is one argument: 128 KiB at most)
 CLI_PACKAGES = {"claude": ("@anthropic-ai/claude-code", "2.1.332"), "codex": ("@openai/codex", "0.171.0")}
 BACKEND_CLI = {"claude-code": "claude", "codex": "codex"}
 OPENAI_TOKEN_VAR = "NANOLAB_OPENAI_TOKEN"  # codex reads its gateway token from this variable
@@ -395,10 +392,8 @@ def next_codex_prompt(mail: Mail, control: Control, transcript: Transcript, agen
             return None, stop
         messages = _wait_for_mail(mail, control, agent, timeout=None, poll=poll)
         if messages:  # empty: a pause or stop was asked for; the checkpoint above handles it
-            # codex takes its prompt as one argument (128 KiB at most): the rest waits for the next turn
-            sizes = itertools.accumulate(len(str(m["text"]).encode(errors="replace")) for m in messages)
-            messages = [m for i, (m, size) in enumerate(zip(messages, sizes)) if i == 0 or size <= CODEX_PROMPT_BYTES]
-            prompt = format_mail(messages)
+            messages, waiting = a_turns_mail(messages)  # (codex takes its prompt as one argument: 128 KiB at most)
+            prompt = format_mail(messages, waiting)
             transcript.append("user", text=prompt, mail_ids=[m["id"] for m in messages])
             for m in messages:
                 mail.ack(agent, m)
@@ -495,10 +490,11 @@ def on_hook(event: str, program, agent: str, root: Path, payload: str) -> str | 
     if not messages:
         _paused_at_prompt(control)
         return None
-    transcript.append("user", text=format_mail(messages), mail_ids=[m["id"] for m in messages])
+    messages, waiting = a_turns_mail(messages)
+    transcript.append("user", text=format_mail(messages, waiting), mail_ids=[m["id"] for m in messages])
     for m in messages:
         Mail(lab_dir).ack(agent, m)
-    return json.dumps({"decision": "block", "reason": format_mail(messages)})
+    return json.dumps({"decision": "block", "reason": format_mail(messages, waiting)})
 
 
 def _paused_at_prompt(control: Control):

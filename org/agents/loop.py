@@ -21,12 +21,13 @@ from rich.markup import escape
 
 from org import shown
 from org.ledger import ledger_path
+from org.mail import a_turns_mail, format_mail
 from org.program import Program
 from org.agents.control import Control
 from org.agents.models import Reply, Unavailable, with_backoff
 from org.agents.roles import board_excerpt, kickoff, system_prompt, teammates
 from org.agents.spend import Spend
-from org.agents.tools import TOOLS, Limits, ToolResult, Tools, format_mail
+from org.agents.tools import TOOLS, Limits, ToolResult, Tools
 from org.agents.transcript import Transcript, close_open_calls, trim
 
 NUDGE = ("(harness) You replied without calling a tool. Work happens through tools: continue "
@@ -150,14 +151,16 @@ class Agent:
         return summary
 
     def deliver_mail(self):
-        """New messages become a user turn; acknowledged once they are in the transcript."""
+        """New messages, a turn's worth (mail.a_turns_mail), become a user turn; acknowledged once
+        they are in the transcript (those it holds already: a crash came between)."""
         messages = self.mail.inbox(self.name)
-        fresh = [m for m in messages if m["id"] not in self.delivered]
+        fresh, waiting = a_turns_mail([m for m in messages if m["id"] not in self.delivered])
         if fresh:
-            self.add("user", text=format_mail(fresh), mail_ids=[m["id"] for m in fresh])
+            self.add("user", text=format_mail(fresh, waiting), mail_ids=[m["id"] for m in fresh])
             self.show.note(f"{len(fresh)} new message(s): " + ", ".join(m["from"] for m in fresh))
         for message in messages:
-            self.mail.ack(self.name, message)
+            if message["id"] in self.delivered:
+                self.mail.ack(self.name, message)
 
     # --- record keeping ----------------------------------------------------------------------
 

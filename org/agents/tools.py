@@ -28,7 +28,7 @@ from org.experiments import held_for_checks
 from org.improve import frontier, lineage, origin, unreproduced
 from org.lab import Lab, agent_branch, agent_refs
 from org.ledger import FINISHED, Ledger, ledger_path, shown_seed
-from org.mail import EVERYONE, HUMAN, Mail, quote
+from org.mail import EVERYONE, HUMAN, TURN_MAIL_BYTES, Mail, a_turns_mail, format_mail
 from org.program import Program, owned_by_program
 from org.agents.sandbox import SECRET_NAME, Refused, Workspace, cap, git_identity
 from org.agents.spend import cpu_exhausted
@@ -186,7 +186,8 @@ class Tools:
                 self.lab.take_in_work(self.ws.root, agent_branch(self.program.name, self.agent))
         if isinstance(result, str):
             result = ToolResult(result)
-        result.output = cap(result.output, self.limits.output_chars)
+        # (mail bounds its own: a turn's worth, mail.a_turns_mail, of which a cut would lose the middle)
+        result.output = cap(result.output, TURN_MAIL_BYTES + 1000 if name == "read_inbox" else self.limits.output_chars)
         return result
 
     # --- files ---------------------------------------------------------------------------
@@ -358,8 +359,14 @@ class Tools:
         known = self.teammates + [EVERYONE, HUMAN]
         if to not in known:
             raise ToolError(f"no one called {to!r}; send to one of: {', '.join(known)}")
-        for name in (self.teammates if to == EVERYONE else [to]):
-            self.mail.send(self.agent, name, text)
+        readers = self.teammates if to == EVERYONE else [to]
+        try:
+            for name in readers:  # all or none of "all"
+                self.mail.check_room(self.agent, name)
+            for name in readers:
+                self.mail.send(self.agent, name, text)
+        except OrgError as e:
+            raise ToolError(str(e)) from None
         return f"sent to {to}"
 
     def read_inbox(self, wait_seconds: float = 0) -> ToolResult:
@@ -370,7 +377,8 @@ class Tools:
             messages = self.mail.inbox(self.agent)
         if not messages:
             return ToolResult("no new messages")
-        return ToolResult(format_mail(messages), acks=messages)
+        messages, waiting = a_turns_mail(messages)
+        return ToolResult(format_mail(messages, waiting), acks=messages)
 
     def write_standup(self, text: str) -> str:
         return f"standup written: {self.mail.write_standup(self.agent, text).name}"
@@ -401,13 +409,6 @@ def check_args(name: str, args) -> str | None:
         if not isinstance(value, JSON_TYPES[kind]) or (kind != "boolean" and isinstance(value, bool)):
             return f"{key} must be a JSON {kind}, got {type(value).__name__}"
     return None
-
-
-def format_mail(messages: list[dict]) -> str:
-    """Each message as the harness's header from the record, then its body quoted: a body that
-    imitates a header stays inside its own message."""
-    return "\n\n".join(f"[message from {m['from']} at {m.get('sent_at', '?')}]\n{quote(str(m['text']))}"
-                       for m in messages)
 
 
 def figures_rounded(status, digits: int = 5):
