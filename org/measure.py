@@ -25,13 +25,15 @@ import subprocess
 import sys
 import tempfile
 import threading
+import zipfile
+from fnmatch import fnmatch
 from pathlib import Path
 
 from org import OrgError, remove_tree
 from org.bytecode import source_only
 from org.cgroups import JOIN, box_cgroups, existing_pool, members, oom_kills, thaw_left
-from org.reaper import process_table, with_descendants
-from org.remote import no_follow
+from org.reaper import process_table, set_aside, with_descendants
+from org.remote import keep_tail, no_follow
 from org.ledger import FINISHED, budget_of
 from org.program import Program
 from org.sandbox import Limits
@@ -44,6 +46,9 @@ HARNESS_LOGS = "measure*.log"  # the harness's logs in a run's directory (this f
 MODEL_DATA_WINDOWS = 4  # windows of seq_len + 1 tokens a split that a model worker reads (export_for_models)
 MAX_RESULT_BYTES = 1 << 20  # a trainer's result.json (read_result)
 MAX_RUN_PATH = 1024  # bytes of a path in a run's directory: what lies deeper goes (planted)
+# what stays of a run once it is on record (leave_the_record): the first of its metrics, the last
+# of its log, and a checkpoint no larger than its parameters and an optimizer's state for them
+KEPT_METRICS_BYTES, KEPT_LOG_BYTES, CHECKPOINT_FACTOR = 16 << 20, 1 << 20, 4
 
 
 class MeasureError(OrgError):
@@ -330,6 +335,57 @@ def planted(run_dir: Path) -> str | None:
         return None
     return (f"the run left what is not a plain file in its directory: {', '.join(found)[:300]}; the harness "
             "removed it and does not read that run (a run's directory holds plain files only)")
+
+
+def leave_the_record(run_dir: Path, checkpoint: bool):
+    """What stays of a run once the ledger holds its record: result.json and config.json (1 MB at
+    most), its metrics (the first
+    KEPT_METRICS_BYTES), its log's last KEPT_LOG_BYTES, the harness's logs and, where asked (a
+    completed run's), its checkpoint, when it holds little more than the parameters and an
+    optimizer's state for them (CHECKPOINT_FACTOR x the parameters' bytes). Everything else goes,
+    its private kernel cache among it: a run's box may write 16 GB (Limits.disk_bytes), and a run
+    that wrote them and failed at once left them for good, seconds of budget a run, until the
+    disk was down to the agents' reserve (every CLI's port refused; every run that wrote, the
+    baseline's too, was killed). Nothing of the run's runs now (reaped); planted() went first."""
+    if not run_dir.is_dir() or run_dir.is_symlink():
+        return
+    kept = {"result.json", "config.json", "metrics.jsonl", "train.log"} | ({"checkpoint.npz"} if checkpoint else set())
+    with os.scandir(run_dir) as entries:
+        for entry in list(entries):
+            if entry.is_dir(follow_symlinks=False):
+                remove_tree(Path(entry.path), ignore_errors=True)
+            elif not (entry.is_file(follow_symlinks=False) and (entry.name in kept or fnmatch(entry.name, HARNESS_LOGS))):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+    for name in ("result.json", "config.json"):  # (the trainer's: a checkpoint resumes from the two)
+        with contextlib.suppress(OSError):
+            if (run_dir / name).lstat().st_size > MAX_RESULT_BYTES:
+                (run_dir / name).unlink()
+    with contextlib.suppress(OSError), open(run_dir / "metrics.jsonl", "r+b", opener=no_follow) as f:
+        if os.fstat(f.fileno()).st_size > KEPT_METRICS_BYTES:  # its first lines, whole
+            f.truncate(f.read(KEPT_METRICS_BYTES).rfind(b"\n") + 1)
+    with contextlib.suppress(OSError), open(run_dir / "train.log", "r+b", opener=no_follow) as f:
+        keep_tail(f, KEPT_LOG_BYTES)
+    if checkpoint and not checkpoint_is_its_tensors(run_dir / "checkpoint.npz"):
+        (run_dir / "checkpoint.npz").unlink(missing_ok=True)
+
+
+def put_aside(run_dir: Path):
+    """An attempt that recorded nothing set aside (reaper.set_aside), its logs left there."""
+    if aside := set_aside(run_dir):
+        leave_the_record(aside, checkpoint=False)
+
+
+def checkpoint_is_its_tensors(path: Path) -> bool:
+    """The checkpoint holds little but its parameters (whose names and shapes the evaluator
+    checked) and as much again CHECKPOINT_FACTOR - 1 times (an optimizer's moments): bytes past
+    that, in members of other names or between them, are a run's files kept in its place."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            params = sum(m.file_size for m in archive.infolist() if m.filename.startswith("param/"))
+        return path.stat().st_size <= CHECKPOINT_FACTOR * params + (1 << 20)
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def owners(path: Path, bits: int):

@@ -14,7 +14,8 @@ follows the folder when it is renamed).
     reap(pid, run_dir)           stop them all (SIGSTOP: a stopped process forks no more),
                                  SIGKILL them, and wait until the kernel has finished each
     last_change(run_dir)         when the attempt last wrote there (a time it cannot set back)
-    set_aside(run_dir)           <id> -> <id>.attempt<N>: kept, never deleted, never reused
+    set_aside(run_dir)           <id> -> <id>.attempt<N>: kept, never reused (its logs: the runner
+                                 leaves only those, measure.leave_the_record)
 
 A process that rewrites its own command line and has lost its parent escapes the search. In a
 box it cannot outlive the box's PID 1 (the trainer): the kernel ends a PID namespace's processes
@@ -110,9 +111,11 @@ def last_change(run_dir: Path) -> float:
     return min(max(times), time.time())
 
 
-def set_aside(run_dir: Path):
+def set_aside(run_dir: Path) -> Path | None:
     """Rename a run directory that holds no recorded result to <id>.attempt<N> (the first free
-    N), so a re-run starts clean and the evidence of the failed attempt is kept."""
+    N), so a re-run starts clean and the evidence of the failed attempt is kept; its new name."""
     if run_dir.exists():
         n = next(n for n in itertools.count(1) if not run_dir.with_name(f"{run_dir.name}.attempt{n}").exists())
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.attempt{n}"))
+        return run_dir.with_name(f"{run_dir.name}.attempt{n}")
+    return None

@@ -46,12 +46,12 @@ from org.kernelcache import copy_kernel_cache
 from org.lab import Lab, LabError, child_env
 from org.ledger import Ledger, budget_of
 from org.measure import (MeasureError, check_result, cross_check, evaluator_env, export_for_models, job_for,
-                          measure_run, models_data, planted, read_result, runs_data, split_key_file,
-                          worker_command)
+                          leave_the_record, measure_run, models_data, planted, put_aside, read_result, runs_data,
+                          split_key_file, worker_command)
 from org.experiments import budget_note, plan, refusal, runs_own_code, waiting_for_budget
 from org.improve import sync_branch
 from org.program import Program
-from org.reaper import last_change, reap, set_aside
+from org.reaper import last_change, reap
 from org.sandbox import INSTALL_HINT, available, check, end_box, run_box, untrusted_env, worker_box
 from trainer.config import BUDGET_FLAGS
 from trainer.record import Measurement, Result
@@ -280,7 +280,7 @@ class Runner:
                 self._record(ledger, run, result, wall, None, make_slots(self.program)[0])
                 self.say(f"recovered run {run['id']}: result.json was written before the runner died")
                 continue
-            set_aside(run_dir)
+            put_aside(run_dir)
             ledger.requeue(run["id"], f"runner pid {run['runner_pid']} {why}; re-queued")
             self.say(f"re-queued run {run['id']} (its runner {why})")
 
@@ -390,7 +390,7 @@ class Runner:
             self._check_unboxed([run], ledger)
         self.prepare_data()
         run_dir = self.runs_dir / str(run["id"])
-        set_aside(run_dir)  # left by an attempt that never recorded: kept, not reused
+        put_aside(run_dir)  # left by an attempt that never recorded: kept, not reused
         run_dir.mkdir(parents=True)
         log_path = run_dir / "train.log"
         cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir, budget_of(run),
@@ -408,19 +408,19 @@ class Runner:
         left = planted(run_dir)  # before anything there is opened
         died = died_of(returncode, self.sandboxed)
         if self.stopping.is_set() and killed_reason is None and died:
-            set_aside(run_dir)  # we were stopped (Ctrl-C, org stop): the run goes back to the queue
+            put_aside(run_dir)  # we were stopped (Ctrl-C, org stop): the run goes back to the queue
             ledger.requeue(run["id"], "the runner was stopped during the run; re-queued")
             return
         result = Result(status="invalid", reason=left) if left else read_result(run_dir)
         died = None if killed_reason or result is not None else died
         attempts = ledger.run(run["id"])["attempts"]
         if self.jobs and returncode is None and not killed_reason and result is None and attempts < MAX_ATTEMPTS:
-            set_aside(run_dir)  # the job ended, its command never did: its node went away
+            put_aside(run_dir)  # the job ended, its command never did: its node went away
             ledger.requeue(run["id"], f"job {run['job_id']} ended with no exit status (its node lost?); re-queued")
             self.say(f"run {run['id']}: its job was lost; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
             return
         if died and not own_code and attempts < MAX_ATTEMPTS:  # not our signal (the OOM killer): try again
-            set_aside(run_dir)
+            put_aside(run_dir)
             ledger.requeue(run["id"], f"the trainer died of {died}, a signal the runner did not send; re-queued")
             self.say(f"run {run['id']}: the trainer died of {died}; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
             return
@@ -524,6 +524,7 @@ class Runner:
             if measurement and not ledger.program(name)["eval_fingerprint"]:
                 ledger.set_fingerprints(name, measurement.eval_fingerprint, measurement.data_fingerprint)
             plan(ledger, self.program, ledger.experiment(run["experiment_id"]))  # decides ready tries too
+        leave_the_record(Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"])), status == "completed")
         with self.git_lock:  # an improvement program's frontier moved? its branch follows
             sync_branch(self.lab, ledger, self.program)
         bpb = f"val_bpb {measurement.val_bpb:.4f} (harness)" if measurement and measurement.val_bpb else ""

@@ -20,7 +20,7 @@ import git
 import pytest
 import yaml
 
-from org import OrgError
+from org import OrgError, measure, runner
 from org.cli import main
 from org.cluster import machine
 from org.lab import Lab
@@ -668,6 +668,13 @@ def test_a_commit_with_the_base_kernels_starts_from_their_compiled_cache(make_pr
     monkeypatch.setenv("NANOLAB_KERNELS", "1")  # the real kernels, which these tests usually skip
     root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
     assert main(["run", "tiny"]) == 0
+    own_caches = {}  # {run_dir: {file: mtime}} of a code arm's run's own cache, read before the runner clears it
+
+    def leave_the_record(run_dir, checkpoint):
+        own_caches[str(run_dir)] = {p.name: p.stat().st_mtime for p in (run_dir / "kernels").rglob("*")
+                                    if p.suffix in (".nbi", ".nbc")}
+        measure.leave_the_record(run_dir, checkpoint)
+    monkeypatch.setattr(runner, "leave_the_record", leave_the_record)
     agent_commit(root, "alice", "trainer/model.py", lambda text: text + "\n# a comment: the same kernels\n")
     agent_commit(root, "bob", "trainer/ops.py", lambda text: text.replace("GELU_K = ", "GELU_K = 1.0001 * "))
     for arm, who in (("comment", "alice"), ("gelu", "bob")):
@@ -680,8 +687,10 @@ def test_a_commit_with_the_base_kernels_starts_from_their_compiled_cache(make_pr
 
     def compiled(arm: str) -> dict:
         """{file: mtime} of the arm's run's kernel cache (copies keep their source's mtime): the
-        base commit's, or the one an agent's run got for itself, kept in its run directory."""
-        cache = root / ".lab" / "tiny" / "kernels" / commits[arm] if arm == "baseline" else Path(runs[arm]["run_dir"]) / "kernels"
+        base commit's, or the one an agent's run got for itself in its run directory."""
+        if arm != "baseline":
+            return own_caches[runs[arm]["run_dir"]]
+        cache = root / ".lab" / "tiny" / "kernels" / commits[arm]
         return {p.name: p.stat().st_mtime for p in cache.rglob("*") if p.suffix in (".nbi", ".nbc")}
     base, same, own = compiled("baseline"), compiled("comment"), compiled("gelu")
     assert base and same == base  # copied, and nothing compiled again (Numba would rewrite an index)
@@ -718,3 +727,56 @@ def test_two_submits_of_one_arm_sent_at_once_make_one_experiment(make_project):
         with pytest.raises(OrgError, match="arm 'lr' already exists"):
             submit(ledger, lab, program, "lr", {"matrix_lr": 0.01}, who="bob")
         assert [e["who"] for e in ledger.experiments("tiny") if e["arm"] == "lr"] == ["alice"]
+
+
+# what a run's code writes in its run directory, beside what the trainer writes there
+LITTER = """
+import os as _os, sys as _sys
+if "--out" in _sys.argv:  # (the trainer's run; its model's workers import this too)
+    _out = _sys.argv[_sys.argv.index("--out") + 1]
+    with open(_os.path.join(_out, "litter.bin"), "wb") as _f:
+        _os.posix_fallocate(_f.fileno(), 0, 256 << 20)  # (at once: blocks, no writing)
+    _os.makedirs(_os.path.join(_out, "more", "deeper"))
+    with open(_os.path.join(_out, "more", "deeper", "litter.bin"), "wb") as _f:
+        _os.posix_fallocate(_f.fileno(), 0, 64 << 20)
+    print("y" * 3_000_000, flush=True)
+"""
+
+
+def test_what_stays_of_a_run_is_its_record_and_not_what_it_wrote(make_project):
+    """The attack: an agent's commit writes what its box allows (16 GB) in its run's directory,
+    and fails at once, or trains as usual. Each run cost seconds of budget and left the files
+    for good, until the disk was down to the agents' reserve: every CLI's port refused, and every
+    run that wrote was killed, the baseline's too. Now a recorded run keeps its result, the
+    first of its metrics, the last of its log and (completed) its checkpoint; an attempt set
+    aside, its logs."""
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    agent_commit(root, "mallory", "trainer/train.py", lambda text: text + LITTER)
+    agent_commit(root, "trudy", "trainer/train.py", lambda text: text + LITTER + "\n_sys.exit(1)\n")
+    for arm, who in (("litters", "mallory"), ("litters-and-fails", "trudy")):
+        assert main(["submit", "tiny", "--arm", arm, "--ref", f"agent/tiny/{who}/work"]) == 0
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        runs = {r["arm"]: r for r in ledger.runs("tiny")}
+    assert (runs["litters"]["status"], runs["litters-and-fails"]["status"]) == ("completed", "error")
+    left = {arm: sorted(p.name for p in Path(r["run_dir"]).iterdir()) for arm, r in runs.items()}
+    harness = [n for n in left["litters"] if n.startswith("measure")]
+    assert left["litters"] == sorted(["checkpoint.npz", "config.json", "metrics.jsonl", "result.json", "train.log",
+                                      *harness])
+    assert left["litters-and-fails"] == ["train.log"]  # (it failed before it wrote a config)
+    assert (Path(runs["litters"]["run_dir"]) / "train.log").stat().st_size <= measure.KEPT_LOG_BYTES
+    kept = sum(p.stat().st_blocks * 512 for r in runs.values() for p in Path(r["run_dir"]).rglob("*"))
+    assert kept < 8 << 20, kept
+
+
+def test_a_checkpoint_padded_with_bytes_of_the_runs_own_is_not_kept(tmp_path):
+    """A completed run keeps its checkpoint (a person resumes or samples from it), but not files
+    of the run's own kept inside it: members of other names, past its parameters and an
+    optimizer's state for them (the evaluator reads only param/ and meta)."""
+    import numpy as np
+    tensors = {"param/w": np.ones((256, 256), np.float32), "opt/w.m": np.ones((256, 256), np.float32),
+               "meta": np.frombuffer(b'{"step": 3}', np.uint8)}
+    np.savez(tmp_path / "honest.npz", **tensors)
+    np.savez(tmp_path / "padded.npz", **tensors, litter=np.zeros(8 << 20, np.uint8))
+    assert measure.checkpoint_is_its_tensors(tmp_path / "honest.npz")
+    assert not measure.checkpoint_is_its_tensors(tmp_path / "padded.npz")
