@@ -52,6 +52,10 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
         # (git work between), and two experiments shared one arm (its runs averaged per seed)
         if source == "submitted" and any(x["arm"] == arm for x in ledger.experiments(program.name)):
             raise OrgError(f"arm {arm!r} already exists; give a new idea a new name")
+        if source == "submitted" and (twin := same_change(ledger, lab, program, commit, overrides, versus)):
+            raise OrgError(f"experiment {twin['id']} ({twin['arm']}) already is this change (the same code and "
+                           f"overrides{', against the same frontier' if versus else ''}): its runs and verdict "
+                           "stand, and a copy under a new name would be one more test of one idea")
         experiment_id = ledger.add_experiment(
             program.name, arm, who=who, source=source, base_commit=base, code_commit=commit,
             overrides=overrides, stage=stage, hypothesis=hypothesis, diff=diff, reason=reason, versus=versus)
@@ -76,6 +80,17 @@ def shown_diff(lab: Lab, base: str, commit: str, most: int) -> str:
         git_.kill()
     text = shown[:most].decode(errors="replace")
     return text if len(shown) <= most else text + f"\n... (cut: the diff goes on past {most >> 10} KB)\n"
+
+
+def same_change(ledger: Ledger, lab: Lab, program: Program, commit: str, overrides: dict, versus: str | None):
+    """An experiment (not refused) that runs this code tree with these overrides, against the same
+    frontier, or None. Each verdict is a test at the program's alpha (`no regression` unadjusted
+    for how many arms there are), and each copy draws fresh seeds of its own: one change submitted
+    under ten names had about 40 % odds that one copy's verdict held by chance."""
+    tree = lab.repo.commit(commit).tree.hexsha
+    return next((e for e in ledger.experiments(program.name) if e["stage"] != "refused" and e["versus"] == versus
+                 and json.loads(e["overrides"]) == overrides and lab.repo.commit(e["code_commit"]).tree.hexsha == tree),
+                None)
 
 
 def check_arm_name(arm: str):

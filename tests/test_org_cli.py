@@ -110,6 +110,27 @@ def test_bad_submissions(make_project, capsys):
     assert nothing_created(root)
 
 
+def test_a_change_already_submitted_is_not_measured_again_under_a_new_name(make_project, capsys):
+    """The attack: one change, submitted under ten names. Each copy drew fresh seeds of its own and
+    was one more test of one idea at the program's alpha (`no regression` is not adjusted for
+    how many arms there are): about 40 % odds that one copy's verdict held by chance. The same
+    code tree with the same overrides is the experiment already on record."""
+    root = make_project(tiny_program())
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    capsys.readouterr()
+    assert main(["submit", "tiny", "--arm", "lr-again", "--set", "matrix_lr=0.03"]) == 2
+    assert ("experiment 1 (lr) already is this change (the same code and overrides): its runs and verdict stand"
+            in one_line_error(capsys))
+    repo = git.Repo(root)
+    repo.git.checkout("-qb", "elsewhere")
+    repo.git.commit("-q", "--allow-empty", "-m", "another commit, the same tree")
+    assert main(["submit", "tiny", "--arm", "lr-elsewhere", "--ref", "elsewhere", "--set", "matrix_lr=0.03"]) == 2
+    assert "experiment 1 (lr) already is this change" in one_line_error(capsys)
+    assert main(["submit", "tiny", "--arm", "lr-4", "--set", "matrix_lr=0.04"]) == 0  # another value: another idea
+    with ledger_of(root) as ledger:
+        assert [e["arm"] for e in ledger.experiments("tiny")] == ["lr", "lr-4"]
+
+
 def test_a_submission_says_which_commit_it_measures_and_never_reuses_a_name(make_project, capsys):
     root = make_project(tiny_program())
     assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
