@@ -92,8 +92,12 @@ def lineage(experiments: list[dict]) -> list[dict]:
 
 
 def rule_of(program: Program, experiments: list[dict]) -> Lord:
-    """LORD++ after the tests on record."""
-    return Lord.rebuild([e["decision"].get("passed", e["decision"]["outcome"] == "kept") for e in lineage(experiments)
+    """LORD++ after the tests on record; its wealth comes back for a kept try alone, not for one
+    that passed on the program's seeds and then failed at the ladder or on fresh seeds: a pass
+    on known seeds can be made to order (a table of each seed's best data order), and each one
+    paid wealth back, so the levels never fell while such tries failed their fresh seeds one
+    after another. (Fewer discoveries counted make every level lower: LORD++ holds its rate.)"""
+    return Lord.rebuild([e["decision"]["outcome"] == "kept" for e in lineage(experiments)
                          if e["decision"]["test"] is not None], alpha=program.claim.alpha)
 
 
@@ -224,7 +228,7 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
     rung: the program's config, program.fresh_seeds of them, which no code committed before could
     know: a seed-keyed gain, referee.replicate). Kept once `better` holds at every rung (at alpha:
     the keep test was the first scale's), discarded at the first where it does not. Its LORD++
-    test (passed) stands either way.
+    test counts as a discovery once it is kept (rule_of).
 
     A frontier that is a kept try is an agent's code, which may train worse when it runs again
     later (the time tells it): at a ladder rung its kept try's own runs stand for it, as in
