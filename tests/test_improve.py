@@ -442,6 +442,27 @@ def test_a_kept_code_change_is_taken_out_by_reversing_its_diff(lab):
     assert code.tree == lab.repo.commit(lab.resolve("main")).tree  # the frontier without it: the base's code
 
 
+def test_wall_time_a_chain_of_keeps_adds_up_is_held_to_the_baseline_too(lab):
+    """The attack: a kept try pads its runs with sleeps, +13% of wall time per FLOP, under the
+    runner's warning (+16% and the machine's noise); the next try drops them and trains 1.13x
+    what it is charged for, as slow as its frontier. Each keep was judged against the one
+    before, so the hidden training added up, keep after keep (1.13^k), and no clock objected.
+    A keep is now held to the program's baseline's wall time per FLOP as well."""
+    lab, program, ledger = lab
+    walls = lambda scale: [w * scale for w in (60.0, 60.5, 59.8, 60.2, 60.1)]
+    try_(ledger, lab, program, "padded", {"weight_decay": 0.3})
+    finish(ledger, program, "baseline", BASE, walls=walls(1.0))
+    finish(ledger, program, "padded", [b - 0.03 + j for b, j in zip(BASE, JITTER)], walls=walls(1.13))
+    assert decision(ledger, program, "padded")["outcome"] == "kept"
+    finish(ledger, program, "frontier-1", [b - 0.03 + j for b, j in zip(BASE, JITTER)], walls=walls(1.13))
+    try_(ledger, lab, program, "trains-more", {"matrix_lr": 0.03})
+    finish(ledger, program, "trains-more", [b - 0.06 - j for b, j in zip(BASE, JITTER)], walls=walls(1.13 * 1.13))
+    d = decision(ledger, program, "trains-more")
+    assert d["passed"] and d["outcome"] == "discarded", d
+    assert "not kept: against the program's baseline, wall time +28% per FLOP by the runner's clock" in d["verdict"]
+    assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
+
+
 # --- a ladder: a keep must also hold at the next scale ----------------------------------------
 
 def passes(ledger, lab, program, arm):
