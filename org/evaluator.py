@@ -93,6 +93,7 @@ def measure(job: dict) -> dict:
     t0 = time.perf_counter()
     data = load_dataset(job["data"], job["tokenizer"], split_key=lab_split_key(job))
     params, meta = read_checkpoint(Path(job["run_dir"]) / "checkpoint.npz")
+    check_precision(params, job["dtype"])
     job["max_param_bytes"] = 8 * sum(a.size for a in params.values()) + (1 << 20)  # what a worker may send
     cfg = base_config(job, data.vocab_size)
     if cfg is None and job.get("workers"):  # fail closed: no base model to time or charge it against
@@ -175,6 +176,15 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
     if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
         raise Invalid("checkpoint.npz has no integer step in its meta")
     return params, meta
+
+
+def check_precision(params: dict, dtype: str):
+    """Every tensor in the program's precision (train.dtype): float64 weights that a float32
+    program's model reads carry 29 bits a weight its forward pass can decode and no count of
+    parameters charges (a table of n-grams of the whole train split, counted outside the FLOPs)."""
+    wrong = next((name for name, a in params.items() if a.dtype != np.dtype(dtype)), None)
+    if wrong:
+        raise Invalid(f"checkpoint tensor {wrong} is {params[wrong].dtype}, not the program's {dtype}")
 
 
 def base_config(job: dict, vocab_size: int):

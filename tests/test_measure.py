@@ -283,6 +283,9 @@ def test_an_init_that_is_the_bases_is_scored_too(lab):
     (lambda d: add_deflated_zeros(d / "checkpoint.npz", 100 << 20), "a checkpoint unpacks to 64x its size at most"),
     (lambda d: rewrite_checkpoint(d, lambda a: a.update({"meta": np.frombuffer(b'{"step": 5.0}', np.uint8)})),
      "no integer step"),
+    # 29 bits a weight more than a float32 model reads, for a code arm's forward pass to decode
+    (lambda d: rewrite_checkpoint(d, lambda a: a.update({"param/lm_head.weight": a["param/lm_head.weight"].astype(
+        np.float64)})), "checkpoint tensor lm_head.weight is float64, not the program's float32"),
 ])
 def test_a_damaged_checkpoint_is_invalid_with_its_reason(lab, damage, says):
     run_dir = copy_run(lab, "damaged")
