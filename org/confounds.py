@@ -80,6 +80,8 @@ class Finding:
 
 NO_CHANGE = ("noop", "identical", "seed-only")  # findings that make the verdict `no change`
 UNSEEN_WORK = "work the FLOP count does not see?"  # a wall-time warning's words for a slower variant
+SEED_Z = 4  # one seed's wall time past the invalid bar by this many of one pair's noise: hidden work there
+SEED_STALL = 10.0  # ... and by more than a stall of this many seconds could add to one run (a burst of another process's)
 
 
 def find_confounds(base: list[Run], var: list[Run], declared: frozenset, tol: Tolerances,
@@ -294,7 +296,11 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
     the baseline's: a variant that hides work on some seeds and pads others' wall time would
     otherwise widen its own margin until the work hid in it:
     - D beyond tol.wall_time_invalid (+49%) by more than its margin: invalid (work the record
-      does not see: extra steps, a bigger model, training outside the timed loop);
+      does not see: extra steps, a bigger model, training outside the timed loop); and so is one
+      seed's own difference beyond it by more than SEED_Z x the machine's noise for one pair
+      (and than a stall of SEED_STALL seconds in one run, which a run of seconds would not survive):
+      a median is deaf to work hidden on fewer than half the seeds (code that reads its seed
+      trains twice as long on two of five, and the mean gain counts it all);
     - under a seconds budget, a variant that runs code of its own with D beyond tol.wall_time
       (+16%) by more than its margin: invalid. The budget is time, and that trainer keeps its
       own clock: one that reports train_seconds within the budget while it trains longer (or
@@ -323,6 +329,12 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
             f"clock (median over {len(seeds)} seeds, ±{math.exp(margin) - 1:.0%} at 95%)")
     if D - margin > tol.wall_time_invalid:
         return [Finding("wall time", f"{text}: hidden compute", True)]
+    worst, one = int(np.argmax(d)), max(SEED_Z * pair_noise([cost(r) for r in completed(base_all) if cost(r) is not None],
+                                            floor), math.log1p(SEED_STALL / float(np.median(walls))) if walls else 0.0)
+    if d[worst] - one > tol.wall_time_invalid:  # (the median is deaf to work hidden on fewer than half the seeds)
+        return [Finding("wall time", f"wall time {math.exp(d[worst]) - 1:+.0%} per {'run' if kind == 'seconds' else 'FLOP'} "
+                                     f"on seed {seeds[worst]} by the runner's clock (±{math.exp(one) - 1:.0%}, the "
+                                     f"machine's noise for one pair): hidden compute on some seeds", True)]
     if kind == "seconds" and D - margin > tol.wall_time and runs_own_code(base, var):
         return [Finding("wall time", f"{text}: over its time budget", True)]
     if abs(D) - margin > tol.wall_time:
@@ -420,13 +432,18 @@ def median_margin(d: np.ndarray, own: list[float], floor: float = 0.0) -> float:
     otherwise widen the margin until it hid. The floor is the baseline's alone, so a variant
     cannot raise it; it matters where three runs' spread says little (two of them alike read 0)."""
     from scipy import stats
-    noise = robust_std(d)
-    machine = math.sqrt(2) * max(robust_std(np.array(own)) if len(own) >= 3 else 0.0, floor)
+    noise, machine = robust_std(d), pair_noise(own, floor)
     if len(own) >= 3:
         noise = max(machine, min(noise, 2 * machine))
     else:
         noise = max(noise, machine)
     return stats.t.ppf(0.95, len(d) - 1) * 1.2533 * noise / math.sqrt(len(d))  # 1.2533: a median's error
+
+
+def pair_noise(own: list[float], floor: float = 0.0) -> float:
+    """The spread of one pair's difference on this machine: sqrt(2) x the baseline's spread over
+    all its runs (or `floor`, a run's known noise, whichever is larger)."""
+    return math.sqrt(2) * max(robust_std(np.array(own)) if len(own) >= 3 else 0.0, floor)
 
 
 def robust_std(x: np.ndarray) -> float:

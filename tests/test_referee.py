@@ -466,6 +466,20 @@ def test_a_variant_cannot_widen_its_own_wall_time_margin_by_padding_some_seeds()
     assert "wall time" not in checks(honest)  # a spread of its own, on equal work: no alarm
 
 
+def test_hidden_compute_on_fewer_than_half_the_seeds_shows_on_its_seeds():
+    """The attack: code that reads its seed trains 2.5x as long on two of five (the program's
+    seeds are known, and a fresh one is a seed not among them). The median of the seeds'
+    differences is an honest seed's, and its margin the machine's: nothing was said, while the
+    mean gain the referee tests counted those two seeds' whole gain. One seed past the invalid
+    bar by more than SEED_Z x one pair's noise is hidden work now."""
+    some = superiority(timed(baseline(), QUIET), timed(variant(-0.02), [101, 250, 99, 248, 100]))
+    assert checks(some)["wall time"].invalid and some.verdict.startswith("invalid (confounded: wall time +146% per "
+                                                                         "FLOP on seed 3 by the runner's clock")
+    assert checks(some)["wall time"].text.endswith("the machine's noise for one pair): hidden compute on some seeds")
+    one_slow_run = superiority(timed(baseline(), QUIET), timed(variant(-0.02), [101, 112, 99, 103, 100]))
+    assert not checks(one_slow_run).get("wall time") or not checks(one_slow_run)["wall time"].invalid
+
+
 def scored_on_train(runs, train_bpb):
     return [dict(r, train_bpb=t) for r, t in zip(runs, train_bpb)]
 
