@@ -1250,7 +1250,7 @@ def run(spec, out, *args, **kwargs):  # what an agent's trainer can do before it
     attempt("more cores than its slot's threads", more_cores)
     subprocess.Popen(["sh", "-c", "while true; do date +%s%N > heartbeat; sleep 0.1; done"], cwd=out,
                      start_new_session=True)
-    Path(out, "attacks.json").write_text(json.dumps(found))
+    print("attacks:", json.dumps(found), flush=True)  # (its log: what stays of a run, with its record)
     return _run(spec, out, *args, **kwargs)
 """
 
@@ -1270,14 +1270,15 @@ def test_a_trainer_run_cannot_reach_the_lab_the_network_or_outlive_itself(outsid
     server.close()
     with Ledger(root / ".lab" / "tiny" / "ledger.sqlite") as ledger:
         run, = ledger.runs("tiny", arm="mallory")
-    found = json.loads((Path(run["run_dir"]) / "attacks.json").read_text())
+    said = next(line for line in (Path(run["run_dir"]) / "train.log").read_text().splitlines() if line.startswith("attacks: "))
+    found = json.loads(said.removeprefix("attacks: "))
     if cgroup_root("cpuset") is None:  # an affinity alone is advice (org status and launch say so)
         found.pop("more cores than its slot's threads")
     assert run["status"] == "completed"  # it trained as usual ...
     assert found and all(outcome.startswith("blocked") for outcome in found.values()), found  # ... and got nowhere
     assert found["rewrite the bytecode cache"] == found["add to the bytecode cache"] == "blocked: OSError"  # read-only
     beat = Path(run["run_dir"]) / "heartbeat"
-    last = beat.read_text()
+    assert not beat.exists()  # (not the run's record: gone, measure.leave_the_record)
     time.sleep(0.5)
-    assert beat.read_text() == last  # its daemon died with it
+    assert not beat.exists()  # its daemon died with it: nothing writes it again
     assert not (root / ".lab" / "harness-cache" / "poison").exists() and not (bytecode.cache_dir() / "poison.pyc").exists()
