@@ -339,10 +339,10 @@ def planted(run_dir: Path) -> str | None:
 
 def leave_the_record(run_dir: Path, checkpoint: bool):
     """What stays of a run once the ledger holds its record: result.json and config.json (1 MB at
-    most), its metrics (the first
-    KEPT_METRICS_BYTES), its log's last KEPT_LOG_BYTES, the harness's logs and, where asked (a
-    completed run's), its checkpoint, when it holds little more than the parameters and an
-    optimizer's state for them (CHECKPOINT_FACTOR x the parameters' bytes). Everything else goes,
+    most), its metrics (the first KEPT_METRICS_BYTES), its log's last KEPT_LOG_BYTES, the
+    harness's logs and, where asked (a completed run's), its checkpoint, when it holds little
+    more than the parameters and an optimizer's state for them (CHECKPOINT_FACTOR x the
+    parameters' bytes). Everything else goes,
     its private kernel cache among it: a run's box may write 16 GB (Limits.disk_bytes), and a run
     that wrote them and failed at once left them for good, seconds of budget a run, until the
     disk was down to the agents' reserve (every CLI's port refused; every run that wrote, the
