@@ -324,13 +324,14 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
     D = float(np.median(d))
     walls = [r.wall_seconds for r in completed(base_all) if r.wall_seconds]
     floor = tol.wall_jitter / float(np.median(walls)) if walls else 0.0  # that swing as a log ratio
-    margin = median_margin(d, [cost(r) for r in completed(base_all) if cost(r) is not None], floor)
+    own = [cost(r) for r in completed(base_all) if cost(r) is not None]  # the baseline's, every run
+    margin = median_margin(d, own, floor)
     text = (f"wall time {math.exp(D) - 1:+.0%} per {'run' if kind == 'seconds' else 'FLOP'} by the runner's "
             f"clock (median over {len(seeds)} seeds, ±{math.exp(margin) - 1:.0%} at 95%)")
     if D - margin > tol.wall_time_invalid:
         return [Finding("wall time", f"{text}: hidden compute", True)]
-    worst, one = int(np.argmax(d)), max(SEED_Z * pair_noise([cost(r) for r in completed(base_all) if cost(r) is not None],
-                                            floor), math.log1p(SEED_STALL / float(np.median(walls))) if walls else 0.0)
+    worst = int(np.argmax(d))
+    one = max(SEED_Z * pair_noise(own, floor), math.log1p(SEED_STALL / float(np.median(walls))) if walls else 0.0)
     if d[worst] - one > tol.wall_time_invalid:  # (the median is deaf to work hidden on fewer than half the seeds)
         return [Finding("wall time", f"wall time {math.exp(d[worst]) - 1:+.0%} per {'run' if kind == 'seconds' else 'FLOP'} "
                                      f"on seed {seeds[worst]} by the runner's clock (±{math.exp(one) - 1:.0%}, the "

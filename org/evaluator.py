@@ -233,7 +233,8 @@ def check_unpaid_time(worker: Worker, base: Yardstick, base_replay: float, fpt: 
     if base.prepare_seconds is None:
         return
     setup, base_setup = worker.setup_seconds, base.prepare_seconds + base_replay
-    (scored, base_scored), per_flop = base.seconds, fpt / base.fpt
+    scored, base_scored = (sum(pair) for pair in zip(*base.times)) if base.times else (0.0, 0.0)
+    per_flop = fpt / base.fpt
     over = [max(0.0, setup - SETUP_FACTOR * base_setup), max(0.0, scored - SCORED_FACTOR * base_scored * per_flop)]
     if sum(over) <= SETUP_GRACE:
         return

@@ -193,8 +193,8 @@ class Yardstick:
     def __init__(self, job: dict, cfg, vocab_size: int):
         from trainer.config import KEYS
         from trainer.model import param_shapes
-        self.worker, self.V, self.ratios, self.failed, self.prepare_seconds = None, vocab_size, [], None, None
-        self.seconds = [0.0, 0.0]  # the scored passes' times, summed: the experiment's, the base's
+        self.worker, self.V, self.failed, self.prepare_seconds = None, vocab_size, None, None
+        self.times: list[tuple[float, float]] = []  # per scored batch: (the experiment's seconds, the base's)
         if cfg is None or "base" not in job["workers"]:
             return
         shapes = dict(param_shapes(cfg))
@@ -215,8 +215,7 @@ class Yardstick:
     def after(self, x: np.ndarray, seconds: float):
         """The experiment took `seconds` on x: time the base on it."""
         if self.call(lambda: self.worker.forward(x, self.V)):
-            self.ratios.append(seconds / self.worker.call_seconds)
-            self.seconds = [self.seconds[0] + seconds, self.seconds[1] + self.worker.call_seconds]
+            self.times.append((seconds, self.worker.call_seconds))
 
     def call(self, what) -> bool:
         if self.worker is None:
@@ -233,9 +232,9 @@ class Yardstick:
         if self.failed:
             raise Invalid(f"the harness's base worker, which times the experiment's forward pass against the "
                           f"base's, failed ({self.failed[:300]}): its compute at evaluation cannot be checked")
-        if not self.ratios or not fpt:
+        if not self.times or not fpt:
             return None
-        ratios = np.sort(self.ratios)
+        ratios = np.sort([theirs / ours for theirs, ours in self.times])
         cut = int(len(ratios) * TRIM)
         return round(float(ratios[cut:len(ratios) - cut].mean()) * self.fpt / fpt, 3)
 
