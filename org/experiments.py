@@ -22,7 +22,7 @@ import zlib
 from collections import Counter
 
 from org import OrgError
-from org.improve import check_try, config, decide_ready, draw_seeds, frontier, merged_try
+from org.improve import built_on_withdrawn, check_try, config, decide_ready, draw_seeds, frontier, merged_try
 from org.lab import Lab, child_env
 from org.ledger import FINISHED, SECRET_SEEDS, Ledger
 from org.program import NAME, Program, owned_by_program
@@ -41,7 +41,8 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
         merged, merge_problem = merged_try(lab, program.name, arm, front["code_commit"], commit)
         commit, overrides = merged or commit, {**json.loads(front["overrides"]), **overrides}
         versus, since = front["arm"], front["code_commit"]
-        merge_problem = merge_problem or check_try(program, overrides, commit, front)
+        merge_problem = merge_problem or check_try(program, overrides, commit, front) \
+            or built_on_withdrawn(lab, ledger.experiments(program.name), commit)
     reason = merge_problem or refusal(lab, program, base, commit, overrides)
     if not reason:  # taken in as reviewed: its objects in a pack of their own
         lab.pack_loose([commit])

@@ -10,9 +10,9 @@ it starts as the baseline. Agents submit tries against it, and each try is
              seeds against the frontier arm of the moment (`versus`);
   decided    once its runs and that frontier's are finished, in the transaction that finishes
              the last of them (so a crash leaves either no decision or the whole of it):
-               stale      the frontier moved since it was submitted: not a test; resubmit it
-               untested   nothing to test (refused, failed, fewer than two paired seeds), or a
-                          frontier that did not reproduce its own runs (plan_canaries)
+               stale      the frontier moved since it was submitted (or was withdrawn): not a
+                          test; resubmit it
+               untested   nothing to test (refused, failed, fewer than two paired seeds)
                kept       the referee's `better` at the level LORD++ gives this test
                           (org/frontier.py), confirmed on the held-out split at that level,
                           then climbing: `better` at every rung of a `ladder`, and on fresh
@@ -21,6 +21,8 @@ it starts as the baseline. Agents submit tries against it, and each try is
                discarded  otherwise, with the referee's verdict saying why
              A kept try becomes the next frontier, arm frontier-N (its code and overrides), is
              re-measured on every seed, and the program branch moves to its commit.
+  withdrawn  a kept try whose frontier later did not reproduce a run of it (a canary missed),
+             with every frontier after it: the one before stands again (withdraw_unreproduced)
 
 The rule's state is rebuilt from the decisions on record. At the program's budget a try may
 change anything but the budget itself: params, tokens and steps count as declared ("lower loss
@@ -62,15 +64,16 @@ from org.referee import compare, confirm, verdict_kind
 HARNESS = {"GIT_AUTHOR_NAME": "nanolab harness", "GIT_AUTHOR_EMAIL": "harness@nanolab.local",
            "GIT_COMMITTER_NAME": "nanolab harness", "GIT_COMMITTER_EMAIL": "harness@nanolab.local"}
 REPRODUCED = 1e-6  # val_bpb a deterministic run of the same code, config and seed may move by (none is seen)
-OUTCOMES = ("kept", "discarded", "stale", "untested", "climbing")  # climbing: passed, now at the ladder's rungs
+OUTCOMES = ("kept", "discarded", "stale", "untested", "climbing", "withdrawn")
+# climbing: passed, now at the ladder's rungs; withdrawn: kept, then its frontier did not reproduce it (withdraw)
 
 
 # --- the frontier ------------------------------------------------------------------------
 
-def frontiers(experiments: list[dict]) -> list[dict]:
-    """The baseline, then each frontier-N, in order."""
+def frontiers(experiments: list[dict], withdrawn: bool = False) -> list[dict]:
+    """The baseline, then each frontier-N standing (with `withdrawn`, those withdrawn too), in order."""
     return [e for e in experiments if (e["arm"] == "baseline" and e["source"] == "declared")
-            or e["source"] == "frontier"]
+            or (e["source"] == "frontier" and (withdrawn or e["stage"] != "withdrawn"))]
 
 
 def frontier(experiments: list[dict]) -> dict | None:
@@ -133,16 +136,20 @@ def decide_ready(ledger: Ledger, program: Program) -> list[dict]:
         return []
     created = []
     with ledger.tx():
+        withdraw_unreproduced(ledger, program, ledger.experiments(program.name))
         experiments = ledger.experiments(program.name)
         for e in [e for e in tries(experiments) if not e["decision"] or json.loads(e["decision"])["outcome"] == "climbing"]:
             front = next((f for f in frontiers(experiments) if f["arm"] == e["versus"]), None)
-            decision = decide(ledger, program, experiments, e, front) if not e["decision"] else json.loads(e["decision"])
+            if front is None:  # withdrawn since it was submitted
+                decision = withdrawn_under(ledger, program, experiments, e)
+            else:
+                decision = decide(ledger, program, experiments, e, front) if not e["decision"] else json.loads(e["decision"])
             if decision is not None and decision["outcome"] == "climbing":
                 decision = climb(ledger, program, experiments, e, front, decision)
             if decision is None:
                 continue
             if decision["outcome"] == "kept":
-                arm = f"frontier-{len(frontiers(experiments))}"
+                arm = f"frontier-{len(frontiers(experiments, withdrawn=True))}"  # (a withdrawn one keeps its name)
                 decision["frontier_after"] = arm
                 new_id = ledger.add_experiment(
                     program.name, arm, who="program", source="frontier", base_commit=e["base_commit"],
@@ -185,6 +192,60 @@ def decide(ledger: Ledger, program: Program, experiments: list[dict], e: dict, f
                 p=c.p_better, p_held_out=c.confirmation and c.confirmation.p_better, delta=c.mean, n=c.n,
                 outcome=outcome, verdict=c.final_verdict + (f"; not kept: {slower}" if passed and slower else ""),
                 rung=1 if outcome == "climbing" else None, rungs=[])
+
+
+def withdrawn_under(ledger: Ledger, program: Program, experiments: list[dict], e: dict) -> dict:
+    """A try whose frontier was withdrawn (withdraw_unreproduced) under it: stale at once, its
+    runs still queued refused (the code it was merged onto is not the frontier's any more)."""
+    gone = next(f for f in frontiers(experiments, withdrawn=True) if f["arm"] == e["versus"])
+    for r in ledger.runs(program.name, experiment_id=e["id"], status="queued"):
+        ledger.finish(r["id"], "refused", f"not run: {gone['arm']}, its frontier, was withdrawn")
+    d = json.loads(e["decision"]) if e["decision"] else dict(
+        seq=len(lineage(experiments)) + 1, test=None, level=None, p=None, p_held_out=None, delta=None, n=0,
+        frontier=e["versus"], rungs=[])
+    return dict(d, outcome="stale", decided_at=now(), verdict=f"stale (measured against {e['versus']}, withdrawn "
+                f"since: {gone['reason']}; {frontier(experiments)['arm']} is the frontier now: submit it again)")
+
+
+def withdraw_unreproduced(ledger: Ledger, program: Program, experiments: list[dict]):
+    """Withdraw a kept try whose frontier did not reproduce a run of it (a canary missed:
+    unreproduced), with every frontier after it (each holds its code). Its code tells runs apart
+    (the time, a folder), so the runs it was kept on are no evidence, and its re-runs no yardstick.
+    Left standing it froze the program: a keep that trained otherwise from some hour on (a 'time
+    bomb') left every later try untested, for good. The frontier before it stands again (and the
+    program branch goes back to it: sync_branch); tries against a withdrawn frontier are stale
+    (withdrawn_under), one whose commit builds on its code is refused (built_on_withdrawn), and
+    LORD++ counts it as no discovery (rule_of): every later level falls."""
+    fronts = frontiers(experiments)
+    for i, front in enumerate(fronts):
+        kept = origin(experiments, front)
+        moved = kept and unreproduced(ledger, program, experiments, front)
+        if not moved:
+            continue
+        why = f"{front['arm']} did not reproduce a run of {kept['arm']}, its kept try ({moved}): its code tells runs apart"
+        for gone in fronts[i:]:
+            reason = why if gone is front else f"built on {front['arm']}, withdrawn: {why}"
+            ledger.update_experiment(gone["id"], stage="withdrawn", reason=reason)
+            for r in ledger.runs(program.name, experiment_id=gone["id"], status="queued"):
+                ledger.finish(r["id"], "refused", f"not run: {gone['arm']} was withdrawn")
+            mine = origin(experiments, gone)
+            d = mine["decision"]  # (lineage: read)
+            ledger.update_experiment(mine["id"], decision=dict(d, outcome="withdrawn", withdrawn_at=now(),
+                                                               verdict=f"{d['verdict']}; withdrawn: {reason}"))
+        return
+
+
+def built_on_withdrawn(lab: Lab, experiments: list[dict], commit: str) -> str | None:
+    """Why a try may not run: its commit builds on a withdrawn try's code change (an agent's
+    worktree still at that frontier's commit), which would come back in unseen."""
+    for e in lineage(experiments):
+        if e["decision"]["outcome"] != "withdrawn":
+            continue
+        before = next(f for f in frontiers(experiments, withdrawn=True) if f["arm"] == e["versus"])
+        if e["code_commit"] != before["code_commit"] and lab.repo.is_ancestor(e["code_commit"], commit):
+            return (f"its commit builds on {e['arm']}'s code ({e['code_commit'][:10]}), withdrawn: "
+                    f"{e['decision']['verdict'].rsplit('; withdrawn: ', 1)[-1]}; rebase it onto the frontier's commit")
+    return None
 
 
 def origin(experiments: list[dict], front: dict) -> dict | None:
@@ -248,8 +309,8 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
     A frontier that is a kept try is an agent's code, which may train worse when it runs again
     later (the time tells it): at a ladder rung its kept try's own runs stand for it, as in
     judged_against; on fresh seeds it must run again, and canaries go with those runs
-    (plan_canaries): a frontier that does not reproduce itself is no yardstick, and a try that
-    does not could not be one."""
+    (plan_canaries): a frontier that does not reproduce itself is withdrawn (withdraw_unreproduced)
+    and this try is then stale, and a try that does not could not be one."""
     declared = frozenset(DECLARABLE) - {program.budget.per_run.kind}
     kept = origin(experiments, front)
     while True:
@@ -266,11 +327,6 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
             pair[0] = own + [r for r in pair[0] if r["seed"] not in {r["seed"] for r in own}]
         where = (f"{len(pair[1])} fresh seeds" if fresh else
                  f"rung {rung} ({', '.join(f'{k}={v}' for k, v in program.ladder[rung - 1].items())})")
-        moved = fresh and kept and unreproduced(ledger, program, experiments, front)  # (every canary of it so far,
-        if moved:  # this try's once they are done: a miss is for good, no try is judged against it again)
-            return dict(d, outcome="untested", verdict=f"{d['verdict']} at the program's scale, untested at fresh "
-                        f"seeds: {front['arm']} did not reproduce a run of {kept['arm']}, its kept try ({moved}): "
-                        "its code tells runs apart, so its re-runs are no yardstick")
         if not all(pair):
             seeds = draw_seeds(ledger.runs(program.name), program.fresh_seeds) if fresh else program.budget.seeds
             plan_rung(ledger, program, e, rung, seeds)

@@ -52,7 +52,7 @@ def progress(experiments: list[dict], runs: list[dict], llm: list[dict]) -> list
     current = "baseline"
     for e in steps:
         d = e["decision"]
-        current = d.get("frontier_after") or current
+        current = d.get("frontier_after") if d["outcome"] == "kept" else current  # (a withdrawn one: no step)
         own = mean_bpb(by_experiment.get(e["id"], []))
         point = at(d["decided_at"], d["outcome"], e["arm"], own, current)
         if point["frontier_bpb"] is None and d["outcome"] == "kept":  # not re-measured yet: its own runs
@@ -87,11 +87,13 @@ def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dic
             f"{p['frontier']} ({_g(p['frontier_bpb'])})" + (f" [kept {p['arm']}]" if p["outcome"] == "kept" else "")
             for p in path)]
         lines += [remeasured(e, experiments, runs) for e in steps if e["decision"]["outcome"] == "kept"]
+    lines += [f"- {f['arm']} withdrawn: {one_line(f['reason'])}" for f in frontiers(experiments, withdrawn=True)
+              if f["stage"] == "withdrawn"]
     if steps:
         lines += ["", "| # | try | who | versus | change | n | Δ val_bpb | compute × | train time Δ | p | level "
                   "| decision |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        arms = {f["arm"]: f for f in frontiers(experiments)}
+        arms = {f["arm"]: f for f in frontiers(experiments, withdrawn=True)}
         for e in steps:
             d = e["decision"]
             slower = time_change(runs, e, arms.get(d["frontier"]))
@@ -153,7 +155,7 @@ def ablation_lines(experiments: list[dict], runs: list[dict]) -> list[str]:
     done = ablations(experiments)
     if not done:
         return []
-    arms = {f["arm"]: f for f in frontiers(experiments)}
+    arms = {f["arm"]: f for f in frontiers(experiments, withdrawn=True)}
     of = lambda e: [r for r in runs if r["experiment_id"] == e["id"]]
     raw = [compare(of(e), of(arms[e["versus"]]), "superiority") for e in done]
     lines = ["", "Leave-one-out (`org ablate`): each kept change taken out of the frontier; Δ = frontier − "
@@ -182,7 +184,7 @@ def time_change(runs: list[dict], e: dict, front: dict | None) -> float | None:
 
 def change_text(e: dict, experiments: list[dict]) -> str:
     """What a try changes against its frontier: its own overrides, and files of its diff."""
-    front = next((f for f in frontiers(experiments) if f["arm"] == e["versus"]), None)
+    front = next((f for f in frontiers(experiments, withdrawn=True) if f["arm"] == e["versus"]), None)
     mine, theirs = json.loads(e["overrides"]), json.loads(front["overrides"]) if front else {}
     keys = [f"`{k}={v}`" for k, v in mine.items() if theirs.get(k) != v]
     code = diff_summary(e.get("diff"))

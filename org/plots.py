@@ -324,7 +324,8 @@ def plot_deltas(ax, report, paired: list, color: dict):
 
 
 OUTCOME_STYLE = {"baseline": ("black", "s"), "kept": ("tab:green", "o"), "discarded": ("tab:gray", "o"),
-                 "untested": ("tab:red", "x"), "stale": ("tab:orange", "v"), "climbing": ("tab:blue", "^")}
+                 "untested": ("tab:red", "x"), "stale": ("tab:orange", "v"), "climbing": ("tab:blue", "^"),
+                 "withdrawn": ("tab:purple", "X")}
 
 
 def plot_progress(report):

@@ -465,9 +465,9 @@ def test_wall_time_a_chain_of_keeps_adds_up_is_held_to_the_baseline_too(lab):
 
 # --- a ladder: a keep must also hold at the next scale ----------------------------------------
 
-def passes(ledger, lab, program, arm):
+def passes(ledger, lab, program, arm, ref=None):
     """A try 0.03 better than the baseline on the program's seeds: it passes, and climbs."""
-    try_(ledger, lab, program, arm, {"weight_decay": 0.3})
+    try_(ledger, lab, program, arm, {"weight_decay": 0.3}, ref=ref)
     finish(ledger, program, "baseline", BASE)
     finish(ledger, program, arm, [b - 0.03 + j for b, j in zip(BASE, JITTER)])
     d = decision(ledger, program, arm)
@@ -555,11 +555,15 @@ def finish_canaries(ledger, program, arm, shift: float = 0.0, status: str = "com
 
 
 def kept_on_fresh_seeds(tmp_path):
-    """A program with 3 fresh seeds, whose frontier-1 is wd-up, kept after its fresh rung."""
+    """A program with 3 fresh seeds, whose frontier-1 is wd-up (a code change of its author's, and
+    an override), kept after its fresh rung."""
     root, program = make_project(tmp_path, improve_program(claim={"kind": "improve", "alpha": 0.05, "fresh_seeds": 3}))
     lab = Lab.open(root)
     ledger = Ledger(lab_dir(root, program) / "ledger.sqlite")
-    passes(ledger, lab, program, "wd-up")
+    worktree(root, program, "solo")
+    mine = commit_change(root, program, "solo", "trainer/model.py", "import numpy as np",
+                         "import numpy as np  # wd-up's code", "wd-up")
+    passes(ledger, lab, program, "wd-up", ref=mine)
     fresh = [2.21, 2.18, 2.23]
     finish(ledger, program, "baseline", fresh, purpose="replicate")
     finish(ledger, program, "wd-up", [f - 0.03 + j for f, j in zip(fresh, JITTER)], purpose="replicate")
@@ -575,10 +579,14 @@ def test_a_frontier_whose_code_trains_otherwise_when_run_again_is_caught_by_its_
     knows them). Code that trained worse once it was the frontier (the time tells it) made every
     later try `better` there: here a try that gains only on the program's seeds (a table); code
     that trained better then (it held back before its keep) had every later try discarded. With
-    those runs go canaries, the frontier on fresh seeds its kept try ran, which it must reproduce;
-    once it misses, no try is judged against its re-runs again."""
+    those runs go canaries, the frontier on fresh seeds its kept try ran, which it must reproduce.
+    Once one misses, the keep is withdrawn: the frontier before it stands again (the program
+    branch too), the tries against it are stale, and one built on its code is refused. (Before,
+    no try was judged against it again, and it stood: every later try was untested, for good.)"""
     lab, program, ledger = kept_on_fresh_seeds(tmp_path)
     kept = [b - 0.03 + j for b, j in zip(BASE, JITTER)]
+    wd_up = frontier(ledger.experiments(program.name))["code_commit"]
+    assert sync_branch(lab, ledger, program) == wd_up  # the program branch at the frontier's commit
     try_(ledger, lab, program, "seed-table", {"matrix_lr": 0.0201})  # better on the program's seeds only
     finish(ledger, program, "seed-table", [k - 0.03 - j for k, j in zip(kept, JITTER)])
     assert decision(ledger, program, "seed-table")["outcome"] == "climbing"
@@ -590,16 +598,30 @@ def test_a_frontier_whose_code_trains_otherwise_when_run_again_is_caught_by_its_
     assert decision(ledger, program, "seed-table")["outcome"] == "climbing"  # the frontier's canaries are not done
     finish_canaries(ledger, program, "frontier-1", shift)
     d = decision(ledger, program, "seed-table")
+    experiments = ledger.experiments(program.name)
     if shift:
-        assert d["outcome"] == "untested", d
-        assert "frontier-1 did not reproduce a run of wd-up, its kept try (val_bpb " in d["verdict"], d["verdict"]
-        try_(ledger, lab, program, "next", {"matrix_lr": 0.0202})  # and the next try is not measured there at all
-        finish(ledger, program, "next", [k - 0.03 - j for k, j in zip(kept, JITTER)])
-        assert decision(ledger, program, "next")["outcome"] == "untested"
-        assert not ledger.runs(program.name, arm="next", purpose="replicate")
+        assert d["outcome"] == "stale", d
+        assert ("stale (measured against frontier-1, withdrawn since: frontier-1 did not reproduce a run of wd-up, "
+                "its kept try (val_bpb ") in d["verdict"], d["verdict"]
+        withdrawn = decision(ledger, program, "wd-up")
+        assert withdrawn["outcome"] == "withdrawn" and "; withdrawn: frontier-1 did not reproduce" in withdrawn["verdict"]
+        assert frontier(experiments)["arm"] == "baseline"
+        assert not ledger.runs(program.name, arm="frontier-1", status="queued")  # its re-runs: refused
+        assert rule_of(program, experiments) == Lord.rebuild([False, False], alpha=0.05)  # no discovery: levels fall
+        base = ledger.program(program.name)["base_commit"]
+        assert sync_branch(lab, ledger, program) == base and lab.resolve("program/climb") == base  # back
+        # a try from the withdrawn frontier's commit would bring its code back: refused, saying so
+        on_it = commit_change(lab.root, program, "solo", "trainer/optim.py", "import math", "import math  # more",
+                              "built on wd-up")
+        e = try_(ledger, lab, program, "on-wd-up", {"matrix_lr": 0.0202}, ref=on_it)
+        assert e["stage"] == "refused" and "its commit builds on wd-up's code (" in e["reason"], e["reason"]
+        nxt = try_(ledger, lab, program, "next", {"matrix_lr": 0.0202})  # the next try: against the baseline
+        assert nxt["versus"] == "baseline" and nxt["stage"] == "measuring"
+        assert "frontier-1 withdrawn: frontier-1 did not reproduce" in section(
+            json.loads(ledger.program(program.name)["spec"]), ledger.experiments(program.name), ledger.runs(program.name), [])
     else:
         assert d["outcome"] == "discarded" and "but not at 3 fresh seeds" in d["verdict"], d["verdict"]
-    assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
+        assert frontier(experiments)["arm"] == "frontier-1"
     # no agent is told a canary's seed: each is a fresh one
     from org.agents.tools import program_status
     status = program_status(ledger, program)
@@ -607,7 +629,7 @@ def test_a_frontier_whose_code_trains_otherwise_when_run_again_is_caught_by_its_
     assert '"purpose": "canary"' in shown and all(str(r["seed"]) not in shown for r in ledger.runs(
         program.name, purpose="replicate"))
     # and every agent is told why a try against this frontier cannot be kept
-    assert ("no_yardstick" in status["frontier"]) == bool(shift), status["frontier"]
+    assert ("withdrawn" in status["frontier"]) == bool(shift), status["frontier"]
     shown_decision = next(x["decision"] for x in status["experiments"] if x["arm"] == "seed-table")
     assert "canaries" not in shown_decision and decision(ledger, program, "seed-table")["canaries"]  # (their run ids)
     ledger.close()

@@ -25,7 +25,7 @@ from typing import Callable
 
 from org import OrgError
 from org.experiments import held_for_checks
-from org.improve import frontier, lineage, origin, unreproduced
+from org.improve import frontier, frontiers, lineage
 from org.lab import Lab, agent_branch, agent_refs
 from org.ledger import FINISHED, Ledger, ledger_path, shown_seed
 from org.mail import EVERYONE, HUMAN, TURN_MAIL_BYTES, Mail, a_turns_mail, format_mail
@@ -468,13 +468,11 @@ def frontier_status(ledger: Ledger, program: Program, experiments: list[dict]) -
     baseline at the base commit until anything was submitted."""
     front = frontier(experiments) or {"arm": "baseline", "id": None, "overrides": "{}",
                                       "code_commit": ledger.program(program.name)["base_commit"]}
-    kept = front["id"] and origin(experiments, front)
-    moved = kept and unreproduced(ledger, program, experiments, front)  # (a try against it: untested, for good)
+    withdrawn = {f["arm"]: f["reason"] for f in frontiers(experiments, withdrawn=True) if f["stage"] == "withdrawn"}
     return {"arm": front["arm"], "experiment": front["id"], "commit": front["code_commit"],
             "overrides": json.loads(front["overrides"]),
             "kept": [e["arm"] for e in lineage(experiments) if e["decision"]["outcome"] == "kept"],
-            **({"no_yardstick": f"{front['arm']} did not reproduce a run of {kept['arm']} ({moved}): no try is "
-                                "kept against it"} if moved else {})}
+            **({"withdrawn": withdrawn} if withdrawn else {})}  # (a try built on one of them is refused)
 
 
 def referee_verdicts(ledger: Ledger, program: Program) -> list[dict]:
