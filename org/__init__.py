@@ -15,14 +15,15 @@ def user_cache(name: str) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanolab" / name
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def one_line(text) -> str:
     """Text an agent or its code wrote, as one line of a markdown report: every kind of line break
     a space (CommonMark ends a line at a lone \\r too, so a hypothesis could start headings of its
-    own), and no raw HTML (`<!--` hid the rest of the report)."""
-    return " ".join(str(text).splitlines()).replace("<", "&lt;")
-
-
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+    own), no raw HTML (`<!--` hid the rest of the report), and no control character (shown): an
+    escape sequence in README.md fires under `cat` or `less -R`."""
+    return shown(" ".join(str(text).splitlines())).replace("<", "&lt;")
 
 
 def shown(text) -> str:

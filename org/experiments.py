@@ -95,7 +95,7 @@ def same_change(ledger: Ledger, lab: Lab, program: Program, commit: str, overrid
 
 
 def check_arm_name(arm: str):
-    if not re.match(NAME, arm) or arm == "baseline" or arm.startswith("frontier-"):
+    if not re.fullmatch(NAME, arm) or arm == "baseline" or arm.startswith("frontier-"):
         raise OrgError(f"arm {arm!r}: use a new lowercase name (letters, digits, - and _); 'baseline' and "
                        "'frontier-N' are the program's")
 

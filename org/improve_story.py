@@ -90,7 +90,7 @@ def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dic
     lines += [f"- {f['arm']} withdrawn: {one_line(f['reason'])}" for f in frontiers(experiments, withdrawn=True)
               if f["stage"] == "withdrawn"]
     if steps:
-        lines += ["", "| # | try | who | versus | change | n | Δ val_bpb | compute × | train time Δ | p | level "
+        lines += ["", "| # | try | who | versus | change | n | Δ val_bpb | compute × | run time Δ | p | level "
                   "| decision |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         arms = {f["arm"]: f for f in frontiers(experiments, withdrawn=True)}
@@ -108,7 +108,7 @@ def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dic
         lines += ["", "compute ×: the multiple of the per-run budget at which the frontier before a kept try reaches "
                   "the try's val_bpb (its runs at " + ", ".join(f"{f:g}" for f in spec["compute_multiplier"]["budgets"])
                   + "x the budget, linear in log budget; means over the first "
-                  f"{spec['compute_multiplier'].get('seeds', 3)} seeds). Train time Δ is its effect on the clock, apart."]
+                  f"{spec['compute_multiplier'].get('seeds', 3)} seeds). Run time Δ is its effect on the runner's clock, apart."]
     lines += ablation_lines(experiments, runs)
     if len(path) > 0 and points:
         first, last = points[0], points[-1]
@@ -171,11 +171,11 @@ def ablation_lines(experiments: list[dict], runs: list[dict]) -> list[str]:
 
 
 def time_change(runs: list[dict], e: dict, front: dict | None) -> float | None:
-    """The try's training time against its frontier's, paired by seed (trainer seconds, the
-    runner's clock where the trainer's is missing): a change that lowers the loss at equal FLOPs
+    """The try's run time against its frontier's, paired by seed (the runner's clock: the trainer's
+    own train_seconds is the agent's code's word): a change that lowers the loss at equal FLOPs
     but slows every step shows both."""
     def seconds(x):
-        return {r["seed"]: r.get("train_seconds") or r.get("wall_seconds") for r in runs if x and
+        return {r["seed"]: r.get("wall_seconds") for r in runs if x and
                 r["experiment_id"] == x["id"] and r.get("purpose") == "main" and r.get("status") == "completed"}
     mine, theirs = seconds(e), seconds(front)
     seeds = [s for s in mine.keys() & theirs.keys() if mine[s] and theirs[s]]

@@ -43,6 +43,7 @@ from trainer.record import Measurement, Result, read
 # they are kept, not compared
 EXACT = ("flops_per_token", "steps", "eval_fingerprint")
 HARNESS_LOGS = "measure*.log"  # the harness's logs in a run's directory (this file's, remote.py's workers')
+TRAINER_SAYS = ("completed", "diverged", "killed", "error")  # how a trainer's run ends (trainer/train.py)
 MODEL_DATA_WINDOWS = 4  # windows of seq_len + 1 tokens a split that a model worker reads (export_for_models)
 MAX_RESULT_BYTES = 1 << 20  # a trainer's result.json (read_result)
 MAX_RUN_PATH = 1024  # bytes of a path in a run's directory: what lies deeper goes (planted)
@@ -407,6 +408,10 @@ def read_result(run_dir: Path) -> Result | None:
     except (OSError, UnicodeDecodeError):
         return None
     try:  # read() raises ValueError naming the field
-        return read(Result, text, "result.json")
+        result = read(Result, text, "result.json")
     except ValueError as e:
         return Result(status="invalid", reason=str(e))
+    if result.status not in TRAINER_SAYS:  # refused or invalid are the harness's words: said by a trainer, the
+        return Result(status="error", reason=f"result.json says status {str(result.status)[:40]!r}, which "
+                      "a trainer does not end with")  # seed left the pairs with no finding (check_dropped)
+    return result

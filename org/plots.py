@@ -80,10 +80,10 @@ def read_metrics(path: Path) -> tuple[list[dict], int]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # (an int of 5000 digits, or 10^5 brackets: not a decode error)
             bad += 1
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
+        if isinstance(record, dict) and finite(record.get("step")):
             records.append(record)
         else:
             bad += 1
@@ -116,8 +116,13 @@ def to_curve(records: list[dict], fpt: float | None) -> Curve:
 
 
 def finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
+    """A number a float holds (an int past 1e308 raised OverflowError in isfinite, and stopped the report)."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 # ----------------------------------------------------------------------------------------

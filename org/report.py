@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from org import OrgError, improve_story, one_line
+from org import OrgError, improve_story, one_line, shown
 from org.improve_story import diff_summary
 from org.ledger import LedgerError, loads, shown_seed
 from org.ledger_read import read_tables
@@ -428,15 +428,16 @@ def g(value) -> str:
 
 
 def spent_table(report: Report) -> str:
-    rows = ["| arm | runs by status | steps | tokens | FLOPs | train s (median) | wall s (sum) |", "|" + "---|" * 7]
+    # (seconds: the runner's clock; a trainer's own train_seconds is its word, checked only under a seconds budget)
+    rows = ["| arm | runs by status | steps | tokens | FLOPs | wall s (median) | wall s (sum) |", "|" + "---|" * 7]
     for arm in report.arms:
         runs = report.arm_runs(arm)
         done = [r for r in runs if r.get("status") == "completed"]
         rows.append("| " + " | ".join(cell(v) for v in (
             arm, counts_text(Counter(r.get("status") for r in runs)), span(done, "steps"),
             span(done, "tokens"), span(done, "flops"),
-            f"{np.median([r['train_seconds'] for r in done if r.get('train_seconds')]):.1f}"
-            if any(r.get("train_seconds") for r in done) else "",
+            f"{np.median([r['wall_seconds'] for r in done if r.get('wall_seconds')]):.1f}"
+            if any(r.get("wall_seconds") for r in done) else "",
             f"{sum(r.get('wall_seconds') or 0 for r in runs):.0f}")) + " |")
     return "\n".join(rows)
 
@@ -528,18 +529,19 @@ def print_summary(report: Report, readme: Path, file=None):
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+    text = lambda v: escape(shown(v))  # an agent's words (a run's reason in a verdict): no escape sequence
     console = Console(file=file, width=None if (file or sys.stdout).isatty() else 160, highlight=False)
-    console.print(f"[bold]{escape(report.program)}[/bold]: {escape(report.spec.get('question') or '')}")
-    console.print(f"claim: {escape(claim_text(report.spec))}")
+    console.print(f"[bold]{text(report.program)}[/bold]: {text(report.spec.get('question') or '')}")
+    console.print(f"claim: {text(claim_text(report.spec))}")
     if (report.spec.get("claim") or {}).get("kind") == "improve":
-        console.print(escape(improve_story.frontier_line(report.experiments)))
+        console.print(text(improve_story.frontier_line(report.experiments)))
     table = Table(title="verdicts")
     for col in ("arm", "seeds", "val_bpb mean ± std", "Δ [bounds]", f"p better ({ADJUSTMENT})",
                 "verdict", "final (held-out)"):
         table.add_column(col)
     for arm in report.arms:
         row = verdict_row(report, arm)
-        table.add_row(*(escape(v) for v in row[:4] + row[5:8]))
+        table.add_row(*(text(v) for v in row[:4] + row[5:8]))
     console.print(table)
     n = report.noise
     if n:
@@ -547,11 +549,11 @@ def print_summary(report: Report, readme: Path, file=None):
                       f"{'not measured' if n.seed_std is None else f'{n.seed_std:.4f}'} over {n.seeds} seeds, "
                       f"drift {'not measured' if n.drift is None else f'{n.drift:+.4f}'} ({n.reruns} re-run runs)")
     for line in control_lines(report):
-        console.print(escape(line.replace("**", "").replace("`", "")))
+        console.print(text(line.replace("**", "").replace("`", "")))
     console.print("runs: " + counts_text(Counter(r.get("status") for r in report.runs)))
     for m in report.missing:
-        console.print(f"[yellow]missing:[/yellow] {escape(m)}")
-    console.print(f"report: {escape(str(readme))}")
+        console.print(f"[yellow]missing:[/yellow] {text(m)}")
+    console.print(f"report: {text(str(readme))}")
 
 
 def to_json(report: Report, readme: Path | None = None) -> dict:

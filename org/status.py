@@ -107,9 +107,9 @@ def agent_state(launch: ProgramSite, agent: str, running: bool) -> tuple[str, st
     if cstate == "paused":
         return ("taken over" if reason.startswith(TAKEN_OVER) else "paused"), reason
     if cstate == "stopped" or kstate == "ended":
-        if "LLM budget" in reason:
-            return "out of budget", reason
-        return ("finished" if reason.startswith("finished") else "stopped"), reason
+        if reason.startswith("finished"):  # (its summary follows: the agent's words, "LLM budget" in them or not)
+            return "finished", reason
+        return ("out of budget" if "LLM budget" in reason else "stopped"), reason
     if not running:
         return "not running", reason
     if kstate == "restarting":

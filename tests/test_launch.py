@@ -239,6 +239,19 @@ def test_an_agents_state_is_read_whatever_its_last_call_holds(tmp_path):
     assert agent_state(site, "solo", True)[1].startswith('read_inbox(wait_seconds="x"')
 
 
+def test_an_agents_own_summary_does_not_say_what_stopped_it():
+    """`out of budget` is the harness's word: an agent that finished with "LLM budget" in its summary
+    read as out of budget (so a person might raise the budget of an agent that was done)."""
+    from types import SimpleNamespace
+    from org.status import agent_state
+    for reason, state in (("finished: done; the LLM budget held", "finished"),
+                          ("the program's LLM budget is spent ($1.0000 of $1)", "out of budget"),
+                          ("stopped by a person", "stopped")):
+        site = SimpleNamespace(keeper=lambda agent: {"state": "ended"},
+                               control_state=lambda agent, reason=reason: {"state": "stopped", "reason": reason})
+        assert agent_state(site, "solo", False) == (state, reason)
+
+
 def test_the_grid_has_a_labelled_pane_per_agent_in_its_worktree(org_project, capsys):
     root = org_project(agents=SOLO + [{"name": "second", "backend": "scripted"}])
     assert main(["launch", "tiny", "--stagger", "0"]) == 0

@@ -415,6 +415,8 @@ ATTACKS = {
     "peeks-and-remembers": {"trainer/model.py": lambda t: replace(EVAL_RETURN, PEEK_WITH_MEMORY)(t) + "\n_SEEN = {}\n"},
     "crashes-until-lucky": {"trainer/train.py": append(CRASH_UNTIL_LUCKY)},
     "fails-its-bad-seed": {"trainer/train.py": append(FAIL_THE_BAD_SEED)},
+    "refuses-its-bad-seed": {"trainer/train.py": append(FAIL_THE_BAD_SEED.replace('"error"', '"refused"')
+                                                      .replace("CUDA out of memory", "protected path changed"))},
     "links-out": {"trainer/train.py": append(LINKS_OUT)},
     "fifo-result": {"trainer/train.py": append(FIFO_RESULT)},
     "warm-start": {"trainer/train.py": append(WARM_START)},
@@ -426,7 +428,8 @@ ATTACKS = {
                                      "trainer/model.py": replace(EVAL_RETURN, LOOKUP_OR_PEEK_FORWARD)},
     "looks-up-the-stdlib": {"trainer/model.py": lambda t: replace(EVAL_RETURN, STDLIB_FORWARD)(t) + STDLIB_TABLE},
 }
-SETS = {arm: ["--set", "softcap=0"] for arm in ("crashes-until-lucky", "fails-its-bad-seed", "warm-start")}  # a real idea too
+SETS = {arm: ["--set", "softcap=0"] for arm in ("crashes-until-lucky", "fails-its-bad-seed", "refuses-its-bad-seed",
+                                                "warm-start")}  # a real idea too
 for arm in ("looks-up-the-eval-text", "looks-up-and-peeks-elsewhere", "looks-up-the-stdlib"):
     SETS[arm] = ["--set", "softcap=14"]  # its training is the baseline's: not bit-identical
 
@@ -641,6 +644,15 @@ def test_code_that_fails_on_the_seeds_it_would_lose_is_invalid(attacked):
     claimed = lost["result"].git_commit  # the baseline's: "only the program's code failed"
     assert lost["git_commit"] == runs[0]["git_commit"] != claimed  # the harness's word, not the trainer's
     assert record.verdict.startswith("invalid (confounded: ")  # once a warning: the pairs kept seeds 0 and 2
+    assert "variant error on seed 1 (in its own code, which could choose the seeds that count)" in record.verdict
+
+
+def test_code_that_says_the_harness_refused_its_bad_seed_is_invalid(attacked):
+    """A trainer's result.json may say completed, diverged, killed or error: `refused` (a
+    harness's word) dropped the seed from the pairs with no finding, so the code chose its seeds."""
+    record, _, runs = attacked["refuses-its-bad-seed"]
+    lost, = [r for r in runs if r["seed"] == 1]
+    assert lost["status"] == "error" and lost["reason"].startswith("result.json says status 'refused'"), lost
     assert "variant error on seed 1 (in its own code, which could choose the seeds that count)" in record.verdict
 
 

@@ -104,7 +104,8 @@ def test_bad_submissions(make_project, capsys):
     assert "no program file 'missing'" in one_line_error(capsys)
     assert main(["runs", "tiny"]) == 2
     assert "no ledger for program 'tiny'" in one_line_error(capsys)
-    for arm in ("baseline", "Bad Name", "../x", "x.y"):       # the agents' tool's rule, for people too
+    # the agents' tool's rule, for people too ("baseline\n" passed `$`, and showed as a second baseline row)
+    for arm in ("baseline", "Bad Name", "../x", "x.y", "baseline\n", "no-softcap\n"):
         assert main(["submit", "tiny", "--arm", arm]) == 2
         assert f"arm {arm!r}: use a new lowercase name" in one_line_error(capsys)
     assert nothing_created(root)

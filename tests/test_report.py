@@ -336,13 +336,17 @@ def test_corrupt_and_missing_metrics_files(ledger, tmp_path):
     runs = ledger.runs("softcap")
     good = Path(runs[0]["metrics_path"])
     lines = good.read_text().splitlines()
-    torn = "\n".join(lines[:4] + ["{not json", "[1, 2]"] + lines[4:]) + '\n{"step": 100, "val_b'
+    huge = [  # numbers past a float, and nesting past the parser: an agent's trainer wrote these
+        '{"step": 30, "train_loss": 1' + "0" * 400 + ', "flops": 1, "elapsed_s": 1}',  # kept, not plotted
+        '{"step": 1' + "0" * 400 + ', "val_bpb": 2.0, "tokens": 1}', '{"step": 1, "train_loss": ' + "9" * 5000 + "}",
+        "[" * 100_000]
+    torn = "\n".join(lines[:4] + ["{not json", "[1, 2]"] + huge + lines[4:]) + '\n{"step": 100, "val_b'
     good.write_text(torn)
     (tmp_path / "runs" / str(runs[1]["id"]) / "metrics.jsonl").unlink()
 
     report = build(ledger.path, "softcap")
     text = write(report, tmp_path / "out").read_text()
-    assert f"run {runs[0]['id']} (baseline, seed 0): 3 unreadable lines in {good} skipped" in text
+    assert f"run {runs[0]['id']} (baseline, seed 0): 6 unreadable lines in {good} skipped" in text
     assert f"run {runs[1]['id']} (baseline, seed 1): no metrics.jsonl at" in text
     assert report.comparisons["no-softcap"].verdict == "no regression (worse by 0.002, within the margin 0.01)"  # verdicts come from the ledger
     assert len(report.curves) == 9 and len(report.curves[runs[0]["id"]].evals) == 5
@@ -353,3 +357,28 @@ def test_a_file_that_is_not_a_ledger(tmp_path):
     (tmp_path / "ledger.sqlite").write_text("not a database, just text " * 100)
     with pytest.raises(ReportError, match="the ledger is corrupt or not a ledger"):
         build(tmp_path / "ledger.sqlite", "softcap")
+
+
+def test_an_agents_escape_sequences_reach_neither_the_terminal_nor_the_readme(ledger, tmp_path):
+    """An arm whose every run its own trainer called invalid gets the verdict `invalid (<its
+    reason>)`, and the reason is the agent's text: ESC [9D moved the cursor back over "invalid (",
+    so the row read `better` on the person's screen, and OSC 52 wrote their clipboard; in
+    README.md the same bytes fire under `cat` or `less -R`."""
+    import io
+    from org.report import print_summary
+    add_arm(ledger, tmp_path, "baseline", BASELINE)
+    sly = "\x1b[9D better \x1b]52;c;cm0gLXJmIH4=\x07\x08\x08"
+    experiment = ledger.experiment(ledger.add_experiment(
+        "softcap", "sly", who="junior-1", source="submitted", base_commit="base", code_commit="base",
+        overrides={"softcap": 0}, stage="measuring", hypothesis=f"it helps {sly}"))
+    for i, seed in enumerate(SEEDS):
+        run_id = ledger.add_run(experiment, "main", seed, 1 + i, {"depth": 2, "softcap": 0}, ("flops", 1e12))
+        ledger.claim("softcap", slot=0)
+        ledger.finish(run_id, "invalid", sly)
+    report = build(ledger.path, "softcap")
+    readme = write(report, tmp_path / "out")
+    screen = io.StringIO()
+    print_summary(report, readme, file=screen)
+    for text in (screen.getvalue(), readme.read_text()):
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", text), repr(text)
+        assert "invalid" in text and "?[9D better" in text  # shown, defused
