@@ -215,7 +215,13 @@ def withdraw_unreproduced(ledger: Ledger, program: Program, experiments: list[di
     bomb') left every later try untested, for good. The frontier before it stands again (and the
     program branch goes back to it: sync_branch); tries against a withdrawn frontier are stale
     (withdrawn_under), one whose commit builds on its code is refused (built_on_withdrawn), and
-    LORD++ counts it as no discovery (rule_of): every later level falls."""
+    LORD++ counts it as no discovery (rule_of): every later level falls.
+
+    Not under a budget of seconds: there a run's steps follow the machine's load, and an agent's
+    busy box could push an honest frontier's canary past tolerance() and so withdraw it; there
+    the frontier stands, and the tries against it stay untested (climb)."""
+    if program.budget.per_run.kind == "seconds":
+        return
     fronts = frontiers(experiments)
     for i, front in enumerate(fronts):
         kept = origin(experiments, front)
@@ -310,7 +316,8 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
     later (the time tells it): at a ladder rung its kept try's own runs stand for it, as in
     judged_against; on fresh seeds it must run again, and canaries go with those runs
     (plan_canaries): a frontier that does not reproduce itself is withdrawn (withdraw_unreproduced)
-    and this try is then stale, and a try that does not could not be one."""
+    and this try is then stale (under a seconds budget: untested), and a try that does not could
+    not be one."""
     declared = frozenset(DECLARABLE) - {program.budget.per_run.kind}
     kept = origin(experiments, front)
     while True:
@@ -327,6 +334,11 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
             pair[0] = own + [r for r in pair[0] if r["seed"] not in {r["seed"] for r in own}]
         where = (f"{len(pair[1])} fresh seeds" if fresh else
                  f"rung {rung} ({', '.join(f'{k}={v}' for k, v in program.ladder[rung - 1].items())})")
+        moved = fresh and kept and unreproduced(ledger, program, experiments, front)  # (under a seconds budget:
+        if moved:  # withdraw_unreproduced withdraws it otherwise, so this try is stale before it gets here)
+            return dict(d, outcome="untested", verdict=f"{d['verdict']} at the program's scale, untested at fresh "
+                        f"seeds: {front['arm']} did not reproduce a run of {kept['arm']}, its kept try ({moved}): "
+                        "its re-runs are no yardstick")
         if not all(pair):
             seeds = draw_seeds(ledger.runs(program.name), program.fresh_seeds) if fresh else program.budget.seeds
             plan_rung(ledger, program, e, rung, seeds)

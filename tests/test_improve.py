@@ -554,10 +554,11 @@ def finish_canaries(ledger, program, arm, shift: float = 0.0, status: str = "com
             plan(ledger, program, ledger.experiment(canary["experiment_id"]))
 
 
-def kept_on_fresh_seeds(tmp_path):
+def kept_on_fresh_seeds(tmp_path, **changes):
     """A program with 3 fresh seeds, whose frontier-1 is wd-up (a code change of its author's, and
     an override), kept after its fresh rung."""
-    root, program = make_project(tmp_path, improve_program(claim={"kind": "improve", "alpha": 0.05, "fresh_seeds": 3}))
+    root, program = make_project(tmp_path, improve_program(claim={"kind": "improve", "alpha": 0.05, "fresh_seeds": 3},
+                                                           **changes))
     lab = Lab.open(root)
     ledger = Ledger(lab_dir(root, program) / "ledger.sqlite")
     worktree(root, program, "solo")
@@ -632,6 +633,34 @@ def test_a_frontier_whose_code_trains_otherwise_when_run_again_is_caught_by_its_
     assert ("withdrawn" in status["frontier"]) == bool(shift), status["frontier"]
     shown_decision = next(x["decision"] for x in status["experiments"] if x["arm"] == "seed-table")
     assert "canaries" not in shown_decision and decision(ledger, program, "seed-table")["canaries"]  # (their run ids)
+    ledger.close()
+    lab.close()
+
+
+def test_under_a_seconds_budget_a_frontier_that_misses_stands_and_the_try_is_untested(tmp_path):
+    """Under a budget of seconds a run's steps follow the machine's load, and an agent's busy box
+    could push an honest frontier's canary off: there it is not withdrawn (its keep could not be
+    made again), and the try that met the miss is untested."""
+    spec = improve_program()
+    spec["budget"]["per_run"] = {"seconds": 30}
+    lab, program, ledger = kept_on_fresh_seeds(tmp_path, budget=spec["budget"])
+    baseline = next(e for e in ledger.experiments(program.name) if e["arm"] == "baseline")
+    ledger.add_run(baseline, "repeat", 0, 1, json.loads(baseline["overrides"]), ("seconds", 30))
+    finish(ledger, program, "baseline", [b + 0.001 for b in BASE], purpose="repeat")  # tolerance: 3 x 0.001
+    kept = [b - 0.03 + j for b, j in zip(BASE, JITTER)]
+    try_(ledger, lab, program, "seed-table", {"matrix_lr": 0.0201})
+    finish(ledger, program, "seed-table", [k - 0.03 - j for k, j in zip(kept, JITTER)])
+    on_fresh = [2.20, 2.22, 2.19]
+    finish(ledger, program, "frontier-1", on_fresh, purpose="replicate")
+    finish(ledger, program, "seed-table", [f + j for f, j in zip(on_fresh, JITTER)], purpose="replicate")
+    finish_canaries(ledger, program, "seed-table")
+    finish_canaries(ledger, program, "frontier-1", 0.05)
+    d = decision(ledger, program, "seed-table")
+    assert d["outcome"] == "untested" and "frontier-1 did not reproduce a run of wd-up" in d["verdict"], d
+    assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
+    assert decision(ledger, program, "wd-up")["outcome"] == "kept"
+    from org.agents.tools import program_status
+    assert "no_yardstick" in program_status(ledger, program)["frontier"]
     ledger.close()
     lab.close()
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 from org import OrgError
 from org.experiments import held_for_checks
-from org.improve import frontier, frontiers, lineage
+from org.improve import frontier, frontiers, lineage, origin, unreproduced
 from org.lab import Lab, agent_branch, agent_refs
 from org.ledger import FINISHED, Ledger, ledger_path, shown_seed
 from org.mail import EVERYONE, HUMAN, TURN_MAIL_BYTES, Mail, a_turns_mail, format_mail
@@ -469,10 +469,14 @@ def frontier_status(ledger: Ledger, program: Program, experiments: list[dict]) -
     front = frontier(experiments) or {"arm": "baseline", "id": None, "overrides": "{}",
                                       "code_commit": ledger.program(program.name)["base_commit"]}
     withdrawn = {f["arm"]: f["reason"] for f in frontiers(experiments, withdrawn=True) if f["stage"] == "withdrawn"}
+    kept = front["id"] and origin(experiments, front)
+    moved = kept and unreproduced(ledger, program, experiments, front)  # (under a seconds budget: it stands)
     return {"arm": front["arm"], "experiment": front["id"], "commit": front["code_commit"],
             "overrides": json.loads(front["overrides"]),
             "kept": [e["arm"] for e in lineage(experiments) if e["decision"]["outcome"] == "kept"],
-            **({"withdrawn": withdrawn} if withdrawn else {})}  # (a try built on one of them is refused)
+            **({"withdrawn": withdrawn} if withdrawn else {}),  # (a try built on one of them is refused)
+            **({"no_yardstick": f"{front['arm']} did not reproduce a run of {kept['arm']} ({moved}): no try is "
+                                "kept against it"} if moved else {})}
 
 
 def referee_verdicts(ledger: Ledger, program: Program) -> list[dict]:
