@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from org import OneLineParser, OrgError, shown
 from org.compare_orgs import add_compare_command
-from org.improve import leave_one_out
+from org.ablate import leave_one_out
 from org.experiments import check_arm_name, plan, submission_source, submit, submit_declared
 from org.lab import scrub_git_env
 from org.ledger import RUN_STATUSES, Ledger, corrupt

@@ -87,9 +87,13 @@ def same_change(ledger: Ledger, lab: Lab, program: Program, commit: str, overrid
     """An experiment (not refused) that runs this code tree with these overrides, against the same
     frontier, or None. Each verdict is a test at the program's alpha (`no regression` unadjusted
     for how many arms there are), and each copy draws fresh seeds of its own: one change submitted
-    under ten names had about 40 % odds that one copy's verdict held by chance."""
+    under ten names had about 40 % odds that one copy's verdict held by chance. A try decided stale
+    or untested was no test: made again (its frontier stands again once a later one is withdrawn),
+    it is one."""
     tree = lab.repo.commit(commit).tree.hexsha
+    no_test = lambda e: e["decision"] and json.loads(e["decision"])["outcome"] in ("stale", "untested")
     return next((e for e in ledger.experiments(program.name) if e["stage"] != "refused" and e["versus"] == versus
+                 and not no_test(e)
                  and json.loads(e["overrides"]) == overrides and lab.repo.commit(e["code_commit"]).tree.hexsha == tree),
                 None)
 

@@ -21,8 +21,9 @@ it starts as the baseline. Agents submit tries against it, and each try is
                discarded  otherwise, with the referee's verdict saying why
              A kept try becomes the next frontier, arm frontier-N (its code and overrides), is
              re-measured on every seed, and the program branch moves to its commit.
-  withdrawn  a kept try whose frontier later did not reproduce a run of it (a canary missed),
-             with every frontier after it: the one before stands again (withdraw_unreproduced)
+  withdrawn  a kept try whose code is in the stack of a frontier that later did not reproduce a
+             run of its own kept try (a canary missed, while the baseline reproduced its own):
+             every frontier from the first with an agent's code on (withdraw_unreproduced)
 
 The rule's state is rebuilt from the decisions on record. At the program's budget a try may
 change anything but the budget itself: params, tokens and steps count as declared ("lower loss
@@ -34,7 +35,7 @@ at equal FLOPs" may use a wider model or more steps), and the budget's own kind 
     sync_branch(lab, ledger, program)          -> program/<name> at the frontier's commit
     check_candidates(lab, program, base, source) -> every patch applies and is allowed
     lineage(experiments)                       -> the decided tries, in decision order
-    leave_one_out(ledger, lab, program, who)   -> `org ablate`: the frontier without each kept change
+    (org/ablate.py: `org ablate`, the frontier without each kept change)
     (org/improve_story.py tells it: the report's points, progress.png, and markdown)
 
 A kept try's re-measured frontier runs the same code and config on the same seeds as the try
@@ -46,13 +47,11 @@ independent, as LORD++'s guarantee assumes (org/frontier.py says how far that go
 from __future__ import annotations
 
 import json
-import math
 import secrets
 import tempfile
 from pathlib import Path
 
 import git
-import numpy as np
 
 from org.confounds import DECLARABLE, UNSEEN_WORK
 from org.frontier import Lord
@@ -208,32 +207,41 @@ def withdrawn_under(ledger: Ledger, program: Program, experiments: list[dict], e
 
 
 def withdraw_unreproduced(ledger: Ledger, program: Program, experiments: list[dict]):
-    """Withdraw a kept try whose frontier did not reproduce a run of it (a canary missed:
-    unreproduced), with every frontier after it (each holds its code). Its code tells runs apart
-    (the time, a folder), so the runs it was kept on are no evidence, and its re-runs no yardstick.
-    Left standing it froze the program: a keep that trained otherwise from some hour on (a 'time
-    bomb') left every later try untested, for good. The frontier before it stands again (and the
-    program branch goes back to it: sync_branch); tries against a withdrawn frontier are stale
-    (withdrawn_under), one whose commit builds on its code is refused (built_on_withdrawn), and
-    LORD++ counts it as no discovery (rule_of): every later level falls.
+    """Withdraw the agents' code from the frontier when a frontier did not reproduce a run of its
+    kept try (a canary missed: missed_canary) while the baseline reproduced its own since (the
+    machine and its libraries still give the bits they gave). Code in its stack tells runs apart
+    (the time, a folder, the tree it sits in), so the runs its keeps stood on are no evidence, and
+    its re-runs no yardstick. Which change does it cannot be told (a keep that trains otherwise
+    once merged with another's code, some hours on, looks like the other's fault), so every
+    frontier from the first that holds an agent's code on is withdrawn: a 'time bomb' costs its
+    author the keep, and a keep built on it must be made again (its author's diff, rebased).
+    Left standing, such a frontier froze the program: every later try untested, for good.
 
-    Not under a budget of seconds: there a run's steps follow the machine's load, and an agent's
-    busy box could push an honest frontier's canary past tolerance() and so withdraw it; there
-    the frontier stands, and the tries against it stay untested (climb)."""
+    The frontier before them stands again (the program branch goes back to it: sync_branch);
+    tries against a withdrawn frontier are stale (withdrawn_under), one whose commit builds on
+    its code is refused (built_on_withdrawn), and LORD++ counts none of them as a discovery
+    (rule_of): every later level falls. Not under a budget of seconds, where a run's steps follow
+    the machine's load (an agent's busy box could push an honest canary off); nor while no
+    re-run of the baseline since the miss has reproduced (a library upgraded mid-program moved
+    every canary, and withdrew every frontier): there the frontier stands and the tries against
+    it are untested (climb) until one has."""
     if program.budget.per_run.kind == "seconds":
         return
     fronts = frontiers(experiments)
     for i, front in enumerate(fronts):
         kept = origin(experiments, front)
-        moved = kept and unreproduced(ledger, program, experiments, front)
-        if not moved:
+        miss = kept and missed_canary(ledger, program, experiments, front)
+        if not miss or not baseline_reproduced_since(ledger, program, miss[0]["started_at"] or miss[0]["finished_at"]):
             continue
-        why = f"{front['arm']} did not reproduce a run of {kept['arm']}, its kept try ({moved}): its code tells runs apart"
-        for gone in fronts[i:]:
-            reason = why if gone is front else f"built on {front['arm']}, withdrawn: {why}"
+        first = next((j for j, f in enumerate(fronts) if f["code_commit"] != fronts[0]["code_commit"]), i)
+        why = (f"{front['arm']} did not reproduce a run of {kept['arm']}, its kept try ({said(*miss)}), where the "
+               "baseline reproduced its own: code in its stack tells runs apart")
+        for gone in fronts[min(first, i):]:
+            reason = why if gone is front else f"{why} ({front['arm']} holds its code)"
             ledger.update_experiment(gone["id"], stage="withdrawn", reason=reason)
-            for r in ledger.runs(program.name, experiment_id=gone["id"], status="queued"):
-                ledger.finish(r["id"], "refused", f"not run: {gone['arm']} was withdrawn")
+            for e in [gone] + [e for e in experiments if e["versus"] == gone["arm"] and e["source"] == "ablation"]:
+                for r in ledger.runs(program.name, experiment_id=e["id"], status="queued"):
+                    ledger.finish(r["id"], "refused", f"not run: {gone['arm']} was withdrawn")
             mine = origin(experiments, gone)
             d = mine["decision"]  # (lineage: read)
             ledger.update_experiment(mine["id"], decision=dict(d, outcome="withdrawn", withdrawn_at=now(),
@@ -241,16 +249,39 @@ def withdraw_unreproduced(ledger: Ledger, program: Program, experiments: list[di
         return
 
 
+def baseline_reproduced_since(ledger: Ledger, program: Program, since: str) -> bool:
+    """Whether the baseline's re-runs of its seeds (the runner's `repeat` runs) that ended after
+    `since` landed where its first runs did, and there is one: the program's own code gives the
+    bits it gave, so a frontier's canary that missed then is its code's doing."""
+    runs = ledger.runs(program.name, arm="baseline", status="completed")
+    first = {r["seed"]: r["val_bpb"] for r in runs if r["purpose"] == "main" and r["val_bpb"] is not None}
+    later = [r for r in runs if r["purpose"] == "repeat" and (r["finished_at"] or "") > since
+             and r["val_bpb"] is not None and r["seed"] in first]
+    return bool(later) and all(abs(r["val_bpb"] - first[r["seed"]]) <= REPRODUCED for r in later)
+
+
 def built_on_withdrawn(lab: Lab, experiments: list[dict], commit: str) -> str | None:
-    """Why a try may not run: its commit builds on a withdrawn try's code change (an agent's
-    worktree still at that frontier's commit), which would come back in unseen."""
+    """Why a try may not run: its code holds a withdrawn try's code change, which would come back
+    in unseen: built on that frontier's commit (an agent's worktree still there), or the change
+    made again (a plain `git rebase` onto the frontier replays the withdrawn author's commit, and
+    a copy of its tree is a new commit): its diff taken out of the try's code applies."""
     for e in lineage(experiments):
         if e["decision"]["outcome"] != "withdrawn":
             continue
         before = next(f for f in frontiers(experiments, withdrawn=True) if f["arm"] == e["versus"])
-        if e["code_commit"] != before["code_commit"] and lab.repo.is_ancestor(e["code_commit"], commit):
-            return (f"its commit builds on {e['arm']}'s code ({e['code_commit'][:10]}), withdrawn: "
-                    f"{e['decision']['verdict'].rsplit('; withdrawn: ', 1)[-1]}; rebase it onto the frontier's commit")
+        if e["code_commit"] == before["code_commit"]:  # a change of overrides only
+            continue
+        holds = lab.repo.is_ancestor(e["code_commit"], commit)
+        if not holds:
+            with tempfile.NamedTemporaryFile("w", suffix=".patch") as f:
+                f.write(lab.repo.git.diff("--binary", "--no-ext-diff", "--no-textconv", before["code_commit"],
+                                          e["code_commit"]) + "\n")
+                f.flush()
+                holds = patched(lab, commit, Path(f.name), reverse=True)[0] is not None
+        if holds:
+            return (f"its code holds {e['arm']}'s change ({e['code_commit'][:10]}), withdrawn: "
+                    f"{e['decision']['verdict'].rsplit('; withdrawn: ', 1)[-1]}; make the try on the frontier's "
+                    "commit without it (a rebase replays its commits: cherry-pick your own)")
     return None
 
 
@@ -334,8 +365,8 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
             pair[0] = own + [r for r in pair[0] if r["seed"] not in {r["seed"] for r in own}]
         where = (f"{len(pair[1])} fresh seeds" if fresh else
                  f"rung {rung} ({', '.join(f'{k}={v}' for k, v in program.ladder[rung - 1].items())})")
-        moved = fresh and kept and unreproduced(ledger, program, experiments, front)  # (under a seconds budget:
-        if moved:  # withdraw_unreproduced withdraws it otherwise, so this try is stale before it gets here)
+        moved = fresh and kept and unreproduced(ledger, program, experiments, front)  # (a miss that withdrew it:
+        if moved:  # this try is stale before it gets here; else a seconds budget, or no baseline control yet)
             return dict(d, outcome="untested", verdict=f"{d['verdict']} at the program's scale, untested at fresh "
                         f"seeds: {front['arm']} did not reproduce a run of {kept['arm']}, its kept try ({moved}): "
                         "its re-runs are no yardstick")
@@ -396,8 +427,15 @@ def plan_canaries(ledger: Ledger, program: Program, e: dict, front: dict, kept: 
 
 
 def unreproduced(ledger: Ledger, program: Program, experiments: list[dict], x: dict) -> str | None:
-    """How the first of x's completed canaries missed the run it repeats (the kept try's, for a
-    frontier), or None. A miss is one past tolerance() (one that did not complete: climb)."""
+    """How the first of x's completed canaries missed the run it repeats, or None (missed_canary)."""
+    miss = missed_canary(ledger, program, experiments, x)
+    return miss and said(*miss)
+
+
+def missed_canary(ledger: Ledger, program: Program, experiments: list[dict], x: dict) -> tuple[dict, dict] | None:
+    """The first of x's completed canaries that missed the run it repeats (the kept try's, for a
+    frontier), and that run; or None. A miss is one past tolerance() (one that did not complete:
+    climb)."""
     canaries = [r for r in ledger.runs(program.name, experiment_id=x["id"], purpose="canary")
                 if r["status"] == "completed" and r["val_bpb"] is not None]
     if not canaries:  # (the usual case, and a cheap one: climb asks on every recorded run)
@@ -408,8 +446,12 @@ def unreproduced(ledger: Ledger, program: Program, experiments: list[dict], x: d
     for canary in canaries:
         was = first.get(canary["seed"])
         if was is not None and limit is not None and abs(canary["val_bpb"] - was["val_bpb"]) > limit:
-            return f"val_bpb {was['val_bpb']:.4f}, then {canary['val_bpb']:.4f} on the same seed"
+            return canary, was
     return None
+
+
+def said(canary: dict, was: dict) -> str:
+    return f"val_bpb {was['val_bpb']:.4f}, then {canary['val_bpb']:.4f} on the same seed"
 
 
 def tolerance(program: Program, ledger: Ledger) -> float | None:
@@ -452,41 +494,6 @@ def plan_multiplier(ledger: Ledger, program: Program, experiment: dict):
         amount = max(1, round(value * factor)) if kind in ("steps", "tokens") else value * factor
         for i, seed in enumerate(program.budget.seeds[:m.seeds]):
             ledger.add_run(experiment, f"x{factor:g}", seed, 1 + i, overrides, (kind, amount))
-
-
-def multiplier(curve: dict[float, float], loss: float) -> tuple[float, bool] | None:
-    """The multiple of the budget at which a frontier whose mean val_bpb at each multiple is
-    `curve` reaches `loss`: linear in log2(multiple) between measured points, and along the
-    nearest segment beyond them (extrapolated: True). None without two points."""
-    if len(curve) < 2:
-        return None
-    y, x = zip(*sorted((bpb, math.log2(f)) for f, bpb in curve.items()))  # by loss: compute falls
-    if y[0] <= loss <= y[-1]:
-        return 2 ** float(np.interp(loss, y, x)), False
-    i, j = (0, 1) if loss < y[0] else (-2, -1)
-    if y[j] == y[i]:
-        return None
-    return 2 ** (x[i] + (x[j] - x[i]) * (loss - y[i]) / (y[j] - y[i])), True
-
-
-def kept_multiplier(spec: dict, runs: list[dict], kept: dict, front: dict | None) -> tuple[float, bool] | str | None:
-    """A kept try's compute multiplier against the frontier before it (compute_multiplier.seeds
-    first seeds, means over them); 'pending' while those runs run; None if one of them failed."""
-    m = spec.get("compute_multiplier")
-    if not m or not front:
-        return None
-    seeds = set(spec["budget"]["seeds"][:m.get("seeds", 3)])
-    ours = [r for r in runs if r["experiment_id"] in (front["id"], kept["id"]) and r["seed"] in seeds]
-    if any(r.get("status") in ("queued", "running") for r in ours):
-        return "pending"
-
-    def mean(experiment, purpose):
-        values = [r.get("val_bpb") for r in ours if r["experiment_id"] == experiment["id"]
-                  and r.get("purpose") == purpose and r.get("status") == "completed"]
-        return sum(values) / len(values) if len(values) == len(seeds) and None not in values else None
-    curve = {1.0: mean(front, "main"), **{f: mean(front, f"x{f:g}") for f in m["budgets"]}}
-    loss = mean(kept, "main")
-    return None if loss is None or None in curve.values() else multiplier(curve, loss)
 
 
 def plan_rung(ledger: Ledger, program: Program, experiment: dict, rung: int, seeds: list[int]):
@@ -553,46 +560,6 @@ def patched(lab: Lab, base: str, patch: Path, reverse: bool = False) -> tuple[st
             lines = [s for s in (e.stderr or "").strip("' \n").splitlines() if s.strip()]
             return None, (lines[0].strip() if lines else "git apply failed")
         return lab.repo.git.commit_tree(tree, "-p", base, "-m", f"check {patch.name}", env=env), None
-
-
-def leave_one_out(ledger: Ledger, lab: Lab, program: Program, who: str) -> list[dict]:
-    """For each kept try K, the frontier without K (arm frontier-N-without-K): K's code change taken out of
-    the frontier's commit and K's own overrides set back to what the frontier before it had, run
-    on every seed beside the frontier. Does each kept change still help in the stack? (A change
-    later tries build on may not come out: refused, saying so.) Returns the new experiments."""
-    experiments = ledger.experiments(program.name)
-    front, made = frontier(experiments), []
-    for kept in [e for e in lineage(experiments) if e["decision"]["outcome"] == "kept"]:
-        before = next(f for f in frontiers(experiments) if f["arm"] == kept["versus"])
-        theirs, mine = json.loads(before["overrides"]), json.loads(kept["overrides"])
-        overrides = json.loads(front["overrides"])
-        for key in [k for k in mine if theirs.get(k) != mine[k]]:  # K's own keys, as they were
-            if key in theirs:
-                overrides[key] = theirs[key]
-            else:
-                overrides.pop(key, None)
-        commit, why = front["code_commit"], None
-        if kept["code_commit"] != before["code_commit"]:
-            with tempfile.NamedTemporaryFile("w", suffix=".patch") as f:
-                f.write(lab.repo.git.diff("--binary", "--no-ext-diff", "--no-textconv", before["code_commit"],
-                                          kept["code_commit"]) + "\n")
-                f.flush()
-                commit, why = patched(lab, front["code_commit"], Path(f.name), reverse=True)
-        why = why and f"{kept['arm']}'s code cannot be taken out of {front['arm']}'s ({why}): later tries build on it"
-        arm = f"{front['arm']}-without-{kept['arm']}"
-        if all(e["arm"] != arm for e in experiments):  # once per frontier: again, it is the same question
-            made.append(submit_ablation(ledger, program, arm, front, commit or front["code_commit"], overrides,
-                                        who, why, kept))
-    return made
-
-
-def submit_ablation(ledger, program, arm, front, commit, overrides, who, why, kept) -> dict:
-    with ledger.tx():
-        new_id = ledger.add_experiment(
-            program.name, arm, who=who, source="ablation", base_commit=front["base_commit"], code_commit=commit,
-            overrides=overrides, stage="refused" if why else "measuring", reason=why, versus=front["arm"],
-            hypothesis=f"{front['arm']} without {kept['arm']} (experiment {kept['id']}): does it still help?")
-    return ledger.experiment(new_id)
 
 
 def check_try(program: Program, overrides: dict, commit: str, front: dict) -> str | None:

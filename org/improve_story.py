@@ -6,15 +6,19 @@ and the one line `org status` prints.
     progress(experiments, runs, llm)       -> one point per decided try
     section(spec, experiments, runs, llm)  -> the report's frontier section
     frontier_line(experiments)             -> "frontier: frontier-2 (...): 3 kept, ..."
+    kept_multiplier(spec, runs, kept, front) -> a kept try's compute multiplier (x, extrapolated)
 """
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from datetime import datetime
 
+import numpy as np
+
 from org import one_line
-from org.improve import OUTCOMES, ablations, frontier, frontiers, kept_multiplier, lineage, tries
+from org.improve import OUTCOMES, ablations, frontier, frontiers, lineage, tries
 from org.referee import adjust, compare, verdict_kind
 
 def mean_bpb(runs: list[dict]) -> float | None:
@@ -210,3 +214,40 @@ def diff_summary(diff: str | None) -> str:
             files[current][1] += 1
     cut = ", and more: the diff kept was cut" if "\n... (cut: the diff goes on past" in diff else ""  # (org/experiments.py)
     return ", ".join(f"{f} +{a} -{d}" for f, (a, d) in files.items()) + cut
+
+
+# --- compute multipliers (org/improve.py plan_multiplier runs them) ----------------------------
+
+def multiplier(curve: dict[float, float], loss: float) -> tuple[float, bool] | None:
+    """The multiple of the budget at which a frontier whose mean val_bpb at each multiple is
+    `curve` reaches `loss`: linear in log2(multiple) between measured points, and along the
+    nearest segment beyond them (extrapolated: True). None without two points."""
+    if len(curve) < 2:
+        return None
+    y, x = zip(*sorted((bpb, math.log2(f)) for f, bpb in curve.items()))  # by loss: compute falls
+    if y[0] <= loss <= y[-1]:
+        return 2 ** float(np.interp(loss, y, x)), False
+    i, j = (0, 1) if loss < y[0] else (-2, -1)
+    if y[j] == y[i]:
+        return None
+    return 2 ** (x[i] + (x[j] - x[i]) * (loss - y[i]) / (y[j] - y[i])), True
+
+
+def kept_multiplier(spec: dict, runs: list[dict], kept: dict, front: dict | None) -> tuple[float, bool] | str | None:
+    """A kept try's compute multiplier against the frontier before it (compute_multiplier.seeds
+    first seeds, means over them); 'pending' while those runs run; None if one of them failed."""
+    m = spec.get("compute_multiplier")
+    if not m or not front:
+        return None
+    seeds = set(spec["budget"]["seeds"][:m.get("seeds", 3)])
+    ours = [r for r in runs if r["experiment_id"] in (front["id"], kept["id"]) and r["seed"] in seeds]
+    if any(r.get("status") in ("queued", "running") for r in ours):
+        return "pending"
+
+    def mean(experiment, purpose):
+        values = [r.get("val_bpb") for r in ours if r["experiment_id"] == experiment["id"]
+                  and r.get("purpose") == purpose and r.get("status") == "completed"]
+        return sum(values) / len(values) if len(values) == len(seeds) and None not in values else None
+    curve = {1.0: mean(front, "main"), **{f: mean(front, f"x{f:g}") for f in m["budgets"]}}
+    loss = mean(kept, "main")
+    return None if loss is None or None in curve.values() else multiplier(curve, loss)

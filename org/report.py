@@ -427,8 +427,7 @@ def g(value) -> str:
     return f"{value:g}" if finite(value) else "(not recorded)"
 
 
-def spent_table(report: Report) -> str:
-    # (seconds: the runner's clock; a trainer's own train_seconds is its word, checked only under a seconds budget)
+def spent_table(report: Report) -> str:  # (seconds: the runner's clock; a trainer's own are its word)
     rows = ["| arm | runs by status | steps | tokens | FLOPs | wall s (median) | wall s (sum) |", "|" + "---|" * 7]
     for arm in report.arms:
         runs = report.arm_runs(arm)
@@ -536,8 +535,7 @@ def print_summary(report: Report, readme: Path, file=None):
     if (report.spec.get("claim") or {}).get("kind") == "improve":
         console.print(text(improve_story.frontier_line(report.experiments)))
     table = Table(title="verdicts")
-    for col in ("arm", "seeds", "val_bpb mean ± std", "Δ [bounds]", f"p better ({ADJUSTMENT})",
-                "verdict", "final (held-out)"):
+    for col in ("arm", "seeds", "val_bpb mean ± std", "Δ [bounds]", f"p better ({ADJUSTMENT})", "verdict", "final (held-out)"):
         table.add_column(col)
     for arm in report.arms:
         row = verdict_row(report, arm)

@@ -179,6 +179,12 @@ def test_a_try_measured_against_a_frontier_that_moved_is_stale_and_spends_nothin
     d = decision(ledger, program, "second")
     assert d["outcome"] == "stale" and d["test"] is None and "frontier-1 is the frontier now" in d["verdict"]
     assert rule_of(program, ledger.experiments(program.name)) == Lord.rebuild([True], alpha=0.05)
+    # no test, so no copy: made again against the baseline (once frontier-1 is withdrawn), it is one
+    from org.experiments import same_change
+    second = next(e for e in ledger.experiments(program.name) if e["arm"] == "second")
+    assert same_change(ledger, lab, program, second["code_commit"], {"matrix_lr": 0.03}, "baseline") is None
+    first = next(e for e in ledger.experiments(program.name) if e["arm"] == "first")
+    assert same_change(ledger, lab, program, first["code_commit"], {"weight_decay": 0.3}, "baseline")["arm"] == "first"
 
 
 def test_the_rule_spends_its_wealth_over_the_sequence_and_is_rebuilt_from_the_ledger(lab):
@@ -434,7 +440,7 @@ def test_a_kept_code_change_is_taken_out_by_reversing_its_diff(lab):
     try_(ledger, lab, program, "alice-idea", {"softcap": 20.0}, ref=mine)
     finish(ledger, program, "baseline", BASE)
     finish(ledger, program, "alice-idea", [b - 0.03 + j for b, j in zip(BASE, JITTER)])
-    from org.improve import leave_one_out
+    from org.ablate import leave_one_out
     without, = leave_one_out(ledger, lab, program, who="bob")
     assert without["stage"] == "measuring" and json.loads(without["overrides"]) == {}
     code = lab.repo.commit(without["code_commit"])
@@ -574,16 +580,25 @@ def kept_on_fresh_seeds(tmp_path, **changes):
     return lab, program, ledger
 
 
+def rerun_baseline(ledger, program, seed: int, value: float):
+    """One of the runner's re-runs of a baseline seed (a `repeat`), landing at value."""
+    baseline = next(e for e in ledger.experiments(program.name) if e["arm"] == "baseline")
+    ledger.add_run(baseline, "repeat", seed, 1, json.loads(baseline["overrides"]),
+                   (program.budget.per_run.kind, program.budget.per_run.value))
+    finish(ledger, program, "baseline", [value] * len(SEEDS), purpose="repeat")
+
+
 @pytest.mark.parametrize("shift", [0.05, -0.05, 0.0])
 def test_a_frontier_whose_code_trains_otherwise_when_run_again_is_caught_by_its_canaries(tmp_path, shift):
     """The frontier is a kept try's code, and on fresh seeds it has to run again (no run of it
     knows them). Code that trained worse once it was the frontier (the time tells it) made every
     later try `better` there: here a try that gains only on the program's seeds (a table); code
     that trained better then (it held back before its keep) had every later try discarded. With
-    those runs go canaries, the frontier on fresh seeds its kept try ran, which it must reproduce.
-    Once one misses, the keep is withdrawn: the frontier before it stands again (the program
-    branch too), the tries against it are stale, and one built on its code is refused. (Before,
-    no try was judged against it again, and it stood: every later try was untested, for good.)"""
+    those runs go canaries, the frontier on fresh seeds its kept try ran, which it must reproduce:
+    a miss leaves the try untested. Once a re-run of the baseline since has landed where its first
+    run did (the machine still gives the bits it gave), the keep is withdrawn: the frontier
+    before it stands again (the program branch too), the tries against it are stale, and one
+    built on its code is refused. (Before, it stood: every later try was untested, for good.)"""
     lab, program, ledger = kept_on_fresh_seeds(tmp_path)
     kept = [b - 0.03 + j for b, j in zip(BASE, JITTER)]
     wd_up = frontier(ledger.experiments(program.name))["code_commit"]
@@ -599,40 +614,89 @@ def test_a_frontier_whose_code_trains_otherwise_when_run_again_is_caught_by_its_
     assert decision(ledger, program, "seed-table")["outcome"] == "climbing"  # the frontier's canaries are not done
     finish_canaries(ledger, program, "frontier-1", shift)
     d = decision(ledger, program, "seed-table")
-    experiments = ledger.experiments(program.name)
-    if shift:
-        assert d["outcome"] == "stale", d
-        assert ("stale (measured against frontier-1, withdrawn since: frontier-1 did not reproduce a run of wd-up, "
-                "its kept try (val_bpb ") in d["verdict"], d["verdict"]
-        withdrawn = decision(ledger, program, "wd-up")
-        assert withdrawn["outcome"] == "withdrawn" and "; withdrawn: frontier-1 did not reproduce" in withdrawn["verdict"]
-        assert frontier(experiments)["arm"] == "baseline"
-        assert not ledger.runs(program.name, arm="frontier-1", status="queued")  # its re-runs: refused
-        assert rule_of(program, experiments) == Lord.rebuild([False, False], alpha=0.05)  # no discovery: levels fall
-        base = ledger.program(program.name)["base_commit"]
-        assert sync_branch(lab, ledger, program) == base and lab.resolve("program/climb") == base  # back
-        # a try from the withdrawn frontier's commit would bring its code back: refused, saying so
-        on_it = commit_change(lab.root, program, "solo", "trainer/optim.py", "import math", "import math  # more",
-                              "built on wd-up")
-        e = try_(ledger, lab, program, "on-wd-up", {"matrix_lr": 0.0202}, ref=on_it)
-        assert e["stage"] == "refused" and "its commit builds on wd-up's code (" in e["reason"], e["reason"]
-        nxt = try_(ledger, lab, program, "next", {"matrix_lr": 0.0202})  # the next try: against the baseline
-        assert nxt["versus"] == "baseline" and nxt["stage"] == "measuring"
-        assert "frontier-1 withdrawn: frontier-1 did not reproduce" in section(
-            json.loads(ledger.program(program.name)["spec"]), ledger.experiments(program.name), ledger.runs(program.name), [])
-    else:
+    if not shift:
         assert d["outcome"] == "discarded" and "but not at 3 fresh seeds" in d["verdict"], d["verdict"]
-        assert frontier(experiments)["arm"] == "frontier-1"
-    # no agent is told a canary's seed: each is a fresh one
+        assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
+        ledger.close()
+        lab.close()
+        return
+    assert d["outcome"] == "untested", d
+    assert "frontier-1 did not reproduce a run of wd-up, its kept try (val_bpb " in d["verdict"], d["verdict"]
+    assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"  # no baseline re-run since: it stands
+    # no agent is told a canary's seed: each is a fresh one; and every agent is told why no try is kept against it
     from org.agents.tools import program_status
     status = program_status(ledger, program)
     shown = json.dumps(status)
     assert '"purpose": "canary"' in shown and all(str(r["seed"]) not in shown for r in ledger.runs(
         program.name, purpose="replicate"))
-    # and every agent is told why a try against this frontier cannot be kept
-    assert ("withdrawn" in status["frontier"]) == bool(shift), status["frontier"]
+    assert "no_yardstick" in status["frontier"], status["frontier"]
     shown_decision = next(x["decision"] for x in status["experiments"] if x["arm"] == "seed-table")
     assert "canaries" not in shown_decision and decision(ledger, program, "seed-table")["canaries"]  # (their run ids)
+    nxt = try_(ledger, lab, program, "next", {"matrix_lr": 0.0202})  # measured against frontier-1, queued
+    if shift < 0:  # the baseline's re-run lands elsewhere too: the machine moved (a library upgraded), not the code
+        rerun_baseline(ledger, program, 0, BASE[0] + 0.01)
+        assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
+        assert decision(ledger, program, "wd-up")["outcome"] == "kept"
+        ledger.close()
+        lab.close()
+        return
+    rerun_baseline(ledger, program, 0, BASE[0])  # the baseline reproduces: the miss is the code's
+    experiments = ledger.experiments(program.name)
+    withdrawn = decision(ledger, program, "wd-up")
+    assert withdrawn["outcome"] == "withdrawn" and "; withdrawn: frontier-1 did not reproduce" in withdrawn["verdict"]
+    assert frontier(experiments)["arm"] == "baseline"
+    assert not ledger.runs(program.name, arm="frontier-1", status="queued")  # its re-runs: refused
+    assert rule_of(program, experiments) == Lord.rebuild([False, False], alpha=0.05)  # no discovery: levels fall
+    later = decision(ledger, program, "next")  # stale at once, its runs refused
+    assert later["outcome"] == "stale" and "withdrawn since: frontier-1 did not reproduce" in later["verdict"], later
+    assert {r["status"] for r in ledger.runs(program.name, experiment_id=nxt["id"])} == {"refused"}
+    base = ledger.program(program.name)["base_commit"]
+    assert sync_branch(lab, ledger, program) == base and lab.resolve("program/climb") == base  # back
+    # a try from the withdrawn frontier's commit would bring its code back: refused, saying so
+    on_it = commit_change(lab.root, program, "solo", "trainer/optim.py", "import math", "import math  # more",
+                          "built on wd-up")
+    e = try_(ledger, lab, program, "on-wd-up", {"matrix_lr": 0.0202}, ref=on_it)
+    assert e["stage"] == "refused" and "its code holds wd-up's change (" in e["reason"], e["reason"]
+    worktree(lab.root, program, "copycat")  # the same change, committed again on the base commit: refused too
+    copy = commit_change(lab.root, program, "copycat", "trainer/model.py", "import numpy as np",
+                         "import numpy as np  # wd-up's code", "wd-up, again")
+    e = try_(ledger, lab, program, "copy-of-wd-up", {"matrix_lr": 0.0203}, ref=copy)
+    assert e["stage"] == "refused" and "its code holds wd-up's change (" in e["reason"], e["reason"]
+    again = try_(ledger, lab, program, "next-again", {"matrix_lr": 0.0202})  # against the baseline: measured
+    assert again["versus"] == "baseline" and again["stage"] == "measuring"
+    assert "withdrawn" in program_status(ledger, program)["frontier"]
+    assert "frontier-1 withdrawn: frontier-1 did not reproduce" in section(
+        json.loads(ledger.program(program.name)["spec"]), ledger.experiments(program.name), ledger.runs(program.name), [])
+    ledger.close()
+    lab.close()
+
+
+def test_a_miss_withdraws_every_keep_of_agents_code_in_its_stack(tmp_path):
+    """A keep's code that trains otherwise once another's change is merged onto it (it can hash
+    the tree it sits in), some hours on, made the frontier after it miss: withdrawing only that
+    one blamed the honest keep and left the author of the bomb standing, free to do it again.
+    Which change does it cannot be told, so every frontier from the first that holds an agent's
+    code is withdrawn: here wd-up (the bomb) and honest, kept on top of it."""
+    lab, program, ledger = kept_on_fresh_seeds(tmp_path)
+    kept = [b - 0.03 + j for b, j in zip(BASE, JITTER)]
+    on_fresh = [2.20, 2.22, 2.19]
+    for arm, front, gain in (("honest", "frontier-1", 0.05), ("third", "frontier-2", 0.05)):
+        try_(ledger, lab, program, arm, {"matrix_lr": 0.03 + gain * (arm == "third")})
+        finish(ledger, program, arm, [k - gain - j for k, j in zip(kept, JITTER)])
+        finish(ledger, program, front, on_fresh, purpose="replicate")
+        finish(ledger, program, arm, [f - gain + j for f, j in zip(on_fresh, JITTER)], purpose="replicate")
+        finish_canaries(ledger, program, arm)
+        finish_canaries(ledger, program, front, 0.05 if arm == "third" else 0.0)  # the bomb goes off under honest
+        if arm == "honest":
+            assert decision(ledger, program, arm)["outcome"] == "kept"
+            finish(ledger, program, "frontier-2", [k - gain - j for k, j in zip(kept, JITTER)])
+            kept = [k - gain - j for k, j in zip(kept, JITTER)]
+    assert decision(ledger, program, "third")["outcome"] == "untested"
+    rerun_baseline(ledger, program, 1, BASE[1])
+    experiments = ledger.experiments(program.name)
+    assert [decision(ledger, program, a)["outcome"] for a in ("wd-up", "honest")] == ["withdrawn", "withdrawn"]
+    assert frontier(experiments)["arm"] == "baseline"
+    assert "frontier-2 did not reproduce a run of honest" in decision(ledger, program, "wd-up")["verdict"]
     ledger.close()
     lab.close()
 
@@ -708,7 +772,7 @@ def test_a_try_that_does_not_reproduce_itself_is_not_kept(tmp_path):
 # --- compute multipliers -------------------------------------------------------------------
 
 def test_a_multiplier_is_read_off_the_frontier_before_in_log_budget():
-    from org.improve import multiplier
+    from org.improve_story import multiplier
     curve = {0.5: 2.30, 1.0: 2.25, 2.0: 2.20}
     assert multiplier(curve, 2.20) == (2.0, False)
     assert multiplier(curve, 2.225)[0] == pytest.approx(2 ** 0.5) and not multiplier(curve, 2.225)[1]
