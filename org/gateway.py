@@ -38,6 +38,7 @@ Keys come from the environment of `org launch` or from the file NANOLAB_KEYS_FIL
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -50,7 +51,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from org import OrgError
+from org import OrgError, shown
 from org.ledger import Ledger, ledger_path
 
 # provider -> (key variable, base URL variable, default upstream)
@@ -217,8 +218,10 @@ class Gateway:
         models = folder / "models.json"
         self.models = json.loads(models.read_text()) if models.exists() else {}
         self.ledger_path, self.program = ledger_path(lab_dir), program
-        self.prices, self.say = prices or load_prices(), say
+        self.prices, self.say = prices or load_prices(), lambda line: say(shown(line))  # (a path, a model:
+        # the agent's words, in the runner's pane: an escape sequence there cleared it or wrote the clipboard)
         self.held: dict[int, float] = {}  # what each call in flight may still cost, in dollars
+        self.parsing = threading.BoundedSemaphore(2)
         self.settled = threading.Condition()
         self.server = ThreadingHTTPServer(("127.0.0.1", int((folder / "port").read_text())), _handler(self))
         self.server.daemon_threads = True
@@ -389,6 +392,7 @@ def worst_case(fields: dict, size: int):
 def _handler(gateway: Gateway):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"  # one call per connection; a stream ends when it closes
+        timeout = 120  # an agent that stops reading (or sending) stops being served: its call's hold is settled
 
         def log_message(self, *args):
             pass
@@ -412,6 +416,21 @@ def _handler(gateway: Gateway):
                 raise Refused(404, "not_found_error", f"the gateway has no key for {provider!r}")
             body = self.body()  # read before any refusal, so that the agent's client reads the refusal
             provider, upstream_path, spends = endpoint(self.command, self.path)
+            # a body past 1 MB is parsed two at a time (as objects, 27x its size: 32 at once took the runner's
+            # memory), and not kept while the call waits and streams
+            with gateway.parsing if len(body) > 1 << 20 else contextlib.nullcontext():
+                model, worst = self.checked(body, spends, agent)
+            key = gateway.reserve(gateway.price(model, worst) if spends else 0.0)
+            try:
+                status, content_type, seen = self.forward(provider, upstream_path, body)
+                if spends and status == 200:
+                    from org.agents.spend import usage_of
+                    gateway.meter(agent, model, usage_of(seen, content_type, provider), worst)
+            finally:
+                gateway.settle(key)
+
+        def checked(self, body: bytes, spends: bool, agent: str):
+            """(model, worst case) of a call the gateway forwards as it is; Refused otherwise."""
             try:
                 fields = json.loads(body or b"{}", object_pairs_hook=each_key_once)
             except ValueError:
@@ -421,6 +440,9 @@ def _handler(gateway: Gateway):
                               "object naming each key once: it must read the call as the provider will (of a key "
                               "named twice, its parser may take the other)")
             fields = fields if isinstance(fields, dict) else {}
+            size = len(json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode())  # the hold's input:
+            # as the provider reads it (32 MB of spaces around a word held $100 of the budget, and every
+            # other agent's call waited for it)
             stored = [k for k in SERVER_CONTEXT if fields.get(k)] + ["prompt"] * isinstance(fields.get("prompt"), dict)
             if spends and stored:
                 raise Refused(400, "invalid_request_error", f"the gateway does not forward calls that name context "
@@ -453,14 +475,7 @@ def _handler(gateway: Gateway):
                 raise Refused(400, "invalid_request_error", f"the gateway does not forward content given by URL "
                               f"({fetched[0][:100]}): the provider would fetch it for the agent, outside its box; "
                               "send the content itself")
-            worst = worst_case(fields, len(body))
-            key = gateway.reserve(gateway.price(model, worst) if spends else 0.0)
-            try:
-                status, content_type, seen = self.forward(provider, upstream_path, body)
-                if spends and status == 200:
-                    gateway.meter(agent, model, usage_of(seen, content_type, provider), worst)
-            finally:
-                gateway.settle(key)
+            return model, worst_case(fields, size)
 
         def body(self) -> bytes:
             given = (self.headers.get("content-length") or "0").strip()
@@ -538,60 +553,3 @@ def _handler(gateway: Gateway):
             self.wfile.write(data)
 
     return Handler
-
-
-# --- reading the usage ----------------------------------------------------------------------------
-
-def usage_of(raw: bytes, content_type: str, provider: str):
-    """The tokens a reply reports: from its JSON, or from the server-sent events of a stream
-    (Anthropic: message_start, then message_delta's running output count; OpenAI: the last
-    chunk's usage, or response.completed's)."""
-    from org.agents.models import Usage
-    events = []
-    if "event-stream" in content_type:
-        for line in raw.decode(errors="replace").splitlines():
-            if line.startswith("data:"):
-                try:
-                    events.append(json.loads(line[5:]))
-                except ValueError:
-                    pass  # [DONE], or a torn line
-    else:
-        try:
-            events.append(json.loads(raw))
-        except ValueError:
-            pass
-    seen: dict[str, int] = {}
-    for event in events:
-        for usage in _usages(event):
-            for name, value in _flat(usage).items():
-                if isinstance(value, int):
-                    seen[name] = max(seen.get(name, 0), value)
-    if provider == "anthropic":
-        return Usage(input=seen.get("input_tokens", 0), output=seen.get("output_tokens", 0),
-                     cache_write=seen.get("cache_creation_input_tokens", 0),
-                     cache_write_1h=seen.get("cache_creation.ephemeral_1h_input_tokens", 0),
-                     cache_read=seen.get("cache_read_input_tokens", 0))
-    cached = seen.get("prompt_tokens_details.cached_tokens", 0) or seen.get("input_tokens_details.cached_tokens", 0)
-    prompt = seen.get("prompt_tokens", 0) or seen.get("input_tokens", 0)
-    output = seen.get("completion_tokens", 0) or seen.get("output_tokens", 0)
-    return Usage(input=max(prompt - cached, 0), output=output, cache_read=cached)
-
-
-def _usages(event) -> list[dict]:
-    if not isinstance(event, dict):
-        return []
-    found = [event["usage"]] if isinstance(event.get("usage"), dict) else []
-    for key in ("message", "response"):  # anthropic's message_start, openai's response.completed
-        if isinstance(event.get(key), dict) and isinstance(event[key].get("usage"), dict):
-            found.append(event[key]["usage"])
-    return found
-
-
-def _flat(usage: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in usage.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

@@ -3,6 +3,7 @@ fake model server with the real key, meters every call for the agent that made i
 unknown tokens and calls past the program's LLM budget."""
 import contextlib
 import json
+import re
 import socket
 import threading
 import time
@@ -19,8 +20,8 @@ from fakellm import FakeLLM, Text
 from org.agents.anthropic_api import AnthropicModel
 from org.agents.models import Usage, make_model
 from org.agents.openai_api import OpenAIModel
-from org.agents.spend import dollars, load_prices
-from org.gateway import Gateway, GatewayError, client_config, gateway_dir, prepare, read_keys, usage_of
+from org.agents.spend import dollars, load_prices, usage_of
+from org.gateway import Gateway, GatewayError, client_config, gateway_dir, prepare, read_keys
 from org.ledger import Ledger
 from org.program import Agent
 from test_launch import eventually
@@ -422,3 +423,37 @@ def test_a_cache_written_for_an_hour_is_charged_as_anthropic_bills_it():
     assert dollars("claude-sonnet-4-5", u, load_prices()) == pytest.approx((10 * 3 + 1_000_000 * 6) / 1e6)
     half = Usage(cache_write=2_000_000, cache_write_1h=1_000_000)
     assert dollars("claude-sonnet-4-5", half, load_prices()) == pytest.approx(3.75 + 6.0)
+
+
+def test_a_body_padded_with_whitespace_holds_only_what_the_provider_reads(tmp_path):
+    """A call's input was held at its body's raw size: 32 MB of spaces around a word held some $100
+    of the budget while its reply streamed (or while its agent stopped reading), and every other
+    agent's call waited, then failed. The hold is now the call as the provider reads it."""
+    hold = threading.Event()
+    with serving(tmp_path, usage={"input": 10, "output": 200}, hold=hold) as (root, program, llm, gw, tokens):
+        fields = {"model": "claude-sonnet-test", "max_tokens": 200, "messages": [{"role": "user", "content": "hi"}]}
+        padded = json.dumps(fields).replace(", ", "," + " " * (4 << 20)).encode()
+        asked = threading.Thread(target=call, args=(gw, "POST", "/anthropic/v1/messages", tokens["claude"], padded))
+        asked.start()
+        eventually(lambda: gw.held, 30, "the call in flight")
+        from org.gateway import worst_case
+        compact = len(json.dumps(fields, separators=(",", ":")).encode())
+        assert list(gw.held.values()) == [dollars("claude-sonnet-test", worst_case(fields, compact), load_prices())]
+        hold.set()
+        asked.join(60)
+        assert [r["tokens_out"] for r in spend(root, program, calls=1)] == [200]
+
+
+def test_what_the_gateway_says_in_the_runners_pane_carries_no_escape_sequence(tmp_path):
+    """Its lines name the call's path and model, the agent's words: a path with ESC in it cleared
+    the runner's pane (or wrote the person's clipboard), before any token was checked."""
+    said = []
+    root, program = make_project(tmp_path, tiny_program([]), trainer=False)
+    prepare(lab_dir(root, program), AGENTS, {**KEYS, "ANTHROPIC_BASE_URL": "http://127.0.0.1:9", "OPENAI_BASE_URL":
+                                            "http://127.0.0.1:9"})
+    with Gateway(lab_dir(root, program), program.name, say=said.append) as gw:
+        with socket.create_connection(("127.0.0.1", gw.server.server_address[1])) as s:
+            s.sendall(b"POST /anthropic/v1/\x1b[2J\x1b]52;c;eA==\x07 HTTP/1.0\r\nx-api-key: no-token\r\n"
+                      b"content-length: 2\r\n\r\n{}")
+            assert s.recv(65536).startswith(b"HTTP/1.0 401")
+    assert said and not any(re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", line) for line in said), said

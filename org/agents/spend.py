@@ -5,10 +5,11 @@ time of each agent's own box goes into agent_cpu (org/agents/sandbox.py meters i
 budget.agent_cpu_seconds (each agent's own) ends its commands once reached (cpu_exhausted).
 
 Prices are US dollars per million tokens, from org/prices.yaml (longest matching model-id
-prefix; `unknown` otherwise).
+prefix; `unknown` otherwise). usage_of reads a reply's tokens, as the gateway passes it on.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -94,3 +95,59 @@ def cpu_exhausted(ledger_path: str | Path, program: str, agent: str) -> str | No
         return (f"your box's CPU time is spent ({used:.0f} of the program's budget.agent_cpu_seconds "
                 f"{limit:g} CPU-s): submit experiments, which the runner runs on the budget")
     return None
+
+
+# --- reading a reply's usage (org/gateway.py meters each call by it) ------------------------------
+
+def usage_of(raw: bytes, content_type: str, provider: str):
+    """The tokens a reply reports: from its JSON, or from the server-sent events of a stream
+    (Anthropic: message_start, then message_delta's running output count; OpenAI: the last
+    chunk's usage, or response.completed's)."""
+    events = []
+    if "event-stream" in content_type:
+        for line in raw.decode(errors="replace").splitlines():
+            if line.startswith("data:"):
+                try:
+                    events.append(json.loads(line[5:]))
+                except ValueError:
+                    pass  # [DONE], or a torn line
+    else:
+        try:
+            events.append(json.loads(raw))
+        except ValueError:
+            pass
+    seen: dict[str, int] = {}
+    for event in events:
+        for usage in _usages(event):
+            for name, value in _flat(usage).items():
+                if isinstance(value, int):
+                    seen[name] = max(seen.get(name, 0), value)
+    if provider == "anthropic":
+        return Usage(input=seen.get("input_tokens", 0), output=seen.get("output_tokens", 0),
+                     cache_write=seen.get("cache_creation_input_tokens", 0),
+                     cache_write_1h=seen.get("cache_creation.ephemeral_1h_input_tokens", 0),
+                     cache_read=seen.get("cache_read_input_tokens", 0))
+    cached = seen.get("prompt_tokens_details.cached_tokens", 0) or seen.get("input_tokens_details.cached_tokens", 0)
+    prompt = seen.get("prompt_tokens", 0) or seen.get("input_tokens", 0)
+    output = seen.get("completion_tokens", 0) or seen.get("output_tokens", 0)
+    return Usage(input=max(prompt - cached, 0), output=output, cache_read=cached)
+
+
+def _usages(event) -> list[dict]:
+    if not isinstance(event, dict):
+        return []
+    found = [event["usage"]] if isinstance(event.get("usage"), dict) else []
+    for key in ("message", "response"):  # anthropic's message_start, openai's response.completed
+        if isinstance(event.get(key), dict) and isinstance(event[key].get("usage"), dict):
+            found.append(event[key]["usage"])
+    return found
+
+
+def _flat(usage: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in usage.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
