@@ -39,6 +39,8 @@ EVERYONE = "all"  # send_message(to="all") writes one copy to every other agent'
 HUMAN = "human"   # the people running the org: only `org say` writes as them
 MAX_MESSAGE_CHARS = 16_000  # a message (and a board entry): its reader's model is charged for each one
 MAX_UNREAD_FROM_ONE = 20    # messages one sender may have waiting in one inbox (people: no bound)
+MAX_BOARD_BYTES = 8 << 20   # the board: past this, agents' posts are refused (a loop of posts filled the disk)
+BOARD_READ_BYTES = 256 << 10  # what a reader takes of the board: its end (every reader read it whole)
 TURN_MAIL_BYTES = 64_000    # the mail a reader takes in at one turn (a codex turn's prompt is one argument,
                             # 128 KiB at most); the rest waits for its next turns
 
@@ -186,6 +188,9 @@ class Mail:
         fd = os.open(self.board_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if who != HUMAN and os.fstat(fd).st_size > MAX_BOARD_BYTES:
+                raise OrgError(f"the board holds {MAX_BOARD_BYTES >> 20} MB, all it takes from agents: send the "
+                               "result to who needs it, or put it in a standup")
             os.write(fd, entry.encode())
             os.fsync(fd)
         finally:
@@ -193,11 +198,23 @@ class Mail:
         return entry
 
     def board(self) -> str:
-        return self.board_path.read_text() if self.board_path.exists() else ""
+        """The board, or its last BOARD_READ_BYTES from an entry's start, said so."""
+        try:
+            with open(self.board_path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                f.seek(max(0, size - BOARD_READ_BYTES))
+                text = f.read(BOARD_READ_BYTES).decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+        if size <= BOARD_READ_BYTES:
+            return text
+        start = text.find("\n## ")  # (an entry's header is the harness's: quoted text never starts a line with ##)
+        return f"[the board's first {size - BOARD_READ_BYTES + max(start, 0)} bytes are not shown]\n" + text[max(start, 0):]
 
     # --- standups ------------------------------------------------------------------------
 
     def write_standup(self, agent: str, text: str) -> Path:
+        check_length(text)
         path = self.dir / "standups" / agent / f"{stamp()}.md"
         write_atomically(path, f"# {agent} · {now()}\n\n{text.strip()}\n")
         return path

@@ -108,6 +108,18 @@ def test_malformed_arguments_unknown_tools_and_wrong_types_get_tool_errors(lab):
     assert len(tool_results) == 10 and all(b["is_error"] for b in tool_results[:6] + tool_results[7:])
 
 
+def test_a_cli_agents_tool_call_with_a_nan_timeout_is_refused_not_run_forever(lab):
+    """`org tool run '{"command": ..., "timeout_seconds": NaN}'` (a CLI agent's port parses JSON as
+    Python does): min(max(nan, 1), 600) is NaN, and wait(timeout=nan) never times out, so the
+    command ran unbounded, its CPU booked only once it ended, past agent_cpu_seconds."""
+    from org.agents.commands import run_tool
+    root, program, tree = lab
+    started = time.monotonic()
+    output, rc = run_tool(program, "solo", root, "run", {"command": "sleep 30", "timeout_seconds": float("nan")})
+    assert rc == 1 and "timeout_seconds must be a finite number" in output, output
+    assert time.monotonic() - started < 20
+
+
 def test_oversized_output_is_cut_with_a_note(lab):
     root, program, tree = lab
     (tree / "big.txt").write_text("".join(f"line {i}\n" for i in range(50_000)))

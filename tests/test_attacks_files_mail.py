@@ -168,6 +168,30 @@ def test_a_board_entry_that_imitates_another_entry_stays_inside_its_own(lab):
     assert "> ## 2026-11-30T00:00:00+00:00 · human" in board
 
 
+def test_a_flood_of_board_posts_and_standups_is_bounded(lab, monkeypatch):
+    """A CLI agent's shell can post to the board in a loop, at no LLM cost: it grew until the disk's
+    reserve, and every reader (a kickoff, a restart, the port's board) read it whole. Now the board
+    takes agents' posts to MAX_BOARD_BYTES (a person's always), a reader takes its end from an
+    entry's start, and a standup is as long as a message at most."""
+    import org.mail
+    monkeypatch.setattr(org.mail, "MAX_BOARD_BYTES", 200_000)
+    monkeypatch.setattr(org.mail, "BOARD_READ_BYTES", 50_000)
+    root, program, *_ = lab
+    flooder = tools_of(lab, "junior-a")
+    posts = [flooder.call("post_to_board", {"text": f"{i:03d} " + "y" * (MAX_MESSAGE_CHARS - 4)}) for i in range(20)]
+    refused = [p.error for p in posts]
+    assert refused.index(True) == 13 and all(refused[13:]), refused  # 13 x 16 KB: past 200 KB
+    assert "the board holds 0 MB, all it takes from agents" in posts[-1].output
+    mail = Mail(lab_dir(root, program))
+    mail.post("human", "Stop posting; summarize in a standup.")  # a person's post still goes on
+    board = mail.board()
+    assert board.startswith("[the board's first ") and board.splitlines()[1] == ""
+    assert re.match(r"## \S+ · junior-a$", board.splitlines()[2]) and len(board.encode()) <= 50_100
+    assert board.rstrip().endswith("> Stop posting; summarize in a standup.")
+    long = flooder.call("write_standup", {"text": "z" * (MAX_MESSAGE_CHARS + 1)})
+    assert long.error and "one holds 16000 at most" in long.output
+
+
 def test_the_boards_excerpt_starts_at_an_entry_however_the_last_one_is_sized():
     """Agents read the board's last 6000 characters at kickoff and after a restart. Cut mid-line,
     the excerpt began with the end of a quoted line: an agent that sized its entry so had the

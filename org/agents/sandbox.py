@@ -179,10 +179,13 @@ class Workspace:
             size = os.fstat(fd).st_size
             if size > MAX_FILE_BYTES:
                 raise Refused(f"{rel}: {size} bytes is over the file tools' limit of {MAX_FILE_BYTES}")
-            data = b""
-            while chunk := os.read(fd, 1 << 20):
-                data += chunk
-            new = change(data.decode()).encode()
+            chunks, got = [], 0  # to the limit, whatever it has grown to since (a process in its box appends)
+            while got <= MAX_FILE_BYTES and (chunk := os.read(fd, 1 << 20)):
+                chunks.append(chunk)
+                got += len(chunk)
+            if got > MAX_FILE_BYTES:
+                raise Refused(f"{rel}: over the file tools' limit of {MAX_FILE_BYTES} bytes (it grew as it was read)")
+            new = change(b"".join(chunks).decode()).encode()
             os.lseek(fd, 0, os.SEEK_SET)
             os.ftruncate(fd, 0)
             _write_all(fd, new)

@@ -14,6 +14,7 @@ back as an error result the model can read and act on.
 from __future__ import annotations
 
 import json
+import math
 import os
 import contextlib
 import fcntl
@@ -408,6 +409,8 @@ def check_args(name: str, args) -> str | None:
             continue
         if not isinstance(value, JSON_TYPES[kind]) or (kind != "boolean" and isinstance(value, bool)):
             return f"{key} must be a JSON {kind}, got {type(value).__name__}"
+        if isinstance(value, float) and not math.isfinite(value):  # (NaN: a command's timeout that never came)
+            return f"{key} must be a finite number, got {value}"
     return None
 
 
