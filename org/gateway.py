@@ -366,13 +366,16 @@ def each_key_once(pairs: list[tuple]) -> dict:
 
 def dearer_rate(fields: dict, betas: list[str]) -> list[str]:
     """What in a call asks for a dearer rate than the gateway prices (DEARER_BETAS in its
-    anthropic-beta headers, a service tier not in STANDARD_TIERS, a speed not the standard one)."""
+    anthropic-beta headers, a service tier not in STANDARD_TIERS, a speed not the standard one, an
+    inference_geo other than global)."""
     tokens = [t.strip().lower() for header in betas for t in header.split(",")]
     found = [f"anthropic-beta {t}" for t in tokens if t.startswith(DEARER_BETAS)]
     if fields.get("service_tier") not in (None, *STANDARD_TIERS):
         found.append(f"service_tier {str(fields['service_tier'])[:40]}")
     if fields.get("speed") not in (None, "standard"):
         found.append(f"speed {str(fields['speed'])[:40]}")
+    if fields.get("inference_geo") not in (None, "global"):  # (Anthropic's US-only inference: 1.1x on newer models)
+        found.append(f"inference_geo {str(fields['inference_geo'])[:40]}")
     return found
 
 

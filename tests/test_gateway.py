@@ -218,12 +218,14 @@ def test_a_call_at_a_dearer_rate_than_the_gateway_prices_is_refused(org):
             ("/anthropic/v1/messages", claude, OPUS, {"anthropic-beta": "claude-code-20250219,context-1m-2025-08-07"}),
             ("/anthropic/v1/messages?beta=true", claude, OPUS, {"anthropic-beta": "fast-mode-2026-02-01"}),
             ("/anthropic/v1/messages", claude, {**OPUS, "speed": "fast"}, None),
+            ("/anthropic/v1/messages", claude, {**OPUS, "inference_geo": "us"}, None),  # US-only: 1.1x
             ("/openai/responses", gpt, {"model": "gpt-5-test", "input": "hi", "service_tier": "priority"}, None),
             ("/openai/chat/completions", gpt, {"model": "gpt-5-test", "messages": [], "service_tier": "scale"}, None)]:
         status, reply = call(gw, "POST", path, token, body, headers)
         assert status == 400 and "dearer rate" in json.loads(reply)["error"]["message"], (path, reply)
     assert llm.requests == [] and spend(root, program) == []
-    status, _ = call(gw, "POST", "/anthropic/v1/messages", claude, {**OPUS, "service_tier": "standard_only"},
+    status, _ = call(gw, "POST", "/anthropic/v1/messages", claude, {**OPUS, "service_tier": "standard_only",
+                                                                    "inference_geo": "global"},
                      {"anthropic-beta": "interleaved-thinking-2025-05-14"})
     assert status == 200 and len(llm.requests) == 1  # the standard rate, and betas that price nothing
 
