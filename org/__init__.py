@@ -55,6 +55,14 @@ def replace_file(path: Path, text: str | None):
         path.write_text(text)
 
 
+def write_new(path: Path, data: bytes, mode: int):
+    """Create a file that must not exist yet, never through a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)  # the umask's bits back
+
+
 def empty_file(path: Path):
     """path an empty file, whatever a box left there. One that is empty already stays: unlinked,
     the read-only bind of it in a box running now (its `frozen`) would go with it."""

@@ -25,9 +25,11 @@ import difflib
 import errno
 import fcntl
 import itertools
+import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -37,7 +39,7 @@ from pathlib import Path
 import git
 from git.objects.fun import tree_entries_from_data
 
-from org import OrgError, replace_file
+from org import OrgError, replace_file, write_new
 from org.objects import ObjectError, ObjectStore, agent_objects
 
 # Set by git hooks and by some shells; a child that inherits them operates on the wrong repo.
@@ -197,10 +199,7 @@ class Lab:
     def protected_violation(self, base: str, commit: str, protected: list[str]) -> str | None:
         """Why a commit may not run (it changes protected paths), or None if it may."""
         changed = self.changed_paths(base, commit, protected)
-        if not changed:
-            return None
-        return (f"protected paths differ from the program's base commit {base[:10]}: "
-                f"{', '.join(changed)}")
+        return f"protected paths differ from the program's base commit {base[:10]}: {', '.join(changed)}" if changed else None
 
     def code_refusal(self, base: str, commit: str, protected: list[str], max_change_kb: float) -> str | None:
         """Why an experiment's commit may not run, or None: it changes a protected path, adds what
@@ -217,16 +216,14 @@ class Lab:
         only: see snapshot), or None."""
         new = self.files(commit)
         added = [p for p in self.changed_paths(base, commit, added_or_modified=True) if new[p][0] == "120000"]
-        if not added:
-            return None
-        return f"the commit adds a symbolic link (a snapshot holds regular files only): {', '.join(added[:5])}"
+        return f"the commit adds a symbolic link (a snapshot holds regular files only): {', '.join(added[:5])}" \
+            if added else None
 
     def oversized(self, base: str, commit: str, max_change_kb: float) -> str | None:
         """Why a commit carries too much into its runs, or None. What it carries is what it adds:
         its added lines and binary files, zlib-compressed (so base64, hex or a Python literal
         of the same weights weigh what the weights do); removed lines carry nothing in."""
-        carried = self.carried_bytes(base, commit)
-        if carried <= max_change_kb * 1024:
+        if (carried := self.carried_bytes(base, commit)) <= max_change_kb * 1024:
             return None
         return (f"the commit carries {carried / 1024:.0f} KB of new content (compressed) over the program's base "
                 f"commit {base[:10]}, more than max_change_kb: {max_change_kb:g}. Experiments change code; data "
@@ -514,27 +511,33 @@ class Lab:
             raise LabError(f"git ref {ref!r}: {e}") from None
 
     def take_in_work(self, worktree: Path, branch: str, index: bool = False):
-        """An agent's branch and its worktree's HEAD (and with `index`, what it staged) taken in
-        where they can be (take_in), for the harness's git or a person's to read: no git outside
-        the agent's box reads its folder. What cannot be taken in is left as it is, for whoever
-        reads it next to say so; tried again here only after RETRY_SECONDS (a take-in that fails
-        may read a GB first, and this runs as every tool call ends)."""
+        """An agent's branch and its worktree's HEAD (and with `index`, what it staged) taken in where
+        they can be (take_in), for the harness's git or a person's: no git outside its box reads its
+        folder. What cannot be is left for its next reader to say so, and tried again here only after
+        RETRY_SECONDS (a take-in that fails may read a GB first; this runs as every tool call ends)."""
         owner = branch_owner(branch)
         if owner is None:
             return
         commits = [f"refs/heads/{branch}", *filter(None, [self.worktree_head(worktree, owner)])]
         named = [(ref, b"commit") for ref in dict.fromkeys(commits)]
+        record = self.root / ".lab" / "take-in-refused.json"  # (a CLI's port makes a Lab per tool call: a junk
+        with contextlib.suppress(OSError, ValueError, TypeError):  # object of 1 GB was inflated at each call)
+            self.refused.update(json.loads(record.read_text()))
+        before = dict(self.refused)
         for ref, kind in named + [(blob, b"blob") for blob in (self.staged_blobs(worktree) if index else [])]:
             try:
                 sha = ref if re.fullmatch(r"[0-9a-f]{40}", ref) else \
                     self.repo.git.rev_parse("--verify", "--end-of-options", ref)
-                if time.monotonic() - self.refused.get(sha, -RETRY_SECONDS) >= RETRY_SECONDS:
+                if time.time() - self.refused.get(sha, -RETRY_SECONDS) >= RETRY_SECONDS:
                     self.copy_in(ref, sha, owner, kind)
                     self.refused.pop(sha, None)
             except LabError:
-                self.refused[sha] = time.monotonic()
+                self.refused[sha] = time.time()
             except git.GitCommandError:  # no such ref: nothing to take in
                 pass
+        if self.refused != before:
+            with contextlib.suppress(OSError):
+                replace_file(record, json.dumps({k: t for k, t in self.refused.items() if time.time() - t < RETRY_SECONDS}))
 
     def worktree_head(self, worktree: Path, owner: tuple[str, str]) -> str | None:
         """What an agent's worktree's HEAD names, where that is a branch of the agent's or a
@@ -552,14 +555,22 @@ class Lab:
     def staged_blobs(self, worktree: Path) -> list[str]:
         """The blobs an agent's index (a file its box writes) stages: the first MAX_STAGED, read
         as git lists them (a sparse index's folders expanded: 10 KB of them named 4M files)."""
-        try:
-            env = child_env({**hardened_git_env(), "GIT_INDEX_FILE": str(self.admin_dir(worktree) / "index")})
-            with subprocess.Popen(["git", "ls-files", "-s", "-z"], cwd=self.root, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL) as git_:
-                listed = git_.stdout.read(MAX_STAGED * 512)
-                git_.kill()
+        try:  # git reads the index the harness opened, a plain file (a FIFO swapped in hung it, and `org release`)
+            fd = os.open(self.admin_dir(worktree) / "index", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except (OSError, LabError):
             return []
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return []
+            env = child_env({**hardened_git_env(), "GIT_INDEX_FILE": f"/dev/fd/{fd}"})
+            with subprocess.Popen(["git", "ls-files", "-s", "-z"], cwd=self.root, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, pass_fds=(fd,)) as git_:
+                listed = git_.stdout.read(MAX_STAGED * 512)
+                git_.kill()
+        except OSError:
+            return []
+        finally:
+            os.close(fd)
         blobs = (line.split(b" ")[1].decode() for line in listed.split(b"\0") if line.startswith(b"100"))
         return list(dict.fromkeys(itertools.islice(blobs, MAX_STAGED)))
 
@@ -587,11 +598,3 @@ def added_lines(before: bytes, after: bytes) -> bytes:
     a, b = before.splitlines(keepends=True), after.splitlines(keepends=True)
     return b"".join(line for tag, _, _, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes()
                     if tag in ("insert", "replace") for line in b[j1:j2])
-
-
-def write_new(path: Path, data: bytes, mode: int):
-    """Create a file that must not exist yet, never through a link."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, mode)  # the umask's bits back

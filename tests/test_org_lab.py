@@ -1,5 +1,7 @@
 """The lab: program branches, agent worktrees, frozen snapshots and protected paths, on real git repos."""
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -417,12 +419,17 @@ def test_a_failed_take_in_waits_before_it_is_read_again_and_deep_trees_are_refus
     alice, tree = lab.agent_objects("softcap", "alice"), lab.add_worktree("softcap", "alice")
     commit, names = commit_in_own_folder(lab, tree, alice, "trainer/model.py", "WIDTH = 96\n")
     write_loose(alice, b"blob", b"junk", names[-1])
-    reads, take_in = [], lab.objects.take_in
-    monkeypatch.setattr(lab.objects, "take_in", lambda *a: reads.append(a) or take_in(*a))  # junk: it fails
+    reads, take_in = [], ObjectStore.take_in
+    monkeypatch.setattr(ObjectStore, "take_in", lambda *a: reads.append(a) or take_in(*a))  # junk: it fails
     for _ in range(3):
         lab.take_in_work(tree, "agent/softcap/alice/work")
     assert len(reads) == 1 and commit in lab.refused
+    # and in every process of the lab: a CLI's port makes a Lab for each tool call, and each read it again
+    with contextlib.closing(Lab.open(lab.root)) as another:
+        another.take_in_work(tree, "agent/softcap/alice/work")
+    assert len(reads) == 1
     lab.refused[commit] -= RETRY_SECONDS
+    (lab.root / ".lab" / "take-in-refused.json").write_text(json.dumps(lab.refused))
     lab.take_in_work(tree, "agent/softcap/alice/work")
     assert len(reads) == 2
     fresh = ObjectStore(lab.repo.common_dir)  # one that never read the junk copy reads it
@@ -438,6 +445,22 @@ def test_a_failed_take_in_waits_before_it_is_read_again_and_deep_trees_are_refus
     top = lab.repo.git.commit_tree(deep, "-m", "deep")
     with pytest.raises(LabError, match=f"nests folders over {MAX_DEPTH} deep"):
         lab.files(top)
+
+
+def test_an_index_swapped_for_a_fifo_hangs_no_take_in_of_what_it_stages(lab):
+    """`org release` takes in what the agent's index stages, with git reading that index: a FIFO
+    there (a box swaps it in a loop) blocked git's open, and the person's command, for good. The
+    harness opens it itself, a plain file or nothing."""
+    lab.start_program("softcap")
+    tree = lab.add_worktree("softcap", "alice")
+    index = lab.admin_dir(tree) / "index"
+    index.unlink()
+    os.mkfifo(index)
+    done = threading.Event()
+    threading.Thread(target=lambda: (lab.take_in_work(tree, "agent/softcap/alice/work", index=True), done.set()),
+                     daemon=True).start()
+    assert done.wait(20), "take_in_work hung on the agent's FIFO index"
+    assert lab.staged_blobs(tree) == []
 
 
 def test_a_commit_of_a_few_kb_naming_a_billion_files_runs_no_git_of_ours_out_of_memory(lab, monkeypatch):
