@@ -236,8 +236,8 @@ def withdraw_unreproduced(ledger: Ledger, program: Program, experiments: list[di
         first = next((j for j, f in enumerate(fronts) if f["code_commit"] != fronts[0]["code_commit"]), i)
         why = (f"{front['arm']} did not reproduce a run of {kept['arm']}, its kept try ({said(*miss)}), where the "
                "baseline reproduced its own: code in its stack tells runs apart")
-        for gone in fronts[min(first, i):]:
-            reason = why if gone is front else f"{why} ({front['arm']} holds its code)"
+        for j, gone in enumerate(fronts[min(first, i):], start=min(first, i)):
+            reason = why if j == i else f"{why} ({'its code is in that stack' if j < i else 'built on ' + front['arm']})"
             ledger.update_experiment(gone["id"], stage="withdrawn", reason=reason)
             for e in [gone] + [e for e in experiments if e["versus"] == gone["arm"] and e["source"] == "ablation"]:
                 for r in ledger.runs(program.name, experiment_id=e["id"], status="queued"):

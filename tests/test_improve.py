@@ -696,7 +696,8 @@ def test_a_miss_withdraws_every_keep_of_agents_code_in_its_stack(tmp_path):
     experiments = ledger.experiments(program.name)
     assert [decision(ledger, program, a)["outcome"] for a in ("wd-up", "honest")] == ["withdrawn", "withdrawn"]
     assert frontier(experiments)["arm"] == "baseline"
-    assert "frontier-2 did not reproduce a run of honest" in decision(ledger, program, "wd-up")["verdict"]
+    verdict = decision(ledger, program, "wd-up")["verdict"]
+    assert "frontier-2 did not reproduce a run of honest" in verdict and verdict.endswith("(its code is in that stack)")
     ledger.close()
     lab.close()
 
