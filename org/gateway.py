@@ -444,7 +444,7 @@ def _handler(gateway: Gateway):
                               "named twice, its parser may take the other)")
             fields = fields if isinstance(fields, dict) else {}
             size = len(json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode())  # the hold's input:
-            # as the provider reads it (32 MB of spaces around a word held $100 of the budget, and every
+            # as the provider reads it (4 MB of spaces around a word held $37.75 of the budget, and every
             # other agent's call waited for it)
             stored = [k for k in SERVER_CONTEXT if fields.get(k)] + ["prompt"] * isinstance(fields.get("prompt"), dict)
             if spends and stored:

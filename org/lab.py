@@ -521,8 +521,8 @@ class Lab:
         commits = [f"refs/heads/{branch}", *filter(None, [self.worktree_head(worktree, owner)])]
         named = [(ref, b"commit") for ref in dict.fromkeys(commits)]
         record = self.root / ".lab" / "take-in-refused.json"  # (a CLI's port makes a Lab per tool call: a junk
-        with contextlib.suppress(OSError, ValueError, TypeError):  # object of 1 GB was inflated at each call)
-            self.refused.update(json.loads(record.read_text()))
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):  # object of 1 GB, at each call)
+            self.refused.update({sha: float(t) for sha, t in json.loads(record.read_text()).items()})
         before = dict(self.refused)
         for ref, kind in named + [(blob, b"blob") for blob in (self.staged_blobs(worktree) if index else [])]:
             try:
