@@ -42,7 +42,7 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
         commit, overrides = merged or commit, {**json.loads(front["overrides"]), **overrides}
         versus, since = front["arm"], front["code_commit"]
         merge_problem = merge_problem or check_try(program, overrides, commit, front) \
-            or built_on_withdrawn(lab, ledger.experiments(program.name), commit)
+            or built_on_withdrawn(lab, ledger.experiments(program.name), commit, who)
     reason = merge_problem or refusal(lab, program, base, commit, overrides)
     if not reason:  # taken in as reviewed: its objects in a pack of their own
         lab.pack_loose([commit])

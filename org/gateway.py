@@ -443,9 +443,9 @@ def _handler(gateway: Gateway):
                               "object naming each key once: it must read the call as the provider will (of a key "
                               "named twice, its parser may take the other)")
             fields = fields if isinstance(fields, dict) else {}
-            size = len(json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode())  # the hold's input:
-            # as the provider reads it (4 MB of spaces around a word held $37.75 of the budget, and every
-            # other agent's call waited for it)
+            # the hold's input, as the provider reads it (4 MB of spaces around a word held $37.75 of the budget,
+            # and every other agent's call waited for it); a lone surrogate (a JS client's cut string) counts too
+            size = len(json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode(errors="surrogatepass"))
             stored = [k for k in SERVER_CONTEXT if fields.get(k)] + ["prompt"] * isinstance(fields.get("prompt"), dict)
             if spends and stored:
                 raise Refused(400, "invalid_request_error", f"the gateway does not forward calls that name context "

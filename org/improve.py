@@ -214,7 +214,7 @@ def withdraw_unreproduced(ledger: Ledger, program: Program, experiments: list[di
     its re-runs no yardstick. Which change does it cannot be told (a keep that trains otherwise
     once merged with another's code, some hours on, looks like the other's fault), so every
     frontier from the first that holds an agent's code on is withdrawn: a 'time bomb' costs its
-    author the keep, and a keep built on it must be made again (its author's diff, rebased).
+    author the keep, and a keep built on it must be made again (by its author, without the rest).
     Left standing, such a frontier froze the program: every later try untested, for good.
 
     The frontier before them stands again (the program branch goes back to it: sync_branch);
@@ -260,13 +260,15 @@ def baseline_reproduced_since(ledger: Ledger, program: Program, since: str) -> b
     return bool(later) and all(abs(r["val_bpb"] - first[r["seed"]]) <= REPRODUCED for r in later)
 
 
-def built_on_withdrawn(lab: Lab, experiments: list[dict], commit: str) -> str | None:
-    """Why a try may not run: its code holds a withdrawn try's code change, which would come back
-    in unseen: built on that frontier's commit (an agent's worktree still there), or the change
-    made again (a plain `git rebase` onto the frontier replays the withdrawn author's commit, and
-    a copy of its tree is a new commit): its diff taken out of the try's code applies."""
+def built_on_withdrawn(lab: Lab, experiments: list[dict], commit: str, who: str) -> str | None:
+    """Why `who`'s try may not run: its code holds another's withdrawn code change, which would
+    come back in unseen: built on that frontier's commit (an agent's worktree still there), or the
+    change made again (a plain `git rebase` onto the frontier replays the withdrawn author's
+    commit, and a copy of its tree is a new commit): its diff taken out of the try's code applies.
+    Its own, an author may make again (which of the stack's changes told runs apart is not known;
+    one that does it again is caught again, and withdraws its own keep with the rest)."""
     for e in lineage(experiments):
-        if e["decision"]["outcome"] != "withdrawn":
+        if e["decision"]["outcome"] != "withdrawn" or e["who"] == who:
             continue
         before = next(f for f in frontiers(experiments, withdrawn=True) if f["arm"] == e["versus"])
         if e["code_commit"] == before["code_commit"]:  # a change of overrides only
@@ -346,9 +348,9 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
     A frontier that is a kept try is an agent's code, which may train worse when it runs again
     later (the time tells it): at a ladder rung its kept try's own runs stand for it, as in
     judged_against; on fresh seeds it must run again, and canaries go with those runs
-    (plan_canaries): a frontier that does not reproduce itself is withdrawn (withdraw_unreproduced)
-    and this try is then stale (under a seconds budget: untested), and a try that does not could
-    not be one."""
+    (plan_canaries): a try that meets a frontier's miss is untested, the frontier is withdrawn once
+    the baseline has reproduced a run since (withdraw_unreproduced: the tries against it then are
+    stale), and a try that does not reproduce itself could not be a frontier."""
     declared = frozenset(DECLARABLE) - {program.budget.per_run.kind}
     kept = origin(experiments, front)
     while True:

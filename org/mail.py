@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 import uuid
 from collections import Counter
@@ -40,6 +41,7 @@ HUMAN = "human"   # the people running the org: only `org say` writes as them
 MAX_MESSAGE_CHARS = 16_000  # a message (and a board entry): its reader's model is charged for each one
 MAX_UNREAD_FROM_ONE = 20    # messages one sender may have waiting in one inbox (people: no bound)
 MAX_BOARD_BYTES = 8 << 20   # the board: past this, agents' posts are refused (a loop of posts filled the disk)
+MAX_BOARD_FROM_ONE = 1 << 20  # one agent's entries on it (one agent's loop took the whole board from the rest)
 BOARD_READ_BYTES = 256 << 10  # what a reader takes of the board: its end (every reader read it whole)
 TURN_MAIL_BYTES = 64_000    # the mail a reader takes in at one turn (a codex turn's prompt is one argument,
                             # 128 KiB at most); the rest waits for its next turns
@@ -188,14 +190,25 @@ class Mail:
         fd = os.open(self.board_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            if who != HUMAN and os.fstat(fd).st_size > MAX_BOARD_BYTES:
+            size = os.fstat(fd).st_size
+            if who != HUMAN and size > MAX_BOARD_BYTES:
                 raise OrgError(f"the board holds {MAX_BOARD_BYTES >> 20} MB, all it takes from agents: send the "
                                "result to who needs it, or put it in a standup")
+            if who != HUMAN and size > MAX_BOARD_FROM_ONE and self.posted_by(who) > MAX_BOARD_FROM_ONE:
+                raise OrgError(f"your entries on the board hold over {MAX_BOARD_FROM_ONE >> 20} MB, your share of it: "
+                               "send the result to who needs it, or put it in a standup")
             os.write(fd, entry.encode())
             os.fsync(fd)
         finally:
             os.close(fd)
         return entry
+
+    def posted_by(self, who: str) -> int:
+        """The bytes of who's entries on the board (each from its header, which the harness writes)."""
+        text = self.board_path.read_bytes()
+        heads = [(m.start(), m.group(1).decode()) for m in re.finditer(rb"^## \S+ \xc2\xb7 (\S+)$", text, re.M)]
+        ends = [start for start, _ in heads[1:]] + [len(text)]
+        return sum(end - start for (start, name), end in zip(heads, ends) if name == who)
 
     def board(self) -> str:
         """The board, or its last BOARD_READ_BYTES from an entry's start, said so."""

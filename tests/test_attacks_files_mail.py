@@ -175,18 +175,23 @@ def test_a_flood_of_board_posts_and_standups_is_bounded(lab, monkeypatch):
     entry's start, and a standup is as long as a message at most."""
     import org.mail
     monkeypatch.setattr(org.mail, "MAX_BOARD_BYTES", 200_000)
+    monkeypatch.setattr(org.mail, "MAX_BOARD_FROM_ONE", 100_000)
     monkeypatch.setattr(org.mail, "BOARD_READ_BYTES", 50_000)
     root, program, *_ = lab
-    flooder = tools_of(lab, "junior-a")
+    flooder, other = tools_of(lab, "junior-a"), tools_of(lab, "junior-b")
     posts = [flooder.call("post_to_board", {"text": f"{i:03d} " + "y" * (MAX_MESSAGE_CHARS - 4)}) for i in range(20)]
     refused = [p.error for p in posts]
-    assert refused.index(True) == 13 and all(refused[13:]), refused  # 13 x 16 KB: past 200 KB
+    assert refused.index(True) == 7 and all(refused[7:]), refused  # 7 x 16 KB: past its 100 KB
+    assert "your entries on the board hold over 0 MB, your share of it" in posts[-1].output
+    posts = [other.call("post_to_board", {"text": f"{i:03d} " + "w" * (MAX_MESSAGE_CHARS - 4)}) for i in range(8)]
+    refused = [p.error for p in posts]  # the other agent posts on, to the board's 200 KB
+    assert refused.index(True) == 6 and all(refused[6:]), refused
     assert "the board holds 0 MB, all it takes from agents" in posts[-1].output
     mail = Mail(lab_dir(root, program))
     mail.post("human", "Stop posting; summarize in a standup.")  # a person's post still goes on
     board = mail.board()
     assert board.startswith("[the board's first ") and board.splitlines()[1] == ""
-    assert re.match(r"## \S+ · junior-a$", board.splitlines()[2]) and len(board.encode()) <= 50_100
+    assert re.match(r"## \S+ · junior-b$", board.splitlines()[2]) and len(board.encode()) <= 50_100
     assert board.rstrip().endswith("> Stop posting; summarize in a standup.")
     long = flooder.call("write_standup", {"text": "z" * (MAX_MESSAGE_CHARS + 1)})
     assert long.error and "one holds 16000 at most" in long.output

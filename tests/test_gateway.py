@@ -444,6 +444,9 @@ def test_a_body_padded_with_whitespace_holds_only_what_the_provider_reads(tmp_pa
         hold.set()
         asked.join(60)
         assert [r["tokens_out"] for r in spend(root, program, calls=1)] == [200]
+        # a lone surrogate (JSON.stringify of a string cut mid-pair): the size of it crashed the handler
+        cut = b'{"model": "claude-sonnet-test", "max_tokens": 200, "messages": [{"role": "user", "content": "\\ud800"}]}'
+        assert call(gw, "POST", "/anthropic/v1/messages", tokens["claude"], cut)[0] == 200
 
 
 def test_what_the_gateway_says_in_the_runners_pane_carries_no_escape_sequence(tmp_path):

@@ -652,16 +652,21 @@ def test_a_frontier_whose_code_trains_otherwise_when_run_again_is_caught_by_its_
     assert {r["status"] for r in ledger.runs(program.name, experiment_id=nxt["id"])} == {"refused"}
     base = ledger.program(program.name)["base_commit"]
     assert sync_branch(lab, ledger, program) == base and lab.resolve("program/climb") == base  # back
-    # a try from the withdrawn frontier's commit would bring its code back: refused, saying so
-    on_it = commit_change(lab.root, program, "solo", "trainer/optim.py", "import math", "import math  # more",
+    # another's try from the withdrawn frontier's commit would bring its code back: refused, saying so
+    carol = worktree(lab.root, program, "carol")
+    subprocess.run(["git", "reset", "-q", "--hard", wd_up], cwd=carol, check=True)
+    on_it = commit_change(lab.root, program, "carol", "trainer/optim.py", "import math", "import math  # more",
                           "built on wd-up")
-    e = try_(ledger, lab, program, "on-wd-up", {"matrix_lr": 0.0202}, ref=on_it)
+    e = submit(ledger, lab, program, "on-wd-up", {"matrix_lr": 0.0202}, who="carol", hypothesis="h", ref=on_it)
     assert e["stage"] == "refused" and "its code holds wd-up's change (" in e["reason"], e["reason"]
     worktree(lab.root, program, "copycat")  # the same change, committed again on the base commit: refused too
     copy = commit_change(lab.root, program, "copycat", "trainer/model.py", "import numpy as np",
                          "import numpy as np  # wd-up's code", "wd-up, again")
-    e = try_(ledger, lab, program, "copy-of-wd-up", {"matrix_lr": 0.0203}, ref=copy)
+    e = submit(ledger, lab, program, "copy-of-wd-up", {"matrix_lr": 0.0203}, who="copycat", hypothesis="h", ref=copy)
     assert e["stage"] == "refused" and "its code holds wd-up's change (" in e["reason"], e["reason"]
+    mine = commit_change(lab.root, program, "solo", "trainer/optim.py", "import math", "import math  # mine",
+                         "wd-up's author, on its own change")  # (which change told runs apart is not known)
+    assert try_(ledger, lab, program, "mine-again", {"matrix_lr": 0.0204}, ref=mine)["stage"] == "measuring"
     again = try_(ledger, lab, program, "next-again", {"matrix_lr": 0.0202})  # against the baseline: measured
     assert again["versus"] == "baseline" and again["stage"] == "measuring"
     assert "withdrawn" in program_status(ledger, program)["frontier"]
@@ -698,6 +703,16 @@ def test_a_miss_withdraws_every_keep_of_agents_code_in_its_stack(tmp_path):
     assert frontier(experiments)["arm"] == "baseline"
     verdict = decision(ledger, program, "wd-up")["verdict"]
     assert "frontier-2 did not reproduce a run of honest" in verdict and verdict.endswith("(its code is in that stack)")
+    # which change told runs apart is not known: each author may make their own again, no one another's
+    mine = commit_change(lab.root, program, "solo", "trainer/model.py", "# wd-up's code", "# wd-up's code, again",
+                         "wd-up again, on its own commit")
+    e = try_(ledger, lab, program, "wd-up-again", {"weight_decay": 0.31}, ref=mine)
+    assert e["stage"] == "measuring", e["reason"]
+    worktree(lab.root, program, "bob")
+    theirs = commit_change(lab.root, program, "bob", "trainer/model.py", "import numpy as np",
+                           "import numpy as np  # wd-up's code", "bob carries wd-up's change")
+    e = submit(ledger, lab, program, "bobs", {"matrix_lr": 0.04}, who="bob", hypothesis="h", ref=theirs)
+    assert e["stage"] == "refused" and "its code holds wd-up's change (" in e["reason"], e["reason"]
     ledger.close()
     lab.close()
 
@@ -722,6 +737,7 @@ def test_under_a_seconds_budget_a_frontier_that_misses_stands_and_the_try_is_unt
     finish_canaries(ledger, program, "frontier-1", 0.05)
     d = decision(ledger, program, "seed-table")
     assert d["outcome"] == "untested" and "frontier-1 did not reproduce a run of wd-up" in d["verdict"], d
+    rerun_baseline(ledger, program, 0, BASE[0])  # the baseline reproduces since: under FLOPs, a withdrawal
     assert frontier(ledger.experiments(program.name))["arm"] == "frontier-1"
     assert decision(ledger, program, "wd-up")["outcome"] == "kept"
     from org.agents.tools import program_status
