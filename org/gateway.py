@@ -395,7 +395,8 @@ def worst_case(fields: dict, size: int):
 def _handler(gateway: Gateway):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"  # one call per connection; a stream ends when it closes
-        timeout = 120  # an agent that stops reading (or sending) stops being served: its call's hold is settled
+        timeout = 120  # a socket operation's: an agent that stops reading (or sending) is served no more, and
+        # its call is metered and settled (relay reads the reply on)
 
         def log_message(self, *args):
             pass
