@@ -7,6 +7,7 @@ import argparse
 import os
 import re
 import subprocess
+import uuid
 from pathlib import Path
 
 
@@ -61,6 +62,17 @@ def write_new(path: Path, data: bytes, mode: int):
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.chmod(path, mode)  # the umask's bits back
+
+
+def write_atomically(path: Path, text: str):
+    """Write to a temporary name beside `path`, fsync, rename: all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
 
 
 def empty_file(path: Path):

@@ -39,7 +39,7 @@ from pathlib import Path
 import git
 from git.objects.fun import tree_entries_from_data
 
-from org import OrgError, replace_file, write_new
+from org import OrgError, replace_file, write_atomically, write_new
 from org.objects import ObjectError, ObjectStore, agent_objects
 
 # Set by git hooks and by some shells; a child that inherits them operates on the wrong repo.
@@ -536,8 +536,8 @@ class Lab:
             except git.GitCommandError:  # no such ref: nothing to take in
                 pass
         if self.refused != before:
-            with contextlib.suppress(OSError):
-                replace_file(record, json.dumps({k: t for k, t in self.refused.items() if time.time() - t < RETRY_SECONDS}))
+            with contextlib.suppress(OSError):  # (whole or not at all: each process reads it as another writes)
+                write_atomically(record, json.dumps({k: t for k, t in self.refused.items() if time.time() - t < RETRY_SECONDS}))
 
     def worktree_head(self, worktree: Path, owner: tuple[str, str]) -> str | None:
         """What an agent's worktree's HEAD names, where that is a branch of the agent's or a

@@ -34,7 +34,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from org import OrgError
+from org import OrgError, write_atomically
 
 EVERYONE = "all"  # send_message(to="all") writes one copy to every other agent's inbox
 HUMAN = "human"   # the people running the org: only `org say` writes as them
@@ -64,17 +64,6 @@ def quote(text: str) -> str:
 
 def unquote(text: str) -> str:
     return "\n".join(line[2:] if line.startswith("> ") else line.lstrip(">") for line in text.splitlines())
-
-
-def write_atomically(path: Path, text: str):
-    """Write to a temporary name beside `path`, fsync, rename: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
 
 
 def format_mail(messages: list[dict], waiting: list[dict] = ()) -> str:
@@ -216,13 +205,14 @@ class Mail:
             with open(self.board_path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 f.seek(max(0, size - BOARD_READ_BYTES))
-                text = f.read(BOARD_READ_BYTES).decode(errors="replace")
+                data = f.read(BOARD_READ_BYTES)
         except FileNotFoundError:
             return ""
         if size <= BOARD_READ_BYTES:
-            return text
-        start = text.find("\n## ")  # (an entry's header is the harness's: quoted text never starts a line with ##)
-        return f"[the board's first {size - BOARD_READ_BYTES + max(start, 0)} bytes are not shown]\n" + text[max(start, 0):]
+            return data.decode(errors="replace")
+        start = max(data.find(b"\n## "), 0)  # (an entry's header is the harness's: no quoted line starts with ##)
+        hidden = size - len(data) + start
+        return f"[the board's first {hidden} bytes are not shown]\n" + data[start:].decode(errors="replace")
 
     # --- standups ------------------------------------------------------------------------
 

@@ -191,6 +191,8 @@ def test_a_flood_of_board_posts_and_standups_is_bounded(lab, monkeypatch):
     mail.post("human", "Stop posting; summarize in a standup.")  # a person's post still goes on
     board = mail.board()
     assert board.startswith("[the board's first ") and board.splitlines()[1] == ""
+    hidden, shown_part = int(board.split()[3]), board.split("\n", 1)[1]  # what it hides and shows: the whole board
+    assert hidden + len(shown_part.encode()) == mail.board_path.stat().st_size
     assert re.match(r"## \S+ · junior-b$", board.splitlines()[2]) and len(board.encode()) <= 50_100
     assert board.rstrip().endswith("> Stop posting; summarize in a standup.")
     long = flooder.call("write_standup", {"text": "z" * (MAX_MESSAGE_CHARS + 1)})
