@@ -468,3 +468,14 @@ def test_codex_notify_takes_its_json_after_the_options():
     """codex appends its JSON as the last argument of the notify command."""
     args = build_parser().parse_args(["agent-hook", "--as", "a", "--program", "p", "notify", '{"type": "x"}'])
     assert (args.event, args.payload, args.agent) == ("notify", '{"type": "x"}', "a")
+
+
+def test_a_claude_json_its_cli_wrote_with_no_end_of_brackets_is_read_as_nothing(tmp_path):
+    """~/.claude.json is the CLI's, written in its box, and the harness seeds it at every (re)start:
+    10^5 nested brackets there raised RecursionError (no decode error) and the agent never started
+    again; a hook's payload of a 5000-digit number, ValueError (nor that)."""
+    from org.agents.clis import seed_claude_home
+    (tmp_path / ".claude.json").write_text("[" * 100_000)
+    seed_claude_home(tmp_path, tmp_path / "tree")
+    state = json.loads((tmp_path / ".claude.json").read_text())
+    assert state["hasCompletedOnboarding"] and state["projects"][str(tmp_path / "tree")]["hasTrustDialogAccepted"]

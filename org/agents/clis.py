@@ -180,7 +180,7 @@ def read_own_json(path: Path, limit: int = 1 << 20) -> dict:
             return {}
         try:
             data = json.loads(f.read(limit + 1)[:limit])
-        except ValueError:
+        except (ValueError, RecursionError):  # (10^5 brackets: not a decode error, and it stopped the restart)
             return {}
     return data if isinstance(data, dict) else {}
 
@@ -472,7 +472,7 @@ def on_hook(event: str, program, agent: str, root: Path, payload: str) -> str | 
     transcript = Transcript(lab_dir / "transcripts" / f"{agent}.jsonl")
     try:
         data = json.loads(payload or "{}")
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # (a 5000-digit number, 10^5 brackets: no decode error either)
         data = {"unparsed": payload[:2000]}
     data = data if isinstance(data, dict) else {}
     last = data.get("last_assistant_message") or data.get("last-assistant-message")
