@@ -220,7 +220,7 @@ class Gateway:
         self.ledger_path, self.program = ledger_path(lab_dir), program
         self.prices, self.say = prices or load_prices(), lambda line: say(shown(line))  # (a path, a model:
         # the agent's words, in the runner's pane: an escape sequence there cleared it or wrote the clipboard)
-        self.held: dict[int, float] = {}  # what each call in flight may still cost, in dollars
+        self.held: dict[int, tuple[str, float]] = {}  # each call in flight: its agent, what it may still cost
         self.parsing = threading.BoundedSemaphore(2)
         self.settled = threading.Condition()
         self.server = ThreadingHTTPServer(("127.0.0.1", int((folder / "port").read_text())), _handler(self))
@@ -239,27 +239,35 @@ class Gateway:
         self.server.shutdown()
         self.server.server_close()
 
-    def budget(self) -> tuple[float, float]:
-        """(spent, limit) as the ledger has them now: a person's `org budget` changes the limit."""
+    def budget(self) -> tuple[dict, dict]:
+        """(spend, budget) as the ledger has them now: a person's `org budget` changes the limits."""
         with Ledger(self.ledger_path) as ledger:
-            return ledger.spend(self.program)["dollars"], ledger.budget(self.program)["total_llm_dollars"]
+            return ledger.spend(self.program), ledger.budget(self.program)
 
-    def reserve(self, worst: float) -> int:
+    def reserve(self, worst: float, agent: str) -> int:
         """Hold `worst` dollars of the budget for a call about to go upstream; the key to settle
         it with. A call goes ahead while the spend plus what the calls in flight may still cost is
-        under the cap, so calls sent at once cannot all pass before any is metered: together they
-        pass the cap by one call's cost at most, as calls made one at a time do. Near the cap a
-        call waits for those in flight to be metered (WAIT_S at most, then a 429 to retry)."""
+        under the cap (and the agent's own, under its budget.agent_llm_dollars), so calls sent at
+        once cannot all pass before any is metered: together they pass the cap by one call's cost
+        at most, as calls made one at a time do. Near the cap a call waits for those in flight to be
+        metered (WAIT_S at most, then a 429 to retry)."""
+        from org.agents.spend import share_spent
         deadline = time.monotonic() + WAIT_S
         with self.settled:
             while True:
-                spent, limit = self.budget()
+                spend, budget = self.budget()
+                spent, limit, share = spend["dollars"], budget["total_llm_dollars"], budget.get("agent_llm_dollars")
                 if spent >= limit:
                     raise Refused(403, "permission_error",
                                   f"the program's LLM budget is spent (${spent:.4f} of ${limit:g})")
-                if spent + sum(self.held.values()) < limit or worst == 0:  # a free call cannot pass the cap
+                if (mine := share_spent(agent, spend, budget)) and worst:
+                    raise Refused(403, "permission_error", mine)
+                held = sum(w for _, w in self.held.values())
+                held_mine = (spend["agents"].get(agent, {}).get("dollars") or 0.0) + \
+                    sum(w for a, w in self.held.values() if a == agent)
+                if (spent + held < limit and (share is None or held_mine < share)) or worst == 0:  # (free: passes)
                     key = max(self.held, default=0) + 1
-                    self.held[key] = worst
+                    self.held[key] = (agent, worst)
                     return key
                 if time.monotonic() >= deadline:
                     raise Refused(429, "rate_limit_error", f"calls in flight may spend the rest of the program's "
@@ -424,7 +432,7 @@ def _handler(gateway: Gateway):
             # memory), and not kept while the call waits and streams
             with gateway.parsing if len(body) > 1 << 20 else contextlib.nullcontext():
                 model, worst = self.checked(body, spends, agent)
-            key = gateway.reserve(gateway.price(model, worst) if spends else 0.0)
+            key = gateway.reserve(gateway.price(model, worst) if spends else 0.0, agent)
             try:
                 status, content_type, seen = self.forward(provider, upstream_path, body)
                 if spends and status == 200:

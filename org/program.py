@@ -40,11 +40,7 @@ OVERRIDE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
 
 def command_line_text(text: str) -> bool:
-    """Text a command line carries as it is: printable, and UTF-8 (no lone surrogate)."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
+    """Text a command line carries as it is: printable, and so UTF-8 (a lone surrogate is not printable)."""
     return text.isprintable()
 
 
@@ -56,7 +52,7 @@ MEASUREMENT_FIELDS = ("claim", "ladder", "compute_multiplier", "metric", "baseli
                       "tune_seeds", "protected", "max_change_kb")
 MEASUREMENT_BUDGET = ("per_run", "seeds")
 # the totals, fixed at start like the rest: only a person's `org budget` changes them, logged
-BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds", "agent_cpu_seconds")
+BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds", "agent_cpu_seconds", "agent_llm_dollars")
 
 # The trainer's evaluation, data and FLOP accounting, and the harness itself.
 DEFAULT_PROTECTED = ["trainer/eval.py", "trainer/data.py", "trainer/shards.py", "trainer/tokenizer.py",
@@ -241,6 +237,7 @@ class Budget(Strict):
     # CPU seconds each agent's own box may use, all its commands (or its CLI) together: work no
     # run's budget counts (None: as much as total_compute_seconds)
     agent_cpu_seconds: float | None = Field(None, gt=0)
+    agent_llm_dollars: float | None = Field(None, gt=0)  # each agent's own cap in total_llm_dollars (None: shared)
 
     @field_validator("seeds")
     @classmethod

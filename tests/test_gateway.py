@@ -440,7 +440,7 @@ def test_a_body_padded_with_whitespace_holds_only_what_the_provider_reads(tmp_pa
         eventually(lambda: gw.held, 30, "the call in flight")
         from org.gateway import worst_case
         compact = len(json.dumps(fields, separators=(",", ":")).encode())
-        assert list(gw.held.values()) == [dollars("claude-sonnet-test", worst_case(fields, compact), load_prices())]
+        assert list(gw.held.values()) == [("claude", dollars("claude-sonnet-test", worst_case(fields, compact), load_prices()))]
         hold.set()
         asked.join(60)
         assert [r["tokens_out"] for r in spend(root, program, calls=1)] == [200]
@@ -462,3 +462,22 @@ def test_what_the_gateway_says_in_the_runners_pane_carries_no_escape_sequence(tm
                       b"content-length: 2\r\n\r\n{}")
             assert s.recv(65536).startswith(b"HTTP/1.0 401")
     assert said and not any(re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", line) for line in said), said
+
+
+def test_an_agents_share_of_the_llm_budget_stops_its_calls_not_its_teammates(tmp_path):
+    """One agent's loop of calls spent the budget its teammates had to think with. With
+    budget.agent_llm_dollars, each agent's own calls stop at its share (its calls in flight held
+    against it too), and the others' go on; `org budget` changes it as it does the total."""
+    with serving(tmp_path, usage={"input": 10, "output": 200}) as (root, program, llm, gw, tokens):
+        from org.agents.spend import Spend
+        with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+            ledger.change_budget(program.name, {"agent_llm_dollars": 0.5}, "test")
+            ledger.record_spend(program.name, "claude", "claude-sonnet-test", 0, 0, 0.5)  # its share, spent
+        claude = anthropic.Anthropic(api_key=tokens["claude"], base_url=gw.url + "/anthropic", max_retries=0)
+        with pytest.raises(anthropic.PermissionDeniedError, match="your share of the program's LLM budget is spent"):
+            claude.messages.create(model="claude-sonnet-test", max_tokens=200, messages=[{"role": "user", "content": "hi"}])
+        gpt = openai.OpenAI(api_key=tokens["gpt"], base_url=gw.url + "/openai", max_retries=0)
+        gpt.chat.completions.create(model="gpt-5-test", max_completion_tokens=200, messages=[{"role": "user", "content": "hi"}])
+        assert len(llm.requests) == 1  # gpt's, forwarded; claude's, not
+        assert "share" in Spend(lab_dir(root, program) / "ledger.sqlite", program.name, "claude", 5.0).exhausted()
+        assert Spend(lab_dir(root, program) / "ledger.sqlite", program.name, "gpt", 5.0).exhausted() is None

@@ -78,7 +78,17 @@ class Spend:
         spent, limit = self.spent(), self.limit()
         if spent >= limit:
             return f"the program's LLM budget is spent (${spent:.4f} of ${limit:g})"
-        return None
+        with Ledger(self.ledger_path) as ledger:
+            fixed = ledger.program(self.program) and ledger.budget(self.program)
+            return fixed and share_spent(self.agent, ledger.spend(self.program), fixed)
+
+
+def share_spent(agent: str, spend: dict, budget: dict) -> str | None:
+    """Why `agent` may make no more calls of its own (its budget.agent_llm_dollars spent), or None."""
+    share, mine = budget.get("agent_llm_dollars"), spend["agents"].get(agent, {}).get("dollars") or 0.0
+    if share is not None and mine >= share:
+        return f"your share of the program's LLM budget is spent (${mine:.4f} of budget.agent_llm_dollars ${share:g})"
+    return None
 
 
 def cpu_exhausted(ledger_path: str | Path, program: str, agent: str) -> str | None:
