@@ -199,20 +199,31 @@ def waiting_for_budget(ledger: Ledger, program: Program) -> list[int]:
     that has not started, where the budget left cannot pay for its runs besides every run of what
     has started and one claim's fresh seeds (held_for_checks). Without that hold, agents' queued
     work spent the whole budget, and a claim that stood late stayed "awaiting replication" for
-    good. What has started, and the program's own arms, always go on; the first to come, first."""
+    good. With budget.agent_compute_seconds, also one whose agent's runs so far, and those it has
+    started or queued before it, would pass that share: one agent's queue spent the compute its
+    teammates had to try their ideas with. What has started, and the program's own arms, always
+    go on; the first to come, first."""
     held, cost = held_for_checks(ledger, program)
-    if not held:
+    share = ledger.budget(program.name).get("agent_compute_seconds")
+    if not cost or not (held or share):
         return []
-    runs = ledger.runs(program.name)
+    runs, experiments = ledger.runs(program.name), ledger.experiments(program.name)
     started = {r["experiment_id"] for r in runs if r["claim_seq"]}
     pending = Counter(r["experiment_id"] for r in runs if r["status"] in ("queued", "running") and r["purpose"] not in CHECKS)
-    new = [e for e in ledger.experiments(program.name) if e["source"] == "submitted" and e["id"] not in started]
+    new = [e for e in experiments if e["source"] == "submitted" and e["id"] not in started]
     left = ledger.budget(program.name)["total_compute_seconds"] - ledger.compute_seconds(program.name) - held \
         - cost * (sum(pending.values()) - sum(pending[e["id"]] for e in new))  # (a running run: at its full cost)
+    who = {e["id"]: e["who"] for e in experiments}
+    theirs = Counter()  # each agent's runner seconds: spent, and held for what it has started
+    for r in runs:
+        theirs[who[r["experiment_id"]]] += (r["wall_seconds"] or 0) + (r["measure_seconds"] or 0)
+    for experiment_id, n in pending.items():
+        theirs[who[experiment_id]] += cost * n if experiment_id in started else 0
     waiting = []
     for e in new:
-        if cost * pending[e["id"]] <= left:
-            left -= cost * pending[e["id"]]
+        need = cost * pending[e["id"]]
+        if (not held or need <= left) and (share is None or theirs[e["who"]] + need <= share):
+            left, theirs[e["who"]] = left - need, theirs[e["who"]] + need
         else:
             waiting.append(e["id"])
     return waiting
@@ -222,8 +233,10 @@ def budget_note(ledger: Ledger, program: Program, waiting: list[int]) -> str:
     spent, total = ledger.compute_seconds(program.name), ledger.budget(program.name)["total_compute_seconds"]
     if spent >= total:
         return f"compute budget spent ({spent:.0f}s of {total:g}s); queued runs stay queued"
+    share = ledger.budget(program.name).get("agent_compute_seconds")
     return (f"experiment(s) {', '.join(map(str, waiting))} wait: {spent:.0f}s of {total:g}s is spent, and what has "
-            f"started and one claim's fresh seeds ({held_for_checks(ledger, program)[0]:.0f}s) leave too little for their runs")
+            f"started and one claim's fresh seeds ({held_for_checks(ledger, program)[0]:.0f}s) leave too little for their runs"
+            + (f", or their agent's runs would pass its budget.agent_compute_seconds ({share:g}s)" if share else ""))
 
 
 def held_for_checks(ledger: Ledger, program: Program) -> tuple[float, float]:

@@ -52,7 +52,8 @@ MEASUREMENT_FIELDS = ("claim", "ladder", "compute_multiplier", "metric", "baseli
                       "tune_seeds", "protected", "max_change_kb")
 MEASUREMENT_BUDGET = ("per_run", "seeds")
 # the totals, fixed at start like the rest: only a person's `org budget` changes them, logged
-BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds", "agent_cpu_seconds", "agent_llm_dollars")
+BOUND_BUDGET = ("total_compute_seconds", "total_llm_dollars", "run_timeout_seconds", "agent_cpu_seconds", "agent_llm_dollars",
+                "agent_compute_seconds")
 
 # The trainer's evaluation, data and FLOP accounting, and the harness itself.
 DEFAULT_PROTECTED = ["trainer/eval.py", "trainer/data.py", "trainer/shards.py", "trainer/tokenizer.py",
@@ -238,6 +239,7 @@ class Budget(Strict):
     # run's budget counts (None: as much as total_compute_seconds)
     agent_cpu_seconds: float | None = Field(None, gt=0)
     agent_llm_dollars: float | None = Field(None, gt=0)  # each agent's own cap in total_llm_dollars (None: shared)
+    agent_compute_seconds: float | None = Field(None, gt=0)  # and in total_compute_seconds, its experiments' runs
 
     @field_validator("seeds")
     @classmethod

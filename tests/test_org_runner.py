@@ -195,6 +195,38 @@ def test_the_budget_holds_a_claims_fresh_seeds_back_from_work_not_yet_started(ma
     assert "so do 2 fresh seeds" in row, row
 
 
+def test_an_agents_share_of_the_compute_holds_its_queue_back_not_its_teammates(tmp_path):
+    """One agent's queue spent the compute its teammates had to try their ideas with: submitted
+    first, its experiments went first. With budget.agent_compute_seconds, an experiment whose
+    agent's runs so far and those it has queued before it would pass that share waits, and a
+    teammate's goes on; `org budget` raises the share (or the experiment waits for good)."""
+    from org.experiments import budget_note, waiting_for_budget
+    from org.program import Program
+    spec = tiny_program(claim={"kind": "non-inferiority", "margin": 1.0, "fresh_seeds": 0})
+    spec["budget"].update(seeds=[0, 1, 2], total_compute_seconds=10_000, agent_compute_seconds=100)
+    program = Program.model_validate(spec)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.add_program(program.name, program.model_dump(mode="json"), base_commit="b", branch="program/tiny")
+
+        def experiment(arm, who, finished=False):
+            e = ledger.experiment(ledger.add_experiment(program.name, arm, who=who, source="declared" if who == "program"
+                                                        else "submitted", base_commit="b", code_commit="b",
+                                                        overrides={}, stage="measuring"))
+            for seed in (0, 1, 2):
+                run = ledger.add_run(e, "main", seed, 1 + seed, {}, ("steps", 3))
+                if finished:
+                    ledger.finish(run, "completed", wall_seconds=10.0)  # a run costs 10 s on record
+            return e["id"]
+        experiment("baseline", "program", finished=True)
+        alice = [experiment(f"alice-{i}", "alice") for i in range(4)]  # 30 s each, queued
+        experiment("bob-1", "bob")
+        assert waiting_for_budget(ledger, program) == [alice[3]]  # 4 x 30 s: past alice's 100 s
+        assert "or their agent's runs would pass its budget.agent_compute_seconds (100s)" in budget_note(
+            ledger, program, [alice[3]])
+        ledger.change_budget(program.name, {"agent_compute_seconds": 120}, "test")
+        assert waiting_for_budget(ledger, program) == []  # (bob's never waited: its share is its own)
+
+
 def test_code_that_knows_the_programs_seeds_is_not_replicated_on_fresh_ones(make_project):
     """The seed cherry-pick, end to end: an arm whose code trains the program's seeds as the
     baseline does (near enough: softcap 15.5) and every other seed badly (softcap 1). On seeds 0-2

@@ -463,7 +463,9 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
             "compute_seconds": {"spent": round(ledger.compute_seconds(program.name), 1),
                                 "total": ledger.budget(program.name)["total_compute_seconds"],
                                 # a new experiment starts only if what is left pays for its runs besides this
-                                "held_for_fresh_seeds": round(held_for_checks(ledger, program)[0], 1)}}
+                                "held_for_fresh_seeds": round(held_for_checks(ledger, program)[0], 1),
+                                # and, set, only within its agent's share (experiments.waiting_for_budget)
+                                "each_agents_share": ledger.budget(program.name).get("agent_compute_seconds")}}
 
 
 def frontier_status(ledger: Ledger, program: Program, experiments: list[dict]) -> dict:
