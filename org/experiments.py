@@ -217,8 +217,8 @@ def waiting_for_budget(ledger: Ledger, program: Program) -> list[int]:
     theirs = Counter()  # each agent's runner seconds: spent, and held for what it has started
     for r in runs:
         theirs[who[r["experiment_id"]]] += (r["wall_seconds"] or 0) + (r["measure_seconds"] or 0)
-    for experiment_id, n in pending.items():
-        theirs[who[experiment_id]] += cost * n if experiment_id in started else 0
+    for experiment_id in started:
+        theirs[who[experiment_id]] += cost * pending[experiment_id]
     waiting = []
     for e in new:
         need = cost * pending[e["id"]]

@@ -251,7 +251,7 @@ class Gateway:
         once cannot all pass before any is metered: together they pass the cap by one call's cost
         at most, as calls made one at a time do. Near the cap a call waits for those in flight to be
         metered (WAIT_S at most, then a 429 to retry)."""
-        from org.agents.spend import share_spent
+        from org.agents.spend import agent_dollars, share_spent
         deadline = time.monotonic() + WAIT_S
         with self.settled:
             while True:
@@ -263,8 +263,7 @@ class Gateway:
                 if (mine := share_spent(agent, spend, budget)) and worst:
                     raise Refused(403, "permission_error", mine)
                 held = sum(w for _, w in self.held.values())
-                held_mine = (spend["agents"].get(agent, {}).get("dollars") or 0.0) + \
-                    sum(w for a, w in self.held.values() if a == agent)
+                held_mine = agent_dollars(spend, agent) + sum(w for a, w in self.held.values() if a == agent)
                 if (spent + held < limit and (share is None or held_mine < share)) or worst == 0:  # (free: passes)
                     key = max(self.held, default=0) + 1
                     self.held[key] = (agent, worst)

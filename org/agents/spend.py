@@ -63,29 +63,25 @@ class Spend:
             ledger.record_spend(self.program, self.agent, model, usage.tokens_in, usage.output, cost)
         return cost
 
-    def spent(self) -> float:
-        with Ledger(self.ledger_path) as ledger:
-            return ledger.spend(self.program)["dollars"]
-
-    def limit(self) -> float:
-        """The ledger's total (a person's `org budget` changes it while the org runs)."""
-        with Ledger(self.ledger_path) as ledger:
-            fixed = ledger.program(self.program) and ledger.budget(self.program)
-        return fixed["total_llm_dollars"] if fixed else self.budget
-
     def exhausted(self) -> str | None:
-        """Why no more calls may be made, or None."""
-        spent, limit = self.spent(), self.limit()
-        if spent >= limit:
-            return f"the program's LLM budget is spent (${spent:.4f} of ${limit:g})"
+        """Why no more calls may be made, or None: the program's total spent, or this agent's share
+        (the ledger's figures: a person's `org budget` changes them while the org runs)."""
         with Ledger(self.ledger_path) as ledger:
-            fixed = ledger.program(self.program) and ledger.budget(self.program)
-            return fixed and share_spent(self.agent, ledger.spend(self.program), fixed)
+            spend, fixed = ledger.spend(self.program), ledger.program(self.program) and ledger.budget(self.program)
+        limit = fixed["total_llm_dollars"] if fixed else self.budget
+        if spend["dollars"] >= limit:
+            return f"the program's LLM budget is spent (${spend['dollars']:.4f} of ${limit:g})"
+        return fixed and share_spent(self.agent, spend, fixed) or None
+
+
+def agent_dollars(spend: dict, agent: str) -> float:
+    """An agent's dollars in ledger.spend()'s figures."""
+    return spend["agents"].get(agent, {}).get("dollars") or 0.0
 
 
 def share_spent(agent: str, spend: dict, budget: dict) -> str | None:
     """Why `agent` may make no more calls of its own (its budget.agent_llm_dollars spent), or None."""
-    share, mine = budget.get("agent_llm_dollars"), spend["agents"].get(agent, {}).get("dollars") or 0.0
+    share, mine = budget.get("agent_llm_dollars"), agent_dollars(spend, agent)
     if share is not None and mine >= share:
         return f"your share of the program's LLM budget is spent (${mine:.4f} of budget.agent_llm_dollars ${share:g})"
     return None
