@@ -69,3 +69,15 @@ def no_gpu() -> bool:
         return False
     except ValueError:
         return True
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_the_gpus_mfu_yardstick_is_torchs_matmul_at_the_runs_precision_and_leaves_torch_as_it_was(precision):
+    """On a GPU every implementation's MFU is over one peak per precision, torch's own matmul (here
+    on the CPU, to run the code: a GPU's figures are in README). TF32 mode is the peers' to set."""
+    torch = pytest.importorskip("torch")
+    from trainer.bench import torch_matmul_peak
+    before = torch.backends.cuda.matmul.allow_tf32
+    peak = torch_matmul_peak(precision, device="cpu", n=128, seconds=0.05)
+    assert 1e6 < peak < 1e16
+    assert torch.backends.cuda.matmul.allow_tf32 == before

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.gpucheck import Setup, format_table, missing_gpu, run_parts
+from trainer.gpucheck import (MATMULS, STEP_TOLERANCE, Setup, cpu_on_twins, format_table, missing_gpu, run_parts,
+                              step_spec, train_losses)
+from trainer.train import run
 
 TINY = (("n_layer", 1), ("n_embd", 32), ("n_head", 2), ("sequence_len", 32))
 
@@ -63,7 +65,7 @@ def test_the_parts_run_on_the_cpu_and_keep_their_rows_as_they_go(corpus, tmp_pat
         by_part.setdefault(r["part"], []).append(r)
 
     # CPU against CPU: the same numbers, so every precision passes its bar
-    assert [r["check"] for r in by_part["steps"]] == [f"3 steps, {m} matmuls, cpu vs cpu" for m in ("fp32", "tf32", "bf16")]
+    assert [r["check"] for r in by_part["steps"]] == [f"3 steps, no lambdas, {m} matmuls, cpu vs cpu" for m in ("fp32", "tf32", "bf16")]
     assert all(r["ok"] and r["result"].startswith("max |loss difference| 0.0e+00") for r in by_part["steps"])
     # the resume part really stopped a run mid-way and found it bit-identical after --resume
     repeat, resumed = by_part["resume"]
@@ -82,3 +84,21 @@ def test_the_parts_run_on_the_cpu_and_keep_their_rows_as_they_go(corpus, tmp_pat
     table = format_table(rows)
     assert table.splitlines()[0] == "| part | check | result | bar | |"
     assert table.endswith(f"{len(rows)} rows, {len(by_part['kernels'])} failed")
+
+
+def test_the_steps_check_trains_what_rounding_cannot_send_elsewhere(corpus, tmp_path):
+    """The GPU's steps are checked against the CPU's, and two summation orders differ by rounding
+    only. On the CPU there are two such orders to hand, Numba's kernels and the NumPy twins: on the
+    runs the check trains, they must agree within the bars the GPU is held to. (With nanochat's
+    x0/residual lambdas in, their first gradient is rounding noise that AdamW makes a full step:
+    the two paths ended 1.3 apart here, and a first H200 run failed every precision so.)"""
+    setup = Setup(out=tmp_path, device="cpu", data=corpus, overrides=TINY, batch_size=4, steps=5)
+    for matmul in MATMULS:
+        losses = []
+        for on_twins in (True, False):
+            out = tmp_path / f"{matmul}-{'twins' if on_twins else 'kernels'}"
+            with cpu_on_twins(on_twins):
+                run(step_spec(setup, "cpu", matmul), out, quiet=True)
+            losses.append(train_losses(out))
+        assert len(losses[0]) == len(losses[1]) == 5
+        assert max(abs(a - b) for a, b in zip(*losses)) <= STEP_TOLERANCE[matmul], (matmul, losses)

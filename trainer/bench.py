@@ -8,7 +8,8 @@ Steps are forward + backward + optimizer on one fixed batch, timed one by one af
 a measurement is the median step. The table shows the median over interleaved rounds with the
 range, and the speed against eager as the median of per-round ratios. MFU = FLOPs/token (the
 trainer's 6N+12LCT convention) x tokens/s over the matmul peak measured on the spot in the same
-process.
+process: on a GPU torch's own matmul at the run's precision (one yardstick for every implementation),
+else the model's matmul.
 
 The PyTorch peer (tests/reference/torch_gpt.py, fast mode: SDPA, F.rms_norm, fused AdamW)
 loads the same weights; it needs torch (`pip install -e '.[test]'`) and a source checkout.
@@ -155,7 +156,8 @@ def measure(name, impl, device, steps, matmul="fp32") -> dict:
     threads = cpu_threads()
     if impl != "nanolab":
         torch.set_num_threads(threads)
-    peak = measure_matmul_peak(device, "float32", seconds=1.0, precision=matmul)  # best of 1 s
+    peak = (torch_matmul_peak(matmul, device) if device == "cuda" and torch_available()
+            else measure_matmul_peak(device, "float32", seconds=1.0, precision=matmul))  # best of 1 s
     mem_before = memory_mib(device, impl, peak=False)
     step = make_step(impl, cfg, device, x, y, matmul)
     for _ in range(2):  # warm-up (and compilation, for torch.compile)
@@ -170,6 +172,36 @@ def measure(name, impl, device, steps, matmul="fp32") -> dict:
     return {"config": name, "impl": impl, "ms_per_step": 1e3 * dt, "tokens_per_s": tok_s,
             "mfu": tok_s * flops_per_token(cfg) / peak, "peak_flops": peak,
             "peak_mem_mib": memory_mib(device, impl, peak=True) - mem_before, "threads": threads}
+
+
+def torch_matmul_peak(precision: str, device: str = "cuda", n: int = 8192, seconds: float = 1.0) -> float:
+    """MFU's denominator on a GPU, the same for every implementation: the device's dense matmul
+    FLOP/s at that precision by torch's own kernels on random inputs (bf16 tensors on bf16 tensor
+    cores, fp32 tensors in TF32 mode, or plain fp32), best of `seconds`. The model's own matmul
+    would not do: its bf16 rounds the inputs and multiplies on TF32 tensor cores, and in the
+    peers' processes its rounding runs on the slow twins (a first H200 run measured 400 TFLOP/s
+    for "bf16" in one process and 158 in another, so the peers' MFU read 129-174%)."""
+    import torch
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    try:
+        a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+        a @ b  # warm up (cuBLAS picks its kernel)
+        sync()
+        best, t_end = 0.0, time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            a @ b
+            sync()
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+        del a, b
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32_before
+        if device == "cuda":
+            torch.cuda.empty_cache()  # the peak's buffers are not the model's memory
+    return best
 
 
 def make_step(impl, cfg, device, x, y, matmul="fp32"):

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gpucheck", help="check the CUDA path on a GPU: kernels, steps against the CPU, resume, "
                        "a d12 run, the bench", formatter_class=fmt,
-                       epilog="examples:\n  python -m trainer gpucheck --out gpucheck/      # all parts, ~10 min\n"
+                       epilog="examples:\n  python -m trainer gpucheck --out gpucheck/      # all parts, ~14 min on an H200\n"
                               "  python -m trainer gpucheck --parts device kernels steps resume\n"
                               "exit status: 0 all passed, 1 a check failed, 2 no GPU (the line says what is missing)")
     p.add_argument("--out", type=Path, default=Path("gpucheck"), help="where the table, rows and runs go (default gpucheck/)")

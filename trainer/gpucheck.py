@@ -1,7 +1,7 @@
 """
 `python -m trainer gpucheck`: the CUDA path checked on a real GPU, in one command and one table.
 
-    python -m trainer gpucheck --out gpucheck/                 # all parts, about 10 minutes
+    python -m trainer gpucheck --out gpucheck/                 # all parts, about 14 minutes on an H200
     python -m trainer gpucheck --parts device kernels steps resume
 
 Parts, in this order:
@@ -11,12 +11,14 @@ Parts, in this order:
            on-GPU cases, run by pytest; a case that skips with a GPU present counts as failed
   steps    a few training steps on the GPU against the same steps on the CPU, with fp32, tf32
            and bf16 matmuls (the CPU rounds matmul inputs exactly as the GPU kernel does, so
-           the two differ only in summation order): the largest loss difference, per precision
+           the two differ only in summation order): the largest loss difference, per precision;
+           nanochat without its x0/residual lambdas, which rounding alone sends elsewhere
   resume   two runs with one seed are bit-identical on the GPU, and a run stopped by SIGTERM and
            resumed ends bit-identical to one that ran through (weights and optimizer state)
   d12      a 2-minute nanochat d12 run (sequence 2048, bytes of the embedded corpus): val_bpb
   bench    ms/step, MFU and peak memory at d12 and GPT-2 124M shapes, beside torch eager and
-           torch.compile, with fp32, tf32 and bf16 matmuls (trainer/bench.py, one round each)
+           torch.compile, with fp32, tf32 and bf16 matmuls (trainer/bench.py, one round each;
+           torch.compile's six last, as they take longest)
 
 The table goes to stdout and OUT/gpucheck.md. Each row is appended to OUT/gpucheck.jsonl as soon as
 it is measured, so a check cut short keeps what it did. Exit status: 0 when every check passed, 1
@@ -25,7 +27,9 @@ Needs a source checkout (the kernel cases and the torch peers live in tests/).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -174,18 +178,48 @@ def kernel_rows(xml: Path):
 
 
 def part_steps(setup: Setup):
+    """The runs leave out the x0/residual lambdas. At nanochat's init (zero output projections, a
+    norm before the head) the loss does not depend on their scale, so their first gradient is pure
+    rounding noise (~1e-11), and AdamW (eps 1e-10) turns it into a full step of either sign: after
+    one step no two summation orders agree (the first H200 run: 2.6 apart by step 3, CPU on Numba
+    against CPU on the twins too). Without them, the CPU's two paths agree to 1e-7 in fp32.
+    The CPU side runs on the NumPy twins when the other side is a GPU: the twins are what the CUDA
+    kernels were written against, and Numba's kernels would compile for a minute and more on a
+    fresh machine, time a lease is short of."""
     from trainer.train import run
     for matmul in MATMULS:
         losses = {}
         for device in ("cpu", setup.device):
             out = setup.out / "runs" / f"steps-{matmul}-{device}"
-            run(setup.spec(device=device, matmul=matmul, budget_kind="steps", budget=setup.steps), out, quiet=True)
+            with cpu_on_twins(device == "cpu" and setup.device != "cpu"):
+                run(step_spec(setup, device, matmul), out, quiet=True)
             losses[device] = train_losses(out)
         diff = max(abs(a - b) for a, b in zip(losses["cpu"], losses[setup.device], strict=True))
-        yield make_row("steps", f"{setup.steps} steps, {matmul} matmuls, {setup.device} vs cpu",
+        yield make_row("steps", f"{setup.steps} steps, no lambdas, {matmul} matmuls, {setup.device} vs cpu"
+                       + (" (NumPy twins)" if setup.device != "cpu" else ""),
                        f"max |loss difference| {diff:.1e} (losses {losses[setup.device][0]:.4f} .. "
                        f"{losses[setup.device][-1]:.4f})", f"<= {STEP_TOLERANCE[matmul]:g}",
                        diff <= STEP_TOLERANCE[matmul])
+
+
+def step_spec(setup: Setup, device: str, matmul: str):
+    overrides = {**dict(setup.overrides), "lambdas": False}
+    return setup.spec(device=device, matmul=matmul, budget_kind="steps", budget=setup.steps, overrides=overrides)
+
+
+@contextlib.contextmanager
+def cpu_on_twins(on: bool):
+    """NANOLAB_KERNELS=0 for the runs inside (read each time the model picks its ops)."""
+    before = os.environ.get("NANOLAB_KERNELS")
+    if on:
+        os.environ["NANOLAB_KERNELS"] = "0"
+    try:
+        yield
+    finally:
+        if on and before is None:
+            del os.environ["NANOLAB_KERNELS"]
+        elif on:
+            os.environ["NANOLAB_KERNELS"] = before
 
 
 def train_losses(out: Path) -> list[float]:
@@ -265,20 +299,28 @@ def part_d12(setup: Setup):
 
 
 def part_bench(setup: Setup):
+    """torch.compile's measurements go last: each compiles for most of a minute, and a check cut
+    short by its lease should have every precision's nanolab and eager figures first."""
     from trainer.bench import IMPLS, measure_in_subprocess, torch_available
     impls = IMPLS if torch_available() else ("nanolab",)
-    for matmul in MATMULS:
-        for name in BENCH_CONFIGS:
-            measured = {impl: measure_in_subprocess(name, impl, setup.device, 5, matmul) for impl in impls}
-            eager = measured.get("torch-eager", {}).get("ms_per_step")
-            for impl, r in measured.items():
-                check = f"{name} {impl} {matmul}"
-                if "error" in r:
-                    yield make_row("bench", check, f"failed: {r['error']}", "runs", False)
-                    continue
-                vs = f", {eager / r['ms_per_step']:.2f}x eager" if eager and impl != "torch-eager" else ""
-                yield make_row("bench", check, f"{r['ms_per_step']:.1f} ms/step, {r['tokens_per_s']:,.0f} tok/s, "
-                               f"MFU {100 * r['mfu']:.0f}%{vs}, {r['peak_mem_mib']:,.0f} MiB", "", None)
+    passes = [sorted(set(impls) - {"torch-compile"}, key=("torch-eager", "nanolab").index),  # eager first: the ratios
+              [i for i in impls if i == "torch-compile"]]
+    eager = {}
+    for pass_impls in passes:
+        for matmul in MATMULS:
+            for name in BENCH_CONFIGS:
+                for impl in pass_impls:
+                    r = measure_in_subprocess(name, impl, setup.device, 5, matmul)
+                    check = f"{name} {impl} {matmul}"
+                    if "error" in r:
+                        yield make_row("bench", check, f"failed: {r['error']}", "runs", False)
+                        continue
+                    if impl == "torch-eager":
+                        eager[name, matmul] = r["ms_per_step"]
+                    base = eager.get((name, matmul)) if impl != "torch-eager" else None
+                    vs = f", {base / r['ms_per_step']:.2f}x eager" if base else ""
+                    yield make_row("bench", check, f"{r['ms_per_step']:.1f} ms/step, {r['tokens_per_s']:,.0f} tok/s, "
+                                   f"MFU {100 * r['mfu']:.0f}%{vs}, {r['peak_mem_mib']:,.0f} MiB", "", None)
 
 
 PART_FUNCTIONS = {"device": part_device, "kernels": part_kernels, "steps": part_steps,
