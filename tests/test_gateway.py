@@ -21,7 +21,7 @@ from org.agents.anthropic_api import AnthropicModel
 from org.agents.models import Usage, make_model
 from org.agents.openai_api import OpenAIModel
 from org.agents.spend import dollars, load_prices, usage_of
-from org.gateway import Gateway, GatewayError, client_config, gateway_dir, prepare, read_keys
+from org.gateway import Gateway, GatewayError, Refused, client_config, gateway_dir, prepare, read_keys
 from org.ledger import Ledger
 from org.program import Agent
 from test_launch import eventually
@@ -481,3 +481,58 @@ def test_an_agents_share_of_the_llm_budget_stops_its_calls_not_its_teammates(tmp
         assert len(llm.requests) == 1  # gpt's, forwarded; claude's, not
         assert "share" in Spend(lab_dir(root, program) / "ledger.sqlite", program.name, "claude", 5.0).exhausted()
         assert Spend(lab_dir(root, program) / "ledger.sqlite", program.name, "gpt", 5.0).exhausted() is None
+
+
+def test_an_agent_that_stops_reading_a_reply_is_metered_and_served_no_more(tmp_path):
+    """An agent's client that asks for a long reply and then reads none of it: the gateway's write
+    blocks once the socket's buffers are full. With no bound it blocked for good, the call never
+    metered and its hold kept from the budget. A socket operation waits Handler.timeout (120 s;
+    1 s here) at most: then the gateway reads the reply on to its end and meters it."""
+    with serving(tmp_path, script=[[Text("x" * 16_000_000)]], usage={"input": 1000, "output": 200}) as (
+            root, program, llm, gw, tokens):
+        assert gw.server.RequestHandlerClass.timeout == 120  # an agent's socket's, then made short to test
+        gw.server.RequestHandlerClass.timeout = 1
+        body = json.dumps({"model": "claude-sonnet-test", "max_tokens": 200, "stream": True,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", gw.server.server_address[1]))
+            s.sendall(b"POST /anthropic/v1/messages HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+                      b"x-api-key: %s\r\ncontent-length: %d\r\n\r\n%s" % (tokens["claude"].encode(), len(body), body))
+            # the agent reads nothing, and keeps its socket open while the call is metered
+            assert [(r["tokens_in"], r["tokens_out"]) for r in spend(root, program, calls=1)] == [(1000, 200)]
+            eventually(lambda: not gw.held, 5, "its hold settled")
+
+
+def test_bodies_past_a_megabyte_are_parsed_two_at_a_time(tmp_path):
+    """A call's body is parsed into objects many times its size (the review's estimate: 27x), so
+    32 agents' calls of 8 MB at once could take the runner's memory. Past 1 MB, two are parsed at
+    a time; the rest wait their turn. Smaller ones do not wait."""
+    with serving(tmp_path) as (root, program, llm, gw, tokens):
+        inside, most, lock = [0], [0], threading.Lock()
+
+        def parsing_slowly(self, body, spends, agent):  # stands in for the parse, then refuses the call
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.3)
+            with lock:
+                inside[0] -= 1
+            raise Refused(400, "invalid_request_error", "parsed (test)")
+        gw.server.RequestHandlerClass.checked = parsing_slowly
+
+        def six_at_once(size: int) -> int:
+            most[0] = 0
+            body = {"model": "claude-sonnet-test", "max_tokens": 10, "messages": [{"role": "user", "content": "x" * size}]}
+            answers = []
+            threads = [threading.Thread(target=lambda: answers.append(call(gw, "POST", "/anthropic/v1/messages",
+                                                                           tokens["claude"], body)[0]))
+                       for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert answers == [400] * 6
+            return most[0]
+        assert six_at_once(1_500_000) == 2
+        assert six_at_once(1000) > 2
