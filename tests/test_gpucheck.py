@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,20 @@ def test_the_steps_check_trains_what_rounding_cannot_send_elsewhere(corpus, tmp_
             losses.append(train_losses(out))
         assert len(losses[0]) == len(losses[1]) == 5
         assert max(abs(a - b) for a, b in zip(*losses)) <= STEP_TOLERANCE[matmul], (matmul, losses)
+
+
+def test_a_check_given_too_few_seconds_says_which_parts_it_left_out(tmp_path):
+    """A lease's call ends at its limit, and a check cut there prints no table: --seconds ends it in
+    time, each part or bench measurement that would not fit a failed row saying so."""
+    setup = Setup(out=tmp_path, device="cpu", deadline=time.monotonic() + 20)
+    rows = run_parts(setup, ["steps", "resume", "bench"])
+    assert [(r["part"], r["ok"]) for r in rows] == [("steps", False), ("resume", False), ("bench", False)]
+    assert rows[1]["result"] == "not run: under 90 s of --seconds left"
+    assert [json.loads(x) for x in (tmp_path / "gpucheck.jsonl").read_text().splitlines()] == rows
+
+    from trainer.bench import measure_in_subprocess
+    assert measure_in_subprocess("gpt2", "nanolab", "cpu", 5, timeout=1)["error"] == "stopped after 1 s (the time left)"
+
+    proc = gpucheck("--seconds", "nan")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: --seconds must be a positive number of seconds, got nan"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import subprocess
@@ -104,9 +105,13 @@ def torch_available() -> bool:
         return False
 
 
-def measure_in_subprocess(name, impl, device, steps, matmul="fp32") -> dict:
+def measure_in_subprocess(name, impl, device, steps, matmul="fp32", timeout=None) -> dict:
     cmd = [sys.executable, "-m", "trainer.bench", name, impl, device, str(steps), matmul]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                              timeout=None if timeout is None or math.isinf(timeout) else max(timeout, 1))
+    except subprocess.TimeoutExpired:
+        return {"config": name, "impl": impl, "error": f"stopped after {timeout:.0f} s (the time left)"}
     if proc.returncode != 0:
         reason = (proc.stderr.strip().splitlines() or ["failed"])[-1][:80]
         return {"config": name, "impl": impl, "error": reason}

@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("gpucheck"), help="where the table, rows and runs go (default gpucheck/)")
     p.add_argument("--parts", nargs="+", metavar="PART",
                    help="device, kernels, steps, resume, d12, bench (default: all, in that order)")
+    p.add_argument("--seconds", type=float, metavar="S",
+                   help="end within S seconds: a part or bench measurement that would not fit is a row saying "
+                        "so (a lease's call runs 600 s at most: --seconds 540)")
     p.set_defaults(func=cmd_gpucheck)
     return parser
 

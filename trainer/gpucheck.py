@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -43,6 +44,10 @@ REPO = Path(__file__).resolve().parent.parent
 MATMULS = ("fp32", "tf32", "bf16")
 STEP_TOLERANCE = {"fp32": 2e-4, "tf32": 2e-3, "bf16": 1e-2}   # |loss on the GPU - loss on the CPU|
 BENCH_CONFIGS = ("d12", "gpt2-124m")
+# the least time left (--seconds) for a part to start, and for one bench measurement (an H200's
+# first run: kernels 5 s, steps 21, resume 55, d12 129; a bench measurement 15-30 s, torch.compile's ~60)
+PART_SECONDS = {"device": 5, "kernels": 30, "steps": 40, "resume": 90, "d12": 150, "bench": 30}
+BENCH_SECONDS = 30
 
 
 @dataclass
@@ -58,6 +63,10 @@ class Setup:
     d12: tuple = (("depth", 12), ("vocab_size", 256), ("sequence_len", 2048))
     d12_batch: int = 16
     d12_seconds: float = 120.0
+    deadline: float = math.inf     # time.monotonic() by which the check ends (--seconds)
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
 
     def spec(self, **kw):
         from trainer.train import RunSpec
@@ -72,11 +81,13 @@ def run_gpucheck(args) -> int:
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise ValueError(f"--parts: unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
+    if args.seconds is not None and not args.seconds > 0:
+        raise ValueError(f"--seconds must be a positive number of seconds, got {args.seconds:g}")
     missing = missing_gpu()
     if missing:
         print(f"gpucheck: no GPU to check: {missing}", file=sys.stderr)
         return 2
-    setup = Setup(out=args.out)
+    setup = Setup(out=args.out, deadline=time.monotonic() + (args.seconds or math.inf))
     rows = run_parts(setup, parts)
     table = format_table(rows)
     (setup.out / "gpucheck.md").write_text(table + "\n")
@@ -100,20 +111,30 @@ def missing_gpu() -> str | None:
 
 def run_parts(setup: Setup, parts) -> list[dict]:
     setup.out.mkdir(parents=True, exist_ok=True)
-    log = setup.out / "gpucheck.jsonl"
     rows = []
+
+    def keep(row):  # logged at once: a check cut short keeps every row it had
+        rows.append(row)
+        with (setup.out / "gpucheck.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
     for part in parts:
         print(f"gpucheck: {part} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         try:
+            if setup.left() < PART_SECONDS[part]:  # it would be cut part way: say so, and leave the time
+                raise OutOfTime(f"not run: under {PART_SECONDS[part]} s of --seconds left")
             for row in PART_FUNCTIONS[part](setup):
-                rows.append(row)
-                with log.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                keep(row)
+        except OutOfTime as e:
+            keep(make_row(part, "(the part itself)", str(e), "runs", False))
         except Exception as e:  # a part that breaks is a failed row, and the other parts still run
-            rows.append(make_row(part, "(the part itself)", f"raised {type(e).__name__}: {e}", "", False))
+            keep(make_row(part, "(the part itself)", f"raised {type(e).__name__}: {e}", "", False))
         print(f"gpucheck: {part} took {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return rows
+
+
+class OutOfTime(Exception):
+    """The check's --seconds would run out before this part or measurement ended."""
 
 
 def make_row(part, check, result, bar, ok) -> dict:
@@ -310,8 +331,11 @@ def part_bench(setup: Setup):
         for matmul in MATMULS:
             for name in BENCH_CONFIGS:
                 for impl in pass_impls:
-                    r = measure_in_subprocess(name, impl, setup.device, 5, matmul)
                     check = f"{name} {impl} {matmul}"
+                    if setup.left() < BENCH_SECONDS:
+                        yield make_row("bench", check, f"not run: under {BENCH_SECONDS} s of --seconds left", "runs", False)
+                        continue
+                    r = measure_in_subprocess(name, impl, setup.device, 5, matmul, timeout=setup.left())
                     if "error" in r:
                         yield make_row("bench", check, f"failed: {r['error']}", "runs", False)
                         continue
