@@ -324,8 +324,8 @@ def part_bench(setup: Setup):
     short by its lease should have every precision's nanolab and eager figures first."""
     from trainer.bench import IMPLS, measure_in_subprocess, torch_available
     impls = IMPLS if torch_available() else ("nanolab",)
-    passes = [sorted(set(impls) - {"torch-compile"}, key=("torch-eager", "nanolab").index),  # eager first: the ratios
-              [i for i in impls if i == "torch-compile"]]
+    passes = [[i for i in ("torch-eager", "nanolab") if i in impls],  # eager first: the others' ratios to it
+              [i for i in ("torch-compile",) if i in impls]]
     eager = {}
     for pass_impls in passes:
         for matmul in MATMULS:
@@ -344,7 +344,8 @@ def part_bench(setup: Setup):
                     base = eager.get((name, matmul)) if impl != "torch-eager" else None
                     vs = f", {base / r['ms_per_step']:.2f}x eager" if base else ""
                     yield make_row("bench", check, f"{r['ms_per_step']:.1f} ms/step, {r['tokens_per_s']:,.0f} tok/s, "
-                                   f"MFU {100 * r['mfu']:.0f}%{vs}, {r['peak_mem_mib']:,.0f} MiB", "", None)
+                                   f"model {r['mfu'] * r['peak_flops'] / 1e12:.3g} TFLOP/s, MFU {100 * r['mfu']:.0f}%"
+                                   f"{vs}, {r['peak_mem_mib']:,.0f} MiB", "", None)
 
 
 PART_FUNCTIONS = {"device": part_device, "kernels": part_kernels, "steps": part_steps,
