@@ -31,7 +31,7 @@ from pathlib import Path
 from org import OrgError
 from trainer.record import Measurement, Result, read
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
@@ -91,6 +91,7 @@ CREATE TABLE runs (
     slot               INTEGER,
     runner_host        TEXT,
     runner_pid         INTEGER,
+    runner_started     TEXT,           -- its runner's boot and start time: after a reboot its pid may be another's
     trainer_pid        INTEGER,
     job_id             TEXT,           -- a cluster's job (runner.backend ray), chosen when claimed
     node               TEXT,           -- where the trainer ran: this host, or the cluster's node id
@@ -168,6 +169,7 @@ MIGRATIONS = {  # from version N to N + 1
     9: [SCHEMA[SCHEMA.index("CREATE TABLE agent_cpu"):].strip().rstrip(";").replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)],
     # an improvement program's canary (org/improve.py) runs a seed again for each try that climbs
     10: ["DROP INDEX IF EXISTS runs_once", SCHEMA[SCHEMA.index("CREATE UNIQUE INDEX runs_once"):].split(";")[0]],
+    11: ["ALTER TABLE runs ADD COLUMN runner_started TEXT"],
 }
 
 
@@ -200,6 +202,16 @@ def pid_alive(pid: int | None) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def process_identity(pid: int) -> str | None:
+    """The boot and the start time (clock ticks since boot) of process `pid`: with the pid, what
+    no later process can share. None where /proc does not say."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return None
 
 
 def corrupt(path, error) -> str:
@@ -442,7 +454,7 @@ class Ledger:
                                   "WHERE program = ?", (program,)).fetchone()[0]
             self._update("runs", run["id"], dict(
                 status="running", slot=slot, runner_host=socket.gethostname(),
-                runner_pid=os.getpid(), trainer_pid=None, claim_seq=seq,
+                runner_pid=os.getpid(), runner_started=process_identity(os.getpid()), trainer_pid=None, claim_seq=seq,
                 attempts=run["attempts"] + 1, started_at=now(), reason=None, kind=kind))
         return self.run(run["id"])
 
@@ -479,13 +491,16 @@ class Ledger:
             self.db.execute("UPDATE runs SET attempt_log = coalesce(attempt_log, '') || ? WHERE id = ?",
                             (storable(f"{now()} attempt {self.run(run_id)['attempts']}: {reason}\n"), run_id))
             self._update("runs", run_id, dict(status="queued", reason=reason, slot=None,
-                                              runner_pid=None, trainer_pid=None))
+                                              runner_pid=None, runner_started=None, trainer_pid=None))
 
     def stale_runs(self, program: str) -> list[dict]:
-        """Runs marked running on this host whose runner process is gone."""
+        """Runs marked running on this host whose runner process is gone: no process has its pid,
+        or the one that has is another (after a reboot or a container's restart, pids repeat: the
+        new runner itself could hold its dead one's, and wait for its runs for good)."""
         running = self.runs(program, status="running")
         host = socket.gethostname()
-        return [r for r in running if r["runner_host"] == host and not pid_alive(r["runner_pid"])]
+        return [r for r in running if r["runner_host"] == host and not (
+            pid_alive(r["runner_pid"]) and r["runner_started"] in (None, process_identity(r["runner_pid"])))]
 
     # --- spend ----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ follows the folder when it is renamed).
                                  gone), and all they started
     reap(pid, run_dir)           stop them all (SIGSTOP: a stopped process forks no more),
                                  SIGKILL them, and wait until the kernel has finished each
-    last_change(run_dir)         when the attempt last wrote there (a time it cannot set back)
+    last_change(run_dir, skip)   when the attempt last wrote there (a time it cannot set back)
     set_aside(run_dir)           <id> -> <id>.attempt<N>: kept, never reused (its logs: the runner
                                  leaves only those, measure.leave_the_record)
 
@@ -28,6 +28,7 @@ import itertools
 import os
 import signal
 import time
+from fnmatch import fnmatch
 from pathlib import Path
 
 from org.ledger import pid_alive
@@ -103,12 +104,29 @@ def _signal(pid: int, sig: int):
         os.kill(pid, sig)
 
 
-def last_change(run_dir: Path) -> float:
+def last_change(run_dir: Path, skip: str = "", most: int = 100_000) -> float:
     """When the run last changed anything in its directory (the checkpoint it is measured on
     included): the latest inode change time there. Unlike a modification time, no code in a box
-    can set it back (utime sets a file's times and moves its change time to now)."""
-    times = [p.lstat().st_ctime for p in run_dir.rglob("*")] + [run_dir.lstat().st_ctime]
-    return min(max(times), time.time())
+    can set it back (utime sets a file's times and moves its change time to now). Read before the
+    harness touches the directory: its measure logs (`skip`, a pattern of top-level names) and
+    measure.planted's chmods move those times to now, and a run recovered after a night's
+    downtime was charged the night. Never through a link; past `most` entries, or a path too long
+    to open, what was read so far."""
+    latest, seen, folders = 0.0, 0, [run_dir]  # (the folder's own time moved when a measure log was made)
+    while folders and seen < most:  # a stack: a run may nest folders a thousand deep
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in itertools.islice(entries, most - seen):
+                    seen += 1
+                    if folder == run_dir and skip and fnmatch(entry.name, skip):
+                        continue
+                    latest = max(latest, entry.stat(follow_symlinks=False).st_ctime)
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.path)
+        except OSError:  # gone, unreadable, or a name too long
+            continue
+    return min(latest or run_dir.lstat().st_ctime, time.time())
 
 
 def set_aside(run_dir: Path) -> Path | None:

@@ -45,8 +45,8 @@ from org.remote import last_line
 from org.kernelcache import copy_kernel_cache
 from org.lab import Lab, LabError, child_env
 from org.ledger import Ledger, budget_of
-from org.measure import (MeasureError, check_result, cross_check, evaluator_env, export_for_models, job_for,
-                          leave_the_record, measure_run, models_data, planted, put_aside, read_result, runs_data,
+from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, evaluator_env, export_for_models,
+                          job_for, leave_the_record, measure_run, models_data, planted, put_aside, read_result, runs_data,
                           split_key_file, worker_command)
 from org.experiments import budget_note, plan, refusal, runs_own_code, waiting_for_budget
 from org.improve import sync_branch
@@ -272,11 +272,11 @@ class Runner:
             if stuck := reap(run["trainer_pid"], run_dir):  # orphans of the run, gone before it is read
                 self.say(f"run {run['id']}: processes {sorted(stuck)} of its dead runner do not die; "
                          "its directory is read all the same")
-            left = planted(run_dir)  # before anything there is opened
+            changed = last_change(run_dir, skip=HARNESS_LOGS) if run_dir.is_dir() and not run_dir.is_symlink() else None
+            left = planted(run_dir)  # before anything there is opened (and its times moved to now)
             result = Result(status="invalid", reason=left) if left else read_result(run_dir)
             if result is not None:
-                started = datetime.fromisoformat(run["started_at"]).timestamp()
-                wall = last_change(run_dir) - started
+                wall = (changed or time.time()) - datetime.fromisoformat(run["started_at"]).timestamp()
                 self._record(ledger, run, result, wall, None, make_slots(self.program)[0])
                 self.say(f"recovered run {run['id']}: result.json was written before the runner died")
                 continue

@@ -1,5 +1,6 @@
 """The ledger: an SQLite registry that never forgets, with claims that survive crashes."""
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -104,6 +105,18 @@ def test_a_dead_runners_run_goes_back_to_the_queue(ledger):
     assert again["id"] == run_id and again["attempts"] == 2 and again["runner_pid"] != stale[0]["runner_pid"]
     assert again["attempt_log"].endswith("attempt 1: runner died\n")
 
+
+def test_a_run_whose_runners_pid_is_another_process_now_is_stale(ledger):
+    """After a reboot, or a container's restart, pids repeat: the dead runner's pid may be a live
+    process's, the new runner's own even, and its run waited for that runner for good. A claim
+    records its runner's boot and start time too: a live pid with other ones is not its runner."""
+    add_experiment(ledger, "no-softcap", seeds=[0, 1])
+    mine = ledger.claim("softcap", 0)
+    before_reboot = ledger.claim("softcap", 0)
+    with sqlite3.connect(ledger.path) as db:  # as the ledger was left: this process's pid, another boot
+        db.execute("UPDATE runs SET runner_started = 'another-boot:1234' WHERE id = ?", (before_reboot["id"],))
+    assert before_reboot["runner_pid"] == mine["runner_pid"] == os.getpid()
+    assert [r["id"] for r in ledger.stale_runs("softcap")] == [before_reboot["id"]]
 
 def test_concurrent_claimers_never_share_a_run(ledger):
     add_experiment(ledger, "no-softcap", seeds=range(40))

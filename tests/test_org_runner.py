@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import git
@@ -368,23 +369,28 @@ def test_a_trainer_of_the_programs_code_killed_by_a_signal_nobody_sent_is_tried_
 
 def test_a_bug_that_kills_a_slot_stops_the_runner_loudly_and_the_next_run_recovers(make_project):
     """An exception no one planned for, in the harness's own code after the trainer finished
-    (here check_result, made to raise): the slot's thread once died of it quietly, and `org run`
-    said the queue was done (exit 0) with the run left 'running'. Now the runner stops with one
-    line naming the run, the traceback goes to its log, and the next `org run` records the run
-    from the result.json the trainer left."""
+    (here cross_check, made to raise, once the harness measured the run): the slot's thread once
+    died of it quietly, and `org run` said the queue was done (exit 0) with the run left
+    'running'. Now the runner stops with one line naming the run, the traceback goes to its log,
+    and the next `org run` records the run from the result.json the trainer left, with the time
+    the run took (it was charged the runner's downtime too: the measure logs removed at recovery
+    moved the directory's change times to then)."""
     root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
     buggy = ("import sys; import org.runner as r\n"
-             "def check_result(*args): raise KeyError('a field nobody wrote')\n"
-             "r.check_result = check_result\n"
+             "def cross_check(*args): raise KeyError('a field nobody wrote')\n"
+             "r.cross_check = cross_check\n"
              "from org.cli import main; sys.exit(main(['run', 'tiny']))")
     first = subprocess.run([sys.executable, "-c", buggy], cwd=root, capture_output=True, text=True, timeout=300)
     assert first.returncode == 2, first.stdout + first.stderr
     assert first.stderr.splitlines()[-1] == (
         "org: run 1 stopped the runner (KeyError: 'a field nobody wrote'; a nanolab bug, its traceback is above); "
         "the run stays claimed: `org run` again recovers it")
-    assert "Traceback (most recent call last)" in first.stdout and "check_result" in first.stdout
+    assert "Traceback (most recent call last)" in first.stdout and "cross_check" in first.stdout
+    assert list((root / ".lab" / "tiny" / "runs" / "1").glob("measure*.log"))  # measured before it broke
     with ledger_of(root) as ledger:
         assert ledger.run(1)["status"] == "running"
+    stopped = time.time()
+    time.sleep(3)  # the runner is down a while: none of it is the run's
     again = subprocess.run([sys.executable, "-m", "org.cli", "run", "tiny"], cwd=root, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -392,6 +398,8 @@ def test_a_bug_that_kills_a_slot_stops_the_runner_loudly_and_the_next_run_recove
     with ledger_of(root) as ledger:
         run = ledger.run(1)
     assert (run["status"], run["attempts"]) == ("completed", 1) and run["measurement"] is not None
+    # its time is up to the last change the run made, not to the recovery (chmods, measure logs)
+    assert 0 < run["wall_seconds"] <= stopped - datetime.fromisoformat(run["started_at"]).timestamp()
 
 
 def test_an_experiments_own_code_that_dies_of_a_signal_is_not_run_again(make_project):
