@@ -162,6 +162,13 @@ def evaluator_env(cache: Path, slot_env: dict) -> dict:
                       **source_only()})
 
 
+def evaluator_argv(run_dir: str) -> list[str]:
+    """The evaluator's command line names its run (the job itself comes on stdin): a runner that
+    dies leaves it measuring in a session of its own, and the next runner's recovery finds it
+    by that (org/reaper.py) before it measures the run again beside it."""
+    return [sys.executable, "-I", "-B", "-m", "org.evaluator", "--run", str(run_dir)]
+
+
 def measure_run(job: dict, env: dict, timeout: float, cores: list[int] | None = None, pools: tuple | None = None) -> dict:
     """Run the evaluator; {"measurement": a Measurement} or {"invalid": reason}. MeasureError if
     the harness itself failed (its traceback is in <run_dir>/measure.log). `pools`: the slot's
@@ -176,7 +183,7 @@ def measure_run(job: dict, env: dict, timeout: float, cores: list[int] | None = 
         groups = box_cgroups(Limits(memory_pools=pools, cores=tuple(cores) if cores else None)) if pools else []
     except OrgError as e:  # (a runner that boxes its runs has made such groups already)
         raise MeasureError(f"the harness cannot place its evaluator: {e}") from None
-    argv = [sys.executable, "-I", "-B", "-m", "org.evaluator"]
+    argv = evaluator_argv(job["run_dir"])
     try:
         log = open(log_path, "wb", opener=no_follow)
     except OSError as e:  # (planted() clears the harness's names; should something still stand there)

@@ -10,7 +10,7 @@ follows the folder when it is renamed).
 
     run_processes(pid, run_dir)  the recorded pid if it still names run_dir (pids are reused),
                                  any trainer writing there (a box's is reparented once bwrap is
-                                 gone), and all they started
+                                 gone), the harness's evaluator measuring it, and all they started
     reap(pid, run_dir)           stop them all (SIGSTOP: a stopped process forks no more),
                                  SIGKILL them, and wait until the kernel has finished each
     last_change(run_dir, skip)   when the attempt last wrote there (a time it cannot set back)
@@ -64,7 +64,8 @@ def names(arg: str, run_dir: Path) -> bool:
 
 
 def trains_into(argv: list[str], run_dir: Path) -> bool:
-    return any(flag == "--out" and path == str(run_dir) for flag, path in zip(argv, argv[1:]))
+    """A trainer writing into run_dir (`--out`), or the harness's evaluator measuring it (`--run`)."""
+    return any(flag in ("--out", "--run") and path == str(run_dir) for flag, path in zip(argv, argv[1:]))
 
 
 def process_table() -> dict[int, tuple[int, list[str]]]:

@@ -82,3 +82,24 @@ def test_a_child_ends_with_the_process_that_started_it_even_one_that_died_as_it_
     orphaned = subprocess.run(["sleep", "600"], preexec_fn=dies_with(parent.pid))
     assert orphaned.returncode == 1 and time.monotonic() - t0 < 5
     assert subprocess.run(["true"], preexec_fn=dies_with(os.getpid())).returncode == 0
+
+
+def test_recovery_kills_the_evaluator_a_dead_runner_left_measuring(tmp_path):
+    """The evaluator runs in a session of its own: a runner SIGKILLed while it measured left it
+    (and its workers) measuring, beside the next runner's new measurement of the same run."""
+    from org.measure import evaluator_argv
+    run = tmp_path / "runs" / "3"
+    run.mkdir(parents=True)
+    evaluator = subprocess.Popen(evaluator_argv(run), stdin=subprocess.PIPE, start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # waits for its job
+    other = subprocess.Popen(evaluator_argv(tmp_path / "runs" / "30"), stdin=subprocess.PIPE, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        assert run_processes(None, run) == {evaluator.pid}
+        assert reap(None, run) == set() and evaluator.wait(timeout=10) == -9
+        assert other.poll() is None
+    finally:
+        for p in (evaluator, other):
+            p.kill()
+            p.wait()
