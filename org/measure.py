@@ -378,6 +378,17 @@ def leave_the_record(run_dir: Path, checkpoint: bool):
         (run_dir / "checkpoint.npz").unlink(missing_ok=True)
 
 
+def tidy_runs(runs_dir: Path, runs: list[dict]):
+    """What a runner that died just after a run's record (or in put_aside, just after the rename)
+    left of its runs: every finished run's directory and every attempt set aside comes down to
+    its record (leave_the_record, which is safe twice). Else all a run wrote stayed for good."""
+    for run in runs:
+        if run["status"] not in ("queued", "running"):
+            leave_the_record(Path(run["run_dir"] or runs_dir / str(run["id"])), run["status"] == "completed")
+    for aside in runs_dir.glob("*.attempt*"):
+        leave_the_record(aside, checkpoint=False)
+
+
 def put_aside(run_dir: Path):
     """An attempt that recorded nothing set aside (reaper.set_aside), its logs left there."""
     if aside := set_aside(run_dir):

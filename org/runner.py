@@ -47,7 +47,7 @@ from org.lab import Lab, LabError, child_env
 from org.ledger import Ledger, budget_of
 from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, evaluator_env, export_for_models,
                           job_for, leave_the_record, measure_run, models_data, planted, put_aside, read_result, runs_data,
-                          split_key_file, worker_command)
+                          split_key_file, tidy_runs, worker_command)
 from org.experiments import budget_note, plan, refusal, runs_own_code, waiting_for_budget
 from org.improve import sync_branch
 from org.program import Program
@@ -116,8 +116,7 @@ def train_command(program: Program, overrides: dict, seed: int, out: Path, budge
     cmd = [sys.executable, "-m", "trainer", "train", "--preset", program.baseline.preset]
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={_flag_value(value)}"]
-    cmd += ["--seed", str(seed), "--out", str(out), "--quiet",
-            BUDGET_FLAGS[kind], _flag_value(amount),
+    cmd += ["--seed", str(seed), "--out", str(out), "--quiet", BUDGET_FLAGS[kind], _flag_value(amount),
             "--data", source, "--tokenizer", tokenizer, "--val-tokens", str(data.val_tokens),
             "--confirm-tokens", str(data.val_tokens),  # the held-out split the referee confirms on
             "--batch-size", str(train.batch_size), "--seq-len", str(train.seq_len),
@@ -189,6 +188,7 @@ class Runner:
         status. Safe to call again after a crash: it recovers first."""
         with Ledger(self.ledger_path) as ledger:
             self.recover(ledger)
+            tidy_runs(self.runs_dir, ledger.runs(self.program.name))
             self.remeasure(ledger)
             for experiment in ledger.experiments(self.program.name):
                 plan(ledger, self.program, experiment)  # finish planning a crash interrupted

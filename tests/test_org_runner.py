@@ -402,6 +402,29 @@ def test_a_bug_that_kills_a_slot_stops_the_runner_loudly_and_the_next_run_recove
     assert 0 < run["wall_seconds"] <= stopped - datetime.fromisoformat(run["started_at"]).timestamp()
 
 
+def test_a_runner_that_dies_just_after_a_record_leaves_no_run_directory_whole(make_project):
+    """Between a run's record and the tidying of its directory (leave_the_record), or in put_aside
+    between the rename and it, a runner that died left all the run wrote there for good (up to
+    16 GB a run): recovery looks only at runs still marked running. The next runner tidies every
+    finished run's directory, and every attempt set aside."""
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    dies = ("import os, sys; import org.runner as r\n"
+            "r.leave_the_record = lambda *args: os._exit(137)\n"  # killed right after the record
+            "from org.cli import main; sys.exit(main(['run', 'tiny']))")
+    first = subprocess.run([sys.executable, "-c", dies], cwd=root, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 137, first.stdout + first.stderr
+    runs = root / ".lab" / "tiny" / "runs"
+    with ledger_of(root) as ledger:
+        assert ledger.run(1)["status"] == "completed"
+    for left in (runs / "1", runs / "2.attempt1"):  # what the run wrote, and an attempt half set aside
+        left.mkdir(exist_ok=True)
+        (left / "junk.bin").write_bytes(b"x" * 1000)
+        (left / "kernels").mkdir(exist_ok=True)
+    assert main(["run", "tiny"]) == 0
+    assert not (runs / "1" / "junk.bin").exists() and not (runs / "1" / "kernels").exists()
+    assert not (runs / "2.attempt1" / "junk.bin").exists()
+    assert (runs / "1" / "result.json").exists() and (runs / "1" / "checkpoint.npz").exists()
+
 def test_an_experiments_own_code_that_dies_of_a_signal_is_not_run_again(make_project):
     """Code that could crash on purpose and be run again could crash until it likes its outcome
     (see test_measure_attacks): an agent's commit gets one try, and the referee will not drop
