@@ -216,7 +216,7 @@ def waiting_for_budget(ledger: Ledger, program: Program) -> list[int]:
     who = {e["id"]: e["who"] for e in experiments}
     theirs = Counter()  # each agent's runner seconds: spent, and held for what it has started
     for r in runs:
-        theirs[who[r["experiment_id"]]] += (r["wall_seconds"] or 0) + (r["measure_seconds"] or 0)
+        theirs[who[r["experiment_id"]]] += (r["wall_seconds"] or 0) + (r["measure_seconds"] or 0) + (r["lost_seconds"] or 0)
     for experiment_id in started:
         theirs[who[experiment_id]] += cost * pending[experiment_id]
     waiting = []

@@ -31,7 +31,7 @@ from pathlib import Path
 from org import OrgError
 from trainer.record import Measurement, Result, read
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
@@ -105,6 +105,7 @@ CREATE TABLE runs (
     metrics_path       TEXT,
     log_path           TEXT,
     wall_seconds       REAL,           -- measured by the runner, not the trainer
+    lost_seconds       REAL,           -- its attempts that recorded nothing (re-queued): spent all the same
     git_commit         TEXT,           -- the code it ran: the experiment's commit (the runner's word)
     git_dirty          INTEGER,
     result             TEXT,           -- JSON trainer/record.py Result: result.json, the trainer's word
@@ -170,6 +171,7 @@ MIGRATIONS = {  # from version N to N + 1
     # an improvement program's canary (org/improve.py) runs a seed again for each try that climbs
     10: ["DROP INDEX IF EXISTS runs_once", SCHEMA[SCHEMA.index("CREATE UNIQUE INDEX runs_once"):].split(";")[0]],
     11: ["ALTER TABLE runs ADD COLUMN runner_started TEXT"],
+    12: ["ALTER TABLE runs ADD COLUMN lost_seconds REAL"],
 }
 
 
@@ -484,12 +486,15 @@ class Ledger:
             result=result and json.dumps(asdict(result), sort_keys=True),
             measurement=measurement and json.dumps(asdict(measurement), sort_keys=True)))
 
-    def requeue(self, run_id: int, reason: str):
+    def requeue(self, run_id: int, reason: str, lost_seconds: float = 0.0):
         """Hand a run back to the queue (its runner died, or its trainer died of a signal nobody
-        here sent); attempt_log keeps the reason."""
+        here sent); attempt_log keeps the reason, lost_seconds the attempt's runner time (the
+        compute budget pays for it: an OOM-killed attempt near its timeout was free before)."""
         with self.tx():
-            self.db.execute("UPDATE runs SET attempt_log = coalesce(attempt_log, '') || ? WHERE id = ?",
-                            (storable(f"{now()} attempt {self.run(run_id)['attempts']}: {reason}\n"), run_id))
+            self.db.execute("UPDATE runs SET attempt_log = coalesce(attempt_log, '') || ?, "
+                            "lost_seconds = coalesce(lost_seconds, 0) + ? WHERE id = ?",
+                            (storable(f"{now()} attempt {self.run(run_id)['attempts']}: {reason}\n"),
+                             max(lost_seconds, 0.0), run_id))
             self._update("runs", run_id, dict(status="queued", reason=reason, slot=None,
                                               runner_pid=None, runner_started=None, trainer_pid=None))
 
@@ -528,9 +533,10 @@ class Ledger:
         return {r["agent"]: r["seconds"] for r in rows}
 
     def compute_seconds(self, program: str) -> float:
-        """Runner wall time spent by the program so far: the runs and their measurements."""
+        """Runner wall time spent by the program so far: the runs, their measurements, and their
+        attempts that recorded nothing."""
         return self.db.execute("SELECT coalesce(sum(wall_seconds), 0) + coalesce(sum(measure_seconds), 0) "
-                               "FROM runs WHERE program = ?", (program,)).fetchone()[0]
+                               "+ coalesce(sum(lost_seconds), 0) FROM runs WHERE program = ?", (program,)).fetchone()[0]
 
     def counts(self) -> dict:
         """Rows per table, for notes and sanity checks."""

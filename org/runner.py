@@ -275,13 +275,13 @@ class Runner:
             changed = last_change(run_dir, skip=HARNESS_LOGS) if run_dir.is_dir() and not run_dir.is_symlink() else None
             left = planted(run_dir)  # before anything there is opened (and its times moved to now)
             result = Result(status="invalid", reason=left) if left else read_result(run_dir)
+            started = datetime.fromisoformat(run["started_at"]).timestamp()
             if result is not None:
-                wall = (changed or time.time()) - datetime.fromisoformat(run["started_at"]).timestamp()
-                self._record(ledger, run, result, wall, None, make_slots(self.program)[0])
+                self._record(ledger, run, result, (changed or time.time()) - started, None, make_slots(self.program)[0])
                 self.say(f"recovered run {run['id']}: result.json was written before the runner died")
                 continue
             put_aside(run_dir)
-            ledger.requeue(run["id"], f"runner pid {run['runner_pid']} {why}; re-queued")
+            ledger.requeue(run["id"], f"runner pid {run['runner_pid']} {why}; re-queued", (changed or started) - started)
             self.say(f"re-queued run {run['id']} (its runner {why})")
 
     def remeasure(self, ledger: Ledger):
@@ -409,19 +409,19 @@ class Runner:
         died = died_of(returncode, self.sandboxed)
         if self.stopping.is_set() and killed_reason is None and died:
             put_aside(run_dir)  # we were stopped (Ctrl-C, org stop): the run goes back to the queue
-            ledger.requeue(run["id"], "the runner was stopped during the run; re-queued")
+            ledger.requeue(run["id"], "the runner was stopped during the run; re-queued", wall)
             return
         result = Result(status="invalid", reason=left) if left else read_result(run_dir)
         died = None if killed_reason or result is not None else died
         attempts = ledger.run(run["id"])["attempts"]
         if self.jobs and returncode is None and not killed_reason and result is None and attempts < MAX_ATTEMPTS:
             put_aside(run_dir)  # the job ended, its command never did: its node went away
-            ledger.requeue(run["id"], f"job {run['job_id']} ended with no exit status (its node lost?); re-queued")
+            ledger.requeue(run["id"], f"job {run['job_id']} ended with no exit status (its node lost?); re-queued", wall)
             self.say(f"run {run['id']}: its job was lost; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
             return
         if died and not own_code and attempts < MAX_ATTEMPTS:  # not our signal (the OOM killer): try again
             put_aside(run_dir)
-            ledger.requeue(run["id"], f"the trainer died of {died}, a signal the runner did not send; re-queued")
+            ledger.requeue(run["id"], f"the trainer died of {died}, a signal the runner did not send; re-queued", wall)
             self.say(f"run {run['id']}: the trainer died of {died}; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
             return
         if result is None:

@@ -365,6 +365,10 @@ def test_a_trainer_of_the_programs_code_killed_by_a_signal_nobody_sent_is_tried_
     assert run["attempt_log"].count("died of SIGKILL, a signal the runner did not send; re-queued") == 2
     kept = sorted(p.name for p in (root / ".lab" / "tiny" / "runs").glob(f"{run['id']}.attempt*"))
     assert kept == [f"{run['id']}.attempt1", f"{run['id']}.attempt2"]   # each attempt's evidence stays
+    # and the budget pays for the two lost attempts' time too (it was free: wall_seconds is the last one's)
+    with ledger_of(root) as ledger:
+        assert run["lost_seconds"] > 0
+        assert ledger.compute_seconds("tiny") == pytest.approx(run["wall_seconds"] + run["lost_seconds"])
 
 
 def test_a_bug_that_kills_a_slot_stops_the_runner_loudly_and_the_next_run_recovers(make_project):
