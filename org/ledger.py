@@ -501,11 +501,12 @@ class Ledger:
     def stale_runs(self, program: str) -> list[dict]:
         """Runs marked running on this host whose runner process is gone: no process has its pid,
         or the one that has is another (after a reboot or a container's restart, pids repeat: the
-        new runner itself could hold its dead one's, and wait for its runs for good)."""
-        running = self.runs(program, status="running")
-        host = socket.gethostname()
-        return [r for r in running if r["runner_host"] == host and not (
-            pid_alive(r["runner_pid"]) and r["runner_started"] in (None, process_identity(r["runner_pid"])))]
+        new runner itself could hold its dead one's, and wait for its runs for good). Where /proc
+        cannot say (no identity then, or now), the pid alone decides."""
+        def gone(r):
+            now = process_identity(r["runner_pid"])
+            return not pid_alive(r["runner_pid"]) or None not in (r["runner_started"], now) and now != r["runner_started"]
+        return [r for r in self.runs(program, status="running") if r["runner_host"] == socket.gethostname() and gone(r)]
 
     # --- spend ----------------------------------------------------------------------------
 

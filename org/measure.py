@@ -378,15 +378,22 @@ def leave_the_record(run_dir: Path, checkpoint: bool):
         (run_dir / "checkpoint.npz").unlink(missing_ok=True)
 
 
-def tidy_runs(runs_dir: Path, runs: list[dict]):
+def tidy_runs(runs_dir: Path, runs: list[dict], say):
     """What a runner that died just after a run's record (or in put_aside, just after the rename)
     left of its runs: every finished run's directory and every attempt set aside comes down to
-    its record (leave_the_record, which is safe twice). Else all a run wrote stayed for good."""
-    for run in runs:
-        if run["status"] not in ("queued", "running"):
-            leave_the_record(Path(run["run_dir"] or runs_dir / str(run["id"])), run["status"] == "completed")
-    for aside in runs_dir.glob("*.attempt*"):
-        leave_the_record(aside, checkpoint=False)
+    its record (leave_the_record, which is safe twice). Else all a run wrote stayed for good.
+    Folders of runs_dir only, by their ids; what it cannot tidy, it says (a runner still starts)."""
+    finished = [r for r in runs if r["status"] not in ("queued", "running")
+                and not (r["status"] == "completed" and r["measurement"] is None)]  # (remeasure reads its checkpoint)
+    failed = []
+    for folder, checkpoint in ([(runs_dir / str(r["id"]), r["status"] == "completed") for r in finished] +
+                               [(aside, False) for aside in runs_dir.glob("*.attempt*")]):
+        try:
+            leave_the_record(folder, checkpoint)
+        except OSError as e:
+            failed.append(f"{folder.name} ({e.strerror})")
+    if failed:
+        say(f"could not tidy the directories of runs {', '.join(failed)[:300]}")
 
 
 def put_aside(run_dir: Path):

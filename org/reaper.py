@@ -31,6 +31,7 @@ import time
 from fnmatch import fnmatch
 from pathlib import Path
 
+from org.cgroups import thaw_left
 from org.ledger import pid_alive
 
 
@@ -94,6 +95,7 @@ def reap(pid: int | None, run_dir: Path, seconds: float = 10.0) -> set[int]:
         stopped |= found
     for p in stopped:
         _signal(p, signal.SIGKILL)
+    thaw_left(stopped)  # a worker frozen by an evaluator killed while it timed the base dies only thawed (v1)
     deadline = time.monotonic() + seconds
     while any(map(pid_alive, stopped)) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -111,23 +113,26 @@ def last_change(run_dir: Path, skip: str = "", most: int = 100_000) -> float:
     can set it back (utime sets a file's times and moves its change time to now). Read before the
     harness touches the directory: its measure logs (`skip`, a pattern of top-level names) and
     measure.planted's chmods move those times to now, and a run recovered after a night's
-    downtime was charged the night. Never through a link; past `most` entries, or a path too long
-    to open, what was read so far."""
+    downtime was charged the night. Never through a link. What it cannot read all of (a folder
+    the run made unreadable, a path too long, past `most` entries) charges up to now: a run's code
+    could otherwise hide its last writes there."""
     latest, seen, folders = 0.0, 0, [run_dir]  # (the folder's own time moved when a measure log was made)
-    while folders and seen < most:  # a stack: a run may nest folders a thousand deep
-        folder = folders.pop()
-        try:
+    try:
+        while folders:  # a stack: a run may nest folders a thousand deep
+            folder = folders.pop()
             with os.scandir(folder) as entries:
-                for entry in itertools.islice(entries, most - seen):
+                for entry in entries:
                     seen += 1
-                    if folder == run_dir and skip and fnmatch(entry.name, skip):
-                        continue
+                    if seen > most:
+                        return time.time()
+                    if folder == run_dir and skip and fnmatch(entry.name, skip) and entry.is_file(follow_symlinks=False):
+                        continue  # the harness's log (a folder of that name is the run's)
                     latest = max(latest, entry.stat(follow_symlinks=False).st_ctime)
                     if entry.is_dir(follow_symlinks=False):
                         folders.append(entry.path)
-        except OSError:  # gone, unreadable, or a name too long
-            continue
-    return min(latest or run_dir.lstat().st_ctime, time.time())
+        return min(latest or run_dir.lstat().st_ctime, time.time())
+    except OSError:
+        return time.time()
 
 
 def set_aside(run_dir: Path) -> Path | None:

@@ -166,7 +166,7 @@ class Runner:
         self.cond = threading.Condition()  # guards claims and the count of busy slots
         self.busy = 0
         self.budget_said = ""  # what this runner last said of the budget
-        self.stopping = threading.Event()
+        self.stopping, self.tidied = threading.Event(), False  # tidied: what a dead runner left (tidy_runs)
         self.children: dict[int, subprocess.Popen] = {}
         self.data_lock, self.data_ready = threading.Lock(), False  # prepare_data() before the first run
         self.kernel_lock, self.base_snapshot = threading.Lock(), None  # set by prepare_data()
@@ -188,8 +188,10 @@ class Runner:
         status. Safe to call again after a crash: it recovers first."""
         with Ledger(self.ledger_path) as ledger:
             self.recover(ledger)
-            tidy_runs(self.runs_dir, ledger.runs(self.program.name))
             self.remeasure(ledger)
+            if not self.tidied:  # once a runner: `org serve` drains every second
+                tidy_runs(self.runs_dir, ledger.runs(self.program.name), self.say)
+                self.tidied = True
             for experiment in ledger.experiments(self.program.name):
                 plan(ledger, self.program, experiment)  # finish planning a crash interrupted
             sync_branch(self.lab, ledger, self.program)  # and moving the frontier's branch
@@ -266,8 +268,7 @@ class Runner:
             run_dir = Path(run["run_dir"]) if run["run_dir"] else self.runs_dir / str(run["id"])
             if run["job_id"] and self.jobs and self.jobs.status(run["job_id"]) in ("PENDING", "RUNNING"):
                 self.say(f"run {run['id']}: its job {run['job_id']} still runs on the cluster; adopted")
-                self.jobs.wait(run["job_id"], self.program.budget.run_timeout_seconds, KILL_GRACE_SECONDS,
-                               self.stopping)
+                self.jobs.wait(run["job_id"], self.program.budget.run_timeout_seconds, KILL_GRACE_SECONDS, self.stopping)
                 ledger.set_job(run["id"], node=self.jobs.node(run["job_id"]), machine=self.jobs.machine(run["job_id"]))
             if stuck := reap(run["trainer_pid"], run_dir):  # orphans of the run, gone before it is read
                 self.say(f"run {run['id']}: processes {sorted(stuck)} of its dead runner do not die; "
@@ -294,8 +295,7 @@ class Runner:
             t0 = time.monotonic()
             status, reason, measurement = self._measure(ledger, run, result, make_slots(self.program)[0])
             with ledger.tx():
-                ledger.finish(run["id"], status, reason, result, run["wall_seconds"], measurement,
-                              time.monotonic() - t0)
+                ledger.finish(run["id"], status, reason, result, run["wall_seconds"], measurement, time.monotonic() - t0)
             self.say(f"run {run['id']}: measured by the harness now (recorded before it measured runs): {status}")
 
     # --- claiming ------------------------------------------------------------------------

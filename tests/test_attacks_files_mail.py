@@ -111,7 +111,6 @@ def test_a_fifo_is_refused_at_once_and_a_huge_file_is_read_in_part(lab):
     assert "the file is 2147483648 bytes; read_file reads its first 8388608" in results["huge"].output
 
 
-
 def test_edit_file_reads_a_file_that_grows_as_it_is_read_to_the_limit_only(lab, monkeypatch):
     """edit_file checks a file's size, then reads it; a process in the agent's box can append to
     it in between, as fast as it likes, and a read to the end took the memory it wrote. The race's

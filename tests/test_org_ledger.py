@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from org.ledger import SCHEMA_VERSION, Ledger, budget_of
+from org.ledger import SCHEMA_VERSION, Ledger, budget_of, process_identity
 from org.ledger_read import read_tables
 from trainer.record import Result, read
 
@@ -116,7 +116,12 @@ def test_a_run_whose_runners_pid_is_another_process_now_is_stale(ledger):
     with sqlite3.connect(ledger.path) as db:  # as the ledger was left: this process's pid, another boot
         db.execute("UPDATE runs SET runner_started = 'another-boot:1234' WHERE id = ?", (before_reboot["id"],))
     assert before_reboot["runner_pid"] == mine["runner_pid"] == os.getpid()
+    assert mine["runner_started"] == process_identity(os.getpid()) is not None
     assert [r["id"] for r in ledger.stale_runs("softcap")] == [before_reboot["id"]]
+    with sqlite3.connect(ledger.path) as db:  # claimed by an older nanolab: the pid alone decides
+        db.execute("UPDATE runs SET runner_started = NULL WHERE id = ?", (before_reboot["id"],))
+    assert ledger.stale_runs("softcap") == []
+
 
 def test_concurrent_claimers_never_share_a_run(ledger):
     add_experiment(ledger, "no-softcap", seeds=range(40))

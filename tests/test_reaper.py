@@ -6,7 +6,7 @@ import sys
 import time
 
 from org.ledger import pid_alive
-from org.reaper import reap, run_processes
+from org.reaper import last_change, reap, run_processes
 from org.sandbox import dies_with
 
 SLEEP = "import os, sys, time\nif sys.argv[1] == 'fork' and os.fork() == 0:\n    os.setsid()\ntime.sleep(600)"
@@ -103,3 +103,23 @@ def test_recovery_kills_the_evaluator_a_dead_runner_left_measuring(tmp_path):
         for p in (evaluator, other):
             p.kill()
             p.wait()
+
+
+def test_a_runs_last_change_is_read_as_the_run_left_it_and_what_cannot_be_read_charges_up_to_now(tmp_path):
+    """Recovery charges a run up to the last change in its directory. The harness's measure logs
+    are not the run's; a folder the run named like one is. Past the entries it reads, the time is
+    now: a run could otherwise hide its last write behind many files."""
+    run = tmp_path / "runs" / "3"
+    (run / "measure_x.log").mkdir(parents=True)
+    (run / "result.json").write_text("{}")
+    time.sleep(0.05)
+    (run / "measure_x.log" / "late").write_text("written last")  # the run's, in a folder named like a log
+    late = (run / "measure_x.log" / "late").stat().st_ctime
+    time.sleep(0.05)
+    (run / "measure.log").write_text("the harness's")
+    assert last_change(run, skip="measure*.log") == late
+    for i in range(5):
+        (run / f"f{i}").write_text("")
+    time.sleep(0.05)
+    before = time.time()
+    assert last_change(run, skip="measure*.log", most=4) >= before

@@ -105,6 +105,11 @@ def torch_available() -> bool:
         return False
 
 
+def torch_cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def measure_in_subprocess(name, impl, device, steps, matmul="fp32", timeout=None) -> dict:
     cmd = [sys.executable, "-m", "trainer.bench", name, impl, device, str(steps), matmul]
     try:
@@ -161,7 +166,8 @@ def measure(name, impl, device, steps, matmul="fp32") -> dict:
     threads = cpu_threads()
     if impl != "nanolab":
         torch.set_num_threads(threads)
-    peak = (torch_matmul_peak(matmul, device) if device == "cuda" and torch_available()
+    peak_of = "torch" if device == "cuda" and torch_available() and torch_cuda() else "model"
+    peak = (torch_matmul_peak(matmul, device) if peak_of == "torch"
             else measure_matmul_peak(device, "float32", seconds=1.0, precision=matmul))  # best of 1 s
     mem_before = memory_mib(device, impl, peak=False)
     step = make_step(impl, cfg, device, x, y, matmul)
@@ -175,7 +181,7 @@ def measure(name, impl, device, steps, matmul="fp32") -> dict:
     dt = float(np.median(times))
     tok_s = B * T / dt
     return {"config": name, "impl": impl, "ms_per_step": 1e3 * dt, "tokens_per_s": tok_s,
-            "mfu": tok_s * flops_per_token(cfg) / peak, "peak_flops": peak,
+            "mfu": tok_s * flops_per_token(cfg) / peak, "peak_flops": peak, "peak_of": peak_of,
             "peak_mem_mib": memory_mib(device, impl, peak=True) - mem_before, "threads": threads}
 
 

@@ -344,8 +344,9 @@ def part_bench(setup: Setup):
                     base = eager.get((name, matmul)) if impl != "torch-eager" else None
                     vs = f", {base / r['ms_per_step']:.2f}x eager" if base else ""
                     yield make_row("bench", check, f"{r['ms_per_step']:.1f} ms/step, {r['tokens_per_s']:,.0f} tok/s, "
-                                   f"model {r['mfu'] * r['peak_flops'] / 1e12:.3g} TFLOP/s, MFU {100 * r['mfu']:.0f}%"
-                                   f"{vs}, {r['peak_mem_mib']:,.0f} MiB", "", None)
+                                   f"model {r['mfu'] * r['peak_flops'] / 1e12:.3g} TFLOP/s, MFU {100 * r['mfu']:.0f}% "
+                                   f"of {r['peak_of']} matmul's {r['peak_flops'] / 1e12:.3g}{vs}, "
+                                   f"{r['peak_mem_mib']:,.0f} MiB", "", None)
 
 
 PART_FUNCTIONS = {"device": part_device, "kernels": part_kernels, "steps": part_steps,
