@@ -147,7 +147,9 @@ def load_checkpoint(path) -> tuple[dict, dict, dict]:
 
 
 class atomic_open:  # noqa: N801 (used as a context manager)
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    """Write to a temporary file beside `path`, fsync it, then rename (and fsync the folder):
+    readers never see half a file, and a power loss leaves the old file or the new one, never an
+    empty one (ext4 may otherwise put the rename on disk before the data)."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
@@ -159,8 +161,18 @@ class atomic_open:  # noqa: N801 (used as a context manager)
         return self.f
 
     def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.f.flush()
+            os.fsync(self.f.fileno())
         self.f.close()
         if exc_type is None:
             os.replace(self.tmp, self.path)
+            folder = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(folder)
+            except OSError:  # a file system that cannot sync a folder (EINVAL): the rename stands
+                pass
+            finally:
+                os.close(folder)
         else:
             os.unlink(self.tmp)
