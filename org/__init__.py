@@ -57,10 +57,14 @@ def replace_file(path: Path, text: str | None):
 
 
 def write_new(path: Path, data: bytes, mode: int):
-    """Create a file that must not exist yet, never through a link."""
+    """Create a file that must not exist yet, never through a link; on disk when this returns (a
+    snapshot is renamed into place after its files, and reused for good: ext4 can put a rename
+    on disk before the data, and a power loss left its files empty)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.chmod(path, mode)  # the umask's bits back
 
 
