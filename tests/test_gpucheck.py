@@ -92,7 +92,7 @@ def test_the_steps_check_trains_what_rounding_cannot_send_elsewhere(corpus, tmp_
     only. On the CPU there are two such orders to hand, Numba's kernels and the NumPy twins: on the
     runs the check trains, they must agree within the bars the GPU is held to. (With nanochat's
     x0/residual lambdas in, their first gradient is rounding noise that AdamW makes a full step:
-    the two paths ended 1.3 apart here, and a first H200 run failed every precision so.)"""
+    the two paths were 1.3 apart here, and a first H200 run failed every precision so.)"""
     setup = Setup(out=tmp_path, device="cpu", data=corpus, overrides=TINY, batch_size=4, steps=5)
     for matmul in MATMULS:
         losses = []
