@@ -505,7 +505,7 @@ class Ledger:
         cannot say (no identity then, or now), the pid alone decides."""
         def gone(r):
             now = process_identity(r["runner_pid"])
-            return not pid_alive(r["runner_pid"]) or None not in (r["runner_started"], now) and now != r["runner_started"]
+            return not pid_alive(r["runner_pid"]) or (None not in (r["runner_started"], now) and now != r["runner_started"])
         return [r for r in self.runs(program, status="running") if r["runner_host"] == socket.gethostname() and gone(r)]
 
     # --- spend ----------------------------------------------------------------------------
