@@ -86,6 +86,32 @@ def empty_file(path: Path):
         replace_file(path, "")
 
 
+def pid_alive(pid: int | None) -> bool:
+    """True while the process exists and is not a zombie."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def process_identity(pid: int) -> str | None:
+    """The boot and the start time (clock ticks since boot) of process `pid`: with the pid, what
+    no later process can share. None where /proc does not say."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return None
+
+
 class OrgError(Exception):
     """A problem the user can fix: the CLI prints it as one line and exits non-zero."""
 

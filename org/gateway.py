@@ -17,7 +17,8 @@ For every call the gateway
 - refuses the call once the program's LLM spend has reached budget.total_llm_dollars, the
   ledger's (403, an error body the SDKs read); while a call is in flight its worst case (its
   max_tokens of output, its input estimated from its size) is held against the budget, so calls
-  sent at once cannot all pass the check before any is metered;
+  sent at once cannot all pass the check before any is metered; the hold is a row of llm_spend,
+  so a call in flight when the gateway dies stays charged its worst case;
 - forwards it with the real key, streaming the reply back as it arrives (and reading on to its
   end if the agent hangs up: a stream's usage comes last);
 - reads the tokens used from the reply (its JSON, or the usage in its server-sent events) and
@@ -220,12 +221,16 @@ class Gateway:
         self.ledger_path, self.program = ledger_path(lab_dir), program
         self.prices, self.say = prices or load_prices(), lambda line: say(shown(line))  # (a path, a model:
         # the agent's words, in the runner's pane: an escape sequence there cleared it or wrote the clipboard)
-        self.held: dict[int, tuple[str, float]] = {}  # each call in flight: its agent, what it may still cost
         self.parsing = threading.BoundedSemaphore(2)
         self.settled = threading.Condition()
         self.server = ThreadingHTTPServer(("127.0.0.1", int((folder / "port").read_text())), _handler(self))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="gateway")
+        with Ledger(self.ledger_path) as ledger:  # (bound: no other gateway serves this lab)
+            lost = ledger.charge_held(program)
+        if lost:
+            self.say(f"gateway: {len(lost)} call(s) in flight when the gateway last stopped, never metered, are charged "
+                     f"their worst case: ${sum(r['dollars'] for r in lost):.4f} ({', '.join(sorted({r['agent'] for r in lost}))})")
 
     @property
     def url(self) -> str:
@@ -239,44 +244,46 @@ class Gateway:
         self.server.shutdown()
         self.server.server_close()
 
-    def budget(self) -> tuple[dict, dict]:
-        """(spend, budget) as the ledger has them now: a person's `org budget` changes the limits."""
-        with Ledger(self.ledger_path) as ledger:
-            return ledger.spend(self.program), ledger.budget(self.program)
-
-    def reserve(self, worst: float, agent: str) -> int:
-        """Hold `worst` dollars of the budget for a call about to go upstream; the key to settle
-        it with. A call goes ahead while the spend plus what the calls in flight may still cost is
-        under the cap (and the agent's own, under its budget.agent_llm_dollars), so calls sent at
-        once cannot all pass before any is metered: together they pass the cap by one call's cost
-        at most, as calls made one at a time do. Near the cap a call waits for those in flight to be
-        metered (WAIT_S at most, then a 429 to retry)."""
+    def reserve(self, agent: str, model: str, worst) -> int | None:
+        """Hold a call's worst case (Usage, or None for a call that spends nothing) against the
+        budget, as a row of the ledger's llm_spend, before it goes upstream; the row's id. A call
+        goes ahead while the spend plus what the calls in flight may still cost is under the cap
+        (and the agent's own, under its budget.agent_llm_dollars), so calls sent at once cannot all
+        pass before any is metered: together they pass the cap by one call's cost at most, as calls
+        made one at a time do. The hold is in the ledger, not in memory, so a call in flight when
+        the gateway dies is charged its worst case (charge_held, at the next start), not nothing.
+        Near the cap a call waits for those in flight to be metered (WAIT_S at most, then a 429)."""
         from org.agents.spend import agent_dollars, share_spent
-        deadline = time.monotonic() + WAIT_S
+        cost, deadline = 0.0 if worst is None else self.price(model, worst), time.monotonic() + WAIT_S
         with self.settled:
             while True:
-                spend, budget = self.budget()
-                spent, limit, share = spend["dollars"], budget["total_llm_dollars"], budget.get("agent_llm_dollars")
-                if spent >= limit:
-                    raise Refused(403, "permission_error",
-                                  f"the program's LLM budget is spent (${spent:.4f} of ${limit:g})")
-                if (mine := share_spent(agent, spend, budget)) and worst:
-                    raise Refused(403, "permission_error", mine)
-                held = sum(w for _, w in self.held.values())
-                held_mine = agent_dollars(spend, agent) + sum(w for a, w in self.held.values() if a == agent)
-                if (spent + held < limit and (share is None or held_mine < share)) or worst == 0:  # (free: passes)
-                    key = max(self.held, default=0) + 1
-                    self.held[key] = (agent, worst)
-                    return key
+                with Ledger(self.ledger_path) as ledger, ledger.tx():  # the check and the hold at once
+                    spend, budget = ledger.spend(self.program), ledger.budget(self.program)
+                    spent, limit, share = spend["dollars"], budget["total_llm_dollars"], budget.get("agent_llm_dollars")
+                    if spent >= limit:
+                        raise Refused(403, "permission_error",
+                                      f"the program's LLM budget is spent (${spent:.4f} of ${limit:g})")
+                    if (mine := share_spent(agent, spend, budget)) and cost:
+                        raise Refused(403, "permission_error", mine)
+                    if worst is None:  # counting tokens: free, and held by nothing
+                        return None
+                    held_mine = agent_dollars(spend, agent) + spend["held"].get(agent, 0.0)
+                    if (spent + sum(spend["held"].values()) < limit and (share is None or held_mine < share)) or not cost:
+                        return ledger.record_spend(self.program, agent, model, worst.tokens_in, worst.output,
+                                                   cost, held=True)
                 if time.monotonic() >= deadline:
                     raise Refused(429, "rate_limit_error", f"calls in flight may spend the rest of the program's "
                                   f"LLM budget (${limit - spent:.4f} left): try again once they end",
                                   {"retry-after": "10"})
                 self.settled.wait(1.0)
 
-    def settle(self, key: int):
+    def settle(self, hold: int | None, metered: tuple | None = None):
+        """A call's hold becomes what it spent, metered = (tokens in, out, dollars); or, with
+        none, goes (the provider refused the call, or it never reached it)."""
+        if hold is not None:
+            with Ledger(self.ledger_path) as ledger:
+                ledger.meter_spend(hold, *metered) if metered else ledger.let_go(hold)
         with self.settled:
-            del self.held[key]
             self.settled.notify_all()
 
     def price(self, model: str, usage) -> float:
@@ -287,15 +294,14 @@ class Gateway:
         from org.agents.spend import unpriced_variant
         return unpriced_variant(model, self.prices)
 
-    def meter(self, agent: str, model: str, usage, worst):
-        """Record a call's usage for its agent. A reply that shows none (a stream that did not ask
-        for it, a body that does not parse) is charged the call's worst case."""
+    def meter(self, hold: int, agent: str, model: str, usage, worst):
+        """Record a call's usage for its agent, in place of its hold. A reply that shows none (a
+        stream that did not ask for it, a body that does not parse) is charged the call's worst case."""
         note = ""
         if not (usage.tokens_in or usage.output):
             usage, note = worst, " (its reply showed no usage: charged its worst case)"
         cost = self.price(model, usage)
-        with Ledger(self.ledger_path) as ledger:
-            ledger.record_spend(self.program, agent, model, usage.tokens_in, usage.output, cost)
+        self.settle(hold, (usage.tokens_in, usage.output, cost))
         self.say(f"gateway: {agent} {model}: {usage.tokens_in} in, {usage.output} out, ${cost:.4f}{note}")
 
 
@@ -431,14 +437,15 @@ def _handler(gateway: Gateway):
             # memory), and not kept while the call waits and streams
             with gateway.parsing if len(body) > 1 << 20 else contextlib.nullcontext():
                 model, worst = self.checked(body, spends, agent)
-            key = gateway.reserve(gateway.price(model, worst) if spends else 0.0, agent)
+            hold, status = gateway.reserve(agent, model, worst if spends else None), None
             try:
                 status, content_type, seen = self.forward(provider, upstream_path, body)
-                if spends and status == 200:
-                    from org.agents.spend import usage_of
-                    gateway.meter(agent, model, usage_of(seen, content_type, provider), worst)
             finally:
-                gateway.settle(key)
+                if status != 200:  # the provider refused it, or it never reached it: free
+                    gateway.settle(hold)
+            if hold is not None and status == 200:  # (a crash before this leaves the hold: its worst case)
+                from org.agents.spend import usage_of
+                gateway.meter(hold, agent, model, usage_of(seen, content_type, provider), worst)
 
         def checked(self, body: bytes, spends: bool, agent: str):
             """(model, worst case) of a call the gateway forwards as it is; Refused otherwise."""

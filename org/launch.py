@@ -44,7 +44,8 @@ from org.agents.control import Control
 from org.agents.sandbox import SECRET_NAME
 from org.lab import Lab, agent_branch, agent_refs, branch_owner, child_env, hardened_git_env
 from org.experiments import waiting_for_budget
-from org.ledger import Ledger, pid_alive
+from org import pid_alive
+from org.ledger import Ledger
 from org.mail import now, write_atomically
 from org.panes import Pane, RELEASE_KEY, TAKEOVER_KEY, tmux_path
 from org.program import Program

@@ -7,7 +7,8 @@ measurement as the record and the trainer's result.json beside it as a cross-che
 trainer/record.py's shape, which run_row() reads out for every reader), budget_changes, llm_spend and
 agent_cpu (the CPU time of the agents' own boxes, outside every run's budget). Verdicts are never
 stored: the referee computes them from the runs whenever they are shown (report, status, agents).
-Rows are inserted and updated, never deleted, so a discarded idea stays queryable.
+Rows are inserted and updated, never deleted, so a discarded idea stays queryable (a hold on the
+LLM budget for a call that spent nothing excepted).
 
 Crash safety: every change is one transaction (WAL mode, BEGIN IMMEDIATE), a run is claimed
 atomically, and a run left 'running' by a runner whose process is gone is found by stale_runs()
@@ -28,10 +29,10 @@ from dataclasses import asdict, fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from org import OrgError
+from org import OrgError, pid_alive, process_identity
 from trainer.record import Measurement, Result, read
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
@@ -134,6 +135,7 @@ CREATE TABLE llm_spend (
     tokens_in   INTEGER NOT NULL,
     tokens_out  INTEGER NOT NULL,
     dollars     REAL NOT NULL,
+    held        INTEGER NOT NULL DEFAULT 0,  -- a call in flight, at its worst case until the gateway meters it
     created_at  TEXT NOT NULL
 );
 CREATE TABLE agent_cpu (             -- the CPU time of an agent's box: one row per command or CLI stretch
@@ -172,6 +174,7 @@ MIGRATIONS = {  # from version N to N + 1
     10: ["DROP INDEX IF EXISTS runs_once", SCHEMA[SCHEMA.index("CREATE UNIQUE INDEX runs_once"):].split(";")[0]],
     11: ["ALTER TABLE runs ADD COLUMN runner_started TEXT"],
     12: ["ALTER TABLE runs ADD COLUMN lost_seconds REAL"],
+    13: ["ALTER TABLE llm_spend ADD COLUMN held INTEGER NOT NULL DEFAULT 0"],
 }
 
 
@@ -188,32 +191,6 @@ def storable(value):
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True while the process exists and is not a zombie."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def process_identity(pid: int) -> str | None:
-    """The boot and the start time (clock ticks since boot) of process `pid`: with the pid, what
-    no later process can share. None where /proc does not say."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        return f"{boot}:{Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]}"
-    except (OSError, IndexError):
-        return None
 
 
 def corrupt(path, error) -> str:
@@ -511,18 +488,37 @@ class Ledger:
     # --- spend ----------------------------------------------------------------------------
 
     def record_spend(self, program: str, agent: str, model: str, tokens_in: int,
-                     tokens_out: int, dollars: float) -> int:
+                     tokens_out: int, dollars: float, held: bool = False) -> int:
         return self._insert("llm_spend", dict(
             program=program, agent=agent, model=model, tokens_in=tokens_in,
-            tokens_out=tokens_out, dollars=dollars, created_at=now()))
+            tokens_out=tokens_out, dollars=dollars, held=int(held), created_at=now()))
+
+    def meter_spend(self, spend_id: int, tokens_in: int, tokens_out: int, dollars: float):
+        """A held call's row becomes what it spent."""
+        self._update("llm_spend", spend_id, dict(tokens_in=tokens_in, tokens_out=tokens_out, dollars=dollars, held=0))
+
+    def let_go(self, spend_id: int):
+        """A held call that spent nothing (the provider refused it, or it never reached it): its row goes."""
+        with self.tx():
+            self.db.execute("DELETE FROM llm_spend WHERE id = ? AND held", (spend_id,))
 
     def spend(self, program: str) -> dict:
-        """Dollars and tokens per agent, plus the program's total dollars."""
+        """Dollars and tokens per agent, plus the program's total dollars; `held`: the worst cases
+        of its calls in flight, {agent: dollars}, counted apart until they are metered."""
         rows = self._all("SELECT agent, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out, "
-                         "sum(dollars) AS dollars FROM llm_spend WHERE program = ? GROUP BY agent",
+                         "sum(dollars) AS dollars FROM llm_spend WHERE program = ? AND NOT held GROUP BY agent",
                          program)
+        held = self._all("SELECT agent, sum(dollars) AS dollars FROM llm_spend WHERE program = ? AND held "
+                         "GROUP BY agent", program)
         return {"agents": {r.pop("agent"): r for r in rows},
-                "dollars": sum(r["dollars"] for r in rows)}
+                "dollars": sum(r["dollars"] for r in rows), "held": {r["agent"]: r["dollars"] for r in held}}
+
+    def charge_held(self, program: str) -> list[dict]:
+        """The calls a gateway that stopped held, never metered: charged their worst case for good."""
+        with self.tx():
+            rows = self._all("SELECT * FROM llm_spend WHERE program = ? AND held", program)
+            self.db.execute("UPDATE llm_spend SET held = 0 WHERE program = ? AND held", (program,))
+        return rows
 
     def record_agent_cpu(self, program: str, agent: str, seconds: float, what: str) -> int:
         return self._insert("agent_cpu", dict(program=program, agent=agent, seconds=round(seconds, 3),

@@ -32,7 +32,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from org.cgroups import thaw_left
-from org.ledger import pid_alive
+from org import pid_alive
 
 
 def run_processes(pid: int | None, run_dir: Path) -> set[int]:

@@ -5,11 +5,15 @@ import contextlib
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
+import types
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import anthropic
 import openai
@@ -21,7 +25,8 @@ from org.agents.anthropic_api import AnthropicModel
 from org.agents.models import Usage, make_model
 from org.agents.openai_api import OpenAIModel
 from org.agents.spend import dollars, load_prices, usage_of
-from org.gateway import Gateway, GatewayError, Refused, client_config, gateway_dir, prepare, read_keys
+from org.gateway import (Gateway, GatewayError, Refused, client_config, gateway_dir, port_is_free, prepare,
+                         read_keys, worst_case)
 from org.ledger import Ledger
 from org.program import Agent
 from test_launch import eventually
@@ -53,9 +58,15 @@ def spend(root, program, calls: int = 0) -> list[dict]:
     closes, which can be a moment after the agent's client has read the reply's last event."""
     def rows() -> list[dict]:
         with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
-            return ledger._all("SELECT agent, model, tokens_in, tokens_out, dollars FROM llm_spend")
+            return ledger._all("SELECT agent, model, tokens_in, tokens_out, dollars FROM llm_spend WHERE NOT held")
     eventually(lambda: len(rows()) >= calls, 10, f"{calls} metered calls")
     return rows()
+
+
+def held(root, program) -> list[tuple[str, float]]:
+    """The calls in flight: (agent, the worst case held against the budget), as the ledger holds them."""
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+        return [(r["agent"], r["dollars"]) for r in ledger._all("SELECT agent, dollars FROM llm_spend WHERE held")]
 
 
 def ask(model) -> str:
@@ -371,6 +382,43 @@ def test_calls_sent_at_once_pass_the_cap_by_one_call_at_most(tmp_path):
         assert sum(r["dollars"] for r in rows) <= limit + one + 1e-9
 
 
+def test_a_call_in_flight_when_the_gateway_dies_is_charged_its_worst_case(tmp_path):
+    """The gateway lives in `org serve`'s process. Killed while a call was upstream (SIGKILL, the
+    OOM killer, a crash), it had metered nothing, and each death let every agent's call in flight
+    pass the cap free. A call's hold is a ledger row from before it goes upstream: the next gateway
+    charges it its worst case, and says so."""
+    hold = threading.Event()  # the model server answers nothing until it is set
+    root, program = make_project(tmp_path, tiny_program([]), trainer=False)
+    lab = lab_dir(root, program)
+    with FakeLLM([[Text("hello")]] * 5, usage={"input": 10, "output": 200}, hold=hold) as llm:
+        tokens = prepare(lab, AGENTS, {**KEYS, "ANTHROPIC_BASE_URL": llm.url, "OPENAI_BASE_URL": llm.url + "/v1"})
+        serve = subprocess.Popen([sys.executable, "-c", "import sys, time; from org.gateway import Gateway; "
+                                  "Gateway(sys.argv[1], sys.argv[2], say=print).__enter__(); time.sleep(120)",
+                                  str(lab), program.name], cwd=Path(__file__).parents[1])
+        try:
+            port = int((gateway_dir(lab) / "port").read_text())
+            dead = types.SimpleNamespace(url=f"http://127.0.0.1:{port}")
+            eventually(lambda: not port_is_free(port), 30, "the gateway serving")
+            body = {"model": "claude-sonnet-test", "max_tokens": 200, "messages": [{"role": "user", "content": "hi"}]}
+
+            def ask_it():
+                with contextlib.suppress(OSError):  # the gateway dies under it
+                    call(dead, "POST", "/anthropic/v1/messages", tokens["claude"], body)
+            threading.Thread(target=ask_it, daemon=True).start()
+            eventually(lambda: llm.requests, 30, "the call upstream")
+        finally:
+            serve.kill()
+            serve.wait()
+        hold.set()
+        said = []
+        with Gateway(lab, program.name, say=said.append):
+            pass
+    worst = worst_case(body, len(json.dumps(body, separators=(",", ":")).encode()))  # its max_tokens, its size
+    assert spend(root, program) == [{"agent": "claude", "model": "claude-sonnet-test", "tokens_in": worst.tokens_in,
+                                     "tokens_out": 200, "dollars": dollars("claude-sonnet-test", worst, load_prices())}]
+    assert held(root, program) == [] and "1 call(s) in flight when the gateway last stopped" in said[0]
+
+
 def test_the_gateway_files_are_private_and_the_keys_file_must_be(tmp_path, org):
     root, program, *_ = org
     folder = gateway_dir(lab_dir(root, program))
@@ -437,10 +485,9 @@ def test_a_body_padded_with_whitespace_holds_only_what_the_provider_reads(tmp_pa
         padded = json.dumps(fields).replace(", ", "," + " " * (4 << 20)).encode()
         asked = threading.Thread(target=call, args=(gw, "POST", "/anthropic/v1/messages", tokens["claude"], padded))
         asked.start()
-        eventually(lambda: gw.held, 30, "the call in flight")
-        from org.gateway import worst_case
+        eventually(lambda: held(root, program), 30, "the call in flight")
         compact = len(json.dumps(fields, separators=(",", ":")).encode())
-        assert list(gw.held.values()) == [("claude", dollars("claude-sonnet-test", worst_case(fields, compact), load_prices()))]
+        assert held(root, program) == [("claude", dollars("claude-sonnet-test", worst_case(fields, compact), load_prices()))]
         hold.set()
         asked.join(60)
         assert [r["tokens_out"] for r in spend(root, program, calls=1)] == [200]
@@ -501,7 +548,7 @@ def test_an_agent_that_stops_reading_a_reply_is_metered_and_served_no_more(tmp_p
                       b"x-api-key: %s\r\ncontent-length: %d\r\n\r\n%s" % (tokens["claude"].encode(), len(body), body))
             # the agent reads nothing, and keeps its socket open while the call is metered
             assert [(r["tokens_in"], r["tokens_out"]) for r in spend(root, program, calls=1)] == [(1000, 200)]
-            eventually(lambda: not gw.held, 5, "its hold settled")
+            eventually(lambda: not held(root, program), 5, "its hold settled")
 
 
 def test_bodies_past_a_megabyte_are_parsed_two_at_a_time(tmp_path):

@@ -25,7 +25,8 @@ from org import OrgError, measure, runner
 from org.cli import main
 from org.cluster import machine
 from org.lab import Lab
-from org.ledger import Ledger, pid_alive
+from org import pid_alive
+from org.ledger import Ledger
 from org.program import load_program
 from org.runner import Runner, make_slots
 from org.report import build

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from org.ledger import pid_alive
+from org import pid_alive
 from org.reaper import last_change, reap, run_processes
 from org.sandbox import dies_with
 
