@@ -10,6 +10,7 @@ goes through here:
 
 Inside a box:
 - the whole filesystem is read-only; `hidden` trees are replaced by empty directories (absent),
+  and so is every other lab's state on this machine (org/unseen.py: other_labs),
   `readonly` ones are bound back read-only (a snapshot inside a hidden tree), then `writable`
   ones read-write (an agent's objects inside a read-only .git), then `frozen` ones read-only again
   (protected files inside a worktree); /tmp and /dev/shm are private, empty and capped, the rest
@@ -83,7 +84,7 @@ from org import OrgError, empty_file, user_cache
 from org.cgroups import JOIN, box_cgroups, cgroup_root
 from org.diskwatch import watch
 from org import sourceless
-from org.unseen import code_private, lab_private, source_files
+from org.unseen import code_private, lab_private, other_labs, source_files
 from org.seccomp import ABIS, box_filter
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
@@ -186,7 +187,8 @@ class Sandbox:
                 box += ["--dev-bind", str(device), str(Path("/dev") / device.relative_to(DEVICES))]
         runtime = runtime_dirs()
         used = used_within(runtime, env)
-        hidden = sorted({p for p in self.hidden if p.is_dir()} | set(runtime), key=lambda p: len(p.parts))  # outer first
+        hidden = sorted({p for p in self.hidden + other_labs() if p.is_dir()} | set(runtime),  # outer first
+                        key=lambda p: len(p.parts))
         for path in hidden:  # mounts apply in order: hide first, then expose what is needed
             box += ["--size", "65536", "--tmpfs", str(path)]
         for path in self.hidden:  # a file: read as empty

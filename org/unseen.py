@@ -1,18 +1,19 @@
 """
-What agent code never sees, as the paths a box hides (org/sandbox.py): the lab's state, the
-person's credentials and keys, and, from runs and model workers, the lab's git, the cgroups, the
-program's data source and every prepared copy of it.
+What agent code never sees, as the paths a box hides (org/sandbox.py): the lab's state, every
+other lab's of this person's, the person's credentials and keys, and, from runs and model
+workers, the lab's git, the cgroups, the program's data source and every prepared copy of it.
 """
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 
-from org import sourceless, user_cache
+from org import sourceless, user_cache, write_atomically
 
 
 # where people keep credentials, under HOME: agent code would read them and a tool's output
@@ -40,6 +41,38 @@ def lab_private(lab_root: Path) -> list[Path]:
         with contextlib.suppress(OSError, ValueError, TypeError):
             secrets += [Path(p) for p in json.loads(record.read_text())]
     return [Path(lab_root) / ".lab", Path(lab_root) / "worktrees", Path("/sys/fs/cgroup"), *secrets]
+
+
+def labs_list() -> Path:
+    """The person's list of labs: a folder in the harness's cache, or the one NANOLAB_LABS names
+    (each test has its own: a lab another test removes as a box starts fails the box's mount)."""
+    return Path(os.environ.get("NANOLAB_LABS") or user_cache("labs"))
+
+
+def known_lab(lab_root: Path):
+    """Put the lab on the person's list (a file each in the harness's cache, read by other_labs):
+    every box of every other lab on this machine hides its state from then on."""
+    root = Path(lab_root).resolve()
+    entry = labs_list() / hashlib.sha256(str(root).encode()).hexdigest()[:24]
+    if not entry.exists() and not root.is_relative_to("/tmp"):  # (every box has a /tmp of its own)
+        write_atomically(entry, str(root))
+
+
+def other_labs() -> list[Path]:
+    """Every lab on the person's list: its state and its agents' worktrees, which every box hides
+    as it starts (org/sandbox.py; its own lab's it hides anyway). Two clones of the project on one
+    machine, say, to compare two orgs: one org's agents read the other's gateway keys (0600, but
+    the same user's), its mail, transcripts and reports. A lab that is gone leaves the list. The
+    list itself is hidden too."""
+    folder, hidden = labs_list(), []
+    for entry in sorted(folder.glob("[!.]*")) if folder.is_dir() else ():  # (.name.tmp: one being written)
+        with contextlib.suppress(OSError, ValueError):
+            root = Path(entry.read_text().strip())
+            if root.is_absolute() and (root / ".lab").is_dir():
+                hidden += [root / ".lab", root / "worktrees"]
+            else:
+                entry.unlink()
+    return [folder, *hidden]
 
 
 def code_private(lab_root: Path) -> list[Path]:

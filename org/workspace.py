@@ -29,6 +29,7 @@ from org.ledger import Ledger, ledger_path
 from org.panes import Grid, read_state
 from org.program import (BOUND_BUDGET, MEASUREMENT_BUDGET, MEASUREMENT_FIELDS, Program, ProgramError, check_with_trainer,
                          data_source_problem, load_program)
+from org.unseen import known_lab
 
 # --- opening a program: every check first (preflight), then create what it needs (start)
 
@@ -69,6 +70,7 @@ def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
 def start(program: Program, lab: Lab, path: Path) -> Ledger:
     """Start the program (idempotently): branch program/<name>, .lab/<name>/ and its ledger."""
     base = lab.start_program(program.name)
+    known_lab(lab.root)  # (every other lab's boxes hide its state)
     ledger = Ledger(ledger_path(lab.state_dir(program.name)))
     if not ledger.program(program.name):
         ledger.add_program(program.name, program.model_dump(mode="json"), base, f"program/{program.name}")

@@ -625,6 +625,27 @@ def test_a_command_cannot_read_the_persons_credentials(two_agents, outside_tmp, 
         assert secret not in out, out
 
 
+def test_a_command_cannot_read_another_labs_keys_or_mail(two_agents, outside_tmp):
+    """Two clones of the project on one machine (two orgs compared, say): the other lab's state is
+    the same user's, so its gateway's keys (0600) and its agents' mail were one `cat` away, and a
+    tool's output carries what it reads to the model's provider. Every lab a program is started in
+    goes on the person's list, and every box hides them all as it starts, a lab started after
+    the agent's own too."""
+    from org import gateway
+    from org.mail import Mail
+    _, _, tools, _ = two_agents
+    (outside_tmp / "other").mkdir()
+    other_root, other = make_project(outside_tmp / "other", tiny_program([]), trainer=False)
+    other_lab = lab_dir(other_root, other)
+    gateway.prepare(other_lab, {"claude": "anthropic"}, {"ANTHROPIC_API_KEY": "sk-ant-OTHER-LAB-0123456789"})
+    Mail(other_lab).send("bob", "alice", "OTHER-ORG-IDEA: try a softcap of 15")
+    assert subprocess.run(["grep", "-rq", "OTHER-ORG-IDEA", other_lab]).returncode == 0  # there, outside the box
+    out = run(tools, f"cat {other_lab}/gateway/keys.json; grep -r OTHER-ORG {other_root}/.lab; "
+                     f"echo in .lab: $(ls -A {other_root}/.lab).; ls {other_root}; echo done")
+    assert "done" in out and "programs" in out, out  # the other clone itself is there, read-only
+    assert "sk-ant-OTHER" not in out and "OTHER-ORG-IDEA" not in out and "in .lab: ." in out, out
+
+
 FORKS = """
 import os, time
 n = 0
