@@ -437,14 +437,20 @@ def _handler(gateway: Gateway):
             # memory), and not kept while the call waits and streams
             with gateway.parsing if len(body) > 1 << 20 else contextlib.nullcontext():
                 model, worst = self.checked(body, spends, agent)
-            hold, status = gateway.reserve(agent, model, worst if spends else None), None
+            from org.agents.models import Usage
+            from org.agents.spend import usage_of
+            hold = gateway.reserve(agent, model, worst if spends else None)
             try:
                 status, content_type, seen = self.forward(provider, upstream_path, body)
-            finally:
-                if status != 200:  # the provider refused it, or it never reached it: free
-                    gateway.settle(hold)
-            if hold is not None and status == 200:  # (a crash before this leaves the hold: its worst case)
-                from org.agents.spend import usage_of
+            except Refused:  # it never reached the provider: free
+                gateway.settle(hold)
+                raise
+            except BaseException:  # it may have: its worst case (a crash here leaves the hold, charged so too)
+                gateway.settle(hold) if hold is None else gateway.meter(hold, agent, model, Usage(), worst)
+                raise
+            if status != 200 or hold is None:  # the provider refused it (or it spends nothing)
+                gateway.settle(hold)
+            else:
                 gateway.meter(hold, agent, model, usage_of(seen, content_type, provider), worst)
 
         def checked(self, body: bytes, spends: bool, agent: str):

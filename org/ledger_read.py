@@ -54,13 +54,14 @@ def schema_gaps(have: dict[str, list[str]], tables) -> list[str]:
         if not have[table]:
             gaps.append(f"the ledger has no {table} table (older schema): {MISSING_TABLE[table]}")
             continue
-        lost = [c for c in columns(current, table) if c not in have[table]]
+        lost = [c for c in columns(current, table) if c not in have[table] and c not in UNREAD_COLUMNS]
         if lost:
             gaps.append(f"the ledger's {table} table has no column {', '.join(lost)} (older schema): "
                         "whatever depends on it is shown as not recorded")
     return gaps
 
 
+UNREAD_COLUMNS = ("held", "runner_started")  # the gateway's and recovery's: nothing a report shows depends on them
 MISSING_TABLE = {
     "programs": "question, claim and budget unknown, so no verdicts",
     "experiments": "no lineage (who proposed what, on which commit)",

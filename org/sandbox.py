@@ -187,11 +187,11 @@ class Sandbox:
                 box += ["--dev-bind", str(device), str(Path("/dev") / device.relative_to(DEVICES))]
         runtime = runtime_dirs()
         used = used_within(runtime, env)
-        hidden = sorted({p for p in self.hidden + other_labs() if p.is_dir()} | set(runtime),  # outer first
-                        key=lambda p: len(p.parts))
+        unseen = self.hidden + other_labs()
+        hidden = sorted({p for p in unseen if p.is_dir()} | set(runtime), key=lambda p: len(p.parts))  # outer first
         for path in hidden:  # mounts apply in order: hide first, then expose what is needed
             box += ["--size", "65536", "--tmpfs", str(path)]
-        for path in self.hidden:  # a file: read as empty
+        for path in unseen:  # a file: read as empty
             if path.exists() and not path.is_dir():
                 box += ["--ro-bind", "/dev/null", str(path)]
         # (a writable tree may lie inside a read-only one: .git/agent-objects/...); what the box runs, back

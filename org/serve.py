@@ -12,6 +12,7 @@ from org import OrgError, gateway
 from org.lab import Lab
 from org.launch import STOP_SECONDS, program_done
 from org.stop import wait_for_exit
+from org.unseen import known_lab
 from org.workspace import ProgramSite, open_site
 
 
@@ -32,6 +33,7 @@ def serve(launch: ProgramSite, poll: float = 1.0) -> int:
     from org.runner import Runner
     signal.signal(signal.SIGTERM, _interrupt)
     lab = Lab.open(launch.root)
+    known_lab(lab.root)  # (a lab that fell off the list, its folder away for a while, goes back on it)
     say = lambda text: print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
     scripted = all(agent.backend == "scripted" for agent in launch.program.org.agents)  # code of ours only
     runner = Runner(lab, launch.program, launch.ledger_path, say=say, sandboxed=None if scripted else True,

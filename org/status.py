@@ -174,7 +174,7 @@ def ledger_lines(launch: ProgramSite) -> list[str]:
     name = launch.name
     with Ledger(launch.ledger_path) as ledger:
         runs = Counter(r["status"] for r in ledger.runs(name))
-        compute, dollars = ledger.compute_seconds(name), ledger.spend(name)["dollars"]
+        compute, spend = ledger.compute_seconds(name), ledger.spend(name)
         budget = ledger.budget(name)  # as fixed at start, with `org budget` changes
         verdicts = referee_verdicts(ledger, launch.program)
         experiments = ledger.experiments(name)
@@ -185,7 +185,8 @@ def ledger_lines(launch: ProgramSite) -> list[str]:
     lines = [f"runs: {runs.get('queued', 0)} queued · {runs.get('running', 0)} running · {done} done"
              + (f" ({detail})" if detail else ""),
              f"compute: {compute:.0f}s of {budget['total_compute_seconds']:g}s{held} · "
-             f"LLM: ${dollars:.4f} of ${budget['total_llm_dollars']:g}"]
+             f"LLM: ${spend['dollars']:.4f} of ${budget['total_llm_dollars']:g}"
+             + (f" (${sum(spend['held'].values()):.4f} more held for calls in flight)" if spend["held"] else "")]
     if launch.program.claim.kind == "improve":  # the frontier first: what the org has confirmed so far
         lines.append(frontier_line(experiments))
     for v in verdicts[-8:]:

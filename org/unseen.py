@@ -36,17 +36,14 @@ def lab_private(lab_root: Path) -> list[Path]:
     secrets = [home / name for name in CREDENTIALS]
     if os.environ.get("NANOLAB_KEYS_FILE"):
         secrets.append(Path(os.environ["NANOLAB_KEYS_FILE"]).expanduser())
-    # `org launch` keeps the name from every pane, so the boxes' makers read it where its gateway put it
-    for record in (Path(lab_root) / ".lab").glob("*/gateway/keys-file.json"):
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            secrets += [Path(p) for p in json.loads(record.read_text())]
+    secrets += keys_files(lab_root)
     return [Path(lab_root) / ".lab", Path(lab_root) / "worktrees", Path("/sys/fs/cgroup"), *secrets]
 
 
 def labs_list() -> Path:
     """The person's list of labs: a folder in the harness's cache, or the one NANOLAB_LABS names
     (each test has its own: a lab another test removes as a box starts fails the box's mount)."""
-    return Path(os.environ.get("NANOLAB_LABS") or user_cache("labs"))
+    return Path(os.environ.get("NANOLAB_LABS") or user_cache("labs")).resolve()  # (bwrap mounts no link)
 
 
 def known_lab(lab_root: Path):
@@ -59,20 +56,32 @@ def known_lab(lab_root: Path):
 
 
 def other_labs() -> list[Path]:
-    """Every lab on the person's list: its state and its agents' worktrees, which every box hides
-    as it starts (org/sandbox.py; its own lab's it hides anyway). Two clones of the project on one
-    machine, say, to compare two orgs: one org's agents read the other's gateway keys (0600, but
-    the same user's), its mail, transcripts and reports. A lab that is gone leaves the list. The
-    list itself is hidden too."""
+    """Every lab on the person's list: its state, its agents' worktrees, its git (their branches
+    and objects) and the keys file its launch was given, which every box hides as it starts
+    (org/sandbox.py; its own lab's it hides anyway, and binds back what it needs). Two clones of
+    the project on one machine, say, to compare two orgs: one org's agents read the other's
+    gateway keys (0600, but the same user's), its mail, transcripts and commits. A lab whose
+    folder is gone leaves the list. The list itself is hidden too."""
     folder, hidden = labs_list(), []
     for entry in sorted(folder.glob("[!.]*")) if folder.is_dir() else ():  # (.name.tmp: one being written)
         with contextlib.suppress(OSError, ValueError):
             root = Path(entry.read_text().strip())
-            if root.is_absolute() and (root / ".lab").is_dir():
-                hidden += [root / ".lab", root / "worktrees"]
-            else:
+            if not root.is_absolute() or not root.exists():
                 entry.unlink()
+            elif (root / ".lab").is_dir():  # (its .git a folder: a linked worktree's .git file names its own)
+                hidden += [(root / name).resolve() for name in (".lab", "worktrees", ".git") if (root / name).is_dir()]
+                hidden += [path.resolve() for path in keys_files(root)]
     return [folder, *hidden]
+
+
+def keys_files(lab_root: Path) -> list[Path]:
+    """The keys files the lab's launches were given (NANOLAB_KEYS_FILE): `org launch` keeps the
+    name from every pane, so the boxes' makers read it where its gateway put it."""
+    named = []
+    for record in (Path(lab_root) / ".lab").glob("*/gateway/keys-file.json"):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            named += [Path(p) for p in json.loads(record.read_text())]
+    return named
 
 
 def code_private(lab_root: Path) -> list[Path]:

@@ -2,6 +2,7 @@
 fake model server with the real key, meters every call for the agent that made it, and refuses
 unknown tokens and calls past the program's LLM budget."""
 import contextlib
+import http.client
 import json
 import re
 import socket
@@ -417,6 +418,26 @@ def test_a_call_in_flight_when_the_gateway_dies_is_charged_its_worst_case(tmp_pa
     assert spend(root, program) == [{"agent": "claude", "model": "claude-sonnet-test", "tokens_in": worst.tokens_in,
                                      "tokens_out": 200, "dollars": dollars("claude-sonnet-test", worst, load_prices())}]
     assert held(root, program) == [] and "1 call(s) in flight when the gateway last stopped" in said[0]
+
+
+def test_a_call_that_breaks_off_after_it_reached_the_provider_is_charged_its_worst_case(tmp_path):
+    """A reply that breaks the gateway's relay partway (an IncompleteRead, say) reached the
+    provider, which charges for it: its hold was let go as if it had not, and the call was free."""
+    with serving(tmp_path, usage={"input": 10, "output": 200}) as (root, program, llm, gw, tokens):
+        handler, relay = gw.server.RequestHandlerClass, gw.server.RequestHandlerClass.relay
+
+        def breaks_off(self, reply):
+            relay(self, reply)
+            raise http.client.IncompleteRead(b"")
+        handler.relay = breaks_off
+        body = {"model": "claude-sonnet-test", "max_tokens": 200, "messages": [{"role": "user", "content": "hi"}]}
+        with contextlib.suppress(OSError):
+            call(gw, "POST", "/anthropic/v1/messages", tokens["claude"], body)
+        assert len(llm.requests) == 1
+        worst = worst_case(body, len(json.dumps(body, separators=(",", ":")).encode()))
+        assert [(r["tokens_out"], r["dollars"]) for r in spend(root, program, calls=1)] == [
+            (200, dollars("claude-sonnet-test", worst, load_prices()))]
+        assert held(root, program) == []
 
 
 def test_the_gateway_files_are_private_and_the_keys_file_must_be(tmp_path, org):

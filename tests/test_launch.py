@@ -26,7 +26,7 @@ from agentlab import tiny_program
 from org.agents.control import Control
 from org.cli import main
 from org.lab import Lab
-from org.ledger import pid_alive
+from org import pid_alive
 from org.mail import Mail
 from org.panes import Grid, read_state
 

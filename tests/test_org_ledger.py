@@ -156,6 +156,23 @@ def test_refused_runs_and_spend_stay_queryable(ledger):
     assert spend["dollars"] == pytest.approx(0.035)
 
 
+def test_a_calls_hold_is_apart_until_metered_and_a_dead_gateways_is_charged_its_worst_case(ledger):
+    """The gateway holds a call's worst case as a row before it goes upstream: apart from the
+    spend while in flight, its usage once metered, gone if the provider refused it, and its worst
+    case for good if the gateway died first (charge_held, at the next gateway's start)."""
+    metered, refused, lost = (ledger.record_spend("softcap", "alice", "claude-x", 4000, 1000, 0.5, held=True)
+                              for _ in range(3))
+    assert ledger.spend("softcap") == {"agents": {}, "dollars": 0, "held": {"alice": pytest.approx(1.5)}}
+    ledger.meter_spend(metered, 1000, 200, 0.02)
+    ledger.let_go(refused)
+    ledger.let_go(metered)  # (metered: not a hold any more, so it stays)
+    assert ledger.spend("softcap")["agents"]["alice"]["dollars"] == pytest.approx(0.02)
+    assert ledger.spend("softcap")["held"] == {"alice": pytest.approx(0.5)}
+    assert [r["id"] for r in ledger.charge_held("softcap")] == [lost]
+    spend = ledger.spend("softcap")
+    assert spend["dollars"] == pytest.approx(0.52) and spend["held"] == {} and ledger.charge_held("softcap") == []
+
+
 def test_bad_status_is_rejected_by_the_schema(ledger):
     experiment = add_experiment(ledger, "x", seeds=[0])
     with pytest.raises(sqlite3.IntegrityError):

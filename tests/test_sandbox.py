@@ -625,25 +625,41 @@ def test_a_command_cannot_read_the_persons_credentials(two_agents, outside_tmp, 
         assert secret not in out, out
 
 
-def test_a_command_cannot_read_another_labs_keys_or_mail(two_agents, outside_tmp):
-    """Two clones of the project on one machine (two orgs compared, say): the other lab's state is
-    the same user's, so its gateway's keys (0600) and its agents' mail were one `cat` away, and a
-    tool's output carries what it reads to the model's provider. Every lab a program is started in
-    goes on the person's list, and every box hides them all as it starts, a lab started after
-    the agent's own too."""
+def test_a_command_cannot_read_another_labs_keys_mail_or_commits(two_agents, outside_tmp):
+    """Two clones of the project on one machine (two orgs compared, say): the other lab is the
+    same user's, so its gateway's keys (0600), the keys file its launch was given, its agents'
+    mail and their commits were one `cat` away, and a tool's output carries what it reads to the
+    model's provider. Every lab a program is started in goes on the person's list, and every box
+    hides them all as it starts, a lab started after the agent's own too, and one whose folders
+    are links to another disk (bwrap mounts over no link)."""
     from org import gateway
     from org.mail import Mail
     _, _, tools, _ = two_agents
     (outside_tmp / "other").mkdir()
     other_root, other = make_project(outside_tmp / "other", tiny_program([]), trainer=False)
     other_lab = lab_dir(other_root, other)
-    gateway.prepare(other_lab, {"claude": "anthropic"}, {"ANTHROPIC_API_KEY": "sk-ant-OTHER-LAB-0123456789"})
+    keys = outside_tmp / "elsewhere" / "other-keys.env"
+    keys.parent.mkdir()
+    keys.write_text("OPENAI_API_KEY=sk-OTHER-KEYS-FILE-0123456789\n")
+    keys.chmod(0o600)
+    gateway.prepare(other_lab, {"claude": "anthropic"}, {"ANTHROPIC_API_KEY": "sk-ant-OTHER-LAB-0123456789",
+                                                         "NANOLAB_KEYS_FILE": str(keys)})
     Mail(other_lab).send("bob", "alice", "OTHER-ORG-IDEA: try a softcap of 15")
-    assert subprocess.run(["grep", "-rq", "OTHER-ORG-IDEA", other_lab]).returncode == 0  # there, outside the box
-    out = run(tools, f"cat {other_lab}/gateway/keys.json; grep -r OTHER-ORG {other_root}/.lab; "
+    (other_root / "idea.md").write_text("OTHER-ORG-COMMIT\n")
+    subprocess.run(["git", "add", "idea.md"], cwd=other_root, check=True)
+    subprocess.run(["git", "commit", "-qm", "idea"], cwd=other_root, check=True)
+    disk = outside_tmp / "bigdisk" / "worktrees"  # the other lab's worktrees: a link to another disk
+    (disk / "tiny" / "carol").mkdir(parents=True)
+    (disk / "tiny" / "carol" / "notes.md").write_text("OTHER-ORG-WORKTREE\n")
+    (other_root / "worktrees").symlink_to(disk)
+    out = run(tools, f"cat {other_lab}/gateway/keys.json {keys}; grep -r OTHER-ORG {other_root}/.lab {other_root}/worktrees/; "
+                     f"git --git-dir={other_root}/.git log -p --all | grep OTHER; "
                      f"echo in .lab: $(ls -A {other_root}/.lab).; ls {other_root}; echo done")
     assert "done" in out and "programs" in out, out  # the other clone itself is there, read-only
-    assert "sk-ant-OTHER" not in out and "OTHER-ORG-IDEA" not in out and "in .lab: ." in out, out
+    for secret in ("sk-ant-OTHER", "sk-OTHER-KEYS", "OTHER-ORG-IDEA", "OTHER-ORG-COMMIT", "OTHER-ORG-WORKTREE"):
+        assert secret not in out, out
+    assert subprocess.run(["grep", "-rq", "OTHER-ORG-IDEA", other_lab]).returncode == 0  # there, outside the box
+    assert "in .lab: ." in out
 
 
 FORKS = """
