@@ -15,6 +15,7 @@ The runner (org/runner.py) executes the queue these fill.
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import subprocess
@@ -160,6 +161,17 @@ def plan(ledger: Ledger, program: Program, experiment: dict):
     plan_replication(ledger, program)
 
 
+def plan_all(ledger: Ledger, program: Program):
+    """plan() for every experiment, with the program's decisions and fresh seeds planned once:
+    once an experiment, they read every run of the program each time (a thousand refused
+    experiments, which cost their agent nothing, took the runner's every drain)."""
+    for experiment in ledger.experiments(program.name):
+        plan_runs(ledger, program, experiment)
+    for front in decide_ready(ledger, program):
+        plan_runs(ledger, program, front)
+    plan_replication(ledger, program)
+
+
 def plan_replication(ledger: Ledger, program: Program):
     """Fresh seeds for every arm whose claim stands on its main seeds (better or no regression,
     confirmed on the held-out split) and has none yet: program.fresh_seeds of them, drawn now, so
@@ -248,10 +260,12 @@ def held_for_checks(ledger: Ledger, program: Program) -> tuple[float, float]:
 
 def run_cost(ledger: Ledger, program: Program) -> float:
     """The median runner time (training and measurement) of the baseline's completed runs, the
-    program's own code (an agent's could be made to cost anything), or 0 before one completes."""
+    program's own code (an agent's could be made to cost anything), or its run timeout, the most
+    a run may train, before one completes (priced at 0 then, agents' runs started unheld, and
+    once started they went on: a `tune` grid queued ahead of the baseline's runs spent it all)."""
     costs = [r["wall_seconds"] + (r["measure_seconds"] or 0) for r in ledger.runs(program.name, arm="baseline")
              if r["status"] == "completed" and r["purpose"] in ("main", "repeat") and r["wall_seconds"]]
-    return min(statistics.median(costs), program.budget.run_timeout_seconds) if costs else 0.0
+    return min(statistics.median(costs) if costs else math.inf, program.budget.run_timeout_seconds)
 
 
 def plan_runs(ledger: Ledger, program: Program, experiment: dict):

@@ -48,7 +48,7 @@ from org.ledger import Ledger, budget_of
 from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, evaluator_env, export_for_models,
                           job_for, leave_the_record, measure_run, models_data, planted, put_aside, read_result, runs_data,
                           split_key_file, tidy_runs, worker_command)
-from org.experiments import budget_note, plan, refusal, runs_own_code, waiting_for_budget
+from org.experiments import budget_note, plan, plan_all, refusal, runs_own_code, waiting_for_budget
 from org.improve import sync_branch
 from org.program import Program
 from org.reaper import last_change, reap
@@ -121,9 +121,7 @@ def train_command(program: Program, overrides: dict, seed: int, out: Path, budge
             "--confirm-tokens", str(data.val_tokens),  # the held-out split the referee confirms on
             "--batch-size", str(train.batch_size), "--seq-len", str(train.seq_len),
             "--device", train.device, "--dtype", train.dtype, "--matmul", train.matmul]
-    if train.eval_every:
-        cmd += ["--eval-every", str(train.eval_every)]
-    return cmd
+    return cmd + (["--eval-every", str(train.eval_every)] if train.eval_every else [])
 
 
 def _flag_value(value) -> str:
@@ -192,8 +190,7 @@ class Runner:
             if not self.tidied:  # once a runner: `org serve` drains every second
                 tidy_runs(self.runs_dir, ledger.runs(self.program.name), self.say)
                 self.tidied = True
-            for experiment in ledger.experiments(self.program.name):
-                plan(ledger, self.program, experiment)  # finish planning a crash interrupted
+            plan_all(ledger, self.program)  # finish planning a crash interrupted
             sync_branch(self.lab, ledger, self.program)  # and moving the frontier's branch
             if not self.code_may_run:
                 self._check_unboxed(ledger.runs(self.program.name, status="queued"), ledger)
@@ -347,14 +344,16 @@ class Runner:
         """True when `baseline_every` measuring runs of other arms were claimed since the
         baseline last re-ran a seed, and other work is still queued (so the re-runs bracket it).
         Counted from its last re-run, not its last run: the queue goes seed by seed, so a
-        baseline run of the next seed comes every few runs, and it measures no drift."""
+        baseline run of the next seed comes every few runs, and it measures no drift. A run that
+        ended in error, invalid or refused counts for none (code that crashed at once bought a
+        baseline re-run with a few seconds of its agent's)."""
         name = self.program.name
         since = 0
         for r in sorted((r for r in ledger.runs(name) if r["claim_seq"] and r["purpose"] != "tune"),
                         key=lambda r: r["claim_seq"], reverse=True):
             if r["purpose"] == "repeat":
                 break
-            since += r["arm"] != "baseline"
+            since += r["arm"] != "baseline" and r["status"] not in ("error", "invalid", "refused")
         return since >= self.program.runner.baseline_every and bool(ledger.runs(name, status="queued"))
 
     def _claim_repeat(self, ledger: Ledger, slot: Slot) -> dict | None:

@@ -229,6 +229,30 @@ def test_an_agents_share_of_the_compute_holds_its_queue_back_not_its_teammates(t
         assert waiting_for_budget(ledger, program) == []  # (bob's never waited: its share is its own)
 
 
+def test_before_the_baseline_has_a_run_on_record_an_agents_experiment_is_priced_at_the_run_timeout(tmp_path):
+    """Admission prices a run at the baseline's median cost, which was 0 until one completed: an
+    agent's experiments started unheld then (a `tune` grid, queued ahead of the baseline's runs,
+    or a second slot's while the baseline's first run trained), and once started they went on,
+    whatever they cost. Until a baseline run completes, a run is priced at the run timeout."""
+    from org.experiments import waiting_for_budget
+    from org.program import Program
+    spec = tiny_program(claim={"kind": "non-inferiority", "margin": 1.0, "fresh_seeds": 2})
+    spec["budget"].update(seeds=[0, 1, 2], total_compute_seconds=2000, run_timeout_seconds=300)
+    program = Program.model_validate(spec)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.add_program(program.name, program.model_dump(mode="json"), base_commit="b", branch="program/tiny")
+        experiments = {}
+        for arm, who in (("baseline", "program"), ("alice-1", "alice")):
+            e = ledger.experiment(ledger.add_experiment(program.name, arm, who=who, source="declared" if who == "program"
+                                                        else "submitted", base_commit="b", code_commit="b",
+                                                        overrides={}, stage="measuring"))
+            experiments[arm] = [ledger.add_run(e, "main", seed, 1 + seed, {}, ("steps", 3)) for seed in (0, 1, 2)]
+        # 4 fresh-seed runs held at 300 s: 1200 s; alice's 3 at 300 s do not fit in the 800 s left
+        assert waiting_for_budget(ledger, program) == [ledger.run(experiments["alice-1"][0])["experiment_id"]]
+        ledger.finish(experiments["baseline"][0], "completed", wall_seconds=10.0)  # then at its cost
+        assert waiting_for_budget(ledger, program) == []
+
+
 def test_code_that_knows_the_programs_seeds_is_not_replicated_on_fresh_ones(make_project):
     """The seed cherry-pick, end to end: an arm whose code trains the program's seeds as the
     baseline does (near enough: softcap 15.5) and every other seed badly (softcap 1). On seeds 0-2
@@ -470,6 +494,23 @@ def test_every_arm_gets_the_same_seeds_and_the_baseline_is_interleaved(make_proj
     first = {r["seed"]: r["val_bpb"] for r in runs if r["arm"] == "baseline" and r["purpose"] == "main"}
     assert all(r["val_bpb"] == first[r["seed"]] for r in runs if r["purpose"] == "repeat")  # bit for bit: what
     # an improvement program's canaries stand on (org/improve.py: tolerance)
+
+
+def test_code_that_crashes_at_once_buys_no_baseline_re_runs(make_project):
+    """The baseline re-runs a seed every `baseline_every` runs of other arms, on the program's
+    budget. Runs that crashed at once counted: an agent's experiments whose code exits at import
+    bought a full baseline re-run for every two of its few-second runs, and spent the budget its
+    teammates and the fresh-seed checks needed. Only runs that trained count."""
+    root = make_project(tiny_program(variants=[], runner={"baseline_every": 2, "threads_per_slot": 1},
+                                     budget={**tiny_program()["budget"], "seeds": [0, 1, 2]}))
+    for agent in ("crash-a", "crash-b"):
+        agent_commit(root, agent, "trainer/train.py", lambda text: text + f"\nraise SystemExit({agent!r})\n")
+        assert main(["submit", "tiny", "--arm", agent, "--ref", f"agent/tiny/{agent}/work"]) == 0
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        runs = ledger.runs("tiny")
+    assert sorted(r["status"] for r in runs if r["arm"] != "baseline") == ["error"] * 6
+    assert [r["purpose"] for r in runs if r["arm"] == "baseline"] == ["main"] * 3  # no re-run bought
 
 
 def test_a_run_past_its_timeout_is_killed_by_the_runner(make_project):
