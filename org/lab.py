@@ -52,14 +52,15 @@ STATE_DIRS = ("runs", "snapshots", "mail", "transcripts")
 # (a repository an agent nests in its worktree has a config of its own, its filters commands:
 # git's status looks inside every submodule, and would run them as whoever runs it)
 HARDENED_GIT = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "core.attributesFile": "/dev/null",
-                "diff.ignoreSubmodules": "all", "submodule.recurse": "false",
-                "core.commitGraph": "false",  # (written by a person's gc: the objects, never their summary)
-                "index.version": "2", "core.splitIndex": "false"}  # (what plain_index reads: org/launch.py)
+                "diff.ignoreSubmodules": "all", "submodule.recurse": "false", "index.version": "2",
+                "core.splitIndex": "false",  # (what plain_index reads: org/launch.py)
+                "core.commitGraph": "false"}  # (written by a person's gc: the objects, never their summary)
 # files that run or shadow code without being a module's source, wherever they are
 SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
 SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
 MAX_NAME_BYTES = 255  # a file's name, on every file system a lab lies on
 MAX_DEPTH = 256  # folders in folders: no project nests deeper, and a walk of ours recurses
+MAX_ENTRIES = 100_000  # files and folders a commit names (a folder's tree named 3000 times, each naming 3000: 10^7)
 MAX_STAGED = 100_000  # the staged blobs a takeover takes in
 RETRY_SECONDS = 60  # before a take-in that failed is tried again as tool calls end
 AGENT_TAKEN = 16 << 30  # what an agent's work may add to the shared objects over a program (its trees' bound)
@@ -246,13 +247,9 @@ class Lab:
         or package beside a protected file (trainer/eval/ or trainer/eval.so next to
         trainer/eval.py) would be imported instead of it."""
         shadows = [p[:-len(".py")] for p in protected if p.endswith(".py")]
-        bad = []
-        for path in self.changed_paths(base, commit, added_or_modified=True):
-            parts = path.split("/")
-            if (path.endswith(SHADOWING_SUFFIXES) or any(p in SHADOWING_NAMES for p in parts)
-                    or any(path.startswith(m + "/") or (path.startswith(m + ".") and path != m + ".py")
-                           for m in shadows)):
-                bad.append(path)
+        bad = [path for path in self.changed_paths(base, commit, added_or_modified=True)
+               if path.endswith(SHADOWING_SUFFIXES) or any(p in SHADOWING_NAMES for p in path.split("/"))
+               or any(path.startswith(m + "/") or (path.startswith(m + ".") and path != m + ".py") for m in shadows)]
         if not bad:
             return None
         return (f"the commit adds files that could shadow code at import time or change the snapshot "
@@ -432,11 +429,13 @@ class Lab:
 
     def _walk(self, commit: str) -> dict[str, tuple[str, str]]:
         tree = self.verified(commit, b"commit").split(b"\n", 1)[0].removeprefix(b"tree ").decode()
-        out = {}
+        out, folders = {}, itertools.count()
 
         def walk(oid: str, prefix: str):
             if prefix.count("/") > MAX_DEPTH:  # (and Python's own stack: 1000 frames)
                 raise LabError(f"commit {commit[:10]}: {prefix[:60]}... nests folders over {MAX_DEPTH} deep")
+            if next(folders) + len(out) > MAX_ENTRIES:  # (the harness's memory and time, outside every box)
+                raise LabError(f"commit {commit[:10]} names over {MAX_ENTRIES} files and folders: code, not data")
             names = set()
             for binsha, mode, name in tree_entries_from_data(self.verified(oid, b"tree")):
                 mode, child = f"{mode:o}", binsha.hex()

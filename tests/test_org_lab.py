@@ -413,8 +413,9 @@ def test_an_object_the_lab_has_is_taken_as_the_kind_it_is(lab):
 def test_a_failed_take_in_waits_before_it_is_read_again_and_deep_trees_are_refused(lab, monkeypatch):
     """A take-in that fails may inflate a GB of junk first, and take_in_work runs as every tool
     call ends (every 2 s for a CLI): it is tried again only after RETRY_SECONDS. A tree nested
-    over MAX_DEPTH deep is one line (the walk recursed: RecursionError past 1000)."""
-    from org.lab import MAX_DEPTH, RETRY_SECONDS
+    over MAX_DEPTH deep is one line (the walk recursed: RecursionError past 1000), and so is one that
+    names over MAX_ENTRIES files and folders."""
+    from org.lab import MAX_DEPTH, MAX_ENTRIES, RETRY_SECONDS
     lab.start_program("softcap")
     alice, tree = lab.agent_objects("softcap", "alice"), lab.add_worktree("softcap", "alice")
     commit, names = commit_in_own_folder(lab, tree, alice, "trainer/model.py", "WIDTH = 96\n")
@@ -445,6 +446,14 @@ def test_a_failed_take_in_waits_before_it_is_read_again_and_deep_trees_are_refus
     top = lab.repo.git.commit_tree(deep, "-m", "deep")
     with pytest.raises(LabError, match=f"nests folders over {MAX_DEPTH} deep"):
         lab.files(top)
+    # and wide: a tree of 1000 entries named 1000 times is 10^6 files in 30 KB (10^9 with one level more),
+    # each walked, and kept, by the harness, outside every box
+    wide = lab.repo.git.rev_parse("program/softcap:trainer/model.py")
+    for mode, kind in (("100644", "blob"), ("040000", "tree")):
+        wide = subprocess.run(["git", "mktree"], cwd=lab.root, input="".join(f"{mode} {kind} {wide}\tf{i}\n" for i in range(1000)),
+                              text=True, capture_output=True, check=True).stdout.strip()
+    with pytest.raises(LabError, match=f"names over {MAX_ENTRIES} files and folders"):
+        lab.files(lab.repo.git.commit_tree(wide, "-m", "wide"))
 
 
 def test_an_index_swapped_for_a_fifo_hangs_no_take_in_of_what_it_stages(lab):
