@@ -213,8 +213,10 @@ def waiting_for_budget(ledger: Ledger, program: Program) -> list[int]:
     work spent the whole budget, and a claim that stood late stayed "awaiting replication" for
     good. With budget.agent_compute_seconds, also one whose agent's runs so far, and those it has
     started or queued before it, would pass that share: one agent's queue spent the compute its
-    teammates had to try their ideas with. What has started, and the program's own arms, always
-    go on; the first to come, first."""
+    teammates had to try their ideas with. What has started goes on, unless its agent's runs have
+    used its whole share (priced at the baseline's median, experiments let in together passed it
+    3.5x: an agent's code may train to the timeout); the program's own arms always go on; the first
+    to come, first."""
     held, cost = held_for_checks(ledger, program)
     share = ledger.budget(program.name).get("agent_compute_seconds")
     if not cost or not (held or share):
@@ -229,9 +231,11 @@ def waiting_for_budget(ledger: Ledger, program: Program) -> list[int]:
     theirs = Counter()  # each agent's runner seconds: spent, and held for what it has started
     for r in runs:
         theirs[who[r["experiment_id"]]] += (r["wall_seconds"] or 0) + (r["measure_seconds"] or 0) + (r["lost_seconds"] or 0)
+    used = Counter(theirs)
     for experiment_id in started:
         theirs[who[experiment_id]] += cost * pending[experiment_id]
-    waiting = []
+    waiting = [e["id"] for e in experiments if e["source"] == "submitted" and e["id"] in started and pending[e["id"]]
+               and share is not None and used[e["who"]] >= share]
     for e in new:
         need = cost * pending[e["id"]]
         if (not held or need <= left) and (share is None or theirs[e["who"]] + need <= share):

@@ -227,6 +227,10 @@ def test_an_agents_share_of_the_compute_holds_its_queue_back_not_its_teammates(t
             ledger, program, [alice[3]])
         ledger.change_budget(program.name, {"agent_compute_seconds": 120}, "test")
         assert waiting_for_budget(ledger, program) == []  # (bob's never waited: its share is its own)
+        # what has started goes on, but not past the share: alice's code trained to 200 s, not the 10 s priced
+        run = ledger.claim(program.name, 0, arm="alice-0")
+        ledger.finish(run["id"], "completed", wall_seconds=200.0)
+        assert waiting_for_budget(ledger, program) == alice  # its started one too (2 runs left)
 
 
 def test_before_the_baseline_has_a_run_on_record_an_agents_experiment_is_priced_at_the_run_timeout(tmp_path):
