@@ -114,8 +114,7 @@ def train_command(program: Program, overrides: dict, seed: int, out: Path, budge
     amount, data, train = int(amount) if kind in ("steps", "tokens") else amount, program.data, program.train
     source, tokenizer = (str(data_dir), "bytes") if data_dir else (data.source, data.tokenizer)
     cmd = [sys.executable, "-m", "trainer", "train", "--preset", program.baseline.preset]
-    for key, value in overrides.items():
-        cmd += ["--set", f"{key}={_flag_value(value)}"]
+    cmd += [arg for key, value in overrides.items() for arg in ("--set", f"{key}={_flag_value(value)}")]
     cmd += ["--seed", str(seed), "--out", str(out), "--quiet", BUDGET_FLAGS[kind], _flag_value(amount),
             "--data", source, "--tokenizer", tokenizer, "--val-tokens", str(data.val_tokens),
             "--confirm-tokens", str(data.val_tokens),  # the held-out split the referee confirms on
@@ -258,9 +257,10 @@ class Runner:
 
     # --- recovery --------------------------------------------------------------------------
 
-    def recover(self, ledger: Ledger, why: str = "died mid-run"):
+    def recover(self, ledger: Ledger, why: str = "died mid-run", just_now: bool = False):
         """Runs whose runner died (or was stopped: `why`): keep a finished result, else set the
-        partial directory aside (never deleted) and put the run back in the queue."""
+        partial directory aside (never deleted) and put the run back in the queue, its attempt
+        charged to its last write, or to now where the runner ended `just_now` (`org stop`)."""
         for run in ledger.stale_runs(self.program.name):
             run_dir = Path(run["run_dir"]) if run["run_dir"] else self.runs_dir / str(run["id"])
             if run["job_id"] and self.jobs and self.jobs.status(run["job_id"]) in ("PENDING", "RUNNING"):
@@ -279,7 +279,8 @@ class Runner:
                 self.say(f"recovered run {run['id']}: result.json was written before the runner died")
                 continue
             put_aside(run_dir)
-            ledger.requeue(run["id"], f"runner pid {run['runner_pid']} {why}; re-queued", (changed or started) - started)
+            ledger.requeue(run["id"], f"runner pid {run['runner_pid']} {why}; re-queued",
+                           (time.time() if just_now else changed or started) - started)
             self.say(f"re-queued run {run['id']} (its runner {why})")
 
     def remeasure(self, ledger: Ledger):

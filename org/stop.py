@@ -73,7 +73,8 @@ def stop_now(launch: ProgramSite, timeout: float) -> list[str]:
     if launch.ledger_path.exists():  # runs a killed runner left 'running' go back to the queue now
         with contextlib.closing(Lab.open(launch.root)) as lab, Ledger(launch.ledger_path) as ledger:
             Runner(lab, launch.program, launch.ledger_path, say=lambda text: None).recover(
-                ledger, why="was stopped by `org stop`")
+                ledger, why="was stopped by `org stop`", just_now=True)  # (a trainer that wrote nothing till its end:
+            # charged to its last write, it was charged nothing)
     lines += remove_worktrees(launch)
     lines.insert(0, f"stopped {launch.name}" if was_running else f"{launch.name} was not running; cleaned up")
     if launch.ledger_path.exists():

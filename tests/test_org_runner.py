@@ -666,6 +666,33 @@ def test_a_result_written_just_before_the_runner_died_is_recorded_not_rerun(make
     assert run["wall_seconds"] >= float(took), (run["wall_seconds"], took)
 
 
+def test_org_stop_charges_a_lost_attempt_up_to_the_stop_not_to_its_last_write(make_project):
+    """A runner stopped by `org stop` (or killed past its grace) leaves its runs 'running', and the
+    stop puts them back in the queue at once: their attempts were charged up to their directory's
+    last write, so code that writes nothing until its end trained for free on every stop. Right
+    after a stop, the attempt is charged up to now (after a crash, downtime is not the run's)."""
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    code = """if True:
+        from pathlib import Path
+        from org.ledger import Ledger
+        ledger = Ledger('.lab/tiny/ledger.sqlite')
+        run = ledger.claim('tiny', 0)
+        out = Path('.lab/tiny/runs', str(run['id'])).resolve()
+        out.mkdir(parents=True)
+        ledger.mark_started(run['id'], None, ['python', '-m', 'trainer'], out, out / 'train.log')
+        print(run['id'], out)
+    """
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    died, out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                               check=True).stdout.split()
+    time.sleep(3)  # it trains 3 s, writing nothing
+    with ledger_of(root) as ledger, contextlib.closing(Lab.open(root)) as lab:
+        Runner(lab, load_program(root / "programs" / "tiny.yaml"), root / ".lab/tiny/ledger.sqlite",
+               say=lambda text: None).recover(ledger, why="was stopped by `org stop`", just_now=True)
+        run = ledger.run(int(died))
+    assert run["status"] == "queued" and 3 <= run["lost_seconds"] < 30, run["lost_seconds"]
+
+
 def test_a_process_of_the_run_that_outlives_its_trainer_writes_nothing_after_recovery(make_project):
     """Recovery reads a dead runner's run directory only once every process the run started is
     gone. A box's processes die a moment after bwrap (its PID 1 goes, then the kernel kills the
