@@ -62,6 +62,7 @@ MAX_NAME_BYTES = 255  # a file's name, on every file system a lab lies on
 MAX_DEPTH = 256  # folders in folders: no project nests deeper, and a walk of ours recurses
 MAX_ENTRIES = 100_000  # files and folders a commit names (a folder's tree named 3000 times, each naming 3000: 10^7)
 MAX_STAGED = 100_000  # the staged blobs a takeover takes in
+MAX_DIFF_WORK = 1_000_000  # line pairs difflib may weigh (quadratic: 50k lines, interleaved, took 98 s outside every box)
 RETRY_SECONDS = 60  # before a take-in that failed is tried again as tool calls end
 AGENT_TAKEN = 16 << 30  # what an agent's work may add to the shared objects over a program (its trees' bound)
 
@@ -590,10 +591,10 @@ class Lab:
 
 def added_lines(before: bytes, after: bytes) -> bytes:
     """What `after` adds to `before`: its inserted or replacing lines (as `git diff --unified=0`
-    shows them); all of it for binary content, or past 1 MB, where a line diff is no measure."""
-    binary = b"\0" in before[:8000] or b"\0" in after[:8000]
-    if binary or max(len(before), len(after)) > 1 << 20:
-        return after
+    shows them); all of it for binary content, past 1 MB, or past MAX_DIFF_WORK line pairs."""
     a, b = before.splitlines(keepends=True), after.splitlines(keepends=True)
+    if (b"\0" in before[:8000] or b"\0" in after[:8000] or max(len(before), len(after)) > 1 << 20
+            or len(a) * len(b) > MAX_DIFF_WORK):
+        return after
     return b"".join(line for tag, _, _, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes()
                     if tag in ("insert", "replace") for line in b[j1:j2])

@@ -640,6 +640,20 @@ def test_a_commit_carries_code_not_weights(lab):
     assert lab.code_refusal(base, binary, ["trainer/eval.py"], 64) == lab.oversized(base, binary, 64)
 
 
+def test_a_file_no_line_diff_can_weigh_quickly_is_carried_whole():
+    """What a commit carries is weighed by a line diff (difflib), in the harness, outside every box,
+    at submit and again as each run starts: it is quadratic, and a file of 50,000 lines interleaved
+    with themselves reversed took 98 s (20,000: 16 s), each file of a commit. Past MAX_DIFF_WORK
+    line pairs the file counts whole, as binary content does."""
+    from org.lab import MAX_DIFF_WORK, added_lines
+    lines = [f"{i:08d}\n".encode() for i in range(20_000)]
+    interleaved = b"".join(line for pair in zip(lines, reversed(lines)) for line in pair)
+    assert 20_000 * 40_000 > MAX_DIFF_WORK
+    assert added_lines(b"".join(lines), interleaved) == interleaved
+    edited = b"".join(lines[:600]).replace(b"00000300", b"WIDTH=96")  # a module's size: weighed line by line
+    assert added_lines(b"".join(lines[:600]), edited) == b"WIDTH=96\n"
+
+
 def test_overrides_carry_no_weights_either(lab):
     """A string override could hold what a commit may not."""
     import base64
