@@ -54,7 +54,10 @@ STATE_DIRS = ("runs", "snapshots", "mail", "transcripts")
 HARDENED_GIT = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "core.attributesFile": "/dev/null",
                 "diff.ignoreSubmodules": "all", "submodule.recurse": "false", "index.version": "2",
                 "core.splitIndex": "false",  # (what plain_index reads: org/launch.py)
-                "core.commitGraph": "false"}  # (written by a person's gc: the objects, never their summary)
+                "core.commitGraph": "false",  # (written by a person's gc: the objects, never their summary)
+                # a link an agent commits is checked out as a file naming its target: made by our
+                # checkout, outside every box, `org -> ../../../.lab` bound the lab into the next
+                "core.symlinks": "false"}
 # files that run or shadow code without being a module's source, wherever they are
 SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
 SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")

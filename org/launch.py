@@ -503,11 +503,23 @@ def git(cwd: Path, *args: str, env: dict | None = None, raw: bool = False) -> st
     base = {"GIT_CONFIG_GLOBAL": os.devnull, **(env or {})}
     listed = bounded_git(cwd, ["config", "--name-only", "--get-regexp", r"^filter\."], {**hardened_git_env(), **base})
     filters = sorted({key[len("filter."):key.rindex(".")] for key in listed.stdout.split()})  # (exit 1: none)
-    out = bounded_git(cwd, list(args), {**hardened_git_env(filters), **base}, raw)
+    out = bounded_git(cwd, blind_to_submodules(args), {**hardened_git_env(filters), **base}, raw)
     if out.returncode != 0:
         stderr = out.stderr.decode(errors="replace") if raw else out.stderr
         raise OrgError(f"git {' '.join(args[:2])} in {cwd} failed: {stderr.strip()[-300:]}")
     return out.stdout if raw else out.stdout.rstrip()
+
+
+def blind_to_submodules(args) -> list[str]:
+    """A status or diff told --ignore-submodules=all: a .gitmodules the agent commits may say
+    `ignore = none` for its nested repository, which git reads over any config (diff.ignoreSubmodules
+    is a default); only the command line is stronger. Else git looks inside, running its filters."""
+    args, at = list(args), 0
+    while at < len(args) and args[at].startswith("-"):  # git's own options: `-c key=value`
+        at += 2 if args[at] == "-c" else 1
+    if at < len(args) and args[at] in ("status", "diff"):
+        args.insert(at + 1, "--ignore-submodules=all")
+    return args
 
 
 def bounded_git(cwd: Path, args: list[str], env: dict, raw: bool = False) -> subprocess.CompletedProcess:

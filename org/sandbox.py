@@ -194,6 +194,10 @@ class Sandbox:
         for path in unseen:  # a file: read as empty
             if path.exists() and not path.is_dir():
                 box += ["--ro-bind", "/dev/null", str(path)]
+        linked = [p for p in self.readonly + self.sockets + self.frozen if through_link(p, self.writable)]
+        if linked:  # bwrap's mounts follow links: a bind meant for the tree's file lands where one points
+            raise SandboxError(f"no box is made: {linked[0]} passes through a link inside {self.writable[0]}, "
+                               "where the box's owner writes; a box binds nothing through one")
         # (a writable tree may lie inside a read-only one: .git/agent-objects/...); what the box runs, back
         for path in self.readonly + self.sockets + used:
             if path.exists():
@@ -377,6 +381,18 @@ def resolved(paths) -> list[Path]:
 
 def inside(path: Path, trees: list[Path]) -> bool:
     return any(path.is_relative_to(tree) for tree in trees)
+
+
+def through_link(path: Path, trees: list[Path]) -> bool:
+    """Whether a path inside one of `trees` passes through a link there (at or below the tree)."""
+    for tree in trees:
+        if Path(path).is_relative_to(tree):
+            at = Path(tree)
+            for part in Path(path).relative_to(tree).parts:
+                at = at / part
+                if at.is_symlink():
+                    return True
+    return False
 
 
 # --- GPUs: only the box's own ------------------------------------------------------------

@@ -83,8 +83,10 @@ def cmd_takeover(args) -> int:
         objects = snapshot_objects(launch, agent)
         shutil.rmtree(objects, ignore_errors=True)  # (a crash's, or an earlier try's)
         taken = snapshot_or_why(tree, objects)
-    write_atomically(launch.lab_dir / "takeover" / f"{agent}.json", json.dumps({**taken, "head": head, "at": now()}))
-    for line in mended:
+        nested, said = set_aside_nested(launch, agent) if backend != "claude-code" else ([], [])
+    write_atomically(launch.lab_dir / "takeover" / f"{agent}.json",
+                     json.dumps({**taken, "head": head, "at": now(), "nested": nested}))
+    for line in mended + said:
         print(f"mended: {line}")
     hint = f"TAKEN OVER · C-b {RELEASE_KEY} or `org release {agent}` hands it back"
     if backend == "claude-code":  # the CLI itself is the person's: its Stop hook lets it stop
@@ -110,6 +112,53 @@ def take_in(launch: ProgramSite, agent: str) -> list[str]:
             staged = plain_index(lab.admin_dir(tree) / "index")
         lab.take_in_work(tree, branch, index=staged)
         return mend_worktree(lab, tree, branch)
+
+
+def set_aside_nested(launch: ProgramSite, agent: str) -> tuple[list[str], list[str]]:
+    """Each repository nested in the agent's worktree where its index or HEAD names a submodule,
+    moved out of the worktree while the person holds the pane: their git looks inside a submodule
+    whose .gitmodules says `ignore = none` (stronger than any config of ours but the command
+    line's), and runs that repository's own config, a filter (any command), as the person. With
+    no .git there, the submodule is not populated, and git looks at nothing inside. (the names set
+    aside, what to tell the person); `org release` puts them back."""
+    tree, aside = launch.worktree(agent), nested_aside(launch, agent)
+    shutil.rmtree(aside, ignore_errors=True)  # (a crash's: a release that did not finish put back what it could)
+    listed = git(tree, "ls-files", "-z", "--stage", raw=True) + b"\0" + git(tree, "ls-tree", "-r", "-z", "HEAD", raw=True)
+    names = sorted({line.split(b"\t", 1)[1] for line in listed.split(b"\0") if line.startswith(b"160000 ")})
+    moved, said = [], []
+    for name in map(os.fsdecode, names):
+        folder = tree / name
+        if os.path.realpath(folder) != os.path.join(os.path.realpath(tree), name) or not os.path.lexists(folder / ".git"):
+            continue  # (a link on the way: what lies there is not the worktree's; nothing there: nothing runs)
+        aside.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(folder / ".git", aside / str(len(moved)))
+        except OSError as e:
+            raise OrgError(f"{agent}'s worktree nests a repository at {name}, whose config your git would run; "
+                           f"it could not be set aside ({e.strerror}): move {folder / '.git'} away yourself") from None
+        moved.append(name)
+        said.append(f"{agent}'s worktree nests a repository at {name} (a submodule): its .git is set aside in "
+                    f"{aside / str(len(moved) - 1)} while the pane is yours (git would run its config as you)")
+    return moved, said
+
+
+def put_back_nested(launch: ProgramSite, agent: str, names: list[str]) -> list[str]:
+    """What set_aside_nested moved, back where it was (where nothing has taken its place)."""
+    tree, aside, said = launch.worktree(agent), nested_aside(launch, agent), []
+    for i, name in enumerate(names):
+        home = tree / name / ".git"
+        if os.path.lexists(aside / str(i)) and not os.path.lexists(home) and home.parent.is_dir():
+            os.rename(aside / str(i), home)
+        elif os.path.lexists(aside / str(i)):
+            said.append(f"the repository nested at {name} was set aside during the takeover, and {home} is "
+                        f"taken or gone now: it stays in {aside / str(i)}")
+    if not said:
+        shutil.rmtree(aside, ignore_errors=True)
+    return said
+
+
+def nested_aside(launch: ProgramSite, agent: str) -> Path:
+    return launch.lab_dir / "takeover" / f"{agent}.nested"
 
 
 def thaw_agent(launch: ProgramSite, agent: str):
@@ -167,6 +216,7 @@ def release(launch: ProgramSite, agent: str, note: str | None = None) -> str:
     mended = take_in(launch, agent)  # a CLI's commits since (its pane was handed over as it was)
     objects = snapshot_objects(launch, agent)
     message = "\n".join([change_note(launch.worktree(agent), taken, note, objects), *mended])
+    message = "\n".join([message, *put_back_nested(launch, agent, taken.get("nested", []))])
     Control(launch.lab_dir, agent).resume(message)  # the mail first, then the pause lifts
     record_path.unlink()
     shutil.rmtree(objects, ignore_errors=True)

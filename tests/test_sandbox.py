@@ -27,7 +27,7 @@ from org.agents.sandbox import git_identity
 from org.agents.tools import Tools
 from org import OrgError
 from org.cli import main
-from org.takeover import person_shell
+from org.takeover import person_shell, put_back_nested, set_aside_nested
 from org.workspace import ProgramSite
 from org.lab import Lab, agent_branch
 from org.objects import agent_objects
@@ -438,6 +438,61 @@ def test_a_repository_nested_in_a_worktree_runs_nothing_of_its_own_in_the_harnes
     finally:
         lab.close()
     assert not tools.ws.root.exists() and not escaped.exists()
+
+
+def test_a_submodule_whose_gitmodules_asks_to_be_looked_at_runs_nothing_in_the_harness(two_agents):
+    """The attack above, and a .gitmodules naming the nested repository with `ignore = none`: git
+    reads a submodule's own `ignore` over diff.ignoreSubmodules (only the command line's
+    --ignore-submodules is stronger), so the harness's `git status` (org stop, clean, launch,
+    release) looked inside it again and ran its filter as the person, and the person's own git
+    in a taken-over pane did the same. The harness's git says --ignore-submodules=all; a pane
+    taken over holds no populated submodule (its repository is set aside, and the person told)."""
+    from org.launch import git as harness_git
+    root, program, tools, _ = two_agents
+    escaped = root / "escaped"
+    attack = ("(unset GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES && git init -q sub && cd sub && "
+              "echo hi > f && echo 'f filter=pwn' > .gitattributes && git add . && git commit -qm s && "
+              f"git config filter.pwn.clean 'sh -c \"touch {escaped}; cat\"' && touch -d 2099-01-01 f) && "
+              "printf '[submodule \"s\"]\\n\\tpath = sub\\n\\tignore = none\\n' > .gitmodules && "
+              "git add sub .gitmodules && git commit -qm nested")
+    assert run(tools, attack).startswith("exit status 0")
+    for look in (["status", "--porcelain"], ["diff"], ["diff", "HEAD"], ["diff", "--stat", "HEAD~1", "HEAD"]):
+        harness_git(tools.ws.root, *look)
+        assert not escaped.exists(), look
+    site = ProgramSite(root, program, None)
+    nested, said = set_aside_nested(site, "alice")  # what `org takeover` does before the pane is the person's
+    assert nested == ["sub"] and "nests a repository at sub" in said[0] and not (tools.ws.root / "sub" / ".git").exists()
+    shell = person_shell(site, "alice")
+    for look in (["status"], ["diff"], ["diff", "--stat", "HEAD"], ["reset", "-q", "--hard"], ["status"]):
+        done = subprocess.run(["git", *look], cwd=tools.ws.root, env={**os.environ, **shell.env}, capture_output=True)
+        assert done.returncode == 0 and not escaped.exists(), (look, done.stderr)
+    assert put_back_nested(site, "alice", nested) == [] and (tools.ws.root / "sub" / ".git" / "config").exists()
+
+
+def test_a_link_an_agent_commits_binds_nothing_into_a_box(two_agents):
+    """A box cannot make a link (seccomp), but it can commit one: `org -> ../../../.lab`, written
+    to the index by hand. The harness's own checkout of its branch (`org launch` after a stop)
+    made the link, outside every box; the next CLI box froze its `org` read-only with a bind, and
+    bwrap's mount followed the link: the lab's .lab (keys, every token, the held-out split) was
+    bound into the box. The harness's git checks a link out as a file naming its target, and no
+    box binds a path that passes through a link its owner could have made."""
+    root, program, tools, _ = two_agents
+    attack = ("git update-index --add --cacheinfo 120000,$(printf ../../../.lab | git hash-object -w --stdin),org && "
+              "git commit -qm link")
+    assert run(tools, attack).startswith("exit status 0")
+    lab = Lab.open(root)
+    try:
+        lab.take_in_work(tools.ws.root, agent_branch(program.name, "alice"))
+        lab.remove_worktree(program.name, "alice")
+        tree = lab.add_worktree(program.name, "alice")
+    finally:
+        lab.close()
+    assert not (tree / "org").is_symlink() and (tree / "org").read_text() == "../../../.lab"
+    (tree / "org").unlink()  # (one a person's git made, or an older harness's)
+    (tree / "org").symlink_to("../../../.lab")
+    box = Sandbox(writable=[tree], frozen=[tree / "org" / "gateway", tree / ".git"])
+    with pytest.raises(sandbox.SandboxError, match="passes through a link"):
+        box.command(["true"], tree, {})
 
 
 def test_a_box_keeps_its_filter_where_the_home_is_not_writable_and_none_starts_without_one(tmp_path, monkeypatch):
