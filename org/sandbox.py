@@ -83,6 +83,7 @@ from pathlib import Path
 from org import OrgError, empty_file, user_cache
 from org.cgroups import JOIN, box_cgroups, cgroup_root
 from org.diskwatch import watch
+from org.objects import AGENT_OBJECTS
 from org import sourceless
 from org.unseen import code_private, lab_private, other_labs, source_files
 from org.seccomp import ABIS, box_filter
@@ -564,8 +565,12 @@ def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, o
     for folder in (refs, reflogs, own_objects / "pack", own_objects / "info"):
         folder.mkdir(parents=True, exist_ok=True)
     empty_file(Path(git_dir) / "config.worktree")  # read by every git there if the lab has extensions.worktreeConfig
+    # the other agents' folders of objects and their worktrees' admin dirs (index and all) hold
+    # what each has staged and not committed: hidden, the shared .git bound back but for them
+    theirs = [common / AGENT_OBJECTS, common / "worktrees"]
+    shared = [path for path in sorted(common.iterdir()) if path not in theirs]
     return Sandbox(writable=[worktree, own_objects, refs, reflogs, git_dir],
-                   readonly=[common], hidden=lab_private(lab_root),
+                   readonly=shared, hidden=lab_private(lab_root) + theirs,
                    # the pointers between the worktree and git_dir: rewritten, the next box's git_dir (Lab.admin_dir)
                    # could be any folder, and the harness's git calls would follow them; its folder's packs and
                    # info (its alternates): what the harness takes in is read object by object (org/objects.py)

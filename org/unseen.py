@@ -68,9 +68,9 @@ def other_labs() -> list[Path]:
             root = Path(entry.read_text().strip())
             if not root.is_absolute() or not root.exists():
                 entry.unlink()
-            elif (root / ".lab").is_dir():  # (its .git a folder: a linked worktree's .git file names its own)
-                hidden += [(root / name).resolve() for name in (".lab", "worktrees", ".git") if (root / name).is_dir()]
-                hidden += [path.resolve() for path in keys_files(root)]
+            elif (root / ".lab").is_dir():
+                hidden += [(root / name).resolve() for name in (".lab", "worktrees") if (root / name).is_dir()]
+                hidden += [path for path in git_dirs(root) if path.is_dir()] + [path.resolve() for path in keys_files(root)]
     return [folder, *hidden]
 
 
@@ -89,12 +89,18 @@ def code_private(lab_root: Path) -> list[Path]:
     and the lab's git. An agent's box writes git objects (it commits), and its cgroups' figures
     move as it likes (memory.usage_in_bytes): a run that read either could be handed what its agent
     worked out after submitting it, such as a table for the fresh seeds its claim is replicated on."""
-    git_dirs = [Path(lab_root) / ".git"]
-    if git_dirs[0].is_file():  # a linked worktree's: "gitdir: <its admin dir>", whose commondir names the store
-        admin = (Path(lab_root) / git_dirs[0].read_text().removeprefix("gitdir:").strip()).resolve()
-        common = admin / (admin / "commondir").read_text().strip() if (admin / "commondir").exists() else admin
-        git_dirs = [admin, common.resolve()]
-    return lab_private(lab_root) + git_dirs + prepared_data()
+    return lab_private(lab_root) + git_dirs(lab_root) + prepared_data()
+
+
+def git_dirs(lab_root: Path) -> list[Path]:
+    """The lab's .git, or where a linked worktree's .git file points: "gitdir: <its admin dir>",
+    whose commondir names the store (a lab made by `git worktree add` shares another's)."""
+    dot_git = Path(lab_root) / ".git"
+    if not dot_git.is_file():
+        return [dot_git.resolve()]
+    admin = (Path(lab_root) / dot_git.read_text().removeprefix("gitdir:").strip()).resolve()
+    common = admin / (admin / "commondir").read_text().strip() if (admin / "commondir").exists() else admin
+    return [admin, common.resolve()]
 
 
 def prepared_data() -> list[Path]:

@@ -38,7 +38,7 @@ from org import bytecode, sandbox
 from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_share, memory_limit, pids_root, process_limit
 from org.program import Program
 from org.sandbox import Limits, Sandbox, available
-from org.unseen import source_files
+from org.unseen import known_lab, source_files
 from test_org_runner import agent_commit, create_project, tiny_program as runner_program
 from trainer.shards import read_llmc_shard as read_llmc
 
@@ -252,6 +252,27 @@ def test_a_command_cannot_delete_or_spoil_another_agents_unsubmitted_work(two_ag
         run(bob_tools, 'rm -rf "$GIT_OBJECT_DIRECTORY"/??')
         with git.Repo(root) as repo:
             assert repo.git.show(f"{work}:notes.md") == "bob's work"
+    finally:
+        bob_tools.close()
+
+
+def test_a_command_cannot_read_what_another_agent_staged_but_did_not_commit(two_agents):
+    """Bob stages a file and does not commit: its blob lies in his own folder of objects, his
+    index names it. Alice's box read both (the shared .git is read-only in her box, not hidden):
+    every teammate's work in progress, before he chose to commit it. Her box sees no other agent's
+    folder of objects and no other worktree's admin dir; her own git works as before."""
+    root, program, alice, bob = two_agents
+    bob_tools = Tools("bob", program, root, bob, teammates=["alice"])
+    try:
+        assert run(bob_tools, "echo 'bob draft 42' > draft.md && git add draft.md && echo done").endswith("done\n")
+        common = "$(git rev-parse --git-common-dir)"
+        out = run(alice, f"ls {common}/agent-objects/*/; cat {common}/worktrees/bob/index | strings | grep draft; "
+                         f"find {common}/agent-objects {common}/worktrees -path '*bob*' | head -3")
+        assert "bob" not in out.replace("worktrees/bob/index", "") and "draft" not in out, out
+        assert "cannot access" in out or "No such file" in out, out
+        done = run(alice, "echo mine > mine.md && git add mine.md && git commit -qm mine && git log --oneline -1 && "
+                          "git show HEAD:mine.md && git status --short")
+        assert done.startswith("exit status 0") and "mine" in done, done
     finally:
         bob_tools.close()
 
@@ -707,11 +728,21 @@ def test_a_command_cannot_read_another_labs_keys_mail_or_commits(two_agents, out
     (disk / "tiny" / "carol").mkdir(parents=True)
     (disk / "tiny" / "carol" / "notes.md").write_text("OTHER-ORG-WORKTREE\n")
     (other_root / "worktrees").symlink_to(disk)
+    # a third lab made by `git worktree add` from a store of its own: its .git a file naming it
+    store, third = outside_tmp / "store.git", outside_tmp / "third"
+    subprocess.run(["git", "clone", "-q", "--bare", str(other_root), str(store)], check=True)
+    subprocess.run(["git", "-C", str(store), "worktree", "add", "-q", str(third)], check=True)
+    (third / "plan.md").write_text("OTHER-ORG-THIRD\n")
+    subprocess.run(["git", "add", "plan.md"], cwd=third, check=True)
+    subprocess.run(["git", "commit", "-qm", "plan"], cwd=third, check=True)
+    (third / ".lab").mkdir()
+    known_lab(third)
+    plain_git = "env -u GIT_OBJECT_DIRECTORY -u GIT_ALTERNATE_OBJECT_DIRECTORIES git"  # (the box's name its own store)
     out = run(tools, f"cat {other_lab}/gateway/keys.json {keys}; grep -r OTHER-ORG {other_root}/.lab {other_root}/worktrees/; "
-                     f"git --git-dir={other_root}/.git log -p --all | grep OTHER; "
+                     f"{plain_git} --git-dir={other_root}/.git log -p --all | grep OTHER; {plain_git} --git-dir={store} log -p --all | grep OTHER; "
                      f"echo in .lab: $(ls -A {other_root}/.lab).; ls {other_root}; echo done")
     assert "done" in out and "programs" in out, out  # the other clone itself is there, read-only
-    for secret in ("sk-ant-OTHER", "sk-OTHER-KEYS", "OTHER-ORG-IDEA", "OTHER-ORG-COMMIT", "OTHER-ORG-WORKTREE"):
+    for secret in ("sk-ant-OTHER", "sk-OTHER-KEYS", "OTHER-ORG-IDEA", "OTHER-ORG-COMMIT", "OTHER-ORG-WORKTREE", "OTHER-ORG-THIRD"):
         assert secret not in out, out
     assert subprocess.run(["grep", "-rq", "OTHER-ORG-IDEA", other_lab]).returncode == 0  # there, outside the box
     assert "in .lab: ." in out
