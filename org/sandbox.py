@@ -85,7 +85,7 @@ from org.cgroups import JOIN, box_cgroups, cgroup_root
 from org.diskwatch import watch
 from org.objects import AGENT_OBJECTS
 from org import sourceless
-from org.unseen import code_private, lab_private, other_labs, source_files
+from org.unseen import code_private, home_credentials, lab_private, other_labs, source_files
 from org.seccomp import ABIS, box_filter
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
@@ -188,7 +188,8 @@ class Sandbox:
                 box += ["--dev-bind", str(device), str(Path("/dev") / device.relative_to(DEVICES))]
         runtime = runtime_dirs()
         used = used_within(runtime, env)
-        unseen = self.hidden + other_labs()
+        here = [p.resolve() if p.is_symlink() else p for p in home_credentials()]  # (as __init__ does)
+        unseen = list(dict.fromkeys(self.hidden + other_labs() + here))
         hidden = sorted({p for p in unseen if p.is_dir()} | set(runtime), key=lambda p: len(p.parts))  # outer first
         for path in hidden:  # mounts apply in order: hide first, then expose what is needed
             box += ["--size", "65536", "--tmpfs", str(path)]

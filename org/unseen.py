@@ -32,12 +32,17 @@ def lab_private(lab_root: Path) -> list[Path]:
     person running the org (HOME's usual places, and the keys file NANOLAB_KEYS_FILE names), and
     the cgroups: a model worker, shown the evaluation text, moves its box's figures as it likes
     (pids.current: a thread more or less), and its agent's box read them, bits a second."""
-    home = Path.home()
-    secrets = [home / name for name in CREDENTIALS]
+    secrets = home_credentials()
     if os.environ.get("NANOLAB_KEYS_FILE"):
         secrets.append(Path(os.environ["NANOLAB_KEYS_FILE"]).expanduser())
     secrets += keys_files(lab_root)
     return [Path(lab_root) / ".lab", Path(lab_root) / "worktrees", Path("/sys/fs/cgroup"), *secrets]
+
+
+def home_credentials() -> list[Path]:
+    """The usual places of credentials in this machine's home (a box made from another machine's
+    spec, a cluster node's, hides its own: /home/ray is not the runner's home)."""
+    return [Path.home() / name for name in CREDENTIALS]
 
 
 def labs_list() -> Path:

@@ -701,6 +701,24 @@ def test_a_command_cannot_read_the_persons_credentials(two_agents, outside_tmp, 
         assert secret not in out, out
 
 
+def test_a_box_made_from_another_machines_spec_hides_this_machines_credentials(outside_tmp, monkeypatch):
+    """A cluster's job: the runner sends the box as a spec (org/cluster.py), and the node makes
+    it. The credentials it hid were the runner's home's: on a node whose home is another (Ray's
+    /home/ray), a run read the node's ~/.aws and printed it as its last line, which the runner
+    hands the agents as the run's reason. The node's box hides its own home's too."""
+    spec = Sandbox(writable=[outside_tmp / "run"]).spec()  # made where HOME is the runner's
+    node_home = outside_tmp / "node-home"
+    (node_home / ".aws").mkdir(parents=True)
+    (node_home / ".aws" / "credentials").write_text("aws_secret_access_key = NODE-AWS-SECRET\n")
+    (outside_tmp / "run").mkdir()
+    monkeypatch.setenv("HOME", str(node_home))  # the node's
+    box = Sandbox.from_spec(spec)
+    proc = box.popen(["sh", "-c", f"cat {node_home}/.aws/credentials; echo done"], cwd=outside_tmp / "run",
+                     env={"PATH": os.environ["PATH"]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert "done" in out and "NODE-AWS-SECRET" not in out, out
+
+
 def test_a_command_cannot_read_another_labs_keys_mail_or_commits(two_agents, outside_tmp):
     """Two clones of the project on one machine (two orgs compared, say): the other lab is the
     same user's, so its gateway's keys (0600), the keys file its launch was given, its agents'
