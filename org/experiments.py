@@ -23,6 +23,7 @@ import zlib
 from collections import Counter
 
 from org import OrgError
+from org.commit_checks import code_refusal
 from org.improve import built_on_withdrawn, check_try, config, decide_ready, draw_seeds, frontier, merged_try
 from org.lab import Lab, child_env
 from org.ledger import FINISHED, SECRET_SEEDS, Ledger
@@ -148,7 +149,7 @@ def refusal(lab: Lab, program: Program, base: str, commit: str, overrides: dict)
     carried = len(zlib.compress(json.dumps(overrides).encode(), 9)) if overrides else 0  # a string value could hold weights
     if carried > program.max_change_kb * 1024:
         return f"the overrides carry {carried / 1024:.0f} KB (compressed), more than max_change_kb: {program.max_change_kb:g}"
-    return lab.code_refusal(base, commit, program.protected, program.max_change_kb)
+    return code_refusal(lab, base, commit, program.protected, program.max_change_kb)
 
 
 def plan(ledger: Ledger, program: Program, experiment: dict):

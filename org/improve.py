@@ -53,6 +53,7 @@ from pathlib import Path
 
 import git
 
+from org.commit_checks import code_refusal
 from org.confounds import DECLARABLE, UNSEEN_WORK
 from org.frontier import Lord
 from org.lab import Lab
@@ -543,7 +544,7 @@ def check_candidates(lab: Lab, program: Program, base: str, source: str):
         commit, why = patched(lab, base, lab.root / path)
         if why:
             raise ProgramError(f"{where}: does not apply to the base commit {base[:10]}: {why}")
-        problem = lab.code_refusal(base, commit, program.protected, program.max_change_kb)
+        problem = code_refusal(lab, base, commit, program.protected, program.max_change_kb)
         if problem:
             raise ProgramError(f"{where}: changes what no experiment may: {problem}")
 

@@ -8,12 +8,8 @@ The lab: the project's own git repository, seen as a place where programs run.
 - a run never executes a worktree: it executes a frozen snapshot of one commit
   (.lab/<program>/snapshots/<sha>/, written from objects checked against their names), so
   edits during a run change nothing; the base commit's is taken when the program starts;
-- an experiment whose commit changes a protected path (eval, data, FLOP accounting, org/)
-  relative to the program's base commit is refused, and so is one that adds what could
-  shadow code at import time (bytecode, compiled extensions, .pth, sitecustomize, a package
-  or module beside a protected one) or change what a checkout writes (.gitattributes), or a link,
-  and so is one that carries more than the program's max_change_kb (compressed) of new
-  content: code is small, and trained weights in a commit would be a head start no budget counts;
+- an experiment whose commit changes a protected path, adds what could shadow code or carries
+  too much is refused (org/commit_checks.py);
 - lab state (ledger, runs, mail, transcripts) lives in .lab/<program>/, ignored by git.
 
 GitPython has no worktree API, so worktrees go through the git CLI (repo.git.worktree).
@@ -21,7 +17,6 @@ GitPython has no worktree API, so worktrees go through the git CLI (repo.git.wor
 from __future__ import annotations
 
 import contextlib
-import difflib
 import errno
 import fcntl
 import itertools
@@ -33,7 +28,6 @@ import stat
 import subprocess
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 import git
@@ -58,16 +52,13 @@ HARDENED_GIT = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false", "core.
                 # a link an agent commits is checked out as a file naming its target: made by our
                 # checkout, outside every box, `org -> ../../../.lab` bound the lab into the next
                 "core.symlinks": "false"}
-# files that run or shadow code without being a module's source, wherever they are
-SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
-SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
 MAX_NAME_BYTES = 255  # a file's name, on every file system a lab lies on
 MAX_DEPTH = 256  # folders in folders: no project nests deeper, and a walk of ours recurses
 MAX_ENTRIES = 100_000  # files and folders a commit names (a folder's tree named 3000 times, each naming 3000: 10^7)
 MAX_STAGED = 100_000  # the staged blobs a takeover takes in
-MAX_DIFF_WORK = 1_000_000  # line pairs difflib may weigh (quadratic: 50k lines, interleaved, took 98 s outside every box)
 RETRY_SECONDS = 60  # before a take-in that failed is tried again as tool calls end
 AGENT_TAKEN = 16 << 30  # what an agent's work may add to the shared objects over a program (its trees' bound)
+MAX_CHECKOUT_BYTES = AGENT_TAKEN  # what the files of a branch we check out add up to (one blob under 1000 names: 1000 times)
 
 
 class LabError(OrgError):
@@ -201,65 +192,6 @@ class Lab:
         return sorted(p for p in names if old.get(p) != new.get(p)
                       and (not paths or any(p == e.rstrip("/") or p.startswith(e.rstrip("/") + "/") for e in paths)))
 
-    def protected_violation(self, base: str, commit: str, protected: list[str]) -> str | None:
-        """Why a commit may not run (it changes protected paths), or None if it may."""
-        changed = self.changed_paths(base, commit, protected)
-        return f"protected paths differ from the program's base commit {base[:10]}: {', '.join(changed)}" if changed else None
-
-    def code_refusal(self, base: str, commit: str, protected: list[str], max_change_kb: float) -> str | None:
-        """Why an experiment's commit may not run, or None: it changes a protected path, adds what
-        could shadow code, or carries more than max_change_kb."""
-        try:
-            self.files(commit)  # a tree git would not check out, or an object not what its name says
-        except LabError as e:
-            return str(e)
-        return (self.protected_violation(base, commit, protected) or self.shadowing(base, commit, protected)
-                or self.links(base, commit) or self.oversized(base, commit, max_change_kb))
-
-    def links(self, base: str, commit: str) -> str | None:
-        """Why a commit may not run because it adds symbolic links (a snapshot holds regular files
-        only: see snapshot), or None."""
-        new = self.files(commit)
-        added = [p for p in self.changed_paths(base, commit, added_or_modified=True) if new[p][0] == "120000"]
-        return f"the commit adds a symbolic link (a snapshot holds regular files only): {', '.join(added[:5])}" \
-            if added else None
-
-    def oversized(self, base: str, commit: str, max_change_kb: float) -> str | None:
-        """Why a commit carries too much into its runs, or None. What it carries is what it adds:
-        its added lines and binary files, zlib-compressed (so base64, hex or a Python literal
-        of the same weights weigh what the weights do); removed lines carry nothing in."""
-        if (carried := self.carried_bytes(base, commit)) <= max_change_kb * 1024:
-            return None
-        return (f"the commit carries {carried / 1024:.0f} KB of new content (compressed) over the program's base "
-                f"commit {base[:10]}, more than max_change_kb: {max_change_kb:g}. Experiments change code; data "
-                f"such as trained weights would be a head start that no budget counts")
-
-    def carried_bytes(self, base: str, commit: str) -> int:
-        old, new = self.files(base), self.files(commit)
-        added = [path.encode() + b"\n" + added_lines(self.blob(old.get(path)), self.blob(new[path]))
-                 for path in self.changed_paths(base, commit, added_or_modified=True)]
-        return len(zlib.compress(b"\n".join(added), 9)) if added else 0
-
-    def blob(self, entry: tuple[str, str] | None) -> bytes:
-        """A files() entry's content, checked (a gitlink's: the commit it names)."""
-        if entry is None or entry[0] == "160000":
-            return entry[1].encode() if entry else b""
-        return self.verified(entry[1], b"blob")
-
-    def shadowing(self, base: str, commit: str, protected: list[str]) -> str | None:
-        """Why a commit may not run because of what it adds (see SHADOWING_*), or None. A module
-        or package beside a protected file (trainer/eval/ or trainer/eval.so next to
-        trainer/eval.py) would be imported instead of it."""
-        shadows = [p[:-len(".py")] for p in protected if p.endswith(".py")]
-        bad = [path for path in self.changed_paths(base, commit, added_or_modified=True)
-               if path.endswith(SHADOWING_SUFFIXES) or any(p in SHADOWING_NAMES for p in path.split("/"))
-               or any(path.startswith(m + "/") or (path.startswith(m + ".") and path != m + ".py") for m in shadows)]
-        if not bad:
-            return None
-        return (f"the commit adds files that could shadow code at import time or change the snapshot "
-                f"(bytecode, compiled extensions, .pth, sitecustomize, .gitattributes, or a module "
-                f"beside a protected one): {', '.join(bad[:5])}")
-
     # --- programs ------------------------------------------------------------------------
 
     def state_dir(self, program: str) -> Path:
@@ -313,10 +245,22 @@ class Lab:
         if branch in self.repo.heads:
             with contextlib.suppress(LabError):  # its agent's work, for the checkout to read (git says if not)
                 self.take_in(branch, (program, agent))
+            self.check_checkout(branch)
             self.repo.git.worktree("add", str(path), branch)
         else:
             self.repo.git.worktree("add", "-b", branch, str(path), start or f"program/{program}")
         return path
+
+    def check_checkout(self, branch: str):
+        """LabError unless a checkout of `branch` writes MAX_CHECKOUT_BYTES at most: we check it out
+        outside every box (no disk watch there), and a commit may name one blob of a GB under a
+        thousand paths (its objects count once, the files each time)."""
+        files = self.files(branch)  # (and a commit of too many files or folders is refused here)
+        total = sum(self.objects.size_of(oid) for mode, oid in files.values() if mode != "160000")
+        if total > MAX_CHECKOUT_BYTES:
+            raise LabError(f"branch {branch}: its files add up to {total >> 20} MB, over the "
+                           f"{MAX_CHECKOUT_BYTES >> 20} MB a worktree may hold; it is not checked out. Point "
+                           f"the branch back at an earlier commit (`git reflog {branch}`; `git branch -f {branch} <commit>`)")
 
     def agent_objects(self, program: str, agent: str) -> Path:
         """The folder the agent's box writes its git objects into (org/objects.py), made."""
@@ -591,13 +535,3 @@ class Lab:
         return [self.head(), *(sha for sha, _, name in (line.partition(" ") for line in lines)
                                if not name.startswith("refs/heads/agent/"))]
 
-
-def added_lines(before: bytes, after: bytes) -> bytes:
-    """What `after` adds to `before`: its inserted or replacing lines (as `git diff --unified=0`
-    shows them); all of it for binary content, past 1 MB, or past MAX_DIFF_WORK line pairs."""
-    a, b = before.splitlines(keepends=True), after.splitlines(keepends=True)
-    if (b"\0" in before[:8000] or b"\0" in after[:8000] or max(len(before), len(after)) > 1 << 20
-            or len(a) * len(b) > MAX_DIFF_WORK):
-        return after
-    return b"".join(line for tag, _, _, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes()
-                    if tag in ("insert", "replace") for line in b[j1:j2])

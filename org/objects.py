@@ -135,6 +135,15 @@ class ObjectStore:
         except (ValueError, OSError, zlib.error) as e:
             raise ObjectError(f"object {oid[:10]} cannot be read from {self.common}: {e}") from None
 
+    def size_of(self, oid: str) -> int:
+        """The size of an object in the shared store, from its header (a pack's, or a loose one's)."""
+        if self.is_packed(oid):
+            return self._packs.info(bytes.fromhex(oid)).size
+        try:
+            return int(read_loose(self.shared / oid[:2] / oid[2:], header_only=True)[1])
+        except (TypeError, ValueError, OSError, zlib.error) as e:  # (None: no such file)
+            raise ObjectError(f"object {oid[:10]} cannot be read from {self.common}: {e}") from None
+
     def has(self, oid: str) -> bool:
         return (self.shared / oid[:2] / oid[2:]).exists() or self.is_packed(oid)
 
@@ -238,7 +247,7 @@ class ObjectStore:
 def read_loose(path: Path, limit: int = MAX_OBJECT_BYTES, header_only: bool = False) -> tuple[bytes, bytes] | None:
     """A loose object's (kind, content) of at most `limit` bytes, read here rather than by git: a
     FIFO under its name would have git wait for good, and a small file may inflate to fill the
-    memory. None where there is no such file. `header_only`: (kind, b"")."""
+    memory. None where there is no such file. `header_only`: (kind, the digits of its size)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -252,7 +261,7 @@ def read_loose(path: Path, limit: int = MAX_OBJECT_BYTES, header_only: bool = Fa
     header, _, content = data.partition(b"\0")
     kind, _, size = header.partition(b" ")
     if header_only and size.isdigit():
-        return kind, b""
+        return kind, size
     if inflate.unconsumed_tail or not size.isdigit() or int(size) != len(content):
         raise ValueError(f"its file {path} is not a loose object of at most {limit >> 20} MB")
     return kind, content

@@ -83,7 +83,6 @@ from pathlib import Path
 from org import OrgError, empty_file, user_cache
 from org.cgroups import JOIN, box_cgroups, cgroup_root
 from org.diskwatch import watch
-from org.objects import AGENT_OBJECTS
 from org import sourceless
 from org.unseen import code_private, home_credentials, lab_private, other_labs, source_files
 from org.seccomp import ABIS, box_filter
@@ -568,7 +567,7 @@ def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, o
     empty_file(Path(git_dir) / "config.worktree")  # read by every git there if the lab has extensions.worktreeConfig
     # the other agents' folders of objects and their worktrees' admin dirs (index and all) hold
     # what each has staged and not committed: hidden, the shared .git bound back but for them
-    theirs = [common / AGENT_OBJECTS, common / "worktrees"]
+    theirs = [Path(own_objects).parents[1], common / "worktrees"]  # (<common>/agent-objects/<program>/<agent>)
     shared = [path for path in sorted(common.iterdir()) if path not in theirs]
     return Sandbox(writable=[worktree, own_objects, refs, reflogs, git_dir],
                    readonly=shared, hidden=lab_private(lab_root) + theirs,

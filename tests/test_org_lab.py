@@ -14,6 +14,7 @@ import git
 import pytest
 
 from org import OrgError
+from org.commit_checks import carried_bytes, code_refusal, oversized, protected_violation, shadowing
 from org.experiments import shown_diff
 from org.lab import AGENT_TAKEN, Lab, LabError, child_env
 from org.objects import ObjectError, ObjectStore
@@ -134,9 +135,9 @@ def test_protected_paths_between_base_and_experiment(lab):
     base = lab.start_program("softcap")
     alice = lab.add_worktree("softcap", "alice")
     ok = commit_file(alice, "trainer/model.py", "WIDTH = 128\n")
-    assert lab.protected_violation(base, ok, ["trainer/eval.py", "org/"]) is None
+    assert protected_violation(lab, base, ok, ["trainer/eval.py", "org/"]) is None
     bad = commit_file(alice, "trainer/eval.py", "METRIC = 'train_loss'\n")
-    reason = lab.protected_violation(base, bad, ["trainer/eval.py", "org/"])
+    reason = protected_violation(lab, base, bad, ["trainer/eval.py", "org/"])
     assert reason == f"protected paths differ from the program's base commit {base[:10]}: trainer/eval.py"
     assert "+++ b/trainer/eval.py" in shown_diff(lab, base, bad, 1 << 20)
 
@@ -170,7 +171,7 @@ def test_what_could_shadow_code_is_refused(lab, path):
     alice = lab.add_worktree("softcap", "alice")
     (alice / path).parent.mkdir(parents=True, exist_ok=True)
     commit = commit_file(alice, path, "x = 1\n")
-    reason = lab.shadowing(base, commit, ["trainer/eval.py", "org/"])
+    reason = shadowing(lab, base, commit, ["trainer/eval.py", "org/"])
     assert reason.startswith("the commit adds files that could shadow code") and reason.endswith(path)
 
 
@@ -179,7 +180,7 @@ def test_new_modules_beside_protected_ones_are_not_shadowing(lab):
     alice = lab.add_worktree("softcap", "alice")
     commit = commit_file(alice, "trainer/evaluation_notes.py", "x = 1\n")  # beside eval.py, not shadowing it
     commit = commit_file(alice, "trainer/model_v2.py", "WIDTH = 96\n")
-    assert lab.shadowing(base, commit, ["trainer/eval.py", "org/"]) is None
+    assert shadowing(lab, base, commit, ["trainer/eval.py", "org/"]) is None
 
 
 def test_dirty_protected_paths(lab):
@@ -214,7 +215,7 @@ def test_what_an_agent_wrote_into_git_does_not_run_through_the_harness(lab, tmp_
     alice = lab.add_worktree("softcap", "alice")  # a checkout: post-checkout, filters
     snapshot = lab.snapshot(base, "softcap")      # git archive: filters
     lab.dirty_paths(["trainer/"])                 # git status: fsmonitor
-    lab.protected_violation(base, base, ["trainer/eval.py"])
+    protected_violation(lab, base, base, ["trainer/eval.py"])
     assert (alice / "trainer" / "eval.py").exists() and (snapshot / "trainer" / "eval.py").exists()
     assert [name for name, mark in marks.items() if mark.exists()] == []
 
@@ -254,7 +255,7 @@ def test_a_snapshot_writes_nothing_outside_itself_whatever_links_a_commit_holds(
     alice = lab.add_worktree("softcap", "alice")
     commit = commit_links(alice, {"a/s": "t/../t/../../ledger.sqlite", "a/t": ".", "t": ".",
                                   ".snapshot-commit": "a/s"})
-    assert "a symbolic link" in lab.code_refusal(base, commit, ["trainer/eval.py"], 1000)
+    assert "a symbolic link" in code_refusal(lab, base, commit, ["trainer/eval.py"], 1000)
     with pytest.raises(LabError, match="symbolic link"):
         lab.snapshot(commit, "softcap")
     assert ledger.read_bytes() == b"SQLite format 3\x00 the lab's records"
@@ -288,7 +289,7 @@ def test_a_tree_no_folder_can_hold_is_refused_before_it_runs(lab):
     for entries, why in (([(b"100644", "x" * 300)], "is a name of 300 bytes"),
                          ([(b"100644", "a"), (b"40000", "a")], "names a twice")):
         commit = crafted_commit(lab, base, entries)
-        assert why in lab.code_refusal(base, commit, ["trainer/eval.py"], 1000)
+        assert why in code_refusal(lab, base, commit, ["trainer/eval.py"], 1000)
         with pytest.raises(LabError, match=why):
             lab.snapshot(commit, "softcap")
         assert not (lab.state_dir("softcap") / "snapshots" / commit).exists()
@@ -310,7 +311,7 @@ def test_an_object_swapped_under_its_name_is_caught_not_run(lab):
     blob = lab.repo.git.rev_parse(f"{commit}:trainer/model.py")
     swap_object(lab, blob, b"WIDTH = 128; import os  # and whatever else\n")
     assert "import os" in lab.repo.git.show(blob)  # git itself reads it under the old name
-    for check in (lambda: lab.code_refusal(lab.resolve("program/softcap"), commit, ["trainer/eval.py"], 64),
+    for check in (lambda: code_refusal(lab, lab.resolve("program/softcap"), commit, ["trainer/eval.py"], 64),
                   lambda: lab.snapshot(commit, "softcap")):
         with pytest.raises(LabError, match=f"object {blob[:10]} .* does not hold what its name says"):
             check()
@@ -624,20 +625,20 @@ def test_a_commit_carries_code_not_weights(lab):
     base = lab.start_program("softcap")
     alice = lab.add_worktree("softcap", "alice")
     rewrite = commit_file(alice, "trainer/model.py", (ROOT / "trainer" / "model.py").read_text())
-    assert lab.carried_bytes(base, rewrite) < 8 * 1024
-    assert lab.oversized(base, rewrite, 64) is None
+    assert carried_bytes(lab, base, rewrite) < 8 * 1024
+    assert oversized(lab, base, rewrite, 64) is None
     weights = np.random.default_rng(0).standard_normal(30_000).astype(np.float32).tobytes()
     (alice / "trainer" / "init.bin").write_bytes(weights)
     binary = commit_file(alice, "trainer/model.py", "WIDTH = 64\n")  # (commits init.bin with it)
     literal = commit_file(alice, "trainer/init.py", f"W = {base64.b64encode(weights).decode()!r}\n")
     for commit, least in ((binary, 100), (literal, 2 * 100)):  # the literal's commit has both
-        assert lab.carried_bytes(base, commit) > least * 1024
-        reason = lab.oversized(base, commit, 64)
+        assert carried_bytes(lab, base, commit) > least * 1024
+        reason = oversized(lab, base, commit, 64)
         assert reason.startswith("the commit carries ") and reason.endswith("no budget counts"), reason
     (alice / "trainer" / "init.bin").unlink()
     gone = commit_file(alice, "trainer/init.py", "")
-    assert lab.carried_bytes(literal, gone) < 1024  # taking the weights out again
-    assert lab.code_refusal(base, binary, ["trainer/eval.py"], 64) == lab.oversized(base, binary, 64)
+    assert carried_bytes(lab, literal, gone) < 1024  # taking the weights out again
+    assert code_refusal(lab, base, binary, ["trainer/eval.py"], 64) == oversized(lab, base, binary, 64)
 
 
 def test_a_file_no_line_diff_can_weigh_quickly_is_carried_whole():
@@ -645,7 +646,7 @@ def test_a_file_no_line_diff_can_weigh_quickly_is_carried_whole():
     at submit and again as each run starts: it is quadratic, and a file of 50,000 lines interleaved
     with themselves reversed took 98 s (20,000: 16 s), each file of a commit. Past MAX_DIFF_WORK
     line pairs the file counts whole, as binary content does."""
-    from org.lab import MAX_DIFF_WORK, added_lines
+    from org.commit_checks import MAX_DIFF_WORK, added_lines
     lines = [f"{i:08d}\n".encode() for i in range(20_000)]
     interleaved = b"".join(line for pair in zip(lines, reversed(lines)) for line in pair)
     assert 20_000 * 40_000 > MAX_DIFF_WORK

@@ -516,6 +516,33 @@ def test_a_link_an_agent_commits_binds_nothing_into_a_box(two_agents):
         box.command(["true"], tree, {})
 
 
+def test_a_branch_naming_one_blob_under_many_paths_is_not_checked_out_outside_a_box(two_agents, monkeypatch):
+    """A box writes one random blob (its objects: one, within every bound) and names it under many
+    paths in a commit, marked assume-unchanged so the worktree reads clean: `org stop` removes the
+    worktree, and the next `org launch` checked the branch out outside every box and disk watch:
+    a GB blob under 1000 names is a TB. A branch whose files add up to more than a worktree may
+    hold is not checked out (one line says how to mend it); here 50 names of 1 MB, over 20 MB."""
+    from org import lab as lab_module
+    root, program, tools, _ = two_agents
+    attack = ("head -c 1048576 /dev/urandom > big && blob=$(git hash-object -w big) && rm big && "
+              "for i in $(seq 1 50); do printf '100644 %s\\tb%d\\n' $blob $i; done | git update-index --index-info && "
+              "git commit -qm big && git ls-files -z 'b*' | xargs -0 git update-index --assume-unchanged && "
+              "git status --porcelain && echo clean")
+    assert run(tools, attack).endswith("clean\n")
+    monkeypatch.setattr(lab_module, "MAX_CHECKOUT_BYTES", 20 << 20)
+    lab, branch = Lab.open(root), agent_branch(program.name, "alice")
+    try:
+        lab.take_in_work(tools.ws.root, branch)
+        lab.remove_worktree(program.name, "alice")
+        with pytest.raises(lab_module.LabError, match=r"files add up to 50 MB, over the 20 MB .* `git branch -f"):
+            lab.add_worktree(program.name, "alice")
+        assert not tools.ws.root.exists()
+        lab.repo.git.branch("-f", branch, f"{branch}~1")  # as the line says: then it is checked out
+        assert lab.add_worktree(program.name, "alice") == tools.ws.root and not (tools.ws.root / "b1").exists()
+    finally:
+        lab.close()
+
+
 def test_a_box_keeps_its_filter_where_the_home_is_not_writable_and_none_starts_without_one(tmp_path, monkeypatch):
     """The filter is a file bwrap reads. Where the person's cache could not be written (a cluster
     node's home), boxes started with no filter, and FIFOs and links were back: it goes in a

@@ -1,0 +1,96 @@
+"""
+What an experiment's commit may carry into its runs, read from the lab's checked objects
+(Lab.files): none of the protected paths changed (eval, data, FLOP accounting, org/), nothing
+that could shadow code at import time (bytecode, compiled extensions, .pth, sitecustomize, a
+package or module beside a protected one) or change what a checkout writes (.gitattributes), no
+link, and at most the program's max_change_kb (compressed) of new content: code is small, and
+trained weights in a commit would be a head start no budget counts.
+"""
+from __future__ import annotations
+
+import difflib
+import zlib
+
+from org.lab import Lab, LabError
+
+# files that run or shadow code without being a module's source, wherever they are
+SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
+SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
+MAX_DIFF_WORK = 1_000_000  # line pairs difflib may weigh (quadratic: 50k lines, interleaved, took 98 s outside every box)
+
+
+def code_refusal(lab: Lab, base: str, commit: str, protected: list[str], max_change_kb: float) -> str | None:
+    """Why an experiment's commit may not run, or None: it changes a protected path, adds what
+    could shadow code, or carries more than max_change_kb."""
+    try:
+        lab.files(commit)  # a tree git would not check out, or an object not what its name says
+    except LabError as e:
+        return str(e)
+    return (protected_violation(lab, base, commit, protected) or shadowing(lab, base, commit, protected)
+            or links(lab, base, commit) or oversized(lab, base, commit, max_change_kb))
+
+
+def protected_violation(lab: Lab, base: str, commit: str, protected: list[str]) -> str | None:
+    """Why a commit may not run (it changes protected paths), or None if it may."""
+    changed = lab.changed_paths(base, commit, protected)
+    return f"protected paths differ from the program's base commit {base[:10]}: {', '.join(changed)}" if changed else None
+
+
+def links(lab: Lab, base: str, commit: str) -> str | None:
+    """Why a commit may not run because it adds symbolic links (a snapshot holds regular files
+    only: Lab.snapshot), or None."""
+    new = lab.files(commit)
+    added = [p for p in lab.changed_paths(base, commit, added_or_modified=True) if new[p][0] == "120000"]
+    return f"the commit adds a symbolic link (a snapshot holds regular files only): {', '.join(added[:5])}" \
+        if added else None
+
+
+def oversized(lab: Lab, base: str, commit: str, max_change_kb: float) -> str | None:
+    """Why a commit carries too much into its runs, or None. What it carries is what it adds:
+    its added lines and binary files, zlib-compressed (so base64, hex or a Python literal
+    of the same weights weigh what the weights do); removed lines carry nothing in."""
+    if (carried := carried_bytes(lab, base, commit)) <= max_change_kb * 1024:
+        return None
+    return (f"the commit carries {carried / 1024:.0f} KB of new content (compressed) over the program's base "
+            f"commit {base[:10]}, more than max_change_kb: {max_change_kb:g}. Experiments change code; data "
+            f"such as trained weights would be a head start that no budget counts")
+
+
+def carried_bytes(lab: Lab, base: str, commit: str) -> int:
+    old, new = lab.files(base), lab.files(commit)
+    added = [path.encode() + b"\n" + added_lines(blob(lab, old.get(path)), blob(lab, new[path]))
+             for path in lab.changed_paths(base, commit, added_or_modified=True)]
+    return len(zlib.compress(b"\n".join(added), 9)) if added else 0
+
+
+def blob(lab: Lab, entry: tuple[str, str] | None) -> bytes:
+    """A files() entry's content, checked (a gitlink's: the commit it names)."""
+    if entry is None or entry[0] == "160000":
+        return entry[1].encode() if entry else b""
+    return lab.verified(entry[1], b"blob")
+
+
+def shadowing(lab: Lab, base: str, commit: str, protected: list[str]) -> str | None:
+    """Why a commit may not run because of what it adds (see SHADOWING_*), or None. A module
+    or package beside a protected file (trainer/eval/ or trainer/eval.so next to
+    trainer/eval.py) would be imported instead of it."""
+    shadows = [p[:-len(".py")] for p in protected if p.endswith(".py")]
+    bad = [path for path in lab.changed_paths(base, commit, added_or_modified=True)
+           if path.endswith(SHADOWING_SUFFIXES) or any(p in SHADOWING_NAMES for p in path.split("/"))
+           or any(path.startswith(m + "/") or (path.startswith(m + ".") and path != m + ".py") for m in shadows)]
+    if not bad:
+        return None
+    return (f"the commit adds files that could shadow code at import time or change the snapshot "
+            f"(bytecode, compiled extensions, .pth, sitecustomize, .gitattributes, or a module "
+            f"beside a protected one): {', '.join(bad[:5])}")
+
+
+def added_lines(before: bytes, after: bytes) -> bytes:
+    """What `after` adds to `before`: its inserted or replacing lines (as `git diff --unified=0`
+    shows them); all of it for binary content, past 1 MB, or past MAX_DIFF_WORK line pairs."""
+    a, b = before.splitlines(keepends=True), after.splitlines(keepends=True)
+    if (b"\0" in before[:8000] or b"\0" in after[:8000] or max(len(before), len(after)) > 1 << 20
+            or len(a) * len(b) > MAX_DIFF_WORK):
+        return after
+    return b"".join(line for tag, _, _, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes()
+                    if tag in ("insert", "replace") for line in b[j1:j2])
