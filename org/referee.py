@@ -21,7 +21,9 @@ two-sided 90% interval). A rule uses one bound, so each verdict is a one-sided t
 
     before the rule  refused (...)  the variant's runs were all refused (protected paths, shadowing,
                                     owned keys, more than max_change_kb): nothing was measured
-                     invalid (...)  its runs (or the baseline's) were all invalid: the reason
+                     invalid (...)  its runs (or the baseline's) were all invalid: the reason; or a
+                                    check found the comparison meaningless (org/confounds.py), such
+                                    as runs on different seeds that start or end bit-identical
                      no change (...) the variant is the baseline: same overrides and code,
                                     bit-identical final parameters on every paired seed, or a code
                                     change whose only effect is a redrawn init (the harness's
@@ -111,6 +113,7 @@ class Run:
     val_window_bpb: tuple | None = None    # each val window's own
     init_bpb: float | None = None   # a code arm's initial model on those windows, by the harness
     forward_time_ratio: float | None = None  # a code arm's scored forward pass: time per FLOP over the base's
+    init_fingerprint: str | None = None  # a code arm's initial parameters, as its code makes them, by the harness
 
     @classmethod
     def read(cls, row: dict) -> Run:
@@ -134,7 +137,7 @@ class Run:
             finished_at=_timestamp(get("finished_at")), wall_seconds=get("wall_seconds"),
             params_fingerprint=get("params_fingerprint"), seed_only=bool(get("seed_only")),
             unigram_bpb=get("unigram_bpb"), train_bpb=get("train_bpb"), init_bpb=get("init_bpb"),
-            forward_time_ratio=get("forward_time_ratio"),
+            forward_time_ratio=get("forward_time_ratio"), init_fingerprint=get("init_fingerprint"),
             train_window_bpb=tuple(get("train_window_bpb") or ()) or None,
             val_window_bpb=tuple(get("val_window_bpb") or ()) or None)
 

@@ -411,6 +411,8 @@ ATTACKS = {
     "reseed-in-the-model": {"trainer/model.py": replace("np.random.default_rng(seed)", "np.random.default_rng(seed + 1000)")},
     "reseed-in-the-trainer": {"trainer/train.py": replace("model = GPT(cfg, seed=spec.seed,", "model = GPT(cfg, seed=spec.seed + 1000,")},
     "tidied-up": {"trainer/model.py": append("\n# tidied up\n")},
+    "ignores-the-seed": {"trainer/model.py": replace("np.random.default_rng(seed)", "np.random.default_rng(7)"),
+                         "trainer/optim.py": replace("lr=cfg.embedding_lr,", "lr=cfg.embedding_lr * 1.01,")},
     "peeks": {"trainer/model.py": replace(EVAL_RETURN, PEEK)},
     "peeks-and-remembers": {"trainer/model.py": lambda t: replace(EVAL_RETURN, PEEK_WITH_MEMORY)(t) + "\n_SEEN = {}\n"},
     "crashes-until-lucky": {"trainer/train.py": append(CRASH_UNTIL_LUCKY)},
@@ -522,6 +524,20 @@ def test_a_reseeded_init_is_no_change(attacked, arm):
     assert not said.verdict.startswith("no change")  # judged as an idea on the trainer's word
     assert record.verdict.startswith("no change (only the random initialisation differs")
     assert all(r["status"] == "completed" for r in runs)
+
+
+def test_code_that_ignores_the_seed_is_invalid(attacked):
+    """Its init is one draw whatever the seed (an agent's pick, say, of the draw the harness's
+    val_bpb liked best over earlier arms), and a 1% learning-rate tweak makes it no seed change:
+    the harness fingerprints the init its code makes at each run's seed, and they are one."""
+    record, said, runs = attacked["ignores-the-seed"]
+    assert not said.verdict.startswith(("invalid", "no change"))  # judged as an idea on the trainer's word
+    assert all(r["status"] == "completed" for r in runs)
+    assert len({r["measurement"].init_fingerprint for r in runs}) == 1
+    assert record.verdict.startswith("invalid (confounded: its runs on seeds 0,1,2 started from bit-identical "
+                                     "parameters: its code ignores the seed"), record.verdict
+    base_runs = attacked["reseed-in-the-model"][2]  # an init that follows the seed: one print per seed
+    assert len({r["measurement"].init_fingerprint for r in base_runs}) == len(SEEDS)
 
 
 def test_a_commit_that_changes_nothing_is_no_change(attacked):

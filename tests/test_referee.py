@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from org.confounds import UNSEEN_WORK
 from org.referee import Tolerances, adjust, compare, confirm, holm, judge_arms, noise_floor
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -353,6 +354,25 @@ def test_a_seed_only_code_change_is_no_change():
     assert superiority(baseline(), partly).verdict == "better"
 
 
+def test_a_code_arm_that_ignores_the_seed_is_invalid():
+    """An agent's trainer maps every seed to one it chose (K = 1000 j + s over earlier arms, read
+    off the harness's val_bpb): all its seeds are one lucky draw, fresh seeds too. The harness
+    fingerprints what its code makes at each run's seed and what each run ends at; two seeds
+    alike in either is a code that ignores the seed."""
+    same_init = [dict(r, init_fingerprint="K*", params_fingerprint=f"end-{r['seed']}")
+                 for r in variant(-0.02, git_commit="def456")]  # only the data order varies by seed
+    c = superiority(baseline(), same_init)
+    assert c.verdict.startswith("invalid (confounded: its runs on seeds 0,1,2,3,4 started from bit-identical parameters: "
+                                "its code ignores the seed")
+    same_end = [dict(r, init_fingerprint=f"init-{r['seed']}", params_fingerprint="end" if r["seed"] < 2 else r["seed"])
+                for r in variant(-0.02, git_commit="def456")]
+    assert superiority(baseline(), same_end).verdict.startswith("invalid (confounded: its runs on seeds 0,1 ended at bit-identical")
+    honest = [dict(r, init_fingerprint=f"init-{r['seed']}", params_fingerprint=f"end-{r['seed']}")
+              for r in variant(-0.02, git_commit="def456")]
+    repeated = honest + [dict(honest[0], purpose="replicate")]  # a seed run again ends where it did: no finding
+    assert superiority(baseline(), honest).verdict == "better" == superiority(baseline(), repeated).verdict
+
+
 def test_an_arm_whose_runs_were_all_refused_or_invalid_says_so():
     refused = [dict(r, status="refused", val_bpb=None, reason="protected paths differ: trainer/eval.py")
                for r in variant(-0.02)]
@@ -420,7 +440,10 @@ def test_hidden_compute_by_the_runners_clock():
     assert hidden.verdict.startswith("invalid (confounded: wall time +100% per FLOP by the runner's clock")
     assert checks(hidden)["wall time"].text.endswith("(median over 5 seeds, ±3% at 95%): hidden compute")
     slower = superiority(timed(baseline(), QUIET), timed(variant(-0.02), [125, 126, 124, 125, 127]))
-    assert not checks(slower)["wall time"].invalid and slower.verdict == "better"  # a warning only
+    assert not checks(slower)["wall time"].invalid and slower.verdict == "better"  # a config arm's: a warning only
+    own_code = superiority(timed(baseline(), QUIET), timed(variant(-0.02, git_commit="def456"), [125, 126, 124, 125, 127]))
+    assert own_code.verdict.startswith("invalid (confounded: wall time +25% per FLOP") and \
+        own_code.verdict.endswith(f"code of its own, and {UNSEEN_WORK})")  # its FLOPs are its code's to count
     faster = superiority(timed(baseline(), QUIET), timed(variant(-0.02), [70, 71, 69, 70, 72]))
     assert checks(faster)["wall time"].text.endswith("skips work it claims?")
     assert "wall time" not in checks(superiority(timed(baseline(), QUIET), timed(variant(-0.02), [105, 99, 103, 98, 100])))

@@ -86,6 +86,7 @@ class Measurement(Figures):
     val_window_bpb: tuple[float, ...] | None = None    # each val window's own: the val windows are a draw too
     init_bpb: float | None = None         # a code arm's initial model (its own code, the run's seed) on those windows
     params_fingerprint: str | None = None  # of the final parameters
+    init_fingerprint: str | None = None   # of a code arm's initial ones, as its own code makes them at the run's seed
     forward: str | None = None            # base | experiment: whose forward pass was scored
     init: str | None = None               # base | redrawn | other tensors | unknown (the seed probe)
     replay: str | None = None             # the probe's replay of one training step: same | different
