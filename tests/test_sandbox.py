@@ -607,6 +607,23 @@ print(json.dumps({"numpy": bool(numpy.__version__)}))
 """
 
 
+def test_a_stdlib_bundled_anywhere_under_the_software_folders_is_found(tmp_path):
+    """Google's Cloud SDK bundles a whole 3.12 under /usr/lib/google-cloud-sdk/platform/..., which
+    no pattern of the usual places matched: 31% of 3.11's stdlib lines are there verbatim, readable
+    in every run and worker box of a pystdlib program. A walk finds a stdlib by what it holds."""
+    from org.sourceless import STDLIB_MARKS, walked_stdlibs
+    bundled = tmp_path / "lib" / "vendor-sdk" / "platform" / "bundledpython" / "lib" / "python3.12"
+    vendored = tmp_path / "app" / "lib" / "site-packages" / "six_backport"  # a package's copy: not walked
+    for folder in (bundled, vendored, bundled / "json"):
+        folder.mkdir(parents=True)
+        for name in STDLIB_MARKS:
+            (folder / name).write_text("# text\n")
+    (tmp_path / "lib" / "only-os").mkdir()
+    (tmp_path / "lib" / "only-os" / "os.py").write_text("# a module of that name\n")
+    assert walked_stdlibs([str(tmp_path)]) == {bundled.resolve()}
+    assert walked_stdlibs([str(tmp_path)], limit=2) == set()  # (a walk stops at its bound)
+
+
 def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside_tmp):
     """pystdlib's documents are the interpreter's stdlib sources and help topics: every Python
     process reads them, so a run could train on the lab's val documents and a model worker look
