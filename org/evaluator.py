@@ -242,7 +242,7 @@ def check_unpaid_time(worker: Worker, base: Yardstick, base_replay: float, fpt: 
     # and a reason is read by the agents: 0.1 s figures were a few bits of it each)
     said = ["its model's construction, checkpoint loads and replayed steps"] if over[0] else []
     said += ["its model's scored forward passes (per FLOP)"] if over[1] else []
-    raise Invalid(f"{' and '.join(said)} took longer than the base's allow: compute at measurement that no budget "
+    raise Invalid(f"{' and '.join(said)} took longer than the base's times allow: compute at measurement that no budget "
                   f"paid for (x{SETUP_FACTOR} the base's for its other calls, x{SCORED_FACTOR} for its scored passes, "
                   f"and {SETUP_GRACE:g}s more in all at most)")
 

@@ -14,6 +14,7 @@ The runner (org/runner.py) executes the queue these fill.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -30,10 +31,16 @@ from org.ledger import FINISHED, SECRET_SEEDS, Ledger
 from org.program import NAME, Program, owned_by_program
 
 
+MAX_HYPOTHESIS_CHARS = 4000  # every agent's `results` shows it, and the ledger keeps it for good
+MAX_REFUSED = 100  # an agent's refused submissions on record: each costs no compute, and is read at every claim
+
+
 def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict, who: str,
            hypothesis: str | None = None, ref: str | None = None, source: str = "submitted") -> dict:
     """Record an experiment and enqueue its runs (or record it refused). Returns the experiment.
     A declared arm submitted twice returns the existing experiment, so `org run` is idempotent."""
+    if len(hypothesis or "") > MAX_HYPOTHESIS_CHARS:
+        raise OrgError(hypothesis_too_long(hypothesis))
     base = ledger.program(program.name)["base_commit"]
     commit = lab.take_in(ref, (program.name, who)) if ref else base  # copied, checked, where no box writes
     versus, since, merge_problem = None, base, None
@@ -46,6 +53,10 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
         merge_problem = merge_problem or check_try(program, overrides, commit, front) \
             or built_on_withdrawn(lab, ledger.experiments(program.name), commit, who)
     reason = merge_problem or refusal(lab, program, base, commit, overrides)
+    if reason and source == "submitted" and \
+            sum(e["who"] == who and e["stage"] == "refused" for e in ledger.experiments(program.name)) >= MAX_REFUSED:
+        raise OrgError(f"refused, and not recorded ({MAX_REFUSED} refused submissions of {who}'s are on record): "
+                       f"{reason.splitlines()[0][:500]}")
     if not reason:  # taken in as reviewed: its objects in a pack of their own
         lab.pack_loose([commit])
     stage = "refused" if reason else ("tuning" if program.tune else "measuring")
@@ -70,6 +81,11 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
     return ledger.experiment(experiment_id)
 
 
+def hypothesis_too_long(hypothesis: str) -> str:
+    return (f"a hypothesis of {len(hypothesis)} characters: one holds {MAX_HYPOTHESIS_CHARS} at most "
+            "(what you expect versus the baseline, and why; the diff goes with it)")
+
+
 def shown_diff(lab: Lab, base: str, commit: str, most: int) -> str:
     """The change as git shows it, its first `most` bytes: a commit of a few KB compressed can be
     a diff of hundreds of MB (400 MB of one line repeated: 2 MB), which went whole into the
@@ -92,18 +108,37 @@ def same_change(ledger: Ledger, lab: Lab, program: Program, commit: str, overrid
     under ten names had about 40 % odds that one copy's verdict held by chance. A try decided stale
     or untested was no test: made again (its frontier stands again once a later one is withdrawn),
     it is one."""
-    tree = lab.repo.commit(commit).tree.hexsha
+    tree, trained = lab.repo.commit(commit).tree.hexsha, trained_config(program, overrides)
     no_test = lambda e: e["decision"] and json.loads(e["decision"])["outcome"] in ("stale", "untested")
     return next((e for e in ledger.experiments(program.name) if e["stage"] != "refused" and e["versus"] == versus
-                 and not no_test(e)
-                 and json.loads(e["overrides"]) == overrides and lab.repo.commit(e["code_commit"]).tree.hexsha == tree),
+                 and not no_test(e) and trained_config(program, json.loads(e["overrides"])) == trained
+                 and lab.repo.commit(e["code_commit"]).tree.hexsha == tree),
                 None)
+
+
+def trained_config(program: Program, overrides: dict) -> dict:
+    """What the runs of an arm with these overrides train with: the base trainer's whole config,
+    as it reads their `--set` flags, and each key it does not know (a code arm's own) as its flag
+    says. `softcap: 0`, `"0"`, `"0.0"` and `"0e0"` are one run (and a key set to its default is
+    none), which compared as written were four ideas, each drawing fresh seeds of its own."""
+    from trainer.config import KEYS, flag_value, make_config
+    flags = {k: flag_value(v) for k, v in {**program.baseline.overrides, **overrides}.items()}
+    known = {k: v for k, v in flags.items() if k in KEYS or k == "depth"}
+    try:
+        resolved = dataclasses.asdict(make_config(program.baseline.preset, **known))
+    except (ValueError, TypeError):  # (the runner refuses it; as written, then)
+        resolved = known
+    return {**resolved, **{k: v for k, v in flags.items() if k not in known}}
 
 
 def check_arm_name(arm: str):
     if not re.fullmatch(NAME, arm) or arm == "baseline" or arm.startswith("frontier-"):
-        raise OrgError(f"arm {arm!r}: use a new lowercase name (letters, digits, - and _); 'baseline' and "
-                       "'frontier-N' are the program's")
+        raise OrgError(f"arm {shown_name(arm)}: use a new lowercase name (letters, digits, - and _; 64 at most); "
+                       "'baseline' and 'frontier-N' are the program's")
+
+
+def shown_name(arm: str) -> str:
+    return repr(arm) if len(arm) <= 80 else f"{arm[:60]!r}... ({len(arm)} characters)"
 
 
 def submission_source(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict, commit: str) -> str:
@@ -225,6 +260,8 @@ def waiting_for_budget(ledger: Ledger, program: Program) -> list[int]:
     runs, experiments = ledger.runs(program.name), ledger.experiments(program.name)
     started = {r["experiment_id"] for r in runs if r["claim_seq"]}
     pending = Counter(r["experiment_id"] for r in runs if r["status"] in ("queued", "running") and r["purpose"] not in CHECKS)
+    for e in experiments:  # its main runs, one a seed, are planned once its grid is done: priced now
+        pending[e["id"]] += len(program.budget.seeds) if e["stage"] == "tuning" else 0
     new = [e for e in experiments if e["source"] == "submitted" and e["id"] not in started]
     left = ledger.budget(program.name)["total_compute_seconds"] - ledger.compute_seconds(program.name) - held \
         - cost * (sum(pending.values()) - sum(pending[e["id"]] for e in new))  # (a running run: at its full cost)

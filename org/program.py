@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from org import OrgError
 
-NAME = r"^[a-z0-9][a-z0-9_-]*$"  # used in branch names and directory names
+NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # used in branch names and directory names (a ref's file: 255 bytes)
 BUDGET_KINDS = ("flops", "seconds", "tokens", "steps")
 
 # Keys the program owns: an experiment's overrides may not name them, so no agent can buy
@@ -234,7 +234,7 @@ class Budget(Strict):
     seeds: list[int] = Field(min_length=1)
     total_compute_seconds: float = Field(gt=0)  # summed runner wall time over all runs
     total_llm_dollars: float = Field(0.0, ge=0)
-    run_timeout_seconds: float = Field(gt=0)  # a run past this is killed
+    run_timeout_seconds: float = Field(gt=0, le=7 * 86400)  # a run past this is killed (a CPU rlimit: a C long)
     # CPU seconds each agent's own box may use, all its commands (or its CLI) together: work no
     # run's budget counts (None: as much as total_compute_seconds)
     agent_cpu_seconds: float | None = Field(None, gt=0)

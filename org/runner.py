@@ -48,12 +48,12 @@ from org.ledger import Ledger, budget_of
 from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, evaluator_env, export_for_models,
                           job_for, leave_the_record, measure_run, models_data, planted, put_aside, read_result, runs_data,
                           split_key_file, tidy_runs, worker_command)
-from org.experiments import budget_note, plan, plan_all, refusal, runs_own_code, waiting_for_budget
+from org.experiments import budget_note, plan, plan_all, refusal, run_cost, runs_own_code, waiting_for_budget
 from org.improve import sync_branch
 from org.program import Program
 from org.reaper import last_change, reap
 from org.sandbox import INSTALL_HINT, available, check, end_box, run_box, untrusted_env, worker_box
-from trainer.config import BUDGET_FLAGS
+from trainer.config import BUDGET_FLAGS, flag_value
 from trainer.record import Measurement, Result
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -114,21 +114,13 @@ def train_command(program: Program, overrides: dict, seed: int, out: Path, budge
     amount, data, train = int(amount) if kind in ("steps", "tokens") else amount, program.data, program.train
     source, tokenizer = (str(data_dir), "bytes") if data_dir else (data.source, data.tokenizer)
     cmd = [sys.executable, "-m", "trainer", "train", "--preset", program.baseline.preset]
-    cmd += [arg for key, value in overrides.items() for arg in ("--set", f"{key}={_flag_value(value)}")]
-    cmd += ["--seed", str(seed), "--out", str(out), "--quiet", BUDGET_FLAGS[kind], _flag_value(amount),
+    cmd += [arg for key, value in overrides.items() for arg in ("--set", f"{key}={flag_value(value)}")]
+    cmd += ["--seed", str(seed), "--out", str(out), "--quiet", BUDGET_FLAGS[kind], flag_value(amount),
             "--data", source, "--tokenizer", tokenizer, "--val-tokens", str(data.val_tokens),
             "--confirm-tokens", str(data.val_tokens),  # the held-out split the referee confirms on
             "--batch-size", str(train.batch_size), "--seq-len", str(train.seq_len),
             "--device", train.device, "--dtype", train.dtype, "--matmul", train.matmul]
     return cmd + (["--eval-every", str(train.eval_every)] if train.eval_every else [])
-
-
-def _flag_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 1e6:
-        return f"{value:.0f}"
-    return str(value)
 
 
 # --- the runner -----------------------------------------------------------------------
@@ -275,7 +267,8 @@ class Runner:
             result = Result(status="invalid", reason=left) if left else read_result(run_dir)
             started = datetime.fromisoformat(run["started_at"]).timestamp()
             if result is not None:
-                self._record(ledger, run, result, (changed or time.time()) - started, None, make_slots(self.program)[0])
+                ended = time.time() if just_now else changed or time.time()  # (`org stop`: it ran until now)
+                self._record(ledger, run, result, ended - started, None, make_slots(self.program)[0])
                 self.say(f"recovered run {run['id']}: result.json was written before the runner died")
                 continue
             put_aside(run_dir)
@@ -346,15 +339,16 @@ class Runner:
         baseline last re-ran a seed, and other work is still queued (so the re-runs bracket it).
         Counted from its last re-run, not its last run: the queue goes seed by seed, so a
         baseline run of the next seed comes every few runs, and it measures no drift. A run that
-        ended in error, invalid or refused counts for none (code that crashed at once bought a
-        baseline re-run with a few seconds of its agent's)."""
-        name = self.program.name
+        ended counts if it took half a run's cost (run_cost) or more (code that crashed at once, or
+        wrote `diverged` and exited, bought re-runs with seconds of its agent's); one in flight does."""
+        name, cost = self.program.name, run_cost(ledger, self.program)
         since = 0
         for r in sorted((r for r in ledger.runs(name) if r["claim_seq"] and r["purpose"] != "tune"),
                         key=lambda r: r["claim_seq"], reverse=True):
             if r["purpose"] == "repeat":
                 break
-            since += r["arm"] != "baseline" and r["status"] not in ("error", "invalid", "refused")
+            took = (r["wall_seconds"] or 0) + (r["measure_seconds"] or 0)  # (as run_cost counts)
+            since += r["arm"] != "baseline" and (r["status"] == "running" or took >= cost / 2)
         return since >= self.program.runner.baseline_every and bool(ledger.runs(name, status="queued"))
 
     def _claim_repeat(self, ledger: Ledger, slot: Slot) -> dict | None:

@@ -190,19 +190,27 @@ class Sandbox:
         here = [p.resolve() if p.is_symlink() else p for p in home_credentials()]  # (as __init__ does)
         unseen = list(dict.fromkeys(self.hidden + other_labs() + here))
         hidden = sorted({p for p in unseen if p.is_dir()} | set(runtime), key=lambda p: len(p.parts))  # outer first
+        back = self.readonly + self.sockets + used  # (read-only, over what is hidden)
+        within = [p for p in unseen if any(p != tree and p.is_relative_to(tree) for tree in back)]  # hidden after
         for path in hidden:  # mounts apply in order: hide first, then expose what is needed
-            box += ["--size", "65536", "--tmpfs", str(path)]
+            box += ["--size", "65536", "--tmpfs", str(path)] if path not in within else []
         for path in unseen:  # a file: read as empty
-            if path.exists() and not path.is_dir():
+            if path.exists() and not path.is_dir() and path not in within:
                 box += ["--ro-bind", "/dev/null", str(path)]
-        linked = [p for p in self.readonly + self.sockets + self.frozen if through_link(p, self.writable)]
-        if linked:  # bwrap's mounts follow links: a bind meant for the tree's file lands where one points
-            raise SandboxError(f"no box is made: {linked[0]} passes through a link inside {self.writable[0]}, "
-                               "where the box's owner writes; a box binds nothing through one")
+        link = next(filter(None, (through_link(p, self.writable) for p in self.readonly + self.sockets + self.frozen)), None)
+        if link:  # bwrap's mounts follow links: a bind meant for the tree's file lands where one points
+            raise SandboxError(f"no box is made: {link} is a link, in a tree the box's owner writes, and a box "
+                               f"binds nothing through one; remove it (`rm {link}`)")
         # (a writable tree may lie inside a read-only one: .git/agent-objects/...); what the box runs, back
-        for path in self.readonly + self.sockets + used:
+        for path in back:
             if path.exists():
                 box += ["--ro-bind", str(path), str(path)]
+        for path in within:  # (the other agents' objects in the .git bound back: hidden once it is)
+            if path.is_dir():
+                box += ["--size", "65536", "--tmpfs", str(path)]
+            elif path.exists():
+                box += ["--ro-bind", "/dev/null", str(path)]
+        hidden += [p for p in within if p.is_dir() and p not in hidden]
         for path in self.writable:
             box += ["--bind", str(path), str(path)]
         for path in self.frozen:
@@ -384,16 +392,16 @@ def inside(path: Path, trees: list[Path]) -> bool:
     return any(path.is_relative_to(tree) for tree in trees)
 
 
-def through_link(path: Path, trees: list[Path]) -> bool:
-    """Whether a path inside one of `trees` passes through a link there (at or below the tree)."""
+def through_link(path: Path, trees: list[Path]) -> Path | None:
+    """The link a path inside one of `trees` passes through there (at or below the tree), or None."""
     for tree in trees:
         if Path(path).is_relative_to(tree):
             at = Path(tree)
             for part in Path(path).relative_to(tree).parts:
                 at = at / part
                 if at.is_symlink():
-                    return True
-    return False
+                    return at
+    return None
 
 
 # --- GPUs: only the box's own ------------------------------------------------------------
@@ -566,11 +574,10 @@ def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, o
         folder.mkdir(parents=True, exist_ok=True)
     empty_file(Path(git_dir) / "config.worktree")  # read by every git there if the lab has extensions.worktreeConfig
     # the other agents' folders of objects and their worktrees' admin dirs (index and all) hold
-    # what each has staged and not committed: hidden, the shared .git bound back but for them
+    # what each has staged and not committed: hidden inside the shared .git (wrap: after it is bound)
     theirs = [Path(own_objects).parents[1], common / "worktrees"]  # (<common>/agent-objects/<program>/<agent>)
-    shared = [path for path in sorted(common.iterdir()) if path not in theirs]
     return Sandbox(writable=[worktree, own_objects, refs, reflogs, git_dir],
-                   readonly=shared, hidden=lab_private(lab_root) + theirs,
+                   readonly=[common], hidden=lab_private(lab_root) + theirs,
                    # the pointers between the worktree and git_dir: rewritten, the next box's git_dir (Lab.admin_dir)
                    # could be any folder, and the harness's git calls would follow them; its folder's packs and
                    # info (its alternates): what the harness takes in is read object by object (org/objects.py)

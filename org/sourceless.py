@@ -34,6 +34,7 @@ import glob
 import hashlib
 import os
 import py_compile
+import re
 import shutil
 import sys
 import sysconfig
@@ -72,21 +73,26 @@ def other_stdlibs() -> tuple[Path, ...]:
 
 SEARCHED = ("/usr", "/opt", "/srv", "/snap", "/nix", "/home", "/root")  # where software is installed
 STDLIB_MARKS = {"os.py", "abc.py", "codecs.py"}  # what a folder of a stdlib holds, of any version
+STDLIB_NAME = re.compile(r"(python|pypy)[\d.]*|lib-python|[23](\.\d+)?")  # python3.12, pypy3.10, PyPy's lib-python/3
 NOT_SEARCHED = {"site-packages", "dist-packages", "node_modules", ".git", "__pycache__", ".cache"}
 MAX_WALKED = 300_000  # folders: 19k here (0.4 s); a home of millions stops the walk there
+MAX_FOUND = 64  # each is a mount in every run's box: folders an agent made to look like stdlibs stop here
 
 
 def walked_stdlibs(roots: list[str], limit: int = MAX_WALKED) -> set[Path]:
-    """Folders holding a stdlib under `roots` (not inside one, nor in a site-packages)."""
+    """Folders holding a stdlib under `roots` (not inside one, nor in a site-packages, nor in a
+    lab: its worktrees and runs are agents' to fill, and every stdlib found is a mount)."""
     found, walked = set(), 0
     for root in dict.fromkeys(roots):
         for folder, folders, files in os.walk(root):  # (links not followed)
             walked += 1
-            if STDLIB_MARKS <= set(files):
+            if ".lab" in folders:  # a lab's root (org/workspace.py): what lies below is its own
+                folders[:] = []
+            elif STDLIB_MARKS <= set(files) and STDLIB_NAME.fullmatch(os.path.basename(folder)):
                 found.add(Path(folder).resolve())
                 folders[:] = []
             folders[:] = [name for name in folders if name not in NOT_SEARCHED]
-            if walked >= limit:
+            if walked >= limit or len(found) >= MAX_FOUND:
                 return found
     return found
 

@@ -7,8 +7,10 @@ the person changed: their commits and the worktree's diff since the takeover), a
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import secrets
 import shlex
 import shutil
 import tempfile
@@ -77,13 +79,13 @@ def cmd_takeover(args) -> int:
         try:
             mended = take_in(launch, agent)
             head = git(tree, "rev-parse", "HEAD")
+            nested, said = set_aside_nested(launch, agent)  # first: the snapshot's `git add` looks inside them
         except OrgError:
             control.resume()  # (no record: `org release` could not lift the pause)
             raise
         objects = snapshot_objects(launch, agent)
         shutil.rmtree(objects, ignore_errors=True)  # (a crash's, or an earlier try's)
         taken = snapshot_or_why(tree, objects)
-        nested, said = set_aside_nested(launch, agent) if backend != "claude-code" else ([], [])
     write_atomically(launch.lab_dir / "takeover" / f"{agent}.json",
                      json.dumps({**taken, "head": head, "at": now(), "nested": nested}))
     for line in mended + said:
@@ -114,15 +116,15 @@ def take_in(launch: ProgramSite, agent: str) -> list[str]:
         return mend_worktree(lab, tree, branch)
 
 
-def set_aside_nested(launch: ProgramSite, agent: str) -> tuple[list[str], list[str]]:
+def set_aside_nested(launch: ProgramSite, agent: str) -> tuple[list[list[str]], list[str]]:
     """Each repository nested in the agent's worktree where its index or HEAD names a submodule,
-    moved out of the worktree while the person holds the pane: their git looks inside a submodule
-    whose .gitmodules says `ignore = none` (stronger than any config of ours but the command
-    line's), and runs that repository's own config, a filter (any command), as the person. With
-    no .git there, the submodule is not populated, and git looks at nothing inside. (the names set
-    aside, what to tell the person); `org release` puts them back."""
-    tree, aside = launch.worktree(agent), nested_aside(launch, agent)
-    shutil.rmtree(aside, ignore_errors=True)  # (a crash's: a release that did not finish put back what it could)
+    its .git renamed beside it while the person holds the pane: git outside a box looks inside a
+    populated submodule (`git add -A` of the takeover's snapshot always; the person's status where
+    its .gitmodules says `ignore = none`, stronger than any config of ours) and runs that
+    repository's own config, a filter (any command), as the person. With no .git there, git looks
+    at nothing inside. ([[name, what its .git is called now], ...], what to tell the person);
+    `org release` puts them back. OrgError, with all put back, where one cannot be moved."""
+    tree = launch.worktree(agent)
     listed = git(tree, "ls-files", "-z", "--stage", raw=True) + b"\0" + git(tree, "ls-tree", "-r", "-z", "HEAD", raw=True)
     names = sorted({line.split(b"\t", 1)[1] for line in listed.split(b"\0") if line.startswith(b"160000 ")})
     moved, said = [], []
@@ -130,35 +132,36 @@ def set_aside_nested(launch: ProgramSite, agent: str) -> tuple[list[str], list[s
         folder = tree / name
         if os.path.realpath(folder) != os.path.join(os.path.realpath(tree), name) or not os.path.lexists(folder / ".git"):
             continue  # (a link on the way: what lies there is not the worktree's; nothing there: nothing runs)
-        aside.mkdir(parents=True, exist_ok=True)
+        # beside the worktree (the same disk; hidden from every box, as all worktrees are; no
+        # snapshot's `git add -A` sees it; a name its box could not have chosen)
+        aside = str(tree.parent / f".{agent}.set-aside-{secrets.token_hex(6)}")
         try:
-            os.rename(folder / ".git", aside / str(len(moved)))
+            os.rename(folder / ".git", aside)
         except OSError as e:
-            raise OrgError(f"{agent}'s worktree nests a repository at {name}, whose config your git would run; "
-                           f"it could not be set aside ({e.strerror}): move {folder / '.git'} away yourself") from None
-        moved.append(name)
-        said.append(f"{agent}'s worktree nests a repository at {name} (a submodule): its .git is set aside in "
-                    f"{aside / str(len(moved) - 1)} while the pane is yours (git would run its config as you)")
+            put_back_nested(launch, agent, moved)
+            raise OrgError(f"{agent}'s worktree nests a repository at {name}, whose config git would run as you; "
+                           f"its .git could not be set aside ({e.strerror}), and nothing was taken over") from None
+        moved.append([name, aside])
+        said.append(f"{agent}'s worktree nests a repository at {name} (a submodule): its .git is {aside} "
+                    f"while the pane is yours (git would run its config as you); `org release` puts it back")
     return moved, said
 
 
-def put_back_nested(launch: ProgramSite, agent: str, names: list[str]) -> list[str]:
-    """What set_aside_nested moved, back where it was (where nothing has taken its place)."""
-    tree, aside, said = launch.worktree(agent), nested_aside(launch, agent), []
-    for i, name in enumerate(names):
+def put_back_nested(launch: ProgramSite, agent: str, moved: list[list[str]]) -> list[str]:
+    """What set_aside_nested renamed, back (where nothing has taken its place); what was not, said."""
+    tree, said = launch.worktree(agent), []
+    for name, aside in moved:
         home = tree / name / ".git"
-        if os.path.lexists(aside / str(i)) and not os.path.lexists(home) and home.parent.is_dir():
-            os.rename(aside / str(i), home)
-        elif os.path.lexists(aside / str(i)):
-            said.append(f"the repository nested at {name} was set aside during the takeover, and {home} is "
-                        f"taken or gone now: it stays in {aside / str(i)}")
-    if not said:
-        shutil.rmtree(aside, ignore_errors=True)
+        if not os.path.lexists(aside):
+            continue  # (the person moved or removed it: theirs to say)
+        try:
+            if os.path.lexists(home):
+                raise FileExistsError(errno.EEXIST, "something else is there now")
+            os.rename(aside, home)
+        except OSError as e:
+            said.append(f"the repository nested at {name} was set aside during the takeover as {aside}, "
+                        f"and could not be put back ({e.strerror}): rename it to {home} yourself")
     return said
-
-
-def nested_aside(launch: ProgramSite, agent: str) -> Path:
-    return launch.lab_dir / "takeover" / f"{agent}.nested"
 
 
 def thaw_agent(launch: ProgramSite, agent: str):

@@ -599,7 +599,7 @@ def test_work_at_load_time_is_compute_at_measurement_and_invalid(lab):
         "    def load_numpy(self, state: dict):\n", "    def load_numpy(self, state: dict):\n        import time; time.sleep(25)\n"))
     out = measure(lab, code=code)
     assert out["invalid"].startswith("its model's construction, checkpoint loads and replayed steps took longer than "
-                                     "the base's allow"), out
+                                     "the base's times allow"), out
     assert not re.search(r"\d+\.\ds", out["invalid"])  # no worker-timed figure: the agents read a reason
     assert "compute at measurement that no budget paid for (x3 the base's for its other calls, x2.5 for its scored " \
            "passes, and 30s more in all at most)" in out["invalid"]
@@ -615,7 +615,7 @@ def test_work_on_a_few_scored_batches_is_held_to_the_base_too(lab):
         "return logits", "_SCORED[0] += 1\n            if _SCORED[0] == 1:\n                import time; time.sleep(35)\n"
                          "            return logits")) + "\n_SCORED = [0]\n")
     out = measure(lab, code=code)
-    assert out["invalid"].startswith("its model's scored forward passes (per FLOP) took longer than the base's allow"), out
+    assert out["invalid"].startswith("its model's scored forward passes (per FLOP) took longer than the base's times allow"), out
     assert "compute at measurement that no budget paid for" in out["invalid"]
 
 

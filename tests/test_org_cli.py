@@ -108,6 +108,8 @@ def test_bad_submissions(make_project, capsys):
     for arm in ("baseline", "Bad Name", "../x", "x.y", "baseline\n", "no-softcap\n"):
         assert main(["submit", "tiny", "--arm", arm]) == 2
         assert f"arm {arm!r}: use a new lowercase name" in one_line_error(capsys)
+    assert main(["submit", "tiny", "--arm", "x" * 300]) == 2  # (git's ref of a merged try: "File name too long")
+    assert f"arm {'x' * 60!r}... (300 characters): use a new lowercase name" in one_line_error(capsys)
     assert nothing_created(root)
 
 
@@ -127,7 +129,12 @@ def test_a_change_already_submitted_is_not_measured_again_under_a_new_name(make_
     repo.git.commit("-q", "--allow-empty", "-m", "another commit, the same tree")
     assert main(["submit", "tiny", "--arm", "lr-elsewhere", "--ref", "elsewhere", "--set", "matrix_lr=0.03"]) == 2
     assert "experiment 1 (lr) already is this change" in one_line_error(capsys)
+    for spelled in ("0.030", "3e-2", "0.03000"):  # one value, spelled another way: one run (the same flag read)
+        assert main(["submit", "tiny", "--arm", f"lr-{len(spelled)}{spelled[-1]}", "--set", f"matrix_lr={spelled}"]) == 2
+        assert "experiment 1 (lr) already is this change" in one_line_error(capsys)
     assert main(["submit", "tiny", "--arm", "lr-4", "--set", "matrix_lr=0.04"]) == 0  # another value: another idea
+    assert main(["submit", "tiny", "--arm", "lr-4-again", "--set", "matrix_lr=0.04", "--set", "softcap=15"]) == 2
+    assert "experiment 2 (lr-4) already is this change" in one_line_error(capsys)  # (softcap 15: the preset's own)
     with ledger_of(root) as ledger:
         assert [e["arm"] for e in ledger.experiments("tiny")] == ["lr", "lr-4"]
 

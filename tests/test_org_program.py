@@ -140,6 +140,8 @@ def test_a_top_level_list_is_not_a_program(tmp_path):
     (("margin: 0.01", "margin: .nan"), "claim.margin: expected a finite number, got nan"),
     (("per_run: {steps: 3}", "per_run: {flops: .inf}"), "budget.per_run.flops: expected a finite number, got inf"),
     (("run_timeout_seconds: 30", "run_timeout_seconds: .inf"), "budget.run_timeout_seconds: expected a finite number"),
+    # a CPU rlimit past a C long: the runner's box failed with a traceback, for every run, at every restart
+    (("run_timeout_seconds: 30", "run_timeout_seconds: 1e18"), "budget.run_timeout_seconds: expected less than or equal to 604800"),
     (("seeds: [0, 1]", "seeds: [-1, 1]"), "budget.seeds: expected seeds from 0 to 2**63-1, got [-1, 1]"),
     (("name: tiny\n", "name: tiny\nname: other\n"), "malformed YAML at line 2, column 1: duplicate key 'name'"),
     (("{steps: 3}", "{steps: 3, steps: 4}"), "duplicate key 'steps'"),

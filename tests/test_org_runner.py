@@ -234,6 +234,32 @@ def test_an_agents_share_of_the_compute_holds_its_queue_back_not_its_teammates(t
         assert waiting_for_budget(ledger, program) == alice  # its started one too (2 runs left)
 
 
+def test_a_tuning_experiment_is_priced_with_the_main_runs_its_grid_is_followed_by(tmp_path):
+    """A `tune` program: an experiment's grid runs are queued at its submission, its main runs (one
+    a seed) once the grid is done. Admission priced the grid alone, and once started an experiment
+    goes on: its main runs then spent what was held for a claim's fresh seeds, and the claim stayed
+    "awaiting replication" for good. They are priced from the start."""
+    from org.experiments import waiting_for_budget
+    from org.program import Program
+    spec = tiny_program(claim={"kind": "non-inferiority", "margin": 1.0, "fresh_seeds": 2}, tune={"matrix_lr": [0.02]})
+    spec["budget"].update(seeds=[0, 1, 2, 3, 4], total_compute_seconds=120)
+    program = Program.model_validate(spec)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.add_program(program.name, program.model_dump(mode="json"), base_commit="b", branch="program/tiny")
+        base = ledger.experiment(ledger.add_experiment(program.name, "baseline", who="program", source="declared",
+                                                       base_commit="b", code_commit="b", overrides={}, stage="measuring"))
+        for seed in range(5):
+            ledger.finish(ledger.add_run(base, "main", seed, 1 + seed, {}, ("steps", 3)), "completed", wall_seconds=10.0)
+        tuned = ledger.experiment(ledger.add_experiment(program.name, "lr", who="alice", source="submitted", base_commit="b",
+                                                        code_commit="b", overrides={}, stage="tuning"))
+        for seed in program.tuning_seeds:
+            ledger.add_run(tuned, "tune", seed, 0, {"matrix_lr": 0.02}, ("steps", 3))
+        # 50 s spent, 40 s held for 2 fresh seeds x 2 arms: 30 s left, which pays for its grid (one run of
+        # 10 s) and not for its 5 main runs besides
+        assert len(program.tuning_seeds) * 10 <= 30 < (len(program.tuning_seeds) + 5) * 10
+        assert waiting_for_budget(ledger, program) == [tuned["id"]]
+
+
 def test_before_the_baseline_has_a_run_on_record_an_agents_experiment_is_priced_at_the_run_timeout(tmp_path):
     """Admission prices a run at the baseline's median cost, which was 0 until one completed: an
     agent's experiments started unheld then (a `tune` grid, queued ahead of the baseline's runs,
@@ -505,16 +531,22 @@ def test_code_that_crashes_at_once_buys_no_baseline_re_runs(make_project):
     """The baseline re-runs a seed every `baseline_every` runs of other arms, on the program's
     budget. Runs that crashed at once counted: an agent's experiments whose code exits at import
     bought a full baseline re-run for every two of its few-second runs, and spent the budget its
-    teammates and the fresh-seed checks needed. Only runs that trained count."""
+    teammates and the fresh-seed checks needed; so did code that wrote a result.json saying
+    `diverged` (a trainer's word, not an error) and exited. Only runs that trained count: those
+    that took half a run's cost or more (here the baseline trains 400 steps: its cost is seconds past
+    what a start-up takes, however loaded the machine)."""
     root = make_project(tiny_program(variants=[], runner={"baseline_every": 2, "threads_per_slot": 1},
-                                     budget={**tiny_program()["budget"], "seeds": [0, 1, 2]}))
-    for agent in ("crash-a", "crash-b"):
-        agent_commit(root, agent, "trainer/train.py", lambda text: text + f"\nraise SystemExit({agent!r})\n")
+                                     budget={**tiny_program()["budget"], "seeds": [0, 1, 2], "per_run": {"steps": 400}}))
+    diverges = ("\nimport json as _j, sys as _s\n_out = _s.argv[_s.argv.index('--out') + 1]\n"
+                "import os as _o; _o.makedirs(_out, exist_ok=True)\n"
+                "open(_o.path.join(_out, 'result.json'), 'w').write(_j.dumps({'status': 'diverged'}))\nraise SystemExit(0)\n")
+    for agent, code in (("crash-a", "\nraise SystemExit('crash-a')\n"), ("diverges", diverges)):
+        agent_commit(root, agent, "trainer/train.py", lambda text: text + code)
         assert main(["submit", "tiny", "--arm", agent, "--ref", f"agent/tiny/{agent}/work"]) == 0
     assert main(["run", "tiny"]) == 0
     with ledger_of(root) as ledger:
         runs = ledger.runs("tiny")
-    assert sorted(r["status"] for r in runs if r["arm"] != "baseline") == ["error"] * 6
+    assert sorted(r["status"] for r in runs if r["arm"] != "baseline") == ["diverged"] * 3 + ["error"] * 3
     assert [r["purpose"] for r in runs if r["arm"] == "baseline"] == ["main"] * 3  # no re-run bought
 
 

@@ -27,7 +27,7 @@ from org.agents.sandbox import git_identity
 from org.agents.tools import Tools
 from org import OrgError
 from org.cli import main
-from org.takeover import person_shell, put_back_nested, set_aside_nested
+from org.takeover import person_shell, put_back_nested, set_aside_nested, snapshot_or_why
 from org.workspace import ProgramSite
 from org.lab import Lab, agent_branch
 from org.objects import agent_objects
@@ -266,7 +266,7 @@ def test_a_command_cannot_read_what_another_agent_staged_but_did_not_commit(two_
     try:
         assert run(bob_tools, "echo 'bob draft 42' > draft.md && git add draft.md && echo done").endswith("done\n")
         common = "$(git rev-parse --git-common-dir)"
-        out = run(alice, f"ls {common}/agent-objects/*/; cat {common}/worktrees/bob/index | strings | grep draft; "
+        out = run(alice, f"ls {common}/agent-objects/*/; grep -a -o draft {common}/worktrees/bob/index; "
                          f"find {common}/agent-objects {common}/worktrees -path '*bob*' | head -3")
         assert "bob" not in out.replace("worktrees/bob/index", "") and "draft" not in out, out
         assert "cannot access" in out or "No such file" in out, out
@@ -481,13 +481,17 @@ def test_a_submodule_whose_gitmodules_asks_to_be_looked_at_runs_nothing_in_the_h
         harness_git(tools.ws.root, *look)
         assert not escaped.exists(), look
     site = ProgramSite(root, program, None)
-    nested, said = set_aside_nested(site, "alice")  # what `org takeover` does before the pane is the person's
-    assert nested == ["sub"] and "nests a repository at sub" in said[0] and not (tools.ws.root / "sub" / ".git").exists()
+    nested, said = set_aside_nested(site, "alice")  # what `org takeover` does first, before its snapshot
+    assert [name for name, _ in nested] == ["sub"] and "nests a repository at sub" in said[0]
+    assert not (tools.ws.root / "sub" / ".git").exists()
+    assert snapshot_or_why(tools.ws.root, root / "snapshot-objects").get("tree") and not escaped.exists()
     shell = person_shell(site, "alice")
-    for look in (["status"], ["diff"], ["diff", "--stat", "HEAD"], ["reset", "-q", "--hard"], ["status"]):
+    for look in (["status"], ["diff"], ["diff", "--stat", "HEAD"], ["add", "-A"], ["reset", "-q", "--hard"], ["status"]):
         done = subprocess.run(["git", *look], cwd=tools.ws.root, env={**os.environ, **shell.env}, capture_output=True)
         assert done.returncode == 0 and not escaped.exists(), (look, done.stderr)
     assert put_back_nested(site, "alice", nested) == [] and (tools.ws.root / "sub" / ".git" / "config").exists()
+    snapshot_or_why(tools.ws.root, root / "snapshot-objects-2")  # (what the snapshot's `git add -A` ran: the filter)
+    assert escaped.exists()
 
 
 def test_a_link_an_agent_commits_binds_nothing_into_a_box(two_agents):
@@ -512,7 +516,7 @@ def test_a_link_an_agent_commits_binds_nothing_into_a_box(two_agents):
     (tree / "org").unlink()  # (one a person's git made, or an older harness's)
     (tree / "org").symlink_to("../../../.lab")
     box = Sandbox(writable=[tree], frozen=[tree / "org" / "gateway", tree / ".git"])
-    with pytest.raises(sandbox.SandboxError, match="passes through a link"):
+    with pytest.raises(sandbox.SandboxError, match=f"{tree / 'org'} is a link, .* remove it"):
         box.command(["true"], tree, {})
 
 
@@ -620,6 +624,12 @@ def test_a_stdlib_bundled_anywhere_under_the_software_folders_is_found(tmp_path)
             (folder / name).write_text("# text\n")
     (tmp_path / "lib" / "only-os").mkdir()
     (tmp_path / "lib" / "only-os" / "os.py").write_text("# a module of that name\n")
+    lab = tmp_path / "home" / "proj"  # a lab's worktrees and runs are its agents' to fill: not walked
+    (lab / ".lab").mkdir(parents=True)
+    for folder in (lab / "worktrees" / "python3.11", tmp_path / "lib" / "decoy"):  # (each found: a mount per box)
+        folder.mkdir(parents=True)
+        for name in STDLIB_MARKS:
+            (folder / name).write_text("# text\n")
     assert walked_stdlibs([str(tmp_path)]) == {bundled.resolve()}
     assert walked_stdlibs([str(tmp_path)], limit=2) == set()  # (a walk stops at its bound)
 

@@ -130,6 +130,15 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
+def flag_value(value) -> str:
+    """A value as a `--set key=value` flag spells it (parse_overrides reads it back)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1e6:
+        return f"{value:.0f}"
+    return str(value)
+
+
 def validate(cfg: Config) -> None:
     for key, choices in CHOICES.items():
         if getattr(cfg, key) not in choices:

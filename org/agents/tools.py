@@ -293,13 +293,15 @@ class Tools:
 
     def submit_experiment(self, arm: str, hypothesis: str, overrides: dict | None = None,
                           ref: str | None = None) -> str:
-        from org.experiments import submission_source, submit
+        from org.experiments import MAX_HYPOTHESIS_CHARS, hypothesis_too_long, submission_source, submit
         overrides = overrides or {}
         owned = owned_by_program(overrides)  # the runner refuses it too; this answers before git is asked
         if owned:
             raise Refused(f"override {owned}")
         if not hypothesis.strip():
             raise ToolError("state the hypothesis: what you expect versus the baseline, and why")
+        if len(hypothesis) > MAX_HYPOTHESIS_CHARS:
+            raise ToolError(hypothesis_too_long(hypothesis))
         bad = [k for k, v in overrides.items() if not isinstance(v, (str, int, float, bool))]
         if bad:
             raise ToolError(f"override {bad[0]!r}: values are numbers, strings or booleans")
