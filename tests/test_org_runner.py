@@ -95,6 +95,28 @@ def agent_commit(root: Path, agent: str, relpath: str, edit) -> str:
     return sha
 
 
+def test_refused_submissions_and_hypotheses_are_bounded(make_project, capsys, monkeypatch):
+    """A refused submission costs no compute, and its hypothesis (and diff) went into the ledger
+    whole: an agent's loop of 16 MB hypotheses on a commit that touches a protected path filled
+    the ledger every claim re-reads. A hypothesis holds 4000 characters; an agent's refused
+    submissions past MAX_REFUSED are answered with the reason and not recorded."""
+    from org import experiments
+    monkeypatch.setattr(experiments, "MAX_REFUSED", 2)
+    root = make_project(tiny_program(variants=[]))
+    agent_commit(root, "mallory", "trainer/eval.py", lambda text: text + "\n# kinder\n")
+    ref = "agent/tiny/mallory/work"
+    assert main(["submit", "tiny", "--arm", "long", "--ref", ref, "--who", "mallory", "--hypothesis", "x" * 5000]) == 2
+    assert "a hypothesis of 5000 characters: one holds 4000 at most" in capsys.readouterr().err
+    for i in range(3):
+        code = main(["submit", "tiny", "--arm", f"kinder-{i}", "--ref", ref, "--who", "mallory", "--hypothesis", "h"])
+        assert code == (1 if i < 2 else 2)  # (1: recorded, refused)
+    assert ("refused, and not recorded (2 refused submissions of mallory's are on record): protected paths differ"
+            in capsys.readouterr().err)
+    with ledger_of(root) as ledger:
+        assert [(e["arm"], e["stage"]) for e in ledger.experiments("tiny")] == [("kinder-0", "refused"), ("kinder-1", "refused")]
+    assert main(["submit", "tiny", "--arm", "honest", "--set", "softcap=20", "--who", "mallory"]) == 0  # (not refused)
+
+
 def test_org_run_measures_every_arm_on_the_programs_seeds(make_project, capsys):
     root = make_project(tiny_program())
     assert main(["run", "programs/tiny.yaml"]) == 0
