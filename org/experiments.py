@@ -43,6 +43,12 @@ def submit(ledger: Ledger, lab: Lab, program: Program, arm: str, overrides: dict
         raise OrgError(hypothesis_too_long(hypothesis))
     base = ledger.program(program.name)["base_commit"]
     commit = lab.take_in(ref, (program.name, who)) if ref else base  # copied, checked, where no box writes
+    maker = lab.made_by(program.name, commit) if ref and who in {a.name for a in program.org.agents} else None
+    if maker and maker != who and all(e["code_commit"] != commit for e in ledger.experiments(program.name)):
+        # (a teammate's commit, submitted first under another name, left its maker refused; one on
+        # record, a kept try's say, is anyone's to build on)
+        raise OrgError(f"commit {commit[:10]} was made in {maker}'s box: an agent submits commits of its own (one "
+                       f"on top of it is), so each verdict goes to whoever did the work")
     versus, since, merge_problem = None, base, None
     if program.claim.kind == "improve" and arm != "baseline":  # a try, against the frontier of the moment
         front = frontier(ledger.experiments(program.name)) or submit(

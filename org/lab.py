@@ -454,8 +454,25 @@ class Lab:
                         f.seek(0)
                         f.truncate()
                         f.write(str(count + self.objects.written))
+                    self.record_made_by(owner, self.objects.commits_written)
         except (ObjectError, OSError) as e:  # (OSError: a pack half made by another process, say)
             raise LabError(f"git ref {ref!r}: {e}") from None
+
+    def record_made_by(self, owner: tuple[str, str], commits: list[str]):
+        """Whose box made each commit, as it first came into the shared store from that agent's
+        folder of objects (a box cannot write another's): a file each, never rewritten."""
+        folder = self.state_dir(owner[0]) / "made-by"
+        folder.mkdir(parents=True, exist_ok=True)
+        for sha in commits:
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(folder / sha, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+                (folder / sha).write_text(owner[1])
+
+    def made_by(self, program: str, commit: str) -> str | None:
+        """The agent whose box made `commit` (record_made_by), or None: the program's, a person's."""
+        with contextlib.suppress(OSError):
+            return (self.state_dir(program) / "made-by" / commit).read_text().strip() or None
+        return None
 
     def take_in_work(self, worktree: Path, branch: str, index: bool = False):
         """An agent's branch and its worktree's HEAD (and with `index`, what it staged) taken in where

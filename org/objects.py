@@ -67,6 +67,7 @@ class ObjectStore:
         self.shared = self.common / "objects"
         self._packs = PackedDB(str(self.shared / "pack"))  # (read in Python: never through git)
         self.taken = self.written = 0  # what the last take_in read, and wrote
+        self.commits_written = []  # and the commits it wrote (whose box made them: Lab.made_by)
         self.junk = set()  # (path, inode, size, mtime) of each agent's copy found junk, never read again
 
     def agent_folder(self, program: str, agent: str) -> Path:
@@ -90,6 +91,7 @@ class ObjectStore:
         holds names only, each object read again as it is written. Returns the bytes it wrote."""
         folders = [owner] if owner else []
         stack, seen, self.taken, self.written, pushed = [(oid, kind, False)], {}, 0, 0, 1
+        self.commits_written = []
         while stack:
             name, kind, expanded = stack.pop()
             if not expanded and self.met_before(name, kind, seen):
@@ -105,6 +107,7 @@ class ObjectStore:
                                       "may still add into the lab's objects; nothing more of its work is taken in")
                 self.write_loose(name, kind, data)
                 self.written += len(data)  # (counted as it goes: a take-in that fails later wrote this)
+                self.commits_written += [name] if kind == b"commit" else []
                 continue
             seen[name] = kind
             named = [(child, child_kind, False) for child, child_kind in children(name, kind, data)

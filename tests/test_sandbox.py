@@ -277,6 +277,33 @@ def test_a_command_cannot_read_what_another_agent_staged_but_did_not_commit(two_
         bob_tools.close()
 
 
+def test_an_agent_cannot_submit_a_teammates_commit_as_its_own(two_agents):
+    """Bob commits an idea and has not submitted it yet; his branch is readable in every box (his
+    teammates build on it). Alice submitted his commit under a name of hers: the verdict was
+    credited to her, her share paid, and Bob's own submission was then refused as "already this
+    change". A commit is its maker's, by whose folder of objects it came in from; one on top of
+    it is the new maker's."""
+    root, program, alice, bob = two_agents
+    bob_tools = Tools("bob", program, root, bob, teammates=["alice"])
+    try:
+        assert run(bob_tools, "echo 'softcap 12' > idea.md && git add -A && git commit -qm idea && echo ok").endswith("ok\n")
+        theirs = alice.call("submit_experiment", {"arm": "alices", "hypothesis": "mine now",
+                                                  "ref": agent_branch(program.name, "bob")})
+        assert theirs.error and "was made in bob's box: an agent submits commits of its own" in theirs.output, theirs.output
+        own = bob_tools.call("submit_experiment", {"arm": "bobs", "hypothesis": "a softcap of 12 helps"})
+        assert not own.error and "refused" not in own.output, own.output
+        built = run(alice, f"git merge -q --no-edit {agent_branch(program.name, 'bob')} && echo more >> idea.md && "
+                           "git commit -qam 'on top of it' && echo ok")
+        assert built.endswith("ok\n"), built
+        on_top = alice.call("submit_experiment", {"arm": "alices-more", "hypothesis": "more of it"})
+        assert not on_top.error, on_top.output
+        submitted = alice.call("submit_experiment", {"arm": "alices-12", "hypothesis": "his, with a softcap of 12",
+                                                     "ref": agent_branch(program.name, "bob"), "overrides": {"softcap": 12}})
+        assert not submitted.error, submitted.output  # once on record, his commit is anyone's to build on
+    finally:
+        bob_tools.close()
+
+
 def test_a_command_leaves_nothing_in_git_that_hangs_the_harness(two_agents):
     """What a box writes in the shared .git (its branches, their reflogs, its worktree's HEAD and
     index), the harness's git reads: packing what it took in (every branch), listing the worktrees
