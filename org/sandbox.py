@@ -193,10 +193,9 @@ class Sandbox:
         back = self.readonly + self.sockets + used  # (read-only, over what is hidden)
         within = [p for p in unseen if any(p != tree and p.is_relative_to(tree) for tree in back)]  # hidden after
         for path in hidden:  # mounts apply in order: hide first, then expose what is needed
-            box += ["--size", "65536", "--tmpfs", str(path)] if path not in within else []
-        for path in unseen:  # a file: read as empty
-            if path.exists() and not path.is_dir() and path not in within:
-                box += ["--ro-bind", "/dev/null", str(path)]
+            box += hiding(path) if path not in within else []
+        for path in unseen:  # (its files: its folders are in `hidden`)
+            box += hiding(path) if not path.is_dir() and path not in within else []
         link = next(filter(None, (through_link(p, self.writable) for p in self.readonly + self.sockets + self.frozen)), None)
         if link:  # bwrap's mounts follow links: a bind meant for the tree's file lands where one points
             raise SandboxError(f"no box is made: {link} is a link, in a tree the box's owner writes, and a box "
@@ -206,11 +205,7 @@ class Sandbox:
             if path.exists():
                 box += ["--ro-bind", str(path), str(path)]
         for path in within:  # (the other agents' objects in the .git bound back: hidden once it is)
-            if path.is_dir():
-                box += ["--size", "65536", "--tmpfs", str(path)]
-            elif path.exists():
-                box += ["--ro-bind", "/dev/null", str(path)]
-        hidden += [p for p in within if p.is_dir() and p not in hidden]
+            box += hiding(path)
         for path in self.writable:
             box += ["--bind", str(path), str(path)]
         for path in self.frozen:
@@ -390,6 +385,13 @@ def resolved(paths) -> list[Path]:
 
 def inside(path: Path, trees: list[Path]) -> bool:
     return any(path.is_relative_to(tree) for tree in trees)
+
+
+def hiding(path: Path) -> list[str]:
+    """bwrap's arguments that hide a path: a folder as an empty tmpfs, a file as an empty one."""
+    if path.is_dir():
+        return ["--size", "65536", "--tmpfs", str(path)]
+    return ["--ro-bind", "/dev/null", str(path)] if path.exists() else []
 
 
 def through_link(path: Path, trees: list[Path]) -> Path | None:
