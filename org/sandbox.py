@@ -469,17 +469,20 @@ def no_nested_userns() -> list[str]:
 
 
 def stdlib_binds() -> list[str]:
-    """bwrap's flags putting the stdlib's sourceless tree at its path (its site-packages bound
-    back): for the boxes of a program whose data is the stdlib's text. Fails closed."""
-    tree, stdlib = sourceless.stdlib_tree(), sourceless.stdlib_dir()
-    if tree is None:
-        raise SandboxError(f"the standard library without its source (org/sourceless.py) cannot be built under "
-                           f"{Path.home() / '.cache'}: a box of a pystdlib program would read the evaluation text")
-    # the harness's bytecode of the stdlib (org/bytecode.py) holds its docstrings: corpus text too
-    mirror = user_cache("bytecode") / stdlib.relative_to(stdlib.anchor)  # (bytecode.cache_dir(): an import too many)
-    return [flag for path in (stdlib, mirror) if path == stdlib or path.is_dir()
-            for flag in ("--ro-bind", str(tree), str(path),
-                         *[f for kept in sourceless.kept_below(path) for f in ("--ro-bind", str(kept), str(kept))])]
+    """bwrap's flags putting the stdlib's sourceless tree at its path, and each site-packages
+    folder's tree (what runs and workers import, as bytecode) at its own: for the boxes of a
+    program whose data is the stdlib's text. Fails closed."""
+    stdlib, tree, sites = sourceless.stdlib_dir(), sourceless.stdlib_tree(), sourceless.site_trees()
+    if tree is None or sites is None:
+        raise SandboxError(f"the standard library and site-packages without their source (org/sourceless.py) cannot be "
+                           f"built under {Path.home() / '.cache'}: a box of a pystdlib program would read the evaluation text")
+    # the harness's bytecode of both (org/bytecode.py) holds their docstrings: corpus text too
+    mirror = lambda path: user_cache("bytecode") / path.relative_to(path.anchor)  # (bytecode.cache_dir(): an import too many)
+    trees = [(tree, stdlib), (tree, mirror(stdlib))] + [(built, path) for site, built in sites.items()
+                                                        for path in (site, mirror(site))]
+    # (in that order: a site tree's mount point beside the stdlib is in the stdlib's tree)
+    return [flag for built, path in trees if path in (stdlib, *sites) or path.is_dir()
+            for flag in ("--ro-bind", str(built), str(path))]
 
 
 def check(tries: int = 3) -> None:

@@ -622,7 +622,7 @@ def test_a_broken_branch_an_agent_leaves_stops_no_snapshot(two_agents):
 
 
 STDLIB_IN_THE_BOX = """
-import glob, inspect, json, sysconfig
+import glob, inspect, json, site, sys, sysconfig
 root = sysconfig.get_paths()["stdlib"]
 print(len([f for f in glob.glob(root + "/**/*.py", recursive=True) if "/site-packages/" not in f]), "stdlib sources")
 try:
@@ -630,11 +630,13 @@ try:
     print("help topics")
 except ImportError:
     print("no help topics")
-import sys
-others = [f for root in sys.argv[1:] for f in glob.glob(root + "/**/*.py", recursive=True)]
-print(len(others), "sources of other Pythons' stdlibs")
-import numpy, numba, trainer.model  # what runs and workers import still imports
-print(json.dumps({"numpy": bool(numpy.__version__)}))
+sources = lambda roots: len([f for root in roots for f in glob.glob(root + "/**/*.py", recursive=True)])
+elsewhere = json.loads(sys.argv[1])
+print(sources(elsewhere["stdlibs"]), "sources of other Pythons' stdlibs")
+print(sources(site.getsitepackages()), "sources in site-packages")
+print(sources(elsewhere["sites"]), "sources in other folders of packages")
+import numpy, numba, tokenizers, yaml, trainer.model  # what runs and workers import still imports
+print(json.dumps({"numpy": bool(numpy.__version__), "numba": float(numba.njit(lambda a: (a * 2).sum())(numpy.ones(3)))}))
 """
 
 
@@ -642,7 +644,7 @@ def test_a_stdlib_bundled_anywhere_under_the_software_folders_is_found(tmp_path)
     """Google's Cloud SDK bundles a whole 3.12 under /usr/lib/google-cloud-sdk/platform/..., which
     no pattern of the usual places matched: 31% of 3.11's stdlib lines are there verbatim, readable
     in every run and worker box of a pystdlib program. A walk finds a stdlib by what it holds."""
-    from org.sourceless import STDLIB_MARKS, walked_stdlibs
+    from org.sourceless import STDLIB_MARKS, walked
     bundled = tmp_path / "lib" / "vendor-sdk" / "platform" / "bundledpython" / "lib" / "python3.12"
     vendored = tmp_path / "app" / "lib" / "site-packages" / "six_backport"  # a package's copy: not walked
     for folder in (bundled, vendored, bundled / "json"):
@@ -657,8 +659,9 @@ def test_a_stdlib_bundled_anywhere_under_the_software_folders_is_found(tmp_path)
         folder.mkdir(parents=True)
         for name in STDLIB_MARKS:
             (folder / name).write_text("# text\n")
-    assert walked_stdlibs([str(tmp_path)]) == {bundled.resolve()}
-    assert walked_stdlibs([str(tmp_path)], limit=2) == set()  # (a walk stops at its bound)
+    # (a folder of installed packages outside a stdlib is found too: Python text, absent from the same boxes)
+    assert walked([str(tmp_path)]) == ({bundled.resolve()}, {vendored.parent.resolve()})
+    assert walked([str(tmp_path)], limit=2) == (set(), set())  # (a walk stops at its bound)
 
 
 def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside_tmp):
@@ -668,8 +671,9 @@ def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside
     and no other Python's stdlib (much the same text); other programs' boxes, and agents'
     commands, see them as they are."""
     from org.sandbox import run_box, worker_box
-    from org.sourceless import other_stdlibs
+    from org.sourceless import other_sites, other_stdlibs
     others = other_stdlibs()  # here: Debian's python3.11 beside pyenv's, and pyenv's other versions
+    elsewhere = json.dumps({"stdlibs": list(map(str, others)), "sites": list(map(str, other_sites()))})
     for folder in ("run", "snapshot", "data"):
         (outside_tmp / folder).mkdir()
     boxes = {"a run's": run_box(outside_tmp, outside_tmp / "run", outside_tmp / "snapshot", outside_tmp / "data",
@@ -680,15 +684,17 @@ def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside
                                           outside_tmp / "kernels", gpu=False, cpu_seconds=60, source=str(outside_tmp / "data"))}
     seen = {}
     for name, box in boxes.items():
-        proc = box.popen([sys.executable, "-c", STDLIB_IN_THE_BOX, *map(str, others)], cwd=ROOT,
+        proc = box.popen([sys.executable, "-c", STDLIB_IN_THE_BOX, elsewhere], cwd=ROOT,
                          env={"PATH": os.environ["PATH"]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         seen[name] = proc.communicate(timeout=120)[0].decode().splitlines()
     for name in ("a run's", "a worker's"):
         assert seen[name] == ["0 stdlib sources", "no help topics", "0 sources of other Pythons' stdlibs",
-                              '{"numpy": true}'], (name, seen[name])
+                              "0 sources in site-packages", "0 sources in other folders of packages",
+                              '{"numpy": true, "numba": 6.0}'], (name, seen[name])
     on_a_file = seen["a run's on a file"]
     assert int(on_a_file[0].split()[0]) > 500 and on_a_file[1] == "help topics"
     assert (int(on_a_file[2].split()[0]) > 500) == bool(others), on_a_file  # (where this machine has others)
+    assert int(on_a_file[3].split()[0]) > 500, on_a_file  # (numpy's alone)
 
 
 def test_a_command_cannot_point_its_worktree_at_the_shared_git(two_agents):
@@ -1323,16 +1329,18 @@ def test_a_run_reads_the_labs_export_and_not_the_data_source(outside_tmp):
             else:
                 assert lines[1:3] == ["the lab's val text", "absent"], out  # (bound over: cannot be opened)
     assert source_files(sys.base_prefix) == []  # every Python reads those
-    from org.sourceless import other_stdlibs, stdlib_dir  # pystdlib: this Python's own is made sourceless
-    assert source_files("pystdlib") == list(other_stdlibs()) and stdlib_dir() not in source_files("pystdlib")
+    from org.sourceless import other_sites, other_stdlibs, site_dirs, stdlib_dir  # pystdlib: this Python's own are made sourceless
+    assert source_files("pystdlib") == [*other_stdlibs(), *other_sites()]
+    assert not {stdlib_dir(), *site_dirs()} & set(source_files("pystdlib"))
 
 
 def test_a_run_reads_none_of_the_persons_prepared_data(outside_tmp, monkeypatch):
     """`python -m trainer train` by hand caches every document of its source tokenized, the lab's
     val and confirm among them, under ~/.cache/nanolab/data (or $NANOLAB_CACHE/data): a run could
     train on them, a worker look them up, though the source itself is hidden. And the harness's
-    bytecode of the stdlib keeps its docstrings, pystdlib's text. Absent from runs and workers;
-    the bytecode of what the stdlib holds besides (site-packages) is still read."""
+    bytecode of the stdlib keeps its docstrings, pystdlib's text, and so does its bytecode of
+    site-packages. Absent from runs and workers (site-packages is read as a sourceless tree of its
+    own: org/sourceless.py)."""
     from org.bytecode import cache_dir
     from org.sandbox import run_box, worker_box
     from org.sourceless import stdlib_dir
@@ -1355,7 +1363,7 @@ def test_a_run_reads_none_of_the_persons_prepared_data(outside_tmp, monkeypatch)
     for box in boxes:
         out = box.popen(["bash", "-c", read], cwd="/", env={"PATH": os.environ["PATH"]}, stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode()
-        assert out.splitlines() == ["absent", "absent", "absent", "site-packages text"], out
+        assert out.splitlines() == ["absent", "absent", "absent", "absent"], out
 
 
 def test_a_run_cannot_read_what_its_agent_commits_after_submitting_it(two_agents, tmp_path):
@@ -1463,7 +1471,8 @@ def run(spec, out, *args, **kwargs):  # what an agent's trainer can do before it
     attempt("read the lab's val text", lambda: next((lab / "harness-cache").rglob("val.npy")).read_bytes())
     attempt("read the worktrees", lambda: next((lab.parent / "worktrees" / "tiny").iterdir()))
     bytecode = Path(os.environ["PYTHONPYCACHEPREFIX"])  # every run's numpy loads from there
-    attempt("rewrite the bytecode cache", lambda: open(next(bytecode.rglob("numpy/__init__.*.pyc")), "r+b"))
+    # (a pystdlib box sees the site tree there: numpy/__init__.pyc, legacy-named, org/sourceless.py)
+    attempt("rewrite the bytecode cache", lambda: open(next(bytecode.rglob("numpy/__init__*.pyc")), "r+b"))
     attempt("add to the bytecode cache", lambda: open(bytecode / "poison.pyc", "wb"))
     attempt("network", lambda: socket.create_connection(("127.0.0.1", {port}), 2))
     attempt("a key", lambda: os.environ["ANTHROPIC_API_KEY"])
