@@ -224,8 +224,8 @@ def base_model(cfg, job: dict, params: dict):
 
 def check_unpaid_time(worker: Worker, base: Yardstick, base_replay: float, fpt: float):
     """Compute in the experiment's worker that no budget paid for and no time ratio shows: a
-    model that builds a table from the text in its box (site-packages holds near-copies of stdlib
-    modules) as its checkpoint is loaded, or in its first scored forward pass (the ratio is a
+    model that builds a table from what text its box still reads (org/sourceless.py hides the
+    most of it) as its checkpoint is loaded, or in its first scored forward pass (the ratio is a
     trimmed mean: the slowest tenth of the batches is left out of it, as a stall). Its calls but
     forward passes (construction, replayed steps, loads) may take SETUP_FACTOR times what the
     base's take (its worker's construction, its replay here), its scored forward passes

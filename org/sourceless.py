@@ -43,6 +43,7 @@ literals back in order, a weaker lookup that no test here measures.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import hashlib
@@ -91,53 +92,112 @@ def other_sites() -> tuple[Path, ...]:
     return other_pythons()[1]
 
 
+def python_text() -> tuple[Path, ...]:
+    return other_pythons()[2]
+
+
 @functools.lru_cache(maxsize=1)
-def other_pythons() -> tuple[tuple[Path, ...], tuple[Path, ...]]:
-    """Every other Python's stdlib in the usual places (a folder holding os.py), and wherever a
-    walk of the software's folders finds one: much the same text as this one's (a worker that
-    read Debian's python3.11 beside pyenv's 3.11.7 still read `better`; a 3.12 bundled with the
-    Google Cloud SDK shared 31% of 3.11's lines), so absent from the same boxes. And every folder
-    of installed packages that is not this interpreter's nor inside one of those: Debian's
-    /usr/lib/python3/dist-packages, the person's ~/.local/lib/python3.11/site-packages."""
+def other_pythons() -> tuple[tuple[Path, ...], tuple[Path, ...], tuple[Path, ...]]:
+    """(other stdlibs, other folders of packages, other folders of Python text), all absent from
+    the boxes that see this one's stdlib sourceless.
+
+    Every other Python's stdlib in the usual places (a folder holding os.py), and wherever a walk
+    of the software's folders finds one: much the same text as this one's (a worker that read
+    Debian's python3.11 beside pyenv's 3.11.7 still read `better`; a 3.12 bundled with the Google
+    Cloud SDK shared 31% of 3.11's lines). Every folder of installed packages that is not this
+    interpreter's nor inside one of those: Debian's /usr/lib/python3/dist-packages, the person's
+    ~/.local/lib/python3.11/site-packages. And the outermost folders the walk found holding
+    MIN_TEXT bytes of .py or more and nothing a box may need (text_folders): the Google Cloud
+    SDK's own 13k modules, the person's other projects."""
     home, versions = Path.home(), Path(sys.base_prefix).resolve().parent
     patterns = ["/usr/lib/python*", "/usr/lib64/python*", "/usr/local/lib/python*", "/opt/*/lib/python*",
                 f"{versions}/*/lib/python*", f"{versions}/*/lib/pypy*", f"{home}/.pyenv/versions/*/lib/python*",
                 f"{home}/.local/share/uv/python/*/lib/python*", f"{home}/*conda3/lib/python*",
                 f"{home}/*conda3/envs/*/lib/python*"]
     found = {Path(p).resolve() for pattern in patterns for p in glob.glob(pattern) if Path(p, "os.py").is_file()}
-    stdlibs, sites = walked([*SEARCHED, str(home)])
-    stdlibs = (found | stdlibs) - {stdlib_dir()}
+    walk = walked([*SEARCHED, str(home)])
+    stdlibs = (found | walk.stdlibs) - {stdlib_dir()}
     ours = [*site_dirs(), user_cache("").resolve()]  # (the trees made here hold empty mount points of that name)
-    sites = {s for s in sites if not any(s.is_relative_to(p) for p in [*stdlibs, *ours])}
-    return tuple(sorted(stdlibs)), tuple(sorted(sites))
+    sites = {s for s in walk.sites if not any(s.is_relative_to(p) for p in [*stdlibs, *ours])}
+    texts = text_folders(walk, needed(), MAX_FOUND - len(sites | walk.stdlibs))
+    return tuple(sorted(stdlibs)), tuple(sorted(sites)), tuple(sorted(texts - stdlibs - sites))
 
 
 SEARCHED = ("/usr", "/opt", "/srv", "/snap", "/nix", "/home", "/root")  # where software is installed
 STDLIB_MARKS = {"os.py", "abc.py", "codecs.py"}  # what a folder of a stdlib holds, of any version
 STDLIB_NAME = re.compile(r"(python|pypy)[\d.]*|lib-python|[23](\.\d+)?")  # python3.12, pypy3.10, PyPy's lib-python/3
 NOT_SEARCHED = {*SITES, "node_modules", ".git", "__pycache__", ".cache"}
-MAX_WALKED = 300_000  # folders: 19k here (0.4 s); a home of millions stops the walk there
+MAX_WALKED = 300_000  # folders: 19k here (1.5 s); a home of millions stops the walk there
 MAX_FOUND = 64  # each is a mount in every run's box: folders an agent made to look like stdlibs stop here
+MIN_TEXT = 128 << 10  # bytes of .py that make a folder Python text (gcloud's lib/: 140 MB; a module: 20 kB)
 
 
-def walked(roots: list[str], limit: int = MAX_WALKED) -> tuple[set[Path], set[Path]]:
-    """Folders holding a stdlib under `roots`, and folders of installed packages outside them (not
-    inside a site-packages, nor in a lab: its worktrees and runs are agents' to fill, and every
-    folder found is a mount)."""
-    stdlibs, sites, walked = set(), set(), 0
+@dataclasses.dataclass
+class Walk:
+    stdlibs: set[Path] = dataclasses.field(default_factory=set)
+    sites: set[Path] = dataclasses.field(default_factory=set)
+    sources: dict[str, int] = dataclasses.field(default_factory=dict)  # folder -> bytes of its own .py files
+    kept: set[str] = dataclasses.field(default_factory=set)  # folders holding a shared library or a lab
+
+
+def walked(roots: list[str], limit: int = MAX_WALKED) -> Walk:
+    """Folders holding a stdlib under `roots`, folders of installed packages outside them, and
+    how many bytes of .py every other folder holds (not inside a site-packages, nor in a lab: its
+    worktrees and runs are agents' to fill, and every folder found is a mount)."""
+    walk = Walk()
     for root in dict.fromkeys(roots):
         for folder, folders, files in os.walk(root):  # (links not followed)
-            walked += 1
             if ".lab" in folders:  # a lab's root (org/workspace.py): what lies below is its own
                 folders[:] = []
+                walk.kept.add(folder)
             elif STDLIB_MARKS <= set(files) and STDLIB_NAME.fullmatch(os.path.basename(folder)):
-                stdlibs.add(Path(folder).resolve())
+                walk.stdlibs.add(Path(folder).resolve())
                 folders[:] = []
-            sites |= {Path(folder, name).resolve() for name in folders if name in SITES}
+                continue
+            walk.sites |= {Path(folder, name).resolve() for name in folders if name in SITES}
             folders[:] = [name for name in folders if name not in NOT_SEARCHED]
-            if walked >= limit or len(stdlibs) + len(sites) >= MAX_FOUND:
-                return stdlibs, sites
-    return stdlibs, sites
+            walk.sources[folder] = sum(size(os.path.join(folder, name)) for name in files if name.endswith(".py"))
+            if any(name.endswith(".so") or ".so." in name for name in files):
+                walk.kept.add(folder)
+            if len(walk.sources) >= limit or len(walk.stdlibs) + len(walk.sites) >= MAX_FOUND:
+                return walk
+    return walk
+
+
+def text_folders(walk: Walk, needed: list[Path], room: int) -> set[Path]:
+    """The outermost folders of the walk whose tree holds MIN_TEXT bytes of .py or more, and no
+    shared library (a program may load it), no lab, nothing of `needed`, nor is a folder of the
+    top two levels (/usr/lib): the `room` largest."""
+    total, kept = dict(walk.sources), set(walk.kept)
+    for folder in sorted(walk.sources, key=lambda f: f.count(os.sep), reverse=True):  # (deepest first)
+        parent = os.path.dirname(folder)
+        if parent != folder and parent in total:
+            total[parent] += total[folder]
+            kept |= {parent} if folder in kept else set()
+    candidates = [f for f, n in total.items() if n >= MIN_TEXT and f not in kept and len(Path(f).parts) > 3
+                  and not any(p.is_relative_to(Path(f).resolve()) for p in needed)]
+    outermost = []
+    for folder in sorted(candidates, key=lambda f: f.count(os.sep)):
+        if not any(folder.startswith(taken + os.sep) for taken in outermost):
+            outermost.append(folder)
+    return {Path(f).resolve() for f in sorted(outermost, key=lambda f: -total[f])[:max(room, 0)]}
+
+
+def size(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
+
+
+def needed() -> list[Path]:
+    """What a run's or a worker's box may read besides its own trees: the interpreter, the harness
+    (its model worker imports org/), its caches, and what the environment names for programs and
+    libraries."""
+    named = [p for key in ("PATH", "LD_LIBRARY_PATH") for p in os.environ.get(key, "").split(os.pathsep) if p]
+    named += [os.environ[key] for key in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(key)]
+    harness = Path(__file__).resolve().parents[1]  # (org/'s folder: this repo, or site-packages)
+    return [Path(p).resolve() for p in [sys.prefix, sys.base_prefix, harness, user_cache(""), *named]]
 
 
 def stdlib_tree() -> Path | None:
@@ -187,9 +247,13 @@ def normal(name: str) -> str:
 
 def required(requirement: str) -> str | None:
     """The name a Requires-Dist line requires where its marker holds on this machine, else None."""
-    from packaging.requirements import Requirement  # (pip's, and installed with the harness)
-    req = Requirement(requirement)
-    return req.name if req.marker is None or req.marker.evaluate({"extra": ""}) else None
+    from packaging.markers import UndefinedEnvironmentName  # (installed with the harness: matplotlib's)
+    from packaging.requirements import InvalidRequirement, Requirement
+    try:
+        req = Requirement(requirement)
+        return req.name if req.marker is None or req.marker.evaluate({"extra": ""}) else None
+    except (InvalidRequirement, UndefinedEnvironmentName):  # (a package's own metadata: not a box's failure)
+        return None
 
 
 def built(kind: str, key: str, build_into) -> Path | None:

@@ -121,10 +121,11 @@ def source_files(source: str) -> list[Path]:
     """The program's data files or folders (a glob's matches), absent from runs and their workers:
     they read the lab's export of its train split, and the source holds the lab's val text too (a
     run could train on all of it). For pystdlib, the other Pythons' stdlibs (this one's is made
-    sourceless), and every other folder of installed packages (Python text too). Never a path
-    that holds the interpreter: every Python process reads those."""
+    sourceless), every other folder of installed packages and every other folder of Python text
+    found (org/sourceless.py). Never a path that holds the interpreter: every Python process
+    reads those."""
     if source == "pystdlib":  # its own interpreter's are made sourceless (stdlib_binds); other copies go
-        return [*sourceless.other_stdlibs(), *sourceless.other_sites()]
+        return [*sourceless.other_stdlibs(), *sourceless.other_sites(), *sourceless.python_text()]
     found = {Path(p).resolve() for p in glob.glob(source)} | ({Path(source).resolve()} if Path(source).exists() else set())
     pythons = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}  # a venv's, and the one it runs on
     return sorted(p for p in found if not any(python.is_relative_to(p) for python in pythons))

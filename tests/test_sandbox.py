@@ -622,7 +622,7 @@ def test_a_broken_branch_an_agent_leaves_stops_no_snapshot(two_agents):
 
 
 STDLIB_IN_THE_BOX = """
-import glob, inspect, json, site, sys, sysconfig
+import glob, inspect, itertools, json, site, sys, sysconfig
 root = sysconfig.get_paths()["stdlib"]
 print(len([f for f in glob.glob(root + "/**/*.py", recursive=True) if "/site-packages/" not in f]), "stdlib sources")
 try:
@@ -630,11 +630,12 @@ try:
     print("help topics")
 except ImportError:
     print("no help topics")
-sources = lambda roots: len([f for root in roots for f in glob.glob(root + "/**/*.py", recursive=True)])
+sources = lambda roots: sum(len(list(itertools.islice(glob.iglob(root + "/**/*.py", recursive=True), 1000))) for root in roots)
 elsewhere = json.loads(sys.argv[1])
 print(sources(elsewhere["stdlibs"]), "sources of other Pythons' stdlibs")
 print(sources(site.getsitepackages()), "sources in site-packages")
 print(sources(elsewhere["sites"]), "sources in other folders of packages")
+print(sources(elsewhere["texts"]), "sources in other folders of Python text")
 import numpy, numba, tokenizers, yaml, trainer.model  # what runs and workers import still imports
 print(json.dumps({"numpy": bool(numpy.__version__), "numba": float(numba.njit(lambda a: (a * 2).sum())(numpy.ones(3)))}))
 """
@@ -660,8 +661,39 @@ def test_a_stdlib_bundled_anywhere_under_the_software_folders_is_found(tmp_path)
         for name in STDLIB_MARKS:
             (folder / name).write_text("# text\n")
     # (a folder of installed packages outside a stdlib is found too: Python text, absent from the same boxes)
-    assert walked([str(tmp_path)]) == ({bundled.resolve()}, {vendored.parent.resolve()})
-    assert walked([str(tmp_path)], limit=2) == (set(), set())  # (a walk stops at its bound)
+    walk = walked([str(tmp_path)])
+    assert (walk.stdlibs, walk.sites) == ({bundled.resolve()}, {vendored.parent.resolve()})
+    walk = walked([str(tmp_path)], limit=2)  # (a walk stops at its bound)
+    assert (walk.stdlibs, walk.sites) == (set(), set())
+
+
+def test_a_folder_of_python_text_anywhere_in_the_software_folders_is_found(tmp_path):
+    """Python text outside any Python (the Google Cloud SDK's own 13k modules here, a person's
+    other projects) was readable in every run and worker box of a pystdlib program: much of it
+    in the stdlib's style. The walk finds the outermost folders holding MIN_TEXT bytes of .py or
+    more; not one that holds a shared library (something may load it), a lab, or what a box needs."""
+    from org.sourceless import MIN_TEXT, text_folders, walked
+
+    def text(folder: Path, size: int):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "m.py").write_text("x = 1\n" * (size // 6 + 1))
+
+    (tmp_path / "libs").mkdir()
+    (tmp_path / "libs" / "libx.so.1").write_text("")  # the walk's root holds a library: kept whole
+    text(tmp_path / "sdk" / "lib" / "a", MIN_TEXT // 2 + 100)  # together over the bound: sdk/ goes
+    text(tmp_path / "sdk" / "lib" / "b", MIN_TEXT // 2 + 100)
+    text(tmp_path / "app" / "src", 2 * MIN_TEXT)  # beside a library of its own: only src/ goes
+    (tmp_path / "app" / "native").mkdir()
+    (tmp_path / "app" / "native" / "_speedups.cpython-311-x86_64-linux-gnu.so").write_text("")
+    text(tmp_path / "home" / "proj" / "worktrees", 2 * MIN_TEXT)  # a lab's: its own, not walked
+    (tmp_path / "home" / "proj" / ".lab").mkdir()
+    text(tmp_path / "harness" / "org", 2 * MIN_TEXT)  # what a box needs (the worker imports org/)
+    text(tmp_path / "few", MIN_TEXT - 100)
+    walk = walked([str(tmp_path)])
+    harness = [tmp_path / "harness" / "org"]
+    assert text_folders(walk, harness, room=64) == {tmp_path / "sdk", tmp_path / "app" / "src"}
+    assert text_folders(walk, harness, room=1) == {tmp_path / "app" / "src"}  # (the largest, where mounts run out)
+    assert tmp_path / "harness" in text_folders(walk, [], room=64)
 
 
 def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside_tmp):
@@ -671,9 +703,10 @@ def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside
     and no other Python's stdlib (much the same text); other programs' boxes, and agents'
     commands, see them as they are."""
     from org.sandbox import run_box, worker_box
-    from org.sourceless import other_sites, other_stdlibs
+    from org.sourceless import other_sites, other_stdlibs, python_text
     others = other_stdlibs()  # here: Debian's python3.11 beside pyenv's, and pyenv's other versions
-    elsewhere = json.dumps({"stdlibs": list(map(str, others)), "sites": list(map(str, other_sites()))})
+    elsewhere = json.dumps({"stdlibs": list(map(str, others)), "sites": list(map(str, other_sites())),
+                            "texts": list(map(str, python_text()))})  # (here: the Google Cloud SDK's)
     for folder in ("run", "snapshot", "data"):
         (outside_tmp / folder).mkdir()
     boxes = {"a run's": run_box(outside_tmp, outside_tmp / "run", outside_tmp / "snapshot", outside_tmp / "data",
@@ -690,11 +723,13 @@ def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside
     for name in ("a run's", "a worker's"):
         assert seen[name] == ["0 stdlib sources", "no help topics", "0 sources of other Pythons' stdlibs",
                               "0 sources in site-packages", "0 sources in other folders of packages",
+                              "0 sources in other folders of Python text",
                               '{"numpy": true, "numba": 6.0}'], (name, seen[name])
     on_a_file = seen["a run's on a file"]
     assert int(on_a_file[0].split()[0]) > 500 and on_a_file[1] == "help topics"
     assert (int(on_a_file[2].split()[0]) > 500) == bool(others), on_a_file  # (where this machine has others)
     assert int(on_a_file[3].split()[0]) > 500, on_a_file  # (numpy's alone)
+    assert (int(on_a_file[5].split()[0]) > 0) == bool(python_text()), on_a_file
 
 
 def test_a_command_cannot_point_its_worktree_at_the_shared_git(two_agents):
@@ -1329,8 +1364,8 @@ def test_a_run_reads_the_labs_export_and_not_the_data_source(outside_tmp):
             else:
                 assert lines[1:3] == ["the lab's val text", "absent"], out  # (bound over: cannot be opened)
     assert source_files(sys.base_prefix) == []  # every Python reads those
-    from org.sourceless import other_sites, other_stdlibs, site_dirs, stdlib_dir  # pystdlib: this Python's own are made sourceless
-    assert source_files("pystdlib") == [*other_stdlibs(), *other_sites()]
+    from org.sourceless import other_sites, other_stdlibs, python_text, site_dirs, stdlib_dir  # pystdlib: this
+    assert source_files("pystdlib") == [*other_stdlibs(), *other_sites(), *python_text()]  # Python's own are sourceless
     assert not {stdlib_dir(), *site_dirs()} & set(source_files("pystdlib"))
 
 
