@@ -80,10 +80,10 @@ import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from org import OrgError, empty_file, user_cache
+from org import OrgError, empty_file, one_line
 from org.cgroups import JOIN, box_cgroups, cgroup_root
 from org.diskwatch import watch
-from org import sourceless
+from org import python_text, sourceless
 from org.unseen import code_private, home_credentials, lab_private, other_labs, source_files
 from org.seccomp import ABIS, box_filter
 
@@ -178,7 +178,12 @@ class Sandbox:
         box += ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
         # bwrap's /dev is a tmpfs of its own, of half the machine's RAM: a box that filled it held
         # memory no process of its own shows, so the kernel's OOM killer took the harness's
-        box += ["--ro-bind", "/", "/", *(stdlib_binds() if self.sourceless_stdlib else []), "--dev", "/dev", "--proc", "/proc",
+        try:  # (a pystdlib program's: the stdlib, site-packages and any Python text as bytecode or absent)
+            bytecode_only, emptied = python_text.binds() if self.sourceless_stdlib else ([], [])
+        except Exception as e:  # (a cache it cannot write, a package's metadata: no box, one line why)
+            raise SandboxError(f"the standard library and site-packages without their source (org/sourceless.py) cannot "
+                               f"be made ({one_line(e)}): a box of a pystdlib program would read the evaluation text") from None
+        box += ["--ro-bind", "/", "/", *bytecode_only, "--dev", "/dev", "--proc", "/proc",
                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp",
                 "--size", str(self.limits.shm_bytes), "--tmpfs", "/dev/shm"]
         if self.gpu:
@@ -189,6 +194,9 @@ class Sandbox:
         used = used_within(runtime, env)
         here = [p.resolve() if p.is_symlink() else p for p in home_credentials()]  # (as __init__ does)
         unseen = list(dict.fromkeys(self.hidden + other_labs() + here))
+        if self.sourceless_stdlib:  # (a spec made on another machine hides its other Pythons: not this one's)
+            own = [sourceless.stdlib_dir(), *sourceless.site_dirs()]
+            unseen = [p for p in unseen if not any(o.is_relative_to(p) or p.is_relative_to(o) for o in own)]
         hidden = sorted({p for p in unseen if p.is_dir()} | set(runtime), key=lambda p: len(p.parts))  # outer first
         back = self.readonly + self.sockets + used  # (read-only, over what is hidden)
         within = [p for p in unseen if any(p != tree and p.is_relative_to(tree) for tree in back)]  # hidden after
@@ -213,9 +221,9 @@ class Sandbox:
                 box += ["--ro-bind", str(path), str(path)]
         # a box whose filter forbids unix sockets needs no masks: nor can it lose the race with a
         # host socket that goes away as bwrap binds over it (its start then failed)
-        for path in self.host_sockets(hidden, used) if self.unix_sockets or seccomp_fd is None else []:
+        for path in self.host_sockets(hidden + emptied, used) if self.unix_sockets or seccomp_fd is None else []:
             box += ["--ro-bind", "/dev/null", str(path)]
-        for path in [*hidden, Path("/dev")]:  # once what lies inside is bound: nothing new can be written there
+        for path in [*emptied, *hidden, Path("/dev")]:  # once what lies inside is bound: nothing new can be written there
             box += ["--remount-ro", str(path)]
         box += ["--clearenv"]
         for key, value in env.items():
@@ -466,23 +474,6 @@ def no_nested_userns() -> list[str]:
             ok = False
         NESTED_USERNS["flags"] = flags if ok else []
     return NESTED_USERNS["flags"]
-
-
-def stdlib_binds() -> list[str]:
-    """bwrap's flags putting the stdlib's sourceless tree at its path, and each site-packages
-    folder's tree (what runs and workers import, as bytecode) at its own: for the boxes of a
-    program whose data is the stdlib's text. Fails closed."""
-    stdlib, tree, sites = sourceless.stdlib_dir(), sourceless.stdlib_tree(), sourceless.site_trees()
-    if tree is None or sites is None:
-        raise SandboxError(f"the standard library and site-packages without their source (org/sourceless.py) cannot be "
-                           f"built under {Path.home() / '.cache'}: a box of a pystdlib program would read the evaluation text")
-    # the harness's bytecode of both (org/bytecode.py) holds their docstrings: corpus text too
-    mirror = lambda path: user_cache("bytecode") / path.relative_to(path.anchor)  # (bytecode.cache_dir(): an import too many)
-    trees = [(tree, stdlib), (tree, mirror(stdlib))] + [(built, path) for site, built in sites.items()
-                                                        for path in (site, mirror(site))]
-    # (in that order: a site tree's mount point beside the stdlib is in the stdlib's tree)
-    return [flag for built, path in trees if path in (stdlib, *sites) or path.is_dir()
-            for flag in ("--ro-bind", str(built), str(path))]
 
 
 def check(tries: int = 3) -> None:

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from org import sourceless, user_cache, write_atomically
+from org import python_text, user_cache, write_atomically
 
 
 # where people keep credentials, under HOME: agent code would read them and a tool's output
@@ -122,10 +122,10 @@ def source_files(source: str) -> list[Path]:
     they read the lab's export of its train split, and the source holds the lab's val text too (a
     run could train on all of it). For pystdlib, the other Pythons' stdlibs (this one's is made
     sourceless), every other folder of installed packages and every other folder of Python text
-    found (org/sourceless.py). Never a path that holds the interpreter: every Python process
+    it sees (org/python_text.py). Never a path that holds the interpreter: every Python process
     reads those."""
-    if source == "pystdlib":  # its own interpreter's are made sourceless (stdlib_binds); other copies go
-        return [*sourceless.other_stdlibs(), *sourceless.other_sites(), *sourceless.python_text()]
+    if source == "pystdlib":  # its own interpreter's are made sourceless (python_text.binds); other copies go
+        return [path for found in python_text.other_pythons() for path in found]
     found = {Path(p).resolve() for p in glob.glob(source)} | ({Path(source).resolve()} if Path(source).exists() else set())
     pythons = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}  # a venv's, and the one it runs on
     return sorted(p for p in found if not any(python.is_relative_to(p) for python in pythons))

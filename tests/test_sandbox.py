@@ -622,7 +622,7 @@ def test_a_broken_branch_an_agent_leaves_stops_no_snapshot(two_agents):
 
 
 STDLIB_IN_THE_BOX = """
-import glob, inspect, itertools, json, site, sys, sysconfig
+import glob, itertools, json, os, site, sys, sysconfig
 root = sysconfig.get_paths()["stdlib"]
 print(len([f for f in glob.glob(root + "/**/*.py", recursive=True) if "/site-packages/" not in f]), "stdlib sources")
 try:
@@ -630,14 +630,22 @@ try:
     print("help topics")
 except ImportError:
     print("no help topics")
-sources = lambda roots: sum(len(list(itertools.islice(glob.iglob(root + "/**/*.py", recursive=True), 1000))) for root in roots)
-elsewhere = json.loads(sys.argv[1])
-print(sources(elsewhere["stdlibs"]), "sources of other Pythons' stdlibs")
-print(sources(site.getsitepackages()), "sources in site-packages")
-print(sources(elsewhere["sites"]), "sources in other folders of packages")
-print(sources(elsewhere["texts"]), "sources in other folders of Python text")
-import numpy, numba, tokenizers, yaml, trainer.model  # what runs and workers import still imports
-print(json.dumps({"numpy": bool(numpy.__version__), "numba": float(numba.njit(lambda a: (a * 2).sum())(numpy.ones(3)))}))
+print(sum(len(list(itertools.islice(glob.iglob(p + "/**/*.py", recursive=True), 1000))) for p in site.getsitepackages()),
+      "sources in site-packages")
+if sys.argv[1] != "no":  # all the Python text it reads, anywhere but in the harness (its checkouts: argv[1])
+    text, harness = 0, json.loads(sys.argv[1])
+    for folder, folders, files in os.walk("/"):
+        if folder in ("/proc", "/sys", "/dev", *harness):
+            folders[:] = []
+        for name in files:
+            if name.endswith((".py", ".whl", ".egg", ".conda")):  # (a JDK's src.zip is Java)
+                try:
+                    text += os.lstat(os.path.join(folder, name)).st_size
+                except OSError:
+                    pass
+    print("under 8 MB of Python text" if text < 8 << 20 else f"{text >> 20} MB of Python text")
+import numpy, numba, scipy, tokenizers, yaml, trainer.model  # what runs and workers import still imports
+print(json.dumps({"numpy": bool(numpy.__version__), "numba": float(numba.njit(lambda a: (a @ a).sum())(numpy.ones((2, 2))))}))
 """
 
 
@@ -645,7 +653,7 @@ def test_a_stdlib_bundled_anywhere_under_the_software_folders_is_found(tmp_path)
     """Google's Cloud SDK bundles a whole 3.12 under /usr/lib/google-cloud-sdk/platform/..., which
     no pattern of the usual places matched: 31% of 3.11's stdlib lines are there verbatim, readable
     in every run and worker box of a pystdlib program. A walk finds a stdlib by what it holds."""
-    from org.sourceless import STDLIB_MARKS, walked
+    from org.python_text import STDLIB_MARKS, walked
     bundled = tmp_path / "lib" / "vendor-sdk" / "platform" / "bundledpython" / "lib" / "python3.12"
     vendored = tmp_path / "app" / "lib" / "site-packages" / "six_backport"  # a package's copy: not walked
     for folder in (bundled, vendored, bundled / "json"):
@@ -670,9 +678,9 @@ def test_a_stdlib_bundled_anywhere_under_the_software_folders_is_found(tmp_path)
 def test_a_folder_of_python_text_anywhere_in_the_software_folders_is_found(tmp_path):
     """Python text outside any Python (the Google Cloud SDK's own 13k modules here, a person's
     other projects) was readable in every run and worker box of a pystdlib program: much of it
-    in the stdlib's style. The walk finds the outermost folders holding MIN_TEXT bytes of .py or
+    in the stdlib's style. The walk finds the outermost folders holding TEXT_BYTES bytes of .py or
     more; not one that holds a shared library (something may load it), a lab, or what a box needs."""
-    from org.sourceless import MIN_TEXT, text_folders, walked
+    from org.python_text import TEXT_BYTES, text_folders, walked
 
     def text(folder: Path, size: int):
         folder.mkdir(parents=True, exist_ok=True)
@@ -680,15 +688,15 @@ def test_a_folder_of_python_text_anywhere_in_the_software_folders_is_found(tmp_p
 
     (tmp_path / "libs").mkdir()
     (tmp_path / "libs" / "libx.so.1").write_text("")  # the walk's root holds a library: kept whole
-    text(tmp_path / "sdk" / "lib" / "a", MIN_TEXT // 2 + 100)  # together over the bound: sdk/ goes
-    text(tmp_path / "sdk" / "lib" / "b", MIN_TEXT // 2 + 100)
-    text(tmp_path / "app" / "src", 2 * MIN_TEXT)  # beside a library of its own: only src/ goes
+    text(tmp_path / "sdk" / "lib" / "a", TEXT_BYTES // 2 + 100)  # together over the bound: sdk/ goes
+    text(tmp_path / "sdk" / "lib" / "b", TEXT_BYTES // 2 + 100)
+    text(tmp_path / "app" / "src", 2 * TEXT_BYTES)  # beside a library of its own: only src/ goes
     (tmp_path / "app" / "native").mkdir()
     (tmp_path / "app" / "native" / "_speedups.cpython-311-x86_64-linux-gnu.so").write_text("")
-    text(tmp_path / "home" / "proj" / "worktrees", 2 * MIN_TEXT)  # a lab's: its own, not walked
+    text(tmp_path / "home" / "proj" / "worktrees", 2 * TEXT_BYTES)  # a lab's: its own, not walked
     (tmp_path / "home" / "proj" / ".lab").mkdir()
-    text(tmp_path / "harness" / "org", 2 * MIN_TEXT)  # what a box needs (the worker imports org/)
-    text(tmp_path / "few", MIN_TEXT - 100)
+    text(tmp_path / "harness" / "org", 2 * TEXT_BYTES)  # what a box needs (the worker imports org/)
+    text(tmp_path / "few", TEXT_BYTES - 100)
     walk = walked([str(tmp_path)])
     harness = [tmp_path / "harness" / "org"]
     assert text_folders(walk, harness, room=64) == {tmp_path / "sdk", tmp_path / "app" / "src"}
@@ -696,40 +704,73 @@ def test_a_folder_of_python_text_anywhere_in_the_software_folders_is_found(tmp_p
     assert tmp_path / "harness" in text_folders(walk, [], room=64)
 
 
+def test_a_site_tree_holds_what_runs_import_as_bytecode_wherever_each_is_installed(tmp_path):
+    """A pystdlib box sees each site-packages folder as a tree of the distributions runs and
+    workers import (RUN_PACKAGES and what they require, found in whichever folder holds each: a
+    venv's numba, its base's llvmlite), CuPy's and CUDA's where installed: each .py as a legacy
+    .pyc, each other file a hard link. torch is absent; a wanted one whose files are not listed
+    (no RECORD) stops the tree, not the box's imports later."""
+    from org.sourceless import build_site, run_distributions
+
+    def installed(folder: Path, name: str, requires=(), files: dict | None = None):
+        info = folder / f"{name}-1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"
+                                       + "".join(f"Requires-Dist: {r}\n" for r in requires))
+        for path, text in (files or {}).items():
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / path).write_text(text)
+        if files is not None:
+            (info / "RECORD").write_text("".join(f"{path},,\n" for path in [*files, "../../../bin/numba"]))
+
+    venv, base = tmp_path / "venv", tmp_path / "base"
+    installed(venv, "numba", ["llvmlite", "numpy", "colorama; extra == 'cli'", "pywin32; sys_platform == 'win32'"],
+              {"numba/__init__.py": "x = 1\n", "numba/_helper.so": "elf", "numba/__init__.pyi": "x: int\n"})
+    installed(base, "llvmlite", files={"llvmlite/__init__.py": "y = 2\n"})
+    installed(base, "torch", files={"torch/__init__.py": "z = 3\n"})
+    installed(base, "cupy", files={"cupy/__init__.py": ""})  # (a source build's name: no -cuda12x)
+    installed(base, "colorama", files={"colorama/__init__.py": ""})
+    wanted = run_distributions([venv, base])
+    assert {folder: [d.name for d in dists] for folder, dists in wanted.items()} == \
+        {venv: ["numba"], base: ["cupy", "llvmlite"]}
+    build_site(venv, wanted[venv], tmp_path / "tree")
+    assert sorted(str(p.relative_to(tmp_path / "tree")) for p in (tmp_path / "tree").rglob("*") if p.is_file()) == \
+        ["numba/__init__.pyc", "numba/_helper.so"]
+    assert (tmp_path / "tree" / "numba" / "_helper.so").stat().st_ino == (venv / "numba" / "_helper.so").stat().st_ino
+    installed(tmp_path / "eggs", "numpy")  # (no RECORD)
+    with pytest.raises(OSError, match="numpy .* lists no files"):
+        build_site(tmp_path / "eggs", run_distributions([tmp_path / "eggs"])[tmp_path / "eggs"], tmp_path / "tree2")
+
+
 def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside_tmp):
     """pystdlib's documents are the interpreter's stdlib sources and help topics: every Python
     process reads them, so a run could train on the lab's val documents and a model worker look
     them up while measured (tests/test_measure_attacks.py). Its runs and workers see bytecode only,
-    and no other Python's stdlib (much the same text); other programs' boxes, and agents'
-    commands, see them as they are."""
+    and hardly any other Python text anywhere (other Pythons, site-packages, wheels, projects: the
+    stdlib's style; 518 MB of .py here, and 1.5 GB more in wheels); other programs' boxes, and
+    agents' commands, see them as they are."""
+    from org.python_text import editable_projects
     from org.sandbox import run_box, worker_box
-    from org.sourceless import other_sites, other_stdlibs, python_text
-    others = other_stdlibs()  # here: Debian's python3.11 beside pyenv's, and pyenv's other versions
-    elsewhere = json.dumps({"stdlibs": list(map(str, others)), "sites": list(map(str, other_sites())),
-                            "texts": list(map(str, python_text()))})  # (here: the Google Cloud SDK's)
     for folder in ("run", "snapshot", "data"):
         (outside_tmp / folder).mkdir()
+    harness = json.dumps([str(ROOT), *editable_projects()])  # (a worker imports org/ from there)
     boxes = {"a run's": run_box(outside_tmp, outside_tmp / "run", outside_tmp / "snapshot", outside_tmp / "data",
-                                outside_tmp / "kernels", gpu=False, cpu_seconds=60),
+                                outside_tmp / "kernels", gpu=False, cpu_seconds=120),
              "a worker's": worker_box(outside_tmp, outside_tmp / "snapshot", outside_tmp / "data", outside_tmp / "kernels",
                                       gpu=False),
              "a run's on a file": run_box(outside_tmp, outside_tmp / "run", outside_tmp / "snapshot", outside_tmp / "data",
-                                          outside_tmp / "kernels", gpu=False, cpu_seconds=60, source=str(outside_tmp / "data"))}
+                                          outside_tmp / "kernels", gpu=False, cpu_seconds=120, source=str(outside_tmp / "data"))}
     seen = {}
     for name, box in boxes.items():
-        proc = box.popen([sys.executable, "-c", STDLIB_IN_THE_BOX, elsewhere], cwd=ROOT,
+        proc = box.popen([sys.executable, "-c", STDLIB_IN_THE_BOX, harness if "file" not in name else "no"], cwd=ROOT,
                          env={"PATH": os.environ["PATH"]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        seen[name] = proc.communicate(timeout=120)[0].decode().splitlines()
+        seen[name] = proc.communicate(timeout=300)[0].decode().splitlines()
     for name in ("a run's", "a worker's"):
-        assert seen[name] == ["0 stdlib sources", "no help topics", "0 sources of other Pythons' stdlibs",
-                              "0 sources in site-packages", "0 sources in other folders of packages",
-                              "0 sources in other folders of Python text",
-                              '{"numpy": true, "numba": 6.0}'], (name, seen[name])
+        assert seen[name] == ["0 stdlib sources", "no help topics", "0 sources in site-packages", "under 8 MB of Python text",
+                              '{"numpy": true, "numba": 8.0}'], (name, seen[name])
     on_a_file = seen["a run's on a file"]
     assert int(on_a_file[0].split()[0]) > 500 and on_a_file[1] == "help topics"
-    assert (int(on_a_file[2].split()[0]) > 500) == bool(others), on_a_file  # (where this machine has others)
-    assert int(on_a_file[3].split()[0]) > 500, on_a_file  # (numpy's alone)
-    assert (int(on_a_file[5].split()[0]) > 0) == bool(python_text()), on_a_file
+    assert int(on_a_file[2].split()[0]) > 500, on_a_file  # (numpy's alone)
 
 
 def test_a_command_cannot_point_its_worktree_at_the_shared_git(two_agents):
@@ -1364,9 +1405,9 @@ def test_a_run_reads_the_labs_export_and_not_the_data_source(outside_tmp):
             else:
                 assert lines[1:3] == ["the lab's val text", "absent"], out  # (bound over: cannot be opened)
     assert source_files(sys.base_prefix) == []  # every Python reads those
-    from org.sourceless import other_sites, other_stdlibs, python_text, site_dirs, stdlib_dir  # pystdlib: this
-    assert source_files("pystdlib") == [*other_stdlibs(), *other_sites(), *python_text()]  # Python's own are sourceless
-    assert not {stdlib_dir(), *site_dirs()} & set(source_files("pystdlib"))
+    from org.python_text import kept, other_pythons  # pystdlib: this Python's own are made sourceless
+    assert source_files("pystdlib") == [path for found in other_pythons() for path in found]
+    assert not [(p, k) for p in source_files("pystdlib") for k in kept() if k.is_relative_to(p)]  # (nothing it needs)
 
 
 def test_a_run_reads_none_of_the_persons_prepared_data(outside_tmp, monkeypatch):
@@ -1506,7 +1547,6 @@ def run(spec, out, *args, **kwargs):  # what an agent's trainer can do before it
     attempt("read the lab's val text", lambda: next((lab / "harness-cache").rglob("val.npy")).read_bytes())
     attempt("read the worktrees", lambda: next((lab.parent / "worktrees" / "tiny").iterdir()))
     bytecode = Path(os.environ["PYTHONPYCACHEPREFIX"])  # every run's numpy loads from there
-    # (a pystdlib box sees the site tree there: numpy/__init__.pyc, legacy-named, org/sourceless.py)
     attempt("rewrite the bytecode cache", lambda: open(next(bytecode.rglob("numpy/__init__*.pyc")), "r+b"))
     attempt("add to the bytecode cache", lambda: open(bytecode / "poison.pyc", "wb"))
     attempt("network", lambda: socket.create_connection(("127.0.0.1", {port}), 2))
@@ -1545,7 +1585,8 @@ def test_a_trainer_run_cannot_reach_the_lab_the_network_or_outlive_itself(outsid
         found.pop("more cores than its slot's threads")
     assert run["status"] == "completed"  # it trained as usual ...
     assert found and all(outcome.startswith("blocked") for outcome in found.values()), found  # ... and got nowhere
-    assert found["rewrite the bytecode cache"] == found["add to the bytecode cache"] == "blocked: OSError"  # read-only
+    assert found["add to the bytecode cache"] == "blocked: OSError"  # read-only,
+    assert found["rewrite the bytecode cache"] == "blocked: StopIteration"  # and empty (pystdlib's: org/python_text.py)
     beat = Path(run["run_dir"]) / "heartbeat"
     assert not beat.exists()  # (not the run's record: gone, measure.leave_the_record)
     time.sleep(0.5)

@@ -75,7 +75,8 @@ def test_an_agents_org_command_in_its_box_imports_its_port_and_nothing_heavy():
     assert "cannot reach the org through /nowhere/org.sock" in in_box.stdout
     assert in_box.stdout.splitlines()[-1] == str(["org", "org.agents", "org.agents.commands", "org.agents.port",
                                                   "org.agents.sandbox", "org.cgroups", "org.diskwatch", "org.entry",
-                                                  "org.sandbox", "org.seccomp", "org.sourceless", "org.unseen"])
+                                                  "org.python_text", "org.sandbox", "org.seccomp", "org.sourceless",
+                                                  "org.unseen"])
     outside = subprocess.run([sys.executable, "-c", "import sys, org.cli; print('scipy.stats' in sys.modules)"],
                              cwd=ROOT, capture_output=True, text=True)
     assert outside.stdout.strip() == "False", outside.stderr

@@ -1,0 +1,188 @@
+"""
+Where Python text lies on this machine besides the interpreter's own stdlib and site-packages
+(which a pystdlib program's boxes see as bytecode: org/sourceless.py), so that those boxes see
+none of it. Any Python source is text in the stdlib's own style, and a model worker that builds a
+table from it as it is measured scores lower than its weights alone (a 5-gram built from 12 MB of
+site-packages: 2.23 bits per byte on stdlib text, against a two-minute model's 2.08).
+
+A list of what to hide cannot be complete (this machine held 1.5 GB of wheels under /opt, uv's
+unpacked archives under ~/.cache, Pythons under /var/lib/docker), so the box starts from the
+system's folders only, and hides what it finds in those:
+
+    /home, /root, /opt, /srv, /var, /mnt, /work, ...   absent: every folder at / but SYSTEM
+                                                        (outside_system)
+    the interpreter, the harness, the dynamic linker's  bound back from those (kept)
+      and CUDA's folders, LD_LIBRARY_PATH
+    other Pythons' stdlibs in /usr (os.py, abc.py,      absent (a walk of SYSTEM's folders and of
+      codecs.py in a python3.x), other site- and          what is kept: other_pythons)
+      dist-packages folders
+    the outermost folders holding TEXT_BYTES of .py or  absent, but none that holds a shared
+      of archives (.whl, .zip, .tar.gz, ...) or more      library, a lab, or what a box needs
+                                                          (text_folders: gcloud's 140 MB here)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import importlib.metadata
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from org import sourceless, user_cache
+
+SYSTEM = {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "nix", "dev", "proc", "sys", "tmp", "run"}
+WALKED = ("usr", "etc", "nix", "bin", "sbin", "lib", "lib32", "lib64", "libx32")  # (of SYSTEM: what a box reads)
+STDLIB_MARKS = {"os.py", "abc.py", "codecs.py"}  # what a folder of a stdlib holds, of any version
+STDLIB_NAME = re.compile(r"(python|pypy)[\d.]*|lib-python|[23](\.\d+)?")  # python3.12, pypy3.10, PyPy's lib-python/3
+NOT_SEARCHED = {*sourceless.SITES, "node_modules", ".git", "__pycache__"}
+ARCHIVES = (".whl", ".zip", ".egg", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".conda", ".deb")  # (Python inside)
+MAX_WALKED = 300_000  # folders: 17k here (1 s); more stops the walk there
+MAX_FOUND = 64  # each is a mount in every run's box
+TEXT_BYTES = 128 << 10  # of .py or archives, that make a folder Python text (gcloud's lib/: 140 MB; a module: 20 kB)
+
+
+def binds() -> tuple[list[str], list[Path]]:
+    """bwrap's flags for the boxes of a program whose data is the stdlib's text (after / is
+    bound): every folder at / but the system's empty, what the box needs of them bound back, the
+    harness's bytecode cache empty (org/bytecode.py: it keeps docstrings; the trees are read
+    without it), then the stdlib's sourceless tree at its path and each site-packages folder's
+    tree at its own; and the folders made empty (read-only once the box has bound all)."""
+    stdlib, tree, sites = sourceless.stdlib_dir(), sourceless.stdlib_tree(), sourceless.site_trees()
+    emptied, back = outside_system(), kept()
+    flags = [flag for path in emptied for flag in ("--tmpfs", str(path))]
+    flags += [flag for path in back if any(path.is_relative_to(e) for e in emptied) for flag in ("--ro-bind", str(path), str(path))]
+    cache = [user_cache("bytecode").resolve()] if user_cache("bytecode").is_dir() else []  # (in what is bound back, too)
+    flags, emptied = flags + [flag for path in cache for flag in ("--tmpfs", str(path))], emptied + cache
+    trees = [(tree, stdlib), *((built, site) for site, built in sites.items())]  # (in that order: a site tree's
+    return flags + [flag for built, path in trees for flag in ("--ro-bind", str(built), str(path))], emptied  # mount point)
+
+
+def outside_system() -> list[Path]:
+    """The folders at / a pystdlib box sees empty: all but the system's (links at / point into it)."""
+    with os.scandir("/") as entries:
+        return sorted(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False) and e.name not in SYSTEM)
+
+
+def kept() -> list[Path]:
+    """What such a box needs of those folders, bound back: the interpreter (a venv's and the one
+    it runs on), the harness (its worker imports org/; an editable install's project), and the
+    folders the dynamic linker and CUDA load libraries from."""
+    here = [sys.prefix, sys.base_prefix, os.path.dirname(sys.executable), Path(__file__).parents[1], *editable_projects()]
+    here += [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p.startswith("/")]
+    here += [os.environ[key] for key in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(key, "").startswith("/")]
+    here += linker_folders()
+    return sorted({Path(os.path.realpath(p)) for p in here if os.path.isdir(p)})
+
+
+@functools.lru_cache(maxsize=1)
+def editable_projects() -> tuple[str, ...]:
+    """The project folders of the harness's editable installs (PEP 610's direct_url.json), where
+    a worker's `import org` goes through the install's finder."""
+    found = []
+    for dist in importlib.metadata.distributions(path=[str(p) for p in sourceless.site_dirs()]):
+        if dist.name and sourceless.normal(dist.name) == sourceless.OWN:
+            try:
+                url = json.loads(dist.read_text("direct_url.json") or "{}")
+            except ValueError:
+                continue
+            if url.get("dir_info", {}).get("editable") and str(url.get("url", "")).startswith("file://"):
+                found.append(url["url"][len("file://"):])
+    return tuple(found)
+
+
+def linker_folders(conf: str = "/etc/ld.so.conf") -> list[str]:
+    """The folders /etc/ld.so.conf names (and the files it includes)."""
+    found = []
+    for path in [conf, *sorted(glob.glob("/etc/ld.so.conf.d/*.conf"))]:
+        try:
+            lines = Path(path).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        found += [line.split("#")[0].strip() for line in lines if line.strip().startswith("/")]
+    return found
+
+
+def needed() -> list[Path]:
+    """What no folder hidden may hold, or lie in: what is kept, and what PATH names."""
+    named = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p.startswith("/")]
+    return sorted({*kept(), *(Path(os.path.realpath(p)) for p in named)})
+
+
+@functools.lru_cache(maxsize=1)
+def other_pythons() -> tuple[tuple[Path, ...], tuple[Path, ...], tuple[Path, ...]]:
+    """(other Pythons' stdlibs, other folders of installed packages, folders of Python text) in
+    what a pystdlib box sees: much the same text as the stdlib's (a worker that read Debian's
+    python3.11 beside pyenv's 3.11.7 still read `better`; a 3.12 bundled with the Google Cloud
+    SDK shared 31% of 3.11's lines), and other code in its style."""
+    roots = [f"/{name}" for name in WALKED if os.path.isdir(f"/{name}") and not os.path.islink(f"/{name}")]
+    walk = walked([*roots, *map(str, kept())])
+    stdlibs = walk.stdlibs - {sourceless.stdlib_dir()}
+    ours = sourceless.site_dirs()
+    sites = {s for s in walk.sites if not any(s.is_relative_to(p) for p in [*stdlibs, *ours])}
+    texts = text_folders(walk, needed(), MAX_FOUND - len(stdlibs | sites)) - stdlibs - sites
+    return tuple(sorted(stdlibs)), tuple(sorted(sites)), tuple(sorted(texts))
+
+
+@dataclasses.dataclass
+class Walk:
+    stdlibs: set[Path] = dataclasses.field(default_factory=set)
+    sites: set[Path] = dataclasses.field(default_factory=set)
+    text: dict[str, int] = dataclasses.field(default_factory=dict)  # folder -> bytes of its own .py and archives
+    kept: set[str] = dataclasses.field(default_factory=set)  # folders holding a shared library or a lab
+
+
+def walked(roots: list[str], limit: int = MAX_WALKED) -> Walk:
+    """Folders holding a stdlib under `roots`, folders of installed packages outside them, and
+    how many bytes of Python text every other folder holds (not inside a site-packages, nor in a
+    lab: its worktrees and runs are agents' to fill, and every folder found is a mount)."""
+    walk = Walk()
+    for root in dict.fromkeys(roots):
+        for folder, folders, files in os.walk(root):  # (links not followed)
+            if ".lab" in folders:  # a lab's root (org/workspace.py): what lies below is its own
+                folders[:] = []
+                walk.kept.add(folder)
+            elif STDLIB_MARKS <= set(files) and STDLIB_NAME.fullmatch(os.path.basename(folder)):
+                walk.stdlibs.add(Path(os.path.realpath(folder)))
+                folders[:] = []
+                continue
+            walk.sites |= {Path(os.path.realpath(os.path.join(folder, name))) for name in folders if name in sourceless.SITES}
+            folders[:] = [name for name in folders if name not in NOT_SEARCHED]
+            walk.text[folder] = sum(size(os.path.join(folder, name)) for name in files if name.endswith((".py", *ARCHIVES)))
+            if any(name.endswith(".so") or ".so." in name for name in files):
+                walk.kept.add(folder)
+            if len(walk.text) >= limit:
+                return walk
+    return walk
+
+
+def text_folders(walk: Walk, needed: list[Path], room: int) -> set[Path]:
+    """The outermost folders of the walk whose tree holds TEXT_BYTES of Python text or more, and
+    no shared library (a program may load it), no lab, nothing of `needed` nor lies in it, nor is
+    a folder of the top two levels (/usr/lib): the `room` largest."""
+    total, kept = dict(walk.text), set(walk.kept)
+    for folder in sorted(walk.text, key=lambda f: f.count(os.sep), reverse=True):  # (deepest first)
+        parent = os.path.dirname(folder)
+        if parent != folder and parent in total:
+            total[parent] += total[folder]
+            kept |= {parent} if folder in kept else set()
+
+    def free(folder: str) -> bool:
+        real = Path(os.path.realpath(folder))
+        return not any(p.is_relative_to(real) or real.is_relative_to(p) for p in needed)
+    candidates = [f for f, n in total.items() if n >= TEXT_BYTES and f not in kept and len(Path(f).parts) > 3 and free(f)]
+    outermost = []
+    for folder in sorted(candidates, key=lambda f: f.count(os.sep)):
+        if not any(folder.startswith(taken + os.sep) for taken in outermost):
+            outermost.append(folder)
+    return {Path(os.path.realpath(f)) for f in sorted(outermost, key=lambda f: -total[f])[:max(room, 0)]}
+
+
+def size(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
