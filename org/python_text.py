@@ -30,12 +30,13 @@ import json
 import os
 import re
 import sys
+import urllib.parse
 from pathlib import Path
 
 from org import sourceless, user_cache
 
-SYSTEM = {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "nix", "dev", "proc", "sys", "tmp", "run"}
-WALKED = ("usr", "etc", "nix", "bin", "sbin", "lib", "lib32", "lib64", "libx32")  # (of SYSTEM: what a box reads)
+SYSTEM = {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "nix", "gnu", "dev", "proc", "sys", "tmp", "run"}
+WALKED = ("usr", "etc", "nix", "gnu", "bin", "sbin", "lib", "lib32", "lib64", "libx32")  # (of SYSTEM: what a box reads)
 STDLIB_MARKS = {"os.py", "abc.py", "codecs.py"}  # what a folder of a stdlib holds, of any version
 STDLIB_NAME = re.compile(r"(python|pypy)[\d.]*|lib-python|[23](\.\d+)?")  # python3.12, pypy3.10, PyPy's lib-python/3
 NOT_SEARCHED = {*sourceless.SITES, "node_modules", ".git", "__pycache__"}
@@ -47,16 +48,23 @@ TEXT_BYTES = 128 << 10  # of .py or archives, that make a folder Python text (gc
 
 def binds() -> tuple[list[str], list[Path]]:
     """bwrap's flags for the boxes of a program whose data is the stdlib's text (after / is
-    bound): every folder at / but the system's empty, what the box needs of them bound back, the
-    harness's bytecode cache empty (org/bytecode.py: it keeps docstrings; the trees are read
-    without it), then the stdlib's sourceless tree at its path and each site-packages folder's
-    tree at its own; and the folders made empty (read-only once the box has bound all)."""
+    bound): every folder at / but the system's empty, what the box needs of them bound back (at
+    its path and, through a link, at the linked one), the harness's bytecode cache and its
+    checkouts' .git empty (org/bytecode.py: docstrings; the trees are read without it; the
+    history of the harness's code), then the stdlib's sourceless tree at its path and each
+    site-packages folder's tree at its own; and the folders made empty (read-only once the box
+    has bound all)."""
     stdlib, tree, sites = sourceless.stdlib_dir(), sourceless.stdlib_tree(), sourceless.site_trees()
-    emptied, back = outside_system(), kept()
+    emptied, wanted = outside_system(), kept()
+    back = [(real, named) for named in wanted if any(named.is_relative_to(e) for e in emptied)
+            for real in [Path(os.path.realpath(named))]  # (a link inside what is bound back: seen there as it is)
+            if real == named or not any(named.is_relative_to(k) for k in wanted if k != named and k == Path(os.path.realpath(k)))]
     flags = [flag for path in emptied for flag in ("--tmpfs", str(path))]
-    flags += [flag for path in back if any(path.is_relative_to(e) for e in emptied) for flag in ("--ro-bind", str(path), str(path))]
-    cache = [user_cache("bytecode").resolve()] if user_cache("bytecode").is_dir() else []  # (in what is bound back, too)
-    flags, emptied = flags + [flag for path in cache for flag in ("--tmpfs", str(path))], emptied + cache
+    flags += [flag for real, named in back for flag in ("--ro-bind", str(real), str(named))]
+    # (a cache under /tmp is in no box: each has a /tmp of its own, mounted after)
+    unread = [p for p in [user_cache("bytecode"), *(Path(c, ".git") for c in checkouts())]
+              if p.is_dir() and not p.resolve().is_relative_to("/tmp")]
+    flags, emptied = flags + [flag for path in unread for flag in ("--tmpfs", str(path.resolve()))], emptied + unread
     trees = [(tree, stdlib), *((built, site) for site, built in sites.items())]  # (in that order: a site tree's
     return flags + [flag for built, path in trees for flag in ("--ro-bind", str(built), str(path))], emptied  # mount point)
 
@@ -68,20 +76,40 @@ def outside_system() -> list[Path]:
 
 
 def kept() -> list[Path]:
-    """What such a box needs of those folders, bound back: the interpreter (a venv's and the one
-    it runs on), the harness (its worker imports org/; an editable install's project), and the
-    folders the dynamic linker and CUDA load libraries from."""
-    here = [sys.prefix, sys.base_prefix, os.path.dirname(sys.executable), Path(__file__).parents[1], *editable_projects()]
-    here += [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p.startswith("/")]
+    """What such a box needs of those folders, bound back, as named and as resolved (a home that
+    links to /gpfs): the interpreter (a venv's and the one it runs on), the harness's checkouts
+    (its worker imports org/), and the folders programs load libraries from (the dynamic linker's,
+    LD_LIBRARY_PATH, CUDA's, and those of every library this process has loaded: a Linuxbrew or
+    Spack Python's RUNPATH)."""
+    here = [sys.prefix, sys.base_prefix, os.path.dirname(sys.executable), *checkouts(), *library_folders()]
+    return sorted({Path(q) for p in here if os.path.isdir(p) for q in (os.path.abspath(p), os.path.realpath(p))})
+
+
+def checkouts() -> list[str]:
+    """The harness's own folders (this one, and its editable installs' projects: a worker's `import
+    org` goes through the install's finder)."""
+    return [str(Path(__file__).parents[1]), *editable_projects()]
+
+
+def library_folders() -> list[str]:
+    here = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p.startswith("/")]
     here += [os.environ[key] for key in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(key, "").startswith("/")]
-    here += linker_folders()
-    return sorted({Path(os.path.realpath(p)) for p in here if os.path.isdir(p)})
+    here += glob.glob("/opt/cuda*") + linker_folders() + loaded_folders()
+    return here
+
+
+def loaded_folders() -> list[str]:
+    """The folders of the shared libraries mapped into this process."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    return sorted({os.path.dirname(line.split()[-1]) for line in maps if ".so" in line and line.split()[-1].startswith("/")})
 
 
 @functools.lru_cache(maxsize=1)
 def editable_projects() -> tuple[str, ...]:
-    """The project folders of the harness's editable installs (PEP 610's direct_url.json), where
-    a worker's `import org` goes through the install's finder."""
+    """The project folders of the harness's editable installs (PEP 610's direct_url.json)."""
     found = []
     for dist in importlib.metadata.distributions(path=[str(p) for p in sourceless.site_dirs()]):
         if dist.name and sourceless.normal(dist.name) == sourceless.OWN:
@@ -89,8 +117,9 @@ def editable_projects() -> tuple[str, ...]:
                 url = json.loads(dist.read_text("direct_url.json") or "{}")
             except ValueError:
                 continue
-            if url.get("dir_info", {}).get("editable") and str(url.get("url", "")).startswith("file://"):
-                found.append(url["url"][len("file://"):])
+            if isinstance(url, dict) and isinstance(url.get("dir_info"), dict) and url["dir_info"].get("editable") \
+                    and str(url.get("url", "")).startswith("file://"):
+                found.append(urllib.parse.unquote(urllib.parse.urlparse(url["url"]).path))
     return tuple(found)
 
 
@@ -106,10 +135,14 @@ def linker_folders(conf: str = "/etc/ld.so.conf") -> list[str]:
     return found
 
 
-def needed() -> list[Path]:
-    """What no folder hidden may hold, or lie in: what is kept, and what PATH names."""
+def needed() -> tuple[list[Path], list[Path]]:
+    """(what no folder hidden may hold, nor lie in: the harness's checkouts, the folders libraries
+    load from, and PATH's; what no folder hidden may hold: the interpreter's prefixes, which may
+    be /usr)."""
     named = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p.startswith("/")]
-    return sorted({*kept(), *(Path(os.path.realpath(p)) for p in named)})
+    trees = [*checkouts(), *library_folders(), *named]
+    prefixes = [sys.prefix, sys.base_prefix, os.path.dirname(sys.executable)]
+    return sorted({Path(os.path.realpath(p)) for p in trees}), sorted({Path(os.path.realpath(p)) for p in prefixes})
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,8 +151,10 @@ def other_pythons() -> tuple[tuple[Path, ...], tuple[Path, ...], tuple[Path, ...
     what a pystdlib box sees: much the same text as the stdlib's (a worker that read Debian's
     python3.11 beside pyenv's 3.11.7 still read `better`; a 3.12 bundled with the Google Cloud
     SDK shared 31% of 3.11's lines), and other code in its style."""
-    roots = [f"/{name}" for name in WALKED if os.path.isdir(f"/{name}") and not os.path.islink(f"/{name}")]
-    walk = walked([*roots, *map(str, kept())])
+    roots = [Path(f"/{name}") for name in WALKED if os.path.isdir(f"/{name}") and not os.path.islink(f"/{name}")]
+    for path in kept():  # (sorted: a folder before what lies in it, each walked once)
+        roots += [] if any(path.is_relative_to(root) for root in roots) else [path]
+    walk = walked(list(map(str, roots)))
     stdlibs = walk.stdlibs - {sourceless.stdlib_dir()}
     ours = sourceless.site_dirs()
     sites = {s for s in walk.sites if not any(s.is_relative_to(p) for p in [*stdlibs, *ours])}
@@ -159,10 +194,10 @@ def walked(roots: list[str], limit: int = MAX_WALKED) -> Walk:
     return walk
 
 
-def text_folders(walk: Walk, needed: list[Path], room: int) -> set[Path]:
+def text_folders(walk: Walk, needed: tuple[list[Path], list[Path]], room: int) -> set[Path]:
     """The outermost folders of the walk whose tree holds TEXT_BYTES of Python text or more, and
-    no shared library (a program may load it), no lab, nothing of `needed` nor lies in it, nor is
-    a folder of the top two levels (/usr/lib): the `room` largest."""
+    no shared library (a program may load it), no lab, nothing `needed` (nor lies in one of its
+    trees), nor is a folder of the top two levels (/usr/lib): the `room` largest."""
     total, kept = dict(walk.text), set(walk.kept)
     for folder in sorted(walk.text, key=lambda f: f.count(os.sep), reverse=True):  # (deepest first)
         parent = os.path.dirname(folder)
@@ -170,9 +205,11 @@ def text_folders(walk: Walk, needed: list[Path], room: int) -> set[Path]:
             total[parent] += total[folder]
             kept |= {parent} if folder in kept else set()
 
+    trees, prefixes = needed
+
     def free(folder: str) -> bool:
         real = Path(os.path.realpath(folder))
-        return not any(p.is_relative_to(real) or real.is_relative_to(p) for p in needed)
+        return not any(p.is_relative_to(real) for p in trees + prefixes) and not any(real.is_relative_to(p) for p in trees)
     candidates = [f for f, n in total.items() if n >= TEXT_BYTES and f not in kept and len(Path(f).parts) > 3 and free(f)]
     outermost = []
     for folder in sorted(candidates, key=lambda f: f.count(os.sep)):

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from org import OrgError, python_text, remove_tree, shown
+from org import OrgError, python_text, remove_tree, shown, sourceless
 from org.bytecode import fill as fill_bytecode, source_only
 from org.cgroups import pools
 from org.cluster import GPU, connect, job_id, machine
@@ -421,10 +421,11 @@ class Runner:
             ledger.requeue(run["id"], f"the trainer died of {died}, a signal the runner did not send; re-queued", wall)
             self.say(f"run {run['id']}: the trainer died of {died}; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
             return
-        if result is None:
+        if result is None:  # (a pystdlib box's imports are few: a line that could not import one says which)
+            said = last_line(log_path)
+            said = sourceless.import_hint(said) if self.sandboxed and self.program.data.source == "pystdlib" else said
             result = Result(status="killed" if killed_reason else "error",
-                            reason=killed_reason or (died_reason(died, attempts, own_code) if died
-                                                     else f"exit {returncode}: {last_line(log_path)}"))
+                            reason=killed_reason or (died_reason(died, attempts, own_code) if died else f"exit {returncode}: {said}"))
         self._record(ledger, run, result, wall, killed_reason, slot)
 
     def _run_here(self, ledger, run, cmd, env, code, run_dir, log_path, slot) -> tuple[int, str | None]:

@@ -194,7 +194,8 @@ class Sandbox:
         used = used_within(runtime, env)
         here = [p.resolve() if p.is_symlink() else p for p in home_credentials()]  # (as __init__ does)
         unseen = list(dict.fromkeys(self.hidden + other_labs() + here))
-        if self.sourceless_stdlib:  # (a spec made on another machine hides its other Pythons: not this one's)
+        if self.sourceless_stdlib:  # (a spec made on another machine hides its other Pythons: this one's too, not its own)
+            unseen = list(dict.fromkeys(unseen + source_files("pystdlib")))
             own = [sourceless.stdlib_dir(), *sourceless.site_dirs()]
             unseen = [p for p in unseen if not any(o.is_relative_to(p) or p.is_relative_to(o) for o in own)]
         hidden = sorted({p for p in unseen if p.is_dir()} | set(runtime), key=lambda p: len(p.parts))  # outer first

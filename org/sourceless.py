@@ -65,7 +65,8 @@ SITES = ("site-packages", "dist-packages")  # what a folder of installed package
 # rest of site-packages is absent from their boxes
 RUN_PACKAGES = ("numpy", "numba", "scipy", "tokenizers", "pyyaml")  # (scipy: numba's linear algebra needs it)
 GPU_PACKAGES = re.compile(r"(cupy|nvidia|cuda)([-_].*)?")  # CuPy, and the CUDA libraries it loads from wheels
-SITE_FORMAT = 2  # what build_site makes of a RECORD (2: no type stubs)
+SITE_FORMAT = 3  # what build_site makes of a RECORD (2: no type stubs; 3: no Cython sources)
+NOT_RUN = {".pyc", ".pyo", ".pyi", ".pyx", ".pxd", ".pxi"}  # (bytecode made elsewhere, stubs, Cython's sources: text)
 OWN = "nanolab"  # the harness's own files (an editable install's: its finder; the requirements are the harness's)
 
 
@@ -74,8 +75,9 @@ def stdlib_dir() -> Path:
 
 
 def site_dirs() -> list[Path]:
-    """This interpreter's folders of installed packages (beside its stdlib, or a venv's)."""
-    return sorted({Path(p).resolve() for p in site.getsitepackages() if Path(p).is_dir()})
+    """This interpreter's folders of installed packages (beside its stdlib, or a venv's), in the
+    order imports search them."""
+    return list(dict.fromkeys(Path(p).resolve() for p in site.getsitepackages() if Path(p).is_dir()))
 
 
 def kept_below(stdlib: Path) -> list[Path]:
@@ -135,6 +137,14 @@ def run_distributions(folders: list[Path]) -> dict[Path, list[importlib.metadata
     return {folder: [dist for name, (where, dist) in sorted(chosen.items()) if where == folder] for folder in folders}
 
 
+def import_hint(line: str) -> str:
+    """A run's last line, saying what a pystdlib box imports where it could not import a module."""
+    if not line.startswith("ModuleNotFoundError"):
+        return line
+    return (f"{line} (a pystdlib program's runs and workers import the stdlib, {', '.join(RUN_PACKAGES)}, what those "
+            f"require and the harness: org/sourceless.py)")
+
+
 def normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()  # (PEP 503)
 
@@ -190,14 +200,12 @@ def build(stdlib: Path, into: Path):
 
 def build_site(folder: Path, distributions: list, into: Path):
     """The files each distribution's RECORD lists in `folder`: a .py as a legacy .pyc at optimize
-    level 2, a type stub (.pyi: Python text) not at all, any other as a hard link (a copy across
+    level 2, a type stub or a Cython source (NOT_RUN: text) not at all, any other as a hard link (a copy across
     disks: CuPy's and LLVM's libraries are hundreds of MB)."""
     for dist in distributions:
-        if dist.files is None:  # (an egg's, a legacy `setup.py develop`'s: what it holds is not known)
-            raise OSError(f"{dist.name} in {folder} lists no files (no RECORD): install it with pip")
-        for name in dist.files:
+        for name in files_of(dist, folder):
             source = Path(os.path.normpath(folder / name))  # (scripts lie in ../../../bin: not taken)
-            if not source.is_relative_to(folder) or source.suffix in (".pyc", ".pyo", ".pyi") or not source.is_file():
+            if not source.is_relative_to(folder) or source.suffix in NOT_RUN or not source.is_file():
                 continue
             target = into / source.relative_to(folder)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -208,6 +216,17 @@ def build_site(folder: Path, distributions: list, into: Path):
                     os.link(source.resolve(), target)
                 except OSError:
                     shutil.copy2(source, target)
+
+
+def files_of(dist: importlib.metadata.Distribution, folder: Path) -> list:
+    """What a distribution installed, by its RECORD; else (Debian's packages, an egg's metadata)
+    every file of the modules its top_level.txt names; else OSError."""
+    if dist.files is not None:
+        return dist.files
+    tops = (dist.read_text("top_level.txt") or "").split()
+    if not tops:  # (a legacy `setup.py develop`'s: what it holds is not known)
+        raise OSError(f"{dist.name} in {folder} lists no files (no RECORD, no top_level.txt): install it with pip")
+    return [path.relative_to(folder) for top in tops for path in [*folder.glob(f"{top}.*"), *(folder / top).rglob("*")]]
 
 
 def compiled(source: Path, target: Path):

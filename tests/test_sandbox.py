@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -644,6 +645,9 @@ if sys.argv[1] != "no":  # all the Python text it reads, anywhere but in the har
                 except OSError:
                     pass
     print("under 8 MB of Python text" if text < 8 << 20 else f"{text >> 20} MB of Python text")
+    import importlib.util
+    print("no torch, no anthropic" if not importlib.util.find_spec("torch") and not importlib.util.find_spec("anthropic")
+          else "torch or anthropic")
 import numpy, numba, scipy, tokenizers, yaml, trainer.model  # what runs and workers import still imports
 print(json.dumps({"numpy": bool(numpy.__version__), "numba": float(numba.njit(lambda a: (a @ a).sum())(numpy.ones((2, 2))))}))
 """
@@ -687,7 +691,7 @@ def test_a_folder_of_python_text_anywhere_in_the_software_folders_is_found(tmp_p
         (folder / "m.py").write_text("x = 1\n" * (size // 6 + 1))
 
     (tmp_path / "libs").mkdir()
-    (tmp_path / "libs" / "libx.so.1").write_text("")  # the walk's root holds a library: kept whole
+    (tmp_path / "libs" / "libx.so.1").write_text("")  # a library below the walk's root: the root is kept whole
     text(tmp_path / "sdk" / "lib" / "a", TEXT_BYTES // 2 + 100)  # together over the bound: sdk/ goes
     text(tmp_path / "sdk" / "lib" / "b", TEXT_BYTES // 2 + 100)
     text(tmp_path / "app" / "src", 2 * TEXT_BYTES)  # beside a library of its own: only src/ goes
@@ -697,11 +701,12 @@ def test_a_folder_of_python_text_anywhere_in_the_software_folders_is_found(tmp_p
     (tmp_path / "home" / "proj" / ".lab").mkdir()
     text(tmp_path / "harness" / "org", 2 * TEXT_BYTES)  # what a box needs (the worker imports org/)
     text(tmp_path / "few", TEXT_BYTES - 100)
+    text(tmp_path / "prefix" / "share" / "sdk", TEXT_BYTES + 100)  # in an interpreter's prefix (a venv on /usr's Python)
     walk = walked([str(tmp_path)])
-    harness = [tmp_path / "harness" / "org"]
-    assert text_folders(walk, harness, room=64) == {tmp_path / "sdk", tmp_path / "app" / "src"}
-    assert text_folders(walk, harness, room=1) == {tmp_path / "app" / "src"}  # (the largest, where mounts run out)
-    assert tmp_path / "harness" in text_folders(walk, [], room=64)
+    needed = [tmp_path / "harness" / "org"], [tmp_path / "prefix"]  # (trees, and prefixes: only what holds one kept)
+    assert text_folders(walk, needed, room=64) == {tmp_path / "sdk", tmp_path / "app" / "src", tmp_path / "prefix" / "share"}
+    assert text_folders(walk, needed, room=1) == {tmp_path / "app" / "src"}  # (the largest, where mounts run out)
+    assert tmp_path / "harness" in text_folders(walk, ([], []), room=64)
 
 
 def test_a_site_tree_holds_what_runs_import_as_bytecode_wherever_each_is_installed(tmp_path):
@@ -737,9 +742,69 @@ def test_a_site_tree_holds_what_runs_import_as_bytecode_wherever_each_is_install
     assert sorted(str(p.relative_to(tmp_path / "tree")) for p in (tmp_path / "tree").rglob("*") if p.is_file()) == \
         ["numba/__init__.pyc", "numba/_helper.so"]
     assert (tmp_path / "tree" / "numba" / "_helper.so").stat().st_ino == (venv / "numba" / "_helper.so").stat().st_ino
-    installed(tmp_path / "eggs", "numpy")  # (no RECORD)
+    installed(tmp_path / "debian", "yaml_like")  # Debian's: no RECORD, a top_level.txt: its modules' files
+    (tmp_path / "debian" / "yaml_like-1.0.dist-info" / "top_level.txt").write_text("yaml_like\n")
+    for path in ("yaml_like/__init__.py", "yaml_like/_c.so", "yaml_like.py"):
+        (tmp_path / "debian" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "debian" / path).write_text("")
+    from importlib.metadata import distributions
+    build_site(tmp_path / "debian", list(distributions(path=[str(tmp_path / "debian")])), tmp_path / "tree2")
+    assert sorted(str(p.relative_to(tmp_path / "tree2")) for p in (tmp_path / "tree2").rglob("*") if p.is_file()) == \
+        ["yaml_like.pyc", "yaml_like/__init__.pyc", "yaml_like/_c.so"]
+    installed(tmp_path / "eggs", "numpy")  # (no RECORD, no top_level.txt)
     with pytest.raises(OSError, match="numpy .* lists no files"):
-        build_site(tmp_path / "eggs", run_distributions([tmp_path / "eggs"])[tmp_path / "eggs"], tmp_path / "tree2")
+        build_site(tmp_path / "eggs", run_distributions([tmp_path / "eggs"])[tmp_path / "eggs"], tmp_path / "tree3")
+
+
+def test_site_folders_are_read_in_the_order_imports_search_them(tmp_path, monkeypatch):
+    """A venv on pyenv's Python: /work/venv's numba is the one imported, not /root/.pyenv's older
+    one; sorted by name, the base's was put in the box, and the venv's tree was empty."""
+    import site
+    from org.sourceless import site_dirs
+    for name in ("z_venv", "a_base"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr(site, "getsitepackages", lambda: [str(tmp_path / "z_venv"), str(tmp_path / "a_base")])
+    assert site_dirs() == [tmp_path / "z_venv", tmp_path / "a_base"]
+
+
+def test_a_run_that_cannot_import_a_module_in_a_pystdlib_box_is_told_what_it_can():
+    """A pystdlib program's runs import only what org/sourceless.py puts in their site trees: an
+    experiment's `import torch` fails there and not in its agent's box, so its run's reason says
+    what the box has."""
+    from org.sourceless import import_hint
+    said = import_hint("ModuleNotFoundError: No module named 'torch'")
+    assert said.startswith("ModuleNotFoundError: No module named 'torch' (") and "numpy, numba, scipy" in said
+    assert import_hint("ValueError: bad shape") == "ValueError: bad shape"
+
+
+def test_a_pystdlib_box_binds_back_what_it_needs_through_links_and_starts_with_a_cache_under_tmp(outside_tmp, monkeypatch):
+    """A pystdlib box sees every folder at / but the system's empty, and binds back what it
+    needs. Bound back only as resolved, a harness reached through a link (a home linked to /gpfs)
+    was missing at the path its worker names; and a bytecode cache under /tmp, emptied, then
+    hidden by the box's own /tmp, failed every box's start (bwrap could not remount it)."""
+    from org import python_text
+    from org.sandbox import run_box
+    (outside_tmp / "real" / "org").mkdir(parents=True)
+    (outside_tmp / "real" / "org" / "mark.txt").write_text("the harness\n")
+    linked = ROOT.parent / f".nanolab-test-{uuid.uuid4().hex[:12]}"  # (beside this checkout: in a folder at / emptied)
+    linked.symlink_to(outside_tmp / "real")
+    monkeypatch.setattr(python_text, "editable_projects", lambda: (str(linked),))
+    cache = Path(tempfile.mkdtemp(prefix="xdg-"))  # (under /tmp)
+    try:
+        (cache / "nanolab" / "bytecode").mkdir(parents=True)
+        real_cache = python_text.user_cache
+        monkeypatch.setattr(python_text, "user_cache", lambda name: cache / "nanolab" / name if name == "bytecode"
+                            else real_cache(name))
+        for folder in ("run", "snapshot", "data"):
+            (outside_tmp / folder).mkdir()
+        box = run_box(outside_tmp, outside_tmp / "run", outside_tmp / "snapshot", outside_tmp / "data",
+                      outside_tmp / "kernels", gpu=False, cpu_seconds=60)
+        out = box.popen(["cat", str(linked / "org" / "mark.txt")], cwd="/", env={"PATH": os.environ["PATH"]},
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode()
+        assert out == "the harness\n", out
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        linked.unlink()
 
 
 def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside_tmp):
@@ -767,7 +832,7 @@ def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside
         seen[name] = proc.communicate(timeout=300)[0].decode().splitlines()
     for name in ("a run's", "a worker's"):
         assert seen[name] == ["0 stdlib sources", "no help topics", "0 sources in site-packages", "under 8 MB of Python text",
-                              '{"numpy": true, "numba": 8.0}'], (name, seen[name])
+                              "no torch, no anthropic", '{"numpy": true, "numba": 8.0}'], (name, seen[name])
     on_a_file = seen["a run's on a file"]
     assert int(on_a_file[0].split()[0]) > 500 and on_a_file[1] == "help topics"
     assert int(on_a_file[2].split()[0]) > 500, on_a_file  # (numpy's alone)

@@ -169,8 +169,9 @@ def test_no_box_but_a_clis_reaches_a_socket_bound_after_it_started(host_dirs, tm
     for folder_of_run in ("run", "snapshot", "data", "port"):
         (tmp_path / folder_of_run).mkdir()
     boxes = {"an agent's command": command, "a CLI's": command.with_extra(sockets=[tmp_path / "port"]),
+             # (a program's on a file: a pystdlib program's boxes see no folder at / but the system's)
              "a run's": run_box(root, tmp_path / "run", tmp_path / "snapshot", tmp_path / "data", tmp_path / "kernels",
-                                gpu=False, cpu_seconds=60)}
+                                gpu=False, cpu_seconds=60, source=str(tmp_path / "data"))}
     outcomes = {}
     for name, box in boxes.items():
         path = folder / f"late-{len(outcomes)}.sock"

@@ -13,6 +13,7 @@ from pathlib import Path
 from string import Template
 
 from org.program import Program
+from org.sourceless import RUN_PACKAGES
 
 PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 
@@ -71,10 +72,20 @@ def fields(program: Program, name: str) -> dict:
         "seeds": program.budget.seeds, "llm_dollars": f"{program.budget.total_llm_dollars:g}",
         "protected": ", ".join(program.protected), "max_change_kb": f"{program.max_change_kb:g}",
         "agent_cpu_seconds": f"{program.budget.agent_cpu_seconds or program.budget.total_compute_seconds:g}",
+        "run_imports": run_imports(program),
         "teammates": ", ".join(teammates(program, name)) or "none",
         "chief": chief or "none",
         "juniors": ", ".join(juniors(program)) or "none",
     }
+
+
+def run_imports(program: Program) -> str:
+    """What a run's code may import: a pystdlib program's boxes hold no Python text beyond the
+    stdlib's bytecode and the packages runs need (org/sourceless.py)."""
+    if program.data.source != "pystdlib":
+        return "they import what is installed here"
+    return (f"on this program's data (the stdlib's own text) they import only the stdlib, "
+            f"{', '.join(RUN_PACKAGES)} and what those require: not torch")
 
 
 def kickoff(program: Program, name: str, board: str) -> str:
