@@ -55,18 +55,24 @@ def binds() -> tuple[list[str], list[Path]]:
     site-packages folder's tree at its own; and the folders made empty (read-only once the box
     has bound all)."""
     stdlib, tree, sites = sourceless.stdlib_dir(), sourceless.stdlib_tree(), sourceless.site_trees()
-    emptied, wanted = outside_system(), kept()
-    back = [(real, named) for named in wanted if any(named.is_relative_to(e) for e in emptied)
-            for real in [Path(os.path.realpath(named))]  # (a link inside what is bound back: seen there as it is)
-            if real == named or not any(named.is_relative_to(k) for k in wanted if k != named and k == Path(os.path.realpath(k)))]
+    emptied = outside_system()
     flags = [flag for path in emptied for flag in ("--tmpfs", str(path))]
-    flags += [flag for real, named in back for flag in ("--ro-bind", str(real), str(named))]
+    flags += [flag for real, named in bound_back(kept(), emptied) for flag in ("--ro-bind", str(real), str(named))]
     # (a cache under /tmp is in no box: each has a /tmp of its own, mounted after)
-    unread = [p for p in [user_cache("bytecode"), *(Path(c, ".git") for c in checkouts())]
+    unread = [p.resolve() for p in [user_cache("bytecode"), *(Path(c, ".git") for c in checkouts())]
               if p.is_dir() and not p.resolve().is_relative_to("/tmp")]
-    flags, emptied = flags + [flag for path in unread for flag in ("--tmpfs", str(path.resolve()))], emptied + unread
+    flags, emptied = flags + [flag for path in unread for flag in ("--tmpfs", str(path))], emptied + unread
     trees = [(tree, stdlib), *((built, site) for site, built in sites.items())]  # (in that order: a site tree's
     return flags + [flag for built, path in trees for flag in ("--ro-bind", str(built), str(path))], emptied  # mount point)
+
+
+def bound_back(wanted: list[Path], emptied: list[Path]) -> list[tuple[Path, Path]]:
+    """(what is bound, where) for each path `wanted` in a folder emptied: a real path at itself, a
+    path through a link at the linked one, unless it lies in another real path bound back (the
+    box sees the link there as it is)."""
+    real = [path for path in wanted if path == Path(os.path.realpath(path))]
+    return [(Path(os.path.realpath(named)), named) for named in wanted if any(named.is_relative_to(e) for e in emptied)
+            if named in real or not any(named.is_relative_to(r) for r in real)]
 
 
 def outside_system() -> list[Path]:
