@@ -17,7 +17,7 @@ it starts as the baseline. Agents submit tries against it, and each try is
                           (org/frontier.py), confirmed on the held-out split at that level,
                           then climbing: `better` at every rung of a `ladder`, and on fresh
                           seeds drawn then (claim.fresh_seeds), which no try's code could know,
-                          where it also reproduces a run of its own
+                          at that same level, where it also reproduces a run of its own
                discarded  otherwise, with the referee's verdict saying why
              A kept try becomes the next frontier, arm frontier-N (its code and overrides), is
              re-measured on every seed, and the program branch moves to its commit.
@@ -342,9 +342,12 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
     """A try that passed at the program's scale, at the ladder's rungs in turn (its runs and its
     frontier's at each rung's overrides, every seed), then on fresh seeds drawn now (the last
     rung: the program's config, program.fresh_seeds of them, which no code committed before could
-    know: a seed-keyed gain, referee.replicate). Kept once `better` holds at every rung (at alpha:
-    the keep test was the first scale's), discarded at the first where it does not. Its LORD++
-    test counts as a discovery once it is kept (rule_of).
+    know: a seed-keyed gain, referee.replicate). Kept once `better` holds at every rung, discarded
+    at the first where it does not: at a ladder rung at alpha (the keep test was the first
+    scale's), on fresh seeds at the keep test's own LORD++ level, since a pass on the program's
+    seeds can be made to order and one on fresh seeds cannot (at plain alpha a try that changes
+    nothing but knows the seeds would be kept once in twenty, try after try). Its LORD++ test
+    counts as a discovery once it is kept (rule_of).
 
     A frontier that is a kept try is an agent's code, which may train worse when it runs again
     later (the time tells it): at a ladder rung its kept try's own runs stand for it, as in
@@ -388,8 +391,9 @@ def climb(ledger: Ledger, program: Program, experiments: list[dict], e: dict, fr
             return dict(d, outcome="untested", verdict=f"{d['verdict']} at the program's scale, untested at {where}: "
                         f"{lost[0]['arm']}'s {lost[0]['purpose']} run of a fresh seed ended {lost[0]['status']}")
         front_runs, runs = ([dict(r, purpose="main") for r in rs] for rs in pair)  # the referee pairs main runs
-        c = compare(front_runs, runs, "superiority", alpha=program.claim.alpha, declared=declared)
-        held = dict(rung=rung, overrides={} if fresh else program.ladder[rung - 1], delta=c.mean, n=c.n,
+        level = d["level"] if fresh else program.claim.alpha  # (fresh seeds: the test the rule rests on)
+        c = compare(front_runs, runs, "superiority", alpha=level, declared=declared)
+        held = dict(rung=rung, level=level, overrides={} if fresh else program.ladder[rung - 1], delta=c.mean, n=c.n,
                     p=c.p_better, verdict=c.verdict)
         d = dict(d, rungs=d["rungs"] + [held], decided_at=now())
         slower = unseen_work(program, c)

@@ -544,6 +544,27 @@ def test_a_try_is_kept_only_once_its_gain_holds_on_fresh_seeds_too(tmp_path):
     lab.close()
 
 
+def test_on_fresh_seeds_a_try_must_beat_its_own_level_and_not_plain_alpha(tmp_path):
+    """A pass on the program's seeds can be made to order (a table of each seed's best data order),
+    so the fresh seeds' test is the one LORD++'s guarantee rests on: at plain 5% a try that changes
+    nothing would be kept once in twenty, try after try, whatever the levels say."""
+    root, program = make_project(tmp_path, improve_program(claim={"kind": "improve", "alpha": 0.05, "fresh_seeds": 3}))
+    lab = Lab.open(root)
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+        passes(ledger, lab, program, "seed-keyed")
+        level = decision(ledger, program, "seed-keyed")["level"]
+        fresh = [2.21, 2.18, 2.23]  # a lucky draw of the fresh seeds: p = 0.023, under 5% but over its level
+        finish(ledger, program, "baseline", fresh, purpose="replicate")
+        finish(ledger, program, "seed-keyed", [f - 0.03 + j for f, j in zip(fresh, [0.01, -0.012, 0.004])],
+               purpose="replicate")
+        finish_canaries(ledger, program, "seed-keyed")
+        d = decision(ledger, program, "seed-keyed")
+        assert level < 0.023 < 0.05 and abs(d["rungs"][-1]["p"] - 0.0233) < 1e-3, (level, d["rungs"])
+        assert d["outcome"] == "discarded" and "but not at 3 fresh seeds: " in d["verdict"], d["verdict"]
+        assert frontier(ledger.experiments(program.name))["arm"] == "baseline"
+    lab.close()
+
+
 def finish_canaries(ledger, program, arm, shift: float = 0.0, status: str = "completed"):
     """The arm's queued canaries, finished where the run each repeats landed (the arm's own run of
     its seed; for a frontier, its kept try's), moved by shift; or killed."""
