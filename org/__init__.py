@@ -19,12 +19,26 @@ def user_cache(name: str) -> Path:
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+INLINE = str.maketrans({c: "\\" + c for c in "\\`*[]~"})  # CommonMark's inline markup, escaped: plain text
+WORDY_UNDERSCORES = re.compile(r"(?<=[^\W_])_+(?=[^\W_])")  # inside a word (val_bpb): no emphasis there
+
+
 def one_line(text) -> str:
-    """Text an agent or its code wrote, as one line of a markdown report: every kind of line break
-    a space (CommonMark ends a line at a lone \\r too, so a hypothesis could start headings of its
-    own), no raw HTML (`<!--` hid the rest of the report), and no control character (shown): an
-    escape sequence in README.md fires under `cat` or `less -R`."""
-    return shown(" ".join(str(text).splitlines())).replace("<", "&lt;")
+    """Text an agent or its code wrote, as one line of plain text in a markdown report: every kind
+    of line break a space (CommonMark ends a line at a lone \\r too, so a hypothesis could start
+    headings of its own), no raw HTML (`<!--` hid the rest of the report), no inline markup (an
+    image `![](url)` the viewer fetches, a link whose text says anything, `**kept**` that reads as
+    the harness's), and no control character (shown): an escape sequence in README.md fires
+    under `cat` or `less -R`."""
+    text = shown(" ".join(str(text).splitlines())).translate(INLINE).replace("<", "&lt;")
+    inside = {i for m in WORDY_UNDERSCORES.finditer(text) for i in range(*m.span())}
+    return "".join("\\_" if c == "_" and i not in inside else c for i, c in enumerate(text))
+
+
+def code_span(text) -> str:
+    """Text an agent chose (an override's value, a verdict that quotes a run's reason) as inline
+    code, on one line: a backtick of its own would end the span and let markup follow."""
+    return "`" + shown(" ".join(str(text).splitlines())).replace("`", "'") + "`"
 
 
 def shown(text) -> str:

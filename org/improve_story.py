@@ -17,7 +17,7 @@ from datetime import datetime
 
 import numpy as np
 
-from org import one_line
+from org import code_span, one_line
 from org.improve import OUTCOMES, ablations, frontier, frontiers, lineage, tries
 from org.referee import adjust, compare, verdict_kind
 
@@ -104,7 +104,7 @@ def section(spec: dict, experiments: list[dict], runs: list[dict], llm: list[dic
             worth = kept_multiplier(spec, runs, e, arms.get(d["frontier"])) if d["outcome"] == "kept" else None
             worth = worth if worth in (None, "pending") else f"×{worth[0]:.2f}" + " (extrapolated)" * worth[1]
             lines.append(f"| {d['seq']} | {e['arm']} | {one_line(e['who'])} | {d['frontier']} | "
-                         f"{one_line(change_text(e, experiments)).replace('|', '/')} "
+                         f"{change_text(e, experiments).replace('|', '/')} "
                          f"| {d['n']} | {_g(d['delta'], '+.4f')} | {worth or '—'} | {_g(slower, '+.1%')} "
                          f"| {_g(d['p'], '.2g')} "
                          f"| {_g(d['level'], '.2g')} | **{d['outcome']}**: {one_line(d['verdict']).replace('|', '/')} |")
@@ -190,9 +190,9 @@ def change_text(e: dict, experiments: list[dict]) -> str:
     """What a try changes against its frontier: its own overrides, and files of its diff."""
     front = next((f for f in frontiers(experiments, withdrawn=True) if f["arm"] == e["versus"]), None)
     mine, theirs = json.loads(e["overrides"]), json.loads(front["overrides"]) if front else {}
-    keys = [f"`{k}={v}`" for k, v in mine.items() if theirs.get(k) != v]
+    keys = [code_span(f"{k}={v}") for k, v in mine.items() if theirs.get(k) != v]
     code = diff_summary(e.get("diff"))
-    return ", ".join(keys + [f"code: {code}"] * bool(code)) or "nothing"
+    return ", ".join(keys + [f"code: {one_line(code)}"] * bool(code)) or "nothing"
 
 
 def _g(value, fmt: str = ".4f") -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from org import OrgError, improve_story, one_line, shown
+from org import OrgError, code_span, improve_story, one_line, shown
 from org.improve_story import diff_summary
 from org.ledger import LedgerError, loads, shown_seed
 from org.ledger_read import read_tables
@@ -276,7 +276,7 @@ def control_lines(report: Report) -> list[str]:
             start = 1 + max((r["seed"] for r in report.runs if r.get("purpose") == "main"), default=-1)
             hint = (f"{more} more seeds (`org extend {report.program} --seeds {','.join(map(str, range(start, start + int(more))))}"
                     "`: every arm runs on them), or a larger budget per run" if more.isdigit() else "A larger budget per run")
-            lines.append(f"**{what} reads `{c.verdict}`: the program could not see a known effect, so its "
+            lines.append(f"**{what} reads {code_span(c.verdict)}: the program could not see a known effect, so its "
                          f"other verdicts prove little. {hint}.**")
     return lines
 
@@ -347,8 +347,9 @@ def p_text(p: float | None) -> str:
     return "" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def cell(text) -> str:
-    return one_line(text).replace("|", "\\|")
+def cell(text, markdown: bool = False) -> str:
+    """A table cell of text an agent's words may be in, or of markdown the harness made of them."""
+    return (text if markdown else one_line(text)).replace("|", "\\|")
 
 
 def noise_section(report: Report) -> str:
@@ -471,21 +472,19 @@ def lineage_section(report: Report) -> str:
     for e in report.experiments:
         commit = e.get("code_commit") or ""
         same = commit and commit == (e.get("base_commit") or report.base_commit)
-        change = overrides_text(loads(e.get("overrides")))
-        code = diff_summary(e.get("diff"))
-        chosen = loads(e.get("chosen"))
-        what = "; ".join(x for x in (change, code and f"code: {code}", chosen and f"tuned: {overrides_text(chosen)}",
-                                      e.get("reason") and f"reason: {e['reason']}") if x)
-        rows.append("| " + " | ".join(cell(v) for v in (
-            e.get("id"), e.get("arm"), e.get("who", "?"), e.get("source", ""), e.get("stage", ""),
-            f"`{commit[:10]}`" + (" (base)" if same else ""), what or "nothing", e.get("hypothesis") or "")) + " |")
+        code, chosen = diff_summary(e.get("diff")), loads(e.get("chosen"))
+        what = "; ".join(x for x in (overrides_text(loads(e.get("overrides"))), code and f"code: {one_line(code)}", chosen and f"tuned: {overrides_text(chosen)}",
+                                      e.get("reason") and f"reason: {one_line(e['reason'])}") if x)
+        plain = [cell(v) for v in (e.get("id"), e.get("arm"), e.get("who", "?"), e.get("source", ""), e.get("stage", ""))]
+        made = [cell(code_span(commit[:10]) + " (base)" * bool(same), markdown=True), cell(what or "nothing", markdown=True)]
+        rows.append("| " + " | ".join(plain + made + [cell(e.get("hypothesis") or "")]) + " |")
     return "## Lineage\n\n" + "\n".join(rows)
 
 
 def overrides_text(overrides) -> str:
     if not overrides:
         return ""
-    return " ".join(f"`{k}={v}`" for k, v in overrides.items())
+    return " ".join(code_span(f"{k}={v}") for k, v in overrides.items())
 
 
 def spend_section(report: Report) -> str:

@@ -80,7 +80,7 @@ import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from org import OrgError, empty_file, one_line
+from org import OrgError, empty_file, shown
 from org.cgroups import JOIN, box_cgroups, cgroup_root
 from org.diskwatch import watch
 from org import python_text, sourceless
@@ -182,7 +182,7 @@ class Sandbox:
             bytecode_only, emptied = python_text.binds() if self.sourceless_stdlib else ([], [])
         except Exception as e:  # (a cache it cannot write, a package's metadata: no box, one line why)
             raise SandboxError(f"the standard library and site-packages without their source (org/sourceless.py) cannot "
-                               f"be made ({one_line(e)}): a box of a pystdlib program would read the evaluation text") from None
+                               f"be made ({' '.join(shown(e).splitlines())}): a box of a pystdlib program would read the evaluation text") from None
         box += ["--ro-bind", "/", "/", *bytecode_only, "--dev", "/dev", "--proc", "/proc",
                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp",
                 "--size", str(self.limits.shm_bytes), "--tmpfs", "/dev/shm"]

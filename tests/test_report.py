@@ -149,6 +149,29 @@ def test_an_agents_words_stay_in_their_cell_of_the_report(ledger, tmp_path):
     assert row.endswith("| x ## Verdicts (corrected) forged: better &lt;!-- |")
 
 
+def test_an_agents_words_are_plain_text_in_the_report_with_no_link_image_or_emphasis(ledger, tmp_path):
+    """Inline markup of an agent's (its hypothesis, an override's value, a file its diff names, a
+    run's reason quoted in a verdict) rendered: an image the viewer fetches from the agent's server,
+    a link whose text says anything, `**kept**` in the harness's own bold."""
+    from markdown_it import MarkdownIt
+    softcap_program(ledger, tmp_path)
+    sly = "**better (confirmed)** ![plot](http://x.test/p.png) [report](http://x.test/r) _em_ ~~no~~ `code` <b>"
+    diff = "diff --git a/[a](http://x.test/d).py b/[a](http://x.test/d).py\n+x\n"
+    e = ledger.add_experiment("softcap", "sly", who="alice", source="submitted", base_commit="base", code_commit="base",
+                              overrides={"softcap": "3` ![v](http://x.test/v.png) `"}, stage="measuring",
+                              hypothesis=sly, diff=diff)
+    run = ledger.add_run(ledger.experiment(e), "main", 0, 1, {"softcap": 3}, ("flops", 1e12))
+    ledger.claim("softcap", slot=0)
+    ledger.finish(run, "invalid", sly)
+    text = write(build(ledger.path, "softcap"), tmp_path / "reports" / "softcap").read_text()
+    html = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(text)
+    agents = [line for line in html.splitlines() if "x.test" in line]  # the verdict and the failures table (its run's reason), the lineage (what changed, the hypothesis)
+    assert len(agents) == 4 and not any(re.search(r"<(img|a|em|strong|s|del|b)\b", line) for line in agents), agents
+    assert "**better (confirmed)** ![plot](http://x.test/p.png) [report](http://x.test/r) _em_ ~~no~~" in html
+    assert "<code>softcap=3' ![v](http://x.test/v.png) '</code>" in html  # its backticks cannot end the span
+    assert "val_bpb" in text and "val\\_bpb" not in text  # an underscore inside a word stays as it is
+
+
 def test_the_curves_show_each_variants_paired_difference_where_a_small_effect_is_visible(ledger, tmp_path):
     """On a val_bpb axis a 0.002 difference hides under the lines; the paired panel shows it."""
     from org.plots import plot_curves
@@ -381,4 +404,4 @@ def test_an_agents_escape_sequences_reach_neither_the_terminal_nor_the_readme(le
     print_summary(report, readme, file=screen)
     for text in (screen.getvalue(), readme.read_text()):
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", text), repr(text)
-        assert "invalid" in text and "?[9D better" in text  # shown, defused
+        assert "invalid" in text and re.search(r"\?\\?\[9D better", text)  # shown, defused
