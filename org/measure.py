@@ -117,6 +117,73 @@ def export_for_models(runs_data: Path, seq_len: int) -> Path:
     return out
 
 
+def run_stream(harness_cache: Path, program: str, run: dict) -> Path:
+    """The folder of a run's own data (export_stream), removed once the run is on record."""
+    return harness_cache / "streams" / program / str(run["id"])
+
+
+def export_stream(program: Program, run: dict, runs_data: Path, harness_cache: Path, own_code: bool) -> Path:
+    """What a run reads, cut from the runs' export (trainer/data.py reads it as a stream): the
+    train windows its budget pays for, in the order it takes them, drawn by the lab's secret key
+    from the run's seed, twice as many for code of its own (its FLOPs per token may be fewer than
+    its config's: the harness counts them from its checkpoint), and of the dev halves only the
+    windows its curves score (eval_windows picks the same ones from the cut).
+    With the whole train split at hand, code could keep the seed for its init and fix its data
+    order to a draw found best over exploratory arms: the order's part of a run's val_bpb holds
+    across inits, so it gained on every seed, fresh ones too. Now no run chooses its windows; the
+    same seed draws the same ones for every arm (paired, and a canary's re-run reproduces); and a
+    table in the low bits of its weights counts only what its budget pays for."""
+    out = run_stream(harness_cache, program.name, run)
+    remove_tree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        write_stream(program, run, runs_data, harness_cache, own_code, tmp)
+    except BaseException:
+        remove_tree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(out)
+    return out
+
+
+def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Path, own_code: bool, tmp: Path):
+    import hmac
+    import numpy as np
+    from trainer.data import eval_windows, load_dataset
+    from trainer.shards import TOKENIZER_FILES, ShardWriter
+    T = program.train.seq_len
+    data = load_dataset(str(runs_data))
+    rows = max(2, stream_rows(program, json.loads(run["overrides"]), budget_of(run), data) * (1 + own_code))
+    key = lab_secret(harness_cache, "stream-key", os.urandom(32)).read_bytes()
+    draw = np.random.default_rng(list(hmac.digest(key, f"train windows, seed {run['seed']}".encode(), "sha256")))
+    starts = draw.integers(0, len(data.train) - T, size=rows)
+    for split, tokens, at in [("train", data.train, starts)] + [
+            (split, getattr(data, split), eval_windows(getattr(data, split), program.data.val_tokens, T))
+            for split in ("val", "confirm")]:
+        writer = ShardWriter(tmp / f"{split}_000000.bin")
+        for a in range(0, len(at), 4096):  # (B, T+1) rows at a time: a stream can be GBs
+            writer.write(np.asarray(tokens[at[a:a + 4096, None] + np.arange(T + 1)]).reshape(-1))
+        writer.close()
+    for name in TOKENIZER_FILES:
+        if (runs_data / name).is_file():
+            shutil.copyfile(runs_data / name, tmp / name)
+    (tmp / "stream.json").write_text(json.dumps({"row_tokens": T + 1, "rows": rows, "seed": run["seed"]}))
+
+
+def stream_rows(program: Program, overrides: dict, budget: tuple | None, data) -> int:
+    """Rows (windows) a run's budget pays for, as its trainer counts steps (trainer/train.py:
+    Budget) from the config it runs; a seconds budget, the whole train split's worth."""
+    from trainer.config import make_config
+    from trainer.flops import flops_per_token
+    (kind, value), train = budget or (program.budget.per_run.kind, program.budget.per_run.value), program.train
+    B, T = train.batch_size, train.seq_len
+    if kind == "seconds":
+        return len(data.train) // (T + 1)
+    per_step = {"steps": 1, "tokens": B * T}.get(kind) or B * T * flops_per_token(
+        make_config(program.baseline.preset, **{"vocab_size": data.vocab_size, **overrides, "sequence_len": T}))
+    return max(1, int(value // per_step)) * B
+
+
 def split_key_file(harness_cache: Path) -> Path:
     """The key of the lab's own split (trainer/data.py): which documents are its val and confirm.
     Every box can read the data's source; without the key none can tell them from train."""

@@ -45,9 +45,9 @@ from org.remote import last_line
 from org.kernelcache import copy_kernel_cache
 from org.lab import Lab, LabError, child_env
 from org.ledger import Ledger, budget_of
-from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, evaluator_env, export_for_models,
-                          job_for, leave_the_record, measure_run, models_data, planted, put_aside, read_result, runs_data,
-                          split_key_file, tidy_runs, worker_command)
+from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, evaluator_env, export_for_models, export_stream,
+                          job_for, leave_the_record, measure_run, models_data, planted, put_aside, read_result, run_stream,
+                          runs_data, split_key_file, tidy_runs, worker_command)
 from org.experiments import budget_note, plan, plan_all, refusal, run_cost, runs_own_code, waiting_for_budget
 from org.improve import sync_branch
 from org.program import Program
@@ -64,7 +64,6 @@ IDLE_POLL_SECONDS = 1.0
 
 
 # --- slots: where runs execute --------------------------------------------------------
-
 
 @dataclass
 class Slot:
@@ -124,7 +123,6 @@ def train_command(program: Program, overrides: dict, seed: int, out: Path, budge
 
 
 # --- the runner -----------------------------------------------------------------------
-
 
 class Runner:
     """Drains a program's queue over its slots. One Runner per process; threads per slot.
@@ -231,6 +229,9 @@ class Runner:
                 python_text.binds(), python_text.other_pythons()
         with Ledger(self.ledger_path) as ledger:
             base = ledger.program(self.program.name)["base_commit"]
+            running = {str(r["id"]) for r in ledger.runs(self.program.name, status="running")}
+        for stale in [p for p in (self.harness_cache / "streams" / self.program.name).glob("*") if p.name not in running]:
+            remove_tree(stale, ignore_errors=True)  # runs' data a runner that stopped mid-run left
         with self.git_lock:
             code = self.base_snapshot = self.lab.snapshot(base, self.program.name)
         data = self.program.data
@@ -338,14 +339,13 @@ class Runner:
             return run
 
     def _repeat_due(self, ledger: Ledger) -> bool:
-        """True when `baseline_every` measuring runs of other arms were claimed since the
-        baseline last re-ran a seed, and other work is still queued (so the re-runs bracket it).
-        Counted from its last re-run, not its last run: the queue goes seed by seed, so a
-        baseline run of the next seed comes every few runs, and it measures no drift. A run that
-        ended counts if it took half a run's cost (run_cost) or more (code that crashed at once, or
-        wrote `diverged` and exited, bought re-runs with seconds of its agent's); one in flight does."""
-        name, cost = self.program.name, run_cost(ledger, self.program)
-        since = 0
+        """True when `baseline_every` measuring runs of other arms were claimed since the baseline
+        last re-ran a seed, and other work is still queued (so the re-runs bracket it). Counted from
+        its last re-run, not its last run: the queue goes seed by seed, so a baseline run of the next
+        seed comes every few runs, and it measures no drift. A run that ended counts if it took half
+        a run's cost (run_cost) or more (code that crashed at once, or wrote `diverged` and exited,
+        bought re-runs with seconds of its agent's); one in flight does."""
+        name, cost, since = self.program.name, run_cost(ledger, self.program), 0
         for r in sorted((r for r in ledger.runs(name) if r["claim_seq"] and r["purpose"] != "tune"),
                         key=lambda r: r["claim_seq"], reverse=True):
             if r["purpose"] == "repeat":
@@ -390,17 +390,20 @@ class Runner:
         put_aside(run_dir)  # left by an attempt that never recorded: kept, not reused
         run_dir.mkdir(parents=True)
         log_path = run_dir / "train.log"
-        cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir, budget_of(run),
-                            self.runs_data)
         own_code = runs_own_code(experiment)
+        try:  # its own windows, and no others
+            data = export_stream(self.program, run, self.runs_data, self.harness_cache, own_code)
+        except (OSError, ValueError) as e:  # (the runs' export failed: prepare_data said so)
+            return ledger.finish(run["id"], "error", f"its data could not be cut from the runs' export: {e}")
+        cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir, budget_of(run), data)
         kernels = self.kernels(snapshot, run_dir / "kernels" if own_code else None)
         env = untrusted_env({**slot.env, "PYTHONPATH": str(snapshot), "NANOLAB_GIT_COMMIT": experiment["code_commit"],
-                             "NANOLAB_CACHE": str(self.runs_data),  # (read-only: shards need none)
+                             "NANOLAB_CACHE": str(data),  # (read-only: shards need none)
                              "NUMBA_CACHE_DIR": str(kernels), **source_only()})
         self.say(f"run {run['id']}: {run['arm']} seed {run['seed']} ({run['purpose']}) on slot {slot.index}")
         t0 = time.monotonic()
         run_trainer = self._run_job if self.jobs else self._run_here
-        returncode, killed_reason = run_trainer(ledger, run, cmd, env, (snapshot, kernels), run_dir, log_path, slot)
+        returncode, killed_reason = run_trainer(ledger, run, cmd, env, (snapshot, kernels, data), run_dir, log_path, slot)
         wall = time.monotonic() - t0
         left = planted(run_dir)  # before anything there is opened
         died = died_of(returncode, self.sandboxed)
@@ -450,9 +453,8 @@ class Runner:
         return proc.returncode, killed_reason
 
     def _run_job(self, ledger, run, cmd, env, code, run_dir, log_path, slot) -> tuple[int, str | None]:
-        """The trainer as a Ray job (org/cluster.py), in the same box, with the same command line:
-        (exit status, why killed). The stop of a stopping runner reads as a signal, so the run
-        goes back to the queue as for local runs."""
+        """The trainer as a Ray job (org/cluster.py), same box, same command: (exit status, why killed).
+        A stopping runner's stop reads as a signal: the run goes back to the queue, as local runs do."""
         job = run["job_id"]
         if self.program.train.device == "cuda":
             env = {**env, "CUDA_VISIBLE_DEVICES": GPU}
@@ -467,8 +469,8 @@ class Runner:
         return returncode, killed
 
     def _wait(self, proc: subprocess.Popen) -> str | None:
-        """Wait for the trainer; past run_timeout_seconds, SIGTERM it (it writes a 'killed'
-        result.json after its current step) and SIGKILL it if it does not stop."""
+        """Wait for the trainer; past run_timeout_seconds SIGTERM it (it writes a 'killed' result.json
+        after its step), and SIGKILL it if it does not stop."""
         timeout = self.program.budget.run_timeout_seconds
         try:
             proc.wait(timeout=timeout)
@@ -496,9 +498,9 @@ class Runner:
                 copy_kernel_cache(self.base_snapshot, base, snapshot, cache)
         return cache
 
-    def _run_box(self, run_dir: Path, snapshot: Path, kernels: Path, slot: Slot):
+    def _run_box(self, run_dir: Path, snapshot: Path, kernels: Path, data: Path, slot: Slot):
         threads = max(1, int(self.program.runner.threads_per_slot or os.cpu_count() or 1))
-        return run_box(self.lab.root, run_dir, snapshot, self.runs_data, kernels, gpu=self.program.train.device == "cuda",
+        return run_box(self.lab.root, run_dir, snapshot, data, kernels, gpu=self.program.train.device == "cuda",
                        cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60, cores=slot.cores,
                        source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of))
 
@@ -509,7 +511,7 @@ class Runner:
         name = self.program.name
         # (the trainer's data fingerprint is of its dev text; the program's, of the lab's val)
         fingerprints = {"eval_fingerprint": ledger.program(name)["eval_fingerprint"]}
-        status, reason = check_result(self.program, run, result, fingerprints, str(self.runs_data))
+        status, reason = check_result(self.program, run, result, fingerprints, str(run_stream(self.harness_cache, self.program.name, run)))
         if killed_reason:
             status, reason = "killed", killed_reason
         measurement, measure_seconds = None, None
@@ -523,6 +525,7 @@ class Runner:
                 ledger.set_fingerprints(name, measurement.eval_fingerprint, measurement.data_fingerprint)
             plan(ledger, self.program, ledger.experiment(run["experiment_id"]))  # decides ready tries too
         leave_the_record(Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"])), status == "completed")
+        remove_tree(run_stream(self.harness_cache, self.program.name, run), ignore_errors=True)
         with self.git_lock:  # an improvement program's frontier moved? its branch follows
             sync_branch(self.lab, ledger, self.program)
         bpb = f"val_bpb {measurement.val_bpb:.4f} (harness)" if measurement and measurement.val_bpb else ""
@@ -561,8 +564,7 @@ class Runner:
         return "completed", None, measurement
 
     def _worker(self, code: Path, slot: Slot, cache: Path) -> dict:
-        """How the evaluator starts one worker of the experiment's own model: in a box, with a
-        fresh kernel cache of its own."""
+        """How the evaluator starts a worker of the experiment's model: boxed, with a fresh kernel cache."""
         kernels = self.kernels(code, cache)
         data = models_data(self.runs_data)  # a few windows: a worker's compute is no run's budget
         env = untrusted_env({**slot.env, "NANOLAB_CACHE": str(data), "NUMBA_CACHE_DIR": str(kernels)})

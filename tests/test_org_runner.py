@@ -6,6 +6,7 @@ commits it, and drives it the way people and agents do: `org run`, `org submit`,
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -18,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 import git
+import numpy as np
 import pytest
 import yaml
 
@@ -622,7 +624,71 @@ def test_two_programs_of_a_lab_on_other_data_each_read_their_own(make_project, t
     with Ledger(root / ".lab" / "other" / "ledger.sqlite") as ledger:
         theirs, = [run["result"] for run in ledger.runs("other")]
     assert later.data_fingerprint == first.data_fingerprint != theirs.data_fingerprint
-    assert later.data == first.data != theirs.data
+    # each run reads its own windows, cut from its program's export (measure.export_stream)
+    streams = root / ".lab" / "harness-cache" / "streams"
+    assert [Path(r.data).parent for r in (first, later, theirs)] == [streams / "tiny"] * 2 + [streams / "other"]
+    assert not list(streams.glob("*/*"))  # each removed once its run was on record
+
+
+FIXED_DRAW = """
+import hashlib as _hashlib, sys as _sys
+
+def run(spec, out, resume=False, quiet=False):  # what an order-fixing trainer can read, said in its reason
+    from trainer.data import get_batch, load_dataset
+    data = load_dataset(spec.data, spec.tokenizer)
+    x, _ = get_batch(data.train, 4, 16, 12345, 0)  # the draw K=12345, found best over exploratory arms
+    _sys.exit(f"{len(data.train)} train tokens; draw K {_hashlib.sha256(x.tobytes()).hexdigest()[:12]}")
+"""
+
+
+def test_a_run_reads_only_the_windows_its_seed_draws_and_cannot_fix_its_data_order(make_project):
+    """Code that keeps the seed for its init but fixes its data order, to a draw K it found best
+    over exploratory arms, gained on every seed (fresh ones too): with the whole train split at
+    hand, draw K was the same windows in every run. A run now reads only the windows the harness
+    draws for its seed by the lab's key (measure.export_stream): twice its budget's, for code of
+    its own, and no draw of its own picks the same windows on two seeds."""
+    root = make_project(tiny_program(variants=[]))
+    agent_commit(root, "mallory", "trainer/train.py", lambda text: text + FIXED_DRAW)
+    assert main(["submit", "tiny", "--arm", "fixed-draw", "--ref", "agent/tiny/mallory/work"]) == 0
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        said = [r["reason"] for r in ledger.runs("tiny", arm="fixed-draw")]
+    tokens, draws = zip(*(re.search(r"(\d+) train tokens; draw K (\w+)", why).groups() for why in said))
+    budget = 3 * 4 * 65  # steps x batch_size rows of seq_len + 1 tokens
+    assert len(said) == 2 and {int(n) for n in tokens} == {2 * budget} and draws[0] != draws[1], said
+    # the baseline's runs trained on theirs, each removed once its run was on record
+    with ledger_of(root) as ledger:
+        baseline = ledger.runs("tiny", arm="baseline", status="completed")
+    assert len(baseline) >= 2 and all(r["result"].data.endswith(f"streams/tiny/{r['id']}") for r in baseline)
+
+
+def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_takes_it(make_project):
+    """The windows a seed draws are the same for every arm (the pairs see the same data, and a
+    canary's re-run reproduces), other on another seed; under a FLOP budget there are as many as
+    the trainer takes steps (no window twice, none spare); and its curves score the windows they
+    scored on the whole dev half."""
+    from trainer.data import eval_batches, load_dataset, train_batch
+    from trainer.train import RunSpec, prepare
+    program = tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"flops": 5e8}, "seeds": [0]})
+    root = make_project(program)
+    assert main(["run", "tiny"]) == 0
+    runner = Runner(Lab.open(root), load_program(root / "programs" / "tiny.yaml"), root / ".lab/tiny/ledger.sqlite")
+    runner.prepare_data()
+    cut = lambda i, seed, overrides: load_dataset(str(measure.export_stream(runner.program, {
+        "id": i, "seed": seed, "overrides": json.dumps(overrides), "budget": json.dumps({"kind": "flops", "value": 5e8})},
+        runner.runs_data, runner.harness_cache, own_code=False)))
+    base, arm, other = cut(1, 3, TINY), cut(2, 3, {**TINY, "softcap": 0}), cut(3, 4, TINY)
+    assert np.array_equal(base.train, arm.train) and not np.array_equal(base.train, other.train)
+    spec = RunSpec(preset="nanochat", overrides={**TINY, "sequence_len": 64}, seed=3, budget_kind="flops", budget=5e8,
+                   data=str(runner.harness_cache / "streams" / "tiny" / "1"), batch_size=4, val_tokens=2048)
+    *_, budget = prepare(spec, None)
+    assert base.rows == 65 and len(base.train) == budget.steps * 4 * 65 > 0
+    windows = [train_batch(base, 4, 64, 3, step)[0] for step in range(budget.steps)]
+    assert len({w.tobytes() for batch in windows for w in batch}) == budget.steps * 4  # each window once
+    whole = load_dataset(str(runner.runs_data))
+    for a, b in zip(eval_batches(whole.val, 2048, 4, 64), eval_batches(base.val, 2048, 4, 64), strict=True):
+        assert np.array_equal(a[0], b[0])
+    assert len(base.val) == 2048 // 64 * 65 < len(whole.val)
 
 
 def test_tuning_picks_each_arms_best_before_measuring(make_project):
@@ -688,7 +754,7 @@ def test_a_result_written_just_before_the_runner_died_is_recorded_not_rerun(make
         from org.lab import Lab, child_env
         from org.ledger import Ledger
         from org.program import load_program
-        from org.measure import runs_data, split_key_file
+        from org.measure import export_stream, runs_data, split_key_file
         from org.runner import train_command
         ledger, lab = Ledger('.lab/tiny/ledger.sqlite'), Lab.open('.')
         run = ledger.claim('tiny', 0)
@@ -700,7 +766,8 @@ def test_a_result_written_just_before_the_runner_died_is_recorded_not_rerun(make
         subprocess.run([sys.executable, '-m', 'trainer', 'data', '--cache-dir', str(cache / 'data'),
                         '--split-key-file', str(split_key_file(cache)), '--export-runs', str(data)],
                        cwd=snapshot, env=child_env({'PYTHONPATH': str(snapshot)}), check=True, capture_output=True)
-        cmd = train_command(program, json.loads(run['overrides']), run['seed'], out, data_dir=data)
+        stream = export_stream(program, run, data, cache, own_code=False)  # its windows, as the runner cuts them
+        cmd = train_command(program, json.loads(run['overrides']), run['seed'], out, data_dir=stream)
         t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=snapshot, env=child_env({'PYTHONPATH': str(snapshot)}))
         ledger.mark_started(run['id'], proc.pid, cmd, out, out / 'train.log')

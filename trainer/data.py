@@ -20,9 +20,11 @@ interpreter's own files), so a split anyone can compute is evaluation text anyon
 With a secret key, a keyed hash (HMAC-SHA256) of each document's name puts ~85% in train, 5% in
 dev, 5% in val and 5% in confirm; a single file's 100 pieces are ranked by it; llm.c shards are
 pooled and their documents (cut at end-of-text) drawn by a generator seeded from the key,
-streamed into a cache entry a chunk at a time (trainer/shards.py). Runs get only
-`export_runs`' folder: the train split, and the dev split's halves as their val and confirm.
-The harness alone scores val and confirm, text no box can tell from train.
+streamed into a cache entry a chunk at a time (trainer/shards.py). Runs get only a cut of
+`export_runs`' folder (the train split, the dev split's halves as their val and confirm): the
+train windows the harness draws for the run, in the order it takes them (a STREAM file beside
+them says so; train_batch), and the dev windows its curves score. The harness alone scores val
+and confirm, text no box can tell from train.
 
 Tokenizers (trainer/tokenizer.py): "bytes" and "bpe:N", trained on the train split only.
 
@@ -52,6 +54,7 @@ from trainer.shards import (GPT2_VOCAB, KEYED_SPLITS, SPLITS, atomic_write, chec
 from trainer.tokenizer import Tokenizer, bpe_tokenizer, byte_tokenizer, token_dtype, train_bpe  # noqa: F401
 
 FORMAT_VERSION = 1  # bump when the prepared arrays would change for the same input
+STREAM = "stream.json"  # beside a lab run's shards: {"row_tokens": T + 1, ...}, its train split a stream
 KEYED_PIECES = 100                # a single file, keyed: cut in this many pieces
 
 
@@ -73,6 +76,7 @@ class Dataset:
     split_method: str                # how the splits were made, in words
     cache_path: str | None = None
     dev: np.ndarray | None = None    # a lab's split only: text the runs may evaluate on
+    rows: int | None = None          # a lab's run: train is a stream of windows this long (STREAM)
 
     def split(self, name: str) -> np.ndarray:
         if name not in SPLITS:
@@ -371,10 +375,15 @@ def load_shards(source: str, files: list[Path]) -> Dataset:
     tok = shards_tokenizer(files)
     vocab = tok.vocab_size if tok else GPT2_VOCAB
     check_vocab(source, arrays, vocab)
+    stream = Path(files[0]).parent / STREAM
+    try:
+        rows = int(json.loads(stream.read_text())["row_tokens"]) if stream.is_file() else None
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"shards {source}: {STREAM} does not say its rows' length (row_tokens)") from None
     return Dataset(name=Path(files[0]).parent.name or "shards", source=str(source), **arrays, vocab_size=vocab,
                    token_bytes=tok.token_bytes() if tok else None, tokenizer=tok,
                    fingerprints={}, documents={s: [f.name for f in fs] for s, fs in groups.items()},
-                   split_method=method)
+                   split_method=method + (f"; train: a stream of {rows}-token windows" if rows else ""), rows=rows)
 
 
 def keyed_shards(source: str, files: list[Path], key: bytes, root: Path, say) -> Dataset:
@@ -404,6 +413,17 @@ def export_llmc(ds: Dataset, out_dir) -> list[Path]:
 
 # -----------------------------------------------------------------------------
 # batches
+
+def train_batch(data: Dataset, batch_size: int, seq_len: int, seed: int, step: int):
+    """Batch `step` of a run: a lab's run takes its stream's rows in order, windows the harness
+    drew for its seed (org/measure.py: export_stream), again from the first once they run out;
+    by hand, random windows of the train split (get_batch)."""
+    if data.rows is None:
+        return get_batch(data.train, batch_size, seq_len, seed, step)
+    rows = np.arange(step * batch_size, (step + 1) * batch_size) % (len(data.train) // data.rows)
+    buf = np.asarray(data.train[rows[:, None] * data.rows + np.arange(data.rows)], dtype=np.int64)  # (B, T+1)
+    return np.ascontiguousarray(buf[:, :-1]), np.ascontiguousarray(buf[:, 1:])
+
 
 def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step: int):
     """Random windows; batch k is a pure function of (seed, k), so a resumed run needs only k."""

@@ -25,7 +25,7 @@ import numpy as np
 from trainer import __version__
 from trainer.checkpoint import atomic_open, load_checkpoint, save_checkpoint
 from trainer.config import BUDGET_FLAGS, make_config
-from trainer.data import get_batch, load_dataset
+from trainer.data import load_dataset, train_batch
 from trainer.eval import eval_fingerprint, evaluate, tokens_fingerprint
 from trainer.flops import flops_per_token, matmul_params, total_params
 from trainer.model import GPT
@@ -113,6 +113,8 @@ def prepare(spec: RunSpec, out: Path | None):
     check_counts(spec, T)
     if len(data.train) <= T + 1:
         raise ValueError(f"the train split has {len(data.train)} tokens, fewer than one sequence of {T + 1}")
+    if data.rows is not None and data.rows != T + 1:
+        raise ValueError(f"the train split is a stream of {data.rows}-token windows; sequence_len {T} takes {T + 1}")
     for split in ("val", "confirm") if spec.confirm_tokens else ("val",):
         if len(getattr(data, split)) <= T:  # evaluated after training: refuse now, not then
             raise ValueError(f"the {split} split has {len(getattr(data, split))} tokens, fewer than one "
@@ -189,7 +191,7 @@ def run(spec: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> 
                 raise Terminated()
             t0 = time.perf_counter()
             lr_mult = lr_multiplier(cfg, budget.progress(step, elapsed))
-            x, y = get_batch(data.train, B, T, spec.seed, step)
+            x, y = train_batch(data, B, T, spec.seed, step)
             loss = model.forward(x, y)
             if not math.isfinite(loss):
                 status, reason = "diverged", f"loss is {loss} at step {step}"
