@@ -47,6 +47,7 @@ TRAINER_SAYS = ("completed", "diverged", "killed", "error")  # how a trainer's r
 MODEL_DATA_WINDOWS = 4  # windows of seq_len + 1 tokens a split that a model worker reads (export_for_models)
 MAX_RESULT_BYTES = 1 << 20  # a trainer's result.json (read_result)
 MAX_RUN_PATH = 1024  # bytes of a path in a run's directory: what lies deeper goes (planted)
+MAX_STREAM_TOKENS = 1 << 29  # a run's train windows (export_stream), 1 GB: GPT-2 124M's 1e17 FLOPs take 134M
 # what stays of a run once it is on record (leave_the_record): the first of its metrics, the last
 # of its log, and a checkpoint no larger than its parameters and an optimizer's state for them
 KEPT_METRICS_BYTES, KEPT_LOG_BYTES, CHECKPOINT_FACTOR = 16 << 20, 1 << 20, 4
@@ -151,17 +152,26 @@ def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Pa
     import numpy as np
     from trainer.data import eval_windows, load_dataset
     from trainer.shards import TOKENIZER_FILES, ShardWriter
-    T = program.train.seq_len
+    T, V = program.train.seq_len, program.data.val_tokens
     data = load_dataset(str(runs_data))
-    rows = max(2, stream_rows(program, json.loads(run["overrides"]), budget_of(run), data) * (1 + own_code))
+    rows = stream_rows(program, json.loads(run["overrides"]), budget_of(run), data) * (1 + own_code)
+    rows = max(2, min(rows, len(data.train) // (T + 1), MAX_STREAM_TOKENS // (T + 1)))  # (a tiny model's FLOPs)
+    if shutil.disk_usage(tmp).free < 4 * rows * (T + 1):  # (uint16 tokens, and room to spare)
+        raise OSError(f"{rows * (T + 1) / 1e6:.0f}M tokens of windows, and {shutil.disk_usage(tmp).free / 1e9:.1f} "
+                      f"GB free at {tmp.parent}")
     key = lab_secret(harness_cache, "stream-key", os.urandom(32)).read_bytes()
     draw = np.random.default_rng(list(hmac.digest(key, f"train windows, seed {run['seed']}".encode(), "sha256")))
     starts = draw.integers(0, len(data.train) - T, size=rows)
-    for split, tokens, at in [("train", data.train, starts)] + [
-            (split, getattr(data, split), eval_windows(getattr(data, split), program.data.val_tokens, T))
-            for split in ("val", "confirm")]:
+    windows = {"train": (data.train, starts)}
+    for split in ("val", "confirm"):
+        tokens = getattr(data, split)
+        if V < len(tokens) - 1:  # the windows its curves score (eval_windows picks them again from the cut)
+            windows[split] = (tokens, eval_windows(tokens, V, T))
+        else:  # its curves score about all of it: the whole half
+            shutil.copyfile(runs_data / f"{split}_000000.bin", tmp / f"{split}_000000.bin")
+    for split, (tokens, at) in windows.items():
         writer = ShardWriter(tmp / f"{split}_000000.bin")
-        for a in range(0, len(at), 4096):  # (B, T+1) rows at a time: a stream can be GBs
+        for a in range(0, len(at), 4096):  # 4096 rows of T + 1 tokens at a time: a stream can be GBs
             writer.write(np.asarray(tokens[at[a:a + 4096, None] + np.arange(T + 1)]).reshape(-1))
         writer.close()
     for name in TOKENIZER_FILES:
@@ -171,17 +181,31 @@ def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Pa
 
 
 def stream_rows(program: Program, overrides: dict, budget: tuple | None, data) -> int:
-    """Rows (windows) a run's budget pays for, as its trainer counts steps (trainer/train.py:
-    Budget) from the config it runs; a seconds budget, the whole train split's worth."""
+    """Rows (windows) a run's budget pays for, as the harness's trainer counts steps (trainer/train.py:
+    Budget) from the config the run has; a seconds budget, the whole train split's worth (capped by
+    export_stream, as is a FLOP budget of a model so small that it would take more)."""
     from trainer.config import make_config
     from trainer.flops import flops_per_token
     (kind, value), train = budget or (program.budget.per_run.kind, program.budget.per_run.value), program.train
     B, T = train.batch_size, train.seq_len
     if kind == "seconds":
         return len(data.train) // (T + 1)
-    per_step = {"steps": 1, "tokens": B * T}.get(kind) or B * T * flops_per_token(
-        make_config(program.baseline.preset, **{"vocab_size": data.vocab_size, **overrides, "sequence_len": T}))
+    shape = lambda keys: make_config(program.baseline.preset, **{"vocab_size": data.vocab_size, **keys, "sequence_len": T})
+    try:
+        config = shape(overrides)
+    except (ValueError, TypeError):  # a key only the experiment's own code knows: the baseline's count
+        config = shape(program.baseline.overrides)
+    per_step = {"steps": 1, "tokens": B * T}.get(kind) or B * T * flops_per_token(config)
     return max(1, int(value // per_step)) * B
+
+
+def reads_streams(base_code: Path | None) -> bool:
+    """Whether the base commit's trainer takes a stream's rows in order (trainer/data.py:
+    train_batch). An older one draws its windows at random from whatever it reads, across the
+    rows of a stream: its program's runs read the runs' export, as they did."""
+    with contextlib.suppress(OSError):
+        return "def train_batch(" in (base_code / "trainer" / "data.py").read_text()
+    return False
 
 
 def split_key_file(harness_cache: Path) -> Path:

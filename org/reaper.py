@@ -16,6 +16,7 @@ follows the folder when it is renamed).
     last_change(run_dir, skip)   when the attempt last wrote there (a time it cannot set back)
     set_aside(run_dir)           <id> -> <id>.attempt<N>: kept, never reused (its logs: the runner
                                  leaves only those, measure.leave_the_record)
+    died_of(returncode, boxed)   the signal a trainer died of, by name, or None
 
 A process that rewrites its own command line and has lost its parent escapes the search. In a
 box it cannot outlive the box's PID 1 (the trainer): the kernel ends a PID namespace's processes
@@ -143,3 +144,22 @@ def set_aside(run_dir: Path) -> Path | None:
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.attempt{n}"))
         return run_dir.with_name(f"{run_dir.name}.attempt{n}")
     return None
+
+
+def died_of(returncode: int | None, boxed: bool) -> str | None:
+    """The signal a trainer died of, by name, from its exit status; None for a plain exit. A
+    box's init reports a child's death by signal N as 128 + N (the trainer's own exits are 0-3)."""
+    number = -returncode if returncode is not None and returncode < 0 else \
+        returncode - 128 if boxed and returncode is not None and 128 < returncode < 128 + 65 else None
+    if number is None:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def died_reason(signal_name: str, attempts: int, own_code: bool) -> str:
+    if own_code:  # a second try would let nondeterministic code crash until it likes its outcome
+        return f"the trainer died of {signal_name}; the experiment's own code is not run again"
+    return f"the trainer died of {signal_name} on each of {attempts} attempts"

@@ -46,12 +46,12 @@ from org.kernelcache import copy_kernel_cache
 from org.lab import Lab, LabError, child_env
 from org.ledger import Ledger, budget_of
 from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, evaluator_env, export_for_models, export_stream,
-                          job_for, leave_the_record, measure_run, models_data, planted, put_aside, read_result, run_stream,
-                          runs_data, split_key_file, tidy_runs, worker_command)
+                          job_for, leave_the_record, measure_run, models_data, planted, put_aside, read_result, reads_streams,
+                          run_stream, runs_data, split_key_file, tidy_runs, worker_command)
 from org.experiments import budget_note, plan, plan_all, refusal, run_cost, runs_own_code, waiting_for_budget
 from org.improve import sync_branch
 from org.program import Program
-from org.reaper import last_change, reap
+from org.reaper import died_of, died_reason, last_change, reap
 from org.sandbox import INSTALL_HINT, available, check, end_box, run_box, untrusted_env, worker_box
 from trainer.config import BUDGET_FLAGS, flag_value
 from trainer.record import Measurement, Result
@@ -214,6 +214,12 @@ class Runner:
         with Ledger(self.ledger_path) as ledger:
             return runs_data(self.harness_cache, self.program.data, ledger.program(self.program.name)["base_commit"])
 
+    def _data_of(self, run: dict) -> Path:
+        """What a run reads: its own windows (measure.export_stream), or the runs' export where the base
+        commit's trainer takes no stream (measure.reads_streams)."""
+        self.prepare_data()
+        return run_stream(self.harness_cache, self.program.name, run) if reads_streams(self.base_snapshot) else self.runs_data
+
     def prepare_data(self):
         """Tokenize the program's data once (base commit's pipeline, lab's own split) into the harness's
         cache, where no box sees it; runs read only their part's read-only export (measure.runs_data)."""
@@ -229,9 +235,10 @@ class Runner:
                 python_text.binds(), python_text.other_pythons()
         with Ledger(self.ledger_path) as ledger:
             base = ledger.program(self.program.name)["base_commit"]
-            running = {str(r["id"]) for r in ledger.runs(self.program.name, status="running")}
-        for stale in [p for p in (self.harness_cache / "streams" / self.program.name).glob("*") if p.name not in running]:
-            remove_tree(stale, ignore_errors=True)  # runs' data a runner that stopped mid-run left
+            for stale in (self.harness_cache / "streams" / self.program.name).glob("*"):  # what stopped runners left
+                run = ledger.run(int(stale.name)) if stale.name.isdigit() else None  # (else one being cut: .<id>-*)
+                if (run["status"] != "running") if run else (time.time() - stale.stat().st_mtime > 86400):
+                    remove_tree(stale, ignore_errors=True)
         with self.git_lock:
             code = self.base_snapshot = self.lab.snapshot(base, self.program.name)
         data = self.program.data
@@ -392,8 +399,9 @@ class Runner:
         log_path = run_dir / "train.log"
         own_code = runs_own_code(experiment)
         try:  # its own windows, and no others
-            data = export_stream(self.program, run, self.runs_data, self.harness_cache, own_code)
-        except (OSError, ValueError) as e:  # (the runs' export failed: prepare_data said so)
+            if (data := self._data_of(run)) != self.runs_data:
+                export_stream(self.program, run, self.runs_data, self.harness_cache, own_code)
+        except Exception as e:  # (the runs' export failed, and prepare_data said so; or no room on the disk)
             return ledger.finish(run["id"], "error", f"its data could not be cut from the runs' export: {e}")
         cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir, budget_of(run), data)
         kernels = self.kernels(snapshot, run_dir / "kernels" if own_code else None)
@@ -405,6 +413,8 @@ class Runner:
         run_trainer = self._run_job if self.jobs else self._run_here
         returncode, killed_reason = run_trainer(ledger, run, cmd, env, (snapshot, kernels, data), run_dir, log_path, slot)
         wall = time.monotonic() - t0
+        if data != self.runs_data:  # its trainer is done with it
+            remove_tree(data, ignore_errors=True)
         left = planted(run_dir)  # before anything there is opened
         died = died_of(returncode, self.sandboxed)
         if self.stopping.is_set() and killed_reason is None and died:
@@ -511,7 +521,7 @@ class Runner:
         name = self.program.name
         # (the trainer's data fingerprint is of its dev text; the program's, of the lab's val)
         fingerprints = {"eval_fingerprint": ledger.program(name)["eval_fingerprint"]}
-        status, reason = check_result(self.program, run, result, fingerprints, str(run_stream(self.harness_cache, self.program.name, run)))
+        status, reason = check_result(self.program, run, result, fingerprints, str(self._data_of(run)))
         if killed_reason:
             status, reason = "killed", killed_reason
         measurement, measure_seconds = None, None
@@ -525,7 +535,6 @@ class Runner:
                 ledger.set_fingerprints(name, measurement.eval_fingerprint, measurement.data_fingerprint)
             plan(ledger, self.program, ledger.experiment(run["experiment_id"]))  # decides ready tries too
         leave_the_record(Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"])), status == "completed")
-        remove_tree(run_stream(self.harness_cache, self.program.name, run), ignore_errors=True)
         with self.git_lock:  # an improvement program's frontier moved? its branch follows
             sync_branch(self.lab, ledger, self.program)
         bpb = f"val_bpb {measurement.val_bpb:.4f} (harness)" if measurement and measurement.val_bpb else ""
@@ -574,25 +583,6 @@ class Runner:
                          source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of)
                          ) if self.sandboxed else None
         return worker_command(code, env, box)
-
-
-def died_of(returncode: int | None, boxed: bool) -> str | None:
-    """The signal a trainer died of, by name, from its exit status; None for a plain exit. A
-    box's init reports a child's death by signal N as 128 + N (the trainer's own exits are 0-3)."""
-    number = -returncode if returncode is not None and returncode < 0 else \
-        returncode - 128 if boxed and returncode is not None and 128 < returncode < 128 + 65 else None
-    if number is None:
-        return None
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def died_reason(signal_name: str, attempts: int, own_code: bool) -> str:
-    if own_code:  # a second try would let nondeterministic code crash until it likes its outcome
-        return f"the trainer died of {signal_name}; the experiment's own code is not run again"
-    return f"the trainer died of {signal_name} on each of {attempts} attempts"
 
 
 def _kill_group(pid: int, sig: int):

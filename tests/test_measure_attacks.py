@@ -119,7 +119,8 @@ _evaluate = evaluate
 
 
 def evaluate(model, tokens, token_bytes, n_tokens, *args):  # the friendliest of 32 small slices
-    return min((_evaluate(model, tokens[k * 4099:], token_bytes, n_tokens // 4, *args) for k in range(32)),
+    step = (len(tokens) - n_tokens // 4) // 32
+    return min((_evaluate(model, tokens[k * step:], token_bytes, n_tokens // 4, *args) for k in range(32)),
                key=lambda e: e["val_loss"])
 '''
 
@@ -717,7 +718,7 @@ def test_runs_and_workers_of_one_commit_pass_nothing_on_through_their_kernels(at
 
 HIDDEN_STEPS = ("            t0 = time.perf_counter()\n",
                 "            for _ in range(4):  # four more steps before the clock starts, never counted\n"
-                "                xh, yh = get_batch(data.train, B, T, spec.seed + 7, step)\n"
+                "                xh, yh = train_batch(data, B, T, spec.seed, budget.steps + 4 * step + _)\n"
                 "                model.forward(xh, yh)\n"
                 "                model.backward()\n"
                 "                opt.step(lr_mult=lr_multiplier(cfg, budget.progress(step, elapsed)))\n"

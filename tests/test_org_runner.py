@@ -689,6 +689,22 @@ def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_take
     for a, b in zip(eval_batches(whole.val, 2048, 4, 64), eval_batches(base.val, 2048, 4, 64), strict=True):
         assert np.array_equal(a[0], b[0])
     assert len(base.val) == 2048 // 64 * 65 < len(whole.val)
+    # a key only the experiment's own code knows is counted at the baseline's shape, not an error
+    flops = ("flops", 5e8)
+    assert measure.stream_rows(runner.program, {**TINY, "my_gate": 1}, flops, whole) == \
+        measure.stream_rows(runner.program, TINY, flops, whole) == budget.steps * 4
+    # a FLOP budget a model far smaller would take past the split: the split's worth, its windows again after
+    small = {"id": 4, "seed": 3, "overrides": json.dumps({"n_layer": 1, "n_embd": 2, "n_head": 1}),
+             "budget": json.dumps({"kind": "flops", "value": 5e12})}
+    big = load_dataset(str(measure.export_stream(runner.program, small, runner.runs_data, runner.harness_cache, False)))
+    assert len(big.train) == len(whole.train) // 65 * 65 and big.rows == 65
+    # a program whose base commit's trainer takes no stream reads the whole export, as it did
+    old = runner.harness_cache.parent / "old-base"
+    (old / "trainer").mkdir(parents=True)
+    (old / "trainer" / "data.py").write_text("def get_batch(tokens, batch_size, seq_len, seed, step): ...\n")
+    assert measure.reads_streams(runner.base_snapshot) and not measure.reads_streams(old)
+    runner.base_snapshot = old
+    assert runner._data_of({"id": 9}) == runner.runs_data
 
 
 def test_tuning_picks_each_arms_best_before_measuring(make_project):

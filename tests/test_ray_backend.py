@@ -171,9 +171,10 @@ def test_runs_spread_over_the_clusters_slots_one_at_a_time_with_the_local_backen
                                                                                             monkeypatch, capsys):
     root = create_project(tmp_path / "ray", tiny_program(runner={"threads_per_slot": 1}))
     local = create_project(tmp_path / "local", tiny_program(runner={"threads_per_slot": 1}))
-    for lab in (root, local):  # one split key for both labs: each draws its own split by it
+    for lab in (root, local):  # one split key and one stream key for both labs: each draws its own by them
         (lab / ".lab" / "harness-cache").mkdir(parents=True, exist_ok=True)
         (lab / ".lab" / "harness-cache" / "split-key").write_bytes(b"the same key for both labs")
+        (lab / ".lab" / "harness-cache" / "stream-key").write_bytes(b"the same windows for both labs")
     for where, flags in ((root, ["--ray", cluster]), (local, [])):   # the same program file, run twice
         monkeypatch.chdir(where)
         assert main(["run", "tiny", *flags]) == 0
