@@ -34,7 +34,7 @@ from org.bytecode import source_only
 from org.cgroups import JOIN, box_cgroups, existing_pool, members, oom_kills, thaw_left
 from org.reaper import process_table, set_aside, with_descendants
 from org.remote import keep_tail, no_follow
-from org.ledger import FINISHED, budget_of
+from org.ledger import FINISHED, budget_of, loads
 from org.program import Program
 from org.sandbox import Limits
 from trainer.record import Measurement, Result, read
@@ -154,8 +154,9 @@ def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Pa
     from trainer.shards import TOKENIZER_FILES, ShardWriter
     T, V = program.train.seq_len, program.data.val_tokens
     data = load_dataset(str(runs_data))
-    rows = stream_rows(program, json.loads(run["overrides"]), budget_of(run), data) * (1 + own_code)
-    rows = max(2, min(rows, len(data.train) // (T + 1), MAX_STREAM_TOKENS // (T + 1)))  # (a tiny model's FLOPs)
+    rows = stream_rows(program, json.loads(run["overrides"]), budget_of(run), data) * (2 if own_code else 1)
+    rows = min(rows, len(data.train) // (T + 1), MAX_STREAM_TOKENS // (T + 1))  # (a tiny model's many steps)
+    rows = max(rows, 2)  # (the trainer wants more than one window's tokens in a train split)
     if shutil.disk_usage(tmp).free < 4 * rows * (T + 1):  # (uint16 tokens, and room to spare)
         raise OSError(f"{rows * (T + 1) / 1e6:.0f}M tokens of windows, and {shutil.disk_usage(tmp).free / 1e9:.1f} "
                       f"GB free at {tmp.parent}")
@@ -177,7 +178,7 @@ def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Pa
     for name in TOKENIZER_FILES:
         if (runs_data / name).is_file():
             shutil.copyfile(runs_data / name, tmp / name)
-    (tmp / "stream.json").write_text(json.dumps({"row_tokens": T + 1, "rows": rows, "seed": run["seed"]}))
+    (tmp / "stream.json").write_text(json.dumps({"row_tokens": T + 1, "rows": rows}))
 
 
 def stream_rows(program: Program, overrides: dict, budget: tuple | None, data) -> int:
@@ -186,8 +187,8 @@ def stream_rows(program: Program, overrides: dict, budget: tuple | None, data) -
     export_stream, as is a FLOP budget of a model so small that it would take more)."""
     from trainer.config import make_config
     from trainer.flops import flops_per_token
-    (kind, value), train = budget or (program.budget.per_run.kind, program.budget.per_run.value), program.train
-    B, T = train.batch_size, train.seq_len
+    kind, value = budget or (program.budget.per_run.kind, program.budget.per_run.value)
+    B, T = program.train.batch_size, program.train.seq_len
     if kind == "seconds":
         return len(data.train) // (T + 1)
     shape = lambda keys: make_config(program.baseline.preset, **{"vocab_size": data.vocab_size, **keys, "sequence_len": T})
@@ -199,7 +200,13 @@ def stream_rows(program: Program, overrides: dict, budget: tuple | None, data) -
     return max(1, int(value // per_step)) * B
 
 
-def reads_streams(base_code: Path | None) -> bool:
+def data_given(run: dict) -> str | None:
+    """The --data a run's trainer was given, from the command line the ledger keeps (mark_started)."""
+    command = loads(run.get("command")) or []
+    return command[command.index("--data") + 1] if "--data" in command[:-1] else None
+
+
+def reads_streams(base_code: Path) -> bool:
     """Whether the base commit's trainer takes a stream's rows in order (trainer/data.py:
     train_batch). An older one draws its windows at random from whatever it reads, across the
     rows of a stream: its program's runs read the runs' export, as they did."""

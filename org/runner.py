@@ -46,8 +46,8 @@ from org.kernelcache import copy_kernel_cache
 from org.lab import Lab, LabError, child_env
 from org.ledger import Ledger, budget_of
 from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, evaluator_env, export_for_models, export_stream,
-                          job_for, leave_the_record, measure_run, models_data, planted, put_aside, read_result, reads_streams,
-                          run_stream, runs_data, split_key_file, tidy_runs, worker_command)
+                          data_given, job_for, leave_the_record, measure_run, models_data, planted, put_aside, read_result,
+                          reads_streams, run_stream, runs_data, split_key_file, tidy_runs, worker_command)
 from org.experiments import budget_note, plan, plan_all, refusal, run_cost, runs_own_code, waiting_for_budget
 from org.improve import sync_branch
 from org.program import Program
@@ -61,6 +61,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 MAX_ATTEMPTS = 3        # a run of the base code whose trainer dies of a signal nobody here sent: tries
 KILL_GRACE_SECONDS = 10  # after SIGTERM the trainer finishes its step and writes result.json
 IDLE_POLL_SECONDS = 1.0
+STALE_CUT_SECONDS = 86400  # a run's data half cut (export_stream's .<id>-*) by a runner that died: gone after this
 
 
 # --- slots: where runs execute --------------------------------------------------------
@@ -107,8 +108,8 @@ def train_command(program: Program, overrides: dict, seed: int, out: Path, budge
                   data_dir: Path | None = None) -> list[str]:
     """The trainer invocation: the experiment contributes only `--set` overrides; the budget (the
     run's: a multiple of the program's for a compute multiplier), seed, data and shapes are the
-    program's. A lab's run reads `data_dir` (measure.runs_data: the lab's train split, never its
-    val); by hand, the program's source."""
+    program's. A lab's run reads `data_dir` (its windows of the lab's train split, measure.export_stream,
+    never its val); by hand, the program's source."""
     kind, amount = budget or (program.budget.per_run.kind, program.budget.per_run.value)
     amount, data, train = int(amount) if kind in ("steps", "tokens") else amount, program.data, program.train
     source, tokenizer = (str(data_dir), "bytes") if data_dir else (data.source, data.tokenizer)
@@ -214,11 +215,18 @@ class Runner:
         with Ledger(self.ledger_path) as ledger:
             return runs_data(self.harness_cache, self.program.data, ledger.program(self.program.name)["base_commit"])
 
-    def _data_of(self, run: dict) -> Path:
-        """What a run reads: its own windows (measure.export_stream), or the runs' export where the base
-        commit's trainer takes no stream (measure.reads_streams)."""
-        self.prepare_data()
-        return run_stream(self.harness_cache, self.program.name, run) if reads_streams(self.base_snapshot) else self.runs_data
+    def _cut_stream(self, ledger: Ledger, run: dict, own_code: bool, slot: Slot) -> Path | None:
+        """The run's own windows, cut now (measure.export_stream), where the base commit's trainer takes
+        a stream. None: they could not be cut, and the run is recorded an error; an OSError (no room on
+        the disk) is the machine's: the run goes back to the queue, and the runner stops."""
+        try:
+            return export_stream(self.program, run, self.runs_data, self.harness_cache, own_code)
+        except OSError as e:  # the machine's, not the run's: back to the queue
+            ledger.requeue(run["id"], f"its data could not be cut ({e}); re-queued")
+            raise OrgError(f"run {run['id']}: its data could not be cut from the runs' export ({e})") from None
+        except ValueError as e:  # (the runs' export could not be made: prepare_data said why)
+            why = f"its data could not be cut from the runs' export: {e}"
+            self._record(ledger, run, Result(status="error", reason=why), 0.0, None, slot)
 
     def prepare_data(self):
         """Tokenize the program's data once (base commit's pipeline, lab's own split) into the harness's
@@ -236,8 +244,9 @@ class Runner:
         with Ledger(self.ledger_path) as ledger:
             base = ledger.program(self.program.name)["base_commit"]
             for stale in (self.harness_cache / "streams" / self.program.name).glob("*"):  # what stopped runners left
-                run = ledger.run(int(stale.name)) if stale.name.isdigit() else None  # (else one being cut: .<id>-*)
-                if (run["status"] != "running") if run else (time.time() - stale.stat().st_mtime > 86400):
+                being_cut = stale.name.startswith(".") and time.time() - stale.stat().st_mtime < STALE_CUT_SECONDS
+                run = ledger.run(int(stale.name)) if stale.name.isdigit() else None
+                if not being_cut and not (run and run["status"] == "running"):
                     remove_tree(stale, ignore_errors=True)
         with self.git_lock:
             code = self.base_snapshot = self.lab.snapshot(base, self.program.name)
@@ -277,6 +286,7 @@ class Runner:
             left = planted(run_dir)  # before anything there is opened (and its times moved to now)
             result = Result(status="invalid", reason=left) if left else read_result(run_dir)
             started = datetime.fromisoformat(run["started_at"]).timestamp()
+            remove_tree(run_stream(self.harness_cache, self.program.name, run), ignore_errors=True)  # (its data)
             if result is not None:
                 ended = time.time() if just_now else changed or time.time()  # (`org stop`: it ran until now)
                 self._record(ledger, run, result, ended - started, None, make_slots(self.program)[0])
@@ -393,16 +403,14 @@ class Runner:
             ledger.requeue(run["id"], "not run: its code is its own and this runner has no box")
             self._check_unboxed([run], ledger)
         self.prepare_data()
+        own_code, streams = runs_own_code(experiment), reads_streams(self.base_snapshot)
+        data = self._cut_stream(ledger, run, own_code, slot) if streams else self.runs_data
+        if data is None:
+            return
         run_dir = self.runs_dir / str(run["id"])
         put_aside(run_dir)  # left by an attempt that never recorded: kept, not reused
         run_dir.mkdir(parents=True)
         log_path = run_dir / "train.log"
-        own_code = runs_own_code(experiment)
-        try:  # its own windows, and no others
-            if (data := self._data_of(run)) != self.runs_data:
-                export_stream(self.program, run, self.runs_data, self.harness_cache, own_code)
-        except Exception as e:  # (the runs' export failed, and prepare_data said so; or no room on the disk)
-            return ledger.finish(run["id"], "error", f"its data could not be cut from the runs' export: {e}")
         cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir, budget_of(run), data)
         kernels = self.kernels(snapshot, run_dir / "kernels" if own_code else None)
         env = untrusted_env({**slot.env, "PYTHONPATH": str(snapshot), "NANOLAB_GIT_COMMIT": experiment["code_commit"],
@@ -413,7 +421,7 @@ class Runner:
         run_trainer = self._run_job if self.jobs else self._run_here
         returncode, killed_reason = run_trainer(ledger, run, cmd, env, (snapshot, kernels, data), run_dir, log_path, slot)
         wall = time.monotonic() - t0
-        if data != self.runs_data:  # its trainer is done with it
+        if streams:  # its trainer is done with it
             remove_tree(data, ignore_errors=True)
         left = planted(run_dir)  # before anything there is opened
         died = died_of(returncode, self.sandboxed)
@@ -521,7 +529,8 @@ class Runner:
         name = self.program.name
         # (the trainer's data fingerprint is of its dev text; the program's, of the lab's val)
         fingerprints = {"eval_fingerprint": ledger.program(name)["eval_fingerprint"]}
-        status, reason = check_result(self.program, run, result, fingerprints, str(self._data_of(run)))
+        status, reason = check_result(self.program, run, result, fingerprints, data_given(ledger.run(run["id"])) or
+                                      str(self.runs_data))
         if killed_reason:
             status, reason = "killed", killed_reason
         measurement, measure_seconds = None, None

@@ -703,8 +703,25 @@ def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_take
     (old / "trainer").mkdir(parents=True)
     (old / "trainer" / "data.py").write_text("def get_batch(tokens, batch_size, seq_len, seed, step): ...\n")
     assert measure.reads_streams(runner.base_snapshot) and not measure.reads_streams(old)
-    runner.base_snapshot = old
-    assert runner._data_of({"id": 9}) == runner.runs_data
+
+
+@pytest.mark.parametrize("error", [ValueError("shards: no training shard"), OSError(28, "No space left on device")])
+def test_a_run_whose_windows_cannot_be_cut_is_an_error_or_waits_for_room(make_project, monkeypatch, capsys, error):
+    """The runs' export that could not be made is the run's error; a full disk is the machine's: the
+    run goes back to the queue, and the runner stops with one line."""
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    monkeypatch.setattr(runner, "export_stream", lambda *args: (_ for _ in ()).throw(error))
+    code = main(["run", "tiny"])
+    with ledger_of(root) as ledger:
+        run, = ledger.runs("tiny")
+    if isinstance(error, ValueError):
+        assert code == 0 and run["status"] == "error"
+        assert run["reason"] == "its data could not be cut from the runs' export: shards: no training shard"
+    else:
+        assert code != 0 and run["status"] == "queued" and "No space left on device" in run["attempt_log"]
+        said = capsys.readouterr().err.strip().splitlines()
+        assert said[-1].endswith(f"run {run['id']}: its data could not be cut from the runs' export "
+                                 "([Errno 28] No space left on device)"), said
 
 
 def test_tuning_picks_each_arms_best_before_measuring(make_project):
@@ -796,12 +813,17 @@ def test_a_result_written_just_before_the_runner_died_is_recorded_not_rerun(make
     died, took = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                                 check=True).stdout.split()
     died = int(died)
+    streams = root / ".lab" / "harness-cache" / "streams" / "tiny"
+    assert (streams / str(died)).is_dir()
+    for left in ("999", ".7-being-cut"):  # a run no ledger knows of; one a runner is cutting now
+        (streams / left).mkdir()
     assert main(["run", "tiny"]) == 0
     with ledger_of(root) as ledger:
         run = ledger.run(died)
         assert len(ledger.runs("tiny")) == 2
     assert run["status"] == "completed" and run["attempts"] == 1
     assert run["wall_seconds"] >= float(took), (run["wall_seconds"], took)
+    assert sorted(p.name for p in streams.iterdir()) == [".7-being-cut"]  # its data and the stale gone
 
 
 def test_org_stop_charges_a_lost_attempt_up_to_the_stop_not_to_its_last_write(make_project):

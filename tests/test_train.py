@@ -247,6 +247,28 @@ def test_bad_input_is_one_line_and_writes_nothing(corpus, tmp_path, args, messag
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize("stream, message", [
+    ("{", "stream.json: no row_tokens, the length of the train split's windows"),
+    ('{"row_tokens": "65"}', "stream.json: row_tokens '65' does not cut the train split's 6500 tokens"),
+    ('{"row_tokens": true}', "stream.json: row_tokens True does not cut"),
+    ('{"row_tokens": 64}', "stream.json: row_tokens 64 does not cut the train split's 6500 tokens into whole windows"),
+    ('{"row_tokens": 65}', "its train split is a stream of 65-token windows (stream.json), and sequence_len 32 takes 33"),
+])
+def test_a_stream_file_that_does_not_fit_is_one_line(corpus, tmp_path, stream, message):
+    """A lab's run reads its windows from a folder the harness cut (org/measure.py: export_stream);
+    by hand, a stream.json left in a folder of shards, or written wrong, says what is wrong with it."""
+    from trainer.shards import read_llmc_shard, write_llmc_shard
+    shards = tmp_path / "shards"
+    assert trainer_cli("data", "--data", corpus, "--export-bin", str(shards)).returncode == 0
+    train = np.array(read_llmc_shard(shards / "train_000000.bin")[:6500])
+    write_llmc_shard(shards / "train_000000.bin", train)  # 100 windows of 65 tokens
+    (shards / "stream.json").write_text(stream)
+    proc = trainer_cli("train", "--data", str(shards), "--steps", "2", "--seq-len", "32", "--val-tokens", "256",
+                       "--out", str(tmp_path / "out"), "--quiet", "--set", "n_layer=1", "--set", "n_embd=32")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and message in lines[0], proc.stderr
+
+
 def test_progress_says_it_resumed_shows_the_confirm_score_and_no_mfu_over_100(corpus, tmp_path, monkeypatch, capsys):
     """A peak measured while the machine was busy once made the MFU read 300%: it is measured
     again, and an MFU that still exceeds 100% is not shown."""

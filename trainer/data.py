@@ -375,15 +375,25 @@ def load_shards(source: str, files: list[Path]) -> Dataset:
     tok = shards_tokenizer(files)
     vocab = tok.vocab_size if tok else GPT2_VOCAB
     check_vocab(source, arrays, vocab)
-    stream = Path(files[0]).parent / STREAM
-    try:
-        rows = int(json.loads(stream.read_text())["row_tokens"]) if stream.is_file() else None
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"shards {source}: {STREAM} does not say its rows' length (row_tokens)") from None
+    rows = stream_rows(Path(files[0]).parent / STREAM, len(arrays["train"]))
     return Dataset(name=Path(files[0]).parent.name or "shards", source=str(source), **arrays, vocab_size=vocab,
                    token_bytes=tok.token_bytes() if tok else None, tokenizer=tok,
                    fingerprints={}, documents={s: [f.name for f in fs] for s, fs in groups.items()},
                    split_method=method + (f"; train: a stream of {rows}-token windows" if rows else ""), rows=rows)
+
+
+def stream_rows(stream: Path, train_tokens: int) -> int | None:
+    """The length of the windows a run's train split is a stream of (its STREAM file), or None."""
+    if not stream.exists():
+        return None
+    try:
+        rows = json.loads(stream.read_text())["row_tokens"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{stream}: no row_tokens, the length of the train split's windows") from None
+    if type(rows) is not int or rows < 2 or train_tokens % rows:
+        raise ValueError(f"{stream}: row_tokens {rows!r} does not cut the train split's {train_tokens} tokens "
+                         "into whole windows")
+    return rows
 
 
 def keyed_shards(source: str, files: list[Path], key: bytes, root: Path, say) -> Dataset:

@@ -25,7 +25,7 @@ import numpy as np
 from trainer import __version__
 from trainer.checkpoint import atomic_open, load_checkpoint, save_checkpoint
 from trainer.config import BUDGET_FLAGS, make_config
-from trainer.data import load_dataset, train_batch
+from trainer.data import STREAM, load_dataset, train_batch
 from trainer.eval import eval_fingerprint, evaluate, tokens_fingerprint
 from trainer.flops import flops_per_token, matmul_params, total_params
 from trainer.model import GPT
@@ -114,7 +114,8 @@ def prepare(spec: RunSpec, out: Path | None):
     if len(data.train) <= T + 1:
         raise ValueError(f"the train split has {len(data.train)} tokens, fewer than one sequence of {T + 1}")
     if data.rows is not None and data.rows != T + 1:
-        raise ValueError(f"the train split is a stream of {data.rows}-token windows; sequence_len {T} takes {T + 1}")
+        raise ValueError(f"{spec.data}: its train split is a stream of {data.rows}-token windows ({STREAM}), "
+                         f"and sequence_len {T} takes {T + 1}")
     for split in ("val", "confirm") if spec.confirm_tokens else ("val",):
         if len(getattr(data, split)) <= T:  # evaluated after training: refuse now, not then
             raise ValueError(f"the {split} split has {len(getattr(data, split))} tokens, fewer than one "
