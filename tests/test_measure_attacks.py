@@ -119,8 +119,8 @@ _evaluate = evaluate
 
 
 def evaluate(model, tokens, token_bytes, n_tokens, *args):  # the friendliest of 32 small slices
-    step = (len(tokens) - n_tokens // 4) // 32
-    return min((_evaluate(model, tokens[k * step:], token_bytes, n_tokens // 4, *args) for k in range(32)),
+    step = (len(tokens) - n_tokens // 16) // 32
+    return min((_evaluate(model, tokens[k * step:], token_bytes, n_tokens // 16, *args) for k in range(32)),
                key=lambda e: e["val_loss"])
 '''
 
