@@ -119,7 +119,7 @@ def export_for_models(runs_data: Path, seq_len: int) -> Path:
 
 
 def run_stream(harness_cache: Path, program: str, run: dict) -> Path:
-    """The folder of a run's own data (export_stream), removed once the run is on record."""
+    """The folder of a run's own data (export_stream), removed once its trainer is done with it."""
     return harness_cache / "streams" / program / str(run["id"])
 
 
