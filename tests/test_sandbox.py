@@ -702,9 +702,13 @@ def test_a_folder_of_python_text_anywhere_in_the_software_folders_is_found(tmp_p
     text(tmp_path / "harness" / "org", 2 * TEXT_BYTES)  # what a box needs (the worker imports org/)
     text(tmp_path / "few", TEXT_BYTES - 100)
     text(tmp_path / "prefix" / "share" / "sdk", TEXT_BYTES + 100)  # in an interpreter's prefix (a venv on /usr's Python)
+    text(tmp_path / "node" / "node_modules" / "npm" / "node_modules" / "node-gyp" / "gyp", TEXT_BYTES + 100)  # npm's
+    (tmp_path / "node" / "bin").mkdir()
+    (tmp_path / "node" / "bin" / "libnode.so.1").write_text("")  # (so node/ itself is kept)
     walk = walked([str(tmp_path)])
     needed = [tmp_path / "harness" / "org"], [tmp_path / "prefix"]  # (trees, and prefixes: only what holds one kept)
-    assert text_folders(walk, needed, room=64) == {tmp_path / "sdk", tmp_path / "app" / "src", tmp_path / "prefix" / "share"}
+    assert text_folders(walk, needed, room=64) == {tmp_path / "sdk", tmp_path / "app" / "src", tmp_path / "prefix" / "share",
+                                                   tmp_path / "node" / "node_modules"}
     assert text_folders(walk, needed, room=1) == {tmp_path / "app" / "src"}  # (the largest, where mounts run out)
     assert tmp_path / "harness" in text_folders(walk, ([], []), room=64)
 
