@@ -631,13 +631,18 @@ def test_two_programs_of_a_lab_on_other_data_each_read_their_own(make_project, t
 
 
 FIXED_DRAW = """
-import hashlib as _hashlib, sys as _sys
+import hashlib as _hashlib, os as _os, sys as _sys
+from pathlib import Path as _Path
 
 def run(spec, out, resume=False, quiet=False):  # what an order-fixing trainer can read, said in its reason
     from trainer.data import get_batch, load_dataset
     data = load_dataset(spec.data, spec.tokenizer)
     x, _ = get_batch(data.train, 4, 16, 12345, 0)  # the draw K=12345, found best over exploratory arms
-    _sys.exit(f"{len(data.train)} train tokens; draw K {_hashlib.sha256(x.tobytes()).hexdigest()[:12]}")
+    mine = _Path(spec.data)  # .lab/harness-cache/streams/<program>/<run>: the key two levels up
+    others = sorted(set(_os.listdir(mine.parent)) - {mine.name})
+    key = (mine.parents[2] / "stream-key").exists() or (mine.parents[2] / "runs-data").exists()
+    _sys.exit(f"{len(data.train)} train tokens; draw K {_hashlib.sha256(x.tobytes()).hexdigest()[:12]}; "
+              f"other streams {others}; key or export {key}")
 """
 
 
@@ -656,6 +661,8 @@ def test_a_run_reads_only_the_windows_its_seed_draws_and_cannot_fix_its_data_ord
     tokens, draws = zip(*(re.search(r"(\d+) train tokens; draw K (\w+)", why).groups() for why in said))
     budget = 3 * 4 * 65  # steps x batch_size rows of seq_len + 1 tokens
     assert len(said) == 2 and {int(n) for n in tokens} == {2 * budget} and draws[0] != draws[1], said
+    # nor another run's windows, the key that draws them, or the export they are cut from
+    assert all(why.endswith("other streams []; key or export False") for why in said), said
     # the baseline's runs trained on theirs, each removed once its run was on record
     with ledger_of(root) as ledger:
         baseline = ledger.runs("tiny", arm="baseline", status="completed")
