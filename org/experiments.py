@@ -8,6 +8,7 @@ commit; the program decides everything else.
                      fresh seeds for an arm whose claim stands on its main ones
     waiting_for_budget() -> submitted experiments that may not start yet: the budget holds one
                      claim's fresh seeds back from them
+    waiting_for_pace()   -> under a seconds budget, code of its own waits for the baseline's pace
     submission_source() / check_arm_name() -> the one rule for arm names, for people and agents
 
 The runner (org/runner.py) executes the queue these fill.
@@ -289,14 +290,31 @@ def waiting_for_budget(ledger: Ledger, program: Program) -> list[int]:
     return waiting
 
 
+def waiting_for_pace(ledger: Ledger, program: Program) -> list[int]:
+    """Under a seconds budget, the experiments of code of their own while the baseline has a run to
+    come and none completed: its pace sizes their windows (measure.stream_rows). Without it they
+    would read the whole train split, where code could fix its data order across seeds."""
+    if program.budget.per_run.kind != "seconds":
+        return []
+    base = ledger.runs(program.name, arm="baseline")
+    if any(r["status"] == "completed" for r in base) or not any(r["status"] in ("queued", "running") for r in base):
+        return []
+    return [e["id"] for e in ledger.experiments(program.name) if runs_own_code(e)]
+
+
 def budget_note(ledger: Ledger, program: Program, waiting: list[int]) -> str:
     spent, total = ledger.compute_seconds(program.name), ledger.budget(program.name)["total_compute_seconds"]
     if spent >= total:
         return f"compute budget spent ({spent:.0f}s of {total:g}s); queued runs stay queued"
+    paced = [e for e in waiting if e in waiting_for_pace(ledger, program)]
+    budget = [e for e in waiting if e not in paced]
     share = ledger.budget(program.name).get("agent_compute_seconds")
-    return (f"experiment(s) {', '.join(map(str, waiting))} wait: {spent:.0f}s of {total:g}s is spent, and what has "
-            f"started and one claim's fresh seeds ({held_for_checks(ledger, program)[0]:.0f}s) leave too little for their runs"
-            + (f", or their agent's runs would pass its budget.agent_compute_seconds ({share:g}s)" if share else ""))
+    notes = [f"experiment(s) {', '.join(map(str, paced))} wait for the baseline's first run: under a seconds budget "
+             f"its pace sizes their windows of the train split"] if paced else []
+    return "; ".join(notes + [
+        f"experiment(s) {', '.join(map(str, budget))} wait: {spent:.0f}s of {total:g}s is spent, and what has "
+        f"started and one claim's fresh seeds ({held_for_checks(ledger, program)[0]:.0f}s) leave too little for their runs"
+        + (f", or their agent's runs would pass its budget.agent_compute_seconds ({share:g}s)" if share else "")] * bool(budget))
 
 
 def held_for_checks(ledger: Ledger, program: Program) -> tuple[float, float]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -123,7 +124,8 @@ def run_stream(harness_cache: Path, program: str, run: dict) -> Path:
     return harness_cache / "streams" / program / str(run["id"])
 
 
-def export_stream(program: Program, run: dict, runs_data: Path, harness_cache: Path, own_code: bool) -> Path:
+def export_stream(program: Program, run: dict, runs_data: Path, harness_cache: Path, own_code: bool,
+                  pace: float | None = None) -> Path:
     """What a run reads, cut from the runs' export (trainer/data.py reads it as a stream): the
     train windows its budget pays for, in the order it takes them, drawn by the lab's secret key
     from the run's seed, twice as many for code of its own (its FLOPs per token may be fewer than
@@ -133,13 +135,14 @@ def export_stream(program: Program, run: dict, runs_data: Path, harness_cache: P
     order to a draw found best over exploratory arms: the order's part of a run's val_bpb holds
     across inits, so it gained on every seed, fresh ones too. Now no run chooses its windows; the
     same seed draws the same ones for every arm (paired, and a canary's re-run reproduces); and a
-    table in the low bits of its weights counts only what its budget pays for."""
+    table in the low bits of its weights counts only what its budget pays for. `pace`: the
+    baseline's FLOPs a second (base_pace), which sizes a seconds budget's windows."""
     out = run_stream(harness_cache, program.name, run)
     remove_tree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        write_stream(program, run, runs_data, harness_cache, own_code, tmp)
+        write_stream(program, run, runs_data, harness_cache, own_code, tmp, pace)
     except BaseException:
         remove_tree(tmp, ignore_errors=True)
         raise
@@ -147,14 +150,15 @@ def export_stream(program: Program, run: dict, runs_data: Path, harness_cache: P
     return out
 
 
-def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Path, own_code: bool, tmp: Path):
+def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Path, own_code: bool, tmp: Path,
+                 pace: float | None):
     import hmac
     import numpy as np
     from trainer.data import eval_windows, load_dataset
     from trainer.shards import TOKENIZER_FILES, ShardWriter
     T, V = program.train.seq_len, program.data.val_tokens
     data = load_dataset(str(runs_data))
-    rows = stream_rows(program, json.loads(run["overrides"]), budget_of(run), data) * (2 if own_code else 1)
+    rows = stream_rows(program, json.loads(run["overrides"]), budget_of(run), data, pace) * (2 if own_code else 1)
     rows = min(rows, len(data.train) // (T + 1), MAX_STREAM_TOKENS // (T + 1))  # (a tiny model's many steps)
     rows = max(rows, 2)  # (the trainer wants more than one window's tokens in a train split)
     if shutil.disk_usage(tmp).free < 4 * rows * (T + 1):  # (uint16 tokens, and room to spare)
@@ -181,23 +185,34 @@ def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Pa
     (tmp / "stream.json").write_text(json.dumps({"row_tokens": T + 1, "rows": rows}))
 
 
-def stream_rows(program: Program, overrides: dict, budget: tuple | None, data) -> int:
+def stream_rows(program: Program, overrides: dict, budget: tuple | None, data, pace: float | None = None) -> int:
     """Rows (windows) a run's budget pays for, as the harness's trainer counts steps (trainer/train.py:
-    Budget) from the config the run has; a seconds budget, the whole train split's worth (capped by
-    export_stream, as is a FLOP budget of a model so small that it would take more)."""
+    Budget) from the config the run has. A seconds budget pays for what the baseline's `pace`
+    (base_pace) trains in its seconds, twice over (that pace may be of a busier moment); before
+    the baseline has one, the whole train split's worth (capped by export_stream, as is a FLOP
+    budget of a model so small that it would take more: experiments.waiting_for_pace holds code of
+    an experiment's own back till then, since with the whole split it could fix its data order)."""
     from trainer.config import make_config
     from trainer.flops import flops_per_token
     kind, value = budget or (program.budget.per_run.kind, program.budget.per_run.value)
     B, T = program.train.batch_size, program.train.seq_len
-    if kind == "seconds":
-        return len(data.train) // (T + 1)
     shape = lambda keys: make_config(program.baseline.preset, **{"vocab_size": data.vocab_size, **keys, "sequence_len": T})
     try:
         config = shape(overrides)
     except (ValueError, TypeError):  # a key only the experiment's own code knows: the baseline's count
         config = shape(program.baseline.overrides)
-    per_step = {"steps": 1, "tokens": B * T}.get(kind) or B * T * flops_per_token(config)
+    flops_per_step = B * T * flops_per_token(config)
+    if kind == "seconds":
+        return 2 * math.ceil(value * pace / flops_per_step) * B if pace else len(data.train) // (T + 1)
+    per_step = {"steps": 1, "tokens": B * T}.get(kind) or flops_per_step
     return max(1, int(value // per_step)) * B
+
+
+def base_pace(baseline_runs: list[dict]) -> float | None:
+    """FLOPs a second of training in the baseline's completed runs (the program's own code, so its
+    clock is trusted), the fastest; None before one has completed."""
+    return max((r["flops"] / r["train_seconds"] for r in baseline_runs
+                if r["status"] == "completed" and r["flops"] and r["train_seconds"]), default=None)
 
 
 def data_given(run: dict) -> str | None:

@@ -5,6 +5,7 @@ commits it, and drives it the way people and agents do: `org run`, `org submit`,
 """
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -667,6 +668,32 @@ def test_a_run_reads_only_the_windows_its_seed_draws_and_cannot_fix_its_data_ord
     with ledger_of(root) as ledger:
         baseline = ledger.runs("tiny", arm="baseline", status="completed")
     assert len(baseline) >= 2 and all(r["result"].data.endswith(f"streams/tiny/{r['id']}") for r in baseline)
+
+
+def test_under_a_seconds_budget_a_run_reads_what_the_baselines_pace_pays_for(make_project, capsys):
+    """A seconds budget's windows were the whole train split's worth, in the seed's order: code of
+    its own could fix its data order again, by windows it cuts where the text says (the same on
+    every seed wherever the split is at hand). Now they are what the baseline's pace (its FLOPs a
+    second: measure.base_pace) trains in the budget's seconds, twice over, and twice again for
+    code of its own, whose runs wait for the baseline's first run to give that pace."""
+    from trainer.data import load_dataset
+    program = tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"seconds": 0.5}},
+                           runner={"threads_per_slot": 1, "slots": 2})
+    root = make_project(program)
+    agent_commit(root, "mallory", "trainer/train.py", lambda text: text + FIXED_DRAW)
+    assert main(["submit", "tiny", "--arm", "fixed-draw", "--ref", "agent/tiny/mallory/work"]) == 0
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        base = ledger.runs("tiny", arm="baseline", status="completed")
+        mine = ledger.runs("tiny", arm="fixed-draw")
+    assert len(mine) == 2 and all(r["started_at"] >= min(b["finished_at"] for b in base) for r in mine)
+    assert f"experiment(s) {mine[0]['experiment_id']} wait for the baseline's first run" in capsys.readouterr().out
+    tokens, draws = zip(*(re.search(r"(\d+) train tokens; draw K (\w+)", r["reason"]).groups() for r in mine))
+    fastest = max(b["steps"] / b["train_seconds"] for b in base)  # steps a second (one config: FLOPs a step alike)
+    split = len(load_dataset(str(Runner(Lab.open(root), load_program(root / "programs/tiny.yaml"),
+                                        root / ".lab/tiny/ledger.sqlite").runs_data)).train)
+    assert all(int(n) <= 2 * 2 * 4 * math.ceil(0.5 * fastest) * 65 for n in tokens), (tokens, fastest)
+    assert max(map(int, tokens)) < split / 20 and draws[0] != draws[1], (tokens, split)
 
 
 def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_takes_it(make_project):
