@@ -290,23 +290,26 @@ def waiting_for_budget(ledger: Ledger, program: Program) -> list[int]:
     return waiting
 
 
-def waiting_for_pace(ledger: Ledger, program: Program) -> list[int]:
-    """Under a seconds budget, the experiments of code of their own while the baseline has a run to
-    come and none completed: its pace sizes their windows (measure.stream_rows). Without it they
-    would read the whole train split, where code could fix its data order across seeds."""
+def waiting_for_pace(ledger: Ledger, program: Program, kind: str | None = None) -> list[int]:
+    """Under a seconds budget, the experiments of code of their own with runs queued while the
+    baseline has no pace on this `kind` of device (measure.base_pace) and a run to come: that pace
+    counts their windows (measure.stream_rows), and without it they could not start."""
+    from org.measure import base_pace
     if program.budget.per_run.kind != "seconds":
         return []
     base = ledger.runs(program.name, arm="baseline")
-    if any(r["status"] == "completed" for r in base) or not any(r["status"] in ("queued", "running") for r in base):
+    if base_pace(base, kind) or not any(r["status"] in ("queued", "running") for r in base):
         return []
-    return [e["id"] for e in ledger.experiments(program.name) if runs_own_code(e)]
+    queued = {r["experiment_id"] for r in ledger.runs(program.name, status="queued")}
+    return [e["id"] for e in ledger.experiments(program.name) if runs_own_code(e) and e["id"] in queued]
 
 
-def budget_note(ledger: Ledger, program: Program, waiting: list[int]) -> str:
+def budget_note(ledger: Ledger, program: Program, waiting: list[int], kind: str | None = None) -> str:
     spent, total = ledger.compute_seconds(program.name), ledger.budget(program.name)["total_compute_seconds"]
     if spent >= total:
         return f"compute budget spent ({spent:.0f}s of {total:g}s); queued runs stay queued"
-    paced = [e for e in waiting if e in waiting_for_pace(ledger, program)]
+    waiting = list(dict.fromkeys(waiting))  # (one may wait for both)
+    paced = [e for e in waiting if e in waiting_for_pace(ledger, program, kind)]
     budget = [e for e in waiting if e not in paced]
     share = ledger.budget(program.name).get("agent_compute_seconds")
     notes = [f"experiment(s) {', '.join(map(str, paced))} wait for the baseline's first run: under a seconds budget "

@@ -48,6 +48,7 @@ TRAINER_SAYS = ("completed", "diverged", "killed", "error")  # how a trainer's r
 MODEL_DATA_WINDOWS = 4  # windows of seq_len + 1 tokens a split that a model worker reads (export_for_models)
 MAX_RESULT_BYTES = 1 << 20  # a trainer's result.json (read_result)
 MAX_RUN_PATH = 1024  # bytes of a path in a run's directory: what lies deeper goes (planted)
+OVERDRAWN = 2  # x the FLOPs a token of its config a code arm's model may take (overdrawn)
 MAX_STREAM_TOKENS = 1 << 29  # a run's train windows (export_stream), 1 GB: GPT-2 124M's 1e17 FLOPs take 134M
 # what stays of a run once it is on record (leave_the_record): the first of its metrics, the last
 # of its log, and a checkpoint no larger than its parameters and an optimizer's state for them
@@ -159,6 +160,9 @@ def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Pa
     T, V = program.train.seq_len, program.data.val_tokens
     data = load_dataset(str(runs_data))
     rows = stream_rows(program, json.loads(run["overrides"]), budget_of(run), data, pace) * (2 if own_code else 1)
+    if own_code and (budget_of(run) or (program.budget.per_run.kind,))[0] == "seconds" and not pace:
+        raise ValueError("under a seconds budget the baseline's pace counts its windows, and the baseline has no "
+                         "completed run (its code could pick among the whole split's)")
     rows = min(rows, len(data.train) // (T + 1), MAX_STREAM_TOKENS // (T + 1))  # (a tiny model's many steps)
     rows = max(rows, 2)  # (the trainer wants more than one window's tokens in a train split)
     if shutil.disk_usage(tmp).free < 4 * rows * (T + 1):  # (uint16 tokens, and room to spare)
@@ -187,32 +191,58 @@ def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Pa
 
 def stream_rows(program: Program, overrides: dict, budget: tuple | None, data, pace: float | None = None) -> int:
     """Rows (windows) a run's budget pays for, as the harness's trainer counts steps (trainer/train.py:
-    Budget) from the config the run has. A seconds budget pays for what the baseline's `pace`
-    (base_pace) trains in its seconds, twice over (that pace may be of a busier moment); before
-    the baseline has one, the whole train split's worth (capped by export_stream, as is a FLOP
-    budget of a model so small that it would take more: experiments.waiting_for_pace holds code of
-    an experiment's own back till then, since with the whole split it could fix its data order)."""
-    from trainer.config import make_config
+    Budget) at stream_config's shape. A seconds budget pays for what the baseline's `pace`
+    (base_pace) trains in its seconds, twice over (that pace may be of a busier moment); without
+    one, the whole train split's worth (capped by export_stream, as is a FLOP budget of a model
+    so small that it would take more), which write_stream refuses code of an experiment's own:
+    it could fix its data order there (experiments.waiting_for_pace holds it back while the
+    baseline has a run to come)."""
     from trainer.flops import flops_per_token
     kind, value = budget or (program.budget.per_run.kind, program.budget.per_run.value)
     B, T = program.train.batch_size, program.train.seq_len
-    shape = lambda keys: make_config(program.baseline.preset, **{"vocab_size": data.vocab_size, **keys, "sequence_len": T})
-    try:
-        config = shape(overrides)
-    except (ValueError, TypeError):  # a key only the experiment's own code knows: the baseline's count
-        config = shape(program.baseline.overrides)
-    flops_per_step = B * T * flops_per_token(config)
+    flops_per_step = B * T * flops_per_token(stream_config(program, overrides, data.vocab_size))
     if kind == "seconds":
         return 2 * math.ceil(value * pace / flops_per_step) * B if pace else len(data.train) // (T + 1)
     per_step = {"steps": 1, "tokens": B * T}.get(kind) or flops_per_step
     return max(1, int(value // per_step)) * B
 
 
-def base_pace(baseline_runs: list[dict]) -> float | None:
-    """FLOPs a second of training in the baseline's completed runs (the program's own code, so its
-    clock is trusted), the fastest; None before one has completed."""
+def stream_config(program: Program, overrides: dict, vocab_size: int):
+    """The model shape a run's windows are counted at: its config's, or the baseline's where the
+    config has a key only the experiment's own code knows (overdrawn checks it against the model)."""
+    from trainer.config import make_config
+    shape = lambda keys: make_config(program.baseline.preset, **{"vocab_size": vocab_size, **keys,
+                                                                 "sequence_len": program.train.seq_len})
+    try:
+        return shape(overrides)
+    except (ValueError, TypeError):
+        return shape(program.baseline.overrides)
+
+
+def overdrawn(program: Program, run: dict, measurement: Measurement, runs_data: Path | None, base_code: Path) -> list[str]:
+    """Where code of an experiment's own (runs_data given) built a model of over OVERDRAWN x the
+    FLOPs a token of the config its windows were counted at, under a FLOP or seconds budget: it
+    read that many times the windows its steps take (twice again, as its own code's are), and its
+    code could pick among them: a config saying depth 1 with code that builds softcap's depth 2
+    (x5.7 the FLOPs a token) read x11, 12M tokens, near half the train split."""
+    kind = (budget_of(run) or (program.budget.per_run.kind,))[0]
+    if runs_data is None or kind not in ("flops", "seconds") or not measurement.flops_per_token \
+            or not reads_streams(base_code):
+        return []
+    from trainer.data import load_dataset
+    from trainer.flops import flops_per_token
+    counted = flops_per_token(stream_config(program, json.loads(run["overrides"]), load_dataset(str(runs_data)).vocab_size))
+    ratio = measurement.flops_per_token / counted
+    return [f"its model takes x{ratio:.1f} the FLOPs a token of its config ({counted:,}), which its windows were counted "
+            f"at: it read x{2 * ratio:.0f} the windows its budget pays for, and could pick among them (a shape its "
+            f"code changes belongs in its config)"] if ratio > OVERDRAWN else []
+
+
+def base_pace(baseline_runs: list[dict], kind: str | None = None) -> float | None:
+    """FLOPs a second of training in the baseline's completed runs on a `kind` of device (the
+    program's own code, so its clock is trusted), the fastest; None before one has completed."""
     return max((r["flops"] / r["train_seconds"] for r in baseline_runs
-                if r["status"] == "completed" and r["flops"] and r["train_seconds"]), default=None)
+                if r["status"] == "completed" and r["flops"] and r["train_seconds"] and r.get("kind") == kind), default=None)
 
 
 def data_given(run: dict) -> str | None:

@@ -46,7 +46,7 @@ from org.kernelcache import copy_kernel_cache
 from org.lab import Lab, LabError, child_env
 from org.ledger import Ledger, budget_of
 from org.measure import (HARNESS_LOGS, MeasureError, base_pace, check_result, cross_check, evaluator_env, export_for_models, export_stream,
-                          data_given, job_for, leave_the_record, measure_run, models_data, planted, put_aside, read_result,
+                          data_given, job_for, leave_the_record, measure_run, models_data, overdrawn, planted, put_aside, read_result,
                           reads_streams, run_stream, runs_data, split_key_file, tidy_runs, worker_command)
 from org.experiments import budget_note, plan, plan_all, refusal, run_cost, runs_own_code, waiting_for_budget, waiting_for_pace
 from org.improve import sync_branch
@@ -220,7 +220,7 @@ class Runner:
         a stream. None: they could not be cut, and the run is recorded an error; an OSError (no room on
         the disk) is the machine's: the run goes back to the queue, and the runner stops."""
         try:
-            pace = base_pace(ledger.runs(self.program.name, arm="baseline"))  # (a seconds budget's windows)
+            pace = base_pace(ledger.runs(self.program.name, arm="baseline"), run["kind"])  # (a seconds budget's)
             return export_stream(self.program, run, self.runs_data, self.harness_cache, own_code, pace)
         except OSError as e:  # the machine's, not the run's: back to the queue
             ledger.requeue(run["id"], f"its data could not be cut ({e}); re-queued")
@@ -341,10 +341,10 @@ class Runner:
     def _claim(self, ledger: Ledger, slot: Slot) -> dict | None:
         name = self.program.name
         spent, total = ledger.compute_seconds(name), ledger.budget(name)["total_compute_seconds"]
-        waiting = [] if spent >= total else waiting_for_budget(ledger, self.program) + waiting_for_pace(ledger, self.program)
+        waiting = [] if spent >= total else waiting_for_budget(ledger, self.program) + waiting_for_pace(ledger, self.program, slot.kind)
         said = "spent" if spent >= total else str(waiting) if waiting else ""
         if said and said != self.budget_said and ledger.runs(name, status="queued"):
-            self.say(budget_note(ledger, self.program, waiting))
+            self.say(budget_note(ledger, self.program, waiting, slot.kind))
         self.budget_said = said
         if spent >= total:  # the ledger's total: `org budget` raises it while the org runs
             return None
@@ -577,7 +577,7 @@ class Runner:
         if "invalid" in outcome:
             return "invalid", f"harness measurement: {outcome['invalid']}", None
         measurement = outcome["measurement"]
-        problems = cross_check(result, measurement)
+        problems = cross_check(result, measurement) + overdrawn(self.program, run, measurement, code and self.runs_data, base_code)
         if problems:
             return "invalid", "; ".join(problems), measurement
         return "completed", None, measurement

@@ -690,10 +690,45 @@ def test_under_a_seconds_budget_a_run_reads_what_the_baselines_pace_pays_for(mak
     assert f"experiment(s) {mine[0]['experiment_id']} wait for the baseline's first run" in capsys.readouterr().out
     tokens, draws = zip(*(re.search(r"(\d+) train tokens; draw K (\w+)", r["reason"]).groups() for r in mine))
     fastest = max(b["steps"] / b["train_seconds"] for b in base)  # steps a second (one config: FLOPs a step alike)
-    split = len(load_dataset(str(Runner(Lab.open(root), load_program(root / "programs/tiny.yaml"),
-                                        root / ".lab/tiny/ledger.sqlite").runs_data)).train)
+    runner = Runner(Lab.open(root), load_program(root / "programs/tiny.yaml"), root / ".lab/tiny/ledger.sqlite")
+    split = len(load_dataset(str(runner.runs_data)).train)
     assert all(int(n) <= 2 * 2 * 4 * math.ceil(0.5 * fastest) * 65 for n in tokens), (tokens, fastest)
     assert max(map(int, tokens)) < split / 20 and draws[0] != draws[1], (tokens, split)
+    # a pace is a kind of device's own; with none, code of its own is not cut the whole split
+    assert measure.base_pace(base) == max(b["flops"] / b["train_seconds"] for b in base) and \
+        measure.base_pace(base, "h100") is None
+    with pytest.raises(ValueError, match="the baseline has no completed run"):
+        measure.export_stream(runner.program, mine[0], runner.runs_data, runner.harness_cache, own_code=True, pace=None)
+
+
+SMALL_CONFIG_BIG_MODEL = """
+_prepare = prepare
+
+def prepare(spec, out):  # its config says the baseline's one layer, which counts its windows; its code builds 4
+    spec.overrides["n_layer"] = 4
+    return _prepare(spec, out)
+"""
+
+
+def test_code_whose_model_outgrows_the_config_its_windows_were_counted_at_is_invalid(make_project):
+    """A run's windows are counted at its config's FLOPs a token. Code that builds a model bigger
+    than its config says (its figures all agree with the harness's recount, which reads the
+    checkpoint) read x6 the windows its steps take, and could pick among them: fix its data order
+    across seeds on much of the split. Its run is now invalid; one whose config says what its code
+    builds is measured as ever."""
+    program = tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"flops": 5e8}, "seeds": [0]})
+    root = make_project(program)
+    agent_commit(root, "mallory", "trainer/train.py", lambda text: text + SMALL_CONFIG_BIG_MODEL)
+    for arm, layers in (("says-1-builds-4", 1), ("says-4-builds-4", 4)):
+        assert main(["submit", "tiny", "--arm", arm, "--ref", "agent/tiny/mallory/work", "--set", f"n_layer={layers}"]) == 0
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        says_1, = ledger.runs("tiny", arm="says-1-builds-4")
+        says_4, = ledger.runs("tiny", arm="says-4-builds-4")
+    assert says_4["status"] == "completed", says_4["reason"]
+    assert says_1["status"] == "invalid" and says_1["reason"].startswith(
+        "its model takes x3.0 the FLOPs a token of its config (147,456), which its windows were counted at: it read x6 "
+        "the windows its budget pays for"), says_1["reason"]
 
 
 def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_takes_it(make_project):
