@@ -171,6 +171,36 @@ def test_in_an_improvement_program_a_chief_hands_out_candidates_and_a_junior_tri
     assert name == "submit_experiment" and args["arm"] == "reseed-again2"
 
 
+def test_a_try_the_budget_left_cannot_pay_for_ends_the_researchers_tries_and_it_finishes():
+    """An improvement program's budget held back a keep's fresh seeds, so the next try waited for
+    good: no run was running to free any, and the researcher asked for its results every minute
+    (a launch of improve.yaml sat so, 8 runs queued, until stopped). Now it reports the try not
+    run, tries nothing more, and finishes with the frontier's story."""
+    candidates = [{"name": "eps", "overrides": {"adam_eps": 1e-8}}, {"name": "cap", "overrides": {"softcap": 5}}]
+    spec = tiny_program([{"name": "solo", "role": "researcher"}], variants=[],
+                        claim={"kind": "improve", "fresh_seeds": 0}, candidates=candidates)
+    model, history = ScriptedModel(Program.model_validate(spec), "solo"), [{"kind": "user", "text": "Start."}]
+    assert step(model, history, "standup written")[0] == "write_standup"
+    frontier = {"arm": "frontier-1", "experiment": 3, "commit": "abc123", "overrides": {"matrix_lr": 0.02}, "kept": ["lr"]}
+    status = {"compute_seconds": {"spent": 4525, "total": 6000, "waiting_for_budget": []}, "running_runs": 0,
+              "frontier": frontier, "experiments": [], "pending_runs": 0}
+    assert step(model, history, json.dumps(status)) == ("results", {})
+    assert step(model, history, "exit status 0\n")[0] == "run"  # git reset to the frontier
+    assert step(model, history, "experiment 5 (eps, ...): 8 runs queued")[0] == "submit_experiment"
+    waits = {**status, "pending_runs": 8, "experiments": [{"experiment": 5, "stage": "measuring"}],
+             "compute_seconds": {**status["compute_seconds"], "waiting_for_budget": [5]}}
+    running = {**waits, "running_runs": 1}  # another's run may yet finish, and the hold follow its cost
+    assert step(model, history, json.dumps(running)) == ("results", {"experiment": 5, "wait_seconds": 60})
+    assert step(model, history, json.dumps(waits)) == ("results", {"experiment": 5, "wait_seconds": 60})
+    assert step(model, history, json.dumps(status)) == ("results", {})  # given up on: the next candidate's turn
+    assert step(model, history, json.dumps(status)) == ("results", {})  # none: the story's status
+    name, args = step(model, history, "posted")
+    assert name == "post_to_board" and "- eps: not run: the compute budget left cannot pay for its runs" in args["text"]
+    assert "- cap: not tried: the budget left pays for no try" in args["text"]
+    assert step(model, history, "standup written")[0] == "write_standup"
+    assert step(model, history, "standup written")[0] == "finish"
+
+
 def test_a_verdict_that_needs_more_seeds_makes_the_scripted_researcher_ask_the_person_for_them():
     solo = Program.model_validate(tiny_program([{"name": "solo", "role": "researcher"}]))
     model, history = ScriptedModel(solo, "solo"), [{"kind": "user", "text": "Start."}]

@@ -217,6 +217,13 @@ def test_the_budget_holds_a_claims_fresh_seeds_back_from_work_not_yet_started(ma
     assert f"experiment(s) {late[0]['experiment_id']} wait" in capsys.readouterr().out
     assert len(fresh) == 4 and {r["status"] for r in fresh} == {"completed"}, [(r["status"], r["wall_seconds"]) for r in fresh]
     assert [r["status"] for r in late] == ["queued"] * 3
+    # what the agents' status says: it waits, and nothing running will free the budget for it
+    from org.agents.scripted import out_of_budget
+    from org.agents.tools import program_status
+    with ledger_of(root) as ledger:
+        status = program_status(ledger, program)
+    assert status["compute_seconds"]["waiting_for_budget"] == [late[0]["experiment_id"]] and status["running_runs"] == 0
+    assert out_of_budget(status)
     assert main(["report", "tiny"]) == 0
     row = next(line for line in (root / "reports" / "tiny" / "README.md").read_text().splitlines()
                if line.startswith("| no-softcap"))

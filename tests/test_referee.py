@@ -347,11 +347,15 @@ def test_bit_identical_parameters_are_no_change():
 
 
 def test_a_seed_only_code_change_is_no_change():
-    reseeded = superiority(baseline(), variant(-0.02, git_commit="def456", seed_only=True))
+    reseeded = superiority(baseline(), variant(-0.02, git_commit="def456", seed_only=True, overrides={"depth": 2}))
     assert reseeded.verdict.startswith("no change (only the random initialisation differs from the baseline's")
-    partly = variant(-0.02, git_commit="def456", seed_only=True)
+    partly = variant(-0.02, git_commit="def456", seed_only=True, overrides={"depth": 2})
     partly[0]["seed_only"] = False  # one run's probe saw a real change: the arm is judged
     assert superiority(baseline(), partly).verdict == "better"
+    # the probe replays the variant's own config: a reseed on top of another config (an improvement
+    # program's try on a frontier of matrix_lr 0.02, read against the first baseline) changed that too
+    tuned = variant(-0.07, git_commit="def456", seed_only=True, overrides={"depth": 2, "matrix_lr": 0.02})
+    assert superiority(baseline(), tuned).verdict == "better"
 
 
 def test_a_code_arm_that_ignores_the_seed_is_invalid():

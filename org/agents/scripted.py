@@ -231,18 +231,21 @@ def frontier_story(program: Program, status: dict, notes: list[str]) -> str:
 
 
 def try_all(candidates, wait: float):
-    """Each candidate against the frontier of the moment; returns a line per try."""
-    notes = []
+    """Each candidate against the frontier of the moment, until the budget can pay for no more;
+    returns a line per try."""
+    notes, out = [], None
     for candidate in candidates:
         for attempt in range(1, 4):  # again only if the frontier moved under it (stale)
             arm = candidate.name if attempt == 1 else f"{candidate.name}-again{attempt}"
             status = yield from read_status()
             compute = status["compute_seconds"]
-            if compute["spent"] >= compute["total"]:
-                notes.append(f"- {arm}: not tried: the compute budget is spent")
+            out = out or ("the compute budget is spent" if compute["spent"] >= compute["total"] else None)
+            if out:
+                notes.append(f"- {arm}: not tried: {out}")
                 break
             outcome = yield from try_candidate(candidate, arm, status["frontier"], wait)
             notes.append(f"- {arm}: {outcome}")
+            out = outcome.startswith(UNAFFORDABLE) and "the budget left pays for no try"
             if not outcome.startswith("stale"):
                 break
     return notes
@@ -276,9 +279,9 @@ def try_candidate(candidate, arm: str, front: dict, wait: float):
             numbers += "" if decision["p"] is None or not numbers else f", p {decision['p']:.2g}"
             numbers += "" if decision["level"] is None or not numbers else f" against level {decision['level']:.2g}"
             return f"{decision['outcome']}{numbers + ')' if numbers else ''}: {decision['verdict']}"
-        compute = status["compute_seconds"]
-        if status["pending_runs"] and compute["spent"] >= compute["total"]:
-            return "undecided: the compute budget ran out before its runs"
+        if status["pending_runs"] and out_of_budget(status):
+            return (f"{UNAFFORDABLE}: the compute budget left cannot pay for its runs besides what it holds back for "
+                    f"a keep's fresh seeds (or past its agent's share), and no run is running (`org budget` raises it)")
         if not status["pending_runs"]:  # decided in the transaction that finished its last run
             return f"undecided: its runs are finished, but the harness recorded no decision ({mine['stage']})"
 
@@ -305,16 +308,25 @@ def submit_all(program: Program, variants):
 
 
 def wait_for_runs(wait: float):
-    """results(wait_seconds) until no run is pending (or the compute budget is spent)."""
+    """results(wait_seconds) until no run is pending (or the compute budget pays for none of them)."""
     while True:
         received = yield "results", {"wait_seconds": wait}
         try:
             status = json.loads(_tool_output(received))
         except (TypeError, json.JSONDecodeError):
             continue
-        compute = status["compute_seconds"]
-        if status["pending_runs"] == 0 or compute["spent"] >= compute["total"]:
+        if status["pending_runs"] == 0 or out_of_budget(status):
             return status
+
+
+UNAFFORDABLE = "not run"  # a try whose runs the budget left cannot pay for
+
+
+def out_of_budget(status: dict) -> bool:
+    """The compute budget is spent, or what waits for it waits for good: no run is running, so
+    none will finish and free any (org budget, a person's, raises it)."""
+    compute = status["compute_seconds"]
+    return compute["spent"] >= compute["total"] or bool(compute.get("waiting_for_budget") and not status.get("running_runs"))
 
 
 # --- reading what came back --------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from org import OrgError
-from org.experiments import held_for_checks
+from org.experiments import held_for_checks, waiting_for_budget
 from org.improve import frontier, frontiers, lineage, origin, unreproduced
 from org.lab import Lab, agent_branch, agent_refs
 from org.ledger import FINISHED, Ledger, ledger_path, shown_seed
@@ -460,6 +460,7 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
         })
     return {"program": program.name, "question": program.question,
             "claim": program.claim.model_dump(), "experiments": out, "pending_runs": pending,
+            "running_runs": len(ledger.runs(program.name, status="running")),  # (of every experiment)
             **({"frontier": frontier_status(ledger, program, every)} if program.claim.kind == "improve" else {}),
             "verdicts": referee_verdicts(ledger, program),  # always live: a pure function of the runs
             "compute_seconds": {"spent": round(ledger.compute_seconds(program.name), 1),
@@ -467,7 +468,9 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
                                 # a new experiment starts only if what is left pays for its runs besides this
                                 "held_for_fresh_seeds": round(held_for_checks(ledger, program)[0], 1),
                                 # and, set, only within its agent's share (experiments.waiting_for_budget)
-                                "each_agents_share": ledger.budget(program.name).get("agent_compute_seconds")}}
+                                "each_agents_share": ledger.budget(program.name).get("agent_compute_seconds"),
+                                # the experiments that wait so: with no run running, until `org budget` raises it
+                                "waiting_for_budget": waiting_for_budget(ledger, program)}}
 
 
 def frontier_status(ledger: Ledger, program: Program, experiments: list[dict]) -> dict:
