@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from org import shown
-from org.experiments import held_for_checks
+from org.experiments import held_for_checks, waiting_for_budget
 from org.launch import RUNNER, TAKEN_OVER, WAITING_TOOLS, finished_before
 from org.improve_story import frontier_line
 from org.ledger import FINISHED, Ledger
@@ -179,10 +179,13 @@ def ledger_lines(launch: ProgramSite) -> list[str]:
         verdicts = referee_verdicts(ledger, launch.program)
         experiments = ledger.experiments(name)
         held = held_for_checks(ledger, launch.program)[0]
+        waiting = waiting_for_budget(ledger, launch.program) if runs.get("queued") else []
     held = f" ({held:.0f}s held for fresh seeds)" if held else ""
+    waiting = f" (experiment{'s' * (len(waiting) > 1)} {', '.join(map(str, waiting))} waiting for budget" \
+        + (": nothing running will free it; `org budget` raises it)" if not runs.get("running") else ")") if waiting else ""
     done = sum(n for s, n in runs.items() if s in FINISHED)
     detail = ", ".join(f"{n} {s}" for s, n in sorted(runs.items()) if s in FINISHED)
-    lines = [f"runs: {runs.get('queued', 0)} queued · {runs.get('running', 0)} running · {done} done"
+    lines = [f"runs: {runs.get('queued', 0)} queued{waiting} · {runs.get('running', 0)} running · {done} done"
              + (f" ({detail})" if detail else ""),
              f"compute: {compute:.0f}s of {budget['total_compute_seconds']:g}s{held} · "
              f"LLM: ${spend['dollars']:.4f} of ${budget['total_llm_dollars']:g}"
