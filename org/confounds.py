@@ -227,11 +227,13 @@ def check_seed_only(base, var, declared, tol) -> list[Finding]:
     """No change: the harness's seed probe found, for every completed run of the variant, an
     initialisation only redrawn from the baseline's distributions and the baseline's training
     step: a different seed in disguise, whose luck the pairing by seed would read as an effect.
-    Only where the two arms' configs are the same: the probe replays the variant's config, so
-    an improvement program's reseed try on a frontier of matrix_lr 0.02 read `no change` against
-    the first baseline (0.01) too, at Δ -0.072, p < 0.001."""
+    Only where the two arms' model configs are the same (as built: a default restated in the
+    overrides changes nothing; an older record's overrides as written): the probe replays the
+    variant's config, so an improvement program's reseed try on a frontier of matrix_lr 0.02 read
+    `no change` against the first baseline (0.01) too, at Δ -0.072, p < 0.001."""
     done = completed(var)
-    if not done or not all(r.seed_only for r in done) or {r.overrides for r in base} != {r.overrides for r in var}:
+    config = lambda runs: {r.config_fingerprint or r.overrides for r in completed(runs)}
+    if not done or not all(r.seed_only for r in done) or config(base) != config(var):
         return []
     return [Finding("seed-only", "only the random initialisation differs from the baseline's (redrawn "
                                  "from the same distributions; the same training step): a seed change", True)]

@@ -9,6 +9,7 @@ commit; the program decides everything else.
     waiting_for_budget() -> submitted experiments that may not start yet: the budget holds one
                      claim's fresh seeds back from them
     waiting_for_pace()   -> under a seconds budget, code of its own waits for the baseline's pace
+    stuck_for_budget()   -> nothing can run till a person raises the budget
     submission_source() / check_arm_name() -> the one rule for arm names, for people and agents
 
 The runner (org/runner.py) executes the queue these fill.
@@ -269,7 +270,7 @@ def waiting_for_budget(ledger: Ledger, program: Program) -> list[int]:
     pending = Counter(r["experiment_id"] for r in runs if r["status"] in ("queued", "running") and r["purpose"] not in CHECKS)
     for e in experiments:  # its main runs, one a seed, are planned once its grid is done: priced now
         pending[e["id"]] += len(program.budget.seeds) if e["stage"] == "tuning" else 0
-    new = [e for e in experiments if e["source"] == "submitted" and e["id"] not in started]
+    new = [e for e in experiments if e["source"] == "submitted" and e["id"] not in started and pending[e["id"]]]
     left = ledger.budget(program.name)["total_compute_seconds"] - ledger.compute_seconds(program.name) - held \
         - cost * (sum(pending.values()) - sum(pending[e["id"]] for e in new))  # (a running run: at its full cost)
     who = {e["id"]: e["who"] for e in experiments}
@@ -288,6 +289,13 @@ def waiting_for_budget(ledger: Ledger, program: Program) -> list[int]:
         else:
             waiting.append(e["id"])
     return waiting
+
+
+def stuck_for_budget(ledger: Ledger, program: Program, waiting: list[int]) -> bool:
+    """No run can start or end: every queued run's experiment waits for budget (`waiting`), and no
+    run is running whose end could change that; `org budget`, a person's, frees it."""
+    queued = {r["experiment_id"] for r in ledger.runs(program.name, status="queued")}
+    return bool(queued) and queued <= set(waiting) and not ledger.runs(program.name, status="running")
 
 
 def waiting_for_pace(ledger: Ledger, program: Program, kind: str | None = None) -> list[int]:

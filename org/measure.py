@@ -208,15 +208,16 @@ def stream_rows(program: Program, overrides: dict, budget: tuple | None, data, p
 
 
 def stream_config(program: Program, overrides: dict, vocab_size: int):
-    """The model shape a run's windows are counted at: its config's, or the baseline's where the
-    config has a key only the experiment's own code knows (overdrawn checks it against the model)."""
-    from trainer.config import make_config
-    shape = lambda keys: make_config(program.baseline.preset, **{"vocab_size": vocab_size, **keys,
-                                                                 "sequence_len": program.train.seq_len})
+    """The model shape a run's windows are counted at: its config's, less a key only the
+    experiment's own code knows (as the harness's evaluator builds it: evaluator.make_base_config),
+    or the baseline's where a value the base cannot take is left (overdrawn checks it against the
+    model)."""
+    from org.evaluator import make_base_config
+    job = lambda keys: {"preset": program.baseline.preset, "overrides": keys, "seq_len": program.train.seq_len}
     try:
-        return shape(overrides)
+        return make_base_config(job(overrides), vocab_size)
     except (ValueError, TypeError):
-        return shape(program.baseline.overrides)
+        return make_base_config(job(program.baseline.overrides), vocab_size)
 
 
 def overdrawn(program: Program, run: dict, measurement: Measurement, runs_data: Path | None, base_code: Path) -> list[str]:
@@ -235,7 +236,8 @@ def overdrawn(program: Program, run: dict, measurement: Measurement, runs_data: 
     ratio = measurement.flops_per_token / counted
     return [f"its model takes x{ratio:.1f} the FLOPs a token of its config ({counted:,}), which its windows were counted "
             f"at: it read x{2 * ratio:.0f} the windows its budget pays for, and could pick among them (a shape its "
-            f"code changes belongs in its config)"] if ratio > OVERDRAWN else []
+            f"code changes belongs in its config; a table of its own counts as a matrix: org/recount.py)"] \
+        if ratio > OVERDRAWN else []
 
 
 def base_pace(baseline_runs: list[dict], kind: str | None = None) -> float | None:

@@ -114,6 +114,7 @@ class Run:
     init_bpb: float | None = None   # a code arm's initial model on those windows, by the harness
     forward_time_ratio: float | None = None  # a code arm's scored forward pass: time per FLOP over the base's
     init_fingerprint: str | None = None  # a code arm's initial parameters, as its code makes them, by the harness
+    config_fingerprint: str | None = None  # of the model config its overrides make, by the harness
 
     @classmethod
     def read(cls, row: dict) -> Run:
@@ -138,6 +139,7 @@ class Run:
             params_fingerprint=get("params_fingerprint"), seed_only=bool(get("seed_only")),
             unigram_bpb=get("unigram_bpb"), train_bpb=get("train_bpb"), init_bpb=get("init_bpb"),
             forward_time_ratio=get("forward_time_ratio"), init_fingerprint=get("init_fingerprint"),
+            config_fingerprint=get("config_fingerprint"),
             train_window_bpb=tuple(get("train_window_bpb") or ()) or None,
             val_window_bpb=tuple(get("val_window_bpb") or ()) or None)
 

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from org import shown
-from org.experiments import held_for_checks, waiting_for_budget
+from org.experiments import held_for_checks, stuck_for_budget, waiting_for_budget
 from org.launch import RUNNER, TAKEN_OVER, WAITING_TOOLS, finished_before
 from org.improve_story import frontier_line
 from org.ledger import FINISHED, Ledger
@@ -180,9 +180,10 @@ def ledger_lines(launch: ProgramSite) -> list[str]:
         experiments = ledger.experiments(name)
         held = held_for_checks(ledger, launch.program)[0]
         waiting = waiting_for_budget(ledger, launch.program) if runs.get("queued") else []
+        stuck = stuck_for_budget(ledger, launch.program, waiting)
     held = f" ({held:.0f}s held for fresh seeds)" if held else ""
     waiting = f" (experiment{'s' * (len(waiting) > 1)} {', '.join(map(str, waiting))} waiting for budget" \
-        + (": nothing running will free it; `org budget` raises it)" if not runs.get("running") else ")") if waiting else ""
+        + (": nothing running will free it; `org budget` raises it)" if stuck else ")") if waiting else ""
     done = sum(n for s, n in runs.items() if s in FINISHED)
     detail = ", ".join(f"{n} {s}" for s, n in sorted(runs.items()) if s in FINISHED)
     lines = [f"runs: {runs.get('queued', 0)} queued{waiting} · {runs.get('running', 0)} running · {done} done"

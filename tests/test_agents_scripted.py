@@ -182,16 +182,17 @@ def test_a_try_the_budget_left_cannot_pay_for_ends_the_researchers_tries_and_it_
     model, history = ScriptedModel(Program.model_validate(spec), "solo"), [{"kind": "user", "text": "Start."}]
     assert step(model, history, "standup written")[0] == "write_standup"
     frontier = {"arm": "frontier-1", "experiment": 3, "commit": "abc123", "overrides": {"matrix_lr": 0.02}, "kept": ["lr"]}
-    status = {"compute_seconds": {"spent": 4525, "total": 6000, "waiting_for_budget": []}, "running_runs": 0,
+    status = {"compute_seconds": {"spent": 4525, "total": 6000, "waiting_for_budget": [], "stuck": False}, "running_runs": 0,
               "frontier": frontier, "experiments": [], "pending_runs": 0}
     assert step(model, history, json.dumps(status)) == ("results", {})
     assert step(model, history, "exit status 0\n")[0] == "run"  # git reset to the frontier
     assert step(model, history, "experiment 5 (eps, ...): 8 runs queued")[0] == "submit_experiment"
     waits = {**status, "pending_runs": 8, "experiments": [{"experiment": 5, "stage": "measuring"}],
-             "compute_seconds": {**status["compute_seconds"], "waiting_for_budget": [5]}}
-    running = {**waits, "running_runs": 1}  # another's run may yet finish, and the hold follow its cost
-    assert step(model, history, json.dumps(running)) == ("results", {"experiment": 5, "wait_seconds": 60})
-    assert step(model, history, json.dumps(waits)) == ("results", {"experiment": 5, "wait_seconds": 60})
+             "compute_seconds": {**status["compute_seconds"], "waiting_for_budget": [5], "stuck": False}}
+    stuck = {**waits, "compute_seconds": {**waits["compute_seconds"], "stuck": True}}  # nothing runs to free any
+    for answer in (waits, stuck, waits, stuck):  # another's run may yet end, and the hold follow its cost
+        assert step(model, history, json.dumps(answer)) == ("results", {"experiment": 5, "wait_seconds": 60})
+    assert step(model, history, json.dumps(stuck)) == ("results", {"experiment": 5, "wait_seconds": 60})  # twice
     assert step(model, history, json.dumps(status)) == ("results", {})  # given up on: the next candidate's turn
     assert step(model, history, json.dumps(status)) == ("results", {})  # none: the story's status
     name, args = step(model, history, "posted")

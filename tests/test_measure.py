@@ -236,6 +236,10 @@ def test_a_reseeded_init_is_found_and_a_real_init_change_is_not_called_one(lab):
         "self.eps = float(np.finfo(dtype).eps)", "self.eps = 0.5"))
     m = measure(lab, code=both)["measurement"]  # the replay of its training step tells them apart
     assert (m.init, m.replay, m.seed_only) == ("redrawn", "differs", False)
+    # the probe replays the run's config: two arms are one config (the referee's check_seed_only) when
+    # the model config they make is the same, a default restated in the overrides or not
+    config = lambda **overrides: measure(lab, overrides=overrides)["measurement"].config_fingerprint
+    assert config() == config(softcap=15.0) == m.config_fingerprint != config(matrix_lr=0.05)
 
 
 # The attack: the base's init and training, and a forward pass that adds a prior built outside any

@@ -223,7 +223,7 @@ def test_the_budget_holds_a_claims_fresh_seeds_back_from_work_not_yet_started(ma
     with ledger_of(root) as ledger:
         status = program_status(ledger, program)
     assert status["compute_seconds"]["waiting_for_budget"] == [late[0]["experiment_id"]] and status["running_runs"] == 0
-    assert out_of_budget(status)
+    assert status["compute_seconds"]["stuck"] and out_of_budget(status)
     from types import SimpleNamespace
     from org.status import ledger_lines  # and `org status`, to the person who can raise it
     runs = ledger_lines(SimpleNamespace(name="tiny", ledger_path=root / ".lab/tiny/ledger.sqlite", program=program))[0]
@@ -770,10 +770,12 @@ def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_take
     for a, b in zip(eval_batches(whole.val, 2048, 4, 64), eval_batches(base.val, 2048, 4, 64), strict=True):
         assert np.array_equal(a[0], b[0])
     assert len(base.val) == 2048 // 64 * 65 < len(whole.val)
-    # a key only the experiment's own code knows is counted at the baseline's shape, not an error
+    # a key only the experiment's own code knows is left out of the shape, not an error, and the rest stays
     flops = ("flops", 5e8)
     assert measure.stream_rows(runner.program, {**TINY, "my_gate": 1}, flops, whole) == \
         measure.stream_rows(runner.program, TINY, flops, whole) == budget.steps * 4
+    deeper = measure.stream_rows(runner.program, {**TINY, "n_layer": 2}, flops, whole)
+    assert measure.stream_rows(runner.program, {**TINY, "n_layer": 2, "my_gate": 1}, flops, whole) == deeper < budget.steps * 4
     # a FLOP budget a model far smaller would take past the split: the split's worth, its windows again after
     small = {"id": 4, "seed": 3, "overrides": json.dumps({"n_layer": 1, "n_embd": 2, "n_head": 1}),
              "budget": json.dumps({"kind": "flops", "value": 5e12})}

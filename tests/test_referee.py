@@ -356,6 +356,13 @@ def test_a_seed_only_code_change_is_no_change():
     # program's try on a frontier of matrix_lr 0.02, read against the first baseline) changed that too
     tuned = variant(-0.07, git_commit="def456", seed_only=True, overrides={"depth": 2, "matrix_lr": 0.02})
     assert superiority(baseline(), tuned).verdict == "better"
+    # what decides is the model config the overrides make, as the harness built it: a default restated
+    # (softcap 15, nanochat's own) does not make a reseed an idea
+    restated = variant(-0.02, git_commit="def456", seed_only=True, overrides={"depth": 2, "softcap": 15},
+                       config_fingerprint="d2")
+    assert superiority(baseline(config_fingerprint="d2"), restated).verdict.startswith("no change (only the random")
+    assert superiority(baseline(config_fingerprint="d2"), [dict(r, config_fingerprint="d2-lr") for r in tuned]) \
+        .verdict == "better"
 
 
 def test_a_code_arm_that_ignores_the_seed_is_invalid():

@@ -91,6 +91,7 @@ class Measurement(Figures):
     init: str | None = None               # base | redrawn | other tensors | unknown (the seed probe)
     replay: str | None = None             # the probe's replay of one training step: same | different
     seed_only: bool = False               # a redrawn init and the same step: only the seed changed
+    config_fingerprint: str | None = None  # of the model config the run's overrides make (what the seed probe built)
     causal: bool | None = None            # the experiment's forward pass passed the causality probe
     forward_time_ratio: float | None = None  # its forward pass's time per FLOP over the base's, as scored
     evaluator_seconds: float | None = None

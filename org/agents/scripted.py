@@ -266,6 +266,7 @@ def try_candidate(candidate, arm: str, front: dict, wait: float):
     found = re.search(r"experiment (\d+)", _text(received))
     if not found:
         return f"not submitted: {(_tool_output(received) or '?').strip()[:300]}"
+    stuck = False
     while True:
         received = yield "results", {"experiment": int(found.group(1)), "wait_seconds": wait}
         try:
@@ -279,7 +280,8 @@ def try_candidate(candidate, arm: str, front: dict, wait: float):
             numbers += "" if decision["p"] is None or not numbers else f", p {decision['p']:.2g}"
             numbers += "" if decision["level"] is None or not numbers else f" against level {decision['level']:.2g}"
             return f"{decision['outcome']}{numbers + ')' if numbers else ''}: {decision['verdict']}"
-        if status["pending_runs"] and out_of_budget(status):
+        stuck, was_stuck = out_of_budget(status), stuck
+        if status["pending_runs"] and stuck and was_stuck:  # (twice: not a moment between two runs)
             return (f"{UNAFFORDABLE}: the compute budget left cannot pay for its runs besides what it holds back for "
                     f"a keep's fresh seeds (or past its agent's share), and no run is running (`org budget` raises it)")
         if not status["pending_runs"]:  # decided in the transaction that finished its last run
@@ -308,14 +310,17 @@ def submit_all(program: Program, variants):
 
 
 def wait_for_runs(wait: float):
-    """results(wait_seconds) until no run is pending (or the compute budget pays for none of them)."""
+    """results(wait_seconds) until no run is pending (or the compute budget pays for none of them,
+    twice: not a moment between two runs)."""
+    stuck = False
     while True:
         received = yield "results", {"wait_seconds": wait}
         try:
             status = json.loads(_tool_output(received))
         except (TypeError, json.JSONDecodeError):
             continue
-        if status["pending_runs"] == 0 or out_of_budget(status):
+        stuck, was_stuck = out_of_budget(status), stuck
+        if status["pending_runs"] == 0 or stuck and was_stuck:
             return status
 
 
@@ -323,10 +328,10 @@ UNAFFORDABLE = "not run"  # a try whose runs the budget left cannot pay for
 
 
 def out_of_budget(status: dict) -> bool:
-    """The compute budget is spent, or what waits for it waits for good: no run is running, so
-    none will finish and free any (org budget, a person's, raises it)."""
+    """The compute budget is spent, or what is queued waits for it for good: no run is running
+    whose end could free any (experiments.stuck_for_budget; `org budget`, a person's, raises it)."""
     compute = status["compute_seconds"]
-    return compute["spent"] >= compute["total"] or bool(compute.get("waiting_for_budget") and not status.get("running_runs"))
+    return compute["spent"] >= compute["total"] or bool(compute.get("stuck"))
 
 
 # --- reading what came back --------------------------------------------------------------

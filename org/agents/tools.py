@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from org import OrgError
-from org.experiments import held_for_checks, waiting_for_budget
+from org.experiments import held_for_checks, stuck_for_budget, waiting_for_budget
 from org.improve import frontier, frontiers, lineage, origin, unreproduced
 from org.lab import Lab, agent_branch, agent_refs
 from org.ledger import FINISHED, Ledger, ledger_path, shown_seed
@@ -458,6 +458,7 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
                       "val_bpb": r["val_bpb"], **({"reason": r["reason"]} if r["reason"] else {})}
                      for r in runs],
         })
+    waiting = waiting_for_budget(ledger, program)
     return {"program": program.name, "question": program.question,
             "claim": program.claim.model_dump(), "experiments": out, "pending_runs": pending,
             "running_runs": len(ledger.runs(program.name, status="running")),  # (of every experiment)
@@ -469,8 +470,8 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
                                 "held_for_fresh_seeds": round(held_for_checks(ledger, program)[0], 1),
                                 # and, set, only within its agent's share (experiments.waiting_for_budget)
                                 "each_agents_share": ledger.budget(program.name).get("agent_compute_seconds"),
-                                # the experiments that wait so: with no run running, until `org budget` raises it
-                                "waiting_for_budget": waiting_for_budget(ledger, program)}}
+                                # the experiments that wait so; stuck: nothing runs, so till `org budget` raises it
+                                "waiting_for_budget": waiting, "stuck": stuck_for_budget(ledger, program, waiting)}}
 
 
 def frontier_status(ledger: Ledger, program: Program, experiments: list[dict]) -> dict:
