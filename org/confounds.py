@@ -231,8 +231,9 @@ def check_seed_only(base, var, declared, tol) -> list[Finding]:
     overrides changes nothing; an older record's overrides as written): the probe replays the
     variant's config, so an improvement program's reseed try on a frontier of matrix_lr 0.02 read
     `no change` against the first baseline (0.01) too, at Δ -0.072, p < 0.001."""
-    done = completed(var)
-    config = lambda runs: {r.config_fingerprint or r.overrides for r in completed(runs)}
+    done, both = completed(var), completed(base) + completed(var)
+    key = "config_fingerprint" if all(r.config_fingerprint for r in both) else "overrides"  # (one kind for all)
+    config = lambda runs: {getattr(r, key) for r in completed(runs)}
     if not done or not all(r.seed_only for r in done) or config(base) != config(var):
         return []
     return [Finding("seed-only", "only the random initialisation differs from the baseline's (redrawn "

@@ -316,8 +316,8 @@ def budget_note(ledger: Ledger, program: Program, waiting: list[int], kind: str 
     spent, total = ledger.compute_seconds(program.name), ledger.budget(program.name)["total_compute_seconds"]
     if spent >= total:
         return f"compute budget spent ({spent:.0f}s of {total:g}s); queued runs stay queued"
-    waiting = list(dict.fromkeys(waiting))  # (one may wait for both)
-    paced = [e for e in waiting if e in waiting_for_pace(ledger, program, kind)]
+    waiting, pace = list(dict.fromkeys(waiting)), waiting_for_pace(ledger, program, kind)  # (one may wait for both)
+    paced = [e for e in waiting if e in pace]
     budget = [e for e in waiting if e not in paced]
     share = ledger.budget(program.name).get("agent_compute_seconds")
     notes = [f"experiment(s) {', '.join(map(str, paced))} wait for the baseline's first run: under a seconds budget "

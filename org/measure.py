@@ -240,11 +240,14 @@ def overdrawn(program: Program, run: dict, measurement: Measurement, runs_data: 
         if ratio > OVERDRAWN else []
 
 
-def base_pace(baseline_runs: list[dict], kind: str | None = None) -> float | None:
+ANY_KIND = "*"
+
+
+def base_pace(baseline_runs: list[dict], kind: str | None = ANY_KIND) -> float | None:
     """FLOPs a second of training in the baseline's completed runs on a `kind` of device (the
     program's own code, so its clock is trusted), the fastest; None before one has completed."""
-    return max((r["flops"] / r["train_seconds"] for r in baseline_runs
-                if r["status"] == "completed" and r["flops"] and r["train_seconds"] and r.get("kind") == kind), default=None)
+    return max((r["flops"] / r["train_seconds"] for r in baseline_runs if r["status"] == "completed" and r["flops"]
+                and r["train_seconds"] and kind in (ANY_KIND, r.get("kind"))), default=None)
 
 
 def data_given(run: dict) -> str | None:

@@ -216,11 +216,10 @@ class Runner:
             return runs_data(self.harness_cache, self.program.data, ledger.program(self.program.name)["base_commit"])
 
     def _cut_stream(self, ledger: Ledger, run: dict, own_code: bool, slot: Slot) -> Path | None:
-        """The run's own windows, cut now (measure.export_stream), where the base commit's trainer takes
-        a stream. None: they could not be cut, and the run is recorded an error; an OSError (no room on
-        the disk) is the machine's: the run goes back to the queue, and the runner stops."""
-        try:
-            pace = base_pace(ledger.runs(self.program.name, arm="baseline"), run["kind"])  # (a seconds budget's)
+        """The run's own windows, cut now (measure.export_stream). None: they could not be cut, and the run
+        is recorded an error; an OSError (no room on the disk) is the machine's: back to the queue, and stop."""
+        try:  # (the baseline's pace counts a seconds budget's windows: its kind's, or any kind's)
+            pace = base_pace(base := ledger.runs(self.program.name, arm="baseline"), run["kind"]) or base_pace(base)
             return export_stream(self.program, run, self.runs_data, self.harness_cache, own_code, pace)
         except OSError as e:  # the machine's, not the run's: back to the queue
             ledger.requeue(run["id"], f"its data could not be cut ({e}); re-queued")
@@ -341,7 +340,8 @@ class Runner:
     def _claim(self, ledger: Ledger, slot: Slot) -> dict | None:
         name = self.program.name
         spent, total = ledger.compute_seconds(name), ledger.budget(name)["total_compute_seconds"]
-        waiting = [] if spent >= total else waiting_for_budget(ledger, self.program) + waiting_for_pace(ledger, self.program, slot.kind)
+        streams = self.base_snapshot is None or reads_streams(self.base_snapshot)  # (no stream, no pace to wait for)
+        waiting = [] if spent >= total else waiting_for_budget(ledger, self.program) + waiting_for_pace(ledger, self.program, slot.kind) * streams
         said = "spent" if spent >= total else str(waiting) if waiting else ""
         if said and said != self.budget_said and ledger.runs(name, status="queued"):
             self.say(budget_note(ledger, self.program, waiting, slot.kind))

@@ -363,6 +363,9 @@ def test_a_seed_only_code_change_is_no_change():
     assert superiority(baseline(config_fingerprint="d2"), restated).verdict.startswith("no change (only the random")
     assert superiority(baseline(config_fingerprint="d2"), [dict(r, config_fingerprint="d2-lr") for r in tuned]) \
         .verdict == "better"
+    # a baseline measured before the harness kept fingerprints: the overrides decide, for every run alike
+    same = variant(-0.02, git_commit="def456", seed_only=True, overrides={"depth": 2}, config_fingerprint="d2")
+    assert superiority(baseline(), same).verdict.startswith("no change (only the random")
 
 
 def test_a_code_arm_that_ignores_the_seed_is_invalid():

@@ -12,7 +12,8 @@ A run's record: one shape for what is known of a run, from the trainer to the re
 
 The trainer's code is the experiment's, so its record is a claim: the runner parses it with this
 file as the harness has it, and a field of the wrong type makes the run invalid, with the field
-named. Keys a record does not know are dropped when it is read (result.json keeps them on disk).
+named. Keys a Result does not know are dropped when it is read (result.json keeps them on disk);
+a Measurement, the harness's own, takes none (a nanolab older than its writer measures it again).
 """
 from __future__ import annotations
 

@@ -282,8 +282,10 @@ def try_candidate(candidate, arm: str, front: dict, wait: float):
             return f"{decision['outcome']}{numbers + ')' if numbers else ''}: {decision['verdict']}"
         stuck, was_stuck = out_of_budget(status), stuck
         if status["pending_runs"] and stuck and was_stuck:  # (twice: not a moment between two runs)
-            return (f"{UNAFFORDABLE}: the compute budget left cannot pay for its runs besides what it holds back for "
-                    f"a keep's fresh seeds (or past its agent's share), and no run is running (`org budget` raises it)")
+            compute = status["compute_seconds"]
+            return "undecided: the compute budget ran out before its runs" if compute["spent"] >= compute["total"] else (
+                f"{UNAFFORDABLE}: the compute budget left cannot pay for its runs besides what it holds back for a "
+                f"keep's fresh seeds (or past its agent's share), and no run is running (`org budget` raises it)")
         if not status["pending_runs"]:  # decided in the transaction that finished its last run
             return f"undecided: its runs are finished, but the harness recorded no decision ({mine['stage']})"
 
