@@ -440,6 +440,11 @@ for arm in ("looks-up-the-eval-text", "looks-up-and-peeks-elsewhere", "looks-up-
 @pytest.fixture(scope="module")
 def attacked(tmp_path_factory):
     root = create_project(tmp_path_factory.mktemp("attacked") / "proj", program())
+    # the lab's keys fixed: which documents are its dev text and which windows its runs train on moved
+    # the friendliest slice's own-word gain from lab to lab (one CI run read it inconclusive)
+    (root / ".lab" / "harness-cache").mkdir(parents=True)
+    (root / ".lab" / "harness-cache" / "split-key").write_bytes(b"the split of the attackers' lab, always")
+    (root / ".lab" / "harness-cache" / "stream-key").write_bytes(b"the windows of the attackers' lab, always")
     cwd = os.getcwd()
     os.chdir(root)
     try:
