@@ -543,11 +543,9 @@ def replicate(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict]
 
 
 def only_the_gain_failed(c: Comparison, kinds: tuple[str, str]) -> bool:
-    """A non-inferiority program asks "no regression?": a `better` that a second test (the
-    held-out split, fresh seeds) finds only `no regression` answered that question again, and
-    only its gain did not hold. It stands as `no regression` (stands_as_no_regression): as
-    `better (not confirmed ...)` it was never replicated, since fresh seeds are drawn only for
-    a claim that held."""
+    """A non-inferiority `better` that a second test (held-out split, fresh seeds) finds only `no
+    regression` answered the program's question again: it stands as that (as `better (not
+    confirmed ...)` its fresh seeds, drawn for a claim that holds, were never drawn)."""
     return c.claim == "non-inferiority" and kinds == ("better", "no regression")
 
 

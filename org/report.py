@@ -338,8 +338,11 @@ def final_text(c: Comparison) -> str:
     if c.final_verdict != c.verdict:
         return c.final_verdict
     if c.confirmation is not None and verdict_kind(c.verdict) in NEEDS_CONFIRMATION:
-        fresh = f"; so do {c.replication.n} fresh seeds" if c.replication else ""
-        return f"{c.verdict} (confirmed: held-out split says {verdict_kind(c.confirmation.verdict)}{fresh})"
+        there = verdict_kind(c.confirmation.verdict)
+        again = c.replication and verdict_kind(c.replication.verdict)
+        fresh = "" if not again else (f"; so do {c.replication.n} fresh seeds" if again == there
+                                      else f"; {c.replication.n} fresh seeds say {again}")
+        return f"{c.verdict} (confirmed: held-out split says {there}{fresh})"
     return "same (needs no held-out check)"
 
 

@@ -148,5 +148,5 @@ def run_windows(folder: Path, core: int, n: int = 3) -> list[tuple[float, float,
 def shares_of_the_core(hog_log: Path, windows: list) -> tuple[float, float]:
     """The CPU seconds the run and the spinning box (HOG's log) each got in the run's windows."""
     log = [tuple(map(float, line.split())) for line in hog_log.read_text().splitlines()]
-    assert log and log[-1][1] > 1.0, f"the box did not spin: {log[-1:]}"  # it ran, and got CPU outside the windows
+    assert log and log[-1][1] > 0.3, f"the box did not spin: {log[-1:]}"  # it ran, and got CPU outside the windows
     return sum(cpu for _, _, cpu in windows), sum(cpu_in(log, start, end) for start, end, _ in windows)

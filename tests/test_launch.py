@@ -293,7 +293,8 @@ def test_an_agent_that_keeps_crashing_is_marked_crashed_and_launch_restarts_it(o
                          and keeper()["pid"], what=f"the agent's start number {restarts + 1}")
         os.kill(pid, signal.SIGKILL)
     eventually(lambda: keeper().get("state") == "crashed", what="the keeper to give up")
-    assert "solo CRASHED: signal 9, after 1 restarts" in grid.capture("solo").replace("\n", "")
+    eventually(lambda: "solo CRASHED: signal 9, after 1 restarts" in grid.capture("solo").replace("\n", ""),
+               what="the pane to say so")  # (the keeper records the state, then prints)
     eventually(lambda: "crashed" in grid.capture("status"), what="the status pane to show it")
     assert main(["status", "tiny"]) == 0
     assert "crashed" in capsys.readouterr().out

@@ -30,7 +30,7 @@ from org.ledger import Ledger
 from org.referee import compare, verdict_kind
 from org.report import build
 from test_measure import FORWARD, experiment, lab, measure  # noqa: F401  (lab is a fixture)
-from test_org_runner import create_project, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
+from test_org_runner import create_project, fix_lab_keys, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("measure_attacks")]  # one worker builds its module fixture
 SEEDS = [0, 1, 2]
@@ -442,9 +442,7 @@ def attacked(tmp_path_factory):
     root = create_project(tmp_path_factory.mktemp("attacked") / "proj", program())
     # the lab's keys fixed: which documents are its dev text and which windows its runs train on moved
     # the friendliest slice's own-word gain from lab to lab (one CI run read it inconclusive)
-    (root / ".lab" / "harness-cache").mkdir(parents=True)
-    (root / ".lab" / "harness-cache" / "split-key").write_bytes(b"the split of the attackers' lab, always")
-    (root / ".lab" / "harness-cache" / "stream-key").write_bytes(b"the windows of the attackers' lab, always")
+    fix_lab_keys(root / ".lab" / "harness-cache", "the attackers' lab")
     cwd = os.getcwd()
     os.chdir(root)
     try:
@@ -741,7 +739,9 @@ def test_training_hidden_from_the_trainers_clock_is_invalid(make_project):
     # five times the training; five seeds, as a busy machine spreads the baseline's wall times (by
     # up to x1.7 seen in CI): with three, the margin of error once swallowed the hidden work
     assert said.verdict == "better" and record.mean < 0, (said, record)  # it does look better ...
-    assert verdict_kind(record.verdict) == "invalid" and "hidden compute" in record.verdict, record  # ... by the runner's clock
+    assert verdict_kind(record.verdict) == "invalid" and "wall time" in record.verdict, record  # ... by the runner's clock
+    # (past +49% a FLOP it reads "hidden compute"; a busy machine's margin can leave it past +16%, which
+    # code of its own may not be either)
     assert all(r["status"] == "completed" for r in runs)  # each run alone looks fine
 
 

@@ -79,6 +79,16 @@ def make_project(tmp_path, monkeypatch):
     return make
 
 
+def fix_lab_keys(cache: Path, lab: str):
+    """A lab's secrets made fixed (harness-cache: cache), where a test asserts a verdict that the
+    lab's draws could move: which documents are its val text (split-key), which windows its runs
+    train on (stream-key) and which train windows every measurement also scores (train-probe-seed)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "split-key").write_bytes(f"the split of {lab}, always".encode())
+    (cache / "stream-key").write_bytes(f"the windows of {lab}, always".encode())
+    (cache / "train-probe-seed").write_text(str(sum(map(ord, lab))))
+
+
 def ledger_of(root: Path) -> Ledger:
     return Ledger(root / ".lab" / "tiny" / "ledger.sqlite")
 
@@ -179,8 +189,8 @@ def test_a_standing_claim_runs_again_on_fresh_seeds_drawn_once_its_main_runs_are
     text = (root / "reports" / "tiny" / "README.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| no-softcap"))
     # replicated, or not, on them: each lab draws its own val text, so the verdict there is its own
-    assert ("no regression" in row or "better" in row) and ("so do 2 fresh seeds" in row or
-                                                             "not replicated on 2 fresh seeds" in row), row
+    said = ("so do 2 fresh seeds", "2 fresh seeds say", "not on 2 fresh seeds", "not replicated on 2 fresh seeds")
+    assert ("no regression" in row or "better" in row) and any(words in row for words in said), row
     assert main(["run", "tiny"]) == 0  # again: nothing new is drawn
     with ledger_of(root) as ledger:
         assert len(ledger.runs("tiny")) == len(runs)
@@ -232,7 +242,7 @@ def test_the_budget_holds_a_claims_fresh_seeds_back_from_work_not_yet_started(ma
     assert main(["report", "tiny"]) == 0
     row = next(line for line in (root / "reports" / "tiny" / "README.md").read_text().splitlines()
                if line.startswith("| no-softcap"))
-    assert "so do 2 fresh seeds" in row, row
+    assert "so do 2 fresh seeds" in row or "2 fresh seeds say no regression" in row, row  # (the held-out split may say better)
 
 
 def test_an_agents_share_of_the_compute_holds_its_queue_back_not_its_teammates(tmp_path):
@@ -596,7 +606,7 @@ def test_a_run_past_its_timeout_is_killed_by_the_runner(make_project):
         run, = ledger.runs("tiny")
     assert run["status"] == "killed" and "run_timeout_seconds (2s)" in run["reason"]
     assert run["steps"] is not None and 0 <= run["steps"] < 1_000_000  # its result.json says how far
-    assert 2 <= run["wall_seconds"] < 10  # not SIGKILLed 10 s on: a SIGTERM while it loaded is kept too
+    assert 2 <= run["wall_seconds"] < 2 + runner.KILL_GRACE_SECONDS  # not SIGKILLed: a SIGTERM while it loaded is kept too
 
 
 def test_a_result_with_another_evaluation_is_invalid(make_project):

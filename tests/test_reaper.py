@@ -36,8 +36,9 @@ def test_recovery_kills_the_runs_processes_and_only_those(tmp_path):
     bystanders = [start("no", "--out", other),                 # another run's trainer: runs/30 is not runs/3
                   start("no", "tail", "-f", run / "train.log")]  # someone reading the run's log
     try:
-        time.sleep(0.5)  # the forked child exists
-        found = run_processes(recorded.pid, run)
+        deadline = time.monotonic() + 30  # the forked child exists (a loaded machine starts it late)
+        while len(found := run_processes(recorded.pid, run)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert {recorded.pid, orphan} < found and len(found) == 3  # and the forked child
         assert not found & {b.pid for b in bystanders}
         assert reap(recorded.pid, run) == set()

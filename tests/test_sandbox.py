@@ -897,7 +897,8 @@ def test_a_command_has_no_network(two_agents):
 def test_nothing_a_command_starts_outlives_it(two_agents):
     _, _, tools, _ = two_agents
     tree = tools.ws.root
-    out = run(tools, "(setsid sh -c 'while true; do date +%s%N > beat; sleep 0.1; done' &) ; sleep 0.5; echo started")
+    out = run(tools, "(setsid sh -c 'while true; do date +%s%N > beat; sleep 0.1; done' &) ; "
+                     "until [ -s beat ]; do sleep 0.05; done; echo started")
     assert "started" in out and (tree / "beat").exists()
     first = (tree / "beat").read_text()
     time.sleep(1.0)
@@ -1309,8 +1310,8 @@ def test_limits_bind(tmp_path):
                     env={"PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert big.wait(30) != 0 or (tmp_path / "big").stat().st_size <= 1 << 20
     spin = box.popen(["python3", "-c", "while True: pass"], cwd=tmp_path, env={"PATH": os.environ["PATH"]})
-    t0 = time.monotonic()
-    assert spin.wait(30) != 0 and time.monotonic() - t0 < 10  # SIGXCPU/SIGKILL after 2 CPU seconds
+    t0 = time.monotonic()  # SIGXCPU/SIGKILL after 2 CPU seconds (a loaded machine gives it a share of a core)
+    assert spin.wait(120) != 0 and time.monotonic() - t0 < 60
 
 
 def in_box(box: Sandbox, where: Path, command: str) -> tuple[int, str]:

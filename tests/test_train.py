@@ -133,17 +133,18 @@ def test_same_seed_same_losses_other_seed_other_losses(corpus, tmp_path):
 
 
 def test_resume_after_sigterm_is_bit_identical(corpus, tmp_path):
+    STEPS = 150  # (room past step 3 for a loaded machine's late look)
     whole = tmp_path / "whole"
-    run(spec(corpus, budget=30), whole, quiet=True)
+    run(spec(corpus, budget=STEPS), whole, quiet=True)
 
     cut = tmp_path / "cut"
-    proc = start_run(corpus, cut, steps=30)
+    proc = start_run(corpus, cut, steps=STEPS)
     wait_for_steps(cut, 3)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     killed = json.loads((cut / "result.json").read_text())
     assert proc.returncode == 3, err
-    assert killed["status"] == "killed" and 3 <= killed["steps"] < 30
+    assert killed["status"] == "killed" and 3 <= killed["steps"] < STEPS
     assert "killed" in err
 
     resumed = trainer_cli("train", "--resume", str(cut), "--quiet")
@@ -152,10 +153,10 @@ def test_resume_after_sigterm_is_bit_identical(corpus, tmp_path):
     b, _, _ = load_checkpoint(cut / "checkpoint.npz")
     assert all(np.array_equal(a[k], b[k]) for k in a)
     result = json.loads((cut / "result.json").read_text())
-    assert result["status"] == "completed" and result["steps"] == 30
+    assert result["status"] == "completed" and result["steps"] == STEPS
     steps = [json.loads(line)["step"] for line in (cut / "metrics.jsonl").read_text().splitlines()
              if "train_loss" in line]
-    assert steps == list(range(1, 31))  # no step lost or logged twice
+    assert steps == list(range(1, STEPS + 1))  # no step lost or logged twice
 
 
 def test_a_sigterm_while_the_trainer_imports_ends_the_run_with_a_result(corpus, tmp_path):
@@ -173,9 +174,10 @@ def test_a_sigterm_while_the_trainer_imports_ends_the_run_with_a_result(corpus, 
 
 
 def test_resume_after_sigkill_from_a_periodic_checkpoint_is_bit_identical(corpus, tmp_path):
-    run(spec(corpus, budget=60), tmp_path / "whole", quiet=True)
+    STEPS = 200  # (past step 10: room for a loaded machine's late look)
+    run(spec(corpus, budget=STEPS), tmp_path / "whole", quiet=True)
     cut = tmp_path / "cut"
-    proc = start_run(corpus, cut, steps=60, extra=["--save-every", "4"])
+    proc = start_run(corpus, cut, steps=STEPS, extra=["--save-every", "4"])
     wait_for_steps(cut, 10)
     proc.kill()  # no handler runs: the last periodic checkpoint is all that survives
     proc.communicate(timeout=60)
@@ -189,7 +191,7 @@ def test_resume_after_sigkill_from_a_periodic_checkpoint_is_bit_identical(corpus
     assert all(np.array_equal(oa[k], ob[k]) for k in oa)
     steps = [json.loads(line)["step"] for line in (cut / "metrics.jsonl").read_text().splitlines()
              if "train_loss" in line]
-    assert steps == list(range(1, 61))
+    assert steps == list(range(1, STEPS + 1))
 
 
 def test_nan_loss_is_diverged_with_nonzero_exit(corpus, tmp_path):
