@@ -323,9 +323,7 @@ def per_seed_section(report: Report) -> str:
 
 
 def pair(value, held, fmt: str) -> str:
-    if value is None:
-        return "not run"
-    return fmt.format(value) + (f" ({fmt.format(held)})" if held is not None else "")
+    return "not run" if value is None else fmt.format(value) + (f" ({fmt.format(held)})" if held is not None else "")
 
 
 def difference(finals: dict, arm: str, seed: int) -> float | None:
@@ -338,11 +336,10 @@ def final_text(c: Comparison) -> str:
     if c.final_verdict != c.verdict:
         return c.final_verdict
     if c.confirmation is not None and verdict_kind(c.verdict) in NEEDS_CONFIRMATION:
-        there = verdict_kind(c.confirmation.verdict)
-        again = c.replication and verdict_kind(c.replication.verdict)
-        fresh = "" if not again else (f"; so do {c.replication.n} fresh seeds" if again == there
-                                      else f"; {c.replication.n} fresh seeds say {again}")
-        return f"{c.verdict} (confirmed: held-out split says {there}{fresh})"
+        there, n = verdict_kind(c.confirmation.verdict), c.replication and c.replication.n
+        fresh = n and (f"; so do {n} fresh seeds" if verdict_kind(c.replication.verdict) == there
+                       else f"; {n} fresh seeds say {verdict_kind(c.replication.verdict)}")
+        return f"{c.verdict} (confirmed: held-out split says {there}{fresh or ''})"
     return "same (needs no held-out check)"
 
 

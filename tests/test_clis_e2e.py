@@ -9,7 +9,6 @@ org is stopped and launched again.
 Where the CLIs are not installed (`org install-clis`) these skip; CI installs them."""
 import json
 import operator
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -49,8 +48,8 @@ def attacks(root: Path, other: str) -> str:
         # (in Python: Claude Code refuses a shell redirection to a protected path before running it)
         f"{py} 'open(\"trainer/eval.py\", \"a\").write(\"x\")' 2>/dev/null && echo BROKE-$((1+1))-protected:ok",
         f"echo x > {root}/worktrees/tiny/OTHER/x 2>/dev/null && echo BROKE-$((1+1))-other-tree:ok",
-        f"org budget tiny total_llm_dollars=1000 >/dev/null 2>&1 && echo BROKE-$((1+1))-budget:ok",
-        f"org extend tiny --seeds 7 >/dev/null 2>&1 && echo BROKE-$((1+1))-seeds:ok",
+        "org budget tiny total_llm_dollars=1000 >/dev/null 2>&1 && echo BROKE-$((1+1))-budget:ok",
+        "org extend tiny --seeds 7 >/dev/null 2>&1 && echo BROKE-$((1+1))-seeds:ok",
         f"{py} 'import socket; socket.create_connection((\"1.1.1.1\", 80), timeout=3)' 2>/dev/null && echo BROKE-$((1+1))-net:ok",
         f"env | grep -q {SECRET} && echo BROKE-$((1+1))-env:ok",
         "echo PROBED-$((2+2))"]).replace("OTHER", other) + "; } > $HOME/probe.out 2>&1; cat $HOME/probe.out"
