@@ -39,8 +39,7 @@ two-sided 90% interval). A rule uses one bound, so each verdict is a one-sided t
 A `better` or `no regression` then has to hold twice more, or final_verdict says where it did not:
 on the held-out split (confirm()), and on fresh seeds alone, which the harness drew once the arm's
 main runs were done (replicate()): no code committed before could know them. A non-inferiority
-`better` that holds there only as `no regression` stands as `no regression (better on ... only,
-not on ...)`: the program's question held again, its gain did not.
+`better` that holds there only as `no regression` stands as that (only_the_gain_failed).
 
 A baseline whose val_bpb does not beat the data's unigram entropy (measured by the harness) is
 not learning: every verdict of the program says so, loudly, in brackets at its end.
@@ -477,9 +476,8 @@ def holm(p: np.ndarray) -> np.ndarray:
 
 def confirm(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict]) -> Comparison:
     """The same rule on confirm_bpb (the held-out split), at the same adjusted level. A
-    'better' or 'no regression' that does not hold there says so in final_verdict (a
-    non-inferiority `better` that holds as `no regression` stands as that). Call it last:
-    compare -> adjust -> confirm."""
+    'better' or 'no regression' that does not hold there says so in final_verdict (see
+    only_the_gain_failed). Call it last: compare -> adjust -> confirm."""
     held_out = compare(baseline_runs, variant_runs, c.claim, c.margin, c.alpha, c.declared,
                        c.tolerances, metric="confirm_bpb")
     if held_out.p_better is not None:  # same multiplier as the validation p got
@@ -488,7 +486,7 @@ def confirm(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict]) 
                                    family=c.family))
     kinds = verdict_kind(c.verdict), verdict_kind(held_out.verdict)
     if only_the_gain_failed(c, kinds):  # (the program's question held there)
-        c, kinds = stands_as_no_regression(c, "the main split", "the held-out split"), ("no regression",) * 2
+        c, kinds = stands_as_no_regression(c, "the main split", "the held-out split", held_out), ("no regression",) * 2
     holds = kinds[0] == kinds[1] or kinds == ("no regression", "better")
     if kinds[0] in NEEDS_CONFIRMATION and not holds:
         loud = alarm(c)
@@ -533,7 +531,7 @@ def replicate(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict]
                                 adjustment=c.adjustment, family=c.family))
     kinds = kind, verdict_kind(again.verdict)
     if only_the_gain_failed(c, kinds):
-        c = stands_as_no_regression(c, "the program's seeds", f"{n} fresh seeds")
+        c = stands_as_no_regression(c, "the program's seeds", f"{n} fresh seeds", again)
         return replace(c, final_verdict=c.verdict, replication=again)
     holds = kinds[0] == kinds[1] or kinds == ("no regression", "better")
     there = again.verdict.removesuffix(alarm(again))
@@ -549,7 +547,9 @@ def only_the_gain_failed(c: Comparison, kinds: tuple[str, str]) -> bool:
     return c.claim == "non-inferiority" and kinds == ("better", "no regression")
 
 
-def stands_as_no_regression(c: Comparison, here: str, there: str) -> Comparison:
+def stands_as_no_regression(c: Comparison, here: str, there: str, said: Comparison) -> Comparison:
+    detail = said.verdict.removesuffix(alarm(said)).removeprefix("no regression (").removesuffix(")")  # (worse by ...)
+    there += f": {detail}" if detail != "no regression" else ""
     return replace(c, verdict=f"no regression (better on {here} only, not on {there}){alarm(c)}")
 
 

@@ -252,7 +252,8 @@ def verdict_section(report: Report) -> str:
         f"p (rule) tests the claim's null hypothesis; p better is adjusted with Holm's step-down over the "
         f"{family} comparison{'s' * (family != 1)} with a p-value, and only `better` uses it.",
         "`better` and `no regression` become final only once they hold on the held-out `confirm` split "
-        "(confirm_bpb); the final verdict says when they do not, or when that split was not measured.",
+        "(confirm_bpb); the final verdict says when they do not, or when that split was not measured. Under a "
+        "non-inferiority claim a `better` that holds there only as `no regression` reads as that in both columns.",
     ]
     checks = "".join(f"\n\n{line}" for line in control_lines(report))
     return "## Verdicts\n\n" + "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes) + checks

@@ -711,6 +711,9 @@ def test_a_gain_only_the_main_split_shows_still_answers_a_non_inferiority_questi
     assert c.verdict == "no regression (better on the main split only, not on the held-out split)"
     c = judged(baseline(), var, "non-inferiority", 0.01, fresh_seeds=5)  # ... so its fresh seeds are drawn
     assert c.final_verdict == f"{c.verdict} (awaiting replication on 5 fresh seeds)", c.final_verdict
+    worse = [dict(r, confirm_bpb=r["confirm_bpb"] + 0.006) for r in var]  # what the held-out split said, kept
+    assert confirm(adjust([non_inferiority(baseline(), worse)])[0], baseline(), worse).final_verdict == (
+        "no regression (better on the main split only, not on the held-out split: worse by 0.006, within the margin 0.01)")
     same = fresh([v + j for v, j in zip(FRESH_BASELINE, JITTER)])  # better on both splits, not on fresh seeds
     c = judged(baseline() + same[:5], variant(-0.02) + same[5:], "non-inferiority", 0.01, fresh_seeds=5)
     assert c.final_verdict == c.verdict == "no regression (better on the program's seeds only, not on 5 fresh seeds)"
