@@ -530,9 +530,8 @@ def replicate(c: Comparison, baseline_runs: list[dict], variant_runs: list[dict]
         again = decided(replace(again, p_better_adjusted=min(1.0, again.p_better * c.alpha / c.alpha_better),
                                 adjustment=c.adjustment, family=c.family))
     kinds = kind, verdict_kind(again.verdict)
-    if only_the_gain_failed(c, kinds):
-        c = stands_as_no_regression(c, "the program's seeds", f"{n} fresh seeds", again)
-        return replace(c, final_verdict=c.verdict, replication=again)
+    if only_the_gain_failed(c, kinds):  # (the program's question held there)
+        c, kinds = stands_as_no_regression(c, "the program's seeds", f"{n} fresh seeds", again), ("no regression",) * 2
     holds = kinds[0] == kinds[1] or kinds == ("no regression", "better")
     there = again.verdict.removesuffix(alarm(again))
     final = c.verdict if holds else (f"{plain} (not replicated on {n} fresh seeds: {there} there, "
