@@ -263,21 +263,21 @@ def control_lines(report: Report) -> list[str]:
     """Each positive control's verdict against the effect it is known to have: the evidence that
     the program could see an effect of that size at all."""
     lines = []
-    for v in report.spec.get("variants") or []:
-        known, c = v.get("control"), report.comparisons.get(v.get("name"))
-        if not known:
-            continue
+    for v in [v for v in report.spec.get("variants") or [] if v.get("control")]:
+        known, c = v["control"], report.comparisons.get(v["name"])
         what = f"Positive control `{v['name']}` (known to be {known})"
         if c is None:
             lines.append(f"{what}: not measured yet.")
-        elif c.verdict.startswith(known):
+        elif c.verdict.startswith(known) and "(awaiting replication" in c.final_verdict:
+            lines.append(f"{what}: **{known}** on the main split, Δ {c.mean:+.4f}; its fresh seeds are to come.")
+        elif c.verdict.startswith(known) and c.final_verdict == c.verdict:  # (held on every test it faced)
             lines.append(f"{what}: **{known}**, Δ {c.mean:+.4f}: the program can see an effect of this size.")
         else:
             more = more_seeds(c) if verdict_kind(c.verdict) == "inconclusive" and c.n >= 2 else ""  # (what settles it)
             start = 1 + max((r["seed"] for r in report.runs if r.get("purpose") == "main"), default=-1)
             hint = (f"{more} more seeds (`org extend {report.program} --seeds {','.join(map(str, range(start, start + int(more))))}"
                     "`: every arm runs on them), or a larger budget per run" if more.isdigit() else "A larger budget per run")
-            lines.append(f"**{what} reads {code_span(c.verdict)}: the program could not see a known effect, so its "
+            lines.append(f"**{what} reads {code_span(c.final_verdict)}: the program could not see a known effect, so its "
                          f"other verdicts prove little. {hint}.**")
     return lines
 

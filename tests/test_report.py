@@ -62,7 +62,7 @@ def write_metrics(run_dir, final_bpb, lines=None):
 def add_arm(ledger, tmp_path, arm, values, who="program", seeds=SEEDS, status="completed", **changes):
     """An experiment and one run per seed, recorded the way the runner records them."""
     overrides = {"no-softcap": {"softcap": 0}, "wider": {"depth": 3}, "softcap-5": {"softcap": 5},
-                 "cap-4": {"softcap": 4}, "cap-6": {"softcap": 6}}.get(arm, {})
+                 "cap-4": {"softcap": 4}, "cap-6": {"softcap": 6}, "cap-7": {"softcap": 7}}.get(arm, {})
     experiment = ledger.experiment(ledger.add_experiment(
         "softcap", arm, who=who, source="declared" if who == "program" else "submitted",
         base_commit="base", code_commit="base", overrides=overrides, stage="measuring",
@@ -229,13 +229,15 @@ def test_a_positive_control_shows_whether_the_program_could_see_a_known_effect(t
     spec = json.loads(json.dumps(SPEC))
     spec["variants"] = [{"name": "softcap-5", "overrides": {"softcap": 5}, "control": "worse"},
                         {"name": "cap-4", "overrides": {"softcap": 4}, "control": "worse"},
-                        {"name": "cap-6", "overrides": {"softcap": 6}, "control": "worse"}]
+                        {"name": "cap-6", "overrides": {"softcap": 6}, "control": "worse"},
+                        {"name": "cap-7", "overrides": {"softcap": 7}, "control": "better"}]
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         ledger.add_program("softcap", spec, base_commit="base", branch="program/softcap")
         add_arm(ledger, tmp_path, "baseline", BASELINE)
         add_arm(ledger, tmp_path, "softcap-5", [b + 0.05 + j for b, j in zip(BASELINE, JITTER)])
         add_arm(ledger, tmp_path, "cap-4", [b + 0.003 + j for b, j in zip(BASELINE, JITTER)])  # too small to see
         add_arm(ledger, tmp_path, "cap-6", [b + 0.03 + 40 * j for b, j in zip(BASELINE, JITTER)])  # too noisy
+        add_arm(ledger, tmp_path, "cap-7", [b - 0.05 + j for b, j in zip(BASELINE, JITTER)], confirm_bpb=2.35)  # main only
     report = build(tmp_path / "ledger.sqlite", "softcap")
     text = write(report, tmp_path / "out").read_text()
     assert "Positive control `softcap-5` (known to be worse): **worse**, Δ +0.0500: the program can see" in text
@@ -246,6 +248,8 @@ def test_a_positive_control_shows_whether_the_program_could_see_a_known_effect(t
     needs = re.search(r"needs (\d+) more seeds", cap6)[1]
     assert (f"prove little. {needs} more seeds (`org extend softcap --seeds "
             f"{','.join(str(s) for s in range(5, 5 + int(needs)))}`: every arm runs on them)") in cap6, cap6
+    assert ("**Positive control `cap-7` (known to be better) reads `better (not confirmed on held-out split: worse)`: "
+            "the program could not see a known effect") in text  # (seen on the main split only: not seen)
     assert [line.split(":")[0] for line in to_json(report)["controls"]][:2] == [
         "Positive control softcap-5 (known to be worse)", "Positive control cap-4 (known to be worse) reads no regression (worse by 0.003, within the margin 0.01)"]
 
