@@ -21,7 +21,8 @@ The referee (org/referee.py) turns them into the verdict:
                devices differ otherwise; wall time per unit of budget beyond the noise;
                error or invalid runs in one arm only (invalid in a variant with code of its
                own: it could fail on purpose); the baseline is not learning; a code arm's
-               forward pass somewhat slower per FLOP when scored than the base's
+               forward pass somewhat slower per FLOP when scored than the base's; an arm
+               that trained on windows of its stream again
 
 A claim declares what it changes on purpose (declared={'params'} for "wider at equal FLOPs").
 """
@@ -91,7 +92,7 @@ def find_confounds(base: list[Run], var: list[Run], declared: frozenset, tol: To
     found = []
     for check in (check_budget, check_spend, check_params, check_fingerprints, check_seeds,
                   check_noop, check_identical, check_seed_only, check_seed_ignored, check_devices, check_dropped,
-                  check_learning, check_head_start):
+                  check_learning, check_head_start, check_repeats):
         found += check(base, var, declared, tol)
     base_all = list(base_all) or base
     return (found + check_wall_time(base, var, tol, base_all) + check_held_out_gap(base, var, tol, base_all)
@@ -196,6 +197,23 @@ def check_seeds(base, var, declared, tol) -> list[Finding]:
 
 def _seeds(seeds) -> str:
     return ",".join(str(s) for s in sorted(seeds))
+
+
+def check_repeats(base, var, declared, tol) -> list[Finding]:
+    """Warning: an arm's steps went through their stream of windows more than once (the
+    harness counts it: streams.with_passes), so it trained on some windows again where a run
+    its windows were counted for sees new text every step. Its val_bpb is worse than its
+    budget buys: a run far faster than the baseline's pace under a seconds budget (its windows
+    were counted at twice that pace, at its own code's twice again), or a budget past the
+    train split. Not invalid: repeats cost the arm that made them."""
+    found = []
+    for name, runs in (("baseline", base), ("variant", var)):
+        over = [r for r in completed(runs) if (r.stream_passes or 0) > 1]
+        if over:
+            most = max(r.stream_passes for r in over)
+            found.append(Finding("repeats", f"{name} trained on windows again on seed{'s' * (len(over) > 1)} "
+                                            f"{_seeds(r.seed for r in over)} (up to x{most:.2f} its stream)", False))
+    return found
 
 
 def check_noop(base, var, declared, tol) -> list[Finding]:

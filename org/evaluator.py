@@ -115,7 +115,7 @@ def measure(job: dict) -> dict:
 
 
 def lab_split_key(job: dict) -> bytes | None:
-    """The lab's own split (measure.split_key_file); None for a job from no lab (a test's)."""
+    """The lab's own split (streams.split_key_file); None for a job from no lab (a test's)."""
     if not job.get("split_key_file"):
         return None
     from trainer.data import read_split_key
@@ -324,7 +324,7 @@ def score(model, data, job: dict) -> dict:
 
 def unforeseen_windows(tokens: np.ndarray, n_tokens: int, seq_len: int, seed: int | None) -> np.ndarray:
     """(n_tokens // seq_len, seq_len + 1) windows of `tokens` at offsets drawn from a seed only
-    harness code can read (measure.probe_seed: the same windows for every run of the lab, so arms
+    harness code can read (streams.probe_seed: the same windows for every run of the lab, so arms
     compare seed by seed; the OS's randomness when none is given): text of the train split no
     run could know it would be scored on. A model that learned the val windows, or looks them
     up, does far worse here than there (the referee's held-out gap)."""

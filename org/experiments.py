@@ -300,9 +300,9 @@ def stuck_for_budget(ledger: Ledger, program: Program, waiting: list[int]) -> bo
 
 def waiting_for_pace(ledger: Ledger, program: Program, kind: str | None = None) -> list[int]:
     """Under a seconds budget, the experiments of code of their own with runs queued while the
-    baseline has no pace on this `kind` of device (measure.base_pace) and a run to come: that pace
-    counts their windows (measure.stream_rows), and without it they could not start."""
-    from org.measure import base_pace
+    baseline has no pace on this `kind` of device (streams.base_pace) and a run to come: that pace
+    counts their windows (streams.stream_rows), and without it they could not start."""
+    from org.streams import base_pace
     if program.budget.per_run.kind != "seconds":
         return []
     base = ledger.runs(program.name, arm="baseline")

@@ -116,6 +116,7 @@ class Run:
     forward_time_ratio: float | None = None  # a code arm's scored forward pass: time per FLOP over the base's
     init_fingerprint: str | None = None  # a code arm's initial parameters, as its code makes them, by the harness
     config_fingerprint: str | None = None  # of the model config its overrides make, by the harness
+    stream_passes: float | None = None  # times its steps went through its stream of windows, by the harness
 
     @classmethod
     def read(cls, row: dict) -> Run:
@@ -140,7 +141,7 @@ class Run:
             params_fingerprint=get("params_fingerprint"), seed_only=bool(get("seed_only")),
             unigram_bpb=get("unigram_bpb"), train_bpb=get("train_bpb"), init_bpb=get("init_bpb"),
             forward_time_ratio=get("forward_time_ratio"), init_fingerprint=get("init_fingerprint"),
-            config_fingerprint=get("config_fingerprint"),
+            config_fingerprint=get("config_fingerprint"), stream_passes=get("stream_passes"),
             train_window_bpb=tuple(get("train_window_bpb") or ()) or None,
             val_window_bpb=tuple(get("val_window_bpb") or ()) or None)
 

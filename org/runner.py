@@ -45,14 +45,15 @@ from org.remote import last_line
 from org.kernelcache import copy_kernel_cache
 from org.lab import Lab, LabError, child_env
 from org.ledger import Ledger, budget_of
-from org.measure import (HARNESS_LOGS, MeasureError, base_pace, check_result, cross_check, evaluator_env, export_for_models, export_stream,
-                          data_given, job_for, leave_the_record, measure_run, models_data, overdrawn, planted, put_aside, read_result,
-                          reads_streams, run_stream, runs_data, split_key_file, tidy_runs, worker_command)
+from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, data_given, evaluator_env, job_for,
+                          leave_the_record, measure_run, planted, put_aside, read_result, tidy_runs, worker_command)
 from org.experiments import budget_note, plan, plan_all, refusal, run_cost, runs_own_code, waiting_for_budget, waiting_for_pace
 from org.improve import sync_branch
 from org.program import Program
 from org.reaper import died_of, died_reason, last_change, reap
 from org.sandbox import INSTALL_HINT, available, check, end_box, run_box, untrusted_env, worker_box
+from org.streams import (base_pace, export_for_models, export_stream, models_data, overdrawn, reads_streams, run_stream,
+                         runs_data, split_key_file, with_passes)
 from trainer.config import BUDGET_FLAGS, flag_value
 from trainer.record import Measurement, Result
 
@@ -108,7 +109,7 @@ def train_command(program: Program, overrides: dict, seed: int, out: Path, budge
                   data_dir: Path | None = None) -> list[str]:
     """The trainer invocation: the experiment contributes only `--set` overrides; the budget (the
     run's: a multiple of the program's for a compute multiplier), seed, data and shapes are the
-    program's. A lab's run reads `data_dir` (its windows of the lab's train split, measure.export_stream,
+    program's. A lab's run reads `data_dir` (its windows of the lab's train split, streams.export_stream,
     never its val); by hand, the program's source."""
     kind, amount = budget or (program.budget.per_run.kind, program.budget.per_run.value)
     amount, data, train = int(amount) if kind in ("steps", "tokens") else amount, program.data, program.train
@@ -211,12 +212,12 @@ class Runner:
 
     @functools.cached_property
     def runs_data(self) -> Path:
-        """What this program's runs read (measure.runs_data), made by prepare_data()."""
+        """What this program's runs read (streams.runs_data), made by prepare_data()."""
         with Ledger(self.ledger_path) as ledger:
             return runs_data(self.harness_cache, self.program.data, ledger.program(self.program.name)["base_commit"])
 
     def _cut_stream(self, ledger: Ledger, run: dict, own_code: bool, slot: Slot) -> Path | None:
-        """The run's own windows, cut now (measure.export_stream). None: they could not be cut, and the run
+        """The run's own windows, cut now (streams.export_stream). None: they could not be cut, and the run
         is recorded an error; an OSError (no room on the disk) is the machine's: back to the queue, and stop."""
         try:  # (the baseline's pace counts a seconds budget's windows: its kind's, or any kind's)
             pace = base_pace(base := ledger.runs(self.program.name, arm="baseline"), run["kind"]) or base_pace(base)
@@ -230,7 +231,7 @@ class Runner:
 
     def prepare_data(self):
         """Tokenize the program's data once (base commit's pipeline, lab's own split) into the harness's
-        cache, where no box sees it; runs read only their part's read-only export (measure.runs_data)."""
+        cache, where no box sees it; runs read only their part's read-only export (streams.runs_data)."""
         with self.data_lock:
             if not self.data_ready:
                 self._prepare_data()
@@ -523,15 +524,13 @@ class Runner:
                        cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60, cores=slot.cores,
                        source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of))
 
-    def _record(self, ledger: Ledger, run: dict, result: Result, wall: float, killed_reason: str | None,
-                slot: Slot):
+    def _record(self, ledger: Ledger, run: dict, result: Result, wall: float, killed_reason: str | None, slot: Slot):
         """Check the trainer's result, measure the run (outside any transaction: it takes seconds),
         then record both in one transaction and plan what its experiment needs next."""
         name = self.program.name
         # (the trainer's data fingerprint is of its dev text; the program's, of the lab's val)
         fingerprints = {"eval_fingerprint": ledger.program(name)["eval_fingerprint"]}
-        status, reason = check_result(self.program, run, result, fingerprints, data_given(ledger.run(run["id"])) or
-                                      str(self.runs_data))
+        status, reason = check_result(self.program, run, result, fingerprints, data_given(ledger.run(run["id"])) or str(self.runs_data))
         if killed_reason:
             status, reason = "killed", killed_reason
         measurement, measure_seconds = None, None
@@ -539,6 +538,7 @@ class Runner:
             t0 = time.monotonic()
             status, reason, measurement = self._measure(ledger, run, result, slot)
             measure_seconds = time.monotonic() - t0
+        measurement = with_passes(self.harness_cache, self.program, run, measurement)  # (its stream's length goes)
         with ledger.tx():
             ledger.finish(run["id"], status, reason, result, wall, measurement, measure_seconds)
             if measurement and not ledger.program(name)["eval_fingerprint"]:

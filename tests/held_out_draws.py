@@ -28,7 +28,7 @@ from org.cli import main as org  # noqa: E402
 from org.confounds import Tolerances, check_held_out_gap, draw_margin  # noqa: E402
 from org.ledger import Ledger  # noqa: E402
 from org.referee import Run, read_arm  # noqa: E402
-from org.measure import split_key_file  # noqa: E402
+from org.streams import split_key_file  # noqa: E402
 from trainer.data import load_dataset, read_split_key  # noqa: E402
 
 B, T, N = 4, 64, 2048  # tiny_program's batch, sequence and val tokens

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-from org import OrgError, measure, runner
+from org import OrgError, measure, runner, streams
 from org.cli import main
 from org.cluster import machine
 from org.lab import Lab
@@ -33,7 +33,7 @@ from org.ledger import Ledger
 from org.program import load_program
 from org.runner import Runner, make_slots
 from org.report import build
-from trainer.record import Result
+from trainer.record import Measurement, Result
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2}  # ~30k parameters: a run takes about a second
@@ -624,7 +624,7 @@ def test_a_result_with_another_evaluation_is_invalid(make_project):
 
 
 def test_two_programs_of_a_lab_on_other_data_each_read_their_own(make_project, tmp_path):
-    """A program's runs read the export of its own data (measure.runs_data: a folder per source,
+    """A program's runs read the export of its own data (streams.runs_data: a folder per source,
     tokenizer and base commit). A lab had one folder for all: a second program on other data
     replaced the first's, and the first program's next runs trained and were built on it."""
     one_seed = {**tiny_program()["budget"], "seeds": [0]}
@@ -647,7 +647,7 @@ def test_two_programs_of_a_lab_on_other_data_each_read_their_own(make_project, t
     with Ledger(root / ".lab" / "other" / "ledger.sqlite") as ledger:
         theirs, = [run["result"] for run in ledger.runs("other")]
     assert later.data_fingerprint == first.data_fingerprint != theirs.data_fingerprint
-    # each run reads its own windows, cut from its program's export (measure.export_stream)
+    # each run reads its own windows, cut from its program's export (streams.export_stream)
     streams = root / ".lab" / "harness-cache" / "streams"
     assert [Path(r.data).parent for r in (first, later, theirs)] == [streams / "tiny"] * 2 + [streams / "other"]
     assert not list(streams.glob("*/*"))  # each removed once its run was on record
@@ -673,7 +673,7 @@ def test_a_run_reads_only_the_windows_its_seed_draws_and_cannot_fix_its_data_ord
     """Code that keeps the seed for its init but fixes its data order, to a draw K it found best
     over exploratory arms, gained on every seed (fresh ones too): with the whole train split at
     hand, draw K was the same windows in every run. A run now reads only the windows the harness
-    draws for its seed by the lab's key (measure.export_stream): twice its budget's, for code of
+    draws for its seed by the lab's key (streams.export_stream): twice its budget's, for code of
     its own, and no draw of its own picks the same windows on two seeds."""
     root = make_project(tiny_program(variants=[]))
     agent_commit(root, "mallory", "trainer/train.py", lambda text: text + FIXED_DRAW)
@@ -696,7 +696,7 @@ def test_under_a_seconds_budget_a_run_reads_what_the_baselines_pace_pays_for(mak
     """A seconds budget's windows were the whole train split's worth, in the seed's order: code of
     its own could fix its data order again, by windows it cuts where the text says (the same on
     every seed wherever the split is at hand). Now they are what the baseline's pace (its FLOPs a
-    second: measure.base_pace) trains in the budget's seconds, twice over, and twice again for
+    second: streams.base_pace) trains in the budget's seconds, twice over, and twice again for
     code of its own, whose runs wait for the baseline's first run to give that pace."""
     from trainer.data import load_dataset
     program = tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"seconds": 0.5}},
@@ -717,10 +717,10 @@ def test_under_a_seconds_budget_a_run_reads_what_the_baselines_pace_pays_for(mak
     assert all(int(n) <= 2 * 2 * 4 * math.ceil(0.5 * fastest) * 65 for n in tokens), (tokens, fastest)
     assert max(map(int, tokens)) < split / 20 and draws[0] != draws[1], (tokens, split)
     # a pace is a kind of device's own; with none, code of its own is not cut the whole split
-    assert measure.base_pace(base) == max(b["flops"] / b["train_seconds"] for b in base) and \
-        measure.base_pace(base, "h100") is None
+    assert streams.base_pace(base) == max(b["flops"] / b["train_seconds"] for b in base) and \
+        streams.base_pace(base, "h100") is None
     with pytest.raises(ValueError, match="the baseline has no completed run"):
-        measure.export_stream(runner.program, mine[0], runner.runs_data, runner.harness_cache, own_code=True, pace=None)
+        streams.export_stream(runner.program, mine[0], runner.runs_data, runner.harness_cache, own_code=True, pace=None)
 
 
 SMALL_CONFIG_BIG_MODEL = """
@@ -763,9 +763,12 @@ def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_take
     program = tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"flops": 5e8}, "seeds": [0]})
     root = make_project(program)
     assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:  # the harness counted each run's steps through its stream: once, exactly
+        assert {r["stream_passes"] for r in ledger.runs("tiny")} == {1.0}
+    assert not list((root / ".lab" / "harness-cache" / "streams").glob("*/*"))  # its length gone with it
     runner = Runner(Lab.open(root), load_program(root / "programs" / "tiny.yaml"), root / ".lab/tiny/ledger.sqlite")
     runner.prepare_data()
-    cut = lambda i, seed, overrides: load_dataset(str(measure.export_stream(runner.program, {
+    cut = lambda i, seed, overrides: load_dataset(str(streams.export_stream(runner.program, {
         "id": i, "seed": seed, "overrides": json.dumps(overrides), "budget": json.dumps({"kind": "flops", "value": 5e8})},
         runner.runs_data, runner.harness_cache, own_code=False)))
     base, arm, other = cut(1, 3, TINY), cut(2, 3, {**TINY, "softcap": 0}), cut(3, 4, TINY)
@@ -782,20 +785,23 @@ def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_take
     assert len(base.val) == 2048 // 64 * 65 < len(whole.val)
     # a key only the experiment's own code knows is left out of the shape, not an error, and the rest stays
     flops = ("flops", 5e8)
-    assert measure.stream_rows(runner.program, {**TINY, "my_gate": 1}, flops, whole) == \
-        measure.stream_rows(runner.program, TINY, flops, whole) == budget.steps * 4
-    deeper = measure.stream_rows(runner.program, {**TINY, "n_layer": 2}, flops, whole)
-    assert measure.stream_rows(runner.program, {**TINY, "n_layer": 2, "my_gate": 1}, flops, whole) == deeper < budget.steps * 4
+    assert streams.stream_rows(runner.program, {**TINY, "my_gate": 1}, flops, whole) == \
+        streams.stream_rows(runner.program, TINY, flops, whole) == budget.steps * 4
+    deeper = streams.stream_rows(runner.program, {**TINY, "n_layer": 2}, flops, whole)
+    assert streams.stream_rows(runner.program, {**TINY, "n_layer": 2, "my_gate": 1}, flops, whole) == deeper < budget.steps * 4
     # a FLOP budget a model far smaller would take past the split: the split's worth, its windows again after
     small = {"id": 4, "seed": 3, "overrides": json.dumps({"n_layer": 1, "n_embd": 2, "n_head": 1}),
              "budget": json.dumps({"kind": "flops", "value": 5e12})}
-    big = load_dataset(str(measure.export_stream(runner.program, small, runner.runs_data, runner.harness_cache, False)))
+    big = load_dataset(str(streams.export_stream(runner.program, small, runner.runs_data, runner.harness_cache, False)))
     assert len(big.train) == len(whole.train) // 65 * 65 and big.rows == 65
+    # ... which its steps went through more than once: the measurement says how often (a report warns)
+    ran = streams.with_passes(runner.harness_cache, runner.program, small, Measurement(checkpoint_step=len(whole.train) // 65))
+    assert ran.stream_passes == 4.0 and not (runner.harness_cache / "streams" / "tiny" / "4.json").exists()
     # a program whose base commit's trainer takes no stream reads the whole export, as it did
     old = runner.harness_cache.parent / "old-base"
     (old / "trainer").mkdir(parents=True)
     (old / "trainer" / "data.py").write_text("def get_batch(tokens, batch_size, seq_len, seed, step): ...\n")
-    assert measure.reads_streams(runner.base_snapshot) and not measure.reads_streams(old)
+    assert streams.reads_streams(runner.base_snapshot) and not streams.reads_streams(old)
 
 
 @pytest.mark.parametrize("error", [ValueError("shards: no training shard"), OSError(28, "No space left on device")])
@@ -880,7 +886,7 @@ def test_a_result_written_just_before_the_runner_died_is_recorded_not_rerun(make
         from org.lab import Lab, child_env
         from org.ledger import Ledger
         from org.program import load_program
-        from org.measure import export_stream, runs_data, split_key_file
+        from org.streams import export_stream, runs_data, split_key_file
         from org.runner import train_command
         ledger, lab = Ledger('.lab/tiny/ledger.sqlite'), Lab.open('.')
         run = ledger.claim('tiny', 0)

@@ -425,6 +425,22 @@ def test_devices_differ():
     assert "device" not in checks(superiority(baseline(), variant(-0.02)))
 
 
+def test_an_arm_that_trained_on_windows_again_is_warned_of():
+    """A run whose steps went through its stream of windows more than once (the harness's count,
+    streams.with_passes) trained on some text twice: a warning naming the arm and the seeds."""
+    once = superiority(baseline(stream_passes=1.0), variant(-0.02, stream_passes=1.0))
+    assert "repeats" not in checks(once) and once.verdict == "better"
+    var = variant(-0.02, stream_passes=1.0)
+    var[1]["stream_passes"], var[3]["stream_passes"] = 1.5, 2.25
+    again = superiority(baseline(stream_passes=1.0), var)
+    found = checks(again)["repeats"]
+    assert not found.invalid and again.verdict == "better"
+    assert found.text == "variant trained on windows again on seeds 1,3 (up to x2.25 its stream)"
+    base = [dict(r, stream_passes=1.1) if r["seed"] == 0 else r for r in baseline()]  # (the rest uncounted: older)
+    assert checks(superiority(base, variant(-0.02)))["repeats"].text == \
+        "baseline trained on windows again on seed 0 (up to x1.10 its stream)"
+
+
 def test_devices_differ_seed_by_seed_as_the_harness_saw_them():
     """A mixed cluster: each arm ran on both kinds of device, so the sets agree, but seed 3's
     baseline and variant did not; the trainers all claim the same device."""

@@ -33,7 +33,7 @@ from org.workspace import ProgramSite
 from org.lab import Lab, agent_branch
 from org.objects import agent_objects
 from org.ledger import Ledger
-from org.measure import probe_seed
+from org.streams import probe_seed
 from org.report import build, spend_section
 from org import bytecode, sandbox
 from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_share, memory_limit, pids_root, process_limit

@@ -95,6 +95,7 @@ class Measurement(Figures):
     config_fingerprint: str | None = None  # of the model config the run's overrides make (what the seed probe built)
     causal: bool | None = None            # the experiment's forward pass passed the causality probe
     forward_time_ratio: float | None = None  # its forward pass's time per FLOP over the base's, as scored
+    stream_passes: float | None = None    # windows its steps took over those its stream held: past 1, some twice
     evaluator_seconds: float | None = None
 
 

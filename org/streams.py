@@ -1,0 +1,258 @@
+"""
+What runs read: the export of a program's data that its runs share, and each run's own stream of
+train windows, cut by the lab's keys where no box sees them.
+
+    data = runs_data(harness_cache, program.data, base_commit)  # the lab's train split, its dev as val
+    stream = export_stream(program, run, data, harness_cache, own_code, pace)  # the windows it may take
+    measurement = with_passes(harness_cache, program, run, measurement)  # did its steps go round again?
+
+A run reads only its stream: the windows its budget pays for (stream_rows), in an order the lab's
+secret key draws from its seed, so no run chooses its data and every arm's seed reads the same.
+The lab's secrets (split_key_file, probe_seed: lab_secret) live beside the data cache, never in a
+box. overdrawn() says where code of an experiment's own built a model that took more windows than
+its config was counted at.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from org import remove_tree
+from org.ledger import budget_of
+from org.program import Program
+from trainer.record import Measurement
+
+MODEL_DATA_WINDOWS = 4  # windows of seq_len + 1 tokens a split that a model worker reads (export_for_models)
+OVERDRAWN = 2  # x the FLOPs a token of its config a code arm's model may take (overdrawn)
+MAX_STREAM_TOKENS = 1 << 29  # a run's train windows (export_stream), 1 GB: GPT-2 124M's 1e17 FLOPs take 134M
+
+
+def runs_data(harness_cache: Path, data, base_commit: str) -> Path:
+    """What a program's runs read (trainer/data.py's export_runs): the lab's train split of its
+    data, and its dev split as their val and confirm; the lab's val and confirm are in
+    harness_cache/data, where no box sees them. A folder per data source, tokenizer and base
+    commit (whose pipeline made it): two programs of a lab on other data never read, or
+    overwrite, each other's."""
+    name = json.dumps([data.source, data.tokenizer, base_commit])
+    return harness_cache / "runs-data" / hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def models_data(runs_data: Path) -> Path:
+    """What a model worker reads (export_for_models), beside the runs' export."""
+    return runs_data.with_name(runs_data.name + "-models")
+
+
+def export_for_models(runs_data: Path, seq_len: int) -> Path:
+    """The runs' export cut to MODEL_DATA_WINDOWS windows a split, with its tokenizer: enough for an
+    experiment's trainer to build its model as in its runs (its vocabulary, and its checks of the
+    splits' lengths), too little to learn from. A worker's compute is no run's budget: with the
+    runs' train split at hand, a forward pass built a trigram model of it in the worker and read
+    val_bpb 2.77 against its run's 6.70 (tests/test_sandbox.py)."""
+    from trainer.shards import SPLITS, TOKENIZER_FILES, read_llmc_shard, write_llmc_shard
+    out, mark = models_data(runs_data), runs_data / "export.json"
+    stamp = json.dumps([mark.read_text() if mark.is_file() else None, seq_len, MODEL_DATA_WINDOWS])
+    if (out / "export.json").is_file() and (out / "export.json").read_text() == stamp:
+        return out
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    for split in SPLITS:
+        tokens = read_llmc_shard(runs_data / f"{split}_000000.bin")[:MODEL_DATA_WINDOWS * (seq_len + 1)]
+        write_llmc_shard(tmp / f"{split}_000000.bin", tokens)
+    for name in TOKENIZER_FILES:
+        if (runs_data / name).is_file():
+            shutil.copyfile(runs_data / name, tmp / name)
+    (tmp / "export.json").write_text(stamp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def run_stream(harness_cache: Path, program: str, run: dict) -> Path:
+    """The folder of a run's own data (export_stream), removed once its trainer is done with it."""
+    return harness_cache / "streams" / program / str(run["id"])
+
+
+def export_stream(program: Program, run: dict, runs_data: Path, harness_cache: Path, own_code: bool,
+                  pace: float | None = None) -> Path:
+    """What a run reads, cut from the runs' export (trainer/data.py reads it as a stream): the
+    train windows its budget pays for, in the order it takes them, drawn by the lab's secret key
+    from the run's seed, twice as many for code of its own (its FLOPs per token may be fewer than
+    its config's: the harness counts them from its checkpoint), and of the dev halves only the
+    windows its curves score (eval_windows picks the same ones from the cut).
+    With the whole train split at hand, code could keep the seed for its init and fix its data
+    order to a draw found best over exploratory arms: the order's part of a run's val_bpb holds
+    across inits, so it gained on every seed, fresh ones too. Now no run chooses its windows; the
+    same seed draws the same ones for every arm (paired, and a canary's re-run reproduces); and a
+    table in the low bits of its weights counts only what its budget pays for. `pace`: the
+    baseline's FLOPs a second (base_pace), which sizes a seconds budget's windows."""
+    out = run_stream(harness_cache, program.name, run)
+    remove_tree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        write_stream(program, run, runs_data, harness_cache, own_code, tmp, pace)
+    except BaseException:
+        remove_tree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(out)
+    shutil.copyfile(out / "stream.json", out.with_suffix(".json"))  # (for with_passes: the folder goes first)
+    return out
+
+
+def with_passes(harness_cache: Path, program: Program, run: dict, measurement: Measurement | None) -> Measurement | None:
+    """The measurement with the times the run's steps went through its stream (export_stream
+    left its length beside it, for this, once the run is on record): past 1 it trained on windows
+    again (a run far faster than the pace its windows were counted at, a budget past the train
+    split), which a run counted right never does (confounds.check_repeats)."""
+    held = run_stream(harness_cache, program.name, run).with_suffix(".json")
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        rows = json.loads(held.read_text())["rows"]
+        if measurement and measurement.checkpoint_step is not None:  # (B windows a step: trainer/data.py)
+            measurement = replace(measurement, stream_passes=round(measurement.checkpoint_step * program.train.batch_size / rows, 3))
+    held.unlink(missing_ok=True)
+    return measurement
+
+
+def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Path, own_code: bool, tmp: Path,
+                 pace: float | None):
+    import hmac
+    import numpy as np
+    from trainer.data import eval_windows, load_dataset
+    from trainer.shards import TOKENIZER_FILES, ShardWriter
+    T, V = program.train.seq_len, program.data.val_tokens
+    data = load_dataset(str(runs_data))
+    rows = stream_rows(program, json.loads(run["overrides"]), budget_of(run), data, pace) * (2 if own_code else 1)
+    if own_code and (budget_of(run) or (program.budget.per_run.kind,))[0] == "seconds" and not pace:
+        raise ValueError("under a seconds budget the baseline's pace counts its windows, and the baseline has no "
+                         "completed run (its code could pick among the whole split's)")
+    rows = min(rows, len(data.train) // (T + 1), MAX_STREAM_TOKENS // (T + 1))  # (a tiny model's many steps)
+    rows = max(rows, 2)  # (the trainer wants more than one window's tokens in a train split)
+    if shutil.disk_usage(tmp).free < 4 * rows * (T + 1):  # (uint16 tokens, and room to spare)
+        raise OSError(f"{rows * (T + 1) / 1e6:.0f}M tokens of windows, and {shutil.disk_usage(tmp).free / 1e9:.1f} "
+                      f"GB free at {tmp.parent}")
+    key = lab_secret(harness_cache, "stream-key", os.urandom(32)).read_bytes()
+    draw = np.random.default_rng(list(hmac.digest(key, f"train windows, seed {run['seed']}".encode(), "sha256")))
+    starts = draw.integers(0, len(data.train) - T, size=rows)
+    windows = {"train": (data.train, starts)}
+    for split in ("val", "confirm"):
+        tokens = getattr(data, split)
+        if V < len(tokens) - 1:  # the windows its curves score (eval_windows picks them again from the cut)
+            windows[split] = (tokens, eval_windows(tokens, V, T))
+        else:  # its curves score about all of it: the whole half
+            shutil.copyfile(runs_data / f"{split}_000000.bin", tmp / f"{split}_000000.bin")
+    for split, (tokens, at) in windows.items():
+        writer = ShardWriter(tmp / f"{split}_000000.bin")
+        for a in range(0, len(at), 4096):  # 4096 rows of T + 1 tokens at a time: a stream can be GBs
+            writer.write(np.asarray(tokens[at[a:a + 4096, None] + np.arange(T + 1)]).reshape(-1))
+        writer.close()
+    for name in TOKENIZER_FILES:
+        if (runs_data / name).is_file():
+            shutil.copyfile(runs_data / name, tmp / name)
+    (tmp / "stream.json").write_text(json.dumps({"row_tokens": T + 1, "rows": rows}))
+
+
+def stream_rows(program: Program, overrides: dict, budget: tuple | None, data, pace: float | None = None) -> int:
+    """Rows (windows) a run's budget pays for, as the harness's trainer counts steps (trainer/train.py:
+    Budget) at stream_config's shape. A seconds budget pays for what the baseline's `pace`
+    (base_pace) trains in its seconds, twice over (that pace may be of a busier moment); without
+    one, the whole train split's worth (capped by export_stream, as is a FLOP budget of a model
+    so small that it would take more), which write_stream refuses code of an experiment's own:
+    it could fix its data order there (experiments.waiting_for_pace holds it back while the
+    baseline has a run to come)."""
+    from trainer.flops import flops_per_token
+    kind, value = budget or (program.budget.per_run.kind, program.budget.per_run.value)
+    B, T = program.train.batch_size, program.train.seq_len
+    flops_per_step = B * T * flops_per_token(stream_config(program, overrides, data.vocab_size))
+    if kind == "seconds":
+        return 2 * math.ceil(value * pace / flops_per_step) * B if pace else len(data.train) // (T + 1)
+    per_step = {"steps": 1, "tokens": B * T}.get(kind) or flops_per_step
+    return max(1, int(value // per_step)) * B
+
+
+def stream_config(program: Program, overrides: dict, vocab_size: int):
+    """The model shape a run's windows are counted at: its config's, less a key only the
+    experiment's own code knows (as the harness's evaluator builds it: evaluator.make_base_config),
+    or the baseline's where a value the base cannot take is left (overdrawn checks it against the
+    model)."""
+    from org.evaluator import make_base_config
+    job = lambda keys: {"preset": program.baseline.preset, "overrides": keys, "seq_len": program.train.seq_len}
+    try:
+        return make_base_config(job(overrides), vocab_size)
+    except (ValueError, TypeError):
+        return make_base_config(job(program.baseline.overrides), vocab_size)
+
+
+def overdrawn(program: Program, run: dict, measurement: Measurement, runs_data: Path | None, base_code: Path) -> list[str]:
+    """Where code of an experiment's own (runs_data given) built a model of over OVERDRAWN x the
+    FLOPs a token of the config its windows were counted at, under a FLOP or seconds budget: it
+    read that many times the windows its steps take (twice again, as its own code's are), and its
+    code could pick among them: a config saying depth 1 with code that builds softcap's depth 2
+    (x5.7 the FLOPs a token) read x11, 12M tokens, near half the train split."""
+    kind = (budget_of(run) or (program.budget.per_run.kind,))[0]
+    if runs_data is None or kind not in ("flops", "seconds") or not measurement.flops_per_token \
+            or not reads_streams(base_code):
+        return []
+    from trainer.data import load_dataset
+    from trainer.flops import flops_per_token
+    counted = flops_per_token(stream_config(program, json.loads(run["overrides"]), load_dataset(str(runs_data)).vocab_size))
+    ratio = measurement.flops_per_token / counted
+    return [f"its model takes x{ratio:.1f} the FLOPs a token of its config ({counted:,}), which its windows were counted "
+            f"at: it read x{2 * ratio:.0f} the windows its budget pays for, and could pick among them (a shape its "
+            f"code changes belongs in its config; a table of its own counts as a matrix: org/recount.py)"] \
+        if ratio > OVERDRAWN else []
+
+
+ANY_KIND = "*"
+
+
+def base_pace(baseline_runs: list[dict], kind: str | None = ANY_KIND) -> float | None:
+    """FLOPs a second of training in the baseline's completed runs on a `kind` of device (the
+    program's own code, so its clock is trusted), the fastest; None before one has completed."""
+    return max((r["flops"] / r["train_seconds"] for r in baseline_runs if r["status"] == "completed" and r["flops"]
+                and r["train_seconds"] and kind in (ANY_KIND, r.get("kind"))), default=None)
+
+
+def reads_streams(base_code: Path) -> bool:
+    """Whether the base commit's trainer takes a stream's rows in order (trainer/data.py:
+    train_batch). An older one draws its windows at random from whatever it reads, across the
+    rows of a stream: its program's runs read the runs' export, as they did."""
+    with contextlib.suppress(OSError):
+        return "def train_batch(" in (base_code / "trainer" / "data.py").read_text()
+    return False
+
+
+def split_key_file(harness_cache: Path) -> Path:
+    """The key of the lab's own split (trainer/data.py): which documents are its val and confirm.
+    Every box can read the data's source; without the key none can tell them from train."""
+    return lab_secret(harness_cache, "split-key", os.urandom(32))
+
+
+def probe_seed(harness_cache: Path) -> int:
+    """The seed of the train-split windows every measurement also scores (evaluator.
+    unforeseen_windows), made once per lab from the OS's randomness and kept where no box sees
+    it (beside the data cache, not in it): a run that knew them could learn them too."""
+    return int(lab_secret(harness_cache, "train-probe-seed",
+                          str(int.from_bytes(os.urandom(8), "little")).encode()).read_text())
+
+
+def lab_secret(harness_cache: Path, name: str, content: bytes) -> Path:
+    """harness_cache/name, written with `content` by the first to ask (whole: a link is atomic)."""
+    path = harness_cache / name
+    if not path.exists():
+        harness_cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_bytes(content)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another slot made it first: theirs it is
+            pass
+        finally:
+            tmp.unlink()
+    return path
