@@ -33,7 +33,6 @@ import threading
 import time
 import traceback
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -52,54 +51,16 @@ from org.improve import sync_branch
 from org.program import Program
 from org.reaper import died_of, died_reason, last_change, reap
 from org.sandbox import INSTALL_HINT, available, check, end_box, run_box, untrusted_env, worker_box
+from org.slots import Slot, make_slots, threads_env
 from org.streams import (base_pace, export_for_models, export_stream, models_data, overdrawn, reads_streams, run_stream,
                          runs_data, split_key_file, with_passes)
 from trainer.config import BUDGET_FLAGS, flag_value
 from trainer.record import Measurement, Result
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
 MAX_ATTEMPTS = 3        # a run of the base code whose trainer dies of a signal nobody here sent: tries
 KILL_GRACE_SECONDS = 10  # after SIGTERM the trainer finishes its step and writes result.json
 IDLE_POLL_SECONDS = 1.0
 STALE_CUT_SECONDS = 86400  # a run's data half cut (export_stream's .<id>-*) by a runner that died: gone after this
-
-
-# --- slots: where runs execute --------------------------------------------------------
-
-@dataclass
-class Slot:
-    index: int
-    env: dict = field(default_factory=dict)  # thread counts, CUDA_VISIBLE_DEVICES
-    cores: list[int] | None = None  # where its runs may run: `threads` cores of its share
-    share: list[int] | None = None  # its part of the machine: where its runs are measured
-    kind: str | None = None  # a cluster's kind of device (org/cluster.py): each seed's runs keep to one
-    of: int = 1  # how many slots share the runs' memory (org/cgroups.py: pools)
-
-
-def make_slots(program: Program) -> list[Slot]:
-    """One slot per GPU, or `runner.slots` CPU slots splitting the cores between them. A run is
-    kept to `threads` cores of its slot's share: it cannot take another slot's cores, nor more
-    than its threads (a time budget would pay it for them). Its measurement, which no budget
-    times, may use the whole share; the experiment's model workers in it, its runs' cores."""
-    cfg = program.runner
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    n_cores = len(cores) if cores else (os.cpu_count() or 1)
-    devices = [str(gpu) for gpu in cfg.gpus] if cfg.gpus else [""] * cfg.slots
-    per_slot = max(1, n_cores // len(devices))
-    threads = cfg.threads_per_slot or per_slot
-    return [Slot(i, {**_threads(threads), "CUDA_VISIBLE_DEVICES": device},
-                 pick(cores, i * per_slot, threads), pick(cores, i * per_slot, per_slot), of=len(devices))
-            for i, device in enumerate(devices)]
-
-
-def _threads(n: int) -> dict:
-    return {name: str(n) for name in THREAD_VARS}
-
-
-def pick(cores: list[int] | None, start: int, n: int) -> list[int] | None:
-    """n of the machine's cores from the start-th on, round them (shared if slots ask too many), or None."""
-    return sorted({cores[(start + k) % len(cores)] for k in range(n)}) if cores else None
 
 
 # --- one run --------------------------------------------------------------------------
@@ -168,7 +129,7 @@ class Runner:
         run on a node of its slot's kind, so there is no pinning)."""
         if not self.jobs:
             return make_slots(self.program)
-        env = {**_threads(self.program.runner.threads_per_slot or 1), "CUDA_VISIBLE_DEVICES": ""}
+        env = {**threads_env(self.program.runner.threads_per_slot or 1), "CUDA_VISIBLE_DEVICES": ""}
         kinds = [kind for kind, n in self.jobs.slots().items() for _ in range(n)]
         return [Slot(i, env, kind=kind, of=len(kinds)) for i, kind in enumerate(kinds)]
 

@@ -31,7 +31,8 @@ from org.lab import Lab
 from org import pid_alive
 from org.ledger import Ledger
 from org.program import load_program
-from org.runner import Runner, make_slots
+from org.runner import Runner
+from org.slots import make_slots
 from org.report import build
 from trainer.record import Measurement, Result
 

@@ -1543,7 +1543,8 @@ def test_a_model_worker_reads_a_few_windows_of_each_split_not_the_runs_training_
     its run's 6.70. A worker's trainer builds its model from a few windows of each split (what
     its checks of split lengths ask), and the runs' export is not in its box."""
     from org.program import load_program
-    from org.runner import Runner, make_slots
+    from org.runner import Runner
+    from org.slots import make_slots
     spec = runner_program(variants=[], budget={**runner_program()["budget"], "seeds": [0]})
     root = create_project(outside_tmp / "proj", spec)
     monkeypatch.chdir(root)

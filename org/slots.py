@@ -1,0 +1,53 @@
+"""
+Slots: where a program's runs execute. One per GPU, or `runner.slots` of the CPU's cores, each
+with the thread counts its runs are started with and the cores they are kept to:
+
+    slots = make_slots(program)    # [Slot(0, env={"OMP_NUM_THREADS": "4", ...}, cores=[0..3]), ...]
+
+The runner (org/runner.py) runs one run at a time on each; a cluster's slots are its kinds of
+device (org/cluster.py).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from org.program import Program
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+@dataclass
+class Slot:
+    index: int
+    env: dict = field(default_factory=dict)  # thread counts, CUDA_VISIBLE_DEVICES
+    cores: list[int] | None = None  # where its runs may run: `threads` cores of its share
+    share: list[int] | None = None  # its part of the machine: where its runs are measured
+    kind: str | None = None  # a cluster's kind of device (org/cluster.py): each seed's runs keep to one
+    of: int = 1  # how many slots share the runs' memory (org/cgroups.py: pools)
+
+
+def make_slots(program: Program) -> list[Slot]:
+    """One slot per GPU, or `runner.slots` CPU slots splitting the cores between them. A run is
+    kept to `threads` cores of its slot's share: it cannot take another slot's cores, nor more
+    than its threads (a time budget would pay it for them). Its measurement, which no budget
+    times, may use the whole share; the experiment's model workers in it, its runs' cores."""
+    cfg = program.runner
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    n_cores = len(cores) if cores else (os.cpu_count() or 1)
+    devices = [str(gpu) for gpu in cfg.gpus] if cfg.gpus else [""] * cfg.slots
+    per_slot = max(1, n_cores // len(devices))
+    threads = cfg.threads_per_slot or per_slot
+    return [Slot(i, {**threads_env(threads), "CUDA_VISIBLE_DEVICES": device},
+                 pick(cores, i * per_slot, threads), pick(cores, i * per_slot, per_slot), of=len(devices))
+            for i, device in enumerate(devices)]
+
+
+def threads_env(n: int) -> dict:
+    return {name: str(n) for name in THREAD_VARS}
+
+
+def pick(cores: list[int] | None, start: int, n: int) -> list[int] | None:
+    """n of the machine's cores from the start-th on, round them (shared if slots ask too many), or None."""
+    return sorted({cores[(start + k) % len(cores)] for k in range(n)}) if cores else None
