@@ -36,6 +36,10 @@ and kernel caches of its own. For the run's final checkpoint it:
    one that starts below the data's unigram entropy was trained before its budget began;
 5. measures the data's unigram entropy in bits per byte: a baseline above it is not learning.
 
+With {"probe": true} it is asked, before a code arm trains, only for its model's FLOPs per token
+as the experiment's code builds it (probe): what the run's windows are counted at
+(org/streams.py), held against the checkpoint's own when the run is measured.
+
 A problem with the run (an unreadable checkpoint, unexpected tensors, a forward pass that
 fails, hangs up or returns non-finite logits) is {"invalid": one line}; a failure of the
 harness itself is a traceback on stderr and a non-zero exit status.
@@ -81,7 +85,7 @@ def main() -> int:
     if not Path(trainer.__file__).resolve().is_relative_to(base):
         raise RuntimeError(f"trainer imported from {trainer.__file__}, not from the base snapshot {base}")
     try:
-        out = {"measurement": measure(job)}
+        out = {"measurement": probe(job) if job.get("probe") else measure(job)}
     except Invalid as e:
         out = {"invalid": str(e)}
     print(json.dumps(out))
@@ -112,6 +116,28 @@ def measure(job: dict) -> dict:
                    forward="base", init="base", replay=None, seed_only=False, causal=None)
     out["evaluator_seconds"] = round(time.perf_counter() - t0, 3)
     return out
+
+
+def probe(job: dict) -> dict:
+    """A code arm's model before its run: its initial parameters as the experiment's code builds
+    them at the run's config and seed (a worker's prepare, on the workers' few windows), charged
+    as the recount charges a checkpoint. A lookup table of its own counts as a matrix, so its
+    run is given the windows its FLOPs pay for, not its config's count of x2 or more (read as
+    overdrawn). Code that builds another model in its run is held to this one (streams.overdrawn)."""
+    from trainer.data import load_dataset
+    t0 = time.perf_counter()
+    V = load_dataset(job["models_data"]).vocab_size
+    cfg = base_config(job, V)
+    if cfg is None:
+        raise Invalid(f"the base commit rejects this run's overrides ({config_problem(job, V)})")
+    job["max_param_bytes"] = MAX_CHECKPOINT_BYTES
+    with Worker(job, "a") as worker:
+        init = worker.prepare(job, V)
+    try:
+        fpt = recount(job, init, {"step": 0}, cfg)["flops_per_token"]
+    except ValueError as e:  # (org/recount.py: the model's problem, one line)
+        raise Invalid(str(e)) from None
+    return {"flops_per_token": fpt, "evaluator_seconds": round(time.perf_counter() - t0, 3)}
 
 
 def lab_split_key(job: dict) -> bytes | None:

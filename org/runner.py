@@ -121,6 +121,7 @@ class Runner:
         self.data_lock, self.data_ready = threading.Lock(), False  # prepare_data() before the first run
         self.kernel_lock, self.base_snapshot = threading.Lock(), None  # set by prepare_data()
         self.failure: OrgError | None = None  # why a slot gave up (a cluster gone silent, a bug), said by drain()
+        self.probed: dict[tuple, float | None] = {}  # a code arm's model's FLOPs a token, by (commit, overrides): _probe
         self.jobs, self.ledger_key = connect(program, ledger_path) if program.runner.backend == "ray" else (None, None)
 
     def slots(self) -> list[Slot]:
@@ -182,13 +183,33 @@ class Runner:
         is recorded an error; an OSError (no room on the disk) is the machine's: back to the queue, and stop."""
         try:  # (the baseline's pace counts a seconds budget's windows: its kind's, or any kind's)
             pace = base_pace(base := ledger.runs(self.program.name, arm="baseline"), run["kind"]) or base_pace(base)
-            return export_stream(self.program, run, self.runs_data, self.harness_cache, own_code, pace)
+            fpt = self._probe(ledger, run, slot) if own_code else None
+            return export_stream(self.program, run, self.runs_data, self.harness_cache, own_code, pace, fpt)
         except OSError as e:  # the machine's, not the run's: back to the queue
             ledger.requeue(run["id"], f"its data could not be cut ({e}); re-queued")
             raise OrgError(f"run {run['id']}: its data could not be cut from the runs' export ({e})") from None
         except ValueError as e:  # (the runs' export could not be made: prepare_data said why)
             why = f"its data could not be cut from the runs' export: {e}"
             self._record(ledger, run, Result(status="error", reason=why), 0.0, None, slot)
+
+    def _probe(self, ledger: Ledger, run: dict, slot: Slot) -> float | None:
+        """FLOPs a token of a code arm's model as its code builds it (evaluator.probe), asked once
+        per commit and overrides: what its windows are counted at. None where the probe failed: its
+        config's count, as the harness's trainer would build it (its measurement says what is wrong)."""
+        key = (ledger.experiment(run["experiment_id"])["code_commit"], run["overrides"])
+        if key not in self.probed:
+            where = self.lab.state_dir(self.program.name) / "probes" / str(run["id"])  # (its logs)
+            remove_tree(where, ignore_errors=True)
+            where.mkdir(parents=True)
+            try:
+                outcome = self._evaluate(ledger, run, slot, where, probe=True)
+            except MeasureError as e:
+                outcome = {"invalid": str(e)}
+            self.probed[key] = outcome.get("measurement") and outcome["measurement"].flops_per_token
+            if not self.probed[key]:
+                self.say(f"run {run['id']}: its model could not be built before it ran ({outcome.get('invalid')}); "
+                         "its windows are counted at its config")
+        return self.probed[key]
 
     def prepare_data(self):
         """Tokenize the program's data once (base commit's pipeline, lab's own split) into the harness's
@@ -207,7 +228,8 @@ class Runner:
             base = ledger.program(self.program.name)["base_commit"]
             for stale in (self.harness_cache / "streams" / self.program.name).glob("*"):  # what stopped runners left
                 being_cut = stale.name.startswith(".") and time.time() - stale.stat().st_mtime < STALE_CUT_SECONDS
-                run = ledger.run(int(stale.name)) if stale.name.isdigit() else None
+                number = stale.name.removesuffix(".json")  # (a stream's folder, or its record: stream_record)
+                run = ledger.run(int(number)) if number.isdigit() else None
                 if not being_cut and not (run and run["status"] == "running"):
                     remove_tree(stale, ignore_errors=True)
         with self.git_lock:
@@ -515,33 +537,41 @@ class Runner:
     def _measure(self, ledger: Ledger, run: dict, result: Result, slot: Slot) -> tuple[str, str | None, Measurement | None]:
         """(status, reason, measurement) of a run the trainer says completed: the harness's own
         evaluation of its checkpoint, cross-checked with the trainer's figures."""
+        run_dir = Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"]))
+        try:
+            outcome = self._evaluate(ledger, run, slot, run_dir)
+        except MeasureError as e:
+            return "error", str(e), None
+        if "invalid" in outcome:
+            return "invalid", f"harness measurement: {outcome['invalid']}", None
+        measurement = outcome["measurement"]
+        problems = cross_check(result, measurement) + overdrawn(self.harness_cache, self.program, run, measurement)
+        if problems:
+            return "invalid", "; ".join(problems), measurement
+        return "completed", None, measurement
+
+    def _evaluate(self, ledger: Ledger, run: dict, slot: Slot, run_dir: Path, probe: bool = False) -> dict:
+        """The evaluator's outcome for the run (measure.measure_run), its logs in run_dir; with `probe`,
+        a code arm's model before it trains (evaluator.probe). MeasureError: the harness failed."""
         experiment = ledger.experiment(run["experiment_id"])
         base, commit = experiment["base_commit"], experiment["code_commit"]
         with self.git_lock:
             base_code = self.lab.snapshot(base, self.program.name)
             code = None if commit == base else self.lab.snapshot(commit, self.program.name)
-        run_dir = Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"]))
         kernels = self.lab.state_dir(self.program.name) / "kernels"
-        caches = {name: kernels / f"{commit}.measuring-run{run['id']}-{name}" for name in "ab"} if code else {}
+        names = "a" if probe else "ab"
+        caches = {name: kernels / f"{commit}.measuring-run{run['id']}-{name}" for name in names} if code else {}
         workers = {name: self._worker(code, slot, cache) for name, cache in caches.items()} or None
         workers = workers and {**workers, "base": self._worker(base_code, slot, None)}  # evaluator.forward_time_ratio
         job = job_for(self.program, run, run_dir, base_code, workers, self.harness_cache, self.runs_data)
-        env = evaluator_env(self.lab.state_dir(self.program.name).parent / "harness-cache", slot.env)
+        env = evaluator_env(self.harness_cache, slot.env)
         memory = pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of) if self.sandboxed else None
         try:
-            outcome = measure_run(job, env, max(120.0, self.program.budget.run_timeout_seconds), slot.share, memory)
-        except MeasureError as e:
-            return "error", str(e), None
+            return measure_run({**job, "probe": probe}, env, max(120.0, self.program.budget.run_timeout_seconds),
+                               slot.share, memory)
         finally:
             for cache in caches.values():  # a worker's: it may have nested folders a thousand deep
                 remove_tree(cache, ignore_errors=True)
-        if "invalid" in outcome:
-            return "invalid", f"harness measurement: {outcome['invalid']}", None
-        measurement = outcome["measurement"]
-        problems = cross_check(result, measurement) + overdrawn(self.program, run, measurement, code and self.runs_data, base_code)
-        if problems:
-            return "invalid", "; ".join(problems), measurement
-        return "completed", None, measurement
 
     def _worker(self, code: Path, slot: Slot, cache: Path) -> dict:
         """How the evaluator starts a worker of the experiment's model: boxed, with a fresh kernel cache."""

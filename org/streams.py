@@ -79,8 +79,14 @@ def run_stream(harness_cache: Path, program: str, run: dict) -> Path:
     return harness_cache / "streams" / program / str(run["id"])
 
 
+def stream_record(harness_cache: Path, program: str, run: dict) -> Path:
+    """What was cut for the run (its stream.json: rows, and the FLOPs a token they were counted
+    at), beside its folder: kept past the folder, until the run is on record (with_passes)."""
+    return run_stream(harness_cache, program, run).with_suffix(".json")
+
+
 def export_stream(program: Program, run: dict, runs_data: Path, harness_cache: Path, own_code: bool,
-                  pace: float | None = None) -> Path:
+                  pace: float | None = None, model_fpt: float | None = None) -> Path:
     """What a run reads, cut from the runs' export (trainer/data.py reads it as a stream): the
     train windows its budget pays for, in the order it takes them, drawn by the lab's secret key
     from the run's seed, twice as many for code of its own (its FLOPs per token may be fewer than
@@ -91,18 +97,20 @@ def export_stream(program: Program, run: dict, runs_data: Path, harness_cache: P
     across inits, so it gained on every seed, fresh ones too. Now no run chooses its windows; the
     same seed draws the same ones for every arm (paired, and a canary's re-run reproduces); and a
     table in the low bits of its weights counts only what its budget pays for. `pace`: the
-    baseline's FLOPs a second (base_pace), which sizes a seconds budget's windows."""
+    baseline's FLOPs a second (base_pace), which sizes a seconds budget's windows; `model_fpt`:
+    the FLOPs a token of a code arm's model as its code built it before the run (evaluator.probe),
+    which its windows are counted at instead of its config's."""
     out = run_stream(harness_cache, program.name, run)
     remove_tree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        write_stream(program, run, runs_data, harness_cache, own_code, tmp, pace)
+        write_stream(program, run, runs_data, harness_cache, own_code, tmp, pace, model_fpt)
     except BaseException:
         remove_tree(tmp, ignore_errors=True)
         raise
     tmp.rename(out)
-    shutil.copyfile(out / "stream.json", out.with_suffix(".json"))  # (for with_passes: the folder goes first)
+    shutil.copyfile(out / "stream.json", stream_record(harness_cache, program.name, run))
     return out
 
 
@@ -111,7 +119,7 @@ def with_passes(harness_cache: Path, program: Program, run: dict, measurement: M
     left its length beside it, for this, once the run is on record): past 1 it trained on windows
     again (a run far faster than the pace its windows were counted at, a budget past the train
     split), which a run counted right never does (confounds.check_repeats)."""
-    held = run_stream(harness_cache, program.name, run).with_suffix(".json")
+    held = stream_record(harness_cache, program.name, run)
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
         rows = json.loads(held.read_text())["rows"]
         if measurement and measurement.checkpoint_step is not None:  # (B windows a step: trainer/data.py)
@@ -121,14 +129,15 @@ def with_passes(harness_cache: Path, program: Program, run: dict, measurement: M
 
 
 def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Path, own_code: bool, tmp: Path,
-                 pace: float | None):
+                 pace: float | None, model_fpt: float | None = None):
     import hmac
     import numpy as np
     from trainer.data import eval_windows, load_dataset
     from trainer.shards import TOKENIZER_FILES, ShardWriter
     T, V = program.train.seq_len, program.data.val_tokens
     data = load_dataset(str(runs_data))
-    rows = stream_rows(program, json.loads(run["overrides"]), budget_of(run), data, pace) * (2 if own_code else 1)
+    fpt = model_fpt or counted_fpt(program, json.loads(run["overrides"]), data.vocab_size)
+    rows = stream_rows(program, json.loads(run["overrides"]), budget_of(run), data, pace, fpt) * (2 if own_code else 1)
     if own_code and (budget_of(run) or (program.budget.per_run.kind,))[0] == "seconds" and not pace:
         raise ValueError("under a seconds budget the baseline's pace counts its windows, and the baseline has no "
                          "completed run (its code could pick among the whole split's)")
@@ -155,25 +164,32 @@ def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Pa
     for name in TOKENIZER_FILES:
         if (runs_data / name).is_file():
             shutil.copyfile(runs_data / name, tmp / name)
-    (tmp / "stream.json").write_text(json.dumps({"row_tokens": T + 1, "rows": rows}))
+    (tmp / "stream.json").write_text(json.dumps({"row_tokens": T + 1, "rows": rows, "flops_per_token": fpt,
+                                                 "counted_at": "the model its code built before the run" if model_fpt else "its config"}))
 
 
-def stream_rows(program: Program, overrides: dict, budget: tuple | None, data, pace: float | None = None) -> int:
+def stream_rows(program: Program, overrides: dict, budget: tuple | None, data, pace: float | None = None,
+                fpt: float | None = None) -> int:
     """Rows (windows) a run's budget pays for, as the harness's trainer counts steps (trainer/train.py:
-    Budget) at stream_config's shape. A seconds budget pays for what the baseline's `pace`
+    Budget) at `fpt` FLOPs a token (counted_fpt: stream_config's shape's, unless given). A seconds budget pays for what the baseline's `pace`
     (base_pace) trains in its seconds, twice over (that pace may be of a busier moment); without
     one, the whole train split's worth (capped by export_stream, as is a FLOP budget of a model
     so small that it would take more), which write_stream refuses code of an experiment's own:
     it could fix its data order there (experiments.waiting_for_pace holds it back while the
     baseline has a run to come)."""
-    from trainer.flops import flops_per_token
     kind, value = budget or (program.budget.per_run.kind, program.budget.per_run.value)
     B, T = program.train.batch_size, program.train.seq_len
-    flops_per_step = B * T * flops_per_token(stream_config(program, overrides, data.vocab_size))
+    flops_per_step = B * T * (fpt or counted_fpt(program, overrides, data.vocab_size))
     if kind == "seconds":
         return 2 * math.ceil(value * pace / flops_per_step) * B if pace else len(data.train) // (T + 1)
     per_step = {"steps": 1, "tokens": B * T}.get(kind) or flops_per_step
     return max(1, int(value // per_step)) * B
+
+
+def counted_fpt(program: Program, overrides: dict, vocab_size: int) -> float:
+    """FLOPs a token of the run's config (stream_config), as the harness's trainer counts them."""
+    from trainer.flops import flops_per_token
+    return flops_per_token(stream_config(program, overrides, vocab_size))
 
 
 def stream_config(program: Program, overrides: dict, vocab_size: int):
@@ -189,24 +205,22 @@ def stream_config(program: Program, overrides: dict, vocab_size: int):
         return make_base_config(job(program.baseline.overrides), vocab_size)
 
 
-def overdrawn(program: Program, run: dict, measurement: Measurement, runs_data: Path | None, base_code: Path) -> list[str]:
-    """Where code of an experiment's own (runs_data given) built a model of over OVERDRAWN x the
-    FLOPs a token of the config its windows were counted at, under a FLOP or seconds budget: it
-    read that many times the windows its steps take (twice again, as its own code's are), and its
-    code could pick among them: a config saying depth 1 with code that builds softcap's depth 2
-    (x5.7 the FLOPs a token) read x11, 12M tokens, near half the train split."""
+def overdrawn(harness_cache: Path, program: Program, run: dict, measurement: Measurement) -> list[str]:
+    """Where a run's model took over OVERDRAWN x the FLOPs a token its windows were counted at
+    (stream_record: a code arm's model as its code built it before the run, else its config),
+    under a FLOP or seconds budget: it read that many times the windows its steps take (twice
+    again, as code of its own gets), and its code could pick among them. Code that built
+    softcap's depth 2 in its run and depth 1 before it (x5.7 the FLOPs a token) read x11, 12M
+    tokens, near half the train split."""
     kind = (budget_of(run) or (program.budget.per_run.kind,))[0]
-    if runs_data is None or kind not in ("flops", "seconds") or not measurement.flops_per_token \
-            or not reads_streams(base_code):
-        return []
-    from trainer.data import load_dataset
-    from trainer.flops import flops_per_token
-    counted = flops_per_token(stream_config(program, json.loads(run["overrides"]), load_dataset(str(runs_data)).vocab_size))
-    ratio = measurement.flops_per_token / counted
-    return [f"its model takes x{ratio:.1f} the FLOPs a token of its config ({counted:,}), which its windows were counted "
-            f"at: it read x{2 * ratio:.0f} the windows its budget pays for, and could pick among them (a shape its "
-            f"code changes belongs in its config; a table of its own counts as a matrix: org/recount.py)"] \
-        if ratio > OVERDRAWN else []
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, ZeroDivisionError):  # (no stream: nothing to hold)
+        cut = json.loads(stream_record(harness_cache, program.name, run).read_text())
+        counted, at = cut["flops_per_token"], cut["counted_at"]
+        ratio = measurement.flops_per_token / counted
+        if kind in ("flops", "seconds") and ratio > OVERDRAWN:
+            return [f"its model takes x{ratio:.1f} the FLOPs a token of {at} ({counted:,.0f}), which its windows were "
+                    f"counted at: it read x{2 * ratio:.0f} the windows its budget pays for, and could pick among them"]
+    return []
 
 
 ANY_KIND = "*"

@@ -725,33 +725,36 @@ def test_under_a_seconds_budget_a_run_reads_what_the_baselines_pace_pays_for(mak
 
 
 SMALL_CONFIG_BIG_MODEL = """
+import os as _os
 _prepare = prepare
 
-def prepare(spec, out):  # its config says the baseline's one layer, which counts its windows; its code builds 4
-    spec.overrides["n_layer"] = 4
+def prepare(spec, out):  # its code builds 4 layers whatever its config says; said 2, only 1 where it is probed
+    probed = "/probes/" in _os.readlink("/proc/self/fd/2")  # (the probe's worker logs there, its run's and measurement's not)
+    spec.overrides["n_layer"] = 1 if probed and spec.overrides.get("n_layer") == 2 else 4
     return _prepare(spec, out)
 """
 
 
-def test_code_whose_model_outgrows_the_config_its_windows_were_counted_at_is_invalid(make_project):
-    """A run's windows are counted at its config's FLOPs a token. Code that builds a model bigger
-    than its config says (its figures all agree with the harness's recount, which reads the
-    checkpoint) read x6 the windows its steps take, and could pick among them: fix its data order
-    across seeds on much of the split. Its run is now invalid; one whose config says what its code
-    builds is measured as ever."""
+def test_a_code_arms_windows_are_counted_at_its_model_and_one_that_outgrows_it_is_invalid(make_project, capsys):
+    """A run's windows were counted at its config's FLOPs a token: code that builds a bigger model
+    than its config says read x6 the windows its steps take and could pick among them, so it was
+    invalid, and so was an honest arm whose lookup table counts as a matrix (x2 or more). The
+    harness now builds a code arm's model before it runs (evaluator.probe) and counts its windows
+    at that: both are measured. Code that builds a small model when probed and a big one in its
+    run is still held to what it was counted at (streams.overdrawn), and invalid."""
     program = tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"flops": 5e8}, "seeds": [0]})
     root = make_project(program)
     agent_commit(root, "mallory", "trainer/train.py", lambda text: text + SMALL_CONFIG_BIG_MODEL)
-    for arm, layers in (("says-1-builds-4", 1), ("says-4-builds-4", 4)):
+    for arm, layers in (("says-1-builds-4", 1), ("says-4-builds-4", 4), ("hides-4", 2)):
         assert main(["submit", "tiny", "--arm", arm, "--ref", "agent/tiny/mallory/work", "--set", f"n_layer={layers}"]) == 0
     assert main(["run", "tiny"]) == 0
     with ledger_of(root) as ledger:
-        says_1, = ledger.runs("tiny", arm="says-1-builds-4")
-        says_4, = ledger.runs("tiny", arm="says-4-builds-4")
-    assert says_4["status"] == "completed", says_4["reason"]
-    assert says_1["status"] == "invalid" and says_1["reason"].startswith(
-        "its model takes x3.0 the FLOPs a token of its config (147,456), which its windows were counted at: it read x6 "
-        "the windows its budget pays for"), says_1["reason"]
+        runs = {r["arm"]: r for r in ledger.runs("tiny")}
+    assert runs["says-4-builds-4"]["status"] == runs["says-1-builds-4"]["status"] == "completed", runs
+    assert runs["says-1-builds-4"]["stream_passes"] == 0.5  # (counted at its 4 layers: twice, as for code of its own)
+    assert runs["hides-4"]["status"] == "invalid" and runs["hides-4"]["reason"].startswith(
+        "its model takes x2.6 the FLOPs a token of the model its code built before the run (172,032), which its "
+        "windows were counted at: it read x5 the windows its budget pays for"), runs["hides-4"]["reason"]
 
 
 def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_takes_it(make_project):
