@@ -30,7 +30,7 @@ from org.bytecode import source_only
 from org.cgroups import JOIN, box_cgroups, existing_pool, members, oom_kills, thaw_left
 from org.reaper import process_table, set_aside, with_descendants
 from org.remote import keep_tail, no_follow
-from org.ledger import FINISHED, budget_of, loads
+from org.ledger import FINISHED, budget_of
 from org.program import Program
 from org.sandbox import Limits
 from org.streams import models_data, probe_seed, split_key_file
@@ -76,12 +76,6 @@ def job_for(program, run: dict, run_dir: Path, base_code: Path, workers: dict | 
             **({"split_key_file": str(split_key_file(harness_cache)), "runs_data": str(data_dir),
                 "models_data": str(models_data(data_dir)),
                 "train_probe_seed": probe_seed(harness_cache)} if harness_cache else {})}
-
-
-def data_given(run: dict) -> str | None:
-    """The --data a run's trainer was given, from the command line the ledger keeps (mark_started)."""
-    command = loads(run.get("command")) or []
-    return command[command.index("--data") + 1] if "--data" in command[:-1] else None
 
 
 def worker_command(code: Path, env: dict, box=None) -> dict:

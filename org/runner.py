@@ -44,22 +44,23 @@ from org.remote import last_line
 from org.kernelcache import copy_kernel_cache
 from org.lab import Lab, LabError, child_env
 from org.ledger import Ledger, budget_of
-from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, data_given, evaluator_env, job_for,
-                          leave_the_record, measure_run, planted, put_aside, read_result, tidy_runs, worker_command)
+from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, evaluator_env, job_for, leave_the_record,
+                          measure_run, planted, put_aside, read_result, tidy_runs, worker_command)
 from org.experiments import budget_note, plan, plan_all, refusal, run_cost, runs_own_code, waiting_for_budget, waiting_for_pace
 from org.improve import sync_branch
 from org.program import Program
 from org.reaper import died_of, died_reason, last_change, reap
 from org.sandbox import INSTALL_HINT, available, check, end_box, run_box, untrusted_env, worker_box
 from org.slots import Slot, make_slots, threads_env
-from org.streams import (base_pace, export_for_models, export_stream, models_data, overdrawn, reads_streams, run_stream,
-                         runs_data, split_key_file, with_passes)
+from org.streams import (base_pace, data_given, export_for_models, export_stream, models_data, overdrawn, reads_streams,
+                         run_stream, runs_data, split_key_file, stream_record, with_passes)
 from trainer.config import BUDGET_FLAGS, flag_value
 from trainer.record import Measurement, Result
 
 MAX_ATTEMPTS = 3        # a run of the base code whose trainer dies of a signal nobody here sent: tries
 KILL_GRACE_SECONDS = 10  # after SIGTERM the trainer finishes its step and writes result.json
 IDLE_POLL_SECONDS = 1.0
+PROBE_SECONDS = 60.0  # a code arm's model, built before its run (_probe): seconds, 14 compiling kernels on 2 cores
 STALE_CUT_SECONDS = 86400  # a run's data half cut (export_stream's .<id>-*) by a runner that died: gone after this
 
 
@@ -113,15 +114,14 @@ class Runner:
         if self.why_unboxed:
             say(f"trainer runs are NOT sandboxed: {self.why_unboxed}")
         self.git_lock = threading.Lock()  # GitPython's Repo is not thread-safe
-        self.cond = threading.Condition()  # guards claims and the count of busy slots
-        self.busy = 0
+        self.cond, self.busy = threading.Condition(), 0  # (it guards claims, the count of busy slots, and self.probing)
         self.budget_said = ""  # what this runner last said of the budget
         self.stopping, self.tidied = threading.Event(), False  # tidied: what a dead runner left (tidy_runs)
         self.children: dict[int, subprocess.Popen] = {}
         self.data_lock, self.data_ready = threading.Lock(), False  # prepare_data() before the first run
         self.kernel_lock, self.base_snapshot = threading.Lock(), None  # set by prepare_data()
         self.failure: OrgError | None = None  # why a slot gave up (a cluster gone silent, a bug), said by drain()
-        self.probed: dict[tuple, float | None] = {}  # a code arm's model's FLOPs a token, by (commit, overrides): _probe
+        self.probed, self.probing = {}, {}  # a code arm's model's FLOPs a token, and a lock, by (commit, config, budget)
         self.jobs, self.ledger_key = connect(program, ledger_path) if program.runner.backend == "ray" else (None, None)
 
     def slots(self) -> list[Slot]:
@@ -183,7 +183,8 @@ class Runner:
         is recorded an error; an OSError (no room on the disk) is the machine's: back to the queue, and stop."""
         try:  # (the baseline's pace counts a seconds budget's windows: its kind's, or any kind's)
             pace = base_pace(base := ledger.runs(self.program.name, arm="baseline"), run["kind"]) or base_pace(base)
-            fpt = self._probe(ledger, run, slot) if own_code else None
+            counts = own_code and (budget_of(run) or (self.program.budget.per_run.kind,))[0] in ("flops", "seconds")
+            fpt = self._probe(ledger, run, slot) if counts else None
             return export_stream(self.program, run, self.runs_data, self.harness_cache, own_code, pace, fpt)
         except OSError as e:  # the machine's, not the run's: back to the queue
             ledger.requeue(run["id"], f"its data could not be cut ({e}); re-queued")
@@ -193,23 +194,28 @@ class Runner:
             self._record(ledger, run, Result(status="error", reason=why), 0.0, None, slot)
 
     def _probe(self, ledger: Ledger, run: dict, slot: Slot) -> float | None:
-        """FLOPs a token of a code arm's model as its code builds it (evaluator.probe), asked once
-        per commit and overrides: what its windows are counted at. None where the probe failed: its
-        config's count, as the harness's trainer would build it (its measurement says what is wrong)."""
-        key = (ledger.experiment(run["experiment_id"])["code_commit"], run["overrides"])
-        if key not in self.probed:
-            where = self.lab.state_dir(self.program.name) / "probes" / str(run["id"])  # (its logs)
-            remove_tree(where, ignore_errors=True)
-            where.mkdir(parents=True)
+        """FLOPs a token of a code arm's model as its code builds it (evaluator.probe), asked once per commit,
+        config and budget (other slots wait for it): what its windows are counted at. None where it could
+        not be built in PROBE_SECONDS: its config's count, held to the same check (streams.overdrawn)."""
+        key = (ledger.experiment(run["experiment_id"])["code_commit"], run["overrides"], run["budget"])
+        with self.cond:
+            lock = self.probing.setdefault(key, threading.Lock())
+        with lock:
+            if key in self.probed:
+                return self.probed[key]
+            logs = self.lab.state_dir(self.program.name) / "probes" / str(run["id"])  # (kept where it failed)
+            logs.mkdir(parents=True, exist_ok=True)  # (the evaluator's logs overwrite an earlier probe's)
             try:
-                outcome = self._evaluate(ledger, run, slot, where, probe=True)
-            except MeasureError as e:
-                outcome = {"invalid": str(e)}
-            self.probed[key] = outcome.get("measurement") and outcome["measurement"].flops_per_token
-            if not self.probed[key]:
+                outcome = self._evaluate(ledger, run, slot, logs, probe=True, timeout=PROBE_SECONDS)
+                fpt = self.probed[key] = outcome.get("measurement") and outcome["measurement"].flops_per_token
+            except MeasureError as e:  # the harness's failure, not its code's: not kept, asked again
+                outcome, fpt = {"invalid": str(e)}, None
+            if fpt:
+                remove_tree(logs, ignore_errors=True)
+            else:
                 self.say(f"run {run['id']}: its model could not be built before it ran ({outcome.get('invalid')}); "
                          "its windows are counted at its config")
-        return self.probed[key]
+            return fpt
 
     def prepare_data(self):
         """Tokenize the program's data once (base commit's pipeline, lab's own split) into the harness's
@@ -527,6 +533,7 @@ class Runner:
             if measurement and not ledger.program(name)["eval_fingerprint"]:
                 ledger.set_fingerprints(name, measurement.eval_fingerprint, measurement.data_fingerprint)
             plan(ledger, self.program, ledger.experiment(run["experiment_id"]))  # decides ready tries too
+        stream_record(self.harness_cache, name, run).unlink(missing_ok=True)  # (on record: overdrawn has had it)
         leave_the_record(Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"])), status == "completed")
         with self.git_lock:  # an improvement program's frontier moved? its branch follows
             sync_branch(self.lab, ledger, self.program)
@@ -537,22 +544,24 @@ class Runner:
     def _measure(self, ledger: Ledger, run: dict, result: Result, slot: Slot) -> tuple[str, str | None, Measurement | None]:
         """(status, reason, measurement) of a run the trainer says completed: the harness's own
         evaluation of its checkpoint, cross-checked with the trainer's figures."""
-        run_dir = Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"]))
         try:
-            outcome = self._evaluate(ledger, run, slot, run_dir)
+            outcome = self._evaluate(ledger, run, slot)
         except MeasureError as e:
             return "error", str(e), None
         if "invalid" in outcome:
             return "invalid", f"harness measurement: {outcome['invalid']}", None
         measurement = outcome["measurement"]
-        problems = cross_check(result, measurement) + overdrawn(self.harness_cache, self.program, run, measurement)
+        problems = cross_check(result, measurement) + overdrawn(self.harness_cache, self.program, ledger.run(run["id"]),
+                                                                measurement, self.runs_data)
         if problems:
             return "invalid", "; ".join(problems), measurement
         return "completed", None, measurement
 
-    def _evaluate(self, ledger: Ledger, run: dict, slot: Slot, run_dir: Path, probe: bool = False) -> dict:
-        """The evaluator's outcome for the run (measure.measure_run), its logs in run_dir; with `probe`,
-        a code arm's model before it trains (evaluator.probe). MeasureError: the harness failed."""
+    def _evaluate(self, ledger: Ledger, run: dict, slot: Slot, logs: Path | None = None, probe: bool = False,
+                  timeout: float | None = None) -> dict:
+        """The evaluator's outcome (measure.measure_run; with `probe`, evaluator.probe), its logs in the run's
+        directory or `logs`; its command names the run's, for a recovery's reaper. MeasureError: the harness's."""
+        run_dir = Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"]))
         experiment = ledger.experiment(run["experiment_id"])
         base, commit = experiment["base_commit"], experiment["code_commit"]
         with self.git_lock:
@@ -567,8 +576,8 @@ class Runner:
         env = evaluator_env(self.harness_cache, slot.env)
         memory = pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of) if self.sandboxed else None
         try:
-            return measure_run({**job, "probe": probe}, env, max(120.0, self.program.budget.run_timeout_seconds),
-                               slot.share, memory)
+            return measure_run({**job, "log_dir": str(logs or run_dir), "probe": probe}, env,
+                               timeout or max(120.0, self.program.budget.run_timeout_seconds), slot.share, memory)
         finally:
             for cache in caches.values():  # a worker's: it may have nested folders a thousand deep
                 remove_tree(cache, ignore_errors=True)

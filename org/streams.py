@@ -9,8 +9,9 @@ train windows, cut by the lab's keys where no box sees them.
 A run reads only its stream: the windows its budget pays for (stream_rows), in an order the lab's
 secret key draws from its seed, so no run chooses its data and every arm's seed reads the same.
 The lab's secrets (split_key_file, probe_seed: lab_secret) live beside the data cache, never in a
-box. overdrawn() says where code of an experiment's own built a model that took more windows than
-its config was counted at.
+box. A code arm's windows are counted at its model as its code builds it before the run (the
+runner's probe: org/evaluator.py), and overdrawn() says where its run built a model that took more
+FLOPs a token than that, and so read windows it could pick among.
 """
 from __future__ import annotations
 
@@ -26,12 +27,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from org import remove_tree
-from org.ledger import budget_of
+from org.ledger import budget_of, loads
 from org.program import Program
 from trainer.record import Measurement
 
 MODEL_DATA_WINDOWS = 4  # windows of seq_len + 1 tokens a split that a model worker reads (export_for_models)
-OVERDRAWN = 2  # x the FLOPs a token of its config a code arm's model may take (overdrawn)
+OVERDRAWN = 2  # x the FLOPs a token its windows were counted at that a code arm's model may take (overdrawn)
 MAX_STREAM_TOKENS = 1 << 29  # a run's train windows (export_stream), 1 GB: GPT-2 124M's 1e17 FLOPs take 134M
 
 
@@ -115,16 +116,14 @@ def export_stream(program: Program, run: dict, runs_data: Path, harness_cache: P
 
 
 def with_passes(harness_cache: Path, program: Program, run: dict, measurement: Measurement | None) -> Measurement | None:
-    """The measurement with the times the run's steps went through its stream (export_stream
-    left its length beside it, for this, once the run is on record): past 1 it trained on windows
-    again (a run far faster than the pace its windows were counted at, a budget past the train
-    split), which a run counted right never does (confounds.check_repeats)."""
-    held = stream_record(harness_cache, program.name, run)
+    """The measurement with the times the run's steps went through its stream (its stream_record's
+    rows): past 1 it trained on windows again (a run far faster than the pace its windows were
+    counted at, a budget past the train split), which a run counted right never does
+    (confounds.check_repeats)."""
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
-        rows = json.loads(held.read_text())["rows"]
+        rows = json.loads(stream_record(harness_cache, program.name, run).read_text())["rows"]
         if measurement and measurement.checkpoint_step is not None:  # (B windows a step: trainer/data.py)
             measurement = replace(measurement, stream_passes=round(measurement.checkpoint_step * program.train.batch_size / rows, 3))
-    held.unlink(missing_ok=True)
     return measurement
 
 
@@ -205,22 +204,28 @@ def stream_config(program: Program, overrides: dict, vocab_size: int):
         return make_base_config(job(program.baseline.overrides), vocab_size)
 
 
-def overdrawn(harness_cache: Path, program: Program, run: dict, measurement: Measurement) -> list[str]:
-    """Where a run's model took over OVERDRAWN x the FLOPs a token its windows were counted at
-    (stream_record: a code arm's model as its code built it before the run, else its config),
-    under a FLOP or seconds budget: it read that many times the windows its steps take (twice
-    again, as code of its own gets), and its code could pick among them. Code that built
-    softcap's depth 2 in its run and depth 1 before it (x5.7 the FLOPs a token) read x11, 12M
-    tokens, near half the train split."""
+def overdrawn(harness_cache: Path, program: Program, run: dict, measurement: Measurement, runs_data: Path) -> list[str]:
+    """Where a code arm's model took over OVERDRAWN x the FLOPs a token its windows were counted at
+    (its stream_record: its model as its code built it before the run, else its config; its
+    config's where a run that read a stream has no record left), under a FLOP or seconds budget:
+    it read that many times the windows its steps take (twice again, as code of its own gets),
+    and its code could pick among them. Code that built softcap's depth 2 in its run and depth 1
+    before it (x5.7 the FLOPs a token) read x11, 12M tokens, near half the train split. `run`:
+    its ledger row (its command says which data it read)."""
     kind = (budget_of(run) or (program.budget.per_run.kind,))[0]
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, ZeroDivisionError):  # (no stream: nothing to hold)
+    if kind not in ("flops", "seconds") or not measurement.flops_per_token or \
+            data_given(run) != str(run_stream(harness_cache, program.name, run)):  # (no stream: nothing to hold)
+        return []
+    try:
         cut = json.loads(stream_record(harness_cache, program.name, run).read_text())
-        counted, at = cut["flops_per_token"], cut["counted_at"]
-        ratio = measurement.flops_per_token / counted
-        if kind in ("flops", "seconds") and ratio > OVERDRAWN:
-            return [f"its model takes x{ratio:.1f} the FLOPs a token of {at} ({counted:,.0f}), which its windows were "
-                    f"counted at: it read x{2 * ratio:.0f} the windows its budget pays for, and could pick among them"]
-    return []
+        counted, at = float(cut["flops_per_token"]), str(cut["counted_at"])
+    except (OSError, ValueError, KeyError, TypeError):  # (gone: a crash, an older nanolab's run)
+        from trainer.data import load_dataset
+        counted, at = counted_fpt(program, json.loads(run["overrides"]), load_dataset(str(runs_data)).vocab_size), "its config"
+    ratio = measurement.flops_per_token / counted
+    return [f"its model takes x{ratio:.1f} the FLOPs a token of {at} ({counted:,.0f}), which its windows were "
+            f"counted at: it read x{2 * ratio:.0f} the windows its budget pays for, and could pick among them"] \
+        if ratio > OVERDRAWN else []
 
 
 ANY_KIND = "*"
@@ -231,6 +236,12 @@ def base_pace(baseline_runs: list[dict], kind: str | None = ANY_KIND) -> float |
     program's own code, so its clock is trusted), the fastest; None before one has completed."""
     return max((r["flops"] / r["train_seconds"] for r in baseline_runs if r["status"] == "completed" and r["flops"]
                 and r["train_seconds"] and kind in (ANY_KIND, r.get("kind"))), default=None)
+
+
+def data_given(run: dict) -> str | None:
+    """The --data a run's trainer was given, from the command line the ledger keeps (mark_started)."""
+    command = loads(run.get("command")) or []
+    return command[command.index("--data") + 1] if "--data" in command[:-1] else None
 
 
 def reads_streams(base_code: Path) -> bool:

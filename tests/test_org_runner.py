@@ -730,6 +730,8 @@ _prepare = prepare
 
 def prepare(spec, out):  # its code builds 4 layers whatever its config says; said 2, only 1 where it is probed
     probed = "/probes/" in _os.readlink("/proc/self/fd/2")  # (the probe's worker logs there, its run's and measurement's not)
+    if probed and spec.overrides.get("softcap") == 0:
+        raise RuntimeError("not while probed")
     spec.overrides["n_layer"] = 1 if probed and spec.overrides.get("n_layer") == 2 else 4
     return _prepare(spec, out)
 """
@@ -741,13 +743,17 @@ def test_a_code_arms_windows_are_counted_at_its_model_and_one_that_outgrows_it_i
     invalid, and so was an honest arm whose lookup table counts as a matrix (x2 or more). The
     harness now builds a code arm's model before it runs (evaluator.probe) and counts its windows
     at that: both are measured. Code that builds a small model when probed and a big one in its
-    run is still held to what it was counted at (streams.overdrawn), and invalid."""
+    run is still held to what it was counted at (streams.overdrawn), and invalid; code that fails
+    when probed, or a run whose stream's record is gone, is held to its config's count."""
     program = tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"flops": 5e8}, "seeds": [0]})
     root = make_project(program)
     agent_commit(root, "mallory", "trainer/train.py", lambda text: text + SMALL_CONFIG_BIG_MODEL)
-    for arm, layers in (("says-1-builds-4", 1), ("says-4-builds-4", 4), ("hides-4", 2)):
-        assert main(["submit", "tiny", "--arm", arm, "--ref", "agent/tiny/mallory/work", "--set", f"n_layer={layers}"]) == 0
+    for arm, keys in (("says-1-builds-4", ["n_layer=1"]), ("says-4-builds-4", ["n_layer=4"]), ("hides-4", ["n_layer=2"]),
+                      ("fails-probe", ["n_layer=1", "softcap=0"])):
+        assert main(["submit", "tiny", "--arm", arm, "--ref", "agent/tiny/mallory/work", *[a for k in keys for a in ("--set", k)]]) == 0
     assert main(["run", "tiny"]) == 0
+    assert "its model could not be built before it ran (the experiment's model construction failed: RuntimeError: not while " \
+           "probed); its windows are counted at its config" in capsys.readouterr().out
     with ledger_of(root) as ledger:
         runs = {r["arm"]: r for r in ledger.runs("tiny")}
     assert runs["says-4-builds-4"]["status"] == runs["says-1-builds-4"]["status"] == "completed", runs
@@ -755,6 +761,13 @@ def test_a_code_arms_windows_are_counted_at_its_model_and_one_that_outgrows_it_i
     assert runs["hides-4"]["status"] == "invalid" and runs["hides-4"]["reason"].startswith(
         "its model takes x2.6 the FLOPs a token of the model its code built before the run (172,032), which its "
         "windows were counted at: it read x5 the windows its budget pays for"), runs["hides-4"]["reason"]
+    config = "its model takes x3.0 the FLOPs a token of its config (147,456), which its windows were counted at: it read x6"
+    assert runs["fails-probe"]["status"] == "invalid" and runs["fails-probe"]["reason"].startswith(config), runs["fails-probe"]
+    # its record goes once the run is on record; without it, a run that read a stream is held to its config's count
+    harness = root / ".lab" / "harness-cache"
+    assert not list((harness / "streams").glob("*/*")), list((harness / "streams").glob("*/*"))
+    said, runner = runs["says-1-builds-4"], Runner(Lab.open(root), load_program(root / "programs/tiny.yaml"), root / ".lab/tiny/ledger.sqlite")
+    assert streams.overdrawn(harness, runner.program, said, said["measurement"], runner.runs_data)[0].startswith(config)
 
 
 def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_takes_it(make_project):
@@ -800,7 +813,7 @@ def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_take
     assert len(big.train) == len(whole.train) // 65 * 65 and big.rows == 65
     # ... which its steps went through more than once: the measurement says how often (a report warns)
     ran = streams.with_passes(runner.harness_cache, runner.program, small, Measurement(checkpoint_step=len(whole.train) // 65))
-    assert ran.stream_passes == 4.0 and not (runner.harness_cache / "streams" / "tiny" / "4.json").exists()
+    assert ran.stream_passes == 4.0
     # a program whose base commit's trainer takes no stream reads the whole export, as it did
     old = runner.harness_cache.parent / "old-base"
     (old / "trainer").mkdir(parents=True)
@@ -917,16 +930,18 @@ def test_a_result_written_just_before_the_runner_died_is_recorded_not_rerun(make
                                 check=True).stdout.split()
     died = int(died)
     streams = root / ".lab" / "harness-cache" / "streams" / "tiny"
-    assert (streams / str(died)).is_dir()
+    assert (streams / str(died)).is_dir() and (streams / f"{died}.json").is_file()  # (its record: streams.stream_record)
     for left in ("999", ".7-being-cut"):  # a run no ledger knows of; one a runner is cutting now
         (streams / left).mkdir()
+    (streams / "999.json").write_text("{}")
     assert main(["run", "tiny"]) == 0
     with ledger_of(root) as ledger:
         run = ledger.run(died)
         assert len(ledger.runs("tiny")) == 2
     assert run["status"] == "completed" and run["attempts"] == 1
     assert run["wall_seconds"] >= float(took), (run["wall_seconds"], took)
-    assert sorted(p.name for p in streams.iterdir()) == [".7-being-cut"]  # its data and the stale gone
+    assert run["stream_passes"] == 1.0  # its stream's record outlived its runner, and was read
+    assert sorted(p.name for p in streams.iterdir()) == [".7-being-cut"]  # its data, its record and the stale gone
 
 
 def test_org_stop_charges_a_lost_attempt_up_to_the_stop_not_to_its_last_write(make_project):

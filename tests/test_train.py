@@ -257,7 +257,7 @@ def test_bad_input_is_one_line_and_writes_nothing(corpus, tmp_path, args, messag
     ('{"row_tokens": 65}', "its train split is a stream of 65-token windows (stream.json), and sequence_len 32 takes 33"),
 ])
 def test_a_stream_file_that_does_not_fit_is_one_line(corpus, tmp_path, stream, message):
-    """A lab's run reads its windows from a folder the harness cut (org/measure.py: export_stream);
+    """A lab's run reads its windows from a folder the harness cut (org/streams.py: export_stream);
     by hand, a stream.json left in a folder of shards, or written wrong, says what is wrong with it."""
     from trainer.shards import read_llmc_shard, write_llmc_shard
     shards = tmp_path / "shards"

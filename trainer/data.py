@@ -426,7 +426,7 @@ def export_llmc(ds: Dataset, out_dir) -> list[Path]:
 
 def train_batch(data: Dataset, batch_size: int, seq_len: int, seed: int, step: int):
     """Batch `step` of a run: a lab's run takes its stream's rows in order, windows the harness
-    drew for its seed (org/measure.py: export_stream), again from the first once they run out;
+    drew for its seed (org/streams.py: export_stream), again from the first once they run out;
     by hand, random windows of the train split (get_batch)."""
     if data.rows is None:
         return get_batch(data.train, batch_size, seq_len, seed, step)
