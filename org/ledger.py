@@ -111,7 +111,7 @@ CREATE TABLE runs (
     git_dirty          INTEGER,
     result             TEXT,           -- JSON trainer/record.py Result: result.json, the trainer's word
     measurement        TEXT,           -- JSON trainer/record.py Measurement: the harness's, the run's record
-    measure_seconds    REAL,           -- what the measurement took (runner wall time)
+    measure_seconds    REAL,           -- what the measurement took (runner wall time), and a code arm's probe before it
     created_at         TEXT NOT NULL,
     started_at         TEXT,
     finished_at        TEXT

@@ -121,7 +121,7 @@ class Runner:
         self.data_lock, self.data_ready = threading.Lock(), False  # prepare_data() before the first run
         self.kernel_lock, self.base_snapshot = threading.Lock(), None  # set by prepare_data()
         self.failure: OrgError | None = None  # why a slot gave up (a cluster gone silent, a bug), said by drain()
-        self.probed, self.probing = {}, {}  # a code arm's model's FLOPs a token, and a lock, by (commit, config, budget)
+        self.probed, self.probing, self.probe_seconds = {}, {}, {}  # _probe's answers and locks by (commit, config, budget)
         self.jobs, self.ledger_key = connect(program, ledger_path) if program.runner.backend == "ray" else (None, None)
 
     def slots(self) -> list[Slot]:
@@ -203,13 +203,14 @@ class Runner:
         with lock:
             if key in self.probed:
                 return self.probed[key]
-            logs = self.lab.state_dir(self.program.name) / "probes" / str(run["id"])  # (kept where it failed)
+            t0, logs = time.monotonic(), self.lab.state_dir(self.program.name) / "probes" / str(run["id"])  # (kept if it fails)
             logs.mkdir(parents=True, exist_ok=True)  # (the evaluator's logs overwrite an earlier probe's)
             try:
                 outcome = self._evaluate(ledger, run, slot, logs, probe=True, timeout=PROBE_SECONDS)
                 fpt = self.probed[key] = outcome.get("measurement") and outcome["measurement"].flops_per_token
             except MeasureError as e:  # the harness's failure, not its code's: not kept, asked again
                 outcome, fpt = {"invalid": str(e)}, None
+            self.probe_seconds[run["id"]] = time.monotonic() - t0  # charged to the run with its measurement (_record)
             if fpt:
                 remove_tree(logs, ignore_errors=True)
             else:
@@ -522,11 +523,11 @@ class Runner:
         status, reason = check_result(self.program, run, result, fingerprints, data_given(ledger.run(run["id"])) or str(self.runs_data))
         if killed_reason:
             status, reason = "killed", killed_reason
-        measurement, measure_seconds = None, None
+        measurement, measure_seconds = None, self.probe_seconds.pop(run["id"], None)  # (its model's probe, if it had one)
         if status == "completed":
             t0 = time.monotonic()
             status, reason, measurement = self._measure(ledger, run, result, slot)
-            measure_seconds = time.monotonic() - t0
+            measure_seconds = (measure_seconds or 0) + time.monotonic() - t0
         measurement = with_passes(self.harness_cache, self.program, run, measurement)  # (its stream's length goes)
         with ledger.tx():
             ledger.finish(run["id"], status, reason, result, wall, measurement, measure_seconds)
@@ -568,8 +569,7 @@ class Runner:
             base_code = self.lab.snapshot(base, self.program.name)
             code = None if commit == base else self.lab.snapshot(commit, self.program.name)
         kernels = self.lab.state_dir(self.program.name) / "kernels"
-        names = "a" if probe else "ab"
-        caches = {name: kernels / f"{commit}.measuring-run{run['id']}-{name}" for name in names} if code else {}
+        caches = {name: kernels / f"{commit}.measuring-run{run['id']}-{name}" for name in ("a" if probe else "ab")} if code else {}
         workers = {name: self._worker(code, slot, cache) for name, cache in caches.items()} or None
         workers = workers and {**workers, "base": self._worker(base_code, slot, None)}  # evaluator.forward_time_ratio
         job = job_for(self.program, run, run_dir, base_code, workers, self.harness_cache, self.runs_data)

@@ -732,32 +732,41 @@ def prepare(spec, out):  # its code builds 4 layers whatever its config says; sa
     probed = "/probes/" in _os.readlink("/proc/self/fd/2")  # (the probe's worker logs there, its run's and measurement's not)
     if probed and spec.overrides.get("softcap") == 0:
         raise RuntimeError("not while probed")
+    if probed and spec.overrides.get("n_layer") == 3:
+        import time
+        time.sleep(600)  # the runner's time, at no run's cost?
     spec.overrides["n_layer"] = 1 if probed and spec.overrides.get("n_layer") == 2 else 4
     return _prepare(spec, out)
 """
 
 
-def test_a_code_arms_windows_are_counted_at_its_model_and_one_that_outgrows_it_is_invalid(make_project, capsys):
+def test_a_code_arms_windows_are_counted_at_its_model_and_one_that_outgrows_it_is_invalid(make_project, capsys, monkeypatch):
     """A run's windows were counted at its config's FLOPs a token: code that builds a bigger model
     than its config says read x6 the windows its steps take and could pick among them, so it was
     invalid, and so was an honest arm whose lookup table counts as a matrix (x2 or more). The
     harness now builds a code arm's model before it runs (evaluator.probe) and counts its windows
     at that: both are measured. Code that builds a small model when probed and a big one in its
     run is still held to what it was counted at (streams.overdrawn), and invalid; code that fails
-    when probed, or a run whose stream's record is gone, is held to its config's count."""
+    when probed, or a run whose stream's record is gone, is held to its config's count; a probe's
+    time is its run's, as its measurement's is."""
+    monkeypatch.setattr("org.runner.PROBE_SECONDS", 4.0)
     program = tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"flops": 5e8}, "seeds": [0]})
     root = make_project(program)
     agent_commit(root, "mallory", "trainer/train.py", lambda text: text + SMALL_CONFIG_BIG_MODEL)
     for arm, keys in (("says-1-builds-4", ["n_layer=1"]), ("says-4-builds-4", ["n_layer=4"]), ("hides-4", ["n_layer=2"]),
-                      ("fails-probe", ["n_layer=1", "softcap=0"])):
+                      ("fails-probe", ["n_layer=1", "softcap=0"]), ("hangs-probe", ["n_layer=3"])):
         assert main(["submit", "tiny", "--arm", arm, "--ref", "agent/tiny/mallory/work", *[a for k in keys for a in ("--set", k)]]) == 0
     assert main(["run", "tiny"]) == 0
+    said = capsys.readouterr().out
     assert "its model could not be built before it ran (the experiment's model construction failed: RuntimeError: not while " \
-           "probed); its windows are counted at its config" in capsys.readouterr().out
+           "probed); its windows are counted at its config" in said
+    assert "its model could not be built before it ran (the measurement did not finish within 4s" in said
     with ledger_of(root) as ledger:
         runs = {r["arm"]: r for r in ledger.runs("tiny")}
     assert runs["says-4-builds-4"]["status"] == runs["says-1-builds-4"]["status"] == "completed", runs
     assert runs["says-1-builds-4"]["stream_passes"] == 0.5  # (counted at its 4 layers: twice, as for code of its own)
+    hung = runs["hangs-probe"]  # (4 layers of the 3 it was counted at: within x2)
+    assert hung["status"] == "completed" and hung["measure_seconds"] >= 4.0 + hung["measurement"].evaluator_seconds, hung
     assert runs["hides-4"]["status"] == "invalid" and runs["hides-4"]["reason"].startswith(
         "its model takes x2.6 the FLOPs a token of the model its code built before the run (172,032), which its "
         "windows were counted at: it read x5 the windows its budget pays for"), runs["hides-4"]["reason"]
