@@ -130,7 +130,7 @@ def measure_run(job: dict, env: dict, timeout: float, cores: list[int] | None = 
             end_evaluator(proc.pid)
             proc.communicate()
             return {"invalid": f"the measurement did not finish within {timeout:g}s "
-                               "(the experiment's forward pass hung?)"}
+                               "(the experiment's forward pass hung?)", "timed_out": True}
         finally:
             end_evaluator(proc.pid)  # a worker that outlived the evaluator goes with it
     if proc.returncode and oom_kills(groups):

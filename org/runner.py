@@ -194,9 +194,8 @@ class Runner:
             self._record(ledger, run, Result(status="error", reason=why), 0.0, None, slot)
 
     def _probe(self, ledger: Ledger, run: dict, slot: Slot) -> float | None:
-        """FLOPs a token of a code arm's model as its code builds it (evaluator.probe), asked once per commit,
-        config and budget (other slots wait for it): what its windows are counted at. None where it could
-        not be built in PROBE_SECONDS: its config's count, held to the same check (streams.overdrawn)."""
+        """FLOPs a token of a code arm's model as its code builds it (evaluator.probe), once per commit, config and
+        budget: what its windows are counted at. None: not built in PROBE_SECONDS, so its config's (streams.overdrawn)."""
         key = (ledger.experiment(run["experiment_id"])["code_commit"], run["overrides"], run["budget"])
         with self.cond:
             lock = self.probing.setdefault(key, threading.Lock())
@@ -207,10 +206,13 @@ class Runner:
             logs.mkdir(parents=True, exist_ok=True)  # (the evaluator's logs overwrite an earlier probe's)
             try:
                 outcome = self._evaluate(ledger, run, slot, logs, probe=True, timeout=PROBE_SECONDS)
-                fpt = self.probed[key] = outcome.get("measurement") and outcome["measurement"].flops_per_token
-            except MeasureError as e:  # the harness's failure, not its code's: not kept, asked again
-                outcome, fpt = {"invalid": str(e)}, None
-            self.probe_seconds[run["id"]] = time.monotonic() - t0  # charged to the run with its measurement (_record)
+            except MeasureError as e:  # the harness's failure, not the run's: an error (_cut_stream), asked again
+                raise ValueError(f"its model could not be probed ({e})") from None
+            finally:
+                self.probe_seconds[run["id"]] = time.monotonic() - t0  # charged to the run with its measurement (_record)
+            fpt = outcome.get("measurement") and outcome["measurement"].flops_per_token
+            if not outcome.get("timed_out"):  # (a busy moment's timeout is asked again: its time is charged)
+                self.probed[key] = fpt
             if fpt:
                 remove_tree(logs, ignore_errors=True)
             else:
@@ -294,8 +296,7 @@ class Runner:
         for run in ledger.runs(self.program.name, status="completed"):
             if run["measurement"] is not None:
                 continue
-            result = run["result"] or Result()
-            t0 = time.monotonic()
+            result, t0 = run["result"] or Result(), time.monotonic()
             status, reason, measurement = self._measure(ledger, run, result, make_slots(self.program)[0])
             with ledger.tx():
                 ledger.finish(run["id"], status, reason, result, run["wall_seconds"], measurement, time.monotonic() - t0)
@@ -389,8 +390,7 @@ class Runner:
             except LabError as e:  # its objects are not what their names say (Lab.verified)
                 reason = str(e)
         if reason:
-            ledger.finish(run["id"], "refused", reason)
-            return
+            return ledger.finish(run["id"], "refused", reason)
         if not self.code_may_run and runs_own_code(experiment):  # queued as we ran: back to the queue, and stop
             ledger.requeue(run["id"], "not run: its code is its own and this runner has no box")
             self._check_unboxed([run], ledger)
