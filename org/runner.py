@@ -52,7 +52,7 @@ from org.program import Program
 from org.reaper import died_of, died_reason, last_change, reap
 from org.sandbox import INSTALL_HINT, available, check, end_box, run_box, untrusted_env, worker_box
 from org.slots import Slot, make_slots, threads_env
-from org.streams import (base_pace, data_given, export_for_models, export_stream, models_data, overdrawn, reads_streams,
+from org.streams import (base_pace, budget_kind, data_given, export_for_models, export_stream, models_data, overdrawn, reads_streams,
                          run_stream, runs_data, split_key_file, stream_record, with_passes)
 from trainer.config import BUDGET_FLAGS, flag_value
 from trainer.record import Measurement, Result
@@ -183,7 +183,7 @@ class Runner:
         is recorded an error; an OSError (no room on the disk) is the machine's: back to the queue, and stop."""
         try:  # (the baseline's pace counts a seconds budget's windows: its kind's, or any kind's)
             pace = base_pace(base := ledger.runs(self.program.name, arm="baseline"), run["kind"]) or base_pace(base)
-            counts = own_code and (budget_of(run) or (self.program.budget.per_run.kind,))[0] in ("flops", "seconds")
+            counts = own_code and budget_kind(self.program, run) in ("flops", "seconds")  # (windows counted by FLOPs)
             fpt = self._probe(ledger, run, slot) if counts else None
             return export_stream(self.program, run, self.runs_data, self.harness_cache, own_code, pace, fpt)
         except OSError as e:  # the machine's, not the run's: back to the queue

@@ -137,7 +137,7 @@ def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Pa
     data = load_dataset(str(runs_data))
     fpt = model_fpt or counted_fpt(program, json.loads(run["overrides"]), data.vocab_size)
     rows = stream_rows(program, json.loads(run["overrides"]), budget_of(run), data, pace, fpt) * (2 if own_code else 1)
-    if own_code and (budget_of(run) or (program.budget.per_run.kind,))[0] == "seconds" and not pace:
+    if own_code and budget_kind(program, run) == "seconds" and not pace:
         raise ValueError("under a seconds budget the baseline's pace counts its windows, and the baseline has no "
                          "completed run (its code could pick among the whole split's)")
     rows = min(rows, len(data.train) // (T + 1), MAX_STREAM_TOKENS // (T + 1))  # (a tiny model's many steps)
@@ -165,6 +165,11 @@ def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Pa
             shutil.copyfile(runs_data / name, tmp / name)
     (tmp / "stream.json").write_text(json.dumps({"row_tokens": T + 1, "rows": rows, "flops_per_token": fpt,
                                                  "counted_at": "the model its code built before the run" if model_fpt else "its config"}))
+
+
+def budget_kind(program: Program, run: dict) -> str:
+    """The kind of budget a run trains to: its own (a compute multiplier's), else the program's."""
+    return (budget_of(run) or (program.budget.per_run.kind,))[0]
 
 
 def stream_rows(program: Program, overrides: dict, budget: tuple | None, data, pace: float | None = None,
@@ -212,7 +217,7 @@ def overdrawn(harness_cache: Path, program: Program, run: dict, measurement: Mea
     and its code could pick among them. Code that built softcap's depth 2 in its run and depth 1
     before it (x5.7 the FLOPs a token) read x11, 12M tokens, near half the train split. `run`:
     its ledger row (its command says which data it read)."""
-    kind = (budget_of(run) or (program.budget.per_run.kind,))[0]
+    kind = budget_kind(program, run)
     read = Path(data_given(run) or "").parts[-3:]  # (its stream's folder, wherever the lab is now)
     if kind not in ("flops", "seconds") or not measurement.flops_per_token or read != ("streams", program.name, str(run["id"])):
         return []  # (no stream: nothing to hold)
