@@ -255,10 +255,8 @@ class Ledger:
 
     def _migrate(self):
         with self.tx():
-            has = self.db.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone()
-            if not has:
-                # not executescript: it would COMMIT mid-transaction
+            has = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone()
+            if not has:  # (not executescript: it would COMMIT mid-transaction)
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         self.db.execute(statement)
@@ -289,10 +287,8 @@ class Ledger:
         return [dict(row) for row in self.db.execute(sql, args)]
 
     def _insert(self, table: str, fields: dict, or_ignore=False) -> int | None:
-        cols = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        # a duplicate is skipped; any other constraint (a bad status) still fails loudly
-        tail = " ON CONFLICT DO NOTHING" if or_ignore else ""
+        cols, marks = ", ".join(fields), ", ".join("?" for _ in fields)
+        tail = " ON CONFLICT DO NOTHING" if or_ignore else ""  # a duplicate is skipped; any other constraint fails loudly
         with self.tx():
             cur = self.db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks}){tail}",
                                   tuple(map(storable, fields.values())))
@@ -452,16 +448,24 @@ class Ledger:
     def finish(self, run_id: int, status: str, reason: str = None, result: Result = None,
                wall_seconds: float = None, measurement: Measurement = None, measure_seconds: float = None):
         """Record a run's outcome: the trainer's result and, for a run it measured, the harness's
-        measurement (trainer/record.py), and the runner's clock."""
+        measurement (trainer/record.py), and the runner's clock (measure_seconds: charge_measuring)."""
         assert status in FINISHED, status
         # the runner ran a clean snapshot of the experiment's commit, whatever the trainer says
         commit = self.db.execute("SELECT code_commit FROM experiments WHERE id = "
                                  "(SELECT experiment_id FROM runs WHERE id = ?)", (run_id,)).fetchone()[0]
-        self._update("runs", run_id, dict(
-            status=status, reason=reason, wall_seconds=wall_seconds, finished_at=now(),
-            measure_seconds=measure_seconds, git_commit=commit, git_dirty=0,
-            result=result and json.dumps(asdict(result), sort_keys=True),
-            measurement=measurement and json.dumps(asdict(measurement), sort_keys=True)))
+        with self.tx():
+            self._update("runs", run_id, dict(
+                status=status, reason=reason, wall_seconds=wall_seconds, finished_at=now(), git_commit=commit,
+                git_dirty=0, result=result and json.dumps(asdict(result), sort_keys=True),
+                measurement=measurement and json.dumps(asdict(measurement), sort_keys=True)))
+            self.charge_measuring(run_id, measure_seconds or 0.0)
+
+    def charge_measuring(self, run_id: int, seconds: float):
+        """Runner time spent measuring a run, added to its measure_seconds as it is spent: a code arm's
+        probe of its model before the run (on record whether the run is re-queued or its runner dies),
+        then the measurement of its checkpoint."""
+        self.db.execute("UPDATE runs SET measure_seconds = coalesce(measure_seconds, 0) + ? WHERE id = ?",
+                        (max(seconds, 0.0), run_id))  # (one statement: a transaction of its own outside tx)
 
     def requeue(self, run_id: int, reason: str, lost_seconds: float = 0.0):
         """Hand a run back to the queue (its runner died, or its trainer died of a signal nobody

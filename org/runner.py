@@ -48,6 +48,7 @@ from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, 
                           measure_run, planted, put_aside, read_result, tidy_runs, worker_command)
 from org.experiments import budget_note, plan, plan_all, refusal, run_cost, runs_own_code, waiting_for_budget, waiting_for_pace
 from org.improve import sync_branch
+from org.probes import Probes
 from org.program import Program
 from org.reaper import died_of, died_reason, last_change, reap
 from org.sandbox import INSTALL_HINT, available, check, end_box, run_box, untrusted_env, worker_box
@@ -60,7 +61,6 @@ from trainer.record import Measurement, Result
 MAX_ATTEMPTS = 3        # a run of the base code whose trainer dies of a signal nobody here sent: tries
 KILL_GRACE_SECONDS = 10  # after SIGTERM the trainer finishes its step and writes result.json
 IDLE_POLL_SECONDS = 1.0
-PROBE_SECONDS = 60.0  # a code arm's model, built before its run (_probe): seconds, 14 compiling kernels on 2 cores
 STALE_CUT_SECONDS = 86400  # a run's data half cut (export_stream's .<id>-*) by a runner that died: gone after this
 
 
@@ -114,14 +114,14 @@ class Runner:
         if self.why_unboxed:
             say(f"trainer runs are NOT sandboxed: {self.why_unboxed}")
         self.git_lock = threading.Lock()  # GitPython's Repo is not thread-safe
-        self.cond, self.busy = threading.Condition(), 0  # (it guards claims, the count of busy slots, and self.probing)
+        self.cond, self.busy = threading.Condition(), 0  # (it guards claims and the count of busy slots)
         self.budget_said = ""  # what this runner last said of the budget
         self.stopping, self.tidied = threading.Event(), False  # tidied: what a dead runner left (tidy_runs)
         self.children: dict[int, subprocess.Popen] = {}
         self.data_lock, self.data_ready = threading.Lock(), False  # prepare_data() before the first run
         self.kernel_lock, self.base_snapshot = threading.Lock(), None  # set by prepare_data()
         self.failure: OrgError | None = None  # why a slot gave up (a cluster gone silent, a bug), said by drain()
-        self.probed, self.probing, self.probe_seconds = {}, {}, {}  # _probe's answers and locks by (commit, config, budget)
+        self.probes = Probes(lab.state_dir(program.name) / "probes", self.say)  # code arms' models, before their runs
         self.jobs, self.ledger_key = connect(program, ledger_path) if program.runner.backend == "ray" else (None, None)
 
     def slots(self) -> list[Slot]:
@@ -194,31 +194,12 @@ class Runner:
             self._record(ledger, run, Result(status="error", reason=why), 0.0, None, slot)
 
     def _probe(self, ledger: Ledger, run: dict, slot: Slot) -> float | None:
-        """FLOPs a token of a code arm's model as its code builds it (evaluator.probe), once per commit, config and
-        budget: what its windows are counted at. None: not built in PROBE_SECONDS, so its config's (streams.overdrawn)."""
+        """FLOPs a token of a code arm's model as its code builds it (org/probes.py): what its windows are
+        counted at. None: its config's (streams.overdrawn). Its time is the run's (ledger.charge_measuring)."""
         key = (ledger.experiment(run["experiment_id"])["code_commit"], run["overrides"], run["budget"])
-        with self.cond:
-            lock = self.probing.setdefault(key, threading.Lock())
-        with lock:
-            if key in self.probed:
-                return self.probed[key]
-            t0, logs = time.monotonic(), self.lab.state_dir(self.program.name) / "probes" / str(run["id"])  # (kept if it fails)
-            logs.mkdir(parents=True, exist_ok=True)  # (the evaluator's logs overwrite an earlier probe's)
-            try:
-                outcome = self._evaluate(ledger, run, slot, logs, probe=True, timeout=PROBE_SECONDS)
-            except MeasureError as e:  # the harness's failure, not the run's: an error (_cut_stream), asked again
-                raise ValueError(f"its model could not be probed ({e})") from None
-            finally:
-                self.probe_seconds[run["id"]] = time.monotonic() - t0  # charged to the run with its measurement (_record)
-            fpt = outcome.get("measurement") and outcome["measurement"].flops_per_token
-            if not outcome.get("timed_out"):  # (a busy moment's timeout is asked again: its time is charged)
-                self.probed[key] = fpt
-            if fpt:
-                remove_tree(logs, ignore_errors=True)
-            else:
-                self.say(f"run {run['id']}: its model could not be built before it ran ({outcome.get('invalid')}); "
-                         "its windows are counted at its config")
-            return fpt
+        return self.probes.flops_per_token(
+            key, run["id"], lambda logs, timeout: self._evaluate(ledger, run, slot, logs, probe=True, timeout=timeout),
+            lambda seconds: ledger.charge_measuring(run["id"], seconds))
 
     def prepare_data(self):
         """Tokenize the program's data once (base commit's pipeline, lab's own split) into the harness's
@@ -523,11 +504,11 @@ class Runner:
         status, reason = check_result(self.program, run, result, fingerprints, data_given(ledger.run(run["id"])) or str(self.runs_data))
         if killed_reason:
             status, reason = "killed", killed_reason
-        measurement, measure_seconds = None, self.probe_seconds.pop(run["id"], None)  # (its model's probe, if it had one)
+        measurement, measure_seconds = None, None  # (a code arm's probe is on record already: charge_measuring)
         if status == "completed":
             t0 = time.monotonic()
             status, reason, measurement = self._measure(ledger, run, result, slot)
-            measure_seconds = (measure_seconds or 0) + time.monotonic() - t0
+            measure_seconds = time.monotonic() - t0
         measurement = with_passes(self.harness_cache, self.program, run, measurement)  # (its stream's length goes)
         with ledger.tx():
             ledger.finish(run["id"], status, reason, result, wall, measurement, measure_seconds)

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -749,7 +750,7 @@ def test_a_code_arms_windows_are_counted_at_its_model_and_one_that_outgrows_it_i
     run is still held to what it was counted at (streams.overdrawn), and invalid; code that fails
     when probed, or a run whose stream's record is gone, is held to its config's count; a probe's
     time is its run's, as its measurement's is."""
-    monkeypatch.setattr("org.runner.PROBE_SECONDS", 10.0)  # (an honest probe here: 1.3-1.7 s)
+    monkeypatch.setattr("org.probes.PROBE_SECONDS", 10.0)  # (an honest probe here: 1.3-1.7 s)
     program = tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"flops": 5e8}, "seeds": [0]})
     root = make_project(program)
     agent_commit(root, "mallory", "trainer/train.py", lambda text: text + SMALL_CONFIG_BIG_MODEL)
@@ -778,6 +779,97 @@ def test_a_code_arms_windows_are_counted_at_its_model_and_one_that_outgrows_it_i
     assert streams.overdrawn(runner.harness_cache, runner.program, said, said["measurement"], runner.runs_data)[0].startswith(config)
     assert streams.overdrawn(runner.harness_cache, runner.program, {**said, "command": "[]"}, said["measurement"],
                              runner.runs_data) == []  # (a run that read no stream of its own: the whole export, as before)
+
+
+def test_a_models_probe_is_asked_once_however_many_slots_ask_and_a_cut_one_again(tmp_path):
+    """Probes.flops_per_token, as the runner's slots call it: slots asking for one key at once wait
+    for the first one's answer (one probe, its time charged once); a probe cut at its time limit
+    is not kept, one whose code failed is (its log's tail kept for the person), and a failure of
+    the harness is a ValueError, asked again. Nothing is held per key once it is answered."""
+    from org.probes import Probes
+    said, asked, charged, answers = [], [], [], []
+
+    def evaluate(outcome):
+        def ask(logs, timeout):
+            asked.append(int(logs.name))
+            time.sleep(0.3)
+            (logs / "measure.log").write_bytes(b"its code's words\n" * 200_000)  # 3.4 MB
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+        return ask
+    probes = Probes(tmp_path / "probes", said.append)
+    built = {"measurement": Measurement(flops_per_token=172_032.0)}
+    slots = [threading.Thread(target=lambda i=i: answers.append(probes.flops_per_token(
+        ("c0ffee", "{}", "flops"), i, evaluate(built), charged.append))) for i in (1, 2, 3)]
+    for slot in slots:
+        slot.start()
+    for slot in slots:
+        slot.join()
+    assert answers == [172_032.0] * 3 and len(asked) == len(charged) == 1 and charged[0] >= 0.3
+    assert not (tmp_path / "probes" / str(asked[0])).exists() and not probes.asking  # (a success's logs go)
+
+    cut = {"timed_out": True, "invalid": "the measurement did not finish within 60s"}
+    assert [probes.flops_per_token(("slow",), run, evaluate(cut), charged.append) for run in (4, 5)] == [None, None]
+    failed = {"invalid": "the experiment's model construction failed: RuntimeError: no"}
+    assert [probes.flops_per_token(("fails",), run, evaluate(failed), charged.append) for run in (6, 7)] == [None, None]
+    assert asked[1:] == [4, 5, 6] and len(charged) == 4  # (cut: asked again; failed: kept)
+    assert (tmp_path / "probes" / "6" / "measure.log").stat().st_size == measure.KEPT_LOG_BYTES
+    assert "run 6: its model could not be built before it ran (the experiment's model construction failed" in said[-1]
+    with pytest.raises(ValueError, match=r"its model could not be probed \(the evaluator died\)"):
+        probes.flops_per_token(("harness",), 8, evaluate(measure.MeasureError("the evaluator died")), charged.append)
+    assert ("harness",) not in probes.answers and len(charged) == 5 and not probes.asking
+
+
+def test_a_probes_time_and_a_streams_record_outlive_a_runner_that_fails_after_them(make_project, capsys, monkeypatch):
+    """Two moments a runner can fail at (a full disk, a locked ledger, a kill). Just after a code
+    arm's probe: its seconds were kept in the runner's memory until its run was on record, so a
+    run re-queued after its probe (its data could not be cut: no room) lost them with the runner.
+    They are on record as the probe ends now, and the probe asked again is charged again. And in
+    the transaction that records a run: its stream's record must outlive a transaction that
+    failed, or the recovery could neither count its passes nor hold it to what it was counted at."""
+    program = tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"flops": 5e8}, "seeds": [0]})
+    root = make_project(program)
+    agent_commit(root, "mallory", "trainer/train.py", lambda text: text + "\n# an idea of mallory's\n")
+    assert main(["submit", "tiny", "--arm", "idea", "--ref", "agent/tiny/mallory/work"]) == 0
+    cut, failed = runner.export_stream, []
+
+    def no_room_once(program, run, *args):  # (the disk fills as the arm's windows are cut, after its probe)
+        if run["arm"] == "idea" and not failed:
+            failed.append(run["id"])
+            raise OSError(28, "No space left on device")
+        return cut(program, run, *args)
+    monkeypatch.setattr(runner, "export_stream", no_room_once)
+    assert main(["run", "tiny"]) == 2
+    assert "its data could not be cut from the runs' export ([Errno 28] No space left on device)" in capsys.readouterr().err
+    with ledger_of(root) as ledger:
+        idea = ledger.run(failed[0])
+    assert idea["status"] == "queued" and idea["measure_seconds"] > 0.5, idea  # (a probe here: 1.3-1.7 s)
+    probed = idea["measure_seconds"]
+
+    finish, broke = Ledger.finish, []
+
+    def fails_once(self, run_id, status, *args, **kwargs):  # (the record's transaction: rolled back)
+        if run_id == idea["id"] and status == "completed" and not broke:
+            broke.append(run_id)
+            raise sqlite3.OperationalError("database is locked")
+        return finish(self, run_id, status, *args, **kwargs)
+    monkeypatch.setattr(Ledger, "finish", fails_once)
+    assert main(["run", "tiny"]) == 2  # (a bug's way out: the run stays claimed)
+    record = root / ".lab" / "harness-cache" / "streams" / "tiny" / f"{idea['id']}.json"
+    assert broke and record.is_file()
+    with ledger_of(root) as ledger:
+        claimed = ledger.run(idea["id"])
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        ledger._update("runs", idea["id"], {"runner_pid": gone.pid})  # its runner died there
+    assert claimed["status"] == "running" and claimed["measure_seconds"] > probed + 0.5  # (probed again: charged again)
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        idea = ledger.run(idea["id"])
+    assert idea["status"] == "completed" and idea["stream_passes"] == 0.5, idea  # (code of its own: twice its windows)
+    assert idea["measure_seconds"] >= claimed["measure_seconds"] + idea["measurement"].evaluator_seconds, idea
+    assert not record.exists()
 
 
 def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_takes_it(make_project):
