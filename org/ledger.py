@@ -111,7 +111,7 @@ CREATE TABLE runs (
     git_dirty          INTEGER,
     result             TEXT,           -- JSON trainer/record.py Result: result.json, the trainer's word
     measurement        TEXT,           -- JSON trainer/record.py Measurement: the harness's, the run's record
-    measure_seconds    REAL,           -- what the measurement took (runner wall time), and a code arm's probe before it
+    measure_seconds    REAL,           -- runner time on it besides its trainer's: its commit checked and copied, its probe, its measurement
     created_at         TEXT NOT NULL,
     started_at         TEXT,
     finished_at        TEXT
@@ -461,9 +461,9 @@ class Ledger:
             self.charge_measuring(run_id, measure_seconds or 0.0)
 
     def charge_measuring(self, run_id: int, seconds: float):
-        """Runner time spent measuring a run, added to its measure_seconds as it is spent: a code arm's
-        probe of its model before the run (on record whether the run is re-queued or its runner dies),
-        then the measurement of its checkpoint."""
+        """Runner time spent on a run besides its trainer's, added to its measure_seconds as it is spent
+        (on record whether the run is re-queued or its runner dies): its commit checked and written out,
+        a code arm's probe of its model, then the measurement of its checkpoint."""
         self.db.execute("UPDATE runs SET measure_seconds = coalesce(measure_seconds, 0) + ? WHERE id = ?",
                         (max(seconds, 0.0), run_id))  # (one statement: a transaction of its own outside tx)
 

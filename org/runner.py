@@ -364,12 +364,14 @@ class Runner:
     def _execute(self, ledger: Ledger, run: dict, slot: Slot):
         experiment = ledger.experiment(run["experiment_id"])
         with self.git_lock:  # checked again at run time: the harness, not the queue, decides
+            t0 = time.monotonic()  # (the run's: a commit of 100,000 files takes half a minute to write out)
             try:
                 reason = refusal(self.lab, self.program, experiment["base_commit"], experiment["code_commit"],
                                  json.loads(run["overrides"]))  # (an older ledger's too)
                 snapshot = None if reason else self.lab.snapshot(experiment["code_commit"], self.program.name)
             except LabError as e:  # its objects are not what their names say (Lab.verified)
                 reason = str(e)
+            ledger.charge_measuring(run["id"], time.monotonic() - t0)
         if reason:
             return ledger.finish(run["id"], "refused", reason)
         if not self.code_may_run and runs_own_code(experiment):  # queued as we ran: back to the queue, and stop

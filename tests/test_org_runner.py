@@ -473,7 +473,8 @@ def test_a_trainer_of_the_programs_code_killed_by_a_signal_nobody_sent_is_tried_
     # and the budget pays for the two lost attempts' time too (it was free: wall_seconds is the last one's)
     with ledger_of(root) as ledger:
         assert run["lost_seconds"] > 0
-        assert ledger.compute_seconds("tiny") == pytest.approx(run["wall_seconds"] + run["lost_seconds"])
+        assert ledger.compute_seconds("tiny") == pytest.approx(run["wall_seconds"] + run["lost_seconds"] + run["measure_seconds"])
+        assert 0 < run["measure_seconds"] < 1  # (its commit checked three times, the base's: quick)
 
 
 def test_a_bug_that_kills_a_slot_stops_the_runner_loudly_and_the_next_run_recovers(make_project):
@@ -779,6 +780,45 @@ def test_a_code_arms_windows_are_counted_at_its_model_and_one_that_outgrows_it_i
     assert streams.overdrawn(runner.harness_cache, runner.program, said, said["measurement"], runner.runs_data)[0].startswith(config)
     assert streams.overdrawn(runner.harness_cache, runner.program, {**said, "command": "[]"}, said["measurement"],
                              runner.runs_data) == []  # (a run that read no stream of its own: the whole export, as before)
+
+
+def test_the_runner_time_a_commit_takes_to_check_and_copy_is_its_runs(make_project, monkeypatch):
+    """Before a run of an agent's commit, the runner checks the commit (refusal) and writes its
+    files out (Lab.snapshot): seconds for a commit of many files (a tree naming one small blob
+    100,000 times is a few kB), which no budget counted: 7.9 s here for 20,000 files, and
+    the commit's next runs find its snapshot made. It is charged to the run now, with its
+    measurement."""
+    program = tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]})
+    root = make_project(program)
+
+    def many_files(text):  # (beside the change it ships: 20,000 copies of one line)
+        tree = root / "worktrees" / "tiny" / "mallory"
+        for i in range(100):
+            (tree / "many" / f"{i:02d}").mkdir(parents=True)
+            for j in range(200):
+                (tree / "many" / f"{i:02d}" / f"{j:03d}.txt").write_text("the same line\n")
+        subprocess.run(["git", "add", "many"], cwd=tree, check=True)
+        return text + "\n# mallory's idea\n"
+    commit = agent_commit(root, "mallory", "trainer/train.py", many_files)
+    assert main(["submit", "tiny", "--arm", "many", "--ref", "agent/tiny/mallory/work"]) == 0
+    spent = []
+
+    def timed(do, which):  # (what the runner does for the commit, timed as it does it)
+        def timing(*args):
+            t0 = time.monotonic()
+            try:
+                return do(*args)
+            finally:
+                spent.append(time.monotonic() - t0) if args[which] == commit else None
+        return timing
+    monkeypatch.setattr(runner, "refusal", timed(runner.refusal, 3))
+    monkeypatch.setattr(Lab, "snapshot", timed(Lab.snapshot, 1))
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        many = ledger.runs("tiny", arm="many")[0]
+    print(f"checking and copying its commit: {sum(spent):.1f}s; measured in {many['measure_seconds']:.1f}s")
+    assert many["status"] == "completed" and sum(spent) > 2.0, spent
+    assert many["measure_seconds"] >= sum(spent) + many["measurement"].evaluator_seconds, many
 
 
 def test_a_models_probe_is_asked_once_however_many_slots_ask_and_a_cut_one_again(tmp_path):
