@@ -1227,6 +1227,48 @@ def test_an_agents_own_compute_is_on_record_and_capped_however_it_spreads_it(two
                      meter=lambda seconds: booked.append(seconds) or ("spent" if sum(booked) > 1.5 else None))
     assert why == "stopped: spent" and cli.returncode is not None and 1.5 < sum(booked) < 3, (why, booked)
 
+GIT_PLANTS = """\
+hook='#!/bin/sh
+touch ran-hook'
+mkdir sub && cd sub && git init -q && echo x > f && git add f && git -c user.name=a -c user.email=a@b commit -qm one
+git config core.fsmonitor 'touch ran-fsmonitor; true'; git config filter.x.clean 'touch ran-filter; cat'
+printf '* filter=x\\n' > .gitattributes; printf '%s\\n' "$hook" > .git/hooks/pre-commit; chmod +x .git/hooks/pre-commit
+cd ..
+printf '* filter=x diff=x\\n' > .gitattributes
+for scope in '' --worktree --global; do  # (each may fail: its file is read-only, or gone with the command)
+    git config $scope filter.x.clean 'touch ran-filter; cat'; git config $scope diff.x.textconv 'touch ran-textconv; cat'
+    git config $scope core.fsmonitor 'touch ran-fsmonitor; true'
+done
+for dir in "$(git rev-parse --git-common-dir)" "$(git rev-parse --git-dir)"; do
+    printf '%s\\n' "$hook" > "$dir/hooks/pre-commit"; chmod +x "$dir/hooks/pre-commit"
+done
+"""
+
+
+@pytest.mark.skipif(cgroup_root("cpuacct") is None, reason=f"a cpu accounting cgroup: {cpu_meter()}")
+def test_past_its_cpu_cap_an_agent_runs_no_code_of_its_own_through_its_git_tools(two_agents):
+    """git_commit and submit_experiment answer past budget.agent_cpu_seconds (submitting is how an
+    agent spends the program's budget), and run git in the agent's box. So the box must hold
+    nothing git would run: hooks, fsmonitor, filters and the like are named by config, and every
+    config git reads there is out of the agent's reach (the repository's and its admin dir's are
+    read-only, the global one is in a /tmp of each command's own). Here an agent plants all it can
+    name, and a repository of its own whose config it writes, then spends its CPU time."""
+    root, program, tools, _ = two_agents
+    tools.call("write_file", {"path": "plant.sh", "content": GIT_PLANTS})
+    planted = run(tools, "bash plant.sh; ls ran-* sub/ran-*")
+    assert "cannot access 'ran-*'" in planted and "cannot access 'sub/ran-*'" in planted, planted  # (nothing ran yet)
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+        ledger.change_budget(program.name, {"agent_cpu_seconds": 0.5}, "ada")
+    run(tools, f"python3 -c '{SPIN.format(seconds=1)}'")
+    assert tools.call("run", {"command": "true"}).refused
+    committed = tools.call("git_commit", {"message": "planted"}).output
+    submitted = tools.call("submit_experiment", {"arm": "planted", "hypothesis": "git runs it"}).output
+    tools.call("git_commit", {"message": "again"})
+    ran = sorted(p.name for p in tools.ws.root.rglob("ran-*"))
+    assert ran == [], (ran, committed, submitted)
+    assert committed.startswith("committed"), committed
+
+
 @pytest.mark.skipif(cgroup_root("cpuacct") is None, reason=f"a cpu accounting cgroup: {cpu_meter()}")
 def test_commands_sent_at_once_run_one_at_a_time_so_the_cap_holds(two_agents):
     """The attack: a CLI agent sends many `org tool run` calls at once (its port serves each
