@@ -30,7 +30,8 @@ from org.ablate import leave_one_out
 from org.experiments import check_arm_name, plan, submission_source, submit, submit_declared
 from org.lab import scrub_git_env
 from org.ledger import RUN_STATUSES, Ledger, corrupt
-from org.program import BOUND_BUDGET, MAX_SEED, Budget, Program, owned_by_program, trainer_rejects
+from org.program import BOUND_BUDGET, MAX_SEED, Budget, Program, owned_by_program, quoted
+from org.program_checks import trainer_rejects
 from org.runner import Runner
 from org.agents.commands import add_agent_commands
 from org.launch import add_launch_commands
@@ -44,7 +45,11 @@ from org.workspace import find_ledger, on_ray, preflight, start
 def main(argv: list[str] | None = None) -> int:
     scrub_git_env()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "changes", None), list) and all("=" in a and a[0] != "-" for a in extra):
+        args.changes += extra  # (`org budget P --who ada F=V`: argparse takes no positional after an option)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         check_text(args, parser)
         return args.func(args)
@@ -313,17 +318,20 @@ def parse_budget_changes(pairs: list[str], budget: dict) -> dict:
     for pair in pairs:
         field, _, value = pair.partition("=")
         if field.removeprefix("budget.") not in BOUND_BUDGET:
-            raise OrgError(f"{pair}: {field!r} cannot change in a started program; what can: "
+            raise OrgError(f"{quoted(pair)}: {quoted(field, 80)} cannot change in a started program; what can: "
                            f"{', '.join(BOUND_BUDGET)} (and `org extend` adds seeds)")
+        if field.removeprefix("budget.") in changes:
+            raise OrgError(f"{quoted(pair)}: {field.removeprefix('budget.')} is given twice")
         try:
             changes[field.removeprefix("budget.")] = float(value)
         except ValueError:
-            raise OrgError(f"{pair}: expected a number after '='") from None
+            raise OrgError(f"{quoted(pair)}: expected a number after '='") from None
     try:
         Budget.model_validate({**budget, **changes})
     except ValidationError as e:
         problem = e.errors()[0]
-        raise OrgError(f"budget.{problem['loc'][0]}: {problem['msg']}") from None
+        raise OrgError(f"budget.{problem['loc'][0]}: {problem['msg'].replace('Input should be', 'expected')}, got "
+                       f"{quoted(problem['input'])}") from None
     return changes
 
 
@@ -359,10 +367,12 @@ def parse_sets(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise OrgError(f"--set expects KEY=VALUE, got {pair!r}")
+            raise OrgError(f"--set expects KEY=VALUE, got {quoted(pair)}")
+        if key.strip() in out:  # (the last would win, silently: a program file refuses a key twice too)
+            raise OrgError(f"--set {quoted(pair)}: {key.strip()} is set twice")
         try:
             parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):  # (ValueError: a number of 5,000 digits)
             parsed = value
         out[key.strip()] = parsed if isinstance(parsed, (str, int, float, bool)) else value
     return out

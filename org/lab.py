@@ -178,6 +178,8 @@ class Lab:
 
     def dirty_paths(self, paths: list[str]) -> list[str]:
         """Paths under `paths` with uncommitted changes (staged, unstaged or untracked)."""
+        if not paths:  # (`git status --` with none names the whole tree)
+            return []
         out = self.repo.git.status("--porcelain", "--untracked-files=all", "--", *paths)
         return [line[3:] for line in out.splitlines() if line.strip()]
 
@@ -190,7 +192,7 @@ class Lab:
         old, new = self.files(base), self.files(commit)
         names = new.keys() if added_or_modified else old.keys() | new.keys()
         return sorted(p for p in names if old.get(p) != new.get(p)
-                      and (not paths or any(p == e.rstrip("/") or p.startswith(e.rstrip("/") + "/") for e in paths)))
+                      and (paths is None or any(p == e.rstrip("/") or p.startswith(e.rstrip("/") + "/") for e in paths)))
 
     # --- programs ------------------------------------------------------------------------
 

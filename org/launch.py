@@ -452,6 +452,8 @@ def program_done(launch: ProgramSite) -> bool:
 
 def runs_left(launch: ProgramSite) -> bool:
     with Ledger(launch.ledger_path) as ledger:
+        if not ledger.program(launch.name):  # (an empty ledger: not started, all its runs to come)
+            return True
         if ledger.runs(launch.name, status="running"):
             return True
         if ledger.compute_seconds(launch.name) >= ledger.budget(launch.name)["total_compute_seconds"]:

@@ -13,19 +13,20 @@ Errors name the file, the field and what was expected, e.g.
 from __future__ import annotations
 
 import collections.abc
-import glob
 import itertools
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from org import OrgError
+from org import OrgError, shown
 
 NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # used in branch names and directory names (a ref's file: 255 bytes)
 BUDGET_KINDS = ("flops", "seconds", "tokens", "steps")
+MAX_SLOTS = 1024  # runs at once on one machine, and threads a run (a machine's cores, and then some)
+ROLES = tuple(sorted(p.stem for p in (Path(__file__).parent / "prompts").glob("*.md") if p.stem not in ("rigor", "cli")))
 
 # Keys the program owns: an experiment's overrides may not name them, so no agent can buy
 # itself a bigger budget, other seeds, a different evaluation or different data.
@@ -87,7 +88,7 @@ def owned_by_program(overrides: dict) -> str | None:
     unfit = next((f"{k}={v!r}" for k, v in overrides.items() if not OVERRIDE_KEY.fullmatch(str(k)) or not
                   (isinstance(v, (int, float, bool)) or (isinstance(v, str) and command_line_text(v)))), None)
     if unfit:
-        return (f"override {unfit[:80]}: a key is a name (letters, digits, _ and .), a value a number, a boolean "
+        return (f"{unfit[:80]}: a key is a name (letters, digits, _ and .), a value a number, a boolean "
                 "or printable text")
     owned = sorted(k for k in overrides if k in PROGRAM_OWNED_KEYS or OWNED_WORDS.search(k))
     if not owned:
@@ -189,8 +190,8 @@ class Multiplier(Strict):
     @field_validator("budgets")
     @classmethod
     def _factors(cls, budgets):
-        if any(f <= 0 or f == 1 for f in budgets) or len(set(budgets)) != len(budgets):
-            raise ValueError(f"expected distinct multiples of the per-run budget, above 0 and not 1, got {budgets}")
+        if any(not 0 < f <= 1000 or f == 1 for f in budgets) or len(set(budgets)) != len(budgets):
+            raise ValueError(f"expected distinct multiples of the per-run budget, above 0, up to 1000 and not 1, got {budgets}")
         return budgets
 
 
@@ -231,7 +232,7 @@ class PerRun(Strict):
 
 class Budget(Strict):
     per_run: PerRun
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[StrictInt] = Field(min_length=1)  # (strict: `true` is not seed 1, nor "1")
     total_compute_seconds: float = Field(gt=0)  # summed runner wall time over all runs
     total_llm_dollars: float = Field(0.0, ge=0)
     run_timeout_seconds: float = Field(gt=0, le=7 * 86400)  # a run past this is killed (a CPU rlimit: a C long)
@@ -270,7 +271,7 @@ RESERVED_AGENT_NAMES = ("human", "all", "program")  # mail's people, broadcast, 
 
 class Agent(Strict):
     name: str = Field(pattern=NAME)
-    role: str = "researcher"
+    role: str = "researcher"  # the prompt it gets (org/prompts/<role>.md: org/agents/roles.py)
     backend: Literal["anthropic", "openai", "claude-code", "codex", "scripted"] = "scripted"
     model: str | None = None
 
@@ -281,6 +282,13 @@ class Agent(Strict):
             raise ValueError(f"{name!r} is reserved (mail from people, to everyone, the program's own "
                              "experiments); give the agent another name")
         return name
+
+    @field_validator("role")
+    @classmethod
+    def _a_role_with_a_prompt(cls, role):
+        if role not in ROLES:  # (a typo, `cheif`, gave the agent a junior's prompt, and said nothing)
+            raise ValueError(f"expected one of {', '.join(ROLES)} (a prompt in org/prompts/), got {quoted(role, 80)}")
+        return role
 
     @model_validator(mode="after")
     def _model_given(self):
@@ -305,13 +313,13 @@ class Org(Strict):
 
 
 class Runner(Strict):
-    slots: int = Field(1, ge=1)  # CPU slots; ignored when gpus are given (one slot per GPU)
-    threads_per_slot: int | None = Field(None, ge=1)  # default: CPU cores / slots (1 on a cluster)
-    gpus: list[int] = []  # GPU indices (nvidia-smi's), one timed run each, in a box holding only that GPU
+    slots: int = Field(1, ge=1, le=MAX_SLOTS)  # CPU slots; ignored when gpus are given (one slot per GPU)
+    threads_per_slot: int | None = Field(None, ge=1, le=MAX_SLOTS)  # default: CPU cores / slots (1 on a cluster)
+    gpus: list[StrictInt] = []  # GPU indices (nvidia-smi's), one timed run each, in a box holding only that GPU
     baseline_every: int = Field(4, ge=1)  # re-run the baseline after this many other runs
     backend: Literal["local", "ray"] = "local"  # ray: each run a Ray job (org/cluster.py)
     address: str | None = None  # ray: the cluster's Jobs API, e.g. http://10.0.0.1:8265
-    memory_gb: float | None = Field(None, gt=0)  # all the org's boxes together (default: the machine's less a
+    memory_gb: float | None = Field(None, ge=0.25)  # all the org's boxes together (default: the machine's less a
                                                  # quarter); runs and agents each get a share (org/cgroups.py)
 
     @field_validator("gpus")
@@ -351,7 +359,7 @@ class Program(Strict):
     data: Data
     budget: Budget
     tune: dict[str, list[Any]] = {}  # a grid over config keys, e.g. {matrix_lr: [0.01, 0.02]}
-    tune_seeds: list[int] = []  # default: the first seed of budget.seeds
+    tune_seeds: list[StrictInt] = []  # default: the first seed of budget.seeds
     org: Org = Org()
     runner: Runner = Runner()
     train: Train
@@ -367,8 +375,8 @@ class Program(Strict):
     @classmethod
     def _paths_in_the_repo(cls, paths):
         for path in paths:  # git pathspecs relative to the repository's root
-            if not path.strip() or Path(path).is_absolute() or ".." in Path(path).parts:
-                raise ValueError(f"{path!r}: expected a path inside the repository, e.g. trainer/eval.py")
+            if not path.strip() or Path(path).is_absolute() or ".." in Path(path).parts or not command_line_text(path):
+                raise ValueError(f"{quoted(path, 200)}: expected a path inside the repository, e.g. trainer/eval.py")
         return paths
 
     @field_validator("tune")
@@ -443,6 +451,8 @@ def load_program(path: str | Path) -> Program:
         raise ProgramError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     except yaml.YAMLError as e:
         raise ProgramError(f"{path}: malformed YAML {_yaml_where(e)}") from None
+    except (ValueError, RecursionError) as e:  # (a number of 5,000 digits; brackets nested 5,000 deep)
+        raise ProgramError(f"{path}: YAML this program cannot hold ({shown(str(e)[:200] or 'nested too deep')})") from None
     if not isinstance(raw, dict):
         raise ProgramError(f"{path}: expected a mapping of program fields at the top level")
     try:
@@ -468,87 +478,6 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def data_source_problem(source: str, root: Path) -> str | None:
-    """Why the program's data source cannot be read (every run would fail), or None. A relative
-    path is the lab's: runs see the committed tree."""
-    if source == "pystdlib":
-        return None
-    found = next((s for s in (str(Path(root) / source), source) if glob.glob(s)), None)
-    if found is None:
-        return f"{source!r} matches no file or folder (expected pystdlib, a text file or folder, or llm.c .bin shards)"
-    from trainer.shards import TOKENIZER_FILES, find_shards
-    try:
-        shards = find_shards(found)
-    except ValueError as e:
-        return str(e)
-    if shards and not any((shards[0].parent / name).is_file() for name in TOKENIZER_FILES):
-        # (every run would train, and then have no val_bpb to be judged on)
-        return (f"{source!r} is llm.c shards with no {' or '.join(TOKENIZER_FILES)} beside them: val_bpb needs "
-                f"the bytes of each token id (llm.c's data scripts write gpt2_tokenizer.bin)")
-    return None
-
-
-def check_with_trainer(program: Program, source: str = "program") -> None:
-    """Ask the trainer's make_config whether the baseline and each override-only variant make a
-    valid config, so a typo fails now rather than in every run. A variant with a ref may add
-    config keys in its own code, so its overrides are checked by its runs instead."""
-    arms = [("baseline.overrides", {})] + [
-        (f"variants[{i}].overrides", v.overrides) for i, v in enumerate(program.variants) if not v.ref]
-    arms += [("tune", point) for point in program.grid_points() if point]
-    arms += [(f"ladder[{i}]", rung) for i, rung in enumerate(program.ladder)]
-    arms += [(f"candidates[{i}].overrides", c.overrides) for i, c in enumerate(program.candidates)
-             if c.overrides and not c.patch]  # a patch may add the keys it sets
-    for field, overrides in arms:
-        problem = trainer_rejects(program, overrides)
-        if problem:
-            field = "baseline.preset" if "preset" in problem else field
-            raise ProgramError(f"{source}: {field}: the trainer rejects it: {problem}")
-    check_budget_fits_a_step(program, source)
-    for i, rung in enumerate(program.ladder):  # a rung no run can take a step at: every rung run fails
-        check_budget_fits_a_step(program, f"{source}: ladder[{i}]", rung, "at this rung")
-    for i, factor in enumerate(program.compute_multiplier.budgets if program.compute_multiplier else []):
-        check_budget_fits_a_step(program, f"{source}: compute_multiplier.budgets[{i}]", None,
-                                 f"of the baseline at {factor:g}x the budget", factor)
-
-
-def check_budget_fits_a_step(program: Program, source: str, rung: dict | None = None,
-                             where: str = "of the baseline", factor: float = 1.0) -> None:
-    """A FLOP or token budget smaller than one training step trains nothing: every run fails."""
-    per_run, train = program.budget.per_run, program.train
-    if per_run.kind not in ("flops", "tokens"):
-        return
-    tokens = train.batch_size * train.seq_len
-    step = tokens
-    if per_run.kind == "flops":
-        try:
-            from trainer.config import make_config
-            from trainer.flops import flops_per_token
-        except ImportError:
-            return
-        tokenizer = program.data.tokenizer
-        vocab = int(tokenizer.split(":")[1]) if tokenizer.startswith("bpe:") and tokenizer[4:].isdigit() else 256
-        overrides = {"vocab_size": vocab, **program.baseline.overrides, **(rung or {}), "sequence_len": train.seq_len}
-        step = tokens * flops_per_token(make_config(program.baseline.preset, **overrides))
-    if per_run.value * factor < step:
-        raise ProgramError(f"{source}: budget.per_run.{per_run.kind}: {per_run.value * factor:g} is smaller than one "
-                           f"step {where} ({step:.3g} {per_run.kind} at batch_size {train.batch_size} "
-                           f"x seq_len {train.seq_len})")
-
-
-def trainer_rejects(program: Program, overrides: dict) -> str | None:
-    """The trainer's complaint about baseline + these overrides, or None if they are valid
-    (or if no trainer is importable: then the run itself will say)."""
-    try:
-        from trainer.config import make_config
-    except ImportError:
-        return None
-    try:
-        make_config(program.baseline.preset, **{**program.baseline.overrides, **overrides})
-    except (ValueError, TypeError) as e:
-        return str(e)
-    return None
-
-
 def _yaml_where(e: yaml.YAMLError) -> str:
     mark = getattr(e, "problem_mark", None)
     problem = getattr(e, "problem", None) or str(e).splitlines()[0]
@@ -569,12 +498,18 @@ def _describe(err: dict) -> str:
         return f"{field}: missing; this field is required"
     if kind == "string_pattern_mismatch":  # only NAME uses a pattern
         return (f"{field}: expected lowercase letters, digits, '-' and '_' (it names branches "
-                f"and directories), got {err['input']!r}")
+                f"and directories), got {quoted(err['input'], 200)}")
     msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
     msg = re.sub(r"^Input should be ", "expected ", msg)
     if kind not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict):
-        msg = re.sub(r", got .*$", "", msg) + f", got {err['input']!r}"  # (pydantic's own "got ..." said twice)
-    return f"{field}: {msg}"
+        msg = re.sub(r", got .*$", "", msg) + f", got {quoted(err['input'], 200)}"  # (pydantic's own said twice)
+    return f"{field}: {shown(msg[:500])}"
+
+
+def quoted(value, limit: int = 200) -> str:
+    """A value as an error line shows it: repr'd, no control character, at most `limit` characters of it."""
+    text = repr(value)
+    return shown(text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)")
 
 
 def _field_path(loc: tuple) -> str:

@@ -173,6 +173,8 @@ def ledger_lines(launch: ProgramSite) -> list[str]:
     from org.agents.tools import referee_verdicts
     name = launch.name
     with Ledger(launch.ledger_path) as ledger:
+        if not ledger.program(name):  # (an empty file, or another program's ledger copied in)
+            return [f"its ledger {launch.ledger_path} holds no program {name}: `org run` or `org launch` starts it there"]
         runs = Counter(r["status"] for r in ledger.runs(name))
         compute, spend = ledger.compute_seconds(name), ledger.spend(name)
         budget = ledger.budget(name)  # as fixed at start, with `org budget` changes

@@ -27,8 +27,8 @@ from org.improve import check_candidates
 from org.lab import Lab
 from org.ledger import Ledger, ledger_path
 from org.panes import Grid, read_state
-from org.program import (BOUND_BUDGET, MEASUREMENT_BUDGET, MEASUREMENT_FIELDS, Program, ProgramError, check_with_trainer,
-                         data_source_problem, load_program)
+from org.program import BOUND_BUDGET, MEASUREMENT_BUDGET, MEASUREMENT_FIELDS, Program, ProgramError, load_program
+from org.program_checks import check_with_trainer, data_source_problem
 from org.unseen import known_lab
 
 # --- opening a program: every check first (preflight), then create what it needs (start)

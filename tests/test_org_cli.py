@@ -52,6 +52,12 @@ BAD_PROGRAMS = {
     "a negative tuning seed": (yaml.safe_dump(tiny_program(tune_seeds=[-1])), "tune_seeds: expected seeds from 0"),
     "a protected path outside the repository": (yaml.safe_dump(tiny_program(protected=["/etc/passwd"])),
                                                 "protected: '/etc/passwd': expected a path inside the repository"),
+    "a protected path with a NUL": (yaml.safe_dump(tiny_program(protected=["trainer/\0eval.py"])),  # (a traceback)
+                                    "protected: 'trainer/\\x00eval.py': expected a path inside the repository"),
+    "a model past the trainer's bound": (  # (a traceback, under a FLOP budget)
+        yaml.safe_dump(tiny_program(budget={**tiny_program()["budget"], "per_run": {"flops": 1e9}},
+                                    train={**tiny_program()["train"], "seq_len": 10**12})),
+        "train.seq_len 1000000000000 and data.tokenizer bytes: the trainer rejects the baseline"),
     "a tokenizer the trainer does not know": (
         yaml.safe_dump(tiny_program(data={"tokenizer": "bogus", "val_tokens": 512})),
         "data.tokenizer: unknown tokenizer 'bogus'"),
@@ -89,6 +95,9 @@ def test_a_dirty_protected_path(make_project, capsys):
     assert main(["run", "tiny"]) == 2
     assert "protected path trainer/eval.py has uncommitted changes" in one_line_error(capsys)
     assert nothing_created(root)
+    # `protected: []` protects nothing (it made every uncommitted file, every change, a protected one's)
+    (root / "programs" / "open.yaml").write_text(yaml.safe_dump(tiny_program(name="open", protected=[])))
+    assert main(["submit", "programs/open.yaml", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
 
 
 def test_bad_submissions(make_project, capsys):
@@ -99,6 +108,10 @@ def test_bad_submissions(make_project, capsys):
     assert "--set: the trainer rejects it: unknown config key 'softcapp'" in one_line_error(capsys)
     assert main(["submit", "tiny", "--arm", "x", "--set", "softcap"]) == 2
     assert "--set expects KEY=VALUE, got 'softcap'" in one_line_error(capsys)
+    assert main(["submit", "tiny", "--arm", "x", "--set", "softcap=1", "--set", "softcap=2"]) == 2  # (the last won)
+    assert "--set 'softcap=2': softcap is set twice" in one_line_error(capsys)
+    assert main(["submit", "tiny", "--arm", "x", "--set", "softcap=" + "9" * 5000]) == 2  # (a traceback: 4300 digits)
+    assert "--set: the trainer rejects it:" in one_line_error(capsys)
     assert nothing_created(root)
     assert main(["submit", "missing", "--arm", "x"]) == 2
     assert "no program file 'missing'" in one_line_error(capsys)
@@ -189,9 +202,10 @@ def test_totals_are_fixed_at_start_and_change_only_through_a_logged_org_budget(m
     assert "org budget tiny total_compute_seconds=99999" in err
 
     for bad, says in [("seeds=3", "'seeds' cannot change in a started program"),
-                      ("total_compute_seconds=-5", "budget.total_compute_seconds: Input should be greater than 0"),
+                      ("total_compute_seconds=-5", "budget.total_compute_seconds: expected greater than 0, got -5.0"),
+                      ("total_compute_seconds=5 total_compute_seconds=6", "total_compute_seconds is given twice"),
                       ("run_timeout_seconds=soon", "expected a number")]:
-        assert main(["budget", "tiny", bad]) == 2
+        assert main(["budget", "tiny", *bad.split()]) == 2
         assert says in one_line_error(capsys)
     assert main(["budget", "tiny", "total_compute_seconds=99999", "--who", "ada"]) == 0
     assert "total_compute_seconds: 600 -> 99999 (by ada, logged)" in capsys.readouterr().out
@@ -205,7 +219,7 @@ def test_totals_are_fixed_at_start_and_change_only_through_a_logged_org_budget(m
     out = capsys.readouterr().out
     assert "ada: total_compute_seconds 600 -> 99999" in out
     assert "agent_cpu_seconds unset" in out  # each agent's own box: as much as total_compute_seconds
-    assert main(["budget", "tiny", "agent_cpu_seconds=120", "--who", "ada"]) == 0
+    assert main(["budget", "tiny", "--who", "ada", "agent_cpu_seconds=120"]) == 0  # (its changes after --who too)
     assert "budget.agent_cpu_seconds: unset -> 120 (by ada, logged)" in capsys.readouterr().out
     rewrite(root, budget={**budget, "total_compute_seconds": 99999})  # the file lacks the cap the program has
     assert main(["run", "tiny"]) == 2
@@ -402,6 +416,18 @@ def test_a_corrupt_ledger_is_named_as_such_and_left_as_it_is(damage, make_projec
         err = one_line_error(capsys)
         assert "the ledger is corrupt or not a ledger" in err and "left as it is" in err, (argv, err)
     assert path.read_bytes() == before
+
+
+def test_an_empty_ledger_or_another_programs_is_said_to_hold_no_program(make_project, capsys):
+    """A 0-byte ledger (or one copied from another program) opens as SQLite: `org status` was a
+    traceback on it (its budget None)."""
+    root = make_project(tiny_program())
+    path = root / ".lab" / "tiny" / "ledger.sqlite"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    assert main(["status", "tiny"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "tiny · not running" in out and "holds no program tiny: `org run` or `org launch` starts it there" in out, out
 
 
 def test_a_runs_reason_is_printed_as_it_was_written(capsys):

@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from org.program import ProgramError, check_with_trainer, load_program
+from org.program import ProgramError, load_program
+from org.program_checks import check_with_trainer
 from trainer.shards import write_llmc_shard, write_llmc_tokenizer
 from trainer.tokenizer import byte_tokenizer
 
@@ -152,9 +153,31 @@ def test_a_top_level_list_is_not_a_program(tmp_path):
     # each once named the wrong place ("claim: fresh_seeds: ...") or said "got" twice
     (("margin: 0.01}", "margin: 0.01, fresh_seeds: 1}"), "claim.fresh_seeds: expected 0 (none) or 2 and more"),
     (("margin: 0.01}", "margin: 0.01, fresh_seeds: 2.5}"), "claim.fresh_seeds: expected a valid integer, got 2.5"),
+    # found by a bad-input hunt (session 35): a runner that spun for good, or a traceback
+    (("seq_len: 64}", "seq_len: 64}\nrunner: {threads_per_slot: 1000000000000000000000000000000}"),
+     "runner.threads_per_slot: expected less than or equal to 1024"),
+    (("seq_len: 64}", "seq_len: 64}\nrunner: {slots: 1000000000000000000000000000000}"), "runner.slots: expected less than"),
+    (("seq_len: 64}", "seq_len: 64}\nrunner: {memory_gb: 1e-300}"), "runner.memory_gb: expected greater than or equal to 0.25"),
+    (("val_tokens: 2048", "val_tokens: " + "9" * 5000), "YAML this program cannot hold (Exceeds the limit (4300 digits)"),
+    (("name: tiny", "name: tiny\nx: " + "[" * 5000 + "]" * 5000), "YAML this program cannot hold ("),
+    (("seq_len: 64}", "seq_len: 64}\nprotected: [\"trainer/\\0eval.py\"]"),
+     "protected: 'trainer/\\x00eval.py': expected a path inside the repository"),
+    (("seeds: [0, 1]", "seeds: [true, false]"), "budget.seeds[0]: expected a valid integer, got True"),
+    (("seeds: [0, 1]", "seeds: ['1', '2']"), "budget.seeds[0]: expected a valid integer, got '1'"),
+    (("seq_len: 64}", "seq_len: 64}\norg: {agents: [{name: ann, role: cheif}]}"),
+     "org.agents[0].role: expected one of chief, junior, researcher (a prompt in org/prompts/), got 'cheif'"),
+    (("name: tiny", "name: " + "x" * 100_000), "... (100002 characters)"),
 ])
 def test_non_finite_numbers_negative_seeds_and_duplicate_keys_are_refused(tmp_path, change, message):
     assert message in error_of(tmp_path, MINIMAL.replace(*change))
+
+
+def test_an_error_line_stays_short_whatever_the_file_holds(tmp_path):
+    """A name made by YAML anchors six levels deep was 5.2 MB, and the error repeated it on one line."""
+    bomb = "a: &a " + "x" * 40 + "\n" + "".join(f"{c}: &{c} [" + ", ".join([f"*{p}"] * 10) + "]\n"
+                                              for p, c in zip("abcdef", "bcdefg"))
+    message = error_of(tmp_path, MINIMAL.replace("name: tiny\n", "") + bomb + "name: *g\n")
+    assert len(message) < 1000 and "name: expected a valid string" in message, message[:300]
 
 
 def test_a_program_file_that_is_not_utf8_is_one_line(tmp_path):
@@ -173,14 +196,23 @@ def test_a_flop_budget_smaller_than_one_step_is_refused_before_any_run(tmp_path)
     with pytest.raises(ProgramError, match="255 is smaller than one step"):
         check_with_trainer(tokens, "prog")
     check_with_trainer(load_program(write(tmp_path, MINIMAL.replace("{steps: 3}", "{tokens: 256}"))), "prog")
+    huge = load_program(write(tmp_path, MINIMAL.replace("{steps: 3}", "{flops: 1e9}").replace("seq_len: 64", "seq_len: 1000000000000")))
+    with pytest.raises(ProgramError, match=r"^prog: train.seq_len 1000000000000 and data.tokenizer bytes: the trainer "
+                                           r"rejects the baseline: .* more than 1e\+12 parameters"):
+        check_with_trainer(huge, "prog")  # (it was a traceback)
 
 
 def test_a_data_source_that_matches_nothing_is_named(tmp_path):
-    from org.program import data_source_problem
+    from org.program_checks import data_source_problem
     assert data_source_problem("pystdlib", tmp_path) is None
     (tmp_path / "texts").mkdir()
     assert data_source_problem("texts", tmp_path) is None                       # the lab's, relative
     assert data_source_problem(str(tmp_path / "texts"), Path("/")) is None       # absolute
+    for lab_itself in ("", ".", str(tmp_path.parent)):  # its text the ledger and the harness's data
+        assert "holds the lab itself" in data_source_problem(lab_itself, tmp_path), lab_itself
+    (tmp_path / "empty.txt").write_text("")
+    for nothing in ("/dev/zero", "empty.txt"):
+        assert "is not a file of text or a folder (a device, or empty)" in data_source_problem(nothing, tmp_path)
     assert "'shards/*.bin' matches no file or folder" in data_source_problem("shards/*.bin", tmp_path)
     # llm.c shards of GPT-2 ids with no tokenizer file: every run trained, and had no val_bpb
     (tmp_path / "shards").mkdir()

@@ -122,3 +122,14 @@ def test_absurd_model_size(workdir, setting, key):
     proc = trainer(workdir, "train", *SMALL, "--set", "n_head=2", "--set", setting, "--out", "huge")
     assert_one_line(proc, key)
     assert not (workdir / "huge").exists()
+
+
+def test_an_empty_out_is_refused_and_a_resumed_run_takes_no_flags_it_would_ignore(workdir):
+    """`--out ""` was the folder the trainer started in (Path("") is "."): a run's four files
+    landed there. And `--resume run --steps 5` resumed the run to its own budget, saying nothing."""
+    before = sorted(p.name for p in workdir.iterdir())
+    assert_one_line(trainer(workdir, "train", *SMALL, *TINY, "--out", ""), "--out", "expected a folder's name")
+    assert sorted(p.name for p in workdir.iterdir()) == before
+    for flags, named in ((["--steps", "5"], "--steps"), (["--seed", "3"], "--seed"), (["--set", "n_layer=2"], "--set")):
+        proc = trainer(workdir, "train", "--resume", "run", *flags)
+        assert_one_line(proc, "--resume run continues the run its config.json describes", f"{named} cannot change it")

@@ -36,6 +36,13 @@ def main(argv=None) -> int:
         return 1
 
 
+def folder(text: str) -> Path:
+    """A run directory named on the command line: Path("") is ".", and a run given `--out ""` landed where it started."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a folder's name")
+    return Path(text)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the flag, not a usage dump."""
 
@@ -54,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"config override, repeatable; keys: depth, {', '.join(KEYS)}")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML mapping of config keys (and optionally preset)")
     p.add_argument("--seed", type=int, default=0, help="init and data-order seed (default 0)")
-    p.add_argument("--out", type=Path, help="run directory for config.json, metrics.jsonl, result.json")
-    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--out", type=folder, help="run directory for config.json, metrics.jsonl, result.json")
+    p.add_argument("--resume", type=folder, metavar="DIR", help="continue the run in DIR from its checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite the run already in --out (else refused)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -140,7 +147,12 @@ RUN_FILES = ("result.json", "checkpoint.npz", "metrics.jsonl", "config.json")  #
 
 def cmd_train(args) -> int:
     from trainer.train import EXIT_CODES, RunSpec, run
-    if args.resume:
+    if args.resume:  # (the run as its config.json says: a flag beside it would be ignored, so it is refused)
+        defaults = vars(build_parser().parse_args(["train"]))
+        given = [k for k, v in vars(args).items() if k not in ("resume", "quiet") and v != defaults.get(k)]
+        if given:
+            raise ValueError(f"--resume {args.resume} continues the run its config.json describes; "
+                             f"--{given[0].removeprefix('budget_').replace('_', '-')} cannot change it (a new run: --out)")
         spec = RunSpec(**read_run_config(args.resume)["spec"])
         result = run(spec, args.resume, resume=True, quiet=args.quiet)
     else:
