@@ -148,7 +148,7 @@ class Change(Strict):
 
 
 class Variant(Change):
-    ref: str | None = None  # a git ref holding a code change; overrides apply on top
+    ref: str | None = Field(None, min_length=1)  # a git ref holding a code change; overrides apply on top
     # what the variant changes on purpose, e.g. [params] for "wider at equal FLOPs": the
     # referee then notes the difference instead of calling the comparison confounded
     declares: list[Literal["params", "flops", "tokens", "steps"]] = []
@@ -168,7 +168,7 @@ class Variant(Change):
 class Candidate(Change):
     """A try the scripted researcher makes in an improvement program (an LLM org makes its own):
     config overrides, a patch file (applied in its worktree, committed), or both."""
-    patch: str | None = None  # a path in the lab, e.g. programs/improve/reseed.patch
+    patch: str | None = Field(None, min_length=1)  # a path in the lab, e.g. programs/improve/reseed.patch
     hypothesis: str | None = None
 
     @model_validator(mode="after")

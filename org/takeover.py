@@ -368,6 +368,8 @@ def too_large(tree: bytes, names: list[bytes]) -> list[bytes]:
 def cmd_say(args) -> int:
     launch = open_site(args.program)
     agent = known_agent(launch, args.agent)
+    if not " ".join(args.text).strip():
+        raise OrgError(f"nothing to say to {agent}: the message is empty")
     message = Mail(launch.lab_dir).send(HUMAN, agent, " ".join(args.text))
     control = launch.control_state(agent)
     if ended_for_good(control):  # nobody will read it: say so rather than promise

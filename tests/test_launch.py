@@ -379,6 +379,9 @@ def test_say_drops_a_message_from_you_into_an_inbox(org_project, capsys):
     assert (message["from"], message["text"]) == ("human", "look at the warmup")
     assert main(["say", "nobody", "hi", "--program", "tiny"]) == 2
     assert "tiny has no agent 'nobody' (agents: solo)" in one_line_error(capsys)
+    assert main(["say", "solo", " ", "--program", "tiny"]) == 2  # (it was delivered, empty)
+    assert "nothing to say to solo: the message is empty" in one_line_error(capsys)
+    assert len(Mail(root / ".lab" / "tiny").inbox("solo")) == 1
     Control(root / ".lab" / "tiny", "solo").set_state("stopped", "finished: conclusion posted")
     assert main(["say", "solo", "one more idea", "--program", "tiny"]) == 0  # delivered, and said for what
     assert "but solo has ended (finished: conclusion posted) and does not run again" in capsys.readouterr().out

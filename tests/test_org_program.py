@@ -167,6 +167,7 @@ def test_a_top_level_list_is_not_a_program(tmp_path):
     (("seq_len: 64}", "seq_len: 64}\norg: {agents: [{name: ann, role: cheif}]}"),
      "org.agents[0].role: expected one of chief, junior, researcher (a prompt in org/prompts/), got 'cheif'"),
     (("name: tiny", "name: " + "x" * 100_000), "... (100002 characters)"),
+    (("{softcap: 0}}", "{softcap: 0}, ref: ''}"), "variants[0].ref: String should have at least 1 character"),
 ])
 def test_non_finite_numbers_negative_seeds_and_duplicate_keys_are_refused(tmp_path, change, message):
     assert message in error_of(tmp_path, MINIMAL.replace(*change))
