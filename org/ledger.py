@@ -113,7 +113,7 @@ CREATE TABLE runs (
     measurement        TEXT,           -- JSON trainer/record.py Measurement: the harness's, the run's record
     measure_seconds    REAL,           -- runner time on it besides its trainer's: its commit checked and copied, its probe, its measurement
     created_at         TEXT NOT NULL,
-    started_at         TEXT,
+    started_at         TEXT,           -- its trainer's start (its claim's until then: recover charges from it)
     finished_at        TEXT
 );
 CREATE UNIQUE INDEX runs_once ON runs(experiment_id, purpose, seed, overrides) WHERE purpose NOT IN ('repeat', 'canary');
@@ -434,11 +434,11 @@ class Ledger:
         return self.run(run["id"])
 
     def mark_started(self, run_id: int, trainer_pid: int | None, command: list[str], run_dir: Path,
-                     log_path: Path, node: str | None = None, machine: str | None = None):
+                     log_path: Path, node: str | None = None, machine: str | None = None, started_at: str | None = None):
         self._update("runs", run_id, dict(
             trainer_pid=trainer_pid, command=json.dumps(command), run_dir=str(run_dir),
             metrics_path=str(Path(run_dir) / "metrics.jsonl"), log_path=str(log_path),
-            node=node or socket.gethostname(), machine=machine))
+            node=node or socket.gethostname(), machine=machine, **({"started_at": started_at} if started_at else {})))
 
     def set_job(self, run_id: int, job_id: str | None = None, node: str | None = None, machine: str | None = None):
         """The cluster job of a claimed run (in the claim's transaction, before it is submitted),

@@ -29,7 +29,7 @@ from typing import Callable
 from org import remove_tree
 from org.measure import KEPT_LOG_BYTES, MeasureError, keep_tail, no_follow
 
-PROBE_SECONDS = 60.0  # an honest probe: seconds (14 compiling kernels on 2 cores); one that hangs costs its run this
+PROBE_SECONDS = 60.0  # an honest probe: seconds (14 compiling kernels on 2 cores); one that hangs costs its run this, and its start
 
 
 class Probes:

@@ -412,15 +412,15 @@ def budget_section(report: Report) -> str:
                  "token recounted from the checkpoint's shapes, the steps the budget allows, val and confirm "
                  "scored by harness code on the lab's own split) and the trainer's FLOPs, steps, seed, shapes and "
                  "eval fingerprint must agree with it, else the run is `invalid`; a commit that changes a protected "
-                 f"path ({', '.join(report.spec.get('protected') or []) or 'not recorded'}) or adds code that "
+                 f"path ({', '.join(report.spec['protected']) or 'none' if 'protected' in report.spec else 'not recorded'}) or adds code that "
                  "could shadow it (bytecode, extensions, .pth, a package beside a protected module) is `refused`")
-    measured = [r for r in report.runs if r.get("measure_seconds")]
+    measured = [r for r in report.runs if r.get("measure_seconds") and r.get("wall_seconds")]  # (refused runs: their checks)
     if measured:
         spent = sum(r["measure_seconds"] for r in measured)
-        trained = sum(r.get("wall_seconds") or 0 for r in measured)
-        lines.append(f"- the harness's measurements took {spent:.0f} s for {len(measured)} runs "
-                     f"({100 * spent / trained:.1f}% of their {trained:.0f} s of training)" if trained else
-                     f"- the harness's measurements took {spent:.0f} s for {len(measured)} runs")
+        trained = sum(r["wall_seconds"] for r in measured)
+        lines.append(f"- the runner's own time on {len(measured)} runs (checking and copying their commits, probing code "
+                     f"arms' models, measuring checkpoints) took {spent:.0f} s, {100 * spent / trained:.1f}% of their "
+                     f"{trained:.0f} s of training")
     lines += ["", spent_table(report), "", failures_table(report)]
     return "\n".join(l for l in lines if l is not None)
 

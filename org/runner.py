@@ -43,7 +43,7 @@ from org.cluster import GPU, connect, job_id, machine
 from org.remote import last_line
 from org.kernelcache import copy_kernel_cache
 from org.lab import Lab, LabError, child_env
-from org.ledger import Ledger, budget_of
+from org.ledger import Ledger, budget_of, now
 from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, evaluator_env, job_for, leave_the_record,
                           measure_run, planted, put_aside, read_result, tidy_runs, worker_command)
 from org.experiments import budget_note, plan, plan_all, refusal, run_cost, runs_own_code, waiting_for_budget, waiting_for_pace
@@ -371,7 +371,8 @@ class Runner:
                 snapshot = None if reason else self.lab.snapshot(experiment["code_commit"], self.program.name)
             except LabError as e:  # its objects are not what their names say (Lab.verified)
                 reason = str(e)
-            ledger.charge_measuring(run["id"], time.monotonic() - t0)
+            finally:  # (a disk that filled as it was written out: the runner stops, its time is on record)
+                ledger.charge_measuring(run["id"], time.monotonic() - t0)
         if reason:
             return ledger.finish(run["id"], "refused", reason)
         if not self.code_may_run and runs_own_code(experiment):  # queued as we ran: back to the queue, and stop
@@ -429,7 +430,7 @@ class Runner:
         # pinned before exec, so every thread the trainer starts (BLAS pools) stays on the slot's cores;
         # the box's cpuset keeps it there (an affinity alone, its code could widen)
         pin = (lambda: os.sched_setaffinity(0, slot.cores)) if slot.cores else None
-        box = self._run_box(run_dir, *code, slot) if self.sandboxed else None
+        box, began = self._run_box(run_dir, *code, slot) if self.sandboxed else None, now()
         with open(log_path, "wb") as log:
             how = dict(cwd=code[0], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                        start_new_session=True, preexec_fn=pin)
@@ -437,7 +438,8 @@ class Runner:
         self.children[run["id"]] = proc
         if self.stopping.is_set():  # stop() ran between Popen and the line above: it missed this one
             _kill_group(proc.pid, signal.SIGKILL)
-        ledger.mark_started(run["id"], proc.pid, cmd, run_dir, log_path, machine=machine(slot.env.get("CUDA_VISIBLE_DEVICES")))
+        ledger.mark_started(run["id"], proc.pid, cmd, run_dir, log_path, machine=machine(slot.env.get("CUDA_VISIBLE_DEVICES")),
+                            started_at=began)  # (what came before it, its measure_seconds holds: charge_measuring)
         killed_reason = self._wait(proc) or getattr(proc, "stopped", None)  # the box's disk (org/diskwatch.py)
         self.children.pop(run["id"], None)
         _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it,
@@ -452,9 +454,9 @@ class Runner:
         if self.program.train.device == "cuda":
             env = {**env, "CUDA_VISIBLE_DEVICES": GPU}
         box = self._run_box(run_dir, *code, slot) if self.sandboxed else None
-        timeout = self.program.budget.run_timeout_seconds
+        timeout, began = self.program.budget.run_timeout_seconds, now()
         self.jobs.submit(job, cmd, code[0], env, log_path, box, timeout, KILL_GRACE_SECONDS, slot.kind)
-        ledger.mark_started(run["id"], None, cmd, run_dir, log_path, node="(a cluster node)")
+        ledger.mark_started(run["id"], None, cmd, run_dir, log_path, node="(a cluster node)", started_at=began)
         returncode, killed = self.jobs.wait(job, timeout, KILL_GRACE_SECONDS, self.stopping)
         ledger.set_job(run["id"], node=self.jobs.node(job), machine=self.jobs.machine(job))
         if killed == "stopping":
@@ -548,9 +550,7 @@ class Runner:
         run_dir = Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"]))
         experiment = ledger.experiment(run["experiment_id"])
         base, commit = experiment["base_commit"], experiment["code_commit"]
-        with self.git_lock:
-            base_code = self.lab.snapshot(base, self.program.name)
-            code = None if commit == base else self.lab.snapshot(commit, self.program.name)
+        base_code, code = self._snapshot(base), None if commit == base else self._snapshot(commit)
         kernels = self.lab.state_dir(self.program.name) / "kernels"
         caches = {name: kernels / f"{commit}.measuring-run{run['id']}-{name}" for name in ("a" if probe else "ab")} if code else {}
         workers = {name: self._worker(code, slot, cache) for name, cache in caches.items()} or None
@@ -564,6 +564,15 @@ class Runner:
         finally:
             for cache in caches.values():  # a worker's: it may have nested folders a thousand deep
                 remove_tree(cache, ignore_errors=True)
+
+    def _snapshot(self, commit: str) -> Path:
+        """A commit's snapshot (Lab.snapshot). One made is never changed, so it is read without the lock that
+        an agent's commit of 100,000 files holds for half a minute (a measurement waiting on it was charged)."""
+        made = self.lab.state_dir(self.program.name) / "snapshots" / commit
+        if made.is_dir() and not made.is_symlink():
+            return made
+        with self.git_lock:
+            return self.lab.snapshot(commit, self.program.name)
 
     def _worker(self, code: Path, slot: Slot, cache: Path) -> dict:
         """How the evaluator starts a worker of the experiment's model: boxed, with a fresh kernel cache."""

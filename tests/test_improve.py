@@ -880,8 +880,9 @@ def test_a_ladder_rung_or_a_multiple_of_the_budget_no_step_fits_is_one_line(tmp_
 
 
 def test_compute_multiplier_budgets_are_multiples_other_than_one():
-    with pytest.raises(ValueError, match="above 0 and not 1"):
-        Program.model_validate(improve_program(compute_multiplier={"budgets": [1.0]}))
+    for budgets in ([1.0], [1e300]):  # (the second overflowed the FLOP budget to inf)
+        with pytest.raises(ValueError, match="above 0, up to 1000 and not 1"):
+            Program.model_validate(improve_program(compute_multiplier={"budgets": budgets}))
 
 
 def test_org_extend_gives_new_seeds_to_the_frontier_and_to_tries_still_open_not_to_decided_ones(lab):

@@ -867,18 +867,22 @@ def test_a_probes_time_and_a_streams_record_outlive_a_runner_that_fails_after_th
     run re-queued after its probe (its data could not be cut: no room) lost them with the runner.
     They are on record as the probe ends now, and the probe asked again is charged again. And in
     the transaction that records a run: its stream's record must outlive a transaction that
-    failed, or the recovery could neither count its passes nor hold it to what it was counted at."""
+    failed, or the recovery could neither count its passes nor hold it to what it was counted at.
+    The recovery charges the run from its trainer's start, not its claim's (its probe twice over)."""
     program = tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"flops": 5e8}, "seeds": [0]})
     root = make_project(program)
     agent_commit(root, "mallory", "trainer/train.py", lambda text: text + "\n# an idea of mallory's\n")
     assert main(["submit", "tiny", "--arm", "idea", "--ref", "agent/tiny/mallory/work"]) == 0
-    cut, failed = runner.export_stream, []
+    cut, failed, cut_at = runner.export_stream, [], []
 
     def no_room_once(program, run, *args):  # (the disk fills as the arm's windows are cut, after its probe)
         if run["arm"] == "idea" and not failed:
             failed.append(run["id"])
             raise OSError(28, "No space left on device")
-        return cut(program, run, *args)
+        try:
+            return cut(program, run, *args)
+        finally:
+            cut_at.append(time.time())
     monkeypatch.setattr(runner, "export_stream", no_room_once)
     assert main(["run", "tiny"]) == 2
     assert "its data could not be cut from the runs' export ([Errno 28] No space left on device)" in capsys.readouterr().err
@@ -904,6 +908,8 @@ def test_a_probes_time_and_a_streams_record_outlive_a_runner_that_fails_after_th
         gone.wait()
         ledger._update("runs", idea["id"], {"runner_pid": gone.pid})  # its runner died there
     assert claimed["status"] == "running" and claimed["measure_seconds"] > probed + 0.5  # (probed again: charged again)
+    # and a recovery charges it from its trainer's start: the time before it (its probe) is charged already
+    assert datetime.fromisoformat(claimed["started_at"]).timestamp() >= cut_at[-1] - 0.002, (claimed["started_at"], cut_at)
     assert main(["run", "tiny"]) == 0
     with ledger_of(root) as ledger:
         idea = ledger.run(idea["id"])

@@ -130,6 +130,7 @@ def test_an_empty_out_is_refused_and_a_resumed_run_takes_no_flags_it_would_ignor
     before = sorted(p.name for p in workdir.iterdir())
     assert_one_line(trainer(workdir, "train", *SMALL, *TINY, "--out", ""), "--out", "expected a folder's name")
     assert sorted(p.name for p in workdir.iterdir()) == before
-    for flags, named in ((["--steps", "5"], "--steps"), (["--seed", "3"], "--seed"), (["--set", "n_layer=2"], "--set")):
+    for flags, named in ((["--steps", "5"], "--steps"), (["--budget-flops", "1e9"], "--budget-flops"), (["--seed", "3"], "--seed"),
+                         (["--set", "n_layer=2"], "--set"), (["--val-tokens", "128"], "--val-tokens")):
         proc = trainer(workdir, "train", "--resume", "run", *flags)
         assert_one_line(proc, "--resume run continues the run its config.json describes", f"{named} cannot change it")

@@ -151,8 +151,9 @@ def cmd_train(args) -> int:
         defaults = vars(build_parser().parse_args(["train"]))
         given = [k for k, v in vars(args).items() if k not in ("resume", "quiet") and v != defaults.get(k)]
         if given:
+            flag = BUDGET_FLAGS.get(given[0].removeprefix("budget_")) if given[0].startswith("budget_") else None
             raise ValueError(f"--resume {args.resume} continues the run its config.json describes; "
-                             f"--{given[0].removeprefix('budget_').replace('_', '-')} cannot change it (a new run: --out)")
+                             f"{flag or '--' + given[0].replace('_', '-')} cannot change it (a new run: --out)")
         spec = RunSpec(**read_run_config(args.resume)["spec"])
         result = run(spec, args.resume, resume=True, quiet=args.quiet)
     else:

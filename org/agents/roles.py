@@ -70,7 +70,7 @@ def fields(program: Program, name: str) -> dict:
         "baseline_overrides": json.dumps(program.baseline.overrides) or "{}", "variants": variants,
         "per_run": f"{program.budget.per_run.kind} {program.budget.per_run.value:g}",
         "seeds": program.budget.seeds, "llm_dollars": f"{program.budget.total_llm_dollars:g}",
-        "protected": ", ".join(program.protected), "max_change_kb": f"{program.max_change_kb:g}",
+        "protected": ", ".join(program.protected) or "none", "max_change_kb": f"{program.max_change_kb:g}",
         "agent_cpu_seconds": f"{program.budget.agent_cpu_seconds or program.budget.total_compute_seconds:g}",
         "run_imports": run_imports(program),
         "teammates": ", ".join(teammates(program, name)) or "none",
