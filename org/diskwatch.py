@@ -25,9 +25,11 @@ its commands' boxes) count for both.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -46,7 +48,12 @@ def watch(proc, trees: list[Path], limits) -> threading.Thread | None:
     trees = [Path(t) for t in trees if Path(t).exists()]
     if not trees:
         return None
-    start = usage(trees)
+    try:
+        start = usage(trees)
+    except (OSError, subprocess.SubprocessError) as e:  # (the box runs already: it is not let run unwatched)
+        proc.stopped = f"killed by the harness: its writable trees cannot be measured ({str(e)[:160]})"
+        os.kill(proc.pid, signal.SIGKILL)
+        return None
     thread = threading.Thread(target=_watch, args=(proc, trees, limits, start), daemon=True,
                               name=f"diskwatch-{proc.pid}")
     thread.start()
@@ -62,7 +69,7 @@ def _watch(proc, trees: list[Path], limits, start: tuple[int, int]):
             held += held_open(box_pids(proc), {os.stat(t).st_dev for t in trees})
             why = over(start, (held, entries), min(free_bytes(t) for t in trees), limits,
                        min(free_entries(t) for t in trees))
-        except (OSError, RecursionError) as e:  # a tree made to be unmeasurable (too deep, too long a path)
+        except (OSError, subprocess.SubprocessError) as e:  # a tree made to be unmeasurable (a folder it may not read)
             why = f"its writable trees cannot be measured ({type(e).__name__}: {str(e)[:120]})"
         took = time.monotonic() - t0
         if why and proc.poll() is None:
@@ -98,20 +105,52 @@ def usage(trees: list[Path]) -> tuple[int, int]:
     """(bytes the trees' entries hold, their number): each inode once, links not followed. A file
     counts its size where that is more than the blocks it takes: a sparse file of 1 GB takes
     none, and every git of the harness's hashed it whole (a status of 4 took 9 s). Any entry, a
-    folder or an empty file, counts ENTRY_BYTES at least."""
+    folder or an empty file, counts ENTRY_BYTES at least. A walk of our own, without recursion
+    (os.walk's raised RecursionError in a folder 1,000 deep, which a box makes in a second); a
+    tree nested past the kernel's path length is left to GNU du (du_usage)."""
+    try:
+        return walk(trees)
+    except OSError as e:  # (a folder we may not read: what lies below is unseen, so the box is killed: fail closed)
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        return du_usage(trees)
+
+
+def walk(trees: list[Path]) -> tuple[int, int]:
     seen, held, entries = set(), 0, 0
-    for tree in trees:
-        for folder, dirs, files in os.walk(tree, onerror=unless_gone):
-            for name in dirs + files:
-                try:
-                    st = os.lstat(os.path.join(folder, name))
-                except FileNotFoundError:  # deleted while we looked
-                    continue
-                entries += 1
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    held += max(st.st_blocks * 512, st.st_size if stat.S_ISREG(st.st_mode) else 0, ENTRY_BYTES)
+    folders = [str(tree) for tree in trees]
+    while folders:
+        try:
+            with os.scandir(folders.pop()) as found:
+                listed = list(found)
+        except FileNotFoundError:  # deleted while we looked
+            continue
+        for entry in listed:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            entries += 1
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                held += max(st.st_blocks * 512, st.st_size if stat.S_ISREG(st.st_mode) else 0, ENTRY_BYTES)
+            if stat.S_ISDIR(st.st_mode):
+                folders.append(entry.path)
     return held, entries
+
+
+def du_usage(trees: list[Path]) -> tuple[int, int]:
+    """usage() by GNU du, which walks any depth (relative to each folder): its totals of blocks, of
+    sizes and of entries, each inode once. OSError where du could not read all of them."""
+    def total(*flags) -> int:
+        done = subprocess.run(["du", "-s", "-c", "-x", *flags, "--", *map(str, trees)], capture_output=True,
+                              text=True, timeout=600)
+        gone = all("No such file" in line for line in done.stderr.splitlines())  # (deleted while it looked)
+        if done.returncode and not gone or not done.stdout.strip():
+            raise OSError(f"du: {done.stderr.strip()[:200]}")
+        return int(done.stdout.splitlines()[-1].split()[0])
+    entries = total("--inodes")
+    return max(total("-B1"), total("-B1", "--apparent-size"), entries * ENTRY_BYTES), entries
 
 
 def box_pids(proc) -> set[int]:
@@ -144,14 +183,6 @@ def held_open(pids: set[int], devices: set[int]) -> int:
                 seen.add((st.st_dev, st.st_ino))
                 held += max(st.st_blocks * 512, st.st_size)
     return held
-
-
-def unless_gone(error: OSError):
-    """os.walk's error: a folder deleted while we looked is skipped; any other (a path past the
-    kernel's length, a folder we may not read) leaves what lies below unseen, so it is raised and
-    the box is killed: fail closed."""
-    if not isinstance(error, FileNotFoundError):
-        raise error
 
 
 def free_bytes(path: Path) -> int:

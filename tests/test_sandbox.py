@@ -1015,6 +1015,26 @@ except OSError as e:
 FORK_BOMB = f"python3 -c '{FORKS}'"
 
 
+def test_a_folder_nested_deep_leaves_every_command_timed_metered_and_watched(two_agents):
+    """A folder 1,100 deep (a second's `mkdir n && cd n` in a loop) made the disk watch's os.walk
+    raise RecursionError as the next box started: `run` answered an error at once, and the command
+    ran on unseen, past its timeout, unmetered, unwatched (it wrote a file 7 s later). Past the
+    kernel's path length (2,500 deep here), GNU du measures it. Every later command is timed and
+    watched, and `rm -rf` clears it."""
+    _, _, tools, _ = two_agents
+    for depth, top in ((1100, "n"), (2500, "m")):  # (bash's `cd` in a loop: O(depth) a step)
+        made = run(tools, f"python3 -c \"import os\nfor _ in range({depth}): os.mkdir('{top}'); os.chdir('{top}')\"")
+        assert made.startswith("exit status 0"), made
+        late = tools.call("run", {"command": "sleep 4; echo late > late.txt", "timeout_seconds": 1}).output
+        assert late.startswith("killed after 1s (timeout)"), late
+        time.sleep(4.5)
+        assert not (tools.ws.root / "late.txt").exists()
+    assert len(str(tools.ws.root)) + 2 * 2500 > 4096  # (past PATH_MAX: du's)
+    assert run(tools, "echo ok").startswith("exit status 0\nok")
+    assert run(tools, "rm -rf n m && ls").startswith("exit status 0")
+    assert not (tools.ws.root / "n").exists() and not (tools.ws.root / "m").exists()
+
+
 @pytest.mark.skipif(pids_root() is None, reason=f"process limit: {process_limit()}")
 def test_a_runaway_command_hits_the_process_limit(two_agents):
     _, _, tools, _ = two_agents
