@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections.abc
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -86,9 +87,10 @@ def owned_by_program(overrides: dict) -> str | None:
     command-line flag too (`--set key=value`): a NUL or a lone surrogate there made the runner's
     Popen raise, which stopped it (a harness bug, it thought), and again at every restart."""
     unfit = next((f"{k}={v!r}" for k, v in overrides.items() if not OVERRIDE_KEY.fullmatch(str(k)) or not
-                  (isinstance(v, (int, float, bool)) or (isinstance(v, str) and command_line_text(v)))), None)
+                  (isinstance(v, bool) or isinstance(v, int) and abs(v) < 2 ** 63 or isinstance(v, float) and math.isfinite(v)
+                   or isinstance(v, str) and command_line_text(v))), None)  # (NaN and 10**400: every run failed)
     if unfit:
-        return (f"{unfit[:80]}: a key is a name (letters, digits, _ and .), a value a number, a boolean "
+        return (f"{unfit[:80]}: a key is a name (letters, digits, _ and .), a value a finite number, a boolean "
                 "or printable text")
     owned = sorted(k for k in overrides if k in PROGRAM_OWNED_KEYS or OWNED_WORDS.search(k))
     if not owned:

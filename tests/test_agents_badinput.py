@@ -120,6 +120,46 @@ def test_a_cli_agents_tool_call_with_a_nan_timeout_is_refused_not_run_forever(la
     assert time.monotonic() - started < 20
 
 
+def test_text_no_file_or_inbox_can_hold_and_odd_paths_get_one_clear_line(lab, capsys):
+    """Found by a hunt (session 35), each through `org tool` as a CLI agent sends it:
+    - a lone surrogate in a message was "sent", and its reader's `org tool read_inbox` was a
+      traceback (the message acknowledged, lost); in `finish` it was a traceback, nothing recorded;
+    - NaN and 10**400 as override values were queued, and every run failed;
+    - an edit that grew a 1 MB file to 100 MB went through (our memory), and "." as a path, a
+      folder to edit or a file of bytes read `failed: OSError ...` or a decode error;
+    - a name outside ASCII in a protected folder passed git_commit (git quoted it);
+    - arguments nested 30,000 deep were a traceback."""
+    from org.agents.commands import run_tool
+    root, program, tree = lab
+    tool = lambda name, args: run_tool(program, "solo", root, name, args)
+    for name, args, says in [
+        ("send_message", {"to": "chief", "text": "see \ud800 here"}, "text is not UTF-8 text (a lone surrogate at character 4)"),
+        ("finish", {"summary": "done \ud800"}, "summary is not UTF-8 text"),
+        ("read_file", {"path": "a\0b"}, "path holds a NUL character"),
+        ("submit_experiment", {"arm": "nan", "hypothesis": "h", "overrides": {"softcap": float("nan")}},
+         "softcap=nan: a key is a name (letters, digits, _ and .), a value a finite number"),
+        ("submit_experiment", {"arm": "huge", "hypothesis": "h", "overrides": {"softcap": 10 ** 400}}, "a value a finite number"),
+        ("write_file", {"path": ".", "content": "x"}, "'.' names your worktree itself, not a file"),
+        ("edit_file", {"path": "trainer", "old_text": "a", "new_text": "b"}, "trainer: a folder, not a file"),
+    ]:
+        output, rc = tool(name, args)
+        assert rc == 1 and says in output and "Traceback" not in output, (name, output)
+    assert Mail(lab_dir(root, program)).inbox("chief") == []  # (nothing half-sent)
+    (tree / "big.txt").write_text("x" * (1 << 20))
+    (tree / "bytes.bin").write_bytes(b"\xff\xfe" * 10)
+    output, _ = tool("edit_file", {"path": "big.txt", "old_text": "x", "new_text": "y" * 100, "replace_all": True})
+    assert "the edit makes 104857600 bytes, over the file tools' limit" in output and (tree / "big.txt").stat().st_size == 1 << 20
+    output, _ = tool("edit_file", {"path": "bytes.bin", "old_text": "a", "new_text": "b"})
+    assert "bytes.bin: not UTF-8 text (byte 0); edit_file edits text" in output, output
+    (tree / "org").mkdir()
+    (tree / "org" / "é.py").write_text("print('mine')\n")
+    output, _ = tool("git_commit", {"message": "a module of mine"})
+    assert "the commit would change protected paths: org/é.py" in output, output
+    from org.cli import main
+    assert main(["tool", "read_file", '{"path": ' + "[" * 30000 + "]" * 30000 + "}"]) == 2
+    assert "org: arguments must be a JSON object: " in capsys.readouterr().err
+
+
 def test_oversized_output_is_cut_with_a_note(lab):
     root, program, tree = lab
     (tree / "big.txt").write_text("".join(f"line {i}\n" for i in range(50_000)))

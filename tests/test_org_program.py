@@ -233,5 +233,5 @@ def test_an_override_is_a_name_and_text_a_command_line_carries():
     Popen raise, which stopped the runner, again at every restart."""
     from org.program import owned_by_program
     for bad in ({"softcap": "a\x00b"}, {"softcap": "a\ud800"}, {"soft cap": 1}, {"softcap": "a\x1b]52;c;eA==\x07"}):
-        assert "a key is a name (letters, digits, _ and .), a value a number" in owned_by_program(bad), bad
+        assert "a key is a name (letters, digits, _ and .), a value a finite number" in owned_by_program(bad), bad
     assert owned_by_program({"softcap": 15, "matrix_lr": 0.02, "activation": "relu2", "qk_norm": True}) is None

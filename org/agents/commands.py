@@ -132,10 +132,10 @@ def start_agent(name: str, program, root: Path, api: str | None = None, console=
 def cmd_tool(args) -> int:
     try:
         arguments = json.loads(args.arguments)
-    except json.JSONDecodeError as e:
-        raise OrgError(f"arguments must be a JSON object: {e}") from None
+    except (ValueError, RecursionError) as e:  # (JSONDecodeError; a number of 5,000 digits; brackets 30,000 deep)
+        raise OrgError(f"arguments must be a JSON object: {str(e)[:200] or 'nested too deep'}") from None
     if not isinstance(arguments, dict):
-        raise OrgError(f"arguments must be a JSON object, not {type(arguments).__name__}: {args.arguments}")
+        raise OrgError(f"arguments must be a JSON object, not {type(arguments).__name__}: {args.arguments[:200]}")
     return _tool_command(args, args.tool, arguments)
 
 

@@ -165,6 +165,8 @@ class Workspace:
         """Create or replace a file's content; its folders are made as needed."""
         if len(data) > MAX_FILE_BYTES:
             raise Refused(f"{rel}: {len(data)} bytes is over the file tools' limit of {MAX_FILE_BYTES}")
+        if self.check(rel, write=True) == ".":
+            raise Refused(f"{rel!r} names your worktree itself, not a file")
         fd = self.open(rel, os.O_WRONLY | os.O_CREAT, write=True, make_parents=True)
         try:  # truncated only after the link and type checks: a second name is never emptied
             os.ftruncate(fd, 0)
@@ -185,7 +187,12 @@ class Workspace:
                 got += len(chunk)
             if got > MAX_FILE_BYTES:
                 raise Refused(f"{rel}: over the file tools' limit of {MAX_FILE_BYTES} bytes (it grew as it was read)")
-            new = change(b"".join(chunks).decode()).encode()
+            try:
+                new = change(b"".join(chunks).decode()).encode()
+            except UnicodeDecodeError as e:
+                raise Refused(f"{rel}: not UTF-8 text (byte {e.start}); edit_file edits text, run (sed) edits bytes") from None
+            if len(new) > MAX_FILE_BYTES:  # (a 1 MB file's every x made 100 characters: 100 MB, in our memory)
+                raise Refused(f"{rel}: the edit makes {len(new)} bytes, over the file tools' limit of {MAX_FILE_BYTES}")
             os.lseek(fd, 0, os.SEEK_SET)
             os.ftruncate(fd, 0)
             _write_all(fd, new)

@@ -180,7 +180,11 @@ class Tools:
             return ToolResult(f"refused: {e}", error=True, refused=True)
         except ToolError as e:
             return ToolResult(f"error: {e}", error=True)
-        except Exception as e:  # a bug or an OS error in a tool must not end the agent
+        except OrgError as e:  # (the harness's own one-line refusals: a submission's, the mail's)
+            return ToolResult(f"error: {name}: {e}", error=True)
+        except OSError as e:  # (the system's word on a path: a folder, a name too long, an argument list too long)
+            return ToolResult(f"error: {name}: {e.strerror or e}", error=True)
+        except Exception as e:  # a bug in a tool must not end the agent
             return ToolResult(f"error: {name} failed: {type(e).__name__}: {e}", error=True)
         finally:  # its commits, made in its box, where the person's git and the harness's read them
             with contextlib.suppress(OrgError, OSError):
@@ -201,10 +205,12 @@ class Tools:
         except IsADirectoryError:
             raise ToolError(f"{path}: a folder; list_files shows what is in it") from None
         lines = data.decode(errors="replace").splitlines(keepends=True)
-        start = max(offset, 1) - 1
-        chunk = "".join(lines[start:start + max(limit, 1)])
+        start, limit = max(offset, 1) - 1, max(limit, 1)  # (a limit of 0 once said "read on" at the same offset)
+        chunk = "".join(lines[start:start + limit])
         more = len(lines) - start - limit
         note = f"\n[... {more} more lines; read on with offset={start + limit + 1}]" if more > 0 else ""
+        if start >= len(lines) > 0:
+            note = f"[offset {offset} is past the file's {len(lines)} lines]"
         if size > len(data):
             note += (f"\n[the file is {size} bytes; read_file reads its first {len(data)}: use run "
                      "with sed -n or tail for the rest]")
@@ -230,6 +236,8 @@ class Tools:
             self.ws.rewrite(path, change)
         except FileNotFoundError:
             raise ToolError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise ToolError(f"{path}: a folder, not a file") from None
         return f"edited {self.ws.check(path)}: {counted[0]} replacement(s)"
 
     def list_files(self, path: str = ".") -> str:
@@ -272,7 +280,8 @@ class Tools:
     def git_commit(self, message: str) -> str:
         self._git("add", "-A")
         # --no-renames: a protected file moved away must show up under its own (deleted) path
-        staged = self._git("diff", "--cached", "--name-only", "--no-renames").splitlines()
+        # (-z: a name of "org/é.py" came quoted, "org/\303\251.py", and passed as outside org/)
+        staged = [p for p in self._git("diff", "--cached", "--name-only", "--no-renames", "-z").split("\0") if p]
         if not staged:
             return "nothing to commit: the worktree matches HEAD"
         protected = [p for p in staged if self.ws.protected_by(p)]
@@ -413,6 +422,24 @@ def check_args(name: str, args) -> str | None:
             return f"{key} must be a JSON {kind}, got {type(value).__name__}"
         if isinstance(value, float) and not math.isfinite(value):  # (NaN: a command's timeout that never came)
             return f"{key} must be a finite number, got {value}"
+        problem = unfit_text(key, value)
+        if problem:
+            return problem
+    return None
+
+
+def unfit_text(key: str, value) -> str | None:
+    """Why text in an argument cannot be taken, or None: a lone surrogate (JSON's "\ud800") is no UTF-8,
+    which a teammate's inbox, a file or the ledger could not hold (a message sent so was lost, its reader's
+    `org tool` a traceback); a NUL ends a path, a ref or a command where the system reads it."""
+    texts = [value] if isinstance(value, str) else [t for kv in value.items() for t in kv] if isinstance(value, dict) else []
+    for text in (t for t in texts if isinstance(t, str)):
+        try:
+            text.encode()
+        except UnicodeEncodeError as e:
+            return f"{key} is not UTF-8 text (a lone surrogate at character {e.start})"
+        if "\0" in text and key in ("path", "ref", "command", "arm"):
+            return f"{key} holds a NUL character"
     return None
 
 
