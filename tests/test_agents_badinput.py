@@ -141,10 +141,16 @@ def test_text_no_file_or_inbox_can_hold_and_odd_paths_get_one_clear_line(lab, ca
         ("submit_experiment", {"arm": "huge", "hypothesis": "h", "overrides": {"softcap": 10 ** 400}}, "a value a finite number"),
         ("write_file", {"path": ".", "content": "x"}, "'.' names your worktree itself, not a file"),
         ("edit_file", {"path": "trainer", "old_text": "a", "new_text": "b"}, "trainer: a folder, not a file"),
+        ("send_message", {"to": "chief", "text": "  "}, "text is empty"),  # (delivered, empty)
+        ("submit_experiment", {"arm": "x", "hypothesis": "h", "ref": ""}, "ref is empty (leave ref out to measure your HEAD)"),
+        ("results", {"experiment": 999}, "no experiment 999"),  # (it answered with everything)
     ]:
         output, rc = tool(name, args)
         assert rc == 1 and says in output and "Traceback" not in output, (name, output)
     assert Mail(lab_dir(root, program)).inbox("chief") == []  # (nothing half-sent)
+    started = time.monotonic()  # (a timeout of 0 was the default's 120 s)
+    assert tool("run", {"command": "sleep 5", "timeout_seconds": 0})[0].startswith("killed after 1s (timeout)")
+    assert time.monotonic() - started < 4
     (tree / "big.txt").write_text("x" * (1 << 20))
     (tree / "bytes.bin").write_bytes(b"\xff\xfe" * 10)
     output, _ = tool("edit_file", {"path": "big.txt", "old_text": "x", "new_text": "y" * 100, "replace_all": True})

@@ -265,7 +265,8 @@ class Tools:
         if named:
             raise Refused(f"the command names {named.group(0)}: credentials are not available to "
                           "agents' commands")
-        timeout = min(max(timeout_seconds or self.limits.run_timeout_default, 1), self.limits.run_timeout_max)
+        timeout = self.limits.run_timeout_default if timeout_seconds is None else timeout_seconds  # (0: the least, 1 s)
+        timeout = min(max(timeout, 1), self.limits.run_timeout_max)
         with one_at_a_time(self.lab_dir / "locks" / f"{self.agent}.command"):
             spent = cpu_exhausted(self.ledger_path, self.program.name, self.agent)
             if spent:
@@ -348,6 +349,8 @@ class Tools:
             # end: built at each poll, 32 waits sent at once from a CLI's shell took a core of the
             # harness's, unmetered, while the baseline's runs trained
             ids = [e["id"] for e in shown_experiments(ledger.experiments(self.program.name), experiment)]
+            if experiment is not None and experiment not in ids:  # (it answered with everything)
+                raise ToolError(f"no experiment {experiment}; results with no experiment lists them all")
             while ledger.pending(self.program.name, ids) and time.monotonic() < deadline and not self.interrupted():
                 time.sleep(self.limits.poll_seconds)
             return self._fit(figures_rounded(program_status(ledger, self.program, experiment)))
@@ -428,10 +431,15 @@ def check_args(name: str, args) -> str | None:
     return None
 
 
+NOT_EMPTY = ("text", "summary", "ref", "arm", "command", "message")
+
+
 def unfit_text(key: str, value) -> str | None:
     """Why text in an argument cannot be taken, or None: a lone surrogate (JSON's "\ud800") is no UTF-8,
     which a teammate's inbox, a file or the ledger could not hold (a message sent so was lost, its reader's
     `org tool` a traceback); a NUL ends a path, a ref or a command where the system reads it."""
+    if key in NOT_EMPTY and isinstance(value, str) and not value.strip():  # (an empty message was delivered)
+        return f"{key} is empty" + (" (leave ref out to measure your HEAD)" if key == "ref" else "")
     texts = [value] if isinstance(value, str) else [t for kv in value.items() for t in kv] if isinstance(value, dict) else []
     for text in (t for t in texts if isinstance(t, str)):
         try:
