@@ -49,8 +49,8 @@ def watch(proc, trees: list[Path], limits) -> threading.Thread | None:
     if not trees:
         return None
     try:
-        start = usage(trees)
-    except (OSError, subprocess.SubprocessError) as e:  # (the box runs already: it is not let run unwatched)
+        start = usage(trees, lenient=True)
+    except Exception as e:  # (the box runs already: it is not let run unwatched, whatever failed)
         proc.stopped = f"killed by the harness: its writable trees cannot be measured ({str(e)[:160]})"
         os.kill(proc.pid, signal.SIGKILL)
         return None
@@ -69,7 +69,7 @@ def _watch(proc, trees: list[Path], limits, start: tuple[int, int]):
             held += held_open(box_pids(proc), {os.stat(t).st_dev for t in trees})
             why = over(start, (held, entries), min(free_bytes(t) for t in trees), limits,
                        min(free_entries(t) for t in trees))
-        except (OSError, subprocess.SubprocessError) as e:  # a tree made to be unmeasurable (a folder it may not read)
+        except Exception as e:  # a tree made to be unmeasurable (a folder it may not read), or anything else: fail closed
             why = f"its writable trees cannot be measured ({type(e).__name__}: {str(e)[:120]})"
         took = time.monotonic() - t0
         if why and proc.poll() is None:
@@ -101,22 +101,24 @@ def over(start: tuple[int, int], now: tuple[int, int], free: int, limits, entrie
     return None
 
 
-def usage(trees: list[Path]) -> tuple[int, int]:
+def usage(trees: list[Path], lenient: bool = False) -> tuple[int, int]:
     """(bytes the trees' entries hold, their number): each inode once, links not followed. A file
     counts its size where that is more than the blocks it takes: a sparse file of 1 GB takes
     none, and every git of the harness's hashed it whole (a status of 4 took 9 s). Any entry, a
-    folder or an empty file, counts ENTRY_BYTES at least. A walk of our own, without recursion
-    (os.walk's raised RecursionError in a folder 1,000 deep, which a box makes in a second); a
-    tree nested past the kernel's path length is left to GNU du (du_usage)."""
+    folder or an empty file, counts ENTRY_BYTES at least. A folder we may not read leaves what lies
+    below it unseen: an error (the box is killed, fail closed), unless `lenient` (a box's start:
+    so a box can run the `chmod` that restores it; its first look fails closed on it)."""
     try:
-        return walk(trees)
-    except OSError as e:  # (a folder we may not read: what lies below is unseen, so the box is killed: fail closed)
+        return walk(trees, lenient)
+    except OSError as e:  # (a tree nested past the kernel's path length: GNU find walks any depth)
         if e.errno != errno.ENAMETOOLONG:
             raise
-        return du_usage(trees)
+        return found_usage(trees, lenient)
 
 
-def walk(trees: list[Path]) -> tuple[int, int]:
+def walk(trees: list[Path], lenient: bool = False) -> tuple[int, int]:
+    """usage() by a walk of our own, without recursion: os.walk's raised RecursionError in a folder
+    1,100 deep, which a box makes in a second, as the next box started."""
     seen, held, entries = set(), 0, 0
     folders = [str(tree) for tree in trees]
     while folders:
@@ -125,32 +127,45 @@ def walk(trees: list[Path]) -> tuple[int, int]:
                 listed = list(found)
         except FileNotFoundError:  # deleted while we looked
             continue
+        except PermissionError:
+            if lenient:
+                continue
+            raise
         for entry in listed:
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
             entries += 1
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                held += max(st.st_blocks * 512, st.st_size if stat.S_ISREG(st.st_mode) else 0, ENTRY_BYTES)
+            held += counted(st.st_dev, st.st_ino, st.st_blocks, st.st_size, stat.S_ISREG(st.st_mode), seen)
             if stat.S_ISDIR(st.st_mode):
                 folders.append(entry.path)
     return held, entries
 
 
-def du_usage(trees: list[Path]) -> tuple[int, int]:
-    """usage() by GNU du, which walks any depth (relative to each folder): its totals of blocks, of
-    sizes and of entries, each inode once. OSError where du could not read all of them."""
-    def total(*flags) -> int:
-        done = subprocess.run(["du", "-s", "-c", "-x", *flags, "--", *map(str, trees)], capture_output=True,
-                              text=True, timeout=600)
-        gone = all("No such file" in line for line in done.stderr.splitlines())  # (deleted while it looked)
-        if done.returncode and not gone or not done.stdout.strip():
-            raise OSError(f"du: {done.stderr.strip()[:200]}")
-        return int(done.stdout.splitlines()[-1].split()[0])
-    entries = total("--inodes")
-    return max(total("-B1"), total("-B1", "--apparent-size"), entries * ENTRY_BYTES), entries
+def found_usage(trees: list[Path], lenient: bool = False) -> tuple[int, int]:
+    """usage() by GNU find: each entry's device, inode, blocks and size, counted as walk counts them.
+    Its error lines end with the C locale's reason, which no name can forge (find quotes names)."""
+    done = subprocess.run(["find", *map(str, trees), "-mindepth", "1", "-printf", r"%D %i %b %s %y\n"],
+                          capture_output=True, env={"LC_ALL": "C", "PATH": os.environ.get("PATH", "")}, timeout=600)
+    excused = (": No such file or directory",) + ((": Permission denied",) if lenient else ())  # (deleted as it looked)
+    errors = [line for line in done.stderr.decode(errors="replace").splitlines() if not line.endswith(excused)]
+    if done.returncode and (errors or not done.stderr):
+        raise OSError(f"find: {(errors or [f'exit status {done.returncode}'])[0][:200]}")
+    seen, held, entries = set(), 0, 0
+    for line in done.stdout.decode().splitlines():
+        dev, ino, blocks, size, kind = line.split()
+        entries += 1
+        held += counted(int(dev), int(ino), int(blocks), int(size), kind == "f", seen)
+    return held, entries
+
+
+def counted(dev: int, ino: int, blocks: int, size: int, regular: bool, seen: set) -> int:
+    """The bytes an entry adds: its blocks, or its size where more (a regular file's), ENTRY_BYTES at least; an inode once."""
+    if (dev, ino) in seen:
+        return 0
+    seen.add((dev, ino))
+    return max(blocks * 512, size if regular else 0, ENTRY_BYTES)
 
 
 def box_pids(proc) -> set[int]:

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import contextlib
+import errno
 import fcntl
 import re
 import time
@@ -31,7 +32,7 @@ from org.lab import Lab, agent_branch, agent_refs
 from org.ledger import FINISHED, Ledger, ledger_path, shown_seed
 from org.mail import EVERYONE, HUMAN, TURN_MAIL_BYTES, Mail, a_turns_mail, format_mail
 from org.program import Program, owned_by_program
-from org.agents.sandbox import SECRET_NAME, Refused, Workspace, cap, git_identity
+from org.agents.sandbox import MAX_FILE_BYTES, SECRET_NAME, Refused, Workspace, cap, git_identity
 from org.agents.spend import cpu_exhausted
 from org.cgroups import pools
 from org.sandbox import agent_box, available
@@ -182,8 +183,10 @@ class Tools:
             return ToolResult(f"error: {e}", error=True)
         except OrgError as e:  # (the harness's own one-line refusals: a submission's, the mail's)
             return ToolResult(f"error: {name}: {e}", error=True)
-        except OSError as e:  # (the system's word on a path: a folder, a name too long, an argument list too long)
-            return ToolResult(f"error: {name}: {e.strerror or e}", error=True)
+        except OSError as e:  # (the system's word on a path or an argument; any other stays a failure, below)
+            if e.errno not in PATH_ERRORS:
+                return ToolResult(f"error: {name} failed: {type(e).__name__}: {e}", error=True)
+            return ToolResult(f"error: {name}: {e.strerror}", error=True)
         except Exception as e:  # a bug in a tool must not end the agent
             return ToolResult(f"error: {name} failed: {type(e).__name__}: {e}", error=True)
         finally:  # its commits, made in its box, where the person's git and the harness's read them
@@ -282,7 +285,8 @@ class Tools:
         self._git("add", "-A")
         # --no-renames: a protected file moved away must show up under its own (deleted) path
         # (-z: a name of "org/é.py" came quoted, "org/\303\251.py", and passed as outside org/)
-        staged = [p for p in self._git("diff", "--cached", "--name-only", "--no-renames", "-z").split("\0") if p]
+        staged = self._git("diff", "--cached", "--name-only", "--no-renames", "-z", limit=MAX_FILE_BYTES)
+        staged = [p for p in staged.split("\0") if p]
         if not staged:
             return "nothing to commit: the worktree matches HEAD"
         protected = [p for p in staged if self.ws.protected_by(p)]
@@ -293,8 +297,8 @@ class Tools:
         self._git("commit", "-q", "-m", message)
         return f"committed {self._git('rev-parse', 'HEAD')[:10]}: {len(staged)} file(s): {', '.join(staged[:10])}"
 
-    def _git(self, *args) -> str:
-        status, out = self.ws.run(["git", *args], 60, self.limits.output_chars)
+    def _git(self, *args, limit: int | None = None) -> str:
+        status, out = self.ws.run(["git", *args], 60, limit or self.limits.output_chars)  # (a cut list could hide a name)
         if status != 0:
             raise ToolError(f"git {' '.join(args[:2])} failed: {out.strip()[-500:]}")
         return out.strip()
@@ -432,6 +436,7 @@ def check_args(name: str, args) -> str | None:
 
 
 NOT_EMPTY = ("text", "summary", "ref", "arm", "command", "message")
+PATH_ERRORS = (errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR, errno.E2BIG, errno.EINVAL, errno.EMLINK, errno.ENXIO)
 
 
 def unfit_text(key: str, value) -> str | None:
