@@ -82,10 +82,29 @@ DEEP = ("import os\nfor i in range(20):\n    os.mkdir('d' * 250); os.chdir('d' *
     "import time\n", "import time\n", 1))
 
 
-def test_a_tree_too_deep_to_measure_stops_the_box(tmp_path):
+def test_a_tree_past_the_kernels_path_length_is_measured_and_its_box_stopped_at_its_bound(tmp_path):
+    """Its paths are past PATH_MAX, so no walk by name reaches its files: GNU find measures it."""
     proc = box_runs(tmp_path, DEEP, disk_bytes=32 << 20)
     assert proc.returncode == -9 and "wrote it all" not in proc.out, proc.out
-    assert proc.stopped.startswith("killed by the harness: its writable trees")
+    assert proc.stopped.startswith("killed by the harness: its writable trees grew by"), proc.stopped
+
+
+def test_find_counts_a_tree_as_the_walk_does(tmp_path):
+    """Past the kernel's path length the watch counts by GNU find: a count that differed (du's
+    counted a hard-linked name once, and a sparse file's blocks or its size over the whole tree)
+    let a box hide usage by nesting a folder deep between two looks."""
+    from org.diskwatch import found_usage, walk
+    (tmp_path / "a.txt").write_text("x" * 10_000)
+    (tmp_path / "sub").mkdir()
+    for i in range(50):
+        os.link(tmp_path / "a.txt", tmp_path / "sub" / f"link{i}")
+    with open(tmp_path / "sparse", "wb") as f:
+        f.truncate(1 << 30)
+    subprocess.run(["fallocate", "-l", str(4 << 20), str(tmp_path / "held")], check=True)  # blocks, size 4 MB
+    (tmp_path / "No such file or directory").mkdir()  # (a name an error line could be told by)
+    held, entries = walk([tmp_path])
+    assert found_usage([tmp_path]) == (held, entries) and entries == 55  # (each name; each inode's bytes once)
+    assert (1 << 30) + (4 << 20) + 10_000 <= held < (1 << 30) + (4 << 20) + 64_000  # (the sparse file at its size)
 
 
 def test_no_box_writes_into_the_harnesss_reserve_but_one_may_delete(tmp_path):
