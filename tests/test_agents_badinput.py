@@ -155,6 +155,11 @@ def test_text_no_file_or_inbox_can_hold_and_odd_paths_get_one_clear_line(lab, ca
     (tree / "bytes.bin").write_bytes(b"\xff\xfe" * 10)
     output, _ = tool("edit_file", {"path": "big.txt", "old_text": "x", "new_text": "y" * 100, "replace_all": True})
     assert "the edit makes 104857600 bytes, over the file tools' limit" in output and (tree / "big.txt").stat().st_size == 1 << 20
+    (tree / "empty.txt").write_text("")
+    assert tool("read_file", {"path": "empty.txt", "offset": 3})[0] == "[offset 3 is past the file's 0 lines]"
+    (tree / "five.txt").write_text("".join(f"line {i}\n" for i in range(1, 6)))
+    assert tool("read_file", {"path": "five.txt", "offset": 2, "limit": 0})[0] == \
+        "line 2\n\n[... 3 more lines; read on with offset=3]"  # (it said offset=2: the same line, for good)
     output, _ = tool("edit_file", {"path": "bytes.bin", "old_text": "a", "new_text": "b"})
     assert "bytes.bin: not UTF-8 text (byte 0); edit_file edits text" in output, output
     (tree / "org").mkdir()

@@ -212,7 +212,7 @@ class Tools:
         chunk = "".join(lines[start:start + limit])
         more = len(lines) - start - limit
         note = f"\n[... {more} more lines; read on with offset={start + limit + 1}]" if more > 0 else ""
-        if start >= len(lines) > 0:
+        if start >= len(lines) and start > 0:
             note = f"[offset {offset} is past the file's {len(lines)} lines]"
         if size > len(data):
             note += (f"\n[the file is {size} bytes; read_file reads its first {len(data)}: use run "
