@@ -244,7 +244,8 @@ def test_the_budget_holds_a_claims_fresh_seeds_back_from_work_not_yet_started(ma
     assert main(["report", "tiny"]) == 0
     row = next(line for line in (root / "reports" / "tiny" / "README.md").read_text().splitlines()
                if line.startswith("| no-softcap"))
-    assert "so do 2 fresh seeds" in row or "2 fresh seeds say no regression" in row, row  # (the held-out split may say better)
+    # (the held-out split may say better, and so may the 2 fresh seeds: a draw, once in CI)
+    assert "so do 2 fresh seeds" in row or re.search(r"2 fresh seeds say (no regression|better)", row), row
 
 
 def test_an_agents_share_of_the_compute_holds_its_queue_back_not_its_teammates(tmp_path):
