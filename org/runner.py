@@ -430,7 +430,8 @@ class Runner:
         # pinned before exec, so every thread the trainer starts (BLAS pools) stays on the slot's cores;
         # the box's cpuset keeps it there (an affinity alone, its code could widen)
         pin = (lambda: os.sched_setaffinity(0, slot.cores)) if slot.cores else None
-        box, began = self._run_box(run_dir, *code, slot) if self.sandboxed else None, now()
+        box = self._run_box(run_dir, *code, slot) if self.sandboxed else None
+        began = now()  # (its trainer's start, a recovery's clock: what came before, measure_seconds holds)
         with open(log_path, "wb") as log:
             how = dict(cwd=code[0], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                        start_new_session=True, preexec_fn=pin)
@@ -439,7 +440,7 @@ class Runner:
         if self.stopping.is_set():  # stop() ran between Popen and the line above: it missed this one
             _kill_group(proc.pid, signal.SIGKILL)
         ledger.mark_started(run["id"], proc.pid, cmd, run_dir, log_path, machine=machine(slot.env.get("CUDA_VISIBLE_DEVICES")),
-                            started_at=began)  # (what came before it, its measure_seconds holds: charge_measuring)
+                            started_at=began)
         killed_reason = self._wait(proc) or getattr(proc, "stopped", None)  # the box's disk (org/diskwatch.py)
         self.children.pop(run["id"], None)
         _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it,
@@ -508,7 +509,7 @@ class Runner:
         status, reason = check_result(self.program, run, result, fingerprints, data_given(ledger.run(run["id"])) or str(self.runs_data))
         if killed_reason:
             status, reason = "killed", killed_reason
-        measurement, measure_seconds = None, None  # (a code arm's probe is on record already: charge_measuring)
+        measurement, measure_seconds = None, None  # (its commit's check and its probe are on record already)
         if status == "completed":
             t0 = time.monotonic()
             status, reason, measurement = self._measure(ledger, run, result, slot)
