@@ -25,6 +25,7 @@ its commands' boxes) count for both.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -52,7 +53,8 @@ def watch(proc, trees: list[Path], limits) -> threading.Thread | None:
         start = usage(trees, lenient=True)
     except Exception as e:  # (the box runs already: it is not let run unwatched, whatever failed)
         proc.stopped = f"killed by the harness: its writable trees cannot be measured ({str(e)[:160]})"
-        os.kill(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)  # bwrap's: the box dies with it
         return None
     thread = threading.Thread(target=_watch, args=(proc, trees, limits, start), daemon=True,
                               name=f"diskwatch-{proc.pid}")
