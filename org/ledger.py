@@ -458,14 +458,14 @@ class Ledger:
                 status=status, reason=reason, wall_seconds=wall_seconds, finished_at=now(), git_commit=commit,
                 git_dirty=0, result=result and json.dumps(asdict(result), sort_keys=True),
                 measurement=measurement and json.dumps(asdict(measurement), sort_keys=True)))
-            self.charge_measuring(run_id, measure_seconds or 0.0)
+            if measure_seconds is not None:
+                self.charge_measuring(run_id, measure_seconds)
 
     def charge_measuring(self, run_id: int, seconds: float):
         """Runner time spent on a run besides its trainer's, added to its measure_seconds as it is spent
         (on record whether the run is re-queued or its runner dies): its commit checked and written out,
         a code arm's probe of its model, then the measurement of its checkpoint."""
-        self.db.execute("UPDATE runs SET measure_seconds = coalesce(measure_seconds, 0) + ? WHERE id = ?",
-                        (max(seconds, 0.0), run_id))  # (one statement: a transaction of its own outside tx)
+        self.db.execute("UPDATE runs SET measure_seconds = coalesce(measure_seconds, 0) + ? WHERE id = ?", (max(seconds, 0.0), run_id))
 
     def requeue(self, run_id: int, reason: str, lost_seconds: float = 0.0):
         """Hand a run back to the queue (its runner died, or its trainer died of a signal nobody
