@@ -39,7 +39,7 @@ from org.serve import add_serve_command
 from org.status import add_status_command
 from org.stop import add_stop_command
 from org.takeover import add_takeover_commands
-from org.workspace import find_ledger, on_ray, preflight, start
+from org.workspace import find_ledger, hand_edit, on_ray, preflight, start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         args.changes += extra  # (`org budget P --who ada F=V`: argparse takes no positional after an option)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    Ledger.opened.clear()  # (the ledgers this command opens)
     try:
         check_text(args, parser)
         return args.func(args)
@@ -62,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("org: interrupted; `org run` again resumes", file=sys.stderr)
         return 130
+    except Exception:  # a failure on what a ledger holds is a hand edit's (no crash leaves one): say where
+        damage = next(filter(None, map(hand_edit, Ledger.opened)), None)
+        if not damage:
+            raise  # our bug: its traceback
+        print(f"org: {damage}", file=sys.stderr)
+        return 2
 
 
 def check_text(args, parser):

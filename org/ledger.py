@@ -193,18 +193,20 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+LEFT_AS_IT_IS = "it was left as it is: restore it from a copy, or move it away to start the program afresh"
+
+
 def corrupt(path, error) -> str:
-    return (f"{path}: the ledger is corrupt or not a ledger ({error}); it was left as it is: restore it from a "
-            "copy, or move it away to start the program afresh")
+    return f"{path}: the ledger is corrupt or not a ledger ({error}); {LEFT_AS_IT_IS}"
 
 
-def ledger_path(lab_dir: Path | str) -> Path:
-    """The ledger of the program whose state lives in lab_dir (.lab/<program>/)."""
+def ledger_path(lab_dir: Path | str) -> Path:  # the ledger of the program whose state is in lab_dir (.lab/<program>/)
     return Path(lab_dir) / "ledger.sqlite"
 
 
 class Ledger:
     """One connection to a ledger file. Not shared between threads: open one per thread."""
+    opened: set[Path] = set()  # ledger files opened: `org` looks in its command's for a hand edit where it fails
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -221,6 +223,7 @@ class Ledger:
         except sqlite3.DatabaseError as e:  # not SQLite, or damaged: say so, and touch nothing
             self.db.close()
             raise LedgerError(corrupt(self.path, e)) from None
+        Ledger.opened.add(self.path)
 
     def __enter__(self):
         return self
@@ -318,12 +321,11 @@ class Ledger:
         """Set budget fields of a started program, each change logged; returns the log rows."""
         with self.tx():
             spec = json.loads(self.program(name)["spec"])
-            rows = []
-            for field, value in changes.items():
-                rows.append(dict(program=name, field=field, old=spec["budget"].get(field), new=value,
-                                 who=who, created_at=now()))
-                self._insert("budget_changes", rows[-1])
-                spec["budget"][field] = value
+            rows = [dict(program=name, field=f, old=spec["budget"].get(f), new=v, who=who, created_at=now())
+                    for f, v in changes.items()]
+            for row in rows:
+                self._insert("budget_changes", row)
+                spec["budget"][row["field"]] = row["new"]
             self._update("programs", name, dict(spec=json.dumps(spec, sort_keys=True)), key="name")
         return rows
 
@@ -539,10 +541,8 @@ class Ledger:
         return self.db.execute("SELECT coalesce(sum(wall_seconds), 0) + coalesce(sum(measure_seconds), 0) "
                                "+ coalesce(sum(lost_seconds), 0) FROM runs WHERE program = ?", (program,)).fetchone()[0]
 
-    def counts(self) -> dict:
-        """Rows per table, for notes and sanity checks."""
-        return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("programs", "experiments", "runs", "llm_spend", "agent_cpu")}
+    def counts(self) -> dict:  # rows per table, for notes and sanity checks
+        return {t: self._one(f"SELECT count(*) n FROM {t}")["n"] for t in ("programs", "experiments", "runs", "llm_spend", "agent_cpu")}
 
 
 def columns(db: sqlite3.Connection, table: str) -> list[str]:

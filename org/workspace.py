@@ -17,17 +17,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 import git
+from pydantic import ValidationError
 
-from org import OrgError
+from org import OrgError, shown
 from org.improve import check_candidates
 from org.lab import Lab
-from org.ledger import Ledger, ledger_path
+from org.ledger import LEFT_AS_IT_IS, Ledger, ledger_path
 from org.panes import Grid, read_state
-from org.program import BOUND_BUDGET, MEASUREMENT_BUDGET, MEASUREMENT_FIELDS, Program, ProgramError, load_program
+from org.program import BOUND_BUDGET, MEASUREMENT_BUDGET, MEASUREMENT_FIELDS, Program, ProgramError, load_program, quoted
 from org.program_checks import check_with_trainer, data_source_problem
 from org.unseen import known_lab
 
@@ -59,6 +61,8 @@ def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
     if recorded.exists():
         with Ledger(recorded) as ledger:
             row = ledger.program(program.name)
+        if damage := hand_edit(recorded, programs_too=False):  # (before anything is written beside it)
+            raise OrgError(damage)
         if row:
             check_unchanged(path, json.loads(row["spec"]), program.model_dump(mode="json"))
     branch = f"program/{program.name}"
@@ -75,6 +79,36 @@ def start(program: Program, lab: Lab, path: Path) -> Ledger:
     if not ledger.program(program.name):
         ledger.add_program(program.name, program.model_dump(mode="json"), base, f"program/{program.name}")
     return ledger
+
+
+JSON_KINDS = {  # (table, column): the JSON org writes there; a column left NULL holds none
+    ("programs", "spec"): "object", ("experiments", "overrides"): "object", ("experiments", "chosen"): "object",
+    ("experiments", "decision"): "object", ("runs", "overrides"): "object", ("runs", "budget"): "object",
+    ("runs", "command"): "array", ("runs", "result"): "object", ("runs", "measurement"): "object"}
+
+
+def hand_edit(path, programs_too: bool = True) -> str | None:
+    """The first thing in a ledger that no org writes, as one line: a JSON column that is not JSON
+    or not its kind, or (programs_too) a program this org cannot read, which an older nanolab's may
+    be too. Every write is one transaction, so a crash makes none of these: a hand edit does."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            for (table, column), kind in JSON_KINDS.items():
+                row = db.execute(f"SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL AND CASE WHEN "
+                                 f"json_valid({column}) THEN json_type({column}) ELSE 'text' END != ?", (kind,)).fetchone()
+                if row:
+                    return (f"{path}: {table} row {row[0]}: its {column} is not a JSON {kind} (edited by hand?): "
+                            f"{quoted(row[1])}; {LEFT_AS_IT_IS}")
+            for name, spec in db.execute("SELECT name, spec FROM programs") if programs_too else ():
+                try:
+                    Program.model_validate(json.loads(spec))  # (as recorded_program reads it)
+                except ValidationError as e:
+                    where = ".".join(map(str, e.errors()[0]["loc"])) or "spec"
+                    return (f"{path}: program {name!r}: its spec is not a program this org reads (edited by hand, "
+                            f"or an older nanolab's?): {where}: {shown(e.errors()[0]['msg'])}; {LEFT_AS_IT_IS}")
+    except sqlite3.Error:  # gone, or not SQLite: Ledger() says so where it is opened
+        pass
+    return None
 
 
 def find_ledger(arg: str) -> tuple[Lab, str, Path]:

@@ -418,6 +418,37 @@ def test_a_corrupt_ledger_is_named_as_such_and_left_as_it_is(damage, make_projec
     assert path.read_bytes() == before
 
 
+HAND_EDITS = {"not JSON": ("runs", "overrides", "{matrix_lr: 0.03"), "not an object": ("experiments", "overrides", "[1]"),
+              "a budget of text": ("runs", "budget", '"flops"'), "a spec not JSON": ("programs", "spec", "{name: tiny"),
+              "a spec with no budget": ("programs", "spec", '{"name": "tiny"}')}
+
+
+@pytest.mark.parametrize("edit", HAND_EDITS)
+def test_a_ledger_edited_by_hand_is_named_where_and_left_as_it_is(edit, make_project, capsys):
+    """A ledger that is still SQLite but holds what no org writes (no crash can: every write is
+    one transaction) was a traceback in status, report, budget, extend and runs --json, and `org
+    run` claimed a run, then stopped on it calling it a nanolab bug."""
+    import sqlite3
+    root = make_project(tiny_program())
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    table, column, value = HAND_EDITS[edit]
+    path = root / ".lab" / "tiny" / "ledger.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = 1", (value,))
+    capsys.readouterr()
+    for argv in (["runs", "tiny", "--json"], ["budget", "tiny"], ["report", "tiny"], ["status", "tiny"],
+                 ["extend", "tiny", "--seeds", "9"], ["run", "tiny"], ["submit", "tiny", "--arm", "b", "--set", "matrix_lr=0.05"]):
+        if main(argv) != 0:
+            err = one_line_error(capsys)
+            assert "edited by hand" in err and f"{table} row 1: its {column}" in err or "spec is not a program" in err, (argv, err)
+            assert "left as it is" in err
+        else:
+            capsys.readouterr()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute(f"SELECT {column} FROM {table} WHERE rowid = 1").fetchone()[0] == value
+        assert db.execute("SELECT count(*) FROM runs WHERE status != 'queued'").fetchone()[0] == 0  # none claimed
+
+
 def test_an_empty_ledger_or_another_programs_is_said_to_hold_no_program(make_project, capsys):
     """A 0-byte ledger (or one copied from another program) opens as SQLite: `org status` was a
     traceback on it (its budget None)."""
