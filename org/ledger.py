@@ -113,7 +113,7 @@ CREATE TABLE runs (
     measurement        TEXT,           -- JSON trainer/record.py Measurement: the harness's, the run's record
     measure_seconds    REAL,           -- runner time on it besides its trainer's: its commit checked and copied, its probe, its measurement
     created_at         TEXT NOT NULL,
-    started_at         TEXT,           -- its trainer's start (its claim's until then: recover charges from it)
+    started_at         TEXT,           -- where its uncharged time began (claim, check, probe, trainer): recover charges from it
     finished_at        TEXT
 );
 CREATE UNIQUE INDEX runs_once ON runs(experiment_id, purpose, seed, overrides) WHERE purpose NOT IN ('repeat', 'canary');
@@ -427,8 +427,7 @@ class Ledger:
                             "ORDER BY round, id LIMIT 1", program, arm, arm, purpose, purpose, kind, kind, *waiting)
             if run is None:
                 return None
-            seq = self.db.execute("SELECT coalesce(max(claim_seq), 0) + 1 FROM runs "
-                                  "WHERE program = ?", (program,)).fetchone()[0]
+            seq = self.db.execute("SELECT coalesce(max(claim_seq), 0) + 1 FROM runs WHERE program = ?", (program,)).fetchone()[0]
             self._update("runs", run["id"], dict(
                 status="running", slot=slot, runner_host=socket.gethostname(),
                 runner_pid=os.getpid(), runner_started=process_identity(os.getpid()), trainer_pid=None, claim_seq=seq,
@@ -443,8 +442,7 @@ class Ledger:
             node=node or socket.gethostname(), machine=machine, **({"started_at": started_at} if started_at else {})))
 
     def set_job(self, run_id: int, job_id: str | None = None, node: str | None = None, machine: str | None = None):
-        """The cluster job of a claimed run (in the claim's transaction, before it is submitted),
-        and later the node it ran on and the device model its job named there."""
+        """A claimed run's cluster job (before it is submitted), later its node and the device its job named."""
         self._update("runs", run_id, {k: v for k, v in dict(job_id=job_id, node=node, machine=machine).items() if v})
 
     def finish(self, run_id: int, status: str, reason: str = None, result: Result = None,
@@ -463,11 +461,13 @@ class Ledger:
             if measure_seconds is not None:
                 self.charge_measuring(run_id, measure_seconds)
 
-    def charge_measuring(self, run_id: int, seconds: float):
+    def charge_measuring(self, run_id: int, seconds: float, before_trainer: bool = False):
         """Runner time spent on a run besides its trainer's, added to its measure_seconds as it is spent
         (on record whether the run is re-queued or its runner dies): its commit checked and written out,
-        a code arm's probe of its model, then the measurement of its checkpoint."""
-        self.db.execute("UPDATE runs SET measure_seconds = coalesce(measure_seconds, 0) + ? WHERE id = ?", (max(seconds, 0.0), run_id))
+        a code arm's probe of its model, then the measurement of its checkpoint. Before its trainer, its
+        clock (started_at, what a recovery charges from) starts again now: that time is charged."""
+        self.db.execute("UPDATE runs SET measure_seconds = coalesce(measure_seconds, 0) + ?, started_at = "
+                        "CASE WHEN ? THEN ? ELSE started_at END WHERE id = ?", (max(seconds, 0.0), before_trainer, now(), run_id))
 
     def requeue(self, run_id: int, reason: str, lost_seconds: float = 0.0):
         """Hand a run back to the queue (its runner died, or its trainer died of a signal nobody

@@ -199,7 +199,7 @@ class Runner:
         key = (ledger.experiment(run["experiment_id"])["code_commit"], run["overrides"], run["budget"])
         return self.probes.flops_per_token(
             key, run["id"], lambda logs, timeout: self._evaluate(ledger, run, slot, logs, probe=True, timeout=timeout),
-            lambda seconds: ledger.charge_measuring(run["id"], seconds))
+            lambda seconds: ledger.charge_measuring(run["id"], seconds, before_trainer=True))
 
     def prepare_data(self):
         """Tokenize the program's data once (base commit's pipeline, lab's own split) into the harness's
@@ -372,7 +372,7 @@ class Runner:
             except LabError as e:  # its objects are not what their names say (Lab.verified)
                 reason = str(e)
             finally:  # (a disk that filled as it was written out: the runner stops, its time is on record)
-                ledger.charge_measuring(run["id"], time.monotonic() - t0)
+                ledger.charge_measuring(run["id"], time.monotonic() - t0, before_trainer=True)
         if reason:
             return ledger.finish(run["id"], "refused", reason)
         if not self.code_may_run and runs_own_code(experiment):  # queued as we ran: back to the queue, and stop

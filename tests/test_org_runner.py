@@ -919,6 +919,49 @@ def test_a_probes_time_and_a_streams_record_outlive_a_runner_that_fails_after_th
     assert not record.exists()
 
 
+def test_a_run_stopped_before_its_trainer_is_charged_each_second_once(make_project):
+    """`org stop` kills a runner whose slot is probing a code arm's model, and recovers its run
+    `just_now`: charged from its clock to now. Its clock was its claim's, so the seconds already
+    charged for its commit (checked and written out) were charged again. Charges before its
+    trainer now start its clock again: its check and the rest add up to the time from its claim
+    to its stop, no more, and the probe in flight is in them."""
+    program = tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"flops": 5e8}, "seeds": [0]})
+    root = make_project(program)
+
+    def slow(text):  # its model takes a minute to build, and its commit a second to write out
+        tree = root / "worktrees" / "tiny" / "mallory"
+        for i in range(2000):
+            (tree / "many" / f"{i // 100:02d}").mkdir(parents=True, exist_ok=True)
+            (tree / "many" / f"{i // 100:02d}" / f"{i % 100:02d}.txt").write_text("the same line\n")
+        subprocess.run(["git", "add", "many"], cwd=tree, check=True)
+        return text.replace("class GPT", "import time as _t\n_t.sleep(60)\n\n\nclass GPT", 1)
+    agent_commit(root, "mallory", "trainer/model.py", slow)
+    assert main(["submit", "tiny", "--arm", "slow-model", "--ref", "agent/tiny/mallory/work"]) == 0
+    org_run = subprocess.Popen([sys.executable, "-c", "import sys; from org.cli import main; sys.exit(main(['run', 'tiny']))"],
+                               cwd=root, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probes, claimed = root / ".lab" / "tiny" / "probes", None
+    try:
+        with ledger_of(root) as ledger:
+            while not (probes.is_dir() and any(probes.iterdir())) and org_run.poll() is None:
+                if claimed is None and ledger.runs("tiny", arm="slow-model", status="running"):
+                    claimed = time.time()  # (within a poll of its claim)
+                time.sleep(0.02)
+        assert claimed and probes.is_dir(), "the probe never started"
+        time.sleep(2.0)  # (the probe in flight)
+    finally:
+        os.killpg(org_run.pid, signal.SIGKILL)
+        org_run.wait()
+    with ledger_of(root) as ledger, contextlib.closing(Lab.open(root)) as lab:
+        run, = ledger.runs("tiny", arm="slow-model")
+        assert run["status"] == "running" and run["measure_seconds"] > 0.3, run  # (its commit, charged)
+        Runner(lab, load_program(root / "programs" / "tiny.yaml"), ledger.path, say=lambda text: None).recover(
+            ledger, why="was stopped by `org stop`", just_now=True)  # (as org/stop.py does)
+        stopped, run = time.time(), ledger.run(run["id"])
+    assert run["status"] == "queued" and run["lost_seconds"] >= 2.0, run  # (the probe in flight: charged)
+    assert run["measure_seconds"] + run["lost_seconds"] <= stopped - claimed + 0.1, (run, stopped - claimed)
+
+
 def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_takes_it(make_project):
     """The windows a seed draws are the same for every arm (the pairs see the same data, and a
     canary's re-run reproduces), other on another seed; under a FLOP budget there are as many as
