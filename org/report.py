@@ -499,7 +499,7 @@ def spend_section(report: Report) -> str:
     cpu = ", ".join(f"{a} {s:.1f} CPU-s" for a, s in report.agent_cpu.most_common()) or "none recorded"
     lines = ["## Spend", "", f"Compute (runner wall time): by arm {seconds(compute['arm'])}; "
              f"by who proposed it {seconds(compute['agent'])}.", "",
-             f"Agents' own compute (CPU time in their boxes, outside every run's budget): {cpu}.", ""]
+             f"Agents' own compute (their boxes' CPU time, the harness's on their submissions; no run's budget): {cpu}.", ""]
     if not report.llm:
         lines.append("LLM spend: none recorded in the ledger.")
         return "\n".join(lines)

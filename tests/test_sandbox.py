@@ -257,6 +257,24 @@ def test_a_command_cannot_delete_or_spoil_another_agents_unsubmitted_work(two_ag
         bob_tools.close()
 
 
+def test_the_harness_time_taking_an_agents_commit_in_is_on_its_record(two_agents):
+    """A submission's commit is taken into the shared store and checked in the harness: seconds
+    for a commit of thousands of files, which an agent could send again and again, and no one's
+    budget counted them. They are the agent's now, beside its commands' CPU time."""
+    root, program, alice, _ = two_agents
+    made = run(alice, "for d in $(seq 10); do mkdir -p many/$d; for f in $(seq 300); do echo same > many/$d/$f.txt; done; "
+                      "done; git add -A && git commit -qm 'many files' && echo ok")
+    assert made.endswith("ok\n"), made
+    t0 = time.monotonic()
+    out = alice.call("submit_experiment", {"arm": "many", "hypothesis": "more files change nothing"})
+    took = time.monotonic() - t0
+    assert not out.error and "runs queued" in out.output, out.output
+    with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
+        charged = ledger._all("SELECT agent, seconds FROM agent_cpu WHERE what = 'submission'")
+    print(f"submission of 3,000 files: {took:.2f} s, charged {charged}")
+    assert [c["agent"] for c in charged] == ["alice"] and 0.05 < charged[0]["seconds"] <= took, (charged, took)  # (0.15 s here)
+
+
 def test_a_command_cannot_read_what_another_agent_staged_but_did_not_commit(two_agents):
     """Bob stages a file and does not commit: its blob lies in his own folder of objects, his
     index names it. Alice's box read both (the shared .git is read-only in her box, not hidden):
@@ -1232,7 +1250,7 @@ def test_an_agents_own_compute_is_on_record_and_capped_however_it_spreads_it(two
         used = ledger.agent_cpu(program.name)
     assert set(used) == {"alice"} and 2.8 < used["alice"] < 6, used  # three processes, a CPU second each
     report = build(lab_dir(root, program) / "ledger.sqlite", program.name)
-    assert f"Agents' own compute (CPU time in their boxes, outside every run's budget): alice {used['alice']:.1f} CPU-s" \
+    assert f"Agents' own compute (their boxes' CPU time, the harness's on their submissions; no run's budget): alice {used['alice']:.1f} CPU-s" \
         in spend_section(report)
     refused = tools.call("run", {"command": "echo one more"})
     assert refused.refused and "your box's CPU time is spent (3 of the program's budget.agent_cpu_seconds 2.5" \

@@ -167,6 +167,16 @@ class Tools:
         with Ledger(self.ledger_path) as ledger:
             ledger.record_agent_cpu(self.program.name, self.agent, cpu_seconds, "command")
 
+    @contextlib.contextmanager
+    def charged(self, ledger: Ledger, what: str):
+        """The harness's seconds on the agent's behalf (taking its commit in and checking it: half a
+        minute for 100,000 files), on record as its commands' CPU time is: no run's budget counts it."""
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            ledger.record_agent_cpu(self.program.name, self.agent, time.monotonic() - t0, what)
+
     def call(self, name: str, args) -> ToolResult:
         """Run one tool call; every failure is an error result, never an exception."""
         if name not in self.handlers:
@@ -325,7 +335,7 @@ class Tools:
                 raise ToolError(f"uncommitted changes ({dirty.splitlines()[0].strip()} ...): runs use "
                                 "committed code; git_commit first")
         commit = self._git("rev-parse", "--verify", f"{ref or 'HEAD'}^{{commit}}")
-        with Ledger(self.ledger_path) as ledger:
+        with Ledger(self.ledger_path) as ledger, self.charged(ledger, "submission"):  # (its commit taken in and checked)
             try:
                 source = submission_source(ledger, self.lab, self.program, arm, overrides, commit)
             except OrgError as e:
