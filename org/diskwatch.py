@@ -20,7 +20,8 @@ why on proc.stopped, when
 
 Between two looks a box writes at the disk's speed, so the bounds hold to within POLL_SECONDS
 of writing (or ten times a look's own time, for trees of many files: the watch takes a tenth of
-a core at most). Trees two boxes share (an agent's objects folder, written by its CLI's box and
+a core at most). The reserve holds to within POLL_SECONDS whatever the trees hold: the disk's
+free room is read between looks, and a fall into the reserve brings the next look forward. Trees two boxes share (an agent's objects folder, written by its CLI's box and
 its commands' boxes) count for both.
 """
 from __future__ import annotations
@@ -63,14 +64,14 @@ def watch(proc, trees: list[Path], limits) -> threading.Thread | None:
 
 
 def _watch(proc, trees: list[Path], limits, start: tuple[int, int]):
-    took = 0.0
-    while time.sleep(max(POLL_SECONDS, 10 * took)) or proc.poll() is None:  # a tenth of a core at most
+    took, free = 0.0, room(trees)
+    while not ended_before_look(proc, trees, limits, max(POLL_SECONDS, 10 * took), free):  # a tenth of a core at most
         t0 = time.monotonic()
         try:
             held, entries = usage(trees)
             held += held_open(box_pids(proc), {os.stat(t).st_dev for t in trees})
-            why = over(start, (held, entries), min(free_bytes(t) for t in trees), limits,
-                       min(free_entries(t) for t in trees))
+            free = room(trees)
+            why = over(start, (held, entries), free[0], limits, free[1])
         except Exception as e:  # a tree made to be unmeasurable (a folder it may not read), or anything else: fail closed
             why = f"its writable trees cannot be measured ({type(e).__name__}: {str(e)[:120]})"
         took = time.monotonic() - t0
@@ -81,6 +82,21 @@ def _watch(proc, trees: list[Path], limits, start: tuple[int, int]):
             except ProcessLookupError:
                 pass
             return
+
+
+def ended_before_look(proc, trees: list[Path], limits, seconds: float, free: tuple[int, int]) -> bool:
+    """Wait for the next look, `seconds` away: ten times a look's own time for trees of many files
+    (a million: half a minute, and a box writes a GB a second). The disk's free room (statvfs: no
+    walk) is read every POLL_SECONDS meanwhile: under the reserve, and GROWTH_SLACK or 1,000 entries
+    less than at the last look, it looks now. True: the box ended."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0 and proc.poll() is None:
+        time.sleep(min(POLL_SECONDS, left))
+        (room_bytes, room_entries) = room(trees)
+        if (room_bytes < limits.disk_reserve and free[0] - room_bytes > GROWTH_SLACK
+                or room_entries < ENTRY_RESERVE and free[1] - room_entries > 1000):
+            break
+    return proc.poll() is not None
 
 
 def over(start: tuple[int, int], now: tuple[int, int], free: int, limits, entries_free: int = 1 << 62) -> str | None:
@@ -200,6 +216,11 @@ def held_open(pids: set[int], devices: set[int]) -> int:
                 seen.add((st.st_dev, st.st_ino))
                 held += max(st.st_blocks * 512, st.st_size)
     return held
+
+
+def room(trees: list[Path]) -> tuple[int, int]:
+    """(bytes, entries) free on the filesystems under the trees, the least of each."""
+    return min(free_bytes(t) for t in trees), min(free_entries(t) for t in trees)
 
 
 def free_bytes(path: Path) -> int:

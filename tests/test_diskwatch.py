@@ -4,6 +4,7 @@ Before the watch, each of these wrote all it tried: the disk is the harness's to
 Last, the runner's side: a run so killed reads `killed`, with the reason."""
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,29 @@ def test_no_box_writes_into_the_harnesss_reserve_but_one_may_delete(tmp_path):
                        disk_reserve=everything)
     assert cleanup.returncode == 0 and "deleted" in cleanup.out and cleanup.stopped is None
     assert written(tmp_path) == 0
+
+
+def test_the_reserve_holds_between_looks_however_long_a_look_takes(tmp_path, monkeypatch):
+    """The watch looks again after ten times its last look's time (a tenth of a core): for trees
+    of a million files, half a minute, and a box writes the disk full in it. Here a look takes
+    2 s (as for such a tree), and the box waits out the first look, then writes 800 MB. The disk's
+    free room is read every second meanwhile, and a fall into the reserve brings the look forward."""
+    from org import diskwatch
+    real = diskwatch.usage
+
+    def slow(trees, lenient=False):  # (the box's start is measured as it is)
+        try:
+            return real(trees, lenient)
+        finally:
+            time.sleep(0 if lenient else 2.0)
+    monkeypatch.setattr(diskwatch, "usage", slow)
+    late = ("import time\ntime.sleep(4)\nfor i in range(100):\n    open(f'chunk{i}', 'wb').write(bytes(8 << 20)); "
+            "time.sleep(0.1)\nprint('wrote it all')")
+    t0 = time.monotonic()
+    proc = box_runs(tmp_path, late, disk_reserve=1 << 60)  # (every byte free is in the reserve)
+    assert proc.returncode == -9 and "wrote it all" not in proc.out, (proc.out, time.monotonic() - t0)
+    assert "the harness keeps for its ledger (delete files to go on)" in proc.stopped, proc.stopped
+    assert written(tmp_path) < 600 << 20
 
 
 # 80 MB (more than the 64 MB of small edits a box may always make), then a look of the watch
