@@ -36,6 +36,7 @@ SCHEMA_VERSION = 14
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
+LOCK_WAIT = 60.0  # seconds a write waits for another's transaction to end
 SECRET_SEEDS = ("replicate", "canary")  # purposes whose seeds the harness drew and tells no agent
 
 
@@ -196,7 +197,14 @@ def now() -> str:
 LEFT_AS_IT_IS = "it was left as it is: restore it from a copy, or move it away to start the program afresh"
 
 
-def corrupt(path, error) -> str:
+def lock_held(error) -> bool:  # a DatabaseError that is another's transaction held past our wait: no damage
+    return getattr(error, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED")
+
+
+def corrupt(path, error) -> str:  # what a DatabaseError from the ledger means
+    if lock_held(error):
+        return (f"{path}: another process held the ledger's write lock for {LOCK_WAIT:.0f} s (a runner stopped mid-write, "
+                "by Ctrl-Z or SIGSTOP? `fg` or `kill -CONT` it); the ledger is sound and this changed nothing: try again")
     return f"{path}: the ledger is corrupt or not a ledger ({error}); {LEFT_AS_IT_IS}"
 
 
@@ -213,7 +221,7 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_dir():
             raise LedgerError(f"{self.path} is a folder, not a ledger: move it away (`org run` makes a new ledger)")
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)  # we BEGIN ourselves
+        self.db = sqlite3.connect(self.path, timeout=LOCK_WAIT, isolation_level=None)  # we BEGIN ourselves
         self.db.row_factory = sqlite3.Row
         self._depth = 0
         try:
@@ -257,14 +265,15 @@ class Ledger:
             self._depth = 0
 
     def _migrate(self):
+        if self._version() == SCHEMA_VERSION:  # (no write lock to read a ledger: a held one blocked every `org status`)
+            return
         with self.tx():
-            has = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone()
-            if not has:  # (not executescript: it would COMMIT mid-transaction)
+            if self._version() is None:  # (not executescript: it would COMMIT mid-transaction)
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         self.db.execute(statement)
                 self.db.execute("INSERT INTO schema_version VALUES (?, ?)", (SCHEMA_VERSION, now()))
-            version = self.db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+            version = self._version()
             while version in MIGRATIONS and version < SCHEMA_VERSION:  # an older ledger, brought up to date
                 for statement in MIGRATIONS[version]:
                     if not self._has_column_it_adds(statement):
@@ -273,6 +282,10 @@ class Ledger:
                 self.db.execute("INSERT INTO schema_version VALUES (?, ?)", (version, now()))
         if version != SCHEMA_VERSION:
             raise LedgerError(f"{self.path}: ledger schema version {version}, this org knows {SCHEMA_VERSION}")
+
+    def _version(self) -> int | None:  # (None: a new file)
+        found = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone()
+        return found and self.db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
 
     def _has_column_it_adds(self, statement: str) -> bool:
         """An ADD COLUMN whose column is there already, or a DROP COLUMN whose column is not
@@ -363,17 +376,12 @@ class Ledger:
     def experiment(self, experiment_id: int) -> dict | None:
         return self._one("SELECT * FROM experiments WHERE id = ?", experiment_id)
 
-    def experiments(self, program: str, stage: str = None) -> list[dict]:
-        if stage:
-            return self._all("SELECT * FROM experiments WHERE program = ? AND stage = ? ORDER BY id",
-                             program, stage)
-        return self._all("SELECT * FROM experiments WHERE program = ? ORDER BY id", program)
+    def experiments(self, program: str, stage: str = None) -> list[dict]:  # (stage None: every one)
+        return self._all("SELECT * FROM experiments WHERE program = ? AND stage = coalesce(?, stage) ORDER BY id", program, stage)
 
-    def update_experiment(self, experiment_id: int, **fields):
-        for key in ("chosen", "decision"):
-            if key in fields:
-                fields[key] = json.dumps(fields[key], sort_keys=True)
-        self._update("experiments", experiment_id, fields)
+    def update_experiment(self, experiment_id: int, **fields):  # (chosen and decision: as JSON)
+        self._update("experiments", experiment_id, {k: json.dumps(v, sort_keys=True) if k in ("chosen", "decision") else v
+                                                    for k, v in fields.items()})
 
     # --- runs ----------------------------------------------------------------------------
 
@@ -397,13 +405,9 @@ class Ledger:
 
     def runs(self, program: str, status: str = None, arm: str = None, purpose: str = None,
              experiment_id: int = None) -> list[dict]:
-        where, args = ["program = ?"], [program]
-        for col, value in (("status", status), ("arm", arm), ("purpose", purpose),
-                           ("experiment_id", experiment_id)):
-            if value is not None:
-                where.append(f"{col} = ?")
-                args.append(value)
-        return [run_row(r) for r in self._all(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY id", *args)]
+        given = {k: v for k, v in dict(status=status, arm=arm, purpose=purpose, experiment_id=experiment_id).items() if v is not None}
+        where = " AND ".join(["program = ?"] + [f"{col} = ?" for col in given])
+        return [run_row(r) for r in self._all(f"SELECT * FROM runs WHERE {where} ORDER BY id", program, *given.values())]
 
     def pending(self, program: str, experiment_ids: list[int]) -> int:
         """How many runs of these experiments are not finished yet (one query: a wait polls it)."""
@@ -462,30 +466,28 @@ class Ledger:
                 self.charge_measuring(run_id, measure_seconds)
 
     def charge_measuring(self, run_id: int, seconds: float, before_trainer: bool = False):
-        """Runner time spent on a run besides its trainer's, added to its measure_seconds as it is spent
-        (on record whether the run is re-queued or its runner dies): its commit checked and written out,
+        """Runner time spent on a run besides its trainer's, added to its measure_seconds as each part ends
+        (on record whether the run is re-queued or its runner dies after it): its commit checked and written out,
         a code arm's probe of its model, then the measurement of its checkpoint. Before its trainer, its
         clock (started_at, what a recovery charges from) starts again now: that time is charged."""
         self.db.execute("UPDATE runs SET measure_seconds = coalesce(measure_seconds, 0) + ?, started_at = "
                         "CASE WHEN ? THEN ? ELSE started_at END WHERE id = ?", (max(seconds, 0.0), before_trainer, now(), run_id))
 
     def requeue(self, run_id: int, reason: str, lost_seconds: float = 0.0):
-        """Hand a run back to the queue (its runner died, or its trainer died of a signal nobody
-        here sent); attempt_log keeps the reason, lost_seconds the attempt's runner time (the
-        compute budget pays for it: an OOM-killed attempt near its timeout was free before)."""
+        """Hand a run back to the queue (its runner died, or its trainer of a signal nobody here sent);
+        attempt_log keeps the reason, lost_seconds the attempt's runner time (the budget pays for it)."""
         with self.tx():
             self.db.execute("UPDATE runs SET attempt_log = coalesce(attempt_log, '') || ?, "
                             "lost_seconds = coalesce(lost_seconds, 0) + ? WHERE id = ?",
                             (storable(f"{now()} attempt {self.run(run_id)['attempts']}: {reason}\n"),
                              max(lost_seconds, 0.0), run_id))
-            self._update("runs", run_id, dict(status="queued", reason=reason, slot=None,
-                                              runner_pid=None, runner_started=None, trainer_pid=None))
+            self._update("runs", run_id, dict(status="queued", reason=reason, slot=None, runner_pid=None,
+                                              runner_started=None, trainer_pid=None))
 
     def stale_runs(self, program: str) -> list[dict]:
-        """Runs marked running on this host whose runner process is gone: no process has its pid,
-        or the one that has is another (after a reboot or a container's restart, pids repeat: the
-        new runner itself could hold its dead one's, and wait for its runs for good). Where /proc
-        cannot say (no identity then, or now), the pid alone decides."""
+        """Runs marked running on this host whose runner process is gone: no process has its pid, or
+        another has (pids repeat after a reboot: the new runner could hold its dead one's, and wait for
+        its runs for good). Where /proc cannot say (no identity then, or now), the pid alone decides."""
         def gone(r):
             now = process_identity(r["runner_pid"])
             return not pid_alive(r["runner_pid"]) or (None not in (r["runner_started"], now) and now != r["runner_started"])
@@ -495,9 +497,8 @@ class Ledger:
 
     def record_spend(self, program: str, agent: str, model: str, tokens_in: int,
                      tokens_out: int, dollars: float, held: bool = False) -> int:
-        return self._insert("llm_spend", dict(
-            program=program, agent=agent, model=model, tokens_in=tokens_in,
-            tokens_out=tokens_out, dollars=dollars, held=int(held), created_at=now()))
+        return self._insert("llm_spend", dict(program=program, agent=agent, model=model, tokens_in=tokens_in,
+                                              tokens_out=tokens_out, dollars=dollars, held=int(held), created_at=now()))
 
     def meter_spend(self, spend_id: int, tokens_in: int, tokens_out: int, dollars: float):
         """A held call's row becomes what it spent."""
@@ -511,9 +512,8 @@ class Ledger:
     def spend(self, program: str) -> dict:
         """Dollars and tokens per agent, plus the program's total dollars; `held`: the worst cases
         of its calls in flight, {agent: dollars}, counted apart until they are metered."""
-        rows = self._all("SELECT agent, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out, "
-                         "sum(dollars) AS dollars FROM llm_spend WHERE program = ? AND NOT held GROUP BY agent",
-                         program)
+        rows = self._all("SELECT agent, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out, sum(dollars) AS dollars "
+                         "FROM llm_spend WHERE program = ? AND NOT held GROUP BY agent", program)
         held = self._all("SELECT agent, sum(dollars) AS dollars FROM llm_spend WHERE program = ? AND held "
                          "GROUP BY agent", program)
         return {"agents": {r.pop("agent"): r for r in rows},

@@ -16,9 +16,8 @@ Experiments fill the queue (org/experiments.py: submit(), plan()); the runner ex
 Crash safety: SIGKILL the runner at any moment and drain() again: runs left 'running' by the
 dead runner are recovered (a finished result.json is recorded, a half-written run directory is
 kept aside as <id>.attempt<N> and the run re-queued), and nothing is run or counted twice.
-A trainer of the program's own code that dies of a signal nobody here sent (the OOM killer) is
-set aside and re-queued the same way, MAX_ATTEMPTS times at most. An experiment's own code is
-run once: code that may crash on purpose and be run again could choose among its outcomes.
+A trainer of the program's own code killed by a signal nobody here sent (the OOM killer) is re-queued
+so, MAX_ATTEMPTS times at most; an experiment's own code runs once (crashing on purpose, it could choose).
 """
 from __future__ import annotations
 
@@ -43,7 +42,7 @@ from org.cluster import GPU, connect, job_id, machine
 from org.remote import last_line
 from org.kernelcache import copy_kernel_cache
 from org.lab import Lab, LabError, child_env
-from org.ledger import Ledger, budget_of, now
+from org.ledger import Ledger, budget_of, corrupt, lock_held, now
 from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, evaluator_env, job_for, leave_the_record,
                           measure_run, planted, put_aside, read_result, tidy_runs, worker_command)
 from org.experiments import budget_note, plan, plan_all, refusal, run_cost, runs_own_code, waiting_for_budget, waiting_for_pace
@@ -52,38 +51,15 @@ from org.probes import Probes
 from org.program import Program
 from org.reaper import died_of, died_reason, last_change, reap
 from org.sandbox import INSTALL_HINT, available, check, end_box, run_box, untrusted_env, worker_box
-from org.slots import Slot, make_slots, threads_env
+from org.slots import Slot, make_slots, threads_env, train_command
 from org.streams import (base_pace, budget_kind, data_given, export_for_models, export_stream, models_data, overdrawn, reads_streams,
                          run_stream, runs_data, split_key_file, stream_record, with_passes)
-from trainer.config import BUDGET_FLAGS, flag_value
 from trainer.record import Measurement, Result
 
 MAX_ATTEMPTS = 3        # a run of the base code whose trainer dies of a signal nobody here sent: tries
 KILL_GRACE_SECONDS = 10  # after SIGTERM the trainer finishes its step and writes result.json
 IDLE_POLL_SECONDS = 1.0
 STALE_CUT_SECONDS = 86400  # a run's data half cut (export_stream's .<id>-*) by a runner that died: gone after this
-
-
-# --- one run --------------------------------------------------------------------------
-
-
-def train_command(program: Program, overrides: dict, seed: int, out: Path, budget: tuple | None = None,
-                  data_dir: Path | None = None) -> list[str]:
-    """The trainer invocation: the experiment contributes only `--set` overrides; the budget (the
-    run's: a multiple of the program's for a compute multiplier), seed, data and shapes are the
-    program's. A lab's run reads `data_dir` (its windows of the lab's train split, streams.export_stream,
-    never its val); by hand, the program's source."""
-    kind, amount = budget or (program.budget.per_run.kind, program.budget.per_run.value)
-    amount, data, train = int(amount) if kind in ("steps", "tokens") else amount, program.data, program.train
-    source, tokenizer = (str(data_dir), "bytes") if data_dir else (data.source, data.tokenizer)
-    cmd = [sys.executable, "-m", "trainer", "train", "--preset", program.baseline.preset]
-    cmd += [arg for key, value in overrides.items() for arg in ("--set", f"{key}={flag_value(value)}")]
-    cmd += ["--seed", str(seed), "--out", str(out), "--quiet", BUDGET_FLAGS[kind], flag_value(amount),
-            "--data", source, "--tokenizer", tokenizer, "--val-tokens", str(data.val_tokens),
-            "--confirm-tokens", str(data.val_tokens),  # the held-out split the referee confirms on
-            "--batch-size", str(train.batch_size), "--seq-len", str(train.seq_len),
-            "--device", train.device, "--dtype", train.dtype, "--matmul", train.matmul]
-    return cmd + (["--eval-every", str(train.eval_every)] if train.eval_every else [])
 
 
 # --- the runner -----------------------------------------------------------------------
@@ -258,7 +234,8 @@ class Runner:
                          "its directory is read all the same")
             changed = last_change(run_dir, skip=HARNESS_LOGS) if run_dir.is_dir() and not run_dir.is_symlink() else None
             left = planted(run_dir)  # before anything there is opened (and its times moved to now)
-            result = Result(status="invalid", reason=left) if left else read_result(run_dir)
+            # (a start not on record, its runner stopped as it started it, says not which data it was given: run again)
+            result = Result(status="invalid", reason=left) if left else read_result(run_dir) if run["command"] else None
             started = datetime.fromisoformat(run["started_at"]).timestamp()
             remove_tree(run_stream(self.harness_cache, self.program.name, run), ignore_errors=True)  # (its data)
             if result is not None:
@@ -286,29 +263,39 @@ class Runner:
     # --- claiming ------------------------------------------------------------------------
 
     def _slot_loop(self, slot: Slot):
-        with Ledger(self.ledger_path) as ledger:
-            while not self.stopping.is_set() and not self.failure:
-                with self.cond:
-                    run = self._claim(ledger, slot)
-                    if run is None:
-                        if self.busy == 0:
-                            self.cond.notify_all()
-                            return
-                        self.cond.wait(IDLE_POLL_SECONDS)  # a finishing run may enqueue more
-                        continue
-                    self.busy += 1
-                try:
-                    self._execute(ledger, run, slot)
-                except OrgError as e:  # the cluster stopped answering: stop; its run stays claimed
-                    self.failure = e
-                except Exception as e:  # a bug: stop loudly, never end as if the queue were done
-                    self.say(traceback.format_exc().rstrip())
-                    self.failure = OrgError(f"run {run['id']} stopped the runner ({type(e).__name__}: {e}; a nanolab bug, "
-                                            "its traceback is above); the run stays claimed: `org run` again recovers it")
-                finally:
+        run = None
+        try:
+            with Ledger(self.ledger_path) as ledger:
+                while not self.stopping.is_set() and not self.failure:
+                    run = None
                     with self.cond:
-                        self.busy -= 1
-                        self.cond.notify_all()
+                        run = self._claim(ledger, slot)
+                        if run is None:
+                            if self.busy == 0:
+                                self.cond.notify_all()
+                                return
+                            self.cond.wait(IDLE_POLL_SECONDS)  # a finishing run may enqueue more
+                            continue
+                        self.busy += 1
+                    try:
+                        self._execute(ledger, run, slot)
+                    finally:
+                        with self.cond:
+                            self.busy -= 1
+                            self.cond.notify_all()
+        except Exception as e:  # stop, never end as if the queue were done; a run stays claimed: recovered next time
+            self.failure = self.stopped_by(e, run)
+
+    def stopped_by(self, e: Exception, run: dict | None) -> OrgError:
+        """Why the runner stops: the cluster's or the ledger's word (a lock held past its wait), else our bug's, loudly."""
+        which, stays = (f"run {run['id']}", "the run stays claimed: `org run` again recovers it") if run else \
+            ("a claim", "nothing was claimed")
+        if lock_held(e):
+            return OrgError(f"{corrupt(self.ledger_path, e)}; {which}: {stays}")
+        if isinstance(e, OrgError):
+            return e
+        self.say(traceback.format_exc().rstrip())
+        return OrgError(f"{which} stopped the runner ({type(e).__name__}: {e}; a nanolab bug, its traceback is above); {stays}")
 
     def _claim(self, ledger: Ledger, slot: Slot) -> dict | None:
         name = self.program.name

@@ -1,8 +1,10 @@
 """
 Slots: where a program's runs execute. One per GPU, or `runner.slots` of the CPU's cores, each
-with the thread counts its runs are started with and the cores they are kept to:
+with the thread counts its runs are started with and the cores they are kept to; and the
+command each run is, there:
 
     slots = make_slots(program)    # [Slot(0, env={"OMP_NUM_THREADS": "4", ...}, cores=[0..3]), ...]
+    train_command(program, overrides, seed, out)   # [python, -m, trainer, train, ...]
 
 The runner (org/runner.py) runs one run at a time on each; a cluster's slots are its kinds of
 device (org/cluster.py).
@@ -10,9 +12,12 @@ device (org/cluster.py).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from org.program import Program
+from trainer.config import BUDGET_FLAGS, flag_value
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -51,3 +56,22 @@ def threads_env(n: int) -> dict:
 def pick(cores: list[int] | None, start: int, n: int) -> list[int] | None:
     """n of the machine's cores from the start-th on, round them (shared if slots ask too many), or None."""
     return sorted({cores[(start + k) % len(cores)] for k in range(n)}) if cores else None
+
+
+def train_command(program: Program, overrides: dict, seed: int, out: Path, budget: tuple | None = None,
+                  data_dir: Path | None = None) -> list[str]:
+    """The trainer invocation: the experiment contributes only `--set` overrides; the budget (the
+    run's: a multiple of the program's for a compute multiplier), seed, data and shapes are the
+    program's. A lab's run reads `data_dir` (its windows of the lab's train split, streams.export_stream,
+    never its val); by hand, the program's source."""
+    kind, amount = budget or (program.budget.per_run.kind, program.budget.per_run.value)
+    amount, data, train = int(amount) if kind in ("steps", "tokens") else amount, program.data, program.train
+    source, tokenizer = (str(data_dir), "bytes") if data_dir else (data.source, data.tokenizer)
+    cmd = [sys.executable, "-m", "trainer", "train", "--preset", program.baseline.preset]
+    cmd += [arg for key, value in overrides.items() for arg in ("--set", f"{key}={flag_value(value)}")]
+    cmd += ["--seed", str(seed), "--out", str(out), "--quiet", BUDGET_FLAGS[kind], flag_value(amount),
+            "--data", source, "--tokenizer", tokenizer, "--val-tokens", str(data.val_tokens),
+            "--confirm-tokens", str(data.val_tokens),  # the held-out split the referee confirms on
+            "--batch-size", str(train.batch_size), "--seq-len", str(train.seq_len),
+            "--device", train.device, "--dtype", train.dtype, "--matmul", train.matmul]
+    return cmd + (["--eval-every", str(train.eval_every)] if train.eval_every else [])

@@ -8,7 +8,7 @@ import yaml
 
 from org.cli import main
 from org.ledger import Ledger
-from test_org_runner import ledger_of, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
+from test_org_runner import hold_the_write_lock, ledger_of, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
 
 def nothing_created(root):
@@ -447,6 +447,32 @@ def test_a_ledger_edited_by_hand_is_named_where_and_left_as_it_is(edit, make_pro
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute(f"SELECT {column} FROM {table} WHERE rowid = 1").fetchone()[0] == value
         assert db.execute("SELECT count(*) FROM runs WHERE status != 'queued'").fetchone()[0] == 0  # none claimed
+
+
+def test_a_ledger_another_process_holds_is_read_and_said_to_be_held_not_corrupt(make_project, monkeypatch, capsys):
+    """A process stopped inside a transaction holds the ledger's write lock. Every command opened
+    the ledger with a write transaction (to migrate it), waited 60 s, and said "the ledger is
+    corrupt ... move it away to start the program afresh": a person who did so lost a sound ledger.
+    Reading takes no lock now, and a write that waits past its time says who holds what."""
+    from org import ledger as ledger_module
+    monkeypatch.setattr(ledger_module, "LOCK_WAIT", 1.0)
+    root = make_project(tiny_program())
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    path = root / ".lab" / "tiny" / "ledger.sqlite"
+    holder = hold_the_write_lock(path)
+    try:
+        capsys.readouterr()
+        assert main(["runs", "tiny"]) == 0 and "lr" in capsys.readouterr().out
+        assert main(["status", "tiny"]) == 0
+        capsys.readouterr()
+        for argv in (["submit", "tiny", "--arm", "other", "--set", "matrix_lr=0.05"], ["budget", "tiny", "total_llm_dollars=3"]):
+            assert main(argv) == 2, argv
+            err = one_line_error(capsys)
+            assert "another process held the ledger's write lock for 1 s" in err and "corrupt" not in err, err
+    finally:
+        (path.with_name("let-go")).touch()
+        holder.wait()
+    assert main(["submit", "tiny", "--arm", "other", "--set", "matrix_lr=0.05"]) == 0
 
 
 def test_an_empty_ledger_or_another_programs_is_said_to_hold_no_program(make_project, capsys):

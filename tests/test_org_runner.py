@@ -91,6 +91,20 @@ def fix_lab_keys(cache: Path, lab: str):
     (cache / "train-probe-seed").write_text(str(sum(map(ord, lab))))
 
 
+def hold_the_write_lock(path: Path, after: Path | None = None) -> subprocess.Popen:
+    """Another process inside a transaction on the ledger (a runner stopped mid-write by Ctrl-Z),
+    from when `after` exists (at once: None) until `let-go` beside the ledger does, or 60 s."""
+    holder = subprocess.Popen([sys.executable, "-c", "import os, sqlite3, sys, time\n"
+                               "while sys.argv[2] and not os.path.exists(sys.argv[2]): time.sleep(0.02)\n"
+                               "db = sqlite3.connect(sys.argv[1], isolation_level=None); db.execute('BEGIN IMMEDIATE')\n"
+                               "print('held', flush=True)\nt0 = time.time()\n"
+                               "while not os.path.exists(sys.argv[3]) and time.time() - t0 < 60: time.sleep(0.05)",
+                               str(path), str(after or ""), str(path.with_name("let-go"))], stdout=subprocess.PIPE, text=True)
+    if after is None:
+        assert holder.stdout.readline() == "held\n"
+    return holder
+
+
 def ledger_of(root: Path) -> Ledger:
     return Ledger(root / ".lab" / "tiny" / "ledger.sqlite")
 
@@ -476,6 +490,32 @@ def test_a_trainer_of_the_programs_code_killed_by_a_signal_nobody_sent_is_tried_
         assert run["lost_seconds"] > 0
         assert ledger.compute_seconds("tiny") == pytest.approx(run["wall_seconds"] + run["lost_seconds"] + run["measure_seconds"])
         assert 0 < run["measure_seconds"] < 1  # (its commit checked three times, the base's: quick)
+
+
+def test_a_runner_kept_waiting_past_its_time_by_anothers_lock_stops_in_a_line_and_resumes(make_project):
+    """Another process stopped inside a transaction (a second runner, by Ctrl-Z) as this one's
+    first run trains: its next write waited 60 s, then stopped the runner with a traceback
+    calling it a nanolab bug; a claim kept waiting killed its slot's thread, which printed a
+    traceback, and `org run` ended as if the queue were done. It stops in one line saying who
+    holds what, and the next `org run`, the lock let go, recovers everything."""
+    root = make_project(tiny_program())
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    path = root / ".lab" / "tiny" / "ledger.sqlite"
+    holder = hold_the_write_lock(path, after=root / ".lab" / "tiny" / "runs" / "1")
+    waits_a_second = "import sys; import org.ledger as l; l.LOCK_WAIT = 1.0\nfrom org.cli import main; sys.exit(main(['run', 'tiny']))"
+    try:  # (a process of its own: the next `org run` recovers the runs of a runner that is gone)
+        said = subprocess.run([sys.executable, "-c", waits_a_second], cwd=root, capture_output=True, text=True, timeout=300)
+    finally:
+        path.with_name("let-go").touch()
+        holder.wait()
+    assert said.returncode == 2 and "Traceback" not in said.stdout + said.stderr, said.stdout + said.stderr
+    err = said.stderr
+    assert err.count("\n") == 1 and err.startswith("org: ") and "another process held the ledger's write lock for 1 s" in err, err
+    assert "corrupt" not in err and ("stays claimed: `org run` again recovers it" in err or "nothing was claimed" in err), err
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        runs = ledger.runs("tiny")
+        assert {r["status"] for r in runs} == {"completed"} and len(runs) == 6, [(r["id"], r["status"], r["reason"], r["attempt_log"]) for r in runs][0]
 
 
 def test_a_bug_that_kills_a_slot_stops_the_runner_loudly_and_the_next_run_recovers(make_project):
