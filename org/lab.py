@@ -57,6 +57,7 @@ MAX_DEPTH = 256  # folders in folders: no project nests deeper, and a walk of ou
 MAX_ENTRIES = 100_000  # files and folders a commit names (a folder's tree named 3000 times, each naming 3000: 10^7)
 MAX_STAGED = 100_000  # the staged blobs a takeover takes in
 RETRY_SECONDS = 60  # before a take-in that failed is tried again as tool calls end
+HALF_MADE_SECONDS = 3600  # a snapshot's folder no one has written in so long was left by a killed runner
 AGENT_TAKEN = 16 << 30  # what an agent's work may add to the shared objects over a program (its trees' bound)
 MAX_CHECKOUT_BYTES = AGENT_TAKEN  # what the files of a branch we check out add up to (one blob under 1000 names: 1000 times)
 
@@ -344,6 +345,10 @@ class Lab:
         if links:
             raise LabError(f"commit {sha[:10]} holds a symbolic link ({links[0]}); a snapshot holds "
                            "regular files only")
+        for left in dest.parent.glob(f".{sha[:10]}-*"):  # half made by a runner killed as it wrote them: one a kill
+            with contextlib.suppress(OSError):
+                if time.time() - left.lstat().st_mtime > HALF_MADE_SECONDS:
+                    shutil.rmtree(left, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:10]}-", dir=dest.parent))
         try:
             write_new(tmp / ".snapshot-commit", (sha + "\n").encode(), 0o644)

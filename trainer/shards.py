@@ -16,6 +16,7 @@ split took ~20 bytes per token). The entry is keyed by the key's own hash and th
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import hmac
@@ -23,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -137,7 +139,12 @@ class Chain:
 
 
 def temp_beside(path: Path) -> Path:
-    """A unique name beside `path` to write under, then rename: readers never see half of it."""
+    """A unique name beside `path` to write under, then rename: readers never see half of it. One
+    no one has written in for an hour was left by a killed process (46 MB a kill, tokenizing), and goes."""
+    for left in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - left.lstat().st_mtime > 3600:
+                left.unlink()
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
