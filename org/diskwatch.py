@@ -21,8 +21,9 @@ why on proc.stopped, when
 Between two looks a box writes at the disk's speed, so the bounds hold to within POLL_SECONDS
 of writing (or ten times a look's own time, for trees of many files: the watch takes a tenth of
 a core at most). The reserve holds to within POLL_SECONDS whatever the trees hold: the disk's
-free room is read between looks, and a fall into the reserve brings the next look forward. Trees two boxes share (an agent's objects folder, written by its CLI's box and
-its commands' boxes) count for both.
+free room is read between looks, and a fall into the reserve brings the next look forward.
+Trees two boxes share (an agent's objects folder, written by its CLI's box and its commands'
+boxes) count for both.
 """
 from __future__ import annotations
 

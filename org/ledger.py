@@ -144,7 +144,7 @@ CREATE TABLE agent_cpu (             -- the CPU time of an agent's box: one row 
     program     TEXT NOT NULL,
     agent       TEXT NOT NULL,
     seconds     REAL NOT NULL,         -- all its processes' CPU seconds, by the box's cgroup
-    what        TEXT NOT NULL,         -- command (the run tool's, git's) | claude-code  | codex | submission (the harness taking its commit in)
+    what        TEXT NOT NULL,         -- command (the run tool's, git's) | claude-code | codex | submission (the harness taking its commit in)
     created_at  TEXT NOT NULL
 );
 """
