@@ -63,11 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("org: interrupted; `org run` again resumes", file=sys.stderr)
         return 130
-    except Exception:  # a failure on what a ledger holds is a hand edit's (no crash leaves one): say where
-        damage = next(filter(None, map(hand_edit, Ledger.opened)), None)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # what reading a ledger edited by hand raises
+        damage = next(filter(None, map(hand_edit, list(Ledger.opened))), None)
         if not damage:
             raise  # our bug: its traceback
-        print(f"org: {damage}", file=sys.stderr)
+        said = (str(e).strip().splitlines() or [""])[0][:120]
+        print(f"org: {damage} (it failed as {type(e).__name__}: {shown(said)})", file=sys.stderr)
         return 2
 
 

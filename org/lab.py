@@ -33,7 +33,7 @@ from pathlib import Path
 import git
 from git.objects.fun import tree_entries_from_data
 
-from org import OrgError, replace_file, write_atomically, write_new
+from org import OrgError, pid_alive, replace_file, write_atomically, write_new
 from org.objects import ObjectError, ObjectStore, agent_objects
 
 # Set by git hooks and by some shells; a child that inherits them operates on the wrong repo.
@@ -57,7 +57,6 @@ MAX_DEPTH = 256  # folders in folders: no project nests deeper, and a walk of ou
 MAX_ENTRIES = 100_000  # files and folders a commit names (a folder's tree named 3000 times, each naming 3000: 10^7)
 MAX_STAGED = 100_000  # the staged blobs a takeover takes in
 RETRY_SECONDS = 60  # before a take-in that failed is tried again as tool calls end
-HALF_MADE_SECONDS = 3600  # a snapshot's folder no one has written in so long was left by a killed runner
 AGENT_TAKEN = 16 << 30  # what an agent's work may add to the shared objects over a program (its trees' bound)
 MAX_CHECKOUT_BYTES = AGENT_TAKEN  # what the files of a branch we check out add up to (one blob under 1000 names: 1000 times)
 
@@ -345,11 +344,11 @@ class Lab:
         if links:
             raise LabError(f"commit {sha[:10]} holds a symbolic link ({links[0]}); a snapshot holds "
                            "regular files only")
-        for left in dest.parent.glob(f".{sha[:10]}-*"):  # half made by a runner killed as it wrote them: one a kill
-            with contextlib.suppress(OSError):
-                if time.time() - left.lstat().st_mtime > HALF_MADE_SECONDS:
-                    shutil.rmtree(left, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:10]}-", dir=dest.parent))
+        for left in dest.parent.glob(".??????????-*-*"):  # half made by a runner killed as it wrote it: its pid is gone
+            pid = left.name.split("-")[1]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                shutil.rmtree(left, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:10]}-{os.getpid()}-", dir=dest.parent))
         try:
             write_new(tmp / ".snapshot-commit", (sha + "\n").encode(), 0o644)
             for path, (mode, oid) in files.items():

@@ -144,7 +144,7 @@ CREATE TABLE agent_cpu (             -- the CPU time of an agent's box: one row 
     program     TEXT NOT NULL,
     agent       TEXT NOT NULL,
     seconds     REAL NOT NULL,         -- all its processes' CPU seconds, by the box's cgroup
-    what        TEXT NOT NULL,         -- command (the run tool's, git's) | claude-code | codex | submission (the harness taking its commit in)
+    what        TEXT NOT NULL,         -- command (the run tool's, git's) | claude-code | codex | submission (its commit taken in)
     created_at  TEXT NOT NULL
 );
 """
@@ -198,13 +198,13 @@ LEFT_AS_IT_IS = "it was left as it is: restore it from a copy, or move it away t
 
 
 def lock_held(error) -> bool:  # a DatabaseError that is another's transaction held past our wait: no damage
-    return getattr(error, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED")
+    return getattr(error, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 def corrupt(path, error) -> str:  # what a DatabaseError from the ledger means
     if lock_held(error):
         return (f"{path}: another process held the ledger's write lock for {LOCK_WAIT:.0f} s (a runner stopped mid-write, "
-                "by Ctrl-Z or SIGSTOP? `fg` or `kill -CONT` it); the ledger is sound and this changed nothing: try again")
+                "by Ctrl-Z or SIGSTOP? `fg` or `kill -CONT` it); the ledger is sound: try again")
     return f"{path}: the ledger is corrupt or not a ledger ({error}); {LEFT_AS_IT_IS}"
 
 

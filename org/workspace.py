@@ -28,6 +28,7 @@ from org import OrgError, shown
 from org.improve import check_candidates
 from org.lab import Lab
 from org.ledger import LEFT_AS_IT_IS, Ledger, ledger_path
+from org.ledger_read import open_readonly
 from org.panes import Grid, read_state
 from org.program import BOUND_BUDGET, MEASUREMENT_BUDGET, MEASUREMENT_FIELDS, Program, ProgramError, load_program, quoted
 from org.program_checks import check_with_trainer, data_source_problem
@@ -92,23 +93,35 @@ def hand_edit(path, programs_too: bool = True) -> str | None:
     or not its kind, or (programs_too) a program this org cannot read, which an older nanolab's may
     be too. Every write is one transaction, so a crash makes none of these: a hand edit does."""
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            for (table, column), kind in JSON_KINDS.items():
-                row = db.execute(f"SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL AND CASE WHEN "
-                                 f"json_valid({column}) THEN json_type({column}) ELSE 'text' END != ?", (kind,)).fetchone()
-                if row:
-                    return (f"{path}: {table} row {row[0]}: its {column} is not a JSON {kind} (edited by hand?): "
-                            f"{quoted(row[1])}; {LEFT_AS_IT_IS}")
-            for name, spec in db.execute("SELECT name, spec FROM programs") if programs_too else ():
-                try:
-                    Program.model_validate(json.loads(spec))  # (as recorded_program reads it)
-                except ValidationError as e:
-                    where = ".".join(map(str, e.errors()[0]["loc"])) or "spec"
-                    return (f"{path}: program {name!r}: its spec is not a program this org reads (edited by hand, "
-                            f"or an older nanolab's?): {where}: {shown(e.errors()[0]['msg'])}; {LEFT_AS_IT_IS}")
-    except sqlite3.Error:  # gone, or not SQLite: Ledger() says so where it is opened
-        pass
+        db = open_readonly(Path(path))
+    except (OrgError, sqlite3.Error):  # gone, or not SQLite: Ledger() says so where it is opened
+        return None
+    with contextlib.closing(db):
+        db.create_function("json_kind", 1, json_kind, deterministic=True)
+        for (table, column), kind in JSON_KINDS.items():
+            row = db.execute(f"SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL AND "
+                             f"json_kind({column}) != ?", (kind,)).fetchone()
+            if row:
+                return (f"{path}: {table} row {row[0]}: its {column} is not a JSON {kind} (edited by hand?): "
+                        f"{quoted(row[1])}; {LEFT_AS_IT_IS}")
+        for name, spec in db.execute("SELECT name, spec FROM programs") if programs_too else ():
+            try:
+                Program.model_validate(json.loads(spec))  # (as recorded_program reads it)
+            except ValidationError as e:
+                where = ".".join(map(str, e.errors()[0]["loc"])) or "spec"
+                return (f"{path}: program {name!r}: its spec is not a program this org reads (edited by hand, "
+                        f"or an older nanolab's?): {where}: {shown(e.errors()[0]['msg'])}; {LEFT_AS_IT_IS}")
     return None
+
+
+def json_kind(text) -> str:
+    """What JSON `text` holds, as Python reads it (SQLite's json_valid refuses the NaN that Python's
+    JSON writes, and a trainer's result may hold one): object, array, ..., or text (not JSON)."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return "text"
+    return {dict: "object", list: "array"}.get(type(value), type(value).__name__)
 
 
 def find_ledger(arg: str) -> tuple[Lab, str, Path]:

@@ -449,6 +449,19 @@ def test_a_ledger_edited_by_hand_is_named_where_and_left_as_it_is(edit, make_pro
         assert db.execute("SELECT count(*) FROM runs WHERE status != 'queued'").fetchone()[0] == 0  # none claimed
 
 
+def test_a_nan_a_trainer_wrote_is_no_hand_edit(make_project, capsys):
+    """Python's JSON writes NaN, and a trainer's result may hold one (an agent's trainer, or a
+    diverged evaluation): SQLite's json_valid calls it no JSON, and every `org run` and `org
+    submit` refused the ledger as edited by hand, telling its owner to move it away."""
+    import sqlite3
+    root = make_project(tiny_program())
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    with contextlib.closing(sqlite3.connect(root / ".lab" / "tiny" / "ledger.sqlite")) as db, db:
+        db.execute("""UPDATE runs SET result = '{"status": "diverged", "val_bpb": NaN}' WHERE rowid = 1""")
+    assert main(["submit", "tiny", "--arm", "other", "--set", "matrix_lr=0.05"]) == 0
+    assert main(["runs", "tiny", "--json"]) == 0
+
+
 def test_a_ledger_another_process_holds_is_read_and_said_to_be_held_not_corrupt(make_project, monkeypatch, capsys):
     """A process stopped inside a transaction holds the ledger's write lock. Every command opened
     the ledger with a write transaction (to migrate it), waited 60 s, and said "the ledger is

@@ -131,30 +131,33 @@ def test_a_snapshot_is_frozen(lab):
     assert lab.snapshot(sha, "softcap") == snap  # made once per commit
 
 
-def test_what_a_killed_runner_half_wrote_goes_once_no_one_writes_it(lab):
+def test_what_a_killed_runner_half_wrote_goes(lab):
     """A runner killed as it wrote a commit's snapshot out left its temporary folder, one a kill,
-    and nothing removed it; nor a data file half written by a killed tokenizer (46 MB each). An hour
-    after their last write they go, as the next one is made beside them; one being written stays."""
+    and nothing removed it: it goes once its runner is gone. So does a data file, or a folder of
+    shards, that a killed tokenizer half wrote (46 MB each), an hour after its last write; one
+    being written stays."""
     import os
+    import subprocess
     import time
     from trainer.shards import write_llmc_shard
     lab.start_program("softcap")
     sha = commit_file(lab.add_worktree("softcap", "alice"), "trainer/model.py", "WIDTH = 96\n")
     snapshots = lab.root / ".lab" / "softcap" / "snapshots"
-    snapshots.mkdir(parents=True, exist_ok=True)
-    left, writing = snapshots / f".{sha[:10]}-killed", snapshots / f".{sha[:10]}-writing"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    left, writing = snapshots / f".{'f' * 10}-{gone.pid}-abc", snapshots / f".{sha[:10]}-{os.getpid()}-def"
     data = lab.root / "cache" / "train.bin"
-    data.parent.mkdir()
-    half, fresh = data.with_name(".train.bin.123.abcdef12.tmp"), data.with_name(".train.bin.456.abcdef34.tmp")
-    for thing in (left, writing):
-        (thing / "trainer").mkdir(parents=True)
-    half.write_bytes(bytes(1000))
-    fresh.write_bytes(bytes(1000))
-    for old in (left, half):
+    half, shards, fresh = (data.with_name(f".train.bin.123.{x}.tmp") for x in ("abcdef12", "abcdef34", "abcdef56"))
+    for folder in (left / "trainer", writing / "trainer", shards):
+        folder.mkdir(parents=True)
+    for file in (half, shards / "val.bin", fresh):
+        file.write_bytes(bytes(1000))
+    for old in (half, shards, shards / "val.bin"):
         os.utime(old, (time.time() - 7200, time.time() - 7200))
     lab.snapshot(sha, "softcap")
     write_llmc_shard(data, [1, 2, 3])
-    assert not left.exists() and writing.exists() and not half.exists() and fresh.exists()
+    assert not left.exists() and writing.exists()
+    assert not half.exists() and not shards.exists() and fresh.exists()
 
 
 def test_protected_paths_between_base_and_experiment(lab):

@@ -262,7 +262,7 @@ def test_the_harness_time_taking_an_agents_commit_in_is_on_its_record(two_agents
     for a commit of thousands of files, which an agent could send again and again, and no one's
     budget counted them. They are the agent's now, beside its commands' CPU time."""
     root, program, alice, _ = two_agents
-    made = run(alice, "for d in $(seq 10); do mkdir -p many/$d; for f in $(seq 300); do echo same > many/$d/$f.txt; done; "
+    made = run(alice, "for d in $(seq 20); do mkdir -p many/$d; for f in $(seq 300); do echo same > many/$d/$f.txt; done; "
                       "done; git add -A && git commit -qm 'many files' && echo ok")
     assert made.endswith("ok\n"), made
     t0 = time.monotonic()
@@ -271,7 +271,7 @@ def test_the_harness_time_taking_an_agents_commit_in_is_on_its_record(two_agents
     assert not out.error and "runs queued" in out.output, out.output
     with Ledger(lab_dir(root, program) / "ledger.sqlite") as ledger:
         charged = ledger._all("SELECT agent, seconds FROM agent_cpu WHERE what = 'submission'")
-    print(f"submission of 3,000 files: {took:.2f} s, charged {charged}")
+    print(f"submission of 6,000 files: {took:.2f} s, charged {charged}")
     assert [c["agent"] for c in charged] == ["alice"] and 0.05 < charged[0]["seconds"] <= took, (charged, took)  # (0.15 s here)
 
 

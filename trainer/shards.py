@@ -140,11 +140,13 @@ class Chain:
 
 def temp_beside(path: Path) -> Path:
     """A unique name beside `path` to write under, then rename: readers never see half of it. One
-    no one has written in for an hour was left by a killed process (46 MB a kill, tokenizing), and goes."""
+    (a file or a folder of shards) no one has written in for an hour was left by a killed process
+    (46 MB a kill, tokenizing), and goes."""
     for left in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         with contextlib.suppress(OSError):
-            if time.time() - left.lstat().st_mtime > 3600:
-                left.unlink()
+            folder = left.is_dir() and not left.is_symlink()
+            if time.time() - max(p.lstat().st_mtime for p in [left, *(left.iterdir() if folder else [])]) > 3600:
+                shutil.rmtree(left) if folder else left.unlink()
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 

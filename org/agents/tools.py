@@ -20,6 +20,7 @@ import contextlib
 import errno
 import fcntl
 import re
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,14 +169,16 @@ class Tools:
             ledger.record_agent_cpu(self.program.name, self.agent, cpu_seconds, "command")
 
     @contextlib.contextmanager
-    def charged(self, ledger: Ledger, what: str):
-        """The harness's seconds on the agent's behalf (taking its commit in and checking it: half a
-        minute for 100,000 files), on record as its commands' CPU time is: no run's budget counts it."""
-        t0 = time.monotonic()
+    def charged(self, what: str):
+        """The harness's CPU time in this thread on the agent's behalf (its commit taken in and checked:
+        seconds for 100,000 files), on record as its commands' is: no run's budget counts it. A wait
+        for the ledger's lock, or for the GIL, is no one's."""
+        t0 = time.thread_time()
         try:
             yield
-        finally:
-            ledger.record_agent_cpu(self.program.name, self.agent, time.monotonic() - t0, what)
+        finally:  # (its own transaction: a lock held past its wait loses the row, not the answer)
+            with contextlib.suppress(sqlite3.Error), Ledger(self.ledger_path) as ledger:
+                ledger.record_agent_cpu(self.program.name, self.agent, time.thread_time() - t0, what)
 
     def call(self, name: str, args) -> ToolResult:
         """Run one tool call; every failure is an error result, never an exception."""
@@ -335,7 +338,7 @@ class Tools:
                 raise ToolError(f"uncommitted changes ({dirty.splitlines()[0].strip()} ...): runs use "
                                 "committed code; git_commit first")
         commit = self._git("rev-parse", "--verify", f"{ref or 'HEAD'}^{{commit}}")
-        with Ledger(self.ledger_path) as ledger, self.charged(ledger, "submission"):  # (its commit taken in and checked)
+        with self.charged("submission"), Ledger(self.ledger_path) as ledger:  # (its commit taken in and checked)
             try:
                 source = submission_source(ledger, self.lab, self.program, arm, overrides, commit)
             except OrgError as e:
