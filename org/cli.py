@@ -29,7 +29,8 @@ from org.compare_orgs import add_compare_command
 from org.ablate import leave_one_out
 from org.experiments import check_arm_name, plan, submission_source, submit, submit_declared
 from org.lab import scrub_git_env
-from org.ledger import RUN_STATUSES, Ledger, corrupt
+from org.ledger import Ledger, corrupt
+from org.ledger_schema import RUN_STATUSES
 from org.program import BOUND_BUDGET, MAX_SEED, Budget, Program, owned_by_program, quoted
 from org.program_checks import trainer_rejects
 from org.runner import Runner

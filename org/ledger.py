@@ -5,7 +5,8 @@ Tables: programs, experiments (who asked for what, on which commit), runs (one t
 invocation each: seed, slot, status, budget, and the columns SQL filters on; the harness's
 measurement as the record and the trainer's result.json beside it as a cross-check, both in
 trainer/record.py's shape, which run_row() reads out for every reader), budget_changes, llm_spend and
-agent_cpu (the CPU time of the agents' own boxes, outside every run's budget). Verdicts are never
+agent_cpu (the CPU time of the agents' own boxes, outside every run's budget); their columns, and
+how an older ledger's are brought up to date, are org/ledger_schema.py's. Verdicts are never
 stored: the referee computes them from the runs whenever they are shown (report, status, agents).
 Rows are inserted and updated, never deleted, so a discarded idea stays queryable (a hold on the
 LLM budget for a call that spent nothing excepted).
@@ -30,11 +31,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from org import OrgError, pid_alive, process_identity
+from org.ledger_schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from trainer.record import Measurement, Result, read
 
-SCHEMA_VERSION = 14
-
-RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 FINISHED = ("completed", "diverged", "killed", "error", "invalid", "refused")
 LOCK_WAIT = 60.0  # seconds a write waits for another's transaction to end
 SECRET_SEEDS = ("replicate", "canary")  # purposes whose seeds the harness drew and tells no agent
@@ -44,139 +43,6 @@ def shown_seed(run: dict) -> int | str:
     """A run's seed as an agent, or a report in the lab, may see it: a fresh seed is "fresh" (its
     agent could work out a table for it in its own box)."""
     return "fresh" if run.get("purpose") in SECRET_SEEDS else run.get("seed")
-
-SCHEMA = f"""
-CREATE TABLE schema_version (
-    version     INTEGER NOT NULL,
-    applied_at  TEXT NOT NULL
-);
-CREATE TABLE programs (
-    name              TEXT PRIMARY KEY,
-    spec              TEXT NOT NULL,   -- the validated program, JSON
-    base_commit       TEXT NOT NULL,   -- protected paths are compared with this commit
-    branch            TEXT NOT NULL,   -- program/<name>
-    eval_fingerprint  TEXT,            -- from the first completed run: later runs must match
-    data_fingerprint  TEXT,
-    created_at        TEXT NOT NULL
-);
-CREATE TABLE experiments (
-    id           INTEGER PRIMARY KEY,
-    program      TEXT NOT NULL REFERENCES programs(name),
-    arm          TEXT NOT NULL,
-    who          TEXT NOT NULL,
-    hypothesis   TEXT,
-    source       TEXT NOT NULL,        -- declared (in the program file) | submitted
-    base_commit  TEXT NOT NULL,
-    code_commit  TEXT NOT NULL,
-    diff         TEXT,                 -- git diff base_commit code_commit
-    overrides    TEXT NOT NULL,        -- JSON: config keys set on top of the baseline's
-    stage        TEXT NOT NULL,        -- tuning | measuring | refused | failed
-    chosen       TEXT,                 -- JSON: the tune grid point picked on validation
-    reason       TEXT,                 -- why refused or failed
-    versus       TEXT,                 -- improve: the frontier arm it is measured against
-    decision     TEXT,                 -- improve: JSON, the keep decision (org/improve.py)
-    created_at   TEXT NOT NULL
-);
-CREATE UNIQUE INDEX declared_once ON experiments(program, arm) WHERE source = 'declared';
-CREATE TABLE runs (
-    id                 INTEGER PRIMARY KEY,
-    experiment_id      INTEGER NOT NULL REFERENCES experiments(id),
-    program            TEXT NOT NULL,
-    arm                TEXT NOT NULL,
-    purpose            TEXT NOT NULL,  -- tune | main | repeat (an interleaved baseline re-run) | replicate | rungN | xF | canary
-    seed               INTEGER NOT NULL,
-    round              INTEGER NOT NULL,  -- queue order: tuning first, then by seed index
-    overrides          TEXT NOT NULL,  -- JSON: every --set of this run
-    budget             TEXT NOT NULL,  -- JSON {{kind, value}}: the program's per-run budget, as result.json says it
-    status             TEXT NOT NULL DEFAULT 'queued' CHECK (status IN {RUN_STATUSES}),
-    reason             TEXT,
-    slot               INTEGER,
-    runner_host        TEXT,
-    runner_pid         INTEGER,
-    runner_started     TEXT,           -- its runner's boot and start time: after a reboot its pid may be another's
-    trainer_pid        INTEGER,
-    job_id             TEXT,           -- a cluster's job (runner.backend ray), chosen when claimed
-    node               TEXT,           -- where the trainer ran: this host, or the cluster's node id
-    kind               TEXT,           -- the cluster's kind of device it ran on (one per seed)
-    machine            TEXT,           -- the device model it trained on, named by harness code there
-    claim_seq          INTEGER,        -- order in which runs were claimed
-    attempts           INTEGER NOT NULL DEFAULT 0,
-    attempt_log        TEXT,           -- why earlier attempts were re-queued, one line each
-    command            TEXT,           -- JSON argv
-    run_dir            TEXT,
-    metrics_path       TEXT,
-    log_path           TEXT,
-    wall_seconds       REAL,           -- measured by the runner, not the trainer
-    lost_seconds       REAL,           -- its attempts that recorded nothing (re-queued): spent all the same
-    git_commit         TEXT,           -- the code it ran: the experiment's commit (the runner's word)
-    git_dirty          INTEGER,
-    result             TEXT,           -- JSON trainer/record.py Result: result.json, the trainer's word
-    measurement        TEXT,           -- JSON trainer/record.py Measurement: the harness's, the run's record
-    measure_seconds    REAL,           -- runner time on it besides its trainer's: its commit checked and copied, its probe, its measurement
-    created_at         TEXT NOT NULL,
-    started_at         TEXT,           -- where its uncharged time began (claim, check, probe, trainer): recover charges from it
-    finished_at        TEXT
-);
-CREATE UNIQUE INDEX runs_once ON runs(experiment_id, purpose, seed, overrides) WHERE purpose NOT IN ('repeat', 'canary');
-CREATE INDEX runs_queue ON runs(program, status, round, id);
-CREATE TABLE budget_changes (        -- `org budget`: the only way a started program's totals change
-    id          INTEGER PRIMARY KEY,
-    program     TEXT NOT NULL,
-    field       TEXT NOT NULL,         -- total_compute_seconds | total_llm_dollars | run_timeout_seconds
-    old         REAL,
-    new         REAL NOT NULL,
-    who         TEXT NOT NULL,
-    created_at  TEXT NOT NULL
-);
-CREATE TABLE llm_spend (
-    id          INTEGER PRIMARY KEY,
-    program     TEXT NOT NULL,
-    agent       TEXT NOT NULL,
-    model       TEXT NOT NULL,
-    tokens_in   INTEGER NOT NULL,
-    tokens_out  INTEGER NOT NULL,
-    dollars     REAL NOT NULL,
-    held        INTEGER NOT NULL DEFAULT 0,  -- a call in flight, at its worst case until the gateway meters it
-    created_at  TEXT NOT NULL
-);
-CREATE TABLE agent_cpu (             -- the CPU time of an agent's box: one row per command or CLI stretch
-    id          INTEGER PRIMARY KEY,
-    program     TEXT NOT NULL,
-    agent       TEXT NOT NULL,
-    seconds     REAL NOT NULL,         -- all its processes' CPU seconds, by the box's cgroup
-    what        TEXT NOT NULL,         -- command (the run tool's, git's) | claude-code | codex | submission (its commit taken in)
-    created_at  TEXT NOT NULL
-);
-"""
-
-# columns before schema 8 that copied a run's record (an older ledger read as it is still has them)
-FIGURE_COLUMNS = ("val_bpb", "val_loss", "confirm_bpb", "steps", "tokens", "flops", "flops_per_token",
-                  "params_total", "params_matmul", "train_seconds", "tokens_per_second", "device",
-                  "eval_fingerprint", "data_fingerprint", "trainer_version")
-MIGRATIONS = {  # from version N to N + 1
-    1: ["ALTER TABLE runs ADD COLUMN confirm_bpb REAL", "ALTER TABLE runs ADD COLUMN measurement TEXT",
-        "ALTER TABLE runs ADD COLUMN measure_seconds REAL"],
-    2: [SCHEMA[SCHEMA.index("CREATE TABLE budget_changes"):SCHEMA.index("CREATE TABLE llm_spend")]
-        .strip().rstrip(";").replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)],
-    # the verdicts table was read (by the status pane) but never written: verdicts are the
-    # referee's, computed from the runs each time they are shown, so there is nothing to keep
-    3: ["DROP TABLE IF EXISTS verdicts"],
-    # a run's budget was the program file's {flops: 3e12}; now (kind, value) everywhere, as in result.json
-    4: ["UPDATE runs SET budget = (SELECT json_object('kind', key, 'value', value) FROM json_each(runs.budget)) "
-        "WHERE json_extract(budget, '$.kind') IS NULL AND (SELECT count(*) FROM json_each(runs.budget)) = 1"],
-    5: ["ALTER TABLE runs ADD COLUMN job_id TEXT", "ALTER TABLE runs ADD COLUMN node TEXT"],
-    6: ["ALTER TABLE runs ADD COLUMN kind TEXT", "ALTER TABLE runs ADD COLUMN machine TEXT"],
-    # a run's figures were columns too, copied from its record: now only the record (result and
-    # measurement, as JSON) holds them, and run_row() reads them out for everyone
-    7: [f"ALTER TABLE runs DROP COLUMN {c}" for c in FIGURE_COLUMNS],
-    8: ["ALTER TABLE experiments ADD COLUMN versus TEXT", "ALTER TABLE experiments ADD COLUMN decision TEXT"],
-    9: [SCHEMA[SCHEMA.index("CREATE TABLE agent_cpu"):].strip().rstrip(";").replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)],
-    # an improvement program's canary (org/improve.py) runs a seed again for each try that climbs
-    10: ["DROP INDEX IF EXISTS runs_once", SCHEMA[SCHEMA.index("CREATE UNIQUE INDEX runs_once"):].split(";")[0]],
-    11: ["ALTER TABLE runs ADD COLUMN runner_started TEXT"],
-    12: ["ALTER TABLE runs ADD COLUMN lost_seconds REAL"],
-    13: ["ALTER TABLE llm_spend ADD COLUMN held INTEGER NOT NULL DEFAULT 0"],
-}
 
 
 class LedgerError(OrgError):
@@ -379,9 +245,11 @@ class Ledger:
     def experiments(self, program: str, stage: str = None) -> list[dict]:  # (stage None: every one)
         return self._all("SELECT * FROM experiments WHERE program = ? AND stage = coalesce(?, stage) ORDER BY id", program, stage)
 
-    def update_experiment(self, experiment_id: int, **fields):  # (chosen and decision: as JSON)
-        self._update("experiments", experiment_id, {k: json.dumps(v, sort_keys=True) if k in ("chosen", "decision") else v
-                                                    for k, v in fields.items()})
+    def update_experiment(self, experiment_id: int, **fields):
+        for key in ("chosen", "decision"):  # (JSON)
+            if key in fields:
+                fields[key] = json.dumps(fields[key], sort_keys=True)
+        self._update("experiments", experiment_id, fields)
 
     # --- runs ----------------------------------------------------------------------------
 
@@ -541,8 +409,10 @@ class Ledger:
         return self.db.execute("SELECT coalesce(sum(wall_seconds), 0) + coalesce(sum(measure_seconds), 0) "
                                "+ coalesce(sum(lost_seconds), 0) FROM runs WHERE program = ?", (program,)).fetchone()[0]
 
-    def counts(self) -> dict:  # rows per table, for notes and sanity checks
-        return {t: self._one(f"SELECT count(*) n FROM {t}")["n"] for t in ("programs", "experiments", "runs", "llm_spend", "agent_cpu")}
+    def counts(self) -> dict:
+        """Rows per table, for notes and sanity checks."""
+        return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("programs", "experiments", "runs", "llm_spend", "agent_cpu")}
 
 
 def columns(db: sqlite3.Connection, table: str) -> list[str]:

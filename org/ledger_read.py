@@ -11,7 +11,8 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from org.ledger import SCHEMA, LedgerError, budget_of, columns, corrupt, run_row
+from org.ledger import LedgerError, budget_of, columns, corrupt, run_row
+from org.ledger_schema import SCHEMA
 
 
 def read_tables(path: Path, program: str, tables) -> tuple[dict, list[dict], list[str]]:

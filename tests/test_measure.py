@@ -21,7 +21,8 @@ import pytest
 
 from org import remove_tree
 from org.cli import main
-from org.ledger import FIGURE_COLUMNS, SCHEMA_VERSION, Ledger
+from org.ledger import Ledger
+from org.ledger_schema import FIGURE_COLUMNS, SCHEMA_VERSION
 from org.bytecode import source_only
 from org.model_worker import receive
 from org.measure import MeasureError, cross_check, evaluator_env, measure_run, planted, read_result, worker_command

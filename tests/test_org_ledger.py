@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from org import process_identity
-from org.ledger import SCHEMA_VERSION, Ledger, budget_of
+from org.ledger import Ledger, budget_of
+from org.ledger_schema import SCHEMA_VERSION
 from org.ledger_read import read_tables
 from trainer.record import Result, read
 
