@@ -15,7 +15,7 @@ from org.agents.control import Control
 from org.agents.loop import Agent, Settings
 from org.agents.scripted import ScriptedModel
 from org.agents.tools import Limits
-from org.agents.transcript import Transcript
+from org.agents.transcript import INTERRUPTED, Transcript
 from org.mail import Mail
 from org.program import Program
 
@@ -79,6 +79,23 @@ def test_a_restarted_junior_recovers_the_assignment_it_had_read():
     name, args = step(restarted, history, "submitted: experiment 3")
     assert (name, args["arm"]) == ("submit_experiment", "no-qk-norm")
     assert history[-2]["calls"][0]["id"] == "scripted_2"  # ids go on from the transcript's
+    assert step(restarted, history, "{}")[0] == "results"
+
+
+def test_a_call_a_crash_cut_short_is_made_again_not_taken_as_done():
+    """A junior killed as it submitted its arm: restarted, its call was answered `interrupted`,
+    and the plan took that for the submission's answer and went on. The arm never ran, its report
+    said `{'no-qk-norm': None}`, and the org read `done` without the program's question (a chief
+    killed as it posted its conclusion: done, with none on the board). The call is made again."""
+    history = [{"kind": "user", "text": "Start."}, {"kind": "user", "text": mail("chief", "Please run:\n- no-qk-norm: overrides {}")}]
+    call = ScriptedModel(program(), "junior-b").turn("", history, [], lambda text: None).calls[0]
+    history += [{"kind": "assistant", "text": "", "calls": [call]},  # (killed here; the loop closes the call so)
+                {"kind": "tool", "id": call["id"], "name": call["name"], "output": INTERRUPTED, "error": True},
+                {"kind": "user", "text": "(harness) You were restarted."}]
+    restarted = ScriptedModel(program(), "junior-b")
+    assert step(restarted, history, "submitted: experiment 3") == (call["name"], call["args"])
+    again = ScriptedModel(program(), "junior-b")  # and a later restart replays both rounds as they were
+    assert again.turn("", history, [], lambda text: None).calls[0]["name"] == "results"
     assert step(restarted, history, "{}")[0] == "results"
 
 

@@ -19,7 +19,11 @@ and pauses look the same), and it is the control every LLM org is compared with.
 A plan is a generator: it yields one tool call at a time and is sent what came back since
 (the tool's output plus any mail the loop delivered). After a restart a fresh plan is replayed
 through the calls on record, each sent what came back then, so it carries on where it stopped:
-mail it read before the crash was acknowledged and now lives only in the transcript.
+mail it read before the crash was acknowledged and now lives only in the transcript. A call
+the crash cut short (its answer: transcript.INTERRUPTED) is made again, never taken as done: a
+junior killed mid-submission had lost its arm, and a chief its conclusion. Each call of the
+plans is safe to repeat: a submission that went through is refused as its arm's second, a
+message or a post is read twice, a commit finds nothing to commit.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from org.mail import unquote
 from org.program import Program
 from org.agents.models import Reply, tool_call
 from org.agents.roles import chief_of, juniors, role_of
+from org.agents.transcript import INTERRUPTED
 
 
 class ScriptedModel:
@@ -42,6 +47,7 @@ class ScriptedModel:
         self.program, self.agent, self.wait = program, agent, wait_seconds
         self.plan = None
         self.calls = 0
+        self.carried = []  # what came back with a call a crash cut short (mail, the restart's note): the next round's
 
     def turn(self, system, history, tools, on_text) -> Reply:
         try:
@@ -51,9 +57,14 @@ class ScriptedModel:
                 self.plan = self._make_plan(rounds[0])
                 name, args = next(self.plan)
                 for since in rounds[1:]:
-                    name, args = self.plan.send(since)
+                    if cut_short(since):  # its call stands, made again (the next on record, or now)
+                        self.carried += [item for item in since if item["kind"] != "tool"]
+                        continue
+                    name, args = self.plan.send(self.carried + since)
+                    self.carried = []
             else:
-                name, args = self.plan.send(_since_last_reply(history))
+                name, args = self.plan.send(self.carried + _since_last_reply(history))
+                self.carried = []
         except StopIteration:
             name, args = "finish", {"summary": "the scripted plan is complete"}
         self.calls += 1
@@ -87,6 +98,10 @@ def _rounds(history: list[dict]) -> list[list[dict]]:
         else:
             rounds[-1].append(item)
     return rounds
+
+
+def cut_short(items: list[dict]) -> bool:
+    return any(item["kind"] == "tool" and item.get("output") == INTERRUPTED for item in items)
 
 
 def _since_last_reply(history: list[dict]) -> list[dict]:

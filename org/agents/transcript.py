@@ -69,6 +69,9 @@ class Transcript:
         return {i for l in self.lines() for i in l.get("mail_ids", [])}
 
 
+INTERRUPTED = "interrupted: the agent restarted before this call returned; check its effect before repeating it"
+
+
 def close_open_calls(history: list[dict]) -> list[dict]:
     """Tool results for calls a crash left unanswered (every API insists on one per call)."""
     answered = {item["id"] for item in history if item["kind"] == "tool"}
@@ -76,9 +79,7 @@ def close_open_calls(history: list[dict]) -> list[dict]:
     for item in history:
         if item["kind"] == "assistant":
             missing += [c for c in item.get("calls", []) if c["id"] not in answered]
-    return [{"kind": "tool", "id": c["id"], "name": c["name"], "error": True,
-             "output": "interrupted: the agent restarted before this call returned; check its "
-                       "effect before repeating it"} for c in missing]
+    return [{"kind": "tool", "id": c["id"], "name": c["name"], "error": True, "output": INTERRUPTED} for c in missing]
 
 
 def trim(history: list[dict], max_items: int) -> list[dict]:
