@@ -389,7 +389,7 @@ def budget_section(report: Report) -> str:
     budget = report.spec.get("budget") or {}
     per_run = budget.get("per_run") or {}
     kind, value = next(((k, v) for k, v in per_run.items() if v is not None), (None, None))
-    compute = sum((r.get("wall_seconds") or 0) + (r.get("measure_seconds") or 0) for r in report.runs)
+    compute = sum(r.get(k) or 0 for r in report.runs for k in ("wall_seconds", "measure_seconds", "lost_seconds"))
     dollars = sum(r.get("dollars") or 0 for r in report.llm)
     lines = ["## Budget and how it was enforced", ""]
     if kind:
@@ -399,8 +399,8 @@ def budget_section(report: Report) -> str:
                      "of wall time (the runner's clock, not the trainer's) is killed")
     else:
         lines.append("- per-run budget: not recorded")
-    lines.append(f"- totals: compute {compute:.0f} s of {g(budget.get('total_compute_seconds'))} s "
-                 f"(runner wall time, all runs and their measurements); LLM ${dollars:.2f} of "
+    lines.append(f"- totals: compute {compute:.0f} s of {g(budget.get('total_compute_seconds'))} s (runner wall time, as "
+                 f"the budget counts it: runs, measurements, attempts that recorded nothing); LLM ${dollars:.2f} of "
                  f"${g(budget.get('total_llm_dollars'))}")
     for c in report.budget_changes:
         lines.append(f"- seed {g(c['new'])} added for every arm by {c['who']} with `org extend` at {c['created_at']} "

@@ -490,6 +490,10 @@ def test_a_trainer_of_the_programs_code_killed_by_a_signal_nobody_sent_is_tried_
         assert run["lost_seconds"] > 0
         assert ledger.compute_seconds("tiny") == pytest.approx(run["wall_seconds"] + run["lost_seconds"] + run["measure_seconds"])
         assert 0 < run["measure_seconds"] < 1  # (its commit checked three times, the base's: quick)
+        spent = ledger.compute_seconds("tiny")
+    from org.report import budget_section  # and the report's total is the budget's (it left the lost attempts out)
+    assert f"compute {spent:.0f} s of 600 s (runner wall time, as the budget counts it" in \
+        budget_section(build(root / ".lab" / "tiny" / "ledger.sqlite", "tiny"))
 
 
 def test_a_runner_kept_waiting_past_its_time_by_anothers_lock_stops_in_a_line_and_resumes(make_project):
