@@ -131,8 +131,11 @@ class Runner:
             for t in threads:
                 while t.is_alive():
                     t.join(0.2)  # short joins keep Ctrl-C responsive
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # (Ctrl-C, or `org stop`'s SIGTERM)
             self.stop()
+            with self.cond:  # each slot puts its run back as its trainer dies, charged to now: a daemon thread
+                # cut off left it running, charged to the next stop's now (not a join: one Ctrl-C cut short ends at once)
+                self.cond.wait_for(lambda: self.busy == 0, KILL_GRACE_SECONDS)
             raise
         if self.failure:
             raise self.failure

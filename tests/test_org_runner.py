@@ -522,6 +522,29 @@ def test_a_runner_kept_waiting_past_its_time_by_anothers_lock_stops_in_a_line_an
         assert {r["status"] for r in runs} == {"completed"} and len(runs) == 6, [(r["id"], r["status"], r["reason"], r["attempt_log"]) for r in runs][0]
 
 
+def test_a_runner_stopped_puts_its_running_runs_back_before_it_exits(make_project):
+    """`org stop` sends the runner SIGTERM (Ctrl-C the same): it killed its trainers and exited at
+    once, its slots' threads with it, so their runs stayed `running` until a recovery charged
+    them to its own `now`; an `org stop` killed and run again an hour later charged the hour. Each
+    slot now puts its run back as its trainer dies, charged to then."""
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"steps": 5000}, "seeds": [0]}))
+    org_run = subprocess.Popen([sys.executable, "-c", "import sys; from org.cli import main; sys.exit(main(['run', 'tiny']))"],
+                               cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with ledger_of(root) as ledger:
+            while not any(r["trainer_pid"] for r in ledger.runs("tiny", status="running")) and org_run.poll() is None:
+                time.sleep(0.05)
+        time.sleep(1.0)  # (training)
+        org_run.send_signal(signal.SIGINT)
+        assert org_run.wait(timeout=60) == 130
+    finally:
+        org_run.kill()
+    with ledger_of(root) as ledger:
+        run, = ledger.runs("tiny")
+    assert run["status"] == "queued" and "the runner was stopped during the run; re-queued" in run["attempt_log"], run
+    assert run["lost_seconds"] > 0.5, run
+
+
 def test_a_bug_that_kills_a_slot_stops_the_runner_loudly_and_the_next_run_recovers(make_project):
     """An exception no one planned for, in the harness's own code after the trainer finished
     (here cross_check, made to raise, once the harness measured the run): the slot's thread once
