@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from org import shown
+from org import pid_alive, shown
 from org.experiments import held_for_checks, stuck_for_budget, waiting_for_budget
 from org.launch import RUNNER, TAKEN_OVER, WAITING_TOOLS, finished_before
 from org.improve_story import frontier_line
@@ -98,11 +98,13 @@ def program_state(launch: ProgramSite, running: bool) -> str:
 
 def agent_state(launch: ProgramSite, agent: str, running: bool) -> tuple[str, str]:
     """(working | waiting | taken over | paused | out of budget | finished | stopped |
-    crashed | starting | restarting | not running, what it is doing or why)."""
+    crashed | gone | starting | restarting | not running, what it is doing or why)."""
     keeper, control = launch.keeper(agent), launch.control_state(agent)
     kstate, cstate, reason = keeper.get("state"), control.get("state"), control.get("reason") or ""
     if kstate == "crashed":
         return "crashed", keeper.get("note", "")
+    if running and keeper_gone(keeper):
+        return "gone", f"its pane's keeper was killed: `org launch {launch.name}` restarts it"
     reason = reason.splitlines()[0] if reason else ""
     if cstate == "paused":
         return ("taken over" if reason.startswith(TAKEN_OVER) else "paused"), reason
@@ -124,6 +126,13 @@ def agent_state(launch: ProgramSite, agent: str, running: bool) -> tuple[str, st
     wait = args.get("wait_seconds")
     waits = call["name"] in WAITING_TOOLS and isinstance(wait, (int, float)) and wait > 0 and call.get("open")
     return ("waiting" if waits else "working"), doing
+
+
+def keeper_gone(keeper: dict) -> bool:
+    """A keeper's record says its command is on (waiting, running, restarting), but its own process
+    is gone (killed): the record is its last word, not the pane's state."""
+    return keeper.get("state") in ("waiting", "running", "restarting") and isinstance(keeper.get("keeper"), int) \
+        and not pid_alive(keeper["keeper"])
 
 
 def last_call(transcript: Path) -> dict | None:
@@ -152,6 +161,8 @@ def last_call(transcript: Path) -> dict | None:
 def runner_line(launch: ProgramSite, running: bool) -> str:
     keeper = launch.keeper(RUNNER)
     state = keeper.get("state", "not started")
+    if running and keeper_gone(keeper):
+        return f"runner: gone (its pane's keeper was killed: `org launch {launch.name}` restarts it)"
     if state == "ended" or (not running and state != "crashed"):  # stopped, done with the queue, or gone
         state = "stopped" if (launch.panes_dir / "stop").exists() else "done" if state == "ended" else "not running"
         queued = queued_runs(launch)

@@ -252,6 +252,24 @@ def test_an_agents_own_summary_does_not_say_what_stopped_it():
         assert agent_state(site, "solo", False) == (state, reason)
 
 
+def test_a_pane_whose_keeper_was_killed_reads_gone_not_its_last_word():
+    """A keeper killed (with its command): its record still said `running` or `waiting`, and `org
+    status` showed the runner "serving the queue" and the agent waiting, while the pane was dead."""
+    import subprocess
+    from types import SimpleNamespace
+    from org.status import agent_state, runner_line
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for last in ("running", "waiting", "restarting"):
+        site = SimpleNamespace(keeper=lambda agent, last=last: {"state": last, "keeper": dead.pid, "pid": dead.pid},
+                               control_state=lambda agent: {"state": "running"}, name="softcap")
+        assert agent_state(site, "solo", True) == ("gone", "its pane's keeper was killed: `org launch softcap` restarts it")
+        assert runner_line(site, True) == "runner: gone (its pane's keeper was killed: `org launch softcap` restarts it)"
+    alive = SimpleNamespace(keeper=lambda agent: {"state": "waiting", "keeper": os.getpid()},
+                            control_state=lambda agent: {"state": "running"}, name="softcap")
+    assert agent_state(alive, "solo", True)[0] == "starting" and runner_line(alive, True) == "runner: waiting"
+
+
 def test_the_grid_has_a_labelled_pane_per_agent_in_its_worktree(org_project, capsys):
     root = org_project(agents=SOLO + [{"name": "second", "backend": "scripted"}])
     assert main(["launch", "tiny", "--stagger", "0"]) == 0
