@@ -528,7 +528,9 @@ def test_a_runner_stopped_puts_its_running_runs_back_before_it_exits(make_projec
     them to its own `now`; an `org stop` killed and run again an hour later charged the hour. Each
     slot now puts its run back as its trainer dies, charged to then."""
     root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"steps": 5000}, "seeds": [0]}))
-    org_run = subprocess.Popen([sys.executable, "-c", "import sys; from org.cli import main; sys.exit(main(['run', 'tiny']))"],
+    ctrl_c = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # (where its parent
+    # ignores SIGINT, as a pytest-xdist worker may, a child starts with it ignored)
+    org_run = subprocess.Popen([sys.executable, "-c", ctrl_c + "from org.cli import main; sys.exit(main(['run', 'tiny']))"],
                                cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with ledger_of(root) as ledger:
@@ -1264,8 +1266,8 @@ def test_a_process_of_the_run_that_outlives_its_trainer_writes_nothing_after_rec
         cmd = [sys.executable, '-c', {lingering!r}, str(out)]
         trainer = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
-        while not (out / 'lingering.pid').exists():
-            time.sleep(0.01)
+        while not (out / 'lingering.pid').exists() or not (out / 'lingering.pid').read_text():
+            time.sleep(0.01)  # (made, then written: read between the two, it was empty)
         ledger.mark_started(run['id'], trainer.pid, cmd, out, out / 'train.log')
         print(run['id'], trainer.pid, (out / 'lingering.pid').read_text())
     """
