@@ -242,8 +242,11 @@ class Ledger:
     def experiment(self, experiment_id: int) -> dict | None:
         return self._one("SELECT * FROM experiments WHERE id = ?", experiment_id)
 
-    def experiments(self, program: str, stage: str = None) -> list[dict]:  # (stage None: every one)
-        return self._all("SELECT * FROM experiments WHERE program = ? AND stage = coalesce(?, stage) ORDER BY id", program, stage)
+    def experiments(self, program: str, stage: str = None) -> list[dict]:
+        if stage:
+            return self._all("SELECT * FROM experiments WHERE program = ? AND stage = ? ORDER BY id",
+                             program, stage)
+        return self._all("SELECT * FROM experiments WHERE program = ? ORDER BY id", program)
 
     def update_experiment(self, experiment_id: int, **fields):
         for key in ("chosen", "decision"):  # (JSON)
@@ -273,9 +276,13 @@ class Ledger:
 
     def runs(self, program: str, status: str = None, arm: str = None, purpose: str = None,
              experiment_id: int = None) -> list[dict]:
-        given = {k: v for k, v in dict(status=status, arm=arm, purpose=purpose, experiment_id=experiment_id).items() if v is not None}
-        where = " AND ".join(["program = ?"] + [f"{col} = ?" for col in given])
-        return [run_row(r) for r in self._all(f"SELECT * FROM runs WHERE {where} ORDER BY id", program, *given.values())]
+        where, args = ["program = ?"], [program]
+        for col, value in (("status", status), ("arm", arm), ("purpose", purpose),
+                           ("experiment_id", experiment_id)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        return [run_row(r) for r in self._all(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY id", *args)]
 
     def pending(self, program: str, experiment_ids: list[int]) -> int:
         """How many runs of these experiments are not finished yet (one query: a wait polls it)."""
