@@ -91,14 +91,18 @@ def cmd_launch(args) -> int:
     launch, program_as_filed = check(args.program, args.backend, args.ray)
     grid = launch.grid
     t0 = time.monotonic()
+    notes = None
     with one_at_a_time(launch):
-        if grid.running():
-            return relaunch_broken(launch)
-        if finished_before(launch):
+        done = finished_before(launch)
+        if done:
             print(f"{launch.name} is done: every agent has finished and every run is recorded; "
                   f"`org report {launch.name}` for the report")
-            return print_report(launch) if args.wait else 0
-        notes = build(launch, program_as_filed, args.stagger, args.restarts, args.backend, args.ray)
+        elif grid.running():
+            relaunch_broken(launch, refuse=not args.wait)
+        else:
+            notes = build(launch, program_as_filed, args.stagger, args.restarts, args.backend, args.ray)
+    if notes is None:  # done, or running already; --wait waits outside the lock (`org stop` takes it)
+        return (print_report(launch) if done else wait_until_done(launch)) if args.wait else 0
     for note in notes:
         print(note)
     n = len(launch.agents)
@@ -230,14 +234,16 @@ def ended_for_good(control: dict) -> bool:
     return control.get("state") == "stopped" and reason.startswith(("finished", "idle"))
 
 
-def relaunch_broken(launch: ProgramSite) -> int:
+def relaunch_broken(launch: ProgramSite, refuse: bool):
     """A second launch of a running program: restart its dead or crashed panes if it has
-    any (a safe recovery), else refuse."""
+    any (a safe recovery), else refuse (or, with --wait, say so and wait for it)."""
     grid = launch.grid
     broken = [p for p in grid.panes() if p["dead"] or launch.keeper(keeper_name(p["label"])).get("state") == "crashed"]
     if not broken:
-        raise OrgError(f"{launch.name} is already running (tmux session {grid.session_name}): "
-                       f"`org attach {launch.name}` to watch it, `org stop {launch.name}` to stop it")
+        running = f"{launch.name} is already running (tmux session {grid.session_name})"
+        if refuse:
+            raise OrgError(f"{running}: `org attach {launch.name}` to watch it, `org stop {launch.name}` to stop it")
+        return print(running)
     for pane in broken:
         orphan = launch.keeper(keeper_name(pane["label"])).get("pid")
         if ours(orphan) and not pane["taken"]:  # its keeper died, it did not: never run an agent twice
@@ -245,7 +251,6 @@ def relaunch_broken(launch: ProgramSite) -> int:
         grid.server.cmd("respawn-pane", "-k", "-t", pane["id"])  # its first command, under a new keeper
     print(f"{launch.name} is already running; restarted its crashed panes: "
           + ", ".join(p["label"] for p in broken))
-    return 0
 
 
 def keeper_name(label: str) -> str:

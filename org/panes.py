@@ -135,6 +135,10 @@ class Grid:
             self.server.cmd("bind-key", key, "run-shell", "-b", command)
         self.server.cmd("set-option", "-g", "mouse", "on")  # click a pane to pick it
         window.select()
+        self._mark_ready(session)
+
+    def _mark_ready(self, session: libtmux.Session):
+        """The grid is whole: its keepers start their commands (`until_the_grid_is_whole`)."""
         session.set_option("@ready", "1")
 
     def kill(self):
@@ -238,6 +242,7 @@ def keep(argv: list[str], state: Path, name: str, delay: float = 0.0, restarts: 
         record("ended", note=ended, restarts=0)
         return _linger(f"{name}: {ended}")
     record("waiting", restarts=0)
+    until_the_grid_is_whole()
     time.sleep(delay)  # launches are staggered: API rate limits, CPU for start-up
     crashes = 0
     while True:
@@ -257,6 +262,25 @@ def keep(argv: list[str], state: Path, name: str, delay: float = 0.0, restarts: 
         record("restarting", restarts=crashes, exit=code, note=why)
         print(f"\033[33m{name} died ({why}); restart {crashes} of {restarts} in {wait}s\033[0m", flush=True)
         time.sleep(wait)
+
+
+def until_the_grid_is_whole(poll: float = 0.1):
+    """Wait for the launch to mark the grid whole. A launch killed half-way (SIGKILL: it has no
+    chance to clean up) leaves a grid with no @ready mark, and in it nothing starts: no agent
+    works with no runner to run its experiments. The next `org launch` or `org stop` removes it.
+    Outside a tmux pane (no $TMUX_PANE) there is no grid to wait for."""
+    pane, tmux = os.environ.get("TMUX_PANE"), tmux_path()
+    if not (pane and os.environ.get("TMUX") and tmux):
+        return
+    said = False
+    while True:  # (tmux reads its server's socket from $TMUX)
+        out = subprocess.run([tmux, "show-options", "-qv", "-t", pane, "@ready"], capture_output=True, text=True)
+        if out.stdout.strip() == "1":
+            return
+        if not said:
+            print("waiting for `org launch` to finish building this grid...", flush=True)
+            said = True
+        time.sleep(poll)
 
 
 def _linger(message: str):

@@ -302,6 +302,24 @@ def test_the_grid_has_a_labelled_pane_per_agent_in_its_worktree(org_project, cap
     eventually(lambda: not grid.find("status")["dead"] and "runner:" in grid.capture("status"), what="a new status pane")
 
 
+def test_launch_wait_again_waits_for_a_running_org_and_reports_a_done_one(org_project, capsys):
+    """README's command run again (its wait stopped with Ctrl-C, or run twice): it waits or reports."""
+    root = org_project()
+    assert main(["launch", "tiny", "--stagger", "0"]) == 0
+    capsys.readouterr()
+    assert main(["launch", "tiny", "--wait"]) == 0  # running: it waits for it
+    out = capsys.readouterr().out
+    assert "tiny is already running (tmux session org-tiny)" in out and "waiting for tiny to finish" in out
+    assert "verdicts" in out and (root / "reports" / "tiny" / "README.md").exists()
+    assert Grid(root, "tiny").running()  # its panes stay up for reading
+
+    assert main(["launch", "tiny", "--wait"]) == 0  # done, its grid still open: the report again
+    out = capsys.readouterr().out
+    assert "tiny is done: every agent has finished" in out and "verdicts" in out and "already running" not in out
+    assert main(["launch", "tiny"]) == 0
+    assert "tiny is done" in capsys.readouterr().out
+
+
 def test_an_agent_that_keeps_crashing_is_marked_crashed_and_launch_restarts_it(org_project, capsys):
     root = org_project(budget={**tiny_program([])["budget"], "per_run": {"steps": 400}})
     assert main(["launch", "tiny", "--stagger", "0", "--restarts", "1"]) == 0
@@ -340,6 +358,30 @@ def test_a_stale_socket_and_a_half_built_session_are_cleaned_up(org_project, cap
     assert main(["launch", "tiny", "--stagger", "0"]) == 0
     assert "removed tmux session org-tiny, half-built by a launch that was interrupted" in capsys.readouterr().out
     assert grid.running() and [p["label"] for p in grid.panes() if p["window"] == "org"] == ["solo", "status"]
+
+
+def test_in_a_grid_a_killed_launch_left_half_built_nothing_starts(org_project, monkeypatch, capsys):
+    """A launch SIGKILLed after it opened its agents' panes but before the runner's (it has no
+    chance to clean up): no agent may work with no runner to run its experiments."""
+    root = org_project()
+    grid, panes = Grid(root, "tiny"), root / ".lab" / "tiny" / "panes"
+    with monkeypatch.context() as killed:
+        killed.setattr(Grid, "_mark_ready", lambda self, session: None)  # killed before its last step
+        assert main(["launch", "tiny", "--stagger", "0"]) == 0
+    capsys.readouterr()
+    assert not grid.running()
+    keepers = eventually(lambda: all(read_state(panes / f"{n}.json").get("keeper") for n in ("solo", "_runner"))
+                         and [read_state(panes / f"{n}.json") for n in ("solo", "_runner")], what="the keepers")
+    time.sleep(2)  # (an agent's keeper took a tenth of that to start it)
+    assert [k["state"] for k in keepers] == ["waiting", "waiting"] and not any(k.get("pid") for k in keepers)
+    assert read_state(panes / "solo.json")["state"] == "waiting"
+    assert Control(root / ".lab" / "tiny", "solo").state()["state"] == "unknown"  # never started
+    eventually(lambda: "waiting for `org launch` to finish building this grid" in grid.capture("solo").replace("\n", ""),
+               what="the pane to say why")
+
+    assert main(["launch", "tiny", "--stagger", "0"]) == 0  # the next launch removes it and starts whole
+    assert "removed tmux session org-tiny, half-built by a launch that was interrupted" in capsys.readouterr().out
+    eventually(lambda: read_state(panes / "solo.json").get("state") in ("running", "ended"), what="the agent to start")
 
 
 def test_after_a_crash_launch_keeps_a_dirty_worktree_and_removes_a_stale_git_lock(org_project, capsys):
