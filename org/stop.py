@@ -62,7 +62,8 @@ def stop_now(launch: ProgramSite, timeout: float) -> list[str]:
                 lines.append(f"{agent} was taken over: the person's shell is closed; what they changed could not be read: {e}")
         Control(launch.lab_dir, agent).stop("org stop")
     runner = launch.keeper(RUNNER).get("pid")
-    if ours(runner):
+    stopping_it = ours(runner)  # (else it died before: a runner killed, or a stop killed after it killed it)
+    if stopping_it:
         send_signal(runner, signal.SIGTERM)  # the runner kills its trainers; their runs go back to the queue
     left = wait_for_exit(launch, timeout)
     for pid in left:  # past the safe point's grace: an interrupt, then a kill
@@ -73,8 +74,9 @@ def stop_now(launch: ProgramSite, timeout: float) -> list[str]:
     if launch.ledger_path.exists():  # runs a killed runner left 'running' go back to the queue now
         with contextlib.closing(Lab.open(launch.root)) as lab, Ledger(launch.ledger_path) as ledger:
             Runner(lab, launch.program, launch.ledger_path, say=lambda text: None).recover(
-                ledger, why="was stopped by `org stop`", just_now=True)  # (a trainer that wrote nothing till its end:
-            # charged to its last write, it was charged nothing)
+                ledger, why="was stopped by `org stop`" if stopping_it else "died before `org stop`",
+                just_now=stopping_it)  # (its runs ran until now; a trainer that wrote nothing till its end,
+            # charged to its last write, was charged nothing. One that died before ran until its last write)
     lines += remove_worktrees(launch)
     lines.insert(0, f"stopped {launch.name}" if was_running else f"{launch.name} was not running; cleaned up")
     if launch.ledger_path.exists():

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import zlib
+from datetime import datetime
 from pathlib import Path
 
 import git
@@ -429,6 +430,33 @@ def test_stop_removes_clean_worktrees_and_keeps_branches_ledger_and_work(org_pro
     assert "tiny · stopped" in status and "runner: stopped" in status  # not "done": it did not finish
     assert main(["stop", "tiny"]) == 0  # stopping twice is harmless
     assert "tiny was not running" in capsys.readouterr().out
+
+
+def test_a_stop_charges_the_runs_of_a_runner_that_died_before_it_only_until_they_stopped(org_project, capsys):
+    """A runner killed (by a person, the OOM killer, or a stop that was itself killed after it killed
+    the runner) leaves its runs `running`. A stop long after charged them until its own time, as if
+    they had run all along; they ran until their last write."""
+    from org.ledger import Ledger
+    root = org_project(budget={**tiny_program([])["budget"], "per_run": {"steps": 2000}})
+    assert main(["launch", "tiny", "--stagger", "0"]) == 0
+    panes, ledger_path = root / ".lab" / "tiny" / "panes", root / ".lab" / "tiny" / "ledger.sqlite"
+
+    def in_flight():
+        with Ledger(ledger_path) as ledger:
+            return next((r for r in ledger.runs("tiny", status="running") if r["trainer_pid"]), None)
+    run = eventually(in_flight, what="a run in flight")
+    time.sleep(1.0)  # (a second of training, its logs written)
+    (panes / "stop").write_text("")  # (its keeper restarts nothing, as after a stop)
+    os.kill(read_state(panes / "_runner.json")["pid"], signal.SIGKILL)
+    killed = time.time()
+    eventually(lambda: not pid_alive(run["trainer_pid"]), what="its trainer to die with it")
+    time.sleep(4.0)  # the org lies dead a while
+    assert main(["stop", "tiny"]) == 0
+    with Ledger(ledger_path) as ledger:
+        requeued = ledger.run(run["id"])
+    ran = killed - datetime.fromisoformat(run["started_at"]).timestamp()  # (from its trainer's start)
+    assert requeued["status"] == "queued" and "died before `org stop`" in requeued["reason"], requeued
+    assert 0.5 < requeued["lost_seconds"] <= ran + 0.5, (requeued, ran)  # not the 4 s it lay dead
 
 
 def test_say_drops_a_message_from_you_into_an_inbox(org_project, capsys):
