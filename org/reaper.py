@@ -17,6 +17,10 @@ follows the folder when it is renamed).
     set_aside(run_dir)           <id> -> <id>.attempt<N>: kept, never reused (its logs: the runner
                                  leaves only those, measure.leave_the_record)
     died_of(returncode, boxed)   the signal a trainer died of, by name, or None
+    pulse(folder)                a runner touches <pid>.alive every second while it lives, and
+    last_pulse(folder, pid, id)  says when a killed one last lived: its runs were worked on until
+                                 then, though their files may say nothing of it (a trainer warming
+                                 up writes nothing; the harness's measure log is written at its end)
 
 A process that rewrites its own command line and has lost its parent escapes the search. In a
 box it cannot outlive the box's PID 1 (the trainer): the kernel ends a PID namespace's processes
@@ -28,12 +32,15 @@ import contextlib
 import itertools
 import os
 import signal
+import threading
 import time
 from fnmatch import fnmatch
 from pathlib import Path
 
 from org.cgroups import thaw_left
-from org import pid_alive
+from org import pid_alive, process_identity, write_atomically
+
+PULSE_SECONDS = 1.0  # how often a runner says it lives: a killed one's runs are charged to within this
 
 
 def run_processes(pid: int | None, run_dir: Path) -> set[int]:
@@ -163,3 +170,47 @@ def died_reason(signal_name: str, attempts: int, own_code: bool) -> str:
     if own_code:  # a second try would let nondeterministic code crash until it likes its outcome
         return f"the trainer died of {signal_name}; the experiment's own code is not run again"
     return f"the trainer died of {signal_name} on each of {attempts} attempts"
+
+
+_pulsing: set[Path] = set()  # the folders this process pulses in
+
+
+def pulse(folder: Path):
+    """This process pulses in folder from now on (once however often it is asked: one runner
+    process may make many Runners)."""
+    if folder not in _pulsing:
+        _pulsing.add(folder)
+        threading.Thread(target=keep_pulsing, args=(folder, threading.Event()), daemon=True, name="pulse").start()
+
+
+def keep_pulsing(folder: Path, stop: threading.Event):
+    """Until `stop`: this process's <pid>.alive in folder, holding its identity (a later process
+    with the pid is not it), touched every PULSE_SECONDS."""
+    pulse, identity = folder / f"{os.getpid()}.alive", process_identity(os.getpid()) or ""
+    while True:
+        with contextlib.suppress(OSError):
+            try:
+                os.utime(pulse)
+            except FileNotFoundError:  # (made whole: a sweep never reads it half-written)
+                write_atomically(pulse, identity)
+        if stop.wait(PULSE_SECONDS):
+            return
+
+
+def last_pulse(folder: Path, pid: int | None, identity: str | None) -> float | None:
+    """When the runner (pid, identity) last said it lived; None where it cannot be told (no
+    identity on record: a file of that pid may be another's)."""
+    pulse = folder / f"{pid}.alive"
+    try:
+        return pulse.stat().st_mtime if identity and pulse.read_text() == identity else None
+    except OSError:
+        return None
+
+
+def sweep_pulses(folder: Path):
+    """The pulses of runners that are gone (read by the recovery of their runs, which comes first)."""
+    for pulse in folder.glob("*.alive"):
+        pid = int(pulse.stem) if pulse.stem.isdigit() else None
+        with contextlib.suppress(OSError):
+            if not pid or not pid_alive(pid) or pulse.read_text() != (process_identity(pid) or ""):
+                pulse.unlink()

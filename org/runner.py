@@ -49,7 +49,7 @@ from org.experiments import budget_note, plan, plan_all, refusal, run_cost, runs
 from org.improve import sync_branch
 from org.probes import Probes
 from org.program import Program
-from org.reaper import died_of, died_reason, last_change, reap
+from org.reaper import died_of, died_reason, last_change, last_pulse, pulse, reap, sweep_pulses
 from org.sandbox import INSTALL_HINT, available, check, end_box, run_box, untrusted_env, worker_box
 from org.slots import Slot, make_slots, threads_env, train_command
 from org.streams import (base_pace, budget_kind, data_given, export_for_models, export_stream, models_data, overdrawn, reads_streams,
@@ -63,6 +63,7 @@ STALE_CUT_SECONDS = 86400  # a run's data half cut (export_stream's .<id>-*) by 
 
 
 # --- the runner -----------------------------------------------------------------------
+
 
 class Runner:
     """Drains a program's queue over its slots. One Runner per process; threads per slot.
@@ -98,6 +99,7 @@ class Runner:
         self.kernel_lock, self.base_snapshot = threading.Lock(), None  # set by prepare_data()
         self.failure: OrgError | None = None  # why a slot gave up (a cluster gone silent, a bug), said by drain()
         self.probes = Probes(lab.state_dir(program.name) / "probes", self.say)  # code arms' models, before their runs
+        self.pulses = lab.state_dir(program.name) / "runners"  # when each runner last lived (reaper.keep_pulsing)
         self.jobs, self.ledger_key = connect(program, ledger_path) if program.runner.backend == "ray" else (None, None)
 
     def slots(self) -> list[Slot]:
@@ -113,6 +115,7 @@ class Runner:
     def drain(self) -> dict:
         """Run until nothing is queued (or the compute budget is spent); returns run counts by
         status. Safe to call again after a crash: it recovers first."""
+        pulse(self.pulses)  # before its first claim
         with Ledger(self.ledger_path) as ledger:
             self.recover(ledger)
             self.remeasure(ledger)
@@ -225,7 +228,8 @@ class Runner:
     def recover(self, ledger: Ledger, why: str = "died mid-run", just_now: bool = False):
         """Runs whose runner died (or was stopped: `why`): keep a finished result, else set the
         partial directory aside (never deleted) and put the run back in the queue, its attempt
-        charged to its last write, or to now where the runner ended `just_now` (`org stop`)."""
+        charged to when it was last worked on (its runner's last pulse, or its last write where that
+        came later), or to now where the runner ended `just_now` (`org stop`)."""
         for run in ledger.stale_runs(self.program.name):
             run_dir = Path(run["run_dir"]) if run["run_dir"] else self.runs_dir / str(run["id"])
             if run["job_id"] and self.jobs and self.jobs.status(run["job_id"]) in ("PENDING", "RUNNING"):
@@ -240,16 +244,20 @@ class Runner:
             # (a start not on record, its runner stopped as it started it, says not which data it was given: run again)
             result = Result(status="invalid", reason=left) if left else read_result(run_dir) if run["command"] else None
             started = datetime.fromisoformat(run["started_at"]).timestamp()
+            lived = last_pulse(self.pulses, run["runner_pid"], run["runner_started"]) or 0.0
             remove_tree(run_stream(self.harness_cache, self.program.name, run), ignore_errors=True)  # (its data)
             if result is not None:
                 ended = time.time() if just_now else changed or time.time()  # (`org stop`: it ran until now)
+                if not just_now and changed and lived > changed:  # its runner lived on: measuring it, killed
+                    ledger.charge_measuring(run["id"], lived - changed)
                 self._record(ledger, run, result, ended - started, None, make_slots(self.program)[0])
                 self.say(f"recovered run {run['id']}: result.json was written before the runner died")
                 continue
             put_aside(run_dir)
             ledger.requeue(run["id"], f"runner pid {run['runner_pid']} {why}; re-queued",
-                           (time.time() if just_now else changed or started) - started)
+                           (time.time() if just_now else max(changed or started, lived)) - started)
             self.say(f"re-queued run {run['id']} (its runner {why})")
+        sweep_pulses(self.pulses)
 
     def remeasure(self, ledger: Ledger):
         """Completed runs recorded without the harness's measurement (by an older nanolab) are

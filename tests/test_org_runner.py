@@ -1031,6 +1031,71 @@ def test_a_run_stopped_before_its_trainer_is_charged_each_second_once(make_proje
     assert run["measure_seconds"] + run["lost_seconds"] <= stopped - claimed + 0.1, (run, stopped - claimed)
 
 
+def test_a_run_whose_runner_was_killed_as_it_warmed_up_is_charged_until_the_runner_died(make_project):
+    """A runner SIGKILLed while its trainer warms up (imports, builds its model: it writes nothing)
+    leaves nothing in the run's directory to say how long it worked; charged to its last write, the
+    attempt cost the budget nothing. The runner's pulse says when it last lived."""
+    program = tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]})
+    root = make_project(program)
+    agent_commit(root, "mallory", "trainer/model.py",
+                 lambda text: text.replace("class GPT", "import time as _t\n_t.sleep(60)\n\n\nclass GPT", 1))
+    assert main(["submit", "tiny", "--arm", "slow-start", "--ref", "agent/tiny/mallory/work"]) == 0
+    org_run = subprocess.Popen([sys.executable, "-c", "import sys; from org.cli import main; sys.exit(main(['run', 'tiny']))"],
+                               cwd=root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with ledger_of(root) as ledger:
+            deadline = time.monotonic() + 120
+            while not (run := next(iter(ledger.runs("tiny", arm="slow-start", status="running")), None)) or not run["trainer_pid"]:
+                assert org_run.poll() is None and time.monotonic() < deadline, "the trainer never started"
+                time.sleep(0.02)
+        time.sleep(4.0)  # warming up
+    finally:
+        os.killpg(org_run.pid, signal.SIGKILL)
+        org_run.wait()
+    killed = time.time()
+    time.sleep(2.0)  # (it lies dead a while: not charged)
+    with ledger_of(root) as ledger, contextlib.closing(Lab.open(root)) as lab:
+        Runner(lab, load_program(root / "programs" / "tiny.yaml"), ledger.path, say=lambda text: None).recover(ledger)
+        run = ledger.run(run["id"])
+    assert run["status"] == "queued" and 3.0 < run["lost_seconds"] < killed - datetime.fromisoformat(run["started_at"]).timestamp() + 0.5, run
+    assert not list((root / ".lab" / "tiny" / "runners").glob("*.alive")), "its pulse outlives the recovery"
+
+
+def test_a_measurement_its_runner_was_killed_in_is_charged(make_project):
+    """The harness measures a run after its trainer has written result.json; a runner SIGKILLed
+    mid-measurement left that time charged to no one (the recovery measures again and charges only
+    that). Here a code arm's model is slow to load in the harness's model worker until a deadline."""
+    program = tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]})
+    root = make_project(program)
+    deadline = time.time() + 30
+    slow = f"import sys as _s, time as _t\nif _s.argv[0].endswith('model_worker.py'): _t.sleep(max(0, {deadline} - _t.time()))\n\n\nclass GPT"
+    agent_commit(root, "mallory", "trainer/model.py", lambda text: text.replace("class GPT", slow, 1))
+    assert main(["submit", "tiny", "--arm", "slow-load", "--ref", "agent/tiny/mallory/work"]) == 0
+    org_run = subprocess.Popen([sys.executable, "-c", "import sys; from org.cli import main; sys.exit(main(['run', 'tiny']))"],
+                               cwd=root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with ledger_of(root) as ledger:
+            while not ((run := next(iter(ledger.runs("tiny", arm="slow-load", status="running")), None))
+                       and (written := root / ".lab" / "tiny" / "runs" / str(run["id"]) / "result.json").exists()):
+                assert org_run.poll() is None and time.time() < deadline - 10, "the trainer never finished in time"
+                time.sleep(0.02)
+        trained = written.stat().st_ctime
+        time.sleep(5.0)  # measuring
+    finally:
+        os.killpg(org_run.pid, signal.SIGKILL)
+        org_run.wait()
+    killed = time.time()
+    time.sleep(max(0.0, deadline - time.time()))  # (it lies dead a while: not charged)
+    with ledger_of(root) as ledger, contextlib.closing(Lab.open(root)) as lab:
+        before = ledger.run(run["id"])["measure_seconds"] or 0.0
+        t0 = time.monotonic()
+        Runner(lab, load_program(root / "programs" / "tiny.yaml"), ledger.path, say=lambda text: None).recover(ledger)
+        measured_again, run = time.monotonic() - t0, ledger.run(run["id"])
+    assert run["status"] == "completed" and run["wall_seconds"] < trained - datetime.fromisoformat(run["started_at"]).timestamp() + 1, run
+    charged = run["measure_seconds"] - before  # the killed measurement, and the one the recovery made
+    assert killed - trained - 1.0 < charged - measured_again < killed - trained + 0.5, (charged, measured_again, killed - trained)
+
+
 def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_takes_it(make_project):
     """The windows a seed draws are the same for every arm (the pairs see the same data, and a
     canary's re-run reproduces), other on another seed; under a FLOP budget there are as many as
