@@ -183,7 +183,7 @@ class Sandbox:
         except Exception as e:  # (a cache it cannot write, a package's metadata: no box, one line why)
             raise SandboxError(f"the standard library and site-packages without their source (org/sourceless.py) cannot "
                                f"be made ({' '.join(shown(e).splitlines())}): a box of a pystdlib program would read the evaluation text") from None
-        box += ["--ro-bind", "/", "/", *bytecode_only, "--dev", "/dev", "--proc", "/proc",
+        box += ["--ro-bind", "/", "/", *bytecode_only, "--dev", "/dev", "--proc", "/proc", *kernel_settings_read_only(),
                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp",
                 "--size", str(self.limits.shm_bytes), "--tmpfs", "/dev/shm"]
         if self.gpu:
@@ -353,6 +353,19 @@ def harness_alive() -> tuple[int, int]:
         return fcntl.fcntl(read, fcntl.F_DUPFD_CLOEXEC, 10), write
     finally:
         os.close(read)
+
+# --- the kernel's settings: read-only ---------------------------------------------------
+
+KERNEL_SETTINGS = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
+
+
+def kernel_settings_read_only() -> list[str]:
+    """The box's own /proc has the host kernel's settings in it, and a box of a harness run as root
+    is uid 0, which the kernel lets write them whatever its capabilities: one `echo '|cmd' >
+    /proc/sys/kernel/core_pattern` and a crash ran cmd as root outside every box. bwrap makes
+    /proc/sys read-only only where it can write the folder first; these are bound over read-only."""
+    return [arg for path in KERNEL_SETTINGS for arg in ("--ro-bind-try", path, path)]
+
 
 # --- unix sockets: none of the host's ----------------------------------------------------
 

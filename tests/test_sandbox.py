@@ -1415,6 +1415,19 @@ def test_a_box_cannot_hoard_the_machines_memory_in_dev(tmp_path):
     assert "semaphores work" in out, out  # what /dev/shm is for
 
 
+def test_a_box_cannot_change_the_kernels_settings(tmp_path):
+    """The attack (as root, which the harness is on CI): `echo '|/its/script' >
+    /proc/sys/kernel/core_pattern`, then a crash, and the kernel ran the script as root outside
+    every box. Here the box rewrites a harmless setting with its own value, and looks at the rest."""
+    _, out = in_box(Sandbox(writable=[tmp_path]), tmp_path,
+                    "v=$(cat /proc/sys/kernel/core_uses_pid) && echo $v > /proc/sys/kernel/core_uses_pid && echo rewrote; "
+                    "for f in /proc/sys/kernel/core_pattern /proc/sysrq-trigger /proc/sys/vm/drop_caches "
+                    "/sys/kernel/mm/transparent_hugepage/enabled; do [ -e $f ] && [ -w $f ] && echo writable $f; done; "
+                    "cat /proc/sys/kernel/core_uses_pid > /dev/null && echo reads")
+    assert "rewrote" not in out and "writable" not in out and "Read-only file system" in out, out
+    assert "reads" in out, out  # (what programs read there still reads)
+
+
 def test_a_boxs_processes_are_the_first_the_kernel_kills(tmp_path):
     _, out = in_box(Sandbox(writable=[tmp_path]), tmp_path, "cat /proc/self/oom_score_adj")
     assert out.split() == ["1000"], out
