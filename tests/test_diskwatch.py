@@ -68,6 +68,23 @@ def test_a_box_that_writes_into_files_no_name_reaches_is_stopped_at_its_bound(tm
     assert len(list(tmp_path.iterdir())) <= 1  # (nothing a walk could have found, but one it was killed writing)
 
 
+def test_a_box_that_keeps_deleted_files_only_mapped_is_stopped_at_its_bound(tmp_path):
+    """The next attack: each file deleted with a page of it mapped and its descriptor closed. No
+    descriptor shows it, and its blocks stay the disk's while the mapping lives: 6 GB were held
+    for as long as the box liked in a box of 4 GB."""
+    mapped = ("import ctypes, os, time\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\n"
+              "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]\n"
+              "for i in range(100):\n"
+              "    fd = os.open(f'c{i}', os.O_CREAT | os.O_RDWR)\n    os.write(fd, bytes(4 << 20))\n"
+              "    assert libc.mmap(None, 4096, 3, 1, fd, 0) not in (None, ctypes.c_void_p(-1).value)\n"
+              "    os.close(fd); os.unlink(f'c{i}')\n"  # (Python's mmap keeps a descriptor: not this one)
+              "    time.sleep(0.04)\nprint('wrote it all')")
+    proc = box_runs(tmp_path, mapped, disk_bytes=32 << 20)
+    assert proc.returncode == -9 and "wrote it all" not in proc.out, proc.out
+    assert "more than the 32 MB a box may write" in proc.stopped, proc.stopped
+    assert len(list(tmp_path.iterdir())) <= 1
+
+
 def test_a_box_that_makes_files_without_end_is_stopped(tmp_path):
     proc = box_runs(tmp_path, FILES, disk_files=2_000)
     assert proc.returncode == -9 and "made them all" not in proc.out, proc.out

@@ -257,6 +257,21 @@ def test_a_command_cannot_delete_or_spoil_another_agents_unsubmitted_work(two_ag
         bob_tools.close()
 
 
+def test_the_file_tools_write_nothing_into_the_disks_reserve(two_agents):
+    """The attack: write_file runs in the harness's own process, which no disk watch sees: 8 MB a
+    call wrote 2 GB in 7 s and would have gone on to the end of the disk. Here the reserve is set
+    100 MB under what is free."""
+    _, _, tools, _ = two_agents
+    tools.call("write_file", {"path": "small.txt", "content": "ONCE"})
+    tools.ws.box = tools.ws.box.with_extra(disk_reserve=shutil.disk_usage(tools.ws.root).free - (100 << 20))
+    outputs = [tools.call("write_file", {"path": f"blob{i}", "content": "x" * (4 << 20)}).output for i in range(50)]
+    refused = [o for o in outputs if "the harness keeps the last" in o]
+    assert refused and "delete files to go on" in refused[0], outputs[-1]
+    assert sum(p.stat().st_size for p in tools.ws.root.glob("blob*")) <= 100 << 20
+    grown = tools.call("edit_file", {"path": "small.txt", "old_text": "ONCE", "new_text": "y" * (6 << 20)}).output
+    assert "the harness keeps the last" in grown and (tools.ws.root / "small.txt").read_text() == "ONCE", grown
+
+
 def test_the_harness_time_taking_an_agents_commit_in_is_on_its_record(two_agents):
     """A submission's commit is taken into the shared store and checked in the harness: seconds
     for a commit of thousands of files, which an agent could send again and again, and no one's

@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from org.cgroups import cpu_seconds
+from org.diskwatch import free_bytes, gib
 from org.sandbox import dies_with, end_box, untrusted_env
 
 # environment variables a command must not see: credentials, and anything pointing git elsewhere
@@ -167,12 +168,22 @@ class Workspace:
             raise Refused(f"{rel}: {len(data)} bytes is over the file tools' limit of {MAX_FILE_BYTES}")
         if self.check(rel, write=True) == ".":
             raise Refused(f"{rel!r} names your worktree itself, not a file")
+        self.room_for(rel, len(data))
         fd = self.open(rel, os.O_WRONLY | os.O_CREAT, write=True, make_parents=True)
         try:  # truncated only after the link and type checks: a second name is never emptied
             os.ftruncate(fd, 0)
             _write_all(fd, data)
         finally:
             os.close(fd)
+
+    def room_for(self, rel: str, more: int):
+        """Refused where writing `more` bytes would take the disk into the reserve a box of this
+        agent may not write into: the file tools write from the harness's own process, which no
+        disk watch sees (8 MB a call, 2 GB in 7 s, and on to the end of the disk)."""
+        reserve = self.box.limits.disk_reserve if self.box else 0
+        if more > 0 and free_bytes(self.root) - more < reserve:
+            raise Refused(f"{rel}: the disk has {gib(free_bytes(self.root))} free, and the harness keeps the last "
+                          f"{gib(reserve)} for its ledger and runs; delete files to go on")
 
     def rewrite(self, rel: str, change: Callable[[str], str]):
         """Read a text file, apply `change`, write the result back through the same descriptor."""
@@ -193,6 +204,7 @@ class Workspace:
                 raise Refused(f"{rel}: not UTF-8 text (byte {e.start}); edit_file edits text, run (sed) edits bytes") from None
             if len(new) > MAX_FILE_BYTES:  # (a 1 MB file's every x made 100 characters: 100 MB, in our memory)
                 raise Refused(f"{rel}: the edit makes {len(new)} bytes, over the file tools' limit of {MAX_FILE_BYTES}")
+            self.room_for(rel, len(new) - got)
             os.lseek(fd, 0, os.SEEK_SET)
             os.ftruncate(fd, 0)
             _write_all(fd, new)
