@@ -366,7 +366,7 @@ class Program(Strict):
     runner: Runner = Runner()
     train: Train
     protected: list[str] = Field(default_factory=lambda: list(DEFAULT_PROTECTED))
-    max_change_kb: float = Field(64, gt=0)  # what a commit may carry over the base, compressed (org/lab.py)
+    max_change_kb: float = Field(16, gt=0)  # what a commit may carry over the base, compressed (org/commit_checks.py)
 
     @field_validator("tune_seeds")
     @classmethod

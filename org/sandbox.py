@@ -356,15 +356,12 @@ def harness_alive() -> tuple[int, int]:
 
 # --- the kernel's settings: read-only ---------------------------------------------------
 
-KERNEL_SETTINGS = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
-
-
 def kernel_settings_read_only() -> list[str]:
-    """The box's own /proc has the host kernel's settings in it, and a box of a harness run as root
-    is uid 0, which the kernel lets write them whatever its capabilities: one `echo '|cmd' >
-    /proc/sys/kernel/core_pattern` and a crash ran cmd as root outside every box. bwrap makes
-    /proc/sys read-only only where it can write the folder first; these are bound over read-only."""
-    return [arg for path in KERNEL_SETTINGS for arg in ("--ro-bind-try", path, path)]
+    """A box's /proc holds the host kernel's settings, which its uid 0 (a harness run as root) may
+    write without capabilities: `echo '|cmd' > /proc/sys/kernel/core_pattern` and a crash ran cmd as
+    root outside every box. (bwrap makes /proc/sys read-only only where it can first write it.)"""
+    return [arg for path in ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
+            for arg in ("--ro-bind-try", path, path)]
 
 
 # --- unix sockets: none of the host's ----------------------------------------------------
