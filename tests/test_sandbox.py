@@ -36,6 +36,7 @@ from org.ledger import Ledger
 from org.streams import probe_seed
 from org.report import build, spend_section
 from org import bytecode, sandbox
+from org.diskwatch import usage
 from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_share, memory_limit, pids_root, process_limit
 from org.program import Program
 from org.sandbox import Limits, Sandbox, available
@@ -257,7 +258,7 @@ def test_a_command_cannot_delete_or_spoil_another_agents_unsubmitted_work(two_ag
         bob_tools.close()
 
 
-def test_the_file_tools_write_nothing_into_the_disks_reserve(two_agents):
+def test_the_file_tools_write_nothing_into_the_disks_reserve_nor_past_an_agents_total(two_agents):
     """The attack: write_file runs in the harness's own process, which no disk watch sees: 8 MB a
     call wrote 2 GB in 7 s and would have gone on to the end of the disk. Here the reserve is set
     100 MB under what is free."""
@@ -270,6 +271,18 @@ def test_the_file_tools_write_nothing_into_the_disks_reserve(two_agents):
     assert sum(p.stat().st_size for p in tools.ws.root.glob("blob*")) <= 100 << 20
     grown = tools.call("edit_file", {"path": "small.txt", "old_text": "ONCE", "new_text": "y" * (6 << 20)}).output
     assert "the harness keeps the last" in grown and (tools.ws.root / "small.txt").read_text() == "ONCE", grown
+
+    # and not past what an agent's work may take, the bound its commands keep (it wrote past 16 GB)
+    for blob in tools.ws.root.glob("blob*"):
+        blob.unlink()
+    held = usage(tools.ws.box.writable)[0]
+    tools.ws.box = tools.ws.box.with_extra(disk_reserve=0, disk_total=held + (50 << 20))
+    outputs = [tools.call("write_file", {"path": f"blob{i}", "content": "x" * (4 << 20)}).output for i in range(30)]
+    refused = [o for o in outputs if "an agent's work may take" in o]
+    assert refused and "delete files to go on" in refused[0], outputs[-1]
+    assert usage(tools.ws.box.writable)[0] <= held + (50 << 20)
+    (tools.ws.root / "blob0").unlink()
+    assert tools.call("write_file", {"path": "after.txt", "content": "x" * (4 << 20)}).output.startswith("wrote")
 
 
 def test_the_harness_time_taking_an_agents_commit_in_is_on_its_record(two_agents):

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from org.cgroups import cpu_seconds
-from org.diskwatch import free_bytes, gib
+from org.diskwatch import GROWTH_SLACK, free_bytes, gib, usage
 from org.sandbox import dies_with, end_box, untrusted_env
 
 # environment variables a command must not see: credentials, and anything pointing git elsewhere
@@ -79,6 +79,7 @@ class Workspace:
         self.env = env or {}  # added to every command's environment (git identity)
         self.box = box  # org.sandbox.Sandbox: where commands run (None: as plain processes)
         self.meter = meter  # given each boxed command's CPU seconds, to put on record
+        self.held, self.unwalked = None, 0  # its box's trees at the last walk, and what the file tools wrote since
 
     # --- paths and files ------------------------------------------------------------------
 
@@ -178,12 +179,23 @@ class Workspace:
 
     def room_for(self, rel: str, more: int):
         """Refused where writing `more` bytes would take the disk into the reserve a box of this
-        agent may not write into: the file tools write from the harness's own process, which no
-        disk watch sees (8 MB a call, 2 GB in 7 s, and on to the end of the disk)."""
+        agent may not write into, or its trees past what its work may take (the disk watch's
+        bounds): the file tools write from the harness's own process, which no disk watch sees
+        (8 MB a call, 2 GB in 7 s, and on to the end of the disk)."""
         reserve = self.box.limits.disk_reserve if self.box else 0
         if more > 0 and free_bytes(self.root) - more < reserve:
             raise Refused(f"{rel}: the disk has {gib(free_bytes(self.root))} free, and the harness keeps the last "
                           f"{gib(reserve)} for its ledger and runs; delete files to go on")
+        total = self.box.limits.disk_total if self.box else None
+        if total is None or more <= 0:
+            return
+        self.unwalked += more  # (a walk at most every GROWTH_SLACK written, or where the sum says over)
+        if self.held is None or self.unwalked > GROWTH_SLACK or self.held + self.unwalked > total:
+            self.held, self.unwalked = usage(self.box.writable, lenient=True)[0], more
+        if self.held + self.unwalked > total:
+            self.unwalked -= more
+            raise Refused(f"{rel}: your trees hold {gib(self.held)}, and an agent's work may take {gib(total)} "
+                          "(the same bound as your commands'); delete files to go on")
 
     def rewrite(self, rel: str, change: Callable[[str], str]):
         """Read a text file, apply `change`, write the result back through the same descriptor."""
