@@ -17,7 +17,7 @@ follows the folder when it is renamed).
     set_aside(run_dir)           <id> -> <id>.attempt<N>: kept, never reused (its logs: the runner
                                  leaves only those, measure.leave_the_record)
     died_of(returncode, boxed)   the signal a trainer died of, by name, or None
-    pulse(folder)                a runner touches <pid>.alive every second while it lives, and
+    with pulsing(folder): ...    a runner touches <pid>.alive every second while it drains, and
     last_pulse(folder, pid, id)  says when a killed one last lived: its runs were worked on until
                                  then, though their files may say nothing of it (a trainer warming
                                  up writes nothing; the harness's measure log is written at its end)
@@ -172,15 +172,20 @@ def died_reason(signal_name: str, attempts: int, own_code: bool) -> str:
     return f"the trainer died of {signal_name} on each of {attempts} attempts"
 
 
-_pulsing: set[Path] = set()  # the folders this process pulses in
-
-
-def pulse(folder: Path):
-    """This process pulses in folder from now on (once however often it is asked: one runner
-    process may make many Runners)."""
-    if folder not in _pulsing:
-        _pulsing.add(folder)
-        threading.Thread(target=keep_pulsing, args=(folder, threading.Event()), daemon=True, name="pulse").start()
+@contextlib.contextmanager
+def pulsing(folder: Path):
+    """This process pulses in folder while the block runs (a runner's drain: its runs are claimed
+    only then). A block left by an exception keeps the last pulse: its runs may still be marked
+    running, and their recovery reads when it stopped."""
+    stop = threading.Event()
+    thread = threading.Thread(target=keep_pulsing, args=(folder, stop), daemon=True, name="pulse")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    (folder / f"{os.getpid()}.alive").unlink(missing_ok=True)
 
 
 def keep_pulsing(folder: Path, stop: threading.Event):

@@ -49,7 +49,7 @@ from org.experiments import budget_note, plan, plan_all, refusal, run_cost, runs
 from org.improve import sync_branch
 from org.probes import Probes
 from org.program import Program
-from org.reaper import died_of, died_reason, last_change, last_pulse, pulse, reap, sweep_pulses
+from org.reaper import died_of, died_reason, last_change, last_pulse, pulsing, reap, sweep_pulses
 from org.sandbox import INSTALL_HINT, available, check, end_box, run_box, untrusted_env, worker_box
 from org.slots import Slot, make_slots, threads_env, train_command
 from org.streams import (base_pace, budget_kind, data_given, export_for_models, export_stream, models_data, overdrawn, reads_streams,
@@ -99,7 +99,7 @@ class Runner:
         self.kernel_lock, self.base_snapshot = threading.Lock(), None  # set by prepare_data()
         self.failure: OrgError | None = None  # why a slot gave up (a cluster gone silent, a bug), said by drain()
         self.probes = Probes(lab.state_dir(program.name) / "probes", self.say)  # code arms' models, before their runs
-        self.pulses = lab.state_dir(program.name) / "runners"  # when each runner last lived (reaper.keep_pulsing)
+        self.pulses = lab.state_dir(program.name) / "runners"  # when each runner last lived (reaper.pulsing)
         self.jobs, self.ledger_key = connect(program, ledger_path) if program.runner.backend == "ray" else (None, None)
 
     def slots(self) -> list[Slot]:
@@ -115,7 +115,10 @@ class Runner:
     def drain(self) -> dict:
         """Run until nothing is queued (or the compute budget is spent); returns run counts by
         status. Safe to call again after a crash: it recovers first."""
-        pulse(self.pulses)  # before its first claim
+        with pulsing(self.pulses):  # while its runs are claimed: a killed runner's are charged to its last pulse
+            return self._drain()
+
+    def _drain(self) -> dict:
         with Ledger(self.ledger_path) as ledger:
             self.recover(ledger)
             self.remeasure(ledger)

@@ -1106,6 +1106,7 @@ def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_take
     program = tiny_program(variants=[], budget={**tiny_program()["budget"], "per_run": {"flops": 5e8}, "seeds": [0]})
     root = make_project(program)
     assert main(["run", "tiny"]) == 0
+    assert not list((root / ".lab" / "tiny" / "runners").glob("*.alive"))  # (its pulse ends with it)
     with ledger_of(root) as ledger:  # the harness counted each run's steps through its stream: once, exactly
         assert {r["stream_passes"] for r in ledger.runs("tiny")} == {1.0}
     assert not list((root / ".lab" / "harness-cache" / "streams").glob("*/*"))  # its length gone with it
