@@ -54,6 +54,7 @@ import site
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
 from org import user_cache
@@ -99,7 +100,7 @@ def site_trees() -> dict[Path, Path]:
     folder changes: a package installed or removed changes its folder of metadata.)"""
     key = (tuple((folder, folder.stat().st_mtime_ns) for folder in site_dirs()), user_cache("site"))
     trees = _site_trees(*key)
-    if not all((tree / ".complete").exists() for tree in trees.values()):  # (a cache removed since)
+    if not all(map(in_use, trees.values())):  # (a cache removed since)
         _site_trees.cache_clear()
         trees = _site_trees(*key)
     return trees
@@ -165,9 +166,10 @@ def built(kind: str, key: str, build_into) -> Path:
     <kind>/<tag>-<key>; OSError where it cannot be built."""
     folder = user_cache(kind)
     tree = folder / f"{sys.implementation.cache_tag}-{key}"
-    if (tree / ".complete").exists():
+    if in_use(tree):
         return tree
     folder.mkdir(parents=True, exist_ok=True)
+    sweep_unused(folder)  # (a new tree: an older one may be left behind, of a site since changed)
     scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=folder))
     try:
         build_into(scratch)
@@ -179,6 +181,31 @@ def built(kind: str, key: str, build_into) -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return tree
+
+
+UNUSED_DAYS = 7  # a tree no box was made of for this long goes (a site's is about 900 MB)
+
+
+def in_use(tree: Path) -> bool:
+    """Whether the tree is built, and if so marked used now (its .complete's time: sweep_unused)."""
+    try:
+        os.utime(tree / ".complete")
+        return True
+    except OSError:
+        return False
+
+
+def sweep_unused(folder: Path):
+    """The trees under folder no box was made of in UNUSED_DAYS, and builds a killed process left:
+    a package upgraded, or installed, makes its site a new tree, and the old one was kept for good."""
+    for tree in folder.iterdir():
+        marker = tree / (".complete" if not tree.name.startswith(".building-") else ".")
+        try:
+            unused = time.time() - marker.stat().st_mtime > UNUSED_DAYS * 86400
+        except OSError:
+            unused = False
+        if unused:
+            shutil.rmtree(tree, ignore_errors=True)
 
 
 def build(stdlib: Path, into: Path):

@@ -759,6 +759,24 @@ def test_a_folder_of_python_text_anywhere_in_the_software_folders_is_found(tmp_p
     assert tmp_path / "harness" in text_folders(walk, ([], []), room=64)
 
 
+def test_a_site_tree_no_box_used_for_a_week_goes_when_a_new_one_is_built(tmp_path, monkeypatch):
+    """A package upgraded makes its site a new tree (900 MB here), and every old one was kept for
+    good. One unused for a week goes as the next is built; one in use stays, and using it marks it."""
+    from org.sourceless import UNUSED_DAYS, built
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fill = lambda into: (into / "module.pyc").write_bytes(b"bytecode")
+    old, used, kept = built("site", "old", fill), built("site", "used", fill), built("site", "kept", fill)
+    half_built = old.parent / ".building-killed"
+    half_built.mkdir()
+    week_ago = time.time() - UNUSED_DAYS * 86400 - 60
+    for marker in (old / ".complete", used / ".complete", half_built):
+        os.utime(marker, (week_ago, week_ago))
+    assert built("site", "used", fill) == used  # a box made of it now
+    new = built("site", "new", fill)
+    assert not old.exists() and not half_built.exists()
+    assert all((tree / "module.pyc").exists() for tree in (used, kept, new))
+
+
 def test_a_site_tree_holds_what_runs_import_as_bytecode_wherever_each_is_installed(tmp_path):
     """A pystdlib box sees each site-packages folder as a tree of the distributions runs and
     workers import (RUN_PACKAGES and what they require, found in whichever folder holds each: a
