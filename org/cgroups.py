@@ -136,8 +136,8 @@ def box_memory(limits: Limits) -> int:
 
 def boxes_memory() -> int:
     """What every box on this machine may hold together: nanolab/'s memory cap."""
-    ram = machine_memory()
-    return ram - max(ram // HARNESS_MEMORY, 1 << 30)
+    ram, page = machine_memory(), os.sysconf("SC_PAGE_SIZE")
+    return (ram - max(ram // HARNESS_MEMORY, 1 << 30)) // page * page  # (the kernel keeps a limit in pages)
 
 
 def pools(lab_root: str | Path, program: Program, share: str, slots: int | None = None) -> tuple[tuple[str, int], ...]:

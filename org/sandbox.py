@@ -37,8 +37,8 @@ Inside a box:
 - disk: its writable trees may grow by `Limits.disk_bytes` and `disk_files` at most, and not at
   all into the last `disk_reserve` of the disk (org/diskwatch.py: a thread watches, and kills it);
 - rlimits, inherited through exec: CPU seconds, file size, open files, address space; and an
-  OOM score of 1000: when the machine runs out of memory, a box's processes die first (pinned
-  where the harness holds CAP_SYS_RESOURCE; elsewhere the box may lower it);
+  OOM score of 1000: when the machine runs out of memory, a box's processes die first (its
+  /proc is read-only: it cannot lower it);
 - at most `Limits.memory_bytes` of memory (its tmpfs mounts and memfds included), in a memory
   cgroup of its own where one can be made. `memory_limit()` says whether it holds;
 - a GPU box (`gpu`) gets only the GPUs its CUDA_VISIBLE_DEVICES names: their /dev/nvidiaN and
@@ -83,7 +83,7 @@ from pathlib import Path
 from org import OrgError, empty_file, shown
 from org.cgroups import JOIN, box_cgroups, cgroup_root
 from org.diskwatch import watch
-from org import python_text, sourceless
+from org import hostfiles, python_text, sourceless
 from org.unseen import code_private, home_credentials, lab_private, other_labs, source_files
 from org.seccomp import ABIS, box_filter
 
@@ -183,17 +183,17 @@ class Sandbox:
         except Exception as e:  # (a cache it cannot write, a package's metadata: no box, one line why)
             raise SandboxError(f"the standard library and site-packages without their source (org/sourceless.py) cannot "
                                f"be made ({' '.join(shown(e).splitlines())}): a box of a pystdlib program would read the evaluation text") from None
-        box += ["--ro-bind", "/", "/", *bytecode_only, "--dev", "/dev", "--proc", "/proc", *kernel_settings_read_only(),
+        box += ["--ro-bind", "/", "/", *bytecode_only, "--dev", "/dev", *hostfiles.own_devices(),  # (org/hostfiles.py)
+                "--proc", "/proc", *hostfiles.kernel_settings_read_only(),
                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp",
                 "--size", str(self.limits.shm_bytes), "--tmpfs", "/dev/shm"]
         if self.gpu:
             devices, env["CUDA_VISIBLE_DEVICES"] = gpu_devices(env.get("CUDA_VISIBLE_DEVICES"))
-            for device in devices:
-                box += ["--dev-bind", str(device), str(Path("/dev") / device.relative_to(DEVICES))]
+            box += hostfiles.own_devices(devices, [Path("/dev") / d.relative_to(DEVICES) for d in devices])
         runtime = runtime_dirs()
         used = used_within(runtime, env)
         here = [p.resolve() if p.is_symlink() else p for p in home_credentials()]  # (as __init__ does)
-        unseen = list(dict.fromkeys(self.hidden + other_labs() + here))
+        unseen = list(dict.fromkeys(self.hidden + other_labs() + here + [hostfiles.root()]))
         if self.sourceless_stdlib:  # (a spec made on another machine hides its other Pythons: this one's too, not its own)
             unseen = list(dict.fromkeys(unseen + source_files("pystdlib")))
             own = [sourceless.stdlib_dir(), *sourceless.site_dirs()]
@@ -224,7 +224,8 @@ class Sandbox:
         # host socket that goes away as bwrap binds over it (its start then failed)
         for path in self.host_sockets(hidden + emptied, used) if self.unix_sockets or seccomp_fd is None else []:
             box += ["--ro-bind", "/dev/null", str(path)]
-        for path in [*emptied, *hidden, Path("/dev")]:  # once what lies inside is bound: nothing new can be written there
+        for path in [*emptied, *hidden, Path("/dev"), Path("/proc")]:  # once what lies inside is bound: nothing new
+            # can be written there (/proc: a mode set on one of its files there was every procfs's, the host's too)
             box += ["--remount-ro", str(path)]
         box += ["--clearenv"]
         for key, value in env.items():
@@ -295,9 +296,8 @@ class Sandbox:
                 resource.setrlimit(which, (value, value))
         if lim.cores:  # where no cpuset can be made, at least the box starts on its cores
             os.sched_setaffinity(0, lim.cores)
-        # the first the kernel kills when memory runs out, before any process of the harness. Written
-        # with CAP_SYS_RESOURCE (root's, outside a container that drops it) it is also the least the
-        # box may set: only that capability, which no box has, lowers it again
+        # the first the kernel kills when memory runs out, before any process of the harness (no box
+        # lowers it again: its /proc is read-only)
         try:
             Path("/proc/self/oom_score_adj").write_text("1000")
         except OSError:  # a /proc we may not write: the box starts all the same
@@ -324,6 +324,7 @@ def end_box(proc: subprocess.Popen, tries: int = 100):
     can leave. bwrap killed while it was still making the box (the OOM killer, a timeout) left its
     inner half running on: it finished the box and ran the command, a trainer that wrote its
     result after the runner had read the run as dead (CI saw one counted `completed`)."""
+    hostfiles.forget(proc.args if isinstance(proc.args, list) else [])
     group = next(iter(getattr(proc, "box_groups", None) or []), None)
     for _ in range(tries if group else 0):
         try:
@@ -353,16 +354,6 @@ def harness_alive() -> tuple[int, int]:
         return fcntl.fcntl(read, fcntl.F_DUPFD_CLOEXEC, 10), write
     finally:
         os.close(read)
-
-# --- the kernel's settings: read-only ---------------------------------------------------
-
-def kernel_settings_read_only() -> list[str]:
-    """A box's /proc holds the host kernel's settings, which its uid 0 (a harness run as root) may
-    write without capabilities: `echo '|cmd' > /proc/sys/kernel/core_pattern` and a crash ran cmd as
-    root outside every box. (bwrap makes /proc/sys read-only only where it can first write it.)"""
-    return [arg for path in ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
-            for arg in ("--ro-bind-try", path, path)]
-
 
 # --- unix sockets: none of the host's ----------------------------------------------------
 
@@ -498,6 +489,7 @@ def check(tries: int = 3) -> None:
         try:
             proc = subprocess.run(Sandbox().wrap(["/bin/true"], cwd="/", env={"PATH": "/usr/bin:/bin"}),
                                   capture_output=True, text=True, timeout=30)
+            hostfiles.forget(proc.args)
         except (OSError, subprocess.SubprocessError) as e:
             raise SandboxError(f"no sandbox: bwrap could not be started ({e}); {INSTALL_HINT}") from None
         if proc.returncode == 0:
