@@ -80,9 +80,8 @@ NEEDS_CONFIRMATION = ("better", "no regression")
 
 @dataclass(frozen=True)
 class Run:
-    """One run, normalized from a ledger row (the record's columns, flat params_*, the harness's
-    `measurement` and the trainer's `result` as JSON) or a plain dict of the same fields
-    (nested params, budget as {kind, value})."""
+    """One run, normalized from a ledger row (the record's columns, flat params_*, the harness's `measurement`
+    and the trainer's `result` as JSON) or a plain dict of the same fields (nested params, budget as {kind, value})."""
     arm: str
     seed: int
     status: str
@@ -117,6 +116,7 @@ class Run:
     init_fingerprint: str | None = None  # a code arm's initial parameters, as its code makes them, by the harness
     config_fingerprint: str | None = None  # of the model config its overrides make, by the harness
     stream_passes: float | None = None  # times its steps went through its stream of windows, by the harness
+    train_cpu_seconds: float | None = None  # all its trainer's box ran, by the runner's cgroup
 
     @classmethod
     def read(cls, row: dict) -> Run:
@@ -142,7 +142,7 @@ class Run:
             unigram_bpb=get("unigram_bpb"), train_bpb=get("train_bpb"), init_bpb=get("init_bpb"),
             forward_time_ratio=get("forward_time_ratio"), init_fingerprint=get("init_fingerprint"),
             config_fingerprint=get("config_fingerprint"), stream_passes=get("stream_passes"),
-            train_window_bpb=tuple(get("train_window_bpb") or ()) or None,
+            train_cpu_seconds=get("train_cpu_seconds"), train_window_bpb=tuple(get("train_window_bpb") or ()) or None,
             val_window_bpb=tuple(get("val_window_bpb") or ()) or None)
 
 

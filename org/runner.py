@@ -32,12 +32,13 @@ import threading
 import time
 import traceback
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 from org import OrgError, python_text, remove_tree, shown, sourceless
 from org.bytecode import fill as fill_bytecode, source_only
-from org.cgroups import pools
+from org.cgroups import cpu_seconds, pools
 from org.cluster import GPU, connect, job_id, machine
 from org.remote import last_line
 from org.kernelcache import copy_kernel_cache
@@ -396,7 +397,7 @@ class Runner:
         self.say(f"run {run['id']}: {run['arm']} seed {run['seed']} ({run['purpose']}) on slot {slot.index}")
         t0 = time.monotonic()
         run_trainer = self._run_job if self.jobs else self._run_here
-        returncode, killed_reason = run_trainer(ledger, run, cmd, env, (snapshot, kernels, data), run_dir, log_path, slot)
+        returncode, killed_reason, cpu = run_trainer(ledger, run, cmd, env, (snapshot, kernels, data), run_dir, log_path, slot)
         wall = time.monotonic() - t0
         if streams:  # its trainer is done with it
             remove_tree(data, ignore_errors=True)
@@ -424,10 +425,11 @@ class Runner:
             said = sourceless.import_hint(said) if self.sandboxed and self.program.data.source == "pystdlib" else said
             result = Result(status="killed" if killed_reason else "error",
                             reason=killed_reason or (died_reason(died, attempts, own_code) if died else f"exit {returncode}: {said}"))
-        self._record(ledger, run, result, wall, killed_reason, slot)
+        self._record(ledger, run, result, wall, killed_reason, slot, cpu)
 
-    def _run_here(self, ledger, run, cmd, env, code, run_dir, log_path, slot) -> tuple[int, str | None]:
-        """The trainer as a child process of this one, in its box: (exit status, why killed)."""
+    def _run_here(self, ledger, run, cmd, env, code, run_dir, log_path, slot) -> tuple[int, str | None, float | None]:
+        """The trainer as a child process of this one, in its box: (exit status, why killed, the
+        CPU seconds of all its box ran: a clock its code cannot stop, nor pass work around)."""
         # pinned before exec, so every thread the trainer starts (BLAS pools) stays on the slot's cores;
         # the box's cpuset keeps it there (an affinity alone, its code could widen)
         pin = (lambda: os.sched_setaffinity(0, slot.cores)) if slot.cores else None
@@ -447,10 +449,10 @@ class Runner:
         _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it,
         end_box(proc)
         reap(None, run_dir)  # nor writes there once it is read (a box's processes die just after bwrap)
-        return proc.returncode, killed_reason
+        return proc.returncode, killed_reason, cpu_seconds(proc)
 
-    def _run_job(self, ledger, run, cmd, env, code, run_dir, log_path, slot) -> tuple[int, str | None]:
-        """The trainer as a Ray job (org/cluster.py), same box, same command: (exit status, why killed).
+    def _run_job(self, ledger, run, cmd, env, code, run_dir, log_path, slot) -> tuple[int, str | None, None]:
+        """The trainer as a Ray job (org/cluster.py), same box, same command: (exit status, why killed, None).
         A stopping runner's stop reads as a signal: the run goes back to the queue, as local runs do."""
         job = run["job_id"]
         if self.program.train.device == "cuda":
@@ -462,8 +464,8 @@ class Runner:
         returncode, killed = self.jobs.wait(job, timeout, KILL_GRACE_SECONDS, self.stopping)
         ledger.set_job(run["id"], node=self.jobs.node(job), machine=self.jobs.machine(job))
         if killed == "stopping":
-            return -signal.SIGKILL, None
-        return returncode, killed
+            return -signal.SIGKILL, None, None
+        return returncode, killed, None
 
     def _wait(self, proc: subprocess.Popen) -> str | None:
         """Wait for the trainer; past run_timeout_seconds SIGTERM it (it writes a 'killed' result.json
@@ -501,7 +503,8 @@ class Runner:
                        cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60, cores=slot.cores,
                        source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of))
 
-    def _record(self, ledger: Ledger, run: dict, result: Result, wall: float, killed_reason: str | None, slot: Slot):
+    def _record(self, ledger: Ledger, run: dict, result: Result, wall: float, killed_reason: str | None, slot: Slot,
+                cpu: float | None = None):
         """Check the trainer's result, measure the run (outside any transaction: it takes seconds),
         then record both in one transaction and plan what its experiment needs next."""
         name = self.program.name
@@ -516,6 +519,7 @@ class Runner:
             status, reason, measurement = self._measure(ledger, run, result, slot)
             measure_seconds = time.monotonic() - t0
         measurement = with_passes(self.harness_cache, self.program, run, measurement)  # (its stream's length goes)
+        measurement = measurement and replace(measurement, train_cpu_seconds=cpu and round(cpu, 3))
         with ledger.tx():
             ledger.finish(run["id"], status, reason, result, wall, measurement, measure_seconds)
             if measurement and not ledger.program(name)["eval_fingerprint"]:

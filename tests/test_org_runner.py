@@ -33,6 +33,8 @@ from org import pid_alive
 from org.ledger import Ledger
 from org.program import load_program
 from org.runner import Runner
+from org.cgroups import cgroup_root
+from org.sandbox import available
 from org.slots import make_slots
 from org.report import build
 from trainer.record import Measurement, Result
@@ -1109,6 +1111,8 @@ def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_take
     assert not list((root / ".lab" / "tiny" / "runners").glob("*.alive"))  # (its pulse ends with it)
     with ledger_of(root) as ledger:  # the harness counted each run's steps through its stream: once, exactly
         assert {r["stream_passes"] for r in ledger.runs("tiny")} == {1.0}
+        if available() is None and cgroup_root("cpuacct"):  # and the CPU time its trainer's box ran (confounds)
+            assert all(0.1 < r["train_cpu_seconds"] < r["wall_seconds"] * 2 for r in ledger.runs("tiny")), ledger.runs("tiny")
     assert not list((root / ".lab" / "harness-cache" / "streams").glob("*/*"))  # its length gone with it
     runner = Runner(Lab.open(root), load_program(root / "programs" / "tiny.yaml"), root / ".lab/tiny/ledger.sqlite")
     runner.prepare_data()

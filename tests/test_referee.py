@@ -480,6 +480,25 @@ def test_hidden_compute_by_the_runners_clock():
     assert "wall time" not in checks(superiority(baseline(), variant(-0.02)))  # no clock, no judgement
 
 
+def test_hidden_compute_within_the_walls_noise_shows_on_the_cpu_clock():
+    """Work hidden in a busy machine's noise: +30% a run, which the wall's margin there (±13% and
+    more) lets pass as a code arm's +16%; the CPU time of its box does not count waiting for a
+    core, and its margin is the work's own. (A hunt's 1.4x steps, its own evaluations skipped,
+    read +18% by either clock on a quiet machine, and `better` by 0.16 bpb: README, "Hidden compute".)"""
+    busy = [3.4, 4.1, 3.0, 3.9, 3.3]  # a loaded machine's wall; the CPU time of the same work barely moves
+    cpu = lambda runs, seconds: [dict(r, train_cpu_seconds=c) for r, c in zip(runs, seconds)]
+    base = cpu(timed(baseline(), busy), [3.00, 3.02, 2.98, 3.01, 3.00])
+    hidden = cpu(timed(variant(-0.16, git_commit="def456"), [4.0, 4.4, 3.9, 4.3, 3.8]), [3.90, 3.93, 3.88, 3.91, 3.92])
+    assert "wall time" not in checks(superiority(timed(baseline(), busy), timed(variant(-0.16, git_commit="def456"),
+                                                                                   [4.0, 4.4, 3.9, 4.3, 3.8])))  # by the wall
+    judged = superiority(base, hidden)
+    assert judged.verdict.startswith("invalid (confounded: CPU time +30% per FLOP by the runner's clock"), judged.verdict
+    honest = cpu(timed(variant(-0.02, git_commit="def456"), [4.0, 3.2, 3.6, 3.1, 4.2]), [3.05, 2.99, 3.03, 2.97, 3.02])
+    assert "wall time" not in checks(superiority(base, honest))  # the same work: nothing to say, however the wall swung
+    mixed = superiority(base, timed(variant(-0.02, git_commit="def456"), [3.3, 3.9, 3.1, 3.8, 3.4]))
+    assert "CPU time" not in str(checks(mixed).get("wall time"))  # (a run without it: the wall, for all)
+
+
 def test_the_wall_time_tolerance_follows_the_baselines_own_spread():
     busy = [100, 120, 90, 112, 97]  # a loaded machine: the same work takes 90-120 s
     same_work = superiority(timed(baseline(), busy), timed(variant(-0.02), [115, 105, 100, 95, 110]))

@@ -96,6 +96,7 @@ class Measurement(Figures):
     causal: bool | None = None            # the experiment's forward pass passed the causality probe
     forward_time_ratio: float | None = None  # its forward pass's time per FLOP over the base's, as scored
     stream_passes: float | None = None    # windows its steps took over those its stream held: past 1, some twice
+    train_cpu_seconds: float | None = None  # what its trainer's box ran, all processes (its cgroup's), by the runner
     evaluator_seconds: float | None = None
 
 
