@@ -227,7 +227,8 @@ def open_deleted(pid: int) -> list[str]:
 
 def mapped_deleted(pid: int) -> list[str]:
     """/proc/PID/map_files/RANGE of each deleted file the process has mapped (stat follows it to
-    the file where the harness may: as root, or the box's owner)."""
+    the file only with CAP_SYS_ADMIN: a harness run as root, where boxes are root too; elsewhere
+    such files go uncounted)."""
     with contextlib.suppress(OSError):
         maps = Path(f"/proc/{pid}/maps").read_text(errors="replace").splitlines()
         return [f"/proc/{pid}/map_files/{line.split(maxsplit=1)[0]}" for line in maps if line.endswith(" (deleted)")]

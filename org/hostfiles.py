@@ -43,23 +43,42 @@ def kernel_settings_read_only() -> list[str]:
 
 
 def own_devices(host: list[Path] | None = None, inside: list[Path] | None = None) -> list[str]:
-    """bwrap's arguments binding, at each path inside, a copy of the host's device file (the host's
-    own where none can be made, or it is no character device: a test's stand-in); BASIC's by default."""
-    host = host or [Path("/dev") / name for name in BASIC]
-    inside = inside or host
-    folder = made() if os.geteuid() == 0 else None
-    args = []
-    for source, target in zip(host, inside):
+    """bwrap's arguments binding, at each path inside, a copy of the host's device file, or of a
+    folder of them (the host's own where none can be made, or it is neither: a test's stand-in);
+    BASIC's by default. A copy grants everyone what the host's grants its owner, root, which the
+    box was: it is the box's alone."""
+    host = [Path("/dev") / name for name in BASIC] if host is None else host
+    inside = host if inside is None else inside
+    folder = made() if os.geteuid() == 0 and host else None
+    args = [arg for source, target in zip(host, inside)
+            for arg in ("--dev-bind", str(copied(source, folder / source.name) if folder else source), str(target))]
+    if folder:
         with contextlib.suppress(OSError):
-            st = os.stat(source)
-            if folder and stat.S_ISCHR(st.st_mode):
-                copy = folder / source.name
-                os.mknod(copy, stat.S_IFCHR | 0o600, st.st_rdev)
-                os.chmod(copy, st.st_mode & 0o666)  # (the host's, whatever our umask)
-                os.chown(copy, NOBODY, NOBODY)
-                source = copy
-        args += ["--dev-bind", str(source), str(target)]
+            folder.rmdir()  # (empty: nothing could be copied)
     return args
+
+
+def copied(source: Path, copy: Path) -> Path:
+    """A copy of a device file (or of each one in a folder of them) owned by nobody; source where none can be made."""
+    try:
+        st = os.stat(source)
+        if stat.S_ISDIR(st.st_mode):
+            copy.mkdir()
+            for entry in os.scandir(source):
+                copied(Path(entry.path), copy / entry.name)
+            return copy
+        if not stat.S_ISCHR(st.st_mode):
+            return source
+        rw = (st.st_mode >> 6) & 0o6
+        os.mknod(copy, stat.S_IFCHR | 0o600, st.st_rdev)
+        os.chmod(copy, rw << 6 | rw << 3 | rw)  # (whatever our umask)
+        os.chown(copy, NOBODY, NOBODY)
+        return copy
+    except OSError:
+        return source
+
+
+MADE: set[Path] = set()  # the folders of copies this process made, until their box ends
 
 
 def made() -> Path | None:
@@ -68,15 +87,17 @@ def made() -> Path | None:
     folder = root() / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
         folder.mkdir(parents=True)
-        return folder
     except OSError:
         return None
+    MADE.add(folder)
+    return folder
 
 
 def forget(wrapped: list[str]):
-    """The copies a box's command line (wrapped) bound, once the box has ended."""
-    mine = {Path(a).parent for a in wrapped if a.startswith(f"{root()}/")}
-    for folder in mine:
+    """The copies a box's command line (wrapped) bound, once the box has ended: only folders this
+    process made (the command's own words are in wrapped too: an agent's may name any path)."""
+    for folder in {Path(b).parent for a, b in zip(wrapped, wrapped[1:]) if a == "--dev-bind"} & MADE:
+        MADE.discard(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
 

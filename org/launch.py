@@ -248,6 +248,8 @@ def relaunch_broken(launch: ProgramSite, refuse: bool):
         orphan = launch.keeper(keeper_name(pane["label"])).get("pid")
         if ours(orphan) and not pane["taken"]:  # its keeper died, it did not: never run an agent twice
             send_signal(orphan, signal.SIGKILL)
+        name = keeper_name(pane["label"])  # (not its "crashed": --wait would read it before the new keeper writes)
+        write_atomically(launch.panes_dir / f"{name}.json", json.dumps({"name": name, "state": "waiting", "since": now()}))
         grid.server.cmd("respawn-pane", "-k", "-t", pane["id"])  # its first command, under a new keeper
     print(f"{launch.name} is already running; restarted its crashed panes: "
           + ", ".join(p["label"] for p in broken))

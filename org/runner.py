@@ -447,9 +447,10 @@ class Runner:
         killed_reason = self._wait(proc) or getattr(proc, "stopped", None)  # the box's disk (org/diskwatch.py)
         self.children.pop(run["id"], None)
         _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it,
-        end_box(proc)
+        cpu = cpu_seconds(proc) if self.program.train.device == "cpu" else None  # (a GPU's work is not in it)
+        end_box(proc)  # (an empty box's cgroup may go with the next box made)
         reap(None, run_dir)  # nor writes there once it is read (a box's processes die just after bwrap)
-        return proc.returncode, killed_reason, cpu_seconds(proc)
+        return proc.returncode, killed_reason, cpu
 
     def _run_job(self, ledger, run, cmd, env, code, run_dir, log_path, slot) -> tuple[int, str | None, None]:
         """The trainer as a Ray job (org/cluster.py), same box, same command: (exit status, why killed, None).

@@ -191,8 +191,8 @@ def in_use(tree: Path) -> bool:
     try:
         os.utime(tree / ".complete")
         return True
-    except OSError:
-        return False
+    except OSError:  # (a cache it may read and not write: built all the same)
+        return (tree / ".complete").exists()
 
 
 def sweep_unused(folder: Path):

@@ -65,6 +65,7 @@ def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
         if damage := hand_edit(recorded, programs_too=False):  # (before anything is written beside it)
             raise OrgError(damage)
         if row:
+            program = as_started(program, json.loads(row["spec"]))
             check_unchanged(path, json.loads(row["spec"]), program.model_dump(mode="json"))
     branch = f"program/{program.name}"
     base = row["base_commit"] if row else lab.resolve(branch if branch in lab.repo.heads else "HEAD")
@@ -258,7 +259,7 @@ def open_site(arg: str | None) -> ProgramSite:
         if not ledger_path(root / ".lab" / arg).exists():
             raise  # nothing recorded to fall back on: the file's own error, naming it
         path, program = None, None
-    program = program or recorded_program(root, arg)
+    program = as_started(program, started_spec(root, program.name)) if program else recorded_program(root, arg)
     options = read_state(root / ".lab" / program.name / "panes" / "launch.json")
     if options.get("backend"):
         program = with_backend(program, options["backend"])
@@ -273,6 +274,26 @@ def only_program(root: Path) -> str:
     if len(running) == 1 or len(names) == 1:
         return (running or names)[0]
     raise OrgError(f"which program? name one (programs here: {', '.join(names) or 'none'})")
+
+
+KEPT_DEFAULTS = ("max_change_kb",)  # defaults changed since (64 KB, then 16): a started program keeps its own
+
+
+def as_started(program: Program, started: dict | None) -> Program:
+    """The program as its file says, with what the file leaves unset and the program was started
+    with kept (KEPT_DEFAULTS): a new default would otherwise stop every started program."""
+    kept = {f: started[f] for f in KEPT_DEFAULTS if started and f in started and f not in program.model_fields_set}
+    return program.model_copy(update=kept) if kept else program
+
+
+def started_spec(root: Path, name: str) -> dict | None:
+    """The program as its ledger recorded it at its start, or None."""
+    path = ledger_path(root / ".lab" / name)
+    if not path.exists():
+        return None
+    with Ledger(path) as ledger:
+        row = ledger.program(name)
+    return json.loads(row["spec"]) if row else None
 
 
 def recorded_program(root: Path, name: str) -> Program:

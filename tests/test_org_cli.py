@@ -272,6 +272,24 @@ def test_a_program_started_by_an_older_nanolab_resumes_but_refuses_a_changed_mat
     assert "train: changed since the program started" in one_line_error(capsys)
 
 
+def test_a_program_started_under_an_older_default_keeps_it_and_runs_on(make_project, capsys):
+    """max_change_kb's default went from 64 KB to 16: every program started before, its file not
+    setting it, read as changed since its start and stopped. It keeps what it started with."""
+    import json
+    import sqlite3
+    from org.workspace import open_site
+    root = make_project(tiny_program())
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    with sqlite3.connect(root / ".lab" / "tiny" / "ledger.sqlite") as db:  # as an older nanolab recorded it
+        spec = json.loads(db.execute("SELECT spec FROM programs").fetchone()[0])
+        db.execute("UPDATE programs SET spec = ?", (json.dumps({**spec, "max_change_kb": 64.0}),))
+    assert main(["submit", "tiny", "--arm", "lr2", "--set", "matrix_lr=0.01"]) == 0, capsys.readouterr().err
+    assert open_site("tiny").program.max_change_kb == 64.0
+    rewrite(root, max_change_kb=32)  # a file that says otherwise is a change, as before
+    assert main(["submit", "tiny", "--arm", "lr3", "--set", "matrix_lr=0.02"]) == 2
+    assert "max_change_kb: changed since the program started" in one_line_error(capsys)
+
+
 def test_usage_errors_are_one_line_too(capsys):
     with pytest.raises(SystemExit) as e:
         main(["submit", "tiny"])

@@ -1493,6 +1493,20 @@ def test_a_box_cannot_change_the_device_files_or_proc_files_others_see(tmp_path)
     assert set(copies.glob("*")) <= before  # (gone with the box)
 
 
+def test_a_command_naming_a_path_past_the_device_copies_deletes_nothing(tmp_path):
+    """The attack on the copies' cleanup (a review found it before any agent): the harness deleted
+    the folder of every argument under the copies' root, the command's own words included, and
+    `..` took that anywhere (the lab's .lab, as root)."""
+    from org.hostfiles import root
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "ledger.sqlite").write_text("the lab's")
+    past = f"{root()}/{'../' * len(root().parts)}{str(victim).lstrip('/')}/x"
+    assert Path(os.path.normpath(past)).parent == victim
+    in_box(Sandbox(writable=[tmp_path]), tmp_path, past)  # (the whole command: bash says no such file)
+    assert (victim / "ledger.sqlite").read_text() == "the lab's"
+
+
 def test_a_boxs_processes_are_the_first_the_kernel_kills(tmp_path):
     _, out = in_box(Sandbox(writable=[tmp_path]), tmp_path, "cat /proc/self/oom_score_adj")
     assert out.split() == ["1000"], out
