@@ -87,6 +87,9 @@ def made() -> Path | None:
     folder = root() / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
         folder.mkdir(parents=True)
+        if os.statvfs(folder).f_flag & os.ST_NODEV:  # (no device opens there: the host's files, as before)
+            folder.rmdir()
+            return None
     except OSError:
         return None
     MADE.add(folder)
