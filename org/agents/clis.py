@@ -44,7 +44,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from org import OrgError, remove_tree, user_cache
+from org import OrgError, hostfiles, remove_tree, user_cache
 from org.agents.control import Control
 from org.agents.roles import kickoff, system_prompt
 from org.agents.spend import Spend, cpu_exhausted
@@ -432,6 +432,8 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
     finally:
         spent = book()
         take_in()
+        if proc.poll() is not None:  # its box's own device files (org/hostfiles.py)
+            hostfiles.forget(proc.args if isinstance(proc.args, list) else [])
     stop = control.stop_reason() or spent
     if stop or end_when_done or proc.returncode != 0:
         reason = f"stopped: {stop}" if stop else f"the CLI exited with status {proc.returncode}"
