@@ -860,7 +860,8 @@ def test_the_runner_time_a_commit_takes_to_check_and_copy_is_its_runs(make_proje
     100,000 times is a few kB), which no budget counted: 7.9 s here for 20,000 files, and
     the commit's next runs find its snapshot made. It is charged to the run now, with its
     measurement."""
-    program = tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]})
+    program = tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]},
+                           max_change_kb=64)  # (20,000 names carry 47 KB: over the default, 16)
     root = make_project(program)
 
     def many_files(text):  # (beside the change it ships: 20,000 copies of one line)
