@@ -264,7 +264,7 @@ def keep(argv: list[str], state: Path, name: str, delay: float = 0.0, restarts: 
         time.sleep(wait)
 
 
-def until_the_grid_is_whole(poll: float = 0.1):
+def until_the_grid_is_whole(poll: float = 0.1, most: float = 2.0):
     """Wait for the launch to mark the grid whole. A launch killed half-way (SIGKILL: it has no
     chance to clean up) leaves a grid with no @ready mark, and in it nothing starts: no agent
     works with no runner to run its experiments. The next `org launch` or `org stop` removes it.
@@ -281,6 +281,7 @@ def until_the_grid_is_whole(poll: float = 0.1):
             print("waiting for `org launch` to finish building this grid...", flush=True)
             said = True
         time.sleep(poll)
+        poll = min(poll * 1.5, most)  # (a grid left half-built waits for good: a look every 2 s, not 10 a second)
 
 
 def _linger(message: str):
