@@ -47,9 +47,12 @@ def own_devices(host: list[Path] | None = None, inside: list[Path] | None = None
     folder of them (the host's own where none can be made, or it is neither: a test's stand-in);
     BASIC's by default. A copy grants everyone what the host's grants its owner, root, which the
     box was: it is the box's alone."""
-    host = [Path("/dev") / name for name in BASIC] if host is None else host
+    basic = host is None
+    host = [Path("/dev") / name for name in BASIC] if basic else host
     inside = host if inside is None else inside
     folder = made() if os.geteuid() == 0 and host else None
+    if folder is None and basic:
+        return []  # (bwrap's --dev binds the host's already)
     args = [arg for source, target in zip(host, inside)
             for arg in ("--dev-bind", str(copied(source, folder / source.name) if folder else source), str(target))]
     if folder:

@@ -65,7 +65,6 @@ STALE_CUT_SECONDS = 86400  # a run's data half cut (export_stream's .<id>-*) by 
 
 # --- the runner -----------------------------------------------------------------------
 
-
 class Runner:
     """Drains a program's queue over its slots. One Runner per process; threads per slot.
 

@@ -65,8 +65,9 @@ def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
         if damage := hand_edit(recorded, programs_too=False):  # (before anything is written beside it)
             raise OrgError(damage)
         if row:
-            program = as_started(program, json.loads(row["spec"]))
-            check_unchanged(path, json.loads(row["spec"]), program.model_dump(mode="json"))
+            started = json.loads(row["spec"])
+            program = as_started(program, started)
+            check_unchanged(path, started, program.model_dump(mode="json"))
     branch = f"program/{program.name}"
     base = row["base_commit"] if row else lab.resolve(branch if branch in lab.repo.heads else "HEAD")
     check_candidates(lab, program, base, str(path))
@@ -300,11 +301,9 @@ def recorded_program(root: Path, name: str) -> Program:
     path = ledger_path(root / ".lab" / name)
     if not path.exists():
         raise OrgError(f"no program {name!r}: no programs/{name}.yaml and no ledger at {path}")
-    with Ledger(path) as ledger:
-        row = ledger.program(name)
-    if row is None:
+    if (spec := started_spec(root, name)) is None:
         raise OrgError(f"program {name!r} is not in {path}")
-    return Program.model_validate(json.loads(row["spec"]))
+    return Program.model_validate(spec)
 
 
 def on_ray(program: Program, address: str) -> Program:
