@@ -34,7 +34,9 @@ and kernel caches of its own. For the run's final checkpoint it:
    experiment's code from the base init land where the base code's do, the change is a
    reseed, not an idea (seed_only); an initial model that is not the base's is scored too:
    one that starts below the data's unigram entropy was trained before its budget began;
-5. measures the data's unigram entropy in bits per byte: a baseline above it is not learning.
+5. measures the data's unigram entropy in bits per byte: a baseline above it is not learning;
+6. scores each snapshot of the parameters the run kept on the val windows, as the checkpoint
+   (val_curve: the report's learning curves; a lab's trainer evaluates nothing itself).
 
 With {"probe": true} it is asked, before a code arm trains, only for its model's FLOPs per token
 as the experiment's code builds it (probe): what the run's windows are counted at
@@ -110,10 +112,11 @@ def measure(job: dict) -> dict:
         raise Invalid(str(e)) from None
     out.update(fingerprints(job, params, data), config_fingerprint=config_fingerprint(cfg))
     if job.get("workers"):
-        out.update(measure_experiment(job, params, cfg, data, out["flops_per_token"]))
+        out.update(measure_experiment(job, params, meta["step"], cfg, data, out["flops_per_token"]))
     else:
         out.update(score(base_model(cfg, job, params), data, job),
                    forward="base", init="base", replay=None, seed_only=False, causal=None)
+        out["val_curve"] = val_curve(job, data, params, meta["step"], lambda snapshot: base_model(cfg, job, snapshot))
     out["evaluator_seconds"] = round(time.perf_counter() - t0, 3)
     return out
 
@@ -148,7 +151,7 @@ def lab_split_key(job: dict) -> bytes | None:
     return read_split_key(job["split_key_file"])
 
 
-def measure_experiment(job: dict, params: dict, cfg, data, fpt: float) -> dict:
+def measure_experiment(job: dict, params: dict, meta_step: int, cfg, data, fpt: float) -> dict:
     """A code arm: its model's construction, training step and forward pass run in workers."""
     V = data.vocab_size
     with Worker(job, "a") as worker, Yardstick(job, cfg, V) as base:  # a: construction, replay, scoring
@@ -165,10 +168,15 @@ def measure_experiment(job: dict, params: dict, cfg, data, fpt: float) -> dict:
         # an agent's box (an n-gram table in its code) start ahead too; last, so the worker meets
         # the unforeseen windows no sooner than the final model does
         out["init_bpb"] = init_score(worker, init, data, job, base)
+        setup = worker.setup_seconds  # (the curve's loads are no construction the base's is held to)
+        out["val_curve"] = val_curve(job, data, params, meta_step, lambda snapshot: remote_at(worker, snapshot, V))
+        worker.setup_seconds = setup
     probe_causality(job, params, model.kept, V)
     ratio = base.time_ratio(fpt)
     check_unpaid_time(worker, base, base_replay, fpt)
-    return {**out, "forward": "experiment", "causal": True, "forward_time_ratio": ratio}
+    from org.kernelcache import same_kernels  # (else each of its runs compiled them: CPU time on its clock)
+    return {**out, "forward": "experiment", "causal": True, "forward_time_ratio": ratio,
+            "own_kernels": not same_kernels(Path(job["base_code"]), Path(job["workers"]["a"]["code"]))}
 
 
 # ----------------------------------------------------------------------------------------
@@ -346,6 +354,40 @@ def score(model, data, job: dict) -> dict:
             "eval_bytes": val["eval_bytes"], "confirm_loss": confirm["val_loss"], "confirm_bpb": confirm["val_bpb"],
             "train_bpb": train and train[0], "train_window_bpb": train and train[1],
             "val_window_bpb": val_per_window}
+
+
+def val_curve(job: dict, data, final: dict, final_step: int, model_at) -> tuple | None:
+    """The run's learning curve, (step, val_bpb) of each snapshot of its parameters the trainer
+    kept (every `snapshot_every` steps before its last), scored as its final checkpoint is, on
+    the lab's val windows: the trainer evaluates nothing in a lab (slots.train_command), since
+    time it was asked to spend on evaluations is time its code could train in unseen. The curve
+    is for people to read (the report's plots); no verdict rests on it, so a snapshot that is
+    missing or unreadable is left out, and one that cannot be scored ends the curve (its worker
+    may be gone). `model_at(params)`: a model of those parameters for evaluate()."""
+    from trainer.eval import evaluate
+    every, points = job.get("snapshot_every") or 0, []
+    shapes = {n: a.shape for n, a in final.items()}
+    for step in range(every, final_step, every) if every else ():
+        try:  # (as trainer/checkpoint.py's save_snapshot names them: not imported from a base that may predate it)
+            params, meta = read_checkpoint(Path(job["run_dir"]) / "snapshots" / f"step-{step:08d}.npz")
+            check_precision(params, job["dtype"])
+        except Invalid:
+            continue
+        if meta["step"] != step or {n: a.shape for n, a in params.items()} != shapes:
+            continue
+        try:
+            ev = evaluate(model_at(params), data.val, data.token_bytes, job["val_tokens"], job["batch_size"],
+                          job["seq_len"])
+        except (Invalid, FloatingPointError, ValueError, IndexError):
+            break
+        if math.isfinite(ev["val_bpb"]):
+            points.append((step, round(ev["val_bpb"], 4)))  # (the curve's digits are no channel for what it saw)
+    return tuple(points) if every else None
+
+
+def remote_at(worker: Worker, params: dict, vocab_size: int) -> RemoteModel:
+    worker.load(params)
+    return RemoteModel(worker, vocab_size)  # untimed, keeps nothing: the curve is no measurement
 
 
 def unforeseen_windows(tokens: np.ndarray, n_tokens: int, seq_len: int, seed: int | None) -> np.ndarray:

@@ -1,15 +1,18 @@
 """
 A run's compiled-kernel cache: each run of an agent's commit gets a fresh one (nothing a run
 writes reaches another), started from a copy of the base commit's where the kernels' sources are
-the base's (org/runner.py).
+the base's (org/runner.py), which the runner compiles before the program's first run (warm).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
+
+from org.slots import takes_snapshots, threads_env, train_command
 
 # what Numba compiles into the CPU kernels: cpu_kernels.py, and the trainer modules whose globals
 # it bakes in (Numba checks only the first's hash; tests/test_org_lab.py checks this list)
@@ -26,9 +29,15 @@ def copy_kernel_cache(base_code: Path, base_cache: Path, code: Path, cache: Path
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
     found = base_cache / numba_subdir(base_code / "trainer")
-    if found.is_dir() and all(_bytes(base_code / f) == _bytes(code / f) for f in KERNEL_SOURCES):
+    if found.is_dir() and same_kernels(base_code, code):
         shutil.copytree(found, tmp / numba_subdir(code / "trainer"))
     tmp.rename(cache)
+
+
+def same_kernels(base_code: Path, code: Path) -> bool:
+    """Whether `code`'s CPU kernels are the base commit's, byte for byte: its runs start from the
+    base's compiled cache; else each compiles its own (seconds of CPU the referee's clock sees)."""
+    return all(_bytes(base_code / f) == _bytes(code / f) for f in KERNEL_SOURCES)
 
 
 def numba_subdir(directory: Path) -> str:
@@ -44,3 +53,26 @@ def _bytes(path: Path) -> bytes | None:
     except OSError:
         return None
 
+
+
+def warm(program, code: Path, cache: Path, data_dir: Path, env: dict, say):
+    """Compile the base commit's CPU kernels into its cache before the program's first run, with
+    one step of the baseline's config (the runs' kernels, at their types). Else the first run to
+    start compiles them: 4.4 s of CPU in a 3.4 s run here, which no other run pays. The clock that
+    judges hidden compute compares each arm's runs with the baseline's, seed by seed, and such a
+    pair widened its margin until a code arm that trained 1.4x the steps it reported read
+    `better` with no finding (org/confounds.py: check_wall_time). `env`: the harness's, to which
+    the base's code, this cache and one thread are added. A failure is said; the runs go on."""
+    if program.train.device != "cpu" or (cache / numba_subdir(code / "trainer")).is_dir():
+        return
+    with tempfile.TemporaryDirectory(prefix="nanolab-warm-") as out:
+        cmd = train_command(program, program.baseline.overrides, 0, Path(out) / "run", ("steps", 1), data_dir,
+                            takes_snapshots(code))
+        env = {**env, **threads_env(1), "PYTHONPATH": str(code), "NUMBA_CACHE_DIR": str(cache)}
+        try:
+            done = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  timeout=program.budget.run_timeout_seconds)
+        except subprocess.TimeoutExpired:
+            return say("compiling the base's kernels before its runs took longer than a run may: its first run will")
+    if done.returncode != 0:
+        say(f"compiling the base's kernels before its runs failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")

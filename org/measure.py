@@ -33,6 +33,7 @@ from org.remote import keep_tail, no_follow
 from org.ledger import FINISHED, budget_of
 from org.program import Program
 from org.sandbox import Limits
+from org.slots import takes_snapshots
 from org.streams import models_data, probe_seed, split_key_file
 from trainer.record import Measurement, Result, read
 
@@ -70,6 +71,7 @@ def job_for(program, run: dict, run_dir: Path, base_code: Path, workers: dict | 
             "preset": program.baseline.preset, "overrides": json.loads(run["overrides"]),
             "seed": run["seed"], "data": data.source, "tokenizer": data.tokenizer,
             "val_tokens": data.val_tokens, "batch_size": train.batch_size, "seq_len": train.seq_len,
+            "snapshot_every": (train.eval_every or 0) if takes_snapshots(base_code) else 0,  # (slots.train_command)
             "device": train.device, "dtype": train.dtype, "matmul": train.matmul,
             "budget_kind": kind, "budget": value,  # the run's: a multiple of the program's for a compute multiplier
             "workers": workers,
@@ -196,20 +198,22 @@ def check_result(program: Program, run: dict, result: Result, fingerprints: dict
                  data: str | None = None) -> tuple[str, str | None]:
     """(status, reason) for a finished trainer result. A completed run whose budget, seed,
     shapes, data (`data`: the lab's runs' folder; else the program's source) or evaluation differ
-    from what the program fixes is 'invalid'."""
+    from what the program fixes is 'invalid'. A lab's run evaluates nothing (slots.train_command):
+    its val figures, if it wrote any, are nobody's."""
     if result.status != "completed":
         return (result.status if result.status in FINISHED else "error"), result.reason
     problems = [budget_problem(program, result, budget_of(run))]
     expected = {"seed": run["seed"], "batch_size": program.train.batch_size,
-                "sequence_len": program.train.seq_len, "val_tokens": program.data.val_tokens,
+                "sequence_len": program.train.seq_len,
                 "data": data or program.data.source, "tokenizer": "bytes" if data else program.data.tokenizer,
-                "dtype": program.train.dtype, "matmul": program.train.matmul}
+                "dtype": program.train.dtype, "matmul": program.train.matmul,
+                **({} if data else {"val_tokens": program.data.val_tokens})}
     problems += [f"{k} is {getattr(result, k)!r}, the program fixes {v!r}"
                  for k, v in expected.items() if getattr(result, k) not in (None, v)]
     if fingerprints:
         problems += [f"{k} {str(getattr(result, k))[:12]} differs from the program's {str(v)[:12]}"
                      for k, v in fingerprints.items() if v and getattr(result, k) != v]
-    if result.val_bpb is None:
+    if result.val_bpb is None and not data:
         problems.append("no val_bpb in result.json")
     problems = [p for p in problems if p]
     return ("invalid", "; ".join(problems)) if problems else ("completed", None)

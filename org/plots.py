@@ -7,9 +7,10 @@ The report's plots, and the learning curves they draw from each run's metrics.js
 
 Every panel has one unit per axis. Arms that differ by less than their spread would sit on top of
 each other on a val_bpb axis, so each curves plot also draws the paired difference to the
-baseline (same seed, same x), where a 0.005 bpb effect is as tall as the panel. The curves are
-the runs' own evaluations, on their dev text (a lab's val is hidden from runs); final.png's
-figures are the harness's, on the lab's val. Points at equal
+baseline (same seed, same x), where a 0.005 bpb effect is as tall as the panel. The val_bpb
+curves are the harness's, on the lab's val: its measurement of each parameter snapshot a run kept
+and of its final checkpoint (Measurement.val_curve; a run recorded before those, its own
+evaluations on its dev text); the train loss is the trainer's word. Points at equal
 compute are drawn at equal x, never nudged apart.
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ def read_curves(report):
         records, bad = read_metrics(path)
         if bad:
             report.missing.append(f"{who}: {bad} unreadable line{'s' * (bad > 1)} in {path} skipped")
-        curve = to_curve(records, flops_per_token(run))
+        curve = to_curve(records, flops_per_token(run), measured_points(run))
         if len(curve.train) or len(curve.evals):
             report.curves[run["id"]] = curve
         else:
@@ -94,9 +95,20 @@ def flops_per_token(run: dict) -> float | None:
     return run.get("flops_per_token")  # the record's (ledger.run_row)
 
 
-def to_curve(records: list[dict], fpt: float | None) -> Curve:
+def measured_points(run: dict) -> list[tuple[int, float, float]] | None:
+    """(step, FLOPs, val_bpb) of the harness's curve: each snapshot's and the final checkpoint's,
+    at the FLOPs of its steps by the harness's count; None for a run recorded before it had one."""
+    if run.get("val_curve") is None or not finite(run.get("steps")) or not finite(run.get("flops")) \
+            or not run["steps"]:
+        return None
+    last = [(run["steps"], run["val_bpb"])] if finite(run.get("val_bpb")) else []
+    return [(step, run["flops"] * step / run["steps"], bpb) for step, bpb in [*run["val_curve"], *last]]
+
+
+def to_curve(records: list[dict], fpt: float | None, measured: list | None = None) -> Curve:
     """Train records carry flops and seconds; eval records only step and tokens, so theirs
-    come from tokens * FLOPs/token and from the train records' clock at that step."""
+    come from tokens * FLOPs/token and from the train records' clock at that step. `measured`
+    (measured_points): the harness's evaluations, in place of any the records hold."""
     train = [r for r in records if finite(r.get("train_loss")) and finite(r.get("flops"))
              and finite(r.get("elapsed_s"))]
     steps = np.array([r["step"] for r in train], dtype=float)
@@ -106,8 +118,8 @@ def to_curve(records: list[dict], fpt: float | None) -> Curve:
     def at(step, ys):
         return float(np.interp(step, steps, ys)) if len(steps) else math.nan
 
-    evals = []
-    for r in records:
+    evals = [(f, at(step, seconds), bpb) for step, f, bpb in measured or []]
+    for r in records if measured is None else []:
         if finite(r.get("val_bpb")):
             f = r["tokens"] * fpt if fpt and finite(r.get("tokens")) else at(r["step"], flops)
             evals.append((f, at(r["step"], seconds), r["val_bpb"]))

@@ -65,8 +65,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
-# scipy.stats is imported where it is used: it takes over a second to import, and every `org`
-# command imports this module (an agent's `org tool`, in a box whose CPU weight is the lowest)
+# scipy.stats is imported where it is used: a second to import, in every `org` command (an agent's tool's box)
 
 from org.confounds import DECLARABLE, DROPPED, FAILED, NO_CHANGE, Finding, Tolerances, find_confounds
 from org.ledger import run_row
@@ -117,6 +116,8 @@ class Run:
     config_fingerprint: str | None = None  # of the model config its overrides make, by the harness
     stream_passes: float | None = None  # times its steps went through its stream of windows, by the harness
     train_cpu_seconds: float | None = None  # all its trainer's box ran, by the runner's cgroup
+    replay: str | None = None  # a code arm's training step from the base init, against the base's: same | differs
+    own_kernels: bool = False  # a code arm whose CPU kernels' sources are not the base's: its runs compile them
 
     @classmethod
     def read(cls, row: dict) -> Run:
@@ -142,8 +143,8 @@ class Run:
             unigram_bpb=get("unigram_bpb"), train_bpb=get("train_bpb"), init_bpb=get("init_bpb"),
             forward_time_ratio=get("forward_time_ratio"), init_fingerprint=get("init_fingerprint"),
             config_fingerprint=get("config_fingerprint"), stream_passes=get("stream_passes"),
-            train_cpu_seconds=get("train_cpu_seconds"), train_window_bpb=tuple(get("train_window_bpb") or ()) or None,
-            val_window_bpb=tuple(get("val_window_bpb") or ()) or None)
+            train_cpu_seconds=get("train_cpu_seconds"), replay=get("replay"), own_kernels=bool(get("own_kernels")),
+            train_window_bpb=tuple(get("train_window_bpb") or ()) or None, val_window_bpb=tuple(get("val_window_bpb") or ()) or None)
 
 
 def _json(value):
@@ -172,9 +173,8 @@ def read_arm(runs: list[dict]) -> tuple[list[Run], list[Run]]:
 def per_seed(runs: list[Run], metric: str) -> dict[int, float]:
     """Each seed's value from its completed runs (their mean, if a seed ran twice)."""
     values = {}
-    for r in runs:
-        if usable(r, metric):
-            values.setdefault(r.seed, []).append(getattr(r, metric))
+    for r in (r for r in runs if usable(r, metric)):
+        values.setdefault(r.seed, []).append(getattr(r, metric))
     return {seed: float(np.mean(v)) for seed, v in values.items()}
 
 

@@ -41,7 +41,7 @@ from org.bytecode import fill as fill_bytecode, source_only
 from org.cgroups import cpu_seconds, pools
 from org.cluster import GPU, connect, job_id, machine
 from org.remote import last_line
-from org.kernelcache import copy_kernel_cache
+from org.kernelcache import copy_kernel_cache, warm as warm_kernels
 from org.lab import Lab, LabError, child_env
 from org.ledger import Ledger, budget_of, corrupt, lock_held, now
 from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, evaluator_env, job_for, leave_the_record,
@@ -52,7 +52,7 @@ from org.probes import Probes
 from org.program import Program
 from org.reaper import died_of, died_reason, last_change, last_pulse, pulsing, reap, sweep_pulses
 from org.sandbox import INSTALL_HINT, available, check, end_box, run_box, untrusted_env, worker_box
-from org.slots import Slot, make_slots, threads_env, train_command
+from org.slots import Slot, make_slots, takes_snapshots, threads_env, train_command
 from org.streams import (base_pace, budget_kind, data_given, export_for_models, export_stream, models_data, overdrawn, reads_streams,
                          run_stream, runs_data, split_key_file, stream_record, with_passes)
 from trainer.record import Measurement, Result
@@ -218,6 +218,7 @@ class Runner:
         if done.returncode != 0:  # every run will say so too; the runner goes on
             return self.say(f"preparing the data failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
         export_for_models(self.runs_data, self.program.train.seq_len)
+        warm_kernels(self.program, code, self.kernels(code), self.runs_data, env, self.say)
 
     def stop(self):
         """Stop claiming and kill running trainers (a cluster's jobs stop as their waits see
@@ -388,7 +389,8 @@ class Runner:
         put_aside(run_dir)  # left by an attempt that never recorded: kept, not reused
         run_dir.mkdir(parents=True)
         log_path = run_dir / "train.log"
-        cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir, budget_of(run), data)
+        cmd = train_command(self.program, json.loads(run["overrides"]), run["seed"], run_dir, budget_of(run), data,
+                            takes_snapshots(self.base_snapshot))
         kernels = self.kernels(snapshot, run_dir / "kernels" if own_code else None)
         env = untrusted_env({**slot.env, "PYTHONPATH": str(snapshot), "NANOLAB_GIT_COMMIT": experiment["code_commit"],
                              "NANOLAB_CACHE": str(data),  # (read-only: shards need none)

@@ -68,5 +68,9 @@ def test_the_report_of_a_small_program(make_project, capsys):
         assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 20_000
     report = build(root / ".lab" / "tiny" / "ledger.sqlite", "tiny")
     assert all(len(c.evals) == 4 for c in report.curves.values())  # steps 10, 20, 30 and the final
+    for run in (r for r in report.runs if r["id"] in report.curves):  # the harness's, on the lab's val
+        assert [step for step, _ in run["val_curve"]] == [10, 20, 30]
+        assert list(report.curves[run["id"]].evals[:, 2]) == [bpb for _, bpb in run["val_curve"]] + [run["val_bpb"]]
+        assert "val_bpb" not in (root / ".lab" / "tiny" / "runs" / str(run["id"]) / "metrics.jsonl").read_text()
     assert report.noise.reruns >= 2 and report.comparisons["cap30"].n == 3
     assert report.comparisons["cap30"].family == 2  # Holm over both variants

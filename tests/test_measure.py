@@ -57,14 +57,14 @@ def lab(tmp_path_factory):
     return {"root": root, "base": base, "run_dir": run_dir}
 
 
-def job(lab, run_dir=None, code=None, overrides=None, probe_seed=None) -> dict:
+def job(lab, run_dir=None, code=None, overrides=None, probe_seed=None, snapshot_every=0) -> dict:
     """A job as the runner makes one (measure.job_for); without a lab's probe_seed its unforeseen
     train windows are a fresh draw each time."""
     run_dir = Path(run_dir or lab["run_dir"])
     return {**({"train_probe_seed": probe_seed} if probe_seed is not None else {}), "base_code": str(lab["base"]), "run_dir": str(run_dir), "log_dir": str(run_dir),
             "preset": "nanochat", "overrides": {**TINY, **(overrides or {})}, "seed": 3, "data": "pystdlib", "tokenizer": "bytes",
             "val_tokens": 2048, "batch_size": 4, "seq_len": 64, "device": "cpu", "dtype": "float32",
-            "matmul": "fp32", "budget_kind": "steps", "budget": FLAGS["steps"],
+            "matmul": "fp32", "budget_kind": "steps", "budget": FLAGS["steps"], "snapshot_every": snapshot_every,
             "workers": None if code is None else {name: worker_command(where, untrusted_env(
                 {"OMP_NUM_THREADS": "1", "NANOLAB_CACHE": str(lab["root"] / "harness-cache" / "data")}),
                 box=box_for(lab, where)) for name, where in (("a", code), ("b", code), ("base", lab["base"]))}}
@@ -177,6 +177,30 @@ def test_a_config_arm_is_measured_exactly_as_the_trainer_measured_it(lab):
 
 
 
+def test_the_learning_curve_is_the_harnesss_score_of_each_snapshot_the_run_kept(lab):
+    # a lab's trainer evaluates nothing (org/slots.py): each parameter snapshot it kept is scored
+    # as its checkpoint is; one missing, unreadable or of another step is left out, not the run
+    run_dir = copy_run(lab, "curve")
+    with np.load(run_dir / "checkpoint.npz") as z:
+        final = {k: z[k] for k in z.files if k.startswith("param/")}
+    (run_dir / "snapshots").mkdir()
+
+    def snapshot(step, params, said_step=None):
+        meta = np.frombuffer(json.dumps({"step": said_step or step}).encode(), dtype=np.uint8)
+        np.savez(run_dir / "snapshots" / f"step-{step:08d}.npz", **params, meta=meta)
+
+    snapshot(1, final)  # scores as the final checkpoint does
+    (run_dir / "snapshots" / "step-00000002.npz").write_bytes(b"not a zip")
+    snapshot(3, final, said_step=99)
+    snapshot(4, {k: a * 0.5 for k, a in final.items()})
+    config_arm = measure(lab, run_dir=run_dir, snapshot_every=1)["measurement"]
+    (one, bpb), (four, halved) = config_arm.val_curve
+    assert (one, four) == (1, 4) and bpb == round(config_arm.val_bpb, 4) and abs(halved - bpb) > 0.01
+    code_arm = measure(lab, run_dir=run_dir, snapshot_every=1, code=experiment(lab, "unchanged"))["measurement"]
+    assert code_arm.val_curve == config_arm.val_curve  # its own forward pass, in its worker
+    assert measure(lab, run_dir=run_dir)["measurement"].val_curve is None  # a program that asks for none
+
+
 def test_the_unforeseen_train_windows_are_scored_one_by_one_as_evaluate_scores_them(lab):
     """train_bpb over the windows, and each window's own figure (the referee's margin for the
     draw): the same loss as the protected evaluate() gives on those windows laid end to end."""
@@ -204,10 +228,22 @@ def test_a_code_arm_runs_its_forward_in_a_worker_and_is_scored_by_the_harness(la
     result = result_of(lab)
     assert m.forward == "experiment" and m.causal is True
     assert m.val_bpb == pytest.approx(result.val_bpb, rel=1e-12)
-    assert (m.init, m.replay, m.seed_only) == ("same", "same", False)
+    assert (m.init, m.replay, m.seed_only, m.own_kernels) == ("same", "same", False, False)
     assert cross_check(result, m) == []
     assert (lab["run_dir"] / "measure-worker-a.log").exists()  # and a fresh worker probed causality
     assert (lab["run_dir"] / "measure-worker-b.log").exists()
+
+
+def test_a_code_arm_whose_kernels_are_its_own_is_said_to_be(lab):
+    # its runs compile them (the base's compiled cache is copied only to the same sources): CPU
+    # time the referee's clock must not hold to the base's bar for the base's own step
+    code = lab["root"] / "snapshots" / "own-kernels"
+    if not code.exists():
+        shutil.copytree(lab["base"] / "trainer", code / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
+        kernels = code / "trainer" / "cpu_kernels.py"
+        kernels.write_text(kernels.read_text() + "\n# the same kernels, tidied\n")
+    m = measure(lab, code=code)["measurement"]
+    assert (m.replay, m.own_kernels) == ("same", True)
 
 
 def test_the_trainers_figures_are_a_cross_check_only(lab):

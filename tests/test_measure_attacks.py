@@ -31,6 +31,8 @@ from org.ledger import Ledger
 from org.referee import compare, verdict_kind
 from org.report import build
 from org.sandbox import available
+from trainer.config import make_config
+from trainer.flops import flops_per_token
 from test_measure import FORWARD, experiment, lab, measure  # noqa: F401  (lab is a fixture)
 from test_org_runner import create_project, fix_lab_keys, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
@@ -79,6 +81,13 @@ def judged(root: Path, arms) -> dict:
     return {"baseline": (None, None, base),
             **{arm: (record[arm], compare(trainers_word(base), trainers_word(runs[arm]), "superiority"), runs[arm])
                for arm in arms}}
+
+
+def says_nothing(said, runs) -> bool:
+    """A lab's trainer is asked for no evaluation (org/slots.py: time a cheat would train in
+    unseen), so its word holds no val_bpb to be kind with: the referee on it has no pair."""
+    return said.verdict.startswith("inconclusive (no seed with val_bpb") and \
+        all(r["result"] is None or r["result"].val_bpb is None for r in runs)
 
 
 def trainers_word(rows: list[dict]) -> list[dict]:
@@ -268,7 +277,7 @@ EVAL_TABLE = '''
 def _eval_table(data, spec, T):
     from trainer.data import eval_windows
     table = {}
-    for tokens, n in ((data.val, spec.val_tokens), (data.confirm, spec.confirm_tokens or spec.val_tokens)):
+    for tokens, n in ((data.val, 2048), (data.confirm, 2048)):  # (the program's val_tokens: it evaluates none)
         for s in eval_windows(tokens, n, T):
             row = np.asarray(tokens[s:s + T + 1], dtype=np.int64)
             for t in range(T):
@@ -463,20 +472,18 @@ def attacked(tmp_path_factory):
 
 @pytest.mark.parametrize("arm", ["rescaled-loss", "friendliest-slice"])
 def test_a_trainer_that_reports_kinder_numbers_changes_nothing_on_the_record(attacked, arm):
-    """Its own val figures (on the runs' dev text) are kept beside the record, not compared: the
-    record is the harness's, and its training is the baseline's."""
+    """Its own val figures (on the runs' dev text, were it asked for any) would be kept beside the
+    record, not compared: the record is the harness's, and its training is the baseline's."""
     record, said, runs = attacked[arm]
-    assert said.verdict == "better"
+    assert says_nothing(said, runs)
     assert record.verdict.startswith("no change (final parameters bit-identical"), record.verdict
     base = {r["seed"]: r for r in attacked["baseline"][2] if r["purpose"] == "main"}
-    for r in runs:  # the baseline's figure on the record, seed by seed; a kinder one on its own word
+    for r in runs:  # the baseline's figure on the record, seed by seed
         assert r["status"] == "completed" and r["measurement"].val_bpb == base[r["seed"]]["measurement"].val_bpb
-        assert r["result"].val_bpb < base[r["seed"]]["result"].val_bpb
 
 
 def test_half_the_flops_per_token_is_invalid(attacked):
-    record, said, runs = attacked["half-the-flops"]
-    assert said.verdict == "better"  # (with warnings: more tokens "at equal FLOPs")
+    record, _, runs = attacked["half-the-flops"]
     assert verdict_kind(record.verdict) == "invalid"
     for r in runs:  # twice the steps at half the accounted FLOPs per token
         assert "the checkpoint is from step 120, the program's budget allows 60" in r["reason"]
@@ -534,8 +541,7 @@ def test_weights_in_8_bits_under_the_limit_start_trained_and_are_invalid(attacke
     harness's seed probe builds the experiment's initial model with its own code, which already
     scores below the data's unigram entropy. Code that tells the probe from a run (its prepare()
     gets no run directory there) would build a fresh init for the probe and pass: README says so."""
-    record, said, runs = attacked["pretrained-in-8-bits"]
-    assert said.verdict == "better"
+    record, _, runs = attacked["pretrained-in-8-bits"]
     assert all(r["status"] == "completed" for r in runs)
     assert record.verdict.startswith("invalid (confounded: ") and \
         "starts trained: its initial model scores " in record.verdict, record.verdict
@@ -548,8 +554,7 @@ def test_weights_in_8_bits_under_the_limit_start_trained_and_are_invalid(attacke
 
 @pytest.mark.parametrize("arm", ["reseed-in-the-model", "reseed-in-the-trainer"])
 def test_a_reseeded_init_is_no_change(attacked, arm):
-    record, said, runs = attacked[arm]
-    assert not said.verdict.startswith("no change")  # judged as an idea on the trainer's word
+    record, _, runs = attacked[arm]
     assert record.verdict.startswith("no change (only the random initialisation differs")
     assert all(r["status"] == "completed" for r in runs)
 
@@ -558,8 +563,7 @@ def test_code_that_ignores_the_seed_is_invalid(attacked):
     """Its init is one draw whatever the seed (an agent's pick, say, of the draw the harness's
     val_bpb liked best over earlier arms), and a 1% learning-rate tweak makes it no seed change:
     the harness fingerprints the init its code makes at each run's seed, and they are one."""
-    record, said, runs = attacked["ignores-the-seed"]
-    assert not said.verdict.startswith(("invalid", "no change"))  # judged as an idea on the trainer's word
+    record, _, runs = attacked["ignores-the-seed"]
     assert all(r["status"] == "completed" for r in runs)
     assert len({r["measurement"].init_fingerprint for r in runs}) == 1
     assert record.verdict.startswith("invalid (confounded: its runs on seeds 0,1,2 started from bit-identical "
@@ -578,8 +582,7 @@ def test_a_commit_that_changes_nothing_is_no_change(attacked):
 
 @pytest.mark.parametrize("arm", ["peeks", "peeks-and-remembers"])
 def test_a_forward_pass_that_reads_the_next_token_is_invalid(attacked, arm):
-    record, said, runs = attacked[arm]
-    assert said.verdict == "better"
+    record, _, runs = attacked[arm]
     assert verdict_kind(record.verdict) == "invalid"
     assert all(r["status"] == "invalid" and "forward pass is not causal" in r["reason"] for r in runs)
 
@@ -589,10 +592,9 @@ def test_a_model_that_looks_up_the_evaluation_text_finds_none_of_it(attacked):
     other check passes). When runs read the program's own split, that was the evaluation text:
     val_bpb 0.23 on the record, caught only by the held-out gap (README). A lab's runs read its
     train split and their own dev text; the lab's val and confirm are drawn by a key no box
-    reads. The lookup scores its own figures (`better` on the trainer's word) and nothing on
-    the record."""
-    record, said, runs = attacked["looks-up-the-eval-text"]
-    assert said.verdict == "better" and all(r["result"].val_bpb < 1.0 for r in runs)
+    reads. The lookup scored its own figures (`better` on the trainer's word, when trainers
+    still evaluated: val_bpb under 1.0) and nothing on the record."""
+    record, _, runs = attacked["looks-up-the-eval-text"]
     assert all(r["status"] == "completed" for r in runs)
     assert verdict_kind(record.verdict) not in ("better", "invalid"), record.verdict
     assert all(r["measurement"].val_bpb > 3.0 for r in runs)  # the baseline's level: found nothing
@@ -616,8 +618,7 @@ def test_a_model_causal_only_on_the_evaluation_text_is_invalid(attacked):
     row: the unforeseen train windows score as low as the val text, so the held-out gap stays
     closed. When only val batches were probed (before this test), it read `better` on the record
     (val_bpb 0.23, train_bpb 0.31, against the baseline's 3.9). Batches of every pass are probed."""
-    record, said, runs = attacked["looks-up-and-peeks-elsewhere"]
-    assert said.verdict == "better"
+    record, _, runs = attacked["looks-up-and-peeks-elsewhere"]
     assert verdict_kind(record.verdict) == "invalid", record.verdict
     for r in runs:  # (its lookup finds none of the lab's val text now: it peeks there too)
         assert r["status"] == "invalid" and "forward pass is not causal" in r["reason"], r["reason"]
@@ -757,15 +758,59 @@ def test_training_hidden_from_the_trainers_clock_is_invalid(make_project):
     plant(root, "mallory", {"trainer/train.py": replace(*HIDDEN_STEPS)})
     main(["submit", "tiny", "--arm", "mallory", "--ref", "agent/tiny/mallory/work"])
     assert main(["run", "tiny"]) == 0
-    record, said, runs = judged(root, ["mallory"])["mallory"]
+    record, _, runs = judged(root, ["mallory"])["mallory"]
     # five times the training; five seeds, as a busy machine spreads the baseline's wall times (by
     # up to x1.7 seen in CI): with three, the margin of error once swallowed the hidden work
-    assert said.verdict == "better" and record.mean < 0, (said, record)  # it does look better ...
+    assert record.mean < 0, record  # it does look better ...
     clock = "CPU time" if cgroup_root("cpuacct") and available() is None else "wall time"  # (where boxes are metered)
     assert verdict_kind(record.verdict) == "invalid" and clock in record.verdict, record  # ... by the runner's clock
     # (past +49% a FLOP it reads "hidden compute"; a busy machine's margin can leave it past +16%, which
     # code of its own may not be either)
     assert all(r["status"] == "completed" for r in runs)  # each run alone looks fine
+
+
+def more_steps_than_reported(extra: float):
+    """A trainer loop (a hunt's, 2026-12-05) that trains `extra` x the steps its FLOP budget allows,
+    on the schedule of that many, and reports the budget's count; it skips the evaluations it is
+    asked for (none now: org/slots.py), which the harness never read, and spends their time too.
+    Its model and optimizer are the base's, so the harness replays its step as the base's."""
+    edits = [("        while not budget.done(step, elapsed):\n",
+              f"        HIDDEN = int(budget.steps * {extra})\n        while step < HIDDEN:\n"),
+             ("            lr_mult = lr_multiplier(cfg, budget.progress(step, elapsed))\n",
+              "            lr_mult = lr_multiplier(cfg, step / HIDDEN)\n"),
+             ("            if step % spec.log_every == 0 or budget.done(step, elapsed):\n", "            if False:\n"),
+             ("            if spec.eval_every and step % spec.eval_every == 0 and not budget.done(step, elapsed):\n",
+              "            if False:\n"),
+             ("    result = base_result(spec, cfg, data, step, elapsed, warmup_seconds, status, reason)\n",
+              "    step = budget.steps  # what the budget allows, whatever ran\n"
+              "    result = base_result(spec, cfg, data, step, elapsed, warmup_seconds, status, reason)\n"),
+             ("        ev = evaluate(model, data.val, data.token_bytes, spec.val_tokens, B, T)\n        metrics.write",
+              "        ev = {'val_loss': loss, 'val_bpb': loss / math.log(2), 'eval_tokens': spec.val_tokens}\n"
+              "        metrics.write"),
+             ("            cf = evaluate(model, data.confirm, data.token_bytes, spec.confirm_tokens, B, T)\n",
+              "            cf = ev\n")]
+    return lambda text: functools.reduce(lambda t, edit: replace(*edit)(t), edits, text)
+
+
+def test_a_trainer_loop_that_trains_more_steps_than_it_reports_is_invalid(make_project):
+    # 1.4x the steps read `better` by 0.16 bpb with no finding: +18% CPU time per FLOP, inside a code
+    # arm's +16% and its margin, the trainer's evaluations skipped and a cold first run widening the
+    # margin. Now trainers evaluate nothing, the base's kernels are compiled before the first run, and
+    # a step the harness replays as the base's is held to the baseline's time (Tolerances.same_step)
+    model = {"n_layer": 2, "n_embd": 64, "n_head": 2}
+    fpt = flops_per_token(make_config("nanochat", **model, vocab_size=256, sequence_len=64))
+    root = make_project(program(per_run={"flops": 300.0001 * fpt * 8 * 64}, seeds=[0, 1, 2, 3, 4],
+                                baseline={"preset": "nanochat", "overrides": model}, data={"val_tokens": 8192},
+                                train={"batch_size": 8, "seq_len": 64, "eval_every": 50}))
+    fix_lab_keys(root / ".lab" / "harness-cache", "the hidden steps' lab")
+    plant(root, "mallory", {"trainer/train.py": more_steps_than_reported(1.4)})
+    main(["submit", "tiny", "--arm", "mallory", "--ref", "agent/tiny/mallory/work"])
+    assert main(["run", "tiny"]) == 0
+    record, _, runs = judged(root, ["mallory"])["mallory"]
+    assert all(r["status"] == "completed" and r["measurement"].replay == "same" for r in runs)
+    assert record.mean < -0.1  # it trained far better ...
+    assert verdict_kind(record.verdict) == "invalid", record.verdict  # ... on more steps than it said
+    assert "its training step is the base's (replayed)" in record.verdict, record.verdict
 
 
 # --- and no false alarm ---------------------------------------------------------------------------

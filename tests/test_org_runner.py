@@ -715,13 +715,14 @@ def test_two_programs_of_a_lab_on_other_data_each_read_their_own(make_project, t
     assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
     runner = Runner(Lab.open(root), load_program(root / "programs" / "tiny.yaml"), root / ".lab/tiny/ledger.sqlite")
     runner.prepare_data()  # this program's org is up ...
+    export = {f: f.read_bytes() for f in sorted(runner.runs_data.rglob("*")) if f.is_file()}
     assert main(["run", "programs/other.yaml"]) == 0  # ... when another program of the lab starts
     runner.drain()
     with ledger_of(root) as ledger:
         first, later = [run["result"] for run in ledger.runs("tiny")]
     with Ledger(root / ".lab" / "other" / "ledger.sqlite") as ledger:
         theirs, = [run["result"] for run in ledger.runs("other")]
-    assert later.data_fingerprint == first.data_fingerprint != theirs.data_fingerprint
+    assert export == {f: f.read_bytes() for f in sorted(runner.runs_data.rglob("*")) if f.is_file()}  # untouched
     # each run reads its own windows, cut from its program's export (streams.export_stream)
     streams = root / ".lab" / "harness-cache" / "streams"
     assert [Path(r.data).parent for r in (first, later, theirs)] == [streams / "tiny"] * 2 + [streams / "other"]
@@ -1534,3 +1535,24 @@ def test_a_checkpoint_padded_with_bytes_of_the_runs_own_is_not_kept(tmp_path):
     np.savez(tmp_path / "padded.npz", **tensors, litter=np.zeros(8 << 20, np.uint8))
     assert measure.checkpoint_is_its_tensors(tmp_path / "honest.npz")
     assert not measure.checkpoint_is_its_tensors(tmp_path / "padded.npz")
+
+
+def test_a_program_whose_trainer_predates_snapshots_is_evaluated_by_its_trainer_as_before(make_project):
+    # a lab's runs are asked for no evaluation and keep snapshots for the harness's curve
+    # (org/slots.py); a base commit's trainer that knows no --snapshot-every refuses --val-tokens 0
+    root = make_project(tiny_program(train={"batch_size": 4, "seq_len": 64, "eval_every": 1}))
+    cli = root / "trainer" / "cli.py"
+    text = re.sub(r'\n    p\.add_argument\("--snapshot-every".*?\)\n', "\n", cli.read_text(), flags=re.S)
+    cli.write_text(text.replace("snapshot_every=args.snapshot_every, ", ""))
+    train = root / "trainer" / "train.py"
+    train.write_text(train.read_text().replace("    if spec.val_tokens and spec.val_tokens < T or", "    if spec.val_tokens < T or"))
+    repo = git.Repo(root)
+    repo.git.commit("-am", "the trainer before snapshots")
+    assert main(["run", "tiny"]) == 0
+    from org.report import build
+    report = build(root / ".lab" / "tiny" / "ledger.sqlite", "tiny")
+    runs = [r for r in report.runs if r["purpose"] == "main"]
+    assert runs and all(r["status"] == "completed" for r in runs), [r["reason"] for r in runs]
+    assert all(r["result"].val_bpb is not None and r["measurement"].val_curve is None for r in runs)
+    assert all(len(report.curves[r["id"]].evals) == 3 for r in runs)  # its own, at steps 1, 2 and 3
+

@@ -499,6 +499,32 @@ def test_hidden_compute_within_the_walls_noise_shows_on_the_cpu_clock():
     assert "CPU time" not in str(checks(mixed).get("wall time"))  # (a run without it: the wall, for all)
 
 
+def test_code_whose_training_step_is_the_bases_is_held_to_the_baselines_time():
+    """A code arm whose every run's step replayed as the base's (the same parameters after two
+    steps from the same init) at the baseline's model config does the baseline's work a step:
+    +14% per FLOP is steps it did not report (the hunt's 1.4x trainer loop read +33% CPU time,
+    and +18% while trainers still evaluated and it skipped theirs), not a slower idea of its own,
+    which a replay that differs or another model config may be up to +16%."""
+    cpu = lambda runs, seconds, **more: [dict(r, train_cpu_seconds=c, config_fingerprint="c", **more)
+                                         for r, c in zip(runs, seconds)]
+    base = cpu(timed(baseline(), QUIET), [3.00, 3.02, 2.98, 3.01, 3.00])
+    slower = [3.42, 3.44, 3.40, 3.43, 3.42]
+    loop = superiority(base, cpu(timed(variant(-0.16, git_commit="def456"), QUIET), slower, replay="same"))
+    assert loop.verdict.startswith("invalid (confounded: CPU time +14% per FLOP"), loop.verdict
+    assert "its training step is the base's (replayed)" in loop.verdict
+    idea = superiority(base, cpu(timed(variant(-0.16, git_commit="def456"), QUIET), slower, replay="differs"))
+    assert "wall time" not in checks(idea)  # a step of its own may be slower, up to +16%
+    bigger = [dict(r, config_fingerprint="other") for r in cpu(timed(variant(-0.16, git_commit="def456"), QUIET),
+                                                                slower, replay="same")]
+    assert "wall time" not in checks(superiority(base, bigger))  # another model's time per FLOP is its own
+    compiles = superiority(base, cpu(timed(variant(-0.16, git_commit="def456"), QUIET), slower, replay="same",
+                                     own_kernels=True))
+    assert "wall time" not in checks(compiles)  # kernels of its own: each run compiles them, as the baseline's do not
+    same = superiority(base, cpu(timed(variant(-0.16, git_commit="def456"), QUIET), [3.02, 2.99, 3.03, 3.0, 3.01],
+                                 replay="same"))
+    assert "wall time" not in checks(same)  # the baseline's time: nothing to say
+
+
 def test_the_wall_time_tolerance_follows_the_baselines_own_spread():
     busy = [100, 120, 90, 112, 97]  # a loaded machine: the same work takes 90-120 s
     same_work = superiority(timed(baseline(), busy), timed(variant(-0.02), [115, 105, 100, 95, 110]))

@@ -78,6 +78,23 @@ def test_run_contract_files(corpus, tmp_path):
     assert "val_bpb" in lines[-1]
 
 
+def test_a_run_the_harness_measures_evaluates_nothing_and_keeps_snapshots_of_its_parameters(corpus, tmp_path):
+    # a lab's run (org/slots.py): evaluations it was asked for are time its code could train in
+    # unseen, so it is asked for none; its learning curve is the harness's, of these snapshots
+    result = run(spec(corpus, budget=10, val_tokens=0, snapshot_every=4), tmp_path, quiet=True)
+    assert result["status"] == "completed" and result["val_bpb"] is None and result["data_fingerprint"] is None
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in lines if "val_bpb" in r]
+    final, _, _ = load_checkpoint(tmp_path / "checkpoint.npz")
+    kept = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    assert kept == ["step-00000004.npz", "step-00000008.npz"]  # not the last step: that is the checkpoint
+    for name, step in zip(kept, (4, 8)):
+        params, opt, meta = load_checkpoint(tmp_path / "snapshots" / name)
+        assert meta == {"step": step} and not opt
+        assert {n: a.shape for n, a in params.items()} == {n: a.shape for n, a in final.items()}
+        assert any(not np.array_equal(params[n], final[n]) for n in final)
+
+
 def test_bf16_matmuls_are_recorded_and_stay_near_the_float32_run(corpus, tmp_path):
     fp32 = run(spec(corpus), tmp_path / "fp32", quiet=True)
     bf16 = run(spec(corpus, matmul="bf16"), tmp_path / "bf16", quiet=True)
@@ -229,7 +246,9 @@ def test_eval_and_sample_read_a_finished_run(corpus, tmp_path):
     (["--budget-flops", "nan"], "--budget-flops must be a positive finite number, got nan"),
     (["--budget-seconds", "inf"], "--budget-seconds must be a positive finite number, got inf"),
     (["--steps", "-3"], "--steps must be a positive finite number, got -3"),
-    (["--steps", "2", "--val-tokens", "0"], "--val-tokens 0 is less than one evaluation window"),
+    (["--steps", "2", "--val-tokens", "3"], "--val-tokens 3 is less than one evaluation window"),
+    (["--steps", "2", "--val-tokens", "0", "--eval-every", "1"], "--eval-every evaluates, and --val-tokens 0"),
+    (["--steps", "2", "--snapshot-every", "-1"], "--snapshot-every must be 0 (off) or positive, got -1"),
     (["--steps", "2", "--confirm-tokens", "-4"], "--confirm-tokens -4 is less than one evaluation window"),
     (["--steps", "2", "--log-every", "-1"], "--log-every must be at least 1, got -1"),
     (["--steps", "2", "--eval-every", "-1"], "--eval-every must be 0 (off) or positive, got -1"),

@@ -21,6 +21,7 @@ from trainer.backend import to_numpy
 from trainer.config import Config, make_config
 
 LLMC_MAGIC, LLMC_VERSION_FP32 = 20240326, 3
+SNAPSHOTS = "snapshots"  # a run directory's folder of parameter snapshots (save_snapshot)
 GPT2_ARCH = dict(pos="learned", norm="layer", bias=True, tie_embeddings=True, mlp="gelu",
                  lambdas=False, embed_norm=False, qk_norm=False, qk_gain=1.0, softcap=0.0)
 
@@ -126,6 +127,16 @@ def save_checkpoint(path, model, optimizer, step: int, extra: dict) -> None:
     arrays.update({f"opt/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
     meta = dict(extra, step=step, config=model.cfg.to_dict(), dtype=model.dtype)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
+
+
+def save_snapshot(path, model, step: int) -> None:
+    """The parameters alone at `step`, as save_checkpoint writes them: a point of the harness's
+    learning curve (it evaluates each on its own val text once the run is done)."""
+    path.parent.mkdir(exist_ok=True)
+    arrays = {f"param/{n}": v for n, v in model.state_numpy().items()}
+    arrays["meta"] = np.frombuffer(json.dumps({"step": step}).encode(), dtype=np.uint8)
     with atomic_open(path) as f:
         np.savez(f, **arrays)
 

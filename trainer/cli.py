@@ -76,11 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     for kind, (kind_type, metavar, text) in BUDGET_HELP.items():
         budget.add_argument(BUDGET_FLAGS[kind], dest=f"budget_{kind}", type=kind_type, metavar=metavar, help=text)
     add_data_flags(p)
-    p.add_argument("--val-tokens", type=int, default=65536, help="validation tokens for val_bpb (default 65536)")
+    p.add_argument("--val-tokens", type=int, default=65536,
+                   help="validation tokens for val_bpb (default 65536; 0: no evaluation)")
     p.add_argument("--confirm-tokens", type=int, default=0, help="also report confirm_bpb on this many held-out tokens")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: at the end)")
     p.add_argument("--log-every", type=int, default=10, help="metrics and progress every N steps")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (default: final only)")
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="keep the parameters every N steps in snapshots/ (a learning curve to evaluate later)")
     p.add_argument("--no-save", action="store_true", help="skip the final checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress output (for machines)")
     p.set_defaults(func=cmd_train)
@@ -186,7 +189,7 @@ def spec_from_args(args):
     return RunSpec(preset=preset, overrides=overrides, seed=args.seed, device=args.device, dtype=args.dtype,
                    matmul=args.matmul, batch_size=args.batch_size, data=args.data, tokenizer=args.tokenizer,
                    budget_kind=kind, budget=value, val_tokens=args.val_tokens, confirm_tokens=args.confirm_tokens,
-                   eval_every=args.eval_every, log_every=args.log_every,
+                   eval_every=args.eval_every, snapshot_every=args.snapshot_every, log_every=args.log_every,
                    save_every=args.save_every, save_final=not args.no_save)
 
 

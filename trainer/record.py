@@ -97,6 +97,8 @@ class Measurement(Figures):
     forward_time_ratio: float | None = None  # its forward pass's time per FLOP over the base's, as scored
     stream_passes: float | None = None    # windows its steps took over those its stream held: past 1, some twice
     train_cpu_seconds: float | None = None  # what its trainer's box ran, all processes (its cgroup's), by the runner
+    val_curve: tuple[tuple[int, float], ...] | None = None  # (step, val_bpb) of each parameter snapshot the run kept
+    own_kernels: bool | None = None       # a code arm whose CPU kernels' sources differ from the base's (compiled each run)
     evaluator_seconds: float | None = None
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import __version__
-from trainer.checkpoint import atomic_open, load_checkpoint, save_checkpoint
+from trainer.checkpoint import SNAPSHOTS, atomic_open, load_checkpoint, save_checkpoint, save_snapshot
 from trainer.config import BUDGET_FLAGS, make_config
 from trainer.data import STREAM, load_dataset, train_batch
 from trainer.eval import eval_fingerprint, evaluate, tokens_fingerprint
@@ -49,9 +49,10 @@ class RunSpec:
     tokenizer: str = "bytes"
     budget_kind: str = "steps"          # flops | seconds | tokens | steps
     budget: float = 10
-    val_tokens: int = 65536
+    val_tokens: int = 65536             # 0 = no evaluation: the harness measures a lab's runs itself
     confirm_tokens: int = 0             # also evaluate the held-out confirm split at the end
     eval_every: int = 0                 # 0 = only at the end
+    snapshot_every: int = 0             # keep the parameters every N steps (snapshots/): the harness's curve
     log_every: int = 10
     save_every: int = 0                 # 0 = only the final checkpoint
     save_final: bool = True
@@ -116,7 +117,7 @@ def prepare(spec: RunSpec, out: Path | None):
     if data.rows is not None and data.rows != T + 1:
         raise ValueError(f"{spec.data}: its train split is a stream of {data.rows}-token windows ({STREAM}), "
                          f"and sequence_len {T} takes {T + 1}")
-    for split in ("val", "confirm") if spec.confirm_tokens else ("val",):
+    for split in ("val", "confirm")[:bool(spec.val_tokens) + bool(spec.confirm_tokens)]:
         if len(getattr(data, split)) <= T:  # evaluated after training: refuse now, not then
             raise ValueError(f"the {split} split has {len(getattr(data, split))} tokens, fewer than one "
                              f"evaluation window of {T + 1}")
@@ -138,15 +139,19 @@ def check_counts(spec: RunSpec, T: int):
         raise ValueError(f"{flag} must be a positive finite number, got {spec.budget}")
     if spec.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {spec.batch_size}")
-    if spec.val_tokens < T:
-        raise ValueError(f"--val-tokens {spec.val_tokens} is less than one evaluation window (sequence_len {T})")
+    if spec.val_tokens and spec.val_tokens < T or spec.val_tokens < 0:
+        raise ValueError(f"--val-tokens {spec.val_tokens} is less than one evaluation window (sequence_len {T}); "
+                         "0 turns evaluation off")
+    if not spec.val_tokens and (spec.eval_every or spec.confirm_tokens):
+        raise ValueError(f"--{'eval-every' if spec.eval_every else 'confirm-tokens'} evaluates, and --val-tokens 0 "
+                         "turns evaluation off")
     if spec.confirm_tokens and spec.confirm_tokens < T:
         raise ValueError(f"--confirm-tokens {spec.confirm_tokens} is less than one evaluation window "
                          f"(sequence_len {T}); 0 turns the confirm split off")
     if spec.log_every < 1:
         raise ValueError(f"--log-every must be at least 1, got {spec.log_every}")
     for flag, value in (("--eval-every", spec.eval_every), ("--save-every", spec.save_every),
-                        ("--confirm-tokens", spec.confirm_tokens)):
+                        ("--snapshot-every", spec.snapshot_every), ("--confirm-tokens", spec.confirm_tokens)):
         if value < 0:
             raise ValueError(f"{flag} must be 0 (off) or positive, got {value}")
 
@@ -216,6 +221,8 @@ def run(spec: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> 
                 metrics.write({"step": step, "tokens": step * B * T, **ev})
             if spec.save_every and step % spec.save_every == 0:
                 save_checkpoint(out / "checkpoint.npz", model, opt, step, {"elapsed_s": elapsed})
+            if spec.snapshot_every and step % spec.snapshot_every == 0 and not budget.done(step, elapsed):
+                save_snapshot(out / SNAPSHOTS / f"step-{step:08d}.npz", model, step)
     except Terminated:  # keep the work: a resume continues from exactly this step
         status, reason = "killed", f"SIGTERM at step {step}"
         if spec.save_every or spec.save_final:
@@ -223,15 +230,15 @@ def run(spec: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> 
     finally:
         log.close()
     result = base_result(spec, cfg, data, step, elapsed, warmup_seconds, status, reason)
-    if status == "completed":
+    if status == "completed" and spec.val_tokens:
         ev = evaluate(model, data.val, data.token_bytes, spec.val_tokens, B, T)
         metrics.write({"step": step, "tokens": step * B * T, **ev})
         result = replace(result, val_loss=ev["val_loss"], val_bpb=ev["val_bpb"], eval_tokens=ev["eval_tokens"])
         if spec.confirm_tokens:
             cf = evaluate(model, data.confirm, data.token_bytes, spec.confirm_tokens, B, T)
             result = replace(result, confirm_loss=cf["val_loss"], confirm_bpb=cf["val_bpb"])
-        if spec.save_final:
-            save_checkpoint(out / "checkpoint.npz", model, opt, step, {"elapsed_s": elapsed})
+    if status == "completed" and spec.save_final:
+        save_checkpoint(out / "checkpoint.npz", model, opt, step, {"elapsed_s": elapsed})
     metrics.close()
     stop.restore()
     written = asdict(result)  # trainer/record.py: the shape the runner reads back
@@ -265,7 +272,7 @@ def base_result(spec, cfg, data, step, elapsed, warmup_seconds, status, reason) 
         batch_size=B, sequence_len=T,
         git_commit=commit, git_dirty=dirty,
         eval_fingerprint=eval_fingerprint(),
-        data_fingerprint=tokens_fingerprint(data.val, spec.val_tokens, T),
+        data_fingerprint=tokens_fingerprint(data.val, spec.val_tokens, T) if spec.val_tokens else None,
         val_tokens=spec.val_tokens, data=spec.data, tokenizer=spec.tokenizer,
         trainer_version=__version__,
     )
