@@ -400,7 +400,7 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
                                      f"on seed {seeds[worst]} by the runner's clock (±{math.exp(one) - 1:.0%}, the "
                                      f"machine's noise for one pair): hidden compute on some seeds", True)]
     same_step = {r.config_fingerprint for r in completed(base)} == {r.config_fingerprint for r in completed(var)} \
-        and all(r.replay == "same" and not r.own_kernels for r in completed(var))
+        and all(r.replay == "same" and r.own_kernels is False for r in completed(var))  # (unknown: older records)
     if D - margin > (tol.same_step if same_step else tol.wall_time) and runs_own_code(base, var):
         why = "over its time budget" if kind == "seconds" else \
             f"its training step is the base's (replayed), so: {UNSEEN_WORK}" if same_step else \

@@ -35,8 +35,7 @@ and kernel caches of its own. For the run's final checkpoint it:
    reseed, not an idea (seed_only); an initial model that is not the base's is scored too:
    one that starts below the data's unigram entropy was trained before its budget began;
 5. measures the data's unigram entropy in bits per byte: a baseline above it is not learning;
-6. scores each snapshot of the parameters the run kept on the val windows, as the checkpoint
-   (val_curve: the report's learning curves; a lab's trainer evaluates nothing itself).
+6. scores each parameter snapshot the run kept, as the checkpoint: its learning curve (val_curve).
 
 With {"probe": true} it is asked, before a code arm trains, only for its model's FLOPs per token
 as the experiment's code builds it (probe): what the run's windows are counted at
@@ -72,6 +71,7 @@ REPLAY_STEPS = 2
 # a grace for them all, for a commit that changed its kernels, whose worker compiles them at
 # construction or first use (7-14 s on 2 cores; 5 s made it invalid in CI)
 SETUP_FACTOR, SCORED_FACTOR, SETUP_GRACE = 3, 2.5, 30.0
+MAX_CURVE_POINTS = 1000  # snapshots scored for a run's learning curve at most
 REPLAY_TOLERANCE = 1e-4  # relative: numerics that differ in rounding only are the same step
 SAME_DISTRIBUTION_P = 1e-4  # a redrawn tensor whose two-sample KS p-value falls below this is not a redraw
 MAX_CHECKPOINT_BYTES = 8 << 30  # what a checkpoint.npz unpacks to: a box writes no larger file
@@ -97,6 +97,7 @@ def main() -> int:
 def measure(job: dict) -> dict:
     from trainer.data import load_dataset
     t0 = time.perf_counter()
+    job["curve_until"] = time.monotonic() + (job.get("deadline_seconds") or math.inf) / 2  # (val_curve)
     data = load_dataset(job["data"], job["tokenizer"], split_key=lab_split_key(job))
     params, meta = read_checkpoint(Path(job["run_dir"]) / "checkpoint.npz")
     check_precision(params, job["dtype"])
@@ -111,12 +112,13 @@ def measure(job: dict) -> dict:
     except ValueError as e:  # (org/recount.py: the run's problem, one line)
         raise Invalid(str(e)) from None
     out.update(fingerprints(job, params, data), config_fingerprint=config_fingerprint(cfg))
+    last = min(meta["step"], out.get("steps") or meta["step"])  # (the curve's: a checkpoint says its own step)
     if job.get("workers"):
-        out.update(measure_experiment(job, params, meta["step"], cfg, data, out["flops_per_token"]))
+        out.update(measure_experiment(job, params, last, cfg, data, out["flops_per_token"]))
     else:
         out.update(score(base_model(cfg, job, params), data, job),
                    forward="base", init="base", replay=None, seed_only=False, causal=None)
-        out["val_curve"] = val_curve(job, data, params, meta["step"], lambda snapshot: base_model(cfg, job, snapshot))
+        out["val_curve"] = val_curve(job, data, params, last, lambda snapshot: base_model(cfg, job, snapshot))
     out["evaluator_seconds"] = round(time.perf_counter() - t0, 3)
     return out
 
@@ -183,14 +185,14 @@ def measure_experiment(job: dict, params: dict, meta_step: int, cfg, data, fpt: 
 # the checkpoint and the config
 
 
-def read_checkpoint(path: Path) -> tuple[dict, dict]:
+def read_checkpoint(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> tuple[dict, dict]:
     """{name: array} and meta from the trainer's checkpoint.npz, read without pickles, and only
     once what it unpacks to is bounded: this process has no box, and a few MB of zeros deflated
     unpack to gigabytes."""
     try:
         with zipfile.ZipFile(path) as archive:
             unpacked = sum(member.file_size for member in archive.infolist())  # (zipfile reads no more)
-        if unpacked > min(MAX_CHECKPOINT_BYTES, UNPACK_RATIO * max(path.stat().st_size, 1 << 20)):
+        if unpacked > min(max_bytes, UNPACK_RATIO * max(path.stat().st_size, 1 << 20)):
             raise Invalid(f"checkpoint.npz unpacks to {unpacked >> 20} MB from {path.stat().st_size >> 20} MB; "
                           f"a checkpoint unpacks to {UNPACK_RATIO}x its size at most")
         with np.load(path, allow_pickle=False) as z:
@@ -357,19 +359,23 @@ def score(model, data, job: dict) -> dict:
 
 
 def val_curve(job: dict, data, final: dict, final_step: int, model_at) -> tuple | None:
-    """The run's learning curve, (step, val_bpb) of each snapshot of its parameters the trainer
-    kept (every `snapshot_every` steps before its last), scored as its final checkpoint is, on
-    the lab's val windows: the trainer evaluates nothing in a lab (slots.train_command), since
-    time it was asked to spend on evaluations is time its code could train in unseen. The curve
-    is for people to read (the report's plots); no verdict rests on it, so a snapshot that is
-    missing or unreadable is left out, and one that cannot be scored ends the curve (its worker
-    may be gone). `model_at(params)`: a model of those parameters for evaluate()."""
+    """(step, val_bpb) of each parameter snapshot the run kept, every `snapshot_every` steps before
+    `final_step`, scored as its checkpoint is: a lab's trainer evaluates nothing (slots.train_command).
+    For the plots alone: a snapshot missing, unreadable or larger than the final parameters is
+    left out; one that cannot be scored ends the curve, as does half the evaluator's deadline.
+    None where the base's trainer predates snapshots (snapshot_every None) and evaluated itself."""
     from trainer.eval import evaluate
-    every, points = job.get("snapshot_every") or 0, []
-    shapes = {n: a.shape for n, a in final.items()}
-    for step in range(every, final_step, every) if every else ():
-        try:  # (as trainer/checkpoint.py's save_snapshot names them: not imported from a base that may predate it)
-            params, meta = read_checkpoint(Path(job["run_dir"]) / "snapshots" / f"step-{step:08d}.npz")
+    every, points, folder = job.get("snapshot_every"), [], Path(job["run_dir"]) / "snapshots"
+    if every is None:
+        return None
+    shapes, size = {n: a.shape for n, a in final.items()}, sum(a.nbytes for a in final.values()) + (1 << 20)
+    names = set(os.listdir(folder)) if every and folder.is_dir() else set()
+    kept = [step for step in range(every, final_step, every or 1) if f"step-{step:08d}.npz" in names]
+    for step in kept[:MAX_CURVE_POINTS]:  # (as trainer/checkpoint.py's save_snapshot names them)
+        if time.monotonic() > job.get("curve_until", math.inf):
+            break
+        try:
+            params, meta = read_checkpoint(folder / f"step-{step:08d}.npz", max_bytes=size)
             check_precision(params, job["dtype"])
         except Invalid:
             continue
@@ -380,14 +386,13 @@ def val_curve(job: dict, data, final: dict, final_step: int, model_at) -> tuple 
                           job["seq_len"])
         except (Invalid, FloatingPointError, ValueError, IndexError):
             break
-        if math.isfinite(ev["val_bpb"]):
-            points.append((step, round(ev["val_bpb"], 4)))  # (the curve's digits are no channel for what it saw)
-    return tuple(points) if every else None
+        if math.isfinite(ev["val_bpb"]):  # (at the report's digits; no agent's tool shows the curve)
+            points.append((step, round(ev["val_bpb"], 4)))
+    return tuple(points)
 
 
-def remote_at(worker: Worker, params: dict, vocab_size: int) -> RemoteModel:
-    worker.load(params)
-    return RemoteModel(worker, vocab_size)  # untimed, keeps nothing: the curve is no measurement
+def remote_at(worker: Worker, params: dict, vocab_size: int) -> RemoteModel:  # untimed, keeps nothing
+    return worker.load(params) or RemoteModel(worker, vocab_size)
 
 
 def unforeseen_windows(tokens: np.ndarray, n_tokens: int, seq_len: int, seed: int | None) -> np.ndarray:

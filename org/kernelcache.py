@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from org.slots import takes_snapshots, threads_env, train_command
+WARM_SECONDS = 600  # a compile of the base's kernels takes 4-14 s on 2 cores
 
 # what Numba compiles into the CPU kernels: cpu_kernels.py, and the trainer modules whose globals
 # it bakes in (Numba checks only the first's hash; tests/test_org_lab.py checks this list)
@@ -63,6 +63,8 @@ def warm(program, code: Path, cache: Path, data_dir: Path, env: dict, say):
     pair widened its margin until a code arm that trained 1.4x the steps it reported read
     `better` with no finding (org/confounds.py: check_wall_time). `env`: the harness's, to which
     the base's code, this cache and one thread are added. A failure is said; the runs go on."""
+    # (here: the evaluator imports this module, with a base commit's trainer that may predate org.slots's imports)
+    from org.slots import takes_snapshots, threads_env, train_command
     if program.train.device != "cpu" or (cache / numba_subdir(code / "trainer")).is_dir():
         return
     with tempfile.TemporaryDirectory(prefix="nanolab-warm-") as out:
@@ -70,9 +72,9 @@ def warm(program, code: Path, cache: Path, data_dir: Path, env: dict, say):
                             takes_snapshots(code))
         env = {**env, **threads_env(1), "PYTHONPATH": str(code), "NUMBA_CACHE_DIR": str(cache)}
         try:
-            done = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                  timeout=program.budget.run_timeout_seconds)
-        except subprocess.TimeoutExpired:
-            return say("compiling the base's kernels before its runs took longer than a run may: its first run will")
+            done = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True, errors="replace",
+                                  stdin=subprocess.DEVNULL, timeout=min(WARM_SECONDS, program.budget.run_timeout_seconds))
+        except (subprocess.TimeoutExpired, OSError) as e:
+            return say(f"compiling the base's kernels before its runs failed ({type(e).__name__}): its first run will")
     if done.returncode != 0:
         say(f"compiling the base's kernels before its runs failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")

@@ -71,7 +71,7 @@ def job_for(program, run: dict, run_dir: Path, base_code: Path, workers: dict | 
             "preset": program.baseline.preset, "overrides": json.loads(run["overrides"]),
             "seed": run["seed"], "data": data.source, "tokenizer": data.tokenizer,
             "val_tokens": data.val_tokens, "batch_size": train.batch_size, "seq_len": train.seq_len,
-            "snapshot_every": (train.eval_every or 0) if takes_snapshots(base_code) else 0,  # (slots.train_command)
+            "snapshot_every": (train.eval_every or 0) if takes_snapshots(base_code) else None,  # (slots.train_command)
             "device": train.device, "dtype": train.dtype, "matmul": train.matmul,
             "budget_kind": kind, "budget": value,  # the run's: a multiple of the program's for a compute multiplier
             "workers": workers,

@@ -117,7 +117,7 @@ class Run:
     stream_passes: float | None = None  # times its steps went through its stream of windows, by the harness
     train_cpu_seconds: float | None = None  # all its trainer's box ran, by the runner's cgroup
     replay: str | None = None  # a code arm's training step from the base init, against the base's: same | differs
-    own_kernels: bool = False  # a code arm whose CPU kernels' sources are not the base's: its runs compile them
+    own_kernels: bool | None = None  # a code arm whose CPU kernels' sources are not the base's: its runs compile them
 
     @classmethod
     def read(cls, row: dict) -> Run:
@@ -143,7 +143,7 @@ class Run:
             unigram_bpb=get("unigram_bpb"), train_bpb=get("train_bpb"), init_bpb=get("init_bpb"),
             forward_time_ratio=get("forward_time_ratio"), init_fingerprint=get("init_fingerprint"),
             config_fingerprint=get("config_fingerprint"), stream_passes=get("stream_passes"),
-            train_cpu_seconds=get("train_cpu_seconds"), replay=get("replay"), own_kernels=bool(get("own_kernels")),
+            train_cpu_seconds=get("train_cpu_seconds"), replay=get("replay"), own_kernels=get("own_kernels"),
             train_window_bpb=tuple(get("train_window_bpb") or ()) or None, val_window_bpb=tuple(get("val_window_bpb") or ()) or None)
 
 

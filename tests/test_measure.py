@@ -57,7 +57,7 @@ def lab(tmp_path_factory):
     return {"root": root, "base": base, "run_dir": run_dir}
 
 
-def job(lab, run_dir=None, code=None, overrides=None, probe_seed=None, snapshot_every=0) -> dict:
+def job(lab, run_dir=None, code=None, overrides=None, probe_seed=None, snapshot_every=None) -> dict:
     """A job as the runner makes one (measure.job_for); without a lab's probe_seed its unforeseen
     train windows are a fresh draw each time."""
     run_dir = Path(run_dir or lab["run_dir"])
@@ -198,7 +198,8 @@ def test_the_learning_curve_is_the_harnesss_score_of_each_snapshot_the_run_kept(
     assert (one, four) == (1, 4) and bpb == round(config_arm.val_bpb, 4) and abs(halved - bpb) > 0.01
     code_arm = measure(lab, run_dir=run_dir, snapshot_every=1, code=experiment(lab, "unchanged"))["measurement"]
     assert code_arm.val_curve == config_arm.val_curve  # its own forward pass, in its worker
-    assert measure(lab, run_dir=run_dir)["measurement"].val_curve is None  # a program that asks for none
+    assert measure(lab, run_dir=run_dir, snapshot_every=0)["measurement"].val_curve == ()  # none asked for: the end's
+    assert measure(lab, run_dir=run_dir)["measurement"].val_curve is None  # a trainer before snapshots: its own
 
 
 def test_the_unforeseen_train_windows_are_scored_one_by_one_as_evaluate_scores_them(lab):

@@ -80,3 +80,13 @@ def test_an_agents_org_command_in_its_box_imports_its_port_and_nothing_heavy():
     outside = subprocess.run([sys.executable, "-c", "import sys, org.cli; print('scipy.stats' in sys.modules)"],
                              cwd=ROOT, capture_output=True, text=True)
     assert outside.stdout.strip() == "False", outside.stderr
+
+
+def test_the_evaluator_loads_no_harness_module_that_imports_the_trainer():
+    """The evaluator imports `trainer` from the program's base commit, which may be older than the
+    harness: a harness module it loaded that imported trainer names at its top level (org.slots,
+    by org.kernelcache: trainer.config's flag_value, new on 2026-12-05) stopped every code arm's
+    measurement on an older base."""
+    code = "import sys, org.evaluator, org.kernelcache; print(sorted(m for m in sys.modules if m.startswith('trainer')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
