@@ -182,7 +182,7 @@ def plot_curves(report, x: int):
         band(bottom, [ema(c.train[:, [x, 2]]) for c in curves.values()], color[arm], label)
     plot_paired(middle, report, by_arm, x, color)
     what = "FLOPs" if x == 0 else "training time"
-    top.set_title(f"{report.program}: the runs' own validation bits per byte (their dev text) vs {what}\n"
+    top.set_title(f"{report.program}: val bits per byte (the harness's, on the lab's val) vs {what}\n"
                   "line: mean over seeds; band / bar: min-max over seeds (completed main runs)")
     top.set_ylabel("val_bpb (bits per byte)\nlower is better")
     middle.set_title("paired difference: variant − baseline on the same seed (below 0: the variant is better;\n"
@@ -194,9 +194,9 @@ def plot_curves(report, x: int):
     for ax in (top, middle, bottom):
         ax.grid(alpha=0.3)
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
-        if ax.has_data():
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=8)
-        else:
+        else:  # (the paired panel may hold its zero line alone: no variant has a seed paired yet)
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
     fig.tight_layout()
     return fig

@@ -209,7 +209,7 @@ def measured_text(report: Report) -> str:
             "commit's evaluation, data and FLOP code in a fresh process (an experiment's code runs there only "
             "as a forward pass whose logits harness code scores and probes for causality), on the lab's own "
             "val and confirm split, drawn by a key no run or agent reads; time is the runner's clock. The trainer's "
-            "FLOPs, steps and parameters are a cross-check (a disagreement: `invalid`); its curves are on its dev text.")
+            "FLOPs, steps and parameters are a cross-check (a disagreement: `invalid`); the val curves score each run's snapshots.")
     if unmeasured:
         text += (f" **Except {len(unmeasured)} of {len(done)} completed runs**, recorded before the harness "
                  f"measured runs: their numbers are the trainer's own; `org run {report.program}` measures them.")

@@ -92,7 +92,8 @@ def export_stream(program: Program, run: dict, runs_data: Path, harness_cache: P
     train windows its budget pays for, in the order it takes them, drawn by the lab's secret key
     from the run's seed, twice as many for code of its own (its FLOPs per token may be fewer than
     its config's: the harness counts them from its checkpoint), and of the dev halves only the
-    windows its curves score (eval_windows picks the same ones from the cut).
+    windows a trainer's evaluation would score (eval_windows picks the same ones from the cut; a
+    lab's runs evaluate nothing: slots.train_command).
     With the whole train split at hand, code could keep the seed for its init and fix its data
     order to a draw found best over exploratory arms: the order's part of a run's val_bpb holds
     across inits, so it gained on every seed, fresh ones too. Now no run chooses its windows; the
@@ -151,9 +152,9 @@ def write_stream(program: Program, run: dict, runs_data: Path, harness_cache: Pa
     windows = {"train": (data.train, starts)}
     for split in ("val", "confirm"):
         tokens = getattr(data, split)
-        if V < len(tokens) - 1:  # the windows its curves score (eval_windows picks them again from the cut)
+        if V < len(tokens) - 1:  # the windows an evaluation scores (eval_windows picks them again from the cut)
             windows[split] = (tokens, eval_windows(tokens, V, T))
-        else:  # its curves score about all of it: the whole half
+        else:  # an evaluation scores about all of it: the whole half
             shutil.copyfile(runs_data / f"{split}_000000.bin", tmp / f"{split}_000000.bin")
     for split, (tokens, at) in windows.items():
         writer = ShardWriter(tmp / f"{split}_000000.bin")
