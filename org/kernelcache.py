@@ -54,7 +54,6 @@ def _bytes(path: Path) -> bytes | None:
         return None
 
 
-
 def warm(program, code: Path, cache: Path, data_dir: Path, env: dict, say):
     """Compile the base commit's CPU kernels into its cache before the program's first run, with
     one step of the baseline's config (the runs' kernels, at their types). Else the first run to
