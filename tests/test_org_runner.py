@@ -32,6 +32,7 @@ from org.lab import Lab
 from org import pid_alive
 from org.ledger import Ledger
 from org.program import load_program
+from org.reaper import PULSE_SECONDS
 from org.runner import Runner
 from org.cgroups import cgroup_root
 from org.sandbox import available
@@ -1097,7 +1098,9 @@ def test_a_measurement_its_runner_was_killed_in_is_charged(make_project):
         measured_again, run = time.monotonic() - t0, ledger.run(run["id"])
     assert run["status"] == "completed" and run["wall_seconds"] < trained - datetime.fromisoformat(run["started_at"]).timestamp() + 1, run
     charged = run["measure_seconds"] - before  # the killed measurement, and the one the recovery made
-    assert killed - trained - 1.0 < charged - measured_again < killed - trained + 0.5, (charged, measured_again, killed - trained)
+    # to within the runner's last pulse, and a loaded machine's lateness in writing it (1.02 s short on CI's 2 cores)
+    late = PULSE_SECONDS + 0.5
+    assert killed - trained - late < charged - measured_again < killed - trained + 0.5, (charged, measured_again, killed - trained)
 
 
 def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_takes_it(make_project):
