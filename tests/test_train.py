@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trainer import checkpoint
 from trainer.checkpoint import load_checkpoint
 from trainer.config import make_config
 from trainer.flops import flops_per_token
@@ -93,6 +94,24 @@ def test_a_run_the_harness_measures_evaluates_nothing_and_keeps_snapshots_of_its
         assert meta == {"step": step} and not opt
         assert {n: a.shape for n, a in params.items()} == {n: a.shape for n, a in final.items()}
         assert any(not np.array_equal(params[n], final[n]) for n in final)
+
+
+def test_a_long_runs_snapshots_thin_out_to_a_coarser_curve_not_a_full_disk(corpus, tmp_path, monkeypatch):
+    # a run may keep MOST_SNAPSHOTS, and SNAPSHOT_BYTES in all (its box's disk is limited): past
+    # that the interval doubles and what is off it goes; here at most 4
+    monkeypatch.setattr(checkpoint, "MOST_SNAPSHOTS", 4)
+    (tmp_path / "snapshots").mkdir()
+    (tmp_path / "snapshots" / "step-00000003.npz").write_bytes(b"of an earlier run here")
+    run(spec(corpus, budget=20, val_tokens=0, snapshot_every=1), tmp_path, quiet=True)
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [f"step-{s:08d}.npz" for s in (4, 8, 12, 16)]
+    each = (tmp_path / "snapshots" / "step-00000004.npz").stat().st_size
+    monkeypatch.setattr(checkpoint, "MOST_SNAPSHOTS", 64)
+    monkeypatch.setattr(checkpoint, "SNAPSHOT_BYTES", 2 * each + 64)  # by their bytes too (a meta of more digits)
+    run(spec(corpus, budget=20, val_tokens=0, snapshot_every=1), tmp_path, quiet=True)
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["step-00000008.npz", "step-00000016.npz"]
+    monkeypatch.setattr(checkpoint, "SNAPSHOT_BYTES", each - 1)  # none fits: none is kept
+    run(spec(corpus, budget=20, val_tokens=0, snapshot_every=1), tmp_path, quiet=True)
+    assert not list((tmp_path / "snapshots").iterdir())
 
 
 def test_bf16_matmuls_are_recorded_and_stay_near_the_float32_run(corpus, tmp_path):

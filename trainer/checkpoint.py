@@ -22,6 +22,8 @@ from trainer.config import Config, make_config
 
 LLMC_MAGIC, LLMC_VERSION_FP32 = 20240326, 3
 SNAPSHOTS = "snapshots"  # a run directory's folder of parameter snapshots (save_snapshot)
+SNAPSHOT_BYTES = 8 << 30  # what a run's snapshots may hold at once: half what a lab's box may write
+MOST_SNAPSHOTS = 64       # and how many: points of a learning curve, each scored by the harness
 GPT2_ARCH = dict(pos="learned", norm="layer", bias=True, tie_embeddings=True, mlp="gelu",
                  lambdas=False, embed_norm=False, qk_norm=False, qk_gain=1.0, softcap=0.0)
 
@@ -139,6 +141,19 @@ def save_snapshot(path, model, step: int) -> None:
     arrays["meta"] = np.frombuffer(json.dumps({"step": step}).encode(), dtype=np.uint8)
     with atomic_open(path) as f:
         np.savez(f, **arrays)
+
+
+def thin_snapshots(folder, every: int) -> int:
+    """The snapshots' interval from now on: while they hold more than SNAPSHOT_BYTES or number
+    more than MOST_SNAPSHOTS, it doubles and every snapshot off it goes. A long run of a big
+    model keeps a coarser curve, not a full disk (a box past its disk is killed: org/diskwatch.py)."""
+    kept = {int(p.stem[len("step-"):]): p.stat().st_size for p in folder.glob("step-*.npz")} if folder.is_dir() else {}
+    while kept and (len(kept) > MOST_SNAPSHOTS or sum(kept.values()) > SNAPSHOT_BYTES):
+        every *= 2
+        for step in [step for step in kept if step % every]:
+            os.unlink(folder / f"step-{step:08d}.npz")
+            del kept[step]
+    return every
 
 
 def load_checkpoint(path) -> tuple[dict, dict, dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from trainer import __version__
-from trainer.checkpoint import SNAPSHOTS, atomic_open, load_checkpoint, save_checkpoint, save_snapshot
+from trainer.checkpoint import (SNAPSHOTS, atomic_open, load_checkpoint, save_checkpoint, save_snapshot,
+                                thin_snapshots)
 from trainer.config import BUDGET_FLAGS, make_config
 from trainer.data import STREAM, load_dataset, train_batch
 from trainer.eval import eval_fingerprint, evaluate, tokens_fingerprint
@@ -182,6 +184,7 @@ def run(spec: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> 
     else:
         for stale in ("result.json", "metrics.jsonl", "checkpoint.npz"):
             (out / stale).unlink(missing_ok=True)
+        shutil.rmtree(out / SNAPSHOTS, ignore_errors=True)
     write_json(out / "config.json", {"spec": spec.__dict__, "config": cfg.to_dict(),
                                      "flops_per_token": flops_per_token(cfg)})
     metrics = MetricsLog(out / "metrics.jsonl", keep_until=step if resume else -1)
@@ -191,6 +194,7 @@ def run(spec: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> 
     B, T = spec.batch_size, cfg.sequence_len
     fpt = flops_per_token(cfg)
     status, reason, warmup_seconds = "completed", None, 0.0
+    snapshot_every = spec.snapshot_every and thin_snapshots(out / SNAPSHOTS, spec.snapshot_every)  # (a resume's)
     try:
         while not budget.done(step, elapsed):
             if stop.requested:
@@ -221,8 +225,9 @@ def run(spec: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> 
                 metrics.write({"step": step, "tokens": step * B * T, **ev})
             if spec.save_every and step % spec.save_every == 0:
                 save_checkpoint(out / "checkpoint.npz", model, opt, step, {"elapsed_s": elapsed})
-            if spec.snapshot_every and step % spec.snapshot_every == 0 and not budget.done(step, elapsed):
+            if snapshot_every and step % snapshot_every == 0 and not budget.done(step, elapsed):
                 save_snapshot(out / SNAPSHOTS / f"step-{step:08d}.npz", model, step)
+                snapshot_every = thin_snapshots(out / SNAPSHOTS, snapshot_every)
     except Terminated:  # keep the work: a resume continues from exactly this step
         status, reason = "killed", f"SIGTERM at step {step}"
         if spec.save_every or spec.save_final:
