@@ -147,12 +147,13 @@ def thin_snapshots(folder, every: int) -> int:
     """The snapshots' interval from now on: while they hold more than SNAPSHOT_BYTES or number
     more than MOST_SNAPSHOTS, it doubles and every snapshot off it goes. A long run of a big
     model keeps a coarser curve, not a full disk (a box past its disk is killed: org/diskwatch.py)."""
-    kept = {int(p.stem[len("step-"):]): p.stat().st_size for p in folder.glob("step-*.npz")} if folder.is_dir() else {}
-    while kept and (len(kept) > MOST_SNAPSHOTS or sum(kept.values()) > SNAPSHOT_BYTES):
+    kept = [p for p in folder.glob("step-*.npz") if p.stem[len("step-"):].isdigit() and int(p.stem[len("step-"):])] \
+        if folder.is_dir() else []  # (save_snapshot's names; a step 0 none would take)
+    while kept and (len(kept) > MOST_SNAPSHOTS or sum(p.stat().st_size for p in kept) > SNAPSHOT_BYTES):
         every *= 2
-        for step in [step for step in kept if step % every]:
-            os.unlink(folder / f"step-{step:08d}.npz")
-            del kept[step]
+        for p in [p for p in kept if int(p.stem[len("step-"):]) % every]:
+            p.unlink()
+            kept.remove(p)
     return every
 
 
