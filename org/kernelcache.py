@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 WARM_SECONDS = 600  # a compile of the base's kernels takes 4-14 s on 2 cores
+WARMED = ".warmed"  # in a base commit's cache once warm() compiled it whole (a runner killed midway left a part)
 
 # what Numba compiles into the CPU kernels: cpu_kernels.py, and the trainer modules whose globals
 # it bakes in (Numba checks only the first's hash; tests/test_org_lab.py checks this list)
@@ -61,10 +62,12 @@ def warm(program, code: Path, cache: Path, data_dir: Path, env: dict, say):
     judges hidden compute compares each arm's runs with the baseline's, seed by seed, and such a
     pair widened its margin until a code arm that trained 1.4x the steps it reported read
     `better` with no finding (org/confounds.py: check_wall_time). `env`: the harness's, to which
-    the base's code, this cache and one thread are added. A failure is said; the runs go on."""
+    the base's code, this cache and one thread are added. A failure is said; the runs go on (a
+    code arm whose kernels are the base's may then read `invalid` at the +5% bar, each of its runs
+    compiling: the base's own runs fail too where its one step does)."""
     # (here: the evaluator imports this module, with a base commit's trainer that may predate org.slots's imports)
     from org.slots import takes_snapshots, threads_env, train_command
-    if program.train.device != "cpu" or (cache / numba_subdir(code / "trainer")).is_dir():
+    if program.train.device != "cpu" or (cache / WARMED).exists():
         return
     with tempfile.TemporaryDirectory(prefix="nanolab-warm-") as out:
         cmd = train_command(program, program.baseline.overrides, 0, Path(out) / "run", ("steps", 1), data_dir,
@@ -76,4 +79,5 @@ def warm(program, code: Path, cache: Path, data_dir: Path, env: dict, say):
         except (subprocess.TimeoutExpired, OSError) as e:
             return say(f"compiling the base's kernels before its runs failed ({type(e).__name__}): its first run will")
     if done.returncode != 0:
-        say(f"compiling the base's kernels before its runs failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        return say(f"compiling the base's kernels before its runs failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    (cache / WARMED).touch()

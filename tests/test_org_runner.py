@@ -1459,6 +1459,35 @@ def test_a_commit_with_the_base_kernels_starts_from_their_compiled_cache(make_pr
               f"{runs['gelu']['wall_seconds']:.1f}s compiling its own")
 
 
+def test_a_warm_up_its_runner_was_killed_in_is_done_again_not_taken_for_whole(make_project, monkeypatch):
+    """The runner compiles the base's kernels before the program's first run (kernelcache.warm), and
+    marks the cache whole; one it was killed in the middle of holds a part and no mark, and a copy
+    of a part leaves a code arm's runs compiling what is missing, seconds of CPU the +5% bar sees."""
+    from org.kernelcache import WARMED, warm
+    from org.lab import child_env
+    from org.streams import runs_data
+    monkeypatch.setenv("NANOLAB_KERNELS", "1")  # the real kernels, which these tests usually skip
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    assert main(["run", "tiny"]) == 0
+    program = load_program(root / "programs" / "tiny.yaml")
+    with ledger_of(root) as ledger:
+        base = ledger.program("tiny")["base_commit"]
+    code, cache = root / ".lab" / "tiny" / "snapshots" / base, root / ".lab" / "tiny" / "kernels" / base
+    data = runs_data(root / ".lab" / "harness-cache", program.data, base)
+    compiled = lambda: {p.name: p.stat().st_mtime for p in cache.rglob("*") if p.suffix in (".nbi", ".nbc")}  # noqa: E731
+    whole = compiled()
+    assert (cache / WARMED).exists() and whole
+    (cache / WARMED).unlink()
+    for name in whole:  # a warm-up killed before it compiled anything: its folders, no kernels
+        next(cache.rglob(name)).unlink()
+    said = []
+    warm(program, code, cache, data, child_env({}), said.append)
+    assert not said and (cache / WARMED).exists() and set(compiled()) == set(whole)
+    again = compiled()
+    warm(program, code, cache, data, child_env({}), said.append)  # whole: nothing compiled again
+    assert not said and compiled() == again
+
+
 def test_a_runs_last_words_reach_the_runners_pane_without_their_escapes(make_project, capsys):
     """A failed run's reason ends with its trainer's last log line, which the runner prints in its
     pane: an escape sequence there (OSC 52 writes the person's clipboard; others move the
