@@ -80,4 +80,5 @@ def warm(program, code: Path, cache: Path, data_dir: Path, env: dict, say):
             return say(f"compiling the base's kernels before its runs failed ({type(e).__name__}): its first run will")
     if done.returncode != 0:
         return say(f"compiling the base's kernels before its runs failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    cache.mkdir(parents=True, exist_ok=True)  # (a trainer on its NumPy twins compiled nothing there)
     (cache / WARMED).touch()
