@@ -8,7 +8,7 @@ the harness's and the program's base commit's: `trainer` is imported from the ba
 (the referee's copy), never from the experiment's, with bytecode from source only and data
 and kernel caches of its own. For the run's final checkpoint it:
 
-1. reads the tensors itself (numpy, no pickles) and checks them: float, finite, and for a
+1. reads the tensors itself (org/checkpoints.py) and checks them: float, finite, and for a
    config arm exactly the base model's names and shapes;
 2. recounts compute (org/recount.py): FLOPs per token from the checkpoint's shapes with the
    base commit's trainer/flops.py, and the steps the program's budget allows at that rate (the
@@ -51,15 +51,16 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
-import zipfile
 from itertools import chain, count, islice
 from pathlib import Path
 
 import numpy as np
 
+from org.checkpoints import MAX_CHECKPOINT_BYTES, check_precision, read_checkpoint
 from org.recount import recount
 from org.remote import Invalid, RemoteModel, Worker, Yardstick
 
@@ -72,10 +73,9 @@ REPLAY_STEPS = 2
 # construction or first use (7-14 s on 2 cores; 5 s made it invalid in CI)
 SETUP_FACTOR, SCORED_FACTOR, SETUP_GRACE = 3, 2.5, 30.0
 MAX_CURVE_POINTS = 1000  # snapshots scored for a run's learning curve at most
+SNAPSHOT_NAME = re.compile(r"step-(\d{8,})\.npz")  # trainer/checkpoint.py's save_snapshot: step-%08d.npz
 REPLAY_TOLERANCE = 1e-4  # relative: numerics that differ in rounding only are the same step
 SAME_DISTRIBUTION_P = 1e-4  # a redrawn tensor whose two-sample KS p-value falls below this is not a redraw
-MAX_CHECKPOINT_BYTES = 8 << 30  # what a checkpoint.npz unpacks to: a box writes no larger file
-UNPACK_RATIO = 64  # and no more than this times its own size (floats deflate to about their size)
 
 
 def main() -> int:
@@ -97,7 +97,7 @@ def main() -> int:
 def measure(job: dict) -> dict:
     from trainer.data import load_dataset
     t0 = time.perf_counter()
-    job["curve_until"] = time.monotonic() + (job.get("deadline_seconds") or math.inf) / 2  # (val_curve)
+    job["curve_until"] = time.monotonic() + (job.get("deadline_seconds") or math.inf) / 3  # (val_curve)
     data = load_dataset(job["data"], job["tokenizer"], split_key=lab_split_key(job))
     params, meta = read_checkpoint(Path(job["run_dir"]) / "checkpoint.npz")
     check_precision(params, job["dtype"])
@@ -170,57 +170,21 @@ def measure_experiment(job: dict, params: dict, meta_step: int, cfg, data, fpt: 
         # an agent's box (an n-gram table in its code) start ahead too; last, so the worker meets
         # the unforeseen windows no sooner than the final model does
         out["init_bpb"] = init_score(worker, init, data, job, base)
-        setup = worker.setup_seconds  # (the curve's loads are no construction the base's is held to)
-        out["val_curve"] = val_curve(job, data, params, meta_step, lambda snapshot: remote_at(worker, snapshot, V))
-        worker.setup_seconds = setup
+        # the curve's passes timed against the base's as the scored ones are, and each of its loads held to a
+        # load of the base's: untimed, its code had a third of the deadline to spend on anything (another slot's cores)
+        loads = []
+        out["val_curve"] = val_curve(job, data, params, meta_step,
+                                     lambda snapshot: loads.append(snapshot) or remote_at(worker, snapshot, V, base))
     probe_causality(job, params, model.kept, V)
     ratio = base.time_ratio(fpt)
-    check_unpaid_time(worker, base, base_replay, fpt)
+    check_unpaid_time(worker, base, base_replay + len(loads) * (base.load_seconds or 0.0), fpt)
     from org.kernelcache import same_kernels  # (else each of its runs compiled them: CPU time on its clock)
     return {**out, "forward": "experiment", "causal": True, "forward_time_ratio": ratio,
             "own_kernels": not same_kernels(Path(job["base_code"]), Path(job["workers"]["a"]["code"]))}
 
 
 # ----------------------------------------------------------------------------------------
-# the checkpoint and the config
-
-
-def read_checkpoint(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> tuple[dict, dict]:
-    """{name: array} and meta from the trainer's checkpoint.npz, read without pickles, and only
-    once what it unpacks to is bounded: this process has no box, and a few MB of zeros deflated
-    unpack to gigabytes."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            unpacked = sum(member.file_size for member in archive.infolist())  # (zipfile reads no more)
-        if unpacked > min(max_bytes, UNPACK_RATIO * max(path.stat().st_size, 1 << 20)):
-            raise Invalid(f"checkpoint.npz unpacks to {unpacked >> 20} MB from {path.stat().st_size >> 20} MB; "
-                          f"a checkpoint unpacks to {UNPACK_RATIO}x its size at most")
-        with np.load(path, allow_pickle=False) as z:
-            params = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
-            meta = json.loads(z["meta"].tobytes())
-    except FileNotFoundError:
-        raise Invalid("no checkpoint.npz in the run directory: nothing to evaluate") from None
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, MemoryError) as e:
-        raise Invalid(f"checkpoint.npz cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
-    if not params:
-        raise Invalid("checkpoint.npz holds no parameters")
-    for name, a in params.items():
-        if a.dtype.kind != "f":
-            raise Invalid(f"checkpoint tensor {name} is {a.dtype}, not floating point")
-        if not np.isfinite(a).all():
-            raise Invalid(f"checkpoint tensor {name} holds non-finite values")
-    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
-        raise Invalid("checkpoint.npz has no integer step in its meta")
-    return params, meta
-
-
-def check_precision(params: dict, dtype: str):
-    """Every tensor in the program's precision (train.dtype): float64 weights that a float32
-    program's model reads carry 29 bits a weight its forward pass can decode and no count of
-    parameters charges (a table of n-grams of the whole train split, counted outside the FLOPs)."""
-    wrong = next((name for name, a in params.items() if a.dtype != np.dtype(dtype)), None)
-    if wrong:
-        raise Invalid(f"checkpoint tensor {wrong} is {params[wrong].dtype}, not the program's {dtype}")
+# the config
 
 
 def base_config(job: dict, vocab_size: int):
@@ -266,17 +230,18 @@ def base_model(cfg, job: dict, params: dict):
     return model
 
 
-def check_unpaid_time(worker: Worker, base: Yardstick, base_replay: float, fpt: float):
+def check_unpaid_time(worker: Worker, base: Yardstick, base_other: float, fpt: float):
     """Compute in the experiment's worker that no budget paid for and no time ratio shows: a
     model that builds a table from what text its box still reads (org/sourceless.py hides the
     most of it) as its checkpoint is loaded, or in its first scored forward pass (the ratio is a
     trimmed mean: the slowest tenth of the batches is left out of it, as a stall). Its calls but
     forward passes (construction, replayed steps, loads) may take SETUP_FACTOR times what the
-    base's take (its worker's construction, its replay here), its scored forward passes
+    base's take (its worker's construction; `base_other`: its replay here, a base load for each
+    snapshot the curve loaded), its scored forward passes (the curve's too)
     together SCORED_FACTOR times the base's per FLOP, and the two SETUP_GRACE seconds more."""
     if base.prepare_seconds is None:
         return
-    setup, base_setup = worker.setup_seconds, base.prepare_seconds + base_replay
+    setup, base_setup = worker.setup_seconds, base.prepare_seconds + base_other
     scored, base_scored = (sum(pair) for pair in zip(*base.times)) if base.times else (0.0, 0.0)
     per_flop = fpt / base.fpt
     over = [max(0.0, setup - SETUP_FACTOR * base_setup), max(0.0, scored - SCORED_FACTOR * base_scored * per_flop)]
@@ -362,18 +327,23 @@ def val_curve(job: dict, data, final: dict, final_step: int, model_at) -> tuple 
     """(step, val_bpb) of each parameter snapshot the run kept, every `snapshot_every` steps before
     `final_step`, scored as its checkpoint is: a lab's trainer evaluates nothing (slots.train_command).
     For the plots alone: a snapshot missing, unreadable or larger than the final parameters is
-    left out; one that cannot be scored ends the curve, as does half the evaluator's deadline.
-    None where the base's trainer predates snapshots (snapshot_every None) and evaluated itself."""
+    left out; one that cannot be scored ends the curve, as does a third of the evaluator's deadline
+    (a pass that would end past it is not begun: a code arm's causality probe comes after it, and a
+    curve must not make a run's measurement late). None where the base's trainer predates
+    snapshots (snapshot_every None) and evaluated itself; () where bits a byte cannot be told."""
     from trainer.eval import evaluate
     every, points, folder = job.get("snapshot_every"), [], Path(job["run_dir"]) / "snapshots"
     if every is None:
         return None
     shapes, size = {n: a.shape for n, a in final.items()}, sum(a.nbytes for a in final.values()) + (1 << 20)
-    names = set(os.listdir(folder)) if every and folder.is_dir() else set()
-    kept = [step for step in range(every, final_step, every or 1) if f"step-{step:08d}.npz" in names]
-    for step in kept[:MAX_CURVE_POINTS]:  # (as trainer/checkpoint.py's save_snapshot names them)
-        if time.monotonic() > job.get("curve_until", math.inf):
+    names = os.listdir(folder) if every and data.token_bytes is not None and folder.is_dir() else []
+    named = (SNAPSHOT_NAME.fullmatch(name) for name in names)  # (as trainer/checkpoint.py's save_snapshot names them)
+    kept = sorted(step for step in (int(m[1]) for m in named if m) if 0 < step < final_step and step % every == 0)
+    took = 0.0  # the last pass's time
+    for step in kept[:MAX_CURVE_POINTS]:
+        if time.monotonic() + took > job.get("curve_until", math.inf):
             break
+        t0 = time.monotonic()
         try:
             params, meta = read_checkpoint(folder / f"step-{step:08d}.npz", max_bytes=size)
             check_precision(params, job["dtype"])
@@ -388,11 +358,12 @@ def val_curve(job: dict, data, final: dict, final_step: int, model_at) -> tuple 
             break
         if math.isfinite(ev["val_bpb"]):  # (at the report's digits; no agent's tool shows the curve)
             points.append((step, round(ev["val_bpb"], 4)))
+        took = time.monotonic() - t0
     return tuple(points)
 
 
-def remote_at(worker: Worker, params: dict, vocab_size: int) -> RemoteModel:  # untimed, keeps nothing
-    return worker.load(params) or RemoteModel(worker, vocab_size)
+def remote_at(worker: Worker, params: dict, vocab_size: int, base: Yardstick) -> RemoteModel:  # keeps nothing
+    return worker.load(params) or RemoteModel(worker, vocab_size, base)
 
 
 def unforeseen_windows(tokens: np.ndarray, n_tokens: int, seq_len: int, seed: int | None) -> np.ndarray:

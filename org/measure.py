@@ -60,7 +60,7 @@ class MeasureError(OrgError):
 def job_for(program, run: dict, run_dir: Path, base_code: Path, workers: dict | None,
             harness_cache: Path | None = None, data_dir: Path | None = None) -> dict:
     """What the evaluator needs: everything from the program and the ledger, nothing from the run's
-    files but its checkpoint. `workers` for a code arm, whose forward pass runs in the experiment's
+    files but its checkpoint and its snapshots (the curve). `workers` for a code arm, whose forward pass runs in the experiment's
     snapshot: {"a": worker_command(...), "b": ...}, the first worker and the fresh one that checks
     it; None for a config arm. With the lab's `harness_cache`, the lab's own split (its key) and
     `data_dir`, what the program's runs read (runs_data: the experiment's model is built on that,

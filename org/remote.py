@@ -193,7 +193,7 @@ class Yardstick:
     def __init__(self, job: dict, cfg, vocab_size: int):
         from trainer.config import KEYS
         from trainer.model import param_shapes
-        self.worker, self.V, self.failed, self.prepare_seconds = None, vocab_size, None, None
+        self.worker, self.V, self.failed, self.prepare_seconds, self.load_seconds = None, vocab_size, None, None, None
         self.times: list[tuple[float, float]] = []  # per scored batch: (the experiment's seconds, the base's)
         if cfg is None or "base" not in job["workers"]:
             return
@@ -202,8 +202,11 @@ class Yardstick:
         base_job = {**job, "overrides": {k: v for k, v in job["overrides"].items() if k in KEYS or k == "depth"},
                     "max_param_bytes": 8 * sum(int(np.prod(s)) for s in shapes.values()) + (1 << 20)}
         self.worker = Worker(base_job, "base")
-        if self.call(lambda: self.worker.prepare(base_job, vocab_size)):
+        made = {}
+        if self.call(lambda: made.update(self.worker.prepare(base_job, vocab_size))):
             self.prepare_seconds = self.worker.setup_seconds
+        if made and self.call(lambda: self.worker.load(made)):  # what a load of the experiment's is held to
+            self.load_seconds = self.worker.setup_seconds - self.prepare_seconds
 
     def __enter__(self):
         return self

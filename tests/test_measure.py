@@ -666,6 +666,36 @@ def test_work_on_a_few_scored_batches_is_held_to_the_base_too(lab):
     assert "compute at measurement that no budget paid for" in out["invalid"]
 
 
+CURVE_LOADS = "    def load_numpy(self, state: dict):\n"  # the worker's 4th load on: the curve's snapshots
+
+
+@pytest.mark.parametrize("where, said", [
+    ("load", "its model's construction, checkpoint loads and replayed steps took longer"),
+    ("forward", "its model's scored forward passes (per FLOP) took longer")])
+def test_work_while_the_harness_scores_the_snapshots_is_held_to_the_base_too(lab, where, said):
+    """The attack (a hunt's): the learning curve's loads and forward passes were no clock's, a third of
+    the measurement's deadline its code could spend on anything, another slot's cores' memory among
+    it (the runs training there lost 35-40% of their steps). Its loads, after the replay's, the
+    checkpoint's and the init's, are the curve's: there it works, 14 s a load or 12 s a pass (a sleep)."""
+    slow = ("        import time; _LOADS[0] += 1\n        if _LOADS[0] > 3: time.sleep(14)\n" if where == "load" else
+            "        _LOADS[0] += 1\n")
+    edit = (lambda t: t.replace(CURVE_LOADS, CURVE_LOADS + slow)) if where == "load" else (lambda t: t.replace(
+        CURVE_LOADS, CURVE_LOADS + slow).replace(FORWARD, FORWARD.replace(
+            "return logits", "if _LOADS[0] > 3 and _LOADS[0] not in _SLOW:\n                _SLOW.add(_LOADS[0])\n"
+                             "                import time; time.sleep(12)\n            return logits")))
+    code = experiment(lab, f"works-on-the-curve-at-{where}", lambda t: edit(t) + "\n_LOADS, _SLOW = [0], set()\n")
+    run_dir = copy_run(lab, f"curve-{where}")
+    with np.load(run_dir / "checkpoint.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    (run_dir / "snapshots").mkdir()
+    for step in (1, 2, 3, 4):
+        np.savez(run_dir / "snapshots" / f"step-{step:08d}.npz", **{**arrays, "meta": np.frombuffer(
+            json.dumps({"step": step}).encode(), dtype=np.uint8)})
+    out = measure(lab, timeout=300, run_dir=run_dir, snapshot_every=1, code=code)
+    assert out.get("invalid", "").startswith(said), out
+    assert "compute at measurement that no budget paid for" in out["invalid"]
+
+
 def test_a_code_arm_whose_override_the_base_rejects_is_invalid_not_measured_unchecked(lab):
     """The attack: a code arm widens a key the base knows (muon_ns_steps up to 9) and sets it. The
     base cannot build that config, so there would be no base model to time its forward pass
