@@ -38,7 +38,7 @@ def read_checkpoint(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> tuple[
     except FileNotFoundError:
         raise Invalid("no checkpoint.npz in the run directory: nothing to evaluate") from None
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, MemoryError, zlib.error, EOFError,
-            NotImplementedError, RecursionError) as e:  # (a member deflated wrong, cut short, packed some other way; a meta nested deep)
+            NotImplementedError, RecursionError, OverflowError, TypeError) as e:  # (deflated wrong, cut short, packed otherwise; a meta nested deep, a shape past any size)
         raise Invalid(f"checkpoint.npz cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
     if not params:
         raise Invalid("checkpoint.npz holds no parameters")

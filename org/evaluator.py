@@ -73,7 +73,7 @@ REPLAY_STEPS = 2
 # construction or first use (7-14 s on 2 cores; 5 s made it invalid in CI)
 SETUP_FACTOR, SCORED_FACTOR, SETUP_GRACE = 3, 2.5, 30.0
 MAX_CURVE_POINTS = 1000  # snapshots scored for a run's learning curve at most
-SNAPSHOT_NAME = re.compile(r"step-(\d{8,})\.npz")  # trainer/checkpoint.py's save_snapshot: step-%08d.npz
+SNAPSHOT_NAME = re.compile(r"step-([0-9]{8,})\.npz")  # trainer/checkpoint.py's save_snapshot: step-%08d.npz
 REPLAY_TOLERANCE = 1e-4  # relative: numerics that differ in rounding only are the same step
 SAME_DISTRIBUTION_P = 1e-4  # a redrawn tensor whose two-sample KS p-value falls below this is not a redraw
 
@@ -174,10 +174,10 @@ def measure_experiment(job: dict, params: dict, meta_step: int, cfg, data, fpt: 
         # load of the base's: untimed, its code had a third of the deadline to spend on anything (another slot's cores)
         loads = []
         out["val_curve"] = val_curve(job, data, params, meta_step,
-                                     lambda snapshot: loads.append(snapshot) or remote_at(worker, snapshot, V, base))
-    probe_causality(job, params, model.kept, V)
+                                     lambda snapshot: loads.append(base.load_allowance(snapshot)) or remote_at(worker, snapshot, V, base))
+    prober = probe_causality(job, params, model.kept, V)
     ratio = base.time_ratio(fpt)
-    check_unpaid_time(worker, base, base_replay + len(loads) * (base.load_seconds or 0.0), fpt)
+    check_unpaid_time(worker, base, base_replay + sum(loads), fpt, prober)
     from org.kernelcache import same_kernels  # (else each of its runs compiled them: CPU time on its clock)
     return {**out, "forward": "experiment", "causal": True, "forward_time_ratio": ratio,
             "own_kernels": not same_kernels(Path(job["base_code"]), Path(job["workers"]["a"]["code"]))}
@@ -230,19 +230,26 @@ def base_model(cfg, job: dict, params: dict):
     return model
 
 
-def check_unpaid_time(worker: Worker, base: Yardstick, base_other: float, fpt: float):
+def check_unpaid_time(worker: Worker, base: Yardstick, base_other: float, fpt: float, prober: Worker | None = None):
     """Compute in the experiment's worker that no budget paid for and no time ratio shows: a
     model that builds a table from what text its box still reads (org/sourceless.py hides the
     most of it) as its checkpoint is loaded, or in its first scored forward pass (the ratio is a
     trimmed mean: the slowest tenth of the batches is left out of it, as a stall). Its calls but
     forward passes (construction, replayed steps, loads) may take SETUP_FACTOR times what the
     base's take (its worker's construction; `base_other`: its replay here, a base load for each
-    snapshot the curve loaded), its scored forward passes (the curve's too)
+    snapshot the curve loaded; for the causality probe's worker `prober`, a construction and a
+    load), its forward passes (scored, the curve's, any that failed; the prober's, at a base batch
+    a call)
     together SCORED_FACTOR times the base's per FLOP, and the two SETUP_GRACE seconds more."""
     if base.prepare_seconds is None:
         return
     setup, base_setup = worker.setup_seconds, base.prepare_seconds + base_other
-    scored, base_scored = (sum(pair) for pair in zip(*base.times)) if base.times else (0.0, 0.0)
+    scored, pairs = worker.forward_seconds, base.times + base.curve_times
+    base_scored = sum(theirs for _, theirs in pairs)
+    if prober:  # (a worker its code can tell from the others: untimed, it had the rest of the deadline)
+        setup, base_setup = setup + prober.setup_seconds, base_setup + base.prepare_seconds + (base.load_seconds or 0.0)
+        scored += prober.forward_seconds
+        base_scored += prober.forwards * (base_scored / len(pairs) if pairs else 0.0)
     per_flop = fpt / base.fpt
     over = [max(0.0, setup - SETUP_FACTOR * base_setup), max(0.0, scored - SCORED_FACTOR * base_scored * per_flop)]
     if sum(over) <= SETUP_GRACE:
@@ -338,7 +345,8 @@ def val_curve(job: dict, data, final: dict, final_step: int, model_at) -> tuple 
     shapes, size = {n: a.shape for n, a in final.items()}, sum(a.nbytes for a in final.values()) + (1 << 20)
     names = os.listdir(folder) if every and data.token_bytes is not None and folder.is_dir() else []
     named = (SNAPSHOT_NAME.fullmatch(name) for name in names)  # (as trainer/checkpoint.py's save_snapshot names them)
-    kept = sorted(step for step in (int(m[1]) for m in named if m) if 0 < step < final_step and step % every == 0)
+    kept = sorted(step for step in (int(m[1]) for m in named if m and m[1] == f"{int(m[1]):08d}")  # (one name a step)
+                  if 0 < step < final_step and step % every == 0)
     took = 0.0  # the last pass's time
     for step in kept[:MAX_CURVE_POINTS]:
         if time.monotonic() + took > job.get("curve_until", math.inf):
@@ -363,7 +371,7 @@ def val_curve(job: dict, data, final: dict, final_step: int, model_at) -> tuple 
 
 
 def remote_at(worker: Worker, params: dict, vocab_size: int, base: Yardstick) -> RemoteModel:  # keeps nothing
-    return worker.load(params) or RemoteModel(worker, vocab_size, base)
+    return worker.load(params) or RemoteModel(worker, vocab_size, base, curve=True)
 
 
 def unforeseen_windows(tokens: np.ndarray, n_tokens: int, seq_len: int, seed: int | None) -> np.ndarray:
@@ -449,7 +457,7 @@ def unigram_bpb(data, n_tokens: int, seq_len: int) -> float | None:
 # the experiment's model, in a worker process
 
 
-def probe_causality(job: dict, params: dict, kept: list, vocab_size: int):
+def probe_causality(job: dict, params: dict, kept: list, vocab_size: int) -> Worker:
     """In a fresh worker (no state carried over from the scoring one), run each kept batch again
     PROBE_FORWARDS times, each row with the tokens after a position t of its own changed: its
     log-probabilities at positions <= t must be the scoring pass's; then every row must score
@@ -464,7 +472,7 @@ def probe_causality(job: dict, params: dict, kept: list, vocab_size: int):
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
     T = max(job["seq_len"], 2)  # t in 0..T-2 (for T = 1, t = 0: nothing after it to change)
     deck = chain.from_iterable(rng.permutation(T - 1) for _ in count())  # each t once before any twice
-    with Worker(job, "b") as worker:  # b: fresh, so nothing it answers was seen by a
+    with Worker(job, "b") as worker:  # b: fresh, so nothing it answers was seen by a (its times: check_unpaid_time)
         worker.prepare(job, vocab_size)
         worker.load(params)
         for pass_name, x, logits in kept:
@@ -480,6 +488,7 @@ def probe_causality(job: dict, params: dict, kept: list, vocab_size: int):
                 if moved(worker.forward(x[r:r + 1], vocab_size)[0], logits[r]):
                     raise Invalid(f"the experiment's forward pass is not row-independent: a window of the {pass_name} "
                                   f"text scores differently alone than in its batch (or differently in a fresh process)")
+    return worker  # (its times, for check_unpaid_time)
 
 
 def changed_after(x: np.ndarray, ts: np.ndarray, rng, vocab_size: int) -> np.ndarray:

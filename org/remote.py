@@ -49,6 +49,7 @@ class Worker:
         box = Sandbox.from_spec(w["box"]) if w.get("box") else None
         self.groups = box_cgroups(box.limits) if box else []  # (everything it starts is in them)
         self.freezer, self.setup_seconds, self.call_seconds = freezer_group(self.groups), 0.0, 0.0
+        self.forward_seconds, self.forwards = 0.0, 0  # every forward pass's, one that failed too
         self.hold(True)  # (its shell joins the group before it becomes bwrap: frozen there)
         argv = box.command(w["argv"], cwd=w["code"], env=w["env"], groups=self.groups) if box else w["argv"]
         dies = dies_with(os.getpid())
@@ -91,7 +92,11 @@ class Worker:
             raise Invalid(f"{self.whose} model process broke off during {what} ({self.said(str(e)[:200])}): "
                           f"{why}") from None
         finally:
-            self.setup_seconds += (time.perf_counter() - t0) if what != "forward pass" else 0.0
+            took = time.perf_counter() - t0
+            if what == "forward pass":
+                self.forward_seconds, self.forwards = self.forward_seconds + took, self.forwards + 1
+            else:
+                self.setup_seconds += took
         if "error" in reply:
             raise Invalid(f"{self.whose} {what} failed: {self.said(str(reply['error'])[:300])}")
         names = reply.get("names", [])
@@ -148,8 +153,8 @@ class RemoteModel:
     a few batches of each pass, drawn at random, for the causality probe."""
     xp = np
 
-    def __init__(self, worker: Worker, vocab_size: int, yardstick: Yardstick | None = None):
-        self.worker, self.vocab_size, self.yardstick = worker, vocab_size, yardstick
+    def __init__(self, worker: Worker, vocab_size: int, yardstick: Yardstick | None = None, curve: bool = False):
+        self.worker, self.vocab_size, self.yardstick, self.curve = worker, vocab_size, yardstick, curve
         self.rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
         self.keep, self.calls, self.kept, self.pass_name = set(), 0, [], None
 
@@ -169,7 +174,7 @@ class RemoteModel:
             # process of its own could spin there meanwhile, lengthen the base's time, lower the ratio
             # (frozen already, where it has a freezer group; else stopped by signals)
             with contextlib.nullcontext() if self.worker.freezer else stopped(self.worker.groups):
-                self.yardstick.after(x, seconds)
+                self.yardstick.after(x, seconds, self.curve)
         if self.calls in self.keep:
             self.kept.append((self.pass_name, x, logits))
         self.calls += 1
@@ -195,6 +200,7 @@ class Yardstick:
         from trainer.model import param_shapes
         self.worker, self.V, self.failed, self.prepare_seconds, self.load_seconds = None, vocab_size, None, None, None
         self.times: list[tuple[float, float]] = []  # per scored batch: (the experiment's seconds, the base's)
+        self.curve_times: list[tuple[float, float]] = []  # the learning curve's: no part of R (64 of them drowned it)
         if cfg is None or "base" not in job["workers"]:
             return
         shapes = dict(param_shapes(cfg))
@@ -207,6 +213,7 @@ class Yardstick:
             self.prepare_seconds = self.worker.setup_seconds
         if made and self.call(lambda: self.worker.load(made)):  # what a load of the experiment's is held to
             self.load_seconds = self.worker.setup_seconds - self.prepare_seconds
+            self.load_bytes = sum(a.nbytes for a in made.values())
 
     def __enter__(self):
         return self
@@ -215,10 +222,16 @@ class Yardstick:
         if self.worker:
             self.worker.__exit__(*exc)
 
-    def after(self, x: np.ndarray, seconds: float):
-        """The experiment took `seconds` on x: time the base on it."""
+    def after(self, x: np.ndarray, seconds: float, curve: bool = False):
+        """The experiment took `seconds` on x (a batch of the learning curve's: `curve`): time the base on it."""
         if self.call(lambda: self.worker.forward(x, self.V)):
-            self.times.append((seconds, self.worker.call_seconds))
+            (self.curve_times if curve else self.times).append((seconds, self.worker.call_seconds))
+
+    def load_allowance(self, params: dict) -> float:
+        """A base load's time, for the experiment's load of `params` (at their bytes, where more)."""
+        if not self.load_seconds:
+            return 0.0
+        return self.load_seconds * max(1.0, sum(a.nbytes for a in params.values()) / self.load_bytes)
 
     def call(self, what) -> bool:
         if self.worker is None:

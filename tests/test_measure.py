@@ -617,7 +617,7 @@ def test_nothing_of_the_experiments_box_runs_while_the_base_is_timed_nor_between
     measured = {**job(lab, code=code), "max_param_bytes": 64 << 20}
 
     class Yardstick:  # the base's pass, timed: here, the CPU the experiment's box uses meanwhile
-        def after(self, x, seconds):
+        def after(self, x, seconds, curve=False):
             before = box_cpu_seconds(worker.proc.pid)
             time.sleep(0.5)
             self.used = box_cpu_seconds(worker.proc.pid) - before
@@ -684,16 +684,66 @@ def test_work_while_the_harness_scores_the_snapshots_is_held_to_the_base_too(lab
             "return logits", "if _LOADS[0] > 3 and _LOADS[0] not in _SLOW:\n                _SLOW.add(_LOADS[0])\n"
                              "                import time; time.sleep(12)\n            return logits")))
     code = experiment(lab, f"works-on-the-curve-at-{where}", lambda t: edit(t) + "\n_LOADS, _SLOW = [0], set()\n")
-    run_dir = copy_run(lab, f"curve-{where}")
-    with np.load(run_dir / "checkpoint.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    (run_dir / "snapshots").mkdir()
-    for step in (1, 2, 3, 4):
-        np.savez(run_dir / "snapshots" / f"step-{step:08d}.npz", **{**arrays, "meta": np.frombuffer(
-            json.dumps({"step": step}).encode(), dtype=np.uint8)})
-    out = measure(lab, timeout=300, run_dir=run_dir, snapshot_every=1, code=code)
+    out = measure(lab, timeout=300, run_dir=snapshots_of_its_checkpoint(lab, f"curve-{where}", (1, 2, 3, 4)),
+                  snapshot_every=1, code=code)
     assert out.get("invalid", "").startswith(said), out
     assert "compute at measurement that no budget paid for" in out["invalid"]
+
+
+def snapshots_of_its_checkpoint(lab, name: str, steps, final_step: int | None = None) -> Path:
+    """A run directory with the lab's checkpoint (said to be of `final_step`, where given), and
+    snapshots at `steps` (each its parameters)."""
+    run_dir = copy_run(lab, name)
+    with np.load(run_dir / "checkpoint.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    if final_step:
+        meta = {**json.loads(arrays["meta"].tobytes()), "step": final_step}
+        np.savez(run_dir / "checkpoint.npz", **{**arrays, "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+    (run_dir / "snapshots").mkdir()
+    for step in steps:
+        np.savez(run_dir / "snapshots" / f"step-{step:08d}.npz", **{**arrays, "meta": np.frombuffer(
+            json.dumps({"step": step}).encode(), dtype=np.uint8)})
+    return run_dir
+
+
+def test_a_forward_pass_that_works_then_fails_on_the_curve_is_timed_too(lab):
+    """The attack (a review's): the curve ends at a pass that fails, and a failed call was no
+    clock's, neither a scored pass's nor setup: one pass that worked 40 s (a sleep) and then
+    raised was free, the run measured. Every forward call's time is the worker's now."""
+    fails = CURVE_LOADS + "        _LOADS[0] += 1\n"
+    code = experiment(lab, "fails-on-the-curve", lambda t: t.replace(CURVE_LOADS, fails).replace(FORWARD, FORWARD.replace(
+        "return logits", "if _LOADS[0] > 3:\n                import time; time.sleep(40); raise RuntimeError('spent')\n"
+                         "            return logits")) + "\n_LOADS = [0]\n")
+    out = measure(lab, timeout=300, run_dir=snapshots_of_its_checkpoint(lab, "curve-fails", (1, 2)), snapshot_every=1,
+                  code=code)
+    assert out.get("invalid", "").startswith("its model's scored forward passes (per FLOP) took longer"), out
+
+
+def test_the_causality_probes_worker_is_held_to_the_base_too(lab):
+    """The attack (a review's): the causality probe's worker, fresh, is one its code can tell from
+    the scoring one (its kernel cache's name ends in -b) and was timed by nothing but the deadline:
+    there it works, 40 s at its checkpoint's load (a sleep)."""
+    code = experiment(lab, "works-in-the-probe", lambda t: t.replace(CURVE_LOADS, CURVE_LOADS + (
+        "        import os, time\n        if os.environ.get('NUMBA_CACHE_DIR', '').endswith('-b'): time.sleep(40)\n")))
+    b = {**job(lab, code=code)["workers"]["b"]}
+    b["env"] = {**b["env"], "NUMBA_CACHE_DIR": str(lab["root"] / "kernels-b")}  # (as the runner names it)
+    out = measure_run({**job(lab, code=code), "workers": {**job(lab, code=code)["workers"], "b": b}},
+                      evaluator_env(lab["root"] / "harness-cache", {"OMP_NUM_THREADS": "1"}), 300)
+    assert out.get("invalid", "").startswith("its model's construction, checkpoint loads and replayed steps took longer"), out
+
+
+def test_the_curves_passes_do_not_water_down_the_scored_passes_time_ratio(lab):
+    """The attack (a review's): dynamic evaluation on the scored passes, an honest forward pass on
+    the learning curve's 40 snapshots: their batches, ten times the scored ones, were in the ratio,
+    whose trimmed mean then left the scored ones out (x1.0). The curve's are timed apart."""
+    adapts = CURVE_LOADS + "        _LOADS[0] += 1\n"
+    code = experiment(lab, "adapts-off-the-curve", lambda t: t.replace(CURVE_LOADS, adapts).replace(
+        FORWARD, DYNAMIC_EVALUATION.replace("for _ in range(3):", "for _ in range(3 if _LOADS[0] <= 3 else 0):"))
+        + "\n_LOADS = [0]\n")
+    run_dir = snapshots_of_its_checkpoint(lab, "curve-adapts", range(1, 41), final_step=41)
+    env = evaluator_env(lab["root"] / "harness-cache", {"OMP_NUM_THREADS": "1"})
+    m = measure_run({**job(lab, run_dir=run_dir, snapshot_every=1, code=code), "budget": 41}, env, 300)["measurement"]
+    assert len(m.val_curve) == 40 and m.forward_time_ratio > Tolerances().eval_compute, m.forward_time_ratio
 
 
 def test_a_code_arm_whose_override_the_base_rejects_is_invalid_not_measured_unchecked(lab):

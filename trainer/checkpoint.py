@@ -147,14 +147,19 @@ def thin_snapshots(folder, every: int) -> int:
     """The snapshots' interval from now on: while they hold more than SNAPSHOT_BYTES or number
     more than MOST_SNAPSHOTS, it doubles and every snapshot off it goes. A long run of a big
     model keeps a coarser curve, not a full disk (a box past its disk is killed: org/diskwatch.py)."""
-    kept = [p for p in folder.glob("step-*.npz") if p.stem[len("step-"):].isdigit() and int(p.stem[len("step-"):])] \
-        if folder.is_dir() else []  # (save_snapshot's names; a step 0 none would take)
+    kept = [p for p in folder.glob("step-*.npz") if snapshot_step(p)] if folder.is_dir() else []
     while kept and (len(kept) > MOST_SNAPSHOTS or sum(p.stat().st_size for p in kept) > SNAPSHOT_BYTES):
         every *= 2
-        for p in [p for p in kept if int(p.stem[len("step-"):]) % every]:
+        for p in [p for p in kept if snapshot_step(p) % every]:
             p.unlink()
             kept.remove(p)
     return every
+
+
+def snapshot_step(path) -> int:
+    """The step in save_snapshot's name of a file (step-%08d.npz); 0 for a name it never gives."""
+    digits = path.stem[len("step-"):]
+    return int(digits) if digits.isascii() and digits.isdigit() else 0
 
 
 def load_checkpoint(path) -> tuple[dict, dict, dict]:
