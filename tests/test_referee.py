@@ -496,7 +496,11 @@ def test_hidden_compute_within_the_walls_noise_shows_on_the_cpu_clock():
     honest = cpu(timed(variant(-0.02, git_commit="def456"), [4.0, 3.2, 3.6, 3.1, 4.2]), [3.05, 2.99, 3.03, 2.97, 3.02])
     assert "wall time" not in checks(superiority(base, honest))  # the same work: nothing to say, however the wall swung
     mixed = superiority(base, timed(variant(-0.02, git_commit="def456"), [3.3, 3.9, 3.1, 3.8, 3.4]))
-    assert "CPU time" not in str(checks(mixed).get("wall time"))  # (a run without it: the wall, for all)
+    assert "CPU time" not in str(checks(mixed).get("wall time"))  # (a variant's run without it: the wall)
+    lost = [dict(r, train_cpu_seconds=None) if r["seed"] == 0 else r for r in base]  # a baseline run's figure lost
+    judged = superiority(lost, hidden)  # its seed sits out: the CPU clock judges the other four
+    assert judged.verdict.startswith("invalid (confounded: CPU time +30% per FLOP by the runner's clock (median over 4 seeds"), \
+        judged.verdict
 
 
 def test_code_whose_training_step_is_the_bases_is_held_to_the_baselines_time():
