@@ -238,9 +238,10 @@ def check_unpaid_time(worker: Worker, base: Yardstick, base_other: float, fpt: f
     forward passes (construction, replayed steps, loads) may take SETUP_FACTOR times what the
     base's take (its worker's construction; `base_other`: its replay here, a base load for each
     snapshot the curve loaded; for the causality probe's worker `prober`, a construction and a
-    load), its forward passes (scored, the curve's, any that failed; the prober's, at a base batch
-    a call)
-    together SCORED_FACTOR times the base's per FLOP, and the two SETUP_GRACE seconds more."""
+    load), its forward passes together (scored, the curve's, any that failed; the prober's, at a
+    base batch a call) SCORED_FACTOR times the base's per FLOP, and the two SETUP_GRACE seconds
+    more. (A code arm with kernels of its own compiles them in both workers: 7-14 s each on 2
+    cores, inside the grace.)"""
     if base.prepare_seconds is None:
         return
     setup, base_setup = worker.setup_seconds, base.prepare_seconds + base_other
