@@ -37,8 +37,9 @@ def read_checkpoint(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> tuple[
             meta = json.loads(z["meta"].tobytes())
     except FileNotFoundError:
         raise Invalid("no checkpoint.npz in the run directory: nothing to evaluate") from None
+    # (deflated wrong, cut short, packed otherwise; a meta nested deep, a header's shape past any size)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, MemoryError, zlib.error, EOFError,
-            NotImplementedError, RecursionError, OverflowError, TypeError) as e:  # (deflated wrong, cut short, packed otherwise; a meta nested deep, a shape past any size)
+            NotImplementedError, RecursionError, OverflowError, TypeError) as e:
         raise Invalid(f"checkpoint.npz cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
     if not params:
         raise Invalid("checkpoint.npz holds no parameters")

@@ -374,7 +374,7 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
     # the clock that tells most; a baseline run without its figure (its box's group gone as it was read: a hunt
     # saw one) sits out with its seed, where it switched every comparison of the program to the wall's
     metered = lambda runs: [r for r in completed(runs) if r.train_cpu_seconds]  # noqa: E731
-    cpu = len(metered(var)) == len(completed(var)) and len({r.seed for r in metered(base)} & {r.seed for r in var}) >= 2
+    cpu = len(metered(var)) == len(completed(var)) and len({r.seed for r in metered(base)} & {r.seed for r in metered(var)}) >= 2
     clock, jitter = ("train_cpu_seconds", tol.cpu_jitter) if cpu else ("wall_seconds", tol.wall_jitter)
     said = "CPU time" if cpu else "wall time"
 

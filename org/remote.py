@@ -199,6 +199,7 @@ class Yardstick:
         from trainer.config import KEYS
         from trainer.model import param_shapes
         self.worker, self.V, self.failed, self.prepare_seconds, self.load_seconds = None, vocab_size, None, None, None
+        self.load_bytes = 0  # of the base's parameters, loaded once (load_allowance)
         self.times: list[tuple[float, float]] = []  # per scored batch: (the experiment's seconds, the base's)
         self.curve_times: list[tuple[float, float]] = []  # the learning curve's: no part of R (64 of them drowned it)
         if cfg is None or "base" not in job["workers"]:
