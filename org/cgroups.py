@@ -6,6 +6,7 @@ memory_limit() say which do, in words (`org launch` prints them).
 
     groups = box_cgroups(limits)      # made now: the box's shell joins each before it execs bwrap
     cpu_seconds(proc)                 # the CPU time of everything the box ran
+    drop(groups)                      # once the box has ended and they are read (sandbox.end_box)
 
 Each box gets a group of its own under nanolab/ in each hierarchy, with the limits set there, and
 starts in a child of it ("box"): its cgroup namespace is rooted at that child, so a box that
@@ -32,6 +33,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -39,7 +41,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from org import OrgError
+from org import OrgError, pid_alive
 
 if TYPE_CHECKING:
     from org.program import Program
@@ -107,6 +109,7 @@ def box_cgroups(limits: Limits) -> list[Path]:
         root = cgroup_root(controller)
         group = groups.get(root) or (box_group(root, limits) if root else None)
         if controller == "memory" and root and not (group and capped(group, box_memory(limits))):
+            unmake({*groups.values(), group} - {None})
             raise OrgError(f"no memory cgroup could be made and capped for a box under {root}: no box starts "
                            "without one (its share would be unbounded)")
         if group is None:
@@ -117,10 +120,18 @@ def box_cgroups(limits: Limits) -> list[Path]:
             inherit_cpuset(group)
             for name, value in settings.items():
                 (group / name).write_text(value)
-        except OSError:
-            continue  # e.g. cores this machine no longer has: that limit is not enforced
+        except OSError:  # e.g. cores this machine no longer has: that limit is not enforced
+            unmake({group} - set(groups.values()))
+            continue
         groups[root] = group
     return [inner for inner in map(inner_cgroup, groups.values()) if inner]
+
+
+def unmake(groups: set[Path]):
+    """Groups box_cgroups made for a box that will not start in them."""
+    for group in groups:
+        with contextlib.suppress(OSError):
+            group.rmdir()
 
 
 # --- memory: shared out between the org's slots and agents -------------------------------------
@@ -282,6 +293,8 @@ def cpu_seconds(proc: subprocess.Popen) -> float | None:
     (its cgroup's: v1 cpuacct.usage in ns, v2 cpu.stat's usage_usec); None where the box has no
     such group (cpu_meter() says why) or it is gone."""
     group = getattr(proc, "cpu_group", None)
+    if hasattr(proc, "cpu_at_end"):
+        return proc.cpu_at_end  # (its box has ended, its groups gone: read then, by end_box)
     if group is None:
         return None
     try:
@@ -437,10 +450,15 @@ def inner_cgroup(group: Path) -> Path | None:
     return inner
 
 
+BOX_GROUP = re.compile(r"box-(\d+)-(\d+)-[0-9a-f]{12}")  # box-<its maker's pid namespace>-<its maker's pid>-<random>
+ENDED: set[Path] = set()  # box groups this process dropped that were still busy (a process dying): swept later
+
+
 def new_cgroup(root: Path) -> Path | None:
-    """A new, empty cgroup under root. Empty ones of earlier boxes are removed on the way."""
+    """A new, empty cgroup under root, named by the process that makes it (the harness). Empty
+    ones of earlier boxes are removed on the way."""
     sweep(root, "box-*")
-    group = root / f"box-{uuid.uuid4().hex[:12]}"
+    group = root / f"box-{pid_namespace()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
         group.mkdir()
     except OSError:
@@ -450,15 +468,48 @@ def new_cgroup(root: Path) -> Path | None:
 
 def sweep(root: Path, pattern: str):
     """Remove the groups under root matching pattern that no box uses now, the deepest first (what
-    a box made, then "box", then its group; a pool, then its org's). A cgroup can be removed only
-    once empty, and one made in the last minute may be one a box is about to join: it stays."""
+    a box made, then "box", then its group; a pool, then its org's). A cgroup can be removed
+    only once empty, and only where removable."""
     for old in root.glob(pattern):
         try:
-            for group in [*sorted((p for p in old.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)), old]:
-                if time.time() - group.stat().st_mtime > 60:
+            for group in deepest_first(old):
+                if removable(group):
                     group.rmdir()
+                    ENDED.discard(group)
         except OSError:
             pass  # still in use
+
+
+def removable(group: Path) -> bool:
+    """A box's group is its maker's while the maker lives: it drops the group once it has read
+    the CPU time and OOM kills there (a sweep took one first, and a run was recorded without its
+    CPU time). A dead maker's goes at once; any other (a pool, an older nanolab's, one whose maker
+    is in another pid namespace) once a minute old: it may be one a box is about to join."""
+    box = next((m for part in group.parts if (m := BOX_GROUP.fullmatch(part))), None)
+    if box and int(box[1]) == pid_namespace():
+        return not pid_alive(int(box[2])) or not ENDED.isdisjoint((group, *group.parents))
+    return time.time() - group.stat().st_mtime > 60
+
+
+def drop(groups: list[Path]):
+    """Remove a box's groups (box_cgroups's, each in the group that holds its limits) once the box
+    has ended and what they hold is read. One still busy is left to this process's next sweep."""
+    for box in {inner.parent for inner in groups if BOX_GROUP.fullmatch(inner.parent.name)}:
+        ENDED.add(box)
+        with contextlib.suppress(OSError):
+            for group in deepest_first(box):
+                group.rmdir()
+            ENDED.discard(box)
+
+
+def deepest_first(group: Path) -> list[Path]:
+    return [*sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)), group]
+
+
+@functools.cache
+def pid_namespace() -> int:
+    """Ours, by its inode: a pid is a process only in its own namespace."""
+    return os.stat("/proc/self/ns/pid").st_ino
 
 
 def process_limit() -> str:

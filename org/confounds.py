@@ -371,8 +371,8 @@ def check_wall_time(base, var, tol, base_all) -> list[Finding]:
       with the model: +21% for depth 4 against depth 2 at a 30 s budget (measured);
     - |D| beyond tol.wall_time (+16%) by more than its margin: a warning."""
     kind = budget_kind(base + var)
-    # the clock that tells most; a baseline run without its figure (its box's group gone as it was read: a hunt
-    # saw one) sits out with its seed, where it switched every comparison of the program to the wall's
+    # the clock that tells most; a baseline run without its figure (a hunt saw one: its box's group swept before it
+    # was read, cgroups.sweep) sits out with its seed, where it switched every comparison of the program to the wall's
     metered = lambda runs: [r for r in completed(runs) if r.train_cpu_seconds]  # noqa: E731
     cpu = len(metered(var)) == len(completed(var)) and len({r.seed for r in metered(base)} & {r.seed for r in metered(var)}) >= 2
     clock, jitter = ("train_cpu_seconds", tol.cpu_jitter) if cpu else ("wall_seconds", tol.wall_jitter)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from org import OrgError, remove_tree
 from org.bytecode import source_only
-from org.cgroups import JOIN, box_cgroups, existing_pool, members, oom_kills, thaw_left
+from org.cgroups import JOIN, box_cgroups, drop, existing_pool, members, oom_kills, thaw_left
 from org.reaper import process_table, set_aside, with_descendants
 from org.remote import keep_tail, no_follow
 from org.ledger import FINISHED, budget_of
@@ -131,11 +131,14 @@ def measure_run(job: dict, env: dict, timeout: float, cores: list[int] | None = 
         except subprocess.TimeoutExpired:
             end_evaluator(proc.pid)
             proc.communicate()
+            drop(groups)
             return {"invalid": f"the measurement did not finish within {timeout:g}s "
                                "(the experiment's forward pass hung?)", "timed_out": True}
         finally:
             end_evaluator(proc.pid)  # a worker that outlived the evaluator goes with it
-    if proc.returncode and oom_kills(groups):
+    ran_out = proc.returncode and oom_kills(groups)
+    drop(groups)  # (read: a sweep leaves a live harness's groups to it)
+    if ran_out:
         return {"invalid": f"the measurement ran out of memory: its slot's share is {pools[-1][1] / 2**30:.1f} GB "
                            "(a checkpoint or forward pass that large cannot be measured here)"}
     try:

@@ -35,6 +35,7 @@ class Curve:
     """One run's metrics.jsonl as arrays of (flops, seconds, value)."""
     train: np.ndarray  # train_loss at logged steps
     evals: np.ndarray  # val_bpb at eval steps
+    harness: bool = False  # its evals are the harness's measurements (a run recorded before them: its trainer's)
 
 
 
@@ -124,7 +125,7 @@ def to_curve(records: list[dict], fpt: float | None, measured: list | None = Non
             f = r["tokens"] * fpt if fpt and finite(r.get("tokens")) else at(r["step"], flops)
             evals.append((f, at(r["step"], seconds), r["val_bpb"]))
     return Curve(np.array([(f, s, r["train_loss"]) for f, s, r in zip(flops, seconds, train)]).reshape(-1, 3),
-                 np.array(evals, dtype=float).reshape(-1, 3))
+                 np.array(evals, dtype=float).reshape(-1, 3), harness=measured is not None)
 
 
 def finite(x) -> bool:
@@ -182,7 +183,9 @@ def plot_curves(report, x: int):
         band(bottom, [ema(c.train[:, [x, 2]]) for c in curves.values()], color[arm], label)
     plot_paired(middle, report, by_arm, x, color)
     what = "FLOPs" if x == 0 else "training time"
-    top.set_title(f"{report.program}: val bits per byte (the harness's, on the lab's val) vs {what}\n"
+    whose = "the harness's" if all(c.harness for curves in by_arm.values() for c in curves.values()) else \
+        "the harness's, or older runs' trainers'"
+    top.set_title(f"{report.program}: val bits per byte ({whose}, on the lab's val) vs {what}\n"
                   "line: mean over seeds; band / bar: min-max over seeds (completed main runs)")
     top.set_ylabel("val_bpb (bits per byte)\nlower is better")
     middle.set_title("paired difference: variant − baseline on the same seed (below 0: the variant is better;\n"

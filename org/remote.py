@@ -21,7 +21,7 @@ import numpy as np
 from org.cgroups import box_cgroups, freeze, freezer_group, stopped
 from org.model_worker import receive, send
 from org.diskwatch import watch
-from org.sandbox import Sandbox, dies_with
+from org.sandbox import Sandbox, dies_with, end_box
 from org.recount import flops_per_token
 
 PROBE_BATCHES = 2        # batches of each scoring pass whose logits the fresh worker re-checks
@@ -73,6 +73,8 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.groups:
+            end_box(self.proc)  # (what its box left, and its groups: a sweep leaves a live harness's)
         with self.log:  # (no disk watch sees it: the box's bound on a file, WORKER_FILE_BYTES, holds it meanwhile)
             keep_tail(self.log, LOG_TAIL_BYTES)
 

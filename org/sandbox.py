@@ -81,7 +81,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from org import OrgError, empty_file, shown
-from org.cgroups import JOIN, box_cgroups, cgroup_root
+from org.cgroups import JOIN, box_cgroups, cgroup_root, cpu_seconds, drop, members
 from org.diskwatch import watch
 from org import hostfiles, python_text, sourceless
 from org.unseen import code_private, home_credentials, lab_private, other_labs, source_files
@@ -261,16 +261,23 @@ class Sandbox:
         time of everything the box has run so far."""
         read, write = os.pipe()
         alive, held = harness_alive()
-        groups = box_cgroups(self.limits)
-        wrapped = self.command(["bash", "-c", ALIVE_CHECK.format(fd=alive), "nanolab-box", *argv], cwd, env,
-                               info_fd=write, groups=groups)
 
         def before_exec():
             self.set_limits()
             if preexec_fn:
                 preexec_fn()
+        groups, wrapped = [], []
         try:
+            groups = box_cgroups(self.limits)
+            wrapped = self.command(["bash", "-c", ALIVE_CHECK.format(fd=alive), "nanolab-box", *argv], cwd, env,
+                                   info_fd=write, groups=groups)
             proc = subprocess.Popen(wrapped, pass_fds=(write, alive), preexec_fn=before_exec, **kwargs)
+        except BaseException:  # (no box: a link in a writable tree, say; its groups, device copies and pipes go now)
+            drop(groups)
+            hostfiles.forget(wrapped)
+            os.close(read)
+            os.close(held)
+            raise
         finally:
             os.close(write)
             os.close(alive)
@@ -325,18 +332,18 @@ def end_box(proc: subprocess.Popen, tries: int = 100):
     inner half running on: it finished the box and ran the command, a trainer that wrote its
     result after the runner had read the run as dead (CI saw one counted `completed`)."""
     hostfiles.forget(proc.args if isinstance(proc.args, list) else [])
-    group = next(iter(getattr(proc, "box_groups", None) or []), None)
-    for _ in range(tries if group else 0):
-        try:
-            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
-        except (OSError, ValueError):
-            return
+    groups = getattr(proc, "box_groups", None) or []
+    for _ in range(tries if groups else 0):
+        pids = members(groups[:1])  # (and those of any group it made below)
         if not pids:
-            return
+            break
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.01)
+    if groups:
+        proc.cpu_at_end = cpu_seconds(proc)  # (what its groups held, read before they go)
+        drop(groups)
 
 # The box's command starts here: when the process that started the box died while bwrap was still
 # making it (its mounts take a while), bwrap's own --die-with-parent was armed too late and the box

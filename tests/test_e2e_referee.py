@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from org.cli import main
+from org.plots import plot_curves, read_curves
 from org.report import build
 from test_org_runner import fix_lab_keys, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
@@ -72,5 +73,11 @@ def test_the_report_of_a_small_program(make_project, capsys):
         assert [step for step, _ in run["val_curve"]] == [10, 20, 30]
         assert list(report.curves[run["id"]].evals[:, 2]) == [bpb for _, bpb in run["val_curve"]] + [run["val_bpb"]]
         assert "val_bpb" not in (root / ".lab" / "tiny" / "runs" / str(run["id"]) / "metrics.jsonl").read_text()
+    title = lambda: plot_curves(report, x=0).axes[0].get_title()  # noqa: E731
+    assert "(the harness's, on the lab's val)" in title()
+    next(r for r in report.runs if r["id"] in report.curves)["val_curve"] = None  # recorded before the harness kept curves
+    report.curves.clear()
+    read_curves(report)
+    assert "(the harness's, or older runs' trainers', on the lab's val)" in title()
     assert report.noise.reruns >= 2 and report.comparisons["cap30"].n == 3
     assert report.comparisons["cap30"].family == 2  # Holm over both variants

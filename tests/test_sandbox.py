@@ -2,6 +2,7 @@
 trainer run of an agent's commit. Each attack below succeeded when commands and runs were plain
 processes of the harness's user; each is now refused by the box, and the harness's state is
 left as it was."""
+import contextlib
 import dataclasses
 import json
 import os
@@ -37,7 +38,7 @@ from org.streams import probe_seed
 from org.report import build, spend_section
 from org import bytecode, sandbox
 from org.diskwatch import usage
-from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_share, memory_limit, pids_root, process_limit
+from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_seconds, cpu_share, memory_limit, pid_namespace, pids_root, process_limit
 from org.program import Program
 from org.sandbox import Limits, Sandbox, available, end_box
 from org.unseen import known_lab, source_files
@@ -1277,6 +1278,50 @@ def test_an_agents_command_takes_no_time_from_a_run_on_its_core(two_agents, tmp_
 
 
 SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {seconds}: pass\n"
+
+
+@pytest.mark.skipif(cgroup_root("cpuacct") is None, reason=f"a cpu accounting cgroup: {cpu_meter()}")
+def test_a_boxs_cpu_time_is_read_whatever_box_is_made_as_it_ends(tmp_path):
+    """The lost CPU figure (a hunt's lab recorded a baseline run without its CPU time, and the
+    referee fell back on the wall clock): a box's cgroup a minute old, its processes ended, was
+    removed by the next box made anywhere on the machine (another slot's run, an agent's command)
+    before its runner had read what it held. Here the box's groups are aged, not waited for."""
+    proc = Sandbox(writable=[tmp_path]).popen(["python3", "-c", SPIN.format(seconds=0.5)], cwd=tmp_path,
+                                              env={"PATH": os.environ["PATH"]}, stdout=subprocess.DEVNULL)
+    assert proc.wait(60) == 0
+    long_ago = time.time() - 3600
+    for group in proc.box_groups:  # (a run of an hour: its groups were made then)
+        for made in (group, group.parent):
+            os.utime(made, (long_ago, long_ago))
+    in_box(Sandbox(writable=[tmp_path]), tmp_path, "true")  # another box, as the runner reads the first's
+    used = cpu_seconds(proc)
+    assert used is not None and 0.4 < used < 5, used
+    end_box(proc)
+    assert cpu_seconds(proc) == used  # (read as it ended: an agent's command is read after end_box)
+    assert not any(group.parent.exists() for group in proc.box_groups)  # gone with the box, not left to a sweep
+
+
+@pytest.mark.skipif(cgroup_root("cpuacct") is None, reason=f"a cpu accounting cgroup: {cpu_meter()}")
+def test_the_groups_a_killed_harness_left_go_with_the_next_box_made(tmp_path):
+    """A runner killed before its box ended dropped nothing: the next box made anywhere removes
+    its groups at once (their maker is gone); one of a maker in another pid namespace, whose pid
+    names no process here, only once it is a minute old."""
+    never = int(Path("/proc/sys/kernel/pid_max").read_text())  # (no process has this pid)
+    left = cgroup_root("cpuacct") / f"box-{pid_namespace()}-{never}-{uuid.uuid4().hex[:12]}"
+    elsewhere = cgroup_root("cpuacct") / f"box-1-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    try:
+        for group in (left, elsewhere):
+            (group / "box").mkdir(parents=True)
+        in_box(Sandbox(writable=[tmp_path]), tmp_path, "true")
+        assert not left.exists() and (elsewhere / "box").exists()
+        long_ago = time.time() - 3600
+        os.utime(elsewhere / "box", (long_ago, long_ago))
+        in_box(Sandbox(writable=[tmp_path]), tmp_path, "true")
+        assert not (elsewhere / "box").exists()
+    finally:
+        for group in (left / "box", left, elsewhere / "box", elsewhere):
+            with contextlib.suppress(OSError):
+                group.rmdir()
 
 
 @pytest.mark.skipif(cgroup_root("cpuacct") is None, reason=f"a cpu accounting cgroup: {cpu_meter()}")

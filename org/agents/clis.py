@@ -44,7 +44,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from org import OrgError, hostfiles, remove_tree, user_cache
+from org import OrgError, remove_tree, user_cache
 from org.agents.control import Control
 from org.agents.roles import kickoff, system_prompt
 from org.agents.spend import Spend, cpu_exhausted
@@ -54,7 +54,7 @@ from org.diskwatch import free_bytes, gib
 from org.lab import Lab, agent_branch
 from org.ledger import Ledger, ledger_path
 from org.mail import Mail, a_turns_mail, format_mail
-from org.sandbox import AGENT_DISK_RESERVE
+from org.sandbox import AGENT_DISK_RESERVE, end_box
 
 HOOK_WAIT_SECONDS = 3000  # Claude Code's hook timeout is set above this
 METER_EVERY_SECONDS = 30  # how often a running CLI's box's CPU time goes on record
@@ -430,10 +430,10 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
                 return f"stopped: {stop}"
             time.sleep(0.5)
     finally:
-        spent = book()
+        if proc.poll() is not None:  # what its box left, its device files (org/hostfiles.py) and cgroups
+            end_box(proc)
+        spent = book()  # (what end_box read)
         take_in()
-        if proc.poll() is not None:  # its box's own device files (org/hostfiles.py)
-            hostfiles.forget(proc.args if isinstance(proc.args, list) else [])
     stop = control.stop_reason() or spent
     if stop or end_when_done or proc.returncode != 0:
         reason = f"stopped: {stop}" if stop else f"the CLI exited with status {proc.returncode}"
