@@ -82,12 +82,12 @@ def write_new(path: Path, data: bytes, mode: int):
     os.chmod(path, mode)  # the umask's bits back
 
 
-def write_atomically(path: Path, text: str):
-    """Write to a temporary name beside `path`, fsync, rename: all or nothing."""
+def write_atomically(path: Path, data: str | bytes):
+    """Write to a temporary name beside `path` (its own: two writers at once), fsync, rename: all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, path)

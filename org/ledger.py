@@ -313,6 +313,12 @@ class Ledger:
                 attempts=run["attempts"] + 1, started_at=now(), reason=None, kind=kind))
         return self.run(run["id"])
 
+    def adopt(self, run_id: int):
+        """A recovering runner takes up a run whose runner died after its trainer (to measure it): a
+        later recovery charges its runner's time from now, not from the trainer's end again."""
+        self._update("runs", run_id, dict(runner_host=socket.gethostname(), runner_pid=os.getpid(),
+                                          runner_started=process_identity(os.getpid()), adopted_at=now()))
+
     def mark_started(self, run_id: int, trainer_pid: int | None, command: list[str], run_dir: Path,
                      log_path: Path, node: str | None = None, machine: str | None = None, started_at: str | None = None):
         self._update("runs", run_id, dict(

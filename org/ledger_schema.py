@@ -6,7 +6,7 @@ still there, or was moved into the run's record (FIGURE_COLUMNS, schema 8).
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 
@@ -80,6 +80,7 @@ CREATE TABLE runs (
     measure_seconds    REAL,           -- runner time on it besides its trainer's: its commit checked and copied, its probe, its measurement
     created_at         TEXT NOT NULL,
     started_at         TEXT,           -- where its uncharged time began (claim, check, probe, trainer): recover charges from it
+    adopted_at         TEXT,           -- when a recovering runner took up its measurement (what a later recovery charges from)
     finished_at        TEXT
 );
 CREATE UNIQUE INDEX runs_once ON runs(experiment_id, purpose, seed, overrides) WHERE purpose NOT IN ('repeat', 'canary');
@@ -141,4 +142,5 @@ MIGRATIONS = {  # from version N to N + 1
     11: ["ALTER TABLE runs ADD COLUMN runner_started TEXT"],
     12: ["ALTER TABLE runs ADD COLUMN lost_seconds REAL"],
     13: ["ALTER TABLE llm_spend ADD COLUMN held INTEGER NOT NULL DEFAULT 0"],
+    14: ["ALTER TABLE runs ADD COLUMN adopted_at TEXT"],
 }

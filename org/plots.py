@@ -15,6 +15,7 @@ compute are drawn at equal x, never nudged apart.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from org import write_atomically
 from org.improve_story import progress
 from org.referee import verdict_kind
 
@@ -152,7 +154,9 @@ def plot_all(report, out_dir: Path) -> list[str]:
         if fig is None:
             (out_dir / name).unlink(missing_ok=True)  # no stale plot from an earlier report
             continue
-        fig.savefig(out_dir / name, dpi=110)
+        png = io.BytesIO()
+        fig.savefig(png, dpi=110, format="png")
+        write_atomically(out_dir / name, png.getvalue())  # (a reader, or a report written at once, sees a whole one)
         plt.close(fig)
         made.append(name)
     return made

@@ -40,6 +40,7 @@ from pathlib import Path
 from org.cgroups import thaw_left
 from org import pid_alive, process_identity
 
+KILL_GRACE_SECONDS = 10  # after SIGTERM the trainer finishes its step and writes result.json
 PULSE_SECONDS = 1.0  # how often a runner says it lives: a killed one's runs are charged to within this
 
 

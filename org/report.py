@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from org import OrgError, code_span, improve_story, one_line, shown
+from org import OrgError, code_span, improve_story, one_line, shown, write_atomically
 from org.improve_story import diff_summary
 from org.ledger import LedgerError, loads, shown_seed
 from org.ledger_read import read_tables
@@ -157,9 +157,7 @@ def write(report: Report, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     report.plots = plot_all(report, out_dir)
     readme = out_dir / "README.md"
-    tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(markdown(report))
-    tmp.replace(readme)  # a reader never sees half a report
+    write_atomically(readme, markdown(report))  # a reader never sees half a report (nor two writers one's)
     return readme
 
 

@@ -33,7 +33,6 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 
 from org import OrgError, python_text, remove_tree, shown, sourceless
@@ -44,21 +43,22 @@ from org.remote import last_line
 from org.kernelcache import copy_kernel_cache, warm as warm_kernels
 from org.lab import Lab, LabError, child_env
 from org.ledger import Ledger, budget_of, corrupt, lock_held, now
-from org.measure import (HARNESS_LOGS, MeasureError, check_result, cross_check, evaluator_env, job_for, leave_the_record,
+from org.measure import (MeasureError, check_result, cross_check, evaluator_env, job_for, leave_the_record,
                           measure_run, planted, put_aside, read_result, tidy_runs, worker_command)
 from org.experiments import budget_note, plan, plan_all, refusal, run_cost, runs_own_code, waiting_for_budget, waiting_for_pace
 from org.improve import sync_branch
 from org.probes import Probes
+from org.recovery import one_runner, recover, remeasure
 from org.program import Program
-from org.reaper import died_of, died_reason, last_change, last_pulse, pulsing, reap, sweep_pulses
-from org.sandbox import INSTALL_HINT, available, check, end_box, run_box, untrusted_env, worker_box
+from org.reaper import KILL_GRACE_SECONDS, died_of, died_reason, pulsing, reap
+from org.diskwatch import free_bytes, gib
+from org.sandbox import INSTALL_HINT, Limits, available, check, end_box, run_box, untrusted_env, worker_box
 from org.slots import Slot, make_slots, takes_snapshots, threads_env, train_command
 from org.streams import (base_pace, budget_kind, data_given, export_for_models, export_stream, models_data, overdrawn, reads_streams,
-                         run_stream, runs_data, split_key_file, stream_record, with_passes)
+                         runs_data, split_key_file, stream_record, with_passes)
 from trainer.record import Measurement, Result
 
 MAX_ATTEMPTS = 3        # a run of the base code whose trainer dies of a signal nobody here sent: tries
-KILL_GRACE_SECONDS = 10  # after SIGTERM the trainer finishes its step and writes result.json
 IDLE_POLL_SECONDS = 1.0
 STALE_CUT_SECONDS = 86400  # a run's data half cut (export_stream's .<id>-*) by a runner that died: gone after this
 
@@ -115,13 +115,13 @@ class Runner:
     def drain(self) -> dict:
         """Run until nothing is queued (or the compute budget is spent); returns run counts by
         status. Safe to call again after a crash: it recovers first."""
-        with pulsing(self.pulses):  # while its runs are claimed: a killed runner's are charged to its last pulse
-            return self._drain()
+        with one_runner(self.lab.state_dir(self.program.name)), pulsing(self.pulses):
+            return self._drain()  # (pulsing while its runs are claimed: a killed runner's are charged to its last pulse)
 
     def _drain(self) -> dict:
         with Ledger(self.ledger_path) as ledger:
-            self.recover(ledger)
-            self.remeasure(ledger)
+            recover(self, ledger)
+            remeasure(self, ledger)
             if not self.tidied:  # once a runner: `org serve` drains every second
                 tidy_runs(self.runs_dir, ledger.runs(self.program.name), self.say)
                 self.tidied = True
@@ -176,7 +176,7 @@ class Runner:
             raise OrgError(f"run {run['id']}: its data could not be cut from the runs' export ({e})") from None
         except ValueError as e:  # (the runs' export could not be made: prepare_data said why)
             why = f"its data could not be cut from the runs' export: {e}"
-            self._record(ledger, run, Result(status="error", reason=why), 0.0, None, slot)
+            self.record(ledger, run, Result(status="error", reason=why), 0.0, None, slot)
 
     def _probe(self, ledger: Ledger, run: dict, slot: Slot) -> float | None:
         """FLOPs a token of a code arm's model as its code builds it (org/probes.py): what its windows are
@@ -227,53 +227,10 @@ class Runner:
         for proc in list(self.children.values()):
             _kill_group(proc.pid, signal.SIGKILL)
 
-    # --- recovery --------------------------------------------------------------------------
+    # --- recovery (org/recovery.py) ---------------------------------------------------------
 
     def recover(self, ledger: Ledger, why: str = "died mid-run", just_now: bool = False):
-        """Runs whose runner died (or was stopped: `why`): keep a finished result, else set the
-        partial directory aside (never deleted) and put the run back in the queue, its attempt
-        charged to when it was last worked on (its runner's last pulse, or its last write where that
-        came later), or to now where the runner ended `just_now` (`org stop`)."""
-        for run in ledger.stale_runs(self.program.name):
-            run_dir = Path(run["run_dir"]) if run["run_dir"] else self.runs_dir / str(run["id"])
-            if run["job_id"] and self.jobs and self.jobs.status(run["job_id"]) in ("PENDING", "RUNNING"):
-                self.say(f"run {run['id']}: its job {run['job_id']} still runs on the cluster; adopted")
-                self.jobs.wait(run["job_id"], self.program.budget.run_timeout_seconds, KILL_GRACE_SECONDS, self.stopping)
-                ledger.set_job(run["id"], node=self.jobs.node(run["job_id"]), machine=self.jobs.machine(run["job_id"]))
-            if stuck := reap(run["trainer_pid"], run_dir):  # orphans of the run, gone before it is read
-                self.say(f"run {run['id']}: processes {sorted(stuck)} of its dead runner do not die; "
-                         "its directory is read all the same")
-            changed = last_change(run_dir, skip=HARNESS_LOGS) if run_dir.is_dir() and not run_dir.is_symlink() else None
-            left = planted(run_dir)  # before anything there is opened (and its times moved to now)
-            # (a start not on record, its runner stopped as it started it, says not which data it was given: run again)
-            result = Result(status="invalid", reason=left) if left else read_result(run_dir) if run["command"] else None
-            started = datetime.fromisoformat(run["started_at"]).timestamp()
-            lived = last_pulse(self.pulses, run["runner_pid"], run["runner_started"]) or 0.0
-            remove_tree(run_stream(self.harness_cache, self.program.name, run), ignore_errors=True)  # (its data)
-            if result is not None:
-                ended = time.time() if just_now else changed or time.time()  # (`org stop`: it ran until now)
-                if not just_now and changed and lived > changed:  # its runner lived on: measuring it, killed
-                    ledger.charge_measuring(run["id"], lived - changed)
-                self._record(ledger, run, result, ended - started, None, make_slots(self.program)[0])
-                self.say(f"recovered run {run['id']}: result.json was written before the runner died")
-                continue
-            put_aside(run_dir)
-            ledger.requeue(run["id"], f"runner pid {run['runner_pid']} {why}; re-queued",
-                           (time.time() if just_now else max(changed or started, lived)) - started)
-            self.say(f"re-queued run {run['id']} (its runner {why})")
-        sweep_pulses(self.pulses)
-
-    def remeasure(self, ledger: Ledger):
-        """Completed runs recorded without the harness's measurement (by an older nanolab) are
-        measured now from their checkpoints; one that cannot be measured becomes `invalid`."""
-        for run in ledger.runs(self.program.name, status="completed"):
-            if run["measurement"] is not None:
-                continue
-            result, t0 = run["result"] or Result(), time.monotonic()
-            status, reason, measurement = self._measure(ledger, run, result, make_slots(self.program)[0])
-            with ledger.tx():
-                ledger.finish(run["id"], status, reason, result, run["wall_seconds"], measurement, time.monotonic() - t0)
-            self.say(f"run {run['id']}: measured by the harness now (recorded before it measured runs): {status}")
+        recover(self, ledger, why, just_now)
 
     # --- claiming ------------------------------------------------------------------------
 
@@ -411,6 +368,12 @@ class Runner:
         result = Result(status="invalid", reason=left) if left else read_result(run_dir)
         died = None if killed_reason or result is not None else died
         attempts = ledger.run(run["id"])["attempts"]
+        free = free_bytes(run_dir) if result is None and not killed_reason else None
+        if free is not None and free < Limits().disk_reserve and attempts < MAX_ATTEMPTS:
+            put_aside(run_dir)  # the machine's disk is full, and no box filled it (its watch kills one): not the run's failure
+            ledger.requeue(run["id"], f"its trainer failed with {gib(free)} free on the disk; re-queued", wall)
+            raise OrgError(f"run {run['id']}: the disk under {run_dir.parent} is full ({gib(free)} free); "
+                           "the run went back to the queue: `org run` again once there is room")
         if self.jobs and returncode is None and not killed_reason and result is None and attempts < MAX_ATTEMPTS:
             put_aside(run_dir)  # the job ended, its command never did: its node went away
             ledger.requeue(run["id"], f"job {run['job_id']} ended with no exit status (its node lost?); re-queued", wall)
@@ -426,7 +389,7 @@ class Runner:
             said = sourceless.import_hint(said) if self.sandboxed and self.program.data.source == "pystdlib" else said
             result = Result(status="killed" if killed_reason else "error",
                             reason=killed_reason or (died_reason(died, attempts, own_code) if died else f"exit {returncode}: {said}"))
-        self._record(ledger, run, result, wall, killed_reason, slot, cpu)
+        self.record(ledger, run, result, wall, killed_reason, slot, cpu)
 
     def _run_here(self, ledger, run, cmd, env, code, run_dir, log_path, slot) -> tuple[int, str | None, float | None]:
         """The trainer as a child process of this one, in its box: (exit status, why killed, the
@@ -505,7 +468,7 @@ class Runner:
                        cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60, cores=slot.cores,
                        source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of))
 
-    def _record(self, ledger: Ledger, run: dict, result: Result, wall: float, killed_reason: str | None, slot: Slot,
+    def record(self, ledger: Ledger, run: dict, result: Result, wall: float, killed_reason: str | None, slot: Slot,
                 cpu: float | None = None):
         """Check the trainer's result, measure the run (outside any transaction: it takes seconds),
         then record both in one transaction and plan what its experiment needs next."""
@@ -518,7 +481,7 @@ class Runner:
         measurement, measure_seconds = None, None  # (its commit's check and its probe are on record already)
         if status == "completed":
             t0 = time.monotonic()
-            status, reason, measurement = self._measure(ledger, run, result, slot)
+            status, reason, measurement = self.measure(ledger, run, result, slot)
             measure_seconds = time.monotonic() - t0
         measurement = with_passes(self.harness_cache, self.program, run, measurement)  # (its stream's length goes)
         measurement = measurement and replace(measurement, train_cpu_seconds=cpu and round(cpu, 3))
@@ -535,13 +498,10 @@ class Runner:
         cost = f", measured in {measure_seconds:.1f}s" if measure_seconds else ""
         self.say(f"run {run['id']}: {status} {bpb} in {wall:.1f}s{cost}" + (f" ({reason})" if reason else ""))
 
-    def _measure(self, ledger: Ledger, run: dict, result: Result, slot: Slot) -> tuple[str, str | None, Measurement | None]:
+    def measure(self, ledger: Ledger, run: dict, result: Result, slot: Slot) -> tuple[str, str | None, Measurement | None]:
         """(status, reason, measurement) of a run the trainer says completed: the harness's own
         evaluation of its checkpoint, cross-checked with the trainer's figures."""
-        try:
-            outcome = self._evaluate(ledger, run, slot)
-        except MeasureError as e:
-            return "error", str(e), None
+        outcome = self._evaluate(ledger, run, slot)
         if "invalid" in outcome:
             return "invalid", f"harness measurement: {outcome['invalid']}", None
         measurement = outcome["measurement"]
@@ -554,7 +514,21 @@ class Runner:
     def _evaluate(self, ledger: Ledger, run: dict, slot: Slot, logs: Path | None = None, probe: bool = False,
                   timeout: float | None = None) -> dict:
         """The evaluator's outcome (measure.measure_run; with `probe`, evaluator.probe), its logs in the run's
-        directory or `logs`; its command names the run's, for a recovery's reaper. MeasureError: the harness's."""
+        directory or `logs`; its command names the run's, for a recovery's reaper. A failure of the harness's
+        own (MeasureError: an evaluator killed, a full disk) is no verdict on the run (recorded an error, it read
+        as its arm's code's): it is measured again; failing twice, the runner stops and leaves it to its recovery."""
+        try:
+            return self._evaluate_once(ledger, run, slot, logs, probe, timeout)
+        except MeasureError as e:
+            self.say(f"run {run['id']}: the harness's measurement failed ({e}); measuring it again")
+        try:
+            return self._evaluate_once(ledger, run, slot, logs, probe, timeout)
+        except MeasureError as e:
+            raise OrgError(f"run {run['id']}: the harness could not measure it ({e}), twice; the run stays claimed: "
+                           "`org run` again measures it") from None
+
+    def _evaluate_once(self, ledger: Ledger, run: dict, slot: Slot, logs: Path | None, probe: bool,
+                       timeout: float | None) -> dict:
         run_dir = Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"]))
         experiment = ledger.experiment(run["experiment_id"])
         base, commit = experiment["base_commit"], experiment["code_commit"]

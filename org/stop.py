@@ -73,10 +73,13 @@ def stop_now(launch: ProgramSite, timeout: float) -> list[str]:
     grid.kill()
     if launch.ledger_path.exists():  # runs a killed runner left 'running' go back to the queue now
         with contextlib.closing(Lab.open(launch.root)) as lab, Ledger(launch.ledger_path) as ledger:
-            Runner(lab, launch.program, launch.ledger_path, say=lambda text: None).recover(
-                ledger, why="was stopped by `org stop`" if stopping_it else "died before `org stop`",
-                just_now=stopping_it)  # (its runs ran until now; a trainer that wrote nothing till its end,
-            # charged to its last write, was charged nothing. One that died before ran until its last write)
+            try:
+                Runner(lab, launch.program, launch.ledger_path, say=lambda text: None).recover(
+                    ledger, why="was stopped by `org stop`" if stopping_it else "died before `org stop`",
+                    just_now=stopping_it)  # (its runs ran until now; a trainer that wrote nothing till its end,
+                # charged to its last write, was charged nothing. One that died before ran until its last write)
+            except OrgError as e:  # (a measurement the harness failed twice: the next launch recovers it)
+                lines.append(str(e))
     lines += remove_worktrees(launch)
     lines.insert(0, f"stopped {launch.name}" if was_running else f"{launch.name} was not running; cleaned up")
     if launch.ledger_path.exists():

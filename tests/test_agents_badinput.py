@@ -150,7 +150,7 @@ def test_text_no_file_or_inbox_can_hold_and_odd_paths_get_one_clear_line(lab, ca
     assert Mail(lab_dir(root, program)).inbox("chief") == []  # (nothing half-sent)
     started = time.monotonic()  # (a timeout of 0 was the default's 120 s)
     assert tool("run", {"command": "sleep 5", "timeout_seconds": 0})[0].startswith("killed after 1s (timeout)")
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < 30  # (not the default's 120 s: a loaded machine's box start-up aside)
     (tree / "big.txt").write_text("x" * (1 << 20))
     (tree / "bytes.bin").write_bytes(b"\xff\xfe" * 10)
     output, _ = tool("edit_file", {"path": "big.txt", "old_text": "x", "new_text": "y" * 100, "replace_all": True})

@@ -445,7 +445,7 @@ def test_a_stop_charges_the_runs_of_a_runner_that_died_before_it_only_until_they
         with Ledger(ledger_path) as ledger:
             return next((r for r in ledger.runs("tiny", status="running") if r["trainer_pid"]), None)
     run = eventually(in_flight, what="a run in flight")
-    time.sleep(1.0)  # (a second of training, its logs written)
+    time.sleep(2.0)  # (two seconds of training, its logs written: more than a pulse's charge can fall short by)
     (panes / "stop").write_text("")  # (its keeper restarts nothing, as after a stop)
     os.kill(read_state(panes / "_runner.json")["pid"], signal.SIGKILL)
     killed = time.time()
@@ -456,7 +456,8 @@ def test_a_stop_charges_the_runs_of_a_runner_that_died_before_it_only_until_they
         requeued = ledger.run(run["id"])
     ran = killed - datetime.fromisoformat(run["started_at"]).timestamp()  # (from its trainer's start)
     assert requeued["status"] == "queued" and "died before `org stop`" in requeued["reason"], requeued
-    assert 0.5 < requeued["lost_seconds"] <= ran + 0.5, (requeued, ran)  # not the 4 s it lay dead
+    # not the 4 s it lay dead (its trainer writes until the kill reaches it through bwrap: up to a second late)
+    assert 0.5 < requeued["lost_seconds"] <= ran + 1.0, (requeued, ran)
 
 
 def test_say_drops_a_message_from_you_into_an_inbox(org_project, capsys):

@@ -492,7 +492,7 @@ def test_a_trainer_of_the_programs_code_killed_by_a_signal_nobody_sent_is_tried_
     with ledger_of(root) as ledger:
         assert run["lost_seconds"] > 0
         assert ledger.compute_seconds("tiny") == pytest.approx(run["wall_seconds"] + run["lost_seconds"] + run["measure_seconds"])
-        assert 0 < run["measure_seconds"] < 1  # (its commit checked three times, the base's: quick)
+        assert 0 < run["measure_seconds"] < 5  # (its commit checked three times, the base's: quick, if git is slowed by a loaded machine)
         spent = ledger.compute_seconds("tiny")
     from org.report import budget_section  # and the report's total is the budget's (it left the lost attempts out)
     assert f"compute {spent:.0f} s of 600 s (runner wall time, as the budget counts it" in \
@@ -900,7 +900,8 @@ def test_a_models_probe_is_asked_once_however_many_slots_ask_and_a_cut_one_again
     """Probes.flops_per_token, as the runner's slots call it: slots asking for one key at once wait
     for the first one's answer (one probe, its time charged once); a probe cut at its time limit
     is not kept, one whose code failed is (its log's tail kept for the person), and a failure of
-    the harness is a ValueError, asked again. Nothing is held per key once it is answered."""
+    the harness (the runner's evaluator failed twice) goes up to stop the runner, its time charged
+    and nothing kept: asked again. Nothing is held per key once it is answered."""
     from org.probes import Probes
     said, asked, charged, answers = [], [], [], []
 
@@ -931,8 +932,8 @@ def test_a_models_probe_is_asked_once_however_many_slots_ask_and_a_cut_one_again
     assert asked[1:] == [4, 5, 6] and len(charged) == 4  # (cut: asked again; failed: kept)
     assert (tmp_path / "probes" / "6" / "measure.log").stat().st_size == measure.KEPT_LOG_BYTES
     assert "run 6: its model could not be built before it ran (the experiment's model construction failed" in said[-1]
-    with pytest.raises(ValueError, match=r"its model could not be probed \(the evaluator died\)"):
-        probes.flops_per_token(("harness",), 8, evaluate(measure.MeasureError("the evaluator died")), charged.append)
+    with pytest.raises(OrgError, match=r"the harness could not measure it"):
+        probes.flops_per_token(("harness",), 8, evaluate(OrgError("run 8: the harness could not measure it")), charged.append)
     assert ("harness",) not in probes.answers and len(charged) == 5 and not probes.asking
 
 
@@ -1014,12 +1015,14 @@ def test_a_run_stopped_before_its_trainer_is_charged_each_second_once(make_proje
     org_run = subprocess.Popen([sys.executable, "-c", "import sys; from org.cli import main; sys.exit(main(['run', 'tiny']))"],
                                cwd=root, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    probes, claimed = root / ".lab" / "tiny" / "probes", None
+    probes, claimed, unseen = root / ".lab" / "tiny" / "probes", None, time.time()
     try:
         with ledger_of(root) as ledger:
             while not (probes.is_dir() and any(probes.iterdir())) and org_run.poll() is None:
+                looked = time.time()
                 if claimed is None and ledger.runs("tiny", arm="slow-model", status="running"):
-                    claimed = time.time()  # (within a poll of its claim)
+                    claimed = unseen  # (before its claim: the last look that did not see it began then)
+                unseen = looked
                 time.sleep(0.02)
         assert claimed and probes.is_dir(), "the probe never started"
         time.sleep(2.0)  # (the probe in flight)
@@ -1062,7 +1065,9 @@ def test_a_run_whose_runner_was_killed_as_it_warmed_up_is_charged_until_the_runn
     with ledger_of(root) as ledger, contextlib.closing(Lab.open(root)) as lab:
         Runner(lab, load_program(root / "programs" / "tiny.yaml"), ledger.path, say=lambda text: None).recover(ledger)
         run = ledger.run(run["id"])
-    assert run["status"] == "queued" and 3.0 < run["lost_seconds"] < killed - datetime.fromisoformat(run["started_at"]).timestamp() + 0.5, run
+    # (charged to its runner's last pulse: up to a pulse, and a loaded machine's lateness, before the kill)
+    assert run["status"] == "queued" and 4.0 - PULSE_SECONDS - 0.5 < run["lost_seconds"] \
+        < killed - datetime.fromisoformat(run["started_at"]).timestamp() + 0.5, run
     assert not list((root / ".lab" / "tiny" / "runners").glob("*.alive")), "its pulse outlives the recovery"
 
 

@@ -36,7 +36,7 @@ from org.objects import agent_objects
 from org.ledger import Ledger
 from org.streams import probe_seed
 from org.report import build, spend_section
-from org import bytecode, sandbox
+from org import bytecode, hostfiles, sandbox
 from org.diskwatch import usage
 from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_seconds, cpu_share, memory_limit, pid_namespace, pids_root, process_limit
 from org.program import Program
@@ -1528,7 +1528,7 @@ def test_a_box_cannot_change_the_device_files_or_proc_files_others_see(tmp_path)
     same = ("chmod 666 /dev/null && echo chmod-null; touch -d @$(stat -c %Y /dev/zero) /dev/zero && echo times-zero; "
             "chmod 444 /proc/meminfo && echo chmod-proc; echo x > /dev/null && head -c 4 /dev/urandom | wc -c; "
             f"echo seen:$(ls {Path.home()}/.cache/nanolab/devices | wc -l); stat -c %U /dev/null")
-    ours = lambda: set((Path.home() / ".cache" / "nanolab" / "devices").glob(f"{os.getpid()}-*"))
+    ours = lambda: set(hostfiles.root().glob(f"{os.getpid()}-*"))  # noqa: E731
     before = ours()  # (this process's copies: a test on another worker makes boxes of its own meanwhile)
     _, out = in_box(Sandbox(writable=[tmp_path]), tmp_path, same)
     assert "chmod-null" not in out and "times-zero" not in out and "chmod-proc" not in out, out

@@ -1,0 +1,108 @@
+"""The harness's own failures are no verdict on a run, and one runner drains a program at a time
+(org/recovery.py, org/runner.py). Each test is a crash a red-team hunt made (2026-12-06): on the
+code before, every one of them was recorded against the run's arm, or counted twice."""
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from org.cli import main
+from test_org_runner import ledger_of, make_project, tiny_program  # noqa: F401 (a fixture)
+
+ORG_RUN = [sys.executable, "-c", "import sys; from org.cli import main; sys.exit(main(['run', 'tiny']))"]
+
+
+def one_seed(**budget) -> dict:
+    return tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0], **budget})
+
+
+def evaluators_below(pid: int) -> list[int]:
+    """The harness's evaluators among pid's descendants (`python -m org.evaluator --run <dir>`)."""
+    parent, argv = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            argv[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().split(b"\0")
+    below, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - below
+        below |= frontier
+    return [p for p in below if b"org.evaluator" in argv.get(p, []) and b"--run" in argv.get(p, [])]
+
+
+def test_an_evaluator_killed_mid_measurement_measures_the_run_again(make_project):
+    """The OOM killer (or anyone) SIGKILLs the harness's evaluator as it measures: the run was
+    recorded `error`, its checkpoint deleted, and a code arm's verdict read invalid for good
+    ('error in its own code, which could choose the seeds that count'). Now it is measured again."""
+    root = make_project(one_seed())
+    org_run = subprocess.Popen(ORG_RUN, cwd=root, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 90
+        while not (found := evaluators_below(org_run.pid)):
+            assert org_run.poll() is None and time.time() < deadline, "no evaluator seen"
+            time.sleep(0.02)
+        os.kill(found[0], signal.SIGKILL)
+        out, _ = org_run.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(org_run.pid, signal.SIGKILL)
+    assert org_run.returncode == 0, out
+    assert "the harness's measurement failed" in out and "measuring it again" in out, out
+    with ledger_of(root) as ledger:
+        run, = ledger.runs("tiny")
+    assert run["status"] == "completed" and run["measurement"] is not None, (run["status"], run["reason"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_under_a_runs_trainer_stops_the_runner_and_requeues_the_run(make_project, capsys):
+    """A disk the machine filled (no box: a box that fills it is killed by its disk watch) made the
+    trainer fail, and the run was recorded `error`, against its arm. Now the runner puts it back
+    and stops, in one line; `org run` once there is room runs it."""
+    root = make_project(one_seed())
+    runs = root / ".lab" / "tiny" / "runs"
+    assert main(["status", "tiny"]) == 0  # (the lab made, its runs' folder on the small disk)
+    runs.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(runs)], capture_output=True).returncode:
+        pytest.skip("no tmpfs can be mounted here")
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={runs / 'filler'}", "bs=64k"], capture_output=True)  # (to ENOSPC)
+        capsys.readouterr()
+        assert main(["run", "tiny"]) == 2
+        err = capsys.readouterr().err
+        assert "is full" in err and "the run went back to the queue" in err and "Traceback" not in err, err
+        with ledger_of(root) as ledger:
+            run, = ledger.runs("tiny")
+        assert run["status"] == "queued" and "free on the disk; re-queued" in run["attempt_log"], run
+    finally:
+        subprocess.run(["umount", str(runs)], check=True)
+    assert main(["run", "tiny"]) == 0  # room again
+    with ledger_of(root) as ledger:
+        run, = ledger.runs("tiny")
+    assert run["status"] == "completed", run["reason"]
+
+
+def test_a_second_runner_of_a_program_is_refused_in_one_line(make_project, capsys):
+    """Two runners started on a crashed lab both recovered a run, and both measured and recorded it
+    (its measuring time charged twice). One runner drains a program at a time."""
+    root = make_project(one_seed(per_run={"seconds": 20}, run_timeout_seconds=60))
+    org_run = subprocess.Popen(ORG_RUN, cwd=root, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        with ledger_of(root) as ledger:
+            deadline = time.time() + 60
+            while not ledger.runs("tiny", status="running"):
+                assert org_run.poll() is None and time.time() < deadline, "the first runner never claimed its run"
+                time.sleep(0.05)
+        capsys.readouterr()
+        assert main(["run", "tiny"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"another runner (pid {org_run.pid}) is running tiny's queue" in err, err
+    finally:
+        os.killpg(org_run.pid, signal.SIGKILL)
+        org_run.wait()
