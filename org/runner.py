@@ -271,6 +271,9 @@ class Runner:
 
     def _claim(self, ledger: Ledger, slot: Slot) -> dict | None:
         name = self.program.name
+        if (free := free_bytes(self.runs_dir)) < Limits().disk_reserve and ledger.runs(name, status="queued"):
+            raise OrgError(f"the disk under {self.runs_dir} has {gib(free)} free, within the {gib(Limits().disk_reserve)} no "
+                           "run's box may write into: no run starts (its trainer would fail); free some, then `org run`")
         spent, total = ledger.compute_seconds(name), ledger.budget(name)["total_compute_seconds"]
         streams = self.base_snapshot is None or reads_streams(self.base_snapshot)  # (no stream, no pace to wait for)
         waiting = [] if spent >= total else waiting_for_budget(ledger, self.program) + waiting_for_pace(ledger, self.program, slot.kind) * streams

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -62,18 +63,30 @@ def test_an_evaluator_killed_mid_measurement_measures_the_run_again(make_project
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_a_full_disk_under_a_runs_trainer_stops_the_runner_and_requeues_the_run(make_project, capsys):
     """A disk the machine filled (no box: a box that fills it is killed by its disk watch) made the
-    trainer fail, and the run was recorded `error`, against its arm. Now the runner puts it back
-    and stops, in one line; `org run` once there is room runs it."""
-    root = make_project(one_seed())
+    trainer fail, and the run was recorded `error`, against its arm. Now the runner starts no run on
+    a full disk, puts back one whose trainer failed as it filled, and stops, in one line; `org run`
+    once there is room runs it."""
+    root = make_project(one_seed(per_run={"steps": 1000}))  # (seconds of training: its disk fills as it trains)
     runs = root / ".lab" / "tiny" / "runs"
-    assert main(["status", "tiny"]) == 0  # (the lab made, its runs' folder on the small disk)
+    assert main(["status", "tiny"]) == 0  # (the lab made, its runs' folder on a disk just over the reserve)
     runs.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(runs)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1100m", "tmpfs", str(runs)], capture_output=True).returncode:
         pytest.skip("no tmpfs can be mounted here")
+    fill = ["dd", "if=/dev/zero", f"of={runs / 'filler'}", "bs=64k"]  # (to ENOSPC)
     try:
-        subprocess.run(["dd", "if=/dev/zero", f"of={runs / 'filler'}", "bs=64k"], capture_output=True)  # (to ENOSPC)
+        subprocess.run(fill, capture_output=True)
         capsys.readouterr()
         assert main(["run", "tiny"]) == 2
+        err = capsys.readouterr().err
+        assert "free, within the 1.0 GB no run's box may write into: no run starts" in err and "Traceback" not in err, err
+        with ledger_of(root) as ledger:
+            assert [(r["status"], r["attempts"]) for r in ledger.runs("tiny")] == [("queued", 0)]  # (none spent)
+        (runs / "filler").unlink()
+        filler = threading.Thread(target=lambda: (wait_for(lambda: any(p.is_dir() for p in runs.iterdir())),
+                                                  subprocess.run(fill, capture_output=True)))
+        filler.start()  # (full as its trainer starts)
+        assert main(["run", "tiny"]) == 2
+        filler.join()
         err = capsys.readouterr().err
         assert "is full" in err and "the run went back to the queue" in err and "Traceback" not in err, err
         with ledger_of(root) as ledger:
@@ -85,6 +98,13 @@ def test_a_full_disk_under_a_runs_trainer_stops_the_runner_and_requeues_the_run(
     with ledger_of(root) as ledger:
         run, = ledger.runs("tiny")
     assert run["status"] == "completed", run["reason"]
+
+
+def wait_for(condition, seconds: float = 60):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline
+        time.sleep(0.005)
 
 
 def test_a_second_runner_of_a_program_is_refused_in_one_line(make_project, capsys):
