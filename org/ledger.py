@@ -358,12 +358,15 @@ class Ledger:
         """Hand a run back to the queue (its runner died, or its trainer of a signal nobody here sent);
         attempt_log keeps the reason, lost_seconds the attempt's runner time (the budget pays for it)."""
         with self.tx():
-            self.db.execute("UPDATE runs SET attempt_log = coalesce(attempt_log, '') || ?, "
-                            "lost_seconds = coalesce(lost_seconds, 0) + ? WHERE id = ?",
-                            (storable(f"{now()} attempt {self.run(run_id)['attempts']}: {reason}\n"),
-                             max(lost_seconds, 0.0), run_id))
+            self.log_attempt(run_id, reason, lost_seconds)
             self._update("runs", run_id, dict(status="queued", reason=reason, slot=None, runner_pid=None,
                                               runner_started=None, trainer_pid=None))
+
+    def log_attempt(self, run_id: int, reason: str, lost_seconds: float = 0.0):
+        """A line in the run's attempt_log (what befell its attempt), and what the attempt cost beyond its record."""
+        self.db.execute("UPDATE runs SET attempt_log = coalesce(attempt_log, '') || ?, "
+                        "lost_seconds = coalesce(lost_seconds, 0) + ? WHERE id = ?",
+                        (storable(f"{now()} attempt {self.run(run_id)['attempts']}: {reason}\n"), max(lost_seconds, 0.0), run_id))
 
     def stale_runs(self, program: str) -> list[dict]:
         """Runs marked running on this host whose runner process is gone: no process has its pid, or

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from org import remove_tree
-from org.measure import KEPT_LOG_BYTES, keep_tail, no_follow
+from org.measure import KEPT_LOG_BYTES, MeasureError, keep_tail, no_follow
 
 PROBE_SECONDS = 60.0  # an honest probe: seconds (14 compiling kernels on 2 cores); one that hangs costs its run this, and its start
 
@@ -59,8 +59,10 @@ class Probes:
     def _ask(self, key: tuple, run_id: int, evaluate, charge) -> float | None:
         t0, logs = time.monotonic(), self.logs / str(run_id)
         logs.mkdir(parents=True, exist_ok=True)  # (the evaluator's logs overwrite an earlier probe's)
-        try:  # (OrgError: the harness failed, twice; the runner stops, and its recovery re-queues the run)
+        try:  # (OrgError: the harness failed twice; the runner stops, and its recovery re-queues the run)
             outcome = evaluate(logs, PROBE_SECONDS)
+        except MeasureError as e:  # (so again, after a runner stopped on it: an error, which stops no runner)
+            raise ValueError(f"its model could not be probed ({e})") from None
         finally:
             charge(time.monotonic() - t0)
         fpt = outcome.get("measurement") and outcome["measurement"].flops_per_token

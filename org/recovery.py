@@ -25,22 +25,41 @@ from org.streams import run_stream
 from trainer.record import Result
 
 
+HELD: set[Path] = set()  # the programs whose queue this process holds (`org serve` its own for good: its drains nest)
+
+
 @contextlib.contextmanager
-def one_runner(state_dir: Path):
+def one_runner(state_dir: Path, wait: float = 0.0):
     """Hold the program's queue for this process (an open file's lock: the kernel drops it with the
-    process, however it dies)."""
+    process, however it dies); OrgError where another holds it `wait` seconds on."""
+    if state_dir in HELD:
+        yield
+        return
     state_dir.mkdir(parents=True, exist_ok=True)
     with open(state_dir / "runner.lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            raise OrgError(f"another runner (pid {lock.read().strip() or '?'}) is running {state_dir.name}'s queue: "
-                           "one at a time (`org stop` ends a launched org's)") from None
+        deadline = time.monotonic() + wait
+        while not locked(lock):
+            if time.monotonic() > deadline:
+                lock.seek(0)
+                raise OrgError(f"another runner (pid {lock.read().strip() or '?'}) is running {state_dir.name}'s queue: "
+                               "one at a time (`org stop` ends a launched org's)")
+            time.sleep(0.1)
         lock.truncate(0)
         lock.write(str(os.getpid()))
         lock.flush()
-        yield
+        HELD.add(state_dir)
+        try:
+            yield
+        finally:
+            HELD.discard(state_dir)
+
+
+def locked(lock) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def recover(runner, ledger, why: str = "died mid-run", just_now: bool = False):
@@ -68,9 +87,10 @@ def recover(runner, ledger, why: str = "died mid-run", just_now: bool = False):
         remove_tree(run_stream(runner.harness_cache, program.name, run), ignore_errors=True)  # (its data)
         if result is not None:
             since = max(changed or 0.0, datetime.fromisoformat(run["adopted_at"]).timestamp() if run["adopted_at"] else 0.0)
-            if since and lived > since:  # its runner lived on: measuring it, killed (or stopped)
-                ledger.charge_measuring(run["id"], lived - since)
-            ledger.adopt(run["id"])  # (killed as it measures, this runner is charged from now)
+            with ledger.tx():  # (killed as it measures, this runner is charged from now: both, or neither)
+                if since and lived > since:  # its runner lived on: measuring it, killed (or stopped)
+                    ledger.charge_measuring(run["id"], lived - since)
+                ledger.adopt(run["id"])
             runner.record(ledger, run, result, (changed or time.time()) - started, None, make_slots(program)[0])
             runner.say(f"recovered run {run['id']}: result.json was written before the runner died")
             continue

@@ -51,7 +51,7 @@ from org.probes import Probes
 from org.recovery import one_runner, recover, remeasure
 from org.program import Program
 from org.reaper import KILL_GRACE_SECONDS, died_of, died_reason, pulsing, reap
-from org.diskwatch import free_bytes, gib
+from org.diskwatch import GROWTH_SLACK, free_bytes, gib, usage
 from org.sandbox import INSTALL_HINT, Limits, available, check, end_box, run_box, untrusted_env, worker_box
 from org.slots import Slot, make_slots, takes_snapshots, threads_env, train_command
 from org.streams import (base_pace, budget_kind, data_given, export_for_models, export_stream, models_data, overdrawn, reads_streams,
@@ -60,6 +60,7 @@ from trainer.record import Measurement, Result
 
 MAX_ATTEMPTS = 3        # a run of the base code whose trainer dies of a signal nobody here sent: tries
 IDLE_POLL_SECONDS = 1.0
+MEASURE_FAILED = "the harness could not measure it, twice"
 STALE_CUT_SECONDS = 86400  # a run's data half cut (export_stream's .<id>-*) by a runner that died: gone after this
 
 
@@ -372,8 +373,9 @@ class Runner:
         died = None if killed_reason or result is not None else died
         attempts = ledger.run(run["id"])["attempts"]
         free = free_bytes(run_dir) if result is None and not killed_reason else None
-        if free is not None and free < Limits().disk_reserve and attempts < MAX_ATTEMPTS:
-            put_aside(run_dir)  # the machine's disk is full, and no box filled it (its watch kills one): not the run's failure
+        if free is not None and free < Limits().disk_reserve and attempts < MAX_ATTEMPTS \
+                and usage([run_dir], lenient=True)[0] < GROWTH_SLACK:  # (one that filled it, between its watch's looks, failed)
+            put_aside(run_dir)  # the machine's disk is full, and the run did not fill it: not the run's failure
             ledger.requeue(run["id"], f"its trainer failed with {gib(free)} free on the disk; re-queued", wall)
             raise OrgError(f"run {run['id']}: the disk under {run_dir.parent} is full ({gib(free)} free); "
                            "the run went back to the queue: `org run` again once there is room")
@@ -504,7 +506,10 @@ class Runner:
     def measure(self, ledger: Ledger, run: dict, result: Result, slot: Slot) -> tuple[str, str | None, Measurement | None]:
         """(status, reason, measurement) of a run the trainer says completed: the harness's own
         evaluation of its checkpoint, cross-checked with the trainer's figures."""
-        outcome = self._evaluate(ledger, run, slot)
+        try:
+            outcome = self._evaluate(ledger, run, slot)
+        except MeasureError as e:  # (again, after a runner stopped on it: recorded, as no runner stops for good)
+            return "error", str(e), None
         if "invalid" in outcome:
             return "invalid", f"harness measurement: {outcome['invalid']}", None
         measurement = outcome["measurement"]
@@ -519,7 +524,8 @@ class Runner:
         """The evaluator's outcome (measure.measure_run; with `probe`, evaluator.probe), its logs in the run's
         directory or `logs`; its command names the run's, for a recovery's reaper. A failure of the harness's
         own (MeasureError: an evaluator killed, a full disk) is no verdict on the run (recorded an error, it read
-        as its arm's code's): it is measured again; failing twice, the runner stops and leaves it to its recovery."""
+        as its arm's code's): it is measured again; failing twice, the runner stops and leaves it to its recovery
+        (a person may free the disk). Failing so again, it is the MeasureError: no run stops the runner for good."""
         try:
             return self._evaluate_once(ledger, run, slot, logs, probe, timeout)
         except MeasureError as e:
@@ -527,8 +533,11 @@ class Runner:
         try:
             return self._evaluate_once(ledger, run, slot, logs, probe, timeout)
         except MeasureError as e:
-            raise OrgError(f"run {run['id']}: the harness could not measure it ({e}), twice; the run stays claimed: "
-                           "`org run` again measures it") from None
+            if MEASURE_FAILED in (ledger.run(run["id"])["attempt_log"] or ""):
+                raise
+            ledger.log_attempt(run["id"], f"{MEASURE_FAILED} ({e}); the runner stopped")
+            raise OrgError(f"run {run['id']}: {MEASURE_FAILED} ({e}); the run stays claimed: `org run` again "
+                           "measures it") from None
 
     def _evaluate_once(self, ledger: Ledger, run: dict, slot: Slot, logs: Path | None, probe: bool,
                        timeout: float | None) -> dict:

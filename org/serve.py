@@ -11,6 +11,7 @@ import time
 from org import OrgError, gateway
 from org.lab import Lab
 from org.launch import STOP_SECONDS, program_done
+from org.recovery import one_runner
 from org.stop import wait_for_exit
 from org.unseen import known_lab
 from org.workspace import ProgramSite, open_site
@@ -41,12 +42,13 @@ def serve(launch: ProgramSite, poll: float = 1.0) -> int:
     llm = start_gateway(launch, say)
     say(f"serving {launch.name}'s queue" + (f" and its LLM gateway on {llm.url}" if llm else ""))
     try:
-        while not (launch.panes_dir / "stop").exists():
-            runner.drain()
-            if program_done(launch):
-                say("the program is done: every agent has ended and every run is recorded")
-                return 0
-            time.sleep(poll)
+        with one_runner(lab.state_dir(launch.program.name)):  # (for good: between drains too, where an `org run` took it)
+            while not (launch.panes_dir / "stop").exists():
+                runner.drain()
+                if program_done(launch):
+                    say("the program is done: every agent has ended and every run is recorded")
+                    return 0
+                time.sleep(poll)
         say("stopped (org stop)")
     except KeyboardInterrupt:
         say("stopped; a run it was running goes back to the queue")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from org import OrgError
+from org.recovery import one_runner
 from org.agents.control import Control
 from org.lab import Lab, agent_branch, branch_owner, child_env
 from org.launch import RUNNER, STOP_SECONDS, git, mend_worktree, one_at_a_time, ours, send_signal
@@ -74,12 +75,13 @@ def stop_now(launch: ProgramSite, timeout: float) -> list[str]:
     if launch.ledger_path.exists():  # runs a killed runner left 'running' go back to the queue now
         with contextlib.closing(Lab.open(launch.root)) as lab, Ledger(launch.ledger_path) as ledger:
             try:
-                Runner(lab, launch.program, launch.ledger_path, say=lambda text: None).recover(
-                    ledger, why="was stopped by `org stop`" if stopping_it else "died before `org stop`",
-                    just_now=stopping_it)  # (its runs ran until now; a trainer that wrote nothing till its end,
-                # charged to its last write, was charged nothing. One that died before ran until its last write)
-            except OrgError as e:  # (a measurement the harness failed twice: the next launch recovers it)
-                lines.append(str(e))
+                with one_runner(lab.state_dir(launch.program.name), wait=5.0):  # (a person's `org run` may hold it)
+                    Runner(lab, launch.program, launch.ledger_path, say=lambda text: None).recover(
+                        ledger, why="was stopped by `org stop`" if stopping_it else "died before `org stop`",
+                        just_now=stopping_it)  # (its runs ran until now; a trainer that wrote nothing till its end,
+                    # charged to its last write, was charged nothing. One that died before ran until its last write)
+            except OrgError as e:  # (that runner's; or a measurement the harness failed twice: the next runner recovers it)
+                lines.append(f"{e}; its runs are recovered by the next runner")
     lines += remove_worktrees(launch)
     lines.insert(0, f"stopped {launch.name}" if was_running else f"{launch.name} was not running; cleaned up")
     if launch.ledger_path.exists():

@@ -1,6 +1,7 @@
 """Reports from constructed ledgers: the verdict table, the plots, `org report`, and bad input
 (no finished runs, one seed, an older ledger schema, corrupt metrics) that still renders."""
 import json
+import multiprocessing
 import re
 import sqlite3
 from dataclasses import fields
@@ -132,6 +133,25 @@ def test_report_has_verdicts_noise_floor_budget_lineage_spend_and_plots(ledger, 
     # the numbers behind the verdicts, seed by seed, with the held-out split's beside them
     assert "## Per seed" in text
     assert "| 0 | 2.3000 (2.3000) | 2.3030 (2.3030) | 2.2500 (2.2500) | +0.0030 (+0.0030) | -0.0500 (-0.0500) |" in text
+
+
+def test_two_reports_written_at_once_each_write_a_whole_one(ledger, tmp_path):
+    """Two `org report`s at once (a person's, the org's): the second failed to rename a temporary
+    README both had written to under one name."""
+    softcap_program(ledger, tmp_path)
+    report, out = build(ledger.path, "softcap"), tmp_path / "reports" / "softcap"
+
+    def writes():
+        for _ in range(3):
+            write(report, out)
+    writers = [multiprocessing.get_context("fork").Process(target=writes) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert [w.exitcode for w in writers] == [0, 0]
+    assert "## Per seed" in (out / "README.md").read_text() and is_png(out / "final.png")
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # (no temporary left)
 
 
 def test_an_agents_words_stay_in_their_cell_of_the_report(ledger, tmp_path):
