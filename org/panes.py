@@ -39,6 +39,7 @@ from org.mail import now, write_atomically
 GRID, RUNNER, PARKED = "org", "runner", "parked"  # window names
 HEADER = " #{@agent} · #{@hint} "  # pane border; @hint says which key takes the pane over
 SIZE = (240, 64)  # a detached session's size; an attached client resizes it
+HEALTHY_SECONDS = 600  # a pane's process that ran this long before it crashed had its restarts back
 TAKEOVER_KEY, RELEASE_KEY = "T", "R"  # after the prefix (C-b)
 
 
@@ -231,10 +232,12 @@ def read_state(path: Path) -> dict:
 
 
 def keep(argv: list[str], state: Path, name: str, delay: float = 0.0, restarts: int = 3,
-         ended: str | None = None) -> None:
+         ended: str | None = None, healthy: float = HEALTHY_SECONDS) -> None:
     """Run argv until it ends well (exit 0); restart it after a crash, at most `restarts`
-    times (waiting 1, 2, 4... s), then mark it crashed. A `stop` file beside the state file
-    (written by `org stop`) means: never restart. Then keep the pane open."""
+    times in a row (waiting 1, 2, 4... s), then mark it crashed: one that ran `healthy` seconds
+    first starts the count again (an org runs for days, and its runner stops on what a person
+    mends, a full disk). A `stop` file beside the state file (written by `org stop`) means:
+    never restart. Then keep the pane open."""
     signal.signal(signal.SIGINT, lambda *a: None)  # Ctrl-C in the pane stops the command, not us
     record = lambda st, **kv: write_atomically(state, json.dumps(
         {"name": name, "state": st, "keeper": os.getpid(), "since": now(), **kv}))
@@ -246,13 +249,13 @@ def keep(argv: list[str], state: Path, name: str, delay: float = 0.0, restarts: 
     time.sleep(delay)  # launches are staggered: API rate limits, CPU for start-up
     crashes = 0
     while True:
-        proc = subprocess.Popen(argv)
+        proc, started = subprocess.Popen(argv), time.monotonic()
         record("running", pid=proc.pid, restarts=crashes)
         code = proc.wait()
         if code == 0 or (state.parent / "stop").exists():
             record("ended", restarts=crashes, exit=code)
             return _linger(f"{name} ended (exit {code}).")
-        crashes += 1
+        crashes = 1 if time.monotonic() - started >= healthy else crashes + 1
         why = f"signal {-code}" if code < 0 else f"exit {code}"
         if crashes > restarts:
             record("crashed", restarts=crashes - 1, exit=code, note=f"gave up after {restarts} restarts ({why})")

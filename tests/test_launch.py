@@ -340,6 +340,26 @@ def test_an_agent_that_keeps_crashing_is_marked_crashed_and_launch_restarts_it(o
     eventually(lambda: keeper().get("state") == "running", what="the agent to run again")
 
 
+def test_a_pane_that_ran_a_while_before_it_crashed_has_its_restarts_back(tmp_path):
+    """An org runs for days, and its runner now stops on what a person mends (a full disk): its
+    keeper's restarts, counted over its whole life, ran out. They are counted in a row: a crash
+    after `healthy` seconds of running starts the count again."""
+    runs, state = tmp_path / "runs", tmp_path / "runner.json"
+    crash = ("import pathlib, sys, time; p = pathlib.Path(sys.argv[1]); n = int(p.read_text()) if p.exists() else 0; "
+             "p.write_text(str(n + 1)); time.sleep(1.5 if n == 1 else 0); sys.exit(1)")  # (the second runs 1.5 s)
+    keep = ("import json, sys; from pathlib import Path; from org.panes import keep; "
+            "keep(json.loads(sys.argv[1]), Path(sys.argv[2]), 'runner', restarts=1, healthy=1.0)")
+    keeper = subprocess.Popen([sys.executable, "-c", keep, json.dumps([sys.executable, "-c", crash, str(runs)]), str(state)],
+                              env={k: v for k, v in os.environ.items() if not k.startswith("TMUX")},  # (no grid to wait for)
+                              stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        eventually(lambda: state.exists() and read_state(state).get("state") == "crashed", what="the keeper to give up")
+    finally:
+        os.killpg(keeper.pid, signal.SIGKILL)
+        keeper.wait()
+    assert runs.read_text() == "3"  # (a quick crash, a healthy one, a quick one: one restart in a row each time)
+
+
 def test_a_stale_socket_and_a_half_built_session_are_cleaned_up(org_project, capsys):
     root = org_project()
     grid = Grid(root, "tiny")
