@@ -241,10 +241,11 @@ def plan_replication(ledger: Ledger, program: Program):
         if verdict_kind(c.verdict) not in NEEDS_CONFIRMATION or c.final_verdict != c.verdict:
             continue
         own = next(r for r in mains if r["arm"] == arm)
-        for i, seed in enumerate(draw_seeds(ledger.runs(program.name), program.fresh_seeds)):
-            for template in (base, own):  # (its overrides: the tuned point, where a grid was tuned)
-                ledger.add_run(ledger.experiment(template["experiment_id"]), "replicate", seed, 1 + i,
-                               json.loads(template["overrides"]), budget)
+        with ledger.tx():  # all its fresh seeds, or none: a crash half-way left some, and "has some" planned no more
+            for i, seed in enumerate(draw_seeds(ledger.runs(program.name), program.fresh_seeds)):
+                for template in (base, own):  # (its overrides: the tuned point, where a grid was tuned)
+                    ledger.add_run(ledger.experiment(template["experiment_id"]), "replicate", seed, 1 + i,
+                                   json.loads(template["overrides"]), budget)
 
 
 CHECKS = SECRET_SEEDS  # the runs the harness adds to check a claim, on seeds it drew (fresh seeds, canaries)
