@@ -313,6 +313,10 @@ class Ledger:
                 attempts=run["attempts"] + 1, started_at=now(), reason=None, kind=kind))
         return self.run(run["id"])
 
+    def trainer_ended(self, run_id: int, cpu_seconds: float | None):
+        """Its trainer's CPU seconds, read from its box as it ended: its measurement's, whoever measures it."""
+        self._update("runs", run_id, dict(trainer_cpu=cpu_seconds))
+
     def adopt(self, run_id: int):
         """A recovering runner takes up a run whose runner died after its trainer (to measure it): a
         later recovery charges its runner's time from now, not from the trainer's end again."""

@@ -62,7 +62,7 @@ def schema_gaps(have: dict[str, list[str]], tables) -> list[str]:
     return gaps
 
 
-UNREAD_COLUMNS = ("held", "runner_started", "adopted_at")  # the gateway's and recovery's: nothing a report shows depends on them
+UNREAD_COLUMNS = ("held", "runner_started", "adopted_at", "trainer_cpu")  # the gateway's and recovery's: nothing a report shows depends on them
 MISSING_TABLE = {
     "programs": "question, claim and budget unknown, so no verdicts",
     "experiments": "no lineage (who proposed what, on which commit)",

@@ -6,7 +6,7 @@ still there, or was moved into the run's record (FIGURE_COLUMNS, schema 8).
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "killed", "error", "invalid", "refused")
 
@@ -81,6 +81,7 @@ CREATE TABLE runs (
     created_at         TEXT NOT NULL,
     started_at         TEXT,           -- where its uncharged time began (claim, check, probe, trainer): recover charges from it
     adopted_at         TEXT,           -- when a recovering runner took up its measurement (what a later recovery charges from)
+    trainer_cpu        REAL,           -- its trainer's box's CPU seconds, on record as it ended (a recovery's measurement has no box to read)
     finished_at        TEXT
 );
 CREATE UNIQUE INDEX runs_once ON runs(experiment_id, purpose, seed, overrides) WHERE purpose NOT IN ('repeat', 'canary');
@@ -143,4 +144,5 @@ MIGRATIONS = {  # from version N to N + 1
     12: ["ALTER TABLE runs ADD COLUMN lost_seconds REAL"],
     13: ["ALTER TABLE llm_spend ADD COLUMN held INTEGER NOT NULL DEFAULT 0"],
     14: ["ALTER TABLE runs ADD COLUMN adopted_at TEXT"],
+    15: ["ALTER TABLE runs ADD COLUMN trainer_cpu REAL"],
 }

@@ -91,7 +91,8 @@ def recover(runner, ledger, why: str = "died mid-run", just_now: bool = False):
                 if since and lived > since:  # its runner lived on: measuring it, killed (or stopped)
                     ledger.charge_measuring(run["id"], lived - since)
                 ledger.adopt(run["id"])
-            runner.record(ledger, run, result, (changed or time.time()) - started, None, make_slots(program)[0])
+            runner.record(ledger, run, result, (changed or time.time()) - started, None, make_slots(program)[0],
+                          run["trainer_cpu"])
             runner.say(f"recovered run {run['id']}: result.json was written before the runner died")
             continue
         put_aside(run_dir)

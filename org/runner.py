@@ -417,6 +417,7 @@ class Runner:
         self.children.pop(run["id"], None)
         _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it,
         cpu = cpu_seconds(proc) if self.program.train.device == "cpu" else None  # (a GPU's work is not in it)
+        ledger.trainer_ended(run["id"], cpu)  # (a runner killed as it measures: its recovery reads it here)
         end_box(proc)  # (its cgroups go, read)
         reap(None, run_dir)  # nor writes there once it is read (a box's processes die just after bwrap)
         return proc.returncode, killed_reason, cpu

@@ -1106,6 +1106,8 @@ def test_a_measurement_its_runner_was_killed_in_is_charged(make_project):
     # to within the runner's last pulse, and a loaded machine's lateness in writing it (1.02 s short on CI's 2 cores)
     late = PULSE_SECONDS + 0.5
     assert killed - trained - late < charged - measured_again < killed - trained + 0.5, (charged, measured_again, killed - trained)
+    if available() is None and cgroup_root("cpuacct"):  # its box's CPU time, on record as its trainer ended (was: None)
+        assert run["train_cpu_seconds"] and 0.1 < run["train_cpu_seconds"] < run["wall_seconds"] * 2, run
 
 
 def test_a_runs_stream_is_what_its_budget_pays_for_in_the_order_its_trainer_takes_it(make_project):

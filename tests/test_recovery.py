@@ -85,13 +85,13 @@ def test_a_full_disk_under_a_runs_trainer_stops_the_runner_and_requeues_the_run(
     trainer fail, and the run was recorded `error`, against its arm. Now the runner starts no run on
     a full disk, puts back one whose trainer failed as it filled, and stops, in one line; `org run`
     once there is room runs it."""
-    root = make_project(one_seed(per_run={"steps": 1000}))  # (seconds of training: its disk fills as it trains)
+    root = make_project(one_seed(per_run={"seconds": 8}))  # (its disk fills as it trains, however loaded the machine)
     runs = root / ".lab" / "tiny" / "runs"
     assert main(["status", "tiny"]) == 0  # (the lab made, its runs' folder on a disk just over the reserve)
     runs.mkdir(parents=True, exist_ok=True)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1040m", "tmpfs", str(runs)], capture_output=True).returncode:
         pytest.skip("no tmpfs can be mounted here")
-    fill = ["dd", "if=/dev/zero", f"of={runs / 'filler'}", "bs=64k"]  # (to ENOSPC)
+    fill = ["dd", "if=/dev/zero", f"of={runs / 'filler'}", "bs=1M"]  # (to ENOSPC)
     try:
         subprocess.run(fill, capture_output=True)
         capsys.readouterr()
