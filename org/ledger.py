@@ -317,6 +317,12 @@ class Ledger:
         """Its trainer's CPU seconds, read from its box as it ended: its measurement's, whoever measures it."""
         self._update("runs", run_id, dict(trainer_cpu=cpu_seconds))
 
+    def killing(self, run_id: int, why: str):
+        """Its runner kills a running run's trainer (past its time): the reason on record before the
+        signal, so a recovery after a runner that died before it recorded the kill records it killed
+        (re-queued, an over-time run cost its timeout again). A claim clears it."""
+        self._update("runs", run_id, dict(reason=why))
+
     def adopt(self, run_id: int):
         """A recovering runner takes up a run whose runner died after its trainer (to measure it): a
         later recovery charges its runner's time from now, not from the trainer's end again."""

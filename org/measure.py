@@ -155,6 +155,21 @@ def measure_run(job: dict, env: dict, timeout: float, cores: list[int] | None = 
     return outcome
 
 
+def keep_failed_logs(log_dir: Path, kept_root: Path, run_id: int) -> Path:
+    """Move a failed measurement's logs (HARNESS_LOGS) from `log_dir` into kept_root/<run>-<n>/,
+    their last KEPT_LOG_BYTES: the next attempt writes the same names, and planted() clears those
+    names in a run's directory before a recovery measures it (there they might be the run's own)."""
+    n = 1 + len(list(kept_root.glob(f"{run_id}-*"))) if kept_root.is_dir() else 1
+    kept = kept_root / f"{run_id}-{n}"
+    kept.mkdir(parents=True, exist_ok=True)
+    for log in log_dir.glob(HARNESS_LOGS):
+        with contextlib.suppress(OSError):
+            with open(log, "r+b", opener=no_follow) as f:  # (a link or a folder there: left to planted())
+                keep_tail(f, KEPT_LOG_BYTES)
+            os.replace(log, kept / log.name)
+    return kept
+
+
 def end_evaluator(pid: int):
     """Kill the evaluator (its process group: it and its workers' bwraps). Killed while it timed
     the base (org/remote.py), it left the experiment's worker frozen, which not even SIGKILL ends

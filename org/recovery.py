@@ -95,9 +95,14 @@ def recover(runner, ledger, why: str = "died mid-run", just_now: bool = False):
                           run["trainer_cpu"])
             runner.say(f"recovered run {run['id']}: result.json was written before the runner died")
             continue
+        spent = (time.time() if just_now else max(changed or started, lived)) - started
+        if run["command"] and run["reason"]:  # its runner had killed its trainer (for time: Runner._wait) and died
+            # before it recorded that: run again, an over-time run cost the budget its timeout once more, each time
+            runner.record(ledger, run, Result(status="killed"), spent, f"{run['reason']} (its runner died before it "
+                          "recorded that)", make_slots(program)[0], run["trainer_cpu"])
+            continue
         put_aside(run_dir)
-        ledger.requeue(run["id"], f"runner pid {run['runner_pid']} {why}; re-queued",
-                       (time.time() if just_now else max(changed or started, lived)) - started)
+        ledger.requeue(run["id"], f"runner pid {run['runner_pid']} {why}; re-queued", spent)
         runner.say(f"re-queued run {run['id']} (its runner {why})")
     sweep_pulses(runner.pulses)
 

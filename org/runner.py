@@ -43,8 +43,8 @@ from org.remote import last_line
 from org.kernelcache import copy_kernel_cache, warm as warm_kernels
 from org.lab import Lab, LabError, child_env
 from org.ledger import Ledger, budget_of, corrupt, lock_held, now
-from org.measure import (MeasureError, check_result, cross_check, evaluator_env, job_for, leave_the_record,
-                          measure_run, planted, put_aside, read_result, tidy_runs, worker_command)
+from org.measure import (MeasureError, check_result, cross_check, evaluator_env, job_for, keep_failed_logs,
+                          leave_the_record, measure_run, planted, put_aside, read_result, tidy_runs, worker_command)
 from org.experiments import budget_note, plan, plan_all, refusal, run_cost, runs_own_code, waiting_for_budget, waiting_for_pace
 from org.improve import sync_branch
 from org.probes import Probes
@@ -413,7 +413,7 @@ class Runner:
             _kill_group(proc.pid, signal.SIGKILL)
         ledger.mark_started(run["id"], proc.pid, cmd, run_dir, log_path, machine=machine(slot.env.get("CUDA_VISIBLE_DEVICES")),
                             started_at=began)
-        killed_reason = self._wait(proc) or getattr(proc, "stopped", None)  # the box's disk (org/diskwatch.py)
+        killed_reason = self._wait(proc, lambda why: ledger.killing(run["id"], why)) or getattr(proc, "stopped", None)
         self.children.pop(run["id"], None)
         _kill_group(proc.pid, signal.SIGKILL)  # nothing the run started outlives it,
         cpu = cpu_seconds(proc) if self.program.train.device == "cpu" else None  # (a GPU's work is not in it)
@@ -438,22 +438,23 @@ class Runner:
             return -signal.SIGKILL, None, None
         return returncode, killed, None
 
-    def _wait(self, proc: subprocess.Popen) -> str | None:
+    def _wait(self, proc: subprocess.Popen, killing=lambda why: None) -> str | None:
         """Wait for the trainer; past run_timeout_seconds SIGTERM it (it writes a 'killed' result.json
-        after its step), and SIGKILL it if it does not stop."""
+        after its step), and SIGKILL it if it does not stop. Why, on record first (`killing`)."""
         timeout = self.program.budget.run_timeout_seconds
         try:
             proc.wait(timeout=timeout)
             return None
         except subprocess.TimeoutExpired:
-            pass
+            why = f"wall time over run_timeout_seconds ({timeout:g}s), killed by the runner"
+            killing(why)
         _kill_group(getattr(proc, "inner_pid", proc.pid), signal.SIGTERM)  # the trainer itself, in its box
         try:
             proc.wait(timeout=KILL_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
             _kill_group(proc.pid, signal.SIGKILL)
             proc.wait()
-        return f"wall time over run_timeout_seconds ({timeout:g}s), killed by the runner"
+        return why
 
     def kernels(self, snapshot: Path, private: Path | None = None) -> Path:
         """A commit's compiled kernels (Numba's cache; org/kernelcache.py). The base commit's runs
@@ -530,15 +531,21 @@ class Runner:
         try:
             return self._evaluate_once(ledger, run, slot, logs, probe, timeout)
         except MeasureError as e:
-            self.say(f"run {run['id']}: the harness's measurement failed ({e}); measuring it again")
+            kept = self._keep_failed_logs(ledger, run, logs)
+            self.say(f"run {run['id']}: the harness's measurement failed ({e}; its logs: {kept}); measuring it again")
         try:
             return self._evaluate_once(ledger, run, slot, logs, probe, timeout)
         except MeasureError as e:
+            kept = self._keep_failed_logs(ledger, run, logs)
             if MEASURE_FAILED in (ledger.run(run["id"])["attempt_log"] or ""):
-                raise
-            ledger.log_attempt(run["id"], f"{MEASURE_FAILED} ({e}); the runner stopped")
+                raise MeasureError(f"{e} (its logs: {kept})") from None
+            ledger.log_attempt(run["id"], f"{MEASURE_FAILED} ({e}; its logs: {kept}); the runner stopped")
             raise OrgError(f"run {run['id']}: {MEASURE_FAILED} ({e}); the run stays claimed: `org run` again "
-                           "measures it") from None
+                           f"measures it (the failed attempts' logs: {kept.parent})") from None
+
+    def _keep_failed_logs(self, ledger: Ledger, run: dict, logs: Path | None) -> Path:
+        run_dir = Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"]))
+        return keep_failed_logs(logs or run_dir, self.lab.state_dir(self.program.name) / "failed-measurements", run["id"])
 
     def _evaluate_once(self, ledger: Ledger, run: dict, slot: Slot, logs: Path | None, probe: bool,
                        timeout: float | None) -> dict:

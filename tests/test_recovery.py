@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 
 from org.cli import main
+from org.lab import Lab
+from org.program import load_program
+from org.reaper import PULSE_SECONDS
 from org.recovery import one_runner
+from org.runner import Runner
 from test_org_runner import ledger_of, make_project, tiny_program  # noqa: F401 (a fixture)
 
 ORG_RUN = [sys.executable, "-c", "import sys; from org.cli import main; sys.exit(main(['run', 'tiny']))"]
@@ -151,6 +155,10 @@ def test_a_run_the_harness_cannot_measure_stops_the_runner_once_not_for_good(mak
         else:
             assert org_run.returncode == 0 and run["status"] == "error", (out, run["status"])
             assert "the harness's evaluator failed" in run["reason"] and "recovered run" in out, out
+        kept = root / ".lab" / "tiny" / "failed-measurements"  # each attempt's logs, none overwritten by the next
+        assert sorted(p.name for p in kept.iterdir()) == [f"1-{n}" for n in range(1, 3 if stopped else 5)]
+        assert all((kept / f"1-{n}" / "measure.log").is_file() for n in range(1, 3 if stopped else 5))
+        assert f"its logs: {kept / ('1-2' if stopped else '1-4')}" in (run["attempt_log"] if stopped else run["reason"])
 
 
 def test_a_second_runner_of_a_program_is_refused_in_one_line(make_project, capsys):
@@ -173,3 +181,24 @@ def test_a_second_runner_of_a_program_is_refused_in_one_line(make_project, capsy
         end(org_run)
     with one_runner(root / ".lab" / "tiny"), one_runner(root / ".lab" / "tiny"):  # (as `org serve` holds it: its drains nest)
         assert subprocess.run(ORG_RUN, cwd=root, capture_output=True, text=True).returncode == 2  # (and no one else's)
+
+
+def test_a_run_killed_for_time_whose_runner_died_before_it_recorded_that_is_killed_not_run_again(make_project):
+    """A trainer past run_timeout_seconds that wrote nothing in its grace is SIGKILLed; a runner
+    that died before it recorded that left the run claimed, and its recovery put it back in the
+    queue: the over-time run cost the budget its timeout once more (each time so). Here the runner's
+    SIGTERM is a SIGKILL (a trainer that writes no result in its grace) and it dies as it records."""
+    root = make_project(one_seed(per_run={"steps": 1_000_000}, run_timeout_seconds=2))
+    dies_as_it_records = ("import os, signal, sys; from org import runner; from org.cli import main\n"
+                          "kill = runner._kill_group; runner._kill_group = lambda pid, sig: kill(pid, signal.SIGKILL)\n"
+                          "runner.Runner.record = lambda self, ledger, run, result, wall, killed, *a, **k: os._exit(9)\n"
+                          "sys.exit(main(['run', 'tiny']))")
+    died = subprocess.run([sys.executable, "-c", dies_as_it_records], cwd=root, capture_output=True, text=True, timeout=120)
+    with ledger_of(root) as ledger:
+        run, = ledger.runs("tiny")
+        assert died.returncode == 9 and run["status"] == "running", (died.stderr[-2000:], run["status"])
+        with contextlib.closing(Lab.open(root)) as lab:
+            Runner(lab, load_program(root / "programs" / "tiny.yaml"), ledger.path, say=lambda text: None).recover(ledger)
+        run = ledger.run(run["id"])
+    assert run["status"] == "killed" and "run_timeout_seconds (2s), killed by the runner" in run["reason"], dict(run)
+    assert run["attempts"] == 1 and not run["lost_seconds"] and 2 <= run["wall_seconds"] < 2 + 2 * PULSE_SECONDS + 5, dict(run)
