@@ -107,7 +107,7 @@ EXAMPLES = """examples:
   org submit softcap --arm wider --set depth=3 --hypothesis "more width helps"
   org report softcap                        # reports/softcap/README.md and its plots
   org extend softcap --seeds 5,6,7          # more seeds for every arm (logged), without renaming
-  org compare improve improve-claude        # one table: each org's confirmed progress on one question
+  org compare improve improve-claude        # one table: each org's progress on one question (two programs)
   org ablate improve                        # the frontier without each kept change (leave-one-out)
   org clean softcap                         # a stopped program's worktrees and agent branches go
 

@@ -38,6 +38,7 @@ from org.streams import probe_seed
 from org.report import build, spend_section
 from org import bytecode, hostfiles, sandbox
 from org.diskwatch import usage
+from org import cgroups
 from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_seconds, cpu_share, memory_limit, pid_namespace, pids_root, process_limit
 from org.program import Program
 from org.sandbox import Limits, Sandbox, available, end_box
@@ -1299,6 +1300,39 @@ def test_a_boxs_cpu_time_is_read_whatever_box_is_made_as_it_ends(tmp_path):
     end_box(proc)
     assert cpu_seconds(proc) == used  # (read as it ended: an agent's command is read after end_box)
     assert not any(group.parent.exists() for group in proc.box_groups)  # gone with the box, not left to a sweep
+
+
+UNIFIED = Path("/sys/fs/cgroup/unified")  # a hybrid machine's cgroup v2 tree (v2's own: /sys/fs/cgroup)
+
+
+@pytest.mark.skipif(not (UNIFIED / "cpu.stat").exists() or not (UNIFIED / "cgroup.freeze").exists() and not os.access(UNIFIED, os.W_OK),
+                    reason="a cgroup v2 hierarchy beside v1's, to make groups in (this one is v1's)")
+def test_on_cgroup_v2_a_boxs_cpu_time_is_metered_and_it_freezes(tmp_path, monkeypatch):
+    """Most machines now have cgroup v2 alone, where the CPU meter is cpu.stat's usage_usec and
+    the freezer cgroup.freeze, both in every v2 group; the suite runs on v1. Here the meter and the
+    freezer are v2's: a hybrid machine's unified tree (its memory stays v1's, where it is bound)."""
+    monkeypatch.setattr(cgroups, "HIERARCHIES", {**cgroups.HIERARCHIES, "cpuacct": (str(UNIFIED),), "freezer": (str(UNIFIED),)})
+    monkeypatch.setattr(cgroups, "CGROUP_ROOTS", {})
+    if cgroup_root("cpuacct") != UNIFIED / "nanolab" or cgroup_root("freezer") != UNIFIED / "nanolab":
+        pytest.skip(f"no group can be made in {UNIFIED} ({cpu_meter()})")
+    proc = Sandbox(writable=[tmp_path]).popen(["python3", "-c", SPIN.format(seconds=1.5)], cwd=tmp_path,
+                                              env={"PATH": os.environ["PATH"]}, stdout=subprocess.DEVNULL)
+    try:
+        assert any(g.is_relative_to(UNIFIED) for g in proc.box_groups), proc.box_groups
+        deadline = time.monotonic() + 30
+        while not (cpu_seconds(proc) or 0) > 0.2:  # (started: python's own start-up is ~0.05 s)
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        with cgroups.stopped(proc.box_groups):
+            frozen = cpu_seconds(proc)
+            time.sleep(1.0)
+            assert cpu_seconds(proc) - frozen < 0.05  # (a spinning process, frozen: it ran no more)
+        assert proc.wait(60) == 0
+        used = cpu_seconds(proc)
+        assert used is not None and 1.4 < used < 5, used  # usage_usec: everything the box ran
+    finally:
+        end_box(proc)
+    assert cpu_seconds(proc) == used and not any(g.parent.exists() for g in proc.box_groups)
 
 
 @pytest.mark.skipif(cgroup_root("cpuacct") is None, reason=f"a cpu accounting cgroup: {cpu_meter()}")
