@@ -2,8 +2,10 @@
 (no finished runs, one seed, an older ledger schema, corrupt metrics) that still renders."""
 import json
 import multiprocessing
+import os
 import re
 import sqlite3
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -140,8 +142,12 @@ def test_two_reports_written_at_once_each_write_a_whole_one(ledger, tmp_path):
     README both had written to under one name."""
     softcap_program(ledger, tmp_path)
     report, out = build(ledger.path, "softcap"), tmp_path / "reports" / "softcap"
+    together = multiprocessing.get_context("fork").Barrier(2)
 
     def writes():
+        for name in ("rename", "replace"):  # each file's last step comes late: the writers overlap there
+            setattr(os, name, lambda *a, _was=getattr(os, name), **k: (time.sleep(0.2), _was(*a, **k))[1])
+        together.wait()
         for _ in range(3):
             write(report, out)
     writers = [multiprocessing.get_context("fork").Process(target=writes) for _ in range(2)]
