@@ -423,7 +423,7 @@ def decide(c: Comparison) -> str:
         return "better"
     if c.claim == "superiority" and c.mean < 0 and c.inside_noise:  # more seeds cannot help
         return f"inconclusive (inside the noise floor: |Δ| {abs(c.mean):.2g} < {c.noise.floor:.2g})"
-    return f"inconclusive (needs {more_seeds(c)} more seeds)"
+    return f"inconclusive (needs {(more := more_seeds(c))} more seed{'' if more == '1' else 's'})"
 
 
 def more_seeds(c: Comparison) -> str:

@@ -273,7 +273,7 @@ def control_lines(report: Report) -> list[str]:
         else:
             more = more_seeds(c) if verdict_kind(c.verdict) == "inconclusive" and c.n >= 2 else ""  # (what settles it)
             start = 1 + max((r["seed"] for r in report.runs if r.get("purpose") == "main"), default=-1)
-            hint = (f"{more} more seeds (`org extend {report.program} --seeds {','.join(map(str, range(start, start + int(more))))}"
+            hint = (f"{more} more seed{'' if more == '1' else 's'} (`org extend {report.program} --seeds {','.join(map(str, range(start, start + int(more))))}"
                     "`: every arm runs on them), or a larger budget per run" if more.isdigit() else "A larger budget per run")
             lines.append(f"**{what} reads {code_span(c.final_verdict)}: the program could not see a known effect, so its "
                          f"other verdicts prove little. {hint}.**")

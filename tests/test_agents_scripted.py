@@ -226,9 +226,12 @@ def test_a_verdict_that_needs_more_seeds_makes_the_scripted_researcher_ask_the_p
     assert step(model, history, "experiment 2 (no-softcap, ...): 2 runs queued")[0] == "submit_experiment"
     status = {"pending_runs": 0, "compute_seconds": {"spent": 10, "total": 600},
               "verdicts": [{"arm": "no-softcap", "versus": "baseline", "verdict": "inconclusive (needs 3 more seeds)",
-                            "delta": -0.01, "n": 2}]}
+                            "delta": -0.01, "n": 2},
+                           {"arm": "softcap-5", "versus": "baseline", "verdict": "inconclusive (needs 1 more seed)",
+                            "delta": 0.02, "n": 2}]}
     assert step(model, history, json.dumps(status))[0] == "results"
     name, args = step(model, history, "sent to human")
     assert (name, args["to"]) == ("send_message", "human")
-    assert "no-softcap needs 3 more seeds" in args["text"] and "`org extend tiny --seeds 2,3,4`" in args["text"]
+    assert "no-softcap needs 3 more seeds; softcap-5 needs 1 more seed to" in args["text"], args["text"]
+    assert "`org extend tiny --seeds 2,3,4`" in args["text"]
     assert step(model, history, "posted")[0] == "post_to_board"  # then the verdicts as they stand

@@ -3,6 +3,7 @@ and one that does not), the noise floor, held-out confirmation, and a simulation
 false-positive rate and power."""
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def test_superiority_better_worse_inconclusive():
     assert superiority(baseline(), variant(+0.02)).verdict == "worse"
     noisy = [0.02, -0.02, 0.015, -0.01, 0.0]
     c = superiority(baseline(), variant(-0.01, jitter=noisy))
-    assert c.verdict.startswith("inconclusive (needs ") and c.verdict.endswith(" more seeds)")
+    assert re.fullmatch(r"inconclusive \(needs (1 more seed|([2-9]|\d\d+) more seeds)\)", c.verdict), c.verdict
 
 
 def test_non_inferiority_no_regression_better_worse_inconclusive():
@@ -864,3 +865,10 @@ def test_judge_arms_runs_the_whole_pipeline_and_names_unreadable_arms():
     assert judged["no-softcap"].final_verdict == "better"                          # confirmed on held-out
     assert judged["no-softcap"].confirmation is not None
     assert not judged["wider"].confounds                                            # declared: not a confound
+
+
+def test_one_more_seed_is_said_in_the_singular():
+    """`inconclusive (needs 1 more seeds)` read in a report of the main job."""
+    spread = [0.012, -0.012, 0.009, -0.009, 0.0]
+    assert non_inferiority(baseline(), variant(0.0, jitter=spread)).verdict == "inconclusive (needs 1 more seed)"
+    assert non_inferiority(baseline(), variant(0.002, jitter=spread)).verdict == "inconclusive (needs 2 more seeds)"

@@ -147,12 +147,12 @@ def ask_for_seeds(program: Program, status: dict):
     """A verdict that needs N more seeds: ask the person for them, with the command (seeds are the
     program's: only a person adds them, logged, with `org extend`; the runs then queue at once)."""
     needs = {v["arm"]: int(m[1]) for v in status["verdicts"]
-             if (m := re.search(r"needs (\d+) more seeds", v.get("verdict") or ""))}
+             if (m := re.search(r"needs (\d+) more seeds?\b", v.get("verdict") or ""))}
     if not needs:
         return
     first = max(program.budget.seeds) + 1
     seeds = ",".join(str(s) for s in range(first, first + max(needs.values())))
-    yield "send_message", {"to": "human", "text": "; ".join(f"{arm} needs {n} more seeds" for arm, n in needs.items())
+    yield "send_message", {"to": "human", "text": "; ".join(f"{arm} needs {n} more seed{'' if n == 1 else 's'}" for arm, n in needs.items())
                            + f" to settle its verdict. `org extend {program.name} --seeds {seeds}` would add them "
                            "to every arm (logged); the verdicts on the board are as they stand now."}
 
