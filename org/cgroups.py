@@ -57,6 +57,7 @@ HIERARCHIES = {"pids": ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/f
 PROBES = {"pids": ("pids.max",), "cpuset": ("cpuset.cpus",), "cpu": ("cpu.weight", "cpu.shares"),  # (v2, v1)
           "cpuacct": ("cpuacct.usage", "cpu.stat"),  # (v1, v2: cpu.stat's usage_usec)
           "memory": ("memory.max", "memory.limit_in_bytes"), "freezer": ("freezer.state", "cgroup.freeze")}
+V2_CONTROLLERS = ("cpu", "cpuset", "memory", "pids")  # what nanolab/'s children get on v2 (enable_below)
 # the box's shell joins each cgroup named before "--", then becomes bwrap (the rest)
 JOIN = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 126; shift; done; shift; exec "$@"'
 
@@ -71,6 +72,7 @@ def cgroup_root(controller: str) -> Path | None:
             try:
                 probe.parent.mkdir(exist_ok=True)
                 inherit_cpuset(probe.parent)
+                enable_below(probe.parent)
                 probe.mkdir()
                 ok = any((probe / name).exists() for name in PROBES[controller])
                 probe.rmdir()
@@ -84,6 +86,19 @@ def cgroup_root(controller: str) -> Path | None:
 
 def pids_root() -> Path | None:
     return cgroup_root("pids")
+
+
+def enable_below(group: Path):
+    """cgroup v2: a group's children have a controller's files (memory.max, pids.max, cpu.weight,
+    cpuset.cpus) only where it enables that controller in its cgroup.subtree_control, and a new
+    group enables none: on a machine of v2 alone nanolab/'s probe found none, and no box had a
+    memory cap, a process limit, a CPU weight or its cores. Each its parent gives it, one at a time
+    (one refused leaves the others; a container's root that holds processes refuses them all)."""
+    control = group / "cgroup.subtree_control"
+    with contextlib.suppress(OSError):
+        for controller in set(V2_CONTROLLERS) & set((group / "cgroup.controllers").read_text().split()):
+            with contextlib.suppress(OSError):
+                control.write_text(f"+{controller}")
 
 
 def inherit_cpuset(group: Path):

@@ -1334,6 +1334,45 @@ def test_on_cgroup_v2_a_boxs_cpu_time_is_metered_and_it_freezes(tmp_path, monkey
     assert cpu_seconds(proc) == used and not any(g.parent.exists() for g in proc.box_groups)
 
 
+def v2_controllers() -> list[str]:
+    with contextlib.suppress(OSError):
+        return (UNIFIED / "cgroup.controllers").read_text().split()
+    return []
+
+
+@pytest.mark.skipif("hugetlb" not in v2_controllers(), reason=f"a cgroup v2 tree at {UNIFIED} with a controller of its own")
+def test_on_cgroup_v2_the_groups_boxes_start_in_have_their_controllers(monkeypatch):
+    """On v2 a group has a controller's files (memory.max, pids.max, cpu.weight) only where its
+    parent enables the controller in its cgroup.subtree_control, and a new group enables none: on
+    a machine of v2 alone cgroup_root() found no memory, pids, cpu or cpuset controller under
+    nanolab/, and no box had a memory cap, a process limit, a CPU weight or its cores. This
+    machine's v2 tree holds one controller, hugetlb (the others are v1's): it stands in for them."""
+    enabled_at_root = UNIFIED / "cgroup.subtree_control"
+    was = "hugetlb" in enabled_at_root.read_text().split()
+    enabled_at_root.write_text("+hugetlb")  # (as systemd enables memory, cpu, pids... at a v2 machine's root)
+    scratch = UNIFIED / f"nanolab-test-{uuid.uuid4().hex[:8]}"
+    try:
+        (scratch / "child").mkdir(parents=True)
+        (scratch / "cgroup.subtree_control").write_text("+hugetlb")
+        name = next(p.name for p in (scratch / "child").glob("hugetlb.*.max"))  # (its page sizes' names)
+        monkeypatch.setattr(cgroups, "V2_CONTROLLERS", (*cgroups.V2_CONTROLLERS, "hugetlb"))
+        monkeypatch.setattr(cgroups, "HIERARCHIES", {**cgroups.HIERARCHIES, "pids": (str(UNIFIED),)})
+        monkeypatch.setattr(cgroups, "PROBES", {**cgroups.PROBES, "pids": (name,)})
+        monkeypatch.setattr(cgroups, "CGROUP_ROOTS", {})
+        assert cgroup_root("pids") == UNIFIED / "nanolab"  # (was: None)
+        group = cgroups.box_group(cgroup_root("pids"), Limits())
+        assert (group / name).exists()  # a box's group there holds the controller's limits
+        cgroups.drop([group])
+    finally:
+        for made in (scratch / "child", scratch):
+            with contextlib.suppress(OSError):
+                made.rmdir()
+        if not was:  # (a parent disables a controller once no child enables it below)
+            with contextlib.suppress(OSError):
+                (UNIFIED / "nanolab" / "cgroup.subtree_control").write_text("-hugetlb")
+                enabled_at_root.write_text("-hugetlb")
+
+
 @pytest.mark.skipif(cgroup_root("cpuacct") is None, reason=f"a cpu accounting cgroup: {cpu_meter()}")
 def test_the_groups_a_killed_harness_left_go_with_the_next_box_made(tmp_path):
     """A runner killed before its box ended dropped nothing: the next box made anywhere removes
