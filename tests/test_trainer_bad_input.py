@@ -124,6 +124,18 @@ def test_absurd_model_size(workdir, setting, key):
     assert not (workdir / "huge").exists()
 
 
+@pytest.mark.parametrize("setting, key", [("adam_beta1=1", "adam_beta1"), ("adam_beta2=2", "adam_beta2"),
+                                          ("adam_eps=0", "adam_eps"), ("matrix_lr=-1", "matrix_lr"),
+                                          ("warmup_frac=-1", "warmup_frac"), ("rope_base=0", "rope_base"),
+                                          ("muon_momentum=5", "muon_momentum"), ("weight_decay=-0.1", "weight_decay")])
+def test_optimizer_values_out_of_their_range(workdir, setting, key):
+    """adam_beta1=1 divided by zero in AdamW's bias correction (a traceback); the others trained
+    on nonsense without a word (a hunt, 2026-12-06). `org` refuses them through make_config too."""
+    proc = trainer(workdir, "train", *SMALL, *TINY, "--set", setting, "--out", "odd")
+    assert_one_line(proc, key)
+    assert not (workdir / "odd").exists()
+
+
 def test_an_empty_out_is_refused_and_a_resumed_run_takes_no_flags_it_would_ignore(workdir):
     """`--out ""` was the folder the trainer started in (Path("") is "."): a run's four files
     landed there. And `--resume run --steps 5` resumed the run to its own budget, saying nothing."""

@@ -139,6 +139,15 @@ def flag_value(value) -> str:
     return str(value)
 
 
+# optimizer and schedule values, by the range they must be in (a beta of 1 divided by zero in
+# AdamW's bias correction; the rest trained on nonsense without a word)
+RANGES = {"[0, 1)": (("adam_beta1", "adam_beta2", "muon_momentum"), lambda v: 0 <= v < 1),
+          "[0, 1]": (("warmup_frac", "warmdown_frac"), lambda v: 0 <= v <= 1),
+          ">= 0": (("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "weight_decay",
+                    "embedding_weight_decay", "final_lr_frac"), lambda v: v >= 0),
+          "> 0": (("adam_eps", "rope_base"), lambda v: v > 0)}
+
+
 def validate(cfg: Config) -> None:
     for key, choices in CHOICES.items():
         if getattr(cfg, key) not in choices:
@@ -160,6 +169,10 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"muon_ns_steps must be in 1..5, got {cfg.muon_ns_steps}")
     if cfg.warmup_frac + cfg.warmdown_frac > 1:
         raise ValueError("warmup_frac + warmdown_frac must be at most 1")
+    for spelled, (keys, holds) in RANGES.items():
+        for key in keys:
+            if not holds(getattr(cfg, key)):
+                raise ValueError(f"{key} must be {'in ' if spelled[0] in '[(' else ''}{spelled}, got {getattr(cfg, key):g}")
 
 
 def check_size(cfg: Config) -> None:
