@@ -203,7 +203,11 @@ def cmd_run(args) -> int:
 def cmd_submit(args) -> int:
     overrides = parse_sets(args.set)
     check_arm_name(args.arm)
+    if args.ref is not None and not args.ref.strip():
+        raise OrgError("--ref: empty: name a branch, tag or commit")
     program, lab, path = preflight(args.program, ref=args.ref)
+    if not overrides and args.ref is None:  # (a program file refuses such a variant too)
+        raise OrgError(f"submit: {args.arm} changes nothing: give --set KEY=VALUE or --ref REF (or both)")
     if args.ref and lab.resolve(args.ref) == lab.head() and lab.repo.is_dirty(untracked_files=False):
         raise OrgError(f"--ref {args.ref} is your checkout's HEAD, which has uncommitted changes: runs use "
                        "committed code, so commit them first (or name another commit)")

@@ -121,6 +121,10 @@ def test_bad_submissions(make_project, capsys):
     for arm in ("baseline", "Bad Name", "../x", "x.y", "baseline\n", "no-softcap\n"):
         assert main(["submit", "tiny", "--arm", arm]) == 2
         assert f"arm {arm!r}: use a new lowercase name" in one_line_error(capsys)
+    assert main(["submit", "tiny", "--arm", "x"]) == 2  # (it queued the baseline again under a new name)
+    assert "submit: x changes nothing: give --set KEY=VALUE or --ref REF (or both)" in one_line_error(capsys)
+    assert main(["submit", "tiny", "--arm", "x", "--ref", ""]) == 2  # (read as no ref)
+    assert "--ref: empty" in one_line_error(capsys)
     assert main(["submit", "tiny", "--arm", "x" * 300]) == 2  # (git's ref of a merged try: "File name too long")
     assert f"arm {'x' * 60!r}... (300 characters): use a new lowercase name" in one_line_error(capsys)
     assert nothing_created(root)
