@@ -377,7 +377,9 @@ class Program(Strict):
     @classmethod
     def _paths_in_the_repo(cls, paths):
         for path in paths:  # git pathspecs relative to the repository's root
-            if not path.strip() or Path(path).is_absolute() or ".." in Path(path).parts or not command_line_text(path):
+            # (a leading ':' is git's pathspec magic: ':(bogus)x' was a traceback in every command's check)
+            if not path.strip() or Path(path).is_absolute() or ".." in Path(path).parts or not command_line_text(path) \
+                    or path.startswith(":"):
                 raise ValueError(f"{quoted(path, 200)}: expected a path inside the repository, e.g. trainer/eval.py")
         return paths
 

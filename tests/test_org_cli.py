@@ -54,6 +54,8 @@ BAD_PROGRAMS = {
                                                 "protected: '/etc/passwd': expected a path inside the repository"),
     "a protected path with a NUL": (yaml.safe_dump(tiny_program(protected=["trainer/\0eval.py"])),  # (a traceback)
                                     "protected: 'trainer/\\x00eval.py': expected a path inside the repository"),
+    "a protected pathspec's magic": (yaml.safe_dump(tiny_program(protected=[":(bogus)x"])),  # (git's traceback)
+                                     "protected: ':(bogus)x': expected a path inside the repository"),
     "a model past the trainer's bound": (  # (a traceback, under a FLOP budget)
         yaml.safe_dump(tiny_program(budget={**tiny_program()["budget"], "per_run": {"flops": 1e9}},
                                     train={**tiny_program()["train"], "seq_len": 10**12})),
