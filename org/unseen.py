@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from org import python_text, user_cache, write_atomically
+from org import OrgError, python_text, user_cache, write_atomically
 
 
 # where people keep credentials, under HOME: agent code would read them and a tool's output
@@ -57,7 +57,11 @@ def known_lab(lab_root: Path):
     root = Path(lab_root).resolve()
     entry = labs_list() / hashlib.sha256(str(root).encode()).hexdigest()[:24]
     if not entry.exists() and not root.is_relative_to("/tmp"):  # (every box has a /tmp of its own)
-        write_atomically(entry, str(root))
+        try:
+            write_atomically(entry, str(root))
+        except OSError as e:  # (NANOLAB_LABS, or XDG_CACHE_HOME above it, naming a file: a traceback)
+            raise OrgError(f"the list of labs {entry.parent} cannot be written ({e.strerror}): "
+                           "NANOLAB_LABS or XDG_CACHE_HOME names something that is not a folder?") from None
 
 
 def other_labs() -> list[Path]:

@@ -76,8 +76,8 @@ def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
 
 def start(program: Program, lab: Lab, path: Path) -> Ledger:
     """Start the program (idempotently): branch program/<name>, .lab/<name>/ and its ledger."""
+    known_lab(lab.root)  # (every other lab's boxes hide its state; first: it may fail, and nothing is made then)
     base = lab.start_program(program.name)
-    known_lab(lab.root)  # (every other lab's boxes hide its state)
     ledger = Ledger(ledger_path(lab.state_dir(program.name)))
     if not ledger.program(program.name):
         ledger.add_program(program.name, program.model_dump(mode="json"), base, f"program/{program.name}")

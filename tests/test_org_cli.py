@@ -1,13 +1,16 @@
 """Bad input to `org`: one line naming the cause, a non-zero exit, and nothing created."""
 import contextlib
 import shlex
+from pathlib import Path
 
 import git
 import pytest
 import yaml
 
+from org import OrgError
 from org.cli import main
 from org.ledger import Ledger
+from org.unseen import known_lab
 from test_org_runner import hold_the_write_lock, ledger_of, make_project, tiny_program  # noqa: F401  (make_project is a fixture)
 
 
@@ -130,6 +133,18 @@ def test_bad_submissions(make_project, capsys):
     assert main(["submit", "tiny", "--arm", "x" * 300]) == 2  # (git's ref of a merged try: "File name too long")
     assert f"arm {'x' * 60!r}... (300 characters): use a new lowercase name" in one_line_error(capsys)
     assert nothing_created(root)
+
+
+def test_a_list_of_labs_that_is_a_file_is_one_line(monkeypatch, tmp_path, capsys):
+    """NANOLAB_LABS (or XDG_CACHE_HOME above the list) naming a file was a traceback from every
+    command that starts a program, after its branch was made (a lab under /tmp, as the tests',
+    is on no list: every box has a /tmp of its own)."""
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setenv("NANOLAB_LABS", str(tmp_path / "a-file"))
+    with pytest.raises(OrgError, match=f"the list of labs {tmp_path / 'a-file'} cannot be written \\(File exists\\): "
+                                       "NANOLAB_LABS or XDG_CACHE_HOME names something that is not a folder"):
+        known_lab(Path("/srv/a-lab-outside-tmp"))
+    assert (tmp_path / "a-file").read_text() == "x"
 
 
 def test_a_change_already_submitted_is_not_measured_again_under_a_new_name(make_project, capsys):
