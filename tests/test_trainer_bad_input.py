@@ -136,6 +136,23 @@ def test_optimizer_values_out_of_their_range(workdir, setting, key):
     assert not (workdir / "odd").exists()
 
 
+def test_a_bpe_vocabulary_past_its_bound(workdir):
+    proc = trainer(workdir, "data", "--data", "pystdlib", "--tokenizer", "bpe:99999999999999999999")  # (OverflowError)
+    assert_one_line(proc, "bpe:99999999999999999999", "from 257 to 1048576 ids")
+
+
+def test_a_fifo_in_a_data_folder_is_passed_over(workdir):
+    """A named pipe among a folder's files: the trainer opened it and waited for a writer for ever,
+    deaf to SIGTERM (a hunt, 2026-12-06)."""
+    folder = workdir / "with-a-fifo"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"doc{i}.txt").write_text(f"document {i}: " + "some words of text " * 50)
+    os.mkfifo(folder / "a-pipe.txt")
+    proc = trainer(workdir, "data", "--data", str(folder), "--cache-dir", str(workdir / "fifo-cache"))
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_an_empty_out_is_refused_and_a_resumed_run_takes_no_flags_it_would_ignore(workdir):
     """`--out ""` was the folder the trainer started in (Path("") is "."): a run's four files
     landed there. And `--resume run --steps 5` resumed the run to its own budget, saying nothing."""

@@ -137,12 +137,15 @@ def read_split_key(path) -> bytes:
     return key
 
 
+MAX_BPE_IDS = 1 << 20  # (a GPT-2 has 50257; bpe:99999999999999999999 overflowed in `tokenizers`: a traceback)
+
+
 def parse_tokenizer_spec(spec: str) -> str:
     m = re.fullmatch(r"bpe:(\d+)", spec) if isinstance(spec, str) else None
-    if spec == "bytes" or (m and int(m.group(1)) >= 257):
+    if spec == "bytes" or (m and 257 <= int(m.group(1)) <= MAX_BPE_IDS):
         return spec
     if m:  # 256 byte ids + the end-of-text id is the smallest byte-level BPE
-        raise ValueError(f"tokenizer {spec!r}: a bpe vocabulary needs at least 257 ids")
+        raise ValueError(f"tokenizer {spec!r}: a bpe vocabulary has from 257 to {MAX_BPE_IDS} ids")
     raise ValueError(f"unknown tokenizer {spec!r}: use 'bytes' or 'bpe:N' (N >= 257)")
 
 
@@ -198,8 +201,9 @@ def folder_documents(root: Path) -> list[tuple[str, str]]:
     docs = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for f in filenames:
-            text = None if f.startswith(".") else read_text(Path(dirpath) / f)
+        for f in filenames:  # (a FIFO, a socket or a device is no text: opening a FIFO waited for ever)
+            path = Path(dirpath) / f
+            text = None if f.startswith(".") or not path.is_file() else read_text(path)
             if text:
                 docs.append(((Path(dirpath) / f).relative_to(root).as_posix(), text))
     return sorted(docs)
