@@ -107,7 +107,7 @@ class Claim(Strict):
     alpha: float = Field(0.05, gt=0, lt=1, description="improve: the FDR level of the keep decisions")
     # fresh seeds the harness draws for an arm whose claim stands on the main ones (referee.replicate),
     # or for a try an improve program would keep: None, as many as budget.seeds; 0, none
-    fresh_seeds: int | None = Field(None, ge=0)
+    fresh_seeds: int | None = Field(None, ge=0, le=1000)  # (1e30 held the budget back for them all)
 
     @property
     def rule(self) -> str:
@@ -418,6 +418,9 @@ class Program(Strict):
         if self.compute_multiplier and self.compute_multiplier.seeds > len(self.budget.seeds):
             raise ValueError(f"compute_multiplier.seeds: {self.compute_multiplier.seeds} is more than the "
                              f"program's {len(self.budget.seeds)} seeds")
+        if self.data.val_tokens < self.train.seq_len:  # (every run was an `error`, in the data's words)
+            raise ValueError(f"data.val_tokens {self.data.val_tokens} holds no window of train.seq_len "
+                             f"{self.train.seq_len}: give at least {self.train.seq_len}")
         if self.train.device == "cuda" and self.runner.backend == "local" and not self.runner.gpus:
             raise ValueError("train.device cuda needs runner.gpus, the GPUs its runs take one each (e.g. [0]): "
                              "a run's box holds only its slot's GPU")

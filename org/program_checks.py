@@ -5,15 +5,18 @@ Each problem is one ProgramError line naming the file and the field.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
+import os
 from pathlib import Path
 
 from org.program import Program, ProgramError
 
 
-def data_source_problem(source: str, root: Path) -> str | None:
+def data_source_problem(source: str, root: Path, window: int | None = None) -> str | None:
     """Why the program's data source cannot be read (every run would fail), or None. A relative
-    path is the lab's: runs see the committed tree."""
+    path is the lab's: runs see the committed tree. `window`: train.seq_len, a window of which
+    the text's val split (a twentieth of it) must hold."""
     if source == "pystdlib":
         return None
     found = next((s for s in (str(Path(root) / source), source) if glob.glob(s)), None)
@@ -33,7 +36,38 @@ def data_source_problem(source: str, root: Path) -> str | None:
         # (every run would train, and then have no val_bpb to be judged on)
         return (f"{source!r} is llm.c shards with no {' or '.join(TOKENIZER_FILES)} beside them: val_bpb needs "
                 f"the bytes of each token id (llm.c's data scripts write gpt2_tokenizer.bin)")
-    return None
+    return None if shards else text_problem(source, paths, window)
+
+
+def text_problem(source: str, paths: list[Path], window: int | None) -> str | None:
+    """A text source with no text file (as the trainer reads a folder: trainer/data.py's
+    folder_documents), or too little text for its val split to hold a window: an empty folder
+    and a 2-byte file were started, every run an `error`, and the program's name spent."""
+    need = 20 * (window + 1) if window else 1  # (val is a twentieth; a token is a byte at most)
+    text, found = 0, False
+    for path in text_files(paths):
+        with contextlib.suppress(OSError):
+            with open(path, "rb") as f:
+                if b"\0" in f.read(8192):  # (binary, as git and the trainer tell it)
+                    continue
+            found, text = True, text + path.stat().st_size
+        if found and text >= need:
+            return None
+    if not found:
+        return f"{source!r} holds no text files"
+    return (f"{source!r} holds {text} bytes of text: its val split (a twentieth) holds no window of "
+            f"train.seq_len {window}; at least {need} bytes")
+
+
+def text_files(paths: list[Path]):
+    """The regular files the trainer reads of these paths, hidden ones passed over."""
+    for path in paths:
+        if path.is_file():
+            yield path
+            continue
+        for folder, folders, names in os.walk(path):
+            folders[:] = [d for d in folders if not d.startswith(".")]
+            yield from (Path(folder) / n for n in names if not n.startswith(".") and (Path(folder) / n).is_file())
 
 
 def check_with_trainer(program: Program, source: str = "program") -> None:

@@ -59,9 +59,16 @@ BAD_PROGRAMS = {
                                     "protected: 'trainer/\\x00eval.py': expected a path inside the repository"),
     "a protected pathspec's magic": (yaml.safe_dump(tiny_program(protected=[":(bogus)x"])),  # (git's traceback)
                                      "protected: ':(bogus)x': expected a path inside the repository"),
+    # (each started, and then every run was an `error`; a mended file was refused as the data changed)
+    "a val split of less than a window": (yaml.safe_dump(tiny_program(data={"val_tokens": 1})),
+                                          "data.val_tokens 1 holds no window of train.seq_len 64: give at least 64"),
+    "an empty data folder": (yaml.safe_dump(tiny_program(data={"source": "empty-corpus", "val_tokens": 64})),
+                             "data.source: 'empty-corpus' holds no text files"),
+    "fresh seeds past a thousand": (yaml.safe_dump(tiny_program(claim={"kind": "superiority", "fresh_seeds": 10**6})),
+                                    "claim.fresh_seeds: expected less than or equal to 1000"),
     "a model past the trainer's bound": (  # (a traceback, under a FLOP budget)
         yaml.safe_dump(tiny_program(budget={**tiny_program()["budget"], "per_run": {"flops": 1e9}},
-                                    train={**tiny_program()["train"], "seq_len": 10**12})),
+                                    train={**tiny_program()["train"], "seq_len": 10**12}, data={"val_tokens": 10**12})),
         "train.seq_len 1000000000000 and data.tokenizer bytes: the trainer rejects the baseline"),
     "a tokenizer the trainer does not know": (
         yaml.safe_dump(tiny_program(data={"tokenizer": "bogus", "val_tokens": 512})),
@@ -77,6 +84,7 @@ BAD_PROGRAMS = {
 def test_bad_program_files(case, make_project, capsys):
     text, expected = BAD_PROGRAMS[case]
     root = make_project(tiny_program())
+    (root / "empty-corpus").mkdir()
     path = root / "programs" / "bad.yaml"
     path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     assert main(["run", "programs/bad.yaml"]) == 2

@@ -1,4 +1,5 @@
 """Program files: what a valid one looks like, and the one-line errors for bad ones."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +198,8 @@ def test_a_flop_budget_smaller_than_one_step_is_refused_before_any_run(tmp_path)
     with pytest.raises(ProgramError, match="255 is smaller than one step"):
         check_with_trainer(tokens, "prog")
     check_with_trainer(load_program(write(tmp_path, MINIMAL.replace("{steps: 3}", "{tokens: 256}"))), "prog")
-    huge = load_program(write(tmp_path, MINIMAL.replace("{steps: 3}", "{flops: 1e9}").replace("seq_len: 64", "seq_len: 1000000000000")))
+    huge = load_program(write(tmp_path, MINIMAL.replace("{steps: 3}", "{flops: 1e9}").replace("seq_len: 64", "seq_len: 1000000000000")
+                                         .replace("val_tokens: 2048", "val_tokens: 1000000000000")))
     with pytest.raises(ProgramError, match=r"^prog: train.seq_len 1000000000000 and data.tokenizer bytes: the trainer "
                                            r"rejects the baseline: .* more than 1e\+12 parameters"):
         check_with_trainer(huge, "prog")  # (it was a traceback)
@@ -206,9 +208,18 @@ def test_a_flop_budget_smaller_than_one_step_is_refused_before_any_run(tmp_path)
 def test_a_data_source_that_matches_nothing_is_named(tmp_path):
     from org.program_checks import data_source_problem
     assert data_source_problem("pystdlib", tmp_path) is None
-    (tmp_path / "texts").mkdir()
-    assert data_source_problem("texts", tmp_path) is None                       # the lab's, relative
-    assert data_source_problem(str(tmp_path / "texts"), Path("/")) is None       # absolute
+    (tmp_path / "texts").mkdir()  # (an empty folder, a 2-byte file: started, every run an `error`, the name spent)
+    assert data_source_problem("texts", tmp_path) == "'texts' holds no text files"
+    (tmp_path / "texts" / "a.dat").write_bytes(b"\0" * 100)
+    (tmp_path / "texts" / ".hidden.txt").write_text("x" * 10_000)
+    os.mkfifo(tmp_path / "texts" / "a-pipe.txt")
+    assert data_source_problem("texts", tmp_path, 64) == "'texts' holds no text files"
+    (tmp_path / "texts" / "small.txt").write_text("ab")
+    assert data_source_problem("texts", tmp_path, 64) == ("'texts' holds 2 bytes of text: its val split (a twentieth) "
+                                                          "holds no window of train.seq_len 64; at least 1300 bytes")
+    (tmp_path / "texts" / "more.txt").write_text("words " * 300)
+    assert data_source_problem("texts", tmp_path, 64) is None                   # the lab's, relative
+    assert data_source_problem(str(tmp_path / "texts"), Path("/"), 64) is None   # absolute
     for lab_itself in ("", ".", str(tmp_path.parent)):  # its text the ledger and the harness's data
         assert "holds the lab itself" in data_source_problem(lab_itself, tmp_path), lab_itself
     (tmp_path / "empty.txt").write_text("")
