@@ -16,6 +16,7 @@ import collections.abc
 import itertools
 import math
 import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -513,9 +514,15 @@ def _describe(err: dict) -> str:
     return f"{field}: {shown(msg[:500])}"
 
 
+CONTAINERS = reprlib.Repr()  # (its keywords are Python 3.12's)
+CONTAINERS.maxlevel, CONTAINERS.maxdict, CONTAINERS.maxlist, CONTAINERS.maxstring = 4, 8, 8, 80
+
+
 def quoted(value, limit: int = 200) -> str:
-    """A value as an error line shows it: repr'd, no control character, at most `limit` characters of it."""
-    text = repr(value)
+    """A value as an error line shows it: repr'd, no control character, at most `limit` characters of it.
+    A list or mapping is cut as it is repr'd: YAML's aliases nest one in itself 10x a level, and
+    a 753-byte file's repr took 370 MB at 7 levels (each level 10x more)."""
+    text = CONTAINERS.repr(value) if isinstance(value, (list, dict, tuple, set)) else repr(value)
     return shown(text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)")
 
 

@@ -1,5 +1,6 @@
 """Program files: what a valid one looks like, and the one-line errors for bad ones."""
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -246,3 +247,16 @@ def test_an_override_is_a_name_and_text_a_command_line_carries():
     for bad in ({"softcap": "a\x00b"}, {"softcap": "a\ud800"}, {"soft cap": 1}, {"softcap": "a\x1b]52;c;eA==\x07"}):
         assert "a key is a name (letters, digits, _ and .), a value a finite number" in owned_by_program(bad), bad
     assert owned_by_program({"softcap": 15, "matrix_lr": 0.02, "activation": "relu2", "qk_norm": True}) is None
+
+
+def test_a_value_of_nested_yaml_aliases_is_named_without_being_written_out(tmp_path):
+    """A 753-byte file whose question is a tree of aliases, each level ten of the one below: its
+    error line repr'd the whole tree before cutting it (370 MB at 7 levels, x10 a level). Here 9
+    levels: 10^9 strings as written out."""
+    levels = ['&a0 ["xxxxxxxxxx", ' + ", ".join(['"xxxxxxxxxx"'] * 9) + "]"]
+    levels += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path = write(tmp_path, MINIMAL.replace("question: does the softcap matter?", f"question: [{', '.join(levels)}]"))
+    t0 = time.monotonic()
+    with pytest.raises(ProgramError, match=r"question: expected a valid string, got \[\['xxxxxxxxxx', "):
+        load_program(path)
+    assert time.monotonic() - t0 < 30  # (a generous bound: written out it never ends, or the machine's memory does)
