@@ -83,6 +83,9 @@ def check_text(args, parser):
             except UnicodeEncodeError:
                 raise OrgError(f"{flags(parser).get(name, name)} {text.encode(errors='replace').decode()!r}: "
                                "not UTF-8 text") from None
+    who = getattr(args, "who", None)  # (logged and shown: a terminal's escape codes went out raw, an empty one was nobody)
+    if isinstance(who, str) and (not who.strip() or not who.isprintable() or len(who) > 100):
+        raise OrgError(f"--who {shown(repr(who[:100]))}: expected a printable name of 1 to 100 characters")
 
 
 def flags(parser) -> dict[str, str]:

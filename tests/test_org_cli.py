@@ -138,6 +138,9 @@ def test_bad_submissions(make_project, capsys):
     assert "submit: x changes nothing: give --set KEY=VALUE or --ref REF (or both)" in one_line_error(capsys)
     assert main(["submit", "tiny", "--arm", "x", "--ref", ""]) == 2  # (read as no ref)
     assert "--ref: empty" in one_line_error(capsys)
+    for who in ("", "\x1b[31mred", "x" * 101):  # (logged, and shown raw: a terminal's escape codes)
+        assert main(["submit", "tiny", "--arm", "x", "--set", "softcap=1", "--who", who]) == 2
+        assert "expected a printable name of 1 to 100 characters" in one_line_error(capsys)
     assert main(["submit", "tiny", "--arm", "x" * 300]) == 2  # (git's ref of a merged try: "File name too long")
     assert f"arm {'x' * 60!r}... (300 characters): use a new lowercase name" in one_line_error(capsys)
     assert nothing_created(root)
