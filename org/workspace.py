@@ -106,6 +106,9 @@ def hand_edit(path, programs_too: bool = True) -> str | None:
             if row:
                 return (f"{path}: {table} row {row[0]}: its {column} is not a JSON {kind} (edited by hand?): "
                         f"{quoted(row[1])}; {LEFT_AS_IT_IS}")
+        if found := not_a_number(db):
+            table, rowid, column, value = found
+            return f"{path}: {table} row {rowid}: its {column} is not a number (edited by hand?): {quoted(value)}; {LEFT_AS_IT_IS}"
         for name, spec in db.execute("SELECT name, spec FROM programs") if programs_too else ():
             try:
                 Program.model_validate(json.loads(spec))  # (as recorded_program reads it)
@@ -113,6 +116,20 @@ def hand_edit(path, programs_too: bool = True) -> str | None:
                 where = ".".join(map(str, e.errors()[0]["loc"])) or "spec"
                 return (f"{path}: program {name!r}: its spec is not a program this org reads (edited by hand, "
                         f"or an older nanolab's?): {where}: {shown(e.errors()[0]['msg'])}; {LEFT_AS_IT_IS}")
+    return None
+
+
+def not_a_number(db) -> tuple | None:
+    """(table, rowid, column, value) of a number column holding something else ('abc' in a run's
+    wall_seconds was a TypeError in every command that reads runs), or None."""
+    tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in tables:
+        for _, column, declared, *_ in db.execute(f'PRAGMA table_info("{table}")'):
+            if declared.upper() in ("REAL", "INTEGER"):
+                row = db.execute(f'SELECT rowid, "{column}" FROM "{table}" WHERE typeof("{column}") '
+                                 "NOT IN ('integer', 'real', 'null') LIMIT 1").fetchone()
+                if row:
+                    return table, row[0], column, row[1]
     return None
 
 
