@@ -125,8 +125,13 @@ def cmd_launch(args) -> int:
 def one_at_a_time(launch: ProgramSite):
     """One `org launch` or `org stop` of a program at a time (the second waits, then finds
     the first one's work done)."""
-    launch.panes_dir.mkdir(parents=True, exist_ok=True)
-    with open(launch.panes_dir / "lock", "w") as lock:
+    try:
+        launch.panes_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(launch.panes_dir / "lock", "w")
+    except OSError as e:  # (a hand's damage: a file where the folder goes, a folder where the lock does)
+        raise OrgError(f"{e.filename}: {e.strerror}: the launch's own state there is not as it left it; "
+                       "move it away") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 

@@ -35,8 +35,12 @@ def one_runner(state_dir: Path, wait: float = 0.0):
     if state_dir in HELD:
         yield
         return
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / "runner.lock", "a+") as lock:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(state_dir / "runner.lock", "a+")
+    except OSError as e:  # (a hand's damage: a folder where the lock goes)
+        raise OrgError(f"{e.filename}: {e.strerror}: the runner's lock cannot be held; move it away") from None
+    with lock:
         deadline = time.monotonic() + wait
         while not locked(lock):
             if time.monotonic() > deadline:

@@ -589,3 +589,20 @@ def test_org_in_an_agents_worktree_reads_the_labs_state_not_what_the_agent_plant
     assert " lr " in shown and "forged" not in shown
     assert main(["submit", "evil.yaml", "--arm", "y"]) == 2
     assert "evil.yaml: a program file in an agent's worktree is the agent's to write" in one_line_error(capsys)
+
+
+def test_a_lock_or_folder_of_the_harness_damaged_by_hand_is_one_line(make_project, capsys):
+    """A folder where the runner's lock goes, a file where the launch's folder goes: tracebacks
+    from `org run`, `org stop` and `org clean` (a hunt, 2026-12-06)."""
+    root = make_project(tiny_program())
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    (root / ".lab" / "tiny" / "runner.lock").mkdir()
+    capsys.readouterr()
+    assert main(["run", "tiny"]) == 2
+    assert "runner.lock: Is a directory: the runner's lock cannot be held; move it away" in one_line_error(capsys)
+    (root / ".lab" / "tiny" / "runner.lock").rmdir()
+    (root / ".lab" / "tiny" / "panes").write_text("x")
+    for command in ("stop", "clean"):
+        assert main([command, "tiny"]) == 2
+        assert "panes: File exists: the launch's own state there is not as it left it; move it away" in one_line_error(capsys)
+    assert (root / ".lab" / "tiny" / "panes").read_text() == "x"
