@@ -153,6 +153,17 @@ def test_a_fifo_in_a_data_folder_is_passed_over(workdir):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_an_empty_data_a_key_set_twice_and_a_file_to_resume(workdir):
+    """(a hunt, 2026-12-06) an empty --data trained on the folder it started in; a key set twice
+    took the last without a word; a file to resume was called a corrupt run."""
+    assert_one_line(trainer(workdir, "train", *SMALL, *TINY, "--data", "", "--out", "odd"), "--data", "expected pystdlib")
+    assert_one_line(trainer(workdir, "train", *SMALL, *TINY, "--set", "softcap=1", "--set", "softcap=2", "--out", "odd"),
+                    "softcap is set twice")
+    (workdir / "a-file").write_text("x")
+    assert_one_line(trainer(workdir, "train", "--resume", "a-file"), "a-file: not a folder")
+    assert not (workdir / "odd").exists()
+
+
 def test_an_empty_out_is_refused_and_a_resumed_run_takes_no_flags_it_would_ignore(workdir):
     """`--out ""` was the folder the trainer started in (Path("") is "."): a run's four files
     landed there. And `--resume run --steps 5` resumed the run to its own budget, saying nothing."""

@@ -43,6 +43,13 @@ def folder(text: str) -> Path:
     return Path(text)
 
 
+def data_source(text: str) -> str:
+    """--data: Path("") is "." too (an empty --data trained on the folder it started in)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected pystdlib, a file, a folder or a glob")
+    return text
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the flag, not a usage dump."""
 
@@ -140,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_data_flags(p):
-    p.add_argument("--data", default="pystdlib",
+    p.add_argument("--data", default="pystdlib", type=data_source,
                    help="pystdlib (default, embedded), a text file or folder, or llm.c .bin shards")
     p.add_argument("--tokenizer", default="bytes", help="bytes (default) or bpe:N")
 
@@ -224,6 +231,8 @@ def read_run_config(run_dir: Path) -> dict:
         return saved
     except FileNotFoundError:
         raise ValueError(f"{run_dir}: no config.json there (not a run directory)") from None
+    except NotADirectoryError:
+        raise ValueError(f"{run_dir}: not a folder (a run's directory)") from None
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a run's config.json: corrupt or edited ({type(e).__name__})") from None
 

@@ -126,6 +126,8 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set expects key=value, got {pair!r}")
+        if key.strip() in out:  # (the last one won, without a word; `org submit` refuses it too)
+            raise ValueError(f"--set {pair!r}: {key.strip()} is set twice")
         out[key.strip()] = value.strip()
     return out
 

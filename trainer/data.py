@@ -496,7 +496,8 @@ def export_runs(ds: Dataset, out_dir) -> list[Path]:
 
 def add_data_arguments(parser: argparse.ArgumentParser, export: bool = True) -> None:
     """--data, --tokenizer, --cache-dir (for train/eval too) and, for `data`, --export-bin."""
-    parser.add_argument("--data", default="pystdlib", metavar="SRC",
+    from trainer.cli import data_source
+    parser.add_argument("--data", default="pystdlib", metavar="SRC", type=data_source,
                         help="'pystdlib' (default: this Python's stdlib sources + help topics), a text "
                              "file or folder, or llm.c .bin shards (a file, folder or quoted glob)")
     parser.add_argument("--tokenizer", default="bytes", metavar="T",
