@@ -5,6 +5,7 @@ Branches, ledger, mail and transcripts stay, so `org launch` again resumes.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import signal
 import subprocess
@@ -25,13 +26,20 @@ from org.workspace import ProgramSite, open_site
 def add_stop_command(sub):
     p = sub.add_parser("stop", help="stop a program's agents and runner; keep branches, ledger, transcripts")
     p.add_argument("program")
-    p.add_argument("--timeout", type=float, default=STOP_SECONDS, help="seconds to wait for safe points")
+    p.add_argument("--timeout", type=wait_seconds, default=STOP_SECONDS, help="seconds to wait for safe points")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("clean", help="remove a stopped program's worktrees and agent branches (the ledger and "
                        "the commits it names stay)")
     p.add_argument("program")
     p.set_defaults(func=cmd_clean)
+
+
+def wait_seconds(text: str) -> float:
+    seconds = float(text)  # ValueError: argparse says "invalid wait_seconds value"
+    if not 0 <= seconds <= 3600:  # (nan and -1 were taken)
+        raise argparse.ArgumentTypeError(f"{text}: expected seconds from 0 to 3600")
+    return seconds
 
 
 def cmd_stop(args) -> int:

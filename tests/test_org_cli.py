@@ -606,3 +606,10 @@ def test_a_lock_or_folder_of_the_harness_damaged_by_hand_is_one_line(make_projec
         assert main([command, "tiny"]) == 2
         assert "panes: File exists: the launch's own state there is not as it left it; move it away" in one_line_error(capsys)
     assert (root / ".lab" / "tiny" / "panes").read_text() == "x"
+
+
+def test_a_stop_waits_a_number_of_seconds(capsys):
+    for bad in ("nan", "-1", "inf"):  # (each was taken: nan waited for nothing, and said nothing)
+        with pytest.raises(SystemExit) as stopped:
+            main(["stop", "tiny", "--timeout", bad])
+        assert stopped.value.code == 2 and f"--timeout: {bad}: expected seconds from 0 to 3600" in capsys.readouterr().err
