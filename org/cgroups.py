@@ -71,8 +71,8 @@ def cgroup_root(controller: str) -> Path | None:
             probe = base / "nanolab" / f"probe-{uuid.uuid4().hex[:8]}"
             try:
                 probe.parent.mkdir(exist_ok=True)
-                inherit_cpuset(probe.parent)
                 enable_below(probe.parent)
+                inherit_cpuset(probe.parent)
                 probe.mkdir()
                 ok = any((probe / name).exists() for name in PROBES[controller])
                 probe.rmdir()
@@ -103,7 +103,10 @@ def enable_below(group: Path):
 
 def inherit_cpuset(group: Path):
     """cgroup v1 starts a cpuset empty, and an empty one can hold no task: give it its parent's
-    CPUs and memory nodes (v2 reads an empty one as its parent's already)."""
+    CPUs and memory nodes (v2 reads an empty one as its parent's already, and its root has none
+    to read: a read there failed, and with it every controller of a v2 machine's nanolab/)."""
+    if (group / "cgroup.controllers").exists():  # (v2)
+        return
     for name in ("cpuset.cpus", "cpuset.mems"):
         mine, parents = group / name, group.parent / name
         if mine.exists() and not mine.read_text().strip() and parents.read_text().strip():

@@ -155,13 +155,17 @@ def measure_run(job: dict, env: dict, timeout: float, cores: list[int] | None = 
     return outcome
 
 
-def keep_failed_logs(log_dir: Path, kept_root: Path, run_id: int) -> Path:
+def keep_failed_logs(log_dir: Path, kept_root: Path, run_id: int) -> Path | None:
     """Move a failed measurement's logs (HARNESS_LOGS) from `log_dir` into kept_root/<run>-<n>/,
     their last KEPT_LOG_BYTES: the next attempt writes the same names, and planted() clears those
-    names in a run's directory before a recovery measures it (there they might be the run's own)."""
-    n = 1 + len(list(kept_root.glob(f"{run_id}-*"))) if kept_root.is_dir() else 1
-    kept = kept_root / f"{run_id}-{n}"
-    kept.mkdir(parents=True, exist_ok=True)
+    names in a run's directory before a recovery measures it (there they might be the run's own).
+    None where they cannot be (a full disk: one cause of a failed measurement), left in place."""
+    try:
+        taken = [int(p.name.rpartition("-")[2]) for p in kept_root.glob(f"{run_id}-*")] if kept_root.is_dir() else []
+        kept = kept_root / f"{run_id}-{max(taken, default=0) + 1}"
+        kept.mkdir(parents=True)
+    except (OSError, ValueError):
+        return None
     for log in log_dir.glob(HARNESS_LOGS):
         with contextlib.suppress(OSError):
             with open(log, "r+b", opener=no_follow) as f:  # (a link or a folder there: left to planted())

@@ -75,7 +75,7 @@ def _scalar_overrides(value: dict[str, Any]) -> dict[str, Any]:
     """Overrides become `--set key=value`: each value must be one plain scalar."""
     for key, v in value.items():
         if not isinstance(v, (str, int, float, bool)):
-            raise ValueError(f"{key}: expected a number, string or boolean, got {v!r}")
+            raise ValueError(f"{key}: expected a number, string or boolean, got {quoted(v)}")  # (an alias tree: cut)
     problem = owned_by_program(value)
     if problem:
         raise ValueError(problem)

@@ -48,14 +48,15 @@ def text_problem(source: str, paths: list[Path], window: int | None) -> str | No
     for path in text_files(paths):
         with contextlib.suppress(OSError):
             with open(path, "rb") as f:
-                if b"\0" in f.read(8192):  # (binary, as git and the trainer tell it)
-                    continue
+                head = f.read(8192)
+            if not head or b"\0" in head:  # (empty, or binary as git and the trainer tell it)
+                continue
             found, text = True, text + path.stat().st_size
         if found and text >= need:
             return None
     if not found:
         return f"{source!r} holds no text files"
-    return (f"{source!r} holds {text} bytes of text: its val split (a twentieth) holds no window of "
+    return (f"{source!r} holds {text} bytes of text: its val split (about a twentieth) holds no window of "
             f"train.seq_len {window}; at least {need} bytes")
 
 

@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -447,7 +448,8 @@ class Runner:
             return None
         except subprocess.TimeoutExpired:
             why = f"wall time over run_timeout_seconds ({timeout:g}s), killed by the runner"
-            killing(why)
+            with contextlib.suppress(sqlite3.Error):  # (on record for a recovery; the signal comes first in worth)
+                killing(why)
         _kill_group(getattr(proc, "inner_pid", proc.pid), signal.SIGTERM)  # the trainer itself, in its box
         try:
             proc.wait(timeout=KILL_GRACE_SECONDS)
@@ -531,21 +533,23 @@ class Runner:
         try:
             return self._evaluate_once(ledger, run, slot, logs, probe, timeout)
         except MeasureError as e:
-            kept = self._keep_failed_logs(ledger, run, logs)
-            self.say(f"run {run['id']}: the harness's measurement failed ({e}; its logs: {kept}); measuring it again")
+            self.say(f"run {run['id']}: the harness's measurement failed ({self._failed(ledger, run, logs, e)}); "
+                     "measuring it again")
         try:
             return self._evaluate_once(ledger, run, slot, logs, probe, timeout)
         except MeasureError as e:
-            kept = self._keep_failed_logs(ledger, run, logs)
+            failed = self._failed(ledger, run, logs, e)
             if MEASURE_FAILED in (ledger.run(run["id"])["attempt_log"] or ""):
-                raise MeasureError(f"{e} (its logs: {kept})") from None
-            ledger.log_attempt(run["id"], f"{MEASURE_FAILED} ({e}; its logs: {kept}); the runner stopped")
-            raise OrgError(f"run {run['id']}: {MEASURE_FAILED} ({e}); the run stays claimed: `org run` again "
-                           f"measures it (the failed attempts' logs: {kept.parent})") from None
+                raise MeasureError(failed) from None
+            ledger.log_attempt(run["id"], f"{MEASURE_FAILED} ({failed}); the runner stopped")
+            raise OrgError(f"run {run['id']}: {MEASURE_FAILED} ({failed}); the run stays claimed: `org run` again "
+                           "measures it") from None
 
-    def _keep_failed_logs(self, ledger: Ledger, run: dict, logs: Path | None) -> Path:
-        run_dir = Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"]))
-        return keep_failed_logs(logs or run_dir, self.lab.state_dir(self.program.name) / "failed-measurements", run["id"])
+    def _failed(self, ledger: Ledger, run: dict, logs: Path | None, e: MeasureError) -> str:
+        """A failed measurement's words, its logs kept out of the next attempt's way and named where they went."""
+        source = logs or Path(ledger.run(run["id"])["run_dir"] or self.runs_dir / str(run["id"]))
+        kept = keep_failed_logs(source, self.lab.state_dir(self.program.name) / "failed-measurements", run["id"])
+        return str(e).replace(str(source), str(kept)) + f" (its logs: {kept})" if kept else f"{e} (its logs left in place)"
 
     def _evaluate_once(self, ledger: Ledger, run: dict, slot: Slot, logs: Path | None, probe: bool,
                        timeout: float | None) -> dict:

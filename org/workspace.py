@@ -122,11 +122,12 @@ def hand_edit(path, programs_too: bool = True) -> str | None:
 def not_a_number(db) -> tuple | None:
     """(table, rowid, column, value) of a number column holding something else ('abc' in a run's
     wall_seconds was a TypeError in every command that reads runs), or None."""
+    quote = lambda name: '"' + name.replace('"', '""') + '"'  # noqa: E731 (a hand may name a table anything)
     tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     for table in tables:
-        for _, column, declared, *_ in db.execute(f'PRAGMA table_info("{table}")'):
+        for column, declared in db.execute("SELECT name, type FROM pragma_table_info(?)", (table,)).fetchall():
             if declared.upper() in ("REAL", "INTEGER"):
-                row = db.execute(f'SELECT rowid, "{column}" FROM "{table}" WHERE typeof("{column}") '
+                row = db.execute(f"SELECT rowid, {quote(column)} FROM {quote(table)} WHERE typeof({quote(column)}) "
                                  "NOT IN ('integer', 'real', 'null') LIMIT 1").fetchone()
                 if row:
                     return table, row[0], column, row[1]

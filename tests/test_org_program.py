@@ -216,7 +216,7 @@ def test_a_data_source_that_matches_nothing_is_named(tmp_path):
     os.mkfifo(tmp_path / "texts" / "a-pipe.txt")
     assert data_source_problem("texts", tmp_path, 64) == "'texts' holds no text files"
     (tmp_path / "texts" / "small.txt").write_text("ab")
-    assert data_source_problem("texts", tmp_path, 64) == ("'texts' holds 2 bytes of text: its val split (a twentieth) "
+    assert data_source_problem("texts", tmp_path, 64) == ("'texts' holds 2 bytes of text: its val split (about a twentieth) "
                                                           "holds no window of train.seq_len 64; at least 1300 bytes")
     (tmp_path / "texts" / "more.txt").write_text("words " * 300)
     assert data_source_problem("texts", tmp_path, 64) is None                   # the lab's, relative

@@ -1340,7 +1340,8 @@ def v2_controllers() -> list[str]:
     return []
 
 
-@pytest.mark.skipif("hugetlb" not in v2_controllers(), reason=f"a cgroup v2 tree at {UNIFIED} with a controller of its own")
+@pytest.mark.skipif("hugetlb" not in v2_controllers() or not os.access(UNIFIED / "cgroup.subtree_control", os.W_OK),
+                    reason=f"a cgroup v2 tree at {UNIFIED} with a controller of its own, ours to enable")
 def test_on_cgroup_v2_the_groups_boxes_start_in_have_their_controllers(monkeypatch):
     """On v2 a group has a controller's files (memory.max, pids.max, cpu.weight) only where its
     parent enables the controller in its cgroup.subtree_control, and a new group enables none: on
@@ -1361,8 +1362,10 @@ def test_on_cgroup_v2_the_groups_boxes_start_in_have_their_controllers(monkeypat
         monkeypatch.setattr(cgroups, "CGROUP_ROOTS", {})
         assert cgroup_root("pids") == UNIFIED / "nanolab"  # (was: None)
         group = cgroups.box_group(cgroup_root("pids"), Limits())
-        assert (group / name).exists()  # a box's group there holds the controller's limits
-        cgroups.drop([group])
+        try:
+            assert (group / name).exists()  # a box's group there holds the controller's limits
+        finally:
+            group.rmdir()
     finally:
         for made in (scratch / "child", scratch):
             with contextlib.suppress(OSError):
@@ -1371,6 +1374,18 @@ def test_on_cgroup_v2_the_groups_boxes_start_in_have_their_controllers(monkeypat
             with contextlib.suppress(OSError):
                 (UNIFIED / "nanolab" / "cgroup.subtree_control").write_text("-hugetlb")
                 enabled_at_root.write_text("-hugetlb")
+
+
+def test_on_cgroup_v2_nanolab_takes_no_cpuset_from_a_root_that_has_none(tmp_path):
+    """(a review's find) a v2 machine's root cgroup has no cpuset.cpus, and nanolab/'s is empty: v1's
+    copy of the parent's failed there, and cgroup_root() took that for no hierarchy at all. Files
+    stand in for the kernel's here (its v2 tree on this machine holds no cpuset)."""
+    group = tmp_path / "nanolab"
+    group.mkdir()
+    for name, text in (("cgroup.controllers", "cpuset cpu memory pids"), ("cpuset.cpus", ""), ("cpuset.mems", "")):
+        (group / name).write_text(text)
+    cgroups.inherit_cpuset(group)  # (v2: an empty cpuset reads as its parent's)
+    assert (group / "cpuset.cpus").read_text() == ""
 
 
 @pytest.mark.skipif(cgroup_root("cpuacct") is None, reason=f"a cpu accounting cgroup: {cpu_meter()}")
