@@ -403,7 +403,8 @@ def test_eval_batches_fixed_spread_and_non_overlapping():
 # -- bad input and the CLI -----------------------------------------------------------
 
 @pytest.mark.parametrize("spec, match", [("bpe:abc", "unknown tokenizer"), ("foo", "unknown tokenizer"),
-                                         ("bpe:256", "at least 257"), ("bpe:", "unknown tokenizer")])
+                                         ("bpe:256", "from 257 to 1048576 ids"), ("bpe:1048577", "from 257 to 1048576 ids"),
+                                         ("bpe:", "unknown tokenizer")])
 def test_bad_tokenizer_spec(spec, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         D.load_dataset("pystdlib", spec, cache_dir=tmp_path)
