@@ -106,6 +106,10 @@ def hand_edit(path, programs_too: bool = True) -> str | None:
             if row:
                 return (f"{path}: {table} row {row[0]}: its {column} is not a JSON {kind} (edited by hand?): "
                         f"{quoted(row[1])}; {LEFT_AS_IT_IS}")
+        row = db.execute("SELECT rowid, budget FROM runs WHERE json_valid(budget) AND json_type(budget, '$.kind') IS NOT NULL "
+                         "AND coalesce(json_type(budget, '$.value'), 'none') NOT IN ('integer', 'real')").fetchone()
+        if row:  # (a KeyError in report: a budget's kind with no number beside it)
+            return f"{path}: runs row {row[0]}: its budget has no number value (edited by hand?): {quoted(row[1])}; {LEFT_AS_IT_IS}"
         if found := not_a_number(db):
             table, rowid, column, value = found
             return f"{path}: {table} row {rowid}: its {column} is not a number (edited by hand?): {quoted(value)}; {LEFT_AS_IT_IS}"

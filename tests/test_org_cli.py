@@ -471,7 +471,8 @@ def test_a_corrupt_ledger_is_named_as_such_and_left_as_it_is(damage, make_projec
 HAND_EDITS = {"not JSON": ("runs", "overrides", "{matrix_lr: 0.03"), "not an object": ("experiments", "overrides", "[1]"),
               "a budget of text": ("runs", "budget", '"flops"'), "a spec not JSON": ("programs", "spec", "{name: tiny"),
               "a spec with no budget": ("programs", "spec", '{"name": "tiny"}'),
-              "a number of text": ("runs", "wall_seconds", "abc")}  # (a TypeError in status, runs, report, extend)
+              "a number of text": ("runs", "wall_seconds", "abc"),
+              "a budget with no value": ("runs", "budget", '{"kind": "steps"}')}  # (a KeyError in report)  # (a TypeError in status, runs, report, extend)
 
 
 @pytest.mark.parametrize("edit", HAND_EDITS)
