@@ -43,7 +43,8 @@ def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
     path = program_path(arg, lab)
     program = load_program(path)
     check_with_trainer(program, source=str(path))
-    problem = data_source_problem(program.data.source, lab.root, program.train.seq_len)
+    started = ledger_path(lab.state_dir(program.name)).exists()  # (its data's size was enough: it may run on)
+    problem = data_source_problem(program.data.source, lab.root, None if started else program.train.seq_len)
     if problem:
         raise ProgramError(f"{path}: data.source: {problem}")
     dirty = lab.dirty_paths(program.protected)
