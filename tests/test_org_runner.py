@@ -261,8 +261,10 @@ def test_the_budget_holds_a_claims_fresh_seeds_back_from_work_not_yet_started(ma
     assert main(["report", "tiny"]) == 0
     row = next(line for line in (root / "reports" / "tiny" / "README.md").read_text().splitlines()
                if line.startswith("| no-softcap"))
-    # (the held-out split may say better, and so may the 2 fresh seeds: a draw, once in CI)
-    assert "so do 2 fresh seeds" in row or re.search(r"2 fresh seeds say (no regression|better)", row), row
+    # (the held-out split may say better, and so may the 2 fresh seeds; or they may not replicate it, as once in
+    # CI: "inconclusive (needs 1 more seed) there, Δ +0.0995": each a draw of the lab's split on a tiny model)
+    assert re.search(r"so do 2 fresh seeds|2 fresh seeds say (no regression|better)|not replicated on 2 fresh seeds: ",
+                     row), row
 
 
 def test_an_agents_share_of_the_compute_holds_its_queue_back_not_its_teammates(tmp_path):
