@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import os
 from pathlib import Path
 
 from org.program import Program, ProgramError
@@ -61,14 +60,10 @@ def text_problem(source: str, paths: list[Path], window: int | None) -> str | No
 
 
 def text_files(paths: list[Path]):
-    """The regular files the trainer reads of these paths, hidden ones passed over."""
+    """The files the trainer reads of these paths (trainer/data.py's folder_files)."""
+    from trainer.data import folder_files
     for path in paths:
-        if path.is_file():
-            yield path
-            continue
-        for folder, folders, names in os.walk(path):
-            folders[:] = [d for d in folders if not d.startswith(".")]
-            yield from (Path(folder) / n for n in names if not n.startswith(".") and (Path(folder) / n).is_file())
+        yield from [path] if path.is_file() else folder_files(path)
 
 
 def check_with_trainer(program: Program, source: str = "program") -> None:

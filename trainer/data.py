@@ -198,15 +198,16 @@ def stdlib_documents() -> list[tuple[str, str]]:
 
 
 def folder_documents(root: Path) -> list[tuple[str, str]]:
-    docs = []
+    docs = [(path.relative_to(root).as_posix(), read_text(path)) for path in folder_files(root)]
+    return sorted((name, text) for name, text in docs if text)
+
+
+def folder_files(root: Path):
+    """The files of a data folder the trainer reads: regular ones (a FIFO, a socket or a device is
+    no text: opening a FIFO waited for ever), hidden ones and hidden folders passed over."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for f in filenames:  # (a FIFO, a socket or a device is no text: opening a FIFO waited for ever)
-            path = Path(dirpath) / f
-            text = None if f.startswith(".") or not path.is_file() else read_text(path)
-            if text:
-                docs.append(((Path(dirpath) / f).relative_to(root).as_posix(), text))
-    return sorted(docs)
+        yield from (Path(dirpath) / f for f in filenames if not f.startswith(".") and (Path(dirpath) / f).is_file())
 
 
 def read_text(path: Path) -> str | None:
