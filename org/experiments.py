@@ -162,8 +162,8 @@ def submission_source(ledger: Ledger, lab: Lab, program: Program, arm: str, over
     taken = [e for e in ledger.experiments(program.name) if e["arm"] == arm]
     if taken and taken[0]["stage"] == "refused":  # the record keeps what was refused, under its name
         why = (taken[0]["reason"] or "no reason recorded").splitlines()[0]
-        raise OrgError(f"arm {arm!r} was refused (experiment {taken[0]['id']}: {why}); "
-                       "the record keeps it under that name, so submit the fixed idea under a new one")
+        raise OrgError(f"arm {arm!r} is taken: experiment {taken[0]['id']} was refused under that name ({why}), "
+                       "and the record keeps it; submit this idea under a new name")  # (not this --set's refusal)
     if taken or declared:
         who = taken[0]["who"] if taken else "the program"
         raise OrgError(f"arm {arm!r} already exists (by {who}, experiment {taken[0]['id'] if taken else 'declared'}); "

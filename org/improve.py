@@ -564,8 +564,9 @@ def patched(lab: Lab, base: str, patch: Path, reverse: bool = False) -> tuple[st
             lab.repo.git.apply("--cached", *["-R"] * reverse, str(patch), env=env)
             tree = lab.repo.git.write_tree(env=env)
         except git.GitCommandError as e:
-            lines = [s for s in (e.stderr or "").strip("' \n").splitlines() if s.strip()]
-            return None, (lines[0].strip() if lines else "git apply failed")
+            said = (e.stderr or "").strip().removeprefix("stderr: '").removesuffix("'")  # (GitPython's wrapping)
+            lines = [s.strip() for s in said.splitlines() if s.strip()]
+            return None, (lines[0] if lines else "git apply failed")
         return lab.repo.git.commit_tree(tree, "-p", base, "-m", f"check {patch.name}", env=env), None
 
 

@@ -148,12 +148,17 @@ class Lab:
 
     # --- refs and diffs ------------------------------------------------------------------
 
-    def resolve(self, ref: str) -> str:
-        """The full sha of a commit-ish; LabError naming the ref if it does not exist."""
+    def resolve(self, ref: str, named: str | None = None) -> str:
+        """The full sha of a commit-ish; LabError naming the ref (or what it was `named`) if it does
+        not exist, or names a tree or a file (`HEAD^{tree}`, `HEAD:README.md`)."""
         try:
             return self.repo.commit(ref).hexsha
         except (git.BadName, git.BadObject, ValueError, IndexError):  # IndexError: GitPython's '@{-1}'
-            raise LabError(f"git ref {ref!r} does not exist in {self.root}") from None
+            try:
+                kind = self.repo.git.cat_file("-t", self.repo.git.rev_parse("--verify", "--end-of-options", ref))
+            except (git.GitCommandError, ValueError):
+                raise LabError(f"git ref {(named or ref)!r} does not exist in {self.root}") from None
+            raise LabError(f"git ref {(named or ref)!r} names a {kind}, not a commit") from None
 
     def branch_problem(self, branch: str) -> str | None:
         """None if `branch` is missing or names a commit; else a line saying what its file holds
@@ -432,9 +437,9 @@ class Lab:
         except (git.GitCommandError, ValueError):  # (ValueError: a NUL in it)
             raise LabError(f"git ref {ref!r} does not exist in {self.root}") from None
         if kind == b"commit" and self.objects.has(sha):  # in already, and all it reaches (a tag the lab has,
-            return self.resolve(sha)                       # peeled; a blob, refused: GitPython reads the lab's only)
+            return self.resolve(sha, named=ref)            # peeled; a blob, refused: GitPython reads the lab's only)
         self.copy_in(ref, sha, branch_owner(ref) or owner, kind)
-        return self.resolve(sha) if kind == b"commit" else sha  # read from the shared store now
+        return self.resolve(sha, named=ref) if kind == b"commit" else sha  # read from the shared store now
 
     def copy_in(self, ref: str, sha: str, owner: tuple[str, str] | None, kind: bytes):
         """take_in's copy, past its first test: an object in the shared store has all it reaches

@@ -17,6 +17,7 @@ import itertools
 import math
 import re
 import reprlib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,6 +70,17 @@ class ProgramError(OrgError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def no_booleans_as_numbers(cls, value, info):
+        """YAML's true, yes and on are booleans, which pydantic takes as 1 in a number field
+        (`train.seq_len: on` trained on windows of one token, `claim.margin: true` was 1.0)."""
+        annotation = cls.model_fields[info.field_name].annotation
+        members = set(typing.get_args(annotation) or (annotation,))  # (int | None: int and None)
+        if isinstance(value, bool) and bool not in members and {int, float} & members:
+            raise ValueError(f"expected a number, got {value}")
+        return value
 
 
 def _scalar_overrides(value: dict[str, Any]) -> dict[str, Any]:

@@ -54,7 +54,9 @@ Inside a box:
 - a CPU weight (`Limits.cpu_weight`), in a cpu cgroup of its own: an agent's command box has
   the lowest, so what it spins on a run's core takes almost nothing from the run (at a run's
   weight, half: time a seconds budget counts, or a baseline's slowness that hides compute); a
-  CLI's box a little more (CLI_CPU_WEIGHT, org/agents/clis.py). `cpu_share()` says if it holds;
+  CLI's box a little more (CLI_CPU_WEIGHT, org/agents/clis.py). `cpu_share()` says if it holds.
+  A weight leaves a run's threads that wake the core taken (a 2-thread run 12-27% slower beside
+  a weight-1 command), so agents' boxes run at SCHED_IDLE too (`Limits.idle`), which they cannot leave;
 - metered: `cpu_seconds(proc)` is the CPU time of everything the box ran, from a cpuacct (v1)
   or cpu (v2) cgroup of its own, which nothing inside can leave. An agent's own box runs what
   it likes outside every run's budget (training a model to commit, say), so the harness puts
@@ -122,6 +124,7 @@ class Limits:
     cores: tuple[int, ...] | None = None  # the only CPUs it may run on (None: any)
     cpu_weight: int = 100                 # its CPU time against other boxes' on a busy core (cgroup v2's
                                           # scale: 1-10000, 100 the default); agents' command boxes 1
+    idle: bool = False                    # SCHED_IDLE for good: any thread that wakes takes its core at once
 
 
 class Sandbox:
@@ -301,14 +304,15 @@ class Sandbox:
                 hard = resource.getrlimit(which)[1]
                 value = value if hard == resource.RLIM_INFINITY else min(value, hard)
                 resource.setrlimit(which, (value, value))
+        if lim.idle:  # (sched(7): with RLIMIT_NICE 0 a thread may not leave SCHED_IDLE, nor raise that limit
+            resource.setrlimit(resource.RLIMIT_NICE, (0, 0))  # without CAP_SYS_RESOURCE, which no box has)
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         if lim.cores:  # where no cpuset can be made, at least the box starts on its cores
             os.sched_setaffinity(0, lim.cores)
         # the first the kernel kills when memory runs out, before any process of the harness (no box
-        # lowers it again: its /proc is read-only)
-        try:
+        # lowers it again: its /proc is read-only; a /proc we may not write: the box starts all the same)
+        with contextlib.suppress(OSError):
             Path("/proc/self/oom_score_adj").write_text("1000")
-        except OSError:  # a /proc we may not write: the box starts all the same
-            pass
 
 
 def dies_with(parent: int):
@@ -502,10 +506,9 @@ def check(tries: int = 3) -> None:
         if proc.returncode == 0:
             return
         time.sleep(0.2 * (attempt + 1))
-    if proc.returncode != 0:
-        why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        raise SandboxError(f"no sandbox: bwrap fails here ({why}); it needs unprivileged user namespaces "
-                           "(sysctl kernel.unprivileged_userns_clone=1) or root")
+    why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+    raise SandboxError(f"no sandbox: bwrap fails here ({why}); it needs unprivileged user namespaces "
+                       "(sysctl kernel.unprivileged_userns_clone=1) or root")
 
 
 def no_filter() -> str:
@@ -518,10 +521,9 @@ def no_filter() -> str:
 def available() -> str | None:
     """None if boxes work here, else why not (one line)."""
     try:
-        check()
+        return check()  # (None)
     except SandboxError as e:
         return str(e)
-    return None
 
 
 # ----------------------------------------------------------------------------------------
@@ -572,8 +574,8 @@ def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, o
     refs/heads/ with their reflogs), are writable; the rest of .git (the shared objects, config,
     hooks, info, the other branches, the other worktrees' admin dirs and the other agents' objects)
     is read-only; the lab's state and the other agents' worktrees are absent; no network, no unix
-    socket (a CLI's box, given its port, makes them: org/agents/clis.py); the lowest CPU weight, so
-    it runs on what the runs leave of a core."""
+    socket (a CLI's box, given its port, makes them: org/agents/clis.py); the lowest CPU weight and
+    SCHED_IDLE, so it runs on what the runs leave of a core."""
     common = Path(common_dir)
     refs, reflogs = common / "refs" / "heads" / own_refs, common / "logs" / "refs" / "heads" / own_refs
     for folder in (refs, reflogs, own_objects / "pack", own_objects / "info"):
@@ -595,5 +597,5 @@ def agent_box(lab_root: Path, worktree: Path, git_dir: Path, common_dir: Path, o
                    # what it writes stays (its worktree): commands of 16 GB each took the disk to the runs'
                    # reserve (every run that wrote was killed), and one agent's could take it from the others':
                    # an agent's boxes stop 8 GB short of full (the runs keep the rest), its trees at 16 GB
-                   limits=Limits(file_bytes=1 << 30, address_bytes=16 << 30, cpu_weight=1, disk_bytes=4 << 30,
+                   limits=Limits(file_bytes=1 << 30, address_bytes=16 << 30, cpu_weight=1, idle=True, disk_bytes=4 << 30,
                                  disk_total=16 << 30, disk_reserve=AGENT_DISK_RESERVE, memory_pools=pools))

@@ -288,6 +288,7 @@ def test_a_bad_candidate_patch_is_one_line_naming_the_program_and_the_candidate(
     with pytest.raises(ProgramError) as e:
         preflight("climb")
     assert "programs/climb.yaml: candidates[0]" in str(e.value) and expected in str(e.value) and "\n" not in str(e.value)
+    assert "stderr" not in str(e.value) and not str(e.value).endswith("'")  # (git's words, not GitPython's wrapping)
 
 
 def test_an_improve_claim_takes_candidates_not_variants():

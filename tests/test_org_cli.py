@@ -44,6 +44,9 @@ BAD_PROGRAMS = {
     "git ref that does not exist": (
         yaml.safe_dump(tiny_program(variants=[{"name": "code", "ref": "agent/nobody"}])),
         "variants[0].ref: git ref 'agent/nobody' does not exist"),
+    "git ref to a file": (
+        yaml.safe_dump(tiny_program(variants=[{"name": "code", "ref": "HEAD:programs/tiny.yaml"}])),
+        "variants[0].ref: git ref 'HEAD:programs/tiny.yaml' names a blob, not a commit"),  # (it "did not exist")
     "data that does not exist": (
         yaml.safe_dump(tiny_program(data={"source": "corpus/missing", "val_tokens": 512})),
         "data.source: 'corpus/missing' matches no file or folder"),
@@ -66,6 +69,12 @@ BAD_PROGRAMS = {
                              "data.source: 'empty-corpus' holds no text files"),
     "fresh seeds past a thousand": (yaml.safe_dump(tiny_program(claim={"kind": "superiority", "fresh_seeds": 10**6})),
                                     "claim.fresh_seeds: expected less than or equal to 1000"),
+    # (YAML's true, yes and on are booleans, which were 1 in a number field: windows of one token)
+    "a boolean sequence length": (yaml.safe_dump(tiny_program(train={**tiny_program()["train"], "seq_len": True})),
+                                  "train.seq_len: expected a number, got True"),
+    "a boolean margin": (yaml.safe_dump(tiny_program(claim={"kind": "superiority", "margin": True})),
+                         "claim.margin: expected a number, got True"),
+    "a boolean slot count": (yaml.safe_dump(tiny_program(runner={"slots": True})), "runner.slots: expected a number, got True"),
     "a model past the trainer's bound": (  # (a traceback, under a FLOP budget)
         yaml.safe_dump(tiny_program(budget={**tiny_program()["budget"], "per_run": {"flops": 1e9}},
                                     train={**tiny_program()["train"], "seq_len": 10**12}, data={"val_tokens": 10**12})),
@@ -405,6 +414,7 @@ def test_arguments_that_are_not_utf8_the_wrong_shape_or_out_of_range(make_projec
             (["submit", "tiny", "--arm", "y", "--set", "softcap=1", "--hypothesis", "\udcff"], "--hypothesis '?': not UTF-8"),
             (["submit", "tiny", "--arm", "y", "--set", "softcap=1", "--who", "\udcff"], "--who '?': not UTF-8"),
             (["submit", "tiny", "--arm", "y", "--ref", "@{-1}"], "git ref '@{-1}' does not exist"),
+            (["submit", "tiny", "--arm", "y", "--ref", "HEAD^{tree}"], "git ref 'HEAD^{tree}' names a tree, not a commit"),
             (["tool", "submit_experiment", "[]", "--program", "tiny", "--as", "a"], "a JSON object, not list"),
             (["launch", "tiny", "--stagger", "nan"], "--stagger nan: expected seconds from 0 to 3600")]:
         assert main(argv) == 2, argv
@@ -614,3 +624,17 @@ def test_a_stop_waits_a_number_of_seconds(capsys):
         with pytest.raises(SystemExit) as stopped:
             main(["stop", "tiny", "--timeout", bad])
         assert stopped.value.code == 2 and f"--timeout: {bad}: expected seconds from 0 to 3600" in capsys.readouterr().err
+
+
+def test_the_board_of_a_program_started_from_a_file_outside_programs(make_project, capsys):
+    """`org mail` read the program's file, at programs/NAME.yaml: a program started from another
+    file had no board, and a name with no program was a file's error, where every other command
+    says `no program`. The ledger holds the started program."""
+    from org.workspace import open_program
+    root = make_project(tiny_program(org={"agents": [{"name": "a"}]}))
+    assert main(["mail", "board", "--program", "nosuch"]) == 2
+    assert "no program 'nosuch': no programs/nosuch.yaml and no ledger" in one_line_error(capsys)
+    (root / "programs" / "tiny.yaml").rename(root / "elsewhere.yaml")
+    open_program(str(root / "elsewhere.yaml"), root)
+    assert main(["mail", "board", "--program", "tiny"]) == 0
+    assert "(the board is empty)" in capsys.readouterr().out

@@ -405,8 +405,8 @@ def test_an_experiment_touching_protected_paths_is_refused_and_kept(make_project
     assert main(["submit", "tiny", "--arm", "kind-eval", "--ref", "agent/tiny/mallory/work"]) == 1
     assert "refused: protected paths differ from the program's base commit" in capsys.readouterr().err
     assert main(["submit", "tiny", "--arm", "kind-eval", "--set", "softcap=0"]) == 2  # the name stays with the record
-    assert ("arm 'kind-eval' was refused (experiment 1: protected paths differ from the program's base commit"
-            in capsys.readouterr().err)
+    assert ("arm 'kind-eval' is taken: experiment 1 was refused under that name (protected paths differ from the "
+            "program's base commit" in capsys.readouterr().err)
     assert main(["run", "tiny"]) == 0
     with ledger_of(root) as ledger:
         refused = ledger.runs("tiny", arm="kind-eval")

@@ -79,10 +79,20 @@ def test_harness_value_forms_accepted():
             make_config("nanochat", **bad)
 
 
-def test_train_negative_seed(workdir):
-    proc = trainer(workdir, "train", *SMALL, *TINY, "--seed", "-1", "--out", "neg")
-    assert_one_line(proc, "--seed")
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 63)])  # (org's seeds end at 2**63 - 1: the ledger's int)
+def test_train_a_seed_out_of_range(workdir, seed):
+    proc = trainer(workdir, "train", *SMALL, *TINY, "--seed", seed, "--out", "neg")
+    assert_one_line(proc, "--seed", seed)
     assert not (workdir / "neg").exists()
+
+
+def test_a_kernels_switch_that_is_neither_on_nor_off(workdir):
+    """NANOLAB_KERNELS=abc ran on the kernels (only "0" turns them off) and said nothing."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NANOLAB_KERNELS": "abc"}
+    proc = subprocess.run([sys.executable, "-m", "trainer", "train", *SMALL, *TINY, "--out", "kernels"],
+                          capture_output=True, text=True, cwd=workdir, env=env, timeout=120)
+    assert_one_line(proc, "NANOLAB_KERNELS", "'abc'")
+    assert not (workdir / "kernels").exists()
 
 
 @pytest.mark.parametrize("flags, name", [

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        kernels = os.environ.get("NANOLAB_KERNELS", "1")  # (the kernels read any but "0" as on)
+        if kernels not in ("0", "1"):
+            raise ValueError(f"NANOLAB_KERNELS must be 0 (the NumPy twins) or 1 (the kernels), got {kernels!r}")
         return args.func(args)
     except ValueError as e:  # bad input: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
@@ -216,8 +220,10 @@ def read_config_file(path, preset):
 
 
 def check_seed(seed: int) -> None:
-    if seed < 0:  # numpy's generators take no negative seed; say so before any work
-        raise ValueError(f"--seed must be 0 or more, got {seed}")
+    """numpy's generators take no negative seed; org's end at 2**63 - 1 (the ledger's signed 64-bit
+    int). Said before any work."""
+    if not 0 <= seed < 2 ** 63:
+        raise ValueError(f"--seed must be 0 to 2**63 - 1, got {seed}")
 
 
 def read_run_config(run_dir: Path) -> dict:

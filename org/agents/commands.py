@@ -203,8 +203,8 @@ def _who(args, need_agent: bool = True):
         raise OrgError("which agent? pass --as NAME or set NANOLAB_AGENT")
     root = lab_root()
     path = Path(args.program) if Path(args.program).is_file() else root / "programs" / f"{args.program}.yaml"
-    from org.workspace import as_started, started_spec
-    program = load_program(path)
+    from org.workspace import as_started, recorded_program, started_spec
+    program = load_program(path) if path.is_file() else recorded_program(root, args.program)  # (started from elsewhere)
     program = as_started(program, started_spec(root, program.name))
     if need_agent:  # the tools act as this agent (sender of its mail, author of its experiments)
         from org.agents.roles import agent_entry
