@@ -279,13 +279,15 @@ def cmd_budget(args) -> int:
     lab, name, path = find_ledger(args.program)
     with Ledger(path) as ledger:
         changes = parse_budget_changes(args.changes, ledger.budget(name))
+        for field in [f for f, value in changes.items() if ledger.budget(name).get(f) == value]:
+            print(f"{name}: budget.{field} is {number(changes.pop(field))} already: nothing changed, nothing logged")
         if changes:
             for row in ledger.change_budget(name, changes, args.who):
                 print(f"{name}: budget.{row['field']}: {number(row['old'])} -> {row['new']:g} (by {row['who']}, logged)")
             print(f"edit programs/{name}.yaml to match: a program whose file disagrees with its budget "
                   "does not start")
         budget, log = ledger.budget(name), ledger.budget_changes(name)
-    if not changes:
+    if not args.changes:
         print(f"{name}: " + ", ".join(f"{f} {number(budget.get(f))}" for f in BOUND_BUDGET))
         for row in log:
             change = f"+ {row['new']:g}" if row["old"] is None else f"{row['old']:g} -> {row['new']:g}"

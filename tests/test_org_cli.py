@@ -47,6 +47,8 @@ BAD_PROGRAMS = {
     "git ref to a file": (
         yaml.safe_dump(tiny_program(variants=[{"name": "code", "ref": "HEAD:programs/tiny.yaml"}])),
         "variants[0].ref: git ref 'HEAD:programs/tiny.yaml' names a blob, not a commit"),  # (it "did not exist")
+    "a glob over text": (yaml.safe_dump(tiny_program(data={"source": "*", "val_tokens": 512})),
+                         "/proj/* matches no .bin file: a glob names llm.c shards"),
     "data that does not exist": (
         yaml.safe_dump(tiny_program(data={"source": "corpus/missing", "val_tokens": 512})),
         "data.source: 'corpus/missing' matches no file or folder"),
@@ -251,6 +253,8 @@ def test_totals_are_fixed_at_start_and_change_only_through_a_logged_org_budget(m
     assert main(["budget", "tiny", "total_compute_seconds=99999", "--who", "ada"]) == 0
     assert "total_compute_seconds: 600 -> 99999 (by ada, logged)" in capsys.readouterr().out
     assert main(["submit", "tiny", "--arm", "lr2", "--set", "matrix_lr=0.01"]) == 0  # file and program agree
+    assert main(["budget", "tiny", "total_compute_seconds=99999", "--who", "bo"]) == 0  # (it was logged again)
+    assert "budget.total_compute_seconds is 99999 already: nothing changed, nothing logged" in capsys.readouterr().out
     with Ledger(root / ".lab" / "tiny" / "ledger.sqlite") as ledger:
         assert ledger.budget("tiny")["total_compute_seconds"] == 99999
         [change] = ledger.budget_changes("tiny")

@@ -56,6 +56,9 @@ def find_shards(source: str) -> list[Path] | None:
         files = sorted(Path(p) for p in glob.glob(source) if Path(p).name not in TOKENIZER_FILES)
         if not files:
             raise ValueError(f"data glob {source} matches no files")
+        if not any(p.suffix == ".bin" for p in files):  # ("*" over a lab's root was called shards)
+            raise ValueError(f"data glob {source} matches no .bin file: a glob names llm.c shards; name text as "
+                             "a file or a folder")
         return files
     path = Path(source)
     if path.is_file():
