@@ -21,6 +21,7 @@ from trainer.config import BUDGET_FLAGS, flag_value
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
+CPU_SYSFS = Path("/sys/devices/system/cpu")  # cpuN/topology/thread_siblings_list: N's hyperthreads
 
 
 @dataclass
@@ -39,7 +40,7 @@ def make_slots(program: Program) -> list[Slot]:
     than its threads (a time budget would pay it for them). Its measurement, which no budget
     times, may use the whole share; the experiment's model workers in it, its runs' cores."""
     cfg = program.runner
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cores = by_physical_core(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else None
     n_cores = len(cores) if cores else (os.cpu_count() or 1)
     devices = [str(gpu) for gpu in cfg.gpus] if cfg.gpus else [""] * cfg.slots
     per_slot = max(1, n_cores // len(devices))
@@ -47,6 +48,28 @@ def make_slots(program: Program) -> list[Slot]:
     return [Slot(i, {**threads_env(threads), "CUDA_VISIBLE_DEVICES": device},
                  pick(cores, i * per_slot, threads), pick(cores, i * per_slot, per_slot), of=len(devices))
             for i, device in enumerate(devices)]
+
+
+def by_physical_core(cores: list[int]) -> list[int]:
+    """The cores with each physical core's hyperthreads side by side, so that slots, and a run's
+    cores, take whole physical cores. Linux numbers a machine's first threads 0..n-1 and their
+    siblings n..2n-1: slots of consecutive numbers shared every physical core (its units, its
+    caches), each slot's runs slowing the other's, and an agent's command on a run's idle sibling
+    shared its core where SCHED_IDLE preempts nothing. As they are where the topology is unknown."""
+    def first_sibling(core: int) -> int:
+        try:
+            text = (CPU_SYSFS / f"cpu{core}" / "topology" / "thread_siblings_list").read_text()
+            siblings = {n for part in text.strip().split(",") for n in cpu_range(part)}
+        except (OSError, ValueError):
+            return core
+        return min(siblings & set(cores), default=core)
+    return sorted(cores, key=lambda core: (first_sibling(core), core))
+
+
+def cpu_range(part: str) -> range:
+    """One item of the kernel's CPU lists: '3' or '0-3'."""
+    low, _, high = part.partition("-")
+    return range(int(low), int(high or low) + 1)
 
 
 def threads_env(n: int) -> dict:

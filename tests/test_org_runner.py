@@ -1391,6 +1391,31 @@ def test_slots_split_the_machine_one_run_each():
         assert one.share == sorted(os.sched_getaffinity(0))
 
 
+def test_slots_take_whole_physical_cores_where_cores_have_hyperthreads(tmp_path, monkeypatch):
+    """Linux numbers a machine's first hyperthreads 0..n-1 and their siblings n..2n-1. Slots of
+    consecutive numbers put one slot's runs on the siblings of the other's, sharing every
+    physical core's units and caches. Here 8 CPUs as 4 cores of 2 (this machine has no SMT:
+    the kernel's topology files are written by the test)."""
+    from org import slots as slots_module
+    for cpu in range(8):
+        topology = tmp_path / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "thread_siblings_list").write_text(f"{cpu % 4},{cpu % 4 + 4}\n")
+    monkeypatch.setattr(slots_module, "CPU_SYSFS", tmp_path)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    program = load_program(ROOT / "programs" / "softcap.yaml")
+    two = make_slots(program.model_copy(update={"runner": program.runner.model_copy(
+        update={"slots": 2, "threads_per_slot": None})}))  # (threads: the share's)
+    assert [s.share for s in two] == [[0, 1, 4, 5], [2, 3, 6, 7]]  # (was [0..3], [4..7]: each core split)
+    assert [s.cores for s in two] == [s.share for s in two] and two[0].env["OMP_NUM_THREADS"] == "4"
+    one = make_slots(program.model_copy(update={"runner": program.runner.model_copy(
+        update={"slots": 1, "threads_per_slot": 2})}))[0]
+    assert one.cores == [0, 4]  # one core's two threads: the others' cores free of its run
+    (tmp_path / "cpu3" / "topology" / "thread_siblings_list").write_text("garbled")  # (unknown: as it is)
+    assert make_slots(program.model_copy(update={"runner": program.runner.model_copy(update={"slots": 4})}))[1].share \
+        == [1, 5]
+
+
 def test_a_result_json_that_does_not_fit_the_record_is_an_invalid_run_named_not_a_crash(tmp_path):
     """The trainer is the experiment's code: its result.json is read as trainer/record.py's
     Result, field by field. Before, `"steps": "3"` or a list for params reached the runner's
