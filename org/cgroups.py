@@ -549,9 +549,10 @@ def core_limit() -> str:
 def cpu_share() -> str:
     """How agents' commands are kept from taking the runs' CPU time on this machine, in words."""
     if cgroup_root("cpu"):
-        return f"a cpu cgroup per box, agents' at the lowest weight (under {cgroup_root('cpu')})"
-    return ("none: no cpu cgroup can be made here (cgroupfs read-only, or no cpu controller delegated), so an "
-            "agent's command competes with the runs for their cores")
+        return f"a cpu cgroup per box, agents' at the lowest weight (under {cgroup_root('cpu')}), and SCHED_IDLE"
+    return ("SCHED_IDLE alone: no cpu cgroup can be made here (cgroupfs read-only, or no cpu controller delegated), "
+            "so an agent's command takes a core's gaps and 0.3% of a busy one, but a CLI's box competes with the "
+            "runs for their cores (at SCHED_IDLE it would starve)")
 
 
 def cpu_meter() -> str:

@@ -319,6 +319,9 @@ def test_a_cli_box_gets_enough_of_a_core_a_run_holds_to_work_and_little_more(pro
         time.sleep(1)
         windows = run_windows(tmp_path, core)
         assert hog.wait(timeout=60) == 0
+        policy = cli.start([sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)  # (its commands: as a command box's)
+        assert policy.communicate(timeout=60)[0].split() == [str(os.SCHED_IDLE).encode()]
     run_cpu, cli_cpu = shares_of_the_core(cli.tree / "hog.log", windows)
     print(f"in the run's windows: the run got {run_cpu:.2f} CPU s, the CLI's box {cli_cpu:.3f}")
     assert 0.02 * run_cpu < cli_cpu < 0.2 * run_cpu, (run_cpu, cli_cpu)  # (what else shares the core moves it)

@@ -49,7 +49,7 @@ from org.agents.control import Control
 from org.agents.roles import kickoff, system_prompt
 from org.agents.spend import Spend, cpu_exhausted
 from org.agents.transcript import Transcript, clipped
-from org.cgroups import cpu_seconds
+from org.cgroups import cgroup_root, cpu_seconds
 from org.diskwatch import free_bytes, gib
 from org.lab import Lab, agent_branch
 from org.ledger import Ledger, ledger_path
@@ -64,6 +64,8 @@ TAKE_IN_EVERY_SECONDS = 2  # how often its commits are taken in (org/objects.py)
 # it got 1% of a busy core, so while runs held every core a CLI made no request for a minute.
 # At 10 a CLI works at about its own pace, and what it spins takes 9% of a core a one-thread run
 # holds; a run of k threads weighs 1/k on each of its cores, so there a CLI takes 102/(102 + 1024/k).
+# It runs at SCHED_IDLE as a command box does (its commands run there), but where no cpu cgroup gives
+# it that weight: SCHED_IDLE alone weighs 3 against a run's 1024, and the CLI would make no request.
 CLI_CPU_WEIGHT = 10
 CLI_PACKAGES = {"claude": ("@anthropic-ai/claude-code", "2.1.332"), "codex": ("@openai/codex", "0.171.0")}
 BACKEND_CLI = {"claude-code": "claude", "codex": "codex"}
@@ -313,7 +315,7 @@ class BoxedCLI:
         frozen = [self.tree / p for p in self.program.protected]  # its own Edit/Write tools are not ours
         frozen.append(self.home / ".codex" / "config.toml")  # what Codex's own sandbox kept from its commands
         return box.with_extra(writable=[self.home], sockets=[self.port_dir], frozen=frozen, address_bytes=None,
-                              cpu_weight=CLI_CPU_WEIGHT)
+                              cpu_weight=CLI_CPU_WEIGHT, idle=cgroup_root("cpu") is not None)
 
     def start(self, argv: list[str], **popen) -> subprocess.Popen:
         env = cli_env(self.entry, self.program, self.tree, self.home, self.port_dir, self.via)
