@@ -310,7 +310,8 @@ def test_a_cli_box_gets_enough_of_a_core_a_run_holds_to_work_and_little_more(pro
     got 1% of a core a run held: while runs trained on every core, a codex turn (0.6 CPU-s) made
     no request in a minute, and the commit test above failed. Its box gets about a tenth of such
     a core: what it spins there takes little more from the run. Measured as in
-    test_sandbox.py's test of a command box: the CPU time each got in the run's windows."""
+    test_sandbox.py's test of a command box: the CPU time each got in the run's windows. And
+    it runs at SCHED_IDLE, as a command box does: the gaps of a run's threads are not its."""
     root, program = project
     core = max(os.sched_getaffinity(0))
     llm, stack = gateway({})
