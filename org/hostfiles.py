@@ -12,6 +12,7 @@ What of the host a box's uid 0 could change. Where the harness runs as root so d
 
     own_devices()       # bwrap's --dev-bind arguments: copies of BASIC at their paths
     forget(wrapped)     # once the box has ended: its copies go (a dead process's go at the next box)
+    gpu_devices(visible)  # a GPU box's device files: its slot's GPUs' alone, and the driver's shared ones
 
 Where the harness is not root no box is either, and the host's device files are bound as bwrap
 binds them; so where copies cannot be made (a container that dropped CAP_MKNOD).
@@ -27,6 +28,9 @@ from pathlib import Path
 
 from org import pid_alive, user_cache
 
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # a folder per GPU (its PCI address), with its `information`
+DEVICES = Path("/dev")
+GPU_SHARED = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset", "nvidia-caps")  # every GPU's
 BASIC = ("null", "zero", "full", "random", "urandom", "tty")  # what bwrap's --dev binds from the host
 NOBODY = 65534
 
@@ -112,3 +116,41 @@ def sweep():
         pid = folder.name.split("-", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- GPUs: a box binds only its own ------------------------------------------------------
+
+def gpu_devices(visible: str | None) -> tuple[list[Path], str]:
+    """The device files a GPU box binds, and its CUDA_VISIBLE_DEVICES inside. `visible` is the
+    slot's CUDA_VISIBLE_DEVICES: GPU indices in nvidia-smi's order (the PCI bus's) or their UUIDs.
+    The variable alone is advice the run's own code can drop before CUDA starts, and a box that
+    bound every /dev/nvidia* let a run train on every GPU of the machine, other slots' included,
+    with one on the record. With only its own device files there, CUDA finds only its GPUs, as
+    0..n-1 inside. A name this machine has no GPU for binds nothing: CUDA then finds none, and the
+    trainer says so. None (no variable): every GPU."""
+    gpus = nvidia_gpus()
+    if visible is None:
+        chosen = gpus
+    else:
+        names = [v.strip() for v in visible.split(",") if v.strip()]
+        by_name = {**{str(i): g for i, g in enumerate(gpus)}, **{g["uuid"]: g for g in gpus if g["uuid"]}}
+        chosen = [by_name[n] for n in names if n in by_name]
+    chosen = [g for g in chosen if g["minor"] is not None]
+    if not chosen:
+        return [], ""
+    shared = [DEVICES / name for name in GPU_SHARED if (DEVICES / name).exists()]
+    return [DEVICES / f"nvidia{g['minor']}" for g in chosen] + shared, ",".join(map(str, range(len(chosen))))
+
+
+def nvidia_gpus() -> list[dict]:
+    """The machine's NVIDIA GPUs in PCI bus order (nvidia-smi's), each {"minor": N of its
+    /dev/nvidiaN, "uuid": "GPU-..."}, from the driver's /proc files; [] without the driver."""
+    gpus = []
+    for folder in sorted(NVIDIA_GPUS.iterdir()) if NVIDIA_GPUS.is_dir() else ():
+        try:
+            fields = {k.strip(): v for k, v in (line.split(":", 1) for line in
+                                                (folder / "information").read_text().splitlines() if ":" in line)}
+            gpus.append({"minor": int(fields["Device Minor"]), "uuid": fields.get("GPU UUID", "").strip()})
+        except (OSError, KeyError, ValueError):  # described otherwise: keeps its place, bound by none
+            gpus.append({"minor": None, "uuid": ""})
+    return gpus

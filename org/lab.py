@@ -153,11 +153,14 @@ class Lab:
         not exist, or names a tree or a file (`HEAD^{tree}`, `HEAD:README.md`)."""
         try:
             return self.repo.commit(ref).hexsha
-        except (git.BadName, git.BadObject, ValueError, IndexError):  # IndexError: GitPython's '@{-1}'
-            try:
-                kind = self.repo.git.cat_file("-t", self.repo.git.rev_parse("--verify", "--end-of-options", ref))
+        except (git.BadName, git.BadObject, ValueError, IndexError, KeyError, NotImplementedError):
+            try:  # (GitPython's words for '@{-1}', 'HEAD:missing', 'HEAD@{1.day.ago}', a tree: git's reading)
+                sha = self.repo.git.rev_parse("--verify", "--end-of-options", ref)
+                kind = self.repo.git.cat_file("-t", sha)
             except (git.GitCommandError, ValueError):
                 raise LabError(f"git ref {(named or ref)!r} does not exist in {self.root}") from None
+            if kind == "commit":  # ('@{u}': git reads what GitPython cannot)
+                return sha
             raise LabError(f"git ref {(named or ref)!r} names a {kind}, not a commit") from None
 
     def branch_problem(self, branch: str) -> str | None:

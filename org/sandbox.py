@@ -42,7 +42,7 @@ Inside a box:
 - at most `Limits.memory_bytes` of memory (its tmpfs mounts and memfds included), in a memory
   cgroup of its own where one can be made. `memory_limit()` says whether it holds;
 - a GPU box (`gpu`) gets only the GPUs its CUDA_VISIBLE_DEVICES names: their /dev/nvidiaN and
-  the driver's shared files, no other GPU's (`gpu_devices`);
+  the driver's shared files, no other GPU's (`hostfiles.gpu_devices`);
 - at most `Limits.processes` processes and threads, in a pids cgroup of its own where this
   machine lets us make one (cgroup v1's pids hierarchy, or v2 with the pids controller
   delegated to us). Elsewhere there is no process limit: RLIMIT_NPROC counts every process of
@@ -56,7 +56,8 @@ Inside a box:
   weight, half: time a seconds budget counts, or a baseline's slowness that hides compute); a
   CLI's box a little more (CLI_CPU_WEIGHT, org/agents/clis.py). `cpu_share()` says if it holds.
   A weight leaves a run's threads that wake the core taken (a 2-thread run 12-27% slower beside
-  a weight-1 command), so agents' boxes run at SCHED_IDLE too (`Limits.idle`), which they cannot leave;
+  a weight-1 command), so agents' command boxes run at SCHED_IDLE too (`Limits.idle`), which they
+  cannot leave; a CLI's box where a cpu cgroup weighs it (else at nice 10: SCHED_IDLE would starve it);
 - metered: `cpu_seconds(proc)` is the CPU time of everything the box ran, from a cpuacct (v1)
   or cpu (v2) cgroup of its own, which nothing inside can leave. An agent's own box runs what
   it likes outside every run's budget (training a model to commit, say), so the harness puts
@@ -90,9 +91,6 @@ from org.unseen import code_private, home_credentials, lab_private, other_labs, 
 from org.seccomp import ABIS, box_filter
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
-NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # a folder per GPU (its PCI address), with its `information`
-DEVICES = Path("/dev")
-GPU_SHARED = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset", "nvidia-caps")  # every GPU's
 
 
 class SandboxError(OrgError):
@@ -125,6 +123,7 @@ class Limits:
     cpu_weight: int = 100                 # its CPU time against other boxes' on a busy core (cgroup v2's
                                           # scale: 1-10000, 100 the default); agents' command boxes 1
     idle: bool = False                    # SCHED_IDLE for good: any thread that wakes takes its core at once
+    nice: int = 0                         # a nice value it cannot lower (a CLI's box with no cpu cgroup: 10)
 
 
 class Sandbox:
@@ -191,8 +190,8 @@ class Sandbox:
                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp",
                 "--size", str(self.limits.shm_bytes), "--tmpfs", "/dev/shm"]
         if self.gpu:
-            devices, env["CUDA_VISIBLE_DEVICES"] = gpu_devices(env.get("CUDA_VISIBLE_DEVICES"))
-            box += hostfiles.own_devices(devices, [Path("/dev") / d.relative_to(DEVICES) for d in devices])
+            devices, env["CUDA_VISIBLE_DEVICES"] = hostfiles.gpu_devices(env.get("CUDA_VISIBLE_DEVICES"))
+            box += hostfiles.own_devices(devices, [Path("/dev") / d.relative_to(hostfiles.DEVICES) for d in devices])
         runtime = runtime_dirs()
         used = used_within(runtime, env)
         here = [p.resolve() if p.is_symlink() else p for p in home_credentials()]  # (as __init__ does)
@@ -304,9 +303,12 @@ class Sandbox:
                 hard = resource.getrlimit(which)[1]
                 value = value if hard == resource.RLIM_INFINITY else min(value, hard)
                 resource.setrlimit(which, (value, value))
-        if lim.idle:  # (sched(7): with RLIMIT_NICE 0 a thread may not leave SCHED_IDLE, nor raise that limit
-            resource.setrlimit(resource.RLIMIT_NICE, (0, 0))  # without CAP_SYS_RESOURCE, which no box has)
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        if lim.idle or lim.nice:  # for good (sched(7): with RLIMIT_NICE and RLIMIT_RTPRIO 0 a thread may not
+            for which in (resource.RLIMIT_NICE, resource.RLIMIT_RTPRIO):  # leave SCHED_IDLE nor lower its nice,
+                resource.setrlimit(which, (0, 0))  # nor raise them: that needs CAP_SYS_RESOURCE, which no box has)
+            os.setpriority(os.PRIO_PROCESS, 0, lim.nice)
+            if lim.idle:
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         if lim.cores:  # where no cpuset can be made, at least the box starts on its cores
             os.sched_setaffinity(0, lim.cores)
         # the first the kernel kills when memory runs out, before any process of the harness (no box
@@ -425,44 +427,6 @@ def through_link(path: Path, trees: list[Path]) -> Path | None:
                 if at.is_symlink():
                     return at
     return None
-
-
-# --- GPUs: only the box's own ------------------------------------------------------------
-
-def gpu_devices(visible: str | None) -> tuple[list[Path], str]:
-    """The device files a GPU box binds, and its CUDA_VISIBLE_DEVICES inside. `visible` is the
-    slot's CUDA_VISIBLE_DEVICES: GPU indices in nvidia-smi's order (the PCI bus's) or their UUIDs.
-    The variable alone is advice the run's own code can drop before CUDA starts, and a box that
-    bound every /dev/nvidia* let a run train on every GPU of the machine, other slots' included,
-    with one on the record. With only its own device files there, CUDA finds only its GPUs, as
-    0..n-1 inside. A name this machine has no GPU for binds nothing: CUDA then finds none, and the
-    trainer says so. None (no variable): every GPU."""
-    gpus = nvidia_gpus()
-    if visible is None:
-        chosen = gpus
-    else:
-        names = [v.strip() for v in visible.split(",") if v.strip()]
-        by_name = {**{str(i): g for i, g in enumerate(gpus)}, **{g["uuid"]: g for g in gpus if g["uuid"]}}
-        chosen = [by_name[n] for n in names if n in by_name]
-    chosen = [g for g in chosen if g["minor"] is not None]
-    if not chosen:
-        return [], ""
-    shared = [DEVICES / name for name in GPU_SHARED if (DEVICES / name).exists()]
-    return [DEVICES / f"nvidia{g['minor']}" for g in chosen] + shared, ",".join(map(str, range(len(chosen))))
-
-
-def nvidia_gpus() -> list[dict]:
-    """The machine's NVIDIA GPUs in PCI bus order (nvidia-smi's), each {"minor": N of its
-    /dev/nvidiaN, "uuid": "GPU-..."}, from the driver's /proc files; [] without the driver."""
-    gpus = []
-    for folder in sorted(NVIDIA_GPUS.iterdir()) if NVIDIA_GPUS.is_dir() else ():
-        try:
-            fields = {k.strip(): v for k, v in (line.split(":", 1) for line in
-                                                (folder / "information").read_text().splitlines() if ":" in line)}
-            gpus.append({"minor": int(fields["Device Minor"]), "uuid": fields.get("GPU UUID", "").strip()})
-        except (OSError, KeyError, ValueError):  # described otherwise: keeps its place, bound by none
-            gpus.append({"minor": None, "uuid": ""})
-    return gpus
 
 
 def bwrap() -> str:

@@ -40,22 +40,25 @@ def make_slots(program: Program) -> list[Slot]:
     than its threads (a time budget would pay it for them). Its measurement, which no budget
     times, may use the whole share; the experiment's model workers in it, its runs' cores."""
     cfg = program.runner
-    cores = by_physical_core(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else None
+    groups = physical_cores(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else None
+    cores = [core for group in groups for core in group] if groups else None
     n_cores = len(cores) if cores else (os.cpu_count() or 1)
     devices = [str(gpu) for gpu in cfg.gpus] if cfg.gpus else [""] * cfg.slots
     per_slot = max(1, n_cores // len(devices))
+    width = len(groups[0]) if groups and all(len(g) == len(groups[0]) for g in groups) else 1
+    per_slot -= per_slot % width if per_slot >= width else 0  # (shares of 3 of 2-thread cores split one)
     threads = cfg.threads_per_slot or per_slot
     return [Slot(i, {**threads_env(threads), "CUDA_VISIBLE_DEVICES": device},
                  pick(cores, i * per_slot, threads), pick(cores, i * per_slot, per_slot), of=len(devices))
             for i, device in enumerate(devices)]
 
 
-def by_physical_core(cores: list[int]) -> list[int]:
-    """The cores with each physical core's hyperthreads side by side, so that slots, and a run's
-    cores, take whole physical cores. Linux numbers a machine's first threads 0..n-1 and their
-    siblings n..2n-1: slots of consecutive numbers shared every physical core (its units, its
-    caches), each slot's runs slowing the other's, and an agent's command on a run's idle sibling
-    shared its core where SCHED_IDLE preempts nothing. As they are where the topology is unknown."""
+def physical_cores(cores: list[int]) -> list[list[int]]:
+    """The cores as physical cores, each its hyperthreads, so that slots, and a run's cores, take
+    whole ones. Linux numbers a machine's first threads 0..n-1 and their siblings n..2n-1: slots
+    of consecutive numbers shared every physical core (its units, its caches), each slot's runs
+    slowing the other's, and an agent's command on a run's idle sibling shared its core where
+    SCHED_IDLE preempts nothing. A core alone where the topology is unknown."""
     def first_sibling(core: int) -> int:
         try:
             text = (CPU_SYSFS / f"cpu{core}" / "topology" / "thread_siblings_list").read_text()
@@ -63,7 +66,10 @@ def by_physical_core(cores: list[int]) -> list[int]:
         except (OSError, ValueError):
             return core
         return min(siblings & set(cores), default=core)
-    return sorted(cores, key=lambda core: (first_sibling(core), core))
+    groups: dict[int, list[int]] = {}
+    for core in sorted(cores, key=lambda core: (first_sibling(core), core)):
+        groups.setdefault(first_sibling(core), []).append(core)
+    return list(groups.values())
 
 
 def cpu_range(part: str) -> range:

@@ -419,6 +419,7 @@ def test_arguments_that_are_not_utf8_the_wrong_shape_or_out_of_range(make_projec
             (["submit", "tiny", "--arm", "y", "--set", "softcap=1", "--who", "\udcff"], "--who '?': not UTF-8"),
             (["submit", "tiny", "--arm", "y", "--ref", "@{-1}"], "git ref '@{-1}' does not exist"),
             (["submit", "tiny", "--arm", "y", "--ref", "HEAD^{tree}"], "git ref 'HEAD^{tree}' names a tree, not a commit"),
+            (["submit", "tiny", "--arm", "y", "--ref", "HEAD:missing"], "git ref 'HEAD:missing' does not exist"),
             (["tool", "submit_experiment", "[]", "--program", "tiny", "--as", "a"], "a JSON object, not list"),
             (["launch", "tiny", "--stagger", "nan"], "--stagger nan: expected seconds from 0 to 3600")]:
         assert main(argv) == 2, argv

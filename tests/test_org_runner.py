@@ -1411,7 +1411,9 @@ def test_slots_take_whole_physical_cores_where_cores_have_hyperthreads(tmp_path,
     one = make_slots(program.model_copy(update={"runner": program.runner.model_copy(
         update={"slots": 1, "threads_per_slot": 2})}))[0]
     assert one.cores == [0, 4]  # one core's two threads: the others' cores free of its run
-    (tmp_path / "cpu3" / "topology" / "thread_siblings_list").write_text("garbled")  # (unknown: as it is)
+    three = make_slots(program.model_copy(update={"runner": program.runner.model_copy(update={"slots": 3})}))
+    assert [s.share for s in three] == [[0, 4], [1, 5], [2, 6]]  # (8 // 3 = 2 each: none split)
+    (tmp_path / "cpu3" / "topology" / "thread_siblings_list").write_text("garbled")  # (unknown: alone)
     assert make_slots(program.model_copy(update={"runner": program.runner.model_copy(update={"slots": 4})}))[1].share \
         == [1, 5]
 

@@ -1213,8 +1213,8 @@ def test_a_gpu_box_holds_only_its_slots_gpus(tmp_path, monkeypatch):
     (the other slots' too) with one on the record. Now only its GPU's device file is there, with
     the driver's shared ones, and CUDA finds it as device 0."""
     fake_gpus(tmp_path, minors=[1, 0, 3, 2])
-    monkeypatch.setattr(sandbox, "NVIDIA_GPUS", tmp_path / "gpus")
-    monkeypatch.setattr(sandbox, "DEVICES", tmp_path / "dev")
+    monkeypatch.setattr(hostfiles, "NVIDIA_GPUS", tmp_path / "gpus")
+    monkeypatch.setattr(hostfiles, "DEVICES", tmp_path / "dev")
     widen = "export CUDA_VISIBLE_DEVICES=0,1,2,3; echo $CUDA_VISIBLE_DEVICES; ls /dev | grep nvidia; cat /dev/nvidia[0-9]"
 
     def inside(visible):
@@ -1234,7 +1234,7 @@ def test_a_gpu_box_holds_only_its_slots_gpus(tmp_path, monkeypatch):
 
 def cuda_here() -> str | None:
     """Why CUDA cannot be tried in a box here, or None."""
-    if not sandbox.nvidia_gpus():
+    if not hostfiles.nvidia_gpus():
         return "no NVIDIA GPU (the driver's /proc/driver/nvidia/gpus)"
     try:
         import cupy
@@ -1248,7 +1248,7 @@ def cuda_here() -> str | None:
 def test_a_gpu_box_runs_cuda_on_its_gpu_alone(tmp_path):
     """On a real GPU: the box's device files are enough for CUDA, and code that drops its
     CUDA_VISIBLE_DEVICES still finds one GPU."""
-    last = len(sandbox.nvidia_gpus()) - 1
+    last = len(hostfiles.nvidia_gpus()) - 1
     code = ("import os; os.environ.pop('CUDA_VISIBLE_DEVICES'); import cupy as cp; x = cp.ones((256, 256), cp.float32); "
             "print(cp.cuda.runtime.getDeviceCount(), int((x @ x).sum()))")
     box = Sandbox(gpu=True)
@@ -1311,6 +1311,31 @@ def test_an_agents_command_runs_only_in_the_gaps_a_runs_threads_leave_and_cannot
     assert out.startswith("exit status 0"), out
     idle = os.SCHED_IDLE
     assert f"policy {idle}" in out and f"child {idle}" in out and "left it" not in out, out
+
+
+LOWER_NICE = """\
+import os, resource
+print("nice", os.getpriority(os.PRIO_PROCESS, 0))
+for nice in (9, 0, -5):
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        print("lowered to", nice)
+    except OSError:
+        pass
+try:
+    resource.setrlimit(resource.RLIMIT_NICE, (40, 40))
+    print("raised its limit")
+except (OSError, ValueError):
+    pass
+"""
+
+
+def test_a_box_at_a_nice_value_cannot_lower_it(tmp_path):
+    """A CLI's box where no cpu cgroup can weigh it runs at nice 10 (at SCHED_IDLE alone it would
+    starve), and its commands with it: one that lowered its nice again took a run's share."""
+    status, out = in_box(Sandbox(writable=[tmp_path], limits=Limits(nice=10)), tmp_path,
+                         f"python3 -c '{LOWER_NICE}'")
+    assert status == 0 and out.split() == ["nice", "10"], out
 
 
 SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {seconds}: pass\n"

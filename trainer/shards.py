@@ -53,10 +53,11 @@ def find_shards(source: str) -> list[Path] | None:
     if source == "pystdlib":
         return None
     if any(c in source for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(source) if Path(p).name not in TOKENIZER_FILES)
-        if not files:
+        matched = sorted(Path(p) for p in glob.glob(source) if Path(p).name not in TOKENIZER_FILES)
+        if not matched:
             raise ValueError(f"data glob {source} matches no files")
-        if not any(p.suffix == ".bin" for p in files):  # ("*" over a lab's root was called shards)
+        files = [p for p in matched if p.suffix == ".bin" and p.is_file()]  # (as a folder's: its .bin files)
+        if not files:  # ("*" over a lab's root was called shards)
             raise ValueError(f"data glob {source} matches no .bin file: a glob names llm.c shards; name text as "
                              "a file or a folder")
         return files

@@ -66,7 +66,9 @@ TAKE_IN_EVERY_SECONDS = 2  # how often its commits are taken in (org/objects.py)
 # holds; a run of k threads weighs 1/k on each of its cores, so there a CLI takes 102/(102 + 1024/k).
 # It runs at SCHED_IDLE as a command box does (its commands run there), but where no cpu cgroup gives
 # it that weight: SCHED_IDLE alone weighs 3 against a run's 1024, and the CLI would make no request.
+# There it runs at nice 10 (110 against 1024, about this weight's share), which it cannot lower.
 CLI_CPU_WEIGHT = 10
+CLI_NICE = 10
 CLI_PACKAGES = {"claude": ("@anthropic-ai/claude-code", "2.1.332"), "codex": ("@openai/codex", "0.171.0")}
 BACKEND_CLI = {"claude-code": "claude", "codex": "codex"}
 OPENAI_TOKEN_VAR = "NANOLAB_OPENAI_TOKEN"  # codex reads its gateway token from this variable
@@ -315,7 +317,8 @@ class BoxedCLI:
         frozen = [self.tree / p for p in self.program.protected]  # its own Edit/Write tools are not ours
         frozen.append(self.home / ".codex" / "config.toml")  # what Codex's own sandbox kept from its commands
         return box.with_extra(writable=[self.home], sockets=[self.port_dir], frozen=frozen, address_bytes=None,
-                              cpu_weight=CLI_CPU_WEIGHT, idle=cgroup_root("cpu") is not None)
+                              cpu_weight=CLI_CPU_WEIGHT, **({"idle": True} if cgroup_root("cpu") else
+                                                             {"idle": False, "nice": CLI_NICE}))
 
     def start(self, argv: list[str], **popen) -> subprocess.Popen:
         env = cli_env(self.entry, self.program, self.tree, self.home, self.port_dir, self.via)

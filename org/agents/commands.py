@@ -204,7 +204,8 @@ def _who(args, need_agent: bool = True):
     root = lab_root()
     path = Path(args.program) if Path(args.program).is_file() else root / "programs" / f"{args.program}.yaml"
     from org.workspace import as_started, recorded_program, started_spec
-    program = load_program(path) if path.is_file() else recorded_program(root, args.program)  # (started from elsewhere)
+    named = path.is_file() or "/" in args.program or args.program.endswith((".yaml", ".yml"))  # (else: started elsewhere)
+    program = load_program(path) if named else recorded_program(root, args.program)
     program = as_started(program, started_spec(root, program.name))
     if need_agent:  # the tools act as this agent (sender of its mail, author of its experiments)
         from org.agents.roles import agent_entry
