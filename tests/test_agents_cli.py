@@ -16,8 +16,8 @@ from agentlab import HOG, BackgroundRunner, lab_dir, make_project, run_windows, 
     worktree
 from fakellm import Call, FakeLLM, Text
 from org.agents.clis import BACKEND_CLI, BoxedCLI, check_cli, claude_argv, codex_argv, next_codex_prompt, on_hook, \
-    port_handler, run_cli
-from org.agents.port import PORT_VAR, Port, call, relay_one
+    _supervise, port_handler, run_cli
+from org.agents.port import HARNESS_SHARE, PORT_VAR, Port, call, pace, relay_one
 from org import OrgError
 from org.agents.control import Control
 from org.agents.roles import agent_entry
@@ -458,6 +458,49 @@ def test_a_lab_in_a_deep_folder_keeps_its_ports(tmp_path):
         with inside:
             inside.sendall(b"POST /v1/responses")
             assert inside.recv(100) == b"POST /v1/responses"
+
+
+def burn(seconds: float):
+    """CPU time of this thread, as the harness's work for an agent is."""
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+
+
+def test_an_agent_that_floods_its_port_gets_a_fifth_of_a_harness_core(tmp_path):
+    """The harness answers an agent's port outside every box, at a run's priority: a CLI that
+    called `org results` in a loop, 4 at a time, kept harness threads busy on the runs' cores (a
+    2-thread run took 3.6x as long: hunt42). Each answer's CPU time is now waited out, 4 times
+    over, before the next starts, however many connections the agent opens."""
+    def costly(request: dict) -> dict:
+        burn(0.05)
+        return {"output": "ok", "rc": 0}
+
+    def caller():
+        for _ in range(5):
+            assert call({"op": "board"}, str(port.org_socket)) == {"output": "ok", "rc": 0}
+    with Port(tmp_path / "port", costly, None) as port:
+        start = time.monotonic()
+        callers = [threading.Thread(target=caller) for _ in range(4)]
+        for thread in callers:
+            thread.start()
+        for thread in callers:
+            thread.join()
+        elapsed = time.monotonic() - start
+    # 20 answers of 0.05 CPU-s: 1 s unpaced; at HARNESS_SHARE 5 s, less the first ones' overlap
+    assert HARNESS_SHARE == 0.2 and elapsed > 0.6 * 20 * pace(0.05), elapsed
+
+
+def test_taking_in_a_clis_commits_is_paced_by_what_it_costs(tmp_path, monkeypatch):
+    """A CLI's commits are taken in every 2 s, outside its box. A branch pointed each second at a
+    commit naming a fresh junk blob that inflates to 1 GB kept the harness inflating, and a run
+    took 8.7x as long (hunt42). What each take-in costs is now waited out 4 times over."""
+    monkeypatch.setattr("org.agents.clis.TAKE_IN_EVERY_SECONDS", 0.0)
+    taken = []
+    cli = subprocess.Popen(["sleep", "5"])
+    _supervise(cli, Control(tmp_path, "a"), take_in=lambda: (burn(0.3), taken.append(time.monotonic())))
+    gaps = [later - earlier for earlier, later in zip(taken, taken[1:-1])]  # (the last: as the CLI ends)
+    assert gaps and min(gaps) >= pace(0.3), taken  # (unpaced: 0.8 s, the supervisor's 0.5 s and the work)
 
 
 def test_a_port_that_is_gone_is_one_line_not_a_traceback(project, monkeypatch, capsys, tmp_path):

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from org import OrgError, remove_tree, user_cache
 from org.agents.control import Control
+from org.agents.port import Port, pace
 from org.agents.roles import kickoff, system_prompt
 from org.agents.spend import Spend, cpu_exhausted
 from org.agents.transcript import Transcript, clipped
@@ -289,7 +290,6 @@ class BoxedCLI:
         self.home, self.port_dir = self.folder / "home", self.folder / "port"
 
     def __enter__(self):
-        from org.agents.port import Port
         self.home.mkdir(parents=True, exist_ok=True)
         own_folder(self.home / ".codex")
         own_folder(self.home / "tmp")
@@ -411,7 +411,7 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
     the agent ended, or None when the process ended a turn and the agent goes on (codex). The
     box's CPU time goes to `meter` as it grows (every METER_EVERY_SECONDS, and at the end),
     which returns why the box may compute no more, or None; `take_in` runs every
-    TAKE_IN_EVERY_SECONDS, and at the end."""
+    TAKE_IN_EVERY_SECONDS, and at the end, paced as the port's requests are (org/agents/port.py)."""
     booked, last, taken = 0.0, time.monotonic(), time.monotonic()
 
     def book() -> str | None:
@@ -427,8 +427,9 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
             if not stop and time.monotonic() - last > METER_EVERY_SECONDS:
                 stop, last = book(), time.monotonic()
             if time.monotonic() - taken > TAKE_IN_EVERY_SECONDS:
+                cpu = time.thread_time()  # (a branch that names junk costs the harness its inflating)
                 take_in()
-                taken = time.monotonic()
+                taken = time.monotonic() + pace(time.thread_time() - cpu)
             if stop:
                 end(proc)
                 control.set_state("stopped", stop)

@@ -40,6 +40,15 @@ LINGER = 30  # seconds the box outlives its CLI for what the CLI left running
 # the box keeps it open: past these, a socket closes what comes in (a CLI's pool opens a few)
 MAX_CONNECTIONS = 32
 ORG_READ_SECONDS = 60  # for org.sock's request line (its answer may take as long as a command)
+# of a core, at most, that the harness spends on one agent's requests (and on taking its commits
+# in): it does that work outside every box, at a run's priority. A CLI's `org results` in a loop
+# kept harness threads busy on the runs' cores, and a 2-thread run took 3.6x as long
+HARNESS_SHARE = 0.2
+
+
+def pace(cpu_seconds: float) -> float:
+    """The seconds to wait after work of `cpu_seconds` done for an agent, for HARNESS_SHARE."""
+    return max(0.0, cpu_seconds) * (1 - HARNESS_SHARE) / HARNESS_SHARE
 
 
 # --- outside: the agent's supervisor serves both sockets ----------------------------------
@@ -51,6 +60,20 @@ class Port:
     def __init__(self, folder: Path, handle, upstream: tuple[str, int] | None):
         self.folder, self.handle, self.upstream = Path(folder), handle, upstream
         self.servers: list[socketserver.BaseServer] = []
+        self.lock, self.not_before = threading.Lock(), 0.0  # (answer: when the next request may start)
+
+    def answer(self, request: dict) -> dict:
+        """handle's answer, paced: the harness's CPU time on this agent's last requests is waited
+        out first (pace), over all the connections it opens."""
+        with self.lock:
+            wait = self.not_before - time.monotonic()
+        time.sleep(max(0.0, wait))
+        cpu = time.thread_time()  # (this thread's: what its answer costs the harness, not the box's commands)
+        try:
+            return self.handle(request)
+        finally:
+            with self.lock:
+                self.not_before = max(self.not_before, time.monotonic()) + pace(time.thread_time() - cpu)
 
     @property
     def org_socket(self) -> Path:
@@ -70,7 +93,7 @@ class Port:
             def handle(self):
                 try:
                     request = json.loads(self.rfile.readline(MAX_REQUEST) or b"{}")
-                    answer = port.handle(request)
+                    answer = port.answer(request)
                 except Exception as e:  # noqa: BLE001 - one bad request must not end the port
                     answer = {"output": f"error: {type(e).__name__}: {e}", "rc": 2}
                 self.wfile.write(json.dumps(answer).encode() + b"\n")
