@@ -44,6 +44,10 @@ MAX_OBJECT_BYTES = 1 << 30    # a loose object's file, and what it inflates to
 MAX_LISTING_BYTES = 8 << 20   # a commit or a tree (300,000 entries): git writes far smaller ones
 MAX_TAKEN_BYTES = 8 << 30     # what one take_in inflates in all, junk copies included
 MAX_TAKEN_OBJECTS = 500_000   # what one take_in walks (names on its stack)
+# what an agent's object may inflate to, past a MB, for each byte of its file: code and text
+# compress 3-10x; a MB of zeros named anew by each commit made the harness inflate a GB (5.8 s of
+# CPU, outside every box) at each take-in, every 2 s
+MAX_INFLATION = 64
 DISK_RESERVE = 8 << 30        # free disk no take_in writes into (an agent's box's: org/sandbox.py)
 PACK_SECONDS = 600  # packing what a snapshot took in: minutes only for a huge history
 AGENT_OBJECTS = "agent-objects"
@@ -167,6 +171,9 @@ class ObjectStore:
                 seen = (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
                 if seen in self.junk:  # (a GB inflated, maybe: not again for each new commit naming it)
                     continue
+                if bomb(path, info.st_size):
+                    raise ObjectError(f"object {oid[:10]}: its file in {path.parent.parent} would inflate past "
+                                      f"{MAX_INFLATION}x its size; nothing of that commit runs")
                 found = read_loose(path, MAX_OBJECT_BYTES if kind == b"blob" else MAX_LISTING_BYTES)
             except (ValueError, OSError, zlib.error):
                 found = None
@@ -268,6 +275,14 @@ def read_loose(path: Path, limit: int = MAX_OBJECT_BYTES, header_only: bool = Fa
     if inflate.unconsumed_tail or not size.isdigit() or int(size) != len(content):
         raise ValueError(f"its file {path} is not a loose object of at most {limit >> 20} MB")
     return kind, content
+
+
+def bomb(path: Path, file_bytes: int) -> bool:
+    """Whether a loose object's header says it inflates past MAX_INFLATION times its file (its
+    first bytes inflated only)."""
+    header = read_loose(path, MAX_OBJECT_BYTES, header_only=True)
+    size = int(header[1]) if header and header[1].isdigit() else 0
+    return size > max(1 << 20, MAX_INFLATION * file_bytes)
 
 
 def gib(n: int) -> str:

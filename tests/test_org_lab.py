@@ -414,6 +414,23 @@ def test_a_commit_is_taken_in_from_its_owners_folder_checked_and_bounded(lab):
             lab.take_in(odd, ("softcap", "alice"))
 
 
+def test_a_blob_that_would_inflate_to_a_gb_is_refused_before_it_is_inflated(lab):
+    """A MB of zeros compresses to a KB. A box that pointed its branch each second at a commit
+    naming a fresh copy of such a blob (junk under its name) had the harness inflate a GB and
+    hash it at each take-in (5.8 s of CPU and 2 GB of memory, outside every box, every 2 s
+    for a CLI: a run beside it took 4-9x as long, hunt42). Its header says what it inflates to:
+    past 64x its file, it is refused unread. Here 64 MB from 64 KB."""
+    lab.start_program("softcap")
+    alice = lab.agent_objects("softcap", "alice")
+    commit, names = commit_in_own_folder(lab, lab.add_worktree("softcap", "alice"), alice, "trainer/model.py", "W = 1\n")
+    blob, size = names[-1], 64 << 20
+    (alice / blob[:2] / blob[2:]).unlink()
+    (alice / blob[:2] / blob[2:]).write_bytes(zlib.compress(b"blob %d\x00" % size + bytes(size)))
+    with pytest.raises(LabError, match=f"object {blob[:10]}: its file in {alice} would inflate past 64x its size"):
+        lab.take_in(commit, ("softcap", "alice"))
+    assert lab.objects.taken < 1 << 20  # (was 64 MB inflated, and a GB for a GB)
+
+
 def test_an_object_the_lab_has_is_taken_as_the_kind_it_is(lab):
     """A commit whose parent is a blob the lab already has, or a tree naming that blob as a
     folder: the walk stopped at any object the shared store held, whatever its kind, so it was

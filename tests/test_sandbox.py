@@ -1278,6 +1278,19 @@ def test_an_agents_command_takes_no_time_from_a_run_on_its_core(two_agents, tmp_
     assert hog_cpu < 0.1 * run_cpu, f"the agent's command got {hog_cpu:.2f} CPU s of the run's core beside its {run_cpu:.2f}"
 
 
+def test_a_box_is_tried_once_per_process_not_at_every_agents_call(monkeypatch):
+    """command_box asks available() at every call of an agent's tools, and a CLI's port makes
+    one call of each request: each try was a whole box (its network namespace torn down in the
+    kernel's threads, 30 ms of a core the runs use). Once a box has run, it is not tried again."""
+    tries = []
+    monkeypatch.setattr(sandbox, "WORKING_BWRAP", set())
+    monkeypatch.setattr(sandbox, "check", lambda: tries.append(1))
+    assert [sandbox.available() for _ in range(5)] == [None] * 5 and tries == [1]
+    monkeypatch.setenv("PATH", "/nonexistent")  # (another bwrap, or none: tried again)
+    monkeypatch.setattr(sandbox, "check", lambda: (tries.append(1), sandbox.bwrap()))
+    assert "bwrap command is not installed" in sandbox.available() and len(tries) == 2
+
+
 LEAVE_IDLE = """\
 import os, resource
 print("policy", os.sched_getscheduler(0))
