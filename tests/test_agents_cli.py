@@ -490,6 +490,14 @@ def test_an_agent_that_floods_its_port_gets_a_fifth_of_a_harness_core(tmp_path):
     # 20 answers of 0.05 CPU-s: 1 s unpaced; at HARNESS_SHARE 5 s, less the first ones' overlap
     assert HARNESS_SHARE == 0.2 and elapsed > 0.6 * 20 * pace(0.05), elapsed
 
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.1: pass\n"
+    with Port(tmp_path / "port", lambda request: {"output": str(subprocess.run([sys.executable, "-c", spin]).returncode),
+                                                  "rc": 0}, None) as port:  # (half a `results` was git's)
+        start = time.monotonic()
+        assert [call({"op": "board"}, str(port.org_socket))["output"] for _ in range(4)] == ["0"] * 4
+        elapsed = time.monotonic() - start
+    assert elapsed > 3 * pace(0.1), elapsed  # (its children's CPU time counts: 0.4 s or more unpaced)
+
 
 def test_taking_in_a_clis_commits_is_paced_by_what_it_costs(tmp_path, monkeypatch):
     """A CLI's commits are taken in every 2 s, outside its box. A branch pointed each second at a

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import socketserver
@@ -51,6 +52,13 @@ def pace(cpu_seconds: float) -> float:
     return max(0.0, cpu_seconds) * (1 - HARNESS_SHARE) / HARNESS_SHARE
 
 
+def harness_cpu() -> float:
+    """This thread's CPU time and that of every child the process has waited for (git's: half a
+    request's cost), for pace: another thread's children counted too only overstate it."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.thread_time() + children.ru_utime + children.ru_stime
+
+
 # --- outside: the agent's supervisor serves both sockets ----------------------------------
 
 class Port:
@@ -60,20 +68,24 @@ class Port:
     def __init__(self, folder: Path, handle, upstream: tuple[str, int] | None):
         self.folder, self.handle, self.upstream = Path(folder), handle, upstream
         self.servers: list[socketserver.BaseServer] = []
-        self.lock, self.not_before = threading.Lock(), 0.0  # (answer: when the next request may start)
+        self.lock, self.not_before, self.last = threading.Lock(), 0.0, 0.0  # (answer's pacing)
 
     def answer(self, request: dict) -> dict:
-        """handle's answer, paced: the harness's CPU time on this agent's last requests is waited
-        out first (pace), over all the connections it opens."""
+        """handle's answer, paced: the harness's CPU time on this agent's requests is waited out
+        (pace) before the next starts, over all the connections it opens: each reserves, as it
+        comes, the wait the last one owed, so that requests sent at once queue behind each other."""
         with self.lock:
-            wait = self.not_before - time.monotonic()
-        time.sleep(max(0.0, wait))
-        cpu = time.thread_time()  # (this thread's: what its answer costs the harness, not the box's commands)
+            start, guess = max(time.monotonic(), self.not_before), self.last
+            self.not_before = start + guess
+        time.sleep(max(0.0, start - time.monotonic()))
+        before = harness_cpu()
         try:
             return self.handle(request)
         finally:
+            owed = pace(harness_cpu() - before)
             with self.lock:
-                self.not_before = max(self.not_before, time.monotonic()) + pace(time.thread_time() - cpu)
+                self.last = owed
+                self.not_before = max(self.not_before + owed - guess, time.monotonic() + owed)
 
     @property
     def org_socket(self) -> Path:
