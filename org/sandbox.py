@@ -55,7 +55,7 @@ Inside a box:
   the lowest, so what it spins on a run's core takes almost nothing from the run (at a run's
   weight, half: time a seconds budget counts, or a baseline's slowness that hides compute); a
   CLI's box a little more (CLI_CPU_WEIGHT, org/agents/clis.py). `cpu_share()` says if it holds.
-  A weight leaves a run's threads that wake the core taken (a 2-thread run 12-27% slower beside
+  A weight leaves a run's threads that wake the core taken (a 2-thread run 7-27% slower beside
   a weight-1 command), so agents' command boxes run at SCHED_IDLE too (`Limits.idle`), which they
   cannot leave; a CLI's box where a cpu cgroup weighs it (else at nice 10: SCHED_IDLE would starve it);
 - metered: `cpu_seconds(proc)` is the CPU time of everything the box ran, from a cpuacct (v1)

@@ -1316,8 +1316,8 @@ os.wait()
 def test_an_agents_command_runs_only_in_the_gaps_a_runs_threads_leave_and_cannot_leave_them(two_agents):
     """The CPU weight shares a busy core; it leaves the gaps free. A run of 2 threads sleeps
     between operations, and each time a thread woke an agent's command (weight 1) held its core:
-    the run took 12-27% longer (tests/interference_bench.py). So an agent's command runs at
-    SCHED_IDLE, which any other thread preempts as it wakes (4-7% there, about the bench's noise).
+    the run took 7-27% longer (tests/interference_bench.py). So an agent's command runs at
+    SCHED_IDLE, which any other thread preempts as it wakes (0-7% there, about the bench's noise).
     An agent that has read this tries to leave it, for itself and its children."""
     _, _, tools, _ = two_agents
     out = run(tools, f"python3 -c '{LEAVE_IDLE}'")
