@@ -482,20 +482,20 @@ def no_filter() -> str:
             f"{', '.join(ABIS)}), and a box without one could hang the harness")
 
 
-WORKING_BWRAP: set = set()  # the bwraps a box ran with in this process: not tried again
+WORKING_BWRAP: set = set()  # (bwrap, ABI) a box ran with in this process: not tried again
 
 
 def available() -> str | None:
     """None if boxes work here, else why not (one line). Once a box ran, not tried again: each
     try is a whole box, whose network namespace the kernel's threads tear down (30 ms), and a
     CLI's port asked at every call."""
-    if shutil.which("bwrap") in WORKING_BWRAP:
+    if (shutil.which("bwrap"), platform.machine()) in WORKING_BWRAP:
         return None
     try:
         check()
     except SandboxError as e:
         return str(e)
-    WORKING_BWRAP.add(shutil.which("bwrap"))
+    WORKING_BWRAP.add((shutil.which("bwrap"), platform.machine()))
     return None
 
 

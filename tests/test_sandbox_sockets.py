@@ -131,8 +131,10 @@ def test_a_socket_that_goes_away_as_a_box_starts_does_not_turn_the_sandbox_off(m
     from org import sandbox
     gone = Path(f"/var/tmp/nanolab-gone-{os.getpid()}/tmux-0/default")
     calls = []
+    monkeypatch.setattr(sandbox, "WORKING_BWRAP", set())  # (a box that ran before in this process: not tried)
     monkeypatch.setattr(sandbox, "bound_sockets", lambda: calls.append(1) or ([gone] if len(calls) == 1 else []))
     assert available() is None and len(calls) == 2
+    monkeypatch.setattr(sandbox, "WORKING_BWRAP", set())
     monkeypatch.setattr(sandbox, "bound_sockets", lambda: [gone])  # never comes back: a clear line
     assert "no sandbox: bwrap fails here" in available()
 
