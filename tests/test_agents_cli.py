@@ -498,6 +498,14 @@ def test_an_agent_that_floods_its_port_gets_a_fifth_of_a_harness_core(tmp_path):
         elapsed = time.monotonic() - start
     assert elapsed > 3 * pace(0.1), elapsed  # (its children's CPU time counts: 0.4 s or more unpaced)
 
+    box = subprocess.Popen([sys.executable, "-c", spin.replace("0.1", "1.5")])  # (a CLI's box, which ends)
+    os.waitid(os.P_PID, box.pid, os.WEXITED | os.WNOWAIT)  # (ended, not yet reaped)
+    with Port(tmp_path / "port", lambda request: {"output": str(box.wait()), "rc": 0}, None) as port:
+        call({"op": "board"}, str(port.org_socket))  # (an answer as the process reaps it: its 1.5 CPU-s)
+        start = time.monotonic()
+        call({"op": "board"}, str(port.org_socket))
+    assert time.monotonic() - start < pace(1.5) / 2  # (not this answer's: at most twice its wall time)
+
 
 def test_taking_in_a_clis_commits_is_paced_by_what_it_costs(tmp_path, monkeypatch):
     """A CLI's commits are taken in every 2 s, outside its box. A branch pointed each second at a

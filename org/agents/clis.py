@@ -46,7 +46,7 @@ from pathlib import Path
 
 from org import OrgError, remove_tree, user_cache
 from org.agents.control import Control
-from org.agents.port import Port, harness_cpu, pace
+from org.agents.port import Port, harness_cpu, pace, spent_since
 from org.agents.roles import kickoff, system_prompt
 from org.agents.spend import Spend, cpu_exhausted
 from org.agents.transcript import Transcript, clipped
@@ -427,9 +427,9 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
             if not stop and time.monotonic() - last > METER_EVERY_SECONDS:
                 stop, last = book(), time.monotonic()
             if time.monotonic() - taken > TAKE_IN_EVERY_SECONDS:
-                cpu = harness_cpu()  # (a branch that names junk costs the harness its inflating)
+                since = harness_cpu()  # (a branch that names junk costs the harness its inflating)
                 take_in()
-                taken = time.monotonic() + pace(harness_cpu() - cpu)
+                taken = time.monotonic() + pace(spent_since(since))
             if stop:
                 end(proc)
                 control.set_state("stopped", stop)

@@ -52,11 +52,19 @@ def pace(cpu_seconds: float) -> float:
     return max(0.0, cpu_seconds) * (1 - HARNESS_SHARE) / HARNESS_SHARE
 
 
-def harness_cpu() -> float:
-    """This thread's CPU time and that of every child the process has waited for (git's: half a
-    request's cost), for pace: another thread's children counted too only overstate it."""
+def harness_cpu() -> tuple[float, float]:
+    """(CPU time, wall time) now: this thread's and every child's the process has waited for."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.thread_time() + children.ru_utime + children.ru_stime
+    return time.thread_time() + children.ru_utime + children.ru_stime, time.monotonic()
+
+
+def spent_since(since: tuple[float, float]) -> float:
+    """The harness's CPU time since `since` (harness_cpu()), for pace: this thread's and its
+    children's (git's: half a request's cost), at most twice the wall time between. Another
+    thread's children are counted too, and a box the process reaps meanwhile (a CLI's, with all
+    it ran) would count whole: the bound keeps that from being taken as this work's."""
+    cpu, wall = harness_cpu()
+    return min(cpu - since[0], 2 * (wall - since[1]))
 
 
 # --- outside: the agent's supervisor serves both sockets ----------------------------------
@@ -78,11 +86,11 @@ class Port:
             start, guess = max(time.monotonic(), self.not_before), self.last
             self.not_before = start + guess
         time.sleep(max(0.0, start - time.monotonic()))
-        before = harness_cpu()
+        since = harness_cpu()
         try:
             return self.handle(request)
         finally:
-            owed = pace(harness_cpu() - before)
+            owed = pace(spent_since(since))
             with self.lock:
                 self.last = owed
                 self.not_before = max(self.not_before + owed - guess, time.monotonic() + owed)
