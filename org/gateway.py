@@ -19,6 +19,8 @@ For every call the gateway
   max_tokens of output, its input estimated from its size) is held against the budget, so calls
   sent at once cannot all pass the check before any is metered; the hold is a row of llm_spend,
   so a call in flight when the gateway dies stays charged its worst case;
+- reads each agent's calls paced (org/agents/pacing.py): parsing them is the harness's work, at
+  a run's priority, and 32 MB of `[{},...]` cost 4.3 CPU-s before it was refused;
 - forwards it with the real key, streaming the reply back as it arrives (and reading on to its
   end if the agent hangs up: a stream's usage comes last);
 - reads the tokens used from the reply (its JSON, or the usage in its server-sent events) and
@@ -53,6 +55,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from org import OrgError, shown
+from org.agents.pacing import Pacer
 from org.ledger import Ledger, ledger_path
 
 # provider -> (key variable, base URL variable, default upstream)
@@ -222,6 +225,8 @@ class Gateway:
         self.prices, self.say = prices or load_prices(), lambda line: say(shown(line))  # (a path, a model:
         # the agent's words, in the runner's pane: an escape sequence there cleared it or wrote the clipboard)
         self.parsing = threading.BoundedSemaphore(2)
+        self.pacers: dict[str, Pacer] = {}  # an agent's: reading its calls is the harness's work (32 MB of `[{},..]`
+        # refused after 4.3 CPU-s of parsing), at a run's priority
         self.settled = threading.Condition()
         self.server = ThreadingHTTPServer(("127.0.0.1", int((folder / "port").read_text())), _handler(self))
         self.server.daemon_threads = True
@@ -435,7 +440,8 @@ def _handler(gateway: Gateway):
             provider, upstream_path, spends = endpoint(self.command, self.path)
             # a body past 1 MB is parsed two at a time (as objects, 27x its size: 32 at once took the runner's
             # memory), and not kept while the call waits and streams
-            with gateway.parsing if len(body) > 1 << 20 else contextlib.nullcontext():
+            with gateway.pacers.setdefault(agent, Pacer()).paced(), \
+                    gateway.parsing if len(body) > 1 << 20 else contextlib.nullcontext():
                 model, worst = self.checked(body, spends, agent)
             from org.agents.models import Usage
             from org.agents.spend import usage_of

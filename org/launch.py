@@ -147,9 +147,9 @@ def check(arg: str, backend: str | None, ray: str | None = None) -> tuple[Progra
         program, lab, path = preflight(arg)
     try:
         launched = with_backend(program, backend) if backend else program
-        launch = ProgramSite(root, on_ray(launched, ray) if ray is not None else launched, path.resolve())
+        launch = ProgramSite(root, on_ray(launched, ray) if ray is not None else launched, path and path.resolve())
         if not program.org.agents:
-            raise OrgError(f"{path}: org.agents is empty: nobody to launch (`org run {program.name}` "
+            raise OrgError(f"{path or program.name}: org.agents is empty: nobody to launch (`org run {program.name}` "
                            "runs the declared arms without agents)")
         missing = missing_credentials(launch.program)
         if missing:

@@ -75,11 +75,14 @@ class Strict(BaseModel):
     @classmethod
     def no_booleans_as_numbers(cls, value, info):
         """YAML's true, yes and on are booleans, which pydantic takes as 1 in a number field
-        (`train.seq_len: on` trained on windows of one token, `claim.margin: true` was 1.0)."""
+        (`train.seq_len: on` trained on windows of one token, `claim.margin: true` was 1.0), in a
+        list of numbers too (`budgets: [true, 2]`)."""
         annotation = cls.model_fields[info.field_name].annotation
-        members = set(typing.get_args(annotation) or (annotation,))  # (int | None: int and None)
-        if isinstance(value, bool) and bool not in members and {int, float} & members:
-            raise ValueError(f"expected a number, got {value}")
+        items = value if isinstance(value, list) and typing.get_origin(annotation) is list else [value]
+        members = set(typing.get_args(annotation) or (annotation,))  # (int | None: int and None; list[float]: float)
+        for item in items:
+            if isinstance(item, bool) and bool not in members and {int, float} & members:
+                raise ValueError(f"expected a number, got {item}")
         return value
 
 

@@ -36,17 +36,24 @@ from org.unseen import known_lab
 
 # --- opening a program: every check first (preflight), then create what it needs (start)
 
-def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
+def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path | None]:
     """Every check that needs no state: the lab, the program file, the trainer's view of its
-    configs, uncommitted protected files and git refs. Creates nothing."""
+    configs, uncommitted protected files and git refs. Creates nothing. A started program whose
+    file is not at hand (started from a file elsewhere, or its file gone) is its ledger's: path None."""
     lab = Lab.open(lab_root())
-    path = program_path(arg, lab)
-    program = load_program(path)
-    check_with_trainer(program, source=str(path))
+    try:
+        path = program_path(arg, lab)
+    except OrgError:  # no file: a started program, as its ledger recorded it (`org status` reads it so too)
+        if not ledger_path(lab.state_dir(arg)).is_file():
+            raise
+        path = None
+    program = load_program(path) if path else recorded_program(lab.root, arg)
+    where = path or ledger_path(lab.state_dir(program.name))  # (what bad input names)
+    check_with_trainer(program, source=str(where))
     started = ledger_path(lab.state_dir(program.name)).exists()  # (its data's size was enough: it may run on)
     problem = data_source_problem(program.data.source, lab.root, None if started else program.train.seq_len)
     if problem:
-        raise ProgramError(f"{path}: data.source: {problem}")
+        raise ProgramError(f"{where}: data.source: {problem}")
     dirty = lab.dirty_paths(program.protected)
     if dirty:
         raise OrgError(f"protected path {dirty[0]} has uncommitted changes; commit or revert it "
@@ -56,7 +63,7 @@ def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
             try:
                 lab.resolve(variant.ref)
             except OrgError as e:
-                raise ProgramError(f"{path}: variants[{i}].ref: {e}") from None
+                raise ProgramError(f"{where}: variants[{i}].ref: {e}") from None
     if ref:
         lab.resolve(ref)
     recorded, row = ledger_path(lab.state_dir(program.name)), None
@@ -68,10 +75,11 @@ def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path]:
         if row:
             started = json.loads(row["spec"])
             program = as_started(program, started)
-            check_unchanged(path, started, program.model_dump(mode="json"))
+            if path:
+                check_unchanged(path, started, program.model_dump(mode="json"))
     branch = f"program/{program.name}"
     base = row["base_commit"] if row else lab.resolve(branch if branch in lab.repo.heads else "HEAD")
-    check_candidates(lab, program, base, str(path))
+    check_candidates(lab, program, base, str(where))
     return program, lab, path
 
 

@@ -2,6 +2,7 @@
 on 127.0.0.1 that replays a junior's session (add a config toggle to the trainer, commit, submit,
 read the verdict, message the chief) and the real runner measures the experiment."""
 import json
+import time
 
 import git
 import pytest
@@ -12,6 +13,7 @@ from fakellm import Call, FakeLLM, Text
 from org.agents.anthropic_api import AnthropicModel
 from org.agents.loop import Agent, Settings
 from org.agents.openai_api import OpenAIModel
+from org.agents.pacing import SHARE, Pacer, harness_cpu
 from org.agents.tools import TOOL_NAMES
 from org.agents.transcript import Transcript
 from org.ledger import Ledger
@@ -152,3 +154,21 @@ def test_an_agents_mail_reaches_its_model_a_turns_worth_at_a_time(lab):
     assert first.count("[message from chief") == 3 and "[3 more message(s) wait in your inbox, from chief (3)" in first
     assert second.count("[message from chief") == 6 and all(str(i) * MAX_MESSAGE_CHARS in second for i in range(6))
     assert mail.inbox("junior") == [] and len(mail.read_messages("junior")) == 6
+
+
+def test_a_reply_that_floods_tool_calls_gets_a_fifth_of_a_harness_core(lab):
+    """One reply may hold any number of tool calls, and each is the harness's work, outside every
+    box at a run's priority (its take-in of the agent's commits after it included): a reply of
+    240 calls ran them back to back. Past a burst, each now waits out what the last cost, 4 times
+    over (org/agents/pacing.py)."""
+    root, program, tree = lab
+    calls = [Call("results", {}), Call("list_files", {"path": "trainer"}), Call("read_file", {"path": "trainer/model.py"})]
+    flood = [calls * 80, [Call("finish", {"summary": "flooded"})]]
+    with FakeLLM(flood) as llm:
+        agent = Agent("junior", program, root, tree, BACKENDS["anthropic"](llm.url), console=Console(quiet=True))
+        agent.pacer = Pacer(burst=0)
+        since = harness_cpu()
+        assert agent.run() == "finished: flooded"
+        spent, elapsed = harness_cpu()[0] - since[0], time.monotonic() - since[1]
+    assert spent > 0.5, spent  # (enough of the harness's work to be paced)
+    assert spent < SHARE * elapsed + 0.3, (spent, elapsed)  # (slack: the SDK's own work, which is not paced)

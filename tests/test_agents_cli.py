@@ -17,7 +17,8 @@ from agentlab import HOG, BackgroundRunner, lab_dir, make_project, run_windows, 
 from fakellm import Call, FakeLLM, Text
 from org.agents.clis import BACKEND_CLI, BoxedCLI, check_cli, claude_argv, codex_argv, next_codex_prompt, on_hook, \
     _supervise, port_handler, run_cli
-from org.agents.port import HARNESS_SHARE, PORT_VAR, Port, call, pace, relay_one
+from org.agents.pacing import BURST, SHARE, Pacer
+from org.agents.port import PORT_VAR, Port, call, relay_one
 from org import OrgError
 from org.agents.control import Control
 from org.agents.roles import agent_entry
@@ -26,7 +27,7 @@ from org.cli import build_parser, main
 from org.gateway import Gateway, prepare
 from org.ledger import Ledger
 from org.mail import Mail
-from org.cgroups import cgroup_root, cpu_share
+from org.cgroups import cgroup_root, cpu_meter, cpu_share
 from org.sandbox import available
 
 AGENTS = [{"name": "solo", "backend": "scripted"},
@@ -470,8 +471,8 @@ def burn(seconds: float):
 def test_an_agent_that_floods_its_port_gets_a_fifth_of_a_harness_core(tmp_path):
     """The harness answers an agent's port outside every box, at a run's priority: a CLI that
     called `org results` in a loop, 4 at a time, kept harness threads busy on the runs' cores (a
-    2-thread run took 3.6x as long: hunt42). Each answer's CPU time is now waited out, 4 times
-    over, before the next starts, however many connections the agent opens."""
+    2-thread run took 3.6x as long: hunt42). Past a burst, each answer's CPU time is now waited
+    out, 4 times over, before the next starts, however many connections the agent opens."""
     def costly(request: dict) -> dict:
         burn(0.05)
         return {"output": "ok", "rc": 0}
@@ -479,7 +480,7 @@ def test_an_agent_that_floods_its_port_gets_a_fifth_of_a_harness_core(tmp_path):
     def caller():
         for _ in range(5):
             assert call({"op": "board"}, str(port.org_socket)) == {"output": "ok", "rc": 0}
-    with Port(tmp_path / "port", costly, None) as port:
+    with Port(tmp_path / "port", costly, None, Pacer(burst=0.2)) as port:
         start = time.monotonic()
         callers = [threading.Thread(target=caller) for _ in range(4)]
         for thread in callers:
@@ -487,36 +488,64 @@ def test_an_agent_that_floods_its_port_gets_a_fifth_of_a_harness_core(tmp_path):
         for thread in callers:
             thread.join()
         elapsed = time.monotonic() - start
-    # 20 answers of 0.05 CPU-s: 1 s unpaced; at HARNESS_SHARE 5 s, less the first ones' overlap
-    assert HARNESS_SHARE == 0.2 and elapsed > 0.6 * 20 * pace(0.05), elapsed
+    # 20 answers of 0.05 CPU-s: 1 s unpaced; paced, 0.2 CPU-s at once and the rest at SHARE (4 s)
+    assert SHARE == 0.2 and elapsed > 0.6 * (20 * 0.05 - 0.2) / SHARE, elapsed
 
     spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.1: pass\n"
     with Port(tmp_path / "port", lambda request: {"output": str(subprocess.run([sys.executable, "-c", spin]).returncode),
-                                                  "rc": 0}, None) as port:  # (half a `results` was git's)
+                                                  "rc": 0}, None, Pacer(burst=0)) as port:  # (half a `results` was git's)
         start = time.monotonic()
         assert [call({"op": "board"}, str(port.org_socket))["output"] for _ in range(4)] == ["0"] * 4
         elapsed = time.monotonic() - start
-    assert elapsed > 3 * pace(0.1), elapsed  # (its children's CPU time counts: 0.4 s or more unpaced)
+    assert elapsed > 3 * 0.1 / SHARE, elapsed  # (its children's CPU time counts: 0.4 s or more unpaced)
 
     box = subprocess.Popen([sys.executable, "-c", spin.replace("0.1", "1.5")])  # (a CLI's box, which ends)
     os.waitid(os.P_PID, box.pid, os.WEXITED | os.WNOWAIT)  # (ended, not yet reaped)
-    with Port(tmp_path / "port", lambda request: {"output": str(box.wait()), "rc": 0}, None) as port:
+    with Port(tmp_path / "port", lambda request: {"output": str(box.wait()), "rc": 0}, None, Pacer(burst=0)) as port:
         call({"op": "board"}, str(port.org_socket))  # (an answer as the process reaps it: its 1.5 CPU-s)
         start = time.monotonic()
         call({"op": "board"}, str(port.org_socket))
-    assert time.monotonic() - start < pace(1.5) / 2  # (not this answer's: at most twice its wall time)
+    assert time.monotonic() - start < 1.5 / SHARE / 2  # (not this answer's: at most twice its wall time)
+
+
+def test_an_honest_agents_calls_are_not_held_up(tmp_path):
+    """Pacing bounds a flood, not the few dear calls of an honest agent: its first BURST CPU
+    seconds go at once, and an agent that stays under SHARE of a core never waits."""
+    with Port(tmp_path / "port", lambda request: (burn(0.3), {"output": "ok", "rc": 0})[1], None) as port:
+        start = time.monotonic()
+        for _ in range(int(BURST / 0.3) - 1):
+            call({"op": "board"}, str(port.org_socket))
+        assert time.monotonic() - start < 0.3 * int(BURST / 0.3) + 0.5  # (paced: 1.2 s a call past the first)
+
+
+def test_a_command_an_agent_runs_through_its_port_is_its_own_cpu_not_the_harnesss(project):
+    """`org tool run` runs the command in the agent's command box, at SCHED_IDLE and metered as
+    the agent's: pacing counted it as the harness's work, and a CLI that ran a 1.5 CPU-s command
+    through its port waited 6 s for its next call."""
+    if available() is not None or cgroup_root("cpuacct") is None:
+        pytest.skip(f"needs boxes and their CPU meter: {available() or cpu_meter()}")
+    root, program = project
+    worktree(root, program, "claude")
+    spin = "python3 -c 'import time\nt = time.process_time()\nwhile time.process_time() - t < 1.5: pass'"
+    with Port(lab_dir(root, program) / "clis" / "claude" / "port", port_handler(program, "claude", root), None,
+              Pacer(burst=0)) as port:
+        assert call({"op": "tool", "name": "run", "arguments": {"command": spin}}, str(port.org_socket))["rc"] == 0
+        start = time.monotonic()
+        call({"op": "board"}, str(port.org_socket))
+    assert time.monotonic() - start < 1.5, time.monotonic() - start  # (the box's 1.5 CPU-s paced: 6 s)
 
 
 def test_taking_in_a_clis_commits_is_paced_by_what_it_costs(tmp_path, monkeypatch):
     """A CLI's commits are taken in every 2 s, outside its box. A branch pointed each second at a
     commit naming a fresh junk blob that inflates to 1 GB kept the harness inflating, and a run
-    took 8.7x as long (hunt42). What each take-in costs is now waited out 4 times over."""
+    took 8.7x as long (hunt42). Past a burst, what each take-in costs is now waited out 4 times over."""
     monkeypatch.setattr("org.agents.clis.TAKE_IN_EVERY_SECONDS", 0.0)
     taken = []
     cli = subprocess.Popen(["sleep", "5"])
-    _supervise(cli, Control(tmp_path, "a"), take_in=lambda: (burn(0.3), taken.append(time.monotonic())))
+    _supervise(cli, Control(tmp_path, "a"), take_in=lambda: (burn(0.3), taken.append(time.monotonic())),
+               pacer=Pacer(burst=0))
     gaps = [later - earlier for earlier, later in zip(taken, taken[1:-1])]  # (the last: as the CLI ends)
-    assert gaps and min(gaps) >= pace(0.3), taken  # (unpaced: 0.8 s, the supervisor's 0.5 s and the work)
+    assert gaps and min(gaps) >= 0.3 / SHARE - 0.05, taken  # (unpaced: 0.8 s, the supervisor's 0.5 s and the work)
 
 
 def test_a_port_that_is_gone_is_one_line_not_a_traceback(project, monkeypatch, capsys, tmp_path):

@@ -25,6 +25,7 @@ from fakellm import FakeLLM, Text
 from org.agents.anthropic_api import AnthropicModel
 from org.agents.models import Usage, make_model
 from org.agents.openai_api import OpenAIModel
+from org.agents.pacing import SHARE, Pacer
 from org.agents.spend import dollars, load_prices, usage_of
 from org.gateway import (Gateway, GatewayError, Refused, client_config, gateway_dir, port_is_free, prepare,
                          read_keys, worst_case)
@@ -604,3 +605,22 @@ def test_bodies_past_a_megabyte_are_parsed_two_at_a_time(tmp_path):
             return most[0]
         assert six_at_once(1_500_000) == 2
         assert six_at_once(1000) > 2
+
+
+def test_an_agent_whose_calls_are_dear_to_read_waits_for_them_and_its_teammates_do_not(org):
+    """The gateway reads each call outside every box, at a run's priority: 32 MB of `[{},...]`,
+    refused, cost it 4.3 CPU-s of parsing, and an agent could send one after another for
+    nothing. Each agent's reading is now paced (org/agents/pacing.py); its teammates' are not."""
+    root, program, llm, gw, tokens = org
+    gw.pacers["claude"] = Pacer(burst=0)  # (the default lets an agent's first 2 CPU-s go at once)
+    dear = b"[" + b",".join([b"{}"] * (1 << 20)) + b"]"
+    first = time.monotonic()
+    assert call(gw, "POST", "/anthropic/v1/messages", tokens["claude"], dear)[0] == 400
+    cost = gw.pacers["claude"].last
+    assert cost > 0.2 and time.monotonic() - first < 2 + cost, cost  # (3 MB: about 0.45 CPU-s here)
+    start = time.monotonic()
+    assert call(gw, "POST", "/openai/chat/completions", tokens["gpt"], dear)[0] == 400
+    assert time.monotonic() - start < 1 + 5 * cost  # (a teammate's: not paced by claude's debt)
+    start = time.monotonic()
+    assert call(gw, "POST", "/anthropic/v1/messages", tokens["claude"], dear)[0] == 400
+    assert time.monotonic() - start > 0.8 * cost / SHARE, (time.monotonic() - start, cost)

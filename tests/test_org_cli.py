@@ -77,6 +77,10 @@ BAD_PROGRAMS = {
     "a boolean margin": (yaml.safe_dump(tiny_program(claim={"kind": "superiority", "margin": True})),
                          "claim.margin: expected a number, got True"),
     "a boolean slot count": (yaml.safe_dump(tiny_program(runner={"slots": True})), "runner.slots: expected a number, got True"),
+    "a boolean in a list of numbers": (
+        yaml.safe_dump(tiny_program(claim={"kind": "improve"}, variants=[], compute_multiplier={"budgets": [True, 2]},
+                                    candidates=[{"name": "c1", "overrides": {"softcap": 0}}])),
+        "compute_multiplier.budgets: expected a number, got True"),
     "a model past the trainer's bound": (  # (a traceback, under a FLOP budget)
         yaml.safe_dump(tiny_program(budget={**tiny_program()["budget"], "per_run": {"flops": 1e9}},
                                     train={**tiny_program()["train"], "seq_len": 10**12}, data={"val_tokens": 10**12})),
@@ -631,10 +635,11 @@ def test_a_stop_waits_a_number_of_seconds(capsys):
         assert stopped.value.code == 2 and f"--timeout: {bad}: expected seconds from 0 to 3600" in capsys.readouterr().err
 
 
-def test_the_board_of_a_program_started_from_a_file_outside_programs(make_project, capsys):
-    """`org mail` read the program's file, at programs/NAME.yaml: a program started from another
-    file had no board, and a name with no program was a file's error, where every other command
-    says `no program`. The ledger holds the started program."""
+def test_a_program_started_from_a_file_outside_programs_is_named_by_its_name(make_project, capsys):
+    """`org mail`, `org submit` and `org ablate` read the program's file, at programs/NAME.yaml: a
+    program started from another file had no board and took no experiment, and a name with no
+    program was a file's error, where every other command says `no program`. The ledger holds the
+    started program."""
     from org.workspace import open_program
     root = make_project(tiny_program(org={"agents": [{"name": "a"}]}))
     assert main(["mail", "board", "--program", "nosuch"]) == 2
@@ -643,3 +648,10 @@ def test_the_board_of_a_program_started_from_a_file_outside_programs(make_projec
     open_program(str(root / "elsewhere.yaml"), root)
     assert main(["mail", "board", "--program", "tiny"]) == 0
     assert "(the board is empty)" in capsys.readouterr().out
+    # and the commands that take a program file: the started program, as its ledger recorded it
+    assert main(["submit", "tiny", "--arm", "wider", "--set", "n_embd=64", "--hypothesis", "wider is better"]) == 0
+    assert "runs queued" in capsys.readouterr().out
+    assert main(["ablate", "tiny"]) == 2
+    assert "tiny is not an improvement program" in one_line_error(capsys)
+    assert main(["submit", "nosuch", "--arm", "wider", "--set", "n_embd=64"]) == 2  # (no file and no ledger)
+    assert "no program file 'nosuch'" in one_line_error(capsys)

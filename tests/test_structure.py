@@ -73,7 +73,7 @@ def test_an_agents_org_command_in_its_box_imports_its_port_and_nothing_heavy():
     in_box = subprocess.run([sys.executable, "-c", f"import sys\nfrom org.entry import main\nmain(['mail', 'board'])\n{show}"],
                             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NANOLAB_PORT": "/nowhere/org.sock"})
     assert "cannot reach the org through /nowhere/org.sock" in in_box.stdout
-    assert in_box.stdout.splitlines()[-1] == str(["org", "org.agents", "org.agents.commands", "org.agents.port",
+    assert in_box.stdout.splitlines()[-1] == str(["org", "org.agents", "org.agents.commands", "org.agents.pacing", "org.agents.port",
                                                   "org.agents.sandbox", "org.cgroups", "org.diskwatch", "org.entry", "org.hostfiles",
                                                   "org.python_text", "org.sandbox", "org.seccomp", "org.sourceless",
                                                   "org.unseen"])

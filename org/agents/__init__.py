@@ -12,6 +12,7 @@ The org's researchers: one loop per agent, the tools it works with, and its back
     scripted.py       no model: the program's declared plan through the same tools
     clis.py           the claude and codex CLIs in the pane, boxed (turn ends from their hooks)
     port.py           a boxed CLI's way out: its `org` commands and its gateway connection
+    pacing.py         the harness's own CPU time for one agent, held to a fifth of a core
     roles.py          prompts (org/prompts/*.md) and teammates by role and topology
     spend.py          dollars per call into the ledger (org/prices.yaml); the LLM budget
     control.py        pause / resume / stop from outside (what `org launch` uses)

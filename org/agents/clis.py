@@ -46,7 +46,8 @@ from pathlib import Path
 
 from org import OrgError, remove_tree, user_cache
 from org.agents.control import Control
-from org.agents.port import Port, harness_cpu, pace, spent_since
+from org.agents.pacing import Pacer
+from org.agents.port import Port
 from org.agents.roles import kickoff, system_prompt
 from org.agents.spend import Spend, cpu_exhausted
 from org.agents.transcript import Transcript, clipped
@@ -371,12 +372,12 @@ def run_cli(entry, program, root: Path, tree: Path) -> str:
                 lab.take_in_work(cli.tree, agent_branch(program.name, entry.name))
         if entry.backend == "claude-code":
             return _supervise(cli.start(claude_argv(entry, program, cli.tree) + [first]), control, meter=meter,
-                              take_in=take_in)
+                              take_in=take_in, pacer=cli.port.pacer)
         transcript = Transcript(lab_dir / "transcripts" / f"{entry.name}.jsonl")
         prompt, resume = system_prompt(program, entry.name, cli=True) + "\n\n" + first, False
         while True:  # codex: one exec per turn, the next one when mail arrives
             reason = _supervise(cli.start(codex_argv(entry, resume) + [prompt], stdin=subprocess.DEVNULL),
-                                control, end_when_done=False, meter=meter, take_in=take_in)
+                                control, end_when_done=False, meter=meter, take_in=take_in, pacer=cli.port.pacer)
             if reason:
                 return reason
             prompt, stop = next_codex_prompt(mail, control, transcript, entry.name)
@@ -406,12 +407,14 @@ def next_codex_prompt(mail: Mail, control: Control, transcript: Transcript, agen
 
 
 def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = True,
-               meter=lambda cpu_seconds: None, take_in=lambda: None) -> str | None:
+               meter=lambda cpu_seconds: None, take_in=lambda: None, pacer: Pacer | None = None) -> str | None:
     """Wait for the CLI; a stop request ends it, and so does its box's CPU budget. Returns why
     the agent ended, or None when the process ended a turn and the agent goes on (codex). The
     box's CPU time goes to `meter` as it grows (every METER_EVERY_SECONDS, and at the end),
     which returns why the box may compute no more, or None; `take_in` runs every
-    TAKE_IN_EVERY_SECONDS, and at the end, paced as the port's requests are (org/agents/port.py)."""
+    TAKE_IN_EVERY_SECONDS while the agent's `pacer` is not in debt (org/agents/pacing.py: a
+    branch that names junk costs the harness its inflating), and at the end."""
+    pacer = pacer or Pacer()
     booked, last, taken = 0.0, time.monotonic(), time.monotonic()
 
     def book() -> str | None:
@@ -426,10 +429,10 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
             stop = control.stop_reason()
             if not stop and time.monotonic() - last > METER_EVERY_SECONDS:
                 stop, last = book(), time.monotonic()
-            if time.monotonic() - taken > TAKE_IN_EVERY_SECONDS:
-                since = harness_cpu()  # (a branch that names junk costs the harness its inflating)
-                take_in()
-                taken = time.monotonic() + pace(spent_since(since))
+            if time.monotonic() - taken > TAKE_IN_EVERY_SECONDS and not pacer.owed():
+                with pacer.paced():
+                    take_in()
+                taken = time.monotonic()
             if stop:
                 end(proc)
                 control.set_state("stopped", stop)
@@ -439,7 +442,8 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
         if proc.poll() is not None:  # what its box left, its device files (org/hostfiles.py) and cgroups
             end_box(proc)
         spent = book()  # (what end_box read)
-        take_in()
+        with pacer.paced(wait=False):  # (booked, but a stop is not held up by the agent's debt)
+            take_in()
     stop = control.stop_reason() or spent
     if stop or end_when_done or proc.returncode != 0:
         reason = f"stopped: {stop}" if stop else f"the CLI exited with status {proc.returncode}"

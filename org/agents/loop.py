@@ -25,6 +25,7 @@ from org.mail import a_turns_mail, format_mail
 from org.program import Program
 from org.agents.control import Control
 from org.agents.models import Reply, Unavailable, with_backoff
+from org.agents.pacing import Pacer
 from org.agents.roles import board_excerpt, kickoff, system_prompt, teammates
 from org.agents.spend import Spend
 from org.agents.tools import TOOLS, Limits, ToolResult, Tools
@@ -63,6 +64,7 @@ class Agent:
         self.show = Display(console or Console(), name)
         self.history: list[dict] = []
         self.delivered: set[str] = set()
+        self.pacer = Pacer()  # (the tools' work is the harness's, outside every box: org/agents/pacing.py)
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -133,22 +135,28 @@ class Agent:
     def do_calls(self, calls: list[dict]) -> str | None:
         """Run each call and record its result; returns finish()'s summary if it was called."""
         summary = None
-        for call in calls:
-            self.show.call(call)
-            if call["args"] is None:
-                result = ToolResult(f"error: the arguments of {call['name']} are not one JSON object a request can carry "
-                                    f"({call['raw'][:200]!r}); send one JSON object", error=True)
-            else:
-                result = self.tools.call(call["name"], call["args"])
-            self.add("tool", id=call["id"], name=call["name"], output=result.output, error=result.error,
-                     mail_ids=[m["id"] for m in result.acks])
-            if result.refused:
-                self.transcript.event("refusal", tool=call["name"], args=call["args"], reason=result.output)
-            for message in result.acks:
-                self.mail.ack(self.name, message)
-            self.show.result(result)
+        for call in calls:  # (one reply may hold any number: each waits out what the last cost the harness)
+            with self.pacer.paced():
+                result = self.do_call(call)
             summary = result.finished if result.finished is not None else summary
         return summary
+
+    def do_call(self, call: dict) -> ToolResult:
+        """One call, run and on record: its result in the transcript, the mail it read acknowledged."""
+        self.show.call(call)
+        if call["args"] is None:
+            result = ToolResult(f"error: the arguments of {call['name']} are not one JSON object a request can carry "
+                                f"({call['raw'][:200]!r}); send one JSON object", error=True)
+        else:
+            result = self.tools.call(call["name"], call["args"])
+        self.add("tool", id=call["id"], name=call["name"], output=result.output, error=result.error,
+                 mail_ids=[m["id"] for m in result.acks])
+        if result.refused:
+            self.transcript.event("refusal", tool=call["name"], args=call["args"], reason=result.output)
+        for message in result.acks:
+            self.mail.ack(self.name, message)
+        self.show.result(result)
+        return result
 
     def deliver_mail(self):
         """New messages, a turn's worth (mail.a_turns_mail), become a user turn; acknowledged once

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import signal
 import socket
 import socketserver
@@ -34,6 +33,8 @@ import threading
 import time
 from pathlib import Path
 
+from org.agents.pacing import Pacer
+
 PORT_VAR = "NANOLAB_PORT"      # inside the box: the path of org.sock
 MAX_REQUEST = 16 << 20
 LINGER = 30  # seconds the box outlives its CLI for what the CLI left running
@@ -41,30 +42,6 @@ LINGER = 30  # seconds the box outlives its CLI for what the CLI left running
 # the box keeps it open: past these, a socket closes what comes in (a CLI's pool opens a few)
 MAX_CONNECTIONS = 32
 ORG_READ_SECONDS = 60  # for org.sock's request line (its answer may take as long as a command)
-# of a core, at most, that the harness spends on one agent's requests (and on taking its commits
-# in): it does that work outside every box, at a run's priority. A CLI's `org results` in a loop
-# kept harness threads busy on the runs' cores, and a 2-thread run took 3.6x as long
-HARNESS_SHARE = 0.2
-
-
-def pace(cpu_seconds: float) -> float:
-    """The seconds to wait after work of `cpu_seconds` done for an agent, for HARNESS_SHARE."""
-    return max(0.0, cpu_seconds) * (1 - HARNESS_SHARE) / HARNESS_SHARE
-
-
-def harness_cpu() -> tuple[float, float]:
-    """(CPU time, wall time) now: this thread's and every child's the process has waited for."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.thread_time() + children.ru_utime + children.ru_stime, time.monotonic()
-
-
-def spent_since(since: tuple[float, float]) -> float:
-    """The harness's CPU time since `since` (harness_cpu()), for pace: this thread's and its
-    children's (git's: half a request's cost), at most twice the wall time between. Another
-    thread's children are counted too, and a box the process reaps meanwhile (a CLI's, with all
-    it ran) would count whole: the bound keeps that from being taken as this work's."""
-    cpu, wall = harness_cpu()
-    return min(cpu - since[0], 2 * (wall - since[1]))
 
 
 # --- outside: the agent's supervisor serves both sockets ----------------------------------
@@ -73,27 +50,16 @@ class Port:
     """Serve an agent's two sockets in `folder` while the context is open.
     handle(request: dict) -> dict answers org.sock; gateway.sock relays to `upstream`."""
 
-    def __init__(self, folder: Path, handle, upstream: tuple[str, int] | None):
+    def __init__(self, folder: Path, handle, upstream: tuple[str, int] | None, pacer: Pacer | None = None):
         self.folder, self.handle, self.upstream = Path(folder), handle, upstream
+        self.pacer = pacer or Pacer()  # (the agent's: its take-ins are paced by it too)
         self.servers: list[socketserver.BaseServer] = []
-        self.lock, self.not_before, self.last = threading.Lock(), 0.0, 0.0  # (answer's pacing)
 
     def answer(self, request: dict) -> dict:
-        """handle's answer, paced: the harness's CPU time on this agent's requests is waited out
-        (pace) before the next starts, over all the connections it opens: each reserves, as it
-        comes, the wait the last one owed, so that requests sent at once queue behind each other."""
-        with self.lock:
-            start, guess = max(time.monotonic(), self.not_before), self.last
-            self.not_before = start + guess
-        time.sleep(max(0.0, start - time.monotonic()))
-        since = harness_cpu()
-        try:
+        """handle's answer, paced (org/agents/pacing.py): the harness does it outside every box,
+        at a run's priority, over all the connections the agent opens."""
+        with self.pacer.paced():
             return self.handle(request)
-        finally:
-            owed = pace(spent_since(since))
-            with self.lock:
-                self.last = owed
-                self.not_before = max(self.not_before + owed - guess, time.monotonic() + owed)
 
     @property
     def org_socket(self) -> Path:

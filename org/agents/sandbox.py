@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from org.agents.pacing import box_ended
 from org.cgroups import cpu_seconds
 from org.diskwatch import GROWTH_SLACK, free_bytes, gib, usage
 from org.sandbox import dies_with, end_box, untrusted_env
@@ -255,8 +256,10 @@ class Workspace:
             if self.box:
                 end_box(proc)  # (what a bwrap killed mid-making left running)
             used = cpu_seconds(proc) if self.box else None
-            if used is not None and self.meter:
-                self.meter(used)
+            if used is not None:
+                box_ended(used)  # (the agent's own, not the harness's work that pacing counts)
+                if self.meter:
+                    self.meter(used)
             stopped = getattr(proc, "stopped", None)  # its disk (org/diskwatch.py)
             return status, _read_capped(out, limit) + (f"\n[{stopped}]" if stopped else "")
 
