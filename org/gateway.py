@@ -436,13 +436,13 @@ def _handler(gateway: Gateway):
             provider = self.path.lstrip("/").partition("/")[0]
             if provider not in gateway.keys:
                 raise Refused(404, "not_found_error", f"the gateway has no key for {provider!r}")
-            body = self.body()  # read before any refusal, so that the agent's client reads the refusal
-            provider, upstream_path, spends = endpoint(self.command, self.path)
-            # a body past 1 MB is parsed two at a time (as objects, 27x its size: 32 at once took the runner's
-            # memory), and not kept while the call waits and streams
-            with gateway.pacers.setdefault(agent, Pacer()).paced(), \
-                    gateway.parsing if len(body) > 1 << 20 else contextlib.nullcontext():
-                model, worst = self.checked(body, spends, agent)
+            with gateway.pacers.setdefault(agent, Pacer(children=False)).paced():  # (reading it is the harness's work)
+                body = self.body()  # read before any refusal, so that the agent's client reads the refusal
+                provider, upstream_path, spends = endpoint(self.command, self.path)
+                # a body past 1 MB is parsed two at a time (as objects, 27x its size: 32 at once took the runner's
+                # memory), and not kept while the call waits and streams
+                with gateway.parsing if len(body) > 1 << 20 else contextlib.nullcontext():
+                    model, worst = self.checked(body, spends, agent)
             from org.agents.models import Usage
             from org.agents.spend import usage_of
             hold = gateway.reserve(agent, model, worst if spends else None)

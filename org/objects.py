@@ -267,12 +267,15 @@ def read_loose(path: Path, limit: int = MAX_OBJECT_BYTES, header_only: bool = Fa
         if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
             raise ValueError(f"its file {path} is not a plain file of at most {limit >> 20} MB")
         inflate = zlib.decompressobj()
-        data = inflate.decompress(f.read(4096) if header_only else f.read(), 64 if header_only else limit + 64)
-    header, _, content = data.partition(b"\0")
+        head = inflate.decompress(f.read(4096) if header_only else f.read(), 64)  # (its header first)
+    header, _, content = head.partition(b"\0")
     kind, _, size = header.partition(b" ")
     if header_only and size.isdigit():
         return kind, size
-    if inflate.unconsumed_tail or not size.isdigit() or int(size) != len(content):
+    more = int(size) + 1 - len(content) if size.isdigit() and int(size) <= limit else 0
+    if more > 0:  # (no further than its header says: one that says 1 MB and inflates to 1 GB stops here)
+        content += inflate.decompress(inflate.unconsumed_tail, more)
+    if more <= 0 or inflate.unconsumed_tail or int(size) != len(content):
         raise ValueError(f"its file {path} is not a loose object of at most {limit >> 20} MB")
     return kind, content
 

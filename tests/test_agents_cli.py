@@ -508,6 +508,39 @@ def test_an_agent_that_floods_its_port_gets_a_fifth_of_a_harness_core(tmp_path):
     assert time.monotonic() - start < 1.5 / SHARE / 2  # (not this answer's: at most twice its wall time)
 
 
+def test_a_request_that_is_dear_to_read_is_paced_too(tmp_path):
+    """The port parsed each request line before its pacing began: 16 MB lines of `[{},...]`, 4 at
+    once, kept a harness core busy at no cost to the agent, and a 2-thread run took 34x as long
+    (hunt43). Reading a request is now part of its answer's cost."""
+    dear = b"[" + b"{}," * (2 << 20) + b"{}]\n"  # (6 MB: about 0.5 CPU-s to parse)
+    with Port(tmp_path / "port", lambda request: {"output": "ok", "rc": 0}, None, Pacer(burst=0)) as port:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.connect(str(port.org_socket))
+            conn.sendall(dear)
+            assert conn.makefile("rb").readline()
+        cost, start = port.pacer.last, time.monotonic()
+        assert call({"op": "board"}, str(port.org_socket))["output"] == "ok"
+    assert cost > 0.1 and time.monotonic() - start > 0.8 * cost / SHARE, (cost, time.monotonic() - start)
+
+
+def test_the_harnesss_work_for_an_agent_runs_where_the_runs_leave_a_core_free(tmp_path, monkeypatch):
+    """Paced alone, a flood of `org results` took a fifth of a core at a run's priority, and a
+    2-thread run beside it took 21-24% longer (hunt43). The port's answers and a CLI's take-ins
+    now run at SCHED_IDLE, and so does what they start (git)."""
+    child = [sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"]
+
+    def policies(request=None) -> dict:
+        return {"output": f"{os.sched_getscheduler(0)} {subprocess.run(child, capture_output=True, text=True).stdout.strip()}",
+                "rc": 0}
+    with Port(tmp_path / "port", policies, None) as port:
+        assert call({"op": "board"}, str(port.org_socket))["output"] == f"{os.SCHED_IDLE} {os.SCHED_IDLE}"
+    monkeypatch.setattr("org.agents.clis.TAKE_IN_EVERY_SECONDS", 0.0)
+    seen = []
+    _supervise(subprocess.Popen(["sleep", "1"]), Control(tmp_path, "a"), take_in=lambda: seen.append(policies()["output"]))
+    assert seen and set(seen) == {f"{os.SCHED_IDLE} {os.SCHED_IDLE}"}, seen
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # (the supervisor's own thread is not)
+
+
 def test_an_honest_agents_calls_are_not_held_up(tmp_path):
     """Pacing bounds a flood, not the few dear calls of an honest agent: its first BURST CPU
     seconds go at once, and an agent that stays under SHARE of a core never waits."""

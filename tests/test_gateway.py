@@ -612,7 +612,7 @@ def test_an_agent_whose_calls_are_dear_to_read_waits_for_them_and_its_teammates_
     refused, cost it 4.3 CPU-s of parsing, and an agent could send one after another for
     nothing. Each agent's reading is now paced (org/agents/pacing.py); its teammates' are not."""
     root, program, llm, gw, tokens = org
-    gw.pacers["claude"] = Pacer(burst=0)  # (the default lets an agent's first 2 CPU-s go at once)
+    gw.pacers["claude"] = Pacer(burst=0, children=False)  # (as the gateway makes it, less the burst of 2 CPU-s)
     dear = b"[" + b",".join([b"{}"] * (1 << 20)) + b"]"
     first = time.monotonic()
     assert call(gw, "POST", "/anthropic/v1/messages", tokens["claude"], dear)[0] == 400

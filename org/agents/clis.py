@@ -40,6 +40,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -412,10 +413,11 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
     the agent ended, or None when the process ended a turn and the agent goes on (codex). The
     box's CPU time goes to `meter` as it grows (every METER_EVERY_SECONDS, and at the end),
     which returns why the box may compute no more, or None; `take_in` runs every
-    TAKE_IN_EVERY_SECONDS while the agent's `pacer` is not in debt (org/agents/pacing.py: a
-    branch that names junk costs the harness its inflating), and at the end."""
+    TAKE_IN_EVERY_SECONDS while the agent's `pacer` is not in debt, at SCHED_IDLE
+    (org/agents/pacing.py: a branch that names junk costs the harness its inflating), and at the end."""
     pacer = pacer or Pacer()
     booked, last, taken = 0.0, time.monotonic(), time.monotonic()
+    taking: threading.Thread | None = None  # (at SCHED_IDLE a take-in may take a while: stop requests and the meter go on)
 
     def book() -> str | None:
         nonlocal booked
@@ -429,9 +431,9 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
             stop = control.stop_reason()
             if not stop and time.monotonic() - last > METER_EVERY_SECONDS:
                 stop, last = book(), time.monotonic()
-            if time.monotonic() - taken > TAKE_IN_EVERY_SECONDS and not pacer.owed():
-                with pacer.paced():
-                    take_in()
+            if time.monotonic() - taken > TAKE_IN_EVERY_SECONDS and not (taking and taking.is_alive()) and not pacer.owed():
+                taking = threading.Thread(target=pacer.run, args=(take_in,), name="take-in", daemon=True)
+                taking.start()
                 taken = time.monotonic()
             if stop:
                 end(proc)
@@ -442,8 +444,9 @@ def _supervise(proc: subprocess.Popen, control: Control, end_when_done: bool = T
         if proc.poll() is not None:  # what its box left, its device files (org/hostfiles.py) and cgroups
             end_box(proc)
         spent = book()  # (what end_box read)
-        with pacer.paced(wait=False):  # (booked, but a stop is not held up by the agent's debt)
-            take_in()
+        if taking:
+            taking.join()
+        pacer.run(take_in, wait=False)  # (booked, but a stop is not held up by the agent's debt)
     stop = control.stop_reason() or spent
     if stop or end_when_done or proc.returncode != 0:
         reason = f"stopped: {stop}" if stop else f"the CLI exited with status {proc.returncode}"

@@ -135,9 +135,8 @@ class Agent:
     def do_calls(self, calls: list[dict]) -> str | None:
         """Run each call and record its result; returns finish()'s summary if it was called."""
         summary = None
-        for call in calls:  # (one reply may hold any number: each waits out what the last cost the harness)
-            with self.pacer.paced():
-                result = self.do_call(call)
+        for call in calls:  # (one reply may hold any number: each paced, at SCHED_IDLE: org/agents/pacing.py)
+            result = self.pacer.run(lambda: self.do_call(call))
             summary = result.finished if result.finished is not None else summary
         return summary
 
