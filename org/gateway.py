@@ -67,6 +67,9 @@ KEYS_FILE_RECORD = "keys-file.json"  # the last launch's keys file, for the boxe
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "te", "trailer",
               "upgrade", "proxy-authorization", "proxy-connection", "accept-encoding"}
 MAX_BODY = 32 << 20  # a request body past this is refused; a reply past this is passed on unparsed
+# of a core, at most, that reading one agent's calls takes over a long stretch (org/agents/pacing.py): it runs
+# at a run's priority, in the runner's process; an honest call's body (a context of 1 MB) parses in 10-30 ms
+GATEWAY_SHARE = 0.05
 
 # What the gateway forwards, (provider, method, path) -> whether the call spends (and is metered
 # from its reply's usage). The backends call v1/messages, chat/completions and responses; Claude
@@ -226,7 +229,7 @@ class Gateway:
         # the agent's words, in the runner's pane: an escape sequence there cleared it or wrote the clipboard)
         self.parsing = threading.BoundedSemaphore(2)
         self.pacers: dict[str, Pacer] = {}  # an agent's: reading its calls is the harness's work (32 MB of `[{},..]`
-        # refused after 4.3 CPU-s of parsing), at a run's priority
+        # refused after 4.3 CPU-s of parsing), at a run's priority (GATEWAY_SHARE)
         self.settled = threading.Condition()
         self.server = ThreadingHTTPServer(("127.0.0.1", int((folder / "port").read_text())), _handler(self))
         self.server.daemon_threads = True
@@ -436,7 +439,7 @@ def _handler(gateway: Gateway):
             provider = self.path.lstrip("/").partition("/")[0]
             if provider not in gateway.keys:
                 raise Refused(404, "not_found_error", f"the gateway has no key for {provider!r}")
-            with gateway.pacers.setdefault(agent, Pacer(children=False)).paced():  # (reading it is the harness's work)
+            with gateway.pacers.setdefault(agent, Pacer(GATEWAY_SHARE, children=False)).paced():  # (reading it is the harness's work)
                 body = self.body()  # read before any refusal, so that the agent's client reads the refusal
                 provider, upstream_path, spends = endpoint(self.command, self.path)
                 # a body past 1 MB is parsed two at a time (as objects, 27x its size: 32 at once took the runner's

@@ -132,8 +132,10 @@ def measure_run(job: dict, env: dict, timeout: float, cores: list[int] | None = 
             end_evaluator(proc.pid)
             proc.communicate()
             drop(groups)
-            return {"invalid": f"the measurement did not finish within {timeout:g}s "
-                               "(the experiment's forward pass hung?)", "timed_out": True}
+            why = ("the experiment's forward pass hung?" if job.get("workers") else  # (its own code, else the program's)
+                   f"the program's own code: its model scored on 3 splits of up to data.val_tokens {job.get('val_tokens')} "
+                   "tokens each takes longer here; lower data.val_tokens, or raise budget.run_timeout_seconds")
+            return {"invalid": f"the measurement did not finish within {timeout:g}s ({why})", "timed_out": True}
         finally:
             end_evaluator(proc.pid)  # a worker that outlived the evaluator goes with it
     ran_out = proc.returncode and oom_kills(groups)

@@ -766,7 +766,12 @@ def test_a_forward_pass_that_hangs_is_stopped_and_invalid(lab):
     code = experiment(lab, "forward-hangs", lambda t: t.replace(FORWARD, FORWARD.replace(
         "return logits", "import time; time.sleep(600)")))
     out = measure(lab, code=code, timeout=20)
-    assert "the measurement did not finish within 20s" in out["invalid"]
+    assert "the measurement did not finish within 20s (the experiment's forward pass hung?)" in out["invalid"]
+    # the program's own code that cannot be measured in time: its settings' doing, said so (a huge
+    # data.val_tokens read as the experiment's forward pass that hung)
+    out = measure(lab, timeout=0.5)
+    assert "did not finish within 0.5s (the program's own code: its model scored on 3 splits of up to " \
+           "data.val_tokens 2048 tokens each takes longer here; lower data.val_tokens" in out["invalid"], out
 
 
 @pytest.mark.skipif(available() is not None or cgroup_root("freezer") is None,
