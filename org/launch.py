@@ -408,11 +408,13 @@ def plain_index(path: Path) -> bool:
 
 def agent_pane(launch: ProgramSite, agent: str, delay: float, restarts: int) -> Pane:
     from org.agents.roles import agent_entry
+    from org.agents.commands import LOW_WEIGHT_VAR
     from org.agents.sandbox import git_identity
     entry = agent_entry(launch.program, agent)
     control = launch.control_state(agent)
     env = {"NANOLAB_AGENT": agent, "NANOLAB_PROGRAM": launch.name, "NANOLAB_LAB": str(launch.root),
            "PYTHONUNBUFFERED": "1", "PATH": pane_path(), **git_identity(agent)}  # CLIs' commits too
+    env[LOW_WEIGHT_VAR] = "1"  # what the harness does for it, at its boxes' cpu weight (org/agents/pacing.py)
     if entry.backend in gateway.BACKEND_PROVIDER:
         env["NANOLAB_GATEWAY"] = "1"  # its model calls go through the org's gateway, with its token
     hint = f"{entry.role} · {entry.backend} · C-b {TAKEOVER_KEY} takes over"

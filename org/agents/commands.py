@@ -24,6 +24,8 @@ from org import OneLineParser, OrgError, shown
 from org.agents.port import PORT_VAR, call
 from org.agents.sandbox import protect_own_environment
 
+LOW_WEIGHT_VAR = "NANOLAB_LOW_WEIGHT"  # `org launch`'s agent panes: `org agent` at the agents' cpu weight (pacing.py)
+
 
 def add_agent_commands(sub, in_box: bool = False):
     """The agents' subcommands; in a CLI agent's box, only those that go through its port."""
@@ -94,6 +96,9 @@ def cmd_agent(args) -> int:
     if args.backend:  # org launch --backend scripted
         program = with_backend(program, args.backend)
     protect_own_environment()  # this process holds the API keys; its tools' commands must not
+    if os.environ.get(LOW_WEIGHT_VAR):  # (set by `org launch`; a test calling this in its own process keeps its weight)
+        from org.agents.pacing import join_agents_weight
+        join_agents_weight()
     reason = start_agent(args.name, program, lab_root(), api=args.api)
     print(f"{args.name}: {reason}")
     return 0
@@ -222,7 +227,7 @@ def _who(args, need_agent: bool = True):
 def cmd_hook(args) -> int:
     payload = args.payload if args.payload is not None else sys.stdin.read()
     if os.environ.get(PORT_VAR):
-        out = call({"op": "hook", "event": args.event, "payload": payload}).get("output")
+        out = call({"op": "hook", "event": args.event, "payload": hook_payload(payload)}).get("output")
     else:
         from org.agents.clis import on_hook
         from org.workspace import lab_root
@@ -231,6 +236,21 @@ def cmd_hook(args) -> int:
     if out:
         print(out)
     return 0
+
+
+def hook_payload(payload: str, chars: int = 64_000) -> str:
+    """The payload of a CLI's hook as its port takes it (one line of MAX_REQUEST at most): the
+    turn's last message, all that may be long, is recorded clipped anyway (transcript.clipped)."""
+    if len(payload) <= chars:
+        return payload
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return payload[:chars]
+    if not isinstance(data, dict):
+        return payload[:chars]
+    clipped = {k: v[:chars] + "..." if isinstance(v, str) and len(v) > chars else v for k, v in data.items()}
+    return json.dumps(clipped)[:4 * chars]  # (json.loads of a cut one records it unparsed)
 
 
 def cmd_install_clis(args) -> int:

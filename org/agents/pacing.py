@@ -36,12 +36,14 @@ import os
 import resource
 import threading
 import time
+from pathlib import Path
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
 
 SHARE = 0.2   # of a core, at most, that the harness spends on one agent over a long stretch
 BURST = 2.0   # CPU seconds it may spend at once before pacing starts: a few of an honest agent's dearest calls
+AGENTS_WEIGHT = 1  # the cpu weight of an agent's process, as of its boxes (org/sandbox.py agent_box), against a run's 100
 
 _boxes = threading.local()  # CPU seconds of agents' boxes this thread ran: theirs, not the harness's
 
@@ -49,6 +51,27 @@ _boxes = threading.local()  # CPU seconds of agents' boxes this thread ran: thei
 def box_ended(cpu_seconds: float):
     """Workspace.run's word that a box it waited for used `cpu_seconds` (its cgroup's count)."""
     _boxes.seconds = getattr(_boxes, "seconds", 0.0) + max(0.0, cpu_seconds)
+
+
+def join_agents_weight() -> Path | None:
+    """Move this process (an agent's `org agent`: all the harness does for it, and what that starts)
+    into a cpu cgroup of its own at the agents' boxes' weight; its group, or None where none can be
+    made. SCHED_IDLE alone weighs nothing across groups: the runs' boxes are groups of their own, and
+    a thread at SCHED_IDLE in the harness's group slowed a 2-thread run 9x (hunt43). cgroup v1 only:
+    v2's group would hold the process's memory too, outside its agent's pool."""
+    from org.cgroups import cgroup_root, cpu_weight_setting, new_cgroup, unmake
+    root = cgroup_root("cpu")
+    group = new_cgroup(root) if root and root != cgroup_root("memory") else None
+    if group is None:
+        return None
+    try:
+        for name, value in cpu_weight_setting(group, AGENTS_WEIGHT).items():
+            (group / name).write_text(value)
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+    except OSError:
+        unmake({group})
+        return None
+    return group
 
 
 def at_idle_priority():

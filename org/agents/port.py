@@ -36,7 +36,10 @@ from pathlib import Path
 from org.agents.pacing import Pacer
 
 PORT_VAR = "NANOLAB_PORT"      # inside the box: the path of org.sock
-MAX_REQUEST = 16 << 20
+# a request's line (the harness holds one for each connection, 32 at once, outside every box: 16 MB lines took
+# it 1.6 GB, hunt43); files of more are written in the box, where the CLI's own tools write them
+MAX_REQUEST = 1 << 20
+TOO_LONG = f"error: a request to the org is one line of at most {MAX_REQUEST >> 20} MB; write a longer file in your own shell"
 LINGER = 30  # seconds the box outlives its CLI for what the CLI left running
 # each connection is a thread here (two for the relay, and one in the gateway), held as long as
 # the box keeps it open: past these, a socket closes what comes in (a CLI's pool opens a few)
@@ -61,7 +64,7 @@ class Port:
         too: 16 MB lines of `[{},...]`, parsed before the pacing, kept a harness core busy (hunt43)."""
         def work() -> bytes:
             try:
-                answer = self.handle(json.loads(line or b"{}"))
+                answer = {"output": TOO_LONG, "rc": 2} if len(line) >= MAX_REQUEST else self.handle(json.loads(line or b"{}"))
             except Exception as e:  # noqa: BLE001 - one bad request must not end the port
                 answer = {"output": f"error: {type(e).__name__}: {e}", "rc": 2}
             return json.dumps(answer).encode() + b"\n"
@@ -178,8 +181,11 @@ def call(request: dict, path: str | None = None) -> dict:
     path = path or os.environ[PORT_VAR]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, socket_name(path) as name:
+            line = json.dumps(request).encode() + b"\n"
+            if len(line) >= MAX_REQUEST:
+                return {"output": TOO_LONG, "rc": 2}
             s.connect(name)
-            s.sendall(json.dumps(request).encode() + b"\n")
+            s.sendall(line)
             s.shutdown(socket.SHUT_WR)
             data = b""
             while chunk := s.recv(65536):
