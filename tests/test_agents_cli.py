@@ -555,10 +555,12 @@ def test_a_request_that_is_dear_to_read_is_paced_too(tmp_path):
     assert cost > 0.02 and time.monotonic() - start > 0.8 * cost / SHARE, (cost, time.monotonic() - start)
 
 
-def test_the_harnesss_work_for_an_agent_runs_where_the_runs_leave_a_core_free(tmp_path, monkeypatch):
+def test_the_harnesss_work_for_an_agent_runs_at_sched_idle(tmp_path, monkeypatch):
     """Paced alone, a flood of `org results` took a fifth of a core at a run's priority, and a
     2-thread run beside it took 21-24% longer (hunt43). The port's answers and a CLI's take-ins
-    now run at SCHED_IDLE, and so does what they start (git)."""
+    now run at SCHED_IDLE, and so does what they start (git): below the agent's process's other
+    threads, in its cpu group at its boxes' weight (the test below; SCHED_IDLE is weighed only
+    within a group)."""
     child = [sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"]
 
     def policies(request=None) -> dict:
