@@ -239,18 +239,18 @@ def cmd_hook(args) -> int:
 
 
 def hook_payload(payload: str, chars: int = 64_000) -> str:
-    """The payload of a CLI's hook as its port takes it (one line of MAX_REQUEST at most): the
-    turn's last message, all that may be long, is recorded clipped anyway (transcript.clipped)."""
+    """The payload of a CLI's hook as its port takes it (one line of MAX_REQUEST at most): each
+    value clipped as its record is (transcript.clipped), the turn's last message among them."""
     if len(payload) <= chars:
         return payload
+    from org.agents.transcript import clipped
     try:
         data = json.loads(payload)
     except (ValueError, RecursionError):
-        return payload[:chars]
+        data = None
     if not isinstance(data, dict):
         return payload[:chars]
-    clipped = {k: v[:chars] + "..." if isinstance(v, str) and len(v) > chars else v for k, v in data.items()}
-    return json.dumps(clipped)[:4 * chars]  # (json.loads of a cut one records it unparsed)
+    return json.dumps({k: clipped(v) for k, v in data.items()})[:4 * chars]  # (a cut one is recorded unparsed)
 
 
 def cmd_install_clis(args) -> int:
