@@ -5,12 +5,14 @@
     org submit softcap --arm lr2x --set matrix_lr=0.04 --hypothesis "..."   # enqueue one experiment
     org runs softcap [--status completed] [--arm baseline] [--json]       # what the ledger holds
 
-PROGRAM is a program file or the name of one in programs/. Bad input (malformed YAML, unknown
+PROGRAM is a program file, the name of one in programs/, or a started program's name (its ledger
+holds it). Bad input (malformed YAML, unknown
 fields, a config the trainer rejects, a missing git ref, no git checkout, uncommitted changes
 to a protected path) is one line on stderr and exit status 2, before anything is created.
 
-To add a subcommand (report, launch, status, attach, takeover, release, say, stop): write a
-cmd_<name>(args) -> int below and register its parser in build_parser().
+To add a subcommand: write a cmd_<name>(args) -> int below and register its parser in
+build_parser(); a command with a module of its own (launch, status, takeover, stop) registers its
+parsers with an add_*_command(sub) that build_parser() calls.
 """
 from __future__ import annotations
 

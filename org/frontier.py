@@ -52,7 +52,7 @@ from typing import Iterable
 
 import numpy as np
 # scipy.stats is imported where it is used: it takes over a second to import, and every `org`
-# command imports this module (an agent's `org tool`, in a box whose CPU weight is the lowest)
+# command outside a box imports this module (in a CLI's box `org` imports its port alone: org/entry.py)
 
 HORIZON = 10**6  # tries gamma is spread over
 

@@ -1,12 +1,12 @@
 """
 `org launch`: a program's org, running. Agents in a tmux grid, each in its own git worktree;
-the runner serving their experiments; a status pane. And `org stop`.
+the runner serving their experiments; a status pane.
 
     org launch programs/softcap.yaml [--wait] [--attach] [--backend scripted]
-    org stop softcap
 
 The other commands of a launched org live beside this one: org/serve.py (the runner's pane,
-`org serve`), org/status.py (`org status`), org/takeover.py (`org attach|takeover|release|say`).
+`org serve`), org/status.py (`org status`), org/takeover.py (`org attach|takeover|release|say`),
+org/stop.py (`org stop|clean`).
 
 Launching is checks first (tmux, the program, API keys, the agents' git branches; if one
 fails nothing is created), then the lab (program branch, ledger, one worktree per agent),

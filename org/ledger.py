@@ -5,7 +5,8 @@ Tables: programs, experiments (who asked for what, on which commit), runs (one t
 invocation each: seed, slot, status, budget, and the columns SQL filters on; the harness's
 measurement as the record and the trainer's result.json beside it as a cross-check, both in
 trainer/record.py's shape, which run_row() reads out for every reader), budget_changes, llm_spend and
-agent_cpu (the CPU time of the agents' own boxes, outside every run's budget); their columns, and
+agent_cpu (the CPU time of the agents' own boxes, and the harness's taking in their submissions,
+outside every run's budget); their columns, and
 how an older ledger's are brought up to date, are org/ledger_schema.py's. Verdicts are never
 stored: the referee computes them from the runs whenever they are shown (report, status, agents).
 Rows are inserted and updated, never deleted, so a discarded idea stays queryable (a hold on the

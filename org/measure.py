@@ -189,8 +189,10 @@ def end_evaluator(pid: int):
 
 def cross_check(result: Result, measurement: Measurement) -> list[str]:
     """Where the trainer's own figures disagree with the harness's record. The trainer must report
-    what the harness measures: a different loss, split, FLOP count or step count means the
-    experiment's code changed what it reports (a missing figure is a disagreement too)."""
+    what the harness measures: a different FLOP count per token, step count, evaluation code or
+    parameter count, or a checkpoint of another step, means the experiment's code changed what it
+    reports (a missing figure is a disagreement too). Its val and confirm figures are on its own
+    dev text, kept and not compared."""
     problems = []
     if measurement.checkpoint_step != measurement.steps:
         problems.append(f"the checkpoint is from step {measurement.checkpoint_step}, the program's "

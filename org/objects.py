@@ -16,8 +16,9 @@ store holding a file under its name, and checks no name, so a junk copy in one a
 would stand for another's work; and before it writes an object git looks in every store it
 reads, and writes nothing where one has a file under that name, so the harness's merges and the
 person's commits would have stood on files an agent can change. The harness takes an agent's
-commit in instead (`take_in`): when it is submitted, and before `org stop`, `launch`, `clean` or
-`takeover` reads the agent's branch, every object it reaches that the shared store lacks is
+commit in instead (`take_in`): as each of its tool calls ends, every 2 s while a CLI's box runs,
+when it is submitted, and before `org stop`, `launch`, `clean` or `takeover` reads the agent's
+branch, every object it reaches that the shared store lacks is
 copied there from the agent's folder, checked against its name (the hash of its kind, size and
 content), children first. The harness reads the shared store itself (`verified`): a pack's copy
 first, as git does, then a loose one read as a plain file of bounded size.

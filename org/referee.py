@@ -65,7 +65,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
-# scipy.stats is imported where it is used: a second to import, in every `org` command (an agent's tool's box)
+# scipy.stats is imported where it is used: a second to import, in every `org` command outside a box
 
 from org.confounds import DECLARABLE, DROPPED, FAILED, NO_CHANGE, Finding, Tolerances, find_confounds
 from org.ledger import run_row

@@ -187,7 +187,7 @@ def header(report: Report) -> str:
         lines += ["", f"**Every run.** batch {train.get('batch_size')} × {train.get('seq_len')} tokens on "
                       f"{train.get('device', 'cpu')}, {train.get('dtype', 'float32')} with "
                       f"{train.get('matmul', 'fp32')} matmuls; data `{data.get('source')}` "
-                      f"({data.get('tokenizer')}), val_bpb over {data.get('val_tokens')} tokens."]
+                      f"({data.get('tokenizer')}), {scored_text(report, data.get('val_tokens'))}."]
     machines = Counter(r["machine"] for r in report.runs if r.get("machine"))
     if machines:  # named by harness code where each run trained; a cluster can mix kinds
         lines[-1] += " Trained on " + ", ".join(f"{m} ({n} run{'s' * (n > 1)})" for m, n in machines.most_common()) + "."
@@ -196,6 +196,13 @@ def header(report: Report) -> str:
     if pending:
         lines += ["", f"**Still in progress:** {counts_text(pending)}; the verdicts below are provisional."]
     return "\n".join(lines)
+
+
+def scored_text(report: Report, asked: int | None) -> str:
+    """The tokens val_bpb is over, as the harness scored them: data.val_tokens, or all the val split holds."""
+    held = min((r["eval_tokens"] for r in report.runs if r.get("measurement") and r.get("eval_tokens")), default=None)
+    short = held and asked and held + (report.spec.get("train") or {}).get("seq_len", 1) <= asked
+    return f"val_bpb over {held or asked} tokens" + (f" (all the lab's val split holds: data.val_tokens asks {asked})" * bool(short))
 
 
 def measured_text(report: Report) -> str:
@@ -501,21 +508,16 @@ def spend_section(report: Report) -> str:
     if not report.llm:
         lines.append("LLM spend: none recorded in the ledger.")
         return "\n".join(lines)
-    per = {}
-    for r in report.llm:
-        p = per.setdefault(r.get("agent", "?"), {"models": set(), "in": 0, "out": 0, "dollars": 0.0})
-        p["models"].add(r.get("model", "?"))
-        p["in"] += r.get("tokens_in") or 0
-        p["out"] += r.get("tokens_out") or 0
-        p["dollars"] += r.get("dollars") or 0
     lines += ["| agent | model | tokens in | tokens out | dollars |", "|---|---|---|---|---|"]
-    lines += [f"| {cell(a)} | {cell(', '.join(sorted(p['models'])))} | {p['in']:,} | {p['out']:,} | ${p['dollars']:.2f} |"
-              for a, p in per.items()]
+    for agent in dict.fromkeys(r.get("agent", "?") for r in report.llm):
+        calls = [r for r in report.llm if r.get("agent", "?") == agent]
+        total = lambda key: sum(r.get(key) or 0 for r in calls)  # (called before the loop moves on)
+        models = ", ".join(sorted({r.get("model", "?") for r in calls}))
+        lines.append(f"| {cell(agent)} | {cell(models)} | {total('tokens_in'):,} | {total('tokens_out'):,} | ${total('dollars'):.2f} |")
     return "\n".join(lines)
 
 
-def counts_text(counts: Counter) -> str:
-    """Counter({'completed': 5, 'killed': 1}) -> '5 completed, 1 killed'."""
+def counts_text(counts: Counter) -> str:  # Counter({'completed': 5, 'killed': 1}) -> '5 completed, 1 killed'
     return ", ".join(f"{n} {k}" for k, n in counts.items()) or "none"
 
 

@@ -7,7 +7,7 @@ Experiments fill the queue (org/experiments.py: submit(), plan()); the runner ex
     Runner.drain() -> each slot takes the next queued run, freezes the commit into a snapshot,
                  runs `python -m trainer train ...` there with the program's budget flags,
                  times it, kills it past run_timeout_seconds, checks its result against the
-                 program (budget, seed, eval and data fingerprints), then MEASURES it: the
+                 program (budget, seed, shapes, data, eval fingerprint), then MEASURES it: the
                  harness evaluates the checkpoint itself (org/measure.py, org/evaluator.py),
                  and that measurement is the run's record; the trainer's figures only
                  cross-check it. After every `baseline_every` runs of other arms the baseline

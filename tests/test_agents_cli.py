@@ -400,7 +400,7 @@ def test_what_a_box_says_through_its_port_is_recorded_in_bounds(project, monkeyp
 
 def test_a_request_line_is_a_mb_at_most_and_a_long_turn_still_ends(project, monkeypatch, capsys):
     """The harness holds each connection's request line, 32 at once, outside every box: 16 MB
-    lines took it 1.6 GB (hunt43). A line is 1 MB at most now, refused in one line past that; a
+    lines took it 1.6 GB (session 43's red team). A line is 1 MB at most now, refused in one line past that; a
     file that long is written in the box. A CLI's turn-end hook, whose last message may be longer,
     sends that message clipped (its record was clipped anyway), and the turn still ends."""
     from org.agents.port import MAX_REQUEST
@@ -543,7 +543,7 @@ def test_an_agent_that_floods_its_port_gets_a_fifth_of_a_harness_core(tmp_path):
 def test_a_request_that_is_dear_to_read_is_paced_too(tmp_path):
     """The port parsed each request line before its pacing began: 16 MB lines of `[{},...]`, 4 at
     once, kept a harness core busy at no cost to the agent, and a 2-thread run took 34x as long
-    (hunt43). Reading a request is now part of its answer's cost."""
+    (session 43's red team). Reading a request is now part of its answer's cost."""
     dear = b"[" + b"{}," * ((1 << 20) // 3 - 2) + b"{}]\n"  # (a line's most, 1 MB: about 0.06 CPU-s to parse)
     with Port(tmp_path / "port", lambda request: {"output": "ok", "rc": 0}, None, Pacer(burst=0)) as port:
         with socket.socket(socket.AF_UNIX) as conn, socket_name(port.org_socket) as name:
@@ -557,7 +557,7 @@ def test_a_request_that_is_dear_to_read_is_paced_too(tmp_path):
 
 def test_the_harnesss_work_for_an_agent_runs_at_sched_idle(tmp_path, monkeypatch):
     """Paced alone, a flood of `org results` took a fifth of a core at a run's priority, and a
-    2-thread run beside it took 21-24% longer (hunt43). The port's answers and a CLI's take-ins
+    2-thread run beside it took 21-24% longer (session 43's red team). The port's answers and a CLI's take-ins
     now run at SCHED_IDLE, and so does what they start (git): below the agent's process's other
     threads, in its cpu group at its boxes' weight (the test below; SCHED_IDLE is weighed only
     within a group)."""
@@ -579,9 +579,11 @@ def test_the_harnesss_work_for_an_agent_runs_at_sched_idle(tmp_path, monkeypatch
                     reason=f"a cgroup v1 cpu hierarchy: {cpu_share()}")
 def test_an_agents_process_is_at_its_boxes_cpu_weight_in_a_launch(project):
     """SCHED_IDLE weighs nothing across cgroups: the runs' boxes are groups of their own, and a
-    thread at SCHED_IDLE in the harness's group slowed a 2-thread run 9x (hunt43). In a launch,
-    `org agent` (the harness's work for that agent, and all it starts) moves into a cpu group of
-    its own at the agents' boxes' weight; its group goes once it has ended."""
+    thread at SCHED_IDLE in the harness's group slowed a 2-thread run 9x (session 43's red team).
+    `org launch` sets LOW_WEIGHT_VAR in each agent's pane, on which `org agent` calls
+    join_agents_weight (commands.py): that moves the process (the harness's work for that agent,
+    and all it starts) into a cpu group of its own at the agents' boxes' weight, which goes once
+    the process has ended. Here: the pane's variable, and what join_agents_weight does."""
     from org.launch import agent_pane
     from org.workspace import ProgramSite
     root, program = project
@@ -598,7 +600,7 @@ def test_an_agents_process_is_at_its_boxes_cpu_weight_in_a_launch(project):
 
 def test_an_honest_agents_calls_are_not_held_up(tmp_path):
     """Pacing bounds a flood, not the few dear calls of an honest agent: its first BURST CPU
-    seconds go at once, and an agent that stays under SHARE of a core never waits."""
+    seconds go at once (session 42's pacing waited 4 times each call's cost after it)."""
     with Port(tmp_path / "port", lambda request: (burn(0.3), {"output": "ok", "rc": 0})[1], None) as port:
         start = time.monotonic()
         for _ in range(int(BURST / 0.3) - 1):
@@ -607,9 +609,9 @@ def test_an_honest_agents_calls_are_not_held_up(tmp_path):
 
 
 def test_a_command_an_agent_runs_through_its_port_is_its_own_cpu_not_the_harnesss(project):
-    """`org tool run` runs the command in the agent's command box, at SCHED_IDLE and metered as
-    the agent's: pacing counted it as the harness's work, and a CLI that ran a 1.5 CPU-s command
-    through its port waited 6 s for its next call."""
+    """`org tool run` runs the command in the agent's command box, whose CPU is the agent's (its
+    box's meter), not the harness's work: pacing counted it as the harness's, and a CLI that ran a
+    1.5 CPU-s command through its port waited 6 s for its next call."""
     if available() is not None or cgroup_root("cpuacct") is None:
         pytest.skip(f"needs boxes and their CPU meter: {available() or cpu_meter()}")
     root, program = project
@@ -626,7 +628,7 @@ def test_a_command_an_agent_runs_through_its_port_is_its_own_cpu_not_the_harness
 def test_taking_in_a_clis_commits_is_paced_by_what_it_costs(tmp_path, monkeypatch):
     """A CLI's commits are taken in every 2 s, outside its box. A branch pointed each second at a
     commit naming a fresh junk blob that inflates to 1 GB kept the harness inflating, and a run
-    took 8.7x as long (hunt42). Past a burst, what each take-in costs is now waited out 4 times over."""
+    took 8.7x as long (session 42's red team). Past a burst, what each take-in costs is now waited out 4 times over."""
     monkeypatch.setattr("org.agents.clis.TAKE_IN_EVERY_SECONDS", 0.0)
     taken = []
     cli = subprocess.Popen(["sleep", "5"])

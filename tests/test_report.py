@@ -137,6 +137,23 @@ def test_report_has_verdicts_noise_floor_budget_lineage_spend_and_plots(ledger, 
     assert "| 0 | 2.3000 (2.3000) | 2.3030 (2.3030) | 2.2500 (2.2500) | +0.0030 (+0.0030) | -0.0500 (-0.0500) |" in text
 
 
+def test_the_report_says_what_val_bpb_is_over_where_the_val_split_holds_fewer_tokens_than_asked(ledger, tmp_path):
+    """data.val_tokens asks 4096; a lab whose val split holds 1,000 tokens scored each run on 960
+    (15 windows of 64). The report said "val_bpb over 4096 tokens" all the same."""
+    add_arm(ledger, tmp_path, "baseline", BASELINE, eval_tokens=960)
+    text = write(build(ledger.path, "softcap"), tmp_path / "short").read_text()
+    assert "val_bpb over 960 tokens (all the lab's val split holds: data.val_tokens asks 4096)." in text
+
+    add_arm(ledger, tmp_path, "no-softcap", BASELINE, eval_tokens=960)  # more runs on that split: said once
+    assert write(build(ledger.path, "softcap"), tmp_path / "short").read_text().count("data.val_tokens asks") == 1
+
+
+def test_a_report_says_the_tokens_asked_where_the_split_holds_them(ledger, tmp_path):
+    add_arm(ledger, tmp_path, "baseline", BASELINE, eval_tokens=4096)
+    text = write(build(ledger.path, "softcap"), tmp_path / "whole").read_text()
+    assert "val_bpb over 4096 tokens." in text and "asks" not in text
+
+
 def test_two_reports_written_at_once_each_write_a_whole_one(ledger, tmp_path):
     """Two `org report`s at once (a person's, the org's): the second failed to rename a temporary
     README both had written to under one name."""

@@ -64,8 +64,8 @@ def test_no_module_is_over_the_length_a_reader_can_hold():
 
 
 def test_an_agents_org_command_in_its_box_imports_its_port_and_nothing_heavy():
-    """Every `org` call of a CLI agent starts a Python in its box, whose CPU weight is the
-    lowest: with runs on every core, the whole CLI's imports (scipy.stats alone 1.2 s) made one
+    """Every `org` call of a CLI agent starts a Python in its box, at a tenth of a run's CPU
+    weight: with runs on every core, the whole CLI's imports (scipy.stats alone 1.2 s) made one
     call take 126 s. In the box `org` is its port's commands alone (org/entry.py); outside it,
     the CLI still leaves scipy.stats until a verdict needs it."""
     heavy = ("numpy", "scipy", "pydantic", "git", "yaml", "rich", "libtmux", "anthropic", "openai")

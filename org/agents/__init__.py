@@ -12,7 +12,7 @@ The org's researchers: one loop per agent, the tools it works with, and its back
     scripted.py       no model: the program's declared plan through the same tools
     clis.py           the claude and codex CLIs in the pane, boxed (turn ends from their hooks)
     port.py           a boxed CLI's way out: its `org` commands and its gateway connection
-    pacing.py         the harness's own CPU time for one agent, held to a fifth of a core
+    pacing.py         the harness's own CPU time for one agent, held to a share of a core
     roles.py          prompts (org/prompts/*.md) and teammates by role and topology
     spend.py          dollars per call into the ledger (org/prices.yaml); the LLM budget
     control.py        pause / resume / stop from outside (what `org launch` uses)
@@ -25,6 +25,6 @@ Starting, pausing and resuming an agent from the outside:
     control.Control(lab_dir, "junior-1").resume("carry on from commit abc")
     models.missing_credentials(program)                   # before launch: keys the agents need
 
-(This package imports nothing itself: the `org` command in a CLI agent's box imports port.py
-and commands.py alone, org/entry.py.)
+(This package imports nothing itself: the `org` command in a CLI agent's box imports commands.py,
+port.py and what they need, no heavy library: org/entry.py, tests/test_structure.py.)
 """

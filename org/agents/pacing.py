@@ -1,14 +1,15 @@
 """
-Pacing: the harness's own CPU time spent for one agent, held to a share of a core, and taken
-only where the runs leave a core free.
+Pacing: the harness's own CPU time spent for one agent, held to a share of a core, at the
+lowest priority its cpu group has, and in a launch in a group at the agents' boxes' weight.
 
 Some of an agent's work is the harness's, done outside every box: a CLI's port answers
 (org/agents/port.py) and the take-ins of its commits (clis._supervise), an SDK agent's tool calls
 with the take-in after each (org/agents/loop.py), and the gateway's reading of its model calls
 (org/gateway.py). At a run's priority and unpaced, a CLI calling `org results` in a loop 4 at a
-time kept a core of the harness busy, and a 2-thread run took 3.6x as long (hunt42).
+time kept a core of the harness busy, and a 2-thread run took 3.6x as long (session 42's red team).
 
-    pacer = Pacer()                        # one per agent, shared by all the threads that work for it
+    pacer = Pacer()                        # one per agent in its `org agent` process, shared by all the
+                                           # threads that work for it (the gateway keeps its own: GATEWAY_SHARE)
     answer = pacer.run(lambda: handle(request))   # waits while the agent is in debt, does the work
                                            # in a thread at SCHED_IDLE, books what it cost
     with pacer.paced():                    # the same, in this thread at its own priority (the gateway's,
@@ -20,8 +21,11 @@ any long stretch one agent's work takes SHARE of a core; an agent that never flo
 Work that starts while another is under way takes out, as it starts, what the last one cost, so
 that requests sent at once queue behind each other rather than all running in the bucket's credit.
 Paced alone, a flood still took a fifth of a core at a run's priority, and a 2-thread run beside
-it took 21-24% longer (hunt43); and one piece of work may be dear before it is booked (a take-in
-of a commit naming thousands of objects). At SCHED_IDLE any run's thread preempts it as it wakes.
+it took 21-24% longer (session 43's red team); and one piece of work may be dear before it is
+booked (a take-in of a commit naming thousands of objects). run() works at SCHED_IDLE, below
+only the other threads of its own cpu group: in a launch on cgroup v1, `org agent` runs in a group
+at the agents' boxes' weight (join_agents_weight). The gateway's reading (paced()) runs at a
+run's priority.
 
 What a piece of work cost: its thread's CPU time and its children's (git's: half a `results`),
 less what the agent's own boxes used (a command of its `run` tool is its own, metered and at
@@ -41,7 +45,7 @@ from typing import Callable, TypeVar
 
 T = TypeVar("T")
 
-SHARE = 0.2   # of a core, at most, that the harness spends on one agent over a long stretch
+SHARE = 0.2   # of a core, at most, that one pacer spends on its agent over a long stretch
 BURST = 2.0   # CPU seconds it may spend at once before pacing starts: a few of an honest agent's dearest calls
 AGENTS_WEIGHT = 1  # the cpu weight of an agent's process, as of its boxes (org/sandbox.py agent_box), against a run's 100
 
@@ -57,8 +61,8 @@ def join_agents_weight() -> Path | None:
     """Move this process (an agent's `org agent`: all the harness does for it, and what that starts)
     into a cpu cgroup of its own at the agents' boxes' weight; its group, or None where none can be
     made. SCHED_IDLE alone weighs nothing across groups: the runs' boxes are groups of their own, and
-    a thread at SCHED_IDLE in the harness's group slowed a 2-thread run 9x (hunt43). cgroup v1 only:
-    v2's group would hold the process's memory too, outside its agent's pool."""
+    a thread at SCHED_IDLE in the harness's group slowed a 2-thread run 9x (session 43's red team).
+    cgroup v1 only: v2's group would hold the process's memory too, outside its agent's pool."""
     from org.cgroups import cgroup_root, cpu_weight_setting, new_cgroup, unmake
     root = cgroup_root("cpu")
     group = new_cgroup(root) if root and root != cgroup_root("memory") else None

@@ -37,7 +37,7 @@ from org.agents.pacing import Pacer
 
 PORT_VAR = "NANOLAB_PORT"      # inside the box: the path of org.sock
 # a request's line (the harness holds one for each connection, 32 at once, outside every box: 16 MB lines took
-# it 1.6 GB, hunt43); files of more are written in the box, where the CLI's own tools write them
+# it 1.6 GB, session 43's red team); files of more are written in the box, where the CLI's own tools write them
 MAX_REQUEST = 1 << 20
 TOO_LONG = f"error: a request to the org is one line of at most {MAX_REQUEST >> 20} MB; write a longer file in your own shell"
 LINGER = 30  # seconds the box outlives its CLI for what the CLI left running
@@ -61,7 +61,7 @@ class Port:
     def answer(self, line: bytes) -> bytes:
         """The answer's line to a request's, paced over all the connections the agent opens and
         at SCHED_IDLE (org/agents/pacing.py): the harness does it outside every box. Its reading
-        too: 16 MB lines of `[{},...]`, parsed before the pacing, kept a harness core busy (hunt43)."""
+        too: 16 MB lines of `[{},...]`, parsed before the pacing, kept a harness core busy (session 43's red team)."""
         def work() -> bytes:
             try:
                 answer = {"output": TOO_LONG, "rc": 2} if len(line) >= MAX_REQUEST else self.handle(json.loads(line or b"{}"))
