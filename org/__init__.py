@@ -12,8 +12,11 @@ from pathlib import Path
 
 
 def user_cache(name: str) -> Path:
-    """A folder of the harness's under the person's cache (read-only in every box)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanolab" / name
+    """A folder of the harness's under the person's cache (read-only in every box). A relative
+    XDG_CACHE_HOME is ignored, as the XDG spec says: the list of labs was made in whatever folder
+    a command ran in."""
+    given = os.environ.get("XDG_CACHE_HOME") or ""
+    return (Path(given) if os.path.isabs(given) else Path.home() / ".cache") / "nanolab" / name
 
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")

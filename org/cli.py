@@ -17,11 +17,13 @@ parsers with an add_*_command(sub) that build_parser() calls.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sqlite3
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
@@ -33,7 +35,7 @@ from org.experiments import check_arm_name, plan, submission_source, submit, sub
 from org.lab import scrub_git_env
 from org.ledger import Ledger, corrupt
 from org.ledger_schema import RUN_STATUSES
-from org.program import BOUND_BUDGET, MAX_SEED, Budget, Program, owned_by_program, quoted
+from org.program import BOUND_BUDGET, MAX_SEED, Budget, Program, owned_by_program, quoted, unfit_override
 from org.program_checks import trainer_rejects
 from org.runner import Runner
 from org.agents.commands import add_agent_commands
@@ -66,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("org: interrupted; `org run` again resumes", file=sys.stderr)
         return 130
+    except OSError as e:  # a name past the system's: Path.is_file raises it (Python 3.11), where a program is looked up
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"org: {shown(str(e.filename))[:100]}...: a name too long for a file's (a program's is 64 characters "
+              "at most)", file=sys.stderr)
+        return 2
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # what reading a ledger edited by hand raises
         damage = next(filter(None, map(hand_edit, list(Ledger.opened))), None)
         if not damage:
@@ -73,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         said = (str(e).strip().splitlines() or [""])[0][:120]
         print(f"org: {damage} (it failed as {type(e).__name__}: {shown(said)})", file=sys.stderr)
         return 2
+
+
+def person() -> str:
+    """Who a person at this shell is, for the logs: $USER, where it is a printable name (else `human`)."""
+    user = os.environ.get("USER") or ""
+    return user if user.strip() and user.isprintable() and len(user) <= 100 else "human"
 
 
 def check_text(args, parser):
@@ -83,22 +97,20 @@ def check_text(args, parser):
             try:
                 text.encode() if isinstance(text, str) else None
             except UnicodeEncodeError:
-                raise OrgError(f"{flags(parser).get(name, name)} {text.encode(errors='replace').decode()!r}: "
-                               "not UTF-8 text") from None
+                raise OrgError(f"{flags(parser, args.command).get(name, name)} "
+                               f"{text.encode(errors='replace').decode()!r}: not UTF-8 text") from None
     who = getattr(args, "who", None)  # (logged and shown: a terminal's escape codes went out raw, an empty one was nobody)
     if isinstance(who, str) and (not who.strip() or not who.isprintable() or len(who) > 100):
         raise OrgError(f"--who {shown(repr(who[:100]))}: expected a printable name of 1 to 100 characters")
 
 
-def flags(parser) -> dict[str, str]:
-    """{dest: its longest option string} over the parser and its subcommands' parsers."""
+def flags(parser, command: str) -> dict[str, str]:
+    """{dest: its longest option string, or a positional's name} of `command`'s arguments."""
     found = {}
     for action in parser._actions:  # argparse names its actions only privately
-        if action.option_strings:
-            found.setdefault(action.dest, max(action.option_strings, key=len))
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                found.update({k: v for k, v in flags(sub).items() if k not in found})
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            for argument in action.choices[command]._actions:
+                found[argument.dest] = max(argument.option_strings, key=len, default=argument.metavar or argument.dest)
     return found
 
 
@@ -160,19 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("program")
     p.add_argument("changes", nargs="*", metavar="FIELD=VALUE",
                    help=f"set one of {', '.join(BOUND_BUDGET)} (then edit the program file to match)")
-    p.add_argument("--who", default=os.environ.get("USER") or "human", help="who changes it (logged)")
+    p.add_argument("--who", default=person(), help="who changes it (logged)")
     p.set_defaults(func=cmd_budget)
 
     p = sub.add_parser("extend", help="add seeds to every arm of a started program (logged)")
     p.add_argument("program")
     p.add_argument("--seeds", required=True, help="the seeds to add, e.g. 5,6,7")
-    p.add_argument("--who", default=os.environ.get("USER") or "human", help="who adds them (logged)")
+    p.add_argument("--who", default=person(), help="who adds them (logged)")
     p.set_defaults(func=cmd_extend)
 
     p = sub.add_parser("ablate", help="an improvement program's leave-one-out pass: the frontier without "
                        "each kept change, on every seed")
     p.add_argument("program")
-    p.add_argument("--who", default=os.environ.get("USER") or "human", help="who asks for it (recorded)")
+    p.add_argument("--who", default=person(), help="who asks for it (recorded)")
     p.set_defaults(func=cmd_ablate)
 
     add_agent_commands(sub)  # agent, tool, results, mail, agent-hook: org/agents/commands.py
@@ -216,6 +228,9 @@ def cmd_submit(args) -> int:
     if args.ref and lab.resolve(args.ref) == lab.head() and lab.repo.is_dirty(untracked_files=False):
         raise OrgError(f"--ref {args.ref} is your checkout's HEAD, which has uncommitted changes: runs use "
                        "committed code, so commit them first (or name another commit)")
+    unfit = unfit_override(overrides)
+    if unfit:  # (a typo: refused before anything is recorded, its arm's name still free)
+        raise OrgError(f"--set {unfit}")
     # keys the program owns are refused (and recorded) by submit(); the trainer judges the rest
     ours = {k: v for k, v in overrides.items() if not owned_by_program({k: v})}
     problem = None if args.ref else trainer_rejects(program, ours)
@@ -286,8 +301,8 @@ def cmd_budget(args) -> int:
         if changes:
             for row in ledger.change_budget(name, changes, args.who):
                 print(f"{name}: budget.{row['field']}: {number(row['old'])} -> {row['new']:g} (by {row['who']}, logged)")
-            print(f"edit programs/{name}.yaml to match: a program whose file disagrees with its budget "
-                  "does not start")
+            print(f"edit {file_to_edit(args.program, lab, name)} to match: a program whose file disagrees with "
+                  "its budget does not start")
         budget, log = ledger.budget(name), ledger.budget_changes(name)
     if not args.changes:
         print(f"{name}: " + ", ".join(f"{f} {number(budget.get(f))}" for f in BOUND_BUDGET))
@@ -310,9 +325,16 @@ def cmd_extend(args) -> int:
             plan(ledger, program, experiment)
         queued = len(ledger.runs(name, status="queued"))
     print(f"{name}: seeds + {', '.join(map(str, seeds))} for every arm (by {args.who}, logged); {queued} runs queued")
-    print(f"edit programs/{name}.yaml to match (budget.seeds: {program.budget.seeds}), then `org run {name}` "
+    print(f"edit {file_to_edit(args.program, lab, name)} to match (budget.seeds: {program.budget.seeds}), then `org run {name}` "
           f"or `org launch` measures them")
     return 0
+
+
+def file_to_edit(arg: str, lab, name: str) -> str:
+    """The program file a change to a started program should be copied into: the file named, else the
+    lab's programs/<name>.yaml; a program started from a file elsewhere, or whose file is gone, has none at hand."""
+    found = next((f for f in (Path(arg), lab.root / "programs" / f"{name}.yaml") if f.suffix in (".yaml", ".yml") and f.is_file()), None)
+    return str(found) if found else f"the file {name} was started from (none is in {lab.root / 'programs'})"
 
 
 def parse_seeds(text: str, have: list[int]) -> list[int]:
@@ -350,8 +372,10 @@ def parse_budget_changes(pairs: list[str], budget: dict) -> dict:
         Budget.model_validate({**budget, **changes})
     except ValidationError as e:
         problem = e.errors()[0]
-        raise OrgError(f"budget.{problem['loc'][0]}: {problem['msg'].replace('Input should be', 'expected')}, got "
-                       f"{quoted(problem['input'])}") from None
+        said = problem["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
+        if not problem["loc"]:  # (the budget as a whole: a seconds budget past the run's timeout)
+            raise OrgError(f"budget: {said}") from None
+        raise OrgError(f"budget.{problem['loc'][0]}: {said}, got {quoted(problem['input'])}") from None
     return changes
 
 

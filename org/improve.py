@@ -58,7 +58,7 @@ from org.confounds import DECLARABLE, UNSEEN_WORK
 from org.frontier import Lord
 from org.lab import Lab
 from org.ledger import FINISHED, Ledger, now
-from org.program import Program, ProgramError
+from org.program import Program, ProgramError, quoted
 from org.referee import compare, confirm, verdict_kind
 
 HARNESS = {"GIT_AUTHOR_NAME": "nanolab harness", "GIT_AUTHOR_EMAIL": "harness@nanolab.local",
@@ -540,11 +540,11 @@ def check_candidates(lab: Lab, program: Program, base: str, source: str):
         where = f"{source}: candidates[{i}].patch ({c.name})"
         path = Path(c.patch)
         if path.is_absolute() or not (lab.root / path).is_file():
-            raise ProgramError(f"{where}: no file {c.patch} in the lab (a path relative to {lab.root})")
+            raise ProgramError(f"{where}: no file {quoted(c.patch)} in the lab (a path relative to {lab.root})")
         try:
             lab.repo.git.ls_files("--error-unmatch", c.patch)
         except git.GitCommandError:
-            raise ProgramError(f"{where}: {c.patch} is not committed; the agents' worktrees would not have it") from None
+            raise ProgramError(f"{where}: {quoted(c.patch)} is not committed; the agents' worktrees would not have it") from None
         commit, why = patched(lab, base, lab.root / path)
         if why:
             raise ProgramError(f"{where}: does not apply to the base commit {base[:10]}: {why}")

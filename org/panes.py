@@ -21,6 +21,7 @@ pane open so its last words stay readable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -145,7 +146,8 @@ class Grid:
     def kill(self):
         if self.server.is_alive():
             self.server.kill()
-        self.socket_path.unlink(missing_ok=True)  # a killed server leaves its socket file
+        with contextlib.suppress(OSError):  # (a TMUX_TMPDIR that is a file: no socket there either)
+            self.socket_path.unlink(missing_ok=True)  # a killed server leaves its socket file
 
     def _style(self, window: libtmux.Window):
         window.set_option("remain-on-exit", "on")  # a pane whose process died stays, with its last words

@@ -102,17 +102,23 @@ def owned_by_program(overrides: dict) -> str | None:
     tool, the runner's refusal): why they may not be used, or None. Each is a trainer's
     command-line flag too (`--set key=value`): a NUL or a lone surrogate there made the runner's
     Popen raise, which stopped it (a harness bug, it thought), and again at every restart."""
-    unfit = next((f"{k}={v!r}" for k, v in overrides.items() if not OVERRIDE_KEY.fullmatch(str(k)) or not
-                  (isinstance(v, bool) or isinstance(v, int) and abs(v) < 2 ** 63 or isinstance(v, float) and math.isfinite(v)
-                   or isinstance(v, str) and command_line_text(v))), None)  # (NaN and 10**400: every run failed)
+    unfit = unfit_override(overrides)
     if unfit:
-        return (f"{unfit[:80]}: a key is a name (letters, digits, _ and .), a value a finite number, a boolean "
-                "or printable text")
+        return unfit
     owned = sorted(k for k in overrides if k in PROGRAM_OWNED_KEYS or OWNED_WORDS.search(k))
     if not owned:
         return None
     return (f"{owned[0]!r} is owned by the program: the budget, the seeds, the data and the evaluation "
             "are the program's; experiments change the model or the optimizer only")
+
+
+def unfit_override(overrides: dict) -> str | None:
+    """Why a key or value is no trainer flag's (a typo's, such as softcap=.nan), or None."""
+    unfit = next((f"{k}={v!r}" for k, v in overrides.items() if not OVERRIDE_KEY.fullmatch(str(k)) or not
+                  (isinstance(v, bool) or isinstance(v, int) and abs(v) < 2 ** 63 or isinstance(v, float) and math.isfinite(v)
+                   or isinstance(v, str) and command_line_text(v))), None)  # (NaN and 10**400: every run failed)
+    return unfit and (f"{unfit[:80]}: a key is a name (letters, digits, _ and .), a value a finite number, a boolean "
+                      "or printable text")
 
 
 class Claim(Strict):
@@ -265,8 +271,21 @@ class Budget(Strict):
     def _distinct_and_not_negative(cls, seeds):
         return check_seeds(seeds)
 
+    @model_validator(mode="after")
+    def _a_run_may_spend_its_seconds(self):  # (else every run is killed before its budget is spent)
+        check_seconds_fit(self, 1.0, "per_run.seconds")
+        return self
+
 
 MAX_SEED = 2**63 - 1  # the ledger's INTEGER
+
+
+def check_seconds_fit(budget: Budget, factor: float, field: str):
+    """A seconds budget (times `factor`) that run_timeout_seconds kills every run before it is spent."""
+    if budget.per_run.kind == "seconds" and budget.per_run.seconds * factor >= budget.run_timeout_seconds:
+        raise ValueError(f"{field}: {budget.per_run.seconds * factor:g} s of training is not less than "
+                         f"run_timeout_seconds {budget.run_timeout_seconds:g}: every run would be killed before its "
+                         "budget is spent")
 
 
 def check_seeds(seeds: list[int]) -> list[int]:
@@ -434,6 +453,8 @@ class Program(Strict):
         if self.compute_multiplier and self.compute_multiplier.seeds > len(self.budget.seeds):
             raise ValueError(f"compute_multiplier.seeds: {self.compute_multiplier.seeds} is more than the "
                              f"program's {len(self.budget.seeds)} seeds")
+        for i, factor in enumerate(self.compute_multiplier.budgets if self.compute_multiplier else []):
+            check_seconds_fit(self.budget, factor, f"compute_multiplier.budgets[{i}] ({factor:g}x budget.per_run.seconds)")
         if self.data.val_tokens < self.train.seq_len:  # (every run was an `error`, in the data's words)
             raise ValueError(f"data.val_tokens {self.data.val_tokens} holds no window of train.seq_len "
                              f"{self.train.seq_len}: give at least {self.train.seq_len}")
@@ -491,6 +512,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: its keys are merged (flatten_mapping), and
+                continue                                     # a key given here too overrides them, as YAML means
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, collections.abc.Hashable):  # `? [a, b]`: YAML allows it, a program cannot use it
                 raise yaml.constructor.ConstructorError(None, None, f"a key that is a {type(key).__name__}",
@@ -520,8 +543,8 @@ def _describe(err: dict) -> str:
     if kind == "missing":
         return f"{field}: missing; this field is required"
     if kind == "string_pattern_mismatch":  # only NAME uses a pattern
-        return (f"{field}: expected lowercase letters, digits, '-' and '_' (it names branches "
-                f"and directories), got {quoted(err['input'], 200)}")
+        return (f"{field}: expected lowercase letters, digits, '-' and '_', 64 at most, the first a letter or "
+                f"digit (it names branches and directories), got {quoted(err['input'], 200)}")
     msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
     msg = re.sub(r"^Input should be ", "expected ", msg)
     if kind not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict):

@@ -21,7 +21,10 @@ def data_source_problem(source: str, root: Path, window: int | None = None) -> s
     found = next((s for s in (str(Path(root) / source), source) if glob.glob(s)), None)
     if found is None:
         return f"{source!r} matches no file or folder (expected pystdlib, a text file or folder, or llm.c .bin shards)"
-    paths = [Path(p).resolve() for p in glob.glob(found)]
+    try:
+        paths = [Path(p).resolve(strict=True) for p in glob.glob(found)]
+    except (OSError, RuntimeError):  # (RuntimeError: a loop, Python 3.11)
+        return f"{source!r} leads through a symbolic link to no file (a loop, or a target gone)"
     if any(Path(root).resolve().is_relative_to(p) for p in paths):  # ("", "."): its ledger and harness data its text
         return f"{source!r} holds the lab itself (its .lab: the ledger, the harness's data); name the text's own folder"
     if any(not (p.is_file() or p.is_dir()) or p.is_file() and p.stat().st_size == 0 for p in paths):

@@ -421,6 +421,10 @@ def test_a_request_line_is_a_mb_at_most_and_a_long_turn_still_ends(project, monk
             sending.start()  # (the port answers after its first MB, and closes on the rest)
             assert b"one line of at most 1 MB" in conn.makefile("rb").readline()
             sending.join()
+        with socket.socket(socket.AF_UNIX) as conn, socket_name(port.org_socket) as name:  # a client that sends, then reads
+            conn.connect(name)
+            conn.sendall(line)  # (the rest was closed unread: this client got a reset, and no answer)
+            assert b"one line of at most 1 MB" in conn.makefile("rb").readline()
         monkeypatch.setenv(PORT_VAR, str(port.org_socket))
         assert main(["agent-hook", "notify", json.dumps({"type": "agent-turn-complete",
                                                          "last-assistant-message": "y" * (2 * MAX_REQUEST)})]) == 0

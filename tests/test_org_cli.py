@@ -88,6 +88,25 @@ BAD_PROGRAMS = {
     "a tokenizer the trainer does not know": (
         yaml.safe_dump(tiny_program(data={"tokenizer": "bogus", "val_tokens": 512})),
         "data.tokenizer: unknown tokenizer 'bogus'"),
+    # (session 44's hunt) every run of the arm failed: its flag said `softcap=true`, which no float reads
+    "a boolean for a number the model takes": (
+        yaml.safe_dump(tiny_program(variants=[{"name": "capped", "overrides": {"softcap": True}}])),
+        "variants[0].overrides: the trainer rejects it: softcap expects float, got True"),
+    "a seconds budget the run's timeout kills": (  # (every run was killed before its budget was spent)
+        yaml.safe_dump(tiny_program(budget={**tiny_program()["budget"], "per_run": {"seconds": 60}})),
+        "budget: per_run.seconds: 60 s of training is not less than run_timeout_seconds 60"),
+    "a compute multiple the run's timeout kills": (
+        yaml.safe_dump(tiny_program(claim={"kind": "improve"}, variants=[], compute_multiplier={"budgets": [0.5, 2], "seeds": 2},
+                                    budget={**tiny_program()["budget"], "per_run": {"seconds": 40}},
+                                    candidates=[{"name": "c1", "overrides": {"softcap": 0}}])),
+        "compute_multiplier.budgets[1] (2x budget.per_run.seconds): 80 s of training is not less than"),
+    "a data source that is a symbolic link to itself": (  # (a traceback: RuntimeError, Symlink loop)
+        yaml.safe_dump(tiny_program(data={"source": "links/loop", "val_tokens": 512})),
+        "data.source: 'links/loop' leads through a symbolic link to no file (a loop, or a target gone)"),
+    "a patch's name with a terminal's escape codes": (  # (printed raw: it set the terminal's title)
+        yaml.safe_dump(tiny_program(claim={"kind": "improve"}, variants=[],
+                                    candidates=[{"name": "c1", "patch": "x\x1b]0;PWNED\x07"}])),
+        "no file 'x\\x1b]0;PWNED\\x07' in the lab"),
     "a candidate's override the trainer rejects": (
         yaml.safe_dump(tiny_program(claim={"kind": "improve"}, variants=[],
                                     candidates=[{"name": "c1", "overrides": {"bogus": 1}}])),
@@ -100,6 +119,8 @@ def test_bad_program_files(case, make_project, capsys):
     text, expected = BAD_PROGRAMS[case]
     root = make_project(tiny_program())
     (root / "empty-corpus").mkdir()
+    (root / "links").mkdir()
+    (root / "links" / "loop").symlink_to("loop")
     path = root / "programs" / "bad.yaml"
     path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     assert main(["run", "programs/bad.yaml"]) == 2
@@ -158,6 +179,15 @@ def test_bad_submissions(make_project, capsys):
         assert "expected a printable name of 1 to 100 characters" in one_line_error(capsys)
     assert main(["submit", "tiny", "--arm", "x" * 300]) == 2  # (git's ref of a merged try: "File name too long")
     assert f"arm {'x' * 60!r}... (300 characters): use a new lowercase name" in one_line_error(capsys)
+    # a typo no trainer flag can carry: refused, not recorded as a refused experiment under the arm's name
+    for bad in ("softcap=.nan", "softcap=1.0e+400", "soft cap=1", "n_layer=99999999999999999999"):
+        assert main(["submit", "tiny", "--arm", "x", "--set", bad]) == 2
+        assert "a key is a name (letters, digits, _ and .), a value a finite number" in one_line_error(capsys)
+    assert main(["submit", "tiny", "--arm", "x", "--set", "softcap=on"]) == 2  # (queued; each run: `softcap=true`?)
+    assert "--set: the trainer rejects it: softcap expects float, got True" in one_line_error(capsys)
+    for command in (["status"], ["submit", "--arm", "x"], ["runs"], ["report"], ["stop"]):  # (Path.is_file's traceback)
+        assert main([command[0], "a" * 300, *command[1:]]) == 2
+        assert "a name too long for a file's (a program's is 64 characters at most)" in one_line_error(capsys)
     assert nothing_created(root)
 
 
@@ -274,6 +304,14 @@ def test_totals_are_fixed_at_start_and_change_only_through_a_logged_org_budget(m
     assert main(["run", "tiny"]) == 2
     assert "budget.agent_cpu_seconds: unset in the file, 120 fixed for the program; write 120 in the file" \
         in one_line_error(capsys)
+
+
+def test_a_run_timeout_that_would_kill_every_run_before_its_seconds_are_spent_is_refused(make_project, capsys):
+    make_project(tiny_program(budget={**tiny_program()["budget"], "per_run": {"seconds": 20}}))
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    assert main(["budget", "tiny", "run_timeout_seconds=15"]) == 2  # (an IndexError's traceback)
+    assert "org: budget: per_run.seconds: 20 s of training is not less than run_timeout_seconds 15: every run would " \
+        "be killed before its budget is spent" in one_line_error(capsys)
 
 
 def test_org_extend_adds_seeds_to_every_arm_of_a_finished_comparison_logged(make_project, capsys):
@@ -413,7 +451,7 @@ def test_clean_removes_a_stopped_programs_worktrees_and_branches_but_keeps_their
     assert main(["clean", "tiny"]) == 0                                  # again: nothing left, no error
 
 
-def test_arguments_that_are_not_utf8_the_wrong_shape_or_out_of_range(make_project, capsys):
+def test_arguments_that_are_not_utf8_the_wrong_shape_or_out_of_range(make_project, monkeypatch, capsys):
     """A shell passes bytes: one that is not UTF-8 once reached the ledger as a traceback. Each
     case here once printed one."""
     root = make_project(tiny_program(org={"agents": [{"name": "a"}]}))
@@ -425,7 +463,12 @@ def test_arguments_that_are_not_utf8_the_wrong_shape_or_out_of_range(make_projec
             (["submit", "tiny", "--arm", "y", "--ref", "HEAD^{tree}"], "git ref 'HEAD^{tree}' names a tree, not a commit"),
             (["submit", "tiny", "--arm", "y", "--ref", "HEAD:missing"], "git ref 'HEAD:missing' does not exist"),
             (["tool", "submit_experiment", "[]", "--program", "tiny", "--as", "a"], "a JSON object, not list"),
-            (["launch", "tiny", "--stagger", "nan"], "--stagger nan: expected seconds from 0 to 3600")]:
+            (["launch", "tiny", "--stagger", "nan"], "--stagger nan: expected seconds from 0 to 3600"),
+            # each named an argument of another command, one the user never gave (`--program`, `--as`, `changes`)
+            (["status", "\udcff"], "org: program '?': not UTF-8"),
+            (["say", "\udcff", "hi"], "org: agent '?': not UTF-8"),
+            (["budget", "tiny", "total_compute_seconds=\udcff"], "org: FIELD=VALUE 'total_compute_seconds=?': not UTF-8"),
+            (["mail", "send", "a", "\udcff", "--program", "tiny", "--as", "a"], "org: TO TEXT '?': not UTF-8")]:
         assert main(argv) == 2, argv
         assert expected in one_line_error(capsys), argv
     assert nothing_created(root)
@@ -441,6 +484,8 @@ def test_arguments_that_are_not_utf8_the_wrong_shape_or_out_of_range(make_projec
         main(["status", "tiny", "--watch", "--every", "-1"])
     assert "--every: -1: expected seconds from 0.1 to 3600" in one_line_error(capsys)
     assert main(["status", "tiny"]) == 0  # a program with no agents (org run's) has a status too
+    monkeypatch.setenv("USER", "\x1b[31m" + "u" * 150)  # (the default --who: this read was refused for it)
+    assert main(["budget", "tiny"]) == 0
 
 
 def test_state_in_the_way_is_named_and_nothing_is_half_made(make_project, capsys):
@@ -655,3 +700,30 @@ def test_a_program_started_from_a_file_outside_programs_is_named_by_its_name(mak
     assert "tiny is not an improvement program" in one_line_error(capsys)
     assert main(["submit", "nosuch", "--arm", "wider", "--set", "n_embd=64"]) == 2  # (no file and no ledger)
     assert "no program file 'nosuch'" in one_line_error(capsys)
+    # where a change to it is to be copied: the file it was started from, where it is at hand (it said programs/tiny.yaml)
+    assert main(["budget", "tiny", "total_compute_seconds=700"]) == 0
+    assert "edit the file tiny was started from (none is in" in capsys.readouterr().out
+    assert main(["budget", str(root / "elsewhere.yaml"), "total_compute_seconds=800"]) == 0
+    assert f"edit {root / 'elsewhere.yaml'} to match" in capsys.readouterr().out
+    # a file named by --program is that file (it said programs/gone.yaml.yaml)
+    assert main(["mail", "board", "--program", "gone.yaml", "--as", "a"]) == 2
+    assert "org: gone.yaml: cannot read program file" in one_line_error(capsys)
+
+
+def test_a_tmux_folder_that_is_a_file_is_no_grid_to_stop(make_project, monkeypatch, tmp_path, capsys):
+    """TMUX_TMPDIR naming a file: `org status` coped, `org stop` ended in NotADirectoryError."""
+    make_project(tiny_program())
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("TMUX_TMPDIR", str(tmp_path / "a-file"))
+    assert main(["stop", "tiny"]) == 0
+    assert "tiny was not running; cleaned up" in capsys.readouterr().out
+
+
+def test_a_relative_cache_home_is_ignored_as_the_xdg_spec_says(monkeypatch, tmp_path):
+    """A relative XDG_CACHE_HOME made the list of labs in whatever folder a command ran in (in the lab)."""
+    from org import user_cache
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")
+    assert user_cache("labs") == Path.home() / ".cache" / "nanolab" / "labs"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert user_cache("labs") == tmp_path / "nanolab" / "labs"

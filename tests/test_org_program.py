@@ -175,6 +175,16 @@ def test_non_finite_numbers_negative_seeds_and_duplicate_keys_are_refused(tmp_pa
     assert message in error_of(tmp_path, MINIMAL.replace(*change))
 
 
+def test_yaml_merge_keys_merge_and_a_key_given_twice_is_still_refused(tmp_path):
+    """`<<: *shared` was "malformed YAML ... could not determine a constructor" (session 44's hunt)."""
+    text = MINIMAL.replace("train: {batch_size: 4, seq_len: 64}",
+                           "train: {<<: {batch_size: 4, seq_len: 32}, seq_len: 64}")  # (the key given here wins)
+    program = load_program(write(tmp_path, text))
+    assert (program.train.batch_size, program.train.seq_len) == (4, 64)
+    twice = MINIMAL.replace("train: {batch_size: 4, seq_len: 64}", "train: {<<: {batch_size: 4}, seq_len: 64, seq_len: 32}")
+    assert "duplicate key 'seq_len'" in error_of(tmp_path, twice)
+
+
 def test_an_error_line_stays_short_whatever_the_file_holds(tmp_path):
     """A name made by YAML anchors six levels deep was 5.2 MB, and the error repeated it on one line."""
     bomb = "a: &a " + "x" * 40 + "\n" + "".join(f"{c}: &{c} [" + ", ".join([f"*{p}"] * 10) + "]\n"

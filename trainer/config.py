@@ -191,6 +191,8 @@ def _coerce(key, value, typ):
         return _coerce_bool(key, value)
     if typ is int and not isinstance(value, str):
         return _exact_int(key, value)
+    if typ is float and isinstance(value, bool):  # a run's flag says `true`, which no float reads
+        raise ValueError(f"{key} expects float, got {value!r}")
     try:
         if typ is int and isinstance(value, str):
             return int(float(value)) if float(value).is_integer() else int(value)

@@ -51,7 +51,7 @@ def add_agent_commands(sub, in_box: bool = False):
 
     p = sub.add_parser("mail", help="agents' mail: send TO TEXT | read [--wait S] | board")
     p.add_argument("action", choices=["send", "read", "board"])
-    p.add_argument("rest", nargs="*", help="send: TO TEXT...")
+    p.add_argument("rest", nargs="*", metavar="TO TEXT", help="send: TO TEXT...")
     p.add_argument("--wait", type=float, default=0)
     _identity(p)
     p.set_defaults(func=cmd_mail)
@@ -207,10 +207,11 @@ def _who(args, need_agent: bool = True):
     if need_agent and not args.agent:
         raise OrgError("which agent? pass --as NAME or set NANOLAB_AGENT")
     root = lab_root()
-    path = Path(args.program) if Path(args.program).is_file() else root / "programs" / f"{args.program}.yaml"
+    given = Path(args.program)
     from org.workspace import as_started, recorded_program, started_spec
-    named = path.is_file() or "/" in args.program or args.program.endswith((".yaml", ".yml"))  # (else: started elsewhere)
-    program = load_program(path) if named else recorded_program(root, args.program)
+    named = given.is_file() or "/" in args.program or args.program.endswith((".yaml", ".yml"))  # (a file's name)
+    path = given if named else root / "programs" / f"{args.program}.yaml"
+    program = load_program(path) if named or path.is_file() else recorded_program(root, args.program)  # (else: started elsewhere)
     program = as_started(program, started_spec(root, program.name))
     if need_agent:  # the tools act as this agent (sender of its mail, author of its experiments)
         from org.agents.roles import agent_entry

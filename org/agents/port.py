@@ -40,6 +40,7 @@ PORT_VAR = "NANOLAB_PORT"      # inside the box: the path of org.sock
 # it 1.6 GB, session 43's red team); files of more are written in the box, where the CLI's own tools write them
 MAX_REQUEST = 1 << 20
 TOO_LONG = f"error: a request to the org is one line of at most {MAX_REQUEST >> 20} MB; write a longer file in your own shell"
+MAX_DRAIN = 16 << 20  # what is read and dropped of a line too long, for its client to read the refusal
 LINGER = 30  # seconds the box outlives its CLI for what the CLI left running
 # each connection is a thread here (two for the relay, and one in the gateway), held as long as
 # the box keeps it open: past these, a socket closes what comes in (a CLI's pool opens a few)
@@ -86,11 +87,15 @@ class Port:
             timeout = ORG_READ_SECONDS
 
             def handle(self):
+                line = b""
                 try:
-                    answer = port.answer(self.rfile.readline(MAX_REQUEST))
+                    line = self.rfile.readline(MAX_REQUEST)
+                    answer = port.answer(line)
                 except OSError as e:  # (no line in ORG_READ_SECONDS)
                     answer = json.dumps({"output": f"error: {type(e).__name__}: {e}", "rc": 2}).encode() + b"\n"
                 self.wfile.write(answer)
+                if len(line) >= MAX_REQUEST and not line.endswith(b"\n"):
+                    drained(self.rfile)  # (closed unread, the rest reset the connection: its client, still sending, read no answer)
 
         class Relay(socketserver.BaseRequestHandler):
             def handle(self):
@@ -116,6 +121,16 @@ class Port:
             server.server_close()
         for path in (self.org_socket, self.gateway_socket):
             path.unlink(missing_ok=True)
+
+
+def drained(stream, limit: int = MAX_DRAIN):
+    """Read and drop the rest of a line too long, `limit` bytes of it at most (past them the client is not ours)."""
+    with contextlib.suppress(OSError):
+        while limit > 0:
+            chunk = stream.readline(min(limit, 1 << 16))
+            if not chunk or chunk.endswith(b"\n"):
+                return
+            limit -= len(chunk)
 
 
 class CappedServer(socketserver.ThreadingUnixStreamServer):
