@@ -6,9 +6,9 @@
     org runs softcap [--status completed] [--arm baseline] [--json]       # what the ledger holds
 
 PROGRAM is a program file, the name of one in programs/, or a started program's name (its ledger
-holds it). Bad input (malformed YAML, unknown
-fields, a config the trainer rejects, a missing git ref, no git checkout, uncommitted changes
-to a protected path) is one line on stderr and exit status 2, before anything is created.
+holds it). Bad input (malformed YAML, unknown fields, a config the trainer rejects, a missing git
+ref, no git checkout, uncommitted changes to a protected path) is one line on stderr and exit
+status 2, before anything is created.
 
 To add a subcommand: write a cmd_<name>(args) -> int below and register its parser in
 build_parser(); a command with a module of its own (launch, status, takeover, stop) registers its

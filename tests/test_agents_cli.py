@@ -602,6 +602,27 @@ def test_an_agents_process_is_at_its_boxes_cpu_weight_in_a_launch(project):
     assert not group.exists()
 
 
+def test_an_agent_imports_what_its_first_calls_need_before_it_takes_the_agents_weight(project, monkeypatch):
+    """At the agents' weight with runs on both cores, a CLI's first `results` (scipy.stats, 0.9
+    CPU-s) took 100 s, and an SDK agent's first turn would import its SDK (anthropic's: 1.9 CPU-s)
+    there too. `org agent` imports them at its own weight, then joins the group."""
+    from org.agents import commands, pacing
+    root, program = project
+    done = []
+    monkeypatch.setattr(commands, "warm_imports", lambda program, name: done.append(("warmed", name)))
+    monkeypatch.setattr(pacing, "join_agents_weight", lambda: done.append(("joined",)))
+    monkeypatch.setattr(commands, "start_agent", lambda *args, **kwargs: "(not started)")
+    monkeypatch.setenv(LOW_WEIGHT_VAR, "1")
+    assert main(["agent", "claude", "--program", "tiny"]) == 0
+    assert done == [("warmed", "claude"), ("joined",)]
+    show = ("import sys; from org.agents.commands import warm_imports; from org.workspace import load_program; "
+            f"program = load_program({str(root / 'programs' / 'tiny.yaml')!r}); before = 'scipy.stats' in sys.modules; "
+            "warm_imports(program, 'claude'); print(before, 'scipy.stats' in sys.modules, 'org.agents.clis' in sys.modules, "
+            "'anthropic' in sys.modules); warm_imports(program, 'keyless'); print('anthropic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert out.split() == ["False", "True", "True", "False", "True"], out
+
+
 def test_an_honest_agents_calls_are_not_held_up(tmp_path):
     """Pacing bounds a flood, not the few dear calls of an honest agent: its first BURST CPU
     seconds go at once (session 42's pacing waited 4 times each call's cost after it)."""

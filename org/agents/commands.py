@@ -15,6 +15,7 @@ NANOLAB_PROGRAM and NANOLAB_LAB say who and where the caller is.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -98,10 +99,24 @@ def cmd_agent(args) -> int:
     protect_own_environment()  # this process holds the API keys; its tools' commands must not
     if os.environ.get(LOW_WEIGHT_VAR):  # (set by `org launch`; a test calling this in its own process keeps its weight)
         from org.agents.pacing import join_agents_weight
+        warm_imports(program, args.name)
         join_agents_weight()
     reason = start_agent(args.name, program, lab_root(), api=args.api)
     print(f"{args.name}: {reason}")
     return 0
+
+
+def warm_imports(program, name: str):
+    """Import, at the process's own weight, what its agent's first calls would import at the agents'
+    weight: its SDK (anthropic's: 1.9 CPU-s) and what `results` reads verdicts with (scipy.stats: 0.9).
+    There, with runs on both cores, a CLI's first `results` took 100 s (session 44's measurement)."""
+    import importlib
+    from org.agents.roles import agent_entry
+    with contextlib.suppress(KeyError):  # (an agent the program lacks: start_agent says so)
+        backend = agent_entry(program, name).backend
+        sdk = {"anthropic": "org.agents.anthropic_api", "openai": "org.agents.openai_api"}.get(backend, "org.agents.clis")
+        for module in ("scipy.stats", "org.agents.tools", "org.experiments", "org.agents.loop", sdk):
+            importlib.import_module(module)
 
 
 def start_agent(name: str, program, root: Path, api: str | None = None, console=None) -> str:
