@@ -16,9 +16,9 @@ import pytest
 from agentlab import HOG, BackgroundRunner, lab_dir, make_project, run_windows, shares_of_the_core, tiny_program, \
     worktree
 from fakellm import Call, FakeLLM, Text
-from org.agents.clis import BACKEND_CLI, BoxedCLI, check_cli, claude_argv, codex_argv, next_codex_prompt, on_hook, \
+from org.agents.clis import BACKEND_CLI, CLI_CPU_WEIGHT, BoxedCLI, check_cli, claude_argv, codex_argv, next_codex_prompt, on_hook, \
     _supervise, port_handler, run_cli
-from org.agents.pacing import BURST, SHARE, Pacer
+from org.agents.pacing import AGENTS_WEIGHT, BURST, SHARE, Pacer
 from org.agents.commands import LOW_WEIGHT_VAR
 from org.agents.port import PORT_VAR, Port, call, relay_one, socket_name
 from org import OrgError
@@ -605,16 +605,22 @@ def test_an_agents_process_is_at_its_boxes_cpu_weight_in_a_launch(project):
 def test_an_agent_imports_what_its_first_calls_need_before_it_takes_the_agents_weight(project, monkeypatch):
     """At the agents' weight with runs on both cores, a CLI's first `results` (scipy.stats, 0.9
     CPU-s) took 100 s, and an SDK agent's first turn would import its SDK (anthropic's: 1.9 CPU-s)
-    there too. `org agent` imports them at its own weight, then joins the group."""
+    there too. `org agent` imports them at its own weight, then joins its group, at a weight by
+    what runs in it."""
     from org.agents import commands, pacing
     root, program = project
     done = []
-    monkeypatch.setattr(commands, "warm_imports", lambda program, name: done.append(("warmed", name)))
-    monkeypatch.setattr(pacing, "join_agents_weight", lambda: done.append(("joined",)))
+    warm = commands.warm_imports
+    monkeypatch.setattr(commands, "warm_imports", lambda program, name: done.append(("warmed", name)) or warm(program, name))
+    monkeypatch.setattr(pacing, "join_agents_weight", lambda weight: done.append(("joined", weight)))
     monkeypatch.setattr(commands, "start_agent", lambda *args, **kwargs: "(not started)")
     monkeypatch.setenv(LOW_WEIGHT_VAR, "1")
-    assert main(["agent", "claude", "--program", "tiny"]) == 0
-    assert done == [("warmed", "claude"), ("joined",)]
+    for agent in ("claude", "keyless", "solo"):
+        assert main(["agent", agent, "--program", "tiny"]) == 0
+    # a CLI's process is the harness's work for it, at its command boxes' weight; an SDK's or the scripted
+    # researcher's own loop runs there, at its CLI's box's (at 1 a CLI made no request for a minute)
+    assert done == [("warmed", "claude"), ("joined", AGENTS_WEIGHT), ("warmed", "keyless"), ("joined", CLI_CPU_WEIGHT),
+                    ("warmed", "solo"), ("joined", CLI_CPU_WEIGHT)]
     show = ("import sys; from org.agents.commands import warm_imports; from org.workspace import load_program; "
             f"program = load_program({str(root / 'programs' / 'tiny.yaml')!r}); before = 'scipy.stats' in sys.modules; "
             "warm_imports(program, 'claude'); print(before, 'scipy.stats' in sys.modules, 'org.agents.clis' in sys.modules, "

@@ -15,7 +15,6 @@ NANOLAB_PROGRAM and NANOLAB_LAB say who and where the caller is.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -99,24 +98,32 @@ def cmd_agent(args) -> int:
     protect_own_environment()  # this process holds the API keys; its tools' commands must not
     if os.environ.get(LOW_WEIGHT_VAR):  # (set by `org launch`; a test calling this in its own process keeps its weight)
         from org.agents.pacing import join_agents_weight
-        warm_imports(program, args.name)
-        join_agents_weight()
+        join_agents_weight(warm_imports(program, args.name))
     reason = start_agent(args.name, program, lab_root(), api=args.api)
     print(f"{args.name}: {reason}")
     return 0
 
 
-def warm_imports(program, name: str):
+def warm_imports(program, name: str) -> int:
     """Import, at the process's own weight, what its agent's first calls would import at the agents'
     weight: its SDK (anthropic's: 1.9 CPU-s) and what `results` reads verdicts with (scipy.stats: 0.9).
-    There, with runs on both cores, a CLI's first `results` took 100 s (session 44's measurement)."""
+    There, with runs on both cores, a CLI's first `results` took 100 s (session 44's measurement).
+    Returns the process's weight: a CLI's `org agent` is the harness's work for it alone (its port,
+    its take-ins), at its command boxes' weight; an SDK or scripted agent's own loop runs in it too,
+    at the weight a CLI's box has (at 1 a CLI made no request for a minute: clis.CLI_CPU_WEIGHT)."""
     import importlib
+    from org.agents.clis import BACKEND_CLI, CLI_CPU_WEIGHT
+    from org.agents.pacing import AGENTS_WEIGHT
     from org.agents.roles import agent_entry
-    with contextlib.suppress(KeyError):  # (an agent the program lacks: start_agent says so)
+    try:
         backend = agent_entry(program, name).backend
-        sdk = {"anthropic": "org.agents.anthropic_api", "openai": "org.agents.openai_api"}.get(backend, "org.agents.clis")
-        for module in ("scipy.stats", "org.agents.tools", "org.experiments", "org.agents.loop", sdk):
-            importlib.import_module(module)
+    except KeyError:  # (an agent the program lacks: start_agent says so)
+        return AGENTS_WEIGHT
+    sdk = {"anthropic": "org.agents.anthropic_api", "openai": "org.agents.openai_api",
+           "scripted": "org.agents.scripted"}.get(backend, "org.agents.clis")
+    for module in ("scipy.stats", "org.agents.tools", "org.experiments", "org.agents.loop", sdk):
+        importlib.import_module(module)
+    return AGENTS_WEIGHT if backend in BACKEND_CLI else CLI_CPU_WEIGHT
 
 
 def start_agent(name: str, program, root: Path, api: str | None = None, console=None) -> str:

@@ -1,6 +1,6 @@
 """
 Pacing: the harness's own CPU time spent for one agent, held to a share of a core, at the
-lowest priority its cpu group has, and in a launch in a group at the agents' boxes' weight.
+lowest priority its cpu group has, and in a launch in a group at a low weight of its own.
 
 Some of an agent's work is the harness's, done outside every box: a CLI's port answers
 (org/agents/port.py) and the take-ins of its commits (clis._supervise), an SDK agent's tool calls
@@ -24,7 +24,7 @@ Paced alone, a flood still took a fifth of a core at a run's priority, and a 2-t
 it took 21-24% longer (session 43's red team); and one piece of work may be dear before it is
 booked (a take-in of a commit naming thousands of objects). run() works at SCHED_IDLE, below
 only the other threads of its own cpu group: in a launch on cgroup v1, `org agent` runs in a group
-at the agents' boxes' weight (join_agents_weight). The gateway's reading (paced()) runs at a
+at its command boxes' weight, or an SDK agent's at its loop's (join_agents_weight). The gateway's reading (paced()) runs at a
 run's priority.
 
 What a piece of work cost: its thread's CPU time and its children's (git's: half a `results`),
@@ -47,7 +47,7 @@ T = TypeVar("T")
 
 SHARE = 0.2   # of a core, at most, that one pacer spends on its agent over a long stretch
 BURST = 2.0   # CPU seconds it may spend at once before pacing starts: a few of an honest agent's dearest calls
-AGENTS_WEIGHT = 1  # the cpu weight of an agent's process, as of its boxes (org/sandbox.py agent_box), against a run's 100
+AGENTS_WEIGHT = 1  # the cpu weight of a CLI's `org agent` process, as of its command boxes (org/sandbox.py agent_box), against a run's 100
 
 _boxes = threading.local()  # CPU seconds of agents' boxes this thread ran: theirs, not the harness's
 
@@ -57,19 +57,20 @@ def box_ended(cpu_seconds: float):
     _boxes.seconds = getattr(_boxes, "seconds", 0.0) + max(0.0, cpu_seconds)
 
 
-def join_agents_weight() -> Path | None:
+def join_agents_weight(weight: int = AGENTS_WEIGHT) -> Path | None:
     """Move this process (an agent's `org agent`: all the harness does for it, and what that starts)
-    into a cpu cgroup of its own at the agents' boxes' weight; its group, or None where none can be
-    made. SCHED_IDLE alone weighs nothing across groups: the runs' boxes are groups of their own, and
-    a thread at SCHED_IDLE in the harness's group slowed a 2-thread run 9x (session 43's red team).
-    cgroup v1 only: v2's group would hold the process's memory too, outside its agent's pool."""
+    into a cpu cgroup of its own at `weight` (the agents' boxes', or an SDK agent's loop's:
+    commands.warm_imports); its group, or None where none can be made. SCHED_IDLE alone weighs
+    nothing across groups: the runs' boxes are groups of their own, and a thread at SCHED_IDLE in the
+    harness's group slowed a 2-thread run 9x (session 43's red team). cgroup v1 only: v2's group
+    would hold the process's memory too, outside its agent's pool."""
     from org.cgroups import cgroup_root, cpu_weight_setting, new_cgroup, unmake
     root = cgroup_root("cpu")
     group = new_cgroup(root) if root and root != cgroup_root("memory") else None
     if group is None:
         return None
     try:
-        for name, value in cpu_weight_setting(group, AGENTS_WEIGHT).items():
+        for name, value in cpu_weight_setting(group, weight).items():
             (group / name).write_text(value)
         (group / "cgroup.procs").write_text(str(os.getpid()))
     except OSError:
