@@ -23,9 +23,9 @@ that requests sent at once queue behind each other rather than all running in th
 Paced alone, a flood still took a fifth of a core at a run's priority, and a 2-thread run beside
 it took 21-24% longer (session 43's red team); and one piece of work may be dear before it is
 booked (a take-in of a commit naming thousands of objects). run() works at SCHED_IDLE, below
-only the other threads of its own cpu group: in a launch on cgroup v1, `org agent` runs in a group
-at its command boxes' weight, or an SDK agent's at its loop's (join_agents_weight). The gateway's reading (paced()) runs at a
-run's priority.
+only the other threads of its own cpu group: in a launch on cgroup v1, a CLI's `org agent` runs in
+a group at its command boxes' weight, an SDK agent's at its loop's (join_agents_weight). The
+gateway's reading (paced()) runs at a run's priority.
 
 What a piece of work cost: its thread's CPU time and its children's (git's: half a `results`),
 less what the agent's own boxes used (a command of its `run` tool is its own, metered and at
