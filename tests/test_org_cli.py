@@ -183,7 +183,7 @@ def test_bad_submissions(make_project, capsys):
     for bad in ("softcap=.nan", "softcap=1.0e+400", "soft cap=1", "n_layer=99999999999999999999"):
         assert main(["submit", "tiny", "--arm", "x", "--set", bad]) == 2
         assert "a key is a name (letters, digits, _ and .), a value a finite number" in one_line_error(capsys)
-    assert main(["submit", "tiny", "--arm", "x", "--set", "softcap=on"]) == 2  # (queued; each run: `softcap=true`?)
+    assert main(["submit", "tiny", "--arm", "x", "--set", "softcap=on"]) == 2  # (queued; each run failed on `softcap=true`)
     assert "--set: the trainer rejects it: softcap expects float, got True" in one_line_error(capsys)
     for command in (["status"], ["submit", "--arm", "x"], ["runs"], ["report"], ["stop"]):  # (Path.is_file's traceback)
         assert main([command[0], "a" * 300, *command[1:]]) == 2
