@@ -828,7 +828,8 @@ def test_a_seconds_budget_excuses_the_last_step_and_a_stall_in_it_not_training_o
     from org.measure import budget_problem
     from org.program import Program
     def said(seconds, steps=100, budget=0.5):
-        program = Program.model_validate(tiny_program(budget={**tiny_program()["budget"], "per_run": {"seconds": budget}}))
+        program = Program.model_validate(tiny_program(budget={**tiny_program()["budget"], "per_run": {"seconds": budget},
+                                                              "run_timeout_seconds": 2 * budget + 60}))
         return budget_problem(program, Result(status="completed", steps=steps, train_seconds=seconds))
     assert said(0.54) is None and said(0.45) is None  # (its last step stalled 40 ms; or it stopped early)
     assert said(0.75) == "trained 0.75s of 0.5s" and said(1.0) == "trained 1.00s of 0.5s"
