@@ -20,6 +20,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import sqlite3
 import sys
 from dataclasses import asdict
@@ -338,10 +339,10 @@ def file_to_edit(arg: str, lab, name: str) -> str:
 
 
 def parse_seeds(text: str, have: list[int]) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise OrgError(f"--seeds {text}: expected seeds as integers, e.g. 5,6,7") from None
+    parts = [s.strip() for s in text.split(",") if s.strip()]
+    if not all(re.fullmatch(r"[0-9]+", s) for s in parts):  # int() also takes '13_000' and other scripts' digits
+        raise OrgError(f"--seeds {shown(text)}: expected seeds as integers, e.g. 5,6,7")
+    seeds = [int(s) for s in parts]
     known = sorted(set(seeds) & set(have))
     if not seeds or not 0 <= min(seeds) <= max(seeds) <= MAX_SEED or len(set(seeds)) != len(seeds) or known:
         why = f"seed {known[0]} is already used" if known else "expected new seeds, each once, from 0 to 2**63-1"
@@ -365,7 +366,7 @@ def parse_budget_changes(pairs: list[str], budget: dict) -> dict:
         if field.removeprefix("budget.") in changes:
             raise OrgError(f"{quoted(pair)}: {field.removeprefix('budget.')} is given twice")
         try:
-            changes[field.removeprefix("budget.")] = float(value)
+            changes[field.removeprefix("budget.")] = float(value) + 0.0  # (-0 + 0.0 is 0: "is -0 already" was said)
         except ValueError:
             raise OrgError(f"{quoted(pair)}: expected a number after '='") from None
     try:

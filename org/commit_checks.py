@@ -45,13 +45,18 @@ def links(lab: Lab, base: str, commit: str) -> str | None:
         if added else None
 
 
+def kilobytes(n: int) -> str:
+    """79 KB, or 0.123 KB under one: a max_change_kb of 0.0001 refused "0 KB"."""
+    return f"{n / 1024:.0f} KB" if n >= 1024 else f"{n / 1024:.3g} KB"
+
+
 def oversized(lab: Lab, base: str, commit: str, max_change_kb: float) -> str | None:
     """Why a commit carries too much into its runs, or None. What it carries is what it adds:
     its added lines and binary files, zlib-compressed (so base64, hex or a Python literal
     of the same weights weigh what the weights do); removed lines carry nothing in."""
     if (carried := carried_bytes(lab, base, commit)) <= max_change_kb * 1024:
         return None
-    return (f"the commit carries {carried / 1024:.0f} KB of new content (compressed) over the program's base "
+    return (f"the commit carries {kilobytes(carried)} of new content (compressed) over the program's base "
             f"commit {base[:10]}, more than max_change_kb: {max_change_kb:g}. Experiments change code; data "
             f"such as trained weights would be a head start that no budget counts")
 

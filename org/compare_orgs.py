@@ -38,6 +38,9 @@ def cmd_compare(args) -> int:
     if len(args.programs) < 2:
         raise OrgError("compare: name two or more programs (one org configuration each)")
     rows = [standing(name) for name in args.programs]
+    names = [r["program"] for r in rows]
+    if len(set(names)) < len(names):  # (`compare i7 i7`, or i7 and its file: one row twice)
+        raise OrgError(f"compare: {next(n for n in names if names.count(n) > 1)} is named twice; name each program once")
     check_comparable(rows)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "spec"} for r in rows], indent=2))

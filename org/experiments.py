@@ -26,7 +26,7 @@ import zlib
 from collections import Counter
 
 from org import OrgError
-from org.commit_checks import code_refusal
+from org.commit_checks import code_refusal, kilobytes
 from org.improve import built_on_withdrawn, check_try, config, decide_ready, draw_seeds, frontier, merged_try
 from org.lab import Lab, child_env
 from org.ledger import FINISHED, SECRET_SEEDS, Ledger
@@ -191,7 +191,7 @@ def refusal(lab: Lab, program: Program, base: str, commit: str, overrides: dict)
         return f"override {owned}"
     carried = len(zlib.compress(json.dumps(overrides).encode(), 9)) if overrides else 0  # a string value could hold weights
     if carried > program.max_change_kb * 1024:
-        return f"the overrides carry {carried / 1024:.0f} KB (compressed), more than max_change_kb: {program.max_change_kb:g}"
+        return f"the overrides carry {kilobytes(carried)} (compressed), more than max_change_kb: {program.max_change_kb:g}"
     return code_refusal(lab, base, commit, program.protected, program.max_change_kb)
 
 

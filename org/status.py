@@ -29,7 +29,10 @@ def add_status_command(sub):
 
 
 def refresh_seconds(text: str) -> float:
-    seconds = float(text)  # ValueError: argparse says "invalid refresh_seconds value"
+    try:
+        seconds = float(text)
+    except ValueError:  # (argparse's own line named the function: "invalid refresh_seconds value")
+        seconds = float("nan")
     if not 0.1 <= seconds <= 3600:
         raise argparse.ArgumentTypeError(f"{text}: expected seconds from 0.1 to 3600")
     return seconds

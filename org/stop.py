@@ -36,7 +36,10 @@ def add_stop_command(sub):
 
 
 def wait_seconds(text: str) -> float:
-    seconds = float(text)  # ValueError: argparse says "invalid wait_seconds value"
+    try:
+        seconds = float(text)
+    except ValueError:  # (argparse's own line named the function: "invalid wait_seconds value")
+        seconds = float("nan")
     if not 0 <= seconds <= 3600:  # (nan and -1 were taken)
         raise argparse.ArgumentTypeError(f"{text}: expected seconds from 0 to 3600")
     return seconds

@@ -179,7 +179,8 @@ def program_path(arg: str, lab: Lab) -> Path:
                 raise OrgError(f"{arg}: a program file in an agent's worktree is the agent's to write; "
                                f"name the lab's ({lab.root / 'programs'}/<name>.yaml)")
             return candidate
-    raise OrgError(f"no program file {arg!r} (nor {lab.root / 'programs' / (arg + '.yaml')})")
+    nor = "" if arg.endswith((".yaml", ".yml")) else f" (nor {lab.root / 'programs' / (arg + '.yaml')})"
+    raise OrgError(f"no program file {arg!r}{nor}")
 
 
 def check_unchanged(path: Path, started: dict, now: dict):
@@ -281,7 +282,9 @@ def open_site(arg: str | None) -> ProgramSite:
     lab = Lab.open(root)
     try:
         path = program_path(arg, lab)
-    except OrgError:  # no file: the program the ledger recorded
+    except OrgError:  # no file (or an agent's): the program the ledger recorded
+        if not ledger_path(root / ".lab" / arg).exists():
+            raise  # (a link into a worktree was "no programs/NAME.yaml", beside the file)
         path = None
     finally:
         lab.close()

@@ -405,6 +405,8 @@ def test_org_compare_puts_two_orgs_progress_on_one_question_in_one_table(tmp_pat
     assert rows["climb-chief"]["org"] == "chief: boss (scripted), junior (scripted)"
     table = subprocess.run(org + ["compare", "climb", "climb-chief"], cwd=root, capture_output=True, text=True)
     assert table.returncode == 0 and "climb-chief" in table.stdout and "-0.0300" in table.stdout
+    twice = subprocess.run(org + ["compare", "climb", "programs/climb.yaml"], cwd=root, capture_output=True, text=True)
+    assert twice.stderr.strip().splitlines() == ["org: compare: climb is named twice; name each program once"]
     refused = subprocess.run(org + ["compare", "climb", "climb-3"], cwd=root, capture_output=True, text=True)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines() == ["org: compare: climb-3's budget.seeds differs from climb's: "

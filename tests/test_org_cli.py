@@ -289,6 +289,8 @@ def test_totals_are_fixed_at_start_and_change_only_through_a_logged_org_budget(m
     assert main(["submit", "tiny", "--arm", "lr2", "--set", "matrix_lr=0.01"]) == 0  # file and program agree
     assert main(["budget", "tiny", "total_compute_seconds=99999", "--who", "bo"]) == 0  # (it was logged again)
     assert "budget.total_compute_seconds is 99999 already: nothing changed, nothing logged" in capsys.readouterr().out
+    assert main(["budget", "tiny", "total_llm_dollars=-0"]) == 0  # (said "is -0 already")
+    assert "budget.total_llm_dollars is 0 already" in capsys.readouterr().out
     with Ledger(root / ".lab" / "tiny" / "ledger.sqlite") as ledger:
         assert ledger.budget("tiny")["total_compute_seconds"] == 99999
         [change] = ledger.budget_changes("tiny")
@@ -321,6 +323,8 @@ def test_org_extend_adds_seeds_to_every_arm_of_a_finished_comparison_logged(make
     assert main(["run", "tiny"]) == 0
     for bad, says in [("1", "--seeds 1: seed 1 is already used (it has [0, 1])"),
                       ("2,x", "--seeds 2,x: expected seeds as integers"),
+                      ("13_000", "--seeds 13_000: expected seeds as integers"),  # int() takes both of these
+                      ("\u0661\u0662", "expected seeds as integers"),  # Arabic-Indic digits: int() reads 12
                       ("2,2", "--seeds 2,2: expected new seeds, each once, from 0 to 2**63-1")]:
         assert main(["extend", "tiny", "--seeds", bad]) == 2
         assert says in one_line_error(capsys)
@@ -483,6 +487,9 @@ def test_arguments_that_are_not_utf8_the_wrong_shape_or_out_of_range(make_projec
     with pytest.raises(SystemExit, match="2"):  # a usage error, said by the parser
         main(["status", "tiny", "--watch", "--every", "-1"])
     assert "--every: -1: expected seconds from 0.1 to 3600" in one_line_error(capsys)
+    with pytest.raises(SystemExit, match="2"):  # (was "invalid refresh_seconds value: 'often'")
+        main(["status", "tiny", "--watch", "--every", "often"])
+    assert "--every: often: expected seconds from 0.1 to 3600" in one_line_error(capsys)
     assert main(["status", "tiny"]) == 0  # a program with no agents (org run's) has a status too
     monkeypatch.setenv("USER", "\x1b[31m" + "u" * 150)  # (the default --who: this read was refused for it)
     assert main(["budget", "tiny"]) == 0
@@ -654,6 +661,10 @@ def test_org_in_an_agents_worktree_reads_the_labs_state_not_what_the_agent_plant
     assert " lr " in shown and "forged" not in shown
     assert main(["submit", "evil.yaml", "--arm", "y"]) == 2
     assert "evil.yaml: a program file in an agent's worktree is the agent's to write" in one_line_error(capsys)
+    (root / "programs" / "wt.yaml").symlink_to(tree / "evil.yaml")  # (status said "no programs/wt.yaml")
+    for argv in (["status", "wt"], ["mail", "board", "--program", "wt"]):  # (mail read the agent's file)
+        assert main(argv) == 2
+        assert "wt: a program file in an agent's worktree is the agent's to write" in one_line_error(capsys)
 
 
 def test_a_lock_or_folder_of_the_harness_damaged_by_hand_is_one_line(make_project, capsys):
@@ -674,7 +685,8 @@ def test_a_lock_or_folder_of_the_harness_damaged_by_hand_is_one_line(make_projec
 
 
 def test_a_stop_waits_a_number_of_seconds(capsys):
-    for bad in ("nan", "-1", "inf"):  # (each was taken: nan waited for nothing, and said nothing)
+    for bad in ("nan", "-1", "inf", "abc"):  # (each was taken: nan waited for nothing, and said nothing;
+        # abc was "invalid wait_seconds value", the name of a function in our source)
         with pytest.raises(SystemExit) as stopped:
             main(["stop", "tiny", "--timeout", bad])
         assert stopped.value.code == 2 and f"--timeout: {bad}: expected seconds from 0 to 3600" in capsys.readouterr().err
@@ -688,7 +700,7 @@ def test_a_program_started_from_a_file_outside_programs_is_named_by_its_name(mak
     from org.workspace import open_program
     root = make_project(tiny_program(org={"agents": [{"name": "a"}]}))
     assert main(["mail", "board", "--program", "nosuch"]) == 2
-    assert "no program 'nosuch': no programs/nosuch.yaml and no ledger" in one_line_error(capsys)
+    assert "no program file 'nosuch' (nor " in one_line_error(capsys)
     (root / "programs" / "tiny.yaml").rename(root / "elsewhere.yaml")
     open_program(str(root / "elsewhere.yaml"), root)
     assert main(["mail", "board", "--program", "tiny"]) == 0
@@ -707,7 +719,8 @@ def test_a_program_started_from_a_file_outside_programs_is_named_by_its_name(mak
     assert f"edit {root / 'elsewhere.yaml'} to match" in capsys.readouterr().out
     # a file named by --program is that file (it said programs/gone.yaml.yaml)
     assert main(["mail", "board", "--program", "gone.yaml", "--as", "a"]) == 2
-    assert "org: gone.yaml: cannot read program file" in one_line_error(capsys)
+    said = one_line_error(capsys)
+    assert "org: no program file 'gone.yaml'" in said and ".yaml.yaml" not in said
 
 
 def test_a_tmux_folder_that_is_a_file_is_no_grid_to_stop(make_project, monkeypatch, tmp_path, capsys):

@@ -725,3 +725,5 @@ def test_overrides_carry_no_weights_either(lab):
     assert refusal(lab, program, base, base, {"note": "x" * 100_000}) is None  # compresses to nothing
     blob = base64.b64encode(os.urandom(80_000)).decode()  # 80 KB of weights, 107 KB of text
     assert refusal(lab, program, base, base, {"note": blob}).startswith("the overrides carry 79 KB (compressed)")
+    tight = program.model_copy(update={"max_change_kb": 0.0001})  # (said "0 KB ..., more than max_change_kb: 0.0001")
+    assert refusal(lab, tight, base, base, {"note": "x"}).startswith("the overrides carry 0.0")

@@ -222,19 +222,14 @@ def run_tool(program, agent: str, root: Path, name: str, arguments: dict) -> tup
 
 
 def _who(args, need_agent: bool = True):
-    from org.program import load_program
     from org.workspace import lab_root
     if not args.program:
         raise OrgError("which program? pass --program or set NANOLAB_PROGRAM")
     if need_agent and not args.agent:
         raise OrgError("which agent? pass --as NAME or set NANOLAB_AGENT")
+    from org.workspace import open_site
+    program = open_site(args.program).program  # (its file, never one in a worktree, else its ledger's)
     root = lab_root()
-    given = Path(args.program)
-    from org.workspace import as_started, recorded_program, started_spec
-    named = given.is_file() or "/" in args.program or args.program.endswith((".yaml", ".yml"))  # (a file's name)
-    path = given if named else root / "programs" / f"{args.program}.yaml"
-    program = load_program(path) if named or path.is_file() else recorded_program(root, args.program)  # (else: started elsewhere)
-    program = as_started(program, started_spec(root, program.name))
     if need_agent:  # the tools act as this agent (sender of its mail, author of its experiments)
         from org.agents.roles import agent_entry
         try:
