@@ -101,13 +101,18 @@ class BackgroundRunner:
             raise self.errors[0]
 
     def _loop(self):
+        """Holds the queue throughout, as `org serve` does (its drains nest): a drain that took the
+        lock afresh each time found it still held by a child forked meanwhile by the agent's
+        thread at SCHED_IDLE, in this process, not yet at its exec on a loaded machine."""
+        from org.recovery import one_runner
         from org.runner import Runner
         lab = Lab.open(self.root)
         try:
-            while not self.stopping.is_set():
-                Runner(lab, self.program, lab.state_dir(self.program.name) / "ledger.sqlite",
-                       say=lambda *a: None).drain()
-                time.sleep(0.1)
+            with one_runner(lab.state_dir(self.program.name)):
+                while not self.stopping.is_set():
+                    Runner(lab, self.program, lab.state_dir(self.program.name) / "ledger.sqlite",
+                           say=lambda *a: None).drain()
+                    time.sleep(0.1)
         except BaseException as e:
             self.errors.append(e)
         finally:

@@ -731,7 +731,9 @@ def test_the_causality_probes_worker_is_held_to_the_base_too(lab):
     b["env"] = {**b["env"], "NUMBA_CACHE_DIR": str(lab["root"] / "kernels-b")}  # (as the runner names it)
     out = measure_run({**job(lab, code=code), "workers": {**job(lab, code=code)["workers"], "b": b}},
                       evaluator_env(lab["root"] / "harness-cache", {"OMP_NUM_THREADS": "1"}), 300)
-    assert out.get("invalid", "").startswith("its model's construction, checkpoint loads and replayed steps took longer"), out
+    # (its scored passes may read over too, on a machine another process loads as the yardstick times the base's)
+    assert re.match(r"its model's construction, checkpoint loads and replayed steps (and its model's scored forward "
+                    r"passes \(per FLOP\) )?took longer", out.get("invalid", "")), out
 
 
 def test_the_curves_passes_do_not_water_down_the_scored_passes_time_ratio(lab):

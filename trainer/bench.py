@@ -235,7 +235,7 @@ def make_step(impl, cfg, device, x, y, matmul="fp32"):
     from tests.reference.torch_gpt import TorchGPT, make_torch_optimizer
     ref = TorchGPT(cfg.to_dict(), dtype=torch.float32, fast=True, device=device)
     ref.load_numpy(model.state_numpy())
-    del model
+    model = None  # (its arrays freed; `del` would unbind the name the nanolab branch's step closes over)
     opt = make_torch_optimizer(ref, cfg.to_dict(), fused=True)
     forward = torch.compile(ref.forward) if impl == "torch-compile" else ref.forward
     on_gpu = device == "cuda"
