@@ -718,7 +718,9 @@ def test_a_forward_pass_that_works_then_fails_on_the_curve_is_timed_too(lab):
                          "            return logits")) + "\n_LOADS = [0]\n")
     out = measure(lab, timeout=300, run_dir=snapshots_of_its_checkpoint(lab, "curve-fails", (1, 2)), snapshot_every=1,
                   code=code)
-    assert out.get("invalid", "").startswith("its model's scored forward passes (per FLOP) took longer"), out
+    # (its other calls may read over too, on a machine another process loads as the yardstick times the base's)
+    assert re.match(r"(its model's construction, checkpoint loads and replayed steps and )?its model's scored forward "
+                    r"passes \(per FLOP\) took longer", out.get("invalid", "")), out
 
 
 def test_the_causality_probes_worker_is_held_to_the_base_too(lab):
