@@ -102,8 +102,9 @@ class BackgroundRunner:
 
     def _loop(self):
         """Holds the queue throughout, as `org serve` does (its drains nest): a drain that took the
-        lock afresh each time found it still held by a child forked meanwhile by the agent's
-        thread at SCHED_IDLE, in this process, not yet at its exec on a loaded machine."""
+        lock afresh each time once found it held, on a loaded machine. Likeliest (not reproduced):
+        a child that the agent's thread at SCHED_IDLE forked in this process, not yet at its exec,
+        held a copy of the lock's file."""
         from org.recovery import one_runner
         from org.runner import Runner
         lab = Lab.open(self.root)
