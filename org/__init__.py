@@ -133,6 +133,20 @@ class OrgError(Exception):
     """A problem the user can fix: the CLI prints it as one line and exits non-zero."""
 
 
+def seconds_flag(low: float, high: float):
+    """An argparse type: seconds from `low` to `high`. nan, inf and words are refused with the range
+    (argparse's own line on a ValueError named our function: "invalid wait_seconds value")."""
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:  # (nan fails too)
+            raise argparse.ArgumentTypeError(f"{text}: expected seconds from {low:g} to {high:g}")
+        return value
+    return seconds
+
+
 class OneLineParser(argparse.ArgumentParser):
     """A usage error is one line, like every other error."""
 

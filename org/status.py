@@ -5,14 +5,13 @@ pane runs `org status --watch`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from collections import Counter
 from pathlib import Path
 
-from org import pid_alive, shown
+from org import pid_alive, seconds_flag, shown
 from org.experiments import held_for_checks, stuck_for_budget, waiting_for_budget
 from org.launch import RUNNER, TAKEN_OVER, WAITING_TOOLS, finished_before
 from org.improve_story import frontier_line
@@ -24,18 +23,8 @@ def add_status_command(sub):
     p = sub.add_parser("status", help="agents, runs, spend and verdicts of a launched program")
     p.add_argument("program", nargs="?", help="default: the one program running here")
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    p.add_argument("--every", type=refresh_seconds, default=2.0, help="seconds between refreshes")
+    p.add_argument("--every", type=seconds_flag(0.1, 3600), default=2.0, help="seconds between refreshes")
     p.set_defaults(func=cmd_status)
-
-
-def refresh_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:  # (argparse's own line named the function: "invalid refresh_seconds value")
-        seconds = float("nan")
-    if not 0.1 <= seconds <= 3600:
-        raise argparse.ArgumentTypeError(f"{text}: expected seconds from 0.1 to 3600")
-    return seconds
 
 
 def cmd_status(args) -> int:

@@ -5,14 +5,13 @@ Branches, ledger, mail and transcripts stay, so `org launch` again resumes.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-from org import OrgError
+from org import OrgError, seconds_flag
 from org.recovery import one_runner
 from org.agents.control import Control
 from org.lab import Lab, agent_branch, branch_owner, child_env
@@ -26,23 +25,13 @@ from org.workspace import ProgramSite, open_site
 def add_stop_command(sub):
     p = sub.add_parser("stop", help="stop a program's agents and runner; keep branches, ledger, transcripts")
     p.add_argument("program")
-    p.add_argument("--timeout", type=wait_seconds, default=STOP_SECONDS, help="seconds to wait for safe points")
+    p.add_argument("--timeout", type=seconds_flag(0, 3600), default=STOP_SECONDS, help="seconds to wait for safe points")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("clean", help="remove a stopped program's worktrees and agent branches (the ledger and "
                        "the commits it names stay)")
     p.add_argument("program")
     p.set_defaults(func=cmd_clean)
-
-
-def wait_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:  # (argparse's own line named the function: "invalid wait_seconds value")
-        seconds = float("nan")
-    if not 0 <= seconds <= 3600:  # (nan and -1 were taken)
-        raise argparse.ArgumentTypeError(f"{text}: expected seconds from 0 to 3600")
-    return seconds
 
 
 def cmd_stop(args) -> int:
