@@ -74,6 +74,7 @@ import json
 import os
 import platform
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -145,8 +146,7 @@ class Sandbox:
         """The box as plain data, to make the same box elsewhere (a cluster's job: org/cluster.py)."""
         return {"writable": [str(p) for p in self.writable], "readonly": [str(p) for p in self.readonly],
                 "hidden": [str(p) for p in self.hidden], "frozen": [str(p) for p in self.frozen],
-                "net": self.net, "gpu": self.gpu, "limits": asdict(self.limits),
-                "sockets": [str(p) for p in self.sockets],
+                "net": self.net, "gpu": self.gpu, "limits": asdict(self.limits), "sockets": [str(p) for p in self.sockets],
                 "unix_sockets": self.unix_sockets, "sourceless_stdlib": self.sourceless_stdlib, "env": self.env}
 
     @classmethod
@@ -260,9 +260,23 @@ class Sandbox:
     def popen(self, argv: list[str], cwd, env: dict, preexec_fn=None, **kwargs) -> subprocess.Popen:
         """Start argv in the box. The Popen is bwrap's (kill it and the box goes); .inner_pid is
         the command's own pid, the one to send a SIGTERM it can catch; cpu_seconds(it) is the CPU
-        time of everything the box has run so far."""
+        time of everything the box has run so far. Made again where bwrap failed to: a host socket
+        it masks (host_sockets) went away before bwrap's bind ("Can't mkdir parents ...")."""
+        for attempt in range(1, START_TRIES + 1):
+            proc = self.start(argv, cwd, env, preexec_fn, kwargs)
+            if proc.began or attempt == START_TRIES:
+                return proc
+            proc.kill()  # (bwrap: ended already, or ending, the pipe's last holder)
+            proc.wait()
+            end_box(proc)
+            for pipe in filter(None, (proc.stdin, proc.stdout, proc.stderr)):
+                pipe.close()
+            time.sleep(0.2 * attempt)
+
+    def start(self, argv: list[str], cwd, env: dict, preexec_fn, kwargs: dict) -> subprocess.Popen:
         read, write = os.pipe()
-        alive, held = harness_alive()
+        alive, held = box_pipe()  # (the harness holds its end while it lives)
+        begins, begun = box_pipe(box_writes=True)
 
         def before_exec():
             self.set_limits()
@@ -271,19 +285,20 @@ class Sandbox:
         groups, wrapped = [], []
         try:
             groups = box_cgroups(self.limits)
-            wrapped = self.command(["bash", "-c", ALIVE_CHECK.format(fd=alive), "nanolab-box", *argv], cwd, env,
-                                   info_fd=write, groups=groups)
-            proc = subprocess.Popen(wrapped, pass_fds=(write, alive), preexec_fn=before_exec, **kwargs)
+            wrapped = self.command(["bash", "-c", ALIVE_CHECK.format(fd=alive, began=begins), "nanolab-box", *argv],
+                                   cwd, env, info_fd=write, groups=groups)
+            proc = subprocess.Popen(wrapped, pass_fds=(write, alive, begins), preexec_fn=before_exec, **kwargs)
         except BaseException:  # (no box: a link in a writable tree, say; its groups, device copies and pipes go now)
             drop(groups)
             hostfiles.forget(wrapped)
-            os.close(read)
-            os.close(held)
+            for fd in (read, held, begun):
+                os.close(fd)
             raise
         finally:
-            os.close(write)
-            os.close(alive)
-        weakref.finalize(proc, os.close, held)
+            for fd in (write, alive, begins):
+                os.close(fd)
+        for fd in (held, begun):  # (begun: open while the box lives, as a write to a closed pipe would kill it)
+            weakref.finalize(proc, os.close, fd)
         with os.fdopen(read, "rb") as info:  # bwrap writes it once the namespaces exist
             try:
                 proc.inner_pid = json.loads(info.read().decode() or "{}").get("child-pid", proc.pid)
@@ -293,6 +308,7 @@ class Sandbox:
         proc.cpu_group = next((g for g in groups if metered and g.is_relative_to(metered)), None)
         proc.box_groups = groups
         watch(proc, self.writable, self.limits)  # proc.stopped: why the harness killed it, if it did
+        proc.began = began(begun)
         return proc
 
     def set_limits(self):
@@ -356,17 +372,27 @@ def end_box(proc: subprocess.Popen, tries: int = 100):
 # ran on, its parent gone, its command never timed out nor metered (CI saw an agent's box outlive
 # the agent). By the time this runs every such signal is armed, so a parent alive now is one whose
 # death will end the box; a dead one has closed the pipe's other end, which reads as input here.
-ALIVE_CHECK = 'if read -r -t 0 -u {fd}; then exit 125; fi; exec {fd}<&-; exec "$@"'
+# Then it tells the harness that the box was made (`began`), or runs nothing: a box made again must not run it twice.
+ALIVE_CHECK = 'if read -r -t 0 -u {fd}; then exit 125; fi; exec {fd}<&-; echo >&{began} || exit 125; exec {began}>&-; exec "$@"'
+START_TRIES, BEGIN_WAIT = 3, 30.0
 
 
-def harness_alive() -> tuple[int, int]:
-    """(the end the box reads, the end the harness holds while it lives), above the descriptors
-    the box's shell opens (Sandbox.command: 8, 9)."""
+def began(begun: int) -> bool:
+    """Whether a box's command began (ALIVE_CHECK's line). The pipe's end without one: bwrap failed to make
+    the box, and ended. No word in BEGIN_WAIT seconds (a box made slowly at idle priority): taken as begun."""
+    ready, _, _ = select.select([begun], [], [], BEGIN_WAIT)
+    return not ready or os.read(begun, 1) == b"\n"
+
+
+def box_pipe(box_writes: bool = False) -> tuple[int, int]:
+    """(the box's end of a pipe, the harness's), the box's above the descriptors the box's shell
+    opens (Sandbox.command: 8, 9)."""
     read, write = os.pipe()
+    box, harness = (write, read) if box_writes else (read, write)
     try:
-        return fcntl.fcntl(read, fcntl.F_DUPFD_CLOEXEC, 10), write
+        return fcntl.fcntl(box, fcntl.F_DUPFD_CLOEXEC, 10), harness
     finally:
-        os.close(read)
+        os.close(box)
 
 # --- unix sockets: none of the host's ----------------------------------------------------
 
