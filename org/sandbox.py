@@ -374,19 +374,19 @@ def end_box(proc: subprocess.Popen, tries: int = 100):
 # death will end the box; a dead one has closed the pipe's other end, which reads as input here.
 # Then it tells the harness that the box was made (`began`), or runs nothing: a box made again must not run it twice.
 ALIVE_CHECK = 'if read -r -t 0 -u {fd}; then exit 125; fi; exec {fd}<&-; echo >&{began} || exit 125; exec {began}>&-; exec "$@"'
-START_TRIES, BEGIN_WAIT = 3, 30.0
+START_TRIES, BEGIN_WAIT = 5, 30.0
 
 
 def began(begun: int) -> bool:
     """Whether a box's command began (ALIVE_CHECK's line). The pipe's end without one: bwrap failed to make
     the box, and ended. No word in BEGIN_WAIT seconds (a box made slowly at idle priority): taken as begun."""
-    ready, _, _ = select.select([begun], [], [], BEGIN_WAIT)
-    return not ready or os.read(begun, 1) == b"\n"
+    poll = select.poll()  # (not select(): a harness with many files open has descriptors past 1024)
+    poll.register(begun, select.POLLIN)
+    return not poll.poll(BEGIN_WAIT * 1000) or os.read(begun, 1) == b"\n"
 
 
 def box_pipe(box_writes: bool = False) -> tuple[int, int]:
-    """(the box's end of a pipe, the harness's), the box's above the descriptors the box's shell
-    opens (Sandbox.command: 8, 9)."""
+    """(the box's end of a pipe, the harness's), the box's above its shell's own (Sandbox.command: 8, 9)."""
     read, write = os.pipe()
     box, harness = (write, read) if box_writes else (read, write)
     try:
