@@ -56,6 +56,9 @@ def one_runner(state_dir: Path, wait: float = 0.0):
             yield
         finally:
             HELD.discard(state_dir)
+            # (let go of, not only closed: a child forked meanwhile holds a copy of the file until its
+            # exec, which kept the lock, and this process's next drain met "another runner (pid <its own>)")
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def locked(lock) -> bool:

@@ -101,10 +101,10 @@ class BackgroundRunner:
             raise self.errors[0]
 
     def _loop(self):
-        """Holds the queue throughout, as `org serve` does (its drains nest): a drain that took the
-        lock afresh each time once found it held, on a loaded machine. Likeliest (not reproduced):
-        a child that the agent's thread at SCHED_IDLE forked in this process, not yet at its exec,
-        held a copy of the lock's file."""
+        """Holds the queue throughout, as `org serve` does (its drains nest). A drain that took the
+        lock afresh each time once found it held on a loaded machine: a child the agent's thread
+        forked in this process, not yet at its exec, held a copy of the lock's file (reproduced in
+        tests/test_recovery.py; one_runner now lets go of the lock before it closes the file)."""
         from org.recovery import one_runner
         from org.runner import Runner
         lab = Lab.open(self.root)

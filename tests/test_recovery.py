@@ -183,6 +183,27 @@ def test_a_second_runner_of_a_program_is_refused_in_one_line(make_project, capsy
         assert subprocess.run(ORG_RUN, cwd=root, capture_output=True, text=True).returncode == 2  # (and no one else's)
 
 
+def test_a_queue_let_go_of_is_free_though_a_child_forked_meanwhile_has_not_yet_started(tmp_path):
+    """A test's runner in a thread, beside an agent whose tool calls start boxes, took the queue
+    afresh for each drain and met "another runner (pid <its own>)": a child forked while the
+    queue was held keeps a copy of every open file until its exec (after its preexec_fn: a box's
+    limits, SCHED_IDLE, slow under load), the lock's too."""
+    forked, go = os.pipe()
+    child = {}
+    with one_runner(tmp_path):
+        starting = threading.Thread(target=lambda: child.setdefault("proc", subprocess.Popen(
+            ["true"], preexec_fn=lambda: (os.write(go, b"x"), time.sleep(1)))))
+        starting.start()
+        assert os.read(forked, 1) == b"x"  # the child holds its copy of the lock's file now
+    try:
+        with one_runner(tmp_path):  # (old: "another runner (pid <this one>) is running ...'s queue")
+            assert starting.is_alive()  # (the child had not exec'd yet)
+    finally:
+        starting.join()
+        child["proc"].wait()
+        os.close(forked), os.close(go)
+
+
 def test_a_run_killed_for_time_whose_runner_died_before_it_recorded_that_is_killed_not_run_again(make_project):
     """A trainer past run_timeout_seconds that wrote nothing in its grace is SIGKILLed; a runner
     that died before it recorded that left the run claimed, and its recovery put it back in the
