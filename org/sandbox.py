@@ -263,7 +263,7 @@ class Sandbox:
         time of everything the box has run so far. Made again where bwrap failed to: a host socket
         it masks (host_sockets) went away before bwrap's bind ("Can't mkdir parents ...")."""
         for attempt in range(1, START_TRIES + 1):
-            proc = self.start(argv, cwd, env, preexec_fn, kwargs)
+            proc = self.start_once(argv, cwd, env, preexec_fn, kwargs)
             if proc.began or attempt == START_TRIES:
                 return proc
             proc.kill()  # (bwrap: ended already, or ending, the pipe's last holder)
@@ -273,7 +273,7 @@ class Sandbox:
                 pipe.close()
             time.sleep(0.2 * attempt)
 
-    def start(self, argv: list[str], cwd, env: dict, preexec_fn, kwargs: dict) -> subprocess.Popen:
+    def start_once(self, argv: list[str], cwd, env: dict, preexec_fn, kwargs: dict) -> subprocess.Popen:
         read, write = os.pipe()
         alive, held = box_pipe()  # (the harness holds its end while it lives)
         begins, begun = box_pipe(box_writes=True)
