@@ -266,11 +266,17 @@ def test_the_file_tools_write_nothing_into_the_disks_reserve_nor_past_an_agents_
     100 MB under what is free."""
     _, _, tools, _ = two_agents
     tools.call("write_file", {"path": "small.txt", "content": "ONCE"})
-    tools.ws.box = tools.ws.box.with_extra(disk_reserve=shutil.disk_usage(tools.ws.root).free - (100 << 20))
-    outputs = [tools.call("write_file", {"path": f"blob{i}", "content": "x" * (4 << 20)}).output for i in range(50)]
-    refused = [o for o in outputs if "the harness keeps the last" in o]
-    assert refused and "delete files to go on" in refused[0], outputs[-1]
-    assert sum(p.stat().st_size for p in tools.ws.root.glob("blob*")) <= 100 << 20
+    reserve = shutil.disk_usage(tools.ws.root).free - (100 << 20)
+    tools.ws.box = tools.ws.box.with_extra(disk_reserve=reserve)
+    for i in range(50):
+        output = tools.call("write_file", {"path": f"blob{i}", "content": "x" * (4 << 20)}).output
+        if "the harness keeps the last" in output:
+            break
+    free = shutil.disk_usage(tools.ws.root).free
+    assert "delete files to go on" in output and i < 40, (i, output)
+    # it stopped one write short of the reserve, the disk as it stood then. (Not the sum of what it
+    # wrote: another test's files come and go on the same disk meanwhile; CI's freed 24 MB once.)
+    assert 0 <= free - reserve < 4 << 20, (free - reserve) / 2**20
     grown = tools.call("edit_file", {"path": "small.txt", "old_text": "ONCE", "new_text": "y" * (6 << 20)}).output
     assert "the harness keeps the last" in grown and (tools.ws.root / "small.txt").read_text() == "ONCE", grown
 
