@@ -220,10 +220,10 @@ def test_a_runs_box_starts_whatever_host_socket_goes_away_as_it_starts(monkeypat
 
 
 def test_a_box_that_masks_sockets_is_made_again_when_one_goes_away_as_it_starts(monkeypatch):
-    """A CLI's box (it reaches its port through a socket) failed to start once in a loaded test run,
-    another test's tmux server gone between the scan and bwrap's bind; its agent was restarted by
-    its keeper. An agent's command box the same: the command failed with bwrap's line. Every box
-    is now made again when bwrap failed to make it, its command not yet run."""
+    """A CLI's box (it reaches its port through a socket, so it masks the host's) failed to start
+    once in a loaded test run, another test's tmux server gone between the scan and bwrap's bind;
+    its keeper restarted the agent. A box is now made again when bwrap failed to make it, its
+    command not yet run."""
     from org import sandbox
     gone = Path(f"/var/tmp/nanolab-gone-{os.getpid()}/tmux-0/default")
     calls = []
