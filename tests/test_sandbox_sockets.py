@@ -232,6 +232,15 @@ def test_a_box_that_masks_sockets_is_made_again_when_one_goes_away_as_it_starts(
     assert len(calls) == 2
 
 
+def test_a_boxs_command_holds_none_of_the_harnesss_pipes():
+    """The box's first step holds two pipes of the harness's: the one that says the harness lives,
+    and the one it says the box began on. A command that kept the second could write a line of
+    its own there; it holds neither, nor bwrap's info and filter descriptors: only 0, 1 and 2."""
+    listing = "import os; print(*sorted(int(fd) for fd in os.listdir('/proc/self/fd')))"
+    fds = boxed(Sandbox(), [sys.executable, "-c", listing]).split()
+    assert fds[:3] == ["0", "1", "2"] and len(fds) == 4, fds  # (the fourth: the listing's own)
+
+
 def test_a_box_whose_command_fails_at_once_is_not_run_twice(tmp_path):
     """Only a box bwrap could not make is made again: a command that began, whatever it did, ran once."""
     log = tmp_path / "ran"
