@@ -60,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+from org import python_text
 from org.checkpoints import MAX_CHECKPOINT_BYTES, check_precision, read_checkpoint
 from org.recount import recount
 from org.remote import Invalid, RemoteModel, Worker, Yardstick
@@ -69,8 +70,9 @@ CAUSAL_TOLERANCE = 1e-3  # nats a log-probability at positions <= t may move (ro
 REPLAY_STEPS = 2
 # the experiment worker's time against the base's: its calls but forward passes (x3), its scored
 # forward passes together per FLOP (x2.5, the referee's bar for their ratio: org/confounds.py), and
-# a grace for them all, for a commit that changed its kernels, whose worker compiles them at
-# construction or first use (7-14 s on 2 cores; 5 s made it invalid in CI)
+# a grace for them all (a job's setup_grace: budget.measure_grace_seconds), for a commit that changed
+# its kernels, whose worker compiles them at construction or first use (7-14 s on 2 cores; 5 s made
+# it invalid in CI)
 SETUP_FACTOR, SCORED_FACTOR, SETUP_GRACE = 3, 2.5, 30.0
 MAX_CURVE_POINTS = 1000  # snapshots scored for a run's learning curve at most
 SNAPSHOT_NAME = re.compile(r"step-([0-9]{8,})\.npz")  # trainer/checkpoint.py's save_snapshot: step-%08d.npz
@@ -81,6 +83,8 @@ SAME_DISTRIBUTION_P = 1e-4  # a redrawn tensor whose two-sample KS p-value falls
 def main() -> int:
     job = json.load(sys.stdin)
     signal.alarm(int(job.get("deadline_seconds", 0)))  # ends us (and, by PDEATHSIG, our workers) even if the runner died
+    if job.get("python_text"):  # what the runner found of this machine's Python text: its workers' boxes hide it
+        python_text.adopt(job["python_text"])
     base = Path(job["base_code"]).resolve()
     sys.path.insert(0, str(base))
     import trainer
@@ -177,7 +181,7 @@ def measure_experiment(job: dict, params: dict, meta_step: int, cfg, data, fpt: 
                                      lambda snapshot: loads.append(base.load_allowance(snapshot)) or remote_at(worker, snapshot, V, base))
     prober = probe_causality(job, params, model.kept, V)
     ratio = base.time_ratio(fpt)
-    check_unpaid_time(worker, base, base_replay + sum(loads), fpt, prober)
+    check_unpaid_time(worker, base, base_replay + sum(loads), fpt, prober, job.get("setup_grace", SETUP_GRACE))
     from org.kernelcache import same_kernels  # (else each of its runs compiled them: CPU time on its clock)
     return {**out, "forward": "experiment", "causal": True, "forward_time_ratio": ratio,
             "own_kernels": not same_kernels(Path(job["base_code"]), Path(job["workers"]["a"]["code"]))}
@@ -230,7 +234,8 @@ def base_model(cfg, job: dict, params: dict):
     return model
 
 
-def check_unpaid_time(worker: Worker, base: Yardstick, base_other: float, fpt: float, prober: Worker | None = None):
+def check_unpaid_time(worker: Worker, base: Yardstick, base_other: float, fpt: float, prober: Worker | None = None,
+                      grace: float = SETUP_GRACE):
     """Compute in the experiment's worker that no budget paid for and no time ratio shows: a
     model that builds a table from what text its box still reads (org/sourceless.py hides the
     most of it) as its checkpoint is loaded, or in its first scored forward pass (the ratio is a
@@ -239,9 +244,9 @@ def check_unpaid_time(worker: Worker, base: Yardstick, base_other: float, fpt: f
     base's take (its worker's construction; `base_other`: its replay here, a base load for each
     snapshot the curve loaded; for the causality probe's worker `prober`, a construction and a
     load), its forward passes together (scored, the curve's, any that failed; the prober's, at a
-    base batch a call) SCORED_FACTOR times the base's per FLOP, and the two SETUP_GRACE seconds
-    more. (A code arm with kernels of its own compiles them in both workers: 7-14 s each on 2
-    cores, inside the grace.)"""
+    base batch a call) SCORED_FACTOR times the base's per FLOP, and the two `grace` seconds more
+    (SETUP_GRACE by default: a code arm with kernels of its own compiles them in both workers,
+    7-14 s each on 2 cores)."""
     if base.prepare_seconds is None:
         return
     setup, base_setup = worker.setup_seconds, base.prepare_seconds + base_other
@@ -253,7 +258,7 @@ def check_unpaid_time(worker: Worker, base: Yardstick, base_other: float, fpt: f
         base_scored += prober.forwards * (base_scored / len(pairs) if pairs else 0.0)
     per_flop = fpt / base.fpt
     over = [max(0.0, setup - SETUP_FACTOR * base_setup), max(0.0, scored - SCORED_FACTOR * base_scored * per_flop)]
-    if sum(over) <= SETUP_GRACE:
+    if sum(over) <= grace:
         return
     # (no seconds said: the worker times its calls as it likes, having seen the evaluation text,
     # and a reason is read by the agents: 0.1 s figures were a few bits of it each)
@@ -261,7 +266,7 @@ def check_unpaid_time(worker: Worker, base: Yardstick, base_other: float, fpt: f
     said += ["its model's scored forward passes (per FLOP)"] if over[1] else []
     raise Invalid(f"{' and '.join(said)} took longer than the base's times allow: compute at measurement that no budget "
                   f"paid for (x{SETUP_FACTOR} the base's for its other calls, x{SCORED_FACTOR} for its scored passes, "
-                  f"and {SETUP_GRACE:g}s more in all at most)")
+                  f"and {grace:g}s more in all at most)")
 
 
 def shape_diff(expected: dict, got: dict) -> str:

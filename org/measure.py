@@ -25,7 +25,7 @@ import zipfile
 from fnmatch import fnmatch
 from pathlib import Path
 
-from org import OrgError, remove_tree
+from org import OrgError, python_text, remove_tree
 from org.bytecode import source_only
 from org.cgroups import JOIN, box_cgroups, drop, existing_pool, members, oom_kills, thaw_left
 from org.reaper import process_table, set_aside, with_descendants
@@ -74,10 +74,22 @@ def job_for(program, run: dict, run_dir: Path, base_code: Path, workers: dict | 
             "snapshot_every": (train.eval_every or 0) if takes_snapshots(base_code) else None,  # (slots.train_command)
             "device": train.device, "dtype": train.dtype, "matmul": train.matmul,
             "budget_kind": kind, "budget": value,  # the run's: a multiple of the program's for a compute multiplier
-            "workers": workers,
+            "setup_grace": program.budget.measure_grace_seconds,
+            "workers": workers, "python_text": python_text_survey(workers),
             **({"split_key_file": str(split_key_file(harness_cache)), "runs_data": str(data_dir),
                 "models_data": str(models_data(data_dir)),
                 "train_probe_seed": probe_seed(harness_cache)} if harness_cache else {})}
+
+
+def python_text_survey(workers: dict | None) -> dict | None:
+    """Where the workers' boxes are a pystdlib program's, what they hide of this machine's Python
+    text as the runner found it (python_text.survey), for the evaluator to take, not find again."""
+    if not any(w["box"] and w["box"].get("sourceless_stdlib") for w in (workers or {}).values()):
+        return None
+    try:
+        return python_text.survey()
+    except Exception:  # (the evaluator's own walk then says why those boxes cannot be made)
+        return None
 
 
 def worker_command(code: Path, env: dict, box=None) -> dict:

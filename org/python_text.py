@@ -46,6 +46,25 @@ MAX_FOUND = 64  # each is a mount in every run's box
 TEXT_BYTES = 128 << 10  # of .py or archives, that make a folder Python text (gcloud's lib/: 140 MB; a module: 20 kB)
 
 
+SURVEYED: dict = {}  # what this machine's runner found (adopt), in place of each evaluator's own walk
+
+
+def survey() -> dict:
+    """What making a pystdlib box reads of this machine (other_pythons' walk of its folders, the
+    packages' metadata: about 1 s), as JSON. The runner walks once for its own boxes and hands
+    this to each evaluator, whose model workers' boxes walked again for every run (1 s of the
+    3.3 s a tiny code arm's measurement took): so a run's box and its workers' hide the same."""
+    return {"other_pythons": [[str(p) for p in found] for found in other_pythons()],
+            "editable_projects": list(editable_projects()), "site_trees": sourceless.site_survey()}
+
+
+def adopt(surveyed: dict):
+    """Take the survey this machine's runner made (survey) in place of walking again."""
+    SURVEYED["other_pythons"] = tuple(tuple(map(Path, found)) for found in surveyed["other_pythons"])
+    SURVEYED["editable_projects"] = tuple(surveyed["editable_projects"])
+    sourceless.adopt_sites(surveyed["site_trees"])
+
+
 def binds() -> tuple[list[str], list[Path]]:
     """bwrap's flags for the boxes of a program whose data is the stdlib's text (after / is
     bound): every folder at / but the system's empty, what the box needs of them bound back (at
@@ -113,9 +132,13 @@ def loaded_folders() -> list[str]:
     return sorted({os.path.dirname(line.split()[-1]) for line in maps if ".so" in line and line.split()[-1].startswith("/")})
 
 
-@functools.lru_cache(maxsize=1)
 def editable_projects() -> tuple[str, ...]:
     """The project folders of the harness's editable installs (PEP 610's direct_url.json)."""
+    return SURVEYED["editable_projects"] if "editable_projects" in SURVEYED else found_editable_projects()
+
+
+@functools.lru_cache(maxsize=1)
+def found_editable_projects() -> tuple[str, ...]:
     found = []
     for dist in importlib.metadata.distributions(path=[str(p) for p in sourceless.site_dirs()]):
         if dist.name and sourceless.normal(dist.name) == sourceless.OWN:
@@ -151,12 +174,17 @@ def needed() -> tuple[list[Path], list[Path]]:
     return sorted({Path(os.path.realpath(p)) for p in trees}), sorted({Path(os.path.realpath(p)) for p in prefixes})
 
 
-@functools.lru_cache(maxsize=1)
 def other_pythons() -> tuple[tuple[Path, ...], tuple[Path, ...], tuple[Path, ...]]:
     """(other Pythons' stdlibs, other folders of installed packages, folders of Python text) in
     what a pystdlib box sees: much the same text as the stdlib's (a worker that read Debian's
     python3.11 beside pyenv's 3.11.7 still read `better`; a 3.12 bundled with the Google Cloud
-    SDK shared 31% of 3.11's lines), and other code in its style."""
+    SDK shared 31% of 3.11's lines), and other code in its style. Found once a process: a Python
+    installed while a runner runs is hidden from the boxes of the next runner on."""
+    return SURVEYED["other_pythons"] if "other_pythons" in SURVEYED else found_other_pythons()
+
+
+@functools.lru_cache(maxsize=1)
+def found_other_pythons() -> tuple[tuple[Path, ...], tuple[Path, ...], tuple[Path, ...]]:
     roots = [Path(f"/{name}") for name in WALKED if os.path.isdir(f"/{name}") and not os.path.islink(f"/{name}")]
     for path in kept():  # (sorted: a folder before what lies in it, each walked once)
         roots += [] if any(path.is_relative_to(root) for root in roots) else [path]

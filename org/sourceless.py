@@ -94,16 +94,36 @@ def stdlib_tree() -> Path:
     return built("stdlib", key, lambda into: build(stdlib, into))
 
 
+SURVEYED_SITES: dict = {}  # {the site folders as they stood: their trees}, as the runner found them (adopt_sites)
+
+
 def site_trees() -> dict[Path, Path]:
     """{each of this interpreter's site-packages folders: its sourceless tree of what runs and
     workers import}, each built once; OSError where one cannot be built. (Read again only once a
     folder changes: a package installed or removed changes its folder of metadata.)"""
-    key = (tuple((folder, folder.stat().st_mtime_ns) for folder in site_dirs()), user_cache("site"))
-    trees = _site_trees(*key)
+    key = (site_key(), user_cache("site"))
+    trees = SURVEYED_SITES.get(key[0]) or _site_trees(*key)
     if not all(map(in_use, trees.values())):  # (a cache removed since)
+        SURVEYED_SITES.clear()
         _site_trees.cache_clear()
         trees = _site_trees(*key)
     return trees
+
+
+def site_key() -> tuple[tuple[Path, int], ...]:
+    return tuple((folder, folder.stat().st_mtime_ns) for folder in site_dirs())
+
+
+def site_survey() -> dict:
+    """site_trees() as JSON, with the folders' times it holds for (org/python_text.py's survey)."""
+    return {"key": [[str(folder), mtime] for folder, mtime in site_key()],
+            "trees": {str(site): str(tree) for site, tree in site_trees().items()}}
+
+
+def adopt_sites(survey: dict):
+    """Take the trees another process of this machine found (site_survey), while the folders stand as then."""
+    key = tuple((Path(folder), int(mtime)) for folder, mtime in survey["key"])
+    SURVEYED_SITES[key] = {Path(site): Path(tree) for site, tree in survey["trees"].items()}
 
 
 @functools.lru_cache(maxsize=4)

@@ -381,6 +381,23 @@ def test_a_program_started_under_an_older_default_keeps_it_and_runs_on(make_proj
     assert "max_change_kb: changed since the program started" in one_line_error(capsys)
 
 
+def test_a_programs_measurement_grace_is_its_evaluators_and_fixed_at_its_start(make_project, capsys):
+    """budget.measure_grace_seconds: how much longer than the base's times a code arm's model
+    workers may take when measured (the compile of kernels of its own), and so the most compute
+    at measurement an arm gets free. The runner hands it to each measurement; and like the
+    per-run budget, a started program's runs are measured under one."""
+    from org.measure import job_for
+    from org.workspace import open_site
+    root = make_project(tiny_program(budget={**tiny_program()["budget"], "measure_grace_seconds": 5}))
+    assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
+    program = open_site("tiny").program
+    run = {"overrides": "{}", "seed": 0, "budget": None}
+    assert job_for(program, run, root, root, None)["setup_grace"] == 5
+    rewrite(root, budget={**tiny_program()["budget"], "measure_grace_seconds": 60})
+    assert main(["submit", "tiny", "--arm", "lr2", "--set", "matrix_lr=0.01"]) == 2
+    assert "budget.measure_grace_seconds: changed since the program started" in one_line_error(capsys)
+
+
 def test_usage_errors_are_one_line_too(capsys):
     with pytest.raises(SystemExit) as e:
         main(["submit", "tiny"])

@@ -146,6 +146,8 @@ def test_a_top_level_list_is_not_a_program(tmp_path):
     # a CPU rlimit past a C long: the runner's box failed with a traceback, for every run, at every restart
     (("run_timeout_seconds: 30", "run_timeout_seconds: 1e18"), "budget.run_timeout_seconds: expected less than or equal to 604800"),
     (("seeds: [0, 1]", "seeds: [-1, 1]"), "budget.seeds: expected seeds from 0 to 2**63-1, got [-1, 1]"),
+    (("run_timeout_seconds: 30", "run_timeout_seconds: 30\n  measure_grace_seconds: -1"),
+     "budget.measure_grace_seconds: expected greater than or equal to 0, got -1"),
     (("name: tiny\n", "name: tiny\nname: other\n"), "malformed YAML at line 2, column 1: duplicate key 'name'"),
     (("{steps: 3}", "{steps: 3, steps: 4}"), "duplicate key 'steps'"),
     # a GPU program with no GPU named: every run failed ("no usable CUDA GPU"), one after another

@@ -883,6 +883,42 @@ def test_a_pystdlib_box_binds_back_what_it_needs_through_links_and_starts_with_a
         linked.unlink()
 
 
+def test_a_box_made_from_its_runners_survey_hides_what_it_found_and_walks_nothing(outside_tmp, monkeypatch):
+    """A pystdlib box hides this machine's other Python text, found by a walk of its folders
+    (python_text.other_pythons: about 1 s). The runner walks once and hands what it found to each
+    evaluator in its job, whose model workers' boxes walked again for every run (1 of the 3.3 s a
+    tiny code arm's measurement took). A box made from that survey hides what the survey names,
+    as JSON carried it, and makes no walk, no metadata read, no tree of its own."""
+    from org import python_text, sourceless
+    from org.measure import python_text_survey, worker_command
+    from org.sandbox import worker_box
+    text = outside_tmp / "projects" / "text"  # (in this checkout: bound back, no walk hides it)
+    for folder in (text, outside_tmp / "snapshot", outside_tmp / "data"):
+        folder.mkdir(parents=True)
+    (text / "m.py").write_text("x = 1\n")
+    box = worker_box(outside_tmp, outside_tmp / "snapshot", outside_tmp / "data", outside_tmp / "kernels", gpu=False)
+    file_box = worker_box(outside_tmp, outside_tmp / "snapshot", outside_tmp / "data", outside_tmp / "kernels",
+                          gpu=False, source=str(outside_tmp / "data"))
+    surveyed = python_text_survey({"a": worker_command(outside_tmp, {}, box), "base": worker_command(outside_tmp, {})})
+    assert surveyed == python_text.survey() and python_text_survey({"a": worker_command(outside_tmp, {}, file_box)}) is None
+    surveyed["other_pythons"][2].append(str(text))  # (a folder of Python text that appeared: the runner's word)
+
+    def seen() -> str:
+        return box.popen(["ls", str(text)], cwd="/", env={"PATH": os.environ["PATH"]}, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode()
+    assert seen() == "m.py\n"
+    monkeypatch.setattr(python_text, "SURVEYED", {})
+    monkeypatch.setattr(sourceless, "SURVEYED_SITES", {})
+    python_text.adopt(json.loads(json.dumps(surveyed)))  # (as the evaluator reads its job)
+
+    def no_walk(*_):
+        raise AssertionError("walked")
+    for module, name in ((python_text, "found_other_pythons"), (python_text, "found_editable_projects"),
+                         (sourceless, "_site_trees")):
+        monkeypatch.setattr(module, name, no_walk)
+    assert seen() == ""
+
+
 def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside_tmp):
     """pystdlib's documents are the interpreter's stdlib sources and help topics: every Python
     process reads them, so a run could train on the lab's val documents and a model worker look
