@@ -632,11 +632,19 @@ def test_an_agent_imports_what_its_first_calls_need_before_it_takes_the_agents_w
 def test_an_honest_agents_calls_are_not_held_up(tmp_path):
     """Pacing bounds a flood, not the few dear calls of an honest agent: its first BURST CPU
     seconds go at once (session 42's pacing waited 4 times each call's cost after it)."""
-    with Port(tmp_path / "port", lambda request: (burn(0.3), {"output": "ok", "rc": 0})[1], None) as port:
+    working = []  # the wall time of each call's work: on a loaded machine 0.3 CPU-s takes longer
+
+    def answer(request):
+        began = time.monotonic()
+        burn(0.3)
+        working.append(time.monotonic() - began)
+        return {"output": "ok", "rc": 0}
+    with Port(tmp_path / "port", answer, None) as port:
         start = time.monotonic()
         for _ in range(int(BURST / 0.3) - 1):
             call({"op": "board"}, str(port.org_socket))
-        assert time.monotonic() - start < 0.3 * int(BURST / 0.3) + 0.5  # (paced: 1.2 s a call past the first)
+        held = time.monotonic() - start - sum(working)
+    assert held < 1.5, (held, working)  # (paced: 1.2 s a call past the first, 4.8 s in all)
 
 
 def test_a_command_an_agent_runs_through_its_port_is_its_own_cpu_not_the_harnesss(project):

@@ -713,11 +713,11 @@ def snapshots_of_its_checkpoint(lab, name: str, steps, final_step: int | None = 
 
 def test_a_forward_pass_that_works_then_fails_on_the_curve_is_timed_too(lab):
     """The attack (a review's): the curve ends at a pass that fails, and a failed call was no
-    clock's, neither a scored pass's nor setup: one pass that worked 12 s (a sleep; the grace 5 s) and then
+    clock's, neither a scored pass's nor setup: one pass that worked 15 s (a sleep; the grace 5 s) and then
     raised was free, the run measured. Every forward call's time is the worker's now."""
     fails = CURVE_LOADS + "        _LOADS[0] += 1\n"
     code = experiment(lab, "fails-on-the-curve", lambda t: t.replace(CURVE_LOADS, fails).replace(FORWARD, FORWARD.replace(
-        "return logits", "if _LOADS[0] > 3:\n                import time; time.sleep(12); raise RuntimeError('spent')\n"
+        "return logits", "if _LOADS[0] > 3:\n                import time; time.sleep(15); raise RuntimeError('spent')\n"
                          "            return logits")) + "\n_LOADS = [0]\n")
     out = measure(lab, timeout=300, run_dir=snapshots_of_its_checkpoint(lab, "curve-fails", (1, 2)), snapshot_every=1,
                   code=code, grace=5)
@@ -729,9 +729,10 @@ def test_a_forward_pass_that_works_then_fails_on_the_curve_is_timed_too(lab):
 def test_the_causality_probes_worker_is_held_to_the_base_too(lab):
     """The attack (a review's): the causality probe's worker, fresh, is one its code can tell from
     the scoring one (its kernel cache's name ends in -b) and was timed by nothing but the deadline:
-    there it works, 12 s at its checkpoint's load (a sleep; the grace 5 s)."""
+    there it works, 15 s at its checkpoint's load (a sleep; the grace 5 s: as much over it as the 40 s
+    were over the default 30 s)."""
     code = experiment(lab, "works-in-the-probe", lambda t: t.replace(CURVE_LOADS, CURVE_LOADS + (
-        "        import os, time\n        if os.environ.get('NUMBA_CACHE_DIR', '').endswith('-b'): time.sleep(12)\n")))
+        "        import os, time\n        if os.environ.get('NUMBA_CACHE_DIR', '').endswith('-b'): time.sleep(15)\n")))
     b = {**job(lab, code=code)["workers"]["b"]}
     b["env"] = {**b["env"], "NUMBA_CACHE_DIR": str(lab["root"] / "kernels-b")}  # (as the runner names it)
     out = measure_run({**job(lab, code=code, grace=5), "workers": {**job(lab, code=code)["workers"], "b": b}},
