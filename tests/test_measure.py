@@ -680,14 +680,14 @@ def test_work_while_the_harness_scores_the_snapshots_is_held_to_the_base_too(lab
     """The attack (a hunt's): the learning curve's loads and forward passes were no clock's, a third of
     the measurement's deadline its code could spend on anything, another slot's cores' memory among
     it (the runs training there lost 35-40% of their steps). Its loads, after the replay's, the
-    checkpoint's and the init's, are the curve's: there it works, 4 s a load or a pass (a sleep; the
+    checkpoint's and the init's, are the curve's: there it works, 5 s a load or a pass (a sleep; the
     grace 5 s)."""
-    slow = ("        import time; _LOADS[0] += 1\n        if _LOADS[0] > 3: time.sleep(4)\n" if where == "load" else
+    slow = ("        import time; _LOADS[0] += 1\n        if _LOADS[0] > 3: time.sleep(5)\n" if where == "load" else
             "        _LOADS[0] += 1\n")
     edit = (lambda t: t.replace(CURVE_LOADS, CURVE_LOADS + slow)) if where == "load" else (lambda t: t.replace(
         CURVE_LOADS, CURVE_LOADS + slow).replace(FORWARD, FORWARD.replace(
             "return logits", "if _LOADS[0] > 3 and _LOADS[0] not in _SLOW:\n                _SLOW.add(_LOADS[0])\n"
-                             "                import time; time.sleep(4)\n            return logits")))
+                             "                import time; time.sleep(5)\n            return logits")))
     code = experiment(lab, f"works-on-the-curve-at-{where}", lambda t: edit(t) + "\n_LOADS, _SLOW = [0], set()\n")
     out = measure(lab, timeout=300, run_dir=snapshots_of_its_checkpoint(lab, f"curve-{where}", (1, 2, 3, 4)),
                   snapshot_every=1, code=code, grace=5)
@@ -713,11 +713,11 @@ def snapshots_of_its_checkpoint(lab, name: str, steps, final_step: int | None = 
 
 def test_a_forward_pass_that_works_then_fails_on_the_curve_is_timed_too(lab):
     """The attack (a review's): the curve ends at a pass that fails, and a failed call was no
-    clock's, neither a scored pass's nor setup: one pass that worked 15 s (a sleep; the grace 5 s) and then
+    clock's, neither a scored pass's nor setup: one pass that worked 20 s (a sleep; the grace 5 s) and then
     raised was free, the run measured. Every forward call's time is the worker's now."""
     fails = CURVE_LOADS + "        _LOADS[0] += 1\n"
     code = experiment(lab, "fails-on-the-curve", lambda t: t.replace(CURVE_LOADS, fails).replace(FORWARD, FORWARD.replace(
-        "return logits", "if _LOADS[0] > 3:\n                import time; time.sleep(15); raise RuntimeError('spent')\n"
+        "return logits", "if _LOADS[0] > 3:\n                import time; time.sleep(20); raise RuntimeError('spent')\n"
                          "            return logits")) + "\n_LOADS = [0]\n")
     out = measure(lab, timeout=300, run_dir=snapshots_of_its_checkpoint(lab, "curve-fails", (1, 2)), snapshot_every=1,
                   code=code, grace=5)
@@ -729,10 +729,10 @@ def test_a_forward_pass_that_works_then_fails_on_the_curve_is_timed_too(lab):
 def test_the_causality_probes_worker_is_held_to_the_base_too(lab):
     """The attack (a review's): the causality probe's worker, fresh, is one its code can tell from
     the scoring one (its kernel cache's name ends in -b) and was timed by nothing but the deadline:
-    there it works, 15 s at its checkpoint's load (a sleep; the grace 5 s: as much over it as the 40 s
-    were over the default 30 s)."""
+    there it works, 20 s at its checkpoint's load (a sleep; the grace 5 s: 15 s over it, where 40 s
+    were 10 s over the default 30 s, and a loaded machine's base once took that up)."""
     code = experiment(lab, "works-in-the-probe", lambda t: t.replace(CURVE_LOADS, CURVE_LOADS + (
-        "        import os, time\n        if os.environ.get('NUMBA_CACHE_DIR', '').endswith('-b'): time.sleep(15)\n")))
+        "        import os, time\n        if os.environ.get('NUMBA_CACHE_DIR', '').endswith('-b'): time.sleep(20)\n")))
     b = {**job(lab, code=code)["workers"]["b"]}
     b["env"] = {**b["env"], "NUMBA_CACHE_DIR": str(lab["root"] / "kernels-b")}  # (as the runner names it)
     out = measure_run({**job(lab, code=code, grace=5), "workers": {**job(lab, code=code)["workers"], "b": b}},
