@@ -39,6 +39,7 @@ from org.ledger_read import read_tables
 from org.plots import Curve, finite, plot_all, read_curves
 from org.program import fresh_seed_count
 from org.confounds import NO_CHANGE
+from org.evaluator import SCORED_FACTOR, SETUP_FACTOR, SETUP_GRACE
 from org.referee import (NEEDS_CONFIRMATION, Comparison, NoiseFloor, more_seeds, noise_floor, per_seed,
                          read_arm, verdict_kind, verdicts)
 from trainer.config import BUDGET_FLAGS
@@ -112,12 +113,8 @@ def read_ledger(path: Path, program: str) -> Report:
 
 def arms_in_order(report: Report) -> list[str]:
     """The baseline first, then arms in the order they were proposed."""
-    seen = ["baseline"]
-    for row in report.experiments + report.runs:
-        arm = row.get("arm")
-        if arm and arm not in seen:
-            seen.append(arm)
-    return seen if report.runs or report.experiments else []
+    seen = ["baseline", *(row["arm"] for row in report.experiments + report.runs if row.get("arm"))]
+    return list(dict.fromkeys(seen)) if report.runs or report.experiments else []
 
 
 # --- the verdicts: the referee's, never ours ------------------------------------------
@@ -215,6 +212,9 @@ def measured_text(report: Report) -> str:
             "as a forward pass whose logits harness code scores and probes for causality), on the lab's own "
             "val and confirm split, drawn by a key no run or agent reads; time is the runner's clock. The trainer's "
             "FLOPs, steps and parameters are a cross-check (a disagreement: `invalid`); the val curves score each run's snapshots.")
+    text += (f" An experiment's model, timed beside the base's there, may take {SETUP_FACTOR}x the base's time to build and load, "
+             f"{SCORED_FACTOR:g}x its time per FLOP of scored forward passes, and {g((report.spec.get('budget') or {}).get('measure_grace_seconds', SETUP_GRACE))}"
+             " s more in all (`budget.measure_grace_seconds`), else the run is `invalid`: work there is compute no budget counts.")
     if unmeasured:
         text += (f" **Except {len(unmeasured)} of {len(done)} completed runs**, recorded before the harness "
                  f"measured runs: their numbers are the trainer's own; `org run {report.program}` measures them.")

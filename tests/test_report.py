@@ -154,6 +154,20 @@ def test_a_report_says_the_tokens_asked_where_the_split_holds_them(ledger, tmp_p
     assert "val_bpb over 4096 tokens." in text and "asks" not in text
 
 
+def test_a_report_says_how_much_longer_than_the_bases_an_experiments_model_may_take_as_it_is_measured(tmp_path):
+    """budget.measure_grace_seconds is free compute for a code arm (its model's time as it is
+    measured, past the base's): a person who set it to 300 s must read 300 s, not the default's 30."""
+    for grace, said in ((None, "and 30 s more in all"), (300, "and 300 s more in all")):
+        spec = {**SPEC, "budget": {k: v for k, v in SPEC["budget"].items() if k != "measure_grace_seconds"}}
+        spec["budget"] |= {} if grace is None else {"measure_grace_seconds": grace}  # (None: a ledger before the field)
+        with Ledger(tmp_path / str(grace) / "ledger.sqlite") as ledger:
+            ledger.add_program("softcap", spec, base_commit="base", branch="program/softcap")
+            add_arm(ledger, tmp_path / str(grace), "baseline", BASELINE)
+            text = write(build(ledger.path, "softcap"), tmp_path / str(grace) / "report").read_text()
+        assert f"3x the base's time to build and load, 2.5x its time per FLOP of scored forward passes, {said} " \
+               "(`budget.measure_grace_seconds`), else the run is `invalid`" in text
+
+
 def test_two_reports_written_at_once_each_write_a_whole_one(ledger, tmp_path):
     """Two `org report`s at once (a person's, the org's): the second failed to rename a temporary
     README both had written to under one name."""
