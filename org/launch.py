@@ -51,7 +51,7 @@ from org.panes import Pane, RELEASE_KEY, TAKEOVER_KEY, tmux_path
 from org.program import Program
 from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_share, memory_limit, pids_root, process_limit
 from org.sandbox import available as sandbox_available
-from org.workspace import ProgramSite, lab_root, on_ray, preflight, start, with_backend
+from org.workspace import ProgramSite, lab_root, on_ray, preflight, recorded_spec, start, with_backend
 
 RUNNER, STATUS = "_runner", "_status"  # keeper names (agent names cannot start with "_")
 TAKEN_OVER = "taken over by a person"  # the pause reason `org status` shows as "taken over"
@@ -465,9 +465,9 @@ def program_done(launch: ProgramSite) -> bool:
 
 
 def runs_left(launch: ProgramSite) -> bool:
+    if not launch.ledger_path.exists() or recorded_spec(launch.ledger_path, launch.name) is None:  # (not started: all to come)
+        return True
     with Ledger(launch.ledger_path) as ledger:
-        if not ledger.program(launch.name):  # (an empty ledger: not started, all its runs to come)
-            return True
         if ledger.runs(launch.name, status="running"):
             return True
         if ledger.compute_seconds(launch.name) >= ledger.budget(launch.name)["total_compute_seconds"]:

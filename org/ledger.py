@@ -75,6 +75,10 @@ def corrupt(path, error) -> str:  # what a DatabaseError from the ledger means
     return f"{path}: the ledger is corrupt or not a ledger ({error}); {LEFT_AS_IT_IS}"
 
 
+def a_folder(path) -> str:  # what a ledger path that is a folder means
+    return f"{path} is a folder, not a ledger: move it away (`org run` makes a new ledger)"
+
+
 def ledger_path(lab_dir: Path | str) -> Path:  # the ledger of the program whose state is in lab_dir (.lab/<program>/)
     return Path(lab_dir) / "ledger.sqlite"
 
@@ -87,7 +91,7 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_dir():
-            raise LedgerError(f"{self.path} is a folder, not a ledger: move it away (`org run` makes a new ledger)")
+            raise LedgerError(a_folder(self.path))
         self.db = sqlite3.connect(self.path, timeout=LOCK_WAIT, isolation_level=None)  # we BEGIN ourselves
         self.db.row_factory = sqlite3.Row
         self._depth = 0

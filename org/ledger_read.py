@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from org.ledger import LedgerError, budget_of, columns, corrupt, run_row
+from org.ledger import Ledger, LedgerError, a_folder, budget_of, columns, corrupt, run_row
 from org.ledger_schema import SCHEMA
 
 
@@ -31,7 +31,7 @@ def read_tables(path: Path, program: str, tables) -> tuple[dict, list[dict], lis
 def open_readonly(path: Path) -> sqlite3.Connection:
     """The ledger, opened so that nothing (not even a migration) can write to it."""
     if not path.is_file():
-        raise LedgerError(f"no ledger at {path}")
+        raise LedgerError(a_folder(path) if path.is_dir() else f"no ledger at {path}")
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     try:
         db = sqlite3.connect(uri, uri=True)
@@ -41,6 +41,7 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     except sqlite3.DatabaseError as e:
         raise LedgerError(corrupt(path, e)) from None
     db.row_factory = sqlite3.Row
+    Ledger.opened.add(path)  # (where a command fails, `org` looks in it for a hand edit)
     return db
 
 

@@ -164,9 +164,8 @@ def find_ledger(arg: str) -> tuple[Lab, str, Path]:
     path = ledger_path(lab.state_dir(name))
     if not path.exists():
         raise OrgError(f"no ledger for program {name!r} at {path}; `org run` starts one")
-    with Ledger(path) as ledger:
-        if ledger.program(name) is None:
-            raise OrgError(f"program {name!r} is not in {path}; `org run` starts it")
+    if recorded_spec(path, name) is None:
+        raise OrgError(f"program {name!r} is not in {path}; `org run` starts it")
     return lab, name, path
 
 
@@ -304,11 +303,15 @@ def open_site(arg: str | None) -> ProgramSite:
 
 
 def only_program(root: Path) -> str:
-    names = sorted(p.name for p in (root / ".lab").glob("*") if ledger_path(p).exists())
+    """The one program this lab has (or the one running): a ledger that records none is not one."""
+    ledgers = sorted(ledger_path(p) for p in (root / ".lab").glob("*") if ledger_path(p).exists())
+    names = [path.parent.name for path in ledgers if holds_program(path, path.parent.name)]
     running = [n for n in names if Grid(root, n).running()]
     if len(running) == 1 or len(names) == 1:
         return (running or names)[0]
-    raise OrgError(f"which program? name one (programs here: {', '.join(names) or 'none'})")
+    others = [str(path) for path in ledgers if path.parent.name not in names]
+    raise OrgError(f"which program? name one (programs here: {', '.join(names) or 'none'})"
+                   + f"; no program is recorded in {', '.join(others)}" * bool(others))
 
 
 KEPT_DEFAULTS = ("max_change_kb",)  # defaults changed since (64 KB, then 16): a started program keeps its own
@@ -324,10 +327,25 @@ def as_started(program: Program, started: dict | None) -> Program:
 def started_spec(root: Path, name: str) -> dict | None:
     """The program as its ledger recorded it at its start, or None."""
     path = ledger_path(root / ".lab" / name)
-    if not path.exists():
-        return None
-    with Ledger(path) as ledger:
-        row = ledger.program(name)
+    return recorded_spec(path, name) if path.exists() else None
+
+
+def holds_program(path: Path, name: str) -> bool:
+    """Whether the ledger at `path` records program `name` (not: an empty file, or not a ledger)."""
+    try:
+        return path.exists() and recorded_spec(path, name) is not None
+    except (OrgError, sqlite3.Error, ValueError):
+        return False
+
+
+def recorded_spec(path: Path, name: str) -> dict | None:
+    """The program as the ledger at `path` recorded it, or None. Read as it is: a command that only
+    reads (status, runs, report) writes no schema into an empty file, nor migrates an old one."""
+    with contextlib.closing(open_readonly(path)) as db:
+        try:
+            row = db.execute("SELECT spec FROM programs WHERE name = ?", (name,)).fetchone()
+        except sqlite3.OperationalError:  # no programs table: an empty file, or not yet a ledger
+            return None
     return json.loads(row["spec"]) if row else None
 
 

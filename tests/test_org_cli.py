@@ -522,8 +522,14 @@ def test_state_in_the_way_is_named_and_nothing_is_half_made(make_project, capsys
     (root / ".lab" / "tiny").unlink()
     (root / ".lab" / "tiny").mkdir()
     (root / ".lab" / "tiny" / "ledger.sqlite").write_bytes(b"")  # an empty file: a ledger without the program
-    assert main(["budget", "tiny"]) == 2
-    assert "program 'tiny' is not in" in one_line_error(capsys)
+    for argv in (["budget", "tiny"], ["runs", "tiny"], ["report", "tiny"], ["extend", "tiny", "--seeds", "9"]):
+        assert main(argv) == 2, argv
+        assert "program 'tiny' is not in" in one_line_error(capsys), argv
+    assert main(["status", "tiny"]) == 0 and "holds no program tiny" in capsys.readouterr().out  # (its file: programs/tiny.yaml)
+    assert main(["status"]) == 2  # (no name: the lab's one program, and an empty file is none)
+    assert one_line_error(capsys).endswith(f"(programs here: none); no program is recorded in {root / '.lab' / 'tiny' / 'ledger.sqlite'}\n")
+    assert [p.name for p in (root / ".lab" / "tiny").iterdir()] == ["ledger.sqlite"]  # read, not made a ledger: no schema,
+    assert (root / ".lab" / "tiny" / "ledger.sqlite").read_bytes() == b""              # no -wal beside it
     (root / ".lab" / "tiny" / "ledger.sqlite").unlink()
     (root / ".lab" / "tiny" / "ledger.sqlite").mkdir()
     assert main(["runs", "tiny"]) == 2
