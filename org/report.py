@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -212,9 +212,11 @@ def measured_text(report: Report) -> str:
             "as a forward pass whose logits harness code scores and probes for causality), on the lab's own "
             "val and confirm split, drawn by a key no run or agent reads; time is the runner's clock. The trainer's "
             "FLOPs, steps and parameters are a cross-check (a disagreement: `invalid`); the val curves score each run's snapshots.")
-    text += (f" An experiment's model, timed beside the base's there, may take {SETUP_FACTOR}x the base's time to build and load, "
-             f"{SCORED_FACTOR:g}x its time per FLOP of scored forward passes, and {g((report.spec.get('budget') or {}).get('measure_grace_seconds', SETUP_GRACE))}"
-             " s more in all (`budget.measure_grace_seconds`), else the run is `invalid`: work there is compute no budget counts.")
+    grace = (report.spec.get("budget") or {}).get("measure_grace_seconds", SETUP_GRACE)  # (a ledger before the field: 30)
+    if any(e.get("code_commit") not in (None, report.base_commit) for e in report.experiments):  # (code of its own)
+        text += (f" An experiment's model, timed beside the base's there, may take {SETUP_FACTOR}x the base's time to "
+                 f"build and load, {SCORED_FACTOR:g}x its time per FLOP of scored forward passes, and {g(grace)} s more "
+                 "in all (`budget.measure_grace_seconds`), else the run is `invalid`: work there is compute no budget counts.")
     if unmeasured:
         text += (f" **Except {len(unmeasured)} of {len(done)} completed runs**, recorded before the harness "
                  f"measured runs: their numbers are the trainer's own; `org run {report.program}` measures them.")
@@ -237,9 +239,7 @@ def claim_text(spec: dict) -> str:
 
 
 def missing_section(report: Report) -> str:
-    if not report.missing:
-        return ""
-    return "## What is missing\n\n" + "\n".join(f"- {m}" for m in report.missing)
+    return "## What is missing\n\n" + "\n".join(f"- {m}" for m in report.missing) if report.missing else ""
 
 
 def verdict_section(report: Report) -> str:
@@ -576,8 +576,7 @@ def to_json(report: Report, readme: Path | None = None) -> dict:
         "no_verdict": report.no_verdict,
         "controls": [line.replace("**", "").replace("`", "") for line in control_lines(report)],
         "frontier": improve_story.progress(report.experiments, report.runs, report.llm),
-        "noise_floor": n and {"seed_std": n.seed_std, "seeds": n.seeds, "drift": n.drift,
-                              "reruns": n.reruns, "floor": n.floor},
+        "noise_floor": n and {**asdict(n), "floor": n.floor},  # (seed_std, seeds, drift, reruns)
         "budget": report.spec.get("budget"),
         "compute_seconds": sum(r.get("wall_seconds") or 0 for r in report.runs),
         "llm_dollars": sum(r.get("dollars") or 0 for r in report.llm),

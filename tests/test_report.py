@@ -62,13 +62,13 @@ def write_metrics(run_dir, final_bpb, lines=None):
     (run_dir / "metrics.jsonl").write_text(lines if lines is not None else text)
 
 
-def add_arm(ledger, tmp_path, arm, values, who="program", seeds=SEEDS, status="completed", **changes):
-    """An experiment and one run per seed, recorded the way the runner records them."""
+def add_arm(ledger, tmp_path, arm, values, who="program", seeds=SEEDS, status="completed", code="base", **changes):
+    """An experiment and one run per seed, recorded the way the runner records them (`code`: its commit)."""
     overrides = {"no-softcap": {"softcap": 0}, "wider": {"depth": 3}, "softcap-5": {"softcap": 5},
                  "cap-4": {"softcap": 4}, "cap-6": {"softcap": 6}, "cap-7": {"softcap": 7}}.get(arm, {})
     experiment = ledger.experiment(ledger.add_experiment(
         "softcap", arm, who=who, source="declared" if who == "program" else "submitted",
-        base_commit="base", code_commit="base", overrides=overrides, stage="measuring",
+        base_commit="base", code_commit=code, overrides=overrides, stage="measuring",
         hypothesis=f"{arm} changes nothing that matters"))
     for i, (seed, value) in enumerate(zip(seeds, values)):
         run_id = ledger.add_run(experiment, "main", seed, 1 + i, {"depth": 2, **overrides}, ("flops", 1e12))
@@ -156,13 +156,17 @@ def test_a_report_says_the_tokens_asked_where_the_split_holds_them(ledger, tmp_p
 
 def test_a_report_says_how_much_longer_than_the_bases_an_experiments_model_may_take_as_it_is_measured(tmp_path):
     """budget.measure_grace_seconds is free compute for a code arm (its model's time as it is
-    measured, past the base's): a person who set it to 300 s must read 300 s, not the default's 30."""
+    measured, past the base's): a person who set it to 300 s must read 300 s, not the default's 30.
+    A program of config arms only has no such time, and its report does not speak of it."""
     for grace, said in ((None, "and 30 s more in all"), (300, "and 300 s more in all")):
         spec = {**SPEC, "budget": {k: v for k, v in SPEC["budget"].items() if k != "measure_grace_seconds"}}
         spec["budget"] |= {} if grace is None else {"measure_grace_seconds": grace}  # (None: a ledger before the field)
         with Ledger(tmp_path / str(grace) / "ledger.sqlite") as ledger:
             ledger.add_program("softcap", spec, base_commit="base", branch="program/softcap")
             add_arm(ledger, tmp_path / str(grace), "baseline", BASELINE)
+            text = write(build(ledger.path, "softcap"), tmp_path / str(grace) / "report").read_text()
+            assert "measure_grace_seconds" not in text  # (the base's code alone)
+            add_arm(ledger, tmp_path / str(grace), "no-softcap", BASELINE, code="c0ffee")  # (a commit of its own)
             text = write(build(ledger.path, "softcap"), tmp_path / str(grace) / "report").read_text()
         assert f"3x the base's time to build and load, 2.5x its time per FLOP of scored forward passes, {said} " \
                "(`budget.measure_grace_seconds`), else the run is `invalid`" in text
