@@ -30,6 +30,7 @@ import json
 import os
 import re
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -43,6 +44,7 @@ NOT_SEARCHED = {*sourceless.SITES, ".git", "__pycache__"}  # (node_modules is se
 ARCHIVES = (".whl", ".zip", ".egg", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".conda", ".deb")  # (Python inside)
 MAX_WALKED = 300_000  # folders: 17k here (1 s); more stops the walk there
 MAX_FOUND = 64  # each is a mount in every run's box
+WALK_FRESH_SECONDS = 600.0  # a runner's walk is made again this long after (1 s a walk: 0.2% of its time)
 TEXT_BYTES = 128 << 10  # of .py or archives, that make a folder Python text (gcloud's lib/: 140 MB; a module: 20 kB)
 
 
@@ -51,7 +53,7 @@ SURVEYED: dict = {}  # what this machine's runner found (adopt), in place of eac
 
 def survey() -> dict:
     """What making a pystdlib box reads of this machine (other_pythons' walk of its folders, the
-    packages' metadata: about 1 s), as JSON. The runner walks once for its own boxes and hands
+    packages' metadata: about 1 s), as JSON. The runner walks for its own boxes and hands
     this to each evaluator, whose model workers' boxes walked again for every run (1 s of the
     3.3 s a tiny code arm's measurement took): so a run's box and its workers' hide the same."""
     return {"other_pythons": [[str(p) for p in found] for found in other_pythons()],
@@ -178,13 +180,18 @@ def other_pythons() -> tuple[tuple[Path, ...], tuple[Path, ...], tuple[Path, ...
     """(other Pythons' stdlibs, other folders of installed packages, folders of Python text) in
     what a pystdlib box sees: much the same text as the stdlib's (a worker that read Debian's
     python3.11 beside pyenv's 3.11.7 still read `better`; a 3.12 bundled with the Google Cloud
-    SDK shared 31% of 3.11's lines), and other code in its style. Found once a process: a Python
-    installed while a runner runs is hidden from the boxes of the next runner on."""
+    SDK shared 31% of 3.11's lines), and other code in its style. Found again each WALK_FRESH_SECONDS:
+    a Python installed while a runner runs is hidden from the boxes it makes that long after."""
     return SURVEYED["other_pythons"] if "other_pythons" in SURVEYED else found_other_pythons()
 
 
-@functools.lru_cache(maxsize=1)
 def found_other_pythons() -> tuple[tuple[Path, ...], tuple[Path, ...], tuple[Path, ...]]:
+    return walked_in(int(time.monotonic() // WALK_FRESH_SECONDS))
+
+
+@functools.lru_cache(maxsize=1)
+def walked_in(period: int) -> tuple[tuple[Path, ...], tuple[Path, ...], tuple[Path, ...]]:
+    """other_pythons as a walk in this `period` of WALK_FRESH_SECONDS finds them (the next walks again)."""
     roots = [Path(f"/{name}") for name in WALKED if os.path.isdir(f"/{name}") and not os.path.islink(f"/{name}")]
     for path in kept():  # (sorted: a folder before what lies in it, each walked once)
         roots += [] if any(path.is_relative_to(root) for root in roots) else [path]

@@ -921,6 +921,30 @@ def test_a_box_made_from_its_runners_survey_hides_what_it_found_and_walks_nothin
     assert seen() == ""
 
 
+def test_a_python_installed_while_a_runner_runs_is_hidden_once_its_walk_is_stale(outside_tmp, monkeypatch):
+    """A runner walks this machine's folders for other Pythons' text, and each of its boxes, and
+    its evaluators' (the survey in their jobs), hides what it found. Walked once a process, a
+    Python a person installed as a program ran stayed in sight of every later run and worker."""
+    from org import python_text
+    from org.sandbox import worker_box
+    other = Path(f"/usr/local/lib/python3.{os.getpid()}")  # (walked: a system folder)
+    other.mkdir(parents=True)
+    try:
+        found = python_text.other_pythons()[0]  # (walked before it holds a stdlib)
+        for mark in python_text.STDLIB_MARKS:
+            (other / mark).write_text("x = 1\n")
+        assert python_text.other_pythons()[0] == found  # (this period's walk)
+        monkeypatch.setattr(python_text, "WALK_FRESH_SECONDS", 1e-6)  # (the next walk's period: as 10 minutes on)
+        assert other in python_text.other_pythons()[0] and str(other) in python_text.survey()["other_pythons"][0]
+        (outside_tmp / "snapshot").mkdir()
+        box = worker_box(outside_tmp, outside_tmp / "snapshot", outside_tmp / "data", outside_tmp / "kernels", gpu=False)
+        seen = box.popen(["ls", str(other)], cwd="/", env={"PATH": os.environ["PATH"]}, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode()
+        assert seen == "", seen
+    finally:
+        shutil.rmtree(other)
+
+
 def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside_tmp):
     """pystdlib's documents are the interpreter's stdlib sources and help topics: every Python
     process reads them, so a run could train on the lab's val documents and a model worker look
