@@ -4,6 +4,8 @@ nanolab's research org: programs, the lab (git), the ledger (SQLite) and the bud
 The harness, not the agent, owns the budget, the seeds, the evaluation and the verdict.
 """
 import argparse
+import contextlib
+import fcntl
 import os
 import re
 import subprocess
@@ -101,6 +103,18 @@ def empty_file(path: Path):
     the read-only bind of it in a box running now (its `frozen`) would go with it."""
     if not (path.is_file() and not path.is_symlink() and path.stat().st_size == 0):
         replace_file(path, "")
+
+
+@contextlib.contextmanager
+def held(file):
+    """An exclusive lock (flock) on an open file, or its descriptor, while the block runs. Let go of
+    at the block's end, not only when the file closes: a child forked meanwhile holds a copy of the
+    file until its exec, and with it the lock."""
+    fcntl.flock(file, fcntl.LOCK_EX)
+    try:
+        yield file
+    finally:
+        fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import itertools
 import json
 import os
@@ -33,7 +32,7 @@ from pathlib import Path
 import git
 from git.objects.fun import tree_entries_from_data
 
-from org import OrgError, pid_alive, replace_file, write_atomically, write_new
+from org import OrgError, held, pid_alive, replace_file, write_atomically, write_new
 from org.objects import ObjectError, ObjectStore, agent_objects
 
 # Set by git hooks and by some shells; a child that inherits them operates on the wrong repo.
@@ -174,10 +173,10 @@ class Lab:
         path = Path(self.repo.common_dir) / "refs" / "heads" / branch
         try:  # (a box makes no FIFO or link: org/seccomp.py; still, never wait on one)
             with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW), "rb") as f:
-                held = repr(f.read(60).decode(errors="replace").strip())
+                what = repr(f.read(60).decode(errors="replace").strip())
         except OSError as e:
-            held = f"nothing git can read ({e.strerror})"
-        return (f"branch {branch} names no commit: {path} holds {held} (git can neither move nor delete it). "
+            what = f"nothing git can read ({e.strerror})"
+        return (f"branch {branch} names no commit: {path} holds {what} (git can neither move nor delete it). "
                 f"Remove that file, then make the branch again at its last good commit if you want it "
                 f"(`git reflog {branch}` may list them; `git branch {branch} <commit>`)")
 
@@ -457,8 +456,7 @@ class Lab:
                 return
             folder, count_file = agent_objects(self.repo.common_dir, *owner), self.state_dir(owner[0]) / "taken-in" / owner[1]
             count_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(count_file, "a+") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
+            with open(count_file, "a+") as f, held(f):
                 f.seek(0)
                 count = int(f.read().strip() or 0)
                 try:

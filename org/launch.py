@@ -26,7 +26,6 @@ options), takeover/<agent>.json (the worktree as it was when a person took it ov
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import hashlib
 import os
@@ -39,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from org import OrgError, empty_file, gateway, replace_file, shown
+from org import OrgError, empty_file, gateway, held, replace_file, shown
 from org.agents.control import Control
 from org.agents.sandbox import SECRET_NAME
 from org.lab import Lab, agent_branch, agent_refs, branch_owner, child_env, hardened_git_env
@@ -131,8 +130,7 @@ def one_at_a_time(launch: ProgramSite):
     except OSError as e:  # (a hand's damage: a file where the folder goes, a folder where the lock does)
         raise OrgError(f"{e.filename}: {e.strerror}: the launch's own state there is not as it left it; "
                        "move it away") from None
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with lock, held(lock):
         yield
 
 

@@ -24,7 +24,6 @@ drops the duplicate by id) rather than losing it.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -34,7 +33,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from org import OrgError, write_atomically
+from org import OrgError, held, write_atomically
 
 EVERYONE = "all"  # send_message(to="all") writes one copy to every other agent's inbox
 HUMAN = "human"   # the people running the org: only `org say` writes as them
@@ -178,16 +177,16 @@ class Mail:
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.board_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
-            if who != HUMAN and size > MAX_BOARD_BYTES:
-                raise OrgError(f"the board holds {MAX_BOARD_BYTES >> 20} MB, all it takes from agents: send the "
-                               "result to who needs it, or put it in a standup")
-            if who != HUMAN and size > MAX_BOARD_FROM_ONE and self.posted_by(who) > MAX_BOARD_FROM_ONE:
-                raise OrgError(f"your entries on the board hold over {MAX_BOARD_FROM_ONE >> 20} MB, your share of it: "
-                               "send the result to who needs it, or put it in a standup")
-            os.write(fd, entry.encode())
-            os.fsync(fd)
+            with held(fd):
+                size = os.fstat(fd).st_size
+                if who != HUMAN and size > MAX_BOARD_BYTES:
+                    raise OrgError(f"the board holds {MAX_BOARD_BYTES >> 20} MB, all it takes from agents: send the "
+                                   "result to who needs it, or put it in a standup")
+                if who != HUMAN and size > MAX_BOARD_FROM_ONE and self.posted_by(who) > MAX_BOARD_FROM_ONE:
+                    raise OrgError(f"your entries on the board hold over {MAX_BOARD_FROM_ONE >> 20} MB, your share of it: "
+                                   "send the result to who needs it, or put it in a standup")
+                os.write(fd, entry.encode())
+                os.fsync(fd)
         finally:
             os.close(fd)
         return entry

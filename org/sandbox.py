@@ -479,7 +479,7 @@ def no_nested_userns() -> list[str]:
     return NESTED_USERNS["flags"]
 
 
-def check(tries: int = 3) -> None:
+def check(tries: int = START_TRIES) -> None:
     """SandboxError, one line, unless a box can be made and runs a command here. Tried again: a
     host socket masked in the box (host_sockets) that went away before bwrap bound over it failed
     the box once, and `org run` then ran a program's trainers unboxed (it warns, for machines

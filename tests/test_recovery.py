@@ -204,6 +204,29 @@ def test_a_queue_let_go_of_is_free_though_a_child_forked_meanwhile_has_not_yet_s
         os.close(forked), os.close(go)
 
 
+def test_an_agents_commands_lock_let_go_of_is_free_though_a_child_forked_meanwhile_has_not_yet_started(tmp_path):
+    """The same for the harness's other file locks (org.held: an agent's commands, one at a time;
+    the board; the launch; a CLI's take-in count): closed only, each stayed held until the child's
+    exec, and the next holder waited for it."""
+    import fcntl
+    from org.agents.tools import one_at_a_time
+    forked, go = os.pipe()
+    child = {}
+    with one_at_a_time(tmp_path / "commands.lock"):
+        starting = threading.Thread(target=lambda: child.setdefault("proc", subprocess.Popen(
+            ["true"], preexec_fn=lambda: (os.write(go, b"x"), time.sleep(2)))))
+        starting.start()
+        assert os.read(forked, 1) == b"x"  # the child holds its copy of the lock's file now
+    try:
+        with open(tmp_path / "commands.lock") as another:
+            fcntl.flock(another, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (old: BlockingIOError, for 2 s)
+        assert starting.is_alive()  # (the child had not exec'd yet)
+    finally:
+        starting.join()
+        child["proc"].wait()
+        os.close(forked), os.close(go)
+
+
 def test_a_run_killed_for_time_whose_runner_died_before_it_recorded_that_is_killed_not_run_again(make_project):
     """A trainer past run_timeout_seconds that wrote nothing in its grace is SIGKILLed; a runner
     that died before it recorded that left the run claimed, and its recovery put it back in the

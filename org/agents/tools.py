@@ -18,7 +18,6 @@ import math
 import os
 import contextlib
 import errno
-import fcntl
 import re
 import sqlite3
 import time
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from org import OrgError
+from org import OrgError, held
 from org.experiments import held_for_checks, stuck_for_budget, waiting_for_budget
 from org.improve import frontier, frontiers, lineage, origin, unreproduced
 from org.lab import Lab, agent_branch, agent_refs
@@ -140,8 +139,7 @@ def one_at_a_time(path: Path):
     once would each pass the cap before any was booked. A file lock: held by any thread or
     process, and let go when its holder dies."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    with open(path, "a") as f, held(f):
         yield
 
 class Tools:
