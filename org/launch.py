@@ -44,7 +44,7 @@ from org.agents.sandbox import SECRET_NAME
 from org.lab import Lab, agent_branch, agent_refs, branch_owner, child_env, hardened_git_env
 from org.experiments import waiting_for_budget
 from org import pid_alive
-from org.ledger import Ledger
+from org.ledger import FINISHED, Ledger
 from org.mail import now, write_atomically
 from org.panes import Pane, RELEASE_KEY, TAKEOVER_KEY, tmux_path
 from org.program import Program
@@ -477,8 +477,14 @@ def runs_left(launch: ProgramSite) -> bool:
 def wait_until_done(launch: ProgramSite, poll: float = 2.0) -> int:
     """--wait: watch (doing nothing the org depends on) until the program is done."""
     print(f"waiting for {launch.name} to finish (Ctrl-C stops waiting, not the org)...", flush=True)
+    t0, said = time.monotonic(), None
     try:
         while True:
+            counts, line = progress(launch)
+            if counts != said:  # (a line as a run starts or ends, not as compute ticks)
+                minutes, seconds = divmod(int(time.monotonic() - t0), 60)
+                print(f"  {minutes:02d}:{seconds:02d} {line}", flush=True)
+                said = counts
             runner = launch.keeper(RUNNER).get("state")
             if runner == "ended" and program_done(launch):
                 return print_report(launch)
@@ -493,6 +499,18 @@ def wait_until_done(launch: ProgramSite, poll: float = 2.0) -> int:
     except KeyboardInterrupt:
         print(f"\nstopped waiting; {launch.name} runs on (org status {launch.name})")
         return 130
+
+
+def progress(launch: ProgramSite) -> tuple[tuple, str]:
+    """(the runs' counts, a line of them and of the compute spent): what --wait shows as it goes."""
+    if not launch.ledger_path.exists() or recorded_spec(launch.ledger_path, launch.name) is None:
+        return (), "not started yet"
+    with Ledger(launch.ledger_path) as ledger:
+        status = [r["status"] for r in ledger.runs(launch.name)]
+        spent, budget = ledger.compute_seconds(launch.name), ledger.budget(launch.name)["total_compute_seconds"]
+    counts = (sum(s in FINISHED for s in status), status.count("running"), len(status))
+    runs = f"{counts[0]} of {counts[2]} runs done, {counts[1]} running" if status else "no run queued yet"
+    return counts, f"{runs}; compute {spent:.0f} s of {budget:g} s"
 
 
 def print_report(launch: ProgramSite) -> int:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import pty
+import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from agentlab import tiny_program
 from org.agents.control import Control
 from org.cli import main
 from org.lab import Lab
+from org.ledger import Ledger
 from org import pid_alive
 from org.mail import Mail
 from org.panes import Grid, read_state
@@ -312,6 +314,11 @@ def test_launch_wait_again_waits_for_a_running_org_and_reports_a_done_one(org_pr
     out = capsys.readouterr().out
     assert "tiny is already running (tmux session org-tiny)" in out and "waiting for tiny to finish" in out
     assert "verdicts" in out and (root / "reports" / "tiny" / "README.md").exists()
+    with Ledger(root / ".lab" / "tiny" / "ledger.sqlite") as ledger:  # it said how far the runs were as they went
+        runs = str(len(ledger.runs("tiny")))
+    shown = re.findall(r"^  \d\d:\d\d (\d+) of (\d+) runs done, (\d+) running; compute \d+ s of \d+ s$", out, re.M)
+    assert shown and shown[-1] == (runs, runs, "0"), out  # (a line as runs start and end: none the same twice)
+    assert len(shown) == len(set(shown)) and [int(s[0]) for s in shown] == sorted(int(s[0]) for s in shown), out
     assert Grid(root, "tiny").running()  # its panes stay up for reading
 
     assert main(["launch", "tiny", "--wait"]) == 0  # done, its grid still open: the report again
@@ -456,7 +463,6 @@ def test_a_stop_charges_the_runs_of_a_runner_that_died_before_it_only_until_they
     """A runner killed (by a person, the OOM killer, or a stop that was itself killed after it killed
     the runner) leaves its runs `running`. A stop long after charged them until its own time, as if
     they had run all along; they ran until their last write."""
-    from org.ledger import Ledger
     root = org_project(budget={**tiny_program([])["budget"], "per_run": {"steps": 2000}})
     assert main(["launch", "tiny", "--stagger", "0"]) == 0
     panes, ledger_path = root / ".lab" / "tiny" / "panes", root / ".lab" / "tiny" / "ledger.sqlite"
