@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from org import OrgError, shown
 from org.improve import check_candidates
 from org.lab import Lab
-from org.ledger import LEFT_AS_IT_IS, Ledger, ledger_path
+from org.ledger import LEFT_AS_IT_IS, Ledger, LedgerError, corrupt, ledger_path
 from org.ledger_read import open_readonly
 from org.panes import Grid, read_state
 from org.program import BOUND_BUDGET, MEASUREMENT_BUDGET, MEASUREMENT_FIELDS, Program, ProgramError, load_program, quoted
@@ -344,8 +344,10 @@ def recorded_spec(path: Path, name: str) -> dict | None:
     with contextlib.closing(open_readonly(path)) as db:
         try:
             row = db.execute("SELECT spec FROM programs WHERE name = ?", (name,)).fetchone()
-        except sqlite3.OperationalError:  # no programs table: an empty file, or not yet a ledger
-            return None
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):  # an empty file, or not yet a ledger
+                return None
+            raise LedgerError(corrupt(path, e)) from None  # (a programs table of another shape, say)
     return json.loads(row["spec"]) if row else None
 
 

@@ -1,6 +1,7 @@
 """Bad input to `org`: one line naming the cause, a non-zero exit, and nothing created."""
 import contextlib
 import shlex
+import sqlite3
 from pathlib import Path
 
 import git
@@ -530,6 +531,13 @@ def test_state_in_the_way_is_named_and_nothing_is_half_made(make_project, capsys
     assert one_line_error(capsys).endswith(f"(programs here: none); no program is recorded in {root / '.lab' / 'tiny' / 'ledger.sqlite'}\n")
     assert [p.name for p in (root / ".lab" / "tiny").iterdir()] == ["ledger.sqlite"]  # read, not made a ledger: no schema,
     assert (root / ".lab" / "tiny" / "ledger.sqlite").read_bytes() == b""              # no -wal beside it
+    with contextlib.closing(sqlite3.connect(root / ".lab" / "tiny" / "ledger.sqlite")) as db:
+        db.execute("CREATE TABLE programs (name TEXT)")  # SQLite, but no ledger's
+    before = (root / ".lab" / "tiny" / "ledger.sqlite").read_bytes()
+    for argv in (["runs", "tiny"], ["status", "tiny"]):
+        assert main(argv) == 2, argv
+        assert "the ledger is corrupt or not a ledger (no such column: spec)" in one_line_error(capsys), argv
+    assert (root / ".lab" / "tiny" / "ledger.sqlite").read_bytes() == before
     (root / ".lab" / "tiny" / "ledger.sqlite").unlink()
     (root / ".lab" / "tiny" / "ledger.sqlite").mkdir()
     assert main(["runs", "tiny"]) == 2
