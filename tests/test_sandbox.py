@@ -930,11 +930,12 @@ def test_a_python_installed_while_a_runner_runs_is_hidden_once_its_walk_is_stale
     other = Path(f"/usr/local/lib/python3.{os.getpid()}")  # (walked: a system folder)
     other.mkdir(parents=True)
     try:
+        monkeypatch.setattr(python_text, "WALK_FRESH_SECONDS", 1e9)  # (one period, whenever the test runs)
         found = python_text.other_pythons()[0]  # (walked before it holds a stdlib)
         for mark in python_text.STDLIB_MARKS:
             (other / mark).write_text("x = 1\n")
         assert python_text.other_pythons()[0] == found  # (this period's walk)
-        monkeypatch.setattr(python_text, "WALK_FRESH_SECONDS", 1e-6)  # (the next walk's period: as 10 minutes on)
+        monkeypatch.setattr(python_text, "WALK_FRESH_SECONDS", 1e-6)  # (a later period: as 10 minutes on)
         assert other in python_text.other_pythons()[0] and str(other) in python_text.survey()["other_pythons"][0]
         (outside_tmp / "snapshot").mkdir()
         box = worker_box(outside_tmp, outside_tmp / "snapshot", outside_tmp / "data", outside_tmp / "kernels", gpu=False)
