@@ -487,8 +487,12 @@ def new_cgroup(root: Path) -> Path | None:
 def sweep(root: Path, pattern: str):
     """Remove the groups under root matching pattern that no box uses now, the deepest first (what
     a box made, then "box", then its group; a pool, then its org's). A cgroup can be removed
-    only once empty, and only where removable."""
+    only once empty, and only where removable. What a box whose maker has died still holds is
+    killed first (orphaned): the next sweep removes its group."""
     for old in root.glob(pattern):
+        for pid in members([old]) if orphaned(old) else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         try:
             for group in deepest_first(old):
                 if removable(group):
@@ -496,6 +500,15 @@ def sweep(root: Path, pattern: str):
                     ENDED.discard(group)
         except OSError:
             pass  # still in use
+
+
+def orphaned(group: Path) -> bool:
+    """A box's group whose maker (in our pid namespace) is gone: what it holds runs for no one,
+    unmetered. bwrap's --die-with-parent does not reach it all: its inner half, made as the harness
+    process was killed, waits forever for the outer half to map its user (an eventfd), before it arms
+    that signal (an agent killed while one of its commands' boxes was being made: CI's orphans)."""
+    box = BOX_GROUP.fullmatch(group.name)
+    return bool(box) and int(box[1]) == pid_namespace() and not pid_alive(int(box[2]))
 
 
 def removable(group: Path) -> bool:

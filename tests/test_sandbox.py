@@ -1423,6 +1423,38 @@ def test_a_box_at_a_nice_value_cannot_lower_it(tmp_path):
 SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {seconds}: pass\n"
 
 
+MADE_THEN_KILLED = """import subprocess
+from org.cgroups import cgroup_root, new_cgroup
+group = new_cgroup(cgroup_root("pids"))  # (named by this process, its maker)
+inner = subprocess.Popen(["sleep", "600"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+(group / "cgroup.procs").write_text(str(inner.pid))
+print(group, inner.pid)"""
+
+
+@pytest.mark.skipif(cgroup_root("pids") is None, reason=f"a pids cgroup: {process_limit()}")
+def test_what_a_box_whose_maker_died_left_running_is_killed_as_the_next_box_is_made(tmp_path):
+    """A CI run left a bwrap behind for good, asleep (session 43 saw two): an agent stopped as one of
+    its commands' boxes was being made killed the outer bwrap, and the inner one, made already,
+    waited for it to map its user (an eventfd) before it could arm --die-with-parent. Here a maker
+    leaves a process in its box's group and dies. The next box made on the machine kills it, and
+    the one after removes the group."""
+    from org import pid_alive
+    made = subprocess.run([sys.executable, "-c", MADE_THEN_KILLED], capture_output=True, text=True, check=True, cwd=ROOT)
+    group, pid = Path(made.stdout.split()[0]), int(made.stdout.split()[1])
+    try:
+        assert pid_alive(pid) and group.exists()  # (its maker gone)
+        in_box(Sandbox(writable=[tmp_path]), tmp_path, "true")
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(pid)
+        in_box(Sandbox(writable=[tmp_path]), tmp_path, "true")
+        assert not group.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.skipif(cgroup_root("cpuacct") is None, reason=f"a cpu accounting cgroup: {cpu_meter()}")
 def test_a_boxs_cpu_time_is_read_whatever_box_is_made_as_it_ends(tmp_path):
     """The lost CPU figure (a hunt's lab recorded a baseline run without its CPU time, and the
