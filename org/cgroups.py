@@ -507,8 +507,7 @@ def orphaned(group: Path) -> bool:
     unmetered. bwrap's --die-with-parent does not reach it all: its inner half, made as the harness
     process was killed, waits forever for the outer half to map its user (an eventfd), before it arms
     that signal (an agent killed while one of its commands' boxes was being made: CI's orphans)."""
-    box = BOX_GROUP.fullmatch(group.name)
-    return bool(box) and int(box[1]) == pid_namespace() and not pid_alive(int(box[2]))
+    return (maker := box_maker(group)) is not None and not pid_alive(maker)
 
 
 def removable(group: Path) -> bool:
@@ -516,10 +515,16 @@ def removable(group: Path) -> bool:
     the CPU time and OOM kills there (a sweep took one first, and a run was recorded without its
     CPU time). A dead maker's goes at once; any other (a pool, an older nanolab's, one whose maker
     is in another pid namespace) once a minute old: it may be one a box is about to join."""
-    box = next((m for part in group.parts if (m := BOX_GROUP.fullmatch(part))), None)
-    if box and int(box[1]) == pid_namespace():
-        return not pid_alive(int(box[2])) or not ENDED.isdisjoint((group, *group.parents))
+    if (maker := box_maker(group)) is not None:
+        return not pid_alive(maker) or not ENDED.isdisjoint((group, *group.parents))
     return time.time() - group.stat().st_mtime > 60
+
+
+def box_maker(group: Path) -> int | None:
+    """The pid of the process that made the box group `group` is (or is in), where that process is
+    in our pid namespace: elsewhere the pid names another process here."""
+    box = next((m for part in group.parts if (m := BOX_GROUP.fullmatch(part))), None)
+    return int(box[2]) if box and int(box[1]) == pid_namespace() else None
 
 
 def drop(groups: list[Path]):

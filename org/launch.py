@@ -50,7 +50,7 @@ from org.panes import Pane, RELEASE_KEY, TAKEOVER_KEY, tmux_path
 from org.program import Program
 from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_share, memory_limit, pids_root, process_limit
 from org.sandbox import available as sandbox_available
-from org.workspace import ProgramSite, lab_root, on_ray, preflight, recorded_spec, start, with_backend
+from org.workspace import ProgramSite, lab_root, on_ray, preflight, start, with_backend
 
 RUNNER, STATUS = "_runner", "_status"  # keeper names (agent names cannot start with "_")
 TAKEN_OVER = "taken over by a person"  # the pause reason `org status` shows as "taken over"
@@ -463,7 +463,7 @@ def program_done(launch: ProgramSite) -> bool:
 
 
 def runs_left(launch: ProgramSite) -> bool:
-    if not launch.ledger_path.exists() or recorded_spec(launch.ledger_path, launch.name) is None:  # (not started: all to come)
+    if not launch.started:
         return True
     with Ledger(launch.ledger_path) as ledger:
         if ledger.runs(launch.name, status="running"):
@@ -503,7 +503,7 @@ def wait_until_done(launch: ProgramSite, poll: float = 2.0) -> int:
 
 def progress(launch: ProgramSite) -> tuple[tuple, str]:
     """(the runs' counts, a line of them and of the compute spent): what --wait shows as it goes."""
-    if not launch.ledger_path.exists() or recorded_spec(launch.ledger_path, launch.name) is None:
+    if not launch.started:
         return (), "not started yet"
     with Ledger(launch.ledger_path) as ledger:
         status = [r["status"] for r in ledger.runs(launch.name)]

@@ -16,7 +16,7 @@ from org.experiments import held_for_checks, stuck_for_budget, waiting_for_budge
 from org.launch import RUNNER, TAKEN_OVER, WAITING_TOOLS, finished_before
 from org.improve_story import frontier_line
 from org.ledger import FINISHED, Ledger
-from org.workspace import ProgramSite, open_site, recorded_spec
+from org.workspace import ProgramSite, open_site
 
 
 def add_status_command(sub):
@@ -166,7 +166,7 @@ def runner_line(launch: ProgramSite, running: bool) -> str:
 
 
 def queued_runs(launch: ProgramSite) -> int:
-    if not launch.ledger_path.exists() or recorded_spec(launch.ledger_path, launch.name) is None:  # (status only reads)
+    if not launch.started:
         return 0
     with Ledger(launch.ledger_path) as ledger:
         return len(ledger.runs(launch.name, status="queued"))
@@ -175,8 +175,8 @@ def queued_runs(launch: ProgramSite) -> int:
 def ledger_lines(launch: ProgramSite) -> list[str]:
     from org.agents.tools import referee_verdicts
     name = launch.name
-    if not launch.ledger_path.exists() or recorded_spec(launch.ledger_path, name) is None:  # (an empty file, or
-        return [f"its ledger {launch.ledger_path} holds no program {name}: `org run` or `org launch` starts it there"]  # another's)
+    if not launch.started:
+        return [f"its ledger {launch.ledger_path} holds no program {name}: `org run` or `org launch` starts it there"]
     with Ledger(launch.ledger_path) as ledger:
         runs = Counter(r["status"] for r in ledger.runs(name))
         compute, spend = ledger.compute_seconds(name), ledger.spend(name)

@@ -262,6 +262,11 @@ class ProgramSite:
     def agents(self) -> list[str]:
         return [a.name for a in self.program.org.agents]
 
+    @property
+    def started(self) -> bool:
+        """Whether its ledger records it (read as it is: an empty file is not started, and stays empty)."""
+        return started_spec(self.root, self.name) is not None
+
     def keeper(self, name: str) -> dict:
         return read_state(self.panes_dir / f"{name}.json")
 
