@@ -14,6 +14,7 @@ from pathlib import Path
 from org import OrgError, seconds_flag
 from org.recovery import one_runner
 from org.agents.control import Control
+from org.cgroups import HIERARCHIES, cgroup_root, existing_pool, pools, sweep
 from org.lab import Lab, agent_branch, branch_owner, child_env
 from org.launch import RUNNER, STOP_SECONDS, git, mend_worktree, one_at_a_time, ours, send_signal
 from org.ledger import Ledger
@@ -72,6 +73,7 @@ def stop_now(launch: ProgramSite, timeout: float) -> list[str]:
     for pid in wait_for_exit(launch, 5.0):
         send_signal(pid, signal.SIGKILL)
     grid.kill()
+    sweep_boxes(launch)
     if launch.ledger_path.exists():  # runs a killed runner left 'running' go back to the queue now
         with contextlib.closing(Lab.open(launch.root)) as lab, Ledger(launch.ledger_path) as ledger:
             try:
@@ -150,6 +152,17 @@ def agent_branches(lab: Lab, name: str, checked_out: set[str]) -> dict[str, str]
                 (Path(lab.repo.common_dir) / head.path).unlink()
     return {ref.removeprefix("refs/heads/"): sha for ref, sha in listed.items()
             if ref.removeprefix("refs/heads/") not in checked_out}
+
+
+def sweep_boxes(launch: ProgramSite):
+    """What a box whose maker has died holds is killed (cgroups.orphaned), and the empty groups of
+    ended boxes go: in every hierarchy's nanolab/ and in this org's memory pools. An agent killed
+    here as one of its commands' boxes was being made left bwrap's inner half waiting for good in
+    its pool, where only the next box of that agent would have swept it."""
+    org = existing_pool(pools(launch.root, launch.program, "slot-0")[:1])  # (the org's own group)
+    folders = {cgroup_root(c) for c in HIERARCHIES} - {None} | {p for p in (org.iterdir() if org else ()) if p.is_dir()}
+    for folder in folders:
+        sweep(folder, "box-*")
 
 
 def wait_for_exit(launch: ProgramSite, timeout: float, names: list[str] | None = None) -> list[int]:

@@ -26,6 +26,7 @@ import yaml
 
 from agentlab import tiny_program
 from org.agents.control import Control
+from org.cgroups import cgroup_root
 from org.cli import main
 from org.lab import Lab
 from org.ledger import Ledger
@@ -457,6 +458,40 @@ def test_stop_removes_clean_worktrees_and_keeps_branches_ledger_and_work(org_pro
     assert "tiny · stopped" in status and "runner: stopped" in status  # not "done": it did not finish
     assert main(["stop", "tiny"]) == 0  # stopping twice is harmless
     assert "tiny was not running" in capsys.readouterr().out
+
+
+ORPHANED_IN_ITS_POOL = """import subprocess
+from org.cgroups import cgroup_root, new_cgroup, pool_group, pools
+from org.sandbox import Limits
+from org.workspace import open_site
+site = open_site("tiny")
+pool = pool_group(cgroup_root("memory"), Limits(memory_pools=pools(site.root, site.program, "agent-solo")))
+group = new_cgroup(pool)  # (named by this process, its maker, about to end)
+inner = subprocess.Popen(["sleep", "600"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+(group / "cgroup.procs").write_text(str(inner.pid))
+print(group, inner.pid)"""
+
+
+@pytest.mark.skipif(cgroup_root("memory") is None, reason="memory cgroups: an agent's boxes have a pool of their own")
+def test_stop_kills_what_a_box_whose_maker_died_left_in_the_orgs_pools(org_project, capsys):
+    """An agent killed as one of its commands' boxes was being made leaves bwrap's inner half
+    waiting for good, in a group of its agent's memory pool (cgroups.orphaned). A later box in that
+    pool sweeps it, but after `org stop` none comes: the stop sweeps the org's pools itself. Here
+    a maker in the agent's pool leaves a process in its box's group and dies, with the org stopped
+    already: no box of its agent comes to sweep it (that is when a stop's own sweep runs: after its
+    agents are killed)."""
+    root = org_project()
+    assert main(["launch", "tiny", "--stagger", "0"]) == 0
+    assert main(["stop", "tiny"]) == 0
+    made = subprocess.run([sys.executable, "-c", ORPHANED_IN_ITS_POOL], capture_output=True, text=True, check=True, cwd=root)
+    group, pid = Path(made.stdout.split()[0]), int(made.stdout.split()[1])
+    try:
+        assert pid_alive(pid) and group.exists() and "agent-solo/box-" in str(group)
+        assert main(["stop", "tiny"]) == 0
+        eventually(lambda: not pid_alive(pid), what="the orphaned process to be killed", timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_stop_charges_the_runs_of_a_runner_that_died_before_it_only_until_they_stopped(org_project, capsys):
