@@ -30,11 +30,12 @@ import yaml
 from pydantic import ValidationError
 
 from org import OneLineParser, OrgError, shown
+from org.cluster import reach
 from org.compare_orgs import add_compare_command
 from org.ablate import leave_one_out
 from org.experiments import check_arm_name, plan, submission_source, submit, submit_declared
 from org.lab import scrub_git_env
-from org.ledger import Ledger, corrupt
+from org.ledger import LEFT_AS_IT_IS, Ledger, corrupt
 from org.ledger_schema import RUN_STATUSES
 from org.program import BOUND_BUDGET, MAX_SEED, Budget, Program, owned_by_program, quoted, unfit_override
 from org.program_checks import trainer_rejects
@@ -45,7 +46,7 @@ from org.serve import add_serve_command
 from org.status import add_status_command
 from org.stop import add_stop_command
 from org.takeover import add_takeover_commands
-from org.workspace import find_ledger, hand_edit, on_ray, preflight, start
+from org.workspace import find_ledger, hand_edit, on_ray, preflight, start, started_spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         check_text(args, parser)
         return args.func(args)
     except OrgError as e:
-        print(f"org: {e}", file=sys.stderr)
+        print(f"org: {shown(e)}", file=sys.stderr)  # (a name given may hold escapes: echoed, they reach the terminal)
         return 2
     except sqlite3.DatabaseError as e:  # damage found past opening (Ledger says which file when it can)
         print(f"org: {corrupt('a ledger', e)}", file=sys.stderr)
@@ -208,6 +209,7 @@ def cmd_run(args) -> int:
     program, lab, path = preflight(args.program)
     if args.ray is not None:
         program = on_ray(program, args.ray)
+    reach(program)  # (its cluster answers: before anything is created)
     ledger = start(program, lab, path)
     with ledger:
         submit_declared(ledger, lab, program)
@@ -259,6 +261,8 @@ def cmd_ablate(args) -> int:
     program, lab, path = preflight(args.program)
     if program.claim.kind != "improve":
         raise OrgError(f"ablate: {program.name} is not an improvement program (claim.kind improve): it keeps nothing")
+    if started_spec(lab.root, program.name) is None:  # (nothing kept yet: and an ablation would start it)
+        raise OrgError(f"ablate: {program.name} is not started: it has kept nothing (`org launch {program.name}` starts it)")
     with start(program, lab, path) as ledger:
         made = leave_one_out(ledger, lab, program, args.who)
         for experiment in made:
@@ -296,7 +300,7 @@ def cmd_runs(args) -> int:
 def cmd_budget(args) -> int:
     lab, name, path = find_ledger(args.program)
     with Ledger(path) as ledger:
-        changes = parse_budget_changes(args.changes, ledger.budget(name))
+        changes = parse_budget_changes(args.changes, ledger.budget(name), path)
         for field in [f for f, value in changes.items() if ledger.budget(name).get(f) == value]:
             print(f"{name}: budget.{field} is {number(changes.pop(field))} already: nothing changed, nothing logged")
         if changes:
@@ -354,9 +358,9 @@ def number(value) -> str:
     return "unset" if value is None else f"{value:g}"
 
 
-def parse_budget_changes(pairs: list[str], budget: dict) -> dict:
+def parse_budget_changes(pairs: list[str], budget: dict, ledger_path: Path) -> dict:
     """['total_compute_seconds=1200'] -> {'total_compute_seconds': 1200.0}, checked as the program
-    file's budget is checked."""
+    file's budget is checked (with the budget as recorded in the ledger at ledger_path)."""
     changes = {}
     for pair in pairs:
         field, _, value = pair.partition("=")
@@ -376,6 +380,9 @@ def parse_budget_changes(pairs: list[str], budget: dict) -> dict:
         said = problem["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
         if not problem["loc"]:  # (the budget as a whole: a seconds budget past the run's timeout)
             raise OrgError(f"budget: {said}") from None
+        if problem["loc"][0] not in changes:  # (not the person's change: the ledger's own record)
+            raise OrgError(f"{ledger_path}: budget.{problem['loc'][0]} as recorded: {said}, got {quoted(problem['input'])} "
+                           f"(edited by hand?); {LEFT_AS_IT_IS}") from None
         raise OrgError(f"budget.{problem['loc'][0]}: {said}, got {quoted(problem['input'])}") from None
     return changes
 

@@ -174,14 +174,24 @@ class RayJobs:
 def connect(program, ledger_path) -> tuple[RayJobs, str]:
     """The program's cluster, checked before any run is claimed (OrgError: one line), and the
     key that makes its job ids unique to this ledger and stable across the runner's restarts."""
+    jobs = reach(program)
+    with Ledger(ledger_path) as ledger:
+        started = ledger.program(program.name)["created_at"]
+    return jobs, hashlib.sha1(f"{ledger_path.resolve()}:{started}".encode()).hexdigest()[:8]
+
+
+def reach(program) -> RayJobs | None:
+    """The cluster of a program whose runs go to Ray, once it answers and has slots for them
+    (OrgError: one line); None for a program that runs here. `org run` and `org launch` ask
+    before they create anything: a program started on an address that was a typo was left behind."""
+    if program.runner.backend != "ray":
+        return None
     try:
         jobs = RayJobs(program.runner.address, gpu=program.train.device == "cuda")
         jobs.slots()
     except OrgError as e:
         raise OrgError(f"program {program.name}: {e}") from None
-    with Ledger(ledger_path) as ledger:
-        started = ledger.program(program.name)["created_at"]
-    return jobs, hashlib.sha1(f"{ledger_path.resolve()}:{started}".encode()).hexdigest()[:8]
+    return jobs
 
 
 def slots_by_kind(address: str, nodes: dict[str, dict], gpu: bool) -> dict[str | None, int]:

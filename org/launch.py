@@ -38,12 +38,12 @@ import sys
 import time
 from pathlib import Path
 
-from org import OrgError, empty_file, gateway, held, replace_file, shown
+from org import OrgError, empty_file, gateway, held, pid_alive, replace_file, shown
 from org.agents.control import Control
 from org.agents.sandbox import SECRET_NAME
 from org.lab import Lab, agent_branch, agent_refs, branch_owner, child_env, hardened_git_env
 from org.experiments import waiting_for_budget
-from org import pid_alive
+from org.cluster import reach
 from org.ledger import FINISHED, Ledger
 from org.mail import now, write_atomically
 from org.panes import Pane, RELEASE_KEY, TAKEOVER_KEY, tmux_path
@@ -154,6 +154,7 @@ def check(arg: str, backend: str | None, ray: str | None = None) -> tuple[Progra
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise OrgError(f"{missing[0]}{more}; or launch with --backend scripted (no model, no key)")
         check_sandbox(launch.program)
+        reach(launch.program)  # (its runs' cluster, if on Ray)
         check_clis(launch.program)
         check_branches(lab, launch)
     finally:
@@ -489,8 +490,7 @@ def wait_until_done(launch: ProgramSite, poll: float = 2.0) -> int:
             if runner == "ended" and program_done(launch):
                 return print_report(launch)
             if runner == "crashed":
-                print(f"the runner crashed; see its pane (org attach {launch.name}); "
-                      f"`org launch {launch.name}` restarts it", file=sys.stderr)
+                print(f"the runner crashed; see its pane (org attach {launch.name}); `org launch` restarts it", file=sys.stderr)
                 return 1
             if not launch.grid.running():
                 print(f"{launch.name} was stopped before it was done; `org launch` resumes it", file=sys.stderr)

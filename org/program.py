@@ -29,6 +29,7 @@ from org import OrgError, shown
 NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # used in branch names and directory names (a ref's file: 255 bytes)
 BUDGET_KINDS = ("flops", "seconds", "tokens", "steps")
 MAX_SLOTS = 1024  # runs at once on one machine, and threads a run (a machine's cores, and then some)
+MAX_GRID_POINTS = 1000  # a tune grid's points: each is a run per tune seed
 ROLES = tuple(sorted(p.stem for p in (Path(__file__).parent / "prompts").glob("*.md") if p.stem not in ("rigor", "cli")))
 
 # Keys the program owns: an experiment's overrides may not name them, so no agent can buy
@@ -359,7 +360,7 @@ class Runner(Strict):
     baseline_every: int = Field(4, ge=1)  # re-run the baseline after this many other runs
     backend: Literal["local", "ray"] = "local"  # ray: each run a Ray job (org/cluster.py)
     address: str | None = None  # ray: the cluster's Jobs API, e.g. http://10.0.0.1:8265
-    memory_gb: float | None = Field(None, ge=0.25)  # all the org's boxes together (default: the machine's less a
+    memory_gb: float | None = Field(None, ge=0.25, le=2**20)  # all the org's boxes together (default: the machine's less a
                                                  # quarter); runs and agents each get a share (org/cgroups.py)
 
     @field_validator("gpus")
@@ -427,6 +428,8 @@ class Program(Strict):
         for key, values in grid.items():
             if not values:
                 raise ValueError(f"{key}: expected a non-empty list of values")
+        if (points := math.prod(map(len, grid.values()))) > MAX_GRID_POINTS:  # (each a run per tune seed; and listed whole)
+            raise ValueError(f"{points} points: a grid holds at most {MAX_GRID_POINTS}")
         _scalar_overrides({k: v for k, vs in grid.items() for v in vs})
         return grid
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from org.lab import Lab
 from org.ledger import LEFT_AS_IT_IS, Ledger, LedgerError, corrupt, ledger_path
 from org.ledger_read import open_readonly
 from org.panes import Grid, read_state
-from org.program import BOUND_BUDGET, MEASUREMENT_BUDGET, MEASUREMENT_FIELDS, Program, ProgramError, load_program, quoted
+from org.program import BOUND_BUDGET, MEASUREMENT_BUDGET, MEASUREMENT_FIELDS, NAME, Program, ProgramError, load_program, quoted
 from org.program_checks import check_with_trainer, data_source_problem
 from org.unseen import known_lab
 
@@ -47,7 +48,7 @@ def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path | No
         if not ledger_path(lab.state_dir(arg)).is_file():
             raise
         path = None
-    program = load_program(path) if path else recorded_program(lab.root, arg)
+    program = load_named(path, arg) if path else recorded_program(lab.root, arg)
     where = path or ledger_path(lab.state_dir(program.name))  # (what bad input names)
     check_with_trainer(program, source=str(where))
     started = ledger_path(lab.state_dir(program.name)).exists()  # (its data's size was enough: it may run on)
@@ -160,7 +161,8 @@ def json_kind(text) -> str:
 def find_ledger(arg: str) -> tuple[Lab, str, Path]:
     """(lab, program name, ledger path) of a started program, for read-only commands."""
     lab = Lab.open(lab_root())
-    name = load_program(program_path(arg, lab)).name if Path(arg).is_file() else arg
+    is_a_name = re.fullmatch(NAME, arg) and not Path(arg).is_file()  # (else a file: programs/x.yml, mistyped, is no name)
+    name = arg if is_a_name else load_program(program_path(arg, lab)).name
     path = ledger_path(lab.state_dir(name))
     if not path.exists():
         raise OrgError(f"no ledger for program {name!r} at {path}; `org run` starts one")
@@ -180,6 +182,17 @@ def program_path(arg: str, lab: Lab) -> Path:
             return candidate
     nor = "" if arg.endswith((".yaml", ".yml")) else f" (nor {lab.root / 'programs' / (arg + '.yaml')})"
     raise OrgError(f"no program file {arg!r}{nor}")
+
+
+def load_named(path: Path, arg: str) -> Program:
+    """The program in `path`. One found by its name (programs/<arg>.yaml) must bear that name: a
+    file saying another started that other program, while the commands that read a ledger by
+    the name read this one's."""
+    program = load_program(path)
+    if path.name == f"{arg}.yaml" and program.name != arg:
+        raise ProgramError(f"{path}: name: {program.name!r} in a file named for {arg!r}: rename one "
+                           "of them (a program's file is programs/<its name>.yaml)")
+    return program
 
 
 def check_unchanged(path: Path, started: dict, now: dict):
@@ -221,8 +234,11 @@ def open_program(arg: str, root: str | Path = "."):
 
 def lab_root() -> Path:
     """The main checkout (also from inside an agent's worktree, whose .git points there)."""
-    if os.environ.get("NANOLAB_LAB"):
-        return Path(os.environ["NANOLAB_LAB"])
+    if os.environ.get("NANOLAB_LAB"):  # (set in every pane: the lab it belongs to)
+        root = Path(os.environ["NANOLAB_LAB"])
+        if not root.is_dir():
+            raise OrgError(f"NANOLAB_LAB={shown(root)}: no such folder (unset it to use the checkout you are in)")
+        return root
     try:
         repo = git.Repo(".", search_parent_directories=True)
     except git.InvalidGitRepositoryError:
@@ -293,7 +309,7 @@ def open_site(arg: str | None) -> ProgramSite:
     finally:
         lab.close()
     try:
-        program = load_program(path) if path else None
+        program = load_named(path, arg) if path else None
     except OrgError:
         if not ledger_path(root / ".lab" / arg).exists():
             raise  # nothing recorded to fall back on: the file's own error, naming it

@@ -1,5 +1,6 @@
 """Bad input to `org`: one line naming the cause, a non-zero exit, and nothing created."""
 import contextlib
+import json
 import shlex
 import sqlite3
 from pathlib import Path
@@ -108,6 +109,13 @@ BAD_PROGRAMS = {
         yaml.safe_dump(tiny_program(claim={"kind": "improve"}, variants=[],
                                     candidates=[{"name": "c1", "patch": "x\x1b]0;PWNED\x07"}])),
         "no file 'x\\x1b]0;PWNED\\x07' in the lab"),
+    # (a traceback from `org launch`: float infinity to a cgroup's bytes)
+    "a memory cap past any machine's": (yaml.safe_dump(tiny_program(runner={"memory_gb": 1e300})),
+                                        "runner.memory_gb: expected less than or equal to 1048576"),
+    # (every point listed and checked whole: 6 keys of 38 values ate the machine's memory, with no word)
+    "a tune grid of more points than it may hold": (
+        yaml.safe_dump(tiny_program(tune={"matrix_lr": [0.01 + i / 1e4 for i in range(40)], "softcap": list(range(1, 31))})),
+        "tune: 1200 points: a grid holds at most 1000"),
     "a candidate's override the trainer rejects": (
         yaml.safe_dump(tiny_program(claim={"kind": "improve"}, variants=[],
                                     candidates=[{"name": "c1", "overrides": {"bogus": 1}}])),
@@ -713,6 +721,63 @@ def test_a_lock_or_folder_of_the_harness_damaged_by_hand_is_one_line(make_projec
         assert main([command, "tiny"]) == 2
         assert "panes: File exists: the launch's own state there is not as it left it; move it away" in one_line_error(capsys)
     assert (root / ".lab" / "tiny" / "panes").read_text() == "x"
+
+
+def test_a_name_that_is_not_the_programs_own_starts_nothing(make_project, monkeypatch, capsys):
+    """Names given on the command line or in the environment that do not fit. (1) programs/tiny.yaml
+    saying `name: tiny2`: `org submit tiny` started program tiny2, in its own ledger, while `org
+    runs tiny` and `org budget tiny` read tiny's. (2) `org ablate` of an improvement program never
+    started made its ledger and branch, to say there was nothing to ablate. (3) A name holding a
+    terminal's escape codes was echoed raw in the error. (4) NANOLAB_LAB naming no folder was
+    "not inside a git checkout", of the checkout the person was in; a program file's path mistyped
+    was "no ledger for program 'programs/tiny.yml'". Each is now one line, and nothing is made."""
+    root = make_project(tiny_program())
+    rewrite(root, name="tiny2")
+    git.Repo(root).git.commit("-qam", "renamed inside")
+    assert main(["submit", "tiny", "--arm", "capped", "--set", "softcap=4"]) == 2
+    assert "programs/tiny.yaml: name: 'tiny2' in a file named for 'tiny': rename one of them" in one_line_error(capsys)
+    assert main(["status", "tiny"]) == 2 and "name: 'tiny2' in a file named for 'tiny'" in one_line_error(capsys)
+    assert nothing_created(root)
+    (root / "programs" / "grow.yaml").write_text(yaml.safe_dump(tiny_program(
+        name="grow", claim={"kind": "improve"}, variants=[], candidates=[{"name": "c1", "overrides": {"softcap": 0}}])))
+    git.Repo(root).git.add("programs/grow.yaml")
+    git.Repo(root).git.commit("-qm", "an improvement program")
+    assert main(["ablate", "grow"]) == 2
+    assert "ablate: grow is not started: it has kept nothing" in one_line_error(capsys)
+    assert nothing_created(root)
+    assert main(["status", "\x1b]0;PWNED\x07"]) == 2
+    err = one_line_error(capsys)
+    assert "\x1b" not in err and "\x07" not in err and "?]0;PWNED?" in err
+    assert main(["runs", "programs/tiny.yml"]) == 2  # (a path mistyped: "no ledger for program 'programs/tiny.yml'")
+    assert one_line_error(capsys) == "org: no program file 'programs/tiny.yml'\n"
+    monkeypatch.setenv("NANOLAB_LAB", str(root / "nowhere"))
+    assert main(["status", "tiny"]) == 2
+    assert f"NANOLAB_LAB={root / 'nowhere'}: no such folder" in one_line_error(capsys)
+
+
+def test_a_ray_address_nothing_answers_at_starts_nothing(make_project, capsys):
+    """`org run tiny --ray ADDRESS` started the program (its branch, its ledger, its runs queued)
+    and only then found no cluster there: a typo's program stayed behind. The address is tried first."""
+    root = make_project(tiny_program())
+    for address in ("not a url", "http://127.0.0.1:1"):
+        assert main(["run", "tiny", "--ray", address]) == 2
+        assert f"program tiny: runner.address {address}: " in one_line_error(capsys)
+    assert nothing_created(root)
+
+
+def test_a_budget_edited_by_hand_in_the_ledger_is_named_there_not_as_the_persons_change(make_project, capsys):
+    """`org budget tiny` with the ledger's recorded seeds edited to "abc" said `budget.seeds:
+    expected a valid list`: as if the person had given it, and no file named."""
+    root = make_project(tiny_program())
+    assert main(["submit", "tiny", "--arm", "capped", "--set", "softcap=4"]) == 0
+    ledger = root / ".lab" / "tiny" / "ledger.sqlite"
+    with contextlib.closing(sqlite3.connect(ledger)) as db, db:
+        spec = yaml.safe_load(db.execute("SELECT spec FROM programs").fetchone()[0])
+        db.execute("UPDATE programs SET spec = ?", (json.dumps({**spec, "budget": {**spec["budget"], "seeds": "abc"}}),))
+    capsys.readouterr()
+    for changes in ([], ["total_compute_seconds=5000"]):
+        assert main(["budget", "tiny", *changes]) == 2
+        assert f"{ledger}: budget.seeds as recorded: expected a valid list, got 'abc' (edited by hand?)" in one_line_error(capsys)
 
 
 def test_a_stop_waits_a_number_of_seconds(capsys):

@@ -184,3 +184,24 @@ def test_an_empty_out_is_refused_and_a_resumed_run_takes_no_flags_it_would_ignor
                          (["--set", "n_layer=2"], "--set"), (["--val-tokens", "128"], "--val-tokens")):
         proc = trainer(workdir, "train", "--resume", "run", *flags)
         assert_one_line(proc, "--resume run continues the run its config.json describes", f"{named} cannot change it")
+
+
+def test_sizes_this_machine_cannot_hold_are_one_line_and_leave_no_run_in_the_way(workdir):
+    """A batch (or model, or vocab) the config allows and the machine cannot hold was NumPy's
+    traceback, and it left --out holding config.json and an empty metrics.jsonl: the same command
+    again was refused as "already holds a run", and --resume found no checkpoint. Here the address
+    space is capped at 4 GB (a machine short of memory, deterministically: without a cap the kernel
+    may kill the trainer instead)."""
+    import resource
+    cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+    argv = [sys.executable, "-m", "trainer", "train", *SMALL, *TINY, "--out", "big", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NANOLAB_CACHE": str(workdir / "cache")}
+    proc = subprocess.run([*argv, "--batch-size", str(10**8)], capture_output=True, text=True, cwd=workdir, env=env,
+                          timeout=120, preexec_fn=cap)
+    assert_one_line(proc, "error: out of memory: Unable to allocate", "a smaller --batch-size")
+    assert sorted(p.name for p in (workdir / "big").iterdir()) == ["config.json", "metrics.jsonl"]  # (no step taken)
+    again = subprocess.run(argv, capture_output=True, text=True, cwd=workdir, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert (workdir / "big" / "result.json").exists()
+    refused = subprocess.run(argv, capture_output=True, text=True, cwd=workdir, env=env, timeout=120)
+    assert_one_line(refused, "--out big already holds a run")  # (a run that took a step is data)

@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -35,8 +36,12 @@ def main(argv=None) -> int:
         if kernels not in ("0", "1"):
             raise ValueError(f"NANOLAB_KERNELS must be 0 (the NumPy twins) or 1 (the kernels), got {kernels!r}")
         return args.func(args)
-    except ValueError as e:  # bad input: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+    except ValueError as e:  # bad input: one line, no traceback (a name given may hold escapes: not for the terminal)
+        print("error: " + re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", "?", str(e)), file=sys.stderr)
+        return 1
+    except MemoryError as e:  # sizes the config allows and this machine cannot hold (NumPy names the bytes)
+        print(f"error: out of memory: {e or 'an allocation failed'}; a smaller --batch-size, model or vocab fits",
+              file=sys.stderr)
         return 1
 
 
@@ -159,6 +164,13 @@ def add_data_flags(p):
 RUN_FILES = ("result.json", "checkpoint.npz", "metrics.jsonl", "config.json")  # what a run writes in --out
 
 
+def took_no_step(out: Path, held: list[str]) -> bool:
+    """A run that ended before its first step (out of memory, say) left its config and an empty
+    log: no data to lose, and a run again in its --out needs no --force."""
+    log = out / "metrics.jsonl"
+    return set(held) <= {"config.json", "metrics.jsonl"} and (not log.exists() or (log.is_file() and log.stat().st_size == 0))
+
+
 def cmd_train(args) -> int:
     from trainer.train import EXIT_CODES, RunSpec, run
     if args.resume:  # (the run as its config.json says: a flag beside it would be ignored, so it is refused)
@@ -174,7 +186,7 @@ def cmd_train(args) -> int:
         if args.out is None:
             raise ValueError("--out DIR is required (where the run's files go)")
         held = [name for name in RUN_FILES if (args.out / name).exists()]
-        if held and not args.force:  # a finished run is data: never lose it to a typo
+        if held and not args.force and not took_no_step(args.out, held):  # a finished run is data: never lose it to a typo
             raise ValueError(f"--out {args.out} already holds a run ({', '.join(held)}): --resume {args.out} "
                              "continues it, --force overwrites it, or pick another --out")
         result = run(spec_from_args(args), args.out, quiet=args.quiet)
