@@ -185,6 +185,9 @@ def check_size(cfg: Config) -> None:
                          f"{cfg.sequence_len} make a model of more than {MAX_PARAMS:.0e} parameters")
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _coerce(key, value, typ):
     """Turn a command-line string into the key's type; anything else passes through checked."""
     if typ is bool:
@@ -201,6 +204,8 @@ def _coerce(key, value, typ):
         raise ValueError(f"{key} expects {typ.__name__}, got {value!r}") from None
     if typ is float and not math.isfinite(out):  # a NaN softcap once trained as if it were off
         raise ValueError(f"{key} must be a finite number, got {value!r}")
+    if typ is float and abs(out) > FLOAT32_MAX:  # (an lr of 1e308 was inf in float32: warnings, then "diverged")
+        raise ValueError(f"{key} {value!r} is past float32's range, in which the model computes (at most {FLOAT32_MAX:.3g})")
     return out
 
 
