@@ -54,6 +54,14 @@ def test_config_not_utf8(workdir):
     assert_one_line(train_with_config(workdir, b"n_layer: 1\n\xff\xfe: 2\n"), "--config c.yaml")
 
 
+def test_config_key_given_twice_or_malformed_says_which_and_where(workdir):
+    """A key given twice in --config took the last without a word (`org`'s program files refuse
+    it); malformed YAML was "cannot read (ParserError)", with no line."""
+    assert_one_line(train_with_config(workdir, b"n_layer: 1\nsoftcap: 2\nn_layer: 2\n"), "--config c.yaml", "'n_layer' is given twice")
+    assert_one_line(train_with_config(workdir, b"n_layer: [1\nsoftcap: 2\n"), "--config c.yaml", "malformed YAML at line 2, column")
+    assert not (workdir / "new").exists()
+
+
 def test_config_non_integral_int_key(workdir):
     assert_one_line(train_with_config(workdir, b"n_layer: 1.7\n"), "n_layer", "1.7")
 

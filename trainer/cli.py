@@ -219,9 +219,17 @@ def spec_from_args(args):
 def read_config_file(path, preset):
     import yaml
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        text = Path(path).read_text()
+        node, data = yaml.compose(text), yaml.safe_load(text) or {}  # (the node tree: where each key stands)
+    except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"--config {path}: cannot read ({type(e).__name__})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ValueError(f"--config {path}: malformed YAML at {where}{getattr(e, 'problem', None) or type(e).__name__}") from None
+    keys = [k.value for k, _ in node.value] if isinstance(node, yaml.MappingNode) else []
+    if twice := next((k for k in keys if keys.count(k) > 1), None):  # (YAML keeps the last: a setting nobody meant)
+        raise ValueError(f"--config {path}: key {twice!r} is given twice")
     if not isinstance(data, dict):
         raise ValueError(f"--config {path}: expected a mapping of config keys")
     odd = [k for k in data if not isinstance(k, str)]
