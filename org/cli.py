@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and isinstance(getattr(args, "changes", None), list) and all("=" in a and a[0] != "-" for a in extra):
         args.changes += extra  # (`org budget P --who ada F=V`: argparse takes no positional after an option)
+    elif extra and isinstance(getattr(args, "rest", None), list) and all(a[:1] != "-" for a in extra):
+        args.rest += extra  # (`org mail send --as chief junior-1 hi`, the same)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     Ledger.opened.clear()  # (the ledgers this command opens)

@@ -81,7 +81,9 @@ def test_the_org_command_gives_a_cli_agent_the_same_tools(project, monkeypatch, 
     assert [r["tool"] for r in refusals] == ["write_file", "submit_experiment"]
 
     assert main(["mail", "send", "solo", "Plan", "posted."]) == 0
-    assert [m["text"] for m in Mail(lab_dir(root, program)).inbox("solo")] == ["Plan posted."]
+    assert main(["mail", "send", "--as", "claude", "solo", "Options", "first."]) == 0  # (was "unrecognized arguments")
+    assert main(["mail", "send", "solo", "--as", "claude", "Between", "too."]) == 0
+    assert [m["text"] for m in Mail(lab_dir(root, program)).inbox("solo")] == ["Plan posted.", "Options first.", "Between too."]
     Mail(lab_dir(root, program)).send("solo", "claude", "Thanks!")
     capsys.readouterr()
     assert main(["mail", "read"]) == 0
