@@ -175,10 +175,13 @@ def test_a_fifo_in_a_data_folder_is_passed_over(workdir):
 
 def test_an_empty_data_a_key_set_twice_and_a_file_to_resume(workdir):
     """(a hunt, 2026-12-06) an empty --data trained on the folder it started in; a key set twice
-    took the last without a word; a file to resume was called a corrupt run."""
+    took the last without a word (and a key set and given its own flag, the flag: session 49's
+    fuzz); a file to resume was called a corrupt run."""
     assert_one_line(trainer(workdir, "train", *SMALL, *TINY, "--data", "", "--out", "odd"), "--data", "expected pystdlib")
     assert_one_line(trainer(workdir, "train", *SMALL, *TINY, "--set", "softcap=1", "--set", "softcap=2", "--out", "odd"),
                     "softcap is set twice")
+    assert_one_line(trainer(workdir, "train", *SMALL, *TINY, "--seq-len", "16", "--out", "odd"),  # (the flag won)
+                    "--set sequence_len=32 and --seq-len 16: sequence_len is set twice")
     (workdir / "a-file").write_text("x")
     assert_one_line(trainer(workdir, "train", "--resume", "a-file"), "a-file: not a folder")
     assert not (workdir / "odd").exists()

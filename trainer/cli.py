@@ -201,10 +201,14 @@ def spec_from_args(args):
     overrides, preset = {}, args.preset
     if args.config:
         overrides, preset = read_config_file(args.config, preset)
-    overrides.update(parse_overrides(args.set))
-    overrides.update({k: getattr(args, k) for k in OPTIM_FLAGS if getattr(args, k) is not None})
+    given = parse_overrides(args.set)
+    flags = {k: getattr(args, k) for k in OPTIM_FLAGS if getattr(args, k) is not None}
     if args.seq_len is not None:
-        overrides["sequence_len"] = args.seq_len
+        flags["sequence_len"] = args.seq_len
+    if twice := next((k for k in flags if k in given), None):  # (the flag won, without a word)
+        flag = "--seq-len" if twice == "sequence_len" else "--" + twice.replace("_", "-")
+        raise ValueError(f"--set {twice}={given[twice]} and {flag} {flags[twice]}: {twice} is set twice")
+    overrides.update({**given, **flags})
     chosen = {k: getattr(args, f"budget_{k}") for k in BUDGET_FLAGS if getattr(args, f"budget_{k}") is not None}
     if len(chosen) != 1:
         raise ValueError(f"give exactly one budget: {', '.join(BUDGET_FLAGS.values())}")
