@@ -30,7 +30,6 @@ import yaml
 from pydantic import ValidationError
 
 from org import OneLineParser, OrgError, shown
-from org.cluster import reach
 from org.compare_orgs import add_compare_command
 from org.ablate import leave_one_out
 from org.experiments import check_arm_name, plan, submission_source, submit, submit_declared
@@ -46,7 +45,7 @@ from org.serve import add_serve_command
 from org.status import add_status_command
 from org.stop import add_stop_command
 from org.takeover import add_takeover_commands
-from org.workspace import find_ledger, hand_edit, on_ray, preflight, start, started_spec
+from org.workspace import check_runs_can_go, find_ledger, hand_edit, on_ray, preflight, start, started_spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +210,7 @@ def cmd_run(args) -> int:
     program, lab, path = preflight(args.program)
     if args.ray is not None:
         program = on_ray(program, args.ray)
-    reach(program)  # (its cluster answers: before anything is created)
+    check_runs_can_go(program)  # (its cluster, or its GPUs: before anything is created)
     ledger = start(program, lab, path)
     with ledger:
         submit_declared(ledger, lab, program)

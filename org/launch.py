@@ -43,14 +43,13 @@ from org.agents.control import Control
 from org.agents.sandbox import SECRET_NAME
 from org.lab import Lab, agent_branch, agent_refs, branch_owner, child_env, hardened_git_env
 from org.experiments import waiting_for_budget
-from org.cluster import reach
 from org.ledger import FINISHED, Ledger
 from org.mail import now, write_atomically
 from org.panes import Pane, RELEASE_KEY, TAKEOVER_KEY, tmux_path
 from org.program import Program
 from org.cgroups import cgroup_root, core_limit, cpu_meter, cpu_share, memory_limit, pids_root, process_limit
 from org.sandbox import available as sandbox_available
-from org.workspace import ProgramSite, lab_root, on_ray, preflight, start, with_backend
+from org.workspace import ProgramSite, check_runs_can_go, lab_root, on_ray, preflight, start, with_backend
 
 RUNNER, STATUS = "_runner", "_status"  # keeper names (agent names cannot start with "_")
 TAKEN_OVER = "taken over by a person"  # the pause reason `org status` shows as "taken over"
@@ -154,7 +153,7 @@ def check(arg: str, backend: str | None, ray: str | None = None) -> tuple[Progra
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise OrgError(f"{missing[0]}{more}; or launch with --backend scripted (no model, no key)")
         check_sandbox(launch.program)
-        reach(launch.program)  # (its runs' cluster, if on Ray)
+        check_runs_can_go(launch.program)  # (its runs' cluster, or GPUs)
         check_clis(launch.program)
         check_branches(lab, launch)
     finally:

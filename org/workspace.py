@@ -184,6 +184,19 @@ def program_path(arg: str, lab: Lab) -> Path:
     raise OrgError(f"no program file {arg!r}{nor}")
 
 
+def check_runs_can_go(program: Program):
+    """Where the program's runs would go is there, before `org run` or `org launch` creates anything
+    (OrgError, one line): its Ray cluster answers, or the GPUs of a local CUDA program are on this
+    machine (a program on `runner.gpus: [0]` here without one queued runs that could only fail)."""
+    from org.cluster import reach
+    from org.hostfiles import NVIDIA_GPUS, nvidia_gpus
+    reach(program)
+    gpus = program.runner.gpus if program.runner.backend == "local" and program.train.device == "cuda" else []
+    if gpus and max(gpus) >= (found := len(nvidia_gpus())):
+        raise OrgError(f"program {program.name}: runner.gpus {gpus}: this machine has {found} NVIDIA GPU(s) "
+                       f"(the driver's {NVIDIA_GPUS}); its runs train on train.device cuda")
+
+
 def load_named(path: Path, arg: str) -> Program:
     """The program in `path`. One found by its name (programs/<arg>.yaml) must bear that name: a
     file saying another started that other program, while the commands that read a ledger by

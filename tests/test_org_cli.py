@@ -755,13 +755,20 @@ def test_a_name_that_is_not_the_programs_own_starts_nothing(make_project, monkey
     assert f"NANOLAB_LAB={root / 'nowhere'}: no such folder" in one_line_error(capsys)
 
 
-def test_a_ray_address_nothing_answers_at_starts_nothing(make_project, capsys):
+def test_where_the_runs_would_go_is_tried_before_anything_is_made(make_project, capsys):
     """`org run tiny --ray ADDRESS` started the program (its branch, its ledger, its runs queued)
-    and only then found no cluster there: a typo's program stayed behind. The address is tried first."""
+    and only then found no cluster there: a typo's program stayed behind. A CUDA program on
+    `runner.gpus: [0]` of a machine with no GPU queued runs that could only fail. Both are tried first."""
+    from org.hostfiles import nvidia_gpus
     root = make_project(tiny_program())
     for address in ("not a url", "http://127.0.0.1:1"):
         assert main(["run", "tiny", "--ray", address]) == 2
         assert f"program tiny: runner.address {address}: " in one_line_error(capsys)
+    gpus = len(nvidia_gpus())
+    rewrite(root, train={**tiny_program()["train"], "device": "cuda"}, runner={"gpus": [gpus]})  # (one past the last)
+    git.Repo(root).git.commit("-qam", "on a GPU")
+    assert main(["run", "tiny"]) == 2
+    assert f"program tiny: runner.gpus [{gpus}]: this machine has {gpus} NVIDIA GPU(s)" in one_line_error(capsys)
     assert nothing_created(root)
 
 
