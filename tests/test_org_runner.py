@@ -253,9 +253,9 @@ def test_the_budget_holds_a_claims_fresh_seeds_back_from_work_not_yet_started(ma
         status = program_status(ledger, program)
     assert status["compute_seconds"]["waiting_for_budget"] == [late[0]["experiment_id"]] and status["running_runs"] == 0
     assert status["compute_seconds"]["stuck"] and out_of_budget(status)
-    from types import SimpleNamespace
     from org.status import ledger_lines  # and `org status`, to the person who can raise it
-    runs = ledger_lines(SimpleNamespace(name="tiny", ledger_path=root / ".lab/tiny/ledger.sqlite", program=program))[0]
+    from org.workspace import ProgramSite
+    runs = ledger_lines(ProgramSite(root, program, None))[0]
     assert runs.startswith(f"runs: 3 queued (experiment {late[0]['experiment_id']} waiting for budget: nothing running "
                            "will free it; `org budget` raises it) · 0 running"), runs
     assert main(["report", "tiny"]) == 0
