@@ -96,6 +96,7 @@ def test_a_full_disk_under_a_runs_trainer_stops_the_runner_and_requeues_the_run(
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1040m", "tmpfs", str(runs)], capture_output=True).returncode:
         pytest.skip("no tmpfs can be mounted here")
     fill = ["dd", "if=/dev/zero", f"of={runs / 'filler'}", "bs=1M"]  # (to ENOSPC)
+    filler = None
     try:
         subprocess.run(fill, capture_output=True)
         capsys.readouterr()
@@ -105,19 +106,18 @@ def test_a_full_disk_under_a_runs_trainer_stops_the_runner_and_requeues_the_run(
         with ledger_of(root) as ledger:
             assert [(r["status"], r["attempts"]) for r in ledger.runs("tiny")] == [("queued", 0)]  # (none spent)
         (runs / "filler").unlink()
-        filled = []
-        filler = threading.Thread(target=lambda: wait_for(lambda: any(p.is_dir() for p in runs.iterdir()))
-                                  and filled.append(subprocess.run(fill, capture_output=True)))
-        filler.start()  # (full as its trainer starts)
-        assert main(["run", "tiny"]) == 2
-        filler.join()
-        assert filled, "the run never started"
+        filler = fill_once_a_run_starts(runs)  # (full as its trainer starts)
+        returned = main(["run", "tiny"])
+        filled = filler.communicate(timeout=120)[0]
+        assert returned == 2 and "No space left" in filled, f"org run returned {returned}; the filler: {filled}"
         err = capsys.readouterr().err
         assert "is full" in err and "the run went back to the queue" in err and "Traceback" not in err, err
         with ledger_of(root) as ledger:
             run, = ledger.runs("tiny")
         assert run["status"] == "queued" and "free on the disk; re-queued" in run["attempt_log"], run
     finally:
+        if filler is not None and filler.poll() is None:
+            filler.kill()
         subprocess.run(["umount", "-l", str(runs)])  # (lazily: a process still in it lets go later)
     assert main(["run", "tiny"]) == 0  # room again
     with ledger_of(root) as ledger:
@@ -125,13 +125,27 @@ def test_a_full_disk_under_a_runs_trainer_stops_the_runner_and_requeues_the_run(
     assert run["status"] == "completed", run["reason"]
 
 
-def wait_for(condition, seconds: float = 60) -> bool:
-    deadline = time.time() + seconds
-    while not condition():
-        if time.time() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+FILLER = """
+import shutil, subprocess, sys, time
+from pathlib import Path
+runs, t0 = Path(sys.argv[1]), time.monotonic()
+while not any(p.is_dir() for p in runs.iterdir()):
+    if time.monotonic() - t0 > 120:
+        sys.exit("no run started in 120 s")
+    time.sleep(0.005)
+seen = time.monotonic() - t0
+dd = subprocess.run(["dd", "if=/dev/zero", f"of={runs / 'filler'}", "bs=1M"], capture_output=True, text=True)
+print(f"a run's folder seen at {seen:.2f} s; dd ended at {time.monotonic() - t0:.2f} s, exit {dd.returncode}: "
+      f"{dd.stderr.strip()!r}; {shutil.disk_usage(runs).free} bytes free")
+"""
+
+
+def fill_once_a_run_starts(runs: Path) -> subprocess.Popen:
+    """Fill the disk under runs to ENOSPC the moment a run's folder appears there, from a process
+    of its own (a thread of this one shares its interpreter with the runner under test); its
+    output says when it saw the folder, what dd said and what was left free."""
+    return subprocess.Popen([sys.executable, "-c", FILLER, str(runs)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def test_a_run_the_harness_cannot_measure_stops_the_runner_once_not_for_good(make_project):
