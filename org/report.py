@@ -34,7 +34,7 @@ import numpy as np
 
 from org import OrgError, code_span, improve_story, one_line, shown, write_atomically
 from org.improve_story import diff_summary
-from org.ledger import LedgerError, loads, shown_seed
+from org.ledger import FINISHED, LedgerError, loads, shown_seed
 from org.ledger_read import read_tables
 from org.plots import Curve, finite, plot_all, read_curves
 from org.program import fresh_seed_count
@@ -103,8 +103,7 @@ def read_ledger(path: Path, program: str) -> Report:
         raise ReportError(str(e)) from None
     program_row = rows["programs"][0] if rows["programs"] else {}
     if not program_row:
-        missing.append(f"program {program!r} is not in the ledger's programs table: "
-                       "question, claim and budget unknown, so no verdicts")
+        missing.append(f"program {program!r} is not in the ledger's programs table: question, claim and budget unknown, so no verdicts")
     spec = loads(program_row.get("spec")) or {}
     agent_cpu = sum((Counter({r["agent"]: r["seconds"]}) for r in rows["agent_cpu"]), Counter())
     return Report(program, path, spec, program_row.get("base_commit"), rows["experiments"],
@@ -586,8 +585,10 @@ def to_json(report: Report, readme: Path | None = None) -> dict:
 
 
 def run_report(ledger_path: Path, program: str, out_dir: Path, fmt: str = "text") -> int:
-    """`org report`: write the report, then print the summary (or JSON) and its path."""
+    """`org report`: write the report (one there, say a clone's sample, stays until a run has finished)."""
     report = build(ledger_path, program)
+    if (out_dir / "README.md").exists() and not any(r.get("status") in FINISHED for r in report.runs):
+        raise ReportError(f"no run of {program} has finished yet: {out_dir / 'README.md'} is left as it is")
     try:
         readme = write(report, out_dir)
     except OSError as e:  # a file where its folder goes, a folder where a file goes, no permission

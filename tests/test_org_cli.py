@@ -843,3 +843,25 @@ def test_a_relative_cache_home_is_ignored_as_the_xdg_spec_says(monkeypatch, tmp_
     assert user_cache("labs") == Path.home() / ".cache" / "nanolab" / "labs"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert user_cache("labs") == tmp_path / "nanolab" / "labs"
+
+
+def test_a_report_with_no_finished_run_keeps_the_report_already_there(make_project, capsys):
+    """A fresh clone holds the sample report of another lab's ledger (README and PNGs). `org report`
+    on a program started here with no run finished yet rewrote it as "nothing to judge" and deleted
+    its plots. Now that report is left as it is, in one line; where there is none, the empty one
+    is written as before."""
+    root = make_project(tiny_program())
+    sample = root / "reports" / "tiny"
+    sample.mkdir(parents=True)
+    (sample / "README.md").write_text("# tiny: the sample report\n")
+    (sample / "final.png").write_bytes(b"\x89PNG sample")
+    assert main(["submit", "tiny", "--arm", "cap-5", "--set", "softcap=5"]) == 0  # (started; runs queued)
+    capsys.readouterr()
+    assert main(["report", "tiny"]) == 2
+    err = one_line_error(capsys)
+    assert "no run of tiny has finished yet" in err and "reports/tiny/README.md is left as it is" in err, err
+    assert (sample / "README.md").read_text() == "# tiny: the sample report\n" and (sample / "final.png").exists()
+    for name in ("README.md", "final.png"):
+        (sample / name).unlink()
+    assert main(["report", "tiny"]) == 0  # none there: the ledger's report, empty as it is
+    assert "no finished runs: every verdict is inconclusive" in (sample / "README.md").read_text()
