@@ -80,6 +80,9 @@ def preflight(arg: str, ref: str | None = None) -> tuple[Program, Lab, Path | No
                 check_unchanged(path, started, program.model_dump(mode="json"))
     branch = f"program/{program.name}"
     base = row["base_commit"] if row else lab.resolve(branch if branch in lab.repo.heads else "HEAD")
+    if "trainer/__main__.py" not in lab.files(base):  # (else its runs train with any `trainer` the machine has)
+        raise OrgError(f"the lab's commit {base[:12]} has no trainer/__main__.py: runs train with the lab's "
+                       "committed trainer (`python -m trainer`); commit one first")
     check_candidates(lab, program, base, str(where))
     return program, lab, path
 

@@ -865,3 +865,19 @@ def test_a_report_with_no_finished_run_keeps_the_report_already_there(make_proje
         (sample / name).unlink()
     assert main(["report", "tiny"]) == 0  # none there: the ledger's report, empty as it is
     assert "no finished runs: every verdict is inconclusive" in (sample / "README.md").read_text()
+
+
+def test_a_lab_whose_commit_has_no_trainer_starts_nothing(make_project, capsys):
+    """A checkout with a program file but no trainer committed passed every check: its runs trained
+    with whatever `trainer` the machine's Python found (the harness's own, installed), then the
+    harness's measurement failed on each, from the lab's snapshot. Now `org run`, `org submit` and
+    `org launch` name the missing trainer in one line and make nothing."""
+    root = make_project(tiny_program())
+    repo = git.Repo(root)
+    repo.git.rm("-rq", "trainer")
+    repo.git.commit("-qm", "no trainer")
+    for argv in (["run", "tiny"], ["submit", "tiny", "--arm", "capped", "--set", "softcap=4"], ["launch", "tiny"]):
+        assert main(argv) == 2, argv
+        err = one_line_error(capsys)
+        assert f"commit {repo.head.commit.hexsha[:12]} has no trainer/__main__.py" in err, err
+    assert nothing_created(root)
