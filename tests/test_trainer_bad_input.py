@@ -146,11 +146,14 @@ def test_absurd_model_size(workdir, setting, key):
                                           ("adam_eps=0", "adam_eps"), ("matrix_lr=-1", "matrix_lr"),
                                           ("warmup_frac=-1", "warmup_frac"), ("rope_base=0", "rope_base"),
                                           ("muon_momentum=5", "muon_momentum"), ("weight_decay=-0.1", "weight_decay"),
-                                          ("matrix_lr=1e308", "matrix_lr")])
+                                          ("matrix_lr=1e308", "matrix_lr"), ("softcap=1e-400", "softcap"),
+                                          ("matrix_lr=1e-45", "matrix_lr")])
 def test_optimizer_values_out_of_their_range(workdir, setting, key):
     """adam_beta1=1 divided by zero in AdamW's bias correction (a traceback); the others trained
     on nonsense without a word (a hunt, 2026-12-06); an lr past float32's range printed NumPy's
-    overflow warnings, then "diverged" (session 49's). `org` refuses them through make_config too."""
+    overflow warnings, then "diverged" (session 49's); softcap=1e-400 was 0 once read, the softcap
+    off, and an lr below float32's normal numbers trained as a denormal or 0. `org` refuses them
+    through make_config too."""
     proc = trainer(workdir, "train", *SMALL, *TINY, "--set", setting, "--out", "odd")
     assert_one_line(proc, key)
     assert not (workdir / "odd").exists()

@@ -186,6 +186,7 @@ def check_size(cfg: Config) -> None:
 
 
 FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: below it, a value computes as 0 or a denormal
 
 
 def _coerce(key, value, typ):
@@ -206,6 +207,10 @@ def _coerce(key, value, typ):
         raise ValueError(f"{key} must be a finite number, got {value!r}")
     if typ is float and abs(out) > FLOAT32_MAX:  # (an lr of 1e308 was inf in float32: warnings, then "diverged")
         raise ValueError(f"{key} {value!r} is past float32's range, in which the model computes (at most {FLOAT32_MAX:.3g})")
+    if typ is float and (0 < abs(out) < FLOAT32_TINY or out == 0 and isinstance(value, str)
+                         and any(d in "123456789" for d in value.lower().partition("e")[0])):  # (1e-400 reads as 0: off)
+        raise ValueError(f"{key} {value!r} is below float32's smallest normal number ({FLOAT32_TINY:.3g}): "
+                         "it would compute as 0; say 0 for 0")
     return out
 
 
