@@ -51,7 +51,7 @@ def make_project(tmp_path: Path, program: dict, trainer: bool = True) -> tuple[P
         shutil.copytree(ROOT / "trainer", root / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
     else:
         (root / "trainer").mkdir()
-        for name in ("eval.py", "data.py", "flops.py", "config.py"):
+        for name in ("eval.py", "data.py", "flops.py", "config.py", "__main__.py"):  # (stand-ins: these labs never train)
             (root / "trainer" / name).write_text(f"# {name}\n")
     if program["data"]["source"] == "corpus":
         corpus = tmp_path / "corpus.txt"
