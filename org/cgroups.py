@@ -363,9 +363,9 @@ def members(groups: list[Path]) -> set[int]:
     """The processes in groups and every group below them."""
     found = set()
     for group in groups:
-        for procs in [group / "cgroup.procs", *group.rglob("*/cgroup.procs")]:
+        for folder, _, _ in os.walk(group):  # (one removed as it is walked, by another's sweep, held no one)
             with contextlib.suppress(OSError, ValueError):
-                found |= {int(pid) for pid in procs.read_text().split()}
+                found |= {int(pid) for pid in Path(folder, "cgroup.procs").read_text().split()}
     return found
 
 

@@ -1455,6 +1455,40 @@ def test_what_a_box_whose_maker_died_left_running_is_killed_as_the_next_box_is_m
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.skipif(cgroup_root("pids") is None, reason=f"a pids cgroup: {process_limit()}")
+def test_boxes_made_at_once_beside_an_orphans_group_are_all_made():
+    """Two makers' sweeps found the same dead maker's group (an agent killed mid-box leaves one): one
+    removed its groups as the other walked them for their processes, and the walk's FileNotFoundError
+    failed the other's box (CI: a box's command refused, `No such file or directory: .../box-...`).
+    Here boxes are made six at a time beside such a group of many groups, again and again."""
+    root = cgroup_root("pids")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    made, failed = [], []
+
+    def make():
+        try:
+            made.append(cgroups.new_cgroup(root))
+        except OSError as e:
+            failed.append(e)
+    try:
+        for _ in range(15):
+            orphan = root / f"box-{pid_namespace()}-{dead}-{uuid.uuid4().hex[:12]}"
+            for i in range(30):  # (what a box made below its group: a tree to walk)
+                (orphan / "box" / f"made-{i}" / "deeper").mkdir(parents=True)
+            makers = [threading.Thread(target=make) for _ in range(6)]
+            for t in makers:
+                t.start()
+            for t in makers:
+                t.join()
+            assert not failed, failed
+    finally:
+        drop_made = [g for g in made if g]
+        for group in drop_made:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+        cgroups.sweep(root, f"box-{pid_namespace()}-{dead}-*")
+
+
 @pytest.mark.skipif(cgroup_root("cpuacct") is None, reason=f"a cpu accounting cgroup: {cpu_meter()}")
 def test_a_boxs_cpu_time_is_read_whatever_box_is_made_as_it_ends(tmp_path):
     """The lost CPU figure (a hunt's lab recorded a baseline run without its CPU time, and the
