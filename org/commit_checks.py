@@ -19,15 +19,17 @@ SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gita
 MAX_DIFF_WORK = 1_000_000  # line pairs difflib may weigh (quadratic: 50k lines, interleaved, took 98 s outside every box)
 
 
-def code_refusal(lab: Lab, base: str, commit: str, protected: list[str], max_change_kb: float) -> str | None:
+def code_refusal(lab: Lab, base: str, commit: str, protected: list[str], max_change_kb: float,
+                 overrides: int = 0) -> str | None:
     """Why an experiment's commit may not run, or None: it changes a protected path, adds what
-    could shadow code, or carries more than max_change_kb."""
+    could shadow code, or carries more than max_change_kb (with what its `overrides` carry, in
+    compressed bytes: one allowance for both, or each was a head start of its own)."""
     try:
         lab.files(commit)  # a tree git would not check out, or an object not what its name says
     except LabError as e:
         return str(e)
     return (protected_violation(lab, base, commit, protected) or shadowing(lab, base, commit, protected)
-            or links(lab, base, commit) or oversized(lab, base, commit, max_change_kb))
+            or links(lab, base, commit) or oversized(lab, base, commit, max_change_kb, overrides))
 
 
 def protected_violation(lab: Lab, base: str, commit: str, protected: list[str]) -> str | None:
@@ -50,13 +52,14 @@ def kilobytes(n: int) -> str:
     return f"{n / 1024:.0f} KB" if n >= 1024 else f"{n / 1024:.3g} KB"
 
 
-def oversized(lab: Lab, base: str, commit: str, max_change_kb: float) -> str | None:
+def oversized(lab: Lab, base: str, commit: str, max_change_kb: float, overrides: int = 0) -> str | None:
     """Why a commit carries too much into its runs, or None. What it carries is what it adds:
     its added lines and binary files, zlib-compressed (so base64, hex or a Python literal
     of the same weights weigh what the weights do); removed lines carry nothing in."""
-    if (carried := carried_bytes(lab, base, commit)) <= max_change_kb * 1024:
+    if (carried := carried_bytes(lab, base, commit) + overrides) <= max_change_kb * 1024:
         return None
-    return (f"the commit carries {kilobytes(carried)} of new content (compressed) over the program's base "
+    what = "the commit and its overrides carry" if overrides else "the commit carries"
+    return (f"{what} {kilobytes(carried)} of new content (compressed) over the program's base "
             f"commit {base[:10]}, more than max_change_kb: {max_change_kb:g}. Experiments change code; data "
             f"such as trained weights would be a head start that no budget counts")
 

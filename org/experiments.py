@@ -192,7 +192,7 @@ def refusal(lab: Lab, program: Program, base: str, commit: str, overrides: dict)
     carried = len(zlib.compress(json.dumps(overrides).encode(), 9)) if overrides else 0  # a string value could hold weights
     if carried > program.max_change_kb * 1024:
         return f"the overrides carry {kilobytes(carried)} (compressed), more than max_change_kb: {program.max_change_kb:g}"
-    return code_refusal(lab, base, commit, program.protected, program.max_change_kb)
+    return code_refusal(lab, base, commit, program.protected, program.max_change_kb, carried)
 
 
 def plan(ledger: Ledger, program: Program, experiment: dict):

@@ -727,3 +727,13 @@ def test_overrides_carry_no_weights_either(lab):
     assert refusal(lab, program, base, base, {"note": blob}).startswith("the overrides carry 79 KB (compressed)")
     tight = program.model_copy(update={"max_change_kb": 0.0001})  # (said "0 KB ..., more than max_change_kb: 0.0001")
     assert refusal(lab, tight, base, base, {"note": "x"}).startswith("the overrides carry 0.0")
+    # (a hunt's find) the commit and its overrides were each held to the limit, so each carried 16 KB
+    payload = lab.root / "trainer" / "payload.py"
+    payload.parent.mkdir(exist_ok=True)
+    payload.write_text(f"W = {base64.b64encode(os.urandom(10_000)).decode()!r}\n")
+    lab.repo.git.add(str(payload))
+    lab.repo.git.commit("-qm", "10 KB of weights")
+    commit, half = lab.repo.head.commit.hexsha, {"note": base64.b64encode(os.urandom(10_000)).decode()}
+    assert refusal(lab, program, base, commit, {}) is None and refusal(lab, program, base, base, half) is None
+    both = refusal(lab, program, base, commit, half)
+    assert both and both.startswith("the commit and its overrides carry 20 KB") and "more than max_change_kb: 16" in both, both
