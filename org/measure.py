@@ -15,6 +15,7 @@ evaluation code or parameters disagree with it the run is `invalid`, with both i
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ import zipfile
 from fnmatch import fnmatch
 from pathlib import Path
 
-from org import OrgError, python_text, remove_tree
+from org import OrgError, model_worker, python_text, remove_tree
 from org.bytecode import source_only
 from org.cgroups import JOIN, box_cgroups, drop, existing_pool, members, oom_kills, thaw_left
 from org.reaper import process_table, set_aside, with_descendants
@@ -95,9 +96,16 @@ def python_text_survey(workers: dict | None) -> dict | None:
 def worker_command(code: Path, env: dict, box=None) -> dict:
     """How the evaluator starts the experiment's model worker: in `box` (org.sandbox) when given,
     made as it starts (remote.Worker): its cgroups, made now, would be swept as abandoned by the
-    time a later worker starts, minutes into a measurement."""
-    argv = [sys.executable, "-I", "-B", "-m", "org.model_worker", str(code)]
+    time a later worker starts, minutes into a measurement. It runs from its source on the command
+    line: no box holds the harness's checkout (org/unseen.py's harness_text)."""
+    argv = [sys.executable, "-I", "-B", "-c", worker_source(), str(code)]
     return {"code": str(code), "argv": argv, "env": {**env, **source_only()}, "box": box.spec() if box else None}
+
+
+@functools.cache
+def worker_source() -> str:
+    """org/model_worker.py's text, which `python -c` runs as __main__ (sys.argv: ["-c", SNAPSHOT])."""
+    return Path(model_worker.__file__).read_text()
 
 
 def evaluator_env(cache: Path, slot_env: dict) -> dict:

@@ -4,7 +4,7 @@ The experiment's model, behind a pipe: the only agent code a harness measurement
 The harness's evaluator (org/evaluator.py) starts this file as a script in the experiment's
 snapshot, with the snapshot (never the harness) first on sys.path:
 
-    python -I -B org/model_worker.py SNAPSHOT      # frames in on stdin, frames out on stdout
+    python -I -B -c "$(cat org/model_worker.py)" SNAPSHOT   # frames in on stdin, out on stdout
 
 and asks it, one frame at a time, for what only the experiment's code can say:
 

@@ -11,8 +11,9 @@ system's folders only, and hides what it finds in those:
 
     /home, /root, /opt, /srv, /var, /mnt, /work, ...   absent: every folder at / but SYSTEM
                                                         (outside_system)
-    the interpreter, the harness, the dynamic linker's  bound back from those (kept)
-      and CUDA's folders, LD_LIBRARY_PATH
+    the interpreter, the dynamic linker's and CUDA's    bound back from those (kept)
+      folders, LD_LIBRARY_PATH                          (the harness's checkouts: never,
+                                                          org/unseen.py's harness_text)
     other Pythons' stdlibs in /usr (os.py, abc.py,      absent (a walk of SYSTEM's folders and of
       codecs.py in a python3.x), other site- and          what is kept: other_pythons)
       dist-packages folders
@@ -70,9 +71,9 @@ def adopt(surveyed: dict):
 def binds() -> tuple[list[str], list[Path]]:
     """bwrap's flags for the boxes of a program whose data is the stdlib's text (after / is
     bound): every folder at / but the system's empty, what the box needs of them bound back (at
-    its path and, through a link, at the linked one), the harness's bytecode cache and its
-    checkouts' .git empty (org/bytecode.py: docstrings; the trees are read without it; the
-    history of the harness's code), then the stdlib's sourceless tree at its path and each
+    its path and, through a link, at the linked one), the harness's bytecode cache empty
+    (org/bytecode.py: docstrings; the trees are read without it), then the stdlib's sourceless
+    tree at its path and each
     site-packages folder's tree at its own; and the folders made empty (read-only once the box
     has bound all)."""
     stdlib, tree, sites = sourceless.stdlib_dir(), sourceless.stdlib_tree(), sourceless.site_trees()
@@ -80,8 +81,7 @@ def binds() -> tuple[list[str], list[Path]]:
     flags = [flag for path in emptied for flag in ("--tmpfs", str(path))]
     flags += [flag for real, named in bound_back(kept(), emptied) for flag in ("--ro-bind", str(real), str(named))]
     # (a cache under /tmp is in no box: each has a /tmp of its own, mounted after)
-    unread = [p.resolve() for p in [user_cache("bytecode"), *(Path(c, ".git") for c in checkouts())]
-              if p.is_dir() and not p.resolve().is_relative_to("/tmp")]
+    unread = [p.resolve() for p in [user_cache("bytecode")] if p.is_dir() and not p.resolve().is_relative_to("/tmp")]
     flags, emptied = flags + [flag for path in unread for flag in ("--tmpfs", str(path))], emptied + unread
     trees = [(tree, stdlib), *((built, site) for site, built in sites.items())]  # (in that order: a site tree's
     return flags + [flag for built, path in trees for flag in ("--ro-bind", str(built), str(path))], emptied  # mount point)
@@ -104,17 +104,17 @@ def outside_system() -> list[Path]:
 
 def kept() -> list[Path]:
     """What such a box needs of those folders, bound back, as named and as resolved (a home that
-    links to /gpfs): the interpreter (a venv's and the one it runs on), the harness's checkouts
-    (its worker imports org/), and the folders programs load libraries from (the dynamic linker's,
-    LD_LIBRARY_PATH, CUDA's, and those of every library this process has loaded: a Linuxbrew or
-    Spack Python's RUNPATH)."""
-    here = [sys.prefix, sys.base_prefix, os.path.dirname(sys.executable), *checkouts(), *library_folders()]
+    links to /gpfs): the interpreter (a venv's and the one it runs on) and the folders programs
+    load libraries from (the dynamic linker's, LD_LIBRARY_PATH, CUDA's, and those of every library
+    this process has loaded: a Linuxbrew or Spack Python's RUNPATH). Not the harness's checkouts:
+    a run imports its snapshot's trainer/, a worker is started from its source (org/measure.py),
+    and their Python text is the stdlib's style (org/unseen.py's harness_text)."""
+    here = [sys.prefix, sys.base_prefix, os.path.dirname(sys.executable), *library_folders()]
     return sorted({Path(q) for p in here if os.path.isdir(p) for q in (os.path.abspath(p), os.path.realpath(p))})
 
 
 def checkouts() -> list[str]:
-    """The harness's own folders (this one, and its editable installs' projects: a worker's `import
-    org` goes through the install's finder)."""
+    """The harness's own folders (this one, and its editable installs' projects)."""
     return [str(Path(__file__).parents[1]), *editable_projects()]
 
 
@@ -167,11 +167,10 @@ def linker_folders(conf: str = "/etc/ld.so.conf") -> list[str]:
 
 
 def needed() -> tuple[list[Path], list[Path]]:
-    """(what no folder hidden may hold, nor lie in: the harness's checkouts, the folders libraries
-    load from, and PATH's; what no folder hidden may hold: the interpreter's prefixes, which may
-    be /usr)."""
+    """(what no folder hidden may hold, nor lie in: the folders libraries load from, and PATH's;
+    what no folder hidden may hold: the interpreter's prefixes, which may be /usr)."""
     named = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p.startswith("/")]
-    trees = [*checkouts(), *library_folders(), *named]
+    trees = [*library_folders(), *named]
     prefixes = [sys.prefix, sys.base_prefix, os.path.dirname(sys.executable)]
     return sorted({Path(os.path.realpath(p)) for p in trees}), sorted({Path(os.path.realpath(p)) for p in prefixes})
 

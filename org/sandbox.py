@@ -226,8 +226,8 @@ class Sandbox:
         # host socket that goes away as bwrap binds over it (its start then failed)
         for path in self.host_sockets(hidden + emptied, used) if self.unix_sockets or seccomp_fd is None else []:
             box += ["--ro-bind", "/dev/null", str(path)]
-        for path in [*emptied, *hidden, Path("/dev"), Path("/proc")]:  # once what lies inside is bound: nothing new
-            # can be written there (/proc: a mode set on one of its files there was every procfs's, the host's too)
+        # once all is bound, nothing new is written there (/proc: a mode set there was every procfs's); none a folder hidden after covers
+        for path in [*(e for e in emptied if not any(e.is_relative_to(h) for h in hidden)), *hidden, Path("/dev"), Path("/proc")]:
             box += ["--remount-ro", str(path)]
         box += ["--clearenv"]
         for key, value in env.items():
@@ -539,26 +539,26 @@ def untrusted_env(extra: dict | None = None) -> dict:
 
 def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool,
             cpu_seconds: int, cores=None, source: str = "pystdlib", pools=()) -> Sandbox:
-    """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot
-    and the runs' data (the lab's train split, never its val) are read-only; the program's data
-    source is absent (pystdlib's: the stdlib without its text, org/sourceless.py); no network, no
-    unix socket; on its slot's cores only."""
+    """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot's
+    trainer/ (what `python -m trainer` imports; the rest is the harness's code and tests) and the
+    runs' data (the lab's train split, never its val) are read-only; the data source is absent
+    (pystdlib's: the stdlib without its text, org/sourceless.py); no network, no unix socket."""
     kernels.mkdir(parents=True, exist_ok=True)
-    return Sandbox(writable=[run_dir, kernels], readonly=[snapshot, data],
-                   hidden=code_private(lab_root) + source_files(source), gpu=gpu, unix_sockets=False,
+    return Sandbox(writable=[run_dir, kernels], readonly=[snapshot / "trainer", data],
+                   hidden=code_private(lab_root) + [snapshot] + source_files(source), gpu=gpu, unix_sockets=False,
                    sourceless_stdlib=source == "pystdlib",
                    limits=Limits(cpu_seconds=cpu_seconds, cores=tuple(cores) if cores else None, memory_pools=pools))
 
 
 def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool, cores=None,
                source: str = "pystdlib", pools=()) -> Sandbox:
-    """A model worker of a measurement: reads its snapshot and the runs' data (its model is built
-    as in its runs), not the data source; writes only its commit's kernel cache (Numba uses no
-    cache it cannot write, and would compile every kernel again), which is removed once it is
-    done: what it is shown to score stays in no place a later box can read; no network, no unix
-    socket; on its slot's cores."""
+    """A model worker of a measurement: reads what its runs read (its snapshot's trainer/ and
+    the runs' data: its model is built as in its runs), not the data source; writes only its
+    commit's kernel cache (Numba uses no cache it cannot write), which is removed once it is done:
+    what it is shown to score stays in no place a later box can read; no network, no unix socket."""
     kernels.mkdir(parents=True, exist_ok=True)
-    return Sandbox(writable=[kernels], readonly=[snapshot, data], hidden=code_private(lab_root) + source_files(source),
+    return Sandbox(writable=[kernels], readonly=[snapshot / "trainer", data],
+                   hidden=code_private(lab_root) + [snapshot] + source_files(source),
                    gpu=gpu, unix_sockets=False, sourceless_stdlib=source == "pystdlib",
                    # (its log and its kernel cache: nothing else it writes is the disk's)
                    limits=Limits(cores=tuple(cores) if cores else None, file_bytes=WORKER_FILE_BYTES, disk_bytes=2 << 30,

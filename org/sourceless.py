@@ -38,8 +38,10 @@ only what a run or a worker imports:
                            # harness's cache, again once what is installed changes
 
 What bytecode still holds (names, string constants, numbers) is not the text: the lookup attack
-in tests/test_measure_attacks.py finds nothing in it. A decompiler would get identifiers and
-literals back in order, a weaker lookup that no test here measures.
+in tests/test_measure_attacks.py finds nothing in it. But a byte 6-gram of its identifiers and
+literals, mixed into a weak model's logits as it is measured, gains on stdlib text (0.15 bpb
+against a 2.14-bpb model, measured offline: README), as any Python text does; what a worker
+computes beyond its forward passes is the measurement's to bound, not this tree's.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """
 What agent code never sees, as the paths a box hides (org/sandbox.py): the lab's state, every
 other lab's of this person's, the person's credentials and keys, and, from runs and model
-workers, the lab's git, the cgroups, the program's data source and every prepared copy of it.
+workers, the lab's git, the cgroups, the harness's checkouts, the program's data source and every
+prepared copy of it.
 """
 from __future__ import annotations
 
@@ -95,10 +96,31 @@ def keys_files(lab_root: Path) -> list[Path]:
 
 def code_private(lab_root: Path) -> list[Path]:
     """What a run and a model worker never see: what no agent code sees (the cgroups among it),
-    and the lab's git. An agent's box writes git objects (it commits), and its cgroups' figures
-    move as it likes (memory.usage_in_bytes): a run that read either could be handed what its agent
-    worked out after submitting it, such as a table for the fresh seeds its claim is replicated on."""
-    return lab_private(lab_root) + git_dirs(lab_root) + prepared_data()
+    the lab's git, and the harness's own code (harness_text). An agent's box writes git objects
+    (it commits), and its cgroups' figures move as it likes (memory.usage_in_bytes): a run that
+    read either could be handed what its agent worked out after submitting it, such as a table
+    for the fresh seeds its claim is replicated on."""
+    return lab_private(lab_root) + git_dirs(lab_root) + prepared_data() + harness_text()
+
+
+def harness_text() -> list[Path]:
+    """The harness's checkouts: its code, tests and history, 2.4 MB of Python in the stdlib's own
+    style. A model worker that mixed a byte 6-gram of them (and of the stdlib's bytecode names)
+    into its logits as it was measured on pystdlib read `better` by 0.049 with no warning; on any
+    program they are no run's to read (a run imports its snapshot's trainer/, a worker is started
+    from its source: org/measure.py). Hidden whole, or, where the interpreter lies in one (a venv
+    made in the checkout), all of it but the folder that holds the interpreter."""
+    prefixes = [Path(os.path.realpath(p)) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable))]
+    hidden = []
+    for checkout in dict.fromkeys(Path(os.path.realpath(c)) for c in python_text.checkouts()):
+        if not checkout.is_dir():
+            continue
+        if not any(p.is_relative_to(checkout) for p in prefixes):
+            hidden.append(checkout)
+            continue
+        with os.scandir(checkout) as entries:  # (a link among them is not followed: seen as it is)
+            hidden += [Path(e.path) for e in entries if not e.is_symlink() and not any(p.is_relative_to(e.path) for p in prefixes)]
+    return hidden
 
 
 def git_dirs(lab_root: Path) -> list[Path]:

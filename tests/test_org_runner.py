@@ -1080,7 +1080,7 @@ def test_a_measurement_its_runner_was_killed_in_is_charged(make_project):
     program = tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]})
     root = make_project(program)
     deadline = time.time() + 30
-    slow = f"import sys as _s, time as _t\nif _s.argv[0].endswith('model_worker.py'): _t.sleep(max(0, {deadline} - _t.time()))\n\n\nclass GPT"
+    slow = f"import sys as _s, time as _t\nif _s.argv[0] == '-c': _t.sleep(max(0, {deadline} - _t.time()))\n\n\nclass GPT"
     agent_commit(root, "mallory", "trainer/model.py", lambda text: text.replace("class GPT", slow, 1))
     assert main(["submit", "tiny", "--arm", "slow-load", "--ref", "agent/tiny/mallory/work"]) == 0
     org_run = subprocess.Popen([sys.executable, "-c", "import sys; from org.cli import main; sys.exit(main(['run', 'tiny']))"],

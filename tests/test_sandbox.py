@@ -54,8 +54,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def outside_tmp():
     """A scratch directory outside /tmp, where a real lab would be: inside a box /tmp is a private
-    tmpfs, so a lab under /tmp would be invisible there rather than read-only."""
-    path = ROOT / ".cache" / "test-labs" / uuid.uuid4().hex[:12]
+    tmpfs, so a lab under /tmp would be invisible there rather than read-only. Beside the harness's
+    checkout, not in it: runs and workers see none of the checkout (a lab there is bound back)."""
+    path = ROOT.parent / ".nanolab-test-labs" / uuid.uuid4().hex[:12]
     path.mkdir(parents=True)
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -689,18 +690,23 @@ except ImportError:
     print("no help topics")
 print(sum(len(list(itertools.islice(glob.iglob(p + "/**/*.py", recursive=True), 1000))) for p in site.getsitepackages()),
       "sources in site-packages")
-if sys.argv[1] != "no":  # all the Python text it reads, anywhere but in the harness (its checkouts: argv[1])
-    text, harness = 0, json.loads(sys.argv[1])
+if sys.argv[1] != "no":  # all the Python text it reads but its commit's trainer/ (argv[1]: the harness's checkouts)
+    text, found, harness = 0, [], json.loads(sys.argv[1])
     for folder, folders, files in os.walk("/"):
-        if folder in ("/proc", "/sys", "/dev", *harness):
+        if folder in ("/proc", "/sys", "/dev", os.path.abspath("trainer")):
             folders[:] = []
+            continue
         for name in files:
             if name.endswith((".py", ".whl", ".egg", ".conda")):  # (a JDK's src.zip is Java)
                 try:
                     text += os.lstat(os.path.join(folder, name)).st_size
+                    found.append(os.path.join(folder, name))
                 except OSError:
                     pass
-    print("under 8 MB of Python text" if text < 8 << 20 else f"{text >> 20} MB of Python text")
+    print("under 4 MB of Python text" if text < 4 << 20 else f"{text >> 10} KB of Python text: {found[:20]}")
+    seen = [p for p in [*(h + "/" + d for h in harness for d in ("org", "tests", "trainer")), "org", "tests"]
+            if os.path.exists(p) and os.listdir(p)]
+    print(f"the harness's checkouts and the commit's org/ and tests/ unseen" if not seen else f"seen: {seen}")
     import importlib.util
     print("no torch, no anthropic" if not importlib.util.find_spec("torch") and not importlib.util.find_spec("anthropic")
           else "torch or anthropic")
@@ -857,16 +863,17 @@ def test_a_run_that_cannot_import_a_module_in_a_pystdlib_box_is_told_what_it_can
 
 def test_a_pystdlib_box_binds_back_what_it_needs_through_links_and_starts_with_a_cache_under_tmp(outside_tmp, monkeypatch):
     """A pystdlib box sees every folder at / but the system's empty, and binds back what it
-    needs. Bound back only as resolved, a harness reached through a link (a home linked to /gpfs)
-    was missing at the path its worker names; and a bytecode cache under /tmp, emptied, then
-    hidden by the box's own /tmp, failed every box's start (bwrap could not remount it)."""
+    needs. Bound back only as resolved, a folder reached through a link (a home linked to /gpfs)
+    was missing at the path a program names (a library folder here; the harness's checkout, when
+    boxes still held it); and a bytecode cache under /tmp, emptied, then hidden by the box's own
+    /tmp, failed every box's start (bwrap could not remount it)."""
     from org import python_text
     from org.sandbox import run_box
-    (outside_tmp / "real" / "org").mkdir(parents=True)
-    (outside_tmp / "real" / "org" / "mark.txt").write_text("the harness\n")
+    (outside_tmp / "real" / "lib").mkdir(parents=True)
+    (outside_tmp / "real" / "lib" / "mark.txt").write_text("a library\n")
     linked = ROOT.parent / f".nanolab-test-{uuid.uuid4().hex[:12]}"  # (beside this checkout: in a folder at / emptied)
     linked.symlink_to(outside_tmp / "real")
-    monkeypatch.setattr(python_text, "editable_projects", lambda: (str(linked),))
+    monkeypatch.setattr(python_text, "library_folders", lambda: [str(linked / "lib")])
     cache = Path(tempfile.mkdtemp(prefix="xdg-"))  # (under /tmp)
     try:
         (cache / "nanolab" / "bytecode").mkdir(parents=True)
@@ -877,15 +884,45 @@ def test_a_pystdlib_box_binds_back_what_it_needs_through_links_and_starts_with_a
             (outside_tmp / folder).mkdir()
         box = run_box(outside_tmp, outside_tmp / "run", outside_tmp / "snapshot", outside_tmp / "data",
                       outside_tmp / "kernels", gpu=False, cpu_seconds=60)
-        out = box.popen(["cat", str(linked / "org" / "mark.txt")], cwd="/", env={"PATH": os.environ["PATH"]},
+        out = box.popen(["cat", str(linked / "lib" / "mark.txt")], cwd="/", env={"PATH": os.environ["PATH"]},
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode()
-        assert out == "the harness\n", out
+        assert out == "a library\n", out
     finally:
         shutil.rmtree(cache, ignore_errors=True)
         linked.unlink()
 
 
-def test_a_box_made_from_its_runners_survey_hides_what_it_found_and_walks_nothing(outside_tmp, monkeypatch):
+def test_a_lab_and_a_cache_in_the_harnesss_checkout_are_boxed_as_anywhere(monkeypatch):
+    """The main job's lab is the harness's checkout, which no run or worker sees (unseen.harness_text):
+    its run reads its snapshot's trainer/ and writes its folder there, and sees nothing else of
+    it. A person's cache in the checkout (XDG_CACHE_HOME) held the harness's bytecode, emptied
+    first, then covered by the checkout's own hiding: every pystdlib box failed to start
+    (`Can't remount readonly on .../nanolab/bytecode`)."""
+    from org.sandbox import run_box, worker_box
+    scratch = ROOT / ".cache" / f"test-lab-{uuid.uuid4().hex[:12]}"
+    try:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(scratch / "xdg"))
+        (scratch / "xdg" / "nanolab" / "bytecode").mkdir(parents=True)
+        lab = scratch / "lab"
+        snapshot, run_dir, data = lab / ".lab" / "p" / "snapshots" / "abc", lab / ".lab" / "p" / "runs" / "1", lab / "data"
+        for folder in (snapshot / "trainer", snapshot / "tests", run_dir, data):
+            folder.mkdir(parents=True)
+        (snapshot / "trainer" / "m.py").write_text("x = 1\n")
+        (snapshot / "tests" / "t.py").write_text("y = 2\n")
+        look = (f"cat trainer/m.py; ls -A; ls -A {ROOT}; cat {ROOT / 'org' / '__init__.py'} 2>/dev/null | wc -c; "
+                f"touch {run_dir}/ok 2>/dev/null && echo wrote || echo unwritten")
+        for source in ("pystdlib", str(data)):
+            for box, writes in ((run_box(lab, run_dir, snapshot, data, lab / "kernels", gpu=False, cpu_seconds=60,
+                                         source=source), "wrote"),
+                                (worker_box(lab, snapshot, data, lab / "kernels", gpu=False, source=source), "unwritten")):
+                out = box.popen(["bash", "-c", look], cwd=snapshot, env={"PATH": os.environ["PATH"]}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode()
+                assert out.splitlines() == ["x = 1", "trainer", ".cache", "0", writes], (source, out)  # (.cache: the lab's)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_a_box_made_from_its_runners_survey_hides_what_it_found_and_walks_nothing(outside_tmp, monkeypatch, request):
     """A pystdlib box hides this machine's other Python text, found by a walk of its folders
     (python_text.other_pythons: about 1 s). The runner walks once and hands what it found to each
     evaluator in its job, whose model workers' boxes walked again for every run (1 of the 3.3 s a
@@ -894,7 +931,8 @@ def test_a_box_made_from_its_runners_survey_hides_what_it_found_and_walks_nothin
     from org import python_text, sourceless
     from org.measure import python_text_survey, worker_command
     from org.sandbox import worker_box
-    text = outside_tmp / "projects" / "text"  # (in this checkout: bound back, no walk hides it)
+    text = Path(f"/usr/local/lib/nanolab-test-{uuid.uuid4().hex[:12]}")  # (too little text for a walk to hide)
+    request.addfinalizer(lambda: shutil.rmtree(text, ignore_errors=True))
     for folder in (text, outside_tmp / "snapshot", outside_tmp / "data"):
         folder.mkdir(parents=True)
     (text / "m.py").write_text("x = 1\n")
@@ -955,9 +993,12 @@ def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside
     agents' commands, see them as they are."""
     from org.python_text import editable_projects
     from org.sandbox import run_box, worker_box
-    for folder in ("run", "snapshot", "data"):
-        (outside_tmp / folder).mkdir()
-    harness = json.dumps([str(ROOT), *editable_projects()])  # (a worker imports org/ from there)
+    for folder in ("run", "data", "snapshot/org", "snapshot/tests"):  # (a commit holds the harness too)
+        (outside_tmp / folder).mkdir(parents=True)
+    shutil.copytree(ROOT / "trainer", outside_tmp / "snapshot" / "trainer")
+    for name in ("org/__init__.py", "tests/conftest.py"):
+        shutil.copy(ROOT / name, outside_tmp / "snapshot" / name)
+    harness = json.dumps([str(ROOT), *editable_projects()])
     boxes = {"a run's": run_box(outside_tmp, outside_tmp / "run", outside_tmp / "snapshot", outside_tmp / "data",
                                 outside_tmp / "kernels", gpu=False, cpu_seconds=120),
              "a worker's": worker_box(outside_tmp, outside_tmp / "snapshot", outside_tmp / "data", outside_tmp / "kernels",
@@ -966,11 +1007,13 @@ def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside
                                           outside_tmp / "kernels", gpu=False, cpu_seconds=120, source=str(outside_tmp / "data"))}
     seen = {}
     for name, box in boxes.items():
-        proc = box.popen([sys.executable, "-c", STDLIB_IN_THE_BOX, harness if "file" not in name else "no"], cwd=ROOT,
+        proc = box.popen([sys.executable, "-c", STDLIB_IN_THE_BOX, harness if "file" not in name else "no"],
+                         cwd=outside_tmp / "snapshot",
                          env={"PATH": os.environ["PATH"]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         seen[name] = proc.communicate(timeout=300)[0].decode().splitlines()
     for name in ("a run's", "a worker's"):
-        assert seen[name] == ["0 stdlib sources", "no help topics", "0 sources in site-packages", "under 8 MB of Python text",
+        assert seen[name] == ["0 stdlib sources", "no help topics", "0 sources in site-packages", "under 4 MB of Python text",
+                              "the harness's checkouts and the commit's org/ and tests/ unseen",
                               "no torch, no anthropic", '{"numpy": true, "numba": 8.0}'], (name, seen[name])
     on_a_file = seen["a run's on a file"]
     assert int(on_a_file[0].split()[0]) > 500 and on_a_file[1] == "help topics"
