@@ -528,8 +528,8 @@ def available() -> str | None:
 # ----------------------------------------------------------------------------------------
 # the boxes nanolab makes: what each kind of agent code may see and write
 
-# of the harness's environment, agent code sees only these (never a key or a token)
-PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TERM", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH", "NANOLAB_KERNELS")
+# of the harness's environment, agent code sees only these (never a key or a token); OpenBLAS's kernels: the evaluator's
+PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TERM", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH", "NANOLAB_KERNELS", "OPENBLAS_CORETYPE")
 
 
 def untrusted_env(extra: dict | None = None) -> dict:

@@ -45,7 +45,12 @@ def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("measure")
     base = root / "snapshots" / "base"
     shutil.copytree(ROOT / "trainer", base / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
-    run_dir = root / "runs" / "1"
+    train_tiny(base, root / "runs" / "1")
+    return {"root": root, "base": base, "run_dir": root / "runs" / "1"}
+
+
+def train_tiny(base: Path, run_dir: Path):
+    """The tiny run, as the runner starts a trainer (untrusted_env: the environment agent code sees)."""
     cmd = [sys.executable, "-m", "trainer", "train", "--preset", "nanochat", "--seed", "3", "--out", str(run_dir),
            "--quiet", "--steps", str(FLAGS["steps"]), "--batch-size", "4", "--seq-len", "64",
            "--val-tokens", "2048", "--confirm-tokens", "2048"]
@@ -54,7 +59,6 @@ def lab(tmp_path_factory):
     # one BLAS thread, as the evaluator below: a sum split over two threads adds up in another order
     env = untrusted_env({"PYTHONPATH": str(base), "OMP_NUM_THREADS": "1", **source_only()})
     subprocess.run(cmd, cwd=base, env=env, check=True)
-    return {"root": root, "base": base, "run_dir": run_dir}
 
 
 def job(lab, run_dir=None, code=None, overrides=None, probe_seed=None, snapshot_every=None, grace=None) -> dict:
@@ -176,6 +180,19 @@ def test_a_config_arm_is_measured_exactly_as_the_trainer_measured_it(lab):
     assert 4.5 < m.unigram_bpb < 4.8  # the data's unigram entropy in bits per byte
     assert len(m.params_fingerprint) == 64
 
+
+
+def test_a_config_arm_is_measured_exactly_under_the_openblas_kernels_the_person_chose(lab, monkeypatch):
+    """OPENBLAS_CORETYPE picks OpenBLAS's kernels (this machine's shell set Haswell, where OpenBLAS
+    picks SkylakeX on its own): the evaluator inherited it and the trainer, whose environment is
+    agent code's, did not, so their matmuls added up in another order and every measurement
+    differed from its trainer's in the 10th digit (a code arm's worker from the base's too). It
+    reaches both now."""
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")  # (any AVX2 machine's; on most, not OpenBLAS's own pick)
+    run_dir = lab["root"] / "runs" / "haswell"
+    train_tiny(lab["base"], run_dir)
+    m, result = measure(lab, run_dir=run_dir)["measurement"], read(Result, (run_dir / "result.json").read_text(), "result.json")
+    assert (m.val_loss, m.val_bpb, m.confirm_bpb) == (result.val_loss, result.val_bpb, result.confirm_bpb)
 
 
 def test_the_learning_curve_is_the_harnesss_score_of_each_snapshot_the_run_kept(lab):
