@@ -8,6 +8,7 @@ trained weights in a commit would be a head start no budget counts.
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import zlib
 
@@ -102,3 +103,33 @@ def added_lines(before: bytes, after: bytes) -> bytes:
         return after
     return b"".join(line for tag, _, _, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes()
                     if tag in ("insert", "replace") for line in b[j1:j2])
+
+
+def same_code(lab: Lab, a: str, b: str) -> bool:
+    """Whether two commits run the same code: the same paths, each the same file or, for a .py,
+    the same syntax tree once its comments, docstrings and layout are set aside. A copy of a
+    change with a comment added was a new tree, and a new idea (experiments.same_change)."""
+    try:
+        fa, fb = lab.files(a), lab.files(b)
+    except LabError:
+        return False
+    return fa.keys() == fb.keys() and all(
+        fa[p] == fb[p] or (p.endswith(".py") and fa[p][0] == fb[p][0] and
+                           syntax(lab.verified(fa[p][1], b"blob")) == syntax(lab.verified(fb[p][1], b"blob")) != "")
+        for p in fa)
+
+
+def syntax(source: bytes) -> str:
+    """A module's syntax tree without its docstrings, as text; "" where it does not parse (the
+    agent's code: a parser's limit, nested too deep, is its failure to say the same)."""
+    try:
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \
+                    and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        return ast.dump(tree)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return ""

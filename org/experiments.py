@@ -26,7 +26,7 @@ import zlib
 from collections import Counter
 
 from org import OrgError
-from org.commit_checks import code_refusal, kilobytes
+from org.commit_checks import code_refusal, kilobytes, same_code
 from org.improve import built_on_withdrawn, check_try, config, decide_ready, draw_seeds, frontier, merged_try
 from org.lab import Lab, child_env
 from org.ledger import FINISHED, SECRET_SEEDS, Ledger
@@ -115,12 +115,12 @@ def same_change(ledger: Ledger, lab: Lab, program: Program, commit: str, overrid
     for how many arms there are), and each copy draws fresh seeds of its own: one change submitted
     under ten names had about 40 % odds that one copy's verdict held by chance. A try decided stale
     or untested was no test: made again (its frontier stands again once a later one is withdrawn),
-    it is one."""
-    tree, trained = lab.repo.commit(commit).tree.hexsha, trained_config(program, overrides)
+    it is one. The same code: its comments, docstrings and layout aside (commit_checks.same_code)."""
+    trained = trained_config(program, overrides)
     no_test = lambda e: e["decision"] and json.loads(e["decision"])["outcome"] in ("stale", "untested")
     return next((e for e in ledger.experiments(program.name) if e["stage"] != "refused" and e["versus"] == versus
                  and not no_test(e) and trained_config(program, json.loads(e["overrides"])) == trained
-                 and lab.repo.commit(e["code_commit"]).tree.hexsha == tree),
+                 and same_code(lab, e["code_commit"], commit)),
                 None)
 
 

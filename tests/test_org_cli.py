@@ -238,6 +238,29 @@ def test_a_change_already_submitted_is_not_measured_again_under_a_new_name(make_
         assert [e["arm"] for e in ledger.experiments("tiny")] == ["lr", "lr-4"]
 
 
+def test_a_code_change_copied_with_a_comment_is_the_change_already_submitted(make_project, capsys):
+    """The same attack on a code change: its copy with a comment, a docstring and blank lines
+    added was a new tree, so a new idea with fresh seeds of its own. The same syntax tree is the
+    same change; a change of one constant is another."""
+    root = make_project(tiny_program())
+    repo, model = git.Repo(root), root / "trainer" / "model.py"
+    text = model.read_text()
+    helper = "\n\ndef _scale(x):\n    return x * 1.5\n"
+    copies = {"code-a": helper, "code-b": helper.replace("    return", '    """A scale."""\n\n    # why\n    return'),
+              "code-c": helper.replace("1.5", "2.5")}
+    for branch, added in copies.items():
+        repo.git.checkout("-qB", branch, "master" if "master" in repo.heads else "main")
+        model.write_text(text + added)
+        repo.git.commit("-qam", branch)
+    assert main(["submit", "tiny", "--arm", "scale", "--ref", "code-a"]) == 0
+    capsys.readouterr()
+    assert main(["submit", "tiny", "--arm", "scale-commented", "--ref", "code-b"]) == 2
+    assert "experiment 1 (scale) already is this change (the same code and overrides)" in one_line_error(capsys)
+    assert main(["submit", "tiny", "--arm", "scale-2", "--ref", "code-c"]) == 0
+    with ledger_of(root) as ledger:
+        assert [e["arm"] for e in ledger.experiments("tiny")] == ["scale", "scale-2"]
+
+
 def test_a_submission_says_which_commit_it_measures_and_never_reuses_a_name(make_project, capsys):
     root = make_project(tiny_program())
     assert main(["submit", "tiny", "--arm", "lr", "--set", "matrix_lr=0.03"]) == 0
