@@ -218,8 +218,9 @@ def test_a_kept_code_try_is_merged_onto_the_program_branch_and_a_conflicting_one
     root = lab.root
     for agent in ("alice", "bob", "carol"):  # each works from the base commit
         worktree(root, program, agent)
+    # (code, not comments: a change of comments only is the code it changes, commit_checks.same_code)
     mine = commit_change(root, program, "alice", "trainer/model.py", "import numpy as np",
-                         "import numpy as np  # alice's idea", "alice: an idea")
+                         "import numpy as np\nALICES_IDEA = 1", "alice: an idea")
     e = try_(ledger, lab, program, "alice-idea", ref=mine)
     assert e["code_commit"] == mine and "trainer/model.py" in e["diff"]  # built on the frontier: its own
     finish(ledger, program, "baseline", BASE)
@@ -228,15 +229,15 @@ def test_a_kept_code_try_is_merged_onto_the_program_branch_and_a_conflicting_one
     assert sync_branch(lab, ledger, program) == mine and lab.resolve("program/climb") == mine
     # bob worked from the base commit on another file: merged onto the frontier by the harness
     theirs = commit_change(root, program, "bob", "trainer/optim.py", "import math",
-                           "import math  # bob's idea", "bob: another idea")
+                           "import math\nBOBS_IDEA = 1", "bob: another idea")
     e = try_(ledger, lab, program, "bob-idea", ref=theirs)
     merged = lab.repo.commit(e["code_commit"])
     assert e["versus"] == "frontier-1" and e["stage"] == "measuring"
-    assert {p.hexsha for p in merged.parents} == {mine, theirs} and "bob's idea" in e["diff"] and "alice" not in e["diff"]
+    assert {p.hexsha for p in merged.parents} == {mine, theirs} and "BOBS_IDEA" in e["diff"] and "ALICE" not in e["diff"]
     assert lab.resolve("refs/nanolab/climb/tries/bob-idea") == merged.hexsha  # the ledger names it: kept
     # carol changed alice's line another way: it does not merge, and says so; nothing moves
     clash = commit_change(root, program, "carol", "trainer/model.py", "import numpy as np",
-                          "import numpy as np  # carol's idea", "carol: a clash")
+                          "import numpy as np\nCAROLS_IDEA = 1", "carol: a clash")
     e = try_(ledger, lab, program, "carol-idea", ref=clash)
     assert e["stage"] == "refused" and "does not merge onto the frontier" in e["reason"]
     assert "conflict in trainer/model.py" in e["reason"]

@@ -24,10 +24,12 @@ import git
 import numpy as np
 import pytest
 
+from org.agents.tools import program_status
 from org.cgroups import cgroup_root
 from org.cli import main
 from org.lab import Lab
 from org.ledger import Ledger
+from org.program import load_program
 from org.referee import compare, verdict_kind
 from org.report import build
 from org.sandbox import available
@@ -78,7 +80,8 @@ def judged(root: Path, arms) -> dict:
     with Ledger(ledger_path) as ledger:
         base = ledger.runs("tiny", arm="baseline")
         runs = {arm: ledger.runs("tiny", arm=arm) for arm in arms}
-    return {"baseline": (None, None, base),
+        agents = program_status(ledger, load_program(root / "programs" / "tiny.yaml"))  # (their results tool)
+    return {"baseline": (None, None, base), "agents": agents,
             **{arm: (record[arm], compare(trainers_word(base), trainers_word(runs[arm]), "superiority"), runs[arm])
                for arm in arms}}
 
@@ -491,6 +494,22 @@ def test_half_the_flops_per_token_is_invalid(attacked):
 
 
 # --- shadowing the protected code --------------------------------------------------------------
+
+
+def test_an_invalid_arms_figures_are_shown_to_no_agent(attacked):
+    """Invalid arms have no p and are in no family correction, and the harness measured each run
+    of this one (its val_bpb on record): shown to agents (the results tool), an org could explore
+    over many invalid arms and submit only the best. The reason is what an agent sees; the
+    baseline's and a valid arm's figures stay."""
+    status = attacked["agents"]
+    runs = {e["arm"]: e["runs"] for e in status["experiments"]}
+    assert all(r["val_bpb"] for r in attacked["half-the-flops"][2])  # (the harness's measurement, kept)
+    assert [r["val_bpb"] for r in runs["half-the-flops"]] == [None] * len(runs["half-the-flops"])
+    assert all("flops_per_token" in r["reason"] for r in runs["half-the-flops"])
+    assert all(r["val_bpb"] for r in runs["tidied-up"] + runs["baseline"] if r["status"] == "completed")
+    verdicts = {v["arm"]: v for v in status["verdicts"]}
+    assert verdicts["half-the-flops"]["verdict"].startswith("invalid") and "delta" not in verdicts["half-the-flops"]
+    assert "variant_mean" not in verdicts["half-the-flops"] and verdicts["tidied-up"]["variant_mean"]
 
 
 def test_a_package_shadowing_the_evaluation_is_refused(attacked):

@@ -504,9 +504,12 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
             "commit": e["code_commit"][:10], "overrides": json.loads(e["overrides"]),
             "hypothesis": e["hypothesis"], **({"reason": e["reason"]} if e["reason"] else {}),
             **({"versus": e["versus"], "decision": decision} if e["versus"] else {}),
+            # an invalid run's figure is no agent's: no verdict and no family correction count it, and an
+            # org could explore over many invalid arms (params + 1 in the trainer's word) and submit the best
             "runs": [{"seed": shown_seed(r), "purpose": r["purpose"],
                       "status": r["status"],
-                      "val_bpb": r["val_bpb"], **({"reason": r["reason"]} if r["reason"] else {})}
+                      "val_bpb": r["val_bpb"] if r["status"] != "invalid" else None,
+                      **({"reason": r["reason"]} if r["reason"] else {})}
                      for r in runs],
         })
     waiting = waiting_for_budget(ledger, program)
@@ -555,8 +558,9 @@ def referee_verdicts(ledger: Ledger, program: Program) -> list[dict]:
     except Exception as e:  # the referee must never take an agent down with it
         return [{"error": f"referee failed: {type(e).__name__}: {e}"}]
     return [{"arm": arm, "versus": "baseline", "verdict": c.final_verdict, "n": c.n,
-             "delta": _round(c.mean), "lower": _round(c.lower), "upper": _round(c.upper),
-             "baseline_mean": _round(c.baseline_mean), "variant_mean": _round(c.variant_mean),
+             **({"delta": _round(c.mean), "lower": _round(c.lower), "upper": _round(c.upper),
+                 "baseline_mean": _round(c.baseline_mean), "variant_mean": _round(c.variant_mean)}
+                if not c.final_verdict.startswith("invalid") else {}),  # (as program_status: no figure of one)
              **({"warnings": [f.text for f in c.warnings]} if c.warnings else {})}
             for arm, c in judged.items()] + [{"arm": arm, "versus": "baseline", "verdict": None, "reason": why}
                                              for arm, why in unreadable.items()]
