@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import zlib
 
 from org.lab import Lab, LabError
@@ -111,14 +112,15 @@ def same_code(lab: Lab, a: str, b: str) -> bool:
     change with a comment added was a new tree, and a new idea (experiments.same_change)."""
     try:
         fa, fb = lab.files(a), lab.files(b)
-    except LabError:
+        return fa.keys() == fb.keys() and all(
+            fa[p] == fb[p] or (p.endswith(".py") and fa[p][0] == fb[p][0] and
+                               syntax(lab.verified(fa[p][1], b"blob")) == syntax(lab.verified(fb[p][1], b"blob")) != "")
+            for p in fa)
+    except LabError:  # (a tree or an object not what its name says: not the same, and said where it is checked)
         return False
-    return fa.keys() == fb.keys() and all(
-        fa[p] == fb[p] or (p.endswith(".py") and fa[p][0] == fb[p][0] and
-                           syntax(lab.verified(fa[p][1], b"blob")) == syntax(lab.verified(fb[p][1], b"blob")) != "")
-        for p in fa)
 
 
+@functools.lru_cache(maxsize=64)  # (submit compares a commit with each experiment on record, under the ledger's lock)
 def syntax(source: bytes) -> str:
     """A module's syntax tree without its docstrings, as text; "" where it does not parse (the
     agent's code: a parser's limit, nested too deep, is its failure to say the same)."""

@@ -73,9 +73,8 @@ def binds() -> tuple[list[str], list[Path]]:
     bound): every folder at / but the system's empty, what the box needs of them bound back (at
     its path and, through a link, at the linked one), the harness's bytecode cache empty
     (org/bytecode.py: docstrings; the trees are read without it), then the stdlib's sourceless
-    tree at its path and each
-    site-packages folder's tree at its own; and the folders made empty (read-only once the box
-    has bound all)."""
+    tree at its path and each site-packages folder's tree at its own; and the folders made empty
+    (read-only once the box has bound all)."""
     stdlib, tree, sites = sourceless.stdlib_dir(), sourceless.stdlib_tree(), sourceless.site_trees()
     emptied = outside_system()
     flags = [flag for path in emptied for flag in ("--tmpfs", str(path))]

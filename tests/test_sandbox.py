@@ -892,6 +892,24 @@ def test_a_pystdlib_box_binds_back_what_it_needs_through_links_and_starts_with_a
         linked.unlink()
 
 
+def test_a_checkout_holding_the_interpreters_venv_is_hidden_but_for_the_venv(tmp_path, monkeypatch):
+    """People make the venv in the checkout (`python -m venv .venv`): hidden whole, the checkout
+    took the interpreter out of every run's box. Everything in it but the venv's folder is hidden;
+    a checkout without one is hidden whole."""
+    from org import python_text
+    from org.unseen import harness_text
+    checkout, other = tmp_path / "nanolab", tmp_path / "elsewhere"
+    for folder in ("org", "tests", "trainer", ".git", ".venv/bin"):
+        (checkout / folder).mkdir(parents=True)
+    (checkout / "README.md").write_text("the harness\n")
+    other.mkdir()
+    monkeypatch.setattr(python_text, "checkouts", lambda: [str(checkout), str(other)])
+    monkeypatch.setattr(sys, "prefix", str(checkout / ".venv"))
+    monkeypatch.setattr(sys, "executable", str(checkout / ".venv" / "bin" / "python"))
+    hidden = harness_text()
+    assert sorted(hidden) == sorted([checkout / n for n in (".git", "README.md", "org", "tests", "trainer")] + [other])
+
+
 def test_a_lab_and_a_cache_in_the_harnesss_checkout_are_boxed_as_anywhere(monkeypatch):
     """The main job's lab is the harness's checkout, which no run or worker sees (unseen.harness_text):
     its run reads its snapshot's trainer/ and writes its folder there, and sees nothing else of
