@@ -56,9 +56,10 @@ def attacks(root: Path, other: str) -> str:
 
 
 def edit_commit_submit(arm: str, line: str) -> str:
-    """Edit a trainer file, commit, submit it through the org's tools."""
-    args = json.dumps({"arm": arm, "hypothesis": "a comment changes nothing"})
-    return (f"echo '# {line}' >> trainer/model.py && git commit -qam '{arm}' && "
+    """Edit a trainer file, commit, submit it through the org's tools (a constant of its own: two
+    comments are one change, commit_checks.same_code, and the second agent's was refused)."""
+    args = json.dumps({"arm": arm, "hypothesis": "a constant changes nothing"})
+    return (f"echo 'SAID = \"{line}\"' >> trainer/model.py && git commit -qam '{arm}' && "
             f"org tool submit_experiment '{args}'")
 
 

@@ -498,7 +498,7 @@ def test_a_stop_charges_the_runs_of_a_runner_that_died_before_it_only_until_they
     """A runner killed (by a person, the OOM killer, or a stop that was itself killed after it killed
     the runner) leaves its runs `running`. A stop long after charged them until its own time, as if
     they had run all along; they ran until their last write."""
-    root = org_project(budget={**tiny_program([])["budget"], "per_run": {"steps": 2000}})
+    root = org_project(budget={**tiny_program([])["budget"], "per_run": {"steps": 20000}})  # (2000: done in 2 s here)
     assert main(["launch", "tiny", "--stagger", "0"]) == 0
     panes, ledger_path = root / ".lab" / "tiny" / "panes", root / ".lab" / "tiny" / "ledger.sqlite"
 
