@@ -19,6 +19,7 @@ from org.lab import Lab, LabError
 SHADOWING_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dylib", ".dll", ".pth")
 SHADOWING_NAMES = ("__pycache__", "sitecustomize.py", "usercustomize.py", ".gitattributes")
 MAX_DIFF_WORK = 1_000_000  # line pairs difflib may weigh (quadratic: 50k lines, interleaved, took 98 s outside every box)
+MAX_PARSED_BYTES = 512 << 10  # a .py same_code parses (trainer's largest: 30 KB); a larger one is compared as bytes
 
 
 def code_refusal(lab: Lab, base: str, commit: str, protected: list[str], max_change_kb: float,
@@ -115,7 +116,7 @@ def same_code(lab: Lab, a: str, b: str) -> bool:
         return fa.keys() == fb.keys() and all(
             fa[p] == fb[p] or (p.endswith(".py") and fa[p][0] == fb[p][0] and
                                syntax(lab.verified(fa[p][1], b"blob")) == syntax(lab.verified(fb[p][1], b"blob")) != "")
-            for p in fa)
+            for p in fa)  # (syntax trees under the ledger's lock: a 10 MB module of `x = 1` is a GB of them)
     except LabError:  # (a tree or an object not what its name says: not the same, and said where it is checked)
         return False
 
@@ -123,7 +124,10 @@ def same_code(lab: Lab, a: str, b: str) -> bool:
 @functools.lru_cache(maxsize=64)  # (submit compares a commit with each experiment on record, under the ledger's lock)
 def syntax(source: bytes) -> str:
     """A module's syntax tree without its docstrings, as text; "" where it does not parse (the
-    agent's code: a parser's limit, nested too deep, is its failure to say the same)."""
+    agent's code: a parser's limit, nested too deep, is its failure to say the same) or is over
+    MAX_PARSED_BYTES."""
+    if len(source) > MAX_PARSED_BYTES:
+        return ""
     try:
         tree = ast.parse(source)
         for node in ast.walk(tree):

@@ -737,3 +737,30 @@ def test_overrides_carry_no_weights_either(lab):
     assert refusal(lab, program, base, commit, {}) is None and refusal(lab, program, base, base, half) is None
     both = refusal(lab, program, base, commit, half)
     assert both and both.startswith("the commit and its overrides carry 20 KB") and "more than max_change_kb: 16" in both, both
+
+
+def test_two_changes_are_compared_by_syntax_tree_but_a_huge_module_by_its_bytes(lab, monkeypatch):
+    """A submission is compared, under the ledger's lock, with each experiment on record by the
+    syntax trees of the modules that differ (commit_checks.same_code: a comment is no new idea). A
+    module of 10 MB of `x = 1`, which compresses under max_change_kb, parsed and dumped in 21 s
+    and 113 MB, once for each experiment on record: above MAX_PARSED_BYTES a module is its bytes."""
+    from org import commit_checks
+    parsed = []
+    real_parse = commit_checks.ast.parse
+    monkeypatch.setattr(commit_checks.ast, "parse", lambda source, *a, **k: parsed.append(len(source)) or real_parse(source, *a, **k))
+
+    def committed(path: str, text: str) -> str:
+        (lab.root / path).write_text(text)
+        lab.repo.git.add(path)
+        lab.repo.git.commit("-qm", path)
+        return lab.repo.head.commit.hexsha
+    small = committed("trainer/model.py", "WIDTH = 64\nDEPTH = 2\n")
+    commented = committed("trainer/model.py", '"""The model."""\n\nWIDTH = 64  # wide\nDEPTH = 2\n')
+    other = committed("trainer/model.py", "WIDTH = 64\nDEPTH = 3\n")
+    assert commit_checks.same_code(lab, small, commented) and not commit_checks.same_code(lab, small, other)
+    huge = "x = 1\n" * (commit_checks.MAX_PARSED_BYTES // 6 + 1)
+    big = committed("trainer/big.py", huge)
+    big_commented = committed("trainer/big.py", "# a comment\n" + huge)
+    parsed.clear()
+    assert not commit_checks.same_code(lab, big, big_commented)  # (compared as bytes: a new change)
+    assert all(n <= commit_checks.MAX_PARSED_BYTES for n in parsed), parsed
