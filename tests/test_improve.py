@@ -17,7 +17,7 @@ from rich.console import Console
 from agentlab import BackgroundRunner, lab_dir, make_project, tiny_program, worktree
 from org.agents.loop import Agent, Settings
 from org.agents.scripted import ScriptedModel
-from org.agents.tools import Limits
+from org.agents.tools import Limits, program_status
 from org.experiments import plan, submit
 from org.frontier import Lord
 import org.improve
@@ -54,13 +54,14 @@ def lab(tmp_path):
     lab.close()
 
 
-def measured(value: float, seed: int, held_out: float | None = None) -> Measurement:
+def measured(value: float, seed: int, held_out: float | None = None, steps: int = 3) -> Measurement:
     return Measurement(val_bpb=value, val_loss=value * 0.69, confirm_bpb=value if held_out is None else held_out,
-                       steps=3, tokens=192, flops=1e9, flops_per_token=5e6, eval_tokens=512,
+                       steps=steps, tokens=64 * steps, flops=1e9 * steps / 3, flops_per_token=5e6, eval_tokens=512,
                        eval_fingerprint="e", data_fingerprint="d")
 
 
-def finish(ledger: Ledger, program: Program, arm: str, values, held_out=None, purpose="main", walls=None):
+def finish(ledger: Ledger, program: Program, arm: str, values, held_out=None, purpose="main", walls=None,
+           steps=3):
     """Every queued run of the arm (main, or a rung's), finished with these val_bpb per seed
     (confirm_bpb the same, or held_out) and wall seconds, each in one transaction with plan(), as
     the runner does. Fresh seeds ('replicate') take the values in the order they were drawn."""
@@ -69,7 +70,7 @@ def finish(ledger: Ledger, program: Program, arm: str, values, held_out=None, pu
         with ledger.tx():
             ledger.finish(run["id"], "completed", result=Result(status="completed", val_bpb=values[i], seed=run["seed"]),
                           wall_seconds=walls[i] if walls else 1.0,
-                          measurement=measured(values[i], run["seed"], held_out and held_out[i]))
+                          measurement=measured(values[i], run["seed"], held_out and held_out[i], steps))
             plan(ledger, program, ledger.experiment(run["experiment_id"]))
 
 
@@ -147,6 +148,28 @@ def test_a_gain_on_more_wall_time_per_flop_than_the_frontiers_is_not_kept(lab):
     assert d["passed"] and d["outcome"] == "discarded", d
     assert "; not kept: wall time +30% per FLOP by the runner's clock" in d["verdict"]
     assert frontier(ledger.experiments(program.name))["arm"] == "baseline"
+
+
+def test_an_invalid_trys_figures_are_on_record_for_the_person_and_shown_to_no_agent(lab):
+    """As `results` and `verdicts` show no figure of an invalid run or arm, an agent reads no Δ or p
+    in the decision of a try the referee found invalid: an org could explore over many invalid
+    tries (here one that trained 2 steps past its budget of 3) and submit only what scored best. The
+    decision keeps them for the person's report; a valid try's stay for every agent."""
+    lab, program, ledger = lab
+    try_(ledger, lab, program, "more-steps", {"weight_decay": 0.3})
+    try_(ledger, lab, program, "wd-gain", {"weight_decay": 0.2})
+    finish(ledger, program, "baseline", BASE)
+    finish(ledger, program, "more-steps", [b - 0.05 + j for b, j in zip(BASE, JITTER)], steps=5)
+    finish(ledger, program, "wd-gain", [b + 0.02 + j for b, j in zip(BASE, JITTER)])
+    invalid, valid = decision(ledger, program, "more-steps"), decision(ledger, program, "wd-gain")
+    assert invalid["verdict"].startswith("invalid (confounded: steps +66.7% under a steps budget"), invalid
+    assert invalid["delta"] == pytest.approx(-0.05, abs=1e-3) and invalid["p"] is not None  # the person's record
+    shown = {e["arm"]: e for e in program_status(ledger, program)["experiments"]}
+    assert shown["more-steps"]["decision"]["verdict"] == invalid["verdict"]
+    assert all(shown["more-steps"]["decision"][k] is None for k in ("delta", "p", "p_held_out")), \
+        shown["more-steps"]["decision"]
+    assert shown["wd-gain"]["decision"]["delta"] == pytest.approx(0.02, abs=1e-3) == valid["delta"]
+    assert shown["wd-gain"]["decision"]["p"] == valid["p"] is not None
 
 
 def test_later_tries_are_judged_against_the_kept_trys_own_runs_not_its_re_runs(lab):
@@ -525,6 +548,16 @@ def test_a_try_is_kept_only_once_it_also_holds_at_the_next_rung_of_the_ladder(tm
         # the ladder's runs are no re-runs: the baseline's noise floor has no drift from them
         from org.referee import noise_floor
         assert noise_floor(ledger.runs(program.name, arm="baseline")).drift is None
+        # a third passes here and trains past its budget at the rung: invalid there. Agents read
+        # its figures at the program's scale and none at the rung (as `results` shows none)
+        try_(ledger, lab, program, "steps-up", {"matrix_lr": 0.02})
+        finish(ledger, program, "steps-up", [b - 0.06 - j for b, j in zip(BASE, JITTER)])
+        finish(ledger, program, "steps-up", [b + 0.02 + j for b, j in zip(BASE, JITTER)], purpose="rung1", steps=5)
+        d = decision(ledger, program, "steps-up")
+        assert d["outcome"] == "discarded" and d["rungs"][0]["verdict"].startswith("invalid (confounded: steps +66.7%")
+        shown, = [e["decision"] for e in program_status(ledger, program)["experiments"] if e["arm"] == "steps-up"]
+        assert d["rungs"][0]["delta"] is not None and (shown["rungs"][0]["delta"], shown["rungs"][0]["p"]) == (None, None)
+        assert shown["delta"] == d["delta"] is not None and shown["p"] == d["p"] is not None
     lab.close()
 
 

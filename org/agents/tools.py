@@ -497,8 +497,7 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
     for e in experiments:
         runs = ledger.runs(program.name, experiment_id=e["id"])
         pending += sum(r["status"] not in FINISHED for r in runs)
-        decision = json.loads(e["decision"] or "null")  # less its canaries' run ids: a running run knows its own
-        decision = decision and {k: v for k, v in decision.items() if k != "canaries"}
+        decision = shown_decision(json.loads(e["decision"] or "null"))
         out.append({
             "experiment": e["id"], "arm": e["arm"], "who": e["who"], "stage": e["stage"],
             "commit": e["code_commit"][:10], "overrides": json.loads(e["overrides"]),
@@ -526,6 +525,17 @@ def program_status(ledger: Ledger, program: Program, experiment_id: int | None =
                                 "each_agents_share": ledger.budget(program.name).get("agent_compute_seconds"),
                                 # the experiments that wait so; stuck: nothing runs, so till `org budget` raises it
                                 "waiting_for_budget": waiting, "stuck": stuck_for_budget(ledger, program, waiting)}}
+
+
+def shown_decision(decision: dict | None) -> dict | None:
+    """An improvement try's decision as agents read it: less its canaries' run ids (a running run
+    knows its own), and with no Δ or p where the referee found it invalid, at its scale or at a rung,
+    as `results` and `verdicts` show no figure of one. The ledger keeps them for the person's report."""
+    if not decision:
+        return decision
+    unseen = lambda d: {k: None if k in ("delta", "p", "p_held_out") and d["verdict"].startswith("invalid") else v
+                        for k, v in d.items() if k != "canaries"}
+    return unseen({**decision, **({"rungs": [unseen(r) for r in decision["rungs"]]} if decision.get("rungs") else {})})
 
 
 def frontier_status(ledger: Ledger, program: Program, experiments: list[dict]) -> dict:
