@@ -177,7 +177,7 @@ class Variant(Change):
     # what the variant changes on purpose, e.g. [params] for "wider at equal FLOPs": the
     # referee then notes the difference instead of calling the comparison confounded
     declares: list[Literal["params", "flops", "tokens", "steps"]] = []
-    # a positive control: a change known to have this effect (softcap 5 "terrible" in nanochat's
+    # a positive control: a change known to have this effect (a softcap of 4 or 5, "terrible" in nanochat's
     # runs). The report checks the verdict: a program that cannot see a known effect proves little
     control: Literal["worse", "better"] | None = None
 

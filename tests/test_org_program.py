@@ -48,9 +48,9 @@ def test_softcap_program_is_valid_and_accepted_by_the_trainer():
     program = load_program(ROOT / "programs" / "softcap.yaml")
     assert program.name == "softcap" and program.claim.kind == "non-inferiority"
     assert program.claim.margin > 0
-    assert program.arms == ["baseline", "no-softcap", "softcap-5"]
+    assert program.arms == ["baseline", "no-softcap", "softcap-4"]
     assert program.variant("no-softcap").overrides == {"softcap": 0}
-    assert program.variant("softcap-5").control == "worse"  # the positive control
+    assert program.variant("softcap-4").control == "worse"  # the positive control
     assert program.org.topology == "chief" and len(program.org.agents) == 3
     assert program.budget.per_run.kind in ("flops", "seconds")
     assert len(program.budget.seeds) >= 2
