@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 from org import OrgError, code_span, improve_story, one_line, shown, write_atomically
-from org.improve_story import diff_summary
 from org.ledger import FINISHED, LedgerError, loads, shown_seed
 from org.ledger_read import read_tables
 from org.plots import Curve, finite, plot_all, read_curves
@@ -215,7 +214,10 @@ def measured_text(report: Report) -> str:
     if any(e.get("code_commit") not in (None, report.base_commit) for e in report.experiments):  # (code of its own)
         text += (f" An experiment's model, timed beside the base's there, may take {SETUP_FACTOR}x the base's time to "
                  f"build and load, {SCORED_FACTOR:g}x its time per FLOP of scored forward passes, and {g(grace)} s more "
-                 "in all (`budget.measure_grace_seconds`), else the run is `invalid`: work there is compute no budget counts.")
+                 "in all (`budget.measure_grace_seconds`), else the run is `invalid`: work there is compute no budget counts. "
+                 "**Not ruled out: that forward pass drawing on text its box holds** (a byte n-gram of the stdlib bytecode's names "
+                 "and strings mixed into the logits as they are scored gained 0.18 bpb on pystdlib: README, \"what is left "
+                 "is enough for such a lookup\"): read a code arm's diff before you trust its gain.")
     if unmeasured:
         text += (f" **Except {len(unmeasured)} of {len(done)} completed runs**, recorded before the harness "
                  f"measured runs: their numbers are the trainer's own; `org run {report.program}` measures them.")
@@ -477,7 +479,7 @@ def lineage_section(report: Report) -> str:
     for e in report.experiments:
         commit = e.get("code_commit") or ""
         same = commit and commit == (e.get("base_commit") or report.base_commit)
-        code, chosen = diff_summary(e.get("diff")), loads(e.get("chosen"))
+        code, chosen = improve_story.diff_summary(e.get("diff")), loads(e.get("chosen"))
         what = "; ".join(x for x in (overrides_text(loads(e.get("overrides"))), code and f"code: {one_line(code)}", chosen and f"tuned: {overrides_text(chosen)}",
                                       e.get("reason") and f"reason: {one_line(e['reason'])}") if x)
         plain = [cell(v) for v in (e.get("id"), e.get("arm"), e.get("who", "?"), e.get("source", ""), e.get("stage", ""))]
@@ -576,11 +578,9 @@ def to_json(report: Report, readme: Path | None = None) -> dict:
         "controls": [line.replace("**", "").replace("`", "") for line in control_lines(report)],
         "frontier": improve_story.progress(report.experiments, report.runs, report.llm),
         "noise_floor": n and {**asdict(n), "floor": n.floor},  # (seed_std, seeds, drift, reruns)
-        "budget": report.spec.get("budget"),
-        "compute_seconds": sum(r.get("wall_seconds") or 0 for r in report.runs),
+        "budget": report.spec.get("budget"), "compute_seconds": sum(r.get("wall_seconds") or 0 for r in report.runs),
         "llm_dollars": sum(r.get("dollars") or 0 for r in report.llm),
-        "agent_cpu_seconds": dict(report.agent_cpu),
-        "plots": report.plots, "missing": report.missing,
+        "agent_cpu_seconds": dict(report.agent_cpu), "plots": report.plots, "missing": report.missing,
     }
 
 

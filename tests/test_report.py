@@ -165,11 +165,14 @@ def test_a_report_says_how_much_longer_than_the_bases_an_experiments_model_may_t
             ledger.add_program("softcap", spec, base_commit="base", branch="program/softcap")
             add_arm(ledger, tmp_path / str(grace), "baseline", BASELINE)
             text = write(build(ledger.path, "softcap"), tmp_path / str(grace) / "report").read_text()
-            assert "measure_grace_seconds" not in text  # (the base's code alone)
+            assert "measure_grace_seconds" not in text and "Not ruled out" not in text  # (the base's code alone)
             add_arm(ledger, tmp_path / str(grace), "no-softcap", BASELINE, code="c0ffee")  # (a commit of its own)
             text = write(build(ledger.path, "softcap"), tmp_path / str(grace) / "report").read_text()
         assert f"3x the base's time to build and load, 2.5x its time per FLOP of scored forward passes, {said} " \
                "(`budget.measure_grace_seconds`), else the run is `invalid`" in text
+        # and what no measurement of it rules out (README: the lookup attack), a person's to check in its diff
+        assert "**Not ruled out: that forward pass drawing on text its box holds**" in text
+        assert "read a code arm's diff before you trust its gain." in text
 
 
 def test_two_reports_written_at_once_each_write_a_whole_one(ledger, tmp_path):
