@@ -60,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-from org import python_text
+from org import python_text, sourceless
 from org.checkpoints import MAX_CHECKPOINT_BYTES, check_precision, read_checkpoint
 from org.recount import recount
 from org.remote import Invalid, RemoteModel, Worker, Yardstick
@@ -464,11 +464,13 @@ def unigram_bpb(data, n_tokens: int, seq_len: int) -> float | None:
 
 
 def probe_causality(job: dict, params: dict, kept: list, vocab_size: int) -> Worker:
-    """In a fresh worker (no state carried over from the scoring one), run each kept batch again
-    PROBE_FORWARDS times, each row with the tokens after a position t of its own changed: its
-    log-probabilities at positions <= t must be the scoring pass's; then every row must score
-    alone as in its batch (last: no answer for its prefixes precedes their probes; one forward's
-    worth of work, as rows of one).
+    """In a fresh worker (no state carried over from the scoring one), run each kept batch again:
+    as it was scored (the worker's box is lean, sandbox.worker_box: no text but its trainer/ and
+    bytecode, so a forward pass that mixed in a table of the scoring box's text, the system's
+    manuals or the stdlib's sources, answers otherwise); then PROBE_FORWARDS times, each row with
+    the tokens after a position t of its own changed: its log-probabilities at positions <= t
+    must be the scoring pass's; then every row must score alone as in its batch (last: no answer
+    for its prefixes precedes their probes; one forward's worth of work, as rows of one).
     The t are dealt from shuffled decks of the T - 1 positions (each once before any twice) by an
     rng no worker sees, to 6 kept batches (2 of each pass) x PROBE_FORWARDS x B rows a run. A
     forward pass that reads the next token at one position is found when a row's t is that one:
@@ -479,9 +481,18 @@ def probe_causality(job: dict, params: dict, kept: list, vocab_size: int) -> Wor
     T = max(job["seq_len"], 2)  # t in 0..T-2 (for T = 1, t = 0: nothing after it to change)
     deck = chain.from_iterable(rng.permutation(T - 1) for _ in count())  # each t once before any twice
     with Worker(job, "b") as worker:  # b: fresh, so nothing it answers was seen by a (its times: check_unpaid_time)
-        worker.prepare(job, vocab_size)
+        try:
+            worker.prepare(job, vocab_size)
+        except Invalid as e:  # (its lean box: sandbox.worker_box)
+            hint = "; the fresh worker that checks the scoring one imports only the stdlib, " \
+                   f"{', '.join(sourceless.RUN_PACKAGES)} and what they require" if "ModuleNotFoundError" in str(e) else ""
+            raise Invalid(f"{e}{hint}") from None
         worker.load(params)
-        for pass_name, x, logits in kept:
+        for pass_name, x, logits in kept:  # first as a scored them, in a box of no text but trainer/ and bytecode
+            if moved(worker.forward(x, vocab_size), logits):
+                raise Invalid(f"the experiment's forward pass answers otherwise in a fresh process whose box holds no text "
+                              f"but its commit's trainer/ and bytecode: its logits hang on more than its weights and its input "
+                              f"(text its box held, what earlier calls showed it, or chance; a batch of the {pass_name} text)")
             for _ in range(PROBE_FORWARDS):
                 ts = np.fromiter(islice(deck, len(x)), np.int64, len(x))
                 again = worker.forward(changed_after(x, ts, rng, vocab_size), vocab_size)

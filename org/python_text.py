@@ -47,6 +47,7 @@ MAX_WALKED = 300_000  # folders: 17k here (1 s); more stops the walk there
 MAX_FOUND = 64  # each is a mount in every run's box
 WALK_FRESH_SECONDS = 600.0  # a runner's walk is made again this long after (1 s a walk: 0.2% of its time)
 TEXT_BYTES = 128 << 10  # of .py or archives, that make a folder Python text (gcloud's lib/: 140 MB; a module: 20 kB)
+SYSTEM_TEXT = ("/usr/share", "/usr/local/share", "/usr/include", "/usr/local/include")  # (system_text)
 
 
 SURVEYED: dict = {}  # what this machine's runner found (adopt), in place of each evaluator's own walk
@@ -172,6 +173,22 @@ def needed() -> tuple[list[Path], list[Path]]:
     trees = [*library_folders(), *named]
     prefixes = [sys.prefix, sys.base_prefix, os.path.dirname(sys.executable)]
     return sorted({Path(os.path.realpath(p)) for p in trees}), sorted({Path(os.path.realpath(p)) for p in prefixes})
+
+
+def system_text() -> list[Path]:
+    """The system's text a checking worker's box does without (org/evaluator.py's probe_causality):
+    manuals, documentation, dictionaries, editors' help and C headers, each a source for a lookup
+    as good as the stdlib's bytecode (10 MB of /usr/share/doc mixed into a 2.14-bpb model gained
+    0.074 bpb on pystdlib, /usr/include 0.077, /usr/share/vim 0.095: README). Not a folder that
+    holds what a box needs (an interpreter, a library folder, PATH), nor headers CUDA compiles with."""
+    trees, prefixes = needed()
+    found = []
+    for folder in map(Path, SYSTEM_TEXT):
+        real = Path(os.path.realpath(folder))
+        if folder.is_dir() and not folder.is_symlink() and not any(p.is_relative_to(real) for p in trees + prefixes) \
+                and not (folder.name == "include" and any((folder / h).exists() for h in ("cuda.h", "cuda_runtime.h"))):
+            found.append(real)
+    return found
 
 
 def other_pythons() -> tuple[tuple[Path, ...], tuple[Path, ...], tuple[Path, ...]]:

@@ -559,7 +559,7 @@ class Runner:
         base_code, code = self._snapshot(base), None if commit == base else self._snapshot(commit)
         kernels = self.lab.state_dir(self.program.name) / "kernels"
         caches = {name: kernels / f"{commit}.measuring-run{run['id']}-{name}" for name in ("a" if probe else "ab")} if code else {}
-        workers = {name: self._worker(code, slot, cache) for name, cache in caches.items()} or None
+        workers = {name: self._worker(code, slot, cache, lean=name == "b") for name, cache in caches.items()} or None
         workers = workers and {**workers, "base": self._worker(base_code, slot, None)}  # evaluator.forward_time_ratio
         job = job_for(self.program, run, run_dir, base_code, workers, self.harness_cache, self.runs_data)
         env = evaluator_env(self.harness_cache, slot.env)
@@ -580,16 +580,16 @@ class Runner:
         with self.git_lock:
             return self.lab.snapshot(commit, self.program.name)
 
-    def _worker(self, code: Path, slot: Slot, cache: Path) -> dict:
-        """How the evaluator starts a worker of the experiment's model: boxed, with a fresh kernel cache."""
+    def _worker(self, code: Path, slot: Slot, cache: Path, lean: bool = False) -> dict:
+        """How the evaluator starts a worker of the experiment's model: boxed (b, which checks a: lean), with a fresh kernel cache."""
         kernels = self.kernels(code, cache)
         data = models_data(self.runs_data)  # a few windows: a worker's compute is no run's budget
         env = untrusted_env({**slot.env, "NANOLAB_CACHE": str(data), "NUMBA_CACHE_DIR": str(kernels)})
         # on its runs' cores, as many as their threads: on the share, Python threads of its own did
         # x8 the base's work in the base's time (Yardstick's R, the only check of it, is wall time)
         box = worker_box(self.lab.root, code, data, kernels, gpu=self.program.train.device == "cuda", cores=slot.cores,
-                         source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of)
-                         ) if self.sandboxed else None
+                         source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of),
+                         lean=lean) if self.sandboxed else None
         return worker_command(code, env, box)
 
 

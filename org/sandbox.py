@@ -95,7 +95,7 @@ INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; F
 
 
 class SandboxError(OrgError):
-    pass
+    """No box: bubblewrap missing or failing, or what a box must hold cannot be made (one line why)."""
 
 
 AGENT_DISK_RESERVE = 8 << 30  # free disk an agent's box may not write into (a run's: Limits.disk_reserve)
@@ -153,9 +153,8 @@ class Sandbox:
     def from_spec(cls, spec: dict) -> "Sandbox":
         limits = {**spec["limits"], "cores": tuple(spec["limits"]["cores"] or ()) or None,
                   "memory_pools": tuple(map(tuple, spec["limits"].get("memory_pools", ())))}
-        return cls(spec["writable"], spec["readonly"], spec["hidden"], net=spec["net"], gpu=spec["gpu"],
-                   limits=Limits(**limits), frozen=spec["frozen"],
-                   sockets=spec.get("sockets", ()), unix_sockets=spec.get("unix_sockets", True),
+        return cls(spec["writable"], spec["readonly"], spec["hidden"], net=spec["net"], gpu=spec["gpu"], limits=Limits(**limits),
+                   frozen=spec["frozen"], sockets=spec.get("sockets", ()), unix_sockets=spec.get("unix_sockets", True),
                    sourceless_stdlib=spec.get("sourceless_stdlib", False), env=spec.get("env"))
 
     def with_extra(self, writable=(), readonly=(), frozen=(), sockets=(), **limits) -> "Sandbox":
@@ -551,15 +550,16 @@ def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: 
 
 
 def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool, cores=None,
-               source: str = "pystdlib", pools=()) -> Sandbox:
-    """A model worker of a measurement: reads what its runs read (its snapshot's trainer/ and
-    the runs' data: its model is built as in its runs), not the data source; writes only its
-    commit's kernel cache (Numba uses no cache it cannot write), which is removed once it is done:
-    what it is shown to score stays in no place a later box can read; no network, no unix socket."""
+               source: str = "pystdlib", pools=(), lean: bool = False) -> Sandbox:
+    """A model worker of a measurement: reads what its runs read (its snapshot's trainer/ and the runs' data:
+    its model is built as in its runs), not the data source; writes only its kernel cache (Numba uses no cache
+    it cannot write), removed once it is done: what it scored stays nowhere a later box reads; no network, no
+    unix socket. `lean` (the worker that checks the scoring one's logits, on any program): no text but its
+    trainer/ and bytecode (a pystdlib box's, less system_text), so a forward pass drawing on more differs there."""
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[kernels], readonly=[snapshot / "trainer", data],
-                   hidden=code_private(lab_root) + [snapshot] + source_files(source),
-                   gpu=gpu, unix_sockets=False, sourceless_stdlib=source == "pystdlib",
+                   hidden=code_private(lab_root) + [snapshot] + source_files(source) + (python_text.system_text() if lean else []),
+                   gpu=gpu, unix_sockets=False, sourceless_stdlib=source == "pystdlib" or lean,
                    # (its log and its kernel cache: nothing else it writes is the disk's)
                    limits=Limits(cores=tuple(cores) if cores else None, file_bytes=WORKER_FILE_BYTES, disk_bytes=2 << 30,
                                  memory_pools=pools))

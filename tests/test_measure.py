@@ -46,7 +46,19 @@ def lab(tmp_path_factory):
     base = root / "snapshots" / "base"
     shutil.copytree(ROOT / "trainer", base / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
     train_tiny(base, root / "runs" / "1")
-    return {"root": root, "base": base, "run_dir": root / "runs" / "1"}
+    return {"root": root, "base": base, "run_dir": root / "runs" / "1", "models": models_export(root)}
+
+
+def models_export(root: Path) -> Path:
+    """What a model worker reads, as the runner hands it one (streams.export_for_models): a few
+    windows of each split, in the workers' data folder (box_for). Not pystdlib itself: a worker
+    that checks another's reads no stdlib text (worker_box's lean)."""
+    from trainer.data import export_llmc, load_dataset
+    from trainer.shards import SPLITS
+    ds = load_dataset("pystdlib", "bytes")
+    out = root / "harness-cache" / "data" / "models"
+    export_llmc(replace(ds, **{s: getattr(ds, s)[:4 * (64 + 1)] for s in SPLITS}), out)
+    return out
 
 
 def train_tiny(base: Path, run_dir: Path):
@@ -70,19 +82,21 @@ def job(lab, run_dir=None, code=None, overrides=None, probe_seed=None, snapshot_
             "preset": "nanochat", "overrides": {**TINY, **(overrides or {})}, "seed": 3, "data": "pystdlib", "tokenizer": "bytes",
             "val_tokens": 2048, "batch_size": 4, "seq_len": 64, "device": "cpu", "dtype": "float32",
             "matmul": "fp32", "budget_kind": "steps", "budget": FLAGS["steps"], "snapshot_every": snapshot_every,
+            "models_data": str(lab["models"]),
             "workers": None if code is None else {name: worker_command(where, untrusted_env(
                 {"OMP_NUM_THREADS": "1", "NANOLAB_CACHE": str(lab["root"] / "harness-cache" / "data")}),
-                box=box_for(lab, where)) for name, where in (("a", code), ("b", code), ("base", lab["base"]))}}
+                box=box_for(lab, where, lean=name == "b")) for name, where in (("a", code), ("b", code), ("base", lab["base"]))}}
 
 
-def box_for(lab, code: Path):
-    """The worker's box, as the runner makes it; a plain process where no box can be made here.
-    Here the worker reads pystdlib itself (the runner hands it the lab's export instead), so its
-    box is a file-source program's, which shows the stdlib as it is (org/sourceless.py)."""
+def box_for(lab, code: Path, lean: bool = False):
+    """The worker's box, as the runner makes it (b, which checks a's logits: lean); a plain process
+    where no box can be made here. Here the worker reads pystdlib itself (the runner hands it the
+    lab's export instead), so its box is a file-source program's, which shows the stdlib as it is
+    (org/sourceless.py), and the system's text (python_text.system_text), but b's."""
     if available() is not None:
         return None
     return worker_box(lab["root"], code, lab["root"] / "harness-cache" / "data", code / "kernels", gpu=False,
-                      source=str(lab["root"] / "corpus.txt"))
+                      source=str(lab["root"] / "corpus.txt"), lean=lean)
 
 
 def measure(lab, timeout=120, **kw) -> dict:
@@ -330,6 +344,57 @@ def test_an_init_that_is_the_bases_is_scored_too(lab):
     assert m.init_bpb < m.unigram_bpb - 0.3, (m.init_bpb, m.unigram_bpb)
 
 
+# a forward pass that mixes in a table of text its box holds beside its weights: the system's manuals
+# and the stdlib's sources (a file-source program's box shows them), as the lookup attack would (README)
+BOX_TEXT_LOOKUP = """
+
+def _box_text():
+    import os
+    counts, seen = np.ones((256, 256)), 0
+    for root in ("/usr/share/doc", os.path.dirname(os.__file__)):
+        for folder, _, files in os.walk(root):
+            for name in files:
+                if seen < 4_000_000 and (name == "copyright" or name.endswith(".py")):
+                    a = np.frombuffer(open(os.path.join(folder, name), "rb").read(100_000), np.uint8)
+                    np.add.at(counts, (a[:-1], a[1:]), 1)
+                    seen += len(a)
+    return np.log(counts / counts.sum(1, keepdims=True)).astype(np.float32)
+
+
+_BOX_TEXT = _box_text()
+"""
+
+
+def test_a_forward_pass_drawing_on_text_its_box_holds_is_caught_by_the_worker_that_checks_it(lab):
+    """The scoring worker's box shows what its runs' boxes show: on a file-source program, the
+    stdlib as it is and the system's manuals. The fresh worker that checks its logits reads no text
+    but its trainer/ and bytecode (worker_box's lean: python_text.system_text hidden, the stdlib and
+    run packages as a pystdlib box's), so a forward pass drawing on more answers otherwise there."""
+    if available() is not None:
+        pytest.skip(f"no box here: {available()}")
+    honest = measure(lab, code=experiment(lab, "unchanged"))
+    assert "measurement" in honest and honest["measurement"].causal is True, honest  # (b lean: the same logits)
+    lookup = experiment(lab, "box-text-lookup", lambda t: t.replace(
+        FORWARD, FORWARD.replace("return logits", "return logits + _BOX_TEXT[xp.asarray(idx)]")) + BOX_TEXT_LOOKUP)
+    out = measure(lab, code=lookup)
+    assert out.get("invalid", "").startswith("the experiment's forward pass answers otherwise in a fresh process whose "
+                                             "box holds no text but its commit's trainer/ and bytecode"), out
+    seen = {name: worker_box(lab["root"], lookup, lab["root"] / "harness-cache" / "data", lookup / "kernels", gpu=False,
+                             source=str(lab["root"] / "corpus.txt"), lean=lean)
+            for name, lean in (("scoring", False), ("checking", True))}
+    look = ("import os; print(sum(len(files) for _, _, files in os.walk('/usr/share')), "
+            "os.path.exists(os.__file__.removesuffix('c')))")  # (its files; os.py: a lean box's os has a .pyc alone)
+    listed = {name: box.popen([sys.executable, "-I", "-c", look], cwd="/", env=untrusted_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode() for name, box in seen.items()}
+    assert listed["checking"].split() == ["0", "False"], listed
+    assert int(listed["scoring"].split()[0]) > 1000 and listed["scoring"].split()[1] == "True", listed
+    # what the scoring box shows of site-packages but the run packages is not there either: an import of it fails
+    rich = measure(lab, code=experiment(lab, "imports-rich", lambda t: t + "\nimport rich\n"))
+    assert rich.get("invalid", "").startswith("the experiment's model construction failed: ModuleNotFoundError: No "
+                                              "module named 'rich'; the fresh worker that checks the scoring one "
+                                              "imports only the stdlib, numpy, numba"), rich
+
+
 # --- bad checkpoints and bad forward passes: invalid, with one line saying why ---------------
 
 
@@ -516,7 +581,7 @@ BAD_FORWARDS = {
                               "            return logits + peek"),
               "the experiment's forward pass is not causal"),
     "noisy": (FORWARD.replace("return logits", "return logits + xp.random.normal(0, 1, logits.shape)"),
-              "the experiment's forward pass is not causal"),  # its logits move whatever changes
+              "the experiment's forward pass answers otherwise in a fresh process"),  # (then: not causal, whatever changes)
     # its rows read each other: the probe changes each row's tokens after a position of its own
     "batch-dependent": (FORWARD.replace("return logits", "return logits + logits.mean(axis=0, keepdims=True)"),
                         "or with other rows' later tokens"),

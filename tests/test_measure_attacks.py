@@ -599,11 +599,14 @@ def test_a_commit_that_changes_nothing_is_no_change(attacked):
 # --- a forward pass that reads the answer --------------------------------------------------------
 
 
-@pytest.mark.parametrize("arm", ["peeks", "peeks-and-remembers"])
-def test_a_forward_pass_that_reads_the_next_token_is_invalid(attacked, arm):
+@pytest.mark.parametrize("arm, says", [("peeks", "forward pass is not causal"),
+                                        # its answers for a prefix are those earlier windows showed it: the
+                                        # fresh worker that checks the scoring one's, shown these first, differs
+                                        ("peeks-and-remembers", "forward pass answers otherwise in a fresh process")])
+def test_a_forward_pass_that_reads_the_next_token_is_invalid(attacked, arm, says):
     record, _, runs = attacked[arm]
     assert verdict_kind(record.verdict) == "invalid"
-    assert all(r["status"] == "invalid" and "forward pass is not causal" in r["reason"] for r in runs)
+    assert all(r["status"] == "invalid" and says in r["reason"] for r in runs), [r["reason"] for r in runs]
 
 
 def test_a_model_that_looks_up_the_evaluation_text_finds_none_of_it(attacked):
