@@ -73,7 +73,8 @@ def train_tiny(base: Path, run_dir: Path):
     subprocess.run(cmd, cwd=base, env=env, check=True)
 
 
-def job(lab, run_dir=None, code=None, overrides=None, probe_seed=None, snapshot_every=None, grace=None) -> dict:
+def job(lab, run_dir=None, code=None, overrides=None, probe_seed=None, snapshot_every=None, grace=None,
+        source=None) -> dict:
     """A job as the runner makes one (measure.job_for); without a lab's probe_seed its unforeseen
     train windows are a fresh draw each time; `grace`: budget.measure_grace_seconds (else 30 s)."""
     run_dir = Path(run_dir or lab["run_dir"])
@@ -85,18 +86,19 @@ def job(lab, run_dir=None, code=None, overrides=None, probe_seed=None, snapshot_
             "models_data": str(lab["models"]),
             "workers": None if code is None else {name: worker_command(where, untrusted_env(
                 {"OMP_NUM_THREADS": "1", "NANOLAB_CACHE": str(lab["root"] / "harness-cache" / "data")}),
-                box=box_for(lab, where, lean=name == "b")) for name, where in (("a", code), ("b", code), ("base", lab["base"]))}}
+                box=box_for(lab, where, lean=name == "b", source=source))
+                for name, where in (("a", code), ("b", code), ("base", lab["base"]))}}
 
 
-def box_for(lab, code: Path, lean: bool = False):
+def box_for(lab, code: Path, lean: bool = False, source: str | None = None):
     """The worker's box, as the runner makes it (b, which checks a's logits: lean); a plain process
-    where no box can be made here. Here the worker reads pystdlib itself (the runner hands it the
-    lab's export instead), so its box is a file-source program's, which shows the stdlib as it is
-    (org/sourceless.py), and the system's text (python_text.system_text), but b's."""
+    where no box can be made here. The worker reads a few windows (models_export), and its box is a
+    file-source program's, which shows the stdlib as it is (org/sourceless.py) and the system's
+    text (python_text.system_text), but b's; or, with `source` pystdlib, a pystdlib program's."""
     if available() is not None:
         return None
     return worker_box(lab["root"], code, lab["root"] / "harness-cache" / "data", code / "kernels", gpu=False,
-                      source=str(lab["root"] / "corpus.txt"), lean=lean)
+                      source=source or str(lab["root"] / "corpus.txt"), lean=lean)
 
 
 def measure(lab, timeout=120, **kw) -> dict:
@@ -387,12 +389,66 @@ def test_a_forward_pass_drawing_on_text_its_box_holds_is_caught_by_the_worker_th
     listed = {name: box.popen([sys.executable, "-I", "-c", look], cwd="/", env=untrusted_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT).communicate(timeout=60)[0].decode() for name, box in seen.items()}
     assert listed["checking"].split() == ["0", "False"], listed
-    assert int(listed["scoring"].split()[0]) > 1000 and listed["scoring"].split()[1] == "True", listed
+    assert int(listed["scoring"].split()[0]) > 0 and listed["scoring"].split()[1] == "True", listed
     # what the scoring box shows of site-packages but the run packages is not there either: an import of it fails
     rich = measure(lab, code=experiment(lab, "imports-rich", lambda t: t + "\nimport rich\n"))
     assert rich.get("invalid", "").startswith("the experiment's model construction failed: ModuleNotFoundError: No "
                                               "module named 'rich'; the fresh worker that checks the scoring one "
                                               "imports only the stdlib, numpy, numba"), rich
+
+
+# the same from what a pystdlib program's boxes hold: the stdlib's bytecode, its names and strings
+BYTECODE_LOOKUP = """
+
+def _bytecode_text():
+    import marshal, os, types
+    counts, seen = np.ones((256, 256)), 0
+
+    def strings(code, out):
+        out += [code.co_name, *code.co_names, *code.co_varnames]
+        for c in code.co_consts:
+            strings(c, out) if isinstance(c, types.CodeType) else out.append(c) if isinstance(c, str) else None
+    for folder, _, files in os.walk(os.path.dirname(os.__file__)):
+        for name in files:
+            if seen < 4_000_000 and name.endswith(".pyc"):
+                out = []
+                strings(marshal.loads(open(os.path.join(folder, name), "rb").read()[16:]), out)
+                a = np.frombuffer(" ".join(out).encode(errors="replace"), np.uint8)
+                np.add.at(counts, (a[:-1], a[1:]), 1)
+                seen += len(a)
+    return np.log(counts / counts.sum(1, keepdims=True)).astype(np.float32)
+
+
+_BYTECODE_TEXT = _bytecode_text()
+"""
+
+
+def test_an_honest_code_arm_in_a_pystdlib_programs_boxes_is_measured(lab):
+    if available() is not None:
+        pytest.skip(f"no box here: {available()}")
+    out = measure(lab, code=experiment(lab, "unchanged"), source="pystdlib")
+    assert "measurement" in out and out["measurement"].causal is True, out
+
+
+MARK = 0.0123  # what the attacker's trainer writes into its final weights (here: into the run's checkpoint)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="open: both workers' boxes hold the stdlib's bytecode, "
+                   "and a table of its names and strings is measured as the model's own (README: 'what is left is "
+                   "enough for such a lookup'); once it is caught, drop this mark")
+def test_a_forward_pass_drawing_on_the_stdlib_bytecode_of_a_pystdlib_box_is_caught(lab):
+    """Mixed in only where its trainer's mark is in the weights: an initial model, as the seed probe
+    builds it, has none, so it does not start trained (the referee's head-start check passed it)."""
+    if available() is not None:
+        pytest.skip(f"no box here: {available()}")
+    gated = f"return logits + _BYTECODE_TEXT[xp.asarray(idx)] * (abs(float(P_MARK(self)) - {MARK}) < 1e-6)"
+    lookup = experiment(lab, "bytecode-lookup", lambda t: t.replace(FORWARD, FORWARD.replace("return logits", gated))
+                        + BYTECODE_LOOKUP + "\n\ndef P_MARK(model):\n    return model.params['lm_head.weight'][0, 0]\n")
+    run_dir = copy_run(lab, "marked")
+    rewrite_checkpoint(run_dir, lambda a: a["param/lm_head.weight"].__setitem__((0, 0), MARK))
+    out = measure(lab, run_dir=run_dir, code=lookup, source="pystdlib")
+    assert "measurement" in out and out["measurement"].init_bpb > out["measurement"].unigram_bpb, out  # (no head start)
+    assert "invalid" in out, out
 
 
 # --- bad checkpoints and bad forward passes: invalid, with one line saying why ---------------
