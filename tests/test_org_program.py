@@ -59,6 +59,19 @@ def test_softcap_program_is_valid_and_accepted_by_the_trainer():
     check_with_trainer(program)
 
 
+def test_an_agents_prompt_says_what_its_models_code_may_import_on_any_data():
+    """A code arm's measurement is checked in a box of the stdlib and the run packages alone, on
+    every program (sandbox.worker_box's lean): an agent of a file-source program is told so, not
+    only one of pystdlib's, whose runs import no more either."""
+    from org.agents.roles import system_prompt
+    program = load_program(ROOT / "programs" / "softcap.yaml")
+    on_text = program.model_copy(update={"data": program.data.model_copy(update={"source": "corpus.txt"})})
+    pystdlib, text = (system_prompt(p, "junior-1") for p in (program, on_text))
+    assert "they import only the stdlib, numpy, numba, scipy, tokenizers, pyyaml and what those require" in pystdlib
+    assert "they import what is installed here; but your model's code (what its forward pass runs) may import only " \
+           "the stdlib, numpy, numba" in " ".join(text.split()), text
+
+
 def test_defaults_fill_in_the_rest(tmp_path):
     program = load_program(write(tmp_path, MINIMAL))
     assert program.metric == "val_bpb"

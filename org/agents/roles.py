@@ -81,11 +81,13 @@ def fields(program: Program, name: str) -> dict:
 
 def run_imports(program: Program) -> str:
     """What a run's code may import: a pystdlib program's boxes hold no Python text beyond the
-    stdlib's bytecode and the packages runs need (org/sourceless.py)."""
+    stdlib's bytecode and the packages runs need (org/sourceless.py); on any program, nor does the
+    box of the worker that checks a code arm's measurement (sandbox.worker_box's lean)."""
+    only = f"only the stdlib, {', '.join(RUN_PACKAGES)} and what those require, not torch"
     if program.data.source != "pystdlib":
-        return "they import what is installed here"
-    return (f"on this program's data (the stdlib's own text) they import only the stdlib, "
-            f"{', '.join(RUN_PACKAGES)} and what those require: not torch")
+        return (f"they import what is installed here; but your model's code (what its forward pass runs) may import "
+                f"{only}: a code arm's measurement checks it where nothing more is installed")
+    return f"on this program's data (the stdlib's own text) they import {only}"
 
 
 def kickoff(program: Program, name: str, board: str) -> str:
