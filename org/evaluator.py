@@ -484,9 +484,7 @@ def probe_causality(job: dict, params: dict, kept: list, vocab_size: int) -> Wor
         try:
             worker.prepare(job, vocab_size)
         except Invalid as e:  # (its lean box: sandbox.worker_box)
-            hint = "; the fresh worker that checks the scoring one imports only the stdlib, " \
-                   f"{', '.join(sourceless.RUN_PACKAGES)} and what they require" if "ModuleNotFoundError" in str(e) else ""
-            raise Invalid(f"{e}{hint}") from None
+            raise Invalid(sourceless.import_hint(str(e), "the fresh worker that checks the scoring one")) from None
         worker.load(params)
         for pass_name, x, logits in kept:  # first as a scored them, in a box of no text but trainer/ and bytecode
             if moved(worker.forward(x, vocab_size), logits):

@@ -160,12 +160,12 @@ def run_distributions(folders: list[Path]) -> dict[Path, list[importlib.metadata
     return {folder: [dist for name, (where, dist) in sorted(chosen.items()) if where == folder] for folder in folders}
 
 
-def import_hint(line: str) -> str:
-    """A run's last line, saying what a pystdlib box imports where it could not import a module."""
-    if not line.startswith("ModuleNotFoundError"):
+def import_hint(line: str, where: str = "a pystdlib program's runs and workers") -> str:
+    """A failure's line, saying what a box of these trees imports where it could not import a
+    module (a pystdlib program's run; on any program, the worker that checks a code arm's)."""
+    if "ModuleNotFoundError" not in line:
         return line
-    return (f"{line} (a pystdlib program's runs and workers import the stdlib, {', '.join(RUN_PACKAGES)}, what those "
-            f"require and the harness: org/sourceless.py)")
+    return f"{line} (importable in {where}: only the stdlib, {', '.join(RUN_PACKAGES)} and what those require: org/sourceless.py)"
 
 
 def normal(name: str) -> str:

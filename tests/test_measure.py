@@ -74,10 +74,15 @@ def train_tiny(base: Path, run_dir: Path):
 
 
 def job(lab, run_dir=None, code=None, overrides=None, probe_seed=None, snapshot_every=None, grace=None,
-        source=None) -> dict:
+        source=None, own_caches=False) -> dict:
     """A job as the runner makes one (measure.job_for); without a lab's probe_seed its unforeseen
-    train windows are a fresh draw each time; `grace`: budget.measure_grace_seconds (else 30 s)."""
+    train windows are a fresh draw each time; `grace`: budget.measure_grace_seconds (else 30 s).
+    `own_caches`: each worker's kernel cache in the lab's state, named and set as the runner's
+    (Runner._worker: NUMBA_CACHE_DIR, <commit>.measuring-run<id>-<worker>); else one in the snapshot."""
     run_dir = Path(run_dir or lab["run_dir"])
+    cache = lambda name, where: (lab["root"] / ".lab" / "kernels" / f"{where.name}.measuring-run1-{name}") if own_caches \
+        else where / "kernels"
+    env = lambda name, where: {"NUMBA_CACHE_DIR": str(cache(name, where))} if own_caches else {}
     return {**({"train_probe_seed": probe_seed} if probe_seed is not None else {}),
             **({"setup_grace": grace} if grace is not None else {}), "base_code": str(lab["base"]), "run_dir": str(run_dir), "log_dir": str(run_dir),
             "preset": "nanochat", "overrides": {**TINY, **(overrides or {})}, "seed": 3, "data": "pystdlib", "tokenizer": "bytes",
@@ -85,19 +90,19 @@ def job(lab, run_dir=None, code=None, overrides=None, probe_seed=None, snapshot_
             "matmul": "fp32", "budget_kind": "steps", "budget": FLAGS["steps"], "snapshot_every": snapshot_every,
             "models_data": str(lab["models"]),
             "workers": None if code is None else {name: worker_command(where, untrusted_env(
-                {"OMP_NUM_THREADS": "1", "NANOLAB_CACHE": str(lab["root"] / "harness-cache" / "data")}),
-                box=box_for(lab, where, lean=name == "b", source=source))
+                {"OMP_NUM_THREADS": "1", "NANOLAB_CACHE": str(lab["root"] / "harness-cache" / "data"), **env(name, where)}),
+                box=box_for(lab, where, lean=name == "b", source=source, kernels=cache(name, where)))
                 for name, where in (("a", code), ("b", code), ("base", lab["base"]))}}
 
 
-def box_for(lab, code: Path, lean: bool = False, source: str | None = None):
+def box_for(lab, code: Path, lean: bool = False, source: str | None = None, kernels: Path | None = None):
     """The worker's box, as the runner makes it (b, which checks a's logits: lean); a plain process
     where no box can be made here. The worker reads a few windows (models_export), and its box is a
     file-source program's, which shows the stdlib as it is (org/sourceless.py) and the system's
     text (python_text.system_text), but b's; or, with `source` pystdlib, a pystdlib program's."""
     if available() is not None:
         return None
-    return worker_box(lab["root"], code, lab["root"] / "harness-cache" / "data", code / "kernels", gpu=False,
+    return worker_box(lab["root"], code, lab["root"] / "harness-cache" / "data", kernels or code / "kernels", gpu=False,
                       source=source or str(lab["root"] / "corpus.txt"), lean=lean)
 
 
@@ -393,8 +398,40 @@ def test_a_forward_pass_drawing_on_text_its_box_holds_is_caught_by_the_worker_th
     # what the scoring box shows of site-packages but the run packages is not there either: an import of it fails
     rich = measure(lab, code=experiment(lab, "imports-rich", lambda t: t + "\nimport rich\n"))
     assert rich.get("invalid", "").startswith("the experiment's model construction failed: ModuleNotFoundError: No "
-                                              "module named 'rich'; the fresh worker that checks the scoring one "
-                                              "imports only the stdlib, numpy, numba"), rich
+                                              "module named 'rich' (importable in the fresh worker that checks the "
+                                              "scoring one: only the stdlib, numpy, numba"), rich
+
+
+# the same table handed on: the scoring worker leaves it in its kernel cache, and the checking
+# worker, which cannot build it, looks for it in the scoring one's (its own name, -b for -a)
+RELAYED = BOX_TEXT_LOOKUP.replace("_BOX_TEXT = _box_text()", """def _relayed():
+    import os
+    mine = os.environ.get("NUMBA_CACHE_DIR", ".")
+    theirs = os.path.join(mine[:-2] + "-a" if mine.endswith("-b") else mine, "table.npy")
+    if os.path.exists(theirs):
+        return np.load(theirs)
+    table = _box_text()
+    np.save(os.path.join(mine, "table.npy"), table)
+    return table
+
+
+_BOX_TEXT = _relayed()""")
+
+
+def test_a_table_the_scoring_worker_leaves_is_out_of_the_checking_workers_reach(lab):
+    """Each worker has a kernel cache of its own in the lab's state (Runner.kernels), which no box
+    but its own sees: what the scoring worker worked out there never reaches the one that checks
+    it. (Where both read one cache, the checking worker loaded the table and the run was measured
+    as the scoring one answered.)"""
+    if available() is not None:
+        pytest.skip(f"no box here: {available()}")
+    relay = experiment(lab, "box-text-relay", lambda t: t.replace(
+        FORWARD, FORWARD.replace("return logits", "return logits + _BOX_TEXT[xp.asarray(idx)]")) + RELAYED)
+    env = evaluator_env(lab["root"] / "harness-cache", {"OMP_NUM_THREADS": "1"})
+    out = measure_run(job(lab, code=relay, own_caches=True), env, 120)
+    left = lab["root"] / ".lab" / "kernels" / "box-text-relay.measuring-run1-a" / "table.npy"
+    assert left.is_file()  # (the scoring worker did leave it)
+    assert out.get("invalid", "").startswith("the experiment's forward pass answers otherwise in a fresh process"), out
 
 
 # the same from what a pystdlib program's boxes hold: the stdlib's bytecode, its names and strings
