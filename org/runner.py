@@ -198,7 +198,7 @@ class Runner:
 
     def _prepare_data(self):
         fill_bytecode(self.say)  # what every run and measurement reads: 2.7 s less per tiny run
-        if self.sandboxed and self.program.data.source == "pystdlib":  # its boxes' trees and walk, once, not per slot
+        if self.sandboxed:  # its runs' boxes' trees and walk (every program's: sandbox.run_box), once, not per slot
             with contextlib.suppress(Exception):  # (else each box says why it cannot be made)
                 python_text.binds(), python_text.other_pythons()
         with Ledger(self.ledger_path) as ledger:
@@ -390,9 +390,9 @@ class Runner:
             ledger.requeue(run["id"], f"the trainer died of {died}, a signal the runner did not send; re-queued", wall)
             self.say(f"run {run['id']}: the trainer died of {died}; re-queued (attempt {attempts} of {MAX_ATTEMPTS})")
             return
-        if result is None:  # (a pystdlib box's imports are few: a line that could not import one says which)
+        if result is None:  # (a run box's imports are few: a line that could not import one says which)
             said = last_line(log_path)
-            said = sourceless.import_hint(said) if self.sandboxed and self.program.data.source == "pystdlib" else said
+            said = sourceless.import_hint(said) if self.sandboxed else said
             result = Result(status="killed" if killed_reason else "error",
                             reason=killed_reason or (died_reason(died, attempts, own_code) if died else f"exit {returncode}: {said}"))
         self.record(ledger, run, result, wall, killed_reason, slot, cpu)

@@ -540,22 +540,22 @@ def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: 
             cpu_seconds: int, cores=None, source: str = "pystdlib", pools=()) -> Sandbox:
     """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot's
     trainer/ (what `python -m trainer` imports; the rest is the harness's code and tests) and the
-    runs' data (the lab's train split, never its val) are read-only; the data source is absent
-    (pystdlib's: the stdlib without its text, org/sourceless.py); no network, no unix socket."""
+    runs' data (the lab's train split, never its val) are read-only; no other text but bytecode (data source,
+    stdlib and run packages' sources, system_text: all hidden); no network, no unix socket."""
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[run_dir, kernels], readonly=[snapshot / "trainer", data],
-                   hidden=code_private(lab_root) + [snapshot] + source_files(source), gpu=gpu, unix_sockets=False,
-                   sourceless_stdlib=source == "pystdlib",
+                   hidden=code_private(lab_root) + [snapshot] + source_files(source) + python_text.system_text(),
+                   gpu=gpu, unix_sockets=False, sourceless_stdlib=True,
                    limits=Limits(cpu_seconds=cpu_seconds, cores=tuple(cores) if cores else None, memory_pools=pools))
 
 
 def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool, cores=None,
                source: str = "pystdlib", pools=(), lean: bool = False) -> Sandbox:
-    """A model worker of a measurement: reads what its runs read (its snapshot's trainer/ and the runs' data:
-    its model is built as in its runs), not the data source; writes only its kernel cache (Numba uses no cache
-    it cannot write), removed once it is done: what it scored stays nowhere a later box reads; no network, no
-    unix socket. `lean` (the worker that checks the scoring one's logits, on any program): no text but its
-    trainer/ and bytecode (a pystdlib box's, less system_text), so a forward pass drawing on more differs there."""
+    """A model worker of a measurement: reads its snapshot's trainer/ and the runs' data (its model is built as in
+    its runs), not the data source; writes only its kernel cache (Numba uses no cache it cannot write), removed once
+    it is done: what it scored stays nowhere a later box reads; no network, no unix socket. `lean` (the worker that
+    checks the scoring one's logits): its runs' box, no text but its trainer/ and bytecode; the scoring one's shows
+    more (the system's text; on a file-source program the stdlib as it is), and a forward pass drawing on it is caught."""
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[kernels], readonly=[snapshot / "trainer", data],
                    hidden=code_private(lab_root) + [snapshot] + source_files(source) + (python_text.system_text() if lean else []),

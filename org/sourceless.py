@@ -160,9 +160,9 @@ def run_distributions(folders: list[Path]) -> dict[Path, list[importlib.metadata
     return {folder: [dist for name, (where, dist) in sorted(chosen.items()) if where == folder] for folder in folders}
 
 
-def import_hint(line: str, where: str = "a pystdlib program's runs and workers") -> str:
+def import_hint(line: str, where: str = "a run's box") -> str:
     """A failure's line, saying what a box of these trees imports where it could not import a
-    module (a pystdlib program's run; on any program, the worker that checks a code arm's)."""
+    module (a run's, on every program: sandbox.run_box; the worker that checks a code arm's)."""
     if "ModuleNotFoundError" not in line:
         return line
     return f"{line} (importable in {where}: only the stdlib, {', '.join(RUN_PACKAGES)} and what those require: org/sourceless.py)"

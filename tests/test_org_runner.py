@@ -771,6 +771,43 @@ def test_a_run_reads_only_the_windows_its_seed_draws_and_cannot_fix_its_data_ord
     assert len(baseline) >= 2 and all(r["result"].data.endswith(f"streams/tiny/{r['id']}") for r in baseline)
 
 
+MORE_TEXT = """
+import os as _os, sys as _sys
+
+def run(spec, out, resume=False, quiet=False):  # what text beyond its stream a run could train on, said in its reason
+    system = sum(len(files) for top in ("/usr/share", "/usr/include") for _, _, files in _os.walk(top))
+    _sys.exit(f"{system} files of the system's text; os.py {_os.path.exists(_os.__file__.removesuffix('c'))}")
+"""
+
+
+def test_a_run_of_any_program_trains_on_no_text_but_what_it_is_handed(make_project, tmp_path):
+    """A pystdlib program's runs saw the stdlib as bytecode, but the runs of a program on a file
+    of its own saw the system's text (53,902 files of manuals, documentation and C headers here)
+    and the stdlib's sources, and could train on them: the harness's stream was not all its data.
+    Every run's box now holds no text but its trainer/ and bytecode (sandbox.run_box), and an
+    import of a package it does not hold says what it does."""
+    if available() is not None:
+        pytest.skip(f"no box here: {available()}")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"line {i}: the cat sat on the mat\n" for i in range(3000)))
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]},
+                                     data={"source": str(corpus), "val_tokens": 512}))
+    agent_commit(root, "mallory", "trainer/train.py", lambda text: text + MORE_TEXT)
+    assert main(["submit", "tiny", "--arm", "more-text", "--ref", "agent/tiny/mallory/work"]) == 0
+    lab = Lab.open(root)
+    tree = lab.add_worktree("tiny", "eve")
+    lab.close()
+    (tree / "trainer" / "model.py").write_text((tree / "trainer" / "model.py").read_text() + "\nimport rich\n")
+    git.Repo(tree).git.commit("-qam", "eve: rich")
+    assert main(["submit", "tiny", "--arm", "imports-rich", "--ref", "agent/tiny/eve/work"]) == 0
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        (looked,), (imported,) = ([r["reason"] for r in ledger.runs("tiny", arm=a)] for a in ("more-text", "imports-rich"))
+        assert [r["status"] for r in ledger.runs("tiny", arm="baseline")] == ["completed"]
+    assert looked.endswith("0 files of the system's text; os.py False"), looked
+    assert "No module named 'rich' (importable in a run's box: only the stdlib, numpy, numba" in imported, imported
+
+
 def test_under_a_seconds_budget_a_run_reads_what_the_baselines_pace_pays_for(make_project, capsys):
     """A seconds budget's windows were the whole train split's worth, in the seed's order: code of
     its own could fix its data order again, by windows it cuts where the text says (the same on

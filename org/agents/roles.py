@@ -16,6 +16,9 @@ from org.program import Program
 from org.sourceless import RUN_PACKAGES
 
 PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
+# what a run's code may import, on every program: its boxes hold no Python text but the stdlib's
+# bytecode and the packages runs need (org/sourceless.py, sandbox.run_box)
+RUN_IMPORTS = f"they import only the stdlib, {', '.join(RUN_PACKAGES)} and what those require, not torch"
 
 
 def role_of(program: Program, name: str) -> str:
@@ -72,22 +75,11 @@ def fields(program: Program, name: str) -> dict:
         "seeds": program.budget.seeds, "llm_dollars": f"{program.budget.total_llm_dollars:g}",
         "protected": ", ".join(program.protected) or "none", "max_change_kb": f"{program.max_change_kb:g}",
         "agent_cpu_seconds": f"{program.budget.agent_cpu_seconds or program.budget.total_compute_seconds:g}",
-        "run_imports": run_imports(program),
+        "run_imports": RUN_IMPORTS,
         "teammates": ", ".join(teammates(program, name)) or "none",
         "chief": chief or "none",
         "juniors": ", ".join(juniors(program)) or "none",
     }
-
-
-def run_imports(program: Program) -> str:
-    """What a run's code may import: a pystdlib program's boxes hold no Python text beyond the
-    stdlib's bytecode and the packages runs need (org/sourceless.py); on any program, nor does the
-    box of the worker that checks a code arm's measurement (sandbox.worker_box's lean)."""
-    only = f"only the stdlib, {', '.join(RUN_PACKAGES)} and what those require, not torch"
-    if program.data.source != "pystdlib":
-        return (f"they import what is installed here; but your model's code (what its forward pass runs) may import "
-                f"{only}: a code arm's measurement checks it where nothing more is installed")
-    return f"on this program's data (the stdlib's own text) they import {only}"
 
 
 def kickoff(program: Program, name: str, board: str) -> str:
