@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from org.sandbox import Sandbox, available, run_box
+from org.sandbox import Sandbox, available, run_box, worker_box
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=f"{available()}")
 
@@ -142,8 +142,10 @@ def test_a_socket_that_goes_away_as_a_box_starts_does_not_turn_the_sandbox_off(m
 # wait for the socket the host binds once the box has started, then connect to it
 CONNECT_LATER = """
 import os, socket, sys, time
-path = sys.argv[1]
-while not os.path.exists(path):
+path, t0 = sys.argv[1], time.monotonic()
+while not os.path.exists(path):  # (bound on the host just after the box began)
+    if time.monotonic() - t0 > 5:
+        sys.exit("unseen: its folder is not in this box")
     time.sleep(0.05)
 try:
     s = socket.socket(socket.AF_UNIX)
@@ -171,7 +173,10 @@ def test_no_box_but_a_clis_reaches_a_socket_bound_after_it_started(host_dirs, tm
     for folder_of_run in ("run", "snapshot", "data", "port"):
         (tmp_path / folder_of_run).mkdir()
     boxes = {"an agent's command": command, "a CLI's": command.with_extra(sockets=[tmp_path / "port"]),
-             # (a program's on a file: a pystdlib program's boxes see no folder at / but the system's)
+             # (a scoring worker's of a program on a file sees the socket's folder; a run's box, on every program,
+             # sees no folder at / but the system's: sandbox.run_box)
+             "a model worker's": worker_box(root, tmp_path / "snapshot", tmp_path / "data", tmp_path / "kernels",
+                                            gpu=False, source=str(tmp_path / "data")),
              "a run's": run_box(root, tmp_path / "run", tmp_path / "snapshot", tmp_path / "data", tmp_path / "kernels",
                                 gpu=False, cpu_seconds=60, source=str(tmp_path / "data"))}
     outcomes = {}
@@ -182,7 +187,8 @@ def test_no_box_but_a_clis_reaches_a_socket_bound_after_it_started(host_dirs, tm
         serve(path)  # after the box has started: no mask for it
         outcomes[name] = proc.communicate(timeout=60)[0].decode().strip()
     refused = "refused: Address family not supported by protocol"
-    assert outcomes == {"an agent's command": refused, "a CLI's": "ANSWERED", "a run's": refused}, outcomes
+    assert outcomes == {"an agent's command": refused, "a CLI's": "ANSWERED", "a model worker's": refused,
+                        "a run's": "unseen: its folder is not in this box"}, outcomes
 
 
 IO_URING_AND_DGRAM = """
