@@ -540,8 +540,8 @@ def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: 
             cpu_seconds: int, cores=None, source: str = "pystdlib", pools=()) -> Sandbox:
     """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot's
     trainer/ (what `python -m trainer` imports; the rest is the harness's code and tests) and the
-    runs' data (the lab's train split, never its val) are read-only; no other text but bytecode (data source,
-    stdlib and run packages' sources, system_text: all hidden); no network, no unix socket."""
+    runs' data (the lab's train split, never its val) are read-only; the data source, Python text (the stdlib and
+    run packages as bytecode) and the system's (system_text) are not there; no network, no unix socket."""
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[run_dir, kernels], readonly=[snapshot / "trainer", data],
                    hidden=code_private(lab_root) + [snapshot] + source_files(source) + python_text.system_text(),

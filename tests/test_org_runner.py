@@ -784,8 +784,8 @@ def test_a_run_of_any_program_trains_on_no_text_but_what_it_is_handed(make_proje
     """A pystdlib program's runs saw the stdlib as bytecode, but the runs of a program on a file
     of its own saw the system's text (53,902 files of manuals, documentation and C headers here)
     and the stdlib's sources, and could train on them: the harness's stream was not all its data.
-    Every run's box now holds no text but its trainer/ and bytecode (sandbox.run_box), and an
-    import of a package it does not hold says what it does."""
+    Every run's box now holds no Python text but its trainer/ (the rest as bytecode) and none of
+    the system's (sandbox.run_box), and an import of a package it does not hold says what it does."""
     if available() is not None:
         pytest.skip(f"no box here: {available()}")
     corpus = tmp_path / "corpus.txt"

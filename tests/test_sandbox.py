@@ -1009,9 +1009,9 @@ def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside
     them up while measured (tests/test_measure_attacks.py). Its runs and workers see bytecode only,
     and hardly any other Python text anywhere (other Pythons, site-packages, wheels, projects: the
     stdlib's style; 518 MB of .py here, and 1.5 GB more in wheels). A run of any program sees no
-    more, nor the system's text (manuals, documentation, C headers): what it trains on is the
-    stream the harness hands it, its trainer/ and its bytecode (a run of a file-source program
-    could read all of these, and train on them, before). Agents' commands see them as they are."""
+    more, nor the system's text (manuals, documentation, C headers in /usr/share, /usr/include):
+    a run of a file-source program could read all of these, and train on them, before. Agents'
+    commands see them as they are."""
     from org.python_text import SYSTEM_TEXT, editable_projects
     from org.sandbox import run_box, worker_box
     for folder in ("run", "data", "snapshot/org", "snapshot/tests"):  # (a commit holds the harness too)
