@@ -179,11 +179,11 @@ class Sandbox:
         box += ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
         # bwrap's /dev is a tmpfs of its own, of half the machine's RAM: a box that filled it held
         # memory no process of its own shows, so the kernel's OOM killer took the harness's
-        try:  # (a pystdlib program's: the stdlib, site-packages and any Python text as bytecode or absent)
+        try:  # (a run's, a pystdlib worker's, a checking one's: the stdlib, site-packages and any Python text as bytecode or absent)
             bytecode_only, emptied = python_text.binds() if self.sourceless_stdlib else ([], [])
         except Exception as e:  # (a cache it cannot write, a package's metadata: no box, one line why)
             raise SandboxError(f"the standard library and site-packages without their source (org/sourceless.py) cannot "
-                               f"be made ({' '.join(shown(e).splitlines())}): a box of a pystdlib program would read the evaluation text") from None
+                               f"be made ({' '.join(shown(e).splitlines())}): a run's box would read text it is not handed") from None
         box += ["--ro-bind", "/", "/", *bytecode_only, "--dev", "/dev", *hostfiles.own_devices(),  # (org/hostfiles.py)
                 "--proc", "/proc", *hostfiles.kernel_settings_read_only(),
                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp",
