@@ -808,6 +808,46 @@ def test_a_run_of_any_program_trains_on_no_text_but_what_it_is_handed(make_proje
     assert "No module named 'rich' (importable in a run's box: only the stdlib, numpy, numba" in imported, imported
 
 
+VAL_BYTECODE = """
+import os as _os, sys as _sys, sysconfig as _sysconfig
+
+def run(spec, out, resume=False, quiet=False):  # which of _DOCS have bytecode in its box, but modules it has loaded
+    root = _sysconfig.get_paths()["stdlib"]
+    loaded = {_os.path.abspath(m.__file__) for m in list(_sys.modules.values()) if getattr(m, "__file__", None)}
+    seen = [d for d in _DOCS if _os.path.isfile(_os.path.join(root, d[:-3] + ".pyc"))
+            and _os.path.join(root, d) not in loaded and _os.path.join(root, d[:-3] + ".pyc") not in loaded]
+    _sys.exit(f"{len(seen)} of {len(_DOCS)} readable: {' '.join(seen[:6])}")
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="open: a pystdlib box's stdlib tree holds every module's bytecode, the lab's val and "
+                                       "confirm documents' too (README: 'its position tables say where each one stands')")
+def test_a_pystdlib_run_holds_no_bytecode_of_the_labs_val_and_confirm_documents(make_project):
+    """A -OO .pyc holds a module's names and constants, and its position tables say where each
+    stands: placed so, the val documents' own bytecode gained 0.36 bpb against a 2.14-bpb model
+    (README), with no window of their text. A pystdlib program's runs and workers see the stdlib
+    as bytecode (org/sourceless.py), of every module, so of the lab's val and confirm documents
+    too (31-53% of their bytes lie in modules there). Those a run has not loaded (whose code is in
+    no process's memory) should not be there: the run's code below, which knows which documents
+    they are only because this test tells it, finds them."""
+    if available() is not None:
+        pytest.skip(f"no box here: {available()}")
+    from org.sourceless import LEFT_OUT
+    from trainer.data import read_split_key, split_of, stdlib_documents
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    fix_lab_keys(root / ".lab" / "harness-cache", "the val bytecode's lab")
+    key = read_split_key(root / ".lab" / "harness-cache" / "split-key")
+    docs = sorted(name for name, _ in stdlib_documents() if name.endswith(".py") and name.split("/")[0] not in LEFT_OUT
+                  and split_of(name, key) in ("val", "confirm"))
+    assert len(docs) > 40, docs  # (about a tenth of the stdlib's modules)
+    agent_commit(root, "mallory", "trainer/train.py", lambda text: text + f"\n_DOCS = {docs!r}\n" + VAL_BYTECODE)
+    assert main(["submit", "tiny", "--arm", "val-bytecode", "--ref", "agent/tiny/mallory/work"]) == 0
+    assert main(["run", "tiny"]) == 0
+    with ledger_of(root) as ledger:
+        (said,) = [r["reason"] for r in ledger.runs("tiny", arm="val-bytecode")]
+    assert re.search(rf"exit 1: 0 of {len(docs)} readable", said), said
+
+
 def test_under_a_seconds_budget_a_run_reads_what_the_baselines_pace_pays_for(make_project, capsys):
     """A seconds budget's windows were the whole train split's worth, in the seed's order: code of
     its own could fix its data order again, by windows it cuts where the text says (the same on
