@@ -21,12 +21,13 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
 
-from org import remove_tree
+from org import OrgError, remove_tree, shown
 from org.ledger import budget_of, loads
 from org.program import Program
 from trainer.record import Measurement
@@ -263,6 +264,26 @@ def split_key_file(harness_cache: Path) -> Path:
     """The key of the lab's own split (trainer/data.py): which documents are its val and confirm.
     Every box can read the data's source; without the key none can tell them from train."""
     return lab_secret(harness_cache, "split-key", os.urandom(32))
+
+
+def unseen_modules(lab_root: Path, runs_dir: Path, code: Path, data: Path, harness_cache: Path, env: dict, say) -> list[str]:
+    """The stdlib modules whose text is among the lab's val and confirm documents and which no run
+    or worker of its base commit `code` loads, as listed in a run's box of it (sourceless.
+    eval_modules): a pystdlib box holds no bytecode of them. [] where that cannot be said (said)."""
+    from org.sandbox import run_box  # (made in a folder of runs_dir's own, removed after)
+    from org.sourceless import eval_modules
+    scratch = None
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".modules-", dir=runs_dir))
+        box = run_box(lab_root, scratch, code, data, scratch / "kernels", gpu=False, cpu_seconds=300)
+        return eval_modules(code, env, split_key_file(harness_cache), box)
+    except (OrgError, OSError, ValueError, subprocess.SubprocessError) as e:
+        say(f"which stdlib modules are the lab's val text could not be said ({shown(e)}): its boxes hold their bytecode")
+        return []
+    finally:
+        if scratch:
+            remove_tree(scratch, ignore_errors=True)
 
 
 def probe_seed(harness_cache: Path) -> int:

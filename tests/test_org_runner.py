@@ -812,6 +812,9 @@ VAL_BYTECODE = """
 import os as _os, sys as _sys, sysconfig as _sysconfig
 
 def run(spec, out, resume=False, quiet=False):  # which of _DOCS have bytecode in its box, but modules it has loaded
+    import numba, numpy  # (once it has compiled: what Numba's compiler loads)
+    numba.njit(lambda a: (a @ a).sum())(numpy.ones((2, 2)))
+    numba.njit(parallel=True)(lambda a: sum([a[i] for i in numba.prange(2)]))(numpy.ones(2))
     root = _sysconfig.get_paths()["stdlib"]
     loaded = {_os.path.abspath(m.__file__) for m in list(_sys.modules.values()) if getattr(m, "__file__", None)}
     seen = [d for d in _DOCS if _os.path.isfile(_os.path.join(root, d[:-3] + ".pyc"))
@@ -820,16 +823,15 @@ def run(spec, out, resume=False, quiet=False):  # which of _DOCS have bytecode i
 """
 
 
-@pytest.mark.xfail(strict=True, reason="open: a pystdlib box's stdlib tree holds every module's bytecode, the lab's val and "
-                                       "confirm documents' too (README: 'its position tables say where each one stands')")
 def test_a_pystdlib_run_holds_no_bytecode_of_the_labs_val_and_confirm_documents(make_project):
     """A -OO .pyc holds a module's names and constants, and its position tables say where each
     stands: placed so, the val documents' own bytecode gained 0.36 bpb against a 2.14-bpb model
     (README), with no window of their text. A pystdlib program's runs and workers see the stdlib
     as bytecode (org/sourceless.py), of every module, so of the lab's val and confirm documents
-    too (31-53% of their bytes lie in modules there). Those a run has not loaded (whose code is in
-    no process's memory) should not be there: the run's code below, which knows which documents
-    they are only because this test tells it, finds them."""
+    too (31-53% of their bytes lie in modules there): 66 of this lab's 84 that the run had not
+    loaded, found by the run's code below (which knows which documents they are only because this
+    test tells it). A box now holds each as an empty file but those its runs load, whose code is in
+    their memory anyway (sourceless.eval_modules)."""
     if available() is not None:
         pytest.skip(f"no box here: {available()}")
     from org.sourceless import LEFT_OUT
@@ -846,6 +848,31 @@ def test_a_pystdlib_run_holds_no_bytecode_of_the_labs_val_and_confirm_documents(
     with ledger_of(root) as ledger:
         (said,) = [r["reason"] for r in ledger.runs("tiny", arm="val-bytecode")]
     assert re.search(rf"exit 1: 0 of {len(docs)} readable", said), said
+
+
+def test_runs_and_measurements_go_on_in_boxes_without_the_stdlib_modules_they_do_not_load(make_project, monkeypatch):
+    """Which modules' bytecode a lab's boxes go without hangs on its split key: a module its runs
+    needed and the listing missed would fail every run of one lab in ten. With every module the
+    listing does not keep gone, as if every document were val, the baseline's runs and a code
+    arm's, whose workers compile its kernels in fresh caches, complete and are measured."""
+    if available() is not None:
+        pytest.skip(f"no box here: {available()}")
+    from org import sourceless
+    every = sourceless.EVAL_DOCS.replace('split_of(name, key) in ("val", "confirm")', "True")
+    assert every != sourceless.EVAL_DOCS
+    monkeypatch.setattr(sourceless, "EVAL_DOCS", every)
+    root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
+    agent_commit(root, "alice", "trainer/model.py", lambda text: text + "\n\ndef _unused():\n    return 1\n")
+    assert main(["submit", "tiny", "--arm", "own-code", "--ref", "agent/tiny/alice/work"]) == 0
+    assert main(["run", "tiny"]) == 0
+    runner = Runner(Lab.open(root), load_program(root / "programs" / "tiny.yaml"), root / ".lab/tiny/ledger.sqlite")
+    runner.prepare_data()
+    assert len(runner.unseen_modules) > 300, runner.unseen_modules  # (the stdlib less what its runs load: ~600)
+    with ledger_of(root) as ledger:
+        runs = ledger.runs("tiny")
+    assert sorted((r["arm"], r["status"]) for r in runs) == [("baseline", "completed"), ("own-code", "completed")], runs
+    assert all(r["measurement"] for r in runs), runs
+    assert [r["measurement"].causal for r in runs if r["arm"] == "own-code"] == [True], runs  # (its workers ran)
 
 
 def test_under_a_seconds_budget_a_run_reads_what_the_baselines_pace_pays_for(make_project, capsys):
