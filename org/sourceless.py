@@ -61,7 +61,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from org import user_cache
+from org import user_cache, write_atomically
 
 LEFT_OUT = {"test", "idlelib", "pydoc_data", "turtledemo", "tkinter", "lib2to3", "ensurepip", "site-packages",
             "dist-packages", "__pycache__"}
@@ -198,23 +198,35 @@ print(json.dumps(sorted(name for name, _ in stdlib_documents() if name.endswith(
 """
 
 
-def eval_modules(code: Path, env: dict, key_file: Path, box) -> list[str]:
+def eval_modules(code: Path, env: dict, key_file: Path, listing_box) -> list[str]:
     """The stdlib modules (paths in the stdlib, `json/decoder.py`) whose text is among the lab's val
     or confirm documents (key_file: its split key) and which its runs and workers do not load (as
-    one loads them in `box`, a run's box of its base commit's snapshot `code`): a pystdlib box holds
-    no bytecode of them (python_text.binds). A module's -OO bytecode holds its names and constants,
-    and its position tables say where each stands: placed so, the val documents' own gained 0.36
-    bpb against a 2.14-bpb model (README). Those a run loads stay (their code is in its memory
-    anyway). Raises OSError or ValueError where it cannot say."""
+    one loads them in `listing_box()`, a run's box of its base commit's snapshot `code`): a pystdlib
+    box holds no bytecode of them (python_text.binds). A module's -OO bytecode holds its names and
+    constants, and its position tables say where each stands: placed so, the val documents' own
+    gained 0.36 bpb against a 2.14-bpb model (README). Those a run loads stay (their code is in its
+    memory anyway). What runs load is kept in the person's cache, by the base's trainer/ and these
+    trees; the lab's list beside its key. Raises OSError or ValueError where it cannot say."""
     import json, subprocess
-    env = {**env, "PYTHONPATH": str(code)}
-    proc = box.popen([sys.executable, "-c", LOADED], cwd=code, env={k: env[k] for k in ("PATH", "PYTHONPATH") if k in env},
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    loaded, err = proc.communicate(timeout=300)
-    done = subprocess.run([sys.executable, "-c", EVAL_DOCS, str(key_file), *sorted(LEFT_OUT)], input=loaded, cwd=code,
-                          env=env, capture_output=True, timeout=300) if proc.returncode == 0 else None
-    if done is None or done.returncode != 0:
-        raise ValueError(((err if done is None else done.stderr).decode(errors="replace").strip().splitlines() or ["?"])[-1])
+    trainer = b"".join(p.name.encode() + p.read_bytes() for p in sorted((code / "trainer").glob("*.py")))
+    trees = "\n".join(map(str, [stdlib_tree(), *site_trees().values()]))
+    key = hashlib.sha256(trainer + trees.encode()).hexdigest()[:16]
+    listed, loaded_file = key_file.with_name(f"unseen-modules-{key}.json"), user_cache("modules") / f"{key}.json"
+    if listed.is_file():
+        return json.loads(listed.read_text())
+    if not loaded_file.is_file():  # (a fresh listing: ~3 s of a box's CPU, once per trainer and trees)
+        env = {**env, "PYTHONPATH": str(code)}
+        proc = listing_box().popen([sys.executable, "-c", LOADED], cwd=code, env={k: env[k] for k in ("PATH", "PYTHONPATH")
+                                   if k in env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        loaded, err = proc.communicate(timeout=300)
+        if proc.returncode != 0:
+            raise ValueError((err.decode(errors="replace").strip().splitlines() or ["?"])[-1])
+        write_atomically(loaded_file, loaded)
+    done = subprocess.run([sys.executable, "-c", EVAL_DOCS, str(key_file), *sorted(LEFT_OUT)], input=loaded_file.read_bytes(),
+                          cwd=code, env={**env, "PYTHONPATH": str(code)}, capture_output=True, timeout=300)
+    if done.returncode != 0:
+        raise ValueError((done.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1])
+    write_atomically(listed, done.stdout)
     return json.loads(done.stdout)
 
 

@@ -270,20 +270,22 @@ def unseen_modules(lab_root: Path, runs_dir: Path, code: Path, data: Path, harne
     """The stdlib modules whose text is among the lab's val and confirm documents and which no run
     or worker of its base commit `code` loads, as listed in a run's box of it (sourceless.
     eval_modules): a pystdlib box holds no bytecode of them. [] where that cannot be said (said)."""
-    from org.sandbox import run_box  # (made in a folder of runs_dir's own, removed after)
+    from org.sandbox import run_box  # (made, where needed, in a folder of runs_dir's own, removed after)
     from org.sourceless import eval_modules
-    scratch = None
-    try:
+    scratch = []
+
+    def listing_box():
         runs_dir.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=".modules-", dir=runs_dir))
-        box = run_box(lab_root, scratch, code, data, scratch / "kernels", gpu=False, cpu_seconds=300)
-        return eval_modules(code, env, split_key_file(harness_cache), box)
+        scratch.append(Path(tempfile.mkdtemp(prefix=".modules-", dir=runs_dir)))
+        return run_box(lab_root, scratch[0], code, data, scratch[0] / "kernels", gpu=False, cpu_seconds=300)
+    try:
+        return eval_modules(code, env, split_key_file(harness_cache), listing_box)
     except (OrgError, OSError, ValueError, subprocess.SubprocessError) as e:
         say(f"which stdlib modules are the lab's val text could not be said ({shown(e)}): its boxes hold their bytecode")
         return []
     finally:
-        if scratch:
-            remove_tree(scratch, ignore_errors=True)
+        for folder in scratch:
+            remove_tree(folder, ignore_errors=True)
 
 
 def probe_seed(harness_cache: Path) -> int:
