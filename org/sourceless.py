@@ -218,7 +218,11 @@ def eval_modules(code: Path, env: dict, key_file: Path, listing_box) -> list[str
         env = {**env, "PYTHONPATH": str(code)}
         proc = listing_box().popen([sys.executable, "-c", LOADED], cwd=code, env={k: env[k] for k in ("PATH", "PYTHONPATH")
                                    if k in env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        loaded, err = proc.communicate(timeout=300)
+        try:
+            loaded, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:  # (the box dies with bwrap)
+            proc.kill(), proc.wait()
+            raise
         if proc.returncode != 0:
             raise ValueError((err.decode(errors="replace").strip().splitlines() or ["?"])[-1])
         write_atomically(loaded_file, loaded)
