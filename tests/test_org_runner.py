@@ -828,9 +828,9 @@ def test_a_pystdlib_run_holds_no_bytecode_of_the_labs_val_and_confirm_documents(
     stands: placed so, the val documents' own bytecode gained 0.36 bpb against a 2.14-bpb model
     (README), with no window of their text. A pystdlib program's runs and workers see the stdlib
     as bytecode (org/sourceless.py), of every module, so of the lab's val and confirm documents
-    too (31-53% of their bytes lie in modules there): 66 of this lab's 84 that the run had not
-    loaded, found by the run's code below (which knows which documents they are only because this
-    test tells it). A box now holds each as an empty file but those its runs load, whose code is in
+    too (31-53% of their bytes lie in modules there): 58 of this lab's 84 that the run had not
+    loaded once Numba had compiled, found by the run's code below (which knows which documents
+    they are only because this test tells it). A box now holds each as an empty file but those its runs load, whose code is in
     their memory anyway (sourceless.eval_modules)."""
     if available() is not None:
         pytest.skip(f"no box here: {available()}")
