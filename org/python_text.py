@@ -181,7 +181,7 @@ def needed() -> tuple[list[Path], list[Path]]:
 
 
 def system_text() -> list[Path]:
-    """The system's text a checking worker's box does without (org/evaluator.py's probe_causality):
+    """The system's text a run's box and a checking worker's do without (sandbox.run_box, worker_box):
     manuals, documentation, dictionaries, editors' help and C headers, each a source for a lookup
     as good as the stdlib's bytecode (10 MB of /usr/share/doc mixed into a 2.14-bpb model gained
     0.074 bpb on pystdlib, /usr/include 0.077, /usr/share/vim 0.095: README). Not a folder that

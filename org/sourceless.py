@@ -198,15 +198,15 @@ print(json.dumps(sorted(name for name, _ in stdlib_documents() if name.endswith(
 """
 
 
-def eval_modules(code: Path, env: dict, key_file: Path, listing_box) -> list[str]:
+def eval_modules(code: Path, env: dict, key_file: Path, list_loaded) -> list[str]:
     """The stdlib modules (paths in the stdlib, `json/decoder.py`) whose text is among the lab's val
-    or confirm documents (key_file: its split key) and which its runs and workers do not load (as
-    one loads them in `listing_box()`, a run's box of its base commit's snapshot `code`): a pystdlib
-    box holds no bytecode of them (python_text.binds). A module's -OO bytecode holds its names and
-    constants, and its position tables say where each stands: placed so, the val documents' own
-    gained 0.36 bpb against a 2.14-bpb model (README). Those a run loads stay (their code is in its
-    memory anyway). What runs load is kept in the person's cache, by the base's trainer/ and these
-    trees; the lab's list beside its key. Raises OSError or ValueError where it cannot say."""
+    or confirm documents (key_file: its split key) and which its runs and workers do not load (what
+    `list_loaded()` prints: LOADED, run in a run's box of its base commit's snapshot `code`): a
+    pystdlib box holds no bytecode of them (python_text.binds). A module's -OO bytecode holds its
+    names and constants, and its position tables say where each stands: placed so, the val
+    documents' own gained 0.36 bpb against a 2.14-bpb model (README). Those a run loads stay (their
+    code is in its memory anyway). What runs load is kept in the person's cache, by the base's
+    trainer/ and these trees; the lab's list beside its key. Raises OSError or ValueError."""
     import json, subprocess
     trainer = b"".join(p.name.encode() + p.read_bytes() for p in sorted((code / "trainer").glob("*.py")))
     trees = "\n".join(map(str, [stdlib_tree(), *site_trees().values()]))
@@ -215,17 +215,10 @@ def eval_modules(code: Path, env: dict, key_file: Path, listing_box) -> list[str
     if listed.is_file():
         return json.loads(listed.read_text())
     if not loaded_file.is_file():  # (a fresh listing: ~3 s of a box's CPU, once per trainer and trees)
-        env = {**env, "PYTHONPATH": str(code)}
-        proc = listing_box().popen([sys.executable, "-c", LOADED], cwd=code, env={k: env[k] for k in ("PATH", "PYTHONPATH")
-                                   if k in env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            loaded, err = proc.communicate(timeout=300)
-        except subprocess.TimeoutExpired:  # (the box dies with bwrap)
-            proc.kill(), proc.wait()
-            raise
-        if proc.returncode != 0:
-            raise ValueError((err.decode(errors="replace").strip().splitlines() or ["?"])[-1])
-        write_atomically(loaded_file, loaded)
+        loaded = list_loaded()
+        if not isinstance(names := json.loads(loaded), list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"the listing of what runs load printed {loaded[:80]!r}, not a list of modules")
+        write_atomically(loaded_file, loaded)  # (only a good one: a bad one kept would be read for good)
     done = subprocess.run([sys.executable, "-c", EVAL_DOCS, str(key_file), *sorted(LEFT_OUT)], input=loaded_file.read_bytes(),
                           cwd=code, env={**env, "PYTHONPATH": str(code)}, capture_output=True, timeout=300)
     if done.returncode != 0:

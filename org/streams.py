@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from dataclasses import replace
@@ -270,22 +271,35 @@ def unseen_modules(lab_root: Path, runs_dir: Path, code: Path, data: Path, harne
     """The stdlib modules whose text is among the lab's val and confirm documents and which no run
     or worker of its base commit `code` loads, as listed in a run's box of it (sourceless.
     eval_modules): a pystdlib box holds no bytecode of them. [] where that cannot be said (said)."""
-    from org.sandbox import run_box  # (made, where needed, in a folder of runs_dir's own, removed after)
-    from org.sourceless import eval_modules
-    scratch = []
+    from org.sandbox import end_box, run_box
+    from org.sourceless import LOADED, eval_modules
 
-    def listing_box():
+    def list_loaded() -> bytes:  # (in a folder of runs_dir's own, removed after, as the box's groups)
         runs_dir.mkdir(parents=True, exist_ok=True)
-        scratch.append(Path(tempfile.mkdtemp(prefix=".modules-", dir=runs_dir)))
-        return run_box(lab_root, scratch[0], code, data, scratch[0] / "kernels", gpu=False, cpu_seconds=300)
+        scratch = Path(tempfile.mkdtemp(prefix=".modules-", dir=runs_dir))
+        proc = None
+        try:
+            box = run_box(lab_root, scratch, code, data, scratch / "kernels", gpu=False, cpu_seconds=300)
+            proc = box.popen([sys.executable, "-c", LOADED], cwd=code, env={"PATH": env.get("PATH", ""), "PYTHONPATH": str(code)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                loaded, err = proc.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+            if proc.returncode != 0:
+                raise ValueError((err.decode(errors="replace").strip().splitlines() or ["?"])[-1])
+            return loaded
+        finally:
+            if proc is not None:
+                proc.wait()
+                end_box(proc)
+            remove_tree(scratch, ignore_errors=True)
     try:
-        return eval_modules(code, env, split_key_file(harness_cache), listing_box)
+        return eval_modules(code, env, split_key_file(harness_cache), list_loaded)
     except (OrgError, OSError, ValueError, subprocess.SubprocessError) as e:
         say(f"which stdlib modules are the lab's val text could not be said ({shown(e)}): its boxes hold their bytecode")
         return []
-    finally:
-        for folder in scratch:
-            remove_tree(folder, ignore_errors=True)
 
 
 def probe_seed(harness_cache: Path) -> int:

@@ -875,6 +875,24 @@ def test_runs_and_measurements_go_on_in_boxes_without_the_stdlib_modules_they_do
     assert [r["measurement"].causal for r in runs if r["arm"] == "own-code"] == [True], runs  # (its workers ran)
 
 
+def test_what_runs_load_is_kept_only_when_it_is_a_list_and_a_labs_modules_beside_its_key(tmp_path, monkeypatch):
+    """The listing's output is kept in the person's cache for every lab of the same trainer/: a
+    bad one kept would be read for good, so only a list of modules is; a lab's own list is kept
+    beside its key, and read back with no listing and no split."""
+    from org import sourceless
+    real = sourceless.user_cache
+    monkeypatch.setattr(sourceless, "user_cache", lambda name: tmp_path / name if name == "modules" else real(name))
+    key = tmp_path / "lab" / "split-key"
+    key.parent.mkdir()
+    key.write_bytes(os.urandom(32))
+    with pytest.raises(ValueError, match="not a list of modules"):
+        sourceless.eval_modules(ROOT, dict(os.environ), key, lambda: b'"a warning"')
+    assert not (tmp_path / "modules").exists() and [p.name for p in key.parent.iterdir()] == ["split-key"]
+    names = sourceless.eval_modules(ROOT, dict(os.environ), key, lambda: json.dumps(["os.py"]).encode())
+    assert len(names) > 40 and "os.py" not in names and all(n.endswith(".py") for n in names), names
+    assert sourceless.eval_modules(ROOT, {}, key, None) == names  # (beside the key: neither listed nor split again)
+
+
 def test_under_a_seconds_budget_a_run_reads_what_the_baselines_pace_pays_for(make_project, capsys):
     """A seconds budget's windows were the whole train split's worth, in the seed's order: code of
     its own could fix its data order again, by windows it cuts where the text says (the same on
