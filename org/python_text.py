@@ -69,15 +69,16 @@ def adopt(surveyed: dict):
     sourceless.adopt_sites(surveyed["site_trees"])
 
 
-def binds(unseen_modules=()) -> tuple[list[str], list[Path]]:
+def binds(stdlib_modules=None) -> tuple[list[str], list[Path]]:
     """bwrap's flags for the boxes of a program whose data is the stdlib's text (after / is
     bound): every folder at / but the system's empty, what the box needs of them bound back (at
     its path and, through a link, at the linked one), the harness's bytecode cache empty
     (org/bytecode.py: docstrings; the trees are read without it), then the stdlib's sourceless
-    tree at its path (less `unseen_modules`' bytecode, each an empty file: sourceless.eval_modules)
-    and each site-packages folder's tree at its own; and the folders made empty (read-only once the
-    box has bound all)."""
-    stdlib, tree, sites = sourceless.stdlib_dir(), sourceless.stdlib_tree(), sourceless.site_trees()
+    tree at its path (of `stdlib_modules` alone where given: sourceless.runs_tree) and each
+    site-packages folder's tree at its own; and the folders made empty (read-only once the box
+    has bound all)."""
+    stdlib, sites = sourceless.stdlib_dir(), sourceless.site_trees()
+    tree = sourceless.stdlib_tree() if stdlib_modules is None else sourceless.runs_tree(stdlib_modules)
     emptied = outside_system()
     flags = [flag for path in emptied for flag in ("--tmpfs", str(path))]
     flags += [flag for real, named in bound_back(kept(), emptied) for flag in ("--ro-bind", str(real), str(named))]
@@ -85,11 +86,7 @@ def binds(unseen_modules=()) -> tuple[list[str], list[Path]]:
     unread = [p.resolve() for p in [user_cache("bytecode")] if p.is_dir() and not p.resolve().is_relative_to("/tmp")]
     flags, emptied = flags + [flag for path in unread for flag in ("--tmpfs", str(path))], emptied + unread
     trees = [(tree, stdlib), *((built, site) for site, built in sites.items())]  # (in that order: a site tree's
-    flags += [flag for built, path in trees for flag in ("--ro-bind", str(built), str(path))]  # mount point)
-    # the lab's val and confirm documents' bytecode (sourceless.eval_modules), each an empty file
-    unseen = [name[:-3] + ".pyc" for name in unseen_modules
-              if ".." not in Path(name).parts and (tree / (name[:-3] + ".pyc")).is_file()]
-    return flags + [flag for name in unseen for flag in ("--ro-bind", "/dev/null", str(stdlib / name))], emptied
+    return flags + [flag for built, path in trees for flag in ("--ro-bind", str(built), str(path))], emptied  # mount point)
 
 
 def bound_back(wanted: list[Path], emptied: list[Path]) -> list[tuple[Path, Path]]:

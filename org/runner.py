@@ -54,8 +54,8 @@ from org.reaper import KILL_GRACE_SECONDS, died_of, died_reason, pulsing, reap
 from org.diskwatch import GROWTH_SLACK, free_bytes, gib, usage
 from org.sandbox import INSTALL_HINT, Limits, available, check, end_box, run_box, untrusted_env, worker_box
 from org.slots import Slot, make_slots, takes_snapshots, threads_env, train_command
-from org.streams import (base_pace, budget_kind, data_given, export_for_models, export_stream, models_data, overdrawn, reads_streams,
-                         runs_data, split_key_file, stream_record, unseen_modules, with_passes)
+from org.streams import (base_modules, base_pace, budget_kind, data_given, export_for_models, export_stream, models_data, overdrawn,
+                         reads_streams, runs_data, split_key_file, stream_record, with_passes)
 from trainer.record import Measurement, Result
 
 MAX_ATTEMPTS = 3        # a run of the base code whose trainer dies of a signal nobody here sent: tries
@@ -97,7 +97,7 @@ class Runner:
         self.stopping, self.tidied = threading.Event(), False  # tidied: what a dead runner left (tidy_runs)
         self.children: dict[int, subprocess.Popen] = {}
         self.data_lock, self.data_ready = threading.Lock(), False  # prepare_data() before the first run
-        self.kernel_lock, self.base_snapshot, self.unseen_modules = threading.Lock(), None, []  # set by prepare_data()
+        self.kernel_lock, self.base_snapshot, self.stdlib_modules = threading.Lock(), None, None  # set by prepare_data()
         self.failure: OrgError | None = None  # why a slot gave up (a cluster gone silent, a bug), said by drain()
         self.probes = Probes(lab.state_dir(program.name) / "probes", self.say)  # code arms' models, before their runs
         self.pulses = lab.state_dir(program.name) / "runners"  # when each runner last lived (reaper.pulsing)
@@ -220,8 +220,8 @@ class Runner:
             return self.say(f"preparing the data failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
         export_for_models(self.runs_data, self.program.train.seq_len)
         warm_kernels(self.program, code, self.kernels(code), self.runs_data, env, self.say)
-        if self.sandboxed and data.source == "pystdlib":  # (after the data: its split key is made there)
-            self.unseen_modules = unseen_modules(self.lab.root, self.runs_dir, code, self.runs_data, self.harness_cache, env, self.say)
+        if self.sandboxed:  # (after the data: the listing's box reads the runs' export)
+            self.stdlib_modules = base_modules(self.lab.root, self.runs_dir, code, self.runs_data, env, self.say)
 
     def stop(self):
         """Stop claiming and kill running trainers (a cluster's jobs stop as their waits see
@@ -477,7 +477,7 @@ class Runner:
         return run_box(self.lab.root, run_dir, snapshot, data, kernels, gpu=self.program.train.device == "cuda",
                        cpu_seconds=int(2 * threads * self.program.budget.run_timeout_seconds) + 60, cores=slot.cores,
                        source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of),
-                       unseen_modules=self.unseen_modules)
+                       stdlib_modules=self.stdlib_modules)
 
     def record(self, ledger: Ledger, run: dict, result: Result, wall: float, killed_reason: str | None, slot: Slot,
                 cpu: float | None = None):
@@ -559,7 +559,7 @@ class Runner:
         experiment = ledger.experiment(run["experiment_id"])
         base, commit = experiment["base_commit"], experiment["code_commit"]
         base_code, code = self._snapshot(base), None if commit == base else self._snapshot(commit)
-        self.prepare_data() if code else None  # (a recovery's measurement too: its workers' boxes hide unseen_modules)
+        self.prepare_data() if code else None  # (a recovery's measurement too: its workers' boxes hold stdlib_modules alone)
         kernels = self.lab.state_dir(self.program.name) / "kernels"
         caches = {name: kernels / f"{commit}.measuring-run{run['id']}-{name}" for name in ("a" if probe else "ab")} if code else {}
         workers = {name: self._worker(code, slot, cache, lean=name == "b") for name, cache in caches.items()} or None
@@ -591,7 +591,7 @@ class Runner:
         # on its runs' cores, as many as their threads (on the share, threads of its own did x8 the base's work in its time)
         box = worker_box(self.lab.root, code, data, kernels, gpu=self.program.train.device == "cuda", cores=slot.cores,
                          source=self.program.data.source, pools=pools(self.lab.root, self.program, f"slot-{slot.index}", slot.of),
-                         lean=lean, unseen_modules=self.unseen_modules) if self.sandboxed else None
+                         lean=lean, stdlib_modules=self.stdlib_modules) if self.sandboxed else None
         return worker_command(code, env, box)
 
 

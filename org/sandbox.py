@@ -130,7 +130,7 @@ class Limits:
 class Sandbox:
     def __init__(self, writable=(), readonly=(), hidden=(), net: bool = False, gpu: bool = False,
                  limits: Limits | None = None, frozen=(), sockets=(), unix_sockets: bool = True,
-                 sourceless_stdlib: bool = False, env: dict | None = None, unseen_modules=()):
+                 sourceless_stdlib: bool = False, env: dict | None = None, stdlib_modules=None):
         self.writable = [Path(p) for p in writable]
         self.sockets = [Path(p) for p in sockets]  # read-only, and the unix sockets there reachable
         self.readonly = [Path(p) for p in readonly]
@@ -139,8 +139,8 @@ class Sandbox:
         self.frozen = [Path(p) for p in frozen]  # read-only although inside a writable tree
         self.net, self.gpu, self.limits = net, gpu, limits or Limits()
         self.unix_sockets = unix_sockets  # False: no socket(AF_UNIX) in the box (org/seccomp.py)
-        self.sourceless_stdlib = sourceless_stdlib  # the stdlib as bytecode only (org/sourceless.py), less
-        self.unseen_modules = list(unseen_modules)  # these modules' (the lab's val text: sourceless.eval_modules)
+        self.sourceless_stdlib = sourceless_stdlib  # the stdlib as bytecode only (org/sourceless.py), of
+        self.stdlib_modules = None if stdlib_modules is None else list(stdlib_modules)  # these modules alone (runs_tree)
         self.env = dict(env or {})  # variables the box sets over its command's own
 
     def spec(self) -> dict:
@@ -149,7 +149,7 @@ class Sandbox:
                 "hidden": [str(p) for p in self.hidden], "frozen": [str(p) for p in self.frozen],
                 "net": self.net, "gpu": self.gpu, "limits": asdict(self.limits), "sockets": [str(p) for p in self.sockets],
                 "unix_sockets": self.unix_sockets, "sourceless_stdlib": self.sourceless_stdlib, "env": self.env,
-                "unseen_modules": self.unseen_modules}
+                "stdlib_modules": self.stdlib_modules}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Sandbox":
@@ -157,7 +157,7 @@ class Sandbox:
                   "memory_pools": tuple(map(tuple, spec["limits"].get("memory_pools", ())))}
         return cls(spec["writable"], spec["readonly"], spec["hidden"], net=spec["net"], gpu=spec["gpu"], limits=Limits(**limits),
                    frozen=spec["frozen"], sockets=spec.get("sockets", ()), unix_sockets=spec.get("unix_sockets", True),
-                   sourceless_stdlib=spec.get("sourceless_stdlib", False), env=spec.get("env"), unseen_modules=spec.get("unseen_modules", ()))
+                   sourceless_stdlib=spec.get("sourceless_stdlib", False), env=spec.get("env"), stdlib_modules=spec.get("stdlib_modules"))
 
     def with_extra(self, writable=(), readonly=(), frozen=(), sockets=(), **limits) -> "Sandbox":
         """This box with more trees bound in, and some of its limits changed. A box given `sockets`
@@ -166,7 +166,7 @@ class Sandbox:
                        self.hidden, net=self.net, gpu=self.gpu, limits=replace(self.limits, **limits),
                        frozen=self.frozen + [Path(p) for p in frozen],
                        sockets=self.sockets + [Path(p) for p in sockets], unix_sockets=self.unix_sockets or bool(sockets),
-                       sourceless_stdlib=self.sourceless_stdlib, env=self.env, unseen_modules=self.unseen_modules)
+                       sourceless_stdlib=self.sourceless_stdlib, env=self.env, stdlib_modules=self.stdlib_modules)
 
     def wrap(self, argv: list[str], cwd: str | Path, env: dict, seccomp_fd: int | None = None) -> list[str]:
         """bwrap's command line running argv in the box, in cwd, with exactly env (and the seccomp
@@ -182,7 +182,7 @@ class Sandbox:
         # bwrap's /dev is a tmpfs of its own, of half the machine's RAM: a box that filled it held
         # memory no process of its own shows, so the kernel's OOM killer took the harness's
         try:  # (a run's, a pystdlib worker's, a checking one's: the stdlib, site-packages and any Python text as bytecode or absent)
-            bytecode_only, emptied = python_text.binds(self.unseen_modules) if self.sourceless_stdlib else ([], [])
+            bytecode_only, emptied = python_text.binds(self.stdlib_modules) if self.sourceless_stdlib else ([], [])
         except Exception as e:  # (a cache it cannot write, a package's metadata: no box, one line why)
             raise SandboxError(f"the standard library and site-packages without their source (org/sourceless.py) cannot "
                                f"be made ({' '.join(shown(e).splitlines())}): a run's box would read text it is not handed") from None
@@ -539,7 +539,7 @@ def untrusted_env(extra: dict | None = None) -> dict:
 
 
 def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool,
-            cpu_seconds: int, cores=None, source: str = "pystdlib", pools=(), unseen_modules=()) -> Sandbox:
+            cpu_seconds: int, cores=None, source: str = "pystdlib", pools=(), stdlib_modules=None) -> Sandbox:
     """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot's
     trainer/ (what `python -m trainer` imports; the rest is the harness's code and tests) and the
     runs' data (the lab's train split, never its val) are read-only; the data source, Python text (the stdlib and
@@ -547,12 +547,12 @@ def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: 
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[run_dir, kernels], readonly=[snapshot / "trainer", data],
                    hidden=code_private(lab_root) + [snapshot] + source_files(source) + python_text.system_text(),
-                   gpu=gpu, unix_sockets=False, sourceless_stdlib=True, unseen_modules=unseen_modules,
+                   gpu=gpu, unix_sockets=False, sourceless_stdlib=True, stdlib_modules=stdlib_modules,
                    limits=Limits(cpu_seconds=cpu_seconds, cores=tuple(cores) if cores else None, memory_pools=pools))
 
 
 def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: bool, cores=None,
-               source: str = "pystdlib", pools=(), lean: bool = False, unseen_modules=()) -> Sandbox:
+               source: str = "pystdlib", pools=(), lean: bool = False, stdlib_modules=None) -> Sandbox:
     """A model worker of a measurement: reads its snapshot's trainer/ and the runs' data (its model is built as in its
     runs), not the data source; writes only its kernel cache (Numba uses no other), removed once done; no network, no unix
     socket. `lean` (the worker that checks the scoring one's logits): its runs' box, no text but its trainer/ and bytecode;
@@ -560,7 +560,7 @@ def worker_box(lab_root: Path, snapshot: Path, data: Path, kernels: Path, gpu: b
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[kernels], readonly=[snapshot / "trainer", data],
                    hidden=code_private(lab_root) + [snapshot] + source_files(source) + (python_text.system_text() if lean else []),
-                   gpu=gpu, unix_sockets=False, sourceless_stdlib=source == "pystdlib" or lean, unseen_modules=unseen_modules,
+                   gpu=gpu, unix_sockets=False, sourceless_stdlib=source == "pystdlib" or lean, stdlib_modules=stdlib_modules,
                    # (its log and its kernel cache: nothing else it writes is the disk's)
                    limits=Limits(cores=tuple(cores) if cores else None, file_bytes=WORKER_FILE_BYTES, disk_bytes=2 << 30, memory_pools=pools))
 

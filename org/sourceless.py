@@ -16,13 +16,14 @@ worker boxes of such a program see, at the stdlib's path, a tree made once per i
     <stdlib>/pydoc_data/             ->  absent                     (the help topics: corpus
                                                                      text, as constants)
     <stdlib>/lib-dynload/*.so, data  ->  copied as they are
-    a lab's val and confirm          ->  an empty file, in its boxes (eval_modules: but those
-    documents' .pyc                                                  its runs load)
+    a module the base's runs do      ->  absent, in a lab's run and worker boxes (runs_tree:
+    not load                                                         what run_modules lists)
     <stdlib>/site-packages           ->  a site tree (below)
     other Pythons' stdlibs           ->  absent (org/python_text.py)
 
     tree = stdlib_tree()   # built on first use (~3 s, 26 MB) under the harness's cache; OSError
                            # where it cannot be (the box then refuses to start: org/sandbox.py)
+    lean = runs_tree(run_modules(code, list_loaded))  # of the modules runs load, and the codecs (~280 of ~600)
 
 The packages installed beside it are Python text too, much of it in the stdlib's own style (a
 5-gram built from this machine's site-packages scored 2.23 bpb on the stdlib, where the baseline
@@ -165,15 +166,14 @@ def run_distributions(folders: list[Path]) -> dict[Path, list[importlib.metadata
 def import_hint(line: str, where: str = "a run's box") -> str:
     """A failure's line, saying what a box of these trees imports where it could not import a
     module (a run's, on every program: sandbox.run_box; the worker that checks a code arm's)."""
-    if "bad magic number in" in line:  # (its bytecode bound over: eval_modules)
-        return f"{line} (a module whose text is among the lab's val or confirm documents: a pystdlib box holds no bytecode of it)"
     if "ModuleNotFoundError" not in line:
         return line
-    return f"{line} (importable in {where}: only the stdlib, {', '.join(RUN_PACKAGES)} and what those require: org/sourceless.py)"
+    return (f"{line} (importable in {where}: only the stdlib modules the base commit's runs load, "
+            f"{', '.join(RUN_PACKAGES)} and what those require: org/sourceless.py)")
 
 
-# run in a run's box of the base commit's snapshot: the stdlib modules its runs and workers load, Numba's
-# compiler as it compiles and CuPy's where installed (JSON: their paths in the stdlib)
+# run in a run's box of the base commit's snapshot (the whole tree): the stdlib modules its runs and
+# workers load, Numba's compiler as it compiles and CuPy's where installed (JSON: their paths in the stdlib)
 LOADED = """
 import io, json, os, struct, sys, sysconfig
 import numpy as np, numba
@@ -188,43 +188,58 @@ root = sysconfig.get_paths()["stdlib"]
 print(json.dumps(sorted({os.path.relpath(m.__file__, root).removesuffix("c") for m in list(sys.modules.values())
                          if (getattr(m, "__file__", None) or "").startswith(root + os.sep)})))
 """
-# then outside it (the split key is in no box): the lab's val and confirm documents among the others
-EVAL_DOCS = """
-import json, sys
-from trainer.data import read_split_key, split_of, stdlib_documents
-key, loaded, left_out = read_split_key(sys.argv[1]), set(json.load(sys.stdin)), set(sys.argv[2:])
-print(json.dumps(sorted(name for name, _ in stdlib_documents() if name.endswith(".py") and name not in loaded
-                        and name.split("/")[0] not in left_out and split_of(name, key) in ("val", "confirm"))))
-"""
 
 
-def eval_modules(code: Path, env: dict, key_file: Path, list_loaded) -> list[str]:
-    """The stdlib modules (paths in the stdlib, `json/decoder.py`) whose text is among the lab's val
-    or confirm documents (key_file: its split key) and which its runs and workers do not load (what
-    `list_loaded()` prints: LOADED, run in a run's box of its base commit's snapshot `code`): a
-    pystdlib box holds no bytecode of them (python_text.binds). A module's -OO bytecode holds its
-    names and constants, and its position tables say where each stands: placed so, the val
-    documents' own gained 0.36 bpb against a 2.14-bpb model (README). Those a run loads stay (their
-    code is in its memory anyway). What runs load is kept in the person's cache, by the base's
-    trainer/ and these trees; the lab's list beside its key. Raises OSError or ValueError."""
-    import json, subprocess
+def run_modules(code: Path, list_loaded) -> list[str]:
+    """The stdlib modules (paths in the stdlib, `json/decoder.py`) that the runs and workers of a
+    base commit's snapshot `code` load: what `list_loaded()` prints (LOADED, run in a run's box of
+    it), kept in the person's cache by the base's trainer/ and these trees. A lab's boxes hold no
+    other module's bytecode (runs_tree). A module's -OO bytecode holds its names and constants, and
+    its position tables say where each stands: placed so, the val documents' own gained 0.36 bpb
+    against a 2.14-bpb model (README). Those a run loads stay: their code is in its memory anyway;
+    and every codec (encodings/: imported at use, by name, as zipfile reads a name in cp437).
+    The rest go whatever their split, so what a box lacks tells nothing of the lab's split key
+    (an empty file for a val module's told which modules were val). Raises OSError or ValueError."""
+    import json
     trainer = b"".join(p.name.encode() + p.read_bytes() for p in sorted((code / "trainer").glob("*.py")))
     trees = "\n".join(map(str, [stdlib_tree(), *site_trees().values()]))
-    key = hashlib.sha256(trainer + trees.encode()).hexdigest()[:16]
-    listed, loaded_file = key_file.with_name(f"unseen-modules-{key}.json"), user_cache("modules") / f"{key}.json"
-    if listed.is_file():
-        return json.loads(listed.read_text())
+    loaded_file = user_cache("modules") / f"{hashlib.sha256(trainer + trees.encode()).hexdigest()[:16]}.json"
     if not loaded_file.is_file():  # (a fresh listing: ~3 s of a box's CPU, once per trainer and trees)
         loaded = list_loaded()
         if not isinstance(names := json.loads(loaded), list) or not all(isinstance(n, str) for n in names):
             raise ValueError(f"the listing of what runs load printed {loaded[:80]!r}, not a list of modules")
         write_atomically(loaded_file, loaded)  # (only a good one: a bad one kept would be read for good)
-    done = subprocess.run([sys.executable, "-c", EVAL_DOCS, str(key_file), *sorted(LEFT_OUT)], input=loaded_file.read_bytes(),
-                          cwd=code, env={**env, "PYTHONPATH": str(code)}, capture_output=True, timeout=300)
-    if done.returncode != 0:
-        raise ValueError((done.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1])
-    write_atomically(listed, done.stdout)
-    return json.loads(done.stdout)
+    codecs = [p.relative_to(stdlib_tree()).with_suffix(".py").as_posix() for p in (stdlib_tree() / "encodings").glob("*.pyc")]
+    return sorted({name for name in json.loads(loaded_file.read_text()) if name.endswith(".py")
+                   and name.split("/")[0] not in LEFT_OUT} | set(codecs))
+
+
+def runs_tree(modules: list[str]) -> Path:
+    """stdlib_tree() with the bytecode of `modules` (run_modules) and of no other module, built
+    once per list under the person's cache (hard links into the whole tree); OSError where it
+    cannot be built."""
+    tree, kept = stdlib_tree(), sorted(set(modules))
+    key = hashlib.sha256(f"{tree}\n{kept}".encode()).hexdigest()[:12]
+    return built("stdlib-runs", key, lambda into: build_runs(tree, set(kept), into))
+
+
+def build_runs(tree: Path, modules: set[str], into: Path):
+    """The files of `tree` a box of `modules` holds: their .pyc; the extension modules; any other
+    file only in a folder that keeps a module (a folder with none would import as an empty
+    namespace package); the mount points of the site trees."""
+    files = [Path(folder, name).relative_to(tree) for folder, _, names in os.walk(tree) for name in names]
+    pycs = {f for f in files if f.suffix == ".pyc" and f.with_suffix(".py").as_posix() in modules}
+    folders = {f.parent for f in pycs}
+    for rel in [*pycs, *(f for f in files if f.suffix != ".pyc" and f.name != ".complete"
+                         and (f.parent in folders or f.parts[0] == "lib-dynload"))]:
+        (into / rel).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(tree / rel, into / rel)
+        except OSError:
+            shutil.copy2(tree / rel, into / rel)
+    for name in SITES:
+        if (tree / name).is_dir():
+            (into / name).mkdir(exist_ok=True)
 
 
 def normal(name: str) -> str:

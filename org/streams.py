@@ -267,12 +267,12 @@ def split_key_file(harness_cache: Path) -> Path:
     return lab_secret(harness_cache, "split-key", os.urandom(32))
 
 
-def unseen_modules(lab_root: Path, runs_dir: Path, code: Path, data: Path, harness_cache: Path, env: dict, say) -> list[str]:
-    """The stdlib modules whose text is among the lab's val and confirm documents and which no run
-    or worker of its base commit `code` loads, as listed in a run's box of it (sourceless.
-    eval_modules): a pystdlib box holds no bytecode of them. [] where that cannot be said (said)."""
+def base_modules(lab_root: Path, runs_dir: Path, code: Path, data: Path, env: dict, say) -> list[str] | None:
+    """The stdlib modules the runs and workers of the base commit `code` load, as listed in a run's
+    box of it (sourceless.run_modules): a lab's run and worker boxes hold no other module's
+    bytecode (sourceless.runs_tree, built here). None where that cannot be said (said)."""
     from org.sandbox import end_box, run_box
-    from org.sourceless import LOADED, eval_modules
+    from org.sourceless import LOADED, run_modules, runs_tree
 
     def list_loaded() -> bytes:  # (in a folder of runs_dir's own, removed after, as the box's groups)
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -296,10 +296,12 @@ def unseen_modules(lab_root: Path, runs_dir: Path, code: Path, data: Path, harne
                 end_box(proc)
             remove_tree(scratch, ignore_errors=True)
     try:
-        return eval_modules(code, env, split_key_file(harness_cache), list_loaded)
+        modules = run_modules(code, list_loaded)
+        runs_tree(modules)  # (once, here: not by each box as it starts)
+        return modules
     except (OrgError, OSError, ValueError, subprocess.SubprocessError) as e:
-        say(f"which stdlib modules are the lab's val text could not be said ({shown(e)}): its boxes hold their bytecode")
-        return []
+        say(f"which stdlib modules the base's runs load could not be said ({shown(e)}): its boxes hold every module's bytecode")
+        return None
 
 
 def probe_seed(harness_cache: Path) -> int:

@@ -399,7 +399,7 @@ def test_a_forward_pass_drawing_on_text_its_box_holds_is_caught_by_the_worker_th
     rich = measure(lab, code=experiment(lab, "imports-rich", lambda t: t + "\nimport rich\n"))
     assert rich.get("invalid", "").startswith("the experiment's model construction failed: ModuleNotFoundError: No "
                                               "module named 'rich' (importable in the fresh worker that checks the "
-                                              "scoring one: only the stdlib, numpy, numba"), rich
+                                              "scoring one: only the stdlib modules the base commit's runs load, numpy, numba"), rich
 
 
 # the same table handed on: the scoring worker leaves it in its kernel cache, and the checking

@@ -60,15 +60,16 @@ def test_softcap_program_is_valid_and_accepted_by_the_trainer():
 
 
 def test_an_agents_prompt_says_what_its_models_code_may_import_on_any_data():
-    """A run's box holds the stdlib and the run packages alone, as bytecode, on every program
-    (sandbox.run_box): an agent of a file-source program is told so, as one of pystdlib's is
-    (it was told that runs import what is installed here)."""
+    """A run's box holds the stdlib modules its base's runs load and the run packages alone, as
+    bytecode, on every program (sandbox.run_box, sourceless.runs_tree): an agent of a file-source
+    program is told so, as one of pystdlib's is (it was told that runs import what is installed here)."""
     from org.agents.roles import system_prompt
     program = load_program(ROOT / "programs" / "softcap.yaml")
     on_text = program.model_copy(update={"data": program.data.model_copy(update={"source": "corpus.txt"})})
     for prompt in (system_prompt(p, "junior-1") for p in (program, on_text)):
-        assert "they import only the stdlib, numpy, numba, scipy, tokenizers, pyyaml and what those require, " \
-               "not torch" in " ".join(prompt.split()), prompt
+        assert "they import only the stdlib modules the base commit's runs load (collections, json, re, functools, " \
+               "heapq, random and the like; not statistics, decimal, queue or asyncio), numpy, numba, scipy, tokenizers, " \
+               "pyyaml and what those require, not torch" in " ".join(prompt.split()), prompt
 
 
 def test_defaults_fill_in_the_rest(tmp_path):

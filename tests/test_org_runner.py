@@ -805,69 +805,77 @@ def test_a_run_of_any_program_trains_on_no_text_but_what_it_is_handed(make_proje
         (looked,), (imported,) = ([r["reason"] for r in ledger.runs("tiny", arm=a)] for a in ("more-text", "imports-rich"))
         assert [r["status"] for r in ledger.runs("tiny", arm="baseline")] == ["completed"]
     assert looked.endswith("0 files of the system's text; os.py False"), looked
-    assert "No module named 'rich' (importable in a run's box: only the stdlib, numpy, numba" in imported, imported
+    assert "No module named 'rich' (importable in a run's box: only the stdlib modules the base commit's runs load, numpy, numba" in imported, imported
 
 
 VAL_BYTECODE = """
 import os as _os, sys as _sys, sysconfig as _sysconfig
 
-def run(spec, out, resume=False, quiet=False):  # which of _DOCS have bytecode in its box, but modules it has loaded
+def run(spec, out, resume=False, quiet=False):  # which of _TREE's modules have no bytecode in its box; which of _DOCS do
     import numba, numpy  # (once it has compiled: what Numba's compiler loads)
     numba.njit(lambda a: (a @ a).sum())(numpy.ones((2, 2)))
     numba.njit(parallel=True)(lambda a: sum([a[i] for i in numba.prange(2)]))(numpy.ones(2))
     root = _sysconfig.get_paths()["stdlib"]
     loaded = {_os.path.abspath(m.__file__) for m in list(_sys.modules.values()) if getattr(m, "__file__", None)}
-    seen = [d for d in _DOCS if _os.path.isfile(_os.path.join(root, d[:-3] + ".pyc"))
-            and _os.path.join(root, d) not in loaded and _os.path.join(root, d[:-3] + ".pyc") not in loaded]
-    _sys.exit(f"{len(seen)} of {len(_DOCS)} readable: {' '.join(seen[:6])}")
+    pyc = lambda d: _os.path.join(root, d[:-3] + ".pyc")
+    seen = [d for d in _DOCS if _os.path.isfile(pyc(d)) and _os.path.getsize(pyc(d)) > 0
+            and _os.path.join(root, d) not in loaded and pyc(d) not in loaded]
+    absent = {d for d in _TREE if not _os.path.isfile(pyc(d)) or _os.path.getsize(pyc(d)) == 0}
+    _sys.exit(f"{len(seen)} of {len(_DOCS)} readable: {' '.join(seen[:6])}; "
+              f"{len(absent)} without bytecode, {len(absent & set(_DOCS))} of them val or confirm")
 """
 
 
-def test_a_pystdlib_run_holds_no_bytecode_of_the_labs_val_and_confirm_documents(make_project):
+def test_a_pystdlib_run_holds_no_bytecode_of_the_labs_val_documents_and_what_it_lacks_tells_no_split(make_project):
     """A -OO .pyc holds a module's names and constants, and its position tables say where each
     stands: placed so, the val documents' own bytecode gained 0.36 bpb against a 2.14-bpb model
-    (README), with no window of their text. A pystdlib program's runs and workers see the stdlib
-    as bytecode (org/sourceless.py), of every module, so of the lab's val and confirm documents
-    too (31-53% of their bytes lie in modules there): 58 of this lab's 84 that the run had not
-    loaded once Numba had compiled, found by the run's code below (which knows which documents
-    they are only because this test tells it). A box now holds each as an empty file but those its runs load, whose code is in
-    their memory anyway (sourceless.eval_modules)."""
+    (README), with no window of their text. A pystdlib program's runs and workers saw the stdlib
+    as bytecode, of every module, so of the lab's val and confirm documents too: 58 of this lab's
+    84 that the run had not loaded once Numba had compiled, found by the run's code below (which
+    knows which documents they are only because this test tells it). Session 53 made each of them
+    an empty file, and so told the run which modules were val: 58 without bytecode, 58 of them
+    val or confirm. A box now holds the bytecode of the modules the base's runs load and of no
+    other but the codecs, whatever its split (sourceless.runs_tree): what it lacks is the same in
+    every lab."""
     if available() is not None:
         pytest.skip(f"no box here: {available()}")
-    from org.sourceless import LEFT_OUT
-    from trainer.data import read_split_key, split_of, stdlib_documents
+    from org.sourceless import stdlib_tree
+    from trainer.data import read_split_key, split_of
     root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
     fix_lab_keys(root / ".lab" / "harness-cache", "the val bytecode's lab")
     key = read_split_key(root / ".lab" / "harness-cache" / "split-key")
-    docs = sorted(name for name, _ in stdlib_documents() if name.endswith(".py") and name.split("/")[0] not in LEFT_OUT
-                  and split_of(name, key) in ("val", "confirm"))
+    tree = sorted(p.relative_to(stdlib_tree()).with_suffix(".py").as_posix() for p in stdlib_tree().rglob("*.pyc"))
+    # (every codec stays, val or not, as imported at use by name: bytecode of a table of characters)
+    docs = [name for name in tree if split_of(name, key) in ("val", "confirm") and not name.startswith("encodings/")]
     assert len(docs) > 40, docs  # (about a tenth of the stdlib's modules)
-    agent_commit(root, "mallory", "trainer/train.py", lambda text: text + f"\n_DOCS = {docs!r}\n" + VAL_BYTECODE)
+    agent_commit(root, "mallory", "trainer/train.py",
+                 lambda text: text + f"\n_DOCS = {docs!r}\n_TREE = {tree!r}\n" + VAL_BYTECODE)
     assert main(["submit", "tiny", "--arm", "val-bytecode", "--ref", "agent/tiny/mallory/work"]) == 0
     assert main(["run", "tiny"]) == 0
     with ledger_of(root) as ledger:
         (said,) = [r["reason"] for r in ledger.runs("tiny", arm="val-bytecode")]
+    runner = Runner(Lab.open(root), load_program(root / "programs" / "tiny.yaml"), root / ".lab/tiny/ledger.sqlite")
+    runner.prepare_data()
+    unloaded = set(tree) - set(runner.stdlib_modules)
+    absent, val = map(int, re.search(r"; (\d+) without bytecode, (\d+) of them val or confirm", said).groups())
     assert re.search(rf"exit 1: 0 of {len(docs)} readable", said), said
+    assert absent == len(unloaded) > 300 and val == len(unloaded & set(docs)) < absent / 4, (said, len(unloaded))
 
 
-def test_runs_and_measurements_go_on_in_boxes_without_the_stdlib_modules_they_do_not_load(make_project, monkeypatch):
-    """Which modules' bytecode a lab's boxes go without hangs on its split key: a module its runs
-    needed and the listing missed would fail every run of one lab in ten. With every module the
-    listing does not keep gone, as if every document were val, the baseline's runs and a code
-    arm's, whose workers compile its kernels in fresh caches, complete and are measured."""
+def test_runs_and_measurements_go_on_in_boxes_without_the_stdlib_modules_they_do_not_load(make_project):
+    """A lab's boxes hold the bytecode of the stdlib modules its base's runs load and of no other
+    (over 300 of the stdlib's ~600 modules go): a module its runs or workers needed and the
+    listing missed would fail every run. The baseline's runs and a code arm's, whose workers
+    compile its kernels in fresh caches, complete and are measured."""
     if available() is not None:
         pytest.skip(f"no box here: {available()}")
-    from org import sourceless
-    every = sourceless.EVAL_DOCS.replace('split_of(name, key) in ("val", "confirm")', "True")
-    assert every != sourceless.EVAL_DOCS
-    monkeypatch.setattr(sourceless, "EVAL_DOCS", every)
     root = make_project(tiny_program(variants=[], budget={**tiny_program()["budget"], "seeds": [0]}))
     agent_commit(root, "alice", "trainer/model.py", lambda text: text + "\n\ndef _unused():\n    return 1\n")
     assert main(["submit", "tiny", "--arm", "own-code", "--ref", "agent/tiny/alice/work"]) == 0
     assert main(["run", "tiny"]) == 0
     runner = Runner(Lab.open(root), load_program(root / "programs" / "tiny.yaml"), root / ".lab/tiny/ledger.sqlite")
     runner.prepare_data()
-    assert len(runner.unseen_modules) > 300, runner.unseen_modules  # (the stdlib less what its runs load: ~600)
+    assert 200 < len(runner.stdlib_modules) < 350, runner.stdlib_modules  # (~280 of ~600: ~120 codecs)
     with ledger_of(root) as ledger:
         runs = ledger.runs("tiny")
     assert sorted((r["arm"], r["status"]) for r in runs) == [("baseline", "completed"), ("own-code", "completed")], runs
@@ -875,22 +883,27 @@ def test_runs_and_measurements_go_on_in_boxes_without_the_stdlib_modules_they_do
     assert [r["measurement"].causal for r in runs if r["arm"] == "own-code"] == [True], runs  # (its workers ran)
 
 
-def test_what_runs_load_is_kept_only_when_it_is_a_list_and_a_labs_modules_beside_its_key(tmp_path, monkeypatch):
+def test_what_runs_load_is_kept_only_when_it_is_a_list_and_its_tree_holds_those_modules_alone(tmp_path, monkeypatch):
     """The listing's output is kept in the person's cache for every lab of the same trainer/: a
-    bad one kept would be read for good, so only a list of modules is; a lab's own list is kept
-    beside its key, and read back with no listing and no split."""
+    bad one kept would be read for good, so only a list of modules is, and it is read back with no
+    listing. The tree made of it holds their bytecode, the extension modules, and no other module
+    (nor a folder that would import as an empty namespace package)."""
     from org import sourceless
     real = sourceless.user_cache
-    monkeypatch.setattr(sourceless, "user_cache", lambda name: tmp_path / name if name == "modules" else real(name))
-    key = tmp_path / "lab" / "split-key"
-    key.parent.mkdir()
-    key.write_bytes(os.urandom(32))
+    monkeypatch.setattr(sourceless, "user_cache", lambda name: tmp_path / name if name in ("modules", "stdlib-runs") else real(name))
     with pytest.raises(ValueError, match="not a list of modules"):
-        sourceless.eval_modules(ROOT, dict(os.environ), key, lambda: b'"a warning"')
-    assert not (tmp_path / "modules").exists() and [p.name for p in key.parent.iterdir()] == ["split-key"]
-    names = sourceless.eval_modules(ROOT, dict(os.environ), key, lambda: json.dumps(["os.py"]).encode())
-    assert len(names) > 40 and "os.py" not in names and all(n.endswith(".py") for n in names), names
-    assert sourceless.eval_modules(ROOT, {}, key, None) == names  # (beside the key: neither listed nor split again)
+        sourceless.run_modules(ROOT, lambda: b'"a warning"')
+    assert not (tmp_path / "modules").exists()
+    listed = ["os.py", "json/__init__.py", "json/decoder.py", "site-packages/numpy/__init__.py", "lib-dynload/_json.so"]
+    modules = sourceless.run_modules(ROOT, lambda: json.dumps(listed).encode())
+    codecs = [m for m in modules if m.startswith("encodings/")]  # (every codec: imported at use, by name)
+    assert [m for m in modules if m not in codecs] == ["json/__init__.py", "json/decoder.py", "os.py"] and len(codecs) > 100
+    assert sourceless.run_modules(ROOT, None) == modules  # (kept: not listed again)
+    tree = sourceless.runs_tree(["os.py", "json/__init__.py", "json/decoder.py"])
+    assert tree.parent == tmp_path / "stdlib-runs"
+    assert sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*.pyc")) == ["json/__init__.pyc", "json/decoder.pyc", "os.pyc"]
+    assert any(tree.glob("lib-dynload/_json*.so")) and (tree / "site-packages").is_dir()
+    assert not (tree / "asyncio").exists() and not (tree / "email").exists()
 
 
 def test_under_a_seconds_budget_a_run_reads_what_the_baselines_pace_pays_for(make_project, capsys):

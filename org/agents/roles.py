@@ -18,7 +18,9 @@ from org.sourceless import RUN_PACKAGES
 PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 # what a run's code may import, on every program: its boxes hold no Python text but the stdlib's
 # bytecode and the packages runs need (org/sourceless.py, sandbox.run_box)
-RUN_IMPORTS = f"they import only the stdlib, {', '.join(RUN_PACKAGES)} and what those require, not torch"
+RUN_IMPORTS = (f"they import only the stdlib modules the base commit's runs load (collections, json, re, functools, "
+               f"heapq, random and the like; not statistics, decimal, queue or asyncio), {', '.join(RUN_PACKAGES)} "
+               f"and what those require, not torch")
 
 
 def role_of(program: Program, name: str) -> str:
