@@ -48,6 +48,8 @@ MAX_FOUND = 64  # each is a mount in every run's box
 WALK_FRESH_SECONDS = 600.0  # a runner's walk is made again this long after (1 s a walk: 0.2% of its time)
 TEXT_BYTES = 128 << 10  # of .py or archives, that make a folder Python text (gcloud's lib/: 140 MB; a module: 20 kB)
 SYSTEM_TEXT = ("/usr/share", "/usr/local/share", "/usr/include", "/usr/local/include")  # (system_text)
+CUDA_TOOLKITS = ("/usr/local/cuda*", "/opt/cuda*")  # and $CUDA_PATH, $CUDA_HOME (gpu_headers)
+GPU_PACKAGE_HEADERS = ("cupy/_core/include", "nvidia/*/include")  # in a site tree (gpu_headers)
 
 
 SURVEYED: dict = {}  # what this machine's runner found (adopt), in place of each evaluator's own walk
@@ -69,14 +71,14 @@ def adopt(surveyed: dict):
     sourceless.adopt_sites(surveyed["site_trees"])
 
 
-def binds(stdlib_modules=None) -> tuple[list[str], list[Path]]:
+def binds(stdlib_modules=None, gpu: bool = True) -> tuple[list[str], list[Path]]:
     """bwrap's flags for the boxes of a program whose data is the stdlib's text (after / is
     bound): every folder at / but the system's empty, what the box needs of them bound back (at
     its path and, through a link, at the linked one), the harness's bytecode cache empty
     (org/bytecode.py: docstrings; the trees are read without it), then the stdlib's sourceless
     tree at its path (of `stdlib_modules` alone where given: sourceless.runs_tree) and each
-    site-packages folder's tree at its own; and the folders made empty (read-only once the box
-    has bound all)."""
+    site-packages folder's tree at its own, less the CUDA headers where the box has no GPU
+    (gpu_headers); and the folders made empty (read-only once the box has bound all)."""
     stdlib, sites = sourceless.stdlib_dir(), sourceless.site_trees()
     tree = sourceless.stdlib_tree() if stdlib_modules is None else sourceless.runs_tree(stdlib_modules)
     emptied = outside_system()
@@ -86,7 +88,23 @@ def binds(stdlib_modules=None) -> tuple[list[str], list[Path]]:
     unread = [p.resolve() for p in [user_cache("bytecode")] if p.is_dir() and not p.resolve().is_relative_to("/tmp")]
     flags, emptied = flags + [flag for path in unread for flag in ("--tmpfs", str(path))], emptied + unread
     trees = [(tree, stdlib), *((built, site) for site, built in sites.items())]  # (in that order: a site tree's
-    return flags + [flag for built, path in trees for flag in ("--ro-bind", str(built), str(path))], emptied  # mount point)
+    flags += [flag for built, path in trees for flag in ("--ro-bind", str(built), str(path))]  # mount point)
+    headers = [] if gpu else gpu_headers(sites)
+    return flags + [flag for path in headers for flag in ("--tmpfs", str(path))], emptied + headers
+
+
+def gpu_headers(sites: dict[Path, Path]) -> list[Path]:
+    """The C headers a GPU run compiles its kernels with, and a box with no GPU does without: the
+    CUDA toolkit's (24 MB here) and, at each site folder's path, those of CuPy and the CUDA wheels
+    in its tree (21 MB), text as good for a lookup as the system's (system_text)."""
+    toolkits = [*(p for pattern in CUDA_TOOLKITS for p in glob.glob(pattern)),
+                *filter(None, (os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME")))]
+    found = [include for toolkit in sorted({Path(os.path.realpath(p)) for p in toolkits})
+             for include in [toolkit / "include", *toolkit.glob("targets/*/include")]
+             if include.is_dir() and not include.is_symlink()]
+    found += [site / include.relative_to(tree) for site, tree in sites.items()
+              for pattern in GPU_PACKAGE_HEADERS for include in sorted(tree.glob(pattern)) if include.is_dir()]
+    return found
 
 
 def bound_back(wanted: list[Path], emptied: list[Path]) -> list[tuple[Path, Path]]:

@@ -182,7 +182,7 @@ class Sandbox:
         # bwrap's /dev is a tmpfs of its own, of half the machine's RAM: a box that filled it held
         # memory no process of its own shows, so the kernel's OOM killer took the harness's
         try:  # (a run's, a pystdlib worker's, a checking one's: the stdlib, site-packages and any Python text as bytecode or absent)
-            bytecode_only, emptied = python_text.binds(self.stdlib_modules) if self.sourceless_stdlib else ([], [])
+            bytecode_only, emptied = python_text.binds(self.stdlib_modules, self.gpu) if self.sourceless_stdlib else ([], [])
         except Exception as e:  # (a cache it cannot write, a package's metadata: no box, one line why)
             raise SandboxError(f"the standard library and site-packages without their source (org/sourceless.py) cannot "
                                f"be made ({' '.join(shown(e).splitlines())}): a run's box would read text it is not handed") from None
@@ -543,7 +543,7 @@ def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: 
     """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot's
     trainer/ (what `python -m trainer` imports; the rest is the harness's code and tests) and the
     runs' data (the lab's train split, never its val) are read-only; the data source, Python text (the stdlib and
-    run packages as bytecode) and the system's (system_text) are not there; no network, no unix socket."""
+    run packages as bytecode), the system's (system_text) and, with no GPU, CUDA's headers are not there; no network."""
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[run_dir, kernels], readonly=[snapshot / "trainer", data],
                    hidden=code_private(lab_root) + [snapshot] + source_files(source) + python_text.system_text(),

@@ -775,8 +775,12 @@ MORE_TEXT = """
 import os as _os, sys as _sys
 
 def run(spec, out, resume=False, quiet=False):  # what text beyond its stream a run could train on, said in its reason
+    import importlib.util
     system = sum(len(files) for top in ("/usr/share", "/usr/include") for _, _, files in _os.walk(top))
-    _sys.exit(f"{system} files of the system's text; os.py {_os.path.exists(_os.__file__.removesuffix('c'))}")
+    cupy = (importlib.util.find_spec("cupy") or importlib.util.find_spec("os")).submodule_search_locations or ["/nowhere"]
+    cuda = sum(len(files) for top in ("/usr/local/cuda/include", _os.path.join(cupy[0], "_core", "include"))
+               for _, _, files in _os.walk(top))
+    _sys.exit(f"{system} files of the system's text, {cuda} of CUDA's headers; os.py {_os.path.exists(_os.__file__.removesuffix('c'))}")
 """
 
 
@@ -785,7 +789,9 @@ def test_a_run_of_any_program_trains_on_no_text_but_what_it_is_handed(make_proje
     of its own saw the system's text (53,902 files of manuals, documentation and C headers here)
     and the stdlib's sources, and could train on them: the harness's stream was not all its data.
     Every run's box now holds no Python text but its trainer/ (the rest as bytecode) and none of
-    the system's (sandbox.run_box), and an import of a package it does not hold says what it does."""
+    the system's (sandbox.run_box), nor, on a CPU program, the CUDA headers a GPU run compiles
+    with (CuPy's and the toolkit's: 3,900 files here, python_text.gpu_headers); and an import of a
+    package it does not hold says what it does."""
     if available() is not None:
         pytest.skip(f"no box here: {available()}")
     corpus = tmp_path / "corpus.txt"
@@ -804,7 +810,7 @@ def test_a_run_of_any_program_trains_on_no_text_but_what_it_is_handed(make_proje
     with ledger_of(root) as ledger:
         (looked,), (imported,) = ([r["reason"] for r in ledger.runs("tiny", arm=a)] for a in ("more-text", "imports-rich"))
         assert [r["status"] for r in ledger.runs("tiny", arm="baseline")] == ["completed"]
-    assert looked.endswith("0 files of the system's text; os.py False"), looked
+    assert looked.endswith("0 files of the system's text, 0 of CUDA's headers; os.py False"), looked
     assert "No module named 'rich' (importable in a run's box: only the stdlib modules the base commit's runs load, numpy, numba" in imported, imported
 
 
