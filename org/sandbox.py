@@ -543,7 +543,7 @@ def run_box(lab_root: Path, run_dir: Path, snapshot: Path, data: Path, kernels: 
     """A trainer run: its run directory and its commit's kernel cache are writable; its snapshot's
     trainer/ (what `python -m trainer` imports; the rest is the harness's code and tests) and the
     runs' data (the lab's train split, never its val) are read-only; the data source, Python text (the stdlib and
-    run packages as bytecode), the system's (system_text) and, with no GPU, CUDA's headers are not there; no network."""
+    run packages as bytecode), the system's (system_text) and, with no GPU, CUDA's headers are absent; no net, no unix socket."""
     kernels.mkdir(parents=True, exist_ok=True)
     return Sandbox(writable=[run_dir, kernels], readonly=[snapshot / "trainer", data],
                    hidden=code_private(lab_root) + [snapshot] + source_files(source) + python_text.system_text(),
