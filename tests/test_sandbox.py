@@ -1042,6 +1042,30 @@ def test_the_boxes_of_a_pystdlib_program_see_the_stdlib_without_its_text(outside
     assert int(seen["a worker's"][-2].split()[0]) > 0, seen["a worker's"]
 
 
+def test_a_box_made_from_a_spec_holds_the_bytecode_of_the_stdlib_modules_it_names_alone(outside_tmp):
+    """A lab's run and worker boxes hold the bytecode of the stdlib modules its base's runs load and
+    of no other (sourceless.runs_tree), as a cluster's node makes them from their spec: a module
+    left out cannot be imported, nor a package left out as an empty namespace package."""
+    from org.sandbox import run_box
+    from org.sourceless import stdlib_tree
+    for folder in ("run", "data", "snapshot/trainer"):
+        (outside_tmp / folder).mkdir(parents=True)
+    tree = stdlib_tree()
+    names = [p.relative_to(tree).with_suffix(".py").as_posix() for p in tree.rglob("*.pyc")]
+    kept = [n for n in names if n != "statistics.py" and not n.startswith("asyncio/")]
+    spec = run_box(outside_tmp, outside_tmp / "run", outside_tmp / "snapshot", outside_tmp / "data", outside_tmp / "kernels",
+                   gpu=False, cpu_seconds=60, stdlib_modules=kept).spec()
+    look = ("import importlib, json\n"
+            "for name in ('json', 'statistics', 'asyncio'):\n"
+            "    try:\n        importlib.import_module(name).__spec__.origin; print(name, 'imported')\n"
+            "    except ImportError as e:\n        print(name, type(e).__name__)")
+    proc = Sandbox.from_spec(spec).popen([sys.executable, "-c", look], cwd=outside_tmp / "run", env={"PATH": os.environ["PATH"]},
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.communicate(timeout=120)[0].decode().splitlines()
+    assert out == ["json imported", "statistics ModuleNotFoundError", "asyncio ModuleNotFoundError"], out
+    assert len(kept) < len(names) and "statistics.py" in names
+
+
 def test_a_command_cannot_point_its_worktree_at_the_shared_git(two_agents):
     """A worktree's .git file names its own folder in the shared .git, which its box may write.
     Pointed at the shared .git itself, its next box (a CLI agent's next `org tool` call) would
